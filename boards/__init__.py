@@ -1,0 +1,1 @@
+"""Board definitions (JSON), read by the firmware on the node and by the host toolchain."""

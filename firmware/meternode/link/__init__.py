@@ -1,0 +1,1 @@
+# Uplinks: MQTT over TCP/TLS (mqtt.py), telemetry payloads (telemetry.py).

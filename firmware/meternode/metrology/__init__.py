@@ -1,0 +1,1 @@
+# Metrology: viper kernels -> per-cycle sums -> calibrated quantities -> energy registers.

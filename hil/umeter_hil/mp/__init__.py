@@ -1,0 +1,1 @@
+"""Modules that run *on MicroPython* during firmware tests (not imported by CPython)."""

