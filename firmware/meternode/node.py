@@ -44,8 +44,13 @@ class Node:
         m = self.config["mqtt"]
         backoff = _BACKOFF_MIN_MS
         while True:
-            c = MQTTClient(self.id, m["host"], m.get("port", 1883), keepalive=m.get("keepalive", 30),
-                           will=(self._topic("state"), b"offline", 1, True))
+            c = MQTTClient(
+                self.id,
+                m["host"],
+                m.get("port", 1883),
+                keepalive=m.get("keepalive", 30),
+                will=(self._topic("state"), b"offline", 1, True),
+            )
             try:
                 await c.connect()
                 await c.publish(self._topic("state"), b"online", qos=1, retain=True)

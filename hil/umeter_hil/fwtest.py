@@ -33,9 +33,7 @@ _DEFAULT_TIMEOUT = 60.0
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("firmware_testpaths", "directories whose test_*.py run on MicroPython", type="paths")
-    parser.addoption(
-        "--mp-heap", default=None, help="heap size for every firmware test (overrides the default 128k)"
-    )
+    parser.addoption("--mp-heap", default=None, help="heap size for every firmware test (overrides the default 128k)")
 
 
 def _is_firmware_path(config: pytest.Config, path: Path) -> bool:
@@ -135,7 +133,12 @@ class FirmwareItem(pytest.Item):
             )
             try:
                 proc = subprocess.run(
-                    argv, capture_output=True, text=True, timeout=self.timeout, env=env, cwd=scratch,
+                    argv,
+                    capture_output=True,
+                    text=True,
+                    timeout=self.timeout,
+                    env=env,
+                    cwd=scratch,
                     errors="replace",
                 )
             except subprocess.TimeoutExpired as e:
@@ -146,10 +149,8 @@ class FirmwareItem(pytest.Item):
         self.output = out
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_TAG)]
         if not lines:
-            raise FirmwareTestError(
-                f"MicroPython exited with code {proc.returncode} before reporting a result\n{out}"
-            )
-        verdict = lines[-1][len(_TAG):]
+            raise FirmwareTestError(f"MicroPython exited with code {proc.returncode} before reporting a result\n{out}")
+        verdict = lines[-1][len(_TAG) :]
         body = "\n".join(ln for ln in out.splitlines() if not ln.startswith(_TAG))
         if verdict == "pass":
             if body.strip():

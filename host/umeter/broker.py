@@ -35,9 +35,7 @@ def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
 
 
 def mosquitto_path() -> str | None:
-    return shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
+    return shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 
 
 class Mosquitto:
@@ -56,8 +54,7 @@ class Mosquitto:
             f"listener {self.port} 127.0.0.1\n"
             f"allow_anonymous {'true' if allow_anonymous else 'false'}\n"
             "persistence false\n"
-            f"log_dest file {self._dir.name}/mosquitto.log\n"
-            + extra_conf
+            f"log_dest file {self._dir.name}/mosquitto.log\n" + extra_conf
         )
         self.proc: subprocess.Popen[bytes] | None = None
 

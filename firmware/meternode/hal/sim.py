@@ -76,15 +76,25 @@ class SimSampler:
         volt = need(scen, "voltage", dict, "sim", default={"rms": 230.0})
         curs = need(scen, "currents", list, "sim", default=[])
         self._waves = [
-            _Wave(need(volt, "rms", float, "sim.voltage", lo=0.0), 0.0, volt.get("harmonics", []),
-                  chans[0]["scale"], "sim.voltage")
+            _Wave(
+                need(volt, "rms", float, "sim.voltage", lo=0.0),
+                0.0,
+                volt.get("harmonics", []),
+                chans[0]["scale"],
+                "sim.voltage",
+            )
         ]
         for k in range(1, self.nch):
             c = curs[k - 1] if k - 1 < len(curs) else {"rms": 0.0}
             w = "sim.currents[%d]" % (k - 1)
             self._waves.append(
-                _Wave(need(c, "rms", float, w, lo=0.0), need(c, "angle", float, w, default=0.0),
-                      c.get("harmonics", []), chans[k]["scale"], w)
+                _Wave(
+                    need(c, "rms", float, w, lo=0.0),
+                    need(c, "angle", float, w, default=0.0),
+                    c.get("harmonics", []),
+                    chans[k]["scale"],
+                    w,
+                )
             )
         self._scales = [ch["scale"] for ch in chans]
         self._mid = 1 << (self.bits - 1)

@@ -20,6 +20,7 @@ except ImportError:  # CPython
     def _sleep_ms(ms):
         return asyncio.sleep(ms / 1000)
 
+
 _CONNECT = const(0x10)
 _CONNACK = const(0x20)
 _PUBLISH = const(0x30)
@@ -92,8 +93,19 @@ def publish_packet(topic, payload, qos=0, retain=False, pid=0, dup=False):
 
 
 class MQTTClient:
-    def __init__(self, client_id, host, port=1883, keepalive=30, clean=True, user=None, password=None,
-                 will=None, ssl=None, timeout_ms=10000):
+    def __init__(
+        self,
+        client_id,
+        host,
+        port=1883,
+        keepalive=30,
+        clean=True,
+        user=None,
+        password=None,
+        will=None,
+        ssl=None,
+        timeout_ms=10000,
+    ):
         self.client_id = client_id
         self.host = host
         self.port = port
@@ -128,13 +140,12 @@ class MQTTClient:
             if self.ssl is None:
                 self._r, self._w = await self._wait(asyncio.open_connection(self.host, self.port))
             else:
-                self._r, self._w = await self._wait(
-                    asyncio.open_connection(self.host, self.port, ssl=self.ssl)
-                )
+                self._r, self._w = await self._wait(asyncio.open_connection(self.host, self.port, ssl=self.ssl))
         except asyncio.TimeoutError:
             raise OSError("connect to %s:%d timed out" % (self.host, self.port))
-        await self._send(connect_packet(self.client_id, self.keepalive, self.clean, self.user,
-                                        self.password, self.will))
+        await self._send(
+            connect_packet(self.client_id, self.keepalive, self.clean, self.user, self.password, self.will)
+        )
         try:
             head, body = await self._wait(self._read_packet())
         except asyncio.TimeoutError:
@@ -206,11 +217,11 @@ class MQTTClient:
 
     async def _on_publish(self, head, body):
         tl = struct.unpack("!H", body[:2])[0]
-        topic = body[2:2 + tl].decode()
+        topic = body[2 : 2 + tl].decode()
         qos = (head >> 1) & 3
         pos = 2 + tl
         if qos:
-            pid = struct.unpack("!H", body[pos:pos + 2])[0]
+            pid = struct.unpack("!H", body[pos : pos + 2])[0]
             pos += 2
             await self._send(struct.pack("!BBH", _PUBACK, 2, pid))
         if self.on_message:

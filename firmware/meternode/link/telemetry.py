@@ -21,28 +21,32 @@ def encode(node_id, seq, ts, snap, overruns=0):
         p_tot += e["p"]
         imp += e["e_imp_wh"]
         exp += e["e_exp_wh"]
-        els.append({
-            "name": e["name"],
-            "i": _r(e["i"], 3),
-            "p": _r(e["p"], 2),
-            "p_min": _r(e["p_min"], 2),
-            "p_max": _r(e["p_max"], 2),
-            "e_imp_wh": _r(e["e_imp_wh"], 3),
-            "e_exp_wh": _r(e["e_exp_wh"], 3),
-        })
-    return json.dumps({
-        "node": node_id,
-        "seq": seq,
-        "ts": int(ts),
-        "v": _r(snap["v"], 3),
-        "f": _r(snap["f"], 3),
-        "p": _r(p_tot, 2),
-        "e_imp_wh": _r(imp, 3),
-        "e_exp_wh": _r(exp, 3),
-        "cycles": snap["cycles"],
-        "overruns": overruns,
-        "elements": els,
-    })
+        els.append(
+            {
+                "name": e["name"],
+                "i": _r(e["i"], 3),
+                "p": _r(e["p"], 2),
+                "p_min": _r(e["p_min"], 2),
+                "p_max": _r(e["p_max"], 2),
+                "e_imp_wh": _r(e["e_imp_wh"], 3),
+                "e_exp_wh": _r(e["e_exp_wh"], 3),
+            }
+        )
+    return json.dumps(
+        {
+            "node": node_id,
+            "seq": seq,
+            "ts": int(ts),
+            "v": _r(snap["v"], 3),
+            "f": _r(snap["f"], 3),
+            "p": _r(p_tot, 2),
+            "e_imp_wh": _r(imp, 3),
+            "e_exp_wh": _r(exp, 3),
+            "cycles": snap["cycles"],
+            "overruns": overruns,
+            "elements": els,
+        }
+    )
 
 
 def decode(payload):

@@ -129,15 +129,17 @@ class Meter:
         for e in range(self.elements):
             irms = math.sqrt(self._w_i2[e] / n)
             p = self._w_p[e] / n
-            els.append({
-                "name": self.names[e + 1],
-                "i": irms,
-                "p": p,
-                "p_min": self._w_pmin[e],
-                "p_max": self._w_pmax[e],
-                "e_imp_wh": self.registers.imp[e] / 1000.0,
-                "e_exp_wh": self.registers.exp[e] / 1000.0,
-            })
+            els.append(
+                {
+                    "name": self.names[e + 1],
+                    "i": irms,
+                    "p": p,
+                    "p_min": self._w_pmin[e],
+                    "p_max": self._w_pmax[e],
+                    "e_imp_wh": self.registers.imp[e] / 1000.0,
+                    "e_exp_wh": self.registers.exp[e] / 1000.0,
+                }
+            )
         snap = {
             "cycles": n,
             "v": math.sqrt(self._w_v2 / n),
