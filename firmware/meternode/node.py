@@ -26,6 +26,8 @@ class Node:
         self.mqtt = None
         self.last = None  # last telemetry dict published
         self.link_up = False
+        # elements on the grid connection: telemetry totals add these only
+        self.mains = [c["name"] for c in board["channels"][1:] if c.get("role", "main") == "main"]
 
     async def sampling(self):
         s = self.hal.sampler
@@ -78,7 +80,9 @@ class Node:
             if snap is None:
                 continue
             self.seq += 1
-            payload = telemetry.encode(self.id, self.seq, clock.time(), snap, self.hal.sampler.overruns)
+            payload = telemetry.encode(
+                self.id, self.seq, clock.time(), snap, self.hal.sampler.overruns, self.mains
+            )
             self.last = payload
             c = self.mqtt
             if c is not None and c.connected:

@@ -11,16 +11,19 @@ def _r(x, nd):
     return None if x is None else round(x, nd)
 
 
-def encode(node_id, seq, ts, snap, overruns=0):
-    # snap is Meter.snapshot(); totals net per element (see registers.py).
+def encode(node_id, seq, ts, snap, overruns=0, mains=None):
+    # snap is Meter.snapshot(); the totals (p, e_imp_wh, e_exp_wh) add up the elements whose
+    # board role is "main" (the grid connection), named in `mains` (None: every element),
+    # so a sub-circuit CT is reported but not counted twice.
     els = []
     p_tot = 0.0
     imp = 0.0
     exp = 0.0
     for e in snap["elements"]:
-        p_tot += e["p"]
-        imp += e["e_imp_wh"]
-        exp += e["e_exp_wh"]
+        if mains is None or e["name"] in mains:
+            p_tot += e["p"]
+            imp += e["e_imp_wh"]
+            exp += e["e_exp_wh"]
         els.append(
             {
                 "name": e["name"],
