@@ -1,0 +1,354 @@
+# Append-only, segmented record log on the board's filesystem (LittleFS on boards, a
+# directory on the unix port).
+#
+# Record on disk (little-endian):
+#   magic 0xA5 | kind u8 | length u16 | seq u32 | ts u32 | payload[length] | crc32 u32
+# The CRC covers kind..payload.  Records never span segments; a segment file is
+# `<path>/NNNNNNNN.seg` and grows to `segment_bytes`, then a new one starts.  When the log
+# holds more than `max_bytes`, the oldest segment is deleted and its records are counted
+# (`dropped`, persisted, and reported by an EV_LOG_DROPPED event).
+#
+# On open every segment is scanned: a torn last record (power cut mid-append) is skipped and
+# appends continue in a fresh segment (no truncate on MicroPython); a corrupt record is
+# skipped by resynchronising on the next magic byte whose CRC checks, so nothing after it
+# is lost.  Sequence numbers continue from the highest seen (or from `floor`, the upload
+# cursor, when the log is empty).
+import binascii
+import os
+import struct
+
+from micropython import const
+
+from meternode.store import records
+
+_MAGIC = const(0xA5)
+HEADER = const(12)
+TRAILER = const(4)
+MAX_PAYLOAD = const(496)  # a record is at most 512 bytes on disk
+_HDR = "<BBHII"
+_META = "meta"
+
+
+class LogError(ValueError):
+    pass
+
+
+def _exists(p):
+    try:
+        os.stat(p)
+        return True
+    except OSError:
+        return False
+
+
+def _seg_name(path, num):
+    return "%s/%08d.seg" % (path, num)
+
+
+class RecordLog:
+    def __init__(self, path, segment_bytes=16384, max_bytes=262144, floor=0):
+        if segment_bytes < 1024:
+            raise LogError("store.segment_bytes = %d is below 1024" % segment_bytes)
+        if max_bytes < 2 * segment_bytes:
+            raise LogError(
+                "store.max_bytes = %d must be at least 2 * segment_bytes (%d)" % (max_bytes, 2 * segment_bytes)
+            )
+        self.path = path
+        self.segment_bytes = segment_bytes
+        self.max_bytes = max_bytes
+        self._hdr = bytearray(HEADER)
+        self._hdrv = memoryview(self._hdr)
+        self._tail = bytearray(TRAILER)
+        self._buf = bytearray(MAX_PAYLOAD)
+        self._bufv = memoryview(self._buf)
+        self.segs = []  # [num, first_seq, last_seq, count, size], oldest first
+        self.dropped = 0  # records deleted by retention, all time (persisted)
+        self.corrupt = 0  # corrupt records skipped on the last open
+        self.torn = 0  # torn tails skipped on the last open
+        self.last_seq = 0
+        self.on_drop = None  # callback(n_records, first_seq, last_seq) after a segment is dropped
+        self._f = None
+        if not _exists(path):
+            os.mkdir(path)
+        self._load_meta()
+        self._scan_all()
+        if self.last_seq < floor:
+            self.last_seq = floor
+
+    # -- opening -------------------------------------------------------------------------
+    def _load_meta(self):
+        try:
+            with open(self.path + "/" + _META, "rb") as f:
+                b = f.read(8)
+            n, crc = struct.unpack("<II", b)
+            if binascii.crc32(b[:4]) == crc:
+                self.dropped = n
+        except (OSError, ValueError):
+            pass
+
+    def _save_meta(self):
+        b = struct.pack("<I", self.dropped)
+        tmp = self.path + "/" + _META + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(b + struct.pack("<I", binascii.crc32(b)))
+        os.rename(tmp, self.path + "/" + _META)
+
+    def _scan_all(self):
+        nums = []
+        for name in os.listdir(self.path):
+            if name.endswith(".seg") and len(name) == 12:
+                try:
+                    nums.append(int(name[:8]))
+                except ValueError:
+                    pass
+        nums.sort()
+        torn_tail = False
+        for k, num in enumerate(nums):
+            first, last, count, size, end, bad = self._scan_seg(num)
+            self.segs.append([num, first, last, count, size])
+            if count:
+                self.last_seq = max(self.last_seq, last)
+            torn_tail = k == len(nums) - 1 and end != size
+        if torn_tail:
+            self.torn += 1
+        if not self.segs or torn_tail:
+            self._new_segment()
+        else:
+            self._f = open(_seg_name(self.path, self.segs[-1][0]), "ab")
+
+    def _read_at(self, f, pos, size):
+        # Tries the record at `pos`: returns (kind, seq, ts, length) or None when it does not
+        # check.  Leaves the payload in self._buf.
+        if size - pos < HEADER + TRAILER:
+            return None
+        f.seek(pos)
+        if f.readinto(self._hdr) != HEADER or self._hdr[0] != _MAGIC:
+            return None
+        magic, kind, n, seq, ts = struct.unpack(_HDR, self._hdr)
+        if n > MAX_PAYLOAD or pos + HEADER + n + TRAILER > size:
+            return None
+        pv = self._bufv[:n]
+        if n and f.readinto(pv) != n:
+            return None
+        if f.readinto(self._tail) != TRAILER:
+            return None
+        crc = binascii.crc32(pv, binascii.crc32(self._hdrv[1:]))
+        if struct.unpack("<I", self._tail)[0] != crc:
+            return None
+        return kind, seq, ts, n
+
+    def _scan_seg(self, num):
+        # Returns (first, last, count, size, good_end, bad) for one segment file.
+        name = _seg_name(self.path, num)
+        size = os.stat(name)[6]
+        first = last = count = 0
+        pos = end = 0
+        bad = False
+        with open(name, "rb") as f:
+            while pos < size:
+                r = self._read_at(f, pos, size)
+                if r is None:
+                    nxt = self._resync(f, pos + 1, size)
+                    if nxt < 0:
+                        break  # nothing valid after pos: a torn tail (or garbage to the end)
+                    self.corrupt += 1
+                    bad = True
+                    pos = nxt
+                    continue
+                kind, seq, ts, n = r
+                if not count:
+                    first = seq
+                last = seq
+                count += 1
+                pos += HEADER + n + TRAILER
+                end = pos
+        return first, last, count, size, end, bad
+
+    def _resync(self, f, pos, size):
+        # Next offset >= pos holding a record that checks, or -1.
+        one = bytearray(1)
+        while pos < size:
+            f.seek(pos)
+            if f.readinto(one) != 1:
+                return -1
+            if one[0] == _MAGIC and self._read_at(f, pos, size) is not None:
+                return pos
+            pos += 1
+        return -1
+
+    def _new_segment(self):
+        if self._f is not None:
+            self._f.close()
+        num = self.segs[-1][0] + 1 if self.segs else 1
+        self.segs.append([num, 0, 0, 0, 0])
+        self._f = open(_seg_name(self.path, num), "wb")
+
+    # -- appending -----------------------------------------------------------------------
+    def append(self, kind, ts, payload):
+        # Appends one record and returns its sequence number.  The write is one call followed
+        # by a flush (a sync on LittleFS), so a power cut leaves at most one torn record.
+        n = len(payload)
+        if n > MAX_PAYLOAD:
+            raise LogError("record payload of %d bytes is over the %d-byte limit" % (n, MAX_PAYLOAD))
+        if not 0 < kind < 256:
+            raise LogError("record kind %d is outside 1..255" % kind)
+        need = HEADER + n + TRAILER
+        seg = self.segs[-1]
+        if seg[4] and seg[4] + need > self.segment_bytes:
+            self._new_segment()
+            seg = self.segs[-1]
+            self._retain()
+        seq = self.last_seq + 1
+        struct.pack_into(_HDR, self._hdr, 0, _MAGIC, kind, n, seq, int(ts) & 0xFFFFFFFF)
+        crc = binascii.crc32(payload, binascii.crc32(self._hdrv[1:]))
+        struct.pack_into("<I", self._tail, 0, crc)
+        self._f.write(self._hdr + payload + self._tail)
+        self._f.flush()
+        self.last_seq = seq
+        if not seg[3]:
+            seg[1] = seq
+        seg[2] = seq
+        seg[3] += 1
+        seg[4] += need
+        return seq
+
+    def bytes_used(self):
+        t = 0
+        for s in self.segs:
+            t += s[4]
+        return t
+
+    def _retain(self):
+        # Drops the oldest segments until the log fits max_bytes (never the one being written).
+        while len(self.segs) > 1 and self.bytes_used() > self.max_bytes - self.segment_bytes:
+            num, first, last, count, size = self.segs.pop(0)
+            try:
+                os.remove(_seg_name(self.path, num))
+            except OSError:
+                pass
+            if count:
+                self.dropped += count
+                self._save_meta()
+                if self.on_drop is not None:
+                    self.on_drop(count, first, last)
+
+    def first_seq(self):
+        for s in self.segs:
+            if s[3]:
+                return s[1]
+        return self.last_seq + 1
+
+    def count(self):
+        t = 0
+        for s in self.segs:
+            t += s[3]
+        return t
+
+    def stats(self):
+        return {
+            "segments": len(self.segs),
+            "records": self.count(),
+            "bytes": self.bytes_used(),
+            "first_seq": self.first_seq(),
+            "last_seq": self.last_seq,
+            "dropped": self.dropped,
+            "corrupt": self.corrupt,
+            "torn": self.torn,
+        }
+
+    def close(self):
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def reader(self):
+        return LogReader(self)
+
+
+class LogReader:
+    # Sequential reader from a sequence number on; follows appends and survives the segment
+    # under it being dropped (it jumps to the oldest record still held).
+    def __init__(self, log):
+        self.log = log
+        self._f = None
+        self._num = 0
+        self._pos = 0
+        self.kind = 0
+        self.seq = 0
+        self.ts = 0
+        self.n = 0
+        self.payload = log._bufv  # valid until the next call; length self.n
+        self._want = 1
+
+    def seek(self, seq):
+        # Positions on the first record with sequence number >= seq.
+        self._close()
+        self._want = seq
+        segs = self.log.segs
+        k = 0
+        while k < len(segs) - 1 and (not segs[k][3] or segs[k][2] < seq):
+            k += 1
+        self._num = segs[k][0]
+        self._pos = 0
+
+    def _close(self):
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def next(self):
+        # Reads the next record: returns its kind (fields in self.*) or 0 when none is there yet.
+        log = self.log
+        segs = log.segs
+        if self._num < segs[0][0]:
+            self.seek(self._want)
+        while True:
+            if self._f is None:
+                try:
+                    self._f = open(_seg_name(log.path, self._num), "rb")
+                except OSError:
+                    self.seek(self._want)
+                    if self._f is None and self._num == segs[-1][0]:
+                        return 0
+                    continue
+            size = self._size()
+            r = log._read_at(self._f, self._pos, size) if self._pos < size else None
+            if r is None and self._pos < size:
+                nxt = log._resync(self._f, self._pos + 1, size)
+                if nxt >= 0:
+                    self._pos = nxt
+                    continue
+            if r is None:
+                self._close()  # reopened next time: LittleFS handles may not see later appends
+                if self._num >= segs[-1][0]:
+                    return 0
+                self._num = self._next_num()
+                self._pos = 0
+                continue
+            kind, seq, ts, n = r
+            self._pos += HEADER + n + TRAILER
+            if seq < self._want:
+                continue
+            self.kind = kind
+            self.seq = seq
+            self.ts = ts
+            self.n = n
+            self._want = seq + 1
+            return kind
+
+    def _size(self):
+        # Bytes of the current segment known to hold whole records (the log's own count).
+        for s in self.log.segs:
+            if s[0] == self._num:
+                return s[4]
+        return 0
+
+    def _next_num(self):
+        for s in self.log.segs:
+            if s[0] > self._num:
+                return s[0]
+        return self._num
+
+    def record(self):
+        # The current record as a JSON-ready dict (allocates; for the publisher and tests).
+        return records.fields(self.kind, self.payload[: self.n])

@@ -1,0 +1,140 @@
+# Record kinds and their payloads: one binary layout per kind, shared by the record log,
+# the MQTT publisher (to JSON), the LoRaWAN codec and the host decoder.
+#
+# Energy is carried exactly as the registers hold it (integer mWh); voltages in 0.1 V,
+# currents in mA, powers in 0.1 W, so no reading is rounded away on its way upstream.
+import struct
+
+from micropython import const
+
+PROFILE = const(1)  # load profile interval (default 15 min)
+DAILY = const(2)  # daily freeze of the registers
+MONTHLY = const(3)  # monthly freeze of the registers
+EVENT = const(4)  # something happened (see EV_*)
+READING = const(5)  # gateway reading (later issues): opaque JSON bytes
+
+KIND_NAMES = {PROFILE: "profile", DAILY: "daily", MONTHLY: "monthly", EVENT: "event", READING: "reading"}
+
+# Event codes (EVENT payload byte 0).
+EV_POWER_DOWN = const(1)
+EV_POWER_UP = const(2)
+EV_SAG = const(3)
+EV_SWELL = const(4)
+EV_TAMPER = const(5)
+EV_LEAK = const(6)
+EV_RELAY = const(7)
+EV_CONFIG = const(8)
+EV_POLICY = const(9)
+EV_REBOOT = const(10)
+EV_CMD_REJECTED = const(11)
+EV_LOG_DROPPED = const(12)
+EV_LOG_CORRUPT = const(13)
+EV_TIME_SET = const(14)
+
+EVENT_NAMES = {
+    EV_POWER_DOWN: "power_down",
+    EV_POWER_UP: "power_up",
+    EV_SAG: "sag",
+    EV_SWELL: "swell",
+    EV_TAMPER: "tamper",
+    EV_LEAK: "leak",
+    EV_RELAY: "relay",
+    EV_CONFIG: "config",
+    EV_POLICY: "policy",
+    EV_REBOOT: "reboot",
+    EV_CMD_REJECTED: "cmd_rejected",
+    EV_LOG_DROPPED: "log_dropped",
+    EV_LOG_CORRUPT: "log_corrupt",
+    EV_TIME_SET: "time_set",
+}
+
+# PROFILE: period s, import/export mWh (registers at the end of the interval),
+# voltage avg/min/max (0.1 V), current avg/min/max (mA), power avg/min/max (0.1 W, signed).
+_PROFILE = "<HQQHHHIIIiii"
+PROFILE_SIZE = struct.calcsize(_PROFILE)  # 48
+# DAILY / MONTHLY: import/export mWh, water and gas volume in litres.
+_FREEZE = "<QQII"
+FREEZE_SIZE = struct.calcsize(_FREEZE)  # 24
+# EVENT: code, signed argument, then up to EVENT_TEXT bytes of ASCII detail.
+_EVENT = "<Bi"
+EVENT_HEAD = struct.calcsize(_EVENT)  # 5
+EVENT_TEXT = const(40)
+
+_PROFILE_KEYS = (
+    "period_s",
+    "e_imp_mwh",
+    "e_exp_mwh",
+    "v_avg_dv",
+    "v_min_dv",
+    "v_max_dv",
+    "i_avg_ma",
+    "i_min_ma",
+    "i_max_ma",
+    "p_avg_dw",
+    "p_min_dw",
+    "p_max_dw",
+)
+_FREEZE_KEYS = ("e_imp_mwh", "e_exp_mwh", "water_l", "gas_l")
+
+
+def profile(period_s, e_imp_mwh, e_exp_mwh, v3, i3, p3):
+    # v3/i3/p3 are (avg, min, max) in 0.1 V, mA and 0.1 W.
+    return struct.pack(
+        _PROFILE, period_s, e_imp_mwh, e_exp_mwh, v3[0], v3[1], v3[2], i3[0], i3[1], i3[2], p3[0], p3[1], p3[2]
+    )
+
+
+def freeze(e_imp_mwh, e_exp_mwh, water_l=0, gas_l=0):
+    return struct.pack(_FREEZE, e_imp_mwh, e_exp_mwh, water_l, gas_l)
+
+
+def event(code, arg=0, text=""):
+    t = text.encode() if isinstance(text, str) else bytes(text)
+    if len(t) > EVENT_TEXT:
+        t = t[:EVENT_TEXT]
+    return struct.pack(_EVENT, code, arg) + t
+
+
+def fields(kind, payload):
+    # Payload bytes -> dict of named fields.  Raises ValueError naming what is wrong.
+    n = len(payload)
+    if kind == PROFILE:
+        if n != PROFILE_SIZE:
+            raise ValueError("profile payload is %d bytes, expected %d" % (n, PROFILE_SIZE))
+        return dict(zip(_PROFILE_KEYS, struct.unpack(_PROFILE, payload)))
+    if kind in (DAILY, MONTHLY):
+        if n != FREEZE_SIZE:
+            raise ValueError("freeze payload is %d bytes, expected %d" % (n, FREEZE_SIZE))
+        return dict(zip(_FREEZE_KEYS, struct.unpack(_FREEZE, payload)))
+    if kind == EVENT:
+        if n < EVENT_HEAD or n > EVENT_HEAD + EVENT_TEXT:
+            raise ValueError("event payload is %d bytes, expected %d..%d" % (n, EVENT_HEAD, EVENT_HEAD + EVENT_TEXT))
+        code, arg = struct.unpack(_EVENT, payload[:EVENT_HEAD])
+        return {
+            "code": code,
+            "event": EVENT_NAMES.get(code, "unknown"),
+            "arg": arg,
+            "text": bytes(payload[EVENT_HEAD:]).decode(),
+        }
+    if kind == READING:
+        return {"raw": bytes(payload).decode()}
+    raise ValueError("unknown record kind %d" % kind)
+
+
+def to_json_dict(node_id, kind, seq, ts, payload):
+    # The document published on umeter/<node>/<kind-topic>: every field plus seq for dedup.
+    d = fields(kind, payload)
+    d["node"] = node_id
+    d["kind"] = KIND_NAMES[kind]
+    d["seq"] = seq
+    d["ts"] = ts
+    return d
+
+
+def topic_leaf(kind):
+    # profile, daily and monthly freezes share the `profile` topic; events go to `event`.
+    if kind == EVENT:
+        return "event"
+    if kind == READING:
+        return "reading"
+    return "profile"

@@ -1,0 +1,150 @@
+# Record log and upload cursor, on the MicroPython unix port.
+import os
+
+from meternode.store import records
+from meternode.store.cursor import Cursor
+from meternode.store.log import HEADER, LogError, RecordLog
+from mptest import eq, raises, scratch_dir
+
+
+def _ev(i):
+    return records.event(records.EV_RELAY, i, "relay %d" % i)
+
+
+def _fill(log, n, t0=1000):
+    for i in range(n):
+        log.append(records.EVENT, t0 + i, _ev(i))
+
+
+def _seqs(log, start=1):
+    r = log.reader()
+    r.seek(start)
+    out = []
+    while r.next():
+        out.append(r.seq)
+    return out
+
+
+def test_records_survive_reopen_in_order_with_fields():
+    p = scratch_dir() + "/log"
+    log = RecordLog(p, 1024, 8192)
+    _fill(log, 60)
+    log.append(
+        records.PROFILE,
+        5000,
+        records.profile(900, 123456789012, 42, (2300, 2290, 2310), (1500, 10, 3000), (3450, -20, 6900)),
+    )
+    log.close()
+    log = RecordLog(p, 1024, 8192)
+    eq(log.last_seq, 61, "last seq after reopen")
+    eq(_seqs(log), list(range(1, 62)), "sequence numbers")
+    r = log.reader()
+    r.seek(61)
+    eq(r.next(), records.PROFILE, "kind")
+    d = r.record()
+    eq(d["e_imp_mwh"], 123456789012, "exact energy register")
+    eq(d["p_min_dw"], -20, "signed power")
+    eq(r.ts, 5000, "timestamp")
+    eq(log.stats()["segments"] > 1, True, "log rotated into several segments")
+
+
+def test_oldest_segment_dropped_and_counted_when_full():
+    p = scratch_dir() + "/log"
+    log = RecordLog(p, 1024, 2048)
+    drops = []
+    log.on_drop = lambda n, a, b: drops.append((n, a, b))
+    _fill(log, 400)
+    st = log.stats()
+    eq(st["bytes"] <= 2048, True, "log stays within max_bytes (%d)" % st["bytes"])
+    eq(st["dropped"] > 0, True, "drops counted")
+    eq(sum(d[0] for d in drops), st["dropped"], "every dropped record reported")
+    eq(st["dropped"] + st["records"], 400, "dropped + held = appended")
+    eq(_seqs(log), list(range(st["first_seq"], 401)), "what is held is contiguous to the end")
+    log.close()
+    eq(RecordLog(p, 1024, 2048).dropped, st["dropped"], "drop count persisted")
+
+
+def test_torn_tail_is_skipped_and_appends_continue():
+    p = scratch_dir() + "/log"
+    log = RecordLog(p, 4096, 16384)
+    _fill(log, 10)
+    log.close()
+    seg = p + "/" + sorted(n for n in os.listdir(p) if n.endswith(".seg"))[-1]
+    with open(seg, "ab") as f:  # a record cut off mid-write: header and part of the payload
+        f.write(b"\xa5\x04\x20\x00\x0b\x00\x00\x00\x00\x00\x00\x00abc")
+    log = RecordLog(p, 4096, 16384)
+    eq(log.torn, 1, "torn tail detected")
+    eq(log.corrupt, 0, "no corrupt record")
+    eq(log.last_seq, 10, "last good record")
+    eq(log.append(records.EVENT, 2000, _ev(99)), 11, "next seq")
+    log.close()
+    log = RecordLog(p, 4096, 16384)
+    eq(_seqs(log), list(range(1, 12)), "nothing lost, torn bytes skipped")
+
+
+def test_corrupt_record_skipped_counted_and_nothing_after_lost():
+    p = scratch_dir() + "/log"
+    log = RecordLog(p, 4096, 16384)
+    _fill(log, 20)
+    log.close()
+    seg = p + "/00000001.seg"
+    with open(seg, "rb") as f:
+        data = bytearray(f.read())
+    size = len(data) // 20  # records are the same size here
+    data[5 * size + HEADER + 2] ^= 0xFF  # flip a payload byte of record 6
+    with open(seg, "wb") as f:
+        f.write(data)
+    log = RecordLog(p, 4096, 16384)
+    eq(log.corrupt, 1, "one corrupt record")
+    eq(_seqs(log), [s for s in range(1, 21) if s != 6], "every other record still read")
+    eq(log.append(records.EVENT, 3000, _ev(0)), 21, "appends continue after the last seq")
+
+
+def test_reader_follows_appends_and_seeks_by_seq():
+    p = scratch_dir() + "/log"
+    log = RecordLog(p, 1024, 8192)
+    r = log.reader()
+    r.seek(1)
+    eq(r.next(), 0, "empty log")
+    _fill(log, 3)
+    eq([r.next(), r.seq], [records.EVENT, 1], "first append seen")
+    eq(r.next() and r.next() and r.seq, 3, "then the others")
+    eq(r.next(), 0, "caught up")
+    _fill(log, 50)
+    eq(r.next() and r.seq, 4, "later appends seen")
+    r.seek(40)
+    eq(r.next() and r.seq, 40, "seek into a later segment")
+
+
+def test_seq_continues_from_cursor_floor_when_log_is_empty():
+    p = scratch_dir() + "/log"
+    log = RecordLog(p, 1024, 8192, floor=500)
+    eq(log.append(records.EVENT, 1, _ev(1)), 501, "first seq above the acknowledged cursor")
+
+
+def test_bad_sizes_and_payloads_are_refused_with_the_reason():
+    p = scratch_dir() + "/log"
+    e = raises(LogError, RecordLog, p, 100, 8192)
+    eq("segment_bytes" in str(e), True, str(e))
+    e = raises(LogError, RecordLog, p, 4096, 4096)
+    eq("max_bytes" in str(e), True, str(e))
+    log = RecordLog(p, 1024, 8192)
+    e = raises(LogError, log.append, records.EVENT, 0, bytes(600))
+    eq("600" in str(e), True, str(e))
+    e = raises(ValueError, records.fields, records.PROFILE, b"abc")
+    eq("profile payload is 3 bytes" in str(e), True, str(e))
+
+
+def test_cursor_persists_only_forward_and_survives_a_corrupt_file():
+    p = scratch_dir() + "/cursor"
+    c = Cursor(p, every=4)
+    for s in range(1, 10):
+        c.advance(s)
+    c.advance(3)
+    eq(c.acked, 9, "never moves back")
+    eq(Cursor(p).acked, 8, "persisted every 4 advances")
+    c.flush()
+    eq(Cursor(p).acked, 9, "flush persists the rest")
+    with open(p, "wb") as f:
+        f.write(b"\x01\x02\x03\x04\x05\x06\x07\x08")
+    eq(Cursor(p).acked, 0, "corrupt cursor restarts at 0 (resend, never lose)")
