@@ -22,8 +22,8 @@ def _color() -> bool:
     return "NO_COLOR" not in os.environ
 
 
-out = Console(file=sys.stdout, no_color=not _color(), highlight=False)
-err = Console(file=sys.stderr, no_color=not _color(), highlight=False)
+out = Console(file=sys.stdout, no_color=not _color(), highlight=False, soft_wrap=True)
+err = Console(file=sys.stderr, no_color=not _color(), highlight=False, soft_wrap=True)
 
 
 def is_tty() -> bool:

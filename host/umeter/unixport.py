@@ -73,3 +73,51 @@ def parse_heap(size: str | int) -> int:
 def command(script: str | os.PathLike[str], *args: str, heap: str | int = DEFAULT_HEAP) -> list[str]:
     """The argv that runs `script` on the unix port with a board-like heap."""
     return [micropython_path(), "-X", f"heapsize={parse_heap(heap)}", str(script), *args]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: no orphaned nodes if we are killed
+    except OSError:
+        pass
+    os.setsid()  # own process group: a terminal Ctrl-C reaches us, and we stop the children
+
+
+def spawn(argv: list[str], *, cwd: str | os.PathLike[str], env: dict[str, str] | None = None, log=None):
+    """Start a unix-port process that dies with this one and lives in its own process group."""
+    import subprocess
+
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.Popen(
+        argv,
+        cwd=str(cwd),
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+        stdout=log if log is not None else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+    )
+
+
+def stop(proc, timeout: float = 3.0) -> None:
+    """Interrupt a spawned process group (KeyboardInterrupt on MicroPython), then kill it."""
+    import signal
+    import subprocess
+
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGINT, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
