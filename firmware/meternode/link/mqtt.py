@@ -1,10 +1,18 @@
 # An asyncio MQTT 3.1.1 client for MicroPython (and CPython: it only uses asyncio streams).
 #
-# One connection; a reader task dispatches packets; QoS 1 publishes wait for their PUBACK
-# with a timeout and are retransmitted with DUP set on reconnect by the caller (the outbox
-# keeps them).  Every wait has a timeout; errors surface as MQTTError / OSError so the
-# supervisor can reconnect with backoff.
+# One connection; a reader task dispatches packets and a pinger keeps the session alive
+# (PINGREQ every keepalive/2, connection dropped after 1.5 * keepalive of silence, so the
+# broker's last will fires).  QoS 0 and 1: `publish()` waits for the PUBACK with a timeout;
+# `send_publish()` only sends and reports the PUBACK through `on_ack(pid)`, so the outbox can
+# keep several records in flight.  Unacknowledged QoS 1 messages are retransmitted with DUP
+# and the same packet id after a reconnect with a kept session (MQTT 3.1.1 §4.4); the outbox
+# owns them.  Every wait has a timeout; errors surface as MQTTError / OSError so the link
+# supervisor reconnects with `Backoff` (exponential, jittered, bounded).
+#
+# TLS: pass `ssl=tls_context(ca)` with the provisioned CA (PEM or DER); the server
+# certificate must chain to it, else connect() raises MQTTError naming the TLS failure.
 import asyncio
+import binascii
 import struct
 
 from micropython import const
@@ -21,6 +29,16 @@ except ImportError:  # CPython
         return asyncio.sleep(ms / 1000)
 
 
+try:
+    import random
+
+    _rand = random.getrandbits
+except (ImportError, AttributeError):  # pragma: no cover
+
+    def _rand(n):
+        return 0
+
+
 _CONNECT = const(0x10)
 _CONNACK = const(0x20)
 _PUBLISH = const(0x30)
@@ -32,6 +50,7 @@ _PINGRESP = const(0xD0)
 _DISCONNECT = const(0xE0)
 
 MAX_PACKET = const(16384)  # largest packet we send or accept (bytes); more is a protocol error
+MAX_TOPIC = const(256)  # longest topic we publish or subscribe to (bytes)
 
 _CONNACK_TEXT = (
     "accepted",
@@ -49,6 +68,8 @@ class MQTTError(Exception):
 
 def _str(s):
     b = s.encode() if isinstance(s, str) else bytes(s)
+    if len(b) > 65535:
+        raise MQTTError("string of %d bytes does not fit an MQTT field" % len(b))
     return struct.pack("!H", len(b)) + b
 
 
@@ -60,6 +81,15 @@ def _remaining(n):
         out.append(b | 0x80 if n else b)
         if not n:
             return bytes(out)
+
+
+def check_topic(topic, wild=False):
+    # Publish topics carry no wildcards; both are 1..MAX_TOPIC bytes of UTF-8 without NUL.
+    n = len(topic)
+    if not 0 < n <= MAX_TOPIC:
+        raise MQTTError("topic %r is %d bytes; allowed 1..%d" % (topic, n, MAX_TOPIC))
+    if "\x00" in topic or (not wild and ("+" in topic or "#" in topic)):
+        raise MQTTError("topic %r holds a character not allowed here" % topic)
 
 
 def connect_packet(client_id, keepalive, clean, user=None, password=None, will=None):
@@ -84,12 +114,60 @@ def connect_packet(client_id, keepalive, clean, user=None, password=None, will=N
 def publish_packet(topic, payload, qos=0, retain=False, pid=0, dup=False):
     if isinstance(payload, str):
         payload = payload.encode()
-    head = _PUBLISH | (qos << 1) | (1 if retain else 0) | (0x08 if dup else 0)
+    if qos not in (0, 1):
+        raise MQTTError("QoS %r is not supported (0 or 1)" % (qos,))
+    head = _PUBLISH | (qos << 1) | (1 if retain else 0) | (0x08 if dup and qos else 0)
     var = _str(topic) + (struct.pack("!H", pid) if qos else b"")
     n = len(var) + len(payload)
     if n + 5 > MAX_PACKET:
         raise MQTTError("publish to %s is %d bytes, over the %d-byte limit" % (topic, n, MAX_PACKET))
     return bytes((head,)) + _remaining(n) + var + payload
+
+
+def ca_der(ca):
+    # The provisioned CA as DER bytes (MicroPython's ssl wants DER; PEM is accepted here).
+    ca = bytes(ca)
+    if ca.startswith(b"-----BEGIN"):
+        lines = [ln for ln in ca.split(b"\n") if ln and not ln.startswith(b"-----")]
+        return binascii.a2b_base64(b"".join(lines))
+    return ca
+
+
+def tls_context(ca):
+    # An SSL context that only trusts `ca` (bytes, PEM or DER) and requires the server cert.
+    import ssl
+
+    der = ca_der(ca)
+    if hasattr(ssl, "create_default_context"):  # CPython (host tools, tests)
+        ctx = ssl.create_default_context(cadata=der)
+        return ctx
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    try:
+        ctx.load_verify_locations(cadata=der)
+    except ValueError as e:
+        raise MQTTError("TLS: the provisioned CA certificate cannot be parsed (%s)" % e)
+    return ctx
+
+
+class Backoff:
+    # Exponential backoff with +-25 % jitter, bounded: min_ms, 2*min_ms, ... max_ms.
+    def __init__(self, min_ms=500, max_ms=30000):
+        self.min_ms = min_ms
+        self.max_ms = max_ms
+        self.cur = min_ms
+        self.attempts = 0
+
+    def reset(self):
+        self.cur = self.min_ms
+        self.attempts = 0
+
+    def next_ms(self):
+        d = self.cur
+        self.cur = min(self.max_ms, self.cur * 2)
+        self.attempts += 1
+        j = d // 4
+        return d - j + (_rand(16) % (2 * j + 1) if j else 0)
 
 
 class MQTTClient:
@@ -105,6 +183,7 @@ class MQTTClient:
         will=None,
         ssl=None,
         timeout_ms=10000,
+        server_hostname=None,
     ):
         self.client_id = client_id
         self.host = host
@@ -115,42 +194,64 @@ class MQTTClient:
         self.password = password
         self.will = will
         self.ssl = ssl
+        self.server_hostname = server_hostname
         self.timeout_ms = timeout_ms
         self.on_message = None  # callback(topic: str, payload: bytes, retained: bool)
+        self.on_ack = None  # callback(pid) for PUBACKs of send_publish()
         self._r = None
         self._w = None
+        self._wlock = asyncio.Lock()  # one writer at a time: interleaved drains corrupt the stream
         self._pid = 0
-        self._acks = {}  # pid -> asyncio.Event for PUBACK / SUBACK
+        self._acks = {}  # pid -> asyncio.Event for publish() / subscribe() waiters
         self._reader_task = None
         self._ping_task = None
         self._last_rx = 0
         self.connected = False
         self.session_present = False
         self.error = None  # why the connection ended, for the link supervisor
+        self.sent = 0  # PUBLISH packets sent on this connection
+        self.pings = 0
 
-    def _next_pid(self):
-        self._pid = self._pid % 65535 + 1
+    def next_pid(self):
+        # Client packet ids live in 0x8000..0xFFFF; 1..0x7FFF belong to the outbox, which
+        # keeps its ids across reconnects for DUP retransmission.
+        self._pid = self._pid + 1 if 0x8000 <= self._pid < 0xFFFF else 0x8000
         return self._pid
+
+    async def abort(self, why):
+        # Drops the connection (the supervisor reconnects); `why` becomes self.error.
+        if self.error is None:
+            self.error = why if isinstance(why, Exception) else OSError(why)
+        await self._close()
 
     async def _wait(self, aw):
         return await _wait_for_ms(aw, self.timeout_ms)
 
     async def connect(self):
+        where = "%s:%d" % (self.host, self.port)
         try:
             if self.ssl is None:
                 self._r, self._w = await self._wait(asyncio.open_connection(self.host, self.port))
             else:
-                self._r, self._w = await self._wait(asyncio.open_connection(self.host, self.port, ssl=self.ssl))
+                self._r, self._w = await self._wait(self._open_tls())
         except asyncio.TimeoutError:
-            raise OSError("connect to %s:%d timed out" % (self.host, self.port))
-        await self._send(
-            connect_packet(self.client_id, self.keepalive, self.clean, self.user, self.password, self.will)
-        )
+            raise OSError("connect to %s timed out" % where)
+        except ValueError as e:  # MicroPython reports TLS failures as ValueError
+            await self._close()
+            raise MQTTError("TLS handshake with %s failed: %s" % (where, str(e).strip()))
         try:
+            await self._send(
+                connect_packet(self.client_id, self.keepalive, self.clean, self.user, self.password, self.will)
+            )
             head, body = await self._wait(self._read_packet())
         except asyncio.TimeoutError:
             await self._close()
-            raise OSError("no CONNACK from %s:%d" % (self.host, self.port))
+            raise OSError("no CONNACK from %s" % where)
+        except (ValueError, OSError, EOFError) as e:
+            await self._close()
+            if self.ssl is not None and _is_tls_error(e):
+                raise MQTTError("TLS handshake with %s failed: %s" % (where, _tls_text(e)))
+            raise OSError("connection to %s closed before CONNACK (%s)" % (where, e))
         if head != _CONNACK or len(body) != 2:
             await self._close()
             raise MQTTError("expected CONNACK, got packet type 0x%02x" % head)
@@ -161,18 +262,34 @@ class MQTTClient:
             raise MQTTError("broker refused the connection: " + why)
         self.session_present = bool(body[0] & 1)
         self.connected = True
+        self.error = None
         self._last_rx = _now()
         self._reader_task = asyncio.create_task(self._reader())
         self._ping_task = asyncio.create_task(self._pinger())
 
+    async def _open_tls(self):
+        host = self.server_hostname or self.host
+        try:
+            return await asyncio.open_connection(self.host, self.port, ssl=self.ssl, server_hostname=host)
+        except TypeError:  # older MicroPython asyncio without server_hostname
+            return await asyncio.open_connection(self.host, self.port, ssl=self.ssl)
+
     async def _send(self, pkt):
         if self._w is None:
             raise OSError("not connected")
-        self._w.write(pkt)
         try:
-            await self._wait(self._w.drain())
+            await self._wait(self._locked_send(pkt))
         except asyncio.TimeoutError:
+            await self._close()
             raise OSError("send to broker timed out")
+
+    async def _locked_send(self, pkt):
+        async with self._wlock:
+            w = self._w
+            if w is None:
+                raise OSError("not connected")
+            w.write(pkt)
+            await w.drain()
 
     async def _read_packet(self):
         r = self._r
@@ -201,22 +318,30 @@ class MQTTClient:
                 if kind == _PUBLISH:
                     await self._on_publish(head, body)
                 elif kind in (_PUBACK, _SUBACK):
+                    if len(body) < 2:
+                        raise MQTTError("short acknowledgement packet")
                     pid = struct.unpack("!H", body[:2])[0]
                     ev = self._acks.pop(pid, None)
                     if ev is not None:
                         if kind == _SUBACK and len(body) > 2 and body[2] == 0x80:
                             ev.failed = True
                         ev.set()
+                    elif kind == _PUBACK and self.on_ack is not None:
+                        self.on_ack(pid)
                 elif kind == _PINGRESP:
                     pass
+        except asyncio.CancelledError:
+            raise
         except Exception as e:  # connection lost or protocol error: the link supervisor reconnects
-            self.error = e
-        self.connected = False
-        for ev in self._acks.values():
-            ev.set()
+            if self.error is None:
+                self.error = e if str(e) else OSError("connection closed by the broker")
+        self._reader_task = None
+        await self._close()
 
     async def _on_publish(self, head, body):
         tl = struct.unpack("!H", body[:2])[0]
+        if 2 + tl > len(body):
+            raise MQTTError("malformed PUBLISH topic length")
         topic = body[2 : 2 + tl].decode()
         qos = (head >> 1) & 3
         pos = 2 + tl
@@ -229,51 +354,74 @@ class MQTTClient:
 
     async def _pinger(self):
         ka = self.keepalive * 1000
-        while self.connected:
-            await _sleep_ms(ka // 2)
-            if not self.connected:
-                return
-            if _diff(_now(), self._last_rx) > ka + ka // 2:
-                self.error = OSError("broker silent for %d s" % (ka * 3 // 2000))
-                await self._close()
-                return
-            try:
+        try:
+            while self.connected:
+                await _sleep_ms(ka // 2)
+                if not self.connected:
+                    return
+                if _diff(_now(), self._last_rx) > ka + ka // 2:
+                    self.error = OSError("broker silent for %d s" % (ka * 3 // 2000))
+                    self._ping_task = None
+                    await self._close()
+                    return
                 await self._send(bytes((_PINGREQ, 0)))
-            except Exception as e:
+                self.pings += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if self.error is None:
                 self.error = e
-                await self._close()
-                return
+            self._ping_task = None
+            await self._close()
+
+    async def send_publish(self, topic, payload, qos=1, retain=False, pid=None, dup=False):
+        # Sends without waiting for the PUBACK (reported through on_ack); returns the pid.
+        check_topic(topic)
+        if qos and pid is None:
+            pid = self.next_pid()
+        await self._send(publish_packet(topic, payload, qos, retain, pid or 0, dup))
+        self.sent += 1
+        return pid or 0
 
     async def publish(self, topic, payload, qos=0, retain=False, dup=False, pid=None):
         # QoS 1 returns when the PUBACK arrived; raises OSError when it did not in time.
+        check_topic(topic)
         if qos == 0:
             await self._send(publish_packet(topic, payload, 0, retain))
+            self.sent += 1
             return 0
         if pid is None:
-            pid = self._next_pid()
+            pid = self.next_pid()
         ev = asyncio.Event()
         self._acks[pid] = ev
-        await self._send(publish_packet(topic, payload, 1, retain, pid, dup))
         try:
+            await self._send(publish_packet(topic, payload, 1, retain, pid, dup))
+            self.sent += 1
             await self._wait(ev.wait())
         except asyncio.TimeoutError:
-            self._acks.pop(pid, None)
             raise OSError("no PUBACK for packet %d" % pid)
+        finally:
+            self._acks.pop(pid, None)
         if not self.connected:
             raise OSError("connection lost before PUBACK %d" % pid)
         return pid
 
     async def subscribe(self, topic, qos=1):
-        pid = self._next_pid()
+        check_topic(topic, wild=True)
+        pid = self.next_pid()
         ev = asyncio.Event()
         ev.failed = False
         self._acks[pid] = ev
         body = struct.pack("!H", pid) + _str(topic) + bytes((qos,))
-        await self._send(bytes((_SUBSCRIBE,)) + _remaining(len(body)) + body)
         try:
+            await self._send(bytes((_SUBSCRIBE,)) + _remaining(len(body)) + body)
             await self._wait(ev.wait())
         except asyncio.TimeoutError:
             raise OSError("no SUBACK for %s" % topic)
+        finally:
+            self._acks.pop(pid, None)
+        if not self.connected:
+            raise OSError("connection lost before SUBACK for %s" % topic)
         if ev.failed:
             raise MQTTError("broker refused the subscription to %s" % topic)
 
@@ -287,18 +435,35 @@ class MQTTClient:
 
     async def _close(self):
         self.connected = False
+        cur = asyncio.current_task()
         for t in (self._reader_task, self._ping_task):
-            if t is not None and t is not asyncio.current_task():
+            if t is not None and t is not cur:
                 t.cancel()
         self._reader_task = self._ping_task = None
+        for ev in self._acks.values():
+            ev.set()  # waiters see `connected` False and raise
         w = self._w
         self._w = self._r = None
         if w is not None:
             try:
                 w.close()
-                await w.wait_closed()
+                await _wait_for_ms(w.wait_closed(), 1000)
             except Exception:
                 pass
+
+
+def _is_tls_error(e):
+    t = str(e)
+    return isinstance(e, ValueError) or "CERT" in t.upper() or "SSL" in t.upper() or "certificate" in t
+
+
+def _tls_text(e):
+    t = str(e).strip()
+    if not t:
+        t = "error %r" % (e.args,)
+    if "signed" in t or "CERT" in t.upper() or "certificate" in t:
+        return t + " (is the broker's certificate issued by the provisioned CA?)"
+    return t
 
 
 try:

@@ -1,0 +1,186 @@
+# The outbox: one publisher task that drains the record log from the upload cursor to MQTT
+# with QoS 1, several records in flight, and advances the cursor only over records whose
+# PUBACK arrived (contiguously from the cursor).  Every record carries its sequence number,
+# so the consumer drops the duplicates a reconnect or reboot can cause: exactly-once at the
+# application level.
+#
+# A backlog drains at `rate` records per second (token bucket, burst `window`), so live
+# telemetry (QoS 0, sent by the node's reporting task) keeps flowing beside it.  A record
+# whose PUBACK does not come within `ack_timeout_ms` drops the connection; after a
+# reconnect with a kept session the records that were in flight go out again with DUP and
+# their packet ids, otherwise everything from the cursor goes out again with new ids.
+import asyncio
+import json
+import time
+
+from micropython import const
+
+from meternode.store import records
+
+try:
+    from asyncio import wait_for_ms as _wait_for_ms
+except ImportError:  # CPython
+
+    def _wait_for_ms(aw, ms):
+        return asyncio.wait_for(aw, ms / 1000)
+
+
+try:
+    _now = time.ticks_ms
+    _diff = time.ticks_diff
+except AttributeError:  # CPython
+
+    def _now():
+        return int(time.monotonic() * 1000)
+
+    def _diff(a, b):
+        return a - b
+
+
+_PID_MAX = const(0x7FFF)  # outbox packet ids are 1..0x7FFF (the client uses the upper half)
+_IDLE_MS = const(200)
+
+
+class Outbox:
+    def __init__(self, log, cursor, node_id, prefix="umeter", rate=20.0, window=8, ack_timeout_ms=10000):
+        if rate <= 0:
+            raise ValueError("mqtt.backlog_rate = %r must be above 0" % (rate,))
+        if not 1 <= window <= 64:
+            raise ValueError("mqtt.window = %r must be 1..64" % (window,))
+        self.log = log
+        self.cursor = cursor
+        self.node_id = node_id
+        self.prefix = prefix
+        self.rate = rate
+        self.window = window
+        self.ack_timeout_ms = ack_timeout_ms
+        self._reader = log.reader()
+        self._pending = []  # [seq, pid, acked, sent_ms] in send order
+        self._pid = 0
+        self._kick = asyncio.Event()
+        self._tokens = float(window)
+        self._t_tok = _now()
+        self._topics = {}
+        for k in records.KIND_NAMES:
+            self._topics[k] = "%s/%s/%s" % (prefix, node_id, records.topic_leaf(k))
+        # counters, for stats() and tests
+        self.published = 0
+        self.dups = 0
+        self.timeouts = 0
+        self.skipped = 0
+
+    def notify(self):
+        # A record was appended: wake the publisher.
+        self._kick.set()
+
+    def backlog(self):
+        return self.log.last_seq - self.cursor.acked
+
+    def stats(self):
+        return {
+            "acked": self.cursor.acked,
+            "backlog": self.backlog(),
+            "in_flight": len(self._pending),
+            "published": self.published,
+            "dup": self.dups,
+            "ack_timeouts": self.timeouts,
+            "unreadable": self.skipped,
+        }
+
+    def _next_pid(self):
+        self._pid = self._pid % _PID_MAX + 1
+        return self._pid
+
+    def on_ack(self, pid):
+        # PUBACK from the client's reader task: mark, then advance the cursor contiguously.
+        p = self._pending
+        for e in p:
+            if e[1] == pid:
+                e[2] = True
+                break
+        while p and p[0][2]:
+            self.cursor.advance(p.pop(0)[0])
+        self._kick.set()
+
+    def _take_token(self):
+        now = _now()
+        self._tokens += _diff(now, self._t_tok) * self.rate / 1000.0
+        self._t_tok = now
+        if self._tokens > self.window:
+            self._tokens = float(self.window)
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def _payload(self):
+        r = self._reader
+        try:
+            d = records.to_json_dict(self.node_id, r.kind, r.seq, r.ts, r.payload[: r.n])
+        except ValueError as e:
+            # A record that checks (CRC) but does not decode: send it as raw hex, never drop it.
+            self.skipped += 1
+            d = {"node": self.node_id, "kind": "unknown", "seq": r.seq, "ts": r.ts, "error": str(e)}
+        return json.dumps(d)
+
+    async def _resume(self, c):
+        # After a (re)connect: what was in flight goes out again first.
+        old = {}
+        if c.session_present:
+            for e in self._pending:
+                old[e[0]] = e[1]
+        self._pending = []
+        self._reader.seek(self.cursor.acked + 1)
+        return old
+
+    async def run_connection(self, c):
+        # Publishes over one connected client until it drops.  Returns (never raises for
+        # connection errors: the link supervisor handles those).
+        c.on_ack = self.on_ack
+        old = await self._resume(c)
+        r = self._reader
+        p = self._pending
+        while c.connected:
+            # Fill the window.
+            while len(p) < self.window and c.connected:
+                if not old and not self._take_token():
+                    break
+                kind = r.next()
+                if not kind:
+                    if not old:
+                        self._tokens += 1.0  # nothing to send: give the token back
+                    break
+                seq = r.seq
+                pid = old.pop(seq, None)
+                dup = pid is not None
+                if not dup:
+                    pid = self._next_pid()
+                else:
+                    self.dups += 1
+                p.append([seq, pid, False, _now()])
+                try:
+                    await c.send_publish(
+                        self._topics.get(kind, self._topics[records.EVENT]), self._payload(), 1, False, pid, dup
+                    )
+                except Exception as e:
+                    await c.abort(e)
+                    break
+                self.published += 1
+            if not c.connected:
+                break
+            if p and _diff(_now(), p[0][3]) > self.ack_timeout_ms:
+                self.timeouts += 1
+                await c.abort(OSError("no PUBACK for record %d in %d ms" % (p[0][0], self.ack_timeout_ms)))
+                break
+            self._kick.clear()
+            try:
+                await _wait_for_ms(self._kick.wait(), self._wait_ms())
+            except asyncio.TimeoutError:
+                pass
+        self.cursor.flush()
+
+    def _wait_ms(self):
+        if self._tokens < 1.0:
+            need = int((1.0 - self._tokens) * 1000 / self.rate) + 1
+            return need if need < _IDLE_MS else _IDLE_MS
+        return _IDLE_MS

@@ -1,0 +1,162 @@
+# The MQTT link supervisor: connects (TCP or TLS), announces the node (retained `online`
+# state, last will `offline`), subscribes to its command topic, publishes Home Assistant
+# discovery, then hands the connection to the outbox until it drops; reconnects with
+# jittered exponential backoff.  Link up/down are events with a reason, counted in stats().
+import asyncio
+import time
+
+from meternode.config import ConfigError, need
+from meternode.link import discovery
+from meternode.link.mqtt import Backoff, MQTTClient, tls_context
+
+try:
+    from asyncio import sleep_ms as _sleep_ms
+except ImportError:  # CPython
+
+    def _sleep_ms(ms):
+        return asyncio.sleep(ms / 1000)
+
+
+def check_mqtt(m, where="config.mqtt"):
+    # Validates the uplink keys of config["mqtt"] (the basic ones are checked by config.py).
+    need(m, "host", str, where)
+    need(m, "port", int, where, default=1883, lo=1, hi=65535)
+    need(m, "prefix", str, where, default="umeter")
+    need(m, "keepalive", int, where, default=30, lo=5, hi=3600)
+    need(m, "clean", bool, where, default=False)
+    need(m, "backlog_rate", float, where, default=20.0, lo=0.01, hi=10000.0)
+    need(m, "window", int, where, default=8, lo=1, hi=64)
+    need(m, "ack_timeout_ms", int, where, default=10000, lo=100, hi=600000)
+    need(m, "backoff_min_ms", int, where, default=500, lo=10, hi=600000)
+    need(m, "backoff_max_ms", int, where, default=30000, lo=10, hi=3600000)
+    need(m, "discovery", bool, where, default=True)
+    if "user" in m:
+        need(m, "user", str, where)
+        need(m, "password", str, where, default="")
+    tls = need(m, "tls", dict, where, default={})
+    if tls:
+        need(tls, "ca", str, where + ".tls")
+        need(tls, "server_hostname", str, where + ".tls", default=m["host"])
+    return m
+
+
+def topic(prefix, node_id, leaf):
+    return "%s/%s/%s" % (prefix, node_id, leaf)
+
+
+class MqttLink:
+    def __init__(self, node_id, m, outbox=None, on_command=None, describe=None, log=None):
+        check_mqtt(m)
+        self.node_id = node_id
+        self.m = m
+        self.prefix = m.get("prefix", "umeter")
+        self.outbox = outbox
+        self.on_command = on_command  # callback(payload bytes) for …/cmd
+        self.describe = describe  # callable -> dict for discovery (channels, firmware)
+        self.log = log or _log
+        self.client = None
+        self.up = False
+        self.ups = 0
+        self.downs = 0
+        self.last_error = None
+        self.backoff = Backoff(m.get("backoff_min_ms", 500), m.get("backoff_max_ms", 30000))
+        self._ssl = None
+        tls = m.get("tls")
+        if tls:
+            try:
+                with open(tls["ca"], "rb") as f:
+                    ca = f.read()
+            except OSError:
+                raise ConfigError("config.mqtt.tls.ca: %s cannot be read" % tls["ca"])
+            self._ssl = tls_context(ca)
+
+    def topic(self, leaf):
+        return topic(self.prefix, self.node_id, leaf)
+
+    def _client(self):
+        m = self.m
+        tls = m.get("tls") or {}
+        return MQTTClient(
+            self.node_id,
+            m["host"],
+            m.get("port", 1883),
+            keepalive=m.get("keepalive", 30),
+            clean=m.get("clean", False),
+            user=m.get("user"),
+            password=m.get("password"),
+            will=(self.topic("state"), b"offline", 1, True),
+            ssl=self._ssl,
+            server_hostname=tls.get("server_hostname"),
+        )
+
+    def _on_message(self, t, payload, retained):
+        if t == self.topic("cmd") and self.on_command is not None:
+            self.on_command(payload)
+
+    async def _announce(self, c):
+        await c.publish(self.topic("state"), b"online", qos=1, retain=True)
+        if self.on_command is not None:
+            await c.subscribe(self.topic("cmd"), 1)
+        if self.m.get("discovery", True) and self.describe is not None:
+            for t, p in discovery.configs(self.prefix, self.node_id, self.describe()):
+                await c.publish(t, p, qos=1, retain=True)
+
+    async def run(self):
+        m = self.m
+        where = "%s:%d" % (m["host"], m.get("port", 1883))
+        while True:
+            c = self._client()
+            c.on_message = self._on_message
+            try:
+                await c.connect()
+                await self._announce(c)
+                self.client = c
+                self.up = True
+                self.ups += 1
+                self.backoff.reset()
+                self.log("link up: %s%s" % (where, " (session kept)" if c.session_present else ""))
+                if self.outbox is not None:
+                    await self.outbox.run_connection(c)
+                while c.connected:
+                    await _sleep_ms(100)
+                self.last_error = c.error
+                self.log("link down: %s" % c.error)
+            except Exception as e:
+                self.last_error = e
+                self.log("link error: %s" % e)
+            if self.up:
+                self.downs += 1
+            self.client = None
+            self.up = False
+            await c.disconnect()
+            await _sleep_ms(self.backoff.next_ms())
+
+    async def publish_live(self, leaf, payload):
+        # QoS 0 live data (telemetry): sent when the link is up, dropped otherwise.
+        c = self.client
+        if c is None or not c.connected:
+            return False
+        try:
+            await c.publish(self.topic(leaf), payload, qos=0)
+            return True
+        except Exception as e:
+            self.log("%s not sent: %s" % (leaf, e))
+            return False
+
+    async def publish_result(self, payload):
+        c = self.client
+        if c is None or not c.connected:
+            return False
+        try:
+            await c.publish(self.topic("cmd/result"), payload, qos=1)
+            return True
+        except Exception as e:
+            self.log("cmd/result not sent: %s" % e)
+            return False
+
+    def stats(self):
+        return {"up": self.up, "ups": self.ups, "downs": self.downs, "error": str(self.last_error or "")}
+
+
+def _log(msg):
+    print("[%d] %s" % (time.ticks_ms() if hasattr(time, "ticks_ms") else 0, msg))
