@@ -1,0 +1,347 @@
+# The policy engine: once a second, from the latest readings, picks the tariff, checks the
+# limits and the demand-response rules, and drives one relay.  It needs no link (works
+# offline), logs every action through an event sink, and allocates nothing per tick: all
+# state is ints in lists made in __init__, readings are only compared, never computed with.
+#
+#   eng = Engine(policy_compact, set_tariff=meter.set_tariff, relay=relay, sink=ring.push)
+#   eng.tick(t, v, i, f, p, e_mwh)   # t: epoch s (int); v V, i A, f Hz, p W; e_mwh import
+#
+# `relay` is any object with set(on) (True = load connected); `sink(code, rule, value, t)`
+# receives ints.  Time comes only from the caller, so tests drive a week in a loop.
+#
+# Shedding: each limit or DR rule that fires holds the relay open until its own release
+# time; the relay closes again when no rule holds it.  A limit with action "shed" releases
+# after shed_s (its retry window); after `retries` trips in one day it locks out until
+# midnight.  A DR rule sheds for at least shed_s and until its trigger has cleared, then
+# waits a random 0..restore_random_s seconds (per-node seed) so a fleet does not rebound
+# at once.  max_energy_day sheds until midnight.
+from micropython import const
+
+from meternode.policy.schema import check_compact
+
+# Event codes passed to the sink.
+EV_TARIFF = const(1)  # rule -1, value = new tariff index
+EV_LIMIT = const(2)  # rule = limit index, value = limit kind
+EV_SHED = const(3)  # rule = index (DR rules offset by 100), value 0
+EV_RESTORE = const(4)  # relay closed again, rule = the last rule released
+EV_LOCKOUT = const(5)  # a limit tripped more than `retries` times today
+EV_DR = const(6)  # rule = DR index, value = trigger code
+EV_DR_END = const(7)  # DR condition over, value = random delay chosen (s)
+EV_DAY = const(8)  # new day, value = day type (0 weekday, 1 weekend, 2 holiday)
+EV_PRICE = const(9)  # real-time price pushed (value = validity s) or expired (value 0)
+EVENT_NAMES = {
+    1: "tariff",
+    2: "limit",
+    3: "shed",
+    4: "restore",
+    5: "lockout",
+    6: "dr",
+    7: "dr_end",
+    8: "day",
+    9: "price",
+}
+
+DR_RULE_BASE = const(100)
+
+_OVER_V = const(0)
+_UNDER_V = const(1)
+_OVER_I = const(2)
+_MAX_P = const(3)
+_MAX_E = const(4)
+_TRIG_EVENT = const(0)
+_TRIG_PRICE = const(1)
+_TRIG_FREQ = const(2)
+_TRIG_VOLT = const(3)
+_DAY_S = const(86400)
+
+
+class EventRing:
+    # Preallocated ring of the last `n` events (code, rule, value, t); push allocates nothing.
+    def __init__(self, n=64):
+        self.n = n
+        self.buf = [0] * (4 * n)
+        self.head = 0  # total events pushed (index = head % n)
+
+    def push(self, code, rule, value, t):
+        k = 4 * (self.head % self.n)
+        b = self.buf
+        b[k] = code
+        b[k + 1] = rule
+        b[k + 2] = value
+        b[k + 3] = t
+        self.head += 1
+
+    def since(self, mark):
+        # Events pushed after `mark` (a previous head) as tuples; allocates, not for ticks.
+        out = []
+        start = max(mark, self.head - self.n)
+        for h in range(start, self.head):
+            k = 4 * (h % self.n)
+            out.append((self.buf[k], self.buf[k + 1], self.buf[k + 2], self.buf[k + 3]))
+        return out
+
+
+def civil(days):
+    # Days since 1970-01-01 -> year * 10000 + month * 100 + day, by integer arithmetic only
+    # (proleptic Gregorian; returns an int so the engine's day change allocates nothing).
+    z = days + 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + 3 if mp < 10 else mp - 9
+    return (yoe + era * 400 + (1 if m <= 2 else 0)) * 10000 + m * 100 + d
+
+
+class _Null:
+    def set(self, on):
+        pass
+
+
+def _no_tariff(i):
+    pass
+
+
+def _no_sink(code, rule, value, t):
+    pass
+
+
+class Engine:
+    def __init__(self, policy, set_tariff=None, relay=None, sink=None, seed=1):
+        c = check_compact(policy)
+        self.policy = c
+        self._set_tariff = set_tariff or _no_tariff
+        self._relay = relay or _Null()
+        self._sink = sink or _no_sink
+        self._tz = c["tz"] * 60
+        self._hol = list(c["h"])
+        self._seasons = c["s"]
+        self._prices = [float(x) for x in c["p"]]
+        self._rt_max = c["rt"]
+        lim = c["l"]
+        dr = c["d"]
+        nl = len(lim)
+        nd = len(dr)
+        self.nl = nl
+        self.nd = nd
+        self._lk = [x[0] for x in lim]
+        self._llev = [float(x[1]) for x in lim]
+        self._lemwh = [float(x[1]) * 1000.0 for x in lim]  # max_energy_day level in mWh
+        self._lhold = [x[2] for x in lim]
+        self._lact = [x[3] for x in lim]
+        self._lshed = [x[4] for x in lim]
+        self._lretry = [x[5] for x in lim]
+        self._lsince = [-1] * nl  # time the condition became true, -1 = false
+        self._lfired = [0] * nl  # 1 while an event-only limit stays true (fire once)
+        self._ltrips = [0] * nl  # trips today
+        self._luntil = [0] * nl  # relay held open until (0 = not holding)
+        self._dk = [x[0] for x in dr]
+        self._da = [float(x[1]) for x in dr]
+        self._db = [float(x[2]) for x in dr]
+        self._dfor = [x[3] for x in dr]
+        self._dshed = [x[4] for x in dr]
+        self._drnd = [x[5] for x in dr]
+        self._dsince = [-1] * nd
+        self._dstate = [0] * nd  # 0 idle, 1 shedding, 2 waiting the random restore delay
+        self._duntil = [0] * nd  # end of the minimum shed / of the random delay
+        self._ev_start = [0] * nd  # pushed DR event window (trigger "event")
+        self._ev_end = [0] * nd
+        self.reporting = c["r"]
+        self.tariff = -1
+        self.day_type = -1
+        self.relay_on = True
+        self.price = self._prices[0]
+        self._rt_price = 0.0
+        self._rt_until = 0
+        self._day = -1  # local day number of the running day
+        self._midnight = 0  # epoch of the next local midnight
+        self._period = self._seasons[0][1]
+        self._e_day0 = -1
+        self._rng = (seed & 0x7FFFFFFF) or 1
+        self._last_release = 0
+
+    # -- commands (from the link; may allocate) ---------------------------------------------
+    def push_event(self, start, duration, rule=-1):
+        # A pushed DR event: every "event" rule (or just `rule`) sheds in [start, start+duration).
+        n = 0
+        for k in range(self.nd):
+            if self._dk[k] == _TRIG_EVENT and (rule < 0 or rule == k):
+                self._ev_start[k] = int(start)
+                self._ev_end[k] = int(start + duration)
+                n += 1
+        return n
+
+    def push_price(self, price, valid_s, now):
+        valid = min(int(valid_s), self._rt_max)
+        self._rt_price = float(price)
+        self._rt_until = int(now) + valid
+        self._sink(EV_PRICE, -1, valid, int(now))
+
+    def reset_lockouts(self):
+        for k in range(self.nl):
+            self._ltrips[k] = 0
+
+    # -- the tick (allocates nothing) -------------------------------------------------------
+    def _rand(self, n):
+        # xorshift32; uniform-ish integer in 0..n
+        x = self._rng
+        x ^= (x << 13) & 0xFFFFFFFF
+        x ^= x >> 17
+        x ^= (x << 5) & 0xFFFFFFFF
+        self._rng = x
+        return x % (n + 1) if n > 0 else 0
+
+    def _new_day(self, t, local):
+        day = local // _DAY_S
+        self._day = day
+        self._midnight = (day + 1) * _DAY_S - self._tz
+        ymd = civil(day)
+        md = ymd % 10000
+        dt = 1 if (day + 3) % 7 >= 5 else 0  # 1970-01-01 was a Thursday; Monday = 0
+        for h in self._hol:
+            if h == md or h == ymd:
+                dt = 2
+        ss = self._seasons
+        season = ss[len(ss) - 1]  # before the first start: the last season (wraps the year)
+        for s in ss:
+            if s[0] <= md:
+                season = s
+        self._period = season[1 + dt]
+        self.day_type = dt
+        for k in range(self.nl):
+            self._ltrips[k] = 0
+        self._sink(EV_DAY, -1, dt, t)
+
+    def tick(self, t, v, i, f, p, e_mwh):
+        local = t + self._tz
+        if self._day < 0 or t >= self._midnight or local // _DAY_S != self._day:
+            self._new_day(t, local)
+            self._e_day0 = e_mwh
+        if self._e_day0 < 0:
+            self._e_day0 = e_mwh
+        # tariff from the day's periods
+        minute = (local % _DAY_S) // 60
+        per = self._period
+        tar = per[1]
+        k = 2
+        while k < len(per) and per[k] <= minute:
+            tar = per[k + 1]
+            k += 2
+        if tar != self.tariff:
+            self.tariff = tar
+            self._set_tariff(tar)
+            self._sink(EV_TARIFF, -1, tar, t)
+        # price: a pushed real-time price while valid, else the tariff's
+        if self._rt_until:
+            if t < self._rt_until:
+                self.price = self._rt_price
+            else:
+                self._rt_until = 0
+                self._sink(EV_PRICE, -1, 0, t)
+        if not self._rt_until:
+            self.price = self._prices[tar]
+        hold = False
+        for k in range(self.nl):
+            if self._limit(k, t, v, i, p, e_mwh):
+                hold = True
+        for k in range(self.nd):
+            if self._dr(k, t, v, f):
+                hold = True
+        if hold == self.relay_on:
+            self.relay_on = not hold
+            self._relay.set(self.relay_on)
+            self._sink(EV_RESTORE if self.relay_on else EV_SHED, self._last_release, 0, t)
+
+    def _limit(self, k, t, v, i, p, e_mwh):
+        # Returns True while limit k holds the relay open.
+        kind = self._lk[k]
+        if self._luntil[k]:
+            if t < self._luntil[k]:
+                return True
+            self._luntil[k] = 0  # retry window over: reconnect and watch again
+            self._lsince[k] = -1
+            self._last_release = k
+        lev = self._llev[k]
+        if kind == _OVER_V:
+            cond = v > lev
+        elif kind == _UNDER_V:
+            cond = v < lev
+        elif kind == _OVER_I:
+            cond = i > lev
+        elif kind == _MAX_P:
+            cond = p > lev
+        else:
+            cond = e_mwh - self._e_day0 >= self._lemwh[k]
+        if not cond:
+            self._lsince[k] = -1
+            self._lfired[k] = 0
+            return False
+        if self._lsince[k] < 0:
+            self._lsince[k] = t
+        if t - self._lsince[k] < self._lhold[k] or self._lfired[k]:
+            return False
+        self._sink(EV_LIMIT, k, kind, t)
+        if self._lact[k] == 0:  # event only: once per excursion
+            self._lfired[k] = 1
+            return False
+        self._ltrips[k] += 1
+        self._last_release = k
+        if kind == _MAX_E or (self._lretry[k] and self._ltrips[k] > self._lretry[k]):
+            if kind != _MAX_E:
+                self._sink(EV_LOCKOUT, k, self._ltrips[k], t)
+            self._luntil[k] = self._midnight
+        else:
+            self._luntil[k] = t + self._lshed[k]
+        return True
+
+    def _dr(self, k, t, v, f):
+        # Returns True while DR rule k holds the relay open.
+        trig = self._dk[k]
+        if trig == _TRIG_EVENT:
+            cond = self._ev_start[k] <= t < self._ev_end[k]
+        elif trig == _TRIG_PRICE:
+            cond = self.price > self._da[k]
+        elif trig == _TRIG_FREQ:
+            cond = 0.0 < f < self._da[k]  # f = 0: no mains measured, not a dip
+        else:
+            cond = v < self._da[k] or v > self._db[k]
+        st = self._dstate[k]
+        if st == 0:
+            if not cond:
+                self._dsince[k] = -1
+                return False
+            if self._dsince[k] < 0:
+                self._dsince[k] = t
+            if t - self._dsince[k] < self._dfor[k]:
+                return False
+            self._dstate[k] = 1
+            self._duntil[k] = self._ev_end[k] if trig == _TRIG_EVENT else t + self._dshed[k]
+            self._sink(EV_DR, DR_RULE_BASE + k, trig, t)
+            self._last_release = DR_RULE_BASE + k
+            return True
+        if st == 1:
+            if cond or t < self._duntil[k]:
+                return True
+            delay = self._rand(self._drnd[k])
+            self._dstate[k] = 2
+            self._duntil[k] = t + delay
+            self._sink(EV_DR_END, DR_RULE_BASE + k, delay, t)
+        if t < self._duntil[k]:
+            return True
+        self._dstate[k] = 0
+        self._dsince[k] = -1
+        self._last_release = DR_RULE_BASE + k
+        return False
+
+    def status(self):
+        # A summary for telemetry (allocates).
+        return {
+            "tariff": self.tariff,
+            "tariff_name": self.policy["t"][self.tariff] if self.tariff >= 0 else None,
+            "price": self.price,
+            "relay": self.relay_on,
+            "day_type": self.day_type,
+            "policy": self.policy["n"],
+        }
