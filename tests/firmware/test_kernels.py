@@ -1,9 +1,12 @@
-# Kernel tests, run on the MicroPython unix port.
+# Kernel tests, run on the MicroPython unix port: every kernel against a plain-Python
+# reference, at full scale for the accumulator bound, and under heap_lock().
 import array
 import math
 
 from meternode.metrology import kernels
 from mptest import assert_no_alloc, eq, needs
+
+H = kernels.HIST
 
 
 def _block(nsets, nch, fn):
@@ -14,50 +17,127 @@ def _block(nsets, nch, fn):
     return buf
 
 
-def _reference(buf, start, end, nch, mid):
-    acc = [0] * kernels.acc_len(nch)
+def _wave(k, c):
+    return 2048 + int(1500 * math.sin(2 * math.pi * k / 80 + c)) + (k * 7 + c) % 13
+
+
+def _ref_chan(buf, start, end, nch, c, mid):
+    s = 0
+    q = 0
     for k in range(start, end):
-        v = buf[k * nch] - mid
-        for c in range(nch):
-            x = buf[k * nch + c] - mid
-            acc[2 * c] += x
-            acc[2 * c + 1] += x * x
-            if c:
-                acc[2 * nch + c - 1] += v * x
-    acc[3 * nch - 1] = end - start
-    return acc
+        x = buf[k * nch + c] - mid
+        s += x
+        q += x * x
+    return [s, q]
+
+
+def _ref_pair(buf, start, end, nch, a, b, mv, mi, d):
+    out = [0, 0, 0, 0]
+    for n in range(start, end):
+        v = buf[n * nch + a] - mv
+        i = buf[n * nch + b] - mi
+        out[0] += v * i
+        out[1] += v * (buf[(n - 1) * nch + b] - mi)
+        out[2] += (buf[(n - d) * nch + a] - mv) * i
+        out[3] += (buf[(n - d - 1) * nch + a] - mv) * i
+    return out
+
+
+def _i32(x):
+    # what an int32 word holds after storing x
+    x &= 0xFFFFFFFF
+    return x - (1 << 32) if x & 0x80000000 else x
 
 
 @needs("viper")
-def test_accumulate_matches_python_reference():
+def test_chan_sums_match_python_reference_and_add_to_previous_sums():
     nch = 3
-    buf = _block(160, nch, lambda k, c: 2048 + int(1500 * math.sin(2 * math.pi * k / 80 + c)) + (k * 7 + c) % 13)
-    acc = array.array("i", bytes(4 * kernels.acc_len(nch)))
-    kernels.accumulate(buf, 10, 90, nch, 2048, acc)
-    eq(list(acc), _reference(buf, 10, 90, nch, 2048), "sums over sets 10..90")
+    buf = _block(H + 160, nch, _wave)
+    out = array.array("i", [5, 7, 0, 0])
+    kernels.chan_sums(buf, H, H + 100, nch, 1, 2050, out, 0)
+    kernels.chan_sums(buf, H + 3, H + 50, nch, 2, 2040, out, 2)
+    ref = _ref_chan(buf, H, H + 100, nch, 1, 2050)
+    eq(list(out), [ref[0] + 5, ref[1] + 7] + _ref_chan(buf, H + 3, H + 50, nch, 2, 2040), "channel sums")
 
 
 @needs("viper")
-def test_accumulate_full_scale_square_wave_at_max_sets_does_not_overflow():
-    # Worst case for the bound: every sample at a rail, MAX_SETS sets in one run.
+def test_pair_sums_match_python_reference_with_quarter_cycle_delay():
     nch = 3
-    n = kernels.MAX_SETS
-    buf = _block(n, nch, lambda k, c: 0 if (k // 7 + c) % 2 else 4095)
-    acc = array.array("i", bytes(4 * kernels.acc_len(nch)))
-    kernels.accumulate(buf, 0, n, nch, 2048, acc)
-    eq(list(acc), _reference(buf, 0, n, nch, 2048), "full-scale sums")
+    buf = _block(H + 160, nch, _wave)
+    for d in (1, 20, H - 2):
+        out = array.array("i", bytes(16))
+        kernels.pair_sums(buf, H, H + 160, nch, 0, 2, 2047, 2049, d, out, 0)
+        eq(list(out), _ref_pair(buf, H, H + 160, nch, 0, 2, 2047, 2049, d), "pair sums with d=%d" % d)
 
 
 @needs("viper")
-def test_kernels_allocate_nothing():
+def test_split_runs_give_the_same_sums_as_one_run():
     nch = 2
-    buf = _block(160, nch, lambda k, c: 2048 + int(1000 * math.sin(2 * math.pi * k / 80)))
-    acc = array.array("i", bytes(4 * kernels.acc_len(nch)))
+    buf = _block(H + 160, nch, _wave)
+    one = array.array("i", bytes(16))
+    two = array.array("i", bytes(16))
+    kernels.pair_sums(buf, H, H + 160, nch, 0, 1, 2048, 2048, 20, one, 0)
+    kernels.pair_sums(buf, H, H + 77, nch, 0, 1, 2048, 2048, 20, two, 0)
+    kernels.pair_sums(buf, H + 77, H + 160, nch, 0, 1, 2048, 2048, 20, two, 0)
+    eq(list(two), list(one), "split vs whole")
+
+
+@needs("viper")
+def test_full_scale_rails_at_max_sets_stay_inside_int32():
+    # Worst case for the bound: every sample at a rail with the tracked mid at its
+    # largest swing (|x| = 2048 + MID_SWING), MAX_SETS sets in one run, all products of
+    # the same sign so nothing cancels.
+    nch = 2
+    n = kernels.MAX_SETS
+    mid = 2048 + kernels.MID_SWING
+    buf = _block(H + n, nch, lambda k, c: 0)
+    out = array.array("i", bytes(24))
+    kernels.pair_sums(buf, H, H + n, nch, 0, 1, mid, mid, 20, out, 0)
+    kernels.chan_sums(buf, H, H + n, nch, 0, mid, out, 4)
+    ref = _ref_pair(buf, H, H + n, nch, 0, 1, mid, mid, 20) + _ref_chan(buf, H, H + n, nch, 0, mid)
+    eq(list(out), ref, "full-scale sums")
+    eq(ref[0] < (1 << 31), True, "reference inside int32")
+
+
+@needs("viper")
+def test_bound_is_tight_one_run_of_twice_max_sets_would_wrap():
+    # The same rails over 2 * MAX_SETS sets exceed int32: the stored word shows the wrap,
+    # which is what the meter's MAX_SETS cut prevents (and what this test would catch).
+    nch = 2
+    n = 2 * kernels.MAX_SETS
+    mid = 2048 + kernels.MID_SWING
+    buf = _block(H + n, nch, lambda k, c: 0)
+    out = array.array("i", bytes(16))
+    kernels.pair_sums(buf, H, H + n, nch, 0, 1, mid, mid, 20, out, 0)
+    ref = _ref_pair(buf, H, H + n, nch, 0, 1, mid, mid, 20)
+    eq(out[0], _i32(ref[0]), "wrapped sum")
+    eq(out[0] != ref[0], True, "wrap visible")
+
+
+@needs("viper")
+def test_every_kernel_allocates_nothing():
+    nch = 2
+    buf = _block(H + 160, nch, _wave)
+    acc = array.array("i", bytes(4 * 8))
     st = array.array("i", [0])
-    assert_no_alloc(kernels.accumulate, buf, 0, 160, nch, 2048, acc)
-    k = assert_no_alloc(kernels.find_rise, buf, 0, 160, nch, 2048, 16, st)
+    work = array.array("H", bytes(2 * nch * (H + 160)))
+    assert_no_alloc(kernels.chan_sums, buf, H, H + 160, nch, 0, 2048, acc, 0)
+    # 11 arguments: wrap in a closure made before the heap is locked
+    pair = _bind_pair(buf, nch, acc)
+    assert_no_alloc(pair)
+    k = assert_no_alloc(kernels.find_rise, buf, 0, 160, nch, 0, 2048, 16, st)
+    assert_no_alloc(kernels.copy16, buf, 0, work, 0, nch * 160)
     assert_no_alloc(kernels.clear, acc, len(acc))
     eq(k, 80, "first rising crossing after the negative half-cycle")
+    eq(list(acc), [0] * 8, "cleared")
+    eq(work[: nch * 160], buf[: nch * 160], "copied")
+
+
+def _bind_pair(buf, nch, acc):
+    def call():
+        kernels.pair_sums(buf, H, H + 160, nch, 0, 1, 2048, 2048, 20, acc, 2)
+
+    return call
 
 
 @needs("viper")
@@ -65,5 +145,16 @@ def test_find_rise_needs_hysteresis_before_it_rearms():
     # Noise around mid must not produce crossings: the signal never goes below mid - hyst.
     buf = _block(100, 1, lambda k, c: 2048 + (5 if k % 2 else -5))
     st = array.array("i", [0])
-    eq(kernels.find_rise(buf, 0, 100, 1, 2048, 16, st), -1, "crossing in noise")
+    eq(kernels.find_rise(buf, 0, 100, 1, 0, 2048, 16, st), -1, "crossing in noise")
     eq(st[0], 0, "armed flag")
+
+
+@needs("viper")
+def test_find_rise_reads_its_channel_and_carries_the_armed_state():
+    nch = 3
+    buf = _block(80, nch, lambda k, c: 2048 + (-500 if (k < 30 and c == 1) else 500))
+    st = array.array("i", [0])
+    eq(kernels.find_rise(buf, 0, 20, nch, 1, 2048, 16, st), -1, "no rise yet on channel 1")
+    eq(st[0], 1, "armed after the low part")
+    eq(kernels.find_rise(buf, 20, 80, nch, 1, 2048, 16, st), 30, "rise on channel 1")
+    eq(kernels.find_rise(buf, 0, 80, nch, 0, 2048, 16, st), -1, "channel 0 never low")

@@ -1,15 +1,31 @@
-# Simulated front end: synthesises the ADC samples a board would produce from a scenario.
+# Simulated front end: synthesises the ADC samples a board would produce from a scenario,
+# deterministically from a seed.
 #
 # A scenario (config["sim"]) describes the mains and the loads, in physical units:
-#   {"freq": 50.0, "seed": 1, "enob": 11.0, "dc": 0,
+#   {"freq": 50.0, "seed": 1, "enob": 8.7, "dc": 0,
 #    "voltage": {"rms": 230.0, "harmonics": [[5, 0.03, 0.0]]},
-#    "currents": [{"rms": 10.0, "angle": 30.0, "harmonics": [[3, 0.1, 0.0]]}, ...],
-#    "realtime": true}
-# `angle` is the degrees the current lags the voltage (30 = inductive load, 180 = pure export).
+#    "voltages": [{"rms": 230.0, "angle": 0}, {"rms": 230.0, "angle": 120}, ...],  (3-phase)
+#    "currents": [{"rms": 10.0, "angle": 30.0, "harmonics": [[3, 0.1, 0.0]],
+#                  "lead": 0.3, "dc": 12}, ...],
+#    "drift": {"hz": 1.0, "period_s": 60.0},
+#    "events": [{"at": 2.0, "freq": 49.0}, {"at": 3.0, "current": 0, "rms": 5.0, "angle": 180.0},
+#               {"at": 4.0, "voltage": 0.5, "for": 0.1}],
+#    "realtime": false}
+# Voltage channels take "voltages" in order (or "voltage" for all, phase-shifted by
+# `angle` degrees of lag); current channels take "currents" in order.  `angle` is the
+# degrees a current lags its own phase voltage (30 = inductive, 180 = pure export).
 # Harmonics are [order, amplitude relative to the fundamental, phase in degrees].
+# `lead` models the sensor's phase error (degrees its output leads the primary), `dc` a DC
+# offset in counts on top of the scenario-wide one.  The board's adc.skew_us delays each
+# channel's conversion by its slot in the set, as a round-robin ADC does.
+# `drift` swings the frequency sinusoidally by +-hz around `freq` (49..51 Hz for 1.0);
+# `events` change the scenario at simulated times (block resolution): a frequency step, a
+# load step (current index, rms, angle), a voltage factor for `for` seconds (sag < 1,
+# swell > 1, interruption 0).
 # Counts = mid + value / scale (the board's scale, units per count), quantised to the
-# board's ADC bits; `enob` adds the noise that brings the converter down to that many
-# effective bits.  With the same seed the samples are the same on every run.
+# board's ADC bits and clipped at the rails; `enob` adds the white noise that brings the
+# converter down to that many effective bits.  `realtime` paces blocks to the wall clock
+# (a virtual node); without it blocks come as fast as they can be computed (tests).
 import array
 import asyncio
 import math
@@ -19,6 +35,7 @@ import time
 from meternode.config import ConfigError, need
 
 _TWO_PI = 2.0 * math.pi
+_RAD = math.pi / 180.0
 
 
 class SimClock:
@@ -42,17 +59,29 @@ class SimClock:
 
 
 class _Wave:
-    def __init__(self, rms, angle_deg, harmonics, scale, where):
+    def __init__(self, rms, angle_deg, harmonics, scale, lead, where):
         if scale <= 0:
             raise ConfigError("%s: scale must be positive" % where)
-        peak = rms * math.sqrt(2.0) / scale  # counts
-        ph = -angle_deg * math.pi / 180.0
-        self.terms = [(1, peak, ph)]
+        self.scale = scale
+        self.where = where
+        self.harm = []
         for n, h in enumerate(harmonics):
             if not isinstance(h, list) or len(h) != 3:
                 raise ConfigError("%s.harmonics[%d] must be [order, relative amplitude, phase deg]" % (where, n))
-            order, rel, hph = h
-            self.terms.append((int(order), peak * rel, ph * order + hph * math.pi / 180.0))
+            if not isinstance(h[0], int) or not 1 < h[0] < 64:
+                raise ConfigError("%s.harmonics[%d] order must be an integer 2..63, not %r" % (where, n, h[0]))
+            self.harm.append((h[0], float(h[1]), float(h[2])))
+        self.lead = lead
+        self.set(rms, angle_deg)
+
+    def set(self, rms, angle_deg):
+        self.rms = rms
+        self.angle = angle_deg
+        peak = rms * math.sqrt(2.0) / self.scale  # counts
+        ph = (self.lead - angle_deg) * _RAD
+        self.terms = [(1, peak, ph)]
+        for order, rel, hph in self.harm:
+            self.terms.append((order, peak * rel, ph * order + hph * _RAD))
 
     def at(self, theta):
         s = 0.0
@@ -71,62 +100,115 @@ class SimSampler:
         self.nch = len(chans)
         self.overruns = 0
         self._clock = clock
-        self.freq = need(scen, "freq", float, "sim", default=50.0, lo=10.0, hi=500.0)
+        self.freq = self.f0 = need(scen, "freq", float, "sim", default=50.0, lo=10.0, hi=500.0)
         self.realtime = scen.get("realtime", False)
         volt = need(scen, "voltage", dict, "sim", default={"rms": 230.0})
+        volts = need(scen, "voltages", list, "sim", default=[])
         curs = need(scen, "currents", list, "sim", default=[])
-        self._waves = [
-            _Wave(
-                need(volt, "rms", float, "sim.voltage", lo=0.0),
-                0.0,
-                volt.get("harmonics", []),
-                chans[0]["scale"],
-                "sim.voltage",
-            )
-        ]
-        for k in range(1, self.nch):
-            c = curs[k - 1] if k - 1 < len(curs) else {"rms": 0.0}
-            w = "sim.currents[%d]" % (k - 1)
+        self._waves = []
+        self._is_v = []
+        self._dcs = []
+        base_dc = need(scen, "dc", float, "sim", default=0.0, lo=-1000.0, hi=1000.0)
+        nv = 0
+        ni = 0
+        for k, ch in enumerate(chans):
+            if ch["kind"] == "voltage":
+                w = "sim.voltages[%d]" % nv
+                if nv < len(volts):
+                    c = volts[nv]
+                else:
+                    c = dict(volt)
+                    c.setdefault("angle", 120.0 * nv)
+                if not isinstance(c, dict):
+                    raise ConfigError("%s must be an object" % w)
+                nv += 1
+            else:
+                w = "sim.currents[%d]" % ni
+                c = curs[ni] if ni < len(curs) else {"rms": 0.0}
+                if not isinstance(c, dict):
+                    raise ConfigError("%s must be an object" % w)
+                ni += 1
+            self._is_v.append(ch["kind"] == "voltage")
+            self._dcs.append(base_dc + need(c, "dc", float, w, default=0.0, lo=-1000.0, hi=1000.0))
             self._waves.append(
                 _Wave(
                     need(c, "rms", float, w, lo=0.0),
                     need(c, "angle", float, w, default=0.0),
-                    c.get("harmonics", []),
-                    chans[k]["scale"],
+                    need(c, "harmonics", list, w, default=[]),
+                    ch["scale"],
+                    need(c, "lead", float, w, default=0.0, lo=-30.0, hi=30.0),
                     w,
                 )
             )
-        self._scales = [ch["scale"] for ch in chans]
+        # current waves take the angle of the voltage they are paired with (3-phase)
+        names = [ch["name"] for ch in chans]
+        self._vref = []
+        for k, ch in enumerate(chans):
+            if ch["kind"] == "current" and ch.get("voltage") in names:
+                self._vref.append(names.index(ch["voltage"]))
+            else:
+                self._vref.append(k if ch["kind"] == "voltage" else self._is_v.index(True))
+        self._skew = [adc.get("skew_us", 0.0) * 1e-6 * k for k in range(self.nch)]
         self._mid = 1 << (self.bits - 1)
         self._top = (1 << self.bits) - 1
-        self._dc = need(scen, "dc", float, "sim", default=0.0)
         enob = need(scen, "enob", float, "sim", default=float(self.bits), lo=4.0, hi=float(self.bits))
         # Total noise of an ideal converter with `enob` bits, minus the quantisation it adds itself.
-        q_rms = (1 << (self.bits - enob)) / math.sqrt(12.0) if enob < self.bits else 0.0
+        q_rms = 2.0 ** (self.bits - enob) / math.sqrt(12.0) if enob < self.bits else 0.0
         extra = q_rms * q_rms - 1.0 / 12.0
         self._noise = math.sqrt(extra) if extra > 0 else 0.0
         random.seed(need(scen, "seed", int, "sim", default=1))
+        drift = need(scen, "drift", dict, "sim", default={})
+        self._drift_hz = need(drift, "hz", float, "sim.drift", default=0.0, lo=0.0, hi=10.0)
+        self._drift_per = need(drift, "period_s", float, "sim.drift", default=60.0, lo=0.1)
+        self._events = sorted(need(scen, "events", list, "sim", default=[]), key=_at)
+        for n, ev in enumerate(self._events):
+            if not isinstance(ev, dict) or not ("freq" in ev or "current" in ev or "voltage" in ev):
+                raise ConfigError("sim.events[%d] must set freq, current or voltage: %r" % (n, ev))
+        self._ev = 0
+        self.vfactor = 1.0
+        self._v_until = -1.0
         self._theta = 0.0
-        self._dtheta = _TWO_PI * self.freq / self.rate
         n = self.nch * self.block_sets
         self._bufs = (array.array("H", bytes(2 * n)), array.array("H", bytes(2 * n)))
         self._which = 0
-        self._sets = 0  # sample sets produced since start
+        self.sets = 0  # sample sets produced since start
         self._wall0 = None
         self.running = False
 
+    # -- scenario control (also used by tests) -------------------------------------------------
     def set_freq(self, f):
-        self.freq = f
-        self._dtheta = _TWO_PI * f / self.rate
+        self.freq = self.f0 = f
 
     def set_current(self, k, rms, angle=None):
-        # Load step on current channel k (1-based like the channel map); harmonics keep
-        # their relative size.
+        # Load step on current channel k (1-based channel index, as in the board's map);
+        # harmonics keep their relative size.
         w = self._waves[k]
-        old = w.terms[0][1]
-        new = rms * math.sqrt(2.0) / self._scales[k]
-        ph = w.terms[0][2] if angle is None else -angle * math.pi / 180.0
-        w.terms = [(1, new, ph)] + [(o, a * new / old if old else 0.0, p) for o, a, p in w.terms[1:]]
+        w.set(rms, w.angle if angle is None else angle)
+
+    def set_voltage(self, factor, seconds=-1.0):
+        # Sag (< 1), swell (> 1) or interruption (0) for `seconds` (-1: until changed).
+        self.vfactor = factor
+        self._v_until = self.t + seconds if seconds >= 0 else -1.0
+
+    @property
+    def t(self):
+        return self.sets / self.rate
+
+    def _apply_events(self):
+        t = self.t
+        if self._v_until >= 0 and t >= self._v_until:
+            self.vfactor = 1.0
+            self._v_until = -1.0
+        while self._ev < len(self._events) and _at(self._events[self._ev]) <= t:
+            ev = self._events[self._ev]
+            self._ev += 1
+            if "freq" in ev:
+                self.set_freq(float(ev["freq"]))
+            if "current" in ev:
+                k = [i for i in range(self.nch) if not self._is_v[i]][int(ev["current"])]
+                self.set_current(k, float(ev.get("rms", self._waves[k].rms)), ev.get("angle"))
+            if "voltage" in ev:
+                self.set_voltage(float(ev["voltage"]), float(ev.get("for", -1.0)))
 
     def start(self):
         self.running = True
@@ -141,17 +223,30 @@ class SimSampler:
         return (r() + r() + r() + r() - 2.0) * 1.7320508
 
     def fill(self, buf):
+        self._apply_events()
         nch = self.nch
-        mid = self._mid + self._dc
         top = self._top
         waves = self._waves
         noise = self._noise
+        skew = self._skew
+        is_v = self._is_v
+        vref = self._vref
+        mids = [self._mid + d for d in self._dcs]
+        vf = self.vfactor
         th = self._theta
-        dth = self._dtheta
+        f = self.freq
+        if self._drift_hz:
+            f += self._drift_hz * math.sin(_TWO_PI * self.t / self._drift_per)
+        dth = _TWO_PI * f / self.rate
+        w = _TWO_PI * f
+        offs = [skew[c] * w - (0.0 if is_v[c] else waves[vref[c]].angle * _RAD) for c in range(nch)]
         i = 0
         for _ in range(self.block_sets):
             for c in range(nch):
-                x = mid + waves[c].at(th)
+                x = waves[c].at(th + offs[c])
+                if is_v[c]:
+                    x *= vf
+                x += mids[c]
                 if noise:
                     x += noise * self._gauss()
                 v = int(x + 0.5) if x >= 0 else 0
@@ -161,12 +256,12 @@ class SimSampler:
             if th >= _TWO_PI:
                 th -= _TWO_PI
         self._theta = th
-        self._sets += self.block_sets
-        self._clock.ms = (self._sets * 1000) // self.rate
+        self.sets += self.block_sets
+        self._clock.ms = (self.sets * 1000) // self.rate
 
     async def next_block(self):
         if self.realtime:
-            due = (self._sets + self.block_sets) * 1000 // self.rate
+            due = (self.sets + self.block_sets) * 1000 // self.rate
             while time.ticks_diff(time.ticks_ms(), self._wall0) < due:
                 await asyncio.sleep_ms(max(1, due - time.ticks_diff(time.ticks_ms(), self._wall0)))
         else:
@@ -175,6 +270,18 @@ class SimSampler:
         buf = self._bufs[self._which]
         self.fill(buf)
         return buf
+
+    def run(self, meter, seconds):
+        # Fast mode for tests and the accuracy run: feed `seconds` of signal to `meter`.
+        n = int(seconds * self.rate / self.block_sets + 0.5)
+        buf = self._bufs[0]
+        for _ in range(n):
+            self.fill(buf)
+            meter.feed(buf, self.block_sets)
+
+
+def _at(ev):
+    return float(ev.get("at", 0.0)) if isinstance(ev, dict) else 0.0
 
 
 class SimHal:

@@ -1,62 +1,107 @@
-# Integer sampling kernels (viper).  They run once per block, allocate nothing and keep
-# every accumulator inside a stated bound so that 32-bit boards and the 64-bit unix port
-# give the same results: sums are stored through ptr32 into array('i'), so a sum that
-# overflowed would truncate identically on both and show in the full-scale tests.
+# Integer sampling kernels (viper).  They run once per block segment, allocate nothing and
+# keep every accumulator inside a stated bound so that 32-bit boards and the 64-bit unix
+# port give the same results: sums live in locals and are stored through ptr32 into
+# array('i'), so a sum that overflowed would truncate identically on both and show in the
+# full-scale tests.
 #
-# Sample blocks are array('H') of interleaved sample sets: [v, i1, i2, ...] per set,
-# raw ADC counts of `bits` bits; `mid` (2**(bits-1)) is subtracted first.
+# Sample blocks are array('H') of interleaved sample sets: [ch0, ch1, ...] per set, raw ADC
+# counts.  The meter copies each block behind HIST sets of history (copy16) so that the
+# kernels can look back a quarter mains cycle and one set without branches:
 #
-# Accumulator layout (array('i') of acc_len(nch) words) for nch channels:
-#   [2c]      sum x      of channel c
-#   [2c + 1]  sum x*x    of channel c
-#   [2nch + k - 1]  sum v*i_k for current channel k = 1 .. nch-1
-#   [3nch - 1]      number of sets accumulated
+#   work = [ HIST sets of the previous blocks | the new block ]
+#
+# Each channel has its own mid (the DC level tracked by the meter); x = raw - mid.
+#
+# chan_sums  adds  sum x, sum x*x                              for one channel
+# pair_sums  adds  S0 = sum v[n]*i[n]      (plain product)
+#                  S1 = sum v[n]*i[n-1]    (voltage one set after the current sample)
+#                  Q0 = sum v[n-d]*i[n]    (voltage about a quarter cycle earlier)
+#                  Q1 = sum v[n-d-1]*i[n]
+#            for one voltage/current pair.  The meter mixes S0/S1 (and Q0/Q1) with the
+#            two-sample interpolation weights of EmonLibCM's x/y method, which synthesise
+#            the voltage at any instant between the two samples for the fundamental: this
+#            corrects sampling skew and CT/VT phase error (S) and makes the exact 90-degree
+#            shift for signed reactive power (Q) at the measured frequency.
+# find_rise  finds the positive-going zero crossing of a voltage channel with hysteresis.
 import micropython
 from micropython import const
 
-# Bound: |x| <= 2048 for 12-bit samples, x*x <= 2**22; an int32 word holds 2**31, so one
-# accumulation run (a mains cycle) may hold at most 2**31 / 2**22 = 512 sets.  The meter
-# closes a run at every cycle and at MAX_SETS, whichever comes first (320 sets at 45 Hz
-# would need 14.4 kS/s per channel).  At 16 bits (external ADCs) the caller scales down
-# to 12 bits first.
-MAX_SETS = const(500)
+# Bound: the meter clamps each tracked mid to nominal +-256 counts, so for 12-bit samples
+# |x| <= 2048 + 256 = 2304 and |x*y| <= 2304**2 = 5308416.  An int32 word holds 2**31 =
+# 2147483648, and 400 * 5308416 = 2123366400 < 2**31: one accumulation run (one mains
+# cycle) may hold at most MAX_SETS = 400 sets.  The meter closes a run at every cycle and
+# at MAX_SETS, whichever comes first (45 Hz at 4 kS/s is 89 sets; 400 sets cover 45 Hz up
+# to 18 kS/s).  Converters wider than 12 bits are not accepted by the meter.
+MAX_SETS = const(400)
+MAX_BITS = const(12)
+MID_SWING = const(256)
 
-
-def acc_len(nch):
-    return 3 * nch
+# History kept before each block: the quarter-cycle delay d plus the one extra set of Q1
+# must fit, d + 1 < HIST.  At 45 Hz a quarter cycle is rate / 180 sets, so HIST = 64 covers
+# rates up to 11.1 kS/s (the meter checks it).
+HIST = const(64)
 
 
 @micropython.viper
-def accumulate(buf, start: int, end: int, nch: int, mid: int, acc):
+def chan_sums(buf, start: int, end: int, nch: int, c: int, mid: int, out, k: int):
+    # out[k] += sum x, out[k+1] += sum x*x over sets [start, end) of channel c.
     p = ptr16(buf)
-    o = ptr32(acc)
-    nsum = 2 * nch
-    j = start * nch
-    for _ in range(start, end):
-        v = int(p[j]) - mid
-        o[0] = o[0] + v
-        o[1] = o[1] + v * v
-        c = 1
-        while c < nch:
-            x = int(p[j + c]) - mid
-            o[2 * c] = o[2 * c] + x
-            o[2 * c + 1] = o[2 * c + 1] + x * x
-            o[nsum + c - 1] = o[nsum + c - 1] + v * x
-            c += 1
+    o = ptr32(out)
+    s = 0
+    q = 0
+    j = start * nch + c
+    stop = end * nch + c
+    while j < stop:
+        x = int(p[j]) - mid
+        s += x
+        q += x * x
         j += nch
-    o[3 * nch - 1] = o[3 * nch - 1] + (end - start)
+    o[k] = o[k] + s
+    o[k + 1] = o[k + 1] + q
 
 
 @micropython.viper
-def find_rise(buf, start: int, end: int, nch: int, mid: int, hyst: int, state) -> int:
-    # Index of the first set in [start, end) where channel 0 (voltage) crosses upward
-    # through mid after having been below mid - hyst; -1 if none.  state[0] is the armed
-    # flag and carries over between blocks.
+def pair_sums(buf, start: int, end: int, nch: int, a: int, b: int, mv: int, mi: int, d: int, out, k: int):
+    # out[k..k+3] += S0, S1, Q0, Q1 (see the header) over sets [start, end) with voltage
+    # channel a and current channel b.  Needs start - d - 1 >= 0 and start >= 1 (history).
+    p = ptr16(buf)
+    o = ptr32(out)
+    s0 = 0
+    s1 = 0
+    q0 = 0
+    q1 = 0
+    j = start * nch
+    stop = end * nch
+    dd = d * nch
+    ip = int(p[j - nch + b]) - mi
+    vd1 = int(p[j - dd - nch + a]) - mv
+    while j < stop:
+        v = int(p[j + a]) - mv
+        i = int(p[j + b]) - mi
+        vd = int(p[j - dd + a]) - mv
+        s0 += v * i
+        s1 += v * ip
+        q0 += vd * i
+        q1 += vd1 * i
+        ip = i
+        vd1 = vd
+        j += nch
+    o[k] = o[k] + s0
+    o[k + 1] = o[k + 1] + s1
+    o[k + 2] = o[k + 2] + q0
+    o[k + 3] = o[k + 3] + q1
+
+
+@micropython.viper
+def find_rise(buf, start: int, end: int, nch: int, a: int, mid: int, hyst: int, state) -> int:
+    # Index of the first set in [start, end) where channel a crosses upward through mid
+    # after having been below mid - hyst; -1 if none.  state[0] is the armed flag and
+    # carries over between calls.
     p = ptr16(buf)
     s = ptr32(state)
     armed = s[0]
     low = mid - hyst
-    j = start * nch
+    j = start * nch + a
     for k in range(start, end):
         v = int(p[j])
         if armed:
@@ -68,6 +113,15 @@ def find_rise(buf, start: int, end: int, nch: int, mid: int, hyst: int, state) -
         j += nch
     s[0] = armed
     return -1
+
+
+@micropython.viper
+def copy16(src, so: int, dst, do: int, n: int):
+    # dst[do:do+n] = src[so:so+n], ascending (safe for overlapping moves towards 0).
+    s = ptr16(src)
+    t = ptr16(dst)
+    for k in range(n):
+        t[do + k] = s[so + k]
 
 
 @micropython.viper

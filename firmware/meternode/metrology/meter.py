@@ -1,150 +1,398 @@
-# The meter: turns sample blocks into per-cycle quantities and energy.
+# The meter: turns sample blocks into per-cycle quantities and energy, with no gaps.
 #
-# Each block goes through two viper kernels: find_rise() finds the positive-going voltage
-# zero crossing (with hysteresis), accumulate() sums x, x*x and v*i between crossings.  At
-# each crossing the run of one mains cycle closes: its sums become Vrms, Irms and active
-# power per element (the DC offset is removed from the sums exactly, as EmonLibCM does,
-# not by a filter), the cycle's energy goes into the registers, and the cycle joins the
-# reporting window.  Frequency comes from the interpolated crossing instants.
+# Each block is copied behind HIST sets of history (kernels.copy16) and cut at the
+# positive-going zero crossings of the first voltage channel (kernels.find_rise, with
+# hysteresis).  Between crossings the kernels add per-channel sums and per-pair products;
+# at each crossing one mains cycle closes (_close):
+#   - DC offset is removed from the sums exactly (EmonLibCM's end-of-period method), and
+#     each channel's mid follows its DC level so the integer sums stay small;
+#   - P and Q come from the two-sample interpolation (x/y) weights computed from this
+#     cycle's frequency, the channels' conversion skew and their calibrated phase;
+#   - Vrms, Irms, S = Vrms*Irms, PF = P/S with quadrant, frequency from the interpolated
+#     crossing instants;
+#   - energy goes to a pending store per element that is registered only when the
+#     element's mean |P| or |Q| over the registration window (creep_s) reaches the
+#     starting threshold: no registration with voltage and no current (creep), and
+#     registration from the starting current on (class 0.2S default: 0.1 % of In).
 import array
 import math
 
-from meternode.metrology import kernels
-from meternode.metrology.registers import Registers
+from meternode.config import ConfigError
+from meternode.metrology import calibration, kernels
+from meternode.metrology.registers import NETTINGS, Registers
+
+_HALF_PI = math.pi / 2.0
+_TWO_PI = 2.0 * math.pi
+_H = kernels.HIST
+
+
+def _opt(d, key, default, lo, hi):
+    v = d.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo or v > hi:
+        raise ConfigError("metrology.%s must be a number in %r .. %r, not %r" % (key, lo, hi, v))
+    return v
 
 
 class Meter:
-    def __init__(self, board, cal=None):
+    def __init__(self, board, cal=None, options=None):
         adc = board["adc"]
         chans = board["channels"]
-        self.nch = len(chans)
+        opts = dict(board.get("metrology", {}))
+        opts.update(options or {})
+        self.nch = nch = len(chans)
         self.rate = adc["rate"]
-        self._mid = 1 << (adc["bits"] - 1)
-        self._hyst = max(2, 1 << (adc["bits"] - 7))  # ~1.5 % of full scale
-        cal = cal or {}
+        bits = adc["bits"]
+        if bits > kernels.MAX_BITS:
+            raise ConfigError("board.adc.bits = %d: the kernels take at most %d bits" % (bits, kernels.MAX_BITS))
+        self.f_nom = float(_opt(opts, "mains_hz", 50.0, 40.0, 70.0))
+        if self.rate / (4 * 45.0) + 2 > _H:
+            raise ConfigError("board.adc.rate = %d is above %d sets/s (quarter-cycle history)" % (self.rate, 11000))
+        self._mid0 = 1 << (bits - 1)
+        self._hyst = max(2, 1 << (bits - 6))  # ~3 % of full scale
+        self.cal = calibration.resolve(board, cal)
         self.names = [ch["name"] for ch in chans]
-        self._scale = []
-        for ch in chans:
-            c = cal.get(ch["name"], {})
-            self._scale.append(ch["scale"] * c.get("gain", 1.0))
-        # starting current per element (A): registration below it is creep, not energy
-        self._start = [ch.get("start_current", 0.001 * ch.get("nominal", 5.0)) for ch in chans]
-        self.elements = self.nch - 1
-        self.registers = Registers(self.elements)
-        self._acc = array.array("i", bytes(4 * kernels.acc_len(self.nch)))
+        skew = adc.get("skew_us", 0.0) * 1e-6
+        self._t_slot = [skew * k for k in range(nch)]  # conversion instant within a set
+        volts = [k for k in range(nch) if chans[k]["kind"] == "voltage"]
+        self._a0 = volts[0]
+        self.pairs = []  # (voltage channel, current channel) per element
+        for k in range(nch):
+            ch = chans[k]
+            if ch["kind"] != "current":
+                continue
+            vname = ch.get("voltage", self.names[volts[0]])
+            if vname not in self.names or chans[self.names.index(vname)]["kind"] != "voltage":
+                raise ConfigError("board.channels.%s.voltage = %r is not a voltage channel" % (ch["name"], vname))
+            self.pairs.append((self.names.index(vname), k))
+        self.elements = len(self.pairs)
+        self.element_names = [self.names[b] for _, b in self.pairs]
+        netting = opts.get("netting", "vector")
+        if netting not in NETTINGS:
+            raise ConfigError("metrology.netting must be one of %s, not %r" % ("/".join(NETTINGS), netting))
+        self.registers = Registers(self.elements, int(_opt(opts, "tariffs", 4, 1, 16)), netting)
+        # starting threshold per element, in W (and var): start_fraction of In at Un
+        frac = _opt(opts, "start_fraction", 0.001, 0.0, 0.1)
+        self._thr = []
+        for a, b in self.pairs:
+            ch = chans[b]
+            i_start = ch.get("start_current", frac * ch.get("nominal", 5.0))
+            self._thr.append(0.5 * i_start * chans[a].get("nominal", 230.0))
+        self._win_sets = int(_opt(opts, "creep_s", 1.0, 0.0, 60.0) * self.rate)
+        self._dem_sets = int(_opt(opts, "demand_s", 900.0, 1.0, 86400.0) * self.rate)
+        # buffers, made once
+        self._cap = adc["block"]
+        if self._cap < _H:
+            raise ConfigError("board.adc.block = %d is below %d sets" % (self._cap, _H))
+        self._work = array.array("H", bytes(2 * nch * (_H + self._cap)))
+        for k in range(_H * nch):
+            self._work[k] = self._mid0
+        self._qoff = 2 * nch
+        self._n_at = 2 * nch + 4 * self.elements
+        self._acc = array.array("i", bytes(4 * (self._n_at + 1)))
         self._state = array.array("i", [0])
-        self._base = 0  # global index of the current block's first set
-        self._last_v = self._mid
-        self._last_cross = None  # global position (sets, fractional) of the previous crossing
+        self._mid = [self._mid0] * nch
+        self._d = self._delay(self.f_nom)
+        self._base = -_H  # global set index of work[0]
+        self._last_cross = None
+        self.sets = 0  # sample sets seen
+        self.measured_sets = 0  # sets inside closed, measured cycles
         self.cycles = 0
-        self.overruns = 0
+        self.unmeasured = 0  # runs closed without a mains cycle
         self.freq = 0.0
-        self.vrms = 0.0
-        self.irms = [0.0] * self.elements
-        self.p = [0.0] * self.elements
+        e = self.elements
+        self.vrms = [0.0] * nch  # per channel (voltage channels meaningful)
+        self.irms = [0.0] * e
+        self.p = [0.0] * e
+        self.q = [0.0] * e
+        self.s = [0.0] * e
+        self._pend = [0.0] * (4 * e)  # per element: P J, Q J, S J, |P| J sum ... see _settle
+        self._pend_sets = 0
+        self._cp = [0.0] * e
+        self._cq = [0.0] * e
+        self._cs = [0.0] * e
+        self._dem_e = 0.0
+        self._dem_n = 0
+        self.demand_w = 0.0  # last completed demand period, W (import minus export, >= 0)
+        self.clock = None  # optional: object with time() for demand timestamps
         self._reset_window()
 
-    def _reset_window(self):
-        e = self.elements
-        self._w_n = 0
-        self._w_v2 = 0.0
-        self._w_f = 0.0
-        self._w_i2 = [0.0] * e
-        self._w_p = [0.0] * e
-        self._w_pmin = [None] * e
-        self._w_pmax = [None] * e
+    # -- configuration at run time ----------------------------------------------------------
+    def set_tariff(self, i):
+        self.registers.set_tariff(i)
 
+    def set_calibration(self, name, values):
+        if name not in self.names:
+            raise ConfigError("calibration.%s names no channel" % name)
+        self.cal[self.names.index(name)].update(values, "calibration.%s" % name)
+
+    def calibration(self):
+        return {c.name: c.as_dict() for c in self.cal}
+
+    def _delay(self, f):
+        d = int(self.rate / (4.0 * f))
+        return 1 if d < 1 else (_H - 2 if d > _H - 2 else d)
+
+    # -- sampling path ----------------------------------------------------------------------
     def feed(self, buf, nsets):
         nch = self.nch
-        acc = self._acc
-        count = 3 * nch - 1
-        i = 0
-        while i < nsets:
-            k = kernels.find_rise(buf, i, nsets, nch, self._mid, self._hyst, self._state)
-            end = nsets if k < 0 else k
-            room = kernels.MAX_SETS - acc[count]
-            if end - i > room:
-                # no crossing for MAX_SETS sets: no mains (or DC); close the run unmeasured
-                kernels.accumulate(buf, i, i + room, nch, self._mid, acc)
-                self._close(None)
-                i += room
-                continue
-            kernels.accumulate(buf, i, end, nch, self._mid, acc)
-            if k < 0:
-                break
-            vp = buf[(k - 1) * nch] if k > 0 else self._last_v
-            vk = buf[k * nch]
-            frac = (self._mid - vp) / (vk - vp) if vk != vp else 0.0
-            self._close(self._base + k - 1 + frac)
-            i = k
-        self._last_v = buf[(nsets - 1) * nch]
-        self._base += nsets
+        work = self._work
+        off = 0
+        while off < nsets:
+            n = nsets - off
+            if n > self._cap:
+                n = self._cap
+            kernels.copy16(buf, off * nch, work, _H * nch, n * nch)
+            self._run(_H + n)
+            kernels.copy16(work, n * nch, work, 0, _H * nch)
+            self._base += n
+            self.sets += n
+            off += n
 
-    def _close(self, cross):
+    def _run(self, stop):
+        work = self._work
         acc = self._acc
         nch = self.nch
-        n = acc[3 * nch - 1]
+        a0 = self._a0
+        i = _H
+        while i < stop:
+            lim = i + kernels.MAX_SETS - acc[self._n_at]
+            if lim > stop:
+                lim = stop
+            k = kernels.find_rise(work, i, lim, nch, a0, self._mid[a0], self._hyst, self._state)
+            end = lim if k < 0 else k
+            self._accumulate(i, end)
+            if k >= 0:
+                vp = work[(k - 1) * nch + a0]
+                vk = work[k * nch + a0]
+                frac = (self._mid[a0] - vp) / (vk - vp) if vk != vp else 0.0
+                self._close(self._base + k - 1 + frac)
+                i = k
+            else:
+                if acc[self._n_at] >= kernels.MAX_SETS:
+                    self._close(None)  # no crossing for MAX_SETS sets: no mains
+                i = lim
+
+    def _accumulate(self, i, end):
+        if end <= i:
+            return
+        work = self._work
+        acc = self._acc
+        nch = self.nch
+        mid = self._mid
+        for c in range(nch):
+            kernels.chan_sums(work, i, end, nch, c, mid[c], acc, 2 * c)
+        k = self._qoff
+        d = self._d
+        for a, b in self.pairs:
+            kernels.pair_sums(work, i, end, nch, a, b, mid[a], mid[b], d, acc, k)
+            k += 4
+        acc[self._n_at] += end - i
+
+    # -- per cycle --------------------------------------------------------------------------
+    def _close(self, cross):
+        acc = self._acc
+        n = acc[self._n_at]
         prev = self._last_cross
         self._last_cross = cross
         if cross is None or prev is None or n == 0:
-            kernels.clear(acc, len(acc))
             if cross is None:
                 self.freq = 0.0
+                self.unmeasured += 1
+            self._track_mid(n)
+            kernels.clear(acc, len(acc))
             return
-        self.freq = self.rate / (cross - prev)
-        sv = acc[0] / n
-        vs = self._scale[0]
-        self.vrms = vs * math.sqrt(max(0.0, acc[1] / n - sv * sv))
-        dt = n / self.rate
-        w = self._w_n
-        for k in range(1, nch):
-            e = k - 1
-            si = acc[2 * k] / n
-            s = self._scale[k]
-            irms = s * math.sqrt(max(0.0, acc[2 * k + 1] / n - si * si))
-            p = vs * s * (acc[2 * nch + e] / n - sv * si)
-            if irms < self._start[k]:
-                p = 0.0
+        nch = self.nch
+        f = self.rate / (cross - prev)
+        self.freq = f
+        w = _TWO_PI * f
+        ths = w / self.rate
+        sin_ths = math.sin(ths)
+        means = [acc[2 * c] / n for c in range(nch)]
+        for c in range(nch):
+            cal = self.cal[c]
+            if cal.kind == "voltage":
+                self.vrms[c] = self._rms(acc[2 * c + 1] / n - means[c] * means[c], cal)
+        e = 0
+        k = self._qoff
+        for a, b in self.pairs:
+            ci = self.cal[b]
+            cv = self.cal[a]
+            irms = self._rms(acc[2 * b + 1] / n - means[b] * means[b], ci)
+            # time from the voltage sample to the instant that matches the current sample
+            dt = self._t_slot[b] - self._t_slot[a] + math.radians(ci.phase_at(irms) - cv.phase) / w
+            phi = ths - w * dt  # lag behind the later voltage sample (S1)
+            x = math.sin(phi) / sin_ths
+            y = math.sin(ths - phi) / sin_ths
+            mvi = means[a] * means[b]
+            sc = cv.scale * ci.scale
+            p = sc * ((x * acc[k] + y * acc[k + 1]) / n - (x + y) * mvi)
+            phq = _HALF_PI - self._d * ths - w * dt  # lag behind v[n-d] (Q0)
+            x = math.sin(phq) / sin_ths
+            y = math.sin(ths - phq) / sin_ths
+            q = sc * ((x * acc[k + 3] + y * acc[k + 2]) / n - (x + y) * mvi)
             self.irms[e] = irms
             self.p[e] = p
-            self.registers.add(e, p * dt)
-            self._w_i2[e] += irms * irms
+            self.q[e] = q
+            self.s[e] = self.vrms[a] * irms
+            e += 1
+            k += 4
+        self._track_mid(n)
+        self._d = self._delay(f)
+        kernels.clear(acc, len(acc))
+        self.cycles += 1
+        self.measured_sets += n
+        self._register(n)
+        self._window()
+
+    def _rms(self, ms, cal):
+        r = cal.scale * math.sqrt(ms if ms > 0.0 else 0.0)
+        o = cal.offset
+        if o:
+            r2 = r * r - o * o
+            return math.sqrt(r2) if r2 > 0.0 else 0.0
+        return r
+
+    def _track_mid(self, n):
+        if n == 0:
+            return
+        acc = self._acc
+        for c in range(self.nch):
+            m = self._mid[c] + int(round(acc[2 * c] / n))
+            lo = self._mid0 - kernels.MID_SWING
+            hi = self._mid0 + kernels.MID_SWING
+            self._mid[c] = lo if m < lo else (hi if m > hi else m)
+
+    def _register(self, n):
+        # Energy of this cycle goes to the pending store; every creep window the elements
+        # above the starting threshold are registered, the others discarded.
+        dt = n / self.rate
+        pend = self._pend
+        for e in range(self.elements):
+            pend[4 * e] += self.p[e] * dt
+            pend[4 * e + 1] += self.q[e] * dt
+            pend[4 * e + 2] += self.s[e] * dt
+            pend[4 * e + 3] += dt
+        self._pend_sets += n
+        self._dem_n += n  # maximum demand: periods of the sample clock
+        if self._pend_sets >= self._win_sets:
+            self._settle()
+
+    def _settle(self):
+        pend = self._pend
+        cp, cq, cs = self._cp, self._cq, self._cs
+        t = 0.0
+        for e in range(self.elements):
+            t = pend[4 * e + 3]
+            if t <= 0.0:
+                continue
+            mp = pend[4 * e] / t
+            mq = pend[4 * e + 1] / t
+            on = abs(mp) >= self._thr[e] or abs(mq) >= self._thr[e]
+            cp[e] = mp if on else 0.0
+            cq[e] = mq if on else 0.0
+            cs[e] = pend[4 * e + 2] / t if on else 0.0
+            pend[4 * e] = 0.0
+            pend[4 * e + 1] = 0.0
+            pend[4 * e + 2] = 0.0
+            pend[4 * e + 3] = 0.0
+        self._pend_sets = 0
+        if t > 0.0:
+            self.registers.add_cycle(cp, cq, cs, t)
+            tot = 0.0
+            for e in range(self.elements):
+                tot += cp[e]
+            self._dem_e += tot * t
+            if self._dem_n >= self._dem_sets:
+                self.demand_w = max(0.0, self._dem_e * self.rate / self._dem_n)
+                at = self.clock.time() if self.clock else self.sets / self.rate
+                self.registers.demand(self.demand_w, int(at))
+                self._dem_e = 0.0
+                self._dem_n = 0
+
+    def flush(self):
+        # Register the pending window now (before a checkpoint or shutdown).
+        if self._pend_sets:
+            self._settle()
+
+    # -- reporting --------------------------------------------------------------------------
+    def _reset_window(self):
+        e = self.elements
+        self._w_n = 0
+        self._w_v2 = [0.0] * self.nch
+        self._w_f = 0.0
+        self._w_i2 = [0.0] * e
+        self._w_p = [0.0] * e
+        self._w_q = [0.0] * e
+        self._w_pmin = [0.0] * e
+        self._w_pmax = [0.0] * e
+
+    def _window(self):
+        w = self._w_n
+        for c in range(self.nch):
+            self._w_v2[c] += self.vrms[c] * self.vrms[c]
+        for e in range(self.elements):
+            p = self.p[e]
+            self._w_i2[e] += self.irms[e] * self.irms[e]
             self._w_p[e] += p
+            self._w_q[e] += self.q[e]
             if w == 0 or p < self._w_pmin[e]:
                 self._w_pmin[e] = p
             if w == 0 or p > self._w_pmax[e]:
                 self._w_pmax[e] = p
-        self._w_v2 += self.vrms * self.vrms
         self._w_f += self.freq
         self._w_n = w + 1
-        self.cycles += 1
-        kernels.clear(acc, len(acc))
 
     def snapshot(self):
         # Averages over the cycles since the last snapshot (RMS values as RMS of RMS).
         n = self._w_n
         if n == 0:
             return None
+        r = self.registers
+        vrms = [math.sqrt(self._w_v2[a] / n) for a in range(self.nch)]
         els = []
         for e in range(self.elements):
+            a = self.pairs[e][0]
             irms = math.sqrt(self._w_i2[e] / n)
             p = self._w_p[e] / n
+            q = self._w_q[e] / n
+            s = vrms[a] * irms
+            pf = p / s if s > 0.0 else 0.0
             els.append(
                 {
-                    "name": self.names[e + 1],
+                    "name": self.element_names[e],
+                    "v": vrms[a],
                     "i": irms,
                     "p": p,
+                    "q": q,
+                    "s": s,
+                    "pf": max(-1.0, min(1.0, pf)),
+                    "quadrant": quadrant(p, q),
                     "p_min": self._w_pmin[e],
                     "p_max": self._w_pmax[e],
-                    "e_imp_wh": self.registers.imp[e] / 1000.0,
-                    "e_exp_wh": self.registers.exp[e] / 1000.0,
+                    "e_imp_wh": r.get(e, 0) / 1000.0,
+                    "e_exp_wh": r.get(e, 1) / 1000.0,
+                    "e_q_varh": [x / 1000.0 for x in r.quadrants(e)],
+                    "e_s_vah": (r.get(e, 6) + r.get(e, 7)) / 1000.0,
                 }
             )
         snap = {
             "cycles": n,
-            "v": math.sqrt(self._w_v2 / n),
+            "v": vrms[self._a0],
+            "voltages": {self.names[a]: vrms[a] for a in range(self.nch) if self.cal[a].kind == "voltage"},
             "f": self._w_f / n,
             "elements": els,
+            "tariff": r.tariff,
+            "e_imp_wh": r.total_import() / 1000.0,
+            "e_exp_wh": r.total_export() / 1000.0,
+            "demand_w": self.demand_w,
+            "md_w": r.md_mw / 1000.0,
         }
         self._reset_window()
         return snap
+
+
+def quadrant(p, q):
+    # IEC 62053-23 quadrants: 1 = import inductive, 2 = export capacitive... by signs.
+    if p >= 0.0:
+        return 1 if q >= 0.0 else 4
+    return 2 if q >= 0.0 else 3

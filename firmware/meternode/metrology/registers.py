@@ -1,46 +1,173 @@
-# Energy registers: integers in milliwatt-hours, one import and one export register per
-# measuring element plus totals.  Energy arrives per mains cycle as signed joules; each
-# cycle is netted on its own (import and export never cancel across cycles), so the
-# import register never runs backwards while solar exports.  The remainder below one mWh
-# is kept in millijoules, so nothing is lost to rounding over months.
-_MJ_PER_MWH = 3600  # 1 mWh = 3.6 J
+# Energy registers: integers in fixed sub-units (milliwatt-hours, millivar-hours,
+# millivolt-ampere-hours), each with a remainder in microjoules so that nothing is lost to
+# rounding over months.  Registers only ever count up: import and export are separate
+# registers fed per mains cycle from signed power, so the import register never runs
+# backwards while solar exports.
+#
+# Layout (one flat list `r`, same index in `rem` for the remainder), E elements:
+#   block b = 0 .. E-1 per element, block E = total; each block has _FIELDS words:
+#     IMP  EXP  Q1 Q2 Q3 Q4  S_IMP S_EXP
+#   (reactive quadrants: Q1 = +P +Q (import, inductive), Q2 = -P +Q, Q3 = -P -Q, Q4 = +P -Q;
+#    apparent energy is split by the sign of P)
+#   then per tariff t: total import, total export (active).
+#
+# Total netting ("netting" option):
+#   "vector" (default): each cycle the elements' signed P (and Q) are summed first and the
+#                       sum goes to import or export; a house importing on phase 1 while
+#                       exporting the same on phase 2 registers nothing in the total (the
+#                       "saldierend" rule of most supply meters).
+#   "phase":            the total is the sum of the elements' own import and export
+#                       registers; the same house registers both import and export.
+# Maximum demand: the total import energy over each demand period, divided by its length,
+# the largest one kept with its end time (md_mw, md_at).
+IMP = 0
+EXP = 1
+Q1 = 2
+S_IMP = 6
+S_EXP = 7
+_FIELDS = 8
+_UJ_PER_MILLI_H = 3600000  # 1 mWh = 3.6 J = 3.6e6 uJ
+NETTINGS = ("vector", "phase")
 
 
 class Registers:
-    def __init__(self, elements):
+    def __init__(self, elements, tariffs=4, netting="vector"):
+        if netting not in NETTINGS:
+            raise ValueError("netting must be one of %s, not %r" % ("/".join(NETTINGS), netting))
+        if not 1 <= tariffs <= 16:
+            raise ValueError("tariffs must be 1..16, not %r" % tariffs)
         self.n = elements
-        self.imp = [0] * elements  # mWh
-        self.exp = [0] * elements  # mWh
-        self._rimp = [0] * elements  # mJ below one mWh
-        self._rexp = [0] * elements
+        self.tariffs = tariffs
+        self.netting = netting
+        self.tariff = 0
+        self._tar = (elements + 1) * _FIELDS
+        size = self._tar + 2 * tariffs
+        self.r = [0] * size
+        self.rem = [0] * size
+        self.md_mw = 0  # maximum demand, milliwatts
+        self.md_at = 0  # end of that demand period (meter time, seconds)
 
-    def add(self, k, joules):
-        mj = int(joules * 1000.0 + (0.5 if joules >= 0 else -0.5))
-        if mj > 0:
-            r = self._rimp[k] + mj
-            self.imp[k] += r // _MJ_PER_MWH
-            self._rimp[k] = r % _MJ_PER_MWH
-        elif mj < 0:
-            r = self._rexp[k] - mj
-            self.exp[k] += r // _MJ_PER_MWH
-            self._rexp[k] = r % _MJ_PER_MWH
+    # -- reading ---------------------------------------------------------------------------
+    def get(self, block, field):
+        # block: element index 0..n-1, or n for the total
+        return self.r[block * _FIELDS + field]
+
+    @property
+    def imp(self):
+        return [self.r[e * _FIELDS + IMP] for e in range(self.n)]
+
+    @property
+    def exp(self):
+        return [self.r[e * _FIELDS + EXP] for e in range(self.n)]
 
     def total_import(self):
-        return sum(self.imp)
+        return self.r[self.n * _FIELDS + IMP]
 
     def total_export(self):
-        return sum(self.exp)
+        return self.r[self.n * _FIELDS + EXP]
 
+    def quadrants(self, block):
+        b = block * _FIELDS + Q1
+        return self.r[b : b + 4]
+
+    def tariff_registers(self, t):
+        return self.r[self._tar + 2 * t], self.r[self._tar + 2 * t + 1]
+
+    def set_tariff(self, t):
+        if not isinstance(t, int) or not 0 <= t < self.tariffs:
+            raise ValueError("tariff index %r is outside 0..%d" % (t, self.tariffs - 1))
+        self.tariff = t
+
+    # -- counting --------------------------------------------------------------------------
+    def _add(self, idx, joules):
+        # joules >= 0
+        uj = int(joules * 1000000.0 + 0.5)
+        if uj <= 0:
+            return
+        x = self.rem[idx] + uj
+        self.r[idx] += x // _UJ_PER_MILLI_H
+        self.rem[idx] = x % _UJ_PER_MILLI_H
+
+    def _block(self, b, p, q, s):
+        # p, q, s in joules (var-seconds, VA-seconds) for one cycle of one block
+        base = b * _FIELDS
+        if p >= 0.0:
+            self._add(base + IMP, p)
+            self._add(base + S_IMP, s)
+            self._add(base + (Q1 if q >= 0.0 else Q1 + 3), abs(q))
+        else:
+            self._add(base + EXP, -p)
+            self._add(base + S_EXP, s)
+            self._add(base + (Q1 + 1 if q >= 0.0 else Q1 + 2), abs(q))
+
+    def add(self, k, joules):
+        # Active energy only, for one element (kept for callers of the first version).
+        self._block(k, joules, 0.0, abs(joules))
+
+    def add_cycle(self, ps, qs, ss, dt):
+        # One mains cycle: signed P (W), Q (var) and S (VA) per element, dt seconds.
+        n = self.n
+        tp = 0.0
+        tq = 0.0
+        for e in range(n):
+            self._block(e, ps[e] * dt, qs[e] * dt, ss[e] * dt)
+            tp += ps[e]
+            tq += qs[e]
+        tar = self._tar + 2 * self.tariff
+        if self.netting == "vector":
+            s = (tp * tp + tq * tq) ** 0.5
+            self._block(n, tp * dt, tq * dt, s * dt)
+            if tp >= 0.0:
+                self._add(tar, tp * dt)
+            else:
+                self._add(tar + 1, -tp * dt)
+        else:
+            for e in range(n):
+                p = ps[e] * dt
+                self._block(n, p, qs[e] * dt, ss[e] * dt)
+                if p >= 0.0:
+                    self._add(tar, p)
+                else:
+                    self._add(tar + 1, -p)
+
+    def demand(self, watts, at):
+        mw = int(watts * 1000.0 + 0.5)
+        if mw > self.md_mw:
+            self.md_mw = mw
+            self.md_at = at
+
+    def reset_demand(self):
+        self.md_mw = 0
+        self.md_at = 0
+
+    # -- persistence -----------------------------------------------------------------------
     def state(self):
         # Everything needed to restore the registers exactly (checkpoints use this).
-        return {"imp": list(self.imp), "exp": list(self.exp), "rimp": list(self._rimp), "rexp": list(self._rexp)}
+        return {
+            "n": self.n,
+            "tariffs": self.tariffs,
+            "r": list(self.r),
+            "rem": list(self.rem),
+            "md": [self.md_mw, self.md_at],
+            "tariff": self.tariff,
+        }
 
     def restore(self, st):
-        for key in ("imp", "exp", "rimp", "rexp"):
+        size = len(self.r)
+        if st.get("n") != self.n or st.get("tariffs") != self.tariffs:
+            raise ValueError(
+                "register state is for %r elements / %r tariffs, not %d / %d"
+                % (st.get("n"), st.get("tariffs"), self.n, self.tariffs)
+            )
+        for key in ("r", "rem"):
             v = st.get(key)
-            if not isinstance(v, list) or len(v) != self.n:
-                raise ValueError("register state %s has %r, expected %d values" % (key, v, self.n))
-        self.imp = list(st["imp"])
-        self.exp = list(st["exp"])
-        self._rimp = list(st["rimp"])
-        self._rexp = list(st["rexp"])
+            if not isinstance(v, list) or len(v) != size:
+                raise ValueError("register state %s has %d values, expected %d" % (key, len(v or ()), size))
+            for x in v:
+                if not isinstance(x, int) or x < 0:
+                    raise ValueError("register state %s holds %r, not a count" % (key, x))
+        md = st.get("md", [0, 0])
+        self.r = list(st["r"])
+        self.rem = list(st["rem"])
+        self.md_mw, self.md_at = int(md[0]), md[1]
+        self.tariff = int(st.get("tariff", 0))

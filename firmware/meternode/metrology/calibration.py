@@ -1,0 +1,118 @@
+# Per-channel calibration, from the board's defaults and the device's own values, and
+# changeable at run time (Meter.set_calibration) without a rebuild.
+#
+# A channel's calibration (board: channels[k].cal, device: config.calibration[NAME]):
+#   gain         multiplies the board's scale (units per count); 1.0 = nominal front end
+#   offset       RMS noise floor in the channel's unit (V or A), removed from its RMS in
+#                quadrature: rms = sqrt(rms**2 - offset**2); 0 = none.  It does not touch
+#                power (noise does not correlate with the other channel).
+#   phase        degrees the sensor's output LEADS its primary quantity (CT: typically
+#                0.1 .. 3 degrees lead); corrected exactly by voltage interpolation
+#   phase_table  [[amps, degrees], ...] ascending in amps: phase versus current, as real
+#                CTs have; linear between points, flat beyond the ends; when present it
+#                replaces `phase` for current channels
+# The board's legacy per-channel "phase" key is read as the default phase.
+from meternode.config import ConfigError
+
+_KEYS = ("gain", "offset", "phase", "phase_table")
+
+
+def _num(v, where, lo, hi):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError("%s must be a number, not %r" % (where, v))
+    v = float(v)
+    if v < lo or v > hi:
+        raise ConfigError("%s = %r is outside %r .. %r" % (where, v, lo, hi))
+    return v
+
+
+def check(d, where):
+    # Validates one channel's calibration dict; returns a clean copy.
+    if not isinstance(d, dict):
+        raise ConfigError("%s must be an object, not %r" % (where, d))
+    out = {}
+    for key in d:
+        if key not in _KEYS:
+            raise ConfigError("%s.%s is not a calibration key (use %s)" % (where, key, ", ".join(_KEYS)))
+    if "gain" in d:
+        out["gain"] = _num(d["gain"], where + ".gain", 0.2, 5.0)
+    if "offset" in d:
+        out["offset"] = _num(d["offset"], where + ".offset", 0.0, 1e6)
+    if "phase" in d:
+        out["phase"] = _num(d["phase"], where + ".phase", -30.0, 30.0)
+    if "phase_table" in d:
+        t = d["phase_table"]
+        w = where + ".phase_table"
+        if not isinstance(t, list) or not t:
+            raise ConfigError("%s must be a non-empty list of [amps, degrees]" % w)
+        rows = []
+        last = -1.0
+        for n, row in enumerate(t):
+            if not isinstance(row, list) or len(row) != 2:
+                raise ConfigError("%s[%d] must be [amps, degrees], not %r" % (w, n, row))
+            a = _num(row[0], "%s[%d] amps" % (w, n), 0.0, 1e6)
+            if a <= last:
+                raise ConfigError("%s[%d] amps %r must be above the row before" % (w, n, a))
+            rows.append((a, _num(row[1], "%s[%d] degrees" % (w, n), -30.0, 30.0)))
+            last = a
+        out["phase_table"] = rows
+    return out
+
+
+class ChannelCal:
+    def __init__(self, ch, dev):
+        self.name = ch["name"]
+        self.kind = ch["kind"]
+        self.base_scale = ch["scale"]
+        base = {"gain": 1.0, "offset": 0.0, "phase": float(ch.get("phase", 0.0)), "phase_table": None}
+        base.update(check(ch.get("cal", {}), "board.channels.%s.cal" % self.name))
+        self.gain = base["gain"]
+        self.offset = base["offset"]
+        self.phase = base["phase"]
+        self.table = base["phase_table"]
+        if dev:
+            self.update(dev, "calibration.%s" % self.name)
+
+    def update(self, d, where):
+        c = check(d, where)
+        self.gain = c.get("gain", self.gain)
+        self.offset = c.get("offset", self.offset)
+        self.phase = c.get("phase", self.phase)
+        if "phase_table" in c:
+            self.table = c["phase_table"]
+
+    @property
+    def scale(self):
+        return self.base_scale * self.gain
+
+    def phase_at(self, amps):
+        # Degrees of lead at this current.
+        t = self.table
+        if not t:
+            return self.phase
+        if amps <= t[0][0]:
+            return t[0][1]
+        for k in range(1, len(t)):
+            a1, p1 = t[k]
+            if amps <= a1:
+                a0, p0 = t[k - 1]
+                return p0 + (p1 - p0) * (amps - a0) / (a1 - a0)
+        return t[-1][1]
+
+    def as_dict(self):
+        d = {"gain": self.gain, "offset": self.offset, "phase": self.phase}
+        if self.table:
+            d["phase_table"] = [[a, p] for a, p in self.table]
+        return d
+
+
+def resolve(board, cal):
+    # One ChannelCal per board channel; per-device values override the board's.
+    cal = cal or {}
+    if not isinstance(cal, dict):
+        raise ConfigError("calibration must be an object keyed by channel name, not %r" % (cal,))
+    names = [ch["name"] for ch in board["channels"]]
+    for key in cal:
+        if key not in names:
+            raise ConfigError("calibration.%s names no channel of board %s" % (key, board.get("name", "?")))
+    return [ChannelCal(ch, cal.get(ch["name"])) for ch in board["channels"]]
