@@ -1,0 +1,226 @@
+# Authenticated commands on umeter/<node>/cmd, results on umeter/<node>/cmd/result.
+#
+# Wire format (UTF-8 JSON):  {"body": "<JSON text>", "hmac": "<64 hex digits>"}
+# `hmac` is HMAC-SHA256 over the body's UTF-8 bytes exactly as sent (the canonical bytes:
+# nothing is re-serialised before checking) with the node's own key.  The body holds
+#   id   message id (1..32 chars), echoed in the result
+#   node the node id the command is for
+#   ctr  counter, strictly above every counter this node accepted before (persisted)
+#   exp  expiry, UNIX seconds; a command past it is refused
+#   op   read_now | set | rollback | relay | time | reboot
+#   args op arguments (object): set {key, value}; rollback {key}; relay {on}; time {epoch}
+# A command that is malformed, unauthenticated, for another node, expired, replayed or
+# invalid has no effect: it produces an EV_CMD_REJECTED event and a result saying why.
+import hashlib
+import json
+
+from meternode.store import records
+from meternode.store.cursor import Cursor
+
+MAX_EXPIRY_S = 86400  # an expiry further ahead than this is refused (limits replay windows)
+MAX_BODY = 1024
+
+# Settable configuration keys: (type, low, high).  Validated before anything changes.
+SETTABLE = {
+    "telemetry_s": (float, 0.1, 86400.0),
+    "profile_s": (int, 60, 86400),
+    "mqtt.backlog_rate": (float, 0.01, 10000.0),
+    "mqtt.keepalive": (int, 5, 3600),
+}
+
+OPS = ("read_now", "set", "rollback", "relay", "time", "reboot")
+
+
+def hmac_sha256(key, msg):
+    # RFC 2104 over MicroPython's hashlib.sha256 (block size 64).
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    k = bytearray(64)
+    k[: len(key)] = key
+    ipad = bytearray(64)
+    opad = bytearray(64)
+    for i in range(64):
+        ipad[i] = k[i] ^ 0x36
+        opad[i] = k[i] ^ 0x5C
+    h = hashlib.sha256(ipad)
+    h.update(msg)
+    o = hashlib.sha256(opad)
+    o.update(h.digest())
+    return o.digest()
+
+
+def _hex(b):
+    return "".join("%02x" % x for x in b)
+
+
+def _same(a, b):
+    # Constant-time comparison of two byte strings.
+    if len(a) != len(b):
+        return False
+    d = 0
+    for i in range(len(a)):
+        d |= a[i] ^ b[i]
+    return d == 0
+
+
+def make_command(key, node_id, op, args=None, ctr=1, exp=0, msg_id="1"):
+    # Builds the wire bytes of a command (host tools and tests use this too).
+    body = json.dumps({"id": msg_id, "node": node_id, "ctr": ctr, "exp": exp, "op": op, "args": args or {}})
+    mac = _hex(hmac_sha256(key, body.encode()))
+    return json.dumps({"body": body, "hmac": mac}).encode()
+
+
+class Rejected(Exception):
+    pass
+
+
+def _typed(key, v):
+    kind, lo, hi = SETTABLE[key]
+    if kind is float and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    if not isinstance(v, kind) or isinstance(v, bool):
+        raise Rejected("invalid: %s must be %s" % (key, kind.__name__))
+    if v < lo or v > hi:
+        raise Rejected("invalid: %s = %r is outside %r..%r" % (key, v, lo, hi))
+    return v
+
+
+class Commands:
+    # `actions` provides: read_now() -> dict, get_config(key), set_config(key, value),
+    # relay(on) -> bool (False: no relay), set_time(epoch), reboot().  `clock.time()` is
+    # the wall clock; `event(code, arg, text)` appends an event record.
+    def __init__(self, node_id, key, ctr_path, clock, actions, event):
+        if isinstance(key, str):
+            key = _unhex(key)
+        if len(key) < 16:
+            raise ValueError("config.cmd_key must be at least 16 bytes (32 hex digits)")
+        self.node_id = node_id
+        self._key = key
+        self._ctr = Cursor(ctr_path, every=1)
+        self.clock = clock
+        self.actions = actions
+        self.event = event
+        self.rollback = {}  # key -> value before the last accepted `set`
+        self.accepted = 0
+        self.rejected = 0
+        self.reboot_pending = False
+
+    def handle(self, payload):
+        # Returns the result dict (to publish on …/cmd/result).
+        msg_id = None
+        try:
+            body, msg_id = self._authenticate(payload)
+            result = self._execute(body)
+        except Rejected as e:
+            why = str(e)
+            self.rejected += 1
+            self.event(records.EV_CMD_REJECTED, 0, ("%s %s" % (msg_id or "-", why))[: records.EVENT_TEXT])
+            return {"id": msg_id, "ok": False, "status": "rejected", "why": why}
+        except Exception as e:  # an accepted command whose action failed
+            return {"id": msg_id, "ok": False, "status": "failed", "why": str(e)}
+        self.accepted += 1
+        return {"id": msg_id, "ok": True, "status": "done", "result": result}
+
+    def _authenticate(self, payload):
+        if len(payload) > MAX_BODY + 128:
+            raise Rejected("malformed: %d bytes is over the %d-byte limit" % (len(payload), MAX_BODY + 128))
+        try:
+            env = json.loads(payload)
+            body_s = env["body"]
+            mac_hex = env["hmac"]
+            if not isinstance(body_s, str) or not isinstance(mac_hex, str) or len(mac_hex) != 64:
+                raise ValueError
+            mac = _unhex(mac_hex)
+            body = json.loads(body_s)
+            msg_id = body.get("id")
+        except Exception:
+            raise Rejected('malformed: expected {"body": <json text>, "hmac": <64 hex>}')
+        if not isinstance(msg_id, str) or not 0 < len(msg_id) <= 32:
+            raise Rejected("malformed: id must be a string of 1..32 characters")
+        if not _same(hmac_sha256(self._key, body_s.encode()), mac):
+            raise Rejected("unauthenticated: HMAC does not match the node key")
+        for k, kind in (("node", str), ("ctr", int), ("exp", int), ("op", str)):
+            if not isinstance(body.get(k), kind):
+                raise Rejected("malformed: %s missing or not %s" % (k, kind.__name__))
+        if body["node"] != self.node_id:
+            raise Rejected("wrong node: for %s, this is %s" % (body["node"], self.node_id))
+        now = int(self.clock.time())
+        if body["exp"] < now:
+            raise Rejected("expired: %d s ago" % (now - body["exp"]))
+        if body["exp"] > now + MAX_EXPIRY_S:
+            raise Rejected("invalid: expiry more than %d s ahead" % MAX_EXPIRY_S)
+        if body["ctr"] <= self._ctr.acked:
+            raise Rejected("replayed: counter %d is not above %d" % (body["ctr"], self._ctr.acked))
+        if body["op"] not in OPS:
+            raise Rejected("invalid: unknown op %r" % body["op"])
+        args = body.get("args", {})
+        if not isinstance(args, dict):
+            raise Rejected("malformed: args must be an object")
+        self._check_args(body["op"], args)
+        # Persist the counter before acting: a reboot (or crash) cannot reopen a replay.
+        self._ctr.advance(body["ctr"])
+        return body, msg_id
+
+    def _check_args(self, op, a):
+        if op in ("set", "rollback"):
+            key = a.get("key")
+            if key not in SETTABLE:
+                raise Rejected("invalid: key %r is not settable (%s)" % (key, ", ".join(sorted(SETTABLE))))
+            if op == "set":
+                if "value" not in a:
+                    raise Rejected("invalid: set needs a value")
+                a["value"] = _typed(key, a["value"])
+            elif key not in self.rollback:
+                raise Rejected("invalid: nothing to roll back for %s" % key)
+        elif op == "relay":
+            if not isinstance(a.get("on"), bool):
+                raise Rejected("invalid: relay needs on: true/false")
+        elif op == "time":
+            e = a.get("epoch")
+            if not isinstance(e, int) or isinstance(e, bool) or e < 1577836800:
+                raise Rejected("invalid: time needs epoch (UNIX seconds after 2020)")
+
+    def _execute(self, body):
+        op = body["op"]
+        a = body.get("args", {})
+        act = self.actions
+        if op == "read_now":
+            return act.read_now()
+        if op == "set":
+            key = a["key"]
+            old = act.get_config(key)
+            act.set_config(key, a["value"])
+            self.rollback[key] = old
+            self.event(records.EV_CONFIG, 0, ("%s=%r" % (key, a["value"]))[: records.EVENT_TEXT])
+            return {"key": key, "old": old, "new": a["value"]}
+        if op == "rollback":
+            key = a["key"]
+            old = self.rollback.pop(key)
+            cur = act.get_config(key)
+            act.set_config(key, old)
+            self.event(records.EV_CONFIG, 1, ("%s=%r rollback" % (key, old))[: records.EVENT_TEXT])
+            return {"key": key, "old": cur, "new": old}
+        if op == "relay":
+            if not act.relay(a["on"]):
+                raise Exception("this node has no relay")
+            self.event(records.EV_RELAY, 1 if a["on"] else 0, "cmd " + body["id"][:30])
+            return {"on": a["on"]}
+        if op == "time":
+            before = int(self.clock.time())
+            act.set_time(a["epoch"])
+            self.event(records.EV_TIME_SET, a["epoch"] - before, "cmd")
+            return {"delta_s": a["epoch"] - before}
+        if op == "reboot":
+            self.reboot_pending = True
+            self.event(records.EV_REBOOT, 1, "cmd " + body["id"][:30])
+            return {"reboot": True}
+        raise Rejected("invalid: unknown op %r" % op)
+
+
+def _unhex(s):
+    try:
+        import binascii
+
+        return binascii.unhexlify(s)
+    except Exception:
+        raise ValueError("not hex")
