@@ -8,7 +8,6 @@ import time
 from meternode import VERSION, hal
 from meternode.config import check_board, check_config, load_json
 from meternode.link import telemetry
-from meternode.link.mqtt import MQTTClient
 from meternode.metrology.meter import Meter
 
 _BACKOFF_MIN_MS = 500
@@ -42,54 +41,50 @@ class Node:
     def _topic(self, leaf):
         return telemetry.topic(self.config["mqtt"].get("prefix", "umeter"), self.id, leaf)
 
-    async def link(self):
-        m = self.config["mqtt"]
-        backoff = _BACKOFF_MIN_MS
-        while True:
-            c = MQTTClient(
-                self.id,
-                m["host"],
-                m.get("port", 1883),
-                keepalive=m.get("keepalive", 30),
-                will=(self._topic("state"), b"offline", 1, True),
-            )
+    def uplink(self):
+        # The uplink service (record log, profile, outbox, MQTT link, commands), made on
+        # first use; None when it cannot start (the node keeps measuring, the reason is logged).
+        u = getattr(self, "_uplink", False)
+        if u is False:
+            from meternode.link.service import UplinkService
+
             try:
-                await c.connect()
-                await c.publish(self._topic("state"), b"online", qos=1, retain=True)
-                self.mqtt = c
-                self.link_up = True
-                backoff = _BACKOFF_MIN_MS
-                log("link up: %s:%d" % (m["host"], m.get("port", 1883)))
-                while c.connected:
-                    await asyncio.sleep_ms(200)
-                log("link down: %s" % c.error)
+                u = UplinkService(self)
             except Exception as e:
-                log("link error: %s (retry in %d ms)" % (e, backoff))
-            self.mqtt = None
-            self.link_up = False
-            await c.disconnect()
-            await asyncio.sleep_ms(backoff)
-            backoff = min(_BACKOFF_MAX_MS, backoff * 2)
+                log("uplink not started: %s" % e)
+                u = None
+            self._uplink = u
+        return u
+
+    async def link(self):
+        u = self.uplink()
+        if u is None or u.link is None:
+            while True:  # nothing to supervise; stay alive so the node keeps measuring
+                await asyncio.sleep_ms(60000)
+        t = asyncio.create_task(u.run())
+        while True:
+            await asyncio.sleep_ms(200)
+            c = u.link.client
+            self.mqtt = c
+            self.link_up = u.link.up
+            if t.done():
+                raise RuntimeError("uplink task ended")
 
     async def reporting(self):
-        period = int(self.config.get("telemetry_s", 10.0) * 1000)
         clock = self.hal.clock
         while True:
-            await asyncio.sleep_ms(period)
+            # re-read every period: a `set telemetry_s` command applies at once
+            await asyncio.sleep_ms(int(self.config.get("telemetry_s", 10.0) * 1000))
             snap = self.meter.snapshot()
             if snap is None:
                 continue
             self.seq += 1
-            payload = telemetry.encode(
-                self.id, self.seq, clock.time(), snap, self.hal.sampler.overruns, self.mains
-            )
+            now = clock.time()
+            payload = telemetry.encode(self.id, self.seq, now, snap, self.hal.sampler.overruns, self.mains)
             self.last = payload
-            c = self.mqtt
-            if c is not None and c.connected:
-                try:
-                    await c.publish(self._topic("telemetry"), payload, qos=0)
-                except Exception as e:
-                    log("telemetry not sent: %s" % e)
+            u = self.uplink()
+            if u is not None:
+                await u.report(now, snap, payload)
 
     async def run(self):
         log("umeter node %s v%s on board %s" % (self.id, VERSION, self.board["name"]))

@@ -17,11 +17,16 @@ _SENSORS = (
 )
 
 
+# What the electricity telemetry carries today; water/gas/current/pf are announced when the
+# node says it has them (info["sensors"]).
+DEFAULT = ("energy_import", "energy_export", "power", "voltage", "frequency")
+
+
 def configs(prefix, node_id, info=None, ha_prefix="homeassistant"):
     # Returns [(topic, payload bytes)] to publish retained.  `info` may carry "version" and
-    # "model"; "sensors" (a list of object ids) limits what is announced.
+    # "model"; "sensors" (a list of object ids) chooses what is announced.
     info = info or {}
-    only = info.get("sensors")
+    only = info.get("sensors") or DEFAULT
     state = "%s/%s/telemetry" % (prefix, node_id)
     avail = "%s/%s/state" % (prefix, node_id)
     dev = {
@@ -33,7 +38,7 @@ def configs(prefix, node_id, info=None, ha_prefix="homeassistant"):
     }
     out = []
     for oid, name, key, unit, dclass, sclass, scale in _SENSORS:
-        if only is not None and oid not in only:
+        if oid not in only:
             continue
         tpl = "{{ value_json.%s }}" % key if scale == 1 else "{{ (value_json.%s * %s) | round(3) }}" % (key, scale)
         c = {

@@ -1,0 +1,107 @@
+# Load profile and freezes: turns the periodic meter snapshots into PROFILE records (one per
+# `period_s`, aligned to the wall clock: 00:00, 00:15, ...), DAILY freezes at each UTC
+# midnight and MONTHLY freezes at each first of the month, all appended to the record log.
+import time
+
+from meternode.store import records
+
+
+def _month(ts):
+    t = time.gmtime(int(ts))
+    return t[0] * 12 + t[1] - 1
+
+
+class ProfileRecorder:
+    def __init__(self, log, period_s=900, mains=None, on_record=None):
+        if not 60 <= period_s <= 86400 or 86400 % period_s:
+            raise ValueError("config.profile_s = %r must divide a day and be 60..86400" % (period_s,))
+        self.log = log
+        self.period_s = period_s
+        self.mains = mains  # element names counted in the totals (None: all)
+        self.on_record = on_record  # callback(seq) after each append (wakes the outbox)
+        self._slot = None
+        self._day = None
+        self._month = None
+        self._reset()
+        self.e_imp_mwh = 0
+        self.e_exp_mwh = 0
+        self.water_l = 0
+        self.gas_l = 0
+
+    def _reset(self):
+        self.n = 0
+        self.v = [0.0, 1e30, -1e30]  # sum, min, max
+        self.i = [0.0, 1e30, -1e30]
+        self.p = [0.0, 1e30, -1e30]
+
+    def add(self, ts, snap):
+        # One snapshot (Meter.snapshot()) taken at wall-clock time ts.
+        slot = int(ts) // self.period_s
+        if self._slot is None:
+            self._slot = slot
+            self._day = int(ts) // 86400
+            self._month = _month(ts)
+        elif slot != self._slot:
+            self.close(self._slot * self.period_s + self.period_s)
+            self._slot = slot
+        i = p = 0.0
+        imp = exp = 0.0
+        for e in snap["elements"]:
+            if self.mains is None or e["name"] in self.mains:
+                i += e["i"]
+                p += e["p"]
+                imp += e["e_imp_wh"]
+                exp += e["e_exp_wh"]
+        self.e_imp_mwh = int(imp * 1000 + 0.5)
+        self.e_exp_mwh = int(exp * 1000 + 0.5)
+        for acc, x in ((self.v, snap["v"]), (self.i, i), (self.p, p)):
+            acc[0] += x
+            if x < acc[1]:
+                acc[1] = x
+            if x > acc[2]:
+                acc[2] = x
+        self.n += 1
+        day = int(ts) // 86400
+        if day != self._day:
+            self._append(
+                records.DAILY, day * 86400, records.freeze(self.e_imp_mwh, self.e_exp_mwh, self.water_l, self.gas_l)
+            )
+            self._day = day
+            m = _month(ts)
+            if m != self._month:
+                self._append(
+                    records.MONTHLY,
+                    day * 86400,
+                    records.freeze(self.e_imp_mwh, self.e_exp_mwh, self.water_l, self.gas_l),
+                )
+                self._month = m
+
+    def close(self, ts_end):
+        # Appends the PROFILE record of the interval ending at ts_end (if it saw anything).
+        if not self.n:
+            return 0
+        n = self.n
+
+        def trio(acc, scale, lo, hi):
+            out = []
+            for x in (acc[0] / n, acc[1], acc[2]):
+                x = int(x * scale + (0.5 if x >= 0 else -0.5))
+                out.append(lo if x < lo else hi if x > hi else x)
+            return out
+
+        payload = records.profile(
+            self.period_s,
+            self.e_imp_mwh,
+            self.e_exp_mwh,
+            trio(self.v, 10, 0, 65535),
+            trio(self.i, 1000, 0, 0xFFFFFFFF),
+            trio(self.p, 10, -0x7FFFFFFF, 0x7FFFFFFF),
+        )
+        self._reset()
+        return self._append(records.PROFILE, ts_end, payload)
+
+    def _append(self, kind, ts, payload):
+        seq = self.log.append(kind, ts, payload)
+        if self.on_record is not None:
+            self.on_record(seq)
+        return seq
