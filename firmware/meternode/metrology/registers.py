@@ -66,6 +66,11 @@ class Registers:
     def total_export(self):
         return self.r[self.n * _FIELDS + EXP]
 
+    def energy_j(self, block, field):
+        # Exact register content in joules (var-s, VA-s), remainder included.
+        idx = block * _FIELDS + field
+        return self.r[idx] * 3.6 + self.rem[idx] / 1000000.0
+
     def quadrants(self, block):
         b = block * _FIELDS + Q1
         return self.r[b : b + 4]

@@ -1,0 +1,385 @@
+"""IEC 62053 accuracy run: the metrology firmware on the unix port, fed by the sim front end.
+
+The test points follow IEC 62053-22 (class 0.2S active energy, transformer-operated) and
+IEC 62053-23 (class 2 reactive energy): current from 1 % to 120 % of In at PF 1, 0.5
+inductive and 0.8 capacitive, reactive at sin phi 1 and 0.5, influence points (frequency
++-2 %, voltage +-10 %, 5th and 7th harmonics), the starting current (0.1 % In must register)
+and creep (115 % Un, no current: nothing may register).
+
+The board is a real board definition (default `pico_w`, first voltage and current channel)
+with its HAL replaced by `sim`: a 12-bit converter with RP2040-like ENOB (8.7 bits by
+default), the board's round-robin conversion skew, and a CT whose phase lead follows the
+board's own phase-versus-current table; the firmware corrects both from the calibration.
+
+Each point's error is measured on the energy registers (exact to the microjoule), over
+whole mains cycles, against the analytic energy of the simulated signal.  Influence points
+are held to the class limit of their base point (a stricter reading than the standard's
+"variation" limits).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import unixport
+from .errors import ConfigError, DeviceError
+
+U_N = 230.0
+
+# Runs on MicroPython: argv[1] is a JSON file {"board": ..., "points": [...]}; prints one
+# JSON line per point.
+_RUNNER = r"""
+import json, sys
+from meternode.hal.sim import SimHal
+from meternode.metrology.meter import Meter
+
+def energies(m):
+    r = m.registers
+    p = r.energy_j(0, 0) - r.energy_j(0, 1)
+    q = r.energy_j(0, 2) + r.energy_j(0, 3) - r.energy_j(0, 4) - r.energy_j(0, 5)
+    return p, q, sum(r.r) + sum(r.rem)
+
+job = json.load(open(sys.argv[1]))
+board = job["board"]
+for pt in job["points"]:
+    hal = SimHal(board, pt["scen"])
+    m = Meter(board, None, pt.get("options"))
+    s = hal.sampler
+    s.run(m, pt["warmup"])
+    m.flush()
+    p0, q0, c0 = energies(m)
+    n0 = m.measured_sets
+    s.run(m, pt["seconds"])
+    m.flush()
+    p1, q1, c1 = energies(m)
+    t = (m.measured_sets - n0) / m.rate
+    print(json.dumps({"id": pt["id"], "t": t, "p": (p1 - p0) / t, "q": (q1 - q0) / t,
+                      "counts": c1, "f": m.freq, "cycles": m.cycles}))
+"""
+
+
+@dataclass
+class Point:
+    """One test point: what is simulated and the limit its error must stay within."""
+
+    id: str
+    quantity: str  # "active", "reactive", "start" or "creep"
+    i_pct: float  # current, % of In
+    angle: float  # degrees the current lags the voltage
+    limit: float | None  # % error limit (None: start/creep, judged on registration)
+    group: str  # label for the table and the plot
+    v_pct: float = 100.0
+    freq: float = 50.0
+    v_harm: list = field(default_factory=list)
+    i_harm: list = field(default_factory=list)
+    seconds: float = 4.0
+
+    def expected(self, i_n: float) -> float:
+        v = U_N * self.v_pct / 100.0
+        i = i_n * self.i_pct / 100.0
+        a = math.radians(self.angle)
+        if self.quantity == "reactive":
+            return v * i * math.sin(a)
+        p = v * i * math.cos(a)
+        for h, rv, pv in self.v_harm:
+            for h2, ri, pi in self.i_harm:
+                if h == h2:
+                    p += v * rv * i * ri * math.cos(h * a - math.radians(pi) + math.radians(pv))
+        return p
+
+
+def _active_limit(i_pct: float, angle: float) -> float:
+    if abs(angle) < 1e-6 or abs(abs(angle) - 180.0) < 1e-6:
+        return 0.4 if i_pct < 5 else 0.2
+    return 0.5 if i_pct < 10 else 0.3
+
+
+def _reactive_limit(i_pct: float, angle: float) -> float:
+    if abs(abs(angle) - 90.0) < 1e-6:
+        return 2.5 if i_pct < 5 else 2.0
+    return 2.5 if i_pct < 10 else 2.0
+
+
+def _secs(i_pct: float) -> float:
+    return 16.0 if i_pct <= 2 else (8.0 if i_pct <= 10 else 4.0)
+
+
+def points(quick: bool = False) -> list[Point]:
+    """The IEC 62053-22 class 0.2S / 62053-23 class 2 test points (a short set with quick)."""
+    pts: list[Point] = []
+    ind = 60.0  # PF 0.5 inductive
+    cap = -math.degrees(math.acos(0.8))  # PF 0.8 capacitive
+    cur = [1, 2, 5, 10, 20, 50, 100, 120]
+    for i in cur:
+        pts.append(Point(f"P{i}-PF1", "active", i, 0.0, _active_limit(i, 0.0), "PF 1", seconds=_secs(i)))
+    for label, ang in (("PF 0.5 ind", ind), ("PF 0.8 cap", cap)):
+        for i in cur[1:]:
+            tag = "L" if ang > 0 else "C"
+            pts.append(Point(f"P{i}-{tag}", "active", i, ang, _active_limit(i, ang), label, seconds=_secs(i)))
+    pts.append(Point("P100-EXP", "active", 100, 180.0, 0.2, "PF -1 export"))
+    for label, ang, cs in (("sin 1 ind", 90.0, [2, 5, 10, 20, 100, 120]), ("sin 1 cap", -90.0, [10, 100])):
+        for i in cs:
+            pts.append(
+                Point(
+                    f"Q{i}-S1{'L' if ang > 0 else 'C'}",
+                    "reactive",
+                    i,
+                    ang,
+                    _reactive_limit(i, ang),
+                    label,
+                    seconds=_secs(i),
+                )
+            )
+    for label, ang, cs in (("sin 0.5 ind", 30.0, [5, 10, 100]), ("sin 0.5 cap", -30.0, [100])):
+        for i in cs:
+            pts.append(
+                Point(
+                    f"Q{i}-S05{'L' if ang > 0 else 'C'}",
+                    "reactive",
+                    i,
+                    ang,
+                    _reactive_limit(i, ang),
+                    label,
+                    seconds=_secs(i),
+                )
+            )
+    for f in (49.0, 51.0):
+        for ang in (0.0, ind):
+            pts.append(
+                Point(
+                    f"F{f:g}-{'PF1' if ang == 0 else 'L'}",
+                    "active",
+                    100,
+                    ang,
+                    _active_limit(100, ang),
+                    "frequency ±2 %",
+                    freq=f,
+                )
+            )
+    for vp in (90.0, 110.0):
+        for ang in (0.0, ind):
+            pts.append(
+                Point(
+                    f"V{vp:g}-{'PF1' if ang == 0 else 'L'}",
+                    "active",
+                    100,
+                    ang,
+                    _active_limit(100, ang),
+                    "voltage ±10 %",
+                    v_pct=vp,
+                )
+            )
+    for h in (5, 7):
+        pts.append(
+            Point(f"H{h}", "active", 60, 0.0, 0.2, "harmonics", v_harm=[[h, 0.10, 0.0]], i_harm=[[h, 0.40, 0.0]])
+        )
+    pts.append(Point("START", "start", 0.1, 0.0, None, "starting current", seconds=20.0))
+    pts.append(Point("CREEP", "creep", 0.0, 0.0, None, "creep 115 % Un", v_pct=115.0, seconds=20.0))
+    if quick:
+        keep = {"P1-PF1", "P5-PF1", "P100-PF1", "P2-L", "P10-C", "P100-EXP", "Q100-S1L", "Q10-S05L"}
+        keep |= {"F51-L", "V110-PF1", "H5", "START", "CREEP"}
+        pts = [p for p in pts if p.id in keep]
+    return pts
+
+
+@dataclass
+class Result:
+    point: Point
+    measured: float
+    expected: float
+    error_pct: float | None
+    passed: bool
+    seconds: float
+    note: str = ""
+
+
+@dataclass
+class Report:
+    board: str
+    enob: float
+    seed: int
+    results: list[Result]
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    def failures(self) -> list[Result]:
+        return [r for r in self.results if not r.passed]
+
+    def to_dict(self) -> dict:
+        rows = []
+        for r in self.results:
+            d = asdict(r.point)
+            d.update(
+                measured=r.measured,
+                expected=r.expected,
+                error_pct=r.error_pct,
+                passed=r.passed,
+                seconds=r.seconds,
+                note=r.note,
+            )
+            rows.append(d)
+        return {"board": self.board, "enob": self.enob, "seed": self.seed, "passed": self.passed, "points": rows}
+
+
+def accuracy_board(board: dict) -> dict:
+    """The board with its HAL replaced by sim, reduced to its first voltage and current."""
+    chans = board.get("channels", [])
+    v = next((c for c in chans if c.get("kind") == "voltage"), None)
+    i = next((c for c in chans if c.get("kind") == "current"), None)
+    if v is None or i is None:
+        raise ConfigError(f"board {board.get('name')!r} has no voltage/current pair", hint="pick a metering board")
+    i = dict(i, voltage=v["name"])
+    return dict(board, hal="sim", channels=[v, i])
+
+
+def _phase_at(ch: dict, amps: float) -> float:
+    cal = ch.get("cal", {})
+    t = cal.get("phase_table")
+    if not t:
+        return float(cal.get("phase", ch.get("phase", 0.0)))
+    if amps <= t[0][0]:
+        return t[0][1]
+    for (a0, p0), (a1, p1) in itertools.pairwise(t):
+        if amps <= a1:
+            return p0 + (p1 - p0) * (amps - a0) / (a1 - a0)
+    return t[-1][1]
+
+
+def _job(board: dict, pts: list[Point], enob: float, seed: int, lead_error: float = 0.0) -> dict:
+    _vch, ich = board["channels"]
+    i_n = ich.get("nominal", 5.0)
+    jobs = []
+    for n, p in enumerate(pts):
+        i = i_n * p.i_pct / 100.0
+        scen = {
+            "freq": p.freq,
+            "seed": seed + n,
+            "enob": enob,
+            "voltage": {"rms": U_N * p.v_pct / 100.0, "harmonics": p.v_harm},
+            "currents": [{"rms": i, "angle": p.angle, "harmonics": p.i_harm, "lead": _phase_at(ich, i) + lead_error}],
+        }
+        jobs.append({"id": p.id, "scen": scen, "warmup": 1.5, "seconds": p.seconds})
+    return {"board": board, "points": jobs}
+
+
+def run(
+    board: dict,
+    *,
+    enob: float = 8.7,
+    seed: int = 1,
+    quick: bool = False,
+    only: list[str] | None = None,
+    lead_error: float = 0.0,
+    progress: Callable[[int, int, Result], None] | None = None,
+) -> Report:
+    """Run the test points on the unix port; `progress(done, total, result)` after each.
+
+    `lead_error` adds degrees of CT phase lead that the calibration does not know about
+    (what an uncalibrated or wrongly calibrated CT does to the PF 0.5 points).
+    """
+    if not 4.0 <= enob <= board.get("adc", {}).get("bits", 12):
+        raise ConfigError(f"ENOB {enob} is out of range", hint="4 to the board's ADC bits")
+    b = accuracy_board(board)
+    pts = points(quick)
+    if only:
+        unknown = [x for x in only if x not in {p.id for p in points()}]
+        if unknown:
+            raise ConfigError(f"unknown test point(s) {', '.join(unknown)}", hint="see `umeter accuracy --list`")
+        pts = [p for p in points() if p.id in only]
+    by_id = {p.id: p for p in pts}
+    i_n = b["channels"][1].get("nominal", 5.0)
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="umeter-acc-") as tmp:
+        script = Path(tmp) / "acc_run.py"
+        script.write_text(_RUNNER)
+        jobf = Path(tmp) / "job.json"
+        jobf.write_text(json.dumps(_job(b, pts, enob, seed, lead_error)))
+        argv = unixport.command(script, str(jobf), heap="512k")
+        env = dict(os.environ, MICROPYPATH=unixport.micropypath())
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            d = json.loads(line)
+            p = by_id[d["id"]]
+            r = _judge(p, d, i_n)
+            results.append(r)
+            if progress:
+                progress(len(results), len(pts), r)
+        err = proc.stderr.read() if proc.stderr else ""
+        rc = proc.wait()
+    if rc != 0 or len(results) != len(pts):
+        last = err.strip().splitlines()[-1] if err.strip() else f"exit code {rc}"
+        raise DeviceError(f"the accuracy run stopped on the unix port: {last}", hint="run with -v for the traceback")
+    return Report(board.get("name", "?"), enob, seed, results)
+
+
+def _judge(p: Point, d: dict, i_n: float) -> Result:
+    if p.quantity == "creep":
+        ok = d["counts"] == 0
+        return Result(p, d["p"], 0.0, None, ok, d["t"], "no registration" if ok else "registered energy")
+    exp = p.expected(i_n)
+    meas = d["q"] if p.quantity == "reactive" else d["p"]
+    err = 100.0 * (meas - exp) / abs(exp)
+    if p.quantity == "start":
+        ok = meas > 0.0
+        return Result(p, meas, exp, err, ok, d["t"], "registers" if ok else "does not start")
+    return Result(p, meas, exp, err, abs(err) <= (p.limit or 0.0), d["t"])
+
+
+def plot(report: Report, path: str | os.PathLike[str]) -> None:
+    """Error curves like a calibration certificate: error vs % In per group, with limits."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=False)
+    groups: dict[tuple[str, str], list[Result]] = {}
+    for r in report.results:
+        if r.error_pct is None or r.point.quantity not in ("active", "reactive"):
+            continue
+        if r.point.group in ("frequency ±2 %", "voltage ±10 %", "harmonics", "PF -1 export"):
+            continue
+        groups.setdefault((r.point.quantity, r.point.group), []).append(r)
+    for ax, qty, title in (
+        (axes[0], "active", "Active energy (class 0.2S)"),
+        (axes[1], "reactive", "Reactive energy (class 2)"),
+    ):
+        for (q, g), rs in sorted(groups.items()):
+            if q != qty:
+                continue
+            rs.sort(key=lambda r: r.point.i_pct)
+            xs = [r.point.i_pct for r in rs]
+            line = ax.plot(xs, [r.error_pct for r in rs], marker="o", label=g)[0]
+            ax.step(xs, [r.point.limit for r in rs], where="post", color=line.get_color(), linestyle=":", alpha=0.6)
+            ax.step(
+                xs, [-(r.point.limit or 0) for r in rs], where="post", color=line.get_color(), linestyle=":", alpha=0.6
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("current, % of In")
+        ax.set_ylabel("error, %")
+        ax.axhline(0.0, color="black", linewidth=0.6)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_title(title)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    ok = "PASS" if report.passed else "FAIL"
+    fig.suptitle(
+        f"umeter accuracy — board {report.board} (sim, 12-bit, ENOB {report.enob:g}, seed {report.seed}): {ok}"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,85 @@
+"""`umeter accuracy`: IEC 62053 test points through the firmware on the unix port."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .. import accuracy as acc
+from .. import ui, unixport
+from ..errors import ConfigError, DeviceError
+
+
+def load_board(name: str) -> dict:
+    """A board by name (boards/NAME.json) or by path to a JSON file."""
+    p = Path(name)
+    if not (p.suffix == ".json" and p.exists()):
+        p = unixport.boards_dir() / f"{name}.json"
+    if not p.exists():
+        names = sorted(x.stem for x in unixport.boards_dir().glob("*.json"))
+        raise ConfigError(f"unknown board {name!r}", hint="boards: " + ", ".join(names))
+    try:
+        return json.loads(p.read_text())
+    except ValueError as e:
+        raise ConfigError(f"{p}: not valid JSON ({e})", hint="fix the board definition") from None
+
+
+def _fmt_err(r: acc.Result) -> str:
+    return "—" if r.error_pct is None else f"{r.error_pct:+.3f}"
+
+
+def _fmt_lim(r: acc.Result) -> str:
+    return "—" if r.point.limit is None else f"±{r.point.limit:g}"
+
+
+@click.command("accuracy")
+@click.option("--board", default="pico_w", show_default=True, help="Board definition (name or .json path).")
+@click.option("--enob", type=float, default=8.7, show_default=True, help="Effective bits of the simulated ADC.")
+@click.option("--seed", type=int, default=1, show_default=True, help="Seed of the simulated noise.")
+@click.option("--quick", is_flag=True, help="A short set of 13 points instead of all.")
+@click.option("--point", "only", multiple=True, help="Run only this point id (repeatable; see --list).")
+@click.option("--list", "list_", is_flag=True, help="List the test points and exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write the error curves to this PNG.")
+def command(board, enob, seed, quick, only, list_, as_json, plot_path) -> None:
+    """Run the IEC 62053-22 (0.2S) / 62053-23 (class 2) test points on the simulated front end.
+
+    Exits 1 when a point is outside its class limit.
+    """
+    if list_:
+        for p in acc.points(quick):
+            lim = "registers / none" if p.limit is None else f"±{p.limit:g} %"
+            click.echo(f"{p.id:11s} {p.quantity:8s} {p.i_pct:6g} % In  {p.group:18s} {lim}")
+        return
+    b = load_board(board)
+
+    def progress(done: int, total: int, r: acc.Result) -> None:
+        if not as_json:
+            ui.debug(f"[{done}/{total}] {r.point.id}")
+
+    rep = acc.run(b, enob=enob, seed=seed, quick=quick, only=list(only) or None, progress=progress)
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=1))
+    else:
+        head = ("point", "group", "% In", "expected", "measured", "error %", "limit")
+        click.echo("{:11s} {:18s} {:>6s} {:>11s} {:>11s} {:>8s} {:>6s}".format(*head))
+        for r in rep.results:
+            mark = "ok" if r.passed else "FAIL"
+            unit = "var" if r.point.quantity == "reactive" else "W"
+            click.echo(
+                f"{r.point.id:11s} {r.point.group:18s} {r.point.i_pct:6g} {r.expected:11.3f} {r.measured:11.3f}"
+                f" {_fmt_err(r):>8s} {_fmt_lim(r):>6s} {unit:3s} {mark} {r.note}".rstrip()
+            )
+        worst = max((abs(r.error_pct) / r.point.limit for r in rep.results if r.point.limit), default=0.0)
+        ui.info(
+            f"{len(rep.results)} points on board {rep.board} (sim, ENOB {enob:g}, seed {seed}): "
+            f"{len(rep.results) - len(rep.failures())} within limits; worst error {100 * worst:.0f} % of its limit."
+        )
+    if plot_path:
+        acc.plot(rep, plot_path)
+        ui.info(f"Wrote the error curves to {plot_path}.")
+    if not rep.passed:
+        ids = ", ".join(r.point.id for r in rep.failures())
+        raise DeviceError(f"{len(rep.failures())} point(s) outside the class limit: {ids}", hint="see the table above")
