@@ -56,6 +56,8 @@ class Outbox:
         self.ack_timeout_ms = ack_timeout_ms
         self._reader = log.reader()
         self._pending = []  # [seq, pid, acked, sent_ms] in send order
+        self._sent_hi = cursor.acked  # highest seq sent so far
+        self._rewind = 0  # seq to go back to, asked by the consumer (…/resend)
         self._pid = 0
         self._kick = asyncio.Event()
         self._tokens = float(window)
@@ -68,10 +70,20 @@ class Outbox:
         self.dups = 0
         self.timeouts = 0
         self.skipped = 0
+        self.rewinds = 0
 
     def notify(self):
         # A record was appended: wake the publisher.
         self._kick.set()
+
+    def resend_from(self, seq):
+        # The consumer says it lacks `seq` (a broker lost what it had acknowledged, e.g. on a
+        # restart without persistence): go back to it if we sent it and still hold it.
+        if 0 < seq <= self._sent_hi:
+            first = self.log.first_seq()
+            self._rewind = seq if seq > first else first
+            self.rewinds += 1
+            self._kick.set()
 
     def backlog(self):
         return self.log.last_seq - self.cursor.acked
@@ -85,6 +97,7 @@ class Outbox:
             "dup": self.dups,
             "ack_timeouts": self.timeouts,
             "unreadable": self.skipped,
+            "rewinds": self.rewinds,
         }
 
     def _next_pid(self):
@@ -121,6 +134,7 @@ class Outbox:
             # A record that checks (CRC) but does not decode: send it as raw hex, never drop it.
             self.skipped += 1
             d = {"node": self.node_id, "kind": "unknown", "seq": r.seq, "ts": r.ts, "error": str(e)}
+        d["held"] = self.log.first_seq()  # oldest seq still held: lower ones cannot be resent
         return json.dumps(d)
 
     async def _resume(self, c):
@@ -141,6 +155,11 @@ class Outbox:
         r = self._reader
         p = self._pending
         while c.connected:
+            if self._rewind:
+                self._pending = p = []
+                old = {}
+                r.seek(self._rewind)
+                self._rewind = 0
             # Fill the window.
             while len(p) < self.window and c.connected:
                 if not old and not self._take_token():
@@ -158,6 +177,8 @@ class Outbox:
                 else:
                     self.dups += 1
                 p.append([seq, pid, False, _now()])
+                if seq > self._sent_hi:
+                    self._sent_hi = seq
                 try:
                     await c.send_publish(
                         self._topics.get(kind, self._topics[records.EVENT]), self._payload(), 1, False, pid, dup

@@ -92,11 +92,18 @@ class MqttLink:
     def _on_message(self, t, payload, retained):
         if t == self.topic("cmd") and self.on_command is not None:
             self.on_command(payload)
+        elif t == self.topic("resend") and self.outbox is not None and payload:
+            try:
+                self.outbox.resend_from(int(payload))
+            except ValueError:
+                self.log("ignored resend request %r" % payload)
 
     async def _announce(self, c):
         await c.publish(self.topic("state"), b"online", qos=1, retain=True)
         if self.on_command is not None:
             await c.subscribe(self.topic("cmd"), 1)
+        if self.outbox is not None:
+            await c.subscribe(self.topic("resend"), 1)
         if self.m.get("discovery", True) and self.describe is not None:
             for t, p in discovery.configs(self.prefix, self.node_id, self.describe()):
                 await c.publish(t, p, qos=1, retain=True)
