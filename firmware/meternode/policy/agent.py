@@ -1,0 +1,199 @@
+# The node's control plane for policies and firmware: takes bundle messages from the link,
+# verifies them, applies them atomically and answers with a result.  Pure (no asyncio, no
+# HAL), so the host's fleet simulator runs thousands of these in one process.
+#
+# Topics (under <prefix>/<node>/), all JSON:
+#   policy/bundle  <- a signed policy bundle envelope (bundle.py); result on policy/result
+#   ota            <- {"op": "begin", "bundle": <envelope text>}  (files inline, or streamed:)
+#                     {"op": "file", "name": n, "off": offset, "data": base64}
+#                     {"op": "end"}
+#                  result on ota/result: accepted / staged / confirmed / rolled_back / rejected
+#   policy/small   <- a LoRa-sized HMAC frame (small.py), raw bytes; result on policy/result
+# Results: {"ok": bool, "status": ..., "why": ..., "version": <node's version now>,
+#           "campaign": <from the manifest>, "node": id}
+#
+# Identity (config["fleet"]): {"name": fleet, "groups": [...], "keys": {key id: hex}}.
+import json
+from binascii import a2b_base64, hexlify, unhexlify
+
+from meternode.policy.apply import PolicyStore
+from meternode.policy.bundle import Rejected, Verifier, key_id, parse
+from meternode.policy.ota import Slots
+from meternode.policy.schema import PolicyError, check_compact
+
+POLICY_FILE = "policy.json"
+
+
+def check_identity(fl, where="config.fleet"):
+    # -> (fleet name, groups, {key id: public key bytes}); ValueError naming the key.
+    if not isinstance(fl, dict):
+        raise ValueError("%s must be an object with name, groups, keys" % where)
+    name = fl.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError("%s.name must be the fleet name" % where)
+    groups = fl.get("groups", [])
+    if not isinstance(groups, list) or any(not isinstance(g, str) for g in groups):
+        raise ValueError("%s.groups must be a list of group names" % where)
+    keys = fl.get("keys")
+    if not isinstance(keys, dict) or not keys:
+        raise ValueError("%s.keys must map key ids to 64-hex Ed25519 public keys" % where)
+    out = {}
+    for kid, hx in keys.items():
+        try:
+            pub = unhexlify(hx)
+        except Exception:
+            pub = b""
+        if len(pub) != 32:
+            raise ValueError("%s.keys.%s must be 64 hex digits (an Ed25519 public key)" % (where, kid))
+        if kid != key_id(pub):
+            raise ValueError("%s.keys.%s does not match its key (id %s)" % (where, kid, key_id(pub)))
+        out[kid] = pub
+    return name, groups, out
+
+
+def _campaign(payload):
+    # Best effort: the campaign id in a manifest, for results of rejected bundles too.
+    try:
+        m = json.loads(parse(payload)[0])
+        c = m.get("campaign")
+        return c if isinstance(c, str) else None
+    except Exception:
+        return None
+
+
+def _noop(*a):
+    pass
+
+
+class Agent:
+    def __init__(self, node_id, fleet, root, clock, event=None, on_policy=None, reset=None, sigcheck=None):
+        name, groups, keys = check_identity(fleet)
+        self.node_id = node_id
+        self.verifier = Verifier(keys, node_id, name, groups, sigcheck)
+        self.clock = clock
+        self.event = event or _noop  # event(kind, text)
+        self.on_policy = on_policy or _noop  # on_policy(compact) after an apply
+        self.reset = reset or _noop  # reboot into a staged build
+        self.store = PolicyStore(root + "/policy")
+        self.slots = Slots(root)
+        self.record = self.store.load()
+        if self.store.recovered:
+            self.event("policy", "recovered: %s" % self.store.recovered)
+        self._ota = None  # (manifest, text, campaign) while a build streams in
+        self.accepted = 0
+        self.rejected = 0
+
+    # -- state ---------------------------------------------------------------------------------
+    def policy(self):
+        return self.record["policy"] if self.record else None
+
+    def policy_version(self):
+        return self.record["version"] if self.record else 0
+
+    def _result(self, ok, status, version, campaign, why=None):
+        r = {"ok": ok, "status": status, "version": version, "campaign": campaign, "node": self.node_id}
+        if why:
+            r["why"] = why
+        if ok:
+            self.accepted += 1
+        else:
+            self.rejected += 1
+        return r
+
+    def handle(self, leaf, payload):
+        # -> (result leaf, result dict) or None for an unknown leaf.
+        if leaf == "policy/bundle":
+            return "policy/result", self.handle_policy(payload)
+        if leaf == "ota":
+            return "ota/result", self.handle_ota(payload)
+        return None
+
+    # -- policy bundles --------------------------------------------------------------------------
+    def handle_policy(self, payload):
+        cur = self.policy_version()
+        camp = None
+        try:
+            man, mtext, files = self.verifier.verify(payload, "policy", cur, int(self.clock.time()))
+            camp = man.get("campaign")
+            data = files.get(POLICY_FILE)
+            if data is None:
+                raise Rejected("bad file: %s missing" % POLICY_FILE)
+            try:
+                compact = check_compact(json.loads(data))
+            except (ValueError, PolicyError) as e:
+                raise Rejected("bad policy: %s" % e)
+            sig = parse(payload)[1]
+            self.store.apply(man["version"], mtext, hexlify(sig).decode(), compact)
+        except Rejected as e:
+            why = str(e)
+            self.event("policy", ("rejected: %s" % why)[:40])
+            return self._result(False, "rejected", cur, camp or _campaign(payload), why)
+        self.record = {"version": man["version"], "m": mtext, "policy": compact}
+        self.event("policy", "applied v%d %s" % (man["version"], compact["n"][:20]))
+        self.on_policy(compact)
+        return self._result(True, "applied", man["version"], camp)
+
+    # -- firmware ---------------------------------------------------------------------------------
+    def handle_ota(self, payload):
+        try:
+            msg = json.loads(payload)
+            op = msg.get("op") if isinstance(msg, dict) else None
+        except Exception:
+            op = None
+        cur = self.slots.version()
+        camp = self._ota[2] if self._ota else None
+        try:
+            if op == "begin":
+                return self._ota_begin(msg.get("bundle"), cur)
+            if op == "file":
+                if self._ota is None:
+                    raise Rejected("malformed: no firmware transfer in progress")
+                try:
+                    data = a2b_base64(msg["data"])
+                    off = int(msg.get("off", 0))
+                except Exception:
+                    raise Rejected("malformed: file chunk needs name, off, base64 data")
+                self.slots.write(msg.get("name"), data, off)
+                return None  # no result per chunk
+            if op == "end":
+                if self._ota is None:
+                    raise Rejected("malformed: no firmware transfer in progress")
+                return self._ota_end()
+            raise Rejected("malformed: op must be begin, file or end")
+        except Rejected as e:
+            self._ota = None
+            why = str(e)
+            self.event("ota", ("rejected: %s" % why)[:40])
+            return self._result(False, "rejected", cur, camp, why)
+
+    def _ota_begin(self, envelope, cur):
+        if not isinstance(envelope, str):
+            raise Rejected("malformed: begin needs the bundle envelope text")
+        env = envelope.encode()
+        inline = bool(parse(env)[2])
+        man, mtext, files = self.verifier.verify(env, "firmware", cur, int(self.clock.time()), check_files=inline)
+        self.slots.begin(man)
+        self._ota = (man, mtext, man.get("campaign"))
+        if inline:
+            for name in files:
+                self.slots.write(name, files[name], 0)
+            return self._ota_end()
+        self.event("ota", "receiving v%d" % man["version"])
+        return self._result(True, "accepted", cur, self._ota[2])
+
+    def _ota_end(self):
+        man, mtext, camp = self._ota
+        self._ota = None
+        slot = self.slots.finish(mtext)
+        self.event("ota", "staged v%d in %s" % (man["version"], slot))
+        return self._result(True, "staged", man["version"], camp)
+
+    def boot_report(self):
+        # After the boot-time select() and the health check: what to tell the host, or None.
+        s = self.slots
+        if s.rolled_back:
+            return self._result(False, "rolled_back", s.version(), None, s.rolled_back)
+        st = s.state()
+        if st.get("last", "").endswith("confirmed"):
+            return self._result(True, "confirmed", st["versions"].get(st["active"], 0), None)
+        return None

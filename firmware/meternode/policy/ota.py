@@ -1,0 +1,307 @@
+# Firmware OTA of the Python modules: two slot directories, an atomic boot pointer, a trial
+# boot that must pass a health check before a deadline, automatic rollback on the next boot,
+# and a boot counter that catches crash loops.  For ESP32 OTA partition layouts the
+# full-image path (PartitionUpdate) uses esp32.Partition the same way.
+#
+# Layout under <root>/fw:  a/ and b/ (slot directories: files by manifest name, plus
+# manifest.json), boot.json (the pointer, replaced atomically via boot.tmp):
+#   {"active": "a"|"b"|null, "pending": null|"a"|"b", "tries": n, "boots": n,
+#    "versions": {"a": n, "b": n}, "last": "what happened at the last switch"}
+# active = the confirmed slot (null: the factory modules in <root>), pending = a slot on
+# trial.  Each boot: select() counts the boot; a pending slot gets `max_tries` boots to be
+# confirmed, after that the next boot goes back to `active` (rollback).  A confirmed slot
+# that boots `boot_limit` times without ever reaching healthy (a crash loop) falls back to
+# the other slot if that one holds a build.  Call select() before importing the firmware
+# (see boot_path()).
+import json
+import os
+
+from meternode.policy.bundle import Rejected, sha256_file
+
+_SLOTS = ("a", "b")
+
+
+def _mkdirs(path):
+    p = "/" if path.startswith("/") else ""
+    for part in path.split("/"):
+        if not part:
+            continue
+        p = p + part if (not p or p.endswith("/")) else p + "/" + part
+        try:
+            os.mkdir(p)
+        except OSError:
+            pass
+
+
+def _rmtree(path):
+    try:
+        entries = list(os.ilistdir(path))
+    except AttributeError:
+        entries = [(n, 0x4000 if os.stat(path + "/" + n)[0] & 0x4000 else 0x8000) for n in os.listdir(path)]
+    except OSError:
+        return
+    for e in entries:
+        p = path + "/" + e[0]
+        if e[1] == 0x4000:
+            _rmtree(p)
+        else:
+            os.remove(p)
+    os.rmdir(path)
+
+
+class Slots:
+    def __init__(self, root, max_tries=1, boot_limit=5):
+        self.root = root
+        self.dir = root + "/fw"
+        self.max_tries = max_tries
+        self.boot_limit = boot_limit
+        _mkdirs(self.dir)
+        self._ptr = self.dir + "/boot.json"
+        self.running = None  # slot this boot runs ("a"/"b"/None = factory)
+        self.trial = False  # running a pending slot that is not confirmed yet
+        self.rolled_back = None  # reason, if select() rolled back
+        self._staging = None  # (slot, manifest) between begin() and finish()
+
+    def state(self):
+        try:
+            with open(self._ptr) as f:
+                st = json.load(f)
+            if isinstance(st, dict) and "versions" in st:
+                return st
+        except (OSError, ValueError):
+            pass
+        return {"active": None, "pending": None, "tries": 0, "boots": 0, "versions": {}, "last": ""}
+
+    def _save(self, st):
+        tmp = self.dir + "/boot.tmp"
+        with open(tmp, "w") as f:
+            f.write(json.dumps(st))
+        os.rename(tmp, self._ptr)
+
+    def slot_dir(self, slot):
+        return self.dir + "/" + slot
+
+    def version(self):
+        # The anti-rollback floor: the highest version ever staged (a build that failed its
+        # health check cannot be pushed again under the same version), 0 = factory only.
+        st = self.state()
+        v = st["versions"].get(st["active"], 0) if st["active"] else 0
+        return max(v, st.get("seen", 0))
+
+    # -- boot ---------------------------------------------------------------------------------
+    def select(self):
+        # Counts this boot and returns the slot directory to import from (None = factory).
+        st = self.state()
+        st["boots"] = st.get("boots", 0) + 1
+        self.rolled_back = None
+        self.trial = False
+        if st["pending"]:
+            if st["tries"] >= self.max_tries:
+                v = st["versions"].get(st["pending"], 0)
+                self.rolled_back = "version %d not confirmed after %d boot(s): rolled back" % (v, st["tries"])
+                st["last"] = self.rolled_back
+                st["versions"].pop(st["pending"], None)
+                st["pending"] = None
+                st["tries"] = 0
+                st["boots"] = 1
+            else:
+                st["tries"] += 1
+                self.trial = True
+        elif st["boots"] > self.boot_limit and st["active"]:
+            other = "b" if st["active"] == "a" else "a"
+            if other in st["versions"]:
+                self.rolled_back = "crash loop: %d boots without a healthy run, back to version %d" % (
+                    st["boots"] - 1,
+                    st["versions"][other],
+                )
+                st["last"] = self.rolled_back
+                st["active"] = other
+                st["boots"] = 1
+        self._save(st)
+        self.running = st["pending"] if self.trial else st["active"]
+        return self.slot_dir(self.running) if self.running else None
+
+    def healthy(self):
+        # The health check passed: confirm a trial build, reset the crash-loop counter.
+        st = self.state()
+        if self.trial and st["pending"] == self.running:
+            st["active"] = st["pending"]
+            st["pending"] = None
+            st["tries"] = 0
+            st["last"] = "version %d confirmed" % st["versions"].get(st["active"], 0)
+            self.trial = False
+        st["boots"] = 0
+        self._save(st)
+        return st["last"]
+
+    # -- staging a new build ------------------------------------------------------------------
+    def begin(self, man):
+        # `man` is a verified firmware manifest.  Stages into the slot not in use.
+        st = self.state()
+        busy = (st["active"], st["pending"], self.running)
+        slot = "b" if "a" in busy and "b" not in busy else "a"
+        if slot in busy:
+            raise Rejected("busy: both slots in use (a trial boot is pending)")
+        d = self.slot_dir(slot)
+        _rmtree(d)
+        _mkdirs(d)
+        self._staging = (slot, man)
+        return slot
+
+    def write(self, name, data, offset=0):
+        if self._staging is None:
+            raise Rejected("malformed: no firmware staging in progress")
+        slot, man = self._staging
+        fi = man["files"].get(name)
+        if fi is None:
+            raise Rejected("bad file: %s is not in the manifest" % name)
+        if offset + len(data) > fi["size"]:
+            raise Rejected("bad file: %s is longer than its %d bytes" % (name, fi["size"]))
+        path = self.slot_dir(slot) + "/" + name
+        k = path.rfind("/")
+        _mkdirs(path[:k])
+        if offset:
+            try:
+                have = os.stat(path)[6]
+            except OSError:
+                have = 0
+            if have != offset:
+                raise Rejected("bad file: %s chunk at %d, have %d bytes" % (name, offset, have))
+        with open(path, "ab" if offset else "wb") as f:
+            f.write(data)
+
+    def finish(self, mtext):
+        # Checks every file on disk against the manifest, then points the next boot at the slot.
+        if self._staging is None:
+            raise Rejected("malformed: no firmware staging in progress")
+        slot, man = self._staging
+        self._staging = None
+        d = self.slot_dir(slot)
+        buf = bytearray(512)
+        for name, fi in man["files"].items():
+            try:
+                h, n = sha256_file(d + "/" + name, buf)
+            except OSError:
+                raise Rejected("bad file: %s was not received" % name)
+            if n != fi["size"] or h != fi["sha256"]:
+                raise Rejected("bad file: %s does not match its hash" % name)
+        with open(d + "/manifest.json", "w") as f:
+            f.write(mtext)
+        st = self.state()
+        st["pending"] = slot
+        st["tries"] = 0
+        st["versions"][slot] = man["version"]
+        st["seen"] = max(st.get("seen", 0), man["version"])
+        st["last"] = "version %d staged in slot %s" % (man["version"], slot)
+        self._save(st)
+        return slot
+
+
+def boot_path(root="."):
+    # For main.py: select the slot, put it first on sys.path and drop the factory copy of
+    # the firmware package from sys.modules, so `from meternode import node` loads the slot.
+    import sys
+
+    slots = Slots(root)
+    d = slots.select()
+    if d:
+        sys.path.insert(0, d)
+        for name in list(sys.modules):
+            if name == "meternode" or name.startswith("meternode."):
+                del sys.modules[name]
+    return slots
+
+
+async def health_check(slots, check, deadline_ms, reset, sleep_ms, log=None):
+    # Polls check() -> None (healthy) or a reason; confirms the running build as soon as it is
+    # healthy.  A trial build that is not healthy by the deadline calls reset(): the next boot
+    # rolls back.  Returns the outcome text.
+    waited = 0
+    why = "not checked"
+    while True:
+        why = check()
+        if why is None:
+            out = slots.healthy()
+            if log:
+                log("health check passed: %s" % out)
+            return out
+        if waited >= deadline_ms:
+            break
+        await sleep_ms(200)
+        waited += 200
+    if slots.trial:
+        st = slots.state()
+        st["last"] = "health check failed: %s" % why
+        slots._save(st)
+        if log:
+            log("health check failed (%s): resetting to roll back" % why)
+        reset()
+    return "unhealthy: %s" % why
+
+
+class PartitionUpdate:
+    # The full-image path on ESP32 OTA layouts, over esp32.Partition (or a stand-in).
+    def __init__(self, partition_cls):
+        self.P = partition_cls
+        self.part = None
+        self._bs = 4096
+        self._n = 0
+        self._buf = None
+        self._fill = 0
+
+    def begin(self, size):
+        self.part = self.P(self.P.RUNNING).get_next_update()
+        self._bs = self.part.ioctl(5, 0) or 4096
+        blocks = self.part.ioctl(4, 0)
+        if size > blocks * self._bs:
+            raise Rejected("too big: image of %d bytes, slot holds %d" % (size, blocks * self._bs))
+        self._n = 0
+        self._buf = bytearray(self._bs)
+        self._fill = 0
+
+    def write(self, data):
+        mv = memoryview(data)
+        i = 0
+        while i < len(data):
+            k = min(len(data) - i, self._bs - self._fill)
+            self._buf[self._fill : self._fill + k] = mv[i : i + k]
+            self._fill += k
+            i += k
+            if self._fill == self._bs:
+                self._flush()
+
+    def _flush(self):
+        if self._fill < self._bs:
+            for j in range(self._fill, self._bs):
+                self._buf[j] = 0xFF
+        self.part.writeblocks(self._n // self._bs, self._buf)
+        self._n += self._fill
+        self._fill = 0
+
+    def finish(self, size, sha256_hex):
+        # Reads the image back, checks its hash, then sets it to boot next.
+        import hashlib
+        from binascii import hexlify
+
+        if self._fill:
+            self._flush()
+        h = hashlib.sha256()
+        buf = bytearray(self._bs)
+        left = size
+        blk = 0
+        while left > 0:
+            self.part.readblocks(blk, buf)
+            k = min(left, self._bs)
+            h.update(buf[:k] if k < self._bs else buf)
+            left -= k
+            blk += 1
+        if hexlify(h.digest()).decode() != sha256_hex:
+            raise Rejected("bad file: image read back does not match its hash")
+        self.part.set_boot()
+
+    def healthy(self):
+        # After the health check on the first boot of the new image.
+        try:
+            self.P.mark_app_valid_cancel_rollback()
+        except OSError:
+            pass  # rollback not enabled in this bootloader

@@ -1,0 +1,113 @@
+# Signed bundles checked on the MicroPython unix port with the firmware's own Ed25519:
+# every kind of bad bundle is refused with its reason and changes nothing.
+import json
+import os
+
+import bundle_fixture as F
+
+from meternode.policy.agent import Agent, check_identity
+from meternode.policy.bundle import Rejected, Verifier
+from mptest import eq, heap, raises, scratch_dir
+
+
+class Clock:
+    def __init__(self, t):
+        self.t = t
+
+    def time(self):
+        return self.t
+
+
+def _agent(root=None, events=None):
+    root = root or scratch_dir()
+    ev = events if events is not None else []
+    return Agent("n1", F.FLEET, root, Clock(F.NOW), event=lambda k, t: ev.append((k, t)))
+
+
+def _why(res):
+    return res.get("why", "").split(":")[0]
+
+
+@heap("192k")
+def test_good_policy_bundle_applies_and_reports():
+    applied = []
+    a = _agent()
+    a.on_policy = applied.append
+    r = a.handle_policy(F.POLICY_V2)
+    eq((r["ok"], r["status"], r["version"], r["campaign"]), (True, "applied", 2, "c1"), "result")
+    eq(a.policy()["n"], "v2", "policy in force")
+    eq(len(applied), 1, "engine told once")
+    # survives a restart: a new agent on the same directory loads it
+    b = _agent(a.store.dir[: -len("/policy")])
+    eq((b.policy_version(), b.policy()["n"]), (2, "v2"), "after restart")
+
+
+@heap("192k")
+def test_every_bad_bundle_is_rejected_with_its_reason_and_no_effect():
+    events = []
+    a = _agent(events=events)
+    eq(a.handle_policy(F.POLICY_V2)["ok"], True, "baseline v2")
+    before = open(a.store.dir + "/active.json").read()
+    cases = (
+        ("POLICY_V1_OLD", "not newer"),
+        ("POLICY_OTHER_NODE", "not targeted"),
+        ("POLICY_EXPIRED", "expired"),
+        ("POLICY_OTHER_FLEET", "wrong fleet"),
+        ("POLICY_OTHER_KEY", "unknown key"),
+        ("POLICY_UNSIGNED", "unsigned"),
+        ("POLICY_MANIFEST_EDITED", "bad signature"),
+        ("POLICY_FILE_EDITED", "bad file"),
+        ("POLICY_BAD_SCHEMA", "bad policy"),
+        ("FIRMWARE_V5", "wrong kind"),
+    )
+    for name, why in cases:
+        r = a.handle_policy(getattr(F, name))
+        eq((r["ok"], r["status"], _why(r)), (False, "rejected", why), name)
+        eq(r["version"], 2, name + " reports the version still in force")
+    eq(open(a.store.dir + "/active.json").read(), before, "active policy untouched")
+    eq(a.policy_version(), 2, "version")
+    rej = [t for k, t in events if t.startswith("rejected")]
+    eq(len(rej), len(cases), "one event per rejection")
+    r = a.handle_policy(b"{not json")
+    eq((r["ok"], _why(r)), (False, "malformed"), "garbage")
+
+
+@heap("192k")
+def test_group_target_and_replay_of_the_same_bundle():
+    a = _agent()
+    eq(a.handle_policy(F.POLICY_V3_GROUP)["status"], "applied", "group north")
+    r = a.handle_policy(F.POLICY_V3_GROUP)
+    eq((r["ok"], _why(r)), (False, "not newer"), "the same bundle again is a replay")
+    r = a.handle_policy(F.POLICY_V2)
+    eq((r["ok"], _why(r)), (False, "not newer"), "downgrade")
+    eq(a.store.previous(), None, "no previous before the second apply")
+
+
+@heap("192k")
+def test_previous_policy_is_kept():
+    a = _agent()
+    a.handle_policy(F.POLICY_V2)
+    a.handle_policy(F.POLICY_V3_GROUP)
+    eq(a.store.previous()["version"], 2, "previous.json holds v2")
+    eq(sorted(os.listdir(a.store.dir)), ["active.json", "previous.json"], "no staged leftovers")
+
+
+@heap("192k")
+def test_identity_errors_name_the_key():
+    e = raises(ValueError, check_identity, {"name": "x", "keys": {"abc": "00" * 32}})
+    if "config.fleet.keys.abc" not in str(e):
+        raise AssertionError(str(e))
+    e = raises(ValueError, check_identity, {"name": "x", "keys": {"abc": "zz"}})
+    if "64 hex" not in str(e):
+        raise AssertionError(str(e))
+    raises(ValueError, check_identity, {"keys": {}})
+
+
+@heap("192k")
+def test_verifier_refuses_an_unset_clock():
+    _, _, keys = check_identity(F.FLEET)
+    v = Verifier(keys, "n1", "test", ["north"])
+    e = raises(Rejected, v.verify, F.POLICY_V2, "policy", 0, 1000)
+    eq(str(e).split(":")[0], "clock not set", "1970 clock")
+    man, mtext, files = v.verify(F.POLICY_V2, "policy", 0, F.NOW)
+    eq(json.loads(files["policy.json"])["n"], "v2", "files come back verified")

@@ -1,0 +1,216 @@
+# Firmware OTA on the MicroPython unix port: slots, trial boot, health check, rollback,
+# crash-loop fallback, streamed transfer, and the esp32.Partition path on the virtual
+# board's stand-in.
+import json
+import os
+import sys
+from binascii import b2a_base64, unhexlify
+
+import bundle_fixture as F
+
+from meternode.policy import ota
+from meternode.policy.agent import Agent
+from meternode.policy.ota import PartitionUpdate, Slots, health_check
+from mptest import eq, heap, scratch_dir
+
+
+class Clock:
+    def time(self):
+        return F.NOW
+
+
+def _agent(root):
+    return Agent("n1", F.FLEET, root, Clock())
+
+
+def _begin(env):
+    return json.dumps({"op": "begin", "bundle": env.decode()}).encode()
+
+
+async def _no_sleep(ms):
+    pass
+
+
+async def _health(slots, ok, deadline_ms=1000):
+    resets = []
+    out = await health_check(
+        slots, lambda: None if ok else "link not connected", deadline_ms, lambda: resets.append(1), _no_sleep
+    )
+    return out, len(resets)
+
+
+@heap("256k")
+async def test_new_build_is_staged_tried_and_confirmed():
+    root = scratch_dir()
+    a = _agent(root)
+    r = a.handle_ota(_begin(F.FIRMWARE_V5))
+    eq((r["ok"], r["status"], r["version"], r["campaign"]), (True, "staged", 5, "fw1"), "staged")
+    slot_dir = root + "/fw/a"
+    with open(slot_dir + "/meternode/__init__.py", "rb") as f:
+        eq(f.read(), unhexlify(F.FW_FILES_HEX["meternode/__init__.py"]), "file written to slot a")
+    # reboot: the trial boot runs slot a
+    s = Slots(root)
+    eq(s.select(), slot_dir, "boot selects the new slot")
+    eq(s.trial, True, "trial boot")
+    out, resets = await _health(s, True)
+    eq((out, resets), ("version 5 confirmed", 0), "health check confirms")
+    s2 = Slots(root)
+    eq((s2.select(), s2.trial), (slot_dir, False), "confirmed slot on the next boot")
+    b = _agent(root)
+    eq(b.boot_report()["status"], "confirmed", "boot report")
+    r = b.handle_ota(_begin(F.FIRMWARE_V5))
+    eq((r["ok"], r["why"].split(":")[0]), (False, "not newer"), "same version again")
+
+
+@heap("256k")
+async def test_failed_health_check_rolls_back_on_the_next_boot():
+    root = scratch_dir()
+    _agent(root).handle_ota(_begin(F.FIRMWARE_V5))
+    s = Slots(root)
+    eq(s.select(), root + "/fw/a", "trial boot")
+    out, resets = await _health(s, False)
+    eq((out, resets), ("unhealthy: link not connected", 1), "deadline passed: reset requested")
+    s = Slots(root)
+    eq(s.select(), None, "next boot: back on the factory modules")
+    if "rolled back" not in s.rolled_back:
+        raise AssertionError(s.rolled_back)
+    a = _agent(root)
+    a.slots.rolled_back = s.rolled_back
+    rep = a.boot_report()
+    eq((rep["ok"], rep["status"]), (False, "rolled_back"), "boot report")
+    r = a.handle_ota(_begin(F.FIRMWARE_V5))
+    eq(r["why"].split(":")[0], "not newer", "a failed version cannot be pushed again")
+
+
+@heap("256k")
+def test_crash_during_the_trial_boot_rolls_back():
+    root = scratch_dir()
+    _agent(root).handle_ota(_begin(F.FIRMWARE_V5))
+    eq(Slots(root).select(), root + "/fw/a", "trial boot (crashes: no health check)")
+    eq(Slots(root).select(), None, "rolled back on the next boot")
+
+
+@heap("256k")
+def test_crash_loop_of_a_confirmed_build_falls_back_to_the_other_slot():
+    root = scratch_dir()
+    s = Slots(root, boot_limit=3)
+    st = s.state()
+    os.mkdir(root + "/fw/a")
+    os.mkdir(root + "/fw/b")
+    st.update({"active": "b", "versions": {"a": 4, "b": 5}})
+    s._save(st)
+    for k in range(3):
+        eq(Slots(root, boot_limit=3).select(), root + "/fw/b", "boot %d on b" % k)
+    s = Slots(root, boot_limit=3)
+    eq(s.select(), root + "/fw/a", "4th boot without a healthy run: back to a")
+    if "crash loop" not in s.rolled_back:
+        raise AssertionError(s.rolled_back)
+
+
+@heap("256k")
+def test_streamed_transfer_checks_every_file_before_switching():
+    root = scratch_dir()
+    a = _agent(root)
+    r = a.handle_ota(_begin(F.FIRMWARE_V5_STREAMED))
+    eq((r["ok"], r["status"]), (True, "accepted"), "manifest accepted")
+    name = "meternode/extra/hello.py"
+    data = unhexlify(F.FW_FILES_HEX[name])
+    for off in range(0, len(data), 500):
+        msg = {"op": "file", "name": name, "off": off, "data": b2a_base64(data[off : off + 500]).decode()}
+        eq(a.handle_ota(json.dumps(msg).encode()), None, "no result per chunk")
+    # the second file never arrives
+    r = a.handle_ota(b'{"op": "end"}')
+    eq((r["ok"], r["why"]), (False, "bad file: meternode/__init__.py was not received"), "incomplete")
+    eq(Slots(root).state()["pending"], None, "boot pointer unchanged")
+    # again, complete, with a tampered chunk
+    a.handle_ota(_begin(F.FIRMWARE_V5_STREAMED))
+    bad = bytearray(data)
+    bad[10] ^= 1
+    a.handle_ota(json.dumps({"op": "file", "name": name, "off": 0, "data": b2a_base64(bad).decode()}).encode())
+    init = unhexlify(F.FW_FILES_HEX["meternode/__init__.py"])
+    msg = {"op": "file", "name": "meternode/__init__.py", "off": 0, "data": b2a_base64(init).decode()}
+    a.handle_ota(json.dumps(msg).encode())
+    r = a.handle_ota(b'{"op": "end"}')
+    eq(r["why"], "bad file: meternode/extra/hello.py does not match its hash", "tampered")
+    eq(Slots(root).state()["pending"], None, "boot pointer unchanged")
+    r = a.handle_ota(json.dumps({"op": "file", "name": "../boot.py", "off": 0, "data": ""}).encode())
+    eq(r["why"].split(":")[0], "malformed", "chunk without a transfer")
+
+
+@heap("256k")
+def test_boot_path_imports_the_firmware_from_the_selected_slot():
+    root = scratch_dir()
+    _agent(root).handle_ota(_begin(F.FIRMWARE_V5))
+    saved = list(sys.path)
+    try:
+        s = ota.boot_path(root)
+        eq(s.running, "a", "slot a")
+        import meternode
+
+        eq(meternode.VERSION, "9.0.0", "meternode comes from the slot")
+    finally:
+        sys.path[:] = saved
+        for name in list(sys.modules):
+            if name == "meternode" or name.startswith("meternode."):
+                del sys.modules[name]
+
+
+def _esp32(reset):
+    # (Re)loads the virtual board's esp32 stand-in as a reset of the board would.
+    for m in ("esp32",):
+        if m in sys.modules:
+            del sys.modules[m]
+    import esp32
+
+    esp32.boot(reset)
+    return esp32
+
+
+@heap("256k")
+def test_partition_path_on_the_virtual_board_stand_in():
+    import hashlib
+    from binascii import hexlify
+
+    here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
+    sys.path.append(here + "/../../hil/umeter_hil/board_shim")
+    root = scratch_dir()
+    os.mkdir(root + "/state")
+    os.putenv("UMETER_VB_ROOT", root)
+    os.putenv("UMETER_VB_STATE", root + "/state")
+    import vbstate
+
+    vbstate.init()
+    esp32 = _esp32("power")
+    eq(esp32.ota_state()["running"], 0, "factory slot")
+    image = bytes(range(256)) * 50  # 12.8 kB "app image"
+    sha = hexlify(hashlib.sha256(image).digest()).decode()
+    up = PartitionUpdate(esp32.Partition)
+    up.begin(len(image))
+    for i in range(0, len(image), 1000):
+        up.write(image[i : i + 1000])
+    up.finish(len(image), sha)
+    eq(esp32.ota_state()["state"][1], "new", "set_boot on ota_1")
+    esp32 = _esp32("power")
+    eq((esp32.ota_state()["running"], esp32.ota_state()["state"][1]), (1, "pending"), "trial boot of ota_1")
+    # no health check passed -> the bootloader rolls back at the next reset
+    esp32 = _esp32("power")
+    eq((esp32.ota_state()["running"], esp32.ota_state()["state"][1]), (0, "aborted"), "rolled back")
+    # again, and this time the health check passes
+    up = PartitionUpdate(esp32.Partition)
+    up.begin(len(image))
+    up.write(image)
+    up.finish(len(image), sha)
+    esp32 = _esp32("power")
+    PartitionUpdate(esp32.Partition).healthy()
+    esp32 = _esp32("power")
+    eq((esp32.ota_state()["running"], esp32.ota_state()["state"][1]), (1, "valid"), "confirmed image stays")
+    # a corrupted read-back never sets the boot partition
+    up = PartitionUpdate(esp32.Partition)
+    up.begin(len(image))
+    up.write(image)
+    try:
+        up.finish(len(image), "00" * 32)
+        raise AssertionError("bad hash accepted")
+    except Exception as e:
+        eq(str(e).split(":")[0], "bad file", "hash mismatch")
+    eq(esp32.ota_state()["boot"], 1, "boot partition unchanged")

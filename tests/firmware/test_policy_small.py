@@ -1,0 +1,67 @@
+# LoRa-sized policy changes (price, DR event) authenticated with the node's HMAC key and a
+# counter, on the MicroPython unix port.
+from policy_fixture import MON_2026_11_23, Relay, compact
+
+from meternode.policy import small
+from meternode.policy.engine import Engine
+from mptest import eq, scratch_dir
+
+KEY = b"0123456789abcdef0123456789abcdef"
+
+
+def _node():
+    relay = Relay()
+    eng = Engine(compact(), relay=relay)
+    sc = small.SmallCommands("n1", KEY, scratch_dir() + "/lora.ctr")
+    return eng, relay, sc
+
+
+def test_frames_fit_a_dr0_downlink():
+    eq(len(small.encode_price(KEY, "n1", 1, 0.31, 30)), 19, "price frame bytes")
+    eq(len(small.encode_event(KEY, "n1", 2, MON_2026_11_23, 600)), 20, "event frame bytes")
+
+
+def test_price_and_event_frames_act_on_the_engine():
+    eng, relay, sc = _node()
+    t = MON_2026_11_23 + 3600
+    r = sc.apply(small.encode_price(KEY, "n1", 1, 0.31, 5), eng, t)
+    eq((r["ok"], r["price"], r["valid_s"]), (True, 0.31, 300), "price accepted")
+    eng.tick(t, 230.0, 1.0, 50.0, 10.0, 0)
+    eq(eng.price, 0.31, "engine uses the pushed price")
+    r = sc.apply(small.encode_event(KEY, "n1", 2, t + 10, 60), eng, t)
+    eq(
+        (r["ok"], r["rules"]),
+        (
+            True,
+            1,
+        ),
+        "event accepted by one rule",
+    )
+    eng.tick(t + 10, 230.0, 1.0, 50.0, 10.0, 0)
+    eq(relay.on, False, "shed at the event start")
+
+
+def test_forged_replayed_and_foreign_frames_have_no_effect():
+    eng, relay, sc = _node()
+    t = MON_2026_11_23 + 3600
+    good = small.encode_event(KEY, "n1", 5, t, 60)
+    bad = bytearray(good)
+    bad[7] ^= 1  # start time changed, tag kept
+    cases = (
+        (bytes(bad), "unauthenticated"),
+        (small.encode_event(b"x" * 32, "n1", 6, t, 60), "unauthenticated"),
+        (small.encode_event(KEY, "n2", 7, t, 60), "unauthenticated"),  # another node's frame
+        (good[:-1], "malformed"),
+        (small.encode_event(KEY, "n1", 8, t + 2 * 86400, 60), "expired"),
+    )
+    for frame, why in cases:
+        r = sc.apply(frame, eng, t)
+        eq((r["ok"], r["why"].split(":")[0]), (False, why), why)
+    eq(sc.apply(good, eng, t)["ok"], True, "the genuine frame")
+    r = sc.apply(good, eng, t)
+    eq((r["ok"], r["why"].split(":")[0]), (False, "replayed"), "the same frame again")
+    # the counter survives a restart
+    sc2 = small.SmallCommands("n1", KEY, sc._ctr.path)
+    eq(sc2.apply(good, eng, t)["why"].split(":")[0], "replayed", "replay after a reboot")
+    eng.tick(t, 230.0, 1.0, 50.0, 10.0, 0)
+    eq(relay.on, False, "only the genuine event acted")
