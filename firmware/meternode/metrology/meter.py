@@ -19,6 +19,7 @@ import math
 
 from meternode.config import ConfigError
 from meternode.metrology import calibration, kernels
+from meternode.metrology.energy import Energy
 from meternode.metrology.registers import NETTINGS, Registers
 
 _HALF_PI = math.pi / 2.0
@@ -72,13 +73,18 @@ class Meter:
         self.registers = Registers(self.elements, int(_opt(opts, "tariffs", 4, 1, 16)), netting)
         # starting threshold per element, in W (and var): start_fraction of In at Un
         frac = _opt(opts, "start_fraction", 0.001, 0.0, 0.1)
-        self._thr = []
+        thr = []
         for a, b in self.pairs:
             ch = chans[b]
             i_start = ch.get("start_current", frac * ch.get("nominal", 5.0))
-            self._thr.append(0.5 * i_start * chans[a].get("nominal", 230.0))
-        self._win_sets = int(_opt(opts, "creep_s", 1.0, 0.0, 60.0) * self.rate)
-        self._dem_sets = int(_opt(opts, "demand_s", 900.0, 1.0, 86400.0) * self.rate)
+            thr.append(0.5 * i_start * chans[a].get("nominal", 230.0))
+        self.energy = Energy(
+            self.registers,
+            thr,
+            self.rate,
+            int(_opt(opts, "creep_s", 1.0, 0.0, 60.0) * self.rate),
+            int(_opt(opts, "demand_s", 900.0, 1.0, 86400.0) * self.rate),
+        )
         # buffers, made once
         self._cap = adc["block"]
         if self._cap < _H:
@@ -105,15 +111,6 @@ class Meter:
         self.p = [0.0] * e
         self.q = [0.0] * e
         self.s = [0.0] * e
-        self._pend = [0.0] * (4 * e)  # per element: P J, Q J, S J, |P| J sum ... see _settle
-        self._pend_sets = 0
-        self._cp = [0.0] * e
-        self._cq = [0.0] * e
-        self._cs = [0.0] * e
-        self._dem_e = 0.0
-        self._dem_n = 0
-        self.demand_w = 0.0  # last completed demand period, W (import minus export, >= 0)
-        self.clock = None  # optional: object with time() for demand timestamps
         self._reset_window()
 
     # -- configuration at run time ----------------------------------------------------------
@@ -241,7 +238,7 @@ class Meter:
         kernels.clear(acc, len(acc))
         self.cycles += 1
         self.measured_sets += n
-        self._register(n)
+        self.energy.cycle(self.p, self.q, self.s, n, self.sets)
         self._window()
 
     def _rms(self, ms, cal):
@@ -262,57 +259,9 @@ class Meter:
             hi = self._mid0 + kernels.MID_SWING
             self._mid[c] = lo if m < lo else (hi if m > hi else m)
 
-    def _register(self, n):
-        # Energy of this cycle goes to the pending store; every creep window the elements
-        # above the starting threshold are registered, the others discarded.
-        dt = n / self.rate
-        pend = self._pend
-        for e in range(self.elements):
-            pend[4 * e] += self.p[e] * dt
-            pend[4 * e + 1] += self.q[e] * dt
-            pend[4 * e + 2] += self.s[e] * dt
-            pend[4 * e + 3] += dt
-        self._pend_sets += n
-        self._dem_n += n  # maximum demand: periods of the sample clock
-        if self._pend_sets >= self._win_sets:
-            self._settle()
-
-    def _settle(self):
-        pend = self._pend
-        cp, cq, cs = self._cp, self._cq, self._cs
-        t = 0.0
-        for e in range(self.elements):
-            t = pend[4 * e + 3]
-            if t <= 0.0:
-                continue
-            mp = pend[4 * e] / t
-            mq = pend[4 * e + 1] / t
-            on = abs(mp) >= self._thr[e] or abs(mq) >= self._thr[e]
-            cp[e] = mp if on else 0.0
-            cq[e] = mq if on else 0.0
-            cs[e] = pend[4 * e + 2] / t if on else 0.0
-            pend[4 * e] = 0.0
-            pend[4 * e + 1] = 0.0
-            pend[4 * e + 2] = 0.0
-            pend[4 * e + 3] = 0.0
-        self._pend_sets = 0
-        if t > 0.0:
-            self.registers.add_cycle(cp, cq, cs, t)
-            tot = 0.0
-            for e in range(self.elements):
-                tot += cp[e]
-            self._dem_e += tot * t
-            if self._dem_n >= self._dem_sets:
-                self.demand_w = max(0.0, self._dem_e * self.rate / self._dem_n)
-                at = self.clock.time() if self.clock else self.sets / self.rate
-                self.registers.demand(self.demand_w, int(at))
-                self._dem_e = 0.0
-                self._dem_n = 0
-
     def flush(self):
-        # Register the pending window now (before a checkpoint or shutdown).
-        if self._pend_sets:
-            self._settle()
+        # End the creep window now (before a checkpoint, a test reading or shutdown).
+        self.energy.flush()
 
     # -- reporting --------------------------------------------------------------------------
     def _reset_window(self):
@@ -384,7 +333,7 @@ class Meter:
             "tariff": r.tariff,
             "e_imp_wh": r.total_import() / 1000.0,
             "e_exp_wh": r.total_export() / 1000.0,
-            "demand_w": self.demand_w,
+            "demand_w": self.energy.demand_w,
             "md_w": r.md_mw / 1000.0,
         }
         self._reset_window()

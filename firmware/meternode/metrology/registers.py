@@ -30,6 +30,19 @@ _UJ_PER_MILLI_H = 3600000  # 1 mWh = 3.6 J = 3.6e6 uJ
 NETTINGS = ("vector", "phase")
 
 
+def split(f, k, p, q, s):
+    # Adds one cycle's signed energies (J) to the register fields f[k:k+8] by sign and
+    # quadrant, as Registers counts them.
+    if p >= 0.0:
+        f[k + IMP] += p
+        f[k + S_IMP] += s
+        f[k + (Q1 if q >= 0.0 else Q1 + 3)] += abs(q)
+    else:
+        f[k + EXP] -= p
+        f[k + S_EXP] += s
+        f[k + (Q1 + 1 if q >= 0.0 else Q1 + 2)] += abs(q)
+
+
 class Registers:
     def __init__(self, elements, tariffs=4, netting="vector"):
         if netting not in NETTINGS:
@@ -104,6 +117,33 @@ class Registers:
             self._add(base + EXP, -p)
             self._add(base + S_EXP, s)
             self._add(base + (Q1 + 1 if q >= 0.0 else Q1 + 2), abs(q))
+
+    def add_fields(self, e, f, k):
+        # Energy collected per register field (f[k:k+8], joules, by split()) for element
+        # e, registered late (an element that started during a creep window).  The total
+        # takes it as its netting says: "phase" field by field, "vector" netted over the
+        # elements that start together (see Meter._settle, which calls add_net).
+        for j in range(_FIELDS):
+            x = f[k + j]
+            if x > 0.0:
+                self._add(e * _FIELDS + j, x)
+                if self.netting == "phase":
+                    self._add(self.n * _FIELDS + j, x)
+        if self.netting == "phase":
+            tar = self._tar + 2 * self.tariff
+            self._add(tar, f[k + IMP])
+            self._add(tar + 1, f[k + EXP])
+
+    def add_net(self, p, q):
+        # Vector netting of late-registered energy: signed P and Q joules into the total.
+        if self.netting != "vector":
+            return
+        self._block(self.n, p, q, (p * p + q * q) ** 0.5)
+        tar = self._tar + 2 * self.tariff
+        if p >= 0.0:
+            self._add(tar, p)
+        else:
+            self._add(tar + 1, -p)
 
     def add(self, k, joules):
         # Active energy only, for one element (kept for callers of the first version).

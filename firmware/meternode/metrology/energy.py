@@ -1,0 +1,106 @@
+# From per-cycle power to registers: the starting/creep gate and maximum demand.
+#
+# Per cycle, elements whose gate is open register at once (each cycle netted on its own:
+# import never runs backwards); the others collect the cycle, split by sign and quadrant,
+# in a pending store.  At the end of each creep window (creep_s, default 1 s) the gate of
+# each element follows the window's mean |P| and |Q| against its starting threshold:
+#   - an element that starts gets its pending energy registered: nothing is lost at start;
+#   - one that stays below discards it: no registration with voltage and no current.
+# The window mean, not a single cycle, is what the threshold sees: noise averages down
+# with the square root of the window's sample count, so the threshold can sit at half the
+# starting power (0.1 % In for class 0.2S) with many standard deviations of margin for a
+# 12-bit ADC of 8.7 effective bits (see docs/metrology.md).
+#
+# Maximum demand: the net import power (registered energy, import minus export, floored at
+# zero) over fixed periods of the sample clock (demand_s, default 900 s); the largest goes
+# to the registers with the period's end time.
+from meternode.metrology.registers import split
+
+
+class Energy:
+    def __init__(self, registers, thresholds, rate, window_sets, demand_sets):
+        self.registers = registers
+        e = registers.n
+        self.n = e
+        self._thr = thresholds  # W (and var) per element
+        self._rate = rate
+        self._win_sets = window_sets
+        self._dem_sets = demand_sets
+        self.on = [False] * e  # registration gate per element
+        self._pend = [0.0] * (8 * e)  # per element, register fields (J) while the gate is shut
+        self._wsum = [0.0] * (3 * e)  # per element, creep window: P J, Q J, seconds
+        self._win_n = 0
+        self._cp = [0.0] * e
+        self._cq = [0.0] * e
+        self._cs = [0.0] * e
+        self._dem_e = 0.0
+        self._dem_n = 0
+        self.demand_w = 0.0  # last completed demand period, W
+        self.clock = None  # optional: object with time() for demand timestamps
+
+    def cycle(self, ps, qs, ss, n, sets):
+        # One mains cycle of n sets: P, Q, S per element; `sets` is the meter's sample clock.
+        dt = n / self._rate
+        on = self.on
+        cp, cq, cs = self._cp, self._cq, self._cs
+        w = self._wsum
+        tot = 0.0
+        for e in range(self.n):
+            p = ps[e]
+            q = qs[e]
+            w[3 * e] += p * dt
+            w[3 * e + 1] += q * dt
+            w[3 * e + 2] += dt
+            if on[e]:
+                cp[e] = p
+                cq[e] = q
+                cs[e] = ss[e]
+                tot += p
+            else:
+                cp[e] = 0.0
+                cq[e] = 0.0
+                cs[e] = 0.0
+                split(self._pend, 8 * e, p * dt, q * dt, ss[e] * dt)
+        self.registers.add_cycle(cp, cq, cs, dt)
+        self._dem_e += tot * dt
+        self._win_n += n
+        self._dem_n += n
+        if self._win_n >= self._win_sets:
+            self.flush()
+        if self._dem_n >= self._dem_sets:
+            self.demand_w = max(0.0, self._dem_e * self._rate / self._dem_n)
+            at = self.clock.time() if self.clock else sets / self._rate
+            self.registers.demand(self.demand_w, int(at))
+            self._dem_e = 0.0
+            self._dem_n = 0
+
+    def flush(self):
+        # End the creep window now: open or shut each gate, register or discard.
+        if not self._win_n:
+            return
+        w = self._wsum
+        pend = self._pend
+        net_p = 0.0
+        net_q = 0.0
+        late = False
+        for e in range(self.n):
+            t = w[3 * e + 2]
+            if t > 0.0:
+                thr = self._thr[e] * t
+                start = abs(w[3 * e]) >= thr or abs(w[3 * e + 1]) >= thr
+                if start and not self.on[e]:
+                    k = 8 * e
+                    self.registers.add_fields(e, pend, k)
+                    net_p += pend[k] - pend[k + 1]
+                    net_q += pend[k + 2] + pend[k + 3] - pend[k + 4] - pend[k + 5]
+                    late = True
+                self.on[e] = start
+            for k in range(8 * e, 8 * e + 8):
+                pend[k] = 0.0
+            w[3 * e] = 0.0
+            w[3 * e + 1] = 0.0
+            w[3 * e + 2] = 0.0
+        if late:
+            self.registers.add_net(net_p, net_q)
+            self._dem_e += net_p
+        self._win_n = 0
