@@ -1,0 +1,213 @@
+"""Store-and-forward under faults, against a real Mosquitto: the node (record log + outbox +
+MQTT link on the MicroPython unix port) publishes while the broker is killed, the network
+stalls/drops/cuts, or stays away for a simulated day; the SQLite consumer must end up with
+every record exactly once, in order."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from umeter import unixport
+from umeter.broker import Mosquitto, free_port, mosquitto_path
+from umeter.consumer import Consumer
+from umeter_hil.netfault import FaultProxy
+
+pytestmark = pytest.mark.skipif(mosquitto_path() is None, reason="needs Mosquitto (apt-get install mosquitto)")
+
+# The node side: record log + outbox + link, records appended on a simulated clock
+# (timestamps t0 + step_s * seq), so a day of 15-minute profiles takes a second.
+DRIVER = r"""
+import asyncio, json, os, sys
+from meternode.link.outbox import Outbox
+from meternode.link.uplink import MqttLink
+from meternode.store import records
+from meternode.store.cursor import Cursor
+from meternode.store.log import RecordLog
+
+cfg = json.loads(open(sys.argv[1]).read())
+d = cfg["dir"]
+cur = Cursor(d + "/cursor", every=cfg.get("cursor_every", 8))
+log = RecordLog(d + "/log", cfg.get("segment_bytes", 4096), cfg.get("max_bytes", 1 << 20), cur.acked)
+ob = Outbox(log, cur, cfg["node"], rate=cfg.get("rate", 500.0), window=cfg.get("window", 8),
+            ack_timeout_ms=cfg.get("ack_timeout_ms", 2000))
+link = MqttLink(cfg["node"], cfg["mqtt"], outbox=ob, log=lambda s: print(s))
+
+def status(produced):
+    st = {"acked": cur.acked, "last": log.last_seq, "produced": produced, "ups": link.ups,
+          "downs": link.downs, "up": link.up, "dropped": log.dropped, "first": log.first_seq(),
+          "error": str(link.last_error or "")}
+    st.update(ob.stats())
+    with open(d + "/status.tmp", "w") as f:
+        f.write(json.dumps(st))
+    os.rename(d + "/status.tmp", d + "/status.json")
+
+async def main():
+    asyncio.create_task(link.run())
+    n = cfg.get("n", 0)
+    step = cfg.get("step_s", 900)
+    t0 = cfg.get("t0", 1700000000)
+    produced = 0
+    k = 0
+    while True:
+        if produced < n:
+            s = log.last_seq + 1
+            log.append(records.PROFILE, t0 + step * s,
+                       records.profile(step, 1000 * s, 0, (2300, 2290, 2310), (1000, 900, 1100), (2300, 2000, 2500)))
+            ob.notify()
+            produced += 1
+            await asyncio.sleep_ms(cfg.get("every_ms", 10))
+        else:
+            await asyncio.sleep_ms(50)
+        k += 1
+        if k % 5 == 0 or produced == n:
+            status(produced)
+
+asyncio.run(main())
+"""
+
+
+class NodeProc:
+    """One driver process on the unix port."""
+
+    def __init__(self, tmp: Path, node: str, host: str, port: int, **cfg) -> None:
+        self.dir = tmp / node
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "driver.py").write_text(DRIVER)
+        mqtt = {"host": host, "port": port, "keepalive": 5, "backoff_min_ms": 100, "backoff_max_ms": 1000}
+        mqtt.update(cfg.pop("mqtt", {}))
+        c = {"dir": str(self.dir), "node": node, "mqtt": mqtt, **cfg}
+        (self.dir / "cfg.json").write_text(json.dumps(c))
+        argv = unixport.command(self.dir / "driver.py", str(self.dir / "cfg.json"), heap="256k")
+        env = dict(os.environ, MICROPYPATH=unixport.micropypath())
+        self.out = open(self.dir / "console.log", "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(argv, stdout=self.out, stderr=subprocess.STDOUT, env=env, cwd=self.dir)
+
+    def status(self) -> dict:
+        try:
+            return json.loads((self.dir / "status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def wait(self, cond, timeout: float, what: str) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.status()
+            if st and cond(st):
+                return st
+            if self.proc.poll() is not None:
+                raise AssertionError(f"node died while waiting for {what}:\n{self.console()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; status {st}\n{self.console()[-2000:]}")
+            time.sleep(0.05)
+
+    def console(self) -> str:
+        self.out.flush()
+        return (self.dir / "console.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.out.close()
+
+
+def _expect_exactly_once(c: Consumer, node: str, first: int, last: int) -> None:
+    seqs = c.seqs(node)
+    assert seqs == list(range(first, last + 1)), f"records {seqs[:5]}..{seqs[-5:]} not {first}..{last} once each"
+
+
+def test_broker_killed_and_restarted_while_node_publishes(tmp_path):
+    port = free_port()
+    broker = Mosquitto(port=port).start()
+    node = None
+    try:
+        with Consumer(tmp_path / "c.sqlite", "127.0.0.1", port) as c:
+            node = NodeProc(tmp_path, "kill1", "127.0.0.1", port, n=200, every_ms=10)
+            node.wait(lambda s: s["acked"] >= 50, 20, "50 records acknowledged")
+            broker.proc.kill()  # SIGKILL: no goodbye, in-flight state gone
+            broker.proc.wait()
+            node.wait(lambda s: not s["up"], 15, "node notices the broker is gone")
+            time.sleep(0.5)
+            broker = Mosquitto(port=port).start()
+            node.wait(lambda s: s["produced"] == 200 and s["acked"] == 200, 40, "backlog drained after restart")
+            c.wait_for(lambda: c.count("kill1") == 200, 20, "200 records at the consumer")
+            _expect_exactly_once(c, "kill1", 1, 200)
+            st = node.status()
+            assert st["ups"] >= 2, st
+    finally:
+        if node:
+            node.stop()
+        broker.stop()
+
+
+def test_proxy_stall_drop_and_cut_lose_nothing(tmp_path):
+    with (
+        Mosquitto() as broker,
+        FaultProxy(broker.host, broker.port) as px,
+        Consumer(tmp_path / "c.sqlite", broker.host, broker.port) as c,
+    ):
+        node = NodeProc(tmp_path, "fault1", px.host, px.port, n=300, every_ms=10, ack_timeout_ms=1000)
+        try:
+            node.wait(lambda s: s["acked"] >= 40, 20, "first records through the proxy")
+            px.stall()
+            node.wait(lambda s: s["ack_timeouts"] >= 1, 15, "a PUBACK timeout while stalled")
+            px.resume()
+            node.wait(lambda s: s["up"] and s["acked"] >= s["produced"] - 20, 20, "recovered from the stall")
+            px.drop()
+            node.wait(lambda s: not s["up"], 15, "link down while packets vanish")
+            px.resume()
+            node.wait(lambda s: s["up"], 15, "link back after the drop")
+            assert px.cut() >= 1
+            node.wait(lambda s: s["produced"] == 300 and s["acked"] == 300, 40, "everything acknowledged")
+            c.wait_for(lambda: c.count("fault1") == 300, 20, "300 records at the consumer")
+            _expect_exactly_once(c, "fault1", 1, 300)
+            st = node.status()
+            assert st["ups"] >= 3 and st["ack_timeouts"] >= 1, st
+            assert px.cuts >= 1 and px.dropped > 0
+        finally:
+            node.stop()
+
+
+def test_day_long_outage_backlog_drains_at_the_configured_rate(tmp_path):
+    with Mosquitto() as broker, FaultProxy(broker.host, broker.port) as px:
+        px.refuse()
+        with Consumer(tmp_path / "c.sqlite", broker.host, broker.port) as c:
+            # 96 quarter-hour profiles = 24 h of simulated time, all while the broker is away.
+            node = NodeProc(tmp_path, "day1", px.host, px.port, n=96, every_ms=2, rate=50.0, window=4)
+            try:
+                st = node.wait(lambda s: s["produced"] == 96, 20, "a day of profiles stored offline")
+                assert st["acked"] == 0 and st["backlog"] == 96 and not st["up"], st
+                px.resume()
+                node.wait(lambda s: s["acked"] == 96, 30, "backlog drained")
+                c.wait_for(lambda: c.count("day1") == 96, 10, "96 records at the consumer")
+                _expect_exactly_once(c, "day1", 1, 96)
+                recs = c.records("day1")
+                assert recs[-1]["ts"] - recs[0]["ts"] == 95 * 900, "a day of timestamps"
+                assert [r["e_imp_mwh"] for r in recs] == [1000 * s for s in range(1, 97)]
+            finally:
+                node.stop()
+
+
+def test_flash_full_drops_oldest_segment_counts_it_and_keeps_recording(tmp_path):
+    with Mosquitto() as broker, FaultProxy(broker.host, broker.port) as px:
+        px.refuse()
+        with Consumer(tmp_path / "c.sqlite", broker.host, broker.port) as c:
+            node = NodeProc(tmp_path, "full1", px.host, px.port, n=400, every_ms=1, segment_bytes=2048, max_bytes=8192)
+            try:
+                st = node.wait(lambda s: s["produced"] == 400, 30, "400 records appended")
+                assert st["last"] == 400, "the node kept recording"
+                assert st["dropped"] > 0, "oldest segments dropped"
+                held = st["last"] - st["first"] + 1
+                assert st["dropped"] + held == 400, st
+                px.resume()
+                node.wait(lambda s: s["acked"] == 400, 30, "what is held drained")
+                c.wait_for(lambda: c.count("full1") == held, 10, "held records at the consumer")
+                _expect_exactly_once(c, "full1", st["first"], 400)
+            finally:
+                node.stop()
