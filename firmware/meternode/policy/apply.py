@@ -62,6 +62,19 @@ def _read(path):
         return None
 
 
+def mkdirs(path):
+    # mkdir -p (MicroPython has no os.makedirs).
+    p = "/" if path.startswith("/") else ""
+    for part in path.split("/"):
+        if not part:
+            continue
+        p = p + part if (not p or p.endswith("/")) else p + "/" + part
+        try:
+            os.mkdir(p)
+        except OSError:
+            pass
+
+
 def _no_pause(step):
     pass
 
@@ -70,10 +83,7 @@ class PolicyStore:
     def __init__(self, path, pause=None):
         self.dir = path
         self.pause = pause or _no_pause  # test hook: called between every step
-        try:
-            os.mkdir(path)
-        except OSError:
-            pass
+        mkdirs(path)
         self._active = path + "/active.json"
         self._prev = path + "/previous.json"
         self._staged = path + "/staged.tmp"

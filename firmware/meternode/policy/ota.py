@@ -16,21 +16,10 @@
 import json
 import os
 
+from meternode.policy.apply import mkdirs as _mkdirs
 from meternode.policy.bundle import Rejected, sha256_file
 
 _SLOTS = ("a", "b")
-
-
-def _mkdirs(path):
-    p = "/" if path.startswith("/") else ""
-    for part in path.split("/"):
-        if not part:
-            continue
-        p = p + part if (not p or p.endswith("/")) else p + "/" + part
-        try:
-            os.mkdir(p)
-        except OSError:
-            pass
 
 
 def _rmtree(path):
