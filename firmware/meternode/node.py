@@ -12,6 +12,7 @@ from meternode.metrology.meter import Meter
 
 _BACKOFF_MIN_MS = 500
 _BACKOFF_MAX_MS = 30000
+_UPLINK_MIN_FREE = 96 * 1024  # heap the uplink service needs when loaded from source
 
 
 class Node:
@@ -46,29 +47,67 @@ class Node:
         # first use; None when it cannot start (the node keeps measuring, the reason is logged).
         u = getattr(self, "_uplink", False)
         if u is False:
-            from meternode.link.service import UplinkService
+            import gc
 
-            try:
-                u = UplinkService(self)
-            except Exception as e:
-                log("uplink not started: %s" % e)
-                u = None
+            gc.collect()
+            free = gc.mem_free() if hasattr(gc, "mem_free") else 1 << 30
+            u = None
+            if free < _UPLINK_MIN_FREE:
+                # A failed import would still leave its interned names behind: decide first.
+                log("store-and-forward off: %d bytes free, it needs %d (raise the heap)" % (free, _UPLINK_MIN_FREE))
+            else:
+                try:
+                    from meternode.link.service import UplinkService
+
+                    u = UplinkService(self)
+                except Exception as e:
+                    log("uplink not started: %s" % e)
             self._uplink = u
         return u
 
     async def link(self):
         u = self.uplink()
         if u is None or u.link is None:
-            while True:  # nothing to supervise; stay alive so the node keeps measuring
-                await asyncio.sleep_ms(60000)
+            await self._plain_link()  # no record log (e.g. no RAM for it): live telemetry only
         t = asyncio.create_task(u.run())
         while True:
             await asyncio.sleep_ms(200)
-            c = u.link.client
-            self.mqtt = c
+            self.mqtt = u.link.client
             self.link_up = u.link.up
             if t.done():
                 raise RuntimeError("uplink task ended")
+
+    async def _plain_link(self):
+        # Fallback link without store-and-forward: the retained state and QoS 0 telemetry.
+        from meternode.link.backoff import Backoff
+        from meternode.link.mqtt import MQTTClient
+
+        m = self.config["mqtt"]
+        backoff = Backoff(_BACKOFF_MIN_MS, _BACKOFF_MAX_MS)
+        while True:
+            c = MQTTClient(
+                self.id,
+                m["host"],
+                m.get("port", 1883),
+                keepalive=m.get("keepalive", 30),
+                will=(self._topic("state"), b"offline", 1, True),
+            )
+            try:
+                await c.connect()
+                await c.publish(self._topic("state"), b"online", qos=1, retain=True)
+                self.mqtt = c
+                self.link_up = True
+                backoff.reset()
+                log("link up (no store): %s:%d" % (m["host"], m.get("port", 1883)))
+                while c.connected:
+                    await asyncio.sleep_ms(200)
+                log("link down: %s" % c.error)
+            except Exception as e:
+                log("link error: %s" % e)
+            self.mqtt = None
+            self.link_up = False
+            await c.disconnect()
+            await asyncio.sleep_ms(backoff.next_ms())
 
     async def reporting(self):
         clock = self.hal.clock
@@ -85,6 +124,11 @@ class Node:
             u = self.uplink()
             if u is not None:
                 await u.report(now, snap, payload)
+            elif self.mqtt is not None and self.mqtt.connected:
+                try:
+                    await self.mqtt.publish(self._topic("telemetry"), payload, qos=0)
+                except Exception as e:
+                    log("telemetry not sent: %s" % e)
 
     async def run(self):
         log("umeter node %s v%s on board %s" % (self.id, VERSION, self.board["name"]))

@@ -9,13 +9,11 @@
 # owns them.  Every wait has a timeout; errors surface as MQTTError / OSError so the link
 # supervisor reconnects with `Backoff` (exponential, jittered, bounded).
 #
-# TLS: pass `ssl=tls_context(ca)` with the provisioned CA (PEM or DER); the server
+# TLS: pass `ssl=tls.context(ca)` with the provisioned CA (PEM or DER); the server
 # certificate must chain to it, else connect() raises MQTTError naming the TLS failure.
+# Reconnect pacing lives in backoff.py.
 import asyncio
-import binascii
 import struct
-
-from micropython import const
 
 try:
     from asyncio import sleep_ms as _sleep_ms
@@ -29,145 +27,24 @@ except ImportError:  # CPython
         return asyncio.sleep(ms / 1000)
 
 
-try:
-    import random
-
-    _rand = random.getrandbits
-except (ImportError, AttributeError):  # pragma: no cover
-
-    def _rand(n):
-        return 0
-
-
-_CONNECT = const(0x10)
-_CONNACK = const(0x20)
-_PUBLISH = const(0x30)
-_PUBACK = const(0x40)
-_SUBSCRIBE = const(0x82)
-_SUBACK = const(0x90)
-_PINGREQ = const(0xC0)
-_PINGRESP = const(0xD0)
-_DISCONNECT = const(0xE0)
-
-MAX_PACKET = const(16384)  # largest packet we send or accept (bytes); more is a protocol error
-MAX_TOPIC = const(256)  # longest topic we publish or subscribe to (bytes)
-
-_CONNACK_TEXT = (
-    "accepted",
-    "unacceptable protocol version",
-    "client identifier rejected",
-    "server unavailable",
-    "bad user name or password",
-    "not authorised",
+from meternode.link.mqttpkt import (
+    _CONNACK,
+    _DISCONNECT,
+    _PINGREQ,
+    _PINGRESP,
+    _PUBACK,
+    _PUBLISH,
+    _SUBACK,
+    _SUBSCRIBE,
+    CONNACK_TEXT,
+    MAX_PACKET,
+    MQTTError,
+    _remaining,
+    _str,
+    check_topic,
+    connect_packet,
+    publish_packet,
 )
-
-
-class MQTTError(Exception):
-    pass
-
-
-def _str(s):
-    b = s.encode() if isinstance(s, str) else bytes(s)
-    if len(b) > 65535:
-        raise MQTTError("string of %d bytes does not fit an MQTT field" % len(b))
-    return struct.pack("!H", len(b)) + b
-
-
-def _remaining(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | 0x80 if n else b)
-        if not n:
-            return bytes(out)
-
-
-def check_topic(topic, wild=False):
-    # Publish topics carry no wildcards; both are 1..MAX_TOPIC bytes of UTF-8 without NUL.
-    n = len(topic)
-    if not 0 < n <= MAX_TOPIC:
-        raise MQTTError("topic %r is %d bytes; allowed 1..%d" % (topic, n, MAX_TOPIC))
-    if "\x00" in topic or (not wild and ("+" in topic or "#" in topic)):
-        raise MQTTError("topic %r holds a character not allowed here" % topic)
-
-
-def connect_packet(client_id, keepalive, clean, user=None, password=None, will=None):
-    # will = (topic, payload, qos, retain)
-    flags = 0x02 if clean else 0
-    payload = _str(client_id)
-    if will:
-        topic, msg, wq, wr = will
-        flags |= 0x04 | (wq << 3) | (0x20 if wr else 0)
-        payload += _str(topic) + _str(msg)
-    if user is not None:
-        flags |= 0x80
-        payload += _str(user)
-        if password is not None:
-            flags |= 0x40
-            payload += _str(password)
-    var = _str("MQTT") + bytes((4, flags)) + struct.pack("!H", keepalive)
-    body = var + payload
-    return bytes((_CONNECT,)) + _remaining(len(body)) + body
-
-
-def publish_packet(topic, payload, qos=0, retain=False, pid=0, dup=False):
-    if isinstance(payload, str):
-        payload = payload.encode()
-    if qos not in (0, 1):
-        raise MQTTError("QoS %r is not supported (0 or 1)" % (qos,))
-    head = _PUBLISH | (qos << 1) | (1 if retain else 0) | (0x08 if dup and qos else 0)
-    var = _str(topic) + (struct.pack("!H", pid) if qos else b"")
-    n = len(var) + len(payload)
-    if n + 5 > MAX_PACKET:
-        raise MQTTError("publish to %s is %d bytes, over the %d-byte limit" % (topic, n, MAX_PACKET))
-    return bytes((head,)) + _remaining(n) + var + payload
-
-
-def ca_der(ca):
-    # The provisioned CA as DER bytes (MicroPython's ssl wants DER; PEM is accepted here).
-    ca = bytes(ca)
-    if ca.startswith(b"-----BEGIN"):
-        lines = [ln for ln in ca.split(b"\n") if ln and not ln.startswith(b"-----")]
-        return binascii.a2b_base64(b"".join(lines))
-    return ca
-
-
-def tls_context(ca):
-    # An SSL context that only trusts `ca` (bytes, PEM or DER) and requires the server cert.
-    import ssl
-
-    der = ca_der(ca)
-    if hasattr(ssl, "create_default_context"):  # CPython (host tools, tests)
-        ctx = ssl.create_default_context(cadata=der)
-        return ctx
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    try:
-        ctx.load_verify_locations(cadata=der)
-    except ValueError as e:
-        raise MQTTError("TLS: the provisioned CA certificate cannot be parsed (%s)" % e)
-    return ctx
-
-
-class Backoff:
-    # Exponential backoff with +-25 % jitter, bounded: min_ms, 2*min_ms, ... max_ms.
-    def __init__(self, min_ms=500, max_ms=30000):
-        self.min_ms = min_ms
-        self.max_ms = max_ms
-        self.cur = min_ms
-        self.attempts = 0
-
-    def reset(self):
-        self.cur = self.min_ms
-        self.attempts = 0
-
-    def next_ms(self):
-        d = self.cur
-        self.cur = min(self.max_ms, self.cur * 2)
-        self.attempts += 1
-        j = d // 4
-        return d - j + (_rand(16) % (2 * j + 1) if j else 0)
 
 
 class MQTTClient:
@@ -249,8 +126,12 @@ class MQTTClient:
             raise OSError("no CONNACK from %s" % where)
         except (ValueError, OSError, EOFError) as e:
             await self._close()
-            if self.ssl is not None and _is_tls_error(e):
-                raise MQTTError("TLS handshake with %s failed: %s" % (where, _tls_text(e)))
+            if self.ssl is not None:
+                from meternode.link.tls import explain
+
+                why = explain(e)
+                if why:
+                    raise MQTTError("TLS handshake with %s failed: %s" % (where, why))
             raise OSError("connection to %s closed before CONNACK (%s)" % (where, e))
         if head != _CONNACK or len(body) != 2:
             await self._close()
@@ -258,7 +139,7 @@ class MQTTClient:
         rc = body[1]
         if rc:
             await self._close()
-            why = _CONNACK_TEXT[rc] if rc < len(_CONNACK_TEXT) else "code %d" % rc
+            why = CONNACK_TEXT[rc] if rc < len(CONNACK_TEXT) else "code %d" % rc
             raise MQTTError("broker refused the connection: " + why)
         self.session_present = bool(body[0] & 1)
         self.connected = True
@@ -450,20 +331,6 @@ class MQTTClient:
                 await _wait_for_ms(w.wait_closed(), 1000)
             except Exception:
                 pass
-
-
-def _is_tls_error(e):
-    t = str(e)
-    return isinstance(e, ValueError) or "CERT" in t.upper() or "SSL" in t.upper() or "certificate" in t
-
-
-def _tls_text(e):
-    t = str(e).strip()
-    if not t:
-        t = "error %r" % (e.args,)
-    if "signed" in t or "CERT" in t.upper() or "certificate" in t:
-        return t + " (is the broker's certificate issued by the provisioned CA?)"
-    return t
 
 
 try:

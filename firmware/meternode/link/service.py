@@ -13,7 +13,6 @@ import sys
 from meternode import VERSION
 from meternode.config import ConfigError, need
 from meternode.link import telemetry
-from meternode.link.commands import Commands
 from meternode.link.outbox import Outbox
 from meternode.link.uplink import MqttLink
 from meternode.store import records
@@ -64,6 +63,8 @@ class UplinkService:
         self.profile = ProfileRecorder(self.log, cfg.get("profile_s", 900), getattr(node, "mains", None), self._wake)
         self.commands = None
         if cfg.get("cmd_key"):
+            from meternode.link.commands import Commands  # only nodes with a key pay for it
+
             self.commands = Commands(node.id, cfg["cmd_key"], path + ".ctr", self.clock, self, self.event)
         if m:
             self.link = MqttLink(

@@ -6,8 +6,8 @@ import asyncio
 import time
 
 from meternode.config import ConfigError, need
-from meternode.link import discovery
-from meternode.link.mqtt import Backoff, MQTTClient, tls_context
+from meternode.link.backoff import Backoff
+from meternode.link.mqtt import MQTTClient
 
 try:
     from asyncio import sleep_ms as _sleep_ms
@@ -68,7 +68,9 @@ class MqttLink:
                     ca = f.read()
             except OSError:
                 raise ConfigError("config.mqtt.tls.ca: %s cannot be read" % tls["ca"])
-            self._ssl = tls_context(ca)
+            from meternode.link import tls as _tls
+
+            self._ssl = _tls.context(ca)
 
     def topic(self, leaf):
         return topic(self.prefix, self.node_id, leaf)
@@ -105,6 +107,8 @@ class MqttLink:
         if self.outbox is not None:
             await c.subscribe(self.topic("resend"), 1)
         if self.m.get("discovery", True) and self.describe is not None:
+            from meternode.link import discovery
+
             for t, p in discovery.configs(self.prefix, self.node_id, self.describe()):
                 await c.publish(t, p, qos=1, retain=True)
 

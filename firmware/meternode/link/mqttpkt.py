@@ -1,0 +1,90 @@
+# MQTT 3.1.1 packet encoding shared by the client (mqtt.py): fixed headers, strings,
+# remaining lengths, CONNECT and PUBLISH, topic checks and size limits.
+# Packet type constants are plain module names (not const()): mqtt.py imports them.
+import struct
+
+from micropython import const
+
+_CONNECT = 0x10
+_CONNACK = 0x20
+_PUBLISH = 0x30
+_PUBACK = 0x40
+_SUBSCRIBE = 0x82
+_SUBACK = 0x90
+_PINGREQ = 0xC0
+_PINGRESP = 0xD0
+_DISCONNECT = 0xE0
+
+MAX_PACKET = const(16384)  # largest packet we send or accept (bytes); more is a protocol error
+MAX_TOPIC = const(256)  # longest topic we publish or subscribe to (bytes)
+
+CONNACK_TEXT = (
+    "accepted",
+    "unacceptable protocol version",
+    "client identifier rejected",
+    "server unavailable",
+    "bad user name or password",
+    "not authorised",
+)
+
+
+class MQTTError(Exception):
+    pass
+
+
+def _str(s):
+    b = s.encode() if isinstance(s, str) else bytes(s)
+    if len(b) > 65535:
+        raise MQTTError("string of %d bytes does not fit an MQTT field" % len(b))
+    return struct.pack("!H", len(b)) + b
+
+
+def _remaining(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | 0x80 if n else b)
+        if not n:
+            return bytes(out)
+
+
+def check_topic(topic, wild=False):
+    # Publish topics carry no wildcards; both are 1..MAX_TOPIC bytes of UTF-8 without NUL.
+    n = len(topic)
+    if not 0 < n <= MAX_TOPIC:
+        raise MQTTError("topic %r is %d bytes; allowed 1..%d" % (topic, n, MAX_TOPIC))
+    if "\x00" in topic or (not wild and ("+" in topic or "#" in topic)):
+        raise MQTTError("topic %r holds a character not allowed here" % topic)
+
+
+def connect_packet(client_id, keepalive, clean, user=None, password=None, will=None):
+    # will = (topic, payload, qos, retain)
+    flags = 0x02 if clean else 0
+    payload = _str(client_id)
+    if will:
+        topic, msg, wq, wr = will
+        flags |= 0x04 | (wq << 3) | (0x20 if wr else 0)
+        payload += _str(topic) + _str(msg)
+    if user is not None:
+        flags |= 0x80
+        payload += _str(user)
+        if password is not None:
+            flags |= 0x40
+            payload += _str(password)
+    var = _str("MQTT") + bytes((4, flags)) + struct.pack("!H", keepalive)
+    body = var + payload
+    return bytes((_CONNECT,)) + _remaining(len(body)) + body
+
+
+def publish_packet(topic, payload, qos=0, retain=False, pid=0, dup=False):
+    if isinstance(payload, str):
+        payload = payload.encode()
+    if qos not in (0, 1):
+        raise MQTTError("QoS %r is not supported (0 or 1)" % (qos,))
+    head = _PUBLISH | (qos << 1) | (1 if retain else 0) | (0x08 if dup and qos else 0)
+    var = _str(topic) + (struct.pack("!H", pid) if qos else b"")
+    n = len(var) + len(payload)
+    if n + 5 > MAX_PACKET:
+        raise MQTTError("publish to %s is %d bytes, over the %d-byte limit" % (topic, n, MAX_PACKET))
+    return bytes((head,)) + _remaining(n) + var + payload

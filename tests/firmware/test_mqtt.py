@@ -1,0 +1,87 @@
+# MQTT packet encoding, limits, backoff and the client against a real Mosquitto.
+import asyncio
+
+from meternode.link.backoff import Backoff
+from meternode.link.mqtt import MQTTClient
+from meternode.link.mqttpkt import MAX_PACKET, MQTTError, check_topic, connect_packet, publish_packet
+from meternode.link.tls import ca_der
+from mptest import eq, host_value, needs, raises, timeout
+
+
+def test_connect_packet_carries_will_credentials_and_clean_flag():
+    p = connect_packet("n1", 30, False, "u", "pw", ("umeter/n1/state", b"offline", 1, True))
+    eq(p[0], 0x10, "CONNECT")
+    flags = p[2 + 2 + 4 + 1]
+    eq(flags, 0x80 | 0x40 | 0x20 | 0x08 | 0x04, "user, password, will retain, will QoS 1, will; clean off")
+    eq(p[-4:], b"\x00\x02pw", "password last")
+
+
+def test_publish_packet_qos1_dup_and_limits():
+    p = publish_packet("a/b", b"xy", 1, False, 0x1234, True)
+    eq(bytes(p), b"\x3a\x09\x00\x03a/b\x12\x34xy", "QoS 1 + DUP + pid")
+    eq(publish_packet("a", b"", 0, True, 0, True)[0], 0x31, "DUP never set on QoS 0")
+    e = raises(MQTTError, publish_packet, "a", bytes(MAX_PACKET), 0)
+    eq("over the %d-byte limit" % MAX_PACKET in str(e), True, str(e))
+    raises(MQTTError, publish_packet, "a", b"", 2)
+
+
+def test_topic_checks_name_the_problem():
+    check_topic("umeter/n1/cmd")
+    check_topic("umeter/+/cmd", wild=True)
+    e = raises(MQTTError, check_topic, "umeter/+/cmd")
+    eq("not allowed" in str(e), True, str(e))
+    raises(MQTTError, check_topic, "")
+    raises(MQTTError, check_topic, "x" * 300)
+
+
+def test_backoff_grows_with_jitter_and_stays_bounded():
+    b = Backoff(100, 1000)
+    seen = [b.next_ms() for _ in range(8)]
+    bases = [100, 200, 400, 800, 1000, 1000, 1000, 1000]
+    for got, base in zip(seen, bases):
+        eq(base - base // 4 <= got <= base + base // 4, True, "%d within 25 %% of %d" % (got, base))
+    b.reset()
+    eq(b.next_ms() <= 125, True, "reset starts over")
+    many = set(Backoff(1000, 1000).next_ms() for _ in range(20))
+    eq(len(many) > 1, True, "jitter varies: %r" % many)
+
+
+def test_pem_ca_becomes_der():
+    der = b"\x30\x82\x01\x0a" + bytes(range(40))
+    import binascii
+
+    pem = b"-----BEGIN CERTIFICATE-----\n" + binascii.b2a_base64(der) + b"-----END CERTIFICATE-----\n"
+    eq(ca_der(pem), der, "PEM -> DER")
+    eq(ca_der(der), der, "DER unchanged")
+
+
+@needs("host:mosquitto")
+@timeout(30)
+async def test_qos1_roundtrip_subscribe_and_refused_port():
+    h, p = host_value("mosquitto_host"), int(host_value("mosquitto_port"))
+    got = []
+    c = MQTTClient("t-mqtt-1", h, p, keepalive=10)
+    c.on_message = lambda t, m, r: got.append((t, bytes(m)))
+    await c.connect()
+    await c.subscribe("t/mqtt/#", 1)
+    pid = await c.publish("t/mqtt/a", b"hello", qos=1)
+    eq(pid >= 0x8000, True, "client packet ids in the upper half")
+    acks = []
+    c.on_ack = acks.append
+    p2 = await c.send_publish("t/mqtt/b", b"x" * 3000, 1)
+    for _ in range(100):
+        if acks and len(got) >= 2:
+            break
+        await asyncio.sleep_ms(20)
+    eq(acks, [p2], "PUBACK reported through on_ack")
+    eq([t for t, m in got], ["t/mqtt/a", "t/mqtt/b"], "both delivered")
+    await c.disconnect()
+    eq(c.connected, False, "disconnected")
+    bad = MQTTClient("t-mqtt-2", h, 1, timeout_ms=2000)
+    e = None
+    try:
+        await bad.connect()
+        raise AssertionError("connect to port 1 succeeded")
+    except OSError as ex:
+        e = ex
+    eq(e is not None, True, "connection refused is an OSError")
