@@ -1,7 +1,9 @@
 # From per-cycle power to registers: the starting/creep gate and maximum demand.
 #
-# Per cycle, elements whose gate is open register at once (each cycle netted on its own:
-# import never runs backwards); the others collect the cycle, split by sign and quadrant,
+# Per cycle, elements whose gate is open register (each cycle netted on its own: import
+# never runs backwards; the cycle's energy is split by sign and quadrant into float sums
+# that go to the integer registers once per window, which keeps the per-cycle cost low);
+# the others collect the cycle, split by sign and quadrant,
 # in a pending store.  At the end of each creep window (creep_s, default 1 s) the gate of
 # each element follows the window's mean |P| and |Q| against its starting threshold:
 #   - an element that starts gets its pending energy registered: nothing is lost at start;
@@ -30,9 +32,9 @@ class Energy:
         self._pend = [0.0] * (8 * e)  # per element, register fields (J) while the gate is shut
         self._wsum = [0.0] * (3 * e)  # per element, creep window: P J, Q J, seconds
         self._win_n = 0
-        self._cp = [0.0] * e
-        self._cq = [0.0] * e
-        self._cs = [0.0] * e
+        self._fine = [0.0] * (8 * (e + 1))  # this window's registered energy, split (J)
+        self._tar_imp = 0.0
+        self._tar_exp = 0.0
         self._dem_e = 0.0
         self._dem_n = 0
         self.demand_w = 0.0  # last completed demand period, W
@@ -40,42 +42,57 @@ class Energy:
 
     def cycle(self, ps, qs, ss, n, sets):
         # One mains cycle of n sets: P, Q, S per element; `sets` is the meter's sample clock.
+        # The cycle is split by sign and quadrant here (netted on its own); the integer
+        # registers take the window's float sums at flush(), once per creep window.
         dt = n / self._rate
         on = self.on
-        cp, cq, cs = self._cp, self._cq, self._cs
+        fine = self._fine
         w = self._wsum
-        tot = 0.0
+        tp = 0.0
+        tq = 0.0
         for e in range(self.n):
-            p = ps[e]
-            q = qs[e]
-            w[3 * e] += p * dt
-            w[3 * e + 1] += q * dt
+            p = ps[e] * dt
+            q = qs[e] * dt
+            w[3 * e] += p
+            w[3 * e + 1] += q
             w[3 * e + 2] += dt
             if on[e]:
-                cp[e] = p
-                cq[e] = q
-                cs[e] = ss[e]
-                tot += p
+                split(fine, 8 * e, p, q, ss[e] * dt)
+                tp += p
+                tq += q
             else:
-                cp[e] = 0.0
-                cq[e] = 0.0
-                cs[e] = 0.0
-                split(self._pend, 8 * e, p * dt, q * dt, ss[e] * dt)
-        self.registers.add_cycle(cp, cq, cs, dt)
-        self._dem_e += tot * dt
+                split(self._pend, 8 * e, p, q, ss[e] * dt)
+        if tp or tq:
+            split(fine, 8 * self.n, tp, tq, (tp * tp + tq * tq) ** 0.5)
+            if tp >= 0.0:
+                self._tar_imp += tp
+            else:
+                self._tar_exp -= tp
+        self._dem_e += tp
         self._win_n += n
         self._dem_n += n
         if self._win_n >= self._win_sets:
             self.flush()
         if self._dem_n >= self._dem_sets:
+            self.flush()
             self.demand_w = max(0.0, self._dem_e * self._rate / self._dem_n)
             at = self.clock.time() if self.clock else sets / self._rate
             self.registers.demand(self.demand_w, int(at))
             self._dem_e = 0.0
             self._dem_n = 0
 
+    def commit(self):
+        # Float window sums -> integer registers (also before a tariff change).
+        fine = self._fine
+        self.registers.commit(fine, self._tar_imp, self._tar_exp)
+        for k in range(len(fine)):
+            fine[k] = 0.0
+        self._tar_imp = 0.0
+        self._tar_exp = 0.0
+
     def flush(self):
         # End the creep window now: open or shut each gate, register or discard.
+        self.commit()
         if not self._win_n:
             return
         w = self._wsum

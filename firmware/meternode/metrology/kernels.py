@@ -12,12 +12,13 @@
 #
 # Each channel has its own mid (the DC level tracked by the meter); x = raw - mid.
 #
-# chan_sums  adds  sum x, sum x*x                              for one channel
-# pair_sums  adds  S0 = sum v[n]*i[n]      (plain product)
+# chan_sums  adds  sum x, sum x*x                  for one channel (a voltage without CTs)
+# pair_sums  adds  sum v, sum v*v, sum i, sum i*i, and
+#                  S0 = sum v[n]*i[n]      (plain product)
 #                  S1 = sum v[n]*i[n-1]    (voltage one set after the current sample)
 #                  Q0 = sum v[n-d]*i[n]    (voltage about a quarter cycle earlier)
 #                  Q1 = sum v[n-d-1]*i[n]
-#            for one voltage/current pair.  The meter mixes S0/S1 (and Q0/Q1) with the
+#            for one voltage/current pair, in one pass.  The meter mixes S0/S1 (and Q0/Q1) with the
 #            two-sample interpolation weights of EmonLibCM's x/y method, which synthesise
 #            the voltage at any instant between the two samples for the fundamental: this
 #            corrects sampling skew and CT/VT phase error (S) and makes the exact 90-degree
@@ -62,23 +63,33 @@ def chan_sums(buf, start: int, end: int, nch: int, c: int, mid: int, out, k: int
 
 @micropython.viper
 def pair_sums(buf, start: int, end: int, nch: int, a: int, b: int, mv: int, mi: int, d: int, out, k: int):
-    # out[k..k+3] += S0, S1, Q0, Q1 (see the header) over sets [start, end) with voltage
-    # channel a and current channel b.  Needs start - d - 1 >= 0 and start >= 1 (history).
+    # out[k..k+7] += sum v, sum v*v, sum i, sum i*i, S0, S1, Q0, Q1 (see the header) over
+    # sets [start, end) with voltage channel a and current channel b, in one pass.
+    # Needs start - d - 1 >= 0 and start >= 1 (the history before the block).
     p = ptr16(buf)
     o = ptr32(out)
+    sv = 0
+    qv = 0
+    si = 0
+    qi = 0
     s0 = 0
     s1 = 0
     q0 = 0
     q1 = 0
-    j = start * nch
-    stop = end * nch
-    dd = d * nch
-    ip = int(p[j - nch + b]) - mi
-    vd1 = int(p[j - dd - nch + a]) - mv
+    j = start * nch + a
+    ob = b - a
+    od = 0 - d * nch
+    stop = end * nch + a
+    ip = int(p[j + ob - nch]) - mi
+    vd1 = int(p[j + od - nch]) - mv
     while j < stop:
-        v = int(p[j + a]) - mv
-        i = int(p[j + b]) - mi
-        vd = int(p[j - dd + a]) - mv
+        v = int(p[j]) - mv
+        i = int(p[j + ob]) - mi
+        vd = int(p[j + od]) - mv
+        sv += v
+        qv += v * v
+        si += i
+        qi += i * i
         s0 += v * i
         s1 += v * ip
         q0 += vd * i
@@ -86,10 +97,14 @@ def pair_sums(buf, start: int, end: int, nch: int, a: int, b: int, mv: int, mi: 
         ip = i
         vd1 = vd
         j += nch
-    o[k] = o[k] + s0
-    o[k + 1] = o[k + 1] + s1
-    o[k + 2] = o[k + 2] + q0
-    o[k + 3] = o[k + 3] + q1
+    o[k] = o[k] + sv
+    o[k + 1] = o[k + 1] + qv
+    o[k + 2] = o[k + 2] + si
+    o[k + 3] = o[k + 3] + qi
+    o[k + 4] = o[k + 4] + s0
+    o[k + 5] = o[k + 5] + s1
+    o[k + 6] = o[k + 6] + q0
+    o[k + 7] = o[k + 7] + q1
 
 
 @micropython.viper

@@ -25,6 +25,8 @@ from meternode.metrology.registers import NETTINGS, Registers
 _HALF_PI = math.pi / 2.0
 _TWO_PI = 2.0 * math.pi
 _H = kernels.HIST
+_F_TOL = 0.01  # Hz: interpolation weights are recomputed beyond this change
+_PH_TOL = 0.002  # degrees
 
 
 def _opt(d, key, default, lo, hi):
@@ -92,12 +94,29 @@ class Meter:
         self._work = array.array("H", bytes(2 * nch * (_H + self._cap)))
         for k in range(_H * nch):
             self._work[k] = self._mid0
-        self._qoff = 2 * nch
-        self._n_at = 2 * nch + 4 * self.elements
+        # accumulator: 8 words per pair (kernels.pair_sums), then 2 per voltage channel
+        # that no pair covers; _sx[c] is where channel c's sum x (then sum x*x) is.
+        self._sx = [-1] * nch
+        for e, (a, b) in enumerate(self.pairs):
+            if self._sx[a] < 0:
+                self._sx[a] = 8 * e
+            self._sx[b] = 8 * e + 2
+        self._lone = []
+        k = 8 * self.elements
+        for c in range(nch):
+            if self._sx[c] < 0:
+                self._sx[c] = k
+                self._lone.append(c)
+                k += 2
+        self._n_at = k
         self._acc = array.array("i", bytes(4 * (self._n_at + 1)))
         self._state = array.array("i", [0])
         self._mid = [self._mid0] * nch
         self._d = self._delay(self.f_nom)
+        self._means = [0.0] * nch
+        self._wt = [0.0] * (5 * self.elements)  # per element: x, y (P), x, y (Q), f
+        self._wph = [0.0] * self.elements
+        self._wd = [0] * self.elements
         self._base = -_H  # global set index of work[0]
         self._last_cross = None
         self.sets = 0  # sample sets seen
@@ -115,7 +134,13 @@ class Meter:
 
     # -- configuration at run time ----------------------------------------------------------
     def set_tariff(self, i):
-        self.registers.set_tariff(i)
+        # The tariff-index hook (the policy engine drives it): energy from now on goes to
+        # tariff i's registers.
+        r = self.registers
+        if not isinstance(i, int) or not 0 <= i < r.tariffs:
+            raise ValueError("tariff index %r is outside 0..%d" % (i, r.tariffs - 1))
+        self.energy.commit()  # what was counted so far belongs to the old tariff
+        r.set_tariff(i)
 
     def set_calibration(self, name, values):
         if name not in self.names:
@@ -176,13 +201,13 @@ class Meter:
         acc = self._acc
         nch = self.nch
         mid = self._mid
-        for c in range(nch):
-            kernels.chan_sums(work, i, end, nch, c, mid[c], acc, 2 * c)
-        k = self._qoff
+        k = 0
         d = self._d
         for a, b in self.pairs:
             kernels.pair_sums(work, i, end, nch, a, b, mid[a], mid[b], d, acc, k)
-            k += 4
+            k += 8
+        for c in self._lone:
+            kernels.chan_sums(work, i, end, nch, c, mid[c], acc, self._sx[c])
         acc[self._n_at] += end - i
 
     # -- per cycle --------------------------------------------------------------------------
@@ -198,41 +223,41 @@ class Meter:
             self._track_mid(n)
             kernels.clear(acc, len(acc))
             return
-        nch = self.nch
         f = self.rate / (cross - prev)
         self.freq = f
-        w = _TWO_PI * f
-        ths = w / self.rate
-        sin_ths = math.sin(ths)
-        means = [acc[2 * c] / n for c in range(nch)]
-        for c in range(nch):
-            cal = self.cal[c]
-            if cal.kind == "voltage":
-                self.vrms[c] = self._rms(acc[2 * c + 1] / n - means[c] * means[c], cal)
+        sx = self._sx
+        means = self._means
+        cals = self.cal
+        for c in range(self.nch):
+            m = acc[sx[c]] / n
+            means[c] = m
+            if cals[c].kind == "voltage":
+                self.vrms[c] = self._rms(acc[sx[c] + 1] / n - m * m, cals[c])
+        wt = self._wt
         e = 0
-        k = self._qoff
+        k = 4
         for a, b in self.pairs:
-            ci = self.cal[b]
-            cv = self.cal[a]
-            irms = self._rms(acc[2 * b + 1] / n - means[b] * means[b], ci)
-            # time from the voltage sample to the instant that matches the current sample
-            dt = self._t_slot[b] - self._t_slot[a] + math.radians(ci.phase_at(irms) - cv.phase) / w
-            phi = ths - w * dt  # lag behind the later voltage sample (S1)
-            x = math.sin(phi) / sin_ths
-            y = math.sin(ths - phi) / sin_ths
+            ci = cals[b]
+            cv = cals[a]
+            irms = self._rms(acc[sx[b] + 1] / n - means[b] * means[b], ci)
+            ph = ci.phase_at(irms) - cv.phase
+            j = 5 * e
+            if abs(f - wt[j + 4]) > _F_TOL or abs(ph - self._wph[e]) > _PH_TOL or self._d != self._wd[e]:
+                self._weights(e, f, ph, a, b)
             mvi = means[a] * means[b]
             sc = cv.scale * ci.scale
+            x = wt[j]
+            y = wt[j + 1]
             p = sc * ((x * acc[k] + y * acc[k + 1]) / n - (x + y) * mvi)
-            phq = _HALF_PI - self._d * ths - w * dt  # lag behind v[n-d] (Q0)
-            x = math.sin(phq) / sin_ths
-            y = math.sin(ths - phq) / sin_ths
+            x = wt[j + 2]
+            y = wt[j + 3]
             q = sc * ((x * acc[k + 3] + y * acc[k + 2]) / n - (x + y) * mvi)
             self.irms[e] = irms
             self.p[e] = p
             self.q[e] = q
             self.s[e] = self.vrms[a] * irms
             e += 1
-            k += 4
+            k += 8
         self._track_mid(n)
         self._d = self._delay(f)
         kernels.clear(acc, len(acc))
@@ -240,6 +265,29 @@ class Meter:
         self.measured_sets += n
         self.energy.cycle(self.p, self.q, self.s, n, self.sets)
         self._window()
+
+    def _weights(self, e, f, ph, a, b):
+        # Two-sample interpolation weights for element e at frequency f with a net sensor
+        # phase ph (degrees, current lead minus voltage lead): the voltage "at" the
+        # current sample's true instant is x * earlier + y * later sample, exact for the
+        # fundamental.  Cached: recomputed when f moves by _F_TOL, ph by _PH_TOL or the
+        # quarter-cycle delay changes (the error of a stale weight is below 1e-4 of S).
+        w = _TWO_PI * f
+        ths = w / self.rate
+        sin_ths = math.sin(ths)
+        # time from the voltage sample to the instant that matches the current sample
+        dt = self._t_slot[b] - self._t_slot[a] + math.radians(ph) / w
+        wt = self._wt
+        j = 5 * e
+        phi = ths - w * dt  # lag behind the later voltage sample (S1)
+        wt[j] = math.sin(phi) / sin_ths
+        wt[j + 1] = math.sin(ths - phi) / sin_ths
+        phq = _HALF_PI - self._d * ths - w * dt  # lag behind v[n-d] (Q0)
+        wt[j + 2] = math.sin(phq) / sin_ths
+        wt[j + 3] = math.sin(ths - phq) / sin_ths
+        wt[j + 4] = f
+        self._wph[e] = ph
+        self._wd[e] = self._d
 
     def _rms(self, ms, cal):
         r = cal.scale * math.sqrt(ms if ms > 0.0 else 0.0)
@@ -254,7 +302,7 @@ class Meter:
             return
         acc = self._acc
         for c in range(self.nch):
-            m = self._mid[c] + int(round(acc[2 * c] / n))
+            m = self._mid[c] + int(round(acc[self._sx[c]] / n))
             lo = self._mid0 - kernels.MID_SWING
             hi = self._mid0 + kernels.MID_SWING
             self._mid[c] = lo if m < lo else (hi if m > hi else m)

@@ -134,6 +134,36 @@ class Registers:
             self._add(tar, f[k + IMP])
             self._add(tar + 1, f[k + EXP])
 
+    def commit(self, fine, tar_imp, tar_exp):
+        # Moves a window of per-cycle energies, already split by sign and quadrant in
+        # floats (fine[8e + field] per element; fine[8n + field] the vector-netted total),
+        # into the integer registers.  With "phase" netting the total is the sum of the
+        # elements' fields; tar_imp/tar_exp is the vector total's import/export for the
+        # current tariff.
+        n = self.n
+        tb = n * _FIELDS
+        phase = self.netting == "phase"
+        for j in range(_FIELDS):
+            t = 0.0
+            for e in range(n):
+                x = fine[e * _FIELDS + j]
+                if x > 0.0:
+                    self._add(e * _FIELDS + j, x)
+                    t += x
+            if not phase:
+                t = fine[tb + j]
+            if t > 0.0:
+                self._add(tb + j, t)
+        tar = self._tar + 2 * self.tariff
+        if phase:
+            tar_imp = 0.0
+            tar_exp = 0.0
+            for e in range(n):
+                tar_imp += fine[e * _FIELDS + IMP]
+                tar_exp += fine[e * _FIELDS + EXP]
+        self._add(tar, tar_imp)
+        self._add(tar + 1, tar_exp)
+
     def add_net(self, p, q):
         # Vector netting of late-registered energy: signed P and Q joules into the total.
         if self.netting != "vector":
