@@ -76,11 +76,16 @@ def native(buf, start, end, mv, mi, d, out):
     out[4] += s0; out[5] += s1; out[6] += q0; out[7] += q1
 
 def timed(fn, reps):
-    gc.collect()
-    t0 = time.ticks_us()
-    for _ in range(reps):
-        fn()
-    return time.ticks_diff(time.ticks_us(), t0) * 1000.0 / (reps * SETS)
+    # best of 5: the machine is shared, the minimum is the kernel's own cost
+    best = None
+    for _ in range(5):
+        gc.collect()
+        t0 = time.ticks_us()
+        for _ in range(reps):
+            fn()
+        ns = time.ticks_diff(time.ticks_us(), t0) * 1000.0 / (reps * SETS)
+        best = ns if best is None or ns < best else best
+    return best
 
 # check the three agree before timing them
 ref = array.array("i", bytes(32)); viper_once_acc = acc
@@ -112,15 +117,18 @@ for _ in range(nb):
 m = Meter(board, None)
 for bb in blocks:
     m.feed(bb, 160)
-gc.collect()
-seconds = 0.0
-t0 = time.ticks_us()
-for r in range(25):
-    for bb in blocks:
-        m.feed(bb, 160)
-    seconds += nb * 160 / 4000
-cpu = time.ticks_diff(time.ticks_us(), t0) / 1e6
-res["realtime_factor"] = seconds / cpu
+best = 0.0
+for _ in range(3):
+    gc.collect()
+    seconds = 0.0
+    t0 = time.ticks_us()
+    for r in range(10):
+        for bb in blocks:
+            m.feed(bb, 160)
+        seconds += nb * 160 / 4000
+    cpu = time.ticks_diff(time.ticks_us(), t0) / 1e6
+    best = max(best, seconds / cpu)
+res["realtime_factor"] = best
 res["meter_cycles"] = m.cycles
 del blocks
 gc.collect()
@@ -155,13 +163,20 @@ int main(void) {
         buf[2 * k + 1] = 2048 + (int)(900 * sin(2 * M_PI * k / 80 - 0.5));
     }
     int32_t o[8] = {0};
-    long reps = 200000;
-    struct timespec a, b;
-    clock_gettime(CLOCK_MONOTONIC, &a);
-    for (long r = 0; r < reps; r++) { kernel(buf, H, H + SETS, 2048, 2048, 20, o); __asm__ volatile("" ::: "memory"); }
-    clock_gettime(CLOCK_MONOTONIC, &b);
+    long reps = 100000;
+    double ns = 1e9;
+    for (int t = 0; t < 5; t++) {  /* best of 5, as on the MicroPython side */
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        for (long r = 0; r < reps; r++) {
+            kernel(buf, H, H + SETS, 2048, 2048, 20, o);
+            __asm__ volatile("" ::: "memory");
+        }
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        double x = ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / (double)(reps * SETS);
+        if (x < ns) ns = x;
+    }
     for (int k = 0; k < 8; k++) sink[k] = o[k];
-    double ns = ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / (double)(reps * SETS);
     printf("%%.4f\n", ns);
     return 0;
 }

@@ -158,3 +158,38 @@ def test_find_rise_reads_its_channel_and_carries_the_armed_state():
     eq(st[0], 1, "armed after the low part")
     eq(kernels.find_rise(buf, 20, 80, nch, 1, 2048, 16, st), 30, "rise on channel 1")
     eq(kernels.find_rise(buf, 0, 80, nch, 0, 2048, 16, st), -1, "channel 0 never low")
+
+
+@needs("viper")
+def test_block_sums_equal_pair_sums_per_pair_and_chan_sums_for_lone_channels():
+    # 2 voltages, 2 currents on V1 and one on V2... here: V1, I1, I2 (on V1), V2 alone.
+    nch = 4
+    buf = _block(H + 160, nch, _wave)
+    mids = array.array("i", [2047, 2050, 2046, 2049])
+    lay = array.array("i", [2, 1, 0, 1, 0, 2, 3, 16])
+    out = array.array("i", bytes(4 * 18))
+    kernels.block_sums(buf, H + 5, H + 150, nch, 19, lay, mids, out)
+    ref = _ref_pair(buf, H + 5, H + 150, nch, 0, 1, 2047, 2050, 19)
+    ref += _ref_pair(buf, H + 5, H + 150, nch, 0, 2, 2047, 2046, 19)
+    ref += _ref_chan(buf, H + 5, H + 150, nch, 3, 2049)
+    eq(list(out), ref, "block sums")
+    out2 = array.array("i", bytes(4 * 18))
+    assert_no_alloc(_bind_block(buf, nch, lay, mids, out2))
+    eq(list(out2), list(out), "same under heap_lock")
+
+
+def _bind_block(buf, nch, lay, mids, out):
+    def call():
+        kernels.block_sums(buf, H + 5, H + 150, nch, 19, lay, mids, out)
+
+    return call
+
+
+@needs("viper")
+def test_track_mids_rounds_negative_and_positive_means_and_clamps():
+    acc = array.array("i", [-250, 0, 149, 0, 100000, 0])
+    sx = array.array("i", [0, 2, 4])
+    mids = array.array("i", [2048, 2048, 2048])
+    # means over n=100: -2.5 -> -2 (round half up), 1.49 -> 1, 1000 -> clamped at +256
+    assert_no_alloc(kernels.track_mids, acc, sx, mids, 3, 100, 2048 - 256, 2048 + 256)
+    eq(list(mids), [2046, 2049, 2304], "tracked mids")

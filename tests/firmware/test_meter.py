@@ -1,8 +1,9 @@
 # The meter on the sim front end: per-cycle quantities against the analytic values.
 import math
 
-from meternode.config import ConfigError
 from metrology_rig import board, rig, settle
+
+from meternode.config import ConfigError
 from mptest import approx, eq, needs, raises
 
 

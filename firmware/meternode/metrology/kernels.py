@@ -108,6 +108,103 @@ def pair_sums(buf, start: int, end: int, nch: int, a: int, b: int, mv: int, mi: 
 
 
 @micropython.viper
+def block_sums(buf, start: int, end: int, nch: int, d: int, lay, mids, out):
+    # All of a block segment in one call: for each pair listed in lay the same sums as
+    # pair_sums (8 words at 8 * pair), then chan_sums for the channels no pair covers.
+    # lay (array 'i'): [npairs, nlone, a0, b0, a1, b1, ..., c0, k0, c1, k1, ...];
+    # mids (array 'i'): the mid of each channel.
+    L = ptr32(lay)
+    M = ptr32(mids)
+    p = ptr16(buf)
+    o = ptr32(out)
+    npairs = L[0]
+    e = 0
+    while e < npairs:
+        a = L[2 + 2 * e]
+        mv = M[a]
+        mi = M[L[3 + 2 * e]]
+        k = 8 * e
+        sv = 0
+        qv = 0
+        si = 0
+        qi = 0
+        s0 = 0
+        s1 = 0
+        q0 = 0
+        q1 = 0
+        j = start * nch + a
+        ob = L[3 + 2 * e] - a
+        od = 0 - d * nch
+        stop = end * nch + a
+        ip = int(p[j + ob - nch]) - mi
+        vd1 = int(p[j + od - nch]) - mv
+        while j < stop:
+            v = int(p[j]) - mv
+            i = int(p[j + ob]) - mi
+            vd = int(p[j + od]) - mv
+            sv += v
+            qv += v * v
+            si += i
+            qi += i * i
+            s0 += v * i
+            s1 += v * ip
+            q0 += vd * i
+            q1 += vd1 * i
+            ip = i
+            vd1 = vd
+            j += nch
+        o[k] = o[k] + sv
+        o[k + 1] = o[k + 1] + qv
+        o[k + 2] = o[k + 2] + si
+        o[k + 3] = o[k + 3] + qi
+        o[k + 4] = o[k + 4] + s0
+        o[k + 5] = o[k + 5] + s1
+        o[k + 6] = o[k + 6] + q0
+        o[k + 7] = o[k + 7] + q1
+        e += 1
+    base = 2 + 2 * npairs
+    e = 0
+    while e < L[1]:
+        c = L[base + 2 * e]
+        k = L[base + 2 * e + 1]
+        mid = M[c]
+        s = 0
+        q = 0
+        j = start * nch + c
+        stop = end * nch + c
+        while j < stop:
+            x = int(p[j]) - mid
+            s += x
+            q += x * x
+            j += nch
+        o[k] = o[k] + s
+        o[k + 1] = o[k + 1] + q
+        e += 1
+
+
+@micropython.viper
+def track_mids(acc, sx, mids, nch: int, n: int, lo: int, hi: int):
+    # Each channel's mid moves to its DC level: mid += round(sum x / n), clamped to
+    # [lo, hi] (nominal +- MID_SWING, which the accumulator bound assumes).
+    a = ptr32(acc)
+    S = ptr32(sx)
+    M = ptr32(mids)
+    h = 1 << 31  # ptr32 loads are unsigned on 64-bit builds: (x ^ h) - h sign-extends
+    n2 = 2 * n
+    for c in range(nch):
+        t = 2 * ((a[S[c]] ^ h) - h) + n
+        q = t // n2
+        if q * n2 > t:  # floor, whatever the native division rounds to
+            q -= 1
+        m = M[c] + q
+        if m < lo:
+            m = lo
+        if m > hi:
+            m = hi
+        M[c] = m
+
+
+@micropython.viper
 def find_rise(buf, start: int, end: int, nch: int, a: int, mid: int, hyst: int, state) -> int:
     # Index of the first set in [start, end) where channel a crosses upward through mid
     # after having been below mid - hyst; -1 if none.  state[0] is the armed flag and

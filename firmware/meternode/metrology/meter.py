@@ -109,9 +109,16 @@ class Meter:
                 self._lone.append(c)
                 k += 2
         self._n_at = k
+        lay = [len(self.pairs), len(self._lone)]
+        for a, b in self.pairs:
+            lay += [a, b]
+        for c in self._lone:
+            lay += [c, self._sx[c]]
+        self._lay = array.array("i", lay)
+        self._sxa = array.array("i", self._sx)
         self._acc = array.array("i", bytes(4 * (self._n_at + 1)))
         self._state = array.array("i", [0])
-        self._mid = [self._mid0] * nch
+        self._mid = array.array("i", [self._mid0] * nch)
         self._d = self._delay(self.f_nom)
         self._means = [0.0] * nch
         self._wt = [0.0] * (5 * self.elements)  # per element: x, y (P), x, y (Q), f
@@ -195,20 +202,9 @@ class Meter:
                 i = lim
 
     def _accumulate(self, i, end):
-        if end <= i:
-            return
-        work = self._work
-        acc = self._acc
-        nch = self.nch
-        mid = self._mid
-        k = 0
-        d = self._d
-        for a, b in self.pairs:
-            kernels.pair_sums(work, i, end, nch, a, b, mid[a], mid[b], d, acc, k)
-            k += 8
-        for c in self._lone:
-            kernels.chan_sums(work, i, end, nch, c, mid[c], acc, self._sx[c])
-        acc[self._n_at] += end - i
+        if end > i:
+            kernels.block_sums(self._work, i, end, self.nch, self._d, self._lay, self._mid, self._acc)
+            self._acc[self._n_at] += end - i
 
     # -- per cycle --------------------------------------------------------------------------
     def _close(self, cross):
@@ -298,14 +294,9 @@ class Meter:
         return r
 
     def _track_mid(self, n):
-        if n == 0:
-            return
-        acc = self._acc
-        for c in range(self.nch):
-            m = self._mid[c] + int(round(acc[self._sx[c]] / n))
-            lo = self._mid0 - kernels.MID_SWING
-            hi = self._mid0 + kernels.MID_SWING
-            self._mid[c] = lo if m < lo else (hi if m > hi else m)
+        if n:
+            sw = kernels.MID_SWING
+            kernels.track_mids(self._acc, self._sxa, self._mid, self.nch, n, self._mid0 - sw, self._mid0 + sw)
 
     def flush(self):
         # End the creep window now (before a checkpoint, a test reading or shutdown).
