@@ -101,11 +101,18 @@ class Agent:
         return r
 
     def handle(self, leaf, payload):
-        # -> (result leaf, result dict) or None for an unknown leaf.
-        if leaf == "policy/bundle":
-            return "policy/result", self.handle_policy(payload)
-        if leaf == "ota":
-            return "ota/result", self.handle_ota(payload)
+        # -> (result leaf, result dict or None) or None for an unknown leaf.  An unexpected
+        # error (flash full, a bug) answers "failed" instead of killing the link task.
+        try:
+            if leaf == "policy/bundle":
+                return "policy/result", self.handle_policy(payload)
+            if leaf == "ota":
+                return "ota/result", self.handle_ota(payload)
+        except Exception as e:
+            self._ota = None
+            self.event("policy", ("error: %s" % e)[:40])
+            res = "policy/result" if leaf == "policy/bundle" else "ota/result"
+            return res, self._result(False, "failed", self.policy_version(), None, "error: %r" % e)
         return None
 
     # -- policy bundles --------------------------------------------------------------------------
@@ -191,9 +198,11 @@ class Agent:
     def boot_report(self):
         # After the boot-time select() and the health check: what to tell the host, or None.
         s = self.slots
-        if s.rolled_back:
-            return self._result(False, "rolled_back", s.version(), None, s.rolled_back)
         st = s.state()
+        camp = st.get("campaign")
+        running = st["versions"].get(st["active"], 0) if st["active"] else 0
+        if s.rolled_back:
+            return self._result(False, "rolled_back", running, camp, s.rolled_back)
         if st.get("last", "").endswith("confirmed"):
-            return self._result(True, "confirmed", st["versions"].get(st["active"], 0), None)
+            return self._result(True, "confirmed", running, camp)
         return None

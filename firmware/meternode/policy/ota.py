@@ -24,14 +24,12 @@ _SLOTS = ("a", "b")
 
 def _rmtree(path):
     try:
-        entries = list(os.ilistdir(path))
-    except AttributeError:
-        entries = [(n, 0x4000 if os.stat(path + "/" + n)[0] & 0x4000 else 0x8000) for n in os.listdir(path)]
+        names = os.listdir(path)
     except OSError:
         return
-    for e in entries:
-        p = path + "/" + e[0]
-        if e[1] == 0x4000:
+    for n in names:
+        p = path + "/" + n
+        if os.stat(p)[0] & 0x4000:
             _rmtree(p)
         else:
             os.remove(p)
@@ -181,6 +179,7 @@ class Slots:
         st["tries"] = 0
         st["versions"][slot] = man["version"]
         st["seen"] = max(st.get("seen", 0), man["version"])
+        st["campaign"] = man.get("campaign")
         st["last"] = "version %d staged in slot %s" % (man["version"], slot)
         self._save(st)
         return slot

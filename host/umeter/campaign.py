@@ -1,0 +1,382 @@
+"""Staged fleet campaigns: push one signed bundle (policy or firmware) to many nodes in
+stages — a canary percentage first, then batches — wait for each node's result, and halt
+when failures pass a threshold. State lives in SQLite, so a campaign resumes where it
+stopped (the laptop slept, the operator pressed Ctrl-C, or it halted and was forced on).
+
+    db = CampaignDB("fleet.db")
+    cid = db.create(CampaignSpec(kind="policy", nodes=ids, canary_pct=5, batch=500, halt_pct=2), envelope)
+    with MqttTransport("mqtt://127.0.0.1:1883") as t:
+        report = run(db, cid, t, progress=print)
+
+Topics per node (see docs/policy.md): the bundle goes to <prefix>/<node>/policy/bundle or
+<prefix>/<node>/ota (as {"op": "begin", "bundle": ...}); results come back on
+<prefix>/<node>/policy/result and <prefix>/<node>/ota/result. A node answers a bundle it
+already runs with "not newer" and its version, which counts as done: pushing twice is safe.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .errors import ConfigError, PolicyError, TransportError
+from .signing import read_envelope
+
+FINAL_OK = ("ok",)
+FINAL_BAD = ("failed", "timeout")
+
+
+def default_db() -> Path:
+    env = os.environ.get("UMETER_FLEET_DB")
+    return Path(env) if env else Path.home() / ".local" / "share" / "umeter" / "fleet.db"
+
+
+def parse_pct(s: str | float) -> float:
+    """'2%' / '2' / 2.0 -> 2.0 (percent)."""
+    v = str(s).strip().rstrip("%")
+    try:
+        f = float(v)
+    except ValueError:
+        raise ConfigError(f"bad percentage {s!r}", hint="e.g. 2% or 0.5") from None
+    if not 0 <= f <= 100:
+        raise ConfigError(f"percentage {s!r} is outside 0..100", hint="e.g. 2%")
+    return f
+
+
+@dataclass
+class CampaignSpec:
+    kind: str  # "policy" | "firmware"
+    nodes: list[str]
+    canary_pct: float = 5.0
+    batch: int = 100
+    halt_pct: float = 2.0  # halt when failures exceed this share of the nodes done so far
+    min_failures: int = 1  # ... and there are more than this many failures
+    stage_timeout_s: float = 60.0
+    prefix: str = "umeter"
+    id: str = field(default_factory=lambda: "c" + uuid.uuid4().hex[:10])
+
+    def check(self) -> None:
+        if self.kind not in ("policy", "firmware"):
+            raise ConfigError(f"campaign kind {self.kind!r}", hint="policy or firmware")
+        if not self.nodes:
+            raise ConfigError("the campaign targets no nodes", hint="give --node/--group/--all or check the inventory")
+        if len(set(self.nodes)) != len(self.nodes):
+            raise ConfigError("a node is listed twice in the campaign", hint="give each node once")
+        if self.batch < 1:
+            raise ConfigError(f"batch {self.batch} must be at least 1", hint="e.g. --batch 100")
+        parse_pct(self.canary_pct)
+        parse_pct(self.halt_pct)
+
+
+def plan_stages(n: int, canary_pct: float, batch: int) -> list[int]:
+    """Stage number per node index: stage 0 is the canary (at least one node), then batches."""
+    canary = min(n, max(1, math.ceil(n * canary_pct / 100.0))) if canary_pct > 0 else 0
+    return [0 if i < canary else 1 + (i - canary) // batch for i in range(n)]
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS campaign (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, created REAL NOT NULL, state TEXT NOT NULL,
+    spec TEXT NOT NULL, bundle BLOB NOT NULL, version INTEGER NOT NULL, report TEXT
+);
+CREATE TABLE IF NOT EXISTS campaign_node (
+    campaign TEXT NOT NULL, node TEXT NOT NULL, stage INTEGER NOT NULL, state TEXT NOT NULL,
+    status TEXT, why TEXT, version INTEGER, sent_at REAL, done_at REAL,
+    PRIMARY KEY (campaign, node)
+);
+CREATE INDEX IF NOT EXISTS campaign_node_stage ON campaign_node (campaign, stage, state);
+"""
+
+
+class CampaignDB:
+    """Campaign state in SQLite (the fleet inventory's database file by default)."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path else default_db()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, check_same_thread=False)
+        self.db.executescript(_SCHEMA)
+        self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def create(self, spec: CampaignSpec, bundle: bytes) -> str:
+        spec.check()
+        man, _, _ = read_envelope(bundle)
+        if man.get("kind") != spec.kind:
+            raise PolicyError(f"the bundle is a {man.get('kind')} bundle, not {spec.kind}", hint="sign the right kind")
+        stages = plan_stages(len(spec.nodes), spec.canary_pct, spec.batch)
+        with self.db:
+            try:
+                self.db.execute(
+                    "INSERT INTO campaign VALUES (?, ?, ?, 'running', ?, ?, ?, NULL)",
+                    (spec.id, spec.kind, time.time(), json.dumps(asdict(spec)), bundle, man["version"]),
+                )
+            except sqlite3.IntegrityError:
+                raise ConfigError(f"campaign {spec.id} already exists", hint="resume it or pick another id") from None
+            self.db.executemany(
+                "INSERT INTO campaign_node (campaign, node, stage, state) VALUES (?, ?, ?, 'pending')",
+                [(spec.id, n, s) for n, s in zip(spec.nodes, stages, strict=True)],
+            )
+        return spec.id
+
+    def get(self, cid: str) -> tuple[CampaignSpec, bytes, int, str]:
+        row = self.db.execute("SELECT spec, bundle, version, state FROM campaign WHERE id = ?", (cid,)).fetchone()
+        if row is None:
+            raise ConfigError(f"no campaign {cid!r} in {self.path}", hint="list them: umeter policy status")
+        return CampaignSpec(**json.loads(row[0])), row[1], row[2], row[3]
+
+    def list(self) -> list[dict]:
+        rows = self.db.execute("SELECT id, kind, created, state, version FROM campaign ORDER BY created").fetchall()
+        return [{"id": r[0], "kind": r[1], "created": r[2], "state": r[3], "version": r[4]} for r in rows]
+
+    def set_state(self, cid: str, state: str, report: dict | None = None) -> None:
+        with self.db:
+            self.db.execute(
+                "UPDATE campaign SET state = ?, report = COALESCE(?, report) WHERE id = ?",
+                (state, json.dumps(report) if report else None, cid),
+            )
+
+    def nodes(self, cid: str, stage: int | None = None, states: tuple[str, ...] | None = None) -> list[str]:
+        q = "SELECT node FROM campaign_node WHERE campaign = ?"
+        args: list = [cid]
+        if stage is not None:
+            q += " AND stage = ?"
+            args.append(stage)
+        if states:
+            q += f" AND state IN ({','.join('?' * len(states))})"
+            args += list(states)
+        return [r[0] for r in self.db.execute(q + " ORDER BY rowid", args)]
+
+    def stages(self, cid: str) -> list[int]:
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT DISTINCT stage FROM campaign_node WHERE campaign = ? ORDER BY stage", (cid,)
+            )
+        ]
+
+    def mark(self, cid: str, updates: list[tuple[str, str, str | None, str | None, int | None]]) -> None:
+        """updates: (node, state, status, why, version)."""
+        now = time.time()
+        with self.db:
+            self.db.executemany(
+                "UPDATE campaign_node SET state = ?, status = ?, why = ?, version = ?, done_at = ? "
+                "WHERE campaign = ? AND node = ?",
+                [(st, status, why, v, now, cid, n) for n, st, status, why, v in updates],
+            )
+
+    def mark_sent(self, cid: str, nodes: list[str]) -> None:
+        now = time.time()
+        with self.db:
+            self.db.executemany(
+                "UPDATE campaign_node SET state = 'sent', sent_at = ? WHERE campaign = ? AND node = ?",
+                [(now, cid, n) for n in nodes],
+            )
+
+    def counts(self, cid: str) -> Counter:
+        return Counter(
+            dict(self.db.execute("SELECT state, COUNT(*) FROM campaign_node WHERE campaign = ? GROUP BY state", (cid,)))
+        )
+
+    def results(self, cid: str) -> list[dict]:
+        rows = self.db.execute(
+            "SELECT node, stage, state, status, why, version FROM campaign_node WHERE campaign = ? ORDER BY rowid",
+            (cid,),
+        )
+        return [dict(zip(("node", "stage", "state", "status", "why", "version"), r, strict=True)) for r in rows]
+
+
+class MqttTransport:
+    """Publishes bundles and collects node results over MQTT (paho), one connection."""
+
+    def __init__(self, url: str, prefix: str = "umeter", client_id: str | None = None) -> None:
+        u = urlparse(url if "://" in url else f"mqtt://{url}")
+        if u.scheme not in ("mqtt", "tcp") or not u.hostname:
+            raise ConfigError(f"bad broker URL {url!r}", hint="e.g. mqtt://127.0.0.1:1883")
+        self.host, self.port = u.hostname, u.port or 1883
+        self.prefix = prefix
+        self.results: queue.Queue[tuple[str, str, dict]] = queue.Queue()
+        self._cid = client_id or "umeter-campaign-" + uuid.uuid4().hex[:8]
+        self._client = None
+        self._connected = threading.Event()
+
+    def __enter__(self) -> MqttTransport:
+        import paho.mqtt.client as mqtt
+
+        c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=self._cid)
+        c.max_inflight_messages_set(1000)
+        c.max_queued_messages_set(0)
+        c.on_connect = self._on_connect
+        c.on_message = self._on_message
+        try:
+            c.connect(self.host, self.port, keepalive=30)
+        except OSError as e:
+            raise TransportError(
+                f"cannot reach the broker at {self.host}:{self.port} ({e})", hint="is it running?"
+            ) from None
+        c.loop_start()
+        self._client = c
+        if not self._connected.wait(10):
+            self.__exit__()
+            raise TransportError(f"no CONNACK from {self.host}:{self.port} in 10 s", hint="check the broker")
+        return self
+
+    def _on_connect(self, client, userdata, flags, reason, properties=None) -> None:
+        client.subscribe([(f"{self.prefix}/+/policy/result", 1), (f"{self.prefix}/+/ota/result", 1)])
+        self._connected.set()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        parts = msg.topic.split("/")
+        try:
+            res = json.loads(msg.payload)
+        except ValueError:
+            return
+        if len(parts) >= 4 and isinstance(res, dict):
+            self.results.put((parts[-3], parts[-2], res))
+
+    def push(self, kind: str, node: str, bundle: bytes) -> None:
+        if kind == "policy":
+            topic, payload = f"{self.prefix}/{node}/policy/bundle", bundle
+        else:
+            topic = f"{self.prefix}/{node}/ota"
+            payload = json.dumps({"op": "begin", "bundle": bundle.decode()}).encode()
+        self._client.publish(topic, payload, qos=1)
+
+    def __exit__(self, *exc) -> None:
+        if self._client is not None:
+            self._client.disconnect()  # before loop_stop: wakes the network thread at once
+            self._client.loop_stop()
+            self._client = None
+
+
+def classify(kind: str, version: int, res: dict) -> tuple[str, str | None]:
+    """A node result -> (state, why): 'ok', 'failed', or 'wait' (firmware staged, not booted yet)."""
+    status = res.get("status")
+    why = res.get("why")
+    if status in ("applied", "confirmed"):
+        return ("ok", None) if res.get("version") == version or status == "applied" else ("wait", None)
+    if status in ("staged", "accepted"):
+        return "wait", None
+    if status == "rejected" and str(why).startswith("not newer") and (res.get("version") or 0) >= version:
+        return "ok", f"already at version {res.get('version')}"
+    return "failed", why or status or "no status"
+
+
+@dataclass
+class Report:
+    id: str
+    kind: str
+    state: str
+    version: int
+    nodes: int
+    ok: int
+    failed: int
+    timeout: int
+    pending: int
+    seconds: float
+    messages: int
+    reasons: dict[str, int]
+
+    def line(self) -> str:
+        rate = self.messages / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"Campaign {self.id} ({self.kind} v{self.version}) {self.state}: {self.ok}/{self.nodes} ok, "
+            f"{self.failed} failed, {self.timeout} timed out, {self.pending} not reached "
+            f"in {self.seconds:.1f} s ({rate:.0f} msg/s)."
+        )
+
+
+def _report(db: CampaignDB, cid: str, state: str, seconds: float, messages: int) -> Report:
+    spec, _, version, _ = db.get(cid)
+    c = db.counts(cid)
+    reasons = Counter(r["why"].split(":")[0] for r in db.results(cid) if r["state"] == "failed" and r["why"])
+    return Report(
+        cid, spec.kind, state, version, len(spec.nodes), c["ok"], c["failed"], c["timeout"],
+        c["pending"] + c["sent"], round(seconds, 3), messages, dict(reasons),
+    )  # fmt: skip
+
+
+def run(
+    db: CampaignDB,
+    cid: str,
+    transport,
+    *,
+    progress: Callable[[str], None] | None = None,
+    force: bool = False,
+    max_stages: int | None = None,
+) -> Report:
+    """Runs (or resumes) a campaign stage by stage; returns the report. Nodes already done
+    are skipped; nodes sent but never answered are sent again (idempotent on the node).
+    `force` resumes a halted campaign and stops halting it; `max_stages` stops (paused)
+    after that many stages, as an interrupted laptop would."""
+    spec, bundle, version, state = db.get(cid)
+    if state == "done":
+        return _report(db, cid, "done", 0.0, 0)
+    if state == "halted" and not force:
+        raise PolicyError(
+            f"campaign {cid} halted on failures", hint="look at the per-node results, then resume with --force"
+        )
+    db.set_state(cid, "running")
+    say = progress or (lambda s: None)
+    t0 = time.monotonic()
+    messages = 0
+    stages_run = 0
+    for stage in db.stages(cid):
+        todo = db.nodes(cid, stage, ("pending", "sent"))
+        if not todo:
+            continue
+        if max_stages is not None and stages_run >= max_stages:
+            db.set_state(cid, "paused")
+            return _report(db, cid, "paused", time.monotonic() - t0, messages)
+        stages_run += 1
+        name = "canary" if stage == 0 else f"batch {stage}"
+        for n in todo:
+            transport.push(spec.kind, n, bundle)
+        db.mark_sent(cid, todo)
+        messages += len(todo)
+        waiting = set(todo)
+        deadline = time.monotonic() + spec.stage_timeout_s
+        updates: list = []
+        while waiting and time.monotonic() < deadline:
+            try:
+                node, _leaf, res = transport.results.get(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                continue
+            messages += 1
+            if node not in waiting or res.get("campaign") not in (None, cid):
+                continue
+            st, why = classify(spec.kind, version, res)
+            if st == "wait":
+                continue
+            waiting.discard(node)
+            updates.append((node, st, res.get("status"), why, res.get("version")))
+            if len(updates) >= 500:
+                db.mark(cid, updates)
+                updates = []
+        db.mark(cid, updates)
+        db.mark(cid, [(n, "timeout", None, f"no result in {spec.stage_timeout_s:g} s", None) for n in waiting])
+        c = db.counts(cid)
+        done = c["ok"] + c["failed"] + c["timeout"]
+        bad = c["failed"] + c["timeout"]
+        say(f"{name}: {len(todo)} nodes, {len(todo) - len(waiting)} answered; total {c['ok']} ok, {bad} failed")
+        if not force and bad >= spec.min_failures and bad * 100.0 > spec.halt_pct * done:
+            rep = _report(db, cid, "halted", time.monotonic() - t0, messages)
+            db.set_state(cid, "halted", asdict(rep))
+            say(f"halted: {bad} of {done} failed (threshold {spec.halt_pct:g}%)")
+            return rep
+    rep = _report(db, cid, "done", time.monotonic() - t0, messages)
+    db.set_state(cid, "done", asdict(rep))
+    return rep

@@ -1,0 +1,110 @@
+"""Campaigns through a real Mosquitto to a simulated fleet running the firmware's own policy
+and OTA code: canary then batches, per-node results, halt on failures, resume from SQLite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from umeter.campaign import CampaignDB, CampaignSpec, MqttTransport, plan_stages, run
+from umeter.errors import PolicyError
+from umeter.fleetsim import FleetSim
+from umeter.policy import compile_source, policy_bundle
+from umeter.signing import fleet_identity, make_manifest, make_target, sign_bundle
+
+KEY = Ed25519PrivateKey.generate()
+FLEET = fleet_identity(KEY, "acme", ["north"])
+POLICY = compile_source(
+    {"name": "flat", "tariffs": ["std"], "seasons": [{"start": "01-01", "weekday": [["00:00", "std"]]}]}
+)
+
+
+def _firmware(version: int, campaign: str) -> bytes:
+    files = {"meternode/__init__.py": f'VERSION = "1.{version}"\n'.encode()}
+    man = make_manifest("firmware", "acme", version, files, make_target(all_nodes=True), key=KEY, campaign=campaign)
+    return sign_bundle(KEY, man, files)
+
+
+def test_plan_has_a_canary_then_batches() -> None:
+    assert plan_stages(10, 5, 4) == [0, 1, 1, 1, 1, 2, 2, 2, 2, 3]
+    assert plan_stages(3, 0, 2) == [1, 1, 2]
+
+
+def test_policy_campaign_reaches_every_node_in_stages(mosquitto, tmp_path: Path) -> None:
+    with FleetSim(200, mosquitto.url, FLEET, tmp_path / "fleet") as sim:
+        db = CampaignDB(tmp_path / "fleet.db")
+        spec = CampaignSpec("policy", sim.node_ids, canary_pct=5, batch=50, stage_timeout_s=30, id="p1")
+        db.create(spec, policy_bundle(KEY, "acme", 2, POLICY, make_target(groups=["north"]), campaign="p1"))
+        lines: list[str] = []
+        with MqttTransport(mosquitto.url) as t:
+            rep = run(db, "p1", t, progress=lines.append)
+        assert (rep.state, rep.ok, rep.failed, rep.timeout) == ("done", 200, 0, 0), rep
+        assert [ln.split(":")[0] for ln in lines] == ["canary", "batch 1", "batch 2", "batch 3", "batch 4"]
+        assert lines[0].startswith("canary: 10 nodes, 10 answered")
+        assert sim.policy_versions() == {2: 200}, "every node runs v2 from its own store"
+        assert all(sim.node(n).engine is not None for n in sim.node_ids[:5]), "engines built from the policy"
+        # the same bundle again: nodes answer "not newer" with version 2, which counts as done
+        spec2 = CampaignSpec("policy", sim.node_ids[:20], canary_pct=10, batch=10, id="p1b")
+        db.create(spec2, policy_bundle(KEY, "acme", 2, POLICY, make_target(groups=["north"]), campaign="p1b"))
+        with MqttTransport(mosquitto.url) as t:
+            rep2 = run(db, "p1b", t)
+        assert (rep2.ok, rep2.failed) == (20, 0)
+        assert {r["why"] for r in db.results("p1b")} == {"already at version 2"}
+
+
+def test_firmware_campaign_halts_on_failed_health_checks_then_resumes(mosquitto, tmp_path: Path) -> None:
+    ids = [f"sim-{i:05d}" for i in range(1, 101)]
+    faulty = set(ids[6:9])  # in the first batch after a 5-node canary
+    with FleetSim(100, mosquitto.url, FLEET, tmp_path / "fleet", faulty=faulty) as sim:
+        db = CampaignDB(tmp_path / "fleet.db")
+        spec = CampaignSpec("firmware", sim.node_ids, canary_pct=5, batch=20, halt_pct=2, stage_timeout_s=30, id="f1")
+        db.create(spec, _firmware(7, "f1"))
+        with MqttTransport(mosquitto.url) as t:
+            rep = run(db, "f1", t)
+        assert rep.state == "halted"
+        assert (rep.ok, rep.failed, rep.pending) == (22, 3, 75), rep
+        failed = {r["node"]: r for r in db.results("f1") if r["state"] == "failed"}
+        assert set(failed) == faulty
+        assert all(r["status"] == "rolled_back" and "rolled back" in r["why"] for r in failed.values())
+        assert all(sim.node(n).agent.slots.running is None for n in faulty), "faulty nodes back on the old build"
+        assert sim.node(ids[0]).agent.slots.state()["active"] == "a", "healthy nodes confirmed the new slot"
+        assert sim.received == 25, "later batches were never sent"
+        with pytest.raises(PolicyError, match="halted on failures"), MqttTransport(mosquitto.url) as t:
+            run(db, "f1", t)
+        with MqttTransport(mosquitto.url) as t:
+            rep = run(db, "f1", t, force=True)
+        assert (rep.state, rep.ok, rep.failed) == ("done", 97, 3)
+        assert rep.reasons == {"version 7 not confirmed after 1 boot(s)": 3}
+
+
+def test_campaign_resumes_from_sqlite_without_resending(mosquitto, tmp_path: Path) -> None:
+    with FleetSim(60, mosquitto.url, FLEET, tmp_path / "fleet", offline={"sim-00060"}) as sim:
+        db = CampaignDB(tmp_path / "fleet.db")
+        spec = CampaignSpec("policy", sim.node_ids, canary_pct=10, batch=25, halt_pct=5, stage_timeout_s=2, id="r1")
+        db.create(spec, policy_bundle(KEY, "acme", 3, POLICY, make_target(all_nodes=True), campaign="r1"))
+        with MqttTransport(mosquitto.url) as t:
+            rep = run(db, "r1", t, max_stages=1)  # the laptop goes to sleep after the canary
+        assert (rep.state, rep.ok) == ("paused", 6)
+        db.close()
+        db = CampaignDB(tmp_path / "fleet.db")  # a new process opens the same state
+        with MqttTransport(mosquitto.url) as t:
+            rep = run(db, "r1", t)
+        assert (rep.state, rep.ok, rep.timeout) == ("done", 59, 1), rep
+        assert sim.received == 59, "each live node got the bundle exactly once"
+        assert next(r for r in db.results("r1") if r["state"] == "timeout")["node"] == "sim-00060"
+
+
+def test_a_bundle_for_another_group_halts_after_the_canary(mosquitto, tmp_path: Path) -> None:
+    with FleetSim(40, mosquitto.url, FLEET, tmp_path / "fleet") as sim:
+        db = CampaignDB(tmp_path / "fleet.db")
+        db.create(
+            CampaignSpec("policy", sim.node_ids, canary_pct=5, batch=10, id="g1"),
+            policy_bundle(KEY, "acme", 2, POLICY, make_target(groups=["south"]), campaign="g1"),
+        )
+        with MqttTransport(mosquitto.url) as t:
+            rep = run(db, "g1", t)
+        assert (rep.state, rep.failed, rep.pending) == ("halted", 2, 38)
+        assert rep.reasons == {"not targeted": 2}
+        assert sim.policy_versions() == {0: 40}
