@@ -1,0 +1,67 @@
+# Airtime governor for LoRaWAN: time on air per spreading factor and bandwidth (Semtech
+# formula), the regional duty cycle (EU868: 1 % on the default channels' sub-band, so after
+# an uplink of T ms the band rests T * 99 ms), and a daily airtime budget (TTN fair use:
+# 30 s per 24 h).  The link asks `wait_ms()` before each uplink and waits (or merges live
+# telemetry) instead of breaking the rules.
+import math
+
+# region -> (duty cycle as 1/x, LoRaWAN MAC overhead bytes)
+REGIONS = {
+    "EU868": (100, 13),  # 1 % per sub-band (g1: 868.0-868.6 MHz, the three default channels)
+    "CN470": (1, 13),  # no duty cycle in the regional parameters; the daily budget still holds
+}
+# data rate -> (spreading factor, bandwidth kHz), same table for EU868 and CN470 DR0-DR5
+DATA_RATES = {0: (12, 125), 1: (11, 125), 2: (10, 125), 3: (9, 125), 4: (8, 125), 5: (7, 125)}
+MAX_PAYLOAD = {0: 51, 1: 51, 2: 51, 3: 115, 4: 222, 5: 222}
+
+
+def time_on_air_us(payload, sf, bw_khz=125, cr=1, preamble=8, overhead=13, crc=True, explicit=True):
+    # Microseconds on air for `payload` application bytes (+ `overhead` MAC bytes).
+    pl = payload + overhead
+    tsym = (1 << sf) * 1000.0 / bw_khz  # us
+    de = 1 if (sf >= 11 and bw_khz == 125) else 0
+    num = 8 * pl - 4 * sf + 28 + (16 if crc else 0) - (0 if explicit else 20)
+    n = 8 + max(math.ceil(num / (4.0 * (sf - 2 * de))) * (cr + 4), 0)
+    return int((preamble + 4.25) * tsym + n * tsym + 0.5)
+
+
+class Governor:
+    def __init__(self, region="EU868", dr=0, daily_budget_ms=30000):
+        if region not in REGIONS:
+            raise ValueError("lora.region = %r must be one of %s" % (region, ", ".join(sorted(REGIONS))))
+        if dr not in DATA_RATES:
+            raise ValueError("lora.dr = %r must be 0..5" % (dr,))
+        self.region = region
+        self.dr = dr
+        self.duty_x, self.overhead = REGIONS[region]
+        self.daily_budget_ms = daily_budget_ms
+        self.free_at = None  # ticks (ms) when the sub-band may transmit again
+        self.day = None
+        self.used_ms = 0  # airtime spent today
+        self.sent = 0
+
+    def toa_ms(self, payload):
+        sf, bw = DATA_RATES[self.dr]
+        return (time_on_air_us(payload, sf, bw, overhead=self.overhead) + 999) // 1000
+
+    def wait_ms(self, payload, now_ms, now_s):
+        # 0 when an uplink of `payload` bytes may go now; else how long to wait (ms);
+        # -1 when today's budget cannot take it (wait for the next UTC day).
+        if payload > MAX_PAYLOAD[self.dr]:
+            raise ValueError("payload of %d bytes is over DR%d's %d" % (payload, self.dr, MAX_PAYLOAD[self.dr]))
+        day = int(now_s) // 86400
+        if day != self.day:
+            self.day = day
+            self.used_ms = 0
+        if self.used_ms + self.toa_ms(payload) > self.daily_budget_ms:
+            return -1
+        if self.free_at is not None and self.free_at - now_ms > 0:
+            return self.free_at - now_ms
+        return 0
+
+    def sent_now(self, payload, now_ms):
+        t = self.toa_ms(payload)
+        self.used_ms += t
+        self.free_at = now_ms + t * self.duty_x  # T on air + T * (x - 1) off
+        self.sent += 1
+        return t

@@ -1,0 +1,93 @@
+# The LoRaWAN publisher: drains the record log from its own upload cursor as compact frames
+# (loracodec), confirmed uplinks, one at a time, paced by the airtime governor.  The cursor
+# advances only on the network's ACK.  Live telemetry is merged (only the newest waits) and
+# goes out unconfirmed when the governor and the backlog allow.
+import asyncio
+import time
+
+from meternode.link import loracodec
+from meternode.link.lorawan import ModemError
+
+try:
+    from asyncio import sleep_ms as _sleep_ms
+except ImportError:  # CPython
+
+    def _sleep_ms(ms):
+        return asyncio.sleep(ms / 1000)
+
+
+try:
+    _ticks = time.ticks_ms
+except AttributeError:  # CPython
+
+    def _ticks():
+        return int(time.monotonic() * 1000)
+
+
+class LoRaLink:
+    def __init__(self, modem, log, cursor, governor, clock, port=2, confirmed=True, retry_ms=1000):
+        self.modem = modem
+        self.log = log
+        self.cursor = cursor
+        self.gov = governor
+        self.clock = clock
+        self.port = port
+        self.confirmed = confirmed
+        self.retry_ms = retry_ms
+        self._reader = log.reader()
+        self._telemetry = None  # newest live frame waiting (older ones are merged away)
+        self.sent = 0
+        self.nacks = 0
+        self.merged = 0
+        self.failures = 0
+        self.skipped = 0
+        self.last_error = None
+
+    def telemetry(self, frame):
+        if self._telemetry is not None:
+            self.merged += 1
+        self._telemetry = frame
+
+    async def _airtime(self, n):
+        while True:
+            w = self.gov.wait_ms(n, _ticks(), self.clock.time())
+            if w == 0:
+                return
+            await _sleep_ms(60000 if w < 0 else min(w, 60000))
+
+    async def run(self):
+        r = self._reader
+        while True:
+            try:
+                if not self.modem.joined:
+                    await self.modem.join()
+                r.seek(self.cursor.acked + 1)
+                kind = r.next()
+                if kind:
+                    try:
+                        frame = loracodec.encode_record(kind, r.seq, r.ts, r.payload[: r.n])
+                    except loracodec.CodecError:
+                        self.skipped += 1  # no LoRa layout (e.g. gateway readings): MQTT only
+                        self.cursor.advance(r.seq)
+                        continue
+                    await self._airtime(len(frame))
+                    self.gov.sent_now(len(frame), _ticks())
+                    if await self.modem.send(self.port, frame, self.confirmed):
+                        self.cursor.advance(r.seq)
+                        self.cursor.flush()
+                        self.sent += 1
+                    else:
+                        self.nacks += 1
+                        await _sleep_ms(self.retry_ms)
+                elif self._telemetry is not None:
+                    frame, self._telemetry = self._telemetry, None
+                    await self._airtime(len(frame))
+                    self.gov.sent_now(len(frame), _ticks())
+                    await self.modem.send(self.port, frame, False)
+                    self.sent += 1
+                else:
+                    await _sleep_ms(100)
+            except ModemError as e:
+                self.failures += 1
+                self.last_error = e
+                await _sleep_ms(self.retry_ms)
