@@ -1,0 +1,144 @@
+# Pulse meters (water, gas, S0 electricity): debounce, registers, flow rate, leak and tamper.
+#
+# A pulse backend (hal: IRQ ring on RP2040/ESP32, machine.Counter on ESP32, sim) hands over
+# raw edges as (ticks_ms, level) pairs through edge(), or hardware-counted pulses through
+# add_count().  Debounce is by level stability: a new level counts only once it has held
+# for debounce_ms with no further edge, so contact bounce on press AND on release is
+# rejected (a minimum-period rule alone lets release bounce through).  The counted edge is
+# "falling" (contact closes to ground with a pull-up, the usual S0/reed wiring) or
+# "rising".
+#
+# Registers: `count` (pulses, exact) and `value` = count * 1000 // per_unit in milli-units:
+# litres for per_unit pulses per m3 (water, gas), Wh for per_unit impulses per kWh (S0).
+# Flow: milli-units per hour from the time between the last two pulses; it falls to zero
+# when no pulse came for max(flow_timeout_s, twice the last interval).  Leak: flow has not
+# been zero for leak_s.  Tamper: a second input whose active level raises a flag and
+# counts events.
+from meternode.config import ConfigError, need
+
+EDGES = ("falling", "rising")
+
+
+class PulseMeter:
+    def __init__(self, spec, where="pulses"):
+        self.name = need(spec, "name", str, where)
+        self.per_unit = need(spec, "per_unit", int, where, lo=1, hi=1000000)
+        self.unit = spec.get("unit", "l")
+        edge = need(spec, "edge", str, where, default="falling")
+        if edge not in EDGES:
+            raise ConfigError("%s.edge must be falling or rising, not %r" % (where, edge))
+        self.active = 0 if edge == "falling" else 1
+        self.debounce = need(spec, "debounce_ms", int, where, default=20, lo=0, hi=10000)
+        self.flow_timeout = int(need(spec, "flow_timeout_s", float, where, default=300.0, lo=1.0) * 1000)
+        self.leak_ms = int(need(spec, "leak_s", float, where, default=86400.0, lo=60.0) * 1000)
+        self.count = 0
+        self.rejected = 0  # edges rejected as bounce
+        self.stable = 1 - self.active  # idle level
+        self._cand = -1  # candidate level waiting to prove itself
+        self._cand_t = 0
+        self.last_t = None  # ticks_ms of the last counted pulse
+        self.interval = 0  # ms between the last two pulses
+        self._flow_since = None  # ticks_ms since when flow has been non-zero
+        self.tampered = False
+        self.tamper_events = 0
+
+    @property
+    def value(self):
+        return self.count * 1000 // self.per_unit
+
+    def restore(self, count):
+        self.count = int(count)
+
+    def state(self):
+        return {"count": self.count, "tamper_events": self.tamper_events}
+
+    # -- input ------------------------------------------------------------------------------
+    def edge(self, t, level):
+        # One raw edge at ticks_ms t; the pin's level after it.
+        if self._cand >= 0:
+            if t - self._cand_t >= self.debounce:
+                self._commit()
+            else:
+                self.rejected += 1
+        if level != self.stable:
+            self._cand = level
+            self._cand_t = t
+        else:
+            self._cand = -1  # bounced back before it held
+
+    def poll(self, now):
+        # Call regularly (and before reading): settles a level that has held long enough.
+        if self._cand >= 0 and now - self._cand_t >= self.debounce:
+            self._commit()
+
+    def _commit(self):
+        lvl = self._cand
+        t = self._cand_t
+        self._cand = -1
+        self.stable = lvl
+        if lvl == self.active:
+            self._pulse(t)
+
+    def add_count(self, n, t):
+        # Hardware-counted pulses (ESP32 PCNT via machine.Counter): n more at ticks_ms t.
+        if n > 0:
+            last = self.last_t
+            self.count += n
+            if last is not None:
+                self.interval = (t - last) // n
+            if self._flow_since is None:
+                self._flow_since = t
+            self.last_t = t
+
+    def _pulse(self, t):
+        if self.last_t is not None:
+            gap = t - self.last_t
+            if gap > max(self.flow_timeout, 2 * self.interval):
+                self._flow_since = None  # flow had fallen to zero in between
+            self.interval = gap
+        if self._flow_since is None:
+            self._flow_since = t
+        self.last_t = t
+        self.count += 1
+
+    def tamper(self, active, t):
+        if active and not self.tampered:
+            self.tamper_events += 1
+        self.tampered = bool(active)
+
+    # -- derived ----------------------------------------------------------------------------
+    def flow(self, now):
+        # milli-units per hour (litres per hour for pulses per m3); 0 after the timeout.
+        if self.last_t is None or self.interval <= 0:
+            return 0
+        quiet = now - self.last_t
+        if quiet > max(self.flow_timeout, 2 * self.interval):
+            self._flow_since = None
+            return 0
+        # the running interval bounds the rate from above while no pulse comes
+        iv = max(self.interval, quiet)
+        return 3600000 * 1000 // (self.per_unit * iv)
+
+    def leak(self, now):
+        return self.flow(now) > 0 and self._flow_since is not None and now - self._flow_since >= self.leak_ms
+
+    def reading(self, now):
+        self.poll(now)
+        return {
+            "name": self.name,
+            "count": self.count,
+            "value": self.value,
+            "unit": self.unit,
+            "flow_per_h": self.flow(now),
+            "leak": self.leak(now),
+            "tamper": self.tampered,
+            "rejected": self.rejected,
+        }
+
+
+def from_board(board):
+    # One PulseMeter per board "pulses" entry.
+    out = []
+    for k, spec in enumerate(board.get("pulses", [])):
+        out.append(PulseMeter(spec, "board.pulses[%d]" % k))
+    return out
