@@ -135,6 +135,14 @@ class Node:
         tasks = [asyncio.create_task(self.sampling()), asyncio.create_task(self.reporting())]
         if self.config.get("mqtt"):
             tasks.append(asyncio.create_task(self.link()))
+        if self.config.get("fleet") or self.config.get("policy"):
+            try:  # only nodes with policies load the policy package; a bad one never stops metering
+                from meternode.policy.service import PolicyService
+
+                self.policy = PolicyService(self)
+                tasks.append(asyncio.create_task(self.policy.run()))
+            except Exception as e:
+                log("policy service not started: %s" % e)
         while True:
             await asyncio.sleep_ms(1000)
             for t in tasks:

@@ -58,6 +58,7 @@ async def test_new_build_is_staged_tried_and_confirmed():
     eq((s2.select(), s2.trial), (slot_dir, False), "confirmed slot on the next boot")
     b = _agent(root)
     eq(b.boot_report()["status"], "confirmed", "boot report")
+    eq(b.boot_report(), None, "reported once")
     r = b.handle_ota(_begin(F.FIRMWARE_V5))
     eq((r["ok"], r["why"].split(":")[0]), (False, "not newer"), "same version again")
 
@@ -75,9 +76,9 @@ async def test_failed_health_check_rolls_back_on_the_next_boot():
     if "rolled back" not in s.rolled_back:
         raise AssertionError(s.rolled_back)
     a = _agent(root)
-    a.slots.rolled_back = s.rolled_back
     rep = a.boot_report()
-    eq((rep["ok"], rep["status"]), (False, "rolled_back"), "boot report")
+    eq((rep["ok"], rep["status"], rep["campaign"]), (False, "rolled_back", "fw1"), "boot report")
+    eq(_agent(root).boot_report(), None, "reported once, not at every boot")
     r = a.handle_ota(_begin(F.FIRMWARE_V5))
     eq(r["why"].split(":")[0], "not newer", "a failed version cannot be pushed again")
 

@@ -196,13 +196,20 @@ class Agent:
         return self._result(True, "staged", man["version"], camp)
 
     def boot_report(self):
-        # After the boot-time select() and the health check: what to tell the host, or None.
+        # What the last switch did (confirmed / rolled back), once per switch, or None.
         s = self.slots
         st = s.state()
-        camp = st.get("campaign")
+        last = st.get("last", "")
+        if not last or last == st.get("reported"):
+            return None
         running = st["versions"].get(st["active"], 0) if st["active"] else 0
-        if s.rolled_back:
-            return self._result(False, "rolled_back", running, camp, s.rolled_back)
-        if st.get("last", "").endswith("confirmed"):
-            return self._result(True, "confirmed", running, camp)
-        return None
+        camp = st.get("campaign")
+        if "rolled back" in last or "crash loop" in last:
+            res = self._result(False, "rolled_back", running, camp, last)
+        elif last.endswith("confirmed"):
+            res = self._result(True, "confirmed", running, camp)
+        else:
+            return None
+        st["reported"] = last
+        s._save(st)
+        return res

@@ -108,6 +108,14 @@ class Slots:
         self.running = st["pending"] if self.trial else st["active"]
         return self.slot_dir(self.running) if self.running else None
 
+    def resume(self):
+        # What select() decided at this boot, read back from the pointer (for code loaded
+        # after the boot-time select(), which may be a fresh copy of this module).
+        st = self.state()
+        self.trial = bool(st["pending"]) and st["tries"] > 0
+        self.running = st["pending"] if self.trial else st["active"]
+        return self.running
+
     def healthy(self):
         # The health check passed: confirm a trial build, reset the crash-loop counter.
         st = self.state()
@@ -286,6 +294,14 @@ class PartitionUpdate:
         if hexlify(h.digest()).decode() != sha256_hex:
             raise Rejected("bad file: image read back does not match its hash")
         self.part.set_boot()
+
+    def resume(self):
+        # What select() decided at this boot, read back from the pointer (for code loaded
+        # after the boot-time select(), which may be a fresh copy of this module).
+        st = self.state()
+        self.trial = bool(st["pending"]) and st["tries"] > 0
+        self.running = st["pending"] if self.trial else st["active"]
+        return self.running
 
     def healthy(self):
         # After the health check on the first boot of the new image.

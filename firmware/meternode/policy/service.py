@@ -1,0 +1,247 @@
+# The node's policy service: runs the engine every second from the meter's latest readings
+# (offline too), receives signed policy and firmware bundles and LoRa-sized frames from the
+# link, publishes results and policy events, and confirms a trial firmware build once the
+# node is healthy.  node.py starts it with one task: `PolicyService(node).run()`.
+#
+# config keys (all optional):
+#   fleet:  {"name", "groups", "keys"}   bundle identity (agent.check_identity); no bundles without it
+#   policy: <compact policy>             a policy to run until a signed one arrives
+#   policy_dir: "."                      where policy/ and fw/ live (the board's root)
+#   ota: {"health_deadline_s": 120, "max_tries": 1}
+#   cmd_key: "<hex>"                     the node's HMAC key (also for LoRa-sized policy frames)
+# MQTT topics (under <prefix>/<node>/): policy/bundle, ota, policy/small in; policy/result,
+# ota/result, policy/event (engine events), policy/state (tariff registers, relay) out.
+import asyncio
+import json
+import sys
+import time
+
+from meternode.policy.engine import EVENT_NAMES, Engine, EventRing
+
+_STATE_EVERY = 10  # ticks between policy/state messages
+
+
+class SoftRelay:
+    # A relay for boards without one (the virtual board): keeps the state, logs changes.
+    def __init__(self):
+        self.on = True
+
+    def set(self, on):
+        self.on = on
+
+
+def _crc_seed(s):
+    h = 5381
+    for ch in s:
+        h = ((h * 33) ^ ord(ch)) & 0x7FFFFFFF
+    return h or 1
+
+
+def _reset():
+    try:
+        import machine
+
+        machine.reset()
+    except ImportError:
+        sys.exit(3)  # unix port: whoever runs the virtual board starts it again
+
+
+class PolicyService:
+    def __init__(self, node, log=None):
+        self.node = node
+        cfg = node.config
+        self.log = log or _log
+        self.clock = node.hal.clock
+        self.relay = getattr(node.hal, "relay", None) or SoftRelay()
+        self.ring = EventRing(32)
+        self._mark = 0
+        self.engine = None
+        self.agent = None
+        self.small = None
+        self._out = []  # (leaf, payload) waiting for the link
+        self._hooked = None
+        self._need_sub = False
+        root = cfg.get("policy_dir", ".")
+        if cfg.get("fleet"):
+            from meternode.policy.agent import Agent
+
+            self.agent = Agent(node.id, cfg["fleet"], root, self.clock, self._event, self.load, _reset)
+            o = cfg.get("ota", {})
+            self.agent.slots.max_tries = o.get("max_tries", 1)
+            self.agent.slots.resume()
+        if cfg.get("cmd_key"):
+            from binascii import unhexlify
+
+            from meternode.policy.small import SmallCommands
+
+            self.small = SmallCommands(node.id, unhexlify(cfg["cmd_key"]), root + "/policy.lora.ctr")
+        pol = self.agent.policy() if self.agent else None
+        if pol is None and cfg.get("policy"):
+            pol = cfg["policy"]
+        if pol is not None:
+            self.load(pol)
+
+    def load(self, compact):
+        # A new policy (validated by Engine through check_compact) replaces the running one.
+        m = self.node.meter
+        self.engine = Engine(compact, m.set_tariff, self.relay, self.ring.push, _crc_seed(self.node.id))
+        self.log("policy %s in force" % compact["n"])
+
+    def _event(self, kind, text):
+        self.log("%s: %s" % (kind, text))
+        u = getattr(self.node, "_uplink", None)
+        if u:
+            from meternode.store import records
+
+            u.event(records.EV_POLICY, 0, ("%s %s" % (kind, text))[: records.EVENT_TEXT])
+
+    # -- link ----------------------------------------------------------------------------------
+    def _client(self):
+        # The uplink's MQTT client when it is up, with our topics routed to us (the uplink
+        # itself routes `cmd` and `resend`); a new client after a reconnect is hooked again.
+        u = getattr(self.node, "_uplink", None)
+        link = u.link if u else None
+        c = link.client if link else None
+        if c is None or not link.up:
+            return None
+        if c is not self._hooked:
+            base = link._on_message
+
+            def route(t, payload, retained):
+                if not self._incoming(t, payload):
+                    base(t, payload, retained)
+
+            c.on_message = route
+            self._hooked = c
+            self._need_sub = True
+        return c
+
+    def _incoming(self, t, payload):
+        pre = "%s/%s/" % (self.node.config["mqtt"].get("prefix", "umeter"), self.node.id)
+        if not t.startswith(pre):
+            return False
+        leaf = t[len(pre) :]
+        if leaf == "policy/small" and self.small is not None and self.engine is not None:
+            self._out.append(("policy/result", json.dumps(self.small.apply(payload, self.engine, int(self.clock.time())))))
+            return True
+        if self.agent is None or leaf not in ("policy/bundle", "ota"):
+            return False
+        r = self.agent.handle(leaf, payload)
+        if r and r[1] is not None:
+            self._out.append((r[0], json.dumps(r[1])))
+            if r[1].get("status") == "staged":
+                self._out.append(("reboot", ""))
+        return True
+
+    async def _subscribe(self, c):
+        for leaf in ("policy/bundle", "ota", "policy/small"):
+            await c.subscribe("%s/%s/%s" % (self.node.config["mqtt"].get("prefix", "umeter"), self.node.id, leaf), 1)
+
+    async def _flush(self, c):
+        pre = "%s/%s/" % (self.node.config["mqtt"].get("prefix", "umeter"), self.node.id)
+        while self._out and c is not None and c.connected:
+            leaf, payload = self._out[0]
+            if leaf == "reboot":
+                self.log("rebooting into the staged firmware")
+                await asyncio.sleep_ms(200)
+                _reset()
+            await c.publish(pre + leaf, payload, qos=1)
+            self._out.pop(0)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def health(self):
+        # None when healthy: supervisor up (we run in it), metrology producing cycles, link up.
+        n = self.node
+        if n.meter.cycles < 50:
+            return "metrology: %d cycles" % n.meter.cycles
+        if n.config.get("mqtt") and not n.link_up:
+            return "link not connected"
+        return None
+
+    def tick(self):
+        e = self.engine
+        if e is None:
+            return
+        m = self.node.meter
+        p = 0.0
+        i = 0.0
+        for k in range(len(m.p)):
+            p += m.p[k]
+            if m.irms[k] > i:
+                i = m.irms[k]
+        v = m.vrms[m._a0] if hasattr(m, "_a0") else m.vrms[0]
+        e.tick(int(self.clock.time()), v, i, m.freq, p, m.registers.total_import())
+
+    def _drain(self):
+        evs = self.ring.since(self._mark)
+        self._mark = self.ring.head
+        out = []
+        for code, rule, value, t in evs:
+            name = EVENT_NAMES.get(code, "?")
+            self.log("policy event %s rule=%d value=%d" % (name, rule, value))
+            out.append({"event": name, "rule": rule, "value": value, "t": t})
+        return out
+
+    def state(self):
+        e = self.engine
+        r = self.node.meter.registers
+        n = len(e.policy["t"]) if e else 0
+        return {
+            "policy": e.policy["n"] if e else None,
+            "version": self.agent.policy_version() if self.agent else 0,
+            "tariff": e.tariff if e else -1,
+            "relay": self.relay.on if hasattr(self.relay, "on") else None,
+            "price": e.price if e else None,
+            "tariff_wh": [r.tariff_registers(t)[0] / 1000.0 for t in range(n)],
+            "t": int(self.clock.time()),
+        }
+
+    async def run(self):
+        slots = self.agent.slots if self.agent else None
+        deadline = self.node.config.get("ota", {}).get("health_deadline_s", 120) * 1000
+        started = time.ticks_ms()
+        confirmed = slots is None
+        reported = False
+        n = 0
+        while True:
+            await asyncio.sleep_ms(1000)
+            try:
+                self.tick()
+            except Exception as ex:  # a policy must never stop the node
+                self.log("policy tick failed: %s" % ex)
+            if not confirmed:
+                why = self.health()
+                if why is None:
+                    self.log("health check passed: %s" % slots.healthy())
+                    confirmed = True
+                elif slots.trial and time.ticks_diff(time.ticks_ms(), started) > deadline:
+                    self.log("health check failed (%s): resetting to roll back" % why)
+                    _reset()
+            c = self._client()
+            if c is not None and self._need_sub:
+                self._need_sub = False
+                try:
+                    await self._subscribe(c)
+                except Exception as ex:
+                    self._need_sub = True
+                    self.log("policy topics not subscribed: %s" % ex)
+            if c is not None and confirmed and not reported and self.agent:
+                rep = self.agent.boot_report()
+                if rep:
+                    self._out.append(("ota/result", json.dumps(rep)))
+                reported = True
+            evs = self._drain()
+            for ev in evs:
+                self._out.append(("policy/event", json.dumps(ev)))
+            n += 1
+            if n % _STATE_EVERY == 0 or evs:
+                self._out.append(("policy/state", json.dumps(self.state())))
+            if len(self._out) > 64:
+                del self._out[: len(self._out) - 64]  # offline: keep the newest
+            try:
+                await self._flush(c)
+            except Exception as ex:
+                self.log("policy results not sent: %s" % ex)
+
+def _log(msg):
+    print("[%d] %s" % (time.ticks_ms() if hasattr(time, "ticks_ms") else 0, msg))
