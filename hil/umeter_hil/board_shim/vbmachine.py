@@ -1,0 +1,171 @@
+# `machine` stand-in for a virtual board: the unix port's own machine module plus what a board
+# has and the unix port lacks (unique_id, reset, bootloader, Pin, ADC, WDT, freq, reset_cause).
+#
+# Pins talk to the host through two files in the board's state directory (outside its flash):
+#   pins.out  one byte per pin number (b"0"/b"1", b"-" = never driven): written by Pin.value(v)
+#   pins.in   JSON written by the host (umeter_hil.rig.VirtualRig):
+#             {"<pin>": {"t0": epoch_ms, "period": ms, "width": ms, "count": n, "idle": 0|1},
+#              "adc": {"<pin>": u16}}
+#             an input pin reads the pulse train's level at the current wall-clock time.
+import json
+import time
+
+import machine as _real
+import vbstate
+
+for _n in dir(_real):
+    if not _n.startswith("__"):
+        globals()[_n] = getattr(_real, _n)
+
+PWRON_RESET = 1
+HARD_RESET = 2
+WDT_RESET = 3
+DEEPSLEEP_RESET = 4
+SOFT_RESET = 5
+_CAUSE = {"power": PWRON_RESET, "hard": HARD_RESET, "soft": SOFT_RESET, "bootloader": HARD_RESET}
+_NPINS = 64
+
+_out = vbstate.open_state("pins.out", "r+b", 0)
+_out.seek(0, 2)
+if _out.tell() < _NPINS:
+    _out.write(b"-" * (_NPINS - _out.tell()))
+    _out.flush()
+_in = vbstate.open_state("pins.in", "rb", 0)
+
+
+def _inputs():
+    _in.seek(0)
+    raw = _in.read()
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return {}  # the host is mid-write; read again next time
+
+
+def unique_id():
+    return vbstate.UID
+
+
+def reset():
+    vbstate.hard_reset()
+
+
+def soft_reset():
+    vbstate.soft_reset()
+
+
+def bootloader(*args):
+    vbstate.bootloader()
+
+
+def reset_cause():
+    return _CAUSE.get(vbstate.RESET, PWRON_RESET)
+
+
+_freq = 240000000
+
+
+def freq(hz=None):
+    global _freq
+    if hz is None:
+        return _freq
+    _freq = hz
+
+
+def lightsleep(ms=0):
+    time.sleep_ms(ms)
+
+
+def deepsleep(ms=0):
+    vbstate.hard_reset()
+
+
+class WDT:
+    def __init__(self, id=0, timeout=5000):
+        self.timeout = timeout
+
+    def feed(self):
+        pass
+
+
+class Pin:
+    IN = 1
+    OUT = 3
+    OPEN_DRAIN = 7
+    PULL_UP = 1
+    PULL_DOWN = 2
+    IRQ_RISING = 1
+    IRQ_FALLING = 2
+
+    def __init__(self, id, mode=-1, pull=-1, value=None):
+        if not isinstance(id, int) or not 0 <= id < _NPINS:
+            raise ValueError("invalid pin")
+        self.id = id
+        self._mode = self.IN
+        self._pull = pull
+        self._v = 0
+        self.init(mode, pull, value)
+
+    def init(self, mode=-1, pull=-1, value=None):
+        if mode != -1:
+            self._mode = mode
+        if pull != -1:
+            self._pull = pull
+        if value is not None:
+            self.value(value)
+
+    def _level(self):
+        s = _inputs().get(str(self.id))
+        if not s:
+            return 1 if self._pull == self.PULL_UP else 0
+        idle = s.get("idle", 0)
+        dt = time.time_ns() // 1000000 - s["t0"]
+        if dt < 0:
+            return idle
+        k = dt // s["period"]
+        if k >= s["count"]:
+            return idle
+        return (1 - idle) if dt % s["period"] < s["width"] else idle
+
+    def value(self, v=None):
+        if v is None:
+            return self._v if self._mode == self.OUT else self._level()
+        self._v = 1 if v else 0
+        _out.seek(self.id)
+        _out.write(b"1" if self._v else b"0")
+        _out.flush()
+
+    __call__ = value
+
+    def on(self):
+        self.value(1)
+
+    def off(self):
+        self.value(0)
+
+    def irq(self, handler=None, trigger=3, hard=False):
+        # Edge interrupts are not emulated: firmware on a virtual board polls value().
+        self._irq = handler
+        return None
+
+
+class ADC:
+    ATTN_0DB = 0
+    ATTN_11DB = 3
+
+    def __init__(self, pin, atten=None):
+        self.id = pin.id if isinstance(pin, Pin) else int(pin)
+
+    def read_u16(self):
+        return int(_inputs().get("adc", {}).get(str(self.id), 0))
+
+    def read(self):
+        return self.read_u16() >> 4
+
+    def read_uv(self):
+        return self.read_u16() * 3300000 // 65535
+
+    def atten(self, a):
+        pass

@@ -1,0 +1,53 @@
+# Boot script of a virtual board (runs on the MicroPython unix port, started by the relay in
+# umeter_hil/vboard.py as `micropython -X heapsize=N -i vboot.py`).
+#
+# Does what a board's firmware does between reset and the REPL:
+#   1. installs the stand-ins for what the unix port lacks (machine, network, esp32),
+#   2. mounts the board's own flash directory at / (so /boot.py, /lib, /main.py are the board's),
+#   3. runs /boot.py, then /main.py only when the REPL will be the friendly one (as esp32 main.c),
+#   4. prints the end-of-boot marker the relay waits for (after boot.py, before main.py), and
+#      returns to the REPL (-i).
+# The relay passes everything in the environment: UMETER_VB_ROOT, UMETER_VB_STATE,
+# UMETER_VB_MODE (friendly|raw), UMETER_VB_RESET (power|hard|soft), UMETER_VB_UID (hex).
+import os
+import sys
+
+import vbstate
+import vfs
+
+vbstate.init()
+
+import esp32  # noqa: E402  (stand-ins load from the host directory, before the remount)
+import network  # noqa: E402
+import vbmachine  # noqa: E402
+
+sys.modules["machine"] = vbmachine
+esp32.boot(vbstate.RESET)
+vfs.mount(vfs.VfsPosix(vbstate.ROOT), "/")
+os.chdir("/")
+sys.path[:] = ["", ".frozen", "/lib"]
+
+
+def _run(name):
+    try:
+        os.stat(name)  # noqa: F821  (deleted from the REPL namespace at the end)
+    except OSError:
+        return True
+    g = {"__name__": "__main__", "__file__": name}
+    try:
+        with open(name) as f:
+            src = f.read()
+        exec(compile(src, name, "exec"), g)
+    except SystemExit:
+        # sys.exit() in boot.py/main.py soft-resets a board.
+        return False
+    except BaseException as e:  # a board prints the traceback and carries on to the REPL
+        sys.print_exception(e)
+    return True
+
+
+_ok = _run("boot.py")
+sys.stdout.write(vbstate.MARKER)  # the relay's "booted": from here on main.py and the REPL
+if not _ok or (vbstate.MODE == "friendly" and not _run("main.py")):
+    vbstate.soft_reset()
+del _ok, _run, os, vfs, esp32, network, vbmachine, vbstate

@@ -1,0 +1,271 @@
+"""The virtual board against STOCK mpremote (subprocess and library): it must behave as a board
+on a USB serial port for exec, fs cp (with hash skip), fs ls, soft-reset, mip install from a
+local directory, mount, run, interrupting running code, socket://, and power cuts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mpremote.transport_serial import SerialTransport
+
+from umeter.errors import ConfigError
+from umeter_hil.vboard import VirtualBoard, start_many
+
+MPREMOTE = str(Path(sys.executable).parent / "mpremote")
+
+
+def mp(vb_or_url, *args: str, timeout: float = 20) -> str:
+    url = vb_or_url if isinstance(vb_or_url, str) else vb_or_url.port
+    r = subprocess.run([MPREMOTE, "connect", url, *args], capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"mpremote {args} failed: {r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
+def wait_for(cond, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def vb(tmp_path):
+    with VirtualBoard(tmp_path / "vb", "sim") as b:
+        b.wait_booted()
+        yield b
+
+
+def test_exec_reports_the_board_identity_and_a_board_like_sys_path(vb):
+    out = mp(vb, "exec", "import machine, sys; print(machine.unique_id().hex(), sys.path)")
+    assert out.split()[0] == vb.uid.hex()
+    assert "['', '.frozen', '/lib']" in out
+
+
+def test_flash_is_the_board_directory_not_the_host(vb):
+    out = mp(vb, "exec", "import os; open('/x.txt', 'w').write('hi'); print(sorted(os.listdir('/')))")
+    assert out.strip() == "['x.txt']"
+    assert (vb.flash / "x.txt").read_text() == "hi"
+
+
+def test_fs_cp_writes_the_file_and_skips_it_by_hash_the_second_time(vb, tmp_path):
+    src = tmp_path / "data.bin"
+    src.write_bytes(bytes(range(256)) * 40)
+    first = mp(vb, "fs", "cp", str(src), ":data.bin")
+    assert "Up to date" not in first
+    assert (vb.flash / "data.bin").read_bytes() == src.read_bytes()
+    second = mp(vb, "fs", "cp", str(src), ":data.bin")
+    assert "Up to date: data.bin" in second
+    assert hashlib.sha256(src.read_bytes()).hexdigest() in mp(vb, "fs", "sha256sum", ":data.bin")
+
+
+def test_fs_ls_lists_the_files(vb):
+    (vb.flash / "a.py").write_text("A = 1\n")
+    (vb.flash / "lib").mkdir()
+    out = mp(vb, "fs", "ls", ":")
+    assert "a.py" in out and "lib/" in out
+
+
+def test_soft_reset_prints_soft_reboot_and_clears_state(vb):
+    mp(vb, "exec", "import sys; sys.modules['mark'] = 1")
+    before = vb.resets
+    mp(vb, "resume", "soft-reset")
+    assert vb.resets == before + 1
+    assert mp(vb, "resume", "exec", "import sys; print('mark' in sys.modules)").strip() == "False"
+
+
+def test_library_soft_reset_matches_the_board_sequence_and_keeps_raw_mode(vb):
+    t = SerialTransport(vb.port, baudrate=115200)
+    try:
+        t.enter_raw_repl(soft_reset=True)  # raises unless `soft reboot` and the raw banner arrive
+        assert t.eval("1 + 2") == 3
+        # Ctrl-D on an empty raw line: the board soft-resets and stays in the raw REPL.
+        t.serial.write(b"\x04")
+        data = t.read_until(1, b"raw REPL; CTRL-B to exit\r\n", timeout=5)
+        assert b"MPY: soft reboot\r\n" in data
+        assert t.eval("'%d' % (6 * 7)") == "42"
+        t.exit_raw_repl()
+    finally:
+        t.close()
+
+
+def test_boot_py_runs_at_every_reset_and_main_py_only_in_friendly_mode(vb):
+    (vb.flash / "boot.py").write_text("open('/log.txt', 'a').write('b')\n")
+    (vb.flash / "main.py").write_text("open('/log.txt', 'a').write('m')\n")
+    # mpremote soft-resets into the raw REPL: boot.py runs, main.py does not (as on esp32)
+    mp(vb, "exec", "pass")
+    assert (vb.flash / "log.txt").read_text() == "b"
+    vb.power_cut()
+    vb.power_on()
+    vb.wait_booted()
+    wait_for(lambda: (vb.flash / "log.txt").read_text() == "bbm")
+
+
+def test_ctrl_c_interrupts_a_running_main_py(vb):
+    (vb.flash / "main.py").write_text("import time\nwhile True:\n    time.sleep_ms(5)\n")
+    vb.power_cut()
+    vb.power_on()
+    vb.wait_booted()
+    # resume: no soft reset, so only Ctrl-C (turned into SIGINT) can get the REPL back
+    assert mp(vb, "resume", "exec", "print(6 * 7)").strip() == "42"
+
+
+def test_exec_no_follow_loop_is_interrupted_by_the_next_command(vb):
+    mp(vb, "exec", "--no-follow", "while True: pass")
+    t0 = time.monotonic()
+    assert mp(vb, "resume", "exec", "print('back')").strip() == "back"
+    assert time.monotonic() - t0 < 10
+
+
+def test_mip_install_from_a_local_package_json(vb, tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "mylib").mkdir(parents=True)
+    (pkg / "mylib" / "__init__.py").write_text("VALUE = 1234\n")
+    (pkg / "package.json").write_text(
+        json.dumps({"urls": [["mylib/__init__.py", "mylib/__init__.py"]], "version": "0.1"})
+    )
+    mp(vb, "mip", "install", str(pkg / "package.json"))
+    assert (vb.flash / "lib" / "mylib" / "__init__.py").read_text() == "VALUE = 1234\n"
+    assert mp(vb, "exec", "import mylib; print(mylib.VALUE)").strip() == "1234"
+
+
+def test_mip_install_from_a_local_index_directory(vb, tmp_path):
+    index = tmp_path / "index"
+    src = b"GREETING = 'hi'\n"
+    h = hashlib.sha256(src).hexdigest()[:8]
+    (index / "file" / h[:2]).mkdir(parents=True)
+    (index / "file" / h[:2] / h).write_bytes(src)
+    mpy = int(mp(vb, "exec", "import sys; print(sys.implementation._mpy & 0xFF)"))
+    pdir = index / "package" / str(mpy) / "greet"
+    pdir.mkdir(parents=True)
+    (pdir / "latest.json").write_text(json.dumps({"hashes": [["greet.py", h]], "version": "1.0"}))
+    mp(vb, "mip", "install", "--index", str(index), "greet")
+    assert (vb.flash / "lib" / "greet.py").read_bytes() == src
+
+
+def test_mount_serves_binary_host_files_to_the_board(vb, tmp_path):
+    d = tmp_path / "share"
+    d.mkdir()
+    blob = bytes(range(256)) * 4
+    (d / "blob.bin").write_bytes(blob)
+    (d / "hostmod.py").write_text("X = 'from host'\n")
+    out = mp(
+        vb,
+        "mount",
+        str(d),
+        "exec",
+        "import hostmod, hashlib, binascii; print(hostmod.X); "
+        "print(binascii.hexlify(hashlib.sha256(open('blob.bin','rb').read()).digest()).decode())",
+    )
+    assert "from host" in out
+    assert hashlib.sha256(blob).hexdigest() in out
+
+
+def test_run_executes_a_local_script(vb, tmp_path):
+    s = tmp_path / "script.py"
+    s.write_text("import machine\nprint('ran on', machine.unique_id().hex())\n")
+    assert mp(vb, "run", str(s)).strip() == f"ran on {vb.uid.hex()}"
+
+
+def test_socket_url_reaches_the_same_board(tmp_path):
+    with VirtualBoard(tmp_path / "vbt", "sim", tcp=True) as vb:
+        vb.wait_booted()
+        assert vb.url.startswith("socket://127.0.0.1:")
+        mp(vb.url, "exec", "open('via_tcp.txt', 'w').write('ok')")
+        assert (vb.flash / "via_tcp.txt").read_text() == "ok"
+
+
+def test_heap_comes_from_the_board_definition(vb):
+    # sim.json says 128k: a 200 KiB allocation cannot succeed
+    out = mp(
+        vb, "exec", "try:\n  b = bytearray(200 * 1024)\n  print('big')\nexcept MemoryError:\n  print('MemoryError')"
+    )
+    assert out.strip() == "MemoryError"
+
+
+def test_machine_reset_restarts_the_board_and_runs_main_py(vb):
+    (vb.flash / "main.py").write_text("open('/count.txt', 'a').write('x')\n")
+    out = mp(vb, "exec", "import machine; print(machine.reset_cause() == machine.SOFT_RESET)")
+    assert out.strip() == "True"
+    before = vb.resets
+    subprocess.run([MPREMOTE, "connect", vb.port, "exec", "--no-follow", "import machine; machine.reset()"], timeout=20)
+    wait_for(lambda: (vb.flash / "count.txt").exists())
+    assert vb.resets > before
+    assert (vb.flash / "count.txt").read_text() == "x"
+
+
+def test_power_cut_mid_write_leaves_the_board_silent_until_power_on(vb, tmp_path):
+    src = tmp_path / "big.bin"
+    src.write_bytes(b"A" * 20000)
+    vb.cut_power_after(3000)
+    # like a UART bridge whose board lost power, the port stays but nothing answers: mpremote hangs
+    p = subprocess.Popen([MPREMOTE, "connect", vb.port, "fs", "cp", str(src), ":big.bin"], stdout=subprocess.DEVNULL)
+    wait_for(lambda: not vb.powered)
+    p.kill()
+    p.wait()
+    assert (vb.flash / "big.bin").stat().st_size < 20000  # plain mpremote cp leaves a truncated file
+    vb.power_on()
+    vb.wait_booted()
+    assert mp(vb, "exec", "print('alive')").strip() == "alive"
+
+
+def test_dropped_bytes_to_the_board_break_the_exchange_but_the_board_recovers(vb):
+    vb.faults.drop_to_board = 3  # the first `\r\x03\r` vanish
+    t = SerialTransport(vb.port, baudrate=115200)
+    try:
+        t.enter_raw_repl(soft_reset=False)
+        assert t.eval("2 + 2") == 4
+    finally:
+        t.close()
+
+
+def test_esp32_partition_rolls_back_an_unconfirmed_ota_slot(vb):
+    code = (
+        "import esp32\n"
+        "p = esp32.Partition(esp32.Partition.RUNNING).get_next_update()\n"
+        "p.writeblocks(0, b'IMG' + bytes(4093))\n"
+        "p.set_boot()\n"
+        "print(p.info()[4])\n"
+    )
+    assert mp(vb, "exec", code).strip() == "ota_1"
+    vb.power_cut()
+    vb.power_on()  # trial boot of the new slot
+    vb.wait_booted()
+    assert vb.ota_state()["running"] == 1 and vb.ota_state()["state"][1] == "pending"
+    vb.power_cut()
+    vb.power_on()  # not confirmed with mark_app_valid_cancel_rollback(): rolled back
+    vb.wait_booted()
+    assert vb.ota_state()["running"] == 0 and vb.ota_state()["state"][1] == "aborted"
+
+
+def test_network_wlan_stand_in_connects_and_reports_the_mac(vb):
+    out = mp(
+        vb,
+        "exec",
+        "import network, machine\nw = network.WLAN(network.STA_IF)\nw.active(True)\nw.connect('x', 'y')\n"
+        "print(w.isconnected(), w.config('mac') == machine.unique_id())",
+    )
+    assert out.split() == ["True", "True"]
+
+
+def test_start_many_gives_each_board_its_own_pty_flash_and_id(tmp_path):
+    vbs = start_many(tmp_path, "sim", 3)
+    try:
+        assert len({v.port for v in vbs}) == 3
+        assert len({v.uid for v in vbs}) == 3
+        assert len({v.flash for v in vbs}) == 3
+    finally:
+        for v in vbs:
+            v.stop()
+
+
+def test_unknown_board_and_bad_count_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown board 'nope'"):
+        VirtualBoard(tmp_path / "x", "nope")
+    with pytest.raises(ConfigError, match="--count"):
+        start_many(tmp_path, "sim", 0)
