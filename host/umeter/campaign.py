@@ -16,6 +16,7 @@ already runs with "not newer" and its version, which counts as done: pushing twi
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -249,17 +250,39 @@ class MqttTransport:
 
     def push(self, kind: str, node: str, bundle: bytes) -> None:
         if kind == "policy":
-            topic, payload = f"{self.prefix}/{node}/policy/bundle", bundle
-        else:
-            topic = f"{self.prefix}/{node}/ota"
-            payload = json.dumps({"op": "begin", "bundle": bundle.decode()}).encode()
-        self._client.publish(topic, payload, qos=1)
+            self._client.publish(f"{self.prefix}/{node}/policy/bundle", bundle, qos=1)
+            return
+        topic = f"{self.prefix}/{node}/ota"
+        for payload in ota_messages(bundle):
+            self._client.publish(topic, payload, qos=1)  # one topic, QoS 1: delivered in order
 
     def __exit__(self, *exc) -> None:
         if self._client is not None:
             self._client.disconnect()  # before loop_stop: wakes the network thread at once
             self._client.loop_stop()
             self._client = None
+
+
+INLINE_MAX = 12 * 1024  # a node's MQTT client accepts packets up to 16 KiB
+CHUNK = 6 * 1024  # raw bytes per streamed chunk (8 KiB in base64)
+
+
+def ota_messages(bundle: bytes, inline_max: int = INLINE_MAX, chunk: int = CHUNK) -> list[bytes]:
+    """The messages that carry a firmware bundle to a node's `ota` topic: one `begin` with the
+    files inline when small, else `begin` (manifest only), `file` chunks and `end`."""
+    if len(bundle) <= inline_max:
+        return [json.dumps({"op": "begin", "bundle": bundle.decode()}).encode()]
+    env = json.loads(bundle)
+    files = env.get("f", {})
+    head = json.dumps({"m": env["m"], "s": env["s"], "f": {}}, separators=(",", ":"))
+    out = [json.dumps({"op": "begin", "bundle": head}).encode()]
+    for name, b64 in files.items():
+        data = base64.b64decode(b64)
+        for off in range(0, max(1, len(data)), chunk):
+            part = base64.b64encode(data[off : off + chunk]).decode()
+            out.append(json.dumps({"op": "file", "name": name, "off": off, "data": part}).encode())
+    out.append(b'{"op": "end"}')
+    return out
 
 
 def classify(kind: str, version: int, res: dict) -> tuple[str, str | None]:

@@ -108,3 +108,21 @@ def test_a_bundle_for_another_group_halts_after_the_canary(mosquitto, tmp_path: 
         assert (rep.state, rep.failed, rep.pending) == ("halted", 2, 38)
         assert rep.reasons == {"not targeted": 2}
         assert sim.policy_versions() == {0: 40}
+
+
+def test_a_large_firmware_bundle_is_streamed_in_chunks(mosquitto, tmp_path: Path) -> None:
+    from umeter.campaign import ota_messages
+
+    files = {f"meternode/m{k}.py": (f"# module {k}\n" + "x = 1\n" * 3000).encode() for k in range(3)}
+    man = make_manifest("firmware", "acme", 9, files, make_target(all_nodes=True), key=KEY, campaign="big")
+    env = sign_bundle(KEY, man, files)
+    msgs = ota_messages(env)
+    assert len(msgs) == 1 + 3 * 3 + 1 and all(len(m) < 16 * 1024 for m in msgs)
+    with FleetSim(3, mosquitto.url, FLEET, tmp_path / "fleet") as sim:
+        db = CampaignDB(tmp_path / "fleet.db")
+        db.create(CampaignSpec("firmware", sim.node_ids, canary_pct=34, batch=2, id="big"), env)
+        with MqttTransport(mosquitto.url) as t:
+            rep = run(db, "big", t)
+        assert (rep.state, rep.ok) == ("done", 3)
+        d = Path(sim.node("sim-00002").agent.slots.slot_dir("a"))
+        assert (d / "meternode/m1.py").read_bytes() == files["meternode/m1.py"]

@@ -122,7 +122,9 @@ class PolicyService:
             return False
         leaf = t[len(pre) :]
         if leaf == "policy/small" and self.small is not None and self.engine is not None:
-            self._out.append(("policy/result", json.dumps(self.small.apply(payload, self.engine, int(self.clock.time())))))
+            self._out.append(
+                ("policy/result", json.dumps(self.small.apply(payload, self.engine, int(self.clock.time()))))
+            )
             return True
         if self.agent is None or leaf not in ("policy/bundle", "ota"):
             return False
@@ -242,6 +244,7 @@ class PolicyService:
                 await self._flush(c)
             except Exception as ex:
                 self.log("policy results not sent: %s" % ex)
+
 
 def _log(msg):
     print("[%d] %s" % (time.ticks_ms() if hasattr(time, "ticks_ms") else 0, msg))
