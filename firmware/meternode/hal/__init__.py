@@ -4,6 +4,11 @@
 #   .sampler  nch, rate, block_sets, bits, overruns, start(), stop(),
 #             async next_block() -> array('H') of nch * block_sets interleaved samples
 #             (set k = [ch0, ch1, ...]); valid until the following call.
+# Backends: sim (sim.py, the unix port), rp2 (rp2040.py: ADC round robin + DMA ping-pong),
+# esp32 (esp32.py: timer-paced ADC1), mcp3208 (mcp3208.py: external SPI ADC on either MCU).
+# Pulse inputs: pulsein.py (IRQ ring, machine.Counter), sim_pulses.py (sim trains).
+
+_BACKENDS = ("sim", "rp2", "esp32", "mcp3208")
 
 
 def make(board, config):
@@ -12,4 +17,16 @@ def make(board, config):
         from meternode.hal import sim
 
         return sim.SimHal(board, config.get("sim", {}))
-    raise ValueError("board.hal %r has no backend in this build" % kind)
+    if kind == "rp2":
+        from meternode.hal import rp2040
+
+        return rp2040.RP2Hal(board, config)
+    if kind == "esp32":
+        from meternode.hal import esp32
+
+        return esp32.ESP32Hal(board, config)
+    if kind == "mcp3208":
+        from meternode.hal import mcp3208
+
+        return mcp3208.MCP3208Hal(board, config)
+    raise ValueError("board.hal %r has no backend in this build (have: %s)" % (kind, ", ".join(_BACKENDS)))

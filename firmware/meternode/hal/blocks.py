@@ -1,0 +1,43 @@
+# Ping-pong sample blocks shared by the board samplers (rp2, esp32, mcp3208).
+#
+# Two array('H') blocks of nch * block_sets samples.  The producer (DMA IRQ or timer
+# callback) fills one while the consumer processes the other; done(k) marks block k full
+# and wakes next_block().  When a block completes before the consumer took the previous
+# one, the older one is dropped and counted in `overruns` (telemetry reports it): every
+# block the meter sees is complete, and a gap is always counted, never silent.
+import array
+
+_MASK = 0x3FFFFFFF
+
+
+class Blocks:
+    def __init__(self, nch, block_sets):
+        import asyncio
+
+        n = nch * block_sets
+        self.bufs = (array.array("H", bytes(2 * n)), array.array("H", bytes(2 * n)))
+        self.n = n
+        self.flag = asyncio.ThreadSafeFlag()
+        self._st = array.array("i", [0, 0])  # [blocks completed, blocks taken]
+        self.overruns = 0
+
+    def done(self):
+        # Producer side (IRQ-safe: no allocation): one more block is complete.
+        self._st[0] = (self._st[0] + 1) & _MASK
+        self.flag.set()
+
+    def filling(self):
+        # Index of the block the producer writes now.
+        return self._st[0] & 1
+
+    async def next_block(self):
+        while True:
+            done = self._st[0]
+            taken = self._st[1]
+            lag = (done - taken) & _MASK
+            if lag >= 1:
+                if lag > 1:
+                    self.overruns += lag - 1  # the consumer fell behind: count the gap
+                self._st[1] = done
+                return self.bufs[(done - 1) & 1]
+            await self.flag.wait()
