@@ -1,0 +1,99 @@
+"""Policies end to end on virtual nodes (the real firmware on the unix port, sim front end,
+real Mosquitto): the tariff registers split energy by the calendar, a frequency dip sheds the
+relay and restores it after the randomised delay, and signed bundles arrive over MQTT."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from policy_vnode import Listener, VNode
+
+from umeter.policy import compile_source, policy_bundle
+from umeter.signing import fleet_identity, make_target
+
+NOON = 1795435200  # 2026-11-23 12:00 UTC, a Monday
+START = NOON - 8  # the sim clock starts 8 s before the tariff switch
+KEY = Ed25519PrivateKey.generate()
+
+
+def _policy(name: str = "noon-switch") -> dict:
+    day = [["00:00", "morning"], ["12:00", "afternoon"]]
+    return compile_source(
+        {
+            "name": name,
+            "tariffs": ["morning", "afternoon"],
+            "seasons": [{"start": "01-01", "weekday": day}],
+            "dr": [{"trigger": "freq_below", "level": 49.8, "for_s": 2, "shed_s": 1, "restore_random_s": 3}],
+        }
+    )
+
+
+def _config(node: str, broker, **extra) -> dict:
+    c = {
+        "node_id": node,
+        "telemetry_s": 1.0,
+        "mqtt": {"host": broker.host, "port": broker.port, "keepalive": 30, "discovery": False},
+        "sim": {
+            "realtime": True,
+            "epoch": START,
+            "voltage": {"rms": 230.0},
+            "currents": [{"rms": 10.0, "angle": 0.0}],
+            "events": [{"at": 12.0, "freq": 49.6}, {"at": 16.0, "freq": 50.0}],
+        },
+        "fleet": fleet_identity(KEY, "acme", ["north"]),
+    }
+    c.update(extra)
+    return c
+
+
+def test_tariffs_and_frequency_dip_on_a_virtual_node_then_signed_bundles(mosquitto, tmp_path: Path) -> None:
+    lis = Listener(mosquitto.host, mosquitto.port, "vn1")
+    try:
+        with VNode(tmp_path / "vn1", _config("vn1", mosquitto, policy=_policy())) as vn:
+            events = []
+
+            def restored(leaf, m):
+                if leaf == "policy/event":
+                    events.append(m)
+                return leaf == "policy/event" and m["event"] == "restore"
+
+            lis.wait(restored, 60, "relay restored after the frequency dip", vn)
+            by = {}
+            for e in events:
+                by.setdefault(e["event"], []).append(e)
+            assert [e["value"] for e in by["tariff"]] == [0, 1], "morning, then afternoon at 12:00"
+            assert by["tariff"][1]["t"] == NOON, "switched on the first tick of 12:00"
+            dip_at = by["dr"][0]["t"]
+            # the sim's dip starts at sim t = 12 s (START + 12); 2 s below 49.8 Hz sheds
+            assert START + 13 <= dip_at <= START + 16, dip_at - START
+            assert by["shed"][0]["t"] == dip_at
+            end = by["dr_end"][0]
+            assert 0 <= end["value"] <= 3, "random delay within restore_random_s"
+            assert end["t"] >= dip_at + 1, "shed at least shed_s"
+            assert by["restore"][0]["t"] - end["t"] in (end["value"], end["value"] + 1), "restored after the delay"
+            # the tariff registers split the energy at 12:00 (2.3 kW resistive load)
+            st, _ = lis.wait(lambda leaf, m: leaf == "policy/state" and m["t"] >= NOON + 12, 30, "state", vn)
+            morning, afternoon = st["tariff_wh"]
+            per_s = 2300.0 / 3600.0
+            assert 4 * per_s < morning <= 8.5 * per_s, morning
+            assert abs(afternoon - (st["t"] - NOON) * per_s) < 2.5 * per_s, (afternoon, st["t"] - NOON)
+            # a signed policy bundle over MQTT: applied; tampered: rejected; replayed: not newer
+            env = policy_bundle(KEY, "acme", 1, _policy("pushed"), make_target(groups=["north"]), campaign="e2e")
+            lis.publish("policy/bundle", env)
+            r, _ = lis.wait(lambda leaf, m: leaf == "policy/result", 20, "policy result", vn)
+            assert (r["ok"], r["status"], r["version"], r["campaign"]) == (True, "applied", 1, "e2e"), r
+            st, _ = lis.wait(lambda leaf, m: leaf == "policy/state" and m["policy"] == "pushed", 20, "new policy", vn)
+            assert st["version"] == 1
+            bad = json.loads(env)
+            bad["m"] = bad["m"].replace('"version":1', '"version":2')
+            lis.publish("policy/bundle", json.dumps(bad).encode())
+            r, _ = lis.wait(lambda leaf, m: leaf == "policy/result", 20, "tampered result", vn)
+            assert (r["ok"], r["why"].split(":")[0]) == (False, "bad signature")
+            lis.publish("policy/bundle", env)
+            r, _ = lis.wait(lambda leaf, m: leaf == "policy/result", 20, "replay result", vn)
+            assert (r["ok"], r["why"].split(":")[0], r["version"]) == (False, "not newer", 1)
+            assert "Traceback" not in vn.log()
+    finally:
+        lis.close()
