@@ -8,6 +8,9 @@
         px.refuse()   # new connections are accepted and closed at once
         px.resume()   # back to forwarding
 
+`latency_ms` delays every chunk in each direction (a round trip costs twice that), to
+emulate a broker across a real network.
+
 Counters (`connections`, `cuts`, `bytes_up`, `bytes_down`, `dropped`) let tests check that
 a fault really happened.
 """
@@ -15,10 +18,12 @@ a fault really happened.
 from __future__ import annotations
 
 import contextlib
+import queue
 import select
 import socket
 import struct
 import threading
+import time
 
 PASS, STALL, DROP, REFUSE = "pass", "stall", "drop", "refuse"
 
@@ -26,8 +31,9 @@ PASS, STALL, DROP, REFUSE = "pass", "stall", "drop", "refuse"
 class FaultProxy:
     """Forwards 127.0.0.1:<port> to target_host:target_port, with faults on demand."""
 
-    def __init__(self, target_host: str, target_port: int, port: int = 0) -> None:
+    def __init__(self, target_host: str, target_port: int, port: int = 0, latency_ms: float = 0.0) -> None:
         self.target = (target_host, target_port)
+        self.latency = latency_ms / 1000.0
         self._ls = socket.socket()
         self._ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._ls.bind(("127.0.0.1", port))
@@ -112,13 +118,36 @@ class FaultProxy:
             except OSError:
                 cs.close()
                 continue
+            for s in (cs, up):  # a network emulator must not add Nagle delays of its own
+                with contextlib.suppress(OSError):
+                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.connections += 1
             with self._lock:
                 self._pairs.append((cs, up))
             threading.Thread(target=self._pump, args=(cs, up), name="netfault-pump", daemon=True).start()
 
+    def _delayed(self, dst: socket.socket, q: queue.Queue) -> None:
+        # Sends each chunk `latency` after it arrived, in order.
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            due, data = item
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+
     def _pump(self, a: socket.socket, b: socket.socket) -> None:
         peer = {a: b, b: a}
+        queues: dict[socket.socket, queue.Queue] = {}
+        if self.latency > 0:
+            for dst in (a, b):
+                queues[dst] = queue.Queue()
+                threading.Thread(target=self._delayed, args=(dst, queues[dst]), daemon=True).start()
         try:
             while not self._stop.is_set():
                 if self.mode == STALL:
@@ -135,13 +164,18 @@ class FaultProxy:
                     if self.mode == DROP:
                         self.dropped += len(data)
                         continue
-                    peer[s].sendall(data)
+                    if queues:
+                        queues[peer[s]].put((time.monotonic() + self.latency, data))
+                    else:
+                        peer[s].sendall(data)
                     if s is a:
                         self.bytes_up += len(data)
                     else:
                         self.bytes_down += len(data)
         except (OSError, ValueError):
             pass
+        for q in queues.values():
+            q.put(None)
         with self._lock:
             if (a, b) in self._pairs:
                 self._pairs.remove((a, b))

@@ -141,6 +141,7 @@ class MQTTClient:
             await self._close()
             why = CONNACK_TEXT[rc] if rc < len(CONNACK_TEXT) else "code %d" % rc
             raise MQTTError("broker refused the connection: " + why)
+        _nodelay(self._w)
         self.session_present = bool(body[0] & 1)
         self.connected = True
         self.error = None
@@ -331,6 +332,16 @@ class MQTTClient:
                 await _wait_for_ms(w.wait_closed(), 1000)
             except Exception:
                 pass
+
+
+def _nodelay(w):
+    # TCP_NODELAY (6, 1 on Linux and lwIP): without it Nagle holds each small PUBLISH until
+    # the previous one is acknowledged, and a window of QoS 1 messages in flight is wasted.
+    s = getattr(w, "s", None) or getattr(w, "get_extra_info", lambda k: None)("socket")
+    try:
+        s.setsockopt(6, 1, 1)
+    except Exception:
+        pass
 
 
 try:

@@ -27,11 +27,15 @@ except ImportError:  # CPython
 
 try:
     _now = time.ticks_ms
+    _now_us = time.ticks_us
     _diff = time.ticks_diff
 except AttributeError:  # CPython
 
     def _now():
         return int(time.monotonic() * 1000)
+
+    def _now_us():
+        return int(time.monotonic() * 1000000)
 
     def _diff(a, b):
         return a - b
@@ -61,7 +65,7 @@ class Outbox:
         self._pid = 0
         self._kick = asyncio.Event()
         self._tokens = float(window)
-        self._t_tok = _now()
+        self._t_tok = _now_us()  # microseconds: at high rates a millisecond holds many tokens
         self._topics = {}
         for k in records.KIND_NAMES:
             self._topics[k] = "%s/%s/%s" % (prefix, node_id, records.topic_leaf(k))
@@ -116,8 +120,8 @@ class Outbox:
         self._kick.set()
 
     def _take_token(self):
-        now = _now()
-        self._tokens += _diff(now, self._t_tok) * self.rate / 1000.0
+        now = _now_us()
+        self._tokens += _diff(now, self._t_tok) * self.rate / 1000000.0
         self._t_tok = now
         if self._tokens > self.window:
             self._tokens = float(self.window)
@@ -155,6 +159,9 @@ class Outbox:
         r = self._reader
         p = self._pending
         while c.connected:
+            # Cleared before the work, not before the wait: an ACK that lands while we
+            # send must still wake the wait below (else it sleeps out its timeout).
+            self._kick.clear()
             if self._rewind:
                 self._pending = p = []
                 old = {}
@@ -193,7 +200,6 @@ class Outbox:
                 self.timeouts += 1
                 await c.abort(OSError("no PUBACK for record %d in %d ms" % (p[0][0], self.ack_timeout_ms)))
                 break
-            self._kick.clear()
             try:
                 await _wait_for_ms(self._kick.wait(), self._wait_ms())
             except asyncio.TimeoutError:
