@@ -104,20 +104,22 @@ class Commands:
         self.accepted = 0
         self.rejected = 0
         self.reboot_pending = False
+        self._msg_id = None
 
     def handle(self, payload):
         # Returns the result dict (to publish on …/cmd/result).
-        msg_id = None
+        self._msg_id = None
         try:
             body, msg_id = self._authenticate(payload)
             result = self._execute(body)
         except Rejected as e:
             why = str(e)
+            msg_id = self._msg_id  # echoed when it could be read, even if not authentic
             self.rejected += 1
             self.event(records.EV_CMD_REJECTED, 0, ("%s %s" % (msg_id or "-", why))[: records.EVENT_TEXT])
             return {"id": msg_id, "ok": False, "status": "rejected", "why": why}
         except Exception as e:  # an accepted command whose action failed
-            return {"id": msg_id, "ok": False, "status": "failed", "why": str(e)}
+            return {"id": self._msg_id, "ok": False, "status": "failed", "why": str(e)}
         self.accepted += 1
         return {"id": msg_id, "ok": True, "status": "done", "result": result}
 
@@ -137,6 +139,7 @@ class Commands:
             raise Rejected('malformed: expected {"body": <json text>, "hmac": <64 hex>}')
         if not isinstance(msg_id, str) or not 0 < len(msg_id) <= 32:
             raise Rejected("malformed: id must be a string of 1..32 characters")
+        self._msg_id = msg_id
         if not _same(hmac_sha256(self._key, body_s.encode()), mac):
             raise Rejected("unauthenticated: HMAC does not match the node key")
         for k, kind in (("node", str), ("ctr", int), ("exp", int), ("op", str)):
