@@ -102,9 +102,10 @@ def test_power_cut_during_checkpoint_writes_loses_nothing_acknowledged():
     out = scratch_dir() + "/child.out"
     last = 0
     for k, delay in enumerate(("0.05", "0.11", "0.17", "0.23", "0.29", "0.31")):
-        os.system(
-            "%s %s > %s 2>&1 & P=$!; sleep %s; kill -9 $P; wait $P 2>/dev/null" % (sys.executable, script, out, delay)
-        )
+        # start the child, wait for its first acknowledged write, then cut after `delay`
+        cmd = "%s %s > %s 2>&1 & P=$!; n=0; until grep -q acked %s || [ $n -ge 500 ]; do sleep 0.01; n=$((n+1)); done; "
+        cmd += "sleep %s; kill -9 $P; wait $P 2>/dev/null"
+        os.system(cmd % (sys.executable, script, out, out, delay))
         acked = 0
         with open(out) as f:
             for line in f:

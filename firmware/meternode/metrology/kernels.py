@@ -189,7 +189,11 @@ def track_mids(acc, sx, mids, nch: int, n: int, lo: int, hi: int):
     a = ptr32(acc)
     S = ptr32(sx)
     M = ptr32(mids)
-    h = 1 << 31  # ptr32 loads are unsigned on 64-bit builds: (x ^ h) - h sign-extends
+    # ptr32 loads are unsigned on 64-bit builds: (x ^ h) - h sign-extends (the identity on
+    # 32-bit boards).  h = 2**31 is built at run time: a literal 1 << 31 would be folded
+    # into a boxed constant, which viper rejects with 31-bit small ints (the MCU builds).
+    h = 1
+    h <<= 31
     n2 = 2 * n
     for c in range(nch):
         t = 2 * ((a[S[c]] ^ h) - h) + n

@@ -175,36 +175,6 @@ class Registers:
         else:
             self._add(tar + 1, -p)
 
-    def add(self, k, joules):
-        # Active energy only, for one element (kept for callers of the first version).
-        self._block(k, joules, 0.0, abs(joules))
-
-    def add_cycle(self, ps, qs, ss, dt):
-        # One mains cycle: signed P (W), Q (var) and S (VA) per element, dt seconds.
-        n = self.n
-        tp = 0.0
-        tq = 0.0
-        for e in range(n):
-            self._block(e, ps[e] * dt, qs[e] * dt, ss[e] * dt)
-            tp += ps[e]
-            tq += qs[e]
-        tar = self._tar + 2 * self.tariff
-        if self.netting == "vector":
-            s = (tp * tp + tq * tq) ** 0.5
-            self._block(n, tp * dt, tq * dt, s * dt)
-            if tp >= 0.0:
-                self._add(tar, tp * dt)
-            else:
-                self._add(tar + 1, -tp * dt)
-        else:
-            for e in range(n):
-                p = ps[e] * dt
-                self._block(n, p, qs[e] * dt, ss[e] * dt)
-                if p >= 0.0:
-                    self._add(tar, p)
-                else:
-                    self._add(tar + 1, -p)
-
     def demand(self, watts, at):
         mw = int(watts * 1000.0 + 0.5)
         if mw > self.md_mw:
