@@ -9,8 +9,9 @@ The output directory is an image of the board's filesystem:
                              {path: {"sha256", "size"}}} -- written last by provisioning
 
 Viper and native functions are compiled to machine code for the board (`-march`: xtensawin
-for ESP32, armv6m for RP2040, x64 for the virtual board), so mpy-cross rejects what the board's
-compiler would reject: small ints are 31 bits on every target, as on the 32-bit MCUs.
+for ESP32, armv6m for RP2040, x64 for the virtual board), and small ints get the target's width
+(`-msmall-int-bits`: 31 on the 32-bit MCUs, 63 on the 64-bit unix port), so mpy-cross rejects
+exactly what the board's own compiler would reject (e.g. a viper literal of 2**31 on an MCU).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from . import unixport
 from .errors import ConfigError, UmeterError
 
 ARCHES = ("x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp", "xtensa", "xtensawin")
+SMALL_INT_BITS = {"x64": 63}  # every other target is a 32-bit MCU: 31
 MANIFEST = "manifest.json"
 FORMAT = 1
 
@@ -120,7 +122,8 @@ def _sources(src: Path) -> list[Path]:
 def compile_one(py: Path, rel: str, out: Path, arch: str, opt: int | None = None) -> None:
     """mpy-cross one file; BuildError with the compiler's message on failure."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    argv = [mpy_cross_path(), f"-march={arch}", "-s", rel, "-o", str(out)]
+    bits = SMALL_INT_BITS.get(arch, 31)
+    argv = [mpy_cross_path(), f"-march={arch}", f"-msmall-int-bits={bits}", "-s", rel, "-o", str(out)]
     if opt:
         argv.append(f"-O{opt}")
     argv.append(str(py))

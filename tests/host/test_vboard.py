@@ -269,3 +269,11 @@ def test_unknown_board_and_bad_count_are_config_errors(tmp_path):
         VirtualBoard(tmp_path / "x", "nope")
     with pytest.raises(ConfigError, match="--count"):
         start_many(tmp_path, "sim", 0)
+
+
+def test_absolute_rename_works_as_on_littlefs(vb):
+    out = mp(
+        vb, "exec", "import os\nopen('/a.tmp', 'w').write('new')\nos.rename('/a.tmp', '/a')\nprint(open('/a').read())"
+    )
+    assert out.strip() == "new"
+    assert sorted(p.name for p in vb.flash.iterdir()) == ["a"]

@@ -2,7 +2,7 @@
 # umeter_hil/vboard.py as `micropython -X heapsize=N -i vboot.py`).
 #
 # Does what a board's firmware does between reset and the REPL:
-#   1. installs the stand-ins for what the unix port lacks (machine, network, esp32),
+#   1. installs the stand-ins for what the unix port lacks (machine, network, esp32, os.rename),
 #   2. mounts the board's own flash directory at / (so /boot.py, /lib, /main.py are the board's),
 #   3. runs /boot.py, then /main.py only when the REPL will be the friendly one (as esp32 main.c),
 #   4. prints the end-of-boot marker the relay waits for (after boot.py, before main.py), and
@@ -20,8 +20,10 @@ vbstate.init()
 import esp32  # noqa: E402  (stand-ins load from the host directory, before the remount)
 import network  # noqa: E402
 import vbmachine  # noqa: E402
+import vbos  # noqa: E402
 
 sys.modules["machine"] = vbmachine
+sys.modules["os"] = vbos
 esp32.boot(vbstate.RESET)
 vfs.mount(vfs.VfsPosix(vbstate.ROOT), "/")
 os.chdir("/")
@@ -50,4 +52,4 @@ _ok = _run("boot.py")
 sys.stdout.write(vbstate.MARKER)  # the relay's "booted": from here on main.py and the REPL
 if not _ok or (vbstate.MODE == "friendly" and not _run("main.py")):
     vbstate.soft_reset()
-del _ok, _run, os, vfs, esp32, network, vbmachine, vbstate
+del _ok, _run, os, vfs, esp32, network, vbmachine, vbos, vbstate

@@ -1,0 +1,86 @@
+"""Host keystore: per-node secrets (command HMAC key, MQTT password) in one JSON file of mode
+0600 inside a 0700 directory. Secrets go to the node's config.json and the broker's password
+file, never to stdout, logs or the fleet database.
+
+Location: $UMETER_HOME/keystore.json (default ~/.config/umeter).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import stat
+import threading
+from pathlib import Path
+
+from .errors import ConfigError
+
+_lock = threading.Lock()
+
+
+def home() -> Path:
+    """The toolchain's state directory ($UMETER_HOME or ~/.config/umeter), created 0700."""
+    p = Path(os.environ.get("UMETER_HOME") or Path.home() / ".config" / "umeter")
+    p.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return p
+
+
+class Keystore:
+    """Secrets per node id. Writes are atomic (temp file 0600 + rename)."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path else home() / "keystore.json"
+
+    def _load(self) -> dict[str, dict[str, str]]:
+        if not self.path.exists():
+            return {}
+        mode = stat.S_IMODE(self.path.stat().st_mode)
+        if mode & 0o077:
+            raise ConfigError(
+                f"keystore {self.path} is readable by others (mode {mode:04o})",
+                hint=f"chmod 600 {self.path}",
+            )
+        try:
+            return json.loads(self.path.read_text())
+        except ValueError:
+            raise ConfigError(f"keystore {self.path} is not valid JSON", hint="restore it from a backup") from None
+
+    def _save(self, data: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.path)
+
+    def secrets_for(self, node_id: str) -> dict[str, str]:
+        """The node's secrets, created on first use: cmd_key (32 bytes hex), mqtt_password."""
+        with _lock:
+            data = self._load()
+            s = data.get(node_id)
+            if s is None:
+                s = {"cmd_key": secrets.token_hex(32), "mqtt_password": secrets.token_urlsafe(24)}
+                data[node_id] = s
+                self._save(data)
+            return dict(s)
+
+    def get(self, node_id: str) -> dict[str, str] | None:
+        with _lock:
+            s = self._load().get(node_id)
+            return dict(s) if s else None
+
+    def nodes(self) -> list[str]:
+        with _lock:
+            return sorted(self._load())
+
+    def rotate(self, node_id: str) -> dict[str, str]:
+        """New secrets for a node (provision it again to deliver them)."""
+        with _lock:
+            data = self._load()
+            data[node_id] = {"cmd_key": secrets.token_hex(32), "mqtt_password": secrets.token_urlsafe(24)}
+            self._save(data)
+            return dict(data[node_id])

@@ -1,0 +1,272 @@
+"""`umeter provision`: give each board of an inventory its identity, secrets, calibration,
+configuration and firmware build, safely, in parallel, idempotently.
+
+Per device:
+ 1. connect (raw REPL, running code interrupted), read the unique id and the mpy ABI;
+    refuse a board whose architecture is not the inventory's board type;
+ 2. bind unique id <-> node name in the fleet database (refuse a swapped board);
+ 3. secrets from the host keystore (created once per node): command HMAC key, MQTT password;
+ 4. config.json = node id, site, MQTT (user = node id), cmd_key, calibration (board defaults
+    merged with the unit's overrides, checked by the firmware's own calibration module);
+ 5. safe-write protocol: `/.provisioning` marker first (main.py does not start the node while it
+    exists) -> one batched sha256 query -> every changed file as temp file + hash check + rename
+    -> stale files removed -> everything re-hashed and compared -> manifest.json last -> marker
+    removed. An interrupted run leaves old or new files, never a truncated one, and the next run
+    resumes where it stopped (unchanged files are skipped by hash);
+ 6. record the result in the fleet database; optionally reset the board so the node starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import build as buildmod
+from .errors import ConfigError, DeviceError, UmeterError
+from .inventory import Device, Fleet, dumps_config, load_inventory
+from .keystore import Keystore
+from .transport import Board, resolve_port
+
+MARKER = "/.provisioning"
+# mpy native arch codes (sys.implementation._mpy >> 10), py/persistentcode.h
+ARCH_CODE = {"x86": 1, "x64": 2, "armv6": 3, "armv6m": 4, "armv7m": 5, "armv7em": 6, "armv7emsp": 7,
+             "armv7emdp": 8, "xtensa": 9, "xtensawin": 10}  # fmt: skip
+ARCH_NAME = {v: k for k, v in ARCH_CODE.items()}
+
+Progress = Callable[[str, str, int, int], None]  # (node, stage, done_bytes, total_bytes)
+
+
+@dataclass
+class Report:
+    node: str
+    port: str
+    uid: str = ""
+    status: str = "pending"  # ok | failed
+    written: int = 0
+    skipped: int = 0
+    removed: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    verified: bool = False
+    error: str = ""
+
+    def line(self) -> str:
+        if self.status != "ok":
+            return f"{self.node}: FAILED — {self.error}"
+        return (
+            f"Wrote {self.written} files ({self.bytes / 1024:.1f} KiB) to {self.node}, skipped {self.skipped} "
+            f"unchanged, in {self.seconds:.1f} s; {'verified' if self.verified else 'NOT verified'}."
+        )
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def calibration_for(board: dict, overrides: dict) -> dict:
+    """Board defaults merged with per-unit overrides, validated by the firmware's own code."""
+    from meternode.config import ConfigError as FwConfigError
+    from meternode.metrology import calibration
+
+    try:
+        cals = calibration.resolve(board, overrides)
+    except FwConfigError as e:
+        raise ConfigError(f"calibration: {e}", hint="keys per channel: gain, offset, phase, phase_table") from None
+    out = {}
+    for c in cals:
+        d = {"gain": c.gain, "offset": c.offset, "phase": c.phase}
+        if c.table:
+            d["phase_table"] = [list(r) for r in c.table]
+        out[c.name] = d
+    return out
+
+
+def node_config(dev: Device, board: dict, secrets: dict[str, str]) -> dict:
+    """The node's config.json (holds its secrets: it only ever goes to the node itself)."""
+    cfg: dict = {"node_id": dev.name, "site": dev.site}
+    if dev.telemetry_s is not None:
+        cfg["telemetry_s"] = float(dev.telemetry_s)
+    cfg["cmd_key"] = secrets["cmd_key"]
+    if dev.mqtt:
+        m = dict(dev.mqtt)
+        if "host" not in m:
+            raise ConfigError(f"inventory device {dev.name!r}: mqtt.host is missing", hint="set mqtt = { host = ... }")
+        m.setdefault("prefix", "umeter")
+        m["user"] = dev.name
+        m["password"] = secrets["mqtt_password"]
+        cfg["mqtt"] = m
+    cfg["calibration"] = calibration_for(board, dev.calibration)
+    for k, v in dev.config.items():
+        if k in ("node_id", "cmd_key"):
+            raise ConfigError(f"inventory device {dev.name!r}: config.{k} is set by provisioning", hint="remove it")
+        cfg[k] = v
+    from meternode.config import ConfigError as FwConfigError
+    from meternode.config import check_config
+
+    try:
+        check_config(json.loads(json.dumps(cfg)))
+    except FwConfigError as e:
+        raise ConfigError(f"inventory device {dev.name!r}: {e}", hint="fix the inventory") from None
+    return cfg
+
+
+def image_files(build_dir: Path) -> dict[str, bytes]:
+    """The build's files (without its manifest), keyed by board path ('/lib/...')."""
+    man = buildmod.read_manifest(build_dir)
+    return {"/" + rel: (build_dir / rel).read_bytes() for rel in man["files"]}
+
+
+def provision_device(
+    dev: Device,
+    build_dir: Path,
+    *,
+    keystore: Keystore,
+    fleet: Fleet,
+    progress: Progress | None = None,
+    reset: bool = True,
+    timeout: float = 10.0,
+) -> Report:
+    """Provision one device; raises UmeterError on failure (provision() turns it into a Report)."""
+    t0 = time.monotonic()
+    rep = Report(node=dev.name, port=dev.port or dev.serial or "")
+    port = resolve_port(dev.port, dev.serial)
+    rep.port = port
+    man = buildmod.read_manifest(build_dir)
+    board_def = json.loads((build_dir / "board.json").read_text())
+    step = progress or (lambda *a: None)
+    step(dev.name, "connect", 0, 1)
+    with Board(port, timeout=timeout) as b:
+        info = b.info()
+        try:
+            _provision_open(b, dev, info, man, board_def, build_dir, rep, keystore, fleet, step, port)
+        except UmeterError:
+            if fleet.get(info["uid"]):
+                fleet.record(info["uid"], status="failed")
+            raise
+        if reset:
+            b.hard_reset()
+    rep.status = "ok"
+    rep.seconds = time.monotonic() - t0
+    step(dev.name, "done", rep.bytes, rep.bytes)
+    return rep
+
+
+def _provision_open(b: Board, dev: Device, info: dict, man: dict, board_def: dict, build_dir: Path, rep: Report,
+                    keystore: Keystore, fleet: Fleet, step: Progress, port: str) -> None:  # fmt: skip
+    rep.uid = info["uid"]
+    want_arch = ARCH_CODE.get(man["arch"])
+    if info["mpy_arch"] != want_arch:
+        have = ARCH_NAME.get(info["mpy_arch"], f"arch {info['mpy_arch']}")
+        raise DeviceError(
+            f"{port} is a {have} board ({info['machine']}), but {dev.name} is a {dev.board} ({man['arch']})",
+            hint="fix board= in the inventory or plug the right board into this port",
+        )
+    if dev.uid and dev.uid != info["uid"]:
+        raise DeviceError(
+            f"{port} holds board {info['uid']}, but the inventory binds {dev.name} to {dev.uid}",
+            hint="wrong board on this port? fix uid= or the port in the inventory",
+        )
+    fleet.bind(info["uid"], dev.name, dev.board, dev.site, port, dev.serial)
+    secrets = keystore.secrets_for(dev.name)
+    cfg_bytes = dumps_config(node_config(dev, board_def, secrets))
+    files = image_files(build_dir)
+    files["/config.json"] = cfg_bytes
+    entries = {p[1:]: {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d)} for p, d in files.items()}
+    device_man = dict(man, node_id=dev.name, files=entries)
+    man_bytes = (json.dumps(device_man, indent=1, sort_keys=True) + "\n").encode()
+    paths = sorted(files)
+    have = b.hashes([*paths, "/manifest.json", MARKER])
+    changed = [p for p in paths if have[p] != entries[p[1:]]["sha256"]]
+    man_ok = have["/manifest.json"] == hashlib.sha256(man_bytes).hexdigest()
+    rep.skipped = len(paths) - len(changed)
+    total = sum(len(files[p]) for p in changed)
+    if changed or not man_ok or have[MARKER] is not None:
+        b.write_file(MARKER, f"{man['version']}\n".encode())
+        done = 0
+        for p in changed:
+
+            def tick(n: int, p: str = p) -> None:
+                nonlocal done
+                done += n
+                step(dev.name, p, done, total)
+
+            b.write_file(p, files[p], progress=tick)
+            rep.written += 1
+            rep.bytes += len(files[p])
+        # stale firmware files (a module that left the build) and temp files of earlier runs
+        want = set(paths)
+        for p in b.walk("/lib/meternode") + [f"/{n}" for n in b.eval("os.listdir('/')")]:
+            if (p.startswith("/lib/meternode/") and p not in want) or p.endswith(".tmp"):
+                b.remove(p)
+                rep.removed += 1
+        step(dev.name, "verify", total, total)
+        got = b.hashes(paths)
+        bad = [p for p in paths if got[p] != entries[p[1:]]["sha256"]]
+        if bad:
+            raise DeviceError(f"{dev.name}: {len(bad)} file(s) differ after writing, e.g. {bad[0]}", hint="run again")
+        b.write_file("/manifest.json", man_bytes)
+        b.remove(MARKER)
+    else:
+        step(dev.name, "verify", total, total)
+    rep.verified = True
+    fleet.record(
+        info["uid"],
+        status="ok",
+        version=man["version"],
+        manifest_sha256=hashlib.sha256(man_bytes).hexdigest(),
+        files=len(paths),
+    )
+
+
+def build_for(boards: set[str], build_root: Path) -> dict[str, Path]:
+    """Build the firmware once per board type (build_root/<board>)."""
+    out = {}
+    for name in sorted(boards):
+        res = buildmod.build(name, build_root / name)
+        out[name] = res.out
+    return out
+
+
+def provision(
+    devices: list[Device] | str | os.PathLike[str],
+    *,
+    build_dirs: dict[str, Path] | None = None,
+    build_root: Path | None = None,
+    keystore: Keystore | None = None,
+    fleet: Fleet | None = None,
+    jobs: int = 8,
+    progress: Progress | None = None,
+    reset: bool = True,
+    timeout: float = 10.0,
+) -> list[Report]:
+    """Provision every device (in parallel, `jobs` at a time). Never raises for one device's
+    failure: each Report says ok or failed with the one-line error."""
+    devs = load_inventory(devices) if isinstance(devices, str | os.PathLike) else devices
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, not {jobs}", hint="e.g. --jobs 8")
+    keystore = keystore or Keystore()
+    fleet = fleet or Fleet()
+    dirs = dict(build_dirs or {})
+    missing = {d.board for d in devs} - set(dirs)
+    if missing:
+        from .keystore import home
+
+        dirs.update(build_for(missing, build_root or home() / "build"))
+
+    def one(dev: Device) -> Report:
+        t0 = time.monotonic()
+        try:
+            return provision_device(
+                dev, dirs[dev.board], keystore=keystore, fleet=fleet, progress=progress, reset=reset, timeout=timeout
+            )
+        except UmeterError as e:
+            return Report(node=dev.name, port=dev.port or dev.serial or "", status="failed", error=str(e),
+                          seconds=time.monotonic() - t0)  # fmt: skip
+
+    with ThreadPoolExecutor(max_workers=min(jobs, len(devs))) as ex:
+        return list(ex.map(one, devs))

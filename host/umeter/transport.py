@@ -1,0 +1,280 @@
+"""A board reached through its raw REPL (USB serial port, virtual board pty, socket:// or
+rfc2217://): our small, stable interface over mpremote's SerialTransport, whose API is not
+stable (pin mpremote; contract-tested against the virtual board in tests/host).
+
+Everything the toolchain does to a board's files goes through here, and every write is safe:
+
+    write_file(path, data)   temp file `path.tmp` in base64 chunks -> sha256 of the temp file on
+                             the board must equal the host's -> os.rename over `path`
+                             (atomic on LittleFS and on the virtual board's VfsPosix)
+
+so an interrupted copy leaves the old file or the new one, never a truncated one.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Callable
+
+from .errors import DeviceError, TransportError
+
+CHUNK = 2048  # raw bytes per exec: 2.7 KiB of base64, well inside a board's heap
+TMP_SUFFIX = ".tmp"
+
+_HELPERS = """\
+import os, hashlib, binascii
+def _um_h(p):
+    try:
+        h = hashlib.sha256()
+        b = bytearray(512)
+        with open(p, 'rb') as f:
+            while True:
+                n = f.readinto(b)
+                if not n:
+                    break
+                h.update(b if n == 512 else b[:n])
+        return binascii.hexlify(h.digest()).decode()
+    except OSError:
+        return None
+def _um_md(p):
+    s = ''
+    for d in p.split('/')[:-1]:
+        if d:
+            s += '/' + d
+            try:
+                os.mkdir(s)
+            except OSError:
+                pass
+def _um_walk(d, out):
+    try:
+        it = os.ilistdir(d)
+    except OSError:
+        return out
+    for e in it:
+        p = (d.rstrip('/') + '/' + e[0])
+        if e[1] == 0x4000:
+            _um_walk(p, out)
+        else:
+            out.append(p)
+    return out
+"""
+
+
+def resolve_port(port: str | None = None, serial_number: str | None = None) -> str:
+    """A device string for a port path/URL or a USB serial number; TransportError if absent."""
+    if port:
+        if "://" in port or os.path.exists(port):
+            return port
+        raise TransportError(
+            f"no such port {port}", hint="is the board plugged in? list ports with `umeter fleet ports`"
+        )
+    if serial_number:
+        from serial.tools import list_ports
+
+        for p in list_ports.comports():
+            if p.serial_number and p.serial_number.lower() == serial_number.lower():
+                return p.device
+        raise TransportError(
+            f"no port with USB serial number {serial_number}",
+            hint="is the board plugged in? list ports with `umeter fleet ports`",
+        )
+    raise TransportError("no port given", hint="pass a port or a serial number")
+
+
+def check_not_busy(dev: str) -> None:
+    """TransportError if a serial device is missing or locked by another program (pyserial's
+    exclusive open uses flock, as mpremote and esptool do)."""
+    if "://" in dev:
+        return
+    import fcntl
+
+    try:
+        fd = os.open(dev, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise TransportError(f"no such port {dev}", hint="is the board plugged in?") from None
+    except PermissionError:
+        raise TransportError(f"no permission to open {dev}", hint="add yourself to the dialout group") from None
+    except OSError as e:
+        raise TransportError(f"cannot open {dev}: {e.strerror}", hint="check the port") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except BlockingIOError:
+        raise TransportError(
+            f"port {dev} is busy", hint="close the other program using it (mpremote, a terminal, ModemManager)"
+        ) from None
+    finally:
+        os.close(fd)
+
+
+class Board:
+    """A connection to one board in its raw REPL. Use as a context manager."""
+
+    def __init__(self, port: str, *, baudrate: int = 115200, timeout: float = 10.0, retries: int = 3) -> None:
+        self.port = port
+        self.baudrate = baudrate
+        self.timeout = timeout
+        self.retries = retries
+        self._t = None
+        self._helpers = False
+
+    def open(self, soft_reset: bool = False) -> Board:
+        """Open the port and enter the raw REPL (interrupting running code). Bounded retries."""
+        import serial
+        from mpremote.transport import TransportError as MpTransportError
+        from mpremote.transport_serial import SerialTransport
+
+        dev = resolve_port(self.port)
+        check_not_busy(dev)
+        last: Exception | None = None
+        for attempt in range(self.retries):
+            try:
+                self._t = SerialTransport(dev, baudrate=self.baudrate, wait=0, exclusive=True, timeout=self.timeout)
+            except (MpTransportError, serial.SerialException, OSError) as e:
+                check_not_busy(dev)
+                raise TransportError(f"cannot open {dev}: {e}", hint="check the port and its permissions") from None
+            try:
+                self._t.enter_raw_repl(soft_reset=soft_reset, timeout_overall=self.timeout)
+                self._helpers = False
+                return self
+            except Exception as e:  # mpremote raises its own TransportError or serial errors
+                last = e
+                with contextlib.suppress(Exception):
+                    self._t.close()
+                self._t = None
+                time.sleep(0.2 * (attempt + 1))
+        raise TransportError(
+            f"{dev}: could not enter the raw REPL after {self.retries} attempts ({last})",
+            hint="is it a MicroPython board? press reset, or check that boot.py does not block",
+        )
+
+    def close(self) -> None:
+        if self._t is not None:
+            with contextlib.suppress(Exception):
+                self._t.exit_raw_repl()
+            with contextlib.suppress(Exception):
+                self._t.close()
+            self._t = None
+
+    def __enter__(self) -> Board:
+        return self.open() if self._t is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ exec
+    def exec(self, code: str) -> bytes:
+        """Run code; DeviceError with the board's traceback if it raised."""
+        if self._t is None:
+            raise TransportError(f"{self.port} is not open", hint="use `with Board(port) as b:`")
+        try:
+            out, err = self._t.exec_raw(code, timeout=self.timeout)
+        except Exception as e:
+            if isinstance(e, DeviceError | TransportError):
+                raise
+            raise TransportError(f"{self.port}: link lost ({e})", hint="check the cable/power and run again") from None
+        if err:
+            last = err.decode(errors="replace").strip().splitlines()[-1]
+            raise DeviceError(f"{self.port}: board raised {last}", hint="see the board's output with -v")
+        return out
+
+    def eval(self, expr: str):
+        import ast
+
+        out = self.exec(f"print(repr({expr}))").decode(errors="replace").strip()
+        try:
+            return ast.literal_eval(out)
+        except (ValueError, SyntaxError):
+            raise DeviceError(
+                f"{self.port}: unexpected answer {out[:80]!r}", hint="is it running umeter firmware?"
+            ) from None
+
+    def _need_helpers(self) -> None:
+        if not self._helpers:
+            self.exec(_HELPERS)
+            self._helpers = True
+
+    # ------------------------------------------------------------------ identity
+    def unique_id(self) -> str:
+        return self.eval("__import__('binascii').hexlify(__import__('machine').unique_id()).decode()")
+
+    def info(self) -> dict:
+        """unique id, mpy ABI (arch code and version), machine string, free heap."""
+        v = self.eval(
+            "(__import__('binascii').hexlify(__import__('machine').unique_id()).decode(), "
+            "getattr(__import__('sys').implementation, '_mpy', 0), __import__('sys').implementation._machine, "
+            "__import__('gc').mem_free())"
+        )
+        return {"uid": v[0], "mpy_arch": (v[1] >> 10) & 0xF, "mpy_ver": v[1] & 0xFF, "machine": v[2], "mem_free": v[3]}
+
+    # ------------------------------------------------------------------ files
+    def hashes(self, paths: list[str]) -> dict[str, str | None]:
+        """sha256 hex of each file on the board (None if absent), in one exec per 40 files."""
+        self._need_helpers()
+        out: dict[str, str | None] = {}
+        for i in range(0, len(paths), 40):
+            part = paths[i : i + 40]
+            res = self.eval(f"[_um_h(p) for p in {part!r}]")
+            out.update(zip(part, res, strict=True))
+        return out
+
+    def walk(self, top: str = "/") -> list[str]:
+        self._need_helpers()
+        return self.eval(f"_um_walk({top!r}, [])")
+
+    def remove(self, path: str) -> None:
+        self.exec(f"try:\n os.remove({path!r})\nexcept OSError:\n pass")
+
+    def write_file(
+        self, path: str, data: bytes, *, progress: Callable[[int], None] | None = None, chunk: int = CHUNK
+    ) -> None:
+        """Safe write: `path.tmp` in base64 chunks, sha256 check on the board, rename over `path`."""
+        self._need_helpers()
+        tmp = path + TMP_SUFFIX
+        self.exec(f"_um_md({path!r})\n_um_f = open({tmp!r}, 'wb')")
+        try:
+            for i in range(0, len(data), chunk):
+                b64 = base64.b64encode(data[i : i + chunk]).decode()
+                self.exec(f"_um_f.write(binascii.a2b_base64({b64!r}))")
+                if progress:
+                    progress(min(chunk, len(data) - i))
+        finally:
+            with contextlib.suppress(DeviceError):
+                self.exec("_um_f.close()")
+        want = hashlib.sha256(data).hexdigest()
+        got = self.eval(f"_um_h({tmp!r})")
+        if got != want:
+            self.remove(tmp)
+            raise DeviceError(
+                f"{self.port}: {path} arrived corrupted (sha256 {got} != {want})", hint="run again; check the cable"
+            )
+        self.exec(f"os.rename({tmp!r}, {path!r})")
+
+    def read_file(self, path: str) -> bytes:
+        b64 = self.eval(
+            f"binascii.b2a_base64(open({path!r}, 'rb').read()).decode()"
+            if self._helpers
+            else f"__import__('binascii').b2a_base64(open({path!r}, 'rb').read()).decode()"
+        )
+        return base64.b64decode(b64)
+
+    def soft_reset(self) -> None:
+        """Soft-reset into the raw REPL again (boot.py runs, main.py does not)."""
+        if self._t is None:
+            return
+        self._t.serial.write(b"\x04")
+        self._t.read_until(1, b"soft reboot\r\n", timeout=self.timeout)
+        self._t.read_until(1, b"raw REPL; CTRL-B to exit\r\n", timeout=self.timeout)
+        self._helpers = False
+
+    def hard_reset(self) -> None:
+        """machine.reset() (the board restarts and runs main.py); the connection is closed."""
+        if self._t is None:
+            return
+        with contextlib.suppress(Exception):
+            self._t.exec_raw_no_follow("import machine; machine.reset()")
+        self.close()
