@@ -85,3 +85,18 @@ async def test_qos1_roundtrip_subscribe_and_refused_port():
     except OSError as ex:
         e = ex
     eq(e is not None, True, "connection refused is an OSError")
+
+
+def test_home_assistant_discovery_announces_energy_as_total_increasing_kwh():
+    import json
+
+    from meternode.link import discovery
+
+    cfgs = dict(discovery.configs("umeter", "n1", {"version": "0.1.0"}))
+    e = json.loads(cfgs["homeassistant/sensor/n1/energy_import/config"])
+    eq((e["unit_of_measurement"], e["device_class"], e["state_class"]), ("kWh", "energy", "total_increasing"), "energy")
+    eq(e["state_topic"], "umeter/n1/telemetry", "reads the telemetry topic")
+    eq(e["availability_topic"], "umeter/n1/state", "availability from the retained state")
+    eq(sorted(k.split("/")[3] for k in cfgs), sorted(discovery.DEFAULT), "default sensors")
+    more = dict(discovery.configs("umeter", "n1", {"sensors": ["water", "gas"]}))
+    eq(json.loads(more["homeassistant/sensor/n1/gas/config"])["device_class"], "gas", "gas when the node has it")

@@ -133,3 +133,91 @@ async def test_last_will_marks_node_offline_when_link_dies():
     await _until(lambda: len(sink.got) >= 2, 5000)
     eq([x for tp, x, r in sink.got], [b"online", b"offline"], "online then the will")
     await sink.c.disconnect()
+
+
+class FakeClient:
+    # Stands in for MQTTClient: records what the outbox sends, acks on demand.
+    def __init__(self, session_present):
+        self.connected = True
+        self.session_present = session_present
+        self.sent = []  # (seq, pid, dup)
+        self.on_ack = None
+        self.error = None
+
+    async def send_publish(self, topic, payload, qos=1, retain=False, pid=None, dup=False):
+        self.sent.append((json.loads(payload)["seq"], pid, dup))
+        return pid
+
+    async def abort(self, why):
+        self.error = why
+        self.connected = False
+
+
+async def _run_until(ob, c, cond, ms=2000):
+    t = asyncio.create_task(ob.run_connection(c))
+    await _until(cond, ms)
+    c.connected = False
+    ob.notify()
+    await _until(lambda: t.done(), 1000)
+
+
+@heap("256k")
+async def test_in_flight_records_go_again_with_dup_and_same_pid_when_the_session_was_kept():
+    d = scratch_dir()
+    log = RecordLog(d + "/log", 4096, 65536)
+    cur = Cursor(d + "/cursor")
+    _fill(log, 6)
+    ob = Outbox(log, cur, "dup1", rate=1000.0, window=4)
+    c1 = FakeClient(False)
+    await _run_until(ob, c1, lambda: len(c1.sent) == 4)
+    eq([(s, dup) for s, p, dup in c1.sent], [(1, False), (2, False), (3, False), (4, False)], "window of 4")
+    c1.on_ack(c1.sent[0][1])  # only record 1 acknowledged before the link died
+    eq(cur.acked, 1, "cursor after one PUBACK")
+    c2 = FakeClient(True)  # broker kept the session: resend 2..4 with DUP and their pids
+    await _run_until(ob, c2, lambda: len(c2.sent) >= 4)
+    eq(c2.sent[:3], [(s, p, True) for s, p, dup in c1.sent[1:4]], "DUP with the same packet ids")
+    eq((c2.sent[3][0], c2.sent[3][2]), (5, False), "then new records")
+    c3 = FakeClient(False)  # new session: everything from the cursor again, new ids, no DUP
+    await _run_until(ob, c3, lambda: len(c3.sent) >= 4)
+    eq([(s, dup) for s, p, dup in c3.sent[:4]], [(2, False), (3, False), (4, False), (5, False)], "fresh resend")
+    eq(ob.stats()["dup"], 3, "DUP count")
+
+
+@heap("256k")
+async def test_missing_puback_drops_the_connection():
+    d = scratch_dir()
+    log = RecordLog(d + "/log", 4096, 65536)
+    _fill(log, 2)
+    ob = Outbox(log, Cursor(d + "/cursor"), "to1", rate=1000.0, window=4, ack_timeout_ms=200)
+    c = FakeClient(False)
+    t = asyncio.create_task(ob.run_connection(c))
+    await _until(lambda: t.done(), 3000)
+    eq(c.connected, False, "aborted")
+    eq(str(c.error), "no PUBACK for record 1 in 200 ms", "reason")
+    eq(ob.stats()["ack_timeouts"], 1, "counted")
+
+
+@heap("256k")
+async def test_consumer_resend_request_goes_back_but_not_past_what_is_held():
+    d = scratch_dir()
+    log = RecordLog(d + "/log", 4096, 65536)
+    _fill(log, 5)
+    cur = Cursor(d + "/cursor")
+    ob = Outbox(log, cur, "rs1", rate=1000.0, window=8)
+    c = FakeClient(False)
+    c_acks = []
+
+    async def go():
+        await _run_until(ob, c, lambda: len(c.sent) >= 5)
+
+    await go()
+    for s, p, dup in c.sent:
+        ob.on_ack(p)
+    eq(cur.acked, 5, "all acknowledged")
+    ob.resend_from(9)  # never sent: ignored
+    ob.resend_from(3)
+    c2 = FakeClient(False)
+    await _run_until(ob, c2, lambda: len(c2.sent) >= 3)
+    eq([s for s, p, dup in c2.sent], [3, 4, 5], "went back to 3")
+    eq(ob.stats()["rewinds"], 1, "one rewind")
+    eq(c_acks, [], "no stray acks")

@@ -148,3 +148,38 @@ def test_cursor_persists_only_forward_and_survives_a_corrupt_file():
     with open(p, "wb") as f:
         f.write(b"\x01\x02\x03\x04\x05\x06\x07\x08")
     eq(Cursor(p).acked, 0, "corrupt cursor restarts at 0 (resend, never lose)")
+
+
+def _snap(v, i, p, imp_wh):
+    return {"v": v, "elements": [{"name": "I1", "i": i, "p": p, "e_imp_wh": imp_wh, "e_exp_wh": 0.0}]}
+
+
+def test_profile_recorder_closes_intervals_on_the_clock_and_freezes_days_and_months():
+    from meternode.store.profile import ProfileRecorder
+
+    log = RecordLog(scratch_dir() + "/log", 4096, 65536)
+    rec = ProfileRecorder(log, 900)
+    t0 = 1706745600 - 1800  # 2024-01-31 23:30 UTC
+    for k in range(13):  # every 5 min, 23:30 .. 00:30
+        rec.add(t0 + 300 * k, _snap(230.0 + k, 5.0, 1150.0 + k, 100.0 + k))
+    r = log.reader()
+    r.seek(1)
+    got = []
+    while r.next():
+        got.append((r.kind, r.ts, r.record()))
+    eq(
+        [(k, ts) for k, ts, d in got][:4],
+        [
+            (records.PROFILE, t0 + 900),
+            (records.PROFILE, t0 + 1800),
+            (records.DAILY, t0 + 1800),
+            (records.MONTHLY, t0 + 1800),
+        ],
+        "two intervals, then the day and month freezes",
+    )
+    first = got[0][2]
+    eq((first["v_avg_dv"], first["v_min_dv"], first["v_max_dv"]), (2310, 2300, 2320), "V avg/min/max over 3 snaps")
+    eq(first["e_imp_mwh"], 102000, "register at the end of the interval")
+    eq(first["period_s"], 900, "period")
+    eq(got[2][2]["e_imp_mwh"], 106000, "daily freeze holds the register")
+    raises(ValueError, ProfileRecorder, log, 7)
