@@ -277,3 +277,22 @@ def test_absolute_rename_works_as_on_littlefs(vb):
     )
     assert out.strip() == "new"
     assert sorted(p.name for p in vb.flash.iterdir()) == ["a"]
+
+
+def test_cli_vboard_start_prints_the_pty_paths_first_and_stops_on_sigint(tmp_path):
+    import signal
+
+    umeter = str(Path(sys.executable).parent / "umeter")
+    p = subprocess.Popen(
+        [umeter, "vboard", "start", "--count", "2", "--dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ports = [p.stdout.readline().strip(), p.stdout.readline().strip()]
+        assert all(x.startswith("/dev/pts/") for x in ports) and ports[0] != ports[1]
+        assert mp(ports[1], "exec", "print('hi')").strip() == "hi"
+    finally:
+        p.send_signal(signal.SIGINT)
+        assert p.wait(10) == 0
