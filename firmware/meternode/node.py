@@ -21,7 +21,9 @@ class Node:
         self.config = check_config(config)
         self.id = config["node_id"]
         self.hal = hal.make(board, config)
-        self.meter = Meter(board, config.get("calibration"))
+        self.meter = Meter(board, config.get("calibration"), config.get("metrology"))
+        self.meter.energy.clock = self.hal.clock
+        self.checkpoint = _checkpointer(self.meter, config.get("checkpoint", {}))
         self.seq = 0
         self.mqtt = None
         self.last = None  # last telemetry dict published
@@ -36,6 +38,8 @@ class Node:
             while True:
                 buf = await s.next_block()
                 self.meter.feed(buf, s.block_sets)
+                if self.checkpoint is not None:
+                    self.checkpoint.save(self.hal.clock.ticks_ms())  # when due: energy delta / period
         finally:
             s.stop()
 
@@ -149,6 +153,27 @@ class Node:
                 if t.done():
                     # A task ending is a bug; report it and stop so the watchdog/host restarts us.
                     raise RuntimeError("node task ended unexpectedly")
+
+
+def _checkpointer(meter, c):
+    # Power-fail-safe registers (store/checkpoint.py): restore the newest good checkpoint,
+    # then save on energy delta / period.  config.checkpoint: dir, delta_mwh, period_s,
+    # min_interval_s; {"dir": ""} turns it off.
+    d = c.get("dir", "ckpt")
+    if not d:
+        return None
+    from meternode.store.checkpoint import Checkpointer, CheckpointStore
+
+    ck = Checkpointer(
+        CheckpointStore(d),
+        meter,
+        c.get("delta_mwh", 50000),
+        c.get("period_s", 3600),
+        c.get("min_interval_s", 60),
+    )
+    if ck.restore() is not None:
+        log("registers restored from checkpoint %d" % ck.store.seq)
+    return ck
 
 
 def log(msg):
