@@ -135,7 +135,10 @@ def test_streamed_transfer_checks_every_file_before_switching():
     eq(r["why"], "bad file: meternode/extra/hello.py does not match its hash", "tampered")
     eq(Slots(root).state()["pending"], None, "boot pointer unchanged")
     r = a.handle_ota(json.dumps({"op": "file", "name": "../boot.py", "off": 0, "data": ""}).encode())
-    eq(r["why"].split(":")[0], "malformed", "chunk without a transfer")
+    eq(r, None, "a stray chunk is ignored (its begin was already answered)")
+    r = a.handle_ota(b'{"op": "end"}')
+    eq(r["why"], "malformed: no firmware transfer in progress", "end without a transfer")
+    eq("boot.py" in os.listdir(root + "/fw"), False, "nothing written by the stray chunk")
 
 
 @heap("256k")

@@ -154,7 +154,9 @@ class Agent:
                 return self._ota_begin(msg.get("bundle"), cur)
             if op == "file":
                 if self._ota is None:
-                    raise Rejected("malformed: no firmware transfer in progress")
+                    # the rest of a transfer whose begin was refused (already answered), or
+                    # of one that failed: no result per chunk
+                    return None
                 try:
                     data = a2b_base64(msg["data"])
                     off = int(msg.get("off", 0))

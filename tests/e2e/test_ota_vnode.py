@@ -1,0 +1,88 @@
+"""Firmware OTA on a virtual node, no person involved: a build whose link never comes up fails
+its health check and the node rolls back on the next boot; a good build is confirmed and runs
+from its slot. Real firmware on the unix port, real Mosquitto, bundles streamed in chunks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from policy_vnode import Listener, VNode
+
+from umeter import unixport
+from umeter.campaign import ota_messages
+from umeter.signing import fleet_identity, make_manifest, make_target, sign_bundle
+
+KEY = Ed25519PrivateKey.generate()
+
+
+def _build(version_text: str, broken: bool) -> dict[str, bytes]:
+    root = unixport.firmware_root()
+    files = {}
+    for p in sorted((root / "meternode").rglob("*.py")):
+        files[str(p.relative_to(root))] = p.read_bytes()
+    init = files["meternode/__init__.py"].decode()
+    files["meternode/__init__.py"] = "\n".join(
+        f'VERSION = "{version_text}"' if ln.startswith("VERSION") else ln for ln in init.splitlines()
+    ).encode()
+    if broken:
+        # the new build's MQTT link never connects: the health check cannot pass
+        files["meternode/link/uplink.py"] += (
+            b"\n\nasync def _never(self):\n    import asyncio\n\n    while True:\n"
+            b"        await asyncio.sleep_ms(1000)\n\n\nMqttLink.run = _never\n"
+        )
+    return files
+
+
+def _bundle(version: int, files: dict[str, bytes]) -> bytes:
+    man = make_manifest(
+        "firmware", "acme", version, files, make_target(all_nodes=True), key=KEY, campaign=f"fw{version}"
+    )
+    return sign_bundle(KEY, man, files)
+
+
+def test_bad_build_rolls_back_and_good_build_is_confirmed(mosquitto, tmp_path: Path) -> None:
+    config = {
+        "node_id": "vn2",
+        "telemetry_s": 1.0,
+        "mqtt": {"host": mosquitto.host, "port": mosquitto.port, "keepalive": 30, "discovery": False},
+        "sim": {"realtime": True, "voltage": {"rms": 230.0}, "currents": [{"rms": 5.0}]},
+        "fleet": fleet_identity(KEY, "acme"),
+        "ota": {"health_deadline_s": 5},
+    }
+    lis = Listener(mosquitto.host, mosquitto.port, "vn2")
+    try:
+        with VNode(tmp_path / "vn2", config) as vn:
+            lis.wait(lambda leaf, m: leaf == "policy/state", 40, "policy service up", vn)
+            for msg in ota_messages(_bundle(2, _build("2.0.0-broken", broken=True))):
+                lis.publish("ota", msg)
+            ota = lambda leaf, m: leaf == "ota/result" and m["status"] != "accepted"  # noqa: E731
+            r, _ = lis.wait(ota, 60, "staged", vn)
+            assert (r["ok"], r["status"], r["version"], r["campaign"]) == (True, "staged", 2, "fw2"), r
+            r, _ = lis.wait(ota, 90, "rollback report", vn)
+            assert (r["ok"], r["status"], r["campaign"]) == (False, "rolled_back", "fw2"), r
+            assert "version 2 not confirmed after 1 boot(s): rolled back" in r["why"]
+            log = vn.log()
+            assert "v2.0.0-broken" in log, "the trial boot ran the new build"
+            assert "health check failed (link not connected): resetting to roll back" in log
+            assert vn.boots == 3, "staged -> reset -> trial boot -> reset -> rolled back"
+            st = json.loads((tmp_path / "vn2" / "fw" / "boot.json").read_text())
+            assert (st["active"], st["pending"]) == (None, None), "back on the factory modules"
+            # a good build: confirmed by the health check, and it is what runs
+            for msg in ota_messages(_bundle(3, _build("3.0.0", broken=False))):
+                lis.publish("ota", msg)
+            r, _ = lis.wait(ota, 60, "staged v3", vn)
+            assert (r["status"], r["version"]) == ("staged", 3), r
+            r, _ = lis.wait(ota, 90, "confirmed v3", vn)
+            assert (r["ok"], r["status"], r["version"]) == (True, "confirmed", 3), r
+            assert "umeter node vn2 v3.0.0" in vn.log()
+            st = json.loads((tmp_path / "vn2" / "fw" / "boot.json").read_text())
+            assert (st["active"], st["pending"], st["versions"]) == ("a", None, {"a": 3}), "the failed slot was reused"
+            # the failed version cannot be pushed again
+            for msg in ota_messages(_bundle(2, _build("2.0.1", broken=False))):
+                lis.publish("ota", msg)
+            r, _ = lis.wait(ota, 60, "replay of v2", vn)
+            assert (r["ok"], r["why"].split(":")[0]) == (False, "not newer"), r
+    finally:
+        lis.close()
