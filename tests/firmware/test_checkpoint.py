@@ -74,6 +74,13 @@ def test_restart_restores_registers_exactly():
     s2, m2 = rig(board(), {"seed": 1})
     eq(Checkpointer(CheckpointStore(d), m2).restore() is not None, True, "restored")
     eq(m2.registers.state(), before, "register state")
+    # a board with another element count cannot take it: set aside with the reason
+    b3 = board()
+    b3["channels"] = b3["channels"][:2]
+    s3, m3 = rig(b3, {"seed": 1})
+    ck3 = Checkpointer(CheckpointStore(d), m3)
+    eq(ck3.restore(), None, "not restored")
+    eq("2 elements" in ck3.rejected, True, ck3.rejected)
 
 
 _CHILD = """

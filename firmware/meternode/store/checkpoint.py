@@ -113,6 +113,7 @@ class Checkpointer:
         self.extra = extra  # optional callable -> dict saved beside the registers
         self._last_ms = None
         self._last_e = self._energy()
+        self.rejected = None
 
     def _energy(self):
         # active energy moved, either way (mWh)
@@ -121,10 +122,17 @@ class Checkpointer:
 
     def restore(self):
         # Puts the newest good checkpoint back into the meter; returns its payload or None.
+        # A checkpoint for another register layout (the board changed) is set aside, not
+        # restored: `rejected` says why, and the next save writes a fresh one.
         p = self.store.restore()
-        if p is not None:
+        if p is None:
+            return None
+        try:
             self.meter.registers.restore(p["registers"])
-            self._last_e = self._energy()
+        except (KeyError, TypeError, ValueError) as e:
+            self.rejected = "checkpoint %d not restored: %s" % (self.store.seq, e)
+            return None
+        self._last_e = self._energy()
         return p
 
     def due(self, now_ms):
