@@ -1,0 +1,75 @@
+# Energy registers: integer sub-units with exact remainders, netting, tariffs, state.
+from meternode.metrology.registers import EXP, IMP, S_IMP, Registers, split
+from mptest import approx, eq, raises
+
+
+def _fine(n, rows, total=None):
+    # rows: per element (p, q, s) joules for one cycle -> fields as the meter builds them
+    f = [0.0] * (8 * (n + 1))
+    for e, (p, q, s) in enumerate(rows):
+        split(f, 8 * e, p, q, s)
+    if total:
+        split(f, 8 * n, total[0], total[1], total[2])
+    return f
+
+
+def test_split_sorts_energy_by_sign_and_quadrant():
+    f = [0.0] * 8
+    split(f, 0, 10.0, 5.0, 11.0)  # Q1
+    split(f, 0, -4.0, 3.0, 5.0)  # Q2
+    split(f, 0, -4.0, -3.0, 5.0)  # Q3
+    split(f, 0, 6.0, -8.0, 10.0)  # Q4
+    eq(f, [16.0, 8.0, 5.0, 3.0, 3.0, 8.0, 21.0, 10.0], "fields")
+
+
+def test_remainders_carry_so_many_small_cycles_add_up_exactly():
+    r = Registers(1)
+    for _ in range(100000):  # 100000 cycles of 46.3 mJ = 4630 J = 1286.11 mWh
+        f = _fine(1, [(0.0463, 0.0, 0.0463)], (0.0463, 0.0, 0.0463))
+        r.commit(f, 0.0463, 0.0)
+    eq(r.get(0, IMP), 1286, "mWh")
+    approx(r.energy_j(0, IMP), 4630.0, rel=1e-9, what="joules with the remainder")
+    eq(r.tariff_registers(0), (1286, 0), "tariff 0")
+
+
+def test_phase_netting_sums_elements_and_vector_netting_takes_the_total():
+    rows = [(3600.0, 0.0, 3600.0), (-3600.0, 0.0, 3600.0)]
+    v = Registers(2, netting="vector")
+    v.commit(_fine(2, rows, (0.0, 0.0, 0.0)), 0.0, 0.0)
+    eq((v.total_import(), v.total_export()), (0, 0), "vector: nets to nothing")
+    eq((v.imp[0], v.exp[1]), (1000, 1000), "elements keep their own")
+    p = Registers(2, netting="phase")
+    p.commit(_fine(2, rows), 0.0, 0.0)
+    eq((p.total_import(), p.total_export()), (1000, 1000), "phase: both directions")
+    eq(p.get(2, S_IMP) + p.get(2, 7), 2000, "apparent of both")
+    eq(p.tariff_registers(0), (1000, 1000), "tariff follows the netting")
+
+
+def test_tariff_index_and_bad_inputs():
+    r = Registers(1, tariffs=2)
+    r.set_tariff(1)
+    r.commit(_fine(1, [(7200.0, 0.0, 7200.0)], (7200.0, 0.0, 7200.0)), 7200.0, 0.0)
+    eq((r.tariff_registers(0), r.tariff_registers(1)), ((0, 0), (2000, 0)), "tariff 1 took it")
+    raises(ValueError, r.set_tariff, 2)
+    raises(ValueError, r.set_tariff, "1")
+    raises(ValueError, Registers, 1, 0)
+    raises(ValueError, Registers, 1, 4, "balanced")
+
+
+def test_state_restores_exactly_and_rejects_other_layouts_and_bad_values():
+    r = Registers(2)
+    r.commit(_fine(2, [(5000.0, 1.0, 5000.0), (-20.0, -1.0, 20.0)], (4980.0, 0.0, 4980.0)), 4980.0, 0.0)
+    r.demand(1234.5, 900)
+    st = r.state()
+    r2 = Registers(2)
+    r2.restore(st)
+    eq(r2.state(), st, "same state")
+    eq((r2.md_mw, r2.md_at), (1234500, 900), "maximum demand")
+    e = raises(ValueError, Registers(3).restore, st)
+    eq("2 elements" in str(e), True, str(e))
+    bad = dict(st, r=st["r"][:-1])
+    raises(ValueError, Registers(2).restore, bad)
+    bad = dict(st, rem=[-1] + st["rem"][1:])
+    e = raises(ValueError, Registers(2).restore, bad)
+    eq("rem" in str(e), True, str(e))
+    eq(Registers(2).get(0, EXP), 0, "fresh registers")
