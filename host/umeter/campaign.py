@@ -39,8 +39,26 @@ FINAL_BAD = ("failed", "timeout")
 
 
 def default_db() -> Path:
+    """$UMETER_FLEET_DB, else the fleet inventory's database ($UMETER_HOME/fleet.sqlite):
+    campaign tables live beside the inventory's `nodes` table."""
     env = os.environ.get("UMETER_FLEET_DB")
-    return Path(env) if env else Path.home() / ".local" / "share" / "umeter" / "fleet.db"
+    if env:
+        return Path(env)
+    from .keystore import home
+
+    return home() / "fleet.sqlite"
+
+
+def inventory_nodes(path: str | os.PathLike[str] | None = None, sites: list[str] | None = None) -> list[str]:
+    """Node ids from the fleet inventory (all, or those at `sites`), in inventory order."""
+    from .inventory import Fleet
+
+    rows = Fleet(path or default_db()).nodes()
+    ids = [r["node_id"] for r in rows if not sites or r["site"] in sites]
+    if not ids:
+        where = f" at site {', '.join(sites)}" if sites else ""
+        raise ConfigError(f"the fleet inventory has no nodes{where}", hint="provision nodes first: umeter provision")
+    return ids
 
 
 def parse_pct(s: str | float) -> float:

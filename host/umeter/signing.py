@@ -2,7 +2,7 @@
 
 The private key lives in the host keystore, one PEM file per fleet, mode 0600:
 
-    ks = Keystore()                      # $UMETER_KEYSTORE or ~/.config/umeter/keys
+    ks = Keystore()                      # $UMETER_KEYSTORE or $UMETER_HOME/fleet-keys
     key = ks.create("acme")              # refuses to overwrite an existing key
     env = sign_bundle(key, make_manifest("policy", "acme", 7, {"policy.json": data}, target))
 
@@ -31,8 +31,13 @@ DEFAULT_EXPIRY_S = 7 * 86400
 
 
 def default_keystore() -> Path:
+    """$UMETER_KEYSTORE, else fleet-keys/ in the toolchain's state directory ($UMETER_HOME)."""
     env = os.environ.get("UMETER_KEYSTORE")
-    return Path(env) if env else Path.home() / ".config" / "umeter" / "keys"
+    if env:
+        return Path(env)
+    from .keystore import home
+
+    return home() / "fleet-keys"
 
 
 def _check_fleet(fleet: str) -> str:

@@ -33,11 +33,23 @@ def test_push_resume_and_status_from_the_command_line(mosquitto, tmp_path: Path)
         r = _run(env, "policy", "sign", str(tmp_path / "p.toml"), "--fleet", "acme", "--version", "1", "--all",
                  "-o", str(b))  # fmt: skip
         assert r.returncode == 0, r.stderr
+        # targets from the fleet inventory (the provisioning database): the site "north"
+        from umeter.inventory import Fleet
+
+        inv = Fleet(tmp_path / "fleet.db")
+        for k, n in enumerate(sim.node_ids):
+            inv.bind(f"uid{k:04d}", n, "sim", "north" if k < 12 else "south", None, None)
+        r = _run(env, "policy", "push", str(b), "--site", "north", "--broker", mosquitto.url, "--id", "cli0")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith("Campaign cli0 (policy v1) done: 12/12 ok, 0 failed"), r.stdout
+        assert sim.policy_versions() == {1: 12, 0: 18}
         r = _run(env, "policy", "push", str(b), "--nodes-file", str(nodes), "--broker", mosquitto.url, "--id", "cli1",
                  "--canary", "10%", "--batch", "10")  # fmt: skip
         assert r.returncode == 0, r.stderr
         assert r.stdout.startswith("Campaign cli1 (policy v1) done: 30/30 ok, 0 failed"), r.stdout
         assert "canary: 3 nodes, 3 answered" in r.stderr
+        r = _run(env, "policy", "push", str(b), "--site", "east", "--broker", mosquitto.url)
+        assert r.returncode == 1 and "the fleet inventory has no nodes at site east" in r.stderr
         # firmware: two nodes fail their health check in the canary -> halted, exit 1
         build = tmp_path / "build"
         build.mkdir()
@@ -59,5 +71,9 @@ def test_push_resume_and_status_from_the_command_line(mosquitto, tmp_path: Path)
         assert r.returncode == 0, r.stderr
         assert r.stdout.startswith("Campaign fw2 (firmware v2) done: 28/30 ok, 2 failed")
         r = _run(env, "policy", "status", "--json")
-        assert [(c["id"], c["state"]) for c in json.loads(r.stdout)] == [("cli1", "done"), ("fw2", "done")]
+        assert [(c["id"], c["state"]) for c in json.loads(r.stdout)] == [
+            ("cli0", "done"),
+            ("cli1", "done"),
+            ("fw2", "done"),
+        ]
         assert sim.node("sim-00010").agent.slots.state()["versions"] == {"a": 2}

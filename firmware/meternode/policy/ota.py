@@ -201,6 +201,8 @@ def boot_path(root="."):
     slots = Slots(root)
     d = slots.select()
     if d:
+        # a slot holds files by their build names: `umeter build` puts the package under lib/
+        sys.path.insert(0, d + "/lib")
         sys.path.insert(0, d)
         for name in list(sys.modules):
             if name == "meternode" or name.startswith("meternode."):

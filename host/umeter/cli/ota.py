@@ -93,6 +93,9 @@ def sign_cmd(build_dir, fleet, version, expires, campaign, keystore, nodes, grou
 @command.command("push")
 @click.argument("bundle", type=click.Path(exists=True, path_type=Path))
 @push_options
-def push_cmd(bundle, nodes, nodes_file, broker, prefix, canary, batch, halt, timeout, cid, db, as_json) -> None:
+def push_cmd(
+    bundle, nodes, nodes_file, sites, fleet_nodes, broker, prefix, canary, batch, halt, timeout, cid, db, as_json
+):
     """Push a signed firmware bundle in stages; a node that fails its health check rolls back."""
-    push_bundle("firmware", bundle, nodes, nodes_file, broker, prefix, canary, batch, halt, timeout, cid, db, as_json)
+    push_bundle("firmware", bundle, nodes, nodes_file, broker, prefix, canary, batch, halt, timeout, cid, db, as_json,
+                sites, fleet_nodes)  # fmt: skip

@@ -53,6 +53,10 @@ def push_options(f):
     f = click.option("--canary", default="5%", show_default=True, help="Share of nodes in the first stage.")(f)
     f = click.option("--prefix", default="umeter", show_default=True, help="MQTT topic prefix.")(f)
     f = click.option("--broker", required=True, help="Broker URL, e.g. mqtt://127.0.0.1:1883.")(f)
+    f = click.option("--fleet-nodes", is_flag=True, help="Push to every node in the fleet inventory.")(f)
+    f = click.option("--site", "sites", multiple=True, help="Push to the inventory's nodes at this site (repeatable).")(
+        f
+    )
     f = click.option(
         "--nodes-file", type=click.Path(exists=True, path_type=Path), help="Node ids to push to, one per line."
     )(f)
@@ -60,12 +64,18 @@ def push_options(f):
     return f
 
 
-def _nodes(nodes: tuple[str, ...], nodes_file: Path | None) -> list[str]:
+def _nodes(nodes: tuple[str, ...], nodes_file: Path | None, sites=(), fleet_nodes=False, db=None) -> list[str]:
+    from ..campaign import inventory_nodes
+
     out = list(nodes)
     if nodes_file:
         out += [ln.strip() for ln in nodes_file.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    if sites or fleet_nodes:
+        out += [n for n in inventory_nodes(db, list(sites) or None) if n not in out]
     if not out:
-        raise ConfigError("no nodes to push to", hint="give --node ID (repeatable) or --nodes-file FILE")
+        raise ConfigError(
+            "no nodes to push to", hint="give --node ID, --nodes-file FILE, --site SITE or --fleet-nodes (inventory)"
+        )
     return out
 
 
@@ -88,13 +98,27 @@ def print_report(rep: Report, as_json: bool, db: CampaignDB) -> None:
 
 
 def push_bundle(
-    kind: str, bundle_path: Path, nodes, nodes_file, broker, prefix, canary, batch, halt, timeout, cid, db_path, as_json
+    kind: str,
+    bundle_path: Path,
+    nodes,
+    nodes_file,
+    broker,
+    prefix,
+    canary,
+    batch,
+    halt,
+    timeout,
+    cid,
+    db_path,
+    as_json,
+    sites=(),
+    fleet_nodes=False,
 ):
     bundle = bundle_path.read_bytes()
     man, _, _ = read_envelope(bundle)
     spec = CampaignSpec(
         kind,
-        _nodes(nodes, nodes_file),
+        _nodes(nodes, nodes_file, sites, fleet_nodes, db_path),
         canary_pct=parse_pct(canary),
         batch=batch,
         halt_pct=parse_pct(halt),
@@ -211,9 +235,12 @@ def sign_cmd(source, fleet, version, expires, campaign, keystore, nodes, groups,
 @command.command("push")
 @click.argument("bundle", type=click.Path(exists=True, path_type=Path))
 @push_options
-def push_cmd(bundle, nodes, nodes_file, broker, prefix, canary, batch, halt, timeout, cid, db, as_json) -> None:
+def push_cmd(
+    bundle, nodes, nodes_file, sites, fleet_nodes, broker, prefix, canary, batch, halt, timeout, cid, db, as_json
+):
     """Push a signed policy bundle in stages: canary, then batches; halt on failures."""
-    push_bundle("policy", bundle, nodes, nodes_file, broker, prefix, canary, batch, halt, timeout, cid, db, as_json)
+    push_bundle("policy", bundle, nodes, nodes_file, broker, prefix, canary, batch, halt, timeout, cid, db, as_json,
+                sites, fleet_nodes)  # fmt: skip
 
 
 @command.command("resume")
