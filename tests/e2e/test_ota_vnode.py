@@ -5,6 +5,7 @@ from its slot. Real firmware on the unix port, real Mosquitto, bundles streamed 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -32,6 +33,24 @@ def _build(version_text: str, broken: bool) -> dict[str, bytes]:
             b"\n\nasync def _never(self):\n    import asyncio\n\n    while True:\n"
             b"        await asyncio.sleep_ms(1000)\n\n\nMqttLink.run = _never\n"
         )
+    return files
+
+
+def _compiled_build(tmp: Path, version_text: str) -> dict[str, bytes]:
+    from umeter.build import build
+    from umeter.cli.ota import read_build
+
+    src = tmp / "src"
+    shutil.copytree(unixport.firmware_root(), src, ignore=shutil.ignore_patterns("__pycache__"))
+    init = src / "meternode" / "__init__.py"
+    init.write_text(
+        "\n".join(
+            f'VERSION = "{version_text}"' if ln.startswith("VERSION") else ln for ln in init.read_text().splitlines()
+        )
+    )
+    res = build("sim", tmp / "build", src=src, version=version_text)
+    files, info = read_build(res.out)
+    assert info["version"] == version_text and any(n.endswith(".mpy") for n in files)
     return files
 
 
@@ -69,8 +88,8 @@ def test_bad_build_rolls_back_and_good_build_is_confirmed(mosquitto, tmp_path: P
             assert vn.boots == 3, "staged -> reset -> trial boot -> reset -> rolled back"
             st = json.loads((tmp_path / "vn2" / "fw" / "boot.json").read_text())
             assert (st["active"], st["pending"]) == (None, None), "back on the factory modules"
-            # a good build: confirmed by the health check, and it is what runs
-            for msg in ota_messages(_bundle(3, _build("3.0.0", broken=False))):
+            # a good build, compiled by `umeter build` (.mpy under lib/): confirmed, and it is what runs
+            for msg in ota_messages(_bundle(3, _compiled_build(tmp_path, "3.0.0"))):
                 lis.publish("ota", msg)
             r, _ = lis.wait(ota, 60, "staged v3", vn)
             assert (r["status"], r["version"]) == ("staged", 3), r
