@@ -139,6 +139,10 @@ class Node:
         tasks = [asyncio.create_task(self.sampling()), asyncio.create_task(self.reporting())]
         if self.config.get("mqtt"):
             tasks.append(asyncio.create_task(self.link()))
+        if self.config.get("lora"):
+            u = self.uplink()
+            if u is not None and u.lora is not None:
+                tasks.append(asyncio.create_task(u.run_lora()))
         if self.config.get("fleet") or self.config.get("policy"):
             try:  # only nodes with policies load the policy package; a bad one never stops metering
                 from meternode.policy.service import PolicyService
