@@ -13,6 +13,7 @@ import json
 import tomllib
 from pathlib import Path
 
+from meternode.policy import compile as fw_compile
 from meternode.policy import schema
 
 from .errors import PolicyError
@@ -35,7 +36,7 @@ def load_source(path: str | Path) -> dict:
 
 def compile_source(src: dict, name: str = "policy") -> dict:
     try:
-        return schema.compile_policy(src)
+        return fw_compile.compile_policy(src)
     except schema.PolicyError as e:
         raise PolicyError(f"{name}: {e}", hint="see docs/policy.md for the policy format") from None
 

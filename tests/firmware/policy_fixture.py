@@ -1,5 +1,5 @@
 # Shared by the firmware policy tests: a source policy, a relay stand-in and a tariff recorder.
-from meternode.policy.schema import compile_policy
+from meternode.policy.compile import compile_policy
 
 MON_2026_11_23 = 1795388400  # 2026-11-23 00:00 at UTC+1 (a Monday)
 
