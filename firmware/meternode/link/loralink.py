@@ -36,6 +36,8 @@ class LoRaLink:
         self.retry_ms = retry_ms
         self._reader = log.reader()
         self._telemetry = None  # newest live frame waiting (older ones are merged away)
+        self.floor = None  # callable -> seq another link already delivered (fallback mode)
+        self.active = None  # callable -> False while another link carries the records
         self.sent = 0
         self.nacks = 0
         self.merged = 0
@@ -59,9 +61,15 @@ class LoRaLink:
         r = self._reader
         while True:
             try:
+                if self.active is not None and not self.active():
+                    await _sleep_ms(500)
+                    continue
                 if not self.modem.joined:
                     await self.modem.join()
-                r.seek(self.cursor.acked + 1)
+                start = self.cursor.acked
+                if self.floor is not None and self.floor() > start:
+                    start = self.floor()
+                r.seek(start + 1)
                 kind = r.next()
                 if kind:
                     try:

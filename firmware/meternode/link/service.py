@@ -7,8 +7,19 @@
 #   profile_s: 900            load-profile period
 #   cmd_key: "<hex>"          node key for command HMACs (commands are off without it)
 #   mqtt: see uplink.check_mqtt
+#   lora: {port, deveui, appeui, appkey, region: EU868, dr: 0, fport: 2, confirmed: true,
+#          daily_budget_ms: 30000, mode: "fallback" | "always"}  (see check_lora)
 import json
 import sys
+
+try:
+    from asyncio import sleep_ms as asyncio_sleep_ms
+except ImportError:  # CPython
+    import asyncio as _aio
+
+    def asyncio_sleep_ms(ms):
+        return _aio.sleep(ms / 1000)
+
 
 from meternode import VERSION
 from meternode.config import ConfigError, need
@@ -32,6 +43,25 @@ def check_store(c):
         if len(k) < 32 or len(k) % 2:
             raise ConfigError("config.cmd_key must be at least 32 hex digits, an even number")
     return s
+
+
+def check_lora(c):
+    lo = need(c, "lora", dict, "config", default={})
+    if lo:
+        w = "config.lora"
+        need(lo, "port", str, w, default="")
+        for k, n in (("deveui", 16), ("appeui", 16), ("appkey", 32)):
+            v = need(lo, k, str, w)
+            if len(v) != n:
+                raise ConfigError("%s.%s must be %d hex digits" % (w, k, n))
+        need(lo, "region", str, w, default="EU868")
+        need(lo, "dr", int, w, default=0, lo=0, hi=5)
+        need(lo, "fport", int, w, default=2, lo=1, hi=223)
+        need(lo, "confirmed", bool, w, default=True)
+        need(lo, "daily_budget_ms", int, w, default=30000, lo=1000, hi=86400000)
+        if need(lo, "mode", str, w, default="fallback") not in ("fallback", "always"):
+            raise ConfigError("config.lora.mode must be fallback or always, not %r" % lo["mode"])
+    return lo
 
 
 class UplinkService:
@@ -74,11 +104,58 @@ class UplinkService:
                 self._on_command if self.commands else None,
                 self._describe,
             )
+        self.lora = None
+        if check_lora(cfg):
+            self.lora = self._make_lora(cfg["lora"], path)
         st = self.log.stats()
         if st["corrupt"] or st["torn"]:
             self.event(records.EV_LOG_CORRUPT, st["corrupt"], "torn %d" % st["torn"])
         self.event(records.EV_REBOOT, 0, reason)
         self._results = []
+
+    def _make_lora(self, lo, path):
+        import asyncio
+
+        from meternode.link.airtime import Governor
+        from meternode.link.loralink import LoRaLink
+        from meternode.link.lorawan import LoRaModem
+
+        uart = getattr(self.node.hal, "lora_uart", None)
+        if uart is not None:  # boards: the HAL's UART as a stream
+            f = uart(lo)
+        elif lo.get("port"):  # unix port: a pty or tty device
+            f = open(lo["port"], "r+b")
+        else:
+            raise ConfigError("config.lora.port is missing and this HAL has no LoRa UART")
+        modem = LoRaModem(asyncio.StreamReader(f), asyncio.StreamWriter(f, {}))
+        try:
+            gov = Governor(lo.get("region", "EU868"), lo.get("dr", 0), lo.get("daily_budget_ms", 30000))
+        except ValueError as e:
+            raise ConfigError(str(e))
+        ll = LoRaLink(
+            modem, self.log, Cursor(path + ".lora"), gov, self.clock, lo.get("fport", 2), lo.get("confirmed", True)
+        )
+        if lo.get("mode", "fallback") == "fallback" and self.link is not None:
+            ll.floor = lambda: self.cursor.acked  # skip what MQTT delivered
+            ll.active = lambda: not self.link.up  # and only speak while MQTT is down
+        return ll
+
+    async def run_lora(self):
+        # The LoRaWAN task: configure the modem, then drain records (LoRaLink retries forever).
+        lo = self.node.config["lora"]
+        m = self.lora.modem
+        m.start()
+        while True:
+            try:
+                await m.configure(lo["deveui"], lo["appeui"], lo["appkey"], lo.get("region", "EU868"), lo.get("dr", 0))
+                break
+            except Exception as e:
+                self.link_log("lora modem not configured: %s" % e)
+                await asyncio_sleep_ms(5000)
+        await self.lora.run()
+
+    def link_log(self, msg):
+        print(msg)
 
     # -- records ---------------------------------------------------------------------------
     def _wake(self, seq=0):
@@ -103,6 +180,13 @@ class UplinkService:
             self.event(records.EV_LOG_DROPPED, note[0], "seq %d-%d" % (note[1], note[2]))
         if self.link is not None:
             await self.link.publish_live("telemetry", payload)
+        if self.lora is not None:
+            from meternode.link import loracodec
+
+            try:
+                self.lora.telemetry(loracodec.encode_telemetry(self.node.seq, ts, json.loads(payload)))
+            except ValueError:
+                pass
         await self._flush_results()
 
     # -- MQTT ------------------------------------------------------------------------------

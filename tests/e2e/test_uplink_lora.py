@@ -1,0 +1,66 @@
+"""The whole node with a LoRaWAN modem (simulated RAK3172 over a pty) and no MQTT: it joins,
+sends its stored records as confirmed frames in order, then merged live telemetry."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+
+from meternode.link import loracodec
+from umeter import unixport
+from umeter_hil.lorasim import SimModem
+
+
+def test_node_sends_records_then_telemetry_over_lorawan(tmp_path):
+    root = tmp_path / "node"
+    root.mkdir()
+    shutil.copy(unixport.boards_dir() / "sim.json", root / "board.json")
+    shutil.copy(unixport.firmware_root() / "main.py", root / "main.py")
+    with SimModem() as modem:
+        modem.fail_joins = 1
+        cfg = {
+            "node_id": "lora1",
+            "telemetry_s": 0.5,
+            "lora": {
+                "port": modem.port,
+                "deveui": "70B3D57ED0000001",
+                "appeui": "0000000000000000",
+                "appkey": "00112233445566778899AABBCCDDEEFF",
+                "region": "CN470",
+                "dr": 5,
+                "daily_budget_ms": 600000,
+            },
+            "sim": {"realtime": True, "currents": [{"rms": 5.0}]},
+        }
+        (root / "config.json").write_text(json.dumps(cfg))
+        env = dict(os.environ, MICROPYPATH=unixport.micropypath())
+        with open(root / "console.log", "w") as log:
+            p = subprocess.Popen(
+                unixport.command(root / "main.py", heap="256k"), cwd=root, env=env, stdout=log, stderr=log
+            )
+            try:
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and len(modem.uplinks) < 3:
+                    assert p.poll() is None, (root / "console.log").read_text()
+                    time.sleep(0.1)
+            finally:
+                p.kill()
+                p.wait()
+        frames = [(port, loracodec.decode(data), confirmed) for port, data, confirmed in modem.uplinks]
+        assert len(frames) >= 3, (root / "console.log").read_text()
+        port, first, confirmed = frames[0]
+        assert (port, first["kind"], first["seq"], first["event"], first["text"], confirmed) == (
+            2,
+            "event",
+            1,
+            "reboot",
+            "start",
+            True,
+        )
+        live = [f for _, f, c in frames if f["kind"] == "telemetry"]
+        assert live and not any(c for _, f, c in frames if f["kind"] == "telemetry"), "telemetry unconfirmed"
+        assert 2250 < live[0]["v_dv"] < 2350
+        assert modem.joins == 2 and "AT+BAND=1" in modem.commands
