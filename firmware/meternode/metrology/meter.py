@@ -21,6 +21,7 @@ from meternode.config import ConfigError
 from meternode.metrology import calibration, kernels
 from meternode.metrology.energy import Energy
 from meternode.metrology.registers import NETTINGS, Registers
+from meternode.metrology.report import Window
 
 _HALF_PI = math.pi / 2.0
 _TWO_PI = 2.0 * math.pi
@@ -58,6 +59,7 @@ class Meter:
         self._t_slot = [skew * k for k in range(nch)]  # conversion instant within a set
         volts = [k for k in range(nch) if chans[k]["kind"] == "voltage"]
         self._a0 = volts[0]
+        self.v_channel = volts[0]  # the channel whose crossings define the cycles
         self.pairs = []  # (voltage channel, current channel) per element
         for k in range(nch):
             ch = chans[k]
@@ -137,7 +139,24 @@ class Meter:
         self.p = [0.0] * e
         self.q = [0.0] * e
         self.s = [0.0] * e
-        self._reset_window()
+        self.window = Window(nch, self.elements)
+        # power quality (quality.py), opt-in: metrology.quality = true
+        self.quality = None
+        self._cap_on = False
+        if opts.get("quality", False):
+            from meternode.metrology.quality import Quality
+
+            self._vidx = volts
+            self._vq = [0.0] * len(volts)
+            self.quality = Quality(
+                [self.names[v] for v in volts],
+                [chans[v].get("nominal", 230.0) for v in volts],
+                self.f_nom,
+                opts.get("pq", {}),
+            )
+            self._cap_sets = self.rate // 40  # one cycle down to 40 Hz
+            self._capbuf = array.array("H", bytes(2 * nch * self._cap_sets))
+            self._cap_n = 0
 
     # -- configuration at run time ----------------------------------------------------------
     def set_tariff(self, i):
@@ -205,6 +224,11 @@ class Meter:
         if end > i:
             kernels.block_sums(self._work, i, end, self.nch, self._d, self._lay, self._mid, self._acc)
             self._acc[self._n_at] += end - i
+            if self._cap_on:
+                m = min(end - i, self._cap_sets - self._cap_n)
+                nch = self.nch
+                kernels.copy16(self._work, i * nch, self._capbuf, self._cap_n * nch, m * nch)
+                self._cap_n += m
 
     # -- per cycle --------------------------------------------------------------------------
     def _close(self, cross):
@@ -216,6 +240,9 @@ class Meter:
             if cross is None:
                 self.freq = 0.0
                 self.unmeasured += 1
+                if self.quality is not None:
+                    self.quality.no_mains(self.sets / self.rate)
+            self._cap_on = False
             self._track_mid(n)
             kernels.clear(acc, len(acc))
             return
@@ -260,7 +287,26 @@ class Meter:
         self.cycles += 1
         self.measured_sets += n
         self.energy.cycle(self.p, self.q, self.s, n, self.sets)
-        self._window()
+        if self.quality is not None:
+            self._pq(n, cross)
+        self.window.cycle(self)
+
+    def _pq(self, n, cross):
+        # Harmonics: from a crossing on, capture round(rate / f) sets -- one period as near
+        # as whole sets allow, so noise on the crossing does not change the window -- and
+        # analyse them once complete (possibly at the next crossing).
+        q = self.quality
+        if self._cap_on and self._cap_n >= self._cap_want:
+            for c in range(self.nch):
+                q.analyse(self.names[c], self._capbuf, c, self._cap_want, self.nch, self._mid[c])
+            self._cap_on = False
+        vq = self._vq
+        for k in range(len(vq)):
+            vq[k] = self.vrms[self._vidx[k]]
+        if q.cycle(vq, n, cross / self.rate):
+            self._cap_on = True
+            self._cap_n = 0
+            self._cap_want = min(self._cap_sets, int(self.rate / self.freq + 0.5))
 
     def _weights(self, e, f, ph, a, b):
         # Two-sample interpolation weights for element e at frequency f with a net sensor
@@ -303,84 +349,8 @@ class Meter:
         self.energy.flush()
 
     # -- reporting --------------------------------------------------------------------------
-    def _reset_window(self):
-        e = self.elements
-        self._w_n = 0
-        self._w_v2 = [0.0] * self.nch
-        self._w_f = 0.0
-        self._w_i2 = [0.0] * e
-        self._w_p = [0.0] * e
-        self._w_q = [0.0] * e
-        self._w_pmin = [0.0] * e
-        self._w_pmax = [0.0] * e
-
-    def _window(self):
-        w = self._w_n
-        for c in range(self.nch):
-            self._w_v2[c] += self.vrms[c] * self.vrms[c]
-        for e in range(self.elements):
-            p = self.p[e]
-            self._w_i2[e] += self.irms[e] * self.irms[e]
-            self._w_p[e] += p
-            self._w_q[e] += self.q[e]
-            if w == 0 or p < self._w_pmin[e]:
-                self._w_pmin[e] = p
-            if w == 0 or p > self._w_pmax[e]:
-                self._w_pmax[e] = p
-        self._w_f += self.freq
-        self._w_n = w + 1
 
     def snapshot(self):
-        # Averages over the cycles since the last snapshot (RMS values as RMS of RMS).
-        n = self._w_n
-        if n == 0:
-            return None
-        r = self.registers
-        vrms = [math.sqrt(self._w_v2[a] / n) for a in range(self.nch)]
-        els = []
-        for e in range(self.elements):
-            a = self.pairs[e][0]
-            irms = math.sqrt(self._w_i2[e] / n)
-            p = self._w_p[e] / n
-            q = self._w_q[e] / n
-            s = vrms[a] * irms
-            pf = p / s if s > 0.0 else 0.0
-            els.append(
-                {
-                    "name": self.element_names[e],
-                    "v": vrms[a],
-                    "i": irms,
-                    "p": p,
-                    "q": q,
-                    "s": s,
-                    "pf": max(-1.0, min(1.0, pf)),
-                    "quadrant": quadrant(p, q),
-                    "p_min": self._w_pmin[e],
-                    "p_max": self._w_pmax[e],
-                    "e_imp_wh": r.get(e, 0) / 1000.0,
-                    "e_exp_wh": r.get(e, 1) / 1000.0,
-                    "e_q_varh": [x / 1000.0 for x in r.quadrants(e)],
-                    "e_s_vah": (r.get(e, 6) + r.get(e, 7)) / 1000.0,
-                }
-            )
-        snap = {
-            "cycles": n,
-            "v": vrms[self._a0],
-            "voltages": {self.names[a]: vrms[a] for a in range(self.nch) if self.cal[a].kind == "voltage"},
-            "f": self._w_f / n,
-            "elements": els,
-            "tariff": r.tariff,
-            "e_imp_wh": r.total_import() / 1000.0,
-            "e_exp_wh": r.total_export() / 1000.0,
-            "demand_w": self.energy.demand_w,
-            "md_w": r.md_mw / 1000.0,
-        }
-        self._reset_window()
-        return snap
-
-
-def quadrant(p, q):
-    # IEC 62053-23 quadrants: 1 = import inductive, 2 = export capacitive... by signs.
-    if p >= 0.0:
-        return 1 if q >= 0.0 else 4
-    return 2 if q >= 0.0 else 3
+        # Averages over the cycles since the last snapshot (see report.py); None before the
+        # first measured cycle.
+        return self.window.snapshot(self)

@@ -1,0 +1,98 @@
+# The reporting window: per-cycle statistics since the last snapshot, and the snapshot
+# dict that node.py and the telemetry encoder read (keys cycles, v, f, elements with
+# name, i, p, p_min, p_max, e_imp_wh, e_exp_wh; plus q, s, pf, quadrant, reactive and
+# apparent energy, voltages, tariff, totals, demand and power quality when enabled).
+import math
+
+
+class Window:
+    def __init__(self, nch, elements):
+        self.nch = nch
+        self.elements = elements
+        self.reset()
+
+    def reset(self):
+        e = self.elements
+        self.w_n = 0
+        self.w_v2 = [0.0] * self.nch
+        self.w_f = 0.0
+        self.w_i2 = [0.0] * e
+        self.w_p = [0.0] * e
+        self.w_q = [0.0] * e
+        self.w_pmin = [0.0] * e
+        self.w_pmax = [0.0] * e
+
+    def cycle(self, m):
+        # One measured cycle of meter m.
+        w = self.w_n
+        for c in range(self.nch):
+            self.w_v2[c] += m.vrms[c] * m.vrms[c]
+        for e in range(self.elements):
+            p = m.p[e]
+            self.w_i2[e] += m.irms[e] * m.irms[e]
+            self.w_p[e] += p
+            self.w_q[e] += m.q[e]
+            if w == 0 or p < self.w_pmin[e]:
+                self.w_pmin[e] = p
+            if w == 0 or p > self.w_pmax[e]:
+                self.w_pmax[e] = p
+        self.w_f += m.freq
+        self.w_n = w + 1
+
+    def snapshot(self, m):
+        # Averages over the cycles since the last snapshot (RMS values as RMS of RMS).
+        n = self.w_n
+        if n == 0:
+            return None
+        r = m.registers
+        vrms = [math.sqrt(self.w_v2[a] / n) for a in range(self.nch)]
+        els = []
+        for e in range(self.elements):
+            a = m.pairs[e][0]
+            irms = math.sqrt(self.w_i2[e] / n)
+            p = self.w_p[e] / n
+            q = self.w_q[e] / n
+            s = vrms[a] * irms
+            pf = p / s if s > 0.0 else 0.0
+            els.append(
+                {
+                    "name": m.element_names[e],
+                    "v": vrms[a],
+                    "i": irms,
+                    "p": p,
+                    "q": q,
+                    "s": s,
+                    "pf": max(-1.0, min(1.0, pf)),
+                    "quadrant": quadrant(p, q),
+                    "p_min": self.w_pmin[e],
+                    "p_max": self.w_pmax[e],
+                    "e_imp_wh": r.get(e, 0) / 1000.0,
+                    "e_exp_wh": r.get(e, 1) / 1000.0,
+                    "e_q_varh": [x / 1000.0 for x in r.quadrants(e)],
+                    "e_s_vah": (r.get(e, 6) + r.get(e, 7)) / 1000.0,
+                }
+            )
+        snap = {
+            "cycles": n,
+            "v": vrms[m.v_channel],
+            "voltages": {m.names[a]: vrms[a] for a in range(self.nch) if m.cal[a].kind == "voltage"},
+            "f": self.w_f / n,
+            "elements": els,
+            "tariff": r.tariff,
+            "e_imp_wh": r.total_import() / 1000.0,
+            "e_exp_wh": r.total_export() / 1000.0,
+            "demand_w": m.energy.demand_w,
+            "md_w": r.md_mw / 1000.0,
+        }
+        if m.quality is not None:
+            snap["pq"] = m.quality.report()
+        self.reset()
+        return snap
+
+
+def quadrant(p, q):
+    # Quadrants by the signs of P and Q: 1 = +P +Q (import, inductive), 2 = -P +Q,
+    # 3 = -P -Q, 4 = +P -Q (import, capacitive).
+    if p >= 0.0:
+        return 1 if q >= 0.0 else 4
+    return 2 if q >= 0.0 else 3
