@@ -17,6 +17,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable
 
@@ -24,6 +25,7 @@ from .errors import DeviceError, TransportError
 
 CHUNK = 2048  # raw bytes per exec: 2.7 KiB of base64, well inside a board's heap
 TMP_SUFFIX = ".tmp"
+_AST_LOCK = threading.Lock()
 
 _HELPERS = """\
 import os, hashlib, binascii
@@ -187,7 +189,8 @@ class Board:
 
         out = self.exec(f"print(repr({expr}))").decode(errors="replace").strip()
         try:
-            return ast.literal_eval(out)
+            with _AST_LOCK:  # CPython 3.11's compiler is not thread-safe here (recursion depth mismatch)
+                return ast.literal_eval(out)
         except (ValueError, SyntaxError):
             raise DeviceError(
                 f"{self.port}: unexpected answer {out[:80]!r}", hint="is it running umeter firmware?"
