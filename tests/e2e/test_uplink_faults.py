@@ -122,27 +122,30 @@ def _expect_exactly_once(c: Consumer, node: str, first: int, last: int) -> None:
     assert seqs == list(range(first, last + 1)), f"records {seqs[:5]}..{seqs[-5:]} not {first}..{last} once each"
 
 
-def test_broker_killed_and_restarted_while_node_publishes(tmp_path):
+def test_broker_killed_and_restarted_while_nodes_publish(tmp_path):
     port = free_port()
     broker = Mosquitto(port=port).start()
-    node = None
+    nodes = []
     try:
         with Consumer(tmp_path / "c.sqlite", "127.0.0.1", port) as c:
-            node = NodeProc(tmp_path, "kill1", "127.0.0.1", port, n=200, every_ms=10)
-            node.wait(lambda s: s["acked"] >= 50, 20, "50 records acknowledged")
+            nodes = [NodeProc(tmp_path, f"kill{k}", "127.0.0.1", port, n=200, every_ms=10) for k in (1, 2)]
+            for n in nodes:
+                n.wait(lambda s: s["acked"] >= 50, 20, "50 records acknowledged")
             broker.proc.kill()  # SIGKILL: no goodbye, in-flight state gone
             broker.proc.wait()
-            node.wait(lambda s: not s["up"], 15, "node notices the broker is gone")
+            for n in nodes:
+                n.wait(lambda s: not s["up"], 15, "node notices the broker is gone")
             time.sleep(0.5)
             broker = Mosquitto(port=port).start()
-            node.wait(lambda s: s["produced"] == 200 and s["acked"] == 200, 40, "backlog drained after restart")
-            c.wait_for(lambda: c.count("kill1") == 200, 20, "200 records at the consumer")
-            _expect_exactly_once(c, "kill1", 1, 200)
-            st = node.status()
-            assert st["ups"] >= 2, st
+            for n in nodes:
+                n.wait(lambda s: s["produced"] == 200 and s["acked"] == 200, 40, "backlog drained after restart")
+            for name in ("kill1", "kill2"):
+                c.wait_for(lambda name=name: c.count(name) == 200, 20, f"200 records of {name} at the consumer")
+                _expect_exactly_once(c, name, 1, 200)
+            assert all(n.status()["ups"] >= 2 for n in nodes)
     finally:
-        if node:
-            node.stop()
+        for n in nodes:
+            n.stop()
         broker.stop()
 
 
