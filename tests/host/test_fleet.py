@@ -1,0 +1,50 @@
+"""Fleet database and CLI: binding by unique id, ls/show/forget, errors for unknown nodes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from umeter.errors import ConfigError
+from umeter.inventory import Fleet
+
+UMETER = str(Path(sys.executable).parent / "umeter")
+
+
+def test_bind_refuses_a_second_name_for_a_board_and_a_second_board_for_a_name(tmp_path):
+    f = Fleet(tmp_path / "f.sqlite")
+    f.bind("aa01", "n1", "sim", "lab", "/dev/x", None)
+    f.bind("aa01", "n1", "sim", "lab2", "/dev/y", None)  # same pair again: updated
+    assert f.get("n1")["site"] == "lab2" and f.get("AA01")["node_id"] == "n1"
+    with pytest.raises(ConfigError, match="already node 'n1', not 'n2'"):
+        f.bind("aa01", "n2", "sim", "lab", "/dev/x", None)
+    with pytest.raises(ConfigError, match="node 'n1' is bound to board aa01"):
+        f.bind("bb02", "n1", "sim", "lab", "/dev/z", None)
+    f.record("aa01", status="ok", version="1.0", files=3)
+    assert f.get("n1")["status"] == "ok" and f.get("n1")["provisioned_at"]
+    assert f.forget("n1") and f.get("n1") is None
+
+
+def test_cli_fleet_ls_show_and_unknown_node(tmp_path):
+    env = dict(os.environ, UMETER_HOME=str(tmp_path), NO_COLOR="1")
+    Fleet(tmp_path / "fleet.sqlite").bind("cc03", "meter-7", "sim", "roof", "/dev/x", "SER1")
+    ls = subprocess.run([UMETER, "fleet", "ls", "--json"], capture_output=True, text=True, env=env)
+    assert [n["node_id"] for n in json.loads(ls.stdout)] == ["meter-7"]
+    show = subprocess.run([UMETER, "fleet", "show", "cc03"], capture_output=True, text=True, env=env)
+    assert "meter-7" in show.stdout and "roof" in show.stdout and "keys" in show.stdout
+    bad = subprocess.run([UMETER, "fleet", "show", "nope"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == "umeter: error: no node 'nope' in the fleet — see `umeter fleet ls`"
+
+
+def test_cli_build_reports_one_line_and_a_bad_board(tmp_path):
+    r = subprocess.run([UMETER, "build", "--board", "sim", "-o", str(tmp_path / "b")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("Built ") and "for sim (x64)" in r.stdout
+    bad = subprocess.run([UMETER, "build", "--board", "nope"], capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.startswith("umeter: error: unknown board 'nope' — known boards:")
