@@ -1,0 +1,26 @@
+# LoRa codec and airtime on MicroPython (the host runs the same code on CPython).
+from meternode.link import loracodec
+from meternode.link.airtime import Governor, time_on_air_us
+from meternode.store import records
+from mptest import eq, raises
+
+
+def test_frames_round_trip_on_micropython_within_51_bytes():
+    p = records.profile(900, 123456789, 5500, (2300, 2290, 2310), (1500, 10, 3000), (3450, -20, 6900))
+    f = loracodec.encode_record(records.PROFILE, 7, 1700000000, p)
+    eq(len(f), 42, "profile frame size")
+    d = loracodec.decode(f)
+    eq((d["seq"], d["e_imp_wh"], d["p_min_dw"], d["i_max_cA"]), (7, 123456, -20, 300), "fields")
+    e = loracodec.encode_record(records.EVENT, 8, 1, records.event(records.EV_TAMPER, 1, "t" * 40))
+    eq(len(e), 51, "event text cut to fit 51 bytes")
+    eq(loracodec.decode(e)["event"], "tamper", "event name")
+    raises(loracodec.CodecError, loracodec.decode, b"\x21" + bytes(5))
+    raises(loracodec.CodecError, loracodec.encode_record, records.READING, 1, 1, b"{}")
+
+
+def test_airtime_and_duty_cycle_on_micropython():
+    eq((time_on_air_us(20, 12) + 500) // 1000, 1810, "20 B at SF12")
+    g = Governor("EU868", 0, 30000)
+    eq(g.wait_ms(20, 0, 1700006400), 0, "first uplink goes")
+    t = g.sent_now(20, 0)
+    eq(g.wait_ms(20, 10, 1700006400), t * 100 - 10, "band rests 99x the airtime")

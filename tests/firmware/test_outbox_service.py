@@ -1,0 +1,97 @@
+# The uplink service's wiring (store, profile, events, command actions) on MicroPython,
+# with a stand-in node: no sampling, no broker.
+from meternode.config import ConfigError
+from meternode.link.service import UplinkService, check_lora
+from meternode.store import records
+from mptest import eq, heap, raises, scratch_dir
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1800000000.0
+
+    def time(self):
+        return self.t
+
+    def set_time(self, e):
+        self.t = e
+
+
+class Hal:
+    def __init__(self):
+        self.clock = Clock()
+
+
+class NoMeter:
+    def snapshot(self):
+        return None  # no cycles measured since the last snapshot
+
+
+class FakeNode:
+    def __init__(self, cfg):
+        self.id = "svc1"
+        self.config = cfg
+        self.hal = Hal()
+        self.board = {"name": "sim"}
+        self.meter = NoMeter()
+        self.mains = None
+        self.last = '{"v": 230.0}'
+        self.seq = 0
+
+
+def _events(u):
+    r = u.log.reader()
+    r.seek(1)
+    out = []
+    while r.next():
+        if r.kind == records.EVENT:
+            d = r.record()
+            out.append((d["event"], d["text"]))
+    return out
+
+
+def _snap(v):
+    return {"v": v, "elements": [{"name": "I1", "i": 1.0, "p": 230.0, "e_imp_wh": 1.0, "e_exp_wh": 0.0}]}
+
+
+@heap("256k")
+async def test_service_logs_reboot_profiles_and_reports_dropped_segments():
+    d = scratch_dir()
+    cfg = {"node_id": "svc1", "profile_s": 60, "store": {"path": d + "/st", "segment_bytes": 1024, "max_bytes": 2048}}
+    u = UplinkService(FakeNode(cfg), reason="watchdog")
+    eq(_events(u)[0], ("reboot", "watchdog"), "boot reason recorded first")
+    t = 1800000000
+    for k in range(200):  # 200 minutes of profiles into a 2 KB log
+        await u.report(t + 30 * k, _snap(230.0), "{}")
+    st = u.log.stats()
+    eq(st["dropped"] > 0, True, "oldest segments dropped")
+    drops = [e for e in _events(u) if e[0] == "log_dropped"]
+    eq(len(drops) > 0, True, "drops reported as events")
+    eq(u.log.last_seq > 100, True, "recording went on (%d)" % u.log.last_seq)
+    u.log.close()
+
+
+@heap("256k")
+def test_service_actions_validate_config_and_time():
+    d = scratch_dir()
+    node = FakeNode({"node_id": "svc1", "store": {"path": d + "/st"}})
+    u = UplinkService(node)
+    u.set_config("telemetry_s", 2.0)
+    eq(node.config["telemetry_s"], 2.0, "set")
+    e = raises(ValueError, u.set_config, "profile_s", 7 * 60 + 1)
+    eq("does not divide a day" in str(e), True, str(e))
+    u.set_time(1900000000)
+    eq(node.hal.clock.time(), 1900000000, "time set")
+    eq(u.relay(True), False, "no relay on this HAL")
+    eq(u.read_now(), {"v": 230.0}, "read_now falls back to the last telemetry")
+
+
+def test_bad_lora_and_store_config_name_the_key():
+    e = raises(ConfigError, check_lora, {"lora": {"deveui": "00", "appeui": "0" * 16, "appkey": "0" * 32}})
+    eq(str(e), "config.lora.deveui must be 16 hex digits", "deveui")
+    e = raises(
+        ConfigError, check_lora, {"lora": {"deveui": "0" * 16, "appeui": "0" * 16, "appkey": "0" * 32, "mode": "x"}}
+    )
+    eq("config.lora.mode" in str(e), True, str(e))
+    e = raises(ConfigError, UplinkService, FakeNode({"node_id": "x", "store": {"segment_bytes": 10}}))
+    eq("config.store.segment_bytes" in str(e), True, str(e))
