@@ -106,7 +106,8 @@ def describe(c: dict) -> dict[str, str]:
         trig = schema.DR_TRIGGERS[r[0]]
         lev = f"{r[1]:g}..{r[2]:g}" if r[0] == 3 else f"{r[1]:g}"
         out[f"dr[{n}]"] = f"{trig} level={lev} for={r[3]}s shed={r[4]}s random={r[5]}s"
-    out["reporting"] = f"telemetry={c['r'][0]}s profile={c['r'][1]}min quantities={','.join(c['r'][2])}"
+    if "r" in c:
+        out["reporting"] = f"telemetry={c['r'][0]}s profile={c['r'][1]}min quantities={','.join(c['r'][2])}"
     return out
 
 

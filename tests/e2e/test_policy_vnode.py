@@ -10,12 +10,14 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from policy_vnode import Listener, VNode
 
+from meternode.policy import small
 from umeter.policy import compile_source, policy_bundle
 from umeter.signing import fleet_identity, make_target
 
 NOON = 1795435200  # 2026-11-23 12:00 UTC, a Monday
 START = NOON - 8  # the sim clock starts 8 s before the tariff switch
 KEY = Ed25519PrivateKey.generate()
+CMD_KEY = bytes(range(16, 48))  # the node's HMAC key
 
 
 def _policy(name: str = "noon-switch") -> dict:
@@ -51,7 +53,7 @@ def _config(node: str, broker, **extra) -> dict:
 def test_tariffs_and_frequency_dip_on_a_virtual_node_then_signed_bundles(mosquitto, tmp_path: Path) -> None:
     lis = Listener(mosquitto.host, mosquitto.port, "vn1")
     try:
-        with VNode(tmp_path / "vn1", _config("vn1", mosquitto, policy=_policy())) as vn:
+        with VNode(tmp_path / "vn1", _config("vn1", mosquitto, policy=_policy(), cmd_key=CMD_KEY.hex())) as vn:
             events = []
 
             def restored(leaf, m):
@@ -94,6 +96,15 @@ def test_tariffs_and_frequency_dip_on_a_virtual_node_then_signed_bundles(mosquit
             lis.publish("policy/bundle", env)
             r, _ = lis.wait(lambda leaf, m: leaf == "policy/result", 20, "replay result", vn)
             assert (r["ok"], r["why"].split(":")[0], r["version"]) == (False, "not newer", 1)
+            # a LoRa-sized price frame (HMAC + counter) over MQTT; a replay of it does nothing
+            frame = small.encode_price(CMD_KEY, "vn1", 1, 0.77, 10)
+            lis.publish("policy/small", frame)
+            r, _ = lis.wait(lambda leaf, m: leaf == "policy/result", 20, "price result", vn)
+            assert (r["ok"], r["price"], r["valid_s"]) == (True, 0.77, 600), r
+            st, _ = lis.wait(lambda leaf, m: leaf == "policy/state" and m["price"] == 0.77, 20, "price in force", vn)
+            lis.publish("policy/small", frame)
+            r, _ = lis.wait(lambda leaf, m: leaf == "policy/result", 20, "replayed frame", vn)
+            assert (r["ok"], r["why"].split(":")[0]) == (False, "replayed")
             assert "Traceback" not in vn.log()
     finally:
         lis.close()

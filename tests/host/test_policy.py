@@ -80,6 +80,10 @@ def test_toml_compiles_to_the_compact_form(tmp_path: Path) -> None:
     assert c["d"] == [[2, 49.8, 0.0, 2, 300, 120]]
     assert schema.check_compact(json.loads(json.dumps(c))) == c, "round trip through JSON"
     assert len(json.dumps(c, separators=(",", ":"))) < len(TOML) / 2, "compact"
+    assert c["r"] == [10, 15, ["v", "p", "e_imp", "e_exp", "tariff"]]
+    no_rep = _src()
+    del no_rep["reporting"]
+    assert "r" not in compile_source(no_rep), "no [reporting]: the node keeps its own settings"
 
 
 @pytest.mark.parametrize(
@@ -95,6 +99,7 @@ def test_toml_compiles_to_the_compact_form(tmp_path: Path) -> None:
         ({"dr": [{"trigger": "freq_below"}]}, "policy.dr[0].level is missing"),
         ({"dr": [{"trigger": "voltage_outside", "low": 250, "high": 200}]}, "policy.dr[0].high = 200.0 must be above"),
         ({"reporting": {"quantities": ["v", "watts"]}}, "policy.reporting.quantities[1] must be one of"),
+        ({"reporting": {"profile_min": 7}}, "policy.reporting.profile_min = 7 does not divide a day"),
     ],
 )
 def test_bad_policies_name_the_bad_key(change: dict, message: str) -> None:

@@ -159,13 +159,19 @@ def compile_policy(src):
         shed = _int(_get(r, "shed_s", dw, 300), dw + ".shed_s", 1, 86400)
         rnd = _int(_get(r, "restore_random_s", dw, 0), dw + ".restore_random_s", 0, 86400)
         drs.append([trig, a, b, for_s, shed, rnd])
-    rep = _table(_get(src, "reporting", w, {}), w + ".reporting")
-    _no_extra(rep, ("telemetry_s", "profile_min", "quantities"), w + ".reporting")
-    tel = _int(_get(rep, "telemetry_s", w + ".reporting", 10), w + ".reporting.telemetry_s", 1, 86400)
-    prof = _int(_get(rep, "profile_min", w + ".reporting", 15), w + ".reporting.profile_min", 1, 1440)
-    qs = _list(_get(rep, "quantities", w + ".reporting", ["v", "p", "e_imp", "e_exp"]), w + ".reporting.quantities", 16)
-    for n, q in enumerate(qs):
-        _choice(q, QUANTITIES, "policy.reporting.quantities[%d]" % n)
+    rep = None
+    if "reporting" in src:  # optional: without it the node keeps its own reporting settings
+        r = _table(src["reporting"], w + ".reporting")
+        rw = w + ".reporting"
+        _no_extra(r, ("telemetry_s", "profile_min", "quantities"), rw)
+        tel = _int(_get(r, "telemetry_s", rw, 10), rw + ".telemetry_s", 1, 86400)
+        prof = _int(_get(r, "profile_min", rw, 15), rw + ".profile_min", 1, 1440)
+        if 1440 % prof:
+            raise PolicyError("%s.profile_min = %d does not divide a day" % (rw, prof))
+        qs = _list(_get(r, "quantities", rw, ["v", "p", "e_imp", "e_exp"]), rw + ".quantities", 16)
+        for n, q in enumerate(qs):
+            _choice(q, QUANTITIES, "%s.quantities[%d]" % (rw, n))
+        rep = [tel, prof, list(qs)]
     c = {
         "f": FORMAT,
         "n": name,
@@ -177,6 +183,7 @@ def compile_policy(src):
         "rt": rt,
         "l": limits,
         "d": drs,
-        "r": [tel, prof, list(qs)],
     }
+    if rep is not None:
+        c["r"] = rep
     return check_compact(c)

@@ -148,7 +148,7 @@ class Engine:
         self._duntil = [0] * nd  # end of the minimum shed / of the random delay
         self._ev_start = [0] * nd  # pushed DR event window (trigger "event")
         self._ev_end = [0] * nd
-        self.reporting = c["r"]
+        self.reporting = c.get("r")  # [telemetry_s, profile_min, quantities] or None
         self.tariff = -1
         self.day_type = -1
         self.relay_on = True

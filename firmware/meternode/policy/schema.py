@@ -18,7 +18,7 @@
 #    "p": [price per tariff or -1], "rt": realtime_max_s,
 #    "l": [[kind, level, hold_s, action, shed_s, retries], ...],
 #    "d": [[trigger, a, b, for_s, shed_s, restore_random_s], ...],
-#    "r": [telemetry_s, profile_min, [quantities]]}
+#    "r": [telemetry_s, profile_min, [quantities]]}   (optional)
 FORMAT = 1
 MAX_TARIFFS = 8
 MAX_PERIODS = 24  # per day type
@@ -163,11 +163,12 @@ def check_compact(c):
         _int(r[3], dw + "[3] (for_s)", 0, 3600)
         _int(r[4], dw + "[4] (shed_s)", 1, 86400)
         _int(r[5], dw + "[5] (restore_random_s)", 0, 86400)
-    rep = _list(_get(c, "r", w), "policy.r", 3)
-    if len(rep) != 3:
-        raise PolicyError("policy.r must be [telemetry_s, profile_min, quantities]")
-    _int(rep[0], "policy.r[0] (telemetry_s)", 1, 86400)
-    _int(rep[1], "policy.r[1] (profile_min)", 1, 1440)
-    for n, q in enumerate(_list(rep[2], "policy.r[2]", 16)):
-        _choice(q, QUANTITIES, "policy.r[2][%d]" % n)
+    if "r" in c:  # optional reporting settings
+        rep = _list(c["r"], "policy.r", 3)
+        if len(rep) != 3:
+            raise PolicyError("policy.r must be [telemetry_s, profile_min, quantities]")
+        _int(rep[0], "policy.r[0] (telemetry_s)", 1, 86400)
+        _int(rep[1], "policy.r[1] (profile_min)", 1, 1440)
+        for n, q in enumerate(_list(rep[2], "policy.r[2]", 16)):
+            _choice(q, QUANTITIES, "policy.r[2][%d]" % n)
     return c

@@ -88,6 +88,15 @@ class PolicyService:
         # A new policy (validated by Engine through check_compact) replaces the running one.
         m = self.node.meter
         self.engine = Engine(compact, m.set_tariff, self.relay, self.ring.push, _crc_seed(self.node.id))
+        rep = self.engine.reporting
+        if rep:  # the policy's reporting settings, when it has them
+            self.node.config["telemetry_s"] = float(rep[0])  # the reporting task re-reads it every period
+            u = getattr(self.node, "_uplink", None)
+            if u and hasattr(u, "set_config"):
+                try:
+                    u.set_config("profile_s", rep[1] * 60)
+                except Exception as e:
+                    self.log("policy profile period not applied: %s" % e)
         self.log("policy %s in force" % compact["n"])
 
     def _event(self, kind, text):
