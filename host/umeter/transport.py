@@ -123,6 +123,7 @@ class Board:
         self.retries = retries
         self._t = None
         self._helpers = False
+        self._lost = ""  # set once the board stopped answering: later calls fail at once
 
     def open(self, soft_reset: bool = False) -> Board:
         """Open the port and enter the raw REPL (interrupting running code). Bounded retries."""
@@ -156,8 +157,9 @@ class Board:
 
     def close(self) -> None:
         if self._t is not None:
-            with contextlib.suppress(Exception):
-                self._t.exit_raw_repl()
+            if not self._lost:
+                with contextlib.suppress(Exception):
+                    self._t.exit_raw_repl()
             with contextlib.suppress(Exception):
                 self._t.close()
             self._t = None
@@ -173,12 +175,17 @@ class Board:
         """Run code; DeviceError with the board's traceback if it raised."""
         if self._t is None:
             raise TransportError(f"{self.port} is not open", hint="use `with Board(port) as b:`")
+        if self._lost:
+            raise TransportError(f"{self.port}: link lost ({self._lost})", hint="check the cable/power and run again")
         try:
             out, err = self._t.exec_raw(code, timeout=self.timeout)
         except Exception as e:
             if isinstance(e, DeviceError | TransportError):
                 raise
-            raise TransportError(f"{self.port}: link lost ({e})", hint="check the cable/power and run again") from None
+            self._lost = str(e) or type(e).__name__
+            raise TransportError(
+                f"{self.port}: link lost ({self._lost})", hint="check the cable/power and run again"
+            ) from None
         if err:
             last = err.decode(errors="replace").strip().splitlines()[-1]
             raise DeviceError(f"{self.port}: board raised {last}", hint="see the board's output with -v")

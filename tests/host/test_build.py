@@ -122,12 +122,6 @@ def test_repository_firmware_x64_build_runs_its_viper_kernels(tmp_path):
     assert (int(lines[1]), int(lines[2])) == (80, 800)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=BuildError,
-    reason="firmware bug: kernels.py track_mids `h = 1 << 31` is a boxed literal with 31-bit small ints "
-    "(ESP32/RP2040) -> ViperTypeError at compile time; write `h = 1` then `h <<= 31`",
-)
 @pytest.mark.parametrize("board", ["esp32_devkitc", "pico_w"])
 def test_repository_firmware_builds_for_the_mcu_boards(tmp_path, board):
     res = build(board, tmp_path / board)
