@@ -126,3 +126,22 @@ def test_a_large_firmware_bundle_is_streamed_in_chunks(mosquitto, tmp_path: Path
         assert (rep.state, rep.ok) == ("done", 3)
         d = Path(sim.node("sim-00002").agent.slots.slot_dir("a"))
         assert (d / "meternode/m1.py").read_bytes() == files["meternode/m1.py"]
+
+
+def test_simulated_nodes_can_check_signatures_with_the_firmware_ed25519(mosquitto, tmp_path: Path) -> None:
+    other = Ed25519PrivateKey.generate()
+    with FleetSim(12, mosquitto.url, FLEET, tmp_path / "fleet", pure=True) as sim:
+        db = CampaignDB(tmp_path / "fleet.db")
+        db.create(
+            CampaignSpec("policy", sim.node_ids, canary_pct=50, batch=6, id="pure"),
+            policy_bundle(KEY, "acme", 4, POLICY, make_target(all_nodes=True), campaign="pure"),
+        )
+        db.create(
+            CampaignSpec("policy", sim.node_ids, canary_pct=50, batch=6, id="forged"),
+            policy_bundle(other, "acme", 5, POLICY, make_target(all_nodes=True), campaign="forged"),
+        )
+        with MqttTransport(mosquitto.url) as t:
+            assert run(db, "pure", t).ok == 12
+            rep = run(db, "forged", t)
+        assert (rep.state, rep.failed, rep.reasons) == ("halted", 6, {"unknown key": 6})
+        assert sim.policy_versions() == {4: 12}

@@ -193,3 +193,28 @@ def test_tick_allocates_nothing_across_midnight_trips_and_dr():
     for code in (E.EV_DAY, E.EV_SHED, E.EV_RESTORE, E.EV_DR, E.EV_DR_END, E.EV_LIMIT):
         if code not in kinds:
             raise AssertionError("event %s never happened under heap_lock" % E.EVENT_NAMES[code])
+
+
+def test_daily_energy_limit_sheds_until_midnight_and_other_limits_fire():
+    lims = [
+        {"kind": "max_energy_day", "level": 5000, "action": "shed"},  # 5 kWh
+        {"kind": "over_current", "level": 40, "hold_s": 3, "action": "event"},
+        {"kind": "under_voltage", "level": 207, "hold_s": 2, "action": "event"},
+    ]
+    eng, ring, relay, tar = _engine(limits=lims, dr=[])
+    t = MON_2026_11_23 + 6 * 3600
+    eng.tick(t, 230.0, 1.0, 50.0, 100.0, 1000000)  # the day's first reading: 1000 kWh on the register
+    eng.tick(t + 60, 230.0, 1.0, 50.0, 100.0, 1000000 + 4999999)
+    eq(relay.on, True, "4.999 kWh today")
+    eng.tick(t + 120, 230.0, 1.0, 50.0, 100.0, 1000000 + 5000000)
+    eq(relay.on, False, "5 kWh today: shed")
+    eng.tick(MON_2026_11_23 + 86400 - 1, 230.0, 1.0, 50.0, 0.0, 1000000 + 5000000)
+    eq(relay.on, False, "until midnight")
+    eng.tick(MON_2026_11_23 + 86400, 230.0, 1.0, 50.0, 0.0, 1000000 + 5000000)
+    eq(relay.on, True, "a new day, a new budget")
+    mark = ring.head
+    t2 = MON_2026_11_23 + 86400 + 3600
+    for k in range(4):
+        eng.tick(t2 + k, 200.0, 45.0, 50.0, 9000.0, 6000000)
+    got = [(e[1], e[3] - t2) for e in _codes(ring, mark, E.EV_LIMIT)]
+    eq(got, [(2, 2), (1, 3)], "under-voltage after 2 s, over-current after 3 s (rule, seconds)")
