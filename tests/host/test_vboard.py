@@ -296,3 +296,19 @@ def test_cli_vboard_start_prints_the_pty_paths_first_and_stops_on_sigint(tmp_pat
     finally:
         p.send_signal(signal.SIGINT)
         assert p.wait(10) == 0
+
+
+def test_cli_hil_run_reports_the_suite_on_a_virtual_board():
+    import json as _json
+
+    umeter = str(Path(sys.executable).parent / "umeter")
+    r = subprocess.run(
+        [umeter, "hil", "run", "-k", "unique_id or real_front_end", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = _json.loads(r.stdout[r.stdout.index("{") :])
+    assert rep["summary"] == {"passed": 1, "failed": 0, "error": 0, "skipped": 1}
+    assert any(t["state"] == "skipped" and "analog" in t["reason"] for t in rep["tests"])
