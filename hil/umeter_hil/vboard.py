@@ -49,6 +49,7 @@ MARKER = b"\x1b[vboot-done]"
 SOFT_REBOOT = b"MPY: soft reboot\r\n"
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 _PROMPTS = (b">>> ", b"... ", b"\x04>", RAW_BANNER + b">")
+_CONSOLE = 64 * 1024
 _OUT_LIMIT = 1 << 20  # bytes held for a host side that is not reading; older output is dropped
 
 
@@ -132,6 +133,7 @@ class VirtualBoard:
         self._swallow = False
         self._to_host = bytearray()
         self._to_tcp = bytearray()
+        self._console = bytearray()  # the last _CONSOLE bytes the board printed (for diagnostics)
 
     # ----------------------------------------------------------------- life cycle
     @property
@@ -299,7 +301,14 @@ class VirtualBoard:
             self._spawn("soft", self.mode)
 
     # ----------------------------------------------------------------- relay
+    def console(self) -> str:
+        """What the board printed lately (up to 64 KiB), whether or not a host was reading."""
+        return self._console.decode(errors="replace")
+
     def _emit(self, data: bytes) -> None:
+        self._console += data
+        if len(self._console) > _CONSOLE:
+            del self._console[: len(self._console) - _CONSOLE]
         if self.faults.drop_to_host:
             n = min(self.faults.drop_to_host, len(data))
             self.faults.drop_to_host -= n

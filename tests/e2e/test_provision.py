@@ -225,3 +225,46 @@ def test_bad_calibration_override_names_the_channel(tmp_path, home, image):
         d = Device(name="n1", board="sim", site="lab", port=vb.port, calibration={"I9": {"gain": 1.0}})
         rep = provision([d], build_dirs={"sim": image}, reset=False)[0]
         assert rep.status == "failed" and "calibration.I9 names no channel" in rep.error
+
+
+def test_provisioned_node_publishes_with_its_credentials_under_its_own_topic(tmp_path, home, image):
+    import queue
+    import time
+
+    import paho.mqtt.client as mqtt
+
+    from umeter.broker import Mosquitto, mosquitto_path
+    from umeter.fleet import BrokerUser, write_broker_config
+
+    if mosquitto_path() is None:
+        pytest.skip("needs a Mosquitto broker binary")
+    files = write_broker_config([BrokerUser("node-0"), BrokerUser("observer", host=True)], tmp_path / "broker")
+    conf = ("user root\n" if os.geteuid() == 0 else "") + f"password_file {files['passwd']}\nacl_file {files['acl']}\n"
+    with Mosquitto(extra_conf=conf, allow_anonymous=False) as broker, VirtualBoard(tmp_path / "vb", "sim") as vb:
+        vb.wait_booted()
+        inv = tmp_path / "fleet.toml"
+        inv.write_text(
+            '[[device]]\nname = "node-0"\nboard = "sim"\nsite = "lab"\ntelemetry_s = 1.0\n'
+            f'port = "{vb.port}"\nmqtt = {{ host = "127.0.0.1", port = {broker.port} }}\n'
+        )
+        got: queue.Queue = queue.Queue()
+        obs = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="observer")
+        obs.username_pw_set("observer", Keystore().get("host:observer")["mqtt_password"])
+        obs.on_message = lambda c, u, m: got.put(m.topic)
+        obs.connect(broker.host, broker.port)
+        obs.subscribe("umeter/#", qos=1)
+        obs.loop_start()
+        try:
+            rep = provision(inv, build_dirs={"sim": image}, reset=True)[0]  # reset: the node starts
+            assert rep.status == "ok", rep.error
+            topics = set()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any(t.startswith("umeter/node-0/") for t in topics):
+                try:
+                    topics.add(got.get(timeout=0.2))
+                except queue.Empty:
+                    pass
+            assert any(t.startswith("umeter/node-0/") for t in topics), (topics, vb.console()[-3000:])
+        finally:
+            obs.loop_stop()
+            obs.disconnect()
