@@ -140,6 +140,7 @@ class Meter:
         self.q = [0.0] * e
         self.s = [0.0] * e
         self.window = Window(nch, self.elements)
+        self._cal_cache()
         # power quality (quality.py), opt-in: metrology.quality = true
         self.quality = None
         self._cap_on = False
@@ -172,6 +173,15 @@ class Meter:
         if name not in self.names:
             raise ConfigError("calibration.%s names no channel" % name)
         self.cal[self.names.index(name)].update(values, "calibration.%s" % name)
+        self._cal_cache()
+
+    def _cal_cache(self):
+        # Flat per-channel values for the per-cycle maths (properties cost a call each).
+        cal = self.cal
+        self._sc = [c.scale for c in cal]
+        self._off = [c.offset for c in cal]
+        self._isv = [c.kind == "voltage" for c in cal]
+        self._phc = [None if cal[b].table else cal[b].phase - cal[a].phase for a, b in self.pairs]
 
     def calibration(self):
         return {c.name: c.as_dict() for c in self.cal}
@@ -250,35 +260,52 @@ class Meter:
         self.freq = f
         sx = self._sx
         means = self._means
-        cals = self.cal
+        sc = self._sc
+        off = self._off
+        vrms = self.vrms
+        inv = 1.0 / n
         for c in range(self.nch):
-            m = acc[sx[c]] / n
+            k = sx[c]
+            m = acc[k] * inv
             means[c] = m
-            if cals[c].kind == "voltage":
-                self.vrms[c] = self._rms(acc[sx[c] + 1] / n - m * m, cals[c])
+            if self._isv[c]:
+                ms = acc[k + 1] * inv - m * m
+                r = sc[c] * math.sqrt(ms) if ms > 0.0 else 0.0
+                o = off[c]
+                if o:
+                    r = r * r - o * o
+                    r = math.sqrt(r) if r > 0.0 else 0.0
+                vrms[c] = r
         wt = self._wt
+        wph = self._wph
+        d = self._d
         e = 0
         k = 4
         for a, b in self.pairs:
-            ci = cals[b]
-            cv = cals[a]
-            irms = self._rms(acc[sx[b] + 1] / n - means[b] * means[b], ci)
-            ph = ci.phase_at(irms) - cv.phase
+            ms = acc[sx[b] + 1] * inv - means[b] * means[b]
+            irms = sc[b] * math.sqrt(ms) if ms > 0.0 else 0.0
+            o = off[b]
+            if o:
+                irms = irms * irms - o * o
+                irms = math.sqrt(irms) if irms > 0.0 else 0.0
+            ph = self._phc[e]
+            if ph is None:  # phase versus current table
+                ph = self.cal[b].phase_at(irms) - self.cal[a].phase
             j = 5 * e
-            if abs(f - wt[j + 4]) > _F_TOL or abs(ph - self._wph[e]) > _PH_TOL or self._d != self._wd[e]:
+            df = f - wt[j + 4]
+            dp = ph - wph[e]
+            if df > _F_TOL or df < -_F_TOL or dp > _PH_TOL or dp < -_PH_TOL or d != self._wd[e]:
                 self._weights(e, f, ph, a, b)
             mvi = means[a] * means[b]
-            sc = cv.scale * ci.scale
+            g = sc[a] * sc[b] * inv
             x = wt[j]
             y = wt[j + 1]
-            p = sc * ((x * acc[k] + y * acc[k + 1]) / n - (x + y) * mvi)
+            self.p[e] = g * (x * acc[k] + y * acc[k + 1] - (x + y) * mvi * n)
             x = wt[j + 2]
             y = wt[j + 3]
-            q = sc * ((x * acc[k + 3] + y * acc[k + 2]) / n - (x + y) * mvi)
+            self.q[e] = g * (x * acc[k + 3] + y * acc[k + 2] - (x + y) * mvi * n)
             self.irms[e] = irms
-            self.p[e] = p
-            self.q[e] = q
-            self.s[e] = self.vrms[a] * irms
+            self.s[e] = vrms[a] * irms
             e += 1
             k += 8
         self._track_mid(n)
@@ -330,14 +357,6 @@ class Meter:
         wt[j + 4] = f
         self._wph[e] = ph
         self._wd[e] = self._d
-
-    def _rms(self, ms, cal):
-        r = cal.scale * math.sqrt(ms if ms > 0.0 else 0.0)
-        o = cal.offset
-        if o:
-            r2 = r * r - o * o
-            return math.sqrt(r2) if r2 > 0.0 else 0.0
-        return r
 
     def _track_mid(self, n):
         if n:
