@@ -31,6 +31,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -48,7 +49,8 @@ SHIM_DIR = Path(__file__).resolve().parent / "board_shim"
 MARKER = b"\x1b[vboot-done]"
 SOFT_REBOOT = b"MPY: soft reboot\r\n"
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
-_PROMPTS = (b">>> ", b"... ", b"\x04>", RAW_BANNER + b">")
+_PROMPTS = (b">>> ", b"\x04>", RAW_BANNER + b">")
+_CONT = re.compile(rb"\.\.\. +$")
 _CONSOLE = 64 * 1024
 _OUT_LIMIT = 1 << 20  # bytes held for a host side that is not reading; older output is dropped
 
@@ -125,6 +127,7 @@ class VirtualBoard:
         self._busy = True
         self._mounted = False
         self._line = 0  # bytes typed on the current friendly-REPL line
+        self._cont = False  # the friendly REPL shows a continuation prompt
         self._rawbuf = 0  # bytes sent in raw mode since the last prompt
         self._tail = b""
         self._htail = b""
@@ -342,8 +345,10 @@ class VirtualBoard:
                 self._write_board(b"\x01")
             return
         self._tail = (self._tail + data)[-64:]
-        if self._tail.endswith(_PROMPTS):
+        cont = _CONT.search(self._tail) is not None  # `... ` plus the REPL's auto-indent
+        if cont or self._tail.endswith(_PROMPTS):
             self._busy = False
+            self._cont = cont
             self._line = self._rawbuf = 0
             if self._tail.endswith(RAW_BANNER + b">"):
                 self.mode = "raw"
@@ -405,7 +410,7 @@ class VirtualBoard:
                 continue
             if self.mode == "friendly":
                 if b == 0x0D:
-                    if self._line:
+                    if self._line or self._cont:  # a statement, or the end of a compound one
                         self._busy = True
                     self._line = 0
                 elif b == 0x01:

@@ -312,3 +312,32 @@ def test_cli_hil_run_reports_the_suite_on_a_virtual_board():
     rep = _json.loads(r.stdout[r.stdout.index("{") :])
     assert rep["summary"] == {"passed": 1, "failed": 0, "error": 0, "skipped": 1}
     assert any(t["state"] == "skipped" and "analog" in t["reason"] for t in rep["tests"])
+
+
+def test_ctrl_c_interrupts_a_loop_typed_at_the_friendly_repl(vb):
+    import serial
+
+    with serial.Serial(vb.port, timeout=0.2) as s:
+
+        def until(marker: bytes, wait: float = 5.0) -> bytes:
+            got = b""
+            deadline = time.monotonic() + wait
+            while marker not in got and time.monotonic() < deadline:
+                got += s.read(256)
+            return got
+
+        s.write(b"\r\x03\r\x02")
+        until(b">>> ")
+        s.write(b"while True:\r")
+        until(b"... ")
+        s.write(b"pass\r")
+        for _ in range(4):  # auto-indent: blank lines dedent, a blank line at `... ` runs the block
+            s.write(b"\r")
+            time.sleep(0.3)
+            if vb._busy:
+                break
+        assert vb._busy
+        s.write(b"\x03")
+        assert b"KeyboardInterrupt" in until(b"KeyboardInterrupt")
+        s.write(b"print(6 * 7)\r")
+        assert b"42" in until(b"42")
