@@ -77,3 +77,36 @@ def test_push_resume_and_status_from_the_command_line(mosquitto, tmp_path: Path)
             ("fw2", "done"),
         ]
         assert sim.node("sim-00010").agent.slots.state()["versions"] == {"a": 2}
+
+
+def test_simulate_command_serves_a_push(mosquitto, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    env = dict(os.environ, UMETER_KEYSTORE=str(tmp_path / "keys"), UMETER_FLEET_DB=str(tmp_path / "fleet.db"))
+    env["NO_COLOR"] = "1"
+    Keystore(tmp_path / "keys").create("acme")
+    (tmp_path / "p.toml").write_text(SRC)
+    ids = tmp_path / "ids.txt"
+    sim = subprocess.Popen(
+        [*UMETER, "policy", "simulate", "--nodes", "40", "--fleet", "acme", "--broker", mosquitto.url,
+         "--list", str(ids), "--faulty", "0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not ids.exists() and time.monotonic() < deadline:
+            assert sim.poll() is None, sim.stderr.read()
+            time.sleep(0.1)
+        assert len(ids.read_text().split()) == 40
+        b = tmp_path / "p.bundle"
+        assert _run(env, "policy", "sign", str(tmp_path / "p.toml"), "--fleet", "acme", "--version", "1", "--all",
+                    "-o", str(b)).returncode == 0  # fmt: skip
+        r = _run(env, "policy", "push", str(b), "--nodes-file", str(ids), "--broker", mosquitto.url, "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["ok"] == 40
+    finally:
+        sim.send_signal(signal.SIGINT)
+        _, err = sim.communicate(timeout=20)
+    assert sim.returncode == 0, err
+    assert "40 simulated nodes" in err and "(4 with failing firmware)" in err
