@@ -163,7 +163,7 @@ def sign_bundle(key: Ed25519PrivateKey, manifest: dict, files: dict[str, bytes] 
     if "key" not in manifest:
         manifest = {**manifest, "key": key_id(key)}
     mtext = json.dumps(manifest, separators=(",", ":"), sort_keys=True)
-    sig = key.sign(fw_bundle.DOMAIN + mtext.encode())
+    sig = key.sign(fw_bundle.signed_digest(mtext))
     f = {n: base64.b64encode(d).decode() for n, d in (files or {}).items()}
     return json.dumps({"m": mtext, "s": sig.hex(), "f": f}, separators=(",", ":")).encode()
 

@@ -3,8 +3,10 @@
 #
 # Envelope (UTF-8 JSON, the bytes on the wire):
 #   {"m": "<manifest JSON text>", "s": "<128 hex: Ed25519 signature>", "f": {name: base64}}
-# The signature covers DOMAIN + the manifest text exactly as sent, so nothing is
-# re-serialised before checking.  "f" carries the files inline (policy bundles; a firmware
+# The Ed25519 signature covers signed_digest(manifest text) = SHA-256(DOMAIN + the manifest
+# text exactly as sent): nothing is re-serialised before checking, and the pure-Python
+# SHA-512 inside Ed25519 hashes one 128-byte block (R, A, 32-byte digest) whatever the
+# manifest's size (hashlib.sha256 is native on every port).  "f" carries the files inline (policy bundles; a firmware
 # bundle may leave it empty and stream its files, see ota.py).  Manifest:
 #   kind     "policy" | "firmware"
 #   fleet    fleet name; must be the node's
@@ -31,6 +33,15 @@ MIN_EPOCH = 1577836800  # 2020-01-01: a clock below this was never set
 
 class Rejected(Exception):
     pass
+
+
+def signed_digest(mtext):
+    # What the fleet key signs: SHA-256 over the domain tag and the manifest text.
+    if isinstance(mtext, str):
+        mtext = mtext.encode()
+    h = hashlib.sha256(DOMAIN)
+    h.update(mtext)
+    return h.digest()
 
 
 def key_id(public_key):
@@ -138,7 +149,7 @@ class Verifier:
             if len(self.keys) != 1 or kid is not None:
                 raise Rejected("unknown key: %r is not a key of this fleet" % kid)
             pub = list(self.keys.values())[0]
-        if not self._sigcheck(pub, DOMAIN + mtext.encode(), sig):
+        if not self._sigcheck(pub, signed_digest(mtext), sig):
             raise Rejected("bad signature: not signed by the fleet key")
         check_manifest(man)
         if man["kind"] != kind:
