@@ -23,7 +23,13 @@ class Node:
         self.hal = hal.make(board, config)
         self.meter = Meter(board, config.get("calibration"), config.get("metrology"))
         self.meter.energy.clock = self.hal.clock
-        self.checkpoint = _checkpointer(self.meter, config.get("checkpoint", {}))
+        self.pulses = None  # water/gas/S0 pulse meters (pulses.py), when the board has inputs
+        if board.get("pulses"):
+            from meternode.pulses import PulseService
+
+            self.pulses = PulseService(board, config, self.hal.clock)
+        self.checkpoint = _checkpointer(self.meter, config.get("checkpoint", {}), self.pulses)
+        self.brownout = hal.make_brownout(board)  # board brown-out pin: checkpoint at once
         self.seq = 0
         self.mqtt = None
         self.last = None  # last telemetry dict published
@@ -39,7 +45,10 @@ class Node:
                 buf = await s.next_block()
                 self.meter.feed(buf, s.block_sets)
                 if self.checkpoint is not None:
-                    self.checkpoint.save(self.hal.clock.ticks_ms())  # when due: energy delta / period
+                    bo = self.brownout is not None and self.brownout.tripped
+                    self.checkpoint.save(self.hal.clock.ticks_ms(), bo)  # when due, or on brown-out
+                    if bo:
+                        self.brownout.tripped = False
         finally:
             s.stop()
 
@@ -137,6 +146,8 @@ class Node:
     async def run(self):
         log("umeter node %s v%s on board %s" % (self.id, VERSION, self.board["name"]))
         tasks = [asyncio.create_task(self.sampling()), asyncio.create_task(self.reporting())]
+        if self.pulses is not None:
+            tasks.append(asyncio.create_task(self.pulses.run()))
         if self.config.get("mqtt"):
             tasks.append(asyncio.create_task(self.link()))
         if self.config.get("lora"):
@@ -159,7 +170,7 @@ class Node:
                     raise RuntimeError("node task ended unexpectedly")
 
 
-def _checkpointer(meter, c):
+def _checkpointer(meter, c, pulses=None):
     # Power-fail-safe registers (store/checkpoint.py): restore the newest good checkpoint,
     # then save on energy delta / period.  config.checkpoint: dir, delta_mwh, period_s,
     # min_interval_s; {"dir": ""} turns it off.
@@ -174,9 +185,15 @@ def _checkpointer(meter, c):
         c.get("delta_mwh", 50000),
         c.get("period_s", 3600),
         c.get("min_interval_s", 60),
+        pulses.state if pulses is not None else None,
     )
-    if ck.restore() is not None:
+    p = ck.restore()
+    if p is not None:
+        if pulses is not None:
+            pulses.restore(p.get("extra"))
         log("registers restored from checkpoint %d" % ck.store.seq)
+    elif ck.rejected:
+        log(ck.rejected)
     return ck
 
 
