@@ -142,3 +142,42 @@ def from_board(board):
     for k, spec in enumerate(board.get("pulses", [])):
         out.append(PulseMeter(spec, "board.pulses[%d]" % k))
     return out
+
+
+class PulseService:
+    # The node's pulse meters: one PulseMeter per board "pulses" entry, fed from its HAL
+    # input (hal.make_pulse_inputs) every `poll_ms`; readings() for telemetry, state() /
+    # restore() for the register checkpoints.
+    def __init__(self, board, config, clock):
+        from meternode import hal
+
+        self.meters = from_board(board)
+        self.inputs = hal.make_pulse_inputs(board, config)
+        self.clock = clock
+        self.poll_ms = 100
+
+    def poll(self):
+        now = self.clock.ticks_ms()
+        for k, pm in enumerate(self.meters):
+            self.inputs[k].drain(pm, now)
+            pm.poll(now)
+        return now
+
+    async def run(self):
+        import asyncio
+
+        while True:
+            await asyncio.sleep_ms(self.poll_ms)
+            self.poll()
+
+    def readings(self):
+        now = self.clock.ticks_ms()
+        return [pm.reading(now) for pm in self.meters]
+
+    def state(self):
+        return {pm.name: pm.count for pm in self.meters}
+
+    def restore(self, st):
+        for pm in self.meters:
+            if isinstance(st, dict) and isinstance(st.get(pm.name), int):
+                pm.restore(st[pm.name])

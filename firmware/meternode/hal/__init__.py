@@ -11,6 +11,46 @@
 _BACKENDS = ("sim", "rp2", "esp32", "mcp3208")
 
 
+def make_pulse_inputs(board, config):
+    # One pulse input per board "pulses" entry: sim trains from config["sim"]["pulses"]
+    # on the sim HAL, else a pin IRQ ring, or machine.Counter when the entry says
+    # "backend": "counter" (ESP32, electronic S0 outputs).
+    specs = board.get("pulses", [])
+    if not specs:
+        return []
+    if board["hal"] == "sim":
+        from meternode.hal.sim_pulses import SimPulseTrain
+
+        trains = config.get("sim", {}).get("pulses", [])
+        return [SimPulseTrain(trains[k] if k < len(trains) else {}, "sim.pulses[%d]" % k) for k in range(len(specs))]
+    from meternode.hal import pulsein
+
+    return [pulsein.make(s, s.get("backend", "irq"), k) for k, s in enumerate(specs)]
+
+
+class Brownout:
+    # The board's brown-out warning input (board "brownout": {"pin", "edge"}): an IRQ sets
+    # a flag; the node saves its checkpoint at once when it is set.
+    def __init__(self, spec):
+        import machine
+
+        self.tripped = False
+        self._isr = self._irq
+        pin = machine.Pin(spec["pin"], machine.Pin.IN)
+        edge = machine.Pin.IRQ_FALLING if spec.get("edge", "falling") == "falling" else machine.Pin.IRQ_RISING
+        pin.irq(self._isr, edge)
+
+    def _irq(self, pin):
+        self.tripped = True
+
+
+def make_brownout(board):
+    spec = board.get("brownout")
+    if not spec or board["hal"] == "sim":
+        return None
+    return Brownout(spec)
+
+
 def make(board, config):
     kind = board["hal"]
     if kind == "sim":

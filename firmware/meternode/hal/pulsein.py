@@ -48,7 +48,7 @@ class IrqPulseInput:
         self._idx[0] = (w + 1) & _MASK
         self.flag.set()
 
-    def drain(self, pm):
+    def drain(self, pm, now=0):
         w = self._idx[0]
         r = self._idx[1]
         pending = (w - r) & _MASK

@@ -70,6 +70,9 @@ class SimPulseTrain:
                 break
         return out
 
+    def drain(self, pm, now_ms):
+        self.feed(pm, now_ms)
+
     def feed(self, pm, now_ms):
         # Hands the edges up to now_ms to a PulseMeter and lets it settle.
         for t, lv in self.edges_until(now_ms):
