@@ -218,3 +218,60 @@ def test_partition_path_on_the_virtual_board_stand_in():
     except Exception as e:
         eq(str(e).split(":")[0], "bad file", "hash mismatch")
     eq(esp32.ota_state()["boot"], 1, "boot partition unchanged")
+
+
+def _vb_esp32(root):
+    here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
+    shim = here + "/../../hil/umeter_hil/board_shim"
+    if shim not in sys.path:
+        sys.path.append(shim)
+    os.mkdir(root + "/state")
+    os.putenv("UMETER_VB_ROOT", root)
+    os.putenv("UMETER_VB_STATE", root + "/state")
+    import vbstate
+
+    vbstate.init()
+    return _esp32("power")
+
+
+@heap("256k")
+def test_app_image_bundle_goes_through_the_ota_partitions():
+    root = scratch_dir()
+    esp32 = _vb_esp32(root)
+    a = Agent("n1", F.FLEET, root, Clock(), partition=esp32.Partition)
+    r = a.handle_ota(_begin(F.IMAGE_V6))
+    eq((r["ok"], r["status"], r["version"], r["campaign"]), (True, "staged", 6, "img6"), "staged")
+    eq(esp32.ota_state()["state"][1], "new", "set_boot on ota_1")
+    buf = bytearray(9000)
+    esp32.Partition("ota_1").readblocks(0, buf)
+    eq(bytes(buf), unhexlify(F.FW_FILES_HEX["app.bin"]), "image in the partition")
+    # reset: the trial boot runs ota_1; the health check passes and marks it valid
+    esp32 = _esp32("power")
+    a = Agent("n1", F.FLEET, root, Clock(), partition=esp32.Partition)
+    eq(a.image.after_boot(), "trial", "running the new image")
+    a.image.healthy()
+    a.slots.healthy()
+    eq(esp32.ota_state()["state"][1], "valid", "mark_app_valid_cancel_rollback")
+    rep = a.boot_report()
+    eq((rep["ok"], rep["status"], rep["version"]), (True, "confirmed", 6), "boot report")
+    r = a.handle_ota(_begin(F.IMAGE_V6))
+    eq(r["why"].split(":")[0], "not newer", "same image again")
+
+
+@heap("256k")
+def test_app_image_that_fails_its_health_check_is_rolled_back_by_the_bootloader():
+    root = scratch_dir()
+    esp32 = _vb_esp32(root)
+    Agent("n1", F.FLEET, root, Clock(), partition=esp32.Partition).handle_ota(_begin(F.IMAGE_V6))
+    esp32 = _esp32("power")
+    a = Agent("n1", F.FLEET, root, Clock(), partition=esp32.Partition)
+    eq(a.image.after_boot(), "trial", "trial boot")  # ... and never healthy: reset
+    esp32 = _esp32("power")
+    eq(esp32.ota_state()["running"], 0, "bootloader went back to ota_0")
+    a = Agent("n1", F.FLEET, root, Clock(), partition=esp32.Partition)
+    eq(a.image.after_boot(), "rolled back", "seen after the boot")
+    rep = a.boot_report()
+    eq((rep["ok"], rep["status"], rep["campaign"]), (False, "rolled_back", "img6"), "boot report")
+    # a node without OTA partitions refuses app images
+    r = Agent("n1", F.FLEET, scratch_dir() + "/x", Clock()).handle_ota(_begin(F.IMAGE_V6))
+    eq(r["why"].split(":")[0], "unsupported", "no partitions")

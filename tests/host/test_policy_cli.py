@@ -109,3 +109,15 @@ def test_ota_sign_checks_the_build_manifest(tmp_path: Path, monkeypatch) -> None
     _Out().readouterr()
     assert main(["ota", "sign", str(build), "--fleet", "acme", "--version", "3", "--all", "-o", str(out)]) == 1
     assert "does not match the build manifest's hash" in _Out().readouterr().err
+
+
+def test_ota_sign_an_app_image(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("UMETER_KEYSTORE", str(tmp_path / "keys"))
+    assert main(["policy", "keygen", "acme"]) == 0
+    img = tmp_path / "micropython-1.29.bin"
+    img.write_bytes(b"\xe9" + bytes(4000))
+    out = tmp_path / "img.bundle"
+    assert main(["ota", "sign", str(img), "--fleet", "acme", "--version", "7", "--all", "-o", str(out)]) == 0
+    m = json.loads(json.loads(out.read_bytes())["m"])
+    assert m["build"] == {"version": "micropython-1.29", "image": "app"}
+    assert list(m["files"]) == ["micropython-1.29.bin"] and m["files"]["micropython-1.29.bin"]["size"] == 4001

@@ -66,7 +66,9 @@ def _noop(*a):
 
 
 class Agent:
-    def __init__(self, node_id, fleet, root, clock, event=None, on_policy=None, reset=None, sigcheck=None):
+    def __init__(
+        self, node_id, fleet, root, clock, event=None, on_policy=None, reset=None, sigcheck=None, partition=None
+    ):
         name, groups, keys = check_identity(fleet)
         self.node_id = node_id
         self.verifier = Verifier(keys, node_id, name, groups, sigcheck)
@@ -76,10 +78,16 @@ class Agent:
         self.reset = reset or _noop  # reboot into a staged build
         self.store = PolicyStore(root + "/policy")
         self.slots = Slots(root)
+        # ESP32 OTA partition layouts: app-image bundles go through esp32.Partition
+        self.image = None
+        if partition is not None:
+            from meternode.policy.ota import ImageUpdate
+
+            self.image = ImageUpdate(self.slots, partition)
         self.record = self.store.load()
         if self.store.recovered:
             self.event("policy", "recovered: %s" % self.store.recovered)
-        self._ota = None  # (manifest, text, campaign) while a build streams in
+        self._ota = None  # (manifest, text, campaign, target) while a build streams in
         self.accepted = 0
         self.rejected = 0
 
@@ -162,7 +170,7 @@ class Agent:
                     off = int(msg.get("off", 0))
                 except Exception:
                     raise Rejected("malformed: file chunk needs name, off, base64 data")
-                self.slots.write(msg.get("name"), data, off)
+                self._ota[3].write(msg.get("name"), data, off)
                 return None  # no result per chunk
             if op == "end":
                 if self._ota is None:
@@ -181,19 +189,25 @@ class Agent:
         env = envelope.encode()
         inline = bool(parse(env)[2])
         man, mtext, files = self.verifier.verify(env, "firmware", cur, int(self.clock.time()), check_files=inline)
-        self.slots.begin(man)
-        self._ota = (man, mtext, man.get("campaign"))
+        build = man.get("build")
+        target = self.slots
+        if isinstance(build, dict) and build.get("image") == "app":
+            if self.image is None:
+                raise Rejected("unsupported: an app image, and this node has no OTA app partitions")
+            target = self.image
+        target.begin(man)
+        self._ota = (man, mtext, man.get("campaign"), target)
         if inline:
             for name in files:
-                self.slots.write(name, files[name], 0)
+                target.write(name, files[name], 0)
             return self._ota_end()
         self.event("ota", "receiving v%d" % man["version"])
         return self._result(True, "accepted", cur, self._ota[2])
 
     def _ota_end(self):
-        man, mtext, camp = self._ota
+        man, mtext, camp, target = self._ota
         self._ota = None
-        slot = self.slots.finish(mtext)
+        slot = target.finish(mtext)
         self.event("ota", "staged v%d in %s" % (man["version"], slot))
         return self._result(True, "staged", man["version"], camp)
 
@@ -204,7 +218,7 @@ class Agent:
         last = st.get("last", "")
         if not last or last == st.get("reported"):
             return None
-        running = st["versions"].get(st["active"], 0) if st["active"] else 0
+        running = st["versions"].get(st["active"], 0) if st["active"] else st.get("image_version", 0)
         camp = st.get("campaign")
         if "rolled back" in last or "crash loop" in last:
             res = self._result(False, "rolled_back", running, camp, last)

@@ -237,6 +237,91 @@ async def health_check(slots, check, deadline_ms, reset, sleep_ms, log=None):
     return "unhealthy: %s" % why
 
 
+class ImageUpdate:
+    # The full-image path as an OTA target beside Slots: a bundle whose build says
+    # {"image": "app"} carries one file, the app image, written to the next OTA partition
+    # with PartitionUpdate.  The bootloader does the trial boot and the rollback; the
+    # pointer file only remembers what was staged (for anti-rollback and the boot report).
+    def __init__(self, slots, partition_cls):
+        self.slots = slots
+        self.P = partition_cls
+        self.trial = False
+        self._pu = None
+        self._man = None
+        self._name = None
+        self._n = 0
+
+    def _running(self):
+        return self.P(self.P.RUNNING).info()[4]
+
+    def begin(self, man):
+        files = man["files"]
+        if len(files) != 1:
+            raise Rejected("malformed: an app image bundle carries exactly one file, not %d" % len(files))
+        self._name = list(files)[0]
+        self._man = man
+        self._n = 0
+        self._pu = PartitionUpdate(self.P)
+        self._pu.begin(files[self._name]["size"])
+        return self._pu.part.info()[4]
+
+    def write(self, name, data, offset=0):
+        if self._pu is None:
+            raise Rejected("malformed: no firmware staging in progress")
+        if name != self._name:
+            raise Rejected("bad file: %s is not in the manifest" % name)
+        if offset != self._n:
+            raise Rejected("bad file: %s chunk at %d, have %d bytes" % (name, offset, self._n))
+        if self._n + len(data) > self._man["files"][name]["size"]:
+            raise Rejected("bad file: %s is longer than its %d bytes" % (name, self._man["files"][name]["size"]))
+        self._pu.write(data)
+        self._n += len(data)
+
+    def finish(self, mtext):
+        if self._pu is None:
+            raise Rejected("malformed: no firmware staging in progress")
+        man, name, pu = self._man, self._name, self._pu
+        self._pu = None
+        fi = man["files"][name]
+        if self._n != fi["size"]:
+            raise Rejected("bad file: %s was not received (%d of %d bytes)" % (name, self._n, fi["size"]))
+        pu.finish(fi["size"], fi["sha256"])  # reads back, checks the hash, set_boot()
+        label = pu.part.info()[4]
+        st = self.slots.state()
+        st["image"] = {"label": label, "version": man["version"]}
+        st["seen"] = max(st.get("seen", 0), man["version"])
+        st["campaign"] = man.get("campaign")
+        st["last"] = "version %d staged in %s" % (man["version"], label)
+        self.slots._save(st)
+        return label
+
+    def after_boot(self):
+        # At start: running the staged image (a trial until healthy()), or the bootloader
+        # rolled it back.  Returns "trial", "rolled back" or None.
+        st = self.slots.state()
+        im = st.get("image")
+        if not im:
+            return None
+        if self._running() == im["label"]:
+            self.trial = True
+            return "trial"
+        st["last"] = "version %d not confirmed: the bootloader rolled back to %s" % (im["version"], self._running())
+        del st["image"]
+        self.slots._save(st)
+        return "rolled back"
+
+    def healthy(self):
+        PartitionUpdate(self.P).healthy()
+        st = self.slots.state()
+        im = st.get("image")
+        if im and self._running() == im["label"]:
+            st["image_version"] = im["version"]
+            st["last"] = "version %d confirmed" % im["version"]
+            del st["image"]
+            self.slots._save(st)
+        self.trial = False
+
+
 class PartitionUpdate:
     # The full-image path on ESP32 OTA layouts, over esp32.Partition (or a stand-in).
     def __init__(self, partition_cls):

@@ -68,10 +68,13 @@ class PolicyService:
         if cfg.get("fleet"):
             from meternode.policy.agent import Agent
 
-            self.agent = Agent(node.id, cfg["fleet"], root, self.clock, self._event, self.load, _reset)
+            part = getattr(node.hal, "partition", None)  # esp32.Partition on OTA layouts
+            self.agent = Agent(node.id, cfg["fleet"], root, self.clock, self._event, self.load, _reset, None, part)
             o = cfg.get("ota", {})
             self.agent.slots.max_tries = o.get("max_tries", 1)
             self.agent.slots.resume()
+            if self.agent.image is not None:
+                self.agent.image.after_boot()
         if cfg.get("cmd_key"):
             from binascii import unhexlify
 
@@ -225,10 +228,13 @@ class PolicyService:
                 self.log("policy tick failed: %s" % ex)
             if not confirmed:
                 why = self.health()
+                image = self.agent.image
                 if why is None:
+                    if image is not None:
+                        image.healthy()  # mark_app_valid_cancel_rollback()
                     self.log("health check passed: %s" % slots.healthy())
                     confirmed = True
-                elif slots.trial and time.ticks_diff(time.ticks_ms(), started) > deadline:
+                elif (slots.trial or (image and image.trial)) and time.ticks_diff(time.ticks_ms(), started) > deadline:
                     self.log("health check failed (%s): resetting to roll back" % why)
                     _reset()
             c = self._client()

@@ -19,8 +19,13 @@ def read_build(build_dir: Path) -> tuple[dict[str, bytes], dict]:
     """Files of a build directory and its build info. With a `manifest.json` (the output of
     `umeter build`: {"version": ..., "files": {path: {"sha256", "size"}}}) exactly the files it
     lists, each checked against its hash; without one, every file under the directory."""
+    if build_dir.is_file() and build_dir.suffix == ".bin":
+        # an ESP32 app image (.app-bin): the full-image path through the OTA partitions
+        return {build_dir.name: build_dir.read_bytes()}, {"version": build_dir.stem, "image": "app"}
     if not build_dir.is_dir():
-        raise ConfigError(f"{build_dir} is not a directory", hint="give the output directory of `umeter build`")
+        raise ConfigError(
+            f"{build_dir} is not a directory", hint="give the output directory of `umeter build`, or an app image .bin"
+        )
     mf = build_dir / "manifest.json"
     if mf.exists():
         try:
@@ -64,7 +69,7 @@ def command() -> None:
 @target_options
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
 def sign_cmd(build_dir, fleet, version, expires, campaign, keystore, nodes, groups, all_nodes, output) -> None:
-    """Sign a firmware build (the Python modules a node runs) as a bundle."""
+    """Sign a firmware build (a `umeter build` directory) or an ESP32 app image (.bin) as a bundle."""
     files, build = read_build(build_dir)
     key = Keystore(keystore).load(fleet)
     man = make_manifest(
