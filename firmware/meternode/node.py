@@ -12,7 +12,20 @@ from meternode.metrology.meter import Meter
 
 _BACKOFF_MIN_MS = 500
 _BACKOFF_MAX_MS = 30000
-_UPLINK_MIN_FREE = 96 * 1024  # heap the uplink service needs when loaded from source
+_UPLINK_MIN_FREE = 64 * 1024  # free heap the uplink service needs, loaded from source (measured)
+_COMMANDS_FREE = 24 * 1024  # and this much more with authenticated commands (cmd_key)
+_UPLINK_MODULES = (
+    "meternode.store.records",
+    "meternode.store.log",
+    "meternode.store.cursor",
+    "meternode.store.profile",
+    "meternode.link.mqttpkt",
+    "meternode.link.mqtt",
+    "meternode.link.backoff",
+    "meternode.link.uplink",
+    "meternode.link.outbox",
+    "meternode.link.service",
+)
 
 
 class Node:
@@ -65,11 +78,18 @@ class Node:
             gc.collect()
             free = gc.mem_free() if hasattr(gc, "mem_free") else 1 << 30
             u = None
-            if free < _UPLINK_MIN_FREE:
+            need = _UPLINK_MIN_FREE + (_COMMANDS_FREE if self.config.get("cmd_key") else 0)
+            if free < need:
                 # A failed import would still leave its interned names behind: decide first.
-                log("store-and-forward off: %d bytes free, it needs %d (raise the heap)" % (free, _UPLINK_MIN_FREE))
+                log("store-and-forward off: %d bytes free, it needs %d (raise the heap)" % (free, need))
             else:
                 try:
+                    # one module at a time with a collection between: on a source-loaded heap
+                    # each compile then finds room (importing service.py alone pulls them all)
+                    extra = ("meternode.link.commands", "meternode.link.actions") if self.config.get("cmd_key") else ()
+                    for name in extra + _UPLINK_MODULES:
+                        __import__(name)
+                        gc.collect()
                     from meternode.link.service import UplinkService
 
                     u = UplinkService(self)
@@ -103,6 +123,8 @@ class Node:
                 m["host"],
                 m.get("port", 1883),
                 keepalive=m.get("keepalive", 30),
+                user=m.get("user"),
+                password=m.get("password"),
                 will=(self._topic("state"), b"offline", 1, True),
             )
             try:

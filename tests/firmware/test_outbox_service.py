@@ -1,7 +1,8 @@
 # The uplink service's wiring (store, profile, events, command actions) on MicroPython,
 # with a stand-in node: no sampling, no broker.
 from meternode.config import ConfigError
-from meternode.link.service import UplinkService, check_lora
+from meternode.link.loraservice import check as check_lora
+from meternode.link.service import UplinkService
 from meternode.store import records
 from mptest import eq, heap, raises, scratch_dir
 
@@ -74,8 +75,8 @@ async def test_service_logs_reboot_profiles_and_reports_dropped_segments():
 @heap("256k")
 def test_service_actions_validate_config_and_time():
     d = scratch_dir()
-    node = FakeNode({"node_id": "svc1", "store": {"path": d + "/st"}})
-    u = UplinkService(node)
+    node = FakeNode({"node_id": "svc1", "store": {"path": d + "/st"}, "cmd_key": "00" * 16})
+    u = UplinkService(node).actions
     u.set_config("telemetry_s", 2.0)
     eq(node.config["telemetry_s"], 2.0, "set")
     e = raises(ValueError, u.set_config, "profile_s", 7 * 60 + 1)

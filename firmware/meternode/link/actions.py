@@ -1,0 +1,61 @@
+# What authenticated commands do on the node (Commands calls these): read now, configuration
+# keys, relay, time, reboot.  Loaded only on nodes with a command key.
+import json
+import sys
+
+from meternode.link import telemetry
+
+
+class Actions:
+    def __init__(self, service):
+        self.s = service
+        self.node = service.node
+
+    def read_now(self):
+        snap = self.node.meter.snapshot()
+        if snap is None:
+            return json.loads(self.node.last) if self.node.last else {}
+        return json.loads(
+            telemetry.encode(self.node.id, 0, self.s.clock.time(), snap, 0, getattr(self.node, "mains", None))
+        )
+
+    def _where(self, key):
+        d = self.node.config
+        parts = key.split(".")
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+        return d, parts[-1]
+
+    def get_config(self, key):
+        d, k = self._where(key)
+        return d.get(k)
+
+    def set_config(self, key, value):
+        if key == "profile_s" and 86400 % value:
+            raise ValueError("profile_s = %d does not divide a day" % value)
+        d, k = self._where(key)
+        d[k] = value
+        if key == "mqtt.backlog_rate" and self.s.outbox is not None:
+            self.s.outbox.rate = value
+        if key == "profile_s":
+            self.s.profile.period_s = value
+
+    def relay(self, on):
+        r = getattr(self.node.hal, "relay", None)
+        if r is None:
+            return False
+        r.set(on)
+        return True
+
+    def set_time(self, epoch):
+        self.s.clock.set_time(epoch)
+
+    def reboot(self):
+        self.s.cursor.flush()
+        self.s.log.close()
+        try:
+            import machine
+
+            machine.reset()
+        except ImportError:
+            sys.exit(3)  # unix port: the host (umeter sim) restarts the process

@@ -1,0 +1,73 @@
+# LoRaWAN wiring for the uplink service: config check, modem + governor + LoRaLink from
+# config.lora, and the task that configures the modem and drains records.
+import asyncio
+
+from meternode.config import ConfigError, need
+from meternode.store.cursor import Cursor
+
+try:
+    from asyncio import sleep_ms as _sleep_ms
+except ImportError:  # CPython
+
+    def _sleep_ms(ms):
+        return asyncio.sleep(ms / 1000)
+
+
+def check(c):
+    lo = need(c, "lora", dict, "config", default={})
+    if lo:
+        w = "config.lora"
+        need(lo, "port", str, w, default="")
+        for k, n in (("deveui", 16), ("appeui", 16), ("appkey", 32)):
+            v = need(lo, k, str, w)
+            if len(v) != n:
+                raise ConfigError("%s.%s must be %d hex digits" % (w, k, n))
+        need(lo, "region", str, w, default="EU868")
+        need(lo, "dr", int, w, default=0, lo=0, hi=5)
+        need(lo, "fport", int, w, default=2, lo=1, hi=223)
+        need(lo, "confirmed", bool, w, default=True)
+        need(lo, "daily_budget_ms", int, w, default=30000, lo=1000, hi=86400000)
+        if need(lo, "mode", str, w, default="fallback") not in ("fallback", "always"):
+            raise ConfigError("config.lora.mode must be fallback or always, not %r" % lo["mode"])
+    return lo
+
+
+def make(svc, lo, path):
+    # A LoRaLink for the uplink service `svc` (its log, clock, MQTT link for fallback mode).
+    check({"lora": lo})
+    from meternode.link.airtime import Governor
+    from meternode.link.loralink import LoRaLink
+    from meternode.link.lorawan import LoRaModem
+
+    uart = getattr(svc.node.hal, "lora_uart", None)
+    if uart is not None:  # boards: the HAL's UART as a stream
+        f = uart(lo)
+    elif lo.get("port"):  # unix port: a pty or tty device
+        f = open(lo["port"], "r+b")
+    else:
+        raise ConfigError("config.lora.port is missing and this HAL has no LoRa UART")
+    modem = LoRaModem(asyncio.StreamReader(f), asyncio.StreamWriter(f, {}))
+    try:
+        gov = Governor(lo.get("region", "EU868"), lo.get("dr", 0), lo.get("daily_budget_ms", 30000))
+    except ValueError as e:
+        raise ConfigError(str(e))
+    ll = LoRaLink(modem, svc.log, Cursor(path + ".lora"), gov, svc.clock, lo.get("fport", 2), lo.get("confirmed", True))
+    if lo.get("mode", "fallback") == "fallback" and svc.link is not None:
+        ll.floor = lambda: svc.cursor.acked  # skip what MQTT delivered
+        ll.active = lambda: not svc.link.up  # and only speak while MQTT is down
+    return ll
+
+
+async def run(svc):
+    # The LoRaWAN task: configure the modem, then drain records (LoRaLink retries forever).
+    lo = svc.node.config["lora"]
+    m = svc.lora.modem
+    m.start()
+    while True:
+        try:
+            await m.configure(lo["deveui"], lo["appeui"], lo["appkey"], lo.get("region", "EU868"), lo.get("dr", 0))
+            break
+        except Exception as e:
+            print("lora modem not configured: %s" % e)
+            await _sleep_ms(5000)
+    await svc.lora.run()
