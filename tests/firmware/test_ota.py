@@ -10,7 +10,8 @@ import bundle_fixture as F
 
 from meternode.policy import ota
 from meternode.policy.agent import Agent
-from meternode.policy.ota import PartitionUpdate, Slots, health_check
+from meternode.policy.image import PartitionUpdate
+from meternode.policy.ota import Slots, health_check
 from mptest import eq, heap, scratch_dir
 
 

@@ -81,7 +81,7 @@ class Agent:
         # ESP32 OTA partition layouts: app-image bundles go through esp32.Partition
         self.image = None
         if partition is not None:
-            from meternode.policy.ota import ImageUpdate
+            from meternode.policy.image import ImageUpdate
 
             self.image = ImageUpdate(self.slots, partition)
         self.record = self.store.load()
