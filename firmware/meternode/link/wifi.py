@@ -1,0 +1,114 @@
+# Wi-Fi supervision for boards: keeps a network.WLAN-like interface connected, reports link
+# up/down as events, retries with bounded jittered backoff, and power-cycles the interface
+# after repeated failures (ESP32 radios can stay stuck after a long outage: mqtt_as #132).
+#
+# `wlan` needs active(bool), connect(ssid, password), isconnected(), disconnect(), and
+# optionally ifconfig(); the board HAL passes network.WLAN(network.STA_IF).
+import asyncio
+import time
+
+from meternode.link.backoff import Backoff
+
+try:
+    from asyncio import sleep_ms as _sleep_ms
+except ImportError:  # CPython
+
+    def _sleep_ms(ms):
+        return asyncio.sleep(ms / 1000)
+
+
+try:
+    _now = time.ticks_ms
+    _diff = time.ticks_diff
+except AttributeError:  # CPython
+
+    def _now():
+        return int(time.monotonic() * 1000)
+
+    def _diff(a, b):
+        return a - b
+
+
+class WifiSupervisor:
+    def __init__(
+        self,
+        wlan,
+        ssid,
+        password,
+        on_event=None,
+        check_ms=2000,
+        connect_timeout_ms=15000,
+        backoff_min_ms=1000,
+        backoff_max_ms=60000,
+        reset_after=3,
+    ):
+        if not ssid:
+            raise ValueError("config.wifi.ssid is empty")
+        self.wlan = wlan
+        self.ssid = ssid
+        self.password = password
+        self.on_event = on_event  # callback(kind: "up"/"down"/"fail"/"reset", detail: str)
+        self.check_ms = check_ms
+        self.connect_timeout_ms = connect_timeout_ms
+        self.backoff = Backoff(backoff_min_ms, backoff_max_ms)
+        self.reset_after = reset_after
+        self.up = False
+        self.ups = 0
+        self.downs = 0
+        self.failures = 0  # consecutive failed attempts
+        self.resets = 0
+
+    def _event(self, kind, detail=""):
+        if self.on_event is not None:
+            self.on_event(kind, detail)
+
+    async def _attempt(self):
+        w = self.wlan
+        if self.failures and self.failures % self.reset_after == 0:
+            # stuck radio: switch the interface off and on before trying again
+            try:
+                w.disconnect()
+            except Exception:
+                pass
+            w.active(False)
+            await _sleep_ms(100)
+            self.resets += 1
+            self._event("reset", "after %d failures" % self.failures)
+        w.active(True)
+        try:
+            w.connect(self.ssid, self.password)
+        except OSError as e:
+            return "connect refused: %s" % e
+        t0 = _now()
+        while _diff(_now(), t0) < self.connect_timeout_ms:
+            if w.isconnected():
+                return None
+            await _sleep_ms(200)
+        return "no connection within %d ms" % self.connect_timeout_ms
+
+    async def run(self):
+        while True:
+            if self.wlan.isconnected():
+                if not self.up:
+                    self.up = True
+                    self.ups += 1
+                    self.failures = 0
+                    self.backoff.reset()
+                    ip = ""
+                    try:
+                        ip = self.wlan.ifconfig()[0]
+                    except Exception:
+                        pass
+                    self._event("up", ip)
+                await _sleep_ms(self.check_ms)
+                continue
+            if self.up:
+                self.up = False
+                self.downs += 1
+                self._event("down", self.ssid)
+            why = await self._attempt()
+            if why is None:
+                continue  # the next loop reports "up"
+            self.failures += 1
+            self._event("fail", why)
+            await _sleep_ms(self.backoff.next_ms())
