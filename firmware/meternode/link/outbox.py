@@ -175,6 +175,8 @@ class Outbox:
                 if not kind:
                     if not old:
                         self._tokens += 1.0  # nothing to send: give the token back
+                    if not p:
+                        self.cursor.flush()  # caught up: persist now (no-op when unchanged)
                     break
                 seq = r.seq
                 pid = old.pop(seq, None)
