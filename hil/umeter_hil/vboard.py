@@ -134,6 +134,7 @@ class VirtualBoard:
         self._booting = True
         self._boot_raw = False
         self._swallow = False
+        self._intr_pending = False
         self._to_host = bytearray()
         self._to_tcp = bytearray()
         self._console = bytearray()  # the last _CONSOLE bytes the board printed (for diagnostics)
@@ -265,6 +266,7 @@ class VirtualBoard:
         self._booting = True
         self._boot_raw = mode == "raw"
         self._swallow = False
+        self._intr_pending = False
         self.powered = True
 
     def _kill(self) -> None:
@@ -337,6 +339,12 @@ class VirtualBoard:
             self._tail = b""
             self._booting = False
             self._swallow = self._boot_raw  # raw mode: hide the friendly banner, then Ctrl-A
+            if self._intr_pending:
+                self._intr_pending = False
+                if not self._boot_raw and (self.flash / "main.py").exists():
+                    self._sigint()  # main.py is starting: interrupt it (the shim catches it)
+                else:
+                    self._write_board(b"\x03")
         if self._swallow:
             self._tail = (self._tail + data)[-64:]
             if self._tail.endswith(b">>> "):
@@ -397,13 +405,16 @@ class VirtualBoard:
             self._mounted = True
         out = bytearray()
         for b in data:
-            if b == 0x03 and self._busy and not self._mounted and not self._booting_swallowing():
+            if b == 0x03 and self._booting:
+                # Ctrl-C while the shim mounts the flash: never interrupt that; deliver it when
+                # boot.py is done (to main.py if one runs, else as a byte to the REPL).
+                self._intr_pending = True
+                continue
+            if b == 0x03 and self._busy and not self._mounted and not self._swallow:
                 # Ctrl-C while code runs: the unix port only interrupts on SIGINT.
                 self._write_board(bytes(out))
                 out.clear()
-                if self._proc and self._proc.poll() is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(self._proc.pid, signal.SIGINT)
+                self._sigint()
                 continue
             out.append(b)
             if self._mounted or self._busy:
@@ -428,8 +439,10 @@ class VirtualBoard:
                     self._rawbuf += 1
         self._write_board(bytes(out))
 
-    def _booting_swallowing(self) -> bool:
-        return self._swallow
+    def _sigint(self) -> None:
+        if self._proc and self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, signal.SIGINT)
 
     def _relay(self) -> None:
         while not self._stop:

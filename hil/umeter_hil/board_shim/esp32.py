@@ -72,8 +72,14 @@ class Partition:
         self._bs = block_size
 
     def info(self):
-        return (0, 0x10 + self._k, _OTA_BASE + self._k * _SLOT_BLOCKS * _BLOCK, _SLOT_BLOCKS * _BLOCK,
-                "ota_%d" % self._k, False)
+        return (
+            0,
+            0x10 + self._k,
+            _OTA_BASE + self._k * _SLOT_BLOCKS * _BLOCK,
+            _SLOT_BLOCKS * _BLOCK,
+            "ota_%d" % self._k,
+            False,
+        )
 
     def get_next_update(self):
         return Partition("ota_%d" % (1 - _st["running"]))
@@ -125,7 +131,11 @@ class Partition:
 
     def __repr__(self):
         return "<Partition type=0, subtype=%d, address=%d, size=%d, label=ota_%d, encrypted=0>" % (
-            0x10 + self._k, self.info()[2], self.info()[3], self._k)
+            0x10 + self._k,
+            self.info()[2],
+            self.info()[3],
+            self._k,
+        )
 
 
 class NVS:

@@ -1,5 +1,5 @@
 # `machine` stand-in for a virtual board: the unix port's own machine module plus what a board
-# has and the unix port lacks (unique_id, reset, bootloader, Pin, ADC, WDT, freq, reset_cause).
+# has and the unix port lacks (unique_id, reset, bootloader, Pin, ADC, RTC, WDT, freq, reset_cause).
 #
 # Pins talk to the host through two files in the board's state directory (outside its flash):
 #   pins.out  one byte per pin number (b"0"/b"1", b"-" = never driven): written by Pin.value(v)
@@ -80,6 +80,26 @@ def lightsleep(ms=0):
 
 def deepsleep(ms=0):
     vbstate.hard_reset()
+
+
+_rtc_offset = 0  # seconds added to the host clock by RTC().datetime(new)
+
+
+class RTC:
+    # datetime tuple: (year, month, day, weekday, hours, minutes, seconds, subseconds)
+    def __init__(self, id=0):
+        pass
+
+    def datetime(self, dt=None):
+        global _rtc_offset
+        if dt is None:
+            t = time.localtime(time.time() + _rtc_offset)
+            return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0)
+        want = time.mktime((dt[0], dt[1], dt[2], dt[4], dt[5], dt[6], dt[3], 0))
+        _rtc_offset = want - time.time()
+
+    def init(self, dt):
+        self.datetime(dt)
 
 
 class WDT:
