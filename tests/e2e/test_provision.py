@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,7 @@ def test_power_cut_mid_write_leaves_no_truncated_file_and_the_next_run_resumes(t
     with VirtualBoard(tmp_path / "vb", "sim") as vb:
         vb.wait_booted()
         inv = write_inventory(tmp_path / "fleet.toml", [vb])
+        (vb.flash / "main.py").write_bytes((image / "main.py").read_bytes())  # an earlier install
         vb.cut_power_after(60_000)  # somewhere in the middle of the image
         rep = provision(inv, build_dirs={"sim": image}, reset=False, timeout=2)[0]
         assert rep.status == "failed"
@@ -125,7 +127,11 @@ def test_power_cut_mid_write_leaves_no_truncated_file_and_the_next_run_resumes(t
         assert not (vb.flash / "manifest.json").exists()
         vb.power_on()
         vb.wait_booted()
-        # main.py refuses to start the node on a half-provisioned board
+        # the main.py of an earlier install refuses to start the node on a half-provisioned board
+        deadline = time.monotonic() + 5
+        while "provisioning incomplete" not in vb.console() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "provisioning incomplete; node not started" in vb.console()
         rep = provision(inv, build_dirs={"sim": image}, reset=False)[0]
         assert rep.status == "ok", rep.error
         assert rep.skipped > 0  # resumed: what had arrived was not sent again
