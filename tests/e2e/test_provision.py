@@ -274,3 +274,23 @@ def test_provisioned_node_publishes_with_its_credentials_under_its_own_topic(tmp
         finally:
             obs.loop_stop()
             obs.disconnect()
+
+
+def test_cli_provision_exits_1_and_names_the_failed_board(tmp_path, home, image):
+    with VirtualBoard(tmp_path / "vb", "sim") as vb:
+        vb.wait_booted()
+        inv = tmp_path / "fleet.toml"
+        inv.write_text(
+            '[defaults]\nboard = "sim"\nsite = "lab"\n'
+            f'[[device]]\nname = "ok-1"\nport = "{vb.port}"\n[[device]]\nname = "gone-1"\nport = "/dev/ttyUSB-gone"\n'
+        )
+        env = dict(os.environ, UMETER_HOME=str(home), NO_COLOR="1")
+        r = subprocess.run([UMETER, "provision", str(inv), "--build", str(image), "--no-reset"],
+                           capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+        assert r.returncode == 1
+        assert "gone-1: no such port /dev/ttyUSB-gone" in r.stderr
+        assert r.stderr.strip().endswith(
+            "umeter: error: 1 of 2 boards not provisioned (gone-1) — fix the errors above and run again: "
+            "finished files are skipped"
+        )
+        assert "ok-1" in r.stdout and "verified" in r.stdout and vb.uid.hex() in r.stdout

@@ -34,12 +34,12 @@ def ls(as_json: bool) -> None:
         return
     t = Table(show_edge=False)
     for col in ("node", "site", "board", "unique id", "version", "status", "provisioned"):
-        t.add_column(col)
+        t.add_column(col, no_wrap=True)
     for n in nodes:
         t.add_row(
             n["node_id"], n["site"], n["board"], n["uid"], n["version"] or "-", n["status"], _when(n["provisioned_at"])
         )
-    ui.out.print(t)
+    _table_console().print(t)
     ui.info(f"{len(nodes)} node(s) in {Fleet().path}")
 
 
@@ -93,3 +93,12 @@ def forget(node: str) -> None:
     if not Fleet().forget(node):
         raise ConfigError(f"no node {node!r} in the fleet", hint="see `umeter fleet ls`")
     ui.info(f"Forgot {node}.")
+
+
+def _table_console():
+    """Tables at their natural width when stdout is not a terminal (rich would assume 80)."""
+    import sys
+
+    from rich.console import Console
+
+    return ui.out if ui.is_tty() else Console(file=sys.stdout, width=240, no_color=True, highlight=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from .. import ui
-from ..errors import ConfigError
+from ..errors import ConfigError, DeviceError
 
 
 def suite_dir() -> Path:
@@ -89,4 +89,7 @@ def run(
             markup=False,
         )
     if r.returncode not in (0, 5):
-        raise click.exceptions.Exit(1)
+        raise DeviceError(
+            f"HIL suite failed on {board}: {summary['failed'] + summary['error']} test(s)",
+            hint="see the pytest output above (or --json)",
+        )

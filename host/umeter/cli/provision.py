@@ -12,6 +12,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
 
 from .. import ui
+from ..errors import DeviceError
 from ..inventory import load_inventory
 from ..provision import provision
 
@@ -62,18 +63,31 @@ def command(
     else:
         t = Table(title=None, show_edge=False)
         for col in ("node", "port", "unique id", "written", "skipped", "KiB", "s", "result"):
-            t.add_column(col, justify="right" if col in ("written", "skipped", "KiB", "s") else "left")
+            t.add_column(col, justify="right" if col in ("written", "skipped", "KiB", "s") else "left", no_wrap=True)
         for r in reports:
             t.add_row(
                 r.node, r.port, r.uid or "-", str(r.written), str(r.skipped), f"{r.bytes / 1024:.1f}",
                 f"{r.seconds:.1f}", "verified" if r.status == "ok" else "FAILED",
             )  # fmt: skip
-        ui.out.print(t)
+        _table_console().print(t)
         for r in reports:
             if r.status != "ok":
-                click.echo(f"umeter: error: {r.node}: {r.error}", err=True)
+                click.echo(f"{r.node}: {r.error}", err=True)
         ok = sum(r.status == "ok" for r in reports)
         ui.info(f"Provisioned {ok} of {len(reports)} boards; {sum(r.written for r in reports)} files written, "
                 f"{sum(r.bytes for r in reports) / 1024:.1f} KiB; all written files verified.")  # fmt: skip
-    if any(r.status != "ok" for r in reports):
-        raise click.exceptions.Exit(1)
+    failed = [r.node for r in reports if r.status != "ok"]
+    if failed:
+        raise DeviceError(
+            f"{len(failed)} of {len(reports)} boards not provisioned ({', '.join(failed)})",
+            hint="fix the errors above and run again: finished files are skipped",
+        )
+
+
+def _table_console():
+    """Tables at their natural width when stdout is not a terminal (rich would assume 80)."""
+    import sys
+
+    from rich.console import Console
+
+    return ui.out if ui.is_tty() else Console(file=sys.stdout, width=240, no_color=True, highlight=False)
