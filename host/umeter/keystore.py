@@ -19,6 +19,26 @@ from .errors import ConfigError
 _lock = threading.Lock()
 
 
+class _Locked:
+    """The keystore's lock: a thread lock plus flock on `<keystore>.lock`, so two `umeter`
+    processes provisioning at once never lose each other's new keys."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.with_name(path.name + ".lock")
+
+    def __enter__(self) -> None:
+        import fcntl
+
+        _lock.acquire()
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self._fd)  # releases the flock
+        _lock.release()
+
+
 def home() -> Path:
     """The toolchain's state directory ($UMETER_HOME or ~/.config/umeter), created 0700."""
     p = Path(os.environ.get("UMETER_HOME") or Path.home() / ".config" / "umeter")
@@ -59,7 +79,7 @@ class Keystore:
 
     def secrets_for(self, node_id: str) -> dict[str, str]:
         """The node's secrets, created on first use: cmd_key (32 bytes hex), mqtt_password."""
-        with _lock:
+        with _Locked(self.path):
             data = self._load()
             s = data.get(node_id)
             if s is None:
@@ -69,17 +89,17 @@ class Keystore:
             return dict(s)
 
     def get(self, node_id: str) -> dict[str, str] | None:
-        with _lock:
+        with _Locked(self.path):
             s = self._load().get(node_id)
             return dict(s) if s else None
 
     def nodes(self) -> list[str]:
-        with _lock:
+        with _Locked(self.path):
             return sorted(self._load())
 
     def rotate(self, node_id: str) -> dict[str, str]:
         """New secrets for a node (provision it again to deliver them)."""
-        with _lock:
+        with _Locked(self.path):
             data = self._load()
             data[node_id] = {"cmd_key": secrets.token_hex(32), "mqtt_password": secrets.token_urlsafe(24)}
             self._save(data)

@@ -44,3 +44,17 @@ def test_home_is_created_private(tmp_path, monkeypatch):
     monkeypatch.setenv("UMETER_HOME", str(tmp_path / "h"))
     assert home() == tmp_path / "h"
     assert stat.S_IMODE((tmp_path / "h").stat().st_mode) == 0o700
+
+
+def test_two_processes_creating_keys_at_once_lose_none(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "keystore.json"
+    code = (
+        "import sys\nfrom umeter.keystore import Keystore\nks = Keystore(sys.argv[1])\n"
+        "for k in range(25):\n    ks.secrets_for(sys.argv[2] + str(k))\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(path), p]) for p in ("a", "b")]
+    assert [p.wait(60) for p in procs] == [0, 0]
+    assert len(Keystore(path).nodes()) == 50
