@@ -11,6 +11,7 @@ each PUBACK is what limits the naive loop.  The headline `records_per_s` and
 - naive: the same records published one by one, each waiting for its PUBACK before the next
   (what a blocking publish-and-wait loop does).
 
+Each loop runs twice, interleaved, and the better run counts (the machine is shared).
 Also the RAM the link holds (modules + outbox + client, connected), from gc.mem_alloc().
 The last line is one JSON object: records_per_s, naive_records_per_s, ratio, heap_bytes,
 loopback_records_per_s, loopback_naive_records_per_s, rtt_ms, records, window.
@@ -52,11 +53,11 @@ def fill(path):
                    records.profile(900, 1000 * i, 0, (2300, 2290, 2310), (1000, 900, 1100), (2300, 2000, 2500)))
     return log
 
-async def outbox_run():
-    log = fill(d + "/a")
-    cur = Cursor(d + "/a.cursor", every=64)
-    ob = Outbox(log, cur, "bench-a", rate=1e9, window=window)
-    link = MqttLink("bench-a", {"host": host, "port": port, "discovery": False}, outbox=ob, log=lambda s: None)
+async def outbox_run(k):
+    log = fill(d + "/a%d" % k)
+    cur = Cursor(d + "/a%d.cursor" % k, every=64)
+    ob = Outbox(log, cur, "bench-a%d" % k, rate=1e9, window=window)
+    link = MqttLink("bench-a%d" % k, {"host": host, "port": port, "discovery": False}, outbox=ob, log=lambda s: None)
     t = asyncio.create_task(link.run())
     while not link.up:
         await asyncio.sleep_ms(5)
@@ -70,9 +71,9 @@ async def outbox_run():
     await link.client.disconnect()
     return n * 1e6 / dt, heap
 
-async def naive_run():
-    log = fill(d + "/b")
-    c = MQTTClient("bench-b", host, port)
+async def naive_run(k):
+    log = fill(d + "/b%d" % k)
+    c = MQTTClient("bench-b%d" % k, host, port)
     await c.connect()
     r = log.reader()
     r.seek(1)
@@ -85,8 +86,11 @@ async def naive_run():
     return n * 1e6 / dt
 
 async def main():
-    rps, heap = await outbox_run()
-    naive = await naive_run()
+    # interleaved, best of two each: the machine is shared, a single run is noisy
+    rps, heap = await outbox_run(0)
+    naive = await naive_run(0)
+    rps = max(rps, (await outbox_run(1))[0])
+    naive = max(naive, await naive_run(1))
     print("RESULT " + json.dumps({"records_per_s": rps, "naive_records_per_s": naive, "heap_bytes": heap}))
 
 asyncio.run(main())
