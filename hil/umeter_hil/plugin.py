@@ -141,6 +141,13 @@ def board(hil_target: HilTarget, tmp_path: Path):
             vb.wait_booted()
             yield HilBoard(hil_target, vb.port, vb)
     else:
+        from umeter.errors import UmeterError
+        from umeter.transport import resolve_port
+
+        try:
+            resolve_port(hil_target.port)
+        except UmeterError as e:
+            pytest.fail(f"--board {hil_target.port}: {e}", pytrace=False)
         yield HilBoard(hil_target, hil_target.port)
 
 
