@@ -300,6 +300,11 @@ class VirtualBoard:
         if why in ("hard", "bootloader"):
             self.faults.log.append(why)
             self._spawn("hard", "friendly")
+        elif p is not None and p.returncode == -signal.SIGINT:
+            # A Ctrl-C raced the end of execution (the unix port's SIGINT is fatal at the
+            # prompt). A board would just show the prompt again: restart quietly, same mode.
+            self.faults.log.append("sigint at prompt")
+            self._spawn("soft", self.mode)
         else:
             # Ctrl-D / sys.exit(): soft reboot into the same REPL mode, as a board does.
             self._emit(SOFT_REBOOT)

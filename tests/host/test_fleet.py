@@ -48,3 +48,22 @@ def test_cli_build_reports_one_line_and_a_bad_board(tmp_path):
     assert r.stdout.startswith("Built ") and "for sim (x64)" in r.stdout
     bad = subprocess.run([UMETER, "build", "--board", "nope"], capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.startswith("umeter: error: unknown board 'nope' — known boards:")
+
+
+def test_serial_number_resolves_to_its_port_and_an_unknown_one_is_a_clear_error(monkeypatch):
+    from types import SimpleNamespace
+
+    from serial.tools import list_ports
+
+    from umeter.errors import TransportError
+    from umeter.fleet import ports
+    from umeter.transport import resolve_port
+
+    fake = [SimpleNamespace(device="/dev/ttyACM3", serial_number="E6614C311B7C", vid=0x2E8A, pid=0x0005,
+                            description="Board in FS mode")]  # fmt: skip
+    monkeypatch.setattr(list_ports, "comports", lambda: fake)
+    assert resolve_port(None, "e6614c311b7c") == "/dev/ttyACM3"
+    assert ports() == [{"port": "/dev/ttyACM3", "serial": "E6614C311B7C", "vid_pid": "2e8a:0005",
+                        "description": "Board in FS mode"}]  # fmt: skip
+    with pytest.raises(TransportError, match="no port with USB serial number NOPE"):
+        resolve_port(None, "NOPE")

@@ -348,3 +348,16 @@ def test_mpremote_reset_and_rtc_work_through_the_stand_ins(vb):
     mp(vb, "rtc", "--set")  # may arrive while the board boots: its Ctrl-C must not break the boot
     out = mp(vb, "rtc")
     assert out.strip().startswith("(") and str(time.localtime().tm_year) in out
+
+
+def test_a_sigint_that_races_the_prompt_does_not_look_like_a_reset(vb):
+    import signal
+
+    mp(vb, "exec", "pass")  # the board now idles in the raw REPL
+    before = len(vb.console())
+    os_kill = __import__("os").kill
+    os_kill(vb._proc.pid, signal.SIGINT)  # what a late Ctrl-C does to the unix port at a prompt
+    wait_for(lambda: "sigint at prompt" in vb.faults.log)
+    vb.wait_booted()
+    assert "soft reboot" not in vb.console()[before:]
+    assert mp(vb, "exec", "print('still here')").strip() == "still here"
