@@ -405,8 +405,10 @@ class VirtualBoard:
         self._to_board(data)
 
     def _to_board(self, data: bytes) -> None:
-        self._htail = (self._htail + data)[-16:]
-        if b"RemoteFS" in self._htail or b"__mount" in self._htail:
+        self._htail = (self._htail + data)[-24:]
+        if b"umount(" in self._htail:
+            self._mounted = False  # mpremote's umount_local(): os.umount("/remote")
+        elif b"RemoteFS" in self._htail or b"__mount" in self._htail:
             self._mounted = True
         out = bytearray()
         for b in data:

@@ -361,3 +361,10 @@ def test_a_sigint_that_races_the_prompt_does_not_look_like_a_reset(vb):
     vb.wait_booted()
     assert "soft reboot" not in vb.console()[before:]
     assert mp(vb, "exec", "print('still here')").strip() == "still here"
+
+
+def test_ctrl_c_works_again_after_a_mount_session(vb, tmp_path):
+    (tmp_path / "m.py").write_text("X = 1\n")
+    mp(vb, "mount", str(tmp_path), "exec", "import m; print(m.X)")
+    mp(vb, "resume", "exec", "--no-follow", "while True: pass")
+    assert mp(vb, "resume", "exec", "print('back')").strip() == "back"
