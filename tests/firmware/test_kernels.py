@@ -32,14 +32,12 @@ def _ref_chan(buf, start, end, nch, c, mid):
 
 
 def _ref_pair(buf, start, end, nch, a, b, mv, mi, d):
-    out = _ref_chan(buf, start, end, nch, a, mv) + _ref_chan(buf, start, end, nch, b, mi) + [0, 0, 0, 0]
+    out = _ref_chan(buf, start, end, nch, a, mv) + _ref_chan(buf, start, end, nch, b, mi) + [0] * 8
     for n in range(start, end):
-        v = buf[n * nch + a] - mv
-        i = buf[n * nch + b] - mi
-        out[4] += v * i
-        out[5] += v * (buf[(n - 1) * nch + b] - mi)
-        out[6] += (buf[(n - d) * nch + a] - mv) * i
-        out[7] += (buf[(n - d - 1) * nch + a] - mv) * i
+        i = buf[(n - 2) * nch + b] - mi
+        for m in range(4):
+            out[4 + m] += (buf[(n - 3 + m) * nch + a] - mv) * i
+            out[8 + m] += (buf[(n - 3 - d + m) * nch + a] - mv) * i
     return out
 
 
@@ -64,8 +62,8 @@ def test_chan_sums_match_python_reference_and_add_to_previous_sums():
 def test_pair_sums_match_python_reference_with_quarter_cycle_delay():
     nch = 3
     buf = _block(H + 160, nch, _wave)
-    for d in (1, 20, H - 2):
-        out = array.array("i", bytes(32))
+    for d in (1, 20, H - 4):
+        out = array.array("i", bytes(48))
         kernels.pair_sums(buf, H, H + 160, nch, 0, 2, 2047, 2049, d, out, 0)
         eq(list(out), _ref_pair(buf, H, H + 160, nch, 0, 2, 2047, 2049, d), "pair sums with d=%d" % d)
 
@@ -74,8 +72,8 @@ def test_pair_sums_match_python_reference_with_quarter_cycle_delay():
 def test_split_runs_give_the_same_sums_as_one_run():
     nch = 2
     buf = _block(H + 160, nch, _wave)
-    one = array.array("i", bytes(32))
-    two = array.array("i", bytes(32))
+    one = array.array("i", bytes(48))
+    two = array.array("i", bytes(48))
     kernels.pair_sums(buf, H, H + 160, nch, 0, 1, 2048, 2048, 20, one, 0)
     kernels.pair_sums(buf, H, H + 77, nch, 0, 1, 2048, 2048, 20, two, 0)
     kernels.pair_sums(buf, H + 77, H + 160, nch, 0, 1, 2048, 2048, 20, two, 0)
@@ -91,9 +89,9 @@ def test_full_scale_rails_at_max_sets_stay_inside_int32():
     n = kernels.MAX_SETS
     mid = 2048 + kernels.MID_SWING
     buf = _block(H + n, nch, lambda k, c: 0)
-    out = array.array("i", bytes(40))
+    out = array.array("i", bytes(56))
     kernels.pair_sums(buf, H, H + n, nch, 0, 1, mid, mid, 20, out, 0)
-    kernels.chan_sums(buf, H, H + n, nch, 0, mid, out, 8)
+    kernels.chan_sums(buf, H, H + n, nch, 0, mid, out, 12)
     ref = _ref_pair(buf, H, H + n, nch, 0, 1, mid, mid, 20) + _ref_chan(buf, H, H + n, nch, 0, mid)
     eq(list(out), ref, "full-scale sums")
     eq(max(ref) < (1 << 31), True, "reference inside int32")
@@ -107,7 +105,7 @@ def test_bound_is_tight_one_run_of_twice_max_sets_would_wrap():
     n = 2 * kernels.MAX_SETS
     mid = 2048 + kernels.MID_SWING
     buf = _block(H + n, nch, lambda k, c: 0)
-    out = array.array("i", bytes(32))
+    out = array.array("i", bytes(48))
     kernels.pair_sums(buf, H, H + n, nch, 0, 1, mid, mid, 20, out, 0)
     ref = _ref_pair(buf, H, H + n, nch, 0, 1, mid, mid, 20)
     eq(list(out), [_i32(x) for x in ref], "wrapped sums")
@@ -118,7 +116,7 @@ def test_bound_is_tight_one_run_of_twice_max_sets_would_wrap():
 def test_every_kernel_allocates_nothing():
     nch = 2
     buf = _block(H + 160, nch, _wave)
-    acc = array.array("i", bytes(4 * 10))
+    acc = array.array("i", bytes(4 * 14))
     st = array.array("i", [0])
     work = array.array("H", bytes(2 * nch * (H + 160)))
     assert_no_alloc(kernels.chan_sums, buf, H, H + 160, nch, 0, 2048, acc, 0)
@@ -129,7 +127,7 @@ def test_every_kernel_allocates_nothing():
     assert_no_alloc(kernels.copy16, buf, 0, work, 0, nch * 160)
     assert_no_alloc(kernels.clear, acc, len(acc))
     eq(k, 80, "first rising crossing after the negative half-cycle")
-    eq(list(acc), [0] * 10, "cleared")
+    eq(list(acc), [0] * 14, "cleared")
     eq(work[: nch * 160], buf[: nch * 160], "copied")
 
 
@@ -166,14 +164,14 @@ def test_block_sums_equal_pair_sums_per_pair_and_chan_sums_for_lone_channels():
     nch = 4
     buf = _block(H + 160, nch, _wave)
     mids = array.array("i", [2047, 2050, 2046, 2049])
-    lay = array.array("i", [2, 1, 0, 1, 0, 2, 3, 16])
-    out = array.array("i", bytes(4 * 18))
+    lay = array.array("i", [2, 1, 0, 1, 0, 2, 3, 24])
+    out = array.array("i", bytes(4 * 26))
     kernels.block_sums(buf, H + 5, H + 150, nch, 19, lay, mids, out)
     ref = _ref_pair(buf, H + 5, H + 150, nch, 0, 1, 2047, 2050, 19)
     ref += _ref_pair(buf, H + 5, H + 150, nch, 0, 2, 2047, 2046, 19)
     ref += _ref_chan(buf, H + 5, H + 150, nch, 3, 2049)
     eq(list(out), ref, "block sums")
-    out2 = array.array("i", bytes(4 * 18))
+    out2 = array.array("i", bytes(4 * 26))
     assert_no_alloc(_bind_block(buf, nch, lay, mids, out2))
     eq(list(out2), list(out), "same under heap_lock")
 

@@ -13,16 +13,18 @@
 # Each channel has its own mid (the DC level tracked by the meter); x = raw - mid.
 #
 # chan_sums  adds  sum x, sum x*x                  for one channel (a voltage without CTs)
-# pair_sums  adds  sum v, sum v*v, sum i, sum i*i, and
-#                  S0 = sum v[n]*i[n]      (plain product)
-#                  S1 = sum v[n]*i[n-1]    (voltage one set after the current sample)
-#                  Q0 = sum v[n-d]*i[n]    (voltage about a quarter cycle earlier)
-#                  Q1 = sum v[n-d-1]*i[n]
-#            for one voltage/current pair, in one pass.  The meter mixes S0/S1 (and Q0/Q1) with the
-#            two-sample interpolation weights of EmonLibCM's x/y method, which synthesise
-#            the voltage at any instant between the two samples for the fundamental: this
-#            corrects sampling skew and CT/VT phase error (S) and makes the exact 90-degree
-#            shift for signed reactive power (Q) at the measured frequency.
+# pair_sums  adds, for one voltage/current pair in one pass, 12 words:
+#                  sum v, sum v*v, sum i, sum i*i,
+#                  P[m] = sum v[n-2+m] * i[n-2]      m = -1, 0, 1, 2
+#                  Q[m] = sum v[n-2-d+m] * i[n-2]    m = -1, 0, 1, 2
+#            The current is taken two sets late so that four voltage samples around it
+#            (one before, the same set, two after) and four around the instant a quarter
+#            cycle (d sets) earlier are available.  The meter mixes them with four-tap
+#            fractional-delay weights that are exact for the fundamental and the 5th
+#            harmonic (meter.py): this corrects sampling skew and CT/VT phase error (P) and
+#            makes the exact 90-degree shift for signed reactive power (Q), with small error
+#            for the other harmonics (the two-tap x/y method of EmonLibCM is exact only for
+#            the fundamental and loses ~8 % of 7th-harmonic power at 2 kS/s).
 # find_rise  finds the positive-going zero crossing of a voltage channel with hysteresis.
 import micropython
 from micropython import const
@@ -37,9 +39,9 @@ MAX_SETS = const(400)
 MAX_BITS = const(12)
 MID_SWING = const(256)
 
-# History kept before each block: the quarter-cycle delay d plus the one extra set of Q1
-# must fit, d + 1 < HIST.  At 45 Hz a quarter cycle is rate / 180 sets, so HIST = 64 covers
-# rates up to 11.1 kS/s (the meter checks it).
+# History kept before each block: the quarter-cycle delay d plus the three sets before it
+# must fit, d + 3 < HIST.  At 45 Hz a quarter cycle is rate / 180 sets, so HIST = 64 covers
+# rates up to 10.9 kS/s (the meter checks it).
 HIST = const(64)
 
 
@@ -63,25 +65,34 @@ def chan_sums(buf, start: int, end: int, nch: int, c: int, mid: int, out, k: int
 
 @micropython.viper
 def pair_sums(buf, start: int, end: int, nch: int, a: int, b: int, mv: int, mi: int, d: int, out, k: int):
-    # out[k..k+7] += sum v, sum v*v, sum i, sum i*i, S0, S1, Q0, Q1 (see the header) over
-    # sets [start, end) with voltage channel a and current channel b, in one pass.
-    # Needs start - d - 1 >= 0 and start >= 1 (the history before the block).
+    # out[k..k+11] += the 12 sums of the header over sets [start, end) with voltage channel
+    # a and current channel b.  Needs start - d - 3 >= 0 (the history before the block).
     p = ptr16(buf)
     o = ptr32(out)
     sv = 0
     qv = 0
     si = 0
     qi = 0
-    s0 = 0
-    s1 = 0
+    p0 = 0
+    p1 = 0
+    p2 = 0
+    p3 = 0
     q0 = 0
     q1 = 0
+    q2 = 0
+    q3 = 0
     j = start * nch + a
     ob = b - a
     od = 0 - d * nch
     stop = end * nch + a
-    ip = int(p[j + ob - nch]) - mi
-    vd1 = int(p[j + od - nch]) - mv
+    v1 = int(p[j - nch]) - mv
+    v2 = int(p[j - 2 * nch]) - mv
+    v3 = int(p[j - 3 * nch]) - mv
+    d1 = int(p[j + od - nch]) - mv
+    d2 = int(p[j + od - 2 * nch]) - mv
+    d3 = int(p[j + od - 3 * nch]) - mv
+    i1 = int(p[j + ob - nch]) - mi
+    i2 = int(p[j + ob - 2 * nch]) - mi
     while j < stop:
         v = int(p[j]) - mv
         i = int(p[j + ob]) - mi
@@ -90,27 +101,41 @@ def pair_sums(buf, start: int, end: int, nch: int, a: int, b: int, mv: int, mi: 
         qv += v * v
         si += i
         qi += i * i
-        s0 += v * i
-        s1 += v * ip
-        q0 += vd * i
-        q1 += vd1 * i
-        ip = i
-        vd1 = vd
+        p0 += v3 * i2
+        p1 += v2 * i2
+        p2 += v1 * i2
+        p3 += v * i2
+        q0 += d3 * i2
+        q1 += d2 * i2
+        q2 += d1 * i2
+        q3 += vd * i2
+        v3 = v2
+        v2 = v1
+        v1 = v
+        d3 = d2
+        d2 = d1
+        d1 = vd
+        i2 = i1
+        i1 = i
         j += nch
     o[k] = o[k] + sv
     o[k + 1] = o[k + 1] + qv
     o[k + 2] = o[k + 2] + si
     o[k + 3] = o[k + 3] + qi
-    o[k + 4] = o[k + 4] + s0
-    o[k + 5] = o[k + 5] + s1
-    o[k + 6] = o[k + 6] + q0
-    o[k + 7] = o[k + 7] + q1
+    o[k + 4] = o[k + 4] + p0
+    o[k + 5] = o[k + 5] + p1
+    o[k + 6] = o[k + 6] + p2
+    o[k + 7] = o[k + 7] + p3
+    o[k + 8] = o[k + 8] + q0
+    o[k + 9] = o[k + 9] + q1
+    o[k + 10] = o[k + 10] + q2
+    o[k + 11] = o[k + 11] + q3
 
 
 @micropython.viper
 def block_sums(buf, start: int, end: int, nch: int, d: int, lay, mids, out):
     # All of a block segment in one call: for each pair listed in lay the same sums as
-    # pair_sums (8 words at 8 * pair), then chan_sums for the channels no pair covers.
+    # pair_sums (12 words at 12 * pair), then chan_sums for the channels no pair covers.
     # lay (array 'i'): [npairs, nlone, a0, b0, a1, b1, ..., c0, k0, c1, k1, ...];
     # mids (array 'i'): the mid of each channel.
     L = ptr32(lay)
@@ -123,21 +148,31 @@ def block_sums(buf, start: int, end: int, nch: int, d: int, lay, mids, out):
         a = L[2 + 2 * e]
         mv = M[a]
         mi = M[L[3 + 2 * e]]
-        k = 8 * e
+        k = 12 * e
         sv = 0
         qv = 0
         si = 0
         qi = 0
-        s0 = 0
-        s1 = 0
+        p0 = 0
+        p1 = 0
+        p2 = 0
+        p3 = 0
         q0 = 0
         q1 = 0
+        q2 = 0
+        q3 = 0
         j = start * nch + a
         ob = L[3 + 2 * e] - a
         od = 0 - d * nch
         stop = end * nch + a
-        ip = int(p[j + ob - nch]) - mi
-        vd1 = int(p[j + od - nch]) - mv
+        v1 = int(p[j - nch]) - mv
+        v2 = int(p[j - 2 * nch]) - mv
+        v3 = int(p[j - 3 * nch]) - mv
+        d1 = int(p[j + od - nch]) - mv
+        d2 = int(p[j + od - 2 * nch]) - mv
+        d3 = int(p[j + od - 3 * nch]) - mv
+        i1 = int(p[j + ob - nch]) - mi
+        i2 = int(p[j + ob - 2 * nch]) - mi
         while j < stop:
             v = int(p[j]) - mv
             i = int(p[j + ob]) - mi
@@ -146,21 +181,35 @@ def block_sums(buf, start: int, end: int, nch: int, d: int, lay, mids, out):
             qv += v * v
             si += i
             qi += i * i
-            s0 += v * i
-            s1 += v * ip
-            q0 += vd * i
-            q1 += vd1 * i
-            ip = i
-            vd1 = vd
+            p0 += v3 * i2
+            p1 += v2 * i2
+            p2 += v1 * i2
+            p3 += v * i2
+            q0 += d3 * i2
+            q1 += d2 * i2
+            q2 += d1 * i2
+            q3 += vd * i2
+            v3 = v2
+            v2 = v1
+            v1 = v
+            d3 = d2
+            d2 = d1
+            d1 = vd
+            i2 = i1
+            i1 = i
             j += nch
         o[k] = o[k] + sv
         o[k + 1] = o[k + 1] + qv
         o[k + 2] = o[k + 2] + si
         o[k + 3] = o[k + 3] + qi
-        o[k + 4] = o[k + 4] + s0
-        o[k + 5] = o[k + 5] + s1
-        o[k + 6] = o[k + 6] + q0
-        o[k + 7] = o[k + 7] + q1
+        o[k + 4] = o[k + 4] + p0
+        o[k + 5] = o[k + 5] + p1
+        o[k + 6] = o[k + 6] + p2
+        o[k + 7] = o[k + 7] + p3
+        o[k + 8] = o[k + 8] + q0
+        o[k + 9] = o[k + 9] + q1
+        o[k + 10] = o[k + 10] + q2
+        o[k + 11] = o[k + 11] + q3
         e += 1
     base = 2 + 2 * npairs
     e = 0

@@ -18,7 +18,7 @@ import array
 import math
 
 from meternode.config import ConfigError
-from meternode.metrology import calibration, kernels
+from meternode.metrology import calibration, interp, kernels
 from meternode.metrology.energy import Energy
 from meternode.metrology.registers import NETTINGS, Registers
 from meternode.metrology.report import Window
@@ -49,7 +49,7 @@ class Meter:
         if bits > kernels.MAX_BITS:
             raise ConfigError("board.adc.bits = %d: the kernels take at most %d bits" % (bits, kernels.MAX_BITS))
         self.f_nom = float(_opt(opts, "mains_hz", 50.0, 40.0, 70.0))
-        if self.rate / (4 * 45.0) + 2 > _H:
+        if self.rate / (4 * 45.0) + 4 > _H:
             raise ConfigError("board.adc.rate = %d is above %d sets/s (quarter-cycle history)" % (self.rate, 11000))
         self._mid0 = 1 << (bits - 1)
         self._hyst = max(2, 1 << (bits - 6))  # ~3 % of full scale
@@ -101,10 +101,10 @@ class Meter:
         self._sx = [-1] * nch
         for e, (a, b) in enumerate(self.pairs):
             if self._sx[a] < 0:
-                self._sx[a] = 8 * e
-            self._sx[b] = 8 * e + 2
+                self._sx[a] = 12 * e
+            self._sx[b] = 12 * e + 2
         self._lone = []
-        k = 8 * self.elements
+        k = 12 * self.elements
         for c in range(nch):
             if self._sx[c] < 0:
                 self._sx[c] = k
@@ -123,7 +123,9 @@ class Meter:
         self._mid = array.array("i", [self._mid0] * nch)
         self._d = self._delay(self.f_nom)
         self._means = [0.0] * nch
-        self._wt = [0.0] * (5 * self.elements)  # per element: x, y (P), x, y (Q), f
+        self._wt = [0.0] * (10 * self.elements)  # per element: 4 P taps, 4 Q taps, f, sum
+        self._m = interp.scratch()
+        self._fs = 0.0  # smoothed frequency for the weights
         self._wph = [0.0] * self.elements
         self._wd = [0] * self.elements
         self._base = -_H  # global set index of work[0]
@@ -187,8 +189,8 @@ class Meter:
         return {c.name: c.as_dict() for c in self.cal}
 
     def _delay(self, f):
-        d = int(self.rate / (4.0 * f))
-        return 1 if d < 1 else (_H - 2 if d > _H - 2 else d)
+        d = int(self.rate / (4.0 * f) + 0.5)  # nearest: steady at 20 for 50 Hz at 4 kS/s
+        return 1 if d < 1 else (_H - 4 if d > _H - 4 else d)
 
     # -- sampling path ----------------------------------------------------------------------
     def feed(self, buf, nsets):
@@ -250,6 +252,7 @@ class Meter:
             if cross is None:
                 self.freq = 0.0
                 self.unmeasured += 1
+                self._fs = 0.0
                 if self.quality is not None:
                     self.quality.no_mains(self.sets / self.rate)
             self._cap_on = False
@@ -258,6 +261,11 @@ class Meter:
             return
         f = self.rate / (cross - prev)
         self.freq = f
+        # the weights follow a smoothed frequency (1/8 per cycle): crossing noise alone
+        # (~0.01 Hz per cycle with an 8.7-bit ADC) then does not re-solve them every cycle
+        fs = self._fs
+        fs = f if fs == 0.0 or abs(f - fs) > 1.0 else fs + (f - fs) * 0.125
+        self._fs = fs
         sx = self._sx
         means = self._means
         sc = self._sc
@@ -280,7 +288,7 @@ class Meter:
         wph = self._wph
         d = self._d
         e = 0
-        k = 4
+        k = 0
         for a, b in self.pairs:
             ms = acc[sx[b] + 1] * inv - means[b] * means[b]
             irms = sc[b] * math.sqrt(ms) if ms > 0.0 else 0.0
@@ -291,25 +299,33 @@ class Meter:
             ph = self._phc[e]
             if ph is None:  # phase versus current table
                 ph = self.cal[b].phase_at(irms) - self.cal[a].phase
-            j = 5 * e
-            df = f - wt[j + 4]
+            j = 10 * e
+            df = fs - wt[j + 8]
             dp = ph - wph[e]
             if df > _F_TOL or df < -_F_TOL or dp > _PH_TOL or dp < -_PH_TOL or d != self._wd[e]:
-                self._weights(e, f, ph, a, b)
-            mvi = means[a] * means[b]
+                self._weights(e, fs, ph, a, b)
+            mvi = means[a] * means[b] * n
             g = sc[a] * sc[b] * inv
-            x = wt[j]
-            y = wt[j + 1]
-            self.p[e] = g * (x * acc[k] + y * acc[k + 1] - (x + y) * mvi * n)
-            x = wt[j + 2]
-            y = wt[j + 3]
-            self.q[e] = g * (x * acc[k + 3] + y * acc[k + 2] - (x + y) * mvi * n)
+            self.p[e] = g * (
+                wt[j] * acc[k + 4]
+                + wt[j + 1] * acc[k + 5]
+                + wt[j + 2] * acc[k + 6]
+                + wt[j + 3] * acc[k + 7]
+                - (wt[j] + wt[j + 1] + wt[j + 2] + wt[j + 3]) * mvi
+            )
+            self.q[e] = g * (
+                wt[j + 4] * acc[k + 8]
+                + wt[j + 5] * acc[k + 9]
+                + wt[j + 6] * acc[k + 10]
+                + wt[j + 7] * acc[k + 11]
+                - wt[j + 9] * mvi
+            )
             self.irms[e] = irms
             self.s[e] = vrms[a] * irms
             e += 1
-            k += 8
+            k += 12
         self._track_mid(n)
-        self._d = self._delay(f)
+        self._d = self._delay(fs)
         kernels.clear(acc, len(acc))
         self.cycles += 1
         self.measured_sets += n
@@ -336,25 +352,11 @@ class Meter:
             self._cap_want = min(self._cap_sets, int(self.rate / self.freq + 0.5))
 
     def _weights(self, e, f, ph, a, b):
-        # Two-sample interpolation weights for element e at frequency f with a net sensor
-        # phase ph (degrees, current lead minus voltage lead): the voltage "at" the
-        # current sample's true instant is x * earlier + y * later sample, exact for the
-        # fundamental.  Cached: recomputed when f moves by _F_TOL, ph by _PH_TOL or the
-        # quarter-cycle delay changes (the error of a stale weight is below 1e-4 of S).
+        # Interpolation weights for element e (interp.py), cached: recomputed when f moves
+        # by _F_TOL, the net phase by _PH_TOL or the quarter-cycle delay d changes.
         w = _TWO_PI * f
-        ths = w / self.rate
-        sin_ths = math.sin(ths)
-        # time from the voltage sample to the instant that matches the current sample
         dt = self._t_slot[b] - self._t_slot[a] + math.radians(ph) / w
-        wt = self._wt
-        j = 5 * e
-        phi = ths - w * dt  # lag behind the later voltage sample (S1)
-        wt[j] = math.sin(phi) / sin_ths
-        wt[j + 1] = math.sin(ths - phi) / sin_ths
-        phq = _HALF_PI - self._d * ths - w * dt  # lag behind v[n-d] (Q0)
-        wt[j + 2] = math.sin(phq) / sin_ths
-        wt[j + 3] = math.sin(ths - phq) / sin_ths
-        wt[j + 4] = f
+        interp.weights(self._wt, 10 * e, f, self.rate, dt, self._d, self._m)
         self._wph[e] = ph
         self._wd[e] = self._d
 
