@@ -117,3 +117,22 @@ class Listener:
     def close(self) -> None:
         self.c.disconnect()
         self.c.loop_stop()
+
+
+def firmware_files(version_text: str, broken: bool) -> dict[str, bytes]:
+    """The firmware package as a module build (`meternode/...py`) with VERSION replaced; a broken
+    build's MQTT link never connects, so its health check cannot pass."""
+    root = unixport.firmware_root()
+    files = {}
+    for p in sorted((root / "meternode").rglob("*.py")):
+        files[str(p.relative_to(root))] = p.read_bytes()
+    init = files["meternode/__init__.py"].decode()
+    files["meternode/__init__.py"] = "\n".join(
+        f'VERSION = "{version_text}"' if ln.startswith("VERSION") else ln for ln in init.splitlines()
+    ).encode()
+    if broken:
+        files["meternode/link/uplink.py"] += (
+            b"\n\nasync def _never(self):\n    import asyncio\n\n    while True:\n"
+            b"        await asyncio.sleep_ms(1000)\n\n\nMqttLink.run = _never\n"
+        )
+    return files

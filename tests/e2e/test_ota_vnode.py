@@ -9,31 +9,13 @@ import shutil
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from policy_vnode import Listener, VNode
+from policy_vnode import Listener, VNode, firmware_files
 
 from umeter import unixport
 from umeter.campaign import ota_messages
 from umeter.signing import fleet_identity, make_manifest, make_target, sign_bundle
 
 KEY = Ed25519PrivateKey.generate()
-
-
-def _build(version_text: str, broken: bool) -> dict[str, bytes]:
-    root = unixport.firmware_root()
-    files = {}
-    for p in sorted((root / "meternode").rglob("*.py")):
-        files[str(p.relative_to(root))] = p.read_bytes()
-    init = files["meternode/__init__.py"].decode()
-    files["meternode/__init__.py"] = "\n".join(
-        f'VERSION = "{version_text}"' if ln.startswith("VERSION") else ln for ln in init.splitlines()
-    ).encode()
-    if broken:
-        # the new build's MQTT link never connects: the health check cannot pass
-        files["meternode/link/uplink.py"] += (
-            b"\n\nasync def _never(self):\n    import asyncio\n\n    while True:\n"
-            b"        await asyncio.sleep_ms(1000)\n\n\nMqttLink.run = _never\n"
-        )
-    return files
 
 
 def _compiled_build(tmp: Path, version_text: str) -> dict[str, bytes]:
@@ -74,7 +56,7 @@ def test_bad_build_rolls_back_and_good_build_is_confirmed(mosquitto, tmp_path: P
     try:
         with VNode(tmp_path / "vn2", config) as vn:
             lis.wait(lambda leaf, m: leaf == "policy/state", 40, "policy service up", vn)
-            for msg in ota_messages(_bundle(2, _build("2.0.0-broken", broken=True))):
+            for msg in ota_messages(_bundle(2, firmware_files("2.0.0-broken", broken=True))):
                 lis.publish("ota", msg)
             ota = lambda leaf, m: leaf == "ota/result" and m["status"] != "accepted"  # noqa: E731
             r, _ = lis.wait(ota, 60, "staged", vn)
@@ -99,7 +81,7 @@ def test_bad_build_rolls_back_and_good_build_is_confirmed(mosquitto, tmp_path: P
             st = json.loads((tmp_path / "vn2" / "fw" / "boot.json").read_text())
             assert (st["active"], st["pending"], st["versions"]) == ("a", None, {"a": 3}), "the failed slot was reused"
             # the failed version cannot be pushed again
-            for msg in ota_messages(_bundle(2, _build("2.0.1", broken=False))):
+            for msg in ota_messages(_bundle(2, firmware_files("2.0.1", broken=False))):
                 lis.publish("ota", msg)
             r, _ = lis.wait(ota, 60, "replay of v2", vn)
             assert (r["ok"], r["why"].split(":")[0]) == (False, "not newer"), r
