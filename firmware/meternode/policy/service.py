@@ -257,11 +257,28 @@ class PolicyService:
             if n % _STATE_EVERY == 0 or evs:
                 self._out.append(("policy/state", json.dumps(self.state())))
             if len(self._out) > 64:
-                del self._out[: len(self._out) - 64]  # offline: keep the newest
+                self._trim()
             try:
                 await self._flush(c)
             except Exception as ex:
                 self.log("policy results not sent: %s" % ex)
+
+    def _trim(self):
+        # Offline too long: drop state snapshots but the newest, then the oldest events;
+        # results (policy/result, ota/result) and a pending reboot are kept.
+        out = self._out
+        last_state = -1
+        for k in range(len(out)):
+            if out[k][0] == "policy/state":
+                last_state = k
+        self._out = [x for k, x in enumerate(out) if x[0] != "policy/state" or k == last_state]
+        while len(self._out) > 64:
+            for k in range(len(self._out)):
+                if self._out[k][0] == "policy/event":
+                    del self._out[k]
+                    break
+            else:
+                break
 
 
 def _log(msg):

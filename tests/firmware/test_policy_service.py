@@ -1,0 +1,99 @@
+# The node's policy service on MicroPython with a stand-in node: the engine ticks from the
+# meter's readings, bundles arriving on its topics are verified and applied, results queue
+# for the link, and a long offline spell never drops a result.
+import json
+
+import bundle_fixture as F
+from policy_fixture import compact
+
+from meternode.policy.service import PolicyService
+from mptest import eq, heap, scratch_dir
+
+
+class _Regs:
+    def __init__(self):
+        self.tar = [0, 0, 0, 0]
+
+    def total_import(self):
+        return 123456
+
+    def tariff_registers(self, t):
+        return self.tar[t], 0
+
+
+class _Meter:
+    def __init__(self):
+        self.p = [1500.0, 500.0]
+        self.irms = [6.5, 2.2]
+        self.vrms = [231.0, 0.0, 0.0]
+        self._a0 = 0
+        self.freq = 50.0
+        self.cycles = 500
+        self.registers = _Regs()
+        self.tariffs = []
+
+    def set_tariff(self, i):
+        self.tariffs.append(i)
+
+
+class _Clock:
+    def __init__(self, t):
+        self.t = t
+
+    def time(self):
+        return self.t
+
+
+class _Hal:
+    def __init__(self):
+        self.clock = _Clock(F.NOW + 18 * 3600)  # 18:00 UTC+1 on a Monday: the fixture's "peak"
+
+
+class _Node:
+    def __init__(self, root):
+        self.id = "n1"
+        self.config = {
+            "node_id": "n1",
+            "policy": compact(),
+            "fleet": F.FLEET,
+            "policy_dir": root,
+            "mqtt": {"host": "x", "prefix": "umeter"},
+        }
+        self.meter = _Meter()
+        self.hal = _Hal()
+        self.link_up = True
+
+
+@heap("256k")
+def test_engine_ticks_from_the_meter_and_bundles_replace_the_policy():
+    node = _Node(scratch_dir())
+    s = PolicyService(node, log=lambda m: None)
+    eq(s.engine.policy["n"], "tou-test", "config policy until a signed one arrives")
+    s.tick()
+    eq(node.meter.tariffs, [2], "peak at 18:00 local on a weekday")
+    eq(s.health(), None, "healthy: cycles and link")
+    eq(s._incoming("umeter/n1/policy/bundle", F.POLICY_V2), True, "our topic")
+    eq(s._incoming("umeter/n1/cmd", b"{}"), False, "the uplink's topic passes through")
+    eq(s._incoming("umeter/n2/policy/bundle", F.POLICY_V2), False, "another node's topic")
+    leaf, payload = s._out[0]
+    r = json.loads(payload)
+    eq((leaf, r["status"], r["version"]), ("policy/result", "applied", 2), "result queued")
+    eq(s.engine.policy["n"], "v2", "the signed policy runs now")
+    st = s.state()
+    eq((st["policy"], st["version"], st["relay"]), ("v2", 2, True), "state")
+
+
+@heap("256k")
+def test_offline_queue_keeps_results_and_the_newest_state():
+    node = _Node(scratch_dir())
+    s = PolicyService(node, log=lambda m: None)
+    s._out.append(("policy/result", "r1"))
+    for k in range(100):
+        s._out.append(("policy/state", "s%d" % k))
+        s._out.append(("policy/event", "e%d" % k))
+    s._out.append(("ota/result", "r2"))
+    s._trim()
+    eq(len(s._out), 64, "capped")
+    kept = [x[1] for x in s._out]
+    eq(("r1" in kept, "r2" in kept, "s99" in kept, "s98" in kept), (True, True, True, False), "kept")
+    eq(kept[-3:], ["s99", "e99", "r2"], "newest events kept")
