@@ -2,8 +2,9 @@
 
 1. Ed25519 verification of an RFC 8032 vector: the firmware's pure-Python code on the
    MicroPython unix port, the same code on CPython, and the `cryptography` package (C) on
-   CPython — ms per verification and the ratios; plus a whole policy-bundle check on the
-   unix port (parse, SHA-512, Ed25519, targeting, SHA-256 of the file) and SHA-512 per KiB.
+   CPython — ms per verification (best of 5 rounds: a shared machine only adds time) and the
+   ratios; plus a whole policy-bundle check on the unix port (parse, SHA-256 of the manifest,
+   Ed25519, targeting, SHA-256 of the file) and SHA-512 per KiB.
 2. A policy campaign to N simulated nodes (default 10,000) through a real Mosquitto: the
    fleet simulator runs the firmware's agent per node (verify, apply atomically to its own
    directory, answer); canary 1 %, then batches. Wall time and messages per second.
@@ -49,22 +50,24 @@ from meternode.policy.bundle import Verifier
 pk = unhexlify(%(pk)r); msg = unhexlify(%(msg)r); sig = unhexlify(%(sig)r)
 N = %(n)d
 assert ed25519.verify(pk, msg, sig)
-gc.collect()
-t = time.ticks_us()
-for _ in range(N):
-    ed25519.verify(pk, msg, sig)
-verify_us = time.ticks_diff(time.ticks_us(), t) / N
+def best(fn, n, rounds=5):
+    # best of `rounds` rounds of n calls, per call (other processes only ever add time)
+    b = None
+    for _ in range(rounds):
+        gc.collect()
+        t = time.ticks_us()
+        for _ in range(n):
+            fn()
+        d = time.ticks_diff(time.ticks_us(), t) / n
+        b = d if b is None or d < b else b
+    return b
+
+verify_us = best(lambda: ed25519.verify(pk, msg, sig), N)
 data = bytes(1024)
-t = time.ticks_us()
-for _ in range(20):
-    sha512(data).digest()
-sha_us = time.ticks_diff(time.ticks_us(), t) / 20
+sha_us = best(lambda: sha512(data).digest(), 10)
 v = Verifier(unhexlify(%(fleet_pk)r), "n1", "bench", [])
 env = %(bundle)r
-t = time.ticks_us()
-for _ in range(N):
-    v.verify(env, "policy", 0, %(now)d)
-bundle_us = time.ticks_diff(time.ticks_us(), t) / N
+bundle_us = best(lambda: v.verify(env, "policy", 0, %(now)d), N)
 gc.collect()
 f0 = gc.mem_free()
 ed25519.verify(pk, msg, sig)
@@ -107,17 +110,22 @@ def bench_micropython(n: int, env: bytes, pub: bytes, now: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _best_ms(fn, n: int, rounds: int = 5) -> float:
+    """Best of `rounds` rounds of n calls, ms per call (other processes only ever add time)."""
+    best = float("inf")
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.perf_counter() - t) * 1000 / n)
+    return best
+
+
 def bench_cpython(n: int) -> tuple[float, float]:
-    t = time.perf_counter()
-    for _ in range(n):
-        assert ed25519.verify(PK, MSG, SIG)
-    pure_ms = (time.perf_counter() - t) * 1000 / n
+    assert ed25519.verify(PK, MSG, SIG)
+    pure_ms = _best_ms(lambda: ed25519.verify(PK, MSG, SIG), n)
     pub = Ed25519PublicKey.from_public_bytes(PK)
-    m = n * 50
-    t = time.perf_counter()
-    for _ in range(m):
-        pub.verify(SIG, MSG)
-    c_ms = (time.perf_counter() - t) * 1000 / m
+    c_ms = _best_ms(lambda: pub.verify(SIG, MSG), n * 50)
     return pure_ms, c_ms
 
 
@@ -161,13 +169,13 @@ def bench_campaign(nodes: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nodes", type=int, default=10000)
-    ap.add_argument("--verifies", type=int, default=40)
+    ap.add_argument("--verifies", type=int, default=20, help="verifications per round (best of 5 rounds)")
     a = ap.parse_args()
     env, pub, now = _bundle()
     mp = bench_micropython(a.verifies, env, pub, now)
     pure_ms, c_ms = bench_cpython(a.verifies)
     mp_ms = mp["verify_us"] / 1000
-    print(f"Ed25519 verify, RFC 8032 test 2, {a.verifies} runs each:")
+    print(f"Ed25519 verify, RFC 8032 test 2, best of 5 rounds of {a.verifies}:")
     print(f"  pure Python on the MicroPython unix port  {mp_ms:8.2f} ms")
     print(
         f"  pure Python on CPython                    {pure_ms:8.2f} ms   (unix port / CPython {mp_ms / pure_ms:.1f}x)"
