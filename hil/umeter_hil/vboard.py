@@ -47,6 +47,7 @@ from umeter.errors import ConfigError, DeviceError
 
 SHIM_DIR = Path(__file__).resolve().parent / "board_shim"
 MARKER = b"\x1b[vboot-done]"
+DOWN = b"\x1b[vboot-down]"
 SOFT_REBOOT = b"MPY: soft reboot\r\n"
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 _PROMPTS = (b">>> ", b"\x04>", RAW_BANNER + b">")
@@ -290,9 +291,21 @@ class VirtualBoard:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
-        why = ""
+        self._restart(self._ctl_reason(), p.returncode if p else None)
+
+    def _ctl_reason(self) -> str:
         with contextlib.suppress(OSError):
-            why = (self.state / "ctl").read_text().strip()
+            return (self.state / "ctl").read_text().strip().split("\n")[0]
+        return ""
+
+    def _down_requested(self) -> None:
+        """The stand-ins asked for a reset (machine.reset(), soft_reset(), bootloader(), or
+        sys.exit() in main.py): the shim waits to be killed."""
+        why = self._ctl_reason() or "soft"
+        self._kill()
+        self._restart(why, None)
+
+    def _restart(self, why: str, returncode: int | None) -> None:
         with contextlib.suppress(OSError):
             os.close(self._bm)
         self._bm = -1
@@ -300,7 +313,7 @@ class VirtualBoard:
         if why in ("hard", "bootloader"):
             self.faults.log.append(why)
             self._spawn("hard", "friendly")
-        elif p is not None and p.returncode == -signal.SIGINT:
+        elif returncode == -signal.SIGINT:
             # A Ctrl-C raced the end of execution (the unix port's SIGINT is fatal at the
             # prompt). A board would just show the prompt again: restart quietly, same mode.
             self.faults.log.append("sigint at prompt")
@@ -330,6 +343,12 @@ class VirtualBoard:
             self._to_tcp += data
 
     def _from_board(self, data: bytes) -> None:
+        i = data.find(DOWN)
+        if i >= 0:
+            if i:
+                self._from_board(data[:i])
+            self._down_requested()
+            return
         if self._booting:
             buf = self._tail + data
             i = buf.find(MARKER)
@@ -478,6 +497,9 @@ class VirtualBoard:
             except (OSError, ValueError):
                 if self._stop:
                     return
+                continue
+            if not r and self.powered and self._bm >= 0 and self._ctl_reason():
+                self._down_requested()  # the DOWN marker was lost (split read): the ctl file says it
                 continue
             if self._wake_r in r:
                 with contextlib.suppress(OSError):

@@ -368,3 +368,22 @@ def test_ctrl_c_works_again_after_a_mount_session(vb, tmp_path):
     mp(vb, "mount", str(tmp_path), "exec", "import m; print(m.X)")
     mp(vb, "resume", "exec", "--no-follow", "while True: pass")
     assert mp(vb, "resume", "exec", "print('back')").strip() == "back"
+
+
+def test_machine_reset_and_sys_exit_from_main_py_restart_the_board_as_on_esp32(vb):
+    (vb.flash / "main.py").write_text(
+        "import machine, sys\n"
+        "n = len(open('/n.txt').read()) if 'n.txt' in __import__('os').listdir('/') else 0\n"
+        "open('/n.txt', 'a').write('x')\n"
+        "if n == 0:\n    machine.reset()\n"
+        "if n == 1:\n    sys.exit()\n"
+        "print('main done', machine.reset_cause() == machine.SOFT_RESET)\n"
+    )
+    vb.power_cut()
+    vb.power_on()
+    wait_for(lambda: "main done" in vb.console(), 10)
+    assert (vb.flash / "n.txt").read_text() == "xxx"
+    assert "hard" in vb.faults.log  # machine.reset() restarted it
+    assert "MPY: soft reboot" in vb.console()  # sys.exit() in main.py soft-resets, then main.py runs again
+    assert "main done True" in vb.console()
+    assert mp(vb, "resume", "exec", "print(1)").strip() == "1"

@@ -2,8 +2,11 @@
 # and the control file through which the board tells the relay why it is going down.
 # Host paths are opened here, BEFORE vboot.py remounts the board's flash at /.
 import os
+import sys
+import time
 
 MARKER = "\x1b[vboot-done]"  # stripped by the relay: the shim finished booting
+DOWN = "\x1b[vboot-down]"  # stripped by the relay: reset requested, see the ctl file
 ROOT = ""
 STATE = ""
 MODE = "friendly"
@@ -48,9 +51,13 @@ def state_path(name):
 
 
 def _down(why):
+    # Tell the relay why the board goes down, then wait to be killed: a SystemExit would not
+    # end `micropython -i` (it drops into the REPL) and could be caught by the code running.
     _ctl.write(why + "\n")
     _ctl.flush()
-    raise SystemExit
+    sys.stdout.write(DOWN)
+    while True:
+        time.sleep_ms(100)
 
 
 def hard_reset():
