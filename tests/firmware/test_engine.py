@@ -218,3 +218,23 @@ def test_daily_energy_limit_sheds_until_midnight_and_other_limits_fire():
         eng.tick(t2 + k, 200.0, 45.0, 50.0, 9000.0, 6000000)
     got = [(e[1], e[3] - t2) for e in _codes(ring, mark, E.EV_LIMIT)]
     eq(got, [(2, 2), (1, 3)], "under-voltage after 2 s, over-current after 3 s (rule, seconds)")
+
+
+def test_day_counters_survive_a_reboot_on_the_same_day_only():
+    lims = [{"kind": "max_energy_day", "level": 5000, "action": "shed"}]
+    eng, ring, relay, tar = _engine(limits=lims, dr=[])
+    t = MON_2026_11_23 + 6 * 3600
+    eng.tick(t, 230.0, 1.0, 50.0, 100.0, 1000000)
+    eng.tick(t + 60, 230.0, 1.0, 50.0, 100.0, 1000000 + 5000000)
+    eq(relay.on, False, "budget used: shed")
+    saved = eng.save()
+    # reboot an hour later: a new engine, same day
+    eng2, ring2, relay2, tar2 = _engine(limits=lims, dr=[])
+    eq(eng2.restore(saved, t + 3600), True, "same day: restored")
+    eng2.tick(t + 3600, 230.0, 1.0, 50.0, 100.0, 1000000 + 5000000)
+    eq(relay2.on, False, "still shed after the reboot (budget not reset)")
+    eng2.tick(MON_2026_11_23 + 86400, 230.0, 1.0, 50.0, 100.0, 1000000 + 5000000)
+    eq(relay2.on, True, "new day")
+    eng3, ring3, relay3, tar3 = _engine(limits=lims, dr=[])
+    eq(eng3.restore(saved, MON_2026_11_23 + 86400 + 60), False, "a save from yesterday is ignored")
+    eq(eng3.restore([1, 2], t), False, "garbage is ignored")

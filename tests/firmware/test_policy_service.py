@@ -97,3 +97,20 @@ def test_offline_queue_keeps_results_and_the_newest_state():
     kept = [x[1] for x in s._out]
     eq(("r1" in kept, "r2" in kept, "s99" in kept, "s98" in kept), (True, True, True, False), "kept")
     eq(kept[-3:], ["s99", "e99", "r2"], "newest events kept")
+
+
+@heap("256k")
+def test_day_counters_are_checkpointed_and_restored_by_a_new_boot():
+    root = scratch_dir()
+    node = _Node(root)
+    s = PolicyService(node, log=lambda m: None)
+    s.tick()  # first tick of the day: the import register (123456 mWh) is the day's start
+    node.meter.registers.total_import = lambda: 999999
+    s._checkpoint()
+    node2 = _Node(root)
+    node2.hal.clock.t += 600  # rebooted ten minutes later
+    s2 = PolicyService(node2, log=lambda m: None)
+    eq(s2.engine._e_day0, 123456, "the day's start survives the reboot")
+    node3 = _Node(root)
+    node3.hal.clock.t += 86400  # the next day
+    eq(PolicyService(node3, log=lambda m: None).engine._e_day0, -1, "yesterday's counters are not taken")

@@ -179,6 +179,24 @@ class Engine:
         self._rt_until = int(now) + valid
         self._sink(EV_PRICE, -1, valid, int(now))
 
+    def save(self):
+        # The day's counters for a checkpoint (allocates; the service writes it now and then):
+        # a reboot must not reset the daily energy budget, trips or lockouts.
+        return [self._day, self._e_day0, list(self._ltrips), list(self._luntil)]
+
+    def restore(self, st, t):
+        # Takes a save() of the same local day back; anything else is ignored (False).
+        if not isinstance(st, list) or len(st) != 4 or st[0] != (t + self._tz) // _DAY_S:
+            return False
+        if len(st[2]) != self.nl or len(st[3]) != self.nl:
+            return False
+        self._new_day(t, t + self._tz)
+        self._e_day0 = st[1]
+        for k in range(self.nl):
+            self._ltrips[k] = st[2][k]
+            self._luntil[k] = st[3][k]
+        return True
+
     def reset_lockouts(self):
         for k in range(self.nl):
             self._ltrips[k] = 0

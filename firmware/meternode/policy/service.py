@@ -6,7 +6,7 @@
 # config keys (all optional):
 #   fleet:  {"name", "groups", "keys"}   bundle identity (agent.check_identity); no bundles without it
 #   policy: <compact policy>             a policy to run until a signed one arrives
-#   policy_dir: "."                      where policy/ and fw/ live (the board's root)
+#   policy_dir: "."                      where policy/, fw/ and policy.day.json live (the board's root)
 #   ota: {"health_deadline_s": 120, "max_tries": 1}
 #   cmd_key: "<hex>"                     the node's HMAC key (also for LoRa-sized policy frames)
 # MQTT topics (under <prefix>/<node>/): policy/bundle, ota, policy/small in; policy/result,
@@ -19,6 +19,7 @@ import time
 from meternode.policy.engine import EVENT_NAMES, Engine, EventRing
 
 _STATE_EVERY = 10  # ticks between policy/state messages
+_CKPT_EVERY = 300  # ticks between checkpoints of the engine's day counters (and after events)
 
 
 class SoftRelay:
@@ -65,6 +66,7 @@ class PolicyService:
         self._hooked = None
         self._need_sub = False
         root = cfg.get("policy_dir", ".")
+        self._ckpt = root + "/policy.day.json"
         if cfg.get("fleet"):
             from meternode.policy.agent import Agent
 
@@ -91,6 +93,7 @@ class PolicyService:
         # A new policy (validated by Engine through check_compact) replaces the running one.
         m = self.node.meter
         self.engine = Engine(compact, m.set_tariff, self.relay, self.ring.push, _crc_seed(self.node.id))
+        self._restore(compact)
         rep = self.engine.reporting
         if rep:  # the policy's reporting settings, when it has them
             self.node.config["telemetry_s"] = float(rep[0])  # the reporting task re-reads it every period
@@ -101,6 +104,30 @@ class PolicyService:
                 except Exception as e:
                     self.log("policy profile period not applied: %s" % e)
         self.log("policy %s in force" % compact["n"])
+
+    # -- the engine's day counters across reboots -------------------------------------------------
+    def _restore(self, compact):
+        try:
+            with open(self._ckpt) as f:
+                d = json.load(f)
+            if d.get("policy") == compact["n"] and self.engine.restore(d.get("state"), int(self.clock.time())):
+                self.log("policy day counters restored")
+        except (OSError, ValueError):
+            pass
+
+    def _checkpoint(self):
+        e = self.engine
+        if e is None or e._day < 0:
+            return
+        tmp = self._ckpt + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                f.write(json.dumps({"policy": e.policy["n"], "state": e.save()}))
+            import os
+
+            os.rename(tmp, self._ckpt)
+        except OSError as ex:
+            self.log("policy checkpoint not written: %s" % ex)
 
     def _event(self, kind, text):
         self.log("%s: %s" % (kind, text))
@@ -254,6 +281,8 @@ class PolicyService:
             for ev in evs:
                 self._out.append(("policy/event", json.dumps(ev)))
             n += 1
+            if evs or n % _CKPT_EVERY == 0:
+                self._checkpoint()
             if n % _STATE_EVERY == 0 or evs:
                 self._out.append(("policy/state", json.dumps(self.state())))
             if len(self._out) > 64:
