@@ -95,7 +95,7 @@ def test_live_consumer_dedups_through_a_real_broker(mosquitto):
         p.loop_start()
         for s in (1, 2, 2, 3):
             p.publish(*_rec(s, node="live"), qos=1).wait_for_publish(5)
-        c.wait_for(lambda: c.counters()["duplicates"] == 1, 5, "the duplicate")
+        c.wait_for(lambda: c.count("live") == 3 and c.counters()["duplicates"] == 1, 5, "3 records, 1 duplicate")
         assert c.seqs("live") == [1, 2, 3]
         p.loop_stop()
         p.disconnect()
