@@ -70,6 +70,37 @@ def test_rig_pulse_train_reaches_the_board_pulse_input(board, rig):
     assert int(result["n"].strip()) == 10
 
 
+@pytest.fixture(scope="module")
+def image(tmp_path_factory, hil_target):
+    return build(hil_target.board_type, tmp_path_factory.mktemp("hil-build") / "img").out
+
+
+@pytest.mark.rig
+def test_rig_pulses_are_counted_by_the_firmware_irq_input_and_pulse_meter(board, rig, hil_target, image, tmp_path):
+    dev = Device(name="hil-pulses", board=hil_target.board_type, site="hil", port=board.port)
+    rep = provision([dev], build_dirs={hil_target.board_type: image}, keystore=Keystore(tmp_path / "ks.json"),
+                    fleet=Fleet(tmp_path / "fleet.sqlite"), reset=False)[0]  # fmt: skip
+    assert rep.status == "ok", rep.error
+    pin = rig.board_pins["water"]
+    code = (
+        "import time\nfrom meternode.hal.pulsein import IrqPulseInput\nfrom meternode.pulses import PulseMeter\n"
+        f"src = IrqPulseInput({pin}, 'up')\n"
+        "pm = PulseMeter({'name': 'water', 'per_unit': 1000, 'debounce_ms': 5})\n"
+        "t = time.ticks_ms()\n"
+        "while time.ticks_diff(time.ticks_ms(), t) < 3000:\n"
+        "    time.sleep_ms(20)\n    src.drain(pm, time.ticks_ms())\n    pm.poll(time.ticks_ms())\n"
+        "print(pm.count, pm.value, src.lost)"
+    )
+    result = {}
+    th = threading.Thread(target=lambda: result.setdefault("out", board.exec(code)))
+    th.start()
+    time.sleep(0.8)
+    rig.pulse_train("water", 12, 10.0)
+    th.join(15)
+    count, value, lost = (int(x) for x in result["out"].split())
+    assert (count, value, lost) == (12, 12, 0)  # 12 pulses of 1 l each (1000 per m3)
+
+
 @pytest.mark.rig
 def test_rig_senses_the_relay_output(board, rig):
     board.exec(f"import machine\nmachine.Pin({rig.relay_pin}, machine.Pin.OUT).value(1)")

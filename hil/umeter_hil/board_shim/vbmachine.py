@@ -33,15 +33,34 @@ if _out.tell() < _NPINS:
 _in = vbstate.open_state("pins.in", "rb", 0)
 
 
+_raw = bytearray(4096)  # the last pins.in content (read without allocating)
+_rawn = 0
+_spec = {}
+
+
 def _inputs():
+    # Re-parses pins.in only when its bytes changed, so polling allocates nothing.
+    global _rawn, _spec
     _in.seek(0)
-    raw = _in.read()
-    if not raw:
-        return {}
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return {}  # the host is mid-write; read again next time
+    n = _in.readinto(_raw) or 0
+    if n != _rawn or n and _changed(n):
+        _rawn = n
+        _copy[:n] = _raw[:n]
+        try:
+            _spec = json.loads(bytes(_raw[:n])) if n else {}
+        except ValueError:
+            pass  # the host is mid-write; read again next time
+    return _spec
+
+
+_copy = bytearray(4096)
+
+
+def _changed(n):
+    for i in range(n):
+        if _raw[i] != _copy[i]:
+            return True
+    return False
 
 
 def unique_id():
@@ -123,6 +142,7 @@ class Pin:
         if not isinstance(id, int) or not 0 <= id < _NPINS:
             raise ValueError("invalid pin")
         self.id = id
+        self._key = str(id)
         self._mode = self.IN
         self._pull = pull
         self._v = 0
@@ -137,7 +157,7 @@ class Pin:
             self.value(value)
 
     def _level(self):
-        s = _inputs().get(str(self.id))
+        s = _spec.get(self._key) if _irq_thread[0] else _inputs().get(self._key)
         if not s:
             return 1 if self._pull == self.PULL_UP else 0
         idle = s.get("idle", 0)
@@ -166,8 +186,16 @@ class Pin:
         self.value(0)
 
     def irq(self, handler=None, trigger=3, hard=False):
-        # Edge interrupts are not emulated: firmware on a virtual board polls value().
-        self._irq = handler
+        # Edge interrupts are emulated by a thread that samples the scheduled input level
+        # every millisecond and calls the handler on a matching edge (like a hard IRQ, it
+        # runs concurrently with the main code: handlers must only touch preallocated data).
+        for k in range(len(_irqs)):
+            if _irqs[k][0] is self:
+                _irqs.pop(k)
+                break
+        if handler is not None:
+            _irqs.append([self, handler, trigger, self._level()])
+            _start_irq_thread()
         return None
 
 
@@ -189,3 +217,31 @@ class ADC:
 
     def atten(self, a):
         pass
+
+
+_irqs = []  # [pin, handler, trigger, last level]
+_irq_thread = [False]
+
+
+def _start_irq_thread():
+    if _irq_thread[0]:
+        return
+    import _thread
+
+    _irq_thread[0] = True
+    _thread.start_new_thread(_irq_loop, ())
+
+
+def _irq_loop():
+    k = 0
+    while True:
+        time.sleep_ms(1)
+        if not k:
+            _inputs()  # refresh the schedule every 20 ms
+        k = (k + 1) % 20
+        for e in _irqs:
+            v = e[0]._level()
+            if v != e[3]:
+                e[3] = v
+                if e[2] & (Pin.IRQ_RISING if v else Pin.IRQ_FALLING):
+                    e[1](e[0])
