@@ -267,8 +267,8 @@ class Consumer:
             raise TransportError(
                 f"cannot reach the broker at {self.host}:{self.port}: {e}", hint="is the broker running?"
             ) from None
+        self._client = c  # before the loop runs: on_connect publishes resend requests with it
         c.loop_start()
-        self._client = c
         if not self.connected.wait(timeout):
             self.stop()
             raise TransportError(f"no CONNACK from {self.host}:{self.port} in {timeout:g} s", hint="check the broker")

@@ -214,3 +214,22 @@ def test_flash_full_drops_oldest_segment_counts_it_and_keeps_recording(tmp_path)
                 _expect_exactly_once(c, "full1", st["first"], 400)
             finally:
                 node.stop()
+
+
+def test_consumer_restarted_later_gets_what_it_missed(tmp_path):
+    # The consumer is away while the node publishes (the broker keeps nothing for it); when
+    # it comes back on the same database it asks the node to go back to what it lacks.
+    with Mosquitto() as broker:
+        db = tmp_path / "c.sqlite"
+        node = NodeProc(tmp_path, "late1", broker.host, broker.port, n=120, every_ms=10)
+        try:
+            with Consumer(db, broker.host, broker.port) as c:
+                c.wait_for(lambda: c.count("late1") >= 30, 20, "first records")
+            node.wait(lambda s: s["produced"] == 120 and s["acked"] == 120, 30, "all acknowledged by the broker")
+            with Consumer(db, broker.host, broker.port) as c:
+                c.wait_for(lambda: c.count("late1") == 120, 20, "the missed records after the restart")
+                _expect_exactly_once(c, "late1", 1, 120)
+                assert c.counters()["resend_requests"] >= 1
+                assert node.status()["rewinds"] >= 1
+        finally:
+            node.stop()
