@@ -10,7 +10,6 @@ import shutil
 import time
 from pathlib import Path
 
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from policy_vnode import BOOT, Listener, board, firmware_files
 
@@ -31,12 +30,6 @@ class _Console:
         return self.vb.console()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hil vboot.py: machine.reset() (or sys.exit) from main.py is caught by _run() and turned into "
-    "soft_reset(), whose SystemExit at the top of `micropython -i vboot.py` drops into the REPL instead of "
-    "exiting, so the relay never restarts the board (ctl also ends up 'hard\\nsoft')",
-)
 def test_virtual_board_rolls_back_a_build_that_fails_its_health_check(mosquitto, tmp_path: Path) -> None:
     vb = VirtualBoard(tmp_path / "vb", "sim", heap="512k")
     flash = vb.flash
