@@ -16,7 +16,7 @@ if mode == "apply":
 
     def pause(step):
         n[0] += 1
-        print("STEP %d %s" % (n[0], step))
+        print("STEP %d %s" % (n[0], step))  # noqa: UP031  (runs on MicroPython)
         if delay:
             time.sleep_ms(delay)
 
