@@ -97,7 +97,7 @@ def sign_cmd(build_dir, fleet, version, expires, campaign, keystore, nodes, grou
 
 @command.command("push")
 @click.argument("bundle", type=click.Path(exists=True, path_type=Path))
-@push_options
+@push_options(timeout=300.0)  # a node reboots and passes (or fails) its health check per stage
 def push_cmd(
     bundle, nodes, nodes_file, sites, fleet_nodes, broker, prefix, canary, batch, halt, timeout, cid, db, as_json
 ):

@@ -43,11 +43,13 @@ def sign_options(f):
     return f
 
 
-def push_options(f):
+def push_options(f=None, *, timeout: float = 60.0):
+    if f is None:
+        return lambda g: push_options(g, timeout=timeout)
     f = click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")(f)
     f = click.option("--db", type=click.Path(path_type=Path), help="Campaign database ($UMETER_FLEET_DB).")(f)
     f = click.option("--id", "cid", help="Campaign id (default: new).")(f)
-    f = click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for a stage's results.")(f)
+    f = click.option("--timeout", default=timeout, show_default=True, help="Seconds to wait for a stage's results.")(f)
     f = click.option("--halt-on-failures", "halt", default="2%", show_default=True, help="Failure share that halts.")(f)
     f = click.option("--batch", default=100, show_default=True, help="Nodes per batch after the canary.")(f)
     f = click.option("--canary", default="5%", show_default=True, help="Share of nodes in the first stage.")(f)
