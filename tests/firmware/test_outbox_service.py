@@ -96,3 +96,23 @@ def test_bad_lora_and_store_config_name_the_key():
     eq("config.lora.mode" in str(e), True, str(e))
     e = raises(ConfigError, UplinkService, FakeNode({"node_id": "x", "store": {"segment_bytes": 10}}))
     eq("config.store.segment_bytes" in str(e), True, str(e))
+
+
+@heap("256k")
+def test_power_on_boot_records_the_outage_from_the_newest_record_to_now():
+    d = scratch_dir()
+    cfg = {"node_id": "svc1", "store": {"path": d + "/st"}}
+    node = FakeNode(cfg)
+    u = UplinkService(node)  # unix port: reason "start"
+    eq(_events(u), [("reboot", "start")], "plain start")
+    last_ts = u.log.last_ts
+    u.log.close()
+    node.hal.clock.t = last_ts + 3600.0  # an hour without power
+    u = UplinkService(node, reason="power_on")
+    r = u.log.reader()
+    r.seek(2)
+    got = []
+    while r.next():
+        d2 = r.record()
+        got.append((d2["event"], r.ts, d2["arg"]))
+    eq(got, [("power_down", last_ts, 0), ("power_up", last_ts + 3600, 3600), ("reboot", last_ts + 3600, 0)], "outage")

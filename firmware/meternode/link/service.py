@@ -22,6 +22,28 @@ from meternode.store.cursor import Cursor
 from meternode.store.log import RecordLog
 from meternode.store.profile import ProfileRecorder
 
+_CAUSES = (
+    ("PWRON_RESET", "power_on"),
+    ("HARD_RESET", "hard"),
+    ("WDT_RESET", "watchdog"),
+    ("DEEPSLEEP_RESET", "deepsleep"),
+    ("SOFT_RESET", "soft"),
+)
+
+
+def boot_reason():
+    # machine.reset_cause() as a word, by the port's own constants ("start" on the unix port).
+    try:
+        import machine
+
+        cause = machine.reset_cause()
+    except (ImportError, AttributeError):
+        return "start"
+    for const_name, word in _CAUSES:
+        if getattr(machine, const_name, None) == cause:
+            return word
+    return "cause %d" % cause
+
 
 def check_store(c):
     s = need(c, "store", dict, "config", default={})
@@ -37,7 +59,7 @@ def check_store(c):
 
 
 class UplinkService:
-    def __init__(self, node, reason="start"):
+    def __init__(self, node, reason=None):
         self.node = node
         cfg = node.config
         s = check_store(cfg)
@@ -87,6 +109,14 @@ class UplinkService:
         st = self.log.stats()
         if st["corrupt"] or st["torn"]:
             self.event(records.EV_LOG_CORRUPT, st["corrupt"], "torn %d" % st["torn"])
+        if reason is None:
+            reason = boot_reason()
+        if reason == "power_on" and self.log.last_ts:
+            # The outage began after the newest record we hold (an estimate no later than it
+            # by more than one record period) and ends now.
+            now = int(self.clock.time())
+            self.log.append(records.EVENT, self.log.last_ts, records.event(records.EV_POWER_DOWN, 0, "estimated"))
+            self.event(records.EV_POWER_UP, now - self.log.last_ts if now > self.log.last_ts else 0, "")
         self.event(records.EV_REBOOT, 0, reason)
         self._results = []
 

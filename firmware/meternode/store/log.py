@@ -66,6 +66,7 @@ class RecordLog:
         self.corrupt = 0  # corrupt records skipped on the last open
         self.torn = 0  # torn tails skipped on the last open
         self.last_seq = 0
+        self.last_ts = 0  # timestamp of the newest record (0: none)
         self.on_drop = None  # callback(n_records, first_seq, last_seq) after a segment is dropped
         self._f = None
         if not _exists(path):
@@ -159,6 +160,8 @@ class RecordLog:
                 if not count:
                     first = seq
                 last = seq
+                if seq >= self.last_seq:
+                    self.last_ts = ts
                 count += 1
                 pos += HEADER + n + TRAILER
                 end = pos
@@ -205,6 +208,7 @@ class RecordLog:
         self._f.write(self._hdr + payload + self._tail)
         self._f.flush()
         self.last_seq = seq
+        self.last_ts = int(ts) & 0xFFFFFFFF
         if not seg[3]:
             seg[1] = seq
         seg[2] = seq
