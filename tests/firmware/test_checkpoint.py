@@ -71,9 +71,11 @@ def test_restart_restores_registers_exactly():
     settle(s, m, 2.0)
     ck.save(0, force=True)
     before = m.registers.state()
-    s2, m2 = rig(board(), {"seed": 1})
+    s = m = ck = None  # free the first rig before the others are made
+    m2 = rig(board(), {"seed": 1})[1]
     eq(Checkpointer(CheckpointStore(d), m2).restore() is not None, True, "restored")
     eq(m2.registers.state(), before, "register state")
+    m2 = None
     # a board with another element count cannot take it: set aside with the reason
     b3 = board()
     b3["channels"] = b3["channels"][:2]

@@ -115,6 +115,7 @@ def test_no_creep_at_115_percent_voltage_and_start_at_class_02s_starting_current
     s, m = rig(b, {"seed": 5, "enob": 8.7, "voltage": {"rms": 264.5}, "currents": []})
     settle(s, m, 10.0)
     eq(sum(m.registers.r) + sum(m.registers.rem), 0, "registers after 10 s without current")
+    s = m = None  # free the first rig before the second is made
     s, m = rig(b, {"seed": 5, "enob": 8.7, "voltage": {"rms": 230.0}, "currents": [{"rms": 0.005}]})
     settle(s, m, 10.0)
     e = m.registers.energy_j(0, 0)

@@ -50,18 +50,35 @@ class Energy:
         w = self._wsum
         tp = 0.0
         tq = 0.0
+        pend = self._pend
         for e in range(self.n):
             p = ps[e] * dt
             q = qs[e] * dt
-            w[3 * e] += p
-            w[3 * e + 1] += q
-            w[3 * e + 2] += dt
+            k = 3 * e
+            w[k] += p
+            w[k + 1] += q
+            w[k + 2] += dt
             if on[e]:
-                split(fine, 8 * e, p, q, ss[e] * dt)
+                f = fine
                 tp += p
                 tq += q
             else:
-                split(self._pend, 8 * e, p, q, ss[e] * dt)
+                f = pend
+            k = 8 * e  # split by sign and quadrant, as registers.split() (inlined: per cycle)
+            if p >= 0.0:
+                f[k] += p
+                f[k + 6] += ss[e] * dt
+                if q >= 0.0:
+                    f[k + 2] += q
+                else:
+                    f[k + 5] -= q
+            else:
+                f[k + 1] -= p
+                f[k + 7] += ss[e] * dt
+                if q >= 0.0:
+                    f[k + 3] += q
+                else:
+                    f[k + 4] -= q
         if tp or tq:
             split(fine, 8 * self.n, tp, tq, (tp * tp + tq * tq) ** 0.5)
             if tp >= 0.0:
