@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from .errors import DeviceError, TransportError
+from .errors import DeviceError, TransportError, UmeterError
 
 CHUNK = 2048  # raw bytes per exec: 2.7 KiB of base64, well inside a board's heap
 TMP_SUFFIX = ".tmp"
@@ -51,6 +51,20 @@ def _um_md(p):
                 os.mkdir(s)
             except OSError:
                 pass
+def _um_open(p):
+    global _um_f
+    _um_md(p)
+    _um_f = open(p + '.tmp', 'wb')
+def _um_w(b):
+    _um_f.write(binascii.a2b_base64(b))
+def _um_fin(p, want):
+    _um_f.close()
+    got = _um_h(p + '.tmp')
+    if got != want:
+        os.remove(p + '.tmp')
+        return got
+    os.rename(p + '.tmp', p)
+    return 'ok'
 def _um_walk(d, out):
     try:
         it = os.ilistdir(d)
@@ -242,27 +256,32 @@ class Board:
     def write_file(
         self, path: str, data: bytes, *, progress: Callable[[int], None] | None = None, chunk: int = CHUNK
     ) -> None:
-        """Safe write: `path.tmp` in base64 chunks, sha256 check on the board, rename over `path`."""
+        """Safe write: `path.tmp` in base64 chunks, sha256 check on the board, rename over `path`.
+        The first chunk rides with the open and the last with the check + rename, so a file of
+        one chunk costs one round trip."""
         self._need_helpers()
-        tmp = path + TMP_SUFFIX
-        self.exec(f"_um_md({path!r})\n_um_f = open({tmp!r}, 'wb')")
-        try:
-            for i in range(0, len(data), chunk):
-                b64 = base64.b64encode(data[i : i + chunk]).decode()
-                self.exec(f"_um_f.write(binascii.a2b_base64({b64!r}))")
-                if progress:
-                    progress(min(chunk, len(data) - i))
-        finally:
-            with contextlib.suppress(DeviceError):
-                self.exec("_um_f.close()")
         want = hashlib.sha256(data).hexdigest()
-        got = self.eval(f"_um_h({tmp!r})")
-        if got != want:
-            self.remove(tmp)
+        parts = [base64.b64encode(data[i : i + chunk]).decode() for i in range(0, len(data), chunk)] or [""]
+        sizes = [min(chunk, len(data) - i) for i in range(0, len(data), chunk)] or [0]
+        done = False
+        try:
+            for k, b64 in enumerate(parts):
+                head = f"_um_open({path!r}) or " if k == 0 else ""
+                if k == len(parts) - 1:
+                    got = self.eval(f"{head}_um_w({b64!r}) or _um_fin({path!r}, {want!r})")
+                    done = True
+                else:
+                    self.exec(f"{head}_um_w({b64!r})")
+                if progress:
+                    progress(sizes[k])
+        finally:
+            if not done:
+                with contextlib.suppress(UmeterError):
+                    self.exec("_um_f.close()")
+        if got != "ok":
             raise DeviceError(
                 f"{self.port}: {path} arrived corrupted (sha256 {got} != {want})", hint="run again; check the cable"
             )
-        self.exec(f"os.rename({tmp!r}, {path!r})")
 
     def read_file(self, path: str) -> bytes:
         b64 = self.eval(
