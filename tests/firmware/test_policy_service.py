@@ -114,3 +114,22 @@ def test_day_counters_are_checkpointed_and_restored_by_a_new_boot():
     node3 = _Node(root)
     node3.hal.clock.t += 86400  # the next day
     eq(PolicyService(node3, log=lambda m: None).engine._e_day0, -1, "yesterday's counters are not taken")
+
+
+@heap("256k")
+def test_lora_sized_frames_reach_the_engine_through_the_service():
+    from meternode.policy import small
+
+    key = bytes(range(32))
+    node = _Node(scratch_dir())
+    s = PolicyService(node, log=lambda m: None)
+    r = s.small_frame(b"\x11" + bytes(18))
+    eq((r["ok"], r["why"].split(":")[0]), (False, "unsupported"), "no cmd_key configured")
+    node.config["cmd_key"] = "".join("%02x" % b for b in key)
+    s = PolicyService(node, log=lambda m: None)
+    r = s.small_frame(small.encode_price(key, "n1", 3, 0.5, 5))
+    eq((r["ok"], r["price"]), (True, 0.5), "price frame accepted")
+    s.tick()
+    eq(s.engine.price, 0.5, "engine runs on the pushed price")
+    s._incoming("umeter/n1/policy/small", small.encode_price(key, "n1", 3, 0.9, 5))
+    eq(json.loads(s._out[-1][1])["why"].split(":")[0], "replayed", "same counter over MQTT")

@@ -163,10 +163,8 @@ class PolicyService:
         if not t.startswith(pre):
             return False
         leaf = t[len(pre) :]
-        if leaf == "policy/small" and self.small is not None and self.engine is not None:
-            self._out.append(
-                ("policy/result", json.dumps(self.small.apply(payload, self.engine, int(self.clock.time()))))
-            )
+        if leaf == "policy/small":
+            self._out.append(("policy/result", json.dumps(self.small_frame(payload))))
             return True
         if self.agent is None or leaf not in ("policy/bundle", "ota"):
             return False
@@ -176,6 +174,13 @@ class PolicyService:
             if r[1].get("status") == "staged":
                 self._out.append(("reboot", ""))
         return True
+
+    def small_frame(self, frame):
+        # A LoRa-sized policy frame (small.py), from MQTT `policy/small` or a LoRaWAN downlink;
+        # -> the result dict (the LoRa link may send it back compactly or just log it).
+        if self.small is None or self.engine is None:
+            return {"ok": False, "status": "rejected", "why": "unsupported: no cmd_key or no policy on this node"}
+        return self.small.apply(frame, self.engine, int(self.clock.time()))
 
     async def _subscribe(self, c):
         for leaf in ("policy/bundle", "ota", "policy/small"):
