@@ -361,10 +361,11 @@ def run(
 ) -> Report:
     """Runs (or resumes) a campaign stage by stage; returns the report. Nodes already done
     are skipped; nodes sent but never answered are sent again (idempotent on the node).
-    `force` resumes a halted campaign and stops halting it; `max_stages` stops (paused)
+    `force` resumes a halted campaign, retries nodes that timed out and stops halting it;
+    `max_stages` stops (paused)
     after that many stages, as an interrupted laptop would."""
     spec, bundle, version, state = db.get(cid)
-    if state == "done":
+    if state == "done" and not force:
         return _report(db, cid, "done", 0.0, 0)
     if state == "halted" and not force:
         raise PolicyError(
@@ -376,7 +377,8 @@ def run(
     messages = 0
     stages_run = 0
     for stage in db.stages(cid):
-        todo = db.nodes(cid, stage, ("pending", "sent"))
+        # a forced resume also retries the nodes that never answered
+        todo = db.nodes(cid, stage, ("pending", "sent", "timeout") if force else ("pending", "sent"))
         if not todo:
             continue
         if max_stages is not None and stages_run >= max_stages:

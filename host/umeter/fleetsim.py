@@ -106,6 +106,7 @@ class FleetSim:
         shards: int = 4,
         pure: bool = False,
         id_format: str = "sim-{:05d}",
+        ids: list[str] | None = None,
     ) -> None:
         if n < 1:
             raise ConfigError(f"a fleet of {n} nodes", hint="at least 1")
@@ -116,11 +117,11 @@ class FleetSim:
         self.prefix = prefix
         self.fleet = fleet
         self.root = Path(root)
-        self.node_ids = [id_format.format(i + 1) for i in range(n)]
+        self.node_ids = list(ids) if ids else [id_format.format(i + 1) for i in range(n)]
         self.faulty = faulty or set()
         self.offline = offline or set()
         self.pure = pure
-        self.nshards = max(1, min(shards, n))
+        self.nshards = max(1, min(shards, len(self.node_ids)))
         self._nodes: dict[str, SimNode] = {}
         self._clients: list = []
         self._ready = threading.Barrier(self.nshards + 1)

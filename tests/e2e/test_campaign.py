@@ -94,6 +94,12 @@ def test_campaign_resumes_from_sqlite_without_resending(mosquitto, tmp_path: Pat
         assert (rep.state, rep.ok, rep.timeout) == ("done", 59, 1), rep
         assert sim.received == 59, "each live node got the bundle exactly once"
         assert next(r for r in db.results("r1") if r["state"] == "timeout")["node"] == "sim-00060"
+    # the silent node comes back: a forced resume retries just the nodes that timed out
+    with FleetSim(1, mosquitto.url, FLEET, tmp_path / "fleet", ids=["sim-00060"]) as late:
+        with MqttTransport(mosquitto.url) as t:
+            rep = run(db, "r1", t, force=True)
+        assert (rep.state, rep.ok, rep.timeout) == ("done", 60, 0), rep
+        assert late.received == 1 and late.policy_versions() == {3: 1}
 
 
 def test_a_bundle_for_another_group_halts_after_the_canary(mosquitto, tmp_path: Path) -> None:
