@@ -93,6 +93,8 @@ class Node:
                     from meternode.link.service import UplinkService
 
                     u = UplinkService(self)
+                    gc.collect()
+                    log("store-and-forward on: %d bytes free before, %d after" % (free, gc.mem_free()))
                 except Exception as e:
                     log("uplink not started: %s" % e)
             self._uplink = u
@@ -158,7 +160,10 @@ class Node:
             self.last = payload
             u = self.uplink()
             if u is not None:
-                await u.report(now, snap, payload)
+                try:
+                    await u.report(now, snap, payload)
+                except Exception as e:  # e.g. MemoryError or a full flash: keep measuring
+                    log("report failed: %s" % e)
             elif self.mqtt is not None and self.mqtt.connected:
                 try:
                     await self.mqtt.publish(self._topic("telemetry"), payload, qos=0)
