@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import io
 import os
 import threading
 import time
@@ -147,23 +148,27 @@ class Board:
 
         dev = resolve_port(self.port)
         check_not_busy(dev)
-        last: Exception | None = None
+        last = ""
         for attempt in range(self.retries):
             try:
                 self._t = SerialTransport(dev, baudrate=self.baudrate, wait=0, exclusive=True, timeout=self.timeout)
             except (MpTransportError, serial.SerialException, OSError) as e:
                 check_not_busy(dev)
                 raise TransportError(f"cannot open {dev}: {e}", hint="check the port and its permissions") from None
+            seen = io.StringIO()
             try:
-                self._t.enter_raw_repl(soft_reset=soft_reset, timeout_overall=self.timeout)
+                # mpremote prints the bytes it got when the banner does not come: keep them
+                # off our stdout and put them in the error instead.
+                with contextlib.redirect_stdout(seen):
+                    self._t.enter_raw_repl(soft_reset=soft_reset, timeout_overall=self.timeout)
                 self._helpers = False
                 return self
             except Exception as e:  # mpremote raises its own TransportError or serial errors
-                last = e
+                last = f"{e}; received {seen.getvalue().strip()[-80:] or 'nothing'}"
                 with contextlib.suppress(Exception):
                     self._t.close()
                 self._t = None
-                time.sleep(0.2 * (attempt + 1))
+                time.sleep(0.5 * (attempt + 1))  # an ESP32 that just reset needs ~1 s to boot
         raise TransportError(
             f"{dev}: could not enter the raw REPL after {self.retries} attempts ({last})",
             hint="is it a MicroPython board? press reset, or check that boot.py does not block",

@@ -66,3 +66,33 @@ def test_busy_port_and_missing_port_are_transport_errors(vb):
         os.close(fd)
     with pytest.raises(TransportError, match="no such port /dev/ttyUSB-x"):
         Board("/dev/ttyUSB-x").open()
+
+
+def test_a_port_without_a_repl_is_a_clear_error_with_the_bytes_received(tmp_path):
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    os.set_blocking(master, False)
+    stop = threading.Event()
+
+    def chatter() -> None:  # a device that only prints a bootloader banner
+        while not stop.is_set():
+            try:
+                os.read(master, 1024)
+                os.write(master, b"rst:0x1 (POWERON_RESET),boot:0x13\r\n")
+            except BlockingIOError:
+                pass
+            stop.wait(0.05)
+
+    th = threading.Thread(target=chatter, daemon=True)
+    th.start()
+    try:
+        with pytest.raises(TransportError, match="could not enter the raw REPL after 1 attempts") as e:
+            Board(os.ttyname(slave), timeout=0.5, retries=1).open()
+        assert "POWERON_RESET" in str(e.value)
+    finally:
+        stop.set()
+        th.join()
+        os.close(master)
+        os.close(slave)
