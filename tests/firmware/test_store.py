@@ -183,3 +183,38 @@ def test_profile_recorder_closes_intervals_on_the_clock_and_freezes_days_and_mon
     eq(first["period_s"], 900, "period")
     eq(got[2][2]["e_imp_mwh"], 106000, "daily freeze holds the register")
     raises(ValueError, ProfileRecorder, log, 7)
+
+
+class _FullOnce:
+    # A file whose next write fails like a full flash (after writing part of the record).
+    def __init__(self, f):
+        self.f = f
+        self.failed = False
+
+    def write(self, b):
+        if not self.failed:
+            self.failed = True
+            self.f.write(b[:5])
+            raise OSError(28, "ENOSPC")
+        return self.f.write(b)
+
+    def flush(self):
+        self.f.flush()
+
+    def close(self):
+        self.f.close()
+
+
+def test_flash_full_on_write_drops_the_oldest_segment_and_loses_no_new_record():
+    p = scratch_dir() + "/log"
+    log = RecordLog(p, 1024, 16384)
+    _fill(log, 60)
+    before = log.stats()
+    log._f = _FullOnce(log._f)
+    eq(log.append(records.EVENT, 5000, _ev(1)), 61, "the append still succeeds")
+    st = log.stats()
+    eq(st["dropped"] > 0 and st["first_seq"] > before["first_seq"], True, "oldest segment dropped")
+    eq(_seqs(log, st["first_seq"])[-2:], [60, 61], "new record readable after the torn bytes")
+    log.close()
+    log = RecordLog(p, 1024, 16384)
+    eq(_seqs(log, st["first_seq"]), list(range(st["first_seq"], 62)), "and after a restart")

@@ -205,8 +205,21 @@ class RecordLog:
         struct.pack_into(_HDR, self._hdr, 0, _MAGIC, kind, n, seq, int(ts) & 0xFFFFFFFF)
         crc = binascii.crc32(payload, binascii.crc32(self._hdrv[1:]))
         struct.pack_into("<I", self._tail, 0, crc)
-        self._f.write(self._hdr + payload + self._tail)
-        self._f.flush()
+        rec = self._hdr + payload + self._tail
+        try:
+            self._f.write(rec)
+            self._f.flush()
+        except OSError as e:
+            # Flash full (or failing): whatever part was written stays past this segment's
+            # known end and is never read; drop the oldest segment, go on in a new one.
+            self._drop_oldest()
+            try:
+                self._new_segment()
+                seg = self.segs[-1]
+                self._f.write(rec)
+                self._f.flush()
+            except OSError:
+                raise LogError("record log cannot write seq %d: %s (flash full?)" % (seq, e))
         self.last_seq = seq
         self.last_ts = int(ts) & 0xFFFFFFFF
         if not seg[3]:
@@ -225,16 +238,24 @@ class RecordLog:
     def _retain(self):
         # Drops the oldest segments until the log fits max_bytes (never the one being written).
         while len(self.segs) > 1 and self.bytes_used() > self.max_bytes - self.segment_bytes:
-            num, first, last, count, size = self.segs.pop(0)
+            self._drop_oldest()
+
+    def _drop_oldest(self):
+        if len(self.segs) < 2:
+            return
+        num, first, last, count, size = self.segs.pop(0)
+        try:
+            os.remove(_seg_name(self.path, num))
+        except OSError:
+            pass
+        if count:
+            self.dropped += count
             try:
-                os.remove(_seg_name(self.path, num))
-            except OSError:
-                pass
-            if count:
-                self.dropped += count
                 self._save_meta()
-                if self.on_drop is not None:
-                    self.on_drop(count, first, last)
+            except OSError:
+                pass  # counted in RAM; saved with the next drop
+            if self.on_drop is not None:
+                self.on_drop(count, first, last)
 
     def first_seq(self):
         for s in self.segs:
