@@ -41,7 +41,7 @@ _register()
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        main_group.main(args=argv, prog_name="umeter", standalone_mode=False)
+        rv = main_group.main(args=argv, prog_name="umeter", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("umeter: aborted", err=True)
         return 130
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("umeter: interrupted", err=True)
         return 130
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":
