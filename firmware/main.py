@@ -16,6 +16,14 @@ def _provisioning():
 if _provisioning():
     print("umeter: provisioning incomplete; node not started (run `umeter provision` again)")
 else:
+    try:
+        # firmware OTA: count this boot, roll back a trial build that was not confirmed, and
+        # put the selected slot (and its lib/) first on sys.path
+        from meternode.policy import ota
+
+        ota.boot_path(".")
+    except Exception as e:  # a broken OTA state must not keep the factory firmware from running
+        print("umeter: OTA slot selection failed (%r); running the factory firmware" % (e,))
     from meternode import node
 
     try:

@@ -57,6 +57,9 @@ def check_board(b):
         if kind not in _KINDS:
             raise ConfigError("%s.kind must be one of %s, not %r" % (cw, "/".join(_KINDS), kind))
         need(ch, "scale", float, cw, lo=0.0)
+        role = ch.get("role", "main")
+        if role not in ("main", "circuit"):
+            raise ConfigError("%s.role must be main or circuit, not %r" % (cw, role))
     if chans[0]["kind"] != "voltage":
         raise ConfigError("board.channels[0] must be the voltage channel")
     return b

@@ -147,28 +147,37 @@ class Node:
             await asyncio.sleep_ms(backoff.next_ms())
 
     async def reporting(self):
-        clock = self.hal.clock
         while True:
             # re-read every period: a `set telemetry_s` command applies at once
             await asyncio.sleep_ms(int(self.config.get("telemetry_s", 10.0) * 1000))
-            snap = self.meter.snapshot()
-            if snap is None:
-                continue
-            self.seq += 1
-            now = clock.time()
-            payload = telemetry.encode(self.id, self.seq, now, snap, self.hal.sampler.overruns, self.mains)
-            self.last = payload
-            u = self.uplink()
-            if u is not None:
-                try:
-                    await u.report(now, snap, payload)
-                except Exception as e:  # e.g. MemoryError or a full flash: keep measuring
-                    log("report failed: %s" % e)
-            elif self.mqtt is not None and self.mqtt.connected:
-                try:
-                    await self.mqtt.publish(self._topic("telemetry"), payload, qos=0)
-                except Exception as e:
-                    log("telemetry not sent: %s" % e)
+            try:
+                await self._report()
+            except Exception as e:  # e.g. MemoryError: skip this report, keep measuring
+                log("report skipped: %r" % (e,))
+                import gc
+
+                gc.collect()
+
+    async def _report(self):
+        snap = self.meter.snapshot()
+        if snap is None:
+            return
+        self.seq += 1
+        now = self.hal.clock.time()
+        pulses = self.pulses.readings() if self.pulses is not None else None
+        payload = telemetry.encode(self.id, self.seq, now, snap, self.hal.sampler.overruns, self.mains, pulses)
+        self.last = payload
+        u = self.uplink()
+        if u is not None:
+            try:
+                await u.report(now, snap, payload)
+            except Exception as e:  # e.g. MemoryError or a full flash: keep measuring
+                log("report failed: %s" % e)
+        elif self.mqtt is not None and self.mqtt.connected:
+            try:
+                await self.mqtt.publish(self._topic("telemetry"), payload, qos=0)
+            except Exception as e:
+                log("telemetry not sent: %s" % e)
 
     async def run(self):
         log("umeter node %s v%s on board %s" % (self.id, VERSION, self.board["name"]))

@@ -136,17 +136,37 @@ def test_import_never_runs_backwards_when_the_load_turns_to_export():
 
 
 @needs("viper")
+def _two_mains():
+    b = board()
+    for ch in b["channels"][1:]:
+        ch["role"] = "main"  # e.g. two phases of one grid connection
+    return b
+
+
+@needs("viper")
 def test_vector_and_phase_netting_of_the_total():
     scen = {"seed": 1, "voltage": {"rms": 230.0}, "currents": [{"rms": 5.0}, {"rms": 5.0, "angle": 180.0}]}
-    s, m = rig(board(), scen, None, {"netting": "vector"})
+    s, m = rig(_two_mains(), scen, None, {"netting": "vector"})
     settle(s, m, 2.0)
     eq(m.registers.total_import() < 5, True, "vector: import cancels export")
     eq(m.registers.total_export() < 5, True, "vector: export cancels import")
     s = m = None  # free the first rig before the second is made
-    s, m = rig(board(), scen, None, {"netting": "phase"})
+    s, m = rig(_two_mains(), scen, None, {"netting": "phase"})
     settle(s, m, 2.0)
     eq(m.registers.total_import(), m.registers.imp[0], "phase: total import = element import")
     eq(m.registers.total_export(), m.registers.exp[1], "phase: total export = element export")
+
+
+@needs("viper")
+def test_a_sub_circuit_ct_is_registered_but_not_counted_in_the_total():
+    # sim board: I1 is the grid connection ("main"), I2 a sub-circuit ("circuit") behind it
+    scen = {"seed": 1, "voltage": {"rms": 230.0}, "currents": [{"rms": 5.0}, {"rms": 3.0}]}
+    for netting in ("vector", "phase"):
+        s, m = rig(board(), scen, None, {"netting": netting})
+        settle(s, m, 2.0)
+        approx(m.registers.imp[1], 230.0 * 3.0 * 2.0 / 3.6, rel=0.02, what=netting + ": circuit import mWh")
+        approx(m.registers.total_import(), m.registers.imp[0], abs_=1, what=netting + ": total = grid CT only")
+        s = m = None
 
 
 @needs("viper")

@@ -46,6 +46,7 @@ class Energy:
         # registers take the window's float sums at flush(), once per creep window.
         dt = n / self._rate
         on = self.on
+        main = self.registers.main
         fine = self._fine
         w = self._wsum
         tp = 0.0
@@ -60,8 +61,9 @@ class Energy:
             w[k + 2] += dt
             if on[e]:
                 f = fine
-                tp += p
-                tq += q
+                if main[e]:  # only the grid connection counts in the total
+                    tp += p
+                    tq += q
             else:
                 f = pend
             k = 8 * e  # split by sign and quadrant, as registers.split() (inlined: per cycle)
@@ -125,9 +127,10 @@ class Energy:
                 if start and not self.on[e]:
                     k = 8 * e
                     self.registers.add_fields(e, pend, k)
-                    net_p += pend[k] - pend[k + 1]
-                    net_q += pend[k + 2] + pend[k + 3] - pend[k + 4] - pend[k + 5]
-                    late = True
+                    if self.registers.main[e]:
+                        net_p += pend[k] - pend[k + 1]
+                        net_q += pend[k + 2] + pend[k + 3] - pend[k + 4] - pend[k + 5]
+                        late = True
                 self.on[e] = start
             for k in range(8 * e, 8 * e + 8):
                 pend[k] = 0.0

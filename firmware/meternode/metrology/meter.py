@@ -74,7 +74,10 @@ class Meter:
         netting = opts.get("netting", "vector")
         if netting not in NETTINGS:
             raise ConfigError("metrology.netting must be one of %s, not %r" % ("/".join(NETTINGS), netting))
-        self.registers = Registers(self.elements, int(_opt(opts, "tariffs", 4, 1, 16)), netting)
+        # board role "main" (default): the element is on the grid connection and counts in the
+        # total; "circuit": a sub-circuit CT, measured and registered on its own only
+        main = [chans[b].get("role", "main") == "main" for _, b in self.pairs]
+        self.registers = Registers(self.elements, int(_opt(opts, "tariffs", 4, 1, 16)), netting, main)
         # starting threshold per element, in W (and var): start_fraction of In at Un
         frac = _opt(opts, "start_fraction", 0.001, 0.0, 0.1)
         thr = []

@@ -18,6 +18,8 @@
 #                       "saldierend" rule of most supply meters).
 #   "phase":            the total is the sum of the elements' own import and export
 #                       registers; the same house registers both import and export.
+# Only elements whose board role is "main" (the grid connection; the default) count in the
+# total: a sub-circuit CT ("role": "circuit") keeps its own registers but is not counted twice.
 # Maximum demand: the total import energy over each demand period, divided by its length,
 # the largest one kept with its end time (md_mw, md_at).
 IMP = 0
@@ -44,12 +46,13 @@ def split(f, k, p, q, s):
 
 
 class Registers:
-    def __init__(self, elements, tariffs=4, netting="vector"):
+    def __init__(self, elements, tariffs=4, netting="vector", main=None):
         if netting not in NETTINGS:
             raise ValueError("netting must be one of %s, not %r" % ("/".join(NETTINGS), netting))
         if not 1 <= tariffs <= 16:
             raise ValueError("tariffs must be 1..16, not %r" % tariffs)
         self.n = elements
+        self.main = list(main) if main is not None else [True] * elements  # counts in the total
         self.tariffs = tariffs
         self.netting = netting
         self.tariff = 0
@@ -127,9 +130,9 @@ class Registers:
             x = f[k + j]
             if x > 0.0:
                 self._add(e * _FIELDS + j, x)
-                if self.netting == "phase":
+                if self.netting == "phase" and self.main[e]:
                     self._add(self.n * _FIELDS + j, x)
-        if self.netting == "phase":
+        if self.netting == "phase" and self.main[e]:
             tar = self._tar + 2 * self.tariff
             self._add(tar, f[k + IMP])
             self._add(tar + 1, f[k + EXP])
@@ -149,7 +152,8 @@ class Registers:
                 x = fine[e * _FIELDS + j]
                 if x > 0.0:
                     self._add(e * _FIELDS + j, x)
-                    t += x
+                    if self.main[e]:
+                        t += x
             if not phase:
                 t = fine[tb + j]
             if t > 0.0:
@@ -159,8 +163,9 @@ class Registers:
             tar_imp = 0.0
             tar_exp = 0.0
             for e in range(n):
-                tar_imp += fine[e * _FIELDS + IMP]
-                tar_exp += fine[e * _FIELDS + EXP]
+                if self.main[e]:
+                    tar_imp += fine[e * _FIELDS + IMP]
+                    tar_exp += fine[e * _FIELDS + EXP]
         self._add(tar, tar_imp)
         self._add(tar + 1, tar_exp)
 
