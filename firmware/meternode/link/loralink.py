@@ -2,26 +2,11 @@
 # (loracodec), confirmed uplinks, one at a time, paced by the airtime governor.  The cursor
 # advances only on the network's ACK.  Live telemetry is merged (only the newest waits) and
 # goes out unconfirmed when the governor and the backlog allow.
-import asyncio
-import time
 
+from meternode.aio import sleep_ms as _sleep_ms
+from meternode.aio import ticks_ms as _ticks
 from meternode.link import loracodec
 from meternode.link.lorawan import ModemError
-
-try:
-    from asyncio import sleep_ms as _sleep_ms
-except ImportError:  # CPython
-
-    def _sleep_ms(ms):
-        return asyncio.sleep(ms / 1000)
-
-
-try:
-    _ticks = time.ticks_ms
-except AttributeError:  # CPython
-
-    def _ticks():
-        return int(time.monotonic() * 1000)
 
 
 class LoRaLink:

@@ -10,17 +10,8 @@
 #   m.downlinks -> [(port, bytes, rssi, snr)] (also on_downlink(port, data))
 import asyncio
 
-try:
-    from asyncio import sleep_ms as _sleep_ms
-    from asyncio import wait_for_ms as _wait_for_ms
-except ImportError:  # CPython
-
-    def _wait_for_ms(aw, ms):
-        return asyncio.wait_for(aw, ms / 1000)
-
-    def _sleep_ms(ms):
-        return asyncio.sleep(ms / 1000)
-
+from meternode.aio import sleep_ms as _sleep_ms
+from meternode.aio import wait_for_ms as _wait_for_ms
 
 BANDS = {"EU868": 4, "CN470": 1}
 

@@ -15,18 +15,10 @@
 import asyncio
 import struct
 
-try:
-    from asyncio import sleep_ms as _sleep_ms
-    from asyncio import wait_for_ms as _wait_for_ms
-except ImportError:  # CPython
-
-    def _wait_for_ms(aw, ms):
-        return asyncio.wait_for(aw, ms / 1000)
-
-    def _sleep_ms(ms):
-        return asyncio.sleep(ms / 1000)
-
-
+from meternode.aio import sleep_ms as _sleep_ms
+from meternode.aio import ticks_diff as _diff
+from meternode.aio import ticks_ms as _now
+from meternode.aio import wait_for_ms as _wait_for_ms
 from meternode.link.mqttpkt import (
     _CONNACK,
     _DISCONNECT,
@@ -342,18 +334,3 @@ def _nodelay(w):
         s.setsockopt(6, 1, 1)
     except Exception:
         pass
-
-
-try:
-    import time
-
-    _now = time.ticks_ms
-    _diff = time.ticks_diff
-except AttributeError:  # CPython
-    import time
-
-    def _now():
-        return int(time.monotonic() * 1000)
-
-    def _diff(a, b):
-        return a - b

@@ -11,35 +11,14 @@
 # their packet ids, otherwise everything from the cursor goes out again with new ids.
 import asyncio
 import json
-import time
 
 from micropython import const
 
+from meternode.aio import ticks_diff as _diff
+from meternode.aio import ticks_ms as _now
+from meternode.aio import ticks_us as _now_us
+from meternode.aio import wait_for_ms as _wait_for_ms
 from meternode.store import records
-
-try:
-    from asyncio import wait_for_ms as _wait_for_ms
-except ImportError:  # CPython
-
-    def _wait_for_ms(aw, ms):
-        return asyncio.wait_for(aw, ms / 1000)
-
-
-try:
-    _now = time.ticks_ms
-    _now_us = time.ticks_us
-    _diff = time.ticks_diff
-except AttributeError:  # CPython
-
-    def _now():
-        return int(time.monotonic() * 1000)
-
-    def _now_us():
-        return int(time.monotonic() * 1000000)
-
-    def _diff(a, b):
-        return a - b
-
 
 _PID_MAX = const(0x7FFF)  # outbox packet ids are 1..0x7FFF (the client uses the upper half)
 _IDLE_MS = const(200)

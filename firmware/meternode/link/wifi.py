@@ -4,29 +4,11 @@
 #
 # `wlan` needs active(bool), connect(ssid, password), isconnected(), disconnect(), and
 # optionally ifconfig(); the board HAL passes network.WLAN(network.STA_IF).
-import asyncio
-import time
 
+from meternode.aio import sleep_ms as _sleep_ms
+from meternode.aio import ticks_diff as _diff
+from meternode.aio import ticks_ms as _now
 from meternode.link.backoff import Backoff
-
-try:
-    from asyncio import sleep_ms as _sleep_ms
-except ImportError:  # CPython
-
-    def _sleep_ms(ms):
-        return asyncio.sleep(ms / 1000)
-
-
-try:
-    _now = time.ticks_ms
-    _diff = time.ticks_diff
-except AttributeError:  # CPython
-
-    def _now():
-        return int(time.monotonic() * 1000)
-
-    def _diff(a, b):
-        return a - b
 
 
 class WifiSupervisor:
