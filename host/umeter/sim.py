@@ -4,6 +4,16 @@
 config.json, as `umeter provision` would on a real board), starts the firmware's own
 `main.py` on the unix port for each, starts the embedded amqtt broker unless one is given,
 and keeps the latest telemetry of every node from the broker.
+
+Options the demo adds on top (docs/sim.md):
+- `scenarios`: the front-end scenario of each node, by name, assigned round robin;
+- `policy`: a compact policy (umeter.policy) every node runs: the tariff calendar drives the
+  meter's tariff registers and demand response drives a (soft) relay; the policy's own
+  `policy/state` and `policy/event` messages feed the view. A grid frequency dip is scripted
+  into the sim front end so a `freq_below` rule has something to act on;
+- `db`: every record the nodes send goes into umeter.consumer's SQLite store (each record once,
+  in order per node, gaps asked again); the nodes' flash then lives beside the database so a
+  later run continues their sequence numbers instead of restarting them.
 """
 
 from __future__ import annotations
@@ -68,6 +78,30 @@ def scenario(name: str) -> Scenario:
     raise ConfigError(f"unknown scenario {name!r}", hint="choose one of " + ", ".join(s.name for s in SCENARIOS))
 
 
+def parse_scenarios(text: str) -> list[str]:
+    """'house,solar' -> ['house', 'solar'], every name checked."""
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise ConfigError(f"bad scenario list {text!r}", hint="names separated by commas, e.g. house,solar")
+    for n in names:
+        scenario(n)
+    return names
+
+
+# With a policy, the grid frequency dips for every node at these sim seconds, so a `freq_below`
+# demand-response rule sheds the relay and the fleet restores after its randomised delays.
+POLICY_DIP: tuple[float, float, float] = (8.0, 11.0, 49.6)  # from, until, Hz
+
+# Loaded from source, the policy service with the compact-form check needs ~36 KB, with signed
+# bundles (`fleet`) ~72 KB more than a plain node (docs/policy.md); the uplink wants 64 KB free
+# after that. Measured on the sim board (docs/sim.md): below these heaps a node runs without
+# store-and-forward or without its policy.
+POLICY_HEAP = "384k"
+FLEET_HEAP = "512k"
+
+PROFILE_S = 60  # the demo's load-profile period: one record per node per minute (the minimum)
+
+
 def parse_broker_url(url: str) -> tuple[str, int]:
     """'mqtt://host:port' -> (host, port); port defaults to 1883."""
     u = urlparse(url)
@@ -110,6 +144,23 @@ class NodeView:
     telemetry: dict | None = None
     received: float = 0.0
     messages: int = 0
+    policy_state: dict | None = None  # the last `policy/state` (tariff, relay, price)
+    policy_event: dict | None = None  # the last `policy/event`
+    records: int = 0  # records stored in the database by this run
+
+    def tariff(self) -> int | None:
+        t = self.telemetry or {}
+        if "tariff" in t:
+            return t["tariff"]
+        return None if self.policy_state is None else self.policy_state.get("tariff")
+
+    def relay(self) -> bool | None:
+        """The relay state from telemetry (`relay`), else from the policy service's state."""
+        t = self.telemetry or {}
+        if t.get("relay") is not None:
+            return bool(t["relay"])
+        r = None if self.policy_state is None else self.policy_state.get("relay")
+        return None if r is None else bool(r)
 
 
 @dataclass
@@ -138,18 +189,36 @@ class SimRun:
     prefix: str = "umeter"
     workdir: Path | None = None
     keep: bool = False
+    scenarios: list[str] | None = None
+    policy: dict | None = None
+    fleet: dict | None = None
+    db: Path | str | None = None
+    heap: str | None = None
     views: dict[str, NodeView] = field(default_factory=dict)
     vnodes: list[VirtualNode] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.nodes > 64:
             raise ConfigError(f"--nodes {self.nodes} is out of range", hint="run 1 to 64 virtual nodes")
         if not 0.1 <= self.telemetry_s <= 3600:
             raise ConfigError(f"telemetry interval {self.telemetry_s} s is out of range", hint="0.1 to 3600 s")
+        names = self.scenarios or [s.name for s in SCENARIOS]
+        if self.scenarios and len(names) > self.nodes:
+            raise ConfigError(
+                f"{len(names)} scenarios for {self.nodes} nodes",
+                hint="give at most one scenario per node, or more --nodes",
+            )
+        self._scenarios = [scenario(n) for n in names]
+        if self.fleet is not None and self.policy is None:
+            raise ConfigError("a fleet identity without a policy", hint="give --policy too")
         self._broker = None
         self._client = None
         self._lock = threading.Lock()
         self._own_dir = False
+        self.consumer = None
+        self._base: dict[str, int] = {}  # records per node in the database before this run
+        self._counters0: dict[str, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -163,32 +232,108 @@ class SimRun:
             self._broker = EmbeddedBroker().start()
             host, port = self._broker.host, self._broker.port
         self.host, self.port = host, port
+        heap = self.heap or self._heap(board)
         self._subscribe(host, port)
+        ids = [f"node-{n + 1:02d}" for n in range(self.nodes)]
+        if self.db is not None:
+            self._open_db(host, port, ids)
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="umeter-sim-"))
             self._own_dir = True
-        for n in range(self.nodes):
-            sc = SCENARIOS[n % len(SCENARIOS)]
-            node_id = f"node-{n + 1:02d}"
+        for n, node_id in enumerate(ids):
+            sc = self._scenarios[n % len(self._scenarios)]
             self.views[node_id] = NodeView(node_id, sc)
-            self.vnodes.append(self._start_node(node_id, sc, board, n))
+            self.vnodes.append(self._start_node(node_id, sc, board, n, heap))
 
-    def _start_node(self, node_id: str, sc: Scenario, board: dict, n: int) -> VirtualNode:
-        root = self.workdir / node_id
-        root.mkdir(parents=True, exist_ok=True)
-        (root / "board.json").write_text(json.dumps(board))
+    def _heap(self, board: dict) -> str:
+        """The board's heap, or what the policy service needs loaded from source if that is more."""
+        have = board.get("heap", unixport.DEFAULT_HEAP)
+        if self.policy is None:
+            return have
+        need, why = (FLEET_HEAP, "policy + signed bundles") if self.fleet else (POLICY_HEAP, "policy")
+        if unixport.parse_heap(have) >= unixport.parse_heap(need):
+            return have
+        self.notes.append(
+            f"Nodes run with a {need} heap instead of the {self.board} board's {have}: the {why} service "
+            "loads from source on the unix port (frozen into a board's firmware it would not need it)."
+        )
+        return need
+
+    def _open_db(self, host: str, port: int, ids: list[str]) -> None:
+        from .consumer import Consumer
+
+        db = Path(self.db)
+        if db.parent and not db.parent.is_dir():
+            raise ConfigError(
+                f"--db {db}: directory {db.parent} does not exist", hint="create it or choose another path"
+            )
+        if self.workdir is None:  # the nodes' flash lives beside their records
+            self.workdir = db.with_name(db.name + ".nodes")
+            self.workdir.mkdir(exist_ok=True)
+        try:
+            c = Consumer(db, None, port, self.prefix)
+        except Exception as e:  # sqlite3.DatabaseError: not a database, locked, ...
+            raise ConfigError(f"--db {db}: cannot be used as an SQLite store ({e})", hint="give a new file") from None
+        for node_id in ids:
+            n = c.count(node_id)
+            if n and not (self.workdir / node_id / "store").is_dir():
+                c.close()
+                raise ConfigError(
+                    f"--db {db} holds {n} records of {node_id} but its flash {self.workdir / node_id} is gone: "
+                    "its new records would restart at seq 1 and be dropped as duplicates",
+                    hint="use a new --db file",
+                )
+            self._base[node_id] = n
+        self._counters0 = c.counters()
+        c.host = host
+        c.start()
+        self.consumer = c
+
+    def db_summary(self) -> dict:
+        """What this run stored: records per node, duplicates dropped, and the database's totals."""
+        c = self.consumer
+        if c is None:
+            return {}
+        now = c.counters()
+        per = {n: c.count(n) - self._base.get(n, 0) for n in self.views}
+        return {
+            "db": str(self.db),
+            "records": per,
+            "duplicates": now["duplicates"] - self._counters0.get("duplicates", 0),
+            "lost": now["lost"] - self._counters0.get("lost", 0),
+            "resend_requests": now["resend_requests"] - self._counters0.get("resend_requests", 0),
+            "total": c.count(),
+            "gaps": {n: c.gaps(n) for n in self.views if c.gaps(n)},
+        }
+
+    def node_config(self, node_id: str, sc: Scenario, n: int) -> dict:
+        """The config.json of one virtual node (what `umeter provision` writes on a board)."""
         sim = dict(sc.sim, realtime=True, seed=n + 1)
         config = {
             "node_id": node_id,
             "telemetry_s": self.telemetry_s,
+            "profile_s": PROFILE_S,
             "mqtt": {"host": self.host, "port": self.port, "prefix": self.prefix, "keepalive": 30},
             "sim": sim,
         }
+        if self.policy is not None:
+            t0, t1, hz = POLICY_DIP
+            sim["events"] = [*sim.get("events", []), {"at": t0, "freq": hz}, {"at": t1, "freq": sim.get("freq", 50.0)}]
+            config["policy"] = self.policy
+            if self.fleet is not None:
+                config["fleet"] = self.fleet
+        return config
+
+    def _start_node(self, node_id: str, sc: Scenario, board: dict, n: int, heap: str) -> VirtualNode:
+        root = self.workdir / node_id
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "board.json").write_text(json.dumps(board))
+        config = self.node_config(node_id, sc, n)
         (root / "config.json").write_text(json.dumps(config, indent=1))
         main = unixport.firmware_root() / "main.py"
         log_path = root / "console.log"
-        log = open(log_path, "wb")  # noqa: SIM115 - handed to the child, closed in stop()
-        argv = unixport.command(main, heap=board.get("heap", unixport.DEFAULT_HEAP))
+        log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed in stop()
+        argv = unixport.command(main, heap=heap)
         proc = unixport.spawn(argv, cwd=root, env={"MICROPYPATH": unixport.micropypath()}, log=log)
         log.close()
         return VirtualNode(node_id, sc, root, proc, log_path)
@@ -198,7 +343,14 @@ class SimRun:
 
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"umeter-sim-{time.time_ns() % 10**9}")
         c.on_message = self._on_message
-        c.on_connect = lambda cl, *a: cl.subscribe([(f"{self.prefix}/+/telemetry", 0), (f"{self.prefix}/+/state", 1)])
+        c.on_connect = lambda cl, *a: cl.subscribe(
+            [
+                (f"{self.prefix}/+/telemetry", 0),
+                (f"{self.prefix}/+/state", 1),
+                (f"{self.prefix}/+/policy/state", 0),
+                (f"{self.prefix}/+/policy/event", 0),
+            ]
+        )
         try:
             c.connect(host, port, keepalive=30)
         except OSError as e:
@@ -209,7 +361,7 @@ class SimRun:
         self._client = c
 
     def _on_message(self, client, userdata, msg) -> None:
-        parts = msg.topic.split("/")
+        parts = msg.topic.split("/", 2)
         if len(parts) != 3:
             return
         node_id, leaf = parts[1], parts[2]
@@ -217,7 +369,17 @@ class SimRun:
             view = self.views.get(node_id)
             if view is None:
                 return
-            if leaf == "state":
+            if leaf in ("policy/state", "policy/event"):
+                try:
+                    doc = json.loads(msg.payload)
+                except ValueError:
+                    return
+                if isinstance(doc, dict):
+                    if leaf == "policy/state":
+                        view.policy_state = doc
+                    else:
+                        view.policy_event = doc
+            elif leaf == "state":
                 view.state = msg.payload.decode(errors="replace")
             elif leaf == "telemetry":
                 try:
@@ -231,11 +393,23 @@ class SimRun:
                 view.state = "online"
 
     def snapshot(self) -> list[NodeView]:
+        c = self.consumer
         with self._lock:
-            return [
-                NodeView(v.node_id, v.scenario, v.state, v.telemetry, v.received, v.messages)
+            views = [
+                NodeView(
+                    v.node_id, v.scenario, v.state, v.telemetry, v.received, v.messages, v.policy_state, v.policy_event
+                )
                 for v in self.views.values()
             ]
+        if c is not None:
+            for v in views:
+                v.records = c.count(v.node_id) - self._base.get(v.node_id, 0)
+        return views
+
+    def tariff_name(self, index: int | None) -> str | None:
+        if index is None or self.policy is None or not 0 <= index < len(self.policy["t"]):
+            return None
+        return self.policy["t"][index]
 
     def dead_nodes(self) -> list[VirtualNode]:
         return [n for n in self.vnodes if n.exited() is not None]
@@ -248,6 +422,8 @@ class SimRun:
             self._client.loop_stop()
             self._client.disconnect()
             self._client = None
+        if self.consumer is not None:
+            self.consumer.stop()  # the database stays open for db_summary(); close() closes it
         if self._broker is not None:
             self._broker.stop()
             self._broker = None
@@ -258,9 +434,15 @@ class SimRun:
         try:
             self.start()
         except BaseException:
-            self.stop()
+            self.close()
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
         self.stop()
+        if self.consumer is not None:
+            self.consumer.close()
+            self.consumer = None
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

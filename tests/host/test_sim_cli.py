@@ -80,3 +80,88 @@ def test_ctrl_c_stops_every_virtual_node(tmp_path):
     ]
     assert alive == [], f"virtual nodes left running: {alive}"
     assert (workdir / "node-01" / "console.log").exists()
+
+
+# -- options of the demo: bad input is a one-line error naming it, before anything starts ----------
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "host" / "umeter" / "examples" / "demo_policy.toml"
+
+
+def _error_line(r: subprocess.CompletedProcess) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, (r.returncode, r.stderr)
+    return lines[0]
+
+
+def test_missing_policy_file_is_a_one_line_error_pointing_at_the_example(tmp_path):
+    line = _error_line(_run("sim", "--policy", str(tmp_path / "nope.toml"), "--duration", "1"))
+    assert line.startswith(f"umeter: error: policy file '{tmp_path / 'nope.toml'}' not found")
+    assert "demo_policy.toml" in line
+
+
+def test_invalid_policy_is_a_one_line_error_naming_the_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        'name = "x"\ntariffs = ["a", "b"]\n[[seasons]]\nstart = "01-01"\nweekday = [["00:00", "a"], ["07:00", "c"]]\n'
+    )
+    line = _error_line(_run("sim", "--policy", str(bad), "--duration", "1"))
+    assert "policy.seasons[0].weekday[1]" in line and "'c'" in line, line
+    bad.write_text("name = \n")
+    assert "not valid TOML" in _error_line(_run("sim", "--policy", str(bad), "--duration", "1"))
+
+
+def test_bad_scenarios_are_one_line_errors():
+    assert _error_line(_run("sim", "--scenario", "house,farm", "--duration", "1")) == (
+        "umeter: error: unknown scenario 'farm' — choose one of house, solar, shop"
+    )
+    assert "2 scenarios for 1 nodes" in _error_line(_run("sim", "-n", "1", "--scenario", "house,solar"))
+    assert "bad scenario list" in _error_line(_run("sim", "--scenario", "house,,shop"))
+    assert "--fleet needs --policy" in _error_line(_run("sim", "--fleet", "acme"))
+
+
+def test_node_config_carries_the_policy_the_fleet_and_the_scripted_dip():
+    from umeter.policy import compile_file
+    from umeter.sim import FLEET_HEAP, POLICY_DIP, POLICY_HEAP, SimRun, board_definition
+
+    compact = compile_file(EXAMPLE)
+    fleet = {"name": "acme", "groups": [], "keys": {"00" * 8: "11" * 32}}
+    run = SimRun(nodes=2, scenarios=["shop"], policy=compact, fleet=fleet)
+    run.host, run.port = "127.0.0.1", 1883
+    c = run.node_config("node-01", run._scenarios[0], 0)
+    assert c["policy"] == compact and c["fleet"] == fleet
+    assert {"at": POLICY_DIP[0], "freq": POLICY_DIP[2]} in c["sim"]["events"]
+    assert c["sim"]["currents"][0]["rms"] == 24.0, "the shop scenario"
+    board = board_definition("sim")
+    assert run._heap(board) == FLEET_HEAP and "instead of the sim board's 256k" in run.notes[0]
+    assert SimRun(nodes=1, policy=compact)._heap(board) == POLICY_HEAP
+    plain = SimRun(nodes=1)
+    assert plain._heap(board) == board["heap"] and not plain.notes
+    plain.host, plain.port = "127.0.0.1", 1883
+    c = plain.node_config("node-01", plain._scenarios[0], 0)
+    assert "policy" not in c and "fleet" not in c and "events" not in c["sim"]
+
+
+def test_lines_show_pf_q_tariff_and_relay_and_leave_out_what_telemetry_lacks():
+    from umeter.cli.sim import render_line, render_table
+    from umeter.sim import NodeView, scenario
+
+    t = {
+        "v": 231.0,
+        "f": 50.0,
+        "p": 2966.0,
+        "e_imp_wh": 1.5,
+        "e_exp_wh": 0.0,
+        "seq": 7,
+        "elements": [{"i": 13.5, "pf": 0.9509, "q": 963.6}],
+    }
+    v = NodeView("node-01", scenario("house"), "online", t, 0.0, 3)
+    line = render_line(v)
+    assert "PF=0.951 Q=+964 var" in line and "tariff" not in line and "relay" not in line, line
+    v.telemetry = dict(t, tariff=2)
+    v.policy_state = {"tariff": 2, "relay": False}
+    line = render_line(v, ["offpeak", "day", "peak"], db=True)
+    assert "tariff=2(peak) relay=OFF" in line and "records=0" in line, line
+    v.telemetry = dict(t, tariff=2, relay=True)  # telemetry's own relay field wins
+    assert "relay=on" in render_line(v)
+    table = render_table([v], "here", 0.0, ["offpeak", "day", "peak"], db=True)
+    assert [c.header for c in table.columns][-5:] == ["tariff", "relay", "policy event", "records", "msgs"]
