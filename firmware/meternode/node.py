@@ -34,6 +34,10 @@ class Node:
         self.config = check_config(config)
         self.id = config["node_id"]
         self.hal = hal.make(board, config)
+        if board.get("relay"):  # the load relay: entry checked, a GPIO relay on boards
+            from meternode.hal.relay import attach
+
+            attach(self.hal, board)
         self.meter = Meter(board, config.get("calibration"), config.get("metrology"))
         self.meter.energy.clock = self.hal.clock
         self.pulses = None  # water/gas/S0 pulse meters (pulses.py), when the board has inputs
@@ -165,7 +169,10 @@ class Node:
         self.seq += 1
         now = self.hal.clock.time()
         pulses = self.pulses.readings() if self.pulses is not None else None
-        payload = telemetry.encode(self.id, self.seq, now, snap, self.hal.sampler.overruns, self.mains, pulses)
+        r = getattr(self.hal, "relay", None)  # the board's relay, when it has one
+        payload = telemetry.encode(
+            self.id, self.seq, now, snap, self.hal.sampler.overruns, self.mains, pulses, r.on if r is not None else None
+        )
         self.last = payload
         u = self.uplink()
         if u is not None:

@@ -26,7 +26,7 @@ class _Meter:
         self.p = [1500.0, 500.0]
         self.irms = [6.5, 2.2]
         self.vrms = [231.0, 0.0, 0.0]
-        self._a0 = 0
+        self.v_channel = 0
         self.freq = 50.0
         self.cycles = 500
         self.registers = _Regs()

@@ -7,6 +7,12 @@
 # Backends: sim (sim.py, the unix port), rp2 (rp2040.py: ADC round robin + DMA ping-pong),
 # esp32 (esp32.py: timer-paced ADC1), mcp3208 (mcp3208.py: external SPI ADC on either MCU).
 # Pulse inputs: pulsein.py (IRQ ring, machine.Counter), sim_pulses.py (sim trains).
+#   .relay    the board's load relay (board "relay": {"pin", "active_low", "default"}) or None:
+#             set(on) and `on` (True = load connected).  The sim HAL makes its own (it cuts
+#             the simulated load); on boards relay.attach() (called by the node) adds a
+#             relay.PinRelay.  Kept out of make(): every sim test compiles this module.
+# The node's functions never drive .relay directly: relay.relay_control() gives the one
+# RelayControl that arbitrates between the operator's commands and the policy engine.
 
 _BACKENDS = ("sim", "rp2", "esp32", "mcp3208")
 

@@ -26,6 +26,8 @@
 # board's ADC bits and clipped at the rails; `enob` adds the white noise that brings the
 # converter down to that many effective bits.  `realtime` paces blocks to the wall clock
 # (a virtual node); without it blocks come as fast as they can be computed (tests).
+# The board's "relay" entry gives the sim HAL a relay (SimHal.set): open, the load currents
+# are zero.
 import array
 import asyncio
 import math
@@ -165,6 +167,7 @@ class SimSampler:
             if not isinstance(ev, dict) or not ("freq" in ev or "current" in ev or "voltage" in ev):
                 raise ConfigError("sim.events[%d] must set freq, current or voltage: %r" % (n, ev))
         self._ev = 0
+        self.load_on = True  # False while the board's relay is open: no load current
         self.vfactor = 1.0
         self._v_until = -1.0
         self._theta = 0.0
@@ -233,6 +236,7 @@ class SimSampler:
         vref = self._vref
         mids = [self._mid + d for d in self._dcs]
         vf = self.vfactor
+        load = self.load_on
         th = self._theta
         f = self.freq
         if self._drift_hz:
@@ -246,6 +250,8 @@ class SimSampler:
                 x = waves[c].at(th + offs[c])
                 if is_v[c]:
                     x *= vf
+                elif not load:
+                    x = 0.0  # the relay is open
                 x += mids[c]
                 if noise:
                     x += noise * self._gauss()
@@ -288,3 +294,14 @@ class SimHal:
     def __init__(self, board, scen):
         self.clock = SimClock(scen.get("epoch"))
         self.sampler = SimSampler(board, scen, self.clock)
+        self.relay = None
+        if board.get("relay"):  # the board's relay: the sim HAL is its own relay object
+            self.set(board["relay"].get("default", True))
+            self.relay = self
+
+    def set(self, on):
+        # The relay (board "relay": {"pin", "default"}, checked by hal.make): open (False), it
+        # disconnects the load, so the current channels carry only the converter's offset and
+        # noise and the measured power drops to zero.  Kept this small: every sim test
+        # compiles this module on a 128k heap.
+        self.on = self.sampler.load_on = bool(on)

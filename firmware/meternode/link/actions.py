@@ -15,8 +15,17 @@ class Actions:
         snap = self.node.meter.snapshot()
         if snap is None:
             return json.loads(self.node.last) if self.node.last else {}
+        r = getattr(self.node.hal, "relay", None)
         return json.loads(
-            telemetry.encode(self.node.id, 0, self.s.clock.time(), snap, 0, getattr(self.node, "mains", None))
+            telemetry.encode(
+                self.node.id,
+                0,
+                self.s.clock.time(),
+                snap,
+                0,
+                getattr(self.node, "mains", None),
+                relay=r.on if r is not None else None,
+            )
         )
 
     def _where(self, key):
@@ -41,10 +50,14 @@ class Actions:
             self.s.profile.period_s = value
 
     def relay(self, on):
-        r = getattr(self.node.hal, "relay", None)
-        if r is None:
+        # The operator's switch of the node's one relay (RelayControl: an off latches, an on
+        # overrides policy sheds for config relay.override_s); False when there is none.
+        # Commands records the event with the command's id.
+        if getattr(self.node.hal, "relay", None) is None:
             return False
-        r.set(on)
+        from meternode.hal.relay import relay_control  # only nodes with a relay load it
+
+        relay_control(self.node).command(on)
         return True
 
     def set_time(self, epoch):

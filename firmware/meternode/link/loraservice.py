@@ -1,5 +1,6 @@
 # LoRaWAN wiring for the uplink service: config check, modem + governor + LoRaLink from
-# config.lora, and the task that configures the modem and drains records.
+# config.lora, the task that configures the modem and drains records, and the routing of
+# downlinks by fport to the services registered in UplinkService.lora_ports.
 import asyncio
 
 from meternode.config import ConfigError, need
@@ -27,6 +28,9 @@ def check(c):
         need(lo, "fport", int, w, default=2, lo=1, hi=223)
         need(lo, "confirmed", bool, w, default=True)
         need(lo, "daily_budget_ms", int, w, default=30000, lo=1000, hi=86400000)
+        pf = need(lo, "policy_fport", int, w, default=10, lo=1, hi=223)
+        if pf == lo.get("fport", 2):
+            raise ConfigError("config.lora.policy_fport must differ from config.lora.fport (%d)" % pf)
         if need(lo, "mode", str, w, default="fallback") not in ("fallback", "always"):
             raise ConfigError("config.lora.mode must be fallback or always, not %r" % lo["mode"])
     return lo
@@ -51,11 +55,25 @@ def make(svc, lo, path):
         gov = Governor(lo.get("region", "EU868"), lo.get("dr", 0), lo.get("daily_budget_ms", 30000))
     except ValueError as e:
         raise ConfigError(str(e))
+    modem.on_downlink = lambda port, data: downlink(svc, port, data)
     ll = LoRaLink(modem, svc.log, Cursor(path + ".lora"), gov, svc.clock, lo.get("fport", 2), lo.get("confirmed", True))
     if lo.get("mode", "fallback") == "fallback" and svc.link is not None:
         ll.floor = lambda: svc.cursor.acked  # skip what MQTT delivered
         ll.active = lambda: not svc.link.up  # and only speak while MQTT is down
     return ll
+
+
+def downlink(svc, port, data):
+    # A downlink from the network: to the service registered for its fport (svc.lora_ports),
+    # e.g. the policy service's small frames; others are logged and dropped.
+    cb = svc.lora_ports.get(port)
+    if cb is None:
+        print("lora downlink on port %d ignored (%d bytes)" % (port, len(data)))
+        return
+    try:
+        cb(data)
+    except Exception as e:  # a handler's bug must not stop the modem's reader
+        print("lora downlink on port %d failed: %r" % (port, e))
 
 
 async def run(svc):

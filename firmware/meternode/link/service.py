@@ -8,7 +8,11 @@
 #   cmd_key: "<hex>"          node key for command HMACs (commands are off without it)
 #   mqtt: see uplink.check_mqtt
 #   lora: {port, deveui, appeui, appkey, region: EU868, dr: 0, fport: 2, confirmed: true,
-#          daily_budget_ms: 30000, mode: "fallback" | "always"}  (see loraservice.check)
+#          daily_budget_ms: 30000, mode: "fallback" | "always", policy_fport: 10}
+#         (see loraservice.check); downlinks go to `lora_ports[fport]` (the policy service
+#         registers its small-frame handler there)
+#   relay: {override_s: 3600}  how long an operator's relay on beats policy sheds (hal.RelayControl)
+# Relay switches made by the policy (RelayControl.on_change) are relay events with the reason.
 # Command actions live in actions.py and LoRa wiring in loraservice.py, loaded only when
 # configured (a module's compile peak matters on a source-loaded heap).
 import json
@@ -102,6 +106,7 @@ class UplinkService:
                 self._describe,
             )
         self.lora = None
+        self.lora_ports = {}  # fport -> callback(bytes): LoRaWAN downlinks (policy frames)
         if cfg.get("lora"):
             from meternode.link import loraservice  # only LoRa nodes pay for it
 
@@ -119,6 +124,14 @@ class UplinkService:
             self.event(records.EV_POWER_UP, now - self.log.last_ts if now > self.log.last_ts else 0, "")
         self.event(records.EV_REBOOT, 0, reason)
         self._results = []
+        if getattr(node.hal, "relay", None) is not None:
+            from meternode.hal.relay import relay_control  # only nodes with a relay load it
+
+            # every switch the policy (or an override's end) makes is a relay event
+            relay_control(node).on_change = self._relay_changed
+
+    def _relay_changed(self, on, why):
+        self.event(records.EV_RELAY, 1 if on else 0, why[: records.EVENT_TEXT])
 
     async def run_lora(self):
         from meternode.link import loraservice

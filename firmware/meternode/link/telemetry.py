@@ -32,12 +32,13 @@ def _element(e):
     return d
 
 
-def encode(node_id, seq, ts, snap, overruns=0, mains=None, pulses=None):
+def encode(node_id, seq, ts, snap, overruns=0, mains=None, pulses=None, relay=None):
     # snap is Meter.snapshot().  The totals count only the elements on the grid connection
     # (board role "main", named in `mains`; None: every element), so a sub-circuit CT is
     # reported but not counted twice: p is their vector sum, e_imp_wh / e_exp_wh the meter's
     # total registers (netted as metrology.netting says) where the snapshot has them.
     # `pulses` is PulseService.readings() (water, gas, S0), when the board has pulse inputs.
+    # `relay` is the board relay's state (True = load connected), None without a relay.
     els = []
     p_tot = 0.0
     imp = 0.0
@@ -70,6 +71,8 @@ def encode(node_id, seq, ts, snap, overruns=0, mains=None, pulses=None):
         d["pq"] = snap["pq"]
     if pulses:
         d["pulses"] = pulses
+    if relay is not None:
+        d["relay"] = relay
     return json.dumps(d)
 
 

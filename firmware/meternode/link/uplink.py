@@ -2,6 +2,11 @@
 # state, last will `offline`), subscribes to its command topic, publishes Home Assistant
 # discovery, then hands the connection to the outbox until it drops; reconnects with
 # jittered exponential backoff.  Link up/down are events with a reason, counted in stats().
+#
+# Other services take topics of their own through `extra_topics`, a public dict
+# leaf -> callback(payload, retained): the link subscribes to <prefix>/<node>/<leaf> (QoS 1)
+# on every connect and reconnect and routes each message on it to the callback.  A leaf
+# added while the link is up is subscribed by `subscribe_extra()` (or at the next connect).
 import asyncio
 import time
 
@@ -54,6 +59,7 @@ class MqttLink:
         self.on_command = on_command  # callback(payload bytes) for …/cmd
         self.describe = describe  # callable -> dict for discovery (channels, firmware)
         self.log = log or _log
+        self.extra_topics = {}  # leaf -> callback(payload, retained), see above
         self.client = None
         self.up = False
         self.ups = 0
@@ -92,6 +98,15 @@ class MqttLink:
         )
 
     def _on_message(self, t, payload, retained):
+        pre = "%s/%s/" % (self.prefix, self.node_id)
+        if t.startswith(pre) and self.extra_topics:
+            cb = self.extra_topics.get(t[len(pre) :])
+            if cb is not None:
+                try:
+                    cb(payload, retained)
+                except Exception as e:  # a service's bug must not take the link down
+                    self.log("%s: handler failed: %r" % (t, e))
+                return
         if t == self.topic("cmd") and self.on_command is not None:
             self.on_command(payload)
         elif t == self.topic("resend") and self.outbox is not None and payload:
@@ -106,6 +121,8 @@ class MqttLink:
             await c.subscribe(self.topic("cmd"), 1)
         if self.outbox is not None:
             await c.subscribe(self.topic("resend"), 1)
+        for leaf in list(self.extra_topics):
+            await c.subscribe(self.topic(leaf), 1)
         if self.m.get("discovery", True) and self.describe is not None:
             from meternode.link import discovery
 
@@ -141,6 +158,16 @@ class MqttLink:
             self.up = False
             await c.disconnect()
             await _sleep_ms(self.backoff.next_ms())
+
+    async def subscribe_extra(self, leaves=None):
+        # Subscribes `leaves` (default: every extra topic) on the current connection; False
+        # when the link is down (the next connect subscribes them all).
+        c = self.client
+        if c is None or not c.connected:
+            return False
+        for leaf in leaves if leaves is not None else list(self.extra_topics):
+            await c.subscribe(self.topic(leaf), 1)
+        return True
 
     async def publish_live(self, leaf, payload):
         # QoS 0 live data (telemetry): sent when the link is up, dropped otherwise.

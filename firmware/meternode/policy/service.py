@@ -9,26 +9,50 @@
 #   policy_dir: "."                      where policy/, fw/ and policy.day.json live (the board's root)
 #   ota: {"health_deadline_s": 120, "max_tries": 1}
 #   cmd_key: "<hex>"                     the node's HMAC key (also for LoRa-sized policy frames)
-# MQTT topics (under <prefix>/<node>/): policy/bundle, ota, policy/small in; policy/result,
-# ota/result, policy/event (engine events), policy/state (tariff registers, relay) out.
+#   lora: {"policy_fport": 10}           LoRaWAN downlinks on this port are small frames
+# MQTT topics (under <prefix>/<node>/): policy/bundle, ota, policy/small in (registered in
+# the uplink's MqttLink.extra_topics, so they survive reconnects); policy/result, ota/result,
+# policy/event (engine events), policy/state (tariff registers, relay) out.
+# The engine drives the board's relay through the node's RelayControl (hal.relay_control),
+# the same one the operator's `relay` command drives; who wins is documented there.
 import asyncio
 import json
 import sys
 import time
 
+from meternode.hal.relay import relay_control
 from meternode.policy.engine import EVENT_NAMES, Engine, EventRing
+
+_LEAVES = ("policy/bundle", "ota", "policy/small")
 
 _STATE_EVERY = 10  # ticks between policy/state messages
 _CKPT_EVERY = 300  # ticks between checkpoints of the engine's day counters (and after events)
 
 
 class SoftRelay:
-    # A relay for boards without one (the virtual board): keeps the state, logs changes.
+    # A relay for boards without one: keeps the state the engine wants (policy/state shows it).
     def __init__(self):
         self.on = True
 
     def set(self, on):
         self.on = on
+
+
+class _EngineRelay:
+    # What the engine drives on a board with a relay: the node's RelayControl, with the
+    # running policy and the action as the reason recorded for the switch.
+    def __init__(self, svc, ctl):
+        self._svc = svc
+        self._ctl = ctl
+
+    @property
+    def on(self):
+        return self._ctl.on
+
+    def set(self, on):
+        e = self._svc.engine
+        why = "policy %s %s" % (e.policy["n"] if e else "?", "restore" if on else "shed")
+        self._ctl.engine(on, why)
 
 
 def _crc_seed(s):
@@ -56,15 +80,17 @@ class PolicyService:
         cfg = node.config
         self.log = log or _log
         self.clock = node.hal.clock
-        self.relay = getattr(node.hal, "relay", None) or SoftRelay()
+        self._ctl = relay_control(node)  # None: the board has no relay
+        self.relay = _EngineRelay(self, self._ctl) if self._ctl is not None else SoftRelay()
         self.ring = EventRing(32)
         self._mark = 0
         self.engine = None
         self.agent = None
         self.small = None
         self._out = []  # (leaf, payload) waiting for the link
-        self._hooked = None
+        self._registered = None  # the uplink service our topics and LoRa port are registered with
         self._need_sub = False
+        self._handlers = [(leaf, self._handler(leaf)) for leaf in _LEAVES]
         root = cfg.get("policy_dir", ".")
         self._ckpt = root + "/policy.day.json"
         if cfg.get("fleet"):
@@ -88,11 +114,14 @@ class PolicyService:
             pol = cfg["policy"]
         if pol is not None:
             self.load(pol)
+        self._register()
 
     def load(self, compact):
         # A new policy (validated by Engine through check_compact) replaces the running one.
         m = self.node.meter
         self.engine = Engine(compact, m.set_tariff, self.relay, self.ring.push, _crc_seed(self.node.id))
+        if self._ctl is not None:  # a new engine starts with the load connected: so does its wish
+            self._ctl.engine(True, "policy %s loaded" % compact["n"])
         self._restore(compact)
         rep = self.engine.reporting
         if rep:  # the policy's reporting settings, when it has them
@@ -138,31 +167,46 @@ class PolicyService:
             u.event(records.EV_POLICY, 0, ("%s %s" % (kind, text))[: records.EVENT_TEXT])
 
     # -- link ----------------------------------------------------------------------------------
-    def _client(self):
-        # The uplink's MQTT client when it is up, with our topics routed to us (the uplink
-        # itself routes `cmd` and `resend`); a new client after a reconnect is hooked again.
+    def _handler(self, leaf):
+        def on_message(payload, retained):
+            self._leaf(leaf, payload)
+
+        return on_message
+
+    def _register(self):
+        # Once per uplink service: our leaves into its MQTT link's extra_topics (the link
+        # subscribes them on every reconnect and routes them to us) and the policy port into
+        # its LoRa downlink ports.  A registration while the link is up subscribes at once.
         u = getattr(self.node, "_uplink", None)
-        link = u.link if u else None
-        c = link.client if link else None
-        if c is None or not link.up:
-            return None
-        if c is not self._hooked:
-            base = link._on_message
+        if not u or u is self._registered:
+            return
+        self._registered = u
+        link = getattr(u, "link", None)
+        if link is not None:
+            for leaf, cb in self._handlers:
+                link.extra_topics[leaf] = cb
+            self._need_sub = link.up
+        ports = getattr(u, "lora_ports", None)
+        if ports is not None:
+            ports[self.node.config.get("lora", {}).get("policy_fport", 10)] = self._lora_frame
 
-            def route(t, payload, retained):
-                if not self._incoming(t, payload):
-                    base(t, payload, retained)
+    def _link(self):
+        u = self._registered
+        return u.link if u else None
 
-            c.on_message = route
-            self._hooked = c
-            self._need_sub = True
-        return c
+    def _client(self):
+        # The uplink's MQTT client while the link is up, else None.
+        link = self._link()
+        return link.client if link is not None and link.up else None
 
     def _incoming(self, t, payload):
+        # A message on a full topic: True when it is one of our leaves for this node.
         pre = "%s/%s/" % (self.node.config["mqtt"].get("prefix", "umeter"), self.node.id)
         if not t.startswith(pre):
             return False
-        leaf = t[len(pre) :]
+        return self._leaf(t[len(pre) :], payload)
+
+    def _leaf(self, leaf, payload):
         if leaf == "policy/small":
             self._out.append(("policy/result", json.dumps(self.small_frame(payload))))
             return True
@@ -175,16 +219,20 @@ class PolicyService:
                 self._out.append(("reboot", ""))
         return True
 
+    def _lora_frame(self, data):
+        # A LoRaWAN downlink on the policy port: a small frame.  The result is logged, and
+        # queued for MQTT when the node has it (a LoRa-only node keeps no result queue).
+        r = self.small_frame(data)
+        self.log("lora policy frame: %s" % ("ok" if r.get("ok") else r.get("why")))
+        if self._link() is not None:
+            self._out.append(("policy/result", json.dumps(r)))
+
     def small_frame(self, frame):
         # A LoRa-sized policy frame (small.py), from MQTT `policy/small` or a LoRaWAN downlink;
         # -> the result dict (the LoRa link may send it back compactly or just log it).
         if self.small is None or self.engine is None:
             return {"ok": False, "status": "rejected", "why": "unsupported: no cmd_key or no policy on this node"}
         return self.small.apply(frame, self.engine, int(self.clock.time()))
-
-    async def _subscribe(self, c):
-        for leaf in ("policy/bundle", "ota", "policy/small"):
-            await c.subscribe("%s/%s/%s" % (self.node.config["mqtt"].get("prefix", "umeter"), self.node.id, leaf), 1)
 
     async def _flush(self, c):
         pre = "%s/%s/" % (self.node.config["mqtt"].get("prefix", "umeter"), self.node.id)
@@ -208,6 +256,8 @@ class PolicyService:
         return None
 
     def tick(self):
+        if self._ctl is not None:
+            self._ctl.tick()  # an operator override that ended hands the relay back
         e = self.engine
         if e is None:
             return
@@ -218,8 +268,7 @@ class PolicyService:
             p += m.p[k]
             if m.irms[k] > i:
                 i = m.irms[k]
-        v = m.vrms[m._a0] if hasattr(m, "_a0") else m.vrms[0]
-        e.tick(int(self.clock.time()), v, i, m.freq, p, m.registers.total_import())
+        e.tick(int(self.clock.time()), m.vrms[m.v_channel], i, m.freq, p, m.registers.total_import())
 
     def _drain(self):
         evs = self.ring.since(self._mark)
@@ -233,6 +282,7 @@ class PolicyService:
 
     def state(self):
         e = self.engine
+        c = self._ctl
         r = self.node.meter.registers
         n = len(e.policy["t"]) if e else 0
         return {
@@ -240,6 +290,9 @@ class PolicyService:
             "version": self.agent.policy_version() if self.agent else 0,
             "tariff": e.tariff if e else -1,
             "relay": self.relay.on if hasattr(self.relay, "on") else None,
+            # an operator's relay command holding the relay against the policy: "latched"
+            # (remote off) or the override's end (epoch s); None when the policy drives it
+            "relay_hold": None if c is None or not (c.latched or c.until) else "latched" if c.latched else c.until,
             "price": e.price if e else None,
             "tariff_wh": [r.tariff_registers(t)[0] / 1000.0 for t in range(n)],
             "t": int(self.clock.time()),
@@ -269,11 +322,12 @@ class PolicyService:
                 elif (slots.trial or (image and image.trial)) and time.ticks_diff(time.ticks_ms(), started) > deadline:
                     self.log("health check failed (%s): resetting to roll back" % why)
                     _reset()
+            self._register()
             c = self._client()
             if c is not None and self._need_sub:
                 self._need_sub = False
                 try:
-                    await self._subscribe(c)
+                    await self._link().subscribe_extra(_LEAVES)
                 except Exception as ex:
                     self._need_sub = True
                     self.log("policy topics not subscribed: %s" % ex)
