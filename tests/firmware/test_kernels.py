@@ -166,7 +166,7 @@ def test_block_sums_equal_pair_sums_per_pair_and_chan_sums_for_lone_channels():
     mids = array.array("i", [2047, 2050, 2046, 2049])
     lay = array.array("i", [2, 1, 0, 1, 0, 2, 3, 24])
     out = array.array("i", bytes(4 * 26))
-    kernels.block_sums(buf, H + 5, H + 150, nch, 19, lay, mids, out)
+    kernels.block_sums(0, 0, 0, buf, H + 5, H + 150, nch, 19, lay, mids, out)
     ref = _ref_pair(buf, H + 5, H + 150, nch, 0, 1, 2047, 2050, 19)
     ref += _ref_pair(buf, H + 5, H + 150, nch, 0, 2, 2047, 2046, 19)
     ref += _ref_chan(buf, H + 5, H + 150, nch, 3, 2049)
@@ -178,7 +178,7 @@ def test_block_sums_equal_pair_sums_per_pair_and_chan_sums_for_lone_channels():
 
 def _bind_block(buf, nch, lay, mids, out):
     def call():
-        kernels.block_sums(buf, H + 5, H + 150, nch, 19, lay, mids, out)
+        kernels.block_sums(0, 0, 0, buf, H + 5, H + 150, nch, 19, lay, mids, out)
 
     return call
 

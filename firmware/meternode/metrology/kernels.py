@@ -133,22 +133,36 @@ def pair_sums(buf, start: int, end: int, nch: int, a: int, b: int, mv: int, mi: 
 
 
 @micropython.viper
-def block_sums(buf, start: int, end: int, nch: int, d: int, lay, mids, out):
+def block_sums(c2: int, c1: int, j: int, buf, start: int, end: int, nch: int, d: int, lay, mids, out):
     # All of a block segment in one call: for each pair listed in lay the same sums as
     # pair_sums (12 words at 12 * pair), then chan_sums for the channels no pair covers.
     # lay (array 'i'): [npairs, nlone, a0, b0, a1, b1, ..., c0, k0, c1, k1, ...];
-    # mids (array 'i'): the mid of each channel.
+    # mids (array 'i'): the mid of each channel.  Call with c2 = c1 = j = 0.
+    #
+    # Speed (the meter's hot loop; docs/metrology.md, benchmarks/metrology.py): the viper
+    # emitter keeps only a function's first three locals in machine registers (x86-64, ARM
+    # Thumb and Xtensa alike), and parameters come first.  So the three most used values
+    # of the loop -- the two current samples in flight (c2, c1) and the index j -- are
+    # the first three parameters; everything else lives in the stack frame.  The loop is
+    # unrolled by four sets and the voltage history rotates through four names (a0..a3,
+    # b0..b3 for the quarter-cycle-delayed voltage) instead of being shifted, so no
+    # set costs a move.  Three ptr16 views (voltage, current, delayed voltage) share the
+    # index j.  The remainder (fewer than four sets) runs in the plain, shifting loop.
     L = ptr32(lay)
     M = ptr32(mids)
-    p = ptr16(buf)
     o = ptr32(out)
+    base = int(ptr16(buf))
     npairs = L[0]
     e = 0
     while e < npairs:
         a = L[2 + 2 * e]
+        b = L[3 + 2 * e]
         mv = M[a]
-        mi = M[L[3 + 2 * e]]
+        mi = M[b]
         k = 12 * e
+        pv = ptr16(base + 2 * a)
+        pi = ptr16(base + 2 * b)
+        pd = ptr16(base + 2 * (a - d * nch))
         sv = 0
         qv = 0
         si = 0
@@ -161,42 +175,111 @@ def block_sums(buf, start: int, end: int, nch: int, d: int, lay, mids, out):
         q1 = 0
         q2 = 0
         q3 = 0
-        j = start * nch + a
-        ob = L[3 + 2 * e] - a
-        od = 0 - d * nch
-        stop = end * nch + a
-        v1 = int(p[j - nch]) - mv
-        v2 = int(p[j - 2 * nch]) - mv
-        v3 = int(p[j - 3 * nch]) - mv
-        d1 = int(p[j + od - nch]) - mv
-        d2 = int(p[j + od - 2 * nch]) - mv
-        d3 = int(p[j + od - 3 * nch]) - mv
-        i1 = int(p[j + ob - nch]) - mi
-        i2 = int(p[j + ob - 2 * nch]) - mi
+        j = start * nch
+        a1 = int(pv[j - nch]) - mv
+        a2 = int(pv[j - 2 * nch]) - mv
+        a3 = int(pv[j - 3 * nch]) - mv
+        b1 = int(pd[j - nch]) - mv
+        b2 = int(pd[j - 2 * nch]) - mv
+        b3 = int(pd[j - 3 * nch]) - mv
+        c1 = int(pi[j - nch]) - mi
+        c2 = int(pi[j - 2 * nch]) - mi
+        a0 = 0
+        b0 = 0
+        stop4 = (start + ((end - start) >> 2) * 4) * nch
+        stop = end * nch
+        while j < stop4:
+            # set n: voltages a3 a2 a1 a0 = v[n-3..n], current c2 = i[n-2]
+            a0 = int(pv[j]) - mv
+            b0 = int(pd[j]) - mv
+            sv += a0
+            qv += a0 * a0
+            p0 += a3 * c2
+            p1 += a2 * c2
+            p2 += a1 * c2
+            p3 += a0 * c2
+            q0 += b3 * c2
+            q1 += b2 * c2
+            q2 += b1 * c2
+            q3 += b0 * c2
+            c2 = int(pi[j]) - mi
+            si += c2
+            qi += c2 * c2
+            j += nch
+            # set n+1: a2 a1 a0 a3, c1 = i[n-1]
+            a3 = int(pv[j]) - mv
+            b3 = int(pd[j]) - mv
+            sv += a3
+            qv += a3 * a3
+            p0 += a2 * c1
+            p1 += a1 * c1
+            p2 += a0 * c1
+            p3 += a3 * c1
+            q0 += b2 * c1
+            q1 += b1 * c1
+            q2 += b0 * c1
+            q3 += b3 * c1
+            c1 = int(pi[j]) - mi
+            si += c1
+            qi += c1 * c1
+            j += nch
+            # set n+2: a1 a0 a3 a2, c2 = i[n]
+            a2 = int(pv[j]) - mv
+            b2 = int(pd[j]) - mv
+            sv += a2
+            qv += a2 * a2
+            p0 += a1 * c2
+            p1 += a0 * c2
+            p2 += a3 * c2
+            p3 += a2 * c2
+            q0 += b1 * c2
+            q1 += b0 * c2
+            q2 += b3 * c2
+            q3 += b2 * c2
+            c2 = int(pi[j]) - mi
+            si += c2
+            qi += c2 * c2
+            j += nch
+            # set n+3: a0 a3 a2 a1, c1 = i[n+1]; after it the names are as at set n
+            a1 = int(pv[j]) - mv
+            b1 = int(pd[j]) - mv
+            sv += a1
+            qv += a1 * a1
+            p0 += a0 * c1
+            p1 += a3 * c1
+            p2 += a2 * c1
+            p3 += a1 * c1
+            q0 += b0 * c1
+            q1 += b3 * c1
+            q2 += b2 * c1
+            q3 += b1 * c1
+            c1 = int(pi[j]) - mi
+            si += c1
+            qi += c1 * c1
+            j += nch
         while j < stop:
-            v = int(p[j]) - mv
-            i = int(p[j + ob]) - mi
-            vd = int(p[j + od]) - mv
-            sv += v
-            qv += v * v
-            si += i
-            qi += i * i
-            p0 += v3 * i2
-            p1 += v2 * i2
-            p2 += v1 * i2
-            p3 += v * i2
-            q0 += d3 * i2
-            q1 += d2 * i2
-            q2 += d1 * i2
-            q3 += vd * i2
-            v3 = v2
-            v2 = v1
-            v1 = v
-            d3 = d2
-            d2 = d1
-            d1 = vd
-            i2 = i1
-            i1 = i
+            a0 = int(pv[j]) - mv
+            b0 = int(pd[j]) - mv
+            sv += a0
+            qv += a0 * a0
+            p0 += a3 * c2
+            p1 += a2 * c2
+            p2 += a1 * c2
+            p3 += a0 * c2
+            q0 += b3 * c2
+            q1 += b2 * c2
+            q2 += b1 * c2
+            q3 += b0 * c2
+            c2 = c1
+            c1 = int(pi[j]) - mi
+            si += c1
+            qi += c1 * c1
+            a3 = a2
+            a2 = a1
+            a1 = a0
+            b3 = b2
+            b2 = b1
+            b1 = b0
             j += nch
         o[k] = o[k] + sv
         o[k + 1] = o[k + 1] + qv
@@ -211,23 +294,24 @@ def block_sums(buf, start: int, end: int, nch: int, d: int, lay, mids, out):
         o[k + 10] = o[k + 10] + q2
         o[k + 11] = o[k + 11] + q3
         e += 1
-    base = 2 + 2 * npairs
+    lone = 2 + 2 * npairs
     e = 0
     while e < L[1]:
-        c = L[base + 2 * e]
-        k = L[base + 2 * e + 1]
+        c = L[lone + 2 * e]
+        k = L[lone + 2 * e + 1]
         mid = M[c]
-        s = 0
-        q = 0
-        j = start * nch + c
-        stop = end * nch + c
+        pv = ptr16(base + 2 * c)
+        c2 = 0  # sum x (in a register)
+        qv = 0
+        j = start * nch
+        stop = end * nch
         while j < stop:
-            x = int(p[j]) - mid
-            s += x
-            q += x * x
+            c1 = int(pv[j]) - mid
+            c2 += c1
+            qv += c1 * c1
             j += nch
-        o[k] = o[k] + s
-        o[k + 1] = o[k + 1] + q
+        o[k] = o[k] + c2
+        o[k + 1] = o[k + 1] + qv
         e += 1
 
 
@@ -287,6 +371,44 @@ def copy16(src, so: int, dst, do: int, n: int):
     t = ptr16(dst)
     for k in range(n):
         t[do + k] = s[so + k]
+
+
+@micropython.viper
+def signs(acc, lim, nel: int, n: int) -> int:
+    # Signs of P and Q of each element in one cycle's sums (12 words per element), from
+    # the same-set product sum v[n]*i[n] (word 5) and the quarter-cycle one (word 9):
+    # bit e set when P is above +lim[e] * n, bit e + 8 when below -lim[e] * n; bits 16 +
+    # e and 24 + e the same for Q.  Inside the band: neither bit (no sign to keep apart).
+    a = ptr32(acc)
+    L = ptr32(lim)
+    h = 1
+    h <<= 31  # sign-extend ptr32 loads on 64-bit builds (see track_mids)
+    m = 0
+    e = 0
+    while e < nel:
+        t = L[e] * n
+        x = (a[12 * e + 5] ^ h) - h
+        if x > t:
+            m |= 1 << e
+        elif x < 0 - t:
+            m |= 256 << e
+        x = (a[12 * e + 9] ^ h) - h
+        if x > t:
+            m |= 65536 << e
+        elif x < 0 - t:
+            m |= 16777216 << e
+        e += 1
+    return m
+
+
+@micropython.viper
+def move_add(src, dst, n: int):
+    # dst[k] += src[k]; src[k] = 0 for k < n (a closed cycle's sums join the batch).
+    s = ptr32(src)
+    t = ptr32(dst)
+    for k in range(n):
+        t[k] = t[k] + s[k]
+        s[k] = 0
 
 
 @micropython.viper

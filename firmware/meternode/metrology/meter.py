@@ -3,13 +3,19 @@
 # Each block is copied behind HIST sets of history (kernels.copy16) and cut at the
 # positive-going zero crossings of the first voltage channel (kernels.find_rise, with
 # hysteresis).  Between crossings the kernels add per-channel sums and per-pair products;
-# at each crossing one mains cycle closes (_close):
-#   - DC offset is removed from the sums exactly (EmonLibCM's end-of-period method), and
-#     each channel's mid follows its DC level so the integer sums stay small;
-#   - P and Q come from the two-sample interpolation (x/y) weights computed from this
-#     cycle's frequency, the channels' conversion skew and their calibrated phase;
-#   - Vrms, Irms, S = Vrms*Irms, PF = P/S with quadrant, frequency from the interpolated
-#     crossing instants;
+# at each crossing one mains cycle closes (_cross) and its integer sums join a batch of
+# whole cycles (metrology.batch_cycles, default 5, bounded by MAX_SETS sets); each batch is
+# converted at once (_convert), which divides the per-cycle float maths in MicroPython --
+# the meter's main cost -- by the batch length:
+#   - DC offset is removed from the sums exactly (EmonLibCM's end-of-period method, over
+#     the batch's whole cycles), and each channel's mid follows its DC level so the integer
+#     sums stay small;
+#   - P and Q come from four-tap interpolation weights (interp.py) computed from the
+#     smoothed frequency, the channels' conversion skew and their calibrated phase;
+#   - Vrms, Irms, S = Vrms*Irms, PF = P/S with quadrant (means over the batch), frequency
+#     from the interpolated crossing instants (the batch's mean);
+#   - power quality (opt-in) still sees every cycle: its per-cycle voltage RMS comes from
+#     the cycle's own sums before they join the batch;
 #   - energy goes to a pending store per element that is registered only when the
 #     element's mean |P| or |Q| over the registration window (creep_s) reaches the
 #     starting threshold: no registration with voltage and no current (creep), and
@@ -28,6 +34,18 @@ _TWO_PI = 2.0 * math.pi
 _H = kernels.HIST
 _F_TOL = 0.01  # Hz: interpolation weights are recomputed beyond this change
 _PH_TOL = 0.002  # degrees
+
+
+def rms(sc, o, s, q, inv):
+    # RMS of one channel from its sums s = sum x, q = sum x*x over 1 / inv sets: the mean
+    # removed exactly, times the scale sc, the offset o removed in quadrature.
+    m = s * inv
+    r = q * inv - m * m
+    r = sc * math.sqrt(r) if r > 0.0 else 0.0
+    if o:
+        r = r * r - o * o
+        r = math.sqrt(r) if r > 0.0 else 0.0
+    return r
 
 
 def _opt(d, key, default, lo, hi):
@@ -85,6 +103,12 @@ class Meter:
             ch = chans[b]
             i_start = ch.get("start_current", frac * ch.get("nominal", 5.0))
             thr.append(0.5 * i_start * chans[a].get("nominal", 230.0))
+        # sign band for batching (kernels.signs): 0.5 % of the element's nominal power, or
+        # its starting threshold if larger -- well above one cycle's noise in Q at PF 1
+        self._band = [
+            max(thr[e], 0.005 * chans[a].get("nominal", 230.0) * chans[b].get("nominal", 5.0))
+            for e, (a, b) in enumerate(self.pairs)
+        ]
         self.energy = Energy(
             self.registers,
             thr,
@@ -99,34 +123,22 @@ class Meter:
         self._work = array.array("H", bytes(2 * nch * (_H + self._cap)))
         for k in range(_H * nch):
             self._work[k] = self._mid0
-        # accumulator: 8 words per pair (kernels.pair_sums), then 2 per voltage channel
-        # that no pair covers; _sx[c] is where channel c's sum x (then sum x*x) is.
-        self._sx = [-1] * nch
-        for e, (a, b) in enumerate(self.pairs):
-            if self._sx[a] < 0:
-                self._sx[a] = 12 * e
-            self._sx[b] = 12 * e + 2
-        self._lone = []
-        k = 12 * self.elements
-        for c in range(nch):
-            if self._sx[c] < 0:
-                self._sx[c] = k
-                self._lone.append(c)
-                k += 2
-        self._n_at = k
-        lay = [len(self.pairs), len(self._lone)]
-        for a, b in self.pairs:
-            lay += [a, b]
-        for c in self._lone:
-            lay += [c, self._sx[c]]
-        self._lay = array.array("i", lay)
-        self._sxa = array.array("i", self._sx)
-        self._acc = array.array("i", bytes(4 * (self._n_at + 1)))
+        self._layout()
+        self._acc = array.array("i", bytes(4 * (self._n_at + 1)))  # the open cycle
+        self._bat = array.array("i", bytes(4 * (self._n_at + 1)))  # the batch of whole cycles
+        self._bn = 0  # sets in the batch
+        self._bc = 0  # cycles in the batch
+        self._b0 = 0.0  # crossing that opened the batch
+        self._b1 = 0.0  # crossing that closed its last cycle
+        # cycles converted together (see _cross); 1 = per cycle
+        self._batch = int(_opt(opts, "batch_cycles", 5, 1, 64))
+        # frequency smoothing: 1/8 per cycle, (7/8)**c for a batch of c cycles
+        self._keep = [0.875**c for c in range(self._batch + 1)]
         self._state = array.array("i", [0])
         self._mid = array.array("i", [self._mid0] * nch)
         self._d = self._delay(self.f_nom)
         self._means = [0.0] * nch
-        self._wt = [0.0] * (10 * self.elements)  # per element: 4 P taps, 4 Q taps, f, sum
+        self._wt = [0.0] * (11 * self.elements)  # per element: 4 P taps, 4 Q taps, f, Q sum, P sum
         self._m = interp.scratch()
         self._fs = 0.0  # smoothed frequency for the weights
         self._wph = [0.0] * self.elements
@@ -145,6 +157,8 @@ class Meter:
         self.q = [0.0] * e
         self.s = [0.0] * e
         self.window = Window(nch, self.elements)
+        self._lim = array.array("i", bytes(4 * self.elements))
+        self._bm = 0  # the batch's signs (kernels.signs)
         self._cal_cache()
         # power quality (quality.py), opt-in: metrology.quality = true
         self.quality = None
@@ -164,6 +178,30 @@ class Meter:
             self._capbuf = array.array("H", bytes(2 * nch * self._cap_sets))
             self._cap_n = 0
 
+    def _layout(self):
+        # accumulator: 12 words per pair (kernels.block_sums), then 2 per voltage channel
+        # that no pair covers; _sx[c] is where channel c's sum x (then sum x*x) is.
+        self._sx = [-1] * self.nch
+        for e, (a, b) in enumerate(self.pairs):
+            if self._sx[a] < 0:
+                self._sx[a] = 12 * e
+            self._sx[b] = 12 * e + 2
+        self._lone = []
+        k = 12 * self.elements
+        for c in range(self.nch):
+            if self._sx[c] < 0:
+                self._sx[c] = k
+                self._lone.append(c)
+                k += 2
+        self._n_at = k
+        lay = [len(self.pairs), len(self._lone)]
+        for a, b in self.pairs:
+            lay += [a, b]
+        for c in self._lone:
+            lay += [c, self._sx[c]]
+        self._lay = array.array("i", lay)
+        self._sxa = array.array("i", self._sx)
+
     # -- configuration at run time ----------------------------------------------------------
     def set_tariff(self, i):
         # The tariff-index hook (the policy engine drives it): energy from now on goes to
@@ -171,12 +209,16 @@ class Meter:
         r = self.registers
         if not isinstance(i, int) or not 0 <= i < r.tariffs:
             raise ValueError("tariff index %r is outside 0..%d" % (i, r.tariffs - 1))
+        if self._bc:
+            self._convert()
         self.energy.commit()  # what was counted so far belongs to the old tariff
         r.set_tariff(i)
 
     def set_calibration(self, name, values):
         if name not in self.names:
             raise ConfigError("calibration.%s names no channel" % name)
+        if self._bc:
+            self._convert()  # the cycles so far with the calibration they were taken with
         self.cal[self.names.index(name)].update(values, "calibration.%s" % name)
         self._cal_cache()
 
@@ -187,6 +229,13 @@ class Meter:
         self._off = [c.offset for c in cal]
         self._isv = [c.kind == "voltage" for c in cal]
         self._phc = [None if cal[b].table else cal[b].phase - cal[a].phase for a, b in self.pairs]
+        # the sign band per element in raw product units per set (kernels.signs)
+        lim = self._lim
+        for e in range(self.elements):
+            a, b = self.pairs[e]
+            g = abs(self._sc[a] * self._sc[b])
+            x = self._band[e] / g if g > 0.0 else 0.0
+            lim[e] = int(min(x, 4000000.0))
 
     def calibration(self):
         return {c.name: c.as_dict() for c in self.cal}
@@ -228,16 +277,16 @@ class Meter:
                 vp = work[(k - 1) * nch + a0]
                 vk = work[k * nch + a0]
                 frac = (self._mid[a0] - vp) / (vk - vp) if vk != vp else 0.0
-                self._close(self._base + k - 1 + frac)
+                self._cross(self._base + k - 1 + frac)
                 i = k
             else:
                 if acc[self._n_at] >= kernels.MAX_SETS:
-                    self._close(None)  # no crossing for MAX_SETS sets: no mains
+                    self._cross(None)  # no crossing for MAX_SETS sets: no mains
                 i = lim
 
     def _accumulate(self, i, end):
         if end > i:
-            kernels.block_sums(self._work, i, end, self.nch, self._d, self._lay, self._mid, self._acc)
+            kernels.block_sums(0, 0, 0, self._work, i, end, self.nch, self._d, self._lay, self._mid, self._acc)
             self._acc[self._n_at] += end - i
             if self._cap_on:
                 m = min(end - i, self._cap_sets - self._cap_n)
@@ -246,12 +295,21 @@ class Meter:
                 self._cap_n += m
 
     # -- per cycle --------------------------------------------------------------------------
-    def _close(self, cross):
+    def _cross(self, cross):
+        # A run ends: at a crossing (cross = its interpolated set index) or after MAX_SETS
+        # sets without one (cross = None).  A whole cycle's integer sums move into the
+        # batch (kernels.move_add); the batch is converted to quantities (_convert) when it
+        # holds batch_cycles cycles or the next cycle could take it past MAX_SETS sets (the
+        # int32 bound holds for the batch as for one run).  The channel mids and the
+        # quarter-cycle delay change only at a conversion, so every cycle of a batch is
+        # summed with the same ones and the batch's DC removal is as exact as a cycle's.
         acc = self._acc
         n = acc[self._n_at]
         prev = self._last_cross
         self._last_cross = cross
         if cross is None or prev is None or n == 0:
+            if self._bc:
+                self._convert()  # the batch holds whole cycles: measure them first
             if cross is None:
                 self.freq = 0.0
                 self.unmeasured += 1
@@ -259,64 +317,85 @@ class Meter:
                 if self.quality is not None:
                     self.quality.no_mains(self.sets / self.rate)
             self._cap_on = False
-            self._track_mid(n)
+            self._track_mid(acc, n)
             kernels.clear(acc, len(acc))
             return
-        f = self.rate / (cross - prev)
-        self.freq = f
+        self.freq = self.rate / (cross - prev)  # this cycle's
+        if self.quality is not None:
+            self.quality.meter_cycle(self, n, cross, prev)
+        # A batch does not mix signs: an element whose P or Q changes sign (beyond a band of
+        # 0.5 % of its nominal power) starts a new batch, so import / export and the
+        # quadrants are netted cycle by cycle as if the cycles were converted one by one;
+        # only cycles inside the band may be netted with the others of their batch.
+        sg = kernels.signs(acc, self._lim, self.elements, n)
+        bm = self._bm
+        if self._bc and (self._bn + n > kernels.MAX_SETS or (sg & (bm >> 8) | (sg >> 8) & bm) & 0xFF00FF):
+            self._convert()
+            bm = 0
+        self._bm = bm | sg
+        if self._bc == 0:
+            self._b0 = prev
+        kernels.move_add(acc, self._bat, len(acc))
+        self._bn += n
+        self._bc += 1
+        self._b1 = cross
+        self.cycles += 1
+        self.measured_sets += n
+        if self._bc >= self._batch or self._bn + n > kernels.MAX_SETS:
+            self._convert()
+
+    def _convert(self):
+        # The batch's sums -> Vrms, Irms, P, Q, S (means over its cycles), energy, window.
+        acc = self._bat
+        n = self._bn
+        nc = self._bc
+        f = self.rate * nc / (self._b1 - self._b0)  # the batch's mean
         # the weights follow a smoothed frequency (1/8 per cycle): crossing noise alone
         # (~0.01 Hz per cycle with an 8.7-bit ADC) then does not re-solve them every cycle
         fs = self._fs
-        fs = f if fs == 0.0 or abs(f - fs) > 1.0 else fs + (f - fs) * 0.125
+        fs = f if fs == 0.0 or abs(f - fs) > 1.0 else f + (fs - f) * self._keep[nc]
         self._fs = fs
         sx = self._sx
         means = self._means
         sc = self._sc
         off = self._off
         vrms = self.vrms
+        isv = self._isv
         inv = 1.0 / n
         for c in range(self.nch):
             k = sx[c]
-            m = acc[k] * inv
-            means[c] = m
-            if self._isv[c]:
-                ms = acc[k + 1] * inv - m * m
-                r = sc[c] * math.sqrt(ms) if ms > 0.0 else 0.0
-                o = off[c]
-                if o:
-                    r = r * r - o * o
-                    r = math.sqrt(r) if r > 0.0 else 0.0
-                vrms[c] = r
+            means[c] = acc[k] * inv
+            if isv[c]:
+                vrms[c] = rms(sc[c], off[c], acc[k], acc[k + 1], inv)
         wt = self._wt
         wph = self._wph
+        wd = self._wd
+        phc = self._phc
         d = self._d
+        pp = self.p
+        qq = self.q
         e = 0
         k = 0
         for a, b in self.pairs:
-            ms = acc[sx[b] + 1] * inv - means[b] * means[b]
-            irms = sc[b] * math.sqrt(ms) if ms > 0.0 else 0.0
-            o = off[b]
-            if o:
-                irms = irms * irms - o * o
-                irms = math.sqrt(irms) if irms > 0.0 else 0.0
-            ph = self._phc[e]
+            irms = rms(sc[b], off[b], acc[k + 2], acc[k + 3], inv)
+            ph = phc[e]
             if ph is None:  # phase versus current table
                 ph = self.cal[b].phase_at(irms) - self.cal[a].phase
-            j = 10 * e
+            j = 11 * e
             df = fs - wt[j + 8]
             dp = ph - wph[e]
-            if df > _F_TOL or df < -_F_TOL or dp > _PH_TOL or dp < -_PH_TOL or d != self._wd[e]:
+            if df > _F_TOL or df < -_F_TOL or dp > _PH_TOL or dp < -_PH_TOL or d != wd[e]:
                 self._weights(e, fs, ph, a, b)
             mvi = means[a] * means[b] * n
             g = sc[a] * sc[b] * inv
-            self.p[e] = g * (
+            pp[e] = g * (
                 wt[j] * acc[k + 4]
                 + wt[j + 1] * acc[k + 5]
                 + wt[j + 2] * acc[k + 6]
                 + wt[j + 3] * acc[k + 7]
-                - (wt[j] + wt[j + 1] + wt[j + 2] + wt[j + 3]) * mvi
+                - wt[j + 10] * mvi
             )
-            self.q[e] = g * (
+            qq[e] = g * (
                 wt[j + 4] * acc[k + 8]
                 + wt[j + 5] * acc[k + 9]
                 + wt[j + 6] * acc[k + 10]
@@ -327,54 +406,44 @@ class Meter:
             self.s[e] = vrms[a] * irms
             e += 1
             k += 12
-        self._track_mid(n)
+        self._track_mid(acc, n)
         self._d = self._delay(fs)
         kernels.clear(acc, len(acc))
-        self.cycles += 1
-        self.measured_sets += n
-        self.energy.cycle(self.p, self.q, self.s, n, self.sets)
-        if self.quality is not None:
-            self._pq(n, cross)
-        self.window.cycle(self)
-
-    def _pq(self, n, cross):
-        # Harmonics: from a crossing on, capture round(rate / f) sets -- one period as near
-        # as whole sets allow, so noise on the crossing does not change the window -- and
-        # analyse them once complete (possibly at the next crossing).
-        q = self.quality
-        if self._cap_on and self._cap_n >= self._cap_want:
-            for c in range(self.nch):
-                q.analyse(self.names[c], self._capbuf, c, self._cap_want, self.nch, self._mid[c])
-            self._cap_on = False
-        vq = self._vq
-        for k in range(len(vq)):
-            vq[k] = self.vrms[self._vidx[k]]
-        if q.cycle(vq, n, cross / self.rate):
-            self._cap_on = True
-            self._cap_n = 0
-            self._cap_want = min(self._cap_sets, int(self.rate / self.freq + 0.5))
+        self._bn = 0
+        self._bc = 0
+        self._bm = 0
+        self.energy.cycle(pp, qq, self.s, n, self.sets)
+        self.window.cycle(self, nc, f)
 
     def _weights(self, e, f, ph, a, b):
         # Interpolation weights for element e (interp.py), cached: recomputed when f moves
         # by _F_TOL, the net phase by _PH_TOL or the quarter-cycle delay d changes.
         w = _TWO_PI * f
         dt = self._t_slot[b] - self._t_slot[a] + math.radians(ph) / w
-        interp.weights(self._wt, 10 * e, f, self.rate, dt, self._d, self._m)
+        wt = self._wt
+        j = 11 * e
+        interp.weights(wt, j, f, self.rate, dt, self._d, self._m)
+        wt[j + 10] = wt[j] + wt[j + 1] + wt[j + 2] + wt[j + 3]
         self._wph[e] = ph
         self._wd[e] = self._d
 
-    def _track_mid(self, n):
+    def _track_mid(self, acc, n):
         if n:
             sw = kernels.MID_SWING
-            kernels.track_mids(self._acc, self._sxa, self._mid, self.nch, n, self._mid0 - sw, self._mid0 + sw)
+            kernels.track_mids(acc, self._sxa, self._mid, self.nch, n, self._mid0 - sw, self._mid0 + sw)
 
     def flush(self):
-        # End the creep window now (before a checkpoint, a test reading or shutdown).
+        # End the creep window now (before a checkpoint, a test reading or shutdown); the
+        # cycles of an open batch are measured first.
+        if self._bc:
+            self._convert()
         self.energy.flush()
 
     # -- reporting --------------------------------------------------------------------------
 
     def snapshot(self):
         # Averages over the cycles since the last snapshot (see report.py); None before the
-        # first measured cycle.
+        # first measured cycle.  An open batch is measured first.
+        if self._bc:
+            self._convert()
         return self.window.snapshot(self)

@@ -16,6 +16,7 @@
 import math
 
 from meternode.metrology import harmonics
+from meternode.metrology.meter import rms
 
 _KINDS = ("sag", "swell", "interruption")
 
@@ -68,6 +69,29 @@ class Quality:
     def no_mains(self, t):
         for c in range(len(self.names)):
             self._events(c, 0.0, t)
+
+    def meter_cycle(self, m, n, cross, prev):
+        # Meter m closed a cycle of n sets at set index cross (previous crossing prev): its
+        # per-cycle voltage RMS from the cycle's own sums (before they join the meter's
+        # batch), the events and windows, and harmonics: from a crossing on, capture
+        # round(cross - prev) sets -- one period as near as whole sets allow, so noise on
+        # the crossing does not change the window -- and analyse them once complete
+        # (possibly at the next crossing).
+        if m._cap_on and m._cap_n >= m._cap_want:
+            for c in range(m.nch):
+                self.analyse(m.names[c], m._capbuf, c, m._cap_want, m.nch, m._mid[c])
+            m._cap_on = False
+        vq = m._vq
+        acc = m._acc
+        sx = m._sx
+        inv = 1.0 / n
+        for k in range(len(vq)):
+            c = m._vidx[k]
+            vq[k] = rms(m._sc[c], m._off[c], acc[sx[c]], acc[sx[c] + 1], inv)
+        if self.cycle(vq, n, cross / m.rate):
+            m._cap_on = True
+            m._cap_n = 0
+            m._cap_want = min(m._cap_sets, int(cross - prev + 0.5))
 
     def _events(self, c, v, t):
         u = self.udin[c]

@@ -22,22 +22,27 @@ class Window:
         self.w_pmin = [0.0] * e
         self.w_pmax = [0.0] * e
 
-    def cycle(self, m):
-        # One measured cycle of meter m.
+    def cycle(self, m, nc, f):
+        # One converted batch of nc measured cycles of meter m (its means, f its mean
+        # frequency), weighted by nc;
+        # p_min / p_max are over batches (one cycle each with metrology.batch_cycles = 1).
         w = self.w_n
+        v2 = self.w_v2
         for c in range(self.nch):
-            self.w_v2[c] += m.vrms[c] * m.vrms[c]
+            x = m.vrms[c]
+            v2[c] += x * x * nc
         for e in range(self.elements):
             p = m.p[e]
-            self.w_i2[e] += m.irms[e] * m.irms[e]
-            self.w_p[e] += p
-            self.w_q[e] += m.q[e]
+            x = m.irms[e]
+            self.w_i2[e] += x * x * nc
+            self.w_p[e] += p * nc
+            self.w_q[e] += m.q[e] * nc
             if w == 0 or p < self.w_pmin[e]:
                 self.w_pmin[e] = p
             if w == 0 or p > self.w_pmax[e]:
                 self.w_pmax[e] = p
-        self.w_f += m.freq
-        self.w_n = w + 1
+        self.w_f += f * nc
+        self.w_n = w + nc
 
     def snapshot(self, m):
         # Averages over the cycles since the last snapshot (RMS values as RMS of RMS).
