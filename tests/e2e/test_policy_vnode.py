@@ -111,3 +111,43 @@ def test_tariffs_and_frequency_dip_on_a_virtual_node_then_signed_bundles(mosquit
             assert "Traceback" not in vn.log()
     finally:
         lis.close()
+
+
+def test_relay_command_and_policy_topics_survive_a_broker_restart(mosquitto, tmp_path: Path) -> None:
+    # The policy service's topics ride on MqttLink.extra_topics: after Mosquitto restarts
+    # (no persistence: every subscription is gone) the node subscribes them again by itself.
+    # On the way, an operator's relay command opens the sim relay and the power drops to ~0.
+    from meternode.link.commands import make_command
+
+    cfg = _config("vn2", mosquitto, policy=_policy(), cmd_key=CMD_KEY.hex())
+    cfg["mqtt"].update({"backoff_min_ms": 100, "backoff_max_ms": 500})
+    cfg["sim"]["events"] = []
+    lis = Listener(mosquitto.host, mosquitto.port, "vn2")
+    try:
+        with VNode(tmp_path / "vn2", cfg) as vn:
+            tm, _ = lis.wait(lambda leaf, m: leaf == "telemetry" and m["p"] > 2000, 30, "telemetry under load", vn)
+            assert tm["relay"] is True
+            exp = START + 3600
+            lis.publish("cmd", make_command(CMD_KEY, "vn2", "relay", {"on": False}, 1, exp, "off1"))
+            r, _ = lis.wait(lambda leaf, m: leaf == "cmd/result", 20, "relay command result", vn)
+            assert (r["ok"], r["result"]) == (True, {"on": False}), r
+            # the cycle in flight when the relay opened may be in the first report: skip it
+            lis.wait(lambda leaf, m: leaf == "telemetry" and m["relay"] is False, 10, "relay open", vn)
+            tm, _ = lis.wait(lambda leaf, m: leaf == "telemetry", 10, "telemetry with the relay open", vn)
+            assert tm["relay"] is False and abs(tm["p"]) < 3.0 and tm["elements"][0]["i"] < 0.2, tm
+            st, _ = lis.wait(lambda leaf, m: leaf == "policy/state", 20, "policy state", vn)
+            assert (st["relay"], st["relay_hold"]) == (False, "latched"), st
+            lis.close()
+            mosquitto.stop()
+            mosquitto.start()
+            lis = Listener(mosquitto.host, mosquitto.port, "vn2")
+            lis.wait(lambda leaf, m: leaf == "state" and m == b"online", 30, "node back online", vn)
+            env = policy_bundle(KEY, "acme", 1, _policy("after-restart"), make_target(groups=["north"]))
+            lis.publish("policy/bundle", env)
+            r, _ = lis.wait(lambda leaf, m: leaf == "policy/result", 20, "bundle result after the restart", vn)
+            assert (r["ok"], r["status"], r["version"]) == (True, "applied", 1), r
+            st, _ = lis.wait(lambda leaf, m: leaf == "policy/state" and m["policy"] == "after-restart", 20, "new", vn)
+            assert st["relay"] is False, "a new policy does not undo the operator's off"
+            assert "Traceback" not in vn.log()
+    finally:
+        lis.close()
