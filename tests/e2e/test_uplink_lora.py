@@ -64,3 +64,63 @@ def test_node_sends_records_then_telemetry_over_lorawan(tmp_path):
         assert live and not any(c for _, f, c in frames if f["kind"] == "telemetry"), "telemetry unconfirmed"
         assert 2250 < live[0]["v_dv"] < 2350
         assert modem.joins == 2 and "AT+BAND=1" in modem.commands
+
+
+def test_policy_frames_arrive_as_lorawan_downlinks_on_their_fport(tmp_path):
+    # A price frame (HMAC + counter) queued at the network server reaches the node after its
+    # next uplink, on the policy port (config lora.policy_fport, default 10): the policy
+    # service applies it.  A replay of it is refused; a downlink on another port is ignored.
+    from meternode.policy import small
+    from umeter.policy import compile_source
+
+    key = bytes(range(32))
+    root = tmp_path / "node"
+    root.mkdir()
+    shutil.copy(unixport.boards_dir() / "sim.json", root / "board.json")
+    shutil.copy(unixport.firmware_root() / "main.py", root / "main.py")
+    day = [["00:00", "flat"]]
+    pol = compile_source({"name": "lora-dr", "tariffs": ["flat"], "seasons": [{"start": "01-01", "weekday": day}]})
+    with SimModem() as modem:
+        frame = small.encode_price(key, "lora2", 7, 0.42, 10)
+        modem.queue_downlink(10, frame)
+        modem.queue_downlink(10, frame)
+        modem.queue_downlink(3, b"\x01\x02")
+        cfg = {
+            "node_id": "lora2",
+            "telemetry_s": 0.5,
+            "cmd_key": key.hex(),
+            "policy": pol,
+            "lora": {
+                "port": modem.port,
+                "deveui": "70B3D57ED0000002",
+                "appeui": "0000000000000000",
+                "appkey": "00112233445566778899AABBCCDDEEFF",
+                "region": "CN470",
+                "dr": 5,
+                "daily_budget_ms": 600000,
+            },
+            "sim": {"realtime": True, "currents": [{"rms": 5.0}]},
+        }
+        (root / "config.json").write_text(json.dumps(cfg))
+        env = dict(os.environ, MICROPYPATH=unixport.micropypath())
+        with open(root / "console.log", "w") as log:
+            p = subprocess.Popen(
+                unixport.command(root / "main.py", heap="512k"), cwd=root, env=env, stdout=log, stderr=log
+            )
+            try:
+                deadline = time.monotonic() + 40
+                while time.monotonic() < deadline:
+                    assert p.poll() is None, (root / "console.log").read_text()
+                    text = (root / "console.log").read_text()
+                    if "downlink on port 3 ignored" in text and "policy event price" in text:
+                        break
+                    time.sleep(0.2)
+            finally:
+                p.kill()
+                p.wait()
+        text = (root / "console.log").read_text()
+        assert "lora policy frame: ok" in text, text
+        assert "lora policy frame: replayed" in text, text
+        assert "lora downlink on port 3 ignored (2 bytes)" in text, text
+        assert "policy event price" in text, text
+        assert "Traceback" not in text, text
