@@ -2,10 +2,16 @@
 
 Prints ns per sample pair (one voltage and one current sample: sum x, sum x^2 of both,
 the four products for phase interpolation and the four for quarter-cycle reactive power)
-for the viper kernels, the same algorithm in bytecode and in @micropython.native, and in C
-built with -O2 where a C compiler is present; the real-time factor of the whole meter
-(seconds of 4-channel 4 kS/s signal per CPU second: kernels, zero crossings, per-cycle
-maths, registers); and the heap in use with metrology running.  The last line is JSON.
+for the meter's viper kernel (kernels.block_sums with one pair), the plain one-set-per-
+iteration viper loop (kernels.pair_sums), the same algorithm in bytecode and in
+@micropython.native, and in C built with -O2 where a C compiler is present -- the same
+generic loop as the viper kernel (layout, mids and delay are run-time arguments the
+compiler cannot fold) and, for reference, one specialised to this benchmark's constants.
+All of them are checked to give the same 12 sums before they are timed.  Then the
+real-time factor of the whole meter (seconds of 4-channel 4 kS/s signal per CPU second:
+kernels, zero crossings, per-cycle maths, registers) with the default batch of cycles and
+with metrology.batch_cycles = 1 (every cycle converted on its own), and the heap in use
+with metrology running.  The last line is JSON.
 
     python benchmarks/metrology.py
 """
@@ -42,9 +48,15 @@ for k in range(H + SETS):
     buf[2 * k] = 2048 + int(1500 * math.sin(2 * math.pi * k / 80))
     buf[2 * k + 1] = 2048 + int(900 * math.sin(2 * math.pi * k / 80 - 0.5))
 acc = array.array("i", bytes(48))
+acc2 = array.array("i", bytes(48))
+lay = array.array("i", [1, 0, 0, 1])
+mids = array.array("i", [2048, 2048])
 
 def viper_once():
-    kernels.pair_sums(buf, H, H + SETS, 2, 0, 1, 2048, 2048, 20, acc, 0)
+    kernels.block_sums(0, 0, 0, buf, H, H + SETS, 2, 20, lay, mids, acc)
+
+def viper_plain():
+    kernels.pair_sums(buf, H, H + SETS, 2, 0, 1, 2048, 2048, 20, acc2, 0)
 
 def plain(buf, start, end, mv, mi, d, out):
     sv = 0; qv = 0; si = 0; qi = 0
@@ -95,15 +107,18 @@ def timed(fn, reps):
         best = ns if best is None or ns < best else best
     return best
 
-# check the three agree before timing them
+# check the four agree before timing them (and hand the sums to the C check)
 kernels.clear(acc, 12); viper_once()
 a = list(acc)
+kernels.clear(acc2, 12); viper_plain()
+a2 = list(acc2)
 b = [0] * 12; plain(buf, H, H + SETS, 2048, 2048, 20, b)
 c = [0] * 12; native(buf, H, H + SETS, 2048, 2048, 20, c)
-assert a == b == c, (a, b, c)
+assert a == a2 == b == c, (a, a2, b, c)
 
-res = {}
+res = {"sums": a}
 res["viper_ns_per_pair"] = timed(viper_once, REPS)
+res["viper_plain_ns_per_pair"] = timed(viper_plain, REPS)
 res["bytecode_ns_per_pair"] = timed(lambda: plain(buf, H, H + SETS, 2048, 2048, 20, b), REPS // 20)
 res["native_ns_per_pair"] = timed(lambda: native(buf, H, H + SETS, 2048, 2048, 20, c), REPS // 10)
 
@@ -121,22 +136,31 @@ for _ in range(nb):
     bb = array.array("H", bytes(2 * 4 * 160))
     hal.sampler.fill(bb)
     blocks.append(bb)
+
+def realtime(m):
+    for bb in blocks:
+        m.feed(bb, 160)
+    best = 0.0
+    for _ in range(3):
+        gc.collect()
+        seconds = 0.0
+        t0 = time.ticks_us()
+        for r in range(20):
+            for bb in blocks:
+                m.feed(bb, 160)
+            seconds += nb * 160 / 4000
+        cpu = time.ticks_diff(time.ticks_us(), t0) / 1e6
+        best = max(best, seconds / cpu)
+    return best
+
+m = Meter(board, None, {"batch_cycles": 1})
+res["realtime_factor_per_cycle"] = realtime(m)
+m = None
+gc.collect()
 m = Meter(board, None)
-for bb in blocks:
-    m.feed(bb, 160)
-best = 0.0
-for _ in range(3):
-    gc.collect()
-    seconds = 0.0
-    t0 = time.ticks_us()
-    for r in range(20):
-        for bb in blocks:
-            m.feed(bb, 160)
-        seconds += nb * 160 / 4000
-    cpu = time.ticks_diff(time.ticks_us(), t0) / 1e6
-    best = max(best, seconds / cpu)
-res["realtime_factor"] = best
+res["realtime_factor"] = realtime(m)
 res["meter_cycles"] = m.cycles
+res["batch_cycles"] = m._batch
 del blocks
 gc.collect()
 res["heap_bytes"] = gc.mem_alloc()
@@ -152,8 +176,31 @@ _C = r"""
 #define H 64
 #define SETS %(sets)d
 static uint16_t buf[2 * (H + SETS)];
-static volatile int32_t sink[12];
-__attribute__((noinline)) static void kernel(const uint16_t *p, int start, int end, int mv, int mi, int d, int32_t *o) {
+/* run-time arguments, read through volatile so that -O2 cannot fold them into the loop */
+static volatile int v_nch = 2, v_a = 0, v_b = 1, v_mv = 2048, v_mi = 2048, v_d = 20;
+
+/* the viper kernel's loop as C: interleaved sets of nch channels, voltage a, current b */
+__attribute__((noinline)) static void generic(const uint16_t *p, int start, int end, int nch, int a, int b,
+                                              int mv, int mi, int d, int32_t *o) {
+    int32_t sv = 0, qv = 0, si = 0, qi = 0, p0 = 0, p1 = 0, p2 = 0, p3 = 0, q0 = 0, q1 = 0, q2 = 0, q3 = 0;
+    int j = start * nch + a, ob = b - a, od = -d * nch, stop = end * nch + a;
+    int32_t v1 = p[j - nch] - mv, v2 = p[j - 2 * nch] - mv, v3 = p[j - 3 * nch] - mv;
+    int32_t d1 = p[j + od - nch] - mv, d2 = p[j + od - 2 * nch] - mv, d3 = p[j + od - 3 * nch] - mv;
+    int32_t i1 = p[j + ob - nch] - mi, i2 = p[j + ob - 2 * nch] - mi;
+    for (; j < stop; j += nch) {
+        int32_t v = p[j] - mv, i = p[j + ob] - mi, vd = p[j + od] - mv;
+        sv += v; qv += v * v; si += i; qi += i * i;
+        p0 += v3 * i2; p1 += v2 * i2; p2 += v1 * i2; p3 += v * i2;
+        q0 += d3 * i2; q1 += d2 * i2; q2 += d1 * i2; q3 += vd * i2;
+        v3 = v2; v2 = v1; v1 = v; d3 = d2; d2 = d1; d1 = vd; i2 = i1; i1 = i;
+    }
+    o[0] += sv; o[1] += qv; o[2] += si; o[3] += qi; o[4] += p0; o[5] += p1; o[6] += p2; o[7] += p3;
+    o[8] += q0; o[9] += q1; o[10] += q2; o[11] += q3;
+}
+
+/* the same with this benchmark's layout as compile-time constants (2 channels, d = 20) */
+__attribute__((noinline)) static void fixed(const uint16_t *p, int start, int end, int32_t *o) {
+    const int mv = 2048, mi = 2048, d = 20;
     int32_t sv = 0, qv = 0, si = 0, qi = 0, p0 = 0, p1 = 0, p2 = 0, p3 = 0, q0 = 0, q1 = 0, q2 = 0, q3 = 0;
     int32_t v1 = p[2 * (start - 1)] - mv, v2 = p[2 * (start - 2)] - mv, v3 = p[2 * (start - 3)] - mv;
     int32_t d1 = p[2 * (start - d - 1)] - mv, d2 = p[2 * (start - d - 2)] - mv, d3 = p[2 * (start - d - 3)] - mv;
@@ -168,11 +215,8 @@ __attribute__((noinline)) static void kernel(const uint16_t *p, int start, int e
     o[0] += sv; o[1] += qv; o[2] += si; o[3] += qi; o[4] += p0; o[5] += p1; o[6] += p2; o[7] += p3;
     o[8] += q0; o[9] += q1; o[10] += q2; o[11] += q3;
 }
-int main(void) {
-    for (int k = 0; k < H + SETS; k++) {
-        buf[2 * k] = 2048 + (int)(1500 * sin(2 * M_PI * k / 80));
-        buf[2 * k + 1] = 2048 + (int)(900 * sin(2 * M_PI * k / 80 - 0.5));
-    }
+
+static double best_ns(int which) {
     int32_t o[12] = {0};
     long reps = 100000;
     double ns = 1e9;
@@ -180,21 +224,40 @@ int main(void) {
         struct timespec a, b;
         clock_gettime(CLOCK_MONOTONIC, &a);
         for (long r = 0; r < reps; r++) {
-            kernel(buf, H, H + SETS, 2048, 2048, 20, o);
+            if (which)
+                fixed(buf, H, H + SETS, o);
+            else
+                generic(buf, H, H + SETS, v_nch, v_a, v_b, v_mv, v_mi, v_d, o);
             __asm__ volatile("" ::: "memory");
         }
         clock_gettime(CLOCK_MONOTONIC, &b);
         double x = ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / (double)(reps * SETS);
         if (x < ns) ns = x;
     }
-    for (int k = 0; k < 12; k++) sink[k] = o[k];
-    printf("%%.4f\n", ns);
+    printf("%%d", (int)o[0]);  /* keeps the sums alive */
+    return ns;
+}
+
+int main(void) {
+    for (int k = 0; k < H + SETS; k++) {
+        buf[2 * k] = 2048 + (int)(1500 * sin(2 * M_PI * k / 80));
+        buf[2 * k + 1] = 2048 + (int)(900 * sin(2 * M_PI * k / 80 - 0.5));
+    }
+    int32_t g[12] = {0}, f[12] = {0};  /* one pass each: the sums to compare with MicroPython's */
+    generic(buf, H, H + SETS, v_nch, v_a, v_b, v_mv, v_mi, v_d, g);
+    fixed(buf, H, H + SETS, f);
+    double ng = best_ns(0), nf = best_ns(1);
+    printf("\n%%.4f %%.4f", ng, nf);
+    for (int k = 0; k < 12; k++) printf(" %%d", (int)g[k]);
+    for (int k = 0; k < 12; k++) printf(" %%d", (int)f[k]);
+    printf("\n");
     return 0;
 }
 """
 
 
-def c_ns_per_pair(tmp: Path) -> float | None:
+def c_kernels(tmp: Path) -> tuple[float, float, list[int], list[int]] | None:
+    """(generic ns, specialised ns, generic sums, specialised sums) per pair, or None."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         return None
@@ -202,7 +265,8 @@ def c_ns_per_pair(tmp: Path) -> float | None:
     src.write_text(_C % {"sets": SETS})
     exe = tmp / "k"
     subprocess.run([cc, "-O2", "-o", str(exe), str(src), "-lm"], check=True)
-    return float(subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout)
+    out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split("\n")[1].split()
+    return float(out[0]), float(out[1]), [int(x) for x in out[2:14]], [int(x) for x in out[14:26]]
 
 
 def main() -> int:
@@ -216,21 +280,39 @@ def main() -> int:
             print(out.stdout + out.stderr, file=sys.stderr)
             return 1
         res = json.loads(out.stdout.strip().splitlines()[-1])
-        c = c_ns_per_pair(tmp)
+        ck = c_kernels(tmp)
+    sums = res.pop("sums")
+    c = None
+    if ck:
+        c, cf, gs, fs = ck
+        if gs != sums or fs != sums:
+            print(f"C sums differ from the MicroPython ones: {gs} {fs} {sums}", file=sys.stderr)
+            return 1
+        res["c_fixed_ns_per_pair"] = cf
+        res["viper_vs_c_fixed"] = res["viper_ns_per_pair"] / cf
     res["c_ns_per_pair"] = c
     res["speedup_vs_bytecode"] = res["bytecode_ns_per_pair"] / res["viper_ns_per_pair"]
     res["speedup_vs_native"] = res["native_ns_per_pair"] / res["viper_ns_per_pair"]
+    res["speedup_vs_plain_viper"] = res["viper_plain_ns_per_pair"] / res["viper_ns_per_pair"]
     res["viper_vs_c"] = res["viper_ns_per_pair"] / c if c else None
-    print(f"viper kernels      {res['viper_ns_per_pair']:8.2f} ns per sample pair")
-    print(f"native             {res['native_ns_per_pair']:8.2f} ns   (viper {res['speedup_vs_native']:.1f}x faster)")
+    r = res
+    print(f"viper block_sums   {r['viper_ns_per_pair']:8.2f} ns per sample pair (the meter's kernel)")
+    x = r["speedup_vs_plain_viper"]
+    print(f"viper plain loop   {r['viper_plain_ns_per_pair']:8.2f} ns   (block_sums {x:.1f}x faster)")
+    print(f"native             {r['native_ns_per_pair']:8.2f} ns   (block_sums {r['speedup_vs_native']:.1f}x faster)")
     print(
-        f"bytecode           {res['bytecode_ns_per_pair']:8.2f} ns   (viper {res['speedup_vs_bytecode']:.1f}x faster)"
+        f"bytecode           {r['bytecode_ns_per_pair']:8.2f} ns   (block_sums {r['speedup_vs_bytecode']:.1f}x faster)"
     )
     if c:
-        print(f"C -O2              {c:8.2f} ns   (viper at {res['viper_vs_c']:.1f}x of C)")
+        x = r["viper_vs_c"]
+        print(f"C -O2, same loop   {c:8.2f} ns   (block_sums at {x:.1f}x of C; run-time layout, as viper)")
+        x = r["viper_vs_c_fixed"]
+        print(f"C -O2, constants   {cf:8.2f} ns   (block_sums at {x:.1f}x; layout folded at compile time)")
     else:
         print("C -O2              no C compiler on this machine")
-    print(f"whole meter        {res['realtime_factor']:8.0f}x real time (4 channels at 4 kS/s)")
+    x = r["batch_cycles"]
+    print(f"whole meter        {r['realtime_factor']:8.0f}x real time (4 channels at 4 kS/s, batches of {x} cycles)")
+    print(f"  per cycle        {r['realtime_factor_per_cycle']:8.0f}x real time (metrology.batch_cycles = 1)")
     print(f"heap in use        {res['heap_bytes']:8d} bytes of {res['heap_total']} with metrology running")
     print(json.dumps(res))
     return 0
