@@ -191,3 +191,69 @@ def test_track_mids_rounds_negative_and_positive_means_and_clamps():
     # means over n=100: -2.5 -> -2 (round half up), 1.49 -> 1, 1000 -> clamped at +256
     assert_no_alloc(kernels.track_mids, acc, sx, mids, 3, 100, 2048 - 256, 2048 + 256)
     eq(list(mids), [2046, 2049, 2304], "tracked mids")
+
+
+def _block_sums(buf, start, end, nch, d, pairs, lone, mids):
+    # block_sums through its layout array, for one call; returns the sums as a list
+    lay = [len(pairs), len(lone)]
+    for a, b in pairs:
+        lay += [a, b]
+    k = 12 * len(pairs)
+    for c in lone:
+        lay += [c, k]
+        k += 2
+    out = array.array("i", bytes(4 * k))
+    kernels.block_sums(0, 0, 0, buf, start, end, nch, d, array.array("i", lay), array.array("i", mids), out)
+    return list(out)
+
+
+@needs("viper")
+def test_block_sums_unrolled_loop_and_its_remainder_match_the_reference_for_every_length():
+    # The kernel runs four sets per iteration and the rest one by one: every length 0..13
+    # from several starts and delays, on a 3-channel layout with the current before the
+    # voltage in the set, must give the reference sums.
+    nch = 3
+    buf = _block(H + 40, nch, _wave)
+    mids = [2046, 2049, 2051]
+    for d in (1, 17, H - 4):
+        for start in (H, H + 1, H + 3):
+            for n in range(14):
+                got = _block_sums(buf, start, start + n, nch, d, [(2, 0)], [1], mids)
+                ref = _ref_pair(buf, start, start + n, nch, 2, 0, 2051, 2046, d)
+                ref += _ref_chan(buf, start, start + n, nch, 1, 2049)
+                eq(got, ref, "d=%d start=%d sets=%d" % (d, start, n))
+
+
+@needs("viper")
+def test_block_sums_full_scale_rails_at_max_sets_stay_inside_int32_and_twice_would_wrap():
+    # The meter's kernel under the same worst case as pair_sums: rails, mid at its largest
+    # swing, MAX_SETS sets in one call -- and 2 * MAX_SETS shows the wrap.
+    nch = 3
+    mid = 2048 + kernels.MID_SWING
+    for n, wraps in ((kernels.MAX_SETS, False), (2 * kernels.MAX_SETS, True)):
+        buf = _block(H + n, nch, lambda k, c: 0)
+        got = _block_sums(buf, H, H + n, nch, 20, [(0, 1)], [2], [mid] * 3)
+        ref = _ref_pair(buf, H, H + n, nch, 0, 1, mid, mid, 20) + _ref_chan(buf, H, H + n, nch, 2, mid)
+        eq(got, [_i32(x) for x in ref], "full-scale sums over %d sets" % n)
+        eq(got != ref, wraps, "wrap visible over %d sets" % n)
+
+
+@needs("viper")
+def test_move_add_moves_a_cycle_into_the_batch_and_signs_reads_p_and_q_outside_the_band():
+    src = array.array("i", [3, -4, 2000000000, 0])
+    dst = array.array("i", [1, 1, 100, 7])
+    assert_no_alloc(kernels.move_add, src, dst, 3)
+    eq(list(dst), [4, -3, 2000000100, 7], "sums added")
+    eq(list(src), [0, 0, 0, 0], "cycle cleared")
+    # two elements, 12 words each: P proxy in word 5, Q proxy in word 9; band 10 per set
+    acc = array.array("i", bytes(4 * 25))
+    lim = array.array("i", [10, 10])
+    acc[5] = 101  # element 0: P above +10 * 10
+    acc[9] = -101  # Q below -100
+    acc[12 + 5] = -100  # element 1: P inside the band
+    acc[12 + 9] = 5000  # Q positive
+    m = assert_no_alloc(kernels.signs, acc, lim, 2, 10)
+    eq(m, 1 | (1 << 24) | (65536 << 1), "sign bits %x" % m)
+    acc[12 + 5] = -101
+    eq(kernels.signs(acc, lim, 2, 10), m | (256 << 1), "element 1 P negative")
+    eq(kernels.signs(acc, lim, 2, 20), (65536 << 1), "a wider band (more sets) hides the rest")
