@@ -209,16 +209,14 @@ class Meter:
         r = self.registers
         if not isinstance(i, int) or not 0 <= i < r.tariffs:
             raise ValueError("tariff index %r is outside 0..%d" % (i, r.tariffs - 1))
-        if self._bc:
-            self._convert()
+        self._convert_open()
         self.energy.commit()  # what was counted so far belongs to the old tariff
         r.set_tariff(i)
 
     def set_calibration(self, name, values):
         if name not in self.names:
             raise ConfigError("calibration.%s names no channel" % name)
-        if self._bc:
-            self._convert()  # the cycles so far with the calibration they were taken with
+        self._convert_open()  # the cycles so far with the calibration they were taken with
         self.cal[self.names.index(name)].update(values, "calibration.%s" % name)
         self._cal_cache()
 
@@ -310,6 +308,7 @@ class Meter:
         if cross is None or prev is None or n == 0:
             if self._bc:
                 self._convert()  # the batch holds whole cycles: measure them first
+                n = 0  # its sums moved the mids already; this run's would move them again
             if cross is None:
                 self.freq = 0.0
                 self.unmeasured += 1
@@ -344,8 +343,15 @@ class Meter:
         if self._bc >= self._batch or self._bn + n > kernels.MAX_SETS:
             self._convert()
 
-    def _convert(self):
+    def _convert_open(self):
+        # Convert an open batch now (its cycles are whole), between crossings or at one.
+        if self._bc:
+            self._convert(not self._acc[self._n_at])
+
+    def _convert(self, at_cross=True):
         # The batch's sums -> Vrms, Irms, P, Q, S (means over its cycles), energy, window.
+        # Between crossings (flush, snapshot, tariff or calibration change) the mids and
+        # the delay stay: the open cycle keeps being summed with the ones it started with.
         acc = self._bat
         n = self._bn
         nc = self._bc
@@ -406,8 +412,9 @@ class Meter:
             self.s[e] = vrms[a] * irms
             e += 1
             k += 12
-        self._track_mid(acc, n)
-        self._d = self._delay(fs)
+        if at_cross:
+            self._track_mid(acc, n)
+            self._d = self._delay(fs)
         kernels.clear(acc, len(acc))
         self._bn = 0
         self._bc = 0
@@ -435,8 +442,7 @@ class Meter:
     def flush(self):
         # End the creep window now (before a checkpoint, a test reading or shutdown); the
         # cycles of an open batch are measured first.
-        if self._bc:
-            self._convert()
+        self._convert_open()
         self.energy.flush()
 
     # -- reporting --------------------------------------------------------------------------
@@ -444,6 +450,5 @@ class Meter:
     def snapshot(self):
         # Averages over the cycles since the last snapshot (see report.py); None before the
         # first measured cycle.  An open batch is measured first.
-        if self._bc:
-            self._convert()
+        self._convert_open()
         return self.window.snapshot(self)
