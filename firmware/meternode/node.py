@@ -34,10 +34,11 @@ class Node:
         self.config = check_config(config)
         self.id = config["node_id"]
         self.hal = hal.make(board, config)
-        if board.get("relay"):  # the load relay: entry checked, a GPIO relay on boards
-            from meternode.hal.relay import attach
+        if board.get("relay"):  # the load relay: entry checked, a GPIO relay on boards, and
+            from meternode.hal.relay import attach, relay_control
 
             attach(self.hal, board)
+            relay_control(self)  # an operator's remote disconnect held across the reboot
         self.meter = Meter(board, config.get("calibration"), config.get("metrology"))
         self.meter.energy.clock = self.hal.clock
         self.pulses = None  # water/gas/S0 pulse meters (pulses.py), when the board has inputs

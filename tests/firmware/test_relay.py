@@ -6,7 +6,7 @@ from metrology_rig import board, rig, settle
 from meternode.config import ConfigError
 from meternode.hal.relay import PinRelay, RelayControl, attach, check_relay
 from meternode.hal.sim import SimHal
-from mptest import approx, eq, raises
+from mptest import approx, eq, heap, raises
 
 SCEN = {"seed": 3, "enob": 8.7, "voltage": {"rms": 230.0}, "currents": [{"rms": 10.0}, {"rms": 2.0}]}
 
@@ -21,6 +21,7 @@ def _avg_p(s, m, seconds):
     return [e["p"] for e in snap["elements"]], snap["elements"][0]["i"]
 
 
+@heap("256k")  # a Meter beside the sim front end
 def test_sim_relay_open_cuts_the_load_and_the_measured_power_drops_to_zero():
     b = board()
     eq(b["relay"], {"pin": 2, "default": True}, "boards/sim.json has a relay")
@@ -43,6 +44,7 @@ def test_sim_relay_open_cuts_the_load_and_the_measured_power_drops_to_zero():
     approx(p[0], 2300.0, rel=0.005, what="load back")
 
 
+@heap("256k")  # a Meter beside the sim front end
 def test_sim_relay_closed_by_default_false_and_absent_without_the_board_key():
     b = board()
     b["relay"] = {"pin": 2, "default": False}
@@ -190,6 +192,29 @@ def test_operator_on_overrides_policy_sheds_for_override_s_then_the_shed_applies
     eq(ev[-1], (False, "override ended, policy shed"), "recorded with the reason")
     c.engine(True, "policy p restore")
     eq(c.on, True, "and its restore")
+
+
+def test_the_operators_latch_and_override_survive_a_restart():
+    from mptest import scratch_dir
+
+    path = scratch_dir() + "/st.relay"
+    clock = _Clock()
+    c = RelayControl(_Relay(), clock, 600, path)
+    c.command(False)
+    r = _Relay()  # the board's default at boot: closed
+    c2 = RelayControl(r, clock, 600, path)
+    eq((c2.latched, r.on), (True, False), "a remote disconnect holds across the reboot")
+    c2.engine(True, "policy p restore")
+    eq(r.on, False, "and against the policy")
+    c2.command(True)
+    clock.t += 100
+    r = _Relay()
+    r.on = False  # a board whose default is open
+    c3 = RelayControl(r, clock, 600, path)
+    eq((c3.latched, c3.until, r.on), (False, 1800000000 + 600, True), "the override holds too, until its end")
+    with open(path, "w") as f:
+        f.write("junk")
+    eq(RelayControl(_Relay(), clock, 600, path).latched, False, "an unreadable file: nothing held")
 
 
 def test_override_zero_lets_the_policy_shed_win():

@@ -31,9 +31,8 @@ def _policy():
     )
 
 
-def _node(override_s):
-    d = scratch_dir()
-    cfg = {
+def _node_config(override_s, d):
+    return {
         "node_id": "r1",
         "cmd_key": KEY,
         "store": {"path": d + "/st"},
@@ -43,6 +42,10 @@ def _node(override_s):
         "relay": {"override_s": override_s},
         "sim": {"seed": 5, "enob": 8.7, "epoch": EPOCH, "currents": [{"rms": 10.0}]},
     }
+
+
+def _node(override_s, d=None):
+    cfg = _node_config(override_s, d or scratch_dir())
     n = Node(_board(), cfg)
     u = n.uplink()
     from meternode.policy.service import PolicyService
@@ -65,7 +68,8 @@ def _p(n, ps):
     s.run(n.meter, 0.1)
     n.meter.snapshot()
     s.run(n.meter, 0.9)
-    ps.tick()
+    if ps is not None:
+        ps.tick()
     return n.meter.snapshot()["elements"][0]["p"]
 
 
@@ -130,3 +134,16 @@ async def test_relay_commands_switch_the_one_relay_and_hold_it_against_the_polic
     ev = _relay_events(u)
     eq(ev, [(0, "cmd x1"), (1, "cmd x2"), (0, "override ended, policy shed")], "events")
     u.log.close()
+
+
+@heap("1m")
+async def test_a_remote_disconnect_holds_across_a_reboot():
+    d = scratch_dir()
+    n, u, _ = _node(600, d)
+    eq(_cmd(u, False, 1)["ok"], True, "operator off")
+    u.log.close()
+    n = u = None  # the first boot's node, freed before the second is made
+    n = Node(_board(), _node_config(600, d))
+    eq(n.hal.relay.on, False, "open from the node's start (the board default is closed)")
+    p = _p(n, None)
+    eq(abs(p) < 3.0, True, "no power after the reboot: %r W" % p)

@@ -53,16 +53,44 @@ class RelayControl:
     #                      when an override ends (tick()).
     # on_change(on, reason) runs after every switch the engine or an override's end made;
     # operator switches are recorded by the command handler with the command's id.
-    def __init__(self, relay, clock, override_s=3600):
+    # The operator's latch and override persist in `path` (written on each command, atomically),
+    # so a remote disconnect holds across a reboot or a power cut.
+    def __init__(self, relay, clock, override_s=3600, path=None):
         self.relay = relay
         self.clock = clock
         self.override_s = override_s
+        self.path = path
         self.engine_on = True  # what the policy engine wants
         self.latched = False  # the operator opened the relay
         self.until = 0  # the operator's override (closed) holds until this epoch second
         self.on_change = None
         self.switches = 0
         self.held_off = 0  # engine requests an operator latch/override kept from the relay
+        if path:
+            try:
+                with open(path) as f:
+                    w = f.read().split()
+                self.latched = w[0] == "1"
+                self.until = int(w[1])
+            except (OSError, ValueError, IndexError):
+                pass  # none yet (or torn: the write is atomic, so only a foreign file)
+            if self.latched and relay.on:
+                relay.set(False)  # the remote disconnect from before the reboot
+            elif self.until and not relay.on:
+                relay.set(True)
+
+    def _save(self):
+        if not self.path:
+            return
+        import os
+
+        tmp = self.path + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                f.write("%d %d" % (self.latched, self.until))
+            os.rename(tmp, self.path)
+        except OSError:
+            pass  # flash full or gone: the switch itself matters more than remembering it
 
     @property
     def on(self):
@@ -78,6 +106,7 @@ class RelayControl:
             self.latched = True
             self.until = 0
             target = False
+        self._save()
         self._switch(target, None)
         return target
 
@@ -126,11 +155,14 @@ def attach(h, board):
 
 def relay_control(node):
     # The node's RelayControl (made on first use, kept on the HAL), or None without a relay.
-    # node.config["relay"]: {"override_s": 3600} (how long an operator's on beats policy sheds).
+    # node.config["relay"]: {"override_s": 3600} (how long an operator's on beats policy
+    # sheds); the operator's hold persists beside the record log (<store.path>.relay).
     h = node.hal
     ctl = getattr(h, "relay_ctl", None)
     if ctl is None and getattr(h, "relay", None) is not None:
         c = need(node.config, "relay", dict, "config", default={})
-        ctl = RelayControl(h.relay, h.clock, need(c, "override_s", int, "config.relay", default=3600, lo=0, hi=604800))
+        o = need(c, "override_s", int, "config.relay", default=3600, lo=0, hi=604800)
+        path = node.config.get("store", {}).get("path", "store") + ".relay"
+        ctl = RelayControl(h.relay, h.clock, o, path)
         h.relay_ctl = ctl
     return ctl
