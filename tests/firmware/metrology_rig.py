@@ -1,11 +1,10 @@
 # Shared by the metrology firmware tests: boards and a sim front end feeding a Meter.
+# The meter and the sim HAL are imported on the first rig(), not with this module: tests
+# that only want board() then do not compile them, and those that do compile them after
+# the test module itself, the meter (the larger compile) first, on a collected heap --
+# the 128k test heap needs that order.
 import gc
 import json
-
-# Meter first: the larger compile, on the emptier heap (the 128k test heap needs this order)
-from meternode.metrology.meter import Meter  # isort: split
-
-from meternode.hal.sim import SimHal
 
 _BOARDS = __file__.rsplit("/", 3)[0] + "/boards/"
 
@@ -20,6 +19,11 @@ def board(name="sim", **adc):
 
 def rig(b, scen, cal=None, options=None):
     gc.collect()  # the previous rig's buffers, before the next is made
+    from meternode.metrology.meter import Meter
+
+    gc.collect()
+    from meternode.hal.sim import SimHal
+
     hal = SimHal(b, scen)
     return hal.sampler, Meter(b, cal, options)
 

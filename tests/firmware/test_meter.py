@@ -272,13 +272,13 @@ def test_a_batch_never_holds_more_than_max_sets_and_bad_batch_options_name_the_k
     scen = {"seed": 1, "voltage": {"rms": 230.0}, "currents": [{"rms": 5.0}]}
     s, m = rig(b, scen, None, {"batch_cycles": 64, "quality": False})
     seen = []
-    convert = m._convert
+    cycle = m.energy.cycle  # each converted batch goes to the energy gate with its sets
 
-    def spy():
-        seen.append(m._bn)
-        convert()
+    def spy(ps, qs, ss, n, sets):
+        seen.append(n)
+        cycle(ps, qs, ss, n, sets)
 
-    m._convert = spy
+    m.energy.cycle = spy
     s.run(m, 1.0)
     eq(max(seen) <= kernels.MAX_SETS, True, "largest batch %d sets" % max(seen))
     eq(max(seen) > 300, True, "batches fill up to the bound: %d" % max(seen))

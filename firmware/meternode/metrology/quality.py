@@ -16,7 +16,7 @@
 import math
 
 from meternode.metrology import harmonics
-from meternode.metrology.meter import rms
+from meternode.metrology.convert import rms
 
 _KINDS = ("sag", "swell", "interruption")
 

@@ -1,0 +1,118 @@
+# A meter's batch of whole cycles -> quantities (meter.py gathers the batches).
+#
+# convert(m, at_cross): the batch's integer sums (m._bat: 12 words per pair, 2 per lone
+# voltage) over its N sets give, with means mean = sum x / N:
+#   - Vrms and Irms with DC removed exactly (EmonLibCM's end-of-period method) and the
+#     calibration offset removed in quadrature (rms());
+#   - P and Q from the four-tap interpolation weights (interp.py), cached per element and
+#     re-solved when the smoothed frequency, the net phase or the delay d moves;
+#   - S = Vrms * Irms; then the energy gate (energy.py) and the reporting window.
+# Kept apart from meter.py so that each compiles on a small heap (the 128k test heap loads
+# both from source).
+import math
+
+from meternode.metrology import interp, kernels
+
+_TWO_PI = 2.0 * math.pi
+_F_TOL = 0.01  # Hz: interpolation weights are recomputed beyond this change
+_PH_TOL = 0.002  # degrees
+
+
+def rms(sc, o, s, q, inv):
+    # RMS of one channel from its sums s = sum x, q = sum x*x over 1 / inv sets: the mean
+    # removed exactly, times the scale sc, the offset o removed in quadrature.
+    m = s * inv
+    r = q * inv - m * m
+    r = sc * math.sqrt(r) if r > 0.0 else 0.0
+    if o:
+        r = r * r - o * o
+        r = math.sqrt(r) if r > 0.0 else 0.0
+    return r
+
+
+def convert(self, at_cross):
+    # The batch's sums -> Vrms, Irms, P, Q, S (means over its cycles), energy, window.
+    # Between crossings (flush, snapshot, tariff or calibration change) the mids and
+    # the delay stay: the open cycle keeps being summed with the ones it started with.
+    acc = self._bat
+    n = self._bn
+    nc = self._bc
+    f = self.rate * nc / (self._b1 - self._b0)  # the batch's mean
+    # the weights follow a smoothed frequency (1/8 per cycle): crossing noise alone
+    # (~0.01 Hz per cycle with an 8.7-bit ADC) then does not re-solve them every cycle
+    fs = self._fs
+    fs = f if fs == 0.0 or abs(f - fs) > 1.0 else f + (fs - f) * self._keep[nc]
+    self._fs = fs
+    sx = self._sx
+    means = self._means
+    sc = self._sc
+    off = self._off
+    vrms = self.vrms
+    isv = self._isv
+    inv = 1.0 / n
+    for c in range(self.nch):
+        k = sx[c]
+        means[c] = acc[k] * inv
+        if isv[c]:
+            vrms[c] = rms(sc[c], off[c], acc[k], acc[k + 1], inv)
+    wt = self._wt
+    wph = self._wph
+    wd = self._wd
+    phc = self._phc
+    d = self._d
+    pp = self.p
+    qq = self.q
+    e = 0
+    k = 0
+    for a, b in self.pairs:
+        irms = rms(sc[b], off[b], acc[k + 2], acc[k + 3], inv)
+        ph = phc[e]
+        if ph is None:  # phase versus current table
+            ph = self.cal[b].phase_at(irms) - self.cal[a].phase
+        j = 11 * e
+        df = fs - wt[j + 8]
+        dp = ph - wph[e]
+        if df > _F_TOL or df < -_F_TOL or dp > _PH_TOL or dp < -_PH_TOL or d != wd[e]:
+            _weights(self, e, fs, ph, a, b)
+        mvi = means[a] * means[b] * n
+        g = sc[a] * sc[b] * inv
+        pp[e] = g * (
+            wt[j] * acc[k + 4]
+            + wt[j + 1] * acc[k + 5]
+            + wt[j + 2] * acc[k + 6]
+            + wt[j + 3] * acc[k + 7]
+            - wt[j + 10] * mvi
+        )
+        qq[e] = g * (
+            wt[j + 4] * acc[k + 8]
+            + wt[j + 5] * acc[k + 9]
+            + wt[j + 6] * acc[k + 10]
+            + wt[j + 7] * acc[k + 11]
+            - wt[j + 9] * mvi
+        )
+        self.irms[e] = irms
+        self.s[e] = vrms[a] * irms
+        e += 1
+        k += 12
+    if at_cross:
+        self._track_mid(acc, n)
+        self._d = self._delay(fs)
+    kernels.clear(acc, len(acc))
+    self._bn = 0
+    self._bc = 0
+    self._bm = 0
+    self.energy.cycle(pp, qq, self.s, n, self.sets)
+    self.window.cycle(self, nc, f)
+
+
+def _weights(self, e, f, ph, a, b):
+    # Interpolation weights for element e (interp.py), cached: recomputed when f moves
+    # by _F_TOL, the net phase by _PH_TOL or the quarter-cycle delay d changes.
+    w = _TWO_PI * f
+    dt = self._t_slot[b] - self._t_slot[a] + math.radians(ph) / w
+    wt = self._wt
+    j = 11 * e
+    interp.weights(wt, j, f, self.rate, dt, self._d, self._m)
+    wt[j + 10] = wt[j] + wt[j + 1] + wt[j + 2] + wt[j + 3]
+    self._wph[e] = ph
+    self._wd[e] = self._d
