@@ -4,6 +4,7 @@ on the same database continues each node's sequence numbers instead of repeating
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -60,10 +61,14 @@ def test_db_stores_every_record_once_in_order_for_every_node(where, tmp_path, re
         c.close()
 
 
-def test_db_whose_node_flash_is_gone_is_refused(tmp_path):
+def test_json_summary_then_a_db_whose_node_flash_is_gone_is_refused(tmp_path):
     db = tmp_path / "meter.sqlite"
-    r = _sim(db, "--duration", "2")
+    r = _sim(db, "--duration", "2.5", "--json")
     assert r.returncode == 0, r.stderr
+    *lines, last = [json.loads(ln) for ln in r.stdout.splitlines()]  # --json: objects only
+    assert {ln["node"] for ln in lines} == set(NODES) and all(ln["scenario"] for ln in lines)
+    assert last["telemetry_from"] == 2 and last["db"]["duplicates"] == 0, last
+    assert set(last["db"]["records"]) == set(NODES) and min(last["db"]["records"].values()) >= 1, last
     shutil.rmtree(tmp_path / "meter.sqlite.nodes" / "node-02")
     r = _sim(db, "--duration", "2")
     lines = r.stderr.strip().splitlines()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -174,6 +175,7 @@ def _event(v: NodeView) -> str:
     metavar="FILE",
     help="Store every record the nodes send in this SQLite file (once each, in order); node flash is kept beside it.",
 )
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per node per interval, and a JSON summary.")
 def command(
     nodes: int,
     broker: str | None,
@@ -185,6 +187,7 @@ def command(
     policy_file: str | None,
     fleet: str | None,
     db: Path | None,
+    as_json: bool,
 ) -> None:
     """Run virtual meter nodes on the MicroPython unix port and watch their telemetry.
 
@@ -220,16 +223,24 @@ def command(
             )
         if keep or db is not None:
             ui.info(f"Node flash directories: {run.workdir}")
-        _watch(run, where, started, duration, interval)
+        _watch(run, where, started, duration, interval, as_json)
     except KeyboardInterrupt:
         ui.info("Stopping virtual nodes…")
+    except BaseException:
+        run.close()  # stops every node, the broker and the consumer
+        raise
     finally:
         run.stop()
     try:
         views = run.snapshot()
         got = sum(1 for v in views if v.telemetry)
         ui.info(f"Stopped {nodes} nodes after {time.monotonic() - started:.1f} s; telemetry from {got} of {nodes}.")
-        if run.consumer is not None:
+        if as_json:
+            summary = {"nodes": nodes, "seconds": round(time.monotonic() - started, 1), "telemetry_from": got}
+            if run.consumer is not None:
+                summary["db"] = run.db_summary()
+            ui.out.print(json.dumps(summary), markup=False, highlight=False, soft_wrap=True)
+        elif run.consumer is not None:
             s = run.db_summary()
             per = ", ".join(f"{n} {k}" for n, k in s["records"].items())
             ui.info(
@@ -263,9 +274,29 @@ def _policy(path: str | None, fleet: str | None) -> tuple[dict | None, dict | No
     return compact, identity
 
 
-def _watch(run: SimRun, where: str, started: float, duration: float | None, interval: float) -> None:
+def json_line(v: NodeView) -> str:
+    """One node as one JSON object (--json): its view and its latest telemetry as sent."""
+    return json.dumps(
+        {
+            "node": v.node_id,
+            "scenario": v.scenario.name,
+            "state": v.state,
+            "messages": v.messages,
+            "tariff": v.tariff(),
+            "relay": v.relay(),
+            "policy_event": v.policy_event,
+            "records": v.records,
+            "telemetry": v.telemetry,
+        },
+        separators=(",", ":"),
+    )
+
+
+def _watch(
+    run: SimRun, where: str, started: float, duration: float | None, interval: float, as_json: bool = False
+) -> None:
     deadline = None if duration is None else started + duration
-    tty = ui.is_tty()
+    tty = ui.is_tty() and not as_json
     tariffs = run.policy["t"] if run.policy else None
     db = run.consumer is not None
     if tty:
@@ -287,7 +318,8 @@ def _watch(run: SimRun, where: str, started: float, duration: float | None, inte
         if time.monotonic() >= next_print:
             next_print += max(1.0, interval)
             for v in run.snapshot():
-                ui.out.print(render_line(v, tariffs, db), markup=False, highlight=False)
+                line = json_line(v) if as_json else render_line(v, tariffs, db)
+                ui.out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _check_alive(run: SimRun) -> None:
