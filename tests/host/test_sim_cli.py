@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -78,8 +79,11 @@ def test_ctrl_c_stops_every_virtual_node(tmp_path):
     alive = [
         p for p in pids if os.path.exists(f"/proc/{p}") and "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2]
     ]
-    assert alive == [], f"virtual nodes left running: {alive}"
-    assert (workdir / "node-01" / "console.log").exists()
+    try:
+        assert alive == [], f"virtual nodes left running: {alive}"
+        assert (workdir / "node-01" / "console.log").exists()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # --keep left it for us
 
 
 # -- options of the demo: bad input is a one-line error naming it, before anything starts ----------
