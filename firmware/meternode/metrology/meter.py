@@ -143,6 +143,7 @@ class Meter:
         self.window = Window(nch, self.elements)
         self._lim = array.array("i", bytes(4 * self.elements))
         self._bm = 0  # the batch's signs (kernels.signs)
+        self._nsg = min(self.elements, 8)  # signs has 8 bits per kind: elements 9.. batch freely
         self._cal_cache()
         # power quality (quality.py), opt-in: metrology.quality = true
         self.quality = None
@@ -280,9 +281,10 @@ class Meter:
     def _cross(self, cross):
         # A run ends: at a crossing (cross = its interpolated set index) or after MAX_SETS
         # sets without one (cross = None).  A whole cycle's integer sums move into the
-        # batch (kernels.move_add); the batch is converted to quantities (_convert) when it
+        # batch (kernels.move_add); the batch is converted to quantities (convert.py) when it
         # holds batch_cycles cycles or the next cycle could take it past MAX_SETS sets (the
-        # int32 bound holds for the batch as for one run).  The channel mids and the
+        # int32 bound holds for the batch as for one run), and before a cycle whose signs
+        # differ from the batch's joins it.  The channel mids and the
         # quarter-cycle delay change only at a conversion, so every cycle of a batch is
         # summed with the same ones and the batch's DC removal is as exact as a cycle's.
         acc = self._acc
@@ -310,10 +312,10 @@ class Meter:
         # 0.5 % of its nominal power) starts a new batch, so import / export and the
         # quadrants are netted cycle by cycle as if the cycles were converted one by one;
         # only cycles inside the band may be netted with the others of their batch.
-        sg = kernels.signs(acc, self._lim, self.elements, n)
+        sg = kernels.signs(acc, self._lim, self._nsg, n)
         bm = self._bm
         if self._bc and (self._bn + n > kernels.MAX_SETS or (sg & (bm >> 8) | (sg >> 8) & bm) & 0xFF00FF):
-            convert(self, True)
+            convert(self, False)  # this cycle was summed with the batch's mids and delay: keep them
             bm = 0
         self._bm = bm | sg
         if self._bc == 0:
