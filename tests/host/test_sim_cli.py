@@ -19,7 +19,7 @@ def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 def test_sim_with_duration_prints_readings_from_every_node_and_exits_0():
-    r = _run("sim", "--nodes", "3", "--duration", "6", "--interval", "0.5")
+    r = _run("sim", "--nodes", "3", "--duration", "10", "--interval", "0.5")
     assert r.returncode == 0, r.stderr
     for node, sc in (("node-01", "house"), ("node-02", "solar"), ("node-03", "shop")):
         lines = [ln for ln in r.stdout.splitlines() if ln.startswith(node) and "V=" in ln]
