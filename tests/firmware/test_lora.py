@@ -24,3 +24,17 @@ def test_airtime_and_duty_cycle_on_micropython():
     eq(g.wait_ms(20, 0, 1700006400), 0, "first uplink goes")
     t = g.sent_now(20, 0)
     eq(g.wait_ms(20, 10, 1700006400), t * 100 - 10, "band rests 99x the airtime")
+
+
+def test_modem_keeps_only_the_newest_downlinks_and_hands_each_to_the_callback():
+    # A node runs for years: the diagnostic list of downlinks must not grow without bound.
+    from meternode.link.lorawan import _KEEP_DOWNLINKS, LoRaModem
+
+    m = LoRaModem(None, None)
+    got = []
+    m.on_downlink = lambda port, data: got.append((port, data))
+    for k in range(3 * _KEEP_DOWNLINKS):
+        m._event("RX_1:-80:7:UNICAST:%d:%02X" % (k + 1, k))
+    eq(len(got), 3 * _KEEP_DOWNLINKS, "callbacks")
+    eq(len(m.downlinks), _KEEP_DOWNLINKS, "kept downlinks")
+    eq(m.downlinks[-1][:2], (3 * _KEEP_DOWNLINKS, bytes([3 * _KEEP_DOWNLINKS - 1])), "newest kept")

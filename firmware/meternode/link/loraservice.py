@@ -3,15 +3,9 @@
 # downlinks by fport to the services registered in UplinkService.lora_ports.
 import asyncio
 
+from meternode.aio import sleep_ms as _sleep_ms
 from meternode.config import ConfigError, need
 from meternode.store.cursor import Cursor
-
-try:
-    from asyncio import sleep_ms as _sleep_ms
-except ImportError:  # CPython
-
-    def _sleep_ms(ms):
-        return asyncio.sleep(ms / 1000)
 
 
 def check(c):

@@ -7,11 +7,13 @@
 #   await m.configure(deveui, appeui, appkey, band=4, dr=0)
 #   await m.join()                          # OTAA, retried
 #   ok = await m.send(2, frame, confirmed=True)
-#   m.downlinks -> [(port, bytes, rssi, snr)] (also on_downlink(port, data))
+#   m.downlinks -> the last _KEEP_DOWNLINKS [(port, bytes, rssi, snr)] (also on_downlink(port, data))
 import asyncio
 
 from meternode.aio import sleep_ms as _sleep_ms
 from meternode.aio import wait_for_ms as _wait_for_ms
+
+_KEEP_DOWNLINKS = 8  # recent downlinks kept for diagnostics (each is also handed to on_downlink)
 
 BANDS = {"EU868": 4, "CN470": 1}
 
@@ -81,6 +83,8 @@ class LoRaModem:
                     port = int(parts[4])
                     data = _unhex(parts[5]) if len(parts[5]) % 2 == 0 else b""
                     d = (port, data, int(parts[1]), int(parts[2]))
+                    if len(self.downlinks) >= _KEEP_DOWNLINKS:
+                        self.downlinks.pop(0)  # a node runs for years: keep the newest only
                     self.downlinks.append(d)
                     if self.on_downlink is not None:
                         self.on_downlink(port, data)

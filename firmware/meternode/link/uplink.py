@@ -7,19 +7,12 @@
 # leaf -> callback(payload, retained): the link subscribes to <prefix>/<node>/<leaf> (QoS 1)
 # on every connect and reconnect and routes each message on it to the callback.  A leaf
 # added while the link is up is subscribed by `subscribe_extra()` (or at the next connect).
-import asyncio
 import time
 
+from meternode.aio import sleep_ms as _sleep_ms
 from meternode.config import ConfigError, need
 from meternode.link.backoff import Backoff
 from meternode.link.mqtt import MQTTClient
-
-try:
-    from asyncio import sleep_ms as _sleep_ms
-except ImportError:  # CPython
-
-    def _sleep_ms(ms):
-        return asyncio.sleep(ms / 1000)
 
 
 def check_mqtt(m, where="config.mqtt"):
