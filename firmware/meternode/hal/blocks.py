@@ -41,3 +41,40 @@ class Blocks:
                 self._st[1] = done
                 return self.bufs[(done - 1) & 1]
             await self.flag.wait()
+
+
+class TimerSampler:
+    # One sample set per machine.Timer tick into ping-pong Blocks (the ESP32 ADC1 and the
+    # MCP3208 backends).  A subclass sets nch, rate, block_sets, bits and _timer, calls
+    # _init_blocks(), and reads one set in _read_set(buf, i) -> the index after it.
+    def _init_blocks(self):
+        self.blocks = Blocks(self.nch, self.block_sets)
+        self._pos = 0
+        self._tick = self._on_tick  # bind once: the timer callback must not allocate
+        self.running = False
+
+    @property
+    def overruns(self):
+        return self.blocks.overruns
+
+    def _on_tick(self, t):
+        blocks = self.blocks
+        i = self._read_set(blocks.bufs[blocks.filling()], self._pos)
+        if i >= blocks.n:
+            i = 0
+            blocks.done()
+        self._pos = i
+
+    def start(self):
+        import machine
+
+        self._pos = 0
+        self._timer.init(mode=machine.Timer.PERIODIC, freq=self.rate, callback=self._tick)
+        self.running = True
+
+    def stop(self):
+        self._timer.deinit()
+        self.running = False
+
+    async def next_block(self):
+        return await self.blocks.next_block()

@@ -17,10 +17,10 @@
 #   - scaling: read_uv() uses the chip's eFuse calibration where the firmware has it
 #     (adc.calibrated, default true); counts = uv * 4096 / vref_uv, else read_u16() >> 4.
 #   - attenuation: adc.atten "11db" (150-2450 mV) by default, the usable linear range.
-from meternode.hal.blocks import Blocks
+from meternode.hal.blocks import TimerSampler
 
 
-class ESP32Sampler:
+class ESP32Sampler(TimerSampler):
     def __init__(self, board):
         import machine
 
@@ -40,19 +40,10 @@ class ESP32Sampler:
         self._adcs = [machine.ADC(machine.Pin(p), atten=a) for p in pins]
         self._uv = adc.get("calibrated", True) and hasattr(self._adcs[0], "read_uv")
         self._vref_uv = int(adc.get("vref", 3.3) * 1000000)
-        self.blocks = Blocks(self.nch, self.block_sets)
-        self._pos = 0
         self._timer = machine.Timer(adc.get("timer", 0))
-        self._tick = self._on_tick  # bind once
-        self.running = False
+        self._init_blocks()
 
-    @property
-    def overruns(self):
-        return self.blocks.overruns
-
-    def _on_tick(self, t):
-        buf = self.blocks.bufs[self.blocks.filling()]
-        i = self._pos
+    def _read_set(self, buf, i):
         if self._uv:
             for a in self._adcs:
                 buf[i] = a.read_uv() * 4096 // self._vref_uv
@@ -61,24 +52,7 @@ class ESP32Sampler:
             for a in self._adcs:
                 buf[i] = a.read_u16() >> 4
                 i += 1
-        if i >= self.blocks.n:
-            i = 0
-            self.blocks.done()
-        self._pos = i
-
-    def start(self):
-        import machine
-
-        self._pos = 0
-        self._timer.init(mode=machine.Timer.PERIODIC, freq=self.rate, callback=self._tick)
-        self.running = True
-
-    def stop(self):
-        self._timer.deinit()
-        self.running = False
-
-    async def next_block(self):
-        return await self.blocks.next_block()
+        return i
 
 
 class ESP32Hal:

@@ -15,7 +15,7 @@
 # adc.skew_us states for the meter's phase correction.  CPU load: about 25 us per
 # conversion at 1 MHz plus MicroPython overhead; 6 channels at 2.4 kS/s is ~14 k
 # conversions/s, most of one RP2040 core (documented in docs/metrology.md).
-from meternode.hal.blocks import Blocks
+from meternode.hal.blocks import TimerSampler
 
 
 def command(ch):
@@ -29,7 +29,7 @@ def result(rx):
     return ((rx[1] & 0x0F) << 8) | rx[2]
 
 
-class MCP3208Sampler:
+class MCP3208Sampler(TimerSampler):
     def __init__(self, board):
         import machine
 
@@ -52,19 +52,10 @@ class MCP3208Sampler:
             miso=machine.Pin(spi["miso"]),
         )
         self._cs = machine.Pin(spi["cs"], machine.Pin.OUT, value=1)
-        self.blocks = Blocks(self.nch, self.block_sets)
-        self._pos = 0
         self._timer = machine.Timer(-1) if adc.get("timer") is None else machine.Timer(adc["timer"])
-        self._tick = self._on_tick
-        self.running = False
+        self._init_blocks()
 
-    @property
-    def overruns(self):
-        return self.blocks.overruns
-
-    def _on_tick(self, t):
-        buf = self.blocks.bufs[self.blocks.filling()]
-        i = self._pos
+    def _read_set(self, buf, i):
         rx = self._rx
         cs = self._cs
         spi = self._spi
@@ -74,24 +65,7 @@ class MCP3208Sampler:
             cs(1)
             buf[i] = ((rx[1] & 0x0F) << 8) | rx[2]
             i += 1
-        if i >= self.blocks.n:
-            i = 0
-            self.blocks.done()
-        self._pos = i
-
-    def start(self):
-        import machine
-
-        self._pos = 0
-        self._timer.init(mode=machine.Timer.PERIODIC, freq=self.rate, callback=self._tick)
-        self.running = True
-
-    def stop(self):
-        self._timer.deinit()
-        self.running = False
-
-    async def next_block(self):
-        return await self.blocks.next_block()
+        return i
 
 
 class MCP3208Hal:
