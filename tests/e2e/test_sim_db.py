@@ -19,7 +19,7 @@ NODES = ("node-01", "node-02")
 
 
 def _sim(db, *args: str) -> subprocess.CompletedProcess:
-    argv = [*UMETER, "sim", "--nodes", "2", "--interval", "0.5", "--duration", "4", "--db", str(db), *args]
+    argv = [*UMETER, "sim", "--nodes", "2", "--interval", "0.5", "--duration", "8", "--db", str(db), *args]
     return subprocess.run(argv, capture_output=True, text=True, timeout=60)
 
 
