@@ -73,6 +73,12 @@ class Node:
     def _topic(self, leaf):
         return telemetry.topic(self.config["mqtt"].get("prefix", "umeter"), self.id, leaf)
 
+    @property
+    def uplink_service(self):
+        # The uplink service if it has started (None before, or when it could not start);
+        # unlike uplink(), never starts it.
+        return getattr(self, "_uplink", None) or None
+
     def uplink(self):
         # The uplink service (record log, profile, outbox, MQTT link, commands), made on
         # first use; None when it cannot start (the node keeps measuring, the reason is logged).

@@ -179,6 +179,11 @@ class Engine:
         self._rt_until = int(now) + valid
         self._sink(EV_PRICE, -1, valid, int(now))
 
+    @property
+    def day_started(self):
+        # True once the engine has ticked: its day counters mean something (checkpoints).
+        return self._day >= 0
+
     def save(self):
         # The day's counters for a checkpoint (allocates; the service writes it now and then):
         # a reboot must not reset the daily energy budget, trips or lockouts.

@@ -126,7 +126,7 @@ class PolicyService:
         rep = self.engine.reporting
         if rep:  # the policy's reporting settings, when it has them
             self.node.config["telemetry_s"] = float(rep[0])  # the reporting task re-reads it every period
-            u = getattr(self.node, "_uplink", None)
+            u = getattr(self.node, "uplink_service", None)
             if u and hasattr(u, "set_config"):
                 try:
                     u.set_config("profile_s", rep[1] * 60)
@@ -146,7 +146,7 @@ class PolicyService:
 
     def _checkpoint(self):
         e = self.engine
-        if e is None or e._day < 0:
+        if e is None or not e.day_started:
             return
         tmp = self._ckpt + ".tmp"
         try:
@@ -160,7 +160,7 @@ class PolicyService:
 
     def _event(self, kind, text):
         self.log("%s: %s" % (kind, text))
-        u = getattr(self.node, "_uplink", None)
+        u = getattr(self.node, "uplink_service", None)
         if u:
             from meternode.store import records
 
@@ -177,7 +177,7 @@ class PolicyService:
         # Once per uplink service: our leaves into its MQTT link's extra_topics (the link
         # subscribes them on every reconnect and routes them to us) and the policy port into
         # its LoRa downlink ports.  A registration while the link is up subscribes at once.
-        u = getattr(self.node, "_uplink", None)
+        u = getattr(self.node, "uplink_service", None)
         if not u or u is self._registered:
             return
         self._registered = u
