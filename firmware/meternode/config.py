@@ -70,6 +70,11 @@ def check_config(c):
     w = "config"
     need(c, "node_id", str, w)
     need(c, "telemetry_s", float, w, default=10.0, lo=0.1, hi=86400.0)
+    wifi = need(c, "wifi", dict, w, default={})
+    if wifi:
+        if not need(wifi, "ssid", str, w + ".wifi"):
+            raise ConfigError("config.wifi.ssid is empty")
+        need(wifi, "password", str, w + ".wifi", default="")
     m = need(c, "mqtt", dict, w, default={})
     if m:
         need(m, "host", str, w + ".mqtt")

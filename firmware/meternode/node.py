@@ -73,6 +73,28 @@ class Node:
     def _topic(self, leaf):
         return telemetry.topic(self.config["mqtt"].get("prefix", "umeter"), self.id, leaf)
 
+    def _wifi(self):
+        # Wi-Fi supervision on boards (config "wifi": {"ssid", "password"}): up/down/fail/reset
+        # become log lines and WIFI events in the record log; bounded, jittered retries.
+        wlan = hal.make_wlan(self.board, self.config)
+        if wlan is None:
+            return None
+        from meternode.link.wifi import WifiSupervisor
+
+        c = self.config["wifi"]
+        codes = {"up": 1, "down": 2, "fail": 3, "reset": 4}
+
+        def on_event(kind, detail):
+            log("wifi %s %s" % (kind, detail))
+            u = self.uplink_service
+            if u is not None:
+                from meternode.store import records
+
+                u.event(records.EV_WIFI, codes.get(kind, 0), ("%s %s" % (kind, detail))[: records.EVENT_TEXT])
+
+        self.wifi = WifiSupervisor(wlan, c.get("ssid", ""), c.get("password", ""), on_event)
+        return self.wifi
+
     @property
     def uplink_service(self):
         # The uplink service if it has started (None before, or when it could not start);
@@ -198,6 +220,9 @@ class Node:
         tasks = [asyncio.create_task(self.sampling()), asyncio.create_task(self.reporting())]
         if self.pulses is not None:
             tasks.append(asyncio.create_task(self.pulses.run()))
+        w = self._wifi()
+        if w is not None:
+            tasks.append(asyncio.create_task(w.run()))
         if self.config.get("mqtt"):
             tasks.append(asyncio.create_task(self.link()))
         if self.config.get("lora"):

@@ -50,6 +50,18 @@ class Brownout:
         self.tripped = True
 
 
+def make_wlan(board, config):
+    # The station interface the node keeps connected (link/wifi.py) when config["wifi"] names
+    # a network; None on the unix port (host networking) or where there is no `network`.
+    if not config.get("wifi") or board["hal"] == "sim" and not board.get("wifi"):
+        return None
+    try:
+        import network
+    except ImportError:
+        return None
+    return network.WLAN(network.STA_IF)
+
+
 def make_brownout(board):
     spec = board.get("brownout")
     if not spec or board["hal"] == "sim":

@@ -30,6 +30,7 @@ EV_CMD_REJECTED = const(11)
 EV_LOG_DROPPED = const(12)
 EV_LOG_CORRUPT = const(13)
 EV_TIME_SET = const(14)
+EV_WIFI = const(15)
 
 EVENT_NAMES = {
     EV_POWER_DOWN: "power_down",
@@ -46,6 +47,7 @@ EVENT_NAMES = {
     EV_LOG_DROPPED: "log_dropped",
     EV_LOG_CORRUPT: "log_corrupt",
     EV_TIME_SET: "time_set",
+    EV_WIFI: "wifi",
 }
 
 # PROFILE: period s, import/export mWh (registers at the end of the interval),
