@@ -19,12 +19,14 @@ _UPLINK_MODULES = (
     "meternode.store.log",
     "meternode.store.cursor",
     "meternode.store.profile",
+    "meternode.link.service",
+)
+_MQTT_MODULES = (  # only with config.mqtt: ~16 KB a metering-only or LoRa-only node saves
     "meternode.link.mqttpkt",
     "meternode.link.mqtt",
     "meternode.link.backoff",
     "meternode.link.uplink",
     "meternode.link.outbox",
-    "meternode.link.service",
 )
 
 
@@ -120,6 +122,8 @@ class Node:
                     # one module at a time with a collection between: on a source-loaded heap
                     # each compile then finds room (importing service.py alone pulls them all)
                     extra = ("meternode.link.commands", "meternode.link.actions") if self.config.get("cmd_key") else ()
+                    if self.config.get("mqtt"):
+                        extra += _MQTT_MODULES
                     for name in extra + _UPLINK_MODULES:
                         __import__(name)
                         gc.collect()

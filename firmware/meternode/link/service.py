@@ -19,8 +19,6 @@ import json
 
 from meternode import VERSION
 from meternode.config import ConfigError, need
-from meternode.link.outbox import Outbox
-from meternode.link.uplink import MqttLink
 from meternode.store import records
 from meternode.store.cursor import Cursor
 from meternode.store.log import RecordLog
@@ -79,6 +77,11 @@ class UplinkService:
         self.outbox = None
         self.link = None
         if m:
+            # only nodes with MQTT load the outbox and the MQTT link (with its client): a
+            # metering-only or LoRa-only node saves ~16 KB of heap (docs/memory.md)
+            from meternode.link.outbox import Outbox
+            from meternode.link.uplink import MqttLink
+
             self.outbox = Outbox(
                 self.log,
                 self.cursor,
