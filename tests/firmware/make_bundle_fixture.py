@@ -45,7 +45,8 @@ def _pol(version, name, target=None, key=KEY, fleet="test", expires=FAR, files=N
     return sign_bundle(key, man, files)
 
 
-def main() -> None:
+def render() -> str:
+    """The fixture module's text (deterministic: Ed25519 signatures and the clock are fixed)."""
     out: dict[str, bytes] = {}
     out["POLICY_V2"] = _pol(2, "v2")
     out["POLICY_V3_GROUP"] = _pol(3, "v3", make_target(groups=["north"]))
@@ -112,7 +113,11 @@ def main() -> None:
     ]
     for k, v in out.items():
         lines.append("%s = %r" % (k, v))
-    Path(__file__).with_name("bundle_fixture.py").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    Path(__file__).with_name("bundle_fixture.py").write_text(render())
 
 
 if __name__ == "__main__":
