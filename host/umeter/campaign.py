@@ -32,6 +32,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .errors import ConfigError, PolicyError, TransportError
+from .mqttc import connect, make_client
 from .signing import read_envelope
 
 FINAL_OK = ("ok",)
@@ -233,19 +234,11 @@ class MqttTransport:
         self._connected = threading.Event()
 
     def __enter__(self) -> MqttTransport:
-        import paho.mqtt.client as mqtt
 
-        c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=self._cid)
-        c.max_inflight_messages_set(1000)
-        c.max_queued_messages_set(0)
+        c = make_client("umeter-campaign", client_id=self._cid, bulk=True)
         c.on_connect = self._on_connect
         c.on_message = self._on_message
-        try:
-            c.connect(self.host, self.port, keepalive=30)
-        except OSError as e:
-            raise TransportError(
-                f"cannot reach the broker at {self.host}:{self.port} ({e})", hint="is it running?"
-            ) from None
+        connect(c, self.host, self.port)
         c.loop_start()
         self._client = c
         if not self._connected.wait(10):

@@ -27,12 +27,12 @@ import json
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .errors import TransportError
+from .mqttc import connect, make_client
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -233,15 +233,10 @@ class Consumer:
     # -- the MQTT side -----------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> Consumer:
         """Connects to the broker and subscribes (QoS 1, persistent session)."""
-        import paho.mqtt.client as mqtt
 
         if self.host is None:
             raise TransportError("no broker given", hint="pass host and port")
-        c = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"umeter-consumer-{uuid.uuid4().hex[:8]}", clean_session=True
-        )
-        if self.tls_ca:
-            c.tls_set(ca_certs=str(self.tls_ca))
+        c = make_client("umeter-consumer", tls_ca=self.tls_ca)
 
         def on_connect(client, userdata, flags, rc, props=None):
             if rc == 0:
@@ -261,12 +256,7 @@ class Consumer:
         c.on_disconnect = on_disconnect
         c.on_message = lambda client, userdata, m: self.ingest(m.topic, m.payload)
         c.reconnect_delay_set(0.1, 2)
-        try:
-            c.connect(self.host, self.port, keepalive=30)
-        except OSError as e:
-            raise TransportError(
-                f"cannot reach the broker at {self.host}:{self.port}: {e}", hint="is the broker running?"
-            ) from None
+        connect(c, self.host, self.port)
         self._client = c  # before the loop runs: on_connect publishes resend requests with it
         c.loop_start()
         if not self.connected.wait(timeout):

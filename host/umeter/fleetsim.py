@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -28,6 +27,7 @@ from meternode.policy.engine import Engine
 from meternode.policy.ota import Slots
 
 from .errors import ConfigError, TransportError
+from .mqttc import connect, make_client
 from .signing import crypto_verify
 
 
@@ -138,27 +138,17 @@ class FleetSim:
         return n
 
     def __enter__(self) -> FleetSim:
-        import paho.mqtt.client as mqtt
 
         self.root.mkdir(parents=True, exist_ok=True)
         live = [n for n in self.node_ids if n not in self.offline]
         for k in range(self.nshards):
             mine = live[k :: self.nshards]
-            c = mqtt.Client(
-                callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=f"fleetsim-{uuid.uuid4().hex[:6]}-{k}"
-            )
-            c.max_inflight_messages_set(1000)
-            c.max_queued_messages_set(0)
+            c = make_client(f"fleetsim-{k}", bulk=True)
             c.user_data_set({"nodes": mine, "subscribed": threading.Event()})
             c.on_connect = self._on_connect
             c.on_subscribe = self._on_subscribe
             c.on_message = self._on_message
-            try:
-                c.connect(self.host, self.port, keepalive=60)
-            except OSError as e:
-                raise TransportError(
-                    f"fleet simulator cannot reach {self.host}:{self.port} ({e})", hint="start a broker"
-                ) from None
+            connect(c, self.host, self.port, keepalive=60, hint="start a broker")
             c.loop_start()
             self._clients.append(c)
         deadline = time.monotonic() + 60

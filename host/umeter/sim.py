@@ -30,6 +30,7 @@ from urllib.parse import urlparse
 
 from . import unixport
 from .errors import ConfigError, TransportError
+from .mqttc import connect, make_client
 
 
 @dataclass(frozen=True)
@@ -339,9 +340,8 @@ class SimRun:
         return VirtualNode(node_id, sc, root, proc, log_path)
 
     def _subscribe(self, host: str, port: int) -> None:
-        import paho.mqtt.client as mqtt
 
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"umeter-sim-{time.time_ns() % 10**9}")
+        c = make_client("umeter-sim")
         c.on_message = self._on_message
         c.on_connect = lambda cl, *a: cl.subscribe(
             [
@@ -351,12 +351,7 @@ class SimRun:
                 (f"{self.prefix}/+/policy/event", 0),
             ]
         )
-        try:
-            c.connect(host, port, keepalive=30)
-        except OSError as e:
-            raise TransportError(
-                f"cannot subscribe at mqtt://{host}:{port} ({e})", hint="is it an MQTT broker?"
-            ) from None
+        connect(c, host, port, hint="is it an MQTT broker?")
         c.loop_start()
         self._client = c
 
