@@ -14,33 +14,45 @@ from umeter import unixport
 from umeter_hil.lorasim import SimModem
 
 
-def test_node_sends_records_then_telemetry_over_lorawan(tmp_path):
+def _flash(tmp_path):
+    # A node's flash directory with the sim board and the firmware's main.py.
     root = tmp_path / "node"
     root.mkdir()
     shutil.copy(unixport.boards_dir() / "sim.json", root / "board.json")
     shutil.copy(unixport.firmware_root() / "main.py", root / "main.py")
+    return root
+
+
+def _lora(modem, deveui):
+    return {
+        "port": modem.port,
+        "deveui": deveui,
+        "appeui": "0000000000000000",
+        "appkey": "00112233445566778899AABBCCDDEEFF",
+        "region": "CN470",
+        "dr": 5,
+        "daily_budget_ms": 600000,
+    }
+
+
+def _start(root, cfg, heap, log):
+    (root / "config.json").write_text(json.dumps(cfg))
+    env = dict(os.environ, MICROPYPATH=unixport.micropypath())
+    return subprocess.Popen(unixport.command(root / "main.py", heap=heap), cwd=root, env=env, stdout=log, stderr=log)
+
+
+def test_node_sends_records_then_telemetry_over_lorawan(tmp_path):
+    root = _flash(tmp_path)
     with SimModem() as modem:
         modem.fail_joins = 1
         cfg = {
             "node_id": "lora1",
             "telemetry_s": 0.5,
-            "lora": {
-                "port": modem.port,
-                "deveui": "70B3D57ED0000001",
-                "appeui": "0000000000000000",
-                "appkey": "00112233445566778899AABBCCDDEEFF",
-                "region": "CN470",
-                "dr": 5,
-                "daily_budget_ms": 600000,
-            },
+            "lora": _lora(modem, "70B3D57ED0000001"),
             "sim": {"realtime": True, "currents": [{"rms": 5.0}]},
         }
-        (root / "config.json").write_text(json.dumps(cfg))
-        env = dict(os.environ, MICROPYPATH=unixport.micropypath())
         with open(root / "console.log", "w") as log:
-            p = subprocess.Popen(
-                unixport.command(root / "main.py", heap="256k"), cwd=root, env=env, stdout=log, stderr=log
-            )
+            p = _start(root, cfg, "256k", log)
             try:
                 deadline = time.monotonic() + 30
                 while time.monotonic() < deadline and len(modem.uplinks) < 3:
@@ -74,10 +86,7 @@ def test_policy_frames_arrive_as_lorawan_downlinks_on_their_fport(tmp_path):
     from umeter.policy import compile_source
 
     key = bytes(range(32))
-    root = tmp_path / "node"
-    root.mkdir()
-    shutil.copy(unixport.boards_dir() / "sim.json", root / "board.json")
-    shutil.copy(unixport.firmware_root() / "main.py", root / "main.py")
+    root = _flash(tmp_path)
     day = [["00:00", "flat"]]
     pol = compile_source({"name": "lora-dr", "tariffs": ["flat"], "seasons": [{"start": "01-01", "weekday": day}]})
     with SimModem() as modem:
@@ -90,23 +99,11 @@ def test_policy_frames_arrive_as_lorawan_downlinks_on_their_fport(tmp_path):
             "telemetry_s": 0.5,
             "cmd_key": key.hex(),
             "policy": pol,
-            "lora": {
-                "port": modem.port,
-                "deveui": "70B3D57ED0000002",
-                "appeui": "0000000000000000",
-                "appkey": "00112233445566778899AABBCCDDEEFF",
-                "region": "CN470",
-                "dr": 5,
-                "daily_budget_ms": 600000,
-            },
+            "lora": _lora(modem, "70B3D57ED0000002"),
             "sim": {"realtime": True, "currents": [{"rms": 5.0}]},
         }
-        (root / "config.json").write_text(json.dumps(cfg))
-        env = dict(os.environ, MICROPYPATH=unixport.micropypath())
         with open(root / "console.log", "w") as log:
-            p = subprocess.Popen(
-                unixport.command(root / "main.py", heap="512k"), cwd=root, env=env, stdout=log, stderr=log
-            )
+            p = _start(root, cfg, "512k", log)
             try:
                 deadline = time.monotonic() + 40
                 while time.monotonic() < deadline:
