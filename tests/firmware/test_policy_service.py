@@ -6,6 +6,7 @@ import json
 import bundle_fixture as F
 from policy_fixture import compact
 
+from meternode.metrology.seconds import Seconds
 from meternode.policy.service import PolicyService
 from mptest import eq, heap, scratch_dir
 
@@ -31,6 +32,14 @@ class _Meter:
         self.cycles = 500
         self.registers = _Regs()
         self.tariffs = []
+        self.seconds = Seconds(4000)
+
+    def second(self, f=50.0, n=1):
+        # n more measured seconds at frequency f (50 cycles in 10 batches each)
+        for _ in range(n):
+            for _ in range(10):
+                self.seconds.batch(5, f, 231.0, 6.5, 2000.0)
+            self.seconds.sets(4000, self.registers.total_import)
 
     def set_tariff(self, i):
         self.tariffs.append(i)
@@ -69,6 +78,7 @@ def test_engine_ticks_from_the_meter_and_bundles_replace_the_policy():
     node = _Node(scratch_dir())
     s = PolicyService(node, log=lambda m: None)
     eq(s.engine.policy["n"], "tou-test", "config policy until a signed one arrives")
+    node.meter.second()
     s.tick()
     eq(node.meter.tariffs, [2], "peak at 18:00 local on a weekday")
     eq(s.health(), None, "healthy: cycles and link")
@@ -104,6 +114,7 @@ def test_day_counters_are_checkpointed_and_restored_by_a_new_boot():
     root = scratch_dir()
     node = _Node(root)
     s = PolicyService(node, log=lambda m: None)
+    node.meter.second()
     s.tick()  # first tick of the day: the import register (123456 mWh) is the day's start
     node.meter.registers.total_import = lambda: 999999
     s._checkpoint()
@@ -129,7 +140,50 @@ def test_lora_sized_frames_reach_the_engine_through_the_service():
     s = PolicyService(node, log=lambda m: None)
     r = s.small_frame(small.encode_price(key, "n1", 3, 0.5, 5))
     eq((r["ok"], r["price"]), (True, 0.5), "price frame accepted")
+    node.meter.second()
     s.tick()
     eq(s.engine.price, 0.5, "engine runs on the pushed price")
     s._incoming("umeter/n1/policy/small", small.encode_price(key, "n1", 3, 0.9, 5))
     eq(json.loads(s._out[-1][1])["why"].split(":")[0], "replayed", "same counter over MQTT")
+
+
+@heap("256k")
+def test_a_dip_measured_while_the_policy_task_was_starved_still_sheds():
+    # The sampler caught up 10 s of samples in one burst (the policy task did not run):
+    # one tick afterwards replays every measured second, so the 3-s dip (the fixture's
+    # freq_below 49.8 Hz for 2 s) is seen.
+    node = _Node(scratch_dir())
+    s = PolicyService(node, log=lambda m: None)
+    node.meter.second(50.0, 4)
+    node.meter.second(49.6, 3)
+    node.meter.second(50.0, 3)
+    s.tick()
+    names = [ev["event"] for ev in s._drain()]
+    eq(("dr" in names, "shed" in names), (True, True), "the dip fired the rule and shed: %r" % names)
+    eq(node.meter.seconds.lost, 0, "no second lost")
+
+
+@heap("256k")
+def test_engine_time_never_runs_backwards_and_a_long_starvation_counts_lost_seconds():
+    node = _Node(scratch_dir())
+    s = PolicyService(node, log=lambda m: None)
+    node.meter.second(50.0, 2)
+    s.tick()
+    t1 = s._t_last
+    node.meter.second(50.0, 20)  # 20 s behind: the ring holds 16
+    s.tick()
+    eq(node.meter.seconds.lost, 4, "seconds beyond the ring are counted, not replayed")
+    eq(s._t_last >= t1 + 16, True, "each replayed second is one engine second later")
+
+
+@heap("256k")
+def test_a_stalled_sampler_still_ticks_the_tariff_calendar_with_nothing_measured():
+    node = _Node(scratch_dir())
+    s = PolicyService(node, log=lambda m: None)
+    s.tick()
+    s.tick()
+    eq(node.meter.tariffs, [], "two calls without a measured second: no tick yet")
+    s.tick()
+    eq(node.meter.tariffs, [2], "the third ticks the calendar (peak at 18:00)")
+    names = [ev["event"] for ev in s._drain()]
+    eq("shed" in names, False, "f = 0 (nothing measured) is not a dip")

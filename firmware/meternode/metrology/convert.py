@@ -64,6 +64,8 @@ def convert(self, at_cross):
     qq = self.q
     e = 0
     k = 0
+    imax = 0.0
+    ptot = 0.0
     for a, b in self.pairs:
         irms = rms(sc[b], off[b], acc[k + 2], acc[k + 3], inv)
         ph = phc[e]
@@ -92,6 +94,9 @@ def convert(self, at_cross):
         )
         self.irms[e] = irms
         self.s[e] = vrms[a] * irms
+        ptot += pp[e]
+        if irms > imax:
+            imax = irms
         e += 1
         k += 12
     if at_cross:
@@ -103,6 +108,7 @@ def convert(self, at_cross):
     self._bm = 0
     self.energy.cycle(pp, qq, self.s, n, self.sets)
     self.window.cycle(self, nc, f)
+    self.seconds.batch(nc, f, vrms[self.v_channel], imax, ptot)
 
 
 def _weights(self, e, f, ph, a, b):

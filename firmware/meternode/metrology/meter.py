@@ -28,6 +28,7 @@ from meternode.metrology.convert import convert
 from meternode.metrology.energy import Energy
 from meternode.metrology.registers import NETTINGS, Registers
 from meternode.metrology.report import Window
+from meternode.metrology.seconds import Seconds
 
 _H = kernels.HIST
 
@@ -141,6 +142,8 @@ class Meter:
         self.q = [0.0] * e
         self.s = [0.0] * e
         self.window = Window(nch, self.elements)
+        self.seconds = Seconds(self.rate)  # one summary per measured second (policy engine)
+        self._e_import = self.registers.total_import  # bound once: called per closed second
         self._lim = array.array("i", bytes(4 * self.elements))
         self._bm = 0  # the batch's signs (kernels.signs)
         self._nsg = min(self.elements, 8)  # signs has 8 bits per kind: elements 9.. batch freely
@@ -242,6 +245,7 @@ class Meter:
             self._base += n
             self.sets += n
             off += n
+        self.seconds.sets(nsets, self._e_import)
 
     def _run(self, stop):
         work = self._work

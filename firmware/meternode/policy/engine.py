@@ -6,6 +6,10 @@
 #   eng = Engine(policy_compact, set_tariff=meter.set_tariff, relay=relay, sink=ring.push)
 #   eng.tick(t, v, i, f, p, e_mwh)   # t: epoch s (int); v V, i A, f Hz, p W; e_mwh import
 #
+# The service ticks it once per *measured* second (metrology/seconds.py), so a condition
+# that came and went while the policy task was starved is still seen; f = 0 and v = 0 mean
+# "no mains measured in that second" and trigger neither a frequency nor a voltage rule.
+#
 # `relay` is any object with set(on) (True = load connected); `sink(code, rule, value, t)`
 # receives ints.  Time comes only from the caller, so tests drive a week in a loop.
 #
@@ -290,7 +294,7 @@ class Engine:
         if kind == _OVER_V:
             cond = v > lev
         elif kind == _UNDER_V:
-            cond = v < lev
+            cond = 0.0 < v < lev  # v = 0: a second without mains measured, not a sag
         elif kind == _OVER_I:
             cond = i > lev
         elif kind == _MAX_P:
@@ -329,7 +333,7 @@ class Engine:
         elif trig == _TRIG_FREQ:
             cond = 0.0 < f < self._da[k]  # f = 0: no mains measured, not a dip
         else:
-            cond = v < self._da[k] or v > self._db[k]
+            cond = 0.0 < v < self._da[k] or v > self._db[k]
         st = self._dstate[k]
         if st == 0:
             if not cond:

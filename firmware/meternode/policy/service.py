@@ -27,6 +27,7 @@ _LEAVES = ("policy/bundle", "ota", "policy/small")
 
 _STATE_EVERY = 10  # ticks between policy/state messages
 _CKPT_EVERY = 300  # ticks between checkpoints of the engine's day counters (and after events)
+_IDLE_TICKS = 3  # calls without a measured second before the engine ticks unmeasured
 
 
 class SoftRelay:
@@ -84,6 +85,10 @@ class PolicyService:
         self.relay = _EngineRelay(self, self._ctl) if self._ctl is not None else SoftRelay()
         self.ring = EventRing(32)
         self._mark = 0
+        self._sec_mark = node.meter.seconds.closed  # measured seconds seen (metrology/seconds.py)
+        self._sec = [0.0, 0.0, 0.0, 0.0, 0, 0]  # one second's values, reused
+        self._t_last = 0  # engine time of the last tick
+        self._idle = 0
         self.engine = None
         self.agent = None
         self.small = None
@@ -256,19 +261,36 @@ class PolicyService:
         return None
 
     def tick(self):
+        # Ticks the engine once for every second the meter measured since the last call
+        # (metrology/seconds.py), in order, each with its own values: a dip that came and
+        # went while this task was starved is still seen.  Engine time never runs backwards.
+        # With no measured second for _IDLE_TICKS calls (sampler stalled), one tick with no
+        # measurement keeps the tariff calendar going.
         if self._ctl is not None:
             self._ctl.tick()  # an operator override that ended hands the relay back
         e = self.engine
+        m = self.node.meter
+        sec = m.seconds
+        mark, n = sec.drain_from(self._sec_mark)
+        self._sec_mark = sec.closed
         if e is None:
             return
-        m = self.node.meter
-        p = 0.0
-        i = 0.0
-        for k in range(len(m.p)):
-            p += m.p[k]
-            if m.irms[k] > i:
-                i = m.irms[k]
-        e.tick(int(self.clock.time()), m.vrms[m.v_channel], i, m.freq, p, m.registers.total_import())
+        now = int(self.clock.time())
+        if n:
+            self._idle = 0
+            t = now - n + 1  # the newest second ended about now
+            if t <= self._t_last:
+                t = self._t_last + 1
+            s = self._sec
+            for k in range(n):
+                sec.get(mark + k, s)
+                e.tick(t + k, s[1], s[2], s[0], s[3], s[4])
+            self._t_last = t + n - 1
+            return
+        self._idle += 1
+        if self._idle >= _IDLE_TICKS and now > self._t_last:
+            e.tick(now, 0.0, 0.0, 0.0, 0.0, m.registers.total_import())
+            self._t_last = now
 
     def _drain(self):
         evs = self.ring.since(self._mark)

@@ -63,6 +63,7 @@ class RecordLog:
         self._bufv = memoryview(self._buf)
         self.segs = []  # [num, first_seq, last_seq, count, size], oldest first
         self.dropped = 0  # records deleted by retention, all time (persisted)
+        self._through = 0  # newest seq retention has dropped (persisted with `dropped`)
         self.corrupt = 0  # corrupt records skipped on the last open
         self.torn = 0  # torn tails skipped on the last open
         self.last_seq = 0
@@ -78,17 +79,27 @@ class RecordLog:
 
     # -- opening -------------------------------------------------------------------------
     def _load_meta(self):
+        # meta: dropped u32 | through u32 | crc32 of the first 8 bytes (an older 8-byte
+        # meta without `through` is read too).  `through` is the newest seq retention has
+        # dropped: it is written *before* the segment is removed, so a power cut between the
+        # two leaves a segment that the next open removes (the drop completes, counted once).
         try:
             with open(self.path + "/" + _META, "rb") as f:
-                b = f.read(8)
-            n, crc = struct.unpack("<II", b)
-            if binascii.crc32(b[:4]) == crc:
-                self.dropped = n
+                b = f.read(12)
+            if len(b) == 12:
+                n, through, crc = struct.unpack("<III", b)
+                if binascii.crc32(b[:8]) == crc:
+                    self.dropped = n
+                    self._through = through
+            elif len(b) == 8:
+                n, crc = struct.unpack("<II", b)
+                if binascii.crc32(b[:4]) == crc:
+                    self.dropped = n
         except (OSError, ValueError):
             pass
 
     def _save_meta(self):
-        b = struct.pack("<I", self.dropped)
+        b = struct.pack("<II", self.dropped, self._through)
         tmp = self.path + "/" + _META + ".tmp"
         with open(tmp, "wb") as f:
             f.write(b + struct.pack("<I", binascii.crc32(b)))
@@ -106,6 +117,13 @@ class RecordLog:
         torn_tail = False
         for k, num in enumerate(nums):
             first, last, count, size, end, bad = self._scan_seg(num)
+            if count and last <= self._through and k < len(nums) - 1:
+                # a drop the power cut interrupted after the meta was saved: complete it
+                try:
+                    os.remove(_seg_name(self.path, num))
+                    continue
+                except OSError:
+                    pass
             self.segs.append([num, first, last, count, size])
             if count:
                 self.last_seq = max(self.last_seq, last)
@@ -244,18 +262,21 @@ class RecordLog:
         if len(self.segs) < 2:
             return
         num, first, last, count, size = self.segs.pop(0)
-        try:
-            os.remove(_seg_name(self.path, num))
-        except OSError:
-            pass
         if count:
+            # count first, then remove: a power cut in between is completed on open
             self.dropped += count
+            if last > self._through:
+                self._through = last
             try:
                 self._save_meta()
             except OSError:
                 pass  # counted in RAM; saved with the next drop
-            if self.on_drop is not None:
-                self.on_drop(count, first, last)
+        try:
+            os.remove(_seg_name(self.path, num))
+        except OSError:
+            pass
+        if count and self.on_drop is not None:
+            self.on_drop(count, first, last)
 
     def first_seq(self):
         for s in self.segs:
