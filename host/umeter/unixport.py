@@ -18,7 +18,14 @@ DEFAULT_HEAP = "128k"
 
 
 def micropython_path() -> str:
-    """Path of the `micropython` executable: beside this interpreter first, then on PATH."""
+    """Path of the `micropython` executable: $UMETER_MICROPYTHON if set (e.g. a 32-bit,
+    single-precision build that behaves like a board), else beside this interpreter, then
+    on PATH."""
+    env = os.environ.get("UMETER_MICROPYTHON")
+    if env:
+        if not os.access(env, os.X_OK):
+            raise ConfigError(f"UMETER_MICROPYTHON={env} is not an executable", hint="unset it to use the pip one")
+        return env
     here = Path(sys.executable).parent / "micropython"
     if here.exists():
         return str(here)
