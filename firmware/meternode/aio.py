@@ -18,6 +18,7 @@ try:
     ticks_ms = time.ticks_ms
     ticks_us = time.ticks_us
     ticks_diff = time.ticks_diff
+    ticks_add = time.ticks_add
 except AttributeError:  # CPython
 
     def ticks_ms():
@@ -28,3 +29,6 @@ except AttributeError:  # CPython
 
     def ticks_diff(a, b):
         return a - b
+
+    def ticks_add(a, b):
+        return a + b
