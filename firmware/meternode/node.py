@@ -14,6 +14,7 @@ _BACKOFF_MIN_MS = 500
 _BACKOFF_MAX_MS = 30000
 _UPLINK_MIN_FREE = 64 * 1024  # free heap the uplink service needs, loaded from source (measured)
 _COMMANDS_FREE = 24 * 1024  # and this much more with authenticated commands (cmd_key)
+_GATEWAY_MIN_FREE = 48 * 1024  # the gateway with 8 meters of 4 protocols, loaded from source (measured)
 _UPLINK_MODULES = (
     "meternode.store.records",
     "meternode.store.log",
@@ -241,12 +242,37 @@ class Node:
                 tasks.append(asyncio.create_task(self.policy.run()))
             except Exception as e:
                 log("policy service not started: %s" % e)
+        if self.config.get("gateway"):
+            tasks.extend(self._gateway())
         while True:
             await asyncio.sleep_ms(1000)
             for t in tasks:
                 if t.done():
                     # A task ending is a bug; report it and stop so the watchdog/host restarts us.
                     raise RuntimeError("node task ended unexpectedly")
+
+
+    def _gateway(self):
+        # Downstream meter buses (gateway/, docs/gateway.md): loaded only when config has
+        # "gateway" (RAM); a bad gateway configuration is logged and never stops metering.
+        self.uplink()  # the record log first: readings are stored records
+        import gc
+
+        gc.collect()
+        free = gc.mem_free() if hasattr(gc, "mem_free") else 1 << 30
+        if free < _GATEWAY_MIN_FREE:
+            log("gateway off: %d bytes free, it needs %d (raise the heap)" % (free, _GATEWAY_MIN_FREE))
+            return []
+        try:
+            from meternode.gateway.service import GatewayService
+
+            self.gateway = GatewayService(self, log)
+            gc.collect()
+            log("gateway on: %d bytes free before, %d after" % (free, gc.mem_free()))
+            return [asyncio.create_task(t) for t in self.gateway.tasks()]
+        except Exception as e:
+            log("gateway not started: %s" % e)
+            return []
 
 
 def _checkpointer(meter, c, pulses=None):

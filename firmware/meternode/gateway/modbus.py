@@ -250,41 +250,6 @@ def read_answer(buf, unit, fn, regs, start, count):
     return _seal(buf, 3 + 2 * count)
 
 
-def decode(frame, registers=None):
-    # Host and tests: one RTU frame -> dict.  A request (8 bytes, fn 3/4) or an answer; with
-    # `registers` (a RegisterMap block's map name and block) the answer's fields as readings.
-    b = bytes(frame)
-    if len(b) < 4:
-        raise FrameError("truncated: %d bytes, an RTU frame has at least 4" % len(b))
-    if not crc_ok(b, len(b)):
-        c = crc16(b, 0, len(b) - 2)
-        raise FrameError("bad CRC: frame has %02X%02X, bytes give %02X%02X" % (b[-2], b[-1], c & 0xFF, c >> 8))
-    d = {"protocol": "modbus", "address": b[0], "control": b[1], "function": b[1] & 0x7F, "checksum_ok": True,
-         "readings": []}
-    if b[1] & EXC:
-        d["exception"] = b[2]
-        d["error"] = EXCEPTIONS.get(b[2], "unknown")
-        return d
-    if b[1] in (3, 4) and len(b) == 8 and b[2] != 3:
-        # a request: start + count (an 8-byte answer would carry an odd byte count, 3)
-        d["request"] = {"start": (b[2] << 8) | b[3], "count": (b[4] << 8) | b[5]}
-        return d
-    if b[1] in (3, 4):
-        if b[2] + 5 != len(b):
-            raise FrameError("truncated: byte count %d needs %d bytes, have %d" % (b[2], b[2] + 5, len(b)))
-        d["registers"] = [(b[3 + 2 * i] << 8) | b[4 + 2 * i] for i in range(b[2] // 2)]
-        if registers is not None:
-            m, bi = registers
-            r = R.Readings()
-            m.decode(bi, b, 3, r)
-            d["readings"] = [
-                {"quantity": R.QUANTITIES[r.q[i]][1], "code": R.QUANTITIES[r.q[i]][0],
-                 "value": R.decimal(r.v[i], r.e[i]), "unit": R.UNITS[r.u[i]]}
-                for i in range(r.n)
-            ]
-    return d
-
-
 class Collector:
     # Gathers one RTU answer from the bus (the scanner interface the bus feeds): next()
     # returns its length once the byte count says it is whole and the CRC is right; a

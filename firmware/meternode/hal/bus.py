@@ -102,6 +102,7 @@ class PtyPort:
         self.p = select.poll()
         self.p.register(self.f, select.POLLIN)
         self._ipoll = hasattr(self.p, "ipoll")
+        self._one = bytearray(1)
 
     def any(self):
         if self._ipoll:
@@ -111,7 +112,17 @@ class PtyPort:
         return 1 if self.p.poll(0) else 0
 
     def readinto(self, buf):
-        return self.f.readinto(buf) or 0
+        # A file's readinto waits until the whole buffer is full: take only what is there,
+        # a byte at a time while poll says so (at meter-bus speeds that is a few hundred
+        # bytes a second).
+        n = 0
+        one = self._one
+        while n < len(buf) and self.any():
+            if not self.f.readinto(one):
+                break
+            buf[n] = one[0]
+            n += 1
+        return n
 
     async def write(self, buf, n, char_us):
         self.f.write(memoryview(buf)[:n])

@@ -97,6 +97,12 @@ def encode_record(kind, seq, ts, payload):
     if kind == records.EVENT:
         t = f["text"].encode()[:EVENT_TEXT_MAX]
         return _pack(kind, seq, ts, (f["code"], f["arg"]), t)
+    if kind == records.READING:  # compact form, values that do not fit are left out (flagged)
+        from meternode.gateway import reading
+
+        return struct.pack(HEADER, (VERSION << 5) | kind, seq & 0xFFFFFFFF, int(ts) & 0xFFFFFFFF) + reading.lora(
+            payload, MAX_FRAME - 9
+        )
     raise CodecError("no LoRa layout for record kind %d" % kind)
 
 
@@ -127,6 +133,15 @@ def decode(frame):
     ver, kind = b0 >> 5, b0 & 0x1F
     if ver != VERSION:
         raise CodecError("frame version %d, this decoder reads %d" % (ver, VERSION))
+    if kind == records.READING:
+        from meternode.gateway import reading
+
+        try:
+            d = reading.lora_decode(frame[9:])
+        except ValueError as e:
+            raise CodecError(str(e))
+        d.update({"kind": "reading", "seq": seq, "ts": ts})
+        return d
     if kind not in LAYOUTS:
         raise CodecError("unknown frame kind %d" % kind)
     name, lay = LAYOUTS[kind]

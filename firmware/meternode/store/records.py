@@ -11,7 +11,7 @@ PROFILE = const(1)  # load profile interval (default 15 min)
 DAILY = const(2)  # daily freeze of the registers
 MONTHLY = const(3)  # monthly freeze of the registers
 EVENT = const(4)  # something happened (see EV_*)
-READING = const(5)  # gateway reading (later issues): opaque JSON bytes
+READING = const(5)  # a downstream meter's reading: gateway/reading.py packs and reads it
 
 KIND_NAMES = {PROFILE: "profile", DAILY: "daily", MONTHLY: "monthly", EVENT: "event", READING: "reading"}
 
@@ -31,6 +31,7 @@ EV_LOG_DROPPED = const(12)
 EV_LOG_CORRUPT = const(13)
 EV_TIME_SET = const(14)
 EV_WIFI = const(15)
+EV_METER = const(16)  # a downstream meter fell silent (arg 1), came back (2), needs attention (3)
 
 EVENT_NAMES = {
     EV_POWER_DOWN: "power_down",
@@ -48,6 +49,7 @@ EVENT_NAMES = {
     EV_LOG_CORRUPT: "log_corrupt",
     EV_TIME_SET: "time_set",
     EV_WIFI: "wifi",
+    EV_METER: "meter",
 }
 
 # PROFILE: period s, import/export mWh (registers at the end of the interval),
@@ -119,7 +121,9 @@ def fields(kind, payload):
             "text": bytes(payload[EVENT_HEAD:]).decode(),
         }
     if kind == READING:
-        return {"raw": bytes(payload).decode()}
+        from meternode.gateway import reading  # only nodes that read meters store READINGs
+
+        return reading.fields(payload)
     raise ValueError("unknown record kind %d" % kind)
 
 
