@@ -352,6 +352,7 @@ def records(buf, k, end, med, out=None, raw=None):
             k += 1 + ln
         ext = vif & 0x80
         nv = 0
+        plain_vif = not ext  # a VIFE may change the meaning: only plain VIFs are mapped
         while ext:
             if k >= end:
                 raise FrameError("record runs past the end in its VIFE")
@@ -394,11 +395,11 @@ def records(buf, k, end, med, out=None, raw=None):
                 q = ((R.Q_HEAT_SET if storage else R.Q_HEAT) if med in _HEAT else None, R.U_GJ, (vif2 & 1) - 1)
         elif p in (0x6C, 0x6D) and storage == 0 and func == 0:
             ts = _time_f(buf, k) if (p == 0x6D and n == 4) else (_time_g(buf, k) if n == 2 else 0)
-            if out is not None and ts:
+            if out is not None and ts and not out.meter_ts:  # the first time point is the clock
                 out.meter_ts = ts
             if raw is not None:
                 raw.append({"dif": dif, "vif": vif, "time": ts})
-        elif vif < 0xFB and p not in (0x78, 0x79, 0x7A, 0x7C, 0x7E, 0x7F):
+        elif plain_vif and p not in (0x78, 0x79, 0x7A, 0x7C, 0x7E, 0x7F):
             q = _quantity(p, med, storage)
         if q is not None and q[0] is not None and func == 0 and tariff == 0 and storage <= 1:
             if df == 5:
@@ -445,7 +446,7 @@ def values(buf, s, out, med_hint=0xFF):
     ci, ident, man, ver, med, acc, st, k = header(buf, s)
     if ci == CI_SHORT:
         med = med_hint
-    if st & 0x18:  # application busy / error bits of the status byte
+    if st & 0x18 or st & 3 >= 2:  # permanent / temporary error, application error
         out.status |= R.METER_ERROR
     if st & 0x04:  # power low
         out.status |= R.BATTERY_LOW
