@@ -348,7 +348,7 @@ def records(buf, k, end, med, out=None, raw=None):
             if k >= end:
                 raise FrameError("plain-text VIF is cut")
             ln = buf[k]
-            plain = bytes(buf[k + 1 : k + 1 + ln])[::-1]
+            plain = bytes(buf[k + ln - i] for i in range(ln) if k + ln - i < end)  # sent last letter first
             k += 1 + ln
         ext = vif & 0x80
         nv = 0
