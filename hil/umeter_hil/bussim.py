@@ -17,12 +17,12 @@ Each meter's values grow with wall-clock time (energy, volume), so successive po
 Faults are scripted per meter: `meter.faults.extend(["silent", "noise", ...])` applies one
 to each following request; `meter.dead = True` stops it answering at all:
 `silent` (no answer), `noise` (garbage before the answer), `preamble` (FE bytes first),
-`split` (the answer in two writes 2 ms apart: two reads on the node), `bad_checksum`,
+`split` (a 2 ms pause in the middle of the answer: two reads on the node), `bad_checksum`,
 `slow` (answers after `slow_ms`).
 
 Timing follows the line: an answer starts after the request's line time plus the meter's
-`latency_ms`, and is written after its own line time (`baud`, 11 bits a character), so a
-node's polling cycle on the pty takes what it would take on the wire.
+`latency_ms`, and its bytes are written as they would leave a UART at `baud` (11 bits a
+character), so a node's polling cycle on the pty takes what it would take on the wire.
 
 The answers are built with the firmware's own encoders; the protocol tests check those
 encoders against independent implementations (dlt645, pymodbus, pyMeterBus).
@@ -514,18 +514,23 @@ class SimBus:
                 b[0] ^= 0xFF
             data = bytes(b)
         delay = self.latency_ms / 1000 + (self.slow_ms / 1000 if fault == "slow" else 0)
-        t = end_of_request + delay + len(data) * self.char_s()
-        wait = t - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
+        t0 = end_of_request + delay  # the first start bit
+        # paced like the line: every few ms, the bytes whose last stop bit has gone out
+        cut = len(data) // 2 if fault == "split" and len(data) > 2 else -1
+        sent = 0
         try:
-            if fault == "split" and len(data) > 2:
-                cut = len(data) // 2
-                os.write(self.master, data[:cut])
-                time.sleep(0.002)
-                os.write(self.master, data[cut:])
-            else:
-                os.write(self.master, data)
+            while sent < len(data):
+                due = min(len(data), int((time.monotonic() - t0) / self.char_s()))
+                if cut > 0 and sent < cut <= due:
+                    due = cut  # a split answer: the rest comes after a pause within the frame
+                if due > sent:
+                    os.write(self.master, data[sent:due])
+                    if sent < cut <= due:
+                        time.sleep(0.002)
+                    sent = due
+                    continue
+                wait = t0 + (sent + 1) * self.char_s() - time.monotonic()
+                time.sleep(max(0.0005, min(wait, 0.01)))
         except OSError:
             return
         m.answers += 1
@@ -563,3 +568,57 @@ def demo_config(rs485_port: str, mbus_port: str, interval_s: float = 10.0) -> di
     for m in meters:
         m["interval_s"] = interval_s
     return {"buses": {"rs485": {"port": rs485_port}, "mbus": {"port": mbus_port}}, "meters": meters}
+
+
+class NullModem:
+    """Two ptys joined back to back (`a` and `b` are their device paths): what one side
+    writes, the other reads, like two RS-485 adapters on one pair of wires.  For tests that
+    put an independent master or slave (dlt645, pymodbus) on one end and a node on the
+    other."""
+
+    def __init__(self) -> None:
+        self._m = []
+        self._s = []
+        paths = []
+        for _ in range(2):
+            m, s = os.openpty()
+            tty.setraw(m)
+            tty.setraw(s)
+            self._m.append(m)
+            self._s.append(s)
+            paths.append(os.ttyname(s))
+        self.a, self.b = paths
+        self.bytes = [0, 0]
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> NullModem:
+        self._thread = threading.Thread(target=self._run, name="nullmodem", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        ma, mb = self._m
+        while not self._stop.is_set():
+            try:
+                r, _, _ = select.select([ma, mb], [], [], 0.05)
+                for fd in r:
+                    data = os.read(fd, 1024)
+                    os.write(mb if fd == ma else ma, data)
+                    self.bytes[0 if fd == ma else 1] += len(data)
+            except OSError:
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(2)
+        for fd in self._m + self._s:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __enter__(self) -> NullModem:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

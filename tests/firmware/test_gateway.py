@@ -1,9 +1,8 @@
 # The gateway on MicroPython: the scanner and value decoders allocate nothing, the reading
 # model round-trips, decoders survive garbage, and the poller's schedule (retries, backoff,
 # silent/back events, stale last reading) against a scripted bus.
-import asyncio
 
-from meternode.gateway import cjt188, drivers, dlt645, mbus, modbus, poller
+from meternode.gateway import cjt188, dlt645, drivers, mbus, modbus, poller
 from meternode.gateway import reading as R
 from mptest import assert_no_alloc, eq, heap, raises
 

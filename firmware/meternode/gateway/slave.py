@@ -92,15 +92,15 @@ class Slave:
         # The value of a DI at its format's exponent (an int), or None when the node has none.
         regs = self._registers()
         if di in (0x00000000, 0x00010000, 0x00020000):
-            imp = regs.total_import() // 10  # mWh -> 0.01 kWh
-            exp = regs.total_export() // 10
+            imp = regs.total_import() // 10000  # mWh -> 0.01 kWh
+            exp = regs.total_export() // 10000
             return {0x00000000: imp + exp, 0x00010000: imp, 0x00020000: exp}[di]
         if 0x00010100 <= di <= 0x00010400 or 0x00020100 <= di <= 0x00020400:
             t = ((di >> 8) & 0xFF) - 1
             if t >= regs.tariffs:
                 return 0
             pair = regs.tariff_registers(t)
-            return pair[0 if di < 0x00020000 else 1] // 10
+            return pair[0 if di < 0x00020000 else 1] // 10000
         t = self._telemetry()
         if not t:
             return None
@@ -233,8 +233,8 @@ class Slave:
             r[i] = v >> 16
             r[i + 1] = v & 0xFFFF
 
-        u32(0, regs.total_import() // 10)
-        u32(2, regs.total_export() // 10)
+        u32(0, regs.total_import() // 10000)  # mWh -> 0.01 kWh
+        u32(2, regs.total_export() // 10000)
         t = self._telemetry()
         el = (t.get("elements") or [{}])[0] if t else {}
         r[4] = (_rnd(t.get("v"), 10) or 0) & 0xFFFF if t else 0
