@@ -378,6 +378,7 @@ class SimBus:
         self.slow_ms = slow_ms
         self.rng = random.Random(seed)
         self.requests: list[bytes] = []
+        self.answer_bytes = 0  # bytes of every answer sent (benchmarks: line time)
         self.collisions = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -533,6 +534,7 @@ class SimBus:
                 time.sleep(max(0.0005, min(wait, 0.01)))
         except OSError:
             return
+        self.answer_bytes += len(data)
         m.answers += 1
 
 
