@@ -15,7 +15,7 @@ def test_frames_round_trip_on_micropython_within_51_bytes():
     eq(len(e), 51, "event text cut to fit 51 bytes")
     eq(loracodec.decode(e)["event"], "tamper", "event name")
     raises(loracodec.CodecError, loracodec.decode, b"\x21" + bytes(5))
-    raises(loracodec.CodecError, loracodec.encode_record, records.READING, 1, 1, b"{}")
+    raises(loracodec.CodecError, loracodec.encode_record, records.READING, 1, 1, b"{}")  # not a reading payload
 
 
 def test_airtime_and_duty_cycle_on_micropython():

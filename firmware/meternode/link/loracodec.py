@@ -75,6 +75,14 @@ def _pack(kind, seq, ts, values, tail=b""):
 
 def encode_record(kind, seq, ts, payload):
     # A stored record (kind, seq, ts, payload bytes from records.py) -> LoRa frame bytes.
+    if kind == records.READING:  # compact form, values that do not fit are left out (flagged)
+        from meternode.gateway import reading
+
+        try:
+            body = reading.lora(payload, MAX_FRAME - 9)
+        except ValueError as e:
+            raise CodecError(str(e))
+        return struct.pack(HEADER, (VERSION << 5) | kind, seq & 0xFFFFFFFF, int(ts) & 0xFFFFFFFF) + body
     f = records.fields(kind, payload)
     if kind == records.PROFILE:
         vals = (
@@ -97,12 +105,6 @@ def encode_record(kind, seq, ts, payload):
     if kind == records.EVENT:
         t = f["text"].encode()[:EVENT_TEXT_MAX]
         return _pack(kind, seq, ts, (f["code"], f["arg"]), t)
-    if kind == records.READING:  # compact form, values that do not fit are left out (flagged)
-        from meternode.gateway import reading
-
-        return struct.pack(HEADER, (VERSION << 5) | kind, seq & 0xFFFFFFFF, int(ts) & 0xFFFFFFFF) + reading.lora(
-            payload, MAX_FRAME - 9
-        )
     raise CodecError("no LoRa layout for record kind %d" % kind)
 
 
