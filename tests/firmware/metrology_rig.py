@@ -12,6 +12,7 @@ _BOARDS = __file__.rsplit("/", 3)[0] + "/boards/"
 def board(name="sim", **adc):
     with open(_BOARDS + name + ".json") as f:
         b = json.load(f)
+    b.pop("buses", None)  # meter buses (gateway) are not metrology's: keep the 128k heap for the meter
     b["hal"] = "sim"
     b["adc"].update(adc)
     return b
