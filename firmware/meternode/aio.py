@@ -1,7 +1,8 @@
 # Millisecond time and asyncio waits, the same names on MicroPython and CPython, so the pure
 # link modules (MQTT, LoRaWAN, outbox) also run on the host (fleet simulator, tests).
 import asyncio
-import time
+
+from meternode import ticks as _t
 
 try:
     from asyncio import sleep_ms, wait_for_ms
@@ -14,21 +15,15 @@ except ImportError:  # CPython
         return asyncio.sleep(ms / 1000)
 
 
-try:
-    ticks_ms = time.ticks_ms
-    ticks_us = time.ticks_us
-    ticks_diff = time.ticks_diff
-    ticks_add = time.ticks_add
-except AttributeError:  # CPython
+# Ticks for the link layer: the board's wall ticks (ticks.py), 30-bit and wrapping on every
+# port (the sim HAL starts them a few seconds before a wrap), with the board's arithmetic.
+def ticks_ms():
+    return _t.ms()
 
-    def ticks_ms():
-        return int(time.monotonic() * 1000)
 
-    def ticks_us():
-        return int(time.monotonic() * 1000000)
+def ticks_us():
+    return _t.us()
 
-    def ticks_diff(a, b):
-        return a - b
 
-    def ticks_add(a, b):
-        return a + b
+ticks_diff = _t.diff
+ticks_add = _t.add

@@ -14,7 +14,14 @@
 # when no pulse came for max(flow_timeout_s, twice the last interval).  Leak: flow has not
 # been zero for leak_s.  Tamper: a second input whose active level raises a flag and
 # counts events.
+#
+# Times are ticks_ms (30-bit, wrapping) and only compared through ticks.diff(): a pulse
+# or a leak across the wrap counts like any other.  A difference is valid for 6.2 days
+# (2**29 ms); longer silences read as negative and are taken as "longer than any limit"
+# (flow_timeout_s and leak_s are bounded below that), and a leak once established stays
+# reported while the flow lasts.
 from meternode.config import ConfigError, need
+from meternode.ticks import diff
 
 EDGES = ("falling", "rising")
 
@@ -29,8 +36,8 @@ class PulseMeter:
             raise ConfigError("%s.edge must be falling or rising, not %r" % (where, edge))
         self.active = 0 if edge == "falling" else 1
         self.debounce = need(spec, "debounce_ms", int, where, default=20, lo=0, hi=10000)
-        self.flow_timeout = int(need(spec, "flow_timeout_s", float, where, default=300.0, lo=1.0) * 1000)
-        self.leak_ms = int(need(spec, "leak_s", float, where, default=86400.0, lo=60.0) * 1000)
+        self.flow_timeout = int(need(spec, "flow_timeout_s", float, where, default=300.0, lo=1.0, hi=86400.0) * 1000)
+        self.leak_ms = int(need(spec, "leak_s", float, where, default=86400.0, lo=60.0, hi=432000.0) * 1000)
         self.count = 0
         self.rejected = 0  # edges rejected as bounce
         self.stable = 1 - self.active  # idle level
@@ -39,6 +46,7 @@ class PulseMeter:
         self.last_t = None  # ticks_ms of the last counted pulse
         self.interval = 0  # ms between the last two pulses
         self._flow_since = None  # ticks_ms since when flow has been non-zero
+        self._leaking = False  # flow has lasted leak_ms (kept while it lasts)
         self.tampered = False
         self.tamper_events = 0
 
@@ -56,7 +64,7 @@ class PulseMeter:
     def edge(self, t, level):
         # One raw edge at ticks_ms t; the pin's level after it.
         if self._cand >= 0:
-            if t - self._cand_t >= self.debounce:
+            if diff(t, self._cand_t) >= self.debounce:
                 self._commit()
             else:
                 self.rejected += 1
@@ -68,8 +76,10 @@ class PulseMeter:
 
     def poll(self, now):
         # Call regularly (and before reading): settles a level that has held long enough.
-        if self._cand >= 0 and now - self._cand_t >= self.debounce:
+        if self._cand >= 0 and diff(now, self._cand_t) >= self.debounce:
             self._commit()
+        if self._flow_since is not None and not self._leaking:
+            self.leak(now)  # latched while the difference is still valid
 
     def _commit(self):
         lvl = self._cand
@@ -85,17 +95,19 @@ class PulseMeter:
             last = self.last_t
             self.count += n
             if last is not None:
-                self.interval = (t - last) // n
+                d = diff(t, last)
+                self.interval = d // n if d > 0 else 0
             if self._flow_since is None:
                 self._flow_since = t
             self.last_t = t
 
     def _pulse(self, t):
         if self.last_t is not None:
-            gap = t - self.last_t
-            if gap > max(self.flow_timeout, 2 * self.interval):
+            gap = diff(t, self.last_t)
+            if gap < 0 or gap > max(self.flow_timeout, 2 * self.interval):
                 self._flow_since = None  # flow had fallen to zero in between
-            self.interval = gap
+                self._leaking = False
+            self.interval = gap if gap > 0 else 0
         if self._flow_since is None:
             self._flow_since = t
         self.last_t = t
@@ -111,16 +123,23 @@ class PulseMeter:
         # milli-units per hour (litres per hour for pulses per m3); 0 after the timeout.
         if self.last_t is None or self.interval <= 0:
             return 0
-        quiet = now - self.last_t
-        if quiet > max(self.flow_timeout, 2 * self.interval):
+        quiet = diff(now, self.last_t)
+        if quiet < 0 or quiet > max(self.flow_timeout, 2 * self.interval):
             self._flow_since = None
+            self._leaking = False
             return 0
         # the running interval bounds the rate from above while no pulse comes
         iv = max(self.interval, quiet)
         return 3600000 * 1000 // (self.per_unit * iv)
 
     def leak(self, now):
-        return self.flow(now) > 0 and self._flow_since is not None and now - self._flow_since >= self.leak_ms
+        if self.flow(now) <= 0 or self._flow_since is None:
+            return False
+        d = diff(now, self._flow_since)
+        if d >= self.leak_ms:
+            self._leaking = True  # remembered for when the difference no longer fits
+            return True
+        return self._leaking and d < 0  # flowing for over 6.2 days
 
     def reading(self, now):
         self.poll(now)
@@ -152,7 +171,7 @@ class PulseService:
         from meternode import hal
 
         self.meters = from_board(board)
-        self.inputs = hal.make_pulse_inputs(board, config)
+        self.inputs = hal.make_pulse_inputs(board, config, clock)
         self.clock = clock
         self.poll_ms = 100
 

@@ -27,6 +27,7 @@
 from micropython import const
 
 from meternode.hal.blocks import Blocks
+from meternode.hal.clock import BoardClock
 
 _ADC_BASE = const(0x4004C000)
 _CS = const(0x00)
@@ -123,22 +124,8 @@ class RP2Sampler:
         return await self.blocks.next_block()
 
 
-class RP2Clock:
-    def __init__(self):
-        import time
-
-        self._time = time
-
-    def ticks_ms(self):
-        return self._time.ticks_ms()
-
-    def time(self):
-        return self._time.time()
-
-    async def sleep_ms(self, ms):
-        import asyncio
-
-        await asyncio.sleep_ms(ms)
+# The board clock (ticks, RTC epoch) is shared by every board HAL: hal/clock.py.
+RP2Clock = BoardClock
 
 
 class RP2Hal:

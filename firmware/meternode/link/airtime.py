@@ -2,8 +2,12 @@
 # formula), the regional duty cycle (EU868: 1 % on the default channels' sub-band, so after
 # an uplink of T ms the band rests T * 99 ms), and a daily airtime budget (TTN fair use:
 # 30 s per 24 h).  The link asks `wait_ms()` before each uplink and waits (or merges live
-# telemetry) instead of breaking the rules.
+# telemetry) instead of breaking the rules.  now_ms is a ticks_ms value (30-bit, wrapping):
+# the deadline is made with ticks.add and compared with ticks.diff, so an uplink just
+# before a wrap does not silence the link until reboot.
 import math
+
+from meternode.ticks import add, diff
 
 # region -> (duty cycle as 1/x, LoRaWAN MAC overhead bytes)
 REGIONS = {
@@ -36,6 +40,8 @@ class Governor:
         self.duty_x, self.overhead = REGIONS[region]
         self.daily_budget_ms = daily_budget_ms
         self.free_at = None  # ticks (ms) when the sub-band may transmit again
+        self._sent_at = 0  # ticks (ms) of the last uplink
+        self._rest = 0  # ms the sub-band rests after it
         self.day = None
         self.used_ms = 0  # airtime spent today
         self.sent = 0
@@ -55,13 +61,20 @@ class Governor:
             self.used_ms = 0
         if self.used_ms + self.toa_ms(payload) > self.daily_budget_ms:
             return -1
-        if self.free_at is not None and self.free_at - now_ms > 0:
-            return self.free_at - now_ms
+        if self.free_at is not None:
+            # the rest since the last uplink, bounded by it: a silence longer than the
+            # ticks' half period (6.2 days) reads negative and cannot become a long wait
+            gone = diff(now_ms, self._sent_at)
+            if 0 <= gone < self._rest:
+                return self._rest - gone
+            self.free_at = None  # passed: forget it before the ticks come round again
         return 0
 
     def sent_now(self, payload, now_ms):
         t = self.toa_ms(payload)
         self.used_ms += t
-        self.free_at = now_ms + t * self.duty_x  # T on air + T * (x - 1) off
+        self._rest = t * self.duty_x  # T on air + T * (x - 1) off
+        self._sent_at = now_ms
+        self.free_at = add(now_ms, self._rest)
         self.sent += 1
         return t

@@ -5,7 +5,10 @@
 # application level.
 #
 # A backlog drains at `rate` records per second (token bucket, burst `window`), so live
-# telemetry (QoS 0, sent by the node's reporting task) keeps flowing beside it.  A record
+# telemetry (QoS 0, sent by the node's reporting task) keeps flowing beside it.  The bucket
+# refills on ticks_ms (a difference is valid for 6.2 days; anything longer, or negative,
+# is a full bucket), never on ticks_us, whose half period is under 9 minutes: an outage
+# longer than that must not read as time running backwards and block publishing.  A record
 # whose PUBACK does not come within `ack_timeout_ms` drops the connection; after a
 # reconnect with a kept session the records that were in flight go out again with DUP and
 # their packet ids, otherwise everything from the cursor goes out again with new ids.
@@ -16,7 +19,6 @@ from micropython import const
 
 from meternode.aio import ticks_diff as _diff
 from meternode.aio import ticks_ms as _now
-from meternode.aio import ticks_us as _now_us
 from meternode.aio import wait_for_ms as _wait_for_ms
 from meternode.store import records
 
@@ -44,7 +46,7 @@ class Outbox:
         self._pid = 0
         self._kick = asyncio.Event()
         self._tokens = float(window)
-        self._t_tok = _now_us()  # microseconds: at high rates a millisecond holds many tokens
+        self._t_tok = _now()  # ticks_ms of the last refill (fractional tokens carry over)
         self._topics = {}
         for k in records.KIND_NAMES:
             self._topics[k] = "%s/%s/%s" % (prefix, node_id, records.topic_leaf(k))
@@ -99,9 +101,13 @@ class Outbox:
         self._kick.set()
 
     def _take_token(self):
-        now = _now_us()
-        self._tokens += _diff(now, self._t_tok) * self.rate / 1000000.0
+        now = _now()
+        d = _diff(now, self._t_tok)
         self._t_tok = now
+        if d < 0:  # over 6.2 days since the last refill: the bucket is full
+            self._tokens = float(self.window)
+        else:
+            self._tokens += d * self.rate / 1000.0
         if self._tokens > self.window:
             self._tokens = float(self.window)
         if self._tokens >= 1.0:

@@ -1,0 +1,65 @@
+# Tick arithmetic of a board, the same on every port: ticks_ms / ticks_us values are
+# small ints in 0 .. 2**30 - 1 that wrap (every 12.4 days / 17.9 minutes), differences
+# and deadlines go only through diff() and add().  A difference is meaningful within half
+# the period (+-2**29: 6.2 days in ms, 8.9 minutes in us); a caller that may wait longer
+# treats a negative difference as "longer than that" (see pulses.py, checkpoint.py).
+#
+# ESP32 and RP2040 builds (and a 32-bit unix port) wrap at 2**30 already: diff/add are
+# then the C functions time.ticks_diff / time.ticks_add.  The 64-bit unix port wraps at
+# 2**62 and CPython not at all, so there the same arithmetic is done here, and ms()/us()
+# (the wall ticks the link layer uses, see aio.py) are masked to 30 bits: code tested on
+# the unix port meets the wrap it will meet on a board.
+#
+# rebase(ms, us): the wall ticks read `ms` / `us` now (the sim HAL starts them a few
+# seconds before a wrap, so every test and virtual node crosses one).
+import time
+
+PERIOD = 1 << 30
+MASK = PERIOD - 1
+HALF = 1 << 29
+
+try:
+    _native = time.ticks_add(0, -1) == MASK
+    _raw_ms = time.ticks_ms
+    _raw_us = time.ticks_us
+except AttributeError:  # CPython
+    _native = False
+
+    def _raw_ms():
+        return time.monotonic_ns() // 1000000
+
+    def _raw_us():
+        return time.monotonic_ns() // 1000
+
+
+if _native:
+    diff = time.ticks_diff
+    add = time.ticks_add
+else:
+
+    def diff(a, b):
+        # a - b for 30-bit ticks: -2**29 .. 2**29 - 1
+        d = (a - b) & MASK
+        return d - PERIOD if d >= HALF else d
+
+    def add(t, d):
+        return (t + d) & MASK
+
+
+_off_ms = 0
+_off_us = 0
+
+
+def ms():
+    return add(_raw_ms() & MASK, _off_ms)
+
+
+def us():
+    return add(_raw_us() & MASK, _off_us)
+
+
+def rebase(at_ms, at_us):
+    # From now on ms() / us() read at_ms / at_us and run on from there.
+    global _off_ms, _off_us
+    _off_ms = diff(at_ms & MASK, _raw_ms() & MASK)
+    _off_us = diff(at_us & MASK, _raw_us() & MASK)
