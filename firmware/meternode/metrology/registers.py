@@ -22,6 +22,13 @@
 # total: a sub-circuit CT ("role": "circuit") keeps its own registers but is not counted twice.
 # Maximum demand: the total import energy over each demand period, divided by its length,
 # the largest one kept with its end time (md_mw, md_at).
+#
+# Small ints only: a register is kept as two words, lo (0 .. 2**30 - 1 mWh) and hi (units
+# of 2**30 mWh = 1.07 MWh), so registering a window allocates nothing on a 32-bit board
+# however large the register grows (a whole value >= 2**30 would be a heap int, made anew
+# on every addition).  get() / total_import() / state() give whole values (they allocate,
+# for reports and checkpoints); low_import() / low() give the 30-bit low word for the
+# per-second and per-block paths, which compare differences modulo 2**30.
 IMP = 0
 EXP = 1
 Q1 = 2
@@ -29,6 +36,8 @@ S_IMP = 6
 S_EXP = 7
 _FIELDS = 8
 _UJ_PER_MILLI_H = 3600000  # 1 mWh = 3.6 J = 3.6e6 uJ
+_LO_BITS = 30
+_LO_MASK = (1 << _LO_BITS) - 1
 NETTINGS = ("vector", "phase")
 
 
@@ -58,41 +67,62 @@ class Registers:
         self.tariff = 0
         self._tar = (elements + 1) * _FIELDS
         size = self._tar + 2 * tariffs
-        self.r = [0] * size
-        self.rem = [0] * size
+        self.size = size
+        self.lo = [0] * size  # mWh, low 30 bits
+        self.hi = [0] * size  # units of 2**30 mWh
+        self.rem = [0] * size  # uJ below one mWh
         self.md_mw = 0  # maximum demand, milliwatts
         self.md_at = 0  # end of that demand period (meter time, seconds)
 
     # -- reading ---------------------------------------------------------------------------
+    def _whole(self, idx):
+        h = self.hi[idx]
+        return (h << _LO_BITS) + self.lo[idx] if h else self.lo[idx]
+
+    @property
+    def r(self):
+        # every register's whole value, mWh (a new list)
+        return [self._whole(k) for k in range(self.size)]
+
     def get(self, block, field):
         # block: element index 0..n-1, or n for the total
-        return self.r[block * _FIELDS + field]
+        return self._whole(block * _FIELDS + field)
+
+    def low(self, block, field):
+        # the register's low 30 bits: differences modulo 2**30 without allocating
+        return self.lo[block * _FIELDS + field]
 
     @property
     def imp(self):
-        return [self.r[e * _FIELDS + IMP] for e in range(self.n)]
+        return [self._whole(e * _FIELDS + IMP) for e in range(self.n)]
 
     @property
     def exp(self):
-        return [self.r[e * _FIELDS + EXP] for e in range(self.n)]
+        return [self._whole(e * _FIELDS + EXP) for e in range(self.n)]
 
     def total_import(self):
-        return self.r[self.n * _FIELDS + IMP]
+        return self._whole(self.n * _FIELDS + IMP)
 
     def total_export(self):
-        return self.r[self.n * _FIELDS + EXP]
+        return self._whole(self.n * _FIELDS + EXP)
+
+    def low_import(self):
+        return self.lo[self.n * _FIELDS + IMP]
+
+    def low_export(self):
+        return self.lo[self.n * _FIELDS + EXP]
 
     def energy_j(self, block, field):
-        # Exact register content in joules (var-s, VA-s), remainder included.
+        # Register content in joules (var-s, VA-s), remainder included.
         idx = block * _FIELDS + field
-        return self.r[idx] * 3.6 + self.rem[idx] / 1000000.0
+        return self._whole(idx) * 3.6 + self.rem[idx] / 1000000.0
 
     def quadrants(self, block):
         b = block * _FIELDS + Q1
-        return self.r[b : b + 4]
+        return [self._whole(b + k) for k in range(4)]
 
     def tariff_registers(self, t):
-        return self.r[self._tar + 2 * t], self.r[self._tar + 2 * t + 1]
+        return self._whole(self._tar + 2 * t), self._whole(self._tar + 2 * t + 1)
 
     def set_tariff(self, t):
         if not isinstance(t, int) or not 0 <= t < self.tariffs:
@@ -101,13 +131,30 @@ class Registers:
 
     # -- counting --------------------------------------------------------------------------
     def _add(self, idx, joules):
-        # joules >= 0
-        uj = int(joules * 1000000.0 + 0.5)
-        if uj <= 0:
+        # joules >= 0: whole mWh first, then the rest in uJ, so every int stays small (a
+        # window's energy in uJ would not: 10 kW for 1 s is 1e10 uJ)
+        if joules <= 0.0:
             return
+        w = int(joules / 3.6)
+        uj = int((joules - w * 3.6) * 1000000.0 + 0.5)
+        self.add_int(idx, w, uj)
+
+    def add_int(self, idx, mwh, uj):
+        # Integer part of a registration: mwh whole milliwatt-hours and uj microjoules
+        # (uj may be slightly negative from float rounding, |uj| < 3.6e6).  Allocates nothing.
         x = self.rem[idx] + uj
-        self.r[idx] += x // _UJ_PER_MILLI_H
-        self.rem[idx] = x % _UJ_PER_MILLI_H
+        if x < 0:
+            x += _UJ_PER_MILLI_H
+            mwh -= 1
+        elif x >= _UJ_PER_MILLI_H:
+            x -= _UJ_PER_MILLI_H
+            mwh += 1
+        self.rem[idx] = x
+        lo = self.lo[idx] + mwh
+        if lo > _LO_MASK:
+            self.hi[idx] += lo >> _LO_BITS
+            lo &= _LO_MASK
+        self.lo[idx] = lo
 
     def _block(self, b, p, q, s):
         # p, q, s in joules (var-seconds, VA-seconds) for one cycle of one block
@@ -196,14 +243,14 @@ class Registers:
         return {
             "n": self.n,
             "tariffs": self.tariffs,
-            "r": list(self.r),
+            "r": self.r,
             "rem": list(self.rem),
             "md": [self.md_mw, self.md_at],
             "tariff": self.tariff,
         }
 
     def restore(self, st):
-        size = len(self.r)
+        size = self.size
         if st.get("n") != self.n or st.get("tariffs") != self.tariffs:
             raise ValueError(
                 "register state is for %r elements / %r tariffs, not %d / %d"
@@ -216,8 +263,12 @@ class Registers:
             for x in v:
                 if not isinstance(x, int) or x < 0:
                     raise ValueError("register state %s holds %r, not a count" % (key, x))
+        for x in st["rem"]:
+            if x >= _UJ_PER_MILLI_H:
+                raise ValueError("register state rem holds %r, not below one mWh" % x)
         md = st.get("md", [0, 0])
-        self.r = list(st["r"])
+        self.lo = [x & _LO_MASK for x in st["r"]]
+        self.hi = [x >> _LO_BITS for x in st["r"]]
         self.rem = list(st["rem"])
         self.md_mw, self.md_at = int(md[0]), md[1]
         self.tariff = int(st.get("tariff", 0))

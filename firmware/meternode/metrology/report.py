@@ -2,6 +2,10 @@
 # dict that node.py and the telemetry encoder read (keys cycles, v, f, elements with
 # name, i, p, p_min, p_max, e_imp_wh, e_exp_wh; plus q, s, pf, quadrant, reactive and
 # apparent energy, voltages, tariff, totals, demand and power quality when enabled).
+# Energies are there twice: as float Wh (e_imp_wh ...: convenient, but a single-precision
+# float steps by 1 Wh at 10 MWh) and as the registers' exact integers (e_imp_mwh ...), which
+# the freeze records and the telemetry encoder use.  The timebase: sample_rate (measured
+# sets/s), gaps and lost_sets (the sampler's lost sets, counted by the meter).
 import math
 
 
@@ -75,6 +79,10 @@ class Window:
                     "e_exp_wh": r.get(e, 1) / 1000.0,
                     "e_q_varh": [x / 1000.0 for x in r.quadrants(e)],
                     "e_s_vah": (r.get(e, 6) + r.get(e, 7)) / 1000.0,
+                    "e_imp_mwh": r.get(e, 0),
+                    "e_exp_mwh": r.get(e, 1),
+                    "e_q_mvarh": r.quadrants(e),
+                    "e_s_mvah": r.get(e, 6) + r.get(e, 7),
                 }
             )
         snap = {
@@ -86,8 +94,13 @@ class Window:
             "tariff": r.tariff,
             "e_imp_wh": r.total_import() / 1000.0,
             "e_exp_wh": r.total_export() / 1000.0,
+            "e_imp_mwh": r.total_import(),
+            "e_exp_mwh": r.total_export(),
             "demand_w": m.energy.demand_w,
             "md_w": r.md_mw / 1000.0,
+            "sample_rate": m.rate,
+            "gaps": m.gaps,
+            "lost_sets": m.lost_sets,
         }
         if m.quality is not None:
             snap["pq"] = m.quality.report()

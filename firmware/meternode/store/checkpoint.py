@@ -17,10 +17,17 @@
 # Wear budget (docs/metrology.md): at most 1440 writes a day by the interval floor, about
 # 24 + (daily kWh / 0.05) in practice (224 for 10 kWh a day); each write rewrites one
 # small file, which LittleFS spreads over its free blocks.
+#
+# Time is ticks_ms, compared only through ticks.diff() (a checkpoint is due across a wrap
+# like any other time); more than 6.2 days since the last one reads as negative: overdue.
+# Energy moved is taken from the registers' 30-bit low words (wrapping difference), so the
+# per-block check allocates nothing however large the registers grow.
 import binascii
 import json
 import os
 import struct
+
+from meternode.ticks import MASK, diff
 
 _MAGIC = b"UMCK"
 _VERSION = 1
@@ -112,13 +119,20 @@ class Checkpointer:
         self.min_ms = int(min_interval_s * 1000)
         self.extra = extra  # optional callable -> dict saved beside the registers
         self._last_ms = None
-        self._last_e = self._energy()
+        self._last_imp = 0
+        self._last_exp = 0
+        self._mark()
         self.rejected = None
 
-    def _energy(self):
-        # active energy moved, either way (mWh)
+    def _mark(self):
         r = self.meter.registers
-        return r.total_import() + r.total_export()
+        self._last_imp = r.low_import()
+        self._last_exp = r.low_export()
+
+    def _moved(self):
+        # active energy moved either way since the mark (mWh), from the wrapping low words
+        r = self.meter.registers
+        return ((r.low_import() - self._last_imp) & MASK) + ((r.low_export() - self._last_exp) & MASK)
 
     def restore(self):
         # Puts the newest good checkpoint back into the meter; returns its payload or None.
@@ -132,18 +146,19 @@ class Checkpointer:
         except (KeyError, TypeError, ValueError) as e:
             self.rejected = "checkpoint %d not restored: %s" % (self.store.seq, e)
             return None
-        self._last_e = self._energy()
+        self._mark()
         return p
 
     def due(self, now_ms):
-        e = self._energy()
         if self._last_ms is None:
             self._last_ms = now_ms
             return False
-        age = now_ms - self._last_ms
+        age = diff(now_ms, self._last_ms)
+        if age < 0:  # more than 2**29 ms (6.2 days) ago: long overdue
+            age = self.period_ms
         if age < self.min_ms:
             return False
-        moved = e - self._last_e
+        moved = self._moved()
         return moved >= self.delta or (age >= self.period_ms and moved > 0)
 
     def save(self, now_ms, force=False):
@@ -156,5 +171,5 @@ class Checkpointer:
             payload["extra"] = self.extra()
         self.store.write(payload)
         self._last_ms = now_ms
-        self._last_e = self._energy()
+        self._mark()
         return True

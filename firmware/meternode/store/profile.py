@@ -1,6 +1,8 @@
 # Load profile and freezes: turns the periodic meter snapshots into PROFILE records (one per
 # `period_s`, aligned to the wall clock: 00:00, 00:15, ...), DAILY freezes at each UTC
 # midnight and MONTHLY freezes at each first of the month, all appended to the record log.
+# Energies come from the snapshot's exact register integers (e_imp_mwh, e_exp_mwh), never
+# rebuilt from float Wh: a single-precision float is exact only below 16.8 kWh.
 import time
 
 from meternode.store import records
@@ -9,6 +11,13 @@ from meternode.store import records
 def _month(ts):
     t = time.gmtime(int(ts))
     return t[0] * 12 + t[1] - 1
+
+
+def _mwh(e, kind):
+    # an element's register in mWh: the exact integer where the snapshot has it (the
+    # meter's), else from float Wh (older snapshot producers)
+    x = e.get("e_%s_mwh" % kind)
+    return x if x is not None else int(e["e_%s_wh" % kind] * 1000 + 0.5)
 
 
 class ProfileRecorder:
@@ -45,15 +54,15 @@ class ProfileRecorder:
             self.close(self._slot * self.period_s + self.period_s)
             self._slot = slot
         i = p = 0.0
-        imp = exp = 0.0
+        imp = exp = 0
         for e in snap["elements"]:
             if self.mains is None or e["name"] in self.mains:
                 i += e["i"]
                 p += e["p"]
-                imp += e["e_imp_wh"]
-                exp += e["e_exp_wh"]
-        self.e_imp_mwh = int(imp * 1000 + 0.5)
-        self.e_exp_mwh = int(exp * 1000 + 0.5)
+                imp += _mwh(e, "imp")
+                exp += _mwh(e, "exp")
+        self.e_imp_mwh = imp
+        self.e_exp_mwh = exp
         for acc, x in ((self.v, snap["v"]), (self.i, i), (self.p, p)):
             acc[0] += x
             if x < acc[1]:
