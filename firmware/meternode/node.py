@@ -44,6 +44,8 @@ class Node:
             relay_control(self)  # an operator's remote disconnect held across the reboot
         self.meter = Meter(board, config.get("calibration"), config.get("metrology"))
         self.meter.energy.clock = self.hal.clock
+        _timebase(self.meter, self.hal.sampler)
+        self._gaps_seen = 0  # meter gaps already recorded as events
         self.pulses = None  # water/gas/S0 pulse meters (pulses.py), when the board has inputs
         if board.get("pulses"):
             from meternode.pulses import PulseService
@@ -60,11 +62,15 @@ class Node:
 
     async def sampling(self):
         s = self.hal.sampler
+        stamped = hasattr(s, "stamp_us")  # the sampler timebase (hal/__init__.py)
         s.start()
         try:
             while True:
                 buf = await s.next_block()
-                self.meter.feed(buf, s.block_sets)
+                if stamped:
+                    self.meter.feed(buf, s.block_sets, s.lost, s.stamp_us)
+                else:
+                    self.meter.feed(buf, s.block_sets)
                 if self.checkpoint is not None:
                     bo = self.brownout is not None and self.brownout.tripped
                     self.checkpoint.save(self.hal.clock.ticks_ms(), bo)  # when due, or on brown-out
@@ -209,6 +215,16 @@ class Node:
         )
         self.last = payload
         u = self.uplink()
+        g = self.meter.gaps
+        if u is not None and g != self._gaps_seen:  # the sampler lost sets: one event a period
+            from meternode.store import records
+
+            n = (g - self._gaps_seen) & 0x3FFFFFFF
+            self._gaps_seen = g
+            try:
+                u.event(records.EV_SAMPLING_GAP, n, "%d sets lost in all" % self.meter.lost_sets)
+            except Exception as e:
+                log("gap event not recorded: %s" % e)
         if u is not None:
             try:
                 await u.report(now, snap, payload)
@@ -273,6 +289,18 @@ class Node:
         except Exception as e:
             log("gateway not started: %s" % e)
             return []
+
+
+def _timebase(meter, s):
+    # The rate the sampler really produces: the meter starts from it, and a board whose
+    # timer cannot make board.adc.rate exactly is corrected here, with the reason logged.
+    ra = getattr(s, "rate_actual", s.rate)
+    if ra != s.rate:
+        log(
+            "sampler: board.adc.rate %d S/s runs at %.3f S/s (the timer cannot divide it exactly, "
+            "%+.0f ppm): metering uses %.3f and measures it from then on" % (s.rate, ra, (ra / s.rate - 1) * 1e6, ra)
+        )
+    meter.use_rate(ra)
 
 
 def _checkpointer(meter, c, pulses=None):

@@ -1,9 +1,35 @@
 # Hardware abstraction.  Only modules in this package import machine, rp2, esp32 or network.
 # make(board, config) returns the backend named by board["hal"]: an object with
-#   .clock    ticks_ms(), time() (epoch seconds), async sleep_ms(ms)
-#   .sampler  nch, rate, block_sets, bits, overruns, start(), stop(),
-#             async next_block() -> array('H') of nch * block_sets interleaved samples
-#             (set k = [ch0, ch1, ...]); valid until the following call.
+#   .clock    the one clock of the node (boards: hal/clock.py; sim: SimClock):
+#             ticks_ms(), ticks_us()   30-bit ticks that wrap at 2**30, like a board's
+#             ticks_diff(a, b), ticks_add(t, d)   the only arithmetic allowed on ticks
+#             time()                   UTC epoch seconds, an int
+#             set_time(epoch), async sleep_ms(ms)
+#   .sampler  see "Sampler contract" below.
+#
+# Sampler contract (every backend; the meter relies on it, docs/metrology.md):
+#   nch, bits, block_sets     channels per set, ADC bits, sets per block
+#   rate          the board's nominal rate, sets/s (int, board.adc.rate)
+#   rate_actual   the rate the hardware timer / divider really produces from its clock
+#                 (float): rate itself when it divides exactly, else e.g. 2403.846 for a
+#                 416-us integer timer period asked for 2400.  The meter starts from it
+#                 (the node logs the correction and why).
+#   overruns      blocks the consumer was too late for (dropped, counted)
+#   start(), stop()
+#   async next_block() -> array('H') of nch * block_sets interleaved raw counts (set k =
+#                 [ch0, ch1, ...]), valid until the following call.  After it returns:
+#   stamp_us      ticks_us (the clock's, wrapping at 2**30) when the block's last set was
+#                 converted: the IRQ / DMA completion time, the sim clock's on the sim HAL.
+#                 A constant latency is harmless; a late stamp (IRQs masked by a flash
+#                 erase) is tolerated, the meter fits the early envelope of the stamps.
+#   lost          sample sets known lost since start() -- missed timer ticks, FIFO / DMA
+#                 overruns, dropped blocks (overruns * block_sets) -- wrapping below 2**30.
+#                 Sets lost are never silent: the meter counts each increase as a gap.
+# From consecutive (sets delivered + lost, stamp_us) the meter measures the real rate with
+# wrap-safe integer accumulation (metrology/timebase.py) and uses it for energy and
+# frequency, so neither a timer that cannot divide the rate nor a crystal's ppm error nor a
+# dropped tick reaches the registers.  A backend without stamp_us / lost (older code) makes
+# the meter fall back to rate_actual (or rate).
 # Backends: sim (sim.py, the unix port), rp2 (rp2040.py: ADC round robin + DMA ping-pong),
 # esp32 (esp32.py: timer-paced ADC1), mcp3208 (mcp3208.py: external SPI ADC on either MCU).
 # Pulse inputs: pulsein.py (IRQ ring, machine.Counter), sim_pulses.py (sim trains).
@@ -17,10 +43,10 @@
 _BACKENDS = ("sim", "rp2", "esp32", "mcp3208")
 
 
-def make_pulse_inputs(board, config):
+def make_pulse_inputs(board, config, clock=None):
     # One pulse input per board "pulses" entry: sim trains from config["sim"]["pulses"]
-    # on the sim HAL, else a pin IRQ ring, or machine.Counter when the entry says
-    # "backend": "counter" (ESP32, electronic S0 outputs).
+    # on the sim HAL (on `clock`'s ticks), else a pin IRQ ring, or machine.Counter when
+    # the entry says "backend": "counter" (ESP32, electronic S0 outputs).
     specs = board.get("pulses", [])
     if not specs:
         return []
@@ -28,7 +54,10 @@ def make_pulse_inputs(board, config):
         from meternode.hal.sim_pulses import SimPulseTrain
 
         trains = config.get("sim", {}).get("pulses", [])
-        return [SimPulseTrain(trains[k] if k < len(trains) else {}, "sim.pulses[%d]" % k) for k in range(len(specs))]
+        t0 = clock.ticks_ms() if clock is not None else 0
+        return [
+            SimPulseTrain(trains[k] if k < len(trains) else {}, "sim.pulses[%d]" % k, t0) for k in range(len(specs))
+        ]
     from meternode.hal import pulsein
 
     return [pulsein.make(s, s.get("backend", "irq"), k) for k, s in enumerate(specs)]

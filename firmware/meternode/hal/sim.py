@@ -9,7 +9,8 @@
 #                  "lead": 0.3, "dc": 12}, ...],
 #    "drift": {"hz": 1.0, "period_s": 60.0},
 #    "events": [{"at": 2.0, "freq": 49.0}, {"at": 3.0, "current": 0, "rms": 5.0, "angle": 180.0},
-#               {"at": 4.0, "voltage": 0.5, "for": 0.1}],
+#               {"at": 4.0, "voltage": 0.5, "for": 0.1}, {"at": 5.0, "lose": 400}],
+#    "rate_error_ppm": 0, "timer_us": false, "epoch": 1800000000, "ticks_ms": ..., "ticks_us": ...,
 #    "realtime": false}
 # Voltage channels take "voltages" in order (or "voltage" for all, phase-shifted by
 # `angle` degrees of lag); current channels take "currents" in order.  `angle` is the
@@ -21,43 +22,38 @@
 # `drift` swings the frequency sinusoidally by +-hz around `freq` (49..51 Hz for 1.0);
 # `events` change the scenario at simulated times (block resolution): a frequency step, a
 # load step (current index, rms, angle), a voltage factor for `for` seconds (sag < 1,
-# swell > 1, interruption 0).
+# swell > 1, interruption 0), or `lose` sets (a gap: the signal and the clock run on, the
+# sets are never delivered and the sampler's `lost` counts them, as a board's timer that
+# missed ticks or a DMA overrun).
+# Timebase (hal/__init__.py, "Sampler contract"): the sampler's true rate is rate_actual
+# times (1 + rate_error_ppm / 1e6) -- a crystal's error the firmware does not know about --
+# and the clock and the waveform follow the true rate, so the meter has to measure it.
+# `timer_us` paces the sampler with an integer-microsecond period (rp2's machine.Timer):
+# rate_actual = 1e6 / (1e6 // rate), 2403.846 for 2400.  The clock (SimClock) starts
+# its ticks a few seconds before they wrap (`ticks_ms` / `ticks_us` choose other starts)
+# and keeps integer epoch seconds (`epoch`, default the host's time).
 # Counts = mid + value / scale (the board's scale, units per count), quantised to the
 # board's ADC bits and clipped at the rails; `enob` adds the white noise that brings the
 # converter down to that many effective bits.  `realtime` paces blocks to the wall clock
-# (a virtual node); without it blocks come as fast as they can be computed (tests).
+# (a virtual node); without it blocks come as fast as they can be computed (tests), and
+# run(meter, s) / coast(meter, s) feed a meter directly: coast() fast-forwards a steady
+# scenario without making samples (days of simulated time in seconds, see Meter.coast).
 # The board's "relay" entry gives the sim HAL a relay (SimHal.set): open, the load currents
 # are zero.
 import array
-import asyncio
 import math
 import random
 import time
 
+from meternode import ticks
 from meternode.config import ConfigError, need
+from meternode.hal.simclock import SimClock
 
 _TWO_PI = 2.0 * math.pi
 _RAD = math.pi / 180.0
 
 
-class SimClock:
-    # Time advances with the samples produced (sample-accurate); with `realtime` the
-    # sampler paces itself to the wall clock so a virtual node runs like a real one.
-    def __init__(self, epoch=None):
-        self._t0 = time.time() if epoch is None else epoch
-        self.ms = 0  # simulated milliseconds since start
-
-    def ticks_ms(self):
-        return self.ms
-
-    def time(self):
-        return self._t0 + self.ms / 1000.0
-
-    def set_time(self, epoch):
-        self._t0 = epoch - self.ms / 1000.0
-
-    async def sleep_ms(self, ms):
-        await asyncio.sleep_ms(ms)
+_MASK = (1 << 30) - 1
 
 
 class _Wave:
@@ -102,6 +98,18 @@ class SimSampler:
         self.nch = len(chans)
         self.overruns = 0
         self._clock = clock
+        # timebase: what the timer can produce, and what the crystal really gives
+        self.rate_actual = float(self.rate)
+        if need(scen, "timer_us", bool, "sim", default=False):
+            self.rate_actual = 1000000.0 / (1000000 // self.rate)  # machine.Timer(freq=): period truncated
+        ppm = need(scen, "rate_error_ppm", float, "sim", default=0.0, lo=-50000.0, hi=50000.0)
+        self.rate_true = self.rate_actual * (1.0 + ppm * 1e-6)
+        self._us_per_set = 1000000.0 / self.rate_true
+        self._us_frac = 0.0
+        self.stamp_us = clock.us  # ticks_us when the last block's last set was converted
+        self.lost = 0  # sets lost since start (wraps below 2**30)
+        self._el_s = 0  # simulated time since start: whole seconds ...
+        self._el_us = 0  # ... and microseconds into the next one
         self.freq = self.f0 = need(scen, "freq", float, "sim", default=50.0, lo=10.0, hi=500.0)
         self.realtime = scen.get("realtime", False)
         volt = need(scen, "voltage", dict, "sim", default={"rms": 230.0})
@@ -164,8 +172,8 @@ class SimSampler:
         self._drift_per = need(drift, "period_s", float, "sim.drift", default=60.0, lo=0.1)
         self._events = sorted(need(scen, "events", list, "sim", default=[]), key=_at)
         for n, ev in enumerate(self._events):
-            if not isinstance(ev, dict) or not ("freq" in ev or "current" in ev or "voltage" in ev):
-                raise ConfigError("sim.events[%d] must set freq, current or voltage: %r" % (n, ev))
+            if not isinstance(ev, dict) or not ("freq" in ev or "current" in ev or "voltage" in ev or "lose" in ev):
+                raise ConfigError("sim.events[%d] must set freq, current, voltage or lose: %r" % (n, ev))
         self._ev = 0
         self.load_on = True  # False while the board's relay is open: no load current
         self.vfactor = 1.0
@@ -174,8 +182,10 @@ class SimSampler:
         n = self.nch * self.block_sets
         self._bufs = (array.array("H", bytes(2 * n)), array.array("H", bytes(2 * n)))
         self._which = 0
-        self.sets = 0  # sample sets produced since start
-        self._wall0 = None
+        self.sets = 0  # sample sets produced since start (wraps below 2**30)
+        self._dph = 0.0  # drift phase, cycles of the drift period
+        self._wall_next = None  # realtime: wall ticks_ms when the next block is due
+        self._pace_us = 0
         self.running = False
 
     # -- scenario control (also used by tests) -------------------------------------------------
@@ -195,7 +205,42 @@ class SimSampler:
 
     @property
     def t(self):
-        return self.sets / self.rate
+        # simulated seconds since start (float: events and sags, block resolution)
+        return self._el_s + self._el_us * 1e-6
+
+    def _advance(self, nsets):
+        # nsets more sets of true time: the clock, the elapsed time, the stamp
+        x = self._us_frac + nsets * self._us_per_set
+        us = int(x)
+        self._us_frac = x - us
+        self._clock.advance(us)
+        self.stamp_us = self._clock.us
+        x = self._el_us + us
+        if x >= 1000000:
+            k = x // 1000000
+            self._el_s += k
+            x -= k * 1000000
+        self._el_us = x
+        self.sets = (self.sets + nsets) & _MASK
+        if self._drift_hz:
+            self._dph += us * 1e-6 / self._drift_per
+            if self._dph >= 1.0:
+                self._dph -= int(self._dph)
+        return us
+
+    def _skip(self, nsets):
+        # The signal runs on for nsets sets that are not sampled (a gap, a coast).
+        f = self.freq
+        if self._drift_hz:
+            f += self._drift_hz * math.sin(_TWO_PI * self._dph)
+        x = self._theta + nsets * (_TWO_PI * f / self.rate_true)
+        self._theta = x - _TWO_PI * int(x / _TWO_PI)
+        self._advance(nsets)
+
+    def lose(self, nsets):
+        # A gap: nsets sets are never delivered, and counted in `lost`.
+        self._skip(nsets)
+        self.lost = (self.lost + nsets) & _MASK
 
     def _apply_events(self):
         t = self.t
@@ -212,10 +257,13 @@ class SimSampler:
                 self.set_current(k, float(ev.get("rms", self._waves[k].rms)), ev.get("angle"))
             if "voltage" in ev:
                 self.set_voltage(float(ev["voltage"]), float(ev.get("for", -1.0)))
+            if "lose" in ev:
+                self.lose(int(ev["lose"]))
 
     def start(self):
         self.running = True
-        self._wall0 = time.ticks_ms()
+        self._wall_next = time.ticks_ms()
+        self._pace_us = 0
 
     def stop(self):
         self.running = False
@@ -240,8 +288,8 @@ class SimSampler:
         th = self._theta
         f = self.freq
         if self._drift_hz:
-            f += self._drift_hz * math.sin(_TWO_PI * self.t / self._drift_per)
-        dth = _TWO_PI * f / self.rate
+            f += self._drift_hz * math.sin(_TWO_PI * self._dph)
+        dth = _TWO_PI * f / self.rate_true
         w = _TWO_PI * f
         offs = [skew[c] * w - (0.0 if is_v[c] else waves[vref[c]].angle * _RAD) for c in range(nch)]
         i = 0
@@ -262,32 +310,51 @@ class SimSampler:
             if th >= _TWO_PI:
                 th -= _TWO_PI
         self._theta = th
-        self.sets += self.block_sets
-        self._clock.ms = (self.sets * 1000) // self.rate
+        return self._advance(self.block_sets)
 
     async def next_block(self):
+        import asyncio  # here: the fast-mode tests (run(), coast()) never load it
+
         if self.realtime:
-            due = (self.sets + self.block_sets) * 1000 // self.rate
+            if self._wall_next is None:
+                self.start()
             late = True
-            while time.ticks_diff(time.ticks_ms(), self._wall0) < due:
+            while True:
+                d = time.ticks_diff(self._wall_next, time.ticks_ms())
+                if d <= 0:
+                    break
                 late = False
-                await asyncio.sleep_ms(max(1, due - time.ticks_diff(time.ticks_ms(), self._wall0)))
+                await asyncio.sleep_ms(d)
             if late:  # behind the wall clock (a loaded host): catch up, but let the others run
                 await asyncio.sleep_ms(0)
         else:
             await asyncio.sleep_ms(0)
         self._which ^= 1
         buf = self._bufs[self._which]
-        self.fill(buf)
+        us = self.fill(buf)
+        if self.realtime:  # the next block is due one block of true time later
+            x = self._pace_us + us
+            self._pace_us = x % 1000
+            self._wall_next = time.ticks_add(self._wall_next, x // 1000)
         return buf
 
     def run(self, meter, seconds):
-        # Fast mode for tests and the accuracy run: feed `seconds` of signal to `meter`.
-        n = int(seconds * self.rate / self.block_sets + 0.5)
+        # Fast mode for tests and the accuracy run: feed `seconds` of signal to `meter`,
+        # with the timebase (lost, stamp_us) as the node's sampling task hands it over.
+        n = int(seconds * self.rate_true / self.block_sets + 0.5)
         buf = self._bufs[0]
         for _ in range(n):
             self.fill(buf)
-            meter.feed(buf, self.block_sets)
+            meter.feed(buf, self.block_sets, self.lost, self.stamp_us)
+
+    def coast(self, meter, seconds):
+        # Fast-forward a steady scenario by `seconds` (whole blocks) without making samples:
+        # the clock, phase and counters run on and the meter registers the interval at its
+        # last measured power (Meter.coast).  For long simulated runs (endurance soaks):
+        # call run() around it so the meter measures before and after.
+        n = int(seconds * self.rate_true / self.block_sets + 0.5) * self.block_sets
+        self._skip(n)
+        meter.coast(n)
 
 
 def _at(ev):
@@ -296,7 +363,9 @@ def _at(ev):
 
 class SimHal:
     def __init__(self, board, scen):
-        self.clock = SimClock(scen.get("epoch"))
+        self.clock = SimClock(scen.get("epoch"), scen.get("ticks_ms"), scen.get("ticks_us"))
+        # the link layer's wall ticks (meternode.ticks) start as close to a wrap
+        ticks.rebase(self.clock.ms, self.clock.us)
         self.sampler = SimSampler(board, scen, self.clock)
         self.relay = None
         if board.get("relay"):  # the board's relay: the sim HAL is its own relay object

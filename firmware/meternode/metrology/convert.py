@@ -37,7 +37,9 @@ def convert(self, at_cross):
     acc = self._bat
     n = self._bn
     nc = self._bc
-    f = self.rate * nc / (self._b1 - self._b0)  # the batch's mean
+    # the batch's mean: its whole sets plus the fractions at its two ends (relative: see
+    # Meter._cross), at the measured rate
+    f = self.rate * nc / (n + self._bf1 - self._bf0)
     # the weights follow a smoothed frequency (1/8 per cycle): crossing noise alone
     # (~0.01 Hz per cycle with an 8.7-bit ADC) then does not re-solve them every cycle
     fs = self._fs
@@ -106,7 +108,7 @@ def convert(self, at_cross):
     self._bn = 0
     self._bc = 0
     self._bm = 0
-    self.energy.cycle(pp, qq, self.s, n, self.sets)
+    self.energy.cycle(pp, qq, self.s, n)
     self.window.cycle(self, nc, f)
     self.seconds.batch(nc, f, vrms[self.v_channel], imax, ptot)
 

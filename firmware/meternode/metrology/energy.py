@@ -16,6 +16,9 @@
 # Maximum demand: the net import power (registered energy, import minus export, floored at
 # zero) over fixed periods of the sample clock (demand_s, default 900 s); the largest goes
 # to the registers with the period's end time.
+#
+# `rate` is the meter's measured sample rate (metrology/timebase.py): a cycle of n sets
+# lasts n / rate seconds.  The windows themselves are counted in sets (integers).
 from meternode.metrology.registers import split
 
 
@@ -25,7 +28,7 @@ class Energy:
         e = registers.n
         self.n = e
         self._thr = thresholds  # W (and var) per element
-        self._rate = rate
+        self.rate = rate  # sets per second, measured (the meter updates it)
         self._win_sets = window_sets
         self._dem_sets = demand_sets
         self.on = [False] * e  # registration gate per element
@@ -37,14 +40,15 @@ class Energy:
         self._tar_exp = 0.0
         self._dem_e = 0.0
         self._dem_n = 0
+        self._dem_periods = 0
         self.demand_w = 0.0  # last completed demand period, W
         self.clock = None  # optional: object with time() for demand timestamps
 
-    def cycle(self, ps, qs, ss, n, sets):
-        # One mains cycle of n sets: P, Q, S per element; `sets` is the meter's sample clock.
-        # The cycle is split by sign and quadrant here (netted on its own); the integer
-        # registers take the window's float sums at flush(), once per creep window.
-        dt = n / self._rate
+    def cycle(self, ps, qs, ss, n):
+        # A batch of n sets: mean P, Q, S per element.  It is split by sign and quadrant
+        # here (netted on its own); the integer registers take the window's float sums at
+        # flush(), once per creep window.
+        dt = n / self.rate
         on = self.on
         main = self.registers.main
         fine = self._fine
@@ -94,8 +98,11 @@ class Energy:
             self.flush()
         if self._dem_n >= self._dem_sets:
             self.flush()
-            self.demand_w = max(0.0, self._dem_e * self._rate / self._dem_n)
-            at = self.clock.time() if self.clock else sets / self._rate
+            self.demand_w = max(0.0, self._dem_e * self.rate / self._dem_n)
+            self._dem_periods += 1
+            # the period's end: the node's clock, else seconds of sample clock (the periods
+            # so far; allocates past 2**30 s only, once a period)
+            at = self.clock.time() if self.clock else self._dem_periods * self._dem_sets // int(self.rate + 0.5)
             self.registers.demand(self.demand_w, int(at))
             self._dem_e = 0.0
             self._dem_n = 0

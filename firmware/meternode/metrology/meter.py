@@ -20,6 +20,14 @@
 #     element's mean |P| or |Q| over the registration window (creep_s) reaches the
 #     starting threshold: no registration with voltage and no current (creep), and
 #     registration from the starting current on (class 0.2S default: 0.1 % of In).
+#
+# Arithmetic that is the same on a board (ARCHITECTURE.md): a zero crossing is a fraction of
+# a set inside the current block, and a cycle's length is its whole sets plus the
+# difference of two such fractions -- never an absolute sample index, which a single-
+# precision float loses within hours; the set counters wrap below 2**30.  The sample rate
+# is measured (timebase.py) from the sampler's (lost, stamp_us), given to feed(): energy
+# and frequency use the measured rate.  Sets the sampler lost are a gap: counted, the open
+# cycle discarded, the lost time registered at the last measured power up to gap_fill_s.
 import array
 
 from meternode.config import ConfigError
@@ -29,8 +37,10 @@ from meternode.metrology.energy import Energy
 from meternode.metrology.registers import NETTINGS, Registers
 from meternode.metrology.report import Window
 from meternode.metrology.seconds import Seconds
+from meternode.metrology.timebase import Timebase
 
 _H = kernels.HIST
+_MASK = 0x3FFFFFFF  # counters wrap below 2**30: small ints on a 32-bit board
 
 
 def _opt(d, key, default, lo, hi):
@@ -47,13 +57,18 @@ class Meter:
         opts = dict(board.get("metrology", {}))
         opts.update(options or {})
         self.nch = nch = len(chans)
-        self.rate = adc["rate"]
+        self.rate_nominal = rate = adc["rate"]  # board.adc.rate, sets/s (int)
+        tb = opts.get("timebase", "measured")
+        if tb not in ("measured", "fixed"):
+            raise ConfigError("metrology.timebase must be measured or fixed, not %r" % (tb,))
+        self.timebase = Timebase(rate, tb == "measured")
+        self.rate = self.timebase.rate  # sets/s, measured (float)
         bits = adc["bits"]
         if bits > kernels.MAX_BITS:
             raise ConfigError("board.adc.bits = %d: the kernels take at most %d bits" % (bits, kernels.MAX_BITS))
         self.f_nom = float(_opt(opts, "mains_hz", 50.0, 40.0, 70.0))
-        if self.rate / (4 * 45.0) + 4 > _H:
-            raise ConfigError("board.adc.rate = %d is above %d sets/s (quarter-cycle history)" % (self.rate, 11000))
+        if rate / (4 * 45.0) + 4 > _H:
+            raise ConfigError("board.adc.rate = %d is above %d sets/s (quarter-cycle history)" % (rate, 11000))
         self._mid0 = 1 << (bits - 1)
         self._hyst = max(2, 1 << (bits - 6))  # ~3 % of full scale
         self.cal = calibration.resolve(board, cal)
@@ -98,9 +113,11 @@ class Meter:
             self.registers,
             thr,
             self.rate,
-            int(_opt(opts, "creep_s", 1.0, 0.0, 60.0) * self.rate),
-            int(_opt(opts, "demand_s", 900.0, 1.0, 86400.0) * self.rate),
+            int(_opt(opts, "creep_s", 1.0, 0.0, 60.0) * rate),
+            int(_opt(opts, "demand_s", 900.0, 1.0, 86400.0) * rate),
         )
+        # a gap up to this many sets is registered at the last measured power
+        self._fill_max = int(_opt(opts, "gap_fill_s", 1.0, 0.0, 60.0) * rate)
         # buffers, made once
         self._cap = adc["block"]
         if self._cap < _H:
@@ -113,8 +130,8 @@ class Meter:
         self._bat = array.array("i", bytes(4 * (self._n_at + 1)))  # the batch of whole cycles
         self._bn = 0  # sets in the batch
         self._bc = 0  # cycles in the batch
-        self._b0 = 0.0  # crossing that opened the batch
-        self._b1 = 0.0  # crossing that closed its last cycle
+        self._bf0 = 0.0  # fraction of a set at the crossing that opened the batch
+        self._bf1 = 0.0  # ... and at the one that closed its last cycle
         # cycles converted together (see _cross); 1 = per cycle
         self._batch = int(_opt(opts, "batch_cycles", 5, 1, 64))
         # frequency smoothing: 1/8 per cycle, (7/8)**c for a batch of c cycles
@@ -128,12 +145,16 @@ class Meter:
         self._fs = 0.0  # smoothed frequency for the weights
         self._wph = [0.0] * self.elements
         self._wd = [0] * self.elements
-        self._base = -_H  # global set index of work[0]
-        self._last_cross = None
-        self.sets = 0  # sample sets seen
+        self._pf = None  # fraction of a set at the previous crossing (None: no cycle open)
+        # counters (all wrap below 2**30; compare them by difference & 0x3FFFFFFF)
+        self.sets = 0  # sample sets fed
         self.measured_sets = 0  # sets inside closed, measured cycles
         self.cycles = 0
         self.unmeasured = 0  # runs closed without a mains cycle
+        self.gaps = 0  # times the sampler reported lost sets
+        self.lost_sets = 0  # sets it lost
+        self.filled_sets = 0  # sets of gaps registered at the last measured power
+        self._lost_seen = None  # the sampler's `lost` at the last block
         self.freq = 0.0
         e = self.elements
         self.vrms = [0.0] * nch  # per channel (voltage channels meaningful)
@@ -142,8 +163,8 @@ class Meter:
         self.q = [0.0] * e
         self.s = [0.0] * e
         self.window = Window(nch, self.elements)
-        self.seconds = Seconds(self.rate)  # one summary per measured second (policy engine)
-        self._e_import = self.registers.total_import  # bound once: called per closed second
+        self.seconds = Seconds(rate)  # one summary per measured second (policy engine)
+        self._e_import = self.registers.low_import  # bound once: called per closed second
         self._lim = array.array("i", bytes(4 * self.elements))
         self._bm = 0  # the batch's signs (kernels.signs)
         self._nsg = min(self.elements, 8)  # signs has 8 bits per kind: elements 9.. batch freely
@@ -161,8 +182,9 @@ class Meter:
                 [chans[v].get("nominal", 230.0) for v in volts],
                 self.f_nom,
                 opts.get("pq", {}),
+                rate,
             )
-            self._cap_sets = self.rate // 40  # one cycle down to 40 Hz
+            self._cap_sets = rate // 40  # one cycle down to 40 Hz
             self._capbuf = array.array("H", bytes(2 * nch * self._cap_sets))
             self._cap_n = 0
 
@@ -226,12 +248,32 @@ class Meter:
     def calibration(self):
         return {c.name: c.as_dict() for c in self.cal}
 
+    def use_rate(self, rate_actual):
+        # The rate the sampler's timer really produces (hal: sampler.rate_actual), before
+        # the first block: the measurement starts from it.
+        self.timebase.use(rate_actual)
+        self._set_rate(self.timebase.rate)
+
+    def _set_rate(self, r):
+        self.rate = r
+        self.energy.rate = r
+
     def _delay(self, f):
         d = int(self.rate / (4.0 * f) + 0.5)  # nearest: steady at 20 for 50 Hz at 4 kS/s
         return 1 if d < 1 else (_H - 4 if d > _H - 4 else d)
 
     # -- sampling path ----------------------------------------------------------------------
-    def feed(self, buf, nsets):
+    def feed(self, buf, nsets, lost=None, stamp_us=None):
+        # One block of nsets sets.  lost / stamp_us: the sampler's timebase after the
+        # block (hal/__init__.py); without them the rate stays rate_actual.
+        dl = 0
+        if lost is not None:
+            seen = self._lost_seen
+            self._lost_seen = lost
+            if seen is not None:
+                dl = (lost - seen) & _MASK
+                if dl:
+                    self._gap(dl)
         nch = self.nch
         work = self._work
         off = 0
@@ -242,10 +284,50 @@ class Meter:
             kernels.copy16(buf, off * nch, work, _H * nch, n * nch)
             self._run(_H + n)
             kernels.copy16(work, n * nch, work, 0, _H * nch)
-            self._base += n
-            self.sets += n
+            self.sets = (self.sets + n) & _MASK
             off += n
-        self.seconds.sets(nsets, self._e_import)
+        self.seconds.sets(nsets + dl, self._e_import)
+        if stamp_us is not None:
+            tb = self.timebase
+            tb.block(nsets + dl, stamp_us)
+            if tb.rate != self.rate:
+                self._set_rate(tb.rate)
+
+    def _gap(self, n):
+        # The sampler lost n sets before this block: the signal is discontinuous.
+        self.gaps = (self.gaps + 1) & _MASK
+        self.lost_sets = (self.lost_sets + n) & _MASK
+        self._break(n, n <= self._fill_max)
+
+    def coast(self, n):
+        # n sets of steady signal that were not sampled (the sim's fast-forward, see
+        # SimSampler.coast): registered at the last measured power, counters and the
+        # timebase run on; not a gap.
+        self._break(n, True)
+        self.sets = (self.sets + n) & _MASK
+        self.seconds.sets(n, self._e_import)
+        self.timebase.restart()  # no stamps in between: measure afresh from the next block
+
+    def _break(self, lost, fill):
+        # A discontinuity: the batch's whole cycles are measured, the open cycle is
+        # discarded (its sets and the lost ones registered at the last measured power when
+        # `fill`), and the next crossing starts afresh.
+        acc = self._acc
+        n = acc[self._n_at]
+        if self._bc:
+            convert(self, True)
+            mid_n = 0
+        else:
+            mid_n = n
+        self._pf = None
+        self._cap_on = False
+        self._track_mid(acc, mid_n)
+        kernels.clear(acc, len(acc))
+        if self.quality is not None:
+            self.quality.skip(n + lost)
+        if fill and self.cycles and self.freq > 0.0:
+            self.energy.cycle(self.p, self.q, self.s, n + lost)
+            self.filled_sets = (self.filled_sets + n + lost) & _MASK
 
     def _run(self, stop):
         work = self._work
@@ -263,8 +345,9 @@ class Meter:
             if k >= 0:
                 vp = work[(k - 1) * nch + a0]
                 vk = work[k * nch + a0]
-                frac = (self._mid[a0] - vp) / (vk - vp) if vk != vp else 0.0
-                self._cross(self._base + k - 1 + frac)
+                # the crossing lies this fraction of a set after set k - 1 (a small float:
+                # no absolute index, see _cross)
+                self._cross((self._mid[a0] - vp) / (vk - vp) if vk != vp else 0.0)
                 i = k
             else:
                 if acc[self._n_at] >= kernels.MAX_SETS:
@@ -282,9 +365,11 @@ class Meter:
                 self._cap_n += m
 
     # -- per cycle --------------------------------------------------------------------------
-    def _cross(self, cross):
-        # A run ends: at a crossing (cross = its interpolated set index) or after MAX_SETS
-        # sets without one (cross = None).  A whole cycle's integer sums move into the
+    def _cross(self, frac):
+        # A run ends: at a crossing, `frac` of a set after the run's last set, or after
+        # MAX_SETS sets without one (frac = None).  The cycle's length in sets is its whole
+        # sets n (the run) plus frac minus the previous crossing's fraction: a small float
+        # whatever the uptime.  A whole cycle's integer sums move into the
         # batch (kernels.move_add); the batch is converted to quantities (convert.py) when it
         # holds batch_cycles cycles or the next cycle could take it past MAX_SETS sets (the
         # int32 bound holds for the batch as for one run), and before a cycle whose signs
@@ -293,25 +378,31 @@ class Meter:
         # summed with the same ones and the batch's DC removal is as exact as a cycle's.
         acc = self._acc
         n = acc[self._n_at]
-        prev = self._last_cross
-        self._last_cross = cross
-        if cross is None or prev is None or n == 0:
+        pf = self._pf
+        self._pf = frac
+        if frac is None or pf is None or n == 0:
             if self._bc:
                 convert(self, True)  # the batch holds whole cycles: measure them first
-                n = 0  # its sums moved the mids already; this run's would move them again
-            if cross is None:
+                mid_n = 0  # its sums moved the mids already; this run's would move them again
+            else:
+                mid_n = n
+            if self.quality is not None:
+                if frac is None:
+                    self.quality.no_mains(n)
+                else:
+                    self.quality.skip(n)
+            if frac is None:
                 self.freq = 0.0
-                self.unmeasured += 1
+                self.unmeasured = (self.unmeasured + 1) & _MASK
                 self._fs = 0.0
-                if self.quality is not None:
-                    self.quality.no_mains(self.sets / self.rate)
             self._cap_on = False
-            self._track_mid(acc, n)
+            self._track_mid(acc, mid_n)
             kernels.clear(acc, len(acc))
             return
-        self.freq = self.rate / (cross - prev)  # this cycle's
+        length = n + frac - pf  # sets in this cycle
+        self.freq = self.rate / length  # this cycle's
         if self.quality is not None:
-            self.quality.meter_cycle(self, n, cross, prev)
+            self.quality.meter_cycle(self, n, length)
         # A batch does not mix signs: an element whose P or Q changes sign (beyond a band of
         # 0.5 % of its nominal power) starts a new batch, so import / export and the
         # quadrants are netted cycle by cycle as if the cycles were converted one by one;
@@ -323,13 +414,13 @@ class Meter:
             bm = 0
         self._bm = bm | sg
         if self._bc == 0:
-            self._b0 = prev
+            self._bf0 = pf
         kernels.move_add(acc, self._bat, len(acc))
         self._bn += n
         self._bc += 1
-        self._b1 = cross
-        self.cycles += 1
-        self.measured_sets += n
+        self._bf1 = frac
+        self.cycles = (self.cycles + 1) & _MASK
+        self.measured_sets = (self.measured_sets + n) & _MASK
         if self._bc >= self._batch or self._bn + n > kernels.MAX_SETS:
             convert(self, True)
 

@@ -13,6 +13,10 @@
 #   - harmonics 1..7 and THD of each voltage and current channel from one cycle per basic
 #     window (harmonics.py); amplitudes in % of the fundamental.
 # Udin is the voltage channel's `nominal`.
+#
+# Time is counted here in sets (every set the meter sees, measured or not, advances it):
+# whole seconds plus sets into the next second, small ints for years; an event's start is
+# those meter seconds, its duration its own set count over the measured rate.
 import math
 
 from meternode.metrology import harmonics
@@ -22,8 +26,11 @@ _KINDS = ("sag", "swell", "interruption")
 
 
 class Quality:
-    def __init__(self, names, nominals, f_nom, opts):
+    def __init__(self, names, nominals, f_nom, opts, rate=4000):
         self.names = names  # voltage channel names
+        self.rate = rate  # nominal sets per second: the clock below
+        self._sec = 0  # meter seconds ...
+        self._sub = 0  # ... and sets into the next one
         self.udin = nominals
         n = len(names)
         self.win = 10 if f_nom < 55.0 else 12
@@ -47,35 +54,54 @@ class Quality:
         self.windows = 0
         self.shorts = 0
         self.longs = 0
-        self._ev = [None] * n  # open event per channel: [kind, start, extreme]
+        self._ev = [None] * n  # open event per channel: [kind, start s, extreme, sets]
         self.events = []
         self.event_count = 0
         self.harm = {}  # channel name -> [% of fundamental for orders 1..7]
         self.thd = {}
         self._amp = [0.0] * harmonics.ORDERS
 
-    def cycle(self, vrms, n, t):
-        # One mains cycle: vrms per voltage channel, n sets, t = meter seconds at its end.
+    def skip(self, n):
+        # n sets went by that close no cycle (the first after start, a gap): time runs on.
+        x = self._sub + n
+        if x >= self.rate:
+            k = x // self.rate
+            self._sec = (self._sec + k) & 0x3FFFFFFF
+            x -= k * self.rate
+        self._sub = x
+        for ev in self._ev:
+            if ev is not None:
+                ev[3] += n
+
+    def now(self):
+        # meter seconds (a float: for an event's start)
+        return self._sec + self._sub / self.rate
+
+    def cycle(self, vrms, n, rate=None):
+        # One mains cycle of n sets: vrms per voltage channel; rate = measured sets/s.
+        self.skip(n)
         for c in range(len(self.names)):
             self._w2[c] += vrms[c] * vrms[c] * n
-            self._events(c, vrms[c], t)
+            self._events(c, vrms[c], rate or self.rate)
         self._wn += n
         self._wc += 1
         if self._wc >= self.win:
-            self._close_window(n * self.win, t)
+            self._close_window()
             return True  # a new basic window starts: the meter captures its first cycle
         return False
 
-    def no_mains(self, t):
+    def no_mains(self, n, rate=None):
+        # n sets without a mains cycle (an interruption)
+        self.skip(n)
         for c in range(len(self.names)):
-            self._events(c, 0.0, t)
+            self._events(c, 0.0, rate or self.rate)
 
-    def meter_cycle(self, m, n, cross, prev):
-        # Meter m closed a cycle of n sets at set index cross (previous crossing prev): its
-        # per-cycle voltage RMS from the cycle's own sums (before they join the meter's
-        # batch), the events and windows, and harmonics: from a crossing on, capture
-        # round(cross - prev) sets -- one period as near as whole sets allow, so noise on
-        # the crossing does not change the window -- and analyse them once complete
+    def meter_cycle(self, m, n, length):
+        # Meter m closed a cycle of n sets, `length` sets between its interpolated
+        # crossings: its per-cycle voltage RMS from the cycle's own sums (before they join
+        # the meter's batch), the events and windows, and harmonics: from a crossing on,
+        # capture round(length) sets -- one period as near as whole sets allow, so noise
+        # on the crossing does not change the window -- and analyse them once complete
         # (possibly at the next crossing).
         if m._cap_on and m._cap_n >= m._cap_want:
             for c in range(m.nch):
@@ -88,12 +114,12 @@ class Quality:
         for k in range(len(vq)):
             c = m._vidx[k]
             vq[k] = rms(m._sc[c], m._off[c], acc[sx[c]], acc[sx[c] + 1], inv)
-        if self.cycle(vq, n, cross / m.rate):
+        if self.cycle(vq, n, m.rate):
             m._cap_on = True
             m._cap_n = 0
-            m._cap_want = min(m._cap_sets, int(cross - prev + 0.5))
+            m._cap_want = min(m._cap_sets, int(length + 0.5))
 
-    def _events(self, c, v, t):
+    def _events(self, c, v, rate):
         u = self.udin[c]
         ev = self._ev[c]
         if ev is None:
@@ -105,7 +131,7 @@ class Quality:
             elif v > self.swell * u:
                 kind = "swell"
             if kind is not None:
-                self._ev[c] = [kind, t, v]
+                self._ev[c] = [kind, self.now(), v, 0]  # sets counted from the next cycle on
             return
         kind = ev[0]
         if kind == "swell":
@@ -119,12 +145,13 @@ class Quality:
         if done:
             self._ev[c] = None
             self.event_count += 1
-            rec = {"kind": ev[0], "channel": self.names[c], "start": ev[1], "duration": t - ev[1], "depth": ev[2]}
+            dur = ev[3] / rate
+            rec = {"kind": ev[0], "channel": self.names[c], "start": ev[1], "duration": dur, "depth": ev[2]}
             self.events.append(rec)
             if len(self.events) > self.max_events:
                 self.events.pop(0)
 
-    def _close_window(self, nominal_sets, t):
+    def _close_window(self):
         nw = self._wn
         for c in range(len(self.names)):
             v = math.sqrt(self._w2[c] / nw) if nw else 0.0

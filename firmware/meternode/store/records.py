@@ -32,6 +32,7 @@ EV_LOG_CORRUPT = const(13)
 EV_TIME_SET = const(14)
 EV_WIFI = const(15)
 EV_METER = const(16)  # a downstream meter fell silent (arg 1), came back (2), needs attention (3)
+EV_SAMPLING_GAP = const(17)  # the sampler lost sets (arg: gaps since the last such event)
 
 EVENT_NAMES = {
     EV_POWER_DOWN: "power_down",
@@ -50,6 +51,7 @@ EVENT_NAMES = {
     EV_TIME_SET: "time_set",
     EV_WIFI: "wifi",
     EV_METER: "meter",
+    EV_SAMPLING_GAP: "sampling_gap",
 }
 
 # PROFILE: period s, import/export mWh (registers at the end of the interval),
