@@ -1,11 +1,14 @@
 # The policy engine on the MicroPython unix port, driven by a controllable clock: the time
-# is only an argument to tick(), so a week runs in a loop.
+# is only an argument to tick(), so a week runs in a loop.  Ticks take engine seconds
+# (epoch - EPOCH0, small ints on a 32-bit board); push_event / push_price / restore epochs.
 import micropython
 from policy_fixture import MON_2026_11_23, Relay, Tariffs, compact
 
 from meternode.policy import engine as E
 from meternode.policy.engine import Engine, EventRing, civil
 from mptest import eq, heap
+
+T0 = E.seconds(MON_2026_11_23)  # engine seconds
 
 
 def _engine(seed=1, **changes):
@@ -35,7 +38,7 @@ def test_tariff_calendar_over_a_simulated_week():
     minutes = [0, 0, 0]
     day_types = []
     for m in range(7 * 1440):
-        t = MON_2026_11_23 + 60 * m
+        t = T0 + 60 * m
         eng.tick(t, 230.0, 5.0, 50.0, 1000.0, m)
         minutes[eng.tariff] += 1
         if m % 1440 == 0:
@@ -51,7 +54,7 @@ def test_tariff_calendar_over_a_simulated_week():
 def test_tariff_switch_follows_the_local_clock_and_the_season():
     eng, ring, relay, tar = _engine()
     # 2026-03-31 is a Tuesday in winter: 07:30 local is "day"; 2026-04-01 07:30 is summer "offpeak".
-    t_0331 = MON_2026_11_23 - (237 * 86400)  # 2026-03-31 00:00 local
+    t_0331 = T0 - (237 * 86400)  # 2026-03-31 00:00 local
     eng.tick(t_0331 + 7 * 3600 + 1800, 230.0, 1.0, 50.0, 0.0, 0)
     eq(eng.tariff, 1, "winter weekday 07:30 (UTC 06:30)")
     eng.tick(t_0331 + 86400 + 7 * 3600 + 1800, 230.0, 1.0, 50.0, 0.0, 0)
@@ -63,7 +66,7 @@ def test_tariff_switch_follows_the_local_clock_and_the_season():
 
 def test_frequency_dip_sheds_and_restores_after_the_random_delay():
     eng, ring, relay, tar = _engine(seed=12345)
-    t = MON_2026_11_23 + 3 * 3600
+    t = T0 + 3 * 3600
     eng.tick(t, 230.0, 5.0, 50.0, 1000.0, 0)
     eng.tick(t + 1, 230.0, 5.0, 49.7, 1000.0, 0)  # 1 s below 49.8: not yet
     eng.tick(t + 2, 230.0, 5.0, 50.0, 1000.0, 0)
@@ -91,7 +94,7 @@ def test_restore_delays_spread_across_a_fleet():
     delays = []
     for seed in range(1, 41):
         eng, ring, relay, tar = _engine(seed=seed * 7919)
-        t = MON_2026_11_23
+        t = T0
         for k in range(4):
             eng.tick(t + k, 230.0, 5.0, 49.5, 1000.0, 0)
         for k in range(4, 40):
@@ -104,7 +107,7 @@ def test_restore_delays_spread_across_a_fleet():
 
 def test_max_power_hold_retry_and_lockout():
     eng, ring, relay, tar = _engine()
-    t = MON_2026_11_23 + 10 * 3600
+    t = T0 + 10 * 3600
     for k in range(10):  # 7 kW exceeded for 0..9 s: hold_s = 10 not reached
         eng.tick(t + k, 230.0, 35.0, 50.0, 8000.0, 0)
     eq(relay.on, True, "9 s over the limit does not trip")
@@ -132,14 +135,14 @@ def test_max_power_hold_retry_and_lockout():
     for k in range(0, 3 * 3600, 60):
         eng.tick(now + k, 230.0, 0.0, 50.0, 0.0, 0)
     eq(relay.on, False, "still locked out hours later")
-    midnight = MON_2026_11_23 + 86400
+    midnight = T0 + 86400
     eng.tick(midnight, 230.0, 0.0, 50.0, 0.0, 0)
     eq(relay.on, True, "lockout ends at local midnight")
 
 
 def test_event_only_limit_logs_once_per_excursion():
     eng, ring, relay, tar = _engine()
-    t = MON_2026_11_23
+    t = T0
     for k in range(5):
         eng.tick(t + k, 255.0, 1.0, 50.0, 100.0, 0)
     eng.tick(t + 5, 230.0, 1.0, 50.0, 100.0, 0)
@@ -151,8 +154,8 @@ def test_event_only_limit_logs_once_per_excursion():
 
 def test_pushed_event_and_price_and_voltage_band():
     eng, ring, relay, tar = _engine()
-    t = MON_2026_11_23 + 12 * 3600
-    eq(eng.push_event(t + 10, 30), 1, "one event rule")
+    t = T0 + 12 * 3600
+    eq(eng.push_event(E.epoch(t + 10), 30), 1, "one event rule")
     states = []
     for k in range(0, 50):
         eng.tick(t + k, 230.0, 1.0, 50.0, 100.0, 0)
@@ -161,7 +164,7 @@ def test_pushed_event_and_price_and_voltage_band():
     eq(states[10:].index(True) + 10, 40, "restored at the event end (no random delay)")
     # a pushed real-time price above 0.5 sheds (rule d[2]); it expires after realtime_max_s
     mark = ring.head
-    eng.push_price(0.9, 100000, t + 100)
+    eng.push_price(0.9, 100000, E.epoch(t + 100))
     eng.tick(t + 100, 230.0, 1.0, 50.0, 100.0, 0)
     eq((eng.price, relay.on), (0.9, False), "price above level sheds")
     for k in range(101, 701):
@@ -178,8 +181,8 @@ def test_pushed_event_and_price_and_voltage_band():
 @heap("160k")
 def test_tick_allocates_nothing_across_midnight_trips_and_dr():
     eng, ring, relay, tar = _engine(seed=99)
-    eng.push_event(MON_2026_11_23 + 86400 - 20, 10)
-    t = MON_2026_11_23 + 86400 - 100
+    eng.push_event(E.epoch(T0 + 86400 - 20), 10)
+    t = T0 + 86400 - 100
     eng.tick(t, 230.0, 1.0, 50.0, 100.0, 0)  # first tick (day set-up)
     micropython.heap_lock()
     try:
@@ -202,18 +205,18 @@ def test_daily_energy_limit_sheds_until_midnight_and_other_limits_fire():
         {"kind": "under_voltage", "level": 207, "hold_s": 2, "action": "event"},
     ]
     eng, ring, relay, tar = _engine(limits=lims, dr=[])
-    t = MON_2026_11_23 + 6 * 3600
+    t = T0 + 6 * 3600
     eng.tick(t, 230.0, 1.0, 50.0, 100.0, 1000000)  # the day's first reading: 1000 kWh on the register
     eng.tick(t + 60, 230.0, 1.0, 50.0, 100.0, 1000000 + 4999999)
     eq(relay.on, True, "4.999 kWh today")
     eng.tick(t + 120, 230.0, 1.0, 50.0, 100.0, 1000000 + 5000000)
     eq(relay.on, False, "5 kWh today: shed")
-    eng.tick(MON_2026_11_23 + 86400 - 1, 230.0, 1.0, 50.0, 0.0, 1000000 + 5000000)
+    eng.tick(T0 + 86400 - 1, 230.0, 1.0, 50.0, 0.0, 1000000 + 5000000)
     eq(relay.on, False, "until midnight")
-    eng.tick(MON_2026_11_23 + 86400, 230.0, 1.0, 50.0, 0.0, 1000000 + 5000000)
+    eng.tick(T0 + 86400, 230.0, 1.0, 50.0, 0.0, 1000000 + 5000000)
     eq(relay.on, True, "a new day, a new budget")
     mark = ring.head
-    t2 = MON_2026_11_23 + 86400 + 3600
+    t2 = T0 + 86400 + 3600
     for k in range(4):
         eng.tick(t2 + k, 200.0, 45.0, 50.0, 9000.0, 6000000)
     got = [(e[1], e[3] - t2) for e in _codes(ring, mark, E.EV_LIMIT)]
@@ -223,18 +226,18 @@ def test_daily_energy_limit_sheds_until_midnight_and_other_limits_fire():
 def test_day_counters_survive_a_reboot_on_the_same_day_only():
     lims = [{"kind": "max_energy_day", "level": 5000, "action": "shed"}]
     eng, ring, relay, tar = _engine(limits=lims, dr=[])
-    t = MON_2026_11_23 + 6 * 3600
+    t = T0 + 6 * 3600
     eng.tick(t, 230.0, 1.0, 50.0, 100.0, 1000000)
     eng.tick(t + 60, 230.0, 1.0, 50.0, 100.0, 1000000 + 5000000)
     eq(relay.on, False, "budget used: shed")
     saved = eng.save()
     # reboot an hour later: a new engine, same day
     eng2, ring2, relay2, tar2 = _engine(limits=lims, dr=[])
-    eq(eng2.restore(saved, t + 3600), True, "same day: restored")
+    eq(eng2.restore(saved, E.epoch(t + 3600)), True, "same day: restored")
     eng2.tick(t + 3600, 230.0, 1.0, 50.0, 100.0, 1000000 + 5000000)
     eq(relay2.on, False, "still shed after the reboot (budget not reset)")
-    eng2.tick(MON_2026_11_23 + 86400, 230.0, 1.0, 50.0, 100.0, 1000000 + 5000000)
+    eng2.tick(T0 + 86400, 230.0, 1.0, 50.0, 100.0, 1000000 + 5000000)
     eq(relay2.on, True, "new day")
     eng3, ring3, relay3, tar3 = _engine(limits=lims, dr=[])
-    eq(eng3.restore(saved, MON_2026_11_23 + 86400 + 60), False, "a save from yesterday is ignored")
-    eq(eng3.restore([1, 2], t), False, "garbage is ignored")
+    eq(eng3.restore(saved, E.epoch(T0 + 86400 + 60)), False, "a save from yesterday is ignored")
+    eq(eng3.restore([1, 2], E.epoch(t)), False, "garbage is ignored")

@@ -18,6 +18,9 @@ class _Regs:
     def total_import(self):
         return 123456
 
+    def low_import(self):  # the register's low 30 bits (the meter's per-second path)
+        return 123456
+
     def tariff_registers(self, t):
         return self.tar[t], 0
 
@@ -39,7 +42,7 @@ class _Meter:
         for _ in range(n):
             for _ in range(10):
                 self.seconds.batch(5, f, 231.0, 6.5, 2000.0)
-            self.seconds.sets(4000, self.registers.total_import)
+            self.seconds.sets(4000, self.registers.low_import)
 
     def set_tariff(self, i):
         self.tariffs.append(i)

@@ -3,7 +3,7 @@
 from policy_fixture import MON_2026_11_23, Relay, compact
 
 from meternode.policy import small
-from meternode.policy.engine import Engine
+from meternode.policy.engine import Engine, seconds
 from mptest import eq, scratch_dir
 
 KEY = b"0123456789abcdef0123456789abcdef"
@@ -26,7 +26,7 @@ def test_price_and_event_frames_act_on_the_engine():
     t = MON_2026_11_23 + 3600
     r = sc.apply(small.encode_price(KEY, "n1", 1, 0.31, 5), eng, t)
     eq((r["ok"], r["price"], r["valid_s"]), (True, 0.31, 300), "price accepted")
-    eng.tick(t, 230.0, 1.0, 50.0, 10.0, 0)
+    eng.tick(seconds(t), 230.0, 1.0, 50.0, 10.0, 0)
     eq(eng.price, 0.31, "engine uses the pushed price")
     r = sc.apply(small.encode_event(KEY, "n1", 2, t + 10, 60), eng, t)
     eq(
@@ -37,7 +37,7 @@ def test_price_and_event_frames_act_on_the_engine():
         ),
         "event accepted by one rule",
     )
-    eng.tick(t + 10, 230.0, 1.0, 50.0, 10.0, 0)
+    eng.tick(seconds(t + 10), 230.0, 1.0, 50.0, 10.0, 0)
     eq(relay.on, False, "shed at the event start")
 
 
@@ -63,5 +63,5 @@ def test_forged_replayed_and_foreign_frames_have_no_effect():
     # the counter survives a restart
     sc2 = small.SmallCommands("n1", KEY, sc._ctr.path)
     eq(sc2.apply(good, eng, t)["why"].split(":")[0], "replayed", "replay after a reboot")
-    eng.tick(t, 230.0, 1.0, 50.0, 10.0, 0)
+    eng.tick(seconds(t), 230.0, 1.0, 50.0, 10.0, 0)
     eq(relay.on, False, "only the genuine event acted")

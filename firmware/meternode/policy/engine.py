@@ -4,7 +4,8 @@
 # state is ints in lists made in __init__, readings are only compared, never computed with.
 #
 #   eng = Engine(policy_compact, set_tariff=meter.set_tariff, relay=relay, sink=ring.push)
-#   eng.tick(t, v, i, f, p, e_mwh)   # t: epoch s (int); v V, i A, f Hz, p W; e_mwh import
+#   eng.tick(t, v, i, f, p, e_mwh)   # t: engine seconds (below); v V, i A, f Hz, p W;
+#                                    # e_mwh: the import register's low 30 bits (mWh)
 #
 # The service ticks it once per *measured* second (metrology/seconds.py), so a condition
 # that came and went while the policy task was starved is still seen; f = 0 and v = 0 mean
@@ -12,6 +13,13 @@
 #
 # `relay` is any object with set(on) (True = load connected); `sink(code, rule, value, t)`
 # receives ints.  Time comes only from the caller, so tests drive a week in a loop.
+#
+# Engine seconds: epoch seconds minus EPOCH0 (2024-01-01T00:00Z), so a tick's time and
+# everything computed from it stay small ints on a 32-bit board until 2058 (an epoch
+# itself is above 2**30 and would be a heap int, made anew by every addition).  seconds()
+# and epoch() convert; the commands (push_event, push_price, restore) take epoch seconds,
+# the tick and the events it sinks engine seconds.  e_mwh is taken modulo 2**30 (the
+# registers' low word, registers.low_import()): the day's energy is a wrapping difference.
 #
 # Shedding: each limit or DR rule that fires holds the relay open until its own release
 # time; the relay closes again when no rule holds it.  A limit with action "shed" releases
@@ -57,6 +65,19 @@ _TRIG_PRICE = const(1)
 _TRIG_FREQ = const(2)
 _TRIG_VOLT = const(3)
 _DAY_S = const(86400)
+EPOCH0 = const(1704067200)  # 2024-01-01T00:00:00Z, a UTC midnight
+_DAY0 = const(19723)  # EPOCH0 // 86400
+_MASK = const(0x3FFFFFFF)
+
+
+def seconds(epoch):
+    # epoch seconds -> engine seconds (allocates on 32-bit: not for ticks)
+    return int(epoch) - EPOCH0
+
+
+def epoch(t):
+    # engine seconds -> epoch seconds
+    return t + EPOCH0
 
 
 class EventRing:
@@ -137,7 +158,8 @@ class Engine:
         self._lact = [x[3] for x in lim]
         self._lshed = [x[4] for x in lim]
         self._lretry = [x[5] for x in lim]
-        self._lsince = [-1] * nl  # time the condition became true, -1 = false
+        self._lsince = [0] * nl  # time the condition became true ...
+        self._lon = [0] * nl  # ... when this is 1
         self._lfired = [0] * nl  # 1 while an event-only limit stays true (fire once)
         self._ltrips = [0] * nl  # trips today
         self._luntil = [0] * nl  # relay held open until (0 = not holding)
@@ -147,7 +169,8 @@ class Engine:
         self._dfor = [x[3] for x in dr]
         self._dshed = [x[4] for x in dr]
         self._drnd = [x[5] for x in dr]
-        self._dsince = [-1] * nd
+        self._dsince = [0] * nd
+        self._don = [0] * nd  # 1: _dsince holds when the trigger became true
         self._dstate = [0] * nd  # 0 idle, 1 shedding, 2 waiting the random restore delay
         self._duntil = [0] * nd  # end of the minimum shed / of the random delay
         self._ev_start = [0] * nd  # pushed DR event window (trigger "event")
@@ -159,29 +182,33 @@ class Engine:
         self.price = self._prices[0]
         self._rt_price = 0.0
         self._rt_until = 0
-        self._day = -1  # local day number of the running day
-        self._midnight = 0  # epoch of the next local midnight
+        self._day = -1  # local day number (days since 1970) of the running day
+        self._midnight = 0  # engine seconds of the next local midnight
         self._period = self._seasons[0][1]
         self._e_day0 = -1
-        self._rng = (seed & 0x7FFFFFFF) or 1
+        self._rng = (seed & _MASK) or 1
         self._last_release = 0
 
     # -- commands (from the link; may allocate) ---------------------------------------------
     def push_event(self, start, duration, rule=-1):
-        # A pushed DR event: every "event" rule (or just `rule`) sheds in [start, start+duration).
+        # A pushed DR event (epoch start): every "event" rule (or just `rule`) sheds in
+        # [start, start+duration).  start = 0 clears.
         n = 0
+        t0 = seconds(start) if start else 0
         for k in range(self.nd):
             if self._dk[k] == _TRIG_EVENT and (rule < 0 or rule == k):
-                self._ev_start[k] = int(start)
-                self._ev_end[k] = int(start + duration)
+                self._ev_start[k] = t0
+                self._ev_end[k] = t0 + int(duration) if start else 0
                 n += 1
         return n
 
     def push_price(self, price, valid_s, now):
+        # now: epoch seconds
         valid = min(int(valid_s), self._rt_max)
+        t = seconds(now)
         self._rt_price = float(price)
-        self._rt_until = int(now) + valid
-        self._sink(EV_PRICE, -1, valid, int(now))
+        self._rt_until = t + valid
+        self._sink(EV_PRICE, -1, valid, t)
 
     @property
     def day_started(self):
@@ -193,17 +220,20 @@ class Engine:
         # a reboot must not reset the daily energy budget, trips or lockouts.
         return [self._day, self._e_day0, list(self._ltrips), list(self._luntil)]
 
-    def restore(self, st, t):
-        # Takes a save() of the same local day back; anything else is ignored (False).
-        if not isinstance(st, list) or len(st) != 4 or st[0] != (t + self._tz) // _DAY_S:
+    def restore(self, st, now):
+        # Takes a save() of the same local day back (now: epoch seconds); anything else is
+        # ignored (False).  A hold saved as an epoch (before engine seconds) is converted.
+        t = seconds(now)
+        if not isinstance(st, list) or len(st) != 4 or st[0] != (t + self._tz) // _DAY_S + _DAY0:
             return False
         if len(st[2]) != self.nl or len(st[3]) != self.nl:
             return False
         self._new_day(t, t + self._tz)
-        self._e_day0 = st[1]
+        self._e_day0 = st[1] & _MASK if st[1] >= 0 else -1
         for k in range(self.nl):
+            u = st[3][k]
             self._ltrips[k] = st[2][k]
-            self._luntil[k] = st[3][k]
+            self._luntil[k] = u - EPOCH0 if u >= EPOCH0 else u
         return True
 
     def reset_lockouts(self):
@@ -212,18 +242,21 @@ class Engine:
 
     # -- the tick (allocates nothing) -------------------------------------------------------
     def _rand(self, n):
-        # xorshift32; uniform-ish integer in 0..n
+        # xorshift on 30 bits (shifts 7, 3, 2: full period 2**30 - 1, checked by exhaustion),
+        # masked before each left shift so that nothing reaches 2**30 (a 32-bit xorshift's
+        # words and its 0xFFFFFFFF mask are heap ints on a board); uniform-ish in 0..n
         x = self._rng
-        x ^= (x << 13) & 0xFFFFFFFF
-        x ^= x >> 17
-        x ^= (x << 5) & 0xFFFFFFFF
+        x ^= (x & 0x7FFFFF) << 7
+        x ^= x >> 3
+        x ^= (x & 0xFFFFFFF) << 2
         self._rng = x
         return x % (n + 1) if n > 0 else 0
 
     def _new_day(self, t, local):
-        day = local // _DAY_S
+        d = local // _DAY_S  # days since EPOCH0
+        day = d + _DAY0
         self._day = day
-        self._midnight = (day + 1) * _DAY_S - self._tz
+        self._midnight = (d + 1) * _DAY_S - self._tz
         ymd = civil(day)
         md = ymd % 10000
         dt = 1 if (day + 3) % 7 >= 5 else 0  # 1970-01-01 was a Thursday; Monday = 0
@@ -242,8 +275,9 @@ class Engine:
         self._sink(EV_DAY, -1, dt, t)
 
     def tick(self, t, v, i, f, p, e_mwh):
+        # t: engine seconds; allocates nothing
         local = t + self._tz
-        if self._day < 0 or t >= self._midnight or local // _DAY_S != self._day:
+        if self._day < 0 or t >= self._midnight or local // _DAY_S + _DAY0 != self._day:
             self._new_day(t, local)
             self._e_day0 = e_mwh
         if self._e_day0 < 0:
@@ -288,7 +322,7 @@ class Engine:
             if t < self._luntil[k]:
                 return True
             self._luntil[k] = 0  # retry window over: reconnect and watch again
-            self._lsince[k] = -1
+            self._lon[k] = 0
             self._last_release = k
         lev = self._llev[k]
         if kind == _OVER_V:
@@ -300,12 +334,13 @@ class Engine:
         elif kind == _MAX_P:
             cond = p > lev
         else:
-            cond = e_mwh - self._e_day0 >= self._lemwh[k]
+            cond = (e_mwh - self._e_day0) & _MASK >= self._lemwh[k]
         if not cond:
-            self._lsince[k] = -1
+            self._lon[k] = 0
             self._lfired[k] = 0
             return False
-        if self._lsince[k] < 0:
+        if not self._lon[k]:
+            self._lon[k] = 1
             self._lsince[k] = t
         if t - self._lsince[k] < self._lhold[k] or self._lfired[k]:
             return False
@@ -337,9 +372,10 @@ class Engine:
         st = self._dstate[k]
         if st == 0:
             if not cond:
-                self._dsince[k] = -1
+                self._don[k] = 0
                 return False
-            if self._dsince[k] < 0:
+            if not self._don[k]:
+                self._don[k] = 1
                 self._dsince[k] = t
             if t - self._dsince[k] < self._dfor[k]:
                 return False
@@ -358,7 +394,7 @@ class Engine:
         if t < self._duntil[k]:
             return True
         self._dstate[k] = 0
-        self._dsince[k] = -1
+        self._don[k] = 0
         self._last_release = DR_RULE_BASE + k
         return False
 

@@ -20,7 +20,9 @@ import json
 import sys
 import time
 
+from meternode.aio import ticks_diff, ticks_ms
 from meternode.hal.relay import relay_control
+from meternode.policy import engine as _eng
 from meternode.policy.engine import EVENT_NAMES, Engine, EventRing
 
 _LEAVES = ("policy/bundle", "ota", "policy/small")
@@ -87,7 +89,7 @@ class PolicyService:
         self._mark = 0
         self._sec_mark = node.meter.seconds.closed  # measured seconds seen (metrology/seconds.py)
         self._sec = [0.0, 0.0, 0.0, 0.0, 0, 0]  # one second's values, reused
-        self._t_last = 0  # engine time of the last tick
+        self._t_last = -(1 << 29)  # engine seconds of the last tick (before any real one)
         self._idle = 0
         self.engine = None
         self.agent = None
@@ -275,7 +277,7 @@ class PolicyService:
         self._sec_mark = sec.closed
         if e is None:
             return
-        now = int(self.clock.time())
+        now = _eng.seconds(self.clock.time())  # engine seconds: small ints from here on
         if n:
             self._idle = 0
             t = now - n + 1  # the newest second ended about now
@@ -289,7 +291,7 @@ class PolicyService:
             return
         self._idle += 1
         if self._idle >= _IDLE_TICKS and now > self._t_last:
-            e.tick(now, 0.0, 0.0, 0.0, 0.0, m.registers.total_import())
+            e.tick(now, 0.0, 0.0, 0.0, 0.0, m.registers.low_import())
             self._t_last = now
 
     def _drain(self):
@@ -299,7 +301,7 @@ class PolicyService:
         for code, rule, value, t in evs:
             name = EVENT_NAMES.get(code, "?")
             self.log("policy event %s rule=%d value=%d" % (name, rule, value))
-            out.append({"event": name, "rule": rule, "value": value, "t": t})
+            out.append({"event": name, "rule": rule, "value": value, "t": _eng.epoch(t)})
         return out
 
     def state(self):
@@ -323,7 +325,7 @@ class PolicyService:
     async def run(self):
         slots = self.agent.slots if self.agent else None
         deadline = self.node.config.get("ota", {}).get("health_deadline_s", 120) * 1000
-        started = time.ticks_ms()
+        started = ticks_ms()
         confirmed = slots is None
         reported = False
         n = 0
@@ -341,7 +343,7 @@ class PolicyService:
                         image.healthy()  # mark_app_valid_cancel_rollback()
                     self.log("health check passed: %s" % slots.healthy())
                     confirmed = True
-                elif (slots.trial or (image and image.trial)) and time.ticks_diff(time.ticks_ms(), started) > deadline:
+                elif (slots.trial or (image and image.trial)) and ticks_diff(ticks_ms(), started) > deadline:
                     self.log("health check failed (%s): resetting to roll back" % why)
                     _reset()
             self._register()
