@@ -5,7 +5,7 @@ import sys
 from metrology_rig import board, rig, settle
 
 from meternode.store.checkpoint import Checkpointer, CheckpointError, CheckpointStore
-from mptest import eq, raises, scratch_dir, timeout
+from mptest import eq, heap, raises, scratch_dir, timeout
 
 
 def _state(n):
@@ -46,6 +46,7 @@ def test_a_torn_or_corrupt_newest_slot_falls_back_to_the_older_one():
     eq(CheckpointStore(d).restore()["registers"]["imp"], 3, "after rewriting")
 
 
+@heap("160k")  # meter + sim HAL compiled from source
 def test_checkpointer_writes_on_energy_delta_and_period_never_faster_than_the_floor():
     s, m = rig(board(), {"seed": 1, "voltage": {"rms": 230.0}, "currents": [{"rms": 10.0}]})
     ck = Checkpointer(CheckpointStore(scratch_dir() + "/ck"), m, delta_mwh=500, period_s=10, min_interval_s=1)
@@ -64,6 +65,7 @@ def test_checkpointer_writes_on_energy_delta_and_period_never_faster_than_the_fl
     raises(CheckpointError, Checkpointer, ck.store, m, 0)
 
 
+@heap("160k")  # meter + sim HAL compiled from source
 def test_restart_restores_registers_exactly():
     d = scratch_dir() + "/ck"
     s, m = rig(board(), {"seed": 1, "voltage": {"rms": 230.0}, "currents": [{"rms": 10.0, "angle": 200.0}]})

@@ -4,7 +4,7 @@ import math
 from metrology_rig import board, rig, settle
 
 from meternode.config import ConfigError
-from mptest import approx, eq, needs, raises
+from mptest import approx, eq, heap, needs, raises
 
 
 def _scen(rms=10.0, angle=0.0, **kw):
@@ -13,6 +13,7 @@ def _scen(rms=10.0, angle=0.0, **kw):
     return s
 
 
+@heap("160k")  # meter + sim HAL compiled from source
 @needs("viper")
 def test_frequency_tracks_45_to_55_hz_within_2_mhz_over_a_window():
     for f in (45.0, 47.5, 50.0, 52.5, 55.0):
@@ -24,6 +25,7 @@ def test_frequency_tracks_45_to_55_hz_within_2_mhz_over_a_window():
         s = m = None  # free this rig before the next
 
 
+@heap("160k")  # meter + sim HAL compiled from source
 @needs("viper")
 def test_frequency_follows_a_step_and_a_drift():
     s, m = rig(board(), _scen(events=[{"at": 1.0, "freq": 51.0}]))
@@ -42,6 +44,7 @@ def test_frequency_follows_a_step_and_a_drift():
     approx(hi, 51.0, abs_=0.05, what="highest")
 
 
+@heap("160k")  # meter + sim HAL compiled from source
 @needs("viper")
 def test_p_q_s_pf_and_quadrant_in_all_four_quadrants_with_skew_and_ct_lead_corrected():
     # 20 us skew per slot and a CT leading 2 degrees, both corrected from the calibration.
@@ -64,6 +67,7 @@ def test_p_q_s_pf_and_quadrant_in_all_four_quadrants_with_skew_and_ct_lead_corre
         s = m = None
 
 
+@heap("160k")  # meter + sim HAL compiled from source
 @needs("viper")
 def test_uncorrected_ct_lead_shows_as_power_error():
     # The same 2-degree lead without calibration: P at 60 degrees reads cos(58)/cos(60).
@@ -74,6 +78,7 @@ def test_uncorrected_ct_lead_shows_as_power_error():
     approx(m.snapshot()["elements"][0]["p"], 2300.0 * math.cos(math.radians(58.0)), abs_=1.0, what="P")
 
 
+@heap("160k")  # meter + sim HAL compiled from source
 @needs("viper")
 def test_phase_table_follows_the_current():
     # CT lead 1.6 deg at 1 A and 0.4 deg at 20 A; the table interpolates between.
@@ -87,6 +92,7 @@ def test_phase_table_follows_the_current():
         s = m = None
 
 
+@heap("160k")  # meter + sim HAL compiled from source
 @needs("viper")
 def test_calibration_changes_at_run_time_and_bad_values_name_the_key():
     s, m = rig(board(), _scen(rms=10.0))
@@ -106,6 +112,7 @@ def test_calibration_changes_at_run_time_and_bad_values_name_the_key():
     eq("metrology.netting" in str(e), True, str(e))
 
 
+@heap("160k")  # meter + sim HAL compiled from source
 @needs("viper")
 def test_no_creep_at_115_percent_voltage_and_start_at_class_02s_starting_current():
     b = board()
@@ -122,6 +129,7 @@ def test_no_creep_at_115_percent_voltage_and_start_at_class_02s_starting_current
     approx(e, 1.15 * m.measured_sets / m.rate, rel=0.1, what="energy at 0.1 % In")
 
 
+@heap("160k")  # meter + sim HAL compiled from source
 @needs("viper")
 def test_import_never_runs_backwards_when_the_load_turns_to_export():
     s, m = rig(board(), _scen(rms=10.0, events=[{"at": 2.0, "current": 0, "angle": 180.0}]))
@@ -143,6 +151,7 @@ def _two_mains():
     return b
 
 
+@heap("160k")  # meter + sim HAL compiled from source
 @needs("viper")
 def test_vector_and_phase_netting_of_the_total():
     scen = {"seed": 1, "voltage": {"rms": 230.0}, "currents": [{"rms": 5.0}, {"rms": 5.0, "angle": 180.0}]}
@@ -157,6 +166,7 @@ def test_vector_and_phase_netting_of_the_total():
     eq(m.registers.total_export(), m.registers.exp[1], "phase: total export = element export")
 
 
+@heap("160k")  # meter + sim HAL compiled from source
 @needs("viper")
 def test_a_sub_circuit_ct_is_registered_but_not_counted_in_the_total():
     # sim board: I1 is the grid connection ("main"), I2 a sub-circuit ("circuit") behind it
@@ -169,6 +179,7 @@ def test_a_sub_circuit_ct_is_registered_but_not_counted_in_the_total():
         s = m = None
 
 
+@heap("160k")  # meter + sim HAL compiled from source
 @needs("viper")
 def test_tariff_hook_and_reactive_quadrant_registers():
     s, m = rig(board(), _scen(rms=10.0, angle=60.0))
@@ -185,6 +196,7 @@ def test_tariff_hook_and_reactive_quadrant_registers():
     raises(ValueError, m.set_tariff, 4)
 
 
+@heap("160k")  # meter + sim HAL compiled from source
 @needs("viper")
 def test_maximum_demand_over_the_configured_period():
     scen = _scen(rms=5.0, events=[{"at": 4.0, "current": 0, "rms": 10.0}, {"at": 6.0, "current": 0, "rms": 2.0}])
@@ -194,6 +206,7 @@ def test_maximum_demand_over_the_configured_period():
     eq(4 <= m.registers.md_at <= 7, True, "demand period end %r" % m.registers.md_at)
 
 
+@heap("160k")  # meter + sim HAL compiled from source
 @needs("viper")
 def test_interruption_measures_nothing_and_the_meter_recovers():
     s, m = rig(board(), _scen(rms=10.0, events=[{"at": 1.0, "voltage": 0.0, "for": 0.5}]))
@@ -205,6 +218,7 @@ def test_interruption_measures_nothing_and_the_meter_recovers():
     approx(m.freq, 50.0, abs_=0.01, what="frequency after the interruption")
 
 
+@heap("160k")  # meter + sim HAL compiled from source
 @needs("viper")
 def test_sampling_is_gap_free_every_set_is_inside_a_measured_cycle():
     s, m = rig(board(), _scen(rms=10.0, drift={"hz": 1.0, "period_s": 3.0}, enob=8.7))
@@ -214,6 +228,7 @@ def test_sampling_is_gap_free_every_set_is_inside_a_measured_cycle():
     approx(m.cycles, 300, abs_=2, what="cycles in 6 s")
 
 
+@heap("160k")  # meter + sim HAL compiled from source
 @needs("viper")
 def test_three_phase_board_measures_each_phase_on_its_own_voltage():
     b = board("pico_w_mcp3208", skew_us=0.0)
@@ -240,6 +255,7 @@ def _registers(m):
     return [r.energy_j(0, k) for k in range(8)]
 
 
+@heap("160k")  # meter + sim HAL compiled from source
 @needs("viper")
 def test_batches_of_cycles_register_what_cycle_by_cycle_conversion_registers():
     # The default batch (metrology.batch_cycles = 5) against every cycle on its own, on
@@ -264,6 +280,7 @@ def test_batches_of_cycles_register_what_cycle_by_cycle_conversion_registers():
     eq(one[1] > 1000.0 and one[5] > 100.0 and one[4] > 100.0, True, "export and Q3/Q4 registered: %r" % one)
 
 
+@heap("160k")  # meter + sim HAL compiled from source
 @needs("viper")
 def test_a_batch_never_holds_more_than_max_sets_and_bad_batch_options_name_the_key():
     from meternode.metrology import kernels
@@ -274,9 +291,9 @@ def test_a_batch_never_holds_more_than_max_sets_and_bad_batch_options_name_the_k
     seen = []
     cycle = m.energy.cycle  # each converted batch goes to the energy gate with its sets
 
-    def spy(ps, qs, ss, n, sets):
+    def spy(ps, qs, ss, n):
         seen.append(n)
-        cycle(ps, qs, ss, n, sets)
+        cycle(ps, qs, ss, n)
 
     m.energy.cycle = spy
     s.run(m, 1.0)
