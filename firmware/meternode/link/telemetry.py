@@ -1,13 +1,11 @@
 # Telemetry payloads and topics.  JSON on MQTT (human-readable, Home Assistant friendly);
 # the compact binary codec for LoRaWAN lives beside it later and carries the same fields.
 #
-# Energies are written from the registers' integers (milli-units) as exact decimals: a
-# single-precision float (every board) steps by 1 Wh at 10 MWh, and json.dumps would print
-# that.  Each such value goes into the dict as a marker string and is put into the JSON
-# text as "<units>.<3 digits>" after dumps.
+# Energies are written from the registers' integers (milli-units, the snapshot's e_*_mwh
+# keys) as exact decimals: a single-precision float (every board) steps by 1 Wh at 10 MWh,
+# and json.dumps would print that.  Each goes into the dict as a marker string (a NUL and
+# its index: no JSON text has one raw) and into the text as "<units>.<3 digits>" after dumps.
 import json
-
-_MARK = "@umeter-milli-%d@"
 
 
 def topic(prefix, node_id, leaf):
@@ -18,16 +16,16 @@ def _r(x, nd):
     return None if x is None else round(x, nd)
 
 
-def _milli(x, subs):
-    # x milli-units (an int >= 0) as an exact decimal in the JSON text (see the header)
+def _wh(e, key, subs):
+    # e[key] in Wh (varh, VAh): the exact integer e[key with "m" units] where there is one
+    x = e.get(key.replace("_wh", "_mwh").replace("_varh", "_mvarh").replace("_vah", "_mvah"))
+    if x is None:
+        x = e[key]
+        return [_r(v, 3) for v in x] if isinstance(x, list) else _r(x, 3)
+    if isinstance(x, list):
+        return [_wh({"x_mwh": v}, "x_wh", subs) for v in x]
     subs.append(x)
-    return _MARK % (len(subs) - 1)
-
-
-def _energy(e, key, ikey, subs):
-    # e[ikey] (exact integer, milli-units) where the snapshot has it, else e[key] (float)
-    x = e.get(ikey)
-    return _r(e[key], 3) if x is None else _milli(x, subs)
+    return "\x00%d" % (len(subs) - 1)
 
 
 def _element(e, subs):
@@ -37,33 +35,19 @@ def _element(e, subs):
         "p": _r(e["p"], 2),
         "p_min": _r(e["p_min"], 2),
         "p_max": _r(e["p_max"], 2),
-        "e_imp_wh": _energy(e, "e_imp_wh", "e_imp_mwh", subs),
-        "e_exp_wh": _energy(e, "e_exp_wh", "e_exp_mwh", subs),
+        "e_imp_wh": _wh(e, "e_imp_wh", subs),
+        "e_exp_wh": _wh(e, "e_exp_wh", subs),
     }
     # the full meter (metrology.report) adds reactive, apparent, PF and quadrant registers
     for key, nd in (("q", 2), ("s", 2), ("pf", 4)):
         if key in e:
             d[key] = _r(e[key], nd)
-    if "e_s_vah" in e:
-        d["e_s_vah"] = _energy(e, "e_s_vah", "e_s_mvah", subs)
+    for key in ("e_s_vah", "e_q_varh"):
+        if key in e:
+            d[key] = _wh(e, key, subs)
     if "quadrant" in e:
         d["quadrant"] = e["quadrant"]
-    if "e_q_mvarh" in e:
-        d["e_q_varh"] = [_milli(x, subs) for x in e["e_q_mvarh"]]
-    elif "e_q_varh" in e:
-        d["e_q_varh"] = [_r(x, 3) for x in e["e_q_varh"]]
     return d
-
-
-def _fill(text, subs):
-    # the markers -> exact decimals; a marker that is not exactly once in the text (a
-    # string value that happens to look like one) leaves the text as it was: float fallback
-    for k, x in enumerate(subs):
-        m = '"' + _MARK % k + '"'
-        if text.count(m) != 1:
-            return None
-        text = text.replace(m, "%d.%03d" % (x // 1000, x % 1000))
-    return text
 
 
 def encode(node_id, seq, ts, snap, overruns=0, mains=None, pulses=None, relay=None):
@@ -74,14 +58,8 @@ def encode(node_id, seq, ts, snap, overruns=0, mains=None, pulses=None, relay=No
     # `pulses` is PulseService.readings() (water, gas, S0), when the board has pulse inputs.
     # `relay` is the board relay's state (True = load connected), None without a relay.
     # The measured timebase, where the meter gives it: sample_rate (sets/s), gaps and
-    # lost_sets (the sampler's lost sets).
-    d = _encode(node_id, seq, ts, snap, overruns, mains, pulses, relay, [])
-    if d is None:  # a marker clash: the plain floats
-        d = _encode(node_id, seq, ts, snap, overruns, mains, pulses, relay, None)
-    return d
-
-
-def _encode(node_id, seq, ts, snap, overruns, mains, pulses, relay, subs):
+    # lost_sets (sets the sampler lost).
+    subs = []
     els = []
     p_tot = 0.0
     imp = 0.0
@@ -91,7 +69,7 @@ def _encode(node_id, seq, ts, snap, overruns, mains, pulses, relay, subs):
             p_tot += e["p"]
             imp += e["e_imp_wh"]
             exp += e["e_exp_wh"]
-        els.append(_element(e, subs) if subs is not None else _element(_floats(e), []))
+        els.append(_element(e, subs))
     d = {
         "node": node_id,
         "seq": seq,
@@ -99,21 +77,16 @@ def _encode(node_id, seq, ts, snap, overruns, mains, pulses, relay, subs):
         "v": _r(snap["v"], 3),
         "f": _r(snap["f"], 3),
         "p": _r(p_tot, 2),
-        "e_imp_wh": _r(snap.get("e_imp_wh", imp), 3),
-        "e_exp_wh": _r(snap.get("e_exp_wh", exp), 3),
+        "e_imp_wh": _wh(snap, "e_imp_wh", subs) if "e_imp_wh" in snap else _r(imp, 3),
+        "e_exp_wh": _wh(snap, "e_exp_wh", subs) if "e_exp_wh" in snap else _r(exp, 3),
         "cycles": snap["cycles"],
         "overruns": overruns,
         "elements": els,
     }
-    if subs is not None:
-        for key in ("imp", "exp"):
-            x = snap.get("e_%s_mwh" % key)
-            if x is not None:
-                d["e_%s_wh" % key] = _milli(x, subs)
     if "sample_rate" in snap:
         d["sample_rate"] = _r(snap["sample_rate"], 3)
-        d["gaps"] = snap.get("gaps", 0)
-        d["lost_sets"] = snap.get("lost_sets", 0)
+        d["gaps"] = snap["gaps"]
+        d["lost_sets"] = snap["lost_sets"]
     for key in ("tariff", "demand_w", "md_w"):
         if key in snap:
             d[key] = _r(snap[key], 1) if key != "tariff" else snap[key]
@@ -126,12 +99,12 @@ def _encode(node_id, seq, ts, snap, overruns, mains, pulses, relay, subs):
     if relay is not None:
         d["relay"] = relay
     text = json.dumps(d)
-    return text if not subs else _fill(text, subs)
-
-
-def _floats(e):
-    # an element without its exact integers (the float fallback)
-    return {k: v for k, v in e.items() if not k.endswith("mwh") and not k.endswith("mvarh") and not k.endswith("mvah")}
+    for k, x in enumerate(subs):
+        m = '"\\u0000%d"' % k
+        if text.count(m) != 1:  # a string of the node's own that looks like a marker
+            raise ValueError("telemetry: energy marker %d found %d times" % (k, text.count(m)))
+        text = text.replace(m, "%d.%03d" % (x // 1000, x % 1000))
+    return text
 
 
 def decode(payload):
