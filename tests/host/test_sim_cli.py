@@ -136,7 +136,7 @@ def test_node_config_carries_the_policy_the_fleet_and_the_scripted_dip():
     assert {"at": POLICY_DIP[0], "freq": POLICY_DIP[2]} in c["sim"]["events"]
     assert c["sim"]["currents"][0]["rms"] == 24.0, "the shop scenario"
     board = board_definition("sim")
-    assert run._heap(board) == FLEET_HEAP and "instead of the sim board's 256k" in run.notes[0]
+    assert run._heap(board) == FLEET_HEAP and f"instead of the sim board's {board['heap']}" in run.notes[0]
     assert SimRun(nodes=1, policy=compact)._heap(board) == POLICY_HEAP
     plain = SimRun(nodes=1)
     assert plain._heap(board) == board["heap"] and not plain.notes

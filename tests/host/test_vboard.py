@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from mpremote.transport_serial import SerialTransport
 
+from umeter import unixport
 from umeter.errors import ConfigError
 from umeter_hil.vboard import VirtualBoard, start_many
 
@@ -181,9 +182,10 @@ def test_socket_url_reaches_the_same_board(tmp_path):
 
 
 def test_heap_comes_from_the_board_definition(vb):
-    # sim.json says 128k: a 200 KiB allocation cannot succeed
+    # a bytearray as large as sim.json's heap cannot succeed
+    kib = unixport.parse_heap(json.loads((unixport.boards_dir() / "sim.json").read_text())["heap"]) // 1024
     out = mp(
-        vb, "exec", "try:\n  b = bytearray(200 * 1024)\n  print('big')\nexcept MemoryError:\n  print('MemoryError')"
+        vb, "exec", f"try:\n  b = bytearray({kib} * 1024)\n  print('big')\nexcept MemoryError:\n  print('MemoryError')"
     )
     assert out.strip() == "MemoryError"
 
