@@ -15,6 +15,12 @@ Each point's error is measured on the energy registers (exact to the microjoule)
 whole mains cycles, against the analytic energy of the simulated signal.  Influence points
 are held to the class limit of their base point (a stricter reading than the standard's
 "variation" limits).
+
+`rate_error_ppm` makes the simulated sampler run that much off its nominal rate (a crystal's
+error the firmware is not told about): the meter's measured timebase (metrology/timebase.py)
+takes the real rate from the sampler's timestamps, so the points still pass;
+`timebase="fixed"` makes the meter take the nominal rate on trust instead, to show what the
+error would do.  Time is the simulation's true time either way.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ for pt in job["points"]:
     hal = SimHal(board, pt["scen"])
     m = Meter(board, None, pt.get("options"))
     s = hal.sampler
+    m.use_rate(s.rate_actual)
     s.run(m, pt["warmup"])
     m.flush()
     p0, q0, c0 = energies(m)
@@ -60,9 +67,10 @@ for pt in job["points"]:
     s.run(m, pt["seconds"])
     m.flush()
     p1, q1, c1 = energies(m)
-    t = (m.measured_sets - n0) / m.rate
+    t = ((m.measured_sets - n0) & 0x3FFFFFFF) / s.rate_true  # true seconds of the cycles measured
     print(json.dumps({"id": pt["id"], "t": t, "p": (p1 - p0) / t, "q": (q1 - q0) / t,
-                      "counts": c1, "f": m.freq, "cycles": m.cycles}))
+                      "counts": c1, "f": m.freq, "cycles": m.cycles,
+                      "rate": m.rate, "rate_true": s.rate_true, "rate_nominal": s.rate}))
 """
 
 
@@ -207,6 +215,16 @@ class Report:
     enob: float
     seed: int
     results: list[Result]
+    rate_error_ppm: float = 0.0
+    timebase: str = "measured"
+    rate_nominal: float = 0.0  # sets/s, the board's
+    rate_true: float = 0.0  # sets/s, what the simulated sampler really ran at
+    rate_measured: float = 0.0  # sets/s, what the meter took (the last point's)
+
+    @property
+    def rate_measured_ppm(self) -> float:
+        """The meter's rate against the true one, ppm."""
+        return (self.rate_measured / self.rate_true - 1.0) * 1e6 if self.rate_true else 0.0
 
     @property
     def passed(self) -> bool:
@@ -228,7 +246,21 @@ class Report:
                 note=r.note,
             )
             rows.append(d)
-        return {"board": self.board, "enob": self.enob, "seed": self.seed, "passed": self.passed, "points": rows}
+        return {
+            "board": self.board,
+            "enob": self.enob,
+            "seed": self.seed,
+            "passed": self.passed,
+            "timebase": {
+                "mode": self.timebase,
+                "rate_error_ppm": self.rate_error_ppm,
+                "rate_nominal": self.rate_nominal,
+                "rate_true": self.rate_true,
+                "rate_measured": self.rate_measured,
+                "measured_error_ppm": self.rate_measured_ppm,
+            },
+            "points": rows,
+        }
 
 
 def accuracy_board(board: dict) -> dict:
@@ -255,7 +287,15 @@ def _phase_at(ch: dict, amps: float) -> float:
     return t[-1][1]
 
 
-def _job(board: dict, pts: list[Point], enob: float, seed: int, lead_error: float = 0.0) -> dict:
+def _job(
+    board: dict,
+    pts: list[Point],
+    enob: float,
+    seed: int,
+    lead_error: float = 0.0,
+    rate_error_ppm: float = 0.0,
+    timebase: str = "measured",
+) -> dict:
     _vch, ich = board["channels"]
     i_n = ich.get("nominal", 5.0)
     jobs = []
@@ -267,8 +307,10 @@ def _job(board: dict, pts: list[Point], enob: float, seed: int, lead_error: floa
             "enob": enob,
             "voltage": {"rms": U_N * p.v_pct / 100.0, "harmonics": p.v_harm},
             "currents": [{"rms": i, "angle": p.angle, "harmonics": p.i_harm, "lead": _phase_at(ich, i) + lead_error}],
+            "rate_error_ppm": rate_error_ppm,
         }
-        jobs.append({"id": p.id, "scen": scen, "warmup": 1.5, "seconds": p.seconds})
+        opts = {"timebase": timebase} if timebase != "measured" else None
+        jobs.append({"id": p.id, "scen": scen, "warmup": 1.5, "seconds": p.seconds, "options": opts})
     return {"board": board, "points": jobs}
 
 
@@ -280,15 +322,23 @@ def run(
     quick: bool = False,
     only: list[str] | None = None,
     lead_error: float = 0.0,
+    rate_error_ppm: float = 0.0,
+    timebase: str = "measured",
     progress: Callable[[int, int, Result], None] | None = None,
 ) -> Report:
     """Run the test points on the unix port; `progress(done, total, result)` after each.
 
     `lead_error` adds degrees of CT phase lead that the calibration does not know about
     (what an uncalibrated or wrongly calibrated CT does to the PF 0.5 points).
+    `rate_error_ppm` runs the simulated sampler that far off its nominal rate; `timebase`
+    "measured" (the firmware's default) or "fixed" (the nominal rate taken on trust).
     """
     if not 4.0 <= enob <= board.get("adc", {}).get("bits", 12):
         raise ConfigError(f"ENOB {enob} is out of range", hint="4 to the board's ADC bits")
+    if not -50000.0 <= rate_error_ppm <= 50000.0:
+        raise ConfigError(f"rate error {rate_error_ppm:g} ppm is out of range", hint="-50000 to 50000 ppm (±5 %)")
+    if timebase not in ("measured", "fixed"):
+        raise ConfigError(f"unknown timebase {timebase!r}", hint="measured or fixed")
     b = accuracy_board(board)
     pts = points(quick)
     if only:
@@ -299,11 +349,12 @@ def run(
     by_id = {p.id: p for p in pts}
     i_n = b["channels"][1].get("nominal", 5.0)
     results: list[Result] = []
+    rates: dict = {}
     with tempfile.TemporaryDirectory(prefix="umeter-acc-") as tmp:
         script = Path(tmp) / "acc_run.py"
         script.write_text(_RUNNER)
         jobf = Path(tmp) / "job.json"
-        jobf.write_text(json.dumps(_job(b, pts, enob, seed, lead_error)))
+        jobf.write_text(json.dumps(_job(b, pts, enob, seed, lead_error, rate_error_ppm, timebase)))
         argv = unixport.command(script, str(jobf), heap="512k")
         env = dict(os.environ, MICROPYPATH=unixport.micropypath())
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp)
@@ -313,6 +364,7 @@ def run(
             if not line.startswith("{"):
                 continue
             d = json.loads(line)
+            rates = {k: d[k] for k in ("rate", "rate_true", "rate_nominal") if k in d}
             p = by_id[d["id"]]
             r = _judge(p, d, i_n)
             results.append(r)
@@ -323,7 +375,17 @@ def run(
     if rc != 0 or len(results) != len(pts):
         last = err.strip().splitlines()[-1] if err.strip() else f"exit code {rc}"
         raise DeviceError(f"the accuracy run stopped on the unix port: {last}", hint="run with -v for the traceback")
-    return Report(board.get("name", "?"), enob, seed, results)
+    return Report(
+        board.get("name", "?"),
+        enob,
+        seed,
+        results,
+        rate_error_ppm,
+        timebase,
+        float(rates.get("rate_nominal", 0.0)),
+        float(rates.get("rate_true", 0.0)),
+        float(rates.get("rate", 0.0)),
+    )
 
 
 def _judge(p: Point, d: dict, i_n: float) -> Result:

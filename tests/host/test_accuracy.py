@@ -53,6 +53,27 @@ def test_uncorrected_ct_phase_lead_of_one_degree_fails_the_pf_05_point():
     assert r["P100-PF1"].passed  # cos near 0 degrees hardly moves
 
 
+def test_a_sampler_rate_error_is_removed_by_the_measured_timebase_and_shows_without_it():
+    # The simulated sampler runs 5000 ppm fast (a timer that cannot divide the rate, a bad
+    # crystal; the firmware is not told): the meter measures the real rate and every point
+    # stays put; with the nominal rate taken on trust the same points read +0.5 %, outside
+    # class 0.2S (the reactive point's class 2 limit still holds).
+    pts = ["P100-PF1", "F51-L", "Q100-S1L"]
+    rep = accuracy.run(load_board("pico_w"), only=pts, rate_error_ppm=5000.0)
+    assert rep.passed, [(r.point.id, r.error_pct) for r in rep.results]
+    assert rep.rate_true == pytest.approx(4020.0) and abs(rep.rate_measured_ppm) < 5
+    assert all(abs(r.error_pct) < 0.05 for r in rep.results)
+    fixed = accuracy.run(load_board("pico_w"), only=pts, rate_error_ppm=5000.0, timebase="fixed")
+    assert rep.rate_nominal == fixed.rate_measured == 4000.0
+    for r in fixed.results:
+        assert r.error_pct == pytest.approx(0.5, abs=0.03), r.point.id
+    assert not fixed.passed and [r.point.id for r in fixed.failures()] == ["P100-PF1", "F51-L"]
+    res = CliRunner().invoke(main_group, ["accuracy", "--point", "P100-PF1", "--rate-error", "3000", "--json"])
+    assert res.exit_code == 0, res.output
+    tb = json.loads(res.stdout)["timebase"]
+    assert tb["mode"] == "measured" and tb["rate_error_ppm"] == 3000.0 and abs(tb["measured_error_ppm"]) < 5
+
+
 def test_cli_json_plot_and_exit_codes(tmp_path):
     run = CliRunner().invoke
     res = run(main_group, ["accuracy", "--point", "P100-PF1", "--json", "--plot", str(tmp_path / "c.png")])
@@ -73,5 +94,7 @@ def test_bad_inputs_name_what_was_wrong():
         accuracy.run(load_board("pico_w"), only=["BOGUS"])
     with pytest.raises(ConfigError, match="ENOB 3"):
         accuracy.run(load_board("pico_w"), enob=3)
+    with pytest.raises(ConfigError, match="rate error 60000 ppm"):
+        accuracy.run(load_board("pico_w"), rate_error_ppm=60000.0)
     with pytest.raises(ConfigError, match="no voltage/current pair"):
         accuracy.accuracy_board({"name": "x", "channels": [{"name": "V1", "kind": "voltage"}]})

@@ -43,7 +43,23 @@ def _fmt_lim(r: acc.Result) -> str:
 @click.option("--list", "list_", is_flag=True, help="List the test points and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write the error curves to this PNG.")
-def command(board, enob, seed, quick, only, list_, as_json, plot_path) -> None:
+@click.option(
+    "--rate-error",
+    "rate_error",
+    type=float,
+    default=0.0,
+    show_default=True,
+    metavar="PPM",
+    help="Run the simulated sampler this many ppm off its nominal rate (the meter measures the real one).",
+)
+@click.option(
+    "--timebase",
+    type=click.Choice(["measured", "fixed"]),
+    default="measured",
+    show_default=True,
+    help="The meter's timebase: measured from the sampler's timestamps, or the nominal rate taken on trust.",
+)
+def command(board, enob, seed, quick, only, list_, as_json, plot_path, rate_error, timebase) -> None:
     """Run the IEC 62053-22 (0.2S) / 62053-23 (class 2) test points on the simulated front end.
 
     Exits 1 when a point is outside its class limit.
@@ -59,7 +75,16 @@ def command(board, enob, seed, quick, only, list_, as_json, plot_path) -> None:
         if not as_json:
             ui.debug(f"[{done}/{total}] {r.point.id}")
 
-    rep = acc.run(b, enob=enob, seed=seed, quick=quick, only=list(only) or None, progress=progress)
+    rep = acc.run(
+        b,
+        enob=enob,
+        seed=seed,
+        quick=quick,
+        only=list(only) or None,
+        rate_error_ppm=rate_error,
+        timebase=timebase,
+        progress=progress,
+    )
     if as_json:
         click.echo(json.dumps(rep.to_dict(), indent=1))
     else:
@@ -77,6 +102,12 @@ def command(board, enob, seed, quick, only, list_, as_json, plot_path) -> None:
             f"{len(rep.results)} points on board {rep.board} (sim, ENOB {enob:g}, seed {seed}): "
             f"{len(rep.results) - len(rep.failures())} within limits; worst error {100 * worst:.0f} % of its limit."
         )
+        if rate_error or timebase != "measured":
+            ui.info(
+                f"Sampler {rep.rate_true:.3f} S/s for a nominal {rep.rate_nominal:g} ({rate_error:+g} ppm); the meter "
+                f"{'measured' if timebase == 'measured' else 'took'} {rep.rate_measured:.3f} "
+                f"({rep.rate_measured_ppm:+.1f} ppm from the true rate)."
+            )
     if plot_path:
         acc.plot(rep, plot_path)
         ui.info(f"Wrote the error curves to {plot_path}.")
