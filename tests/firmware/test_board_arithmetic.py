@@ -275,3 +275,42 @@ def test_pulse_edges_late_in_a_long_run_come_out_in_order_with_their_levels():
     levels = [lv for _, lv in edges]
     eq(levels[:9], [0, 1, 0, 1, 0, 1, 0, 1, 0], "press: clean edge then bounce ending closed")
     eq(levels[9:18], [1, 0, 1, 0, 1, 0, 1, 0, 1], "release: ending open")
+
+
+# -- days of simulated time, fast: counters past 2**30, many wraps -----------------------------
+@needs("viper")
+@heap("160k")
+def test_three_and_a_half_simulated_days_coast_past_2_30_sets_with_exact_energy_and_clock():
+    # SimSampler.coast fast-forwards a steady load without making samples (the endurance
+    # soak's tool): the clock, the sim's phase and the meter's counters run on, and the meter
+    # registers the interval at its measured power.  3.5 days at 4 kS/s is 1.21e9 sets (past
+    # 2**30); ticks_ms wrap once (4 s in), ticks_us 282 times.
+    from meternode.hal.simclock import MS0, US0
+    from meternode.store.checkpoint import Checkpointer, CheckpointStore
+
+    s, m = rig(board(), {"seed": 1, "epoch": 1800000000, "enob": 10.0, "currents": [{"rms": 10.0}]})
+    clock = s._clock
+    m.use_rate(s.rate_actual)
+    ck = Checkpointer(CheckpointStore(scratch_dir() + "/ck"), m, delta_mwh=50000, period_s=3600, min_interval_s=60)
+    settle(s, m, 2.0)
+    ck.save(clock.ticks_ms())
+    p = m.p[0]
+    e0 = m.registers.energy_j(0, 0)
+    saves = 0
+    hours = 84
+    for _ in range(hours):
+        s.coast(m, 3600.0)
+        if ck.save(clock.ticks_ms()):
+            saves += 1
+    s.run(m, 1.0)
+    m.flush()
+    e = m.registers.energy_j(0, 0) - e0
+    approx(e / (p * (hours * 3600 + 1.0)), 1.0, abs_=2e-4, what="energy over 3.5 days at the measured power")
+    eq(m.registers.get(0, 0) > 190000000, True, "190 kWh: %d mWh" % m.registers.get(0, 0))
+    eq((type(clock.time()), clock.time()), (int, 1800000000 + hours * 3600 + 3), "epoch to the second")
+    approx(m.freq, 50.0, abs_=0.02, what="frequency after the coast")
+    sets = 8000 + hours * 14400000 + 4000  # 2 s, the coasts (whole blocks), 1 s
+    eq(m.sets, sets & _MASK, "set counter, wrapped past 2**30")
+    eq(clock.ticks_ms(), (MS0 + sets // 4) & _MASK, "ticks_ms")
+    eq(clock.ticks_us(), (US0 + sets * 250) & _MASK, "ticks_us")
+    eq(saves, hours, "a checkpoint every hour (energy moved 193 Wh each)")
