@@ -30,6 +30,8 @@
 # cycle discarded, the lost time registered at the last measured power up to gap_fill_s.
 import array
 
+from micropython import const
+
 from meternode.config import ConfigError
 from meternode.metrology import calibration, interp, kernels
 from meternode.metrology.convert import convert
@@ -40,7 +42,7 @@ from meternode.metrology.seconds import Seconds
 from meternode.metrology.timebase import Timebase
 
 _H = kernels.HIST
-_MASK = 0x3FFFFFFF  # counters wrap below 2**30: small ints on a 32-bit board
+_MASK = const(0x3FFFFFFF)  # counters wrap below 2**30: small ints on a 32-bit board
 
 
 def _opt(d, key, default, lo, hi):

@@ -20,9 +20,12 @@
 # or a stamp more than 2**27 us (134 s) from the previous one (ticks_diff cannot be
 # trusted), restarts the window and is counted in `resets`.  measured=False keeps
 # rate_actual (metrology.timebase = "fixed": for comparison, never on a board).
-_W0 = 1 << 20  # us, first window
-_WMAX = 1 << 28  # us, longest window
-_STALL = 1 << 27  # us between two stamps beyond which the window restarts
+from micropython import const
+
+_W0 = const(1 << 20)  # us, first window
+_WMAX = const(1 << 28)  # us, longest window
+_STALL = const(1 << 27)  # us between two stamps beyond which the window restarts
+_NONE = const(1 << 29)  # no offset seen yet (offsets stay far below)
 
 
 class Timebase:
@@ -54,10 +57,11 @@ class Timebase:
         self._pred = 0  # us predicted for _n sets at the current rate
         self._pf = 0.0  # its fraction
         self._per = 1000000.0 / self.rate
-        self._o1 = 0  # lowest offset (us) in the first half, and the sets there
-        self._n1 = -1
-        self._o2 = 0  # ... in the second half
-        self._n2 = -1
+        self._half = self._wlen >> 1
+        self._o1 = _NONE  # lowest offset (us) in the first half, and the sets there
+        self._n1 = 0
+        self._o2 = _NONE  # ... in the second half
+        self._n2 = 0
 
     def block(self, n, stamp):
         # n sets (delivered + lost) whose last one was converted at ticks_us `stamp`.
@@ -72,27 +76,29 @@ class Timebase:
             self.resets += 1
             self._start()
             return
-        self._n += n
         us = self._us + d
         self._us = us
         x = self._pf + n * self._per
         k = int(x)
         self._pf = x - k
-        self._pred += k
-        o = us - self._pred
-        if us < self._wlen >> 1:
-            if self._n1 < 0 or o < self._o1:
+        k += self._pred
+        self._pred = k
+        o = us - k  # the stamp's offset from the prediction
+        n += self._n
+        self._n = n
+        if us < self._half:
+            if o < self._o1:
                 self._o1 = o
-                self._n1 = self._n
-        elif self._n2 < 0 or o < self._o2:
+                self._n1 = n
+        elif o < self._o2:
             self._o2 = o
-            self._n2 = self._n
+            self._n2 = n
         if us >= self._wlen:
             self._close()
 
     def _close(self):
         dn = self._n2 - self._n1
-        if self._n1 >= 0 and dn > 0:
+        if self._o1 != _NONE and self._o2 != _NONE and dn > 0:
             # 1/R = 1/R_ref + (o2 - o1) / (dn * 1e6): the slope of the early envelope
             c = self.rate * (self._o2 - self._o1) / (dn * 1000000.0)
             r = self.rate / (1.0 + c)
