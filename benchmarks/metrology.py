@@ -275,7 +275,7 @@ def main() -> int:
         script = tmp / "bench_mp.py"
         script.write_text(_MP % {"sets": SETS, "reps": REPS})
         env = dict(os.environ, MICROPYPATH=unixport.micropypath())
-        out = subprocess.run(unixport.command(script, heap="128k"), capture_output=True, text=True, env=env, cwd=t)
+        out = subprocess.run(unixport.command(script, heap="192k"), capture_output=True, text=True, env=env, cwd=t)
         if out.returncode != 0:
             print(out.stdout + out.stderr, file=sys.stderr)
             return 1
