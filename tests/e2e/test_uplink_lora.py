@@ -52,7 +52,7 @@ def test_node_sends_records_then_telemetry_over_lorawan(tmp_path):
             "sim": {"realtime": True, "currents": [{"rms": 5.0}]},
         }
         with open(root / "console.log", "w") as log:
-            p = _start(root, cfg, "256k", log)
+            p = _start(root, cfg, json.loads((root / "board.json").read_text())["heap"], log)
             try:
                 deadline = time.monotonic() + 30
                 while time.monotonic() < deadline and len(modem.uplinks) < 3:

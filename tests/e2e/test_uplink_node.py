@@ -41,8 +41,13 @@ def _start_node(root: Path, port: int) -> subprocess.Popen:
     env = dict(os.environ, MICROPYPATH=unixport.micropypath())
     log = open(root / "console.log", "w")  # noqa: SIM115 - the process owns it
     return subprocess.Popen(
-        unixport.command(root / "main.py", heap="256k"), cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
+        unixport.command(root / "main.py", heap=_board_heap()), cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
     )
+
+
+def _board_heap():
+    # the node runs with its board's heap, as `umeter sim` runs it
+    return json.loads((unixport.boards_dir() / "sim.json").read_text())["heap"]
 
 
 def test_node_records_events_profile_and_obeys_only_authenticated_commands(tmp_path, mosquitto):
