@@ -314,3 +314,16 @@ def test_three_and_a_half_simulated_days_coast_past_2_30_sets_with_exact_energy_
     eq(clock.ticks_ms(), (MS0 + sets // 4) & _MASK, "ticks_ms")
     eq(clock.ticks_us(), (US0 + sets * 250) & _MASK, "ticks_us")
     eq(saves, hours, "a checkpoint every hour (energy moved 193 Wh each)")
+
+
+def test_the_link_layers_ticks_start_a_few_seconds_before_they_wrap():
+    # every firmware test (mprun) and virtual node (the sim HAL) starts the wall ticks the
+    # link layer reads (aio -> meternode.ticks) near a wrap, as on a board they could be
+    from meternode import aio
+
+    since_ms = aio.ticks_diff(aio.ticks_ms(), _PERIOD - 4000)
+    eq(0 <= since_ms < 60000, True, "ticks_ms %d ms after the start point" % since_ms)
+    eq(aio.ticks_ms() < _PERIOD, True, "30-bit")
+    t = aio.ticks_ms()
+    eq(aio.ticks_diff(aio.ticks_add(t, 5000), t), 5000, "ticks_add / ticks_diff across the wrap")
+    eq(aio.ticks_add(_PERIOD - 1, 2), 1, "wraps at 2**30")
