@@ -327,3 +327,24 @@ def test_the_link_layers_ticks_start_a_few_seconds_before_they_wrap():
     t = aio.ticks_ms()
     eq(aio.ticks_diff(aio.ticks_add(t, 5000), t), 5000, "ticks_add / ticks_diff across the wrap")
     eq(aio.ticks_add(_PERIOD - 1, 2), 1, "wraps at 2**30")
+
+
+def test_an_hour_coasted_at_once_closes_the_measured_seconds_as_block_by_block_would():
+    # Seconds (the policy engine's measured seconds) jumps over what its 16-slot ring would
+    # overwrite unread: a coasted hour costs 17 closes, not 3600, with the same result
+    from meternode.metrology.seconds import Seconds
+
+    a = Seconds(4000)
+    b = Seconds(4000)
+    for n in (160, 14400000, 160, 80000, 3999, 1):
+        a.sets(n, lambda: 7)
+        while n > 0:
+            k = min(n, 160)
+            b.sets(k, lambda: 7)
+            n -= k
+        eq((a.closed, a._left), (b.closed, b._left), "seconds closed and the open one")
+    o1 = [0] * 6
+    o2 = [0] * 6
+    for i in range(16):
+        eq(a.get(a.closed - 1 - i, o1), b.get(b.closed - 1 - i, o2), "second %d back" % i)
+    eq(a.closed, 3621, "3621 s")

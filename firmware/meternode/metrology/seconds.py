@@ -53,6 +53,13 @@ class Seconds:
         # the import register (called once per closed second, not per block).
         left = self._left - n
         while left <= 0:
+            if not self._nc and left <= -(_N + 1) * self.rate:
+                # a long stretch with nothing measured (the sim coasting): seconds that the
+                # ring would overwrite before anyone could read them are only counted
+                k = -left // self.rate - _N
+                self.closed = (self.closed + k) & _WRAP
+                left += k * self.rate
+                continue
             self._close(e_mwh_fn())
             left += self.rate
         self._left = left
