@@ -13,16 +13,29 @@ from pathlib import Path
 from .errors import TransportError
 
 
-def make_client(name: str, *, client_id: str | None = None, tls_ca: str | Path | None = None, bulk: bool = False):
-    """A clean-session paho client named `<name>-<random>` unless `client_id` is given.
+def make_client(
+    name: str,
+    *,
+    client_id: str | None = None,
+    tls_ca: str | Path | None = None,
+    bulk: bool = False,
+    clean_session: bool = True,
+    manual_ack: bool = False,
+):
+    """A paho client named `<name>-<random>` unless `client_id` is given (clean session unless
+    told otherwise).
 
     `bulk` lifts paho's in-flight and queue limits for publishers of many messages
-    (campaigns, the fleet simulator); `tls_ca` makes the connection TLS against that CA.
+    (campaigns, the fleet simulator); `tls_ca` makes the connection TLS against that CA;
+    `manual_ack`: QoS 1 messages are acknowledged by `client.ack(mid, qos)`, not on receipt.
     """
     import paho.mqtt.client as mqtt
 
     c = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"{name}-{uuid.uuid4().hex[:8]}", clean_session=True
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id or f"{name}-{uuid.uuid4().hex[:8]}",
+        clean_session=clean_session,
+        manual_ack=manual_ack,
     )
     if tls_ca:
         c.tls_set(ca_certs=str(tls_ca))

@@ -11,9 +11,10 @@ Options the demo adds on top (docs/sim.md):
   meter's tariff registers and demand response drives a (soft) relay; the policy's own
   `policy/state` and `policy/event` messages feed the view. A grid frequency dip is scripted
   into the sim front end so a `freq_below` rule has something to act on;
-- `db`: every record the nodes send goes into umeter.consumer's SQLite store (each record once,
-  in order per node, gaps asked again); the nodes' flash then lives beside the database so a
-  later run continues their sequence numbers instead of restarting them.
+- `db`: every record the nodes send goes into umeter.consumer's store (an SQLite file, or a
+  postgresql:// URL; each record once, gaps asked again); the nodes' flash then lives beside
+  the file (under $UMETER_HOME/sim for a URL) so a later run continues their sequence numbers
+  instead of restarting them.
 """
 
 from __future__ import annotations
@@ -262,25 +263,38 @@ class SimRun:
 
     def _open_db(self, host: str, port: int, ids: list[str]) -> None:
         from .consumer import Consumer
+        from .errors import UmeterError
+        from .store import describe, is_url
 
-        db = Path(self.db)
-        if db.parent and not db.parent.is_dir():
-            raise ConfigError(
-                f"--db {db}: directory {db.parent} does not exist", hint="create it or choose another path"
-            )
-        if self.workdir is None:  # the nodes' flash lives beside their records
-            self.workdir = db.with_name(db.name + ".nodes")
-            self.workdir.mkdir(exist_ok=True)
+        if is_url(self.db):  # PostgreSQL: the nodes' flash lives under $UMETER_HOME
+            from .keystore import home
+
+            label = describe(self.db)
+            if self.workdir is None:
+                self.workdir = home() / "sim" / "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
+                self.workdir.mkdir(parents=True, exist_ok=True)
+        else:
+            db = Path(self.db)
+            label = str(db)
+            if db.parent and not db.parent.is_dir():
+                raise ConfigError(
+                    f"--db {db}: directory {db.parent} does not exist", hint="create it or choose another path"
+                )
+            if self.workdir is None:  # the nodes' flash lives beside their records
+                self.workdir = db.with_name(db.name + ".nodes")
+                self.workdir.mkdir(exist_ok=True)
         try:
-            c = Consumer(db, None, port, self.prefix)
+            c = Consumer(self.db, None, port, self.prefix)
+        except UmeterError:
+            raise
         except Exception as e:  # sqlite3.DatabaseError: not a database, locked, ...
-            raise ConfigError(f"--db {db}: cannot be used as an SQLite store ({e})", hint="give a new file") from None
+            raise ConfigError(f"--db {label}: cannot be used as a store ({e})", hint="give a new file") from None
         for node_id in ids:
             n = c.count(node_id)
             if n and not (self.workdir / node_id / "store").is_dir():
                 c.close()
                 raise ConfigError(
-                    f"--db {db} holds {n} records of {node_id} but its flash {self.workdir / node_id} is gone: "
+                    f"--db {label} holds {n} records of {node_id} but its flash {self.workdir / node_id} is gone: "
                     "its new records would restart at seq 1 and be dropped as duplicates",
                     hint="use a new --db file",
                 )
@@ -292,13 +306,15 @@ class SimRun:
 
     def db_summary(self) -> dict:
         """What this run stored: records per node, duplicates dropped, and the database's totals."""
+        from .store import describe
+
         c = self.consumer
         if c is None:
             return {}
         now = c.counters()
         per = {n: c.count(n) - self._base.get(n, 0) for n in self.views}
         return {
-            "db": str(self.db),
+            "db": describe(self.db),
             "records": per,
             "duplicates": now["duplicates"] - self._counters0.get("duplicates", 0),
             "lost": now["lost"] - self._counters0.get("lost", 0),

@@ -44,7 +44,7 @@ def test_monitor_stores_records_once_and_prints_them(tmp_path, mosquitto, capfd)
         p.connect(mosquitto.host, mosquitto.port)
         p.loop_start()
         for s in (1, 2, 2):
-            doc = {"node": "m1", "seq": s, "ts": s, "kind": "event", "event": "relay", "arg": 1, "text": "x"}
+            doc = {"node": "m1", "seq": s, "ts": s, "kind": "event", "code": 7, "event": "relay", "arg": 1, "text": "x"}
             p.publish("umeter/m1/event", json.dumps(doc), qos=1).wait_for_publish(5)
         p.loop_stop()
         p.disconnect()

@@ -171,9 +171,9 @@ def _event(v: NodeView) -> str:
 @click.option(
     "--db",
     default=None,
-    type=click.Path(dir_okay=False, path_type=Path),
-    metavar="FILE",
-    help="Store every record the nodes send in this SQLite file (once each, in order); node flash is kept beside it.",
+    metavar="FILE|URL",
+    help="Store every record the nodes send in this SQLite file or postgresql:// database (once each); "
+    "node flash is kept beside the file.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per node per interval, and a JSON summary.")
 def command(
@@ -186,7 +186,7 @@ def command(
     scenarios: str | None,
     policy_file: str | None,
     fleet: str | None,
-    db: Path | None,
+    db: str | None,
     as_json: bool,
 ) -> None:
     """Run virtual meter nodes on the MicroPython unix port and watch their telemetry.
