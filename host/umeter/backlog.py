@@ -91,8 +91,10 @@ class Backlog:
         prefix: str = "umeter",
         connections: int = 4,
         inflight: int = 500,
+        rate: float | None = None,
     ) -> None:
         self.host, self.port, self.prefix = host, port, prefix
+        self.rate = rate  # records/s over all nodes (None: as fast as the broker takes them)
         self.nodes = nodes
         self.records = records
         self.next = dict.fromkeys(nodes, 1)  # next seq to send per node
@@ -117,6 +119,10 @@ class Backlog:
             if info.rc == 0:
                 break
             time.sleep(0.002)  # paho's queue is full: the broker has not acknowledged enough yet
+        if self.rate:
+            ahead = self.first_sent + self.published / self.rate - time.monotonic() if self.first_sent else 0
+            if ahead > 0:
+                time.sleep(ahead)
         if seq <= self.sent_hi[node]:
             self.resent += 1
         else:
@@ -197,11 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--records", type=int, default=20)
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--prefix", default="umeter")
+    ap.add_argument("--rate", type=float, default=None, help="records/s over all nodes [as fast as possible]")
     a = ap.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     nodes = [f"n{i:05d}" for i in range(a.nodes)]
-    with Backlog(a.host, a.port, nodes, a.records, prefix=a.prefix, connections=a.connections) as b:
+    with Backlog(a.host, a.port, nodes, a.records, prefix=a.prefix, connections=a.connections, rate=a.rate) as b:
         announced = False
         while not stop.is_set():
             if not announced and b.sent_all.is_set():

@@ -279,8 +279,8 @@ class Consumer:
         c = self._client
         if c is None:
             return "stopped"
-        th = getattr(c, "_thread", None)
-        if th is not None and not th.is_alive():
+        th = getattr(c, "_thread", None)  # paho sets it to None when its loop ends
+        if th is None or not th.is_alive():
             return "network thread stopped"
         if self._refused:
             return f"refused: {self._refused}"

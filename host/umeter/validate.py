@@ -167,8 +167,7 @@ def _parse(payload: bytes) -> tuple[str, dict]:
         raise Invalid(f"payload is not JSON ({_short(_Text(e), 60)})") from None
     if not isinstance(doc, dict):
         raise Invalid(f"payload is a JSON {type(doc).__name__}, not an object")
-    _clean(doc)
-    return text, doc
+    return text, doc  # the caller checks its fields, then _clean()s the rest
 
 
 def _int(doc: dict, key: str, lo: int, hi: int, *, required: bool = True) -> int | None:
@@ -213,6 +212,7 @@ def _record(node: str, leaf: str, text: str, doc: dict) -> Record:
         for k in _TEXT_FIELDS.get(kind, ()):
             if k in doc and not isinstance(doc[k], str):
                 raise Invalid(f"{k} = {_short(doc[k])} is not text")
+        _clean(doc)
     except Invalid as e:
         raise _Keyed(str(e), stream, seq) from None
     return Record(node, stream, seq, kind, ts, held, text, doc)
@@ -240,6 +240,7 @@ def _telemetry(node: str, text: str, doc: dict) -> Telemetry:
         raise Invalid("elements is not a list")
     if doc.get("node", node) != node:
         raise Invalid(f"node = {_short(doc['node'])} is not the topic's node")
+    _clean(doc)
     return Telemetry(node, seq, ts, text, doc)
 
 
@@ -247,6 +248,7 @@ def _result(node: str, text: str, doc: dict) -> Result:
     rid = doc.get("id")
     if rid is not None and (not isinstance(rid, str) or len(rid) > 128):
         raise Invalid(f"id = {_short(rid)} is not a command id (text up to 128 characters)")
+    _clean(doc)
     return Result(node, rid, text, doc)
 
 
