@@ -147,12 +147,15 @@ class Backlog:
     def _run(self) -> None:
         for c in self._conns:
             c.ready.wait(10)
+        rnd = 0
         while not self._stop.is_set():
             busy = False
             for conn in self._conns:
                 self._rewind(conn)
+            rnd += 1
             for conn in self._conns:
-                for node in conn.nodes:
+                k = rnd % len(conn.nodes)  # each pass starts one node later: with K consumers sharing
+                for node in conn.nodes[k:] + conn.nodes[:k]:  # round-robin, a node's records spread over them
                     s = self.next[node]
                     if s <= self.records:
                         self._send(conn, node, s)

@@ -62,6 +62,11 @@ from .validate import LEAVES, Reject
 
 RECORD_LEAVES = validate.RECORD_LEAVES
 MAX_QOS0_PENDING = 10000  # QoS 0 messages (telemetry) held while the database is down; more are dropped
+# Messages received but not yet stored. The broker's in-flight window should bound it (we
+# acknowledge only after the commit), but Mosquitto 2.0 was seen sending several thousand beyond
+# its max_inflight_messages while acknowledgements flow; past this bound paho's network thread
+# waits (TCP back-pressure holds the broker) until the worker has caught up.
+MAX_PENDING = 20000
 
 
 @dataclass
@@ -124,6 +129,8 @@ class Consumer:
             or (f"{group}-{socket.gethostname()}" if group else f"umeter-consumer-{uuid.uuid4().hex[:8]}")
         )
         self.batch = batch
+        self.max_pending = MAX_PENDING
+        self._in_hand = 0  # messages the worker has taken and not yet committed
         self.store = open_store(db, consumer=self.client_id)
         self.store.gap_wait = gap_wait
         self._client = None
@@ -144,7 +151,18 @@ class Consumer:
         self._started = time.time()
         self._rate: collections.deque[tuple[float, int]] = collections.deque(maxlen=80)  # (t, stored) every 0.5 s
         self.stats = dict.fromkeys(
-            ("received", "stored", "duplicates", "rejects", "acked", "dropped_qos0", "callback_errors", "errors"), 0
+            (
+                "received",
+                "stored",
+                "duplicates",
+                "rejects",
+                "acked",
+                "dropped_qos0",
+                "paused_10ms",
+                "callback_errors",
+                "errors",
+            ),
+            0,
         )
         self.last_reject: dict | None = None
         self._next_sweep = 0.0
@@ -319,7 +337,7 @@ class Consumer:
             "db_state": "ok" if self._db_error is None else f"down: {self._db_error}",
             "records_per_s": round(self.records_per_s(), 1),
             **self.stats,
-            "pending": self._q.qsize(),
+            "pending": self._q.qsize() + self._in_hand,  # received, not yet stored and acknowledged
             "last_reject": self.last_reject,
             "uptime_s": round(time.time() - self._started, 1),
         }
@@ -356,6 +374,7 @@ class Consumer:
         while True:
             if not pending:
                 pending = self._take(0.1)
+                self._in_hand = len(pending)
             if not pending and self._stop.is_set() and self._q.empty():
                 return
             try:
@@ -363,6 +382,7 @@ class Consumer:
                 if pending:
                     self._commit(pending)
                     pending = []
+                    self._in_hand = 0
                 self._db_ok()
                 backoff = 0.05
             except StoreUnavailable as e:
@@ -469,6 +489,10 @@ class Consumer:
                     self.stats["dropped_qos0"] += 1
                     return
                 self._qos0 += 1
+            else:
+                while self._q.qsize() + self._in_hand >= self.max_pending and not self._stop.is_set():
+                    self.stats["paused_10ms"] += 1
+                    time.sleep(0.01)
             self.stats["received"] += 1
             self._q.put(_Inbound(self._gen, m.mid, m.qos, topic, bytes(m.payload)))
         except Exception as e:  # never into paho's thread: that thread is the connection

@@ -220,7 +220,7 @@ class PostgresStore(Store):
 
     # -- primitives --------------------------------------------------------------------------
     def _x(self, sql: str, args=()):
-        return self._conn.execute(sql, args)
+        return self._conn.execute(sql.replace("%s", "%b"), args)  # binary parameters: no text escaping
 
     def _insert_keys(self, keys):
         n, s, q, st = zip(*keys, strict=True)

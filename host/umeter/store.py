@@ -267,9 +267,10 @@ class Store:
         per: dict[tuple[str, str], dict[str, int]] = {}
         for (node, stream, seq), i in first.items():
             m = items[i]
-            p = per.setdefault((node, stream), {"lo": seq, "hi": seq, "held": -1, "held_lo": -1})
+            p = per.setdefault((node, stream), {"lo": seq, "hi": 0, "held": -1, "held_lo": -1})
             p["lo"] = min(p["lo"], seq)
-            p["hi"] = max(p["hi"], seq)
+            if isinstance(m, Record):  # a rejected message's seq fills its place but opens no gap
+                p["hi"] = max(p["hi"], seq)
             held = getattr(m, "held", None)
             if held is not None:
                 p["held"] = max(p["held"], held)
@@ -285,7 +286,8 @@ class Store:
                 st.lost += missing
                 counts["lost"] += missing
                 st.next_seq = p["held"]
-            st.top_seq = max(st.top_seq or 0, p["hi"])
+            if p["hi"]:
+                st.top_seq = max(st.top_seq or 0, p["hi"])
         todo = {pair: states[pair].next_seq for pair in pairs}
         while todo:
             found = self._keys_from(todo)

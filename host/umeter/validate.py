@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 
 from meternode.link import telemetry as fw_telemetry
@@ -120,6 +121,19 @@ def _text_ok(s: str, what: str) -> None:
         raise Invalid(f"{what} holds a lone UTF-16 surrogate") from None
 
 
+# What only the full walk (_clean) can judge, found in the JSON text itself: a NUL or a
+# UTF-16 surrogate can only arrive as a \u escape (the text is strict UTF-8 and the parser
+# refuses raw control characters), an integer beyond 64 bits has 19+ digits, a float that
+# overflows to infinity a 3-digit exponent or 300+ digits. Payloads without any of these, and
+# with fewer brackets than MAX_DEPTH, skip the walk (most of a consumer's CPU otherwise).
+_SUSPECT = re.compile(r"\\u0000|\\u[dD][89a-fA-F]|\d{19,}|[eE][+-]?\d{3,}")
+
+
+def _clean_text(text: str, doc: dict) -> None:
+    if text.count("[") + text.count("{") > MAX_DEPTH or _SUSPECT.search(text):
+        _clean(doc)
+
+
 def _clean(v: object, depth: int = 0) -> None:
     """Every string storable as UTF-8 text without NUL, every number finite and 64-bit."""
     if depth > MAX_DEPTH:
@@ -212,7 +226,7 @@ def _record(node: str, leaf: str, text: str, doc: dict) -> Record:
         for k in _TEXT_FIELDS.get(kind, ()):
             if k in doc and not isinstance(doc[k], str):
                 raise Invalid(f"{k} = {_short(doc[k])} is not text")
-        _clean(doc)
+        _clean_text(text, doc)
     except Invalid as e:
         raise _Keyed(str(e), stream, seq) from None
     return Record(node, stream, seq, kind, ts, held, text, doc)
@@ -240,7 +254,7 @@ def _telemetry(node: str, text: str, doc: dict) -> Telemetry:
         raise Invalid("elements is not a list")
     if doc.get("node", node) != node:
         raise Invalid(f"node = {_short(doc['node'])} is not the topic's node")
-    _clean(doc)
+    _clean_text(text, doc)
     return Telemetry(node, seq, ts, text, doc)
 
 
@@ -248,7 +262,7 @@ def _result(node: str, text: str, doc: dict) -> Result:
     rid = doc.get("id")
     if rid is not None and (not isinstance(rid, str) or len(rid) > 128):
         raise Invalid(f"id = {_short(rid)} is not a command id (text up to 128 characters)")
-    _clean(doc)
+    _clean_text(text, doc)
     return Result(node, rid, text, doc)
 
 

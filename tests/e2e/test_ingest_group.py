@@ -148,3 +148,29 @@ def test_postgres_stopped_for_10_s_under_load_members_stop_acknowledging_and_res
         finally:
             for m in members:
                 m.close()
+
+
+def test_what_a_member_holds_unstored_is_bounded_even_when_the_broker_sends_without_limit(tmp_path):
+    # max_inflight_messages 0: the broker sends everything at once. With the database down the
+    # member stores nothing; its queue stops at max_pending (paho's thread waits: TCP
+    # back-pressure) and nothing is lost when the database returns.
+    from umeter.pgserver import PostgresServer, pg_bindir
+
+    pytest.importorskip("psycopg")
+    if pg_bindir() is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql); CI installs it")
+    with PostgresServer() as pg, Mosquitto(extra_conf="max_queued_messages 0\nmax_inflight_messages 0\n") as broker:
+        url = pg.create_database("bound")
+        c = Consumer(url, broker.host, broker.port, client_id="b1")
+        c.max_pending = 50
+        c.start()
+        try:
+            pg.stop()
+            with Backlog(broker.host, broker.port, [f"b{i:02d}" for i in range(40)], 10):
+                _wait(lambda: c.stats["paused_10ms"] > 20, 20, "the network thread waiting on a full queue")
+                assert c.health()["pending"] <= 50 and c.stats["received"] <= 50 and c.stats["acked"] == 0
+                pg.start()
+                _wait(lambda: c.count() == 400, 60, "all 400 records once the database is back")
+            _exactly_once(c, [f"b{i:02d}" for i in range(40)], 10)
+        finally:
+            c.close()

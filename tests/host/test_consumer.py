@@ -135,6 +135,10 @@ def test_a_rejected_record_fills_its_seq_so_it_is_not_asked_for_forever(db_url):
     assert c.seqs("n1") == [1, 3] and c.counters()["rejects"] == 1
     assert c.ingest(topic, json.dumps(doc).encode()) is None
     assert c.counters()["rejects"] == 1 and c.counters()["duplicates"] == 1, "its second copy is a duplicate"
+    doc["seq"] = 500  # a rejected message's seq cannot be trusted: it opens no gap
+    c.ingest(topic, json.dumps(doc).encode())
+    c.ingest(*_rec(4))
+    assert c.sent == [] and c.store.nodes()[0]["gap"] is False
     c.close()
 
 
