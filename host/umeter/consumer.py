@@ -61,6 +61,8 @@ from .store import (
 from .validate import LEAVES, Reject
 
 RECORD_LEAVES = validate.RECORD_LEAVES
+GAP_WAIT = 2.0  # s a gap may stay open before the node is asked to resend (one consumer)
+GROUP_GAP_WAIT = 30.0  # the same in a consumer group (covers a member's restart and catch-up)
 MAX_QOS0_PENDING = 10000  # QoS 0 messages (telemetry) held while the database is down; more are dropped
 # Messages received but not yet stored. The broker's in-flight window should bound it (we
 # acknowledge only after the commit), but Mosquitto 2.0 was seen sending several thousand beyond
@@ -106,7 +108,7 @@ class Consumer:
         client_id: str | None = None,
         username: str | None = None,
         password: str | None = None,
-        gap_wait: float = 2.0,
+        gap_wait: float | None = None,
         batch: int = 2000,
     ) -> None:
         if group is not None and (not group or any(ch in group for ch in "/+#")):
@@ -132,7 +134,9 @@ class Consumer:
         self.max_pending = MAX_PENDING
         self._in_hand = 0  # messages the worker has taken and not yet committed
         self.store = open_store(db, consumer=self.client_id)
-        self.store.gap_wait = gap_wait
+        # A gap alone is a loss at the broker: ask soon. In a group it is first of all a record
+        # another member is storing, or holds while it restarts: ask only if that takes long.
+        self.store.gap_wait = gap_wait if gap_wait is not None else (GROUP_GAP_WAIT if group else GAP_WAIT)
         self._client = None
         self._q: queue.Queue[_Inbound] = queue.Queue()
         self._gen = 0
@@ -541,6 +545,22 @@ class Consumer:
             raise TransportError(f"the broker at {where} refused the connection: {why}", hint=hint)
         time.sleep(0.1)  # let the SUBACK arrive before the caller starts the nodes
         return self
+
+    def leave(self, timeout: float = 30.0) -> None:
+        """Leaves the group for good: unsubscribes, then stores what the broker still delivers
+        (this member's queued share) until 1 s passes without a message. Without it, a
+        persistent member that stops keeps its place: Mosquitto (and EMQX, VerneMQ) go on
+        queueing it a share of the messages until it comes back."""
+        c = self._client
+        if c is None or not self.connected.is_set():
+            return
+        c.unsubscribe(self.topics())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            n = self.stats["received"]
+            time.sleep(1.0)
+            if self.stats["received"] == n and self._q.empty() and not self._in_hand:
+                break
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stores and acknowledges what has arrived (up to `timeout` s), then disconnects."""

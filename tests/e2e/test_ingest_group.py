@@ -174,3 +174,29 @@ def test_what_a_member_holds_unstored_is_bounded_even_when_the_broker_sends_with
             _exactly_once(c, [f"b{i:02d}" for i in range(40)], 10)
         finally:
             c.close()
+
+
+def test_a_stopped_member_keeps_its_share_until_it_leaves(pg_url):
+    # Mosquitto goes on queueing a persistent member's share while it is away (so a restarted
+    # member loses nothing); a member taken out for good leaves (unsubscribes, drains) first.
+    nodes = [f"l{i:02d}" for i in range(20)]
+    with Mosquitto(extra_conf=BROKER_CONF) as broker:
+        a = Consumer(pg_url, broker.host, broker.port, group="g", client_id="a", gap_wait=60).start()
+        b = Consumer(pg_url, broker.host, broker.port, group="g", client_id="b", gap_wait=60).start()
+        try:
+            a.stop()  # away, still a member
+            with Backlog(broker.host, broker.port, nodes, 10, connections=1) as bl:
+                bl.wait_sent(20)
+                _wait(lambda: b.count() >= 80, 20, "b's share")
+                time.sleep(1.0)
+                assert b.count() < 200, "the absent member's share waits for it in its session"
+                a.start()  # back: its session's share arrives; then it leaves for good
+                _wait(lambda: b.count() == 200, 20, "a's share after its return")
+                a.leave()
+                a.stop()
+            with Backlog(broker.host, broker.port, [f"m{i:02d}" for i in range(20)], 10, connections=1):
+                _wait(lambda: b.count() == 400, 20, "every later record at b alone")
+            assert b.stats["stored"] >= 200 + 100
+        finally:
+            a.close()
+            b.close()

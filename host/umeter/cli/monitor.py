@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -155,9 +156,8 @@ def _status(db: str, as_json: bool) -> None:
 @click.option(
     "--gap-wait",
     type=float,
-    default=2.0,
-    show_default=True,
-    help="Seconds a gap may stay open before the node is asked to resend.",
+    default=None,
+    help="Seconds a gap may stay open before the node is asked to resend [2; 30 with --group].",
 )
 @click.option("--seconds", type=float, default=0, help="Stop after this long (0: until Ctrl-C).")
 @click.option("--json", "as_json", is_flag=True, help='One JSON record per line (health lines as {"health": …}).')
@@ -167,6 +167,12 @@ def _status(db: str, as_json: bool) -> None:
 )
 @click.option(
     "--health-file", type=click.Path(dir_okay=False, path_type=Path), help="Keep the health JSON in this file."
+)
+@click.option(
+    "--leave",
+    is_flag=True,
+    help="On exit, leave the group for good: unsubscribe and store this member's queued share first (else the "
+    "broker keeps queueing it a share until it comes back).",
 )
 @click.option(
     "--status", is_flag=True, help="Do not consume: print the database's consumers, nodes and rejects, then exit."
@@ -179,12 +185,13 @@ def command(
     group: str | None,
     client_id: str | None,
     user: str | None,
-    gap_wait: float,
+    gap_wait: float | None,
     seconds: float,
     as_json: bool,
     print_records: bool,
     health_every: float,
     health_file: Path | None,
+    leave: bool,
     status: bool,
 ) -> None:
     """Store every record nodes publish (profile, events) once, and print it.
@@ -220,6 +227,8 @@ def command(
     except BaseException:
         c.close()
         raise
+    # A service manager stops us with SIGTERM: store and acknowledge what arrived, as on Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     share = f"$share/{group}/" if group else ""
     ui.info(f"Listening on {host}:{port} for {share}{prefix}/+/… into {describe(db)} as {c.client_id}")
     t0 = time.monotonic()
@@ -246,6 +255,9 @@ def command(
     except KeyboardInterrupt:
         pass
     finally:
+        if leave:
+            ui.info(f"Leaving group {group or '-'}: storing what the broker still holds for {c.client_id}…")
+            c.leave()
         c.stop()
         h = c.health()
         if health_file is not None:
