@@ -75,3 +75,19 @@ def test_json_summary_then_a_db_whose_node_flash_is_gone_is_refused(tmp_path):
     assert r.returncode == 1 and len(lines) == 1, r.stderr
     assert re.search(r"holds \d+ records of node-02 but its flash \S+ is gone", lines[0]), lines[0]
     assert lines[0].endswith("— use a new --db file"), lines[0]
+
+
+def test_db_can_be_a_postgresql_url(pg_url, tmp_path, monkeypatch):
+    # The same --db, a URL instead of a file: the nodes' flash goes under $UMETER_HOME/sim.
+    monkeypatch.setenv("UMETER_HOME", str(tmp_path / "home"))
+    r = _sim(pg_url, "--duration", "4")
+    assert r.returncode == 0, r.stderr
+    per = _stored(r)
+    assert set(per) == set(NODES) and min(per.values()) >= 1, per
+    assert (tmp_path / "home" / "sim").is_dir()
+    c = Consumer(pg_url)
+    try:
+        for node in NODES:
+            assert c.seqs(node) == list(range(1, per[node] + 1)), node
+    finally:
+        c.close()
