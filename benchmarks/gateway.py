@@ -218,8 +218,14 @@ def _run(script: str, cwd: Path, *args: str, heap: str = "512k", on_ready=None) 
     p = cwd / "bench.py"
     p.write_text(script)
     env = dict(os.environ, MICROPYPATH=unixport.micropypath())
-    proc = subprocess.Popen(unixport.command(p, *args, heap=heap), cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        unixport.command(p, *args, heap=heap),
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = []
     for line in proc.stdout:
         lines.append(line)

@@ -52,7 +52,7 @@ _INT_FIELDS = {
     "reading": (),
     "unknown": (),
 }
-_TEXT_FIELDS = {"event": ("event", "text"), "reading": ("raw",), "unknown": ("error",)}
+_TEXT_FIELDS = {"event": ("event", "text"), "reading": ("raw", "meter"), "unknown": ("error",)}
 _TELEMETRY_NUM = ("v", "p", "e_imp_wh", "e_exp_wh")
 
 

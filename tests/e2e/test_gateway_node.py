@@ -73,9 +73,11 @@ def test_node_polls_faulty_meters_and_every_reading_reaches_the_consumer_once(tm
     sub.connect("127.0.0.1", mosquitto.port)
     sub.subscribe([("homeassistant/#", 0), ("umeter/gw1/meter/+", 0)])
     sub.loop_start()
-    with SimBus(rs485) as b1, SimBus(mb, baud=2400) as b2, Consumer(
-        tmp_path / "db.sqlite", "127.0.0.1", mosquitto.port
-    ) as c:
+    with (
+        SimBus(rs485) as b1,
+        SimBus(mb, baud=2400) as b2,
+        Consumer(tmp_path / "db.sqlite", "127.0.0.1", mosquitto.port) as c,
+    ):
         cfg = {
             "node_id": "gw1",
             "telemetry_s": 1.0,
@@ -94,7 +96,10 @@ def test_node_polls_faulty_meters_and_every_reading_reaches_the_consumer_once(tm
             mb[0].dead = True  # the heat meter stops answering
             _wait(
                 lambda: any(r.get("event") == "meter" and r["arg"] == 1 for r in c.records("gw1", "event")),
-                p, root, 30, "the heat meter's silent event",
+                p,
+                root,
+                30,
+                "the heat meter's silent event",
             )
             _wait(lambda: states.get("mbus-12345678", {}).get("stale") is True, p, root, 10, "its stale state")
         finally:
@@ -151,8 +156,10 @@ def test_a_dlt645_master_and_a_modbus_client_read_the_node_as_a_meter(tmp_path):
         cfg = {
             "node_id": "slave1",
             "telemetry_s": 0.5,
-            "gateway": {"buses": {"rs485b": {"port": line.a}},
-                        "slave": {"bus": "rs485b", "address": "000000004321", "modbus_unit": 9}},
+            "gateway": {
+                "buses": {"rs485b": {"port": line.a}},
+                "slave": {"bus": "rs485b", "address": "000000004321", "modbus_unit": 9},
+            },
             "sim": {"realtime": True, "voltage": {"rms": 231.0}, "currents": [{"rms": 100.0, "angle": 0.0}]},
         }
         p = _start(root, cfg)
@@ -161,8 +168,9 @@ def test_a_dlt645_master_and_a_modbus_client_read_the_node_as_a_meter(tmp_path):
             time.sleep(2.5)  # some energy and a telemetry snapshot
             # a pty carries no parity bits, and pyserial cannot re-set even parity on one (EINVAL
             # when the client changes its timeout): N on this side of the null modem
-            svc = MeterClientService.new_rtu_client(port=line.b, baudrate=2400, databits=8, stopbits=1, parity="N",
-                                                    timeout=2.0)
+            svc = MeterClientService.new_rtu_client(
+                port=line.b, baudrate=2400, databits=8, stopbits=1, parity="N", timeout=2.0
+            )
             svc.set_address("214300000000")  # the package takes the address in wire order (A0 first)
             e1 = svc.read_00(0x00010000)
             v = svc.read_02(0x02010100)

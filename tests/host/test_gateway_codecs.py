@@ -120,7 +120,12 @@ def test_dlt645_block_di_gives_total_and_tariffs():
     r = R.Readings()
     dlt645.values(buf, 4, r)
     assert [R.QUANTITIES[r.q[i]][1] for i in range(r.n)] == [
-        "energy_import", "energy_import_t1", "energy_import_t2", "energy_import_t3", "energy_import_t4"]
+        "energy_import",
+        "energy_import_t1",
+        "energy_import_t2",
+        "energy_import_t3",
+        "energy_import_t4",
+    ]
     assert R.decimal(r.v[1], r.e[1]) == "400.00"
 
 
@@ -151,7 +156,7 @@ def test_dlt645_time_sync_is_read_both_ways():
 
     svc = MeterClientService(Capture())
     svc.broadcast_time_sync(datetime(2026, 3, 14, 15, 9, 26))
-    f = sent[0][sent[0].index(0x68):]
+    f = sent[0][sent[0].index(0x68) :]
     assert dlt645.time_of(f, 0)[1] == (2026, 3, 14, 15, 9, 26)
 
 
@@ -270,8 +275,16 @@ def test_cjt188_heat_meter_answer_decodes_every_field():
     ans = m.answer(bytes(buf[:n]))
     d = decode.cjt188(ans)
     names = [x["quantity"] for x in d["readings"]]
-    assert names == ["heat_energy_settlement", "heat_energy", "heat_power", "heat_flow", "heat_volume",
-                     "supply_temperature", "return_temperature", "operating_time"]
+    assert names == [
+        "heat_energy_settlement",
+        "heat_energy",
+        "heat_power",
+        "heat_flow",
+        "heat_volume",
+        "supply_temperature",
+        "return_temperature",
+        "operating_time",
+    ]
     assert d["readings"][5]["value"] == "65.12" and d["readings"][6]["value"] == "40.20"
 
 
@@ -457,7 +470,13 @@ def test_reading_record_round_trips_every_quantity_exactly():
 
 def test_decimal_text_is_exact():
     assert [R.decimal(*a) for a in ((123456, -2), (-5, -3), (7, 0), (12, 2), (0, -2), (-123456, -2))] == [
-        "1234.56", "-0.005", "7", "1200", "0.00", "-1234.56"]
+        "1234.56",
+        "-0.005",
+        "7",
+        "1200",
+        "0.00",
+        "-1234.56",
+    ]
 
 
 def test_lora_reading_form_fits_51_bytes_and_flags_what_it_leaves_out():
@@ -512,8 +531,11 @@ def test_scanners_survive_random_streams_with_bounded_memory(kind):
     # raise, never hold more than their buffer.
     rng = random.Random(kind)
     sc = {"645": dlt645.scanner, "188": cjt188.scanner, "mbus": mbus.MBusScanner}[kind]()
-    good = {"645": _answer(42), "188": hx(
-        "6810670517240000008116901F01000300002C000300002C0000000000000000FFC316"), "mbus": hx(WATERSTAR)}[kind]
+    good = {
+        "645": _answer(42),
+        "188": hx("6810670517240000008116901F01000300002C000300002C0000000000000000FFC316"),
+        "mbus": hx(WATERSTAR),
+    }[kind]
     tracemalloc.start()
     try:
         found = 0

@@ -89,6 +89,20 @@ def test_a_reject_keeps_the_records_key_when_it_could_be_read():
     assert classify("umeter", "umeter/n1/profile", _doc(seq="x")).seq is None
 
 
+def test_a_gateway_reading_as_the_outbox_sends_it_is_accepted():
+    from meternode.gateway import reading
+    from meternode.store import records
+
+    r = reading.Readings()
+    r.add(reading.quantity("energy_import"), 123456, -2, reading.unit_index("kWh"))
+    r.add(reading.quantity("voltage_l1"), 2314, -1, reading.unit_index("V"))
+    r.add(reading.quantity("energy_export"), 2**63 - 1, 0, reading.unit_index("kWh"))  # the i64 edge
+    d = records.to_json_dict("gw1", records.READING, 9, 1_780_000_000, reading.pack("dlt645-000000123456", r))
+    d["held"] = 1
+    m = classify("umeter", "umeter/gw1/reading", json.dumps(d).encode())
+    assert isinstance(m, Record) and m.kind == "reading" and m.doc["readings"][0]["value"] == "1234.56"
+
+
 def test_topics_the_consumer_does_not_keep_are_none():
     for topic in ("other/n1/profile", "umeter/n1", "umeter/n1/policy/state", "umeter/n1/resend", "homeassistant/x/y"):
         assert classify("umeter", topic, b"{}") is None

@@ -18,9 +18,7 @@ def command() -> None:
 @command.command("scan")
 @click.option("--port", default=None, metavar="PORT", help="A board's serial port (raw REPL).")
 @click.option("--board", "board", default=None, metavar="virtual", help="'virtual': the sim board's simulated meters.")
-@click.option(
-    "--protocol", "protocols", default="645,188,mbus,modbus", show_default=True, help="Protocols to scan."
-)
+@click.option("--protocol", "protocols", default="645,188,mbus,modbus", show_default=True, help="Protocols to scan.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON list of what answered.")
 def scan(port: str | None, board: str | None, protocols: str, as_json: bool) -> None:
     """Find the meters that answer: DL/T 645 address read and probes, CJ/T 188 wildcard

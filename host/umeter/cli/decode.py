@@ -47,8 +47,12 @@ def js() -> None:
 
 
 def _meter_frame(protocol: str):
-    names = {"645": "DL/T 645-2007/1997", "188": "CJ/T 188-2004", "mbus": "M-Bus (EN 13757-2/-3)",
-             "modbus": "Modbus RTU"}
+    names = {
+        "645": "DL/T 645-2007/1997",
+        "188": "CJ/T 188-2004",
+        "mbus": "M-Bus (EN 13757-2/-3)",
+        "modbus": "Modbus RTU",
+    }
 
     @click.argument("hex_frame", nargs=-1, required=True, metavar="HEX")
     @click.option("--json", "as_json", is_flag=True, help="The fields and readings as one JSON object.")
