@@ -483,6 +483,8 @@ class Consumer:
             self._last_disconnect = str(rc).lower()
 
     def _on_message(self, client, userdata, m) -> None:
+        if self._stop.is_set():
+            return  # stopping: not acknowledged, so a kept session gets it again
         try:
             try:
                 topic = m.topic

@@ -78,13 +78,16 @@ def test_monitor_json_prints_records_and_health_and_keeps_a_health_file(mosquitt
 
 
 def test_health_line_on_stderr_names_connection_rate_rejects_and_nodes(mosquitto, tmp_path):
-    t = _publisher(mosquitto, "h2", range(1, 11), delay=1.5)
     argv = [sys.executable, "-m", "umeter", "monitor", "--broker", f"{mosquitto.host}:{mosquitto.port}"]
-    argv += ["--db", str(tmp_path / "m.sqlite"), "--no-records", "--health-every", "1", "--seconds", "4.5"]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=dict(os.environ, NO_COLOR="1"))
-    t.join()
-    out, err = r.stdout, r.stderr
-    assert r.returncode == 0, err
+    argv += ["--db", str(tmp_path / "m.sqlite"), "--no-records", "--health-every", "1", "--seconds", "4"]
+    p = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, NO_COLOR="1")
+    )
+    first = p.stderr.readline()
+    assert first.startswith("Listening on "), first  # subscribed: now the node may publish
+    _publisher(mosquitto, "h2", range(1, 11), delay=0).join()
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
     assert out == "", "--no-records prints no records"
     lines = [ln for ln in err.splitlines() if ln.startswith("health: ")]
     assert lines, err

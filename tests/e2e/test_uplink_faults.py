@@ -221,11 +221,13 @@ def test_consumer_restarted_later_gets_what_it_missed(tmp_path):
     # it comes back on the same database it asks the node to go back to what it lacks.
     with Mosquitto() as broker:
         db = tmp_path / "c.sqlite"
-        node = NodeProc(tmp_path, "late1", broker.host, broker.port, n=120, every_ms=10)
+        node = NodeProc(tmp_path, "late1", broker.host, broker.port, n=120, every_ms=40)
         try:
             with Consumer(db, broker.host, broker.port) as c:
                 c.wait_for(lambda: c.count("late1") >= 30, 20, "first records")
             node.wait(lambda s: s["produced"] == 120 and s["acked"] == 120, 30, "all acknowledged by the broker")
+            with Consumer(db) as c:
+                assert c.count("late1") < 120, "the consumer was away while the node published some"
             with Consumer(db, broker.host, broker.port) as c:
                 c.wait_for(lambda: c.count("late1") == 120, 20, "the missed records after the restart")
                 _expect_exactly_once(c, "late1", 1, 120)
