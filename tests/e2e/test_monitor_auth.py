@@ -30,7 +30,9 @@ def secured(tmp_path, monkeypatch):
     files = write_broker_config([BrokerUser("node-a"), BrokerUser("ingest", host=True)], tmp_path / "broker")
     # Started as root, Mosquitto drops to the `mosquitto` user and then cannot read a 0600 file.
     user = "user root\n" if os.geteuid() == 0 else ""
-    conf = f"{user}password_file {files['passwd']}\nacl_file {files['acl']}\n"
+    # use_username_as_clientid: what broker-config's conf sets so no client takes over another's
+    # session (issue 10 row 8); the monitor's client id is its user name anyway.
+    conf = f"{user}use_username_as_clientid true\npassword_file {files['passwd']}\nacl_file {files['acl']}\n"
     with Mosquitto(extra_conf=conf, allow_anonymous=False) as broker:
         yield broker
 
