@@ -123,6 +123,12 @@ class CampaignDB:
     """Campaign state in SQLite (the fleet inventory's database file by default)."""
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        if path and str(path).split(":", 1)[0] in ("postgresql", "postgres"):
+            raise ConfigError(
+                f"--db {path}: campaign state is kept in an SQLite file, not PostgreSQL",
+                hint="give a file (or none: the fleet database); postgresql:// URLs are for "
+                "records (umeter monitor, umeter sim)",
+            )
         self.path = Path(path) if path else default_db()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, check_same_thread=False)

@@ -93,3 +93,16 @@ def test_started_by_root_the_server_runs_as_an_unprivileged_user(postgres_server
     uid = int(next(ln for ln in status if ln.startswith("Uid:")).split()[1])
     want = os.environ.get("UMETER_PG_USER") or "postgres"
     assert uid != 0 and pwd.getpwuid(uid).pw_name == want
+
+
+def test_every_db_option_says_what_a_postgresql_url_is_for(tmp_path, monkeypatch, capsys):
+    # `policy`/`ota` keep campaign state in SQLite: a URL there is a one-line error, not a
+    # directory named "postgresql:" made in the working directory.
+    from umeter.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("UMETER_HOME", str(tmp_path / "home"))
+    assert main(["policy", "status", "--db", "postgresql://u@127.0.0.1/x"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("umeter: error: --db postgresql:") and "campaign state is kept in an SQLite file" in err
+    assert "umeter monitor" in err and not (tmp_path / "postgresql:").exists()
