@@ -101,7 +101,7 @@ class PostgresStore(Store):
             self._connect()
         except StoreUnavailable as e:
             raise TransportError(
-                f"cannot open {describe(url)}: {e}", hint="is PostgreSQL running? check the URL"
+                f"cannot open {describe(url)}: {e.message}", hint="is PostgreSQL running? check the URL"
             ) from None
         self._migrate()
         now = int(time.time())
