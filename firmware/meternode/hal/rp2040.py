@@ -1,32 +1,35 @@
 # RP2040 sampler: the ADC in free-running round robin over the board's inputs, its FIFO
-# drained by two chained rp2.DMA channels into ping-pong blocks, hardware-paced.
+# drained by a DMA ring (rp2dma.py) that runs without the CPU, hardware-paced.
 #
-# Written to the RP2040 datasheet (section 4.9, ADC; 2.5, DMA) and MicroPython's rp2.DMA
-# documentation; it cannot run on the unix port, so it is kept behind the HAL and imports
-# `machine`/`rp2` only in the constructor.
+# Written to the RP2040 datasheet, section 4.9 (ADC), and MicroPython's rp2.DMA; it cannot
+# run on the unix port (tests drive it through the register-level stand-in in
+# hil/umeter_hil/board_shim/rp2hw.py), so `machine`/`rp2` are imported in the constructor.
 #
 # ADC registers (ADC_BASE 0x4004C000):
-#   CS   +0x00  EN (0), START_MANY (3), AINSEL (14:12), RROBIN (20:16)
-#   FCS  +0x08  EN (0), SHIFT (1), ERR (2), DREQ_EN (3), OVER (11, write 1 to clear),
-#               UNDER (10), THRESH (27:24)
-#   FIFO +0x0C  12-bit result (11:0), ERR (15)
-#   DIV  +0x10  INT (23:8), FRAC (7:0): a conversion starts every 1 + INT + FRAC/256 cycles
-#               of the 48 MHz ADC clock (at least 96, the conversion time).
-# DREQ_ADC is 36.  With nch inputs at `rate` sets/s the ADC converts nch * rate per second,
-# so DIV = 48e6 / (nch * rate) - 1 and consecutive inputs of a set are 1 / (nch * rate)
-# apart: the board's adc.skew_us must say so (83.3 us for 3 inputs at 4 kS/s); the meter
-# corrects it with the phase interpolation.  Round robin converts the enabled inputs in
-# ascending order starting at AINSEL, so the board lists its channels in input order.
+#   CS   +0x00  EN (0), START_MANY (3), READY (8), ERR_STICKY (10, write 1 to clear),
+#               AINSEL (14:12), RROBIN (20:16)
+#   FCS  +0x08  EN (0), SHIFT (1), ERR (2), DREQ_EN (3), UNDER (10) and OVER (11) (write 1
+#               to clear), LEVEL (19:16), THRESH (27:24)
+#   FIFO +0x0C  12-bit result (11:0)
+#   DIV  +0x10  INT (23:8), FRAC (7:0): with START_MANY a conversion starts every
+#               1 + INT + FRAC/256 cycles of the 48 MHz ADC clock (96 at least: 500 kS/s)
+# DREQ_ADC is 36.  With nch inputs at `rate` sets/s the ADC converts nch * rate per second:
+# the divider is 48e6 / (nch * rate) in 16.8 fixed point (FRAC gets the rates that do not
+# divide 48 MHz exactly; rate_actual is what the programmed divider gives, 48e6 * 256 /
+# (nch * (256 * (1 + INT) + FRAC))).  Consecutive inputs of a set are one conversion apart
+# (83.33 us for 3 inputs at 4 kS/s): board adc.skew_us must say so; the meter corrects it
+# with its phase interpolation.  Round robin converts the enabled inputs in ascending
+# order starting at AINSEL, so the board lists its channels in input order.
 #
-# DMA: channel A writes block 0 (nch * block halfwords, 16-bit reads of FIFO, fixed read
-# address, incrementing write, DREQ-paced) and chains to B, which writes block 1 and chains
-# back to A.  Each completion raises the channel's IRQ (irq_quiet=False); the hard IRQ
-# handler re-arms the finished channel's write address and count for its next turn and
-# marks the block complete.  The ADC never stops: no gaps by design.  FIFO overflow (the
-# DMA starved) sets FCS.OVER, which is counted as an overrun and cleared.
+# Start: EN first, then wait for READY (the ADC needs its clock running before a
+# conversion), drain the FIFO, program FCS/DIV, arm the DMA ring, then START_MANY with AINSEL
+# at the first input.  A FIFO overflow (FCS.OVER: the DMA fell 4 results behind, which the
+# ring design leaves only to bus starvation) drops a result without a channel tag, so the
+# columns would stay rotated: the sampler stops, drains and restarts the ADC and the ring
+# from a set boundary, and counts the sets of the gap in `lost` (by time).
 from micropython import const
 
-from meternode.hal.blocks import Blocks
+from meternode.hal.blocks import _MASK, Ring
 from meternode.hal.clock import BoardClock
 
 _ADC_BASE = const(0x4004C000)
@@ -36,12 +39,28 @@ _FIFO = const(0x0C)
 _DIV = const(0x10)
 _DREQ_ADC = const(36)
 _ADC_CLK = const(48000000)
+_CS_EN = const(1)
+_CS_START_MANY = const(1 << 3)
+_CS_READY = const(1 << 8)
+_FCS_UNDER = const(1 << 10)
+_FCS_OVER = const(1 << 11)
+_SPIN = const(100000)
+
+
+def adc_divider(nch, rate):
+    # -> (INT, FRAC, rate_actual) for nch inputs at `rate` sets/s; ValueError naming the key.
+    conv256 = (_ADC_CLK * 256 + (nch * rate) // 2) // (nch * rate)  # cycles per conversion, x256
+    if conv256 < 96 * 256:
+        raise ValueError("board.adc.rate %d x %d inputs is above the ADC's 500 kS/s" % (rate, nch))
+    ip = conv256 >> 8  # 1 + INT
+    if ip - 1 > 0xFFFF:
+        raise ValueError("board.adc.rate %d x %d inputs is below what the ADC divider reaches" % (rate, nch))
+    return ip - 1, conv256 & 0xFF, _ADC_CLK * 256.0 / (nch * conv256)
 
 
 class RP2Sampler:
     def __init__(self, board):
         import machine
-        import rp2
 
         adc = board["adc"]
         self.nch = len(board["channels"])
@@ -49,79 +68,116 @@ class RP2Sampler:
         self.block_sets = adc["block"]
         self.bits = 12
         inputs = adc.get("inputs", list(range(self.nch)))
-        if len(inputs) != self.nch or sorted(inputs) != inputs:
+        if len(inputs) != self.nch or sorted(inputs) != inputs or len(set(inputs)) != len(inputs):
             raise ValueError("board.adc.inputs must list one ascending ADC input per channel")
+        if inputs and not 0 <= inputs[-1] <= 4 or inputs and inputs[0] < 0:
+            raise ValueError("board.adc.inputs: the RP2040 ADC has inputs 0..4")
         for pin in adc.get("pins", []):
             machine.ADC(machine.Pin(pin))  # puts the pad in analogue mode
         self._mem = machine.mem32
         self._inputs = inputs
-        div = _ADC_CLK // (self.nch * self.rate) - 1
-        if div < 96:
-            raise ValueError("board.adc.rate %d x %d inputs is above the ADC's 500 kS/s" % (self.rate, self.nch))
-        self._div = div
-        self.blocks = Blocks(self.nch, self.block_sets)
-        self._a = rp2.DMA()
-        self._b = rp2.DMA()
-        self._irq_a = self._done_a  # bind once
-        self._irq_b = self._done_b
+        self._div_int, self._div_frac, self.rate_actual = adc_divider(self.nch, self.rate)
+        self.note = None
+        if abs(self.rate_actual - self.rate) > 0.0005:
+            self.note = "adc.rate %d/s: the ADC divider gives %.4f sets/s (the meter measures it)" % (
+                self.rate,
+                self.rate_actual,
+            )
+        from meternode.hal.rp2dma import DmaRing
+
+        self.ring = Ring(self.nch, self.block_sets, adc.get("ring", 8))
+        self.bufs = self.ring.bufs
+        conv = 256 * (self._div_int + 1) + self._div_frac
+        self.skew_us = conv / 256.0 / 48.0  # consecutive inputs of a set are one conversion apart
+        self.dma = DmaRing(self.ring, _ADC_BASE + _FIFO, _DREQ_ADC, conv, self.nch * conv, 48 * 256)
+        import time
+
+        self._us = time.ticks_us
+        self._diff = time.ticks_diff
+        self.resyncs = 0  # restarts after a FIFO overflow
+        self._gap_from = None  # stamp of the last block before a restart
+        self.stamp_us = 0
+        self.lost = 0
         self.running = False
 
     @property
     def overruns(self):
-        return self.blocks.overruns
+        return self.dma.overruns
 
-    def _ctrl(self, dma, other):
-        return dma.pack_ctrl(
-            size=1, inc_read=False, inc_write=True, treq_sel=_DREQ_ADC, chain_to=other.channel, irq_quiet=False
-        )
+    @property
+    def torn(self):
+        return self.dma.torn
+
+    def _wait(self, reg, bit, what):
+        m = self._mem
+        for _ in range(_SPIN):
+            if m[_ADC_BASE + reg] & bit:
+                return
+        raise OSError("RP2040 ADC: %s" % what)
+
+    def _drain(self):
+        m = self._mem
+        for _ in range(8):
+            if not (m[_ADC_BASE + _FCS] >> 16) & 0xF:
+                break
+            m[_ADC_BASE + _FIFO]
 
     def start(self):
         m = self._mem
         base = _ADC_BASE
-        n = self.blocks.n
-        bufs = self.blocks.bufs
-        m[base + _CS] = 0  # stop, then configure
-        m[base + _FCS] = 1 | (1 << 3) | (1 << 24) | (1 << 11) | (1 << 10)  # EN, DREQ_EN, THRESH=1, clear flags
-        m[base + _DIV] = self._div << 8
-        self._a.config(read=base + _FIFO, write=bufs[0], count=n, ctrl=self._ctrl(self._a, self._b))
-        self._b.config(read=base + _FIFO, write=bufs[1], count=n, ctrl=self._ctrl(self._b, self._a))
-        self._a.irq(self._irq_a, hard=True)
-        self._b.irq(self._irq_b, hard=True)
-        self._a.active(1)
+        m[base + _CS] = _CS_EN  # power up; nothing converts yet
+        self._wait(_CS, _CS_READY, "not READY after power-up")
+        m[base + _FCS] = 0
+        self._drain()
+        # FIFO on, DREQ on, DREQ at 1 result; clear UNDER/OVER (write 1)
+        m[base + _FCS] = 1 | (1 << 3) | (1 << 24) | _FCS_OVER | _FCS_UNDER
+        m[base + _DIV] = (self._div_int << 8) | self._div_frac
+        self.dma.arm()
         mask = 0
         for i in self._inputs:
             mask |= 1 << i
         rr = mask if self.nch > 1 else 0
-        m[base + _CS] = 1 | (1 << 3) | (self._inputs[0] << 12) | (rr << 16)  # EN, START_MANY
+        t = self._us()
+        m[base + _CS] = _CS_EN | _CS_START_MANY | (self._inputs[0] << 12) | (rr << 16)
+        self.dma.started(t)
         self.running = True
 
-    def _check_fifo(self):
-        m = self._mem
-        fcs = m[_ADC_BASE + _FCS]
-        if fcs & (1 << 11):
-            self.blocks.overruns += 1
-            m[_ADC_BASE + _FCS] = fcs | (1 << 11)
-
-    def _done_a(self, dma):
-        self._a.write = self.blocks.bufs[0]
-        self._a.count = self.blocks.n
-        self._check_fifo()
-        self.blocks.done()
-
-    def _done_b(self, dma):
-        self._b.write = self.blocks.bufs[1]
-        self._b.count = self.blocks.n
-        self._check_fifo()
-        self.blocks.done()
-
     def stop(self):
-        self._mem[_ADC_BASE + _CS] = 0
-        self._a.active(0)
-        self._b.active(0)
+        m = self._mem
+        m[_ADC_BASE + _CS] = _CS_EN  # START_MANY off: the conversion in progress finishes
+        self._wait(_CS, _CS_READY, "conversion did not finish")
+        self.dma.disarm()
+        self._drain()
+        m[_ADC_BASE + _FCS] = _FCS_OVER | _FCS_UNDER
+        m[_ADC_BASE + _CS] = 0
         self.running = False
 
+    def _resync(self):
+        # A FIFO overflow rotated the columns: restart from a set boundary.
+        lost = self.lost
+        self._gap_from = self.stamp_us
+        self.stop()
+        self.start()
+        self.dma.lost = lost  # arm() reset it; keep counting from where we were
+        self.resyncs += 1
+
     async def next_block(self):
-        return await self.blocks.next_block()
+        d = self.dma
+        d.release()
+        while True:
+            if self._mem[_ADC_BASE + _FCS] & _FCS_OVER:
+                self._resync()
+            buf = d.take()
+            if buf is not None:
+                if self._gap_from is not None:
+                    # sets between the last block before the restart and this one, by time
+                    gap = self._diff(d.stamp_us, self._gap_from) * self.rate_actual / 1e6
+                    d.lost = (d.lost + max(0, int(gap + 0.5) - self.block_sets)) & _MASK
+                    self._gap_from = None
+                self.stamp_us = d.stamp_us
+                self.lost = d.lost
+                return buf
+            await self.ring.flag.wait()
 
 
 # The board clock (ticks, RTC epoch) is shared by every board HAL: hal/clock.py.
@@ -132,3 +188,4 @@ class RP2Hal:
     def __init__(self, board, config):
         self.clock = RP2Clock()
         self.sampler = RP2Sampler(board)
+        board["adc"]["skew_us"] = self.sampler.skew_us  # what the divider really gives
