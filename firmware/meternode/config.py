@@ -62,6 +62,8 @@ def check_board(b):
             raise ConfigError("%s.role must be main or circuit, not %r" % (cw, role))
     if chans[0]["kind"] != "voltage":
         raise ConfigError("board.channels[0] must be the voltage channel")
+    if b.get("mcu") in ("esp32", "rp2040"):  # pins the chip cannot use so (hal/pins.py)
+        __import__("meternode.hal.pins").hal.pins.check_board_pins(b)
     return b
 
 

@@ -38,3 +38,28 @@ def test_modem_keeps_only_the_newest_downlinks_and_hands_each_to_the_callback():
     eq(len(got), 3 * _KEEP_DOWNLINKS, "callbacks")
     eq(len(m.downlinks), _KEEP_DOWNLINKS, "kept downlinks")
     eq(m.downlinks[-1][:2], (3 * _KEEP_DOWNLINKS, bytes([3 * _KEEP_DOWNLINKS - 1])), "newest kept")
+
+
+def test_modem_reader_survives_noise_and_overlong_lines_and_keeps_a_bounded_event_list():
+    # Issue 10 row 4 / 14 item 5: one \xff from the UART ended the reader (raw.decode()).
+    from meternode.link.lorawan import _KEEP_EVENTS, LoRaModem
+
+    m = LoRaModem(None, None)
+    got = []
+    m.on_downlink = lambda port, data: got.append((port, data))
+    m.feed(b"\xff\r\n\x00\xc3(+EVT:RX_1:-80:7:UNICAST:5:0A0B\r\n")
+    eq((m.noise, got), (3, [(5, b"\x0a\x0b")]), "noise dropped, the event after the garbage kept")
+    m.feed(b"+EVT:RX_1:-80:7:UNICAST:" + b"9" * 2000 + b"\r\n")
+    eq((len(got), m.errors), (1, 0), "an over-long line is dropped whole")
+    m.feed(b"+EVT:RX_1:x:y:UNICAST:5:0A\r\n")
+    eq(m.errors, 1, "a malformed event is counted")
+    for k in range(3 * _KEEP_EVENTS):
+        m.feed(b"+EVT:LINKCHECK:0:%d\r\n" % k)
+    eq((len(m._events), m.dropped), (_KEEP_EVENTS, 2 * _KEEP_EVENTS), "unclaimed events are bounded")
+    m.joined = True
+    m.feed(b"\x00\xfeRAK3172-E Version:RUI_4.2.3\r\nCurrent Work Mode: LoRaWAN.\r\n")
+    eq((m.reboots, m.joined), (1, False), "a module banner: the session is gone")
+    m.feed(b"+EVT:JOINED\r\n")
+    eq(m.joined, True, "JOINED counts whenever it comes")
+    m.feed(b"Restricted_Wait_1500_ms\r\n")
+    eq(1000 < m.restricted_ms() <= 1500, True, "the duty-cycle wait is kept: %d" % m.restricted_ms())

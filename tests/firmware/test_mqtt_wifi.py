@@ -76,3 +76,59 @@ async def test_link_up_down_events_and_power_cycle_when_stuck():
 def test_empty_ssid_is_a_config_error():
     e = raises(ValueError, WifiSupervisor, FakeWlan(), "", "pw")
     eq(str(e), "config.wifi.ssid is empty", "message")
+
+
+class StatusWlan(FakeWlan):
+    # status() as a port reports it; config(reconnects=) as the ESP32 driver takes it.
+    BAD_AUTH = 202
+    CONNECTING = 1001
+
+    def __init__(self):
+        super().__init__()
+        self.code = 1000
+        self.auth_ok = False
+        self.config_calls = []
+
+    def config(self, **kw):
+        self.config_calls.append(kw)
+
+    def connect(self, ssid, pw):
+        self.calls.append("connect " + ssid)
+        self.code = self.CONNECTING if self.auth_ok else self.BAD_AUTH
+        self.connected = self.auth_ok
+
+    def status(self):
+        return self.code
+
+
+async def test_a_wrong_password_is_named_at_once_and_never_power_cycles_the_radio():
+    w = StatusWlan()
+    ev = []
+    names = {StatusWlan.BAD_AUTH: "wrong password", StatusWlan.CONNECTING: "connecting", 1000: "idle"}
+    s = WifiSupervisor(
+        w, "home", "bad", lambda k, d: ev.append((k, d)), check_ms=20, connect_timeout_ms=5000,
+        backoff_min_ms=10, backoff_max_ms=60, reset_after=2, status_names=names,
+    )  # fmt: skip
+    t = asyncio.create_task(s.run())
+    eq(await _until(lambda: s.failures >= 4, 2000), True, "four attempts well inside one connect timeout")
+    eq(set(d for k, d in ev if k == "fail"), {"wrong password"}, "the reason by name, not a timeout")
+    eq([k for k, d in ev].count("reset"), 0, "no power cycle: a password does not unstick")
+    eq(w.config_calls, [{"reconnects": 0}], "the driver's own reconnects turned off, once")
+    w.auth_ok = True
+    eq(await _until(lambda: s.up, 2000), True, "up once the password is right")
+    t.cancel()
+
+
+async def test_no_connect_while_the_driver_is_still_connecting():
+    w = StatusWlan()
+    w.code = StatusWlan.CONNECTING  # the driver is mid-attempt (an ESP32 reconnect)
+    w.auth_ok = True
+    names = {StatusWlan.BAD_AUTH: "wrong password", StatusWlan.CONNECTING: "connecting"}
+    s = WifiSupervisor(w, "home", "pw", None, check_ms=20, connect_timeout_ms=200, backoff_min_ms=10,
+                       backoff_max_ms=40, status_names=names)  # fmt: skip
+    t = asyncio.create_task(s.run())
+    await asyncio.sleep_ms(100)
+    eq([c for c in w.calls if c.startswith("connect")], [], "connect() left to the driver's attempt")
+    w.connected = True
+    eq(await _until(lambda: s.up, 1000), True, "up")
+    t.cancel()

@@ -96,35 +96,68 @@ class _BoardHal:
     pass
 
 
-def test_attach_gives_a_board_backend_its_pin_relay_and_none_without_an_entry():
+class _Machine:  # the unix port has no machine.Pin: a stand-in records every level driven
+    class Pin:
+        OUT = 1
+        made = []
+        levels = []
+
+        def __init__(self, n, mode, value=None):
+            self.made.append((n, mode, value))
+            self.levels.append(value)
+            self.v = value
+
+        def value(self, v):
+            self.levels.append(v)
+            self.v = v
+
+
+def _with_machine(fn):
     import sys
-
-    class _Machine:  # the unix port has no machine.Pin: a stand-in records the pin made
-        class Pin:
-            OUT = 1
-            made = []
-
-            def __init__(self, n, mode, value=None):
-                self.made.append((n, mode, value))
-                self.v = value
-
-            def value(self, v):
-                self.v = v
 
     old = sys.modules.get("machine")
     sys.modules["machine"] = _Machine
+    _Machine.Pin.made = []
+    _Machine.Pin.levels = []
     try:
-        h = _BoardHal()
-        attach(h, {"relay": {"pin": 7, "active_low": True}})
+        return fn()
     finally:
         if old is None:
             del sys.modules["machine"]
         else:
             sys.modules["machine"] = old
-    eq((_Machine.Pin.made, h.relay.on, h.relay._pin.v), ([(7, 1, 0)], True, 0), "driven low (on) from the start")
+
+
+def test_attach_gives_a_board_backend_its_pin_relay_and_none_without_an_entry():
+    h = _BoardHal()
+    _with_machine(lambda: attach(h, {"relay": {"pin": 7, "active_low": True}}))
+    eq((_Machine.Pin.made, h.relay.on), ([], None), "attach checks and defers: the pin is not driven yet")
+    _with_machine(lambda: RelayControl(h.relay, _Clock(), 600, None))
+    eq((_Machine.Pin.made, h.relay.on, h.relay._pin.v), ([(7, 1, 0)], True, 0), "driven low (on) once, made so")
     h = _BoardHal()
     attach(h, {})
     eq(h.relay, None, "no entry: no relay")
+
+
+def test_a_remote_disconnect_is_the_first_level_the_relay_pin_sees_after_a_reboot():
+    # Before: attach() drove the board's default (closed) and RelayControl opened it again
+    # a moment later -- the load closed at every reboot.  Now the pin's first level is open.
+    from mptest import scratch_dir
+
+    path = scratch_dir() + "/boot.relay"
+    with open(path, "w") as f:
+        f.write("1 0")  # an operator's remote disconnect, persisted before the reboot
+    for low in (False, True):
+        h = _BoardHal()
+        spec = {"relay": {"pin": 9, "active_low": low, "default": True}}
+
+        def boot():
+            attach(h, spec)
+            return RelayControl(h.relay, _Clock(), 600, path)
+
+        c = _with_machine(boot)
+        off = 1 if low else 0
+        eq((_Machine.Pin.levels, c.latched, h.relay.on), ([off], True, False), "only ever open (active_low=%r)" % low)
 
 
 class _Clock:

@@ -195,4 +195,4 @@ def test_at_driver_joins_retries_and_delivers_each_record_once(tmp_path):
         assert seqs == [1, 2, 3, 4, 5], "each record acknowledged once, in order"
         assert all(confirmed and port == 2 for port, data, confirmed in modem.uplinks)
         assert r["downlinks"] == [[3, "0102"]], "downlink after an uplink"
-        assert "AT+BAND=4" in modem.commands and "AT+DR=0" in modem.commands
+        assert (modem.settings["BAND"], modem.settings["DR"]) == ("4", "0"), "configured (read first, set if different)"

@@ -88,6 +88,8 @@ def make_wlan(board, config):
         import network
     except ImportError:
         return None
+    if "country" in config["wifi"]:  # the regulatory domain, before the radio starts
+        __import__("meternode.hal.netstat").hal.netstat.set_country(network, config["wifi"]["country"])
     return network.WLAN(network.STA_IF)
 
 

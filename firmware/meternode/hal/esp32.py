@@ -103,3 +103,6 @@ class ESP32Hal:
         self.clock = RP2Clock()
         self.sampler = ESP32Sampler(board)
         board["adc"]["skew_us"] = self.sampler.skew_us  # measured in the read path
+        from meternode.hal import modem
+
+        modem.attach(self, board)  # board "lora": the modem's UART and reset line

@@ -331,3 +331,6 @@ class MCP3208Hal:
         self.sampler = make_sampler(board)
         # the meter's phase correction uses the slot spacing this sampler really has
         board["adc"]["skew_us"] = self.sampler.skew_us
+        from meternode.hal import modem
+
+        modem.attach(self, board)  # board "lora": the modem's UART and reset line

@@ -17,27 +17,35 @@ def check_relay(spec, where="board.relay"):
 
 
 class PinRelay:
-    # A relay (or contactor driver) on a GPIO output, RP2040 and ESP32 alike: the pin is
-    # driven at construction to the board's default state, so there is no glitch at boot.
-    # `pin` may be given (tests); otherwise machine.Pin(spec["pin"], OUT).
-    def __init__(self, spec, pin=None):
+    # A relay (or contactor driver) on a GPIO output, RP2040 and ESP32 alike.  `pin` may be
+    # given (tests); otherwise machine.Pin(spec["pin"], OUT) is made on the first set(), with
+    # that first level -- so the pin goes from its reset state (an input) straight to the
+    # state the relay must have.  With defer=False the board's default is set at once;
+    # attach() defers, and RelayControl sets the state a persisted remote disconnect asks
+    # for: the load is never closed for a moment at boot.  (Between reset and that first
+    # set the pin is an input: the driver's own pull resistor must hold the relay in its
+    # safe state -- docs/boards.md.)
+    def __init__(self, spec, pin=None, defer=False):
         check_relay(spec)
         self._low = spec.get("active_low", False)
-        on = spec.get("default", True)
-        if pin is None:
-            import machine
-
-            pin = machine.Pin(spec["pin"], machine.Pin.OUT, value=self._level(on))
+        self._n = spec["pin"]
+        self.default = spec.get("default", True)
         self._pin = pin
-        self.on = None
-        self.set(on)
+        self.on = None  # not driven yet
+        if not defer:
+            self.set(self.default)
 
     def _level(self, on):
         return 0 if on == self._low else 1
 
     def set(self, on):
         on = bool(on)
-        self._pin.value(self._level(on))
+        if self._pin is None:
+            import machine
+
+            self._pin = machine.Pin(self._n, machine.Pin.OUT, value=self._level(on))
+        else:
+            self._pin.value(self._level(on))
         self.on = on
 
 
@@ -74,10 +82,12 @@ class RelayControl:
                 self.until = int(w[1])
             except (OSError, ValueError, IndexError):
                 pass  # none yet (or torn: the write is atomic, so only a foreign file)
-            if self.latched and relay.on:
-                relay.set(False)  # the remote disconnect from before the reboot
-            elif self.until and not relay.on:
-                relay.set(True)
+        if relay.on is None:  # not driven yet (a deferred PinRelay): its first level is the right one
+            relay.set(False if self.latched else True if self.until else getattr(relay, "default", True))
+        elif self.latched and relay.on:
+            relay.set(False)  # the remote disconnect from before the reboot
+        elif self.until and not relay.on:
+            relay.set(True)
 
     def _save(self):
         if not self.path:
@@ -143,12 +153,13 @@ class RelayControl:
 
 def attach(h, board):
     # After hal.make(): checks the board's relay entry and gives a board backend its
-    # PinRelay (the sim HAL has made its own); h.relay is None without a relay entry.
+    # PinRelay (the sim HAL has made its own); h.relay is None without a relay entry.  The
+    # pin is not driven here: relay_control() drives it once, to the persisted state.
     spec = board.get("relay")
     if spec:
         check_relay(spec)
         if getattr(h, "relay", None) is None:
-            h.relay = PinRelay(spec)
+            h.relay = PinRelay(spec, defer=True)
     elif not hasattr(h, "relay"):
         h.relay = None
 

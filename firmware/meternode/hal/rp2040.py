@@ -189,3 +189,6 @@ class RP2Hal:
         self.clock = RP2Clock()
         self.sampler = RP2Sampler(board)
         board["adc"]["skew_us"] = self.sampler.skew_us  # what the divider really gives
+        from meternode.hal import modem
+
+        modem.attach(self, board)  # board "lora": the modem's UART and reset line

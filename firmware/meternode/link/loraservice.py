@@ -71,15 +71,27 @@ def downlink(svc, port, data):
 
 
 async def run(svc):
-    # The LoRaWAN task: configure the modem, then drain records (LoRaLink retries forever).
+    # The LoRaWAN task: configure the modem (idempotent: nothing is written to the module's
+    # NVM when it already holds the settings, and AT+NWM only when the mode differs, since
+    # RUI3 reboots on it), then drain records (LoRaLink retries forever).  A module that
+    # keeps failing gets its reset line pulsed (board "lora": {"reset": pin}) every third try;
+    # the modem's reader restarts itself if it ever ended (LoRaModem.ensure_reader()).
     lo = svc.node.config["lora"]
     m = svc.lora.modem
     m.start()
+    reset = getattr(svc.node.hal, "modem_reset", None)
+    fails = 0
     while True:
         try:
             await m.configure(lo["deveui"], lo["appeui"], lo["appkey"], lo.get("region", "EU868"), lo.get("dr", 0))
             break
         except Exception as e:
-            print("lora modem not configured: %s" % e)
-            await _sleep_ms(5000)
+            fails += 1
+            print("lora modem not configured (%d): %s" % (fails, e))
+            if reset is not None and fails % 3 == 0:
+                try:
+                    reset()
+                except Exception as e2:
+                    print("lora modem reset failed: %r" % (e2,))
+            await _sleep_ms(min(5000 * fails, 60000))
     await svc.lora.run()

@@ -1,27 +1,57 @@
 # LoRaWAN through an AT-command modem on a UART: the RAK3172 / RUI3 dialect (the Wio-E5
-# family speaks a close cousin).  One reader task splits the modem's lines into command
-# replies (OK / AT_*_ERROR) and asynchronous events (+EVT:...).  Busy replies are retried
-# with backoff; every wait has a timeout; errors raise ModemError naming the modem's reply.
+# family speaks a close cousin).  One reader task splits the modem's bytes into command
+# replies (OK / AT_*_ERROR) and asynchronous events (+EVT:...).  Every wait has a timeout;
+# errors raise ModemError naming the modem's reply.
 #
 #   m = LoRaModem(reader, writer); m.start()
-#   await m.configure(deveui, appeui, appkey, band=4, dr=0)
-#   await m.join()                          # OTAA, retried
+#   await m.configure(deveui, appeui, appkey, band="EU868", dr=0)   # idempotent
+#   await m.join()                          # OTAA; the host owns the retries
 #   ok = await m.send(2, frame, confirmed=True)
 #   m.downlinks -> the last _KEEP_DOWNLINKS [(port, bytes, rssi, snr)] (also on_downlink(port, data))
+#
+# What RUI3 does, from its source (RAKWireless/RAK-STM32-RUI, service/mode/cli and
+# service/lora/service_lora.c), and how this driver copes:
+#   - AT+NWM=<n> writes NVM, prints "OK" with no CR/LF and reboots the module -- on every
+#     successful set, even to the mode it is in.  configure() reads AT+NWM=? and sets it
+#     only when it differs, then waits for the module to come back (AT probes).
+#   - every AT+CFM=/AT+BAND=/... set rewrites the NVM config block: configure() reads each
+#     value first and writes only what differs (so a configure() at every boot writes
+#     nothing), send() keeps AT+CFM in step with a cache.
+#   - a send or join refused by the duty-cycle limiter prints "Restricted_Wait_<ms>_ms"
+#     before AT_BUSY_ERROR: the driver waits that long (not its own short backoff) and
+#     send() holds further uplinks until then.
+#   - AT+JOIN=1:0:<period>:<count> makes the module retry the join itself; the driver asks
+#     for one attempt (count 0) and retries with its own backoff, so the two never overlap;
+#     "+EVT:JOINED" marks the modem joined whenever it comes (a late one is not lost), and
+#     AT+NJS=? is asked before a new attempt.
+#   - a module reset or power-cycle prints its banner, ending "Current Work Mode: LoRaWAN."
+#     (variants/*/rui_inner_main.c): the driver marks the session lost (joined = False,
+#     `reboots`), so the link joins again.
+# The reader never ends on bad input: bytes outside printable ASCII (UART noise, a module
+# powering up) are dropped and counted in `noise`, an over-long line is dropped, and any
+# error handling one line is counted in `errors` -- one noise byte never stops uplinks.
 import asyncio
 
 from meternode.aio import sleep_ms as _sleep_ms
+from meternode.aio import ticks_diff as _diff
+from meternode.aio import ticks_ms as _now
 from meternode.aio import wait_for_ms as _wait_for_ms
 
 _KEEP_DOWNLINKS = 8  # recent downlinks kept for diagnostics (each is also handed to on_downlink)
+_KEEP_EVENTS = 8  # unclaimed events kept (a node runs for years: the oldest are dropped)
+_LINE_MAX = 600  # longest line the module prints: +EVT:RX with 242 bytes of hex is ~520
+_BOOT_MARK = "Current Work Mode"  # the banner's last line, after every reset
+_RESTRICTED = "Restricted_Wait_"
+_WAIT_MAX_MS = 60000  # a duty-cycle wait longer than this is left to the caller
 
 BANDS = {"EU868": 4, "CN470": 1}
 
 
 class ModemError(Exception):
-    def __init__(self, msg, code=None):
+    def __init__(self, msg, code=None, wait_ms=0):
         super().__init__(msg)
         self.code = code
+        self.wait_ms = wait_ms
 
 
 def _hex(b):
@@ -33,23 +63,39 @@ def _unhex(s):
 
 
 class LoRaModem:
-    def __init__(self, reader, writer, timeout_ms=3000, busy_retries=5):
+    def __init__(self, reader, writer, timeout_ms=3000, busy_retries=5, boot_ms=10000):
         self.r = reader
         self.w = writer
         self.timeout_ms = timeout_ms
         self.busy_retries = busy_retries
+        self.boot_ms = boot_ms  # how long a module may take to come back after a reboot
         self._lines = None  # reply lines of the command in progress
         self._done = asyncio.Event()
         self._events = []
         self._evflag = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task = None
+        # read(n) waits for all n bytes on a blocking file (the unix port's pty): bytes one at
+        # a time there; a UART (any()) or CPython's StreamReader hands over what is waiting.
+        st = getattr(reader, "s", None)
+        self._chunk = 64 if st is None or hasattr(st, "any") else 1
+        self._buf = bytearray(_LINE_MAX)
+        self._n = 0
+        self._overlong = False
+        self._cfm = None  # AT+CFM as the module has it (None: unknown)
+        self._restricted = (0, 0)  # (ticks_ms when told, ms to wait): the duty-cycle limiter
         self.downlinks = []
         self.on_downlink = None
         self.joined = False
         self.busy = 0  # busy replies seen
-        self.errors = 0
+        self.errors = 0  # refusals and lines that could not be handled
+        self.noise = 0  # bytes dropped as UART noise
+        self.dropped = 0  # events dropped (nobody waited for them)
+        self.reboots = 0  # module banners seen (reset, power-cycle, AT+NWM)
+        self.restarts = 0  # reader tasks restarted by ensure_reader()
+        self.sets = 0  # configuration values written to the module (NVM writes)
 
+    # -- reader ---------------------------------------------------------------------------------
     def start(self):
         self._task = asyncio.create_task(self._reader())
 
@@ -58,21 +104,77 @@ class LoRaModem:
             self._task.cancel()
             self._task = None
 
+    def ensure_reader(self):
+        # The reader should never end; if it did, start it again (counted).
+        t = self._task
+        if t is None or t.done():
+            self.restarts += 1
+            self.start()
+            return False
+        return True
+
     async def _reader(self):
         while True:
-            raw = await self.r.readline()
+            try:
+                raw = await self.r.read(self._chunk)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a UART error: count it, keep reading
+                self.errors += 1
+                raw = None
             if not raw:
                 await _sleep_ms(20)
                 continue
-            line = raw.decode().strip()
-            if not line:
-                continue
-            if line.startswith("+EVT:"):
-                self._event(line[5:])
-            elif self._lines is not None:
-                self._lines.append(line)
-                if line == "OK" or line.startswith("AT_"):
-                    self._done.set()
+            self.feed(raw)
+
+    def feed(self, raw):
+        # Bytes from the module: assembled into lines, each handled; never raises.
+        buf = self._buf
+        for b in raw:
+            if b == 10 or b == 13:
+                if self._n and not self._overlong:
+                    try:
+                        self._line(bytes(buf[: self._n]).decode())
+                    except Exception:
+                        self.errors += 1
+                self._n = 0
+                self._overlong = False
+            elif 32 <= b < 127:
+                if self._n < _LINE_MAX:
+                    buf[self._n] = b
+                    self._n += 1
+                else:
+                    self._overlong = True  # dropped whole at its end of line
+            else:
+                self.noise += 1
+
+    def _line(self, line):
+        line = line.strip()
+        if not line:
+            return
+        i = line.find("+EVT:")
+        if i >= 0:  # (power-up garbage may precede it on the same line)
+            self._event(line[i + 5 :])
+            return
+        if _BOOT_MARK in line:
+            self._rebooted()
+            return
+        if line.startswith(_RESTRICTED):
+            try:
+                ms = int(line[len(_RESTRICTED) :].split("_")[0])
+            except ValueError:
+                ms = 0
+            if ms > 0:
+                self._restricted = (_now(), ms)
+        if self._lines is not None:
+            self._lines.append(line)
+            if line == "OK" or line.startswith("AT_"):
+                self._done.set()
+
+    def _rebooted(self):
+        self.reboots += 1
+        self.joined = False  # the session is gone; settings stay in the module's NVM
+        self._cfm = None
 
     def _event(self, ev):
         if ev.startswith("RX_"):
@@ -83,53 +185,144 @@ class LoRaModem:
                     port = int(parts[4])
                     data = _unhex(parts[5]) if len(parts[5]) % 2 == 0 else b""
                     d = (port, data, int(parts[1]), int(parts[2]))
-                    if len(self.downlinks) >= _KEEP_DOWNLINKS:
-                        self.downlinks.pop(0)  # a node runs for years: keep the newest only
-                    self.downlinks.append(d)
-                    if self.on_downlink is not None:
-                        self.on_downlink(port, data)
                 except ValueError:
                     self.errors += 1
+                    return
+                if len(self.downlinks) >= _KEEP_DOWNLINKS:
+                    self.downlinks.pop(0)  # a node runs for years: keep the newest only
+                self.downlinks.append(d)
+                if self.on_downlink is not None:
+                    self.on_downlink(port, data)
             return
+        if ev == "JOINED":
+            self.joined = True  # whenever it comes: a late JOINED still counts
+        if len(self._events) >= _KEEP_EVENTS:
+            self._events.pop(0)
+            self.dropped += 1
         self._events.append(ev)
         self._evflag.set()
 
+    # -- commands ---------------------------------------------------------------------------------
+    def restricted_ms(self):
+        # How long the module's duty-cycle limiter still refuses sends (0: not at all).
+        at, ms = self._restricted
+        if not ms:
+            return 0
+        left = ms - _diff(_now(), at)
+        if left <= 0:
+            self._restricted = (0, 0)
+            return 0
+        return left
+
+    async def _send_line(self, text):
+        self.w.write((text + "\r\n").encode())
+        await self.w.drain()
+
     async def cmd(self, text, timeout_ms=None):
         # Sends one AT command; returns its value lines; raises ModemError on an error reply
-        # (after `busy_retries` tries for AT_BUSY_ERROR) or when no reply comes in time.
+        # (after `busy_retries` tries for AT_BUSY_ERROR, waiting what Restricted_Wait says)
+        # or when no reply comes in time.
         delay = 100
+        name = text.split("=")[0]
+        if self._task is not None:
+            self.ensure_reader()
         for attempt in range(self.busy_retries + 1):
             async with self._lock:
                 self._lines = []
                 self._done.clear()
-                self.w.write((text + "\r\n").encode())
-                await self.w.drain()
+                await self._send_line(text)
                 try:
                     await _wait_for_ms(self._done.wait(), timeout_ms or self.timeout_ms)
                 except asyncio.TimeoutError:
                     self._lines = None
-                    raise ModemError("modem did not answer %s" % text.split("=")[0], "timeout")
+                    raise ModemError("modem did not answer %s" % name, "timeout")
                 lines, self._lines = self._lines, None
             last = lines[-1]
             if last == "OK":
-                return lines[:-1]
-            if last == "AT_BUSY_ERROR" and attempt < self.busy_retries:
+                return [ln for ln in lines[:-1] if not ln.startswith(_RESTRICTED)]
+            if last == "AT_BUSY_ERROR":
                 self.busy += 1
-                await _sleep_ms(delay)
-                delay = min(delay * 2, 2000)
-                continue
+                wait = self.restricted_ms()
+                if wait > _WAIT_MAX_MS:
+                    raise ModemError("modem refused %s: duty cycle, wait %d ms" % (name, wait), "restricted", wait)
+                if attempt < self.busy_retries:
+                    await _sleep_ms(max(delay, wait + 50))
+                    delay = min(delay * 2, 2000)
+                    continue
+                if wait:
+                    raise ModemError("modem refused %s: duty cycle, wait %d ms" % (name, wait), "restricted", wait)
             self.errors += 1
-            raise ModemError("modem refused %s: %s" % (text.split("=")[0], last), last)
+            raise ModemError("modem refused %s: %s" % (name, last), last)
+
+    async def get(self, key):
+        # The module's value of AT+<key>=? ("AT+BAND=4" -> "4"), or None if it will not say.
+        try:
+            lines = await self.cmd("AT+%s=?" % key)
+        except ModemError as e:
+            if e.code == "timeout":
+                raise
+            return None
+        for ln in lines:
+            if ln.startswith("AT+%s=" % key):
+                return ln[len(key) + 4 :]
+        return lines[-1] if lines else None
+
+    async def ensure(self, key, value):
+        # Sets AT+<key>=<value> only if the module has something else (each set is an NVM write).
+        have = await self.get(key)
+        if have is not None and have.upper() == value.upper():
+            return False
+        await self.cmd("AT+%s=%s" % (key, value))
+        self.sets += 1
+        return True
+
+    async def wait_ready(self, timeout_ms=None):
+        # AT probes until the module answers OK (after a reset, power-up or AT+NWM).
+        t0 = _now()
+        left = timeout_ms or self.boot_ms
+        while True:
+            try:
+                await self.cmd("AT", 500)
+                return
+            except ModemError:
+                pass
+            if _diff(_now(), t0) >= left:
+                raise ModemError("modem not answering for %d ms" % left, "timeout")
+            await _sleep_ms(250)
+
+    async def configure(self, deveui, appeui, appkey, band="EU868", dr=0):
+        # Idempotent: reads every setting and writes only what differs.
+        if band not in BANDS:
+            raise ModemError("lora.band = %r must be one of %s" % (band, ", ".join(sorted(BANDS))), "config")
+        await self.wait_ready()
+        if await self.get("NWM") != "1":
+            # RUI3 answers "OK" without CR/LF and reboots: no ordinary reply to wait for
+            async with self._lock:
+                await self._send_line("AT+NWM=1")
+            self.sets += 1
+            await _sleep_ms(300)
+            await self.wait_ready()
+            if await self.get("NWM") != "1":
+                raise ModemError("modem stays out of LoRaWAN mode (AT+NWM)", "config")
+        await self.ensure("BAND", "%d" % BANDS[band])
+        await self.ensure("NJM", "1")
+        await self.ensure("CLASS", "A")
+        await self.ensure("DEVEUI", deveui)
+        await self.ensure("APPEUI", appeui)
+        await self.ensure("APPKEY", appkey)
+        await self.ensure("ADR", "0")
+        await self.ensure("DR", "%d" % dr)
 
     async def wait_event(self, prefixes, timeout_ms):
         # The first event starting with one of `prefixes`, or ModemError after timeout_ms.
-        left = timeout_ms
+        t0 = _now()
         while True:
             for k, ev in enumerate(self._events):
                 for p in prefixes:
                     if ev.startswith(p):
                         self._events.pop(k)
                         return ev
+            left = timeout_ms - _diff(_now(), t0)
             if left <= 0:
                 raise ModemError("no %s event within %d ms" % ("/".join(prefixes), timeout_ms), "timeout")
             self._evflag.clear()
@@ -137,30 +330,24 @@ class LoRaModem:
                 await _wait_for_ms(self._evflag.wait(), min(left, 200))
             except asyncio.TimeoutError:
                 pass
-            left -= 200
-
-    async def configure(self, deveui, appeui, appkey, band="EU868", dr=0):
-        if band not in BANDS:
-            raise ModemError("lora.band = %r must be one of %s" % (band, ", ".join(sorted(BANDS))), "config")
-        await self.cmd("AT")
-        await self.cmd("AT+NWM=1")
-        await self.cmd("AT+BAND=%d" % BANDS[band])
-        await self.cmd("AT+NJM=1")
-        await self.cmd("AT+CLASS=A")
-        await self.cmd("AT+DEVEUI=" + deveui)
-        await self.cmd("AT+APPEUI=" + appeui)
-        await self.cmd("AT+APPKEY=" + appkey)
-        await self.cmd("AT+ADR=0")
-        await self.cmd("AT+DR=%d" % dr)
 
     async def join(self, attempts=3, timeout_ms=20000, backoff_ms=500):
-        # OTAA join; retried `attempts` times with a doubling pause.  Raises ModemError.
+        # OTAA join, one module attempt at a time, `attempts` times with a doubling pause.
         why = ""
         for _ in range(attempts):
-            self._events = []
-            await self.cmd("AT+JOIN=1:0:10:8")
-            ev = await self.wait_event(("JOINED", "JOIN_FAILED"), timeout_ms)
-            if ev == "JOINED":
+            if self.joined or await self.get("NJS") == "1":
+                self.joined = True
+                return True
+            self._events = [ev for ev in self._events if not ev.startswith("JOIN")]
+            wait = self.restricted_ms()
+            if wait:
+                await _sleep_ms(min(wait, _WAIT_MAX_MS))
+            try:
+                await self.cmd("AT+JOIN=1:0:10:0")  # join now, no auto-join, no module retries
+                ev = await self.wait_event(("JOINED", "JOIN_FAILED"), timeout_ms)
+            except ModemError as e:
+                ev = str(e)
+            if ev == "JOINED" or self.joined:
                 self.joined = True
                 return True
             why = ev
@@ -172,7 +359,17 @@ class LoRaModem:
     async def send(self, port, data, confirmed=False, timeout_ms=15000):
         # One uplink.  True when sent (unconfirmed) or acknowledged (confirmed); False when a
         # confirmed uplink got no ACK.  ModemError for refusals (not joined, bad length, ...).
-        await self.cmd("AT+CFM=%d" % (1 if confirmed else 0))
+        wait = self.restricted_ms()
+        if wait:
+            await _sleep_ms(min(wait, _WAIT_MAX_MS))
+        want = 1 if confirmed else 0
+        if self._cfm != want:
+            have = await self.get("CFM")
+            if have != "%d" % want:
+                await self.cmd("AT+CFM=%d" % want)
+                self.sets += 1
+            self._cfm = want
+        self._events = [ev for ev in self._events if not (ev.startswith("TX_DONE") or ev.startswith("SEND_CONF"))]
         try:
             await self.cmd("AT+SEND=%d:%s" % (port, _hex(data)))
         except ModemError as e:
@@ -180,4 +377,4 @@ class LoRaModem:
                 self.joined = False
             raise
         ev = await self.wait_event(("TX_DONE", "SEND_CONFIRMED_OK", "SEND_CONFIRMED_FAILED"), timeout_ms)
-        return ev != "SEND_CONFIRMED_FAILED" and not ev.startswith("SEND_CONFIRMED_FAILED")
+        return not ev.startswith("SEND_CONFIRMED_FAILED")

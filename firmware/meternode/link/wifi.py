@@ -3,11 +3,22 @@
 # after repeated failures (ESP32 radios can stay stuck after a long outage: mqtt_as #132).
 #
 # `wlan` needs active(bool), connect(ssid, password), isconnected(), disconnect(), and
-# optionally ifconfig(); the board HAL passes network.WLAN(network.STA_IF).
+# optionally ifconfig(), status() and config(); the board HAL passes
+# network.WLAN(network.STA_IF).
+#
+# One owner of reconnection: the ESP32 driver reconnects on its own after every
+# disconnect (ports/esp32/network_wlan.c, wifi_sta_reconnects, "retry forever" by default),
+# so a supervisor that also calls connect() fights it.  The supervisor turns that off
+# (config(reconnects=0): no driver retries) and reads status() while it waits: a wrong
+# password or a missing access point ends the attempt at once, is reported by name in the
+# "fail" event (not as a timeout), backs off to the longest pause (it will not fix itself)
+# and never power-cycles the radio; connect() is not called while the driver still says
+# it is connecting.
 
 from meternode.aio import sleep_ms as _sleep_ms
 from meternode.aio import ticks_diff as _diff
 from meternode.aio import ticks_ms as _now
+from meternode.hal.netstat import FINAL as _FINAL
 from meternode.link.backoff import Backoff
 
 
@@ -23,9 +34,15 @@ class WifiSupervisor:
         backoff_min_ms=1000,
         backoff_max_ms=60000,
         reset_after=3,
+        status_names=None,
     ):
         if not ssid:
             raise ValueError("config.wifi.ssid is empty")
+        if status_names is None:
+            from meternode.hal.netstat import status_names as _names
+
+            status_names = _names()
+        self.names = status_names  # {status code: name} (hal/netstat.py)
         self.wlan = wlan
         self.ssid = ssid
         self.password = password
@@ -39,14 +56,31 @@ class WifiSupervisor:
         self.downs = 0
         self.failures = 0  # consecutive failed attempts
         self.resets = 0
+        self.last_status = None  # the name of the last status() that ended an attempt
+        self._own = False  # driver auto-reconnect turned off
 
     def _event(self, kind, detail=""):
         if self.on_event is not None:
             self.on_event(kind, detail)
 
+    def _status(self):
+        st = getattr(self.wlan, "status", None)
+        if st is None:
+            return None
+        try:
+            return self.names.get(st(), None)
+        except Exception:
+            return None
+
     async def _attempt(self):
         w = self.wlan
-        if self.failures and self.failures % self.reset_after == 0:
+        if not self._own:
+            self._own = True
+            try:
+                w.config(reconnects=0)  # ESP32: no driver retries behind our back
+            except Exception:
+                pass  # ports without the option do not reconnect on their own
+        if self.failures and self.failures % self.reset_after == 0 and self.last_status not in _FINAL:
             # stuck radio: switch the interface off and on before trying again
             try:
                 w.disconnect()
@@ -57,14 +91,20 @@ class WifiSupervisor:
             self.resets += 1
             self._event("reset", "after %d failures" % self.failures)
         w.active(True)
-        try:
-            w.connect(self.ssid, self.password)
-        except OSError as e:
-            return "connect refused: %s" % e
+        self.last_status = None
+        if self._status() != "connecting":
+            try:
+                w.connect(self.ssid, self.password)
+            except OSError as e:
+                return "connect refused: %s" % e
         t0 = _now()
         while _diff(_now(), t0) < self.connect_timeout_ms:
             if w.isconnected():
                 return None
+            name = self._status()
+            if name in _FINAL:
+                self.last_status = name
+                return name
             await _sleep_ms(200)
         return "no connection within %d ms" % self.connect_timeout_ms
 
@@ -93,4 +133,7 @@ class WifiSupervisor:
                 continue  # the next loop reports "up"
             self.failures += 1
             self._event("fail", why)
-            await _sleep_ms(self.backoff.next_ms())
+            if why in ("wrong password", "no access point with that SSID"):
+                await _sleep_ms(self.backoff.max_ms)  # retrying sooner cannot help
+            else:
+                await _sleep_ms(self.backoff.next_ms())
