@@ -203,3 +203,23 @@ async def test_mcp3208_timer_engine_reads_channels_in_board_order():
     await _collect(w, s, 600, blocks)
     check_blocks(blocks, 6, s.rate_actual, dc, 256, 50)
     eq(abs(s.skew_us - 25.0) < 0.01, True, "skew measured: %r" % s.skew_us)
+
+
+@heap("256k")
+def test_a_counter_pulse_backend_is_refused_on_a_port_without_machine_counter():
+    from meternode.config import ConfigError
+    from meternode.hal import pulsein
+
+    w = _world(port="rp2")  # rp2 has no machine.Counter
+    e = build(w, lambda: _raises(ConfigError, pulsein.make, {"pin": 14}, "counter", 0, "rp2"))
+    eq("board.pulses[0].backend = counter" in str(e) and "rp2" in str(e), True, str(e))
+    e = build(w, lambda: _raises(ConfigError, pulsein.make, {"pin": 14}, "pcnt", 1, "rp2"))
+    eq(str(e).startswith("board.pulses[1].backend must be one of irq/poll/counter"), True, str(e))
+
+
+def _raises(exc, fn, *a):
+    try:
+        fn(*a)
+    except exc as e:
+        return e
+    raise AssertionError("%s did not raise" % exc.__name__)
