@@ -63,3 +63,14 @@ def test_modem_reader_survives_noise_and_overlong_lines_and_keeps_a_bounded_even
     eq(m.joined, True, "JOINED counts whenever it comes")
     m.feed(b"Restricted_Wait_1500_ms\r\n")
     eq(1000 < m.restricted_ms() <= 1500, True, "the duty-cycle wait is kept: %d" % m.restricted_ms())
+
+
+def test_the_modem_and_a_meter_bus_on_one_uart_are_refused_together():
+    from meternode.config import ConfigError
+    from meternode.link.loraservice import _uart_free
+
+    board = {"name": "pico_w", "lora": {"uart": 0, "tx": 12, "rx": 13},
+             "buses": {"rs485": {"uart": 1}, "mbus": {"uart": 0}}}  # fmt: skip
+    _uart_free(board, {"gateway": {"meters": [{"bus": "rs485"}]}})  # UART1 for the bus, UART0 for LoRa
+    e = raises(ConfigError, _uart_free, board, {"gateway": {"meters": [{"bus": "mbus"}]}})
+    eq("config.lora and config.gateway bus 'mbus' both need UART0 of board pico_w" in str(e), True, str(e))

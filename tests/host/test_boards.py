@@ -50,6 +50,8 @@ def test_boards_with_a_modem_option_carry_its_uart_and_reset_pins(name):
         ("pico_w", {"adc": {"pins": [26, 27, 22]}}, "board.adc.pins[2] = 22: the RP2040 ADC is on GPIO26-29"),
         ("pico_w", {"relay": {"pin": 14}}, "board.relay.pin = 14: GPIO14 is already board.pulses[0].pin"),
         ("pico_w_mcp3208", {"relay": {"pin": 30}}, "board.relay.pin = 30: RP2040 has no GPIO30"),
+        ("pico_w", {"lora": {"uart": 1, "tx": 8, "rx": 9, "reset": 6}}, "board.buses.rs485.de = 6: GPIO6 is already"),
+        ("esp32_devkitc", {"buses": {"mbus": {"uart": 1, "tx": 34, "rx": 32}}}, "board.buses.mbus.tx = 34: GPIO34-39"),
     ],
 )
 def test_pins_the_mcu_cannot_use_are_refused_naming_the_key(name, edit, message):

@@ -3,7 +3,8 @@
 # board key, before anything drives it.  Pure data: no `machine`, imports on CPython.
 #
 #   check_pin(board, pin, use, where, pull=None)  one pin; use is "in", "out" or "adc"
-#   board_pins(board)                            [(where, pin, use, pull)] of the board's own keys
+#   board_pins(board)                            [(where, pin, use, pull)] of the board's keys
+#                                                (adc, pulses, relay, brownout, lora, buses)
 #   check_board_pins(board)                      all of them, and no pin used twice
 # Other code that adds pins (serial meter buses, ...) calls check_pin for each.
 #
@@ -81,6 +82,13 @@ def board_pins(board):
         for key, use in (("tx", "out"), ("rx", "in"), ("reset", "out")):
             if key in lora:
                 out.append(("board.lora.%s" % key, lora[key], use, None))
+    buses = board.get("buses")  # serial meter buses (hal/bus.py)
+    if isinstance(buses, dict):
+        for name, b in buses.items():
+            if isinstance(b, dict) and not b.get("sim"):
+                for key, use in (("tx", "out"), ("rx", "in"), ("de", "out")):
+                    if key in b:
+                        out.append(("board.buses.%s.%s" % (name, key), b[key], use, None))
     return out
 
 

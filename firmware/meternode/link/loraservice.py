@@ -39,6 +39,7 @@ def make(svc, lo, path):
 
     uart = getattr(svc.node.hal, "lora_uart", None)
     if uart is not None:  # boards: the HAL's UART as a stream
+        _uart_free(svc.node.board, svc.node.config)
         f = uart(lo)
     elif lo.get("port"):  # unix port: a pty or tty device
         f = open(lo["port"], "r+b")
@@ -55,6 +56,20 @@ def make(svc, lo, path):
         ll.floor = lambda: svc.cursor.acked  # skip what MQTT delivered
         ll.active = lambda: not svc.link.up  # and only speak while MQTT is down
     return ll
+
+
+def _uart_free(board, config):
+    # A board may offer its modem and a meter bus on the same UART (a Pico W has two UARTs):
+    # they are alternatives, refused together with the reason.
+    n = (board.get("lora") or {}).get("uart")
+    g = config.get("gateway") or {}
+    used = [m.get("bus") for m in g.get("meters", []) if isinstance(m, dict)]
+    used.append((g.get("slave") or {}).get("bus"))
+    for name, b in (board.get("buses") or {}).items():
+        if name in used and isinstance(b, dict) and b.get("uart") == n:
+            raise ConfigError(
+                "config.lora and config.gateway bus %r both need UART%d of board %s: use one" % (name, n, board["name"])
+            )
 
 
 def downlink(svc, port, data):
