@@ -109,4 +109,7 @@ async def run(svc):
                 except Exception as e2:
                     print("lora modem reset failed: %r" % (e2,))
             await _sleep_ms(min(5000 * fails, 60000))
+    import sys
+
+    sys.modules.pop("meternode.link.loraconf", None)  # configured: its code is not needed again
     await svc.lora.run()

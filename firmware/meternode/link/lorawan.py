@@ -12,11 +12,10 @@
 # What RUI3 does, from its source (RAKWireless/RAK-STM32-RUI, service/mode/cli and
 # service/lora/service_lora.c), and how this driver copes:
 #   - AT+NWM=<n> writes NVM, prints "OK" with no CR/LF and reboots the module -- on every
-#     successful set, even to the mode it is in.  configure() reads AT+NWM=? and sets it
-#     only when it differs, then waits for the module to come back (AT probes).
-#   - every AT+CFM=/AT+BAND=/... set rewrites the NVM config block: configure() reads each
-#     value first and writes only what differs (so a configure() at every boot writes
-#     nothing), send() keeps AT+CFM in step with a cache.
+#     successful set, even to the mode it is in; every AT+CFM=/AT+BAND=/... set rewrites the
+#     NVM config block.  configure() (link/loraconf.py, loaded only for it) reads each value
+#     first and writes only what differs, AT+NWM only when the mode differs, then waits for
+#     the module to come back; send() keeps AT+CFM in step with a cache.
 #   - a send or join refused by the duty-cycle limiter prints "Restricted_Wait_<ms>_ms"
 #     before AT_BUSY_ERROR: the driver waits that long (not its own short backoff) and
 #     send() holds further uplinks until then.
@@ -267,51 +266,12 @@ class LoRaModem:
                 return ln[len(key) + 4 :]
         return lines[-1] if lines else None
 
-    async def ensure(self, key, value):
-        # Sets AT+<key>=<value> only if the module has something else (each set is an NVM write).
-        have = await self.get(key)
-        if have is not None and have.upper() == value.upper():
-            return False
-        await self.cmd("AT+%s=%s" % (key, value))
-        self.sets += 1
-        return True
-
-    async def wait_ready(self, timeout_ms=None):
-        # AT probes until the module answers OK (after a reset, power-up or AT+NWM).
-        t0 = _now()
-        left = timeout_ms or self.boot_ms
-        while True:
-            try:
-                await self.cmd("AT", 500)
-                return
-            except ModemError:
-                pass
-            if _diff(_now(), t0) >= left:
-                raise ModemError("modem not answering for %d ms" % left, "timeout")
-            await _sleep_ms(250)
-
     async def configure(self, deveui, appeui, appkey, band="EU868", dr=0):
-        # Idempotent: reads every setting and writes only what differs.
-        if band not in BANDS:
-            raise ModemError("lora.band = %r must be one of %s" % (band, ", ".join(sorted(BANDS))), "config")
-        await self.wait_ready()
-        if await self.get("NWM") != "1":
-            # RUI3 answers "OK" without CR/LF and reboots: no ordinary reply to wait for
-            async with self._lock:
-                await self._send_line("AT+NWM=1")
-            self.sets += 1
-            await _sleep_ms(300)
-            await self.wait_ready()
-            if await self.get("NWM") != "1":
-                raise ModemError("modem stays out of LoRaWAN mode (AT+NWM)", "config")
-        await self.ensure("BAND", "%d" % BANDS[band])
-        await self.ensure("NJM", "1")
-        await self.ensure("CLASS", "A")
-        await self.ensure("DEVEUI", deveui)
-        await self.ensure("APPEUI", appeui)
-        await self.ensure("APPKEY", appkey)
-        await self.ensure("ADR", "0")
-        await self.ensure("DR", "%d" % dr)
+        # Idempotent: reads every setting and writes only what differs (link/loraconf.py,
+        # loaded for this only).
+        from meternode.link import loraconf
+
+        await loraconf.configure(self, deveui, appeui, appkey, band, dr)
 
     async def wait_event(self, prefixes, timeout_ms):
         # The first event starting with one of `prefixes`, or ModemError after timeout_ms.
