@@ -157,7 +157,7 @@ async def test_mcp3208_pio_sampler_runs_without_the_cpu_in_board_order_at_an_exa
     box["rate"] = s.rate_actual
     eq(type(s).__name__, "MCP3208PioSampler", "rp2040 boards use the PIO engine")
     eq(abs(s.rate_actual - 2400) < 0.2, True, "rate_actual %r" % s.rate_actual)
-    eq(abs(s.skew_us - 42 * s.div256 / 256 / 125.0) < 1e-6, True, "skew = 42 PIO cycles: %r" % s.skew_us)
+    eq(abs(s.skew_us - 42 * s.div256 / 256 / 125.0) < 1e-3, True, "skew = 42 PIO cycles: %r" % s.skew_us)
     build(chip, s.start)
     sm = chip.sms[0]
     eq(sm.errors, [], "MCP3208 timing (tCSH, clock) in the learned run")
