@@ -223,3 +223,65 @@ def _raises(exc, fn, *a):
     except exc as e:
         return e
     raise AssertionError("%s did not raise" % exc.__name__)
+
+
+def test_a_board_with_a_modem_gives_its_hal_the_uart_and_a_reset_that_releases_the_line():
+    import sys
+
+    from meternode.hal import modem
+
+    made = []
+
+    class _Pin:
+        OUT = 1
+        IN = 0
+
+        def __init__(self, n, mode=-1, value=None):
+            self.n = n
+            made.append(("pin", n, mode, value))
+
+        def init(self, mode):
+            made.append(("init", self.n, mode))
+
+    class _Machine:
+        Pin = _Pin
+
+        @staticmethod
+        def UART(n, baudrate=None, tx=None, rx=None, rxbuf=None):  # noqa: N802
+            made.append(("uart", n, baudrate, tx.n, rx.n))
+            return "uart%d" % n
+
+    class _Hal:
+        pass
+
+    old = sys.modules.get("machine")
+    sys.modules["machine"] = _Machine
+    try:
+        h = _Hal()
+        modem.attach(h, board("pico_w"))
+        eq(h.lora_uart({}), "uart0", "the stream")
+        eq(h.modem_reset(reset_ms=1), True, "reset pulsed")
+    finally:
+        if old is None:
+            del sys.modules["machine"]
+        else:
+            sys.modules["machine"] = old
+    made = [m for m in made if m[2] != -1]  # (the tx/rx Pin objects handed to UART)
+    eq(made, [("uart", 0, 115200, 12, 13), ("pin", 11, 1, 0), ("init", 11, 0)], "UART0 on GP12/13; RST low, released")
+
+
+def test_the_wifi_country_is_set_before_the_radio_and_checked():
+    from meternode.config import ConfigError
+    from meternode.hal.netstat import set_country
+
+    class _Net:
+        got = []
+
+        @classmethod
+        def country(cls, cc):
+            cls.got.append(cc)
+
+    set_country(_Net, "DE")
+    eq(_Net.got, ["DE"], "network.country")
+    e = _raises(ConfigError, set_country, _Net, "de")
+    eq(str(e).startswith("config.wifi.country must be two capitals"), True, str(e))
