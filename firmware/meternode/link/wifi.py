@@ -10,7 +10,9 @@
 # disconnect (ports/esp32/network_wlan.c, wifi_sta_reconnects, "retry forever" by default),
 # so a supervisor that also calls connect() fights it.  The supervisor turns that off
 # (config(reconnects=0): no driver retries) and reads status() while it waits: a wrong
-# password or a missing access point ends the attempt at once, is reported by name in the
+# password or a missing access point ends the attempt (a reason repeated from the previous
+# attempt only after status_grace_ms: the ESP32 keeps it until a new one arrives), is
+# reported by name in the
 # "fail" event (not as a timeout), backs off to the longest pause (it will not fix itself)
 # and never power-cycles the radio; connect() is not called while the driver still says
 # it is connecting.
@@ -35,6 +37,7 @@ class WifiSupervisor:
         backoff_max_ms=60000,
         reset_after=3,
         status_names=None,
+        status_grace_ms=8000,
     ):
         if not ssid:
             raise ValueError("config.wifi.ssid is empty")
@@ -43,6 +46,10 @@ class WifiSupervisor:
 
             status_names = _names()
         self.names = status_names  # {status code: name} (hal/netstat.py)
+        # ESP32: connect() does not clear the last disconnect reason (network_wlan.c), so
+        # status() repeats the previous attempt's "wrong password" until this one ends: a
+        # final status equal to the one right after connect() counts only after this long
+        self.status_grace_ms = status_grace_ms
         self.wlan = wlan
         self.ssid = ssid
         self.password = password
@@ -98,11 +105,12 @@ class WifiSupervisor:
             except OSError as e:
                 return "connect refused: %s" % e
         t0 = _now()
+        stale = self._status()
         while _diff(_now(), t0) < self.connect_timeout_ms:
             if w.isconnected():
                 return None
             name = self._status()
-            if name in _FINAL:
+            if name in _FINAL and (name != stale or _diff(_now(), t0) >= self.status_grace_ms):
                 self.last_status = name
                 return name
             await _sleep_ms(200)
