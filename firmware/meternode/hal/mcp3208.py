@@ -334,5 +334,3 @@ class MCP3208Hal:
         from meternode.hal import modem
 
         modem.attach(self, board)  # board "lora": the modem's UART and reset line
-        if self.sampler.note:  # the rate the hardware really paces, said once at start
-            print("[hal] " + self.sampler.note)

@@ -192,5 +192,3 @@ class RP2Hal:
         from meternode.hal import modem
 
         modem.attach(self, board)  # board "lora": the modem's UART and reset line
-        if self.sampler.note:  # the rate the hardware really paces, said once at start
-            print("[hal] " + self.sampler.note)
