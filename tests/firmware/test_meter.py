@@ -153,7 +153,6 @@ def _two_mains():
 
 @heap("160k")  # meter + sim HAL compiled from source
 @needs("viper")
-@heap("136k")  # two rigs in turn: 1-2 KB from the edge at 128k
 def test_vector_and_phase_netting_of_the_total():
     scen = {"seed": 1, "voltage": {"rms": 230.0}, "currents": [{"rms": 5.0}, {"rms": 5.0, "angle": 180.0}]}
     s, m = rig(_two_mains(), scen, None, {"netting": "vector"})
@@ -231,7 +230,6 @@ def test_sampling_is_gap_free_every_set_is_inside_a_measured_cycle():
 
 @heap("160k")  # meter + sim HAL compiled from source
 @needs("viper")
-@heap("136k")  # the shipped board definition (now with its modem and relay pins) plus the meter
 def test_three_phase_board_measures_each_phase_on_its_own_voltage():
     b = board("pico_w_mcp3208", skew_us=0.0)
     scen = {
@@ -284,7 +282,6 @@ def test_batches_of_cycles_register_what_cycle_by_cycle_conversion_registers():
 
 @heap("160k")  # meter + sim HAL compiled from source
 @needs("viper")
-@heap("136k")  # the shipped board definition (now with its modem and relay pins) plus the meter
 def test_a_batch_never_holds_more_than_max_sets_and_bad_batch_options_name_the_key():
     from meternode.metrology import kernels
 
