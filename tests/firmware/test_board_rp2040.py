@@ -170,3 +170,48 @@ async def test_mcp3208_pio_sampler_runs_without_the_cpu_in_board_order_at_an_exa
     await _collect(chip, s, 300, blocks)
     eq((chip.wild, s.ring.canaries_ok(), s.stalls), (0, True, 0), "no wild write, canaries, no PIO stall")
     check_blocks(blocks, 6, s.rate_actual, _DC6, 256, 50)
+
+
+@heap("1m")
+async def test_the_meter_measures_the_rate_and_counts_the_gaps_the_rp2040_sampler_reports():
+    # The sampler side of the timebase contract (hal/__init__.py) into the real Meter: a
+    # 3000/s board (FRAC divider: 3000.0125/s), a flash erase longer than the ring.
+    import math
+
+    import rp2hw
+
+    from meternode.metrology.meter import Meter
+
+    chip = rp2hw.RP2040()
+    b = board("pico_w")
+    b["adc"]["rate"] = 3000
+    b["adc"]["block"] = 150
+    for ch in b["channels"]:
+        ch.pop("cal", None)
+
+    def src(inp, t_us):
+        a = (1400, 700, 0)[inp]
+        return 2048 + int(a * math.sin(2 * math.pi * 50 * t_us / 1e6) + 0.5)
+
+    chip.source = src
+    s = _sampler(chip, b)
+    b["adc"]["skew_us"] = s.skew_us
+    m = Meter(b, None, {"quality": False})
+    m.use_rate(s.rate_actual)
+    build(chip, s.start)
+    for k in range(300):  # 6 s in 20 ms steps
+        if k == 150:
+            chip.flash_erase_us(500000)
+        chip.run_us(20000)
+        while True:
+            try:
+                buf = await asyncio.wait_for_ms(s.next_block(), 1)
+            except asyncio.TimeoutError:
+                break
+            m.feed(buf, s.block_sets, s.lost, s.stamp_us)
+    eq(s.lost > 0, True, "the long erase lost blocks")
+    eq((m.lost_sets, m.gaps), (s.lost, 1), "the meter counted the sampler's gap")
+    eq(abs(m.rate / s.rate_actual - 1) < 50e-6, True, "measured %r vs %r" % (m.rate, s.rate_actual))
+    snap = m.snapshot()
+    v = snap["voltages"]["V1"]
+    eq(abs(v / (1400 * 0.2 / math.sqrt(2)) - 1) < 0.01, True, "Vrms %r" % v)
