@@ -30,9 +30,11 @@
 # frequency, so neither a timer that cannot divide the rate nor a crystal's ppm error nor a
 # dropped tick reaches the registers.  A backend without stamp_us / lost (older code) makes
 # the meter fall back to rate_actual (or rate).
-# Backends: sim (sim.py, the unix port), rp2 (rp2040.py: ADC round robin + DMA ping-pong),
-# esp32 (esp32.py: timer-paced ADC1), mcp3208 (mcp3208.py: external SPI ADC on either MCU).
-# Pulse inputs: pulsein.py (IRQ ring, machine.Counter), sim_pulses.py (sim trains).
+# Backends: sim (sim.py, the unix port), rp2 (rp2040.py: ADC round robin into a DMA ring,
+# rp2dma.py), esp32 (esp32.py: timer-paced ADC1), mcp3208 (mcp3208.py: PIO + DMA ring on
+# RP2040, timer-paced elsewhere); docs/boards.md.
+# Pulse inputs: pulsein.py (IRQ ring, polled in the sampler tick on ESP32, machine.Counter),
+# sim_pulses.py (sim trains).
 #   .relay    the board's load relay (board "relay": {"pin", "active_low", "default"}) or None:
 #             set(on) and `on` (True = load connected).  The sim HAL makes its own (it cuts
 #             the simulated load); on boards relay.attach() (called by the node) adds a
