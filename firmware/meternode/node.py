@@ -341,5 +341,14 @@ def main(root="."):
     try:
         asyncio.run(node.run())
     except KeyboardInterrupt:
+        # Stopped by the host (Ctrl-C from a tool taking the REPL, `umeter sim` ending): keep
+        # the registers, so the next start continues them instead of losing what moved since
+        # the last periodic checkpoint.
+        if node.checkpoint is not None:
+            try:
+                node.checkpoint.save(node.hal.clock.ticks_ms(), True)
+                log("registers saved")
+            except Exception as e:
+                log("registers not saved: %s" % e)
         log("stopped")
         sys.exit(0)
