@@ -19,17 +19,21 @@ Options the demo adds on top (docs/sim.md):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 from . import unixport
+from .console import ConsoleTail, LastError
+from .console import register as register_consoles
 from .errors import ConfigError, TransportError
 from .mqttc import connect, make_client
 
@@ -149,6 +153,13 @@ class NodeView:
     policy_state: dict | None = None  # the last `policy/state` (tariff, relay, price)
     policy_event: dict | None = None  # the last `policy/event`
     records: int = 0  # records stored in the database by this run
+    error: str | None = None  # the node's last failure from its console ("link error: …")
+    error_at: float = 0.0  # time.monotonic() when it was seen
+    restarts: int = 0  # times the node was started again (reset, reboot into new firmware, crash)
+
+    def failing(self) -> bool:
+        """The last thing heard from the node is a failure (nothing received since)."""
+        return self.error is not None and (self.telemetry is None or self.error_at > self.received)
 
     def tariff(self) -> int | None:
         t = self.telemetry or {}
@@ -172,6 +183,11 @@ class VirtualNode:
     root: Path
     proc: object = None
     log_path: Path | None = None
+    tail: ConsoleTail | None = None  # its console.log, read as it grows
+    restarts: int = 0
+    crashes: int = 0  # exits with a non-zero code (a traceback) in a row
+    restart_at: float | None = None  # when an exited node is started again
+    started_at: float = 0.0
 
     def exited(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
@@ -196,6 +212,7 @@ class SimRun:
     fleet: dict | None = None
     db: Path | str | None = None
     heap: str | None = None
+    on_console: Callable[[str, str], None] | None = None  # (node, line) for every console line
     views: dict[str, NodeView] = field(default_factory=dict)
     vnodes: list[VirtualNode] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -221,6 +238,11 @@ class SimRun:
         self.consumer = None
         self._base: dict[str, int] = {}  # records per node in the database before this run
         self._counters0: dict[str, int] = {}
+        self._board: dict = {}
+        self._node_heap = ""
+        self._stopping = threading.Event()
+        self._keeper: threading.Thread | None = None
+        self._registry: Path | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -242,10 +264,14 @@ class SimRun:
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="umeter-sim-"))
             self._own_dir = True
+        self._board, self._node_heap = board, heap
         for n, node_id in enumerate(ids):
             sc = self._scenarios[n % len(self._scenarios)]
             self.views[node_id] = NodeView(node_id, sc)
             self.vnodes.append(self._start_node(node_id, sc, board, n, heap))
+        self._registry = register_consoles({v.node_id: v.log_path for v in self.vnodes})
+        self._keeper = threading.Thread(target=self._keep_nodes, name="umeter-sim-nodes", daemon=True)
+        self._keeper.start()
 
     def _heap(self, board: dict) -> str:
         """The board's heap, or what the policy service needs loaded from source if that is more."""
@@ -347,13 +373,62 @@ class SimRun:
         (root / "board.json").write_text(json.dumps(board))
         config = self.node_config(node_id, sc, n)
         (root / "config.json").write_text(json.dumps(config, indent=1))
-        main = unixport.firmware_root() / "main.py"
         log_path = root / "console.log"
-        log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed in stop()
-        argv = unixport.command(main, heap=heap)
-        proc = unixport.spawn(argv, cwd=root, env={"MICROPYPATH": unixport.micropypath()}, log=log)
-        log.close()
-        return VirtualNode(node_id, sc, root, proc, log_path)
+        tail = ConsoleTail(log_path)
+        if log_path.exists():
+            tail.offset = log_path.stat().st_size  # a continued run (--db): only this run's lines
+        vn = VirtualNode(node_id, sc, root, None, log_path, tail)
+        self._power_on(vn)
+        return vn
+
+    def _power_on(self, vn: VirtualNode) -> None:
+        """Start (or start again) a node's firmware: main.py on the unix port in its flash dir."""
+        main = unixport.firmware_root() / "main.py"
+        with open(vn.log_path, "ab") as log:  # the child keeps its own descriptor
+            argv = unixport.command(main, heap=self._node_heap)
+            vn.proc = unixport.spawn(argv, cwd=vn.root, env={"MICROPYPATH": unixport.micropypath()}, log=log)
+        vn.started_at = time.monotonic()
+        vn.restart_at = None
+
+    # -- keeping the nodes running, as a board's reset and watchdog would ----------------------------
+    RESTART_S = (0.2, 1.0, 2.0, 5.0, 10.0)  # after a reset (exit 0): at once; after crashes in a row: backing off
+
+    def _keep_nodes(self) -> None:
+        """Read every node's console as it grows and start again a node that exited: exit 0 is
+        the firmware resetting itself (reboot into new firmware, a `reboot` command), anything
+        else a crash whose traceback the console shows; a board's watchdog would restart it too."""
+        while not self._stopping.wait(0.2):
+            self.poll_nodes()
+
+    def poll_nodes(self) -> None:
+        now = time.monotonic()
+        for vn in self.vnodes:
+            lines = vn.tail.poll() if vn.tail is not None else []
+            if self.on_console is not None:
+                for ln in lines:
+                    self.on_console(vn.node_id, ln)
+            err = vn.tail.last_error if vn.tail is not None else None
+            code = vn.exited()
+            if code is not None and vn.restart_at is None and not self._stopping.is_set():
+                if code == 0:
+                    vn.crashes = 0
+                else:
+                    vn.crashes = 1 if now - vn.started_at > 60 else vn.crashes + 1
+                    if err is None or err.at < vn.started_at:
+                        vn.tail.last_error = err = LastError(f"exited with code {code}", now)
+                vn.restart_at = now + self.RESTART_S[min(vn.crashes, len(self.RESTART_S) - 1)]
+                if self.on_console is not None:
+                    why = "reset" if code == 0 else f"crashed (exit code {code})"
+                    self.on_console(vn.node_id, f"umeter sim: node {why}; starting it again")
+            if vn.restart_at is not None and now >= vn.restart_at and not self._stopping.is_set():
+                vn.restarts += 1
+                self._power_on(vn)
+            with self._lock:
+                view = self.views.get(vn.node_id)
+                if view is not None:
+                    view.restarts = vn.restarts
+                    if err is not None:
+                        view.error, view.error_at = err.text, err.at
 
     def _subscribe(self, host: str, port: int) -> None:
 
@@ -406,12 +481,7 @@ class SimRun:
     def snapshot(self) -> list[NodeView]:
         c = self.consumer
         with self._lock:
-            views = [
-                NodeView(
-                    v.node_id, v.scenario, v.state, v.telemetry, v.received, v.messages, v.policy_state, v.policy_event
-                )
-                for v in self.views.values()
-            ]
+            views = [dataclasses.replace(v) for v in self.views.values()]
         if c is not None:
             for v in views:
                 v.records = c.count(v.node_id) - self._base.get(v.node_id, 0)
@@ -422,13 +492,19 @@ class SimRun:
             return None
         return self.policy["t"][index]
 
-    def dead_nodes(self) -> list[VirtualNode]:
-        return [n for n in self.vnodes if n.exited() is not None]
-
     def stop(self) -> None:
+        self._stopping.set()
+        if self._keeper is not None:
+            self._keeper.join(5)
+            self._keeper = None
         for n in self.vnodes:
             if n.proc is not None:
                 unixport.stop(n.proc)
+        if self.vnodes:
+            self.poll_nodes()  # the consoles' last lines ("stopped", a final error)
+        if self._registry is not None:
+            self._registry.unlink(missing_ok=True)
+            self._registry = None
         if self._client is not None:
             self._client.loop_stop()
             self._client.disconnect()

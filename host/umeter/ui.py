@@ -39,3 +39,8 @@ def info(msg: str) -> None:
 def debug(msg: str) -> None:
     if state.verbose > 0:
         err.print(msg, markup=False, style="dim")
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 node', '3 nodes', '1 point', '0 points' ('many' for irregular plurals)."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"

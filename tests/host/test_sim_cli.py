@@ -167,5 +167,8 @@ def test_lines_show_pf_q_tariff_and_relay_and_leave_out_what_telemetry_lacks():
     assert "tariff=2(peak) relay=OFF" in line and "records=0" in line, line
     v.telemetry = dict(t, tariff=2, relay=True)  # telemetry's own relay field wins
     assert "relay=on" in render_line(v)
-    table = render_table([v], "here", 0.0, ["offpeak", "day", "peak"], db=True)
-    assert [c.header for c in table.columns][-5:] == ["tariff", "relay", "policy event", "records", "msgs"]
+    table = render_table([v], "here", 0.0, ["offpeak", "day", "peak"], db=True, width=200).renderables[0]
+    assert [c.header for c in table.columns] == [
+        "node", "state", "P W", "imp Wh", "exp Wh", "V", "relay", "tariff", "Hz", "I A", "event", "rec", "PF",
+        "Q var", "scenario", "msgs",
+    ]  # fmt: skip

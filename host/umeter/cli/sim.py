@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import signal
 import time
@@ -16,6 +17,20 @@ from ..sim import NodeView, SimRun, parse_scenarios
 
 def _fmt(x: float | None, spec: str) -> str:
     return "—" if x is None else format(x, spec)
+
+
+def compact(x: float | None, sign: bool = False) -> str:
+    """Three significant digits with an SI prefix: 2965.8 -> '2.97k', 7.126 -> '7.13', -2127 -> '-2.13k'."""
+    if x is None:
+        return "—"
+    a = abs(x)
+    prefix = ""
+    for scale, p in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if a >= scale * 0.9995:
+            x, a, prefix = x / scale, a / scale, p
+            break
+    digits = 0 if a >= 99.95 else 1 if a >= 9.995 else 2
+    return format(x, f"{'+' if sign else ''}.{digits}f") + prefix
 
 
 def _main_element(t: dict) -> dict:
@@ -36,10 +51,13 @@ def _tariff(v: NodeView, names: list[str] | None) -> str | None:
 
 
 def render_line(v: NodeView, tariffs: list[str] | None = None, db: bool = False) -> str:
-    """One plain line per node (pipes, CI): the table's fields as key=value."""
+    """One plain line per node (pipes, CI): the table's fields as key=value, and the node's
+    last failure when nothing was received since."""
     t = v.telemetry
+    err = f"; last error: {v.error}" if v.failing() else ""
+    restarts = f" (restarted {v.restarts}×)" if v.restarts else ""
     if t is None:
-        return f"{v.node_id} {v.scenario.name:<6} {v.state}: no telemetry yet"
+        return f"{v.node_id} {v.scenario.name:<6} {v.state}{restarts}: no telemetry yet{err}"
     e = _main_element(t)
     line = (
         f"{v.node_id} {v.scenario.name:<6} V={_fmt(t.get('v'), '.1f')} V f={_fmt(t.get('f'), '.2f')} Hz "
@@ -59,64 +77,109 @@ def render_line(v: NodeView, tariffs: list[str] | None = None, db: bool = False)
         line += f" event={v.policy_event.get('event')}"
     if db:
         line += f" records={v.records}"
-    return line + f" seq={t.get('seq')}"
+    if v.restarts:
+        line += f" restarts={v.restarts}"
+    line += f" seq={t.get('seq')}"
+    return line + (f" error={v.error!r}" if err else "")
+
+
+def _grid(v: NodeView, key: str) -> float | None:
+    """A value of the grid CT (the first element) from the node's telemetry."""
+    return _main_element(v.telemetry).get(key) if v.telemetry else None
+
+
+def _state(v: NodeView, now: float) -> str:
+    if v.failing():
+        return "ERROR"
+    if v.telemetry is None:
+        return v.state if v.state != "online" else "no data"
+    return v.state + (f" {now - v.received:.0f}s" if now - v.received > 3 else "")
+
+
+# The table's columns, most important first: on a narrow terminal the last ones are left out
+# (`columns_for`), and the rest keep their natural width, so no value is ever cut short.
+# (header, justify, cell(view, tariff names, now) -> str, needs: "" always | "policy" | "db")
+_COLUMNS = (
+    ("node", "left", lambda v, n, now: v.node_id, ""),
+    ("state", "left", lambda v, n, now: _state(v, now), ""),
+    ("P W", "right", lambda v, n, now: compact((v.telemetry or {}).get("p"), sign=True), ""),
+    ("imp Wh", "right", lambda v, n, now: compact((v.telemetry or {}).get("e_imp_wh")), ""),
+    ("exp Wh", "right", lambda v, n, now: compact((v.telemetry or {}).get("e_exp_wh")), ""),
+    ("V", "right", lambda v, n, now: _fmt((v.telemetry or {}).get("v"), ".1f"), ""),
+    ("relay", "left", lambda v, n, now: _relay(v) or "—", "policy"),
+    ("tariff", "left", lambda v, n, now: _tariff(v, n) or "—", "policy"),
+    ("Hz", "right", lambda v, n, now: _fmt((v.telemetry or {}).get("f"), ".2f"), ""),
+    ("I A", "right", lambda v, n, now: compact(_grid(v, "i")), ""),
+    ("event", "left", lambda v, n, now: _event(v), "policy"),
+    ("rec", "right", lambda v, n, now: str(v.records), "db"),
+    ("PF", "right", lambda v, n, now: _fmt(_grid(v, "pf"), ".2f"), ""),
+    ("Q var", "right", lambda v, n, now: compact(_grid(v, "q"), sign=True), ""),
+    ("scenario", "left", lambda v, n, now: v.scenario.name, ""),
+    ("msgs", "right", lambda v, n, now: str(v.messages), ""),
+)
+_GAP = 2  # blank columns between two table columns
+
+
+def columns_for(width: int, cells: list[list[str]], headers: list[str]) -> list[int]:
+    """Indexes of the columns that fit `width`, taken in priority order; at least the first two."""
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    keep: list[int] = []
+    used = -_GAP
+    for i, w in enumerate(widths):
+        if len(keep) >= 2 and used + _GAP + w > width:
+            continue  # a lower-priority column that is narrow enough may still fit
+        keep.append(i)
+        used += _GAP + w
+    return sorted(keep)
 
 
 def render_table(
-    views: list[NodeView], broker: str, started: float, tariffs: list[str] | None = None, db: bool = False
+    views: list[NodeView],
+    broker: str,
+    started: float,
+    tariffs: list[str] | None = None,
+    db: bool = False,
+    width: int = 80,
+    logs: list[str] | None = None,
 ):
+    """The live view: one row per node in `width` columns, then each failing node's last
+    error, then (with --logs) the newest console lines."""
+    from rich import box
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
-    t = Table(
-        title=f"umeter sim — {len(views)} virtual nodes on {broker} — {time.monotonic() - started:4.0f} s",
-        title_justify="left",
-    )
-    for col, just in (
-        ("node", "left"),
-        ("scenario", "left"),
-        ("state", "left"),
-        ("V", "right"),
-        ("f Hz", "right"),
-        ("I A", "right"),
-        ("P W", "right"),
-        ("PF", "right"),
-        ("Q var", "right"),
-        ("import Wh", "right"),
-        ("export Wh", "right"),
-        ("tariff", "left"),
-        ("relay", "left"),
-        *((("policy event", "left"),) if tariffs else ()),
-        *((("records", "right"),) if db else ()),
-        ("msgs", "right"),
-    ):
-        t.add_column(col, justify=just)
     now = time.monotonic()
+    have = {"": True, "policy": tariffs is not None, "db": db}
+    cols = [c for c in _COLUMNS if have[c[3]]]
+    cells = [[c[2](v, tariffs, now) for c in cols] for v in views]
+    keep = columns_for(width, cells, [c[0] for c in cols])
+    title = f"umeter sim · {len(views)} nodes · {broker} · {now - started:.0f} s"
+    t = Table(
+        title=title if len(title) <= width else title[: width - 1] + "…",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),  # with the blank divider: _GAP columns between two
+        collapse_padding=False,
+    )
+    for i in keep:
+        t.add_column(cols[i][0], justify=cols[i][1], no_wrap=True)
+    for v, row in zip(views, cells, strict=True):
+        p = (v.telemetry or {}).get("p")
+        style = "red" if v.failing() or _relay(v) == "OFF" else ("green" if (p or 0) < 0 else None)
+        t.add_row(*(row[i] for i in keep), style=style)
+    parts: list = [t]
     for v in views:
-        m = v.telemetry or {}
-        e = _main_element(m) if m else {}
-        p = m.get("p")
-        style = "green" if (p or 0) < 0 else None
-        age = f" ({now - v.received:.0f}s ago)" if v.telemetry and now - v.received > 3 else ""
-        t.add_row(
-            v.node_id,
-            v.scenario.name,
-            v.state + age,
-            _fmt(m.get("v"), ".1f"),
-            _fmt(m.get("f"), ".2f"),
-            _fmt(e.get("i"), ".2f"),
-            _fmt(p, "+.0f"),
-            _fmt(e.get("pf"), ".3f"),
-            _fmt(e.get("q"), "+.0f"),
-            _fmt(m.get("e_imp_wh"), ".2f"),
-            _fmt(m.get("e_exp_wh"), ".2f"),
-            _tariff(v, tariffs) or "—",
-            _relay(v) or "—",
-            *((_event(v),) if tariffs else ()),
-            *((str(v.records),) if db else ()),
-            str(v.messages),
-            style="red" if _relay(v) == "OFF" else style,
-        )
-    return t
+        if v.failing():
+            ago = f" ({now - v.error_at:.0f} s ago)" if now - v.error_at >= 1 else ""
+            again = f", restarted {v.restarts}×" if v.restarts else ""
+            parts.append(Text(f"{v.node_id}: {v.error}{ago}{again}", style="red", overflow="fold"))
+    if logs:
+        parts.append(Text("console (newest last):", style="dim"))
+        parts += [Text(ln, no_wrap=True, overflow="ellipsis") for ln in logs]
+    return Group(*parts)
 
 
 def _event(v: NodeView) -> str:
@@ -124,7 +187,7 @@ def _event(v: NodeView) -> str:
     if not e:
         return "—"
     ago = time.time() - e.get("t", 0)
-    return f"{e.get('event')} ({ago:.0f}s ago)" if ago >= 1 else str(e.get("event"))
+    return f"{e.get('event')} {ago:.0f}s" if ago >= 1 else str(e.get("event"))
 
 
 @click.command("sim")
@@ -137,7 +200,7 @@ def _event(v: NodeView) -> str:
     type=click.FloatRange(min=0, min_open=True),
     default=None,
     metavar="S",
-    help="Stop after S seconds and exit 0 (for scripts and CI).",
+    help="Stop after S seconds; exit 1 if a node sent no telemetry, else 0 (for scripts and CI).",
 )
 @click.option(
     "--interval",
@@ -175,6 +238,10 @@ def _event(v: NodeView) -> str:
     help="Store every record the nodes send in this SQLite file or postgresql:// database (once each); "
     "node flash is kept beside the file.",
 )
+@click.option(
+    "--heap", default=None, metavar="SIZE", help="Heap of every node, e.g. 192k [the board's; more with --policy]."
+)
+@click.option("--logs", is_flag=True, help="Show the nodes' consoles too (stderr, or a pane under the table).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per node per interval, and a JSON summary.")
 def command(
     nodes: int,
@@ -187,6 +254,8 @@ def command(
     policy_file: str | None,
     fleet: str | None,
     db: str | None,
+    heap: str | None,
+    logs: bool,
     as_json: bool,
 ) -> None:
     """Run virtual meter nodes on the MicroPython unix port and watch their telemetry.
@@ -197,6 +266,19 @@ def command(
     See docs/sim.md.
     """
     compact, identity = _policy(policy_file, fleet)
+    if heap is not None:
+        from ..unixport import parse_heap
+
+        parse_heap(heap)
+    tty = ui.is_tty() and not as_json
+    pane: collections.deque[str] = collections.deque(maxlen=8)
+
+    def console_line(node: str, line: str) -> None:
+        if tty:
+            pane.append(f"{node}│ {line}")
+        else:
+            ui.err.print(f"{node}│ {line}", markup=False, highlight=False, soft_wrap=True)
+
     run = SimRun(
         nodes=nodes,
         broker_url=broker,
@@ -207,13 +289,15 @@ def command(
         policy=compact,
         fleet=identity,
         db=db,
+        heap=heap,
+        on_console=console_line if logs else None,
     )
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     started = time.monotonic()
     try:
         run.start()
         where = broker or f"embedded broker mqtt://{run.host}:{run.port}"
-        ui.info(f"Started {nodes} virtual nodes ({board} board) on {where}; Ctrl-C stops them.")
+        ui.info(f"Started {ui.plural(nodes, 'virtual node')} ({board} board) on {where}; Ctrl-C stops them.")
         for note in run.notes:
             ui.info(note)
         if compact is not None:
@@ -223,7 +307,10 @@ def command(
             )
         if keep or db is not None:
             ui.info(f"Node flash directories: {run.workdir}")
-        _watch(run, where, started, duration, interval, as_json)
+        if tty and not logs:
+            ui.info("A node's console: umeter logs NODE (in another terminal), or run with --logs.")
+        shown = broker or f"mqtt://{run.host}:{run.port}"
+        _watch(run, shown, started, duration, interval, as_json, pane if logs else None)
     except KeyboardInterrupt:
         ui.info("Stopping virtual nodes…")
     except BaseException:
@@ -233,10 +320,19 @@ def command(
         run.stop()
     try:
         views = run.snapshot()
-        got = sum(1 for v in views if v.telemetry)
-        ui.info(f"Stopped {nodes} nodes after {time.monotonic() - started:.1f} s; telemetry from {got} of {nodes}.")
+        silent = [v for v in views if not v.telemetry]
+        seconds = time.monotonic() - started
+        got = nodes - len(silent)
+        ui.info(f"Stopped {ui.plural(nodes, 'node')} after {seconds:.1f} s; telemetry from {got} of {nodes}.")
         if as_json:
-            summary = {"nodes": nodes, "seconds": round(time.monotonic() - started, 1), "telemetry_from": got}
+            summary = {
+                "nodes": nodes,
+                "seconds": round(seconds, 1),
+                "telemetry_from": got,
+                "no_telemetry": [v.node_id for v in silent],
+                "errors": {v.node_id: v.error for v in views if v.error},
+                "restarts": {v.node_id: v.restarts for v in views if v.restarts},
+            }
             if run.consumer is not None:
                 summary["db"] = run.db_summary()
             ui.out.print(json.dumps(summary), markup=False, highlight=False, soft_wrap=True)
@@ -246,6 +342,12 @@ def command(
             ui.info(
                 f"Stored {sum(s['records'].values())} records in {s['db']} ({per}); "
                 f"{s['duplicates']} duplicates dropped; {s['total']} records in the file."
+            )
+        if silent and duration is not None:
+            why = "; ".join(f"{v.node_id}: {v.error or v.state}" for v in silent)
+            raise DeviceError(
+                f"no telemetry from {len(silent)} of {ui.plural(nodes, 'node')} in {seconds:.0f} s ({why})",
+                hint="see their consoles with --logs (or --keep: console.log in each node's directory)",
             )
     finally:
         run.close()
@@ -275,7 +377,8 @@ def _policy(path: str | None, fleet: str | None) -> tuple[dict | None, dict | No
 
 
 def json_line(v: NodeView) -> str:
-    """One node as one JSON object (--json): its view and its latest telemetry as sent."""
+    """One node as one JSON object (--json): its view, its latest telemetry as sent, and its
+    last failure (`error`, null when none) with `failing` true while nothing came after it."""
     return json.dumps(
         {
             "node": v.node_id,
@@ -286,6 +389,9 @@ def json_line(v: NodeView) -> str:
             "relay": v.relay(),
             "policy_event": v.policy_event,
             "records": v.records,
+            "error": v.error,
+            "failing": v.failing(),
+            "restarts": v.restarts,
             "telemetry": v.telemetry,
         },
         separators=(",", ":"),
@@ -293,7 +399,13 @@ def json_line(v: NodeView) -> str:
 
 
 def _watch(
-    run: SimRun, where: str, started: float, duration: float | None, interval: float, as_json: bool = False
+    run: SimRun,
+    where: str,
+    started: float,
+    duration: float | None,
+    interval: float,
+    as_json: bool = False,
+    pane: collections.deque[str] | None = None,
 ) -> None:
     deadline = None if duration is None else started + duration
     tty = ui.is_tty() and not as_json
@@ -303,30 +415,19 @@ def _watch(
         from rich.live import Live
 
         def table():
-            return render_table(run.snapshot(), where, started, tariffs, db)
+            logs = list(pane) if pane is not None else None
+            return render_table(run.snapshot(), where, started, tariffs, db, ui.out.width, logs)
 
         with Live(table(), console=ui.out, refresh_per_second=4) as live:
             while deadline is None or time.monotonic() < deadline:
                 time.sleep(0.25)
-                _check_alive(run)
                 live.update(table())
         return
     next_print = time.monotonic() + max(1.0, interval)
     while deadline is None or time.monotonic() < deadline:
         time.sleep(0.1)
-        _check_alive(run)
         if time.monotonic() >= next_print:
             next_print += max(1.0, interval)
             for v in run.snapshot():
                 line = json_line(v) if as_json else render_line(v, tariffs, db)
                 ui.out.print(line, markup=False, highlight=False, soft_wrap=True)
-
-
-def _check_alive(run: SimRun) -> None:
-    dead = run.dead_nodes()
-    if dead:
-        n = dead[0]
-        raise DeviceError(
-            f"virtual node {n.node_id} exited with code {n.exited()}:\n{n.log_tail()}",
-            hint="run with --keep to inspect its flash directory",
-        )
