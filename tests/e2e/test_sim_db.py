@@ -33,6 +33,11 @@ def _stored(r: subprocess.CompletedProcess) -> dict[str, int]:
     return per
 
 
+def _imports(r: subprocess.CompletedProcess, node: str) -> list[float]:
+    """The import register (Wh) of each of a node's plain lines, in order."""
+    return [float(m) for m in re.findall(rf"^{node} .* import=([\d.]+) Wh", r.stdout, re.M)]
+
+
 @pytest.mark.parametrize("where", ["mosquitto", "embedded"])
 def test_db_stores_every_record_once_in_order_for_every_node(where, tmp_path, request):
     db = tmp_path / "meter.sqlite"
@@ -45,6 +50,12 @@ def test_db_stores_every_record_once_in_order_for_every_node(where, tmp_path, re
     second = _sim(db, *args)  # same database, same node flash: the sequence goes on
     assert second.returncode == 0, second.stderr
     per2 = _stored(second)
+    first_imp, second_imp = _imports(first, "node-01"), _imports(second, "node-01")
+    assert first_imp[-1] > 0 and second_imp[0] >= first_imp[-1], (
+        "the energy registers go on from where the first run stopped (checkpointed on stop)",
+        first_imp,
+        second_imp,
+    )
     c = Consumer(db)
     try:
         for node in NODES:
