@@ -4,7 +4,7 @@ The test points follow IEC 62053-22 (class 0.2S active energy, transformer-opera
 IEC 62053-23 (class 2 reactive energy): current from 1 % to 120 % of In at PF 1, 0.5
 inductive and 0.8 capacitive, reactive at sin phi 1 and 0.5, influence points (frequency
 +-2 %, voltage +-10 %, 5th and 7th harmonics), the starting current (0.1 % In must register)
-and creep (115 % Un, no current: nothing may register).
+and creep (115 % Un, no current: less than one pulse of the 1 mWh register in IEC's dt).
 
 The board is a real board definition (default `pico_w`, first voltage and current channel)
 with its HAL replaced by `sim`: a 12-bit converter with RP2040-like ENOB (8.7 bits by
@@ -31,6 +31,7 @@ import math
 import os
 import subprocess
 import tempfile
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,7 +52,9 @@ def energies(m):
     r = m.registers
     p = r.energy_j(0, 0) - r.energy_j(0, 1)
     q = r.energy_j(0, 2) + r.energy_j(0, 3) - r.energy_j(0, 4) - r.energy_j(0, 5)
-    return p, q, sum(r.r) + sum(r.rem)
+    moved_p = r.energy_j(0, 0) + r.energy_j(0, 1)
+    moved_q = r.energy_j(0, 2) + r.energy_j(0, 3) + r.energy_j(0, 4) + r.energy_j(0, 5)
+    return p, q, sum(r.r) + sum(r.rem), moved_p, moved_q
 
 job = json.load(open(sys.argv[1]))
 board = job["board"]
@@ -62,14 +65,15 @@ for pt in job["points"]:
     m.use_rate(s.rate_actual)
     s.run(m, pt["warmup"])
     m.flush()
-    p0, q0, c0 = energies(m)
+    p0, q0, c0, mp0, mq0 = energies(m)
     n0 = m.measured_sets
     s.run(m, pt["seconds"])
     m.flush()
-    p1, q1, c1 = energies(m)
+    p1, q1, c1, mp1, mq1 = energies(m)
     t = ((m.measured_sets - n0) & 0x3FFFFFFF) / s.rate_true  # true seconds of the cycles measured
     print(json.dumps({"id": pt["id"], "t": t, "p": (p1 - p0) / t, "q": (q1 - q0) / t,
-                      "counts": c1, "f": m.freq, "cycles": m.cycles,
+                      "counts": c1, "moved_p_j": mp1 - mp0, "moved_q_j": mq1 - mq0,
+                      "f": m.freq, "cycles": m.cycles,
                       "rate": m.rate, "rate_true": s.rate_true, "rate_nominal": s.rate}))
 """
 
@@ -220,6 +224,7 @@ class Report:
     rate_nominal: float = 0.0  # sets/s, the board's
     rate_true: float = 0.0  # sets/s, what the simulated sampler really ran at
     rate_measured: float = 0.0  # sets/s, what the meter took (the last point's)
+    conditions: dict = field(default_factory=dict)  # Un, In, Imax, f, ADC, ENOB, seed, durations
 
     @property
     def rate_measured_ppm(self) -> float:
@@ -234,10 +239,13 @@ class Report:
         return [r for r in self.results if not r.passed]
 
     def to_dict(self) -> dict:
+        """The whole report: test conditions, every point with its limit (%), and the failures."""
         rows = []
         for r in self.results:
             d = asdict(r.point)
             d.update(
+                limit_unit="%" if r.point.limit is not None else None,
+                unit="var" if r.point.quantity == "reactive" else "W",
                 measured=r.measured,
                 expected=r.expected,
                 error_pct=r.error_pct,
@@ -247,10 +255,17 @@ class Report:
             )
             rows.append(d)
         return {
+            "what": "IEC 62053-22 class 0.2S / 62053-23 class 2 test points on a simulated front end "
+            "(a type-test simulation, not a certificate)",
             "board": self.board,
             "enob": self.enob,
             "seed": self.seed,
+            "conditions": self.conditions,
             "passed": self.passed,
+            "failures": [
+                {"id": r.point.id, "error_pct": r.error_pct, "limit_pct": r.point.limit, "note": r.note}
+                for r in self.failures()
+            ],
             "timebase": {
                 "mode": self.timebase,
                 "rate_error_ppm": self.rate_error_ppm,
@@ -287,6 +302,12 @@ def _phase_at(ch: dict, amps: float) -> float:
     return t[-1][1]
 
 
+def point_seed(seed: int, point_id: str) -> int:
+    """The noise seed of one point: from the run's seed and the point's id alone, so a point
+    measures the same whichever other points run with it (--quick, --point, the full set)."""
+    return (seed * 1_000_003 + zlib.crc32(point_id.encode())) % (1 << 30) or 1
+
+
 def _job(
     board: dict,
     pts: list[Point],
@@ -299,11 +320,11 @@ def _job(
     _vch, ich = board["channels"]
     i_n = ich.get("nominal", 5.0)
     jobs = []
-    for n, p in enumerate(pts):
+    for p in pts:
         i = i_n * p.i_pct / 100.0
         scen = {
             "freq": p.freq,
-            "seed": seed + n,
+            "seed": point_seed(seed, p.id),
             "enob": enob,
             "voltage": {"rms": U_N * p.v_pct / 100.0, "harmonics": p.v_harm},
             "currents": [{"rms": i, "angle": p.angle, "harmonics": p.i_harm, "lead": _phase_at(ich, i) + lead_error}],
@@ -375,6 +396,23 @@ def run(
     if rc != 0 or len(results) != len(pts):
         last = err.strip().splitlines()[-1] if err.strip() else f"exit code {rc}"
         raise DeviceError(f"the accuracy run stopped on the unix port: {last}", hint="run with -v for the traceback")
+    adc = b.get("adc", {})
+    conditions = {
+        "Un_V": U_N,
+        "In_A": i_n,
+        "Imax_A": 1.2 * i_n,
+        "f_Hz": 50.0,
+        "adc_bits": adc.get("bits", 12),
+        "adc_rate_Hz": adc.get("rate"),
+        "enob": enob,
+        "seed": seed,
+        "rate_error_ppm": rate_error_ppm,
+        "timebase": timebase,
+        "warmup_s": 1.5,
+        "seconds": {"≤2 % In": 16.0, "≤10 % In": 8.0, "above": 4.0, "start, creep": 20.0},
+        "creep": f"115 % Un, no current; at most one pulse (1 mWh) in ≥ {60 * creep_minutes(U_N, 1.2 * i_n):.1f} s",
+        "start": "0.1 % In at PF 1 must register",
+    }
     return Report(
         board.get("name", "?"),
         enob,
@@ -385,13 +423,34 @@ def run(
         float(rates.get("rate_nominal", 0.0)),
         float(rates.get("rate_true", 0.0)),
         float(rates.get("rate", 0.0)),
+        conditions,
     )
+
+
+# The creep (no-load) test of IEC 62053-22 / -23: at 115 % Un and no current the test output
+# may give at most one pulse within dt >= 900e6 / (k m Un Imax) minutes (0.2S; 480e6 for class
+# 2 reactive). The node's finest register unit, 1 mWh (1 mvarh), is its test output: k = 1e6
+# imp/kWh, m = 1 element, Imax = 120 % In (the highest point).
+CREEP_PULSE_J = 3.6
+
+
+def creep_minutes(u_n: float, i_max: float, k: float = 1e6, m: int = 1) -> float:
+    """The shortest creep test, minutes, for class 0.2S with test output constant k (imp/kWh)."""
+    return 900e6 / (k * m * u_n * i_max)
 
 
 def _judge(p: Point, d: dict, i_n: float) -> Result:
     if p.quantity == "creep":
-        ok = d["counts"] == 0
-        return Result(p, d["p"], 0.0, None, ok, d["t"], "no registration" if ok else "registered energy")
+        moved = max(abs(d.get("moved_p_j", 0.0)), abs(d.get("moved_q_j", 0.0)))
+        need_s = 60.0 * creep_minutes(U_N, 1.2 * i_n)
+        ok = moved < CREEP_PULSE_J and d["t"] >= need_s
+        if moved == 0.0:
+            note = "no registration"
+        else:
+            note = f"{moved:.2f} J registered, {'less than' if ok else 'not less than'} one pulse (1 mWh = 3.6 J)"
+        if d["t"] < need_s:
+            note += f"; too short: the test needs {need_s:.0f} s"
+        return Result(p, d["p"], 0.0, None, ok, d["t"], note)
     exp = p.expected(i_n)
     meas = d["q"] if p.quantity == "reactive" else d["p"]
     err = 100.0 * (meas - exp) / abs(exp)
@@ -401,35 +460,55 @@ def _judge(p: Point, d: dict, i_n: float) -> Result:
     return Result(p, meas, exp, err, abs(err) <= (p.limit or 0.0), d["t"])
 
 
+_LIMIT_AT = (1, 2, 5, 10, 20, 50, 100, 120)  # % In: where the limit rules are evaluated for the plot
+
+
+def _limit(quantity: str, i_pct: float, angle: float) -> float:
+    return _reactive_limit(i_pct, angle) if quantity == "reactive" else _active_limit(i_pct, angle)
+
+
+_CURVE_GROUPS = ("PF 1", "PF 0.5 ind", "PF 0.8 cap", "sin 1 ind", "sin 1 cap", "sin 0.5 ind", "sin 0.5 cap")
+
+
 def plot(report: Report, path: str | os.PathLike[str]) -> None:
-    """Error curves like a calibration certificate: error vs % In per group, with limits."""
+    """A type-test simulation report on one page: error versus % In per PF group with each
+    group's class limits (groups that share a limit share one labelled limit line), the other
+    points (export, influence, harmonics, start, creep) as a table, and the test conditions."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=False)
+    fig = plt.figure(figsize=(13, 8.6))
+    grid = fig.add_gridspec(2, 2, height_ratios=(1.15, 1.0))
+    axes = {"active": fig.add_subplot(grid[0, 0]), "reactive": fig.add_subplot(grid[0, 1])}
     groups: dict[tuple[str, str], list[Result]] = {}
+    others: list[Result] = []
     for r in report.results:
-        if r.error_pct is None or r.point.quantity not in ("active", "reactive"):
-            continue
-        if r.point.group in ("frequency ±2 %", "voltage ±10 %", "harmonics", "PF -1 export"):
-            continue
-        groups.setdefault((r.point.quantity, r.point.group), []).append(r)
-    for ax, qty, title in (
-        (axes[0], "active", "Active energy (class 0.2S)"),
-        (axes[1], "reactive", "Reactive energy (class 2)"),
-    ):
-        for (q, g), rs in sorted(groups.items()):
+        if r.point.group in _CURVE_GROUPS and r.error_pct is not None:
+            groups.setdefault((r.point.quantity, r.point.group), []).append(r)
+        else:
+            others.append(r)
+    for qty, title in (("active", "Active energy, class 0.2S"), ("reactive", "Reactive energy, class 2")):
+        ax = axes[qty]
+        limits: dict[tuple, tuple[list[str], set[float]]] = {}
+        for (q, g), rs in sorted(groups.items(), key=lambda kv: _CURVE_GROUPS.index(kv[0][1])):
             if q != qty:
                 continue
             rs.sort(key=lambda r: r.point.i_pct)
-            xs = [r.point.i_pct for r in rs]
-            line = ax.plot(xs, [r.error_pct for r in rs], marker="o", label=g)[0]
-            ax.step(xs, [r.point.limit for r in rs], where="post", color=line.get_color(), linestyle=":", alpha=0.6)
-            ax.step(
-                xs, [-(r.point.limit or 0) for r in rs], where="post", color=line.get_color(), linestyle=":", alpha=0.6
-            )
+            ax.plot([r.point.i_pct for r in rs], [r.error_pct for r in rs], marker="o", label=g)
+            # groups whose limits follow the same rule share one limit line (PF 0.5 ind and
+            # PF 0.8 cap do: drawn apart, one hid the other)
+            rule = tuple(_limit(q, i, rs[0].point.angle) for i in _LIMIT_AT)
+            limits.setdefault(rule, ([], set()))[0].append(g)
+        styles = iter(((0, (4, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2)), (0, (2, 3))))
+        for rule, (names, _xs) in limits.items():
+            pts = list(_LIMIT_AT)  # the limit over the whole range, also where a group has one point
+            ys = list(rule)
+            ls = next(styles, "--")
+            label = "limit " + " / ".join(names)
+            ax.step(pts, ys, where="post", color="grey", linestyle=ls, linewidth=1.2, label=label)
+            ax.step(pts, [-y for y in ys], where="post", color="grey", linestyle=ls, linewidth=1.2)
         ax.set_xscale("log")
         ax.set_xlabel("current, % of In")
         ax.set_ylabel("error, %")
@@ -437,11 +516,55 @@ def plot(report: Report, path: str | os.PathLike[str]) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.set_title(title)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    ok = "PASS" if report.passed else "FAIL"
-    fig.suptitle(
-        f"umeter accuracy — board {report.board} (sim, 12-bit, ENOB {report.enob:g}, seed {report.seed}): {ok}"
+            ax.legend(fontsize=7.5, loc="lower right")
+    c = report.conditions
+    cond = (
+        f"Un {c.get('Un_V', U_N):g} V · In {c.get('In_A', 0):g} A · Imax {c.get('Imax_A', 0):g} A · "
+        f"f {c.get('f_Hz', 50):g} Hz · {c.get('adc_bits', 12)}-bit ADC at {c.get('adc_rate_Hz') or '?'} Hz, "
+        f"ENOB {report.enob:g} · seed {report.seed} · warm-up {c.get('warmup_s', 1.5):g} s, then 16 s "
+        "(≤ 2 % In), 8 s (≤ 10 % In), 4 s (above), 20 s (start, creep) per point"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    if report.rate_error_ppm or report.timebase != "measured":
+        cond += f" · sampler {report.rate_error_ppm:+g} ppm off nominal, {report.timebase} timebase"
+    ok = "all points within their limits" if report.passed else f"{len(report.failures())} point(s) FAIL"
+    fig.suptitle(
+        f"umeter type-test simulation report — board {report.board}, simulated front end: {ok}\n"
+        "IEC 62053-22 class 0.2S / IEC 62053-23 class 2 test points through the node firmware; "
+        "not a calibration certificate",
+        fontsize=11,
+    )
+    fig.text(0.5, 0.915, cond, ha="center", fontsize=8, color="dimgrey")
+    tab = fig.add_subplot(grid[1, :])
+    tab.axis("off")
+    if others:
+        cells = [
+            [
+                r.point.id,
+                r.point.group,
+                f"{r.point.i_pct:g}",
+                "—" if r.error_pct is None else f"{r.error_pct:+.3f}",
+                "—" if r.point.limit is None else f"±{r.point.limit:g} %",
+                ("ok" if r.passed else "FAIL") + (f" — {r.note}" if r.note else ""),
+            ]
+            for r in others
+        ]
+        t = tab.table(
+            cellText=cells,
+            colLabels=["point", "group", "% In", "error %", "limit", "result"],
+            colWidths=[0.09, 0.16, 0.06, 0.08, 0.08, 0.53],
+            loc="upper center",
+            cellLoc="left",
+        )
+        t.auto_set_font_size(False)
+        t.set_fontsize(7.5)
+        t.scale(1.0, 1.15)
+        for (i, _), cell in t.get_celld().items():
+            cell.set_linewidth(0.3)
+            cell.PAD = 0.02
+            if i > 0 and cells[i - 1][5].startswith("FAIL"):
+                cell.set_facecolor("#fde0dc")
+        tab.set_title("Export, influence quantities, harmonics, starting current and creep", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.905))
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # an .svg keeps its text as text
+        fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -31,7 +32,37 @@ def _fmt_err(r: acc.Result) -> str:
 
 
 def _fmt_lim(r: acc.Result) -> str:
-    return "—" if r.point.limit is None else f"±{r.point.limit:g}"
+    return "—" if r.point.limit is None else f"±{r.point.limit:g} %"
+
+
+HEAD = "{:11s} {:18s} {:>6s} {:>11s} {:>11s} {:4s} {:>8s} {:>7s}  {}".format(
+    "point", "group", "% In", "expected", "measured", "unit", "error %", "limit", "result"
+)
+
+
+def row(r: acc.Result) -> str:
+    """One table row: expected and measured in W (var for reactive points), error and limit in %."""
+    unit = "var" if r.point.quantity == "reactive" else "W"
+    mark = "ok" if r.passed else "FAIL"
+    return (
+        f"{r.point.id:11s} {r.point.group:18s} {r.point.i_pct:6g} {r.expected:11.3f} {r.measured:11.3f} {unit:4s}"
+        f" {_fmt_err(r):>8s} {_fmt_lim(r):>7s}  {mark} {r.note}"
+    ).rstrip()
+
+
+PLOT_FORMATS = (".png", ".svg", ".pdf")
+
+
+def check_plot_path(path: str) -> None:
+    """Refuse a plot file that cannot be written before any point runs (not after 16 s)."""
+    p = Path(path)
+    if p.suffix.lower() not in PLOT_FORMATS:
+        raise ConfigError(f"--plot {path}: not an image file name", hint="end it in .png (or .svg, .pdf)")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"--plot {path}: directory {parent} does not exist", hint="create it or choose another path")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"--plot {path}: directory {parent} is not writable", hint="choose another path")
 
 
 @click.command("accuracy")
@@ -41,8 +72,10 @@ def _fmt_lim(r: acc.Result) -> str:
 @click.option("--quick", is_flag=True, help="A short set of 13 points instead of all.")
 @click.option("--point", "only", multiple=True, help="Run only this point id (repeatable; see --list).")
 @click.option("--list", "list_", is_flag=True, help="List the test points and exit.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write the error curves to this PNG.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (conditions, every point, failures).")
+@click.option(
+    "--plot", "plot_path", type=click.Path(dir_okay=False), help="Write the type-test report plot (.png, .svg, .pdf)."
+)
 @click.option(
     "--rate-error",
     "rate_error",
@@ -62,45 +95,54 @@ def _fmt_lim(r: acc.Result) -> str:
 def command(board, enob, seed, quick, only, list_, as_json, plot_path, rate_error, timebase) -> None:
     """Run the IEC 62053-22 (0.2S) / 62053-23 (class 2) test points on the simulated front end.
 
-    Exits 1 when a point is outside its class limit.
+    Rows print as the points finish. Exits 1 when a point is outside its class limit.
     """
     if list_:
         for p in acc.points(quick):
             lim = "registers / none" if p.limit is None else f"±{p.limit:g} %"
             click.echo(f"{p.id:11s} {p.quantity:8s} {p.i_pct:6g} % In  {p.group:18s} {lim}")
         return
+    if plot_path:
+        check_plot_path(plot_path)
     b = load_board(board)
+    bar = None
+    if as_json and ui.err.is_terminal and ui.state.verbose >= 0:
+        from rich.progress import Progress
+
+        bar = Progress(console=ui.err, transient=True)
+        task = bar.add_task("accuracy points", total=None)
+        bar.start()
+    elif not as_json:
+        click.echo(HEAD)
 
     def progress(done: int, total: int, r: acc.Result) -> None:
-        if not as_json:
-            ui.debug(f"[{done}/{total}] {r.point.id}")
+        if bar is not None:
+            bar.update(task, completed=done, total=total, description=f"{r.point.id}")
+        elif not as_json:
+            click.echo(row(r))  # the table grows as the run goes: progress on a 16-s run
 
-    rep = acc.run(
-        b,
-        enob=enob,
-        seed=seed,
-        quick=quick,
-        only=list(only) or None,
-        rate_error_ppm=rate_error,
-        timebase=timebase,
-        progress=progress,
-    )
+    try:
+        rep = acc.run(
+            b,
+            enob=enob,
+            seed=seed,
+            quick=quick,
+            only=list(only) or None,
+            rate_error_ppm=rate_error,
+            timebase=timebase,
+            progress=progress,
+        )
+    finally:
+        if bar is not None:
+            bar.stop()
     if as_json:
         click.echo(json.dumps(rep.to_dict(), indent=1))
     else:
-        head = ("point", "group", "% In", "expected", "measured", "error %", "limit")
-        click.echo("{:11s} {:18s} {:>6s} {:>11s} {:>11s} {:>8s} {:>6s}".format(*head))
-        for r in rep.results:
-            mark = "ok" if r.passed else "FAIL"
-            unit = "var" if r.point.quantity == "reactive" else "W"
-            click.echo(
-                f"{r.point.id:11s} {r.point.group:18s} {r.point.i_pct:6g} {r.expected:11.3f} {r.measured:11.3f}"
-                f" {_fmt_err(r):>8s} {_fmt_lim(r):>6s} {unit:3s} {mark} {r.note}".rstrip()
-            )
         worst = max((abs(r.error_pct) / r.point.limit for r in rep.results if r.point.limit), default=0.0)
+        n = len(rep.results)
         ui.info(
-            f"{len(rep.results)} points on board {rep.board} (sim, ENOB {enob:g}, seed {seed}): "
-            f"{len(rep.results) - len(rep.failures())} within limits; worst error {100 * worst:.0f} % of its limit."
+            f"{ui.plural(n, 'point')} on board {rep.board} (sim, ENOB {enob:g}, seed {seed}): "
+            f"{n - len(rep.failures())} within limits; worst error {100 * worst:.0f} % of its limit."
         )
         if rate_error or timebase != "measured":
             ui.info(
@@ -110,7 +152,8 @@ def command(board, enob, seed, quick, only, list_, as_json, plot_path, rate_erro
             )
     if plot_path:
         acc.plot(rep, plot_path)
-        ui.info(f"Wrote the error curves to {plot_path}.")
+        ui.info(f"Wrote the type-test simulation report to {plot_path}.")
     if not rep.passed:
         ids = ", ".join(r.point.id for r in rep.failures())
-        raise DeviceError(f"{len(rep.failures())} point(s) outside the class limit: {ids}", hint="see the table above")
+        where = 'the "failures" list of the JSON' if as_json else "the FAIL rows above"
+        raise DeviceError(f"{len(rep.failures())} point(s) outside the class limit: {ids}", hint=f"see {where}")
