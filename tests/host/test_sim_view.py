@@ -213,3 +213,17 @@ def test_cli_exits_1_when_a_node_sent_nothing_and_names_its_error():
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("umeter: error: no telemetry from 1 of 1 node in ") and "node-01: MemoryError" in last
     assert last.endswith("— see their consoles with --logs (or --keep: console.log in each node's directory)")
+
+
+@pytest.mark.parametrize("board", ["esp32_devkitc", "pico_w"])
+def test_sim_runs_a_real_board_s_definition_with_the_sim_front_end(board):
+    # it used to die with a MicroPython MemoryError (esp32_devkitc) or "no module named 'rp2'"
+    r = subprocess.run(
+        [*UMETER, "sim", "-n", "1", "--board", board, "--duration", "4", "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    *lines, summary = [json.loads(ln) for ln in r.stdout.splitlines()]
+    assert summary["telemetry_from"] == 1 and not summary["errors"], summary
+    assert lines[-1]["telemetry"]["v"] == pytest.approx(231.0, abs=0.5)
+    assert f"The {board} board's channels and calibration run with the sim front end" in r.stderr
