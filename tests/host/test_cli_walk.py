@@ -130,6 +130,14 @@ def _problems(argv: list[str], r: subprocess.CompletedProcess, usage: bool = Fal
     return out
 
 
+_PATHLIKE = ("db", "out", "output", "plot", "file", "dir", "keystore", "inventory", "ca", "drive", "image", "list")
+
+
+def _names_a_path(p: click.Parameter) -> bool:
+    """A plain string option that takes a file name (e.g. monitor's --db)."""
+    return isinstance(p.type, click.types.StringParamType) and any(w in (p.name or "") for w in _PATHLIKE)
+
+
 def _cases(path, cmd, tmp: Path) -> list[tuple[list[str], bool]]:
     """(argv, is a usage error) for every kind of bad input this command takes."""
     cases = [([*path, "--no-such-option"], True)]
@@ -139,7 +147,7 @@ def _cases(path, cmd, tmp: Path) -> list[tuple[list[str], bool]]:
             continue
         if isinstance(t, click.types.IntParamType | click.types.FloatParamType):
             cases.append((_argv(path, cmd, tmp, p, "not-a-number"), True))
-        elif isinstance(t, click.Path) or isinstance(p, click.Argument):
+        elif isinstance(t, click.Path) or isinstance(p, click.Argument) or _names_a_path(p):
             ext = _ext(p)
             if not (isinstance(t, click.Path) and not t.file_okay):  # a directory may be made: no case
                 cases.append((_argv(path, cmd, tmp, p, str(tmp / "absent" / f"missing{ext}")), False))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
@@ -11,6 +10,7 @@ import click
 from .. import accuracy as acc
 from .. import ui, unixport
 from ..errors import ConfigError, DeviceError
+from ..paths import check_output
 
 
 def load_board(name: str) -> dict:
@@ -53,18 +53,6 @@ def row(r: acc.Result) -> str:
 PLOT_FORMATS = (".png", ".svg", ".pdf")
 
 
-def check_plot_path(path: str) -> None:
-    """Refuse a plot file that cannot be written before any point runs (not after 16 s)."""
-    p = Path(path)
-    if p.suffix.lower() not in PLOT_FORMATS:
-        raise ConfigError(f"--plot {path}: not an image file name", hint="end it in .png (or .svg, .pdf)")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise ConfigError(f"--plot {path}: directory {parent} does not exist", hint="create it or choose another path")
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"--plot {path}: directory {parent} is not writable", hint="choose another path")
-
-
 @click.command("accuracy")
 @click.option("--board", default="pico_w", show_default=True, help="Board definition (name or .json path).")
 @click.option("--enob", type=float, default=8.7, show_default=True, help="Effective bits of the simulated ADC.")
@@ -103,7 +91,7 @@ def command(board, enob, seed, quick, only, list_, as_json, plot_path, rate_erro
             click.echo(f"{p.id:11s} {p.quantity:8s} {p.i_pct:6g} % In  {p.group:18s} {lim}")
         return
     if plot_path:
-        check_plot_path(plot_path)
+        check_output(plot_path, "--plot", PLOT_FORMATS)  # before any point runs, not after 16 s
     b = load_board(board)
     bar = None
     if as_json and ui.err.is_terminal and ui.state.verbose >= 0:
