@@ -53,6 +53,8 @@ RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 _PROMPTS = (b">>> ", b"\x04>", RAW_BANNER + b">")
 _CONT = re.compile(rb"\.\.\. +$")
 _CONSOLE = 64 * 1024
+_CONSOLE_FILE = 1 << 20  # state/console.log is rotated to console.log.1 beyond this
+_INTR_HOLD_S = 3.0  # a crash this soon after a host Ctrl-C counts as the Ctrl-C's doing
 _OUT_LIMIT = 1 << 20  # bytes held for a host side that is not reading; older output is dropped
 
 
@@ -136,9 +138,14 @@ class VirtualBoard:
         self._boot_raw = False
         self._swallow = False
         self._intr_pending = False
+        self._intr_at: float | None = None  # when a host Ctrl-C became SIGINT, until a prompt shows
+        self._since_intr = bytearray()  # what the host sent after that Ctrl-C (bounded)
+        self._replay = b""  # ... to send again once a board that died of the Ctrl-C shows a prompt
         self._to_host = bytearray()
         self._to_tcp = bytearray()
         self._console = bytearray()  # the last _CONSOLE bytes the board printed (for diagnostics)
+        self.console_path = self.state / "console.log"  # and all of it, for `umeter logs` (rotated)
+        self._console_f = None
 
     # ----------------------------------------------------------------- life cycle
     @property
@@ -150,6 +157,7 @@ class VirtualBoard:
         self.flash.mkdir(parents=True, exist_ok=True)
         self.state.mkdir(parents=True, exist_ok=True)
         (self.state / "pins.in").touch()
+        self._console_f = open(self.console_path, "ab")  # noqa: SIM115 - closed in stop()
         self._hm, self._hs = os.openpty()
         tty.setraw(self._hs)
         os.set_blocking(self._hm, False)
@@ -181,6 +189,9 @@ class VirtualBoard:
         for s in (self._csock, self._lsock):
             if s:
                 s.close()
+        if self._console_f is not None:
+            self._console_f.close()
+            self._console_f = None
 
     def __enter__(self) -> VirtualBoard:
         return self.start()
@@ -320,15 +331,40 @@ class VirtualBoard:
             self._spawn("soft", self.mode)
         else:
             # Ctrl-D / sys.exit(): soft reboot into the same REPL mode, as a board does.
+            intr = self._intr_at is not None and time.monotonic() - self._intr_at < _INTR_HOLD_S
             self._emit(SOFT_REBOOT)
             self._spawn("soft", self.mode)
+            if intr:
+                # The host's Ctrl-C made the running code die instead of stop (e.g. the unix
+                # port's "FATAL: uncaught NLR" when a node out of memory is interrupted): the
+                # host still waits for a prompt. Interrupt main.py as it starts, so the node
+                # does not run into the same wall again, and give the new REPL what the host
+                # typed after its Ctrl-C (mpremote's Ctrl-A), which died with the old process.
+                self.faults.log.append("died on ctrl-c")
+                self._intr_pending = True
+                self._replay = bytes(self._since_intr)
 
     # ----------------------------------------------------------------- relay
     def console(self) -> str:
         """What the board printed lately (up to 64 KiB), whether or not a host was reading."""
         return self._console.decode(errors="replace")
 
+    def _log_console(self, data: bytes) -> None:
+        f = self._console_f
+        if f is None or not data:
+            return
+        try:
+            f.write(data)
+            f.flush()
+            if f.tell() > _CONSOLE_FILE:
+                f.close()
+                os.replace(self.console_path, self.console_path.with_suffix(".log.1"))
+                self._console_f = open(self.console_path, "ab")  # noqa: SIM115 - closed in stop()
+        except OSError:
+            pass  # a full disk must not stop the board
+
     def _emit(self, data: bytes) -> None:
+        self._log_console(data)
         self._console += data
         if len(self._console) > _CONSOLE:
             del self._console[: len(self._console) - _CONSOLE]
@@ -380,12 +416,19 @@ class VirtualBoard:
         cont = _CONT.search(self._tail) is not None  # `... ` plus the REPL's auto-indent
         if cont or self._tail.endswith(_PROMPTS):
             self._busy = False
+            self._intr_at = None
+            self._since_intr.clear()
             self._cont = cont
             self._line = self._rawbuf = 0
             if self._tail.endswith(RAW_BANNER + b">"):
                 self.mode = "raw"
             elif self._tail.endswith(b">>> "):
                 self.mode = "friendly"
+                if self._replay:
+                    replay, self._replay = self._replay, b""
+                    self._emit(data)
+                    self._to_board(replay)
+                    return
         self._emit(data)
 
     def _write_board(self, data: bytes) -> None:
@@ -443,6 +486,8 @@ class VirtualBoard:
                 self._sigint()
                 continue
             out.append(b)
+            if self._intr_at is not None and len(self._since_intr) < 256:
+                self._since_intr.append(b)
             if self._mounted or self._busy:
                 continue
             if self.mode == "friendly":
@@ -466,6 +511,8 @@ class VirtualBoard:
         self._write_board(bytes(out))
 
     def _sigint(self) -> None:
+        self._intr_at = time.monotonic()
+        self._since_intr.clear()
         if self._proc and self._proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._proc.pid, signal.SIGINT)

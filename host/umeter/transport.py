@@ -18,12 +18,14 @@ import contextlib
 import hashlib
 import io
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
 
 from .errors import DeviceError, TransportError, UmeterError
 
+INTERRUPT_S = 3.0  # s of Ctrl-C at most before entering the raw REPL (see Board._interrupt)
 CHUNK = 2048  # raw bytes per exec: 2.7 KiB of base64, well inside a board's heap
 TMP_SUFFIX = ".tmp"
 _AST_LOCK = threading.Lock()
@@ -79,6 +81,51 @@ def _um_walk(d, out):
             out.append(p)
     return out
 """
+
+
+class _ThreadStdout:
+    """sys.stdout while boards are being opened: a thread that captures (see _captured) writes
+    to its own buffer, every other thread to the real stdout. contextlib.redirect_stdout swaps
+    the one process-wide sys.stdout, so boards opened in parallel (provision -j 8) left it
+    pointing at one thread's buffer and the command's later output vanished."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+        self.bufs: dict[int, io.StringIO] = {}
+
+    def write(self, s: str) -> int:
+        return self.bufs.get(threading.get_ident(), self.real).write(s)
+
+    def flush(self) -> None:
+        self.bufs.get(threading.get_ident(), self.real).flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.real, name)
+
+
+_capture_lock = threading.Lock()
+_proxy: _ThreadStdout | None = None
+
+
+@contextlib.contextmanager
+def _captured(buf: io.StringIO):
+    """This thread's prints go to `buf` for the duration (thread-safe; see _ThreadStdout)."""
+    global _proxy
+    me = threading.get_ident()
+    with _capture_lock:
+        if _proxy is None:
+            _proxy = _ThreadStdout(sys.stdout)
+            sys.stdout = _proxy
+        _proxy.bufs[me] = buf
+    try:
+        yield
+    finally:
+        with _capture_lock:
+            _proxy.bufs.pop(me, None)
+            if not _proxy.bufs:
+                if sys.stdout is _proxy:
+                    sys.stdout = _proxy.real
+                _proxy = None
 
 
 def resolve_port(port: str | None = None, serial_number: str | None = None) -> str:
@@ -157,9 +204,10 @@ class Board:
                 raise TransportError(f"cannot open {dev}: {e}", hint="check the port and its permissions") from None
             seen = io.StringIO()
             try:
+                self._interrupt(min(INTERRUPT_S, self.timeout))
                 # mpremote prints the bytes it got when the banner does not come: keep them
                 # off our stdout and put them in the error instead.
-                with contextlib.redirect_stdout(seen):
+                with _captured(seen):
                     self._t.enter_raw_repl(soft_reset=soft_reset, timeout_overall=self.timeout)
                 self._helpers = False
                 return self
@@ -173,6 +221,31 @@ class Board:
             f"{dev}: could not enter the raw REPL after {self.retries} attempts ({last})",
             hint="is it a MicroPython board? press reset, or check that boot.py does not block",
         )
+
+    def _interrupt(self, seconds: float) -> bool:
+        """Ctrl-C until the board shows a prompt (True), for up to `seconds`. mpremote sends one
+        Ctrl-C; a running node may miss it, or die of it and boot into main.py again (a node
+        out of memory does), and a Ctrl-C repeated while the board boots stops main.py before
+        the node starts: what makes a board whose node runs reachable."""
+        ser = self._t.serial
+        t0 = heard = time.monotonic()
+        tail = b""
+        next_c = 0.0
+        while True:
+            now = time.monotonic()
+            if now - t0 >= seconds or now - heard >= 1.0:
+                return False  # silent (a raw REPL echoes nothing to Ctrl-C): let mpremote try
+            if now >= next_c:
+                ser.write(b"\r\x03")
+                next_c = now + 0.25
+            n = ser.in_waiting
+            if n:
+                heard = now
+                tail = (tail + ser.read(n))[-64:]
+                if tail.endswith((b">>> ", b"raw REPL; CTRL-B to exit\r\n>")):
+                    return True
+            else:
+                time.sleep(0.02)
 
     def close(self) -> None:
         if self._t is not None:
