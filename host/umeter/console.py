@@ -66,6 +66,9 @@ class ConsoleTail:
         """New complete lines since the last call ([] if the file does not exist yet)."""
         try:
             with open(self.path, "rb") as f:
+                if os.fstat(f.fileno()).st_size < self.offset:
+                    self.offset = 0  # rotated or truncated: read the new file from its start
+                    self._partial = b""
                 f.seek(self.offset)
                 data = f.read(1 << 20)
         except OSError:
@@ -88,9 +91,9 @@ class ConsoleTail:
         return out
 
 
-# -- which consoles a running `umeter sim` has (for `umeter logs NODE`) ------------------------
+# -- consoles of running `umeter sim` and `umeter vboard start --provision` (`umeter logs NODE`) --
 def run_dir() -> Path:
-    """Where running `umeter sim` processes list their nodes' consoles."""
+    """Where running `umeter sim` and `umeter vboard start --provision` list their nodes' consoles."""
     base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     return Path(base) / f"umeter-{os.getuid()}"
 
@@ -99,7 +102,7 @@ def register(consoles: dict[str, Path]) -> Path:
     """Record this process's node consoles; returns the file to remove() when done."""
     d = run_dir()
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    p = d / f"sim-{os.getpid()}.json"
+    p = d / f"consoles-{os.getpid()}.json"
     tmp = p.with_suffix(".tmp")
     tmp.write_text(json.dumps({"pid": os.getpid(), "consoles": {k: str(v) for k, v in consoles.items()}}))
     tmp.replace(p)
@@ -112,7 +115,7 @@ def registered() -> dict[str, Path]:
     d = run_dir()
     if not d.is_dir():
         return out
-    for p in sorted(d.glob("sim-*.json"), key=lambda x: x.stat().st_mtime):
+    for p in sorted(d.glob("consoles-*.json"), key=lambda x: x.stat().st_mtime):
         try:
             doc = json.loads(p.read_text())
             os.kill(int(doc["pid"]), 0)

@@ -58,6 +58,11 @@ def load_inventory(path: str | os.PathLike[str]) -> list[Device]:
         data = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"inventory {p}: not valid TOML ({e})", hint="fix the file") from None
+    return devices_from(data, p)
+
+
+def devices_from(data: dict, p: Path | str) -> list[Device]:
+    """The devices of a parsed inventory (`p` names it in errors), checked as load_inventory does."""
     unknown = set(data) - {"defaults", "device"}
     if unknown:
         raise ConfigError(

@@ -101,9 +101,15 @@ def node_config(dev: Device, board: dict, secrets: dict[str, str]) -> dict:
         m["password"] = secrets["mqtt_password"]
         cfg["mqtt"] = m
     cfg["calibration"] = calibration_for(board, dev.calibration)
+    if board.get("hal") == "sim":
+        # a virtual board's front end paces itself to the wall clock, as a board's ADC does;
+        # without it the node's clock ran as fast as the host computes (~7x)
+        cfg["sim"] = {"realtime": True}
     for k, v in dev.config.items():
         if k in ("node_id", "cmd_key"):
             raise ConfigError(f"inventory device {dev.name!r}: config.{k} is set by provisioning", hint="remove it")
+        if k == "sim" and isinstance(v, dict) and "sim" in cfg:
+            v = {**cfg["sim"], **v}  # the inventory's scenario, still in real time unless it says not
         cfg[k] = v
     from meternode.config import ConfigError as FwConfigError
     from meternode.config import check_config
