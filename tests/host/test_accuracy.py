@@ -157,7 +157,8 @@ def test_plot_is_a_type_test_simulation_report_with_conditions_and_every_point(t
 
 
 def test_a_bad_plot_path_fails_before_any_point_runs(tmp_path):
-    for path, what in ((tmp_path / "x.txt", "not a .png/.svg/.pdf file name"), (tmp_path / "no" / "x.png", "does not exist")):
+    bad = ((tmp_path / "x.txt", "not a .png/.svg/.pdf file name"), (tmp_path / "no" / "x.png", "does not exist"))
+    for path, what in bad:
         r = _umeter("accuracy", "--plot", str(path))
         assert r.returncode == 1 and r.stderr.count("\n") == 1 and what in r.stderr, r.stderr
         assert r.stdout == "", "no point ran"

@@ -43,6 +43,13 @@ def run(
     board: str, board_type: str | None, rig: str, rig_pins: str, keyword: str | None, no_provision: bool, as_json: bool
 ) -> None:
     """Run the HIL suite and print a report (exit 1 if a test failed)."""
+    try:
+        import pytest  # noqa: F401  (the suite runs under pytest in a subprocess)
+    except ImportError:
+        raise ConfigError(
+            "pytest is not installed, and the HIL suite runs under it", hint="pip install pytest (it is a dependency)"
+        ) from None
+    suite = suite_dir()
     btype = board_type or ("sim" if board == "virtual" else "esp32_devkitc")
     if board != "virtual" and not no_provision:
         from ..inventory import Device
@@ -59,8 +66,8 @@ def run(
                UMETER_HIL_RIG_PINS=rig_pins)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="umeter-hil-") as tmp:
         xml = Path(tmp) / "junit.xml"
-        argv = [sys.executable, "-m", "pytest", str(suite_dir()), "-q", "-rs", "-p", "no:cacheprovider",
-                f"--junitxml={xml}", "--rootdir", str(suite_dir().parent.parent)]  # fmt: skip
+        argv = [sys.executable, "-m", "pytest", str(suite), "-q", "-rs", "-p", "no:cacheprovider",
+                f"--junitxml={xml}", "--rootdir", str(suite.parent.parent)]  # fmt: skip
         if keyword:
             argv += ["-k", keyword]
         r = subprocess.run(argv, env=env, capture_output=as_json, text=True)
@@ -79,6 +86,13 @@ def run(
                 cases.append(
                     {"test": tc.get("name"), "state": state, "seconds": float(tc.get("time", 0)), "reason": reason}
                 )
+    if not cases and r.returncode not in (0, 5):
+        # pytest stopped before any test (a missing plugin, a bad option): say so, not "0 tests"
+        why = ((r.stderr or "") + (r.stdout or "")).strip().splitlines() if as_json else []
+        raise DeviceError(
+            f"the HIL suite did not run on {board} (pytest exit code {r.returncode}){': ' + why[-1] if why else ''}",
+            hint="see pytest's output above",
+        )
     summary = {s: sum(c["state"] == s for c in cases) for s in ("passed", "failed", "error", "skipped")}
     if as_json:
         click.echo(json.dumps({"board": board, "board_type": btype, "summary": summary, "tests": cases}, indent=1))
