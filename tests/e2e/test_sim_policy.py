@@ -51,3 +51,24 @@ def test_policy_drives_the_tariff_index_and_the_frequency_dip_sheds_the_relay(tm
         assert off, "\n".join(lines)
         assert any("relay=on" in ln for ln in lines[: off[0]]), "closed before the dip"
         assert any("f=49.60 Hz" in ln for ln in lines), "\n".join(lines)
+
+
+def test_the_dip_keeps_an_exporting_site_connected_and_sheds_an_importing_one(tmp_path):
+    # issue 11 item 10: the solar house exports ~2.1 kW; shedding it would take generation off
+    # a grid that is short of it (the sim's relay is the whole site)
+    pol = tmp_path / "hourly.toml"
+    pol.write_text(_hourly_policy())
+    r = subprocess.run(
+        [*UMETER, "sim", "--nodes", "2", "--scenario", "solar,house", "--policy", str(pol), "--duration", "14"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = {n: [ln for ln in r.stdout.splitlines() if ln.startswith(n) and "V=" in ln] for n in ("node-01", "node-02")}
+    solar, house = lines["node-01"], lines["node-02"]
+    assert all(" solar " in ln for ln in solar) and all(" house " in ln for ln in house)
+    assert any("f=49.60 Hz" in ln for ln in solar), "\n".join(solar)
+    assert not any("relay=OFF" in ln for ln in solar), "\n".join(solar)
+    assert any("event=dr_kept" in ln for ln in solar), "\n".join(solar)
+    assert any("relay=OFF" in ln for ln in house), "\n".join(house)

@@ -241,3 +241,61 @@ def test_day_counters_survive_a_reboot_on_the_same_day_only():
     eng3, ring3, relay3, tar3 = _engine(limits=lims, dr=[])
     eq(eng3.restore(saved, E.epoch(T0 + 86400 + 60)), False, "a save from yesterday is ignored")
     eq(eng3.restore([1, 2], E.epoch(t)), False, "garbage is ignored")
+
+
+
+def test_under_frequency_keeps_a_net_exporter_connected_on_a_site_relay():
+    # A house exporting 2.1 kW during an under-frequency event: disconnecting it would take
+    # generation off a grid that is short of it.  The rule logs dr_kept once and holds off;
+    # when the site turns importer while the dip lasts, it sheds.
+    eng, ring, relay, tar = _engine(seed=3)
+    t = T0 + 3 * 3600
+    for k in range(0, 10):
+        eng.tick(t + k, 236.0, 9.0, 49.6, -2100.0, 0)
+    eq(relay.on, True, "a net exporter is not shed on under-frequency")
+    kept = _codes(ring, 0, E.EV_DR_KEPT)
+    eq([(e[1], e[2], e[3]) for e in kept], [(E.DR_RULE_BASE, 2100, t + 2)], "dr_kept once, W exported")
+    eq(_codes(ring, 0, E.EV_DR), [], "no dr event")
+    for k in range(10, 13):
+        eng.tick(t + k, 236.0, 9.0, 49.6, 800.0, 0)  # the sun goes behind a cloud: importing
+    eq(relay.on, False, "importing during the dip: shed")
+    eq(len(_codes(ring, 0, E.EV_DR_KEPT)), 1, "still one dr_kept")
+
+
+def test_a_load_relay_sheds_an_exporter_and_over_voltage_sheds_it_on_a_site_relay():
+    src_dr = [
+        {"trigger": "freq_below", "level": 49.8, "for_s": 2, "shed_s": 30, "restore_random_s": 0},
+        {"trigger": "voltage_outside", "low": 200, "high": 250, "for_s": 2, "shed_s": 20, "restore_random_s": 0},
+    ]
+    eng, ring, relay, tar = _engine(dr=src_dr, relay="load")
+    eq(eng.policy["rl"], 1, "compact form says: the relay switches a load")
+    t = T0 + 3 * 3600
+    for k in range(0, 4):
+        eng.tick(t + k, 236.0, 9.0, 49.6, -2100.0, 0)
+    eq(relay.on, False, "shedding a load makes an exporter export more: allowed")
+    eng, ring, relay, tar = _engine(dr=src_dr)
+    eq("rl" in eng.policy, False, "site is the default and stays out of the compact form")
+    for k in range(0, 4):
+        eng.tick(t + k, 256.0, 9.0, 50.0, -4000.0, 0)
+    eq(relay.on, False, "over-voltage from export: disconnecting relieves it")
+    eng, ring, relay, tar = _engine(dr=src_dr)
+    for k in range(0, 4):
+        eng.tick(t + k, 190.0, 9.0, 50.0, -4000.0, 0)
+    eq(relay.on, True, "under-voltage: an exporter supports the voltage, kept")
+
+
+@heap("160k")
+def test_keeping_an_exporter_allocates_nothing():
+    eng, ring, relay, tar = _engine(seed=5)
+    t = T0 + 3 * 3600
+    eng.tick(t, 236.0, 9.0, 50.0, -2100.0, 0)
+    ps = [-2100.0] * 20 + [500.0] * 20  # readings made before the lock: only tick() is measured
+    v, i, f = 236.0, 9.0, 49.6
+    micropython.heap_lock()
+    try:
+        for k in range(1, 40):
+            eng.tick(t + k, v, i, f, ps[k], 0)
+    finally:
+        micropython.heap_unlock()
+    eq(len(_codes(ring, 0, E.EV_DR_KEPT)), 1, "kept under heap_lock")
+    eq(relay.on, False, "then shed under heap_lock")

@@ -68,6 +68,7 @@ def convert(self, at_cross):
     k = 0
     imax = 0.0
     ptot = 0.0
+    main = self.registers.main
     for a, b in self.pairs:
         irms = rms(sc[b], off[b], acc[k + 2], acc[k + 3], inv)
         ph = phc[e]
@@ -96,7 +97,8 @@ def convert(self, at_cross):
         )
         self.irms[e] = irms
         self.s[e] = vrms[a] * irms
-        ptot += pp[e]
+        if main[e]:  # the grid connection's net power: a sub-circuit CT is inside it already
+            ptot += pp[e]
         if irms > imax:
             imax = irms
         e += 1

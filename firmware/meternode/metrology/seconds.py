@@ -8,7 +8,9 @@
 #
 # A summary: cycles measured, mean frequency (0.0: no mains cycle in that second), mean
 # RMS of the reference voltage, the largest element RMS current, the mean total active
-# power (W, all elements), and the import register (mWh) at the second's end.  Values
+# power at the grid connection (W, signed: below 0 the site exports; the elements whose
+# channel role is "main", as the registers' totals), and the import register (mWh) at the
+# second's end.  Values
 # are means over the converted batches that ended in the second (a batch is up to
 # metrology.batch_cycles cycles, 100 ms by default).
 #

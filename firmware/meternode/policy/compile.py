@@ -14,6 +14,7 @@ from meternode.policy.schema import (
     MAX_SEASONS,
     MAX_TARIFFS,
     QUANTITIES,
+    RELAY_KINDS,
     PolicyError,
     _choice,
     _get,
@@ -87,8 +88,11 @@ def compile_policy(src):
     w = "policy"
     _table(src, w)
     _no_extra(
-        src, ("name", "utc_offset_min", "tariffs", "holidays", "seasons", "prices", "limits", "dr", "reporting"), w
+        src,
+        ("name", "utc_offset_min", "tariffs", "holidays", "seasons", "prices", "limits", "dr", "reporting", "relay"),
+        w,
     )
+    relay = _choice(_get(src, "relay", w, "site"), RELAY_KINDS, w + ".relay")
     name = _str(_get(src, "name", w), w + ".name")
     tz = _int(_get(src, "utc_offset_min", w, 0), w + ".utc_offset_min", -720, 840)
     tariffs = _list(_get(src, "tariffs", w), w + ".tariffs", MAX_TARIFFS)
@@ -186,4 +190,6 @@ def compile_policy(src):
     }
     if rep is not None:
         c["r"] = rep
+    if relay:  # "site" is the default and stays out of the compact form (older nodes read it)
+        c["rl"] = relay
     return check_compact(c)

@@ -27,6 +27,16 @@
 # midnight.  A DR rule sheds for at least shed_s and until its trigger has cleared, then
 # waits a random 0..restore_random_s seconds (per-node seed) so a fleet does not rebound
 # at once.  max_energy_day sheds until midnight.
+#
+# A site with generation: with the policy's relay = "site" (the default: the relay is the
+# whole connection, generation included) a DR rule does not shed while the site exports (p,
+# the net active power at the grid connection, below 0): the grid asking for less load is
+# short of generation, and disconnecting an exporter takes generation away.  It logs
+# `dr_kept` (value = W exported) once per excursion and sheds if the site turns importer
+# while the trigger still holds.  The exception is voltage_outside above its high level,
+# which export causes and disconnecting relieves.  Limits are protection and shed regardless.
+# With relay = "load" (the relay switches a load, generation stays connected) DR sheds
+# whatever the power flow: an exporter that sheds a load exports more.
 from micropython import const
 
 from meternode.policy.schema import check_compact
@@ -41,6 +51,7 @@ EV_DR = const(6)  # rule = DR index, value = trigger code
 EV_DR_END = const(7)  # DR condition over, value = random delay chosen (s)
 EV_DAY = const(8)  # new day, value = day type (0 weekday, 1 weekend, 2 holiday)
 EV_PRICE = const(9)  # real-time price pushed (value = validity s) or expired (value 0)
+EV_DR_KEPT = const(10)  # DR trigger held, but the site exports: not shed (value = W exported)
 EVENT_NAMES = {
     1: "tariff",
     2: "limit",
@@ -51,6 +62,7 @@ EVENT_NAMES = {
     7: "dr_end",
     8: "day",
     9: "price",
+    10: "dr_kept",
 }
 
 DR_RULE_BASE = const(100)
@@ -171,7 +183,8 @@ class Engine:
         self._drnd = [x[5] for x in dr]
         self._dsince = [0] * nd
         self._don = [0] * nd  # 1: _dsince holds when the trigger became true
-        self._dstate = [0] * nd  # 0 idle, 1 shedding, 2 waiting the random restore delay
+        self._dstate = [0] * nd  # 0 idle, 1 shedding, 2 waiting the random restore delay, 3 kept
+        self._site = c.get("rl", 0) == 0  # the relay disconnects the site, generation included
         self._duntil = [0] * nd  # end of the minimum shed / of the random delay
         self._ev_start = [0] * nd  # pushed DR event window (trigger "event")
         self._ev_end = [0] * nd
@@ -308,7 +321,7 @@ class Engine:
             if self._limit(k, t, v, i, p, e_mwh):
                 hold = True
         for k in range(self.nd):
-            if self._dr(k, t, v, f):
+            if self._dr(k, t, v, f, p):
                 hold = True
         if hold == self.relay_on:
             self.relay_on = not hold
@@ -358,7 +371,7 @@ class Engine:
             self._luntil[k] = t + self._lshed[k]
         return True
 
-    def _dr(self, k, t, v, f):
+    def _dr(self, k, t, v, f, p):
         # Returns True while DR rule k holds the relay open.
         trig = self._dk[k]
         if trig == _TRIG_EVENT:
@@ -370,14 +383,21 @@ class Engine:
         else:
             cond = 0.0 < v < self._da[k] or v > self._db[k]
         st = self._dstate[k]
-        if st == 0:
+        if st == 0 or st == 3:
             if not cond:
                 self._don[k] = 0
+                self._dstate[k] = 0
                 return False
             if not self._don[k]:
                 self._don[k] = 1
                 self._dsince[k] = t
             if t - self._dsince[k] < self._dfor[k]:
+                return False
+            if self._site and p < 0.0 and not (trig == _TRIG_VOLT and v > self._db[k]):
+                # a net exporter on a site relay: shedding would take generation off the grid
+                if st == 0:
+                    self._dstate[k] = 3
+                    self._sink(EV_DR_KEPT, DR_RULE_BASE + k, -int(p), t)
                 return False
             self._dstate[k] = 1
             self._duntil[k] = self._ev_end[k] if trig == _TRIG_EVENT else t + self._dshed[k]

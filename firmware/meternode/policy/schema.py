@@ -11,6 +11,7 @@
 #   [[limits]] kind, level, hold_s, action, shed_s, retries
 #   [[dr]] trigger, level | low/high, for_s, shed_s, restore_random_s
 #   [reporting] telemetry_s, profile_min, quantities
+#   relay = "site" | "load"   what the node's relay switches (engine.py: a site with generation)
 #
 # Compact form (JSON, short keys):
 #   {"f": 1, "n": name, "tz": minutes, "t": [tariff names], "h": [MMDD | YYYYMMDD],
@@ -18,7 +19,8 @@
 #    "p": [price per tariff or -1], "rt": realtime_max_s,
 #    "l": [[kind, level, hold_s, action, shed_s, retries], ...],
 #    "d": [[trigger, a, b, for_s, shed_s, restore_random_s], ...],
-#    "r": [telemetry_s, profile_min, [quantities]]}   (optional)
+#    "r": [telemetry_s, profile_min, [quantities]],   (optional)
+#    "rl": 1}   (optional: the relay switches a load; absent or 0: the whole site)
 FORMAT = 1
 MAX_TARIFFS = 8
 MAX_PERIODS = 24  # per day type
@@ -33,6 +35,7 @@ ACTIONS = ("event", "shed")
 DR_TRIGGERS = ("event", "price_above", "freq_below", "voltage_outside")
 QUANTITIES = ("v", "i", "f", "p", "q", "pf", "e_imp", "e_exp", "tariff", "price", "relay")
 DAY_TYPES = ("weekday", "weekend", "holiday")
+RELAY_KINDS = ("site", "load")  # the relay disconnects the whole site / switches one load
 
 
 class PolicyError(ValueError):
@@ -112,7 +115,7 @@ def check_compact(c):
     # Validates a compact policy (as stored on the node); returns it unchanged.
     w = "policy"
     _table(c, w)
-    _no_extra(c, ("f", "n", "tz", "t", "h", "s", "p", "rt", "l", "d", "r"), w)
+    _no_extra(c, ("f", "n", "tz", "t", "h", "s", "p", "rt", "l", "d", "r", "rl"), w)
     if _get(c, "f", w) != FORMAT:
         raise PolicyError("policy.f = %r: this node understands format %d" % (c.get("f"), FORMAT))
     _str(_get(c, "n", w), "policy.n")
@@ -163,6 +166,8 @@ def check_compact(c):
         _int(r[3], dw + "[3] (for_s)", 0, 3600)
         _int(r[4], dw + "[4] (shed_s)", 1, 86400)
         _int(r[5], dw + "[5] (restore_random_s)", 0, 86400)
+    if "rl" in c:
+        _int(c["rl"], "policy.rl (relay)", 0, len(RELAY_KINDS) - 1)
     if "r" in c:  # optional reporting settings
         rep = _list(c["r"], "policy.r", 3)
         if len(rep) != 3:
