@@ -21,12 +21,17 @@ def _bytes(frame: bytes | str) -> bytes:
     if isinstance(frame, bytes | bytearray):
         return bytes(frame)
     s = frame.strip().replace(" ", "").replace(":", "")
-    try:
-        return bytes.fromhex(s)
-    except ValueError:
+    bad = next((c for c in s if c not in "0123456789abcdefABCDEF"), None)
+    if bad is not None:
         raise ConfigError(
-            f"payload {frame!r} is not hex", hint="give the frame as hex digits, e.g. 21070000..."
-        ) from None
+            f"payload {frame!r} is not hex (character {bad!r})", hint="give the frame as hex digits, e.g. 21070000..."
+        )
+    if len(s) % 2:
+        raise ConfigError(
+            f"payload {frame!r} has an odd number of hex digits ({len(s)})",
+            hint="two digits per byte: is one missing or extra?",
+        )
+    return bytes.fromhex(s)
 
 
 def decode_lora(frame: bytes | str) -> dict:
@@ -35,6 +40,24 @@ def decode_lora(frame: bytes | str) -> dict:
         return loracodec.decode(_bytes(frame))
     except ValueError as e:
         raise ConfigError(f"cannot decode LoRa frame: {e}", hint="is it a umeter frame (version 1)?") from None
+
+
+# field suffix -> (divisor, unit, decimals): the codec's integer fields in physical units
+_UNITS = {"_dv": (10, "V", 1), "_chz": (100, "Hz", 2), "_dw": (10, "W", 1), "_cA": (100, "A", 2),
+          "_wh": (1, "Wh", 0), "_l": (1, "l", 0), "_min": (1, "min", 0)}  # fmt: skip
+
+
+def physical(d: dict) -> list[tuple[str, str]]:
+    """A decoded frame's fields as (name, text in physical units): 'v_dv': 2310 -> ('v', '231.0 V')."""
+    out = []
+    for k, v in d.items():
+        for suffix, (div, unit, dec) in _UNITS.items():
+            if k.endswith(suffix) and isinstance(v, int):
+                out.append((k[: -len(suffix)], f"{v / div:.{dec}f} {unit}"))
+                break
+        else:
+            out.append((k, str(v)))
+    return out
 
 
 def decode_mqtt(topic: str, payload: bytes) -> dict:

@@ -68,6 +68,13 @@ class Report:
         return asdict(self)
 
 
+def _a(word: str) -> str:
+    """'a pico_w', 'a sim', 'an esp32_devkitc', 'an armv6m', 'an x64' (a vowel sound first)."""
+    w = word.lower()
+    an = w[:1] in "aeio" or (w[:1] == "x" and w[1:2].isdigit())
+    return ("an " if an else "a ") + word
+
+
 def calibration_for(board: dict, overrides: dict) -> dict:
     """Board defaults merged with per-unit overrides, validated by the firmware's own code."""
     from meternode.config import ConfigError as FwConfigError
@@ -145,7 +152,7 @@ def provision_device(
     man = buildmod.read_manifest(build_dir)
     board_def = json.loads((build_dir / "board.json").read_text())
     step = progress or (lambda *a: None)
-    step(dev.name, "connect", 0, 1)
+    step(dev.name, "connect", 0, 0)  # no size yet: the bar shows the stage, not "0/1 bytes"
     with Board(port, timeout=timeout) as b:
         info = b.info()
         try:
@@ -169,7 +176,7 @@ def _provision_open(b: Board, dev: Device, info: dict, man: dict, board_def: dic
     if info["mpy_arch"] != want_arch:
         have = ARCH_NAME.get(info["mpy_arch"], f"arch {info['mpy_arch']}")
         raise DeviceError(
-            f"{port} is a {have} board ({info['machine']}), but {dev.name} is a {dev.board} ({man['arch']})",
+            f"{port} is {_a(have)} board ({info['machine']}), but {dev.name} is {_a(dev.board)} ({man['arch']})",
             hint="fix board= in the inventory or plug the right board into this port",
         )
     if dev.uid and dev.uid != info["uid"]:

@@ -68,8 +68,12 @@ def test_push_resume_and_status_from_the_command_line(mosquitto, tmp_path: Path)
         r = _run(env, "policy", "resume", "fw2", "--broker", mosquitto.url)
         assert r.returncode == 1 and "halted on failures — look at the per-node results" in r.stderr
         r = _run(env, "policy", "resume", "fw2", "--broker", mosquitto.url, "--force")
-        assert r.returncode == 0, r.stderr
+        assert r.returncode == 1, r.stderr  # done, but 2 nodes failed: a script must see it
         assert r.stdout.startswith("Campaign fw2 (firmware v2) done: 28/30 ok, 2 failed")
+        assert r.stderr.strip().splitlines()[-1] == (
+            "umeter: error: campaign fw2 done with 2 of 30 nodes failed or timed out — see which and why: "
+            "`umeter policy status fw2`"
+        )
         r = _run(env, "policy", "status", "--json")
         assert [(c["id"], c["state"]) for c in json.loads(r.stdout)] == [
             ("cli0", "done"),

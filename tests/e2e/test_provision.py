@@ -152,7 +152,7 @@ def test_wrong_board_type_is_a_one_line_error_with_a_hint(tmp_path, home, image)
         (esp_image / "manifest.json").write_text(json.dumps(man))
         rep = provision(devs, build_dirs={"esp32_devkitc": esp_image}, reset=False)[0]
         assert rep.status == "failed"
-        assert "is a x64 board" in rep.error and "esp32_devkitc" in rep.error and " — " in rep.error
+        assert "is an x64 board" in rep.error and "n1 is an esp32_devkitc" in rep.error and " — " in rep.error
         assert "\n" not in rep.error
         assert not (vb.flash / "config.json").exists()
 
@@ -294,3 +294,14 @@ def test_cli_provision_exits_1_and_names_the_failed_board(tmp_path, home, image)
             "finished files are skipped"
         )
         assert "ok-1" in r.stdout and "verified" in r.stdout and vb.uid.hex() in r.stdout
+
+
+def test_cli_provision_where_every_board_failed_does_not_claim_verified_files(tmp_path, home):
+    inv = tmp_path / "fleet.toml"
+    inv.write_text('[[device]]\nname = "gone-1"\nboard = "sim"\nsite = "lab"\nport = "/dev/ttyUSB-gone"\n')
+    env = dict(os.environ, UMETER_HOME=str(home), NO_COLOR="1")
+    r = subprocess.run([UMETER, "provision", str(inv), "--no-reset"], capture_output=True, text=True, env=env,
+                       timeout=120)  # fmt: skip
+    assert r.returncode == 1
+    assert "Provisioned 0 of 1 board; 0 files written, 0.0 KiB; nothing verified." in r.stderr, r.stderr
+    assert "all written files verified" not in r.stderr

@@ -63,3 +63,22 @@ def test_monitor_stores_records_once_and_prints_them(tmp_path, mosquitto, capfd)
 def test_monitor_bad_broker_address(capsys):
     assert main(["monitor", "--broker", "http://x", "--seconds", "0.1"]) == 1
     assert "bad broker address" in capsys.readouterr().err
+
+
+def test_decode_lora_telemetry_prints_physical_units_and_json_keeps_the_integers(capsys):
+    t = {"v": 231.05, "f": 50.0, "p": -2127.3, "e_imp_wh": 1234.5, "e_exp_wh": 7.1}
+    f = loracodec.encode_telemetry(42, 1796473354, t).hex()
+    assert main(["decode", "lora", f]) == 0
+    assert capsys.readouterr().out == (
+        "telemetry seq=42 ts=1796473354 v=231.0 V f=50.00 Hz p=-2127.3 W e_imp=1234 Wh e_exp=7 Wh\n"
+    )
+    assert main(["decode", "lora", "--json", f]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert (d["v_dv"], d["f_chz"], d["p_dw"]) == (2310, 5000, -21273)
+
+
+def test_decode_lora_names_an_odd_length_and_a_bad_digit(capsys):
+    assert main(["decode", "lora", "202"]) == 1
+    assert "has an odd number of hex digits (3)" in capsys.readouterr().err
+    assert main(["decode", "lora", "20zz"]) == 1
+    assert "is not hex (character 'z')" in capsys.readouterr().err

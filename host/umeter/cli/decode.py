@@ -21,14 +21,17 @@ def command() -> None:
 @click.argument("frames", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per frame.")
 def lora(frames: tuple[str, ...], as_json: bool) -> None:
-    """Decode LoRaWAN uplink FRAMES given as hex (e.g. from the network server's console)."""
+    """Decode LoRaWAN uplink FRAMES given as hex (e.g. from the network server's console).
+
+    Values print in V, Hz, W, A, Wh and l; --json keeps the frame's integer fields (v_dv is
+    decivolts, f_chz centihertz, p_dw deciwatts, i_*_cA centiamps)."""
     for f in frames:
         d = lib.decode_lora(f)
         if as_json:
             click.echo(json.dumps(d))
         else:
             head = f"{d['kind']} seq={d['seq']} ts={d['ts']}"
-            rest = " ".join(f"{k}={v}" for k, v in d.items() if k not in ("kind", "seq", "ts"))
+            rest = " ".join(f"{k}={v}" for k, v in lib.physical(d) if k not in ("kind", "seq", "ts"))
             click.echo(f"{head} {rest}")
 
 

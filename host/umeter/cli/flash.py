@@ -12,6 +12,23 @@ from .. import ui
 from ..flash import flash_esp32, flash_rp2040, which_chip
 
 
+class Address(click.ParamType):
+    """A flash address: decimal or 0x hex."""
+
+    name = "address"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            n = int(value, 0)
+        except ValueError:
+            self.fail(f"{value!r} is not an address (e.g. 0x1000 or 4096)", param, ctx)
+        if n < 0:
+            self.fail(f"{value!r} is negative", param, ctx)
+        return n
+
+
 @click.command("flash")
 @click.option("--port", help="Serial port of the board (RP2040: omit if it already is in BOOTSEL).")
 @click.option(
@@ -19,7 +36,11 @@ from ..flash import flash_esp32, flash_rp2040, which_chip
 )
 @click.option("--chip", default=None, help="esp32, esp32s3, esp32c3, ... or rp2040 [from the image's extension].")
 @click.option(
-    "--offset", type=lambda s: int(s, 0), default=None, help="ESP32 flash offset [the chip's bootloader offset]."
+    "--offset",
+    type=Address(),
+    default=None,
+    metavar="ADDR",
+    help="ESP32 flash offset, e.g. 0x1000 [the chip's bootloader offset].",
 )
 @click.option("--baud", default=460800, show_default=True, help="ESP32 flashing baud rate.")
 @click.option("--drive", type=click.Path(file_okay=False), help="RP2040: the mounted RPI-RP2 drive [auto].")

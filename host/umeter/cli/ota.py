@@ -47,11 +47,19 @@ def read_build(build_dir: Path) -> tuple[dict[str, bytes], dict]:
             files[name] = data
         build = {k: v for k, v in info.items() if k != "files"}
     else:
-        files = {
-            str(p.relative_to(build_dir)): p.read_bytes()
-            for p in sorted(build_dir.rglob("*"))
-            if p.is_file() and "__pycache__" not in p.parts
-        }
+        # no manifest: a tree of firmware modules (.py / .mpy) is signed as it is; anything
+        # else is not a build (`umeter ota sign /tmp` must not try to sign the temp directory)
+        paths = [p for p in sorted(build_dir.rglob("*")) if p.is_file() and "__pycache__" not in p.parts]
+        other = [p for p in paths if p.suffix not in (".py", ".mpy")]
+        if other or not paths:
+            what = (
+                f"files that are not firmware modules, e.g. {other[0].relative_to(build_dir)}" if other else "nothing"
+            )
+            raise ConfigError(
+                f"{build_dir} is not a build directory (no manifest.json, and it holds {what})",
+                hint="give the output directory of `umeter build`, or an app image .bin",
+            )
+        files = {str(p.relative_to(build_dir)): p.read_bytes() for p in paths}
         build = {"version": "unversioned"}
     if not files:
         raise PolicyError(f"{build_dir} holds no files", hint="build first: umeter build")

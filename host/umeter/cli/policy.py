@@ -97,6 +97,12 @@ def print_report(rep: Report, as_json: bool, db: CampaignDB) -> None:
             f"campaign {rep.id} halted: {rep.failed + rep.timeout} failures",
             hint=f"inspect with `umeter policy status {rep.id}`, resume with `umeter policy resume {rep.id} --force`",
         )
+    bad = rep.failed + rep.timeout
+    if bad:  # finished (e.g. resumed with --force) but not everywhere: a script must see it
+        raise PolicyError(
+            f"campaign {rep.id} {rep.state} with {bad} of {ui.plural(rep.nodes, 'node')} failed or timed out",
+            hint=f"see which and why: `umeter policy status {rep.id}`",
+        )
 
 
 def push_bundle(

@@ -74,8 +74,10 @@ def command(
             if r.status != "ok":
                 click.echo(f"{r.node}: {r.error}", err=True)
         ok = sum(r.status == "ok" for r in reports)
-        ui.info(f"Provisioned {ok} of {len(reports)} boards; {sum(r.written for r in reports)} files written, "
-                f"{sum(r.bytes for r in reports) / 1024:.1f} KiB; all written files verified.")  # fmt: skip
+        written = sum(r.written for r in reports if r.status == "ok")
+        verified = "all written files verified" if ok else "nothing verified"
+        ui.info(f"Provisioned {ok} of {ui.plural(len(reports), 'board')}; {ui.plural(written, 'file')} written, "
+                f"{sum(r.bytes for r in reports if r.status == 'ok') / 1024:.1f} KiB; {verified}.")  # fmt: skip
     failed = [r.node for r in reports if r.status != "ok"]
     if failed:
         raise DeviceError(
