@@ -121,3 +121,20 @@ def test_ota_sign_an_app_image(tmp_path: Path, monkeypatch) -> None:
     m = json.loads(json.loads(out.read_bytes())["m"])
     assert m["build"] == {"version": "micropython-1.29", "image": "app"}
     assert list(m["files"]) == ["micropython-1.29.bin"] and m["files"]["micropython-1.29.bin"]["size"] == 4001
+
+
+def test_ota_sign_of_a_directory_that_is_not_a_build_says_so(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("UMETER_KEYSTORE", str(tmp_path / "keys"))
+    assert main(["policy", "keygen", "acme"]) == 0
+    junk = tmp_path / "tmpdir"
+    (junk / "sub").mkdir(parents=True)
+    (junk / "sub" / "notes.txt").write_text("x")
+    (junk / "a.py").write_text("x = 1\n")
+    out = tmp_path / "x.bundle"
+    assert main(["ota", "sign", str(junk), "--fleet", "acme", "--version", "1", "--all", "-o", str(out)]) == 1
+    err = _Out().readouterr().err
+    assert err.strip() == (
+        f"umeter: error: {junk} is not a build directory (no manifest.json, and it holds files that are not firmware "
+        "modules, e.g. sub/notes.txt) — give the output directory of `umeter build`, or an app image .bin"
+    )
+    assert not out.exists()
