@@ -113,6 +113,7 @@ class EmbeddedBroker:
         self._broker = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self.errors: list[str] = []  # errors amqtt raised while serving a client (see _loop_error)
 
     @property
     def url(self) -> str:
@@ -124,6 +125,7 @@ class EmbeddedBroker:
         loop = asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
+        loop.set_exception_handler(self._loop_error)
 
         async def boot() -> None:
             self._broker = Broker(amqtt_config(self.host, self.port))
@@ -140,6 +142,18 @@ class EmbeddedBroker:
         with contextlib.suppress(Exception):
             loop.run_until_complete(self._broker.shutdown())
         loop.close()
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        """An error inside amqtt's handling of one client (amqtt 0.12 can raise "dictionary
+        changed size during iteration" when clients subscribe while another connects): that
+        client's connection is dropped and it reconnects. Kept as one line in `errors` (and on
+        stderr with -v), not a traceback in the middle of the demo's output."""
+        exc = context.get("exception")
+        line = f"embedded broker: {context.get('message', 'error')}" + (f": {exc!r}" if exc else "")
+        self.errors = [*self.errors[-19:], line]
+        from .ui import debug
+
+        debug(line)
 
     def start(self) -> EmbeddedBroker:
         quiet_amqtt_logging()

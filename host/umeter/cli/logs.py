@@ -30,6 +30,13 @@ def resolve(target: str) -> tuple[str, str]:
     if n is not None:
         if not n.get("port"):
             raise ConfigError(f"node {target!r} has no port in the fleet", hint="give its port: umeter logs PORT")
+        if n["port"].startswith("/dev/pts/"):
+            # a virtual board's pty: once its `umeter vboard start` stopped, the number may
+            # belong to another program
+            raise ConfigError(
+                f"node {target!r} was provisioned on a virtual board ({n['port']}) that is not running",
+                hint="start it again: umeter vboard start --provision",
+            )
         return "port", n["port"]
     running = ", ".join(sorted(consoles)) or "none running"
     raise ConfigError(
