@@ -16,6 +16,7 @@ Markers, in an HTML comment on the line before a block (invisible on the rendere
   <!-- docs-test: skip — why -->      the block is not run (hardware, a broker, the suite itself)
   <!-- docs-test: file NAME -->       the block is written to NAME (a TOML inventory, a policy)
   <!-- docs-test: together -->        long-running commands stay up until the block ends
+  <!-- docs-test: exit N -->          the block's commands are meant to exit N (a failing point, say)
 A runnable line with a placeholder (`…`, `[--opt]`, `<arg>`, `HOST:PORT`) fails the test: write
 a real example, or mark the block.
 """
@@ -232,7 +233,11 @@ def run_doc(doc: Path, tmp: Path) -> tuple[list[str], int]:
             except subprocess.TimeoutExpired:
                 problems.append(f"{where}: `{cmd}` still running after {COMMAND_TIMEOUT_S:.0f} s")
                 continue
-            if p := _problem(where, cmd, r.returncode, r.stdout, r.stderr):
+            want = int(b.mark("exit") or 0)
+            if want:  # meant to fail: with that code, one error line, no traceback
+                if r.returncode != want or "Traceback" in r.stdout + r.stderr:
+                    problems.append(f"{where}: `{cmd}` exited {r.returncode}, the doc says {want}:\n{r.stderr[-800:]}")
+            elif p := _problem(where, cmd, r.returncode, r.stdout, r.stderr):
                 problems.append(p)
         problems += [p for bg in background if (p := bg.stop())]
     return problems, ran
@@ -257,6 +262,7 @@ def test_markers_and_commands_are_read_as_documented(tmp_path):
     )
     b = blocks(doc)
     assert [x.mark("skip") for x in b] == ["needs a board", None, None, None]
+    assert b[0].mark("exit") is None
     assert b[1].mark("file") == "a.toml"
     assert [c for _, c in b[2].commands()] == ["umeter sim --duration 1"]
     assert [c for _, c in b[3].commands()] == ["umeter build --board sim"]
