@@ -511,6 +511,10 @@ class SimRun:
             return None
         return self.policy["t"][index]
 
+    def dead_nodes(self) -> list[VirtualNode]:
+        """Nodes whose firmware has exited and not been started again yet (see _keep_nodes)."""
+        return [n for n in self.vnodes if n.exited() is not None]
+
     def stop(self) -> None:
         self._stopping.set()
         if self._keeper is not None:
