@@ -70,7 +70,14 @@ class Block:
         lines = self.text.splitlines()
         prompts = any(ln.startswith("$ ") for ln in lines)
         out = []
-        for k, ln in enumerate(lines):
+        k = -1
+        while k + 1 < len(lines):
+            k += 1
+            ln = lines[k]
+            first = k
+            while ln.endswith("\\") and k + 1 < len(lines):  # a command continued on the next line
+                k += 1
+                ln = ln[:-1] + " " + lines[k].strip()
             if prompts:
                 if not ln.startswith("$ "):
                     continue
@@ -79,7 +86,7 @@ class Block:
                 continue
             cmd = strip_comment(ln).strip()
             if cmd:
-                out.append((self.line + 1 + k, cmd))
+                out.append((self.line + 1 + first, cmd))
         return out
 
 
@@ -259,13 +266,15 @@ def test_markers_and_commands_are_read_as_documented(tmp_path):
         "<!-- docs-test: file a.toml -->\n```toml\nx = 1\n```\n"
         "```sh\numeter sim --duration 1   # a comment\nnode-01 house V=231\n```\n"
         "```\n$ umeter build --board sim\nBuilt 58 files\n```\n"
+        "```\numeter sim -n 2 \\\n    --duration 3\n```\n"
     )
     b = blocks(doc)
-    assert [x.mark("skip") for x in b] == ["needs a board", None, None, None]
+    assert [x.mark("skip") for x in b] == ["needs a board", None, None, None, None]
     assert b[0].mark("exit") is None
     assert b[1].mark("file") == "a.toml"
     assert [c for _, c in b[2].commands()] == ["umeter sim --duration 1"]
     assert [c for _, c in b[3].commands()] == ["umeter build --board sim"]
+    assert b[4].commands() == [(b[4].line + 1, "umeter sim -n 2  --duration 3")]
     assert strip_comment("sqlite3 m.sqlite \"select '#x'\"  # why") == "sqlite3 m.sqlite \"select '#x'\"  "
     assert _long_running("umeter sim -n 2") and not _long_running("umeter sim --duration 3")
     assert PLACEHOLDER.search("umeter monitor [--json]") and PLACEHOLDER.search("umeter decode lora 2107…")
