@@ -116,7 +116,7 @@ class Commands:
             why = str(e)
             msg_id = self._msg_id  # echoed when it could be read, even if not authentic
             self.rejected += 1
-            self.event(records.EV_CMD_REJECTED, 0, ("%s %s" % (msg_id or "-", why))[: records.EVENT_TEXT])
+            self.event(records.EV_CMD_REJECTED, 0, "%s %s" % (msg_id or "-", why))
             return {"id": msg_id, "ok": False, "status": "rejected", "why": why}
         except Exception as e:  # an accepted command whose action failed
             return {"id": self._msg_id, "ok": False, "status": "failed", "why": str(e)}
@@ -194,19 +194,19 @@ class Commands:
             old = act.get_config(key)
             act.set_config(key, a["value"])
             self.rollback[key] = old
-            self.event(records.EV_CONFIG, 0, ("%s=%r" % (key, a["value"]))[: records.EVENT_TEXT])
+            self.event(records.EV_CONFIG, 0, "%s=%r" % (key, a["value"]))
             return {"key": key, "old": old, "new": a["value"]}
         if op == "rollback":
             key = a["key"]
             old = self.rollback.pop(key)
             cur = act.get_config(key)
             act.set_config(key, old)
-            self.event(records.EV_CONFIG, 1, ("%s=%r rollback" % (key, old))[: records.EVENT_TEXT])
+            self.event(records.EV_CONFIG, 1, "%s=%r rollback" % (key, old))
             return {"key": key, "old": cur, "new": old}
         if op == "relay":
             if not act.relay(a["on"]):
                 raise Exception("this node has no relay")
-            self.event(records.EV_RELAY, 1 if a["on"] else 0, "cmd " + body["id"][:30])
+            self.event(records.EV_RELAY, 1 if a["on"] else 0, "cmd " + body["id"])
             return {"on": a["on"]}
         if op == "time":
             before = int(self.clock.time())
@@ -215,7 +215,7 @@ class Commands:
             return {"delta_s": a["epoch"] - before}
         if op == "reboot":
             self.reboot_pending = True
-            self.event(records.EV_REBOOT, 1, "cmd " + body["id"][:30])
+            self.event(records.EV_REBOOT, 1, "cmd " + body["id"])
             return {"reboot": True}
         raise Rejected("invalid: unknown op %r" % op)
 

@@ -44,7 +44,7 @@ LAYOUTS = {
     records.MONTHLY: ("monthly", (("e_imp_wh", "I"), ("e_exp_wh", "I"), ("water_l", "I"), ("gas_l", "I"))),
     records.EVENT: ("event", (("code", "B"), ("arg", "i"))),
 }
-EVENT_TEXT_MAX = MAX_FRAME - 9 - 5  # ASCII detail after an event's fields
+EVENT_TEXT_MAX = MAX_FRAME - 9 - 5  # UTF-8 detail after an event's fields (cut by records.cut)
 
 
 class CodecError(ValueError):
@@ -75,6 +75,9 @@ def _pack(kind, seq, ts, values, tail=b""):
 
 def encode_record(kind, seq, ts, payload):
     # A stored record (kind, seq, ts, payload bytes from records.py) -> LoRa frame bytes.
+    # CodecError: the kind has no LoRa layout; ValueError: the payload does not decode.
+    if kind == TELEMETRY or (kind not in LAYOUTS and kind != records.READING):
+        raise CodecError("no LoRa layout for record kind %d" % kind)
     if kind == records.READING:  # compact form, values that do not fit are left out (flagged)
         from meternode.gateway import reading
 
@@ -103,7 +106,7 @@ def encode_record(kind, seq, ts, payload):
     if kind in (records.DAILY, records.MONTHLY):
         return _pack(kind, seq, ts, (f["e_imp_mwh"] // 1000, f["e_exp_mwh"] // 1000, f["water_l"], f["gas_l"]))
     if kind == records.EVENT:
-        t = f["text"].encode()[:EVENT_TEXT_MAX]
+        t = records.cut(f["text"], EVENT_TEXT_MAX)
         return _pack(kind, seq, ts, (f["code"], f["arg"]), t)
     raise CodecError("no LoRa layout for record kind %d" % kind)
 
@@ -156,5 +159,8 @@ def decode(frame):
         d[key] = v
     if kind == records.EVENT:
         d["event"] = records.EVENT_NAMES.get(d["code"], "unknown")
-        d["text"] = frame[9 + n :].decode()
+        try:
+            d["text"] = records.decode_text(frame[9 + n :])
+        except ValueError as e:
+            raise CodecError("event %s" % e)
     return d

@@ -27,13 +27,24 @@ class LoRaLink:
         self.nacks = 0
         self.merged = 0
         self.failures = 0
-        self.skipped = 0
+        self.skipped = 0  # records with no LoRa layout (MQTT only)
+        self.unreadable = 0  # records that do not decode: skipped, each with an event
+        self.event = None  # callable(code, arg, text): the uplink service's event()
         self.last_error = None
 
     def telemetry(self, frame):
         if self._telemetry is not None:
             self.merged += 1
         self._telemetry = frame
+
+    def _unreadable(self, seq, why):
+        self.unreadable += 1
+        self.cursor.advance(seq)
+        self.cursor.flush()
+        if self.event is not None:
+            from meternode.store import records
+
+            self.event(records.EV_LOG_CORRUPT, seq, "lora skipped %d: %s" % (seq, why))
 
     async def _airtime(self, n):
         while True:
@@ -62,6 +73,11 @@ class LoRaLink:
                     except loracodec.CodecError:
                         self.skipped += 1  # no LoRa layout (e.g. gateway readings): MQTT only
                         self.cursor.advance(r.seq)
+                        continue
+                    except ValueError as e:
+                        # a record that checks (CRC) but does not decode: never raised into
+                        # this task (it would stop every later uplink); skipped and said so
+                        self._unreadable(r.seq, e)
                         continue
                     await self._airtime(len(frame))
                     self.gov.sent_now(len(frame), _ticks())

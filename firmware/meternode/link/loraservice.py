@@ -52,6 +52,7 @@ def make(svc, lo, path):
         raise ConfigError(str(e))
     modem.on_downlink = lambda port, data: downlink(svc, port, data)
     ll = LoRaLink(modem, svc.log, Cursor(path + ".lora"), gov, svc.clock, lo.get("fport", 2), lo.get("confirmed", True))
+    ll.event = svc.event  # records skipped as unreadable are events
     if lo.get("mode", "fallback") == "fallback" and svc.link is not None:
         ll.floor = lambda: svc.cursor.acked  # skip what MQTT delivered
         ll.active = lambda: not svc.link.up  # and only speak while MQTT is down

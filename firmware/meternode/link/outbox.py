@@ -56,6 +56,8 @@ class Outbox:
         self.timeouts = 0
         self.skipped = 0
         self.rewinds = 0
+        self.on_unreadable = None  # callable(seq, why): an event, once per record (the service's)
+        self._unreadable_hi = 0
 
     def notify(self):
         # A record was appended: wake the publisher.
@@ -120,9 +122,15 @@ class Outbox:
         try:
             d = records.to_json_dict(self.node_id, r.kind, r.seq, r.ts, r.payload[: r.n])
         except ValueError as e:
-            # A record that checks (CRC) but does not decode: send it as raw hex, never drop it.
+            # A record that checks (CRC) but does not decode: sent as hex with the reason (the
+            # consumer keeps its seq, nothing is silently missing), counted, and an event.
             self.skipped += 1
             d = {"node": self.node_id, "kind": "unknown", "seq": r.seq, "ts": r.ts, "error": str(e)}
+            d["hex"] = "".join("%02x" % b for b in r.payload[: r.n])
+            if r.seq > self._unreadable_hi:
+                self._unreadable_hi = r.seq
+                if self.on_unreadable is not None:
+                    self.on_unreadable(r.seq, str(e))
         d["held"] = self.log.first_seq()  # oldest seq still held: lower ones cannot be resent
         return json.dumps(d)
 

@@ -91,6 +91,8 @@ class UplinkService:
                 m.get("window", 8),
                 m.get("ack_timeout_ms", 10000),
             )
+        if self.outbox is not None:
+            self.outbox.on_unreadable = self._unreadable
         self.profile = ProfileRecorder(self.log, cfg.get("profile_s", 900), getattr(node, "mains", None), self._wake)
         self.commands = None
         self.actions = None
@@ -134,7 +136,7 @@ class UplinkService:
             relay_control(node).on_change = self._relay_changed
 
     def _relay_changed(self, on, why):
-        self.event(records.EV_RELAY, 1 if on else 0, why[: records.EVENT_TEXT])
+        self.event(records.EV_RELAY, 1 if on else 0, why)
 
     async def run_lora(self):
         from meternode.link import loraservice
@@ -150,6 +152,9 @@ class UplinkService:
         seq = self.log.append(records.EVENT, int(self.clock.time()), records.event(code, arg, text))
         self._wake()
         return seq
+
+    def _unreadable(self, seq, why):
+        self.event(records.EV_LOG_CORRUPT, seq, "unreadable %d: %s" % (seq, why))
 
     def _dropped(self, n, first, last):
         # Called inside an append: the drop event is appended right after it.

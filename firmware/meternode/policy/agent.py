@@ -118,7 +118,7 @@ class Agent:
                 return "ota/result", self.handle_ota(payload)
         except Exception as e:
             self._ota = None
-            self.event("policy", ("error: %s" % e)[:40])
+            self.event("policy", "error: %s" % e)
             res = "policy/result" if leaf == "policy/bundle" else "ota/result"
             return res, self._result(False, "failed", self.policy_version(), None, "error: %r" % e)
         return None
@@ -141,10 +141,10 @@ class Agent:
             self.store.apply(man["version"], mtext, hexlify(sig).decode(), compact)
         except Rejected as e:
             why = str(e)
-            self.event("policy", ("rejected: %s" % why)[:40])
+            self.event("policy", "rejected: %s" % why)
             return self._result(False, "rejected", cur, camp or _campaign(payload), why)
         self.record = {"version": man["version"], "m": mtext, "policy": compact}
-        self.event("policy", "applied v%d %s" % (man["version"], compact["n"][:20]))
+        self.event("policy", "applied v%d %s" % (man["version"], compact["n"]))
         self.on_policy(compact)
         return self._result(True, "applied", man["version"], camp)
 
@@ -180,7 +180,7 @@ class Agent:
         except Rejected as e:
             self._ota = None
             why = str(e)
-            self.event("ota", ("rejected: %s" % why)[:40])
+            self.event("ota", "rejected: %s" % why)
             return self._result(False, "rejected", cur, camp, why)
 
     def _ota_begin(self, envelope, cur):

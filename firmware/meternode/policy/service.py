@@ -171,7 +171,7 @@ class PolicyService:
         if u:
             from meternode.store import records
 
-            u.event(records.EV_POLICY, 0, ("%s %s" % (kind, text))[: records.EVENT_TEXT])
+            u.event(records.EV_POLICY, 0, "%s %s" % (kind, text))  # records.event cuts it
 
     # -- link ----------------------------------------------------------------------------------
     def _handler(self, leaf):

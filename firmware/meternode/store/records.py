@@ -61,7 +61,8 @@ PROFILE_SIZE = struct.calcsize(_PROFILE)  # 48
 # DAILY / MONTHLY: import/export mWh, water and gas volume in litres.
 _FREEZE = "<QQII"
 FREEZE_SIZE = struct.calcsize(_FREEZE)  # 24
-# EVENT: code, signed argument, then up to EVENT_TEXT bytes of ASCII detail.
+# EVENT: code, signed argument, then up to EVENT_TEXT bytes of UTF-8 detail, cut at a
+# character boundary (cut() below: the one place a text field is shortened).
 _EVENT = "<Bi"
 EVENT_HEAD = struct.calcsize(_EVENT)  # 5
 EVENT_TEXT = const(40)
@@ -94,11 +95,43 @@ def freeze(e_imp_mwh, e_exp_mwh, water_l=0, gas_l=0):
     return struct.pack(_FREEZE, e_imp_mwh, e_exp_mwh, water_l, gas_l)
 
 
+def cut(text, n):
+    # `text` (str or UTF-8 bytes) as at most n bytes, cut at a character boundary: a cut
+    # inside a multi-byte character would leave bytes no decoder accepts.  Every text field
+    # the node shortens (event texts, LoRa frames) goes through here.
+    b = text.encode() if isinstance(text, str) else bytes(text)
+    if len(b) <= n:
+        return b
+    k = n
+    while k > 0 and (b[k] & 0xC0) == 0x80:  # b[k] continues a character that began before the cut
+        k -= 1
+    return b[:k]
+
+
+def decode_text(b):
+    # UTF-8 bytes -> str.  A character cut at the end by an older firmware (which cut by
+    # bytes anywhere) is dropped; anything else that is not UTF-8 raises ValueError.
+    b = bytes(b)
+    try:
+        return b.decode()
+    except UnicodeError:
+        pass
+    j = len(b)
+    while j > 0 and len(b) - j < 3 and (b[j - 1] & 0xC0) == 0x80:
+        j -= 1
+    if j > 0:
+        lead = b[j - 1]
+        need = 2 if lead & 0xE0 == 0xC0 else 3 if lead & 0xF0 == 0xE0 else 4 if lead & 0xF8 == 0xF0 else 0
+        if need > len(b) - j + 1:  # an incomplete last character
+            try:
+                return b[: j - 1].decode()
+            except UnicodeError:
+                pass
+    raise ValueError("text of %d bytes is not UTF-8" % len(b))
+
+
 def event(code, arg=0, text=""):
-    t = text.encode() if isinstance(text, str) else bytes(text)
-    if len(t) > EVENT_TEXT:
-        t = t[:EVENT_TEXT]
-    return struct.pack(_EVENT, code, arg) + t
+    return struct.pack(_EVENT, code, arg) + cut(text, EVENT_TEXT)
 
 
 def fields(kind, payload):
@@ -120,7 +153,7 @@ def fields(kind, payload):
             "code": code,
             "event": EVENT_NAMES.get(code, "unknown"),
             "arg": arg,
-            "text": bytes(payload[EVENT_HEAD:]).decode(),
+            "text": decode_text(payload[EVENT_HEAD:]),
         }
     if kind == READING:
         from meternode.gateway import reading  # only nodes that read meters store READINGs
