@@ -47,7 +47,9 @@ class Actions:
 def _rig():
     ev = []
     act = Actions()
-    c = Commands("n1", KEY, scratch_dir() + "/cmd.ctr", Clock(), act, lambda code, arg, text: ev.append((code, text)))
+    c = Commands(
+        "n1", KEY, scratch_dir() + "/cmd.ctr", Clock(), act, lambda code, arg, text: ev.append((code, text, arg))
+    )
     return c, act, ev
 
 
@@ -133,3 +135,83 @@ def test_replayed_counter_refused_even_after_restart():
 def test_short_key_is_a_config_error():
     e = raises(ValueError, Commands, "n1", "abcd", scratch_dir() + "/c", Clock(), Actions(), None)
     eq("cmd_key" in str(e), True, str(e))
+
+
+def test_counter_above_2_32_is_kept_in_full_so_a_lower_one_stays_refused_after_restart():
+    # Issue 10 row 6: ctr = 2**32 + 50 used to be stored as 50 (u32), and after a reboot a
+    # captured ctr = 100 was accepted again.
+    c, act, ev = _rig()
+    eq(c.handle(_cmd("read_now", ctr=1 << 32))["ok"], True, "a step of 2**32 from 0 is allowed")
+    eq(c.handle(_cmd("read_now", ctr=(1 << 32) + 50))["ok"], True, "above 2**32")
+    c2 = Commands("n1", KEY, scratch_dir() + "/cmd.ctr", Clock(), act, lambda *a: None)
+    eq(c2.handle(_cmd("read_now", ctr=100))["why"], "replayed: counter 100 is not above 4294967346", "after restart")
+    eq(c2.handle(_cmd("read_now", ctr=(1 << 32) + 51))["ok"], True, "the next one is accepted")
+
+
+def test_counters_outside_their_range_or_jumping_too_far_are_refused():
+    c, act, ev = _rig()
+    for ctr, why in (
+        (0, "invalid: counter 0 is outside"),
+        (-5, "invalid: counter -5 is outside"),
+        (1 << 53, "invalid: counter 9007199254740992 is outside"),
+        ((1 << 32) + 1, "invalid: counter 4294967297 is more than 4294967296 above 0"),
+        (True, "malformed: ctr missing or not int"),
+    ):
+        r = c.handle(_cmd("read_now", ctr=ctr))
+        eq(r["why"].startswith(why), True, "%r: %s" % (ctr, r["why"]))
+    eq(c.handle(_cmd("read_now", ctr=7))["ok"], True, "and the counter space is intact")
+
+
+def test_time_refuses_milliseconds_and_steps_over_the_configured_bound():
+    # Issue 10 row 7: an epoch in milliseconds was accepted (delta 1.8e12 s).
+    c, act, ev = _rig()
+    c.time_max_step_s = 3600
+    for epoch, why in (
+        (NOW * 1000, "invalid: time needs epoch, UNIX seconds in 2020..2099"),
+        (4102444800, "invalid: time needs epoch"),
+        (1500000000, "invalid: time needs epoch"),
+        (NOW + 3601, "invalid: a time step of 3601 s is over the 3600-s limit"),
+        (NOW - 7200, "invalid: a time step of -7200 s is over the 3600-s limit"),
+    ):
+        r = c.handle(_cmd("time", {"epoch": epoch}, ctr=1))
+        eq(r["why"].startswith(why), True, "%d: %s" % (epoch, r["why"]))
+    eq(act.time_set, None, "the clock was not touched")
+    eq(c.handle(_cmd("time", {"epoch": NOW + 3600}, ctr=1))["ok"], True, "a step within the bound")
+    unset = Commands("n2", KEY, scratch_dir() + "/c2", Clock(), act, lambda *a: None)
+    unset.clock.t = 1000  # a clock never set: any sane epoch may set it (the expiry check aside)
+    eq(unset._check_args("time", {"epoch": NOW}), None, "first setting of an unset clock")
+
+
+def test_set_with_a_key_that_is_not_a_string_is_refused_with_an_event():
+    # Issue 10 row 11: {"key": [1]} raised TypeError inside the check and ended `failed`, no event.
+    c, act, ev = _rig()
+    r = c.handle(_cmd("set", {"key": [1], "value": 1}, ctr=1))
+    eq((r["status"], r["why"][:12]), ("rejected", "invalid: key"), "rejected, saying why")
+    eq([e[0] for e in ev], [records.EV_CMD_REJECTED], "one event")
+    r = c.handle(_cmd("set", {"key": "telemetry_s", "value": float("nan")}, ctr=2))
+    eq(r["status"], "rejected", "NaN is outside every range")
+
+
+def test_an_action_that_fails_answers_failed_and_is_an_event():
+    c, act, ev = _rig()
+
+    def broken(on):
+        raise OSError(5, "EIO")
+
+    act.relay = broken
+    r = c.handle(_cmd("relay", {"on": True}, ctr=1, mid="r9"))
+    eq((r["id"], r["status"], r["why"][:8]), ("r9", "failed", "OSError:"), r["why"])
+    eq((ev[-1][0], ev[-1][1][:9]), (records.EV_CMD_FAILED, "r9 OSErro"), "event")
+
+
+def test_a_flood_of_forged_commands_is_counted_but_writes_few_events():
+    c, act, ev = _rig()
+    for k in range(3000):
+        c.handle(_cmd("relay", {"on": True}, ctr=k + 1, key=b"y" * 32, mid="f%d" % k))
+    eq(c.rejected, 3000, "every one refused and counted")
+    eq(len(ev), 16, "a burst of events, then held back")
+    c.clock.t += 3600  # an hour later: six more allowed, the first says how many were held
+    c.handle(_cmd("relay", {"on": True}, ctr=1, key=b"y" * 32, mid="g"))
+    eq(ev[-1][2], 2984, "the event's arg: how many were held back before it")
+    eq((len(ev), ev[-1][0], c.limiter.held), (17, records.EV_CMD_REJECTED, 2984), "held back, all counted")
+    eq(act.relay_on, None, "and nothing acted")

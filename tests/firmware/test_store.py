@@ -150,6 +150,21 @@ def test_cursor_persists_only_forward_and_survives_a_corrupt_file():
     eq(Cursor(p).acked, 0, "corrupt cursor restarts at 0 (resend, never lose)")
 
 
+def test_cursor_keeps_values_above_2_32_and_reads_the_older_8_byte_file():
+    import binascii
+    import struct
+
+    p = scratch_dir() + "/cursor64"
+    old = struct.pack("<I", 4000000000)
+    with open(p, "wb") as f:
+        f.write(old + struct.pack("<I", binascii.crc32(old)))
+    c = Cursor(p, every=1)
+    eq(c.acked, 4000000000, "an older u32 cursor file")
+    c.advance((1 << 40) + 7)
+    eq(Cursor(p).acked, (1 << 40) + 7, "stored in full width")
+    raises(ValueError, c.advance, 1 << 64)
+
+
 def _snap(v, i, p, imp_wh):
     return {"v": v, "elements": [{"name": "I1", "i": i, "p": p, "e_imp_wh": imp_wh, "e_exp_wh": 0.0}]}
 

@@ -5,20 +5,30 @@
 # nothing is re-serialised before checking) with the node's own key.  The body holds
 #   id   message id (1..32 chars), echoed in the result
 #   node the node id the command is for
-#   ctr  counter, strictly above every counter this node accepted before (persisted)
+#   ctr  counter 1..MAX_CTR, strictly above every counter this node accepted before and at
+#        most MAX_CTR_STEP above the last one (persisted in full width before acting)
 #   exp  expiry, UNIX seconds; a command past it is refused
 #   op   read_now | set | rollback | relay | time | reboot
 #   args op arguments (object): set {key, value}; rollback {key}; relay {on}; time {epoch}
 # A command that is malformed, unauthenticated, for another node, expired, replayed or
 # invalid has no effect: it produces an EV_CMD_REJECTED event and a result saying why.
+# Rejection events are rate-limited (link/limiter.py): a flood of forged commands is
+# counted, each event says how many were held back before it, and the log keeps its room.
+# An authenticated command whose action fails answers `failed` and is an EV_CMD_FAILED event.
 import hashlib
 import json
 
+from meternode.link.limiter import Limiter
 from meternode.store import records
 from meternode.store.cursor import Cursor
 
 MAX_EXPIRY_S = 86400  # an expiry further ahead than this is refused (limits replay windows)
 MAX_BODY = 1024
+MAX_CTR = (1 << 53) - 1  # counters are exact JSON integers everywhere (a JavaScript host too)
+MAX_CTR_STEP = 1 << 32  # one command cannot use up the counter space
+MIN_EPOCH = 1577836800  # 2020-01-01: `time` refuses anything before ...
+MAX_EPOCH = 4102444800  # ... and from 2100-01-01 on (records hold u32 seconds)
+TIME_MAX_STEP_S = 86400  # default bound of a `time` step once the clock is set (config time_max_step_s)
 
 # Settable configuration keys: (type, low, high).  Validated before anything changes.
 SETTABLE = {
@@ -80,7 +90,7 @@ def _typed(key, v):
         v = float(v)
     if not isinstance(v, kind) or isinstance(v, bool):
         raise Rejected("invalid: %s must be %s" % (key, kind.__name__))
-    if v < lo or v > hi:
+    if not lo <= v <= hi:  # written so that NaN is outside too
         raise Rejected("invalid: %s = %r is outside %r..%r" % (key, v, lo, hi))
     return v
 
@@ -89,7 +99,7 @@ class Commands:
     # `actions` provides: read_now() -> dict, get_config(key), set_config(key, value),
     # relay(on) -> bool (False: no relay), set_time(epoch), reboot().  `clock.time()` is
     # the wall clock; `event(code, arg, text)` appends an event record.
-    def __init__(self, node_id, key, ctr_path, clock, actions, event):
+    def __init__(self, node_id, key, ctr_path, clock, actions, event, time_max_step_s=TIME_MAX_STEP_S):
         if isinstance(key, str):
             key = _unhex(key)
         if len(key) < 16:
@@ -103,7 +113,10 @@ class Commands:
         self.rollback = {}  # key -> value before the last accepted `set`
         self.accepted = 0
         self.rejected = 0
+        self.failed = 0
         self.reboot_pending = False
+        self.time_max_step_s = time_max_step_s
+        self.limiter = Limiter()  # rejection events (see above)
         self._msg_id = None
 
     def handle(self, payload):
@@ -116,10 +129,15 @@ class Commands:
             why = str(e)
             msg_id = self._msg_id  # echoed when it could be read, even if not authentic
             self.rejected += 1
-            self.event(records.EV_CMD_REJECTED, 0, "%s %s" % (msg_id or "-", why))
+            held = self.limiter.take(self.clock.time())
+            if held >= 0:
+                self.event(records.EV_CMD_REJECTED, held, "%s %s" % (msg_id or "-", why))
             return {"id": msg_id, "ok": False, "status": "rejected", "why": why}
         except Exception as e:  # an accepted command whose action failed
-            return {"id": self._msg_id, "ok": False, "status": "failed", "why": str(e)}
+            self.failed += 1
+            why = str(e) if type(e) is Exception else "%s: %s" % (type(e).__name__, e)
+            self.event(records.EV_CMD_FAILED, 0, "%s %s" % (self._msg_id, why))
+            return {"id": self._msg_id, "ok": False, "status": "failed", "why": why}
         self.accepted += 1
         return {"id": msg_id, "ok": True, "status": "done", "result": result}
 
@@ -143,7 +161,8 @@ class Commands:
         if not _same(hmac_sha256(self._key, body_s.encode()), mac):
             raise Rejected("unauthenticated: HMAC does not match the node key")
         for k, kind in (("node", str), ("ctr", int), ("exp", int), ("op", str)):
-            if not isinstance(body.get(k), kind):
+            v = body.get(k)
+            if not isinstance(v, kind) or isinstance(v, bool):
                 raise Rejected("malformed: %s missing or not %s" % (k, kind.__name__))
         if body["node"] != self.node_id:
             raise Rejected("wrong node: for %s, this is %s" % (body["node"], self.node_id))
@@ -152,8 +171,13 @@ class Commands:
             raise Rejected("expired: %d s ago" % (now - body["exp"]))
         if body["exp"] > now + MAX_EXPIRY_S:
             raise Rejected("invalid: expiry more than %d s ahead" % MAX_EXPIRY_S)
-        if body["ctr"] <= self._ctr.acked:
-            raise Rejected("replayed: counter %d is not above %d" % (body["ctr"], self._ctr.acked))
+        ctr = body["ctr"]
+        if not 0 < ctr <= MAX_CTR:
+            raise Rejected("invalid: counter %d is outside 1..%d" % (ctr, MAX_CTR))
+        if ctr <= self._ctr.acked:
+            raise Rejected("replayed: counter %d is not above %d" % (ctr, self._ctr.acked))
+        if ctr - self._ctr.acked > MAX_CTR_STEP:
+            raise Rejected("invalid: counter %d is more than %d above %d" % (ctr, MAX_CTR_STEP, self._ctr.acked))
         if body["op"] not in OPS:
             raise Rejected("invalid: unknown op %r" % body["op"])
         args = body.get("args", {})
@@ -167,7 +191,7 @@ class Commands:
     def _check_args(self, op, a):
         if op in ("set", "rollback"):
             key = a.get("key")
-            if key not in SETTABLE:
+            if not isinstance(key, str) or key not in SETTABLE:
                 raise Rejected("invalid: key %r is not settable (%s)" % (key, ", ".join(sorted(SETTABLE))))
             if op == "set":
                 if "value" not in a:
@@ -180,8 +204,11 @@ class Commands:
                 raise Rejected("invalid: relay needs on: true/false")
         elif op == "time":
             e = a.get("epoch")
-            if not isinstance(e, int) or isinstance(e, bool) or e < 1577836800:
-                raise Rejected("invalid: time needs epoch (UNIX seconds after 2020)")
+            if not isinstance(e, int) or isinstance(e, bool) or not MIN_EPOCH <= e < MAX_EPOCH:
+                raise Rejected("invalid: time needs epoch, UNIX seconds in 2020..2099 (not ms)")
+            now = int(self.clock.time())
+            if now >= MIN_EPOCH and (e - now > self.time_max_step_s or now - e > self.time_max_step_s):
+                raise Rejected("invalid: a time step of %d s is over the %d-s limit" % (e - now, self.time_max_step_s))
 
     def _execute(self, body):
         op = body["op"]

@@ -53,6 +53,8 @@ def check_store(c):
     need(s, "segment_bytes", int, "config.store", default=16384, lo=1024, hi=1 << 20)
     need(s, "max_bytes", int, "config.store", default=262144, lo=2048, hi=1 << 30)
     need(c, "profile_s", int, "config", default=900, lo=60, hi=86400)
+    # the largest step a `time` command may make once the clock is set (commands.py)
+    need(c, "time_max_step_s", int, "config", default=86400, lo=1, hi=10 * 366 * 86400)
     if "cmd_key" in c:
         k = need(c, "cmd_key", str, "config")
         if len(k) < 32 or len(k) % 2:
@@ -101,7 +103,15 @@ class UplinkService:
             from meternode.link.commands import Commands
 
             self.actions = Actions(self)
-            self.commands = Commands(node.id, cfg["cmd_key"], path + ".ctr", self.clock, self.actions, self.event)
+            self.commands = Commands(
+                node.id,
+                cfg["cmd_key"],
+                path + ".ctr",
+                self.clock,
+                self.actions,
+                self.event,
+                cfg.get("time_max_step_s", 86400),
+            )
         if m:
             self.link = MqttLink(
                 node.id,

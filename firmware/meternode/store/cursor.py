@@ -2,11 +2,15 @@
 # small file written atomically (temp file + rename, atomic on LittleFS and POSIX).  It only
 # ever moves forward.  If the file is lost or corrupt the cursor restarts at 0: records are
 # sent again and the consumer drops the duplicates by sequence number — never a lost record.
+# The same class keeps the command counters (link/commands.py, policy/small.py): values are
+# stored in full width (u64), so a counter above 2**32 is never truncated on flash.
+#
+# File: value u64 | crc32 of the value (12 bytes); an older 8-byte file (u32 | crc32) is read.
 import binascii
 import os
 import struct
 
-_FMT = "<II"
+MAX = (1 << 64) - 1
 
 
 class Cursor:
@@ -19,15 +23,22 @@ class Cursor:
         self._pending = 0
         try:
             with open(path, "rb") as f:
-                b = f.read(8)
-            seq, crc = struct.unpack(_FMT, b)
-            if binascii.crc32(b[:4]) == crc:
+                b = f.read(12)
+            if len(b) == 12:
+                lo, hi, crc = struct.unpack("<III", b)
+                seq = lo | (hi << 32)
+            else:
+                lo, crc = struct.unpack("<II", b)
+                seq = lo
+            if binascii.crc32(b[: len(b) - 4]) == crc:
                 self.acked = self.saved = seq
         except (OSError, ValueError):
             pass
 
     def advance(self, seq):
         # Called when the upstream acknowledged every record up to and including `seq`.
+        if not 0 <= seq <= MAX:
+            raise ValueError("cursor value %r is outside 0..2**64-1" % (seq,))
         if seq <= self.acked:
             return
         self.acked = seq
@@ -38,11 +49,12 @@ class Cursor:
     def flush(self):
         if self.acked == self.saved:
             return
-        b = struct.pack("<I", self.acked)
+        v = self.acked
+        b = struct.pack("<II", v & 0xFFFFFFFF, v >> 32)
         tmp = self.path + ".tmp"
         with open(tmp, "wb") as f:
             f.write(b + struct.pack("<I", binascii.crc32(b)))
         os.rename(tmp, self.path)
-        self.saved = self.acked
+        self.saved = v
         self._pending = 0
         self.writes += 1

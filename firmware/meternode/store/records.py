@@ -33,6 +33,8 @@ EV_TIME_SET = const(14)
 EV_WIFI = const(15)
 EV_METER = const(16)  # a downstream meter fell silent (arg 1), came back (2), needs attention (3)
 EV_SAMPLING_GAP = const(17)  # the sampler lost sets (arg: gaps since the last such event)
+EV_CMD_FAILED = const(18)
+EV_LOG_FULL = const(19)
 
 EVENT_NAMES = {
     EV_POWER_DOWN: "power_down",
@@ -52,6 +54,8 @@ EVENT_NAMES = {
     EV_WIFI: "wifi",
     EV_METER: "meter",
     EV_SAMPLING_GAP: "sampling_gap",
+    EV_CMD_FAILED: "cmd_failed",
+    EV_LOG_FULL: "log_full",
 }
 
 # PROFILE: period s, import/export mWh (registers at the end of the interval),
