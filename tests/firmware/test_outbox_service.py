@@ -1,5 +1,7 @@
 # The uplink service's wiring (store, profile, events, command actions) on MicroPython,
 # with a stand-in node: no sampling, no broker.
+import json
+
 from meternode.config import ConfigError
 from meternode.link.loraservice import check as check_lora
 from meternode.link.service import UplinkService
@@ -118,3 +120,26 @@ def test_power_on_boot_records_the_outage_from_the_newest_record_to_now():
         d2 = r.record()
         got.append((d2["event"], r.ts, d2["arg"]))
     eq(got, [("power_down", last_ts, 0), ("power_up", last_ts + 3600, 3600), ("reboot", last_ts + 3600, 0)], "outage")
+
+
+@heap("256k")
+def test_a_flood_of_forged_commands_keeps_results_and_events_bounded_and_the_real_answer():
+    # Issue 10 row 2: results were queued without limit until the next telemetry period.
+    from meternode.link import service
+    from meternode.link.commands import make_command
+
+    d = scratch_dir()
+    node = FakeNode({"node_id": "svc1", "store": {"path": d + "/st"}, "cmd_key": "00" * 16})
+    u = UplinkService(node)
+    now = int(node.hal.clock.time())
+    u._on_command(make_command(bytes(16), "svc1", "read_now", None, 1, now + 60, "real"))
+    for k in range(3000):
+        u._on_command(make_command(b"f" * 16, "svc1", "reboot", None, k + 2, now + 60, "f%d" % k))
+    eq(len(u._results), service.RESULTS_MAX, "bounded")
+    eq(json.loads(u._results[0][1])["id"], "real", "the real answer is kept")
+    eq(u.results_dropped, 3001 - service.RESULTS_MAX, "drops counted")
+    rej = [e for e in _events(u) if e[0] == "cmd_rejected"]
+    eq(len(rej), 16, "refusal events rate-limited")
+    st = u.stats()["commands"]
+    eq((st["accepted"], st["rejected"], st["held"]), (1, 3000, 2984), "all counted")
+    u.log.close()

@@ -190,3 +190,24 @@ def test_a_stalled_sampler_still_ticks_the_tariff_calendar_with_nothing_measured
     eq(node.meter.tariffs, [2], "the third ticks the calendar (peak at 18:00)")
     names = [ev["event"] for ev in s._drain()]
     eq("shed" in names, False, "f = 0 (nothing measured) is not a dip")
+
+
+@heap("256k")
+def test_a_flood_of_forged_small_frames_keeps_the_queue_bounded_and_the_real_results():
+    # Issue 10 rows 2 and 13: every refused frame's result was queued until the link took it.
+    from meternode.policy import service, small
+
+    key = bytes(range(32))
+    node = _Node(scratch_dir())
+    node.config["cmd_key"] = "".join("%02x" % b for b in key)
+    s = PolicyService(node, log=lambda m: None)
+    s._incoming("umeter/n1/policy/small", small.encode_price(key, "n1", 1, 0.5, 5))
+    for k in range(3000):
+        s._incoming("umeter/n1/policy/small", small.encode_price(b"z" * 32, "n1", k + 2, 0.9, 5))
+    s._put("policy/state", "{}")
+    eq(len(s._out) <= service.OUT_MAX, True, "bounded: %d" % len(s._out))
+    refused = [x for x in s._out if len(x) > 2]
+    eq(len(refused), service.REFUSALS_MAX, "refusals capped")
+    eq(json.loads(s._out[0][1])["ok"], True, "the genuine frame's result is kept")
+    eq(s._out[-1], ("policy/state", "{}"), "state still queued")
+    eq(s.dropped, 3000 - service.REFUSALS_MAX, "drops counted")

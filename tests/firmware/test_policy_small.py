@@ -65,3 +65,14 @@ def test_forged_replayed_and_foreign_frames_have_no_effect():
     eq(sc2.apply(good, eng, t)["why"].split(":")[0], "replayed", "replay after a reboot")
     eng.tick(seconds(t), 230.0, 1.0, 50.0, 10.0, 0)
     eq(relay.on, False, "only the genuine event acted")
+
+
+def test_one_frame_cannot_use_up_the_counter_space():
+    # Issue 10 row 13: after a frame with counter 0xFFFFFFFF no frame was ever accepted again.
+    eng, relay, sc = _node()
+    t = MON_2026_11_23 + 3600
+    r = sc.apply(small.encode_price(KEY, "n1", 0xFFFFFFFF, 0.3, 5), eng, t)
+    eq((r["ok"], r["why"]), (False, "invalid: counter 4294967295 is more than 65536 above 0"), "refused")
+    eq(sc.apply(small.encode_price(KEY, "n1", 65536, 0.3, 5), eng, t)["ok"], True, "a step of 65536 is allowed")
+    eq(sc.apply(small.encode_price(KEY, "n1", 65537, 0.3, 5), eng, t)["ok"], True, "and frames go on")
+    eq(small.SmallCommands("n1", KEY, sc._ctr.path)._ctr.acked, 65537, "persisted")

@@ -13,6 +13,9 @@
 #         registers its small-frame handler there)
 #   relay: {override_s: 3600}  how long an operator's relay on beats policy sheds (hal.RelayControl)
 # Relay switches made by the policy (RelayControl.on_change) are relay events with the reason.
+# Command results wait for the link in a queue of at most RESULTS_MAX: when it is full the
+# oldest refusal goes first (a flood of forged commands cannot push out the answer to a real
+# one), else the oldest result; drops are counted (stats()["results_dropped"]).
 # Command actions live in actions.py and LoRa wiring in loraservice.py, loaded only when
 # configured (a module's compile peak matters on a source-loaded heap).
 import json
@@ -23,6 +26,8 @@ from meternode.store import records
 from meternode.store.cursor import Cursor
 from meternode.store.log import RecordLog
 from meternode.store.profile import ProfileRecorder
+
+RESULTS_MAX = 8
 
 _CAUSES = (
     ("PWRON_RESET", "power_on"),
@@ -138,7 +143,8 @@ class UplinkService:
             self.log.append(records.EVENT, self.log.last_ts, records.event(records.EV_POWER_DOWN, 0, "estimated"))
             self.event(records.EV_POWER_UP, now - self.log.last_ts if now > self.log.last_ts else 0, "")
         self.event(records.EV_REBOOT, 0, reason)
-        self._results = []
+        self._results = []  # [accepted?, JSON text], oldest first, at most RESULTS_MAX
+        self.results_dropped = 0
         if getattr(node.hal, "relay", None) is not None:
             from meternode.hal.relay import relay_control  # only nodes with a relay load it
 
@@ -193,11 +199,21 @@ class UplinkService:
         return {"version": VERSION, "model": self.node.board.get("name", "meter node"), "sensors": None}
 
     def _on_command(self, payload):
-        self._results.append(json.dumps(self.commands.handle(payload)))
+        r = self.commands.handle(payload)
+        q = self._results
+        if len(q) >= RESULTS_MAX:
+            k = 0
+            for i in range(len(q)):
+                if not q[i][0]:
+                    k = i  # the oldest refusal, else the oldest result
+                    break
+            q.pop(k)
+            self.results_dropped += 1
+        q.append((r.get("status") != "rejected", json.dumps(r)))
 
     async def _flush_results(self):
         while self._results and self.link is not None and self.link.up:
-            if not await self.link.publish_result(self._results[0]):
+            if not await self.link.publish_result(self._results[0][1]):
                 return
             self._results.pop(0)
         if self.commands is not None and self.commands.reboot_pending and not self._results:
@@ -209,7 +225,10 @@ class UplinkService:
         await self.link.run()
 
     def stats(self):
-        d = {"log": self.log.stats(), "cursor": self.cursor.acked}
+        d = {"log": self.log.stats(), "cursor": self.cursor.acked, "results_dropped": self.results_dropped}
+        if self.commands is not None:
+            c = self.commands
+            d["commands"] = {"accepted": c.accepted, "rejected": c.rejected, "failed": c.failed, "held": c.limiter.held}
         if self.outbox is not None:
             d["outbox"] = self.outbox.stats()
         if self.link is not None:

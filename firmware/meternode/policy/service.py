@@ -15,6 +15,11 @@
 # policy/event (engine events), policy/state (tariff registers, relay) out.
 # The engine drives the board's relay through the node's RelayControl (hal.relay_control),
 # the same one the operator's `relay` command drives; who wins is documented there.
+# What waits for the link is one queue of at most OUT_MAX messages, bounded as each one is
+# added (a flood of frames between two ticks cannot grow it): refusals are at most
+# REFUSALS_MAX of them; when full, old state snapshots go first (the newest is kept), then
+# the oldest events, then the oldest results; a pending reboot is never dropped.  Drops are
+# counted in `dropped`.
 import asyncio
 import json
 import sys
@@ -30,6 +35,8 @@ _LEAVES = ("policy/bundle", "ota", "policy/small")
 _STATE_EVERY = 10  # ticks between policy/state messages
 _CKPT_EVERY = 300  # ticks between checkpoints of the engine's day counters (and after events)
 _IDLE_TICKS = 3  # calls without a measured second before the engine ticks unmeasured
+OUT_MAX = 64  # messages waiting for the link
+REFUSALS_MAX = 8  # of which refused frames/bundles (what an outsider can make)
 
 
 class SoftRelay:
@@ -94,7 +101,8 @@ class PolicyService:
         self.engine = None
         self.agent = None
         self.small = None
-        self._out = []  # (leaf, payload) waiting for the link
+        self._out = []  # (leaf, payload[, refused]) waiting for the link, see OUT_MAX
+        self.dropped = 0
         self._registered = None  # the uplink service our topics and LoRa port are registered with
         self._need_sub = False
         self._handlers = [(leaf, self._handler(leaf)) for leaf in _LEAVES]
@@ -213,17 +221,38 @@ class PolicyService:
             return False
         return self._leaf(t[len(pre) :], payload)
 
+    def _put(self, leaf, payload, refused=False):
+        # Queues one message for the link; the queue stays within OUT_MAX (see the top).
+        out = self._out
+        if refused:
+            n = 0
+            for x in out:
+                if len(x) > 2:
+                    n += 1
+            if n >= REFUSALS_MAX:
+                for k in range(len(out)):
+                    if len(out[k]) > 2:
+                        del out[k]
+                        self.dropped += 1
+                        break
+            out.append((leaf, payload, True))
+        else:
+            out.append((leaf, payload))
+        if len(out) > OUT_MAX:
+            self._trim()
+
     def _leaf(self, leaf, payload):
         if leaf == "policy/small":
-            self._out.append(("policy/result", json.dumps(self.small_frame(payload))))
+            r = self.small_frame(payload)
+            self._put("policy/result", json.dumps(r), r.get("status") == "rejected")
             return True
         if self.agent is None or leaf not in ("policy/bundle", "ota"):
             return False
         r = self.agent.handle(leaf, payload)
         if r and r[1] is not None:
-            self._out.append((r[0], json.dumps(r[1])))
+            self._put(r[0], json.dumps(r[1]), r[1].get("status") == "rejected")
             if r[1].get("status") == "staged":
-                self._out.append(("reboot", ""))
+                self._put("reboot", "")
         return True
 
     def _lora_frame(self, data):
@@ -232,7 +261,7 @@ class PolicyService:
         r = self.small_frame(data)
         self.log("lora policy frame: %s" % ("ok" if r.get("ok") else r.get("why")))
         if self._link() is not None:
-            self._out.append(("policy/result", json.dumps(r)))
+            self._put("policy/result", json.dumps(r), r.get("status") == "rejected")
 
     def small_frame(self, frame):
         # A LoRa-sized policy frame (small.py), from MQTT `policy/small` or a LoRaWAN downlink;
@@ -244,7 +273,7 @@ class PolicyService:
     async def _flush(self, c):
         pre = "%s/%s/" % (self.node.config["mqtt"].get("prefix", "umeter"), self.node.id)
         while self._out and c is not None and c.connected:
-            leaf, payload = self._out[0]
+            leaf, payload = self._out[0][0], self._out[0][1]
             if leaf == "reboot":
                 self.log("rebooting into the staged firmware")
                 await asyncio.sleep_ms(200)
@@ -358,39 +387,45 @@ class PolicyService:
             if c is not None and confirmed and not reported and self.agent:
                 rep = self.agent.boot_report()
                 if rep:
-                    self._out.append(("ota/result", json.dumps(rep)))
+                    self._put("ota/result", json.dumps(rep))
                 reported = True
             evs = self._drain()
             for ev in evs:
-                self._out.append(("policy/event", json.dumps(ev)))
+                self._put("policy/event", json.dumps(ev))
             n += 1
             if evs or n % _CKPT_EVERY == 0:
                 self._checkpoint()
             if n % _STATE_EVERY == 0 or evs:
-                self._out.append(("policy/state", json.dumps(self.state())))
-            if len(self._out) > 64:
-                self._trim()
+                self._put("policy/state", json.dumps(self.state()))
             try:
                 await self._flush(c)
             except Exception as ex:
                 self.log("policy results not sent: %s" % ex)
 
     def _trim(self):
-        # Offline too long: drop state snapshots but the newest, then the oldest events;
-        # results (policy/result, ota/result) and a pending reboot are kept.
+        # Over OUT_MAX: drop state snapshots but the newest, then the oldest events, then the
+        # oldest results; a pending reboot is kept.  In place (the list is shared).
         out = self._out
+        n0 = len(out)
         last_state = -1
         for k in range(len(out)):
             if out[k][0] == "policy/state":
                 last_state = k
-        self._out = [x for k, x in enumerate(out) if x[0] != "policy/state" or k == last_state]
-        while len(self._out) > 64:
-            for k in range(len(self._out)):
-                if self._out[k][0] == "policy/event":
-                    del self._out[k]
-                    break
+        k = 0
+        while k < len(out) and len(out) > OUT_MAX:
+            if out[k][0] == "policy/state" and k != last_state:
+                del out[k]
+                last_state -= 1
             else:
-                break
+                k += 1
+        for leaf in ("policy/event", None):
+            k = 0
+            while k < len(out) and len(out) > OUT_MAX:
+                if (out[k][0] == leaf) if leaf else out[k][0] != "reboot":
+                    del out[k]
+                else:
+                    k += 1
+        self.dropped += n0 - len(out)
 
 
 def _log(msg):

@@ -4,7 +4,9 @@
 #
 # Frame (big-endian):
 #   0      0x10 | op          (format 1; op 1 = price, 2 = DR event, 3 = cancel DR events)
-#   1..4   counter u32        (strictly above every counter accepted before; persisted)
+#   1..4   counter u32        (strictly above every counter accepted before and at most
+#                              MAX_STEP above the last one, so one frame cannot use up the
+#                              counter space; persisted in full width before acting)
 #   price: 5..8 price u32 in 1/10000 currency per kWh, 9..10 validity u16 minutes
 #   event: 5..8 start u32 UNIX s, 9..10 duration u16 s, 11 rule u8 (255 = every event rule)
 #   cancel: nothing
@@ -24,6 +26,7 @@ _TAG = 8
 _BODY = {OP_PRICE: 6, OP_EVENT: 7, OP_CANCEL: 0}
 MAX_AHEAD_S = 86400  # an event may start at most a day ahead
 MAX_LATE_S = 3600  # or have started at most an hour ago
+MAX_STEP = 1 << 16  # the largest counter step one frame may make
 
 
 class Rejected(Exception):
@@ -75,6 +78,8 @@ class SmallCommands:
         ctr = struct.unpack_from(">I", body, 1)[0]
         if ctr <= self._ctr.acked:
             raise Rejected("replayed: counter %d is not above %d" % (ctr, self._ctr.acked))
+        if ctr - self._ctr.acked > MAX_STEP:
+            raise Rejected("invalid: counter %d is more than %d above %d" % (ctr, MAX_STEP, self._ctr.acked))
         if op == OP_PRICE:
             p, valid = struct.unpack_from(">IH", body, 5)
             vals = (p / 10000.0, valid * 60)
