@@ -211,3 +211,26 @@ def test_a_flood_of_forged_small_frames_keeps_the_queue_bounded_and_the_real_res
     eq(json.loads(s._out[0][1])["ok"], True, "the genuine frame's result is kept")
     eq(s._out[-1], ("policy/state", "{}"), "state still queued")
     eq(s.dropped, 3000 - service.REFUSALS_MAX, "drops counted")
+
+
+class _Uplink:
+    def __init__(self):
+        self.events = []
+        self.link = None
+
+    def event(self, code, arg, text):
+        self.events.append((code, arg, text))
+
+
+@heap("256k")
+def test_a_flood_of_forged_bundles_writes_few_events_and_counts_the_rest():
+    node = _Node(scratch_dir())
+    node.uplink_service = _Uplink()
+    s = PolicyService(node, log=lambda m: None)
+    for _ in range(500):
+        s._leaf("policy/bundle", F.POLICY_OTHER_KEY)
+    ev = node.uplink_service.events
+    eq(len(ev), 16, "refusal events rate-limited")
+    eq(ev[0][2][:20], "policy rejected: unk", ev[0][2])
+    eq((s.agent.rejected, s._limiter.held), (500, 484), "every refusal counted")
+    eq(len([x for x in s._out if len(x) > 2]), 8, "refused results capped")

@@ -101,6 +101,7 @@ class PolicyService:
         self.engine = None
         self.agent = None
         self.small = None
+        self._limiter = None  # refusal events (made on the first refusal)
         self._out = []  # (leaf, payload[, refused]) waiting for the link, see OUT_MAX
         self.dropped = 0
         self._registered = None  # the uplink service our topics and LoRa port are registered with
@@ -174,12 +175,23 @@ class PolicyService:
             self.log("policy checkpoint not written: %s" % ex)
 
     def _event(self, kind, text):
+        # The agent's events into the record log; refusals (what an outsider can cause)
+        # through a Limiter, each carrying how many were held back before it.
         self.log("%s: %s" % (kind, text))
         u = getattr(self.node, "uplink_service", None)
         if u:
             from meternode.store import records
 
-            u.event(records.EV_POLICY, 0, "%s %s" % (kind, text))  # records.event cuts it
+            held = 0
+            if text.startswith("rejected"):
+                if self._limiter is None:
+                    from meternode.link.limiter import Limiter
+
+                    self._limiter = Limiter()
+                held = self._limiter.take(self.clock.time())
+                if held < 0:
+                    return
+            u.event(records.EV_POLICY, held, "%s %s" % (kind, text))  # records.event cuts it
 
     # -- link ----------------------------------------------------------------------------------
     def _handler(self, leaf):
