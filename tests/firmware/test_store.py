@@ -4,7 +4,7 @@ import os
 from meternode.store import records
 from meternode.store.cursor import Cursor
 from meternode.store.log import HEADER, LogError, RecordLog
-from mptest import eq, raises, scratch_dir
+from mptest import eq, heap, raises, scratch_dir
 
 
 def _ev(i):
@@ -200,36 +200,108 @@ def test_profile_recorder_closes_intervals_on_the_clock_and_freezes_days_and_mon
     raises(ValueError, ProfileRecorder, log, 7)
 
 
-class _FullOnce:
-    # A file whose next write fails like a full flash (after writing part of the record).
-    def __init__(self, f):
-        self.f = f
-        self.failed = False
+@heap("256k")
+def test_a_local_log_with_no_publisher_makes_room_from_its_oldest_segment_when_flash_is_full():
+    import ramflash
 
-    def write(self, b):
-        if not self.failed:
-            self.failed = True
-            self.f.write(b[:5])
-            raise OSError(28, "ENOSPC")
-        return self.f.write(b)
-
-    def flush(self):
-        self.f.flush()
-
-    def close(self):
-        self.f.close()
-
-
-def test_flash_full_on_write_drops_the_oldest_segment_and_loses_no_new_record():
-    p = scratch_dir() + "/log"
-    log = RecordLog(p, 1024, 16384)
+    ramflash.mount("/flash", 48)
+    log = RecordLog("/flash/log", 1024, 65536)  # max_bytes beyond what fits: the flash fills first
     _fill(log, 60)
-    before = log.stats()
-    log._f = _FullOnce(log._f)
-    eq(log.append(records.EVENT, 5000, _ev(1)), 61, "the append still succeeds")
+    first = log.first_seq()
+    ramflash.fill("/flash/filler")
+    for k in range(60):
+        log.append(records.EVENT, 5000 + k, _ev(k))
     st = log.stats()
-    eq(st["dropped"] > 0 and st["first_seq"] > before["first_seq"], True, "oldest segment dropped")
-    eq(_seqs(log, st["first_seq"])[-2:], [60, 61], "new record readable after the torn bytes")
+    eq((st["dropped"] > 0, st["first_seq"] > first, st["unwritten"]), (True, True, 0), "room from the oldest")
+    eq(_seqs(log, st["first_seq"])[-1], 120, "every new record written")
     log.close()
-    log = RecordLog(p, 1024, 16384)
-    eq(_seqs(log, st["first_seq"]), list(range(st["first_seq"], 62)), "and after a restart")
+
+
+@heap("256k")
+def test_flash_full_never_drops_unsent_records_and_the_log_goes_on_when_there_is_room():
+    # Issue 10 row 5: a full flash (an OTA slot left behind) made the log drop its oldest
+    # segment: 64 of 100 unsent readings lost, and later appends still failed.
+    import ramflash
+
+    ramflash.mount("/flash", 48)
+    sent = [20]
+    log = RecordLog("/flash/log", 1024, 16384)
+    log.delivered = lambda: sent[0]
+    _fill(log, 100)
+    ramflash.fill("/flash/slot")  # what an OTA staging left
+    refused = 0
+    for k in range(40):
+        try:
+            log.append(records.EVENT, 5000 + k, _ev(k))
+        except LogError as e:
+            refused += 1
+            eq("flash full" in str(e), True, str(e))
+    st = log.stats()
+    eq(refused > 0 and st["unwritten"] == refused, True, "refused appends counted (%d)" % refused)
+    eq(st["first_seq"] <= 21, True, "no unsent record was deleted: first seq %d" % st["first_seq"])
+    eq(_seqs(log, 21)[:80], list(range(21, 101)), "the 80 unsent readings are all there")
+    os.remove("/flash/slot")
+    s = log.append(records.EVENT, 9000, _ev(1))
+    eq(s, 101 + 40 - refused, "appends go on once there is room")
+    log.close()
+    log = RecordLog("/flash/log", 1024, 16384)
+    eq(_seqs(log, 21)[-1], s, "and survive a restart")
+    log.close()
+
+
+def test_seq_is_never_issued_again_when_the_newest_records_are_lost_after_upload():
+    # Issue 10 row 10: the newest record corrupted after upload and the cursor saved lower
+    # (every 16 acks): the next record reused seq 20 and the consumer dropped it as a duplicate.
+    p = scratch_dir() + "/log"
+    log = RecordLog(p, 4096, 16384, floor=0)
+    _fill(log, 20)
+    for s in range(1, 21):
+        log.mark_sent(s)  # the publisher sent them all
+    log.close()
+    seg = p + "/00000001.seg"
+    with open(seg, "rb") as f:
+        data = bytearray(f.read())
+    data[-3] ^= 0xFF  # the newest record's CRC no longer checks
+    with open(seg, "wb") as f:
+        f.write(data)
+    log = RecordLog(p, 4096, 16384, floor=16)  # the cursor as saved
+    eq(_seqs(log)[-1], 19, "record 20 is gone")
+    eq(log.append(records.EVENT, 3000, _ev(0)), 21, "seq 20 is not issued again")
+    log.close()
+
+
+def test_an_unreadable_meta_moves_the_next_seq_on_by_a_margin():
+    from meternode.store.log import HW_MARGIN
+
+    p = scratch_dir() + "/log"
+    log = RecordLog(p, 4096, 16384)
+    _fill(log, 5)
+    log.mark_sent(5)
+    log.close()
+    with open(p + "/meta", "r+b") as f:
+        f.write(b"\xff")
+    log = RecordLog(p, 4096, 16384)
+    eq((log.meta_bad, log.append(records.EVENT, 1, _ev(0))), (True, 6 + HW_MARGIN), "margin")
+    log.close()
+    eq(RecordLog(p, 4096, 16384).last_seq, 6 + HW_MARGIN, "and the meta is good again")
+
+
+def test_mark_sent_persists_a_few_records_ahead_but_never_past_the_newest():
+    p = scratch_dir() + "/log"
+    log = RecordLog(p, 4096, 16384)
+    _fill(log, 30)
+    log.mark_sent(1)
+    eq(log.stats()["hw"], 8, "one meta write covers a window")
+    w = [0]
+    save = log._save_meta
+
+    def counted():
+        w[0] += 1
+        save()
+
+    log._save_meta = counted
+    for s in range(2, 31):
+        log.mark_sent(s)
+    eq((log.stats()["hw"], w[0]), (30, 3), "hw at the newest record, one write per 8")
+    log.close()
+    eq(RecordLog(p, 4096, 16384).last_seq, 30, "no gap after a clean restart")

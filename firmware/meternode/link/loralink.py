@@ -81,6 +81,7 @@ class LoRaLink:
                         continue
                     await self._airtime(len(frame))
                     self.gov.sent_now(len(frame), _ticks())
+                    self.log.mark_sent(r.seq)  # this seq is never issued again (store/log.py)
                     if await self.modem.send(self.port, frame, self.confirmed):
                         self.cursor.advance(r.seq)
                         self.cursor.flush()

@@ -12,6 +12,12 @@
 # whose PUBACK does not come within `ack_timeout_ms` drops the connection; after a
 # reconnect with a kept session the records that were in flight go out again with DUP and
 # their packet ids, otherwise everything from the cursor goes out again with new ids.
+#
+# Before a record leaves, the log's high-water mark is raised (RecordLog.mark_sent), so its
+# seq is never issued again.  A seq the log does not hold although later ones exist (a record
+# lost to corruption, or seqs skipped after the newest records were lost) goes out as a
+# `missing` document with that seq: the consumer, which stores strictly in sequence, sees
+# every seq once and keeps no gap open asking for a resend the node cannot serve.
 import asyncio
 import json
 
@@ -43,6 +49,9 @@ class Outbox:
         self._pending = []  # [seq, pid, acked, sent_ms] in send order
         self._sent_hi = cursor.acked  # highest seq sent so far
         self._rewind = 0  # seq to go back to, asked by the consumer (…/resend)
+        self._want = 0  # seq the reader should return next (a higher one leaves a gap)
+        self._gap = 0  # next seq of a gap to send as `missing` (0: none)
+        self._gap_end = 0
         self._pid = 0
         self._kick = asyncio.Event()
         self._tokens = float(window)
@@ -55,6 +64,7 @@ class Outbox:
         self.dups = 0
         self.timeouts = 0
         self.skipped = 0
+        self.missing = 0
         self.rewinds = 0
         self.on_unreadable = None  # callable(seq, why): an event, once per record (the service's)
         self._unreadable_hi = 0
@@ -84,6 +94,7 @@ class Outbox:
             "dup": self.dups,
             "ack_timeouts": self.timeouts,
             "unreadable": self.skipped,
+            "missing": self.missing,
             "rewinds": self.rewinds,
         }
 
@@ -141,8 +152,41 @@ class Outbox:
             for e in self._pending:
                 old[e[0]] = e[1]
         self._pending = []
-        self._reader.seek(self.cursor.acked + 1)
+        self._seek(self.cursor.acked + 1)
         return old
+
+    def _seek(self, seq):
+        self._reader.seek(seq)
+        self._want = seq
+        self._gap = 0
+
+    def _next(self):
+        # The next seq to send: -> its record kind, or -1 for a `missing` one (seq in
+        # self._gap), or 0 when there is nothing more yet.
+        if self._gap:
+            return -1
+        r = self._reader
+        kind = r.next()
+        if kind:
+            first = self.log.first_seq()
+            lo = self._want if self._want > first else first
+            if r.seq > lo:  # lo..seq-1 are not in the log: send them as missing first
+                self._gap = lo
+                self._gap_end = r.seq - 1
+                r.seek(r.seq)
+                return -1
+            self._want = r.seq + 1
+        return kind
+
+    def _missing(self):
+        # The document of the gap seq being sent; moves on to the next.
+        s = self._gap
+        self.missing += 1
+        d = {"node": self.node_id, "kind": "missing", "seq": s, "ts": 0, "held": self.log.first_seq()}
+        d["error"] = "not in the node's log (lost to flash corruption or a reset)"
+        self._gap = s + 1 if s < self._gap_end else 0
+        self._want = s + 1
+        return s, json.dumps(d)
 
     async def run_connection(self, c):
         # Publishes over one connected client until it drops.  Returns (never raises for
@@ -158,20 +202,26 @@ class Outbox:
             if self._rewind:
                 self._pending = p = []
                 old = {}
-                r.seek(self._rewind)
+                self._seek(self._rewind)
                 self._rewind = 0
             # Fill the window.
             while len(p) < self.window and c.connected:
                 if not old and not self._take_token():
                     break
-                kind = r.next()
+                kind = self._next()
                 if not kind:
                     if not old:
                         self._tokens += 1.0  # nothing to send: give the token back
                     if not p:
                         self.cursor.flush()  # caught up: persist now (no-op when unchanged)
                     break
-                seq = r.seq
+                if kind < 0:
+                    seq, doc = self._missing()
+                    topic = self._topics[records.EVENT]
+                else:
+                    seq = r.seq
+                    doc = None
+                    topic = self._topics.get(kind, self._topics[records.EVENT])
                 pid = old.pop(seq, None)
                 dup = pid is not None
                 if not dup:
@@ -181,10 +231,9 @@ class Outbox:
                 p.append([seq, pid, False, _now()])
                 if seq > self._sent_hi:
                     self._sent_hi = seq
+                self.log.mark_sent(seq)
                 try:
-                    await c.send_publish(
-                        self._topics.get(kind, self._topics[records.EVENT]), self._payload(), 1, False, pid, dup
-                    )
+                    await c.send_publish(topic, doc or self._payload(), 1, False, pid, dup)
                 except Exception as e:
                     await c.abort(e)
                     break

@@ -24,7 +24,7 @@ from meternode import VERSION
 from meternode.config import ConfigError, need
 from meternode.store import records
 from meternode.store.cursor import Cursor
-from meternode.store.log import RecordLog
+from meternode.store.log import LogError, RecordLog
 from meternode.store.profile import ProfileRecorder
 
 RESULTS_MAX = 8
@@ -79,6 +79,7 @@ class UplinkService:
         except ValueError as e:
             raise ConfigError(str(e))
         self.log.on_drop = self._dropped
+        self.log.delivered = self._delivered  # flash full: only delivered segments make room
         self.clock = node.hal.clock
         m = cfg.get("mqtt") or {}
         self.outbox = None
@@ -143,6 +144,7 @@ class UplinkService:
             self.log.append(records.EVENT, self.log.last_ts, records.event(records.EV_POWER_DOWN, 0, "estimated"))
             self.event(records.EV_POWER_UP, now - self.log.last_ts if now > self.log.last_ts else 0, "")
         self.event(records.EV_REBOOT, 0, reason)
+        self._unwritten_said = 0  # log.unwritten already reported by a log_full event
         self._results = []  # [accepted?, JSON text], oldest first, at most RESULTS_MAX
         self.results_dropped = 0
         if getattr(node.hal, "relay", None) is not None:
@@ -165,9 +167,25 @@ class UplinkService:
             self.outbox.notify()
 
     def event(self, code, arg=0, text=""):
-        seq = self.log.append(records.EVENT, int(self.clock.time()), records.event(code, arg, text))
+        # Appends an event; 0 when the flash has no room (counted by the log, and said with a
+        # log_full event once it has): an event never raises into whoever reported it.
+        try:
+            seq = self.log.append(records.EVENT, int(self.clock.time()), records.event(code, arg, text))
+        except LogError:
+            return 0
         self._wake()
         return seq
+
+    def _delivered(self):
+        # The seq every publisher has delivered (the log may delete up to it for room).
+        a = self.cursor.acked if self.outbox is not None else None
+        lo = self.lora
+        if lo is not None:
+            b = lo.cursor.acked
+            if a is None:
+                return b
+            return max(a, b) if lo.floor is not None else min(a, b)  # fallback: either link
+        return a if a is not None else self.log.last_seq  # no publisher: a local history
 
     def _unreadable(self, seq, why):
         self.event(records.EV_LOG_CORRUPT, seq, "unreadable %d: %s" % (seq, why))
@@ -178,11 +196,17 @@ class UplinkService:
 
     async def report(self, ts, snap, payload):
         # Every telemetry period: profile accounting, then live telemetry (QoS 0).
-        self.profile.add(ts, snap)
+        try:
+            self.profile.add(ts, snap)
+        except LogError:
+            pass  # flash full: counted in log.unwritten, said below once there is room
         note = getattr(self, "_drop_note", None)
         if note:
             self._drop_note = None
             self.event(records.EV_LOG_DROPPED, note[0], "seq %d-%d" % (note[1], note[2]))
+        lost = self.log.unwritten - self._unwritten_said
+        if lost and self.event(records.EV_LOG_FULL, lost, "records not written: flash full"):
+            self._unwritten_said += lost
         if self.link is not None:
             await self.link.publish_live("telemetry", payload)
         if self.lora is not None:

@@ -6,13 +6,21 @@
 # The CRC covers kind..payload.  Records never span segments; a segment file is
 # `<path>/NNNNNNNN.seg` and grows to `segment_bytes`, then a new one starts.  When the log
 # holds more than `max_bytes`, the oldest segment is deleted and its records are counted
-# (`dropped`, persisted, and reported by an EV_LOG_DROPPED event).
+# (`dropped`, persisted, and reported by an EV_LOG_DROPPED event).  That retention is the
+# only thing that deletes records nobody has received: when a write fails (flash full), only
+# segments every publisher already delivered (`delivered()`) are deleted to make room; if
+# there are none the append raises LogError, the record is counted in `unwritten` and the
+# service says so with an EV_LOG_FULL event once it can write again.
 #
 # On open every segment is scanned: a torn last record (power cut mid-append) is skipped and
 # appends continue in a fresh segment (no truncate on MicroPython); a corrupt record is
 # skipped by resynchronising on the next magic byte whose CRC checks, so nothing after it
-# is lost.  Sequence numbers continue from the highest seen (or from `floor`, the upload
-# cursor, when the log is empty).
+# is lost.  Sequence numbers continue from the highest of: the newest record seen, `floor`
+# (the upload cursor) and the high-water mark in `meta`, which publishers raise with
+# mark_sent() before a record leaves the node.  So a seq the upstream may have seen is never
+# issued again, even when the newest records are corrupted or the cursor was saved lower; an
+# unreadable meta moves the next seq on by HW_MARGIN.  The seqs skipped so are a gap the
+# outbox fills with `missing` documents.
 import binascii
 import os
 import struct
@@ -27,6 +35,8 @@ TRAILER = const(4)
 MAX_PAYLOAD = const(496)  # a record is at most 512 bytes on disk
 _HDR = "<BBHII"
 _META = "meta"
+_HW_AHEAD = const(7)  # mark_sent() reserves up to this many more records (one meta write per window)
+HW_MARGIN = const(256)  # seqs skipped when the meta (and so the high-water mark) is unreadable
 
 
 class LogError(ValueError):
@@ -69,37 +79,54 @@ class RecordLog:
         self.last_seq = 0
         self.last_ts = 0  # timestamp of the newest record (0: none)
         self.on_drop = None  # callback(n_records, first_seq, last_seq) after a segment is dropped
+        self.delivered = None  # callable -> seq every publisher has delivered (None: no publisher)
+        self.unwritten = 0  # appends refused for want of space, all time
+        self.meta_bad = False  # the meta was there but unreadable on open
+        self._hw = 0  # high-water mark: no seq up to it is ever issued again (persisted)
         self._f = None
+        self._broken = False  # the segment being written holds a failed write past its end
         if not _exists(path):
             os.mkdir(path)
         self._load_meta()
         self._scan_all()
         if self.last_seq < floor:
             self.last_seq = floor
+        if self.last_seq < self._hw:
+            self.last_seq = self._hw
+        if self.meta_bad:
+            self.last_seq += HW_MARGIN
+            self._hw = self.last_seq
+            try:
+                self._save_meta()  # good again: the next open adds no second margin
+            except OSError:
+                pass
 
     # -- opening -------------------------------------------------------------------------
     def _load_meta(self):
-        # meta: dropped u32 | through u32 | crc32 of the first 8 bytes (an older 8-byte
-        # meta without `through` is read too).  `through` is the newest seq retention has
-        # dropped: it is written *before* the segment is removed, so a power cut between the
-        # two leaves a segment that the next open removes (the drop completes, counted once).
+        # meta: dropped u32 | through u32 | hw u32 | crc32 of what precedes it (older metas
+        # of 12 bytes without `hw` and 8 bytes without `through` are read too).  `through` is
+        # the newest seq retention has dropped: it is written *before* the segment is removed,
+        # so a power cut between the two leaves a segment that the next open removes (the drop
+        # completes, counted once).  `hw` is the high-water mark (see the top).
         try:
             with open(self.path + "/" + _META, "rb") as f:
-                b = f.read(12)
-            if len(b) == 12:
-                n, through, crc = struct.unpack("<III", b)
-                if binascii.crc32(b[:8]) == crc:
-                    self.dropped = n
-                    self._through = through
-            elif len(b) == 8:
-                n, crc = struct.unpack("<II", b)
-                if binascii.crc32(b[:4]) == crc:
-                    self.dropped = n
-        except (OSError, ValueError):
-            pass
+                b = f.read(16)
+        except OSError:
+            return  # no meta yet
+        ok = False
+        if len(b) in (8, 12, 16):
+            v = struct.unpack("<%dI" % (len(b) // 4), b)
+            if binascii.crc32(b[: len(b) - 4]) == v[-1]:
+                ok = True
+                self.dropped = v[0]
+                if len(b) > 8:
+                    self._through = v[1]
+                if len(b) > 12:
+                    self._hw = v[2]
+        self.meta_bad = not ok
 
     def _save_meta(self):
-        b = struct.pack("<II", self.dropped, self._through)
+        b = struct.pack("<III", self.dropped, self._through, self._hw)
         tmp = self.path + "/" + _META + ".tmp"
         with open(tmp, "wb") as f:
             f.write(b + struct.pack("<I", binascii.crc32(b)))
@@ -200,9 +227,14 @@ class RecordLog:
     def _new_segment(self):
         if self._f is not None:
             self._f.close()
+            self._f = None
         num = self.segs[-1][0] + 1 if self.segs else 1
+        if self.segs and not self.segs[-1][4]:
+            self.segs.pop()  # an empty segment (a failed start) is reused, not left behind
+            num -= 1
         self.segs.append([num, 0, 0, 0, 0])
         self._f = open(_seg_name(self.path, num), "wb")
+        self._broken = False
 
     # -- appending -----------------------------------------------------------------------
     def append(self, kind, ts, payload):
@@ -214,30 +246,30 @@ class RecordLog:
         if not 0 < kind < 256:
             raise LogError("record kind %d is outside 1..255" % kind)
         need = HEADER + n + TRAILER
-        seg = self.segs[-1]
-        if seg[4] and seg[4] + need > self.segment_bytes:
-            self._new_segment()
-            seg = self.segs[-1]
-            self._retain()
         seq = self.last_seq + 1
         struct.pack_into(_HDR, self._hdr, 0, _MAGIC, kind, n, seq, int(ts) & 0xFFFFFFFF)
         crc = binascii.crc32(payload, binascii.crc32(self._hdrv[1:]))
         struct.pack_into("<I", self._tail, 0, crc)
         rec = self._hdr + payload + self._tail
         try:
+            seg = self._room(need)
             self._f.write(rec)
             self._f.flush()
         except OSError as e:
             # Flash full (or failing): whatever part was written stays past this segment's
-            # known end and is never read; drop the oldest segment, go on in a new one.
-            self._drop_oldest()
+            # known end and is never read; the next write starts a new segment.  Room is made
+            # only from segments every publisher has delivered, never from unsent records.
+            self._broken = True
             try:
-                self._new_segment()
-                seg = self.segs[-1]
+                if not self._drop_delivered():
+                    raise e
+                seg = self._room(need)
                 self._f.write(rec)
                 self._f.flush()
-            except OSError:
-                raise LogError("record log cannot write seq %d: %s (flash full?)" % (seq, e))
+            except OSError as e2:
+                self._broken = True
+                self.unwritten += 1
+                raise LogError("record log cannot write seq %d: %s (flash full?)" % (seq, e2))
         self.last_seq = seq
         self.last_ts = int(ts) & 0xFFFFFFFF
         if not seg[3]:
@@ -246,6 +278,39 @@ class RecordLog:
         seg[3] += 1
         seg[4] += need
         return seq
+
+    def _room(self, need):
+        # The segment the next record goes to: a new one when this one is full or holds a
+        # failed write; retention runs when a segment is started.
+        seg = self.segs[-1]
+        if self._broken or self._f is None or (seg[4] and seg[4] + need > self.segment_bytes):
+            self._new_segment()
+            self._retain()
+        return self.segs[-1]
+
+    def _drop_delivered(self):
+        # Deletes the oldest segments whose records were all delivered; True if any went.
+        d = self.delivered() if self.delivered is not None else self.last_seq
+        k = 0
+        while len(self.segs) > 1 and self.segs[0][2] <= d:
+            self._drop_oldest()
+            k += 1
+        return k > 0
+
+    def mark_sent(self, seq):
+        # A publisher is about to send `seq`: raise the high-water mark first (persisted in
+        # the meta, a few records ahead so that it is one write per window, never past the
+        # newest record).  A failed write is retried with the next record.
+        if seq <= self._hw:
+            return
+        hw = self._hw
+        self._hw = seq + _HW_AHEAD if seq + _HW_AHEAD < self.last_seq else self.last_seq
+        if self._hw < seq:
+            self._hw = seq
+        try:
+            self._save_meta()
+        except OSError:
+            self._hw = hw
 
     def bytes_used(self):
         t = 0
@@ -300,6 +365,8 @@ class RecordLog:
             "dropped": self.dropped,
             "corrupt": self.corrupt,
             "torn": self.torn,
+            "unwritten": self.unwritten,
+            "hw": self._hw,
         }
 
     def close(self):
