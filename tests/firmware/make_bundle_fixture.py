@@ -17,6 +17,7 @@ NOW = 1795388400  # 2026-11-23 00:00 UTC+1: the tests' clock
 KEY = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"umeter test fleet key").digest())
 OTHER = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"someone else").digest())
 FAR = 4102444800 - NOW  # valid until 2100
+BIG_SIZE = 24576
 
 
 def _policy(name: str, peak: float) -> bytes:
@@ -103,6 +104,22 @@ def render() -> str:
         build={"version": "9.1.0", "image": "app"},
     )
     out["IMAGE_V6"] = sign_bundle(KEY, man, {"app.bin": image})
+    # a streamed build bigger than a small flash can hold beside its record log; the tests
+    # make its bytes from the formula instead of carrying them
+    big = bytes((i * 31 + 7) & 255 for i in range(BIG_SIZE))
+    man = make_manifest(
+        "firmware",
+        "test",
+        7,
+        {"meternode/big.bin": big},
+        make_target(all_nodes=True),
+        key=KEY,
+        expires_s=FAR,
+        now=NOW,
+        campaign="big7",
+        build={"version": "9.2.0"},
+    )
+    out["FIRMWARE_V7_BIG_STREAMED"] = sign_bundle(KEY, man, {})
     fw_files = {k: v.hex() for k, v in fw.items()}
     fw_files["app.bin"] = image.hex()
     lines = [
@@ -110,6 +127,7 @@ def render() -> str:
         "NOW = %d" % NOW,
         "FLEET = %r" % fleet_identity(KEY, "test", ["north"]),
         "FW_FILES_HEX = %r" % fw_files,
+        "BIG_SIZE = %d  # FIRMWARE_V7_BIG_STREAMED's meternode/big.bin: byte i = (i * 31 + 7) & 255" % BIG_SIZE,
     ]
     for k, v in out.items():
         lines.append("%s = %r" % (k, v))

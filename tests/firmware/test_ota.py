@@ -276,3 +276,91 @@ def test_app_image_that_fails_its_health_check_is_rolled_back_by_the_bootloader(
     # a node without OTA partitions refuses app images
     r = Agent("n1", F.FLEET, scratch_dir() + "/x", Clock()).handle_ota(_begin(F.IMAGE_V6))
     eq(r["why"].split(":")[0], "unsupported", "no partitions")
+
+
+def _big(off, n):
+    return bytes((i * 31 + 7) & 255 for i in range(off, off + n))
+
+
+def _chunk(off, n):
+    msg = {"op": "file", "name": "meternode/big.bin", "off": off, "data": b2a_base64(_big(off, n)).decode()}
+    return json.dumps(msg).encode()
+
+
+def _flash_with_a_log(kib, records_n, max_bytes):
+    import ramflash
+
+    from meternode.store import records
+    from meternode.store.log import RecordLog
+
+    ramflash.mount("/flash", kib)
+    log = RecordLog("/flash/store", 1024, max_bytes)
+    log.delivered = lambda: 0  # nothing uploaded yet
+    for k in range(records_n):
+        log.append(records.EVENT, F.NOW + k, records.event(records.EV_TAMPER, k, "reading %d" % k))
+    return ramflash, log
+
+
+@heap("512k")
+def test_a_build_larger_than_the_free_flash_beside_the_log_is_refused_before_a_byte_is_written():
+    # Issue 10 row 5: staging filled the flash (OSError 28), left the partial slot, and the
+    # record log then dropped unsent readings to make room.
+    ramflash, log = _flash_with_a_log(64, 100, 16384)
+    a = _agent("/flash")
+    a.slots.reserve_fn = lambda: log.max_bytes - log.bytes_used() + log.segment_bytes
+    free = ramflash.free("/flash")
+    eq(F.BIG_SIZE < free, True, "the build alone would fit (%d free)" % free)
+    r = a.handle_ota(_begin(F.FIRMWARE_V7_BIG_STREAMED))
+    eq((r["ok"], r["why"].split(":")[0]), (False, "no space"), r.get("why"))
+    eq("record log" in r["why"], True, r["why"])
+    eq([n for n in os.listdir("/flash/fw") if n in ("a", "b")], [], "no slot left behind")
+    eq(ramflash.free("/flash"), free, "nothing written")
+    for k in range(40):  # the log goes on, nothing lost
+        log.append(4, F.NOW + 200 + k, b"\x05\x00\x00\x00\x00later")
+    eq((log.first_seq(), log.last_seq, log.unwritten), (1, 140, 0), "every reading kept")
+    log.close()
+
+
+@heap("512k")
+def test_a_staging_that_runs_out_of_flash_midway_removes_its_partial_slot():
+    ramflash, log = _flash_with_a_log(64, 20, 4096)
+    a = _agent("/flash")
+    r = a.handle_ota(_begin(F.FIRMWARE_V7_BIG_STREAMED))
+    eq((r["ok"], r["status"]), (True, "accepted"), "enough room when it began")
+    ramflash.fill("/flash/other", 8192)  # someone else takes the room meanwhile
+    off = 0
+    res = None
+    while off < F.BIG_SIZE and res is None:
+        res = a.handle_ota(_chunk(off, 1024))
+        off += 1024
+    eq((res["ok"], res["why"].split(":")[0]), (False, "no space"), res and res.get("why"))
+    eq("partial build was removed" in res["why"], True, res["why"])
+    eq([n for n in os.listdir("/flash/fw") if n in ("a", "b")], [], "the partial slot is gone")
+    eq(a.handle_ota(_chunk(off, 1024)), None, "later chunks of the given-up transfer are ignored")
+    os.remove("/flash/other")
+    log.append(4, F.NOW, b"\x05\x00\x00\x00\x00after")  # and the log has its room back
+    log.close()
+
+
+@heap("256k")
+def test_a_slot_left_half_written_by_a_power_cut_is_removed_at_the_next_start():
+    root = scratch_dir()
+    a = _agent(root)
+    a.handle_ota(_begin(F.FIRMWARE_V7_BIG_STREAMED))
+    a.handle_ota(_chunk(0, 2048))  # ... power cut
+    eq("big.bin" in os.listdir(root + "/fw/a/meternode"), True, "partial file on flash")
+    s = Slots(root)
+    s.resume()
+    eq([n for n in os.listdir(root + "/fw") if n in ("a", "b")], [], "removed at start")
+
+
+@heap("256k")
+def test_staging_into_the_slot_of_the_previous_build_forgets_that_build_first():
+    root = scratch_dir()
+    s = Slots(root)
+    st = s.state()
+    os.mkdir(root + "/fw/a")
+    st.update({"active": "b", "versions": {"a": 4, "b": 5}})
+    s._save(st)
+    eq(s.begin({"version": 6, "files": {}}), "a", "stages over the previous build")
+    eq(Slots(root).state()["versions"], {"b": 5}, "the crash-loop fallback no longer points at it")

@@ -117,7 +117,7 @@ class Agent:
             if leaf == "ota":
                 return "ota/result", self.handle_ota(payload)
         except Exception as e:
-            self._ota = None
+            self._abort_ota()
             self.event("policy", "error: %s" % e)
             res = "policy/result" if leaf == "policy/bundle" else "ota/result"
             return res, self._result(False, "failed", self.policy_version(), None, "error: %r" % e)
@@ -178,10 +178,20 @@ class Agent:
                 return self._ota_end()
             raise Rejected("malformed: op must be begin, file or end")
         except Rejected as e:
-            self._ota = None
+            self._abort_ota()
             why = str(e)
             self.event("ota", "rejected: %s" % why)
             return self._result(False, "rejected", cur, camp, why)
+
+    def _abort_ota(self):
+        # A transfer given up: its partial slot goes at once (the record log needs the room).
+        if self._ota is not None:
+            t = self._ota[3]
+            self._ota = None
+            try:
+                t.abort()
+            except OSError:
+                pass
 
     def _ota_begin(self, envelope, cur):
         if not isinstance(envelope, str):
@@ -206,8 +216,8 @@ class Agent:
 
     def _ota_end(self):
         man, mtext, camp, target = self._ota
+        slot = target.finish(mtext)  # on Rejected the caller aborts (removes the slot)
         self._ota = None
-        slot = target.finish(mtext)
         self.event("ota", "staged v%d in %s" % (man["version"], slot))
         return self._result(True, "staged", man["version"], camp)
 

@@ -46,6 +46,10 @@ class ImageUpdate:
         self._pu.write(data)
         self._n += len(data)
 
+    def abort(self):
+        # The partition is not a file: nothing to remove (the next begin() overwrites it).
+        self._pu = None
+
     def finish(self, mtext):
         if self._pu is None:
             raise Rejected("malformed: no firmware staging in progress")

@@ -13,6 +13,13 @@
 # that boots `boot_limit` times without ever reaching healthy (a crash loop) falls back to
 # the other slot if that one holds a build.  Call select() before importing the firmware
 # (see boot_path()).
+#
+# Staging never fills the flash: begin() checks that the files (rounded to the filesystem's
+# blocks) plus `reserve` bytes plus what `reserve_fn()` asks for (the record log's room to
+# grow) are free, else refuses with "no space"; a write that fails anyway, a file that does
+# not match, or a transfer given up removes the partial slot at once, and a slot left half
+# written by a power cut is removed at the next start (resume()).  The pointer forgets the
+# build a slot held before its files are touched.
 import json
 import os
 
@@ -48,6 +55,8 @@ class Slots:
         self.trial = False  # running a pending slot that is not confirmed yet
         self.rolled_back = None  # reason, if select() rolled back
         self._staging = None  # (slot, manifest) between begin() and finish()
+        self.reserve = 16384  # bytes kept free beside a staged build (config ota.reserve_bytes)
+        self.reserve_fn = None  # callable -> more bytes to keep free (the record log's room)
 
     def state(self):
         try:
@@ -114,7 +123,24 @@ class Slots:
         st = self.state()
         self.trial = bool(st["pending"]) and st["tries"] > 0
         self.running = st["pending"] if self.trial else st["active"]
+        self.clean(st)
         return self.running
+
+    def clean(self, st=None):
+        # Removes slot directories the pointer does not name (a staging cut short): their
+        # space belongs to the record log.  -> slots removed.
+        st = st or self.state()
+        gone = []
+        for slot in _SLOTS:
+            if slot not in st["versions"] and slot not in (st["active"], st["pending"], self.running):
+                d = self.slot_dir(slot)
+                try:
+                    os.stat(d)
+                except OSError:
+                    continue
+                _rmtree(d)
+                gone.append(slot)
+        return gone
 
     def healthy(self):
         # The health check passed: confirm a trial build, reset the crash-loop counter.
@@ -137,11 +163,29 @@ class Slots:
         slot = "b" if "a" in busy and "b" not in busy else "a"
         if slot in busy:
             raise Rejected("busy: both slots in use (a trial boot is pending)")
+        if slot in st["versions"]:
+            del st["versions"][slot]  # its build is about to go: never fall back into it
+            self._save(st)
         d = self.slot_dir(slot)
         _rmtree(d)
+        free, bs = _free(self.dir)
+        if free is not None:
+            need = _need(man["files"], bs)
+            keep = self.reserve + (self.reserve_fn() if self.reserve_fn is not None else 0)
+            if need + keep > free:
+                raise Rejected(
+                    "no space: the build needs %d bytes and %d more stay free for the record log, %d are free"
+                    % (need, keep, free)
+                )
         _mkdirs(d)
         self._staging = (slot, man)
         return slot
+
+    def abort(self):
+        # Gives up the staging in progress and removes what it wrote.
+        if self._staging is not None:
+            _rmtree(self.slot_dir(self._staging[0]))
+            self._staging = None
 
     def write(self, name, data, offset=0):
         if self._staging is None:
@@ -154,7 +198,6 @@ class Slots:
             raise Rejected("bad file: %s is longer than its %d bytes" % (name, fi["size"]))
         path = self.slot_dir(slot) + "/" + name
         k = path.rfind("/")
-        _mkdirs(path[:k])
         if offset:
             try:
                 have = os.stat(path)[6]
@@ -162,26 +205,37 @@ class Slots:
                 have = 0
             if have != offset:
                 raise Rejected("bad file: %s chunk at %d, have %d bytes" % (name, offset, have))
-        with open(path, "ab" if offset else "wb") as f:
-            f.write(data)
+        try:
+            _mkdirs(path[:k])
+            with open(path, "ab" if offset else "wb") as f:
+                f.write(data)
+        except OSError as e:
+            self.abort()
+            raise Rejected("no space: writing %s failed (%s); the partial build was removed" % (name, e))
 
     def finish(self, mtext):
         # Checks every file on disk against the manifest, then points the next boot at the slot.
         if self._staging is None:
             raise Rejected("malformed: no firmware staging in progress")
         slot, man = self._staging
-        self._staging = None
         d = self.slot_dir(slot)
         buf = bytearray(512)
         for name, fi in man["files"].items():
             try:
                 h, n = sha256_file(d + "/" + name, buf)
             except OSError:
+                self.abort()
                 raise Rejected("bad file: %s was not received" % name)
             if n != fi["size"] or h != fi["sha256"]:
+                self.abort()
                 raise Rejected("bad file: %s does not match its hash" % name)
-        with open(d + "/manifest.json", "w") as f:
-            f.write(mtext)
+        try:
+            with open(d + "/manifest.json", "w") as f:
+                f.write(mtext)
+        except OSError as e:
+            self.abort()
+            raise Rejected("no space: the manifest could not be written (%s)" % e)
+        self._staging = None
         st = self.state()
         st["pending"] = slot
         st["tries"] = 0
@@ -191,6 +245,29 @@ class Slots:
         st["last"] = "version %d staged in slot %s" % (man["version"], slot)
         self._save(st)
         return slot
+
+
+def _free(path):
+    # -> (bytes free, block size) of the filesystem holding `path`, (None, 4096) if unknown.
+    try:
+        s = os.statvfs(path)
+        return s[0] * s[4], s[0]
+    except (OSError, AttributeError):
+        return None, 4096
+
+
+def _need(files, bs):
+    # Bytes a set of files takes on a block filesystem: whole blocks per file, two per
+    # directory (a LittleFS metadata pair), and the manifest.
+    n = 2 * bs
+    dirs = {}
+    for name, fi in files.items():
+        n += (fi["size"] + bs - 1) // bs * bs + bs
+        k = name.rfind("/")
+        while k > 0:
+            dirs[name[:k]] = 1
+            k = name.rfind("/", 0, k)
+    return n + 2 * bs * len(dirs) + bs
 
 
 def boot_path(root="."):

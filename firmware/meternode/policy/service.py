@@ -116,6 +116,10 @@ class PolicyService:
             self.agent = Agent(node.id, cfg["fleet"], root, self.clock, self._event, self.load, _reset, None, part)
             o = cfg.get("ota", {})
             self.agent.slots.max_tries = o.get("max_tries", 1)
+            from meternode.config import need
+
+            self.agent.slots.reserve = need(o, "reserve_bytes", int, "config.ota", default=16384, lo=0)
+            self.agent.slots.reserve_fn = self._log_room
             self.agent.slots.resume()
             if self.agent.image is not None:
                 self.agent.image.after_boot()
@@ -131,6 +135,15 @@ class PolicyService:
         if pol is not None:
             self.load(pol)
         self._register()
+
+    def _log_room(self):
+        # What the record log may still grow to: kept free when a firmware build is staged.
+        u = getattr(self.node, "uplink_service", None)
+        log = u.log if u else None
+        if log is None:
+            return 0
+        room = log.max_bytes - log.bytes_used()
+        return (room if room > 0 else 0) + log.segment_bytes
 
     def load(self, compact):
         # A new policy (validated by Engine through check_compact) replaces the running one.
