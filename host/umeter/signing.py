@@ -13,6 +13,7 @@ which the tests here run on CPython too. Envelope and manifest formats: docs/pol
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -177,8 +178,21 @@ def read_envelope(data: bytes) -> tuple[dict, bytes, dict[str, bytes]]:
         raise PolicyError(f"not a bundle: {e}", hint="sign one with `umeter policy sign`") from None
 
 
+@functools.lru_cache(maxsize=256)
+def _usable_key(public: bytes) -> bool:
+    from meternode.policy import ed25519
+
+    return ed25519.check_public(public) is None
+
+
 def crypto_verify(public: bytes, message: bytes, signature: bytes) -> bool:
-    """Ed25519 verification through `cryptography` (same contract as meternode.policy.ed25519.verify)."""
+    """Ed25519 verification through `cryptography` (same contract as meternode.policy.ed25519.verify).
+
+    OpenSSL accepts signatures under small-order and non-canonically encoded public keys,
+    which nodes refuse: the key is checked with the firmware's own check_public() first, so
+    the fleet simulator never accepts what a node refuses."""
+    if len(signature) != 64 or not _usable_key(bytes(public)):
+        return False
     try:
         Ed25519PublicKey.from_public_bytes(bytes(public)).verify(bytes(signature), bytes(message))
         return True

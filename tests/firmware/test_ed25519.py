@@ -76,3 +76,15 @@ def test_point_encoding_round_trips():
     pk = _vec(3)[0]
     eq(ed25519.encode_point(ed25519.decode_point(pk)), pk, "decode/encode")
     eq(ed25519.encode_point(ed25519._B), u("5866666666666666666666666666666666666666666666666666666666666666"), "base")
+
+
+def test_small_order_keys_are_refused_on_micropython():
+    # The identity key: [S]B - [k]A = [S]B, so R = encode([S]B) would pass for any message.
+    from meternode.policy import ed25519 as E
+
+    ident = bytes([1]) + bytes(31)
+    s = 12345
+    sig = E.encode_point(E._double_mul(s, 0, E._B)) + s.to_bytes(32, "little")
+    eq(E.verify(ident, b"any message", sig), False, "identity key refused")
+    order2 = bytes([0xEC]) + bytes([0xFF]) * 30 + bytes([0x7F])  # (0, -1)
+    eq((E.check_public(ident) is None, E.check_public(order2) is None), (False, False), "small order")

@@ -16,6 +16,7 @@
 import json
 from binascii import a2b_base64, hexlify, unhexlify
 
+from meternode.policy import ed25519
 from meternode.policy.apply import PolicyStore
 from meternode.policy.bundle import Rejected, Verifier, key_id, parse
 from meternode.policy.ota import Slots
@@ -45,6 +46,9 @@ def check_identity(fl, where="config.fleet"):
             pub = b""
         if len(pub) != 32:
             raise ValueError("%s.keys.%s must be 64 hex digits (an Ed25519 public key)" % (where, kid))
+        bad = ed25519.check_public(pub)
+        if bad:
+            raise ValueError("%s.keys.%s is not a usable Ed25519 public key: %s" % (where, kid, bad))
         if kid != key_id(pub):
             raise ValueError("%s.keys.%s does not match its key (id %s)" % (where, kid, key_id(pub)))
         out[kid] = pub

@@ -5,8 +5,11 @@
 # inversion; one inversion at the end encodes the result.  [S]B - [k]A is computed in one
 # pass (Straus/Shamir) with 2-bit windows over a 16-entry table of iB + jA, so a
 # verification costs about 253 doublings and 127 additions.  The check is the
-# cofactorless one, encode([S]B - [k]A) == R, with S < L and A, R canonical.  T is computed
-# only where an addition reads it (about 250 fewer multiplications per verification).
+# cofactorless one, encode([S]B - [k]A) == R, with S < L and A, R canonical, and A not of
+# small order: [8]A = identity (the 8 small-order points) would let one signature pass for
+# every message; OpenSSL accepts those keys, so the host checks keys with check_public()
+# before it asks `cryptography` (umeter.signing.crypto_verify): host and node agree.  T is
+# computed only where an addition reads it (about 250 fewer multiplications per verification).
 #
 # Arithmetic is on Python ints modulo p = 2**255 - 19, which are bigints on every port:
 # verification allocates and takes ~10 ms on the unix port (see benchmarks/policy.py),
@@ -94,6 +97,25 @@ def decode_point(s):
     return (x, y, 1, x * y % _P)
 
 
+def small_order(pt):
+    # True if [8]pt is the identity (X = 0; the group has no element of order 16, so
+    # (0, -1) cannot appear here).
+    q = _double(_double(_double(pt, False), False), False)
+    return q[0] % _P == 0
+
+
+def check_public(public_key):
+    # None if `public_key` is a key verify() accepts signatures under, else why not.
+    if len(public_key) != 32:
+        return "%d bytes, not 32" % len(public_key)
+    a = decode_point(bytes(public_key))
+    if a is None:
+        return "not the canonical encoding of a curve point"
+    if small_order(a):
+        return "a small-order point (it would accept forged signatures)"
+    return None
+
+
 def encode_point(pt):
     x, y, z, _ = pt
     zi = pow(z, _P - 2, _P)
@@ -127,7 +149,7 @@ def verify(public_key, message, signature):
     if len(public_key) != 32 or len(signature) != 64:
         return False
     a = decode_point(bytes(public_key))
-    if a is None:
+    if a is None or small_order(a):
         return False
     r = bytes(signature[:32])
     s = int.from_bytes(bytes(signature[32:]), "little")
