@@ -123,3 +123,77 @@ def test_password_file_is_private_and_no_nodes_is_an_error(tmp_path):
     assert ks.get("n1")["mqtt_password"] not in files["passwd"].read_text()
     with pytest.raises(ConfigError, match="no nodes"):
         write_broker_config([], tmp_path / "c", keystore=ks)
+
+
+def _generated_conf(files: dict) -> str:
+    # The conf `umeter broker-config` writes, as a deployment includes it.
+    user = "user root\n" if os.geteuid() == 0 else ""
+    return user + files["conf"].read_text()
+
+
+def test_a_node_cannot_take_over_another_nodes_client_id(tmp_path):
+    # Issue 10 row 8: node A with its own password but client id `node-b` disconnected B and
+    # fired B's last will `offline`, again and again.
+    ks = Keystore(tmp_path / "keystore.json")
+    users = [BrokerUser("node-a"), BrokerUser("node-b"), BrokerUser("watch", host=True)]
+    files = write_broker_config(users, tmp_path / "broker", keystore=ks, use_mosquitto_passwd=False)
+    pw = {u: ks.get(u)["mqtt_password"] for u in ("node-a", "node-b")}
+    with Mosquitto(extra_conf=_generated_conf(files), allow_anonymous=False) as broker:
+        watch = Client(broker, "watch", ks.get("host:watch")["mqtt_password"])
+        watch.sub("umeter/node-b/state")
+        b = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="node-b")
+        b.username_pw_set("node-b", pw["node-b"])
+        b.will_set("umeter/node-b/state", b"offline", qos=1, retain=True)
+        downs: list = []
+        b.on_disconnect = lambda c, u, f, reason, p: downs.append(reason)
+        b.connect(broker.host, broker.port)
+        b.loop_start()
+        try:
+            b.publish("umeter/node-b/state", b"online", qos=1, retain=True).wait_for_publish(3)
+            assert ("umeter/node-b/state", b"online") in watch.drain(0.5)
+            for _ in range(3):
+                a = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="node-b")  # B's client id
+                a.username_pw_set("node-a", pw["node-a"])
+                a.connect(broker.host, broker.port)
+                a.loop_start()
+                time.sleep(0.5)
+                a.loop_stop()
+                a.disconnect()
+            got = watch.drain(1.0)
+            assert downs == [], f"node-b was disconnected: {downs}"
+            assert ("umeter/node-b/state", b"offline") not in got, got
+        finally:
+            b.loop_stop()
+            b.disconnect()
+            watch.close()
+
+
+def test_a_node_cannot_write_nor_read_another_nodes_discovery_topics(tmp_path):
+    ks = Keystore(tmp_path / "keystore.json")
+    users = [BrokerUser("node-a"), BrokerUser("node-b"), BrokerUser("ha", host=True)]
+    files = write_broker_config(users, tmp_path / "broker", keystore=ks, use_mosquitto_passwd=False)
+    with Mosquitto(extra_conf=_generated_conf(files), allow_anonymous=False) as broker:
+        ha = Client(broker, "ha", ks.get("host:ha")["mqtt_password"])
+        a = Client(broker, "node-a", ks.get("node-a")["mqtt_password"])
+        b = Client(broker, "node-b", ks.get("node-b")["mqtt_password"])
+        try:
+            ha.sub("homeassistant/#")
+            a.sub("homeassistant/#")  # reading others' discovery: nothing may arrive
+            a.pub("homeassistant/sensor/node-b/power/config", b'{"state_topic": "forged"}')
+            a.pub("homeassistant/sensor/node-a/power/config", b'{"state_topic": "mine"}')  # positive control
+            b.pub("homeassistant/sensor/node-b/power/config", b'{"state_topic": "real"}')
+            got = ha.drain()
+            assert ("homeassistant/sensor/node-a/power/config", b'{"state_topic": "mine"}') in got
+            assert ("homeassistant/sensor/node-b/power/config", b'{"state_topic": "real"}') in got
+            assert all(p != b'{"state_topic": "forged"}' for _, p in got), got
+            assert a.drain(0.3) == []
+        finally:
+            for c in (ha, a, b):
+                c.close()
+
+
+@pytest.mark.parametrize("name", ["+", "node/x", "a#", "", "two words"])
+def test_user_names_that_would_widen_the_acl_are_refused(tmp_path, name):
+    ks = Keystore(tmp_path / "keystore.json")
+    with pytest.raises(ConfigError, match="user name"):
+        write_broker_config([BrokerUser(name)], tmp_path / "b", keystore=ks, use_mosquitto_passwd=False)
