@@ -20,7 +20,15 @@ that is the unix port's stdin/stdout, and closes the gaps between the unix port 
 - fault injection: drop or delay bytes in either direction, cut power (SIGKILL) now or after
   N more bytes from the host, power on again.
 
-Optionally a loopback TCP listener (``socket://127.0.0.1:PORT``) speaks for the same board.
+Optionally a loopback TCP listener speaks for the same board. Any local user can reach a
+loopback port, and the raw REPL reads every secret on the board, so the listener wants a
+token first: a client sends ``<token>\n`` before anything else (``umeter`` does it for a
+``socket://127.0.0.1:PORT?token=<token>`` URL, which ``vb.url`` gives and the CLI prints);
+a wrong token, or none within 5 s, closes the connection, and an unauthenticated connection
+never displaces the one in use. ``insecure=True`` (``--insecure``) drops the token for
+tools that cannot send one (stock mpremote). The board's files are the board owner's only:
+the interpreter runs with umask 077 and the flash tree is made 0700/0600 at start, so
+config.json (cmd_key, MQTT password) is 0600.
 Linux only (pty, setsid).
 """
 
@@ -29,9 +37,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import hmac
 import json
 import os
 import re
+import secrets
 import select
 import signal
 import socket
@@ -56,6 +66,8 @@ _CONSOLE = 64 * 1024
 _CONSOLE_FILE = 1 << 20  # state/console.log is rotated to console.log.1 beyond this
 _INTR_HOLD_S = 3.0  # a crash this soon after a host Ctrl-C counts as the Ctrl-C's doing
 _OUT_LIMIT = 1 << 20  # bytes held for a host side that is not reading; older output is dropped
+_AUTH_S = 5.0  # a TCP client has this long to send its token
+_AUTH_MAX = 256  # bytes of a token line; more is refused
 
 
 def load_board(name: str) -> dict:
@@ -100,6 +112,7 @@ class VirtualBoard:
         tcp: bool = False,
         uid: bytes | None = None,
         heap: str | int | None = None,
+        insecure: bool = False,
     ) -> None:
         self.path = Path(path).resolve()
         self.board_name = board
@@ -110,8 +123,10 @@ class VirtualBoard:
         self.uid = uid or uid_for(self.path)
         self.faults = Faults()
         self.want_tcp = tcp
+        self.token = "" if insecure else secrets.token_hex(16)  # what a TCP client sends first
         self.port = ""  # /dev/pts/N once started
         self.tcp_port: int | None = None
+        self.auth_refused = 0  # TCP connections closed for a wrong or missing token
         self.resets = 0  # child restarts (soft + hard + power)
         self.powered = False
         self._lock = threading.Lock()
@@ -121,6 +136,9 @@ class VirtualBoard:
         self._hs = -1  # host-side pty slave, kept open
         self._lsock: socket.socket | None = None
         self._csock: socket.socket | None = None
+        self._asock: socket.socket | None = None  # a TCP client that has not sent its token yet
+        self._abuf = b""
+        self._adeadline = 0.0
         self._wake_r, self._wake_w = -1, -1
         self._thread: threading.Thread | None = None
         self._stop = False
@@ -150,12 +168,16 @@ class VirtualBoard:
     # ----------------------------------------------------------------- life cycle
     @property
     def url(self) -> str:
-        """`socket://127.0.0.1:PORT` when started with tcp=True, else the pty path."""
-        return f"socket://127.0.0.1:{self.tcp_port}" if self.tcp_port else self.port
+        """`socket://127.0.0.1:PORT?token=<token>` when started with tcp=True (no `?token` when
+        insecure), else the pty path."""
+        if not self.tcp_port:
+            return self.port
+        return f"socket://127.0.0.1:{self.tcp_port}" + (f"?token={self.token}" if self.token else "")
 
     def start(self) -> VirtualBoard:
-        self.flash.mkdir(parents=True, exist_ok=True)
-        self.state.mkdir(parents=True, exist_ok=True)
+        for d in (self.path, self.flash, self.state):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _private(self.path)
         (self.state / "pins.in").touch()
         self._console_f = open(self.console_path, "ab")  # noqa: SIM115 - closed in stop()
         self._hm, self._hs = os.openpty()
@@ -186,7 +208,7 @@ class VirtualBoard:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._hm = self._hs = self._wake_r = self._wake_w = -1
-        for s in (self._csock, self._lsock):
+        for s in (self._csock, self._asock, self._lsock):
             if s:
                 s.close()
         if self._console_f is not None:
@@ -265,7 +287,7 @@ class VirtualBoard:
             (self.state / "ctl").unlink()
         argv = [unixport.micropython_path(), "-X", f"heapsize={self.heap}", "-i", str(SHIM_DIR / "vboot.py")]
         self._proc = subprocess.Popen(
-            argv, stdin=bs, stdout=bs, stderr=bs, env=env, cwd=str(self.state), start_new_session=True
+            argv, stdin=bs, stdout=bs, stderr=bs, env=env, cwd=str(self.state), start_new_session=True, umask=0o077
         )
         os.close(bs)
         os.set_blocking(bm, False)
@@ -534,6 +556,11 @@ class VirtualBoard:
                 rd.append(self._lsock)
             if self._csock:
                 rd.append(self._csock)
+            if self._asock:
+                rd.append(self._asock)
+                if time.monotonic() > self._adeadline:
+                    self._refuse()
+                    continue
             wr = []
             if self._to_host:
                 wr.append(self._hm)
@@ -570,12 +597,16 @@ class VirtualBoard:
                     self._forward(data)
             if self._lsock and self._lsock in r:
                 c, _ = self._lsock.accept()
-                if self._csock:
-                    self._csock.close()
                 c.setblocking(False)
                 c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self._csock = c
-                self._to_tcp.clear()
+                if self.token:
+                    if self._asock:  # one waiting for its token at a time
+                        self._refuse()
+                    self._asock, self._abuf, self._adeadline = c, b"", time.monotonic() + _AUTH_S
+                else:
+                    self._use_tcp(c, b"")
+            if self._asock and self._asock in r and self._auth_read():
+                continue  # the socket selected as waiting is the session now: read it next round
             if self._csock and self._csock in r:
                 try:
                     data = self._csock.recv(4096)
@@ -600,14 +631,65 @@ class VirtualBoard:
                 except OSError:
                     pass
 
+    def _use_tcp(self, c: socket.socket, first: bytes) -> None:
+        # An authenticated (or insecure) client becomes the one the board talks to.
+        if self._csock:
+            self._csock.close()
+        self._csock = c
+        self._to_tcp.clear()
+        if first:
+            self._forward(first)
+
+    def _refuse(self) -> None:
+        self.auth_refused += 1
+        with contextlib.suppress(OSError):
+            self._asock.close()
+        self._asock, self._abuf = None, b""
+
+    def _auth_read(self) -> bool:
+        # Reads the waiting client's token line; True once it became the session.
+        try:
+            data = self._asock.recv(_AUTH_MAX)
+        except OSError:
+            data = b""
+        if not data:
+            self._refuse()
+            return False
+        self._abuf += data
+        i = self._abuf.find(b"\n")
+        if i < 0:
+            if len(self._abuf) > _AUTH_MAX:
+                self._refuse()
+            return False
+        line, rest = self._abuf[:i].strip(), self._abuf[i + 1 :]
+        if not hmac.compare_digest(line, self.token.encode()):
+            self._refuse()
+            return False
+        c, self._asock, self._abuf = self._asock, None, b""
+        self._use_tcp(c, rest)
+        return True
+
     def _forward(self, data: bytes) -> None:
         if self.faults.delay_s:
             time.sleep(self.faults.delay_s)
         self._from_host(data)
 
 
+def _private(root: Path) -> None:
+    """Takes group and other access away from a board directory tree (its flash holds the
+    node's secrets): directories 0700, files 0600 or 0700 (executable)."""
+    for dirpath, _dirs, filenames in os.walk(root):
+        with contextlib.suppress(OSError):
+            os.chmod(dirpath, 0o700)
+        for n in filenames:
+            p = os.path.join(dirpath, n)
+            with contextlib.suppress(OSError):
+                if not os.path.islink(p):
+                    os.chmod(p, os.stat(p).st_mode & 0o700)
+
+
 def start_many(
-    base: str | os.PathLike[str], board: str = "sim", count: int = 1, *, tcp: bool = False
+    base: str | os.PathLike[str], board: str = "sim", count: int = 1, *, tcp: bool = False, insecure: bool = False
 ) -> list[VirtualBoard]:
     """Start `count` boards in `base/<board>-<k>/`; each waits for its boot to finish."""
     if count < 1:
@@ -615,7 +697,7 @@ def start_many(
     vbs = []
     try:
         for k in range(count):
-            vbs.append(VirtualBoard(Path(base) / f"{board}-{k}", board, tcp=tcp).start())
+            vbs.append(VirtualBoard(Path(base) / f"{board}-{k}", board, tcp=tcp, insecure=insecure).start())
         for vb in vbs:
             vb.wait_booted()
     except BaseException:
@@ -635,9 +717,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dir")
     ap.add_argument("--board", default="sim")
     ap.add_argument("--tcp", action="store_true")
+    ap.add_argument("--insecure", action="store_true", help="no token on the TCP listener")
     a = ap.parse_args(argv)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    vb = VirtualBoard(a.dir, a.board, tcp=a.tcp).start()
+    vb = VirtualBoard(a.dir, a.board, tcp=a.tcp, insecure=a.insecure).start()
     print(vb.port, flush=True)
     if vb.tcp_port:
         print(vb.url, flush=True)

@@ -149,6 +149,23 @@ def resolve_port(port: str | None = None, serial_number: str | None = None) -> s
     raise TransportError("no port given", hint="pass a port or a serial number")
 
 
+def split_token(url: str) -> tuple[str, str | None]:
+    """`socket://HOST:PORT?token=T` -> (`socket://HOST:PORT`, T): a virtual board's TCP
+    listener wants its token as the first line (umeter_hil.vboard); pyserial knows no such
+    option, so the transport sends it itself. Other ports come back unchanged, token None."""
+    if not url.startswith("socket://") or "?" not in url:
+        return url, None
+    base, _, query = url.partition("?")
+    from urllib.parse import parse_qs
+
+    q = parse_qs(query, keep_blank_values=True)
+    token = (q.pop("token", [None]) or [None])[0]
+    if token is None:
+        return url, None
+    rest = "&".join(f"{k}={v}" for k, vs in q.items() for v in vs)
+    return base + (f"?{rest}" if rest else ""), token
+
+
 def check_not_busy(dev: str) -> None:
     """TransportError if a serial device is missing or locked by another program (pyserial's
     exclusive open uses flock, as mpremote and esptool do)."""
@@ -193,12 +210,14 @@ class Board:
         from mpremote.transport import TransportError as MpTransportError
         from mpremote.transport_serial import SerialTransport
 
-        dev = resolve_port(self.port)
+        dev, token = split_token(resolve_port(self.port))
         check_not_busy(dev)
         last = ""
         for attempt in range(self.retries):
             try:
                 self._t = SerialTransport(dev, baudrate=self.baudrate, wait=0, exclusive=True, timeout=self.timeout)
+                if token is not None:
+                    self._t.serial.write(token.encode() + b"\n")
             except (MpTransportError, serial.SerialException, OSError) as e:
                 check_not_busy(dev)
                 raise TransportError(f"cannot open {dev}: {e}", hint="check the port and its permissions") from None

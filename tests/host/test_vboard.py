@@ -174,11 +174,69 @@ def test_run_executes_a_local_script(vb, tmp_path):
 
 
 def test_socket_url_reaches_the_same_board(tmp_path):
-    with VirtualBoard(tmp_path / "vbt", "sim", tcp=True) as vb:
+    # stock mpremote cannot send a token: an --insecure listener for it
+    with VirtualBoard(tmp_path / "vbt", "sim", tcp=True, insecure=True) as vb:
         vb.wait_booted()
-        assert vb.url.startswith("socket://127.0.0.1:")
+        assert vb.url == f"socket://127.0.0.1:{vb.tcp_port}"
         mp(vb.url, "exec", "open('via_tcp.txt', 'w').write('ok')")
         assert (vb.flash / "via_tcp.txt").read_text() == "ok"
+
+
+def _raw_tcp(vb, first: bytes, wait: float = 1.0) -> tuple[bytes, bool]:
+    # Connects, sends `first` and a Ctrl-B (a prompt would follow), -> (what came back, closed?)
+    import socket
+
+    s = socket.create_connection(("127.0.0.1", vb.tcp_port), timeout=wait)
+    try:
+        s.sendall(first + b"\r\x02")
+        got = b""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                chunk = s.recv(4096)
+            except TimeoutError:
+                break
+            if not chunk:
+                return got, True
+            got += chunk
+        return got, False
+    finally:
+        s.close()
+
+
+def test_the_tcp_listener_is_loopback_only_and_wants_the_token_before_anything(tmp_path):
+    # Issue 10 row 9: any local user got the raw REPL (and config.json's secrets) over TCP.
+    from umeter.transport import Board
+
+    with VirtualBoard(tmp_path / "vbs", "sim", tcp=True) as vb:
+        vb.wait_booted()
+        assert vb._lsock.getsockname()[0] == "127.0.0.1"
+        assert len(vb.token) == 32 and vb.url.endswith("?token=" + vb.token)
+        got, closed = _raw_tcp(vb, b"not-the-token\n")
+        assert closed and b">>>" not in got and got == b"", got
+        got, closed = _raw_tcp(vb, b"", wait=0.5)  # says nothing: nothing comes back
+        assert got == b""
+        assert vb.auth_refused >= 1
+        with Board(vb.url) as b:  # the umeter transport sends the token from the URL
+            assert b.eval("1 + 1") == 2
+            got, closed = _raw_tcp(vb, b"wrong\n")  # an intruder does not displace the session
+            assert closed
+            assert b.eval("2 + 2") == 4
+
+
+def test_the_boards_files_are_private_to_its_owner(tmp_path):
+    import stat
+
+    d = tmp_path / "vbp"
+    (d / "flash").mkdir(parents=True)
+    (d / "flash" / "config.json").write_text('{"cmd_key": "00"}')
+    (d / "flash" / "config.json").chmod(0o644)
+    with VirtualBoard(d, "sim") as vb:
+        vb.wait_booted()
+        mp(vb, "exec", "open('secret.json', 'w').write('{}')")
+        for p in (vb.flash / "config.json", vb.flash / "secret.json"):
+            assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+        assert stat.S_IMODE(vb.flash.stat().st_mode) == 0o700
 
 
 def test_heap_comes_from_the_board_definition(vb):

@@ -26,7 +26,10 @@ def command() -> None:
     "--dir", "base", type=click.Path(file_okay=False), help="Keep their flash and state here [a temp dir; "
     "with --provision $UMETER_HOME/vboards]."
 )  # fmt: skip
-@click.option("--tcp", is_flag=True, help="Also listen on socket://127.0.0.1:PORT per board.")
+@click.option(
+    "--tcp", is_flag=True, help="Also listen on socket://127.0.0.1:PORT per board (wants the token printed)."
+)
+@click.option("--insecure", is_flag=True, help="No token on the TCP listener (any local user gets the REPL).")
 @click.option("--provision", "do_provision", is_flag=True, help="Provision each board so its node runs (see below).")
 @click.option(
     "--inventory",
@@ -42,6 +45,7 @@ def start(
     count: int,
     base: str | None,
     tcp: bool,
+    insecure: bool,
     do_provision: bool,
     inventory: str | None,
     broker: str | None,
@@ -55,6 +59,8 @@ def start(
     """
     if (inventory or broker) and not do_provision:
         raise ConfigError("--inventory and --broker go with --provision", hint="add --provision")
+    if insecure and (not tcp or do_provision):
+        raise ConfigError("--insecure goes with --tcp, without --provision", hint="drop --insecure")
     if do_provision:
         _start_nodes(board, count, base, tcp, inventory, broker, as_json)
         return
@@ -66,7 +72,7 @@ def start(
         base = tmp.name
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
-        vbs = start_many(Path(base), board, count, tcp=tcp)
+        vbs = start_many(Path(base), board, count, tcp=tcp, insecure=insecure)
     except BaseException:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         if tmp:
