@@ -70,7 +70,7 @@ def decode_mqtt(topic: str, payload: bytes) -> dict:
         return {"node": node, "leaf": leaf, "state": payload.decode("utf-8", "replace")}
     try:
         d = json.loads(payload)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than Python goes
         raise ConfigError(f"{topic}: payload is not JSON ({e})", hint="node payloads are JSON objects") from None
     if not isinstance(d, dict):
         raise ConfigError(f"{topic}: payload is not a JSON object", hint="node payloads are JSON objects")

@@ -143,3 +143,21 @@ def test_a_flood_of_forged_commands_keeps_results_and_events_bounded_and_the_rea
     st = u.stats()["commands"]
     eq((st["accepted"], st["rejected"], st["held"]), (1, 3000, 2984), "all counted")
     u.log.close()
+
+
+@heap("256k")
+def test_rollback_of_a_key_config_json_left_out_restores_its_default():
+    # Found by the fuzzer (CPython): set profile_s on a config without it kept None as the
+    # old value, and the rollback then failed with TypeError.
+    from meternode.link.commands import make_command
+
+    d = scratch_dir()
+    node = FakeNode({"node_id": "svc1", "store": {"path": d + "/st"}, "cmd_key": "00" * 16})
+    u = UplinkService(node)
+    now = int(node.hal.clock.time())
+    u._on_command(make_command(bytes(16), "svc1", "set", {"key": "profile_s", "value": 600}, 1, now + 60, "s"))
+    eq(json.loads(u._results[-1][1])["result"], {"key": "profile_s", "old": 900, "new": 600}, "old = default")
+    u._on_command(make_command(bytes(16), "svc1", "rollback", {"key": "profile_s"}, 2, now + 60, "r"))
+    r = json.loads(u._results[-1][1])
+    eq((r["status"], node.config["profile_s"], u.profile.period_s), ("done", 900, 900), "back to the default")
+    u.log.close()

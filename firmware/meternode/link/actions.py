@@ -36,8 +36,11 @@ class Actions:
         return d, parts[-1]
 
     def get_config(self, key):
+        # The value in force: config.json's, else the default the node runs with.
+        from meternode.link.commands import SETTABLE
+
         d, k = self._where(key)
-        return d.get(k)
+        return d.get(k, SETTABLE[key][3] if key in SETTABLE else None)
 
     def set_config(self, key, value):
         if key == "profile_s" and 86400 % value:

@@ -30,12 +30,13 @@ MIN_EPOCH = 1577836800  # 2020-01-01: `time` refuses anything before ...
 MAX_EPOCH = 4102444800  # ... and from 2100-01-01 on (records hold u32 seconds)
 TIME_MAX_STEP_S = 86400  # default bound of a `time` step once the clock is set (config time_max_step_s)
 
-# Settable configuration keys: (type, low, high).  Validated before anything changes.
+# Settable configuration keys: (type, low, high, the value when config.json leaves it out).
+# Validated before anything changes; a rollback restores a value that checks too.
 SETTABLE = {
-    "telemetry_s": (float, 0.1, 86400.0),
-    "profile_s": (int, 60, 86400),
-    "mqtt.backlog_rate": (float, 0.01, 10000.0),
-    "mqtt.keepalive": (int, 5, 3600),
+    "telemetry_s": (float, 0.1, 86400.0, 10.0),
+    "profile_s": (int, 60, 86400, 900),
+    "mqtt.backlog_rate": (float, 0.01, 10000.0, 20.0),
+    "mqtt.keepalive": (int, 5, 3600, 30),
 }
 
 OPS = ("read_now", "set", "rollback", "relay", "time", "reboot")
@@ -85,7 +86,7 @@ class Rejected(Exception):
 
 
 def _typed(key, v):
-    kind, lo, hi = SETTABLE[key]
+    kind, lo, hi, _ = SETTABLE[key]
     if kind is float and isinstance(v, int) and not isinstance(v, bool):
         v = float(v)
     if not isinstance(v, kind) or isinstance(v, bool):
@@ -199,6 +200,8 @@ class Commands:
                 a["value"] = _typed(key, a["value"])
             elif key not in self.rollback:
                 raise Rejected("invalid: nothing to roll back for %s" % key)
+            else:
+                self.rollback[key] = _typed(key, self.rollback[key])
         elif op == "relay":
             if not isinstance(a.get("on"), bool):
                 raise Rejected("invalid: relay needs on: true/false")

@@ -23,7 +23,6 @@ from meternode.link.mqttpkt import (
     _CONNACK,
     _DISCONNECT,
     _PINGREQ,
-    _PINGRESP,
     _PUBACK,
     _PUBLISH,
     _SUBACK,
@@ -188,22 +187,7 @@ class MQTTClient:
             while True:
                 head, body = await self._read_packet()
                 self._last_rx = _now()
-                kind = head & 0xF0
-                if kind == _PUBLISH:
-                    await self._on_publish(head, body)
-                elif kind in (_PUBACK, _SUBACK):
-                    if len(body) < 2:
-                        raise MQTTError("short acknowledgement packet")
-                    pid = struct.unpack("!H", body[:2])[0]
-                    ev = self._acks.pop(pid, None)
-                    if ev is not None:
-                        if kind == _SUBACK and len(body) > 2 and body[2] == 0x80:
-                            ev.failed = True
-                        ev.set()
-                    elif kind == _PUBACK and self.on_ack is not None:
-                        self.on_ack(pid)
-                elif kind == _PINGRESP:
-                    pass
+                await self._dispatch(head, body)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # connection lost or protocol error: the link supervisor reconnects
@@ -212,13 +196,38 @@ class MQTTClient:
         self._reader_task = None
         await self._close()
 
+    async def _dispatch(self, head, body):
+        # One packet from the broker.  A malformed one raises MQTTError naming the flaw (the
+        # reader then drops the connection and the link supervisor reconnects).
+        kind = head & 0xF0
+        if kind == _PUBLISH:
+            await self._on_publish(head, body)
+        elif kind in (_PUBACK, _SUBACK):
+            if len(body) < 2:
+                raise MQTTError("short acknowledgement packet")
+            pid = struct.unpack("!H", body[:2])[0]
+            ev = self._acks.pop(pid, None)
+            if ev is not None:
+                if kind == _SUBACK and len(body) > 2 and body[2] == 0x80:
+                    ev.failed = True
+                ev.set()
+            elif kind == _PUBACK and self.on_ack is not None:
+                self.on_ack(pid)
+
     async def _on_publish(self, head, body):
-        tl = struct.unpack("!H", body[:2])[0]
-        if 2 + tl > len(body):
-            raise MQTTError("malformed PUBLISH topic length")
-        topic = body[2 : 2 + tl].decode()
         qos = (head >> 1) & 3
+        if len(body) < 2:
+            raise MQTTError("malformed PUBLISH: %d bytes" % len(body))
+        tl = struct.unpack("!H", body[:2])[0]
         pos = 2 + tl
+        if pos + (2 if qos else 0) > len(body):
+            raise MQTTError("malformed PUBLISH topic length")
+        try:
+            topic = body[2:pos].decode()
+        except UnicodeError:
+            raise MQTTError("malformed PUBLISH: topic is not UTF-8")
+        if qos == 3:
+            raise MQTTError("malformed PUBLISH: QoS 3")
         if qos:
             pid = struct.unpack("!H", body[pos : pos + 2])[0]
             pos += 2

@@ -24,16 +24,18 @@ class Cursor:
         try:
             with open(path, "rb") as f:
                 b = f.read(12)
-            if len(b) == 12:
-                lo, hi, crc = struct.unpack("<III", b)
-                seq = lo | (hi << 32)
-            else:
-                lo, crc = struct.unpack("<II", b)
-                seq = lo
-            if binascii.crc32(b[: len(b) - 4]) == crc:
-                self.acked = self.saved = seq
-        except (OSError, ValueError):
-            pass
+        except OSError:
+            return  # no cursor yet: from the start
+        if len(b) == 12:
+            lo, hi, crc = struct.unpack("<III", b)
+            seq = lo | (hi << 32)
+        elif len(b) == 8:
+            lo, crc = struct.unpack("<II", b)
+            seq = lo
+        else:
+            return  # torn or foreign: from the start (resend, never lose)
+        if binascii.crc32(b[: len(b) - 4]) == crc:
+            self.acked = self.saved = seq
 
     def advance(self, seq):
         # Called when the upstream acknowledged every record up to and including `seq`.

@@ -57,6 +57,8 @@ def _seg_name(path, num):
 
 class RecordLog:
     def __init__(self, path, segment_bytes=16384, max_bytes=262144, floor=0):
+        if not 0 <= floor <= 0xFFFFFFFF:
+            raise LogError("the upload cursor %d is not a record seq (u32)" % floor)
         if segment_bytes < 1024:
             raise LogError("store.segment_bytes = %d is below 1024" % segment_bytes)
         if max_bytes < 2 * segment_bytes:
