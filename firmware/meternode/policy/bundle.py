@@ -70,6 +70,8 @@ def parse(envelope):
         f = env.get("f", {})
         if not isinstance(m, str) or not isinstance(f, dict):
             raise ValueError
+    except MemoryError:
+        raise  # no room to parse it: not the sender's fault ("failed", not "malformed")
     except Exception:
         raise Rejected('malformed: expected {"m": <manifest text>, "s": <signature hex>, "f": {...}}')
     if not isinstance(s, str) or not s:
