@@ -24,6 +24,12 @@ async def monitor():
             "lag": time.time() - node.hal.clock.time(),
             "link": node.link_up,
         }
+        u = node.uplink_service
+        if u is not None and u.commands is not None:
+            d["cmds"] = u.commands.accepted + u.commands.rejected
+        p = getattr(node, "policy", None)
+        if p is not None and p.small is not None:
+            d["frames"] = p.small._ctr.writes
         print("MON " + json.dumps(d))
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import queue
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -82,29 +83,47 @@ def _mon(console: Path) -> list[dict]:
     return [json.loads(x[4:]) for x in console.read_text(errors="replace").splitlines() if x.startswith("MON ")]
 
 
-def _flood(host: str, port: int, topic: str, make, seconds: float, stop: threading.Event) -> int:
-    # `make(k)` -> payload; RATE per second in 10-ms slices, QoS 0 and 1 alternately.
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="attacker")
-    c.max_inflight_messages_set(0)
-    c.max_queued_messages_set(0)
-    c.connect(host, port)
-    c.loop_start()
+def _flood(host: str, port: int, topic: str, make, seconds: float) -> int:
+    # `make(k)` -> payload; RATE per second in 10-ms slices, QoS 0 and 1 alternately, written
+    # as ready-made PUBLISH packets on a plain socket: a paho client signing and sending one
+    # message at a time could not keep the rate on a loaded machine (the attacker's CPU is
+    # not what this test measures). PUBACKs are read and dropped by a thread.
+    from meternode.link.mqttpkt import connect_packet, publish_packet
+
+    pkts = [publish_packet(topic, make(k), k & 1, False, (k % 65000) + 1) for k in range(int(RATE * seconds))]
+    s = socket.create_connection((host, port))
+    s.sendall(connect_packet("attacker", 60, True))
+    assert s.recv(4)[:1] == b"\x20", "no CONNACK"
+    done = threading.Event()
+
+    def drain() -> None:
+        s.settimeout(0.2)
+        while not done.is_set():
+            try:
+                if not s.recv(65536):
+                    return
+            except TimeoutError:
+                pass
+            except OSError:
+                return
+
+    t = threading.Thread(target=drain, daemon=True)
+    t.start()
     sent = 0
     t0 = time.monotonic()
     try:
-        while not stop.is_set():
+        while sent < len(pkts):
             el = time.monotonic() - t0
-            if el >= seconds:
-                break
-            due = int(el * RATE) + RATE // 100
-            while sent < due:
-                c.publish(topic, make(sent), qos=sent & 1)
-                sent += 1
+            due = min(int(el * RATE) + RATE // 100, len(pkts))
+            if due > sent:
+                s.sendall(b"".join(pkts[sent:due]))
+                sent = due
             time.sleep(0.01)
+        return sent, time.monotonic() - t0
     finally:
-        c.loop_stop()
-        c.disconnect()
-    return sent
+        done.set()
+        t.join(2)
+        s.close()
 
 
 @pytest.mark.parametrize("leaf", ["cmd", "policy/small"])
@@ -137,7 +156,6 @@ def test_a_flood_of_forged_messages_leaves_metering_heap_and_link_intact(tmp_pat
         before = _mon(console)
         assert before, console.read_text()[-2000:]
         now = int(time.time())
-        stop = threading.Event()
 
         def forged_cmd(k: int) -> bytes:
             return make_command(b"f" * 32, NODE, "relay", {"on": False}, k + 1, now + 600, f"f{k}")
@@ -147,9 +165,9 @@ def test_a_flood_of_forged_messages_leaves_metering_heap_and_link_intact(tmp_pat
 
         t_flood = time.monotonic()
         make = forged_cmd if leaf == "cmd" else forged_frame
-        n = _flood(mosquitto.host, mosquitto.port, f"umeter/{NODE}/{leaf}", make, FLOOD_S, stop)
+        n, took = _flood(mosquitto.host, mosquitto.port, f"umeter/{NODE}/{leaf}", make, FLOOD_S)
         t_end = time.monotonic()
-        assert n >= RATE * FLOOD_S * 0.9, n
+        assert n / took >= RATE * 0.9, f"the flood ran at {n / took:.0f} messages/s"
 
         # within 10 s of the flood's end the real one is answered
         if leaf == "cmd":
@@ -183,10 +201,15 @@ def test_a_flood_of_forged_messages_leaves_metering_heap_and_link_intact(tmp_pat
     assert secs >= span - 3, f"{secs} measured seconds in {span:.1f} s"
     assert max(m["lag"] for m in flood) - before[-1]["lag"] < 3.0, [round(m["lag"], 2) for m in flood]
     # heap bounded: what the node holds (free heap after a collection, every 500 ms) never
-    # drops more than 8 KB below what it held before the flood, and comes back after it
-    # (garbage between collections is no measure: MicroPython collects when the heap is full)
+    # drops more than its working set below what it held before the flood (a packet being
+    # read, up to MAX_PACKET 16 KB, its parse, the bounded queues), does not drift down as the
+    # flood goes on, and comes back after it (garbage between collections is no measure:
+    # MicroPython collects when the heap is full)
     low = min(m["free"] for m in flood)
-    assert low > before[-1]["free"] - 8 * 1024, (before[-1]["free"], low)
+    assert low > before[-1]["free"] - 24 * 1024, (before[-1]["free"], low)
+    third = max(1, len(flood) // 3)
+    early, late = min(m["free"] for m in flood[:third]), min(m["free"] for m in flood[-2 * third : -third] or flood)
+    assert late > early - 4 * 1024, f"free heap drifts down: {early} B early in the flood, {late} B late"
     assert flood[-1]["free"] > before[-1]["free"] - 2 * 1024, (before[-1]["free"], flood[-1]["free"])
     # the flood's refusals: counted, a handful of events, a bounded number of results
     events = [x for x in seen if x[1].endswith("/event") and b"cmd_rejected" in x[2]]

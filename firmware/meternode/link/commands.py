@@ -42,22 +42,32 @@ SETTABLE = {
 OPS = ("read_now", "set", "rollback", "relay", "time", "reboot")
 
 
+class Hmac:
+    # HMAC-SHA256 (RFC 2104) over MicroPython's hashlib.sha256 (block size 64), with the key's
+    # inner and outer pads made once: a node checks every command with the same key.
+    def __init__(self, key):
+        if len(key) > 64:
+            key = hashlib.sha256(key).digest()
+        k = bytearray(64)
+        k[: len(key)] = key
+        ipad = bytearray(64)
+        opad = bytearray(64)
+        for i in range(64):
+            ipad[i] = k[i] ^ 0x36
+            opad[i] = k[i] ^ 0x5C
+        self._ipad = bytes(ipad)
+        self._opad = bytes(opad)
+
+    def digest(self, msg):
+        h = hashlib.sha256(self._ipad)
+        h.update(msg)
+        o = hashlib.sha256(self._opad)
+        o.update(h.digest())
+        return o.digest()
+
+
 def hmac_sha256(key, msg):
-    # RFC 2104 over MicroPython's hashlib.sha256 (block size 64).
-    if len(key) > 64:
-        key = hashlib.sha256(key).digest()
-    k = bytearray(64)
-    k[: len(key)] = key
-    ipad = bytearray(64)
-    opad = bytearray(64)
-    for i in range(64):
-        ipad[i] = k[i] ^ 0x36
-        opad[i] = k[i] ^ 0x5C
-    h = hashlib.sha256(ipad)
-    h.update(msg)
-    o = hashlib.sha256(opad)
-    o.update(h.digest())
-    return o.digest()
+    return Hmac(key).digest(msg)
 
 
 def _hex(b):
@@ -107,6 +117,7 @@ class Commands:
             raise ValueError("config.cmd_key must be at least 16 bytes (32 hex digits)")
         self.node_id = node_id
         self._key = key
+        self._mac = Hmac(key)
         self._ctr = Cursor(ctr_path, every=1)
         self.clock = clock
         self.actions = actions
@@ -159,7 +170,7 @@ class Commands:
         if not isinstance(msg_id, str) or not 0 < len(msg_id) <= 32:
             raise Rejected("malformed: id must be a string of 1..32 characters")
         self._msg_id = msg_id
-        if not _same(hmac_sha256(self._key, body_s.encode()), mac):
+        if not _same(self._mac.digest(body_s.encode()), mac):
             raise Rejected("unauthenticated: HMAC does not match the node key")
         for k, kind in (("node", str), ("ctr", int), ("exp", int), ("op", str)):
             v = body.get(k)

@@ -9,6 +9,10 @@
 # owns them.  Every wait has a timeout; errors surface as MQTTError / OSError so the link
 # supervisor reconnects with `Backoff` (exponential, jittered, bounded).
 #
+# Incoming bytes are read in chunks of up to _READ bytes and split into packets from that
+# buffer: one pass through the event loop per chunk, not three per packet (a flood of small
+# messages then costs the node its parsing, not a scheduler round trip per byte read).
+#
 # TLS: pass `ssl=tls.context(ca)` with the provisioned CA (PEM or DER); the server
 # certificate must chain to it, else connect() raises MQTTError naming the TLS failure.
 # Reconnect pacing lives in backoff.py.
@@ -36,6 +40,8 @@ from meternode.link.mqttpkt import (
     connect_packet,
     publish_packet,
 )
+
+_READ = 2048  # bytes asked of the socket at a time
 
 
 class MQTTClient:
@@ -68,6 +74,8 @@ class MQTTClient:
         self.on_ack = None  # callback(pid) for PUBACKs of send_publish()
         self._r = None
         self._w = None
+        self._rbuf = b""  # bytes read, not yet parsed, from _rpos on
+        self._rpos = 0
         self._wlock = asyncio.Lock()  # one writer at a time: interleaved drains corrupt the stream
         self._pid = 0
         self._acks = {}  # pid -> asyncio.Event for publish() / subscribe() waiters
@@ -165,12 +173,36 @@ class MQTTClient:
             await w.drain()
 
     async def _read_packet(self):
-        r = self._r
-        hdr = await r.readexactly(1)
+        # -> (first byte, body) of the next packet; EOFError when the broker closed.
+        while True:
+            p = self._split()
+            if p is not None:
+                return p
+            r = self._r
+            if r is None:
+                raise OSError("not connected")
+            chunk = await r.read(_READ)
+            if not chunk:
+                raise EOFError("connection closed by the broker")
+            buf = self._rbuf
+            self._rbuf = buf[self._rpos :] + chunk if self._rpos < len(buf) else chunk
+            self._rpos = 0
+
+    def _split(self):
+        # The next whole packet in the buffer, or None when more bytes are needed.
+        buf = self._rbuf
+        pos = self._rpos
+        have = len(buf) - pos
+        if have < 2:
+            return None
         n = 0
         shift = 0
+        i = pos + 1
         while True:
-            b = (await r.readexactly(1))[0]
+            if i >= len(buf):
+                return None
+            b = buf[i]
+            i += 1
             n |= (b & 0x7F) << shift
             if not b & 0x80:
                 break
@@ -179,8 +211,10 @@ class MQTTClient:
                 raise MQTTError("malformed remaining length")
         if n > MAX_PACKET:
             raise MQTTError("incoming packet of %d bytes is over the %d-byte limit" % (n, MAX_PACKET))
-        body = await r.readexactly(n) if n else b""
-        return hdr[0], body
+        if len(buf) - i < n:
+            return None
+        self._rpos = i + n
+        return buf[pos], buf[i : i + n]
 
     async def _reader(self):
         try:

@@ -15,7 +15,7 @@
 # Rejected says why.
 import struct
 
-from meternode.link.commands import hmac_sha256
+from meternode.link.commands import Hmac, hmac_sha256
 from meternode.store.cursor import Cursor
 
 DOMAIN = b"umeter-lora-v1"
@@ -58,6 +58,8 @@ class SmallCommands:
             raise ValueError("the node's HMAC key must be at least 16 bytes")
         self.node_id = node_id
         self._key = key
+        self._mac = Hmac(key)
+        self._dom = DOMAIN + node_id.encode()
         self._ctr = Cursor(ctr_path, every=1)
 
     def decode(self, frame, now):
@@ -69,7 +71,7 @@ class SmallCommands:
             raise Rejected("malformed: op %d with %d bytes" % (op, len(frame)))
         body = bytes(frame[:-_TAG])
         tag = bytes(frame[-_TAG:])
-        good = _mac(self._key, self.node_id, body)
+        good = self._mac.digest(self._dom + body)[:_TAG]
         d = 0
         for i in range(_TAG):
             d |= good[i] ^ tag[i]
