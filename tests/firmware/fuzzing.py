@@ -233,12 +233,22 @@ class _Reader:
         self.d = data
         self.i = 0
 
-    async def read(self, n):
-        # like a socket: whatever is there, up to n (here in pieces of 1..n, so that packets
-        # arrive split at every possible place)
+    async def readinto(self, mv):
+        # like a socket: whatever is there, up to len(mv) (here in pieces of 1..n, so that
+        # packets arrive split at every possible place); 0 at the end
+        n = len(mv)
         k = 1 + (self.i * 7 + 3) % n if n > 1 else 1
         b = self.d[self.i : self.i + k]
         self.i += len(b)
+        mv[: len(b)] = b
+        return len(b)
+
+    async def readexactly(self, n):
+        if self.i + n > len(self.d):
+            self.i = len(self.d)
+            raise EOFError("connection closed")
+        b = self.d[self.i : self.i + n]
+        self.i += n
         return b
 
 
@@ -304,8 +314,7 @@ class MqttPackets(Target):
     async def run(self, data):
         c = self.c
         c._r = _Reader(data)
-        c._rbuf = b""
-        c._rpos = 0
+        c._lo = c._hi = 0
         c._w = _Writer()
         c.connected = True
         del self.cmds[:]

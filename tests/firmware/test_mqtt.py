@@ -100,3 +100,49 @@ def test_home_assistant_discovery_announces_energy_as_total_increasing_kwh():
     eq(sorted(k.split("/")[3] for k in cfgs), sorted(discovery.DEFAULT), "default sensors")
     more = dict(discovery.configs("umeter", "n1", {"sensors": ["water", "gas"]}))
     eq(json.loads(more["homeassistant/sensor/n1/gas/config"])["device_class"], "gas", "gas when the node has it")
+
+
+class _Chunks:
+    # A stream that hands out `data` in pieces of `k` bytes at most (readinto, like a socket).
+    def __init__(self, data, k):
+        self.d = data
+        self.i = 0
+        self.k = k
+
+    async def readinto(self, mv):
+        b = self.d[self.i : self.i + min(self.k, len(mv))]
+        self.i += len(b)
+        mv[: len(b)] = b
+        return len(b)
+
+    async def readexactly(self, n):
+        if self.i + n > len(self.d):
+            raise EOFError
+        b = self.d[self.i : self.i + n]
+        self.i += n
+        return b
+
+
+async def test_packets_split_anywhere_and_longer_than_the_buffer_are_read_whole():
+    from meternode.link import mqtt as M
+    from meternode.link.mqttpkt import publish_packet
+
+    pkts = [
+        publish_packet("a/b", b"x" * 10),
+        publish_packet("a/c", bytes(range(256)) * 20, 1, False, 7),  # 5 KB: over the 1 KB buffer
+        b"\xd0\x00",
+        b"\x40\x02\x00\x07",
+        publish_packet("a/d", b"y" * 200),
+    ]
+    for k in (1, 2, 3, 7, 100, 1024, 9999):
+        c = M.MQTTClient("t", "x")
+        c._r = _Chunks(b"".join(pkts), k)
+        got = []
+        for _ in pkts:
+            got.append(await c._read_packet())
+        eq([bytes((h,)) + M._remaining(len(b)) + b for h, b in got], pkts, "chunks of %d" % k)
+        try:
+            await c._read_packet()
+            raise AssertionError("no EOFError at the end of the stream")
+        except EOFError:
+            pass

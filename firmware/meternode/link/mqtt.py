@@ -9,9 +9,11 @@
 # owns them.  Every wait has a timeout; errors surface as MQTTError / OSError so the link
 # supervisor reconnects with `Backoff` (exponential, jittered, bounded).
 #
-# Incoming bytes are read in chunks of up to _READ bytes and split into packets from that
-# buffer: one pass through the event loop per chunk, not three per packet (a flood of small
-# messages then costs the node its parsing, not a scheduler round trip per byte read).
+# Incoming bytes are read into one buffer of _READ bytes made with the client (readinto: no
+# allocation per read) and split into packets there: one pass through the event loop per
+# buffer, not three per packet (a flood of small messages then costs the node its parsing,
+# not a scheduler round trip per byte).  A packet longer than the buffer holds is finished
+# with readexactly.
 #
 # TLS: pass `ssl=tls.context(ca)` with the provisioned CA (PEM or DER); the server
 # certificate must chain to it, else connect() raises MQTTError naming the TLS failure.
@@ -41,7 +43,7 @@ from meternode.link.mqttpkt import (
     publish_packet,
 )
 
-_READ = 2048  # bytes asked of the socket at a time
+_READ = 1024  # the receive buffer (bytes), made once per client
 
 
 class MQTTClient:
@@ -74,8 +76,10 @@ class MQTTClient:
         self.on_ack = None  # callback(pid) for PUBACKs of send_publish()
         self._r = None
         self._w = None
-        self._rbuf = b""  # bytes read, not yet parsed, from _rpos on
-        self._rpos = 0
+        self._buf = bytearray(_READ)  # received bytes; _buf[_lo:_hi] are not parsed yet
+        self._mv = memoryview(self._buf)
+        self._lo = 0
+        self._hi = 0
         self._wlock = asyncio.Lock()  # one writer at a time: interleaved drains corrupt the stream
         self._pid = 0
         self._acks = {}  # pid -> asyncio.Event for publish() / subscribe() waiters
@@ -175,46 +179,53 @@ class MQTTClient:
     async def _read_packet(self):
         # -> (first byte, body) of the next packet; EOFError when the broker closed.
         while True:
-            p = self._split()
-            if p is not None:
-                return p
+            buf = self._buf
+            lo = self._lo
+            hi = self._hi
+            if hi - lo >= 2:
+                n = 0
+                shift = 0
+                i = lo + 1
+                whole = False
+                while i < hi:
+                    b = buf[i]
+                    i += 1
+                    n |= (b & 0x7F) << shift
+                    if not b & 0x80:
+                        whole = True
+                        break
+                    shift += 7
+                    if shift > 21:
+                        raise MQTTError("malformed remaining length")
+                if whole:
+                    if n > MAX_PACKET:
+                        raise MQTTError("incoming packet of %d bytes is over the %d-byte limit" % (n, MAX_PACKET))
+                    head = buf[lo]
+                    if hi - i >= n:
+                        self._lo = i + n
+                        return head, bytes(self._mv[i : i + n])
+                    part = bytes(self._mv[i:hi])  # the body runs on past the buffer
+                    self._lo = self._hi = 0
+                    return head, part + await self._r.readexactly(n - len(part))
+            if lo:  # keep the unparsed start of a header (at most 4 bytes) at the front
+                k = hi - lo
+                buf[0:k] = bytes(self._mv[lo:hi])
+                self._lo = 0
+                self._hi = hi = k
             r = self._r
             if r is None:
                 raise OSError("not connected")
-            chunk = await r.read(_READ)
-            if not chunk:
+            if hasattr(r, "readinto"):  # MicroPython: into the buffer
+                got = await r.readinto(self._mv[hi:])
+            else:  # CPython's StreamReader
+                chunk = await r.read(_READ - hi)
+                got = len(chunk)
+                buf[hi : hi + got] = chunk
+            if got is None:
+                continue  # woken without data
+            if not got:
                 raise EOFError("connection closed by the broker")
-            buf = self._rbuf
-            self._rbuf = buf[self._rpos :] + chunk if self._rpos < len(buf) else chunk
-            self._rpos = 0
-
-    def _split(self):
-        # The next whole packet in the buffer, or None when more bytes are needed.
-        buf = self._rbuf
-        pos = self._rpos
-        have = len(buf) - pos
-        if have < 2:
-            return None
-        n = 0
-        shift = 0
-        i = pos + 1
-        while True:
-            if i >= len(buf):
-                return None
-            b = buf[i]
-            i += 1
-            n |= (b & 0x7F) << shift
-            if not b & 0x80:
-                break
-            shift += 7
-            if shift > 21:
-                raise MQTTError("malformed remaining length")
-        if n > MAX_PACKET:
-            raise MQTTError("incoming packet of %d bytes is over the %d-byte limit" % (n, MAX_PACKET))
-        if len(buf) - i < n:
-            return None
-        self._rpos = i + n
-        return buf[pos], buf[i : i + n]
+            self._hi = hi + got
 
     async def _reader(self):
         try:
