@@ -593,6 +593,17 @@ class SmallFrames(Target):
             self.saw(last.get("status", "?") + ":" + last.get("why", last.get("op", "")).split(":")[0])
 
 
+def _reading():
+    # A gateway READING payload (gateway/reading.py), imported here so that no case pays for
+    # the module's import (it would count as heap growth).
+    from meternode.gateway import reading as G
+
+    r = G.Readings(4)
+    r.add(G.quantity("1-0:1.8.0"), 12345678, -2, G.unit_index("kWh"))
+    r.add(G.quantity("8-0:1.0.0"), 3000, -3, G.unit_index("m³"))
+    return G.pack("dlt645-000000123456", r)
+
+
 class LoraFrames(Target):
     # LoRa uplink frames as the host decodes them (`umeter decode lora`, the JS codec's twin).
     def __init__(self, scratch):
@@ -607,6 +618,7 @@ class LoraFrames(Target):
             loracodec.encode_record(R.DAILY, 8, NOW, R.freeze(1, 2, 3, 4)),
             loracodec.encode_record(R.EVENT, 9, NOW, R.event(R.EV_TAMPER, 1, "tamper é")),
             loracodec.encode_telemetry(3, NOW, {"v": 230.1, "f": 50.0, "p": 1200.0, "e_imp_wh": 5, "e_exp_wh": 0}),
+            loracodec.encode_record(R.READING, 10, NOW, _reading()),
         ]
 
     def run(self, data):
@@ -639,7 +651,8 @@ class StoredRecords(Target):
         log.append(R.PROFILE, NOW, R.profile(900, 1, 2, (1, 2, 3), (4, 5, 6), (7, 8, -9)))
         log.append(R.DAILY, NOW, R.freeze(1, 2, 3, 4))
         log.append(R.EVENT, NOW, R.event(R.EV_CMD_REJECTED, 3, "a" + "é" * 30))
-        log.append(R.READING, NOW, b'{"obis": "1.8.0", "v": 1}')
+        log.append(R.READING, NOW, _reading())
+        log.append(R.READING, NOW, b'{"obis": "1.8.0", "v": 1}')  # not a READING payload
         log.append(R.EVENT, NOW, b"\x0b\x00\x00\x00\x00ab\xff")  # text cut by an older firmware
         log.mark_sent(3)
         log.close()
@@ -689,14 +702,26 @@ class StoredRecords(Target):
             log.close()
 
 
+_METER_FRAMES = (  # published frames (sources in tests/host/test_gateway_codecs.py)
+    b"6FEFE6801000000000068910833333433AB8967451716",  # DL/T 645 (rulego)
+    b"86810670517240000008116901F01000300002C000300002C0000000000000000FFC316",  # CJ/T 188 (LuatOS)
+    b"U68515168080B7254029904C51400060C27000004782E254C00046D0A0CCD1304134C010000441"
+    b"34B0100008401134C010000426CBF1C026CDF1C043B00000000143B160800000223A70401FD170004902808000000"
+    b"3F16",  # M-Bus (libmbus: Engelmann WaterStar)
+    b"D110306AE415652434049AD",  # Modbus RTU (a read-holding-registers answer)
+)
+
+
 class DecodeInputs(Target):
-    # `umeter decode lora HEX...` and `umeter decode mqtt TOPIC PAYLOAD` (CPython only): the
-    # library raises ConfigError naming the flaw; the CLI prints what it returns as JSON.
+    # `umeter decode lora HEX...`, `umeter decode mqtt TOPIC PAYLOAD` and `umeter decode
+    # 645|188|mbus|modbus HEX` (CPython only): the library raises ConfigError naming the flaw;
+    # the CLI prints what it returns, as JSON or as lines.
     def __init__(self, scratch):
         from meternode.link import loracodec
-        from umeter import decode
+        from umeter import bus, decode
         from umeter.errors import ConfigError
 
+        self.bus = bus
         self.decode = decode
         self.expected = (ConfigError,)
         frames = LoraFrames(scratch).seeds
@@ -704,6 +729,8 @@ class DecodeInputs(Target):
         self.seeds = [b"L" + hexlify(f) for f in frames] + [b"B" + f for f in frames]
         self.seeds += [b"L21 07 00:00", b"Mumeter/n7/profile\x00" + doc.encode(), b"Mumeter/n7/state\x00online"]
         self.seeds += [b"Mumeter/n7/telemetry\x00" + json.dumps({"v": 230.1, "seq": 3}).encode()]
+        self.seeds += list(_METER_FRAMES)  # as hex text (the CLI's argument)
+        self.seeds += [f[:1].lower() + bytes.fromhex(f[1:].decode()) for f in _METER_FRAMES]  # as bytes
         self.codec = loracodec
 
     def run(self, data):
@@ -713,6 +740,14 @@ class DecodeInputs(Target):
             d = self.decode.decode_mqtt(topic.decode("utf-8", "surrogateescape"), payload)
         elif mode == b"B":
             d = self.decode.decode_lora(rest)
+        elif mode.upper() in (b"6", b"8", b"U", b"D"):
+            proto = {b"6": "645", b"8": "188", b"U": "mbus", b"D": "modbus"}[mode.upper()]
+            arg = rest if mode.islower() else rest.decode("utf-8", "surrogateescape")
+            d = self.bus.decode_frame(proto, arg)
+            self.bus.render(d)
+            json.dumps(d, ensure_ascii=False)
+            self.saw("frame " + proto)
+            return
         else:
             d = self.decode.decode_lora(rest.decode("utf-8", "surrogateescape"))
         k = d.get("kind") or d.get("leaf")
