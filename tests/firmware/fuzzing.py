@@ -755,7 +755,33 @@ class DecodeInputs(Target):
         json.dumps(d)
 
 
-HOST_TARGETS = {"decode_inputs": DecodeInputs}
+class ConsumerPayloads(Target):
+    # What the host consumer takes from the broker (the ingest branch's umeter/consumer.py and
+    # validate.py, CPython only): Consumer.ingest(topic, payload) into an SQLite store must
+    # never raise, whatever a node (or anyone with the broker) publishes.
+    def __init__(self, scratch):
+        from meternode.store import records as R
+        from umeter.consumer import Consumer
+
+        self.c = Consumer(scratch + "/c.sqlite")
+        docs = [
+            ("profile", R.to_json_dict("n7", R.PROFILE, 1, NOW, R.profile(900, 1, 2, (1, 2, 3), (4, 5, 6), (7, 8, 9)))),
+            ("event", R.to_json_dict("n7", R.EVENT, 2, NOW, R.event(R.EV_TAMPER, 1, "é tamper"))),
+            ("event", {"node": "n7", "kind": "unknown", "seq": 3, "ts": 0, "held": 1, "error": "missing: gone"}),
+            ("profile", R.to_json_dict("n7", R.DAILY, 4, NOW, R.freeze(1, 2, 3, 4))),
+            ("telemetry", {"node": "n7", "seq": 9, "ts": NOW, "v": 230.1, "p": 1.5, "e_imp_wh": 3, "e_exp_wh": 0}),
+            ("cmd/result", {"id": "m1", "ok": False, "status": "rejected", "why": "unauthenticated"}),
+        ]
+        self.seeds = [b"umeter/n7/" + leaf.encode() + b"\x00" + json.dumps(d).encode() for leaf, d in docs]
+        self.seeds += [b"umeter/n7/state\x00online", b"umeter/n8/resend\x0012"]
+
+    def run(self, data):
+        topic, _, payload = data.partition(b"\x00")
+        r = self.c.ingest(topic.decode("utf-8", "surrogateescape"), payload)
+        self.saw({True: "stored", False: "duplicate", None: "other"}.get(r, "?"))
+
+
+HOST_TARGETS = {"decode_inputs": DecodeInputs, "consumer_payloads": ConsumerPayloads}
 
 TARGETS = {
     "mqtt_packets": MqttPackets,

@@ -227,7 +227,7 @@ async def test_consumer_resend_request_goes_back_but_not_past_what_is_held():
 
 
 @heap("256k")
-async def test_seqs_the_log_lost_go_out_as_missing_so_the_consumer_sees_each_seq_once():
+async def test_seqs_the_log_lost_go_out_as_unknown_missing_so_the_consumer_sees_each_seq_once():
     # A corrupt record in the middle, and the newest records lost after they were sent (the
     # log then skips their seqs): every seq still reaches the consumer, in order.
     from meternode.store.log import HEADER
@@ -253,5 +253,5 @@ async def test_seqs_the_log_lost_go_out_as_missing_so_the_consumer_sees_each_seq
     await _run_until(ob, c, lambda: len(c.sent) >= 14)
     eq([s for s, p, dup in c.sent], list(range(1, 15)), "every seq, once, in order")
     kinds = dict(zip([s for s, p, dup in c.sent], c.kinds))
-    eq((kinds[5], kinds[11], kinds[12], kinds[13]), ("missing", "missing", "missing", "profile"), "gaps named")
+    eq((kinds[5], kinds[11], kinds[12], kinds[13]), ("unknown", "unknown", "unknown", "profile"), "gaps named")
     eq(ob.stats()["missing"], 3, "counted")

@@ -15,9 +15,9 @@
 #
 # Before a record leaves, the log's high-water mark is raised (RecordLog.mark_sent), so its
 # seq is never issued again.  A seq the log does not hold although later ones exist (a record
-# lost to corruption, or seqs skipped after the newest records were lost) goes out as a
-# `missing` document with that seq: the consumer, which stores strictly in sequence, sees
-# every seq once and keeps no gap open asking for a resend the node cannot serve.
+# lost to corruption, or seqs skipped after the newest records were lost) goes out as an
+# `unknown` document with that seq and the error "missing: …": the consumer sees every seq
+# once and keeps no hole open asking for a resend the node cannot serve.
 import asyncio
 import json
 
@@ -182,8 +182,8 @@ class Outbox:
         # The document of the gap seq being sent; moves on to the next.
         s = self._gap
         self.missing += 1
-        d = {"node": self.node_id, "kind": "missing", "seq": s, "ts": 0, "held": self.log.first_seq()}
-        d["error"] = "not in the node's log (lost to flash corruption or a reset)"
+        d = {"node": self.node_id, "kind": "unknown", "seq": s, "ts": 0, "held": self.log.first_seq()}
+        d["error"] = "missing: not in the node's log (lost to flash corruption or a reset)"
         self._gap = s + 1 if s < self._gap_end else 0
         self._want = s + 1
         return s, json.dumps(d)
