@@ -1,8 +1,8 @@
 """Fuzzing every parser that takes bytes from outside, with a large budget.
 
-The firmware's parsers (MQTT packets from the broker, command envelopes, policy bundles, OTA
-messages and chunks, LoRa downlinks and LoRa-sized policy frames, LoRa uplink frames, what is
-stored on flash) each run in their own MicroPython unix-port process at the sim board's heap
+The firmware's parsers (MQTT packets from the broker, LoRa modem bytes, command envelopes,
+policy bundles, OTA messages and chunks, LoRa downlinks and LoRa-sized policy frames, LoRa
+uplink frames, what is stored on flash) each run in their own MicroPython unix-port process at the sim board's heap
 (`$UMETER_MICROPYTHON` picks another port, e.g. a 32-bit one); the host's `umeter decode`
 inputs and what the host consumer takes from the broker run on CPython. The cases come from
 tests/firmware/fuzzing.py (the normal suite runs the same targets with a small budget:
@@ -36,6 +36,7 @@ from umeter import unixport  # noqa: E402
 
 FIRMWARE = (
     "mqtt_packets",
+    "modem_lines",
     "command_envelopes",
     "policy_bundles",
     "ota_messages",
@@ -47,9 +48,9 @@ HOST = ("decode_inputs", "consumer_payloads")
 # Share of --cases per parser: a stored-records case writes, opens, scans and appends to a
 # log on the filesystem (~10 ms on the unix port), the others take well under a millisecond.
 SHARE = {"stored_records": 1 / 3, "consumer_payloads": 1 / 3}  # the consumer commits each to SQLite
-# The host consumer's payloads are the ingest branch's code (umeter/consumer.py, validate.py),
-# fuzzed here through Consumer.ingest. Not yet here: the LoRa modem's line reader (boards:
-# link/lorawan.py), which exposes no parser of its own yet.
+# Two targets are other branches' code, fuzzed here through what they expose: the LoRa
+# modem's byte reader (boards: LoRaModem.feed in link/lorawan.py) and the host consumer
+# (ingest: Consumer.ingest in umeter/consumer.py and validate.py).
 
 _RUNNER = """
 import sys, json, asyncio

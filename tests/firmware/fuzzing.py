@@ -702,6 +702,41 @@ class StoredRecords(Target):
             log.close()
 
 
+class ModemLines(Target):
+    # Bytes from the LoRa modem's UART (the boards branch's LoRaModem.feed, link/lorawan.py):
+    # noise, replies, events and downlinks, which it documents as never raising; each
+    # downlink goes on to the node's routing by fport (loraservice.downlink).
+    def __init__(self, scratch):
+        from meternode.link import loraservice
+        from meternode.link.lorawan import LoRaModem
+
+        self.m = LoRaModem(None, None)
+        self.got = [0]
+        got = self.got
+
+        def policy_port(data):
+            got[0] += 1
+
+        class _Svc:
+            lora_ports = {10: policy_port}
+
+        self.m.on_downlink = lambda port, data: loraservice.downlink(_Svc, port, data)
+        self.seeds = [
+            b"+EVT:RX_1:-80:7:UNICAST:10:11223344\r\n",
+            b"+EVT:RX_1:-112:-5:UNICAST:2:\r\n",
+            b"OK\r\nAT_BUSY_ERROR\r\nRestricted_Wait_3000_ms\r\n",
+            b"\x00\xff+EVT:JOINED\r\n+EVT:TX_DONE\r\n+EVT:SEND_CONFIRMED_OK\r\n",
+            b"RAKwireless RUI3\r\nCurrent Work Mode: LoRaWAN.\r\n",
+            b"AT+NWM=1\r\n1\r\nOK\r\n",
+        ]
+
+    def run(self, data):
+        n = self.got[0]
+        e = self.m.errors
+        self.m.feed(data)
+        self.saw("downlink" if self.got[0] > n else "line error" if self.m.errors > e else "other")
+
+
 _METER_FRAMES = (  # published frames (sources in tests/host/test_gateway_codecs.py)
     b"6FEFE6801000000000068910833333433AB8967451716",  # DL/T 645 (rulego)
     b"86810670517240000008116901F01000300002C000300002C0000000000000000FFC316",  # CJ/T 188 (LuatOS)
@@ -785,6 +820,7 @@ HOST_TARGETS = {"decode_inputs": DecodeInputs, "consumer_payloads": ConsumerPayl
 
 TARGETS = {
     "mqtt_packets": MqttPackets,
+    "modem_lines": ModemLines,
     "command_envelopes": CommandEnvelopes,
     "policy_bundles": PolicyBundles,
     "ota_messages": OtaMessages,

@@ -23,6 +23,12 @@ async def test_fuzz_mqtt_packets():
 
 @heap("256k")
 @timeout(120)
+async def test_fuzz_modem_lines():
+    await _check("modem_lines")
+
+
+@heap("256k")
+@timeout(120)
 async def test_fuzz_command_envelopes():
     await _check("command_envelopes")
 
