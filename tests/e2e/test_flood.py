@@ -3,10 +3,10 @@ another client of a real Mosquitto, on the MicroPython unix port. The node keeps
 without a gap, its heap stays bounded, and within 10 s of the flood's end it answers a real
 message. (Before the fix: MemoryError, the link down, the node exited.)
 
-- forged commands on …/cmd, to a node with commands at the sim board's heap (256k);
+- forged commands on …/cmd, to a node with commands at the sim board's heap (boards/sim.json);
 - forged frames on …/policy/small, to a node with commands and a policy, at the heap
-  `umeter sim` gives policy nodes (umeter.sim.POLICY_HEAP, 384k: a policy node loaded from
-  source does not start in 256k on the 64-bit port, flood or not; docs/memory.md)."""
+  `umeter sim` gives policy nodes (umeter.sim.POLICY_HEAP: a policy node loaded from source
+  needs more than the sim board's heap on the 64-bit port, flood or not; docs/memory.md)."""
 
 from __future__ import annotations
 

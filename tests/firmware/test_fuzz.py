@@ -1,6 +1,7 @@
-# Every parser of outside bytes, fuzzed on the MicroPython unix port with a small budget at
-# the sim board's heap (fuzzing.py; `python benchmarks/fuzz.py` runs a large one).  Each test
-# fails on an exception the parser does not document, or on a heap that keeps growing.
+# Every parser of outside bytes, fuzzed on the MicroPython unix port with a small budget in a
+# 256k heap (no more than the sim board's; fuzzing.py; `python benchmarks/fuzz.py` runs a large
+# budget at the sim board's heap).  Each test fails on an exception the parser does not
+# document, or on a heap that keeps growing.
 from fuzzing import run
 
 from mptest import eq, heap, scratch_dir, timeout
