@@ -202,14 +202,12 @@ def test_a_flood_of_forged_messages_leaves_metering_heap_and_link_intact(tmp_pat
     assert max(m["lag"] for m in flood) - before[-1]["lag"] < 3.0, [round(m["lag"], 2) for m in flood]
     # heap bounded: what the node holds (free heap after a collection, every 500 ms) never
     # drops more than its working set below what it held before the flood (a packet being
-    # read, up to MAX_PACKET 16 KB, its parse, the bounded queues), does not drift down as the
-    # flood goes on, and comes back after it (garbage between collections is no measure:
-    # MicroPython collects when the heap is full)
+    # read, up to MAX_PACKET 16 KB, its parse, the bounded queues filling up), and is back
+    # where it was once the flood is over: nothing was kept (garbage between collections is
+    # no measure, MicroPython collects when the heap is full; leaks over many more messages
+    # are benchmarks/fuzz.py's heap figures)
     low = min(m["free"] for m in flood)
     assert low > before[-1]["free"] - 24 * 1024, (before[-1]["free"], low)
-    third = max(1, len(flood) // 3)
-    early, late = min(m["free"] for m in flood[:third]), min(m["free"] for m in flood[-2 * third : -third] or flood)
-    assert late > early - 4 * 1024, f"free heap drifts down: {early} B early in the flood, {late} B late"
     assert flood[-1]["free"] > before[-1]["free"] - 2 * 1024, (before[-1]["free"], flood[-1]["free"])
     # the flood's refusals: counted, a handful of events, a bounded number of results
     events = [x for x in seen if x[1].endswith("/event") and b"cmd_rejected" in x[2]]
