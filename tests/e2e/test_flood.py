@@ -169,14 +169,27 @@ def test_a_flood_of_forged_messages_leaves_metering_heap_and_link_intact(tmp_pat
         t_end = time.monotonic()
         assert n / took >= RATE * 0.9, f"the flood ran at {n / took:.0f} messages/s"
 
-        # within 10 s of the flood's end the real one is answered
-        if leaf == "cmd":
-            real = make_command(KEY, NODE, "read_now", None, 1, int(time.time()) + 600, "real-1")
-            obs.publish(f"umeter/{NODE}/cmd", real, qos=1)
-            r = wait(lambda m: m[1].endswith("/cmd/result") and b'"real-1"' in m[2], 10.0, "the real result")
-        else:
-            obs.publish(f"umeter/{NODE}/policy/small", small.encode_price(KEY, NODE, 1, 0.2, 5), qos=1)
-            r = wait(lambda m: m[1].endswith("/policy/result") and b'"done"' in m[2], 10.0, "the real result")
+        # within 10 s of the flood's end a real one is answered. The broker may still hold a
+        # full queue for the node when the flood ends and then drops what comes next (its
+        # max_queued_messages): like an operator's tool, send again every 2 s until answered.
+        deadline = t_end + 10.0
+        k = 0
+        r = None
+        while r is None and time.monotonic() < deadline:
+            k += 1
+            if leaf == "cmd":
+                real = make_command(KEY, NODE, "read_now", None, k, int(time.time()) + 600, f"real-{k}")
+                obs.publish(f"umeter/{NODE}/cmd", real, qos=1)
+                want = lambda m: m[1].endswith("/cmd/result") and b'"real-' in m[2]  # noqa: E731
+            else:
+                obs.publish(f"umeter/{NODE}/policy/small", small.encode_price(KEY, NODE, k, 0.2, 5), qos=1)
+                want = lambda m: m[1].endswith("/policy/result") and b'"done"' in m[2]  # noqa: E731
+            try:
+                r = wait(want, min(2.0, max(0.1, deadline - time.monotonic())), "the real result")
+            except AssertionError:
+                if proc.poll() is not None:
+                    raise
+        assert r is not None, f"no real message answered within 10 s of the flood's end:\n{console.read_text()[-3000:]}"
         assert json.loads(r[2])["ok"] is True
         t_ok = time.monotonic()
         time.sleep(1.5)
@@ -213,7 +226,7 @@ def test_a_flood_of_forged_messages_leaves_metering_heap_and_link_intact(tmp_pat
     events = [x for x in seen if x[1].endswith("/event") and b"cmd_rejected" in x[2]]
     assert len(events) <= 32, len(events)
     print(
-        f"flood of {leaf}: {n} in {t_end - t_flood:.1f} s; the real one answered "
+        f"flood of {leaf}: {n} in {t_end - t_flood:.1f} s; a real one ({k} sent) answered "
         f"{t_ok - t_end:.1f} s after; free heap after gc: lowest {low} B, "
         f"before {before[-1]['free']} B, after {flood[-1]['free']} B; {secs} measured s in {span:.1f} s; "
         f"{len(events)} cmd_rejected events"
