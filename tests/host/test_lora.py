@@ -80,6 +80,102 @@ def test_generated_javascript_decodes_like_python(tmp_path):
     assert json.loads(out.stdout) == [loracodec.decode(f) for f in frames]
 
 
+# READING frames made on MicroPython by the firmware: meter answers encoded by the codecs,
+# decoded into Readings the way the drivers do, packed as READING records and encoded for LoRa.
+READING_FRAMES = r"""
+import json
+from meternode.gateway import cjt188, dlt645, mbus
+from meternode.gateway import reading as R
+from meternode.gateway.scanner import put_bcd
+from meternode.link import loracodec
+from meternode.store import records
+
+out = []
+def frame(mid, r, seq):
+    out.append(loracodec.encode_record(records.READING, seq, 1773500000 + seq, R.pack(mid, r)).hex())
+
+buf = bytearray(300)
+# DL/T 645-2007: forward energy block (total + 2 tariffs), then a negative power
+sc = dlt645.scanner()
+n = dlt645.encode(buf, "000000123456", 0x91, dlt645.block_bytes(0x0001FF00, [12345678, 4000000, 8345678]))
+sc.feed(buf, n); sc.next()
+r = R.Readings(); dlt645.values(sc.buf, sc.start, r)
+sc.reset()
+n = dlt645.encode(buf, "000000123456", 0x91, dlt645.value_bytes(0x02030000, -22000))
+sc.feed(buf, n); sc.next(); dlt645.values(sc.buf, sc.start, r)
+frame("dlt645-000000123456", r, 1)
+# CJ/T 188 water meter, valve closed, battery low, with its clock
+pay = bytearray(b"\x90\x1f\x01")
+for v, unit in ((32109, 0x2C), (32000, 0x2C)):
+    b = bytearray(5)
+    put_bcd(b, 0, 4, v); b[4] = unit; pay += b
+pay += bytes((0x00, 0x30, 0x12, 0x14, 0x03, 0x26, 0x20, 0x05, 0x00))
+sc = cjt188.scanner()
+n = cjt188.encode(buf, 0x10, "00000000001234", 0x81, pay)
+sc.feed(buf, n); sc.next()
+r = R.Readings(); cjt188.values(sc.buf, sc.start, r)
+frame("cjt188-10-00000000001234", r, 2)
+# M-Bus heat meter: energy, volume, power, temperatures, a 12-digit BCD value, the clock
+rec = bytearray()
+mbus.record(rec, 4321, 0x06); mbus.record(rec, 123456, 0x13); mbus.record(rec, 3200, 0x2B, 6)
+mbus.record(rec, 652, 0x5A, 4); mbus.record(rec, 401, 0x5E, 4); mbus.record(rec, 999999999999, 0x13, 12, 1)
+mbus.time_f(rec, 2026, 3, 14, 12, 30)
+n = mbus.rsp_ud(buf, 5, "12345678", mbus.manufacturer_code("UMT"), 1, 0x04, 7, 0, rec)
+s = mbus.MBusScanner(); s.feed(buf, n); s.next()
+r = R.Readings(); mbus.values(s.buf, s.start, r)
+frame("mbus-12345678", r, 3)
+# values a JavaScript Number cannot hold (int64 M-Bus records), one each sign
+r = R.Readings(); r.add(R.Q_E_IMP, (1 << 62) + 12345, -3, R.U_KWH); r.add(R.Q_E_EXP, -(1 << 60) - 7, 0, R.U_KWH)
+frame("modbus-7", r, 4)
+# more values than fit 51 bytes: the rest left out, flagged truncated
+r = R.Readings()
+for q in range(20):
+    r.add(q, 10**9 + q, -2, R.U_KWH)
+frame("dlt645v97-000000654321", r, 5)
+print("FRAMES " + json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node.js to run the generated codec")
+def test_generated_javascript_decodes_firmware_reading_frames_like_python(tmp_path):
+    script = tmp_path / "frames.py"
+    script.write_text(READING_FRAMES)
+    env = dict(os.environ, MICROPYPATH=unixport.micropypath())
+    out = subprocess.run(unixport.command(script, heap="512k"), capture_output=True, text=True, env=env, timeout=60)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("FRAMES ")), None)
+    assert line is not None, out.stdout + out.stderr
+    frames = [bytes.fromhex(h) for h in json.loads(line[7:])]
+    js = js_decoder() + "\nconst f = JSON.parse(process.argv[2]);\n"
+    js += "console.log(JSON.stringify(f.map(h => decodeUplink({bytes: Buffer.from(h, 'hex'), fPort: 2}))));\n"
+    (tmp_path / "c.js").write_text(js)
+    out = subprocess.run(
+        ["node", str(tmp_path / "c.js"), json.dumps([f.hex() for f in frames])], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    want = [loracodec.decode(f) for f in frames]
+    assert all("data" in g for g in got), got
+    big = got[3]["data"]["readings"]
+    # beyond 2**53 the JavaScript value is exact as text ("v" too, as a string)
+    assert [x["v"] for x in big] == [str(x["v"]) for x in want[3]["readings"]]
+    for x in big:
+        x["v"] = int(x["v"])
+    assert [g["data"] for g in got] == want
+    assert [x["value"] for x in want[0]["readings"]] == ["123456.78", "40000.00", "83456.78", "-2.2000"]
+    assert not want[0]["status"]
+    assert want[1]["status"] == ["valve_closed", "battery_low"] and want[1]["meter_ts"]
+    assert "truncated" in want[4]["status"] and len(frames[4]) <= 51
+    assert want[3]["readings"][0]["value"] == "4611686018427400.249"
+    # a cut or padded READING frame is an error in both decoders, saying the same
+    for bad in (frames[1][:-2], frames[1] + b"\x00"):
+        with pytest.raises(ConfigError) as e:
+            decode_lora(bad)
+        js_err = subprocess.run(
+            ["node", str(tmp_path / "c.js"), json.dumps([bad.hex()])], capture_output=True, text=True
+        )
+        assert json.loads(js_err.stdout)[0] == {"errors": [e.value.message.split(": ", 1)[1]]}
+
+
 def test_time_on_air_matches_the_reference_table():
     # protocols.md §11.5: 20 B at DR0/DR3/DR5 and 51 B at DR0 (13 B MAC overhead, CR 4/5)
     for payload, sf, ms in ((20, 12, 1810), (20, 9, 247), (20, 7, 72), (51, 12, 2794)):
