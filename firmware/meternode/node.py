@@ -287,7 +287,7 @@ class Node:
             log("gateway on: %d bytes free before, %d after" % (free, gc.mem_free()))
             return [asyncio.create_task(t) for t in self.gateway.tasks()]
         except Exception as e:
-            log("gateway not started: %s" % e)
+            log("gateway not started: %r" % (e,))
             return []
 
 

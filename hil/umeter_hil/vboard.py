@@ -18,7 +18,9 @@ that is the unix port's stdin/stdout, and closes the gaps between the unix port 
   ``boot.py`` and, in friendly-REPL mode only, ``main.py``; heap from the board definition;
   stand-ins for machine/network/esp32 (``board_shim/``) carry a unique id per board;
 - fault injection: drop or delay bytes in either direction, cut power (SIGKILL) now or after
-  N more bytes from the host, power on again.
+  N more bytes from the host, power on again;
+- UARTs wired to host devices (`uarts={1: pty}`, e.g. a simulated meter bus of
+  umeter_hil.bussim): machine.UART(1) on the board reads and writes that device.
 
 Optionally a loopback TCP listener speaks for the same board. Any local user can reach a
 loopback port, and the raw REPL reads every secret on the board, so the listener wants a
@@ -113,6 +115,7 @@ class VirtualBoard:
         uid: bytes | None = None,
         heap: str | int | None = None,
         insecure: bool = False,
+        uarts: dict[int, str] | None = None,
     ) -> None:
         self.path = Path(path).resolve()
         self.board_name = board
@@ -121,6 +124,7 @@ class VirtualBoard:
         self.flash = self.path / "flash"
         self.state = self.path / "state"
         self.uid = uid or uid_for(self.path)
+        self.uarts = dict(uarts or {})  # UART id -> host device (e.g. a SimBus pty) wired to it
         self.faults = Faults()
         self.want_tcp = tcp
         self.token = "" if insecure else secrets.token_hex(16)  # what a TCP client sends first
@@ -180,6 +184,7 @@ class VirtualBoard:
         _private(self.path)
         (self.state / "pins.in").touch()
         self._console_f = open(self.console_path, "ab")  # noqa: SIM115 - closed in stop()
+        (self.state / "uart.json").write_text(json.dumps({str(k): str(v) for k, v in self.uarts.items()}))
         self._hm, self._hs = os.openpty()
         tty.setraw(self._hs)
         os.set_blocking(self._hm, False)

@@ -92,8 +92,8 @@ def read_request(buf, mtype, addr, ser=0, di=DI_READ, preamble=PREAMBLE):
     return encode(buf, mtype, addr, C_READ, bytes((di >> 8, di & 0xFF, ser & 0xFF)), 3, preamble)
 
 
-def read_address_request(buf, ser=0, preamble=PREAMBLE):
-    return encode(buf, ANY_TYPE, WILDCARD, C_READ_ADDR, bytes((DI_ADDR >> 8, DI_ADDR & 0xFF, ser & 0xFF)), 3, preamble)
+def read_address_request(buf, ser=0, preamble=PREAMBLE, mtype=ANY_TYPE):
+    return encode(buf, mtype, WILDCARD, C_READ_ADDR, bytes((DI_ADDR >> 8, DI_ADDR & 0xFF, ser & 0xFF)), 3, preamble)
 
 
 def valve_request(buf, mtype, addr, close, ser=0, preamble=PREAMBLE):

@@ -66,7 +66,7 @@ class GatewayService:
                     have = ", ".join(board_buses) or "none"
                     raise ConfigError("bus %r is not in board.buses (have: %s)" % (name, have))
                 spec = dict(board_buses[name])
-                spec.update(g["buses"].get(name) or {})
+                spec.update((g.get("buses") or {}).get(name) or {})
                 b = buses[name] = hbus.make(name, hbus.check(name, spec))
             return b
 

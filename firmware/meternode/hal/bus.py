@@ -86,6 +86,10 @@ class UartPort:
         if self.de is not None:
             self.de.value(1 - self._on)
 
+    def close(self):
+        if hasattr(self.uart, "deinit"):
+            self.uart.deinit()
+
 
 class PtyPort:
     # The sim board's bus: a pty (or any tty device) opened as a file; select.poll says when

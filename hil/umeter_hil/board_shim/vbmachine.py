@@ -1,5 +1,6 @@
 # `machine` stand-in for a virtual board: the unix port's own machine module plus what a board
-# has and the unix port lacks (unique_id, reset, bootloader, Pin, ADC, RTC, WDT, freq, reset_cause).
+# has and the unix port lacks (unique_id, reset, bootloader, Pin, ADC, RTC, WDT, UART, freq,
+# reset_cause).
 #
 # Pins talk to the host through two files in the board's state directory (outside its flash):
 #   pins.out  one byte per pin number (b"0"/b"1", b"-" = never driven): written by Pin.value(v)
@@ -216,6 +217,63 @@ class ADC:
         return self.read_u16() * 3300000 // 65535
 
     def atten(self, a):
+        pass
+
+
+class UART:
+    # A board UART whose wires the host chose (VirtualBoard(uarts={id: device})): the device
+    # was opened at boot, before the flash was mounted at /.  Reads take only what is there
+    # (timeout 0 as the firmware asks); a UART without wires writes into nothing and reads
+    # nothing.  Line settings are accepted and kept; a pty has no baud rate or parity.
+    def __init__(self, id, baudrate=9600, bits=8, parity=None, stop=1, **kw):
+        self.id = id
+        self._f = vbstate.uarts.get(id)
+        self._p = None
+        if self._f is not None:
+            import select
+
+            self._p = select.poll()
+            self._p.register(self._f, select.POLLIN)
+        self._one = bytearray(1)
+        self.init(baudrate, bits, parity, stop, **kw)
+
+    def init(self, baudrate=9600, bits=8, parity=None, stop=1, **kw):
+        self.baudrate, self.bits, self.parity, self.stop = baudrate, bits, parity, stop
+
+    def deinit(self):
+        pass  # the wire stays open: it cannot be reopened once the flash is mounted at /
+
+    def any(self):
+        if self._p is None:
+            return 0
+        for _ in self._p.ipoll(0):
+            return 1
+        return 0
+
+    def readinto(self, buf, nbytes=-1):
+        n = 0
+        end = len(buf) if nbytes < 0 else nbytes
+        while n < end and self.any():
+            if not self._f.readinto(self._one):
+                break
+            buf[n] = self._one[0]
+            n += 1
+        return n or None
+
+    def read(self, nbytes=-1):
+        b = bytearray(256 if nbytes < 0 else nbytes)
+        n = self.readinto(b)
+        return bytes(b[:n]) if n else None
+
+    def write(self, buf):
+        if self._f is None:
+            return len(buf)
+        return self._f.write(buf)
+
+    def txdone(self):
+        return True
+
+    def flush(self):
         pass
 
 
