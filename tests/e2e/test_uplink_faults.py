@@ -54,8 +54,11 @@ async def main():
     t0 = cfg.get("t0", 1700000000)
     produced = 0
     k = 0
+    hold = cfg.get("hold_at", 0)
     while True:
-        if produced < n:
+        if hold and produced == hold and not exists(d + "/go"):
+            await asyncio.sleep_ms(20)  # the test lets the rest go when it is ready for it
+        elif produced < n:
             s = log.last_seq + 1
             log.append(records.PROFILE, t0 + step * s,
                        records.profile(step, 1000 * s, 0, (2300, 2290, 2310), (1000, 900, 1100), (2300, 2000, 2500)))
@@ -67,6 +70,13 @@ async def main():
         k += 1
         if k % 5 == 0 or produced == n:
             status(produced)
+
+def exists(p):
+    try:
+        os.stat(p)
+        return True
+    except OSError:
+        return False
 
 asyncio.run(main())
 """
@@ -216,15 +226,42 @@ def test_flash_full_drops_oldest_segment_counts_it_and_keeps_recording(tmp_path)
                 node.stop()
 
 
+def _subscribed(c: Consumer, host: str, port: int) -> None:
+    """Returns once `c` is surely subscribed: a message published now reaches it (its start()
+    only waits a fixed 0.1 s for the SUBACK)."""
+    import paho.mqtt.client as mqtt
+
+    p = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    p.connect(host, port)
+    p.loop_start()
+    try:
+        deadline = time.monotonic() + 10
+        while c.state("_probe") != "x":
+            assert time.monotonic() < deadline, "the consumer never got a message on its subscriptions"
+            p.publish("umeter/_probe/state", b"x", qos=1).wait_for_publish(5)
+            time.sleep(0.05)
+    finally:
+        p.loop_stop()
+        p.disconnect()
+
+
 def test_consumer_restarted_later_gets_what_it_missed(tmp_path):
     # The consumer is away while the node publishes (the broker keeps nothing for it); when
     # it comes back on the same database it asks the node to go back to what it lacks.
+    # Deterministic phases: the first consumer is subscribed before the node publishes and
+    # sees exactly records 1-30; the node holds record 31 back until that consumer is gone.
+    # (Starting the node first raced its first records against the consumer's subscription;
+    # records published before any consumer are the next test's case.)
     with Mosquitto() as broker:
         db = tmp_path / "c.sqlite"
-        node = NodeProc(tmp_path, "late1", broker.host, broker.port, n=120, every_ms=40)
+        node = None
         try:
             with Consumer(db, broker.host, broker.port) as c:
-                c.wait_for(lambda: c.count("late1") >= 30, 20, "first records")
+                _subscribed(c, broker.host, broker.port)
+                node = NodeProc(tmp_path, "late1", broker.host, broker.port, n=120, every_ms=10, hold_at=30)
+                c.wait_for(lambda: c.count("late1") == 30, 20, "the first 30 records")
+                node.wait(lambda s: s["acked"] == 30, 10, "the first 30 acknowledged")
+            (node.dir / "go").touch()
             node.wait(lambda s: s["produced"] == 120 and s["acked"] == 120, 30, "all acknowledged by the broker")
             with Consumer(db) as c:
                 assert c.count("late1") < 120, "the consumer was away while the node published some"
@@ -233,5 +270,24 @@ def test_consumer_restarted_later_gets_what_it_missed(tmp_path):
                 _expect_exactly_once(c, "late1", 1, 120)
                 assert c.counters()["resend_requests"] >= 1
                 node.wait(lambda s: s["rewinds"] >= 1, 5, "the node's rewind in its status file (written every 0.25 s)")
+        finally:
+            if node is not None:
+                node.stop()
+
+
+def test_consumer_started_after_the_node_published_gets_the_records_before_too(tmp_path):
+    # The node publishes records 1-20 before any consumer exists; each record says the node
+    # still holds everything from 1 (`held`).  A consumer started then gets 1-120: it starts a
+    # node it has never seen from what the node holds, not from the first record it sees.
+    with Mosquitto() as broker:
+        node = NodeProc(tmp_path, "early1", broker.host, broker.port, n=120, every_ms=10, hold_at=20)
+        try:
+            node.wait(lambda s: s["acked"] == 20, 20, "20 records acknowledged with no consumer")
+            with Consumer(tmp_path / "c.sqlite", broker.host, broker.port) as c:
+                _subscribed(c, broker.host, broker.port)
+                (node.dir / "go").touch()
+                node.wait(lambda s: s["acked"] == 120, 30, "all acknowledged")
+                c.wait_for(lambda: c.count("early1") == 120, 20, "records 1-120 at the consumer")
+                _expect_exactly_once(c, "early1", 1, 120)
         finally:
             node.stop()
