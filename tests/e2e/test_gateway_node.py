@@ -204,3 +204,109 @@ def test_a_dlt645_master_and_a_modbus_client_read_the_node_as_a_meter(tmp_path):
     assert e2.value <= imp <= e2.value + 0.05 and wh > 0 and abs(wh / 1000 - imp) < 0.011, (imp, wh, e2.value)
     assert 2250 < rr.registers[4] < 2370
     assert bad.isError() and bad.exception_code == 2
+
+
+KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+
+@pytest.mark.mosquitto
+def test_an_authenticated_valve_command_opens_and_closes_the_meters_valve(tmp_path, mosquitto):
+    # A water and a gas meter with valve control enabled, a heat meter without it, an
+    # electricity meter (no valve) on one RS-485 line; commands come over MQTT with the node's
+    # HMAC key.  The simulated meters' valves move, each command has its result and event,
+    # the next reading carries the valve's state, and refused commands move nothing.
+    import paho.mqtt.client as mqtt
+
+    from meternode.link.commands import make_command
+    from umeter_hil.bussim import CJT188Meter, DLT645Meter
+
+    water = CJT188Meter(0x10, "00000000001234")
+    gas = CJT188Meter(0x30, "00000000005678", volume_m3=1024.5)
+    heat = CJT188Meter(0x20, "00000000009012")
+    elec = DLT645Meter("000000123456")
+    root = _flash(tmp_path)
+    with SimBus([water, gas, heat, elec]) as b1, Consumer(tmp_path / "db.sqlite", "127.0.0.1", mosquitto.port) as c:
+        meters = [
+            {"bus": "rs485", "protocol": "cjt188", "type": 16, "address": "00000000001234", "valve_control": True},
+            {"bus": "rs485", "protocol": "cjt188", "type": 48, "address": "00000000005678", "valve_control": True},
+            {"bus": "rs485", "protocol": "cjt188", "type": 32, "address": "00000000009012"},
+            {"bus": "rs485", "protocol": "dlt645", "address": "000000123456", "dis": ["00010000"]},
+        ]
+        for m in meters:
+            m["interval_s"] = 2.0
+        cfg = {
+            "node_id": "valve1",
+            "telemetry_s": 0.5,
+            "cmd_key": KEY,
+            "mqtt": {"host": "127.0.0.1", "port": mosquitto.port},
+            "gateway": {"buses": {"rs485": {"port": b1.port}}, "meters": meters, "timeout_ms": 300, "retries": 1},
+            "sim": {"realtime": True},
+        }
+        p = _start(root, cfg)
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        pub.connect("127.0.0.1", mosquitto.port)
+        pub.loop_start()
+        ctr = [0]
+
+        def send(mid, args, op="valve"):
+            ctr[0] += 1
+            cmd = make_command(bytes.fromhex(KEY), "valve1", op, args, ctr[0], int(time.time()) + 600, mid)
+            pub.publish("umeter/valve1/cmd", cmd, qos=1).wait_for_publish(5)
+
+        def result(mid, timeout=20):
+            _wait(lambda: any(r["id"] == mid for r in c.results("valve1")), p, root, timeout, f"result {mid}")
+            return next(r for r in c.results("valve1") if r["id"] == mid)
+
+        def status(meter):
+            rs = [r for r in c.records("valve1", "reading") if r["meter"] == meter]
+            return rs[-1]["status"] if rs else None
+
+        try:
+            _wait(lambda: {r["meter"] for r in c.records("valve1", "reading")} >= {water.meter_id, gas.meter_id},
+                  p, root, 30, "readings of the water and gas meters")
+            assert status(water.meter_id) == [] and not water.valve_closed
+            send("close-w", {"meter": water.meter_id, "valve": "close"})
+            assert result("close-w") == {"id": "close-w", "ok": True, "status": "done",
+                                         "result": {"meter": water.meter_id, "valve": "closed"}}
+            assert water.valve_closed and water.valve_commands == ["close"]
+            _wait(lambda: status(water.meter_id) == ["valve_closed"], p, root, 10, "a reading with the valve closed")
+            send("close-g", {"meter": gas.meter_id, "valve": "close"})
+            assert result("close-g")["ok"] and gas.valve_closed
+            send("open-w", {"meter": water.meter_id, "valve": "open"})
+            assert result("open-w")["result"] == {"meter": water.meter_id, "valve": "open"}
+            assert not water.valve_closed and water.valve_commands == ["close", "open"]
+            _wait(lambda: status(water.meter_id) == [], p, root, 10, "a reading with the valve open again")
+            # refused: no effect on any meter, a cmd_rejected event each
+            send("unknown", {"meter": "cjt188-10-99999999999999", "valve": "close"})
+            send("no-valve", {"meter": elec.meter_id, "valve": "close"})
+            send("not-enabled", {"meter": heat.meter_id, "valve": "close"})
+            send("bad-args", {"meter": water.meter_id, "valve": "shut"})
+            why = {mid: result(mid)["why"] for mid in ("unknown", "no-valve", "not-enabled", "bad-args")}
+            assert why == {
+                "unknown": "invalid: no meter cjt188-10-99999999999999 on this node (meters with a valve: "
+                           "cjt188-10-00000000001234, cjt188-30-00000000005678, cjt188-20-00000000009012)",
+                "no-valve": "invalid: meter dlt645-000000123456 has no valve (CJ/T 188 water, gas and heat meters "
+                            "have one)",
+                "not-enabled": "invalid: meter cjt188-20-00000000009012: valve_control is not enabled in its config",
+                "bad-args": 'invalid: valve needs meter (its id) and valve: "open" or "close"',
+            }, why
+            assert water.valve_commands == ["close", "open"] and not heat.valve_commands and not heat.valve_closed
+            # a meter that does not answer: the command fails, saying so
+            gas.dead = True
+            send("open-g", {"meter": gas.meter_id, "valve": "open"})
+            r = result("open-g")
+            assert (r["ok"], r["status"]) == (False, "failed") and "no answer" in r["why"], r
+            assert gas.valve_closed
+            _wait(lambda: len([e for e in c.records("valve1", "event") if e["event"] == "valve"]) >= 4, p, root, 10,
+                  "the valve events")
+        finally:
+            pub.loop_stop()
+            p.kill()
+            p.wait()
+        text = (root / "console.log").read_text()
+        assert "Traceback" not in text, text
+        ev = [(e["arg"], e["text"]) for e in c.records("valve1", "event") if e["event"] == "valve"]
+        assert ev[:3] == [(1, "closed " + water.meter_id), (1, "closed " + gas.meter_id), (0, "open " + water.meter_id)]
+        assert ev[3][0] == 2 and ev[3][1].startswith("open " + gas.meter_id + ": no answer"), ev
+        rejected = [e["text"] for e in c.records("valve1", "event") if e["event"] == "cmd_rejected"]
+        assert [t.split(" ")[0] for t in rejected] == ["unknown", "no-valve", "not-enabled", "bad-args"], rejected

@@ -101,6 +101,17 @@ def valve_request(buf, mtype, addr, close, ser=0, preamble=PREAMBLE):
     return encode(buf, mtype, addr, C_VALVE, bytes((DI_VALVE >> 8, DI_VALVE & 0xFF, ser & 0xFF, cmd)), 4, preamble)
 
 
+def valve_state(buf, s):
+    # A valve-control answer at buf[s:] -> "open" | "closed" | "fault" from its status
+    # bytes, "" when it carries none, "refused" for an abnormal answer.
+    if buf[s + 9] & ABNORMAL:
+        return "refused"
+    if buf[s + 10] < 5:
+        return ""
+    v = buf[s + HEAD + 3] & 0x03
+    return "open" if v == 0 else "closed" if v == 1 else "fault"
+
+
 def di_of(buf, s):
     # Either order on the wire -> the DI as written (0x901F).
     a = buf[s + HEAD]

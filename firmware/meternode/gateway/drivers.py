@@ -137,8 +137,8 @@ class CJT188:
         self.c.values(sc.buf, sc.start, out)
 
     async def valve(self, p, close):
-        # Opens or closes the meter's valve (config valve_control must allow it).  Returns
-        # True when the meter confirmed.
+        # Opens or closes the meter's valve (config valve_control must allow it).  Returns ""
+        # when the meter confirmed, else why not; raises NoAnswer / BadAnswer.
         if not self.valve_control:
             raise ConfigError("meter %s: valve_control is not enabled in its config" % self.id)
         sc = p.scanner("188")
@@ -146,7 +146,13 @@ class CJT188:
         n = self.c.valve_request(p.tx, self.type, self.addr, close, self.ser)
         await p.xfer(n, sc)
         self._check(sc.buf, sc.start)
-        return not sc.buf[sc.start + 9] & self.c.ABNORMAL
+        st = self.c.valve_state(sc.buf, sc.start)
+        want = "closed" if close else "open"
+        if st == "refused":
+            return "the meter refused the valve command"
+        if st and st != want:
+            return "the meter reports its valve %s" % st
+        return ""
 
 
 class MBus:

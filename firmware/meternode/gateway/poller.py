@@ -5,8 +5,11 @@
 # stays as it was, marked stale; nothing is ever invented for it.  A misconfigured or
 # broken meter is reported once and never stops the others.
 #
+# Valve commands (`ops`, queued by the service) go out on this task between polls, so the
+# bus carries one transaction at a time; the meter is read right after.
+#
 # The sink (gateway/service.py) receives: reading(meter, readings), silent(meter, why),
-# back(meter), note(meter, text).
+# back(meter), note(meter, text), valve_done(meter, close, tag, why) ("" = confirmed).
 from meternode.aio import sleep_ms as _sleep_ms
 from meternode.aio import ticks_add as _add
 from meternode.aio import ticks_diff as _diff
@@ -53,6 +56,7 @@ class Poller:
         self.garbled = 0  # answers that were no frame (noise, bad checksum)
         self.cycle_ms = 0  # the last full round over every due meter
         self._noted = []
+        self.ops = []  # [(meter, close, tag)] valve commands waiting for the bus
 
     def scanner(self, kind):
         sc = self._sc.get(kind)
@@ -102,11 +106,23 @@ class Poller:
         if not self.meters:
             return
         while True:
+            if self.ops:
+                await self.valve(self.ops.pop(0))
+                continue
             m, wait = self.next_due()
             if wait > 0:
                 await _sleep_ms(wait if wait < 1000 else 1000)
                 continue
             await self.poll(m)
+
+    async def valve(self, op):
+        m, close, tag = op
+        try:
+            why = await m.driver.valve(self, close)
+        except Exception as e:  # no answer, garbled, refused config: the result says which
+            why = str(e)
+        m.due = _ms()  # read it now: its status shows the valve
+        self.sink.valve_done(m, close, tag, why)
 
     async def poll(self, m):
         r = self._r

@@ -21,6 +21,7 @@ from meternode.gateway import reading as R
 from meternode.hal import bus as hbus
 from meternode.store import records
 
+_MAX_OPS = 4  # valve commands waiting per bus
 
 def check(c):
     w = "config.gateway"
@@ -100,6 +101,7 @@ class GatewayService:
         self._month = None
         self.readings = 0
         self._first_problem_event = bool(self.problems)
+        self._done = {}  # valve command tag -> callback(result)
 
     def meters(self):
         for p in self.pollers:
@@ -249,11 +251,43 @@ class GatewayService:
                     return p, m
         raise KeyError("no meter %s" % meter_id)
 
-    async def valve(self, meter_id, close):
-        p, m = self.find(meter_id)
+    def valve_refusal(self, meter_id, close):
+        # Why a valve command for `meter_id` cannot be carried out, or None (commands.py asks
+        # before it accepts one).
+        try:
+            p, m = self.find(meter_id)
+        except KeyError:
+            have = [m.id for m in self.meters() if hasattr(m.driver, "valve")]
+            return "no meter %s on this node (meters with a valve: %s)" % (meter_id, ", ".join(have) or "none")
         if not hasattr(m.driver, "valve"):
-            raise ConfigError("meter %s has no valve" % meter_id)
-        return await m.driver.valve(p, close)
+            return "meter %s has no valve (CJ/T 188 water, gas and heat meters have one)" % meter_id
+        if not m.driver.valve_control:
+            return "meter %s: valve_control is not enabled in its config" % meter_id
+        if len(p.ops) >= _MAX_OPS:
+            return "bus %s already has %d valve commands waiting" % (p.bus.name, len(p.ops))
+        return None
+
+    def valve(self, meter_id, close, tag, done=None):
+        # Queues a valve command on the meter's bus (its poller sends it between polls);
+        # done(result dict) is called when the meter confirmed or not.  valve_refusal() first.
+        p, m = self.find(meter_id)
+        self._done[tag] = done
+        p.ops.append((m, close, tag))
+
+    def valve_done(self, m, close, tag, why):
+        # From the poller: an EV_VALVE event, and the command's result to whoever asked.
+        want = "closed" if close else "open"
+        if why:
+            self.log("gateway: valve of %s not %s: %s" % (m.id, want, why))
+            self._event(records.EV_VALVE, 2, "%s %s: %s" % (want, m.id, why))
+            res = {"id": tag, "ok": False, "status": "failed", "why": "meter %s: %s" % (m.id, why)}
+        else:
+            self.log("gateway: valve of %s %s" % (m.id, want))
+            self._event(records.EV_VALVE, 1 if close else 0, "%s %s" % (want, m.id))
+            res = {"id": tag, "ok": True, "status": "done", "result": {"meter": m.id, "valve": want}}
+        done = self._done.pop(tag, None)
+        if done is not None:
+            done(res)
 
     def stats(self):
         return {"readings": self.readings, "buses": [p.stats() for p in self.pollers], "problems": self.problems,

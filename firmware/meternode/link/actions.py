@@ -1,5 +1,5 @@
 # What authenticated commands do on the node (Commands calls these): read now, configuration
-# keys, relay, time, reboot.  Loaded only on nodes with a command key.
+# keys, relay, time, reboot, a gateway meter's valve.  Loaded only on nodes with a command key.
 import json
 import sys
 
@@ -62,6 +62,17 @@ class Actions:
 
         relay_control(self.node).command(on)
         return True
+
+    def valve_refusal(self, meter_id, close):
+        g = getattr(self.node, "gateway", None)
+        if g is None:
+            return "this node reads no meters (config.gateway)"
+        return g.valve_refusal(meter_id, close)
+
+    def valve(self, meter_id, close, msg_id):
+        # Queued on the meter's bus; the gateway records the valve event and hands the
+        # result to the uplink service when the meter answered.
+        self.node.gateway.valve(meter_id, close, msg_id, self.s.command_result)
 
     def set_time(self, epoch):
         self.s.clock.set_time(epoch)

@@ -8,8 +8,10 @@
 #   ctr  counter 1..MAX_CTR, strictly above every counter this node accepted before and at
 #        most MAX_CTR_STEP above the last one (persisted in full width before acting)
 #   exp  expiry, UNIX seconds; a command past it is refused
-#   op   read_now | set | rollback | relay | time | reboot
-#   args op arguments (object): set {key, value}; rollback {key}; relay {on}; time {epoch}
+#   op   read_now | set | rollback | relay | time | reboot | valve
+#   args op arguments (object): set {key, value}; rollback {key}; relay {on}; time {epoch};
+#        valve {meter: "<meter id>", valve: "open" | "close"} (a gateway meter's valve: the
+#        result follows once the meter answered, see actions.valve)
 # A command that is malformed, unauthenticated, for another node, expired, replayed or
 # invalid has no effect: it produces an EV_CMD_REJECTED event and a result saying why.
 # Rejection events are rate-limited (link/limiter.py): a flood of forged commands is
@@ -39,7 +41,8 @@ SETTABLE = {
     "mqtt.keepalive": (int, 5, 3600, 30),
 }
 
-OPS = ("read_now", "set", "rollback", "relay", "time", "reboot")
+OPS = ("read_now", "set", "rollback", "relay", "time", "reboot", "valve")
+LATER = "later"  # an action's result that follows on its own (the valve: after the bus transaction)
 
 
 class Hmac:
@@ -108,8 +111,9 @@ def _typed(key, v):
 
 class Commands:
     # `actions` provides: read_now() -> dict, get_config(key), set_config(key, value),
-    # relay(on) -> bool (False: no relay), set_time(epoch), reboot().  `clock.time()` is
-    # the wall clock; `event(code, arg, text)` appends an event record.
+    # relay(on) -> bool (False: no relay), set_time(epoch), reboot(), valve_refusal(meter,
+    # close) -> why not or None, valve(meter, close, msg id) (its result comes later).
+    # `clock.time()` is the wall clock; `event(code, arg, text)` appends an event record.
     def __init__(self, node_id, key, ctr_path, clock, actions, event, time_max_step_s=TIME_MAX_STEP_S):
         if isinstance(key, str):
             key = _unhex(key)
@@ -132,7 +136,8 @@ class Commands:
         self._msg_id = None
 
     def handle(self, payload):
-        # Returns the result dict (to publish on …/cmd/result).
+        # Returns the result dict (to publish on …/cmd/result), or None when the action's
+        # result follows by itself (valve).
         self._msg_id = None
         try:
             body, msg_id = self._authenticate(payload)
@@ -151,6 +156,8 @@ class Commands:
             self.event(records.EV_CMD_FAILED, 0, "%s %s" % (self._msg_id, why))
             return {"id": self._msg_id, "ok": False, "status": "failed", "why": why}
         self.accepted += 1
+        if result == LATER:
+            return None
         return {"id": msg_id, "ok": True, "status": "done", "result": result}
 
     def _authenticate(self, payload):
@@ -223,6 +230,12 @@ class Commands:
             now = int(self.clock.time())
             if now >= MIN_EPOCH and (e - now > self.time_max_step_s or now - e > self.time_max_step_s):
                 raise Rejected("invalid: a time step of %d s is over the %d-s limit" % (e - now, self.time_max_step_s))
+        elif op == "valve":
+            if not isinstance(a.get("meter"), str) or a.get("valve") not in ("open", "close"):
+                raise Rejected('invalid: valve needs meter (its id) and valve: "open" or "close"')
+            why = self.actions.valve_refusal(a["meter"], a["valve"] == "close")
+            if why:
+                raise Rejected("invalid: " + why)
 
     def _execute(self, body):
         op = body["op"]
@@ -254,6 +267,9 @@ class Commands:
             act.set_time(a["epoch"])
             self.event(records.EV_TIME_SET, a["epoch"] - before, "cmd")
             return {"delta_s": a["epoch"] - before}
+        if op == "valve":
+            self.actions.valve(a["meter"], a["valve"] == "close", body["id"])
+            return LATER
         if op == "reboot":
             self.reboot_pending = True
             self.event(records.EV_REBOOT, 1, "cmd " + body["id"])

@@ -224,6 +224,12 @@ class UplinkService:
 
     def _on_command(self, payload):
         r = self.commands.handle(payload)
+        if r is not None:  # None: the action sends its result itself (command_result)
+            self.command_result(r)
+
+    def command_result(self, r):
+        # Queues a command's result for the link (also one that came after its command: a
+        # valve, once the meter answered).
         q = self._results
         if len(q) >= RESULTS_MAX:
             k = 0

@@ -35,6 +35,7 @@ EV_METER = const(16)  # a downstream meter fell silent (arg 1), came back (2), n
 EV_SAMPLING_GAP = const(17)  # the sampler lost sets (arg: gaps since the last such event)
 EV_CMD_FAILED = const(18)
 EV_LOG_FULL = const(19)
+EV_VALVE = const(20)  # a meter's valve by command: opened (arg 0), closed (1), not confirmed (2)
 
 EVENT_NAMES = {
     EV_POWER_DOWN: "power_down",
@@ -56,6 +57,7 @@ EVENT_NAMES = {
     EV_SAMPLING_GAP: "sampling_gap",
     EV_CMD_FAILED: "cmd_failed",
     EV_LOG_FULL: "log_full",
+    EV_VALVE: "valve",
 }
 
 # PROFILE: period s, import/export mWh (registers at the end of the interval),
