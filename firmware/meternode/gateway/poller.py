@@ -8,7 +8,8 @@
 # Valve commands (`ops`, queued by the service) go out on this task between polls, so the
 # bus carries one transaction at a time; the meter is read right after.
 #
-# The sink (gateway/service.py) receives: reading(meter, readings), silent(meter, why),
+# The sink (gateway/service.py) receives: reading(meter, readings) (before meter.last
+# takes the new readings), silent(meter, why),
 # back(meter), note(meter, text), valve_done(meter, close, tag, why) ("" = confirmed).
 from meternode.aio import sleep_ms as _sleep_ms
 from meternode.aio import ticks_add as _add
@@ -145,8 +146,6 @@ class Poller:
         if ok:
             m.fails = 0
             m.good += 1
-            m.last.copy_from(r)
-            m.have = True
             m.last_ok_ms = now
             m.due = _add(t0, m.interval_ms)
             if _diff(m.due, now) < 0:
@@ -154,7 +153,11 @@ class Poller:
             if m.silent:
                 m.silent = False
                 self.sink.back(m)
+            # the sink sees the new reading while m.last still holds the one before: a freeze
+            # that falls due now (midnight) takes every meter's last reading before it
             self.sink.reading(m, r)
+            m.last.copy_from(r)
+            m.have = True
             return True
         m.errors += 1
         m.fails += 1

@@ -22,6 +22,7 @@ from meternode.hal import bus as hbus
 from meternode.store import records
 
 _MAX_OPS = 4  # valve commands waiting per bus
+_CLOCK_SET = 1577836800  # 2020-01-01: a wall clock before it was never set (no freezes then)
 
 def check(c):
     w = "config.gateway"
@@ -134,12 +135,13 @@ class GatewayService:
             u.event(code, arg, text[: records.EVENT_TEXT])
 
     def reading(self, m, r):
+        # A good poll of meter m (m.last is still its reading before this one).
         ts = int(self.clock.time())
         self._freeze(ts)
         self._append(records.READING, ts, R.pack(m.id, r))
         self.readings += 1
         self._state(m, r, ts, False)
-        self._profile_totals()
+        self._profile_totals(ts, m, r)
 
     def silent(self, m, why):
         self.log("gateway: meter %s silent: %s" % (m.id, why))
@@ -164,19 +166,26 @@ class GatewayService:
                 qs.append((name, R.UNITS[r.u[i]], dclass, sclass))
             self._quantities[m.id] = qs
 
-    def _profile_totals(self):
+    def _profile_totals(self, ts, new_m, new_r):
         # The node's DAILY/MONTHLY freezes carry water and gas in litres: the sum over the
-        # water and gas meters read here.
+        # water and gas meters read here (new_r is new_m's newest reading).  After a midnight
+        # the sums wait until the profile recorder has made that day's freeze (at the node's
+        # first report of the day), so it carries the last readings before midnight, like
+        # the gateway's own freezes.
         u = self._uplink()
         prof = getattr(u, "profile", None) if u is not None else None
         if prof is None:
             return
+        pday = getattr(prof, "_day", None)
+        if pday is not None and ts // 86400 > pday:
+            return
         water = gas = 0
         for m in self.meters():
-            if not m.have:
+            last = new_r if m is new_m else m.last if m.have else None
+            if last is None:
                 continue
             for q in (R.Q_WATER, R.Q_GAS):
-                x = m.last.get(q)
+                x = last.get(q)
                 if x is None:
                     continue
                 v, e, unit = x
@@ -190,14 +199,19 @@ class GatewayService:
         prof.gas_l = gas
 
     def _freeze(self, ts):
-        # At each UTC midnight every meter's last reading is frozen (FROZEN_DAY, and
-        # FROZEN_MONTH on the first of a month), STALE too when the meter is silent.
+        # At each UTC midnight every meter's last reading before it is frozen (FROZEN_DAY,
+        # and FROZEN_MONTH on the first of a month), STALE too when the meter is silent.
+        # Never from a clock that was not set, and never a day twice (a clock set back
+        # waits for the newest day it has seen to pass).
+        if ts < _CLOCK_SET:
+            self._day = None
+            return
         day = ts // 86400
         month = R.civil(ts)[:2]
         if self._day is None:
             self._day, self._month = day, month
             return
-        if day == self._day:
+        if day <= self._day:
             return
         flags = R.FROZEN_DAY | (R.FROZEN_MONTH if month != self._month else 0)
         self._day, self._month = day, month

@@ -226,9 +226,13 @@ class Bus:
 
 
 def make(name, spec):
-    # A Bus from a checked spec: the sim board's pty (spec["port"]) or a board UART.
-    if spec.get("sim") or spec.get("port"):
-        port = spec.get("port")
+    # A Bus from a checked spec: the sim board's pty (spec["port"]), a port object given in
+    # its place (any(), readinto(buf), async write(buf, n, char_us): tests put a line with
+    # meters on it there), or a board UART.
+    port = spec.get("port")
+    if port is not None and not isinstance(port, str):
+        return Bus(name, spec, port)
+    if spec.get("sim") or port:
         if not port:
             raise ConfigError("bus %s on the sim board needs config gateway.buses.%s.port (a pty)" % (name, name))
         return Bus(name, spec, PtyPort(port))

@@ -1,0 +1,205 @@
+# Daily and monthly freezes of the meters the gateway reads, on MicroPython with the real
+# Node (sim board), record log, profile recorder, gateway service, poller, drivers and codecs.
+# The meters are an in-process line (a port object in place of the pty) answering with the
+# codecs' own encoders; the node's clock is the sim clock, driven over midnight and the end
+# of a month by the samples it measures and by setting it: no waiting for midnight.
+import json
+
+from meternode.gateway import cjt188, dlt645
+from meternode.gateway import reading as R
+from meternode.gateway.scanner import put_bcd
+from meternode.gateway.service import GatewayService
+from meternode.node import Node
+from meternode.store import records
+from mptest import eq, heap, scratch_dir
+
+JAN31 = R.epoch(2026, 1, 31)
+FEB1 = R.epoch(2026, 2, 1)
+FEB2 = R.epoch(2026, 2, 2)
+
+
+class Line:
+    # Three meters on one line: a DL/T 645 electricity meter, a CJ/T 188 water and a gas meter.
+    # Their registers are set by the test; `dead` meters do not answer.
+    def __init__(self):
+        self.kwh = {"000000123456": 0}  # 0.01 kWh
+        self.m3 = {"00000000001234": 0, "00000000005678": 0}  # litres
+        self.dead = []
+        self.out = bytearray(300)
+        self.n = 0
+        self.k = 0
+        self.sc645 = dlt645.scanner()
+        self.sc188 = cjt188.scanner()
+
+    def any(self):
+        return 1 if self.k < self.n else 0
+
+    def readinto(self, buf):
+        i = 0
+        while i < len(buf) and self.k < self.n:
+            buf[i] = self.out[self.k]
+            i += 1
+            self.k += 1
+        return i
+
+    async def write(self, buf, n, char_us):
+        self.n = self.k = 0
+        self.sc645.reset()
+        self.sc645.feed(buf, n)
+        if self.sc645.next():
+            s = self.sc645.start
+            a = dlt645.address_of(self.sc645.buf, s)
+            if a in self.kwh and a not in self.dead:
+                di = dlt645.di_of(self.sc645.buf, s, 4)
+                self.n = dlt645.encode(self.out, a, 0x91, dlt645.value_bytes(di, self.kwh[a]))
+            return
+        self.sc188.reset()
+        self.sc188.feed(buf, n)
+        if self.sc188.next():
+            b = self.sc188.buf
+            s = self.sc188.start
+            a = cjt188.address_of(b, s)
+            if a in self.m3 and a not in self.dead:
+                pay = bytearray(22)
+                pay[0], pay[1], pay[2] = b[s + 11], b[s + 12], b[s + 13]
+                put_bcd(pay, 3, 4, self.m3[a] // 10)  # 0.01 m³
+                pay[7] = 0x2C
+                put_bcd(pay, 8, 4, 0)
+                pay[12] = 0x2C
+                for i in range(13, 20):
+                    pay[i] = 0xFF  # no clock
+                self.n = cjt188.encode(self.out, b[s + 1], a, 0x81, pay)
+
+
+def _node(line):
+    with open(__file__.rsplit("/", 3)[0] + "/boards/sim.json") as f:
+        board = json.load(f)
+    meters = [
+        {"bus": "rs485", "protocol": "dlt645", "address": "000000123456", "dis": ["00010000"]},
+        {"bus": "rs485", "protocol": "cjt188", "type": 16, "address": "00000000001234"},
+        {"bus": "rs485", "protocol": "cjt188", "type": 48, "address": "00000000005678"},
+    ]
+    cfg = {
+        "node_id": "fz1",
+        "store": {"path": scratch_dir() + "/st"},
+        "checkpoint": {"dir": ""},
+        "sim": {"seed": 3, "epoch": JAN31 + 86400 - 150, "currents": [{"rms": 4.0}]},  # Jan 31 23:57:30
+        "gateway": {
+            "buses": {"rs485": {"port": line, "baud": 115200, "turnaround_ms": 0}},
+            "meters": meters, "timeout_ms": 50, "retries": 0, "silent_after": 1,
+        },
+    }
+    n = Node(board, cfg)
+    u = n.uplink()
+    g = GatewayService(n, log=lambda m: None)
+    n.gateway = g
+    return n, u, g
+
+
+def _advance(n, s):
+    # `s` seconds of measured signal: the sim clock moves with the samples.
+    n.hal.sampler.run(n.meter, s)
+
+
+async def _round(n, g, line, kwh, water_l, gas_l):
+    # New register values on the line, every meter polled once, then the node's report
+    # (profile accounting, its own daily/monthly freezes).
+    line.kwh["000000123456"] = kwh
+    line.m3["00000000001234"] = water_l
+    line.m3["00000000005678"] = gas_l
+    p = g.pollers[0]
+    for m in p.meters:
+        await p.poll(m)
+    await n._report()
+
+
+def _records(u, kinds):
+    r = u.log.reader()
+    r.seek(1)
+    out = []
+    while r.next():
+        if r.kind in kinds:
+            out.append((r.kind, r.ts, r.record()))
+    return out
+
+
+def _frozen(u):
+    # the gateway's freezes: {(ts, meter): (flags, {quantity: value})}
+    out = {}
+    for kind, ts, d in _records(u, (records.READING,)):
+        st = d["status"]
+        if "frozen_day" in st:
+            out[(ts, d["meter"])] = (st, {x["quantity"]: x["value"] for x in d["readings"]})
+    return out
+
+
+@heap("1m")
+async def test_freezes_at_midnight_and_month_end_carry_the_last_readings_before():
+    line = Line()
+    n, u, g = _node(line)
+    _advance(n, 10)
+    await _round(n, g, line, 100000, 100000, 50000)  # 23:57:40
+    _advance(n, 90)
+    await _round(n, g, line, 100100, 100500, 50250)  # 23:59:10: the last readings of January
+    eq(_frozen(u), {}, "no freeze before midnight")
+    _advance(n, 60)  # 00:00:10 on February 1st
+    # the water meter is read first after midnight: its freeze is still January's last value
+    line.m3["00000000001234"] = 101000
+    p = g.pollers[0]
+    await p.poll(p.meters[1])
+    fz = _frozen(u)
+    want = {
+        (FEB1, "dlt645-000000123456"): (["frozen_day", "frozen_month"], {"energy_import": "1001.00"}),
+        (FEB1, "cjt188-10-00000000001234"): (["frozen_day", "frozen_month"],
+                                             {"water_volume": "100.50", "water_volume_settlement": "0.00"}),
+        (FEB1, "cjt188-30-00000000005678"): (["frozen_day", "frozen_month"],
+                                             {"gas_volume": "50.25", "gas_volume_settlement": "0.00"}),
+    }
+    eq(fz, want, "daily + monthly freeze at Feb 1 00:00 of each meter's last January reading")
+    await _round(n, g, line, 100200, 101000, 51000)
+    eq(len(_frozen(u)), 3, "one freeze per meter per midnight")
+    # the node's own DAILY and MONTHLY freezes carry the water and gas litres of the same moment
+    own = [(k, ts, (d["water_l"], d["gas_l"])) for k, ts, d in _records(u, (records.DAILY, records.MONTHLY))]
+    eq(own, [(records.DAILY, FEB1, (100500, 50250)), (records.MONTHLY, FEB1, (100500, 50250))], "node freezes")
+    # the rest of February 1st: no freeze; the gas meter falls silent before midnight
+    n.hal.clock.set_time(FEB2 - 40)
+    await _round(n, g, line, 100900, 103000, 52000)
+    line.dead.append("00000000005678")
+    _advance(n, 20)
+    await _round(n, g, line, 101000, 103250, 99999)
+    _advance(n, 30)  # Feb 2 00:00:10
+    await _round(n, g, line, 101100, 103500, 99999)
+    fz = _frozen(u)
+    eq(len(fz), 6, "three more freezes at Feb 2 00:00")
+    eq(fz[(FEB2, "dlt645-000000123456")], (["frozen_day"], {"energy_import": "1010.00"}), "daily only: no month end")
+    eq(fz[(FEB2, "cjt188-10-00000000001234")][1]["water_volume"], "103.25", "water: the last reading before")
+    eq(fz[(FEB2, "cjt188-30-00000000005678")], (["stale", "frozen_day"], {"gas_volume": "52.00",
+                                                 "gas_volume_settlement": "0.00"}), "silent gas meter: stale")
+    own = [(k, ts, (d["water_l"], d["gas_l"])) for k, ts, d in _records(u, (records.DAILY, records.MONTHLY))]
+    eq(own[-1], (records.DAILY, FEB2, (103250, 52000)), "the node's daily freeze of Feb 2")
+    # the clock set back a day and forward again: no day is frozen twice
+    n.hal.clock.set_time(FEB2 - 3600)
+    await _round(n, g, line, 101200, 103600, 99999)
+    n.hal.clock.set_time(FEB2 + 600)
+    await _round(n, g, line, 101300, 103700, 99999)
+    eq(len(_frozen(u)), 6, "Feb 2 is not frozen again")
+    u.log.close()
+
+
+@heap("1m")
+async def test_no_freeze_from_a_clock_that_was_never_set():
+    # A board that has not had its time yet counts from 2000 or 1970: its midnights are not
+    # days of the meters' lives, and setting the clock must not freeze stale readings.
+    line = Line()
+    n, u, g = _node(line)
+    n.hal.clock.set_time(86400 - 30)  # 1970-01-01 23:59:30
+    await _round(n, g, line, 100000, 100000, 50000)
+    _advance(n, 60)
+    await _round(n, g, line, 100100, 100100, 50100)
+    n.hal.clock.set_time(FEB1 + 3600)  # the time arrives
+    await _round(n, g, line, 100200, 100200, 50200)
+    eq(_frozen(u), {}, "no freeze")
+    n.hal.clock.set_time(FEB2 + 5)
+    await _round(n, g, line, 100300, 100300, 50300)
+    eq(sorted(set(ts for ts, _ in _frozen(u))), [FEB2], "freezes once the clock is real")
+    u.log.close()
