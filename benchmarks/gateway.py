@@ -5,18 +5,25 @@
    here the obvious way (slices, bytes(), int(hex), a dict per frame), on the same frames
    (DL/T 645 read answer, CJ/T 188 901F answer, M-Bus RSP_UD of a heat meter, Modbus RTU
    PZEM answer).  Each is timed twice, interleaved; the better run counts.
-2. Heap held by the gateway with 8 meters configured (4 protocols, 2 buses, the poller,
-   scanners, readings), from gc.mem_alloc() before and after GatewayService() on a node,
-   loaded from source.
+2. Heap held by the gateway with 1 meter, 8 DL/T 645 meters, 8 meters of 4 protocols and
+   16 meters (4 protocols, 2 buses), from gc.mem_alloc() before and after GatewayService()
+   on a node that has its record log, loaded from source and from .mpy; the part of it
+   that is new interned names (the qstr pool, shared by everything loaded later) is shown
+   apart.  And the free heap the gateway NEEDS (what node.py's _GATEWAY_MIN_FREE gate is
+   set from): a whole node (MQTT to a local Mosquitto, store-and-forward, the sim front end)
+   with ballast that leaves F bytes free where node.py checks, started with the gate off;
+   F is bisected to the lowest at which the gateway starts and every meter is read within
+   the run with no MemoryError.
 3. Polling cycle for the 8 meters at 2400 baud on the simulated buses (whose answers are
    paced like a UART): one cycle per bus, both buses at once as on a node, against the
    bus's theoretical minimum = sum of every request's and answer's line time (11 bits a
    character) + the turnaround gap before each request; the meters' own latency (5 ms in
    the simulation) is part of the measured time, not of the minimum.
 
-The last line is one JSON object.
+The port is the one the toolchain runs (UMETER_MICROPYTHON selects e.g. the 32-bit build);
+the .mpy files are compiled for it (x64 or x86).  The last line is one JSON object.
 
-    python benchmarks/gateway.py [--frames 2000]
+    python benchmarks/gateway.py [--frames 2000] [--need 1,8] [--need-run 6]
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -146,19 +154,64 @@ print("RESULT " + repr(res).replace("'", '"'))
 """
 
 HEAP = r"""
-import gc, json, sys
+import gc, json, sys, micropython
 gc.collect()
 from meternode.node import Node
-b = json.load(open("board.json")); c = json.load(open("config.json"))
+b = json.load(open("board.json")); c = json.load(open(sys.argv[1]))
 n = Node(b, c)
 n.uplink()
 gc.collect(); gc.collect()
+print("QSTR0"); micropython.qstr_info()
 before = gc.mem_alloc()
 from meternode.gateway.service import GatewayService
-g = GatewayService(n)
+g = GatewayService(n, lambda m: None)
 gc.collect(); gc.collect()
 after = gc.mem_alloc()
+print("QSTR1"); micropython.qstr_info()
 print("RESULT " + json.dumps({"heap": after - before, "meters": sum(len(p.meters) for p in g.pollers)}))
+"""
+
+# A whole node whose gate is off, with ballast leaving argv[2] bytes free after the record
+# log is up; it runs argv[3] seconds and says whether every meter was read.
+NEED = r"""
+import asyncio, gc, json, sys
+from meternode import node as N
+N._gateway_need = lambda config: 0
+b = json.load(open("board.json")); c = json.load(open(sys.argv[1]))
+target = int(sys.argv[2])
+n = N.Node(b, c)
+n.uplink()
+ballast = []
+gc.collect()
+while True:
+    extra = gc.mem_free() - target
+    if extra < 96:
+        break
+    ballast.append(bytearray(4096 if extra > 8192 else 1024 if extra > 2048 else 48))
+    gc.collect()
+
+async def main():
+    t = asyncio.create_task(n.run())
+    await asyncio.sleep_ms(int(float(sys.argv[3]) * 1000))
+    ballast.clear()  # room to say how it went
+    gc.collect()
+    g = getattr(n, "gateway", None)
+    if int(sys.argv[4]) == 0:  # the node alone, the baseline
+        print("RESULT " + json.dumps({"ok": not t.done(), "why": "" if not t.done() else "node stopped"}))
+        return
+    if g is None or t.done():
+        print("RESULT " + json.dumps({"ok": False, "why": "not started"}))
+        return
+    ms = [m for p in g.pollers for m in p.meters]
+    bad = [m.id + ": " + m.last_error for m in ms if not m.good or "MemoryError" in m.last_error]
+    print("RESULT " + json.dumps({"ok": not bad and len(ms) == int(sys.argv[4]), "why": "; ".join(bad)}))
+
+try:
+    asyncio.run(main())
+except MemoryError:
+    ballast.clear()
+    gc.collect()
+    print('RESULT {"ok": false, "why": "MemoryError"}')
 """
 
 CYCLE = r"""
@@ -214,18 +267,13 @@ def _frames() -> dict[str, str]:
     return {"645": f645.hex(), "188": f188.hex(), "mbus": fmb.hex(), "modbus": fmod.hex()}
 
 
-def _run(script: str, cwd: Path, *args: str, heap: str = "512k", on_ready=None) -> dict:
+def _run(script: str, cwd: Path, *args: str, heap: str = "512k", on_ready=None, path: str | None = None,
+         raw: bool = False):
     p = cwd / "bench.py"
     p.write_text(script)
-    env = dict(os.environ, MICROPYPATH=unixport.micropypath())
-    proc = subprocess.Popen(
-        unixport.command(p, *args, heap=heap),
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    env = dict(os.environ, MICROPYPATH=path or unixport.micropypath())
+    proc = subprocess.Popen(unixport.command(p, *args, heap=heap), cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in proc.stdout:
         lines.append(line)
@@ -233,31 +281,157 @@ def _run(script: str, cwd: Path, *args: str, heap: str = "512k", on_ready=None) 
             on_ready()
         if line.startswith("RESULT "):
             proc.wait(60)
-            return json.loads(line[7:])
+            return (json.loads(line[7:]), "".join(lines)) if raw else json.loads(line[7:])
     proc.wait(60)
     raise SystemExit("benchmark script failed:\n" + "".join(lines))
+
+
+# -- heap -------------------------------------------------------------------------------------
+CONFIGS = {  # name -> which of the demo meters (indices into demo_config's list), or 16 = all twice
+    "1": [0],
+    "8x645": "8x645",
+    "8": list(range(8)),
+    "16": "16",
+}
+NONE = "none"  # --need none: the same node without a gateway (what it needs itself at that point)
+
+
+def _meters(kind, demo: list[dict]) -> list[dict]:
+    if kind == "8x645":
+        return [dict(demo[0], address=f"0000001234{i:02d}") for i in range(8)]
+    if kind == "16":
+        twin = []
+        for m in demo:
+            m = dict(m)
+            if "address" in m:
+                m["address"] = m["address"][:-2] + "99"
+            elif "unit" in m:
+                m["unit"] += 20
+            elif "primary" in m:
+                m["primary"] += 20
+            else:
+                m["secondary"] = "11111111"
+            twin.append(m)
+        return demo + twin
+    return [demo[i] for i in kind]
+
+
+def _node_config(tmp: Path, name: str, gateway: dict, mqtt_port: int | None) -> Path:
+    cfg = {"node_id": "bench", "store": {"path": str(tmp / f"store-{name}")},
+           "checkpoint": {"dir": ""}, "telemetry_s": 1.0, "sim": {"realtime": True}}
+    if gateway is not None:
+        cfg["gateway"] = gateway
+    if mqtt_port:
+        cfg["mqtt"] = {"host": "127.0.0.1", "port": mqtt_port, "keepalive": 30}
+    path = tmp / f"config-{name}.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def _word_bits(tmp: Path) -> int:
+    r = _run('import sys\nprint("RESULT", 64 if sys.maxsize > 2**31 else 32)\n', tmp)
+    return int(r)
+
+
+def _build_mpy(out: Path, arch: str) -> Path:
+    from umeter import build
+
+    src = build.firmware_dir()
+    for py in build._sources(src):
+        rel = py.relative_to(src).as_posix()
+        build.compile_one(py, rel, out / Path(rel).with_suffix(".mpy"), arch)
+    return out
+
+
+def _held(tmp: Path, cfg: Path, path: str) -> dict:
+    r, out = _run(HEAP, tmp, str(cfg), heap="1m", path=path, raw=True)
+    q = [int(x) for x in re.findall(r"n_total_bytes=(\d+)", out)]
+    r["qstr"] = q[1] - q[0]
+    return r
+
+
+def _need(tmp: Path, cfg: Path, path: str, meters: int, run_s: float, lo: int = 0, hi: int = 192 * 1024,
+          step: int = 2048) -> dict:
+    """The lowest free heap (KB resolution `step`) at node.py's gate with which the gateway
+    starts and reads every meter in `run_s` s; the free heap the node logged at its gate."""
+    trials = []
+
+    def ok(free: int) -> bool:
+        r, out = _run(NEED, tmp, str(cfg), str(free), str(run_s), str(meters), heap="1m", path=path, raw=True)
+        m = re.search(r"gateway on: (\d+) bytes free before", out)
+        good = r["ok"] and "MemoryError" not in out
+        trials.append({"target": free, "at_gate": int(m.group(1)) if m else None, "ok": good,
+                       "why": r.get("why") or ("MemoryError" if "MemoryError" in out else "")})
+        return good
+
+    if not ok(hi):
+        return {"need": None, "trials": trials}
+    while hi - lo > step:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    at_gate = [t["at_gate"] for t in trials if t["ok"] and t["target"] == hi]  # None: no gate (no gateway)
+    return {"need": at_gate[0] if at_gate and at_gate[0] else hi, "trials": trials}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=int, default=2000, help="frames decoded per protocol per run")
+    ap.add_argument("--need", default="none,1,8",
+                    help="configurations whose needed free heap is bisected: none (the node alone), 1, 8x645, 8, 16")
+    ap.add_argument("--need-run", type=float, default=10.0, help="seconds each bisection trial runs the node")
     a = ap.parse_args()
+    from umeter.broker import Mosquitto
+
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        bits = _word_bits(tmp)
+        print(f"unix port: {unixport.micropython_path()} ({bits}-bit)")
         dec = _run("DATA = " + json.dumps(_frames()) + "\n" + DECODE, tmp, str(a.frames))
         print("frames decoded per second on the unix port (ours vs a plain-Python reference decoder):")
         for name, (ours, ref) in dec.items():
             print(f"  {name:<7} {ours:>8}/s  reference {ref:>8}/s  ratio {ours / ref:5.2f}x")
+        (tmp / "board.json").write_text((unixport.boards_dir() / "sim.json").read_text())
+        mpy = _build_mpy(tmp / "mpy", "x64" if bits == 64 else "x86")
+        loads = {"source": unixport.micropypath(), "mpy": f"{mpy}:.frozen"}
+        held: dict = {}
+        need: dict = {}
+        rs485, mb = demo_meters()
+        with SimBus(rs485) as b1, SimBus(mb) as b2, Mosquitto() as broker:
+            cfg = demo_config(b1.port, b2.port, 60.0)
+            for m in _meters("8x645", cfg["meters"]):  # their meters, on the RS-485 line too
+                b1.add(DLT645Meter(m["address"]))
+            print(f"heap held by the gateway ({bits}-bit unix port; bytes, of which new interned names):")
+            for name, kind in CONFIGS.items():
+                gw = dict(cfg, meters=_meters(kind, cfg["meters"]))
+                path = _node_config(tmp, name, gw, None)
+                row = {}
+                for load, mp in loads.items():
+                    r = _held(tmp, path, mp)
+                    row[load] = {"bytes": r["heap"], "qstr": r["qstr"]}
+                held[name] = dict(row, meters=r["meters"])
+                print(f"  {name:>5} meters: source {row['source']['bytes']:>7} ({row['source']['qstr']:>5} names)"
+                      f"   .mpy {row['mpy']['bytes']:>7} ({row['mpy']['qstr']:>5} names)")
+            for name in [x for x in a.need.split(",") if x]:
+                if name == NONE:
+                    gw = None
+                else:
+                    gw = dict(cfg, meters=[dict(m, interval_s=2.0) for m in _meters(CONFIGS[name], cfg["meters"])])
+                path = _node_config(tmp, "need" + name, gw, broker.port)
+                need[name] = {}
+                for load, mp in loads.items():
+                    r = _need(tmp, path, mp, len(gw["meters"]) if gw else 0, a.need_run)
+                    need[name][load] = r["need"]
+                    fails = [t for t in r["trials"] if not t["ok"]]
+                    worst = max(fails, key=lambda t: t["target"]) if fails else None
+                    why = f"; at {worst['target']}: {worst['why'][:60]}" if worst else ""
+                    print(f"  free heap needed at the gateway's gate, {name} meters, {load}: {r['need']} bytes "
+                          f"({len(r['trials'])} runs{why})")
         rs485, mb = demo_meters()
         with SimBus(rs485) as b1, SimBus(mb) as b2:
             cfg = demo_config(b1.port, b2.port, 60.0)
-            board = json.loads((unixport.boards_dir() / "sim.json").read_text())
-            node_cfg = {"node_id": "bench", "gateway": cfg, "store": {"path": str(tmp / "store")}, "sim": {}}
-            (tmp / "board.json").write_text(json.dumps(board))
-            (tmp / "config.json").write_text(json.dumps(node_cfg))
-            heap = _run(HEAP, tmp)
-            n = heap["meters"]
-            print(f"heap held by the gateway with {n} meters (source, 64-bit unix port): {heap['heap']} bytes")
             (tmp / "gateway.json").write_text(json.dumps(cfg))
             snap: list = []
 
@@ -284,11 +458,14 @@ def main() -> None:
                 f"vs {both_min:.0f} ms theoretical ({cyc['both_ms'] / both_min:.2f}x)"
             )
     out = {
+        "port_bits": bits,
         "decode_per_s": {k: v[0] for k, v in dec.items()},
         "reference_per_s": {k: v[1] for k, v in dec.items()},
         "decode_ratio": {k: round(v[0] / v[1], 2) for k, v in dec.items()},
-        "gateway_heap_bytes": heap["heap"],
-        "meters": heap["meters"],
+        "gateway_heap_bytes": held["8"]["source"]["bytes"],
+        "meters": held["8"]["meters"],
+        "heap_held": held,
+        "heap_needed_free": need,
         "cycle_ms": cyc["both_ms"],
         "cycle_min_ms": round(both_min),
         "cycle_ratio": round(cyc["both_ms"] / both_min, 2),

@@ -14,7 +14,18 @@ _BACKOFF_MIN_MS = 500
 _BACKOFF_MAX_MS = 30000
 _UPLINK_MIN_FREE = 64 * 1024  # free heap the uplink service needs, loaded from source (measured)
 _COMMANDS_FREE = 24 * 1024  # and this much more with authenticated commands (cmd_key)
-_GATEWAY_MIN_FREE = 48 * 1024  # the gateway with 8 meters of 4 protocols, loaded from source (measured)
+# Free heap the gateway needs at its gate (the record log is up by then), measured by
+# benchmarks/gateway.py (docs/gateway.md, "Memory"): the lowest free heap there with which the
+# whole node runs with the gateway -- every meter read, MQTT up, no MemoryError -- bisected for
+# 1 meter and for 8 meters of 4 protocols; the per-meter part from the heap 8 more meters hold.
+# By word size and loading (.mpy or frozen, source): (1 meter, each more protocol, each more
+# meter) in bytes.
+_GATEWAY_NEED = {
+    (64, False): (108736, 18688, 992),
+    (64, True): (108736, 14128, 976),
+    (32, False): (78992, 11121, 498),
+    (32, True): (77488, 10581, 512),
+}
 _UPLINK_MODULES = (
     "meternode.store.records",
     "meternode.store.log",
@@ -276,8 +287,10 @@ class Node:
 
         gc.collect()
         free = gc.mem_free() if hasattr(gc, "mem_free") else 1 << 30
-        if free < _GATEWAY_MIN_FREE:
-            log("gateway off: %d bytes free, it needs %d (raise the heap)" % (free, _GATEWAY_MIN_FREE))
+        need = _gateway_need(self.config)
+        if free < need:
+            # decided before any import: a failed one would leave its interned names behind
+            log("gateway off: %d bytes free, it needs %d (raise the heap, or ship .mpy / frozen)" % (free, need))
             return []
         try:
             from meternode.gateway.service import GatewayService
@@ -301,6 +314,24 @@ def _timebase(meter, s):
             "%+.0f ppm): metering uses %.3f and measures it from then on" % (s.rate, ra, (ra / s.rate - 1) * 1e6, ra)
         )
     meter.use_rate(ra)
+
+
+def _gateway_need(config):
+    # Free heap the gateway of `config` needs at the gate (_GATEWAY_NEED): a node that loads
+    # its modules compiled (.mpy files, or frozen: __file__ "meternode/...") needs less than
+    # one compiling source; the slave counts as one more protocol.
+    g = config.get("gateway") or {}
+    meters = [m for m in g.get("meters") or () if isinstance(m, dict)]
+    protos = []
+    for m in meters:
+        if m.get("protocol") not in protos:
+            protos.append(m.get("protocol"))
+    if g.get("slave"):
+        protos.append("slave")
+    f = globals().get("__file__", "")
+    compiled = f.endswith(".mpy") or f.startswith("meternode/")
+    one, proto, meter = _GATEWAY_NEED[(64 if sys.maxsize > 0x7FFFFFFF else 32, compiled)]
+    return one + proto * (len(protos) - 1 if protos else 0) + meter * (len(meters) - 1 if meters else 0)
 
 
 def _checkpointer(meter, c, pulses=None):

@@ -135,12 +135,12 @@ function decodeUplink(input) {{
 
 def _js_reading() -> str:
     """JavaScript for a READING frame's body (gateway/reading.py `lora()`): the same fields
-    as `reading.lora_decode`. Values are zigzag varints of up to 64 bits: decoded with
+    as `lorareading.lora_decode`. Values are zigzag varints of up to 64 bits: decoded with
     Number arithmetic (not 32-bit bit operations) while exact, with BigInt beyond 2**53, and
     their decimal text is built from digits, so no float ever rounds a total."""
     from meternode.gateway import reading as R
 
-    quantities = json.dumps([[code, name] for code, name, _, _ in R.QUANTITIES])
+    quantities = json.dumps([[code, name] for code, name, _, _ in R.quantities()])
     return f"""
 var READING_Q = {quantities};
 var READING_U = {json.dumps(list(R.UNITS))};

@@ -2,7 +2,7 @@
 # model round-trips, decoders survive garbage, and the poller's schedule (retries, backoff,
 # silent/back events, stale last reading) against a scripted bus.
 
-from meternode.gateway import cjt188, dlt645, drivers, mbus, modbus, poller
+from meternode.gateway import cjt188, dlt645, drivers, lorareading, mbus, modbus, poller
 from meternode.gateway import reading as R
 from mptest import assert_no_alloc, eq, heap, raises
 
@@ -75,7 +75,7 @@ def test_reading_record_and_lora_form_round_trip_on_micropython():
     d = R.fields(p)
     eq(d["readings"][1]["value"], "123.456789", "Wh made kWh by the exponent")
     eq(d["readings"][1]["unit"], "kWh", "canonical unit")
-    lo = R.lora_decode(R.lora(p, 42))
+    lo = lorareading.lora_decode(lorareading.lora(p, 42))
     eq(lo["meter"], "cjt188-10-00000000001234", "meter id from its digits")
     eq(lo["readings"][0]["value"], "321.09", "value")
     eq(R.civil(R.epoch(2026, 2, 28, 23, 59, 59) + 1), (2026, 3, 1, 0, 0, 0), "calendar")

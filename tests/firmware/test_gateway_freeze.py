@@ -1,5 +1,6 @@
-# Daily and monthly freezes of the meters the gateway reads, on MicroPython with the real
-# Node (sim board), record log, profile recorder, gateway service, poller, drivers and codecs.
+# Daily and monthly freezes of the meters the gateway reads, and the gateway's memory gate, on
+# MicroPython with the real Node (sim board), record log, profile recorder, gateway service,
+# poller, drivers and codecs.
 # The meters are an in-process line (a port object in place of the pty) answering with the
 # codecs' own encoders; the node's clock is the sim clock, driven over midnight and the end
 # of a month by the samples it measures and by setting it: no waiting for midnight.
@@ -202,4 +203,40 @@ async def test_no_freeze_from_a_clock_that_was_never_set():
     n.hal.clock.set_time(FEB2 + 5)
     await _round(n, g, line, 100300, 100300, 50300)
     eq(sorted(set(ts for ts, _ in _frozen(u))), [FEB2], "freezes once the clock is real")
+    u.log.close()
+
+
+@heap("1m")
+async def test_the_gateway_gate_refuses_below_the_measured_need_and_metering_goes_on():
+    # node.py starts the gateway only with the free heap benchmarks/gateway.py measured it
+    # needs: with 4 KB less (ballast), "gateway off" and the node still measures; with the
+    # need free, it starts and reads the meter.
+    import gc
+
+    from meternode import node as N
+
+    line = Line()
+    n, u, g = _node(line)
+    n.config["gateway"]["meters"] = n.config["gateway"]["meters"][:1]
+    need = N._gateway_need(n.config)
+    eq(N._gateway_need({"gateway": {"meters": [{"protocol": "dlt645"}, {"protocol": "mbus"}]}}) > need, True,
+       "a second protocol and meter need more")
+    logs = []
+    N.log = logs.append
+    for short, want in ((4096, False), (0, True)):
+        ballast = []
+        gc.collect()
+        while gc.mem_free() - (need - short) > 1100:
+            ballast.append(bytearray(1024))
+        tasks = n._gateway()
+        eq(bool(tasks), want, "gateway started with %d bytes short: %r" % (short, logs[-1:]))
+        for t in tasks:
+            t.cancel()
+        ballast = None
+    eq(logs[0].startswith("gateway off: ") and logs[0].endswith("it needs %d (raise the heap, or ship .mpy / frozen)"
+                                                               % need), True, "says why: %r" % logs[0])
+    _advance(n, 2)
+    eq(n.meter.snapshot() is not None, True, "metering goes on")
+    await n.gateway.pollers[0].poll(n.gateway.pollers[0].meters[0])
+    eq(n.gateway.pollers[0].meters[0].good, 1, "the meter read")
     u.log.close()

@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meternode.gateway import cjt188, decode, dlt645, mbus, modbus
+from meternode.gateway import cjt188, decode, dlt645, lorareading, mbus, modbus
 from meternode.gateway import reading as R
 from meternode.gateway.scanner import address_bytes
 
@@ -119,7 +119,7 @@ def test_dlt645_block_di_gives_total_and_tariffs():
     dlt645.encode(buf, "000000123456", 0x91, dlt645.block_bytes(0x0001FF00, [100000, 40000, 60000, 0, 0]))
     r = R.Readings()
     dlt645.values(buf, 4, r)
-    assert [R.QUANTITIES[r.q[i]][1] for i in range(r.n)] == [
+    assert [R.qname(r.q[i]) for i in range(r.n)] == [
         "energy_import",
         "energy_import_t1",
         "energy_import_t2",
@@ -456,15 +456,15 @@ def test_register_maps_reject_bad_entries_by_name():
 
 # -- reading model --------------------------------------------------------------------------------------
 def test_reading_record_round_trips_every_quantity_exactly():
-    r = R.Readings(len(R.QUANTITIES))
-    for q in range(len(R.QUANTITIES)):
+    r = R.Readings(R.N_QUANTITIES)
+    for q in range(R.N_QUANTITIES):
         r.add(q, (q + 1) * 123456789 * (-1 if q % 3 == 0 else 1), -(q % 7), R.U_KWH)
     r.meter_ts = 1773500000
     r.status = R.VALVE_CLOSED
     d = R.fields(R.pack("dlt645-000000123456", r))
     assert d["meter"] == "dlt645-000000123456" and d["status"] == ["valve_closed"] and d["meter_ts"] == 1773500000
     for q, x in enumerate(d["readings"]):
-        assert (x["code"], x["v"], x["e"]) == (R.QUANTITIES[q][0], r.v[q], r.e[q])
+        assert (x["code"], x["v"], x["e"]) == (R.qcode(q), r.v[q], r.e[q])
         assert x["value"] == R.decimal(r.v[q], r.e[q])
 
 
@@ -511,7 +511,7 @@ DECODERS = {
     "mbus": decode.mbus,
     "modbus": decode.modbus,
     "reading": R.fields,
-    "lora_reading": R.lora_decode,
+    "lora_reading": lorareading.lora_decode,
 }
 
 

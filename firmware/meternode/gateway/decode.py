@@ -13,7 +13,7 @@ D, C, M, B = _dlt645, _cjt188, _mbus, _modbus
 
 def _readings(r):
     return [
-        {"quantity": R.QUANTITIES[r.q[k]][1], "code": R.QUANTITIES[r.q[k]][0], "value": R.decimal(r.v[k], r.e[k]),
+        {"quantity": R.qname(r.q[k]), "code": R.qcode(r.q[k]), "value": R.decimal(r.v[k], r.e[k]),
          "unit": R.UNITS[r.u[k]]}
         for k in range(r.n)
     ]

@@ -415,7 +415,7 @@ def records(buf, k, end, med, out=None, raw=None):
             if plain is not None:
                 d["vif_text"] = plain.decode("ascii", "replace") if hasattr(plain, "decode") else ""
             if q is not None and q[0] is not None and v is not None:
-                d["quantity"] = R.QUANTITIES[q[0]][1]
+                d["quantity"] = R.qname(q[0])
                 d["value"] = R.decimal(v, q[2] + (R._CANON.get(q[1], (0, 0))[1]))
                 d["unit"] = R.UNITS[R._CANON.get(q[1], (q[1], 0))[0]]
             elif p == 0x78 and v is not None:

@@ -106,47 +106,46 @@ def check_answer(buf, n, unit, fn, count):
 # type: u16 s16 u32 s32 f32; order (32-bit): "big" (high word first, the default) or
 # "swap" (low word first); exponent: decimal exponent of the raw integer (for f32 the
 # exponent is added to the float's own).
+# The named maps, each as one string "blocks|fields": blocks "fn start count" and fields
+# "register type exponent quantity unit [order]" separated by ";", unit "-" for none (as
+# nested lists they held ~2 KB more of a node's heap).  RegisterMap(name) reads one.
 MAPS = {
     # Peacefair PZEM-004T v3: input registers, 32-bit values low word first
-    "pzem004t": {
-        "blocks": [[4, 0, 9]],
-        "fields": [
-            [0, "u16", -1, "voltage_l1", "V"],
-            [1, "u32", -3, "current_l1", "A", "swap"],
-            [3, "u32", -1, "power", "W", "swap"],
-            [5, "u32", 0, "energy_import", "Wh", "swap"],
-            [7, "u16", -1, "frequency", "Hz"],
-            [8, "u16", -2, "power_factor", ""],
-        ],
-    },
+    "pzem004t": "4 0 9|0 u16 -1 voltage_l1 V;1 u32 -3 current_l1 A swap;3 u32 -1 power W swap;"
+                "5 u32 0 energy_import Wh swap;7 u16 -1 frequency Hz;8 u16 -2 power_factor -",
     # Eastron SDM120/SDM630 family: input registers, IEEE floats, high word first
-    "sdm120": {
-        "blocks": [[4, 0, 32], [4, 70, 6]],
-        "fields": [
-            [0, "f32", 0, "voltage_l1", "V"],
-            [6, "f32", 0, "current_l1", "A"],
-            [12, "f32", 0, "power", "W"],
-            [30, "f32", 0, "power_factor", ""],
-            [70, "f32", 0, "frequency", "Hz"],
-            [72, "f32", 0, "energy_import", "kWh"],
-            [74, "f32", 0, "energy_export", "kWh"],
-        ],
-    },
+    "sdm120": "4 0 32;4 70 6|0 f32 0 voltage_l1 V;6 f32 0 current_l1 A;12 f32 0 power W;"
+              "30 f32 0 power_factor -;70 f32 0 frequency Hz;72 f32 0 energy_import kWh;"
+              "74 f32 0 energy_export kWh",
     # the node's own slave map (slave.py): holding registers, 32-bit, high word first
-    "umeter": {
-        "blocks": [[3, 0, 14]],
-        "fields": [
-            [0, "u32", -2, "energy_import", "kWh"],
-            [2, "u32", -2, "energy_export", "kWh"],
-            [4, "u16", -1, "voltage_l1", "V"],
-            [5, "s32", -3, "current_l1", "A"],
-            [7, "s32", -1, "power", "W"],
-            [9, "s16", -3, "power_factor", ""],
-            [10, "u16", -2, "frequency", "Hz"],
-            [11, "u32", 0, "energy_import_t1", "Wh"],
-        ],
-    },
+    "umeter": "3 0 14|0 u32 -2 energy_import kWh;2 u32 -2 energy_export kWh;4 u16 -1 voltage_l1 V;"
+              "5 s32 -3 current_l1 A;7 s32 -1 power W;9 s16 -3 power_factor -;10 u16 -2 frequency Hz;"
+              "11 u32 0 energy_import_t1 Wh",
 }
+_shared = {}  # map name -> its RegisterMap, one for every meter that names it
+
+
+def named(name, where="map"):
+    # The RegisterMap of a named map, made once and shared.
+    m = _shared.get(name)
+    if m is None:
+        m = _shared[name] = RegisterMap(name, where)
+    return m
+
+
+def _spec(text):
+    # A named map's string -> {"blocks": [[fn, start, count]], "fields": [[...]]}.
+    blocks, fields = text.split("|")
+    out = {"blocks": [[int(x) for x in b.split()] for b in blocks.split(";")], "fields": []}
+    for f in fields.split(";"):
+        p = f.split()
+        field = [int(p[0]), p[1], int(p[2]), p[3], "" if p[4] == "-" else p[4]]
+        if len(p) > 5:
+            field.append(p[5])
+        out["fields"].append(field)
+    return out
+
+
 _SIZES = {"u16": 1, "s16": 1, "u32": 2, "s32": 2, "f32": 2}
 
 
@@ -157,7 +156,7 @@ class RegisterMap:
         if isinstance(spec, str):
             if spec not in MAPS:
                 raise ValueError("%s: no register map %r (have %s)" % (where, spec, ", ".join(sorted(MAPS))))
-            spec = MAPS[spec]
+            spec = _spec(MAPS[spec])
         if not isinstance(spec, dict) or not isinstance(spec.get("blocks"), list) or not spec["blocks"]:
             raise ValueError("%s needs a non-empty list of blocks [fn, start, count]" % where)
         self.blocks = []

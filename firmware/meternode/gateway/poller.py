@@ -20,20 +20,19 @@ from meternode.gateway import reading as R
 
 
 class Meter:
-    def __init__(self, driver, interval_ms, index):
+    # One meter's schedule and state: small, since a node may read dozens (`index`, the
+    # config entry's position, is not kept).
+    def __init__(self, driver, interval_ms, index=0):
         self.driver = driver
-        self.index = index
         self.interval_ms = interval_ms
         self.due = _ms()
-        self.last = R.Readings()  # the last good reading (kept while silent)
+        self.last = R.Readings(driver.values)  # the last good reading (kept while silent)
         self.have = False
         self.fails = 0  # polls in a row without an answer
         self.silent = False
-        self.polls = 0
         self.good = 0
         self.errors = 0  # polls that failed
         self.last_error = ""
-        self.last_ok_ms = 0
 
     @property
     def id(self):
@@ -128,7 +127,6 @@ class Poller:
     async def poll(self, m):
         r = self._r
         r.clear()
-        m.polls += 1
         t0 = _ms()
         try:
             await m.driver.poll(self, r)
@@ -146,7 +144,6 @@ class Poller:
         if ok:
             m.fails = 0
             m.good += 1
-            m.last_ok_ms = now
             m.due = _add(t0, m.interval_ms)
             if _diff(m.due, now) < 0:
                 m.due = now
@@ -189,7 +186,7 @@ class Poller:
         return {
             "bus": self.bus.name,
             "meters": [
-                {"id": m.id, "polls": m.polls, "good": m.good, "errors": m.errors, "silent": m.silent,
+                {"id": m.id, "polls": m.good + m.errors, "good": m.good, "errors": m.errors, "silent": m.silent,
                  "error": m.last_error}
                 for m in self.meters
             ],

@@ -12,6 +12,7 @@
 # A poll's values go into the record log as one READING record (store/records.py kind 5),
 # whose payload is `pack()`ed here; `fields()` turns it back into the JSON the outbox sends.
 import struct
+from array import array
 
 from micropython import const
 
@@ -92,56 +93,93 @@ Q_T_DIFF = const(36)
 Q_HOURS = const(37)
 Q_WATER_FLOW = const(38)
 
-# (OBIS-style code, name, Home Assistant device_class, state_class)
-QUANTITIES = (
-    ("1-0:1.8.0", "energy_import", "energy", "total_increasing"),
-    ("1-0:2.8.0", "energy_export", "energy", "total_increasing"),
-    ("1-0:1.8.1", "energy_import_t1", "energy", "total_increasing"),
-    ("1-0:1.8.2", "energy_import_t2", "energy", "total_increasing"),
-    ("1-0:1.8.3", "energy_import_t3", "energy", "total_increasing"),
-    ("1-0:1.8.4", "energy_import_t4", "energy", "total_increasing"),
-    ("1-0:2.8.1", "energy_export_t1", "energy", "total_increasing"),
-    ("1-0:2.8.2", "energy_export_t2", "energy", "total_increasing"),
-    ("1-0:2.8.3", "energy_export_t3", "energy", "total_increasing"),
-    ("1-0:2.8.4", "energy_export_t4", "energy", "total_increasing"),
-    ("1-0:15.8.0", "energy_combined", "energy", "total_increasing"),
-    ("1-0:16.7.0", "power", "power", "measurement"),
-    ("1-0:21.7.0", "power_l1", "power", "measurement"),
-    ("1-0:41.7.0", "power_l2", "power", "measurement"),
-    ("1-0:61.7.0", "power_l3", "power", "measurement"),
-    ("1-0:32.7.0", "voltage_l1", "voltage", "measurement"),
-    ("1-0:52.7.0", "voltage_l2", "voltage", "measurement"),
-    ("1-0:72.7.0", "voltage_l3", "voltage", "measurement"),
-    ("1-0:31.7.0", "current_l1", "current", "measurement"),
-    ("1-0:51.7.0", "current_l2", "current", "measurement"),
-    ("1-0:71.7.0", "current_l3", "current", "measurement"),
-    ("1-0:13.7.0", "power_factor", "power_factor", "measurement"),
-    ("1-0:14.7.0", "frequency", "frequency", "measurement"),
-    ("1-0:3.7.0", "reactive_power", "reactive_power", "measurement"),
-    ("1-0:9.7.0", "apparent_power", "apparent_power", "measurement"),
-    ("8-0:1.0.0", "water_volume", "water", "total_increasing"),
-    ("8-0:1.0.0*01", "water_volume_settlement", "water", "total"),
-    ("7-0:3.0.0", "gas_volume", "gas", "total_increasing"),
-    ("7-0:3.0.0*01", "gas_volume_settlement", "gas", "total"),
-    ("6-0:1.0.0", "heat_energy", "energy", "total_increasing"),
-    ("6-0:1.0.0*01", "heat_energy_settlement", "energy", "total"),
-    ("6-0:2.0.0", "heat_volume", "water", "total_increasing"),
-    ("6-0:8.0.0", "heat_power", "power", "measurement"),
-    ("6-0:9.0.0", "heat_flow", "volume_flow_rate", "measurement"),
-    ("6-0:10.0.0", "supply_temperature", "temperature", "measurement"),
-    ("6-0:11.0.0", "return_temperature", "temperature", "measurement"),
-    ("6-0:12.0.0", "temperature_difference", "temperature", "measurement"),
-    ("0-0:96.8.0", "operating_time", "duration", "total_increasing"),
-    ("8-0:2.0.0", "water_flow", "volume_flow_rate", "measurement"),
+# The quantities: "OBIS-style code, name, Home Assistant device_class, state_class" each, in
+# index order, as one string (a tuple of 4-tuples of strings held ~7 KB more heap on the
+# 64-bit port, ~4 KB on a 32-bit one); qinfo(i) / qname(i) take one apart when needed.
+_Q = (
+    "1-0:1.8.0 energy_import energy total_increasing;"
+    "1-0:2.8.0 energy_export energy total_increasing;"
+    "1-0:1.8.1 energy_import_t1 energy total_increasing;"
+    "1-0:1.8.2 energy_import_t2 energy total_increasing;"
+    "1-0:1.8.3 energy_import_t3 energy total_increasing;"
+    "1-0:1.8.4 energy_import_t4 energy total_increasing;"
+    "1-0:2.8.1 energy_export_t1 energy total_increasing;"
+    "1-0:2.8.2 energy_export_t2 energy total_increasing;"
+    "1-0:2.8.3 energy_export_t3 energy total_increasing;"
+    "1-0:2.8.4 energy_export_t4 energy total_increasing;"
+    "1-0:15.8.0 energy_combined energy total_increasing;"
+    "1-0:16.7.0 power power measurement;"
+    "1-0:21.7.0 power_l1 power measurement;"
+    "1-0:41.7.0 power_l2 power measurement;"
+    "1-0:61.7.0 power_l3 power measurement;"
+    "1-0:32.7.0 voltage_l1 voltage measurement;"
+    "1-0:52.7.0 voltage_l2 voltage measurement;"
+    "1-0:72.7.0 voltage_l3 voltage measurement;"
+    "1-0:31.7.0 current_l1 current measurement;"
+    "1-0:51.7.0 current_l2 current measurement;"
+    "1-0:71.7.0 current_l3 current measurement;"
+    "1-0:13.7.0 power_factor power_factor measurement;"
+    "1-0:14.7.0 frequency frequency measurement;"
+    "1-0:3.7.0 reactive_power reactive_power measurement;"
+    "1-0:9.7.0 apparent_power apparent_power measurement;"
+    "8-0:1.0.0 water_volume water total_increasing;"
+    "8-0:1.0.0*01 water_volume_settlement water total;"
+    "7-0:3.0.0 gas_volume gas total_increasing;"
+    "7-0:3.0.0*01 gas_volume_settlement gas total;"
+    "6-0:1.0.0 heat_energy energy total_increasing;"
+    "6-0:1.0.0*01 heat_energy_settlement energy total;"
+    "6-0:2.0.0 heat_volume water total_increasing;"
+    "6-0:8.0.0 heat_power power measurement;"
+    "6-0:9.0.0 heat_flow volume_flow_rate measurement;"
+    "6-0:10.0.0 supply_temperature temperature measurement;"
+    "6-0:11.0.0 return_temperature temperature measurement;"
+    "6-0:12.0.0 temperature_difference temperature measurement;"
+    "0-0:96.8.0 operating_time duration total_increasing;"
+    "8-0:2.0.0 water_flow volume_flow_rate measurement"
 )
+N_QUANTITIES = const(39)
+
+
+def _qfield(i, f):
+    # Field f (0 code, 1 name, 2 device class, 3 state class) of quantity i.
+    if not 0 <= i < N_QUANTITIES:
+        raise ValueError("unknown quantity %d" % i)
+    k = 0
+    for _ in range(i):
+        k = _Q.find(";", k) + 1
+    for _ in range(f):
+        k = _Q.find(" ", k) + 1
+    e = _Q.find(" ", k)
+    s = _Q.find(";", k)
+    if e < 0 or 0 <= s < e:
+        e = s
+    return _Q[k:] if e < 0 else _Q[k:e]
+
+
+def qname(i):
+    return _qfield(i, 1)
+
+
+def qcode(i):
+    return _qfield(i, 0)
+
+
+def qinfo(i):
+    # -> (code, name, device class, state class)
+    return (_qfield(i, 0), _qfield(i, 1), _qfield(i, 2), _qfield(i, 3))
+
+
+def quantities():
+    # Every quantity's (code, name, device class, state class), in index order (host tools).
+    return [qinfo(i) for i in range(N_QUANTITIES)]
 
 PROTOCOLS = ("dlt645", "dlt645v97", "cjt188", "mbus", "modbus")
 
 
 def quantity(code_or_name):
     # "1-0:1.8.0" or "energy_import" -> index; ValueError naming it when unknown.
-    for i, q in enumerate(QUANTITIES):
-        if q[0] == code_or_name or q[1] == code_or_name:
+    for i in range(N_QUANTITIES):
+        if qcode(i) == code_or_name or qname(i) == code_or_name:
             return i
     raise ValueError("unknown quantity %r (docs/gateway.md lists them)" % (code_or_name,))
 
@@ -177,7 +215,7 @@ class Readings:
     def __init__(self, size=MAX_VALUES):
         self.q = bytearray(size)
         self.u = bytearray(size)
-        self.e = [0] * size
+        self.e = array("b", bytes(size))  # exponents -128..127
         self.v = [0] * size
         self.n = 0
         self.status = 0
@@ -217,13 +255,14 @@ class Readings:
         return None
 
     def copy_from(self, other):
-        self.n = 0
-        for i in range(other.n):
+        # Keeps what fits this one's size (a meter's kept reading is sized to its driver).
+        n = other.n if other.n <= len(self.q) else len(self.q)
+        for i in range(n):
             self.q[i] = other.q[i]
             self.u[i] = other.u[i]
             self.e[i] = other.e[i]
             self.v[i] = other.v[i]
-        self.n = other.n
+        self.n = n
         self.status = other.status
         self.meter_ts = other.meter_ts
 
@@ -269,7 +308,7 @@ def unpack(payload):
     vals = []
     for _ in range(n):
         q, u, e, v = struct.unpack_from(_VAL, p, k)
-        if q >= len(QUANTITIES) or u >= len(UNITS):
+        if q >= N_QUANTITIES or u >= len(UNITS):
             raise ValueError("reading payload has unknown quantity %d / unit %d" % (q, u))
         vals.append((q, u, e, v))
         k += _VAL_SIZE
@@ -286,8 +325,7 @@ def fields(payload):
     mid, status, mts, vals = unpack(payload)
     out = []
     for q, u, e, v in vals:
-        c = QUANTITIES[q]
-        out.append({"code": c[0], "quantity": c[1], "v": v, "e": e, "value": decimal(v, e), "unit": UNITS[u]})
+        out.append({"code": qcode(q), "quantity": qname(q), "v": v, "e": e, "value": decimal(v, e), "unit": UNITS[u]})
     return {"meter": mid, "status": status_names(status), "meter_ts": mts or None, "readings": out}
 
 
@@ -299,102 +337,9 @@ def state_json(meter_id, r, ts, stale=False):
         parts.append(',"meter_ts":%d' % r.meter_ts)
     parts.append(',"status":%d' % r.status)
     for i in range(r.n):
-        parts.append(',"%s":%s' % (QUANTITIES[r.q[i]][1], decimal(r.v[i], r.e[i])))
+        parts.append(',"%s":%s' % (qname(r.q[i]), decimal(r.v[i], r.e[i])))
     parts.append("}")
     return "".join(parts)
-
-
-# -- LoRa compact form ------------------------------------------------------------------------
-# status u8, meter_ts u32, protocol u8, nibble count u8 + the id's address digits packed two
-# per byte, value count u8, then per value: quantity u8, unit u8, exponent i8, value as a
-# zigzag varint.  Values that do not fit `room` bytes are left out (status TRUNCATED).
-
-
-def _varint(out, v):
-    z = (v << 1) if v >= 0 else ((-v) << 1) - 1
-    while True:
-        b = z & 0x7F
-        z >>= 7
-        if z:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return
-
-
-def lora(payload, room):
-    mid, status, mts, vals = unpack(payload)
-    proto, _, addr = mid.partition("-")
-    digits = addr.replace("-", "")
-    out = bytearray()
-    out.append(status)
-    out.extend(struct.pack("<I", mts))
-    out.append(PROTOCOLS.index(proto) if proto in PROTOCOLS else 255)
-    out.append(len(digits))
-    if len(digits) % 2:
-        digits += "0"
-    out.extend(bytes(int(digits[i : i + 2], 16) for i in range(0, len(digits), 2)))
-    cnt = len(out)
-    out.append(0)
-    n = 0
-    for q, u, e, v in vals:
-        one = bytearray((q, u, e & 0xFF))
-        _varint(one, v)
-        if len(out) + len(one) > room:
-            out[0] |= TRUNCATED
-            break
-        out.extend(one)
-        n += 1
-    out[cnt] = n
-    if len(out) > room:
-        raise ValueError("reading frame head of %d bytes is over %d" % (len(out), room))
-    return bytes(out)
-
-
-def lora_decode(b):
-    # The compact form -> the same dict as fields() (meter id rebuilt from its digits).
-    b = bytes(b)
-    if len(b) < 8:
-        raise ValueError("reading frame body of %d bytes is too short" % len(b))
-    status = b[0]
-    mts = struct.unpack_from("<I", b, 1)[0]
-    proto = PROTOCOLS[b[5]] if b[5] < len(PROTOCOLS) else "unknown"
-    nd = b[6]
-    nb = (nd + 1) // 2
-    k = 7 + nb
-    if len(b) < k + 1:
-        raise ValueError("reading frame is cut inside its meter id")
-    digits = "".join("%02x" % x for x in b[7:k])[:nd]
-    if proto == "cjt188" and len(digits) > 2:
-        digits = digits[:2] + "-" + digits[2:]
-    n = b[k]
-    k += 1
-    out = []
-    for _ in range(n):
-        if k + 4 > len(b):
-            raise ValueError("reading frame is cut inside a value")
-        q, u, e = b[k], b[k + 1], b[k + 2]
-        e = e - 256 if e > 127 else e
-        k += 3
-        z = 0
-        sh = 0
-        while True:
-            if k >= len(b):
-                raise ValueError("reading frame is cut inside a value")
-            x = b[k]
-            k += 1
-            z |= (x & 0x7F) << sh
-            sh += 7
-            if not x & 0x80:
-                break
-        v = (z >> 1) if not z & 1 else -((z + 1) >> 1)
-        if q >= len(QUANTITIES) or u >= len(UNITS):
-            raise ValueError("reading frame has unknown quantity %d / unit %d" % (q, u))
-        c = QUANTITIES[q]
-        out.append({"code": c[0], "quantity": c[1], "v": v, "e": e, "value": decimal(v, e), "unit": UNITS[u]})
-    if k != len(b):
-        raise ValueError("reading frame has %d bytes after its values" % (len(b) - k))
-    return {"meter": proto + "-" + digits, "status": status_names(status), "meter_ts": mts or None, "readings": out}
 
 
 def epoch(y, mo, d, hh=0, mi=0, ss=0):

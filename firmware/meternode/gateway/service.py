@@ -95,7 +95,6 @@ class GatewayService:
 
             self.slave = Slave(node, bus(g["slave"]["bus"]), g["slave"], self._event)
         self._states = {}  # meter id -> state JSON waiting to be published
-        self._quantities = {}  # meter id -> [(name, unit, class, state class)] announced
         self._announced = []
         self._ups = -1
         self._day = None
@@ -159,12 +158,19 @@ class GatewayService:
 
     def _state(self, m, r, ts, stale):
         self._states[m.id] = R.state_json(m.id, r, ts, stale)
-        if m.id not in self._quantities:
-            qs = []
-            for i in range(r.n):
-                code, name, dclass, sclass = R.QUANTITIES[r.q[i]]
-                qs.append((name, R.UNITS[r.u[i]], dclass, sclass))
-            self._quantities[m.id] = qs
+
+    def _quantities(self, meter_id):
+        # [(name, unit, device class, state class)] of a meter's kept reading, for its Home
+        # Assistant discovery (made when announced: nothing kept per meter for it).
+        try:
+            r = self.find(meter_id)[1].last
+        except KeyError:
+            return ()
+        out = []
+        for i in range(r.n):
+            code, name, dclass, sclass = R.qinfo(r.q[i])
+            out.append((name, R.UNITS[r.u[i]], dclass, sclass))
+        return out
 
     def _profile_totals(self, ts, new_m, new_r):
         # The node's DAILY/MONTHLY freezes carry water and gas in litres: the sum over the
@@ -252,7 +258,7 @@ class GatewayService:
             if discovery and mid not in self._announced:
                 from meternode.link import discovery as ha
 
-                for t, p in ha.meter_configs(prefix, self.node.id, mid, self._quantities.get(mid, ())):
+                for t, p in ha.meter_configs(prefix, self.node.id, mid, self._quantities(mid)):
                     await c.publish(t, p, qos=1, retain=True)
                 self._announced.append(mid)
             await c.publish("%s/%s/meter/%s" % (prefix, self.node.id, mid), payload, qos=0, retain=True)

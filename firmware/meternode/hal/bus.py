@@ -6,9 +6,9 @@
 # bits (8), parity none|even|odd, stop (1|2), gap_chars (silence that ends a frame, 3.5),
 # turnaround_ms (quiet time before the next request, 20), role master|slave,
 # profile "mbus" (the M-Bus master defaults: 2400 8E1, 50 ms turnaround).
-# On the sim board a bus is a pty (config gateway.buses.<name>.port) with virtual meters
-# behind it (umeter_hil.bussim); the line time of each frame is simulated, so cycle times
-# are what the baud rate gives.
+# On the sim board a bus is a pty (config gateway.buses.<name>.port; hal/buspty.py) with
+# virtual meters behind it (umeter_hil.bussim); the line time of each frame is simulated,
+# so cycle times are what the baud rate gives.
 #
 # Reads never block: bytes are taken when the port has them, and the wait between looks
 # is an asyncio sleep, so metering runs while a slow meter thinks.
@@ -89,51 +89,6 @@ class UartPort:
     def close(self):
         if hasattr(self.uart, "deinit"):
             self.uart.deinit()
-
-
-class PtyPort:
-    # The sim board's bus: a pty (or any tty device) opened as a file; select.poll says when
-    # it has bytes.  The frame's line time is waited after each write.
-    def __init__(self, path):
-        import select
-
-        try:
-            self.f = open(path, "r+b", buffering=0)
-        except TypeError:  # MicroPython's open() has no buffering argument (and does not buffer)
-            self.f = open(path, "r+b")
-        except OSError as e:
-            raise ConfigError("bus port %s cannot be opened (%s)" % (path, e))
-        self.p = select.poll()
-        self.p.register(self.f, select.POLLIN)
-        self._ipoll = hasattr(self.p, "ipoll")
-        self._one = bytearray(1)
-
-    def any(self):
-        if self._ipoll:
-            for _ in self.p.ipoll(0):
-                return 1
-            return 0
-        return 1 if self.p.poll(0) else 0
-
-    def readinto(self, buf):
-        # A file's readinto waits until the whole buffer is full: take only what is there,
-        # a byte at a time while poll says so (at meter-bus speeds that is a few hundred
-        # bytes a second).
-        n = 0
-        one = self._one
-        while n < len(buf) and self.any():
-            if not self.f.readinto(one):
-                break
-            buf[n] = one[0]
-            n += 1
-        return n
-
-    async def write(self, buf, n, char_us):
-        self.f.write(memoryview(buf)[:n])
-        await _sleep_ms((n * char_us) // 1000)
-
-    def close(self):
-        self.f.close()
 
 
 class Bus:
@@ -235,5 +190,7 @@ def make(name, spec):
     if spec.get("sim") or port:
         if not port:
             raise ConfigError("bus %s on the sim board needs config gateway.buses.%s.port (a pty)" % (name, name))
+        from meternode.hal.buspty import PtyPort  # the sim board's only: a board never loads it
+
         return Bus(name, spec, PtyPort(port))
     return Bus(name, spec, UartPort(spec))

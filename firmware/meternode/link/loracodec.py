@@ -79,10 +79,10 @@ def encode_record(kind, seq, ts, payload):
     if kind == TELEMETRY or (kind not in LAYOUTS and kind != records.READING):
         raise CodecError("no LoRa layout for record kind %d" % kind)
     if kind == records.READING:  # compact form, values that do not fit are left out (flagged)
-        from meternode.gateway import reading
+        from meternode.gateway import lorareading
 
         try:
-            body = reading.lora(payload, MAX_FRAME - 9)
+            body = lorareading.lora(payload, MAX_FRAME - 9)
         except ValueError as e:
             raise CodecError(str(e))
         return struct.pack(HEADER, (VERSION << 5) | kind, seq & 0xFFFFFFFF, int(ts) & 0xFFFFFFFF) + body
@@ -139,10 +139,10 @@ def decode(frame):
     if ver != VERSION:
         raise CodecError("frame version %d, this decoder reads %d" % (ver, VERSION))
     if kind == records.READING:
-        from meternode.gateway import reading
+        from meternode.gateway import lorareading
 
         try:
-            d = reading.lora_decode(frame[9:])
+            d = lorareading.lora_decode(frame[9:])
         except ValueError as e:
             raise CodecError(str(e))
         d.update({"kind": "reading", "seq": seq, "ts": ts})
