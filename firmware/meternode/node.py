@@ -16,15 +16,16 @@ _UPLINK_MIN_FREE = 64 * 1024  # free heap the uplink service needs, loaded from 
 _COMMANDS_FREE = 24 * 1024  # and this much more with authenticated commands (cmd_key)
 # Free heap the gateway needs at its gate (the record log is up by then), measured by
 # benchmarks/gateway.py (docs/gateway.md, "Memory"): the lowest free heap there with which the
-# whole node runs with the gateway -- every meter read, MQTT up, no MemoryError -- bisected for
-# 1 meter and for 8 meters of 4 protocols; the per-meter part from the heap 8 more meters hold.
-# By word size and loading (.mpy or frozen, source): (1 meter, each more protocol, each more
-# meter) in bytes.
+# whole node runs with the gateway -- every meter read, MQTT up, no MemoryError -- bisected
+# (2 KB steps) for 1 DL/T 645 meter, 8 of them, and 8 meters of 4 protocols.  By word size and
+# loading (.mpy or frozen, source): (1 meter, each more meter, each more protocol) in bytes:
+# 1 meter as measured, a meter = (8 DL/T 645 - 1) / 7 (on the 32-bit .mpy run that came out
+# below what a meter holds, 516 B, which is used), a protocol = the rest of the 8-meter need / 3.
 _GATEWAY_NEED = {
-    (64, False): (108736, 18688, 992),
-    (64, True): (108736, 14128, 976),
-    (32, False): (78992, 11121, 498),
-    (32, True): (77488, 10581, 512),
+    (64, False): (116448, 1316, 15351),
+    (64, True): (116480, 1097, 11243),
+    (32, False): (82080, 875, 9212),
+    (32, True): (83632, 516, 9020),
 }
 _UPLINK_MODULES = (
     "meternode.store.records",
@@ -330,7 +331,7 @@ def _gateway_need(config):
         protos.append("slave")
     f = globals().get("__file__", "")
     compiled = f.endswith(".mpy") or f.startswith("meternode/")
-    one, proto, meter = _GATEWAY_NEED[(64 if sys.maxsize > 0x7FFFFFFF else 32, compiled)]
+    one, meter, proto = _GATEWAY_NEED[(64 if sys.maxsize > 0x7FFFFFFF else 32, compiled)]
     return one + proto * (len(protos) - 1 if protos else 0) + meter * (len(meters) - 1 if meters else 0)
 
 
