@@ -9,7 +9,7 @@
    16 meters (4 protocols, 2 buses), from gc.mem_alloc() before and after GatewayService()
    on a node that has its record log, loaded from source and from .mpy; the part of it
    that is new interned names (the qstr pool, shared by everything loaded later) is shown
-   apart.  And the free heap the gateway NEEDS (what node.py's _GATEWAY_MIN_FREE gate is
+   apart.  And the free heap the gateway NEEDS (what node.py's _GATEWAY_NEED gate is
    set from): a whole node (MQTT to a local Mosquitto, store-and-forward, the sim front end)
    with ballast that leaves F bytes free where node.py checks, started with the gate off;
    F is bisected to the lowest at which the gateway starts and every meter is read within

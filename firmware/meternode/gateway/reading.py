@@ -1,7 +1,7 @@
 # One reading model for every meter the gateway reads (docs/gateway.md):
 #   meter id    "<protocol>-<address>": dlt645-000000123456, dlt645v97-..., cjt188-10-00..01234,
 #               mbus-12345678 (the meter's identification number), modbus-7
-#   quantity    an index into QUANTITIES: an OBIS-style code (1-0:1.8.0 active import energy,
+#   quantity    an index into the quantity table (_Q): an OBIS-style code (1-0:1.8.0 active import energy,
 #               8-0:1.0.0 water volume, ...) and a name
 #   value       an integer with a decimal exponent (123456, -2 = 1234.56): totals stay exact
 #               integers on a 32-bit board, no float ever touches them
