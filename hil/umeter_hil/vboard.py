@@ -184,6 +184,7 @@ class VirtualBoard:
         _private(self.path)
         (self.state / "pins.in").touch()
         self._console_f = open(self.console_path, "ab")  # noqa: SIM115 - closed in stop()
+        # the UARTs' wires ({} = none: machine.UART still works, on a line with nothing on it)
         (self.state / "uart.json").write_text(json.dumps({str(k): str(v) for k, v in self.uarts.items()}))
         self._hm, self._hs = os.openpty()
         tty.setraw(self._hs)

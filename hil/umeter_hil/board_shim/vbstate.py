@@ -29,28 +29,13 @@ def init():
     u = os.getenv("UMETER_VB_UID") or "000000000000"
     UID = bytes(int(u[i : i + 2], 16) for i in range(0, len(u), 2))
     _ctl = open(STATE + "/ctl", "w")
-    _open_uarts()
-
-
-uarts = {}  # UART id -> the host device wired to it (opened here, before the remount)
-
-
-def _open_uarts():
-    # state/uart.json {"<id>": "<host device>"} (VirtualBoard(uarts=...)): the wires from the
-    # board's UARTs to e.g. a simulated meter bus.  A device that cannot be opened leaves that
-    # UART unwired (a line with nothing on it), as a loose cable would.
-    import json
-
-    try:
-        with open(STATE + "/uart.json") as f:
-            wires = json.load(f)
-    except (OSError, ValueError):
+    try:  # UARTs wired to host devices (VirtualBoard(uarts=...)): vbuart.py opens them now
+        os.stat(STATE + "/uart.json")
+    except OSError:
         return
-    for k, path in wires.items():
-        try:
-            uarts[int(k)] = open(path, "r+b")
-        except OSError as e:
-            print("vboard: UART(%s) -> %s not wired: %s" % (k, path, e))
+    import vbuart
+
+    vbuart.wire(STATE + "/uart.json")
 
 
 def open_state(name, mode="r+b", size=0):
