@@ -13,7 +13,10 @@ real RS-485 or M-Bus interface; the meters behind it answer as their protocols s
 - `ModbusMeter` (a register map from `meternode.gateway.modbus.MAPS`): functions 3 and 4,
   exception 2 outside its registers.
 
-Each meter's values grow with wall-clock time (energy, volume), so successive polls differ.
+Each meter's values grow with wall-clock time (energy, volume), so successive polls differ;
+an answer's values are those of the moment the request arrived (`at`), and `totals()` gives
+the meter's registers as the reading model names them (exact decimal text, canonical unit),
+kept for each answer it put on the line in `answered` (the last 64).
 Faults are scripted per meter: `meter.faults.extend(["silent", "noise", ...])` applies one
 to each following request; `meter.dead = True` stops it answering at all:
 `silent` (no answer), `noise` (garbage before the answer), `preamble` (FE bytes first),
@@ -30,6 +33,7 @@ encoders against independent implementations (dlt645, pymodbus, pyMeterBus).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import random
@@ -39,6 +43,7 @@ import time
 import tty
 
 from meternode.gateway import cjt188, dlt645, mbus, modbus
+from meternode.gateway.reading import decimal
 from meternode.gateway.scanner import address_bytes
 
 FAULTS = ("silent", "noise", "preamble", "split", "bad_checksum", "slow")
@@ -53,9 +58,16 @@ class VirtualMeter:
         self.requests = 0
         self.answers = 0
         self.t0 = time.time()
+        self.at: float | None = None  # while an answer is made: the time its values are of
+        self.answered: collections.deque[dict[str, str]] = collections.deque(maxlen=64)
 
     def elapsed(self) -> float:
-        return time.time() - self.t0
+        return (time.time() if self.at is None else self.at) - self.t0
+
+    def totals(self) -> dict[str, str]:
+        """The meter's registers now (or at `at`): reading-model quantity name -> exact decimal
+        text in the model's canonical unit (kWh, m³), as the node's reading of them should say."""
+        return {}
 
     def answer(self, req: bytes) -> bytes | None:  # pragma: no cover - per protocol
         raise NotImplementedError
@@ -99,6 +111,9 @@ class DLT645Meter(VirtualMeter):
     def energy(self) -> int:
         """Import register now, in 0.01 kWh."""
         return round((self.import_kwh + self.power_kw * self.elapsed() / 3600) * 100)
+
+    def totals(self) -> dict[str, str]:
+        return {"energy_import": decimal(self.energy(), -2), "energy_export": decimal(round(self.export_kwh * 100), -2)}
 
     def value(self, di: int) -> int | None:
         e = self.energy()
@@ -182,10 +197,21 @@ class CJT188Meter(VirtualMeter):
         return cjt188.meter_id(self.type, self.address)
 
     def volume(self) -> int:
-        """Cumulative volume now in 0.01 of the unit (m³ by default; flow stops while closed)."""
+        """Cumulative volume now in 0.01 of the unit (m³ by default; flow stops while closed).
+        `volume_m3` and `flow_m3h` are in the unit's own terms: with unit code 0x29 (L) they
+        are litres and litres an hour."""
         if self.valve_closed:
             return round(self.volume_m3 * 100)
         return round((self.volume_m3 + self.flow_m3h * self.elapsed() / 3600) * 100)
+
+    def totals(self) -> dict[str, str]:
+        fam = cjt188.family(self.type)
+        if fam == "heat":
+            return {"heat_energy": decimal(round((self.heat_kwh + 5.0 * self.elapsed() / 3600) * 100), -2)}
+        if fam not in ("water", "gas") or self.unit_code not in (0x29, 0x2C):
+            return {}
+        e = -2 if self.unit_code == 0x2C else -5  # 0.01 m³, or 0.01 L = 10^-5 m³
+        return {fam + "_volume": decimal(self.volume(), e)}
 
     def _payload(self) -> bytes:
         t = time.gmtime()
@@ -252,8 +278,12 @@ class MBusMeter(VirtualMeter):
     protocol = "mbus"
 
     def __init__(self, primary: int, ident: str, *, medium: int = 0x04, manufacturer: str = "UMT", version: int = 1,
-                 energy_kwh: float = 4321.0, volume_m3: float = 123.456, power_kw: float = 3.2) -> None:
+                 energy_kwh: float = 4321.0, volume_m3: float = 123.456, power_kw: float = 3.2,
+                 flow_m3h: float = 0.25, energy_vif: int = 0x06) -> None:
+        """`energy_vif` 0x00-0x07: the energy register's unit, 10^(vif-3) Wh (0x06 kWh, 0x03 Wh)."""
         super().__init__()
+        self.flow_m3h = flow_m3h
+        self.energy_vif = energy_vif
         self.primary = primary
         self.ident = ident
         self.medium = medium
@@ -270,15 +300,27 @@ class MBusMeter(VirtualMeter):
     def meter_id(self) -> str:
         return mbus.meter_id(self.ident)
 
+    def _litres(self) -> int:
+        return round((self.volume_m3 + self.flow_m3h * self.elapsed() / 3600) * 1000)  # VIF 0x13 = m³ x 10^-3
+
+    def _energy(self) -> int:
+        wh = (self.energy_kwh + self.power_kw * self.elapsed() / 3600) * 1000
+        return round(wh / 10 ** ((self.energy_vif & 7) - 3))
+
+    def totals(self) -> dict[str, str]:
+        if self.medium in (0x04, 0x0C):
+            e = (self.energy_vif & 7) - 6  # 10^(n-3) Wh = 10^(n-6) kWh
+            return {"heat_energy": decimal(self._energy(), e), "heat_volume": decimal(self._litres(), -3)}
+        return {"water_volume": decimal(self._litres(), -3)}
+
     def records(self) -> bytes:
         out = bytearray()
-        h = self.elapsed() / 3600
-        vol = round((self.volume_m3 + 0.25 * h) * 1000)  # litres: VIF 0x13 = m³ x 10^-3
+        vol = self._litres()
         if self.medium in (0x04, 0x0C):
-            mbus.record(out, round(self.energy_kwh + self.power_kw * h), 0x06)  # kWh (Wh x 10^3)
+            mbus.record(out, self._energy(), self.energy_vif & 7)  # 10^(vif-3) Wh
             mbus.record(out, vol, 0x13)
             mbus.record(out, round(self.power_kw * 1000), 0x2B, 6)  # W
-            mbus.record(out, 250, 0x3B, 6)  # 0.250 m³/h (x 10^-3)
+            mbus.record(out, round(self.flow_m3h * 1000), 0x3B, 6)  # m³/h (x 10^-3)
             mbus.record(out, 652, 0x5A, 4)  # 65.2 °C (x 10^-1)
             mbus.record(out, 401, 0x5E, 4)  # 40.1 °C
             mbus.record(out, 2510, 0x61, 6)  # 25.10 K (x 10^-2)
@@ -313,10 +355,16 @@ class ModbusMeter(VirtualMeter):
     def meter_id(self) -> str:
         return modbus.meter_id(self.unit)
 
+    def _wh(self) -> int:
+        return round(self.energy_wh + self.power_w * self.elapsed() / 3600)
+
+    def totals(self) -> dict[str, str]:
+        return {"energy_import": decimal(self._wh(), -3)} if self.map_name == "pzem004t" else {}
+
     def registers(self, fn: int) -> dict[int, int]:
         import struct
 
-        e = round(self.energy_wh + self.power_w * self.elapsed() / 3600)
+        e = self._wh()
         regs: dict[int, int] = {}
         if self.map_name == "pzem004t" and fn == 4:
             def u32swap(r: int, v: int) -> None:
@@ -443,6 +491,16 @@ class SimBus:
     def _answer(self, req: bytes, t_first: float) -> None:
         with self._lock:
             meters = list(self.meters)
+        now = time.time()
+        for m in meters:
+            m.at = now  # every value of this answer is of the moment the request came
+        try:
+            self._answer_at(req, t_first, meters)
+        finally:
+            for m in meters:
+                m.at = None
+
+    def _answer_at(self, req: bytes, t_first: float, meters: list[VirtualMeter]) -> None:
         # M-Bus: selection, and requests to the selected meter, go to all M-Bus meters
         answers: list[tuple[VirtualMeter, bytes | None]] = []
         mb = [m for m in meters if isinstance(m, MBusMeter)]
@@ -463,7 +521,7 @@ class SimBus:
             self.collisions += 1
             m, _ = answers[0]
             longest = max(len(a) for _, a in answers)
-            self._send(bytes(self.rng.randrange(256) for _ in range(max(2, longest))), end_of_request, m, None)
+            self._send(bytes(self.rng.randrange(256) for _ in range(max(2, longest))), end_of_request, m, "garbage")
             return
         m, a = answers[0]
         fault = m.faults.pop(0) if m.faults else None
@@ -536,6 +594,8 @@ class SimBus:
             return
         self.answer_bytes += len(data)
         m.answers += 1
+        if fault != "garbage" and len(data) > 1:  # a frame, not an M-Bus E5 acknowledgement
+            m.answered.append(m.totals())
 
 
 def demo_meters() -> tuple[list[VirtualMeter], list[VirtualMeter]]:
