@@ -14,13 +14,17 @@ Options the demo adds on top (docs/sim.md):
 - `db`: every record the nodes send goes into umeter.consumer's store (an SQLite file, or a
   postgresql:// URL; each record once, gaps asked again); the nodes' flash then lives beside
   the file (under $UMETER_HOME/sim for a URL) so a later run continues their sequence numbers
-  instead of restarting them.
+  instead of restarting them;
+- `bus`: meter-bus protocols (umeter.simbus): every node gets simulated meters on its own
+  buses and the gateway configuration to poll them; their READING records and METER events
+  feed each node's `meters` view.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import socket
 import tempfile
@@ -31,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from . import unixport
+from . import simbus, unixport
 from .console import ConsoleTail, LastError
 from .console import register as register_consoles
 from .errors import ConfigError, TransportError
@@ -105,6 +109,25 @@ POLICY_DIP: tuple[float, float, float] = (8.0, 11.0, 49.6)  # from, until, Hz
 POLICY_HEAP = "384k"
 FLEET_HEAP = "512k"
 
+# With `bus` every node loads the gateway, which node.py starts only with its measured need
+# free at its gate (_GATEWAY_NEED, fitted to benchmarks/gateway.py's bisections): for the 5
+# meters of 4 protocols a `umeter sim --bus` node reads it asks 171 349 B on the 64-bit port
+# from source (`benchmarks/gateway.py --need sim` measured 168 672 B for them). What a sim
+# node uses before that gate, measured (its console's "gateway off/on: N bytes free"):
+# 223 968 B (at 288k 70 944 B were free), 254 208 B with the demo policy. So 400k leaves
+# ~14 KB above the gate, 432k ~17 KB with a policy. With --fleet, 512k (FLEET_HEAP) already
+# leaves 261 KB free at the gate and 169 KB once the gateway runs: measured, a signed bundle
+# pushed to such a node was applied while it read its five meters.
+BUS_HEAP = "400k"
+BUS_POLICY_HEAP = "432k"
+BUS_FLEET_HEAP = FLEET_HEAP
+# Any other configuration (a real board's definition, fewer or other modules loaded) is sized
+# by the node itself: when it logs "gateway off: F bytes free, it needs N" and --heap was not
+# given, the nodes get the difference (in 16 KiB steps, one step to spare) and that node is
+# started again.
+_GATE = re.compile(r"gateway off: (\d+) bytes free, it needs (\d+)")
+_HEAP_STEP = 16 * 1024
+
 # A real board's definition run as a virtual node (`--board esp32_devkitc`): more channels, power
 # quality and pulse inputs than the sim board; at 256 KiB its link failed to start ("memory
 # allocation failed, allocating 1280 bytes"), at 384 KiB it runs with store-and-forward.
@@ -161,6 +184,9 @@ class NodeView:
     error: str | None = None  # the node's last failure from its console ("link error: …")
     error_at: float = 0.0  # time.monotonic() when it was seen
     restarts: int = 0  # times the node was started again (reset, reboot into new firmware, crash)
+    meters: dict[str, simbus.MeterView] = field(default_factory=dict)  # with --bus: meter id -> view
+    gateway_on: bool | None = None  # with --bus: None until the node's console says whether it started
+    gateway_error: str | None = None  # why the gateway is off, or a meter it skipped
 
     def failing(self) -> bool:
         """The last thing heard from the node is a failure (nothing received since)."""
@@ -193,6 +219,7 @@ class VirtualNode:
     crashes: int = 0  # exits with a non-zero code (a traceback) in a row
     restart_at: float | None = None  # when an exited node is started again
     started_at: float = 0.0
+    heap: int = 0  # the heap it was started with (bytes)
 
     def exited(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
@@ -217,6 +244,8 @@ class SimRun:
     fleet: dict | None = None
     db: Path | str | None = None
     heap: str | None = None
+    bus: list[str] | None = None  # meter-bus protocols (umeter.simbus.PROTOCOLS) for every node
+    bus_interval_s: float = simbus.INTERVAL_S  # each simulated meter is read this often
     on_console: Callable[[str, str], None] | None = None  # (node, line) for every console line
     views: dict[str, NodeView] = field(default_factory=dict)
     vnodes: list[VirtualNode] = field(default_factory=list)
@@ -234,6 +263,8 @@ class SimRun:
                 hint="give at most one scenario per node, or more --nodes",
             )
         self._scenarios = [scenario(n) for n in names]
+        if self.bus:
+            self.bus = simbus.parse_protocols(",".join(self.bus))
         if self.fleet is not None and self.policy is None:
             raise ConfigError("a fleet identity without a policy", hint="give --policy too")
         self._broker = None
@@ -248,10 +279,13 @@ class SimRun:
         self._stopping = threading.Event()
         self._keeper: threading.Thread | None = None
         self._registry: Path | None = None
+        self.buses: dict[str, simbus.NodeBuses] = {}  # with bus: node id -> its buses and meters
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         board = self._as_virtual(board_definition(self.board))
+        if self.bus:
+            simbus.check_board(board, self.board, self.bus)
         if self.broker_url:
             host, port = parse_broker_url(self.broker_url)
             check_broker(host, port)
@@ -272,7 +306,13 @@ class SimRun:
         self._board, self._node_heap = board, heap
         for n, node_id in enumerate(ids):
             sc = self._scenarios[n % len(self._scenarios)]
-            self.views[node_id] = NodeView(node_id, sc)
+            view = NodeView(node_id, sc)
+            if self.bus:
+                nb = self.buses[node_id] = simbus.NodeBuses(n, self.bus, self.bus_interval_s).start()
+                view.meters = {
+                    bm.meter_id: simbus.MeterView(bm.meter_id, bm.protocol, bm.bus, bm.kind) for bm in nb.meters
+                }
+            self.views[node_id] = view
             self.vnodes.append(self._start_node(node_id, sc, board, n, heap))
         self._registry = register_consoles({v.node_id: v.log_path for v in self.vnodes})
         self._keeper = threading.Thread(target=self._keep_nodes, name="umeter-sim-nodes", daemon=True)
@@ -293,11 +333,16 @@ class SimRun:
         return dict(board, hal="sim", heap=VIRTUAL_BOARD_HEAP)
 
     def _heap(self, board: dict) -> str:
-        """The board's heap, or what the policy service needs loaded from source if that is more."""
+        """The board's heap, or what the policy service and the gateway need loaded from source
+        if that is more."""
         have = board.get("heap", unixport.DEFAULT_HEAP)
-        if self.policy is None:
+        if self.policy is None and not self.bus:
             return have
-        need, why = (FLEET_HEAP, "policy + signed bundles") if self.fleet else (POLICY_HEAP, "policy")
+        if self.bus:
+            need = BUS_FLEET_HEAP if self.fleet else BUS_POLICY_HEAP if self.policy is not None else BUS_HEAP
+            why = "gateway" + (" + policy + signed bundles" if self.fleet else " + policy" if self.policy else "")
+        else:
+            need, why = (FLEET_HEAP, "policy + signed bundles") if self.fleet else (POLICY_HEAP, "policy")
         if unixport.parse_heap(have) >= unixport.parse_heap(need):
             return have
         self.notes.append(
@@ -378,6 +423,8 @@ class SimRun:
             "mqtt": {"host": self.host, "port": self.port, "prefix": self.prefix, "keepalive": 30},
             "sim": sim,
         }
+        if node_id in self.buses:
+            config["gateway"] = self.buses[node_id].gateway_config()
         if self.policy is not None:
             t0, t1, hz = POLICY_DIP
             sim["events"] = [*sim.get("events", []), {"at": t0, "freq": hz}, {"at": t1, "freq": sim.get("freq", 50.0)}]
@@ -406,6 +453,7 @@ class SimRun:
         with open(vn.log_path, "ab") as log:  # the child keeps its own descriptor
             argv = unixport.command(main, heap=self._node_heap)
             vn.proc = unixport.spawn(argv, cwd=vn.root, env={"MICROPYPATH": unixport.micropypath()}, log=log)
+        vn.heap = unixport.parse_heap(self._node_heap)
         vn.started_at = time.monotonic()
         vn.restart_at = None
 
@@ -426,6 +474,10 @@ class SimRun:
             if self.on_console is not None:
                 for ln in lines:
                     self.on_console(vn.node_id, ln)
+            if self.bus:
+                short = self._gateway_lines(vn.node_id, lines)
+                if short is not None and self.heap is None and not self._stopping.is_set():
+                    self._raise_heap(vn, *short)
             err = vn.tail.last_error if vn.tail is not None else None
             code = vn.exited()
             if code is not None and vn.restart_at is None and not self._stopping.is_set():
@@ -449,18 +501,63 @@ class SimRun:
                     if err is not None:
                         view.error, view.error_at = err.text, err.at
 
-    def _subscribe(self, host: str, port: int) -> None:
+    def _gateway_lines(self, node_id: str, lines: list[str]) -> tuple[int, int] | None:
+        """The node's console about its gateway: on / off (and why), a meter skipped, why a
+        meter fell silent. Returns (free, needed) when its gateway was off for want of heap."""
+        short = None
+        with self._lock:
+            view = self.views.get(node_id)
+            if view is None:
+                return None
+            for ln in lines:
+                what, meter, text = simbus.console_gateway(ln)
+                if what == "on":
+                    view.gateway_on, view.gateway_error = True, None
+                elif what == "off":
+                    view.gateway_on, view.gateway_error = False, text
+                    m = _GATE.search(text or "")
+                    short = (int(m.group(1)), int(m.group(2))) if m else short
+                elif what == "skipped":
+                    view.gateway_error = text
+                elif what == "silent" and meter in view.meters:
+                    view.meters[meter].why = text
+        return short
 
+    def _raise_heap(self, vn: VirtualNode, free: int, need: int) -> None:
+        """A node's gateway did not start for want of heap (`_gateway_lines`): give every node
+        what it lacked, rounded up to 16 KiB with one step to spare, and start this one again
+        (others that said the same at the old heap follow as they say it)."""
+        want = vn.heap + need - free
+        want = (want + _HEAP_STEP - 1) // _HEAP_STEP * _HEAP_STEP + _HEAP_STEP
+        if want > unixport.parse_heap(self._node_heap):
+            self._node_heap = f"{want // 1024}k"
+            self.notes.append(
+                f"{vn.node_id}: the gateway needs {need} bytes free and had {free} with a {vn.heap // 1024}k heap; "
+                f"nodes run with {self._node_heap} from now on (restarted)."
+            )
+        if vn.heap < unixport.parse_heap(self._node_heap) and vn.proc is not None:
+            if self.on_console is not None:
+                self.on_console(vn.node_id, f"umeter sim: starting the node again with a {self._node_heap} heap")
+            unixport.stop(vn.proc)
+            vn.restarts += 1
+            with self._lock:
+                view = self.views.get(vn.node_id)
+                if view is not None:
+                    view.gateway_on = view.gateway_error = None
+            self._power_on(vn)
+
+    def _subscribe(self, host: str, port: int) -> None:
+        topics = [
+            (f"{self.prefix}/+/telemetry", 0),
+            (f"{self.prefix}/+/state", 1),
+            (f"{self.prefix}/+/policy/state", 0),
+            (f"{self.prefix}/+/policy/event", 0),
+        ]
+        if self.bus:  # the gateway's READING records and METER events (stored records, QoS 1)
+            topics += [(f"{self.prefix}/+/reading", 1), (f"{self.prefix}/+/event", 1)]
         c = make_client("umeter-sim")
         c.on_message = self._on_message
-        c.on_connect = lambda cl, *a: cl.subscribe(
-            [
-                (f"{self.prefix}/+/telemetry", 0),
-                (f"{self.prefix}/+/state", 1),
-                (f"{self.prefix}/+/policy/state", 0),
-                (f"{self.prefix}/+/policy/event", 0),
-            ]
-        )
+        c.on_connect = lambda cl, *a: cl.subscribe(topics)
         connect(c, host, port, hint="is it an MQTT broker?")
         c.loop_start()
         self._client = c
@@ -484,6 +581,21 @@ class SimRun:
                         view.policy_state = doc
                     else:
                         view.policy_event = doc
+            elif leaf in ("reading", "event"):
+                try:
+                    doc = json.loads(msg.payload)
+                except ValueError:
+                    return
+                if not isinstance(doc, dict):
+                    return
+                if leaf == "reading":
+                    mv = view.meters.get(str(doc.get("meter")))
+                    if mv is not None and "frozen_day" not in (doc.get("status") or ()):  # not a midnight copy
+                        mv.on_reading(doc)
+                else:
+                    mv = view.meters.get(simbus.event_meter(doc) or "")
+                    if mv is not None:
+                        mv.on_event(doc)
             elif leaf == "state":
                 view.state = msg.payload.decode(errors="replace")
             elif leaf == "telemetry":
@@ -500,7 +612,10 @@ class SimRun:
     def snapshot(self) -> list[NodeView]:
         c = self.consumer
         with self._lock:
-            views = [dataclasses.replace(v) for v in self.views.values()]
+            views = [
+                dataclasses.replace(v, meters={k: dataclasses.replace(m) for k, m in v.meters.items()})
+                for v in self.views.values()
+            ]
         if c is not None:
             for v in views:
                 v.records = c.count(v.node_id) - self._base.get(v.node_id, 0)
@@ -525,6 +640,8 @@ class SimRun:
                 unixport.stop(n.proc)
         if self.vnodes:
             self.poll_nodes()  # the consoles' last lines ("stopped", a final error)
+        for nb in self.buses.values():
+            nb.stop()
         if self._registry is not None:
             self._registry.unlink(missing_ok=True)
             self._registry = None

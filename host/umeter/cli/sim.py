@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .. import ui
+from .. import simbus, ui
 from ..errors import ConfigError, DeviceError
 from ..sim import NodeView, SimRun, parse_scenarios
 
@@ -79,6 +79,8 @@ def render_line(v: NodeView, tariffs: list[str] | None = None, db: bool = False)
         line += f" records={v.records}"
     if v.restarts:
         line += f" restarts={v.restarts}"
+    if v.meters:
+        line += f" meters={_meters_cell(v)}"
     line += f" seq={t.get('seq')}"
     return line + (f" error={v.error!r}" if err else "")
 
@@ -102,6 +104,7 @@ def _state(v: NodeView, now: float) -> str:
 _COLUMNS = (
     ("node", "left", lambda v, n, now: v.node_id, ""),
     ("state", "left", lambda v, n, now: _state(v, now), ""),
+    ("meters", "right", lambda v, n, now: _meters_cell(v), "bus"),
     ("P W", "right", lambda v, n, now: compact((v.telemetry or {}).get("p"), sign=True), ""),
     ("imp Wh", "right", lambda v, n, now: compact((v.telemetry or {}).get("e_imp_wh")), ""),
     ("exp Wh", "right", lambda v, n, now: compact((v.telemetry or {}).get("e_exp_wh")), ""),
@@ -141,16 +144,19 @@ def render_table(
     db: bool = False,
     width: int = 80,
     logs: list[str] | None = None,
+    meter_rows: int = 24,
 ):
     """The live view: one row per node in `width` columns, then each failing node's last
-    error, then (with --logs) the newest console lines."""
+    error, then (with --bus) a row per meter (at most `meter_rows`, those not answering
+    first) and why each failing one fails, then (with --logs) the newest console lines."""
     from rich import box
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
     now = time.monotonic()
-    have = {"": True, "policy": tariffs is not None, "db": db}
+    bus = any(v.meters for v in views)
+    have = {"": True, "policy": tariffs is not None, "db": db, "bus": bus}
     cols = [c for c in _COLUMNS if have[c[3]]]
     cells = [[c[2](v, tariffs, now) for c in cols] for v in views]
     keep = columns_for(width, cells, [c[0] for c in cols])
@@ -176,6 +182,8 @@ def render_table(
             ago = f" ({now - v.error_at:.0f} s ago)" if now - v.error_at >= 1 else ""
             again = f", restarted {v.restarts}×" if v.restarts else ""
             parts.append(Text(f"{v.node_id}: {v.error}{ago}{again}", style="red", overflow="fold"))
+    if bus:
+        parts += _meter_table(views, width, now, meter_rows)
     if logs:
         parts.append(Text("console (newest last):", style="dim"))
         parts += [Text(ln, no_wrap=True, overflow="ellipsis") for ln in logs]
@@ -188,6 +196,92 @@ def _event(v: NodeView) -> str:
         return "—"
     ago = time.time() - e.get("t", 0)
     return f"{e.get('event')} {ago:.0f}s" if ago >= 1 else str(e.get("event"))
+
+
+# -- --bus: the meters each node's gateway reads ---------------------------------------------------
+def _meters_cell(v: NodeView) -> str:
+    """'5/5': meters answering of those configured; 'off' when the node's gateway did not start."""
+    if v.gateway_on is False:
+        return "off"
+    ok = sum(1 for m in v.meters.values() if m.state(v.gateway_on) == "ok")
+    return f"{ok}/{len(v.meters)}"
+
+
+def _age(m: simbus.MeterView, now: float) -> str:
+    return f"{now - m.at:.0f}s" if m.received else "—"
+
+
+# (header, justify, cell(meter view, node view, now) -> str), most important first
+_METER_COLUMNS = (
+    ("node", "left", lambda m, v, now: v.node_id),
+    ("meter", "left", lambda m, v, now: m.meter_id),
+    ("state", "left", lambda m, v, now: m.state(v.gateway_on)),
+    ("reading", "right", lambda m, v, now: m.headline()[0]),
+    ("now", "right", lambda m, v, now: m.headline()[1]),
+    ("age", "right", lambda m, v, now: _age(m, now)),
+    ("kind", "left", lambda m, v, now: m.kind),
+)
+
+
+def _meter_table(views: list[NodeView], width: int, now: float, max_rows: int) -> list:
+    """A row per meter (node, id, state, its last reading's total and power/flow, age, kind)
+    in `width` columns, at most `max_rows` (the meters not answering first), and a line per
+    failing meter and per node whose gateway is off saying why."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    rows = [(m, v) for v in views for m in v.meters.values()]
+    shown = rows
+    if len(rows) > max_rows:
+        bad = [r for r in rows if r[0].state(r[1].gateway_on) != "ok"][:max_rows]
+        good = [r for r in rows if r[0].state(r[1].gateway_on) == "ok"][: max_rows - len(bad)]
+        keep = {id(r[0]) for r in bad + good}
+        shown = [r for r in rows if id(r[0]) in keep]
+    cells = [[c[2](m, v, now) for c in _METER_COLUMNS] for m, v in shown]
+    keep_cols = columns_for(width, cells, [c[0] for c in _METER_COLUMNS])
+    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0), collapse_padding=False)
+    for i in keep_cols:
+        t.add_column(_METER_COLUMNS[i][0], justify=_METER_COLUMNS[i][1], no_wrap=True)
+    for (m, v), row in zip(shown, cells, strict=True):
+        state = m.state(v.gateway_on)
+        style = "red" if state in ("failing", "off") else ("dim" if state == "waiting" else None)
+        t.add_row(*(row[i] for i in keep_cols), style=style)
+    parts: list = [t]
+    if len(shown) < len(rows):
+        parts.append(Text(f"… and {len(rows) - len(shown)} more meters answering (--json lists every one)",
+                          style="dim"))
+    for v in views:
+        if v.gateway_on is False or (v.gateway_error and v.gateway_on):
+            parts.append(Text(f"{v.node_id}: {v.gateway_error}", style="red", overflow="fold"))
+        for m in v.meters.values():
+            if m.state(v.gateway_on) == "failing":
+                parts.append(Text(_failing_text(v, m, now), style="red", overflow="fold"))
+    return parts
+
+
+def _failing_text(v: NodeView, m: simbus.MeterView, now: float) -> str:
+    """'node-01 mbus-12345601: no answer in 500 ms (2 tries) for 12 s; its last reading (4321.009 kWh,
+    20 s old) stays, marked stale'."""
+    why = m.why or "stopped answering"
+    since = f" for {now - m.silent_at:.0f} s" if m.silent_at else ""
+    if m.received:
+        kept = f"; its last reading ({m.headline()[0]}, {now - m.at:.0f} s old) stays, marked stale"
+    else:
+        kept = "; no reading from it yet"
+    return f"{v.node_id} {m.meter_id}: {why}{since}{kept}"
+
+
+def meter_line(v: NodeView, m: simbus.MeterView, now: float | None = None) -> str:
+    """One plain line about one meter (pipes, CI): printed when its reading or state changes."""
+    now = time.monotonic() if now is None else now
+    state = m.state(v.gateway_on)
+    if state == "failing":
+        return f"{v.node_id} meter {_failing_text(v, m, now)[len(v.node_id) + 1:]}"
+    if state != "ok":
+        return f"{v.node_id} meter {m.meter_id} {state}" + (f": {v.gateway_error}" if state == "off" else "")
+    vals = " ".join(f"{x['quantity']}={x['value']}{' ' + x['unit'] if x['unit'] else ''}" for x in m.values)
+    return f"{v.node_id} meter {m.meter_id} ok {vals} seq={m.seq}"
 
 
 @click.command("sim")
@@ -241,6 +335,16 @@ def _event(v: NodeView) -> str:
 @click.option(
     "--heap", default=None, metavar="SIZE", help="Heap of every node, e.g. 192k [the board's; more with --policy]."
 )
+@click.option(
+    "--bus",
+    "bus",
+    is_flag=False,
+    flag_value="all",
+    default=None,
+    metavar="PROTOCOLS",
+    help="Simulated meters on each node's buses, read by its gateway: dlt645 (an electricity meter), cjt188 "
+    "(water and gas), mbus (heat), modbus (PZEM-004T); --bus alone: all four.",
+)
 @click.option("--logs", is_flag=True, help="Show the nodes' consoles too (stderr, or a pane under the table).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per node per interval, and a JSON summary.")
 def command(
@@ -255,6 +359,7 @@ def command(
     fleet: str | None,
     db: str | None,
     heap: str | None,
+    bus: str | None,
     logs: bool,
     as_json: bool,
 ) -> None:
@@ -266,6 +371,7 @@ def command(
     See docs/sim.md.
     """
     compact, identity = _policy(policy_file, fleet)
+    protocols = simbus.parse_protocols(bus) if bus is not None else None
     if heap is not None:
         from ..unixport import parse_heap
 
@@ -290,6 +396,7 @@ def command(
         fleet=identity,
         db=db,
         heap=heap,
+        bus=protocols,
         on_console=console_line if logs else None,
     )
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -304,6 +411,12 @@ def command(
             ui.info(
                 f"Policy {compact['n']!r} on every node ({len(compact['t'])} tariffs, {len(compact['d'])} DR rules); "
                 "the grid frequency dips to 49.6 Hz from 8 s to 11 s."
+            )
+        if protocols:
+            what = "; ".join(simbus.WHAT[p] for p in protocols)
+            ui.info(
+                f"Meter buses on every node: {what}; each meter read every {simbus.INTERVAL_S:g} s "
+                "by the node's gateway."
             )
         if keep or db is not None:
             ui.info(f"Node flash directories: {run.workdir}")
@@ -335,6 +448,8 @@ def command(
             }
             if run.consumer is not None:
                 summary["db"] = run.db_summary()
+            if protocols:
+                summary["gateway"] = gateway_summary(run, views)
             ui.out.print(json.dumps(summary), markup=False, highlight=False, soft_wrap=True)
         elif run.consumer is not None:
             s = run.db_summary()
@@ -349,8 +464,30 @@ def command(
                 f"no telemetry from {len(silent)} of {ui.plural(nodes, 'node')} in {seconds:.0f} s ({why})",
                 hint="see their consoles with --logs (or --keep: console.log in each node's directory)",
             )
+        if protocols:
+            unread = [(v, m) for v in views for m in v.meters.values() if not m.received]
+            total = sum(len(v.meters) for v in views)
+            if not as_json:
+                got = sum(m.received for v in views for m in v.meters.values())
+                ui.info(f"Meter readings received: {got} from {total - len(unread)} of {total} meters.")
+            if unread and duration is not None:
+                raise _unread_error(views, unread, total, seconds)
     finally:
         run.close()
+
+
+def _unread_error(views: list[NodeView], unread: list, total: int, seconds: float) -> DeviceError:
+    """--bus --duration: meters that sent no reading, each node's reason once (its gateway off),
+    else each meter's (why it fell silent, or still waiting)."""
+    off = [v for v in views if v.gateway_on is False]
+    why = [f"{v.node_id}: {v.gateway_error or 'gateway off'}" for v in off]
+    why += [f"{v.node_id} {m.meter_id}: {m.why or m.state(v.gateway_on)}" for v, m in unread if v not in off]
+    text = "; ".join(why[:4]) + ("; …" if len(why) > 4 else "")
+    if off:
+        hint = "give the nodes more heap (leave --heap out: umeter sim sizes it for the gateway)"
+    else:
+        hint = "see the nodes' consoles with --logs; a longer --duration gives slow meters time"
+    return DeviceError(f"no reading from {len(unread)} of {total} meters in {seconds:.0f} s ({text})", hint=hint)
 
 
 def _policy(path: str | None, fleet: str | None) -> tuple[dict | None, dict | None]:
@@ -376,11 +513,40 @@ def _policy(path: str | None, fleet: str | None) -> tuple[dict | None, dict | No
     return compact, identity
 
 
-def json_line(v: NodeView) -> str:
+def gateway_json(v: NodeView, sim: dict[str, dict] | None = None, now: float | None = None) -> dict:
+    """A node's gateway as its node reports it (--bus): on (null until known), error, and a
+    meter each (umeter.simbus.MeterView.to_json), with `sim`: the simulated meter's side."""
+    meters = []
+    for m in v.meters.values():
+        d = m.to_json(v.gateway_on, now)
+        if sim is not None and m.meter_id in sim:
+            d["sim"] = sim[m.meter_id]
+        meters.append(d)
+    states = [m["state"] for m in meters]
+    return {
+        "on": v.gateway_on,
+        "error": v.gateway_error,
+        "answering": states.count("ok"),
+        "failing": [m["meter"] for m in meters if m["state"] == "failing"],
+        "meters": meters,
+    }
+
+
+def gateway_summary(run: SimRun, views: list[NodeView]) -> dict:
+    """--json summary with --bus: per node its gateway (gateway_json) with each simulated meter's
+    last answers (`sim.answered`), so a script can hold the readings against them."""
+    out = {}
+    for v in views:
+        nb = run.buses.get(v.node_id)
+        out[v.node_id] = gateway_json(v, nb.sim_state(answered=True) if nb is not None else None)
+    return out
+
+
+def json_line(v: NodeView, sim: dict[str, dict] | None = None) -> str:
     """One node as one JSON object (--json): its view, its latest telemetry as sent, and its
-    last failure (`error`, null when none) with `failing` true while nothing came after it."""
-    return json.dumps(
-        {
+    last failure (`error`, null when none) with `failing` true while nothing came after it;
+    with --bus its `gateway` (gateway_json)."""
+    doc = {
             "node": v.node_id,
             "scenario": v.scenario.name,
             "state": v.state,
@@ -393,9 +559,10 @@ def json_line(v: NodeView) -> str:
             "failing": v.failing(),
             "restarts": v.restarts,
             "telemetry": v.telemetry,
-        },
-        separators=(",", ":"),
-    )
+    }
+    if v.meters:
+        doc["gateway"] = gateway_json(v, sim)
+    return json.dumps(doc, separators=(",", ":"))
 
 
 def _watch(
@@ -409,6 +576,7 @@ def _watch(
 ) -> None:
     deadline = None if duration is None else started + duration
     tty = ui.is_tty() and not as_json
+    noted = len(run.notes)  # the notes start() made are printed; later ones (a heap raised) as they come
     tariffs = run.policy["t"] if run.policy else None
     db = run.consumer is not None
     if tty:
@@ -416,18 +584,42 @@ def _watch(
 
         def table():
             logs = list(pane) if pane is not None else None
-            return render_table(run.snapshot(), where, started, tariffs, db, ui.out.width, logs)
+            rows = max(5, ui.out.height - run.nodes - 12 - (len(logs) + 1 if logs else 0))
+            return render_table(run.snapshot(), where, started, tariffs, db, ui.out.width, logs, rows)
 
         with Live(table(), console=ui.out, refresh_per_second=4) as live:
             while deadline is None or time.monotonic() < deadline:
                 time.sleep(0.25)
+                for note in run.notes[noted:]:
+                    live.console.print(note, markup=False, highlight=False)
+                noted = len(run.notes)
                 live.update(table())
         return
     next_print = time.monotonic() + max(1.0, interval)
+    said: dict[tuple[str, str], tuple] = {}  # (node, meter) -> (seq, state) last printed
     while deadline is None or time.monotonic() < deadline:
         time.sleep(0.1)
+        for note in run.notes[noted:]:
+            ui.info(note)
+        noted = len(run.notes)
         if time.monotonic() >= next_print:
             next_print += max(1.0, interval)
             for v in run.snapshot():
-                line = json_line(v) if as_json else render_line(v, tariffs, db)
+                if as_json:
+                    nb = run.buses.get(v.node_id)
+                    line = json_line(v, nb.sim_state() if nb is not None else None)
+                else:
+                    line = render_line(v, tariffs, db)
                 ui.out.print(line, markup=False, highlight=False, soft_wrap=True)
+                if as_json:
+                    continue
+                if v.gateway_on is False:  # one line for the node, not one per meter
+                    if said.get((v.node_id, "")) != (v.gateway_error,):
+                        said[(v.node_id, "")] = (v.gateway_error,)
+                        ui.out.print(f"{v.node_id} {v.gateway_error}", markup=False, highlight=False, soft_wrap=True)
+                    continue
+                for m in v.meters.values():  # a line per meter when its reading or state changes
+                    key, now = (m.seq, m.state(v.gateway_on)), (v.node_id, m.meter_id)
+                    if said.get(now) != key:
+                        said[now] = key
+                        ui.out.print(meter_line(v, m), markup=False, highlight=False, soft_wrap=True)
