@@ -292,6 +292,9 @@ CONFIGS = {  # name -> which of the demo meters (indices into demo_config's list
     "8x645": "8x645",
     "8": list(range(8)),
     "16": "16",
+    # what each `umeter sim --bus` node reads (umeter.simbus.node_meters): a DL/T 645-2007
+    # meter, a CJ/T 188 water and a gas meter, a PZEM-004T on Modbus, an M-Bus heat meter
+    "sim": [0, 2, 3, 4, 6],
 }
 NONE = "none"  # --need none: the same node without a gateway (what it needs itself at that point)
 
@@ -380,7 +383,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=int, default=2000, help="frames decoded per protocol per run")
     ap.add_argument("--need", default="none,1,8",
-                    help="configurations whose needed free heap is bisected: none (the node alone), 1, 8x645, 8, 16")
+                    help="configurations whose needed free heap is bisected: none (the node alone), 1, 8x645, 8, 16, "
+                         "sim (the meters of a `umeter sim --bus` node)")
     ap.add_argument("--need-run", type=float, default=10.0, help="seconds each bisection trial runs the node")
     a = ap.parse_args()
     from umeter.broker import Mosquitto
