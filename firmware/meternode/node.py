@@ -1,17 +1,29 @@
-# The node: one asyncio supervisor wiring HAL -> meter -> telemetry -> MQTT from the board
-# definition and the node's configuration.  Every task retries with bounded backoff; the
-# supervisor is the only place that catches everything.
+# The node: wires HAL -> meter -> telemetry -> MQTT from the board definition and the node's
+# configuration, and hands every long-running task to one Supervisor (supervisor.py): a task
+# that ends, raises or stops making progress is recorded and restarted with bounded backoff,
+# the watchdog is fed only while every task progresses, and a task that keeps dying reboots
+# the node (registers checkpointed first), into the safe configuration after
+# supervisor.safe_after such reboots in a row.
+#
+# Safe configuration: metering (sampling, reporting, checkpoints, pulse meters) and
+# store-and-forward over MQTT (record log, outbox, link, Wi-Fi) only; the policy service,
+# OTA, authenticated commands and LoRaWAN are not started (config keys in _SAFE_DROP).  It
+# lasts supervisor.safe_hold_s of clean running (then a planned reboot into the full
+# configuration) or until the crash-loop state file is removed.
 import asyncio
 import sys
 import time
 
-from meternode import VERSION, hal
+from meternode import VERSION, hal, ticks
 from meternode.config import check_board, check_config, load_json
+from meternode.hal import watchdog
 from meternode.link import telemetry
 from meternode.metrology.meter import Meter
+from meternode.supervisor import BootState, Supervisor, check_supervisor, nop
 
 _BACKOFF_MIN_MS = 500
 _BACKOFF_MAX_MS = 30000
+_STALL_MS = 60000  # what a task may take beyond its own period before it counts as stalled
 _UPLINK_MIN_FREE = 64 * 1024  # free heap the uplink service needs, loaded from source (measured)
 _COMMANDS_FREE = 24 * 1024  # and this much more with authenticated commands (cmd_key)
 # Free heap the gateway needs at its gate (the record log is up by then), measured by
@@ -42,12 +54,28 @@ _MQTT_MODULES = (  # only with config.mqtt: ~16 KB a metering-only or LoRa-only 
     "meternode.link.uplink",
     "meternode.link.outbox",
 )
+_SAFE_DROP = ("policy", "fleet", "ota", "cmd_key", "lora")  # not in the safe configuration
+_nop = nop
 
 
 class Node:
     def __init__(self, board, config):
         self.board = check_board(board)
-        self.config = check_config(config)
+        check_config(config)
+        sc = self.sup_config = check_supervisor(config)
+        # crash-loop state (persisted) and why we booted: a watchdog reset counts as a loop
+        self.boot = BootState(sc.get("state", "supervisor.json"))
+        self.reset_cause = watchdog.reset_cause(self.boot.path + ".wdt")
+        if self.reset_cause == "watchdog":
+            self.boot.loops += 1
+            self.boot.why = "watchdog reset"
+            self._save_boot()
+        self.safe = self.boot.loops >= sc.get("safe_after", 3)
+        if self.safe:
+            config = dict(config)
+            for k in _SAFE_DROP:
+                config.pop(k, None)
+        self.config = config
         self.id = config["node_id"]
         self.hal = hal.make(board, config)
         if board.get("relay"):  # the load relay: entry checked, a GPIO relay on boards, and
@@ -67,13 +95,17 @@ class Node:
         self.checkpoint = _checkpointer(self.meter, config.get("checkpoint", {}), self.pulses)
         self.brownout = hal.make_brownout(board)  # board brown-out pin: checkpoint at once
         self.seq = 0
-        self.mqtt = None
+        self._plain = None  # the fallback link's connected client (no store-and-forward)
         self.last = None  # last telemetry dict published
-        self.link_up = False
+        self.ckpt_errors = 0  # checkpoint writes that failed (flash full)
+        self._ckpt_hold = None  # after a failed write: ticks_ms before which none is tried
+        self.supervisor = None
+        self._reset = watchdog.reset  # how a planned reboot resets (tests replace it)
         # elements on the grid connection: telemetry totals add these only
         self.mains = [c["name"] for c in board["channels"][1:] if c.get("role", "main") == "main"]
 
-    async def sampling(self):
+    async def sampling(self, w=None):
+        beat = w.beat if w is not None else _nop  # bound once: called per block
         s = self.hal.sampler
         stamped = hasattr(s, "stamp_us")  # the sampler timebase (hal/__init__.py)
         s.start()
@@ -84,13 +116,28 @@ class Node:
                     self.meter.feed(buf, s.block_sets, s.lost, s.stamp_us)
                 else:
                     self.meter.feed(buf, s.block_sets)
+                beat()
                 if self.checkpoint is not None:
                     bo = self.brownout is not None and self.brownout.tripped
-                    self.checkpoint.save(self.hal.clock.ticks_ms(), bo)  # when due, or on brown-out
+                    now = self.hal.clock.ticks_ms()
+                    if bo or self._ckpt_hold is None or ticks.diff(now, self._ckpt_hold) >= 0:
+                        self._save_checkpoint(now, bo)  # when due, or at once on brown-out
                     if bo:
                         self.brownout.tripped = False
         finally:
             s.stop()
+
+    def _save_checkpoint(self, now, force):
+        try:
+            self.checkpoint.save(now, force)
+            self._ckpt_hold = None
+            return True
+        except OSError as e:  # flash full or failing: keep measuring, try again in a minute
+            self.ckpt_errors += 1
+            self._ckpt_hold = ticks.add(now, 60000)
+            if self.ckpt_errors < 8 or not self.ckpt_errors % 64:
+                log("checkpoint not saved (%d): %s" % (self.ckpt_errors, e))
+            return False
 
     def _topic(self, leaf):
         return telemetry.topic(self.config["mqtt"].get("prefix", "umeter"), self.id, leaf)
@@ -149,7 +196,7 @@ class Node:
                         gc.collect()
                     from meternode.link.service import UplinkService
 
-                    u = UplinkService(self)
+                    u = UplinkService(self, self.reset_cause)
                     gc.collect()
                     log("store-and-forward on: %d bytes free before, %d after" % (free, gc.mem_free()))
                 except Exception as e:
@@ -157,19 +204,29 @@ class Node:
             self._uplink = u
         return u
 
-    async def link(self):
+    # -- the link ------------------------------------------------------------------------------
+    @property
+    def mqtt(self):
+        # The MQTT client while a link is connected (store-and-forward or fallback), else None.
+        u = self.uplink_service
+        if u is not None and u.link is not None:
+            return u.link.client
+        return self._plain
+
+    @property
+    def link_up(self):
+        c = self.mqtt
+        return c is not None and c.connected
+
+    async def link(self, w=None):
+        beat = w.beat if w is not None else _nop
         u = self.uplink()
         if u is None or u.link is None:
-            await self._plain_link()  # no record log (e.g. no RAM for it): live telemetry only
-        t = asyncio.create_task(u.run())
-        while True:
-            await asyncio.sleep_ms(200)
-            self.mqtt = u.link.client
-            self.link_up = u.link.up
-            if t.done():
-                raise RuntimeError("uplink task ended")
+            await self._plain_link(beat)  # no record log (e.g. no RAM for it): live telemetry only
+        u.link.beat = u.outbox.beat = beat
+        await u.run()
 
-    async def _plain_link(self):
+    async def _plain_link(self, beat=_nop):
         # Fallback link without store-and-forward: the retained state and QoS 0 telemetry.
         from meternode.link.backoff import Backoff
         from meternode.link.mqtt import MQTTClient
@@ -177,36 +234,44 @@ class Node:
         m = self.config["mqtt"]
         backoff = Backoff(_BACKOFF_MIN_MS, _BACKOFF_MAX_MS)
         while True:
-            c = MQTTClient(
-                self.id,
-                m["host"],
-                m.get("port", 1883),
-                keepalive=m.get("keepalive", 30),
-                user=m.get("user"),
-                password=m.get("password"),
-                will=(self._topic("state"), b"offline", 1, True),
-            )
+            beat()
+            c = None
             try:
+                c = MQTTClient(
+                    self.id,
+                    m["host"],
+                    m.get("port", 1883),
+                    keepalive=m.get("keepalive", 30),
+                    user=m.get("user"),
+                    password=m.get("password"),
+                    will=(self._topic("state"), b"offline", 1, True),
+                )
                 await c.connect()
                 await c.publish(self._topic("state"), b"online", qos=1, retain=True)
-                self.mqtt = c
-                self.link_up = True
+                self._plain = c
                 backoff.reset()
                 log("link up (no store): %s:%d" % (m["host"], m.get("port", 1883)))
                 while c.connected:
+                    beat()
                     await asyncio.sleep_ms(200)
                 log("link down: %s" % c.error)
-            except Exception as e:
+            except Exception as e:  # MemoryError too: this connection fails, the link goes on
                 log("link error: %s" % e)
-            self.mqtt = None
-            self.link_up = False
-            await c.disconnect()
+            self._plain = None
+            if c is not None:
+                await c.disconnect()
             await asyncio.sleep_ms(backoff.next_ms())
 
-    async def reporting(self):
+    # -- reporting -------------------------------------------------------------------------------
+    async def reporting(self, w=None):
         while True:
-            # re-read every period: a `set telemetry_s` command applies at once
-            await asyncio.sleep_ms(int(self.config.get("telemetry_s", 10.0) * 1000))
+            # re-read every period: a `set telemetry_s` command applies at once; the period
+            # is the HAL clock's (the sim board's fast mode runs it in simulated time)
+            ms = int(self.config.get("telemetry_s", 10.0) * 1000)
+            if w is not None:
+                w.stall_ms = ms + _STALL_MS
+                w.beat()
+            await self.hal.clock.sleep_ms(ms)
             try:
                 await self._report()
             except Exception as e:  # e.g. MemoryError: skip this report, keep measuring
@@ -249,39 +314,178 @@ class Node:
             except Exception as e:
                 log("telemetry not sent: %s" % e)
 
-    async def run(self):
-        log("umeter node %s v%s on board %s" % (self.id, VERSION, self.board["name"]))
-        tasks = [asyncio.create_task(self.sampling()), asyncio.create_task(self.reporting())]
+    # -- the other tasks -------------------------------------------------------------------------
+    async def _pulses(self, w):
+        p = self.pulses
+        while True:
+            await self.hal.clock.sleep_ms(p.poll_ms)
+            p.poll()
+            w.beat()
+
+    async def _wifi_task(self, w):
+        self.wifi.beat = w.beat
+        await self.wifi.run()
+
+    async def _lora(self, w):
+        u = self.uplink_service
+        u.lora.beat = w.beat
+        try:
+            await u.run_lora()
+        finally:  # a restart starts the modem's reader again: never two of them
+            u.lora.modem.stop()
+
+    async def _policy(self, w):
+        self.policy.beat = w.beat
+        await self.policy.run()
+
+    async def _uptime(self, w):
+        # Crash-loop bookkeeping: after stable_s of running the loop count is cleared; in the
+        # safe configuration, after safe_hold_s a planned reboot returns to the full one.
+        sc = self.sup_config
+        t0 = time.ticks_ms()
+        stable = sc.get("stable_s", 3600) * 1000
+        hold = sc.get("safe_hold_s", 86400) * 1000
+        while True:
+            await asyncio.sleep_ms(1000)
+            w.beat()
+            up = time.ticks_diff(time.ticks_ms(), t0)
+            if self.safe:
+                if hold and up >= hold:
+                    self.boot.loops = 0
+                    self._save_boot()
+                    self.reboot("safe configuration held %d s" % (hold // 1000))
+            elif self.boot.loops and up >= stable:
+                log("stable for %d s: crash-loop count %d cleared" % (stable // 1000, self.boot.loops))
+                self.boot.loops = 0
+                self._save_boot()
+
+    # -- supervision -----------------------------------------------------------------------------
+    def event(self, code, arg=0, text=""):
+        # An event in the record log when the uplink service runs (else only the log line).
+        u = self.uplink_service
+        if u is not None:
+            from meternode.store import records
+
+            u.event(code, arg, text[: records.EVENT_TEXT])
+
+    def _task_failed(self, w, why):
+        from meternode.store import records
+
+        if w.fails <= 8 or not w.fails % 16:  # a task dying for good: one event per 16 restarts
+            self.event(records.EV_TASK, w.fails, "%s %s" % (w.name, why))
+
+    def _crash_loop(self, w, why):
+        # A task keeps dying: count it (persisted), checkpoint, reboot; the count decides
+        # whether the next boot is the safe configuration.
+        b = self.boot
+        b.loops += 1
+        b.total += 1
+        b.why = ("%s %s" % (w.name, why))[:80]
+        self._save_boot()
+        log("crash loop %d in task %s: rebooting" % (b.loops, w.name))
+        self.reboot("crash loop in %s" % w.name)
+
+    def _save_boot(self):
+        try:
+            self.boot.save()
+        except OSError as e:
+            log("crash-loop state not saved: %s" % e)
+
+    def save(self):
+        # What a planned reboot or a caught fatal error keeps: the registers (checkpoint, at
+        # once), the upload cursor, the record log.  Each step on its own: one failing does
+        # not stop the others.
+        ok = True
+        if self.checkpoint is not None:
+            ok = self._save_checkpoint(self.hal.clock.ticks_ms(), True)
+        u = self.uplink_service
+        if u is not None:
+            try:
+                u.cursor.flush()
+                u.log.close()
+            except Exception as e:
+                ok = False
+                log("record log not closed: %s" % e)
+        return ok
+
+    def reboot(self, why):
+        # A planned reboot: registers checkpointed first (see save()).
+        log("reboot: %s" % why)
+        self.save()
+        self._reset()
+
+    def fatal(self, e):
+        # An error nothing contained (a bug in the supervisor, MemoryError in the event loop):
+        # checkpoint, count it like a crash loop, reboot.
+        try:
+            log("fatal: %r" % (e,))
+        except MemoryError:
+            pass
+        self.boot.loops += 1
+        self.boot.total += 1
+        self.boot.why = "fatal"
+        self._save_boot()
+        self.reboot("fatal error")
+
+    def tasks(self):
+        # Creates the supervisor and registers the node's tasks (run() starts them).  The
+        # uplink service comes first: the record log takes the tasks' events from the start,
+        # and its modules load one by one while the heap is emptiest.
+        self.uplink()
+        sc = self.sup_config
+        sup = self.supervisor = Supervisor(
+            log,
+            watchdog.make_watchdog(self.board, self.config),
+            self._task_failed,
+            None if self.safe else self._crash_loop,
+            backoff_min_ms=sc.get("backoff_min_ms", 500),
+            backoff_max_ms=sc.get("backoff_max_ms", 60000),
+            loop_fails=sc.get("loop_fails", 5),
+            stable_ms=sc.get("task_stable_s", 600) * 1000,
+        )
+        sup.add("sampling", self.sampling, 10000)
+        sup.add("reporting", self.reporting, int(self.config.get("telemetry_s", 10.0) * 1000) + _STALL_MS)
         if self.pulses is not None:
-            tasks.append(asyncio.create_task(self.pulses.run()))
-        w = self._wifi()
-        if w is not None:
-            tasks.append(asyncio.create_task(w.run()))
-        if self.config.get("mqtt"):
-            tasks.append(asyncio.create_task(self.link()))
+            sup.add("pulses", self._pulses, 30000)
+        if self._wifi() is not None:
+            sup.add("wifi", self._wifi_task, 180000)
+        m = self.config.get("mqtt")
+        if m:
+            sup.add("link", self.link, m.get("backoff_max_ms", 30000) + 90000)
         if self.config.get("lora"):
-            u = self.uplink()
+            u = self.uplink_service
             if u is not None and u.lora is not None:
-                tasks.append(asyncio.create_task(u.run_lora()))
+                sup.add("lora", self._lora, 300000)
         if self.config.get("fleet") or self.config.get("policy"):
             try:  # only nodes with policies load the policy package; a bad one never stops metering
                 from meternode.policy.service import PolicyService
 
                 self.policy = PolicyService(self)
-                tasks.append(asyncio.create_task(self.policy.run()))
+                sup.add("policy", self._policy, 60000)
             except Exception as e:
                 log("policy service not started: %s" % e)
         if self.config.get("gateway"):
-            tasks.extend(self._gateway())
-        while True:
-            await asyncio.sleep_ms(1000)
-            for t in tasks:
-                if t.done():
-                    # A task ending is a bug; report it and stop so the watchdog/host restarts us.
-                    raise RuntimeError("node task ended unexpectedly")
+            self._gateway(sup)
+        sup.add("uptime", self._uptime, 30000)
+        return sup
+
+    async def run(self):
+        log("umeter node %s v%s on board %s" % (self.id, VERSION, self.board["name"]))
+        sup = self.tasks()
+        if self.safe:
+            from meternode.store import records
+
+            log("safe configuration: %d crash loops in a row (%s)" % (self.boot.loops, self.boot.why))
+            self.event(records.EV_SAFE_MODE, self.boot.loops, self.boot.why)
+        try:
+            await sup.run()
+        finally:
+            stop = getattr(sup.wdt, "stop", None)  # the sim stand-in stops; a real WDT cannot
+            if stop is not None:
+                stop()
 
 
-    def _gateway(self):
+    def _gateway(self, sup):
         # Downstream meter buses (gateway/, docs/gateway.md): loaded only when config has
         # "gateway" (RAM); a bad gateway configuration is logged and never stops metering.
         self.uplink()  # the record log first: readings are stored records
@@ -293,17 +497,17 @@ class Node:
         if free < need:
             # decided before any import: a failed one would leave its interned names behind
             log("gateway off: %d bytes free, it needs %d (raise the heap, or ship .mpy / frozen)" % (free, need))
-            return []
+            return
         try:
             from meternode.gateway.service import GatewayService
 
             self.gateway = GatewayService(self, log)
             gc.collect()
             log("gateway on: %d bytes free before, %d after" % (free, gc.mem_free()))
-            return [asyncio.create_task(t) for t in self.gateway.tasks()]
+            for name, start in self.gateway.starts():
+                sup.add(name, start, 3600000)
         except Exception as e:
             log("gateway not started: %r" % (e,))
-            return []
 
 
 def _timebase(meter, s):
@@ -393,3 +597,5 @@ def main(root="."):
                 log("registers not saved: %s" % e)
         log("stopped")
         sys.exit(0)
+    except Exception as e:  # SystemExit (a planned reset on the unix port) passes
+        node.fatal(e)

@@ -352,6 +352,9 @@ class VirtualBoard:
         if why in ("hard", "bootloader"):
             self.faults.log.append(why)
             self._spawn("hard", "friendly")
+        elif why == "watchdog":  # machine.WDT not fed in time: reset cause WDT_RESET
+            self.faults.log.append(why)
+            self._spawn("watchdog", "friendly")
         elif returncode == -signal.SIGINT:
             # A Ctrl-C raced the end of execution (the unix port's SIGINT is fatal at the
             # prompt). A board would just show the prompt again: restart quietly, same mode.

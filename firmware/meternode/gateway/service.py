@@ -115,6 +115,15 @@ class GatewayService:
             t.append(self.slave.run())
         return t
 
+    def starts(self):
+        # (name, start(watch) -> coroutine) for the node's supervisor (supervisor.py): the
+        # same tasks as tasks(), started again whenever one ends or fails.
+        out = [("bus%d" % k, _starter(p.run)) for k, p in enumerate(self.pollers) if p.meters]
+        out.append(("gateway", _starter(self.publisher)))
+        if self.slave is not None:
+            out.append(("bus slave", _starter(self.slave.run)))
+        return out
+
     # -- the sink the pollers call ---------------------------------------------------------------
     def _uplink(self):
         return self.node.uplink() if hasattr(self.node, "uplink") else None
@@ -317,3 +326,10 @@ class GatewayService:
 async def run(svc):
     # All of the gateway's tasks, for callers that want one coroutine.
     await asyncio.gather(*svc.tasks())
+
+
+def _starter(run):
+    def start(w):
+        return run()
+
+    return start

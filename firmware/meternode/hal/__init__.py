@@ -41,6 +41,8 @@
 #             relay.PinRelay.  Kept out of make(): every sim test compiles this module.
 # The node's functions never drive .relay directly: relay.relay_control() gives the one
 # RelayControl that arbitrates between the operator's commands and the policy engine.
+# Watchdog and resets (the supervisor's) are in watchdog.py: make_watchdog(board, config),
+# reset() (a planned reboot), reset_cause(mark).
 
 _BACKENDS = ("sim", "rp2", "esp32", "mcp3208")
 

@@ -37,7 +37,8 @@
 # converter down to that many effective bits.  `realtime` paces blocks to the wall clock
 # (a virtual node); without it blocks come as fast as they can be computed (tests), and
 # run(meter, s) / coast(meter, s) feed a meter directly: coast() fast-forwards a steady
-# scenario without making samples (days of simulated time in seconds, see Meter.coast).
+# scenario without making samples (days of simulated time in seconds, see Meter.coast);
+# `fast` also runs the node's periodic waits in simulated time (simfast.py).
 # The board's "relay" entry gives the sim HAL a relay (SimHal.set): open, the load currents
 # are zero.
 import array
@@ -363,7 +364,10 @@ def _at(ev):
 
 class SimHal:
     def __init__(self, board, scen):
-        self.clock = SimClock(scen.get("epoch"), scen.get("ticks_ms"), scen.get("ticks_us"))
+        clock = SimClock
+        if scen.get("fast"):
+            from meternode.hal.simfast import FastClock as clock
+        self.clock = clock(scen.get("epoch"), scen.get("ticks_ms"), scen.get("ticks_us"))
         # the link layer's wall ticks (meternode.ticks) start as close to a wrap
         ticks.rebase(self.clock.ms, self.clock.us)
         self.sampler = SimSampler(board, scen, self.clock)

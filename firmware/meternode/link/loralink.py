@@ -9,6 +9,10 @@ from meternode.link import loracodec
 from meternode.link.lorawan import ModemError
 
 
+def _nop():
+    pass
+
+
 class LoRaLink:
     def __init__(self, modem, log, cursor, governor, clock, port=2, confirmed=True, retry_ms=1000):
         self.modem = modem
@@ -31,6 +35,7 @@ class LoRaLink:
         self.unreadable = 0  # records that do not decode: skipped, each with an event
         self.event = None  # callable(code, arg, text): the uplink service's event()
         self.last_error = None
+        self.beat = _nop  # the supervisor's progress report (supervisor.py), once per loop
 
     def telemetry(self, frame):
         if self._telemetry is not None:
@@ -48,6 +53,7 @@ class LoRaLink:
 
     async def _airtime(self, n):
         while True:
+            self.beat()
             w = self.gov.wait_ms(n, _ticks(), self.clock.time())
             if w == 0:
                 return
@@ -56,6 +62,7 @@ class LoRaLink:
     async def run(self):
         r = self._reader
         while True:
+            self.beat()
             try:
                 if self.active is not None and not self.active():
                     await _sleep_ms(500)

@@ -28,6 +28,11 @@ from meternode.aio import ticks_ms as _now
 from meternode.aio import wait_for_ms as _wait_for_ms
 from meternode.store import records
 
+
+def _nop():
+    pass
+
+
 _PID_MAX = const(0x7FFF)  # outbox packet ids are 1..0x7FFF (the client uses the upper half)
 _IDLE_MS = const(200)
 
@@ -54,6 +59,7 @@ class Outbox:
         self._gap_end = 0
         self._pid = 0
         self._kick = asyncio.Event()
+        self.beat = _nop  # the supervisor's progress report (supervisor.py), once per loop
         self._tokens = float(window)
         self._t_tok = _now()  # ticks_ms of the last refill (fractional tokens carry over)
         self._topics = {}
@@ -196,6 +202,7 @@ class Outbox:
         r = self._reader
         p = self._pending
         while c.connected:
+            self.beat()
             # Cleared before the work, not before the wait: an ACK that lands while we
             # send must still wake the wait below (else it sleeps out its timeout).
             self._kick.clear()

@@ -15,6 +15,10 @@ from meternode.link.backoff import Backoff
 from meternode.link.mqtt import MQTTClient
 
 
+def _nop():
+    pass
+
+
 def check_mqtt(m, where="config.mqtt"):
     # Validates the uplink keys of config["mqtt"] (the basic ones are checked by config.py).
     need(m, "host", str, where)
@@ -54,6 +58,7 @@ class MqttLink:
         self.log = log or _log
         self.extra_topics = {}  # leaf -> callback(payload, retained), see above
         self.client = None
+        self.beat = _nop  # the supervisor's progress report (supervisor.py), once per loop
         self.up = False
         self.ups = 0
         self.downs = 0
@@ -123,12 +128,17 @@ class MqttLink:
                 await c.publish(t, p, qos=1, retain=True)
 
     async def run(self):
+        # Reconnects forever.  Whatever fails in one connection attempt (a refused connect, a
+        # timeout, a MemoryError making the client or its buffers) is logged and retried
+        # after the backoff: it never ends the link task.
         m = self.m
         where = "%s:%d" % (m["host"], m.get("port", 1883))
         while True:
-            c = self._client()
-            c.on_message = self._on_message
+            self.beat()
+            c = None
             try:
+                c = self._client()
+                c.on_message = self._on_message
                 await c.connect()
                 await self._announce(c)
                 self.client = c
@@ -139,18 +149,33 @@ class MqttLink:
                 if self.outbox is not None:
                     await self.outbox.run_connection(c)
                 while c.connected:
+                    self.beat()
                     await _sleep_ms(100)
                 self.last_error = c.error
                 self.log("link down: %s" % c.error)
             except Exception as e:
                 self.last_error = e
-                self.log("link error: %s" % e)
+                self._failed(e)
             if self.up:
                 self.downs += 1
             self.client = None
             self.up = False
-            await c.disconnect()
+            if c is not None:
+                try:
+                    await c.disconnect()
+                except Exception as e:
+                    self._failed(e)
             await _sleep_ms(self.backoff.next_ms())
+
+    def _failed(self, e):
+        if isinstance(e, MemoryError):
+            import gc
+
+            gc.collect()  # what the failed attempt held goes before the next one
+        try:
+            self.log("link error: %s" % (e,))
+        except MemoryError:
+            pass
 
     async def subscribe_extra(self, leaves=None):
         # Subscribes `leaves` (default: every extra topic) on the current connection; False

@@ -24,6 +24,10 @@ from meternode.hal.netstat import FINAL as _FINAL
 from meternode.link.backoff import Backoff
 
 
+def _nop():
+    pass
+
+
 class WifiSupervisor:
     def __init__(
         self,
@@ -65,6 +69,7 @@ class WifiSupervisor:
         self.resets = 0
         self.last_status = None  # the name of the last status() that ended an attempt
         self._own = False  # driver auto-reconnect turned off
+        self.beat = _nop  # the supervisor's progress report (supervisor.py), once per loop
 
     def _event(self, kind, detail=""):
         if self.on_event is not None:
@@ -118,6 +123,7 @@ class WifiSupervisor:
 
     async def run(self):
         while True:
+            self.beat()
             if self.wlan.isconnected():
                 if not self.up:
                     self.up = True

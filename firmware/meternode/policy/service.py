@@ -65,6 +65,10 @@ class _EngineRelay:
         self._ctl.engine(on, why)
 
 
+def _nop():
+    pass
+
+
 def _crc_seed(s):
     h = 5381
     for ch in s:
@@ -107,6 +111,7 @@ class PolicyService:
         self._registered = None  # the uplink service our topics and LoRa port are registered with
         self._need_sub = False
         self._handlers = [(leaf, self._handler(leaf)) for leaf in _LEAVES]
+        self.beat = _nop  # the supervisor's progress report (supervisor.py), once per loop
         root = cfg.get("policy_dir", ".")
         self._ckpt = root + "/policy.day.json"
         if cfg.get("fleet"):
@@ -305,6 +310,7 @@ class PolicyService:
                 _reset()
             await c.publish(pre + leaf, payload, qos=1)
             self._out.pop(0)
+            self.beat()
 
     # -- the loop ------------------------------------------------------------------------------
     def health(self):
@@ -384,7 +390,8 @@ class PolicyService:
         reported = False
         n = 0
         while True:
-            await asyncio.sleep_ms(1000)
+            self.beat()
+            await self.clock.sleep_ms(1000)  # the HAL's clock: simulated time in the sim's fast mode
             try:
                 self.tick()
             except Exception as ex:  # a policy must never stop the node

@@ -36,6 +36,8 @@ EV_SAMPLING_GAP = const(17)  # the sampler lost sets (arg: gaps since the last s
 EV_CMD_FAILED = const(18)
 EV_LOG_FULL = const(19)
 EV_VALVE = const(20)  # a meter's valve by command: opened (arg 0), closed (1), not confirmed (2)
+EV_TASK = const(21)  # a supervised task failed or stalled: arg = failures in a row, text = task and why
+EV_SAFE_MODE = const(22)  # booted into the safe configuration: arg = crash loops, text = the last
 
 EVENT_NAMES = {
     EV_POWER_DOWN: "power_down",
@@ -58,6 +60,8 @@ EVENT_NAMES = {
     EV_CMD_FAILED: "cmd_failed",
     EV_LOG_FULL: "log_full",
     EV_VALVE: "valve",
+    EV_TASK: "task",
+    EV_SAFE_MODE: "safe_mode",
 }
 
 # PROFILE: period s, import/export mWh (registers at the end of the interval),

@@ -23,7 +23,13 @@ HARD_RESET = 2
 WDT_RESET = 3
 DEEPSLEEP_RESET = 4
 SOFT_RESET = 5
-_CAUSE = {"power": PWRON_RESET, "hard": HARD_RESET, "soft": SOFT_RESET, "bootloader": HARD_RESET}
+_CAUSE = {
+    "power": PWRON_RESET,
+    "hard": HARD_RESET,
+    "soft": SOFT_RESET,
+    "bootloader": HARD_RESET,
+    "watchdog": WDT_RESET,
+}
 _NPINS = 64
 
 _out = vbstate.open_state("pins.out", "r+b", 0)
@@ -123,11 +129,23 @@ class RTC:
 
 
 class WDT:
+    # A watchdog that bites: a thread resets the board (reset cause WDT_RESET) when nobody
+    # fed it for `timeout` ms, whatever the main thread is doing.  Like a board's, it cannot
+    # be stopped once started.
     def __init__(self, id=0, timeout=5000):
+        import _thread
+
         self.timeout = timeout
+        self._fed = time.ticks_ms()
+        _thread.start_new_thread(self._watch, ())
 
     def feed(self):
-        pass
+        self._fed = time.ticks_ms()
+
+    def _watch(self):
+        while time.ticks_diff(time.ticks_ms(), self._fed) <= self.timeout:
+            time.sleep_ms(50)
+        vbstate.watchdog()
 
 
 class Pin:

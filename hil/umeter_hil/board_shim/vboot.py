@@ -8,7 +8,7 @@
 #   4. prints the end-of-boot marker the relay waits for (after boot.py, before main.py), and
 #      returns to the REPL (-i).
 # The relay passes everything in the environment: UMETER_VB_ROOT, UMETER_VB_STATE,
-# UMETER_VB_MODE (friendly|raw), UMETER_VB_RESET (power|hard|soft), UMETER_VB_UID (hex).
+# UMETER_VB_MODE (friendly|raw), UMETER_VB_RESET (power|hard|soft|watchdog), UMETER_VB_UID (hex).
 import os
 import sys
 

@@ -77,3 +77,7 @@ def soft_reset():
 
 def bootloader():
     _down("bootloader")
+
+
+def watchdog():
+    _down("watchdog")

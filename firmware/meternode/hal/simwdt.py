@@ -1,0 +1,51 @@
+# The sim board's stand-in for machine.WDT: a thread that resets the node when nobody fed it
+# for `timeout` ms of wall time, whatever the main thread is doing (spinning, blocked in a
+# call), as a hardware watchdog does.  "Reset" on the unix port: the mark file is written
+# (the next boot reads its reset cause from it: hal.reset_cause), a line is printed and the
+# process is killed at once (SIGKILL: no cleanup, like a real reset); whoever runs the node
+# starts it again.  Unlike a board's, this one can be stopped (tests, a node.run() that ends).
+import time
+
+_STEP_MS = 100
+
+
+class SimWatchdog:
+    def __init__(self, timeout, mark=None):
+        import _thread
+
+        self.timeout = timeout
+        self.mark = mark
+        self.fed = time.ticks_ms()
+        self.feeds = 0
+        self.on = True
+        self.fired = False
+        self.kill = True  # tests set False: only `fired` and the mark, no reset
+        _thread.start_new_thread(self._watch, ())
+
+    def feed(self):
+        self.fed = time.ticks_ms()
+        self.feeds += 1
+
+    def stop(self):
+        self.on = False
+
+    def _watch(self):
+        while self.on:
+            time.sleep_ms(_STEP_MS)
+            if self.on and time.ticks_diff(time.ticks_ms(), self.fed) > self.timeout:
+                self._reset()
+                return
+
+    def _reset(self):
+        self.fired = True
+        if self.mark:
+            try:
+                with open(self.mark, "w") as f:
+                    f.write("watchdog")
+            except OSError:
+                pass
+        print("[%d] watchdog: not fed for %d ms, resetting" % (time.ticks_ms(), self.timeout))
+        if self.kill:
+            import os
+
+            os.system("kill -KILL $PPID")  # the shell's parent is this process

@@ -1,0 +1,277 @@
+# The supervisor: owns every long-running task of the node, like a device nobody visits.
+#
+#   sup = Supervisor(log, wdt=hal.make_watchdog(board, config))
+#   w = sup.add("sampling", start, stall_ms=5000)   # start(watch) -> a fresh coroutine
+#   await sup.run()                                  # never returns
+#
+# - A task that ends or raises (MemoryError included) is contained: it is logged, passed to
+#   `on_fail(watch, why)` (the node records it as a TASK event in the record log) and started
+#   again by calling start(watch) after a bounded backoff (backoff_min_ms doubling up to
+#   backoff_max_ms).  Only that task is touched; the others go on.
+# - Progress: a task calls `watch.beat()` at least once every `stall_ms` (wall time; its
+#   start counts as one).  beat() stores a small int and allocates nothing, so a sampling
+#   loop may call it per block.  A long wait is split or the stall limit covers it; a task
+#   may change its own `watch.stall_ms` (e.g. when its period is reconfigured).  A task that
+#   made no progress for stall_ms is "stalled": it is cancelled and restarted like a failed
+#   one (CancelledError is a BaseException: `except Exception` in the task does not stop it).
+# - The watchdog (hal.make_watchdog: machine.WDT on boards, a stand-in on the sim board) is
+#   fed every check_ms only while every task is running and made progress within its
+#   stall_ms, or is waiting out its restart backoff (the supervisor holds it).  If the
+#   event loop itself is stuck (a task spinning without awaiting, a call blocked in C),
+#   nothing feeds the watchdog and the board resets.
+# - Crash loop: a task that fails `loop_fails` times in a row, each run shorter than
+#   stable_ms, keeps dying; on_loop(watch, why) is called (the node counts it in the
+#   persisted crash-loop state, checkpoints its registers and reboots; after `safe_after`
+#   such reboots in a row it boots into the safe configuration, see node.py).  With no
+#   on_loop (or in safe mode, where on_loop is None), the task keeps being restarted at
+#   the longest backoff.  A run of stable_ms clears a task's failure count.
+#
+# Modules whose loops run inside a task (MqttLink, Outbox, LoRaLink, WifiSupervisor,
+# PolicyService) have a `beat` attribute, a no-op by default, that the node points at the
+# task's watch.beat.
+import asyncio
+import json
+import os
+
+from meternode.aio import sleep_ms as _sleep_ms
+from meternode.aio import ticks_add as _add
+from meternode.aio import ticks_diff as _diff
+from meternode.aio import ticks_ms as _now
+from meternode.config import ConfigError, need
+
+
+def check_supervisor(c):
+    # config "supervisor" (all optional):
+    #   watchdog_ms     hardware watchdog timeout; 0 = none (default 8000; 30000 on the sim board)
+    #   state           crash-loop state file (default "supervisor.json")
+    #   loop_fails      failures in a row that make a crash loop (5), each run shorter than
+    #   task_stable_s   (600); a longer run clears a task's count
+    #   safe_after      crash loops in a row before the safe configuration (3)
+    #   stable_s        running this long clears the crash-loop count (3600)
+    #   safe_hold_s     safe configuration for this long, then back to the full one (86400;
+    #                   0 = until the state file is removed)
+    #   backoff_min_ms, backoff_max_ms   restart backoff (500, 60000)
+    s = need(c, "supervisor", dict, "config", default={})
+    w = "config.supervisor"
+    ms = need(s, "watchdog_ms", int, w, default=8000, lo=0, hi=3600000)
+    if 0 < ms < 1000:
+        raise ConfigError("config.supervisor.watchdog_ms = %d: 0 (none) or at least 1000" % ms)
+    need(s, "state", str, w, default="supervisor.json")
+    need(s, "loop_fails", int, w, default=5, lo=2, hi=1000)
+    need(s, "task_stable_s", int, w, default=600, lo=1, hi=86400)
+    need(s, "safe_after", int, w, default=3, lo=1, hi=1000)
+    need(s, "stable_s", int, w, default=3600, lo=1, hi=30 * 86400)
+    need(s, "safe_hold_s", int, w, default=86400, lo=0, hi=365 * 86400)
+    lo = need(s, "backoff_min_ms", int, w, default=500, lo=1, hi=3600000)
+    if need(s, "backoff_max_ms", int, w, default=60000, lo=1, hi=3600000) < lo:
+        raise ConfigError("config.supervisor.backoff_max_ms is below backoff_min_ms")
+    return s
+
+
+class BootState:
+    # The crash-loop state, persisted (a small JSON file, written only when it changes):
+    # loops = crash loops in a row (a task that kept dying, a caught fatal error, a watchdog
+    # reset), cleared after a stable run; total = ever; why = the last one.  A missing or
+    # unreadable file is a clean state.
+    def __init__(self, path):
+        self.path = path
+        self.loops = 0
+        self.total = 0
+        self.why = ""
+        try:
+            with open(path) as f:
+                d = json.load(f)
+            self.loops = int(d.get("loops", 0))
+            self.total = int(d.get("total", 0))
+            self.why = str(d.get("why", ""))
+        except (OSError, ValueError, TypeError, AttributeError):
+            pass
+
+    def save(self):
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(json.dumps({"loops": self.loops, "total": self.total, "why": self.why}))
+        os.rename(tmp, self.path)
+
+
+def nop():
+    # The default `beat` of a module that can run supervised or not.
+    pass
+
+
+class Watch:
+    # One supervised task: how to start it, its progress and its failures.
+    def __init__(self, name, start, stall_ms):
+        self.name = name
+        self.start = start  # start(watch) -> coroutine, called for every (re)start
+        self.stall_ms = stall_ms
+        self.t = _now()  # last progress (ticks_ms)
+        self.started = self.t
+        self.task = None  # the asyncio task that runs it, and again after each failure
+        self.waiting = False  # waiting out the backoff before a restart
+        self.due = 0  # ticks_ms of that restart
+        self.fails = 0  # failures in a row, each run shorter than stable_ms
+        self.restarts = 0  # restarts since boot
+        self.stalls = 0  # of which for lack of progress
+        self.error = ""  # why it failed last
+        self._stalled = False
+
+    def beat(self):
+        self.t = _now()
+
+    def state(self):
+        return {"restarts": self.restarts, "stalls": self.stalls, "fails": self.fails, "error": self.error}
+
+
+class Supervisor:
+    def __init__(
+        self,
+        log=print,
+        wdt=None,
+        on_fail=None,
+        on_loop=None,
+        check_ms=1000,
+        backoff_min_ms=500,
+        backoff_max_ms=60000,
+        loop_fails=5,
+        stable_ms=600000,
+    ):
+        self.log = log
+        self.wdt = wdt  # feed(); None: no watchdog
+        self.on_fail = on_fail  # on_fail(watch, why): every failure (the node records an event)
+        self.on_loop = on_loop  # on_loop(watch, why): a task keeps dying
+        self.check_ms = check_ms
+        self.backoff_min_ms = backoff_min_ms
+        self.backoff_max_ms = backoff_max_ms
+        self.loop_fails = loop_fails
+        self.stable_ms = stable_ms
+        self.watches = []
+        self.restarts = 0  # all tasks, since boot
+        self.feeds = 0
+        self.starved = 0  # checks that did not feed the watchdog
+        self.running = False
+
+    def add(self, name, start, stall_ms=60000):
+        # Registers a task; started by run() (or at once when run() is already running).
+        for w in self.watches:
+            if w.name == name:
+                raise ValueError("task %s is supervised already" % name)
+        w = Watch(name, start, stall_ms)
+        self.watches.append(w)
+        if self.running:
+            self._start(w)
+        return w
+
+    def watch(self, name):
+        for w in self.watches:
+            if w.name == name:
+                return w
+        return None
+
+    def _start(self, w):
+        w.task = asyncio.create_task(self._guard(w))
+
+    async def _guard(self, w):
+        # Runs the task, and again after each failure and its backoff, for ever; whatever
+        # ends one run is the supervisor's business.
+        while True:
+            w.t = w.started = _now()
+            w._stalled = False
+            w.waiting = False
+            try:
+                await w.start(w)
+                why = "ended"
+            except asyncio.CancelledError:
+                if not w._stalled:
+                    raise  # the supervisor itself is being stopped
+                why = "stalled: no progress in %d ms" % w.stall_ms
+            except Exception as e:  # MemoryError included: contained to this task
+                try:
+                    why = "%s: %s" % (type(e).__name__, e)
+                except MemoryError:
+                    why = "MemoryError"
+            w.waiting = True
+            await _sleep_ms(self._failed(w, why))
+
+    def _failed(self, w, why):
+        # Counts and reports one failure; returns the backoff before the restart (ms).
+        now = _now()
+        if _diff(now, w.started) >= self.stable_ms:
+            w.fails = 0  # it ran long enough: this is a new failure, not a loop
+        w.fails += 1
+        w.restarts += 1
+        self.restarts += 1
+        w.error = why
+        k = w.fails - 1 if w.fails < 16 else 15
+        wait = self.backoff_min_ms << k
+        if wait > self.backoff_max_ms:
+            wait = self.backoff_max_ms
+        w.due = _add(now, wait)
+        try:
+            self.log("task %s failed (%d in a row): %s; restart in %d ms" % (w.name, w.fails, why, wait))
+        except MemoryError:
+            pass
+        for cb in (self.on_fail, self.on_loop if w.fails >= self.loop_fails else None):
+            if cb is not None:
+                try:
+                    cb(w, why)
+                except Exception as e:  # a full flash must not stop the supervision
+                    try:
+                        self.log("task %s: failure not recorded: %r" % (w.name, e))
+                    except MemoryError:
+                        pass
+        return wait
+
+    def check(self):
+        # One supervision pass: cancel what stalled (it restarts after its backoff), clear
+        # the failure counts of tasks that ran stable_ms, feed the watchdog when every task
+        # is healthy (progressing, or waiting out its backoff).  Returns True when it fed.
+        now = _now()
+        healthy = True
+        for w in self.watches:
+            if w.task is None or w.waiting:
+                continue
+            if w._stalled:
+                healthy = False  # cancelled, not yet unwound
+                continue
+            if _diff(now, w.t) > w.stall_ms:
+                healthy = False
+                w._stalled = True
+                w.stalls += 1
+                w.task.cancel()
+                continue
+            if w.fails and _diff(now, w.started) >= self.stable_ms:
+                w.fails = 0
+        if healthy:
+            self.feeds += 1
+            if self.wdt is not None:
+                self.wdt.feed()
+        else:
+            self.starved += 1
+        return healthy
+
+    async def run(self):
+        self.running = True
+        for w in self.watches:
+            if w.task is None:
+                self._start(w)
+        if self.wdt is not None:
+            self.wdt.feed()
+        try:
+            while True:
+                await _sleep_ms(self.check_ms)
+                self.check()
+        finally:
+            self.running = False
+            for w in self.watches:
+                if w.task is not None:
+                    w.task.cancel()
+                    w.task = None
+
+    def stats(self):
+        return {
+            "restarts": self.restarts,
+            "feeds": self.feeds,
+            "starved": self.starved,
+            "tasks": {w.name: w.state() for w in self.watches},
+        }

@@ -1,0 +1,238 @@
+# The node under its supervisor, on MicroPython with the real Node (sim board): a task that
+# dies is recorded in the record log and restarted while metering goes on; a task that keeps
+# dying checkpoints the registers and reboots, and after supervisor.safe_after such reboots
+# the node boots into the safe configuration; a planned reboot and a caught fatal error
+# checkpoint the registers; a MemoryError making the MQTT client does not end the link.
+import asyncio
+import json
+
+from meternode.metrology.meter import Meter
+from meternode.node import Node
+from meternode.store import records
+from meternode.store.checkpoint import CheckpointStore
+from meternode.supervisor import BootState
+from mptest import eq, heap, scratch_dir, timeout
+
+KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+
+class _Reset(BaseException):
+    # What hal.reset() does on a board (never returns): here it unwinds to the test.
+    pass
+
+
+def _board():
+    with open(__file__.rsplit("/", 3)[0] + "/boards/sim.json") as f:
+        return json.load(f)
+
+
+def _config(d, **extra):
+    c = {
+        "node_id": "s1",
+        "telemetry_s": 0.1,
+        "store": {"path": d + "/st"},
+        "checkpoint": {"dir": d + "/ck", "min_interval_s": 0},
+        "sim": {"currents": [{"rms": 10.0}], "epoch": 1800000000},
+        "supervisor": {
+            "state": d + "/sup.json",
+            "watchdog_ms": 0,
+            "backoff_min_ms": 5,
+            "backoff_max_ms": 20,
+            "loop_fails": 3,
+            "safe_after": 2,
+        },
+    }
+    c.update(extra)
+    return c
+
+
+def _events(node):
+    u = node.uplink_service
+    r = u.log.reader()
+    r.seek(1)
+    out = []
+    while r.next():
+        if r.kind == records.EVENT:
+            d = r.record()
+            out.append((d["event"], d["text"]))
+    return out
+
+
+def _policy():
+    # compile_policy({"name": "flat", "tariffs": ["flat"], "seasons": [{"start": "01-01",
+    # "weekday": [["00:00", "flat"]]}]}), compiled on the host: the node gets it compiled
+    return {
+        "s": [[101, [0, 0], [0, 0], [0, 0]]],
+        "f": 1,
+        "h": [],
+        "p": [-1.0],
+        "d": [],
+        "tz": 0,
+        "t": ["flat"],
+        "rt": 3600,
+        "l": [],
+        "n": "flat",
+    }
+
+
+def _raise_reset():
+    raise _Reset()
+
+
+async def _until(cond, ms=5000):
+    for _ in range(ms // 5):
+        if cond():
+            return True
+        await asyncio.sleep_ms(5)
+    return False
+
+
+@heap("256k")
+@timeout(60)
+async def test_a_dead_sampling_task_is_recorded_and_restarted_and_metering_goes_on():
+    n = Node(_board(), _config(scratch_dir()))
+    s = n.hal.sampler
+    real = s.next_block
+    calls = [0]
+
+    async def flaky():
+        calls[0] += 1
+        if calls[0] == 40:
+            raise OSError("DMA stalled")  # a sampler error in the middle of a run
+        return await real()
+
+    s.next_block = flaky
+    t = asyncio.create_task(n.run())
+    ok = await _until(lambda: n.supervisor is not None and n.supervisor.restarts >= 1)
+    eq(ok, True, "the failure was seen")
+    e0 = n.meter.registers.energy_j(0, 0)
+    ok = await _until(lambda: n.meter.registers.energy_j(0, 0) > e0 + 100)
+    t.cancel()
+    await asyncio.sleep_ms(5)
+    eq(ok, True, "energy registered after the restart")
+    w = n.supervisor.watch("sampling")
+    eq((w.restarts, w.error), (1, "OSError: DMA stalled"), "the sampling task, once")
+    ev = [e for e in _events(n) if e[0] == "task"]
+    eq(ev, [("task", "sampling OSError: DMA stalled")], "recorded in the record log")
+    eq(n.supervisor.watch("reporting").restarts, 0, "the others untouched")
+    n.uplink_service.log.close()
+
+
+async def _dies(w):
+    w.beat()
+    await asyncio.sleep_ms(20)
+    raise ValueError("poison record")
+
+
+@heap("256k")
+@timeout(60)
+def test_a_crash_loop_is_counted_on_flash_and_reboots_with_the_registers_checkpointed():
+    d = scratch_dir()
+    b = BootState(d + "/sup.json")
+    b.loops = 1  # the previous boot ended in a crash loop too
+    b.save()
+    n = Node(_board(), _config(d, cmd_key=KEY, policy=_policy(), policy_dir=d))
+    eq(n.safe, False, "one crash loop: still the full configuration (safe_after 2)")
+    n._reset = _raise_reset
+    n.reporting = _dies  # a task that keeps dying
+    e = None
+    try:
+        asyncio.run(n.run())
+    except _Reset as x:
+        e = x
+    eq(e is not None, True, "the node rebooted")
+    b = BootState(d + "/sup.json")
+    eq((b.loops, b.total, b.why), (2, 1, "reporting ValueError: poison record"), "the crash loop persisted")
+    # the registers went to the checkpoint before the reboot, exactly
+    m = Meter(_board())
+    m.registers.restore(CheckpointStore(d + "/ck").restore()["registers"])
+    eq(m.registers.energy_j(0, 0), n.meter.registers.energy_j(0, 0), "registers checkpointed at the reboot")
+    eq(n.meter.registers.energy_j(0, 0) > 0, True, "energy was measured")
+    ev = [x[1] for x in _events(n) if x[0] == "task"]
+    eq(ev, ["reporting ValueError: poison record"] * 3, "each failure recorded")
+    eq(n.supervisor.watch("sampling").restarts, 0, "metering was not touched")
+
+
+@heap("256k")
+@timeout(60)
+async def test_after_safe_after_crash_loops_the_node_boots_safe_and_only_restarts_a_dying_task():
+    d = scratch_dir()
+    b = BootState(d + "/sup.json")
+    b.loops = 2  # what two crash loops in a row leave
+    b.why = "reporting ValueError: poison record"
+    b.save()
+    n = Node(_board(), _config(d, cmd_key=KEY, policy=_policy(), policy_dir=d))
+    eq(n.safe, True, "safe configuration")
+    for k in ("cmd_key", "policy"):
+        eq(k in n.config, False, "safe configuration without %s" % k)
+    n.reporting = _dies
+    n._reset = _raise_reset
+    t = asyncio.create_task(n.run())
+    await asyncio.sleep_ms(400)
+    t.cancel()
+    await asyncio.sleep_ms(5)
+    eq(n.supervisor.watch("reporting").restarts >= 4, True, "restarted, no crash-loop reboot")
+    eq(n.supervisor.watch("policy"), None, "no policy task")
+    eq(n.uplink_service.commands, None, "no authenticated commands")
+    eq(n.supervisor.watch("sampling").restarts, 0, "metering runs")
+    eq(n.meter.cycles > 10, True, "and measures")
+    ev = [x for x in _events(n) if x[0] == "safe_mode"]
+    eq(ev, [("safe_mode", "reporting ValueError: poison record")], "the safe boot is an event with the cause")
+    n.uplink_service.log.close()
+
+
+@heap("256k")
+def test_planned_reboot_and_fatal_error_checkpoint_the_registers():
+    d = scratch_dir()
+    n = Node(_board(), _config(d))
+    n._reset = lambda: None
+    st = n.checkpoint.store
+    n.hal.sampler.run(n.meter, 3.0)
+    seq = st.seq
+    n.reboot("test")
+    eq(st.seq, seq + 1, "a checkpoint at the planned reboot")
+    m = Meter(_board())
+    m.registers.restore(st.restore()["registers"])
+    eq(m.registers.energy_j(0, 0), n.meter.registers.energy_j(0, 0), "with the registers as they were")
+    n.hal.sampler.run(n.meter, 2.0)
+    n.fatal(MemoryError())
+    eq(st.seq, seq + 2, "and one on a caught fatal error")
+    m.registers.restore(st.restore()["registers"])
+    eq(m.registers.energy_j(0, 0), n.meter.registers.energy_j(0, 0), "the newest registers")
+    eq(BootState(d + "/sup.json").loops, 1, "a fatal error counts as a crash loop")
+
+
+@heap("256k")
+@timeout(30)
+async def test_a_memory_error_making_the_mqtt_client_does_not_end_the_link():
+    from meternode.link.uplink import MqttLink
+
+    logged = []
+    m = {"host": "127.0.0.1", "port": 9, "backoff_min_ms": 10, "backoff_max_ms": 20}
+    link = MqttLink("m1", m, log=logged.append)
+    real = link._client
+    made = [0]
+
+    def client():
+        made[0] += 1
+        if made[0] <= 2:
+            raise MemoryError("memory allocation failed, allocating 1024 bytes")
+        return real()  # port 9: refused, an ordinary link error
+
+    link._client = client
+    beats = [0]
+
+    def beat():
+        beats[0] += 1
+
+    link.beat = beat
+    t = asyncio.create_task(link.run())
+    ok = await _until(lambda: made[0] >= 4, 3000)
+    done = t.done()
+    t.cancel()
+    await asyncio.sleep_ms(5)
+    eq(done, False, "the link task is still running")
+    eq(ok, True, "it retried after the MemoryErrors (%d attempts)" % made[0])
+    eq(sum(1 for m in logged if "memory allocation failed" in m), 2, "each logged: %r" % logged)
+    eq(isinstance(link.last_error, OSError), True, "then the ordinary error: %r" % (link.last_error,))
+    eq(beats[0] >= 4, True, "progress reported once per attempt")

@@ -1,0 +1,186 @@
+# The supervisor (supervisor.py) on MicroPython: a task that raises, ends or stops making
+# progress is contained, recorded and restarted with bounded backoff while the others go on;
+# the watchdog is fed only while every task progresses; a task that keeps dying is a crash
+# loop; the sim board's watchdog stand-in resets whatever the event loop is doing.
+import asyncio
+import time
+
+from meternode.hal.simwdt import SimWatchdog
+from meternode.hal.watchdog import reset_cause
+from meternode.supervisor import BootState, Supervisor
+from mptest import eq, heap, scratch_dir, timeout
+
+
+class _Wdt:
+    def __init__(self):
+        self.feeds = 0
+
+    def feed(self):
+        self.feeds += 1
+
+
+def _quiet(msg):
+    pass
+
+
+async def _healthy(w):
+    while True:
+        w.beat()
+        w.n = getattr(w, "n", 0) + 1
+        await asyncio.sleep_ms(5)
+
+
+async def _raises(w):
+    await asyncio.sleep_ms(2)
+    raise ValueError("bad reading")
+
+
+async def test_a_task_that_raises_is_restarted_with_bounded_backoff_and_the_others_go_on():
+    fails = []
+    loops = []
+    s = Supervisor(
+        _quiet,
+        on_fail=lambda w, why: fails.append((w.name, w.fails, why)),
+        on_loop=lambda w, why: loops.append(w.fails),
+        check_ms=5,
+        backoff_min_ms=10,
+        backoff_max_ms=40,
+        loop_fails=4,
+    )
+    good = s.add("good", _healthy, 1000)
+    bad = s.add("bad", _raises, 1000)
+    waits = []
+    n_first = None
+    t = asyncio.create_task(s.run())
+    seen = 0
+    t0 = time.ticks_ms()
+    while len(fails) < 6 and time.ticks_diff(time.ticks_ms(), t0) < 3000:
+        await asyncio.sleep_ms(1)
+        if len(fails) > seen:
+            seen = len(fails)
+            waits.append(time.ticks_diff(bad.due, time.ticks_ms()))
+            if n_first is None:
+                n_first = good.n
+    t.cancel()
+    await asyncio.sleep_ms(5)
+    eq(len(fails) >= 6, True, "six failures seen: %r" % fails)
+    eq(fails[0], ("bad", 1, "ValueError: bad reading"), "the failure and why")
+    eq([f[1] for f in fails[:6]], [1, 2, 3, 4, 5, 6], "failures in a row counted")
+    # 10, 20, 40, 40, ... ms: doubling, bounded by backoff_max_ms
+    for k, base in enumerate((10, 20, 40, 40, 40)):
+        eq(base - 5 <= waits[k] <= base, True, "restart %d waits %d ms (backoff %d)" % (k, waits[k], base))
+    eq(loops[:2], [4, 5], "a crash loop from the 4th failure in a row on")
+    eq(good.restarts, 0, "the healthy task was not touched")
+    eq(good.n > n_first, True, "and kept running through the other's failures (%d -> %d)" % (n_first, good.n))
+    eq(s.restarts, bad.restarts, "restarts counted")
+
+
+@heap("96k")
+async def test_memory_error_in_one_task_is_contained_to_it():
+    fails = []
+    s = Supervisor(_quiet, on_fail=lambda w, why: fails.append(why), check_ms=5, backoff_min_ms=5, backoff_max_ms=5)
+
+    async def greedy(w):
+        w.beat()
+        await asyncio.sleep_ms(1)
+        big = bytearray(200 * 1024)  # more than the heap: MemoryError
+        return big
+
+    good = s.add("good", _healthy, 1000)
+    s.add("greedy", greedy, 1000)
+    t = asyncio.create_task(s.run())
+    await asyncio.sleep_ms(150)
+    t.cancel()
+    await asyncio.sleep_ms(5)
+    eq(len(fails) >= 3, True, "failed and restarted: %r" % fails)
+    eq(fails[0].startswith("MemoryError"), True, fails[0])
+    eq(good.restarts, 0, "the other task untouched")
+    eq(good.n > 10, True, "and running")
+
+
+async def test_a_task_that_ends_is_restarted():
+    runs = []
+
+    async def once(w):
+        runs.append(1)
+
+    s = Supervisor(_quiet, check_ms=5, backoff_min_ms=5, backoff_max_ms=5, loop_fails=1000)
+    w = s.add("once", once, 1000)
+    t = asyncio.create_task(s.run())
+    await asyncio.sleep_ms(100)
+    t.cancel()
+    await asyncio.sleep_ms(5)
+    eq(len(runs) >= 4, True, "started again after ending (%d runs)" % len(runs))
+    eq(w.error, "ended", "why")
+
+
+async def test_watchdog_is_fed_only_while_every_task_progresses_and_a_stalled_task_is_restarted():
+    wdt = _Wdt()
+    s = Supervisor(_quiet, wdt, check_ms=10, backoff_min_ms=30, backoff_max_ms=30)
+    hang = asyncio.Event()  # never set
+
+    async def stuck(w):
+        w.beat()
+        if w.restarts == 0:
+            await hang.wait()  # a wait with no timeout: no progress from here on
+        while True:
+            w.beat()
+            await asyncio.sleep_ms(5)
+
+    s.add("good", _healthy, 1000)
+    w = s.add("stuck", stuck, 50)
+    eq(s.check(), True, "healthy at start")
+    fed = wdt.feeds
+    # the stuck task: fed while it is within its 50 ms, then not
+    t = asyncio.create_task(s.run())
+    await asyncio.sleep_ms(30)
+    eq(wdt.feeds > fed, True, "fed while every task is within its stall limit")
+    t0 = time.ticks_ms()
+    while w.stalls == 0 and time.ticks_diff(time.ticks_ms(), t0) < 1000:
+        await asyncio.sleep_ms(2)
+    eq(w.stalls, 1, "stall detected")
+    eq(s.starved >= 1, True, "a check without feeding")
+    await asyncio.sleep_ms(5)
+    eq(w.error, "stalled: no progress in 50 ms", "cancelled and recorded")
+    await asyncio.sleep_ms(80)
+    eq(w.restarts, 1, "restarted after its backoff")
+    fed = wdt.feeds
+    await asyncio.sleep_ms(60)
+    t.cancel()
+    await asyncio.sleep_ms(5)
+    eq(wdt.feeds > fed, True, "fed again once the restarted task progresses")
+
+
+def test_boot_state_persists_and_survives_a_corrupt_file():
+    d = scratch_dir()
+    b = BootState(d + "/sup.json")
+    eq((b.loops, b.total, b.why), (0, 0, ""), "missing file: clean")
+    b.loops = 2
+    b.total = 5
+    b.why = "link MemoryError"
+    b.save()
+    c = BootState(d + "/sup.json")
+    eq((c.loops, c.total, c.why), (2, 5, "link MemoryError"), "read back")
+    with open(d + "/sup.json", "w") as f:
+        f.write('{"loops": 2, "tot')  # torn write
+    eq(BootState(d + "/sup.json").loops, 0, "torn: clean state, no exception")
+
+
+@timeout(20)
+async def test_sim_watchdog_resets_when_the_event_loop_is_stuck():
+    d = scratch_dir()
+    mark = d + "/sup.json.wdt"
+    wdt = SimWatchdog(300, mark)
+    wdt.kill = False  # record the reset instead of killing the test process
+    s = Supervisor(_quiet, wdt, check_ms=20)
+    s.add("good", _healthy, 1000)
+    t = asyncio.create_task(s.run())
+    await asyncio.sleep_ms(500)
+    eq(wdt.fired, False, "fed by a healthy supervisor")
+    eq(wdt.feeds > 10, True, "feeds %d" % wdt.feeds)
+    time.sleep_ms(700)  # the whole event loop blocked: nothing can feed
+    eq(wdt.fired, True, "the stand-in's own thread reset the node")
+    t.cancel()
+    wdt.stop()
+    eq(reset_cause(mark), "watchdog", "the next boot knows why")
+    eq(reset_cause(mark), "start", "once")
