@@ -447,3 +447,23 @@ def test_machine_reset_and_sys_exit_from_main_py_restart_the_board_as_on_esp32(v
     assert "MPY: soft reboot" in vb.console()  # sys.exit() in main.py soft-resets, then main.py runs again
     assert "main done True" in vb.console()
     assert mp(vb, "resume", "exec", "print(1)").strip() == "1"
+
+
+def test_a_machine_wdt_nobody_feeds_resets_the_board_with_the_watchdog_cause(vb):
+    # The stand-in bites whatever the board is doing: here main.py spins without yielding.
+    (vb.flash / "main.py").write_text(
+        "import machine, os\n"
+        "if 'w.txt' not in os.listdir('/'):\n"
+        "    open('/w.txt', 'w').write('x')\n"
+        "    w = machine.WDT(timeout=500)\n"
+        "    w.feed()\n"
+        "    while True:\n"
+        "        pass\n"
+        "print('after reset, cause WDT_RESET:', machine.reset_cause() == machine.WDT_RESET)\n"
+    )
+    vb.power_cut()
+    vb.power_on()
+    wait_for(lambda: "after reset" in vb.console(), 15)
+    assert "watchdog" in vb.faults.log
+    assert "after reset, cause WDT_RESET: True" in vb.console()
+    assert mp(vb, "resume", "exec", "print(1)").strip() == "1"

@@ -78,6 +78,10 @@ class Actions:
         self.s.clock.set_time(epoch)
 
     def reboot(self):
+        r = getattr(self.node, "reboot", None)
+        if r is not None:  # the node's planned reboot: registers checkpointed first
+            r("command")
+            return
         self.s.cursor.flush()
         self.s.log.close()
         try:

@@ -118,7 +118,7 @@ class PolicyService:
             from meternode.policy.agent import Agent
 
             part = getattr(node.hal, "partition", None)  # esp32.Partition on OTA layouts
-            self.agent = Agent(node.id, cfg["fleet"], root, self.clock, self._event, self.load, _reset, None, part)
+            self.agent = Agent(node.id, cfg["fleet"], root, self.clock, self._event, self.load, self._reboot, None, part)
             o = cfg.get("ota", {})
             self.agent.slots.max_tries = o.get("max_tries", 1)
             from meternode.config import need
@@ -210,6 +210,13 @@ class PolicyService:
                 if held < 0:
                     return
             u.event(records.EV_POLICY, held, "%s %s" % (kind, text))  # records.event cuts it
+
+    def _reboot(self, why="policy"):
+        # A planned reboot through the node (registers checkpointed first) when it has one.
+        r = getattr(self.node, "reboot", None)
+        if r is not None:
+            r(why)
+        _reset()
 
     # -- link ----------------------------------------------------------------------------------
     def _handler(self, leaf):
@@ -307,7 +314,7 @@ class PolicyService:
             if leaf == "reboot":
                 self.log("rebooting into the staged firmware")
                 await asyncio.sleep_ms(200)
-                _reset()
+                self._reboot("staged firmware")
             await c.publish(pre + leaf, payload, qos=1)
             self._out.pop(0)
             self.beat()
@@ -406,7 +413,7 @@ class PolicyService:
                     confirmed = True
                 elif (slots.trial or (image and image.trial)) and ticks_diff(ticks_ms(), started) > deadline:
                     self.log("health check failed (%s): resetting to roll back" % why)
-                    _reset()
+                    self._reboot("health check failed")
             self._register()
             c = self._client()
             if c is not None and self._need_sub:
