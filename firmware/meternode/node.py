@@ -19,11 +19,10 @@ from meternode.config import check_board, check_config, load_json
 from meternode.hal import watchdog
 from meternode.link import telemetry
 from meternode.metrology.meter import Meter
-from meternode.supervisor import BootState, Supervisor, check_supervisor, nop
 
 _BACKOFF_MIN_MS = 500
 _BACKOFF_MAX_MS = 30000
-_STALL_MS = 60000  # what a task may take beyond its own period before it counts as stalled
+_STALL_MS = 60000  # what a task may take beyond its own period before it counts as stalled (tasks.py)
 _UPLINK_MIN_FREE = 64 * 1024  # free heap the uplink service needs, loaded from source (measured)
 _COMMANDS_FREE = 24 * 1024  # and this much more with authenticated commands (cmd_key)
 # Free heap the gateway needs at its gate (the record log is up by then), measured by
@@ -55,22 +54,24 @@ _MQTT_MODULES = (  # only with config.mqtt: ~16 KB a metering-only or LoRa-only 
     "meternode.link.outbox",
 )
 _SAFE_DROP = ("policy", "fleet", "ota", "cmd_key", "lora")  # not in the safe configuration
-_nop = nop
+
+
+def _nop():
+    pass
 
 
 class Node:
     def __init__(self, board, config):
         self.board = check_board(board)
         check_config(config)
-        sc = self.sup_config = check_supervisor(config)
-        # crash-loop state (persisted) and why we booted: a watchdog reset counts as a loop
-        self.boot = BootState(sc.get("state", "supervisor.json"))
-        self.reset_cause = watchdog.reset_cause(self.boot.path + ".wdt")
+        sc = _check_supervisor(config)
+        # crash-loop state (persisted, tasks.py) and why we booted: a watchdog reset is a loop
+        self.state_path = sc.get("state", "supervisor.json")
+        self.boot = read_state(self.state_path)
+        self.reset_cause = watchdog.reset_cause(self.state_path + ".wdt")
         if self.reset_cause == "watchdog":
-            self.boot.loops += 1
-            self.boot.why = "watchdog reset"
-            self._save_boot()
-        self.safe = self.boot.loops >= sc.get("safe_after", 3)
+            self.crashed("watchdog reset")
+        self.safe = self.boot["loops"] >= sc.get("safe_after", 3)
         if self.safe:
             config = dict(config)
             for k in _SAFE_DROP:
@@ -314,52 +315,7 @@ class Node:
             except Exception as e:
                 log("telemetry not sent: %s" % e)
 
-    # -- the other tasks -------------------------------------------------------------------------
-    async def _pulses(self, w):
-        p = self.pulses
-        while True:
-            await self.hal.clock.sleep_ms(p.poll_ms)
-            p.poll()
-            w.beat()
-
-    async def _wifi_task(self, w):
-        self.wifi.beat = w.beat
-        await self.wifi.run()
-
-    async def _lora(self, w):
-        u = self.uplink_service
-        u.lora.beat = w.beat
-        try:
-            await u.run_lora()
-        finally:  # a restart starts the modem's reader again: never two of them
-            u.lora.modem.stop()
-
-    async def _policy(self, w):
-        self.policy.beat = w.beat
-        await self.policy.run()
-
-    async def _uptime(self, w):
-        # Crash-loop bookkeeping: after stable_s of running the loop count is cleared; in the
-        # safe configuration, after safe_hold_s a planned reboot returns to the full one.
-        sc = self.sup_config
-        t0 = time.ticks_ms()
-        stable = sc.get("stable_s", 3600) * 1000
-        hold = sc.get("safe_hold_s", 86400) * 1000
-        while True:
-            await asyncio.sleep_ms(1000)
-            w.beat()
-            up = time.ticks_diff(time.ticks_ms(), t0)
-            if self.safe:
-                if hold and up >= hold:
-                    self.boot.loops = 0
-                    self._save_boot()
-                    self.reboot("safe configuration held %d s" % (hold // 1000))
-            elif self.boot.loops and up >= stable:
-                log("stable for %d s: crash-loop count %d cleared" % (stable // 1000, self.boot.loops))
-                self.boot.loops = 0
-                self._save_boot()
-
-    # -- supervision -----------------------------------------------------------------------------
+    # -- supervision (tasks.py wires the tasks) -------------------------------------------------
     def event(self, code, arg=0, text=""):
         # An event in the record log when the uplink service runs (else only the log line).
         u = self.uplink_service
@@ -368,26 +324,18 @@ class Node:
 
             u.event(code, arg, text[: records.EVENT_TEXT])
 
-    def _task_failed(self, w, why):
-        from meternode.store import records
-
-        if w.fails <= 8 or not w.fails % 16:  # a task dying for good: one event per 16 restarts
-            self.event(records.EV_TASK, w.fails, "%s %s" % (w.name, why))
-
-    def _crash_loop(self, w, why):
-        # A task keeps dying: count it (persisted), checkpoint, reboot; the count decides
-        # whether the next boot is the safe configuration.
+    def crashed(self, why):
+        # One more crash loop in a row (a task that kept dying, a fatal error, a watchdog
+        # reset), persisted: after supervisor.safe_after of them the node boots safe.
         b = self.boot
-        b.loops += 1
-        b.total += 1
-        b.why = ("%s %s" % (w.name, why))[:80]
-        self._save_boot()
-        log("crash loop %d in task %s: rebooting" % (b.loops, w.name))
-        self.reboot("crash loop in %s" % w.name)
+        b["loops"] += 1
+        b["total"] += 1
+        b["why"] = why[:80]
+        self.save_state()
 
-    def _save_boot(self):
+    def save_state(self):
         try:
-            self.boot.save()
+            write_state(self.state_path, self.boot)
         except OSError as e:
             log("crash-loop state not saved: %s" % e)
 
@@ -419,64 +367,21 @@ class Node:
         # checkpoint, count it like a crash loop, reboot.
         try:
             log("fatal: %r" % (e,))
+            sys.print_exception(e)
         except MemoryError:
             pass
-        self.boot.loops += 1
-        self.boot.total += 1
-        self.boot.why = "fatal"
-        self._save_boot()
+        self.crashed("fatal %s" % type(e).__name__)
         self.reboot("fatal error")
-
-    def tasks(self):
-        # Creates the supervisor and registers the node's tasks (run() starts them).  The
-        # uplink service comes first: the record log takes the tasks' events from the start,
-        # and its modules load one by one while the heap is emptiest.
-        self.uplink()
-        sc = self.sup_config
-        sup = self.supervisor = Supervisor(
-            log,
-            watchdog.make_watchdog(self.board, self.config),
-            self._task_failed,
-            None if self.safe else self._crash_loop,
-            backoff_min_ms=sc.get("backoff_min_ms", 500),
-            backoff_max_ms=sc.get("backoff_max_ms", 60000),
-            loop_fails=sc.get("loop_fails", 5),
-            stable_ms=sc.get("task_stable_s", 600) * 1000,
-        )
-        sup.add("sampling", self.sampling, 10000)
-        sup.add("reporting", self.reporting, int(self.config.get("telemetry_s", 10.0) * 1000) + _STALL_MS)
-        if self.pulses is not None:
-            sup.add("pulses", self._pulses, 30000)
-        if self._wifi() is not None:
-            sup.add("wifi", self._wifi_task, 180000)
-        m = self.config.get("mqtt")
-        if m:
-            sup.add("link", self.link, m.get("backoff_max_ms", 30000) + 90000)
-        if self.config.get("lora"):
-            u = self.uplink_service
-            if u is not None and u.lora is not None:
-                sup.add("lora", self._lora, 300000)
-        if self.config.get("fleet") or self.config.get("policy"):
-            try:  # only nodes with policies load the policy package; a bad one never stops metering
-                from meternode.policy.service import PolicyService
-
-                self.policy = PolicyService(self)
-                sup.add("policy", self._policy, 60000)
-            except Exception as e:
-                log("policy service not started: %s" % e)
-        if self.config.get("gateway"):
-            self._gateway(sup)
-        sup.add("uptime", self._uptime, 30000)
-        return sup
 
     async def run(self):
         log("umeter node %s v%s on board %s" % (self.id, VERSION, self.board["name"]))
-        sup = self.tasks()
-        if self.safe:
-            from meternode.store import records
+        # The uplink service first: the record log takes the tasks' events from the start,
+        # and its modules load one by one while the heap is emptiest; the supervision
+        # modules after it.
+        self.uplink()
+        from meternode import tasks
 
-            log("safe configuration: %d crash loops in a row (%s)" % (self.boot.loops, self.boot.why))
-            self.event(records.EV_SAFE_MODE, self.boot.loops, self.boot.why)
+        sup = tasks.wire(self)
         try:
             await sup.run()
         finally:
@@ -485,7 +390,7 @@ class Node:
                 stop()
 
 
-    def _gateway(self, sup):
+    def _gateway(self):
         # Downstream meter buses (gateway/, docs/gateway.md): loaded only when config has
         # "gateway" (RAM); a bad gateway configuration is logged and never stops metering.
         self.uplink()  # the record log first: readings are stored records
@@ -497,17 +402,17 @@ class Node:
         if free < need:
             # decided before any import: a failed one would leave its interned names behind
             log("gateway off: %d bytes free, it needs %d (raise the heap, or ship .mpy / frozen)" % (free, need))
-            return
+            return None
         try:
             from meternode.gateway.service import GatewayService
 
             self.gateway = GatewayService(self, log)
             gc.collect()
             log("gateway on: %d bytes free before, %d after" % (free, gc.mem_free()))
-            for name, start in self.gateway.starts():
-                sup.add(name, start, 3600000)
+            return self.gateway
         except Exception as e:
             log("gateway not started: %r" % (e,))
+            return None
 
 
 def _timebase(meter, s):
@@ -538,6 +443,58 @@ def _gateway_need(config):
     compiled = f.endswith(".mpy") or f.startswith("meternode/")
     one, meter, proto = _GATEWAY_NEED[(64 if sys.maxsize > 0x7FFFFFFF else 32, compiled)]
     return one + proto * (len(protos) - 1 if protos else 0) + meter * (len(meters) - 1 if meters else 0)
+
+
+_SUPERVISOR = (  # config.supervisor: int keys and their ranges (tasks.py says what they do)
+    ("watchdog_ms", 0, 3600000),
+    ("loop_fails", 2, 1000),
+    ("safe_after", 1, 1000),
+    ("stable_s", 1, 30 * 86400),
+    ("safe_hold_s", 0, 365 * 86400),
+    ("backoff_min_ms", 1, 3600000),
+    ("backoff_max_ms", 1, 3600000),
+)
+
+
+def _check_supervisor(c):
+    from meternode.config import ConfigError, need
+
+    w = "config.supervisor"
+    s = need(c, "supervisor", dict, "config", default={})
+    need(s, "state", str, w, default="")
+    for k, lo, hi in _SUPERVISOR:
+        need(s, k, int, w, default=lo, lo=lo, hi=hi)
+    if 0 < s.get("watchdog_ms", 0) < 1000:
+        raise ConfigError("config.supervisor.watchdog_ms must be 0 (none) or at least 1000")
+    if s.get("backoff_max_ms", 60000) < s.get("backoff_min_ms", 1):
+        raise ConfigError("config.supervisor.backoff_max_ms is below backoff_min_ms")
+    return s
+
+
+def read_state(path):
+    # The crash-loop state file: {"loops": in a row, "total": ever, "why": the last one}; a
+    # missing, torn or foreign file is a clean state.
+    import json
+
+    d = {"loops": 0, "total": 0, "why": ""}
+    try:
+        with open(path) as f:
+            got = json.load(f)
+        for k in d:
+            if isinstance(got.get(k), type(d[k])):
+                d[k] = got[k]
+    except (OSError, ValueError, AttributeError):
+        pass
+    return d
+
+
+def write_state(path, d):
+    import json
+    import os
+
+    with open(path + ".tmp", "w") as f:
+        f.write(json.dumps(d))
+    os.rename(path + ".tmp", path)
 
 
 def _checkpointer(meter, c, pulses=None):

@@ -22,81 +22,20 @@
 # - Crash loop: a task that fails `loop_fails` times in a row, each run shorter than
 #   stable_ms, keeps dying; on_loop(watch, why) is called (the node counts it in the
 #   persisted crash-loop state, checkpoints its registers and reboots; after `safe_after`
-#   such reboots in a row it boots into the safe configuration, see node.py).  With no
-#   on_loop (or in safe mode, where on_loop is None), the task keeps being restarted at
-#   the longest backoff.  A run of stable_ms clears a task's failure count.
+#   such reboots in a row it boots into the safe configuration, see tasks.py).  With no
+#   on_loop (the safe configuration), the task keeps being restarted at the longest
+#   backoff.  A run of stable_ms clears a task's failure count.
 #
 # Modules whose loops run inside a task (MqttLink, Outbox, LoRaLink, WifiSupervisor,
 # PolicyService) have a `beat` attribute, a no-op by default, that the node points at the
-# task's watch.beat.
+# task's watch.beat (tasks.py).  This module is the mechanism only; which tasks a node runs,
+# their stall limits and what a crash loop does are in tasks.py.
 import asyncio
-import json
-import os
 
 from meternode.aio import sleep_ms as _sleep_ms
 from meternode.aio import ticks_add as _add
 from meternode.aio import ticks_diff as _diff
 from meternode.aio import ticks_ms as _now
-from meternode.config import ConfigError, need
-
-
-def check_supervisor(c):
-    # config "supervisor" (all optional):
-    #   watchdog_ms     hardware watchdog timeout; 0 = none (default 8000; 30000 on the sim board)
-    #   state           crash-loop state file (default "supervisor.json")
-    #   loop_fails      failures in a row that make a crash loop (5), each run shorter than
-    #   task_stable_s   (600); a longer run clears a task's count
-    #   safe_after      crash loops in a row before the safe configuration (3)
-    #   stable_s        running this long clears the crash-loop count (3600)
-    #   safe_hold_s     safe configuration for this long, then back to the full one (86400;
-    #                   0 = until the state file is removed)
-    #   backoff_min_ms, backoff_max_ms   restart backoff (500, 60000)
-    s = need(c, "supervisor", dict, "config", default={})
-    w = "config.supervisor"
-    ms = need(s, "watchdog_ms", int, w, default=8000, lo=0, hi=3600000)
-    if 0 < ms < 1000:
-        raise ConfigError("config.supervisor.watchdog_ms = %d: 0 (none) or at least 1000" % ms)
-    need(s, "state", str, w, default="supervisor.json")
-    need(s, "loop_fails", int, w, default=5, lo=2, hi=1000)
-    need(s, "task_stable_s", int, w, default=600, lo=1, hi=86400)
-    need(s, "safe_after", int, w, default=3, lo=1, hi=1000)
-    need(s, "stable_s", int, w, default=3600, lo=1, hi=30 * 86400)
-    need(s, "safe_hold_s", int, w, default=86400, lo=0, hi=365 * 86400)
-    lo = need(s, "backoff_min_ms", int, w, default=500, lo=1, hi=3600000)
-    if need(s, "backoff_max_ms", int, w, default=60000, lo=1, hi=3600000) < lo:
-        raise ConfigError("config.supervisor.backoff_max_ms is below backoff_min_ms")
-    return s
-
-
-class BootState:
-    # The crash-loop state, persisted (a small JSON file, written only when it changes):
-    # loops = crash loops in a row (a task that kept dying, a caught fatal error, a watchdog
-    # reset), cleared after a stable run; total = ever; why = the last one.  A missing or
-    # unreadable file is a clean state.
-    def __init__(self, path):
-        self.path = path
-        self.loops = 0
-        self.total = 0
-        self.why = ""
-        try:
-            with open(path) as f:
-                d = json.load(f)
-            self.loops = int(d.get("loops", 0))
-            self.total = int(d.get("total", 0))
-            self.why = str(d.get("why", ""))
-        except (OSError, ValueError, TypeError, AttributeError):
-            pass
-
-    def save(self):
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(json.dumps({"loops": self.loops, "total": self.total, "why": self.why}))
-        os.rename(tmp, self.path)
-
-
-def nop():
-    # The default `beat` of a module that can run supervised or not.
-    pass
 
 
 class Watch:
@@ -118,9 +57,6 @@ class Watch:
 
     def beat(self):
         self.t = _now()
-
-    def state(self):
-        return {"restarts": self.restarts, "stalls": self.stalls, "fails": self.fails, "error": self.error}
 
 
 class Supervisor:
@@ -273,5 +209,5 @@ class Supervisor:
             "restarts": self.restarts,
             "feeds": self.feeds,
             "starved": self.starved,
-            "tasks": {w.name: w.state() for w in self.watches},
+            "tasks": {w.name: (w.restarts, w.stalls, w.error) for w in self.watches},
         }

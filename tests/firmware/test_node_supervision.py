@@ -7,10 +7,9 @@ import asyncio
 import json
 
 from meternode.metrology.meter import Meter
-from meternode.node import Node
+from meternode.node import Node, read_state, write_state
 from meternode.store import records
 from meternode.store.checkpoint import CheckpointStore
-from meternode.supervisor import BootState
 from mptest import eq, heap, scratch_dir, timeout
 
 KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
@@ -128,9 +127,7 @@ async def _dies(w):
 @timeout(60)
 def test_a_crash_loop_is_counted_on_flash_and_reboots_with_the_registers_checkpointed():
     d = scratch_dir()
-    b = BootState(d + "/sup.json")
-    b.loops = 1  # the previous boot ended in a crash loop too
-    b.save()
+    write_state(d + "/sup.json", {"loops": 1, "total": 0, "why": ""})  # the previous boot looped too
     n = Node(_board(), _config(d, cmd_key=KEY, policy=_policy(), policy_dir=d))
     eq(n.safe, False, "one crash loop: still the full configuration (safe_after 2)")
     n._reset = _raise_reset
@@ -141,8 +138,8 @@ def test_a_crash_loop_is_counted_on_flash_and_reboots_with_the_registers_checkpo
     except _Reset as x:
         e = x
     eq(e is not None, True, "the node rebooted")
-    b = BootState(d + "/sup.json")
-    eq((b.loops, b.total, b.why), (2, 1, "reporting ValueError: poison record"), "the crash loop persisted")
+    b = read_state(d + "/sup.json")
+    eq(b, {"loops": 2, "total": 1, "why": "reporting ValueError: poison record"}, "the crash loop persisted")
     # the registers went to the checkpoint before the reboot, exactly
     m = Meter(_board())
     m.registers.restore(CheckpointStore(d + "/ck").restore()["registers"])
@@ -157,10 +154,8 @@ def test_a_crash_loop_is_counted_on_flash_and_reboots_with_the_registers_checkpo
 @timeout(60)
 async def test_after_safe_after_crash_loops_the_node_boots_safe_and_only_restarts_a_dying_task():
     d = scratch_dir()
-    b = BootState(d + "/sup.json")
-    b.loops = 2  # what two crash loops in a row leave
-    b.why = "reporting ValueError: poison record"
-    b.save()
+    # what two crash loops in a row leave
+    write_state(d + "/sup.json", {"loops": 2, "total": 2, "why": "reporting ValueError: poison record"})
     n = Node(_board(), _config(d, cmd_key=KEY, policy=_policy(), policy_dir=d))
     eq(n.safe, True, "safe configuration")
     for k in ("cmd_key", "policy"):
@@ -199,7 +194,7 @@ def test_planned_reboot_and_fatal_error_checkpoint_the_registers():
     eq(st.seq, seq + 2, "and one on a caught fatal error")
     m.registers.restore(st.restore()["registers"])
     eq(m.registers.energy_j(0, 0), n.meter.registers.energy_j(0, 0), "the newest registers")
-    eq(BootState(d + "/sup.json").loops, 1, "a fatal error counts as a crash loop")
+    eq(read_state(d + "/sup.json")["loops"], 1, "a fatal error counts as a crash loop")
 
 
 @heap("256k")
@@ -236,3 +231,18 @@ async def test_a_memory_error_making_the_mqtt_client_does_not_end_the_link():
     eq(sum(1 for m in logged if "memory allocation failed" in m), 2, "each logged: %r" % logged)
     eq(isinstance(link.last_error, OSError), True, "then the ordinary error: %r" % (link.last_error,))
     eq(beats[0] >= 4, True, "progress reported once per attempt")
+
+
+@heap("256k")
+def test_crash_loop_state_persists_and_a_torn_file_is_a_clean_state():
+    d = scratch_dir()
+    p = d + "/sup.json"
+    eq(read_state(p), {"loops": 0, "total": 0, "why": ""}, "missing file: clean")
+    write_state(p, {"loops": 2, "total": 5, "why": "link MemoryError"})
+    eq(read_state(p), {"loops": 2, "total": 5, "why": "link MemoryError"}, "read back")
+    with open(p, "w") as f:
+        f.write('{"loops": 2, "tot')  # torn write
+    eq(read_state(p)["loops"], 0, "torn: clean state, no exception")
+    with open(p, "w") as f:
+        f.write('{"loops": "many", "total": 3}')
+    eq(read_state(p), {"loops": 0, "total": 3, "why": ""}, "a field of the wrong type is ignored")

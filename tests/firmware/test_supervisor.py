@@ -7,7 +7,7 @@ import time
 
 from meternode.hal.simwdt import SimWatchdog
 from meternode.hal.watchdog import reset_cause
-from meternode.supervisor import BootState, Supervisor
+from meternode.supervisor import Supervisor
 from mptest import eq, heap, scratch_dir, timeout
 
 
@@ -30,6 +30,12 @@ async def _healthy(w):
         await asyncio.sleep_ms(5)
 
 
+async def _until(cond, ms=10000):
+    t0 = time.ticks_ms()
+    while not cond() and time.ticks_diff(time.ticks_ms(), t0) < ms:
+        await asyncio.sleep_ms(2)
+
+
 async def _raises(w):
     await asyncio.sleep_ms(2)
     raise ValueError("bad reading")
@@ -38,40 +44,39 @@ async def _raises(w):
 async def test_a_task_that_raises_is_restarted_with_bounded_backoff_and_the_others_go_on():
     fails = []
     loops = []
+    runs = []  # the good task's rounds at each failure of the bad one
+
+    def on_fail(w, why):
+        # the backoff the supervisor set, read when it reports the failure
+        fails.append((w.name, w.fails, why, time.ticks_diff(w.due, time.ticks_ms())))
+        runs.append(getattr(good, "n", 0))
+
     s = Supervisor(
         _quiet,
-        on_fail=lambda w, why: fails.append((w.name, w.fails, why)),
+        on_fail=on_fail,
         on_loop=lambda w, why: loops.append(w.fails),
         check_ms=5,
         backoff_min_ms=10,
         backoff_max_ms=40,
         loop_fails=4,
     )
-    good = s.add("good", _healthy, 1000)
-    bad = s.add("bad", _raises, 1000)
-    waits = []
-    n_first = None
+    good = s.add("good", _healthy, 60000)
+    bad = s.add("bad", _raises, 60000)
     t = asyncio.create_task(s.run())
-    seen = 0
     t0 = time.ticks_ms()
-    while len(fails) < 6 and time.ticks_diff(time.ticks_ms(), t0) < 3000:
-        await asyncio.sleep_ms(1)
-        if len(fails) > seen:
-            seen = len(fails)
-            waits.append(time.ticks_diff(bad.due, time.ticks_ms()))
-            if n_first is None:
-                n_first = good.n
+    while len(fails) < 6 and time.ticks_diff(time.ticks_ms(), t0) < 10000:
+        await asyncio.sleep_ms(5)
     t.cancel()
     await asyncio.sleep_ms(5)
     eq(len(fails) >= 6, True, "six failures seen: %r" % fails)
-    eq(fails[0], ("bad", 1, "ValueError: bad reading"), "the failure and why")
+    eq(fails[0][:3], ("bad", 1, "ValueError: bad reading"), "the failure and why")
     eq([f[1] for f in fails[:6]], [1, 2, 3, 4, 5, 6], "failures in a row counted")
     # 10, 20, 40, 40, ... ms: doubling, bounded by backoff_max_ms
-    for k, base in enumerate((10, 20, 40, 40, 40)):
-        eq(base - 5 <= waits[k] <= base, True, "restart %d waits %d ms (backoff %d)" % (k, waits[k], base))
+    for k, base in enumerate((10, 20, 40, 40, 40, 40)):
+        eq(base - 1 <= fails[k][3] <= base, True, "restart %d after %d ms (backoff %d)" % (k, fails[k][3], base))
     eq(loops[:2], [4, 5], "a crash loop from the 4th failure in a row on")
     eq(good.restarts, 0, "the healthy task was not touched")
-    eq(good.n > n_first, True, "and kept running through the other's failures (%d -> %d)" % (n_first, good.n))
+    eq(runs[-1] > runs[0], True, "and kept running through the other's failures (%r)" % runs)
     eq(s.restarts, bad.restarts, "restarts counted")
 
 
@@ -86,16 +91,16 @@ async def test_memory_error_in_one_task_is_contained_to_it():
         big = bytearray(200 * 1024)  # more than the heap: MemoryError
         return big
 
-    good = s.add("good", _healthy, 1000)
-    s.add("greedy", greedy, 1000)
+    good = s.add("good", _healthy, 60000)
+    s.add("greedy", greedy, 60000)
     t = asyncio.create_task(s.run())
-    await asyncio.sleep_ms(150)
+    await _until(lambda: len(fails) >= 3)
     t.cancel()
     await asyncio.sleep_ms(5)
     eq(len(fails) >= 3, True, "failed and restarted: %r" % fails)
     eq(fails[0].startswith("MemoryError"), True, fails[0])
     eq(good.restarts, 0, "the other task untouched")
-    eq(good.n > 10, True, "and running")
+    eq(good.n > 0, True, "and running")
 
 
 async def test_a_task_that_ends_is_restarted():
@@ -105,9 +110,9 @@ async def test_a_task_that_ends_is_restarted():
         runs.append(1)
 
     s = Supervisor(_quiet, check_ms=5, backoff_min_ms=5, backoff_max_ms=5, loop_fails=1000)
-    w = s.add("once", once, 1000)
+    w = s.add("once", once, 60000)
     t = asyncio.create_task(s.run())
-    await asyncio.sleep_ms(100)
+    await _until(lambda: len(runs) >= 4)
     t.cancel()
     await asyncio.sleep_ms(5)
     eq(len(runs) >= 4, True, "started again after ending (%d runs)" % len(runs))
@@ -149,21 +154,6 @@ async def test_watchdog_is_fed_only_while_every_task_progresses_and_a_stalled_ta
     t.cancel()
     await asyncio.sleep_ms(5)
     eq(wdt.feeds > fed, True, "fed again once the restarted task progresses")
-
-
-def test_boot_state_persists_and_survives_a_corrupt_file():
-    d = scratch_dir()
-    b = BootState(d + "/sup.json")
-    eq((b.loops, b.total, b.why), (0, 0, ""), "missing file: clean")
-    b.loops = 2
-    b.total = 5
-    b.why = "link MemoryError"
-    b.save()
-    c = BootState(d + "/sup.json")
-    eq((c.loops, c.total, c.why), (2, 5, "link MemoryError"), "read back")
-    with open(d + "/sup.json", "w") as f:
-        f.write('{"loops": 2, "tot')  # torn write
-    eq(BootState(d + "/sup.json").loops, 0, "torn: clean state, no exception")
 
 
 @timeout(20)

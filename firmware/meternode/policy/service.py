@@ -118,7 +118,9 @@ class PolicyService:
             from meternode.policy.agent import Agent
 
             part = getattr(node.hal, "partition", None)  # esp32.Partition on OTA layouts
-            self.agent = Agent(node.id, cfg["fleet"], root, self.clock, self._event, self.load, self._reboot, None, part)
+            self.agent = Agent(
+                node.id, cfg["fleet"], root, self.clock, self._event, self.load, self._reboot, None, part
+            )
             o = cfg.get("ota", {})
             self.agent.slots.max_tries = o.get("max_tries", 1)
             from meternode.config import need

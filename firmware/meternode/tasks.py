@@ -1,0 +1,141 @@
+# The node's tasks under its supervisor (supervisor.py): which tasks a node runs, how long
+# each may go without progress, and what a crash loop does.  Loaded by Node.run() after the
+# uplink service (its modules compile while the heap is emptiest).
+#
+# config "supervisor" (all optional, checked by config.check_config):
+#   watchdog_ms     hardware watchdog timeout; 0 = none (8000 on boards, 30000 on the sim board)
+#   state           crash-loop state file (default "supervisor.json"; node.read_state)
+#   loop_fails      failures in a row, each run shorter than stable_s, that make a crash loop (5)
+#   safe_after      crash loops in a row before the safe configuration (3)
+#   stable_s        a task (or the node) running this long clears its count (3600)
+#   safe_hold_s     the safe configuration lasts this long, then a planned reboot into the
+#                   full one (86400; 0 = until the state file is removed)
+#   backoff_min_ms, backoff_max_ms   restart backoff (500, 60000)
+# A crash loop counts one more in the persisted state, checkpoints the registers and reboots
+# (Node.reboot); a watchdog reset and a caught fatal error count too (node.py).
+import time
+
+from meternode.hal import watchdog
+from meternode.store import records
+from meternode.supervisor import Supervisor
+
+_STALL_MS = 60000  # what a task may take beyond its own period before it counts as stalled
+
+
+def wire(node):
+    # The node's supervisor with its tasks registered (run() starts them).
+    sc = node.config.get("supervisor", {})
+    log = _log
+
+    def failed(w, why):
+        if w.fails <= 8 or not w.fails % 16:  # a task dying for good: one event per 16 restarts
+            node.event(records.EV_TASK, w.fails, "%s %s" % (w.name, why))
+
+    def crash_loop(w, why):
+        node.crashed("%s %s" % (w.name, why))
+        log("crash loop %d in task %s: rebooting" % (node.boot["loops"], w.name))
+        node.reboot("crash loop in %s" % w.name)
+
+    stable = sc.get("stable_s", 3600) * 1000
+    sup = node.supervisor = Supervisor(
+        log,
+        watchdog.make_watchdog(node.board, node.config),
+        failed,
+        None if node.safe else crash_loop,
+        backoff_min_ms=sc.get("backoff_min_ms", 500),
+        backoff_max_ms=sc.get("backoff_max_ms", 60000),
+        loop_fails=sc.get("loop_fails", 5),
+        stable_ms=stable,
+    )
+    c = node.config
+    sup.add("sampling", node.sampling, 10000)
+    sup.add("reporting", node.reporting, int(c.get("telemetry_s", 10.0) * 1000) + _STALL_MS)
+    if node.pulses is not None:
+        sup.add("pulses", _pulses(node), 30000)
+    if node._wifi() is not None:
+        sup.add("wifi", _beating(node.wifi, node.wifi.run), 180000)
+    m = c.get("mqtt")
+    if m:
+        sup.add("link", node.link, m.get("backoff_max_ms", 30000) + 90000)
+    u = node.uplink_service
+    if c.get("lora") and u is not None and u.lora is not None:
+        sup.add("lora", _lora(u), 300000)
+    if c.get("fleet") or c.get("policy"):
+        try:  # only nodes with policies load the policy package; a bad one never stops metering
+            from meternode.policy.service import PolicyService
+
+            node.policy = PolicyService(node)
+            sup.add("policy", _beating(node.policy, node.policy.run), 60000)
+        except Exception as e:
+            log("policy service not started: %s" % e)
+    if c.get("gateway"):  # downstream meter buses (gateway/): loaded only when configured
+        g = node._gateway()
+        if g is not None:
+            for name, start in g.starts():
+                sup.add(name, start, 3600000)
+    sup.add("uptime", _uptime(node, stable, sc.get("safe_hold_s", 86400) * 1000), 30000)
+    if node.safe:
+        b = node.boot
+        log("safe configuration: %d crash loops in a row (%s)" % (b["loops"], b["why"]))
+        node.event(records.EV_SAFE_MODE, b["loops"], b["why"])
+    return sup
+
+
+def _beating(obj, run):
+    # A module's run() loop as a task: its `beat` attribute reports progress.
+    async def task(w):
+        obj.beat = w.beat
+        await run()
+
+    return task
+
+
+def _lora(u):
+    async def task(w):
+        u.lora.beat = w.beat
+        try:
+            await u.run_lora()
+        finally:  # a restart starts the modem's reader again: never two of them
+            u.lora.modem.stop()
+
+    return task
+
+
+def _pulses(node):
+    async def task(w):
+        p = node.pulses
+        while True:
+            await node.hal.clock.sleep_ms(p.poll_ms)
+            p.poll()
+            w.beat()
+
+    return task
+
+
+def _uptime(node, stable, hold):
+    # Crash-loop bookkeeping: after stable_s of running the loop count is cleared; in the safe
+    # configuration, after safe_hold_s a planned reboot returns to the full one.
+    async def task(w):
+        import asyncio
+
+        t0 = time.ticks_ms()
+        while True:
+            await asyncio.sleep_ms(1000)
+            w.beat()
+            up = time.ticks_diff(time.ticks_ms(), t0)
+            b = node.boot
+            if node.safe:
+                if hold and up >= hold:
+                    b["loops"] = 0
+                    node.save_state()
+                    node.reboot("safe configuration held %d s" % (hold // 1000))
+            elif b["loops"] and up >= stable:
+                _log("stable for %d s: crash-loop count %d cleared" % (stable // 1000, b["loops"]))
+                b["loops"] = 0
+                node.save_state()
+
+    return task
+
+
+def _log(msg):
+    print("[%d] %s" % (time.ticks_ms(), msg))
