@@ -1,0 +1,556 @@
+"""Accelerated soak: the real node for weeks of simulated time, with faults, against invariants.
+
+A virtual node -- meternode.node.Node with its supervisor, record log, outbox, checkpoints --
+runs on the MicroPython unix port with the sim board in fast mode (simulated time, no
+sleeping; `benchmarks/endurance_node.py` is its entry point) against a real Mosquitto and the
+host consumer (umeter.consumer, SQLite), through `--days` simulated days of a daily load
+profile (import, PV export, reactive loads), with scripted faults:
+
+- power cuts at random simulated instants (the brown-out input trips, the node checkpoints,
+  the process is SIGKILLed a random few ms later) and random outages before power returns;
+- broker outages (Mosquitto stopped for a few wall seconds: hours of simulated time);
+- a nearly full flash (for a few hours only 200-1000 bytes are free: a write that does not fit
+  fails with ENOSPC, deleting frees space; and the record log runs at its retention bound).
+
+The board is a soak variant of the sim board: one voltage and one current channel at 1 kS/s
+(50 Hz: 20 sets a cycle), so that 30 days cost what their 130 million mains cycles cost the
+meter and one uninterrupted stretch of 13 days takes the sample-set counters past 2**30.
+The epoch starts `days/3` days before 2**31 s.
+
+Invariants, printed as the last line (JSON) and checked (exit status 1 if one fails):
+simulated_days >= days, energy_error_ppm <= 10 (the registers against the exact integral of
+the samples the ADC delivered; `analytic_bias_ppm` says how far that integral is from the
+continuous scenario's: the 12-bit quantisation of a noise-free sim), freq_error_mhz <= 1 (at
+the end), records_lost = 0, records_duplicated = 0, memory_errors = 0, heap_growth_bytes <=
+2048 (the longest boot, first against last day boundary), and that the run exercised what it
+is for: sample-set counters past 2**30, an epoch past 2**31 s, ticks_ms wraps (>= 2 in 30
+days) and ticks_us wraps (>= 100), where the sim clock has them.
+
+    python benchmarks/endurance.py [--days 30] [--seed 1] [--heap 256k] [--keep DIR] [-v]
+
+UMETER_MICROPYTHON selects the unix port (e.g. a 32-bit, single-precision build).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import random
+import signal
+import sys
+import tempfile
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+
+from umeter import unixport
+from umeter.broker import Mosquitto
+from umeter.consumer import Consumer
+
+HERE = Path(__file__).resolve().parent
+NODE_SCRIPT = HERE / "endurance_node.py"
+NODE_ID = "soak-1"
+RATE = 1000
+BLOCK = 1000
+V_SCALE = Fraction(1, 5)  # 0.2 V a count
+I_SCALE = Fraction(1, 20)  # 0.05 A a count
+V_RMS = 230.0
+TELEMETRY_S = 300
+PROFILE_S = 900
+BOARD = {
+    "name": "soak",
+    "description": "Soak variant of the sim board: V1 and one CT at 1 kS/s (20 sets a mains cycle).",
+    "mcu": "unix",
+    "hal": "sim",
+    "adc": {"bits": 12, "rate": RATE, "block": BLOCK, "vref": 3.3},
+    "channels": [
+        {"name": "V1", "kind": "voltage", "scale": float(V_SCALE), "nominal": V_RMS},
+        {"name": "I1", "kind": "current", "scale": float(I_SCALE), "nominal": 10.0, "phase": 0.0, "role": "main"},
+    ],
+}
+# The daily load profile: (second of day, level); levels are (rms A, current lag in degrees).
+LEVELS = [
+    (0.4, 0.0),  # night: standby loads
+    (6.0, 25.0),  # morning: kettle, heat pump
+    (8.0, 180.0),  # midday: PV exports
+    (3.0, 10.0),  # afternoon
+    (12.0, 35.0),  # evening peak, inductive
+    (0.0, 0.0),  # everything off (no current: nothing may register)
+]
+SCHEDULE = [
+    (0, 0),
+    (6 * 3600 + 1234, 1),
+    (10 * 3600 + 17, 2),
+    (15 * 3600 + 1800, 3),
+    (17 * 3600 + 733, 4),
+    (22 * 3600 + 2, 0),
+    (23 * 3600 + 1800, 5),
+]
+
+
+class Soak:
+    def __init__(self, days: float, seed: int, heap: str, work: Path, verbose: bool) -> None:
+        self.days = days
+        self.total_s = int(days * 86400)
+        self.rnd = random.Random(seed)
+        self.heap = heap
+        self.work = work
+        self.root = work / "node"
+        self.verbose = verbose
+        self.epoch0 = 2**31 - int(days / 3 * 86400)
+        self.levels: dict[int, tuple[int, int, int, int]] = {}  # level -> (n, sv, si, svi)
+        self.delivered: dict[int, int] = {}  # level -> blocks delivered, all boots
+        self.boots: list[dict] = []
+        self.lines_mem_errors = 0
+        self.log_tail: list[str] = []
+        self.outages: list[tuple[float, float]] = []
+        self.events: list[str] = []
+        self.broker: Mosquitto | None = None
+        self.consumer: Consumer | None = None
+        self.t_broker_back: float | None = None
+        self.exact = True  # False once a boot ended where the energy delivered is not known exactly
+
+    # -- the script -----------------------------------------------------------------------------
+    def plan(self) -> tuple[list[tuple[int, int | None, int]], list[float], list[list[int]]]:
+        """Boots (start s, cut s or None, outage s after it), broker outage times (simulated s)
+        and flash-full windows ([from, to) simulated s)."""
+        T = self.total_s
+        r = self.rnd
+        if self.days >= 20:
+            # cuts early and late, one uninterrupted stretch of >= 13.5 days in the middle
+            early = [r.uniform(0.3, 3.5) for _ in range(3)]
+            late = [r.uniform(T / 86400 - 6, T / 86400 - 0.5) for _ in range(2)]
+            cuts = sorted(d * 86400 for d in early + late)
+        else:  # a short run: two cuts early, then the longest stretch
+            cuts = sorted(r.uniform(0.05, 0.12) * T + k * 0.12 * T for k in range(2))
+        boots = []
+        start = 0
+        for c in cuts:
+            c = int(c)
+            if c - start < 3600:
+                continue
+            down = int(r.uniform(60, 3600))
+            boots.append((start, c, down))
+            start = c + down
+        boots.append((start, None, 0))
+        n_out = max(1, int(self.days / 7))
+        outs = sorted(r.uniform(0.05, 0.95) * T for _ in range(n_out))
+        n_full = max(1, int(self.days / 10))
+        full = []
+        while len(full) < n_full:
+            a = int(r.uniform(0.1, 0.9) * T)
+            b = a + int(r.uniform(2 * 3600, 6 * 3600))
+            full.append([a, b, int(r.uniform(200, 1000))])  # bytes left free
+        return boots, outs, full
+
+    # -- broker ---------------------------------------------------------------------------------
+    def broker_down(self, wall_s: float) -> None:
+        self.broker.stop()
+        self.t_broker_back = time.monotonic() + wall_s
+        self.events.append(f"broker down for {wall_s:.1f} s")
+
+    def broker_tick(self) -> None:
+        if self.t_broker_back is not None and time.monotonic() >= self.t_broker_back:
+            self.broker.start()
+            self.t_broker_back = None
+
+    # -- one boot -------------------------------------------------------------------------------
+    def write_files(self, t0: int, cut: int | None, end: int, full: list[list[int]]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "board.json").write_text(json.dumps(BOARD))
+        cfg = {
+            "node_id": NODE_ID,
+            "telemetry_s": float(TELEMETRY_S),
+            "profile_s": PROFILE_S,
+            "mqtt": {
+                "host": self.broker.host,
+                "port": self.broker.port,
+                "discovery": False,
+                "backoff_min_ms": 200,
+                "backoff_max_ms": 2000,
+                "backlog_rate": 200.0,
+            },
+            # a small record log at its retention bound: the flash is nearly full all along
+            "store": {"path": "store", "segment_bytes": 4096, "max_bytes": 16384},
+            "checkpoint": {"dir": "ckpt"},
+            "metrology": {"batch_cycles": 20},
+            "sim": {
+                "fast": True,
+                "epoch": self.epoch0 + t0,
+                "freq": 50.0,
+                "voltage": {"rms": V_RMS},
+                "currents": [{"rms": 0.0}],
+            },
+            "supervisor": {"watchdog_ms": 30000},
+        }
+        (self.root / "config.json").write_text(json.dumps(cfg))
+        soak = {
+            "t0_s": t0,
+            "cut_s": None if cut is None else cut - t0,
+            "end_s": (cut if cut is not None else end) - t0,
+            "levels": LEVELS,
+            "schedule": SCHEDULE,
+            "status_s": 3600,
+            "heap_s": 21600,
+            "full": full,
+        }
+        (self.root / "soak.json").write_text(json.dumps(soak))
+
+    def run_boot(self, t0: int, cut: int | None, outs: list[float], full: list[list[int]]) -> dict:
+        self.write_files(t0, cut, self.total_s, full)
+        env = {"MICROPYPATH": unixport.micropypath()}
+        argv = unixport.command(NODE_SCRIPT, str(self.root), heap=self.heap)
+        import subprocess
+
+        p = subprocess.Popen(
+            argv,
+            cwd=str(self.root),
+            env=dict(os.environ, **env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        q: queue.Queue[str | None] = queue.Queue()
+
+        def reader() -> None:
+            for ln in p.stdout:
+                q.put(ln.rstrip("\n"))
+            q.put(None)
+
+        threading.Thread(target=reader, daemon=True).start()
+        boot = {"t0": t0, "cut": cut, "status": [], "end": None, "how": None, "levels": {}}
+        drained_deadline = None
+        while True:
+            self.broker_tick()
+            try:
+                ln = q.get(timeout=0.05)
+            except queue.Empty:
+                if drained_deadline is not None and time.monotonic() > drained_deadline:
+                    boot["how"] = "drain timeout"
+                    self._kill(p)
+                    break
+                continue
+            if ln is None:
+                p.wait()
+                boot["how"] = boot["how"] or f"exited {p.returncode}"
+                break
+            self._line(ln)
+            kind, _, rest = ln.partition(" ")
+            if kind == "LEVEL":
+                k, n, sv, si, svi = (int(x) for x in rest.split())
+                self.levels[k] = (n, sv, si, svi)
+            elif kind in ("STATUS", "BOOT", "END", "DRAINED", "REBOOT"):
+                d = json.loads(rest)
+                d["kind"] = kind
+                boot["status"].append(d)
+                if kind == "END":
+                    boot["end"] = d
+                    drained_deadline = time.monotonic() + 120
+                if kind == "DRAINED":
+                    boot["how"] = "end"
+                    p.wait(10)
+                    break
+                if kind == "REBOOT":
+                    boot["how"] = "reboot"
+                    boot["reboot"] = d
+                while outs and d["t"] >= outs[0]:
+                    outs.pop(0)
+                    if self.t_broker_back is None:
+                        self.broker_down(self.rnd.uniform(1.5, 4.0))
+            elif kind == "POWERCUT":
+                time.sleep(self.rnd.uniform(0.0, 0.03))  # the hold-up capacitor's last milliseconds
+                self._kill(p)
+                boot["how"] = "power cut"
+                boot["cut_sets"] = int(rest.split()[0])
+                break
+        last = boot["status"][-1] if boot["status"] else None
+        counts = (boot["end"] or boot.get("reboot") or last or {}).get("counts", {})
+        if boot["how"] == "power cut":
+            counts = self._counts_at_cut(boot)
+        boot["counts"] = {int(k): v for k, v in counts.items()}
+        return boot
+
+    def _counts_at_cut(self, boot: dict) -> dict:
+        # The blocks delivered before the cut, level by level, from the schedule (the node's
+        # own counts are printed only at status times).
+        t0, cut = boot["t0"], boot["cut"]
+        out: dict[int, int] = {}
+        t = t0
+        bs = BLOCK // RATE
+        while t < cut:
+            k = _level(t)
+            # run of seconds at this level until the next change or the cut
+            nxt = _next_change(t)
+            e = min(nxt, cut)
+            out[k] = out.get(k, 0) + (e - t) // bs
+            t = e
+        return {str(k): v for k, v in out.items()}
+
+    def _kill(self, p) -> None:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+
+    def _line(self, ln: str) -> None:
+        self.console.write(ln + "\n")
+        if "MemoryError" in ln or "memory allocation failed" in ln:
+            self.lines_mem_errors += 1
+        if self.verbose and not ln.startswith(("STATUS", "LEVEL")):
+            print("  node: " + ln[:200], file=sys.stderr)
+        self.log_tail.append(ln)
+        del self.log_tail[:-40]
+
+    # -- the whole run --------------------------------------------------------------------------
+    def run(self) -> dict:
+        boots, outs, full = self.plan()
+        t_wall = time.monotonic()
+        self.console = (self.work / "node.log").open("w")
+        with Mosquitto() as broker:
+            self.broker = broker
+            with Consumer(self.work / "records.sqlite", broker.host, broker.port) as consumer:
+                self.consumer = consumer
+                cuts = [(c, down) for _, c, down in boots if c is not None]
+                t = 0
+                while t < self.total_s:
+                    cut = cuts[0] if cuts else None
+                    b = self.run_boot(t, cut[0] if cut else None, outs, full)
+                    self.boots.append(b)
+                    if self.verbose:
+                        took = time.monotonic() - t_wall
+                        print(f"boot at day {t / 86400:.2f}: {b['how']} ({took:.0f} s)", file=sys.stderr)
+                    if b["how"] == "power cut":
+                        t = cut[0] + cut[1]  # power returns after the outage
+                        cuts.pop(0)
+                    elif b["how"] == "end":
+                        break
+                    elif b["how"] == "reboot":  # the node rebooted itself: it starts again at once
+                        t = b["status"][-1]["t"]
+                    else:  # killed by its watchdog or crashed: where it was is known to the hour
+                        self.events.append(f"unplanned end of the boot at day {t / 86400:.2f}: {b['how']}")
+                        self.exact = False
+                        t = b["status"][-1]["t"] if b["status"] else t + 3600
+                if self.t_broker_back is not None:
+                    self.t_broker_back = 0
+                    self.broker_tick()
+                last_seq = max((s.get("last_seq", 0) for b in self.boots for s in b["status"]), default=0)
+
+                def arrived() -> bool:
+                    got = consumer.seqs(NODE_ID)
+                    return len(got) >= last_seq
+
+                try:
+                    consumer.wait_for(arrived, 60, "every record at the consumer")
+                except Exception as e:
+                    self.events.append(str(e))
+                res = self.results(consumer, last_seq)
+        res["wall_s"] = round(time.monotonic() - t_wall, 1)
+        return res
+
+    def results(self, consumer: Consumer, last_seq: int) -> dict:
+        # energy: the registers at the end against the samples the ADC delivered
+        delivered: dict[int, int] = {}
+        for b in self.boots:
+            for k, v in b["counts"].items():
+                delivered[k] = delivered.get(k, 0) + v
+        imp = exp = Fraction(0)
+        a_imp = a_exp = 0.0
+        for k, blocks in delivered.items():
+            n, sv, si, svi = self.levels[k]
+            cov = Fraction(svi) - Fraction(sv * si, n)
+            e = cov * V_SCALE * I_SCALE / RATE * blocks  # joules
+            if e >= 0:
+                imp += e
+            else:
+                exp -= e
+            rms, ang = LEVELS[k]
+            import math
+
+            p = V_RMS * rms * math.cos(math.radians(ang))
+            a = p * blocks * n / RATE
+            if a >= 0:
+                a_imp += a
+            else:
+                a_exp -= a
+        end = self.boots[-1]["end"] if self.boots and self.boots[-1]["end"] else None
+        res: dict = {}
+        if end is not None:
+            r = end["regs"]
+            got_imp = Fraction(r[0] * 3600000 + r[1], 1000000)
+            got_exp = Fraction(r[2] * 3600000 + r[3], 1000000)
+            ref = imp + exp
+            err = abs(got_imp - imp) + abs(got_exp - exp)
+            res["energy_error_ppm"] = round(float(err / ref * 1000000), 3) if ref and self.exact else None
+            res["energy_kwh"] = {
+                "import": round(float(got_imp) / 3.6e6, 4),
+                "export": round(float(got_exp) / 3.6e6, 4),
+                "import_samples": round(float(imp) / 3.6e6, 4),
+                "export_samples": round(float(exp) / 3.6e6, 4),
+            }
+            ana = a_imp + a_exp
+            res["analytic_bias_ppm"] = round((float(imp + exp) - ana) / ana * 1e6, 1) if ana else None
+            res["freq_error_mhz"] = round(abs(end["freq"] - 50.0) * 1000, 3)
+        else:
+            res["energy_error_ppm"] = None
+            res["freq_error_mhz"] = None
+        # clocks and counters, per boot
+        ms_wraps = us_wraps = 0
+        us_seen = False
+        ck_after = 0
+        max_sets = 0
+        for b in self.boots:
+            prev = None
+            wrapped_at_ck = None
+            for s in b["status"]:
+                max_sets = max(max_sets, s["meter_sets"], s["sets"])
+                if prev is not None and s["ticks_ms"] < prev["ticks_ms"]:
+                    ms_wraps += 1
+                    if wrapped_at_ck is None:
+                        wrapped_at_ck = s["ckpt"]
+                if s.get("ticks_us") is not None:
+                    us_seen = True
+                    if prev is not None:
+                        # an hour of simulated time between two readings: several wraps
+                        span_us = (s["sets"] - prev["sets"]) * 1000000 // RATE
+                        us_wraps += (prev["ticks_us"] + span_us) >> 30
+                prev = s
+            if wrapped_at_ck is not None and b["status"]:
+                ck_after += b["status"][-1]["ckpt"] - wrapped_at_ck
+        last_epoch = max((s["epoch"] for b in self.boots for s in b["status"]), default=0)
+        simulated = max((s["t"] for b in self.boots for s in b["status"]), default=0)
+        # records: every seq the node wrote reached the consumer's database, once
+        c = consumer.counters()
+        seqs = set(consumer.seqs(NODE_ID))
+        missing = [s for s in range(1, last_seq + 1) if s not in seqs]
+        dup = 0
+        seen: dict[tuple[str, int], int] = {}
+        for rec in consumer.records(NODE_ID):
+            if rec.get("kind") in ("profile", "daily", "monthly"):
+                key = (rec["kind"], rec["ts"])
+                if key in seen:
+                    dup += 1
+                seen[key] = rec["seq"]
+        # and every load-profile interval and daily freeze the node was up for was recorded
+        # (a record that could not be written is lost as surely as one never delivered)
+        unrecorded = 0
+        for b in self.boots:
+            first = self.epoch0 + b["t0"] + TELEMETRY_S  # the boot's first report
+            end = self.epoch0 + (b["status"][-1]["t"] if b["status"] else b["t0"])
+            last = first + (end - first) // TELEMETRY_S * TELEMETRY_S  # and its last
+            for slot in range(first // PROFILE_S, last // PROFILE_S):
+                if ("profile", (slot + 1) * PROFILE_S) not in seen:
+                    unrecorded += 1
+            for day in range(first // 86400, last // 86400):
+                if ("daily", (day + 1) * 86400) not in seen:
+                    unrecorded += 1
+        lost = len(missing) + c["lost"] + unrecorded
+        # heap: the longest boot, held after a collection every 6 simulated hours; the lowest of
+        # the last three readings against the lowest of the three after the first
+        longest = max(self.boots, key=lambda b: len(b["status"]))
+        heaps = [s["heap"] for s in longest["status"] if s["kind"] == "STATUS" and "heap" in s]
+        growth = min(heaps[-3:]) - min(heaps[1:4]) if len(heaps) >= 4 else None
+        res["heap_days"] = len(heaps)
+        restarts = sum((b["status"][-1]["restarts"] if b["status"] else 0) for b in self.boots)
+        res.update(
+            {
+                "simulated_days": round(simulated / 86400, 3),
+                "ms_wraps": ms_wraps,
+                "us_wraps": us_wraps if us_seen else None,
+                "max_sample_sets": max_sets,
+                "last_epoch": int(last_epoch),
+                "checkpoints_after_wrap": ck_after,
+                "records": len(seqs),
+                "records_lost": lost,
+                "lost_detail": {"seq_gaps": len(missing), "dropped_unsent": c["lost"], "never_recorded": unrecorded},
+                "records_duplicated": dup,
+                "memory_errors": self.lines_mem_errors,
+                "task_restarts": restarts,
+                "heap_growth_bytes": growth,
+                "boots": len(self.boots),
+                "power_cuts": sum(1 for b in self.boots if b["how"] == "power cut"),
+                "broker_outages": sum(1 for e in self.events if e.startswith("broker down")),
+                "enospc_writes": max((s.get("nospc", 0) for b in self.boots for s in b["status"]), default=0),
+                "log_dropped": max((s.get("dropped", 0) for b in self.boots for s in b["status"]), default=0),
+                "consumer": c,
+            }
+        )
+        if missing:
+            res["missing_seqs"] = missing[:20]
+        failed = []
+        if res["simulated_days"] < self.days:
+            failed.append("simulated_days")
+        if res["energy_error_ppm"] is None or res["energy_error_ppm"] > 10:
+            failed.append("energy_error_ppm")
+        if res["freq_error_mhz"] is None or res["freq_error_mhz"] > 1:
+            failed.append("freq_error_mhz")
+        for k in ("records_lost", "records_duplicated", "memory_errors"):
+            if res[k] != 0:
+                failed.append(k)
+        if growth is None or growth > 2048:
+            failed.append("heap_growth_bytes")
+        # coverage: the run exercised what it is for
+        if self.days >= 13.5 and max_sets < 2**30:
+            failed.append("max_sample_sets")
+        if self.days >= 30 and ms_wraps < 2:
+            failed.append("ms_wraps")
+        if us_seen and self.days >= 1 and res["us_wraps"] < 100 * min(1.0, self.days / 30):
+            failed.append("us_wraps")
+        if last_epoch <= 2**31:
+            failed.append("last_epoch")
+        for e in self.events:
+            if e.startswith("unplanned") or e.startswith("timed out"):
+                failed.append("boots")
+                break
+        res["events"] = [e for e in self.events if not e.startswith("broker down")]
+        res["failed"] = failed
+        return res
+
+
+def _level(t: int) -> int:
+    d = t % 86400
+    k = SCHEDULE[0][1]
+    for at, lv in SCHEDULE:
+        if at <= d:
+            k = lv
+        else:
+            break
+    return k
+
+
+def _next_change(t: int) -> int:
+    d = t % 86400
+    for at, _ in SCHEDULE:
+        if at > d:
+            return t - d + at
+    return t - d + 86400
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--days", type=float, default=30.0)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--heap", default="256k")
+    ap.add_argument("--keep", type=Path, help="keep the node's files and the database here")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    a = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="umeter-soak-") as tmp:
+        work = a.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        s = Soak(a.days, a.seed, a.heap, work, a.verbose)
+        res = s.run()
+    res["micropython"] = os.path.basename(unixport.micropython_path())
+    if res["failed"]:
+        print("soak failed: " + ", ".join(res["failed"]), file=sys.stderr)
+        print("\n".join(s.log_tail[-15:]), file=sys.stderr)
+    print(json.dumps(res))
+    return 1 if res["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
