@@ -108,7 +108,7 @@ class _Os:
     # `os` as the node sees it: remove and rename give the space back.
     def __init__(self):
         for k in dir(_os):
-            if not k.startswith("__"):
+            if not k.startswith("__") and k not in ("remove", "rename"):
                 setattr(self, k, getattr(_os, k))
 
     def remove(self, path):
