@@ -255,3 +255,34 @@ async def test_seqs_the_log_lost_go_out_as_unknown_missing_so_the_consumer_sees_
     kinds = dict(zip([s for s, p, dup in c.sent], c.kinds))
     eq((kinds[5], kinds[11], kinds[12], kinds[13]), ("unknown", "unknown", "unknown", "profile"), "gaps named")
     eq(ob.stats()["missing"], 3, "counted")
+
+
+class _FullCursor(Cursor):
+    # A cursor whose file cannot be written (the flash is full).
+    def flush(self):
+        if self.acked != self.saved:
+            raise OSError(28)
+
+
+@needs("host:mosquitto")
+@heap("256k")
+@timeout(60)
+async def test_a_cursor_that_cannot_be_saved_does_not_drop_the_link():
+    d = scratch_dir()
+    node = "ob-full"
+    log = RecordLog(d + "/log", 4096, 65536)
+    cur = _FullCursor(d + "/cursor", every=8)
+    _fill(log, 40)
+    sink = await Sink("sink-ob-full", "umeter/%s/#" % node).start()
+    h, p = _broker()
+    ob = Outbox(log, cur, node, rate=1000.0, window=8)
+    link = MqttLink(node, {"host": h, "port": p, "backoff_min_ms": 50}, outbox=ob, log=lambda m: None)
+    t = asyncio.create_task(link.run())
+    ok = await _until(lambda: cur.acked == 40, 20000)
+    await asyncio.sleep_ms(300)
+    t.cancel()
+    await sink.c.disconnect()
+    eq(ok, True, "every record acknowledged (cursor at %d)" % cur.acked)
+    eq((link.ups, link.downs), (1, 0), "one connection, never dropped")
+    eq(ob.persist_errors > 0, True, "the failed saves are counted")
+    eq(sink.seqs("profile"), list(range(1, 41)), "in order, once each")

@@ -74,6 +74,7 @@ class Outbox:
         self.rewinds = 0
         self.on_unreadable = None  # callable(seq, why): an event, once per record (the service's)
         self._unreadable_hi = 0
+        self.persist_errors = 0  # cursor writes that failed (flash full)
 
     def notify(self):
         # A record was appended: wake the publisher.
@@ -116,8 +117,19 @@ class Outbox:
                 e[2] = True
                 break
         while p and p[0][2]:
-            self.cursor.advance(p.pop(0)[0])
+            try:
+                self.cursor.advance(p.pop(0)[0])
+            except OSError:  # persisting failed (flash full): the cursor in RAM moved on
+                self.persist_errors += 1
         self._kick.set()
+
+    def _persist(self):
+        # The cursor to flash, best effort: a full flash must not drop the connection (the
+        # next flush tries again; after a reboot the consumer drops what is sent twice).
+        try:
+            self.cursor.flush()
+        except OSError:
+            self.persist_errors += 1
 
     def _take_token(self):
         now = _now()
@@ -220,7 +232,7 @@ class Outbox:
                     if not old:
                         self._tokens += 1.0  # nothing to send: give the token back
                     if not p:
-                        self.cursor.flush()  # caught up: persist now (no-op when unchanged)
+                        self._persist()  # caught up: persist now (no-op when unchanged)
                     break
                 if kind < 0:
                     seq, doc = self._missing()
@@ -255,7 +267,7 @@ class Outbox:
                 await _wait_for_ms(self._kick.wait(), self._wait_ms())
             except asyncio.TimeoutError:
                 pass
-        self.cursor.flush()
+        self._persist()
 
     def _wait_ms(self):
         if self._tokens < 1.0:
