@@ -214,6 +214,7 @@ class Soak:
             text=True,
             start_new_session=True,
         )
+        self.proc = p
         q: queue.Queue[str | None] = queue.Queue()
 
         def reader() -> None:
@@ -312,6 +313,14 @@ class Soak:
         boots, outs, full = self.plan()
         t_wall = time.monotonic()
         self.console = (self.work / "node.log").open("w")
+        self.proc = None
+        try:
+            return self._run(boots, outs, full, t_wall)
+        finally:
+            if self.proc is not None:
+                self._kill(self.proc)
+
+    def _run(self, boots, outs, full, t_wall) -> dict:
         with Mosquitto() as broker:
             self.broker = broker
             with Consumer(self.work / "records.sqlite", broker.host, broker.port) as consumer:
@@ -319,6 +328,9 @@ class Soak:
                 cuts = [(c, down) for _, c, down in boots if c is not None]
                 t = 0
                 while t < self.total_s:
+                    if len(self.boots) >= 200:
+                        self.events.append(f"unplanned: 200 boots, stopped at day {t / 86400:.2f}")
+                        break
                     cut = cuts[0] if cuts else None
                     b = self.run_boot(t, cut[0] if cut else None, outs, full)
                     self.boots.append(b)
@@ -351,6 +363,11 @@ class Soak:
                     self.events.append(str(e))
                 res = self.results(consumer, last_seq)
         res["wall_s"] = round(time.monotonic() - t_wall, 1)
+        import resource
+
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)  # the node's boots (and the broker)
+        res["node_cpu_s"] = round(ru.ru_utime + ru.ru_stime, 1)
+        res["load_avg"] = round(os.getloadavg()[0], 1)
         return res
 
     def results(self, consumer: Consumer, last_seq: int) -> dict:
@@ -539,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", type=Path, help="keep the node's files and the database here")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
+    # a terminated run still stops its broker and its node (the with-blocks unwind)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     with tempfile.TemporaryDirectory(prefix="umeter-soak-") as tmp:
         work = a.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

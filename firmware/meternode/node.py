@@ -22,7 +22,7 @@ from meternode.metrology.meter import Meter
 
 _BACKOFF_MIN_MS = 500
 _BACKOFF_MAX_MS = 30000
-_STALL_MS = 60000  # what a task may take beyond its own period before it counts as stalled (tasks.py)
+_STALL_MS = 60000  # what a task may take beyond its own period before it counts as stalled
 _UPLINK_MIN_FREE = 64 * 1024  # free heap the uplink service needs, loaded from source (measured)
 _COMMANDS_FREE = 24 * 1024  # and this much more with authenticated commands (cmd_key)
 # Free heap the gateway needs at its gate (the record log is up by then), measured by

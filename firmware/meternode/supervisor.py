@@ -23,8 +23,8 @@
 #   stable_ms, keeps dying; on_loop(watch, why) is called (the node counts it in the
 #   persisted crash-loop state, checkpoints its registers and reboots; after `safe_after`
 #   such reboots in a row it boots into the safe configuration, see tasks.py).  With no
-#   on_loop (the safe configuration), the task keeps being restarted at the longest
-#   backoff.  A run of stable_ms clears a task's failure count.
+#   on_loop, the task keeps being restarted at the longest backoff.  A run of stable_ms
+#   clears a task's failure count.
 #
 # Modules whose loops run inside a task (MqttLink, Outbox, LoRaLink, WifiSupervisor,
 # PolicyService) have a `beat` attribute, a no-op by default, that the node points at the

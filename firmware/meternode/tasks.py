@@ -12,7 +12,8 @@
 #                   full one (86400; 0 = until the state file is removed)
 #   backoff_min_ms, backoff_max_ms   restart backoff (500, 60000)
 # A crash loop counts one more in the persisted state, checkpoints the registers and reboots
-# (Node.reboot); a watchdog reset and a caught fatal error count too (node.py).
+# (Node.reboot), in the safe configuration too (it stays safe: the count only grows); a
+# watchdog reset and a caught fatal error count too (node.py).
 import time
 
 from meternode.hal import watchdog
@@ -32,6 +33,8 @@ def wire(node):
             node.event(records.EV_TASK, w.fails, "%s %s" % (w.name, why))
 
     def crash_loop(w, why):
+        # Also in the safe configuration: a task that keeps dying there (metering itself, say)
+        # is better served by a reboot than by restarts at the longest backoff.
         node.crashed("%s %s" % (w.name, why))
         log("crash loop %d in task %s: rebooting" % (node.boot["loops"], w.name))
         node.reboot("crash loop in %s" % w.name)
@@ -41,7 +44,7 @@ def wire(node):
         log,
         watchdog.make_watchdog(node.board, node.config),
         failed,
-        None if node.safe else crash_loop,
+        crash_loop,
         backoff_min_ms=sc.get("backoff_min_ms", 500),
         backoff_max_ms=sc.get("backoff_max_ms", 60000),
         loop_fails=sc.get("loop_fails", 5),
