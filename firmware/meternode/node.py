@@ -389,7 +389,6 @@ class Node:
             if stop is not None:
                 stop()
 
-
     def _gateway(self):
         # Downstream meter buses (gateway/, docs/gateway.md): loaded only when config has
         # "gateway" (RAM); a bad gateway configuration is logged and never stops metering.

@@ -39,7 +39,7 @@ def wire(node):
         log("crash loop %d in task %s: rebooting" % (node.boot["loops"], w.name))
         node.reboot("crash loop in %s" % w.name)
 
-    stable = sc.get("stable_s", 3600) * 1000
+    stable = sc.get("stable_s", 3600)
     sup = node.supervisor = Supervisor(
         log,
         watchdog.make_watchdog(node.board, node.config),
@@ -48,7 +48,7 @@ def wire(node):
         backoff_min_ms=sc.get("backoff_min_ms", 500),
         backoff_max_ms=sc.get("backoff_max_ms", 60000),
         loop_fails=sc.get("loop_fails", 5),
-        stable_ms=stable,
+        stable_ms=min(stable, 86400) * 1000,  # a task's run, measured in ticks: at most a day
     )
     c = node.config
     sup.add("sampling", node.sampling, 10000)
@@ -74,9 +74,9 @@ def wire(node):
     if c.get("gateway"):  # downstream meter buses (gateway/): loaded only when configured
         g = node._gateway()
         if g is not None:
-            for name, start in g.starts():
-                sup.add(name, start, 3600000)
-    sup.add("uptime", _uptime(node, stable, sc.get("safe_hold_s", 86400) * 1000), 30000)
+            for name, start, stall in g.starts():
+                sup.add(name, start, stall)
+    sup.add("uptime", _uptime(node, stable, sc.get("safe_hold_s", 86400)), 30000)
     if node.safe:
         b = node.boot
         log("safe configuration: %d crash loops in a row (%s)" % (b["loops"], b["why"]))
@@ -121,19 +121,19 @@ def _uptime(node, stable, hold):
     async def task(w):
         import asyncio
 
-        t0 = time.ticks_ms()
+        up = 0  # seconds since boot, counted (nothing here grows past a small int)
         while True:
             await asyncio.sleep_ms(1000)
             w.beat()
-            up = time.ticks_diff(time.ticks_ms(), t0)
+            up += 1
             b = node.boot
             if node.safe:
                 if hold and up >= hold:
                     b["loops"] = 0
                     node.save_state()
-                    node.reboot("safe configuration held %d s" % (hold // 1000))
+                    node.reboot("safe configuration held %d s" % hold)
             elif b["loops"] and up >= stable:
-                _log("stable for %d s: crash-loop count %d cleared" % (stable // 1000, b["loops"]))
+                _log("stable for %d s: crash-loop count %d cleared" % (stable, b["loops"]))
                 b["loops"] = 0
                 node.save_state()
 

@@ -5,6 +5,7 @@
 import asyncio
 import time
 
+from meternode import ticks
 from meternode.hal.simwdt import SimWatchdog
 from meternode.hal.watchdog import reset_cause
 from meternode.supervisor import Supervisor
@@ -48,7 +49,7 @@ async def test_a_task_that_raises_is_restarted_with_bounded_backoff_and_the_othe
 
     def on_fail(w, why):
         # the backoff the supervisor set, read when it reports the failure
-        fails.append((w.name, w.fails, why, time.ticks_diff(w.due, time.ticks_ms())))
+        fails.append((w.name, w.fails, why, ticks.diff(w.due, ticks.ms())))
         runs.append(getattr(good, "n", 0))
 
     s = Supervisor(

@@ -19,6 +19,10 @@ from meternode.gateway import drivers
 from meternode.gateway import reading as R
 
 
+def _nop():
+    pass
+
+
 class Meter:
     # One meter's schedule and state: small, since a node may read dozens (`index`, the
     # config entry's position, is not kept).
@@ -43,6 +47,7 @@ class Poller:
     def __init__(self, bus, meters, sink, timeout_ms=500, retries=2, backoff_max_s=3600, silent_after=2):
         self.bus = bus
         self.meters = meters
+        self.beat = _nop  # the supervisor's progress report (supervisor.py), once per loop
         self.sink = sink
         self.timeout_ms = timeout_ms
         self.retries = retries
@@ -106,6 +111,7 @@ class Poller:
         if not self.meters:
             return
         while True:
+            self.beat()
             if self.ops:
                 await self.valve(self.ops.pop(0))
                 continue

@@ -53,6 +53,7 @@ def check(c):
 class GatewayService:
     def __init__(self, node, log=None):
         self.node = node
+        self.beat = _nop  # the supervisor's progress report (supervisor.py), once per loop
         self.log = log or print
         g = check(node.config)
         self.g = g
@@ -116,12 +117,13 @@ class GatewayService:
         return t
 
     def starts(self):
-        # (name, start(watch) -> coroutine) for the node's supervisor (supervisor.py): the
-        # same tasks as tasks(), started again whenever one ends or fails.
-        out = [("bus%d" % k, _starter(p.run)) for k, p in enumerate(self.pollers) if p.meters]
-        out.append(("gateway", _starter(self.publisher)))
+        # (name, start(watch) -> coroutine, stall ms) for the node's supervisor (supervisor.py):
+        # the same tasks as tasks(), started again whenever one ends, fails or stalls; each
+        # loop reports progress through its `beat`.
+        out = [("bus%d" % k, _starter(p, p.run), 120000) for k, p in enumerate(self.pollers) if p.meters]
+        out.append(("gateway", _starter(self, self.publisher), 300000))
         if self.slave is not None:
-            out.append(("bus slave", _starter(self.slave.run)))
+            out.append(("bus slave", _starter(self.slave, self.slave.run), 60000))
         return out
 
     # -- the sink the pollers call ---------------------------------------------------------------
@@ -239,6 +241,7 @@ class GatewayService:
         # Publishes each meter's newest state (retained) and, once per connection, its Home
         # Assistant discovery; also freezes at midnight when every meter is silent.
         while True:
+            self.beat()
             await _sleep_ms(500)
             try:
                 self._freeze(int(self.clock.time()))
@@ -328,8 +331,13 @@ async def run(svc):
     await asyncio.gather(*svc.tasks())
 
 
-def _starter(run):
+def _nop():
+    pass
+
+
+def _starter(obj, run):
     def start(w):
+        obj.beat = w.beat
         return run()
 
     return start

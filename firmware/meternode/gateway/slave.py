@@ -40,8 +40,13 @@ class _Raw:
         return 0
 
 
+def _nop():
+    pass
+
+
 class Slave:
     def __init__(self, node, bus, cfg, event=None):
+        self.beat = _nop  # the supervisor's progress report (supervisor.py), once per loop
         self.node = node
         self.bus = bus
         self.address = cfg["address"]
@@ -64,6 +69,7 @@ class Slave:
 
     async def run(self):
         while True:
+            self.beat()
             self.raw.reset()
             n = await self.bus.receive(self.raw, 1000, 2)
             if n < 0 or not self.raw.n:
