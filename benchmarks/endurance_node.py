@@ -53,10 +53,10 @@ def _du(path):
 def _cap():
     # The flash's free space: unlimited, except inside a `full` window, where it is what
     # was free when the window opened (other data took the rest); deleting frees space.
-    c = _clock[0]
+    c = _clock[0]  # the node's sampler, once it exists
     if c is None:
         return None
-    t = c.ms // 1000 + soak["t0_s"]
+    t = c._el_s + soak["t0_s"]
     for w in _full:
         if w[0] <= t < w[1]:
             if _flash["window"] is not w:
@@ -128,6 +128,8 @@ sys.modules["os"] = _Os()
 
 from meternode import node as _node  # noqa: E402
 from meternode.config import load_json  # noqa: E402
+from meternode.hal.sim import SimSampler  # noqa: E402
+from meternode.hal.simclock import SimClock  # noqa: E402
 
 
 class _Brownout:
@@ -138,7 +140,7 @@ n = _node.Node(load_json("board.json"), load_json("config.json"))
 n.brownout = _Brownout()
 s = n.hal.sampler
 clock = n.hal.clock
-_clock[0] = clock
+_clock[0] = s
 board = n.board
 rate = s.rate
 bs = s.block_sets
@@ -148,32 +150,25 @@ sched = soak["schedule"]  # [[second of day, level], ...] sorted, first at 0
 cut_s = soak.get("cut_s")  # power cut at this simulated second of the boot, or None
 end_s = soak["end_s"]  # the boot's last simulated second (the run's end, or the cut)
 t0_s = soak["t0_s"]  # this boot's start, in seconds since the run's start
-_sums = {}  # level -> (sets, sum v, sum i, sum v*i) of its block
+_sums = {}  # levels whose block sums were printed
 _counts = {}  # level -> blocks delivered in this boot
 _buf = s._bufs[0]  # the playback block (the sim sampler's own buffer)
 _cur = [-1]  # the level in _buf
-
-
-class _Scratch:
-    ms = 0
-
-
-_scratch = _Scratch()
+# The synthesiser: the sim board's own sampler, on a clock of its own, writing into _buf
+_syn = SimSampler(board, n.config["sim"], SimClock(0))
+_syn._bufs = None  # its blocks are not needed: it fills _buf
+gc.collect()
 
 
 def _block(k):
     # The level's block: whole cycles, phase 0 at every block start, so the sim sampler
-    # synthesises it once per level change (into its own buffer: nothing is allocated).
+    # synthesises it once per level change.
     if _cur[0] == k:
         return _buf
     rms, angle = levels[k]
-    sets = s.sets
-    s._clock = _scratch  # fill() advances a clock: not the node's
-    s.set_current(1, float(rms), float(angle))
-    s._theta = 0.0
-    s.fill(_buf)
-    s._clock = clock
-    s.sets = sets
+    _syn.set_current(1, float(rms), float(angle))
+    _syn._theta = 0.0
+    _syn.fill(_buf)
     _cur[0] = k
     if k not in _sums:
         sv = si = svi = 0
@@ -204,10 +199,10 @@ _dead = asyncio.Event()  # never set: the ADC after a power cut
 
 
 async def _next_block():
-    t = s.sets // rate  # simulated seconds of this boot so far
+    t = s._el_s  # simulated seconds of this boot so far (blocks of exactly 1 s)
     if cut_s is not None and t >= cut_s:
         n.brownout.tripped = False
-        print("POWERCUT %d" % s.sets)
+        print("POWERCUT %d" % t)
         await _dead.wait()
     if t >= end_s:
         await _dead.wait()
@@ -215,9 +210,8 @@ async def _next_block():
     k = _level(t0_s + t)
     b = _block(k)
     _counts[k] = _counts.get(k, 0) + 1
-    s.sets += bs
-    clock.ms = (s.sets * 1000) // rate
-    if cut_s is not None and t + bs // rate >= cut_s:
+    s._advance(bs)  # the sim sampler's clock, stamp and counters, as fill() moves them
+    if cut_s is not None and t + 1 >= cut_s:
         n.brownout.tripped = True  # the node checkpoints after feeding this block
     return b
 
@@ -235,12 +229,15 @@ def _status(kind, heap=False):
     u = n.uplink_service
     sup = n.supervisor
     d = {
-        "t": t0_s + s.sets // rate,
+        "t": t0_s + s._el_s,
         "sets": s.sets,
         "meter_sets": n.meter.sets,
         "ticks_ms": clock.ticks_ms(),
-        "ticks_us": clock.ticks_us() if hasattr(clock, "ticks_us") else None,
+        "ticks_us": clock.ticks_us(),
+        "stamp_us": s.stamp_us,
+        "rate": n.meter.rate if hasattr(n.meter, "rate") else None,
         "epoch": clock.time(),
+        "gaps": getattr(n.meter, "gaps", None),
         "regs": _regs(),
         "freq": n.meter.freq,
         "cycles": n.meter.cycles,
