@@ -92,8 +92,9 @@ SCHEDULE = [
 
 
 class Soak:
-    def __init__(self, days: float, seed: int, heap: str, work: Path, verbose: bool) -> None:
+    def __init__(self, days: float, seed: int, heap: str, work: Path, verbose: bool, coast: float = 0.0) -> None:
         self.days = days
+        self.coast = coast
         self.total_s = int(days * 86400)
         self.rnd = random.Random(seed)
         self.heap = heap
@@ -195,6 +196,7 @@ class Soak:
             "schedule": SCHEDULE,
             "status_s": 3600,
             "heap_s": 21600,
+            "coast": self.coast,
             "full": full,
         }
         (self.root / "soak.json").write_text(json.dumps(soak))
@@ -368,6 +370,7 @@ class Soak:
         ru = resource.getrusage(resource.RUSAGE_CHILDREN)  # the node's boots (and the broker)
         res["node_cpu_s"] = round(ru.ru_utime + ru.ru_stime, 1)
         res["load_avg"] = round(os.getloadavg()[0], 1)
+        res["coast"] = self.coast
         return res
 
     def results(self, consumer: Consumer, last_seq: int) -> dict:
@@ -555,7 +558,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--days", type=float, default=30.0)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--heap", default="256k")
+    ap.add_argument("--heap", default="288k")
+    ap.add_argument(
+        "--coast",
+        type=float,
+        default=0.75,
+        help="fraction of every 5 simulated minutes the sim HAL fast-forwards (SimSampler.coast) "
+        "instead of sampling set by set; 0 samples every set",
+    )
     ap.add_argument("--keep", type=Path, help="keep the node's files and the database here")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
@@ -564,7 +574,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="umeter-soak-") as tmp:
         work = a.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        s = Soak(a.days, a.seed, a.heap, work, a.verbose)
+        if not 0.0 <= a.coast <= 0.95:
+            ap.error("--coast must be 0 .. 0.95")
+        s = Soak(a.days, a.seed, a.heap, work, a.verbose, a.coast)
         res = s.run()
     res["micropython"] = os.path.basename(unixport.micropython_path())
     if res["failed"]:

@@ -6,7 +6,10 @@
 # - the ADC: the scenario's load profile, level by level.  Each level's block holds whole
 #   mains cycles (50 Hz at 1 kS/s: 20 sets a cycle), so the sim HAL synthesises it once and
 #   plays it back; the block's exact integer sums (LEVEL lines) let the host integrate the
-#   energy the samples carry, set by set;
+#   energy the samples carry, set by set.  With `coast` (a fraction), that part of every
+#   5-minute slot is fast-forwarded by the sim HAL (SimSampler.coast: counters, clocks and
+#   phase run on, the meter registers the steady stretch at its measured power) and the
+#   rest is sampled set by set;
 # - the power: at `cut_s` the brown-out input trips (the node checkpoints at once), the ADC
 #   stops and the host kills the process at a random instant (POWERCUT line);
 # - a nearly full flash: inside the `full` windows the node has only a little free space
@@ -139,6 +142,7 @@ class _Brownout:
 n = _node.Node(load_json("board.json"), load_json("config.json"))
 n.brownout = _Brownout()
 s = n.hal.sampler
+n_meter = n.meter
 clock = n.hal.clock
 _clock[0] = s
 board = n.board
@@ -198,8 +202,49 @@ def _level(t):
 _dead = asyncio.Event()  # never set: the ADC after a power cut
 
 
+_SLOT = 300  # s: each slot of the run is sampled set by set, then coasted (soak "coast")
+_real = _SLOT - int(_SLOT * soak.get("coast", 0.0))
+
+
+def _next_change(t):
+    # the next second of the run at which the load level changes
+    d = t % 86400
+    for at, _ in sched:
+        if at > d:
+            return t - d + at
+    return t - d + 86400
+
+
+_steady = [0, -1]  # real blocks in a row at one level, and that level
+
+
+def _coast(t):
+    # Inside a slot's coasted part: fast-forward the steady signal to the slot's end (never
+    # across a level change, the cut or the end): the sampler's clock, phase and counters
+    # run on and the meter registers the stretch at its measured power (SimSampler.coast).
+    # Only once the meter has measured this level (a few real blocks since the boot or the
+    # last change): what it registers is what it measured last.
+    r = t0_s + t
+    pos = r % _SLOT
+    if pos < _real or _steady[0] < 3 or _steady[1] != _level(r):
+        return 0
+    e = r - pos + _SLOT
+    e = min(e, _next_change(r), t0_s + end_s)
+    if cut_s is not None:
+        e = min(e, t0_s + cut_s - 1)
+    secs = e - r
+    if secs <= 0:
+        return 0
+    k = _level(r)
+    s.coast(n_meter, secs)
+    _counts[k] = _counts.get(k, 0) + secs  # 1-s blocks
+    return secs
+
+
 async def _next_block():
     t = s._el_s  # simulated seconds of this boot so far (blocks of exactly 1 s)
+    if _real < _SLOT and _coast(t):
+        t = s._el_s
     if cut_s is not None and t >= cut_s:
         n.brownout.tripped = False
         print("POWERCUT %d" % t)
@@ -210,6 +255,11 @@ async def _next_block():
     k = _level(t0_s + t)
     b = _block(k)
     _counts[k] = _counts.get(k, 0) + 1
+    if _steady[1] == k:
+        _steady[0] += 1
+    else:
+        _steady[0] = 1
+        _steady[1] = k
     s._advance(bs)  # the sim sampler's clock, stamp and counters, as fill() moves them
     if cut_s is not None and t + 1 >= cut_s:
         n.brownout.tripped = True  # the node checkpoints after feeding this block
