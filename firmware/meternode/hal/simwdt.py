@@ -3,7 +3,8 @@
 # call), as a hardware watchdog does.  "Reset" on the unix port: the mark file is written
 # (the next boot reads its reset cause from it: hal.reset_cause), a line is printed and the
 # process is killed at once (SIGKILL: no cleanup, like a real reset); whoever runs the node
-# starts it again.  Unlike a board's, this one can be stopped (tests, a node.run() that ends).
+# starts it again.  Unlike a board's, this one can be stopped (tests, a node.run() that ends),
+# and stops when a Ctrl-C stops the node.
 import time
 
 _STEP_MS = 100
@@ -30,11 +31,20 @@ class SimWatchdog:
         self.on = False
 
     def _watch(self):
-        while self.on:
-            time.sleep_ms(_STEP_MS)
-            if self.on and time.ticks_diff(time.ticks_ms(), self.fed) > self.timeout:
-                self._reset()
-                return
+        try:
+            while self.on:
+                time.sleep_ms(_STEP_MS)
+                if self.on and time.ticks_diff(time.ticks_ms(), self.fed) > self.timeout:
+                    self._reset()
+                    return
+        except KeyboardInterrupt:
+            # The unix port raises a Ctrl-C (SIGINT) in whichever thread the kernel hands it
+            # to: it is the node's, not ours.  Stop watching and hand it on (with this thread
+            # gone, the main thread gets it), so the node stops and saves its registers.
+            self.on = False
+            import os
+
+            os.system("kill -INT $PPID")
 
     def _reset(self):
         self.fired = True

@@ -131,7 +131,7 @@ class RTC:
 class WDT:
     # A watchdog that bites: a thread resets the board (reset cause WDT_RESET) when nobody
     # fed it for `timeout` ms, whatever the main thread is doing.  Like a board's, it cannot
-    # be stopped once started.
+    # be stopped once started -- except by a Ctrl-C that lands in its thread (see _watch).
     def __init__(self, id=0, timeout=5000):
         import _thread
 
@@ -143,8 +143,17 @@ class WDT:
         self._fed = time.ticks_ms()
 
     def _watch(self):
-        while time.ticks_diff(time.ticks_ms(), self._fed) <= self.timeout:
-            time.sleep_ms(50)
+        try:
+            while time.ticks_diff(time.ticks_ms(), self._fed) <= self.timeout:
+                time.sleep_ms(50)
+        except KeyboardInterrupt:
+            # A Ctrl-C from the host landed in this thread (the unix port raises it in any
+            # thread): it is meant for the code running, so hand it on and stop watching (a
+            # board's WDT would bite later unless fed; the stand-in lets a host take the REPL).
+            import os
+
+            os.system("kill -INT $PPID")
+            return
         vbstate.watchdog()
 
 
