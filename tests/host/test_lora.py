@@ -68,6 +68,8 @@ def test_generated_javascript_decodes_like_python(tmp_path):
     frames = [
         loracodec.encode_record(records.PROFILE, 7, 1700000000, PROFILE),
         loracodec.encode_record(records.EVENT, 9, 1, records.event(records.EV_LEAK, 2, "basement")),
+        loracodec.encode_record(records.EVENT, 11, 1, records.event(records.EV_TASK, 3, "lora reader OSError")),
+        loracodec.encode_record(records.EVENT, 12, 1, records.event(records.EV_SAFE_MODE, 2, "crash loop")),
         loracodec.encode_telemetry(10, 2, {"v": 230.1, "f": 50.0, "p": 100.0, "e_imp_wh": 5, "e_exp_wh": 0}),
     ]
     js = js_decoder() + "\nconst f = JSON.parse(process.argv[2]);\n"
@@ -78,6 +80,18 @@ def test_generated_javascript_decodes_like_python(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == [loracodec.decode(f) for f in frames]
+    assert [d.get("event") for d in json.loads(out.stdout)] == [None, "leak", "task", "safe_mode", None]
+
+
+def test_event_codes_are_distinct_and_all_named():
+    # Branches add event codes; two taking the same number would silently merge in EVENT_NAMES
+    # (the last name wins) and every decoder would misname one of them.
+    codes = {k: getattr(records, k) for k in dir(records) if k.startswith("EV_")}
+    assert len(set(codes.values())) == len(codes), codes
+    assert sorted(codes.values()) == sorted(records.EVENT_NAMES)
+    names = {records.EVENT_NAMES[c] for c in codes.values()}
+    assert {"valve", "task", "safe_mode"} <= names
+    assert len(names) == len(codes)
 
 
 # READING frames made on MicroPython by the firmware: meter answers encoded by the codecs,
