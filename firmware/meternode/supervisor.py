@@ -13,7 +13,11 @@
 #   loop may call it per block.  A long wait is split or the stall limit covers it; a task
 #   may change its own `watch.stall_ms` (e.g. when its period is reconfigured).  A task that
 #   made no progress for stall_ms is "stalled": it is cancelled and restarted like a failed
-#   one (CancelledError is a BaseException: `except Exception` in the task does not stop it).
+#   one (CancelledError is a BaseException: `except Exception` in the task does not stop it;
+#   a task holding a connection or helper tasks closes them in a `finally`).
+#   stall_ms = 0: an input-driven task (the LoRa modem's line reader) that may rightly wait
+#   for outside bytes for ever; it has no progress deadline and is restarted only when it
+#   ends or raises (whoever waits for its input has a timeout of its own).
 # - The watchdog (hal.make_watchdog: machine.WDT on boards, a stand-in on the sim board) is
 #   fed every check_ms only while every task is running and made progress within its
 #   stall_ms, or is waiting out its restart backoff (the supervisor holds it).  If the
@@ -170,7 +174,7 @@ class Supervisor:
             if w._stalled:
                 healthy = False  # cancelled, not yet unwound
                 continue
-            if _diff(now, w.t) > w.stall_ms:
+            if w.stall_ms and _diff(now, w.t) > w.stall_ms:
                 healthy = False
                 w._stalled = True
                 w.stalls += 1

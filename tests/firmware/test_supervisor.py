@@ -157,6 +157,42 @@ async def test_watchdog_is_fed_only_while_every_task_progresses_and_a_stalled_ta
     eq(wdt.feeds > fed, True, "fed again once the restarted task progresses")
 
 
+async def test_an_input_driven_task_waits_for_ever_without_stalling_and_is_restarted_when_it_dies():
+    # stall_ms = 0 (the LoRa modem's reader): a silent input is no stall, the watchdog is fed;
+    # ending or raising still restarts it.
+    wdt = _Wdt()
+    s = Supervisor(_quiet, wdt, check_ms=5, backoff_min_ms=5, backoff_max_ms=5)
+    line = asyncio.Event()  # bytes from outside: none for a long while
+
+    async def reader(w):
+        while True:
+            await line.wait()  # no timeout: the input decides
+            line.clear()
+            w.beat()
+            w.got = getattr(w, "got", 0) + 1
+            if w.got == 2:
+                raise ValueError("bad byte")
+
+    s.add("good", _healthy, 1000)
+    w = s.add("reader", reader, 0)
+    t = asyncio.create_task(s.run())
+    await asyncio.sleep_ms(120)  # 24 checks with the reader silent
+    eq((w.stalls, w.restarts, s.starved), (0, 0, 0), "silent input: no stall, nothing starved")
+    fed = wdt.feeds
+    eq(fed >= 20, True, "the watchdog fed all along (%d)" % fed)
+    line.set()
+    await _until(lambda: getattr(w, "got", 0) == 1, 1000)
+    line.set()
+    await _until(lambda: w.restarts == 1, 1000)
+    await asyncio.sleep_ms(20)
+    line.set()
+    await _until(lambda: w.got == 3, 1000)
+    t.cancel()
+    await asyncio.sleep_ms(5)
+    eq((w.restarts, w.error, w.got), (1, "ValueError: bad byte", 3), "restarted when it raised, reading again")
+    eq(wdt.feeds > fed, True, "fed on")
+
+
 @timeout(20)
 async def test_sim_watchdog_resets_when_the_event_loop_is_stuck():
     d = scratch_dir()
