@@ -62,6 +62,9 @@ def wire(node):
         sup.add("link", node.link, m.get("backoff_max_ms", 30000) + 90000)
     u = node.uplink_service
     if c.get("lora") and u is not None and u.lora is not None:
+        # the modem's line reader first (the lora task's commands wait for its replies); it
+        # waits for the module's bytes without a deadline: stall_ms 0 (supervisor.py)
+        sup.add("lora reader", _beating(u.lora.modem, u.lora.modem.read_loop), 0)
         sup.add("lora", _lora(u), 300000)
     if c.get("fleet") or c.get("policy"):
         try:  # only nodes with policies load the policy package; a bad one never stops metering
@@ -94,12 +97,11 @@ def _beating(obj, run):
 
 
 def _lora(u):
+    # The LoRaWAN task (configure the modem, then LoRaLink.run); the modem's reader is a
+    # task of its own ("lora reader"), untouched when this one restarts.
     async def task(w):
         u.lora.beat = w.beat
-        try:
-            await u.run_lora()
-        finally:  # a restart starts the modem's reader again: never two of them
-            u.lora.modem.stop()
+        await u.run_lora()
 
     return task
 

@@ -2,7 +2,8 @@
 # dies is recorded in the record log and restarted while metering goes on; a task that keeps
 # dying checkpoints the registers and reboots, and after supervisor.safe_after such reboots
 # the node boots into the safe configuration; a planned reboot and a caught fatal error
-# checkpoint the registers; a MemoryError making the MQTT client does not end the link.
+# checkpoint the registers; a MemoryError making the MQTT client does not end the link; the
+# LoRa modem's reader is a supervised task of its own.
 import asyncio
 import json
 
@@ -115,6 +116,60 @@ async def test_a_dead_sampling_task_is_recorded_and_restarted_and_metering_goes_
     eq(ev, [("task", "sampling OSError: DMA stalled")], "recorded in the record log")
     eq(n.supervisor.watch("reporting").restarts, 0, "the others untouched")
     n.uplink_service.log.close()
+
+
+_LORA = {"deveui": "70B3D57ED0000001", "appeui": "0000000000000000", "appkey": "00112233445566778899AABBCCDDEEFF"}
+
+
+@heap("256k")
+@timeout(60)
+async def test_a_dying_lora_modem_reader_is_recorded_and_restarted_and_a_lora_task_restart_leaves_it_alone():
+    # The modem's line reader is a supervised task of its own ("lora reader"): a bug that
+    # kills it (here: the first byte it handles raises) is a TASK event and a restart, and the
+    # module's later lines are read again; the lora task stalling (its configure waits on a
+    # module that never answers) restarts that task only -- never a second reader.
+    d = scratch_dir()
+    port = d + "/modem"
+    with open(port, "wb") as f:  # what the module prints: a noise line, then a downlink
+        f.write(b"X\r\n+EVT:RX_1:-80:7:UNICAST:3:0102\r\n")
+    lo = dict(_LORA, port=port)
+    n = Node(_board(), _config(d, lora=lo))
+    u = n.uplink()
+    m = u.lora.modem
+    m.w = asyncio.StreamWriter(open("/dev/null", "wb"), {})  # commands go nowhere: no answer
+    real = m.feed
+    calls = [0]
+
+    def feed(raw):
+        calls[0] += 1
+        if calls[0] == 1:
+            raise ValueError("reader bug")
+        real(raw)
+
+    m.feed = feed
+    t = asyncio.create_task(n.run())
+    ok = await _until(lambda: n.supervisor is not None)
+    sup = n.supervisor
+    sup.watch("lora").stall_ms = 300  # configure() waits 3 s per command: a stall from here
+    ok = await _until(lambda: len(m.downlinks) == 1 and sup.watch("lora").restarts >= 1, 10000)
+    eq(ok, True, "downlink read after the reader's restart, lora task restarted: %r" % (sup.stats(),))
+    with open(port, "ab") as f:  # the module speaks again, after the lora task's restart
+        f.write(b"+EVT:RX_1:-81:6:UNICAST:4:03\r\n")
+    ok = await _until(lambda: len(m.downlinks) == 2, 5000)
+    t.cancel()
+    await asyncio.sleep_ms(5)
+    eq(ok, True, "the reader reads on")
+    eq(m.downlinks, [(3, b"\x01\x02", -80, 7), (4, b"\x03", -81, 6)], "every line after the failure handled once")
+    r = sup.watch("lora reader")
+    eq((r.restarts, r.stalls, r.error), (1, 0, "ValueError: reader bug"), "the reader: one restart, never stalled")
+    eq(m._task, None, "no reader outside the supervisor")
+    eq(sup.watch("lora").stalls >= 1, True, "the lora task stalled and was restarted")
+    ev = [x[1] for x in _events(n) if x[0] == "task"]
+    eq(ev[0], "lora reader ValueError: reader bug", "recorded in the record log: %r" % ev)
+    eq(sum(1 for e in ev if e.startswith("lora reader")), 1, "once: %r" % ev)
+    eq(sum(1 for e in ev if e.startswith("lora stalled")) >= 1, True, "the lora stall too: %r" % ev)
+    eq(sup.watch("sampling").restarts, 0, "metering untouched")
+    u.log.close()
 
 
 async def _dies(w):

@@ -90,11 +90,11 @@ async def run(svc):
     # The LoRaWAN task: configure the modem (idempotent: nothing is written to the module's
     # NVM when it already holds the settings, and AT+NWM only when the mode differs, since
     # RUI3 reboots on it), then drain records (LoRaLink retries forever).  A module that
-    # keeps failing gets its reset line pulsed (board "lora": {"reset": pin}) every third try;
-    # the modem's reader restarts itself if it ever ended (LoRaModem.ensure_reader()).
+    # keeps failing gets its reset line pulsed (board "lora": {"reset": pin}) every third try.
+    # The modem's line reader is a task of the node's supervisor of its own ("lora reader",
+    # tasks.py): restarting this task never starts a second reader, nor stops the one running.
     lo = svc.node.config["lora"]
     m = svc.lora.modem
-    m.start()
     reset = getattr(svc.node.hal, "modem_reset", None)
     fails = 0
     while True:

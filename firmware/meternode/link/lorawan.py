@@ -1,9 +1,11 @@
 # LoRaWAN through an AT-command modem on a UART: the RAK3172 / RUI3 dialect (the Wio-E5
 # family speaks a close cousin).  One reader task splits the modem's bytes into command
 # replies (OK / AT_*_ERROR) and asynchronous events (+EVT:...).  Every wait has a timeout;
-# errors raise ModemError naming the modem's reply.
+# errors raise ModemError naming the modem's reply.  On a node the reader is a task of the
+# supervisor of its own (tasks.py, "lora reader": read_loop(), progress through `beat`);
+# standalone (tests, host tools) start() runs it and cmd() restarts it if it ended.
 #
-#   m = LoRaModem(reader, writer); m.start()
+#   m = LoRaModem(reader, writer); m.start()     # or: supervisor.add("lora reader", ...)
 #   await m.configure(deveui, appeui, appkey, band="EU868", dr=0)   # idempotent
 #   await m.join()                          # OTAA; the host owns the retries
 #   ok = await m.send(2, frame, confirmed=True)
@@ -53,6 +55,10 @@ class ModemError(Exception):
         self.wait_ms = wait_ms
 
 
+def _nop():
+    pass
+
+
 def _hex(b):
     return "".join("%02X" % x for x in b)
 
@@ -91,12 +97,14 @@ class LoRaModem:
         self.noise = 0  # bytes dropped as UART noise
         self.dropped = 0  # events dropped (nobody waited for them)
         self.reboots = 0  # module banners seen (reset, power-cycle, AT+NWM)
-        self.restarts = 0  # reader tasks restarted by ensure_reader()
+        self.restarts = 0  # reader tasks restarted by ensure_reader() (standalone use)
+        self.beat = _nop  # the supervisor's progress report (supervisor.py), per chunk read
         self.sets = 0  # configuration values written to the module (NVM writes)
 
     # -- reader ---------------------------------------------------------------------------------
     def start(self):
-        self._task = asyncio.create_task(self._reader())
+        # Standalone: the reader as a task of its own (a node's supervisor runs read_loop()).
+        self._task = asyncio.create_task(self.read_loop())
 
     def stop(self):
         if self._task is not None:
@@ -112,7 +120,9 @@ class LoRaModem:
             return False
         return True
 
-    async def _reader(self):
+    async def read_loop(self):
+        # Never ends on its own; waits for the module's bytes without a deadline (a silent
+        # module is no fault: commands have their own timeouts).
         while True:
             try:
                 raw = await self.r.read(self._chunk)
@@ -121,6 +131,7 @@ class LoRaModem:
             except Exception:  # a UART error: count it, keep reading
                 self.errors += 1
                 raw = None
+            self.beat()
             if not raw:
                 await _sleep_ms(20)
                 continue
