@@ -234,34 +234,40 @@ class Node:
 
         m = self.config["mqtt"]
         backoff = Backoff(_BACKOFF_MIN_MS, _BACKOFF_MAX_MS)
-        while True:
-            beat()
-            c = None
-            try:
-                c = MQTTClient(
-                    self.id,
-                    m["host"],
-                    m.get("port", 1883),
-                    keepalive=m.get("keepalive", 30),
-                    user=m.get("user"),
-                    password=m.get("password"),
-                    will=(self._topic("state"), b"offline", 1, True),
-                )
-                await c.connect()
-                await c.publish(self._topic("state"), b"online", qos=1, retain=True)
-                self._plain = c
-                backoff.reset()
-                log("link up (no store): %s:%d" % (m["host"], m.get("port", 1883)))
-                while c.connected:
-                    beat()
-                    await asyncio.sleep_ms(200)
-                log("link down: %s" % c.error)
-            except Exception as e:  # MemoryError too: this connection fails, the link goes on
-                log("link error: %s" % e)
+        c = None
+        try:
+            while True:
+                beat()
+                c = None
+                try:
+                    c = MQTTClient(
+                        self.id,
+                        m["host"],
+                        m.get("port", 1883),
+                        keepalive=m.get("keepalive", 30),
+                        user=m.get("user"),
+                        password=m.get("password"),
+                        will=(self._topic("state"), b"offline", 1, True),
+                    )
+                    await c.connect()
+                    await c.publish(self._topic("state"), b"online", qos=1, retain=True)
+                    self._plain = c
+                    backoff.reset()
+                    log("link up (no store): %s:%d" % (m["host"], m.get("port", 1883)))
+                    while c.connected:
+                        beat()
+                        await asyncio.sleep_ms(200)
+                    log("link down: %s" % c.error)
+                except Exception as e:  # MemoryError too: this connection fails, the link goes on
+                    log("link error: %s" % e)
+                self._plain = None
+                if c is not None:
+                    await c.disconnect()
+                await asyncio.sleep_ms(backoff.next_ms())
+        finally:  # cancelled (a supervisor restart, the node stopping): the connection goes too
             self._plain = None
             if c is not None:
-                await c.disconnect()
-            await asyncio.sleep_ms(backoff.next_ms())
+                c.drop()
 
     # -- reporting -------------------------------------------------------------------------------
     async def reporting(self, w=None):

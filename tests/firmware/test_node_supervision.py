@@ -11,7 +11,7 @@ from meternode.metrology.meter import Meter
 from meternode.node import Node, read_state, write_state
 from meternode.store import records
 from meternode.store.checkpoint import CheckpointStore
-from mptest import eq, heap, scratch_dir, timeout
+from mptest import eq, heap, host_value, needs, scratch_dir, timeout
 
 KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 
@@ -288,6 +288,30 @@ async def test_a_memory_error_making_the_mqtt_client_does_not_end_the_link():
     eq(sum(1 for m in logged if "memory allocation failed" in m), 2, "each logged: %r" % logged)
     eq(isinstance(link.last_error, OSError), True, "then the ordinary error: %r" % (link.last_error,))
     eq(beats[0] >= 4, True, "progress reported once per attempt")
+
+
+@needs("host:mosquitto")
+@heap("256k")
+@timeout(30)
+async def test_a_link_task_cancelled_by_the_supervisor_takes_its_connection_reader_and_pinger_with_it():
+    # The supervisor cancels a stalled task and starts it again: the MQTT connection it held
+    # must not live on beside the new one (its reader and pinger tasks, its socket).
+    from meternode.link.uplink import MqttLink
+
+    h, p = host_value("mosquitto_host"), int(host_value("mosquitto_port"))
+    link = MqttLink("sv-cancel", {"host": h, "port": p, "discovery": False}, log=lambda m: None)
+    t = asyncio.create_task(link.run())
+    ok = await _until(lambda: link.up, 10000)
+    eq(ok, True, "connected: %r" % (link.last_error,))
+    c = link.client
+    helpers = (c._reader_task, c._ping_task)
+    eq(None in helpers, False, "a connection runs a reader and a pinger")
+    t.cancel()  # what Supervisor.check() does to a stalled task
+    await asyncio.sleep_ms(20)
+    eq(t.done(), True, "the link task ended")
+    eq(c.connected, False, "its connection closed")
+    eq([x.done() for x in helpers], [True, True], "reader and pinger ended with it")
+    eq((link.client, link.up, link.downs), (None, False, 1), "the link says down")
 
 
 @heap("256k")

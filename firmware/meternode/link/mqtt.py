@@ -361,7 +361,18 @@ class MQTTClient:
                 pass
         await self._close()
 
-    async def _close(self):
+    def drop(self):
+        # Ends the connection at once, without DISCONNECT (the broker publishes the will) and
+        # without awaiting: for a link task being cancelled (a supervisor restart), so that
+        # its reader and pinger never outlive it.
+        w = self._stop()
+        if w is not None:
+            try:
+                w.close()
+            except Exception:
+                pass
+
+    def _stop(self):
         self.connected = False
         cur = asyncio.current_task()
         for t in (self._reader_task, self._ping_task):
@@ -372,6 +383,10 @@ class MQTTClient:
             ev.set()  # waiters see `connected` False and raise
         w = self._w
         self._w = self._r = None
+        return w
+
+    async def _close(self):
+        w = self._stop()
         if w is not None:
             try:
                 w.close()

@@ -57,7 +57,8 @@ class MqttLink:
         self.describe = describe  # callable -> dict for discovery (channels, firmware)
         self.log = log or _log
         self.extra_topics = {}  # leaf -> callback(payload, retained), see above
-        self.client = None
+        self.client = None  # the connected client (None while down)
+        self._c = None  # the client of the attempt in hand, connected or not
         self.beat = _nop  # the supervisor's progress report (supervisor.py), once per loop
         self.up = False
         self.ups = 0
@@ -130,14 +131,28 @@ class MqttLink:
     async def run(self):
         # Reconnects forever.  Whatever fails in one connection attempt (a refused connect, a
         # timeout, a MemoryError making the client or its buffers) is logged and retried
-        # after the backoff: it never ends the link task.
+        # after the backoff: it never ends the link task.  Cancelled (the supervisor restarts
+        # a stalled link, or the node stops), the connection in hand goes with it: its reader
+        # and pinger tasks never outlive the link task.
+        try:
+            await self._run()
+        finally:
+            c = self._c
+            if c is not None:
+                c.drop()
+            self._c = self.client = None
+            if self.up:
+                self.downs += 1
+            self.up = False
+
+    async def _run(self):
         m = self.m
         where = "%s:%d" % (m["host"], m.get("port", 1883))
         while True:
             self.beat()
-            c = None
+            c = self._c = None
             try:
-                c = self._client()
+                c = self._c = self._client()
                 c.on_message = self._on_message
                 await c.connect()
                 await self._announce(c)
@@ -165,6 +180,7 @@ class MqttLink:
                     await c.disconnect()
                 except Exception as e:
                     self._failed(e)
+            self._c = None
             await _sleep_ms(self.backoff.next_ms())
 
     def _failed(self, e):
