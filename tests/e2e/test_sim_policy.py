@@ -69,6 +69,8 @@ def test_the_dip_keeps_an_exporting_site_connected_and_sheds_an_importing_one(tm
     solar, house = lines["node-01"], lines["node-02"]
     assert all(" solar " in ln for ln in solar) and all(" house " in ln for ln in house)
     assert any("f=49.60 Hz" in ln for ln in solar), "\n".join(solar)
-    assert not any("relay=OFF" in ln for ln in solar), "\n".join(solar)
+    assert not any("relay=OFF" in ln or "event=shed" in ln for ln in solar), "\n".join(solar)
     assert any("event=dr_kept" in ln for ln in solar), "\n".join(solar)
-    assert any("relay=OFF" in ln for ln in house), "\n".join(house)
+    # the shed: its event, or a later line with the relay open (on a loaded machine the sampled
+    # time lags the wall clock and the run may end between the two)
+    assert any("relay=OFF" in ln or "event=shed" in ln for ln in house), "\n".join(house)

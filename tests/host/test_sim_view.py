@@ -225,5 +225,7 @@ def test_sim_runs_a_real_board_s_definition_with_the_sim_front_end(board):
     assert r.returncode == 0, r.stderr
     *lines, summary = [json.loads(ln) for ln in r.stdout.splitlines()]
     assert summary["telemetry_from"] == 1 and not summary["errors"], summary
-    assert lines[-1]["telemetry"]["v"] == pytest.approx(231.0, abs=0.5)
+    # the newest line that carries telemetry (on a loaded machine the last may be an event's)
+    tele = [ln["telemetry"] for ln in lines if ln.get("telemetry")]
+    assert tele and tele[-1]["v"] == pytest.approx(231.0, abs=0.5), lines
     assert f"The {board} board's channels and calibration run with the sim front end" in r.stderr
