@@ -171,7 +171,7 @@ def _block(k):
         return _buf
     rms, angle = levels[k]
     _syn.set_current(1, float(rms), float(angle))
-    _syn._theta = 0.0
+    _syn._ph = 0
     _syn.fill(_buf)
     _cur[0] = k
     if k not in _sums:

@@ -32,6 +32,17 @@
 # rate_actual = 1e6 / (1e6 // rate), 2403.846 for 2400.  The clock (SimClock) starts
 # its ticks a few seconds before they wrap (`ticks_ms` / `ticks_us` choose other starts)
 # and keeps integer epoch seconds (`epoch`, default the host's time).
+# The waveform's phase is an integer: `_ph` in units of 1/`_den` turn, advanced by an integer
+# step per set (round(f x `_sub`), `_den` = rate_true x `_sub` below 2**29, `_sub` a power of
+# two: a frequency resolution of 1/_sub Hz, 2e-6 Hz at 1 kS/s, 8e-6 Hz at 4 kS/s), and
+# each sample's angle is computed afresh from it, so gaps and coasts of any length move it
+# exactly.  Accumulating the angle in a float instead drifted by a rounding per set: in
+# single precision (a board, the 32-bit port) 7e-5 rad per second at 50 Hz and 1 kS/s, so a
+# steady signal's sampling pattern precessed and its quantised samples -- and every P the
+# meter measured from them -- wandered by hundreds of ppm; a coast of an hour (1e6 rad)
+# lost the phase altogether.  Now a steady signal with a whole number of sets per cycle
+# (50 or 60 Hz at 1 or 4 kS/s: f and rate_true whole multiples of 1/_sub) repeats exactly,
+# cycle after cycle, on every port, whatever the uptime.
 # Counts = mid + value / scale (the board's scale, units per count), quantised to the
 # board's ADC bits and clipped at the rails; `enob` adds the white noise that brings the
 # converter down to that many effective bits.  `realtime` paces blocks to the wall clock
@@ -179,7 +190,15 @@ class SimSampler:
         self.load_on = True  # False while the board's relay is open: no load current
         self.vfactor = 1.0
         self._v_until = -1.0
-        self._theta = 0.0
+        # the waveform's phase (see the header): _ph / _den turns; _sub = 2**k with
+        # rate_true * _sub < 2**29, so _ph + a step (< _den) stays a small int on a board
+        sub = 1
+        while self.rate_true * sub * 2 < 1 << 29:
+            sub *= 2
+        self._sub = sub
+        self._den = int(self.rate_true * sub + 0.5)
+        self._rad = _TWO_PI / self._den
+        self._ph = 0
         n = self.nch * self.block_sets
         self._bufs = (array.array("H", bytes(2 * n)), array.array("H", bytes(2 * n)))
         self._which = 0
@@ -234,9 +253,13 @@ class SimSampler:
         f = self.freq
         if self._drift_hz:
             f += self._drift_hz * math.sin(_TWO_PI * self._dph)
-        x = self._theta + nsets * (_TWO_PI * f / self.rate_true)
-        self._theta = x - _TWO_PI * int(x / _TWO_PI)
+        den = self._den
+        self._ph = (self._ph + (nsets % den) * self._step(f)) % den  # (a gap or a coast: may allocate)
         self._advance(nsets)
+
+    def _step(self, f):
+        # the phase step per set at f Hz, in 1/_den turn (< _den: f below rate_true)
+        return int(f * self._sub + 0.5)
 
     def lose(self, nsets):
         # A gap: nsets sets are never delivered, and counted in `lost`.
@@ -286,15 +309,18 @@ class SimSampler:
         mids = [self._mid + d for d in self._dcs]
         vf = self.vfactor
         load = self.load_on
-        th = self._theta
+        ph = self._ph
+        den = self._den
+        rad = self._rad
         f = self.freq
         if self._drift_hz:
             f += self._drift_hz * math.sin(_TWO_PI * self._dph)
-        dth = _TWO_PI * f / self.rate_true
+        step = self._step(f)
         w = _TWO_PI * f
         offs = [skew[c] * w - (0.0 if is_v[c] else waves[vref[c]].angle * _RAD) for c in range(nch)]
         i = 0
         for _ in range(self.block_sets):
+            th = ph * rad
             for c in range(nch):
                 x = waves[c].at(th + offs[c])
                 if is_v[c]:
@@ -307,10 +333,10 @@ class SimSampler:
                 v = int(x + 0.5) if x >= 0 else 0
                 buf[i] = top if v > top else v
                 i += 1
-            th += dth
-            if th >= _TWO_PI:
-                th -= _TWO_PI
-        self._theta = th
+            ph += step
+            if ph >= den:
+                ph -= den
+        self._ph = ph
         return self._advance(self.block_sets)
 
     async def next_block(self):
