@@ -5,6 +5,7 @@
 # fraction as a single-precision float does near 2**24), registers beyond 1.07 MWh.  Run
 # them on the 32-bit, single-precision port too (UMETER_MICROPYTHON).
 import json
+import math
 
 from metrology_rig import board, rig, settle
 
@@ -345,6 +346,21 @@ def test_a_steady_signal_measures_the_same_power_in_every_batch_for_a_minute_and
     s.run(m, 0.5)
     ref = _batch(m)
     approx(ref[0], 2760.0 * 0.8191520, rel=1e-3, what="P at 12 A, 35 degrees")
+    # what the batch's samples carry, in integers (any 50 sets are one whole period; no skew
+    # and no phase: the interpolation passes the same-set product through)
+    buf = s._bufs[0]  # the last block run() fed
+    sv = si = svv = sii = svi = 0
+    for k in range(50):
+        v = buf[3 * k]
+        i = buf[3 * k + 1]
+        sv += v
+        si += i
+        svv += v * v
+        sii += i * i
+        svi += v * i
+    approx(ref[0], (50 * svi - sv * si) * 0.01 / 2500, rel=1e-6, what="P against the samples' exact sums")
+    approx(ref[4], 0.2 * math.sqrt(50 * svv - sv * sv) / 50, rel=1e-6, what="Vrms against the samples")
+    approx(ref[3], 0.05 * math.sqrt(50 * sii - si * si) / 50, rel=1e-6, what="Irms against the samples")
     lo = hi = ref[0]
     for k in range(600):  # a minute, block by block (2 batches each)
         s.run(m, 0.1)
