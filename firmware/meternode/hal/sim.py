@@ -197,7 +197,6 @@ class SimSampler:
             sub *= 2
         self._sub = sub
         self._den = int(self.rate_true * sub + 0.5)
-        self._rad = _TWO_PI / self._den
         self._ph = 0
         n = self.nch * self.block_sets
         self._bufs = (array.array("H", bytes(2 * n)), array.array("H", bytes(2 * n)))
@@ -253,13 +252,9 @@ class SimSampler:
         f = self.freq
         if self._drift_hz:
             f += self._drift_hz * math.sin(_TWO_PI * self._dph)
-        den = self._den
-        self._ph = (self._ph + (nsets % den) * self._step(f)) % den  # (a gap or a coast: may allocate)
+        den = self._den  # (a gap or a coast: may allocate)
+        self._ph = (self._ph + (nsets % den) * int(f * self._sub + 0.5)) % den
         self._advance(nsets)
-
-    def _step(self, f):
-        # the phase step per set at f Hz, in 1/_den turn (< _den: f below rate_true)
-        return int(f * self._sub + 0.5)
 
     def lose(self, nsets):
         # A gap: nsets sets are never delivered, and counted in `lost`.
@@ -311,11 +306,11 @@ class SimSampler:
         load = self.load_on
         ph = self._ph
         den = self._den
-        rad = self._rad
+        rad = _TWO_PI / den
         f = self.freq
         if self._drift_hz:
             f += self._drift_hz * math.sin(_TWO_PI * self._dph)
-        step = self._step(f)
+        step = int(f * self._sub + 0.5)  # 1/den turn per set (< den: f below rate_true)
         w = _TWO_PI * f
         offs = [skew[c] * w - (0.0 if is_v[c] else waves[vref[c]].angle * _RAD) for c in range(nch)]
         i = 0
