@@ -181,7 +181,7 @@ class SimSampler:
         random.seed(need(scen, "seed", int, "sim", default=1))
         drift = need(scen, "drift", dict, "sim", default={})
         self._drift_hz = need(drift, "hz", float, "sim.drift", default=0.0, lo=0.0, hi=10.0)
-        self._drift_per = need(drift, "period_s", float, "sim.drift", default=60.0, lo=0.1)
+        self._dper = int(need(drift, "period_s", float, "sim.drift", default=60.0, lo=0.1) * 1000000)  # us
         self._events = sorted(need(scen, "events", list, "sim", default=[]), key=_at)
         for n, ev in enumerate(self._events):
             if not isinstance(ev, dict) or not ("freq" in ev or "current" in ev or "voltage" in ev or "lose" in ev):
@@ -202,7 +202,7 @@ class SimSampler:
         self._bufs = (array.array("H", bytes(2 * n)), array.array("H", bytes(2 * n)))
         self._which = 0
         self.sets = 0  # sample sets produced since start (wraps below 2**30)
-        self._dph = 0.0  # drift phase, cycles of the drift period
+        self._dus = 0  # drift phase, us into the drift period
         self._wall_next = None  # realtime: wall ticks_ms when the next block is due
         self._pace_us = 0
         self.running = False
@@ -242,16 +242,14 @@ class SimSampler:
         self._el_us = x
         self.sets = (self.sets + nsets) & _MASK
         if self._drift_hz:
-            self._dph += us * 1e-6 / self._drift_per
-            if self._dph >= 1.0:
-                self._dph -= int(self._dph)
+            self._dus = (self._dus + us) % self._dper
         return us
 
     def _skip(self, nsets):
         # The signal runs on for nsets sets that are not sampled (a gap, a coast).
         f = self.freq
         if self._drift_hz:
-            f += self._drift_hz * math.sin(_TWO_PI * self._dph)
+            f += self._drift_hz * math.sin(_TWO_PI * self._dus / self._dper)
         den = self._den  # (a gap or a coast: may allocate)
         self._ph = (self._ph + (nsets % den) * int(f * self._sub + 0.5)) % den
         self._advance(nsets)
@@ -309,7 +307,7 @@ class SimSampler:
         rad = _TWO_PI / den
         f = self.freq
         if self._drift_hz:
-            f += self._drift_hz * math.sin(_TWO_PI * self._dph)
+            f += self._drift_hz * math.sin(_TWO_PI * self._dus / self._dper)
         step = int(f * self._sub + 0.5)  # 1/den turn per set (< den: f below rate_true)
         w = _TWO_PI * f
         offs = [skew[c] * w - (0.0 if is_v[c] else waves[vref[c]].angle * _RAD) for c in range(nch)]
