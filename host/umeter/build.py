@@ -6,7 +6,20 @@ The output directory is an image of the board's filesystem:
     boot.py, main.py        entry points stay source (a board only runs .py files at boot)
     lib/meternode/**.mpy    the firmware package, compiled for the board's architecture
     manifest.json           {"format": 1, "version", "board", "arch", "mpy", "files":
-                             {path: {"sha256", "size"}}} -- written last by provisioning
+                             {path: {"sha256", "size"}}[, "romfs": {"file", "sha256",
+                             "size"}]} -- written last by provisioning
+
+and, when asked for:
+
+    romfs.img               (--romfs) the compiled package as a ROMFS image (romfs.py), for a
+                            board with a ROMFS partition: lib/meternode/**.mpy, run in place
+                            from flash; `umeter provision` deploys it there instead of lib/
+    manifest.py, frozen/    (--manifest) a MicroPython manifest that freezes the package into
+                            a firmware image the user builds (frozen/meternode/**.py: the
+                            sources; the port's own mpy-cross compiles them)
+
+The sim board runs on the local unix port, so its build targets that binary's architecture
+(x64, or x86 for a 32-bit build selected with UMETER_MICROPYTHON) unless `arch` says otherwise.
 
 Viper and native functions are compiled to machine code for the board (`-march`: xtensawin
 for ESP32, armv6m for RP2040, x64 for the virtual board), and small ints get the target's width
@@ -33,7 +46,15 @@ from .errors import ConfigError, UmeterError
 ARCHES = ("x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp", "xtensa", "xtensawin")
 SMALL_INT_BITS = {"x64": 63}  # every other target is a 32-bit MCU: 31
 MANIFEST = "manifest.json"
+ROMFS_IMAGE = "romfs.img"
+FREEZE_MANIFEST = "manifest.py"
 FORMAT = 1
+# MicroPython port and stock board per MCU, for the freeze manifest: which manifest of the
+# stock firmware to include so its frozen modules (asyncio, networking) stay in the image.
+_FREEZE_BASE = {
+    "rp2040": ("rp2", "RPI_PICO_W", "$(BOARD_DIR)/manifest.py"),
+    "esp32": ("esp32", "ESP32_GENERIC", "$(PORT_DIR)/boards/manifest.py"),
+}
 
 
 class BuildError(UmeterError):
@@ -48,6 +69,8 @@ class BuildResult:
     version: str
     files: dict[str, dict] = field(default_factory=dict)  # path -> {"sha256", "size"}
     seconds: float = 0.0
+    romfs: dict | None = None  # {"file", "sha256", "size"} with --romfs
+    freeze_manifest: Path | None = None  # manifest.py with --manifest
 
     @property
     def total_bytes(self) -> int:
@@ -61,6 +84,7 @@ class BuildResult:
             "arch": self.arch,
             "mpy": mpy_version(),
             "files": self.files,
+            **({"romfs": self.romfs} if self.romfs else {}),
         }
 
 
@@ -145,13 +169,24 @@ def build(
     version: str | None = None,
     opt: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    arch: str | None = None,
+    romfs: bool = False,
+    freeze: bool = False,
 ) -> BuildResult:
     """Compile the firmware in `src` (default: the repository's firmware/) for `board` into
     `out` (default build/<board>/), replacing what was there. Returns the file list with hashes.
-    All compile errors are collected; the first is raised as BuildError with the count."""
+    All compile errors are collected; the first is raised as BuildError with the count.
+    `arch` overrides the board's (default for the sim board: the local unix port's);
+    `romfs` also writes romfs.img, `freeze` manifest.py + frozen/ (see the module doc)."""
     t0 = time.monotonic()
     bdef = load_board(board)
-    arch = bdef["arch"]
+    if arch is None:
+        arch = unixport.native_arch() if bdef.get("hal") == "sim" else None
+        arch = arch or bdef["arch"]
+    elif arch not in ARCHES:
+        raise ConfigError(f"arch {arch!r} is not an mpy-cross target", hint=f"one of {', '.join(ARCHES)}")
+    if arch != bdef["arch"]:
+        bdef = dict(bdef, arch=arch)
     srcdir = Path(src) if src else firmware_dir()
     outdir = Path(out) if out else Path("build") / board
     sources = _sources(srcdir)
@@ -191,9 +226,55 @@ def build(
     for p in sorted(outdir.rglob("*")):
         if p.is_file() and p.name != MANIFEST:
             res.files[p.relative_to(outdir).as_posix()] = {"sha256": sha256_file(p), "size": p.stat().st_size}
+    if romfs:
+        res.romfs = write_romfs(outdir)
+    if freeze:
+        res.freeze_manifest = write_freeze_manifest(outdir, srcdir, bdef, version)
     (outdir / MANIFEST).write_text(json.dumps(res.manifest(), indent=1, sort_keys=True) + "\n")
     res.seconds = time.monotonic() - t0
     return res
+
+
+def write_romfs(outdir: Path) -> dict:
+    """romfs.img from a build's lib/ (paths kept: the board mounts it at /rom, and /rom/lib is
+    on its sys.path). Returns {"file", "sha256", "size"}."""
+    from . import romfs
+
+    lib = outdir / "lib"
+    files = {p.relative_to(outdir).as_posix(): p.read_bytes() for p in sorted(lib.rglob("*.mpy"))}
+    img = romfs.build_image(files)
+    (outdir / ROMFS_IMAGE).write_bytes(img)
+    return {"file": ROMFS_IMAGE, "sha256": romfs.digest(img), "size": len(img)}
+
+
+def write_freeze_manifest(outdir: Path, srcdir: Path, board: dict, version: str) -> Path:
+    """manifest.py + frozen/meternode/**.py: freezes the package into a firmware image built
+    by the user (`make BOARD=... FROZEN_MANIFEST=<this file>`), the stock board's own frozen
+    modules included."""
+    frozen = outdir / "frozen"
+    for py in _sources(srcdir):
+        dst = frozen / py.relative_to(srcdir)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(py, dst)
+    port, stock, base = _FREEZE_BASE.get(board.get("mcu", ""), (None, None, None))
+    lines = [
+        f"# MicroPython manifest: umeter firmware {version} frozen for board {board['name']!r}.",
+        "# Frozen modules run from flash: bytecode, constants and interned names cost no heap.",
+    ]
+    if port:
+        lines += [
+            "# Build (from a MicroPython checkout, v1.25 or later):",
+            f"#   make -C ports/{port} BOARD={stock} FROZEN_MANIFEST={(outdir / FREEZE_MANIFEST).resolve()}",
+            "# then flash it and run `umeter provision` as usual: '.frozen' comes before /lib on",
+            "# sys.path, so the frozen package is the one imported (an OTA slot still goes first).",
+            f'include("{base}")',
+        ]
+    else:
+        lines += [f"# board {board['name']!r} has no stock MicroPython firmware: include your port's manifest."]
+    lines += ['package("meternode", base_path="frozen")', ""]
+    path = outdir / FREEZE_MANIFEST
+    path.write_text("\n".join(lines))
+    return path
 
 
 def read_manifest(outdir: str | os.PathLike[str]) -> dict:

@@ -38,6 +38,34 @@ def micropython_path() -> str:
     )
 
 
+# mpy native architecture codes (sys.implementation._mpy >> 10), py/persistentcode.h
+_ARCH_NAMES = {1: "x86", 2: "x64", 3: "armv6", 4: "armv6m", 5: "armv7m", 6: "armv7em", 7: "armv7emsp",
+               8: "armv7emdp", 9: "xtensa", 10: "xtensawin"}  # fmt: skip
+_native: dict[str, str | None] = {}
+
+
+def native_arch() -> str | None:
+    """The mpy-cross architecture of the unix port's native code (x64 for the pip one, x86 for
+    a 32-bit build), asked of the binary once; None if it cannot say."""
+    path = micropython_path()
+    if path not in _native:
+        import subprocess
+
+        try:
+            r = subprocess.run(
+                [path, "-c", "import sys; print(sys.implementation._mpy)"], capture_output=True, text=True, timeout=10
+            )
+            _native[path] = _ARCH_NAMES.get((int(r.stdout.strip()) >> 10) & 0xF)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            _native[path] = None
+    return _native[path]
+
+
+def word_bytes() -> int:
+    """4 on a 32-bit unix port (like the boards), 8 on the 64-bit one."""
+    return 4 if native_arch() in ("x86", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp") else 8
+
+
 def firmware_root() -> Path:
     """The directory that holds the `meternode` package (put on MicroPython's path)."""
     import meternode
