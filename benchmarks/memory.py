@@ -1,25 +1,34 @@
-"""Heap cost of the firmware on the MicroPython unix port, loaded from source vs the x64 .mpy build.
+"""Heap a running node holds, per configuration and per way of loading the firmware: from
+source, from the .mpy build, and run in place from a ROMFS image; and whether each one runs a
+simulated day in its budgeted heap (what it holds + 32 KB) without a MemoryError.
 
-Two measurements, side by side in one run, each in fresh `micropython` processes with a 1 MB
-heap (so nothing is refused) and `gc.mem_alloc()` read after `gc.collect()`:
+Every measurement runs in a fresh `micropython` process (the unix port that
+`umeter.unixport` selects: the pip 64-bit one, or a 32-bit board-like build with
+UMETER_MICROPYTHON=...; the .mpy build then targets that binary's architecture):
 
-- imports: the heap one subsystem's modules hold once imported. `alone` is a fresh process
-  importing only that subsystem (its own dependencies included); `marginal` is what it adds
-  when imported after the ones above it in the table (the order a node loads them).
-- nodes: a whole virtual node (meternode.node.Node + run(), boards/sim.json, the sim HAL in
-  real time) in four configurations: plain (metering only, no MQTT), +store (store-and-forward
-  to a local Mosquitto), +cmd_key (authenticated commands), +policy (the demo policy too).
-  Read after start-up (`--settle` s) and after `--run` s more; `held` is mem_alloc above the
-  interpreter's own baseline, i.e. everything the node keeps.
+- imports (1 MB heap): the heap one subsystem's modules hold once imported, `alone` (a fresh
+  process, its own dependencies included) and `marginal` (after the rows above it, in the order
+  a node loads them);
+- nodes (1 MB heap, so nothing is refused): the node booted the way a board boots it (the
+  build's main.py, OTA slot selection included) on boards/sim.json with the sim HAL in real
+  time, read after start-up (`--settle` s) and after `--run` s more; `held` is gc.mem_alloc()
+  above the interpreter's own baseline after gc.collect(), i.e. everything the node keeps.
+  Configurations: plain (metering, record log, no MQTT), +store (store-and-forward to a local
+  Mosquitto), +cmd_key (authenticated commands; one command is sent during the run),
+  +policy (the demo policy in compact form). A ROMFS image is read into the heap first (a
+  board maps it from flash) and its bytes are not counted;
+- day (the budgeted heap: held after the run + 32 KB, + the image for ROMFS): the same node
+  runs one simulated day with its sampler producing blocks as fast as the meter takes them
+  (a precomputed block; the sim clock, checkpoints, load profile, freezes and the policy's
+  measured seconds follow it), MQTT and telemetry in real time; lowest free heap (gc.mem_free()
+  after a collection, once a second) and every MemoryError the node printed.
 
-The numbers are for the 64-bit port: objects are machine words, see docs/memory.md for the
-32-bit estimate. The last line is one JSON object.
+The last line is one JSON object; "budget" holds the figures the RAM budget is held to
+(docs/memory.md): full_mpy_kb, full_romfs_kb, store_cmd_mpy_kb (held after the run), and per
+configuration its target heap, lowest free heap and MemoryErrors over the day.
 
-    python benchmarks/memory.py [--settle 3] [--run 30] [--heap-check 160k,176k,192k,208k]
-
-`--heap-check` also runs the +cmd_key node (store-and-forward and commands) at each of these
-smaller heaps from the .mpy build and from source and reports whether the uplink started and
-the free heap after start-up and after `--run` s.
+    python benchmarks/memory.py [--settle 3] [--run 30] [--day 86400] [--jobs 2]
+    UMETER_MICROPYTHON=/path/to/micropython32 python benchmarks/memory.py   # a 32-bit port
 """
 
 from __future__ import annotations
@@ -27,14 +36,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from umeter import unixport
 from umeter.broker import Mosquitto
+from umeter.build import build
 
 SUBSYSTEMS = (
     ("metrology", ("meternode.config", "meternode.hal", "meternode.hal.sim", "meternode.metrology.meter")),
@@ -44,17 +56,56 @@ SUBSYSTEMS = (
     ("uplink", ("meternode.link.mqttpkt", "meternode.link.mqtt", "meternode.link.backoff",
                 "meternode.link.uplink", "meternode.link.outbox", "meternode.link.service")),
     ("commands", ("meternode.link.commands", "meternode.link.actions")),
-    ("policy", ("meternode.policy.service",)),
+    ("policy", ("meternode.policy.service", "meternode.policy.engine")),
+    ("policy_check", ("meternode.policy.schema",)),
+    ("discovery", ("meternode.link.discovery",)),
     ("lora", ("meternode.link.loraservice", "meternode.link.airtime", "meternode.link.loralink",
               "meternode.link.lorawan")),
+    ("ota", ("meternode.policy.ota",)),
+    ("fleet", ("meternode.policy.agent",)),
 )  # fmt: skip
+
+LOADS = ("source", "mpy", "romfs")
+CONFIGS = ("plain", "+store", "+cmd_key", "+policy")
+MARGIN = 32 * 1024  # the budget: a node runs in a heap this much larger than what it holds
+KEY = "5a" * 16
+MEMORY_ERROR = re.compile(r"MemoryError|memory allocation failed")
+
+# Every script starts here: take the baseline, and for a ROMFS run map the image (read into
+# the heap: the unix port has no flash) at /rom, as a board's firmware does at boot, and put
+# /rom and /rom/lib on sys.path. The image's own allocation is reported and not counted.
+PROLOGUE = r"""
+import gc, sys, os
+gc.collect()
+base = gc.mem_alloc()
+img_bytes = 0
+def _mount(path):
+    global img_bytes
+    import vfs
+    n = os.stat(path)[6]
+    gc.collect()
+    a = gc.mem_alloc()
+    buf = bytearray(n)
+    with open(path, "rb") as f:
+        f.readinto(buf)
+    vfs.mount(vfs.VfsRom(buf), "/rom")
+    sys.path.append("/rom")
+    sys.path.append("/rom/lib")
+    gc.collect()
+    img_bytes = gc.mem_alloc() - a
+def held():
+    gc.collect()
+    return gc.mem_alloc() - base - img_bytes
+"""
 
 # The groups are read from a file: the unix port dies ("FATAL: uncaught NLR") on an argument
 # longer than ~256 characters.
-IMPORT_SCRIPT = r"""
-import gc, sys
-gc.collect()
-a = gc.mem_alloc()
+IMPORT_SCRIPT = (
+    PROLOGUE
+    + r"""
+if sys.argv[3] != "-":
+    _mount(sys.argv[3])
+a = held()
 out = []
 with open(sys.argv[1]) as f:
     groups = f.read().split(";")
@@ -62,73 +113,112 @@ for i in sys.argv[2].split(","):
     for name in groups[int(i)].split(","):
         __import__(name)
         gc.collect()
-    b = gc.mem_alloc()
+    b = held()
     out.append(b - a)
     a = b
 print("RESULT " + " ".join(str(x) for x in out))
 """
+)
 
-NODE_SCRIPT = r"""
-import gc, sys
-gc.collect()
-base = gc.mem_alloc()
-import asyncio, json, os
-root, settle, run_s = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+# Boots the node through the build's main.py (OTA slot selection and all), with node.main
+# replaced by a measured run: real time (settle, run) or a fast simulated day.
+NODE_SCRIPT = (
+    PROLOGUE
+    + r"""
+root, image, settle, run_s, day_s = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+if image != "-":
+    _mount(image)
 os.chdir(root)
-from meternode import node
-from meternode.config import load_json
+import asyncio, time, micropython
+from meternode import node as _node
 
 def sample(tag, n):
-    gc.collect()
+    h = held()
     u = n.uplink_service
-    print("RESULT %s %d %d %d %d" % (tag, gc.mem_alloc() - base, gc.mem_free(), base,
-                                     1 if (u is not None and u.link is not None and u.link.up) else 0))
+    up = 1 if (u is not None and u.link is not None and u.link.up) else 0
+    print("RESULT %s %d %d %d %d" % (tag, h, gc.mem_free(), img_bytes, up))
 
-async def main():
-    n = node.Node(load_json("board.json"), load_json("config.json"))
+def _fast(s):
+    # The sampler makes its first block, then returns a copy of it for every block after
+    # (160 sets = two whole mains cycles: the waveform stays continuous), advancing its
+    # sample count and the sim clock as its own fill() does.
+    import array
+    tpl = array.array("H", s._bufs[0])
+    s.fill(tpl)
+    clock = s._clock
+    bs = s.block_sets
+    def fill(buf):
+        buf[:] = tpl
+        s.sets += bs
+        clock.ms = (s.sets * 1000) // s.rate
+    s.fill = fill
+    return clock
+
+async def _measure(n):
     t = asyncio.create_task(n.run())
-    await asyncio.sleep_ms(settle * 1000)
-    sample("start", n)
-    lo = gc.mem_free()
-    for _ in range(run_s):
-        await asyncio.sleep_ms(1000)
-        gc.collect()
-        lo = min(lo, gc.mem_free())
-    sample("run", n)
-    print("RESULT low %d" % lo)
+    if day_s:
+        clock = n.hal.clock
+        lo = gc.mem_free()
+        t0 = time.ticks_ms()
+        while clock.ticks_ms() < day_s * 1000 and not t.done():
+            await asyncio.sleep_ms(1000)
+            gc.collect()
+            lo = min(lo, gc.mem_free())
+        print("RESULT day %d %d %d" % (clock.ticks_ms() // 1000, time.ticks_diff(time.ticks_ms(), t0), lo))
+        sample("run", n)
+    else:
+        await asyncio.sleep_ms(settle * 1000)
+        sample("start", n)
+        lo = gc.mem_free()
+        for k in range(run_s):
+            await asyncio.sleep_ms(1000)
+            gc.collect()
+            lo = min(lo, gc.mem_free())
+        sample("run", n)
+        print("RESULT low %d" % lo)
     if t.done():
         print("RESULT dead")
+    micropython.qstr_info()
 
-asyncio.run(main())
+def _main(root="."):
+    from meternode.config import load_json
+    cfg = load_json(root + "/config.json")
+    n = _node.Node(load_json(root + "/board.json"), cfg)
+    if day_s:
+        _fast(n.hal.sampler)
+    asyncio.run(_measure(n))
+
+_node.main = _main
+with open("main.py") as f:
+    src = f.read()
+exec(src, {"__name__": "__main__"})
 """
-
-CONFIGS = ("plain", "+store", "+cmd_key", "+policy")
-KEY = "5a" * 16
+)
 
 
-def _mp(script: Path, args: list[str], path: str, heap: str, timeout: float) -> list[str]:
+def _mp(script: Path, args: list[str], path: str, heap: str | int, timeout: float) -> tuple[list[str], str]:
     env = dict(os.environ, MICROPYPATH=path)
     argv = unixport.command(script, *args, heap=heap)
     p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
     lines = [ln[7:] for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     if not lines:
         raise SystemExit("benchmark step failed on MicroPython:\n" + p.stdout[-3000:] + p.stderr[-3000:])
-    return lines
+    return lines, p.stdout + p.stderr
 
 
-def imports(work: Path, path: str) -> dict:
+def imports(work: Path, path: str, image: str) -> dict:
     script = work / "imports.py"
     script.write_text(IMPORT_SCRIPT)
     gfile = work / "groups.txt"
     gfile.write_text(";".join(",".join(mods) for _, mods in SUBSYSTEMS))
     idx = [str(i) for i in range(len(SUBSYSTEMS))]
-    marginal = [int(x) for x in _mp(script, [str(gfile), ",".join(idx)], path, "1m", 120)[0].split()]
-    alone = [int(_mp(script, [str(gfile), i], path, "1m", 120)[0]) for i in idx]
+    marginal = [int(x) for x in _mp(script, [str(gfile), ",".join(idx), image], path, "1m", 120)[0][0].split()]
+    alone = [int(_mp(script, [str(gfile), i, image], path, "1m", 120)[0][0]) for i in idx]
     return {name: {"alone": a, "marginal": m} for (name, _), a, m in zip(SUBSYSTEMS, alone, marginal, strict=True)}
 
 
-def node_config(node_id: str, kind: str, host: str, port: int, policy: dict) -> dict:
-    c = {"node_id": node_id, "telemetry_s": 2.0, "profile_s": 60, "sim": {"realtime": True, "seed": 1}}
+def node_config(node_id: str, kind: str, host: str, port: int, policy: dict, realtime: bool = True) -> dict:
+    c = {"node_id": node_id, "telemetry_s": 2.0, "profile_s": 60, "sim": {"realtime": realtime, "seed": 1}}
     if kind != "plain":
         c["mqtt"] = {"host": host, "port": port, "prefix": "umeter", "keepalive": 30}
     if kind in ("+cmd_key", "+policy"):
@@ -138,106 +228,227 @@ def node_config(node_id: str, kind: str, host: str, port: int, policy: dict) -> 
     return c
 
 
-def run_node(work: Path, tag: str, config: dict, path: str, heap: str, settle: int, run_s: int) -> dict:
+def run_node(work: Path, tag: str, config: dict, main_py: Path, path: str, image: str, heap: str | int,
+             settle: int, run_s: int, day_s: int = 0) -> dict:  # fmt: skip
     root = work / tag
     root.mkdir(parents=True, exist_ok=True)
     (root / "board.json").write_text((unixport.boards_dir() / "sim.json").read_text())
     (root / "config.json").write_text(json.dumps(config))
+    (root / "main.py").write_text(main_py.read_text())
     script = work / "node.py"
     if not script.exists():
         script.write_text(NODE_SCRIPT)
-    r: dict = {"uplink": None}
+    args = [str(root), image, str(settle), str(run_s), str(day_s)]
+    r: dict = {"uplink": None, "heap": unixport.parse_heap(heap)}
+    operator = None
+    if config.get("cmd_key") and not day_s:
+        # one command during the run, as an operator's would arrive: the heap read after the
+        # run includes whatever handling it left behind
+        operator = Operator(config, at=settle + run_s / 3)
     try:
-        lines = _mp(script, [str(root), str(settle), str(run_s)], path, heap, settle + run_s + 60)
+        lines, out = _mp(script, args, path, heap, settle + run_s + 60 + (day_s // 10 if day_s else 0))
     except SystemExit as e:
-        return {"error": str(e).splitlines()[-1][:200]}
+        return {"error": str(e).strip().splitlines()[-1][:200], "heap": r["heap"]}
+    except subprocess.TimeoutExpired:
+        return {"error": "timed out", "heap": r["heap"]}
+    finally:
+        if operator is not None:
+            r["command"] = operator.close()
     for ln in lines:
         f = ln.split()
         if f[0] in ("start", "run"):
-            r[f[0] + "_held"], r[f[0] + "_free"] = int(f[1]), int(f[2])
+            r[f[0] + "_held"], r[f[0] + "_free"], r["image"] = int(f[1]), int(f[2]), int(f[3])
             r["uplink"] = bool(int(f[4])) if "mqtt" in config else None
         elif f[0] == "low":
             r["low_free"] = int(f[1])
+        elif f[0] == "day":
+            r["sim_s"], r["wall_ms"], r["low_free"] = int(f[1]), int(f[2]), int(f[3])
         elif f[0] == "dead":
             r["error"] = "a node task ended"
+    r["memory_errors"] = len(MEMORY_ERROR.findall(out))
+    m = re.search(r"n_qstr=(\d+)", out)
+    if m:
+        r["qstrs"] = int(m.group(1))
+    m = re.search(r"store-and-forward on: (\d+) bytes free before, (\d+) after", out)
+    if m:
+        r["uplink_cost"] = int(m.group(1)) - int(m.group(2))
+    if "store-and-forward off" in out:
+        r["uplink_refused"] = True
     return r
+
+
+class Operator:
+    """Sends the node one authenticated `read_now` command over the broker `at` seconds from
+    now and records whether its result came back ok."""
+
+    def __init__(self, config: dict, at: float) -> None:
+        import threading
+
+        from meternode.link.commands import make_command
+        from umeter.mqttc import connect, make_client
+
+        m = config["mqtt"]
+        self.result: str = "no result"
+        pre = f"{m.get('prefix', 'umeter')}/{config['node_id']}"
+        body = make_command(bytes.fromhex(config["cmd_key"]), config["node_id"], "read_now", ctr=int(time.time()),
+                            exp=int(time.time()) + 3600, msg_id="mem")  # fmt: skip
+        self.c = make_client("umeter-mem-op")
+
+        def on_message(client, userdata, msg) -> None:
+            doc = json.loads(msg.payload)
+            self.result = "ok" if doc.get("ok") else f"failed: {doc.get('why')}"
+
+        self.c.on_message = on_message
+        connect(self.c, m["host"], m["port"])
+        self.c.subscribe(f"{pre}/cmd/result", 1)
+        self.c.loop_start()
+        self.timer = threading.Timer(at, lambda: self.c.publish(f"{pre}/cmd", body, qos=1))
+        self.timer.start()
+
+    def close(self) -> str:
+        self.timer.cancel()
+        self.c.loop_stop()
+        self.c.disconnect()
+        return self.result
+
+
+def _heap_for(held: int, image: int) -> int:
+    # held + the margin (+ the image, which a board keeps in flash), rounded up to 1 KB
+    return (held + MARGIN + image + 1023) // 1024 * 1024
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--settle", type=int, default=3, help="seconds from start to the start-up reading")
     ap.add_argument("--run", type=int, default=30, help="seconds running after that")
-    ap.add_argument(
-        "--heap-check", default="160k,176k,192k,208k", help="smaller heaps to try the +cmd_key node at ('' = none)"
-    )
+    ap.add_argument("--day", type=int, default=86400, help="simulated seconds of the budgeted-heap run (0: none)")
+    ap.add_argument("--jobs", type=int, default=2, help="budgeted-heap runs at once (they use a CPU each)")
     a = ap.parse_args(argv)
     from umeter.policy import load_any
 
     policy = load_any(Path(unixport.__file__).parent / "examples" / "demo_policy.toml")
+    t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="umeter-mem-") as d, Mosquitto() as broker:
         work = Path(d)
-        b = subprocess.run(
-            [sys.executable, "-m", "umeter", "build", "--board", "sim", "-o", str(work / "build")],
-            capture_output=True,
-            text=True,
-        )
-        if b.returncode:
-            raise SystemExit("umeter build failed:\n" + b.stdout + b.stderr)
-        paths = {"source": unixport.micropypath(), "mpy": str(work / "build" / "lib") + ":.frozen"}
-        res: dict = {"imports": {k: imports(work, p) for k, p in paths.items()}, "nodes": {}, "heap_check": {}}
+        res_build = build("sim", work / "build", romfs=True)
+        image = str(work / "build" / "romfs.img")
+        paths = {
+            "source": (unixport.micropypath(), "-", unixport.firmware_root() / "main.py"),
+            "mpy": (str(work / "build" / "lib") + ":.frozen", "-", work / "build" / "main.py"),
+            "romfs": (".frozen", image, work / "build" / "main.py"),
+        }
+        port = {"arch": res_build.arch, "word_bytes": unixport.word_bytes(), "binary": unixport.micropython_path()}
+        res: dict = {
+            "port": port,
+            "image_bytes": res_build.romfs["size"],
+            "imports": {k: imports(work, p, img) for k, (p, img, _) in paths.items()},
+            "nodes": {},
+            "day": {},
+        }
         jobs = []
-        for load, p in paths.items():
+        for load, (p, img, main_py) in paths.items():
             for kind in CONFIGS:
                 cfg = node_config(f"mem-{load}-{kind.strip('+')}", kind, broker.host, broker.port, policy)
-                jobs.append((("nodes", load, kind), (work, f"{load}{kind}", cfg, p, "1m", a.settle, a.run)))
-            for heap in filter(None, a.heap_check.split(",")):
-                cfg = node_config(f"mem-{load}-{heap}", "+cmd_key", broker.host, broker.port, policy)
-                jobs.append((("heap_check", load, heap), (work, f"{load}-{heap}", cfg, p, heap, a.settle, a.run)))
+                jobs.append(((load, kind), (work, f"{load}{kind}", cfg, main_py, p, img, "1m", a.settle, a.run)))
         # the nodes mostly sleep (real-time sim); a few at once keep the run short on 2 cores
         with ThreadPoolExecutor(4) as ex:
             outs = list(ex.map(lambda j: run_node(*j[1]), jobs))
-        for key, out in zip(jobs, outs, strict=True):
-            res[key[0][0]].setdefault(key[0][1], {})[key[0][2]] = out
+        for (load, kind), out in zip((j[0] for j in jobs), outs, strict=True):
+            res["nodes"].setdefault(load, {})[kind] = out
+        if a.day:
+            jobs = []
+            for load in ("mpy", "romfs"):
+                p, img, main_py = paths[load]
+                for kind in CONFIGS:
+                    n = res["nodes"][load][kind]
+                    if "run_held" not in n:
+                        continue
+                    heap = _heap_for(n["run_held"], n.get("image", 0))
+                    cfg = node_config(f"day-{load}-{kind.strip('+')}", kind, broker.host, broker.port, policy, False)
+                    jobs.append(((load, kind), (work, f"day-{load}{kind}", cfg, main_py, p, img, heap, 0, 0, a.day)))
+            with ThreadPoolExecutor(max(1, a.jobs)) as ex:
+                outs = list(ex.map(lambda j: run_node(*j[1]), jobs))
+            for (load, kind), out in zip((j[0] for j in jobs), outs, strict=True):
+                res["day"].setdefault(load, {})[kind] = out
+    res["budget"] = budget(res)
+    res["seconds"] = round(time.monotonic() - t0, 1)
     _print(res)
     print(json.dumps(res, separators=(",", ":")))
     return 0
 
 
-def _kb(x) -> str:
+def _kb(x) -> float | None:
+    return None if x is None else round(x / 1024, 1)
+
+
+def budget(res: dict) -> dict:
+    """The figures the RAM budget is held to (docs/memory.md)."""
+    nodes = res["nodes"]
+    b: dict = {
+        "word_bytes": res["port"]["word_bytes"],
+        "full_mpy_kb": _kb(nodes["mpy"]["+policy"].get("run_held")),
+        "full_romfs_kb": _kb(nodes["romfs"]["+policy"].get("run_held")),
+        "store_cmd_mpy_kb": _kb(nodes["mpy"]["+cmd_key"].get("run_held")),
+        "configs": {},
+    }
+    for load, by_kind in res.get("day", {}).items():
+        for kind, r in by_kind.items():
+            b["configs"][f"{load}{kind}"] = {
+                "heap_kb": _kb(r["heap"]),
+                "held_kb": _kb(nodes[load][kind].get("run_held")),
+                "lowest_free_kb": _kb(r.get("low_free")),
+                "memory_errors": r.get("memory_errors"),
+                "sim_s": r.get("sim_s"),
+                "uplink_refused": bool(r.get("uplink_refused")),
+                **({"error": r["error"]} if "error" in r else {}),
+            }
+    return b
+
+
+def _f(x) -> str:
     return "-" if x is None else f"{x / 1024:.1f}"
 
 
 def _print(res: dict) -> None:
+    p = res["port"]
+    print(f"unix port {p['binary']} ({p['arch']}, {p['word_bytes'] * 8}-bit); ROMFS image {_f(res['image_bytes'])} KB")
     im = res["imports"]
-    print("imports (KB held after gc.collect, 64-bit unix port)")
-    print(f"{'subsystem':<10} {'src alone':>9} {'src marg':>9} {'mpy alone':>9} {'mpy marg':>9}")
+    print("imports (KB held after gc.collect): alone / marginal")
+    print(f"{'subsystem':<13}" + "".join(f"{load:>16}" for load in LOADS))
     for name, _ in SUBSYSTEMS:
-        s, m = im["source"][name], im["mpy"][name]
-        cells = (_kb(s["alone"]), _kb(s["marginal"]), _kb(m["alone"]), _kb(m["marginal"]))
-        print(f"{name:<10} " + " ".join(f"{c:>9}" for c in cells))
+        cells = [f"{_f(im[load][name]['alone'])} / {_f(im[load][name]['marginal'])}" for load in LOADS]
+        print(f"{name:<13}" + "".join(f"{c:>16}" for c in cells))
     print()
-    print("nodes, 1 MB heap (KB held above the interpreter: after start-up, after the run; uplink up)")
-    print(f"{'config':<10} {'load':<6} {'start':>8} {'run':>8} uplink")
+    print("nodes booted by main.py, 1 MB heap (KB held: after start-up, after the run; uplink up; qstrs)")
     for kind in CONFIGS:
-        for load in ("source", "mpy"):
+        for load in LOADS:
             r = res["nodes"][load][kind]
             if "start_held" not in r:
                 print(f"{kind:<10} {load:<6} {r.get('error')}")
                 continue
-            print(f"{kind:<10} {load:<6} {_kb(r['start_held']):>8} {_kb(r['run_held']):>8} {r['uplink']}")
-    if res["heap_check"]:
+            print(
+                f"{kind:<10} {load:<6} {_f(r['start_held']):>8} {_f(r['run_held']):>8} {r['uplink']!s:<5}"
+                f" {r.get('qstrs', '-'):>5}"
+                + (f"  command: {r['command']}" if "command" in r else "")
+                + (f"  {r['error']}" if "error" in r else "")
+            )
+    if res.get("day"):
         print()
-        print("+cmd_key node at smaller heaps (KB free after gc.collect: start-up, after the run, lowest; uplink up)")
-        for load, by_heap in res["heap_check"].items():
-            for heap, r in by_heap.items():
-                if "start_free" not in r:
-                    print(f"{load:<6} {heap:<5} {r.get('error')}")
-                    continue
-                err = "  " + r["error"] if "error" in r else ""
+        print("a simulated day in the budgeted heap (held + 32 KB): heap, lowest free, MemoryErrors, sim s, wall s")
+        for load, by_kind in res["day"].items():
+            for kind, r in by_kind.items():
                 print(
-                    f"{load:<6} {heap:<5} {_kb(r['start_free']):>8} {_kb(r['run_free']):>8}"
-                    f" {_kb(r.get('low_free')):>8} {r['uplink']}{err}"
+                    f"{kind:<10} {load:<6} {_f(r['heap']):>7} {_f(r.get('low_free')):>7} {r.get('memory_errors')!s:>3}"
+                    f" {r.get('sim_s', '-')!s:>6} {(r.get('wall_ms') or 0) / 1000:>6.0f}"
+                    + ("  uplink refused" if r.get("uplink_refused") else "")
+                    + (f"  {r['error']}" if "error" in r else "")
                 )
+    b = res["budget"]
+    print()
+    print(
+        f"budget: full .mpy {b['full_mpy_kb']} KB, full ROMFS {b['full_romfs_kb']} KB, "
+        f"store+commands .mpy {b['store_cmd_mpy_kb']} KB ({b['word_bytes'] * 8}-bit)"
+    )
 
 
 if __name__ == "__main__":

@@ -140,7 +140,9 @@ def test_build_manifest_freezes_the_whole_package_on_top_of_the_stock_boards_man
     (kind, pkg, base, _opt) = calls[1]
     assert (kind, pkg) == ("package", "meternode")
     frozen = sorted(p.relative_to(base).as_posix() for p in (base / "meternode").rglob("*.py"))
-    source = sorted(p.relative_to(unixport.firmware_root()).as_posix()
-                    for p in (unixport.firmware_root() / "meternode").rglob("*.py") if "__pycache__" not in p.parts)  # fmt: skip
+    fw = unixport.firmware_root()
+    source = sorted(
+        p.relative_to(fw).as_posix() for p in (fw / "meternode").rglob("*.py") if "__pycache__" not in p.parts
+    )
     assert frozen == source
     assert "manifest.py" not in json.dumps(read_manifest(res.out)["files"])
