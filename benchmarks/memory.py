@@ -100,9 +100,7 @@ def held():
 
 # The groups are read from a file: the unix port dies ("FATAL: uncaught NLR") on an argument
 # longer than ~256 characters.
-IMPORT_SCRIPT = (
-    PROLOGUE
-    + r"""
+IMPORT_SCRIPT = r"""
 if sys.argv[3] != "-":
     _mount(sys.argv[3])
 a = held()
@@ -118,19 +116,17 @@ for i in sys.argv[2].split(","):
     a = b
 print("RESULT " + " ".join(str(x) for x in out))
 """
-)
 
-# Boots the node through the build's main.py (OTA slot selection and all), with node.main
-# replaced by a measured run: real time (settle, run) or a fast simulated day.
-NODE_SCRIPT = (
-    PROLOGUE
-    + r"""
+# Boots the node through the build's main.py (provisioning check and OTA slot selection in
+# meternode/start.py, which forgets the package before main.py imports the node), with the
+# node's main() replaced by a measured run as soon as main.py has imported it: real time
+# (settle, run) or a fast simulated day.
+NODE_SCRIPT = r"""
 root, image, settle, run_s, day_s = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 if image != "-":
     _mount(image)
 os.chdir(root)
-import asyncio, time, micropython
-from meternode import node as _node
+import asyncio, time, micropython, builtins
 
 def sample(tag, n):
     h = held()
@@ -181,19 +177,27 @@ async def _measure(n):
     micropython.qstr_info()
 
 def _main(root="."):
+    builtins.__import__ = _import
     from meternode.config import load_json
     cfg = load_json(root + "/config.json")
-    n = _node.Node(load_json(root + "/board.json"), cfg)
+    n = sys.modules["meternode.node"].Node(load_json(root + "/board.json"), cfg)
     if day_s:
         _fast(n.hal.sampler)
     asyncio.run(_measure(n))
 
-_node.main = _main
+_import = builtins.__import__
+def _hook(name, g=None, l=None, fromlist=(), level=0):
+    # `from meternode import node` in main.py: import the node module here, patch its main()
+    m = _import(name, g, l, fromlist, level)
+    if name == "meternode" and fromlist and "node" in fromlist:
+        _import("meternode.node")
+        sys.modules["meternode.node"].main = _main
+    return m
+builtins.__import__ = _hook
 with open("main.py") as f:
     src = f.read()
 exec(src, {"__name__": "__main__"})
 """
-)
 
 
 def _mp(script: Path, args: list[str], path: str, heap: str | int, timeout: float) -> tuple[list[str], str]:
@@ -208,7 +212,7 @@ def _mp(script: Path, args: list[str], path: str, heap: str | int, timeout: floa
 
 def imports(work: Path, path: str, image: str) -> dict:
     script = work / "imports.py"
-    script.write_text(IMPORT_SCRIPT)
+    script.write_text(PROLOGUE + IMPORT_SCRIPT)
     gfile = work / "groups.txt"
     gfile.write_text(";".join(",".join(mods) for _, mods in SUBSYSTEMS))
     idx = [str(i) for i in range(len(SUBSYSTEMS))]
@@ -237,7 +241,7 @@ def run_node(work: Path, tag: str, config: dict, main_py: Path, path: str, image
     (root / "main.py").write_text(main_py.read_text())
     script = work / "node.py"
     if not script.exists():
-        script.write_text(NODE_SCRIPT)
+        script.write_text(PROLOGUE + NODE_SCRIPT)
     args = [str(root), image, str(settle), str(run_s), str(day_s)]
     r: dict = {"uplink": None, "heap": unixport.parse_heap(heap)}
     operator = None

@@ -23,8 +23,21 @@ from meternode.metrology.meter import Meter
 _BACKOFF_MIN_MS = 500
 _BACKOFF_MAX_MS = 30000
 _STALL_MS = 60000  # what a task may take beyond its own period before it counts as stalled
-_UPLINK_MIN_FREE = 64 * 1024  # free heap the uplink service needs, loaded from source (measured)
-_COMMANDS_FREE = 24 * 1024  # and this much more with authenticated commands (cmd_key)
+# Free heap store-and-forward needs before it loads: what its modules and its state hold once
+# loaded, as benchmarks/memory.py measures it ("uplink_cost", the node's "store-and-forward on"
+# line) on each kind of port, rounded up to the KB, plus _WORKING for what the running node
+# allocates and frees again (reports, publishes, a reconnect). Objects are machine words, so a
+# 64-bit port needs more than a 32-bit board; code run in place (ROMFS, frozen) needs less
+# than .mpy loaded into the heap; source needs its compiler's peak on top (_COMPILE).
+# (bytes per word, load) -> (record log only, + MQTT link and outbox, + commands), KB
+_UPLINK_COST = {
+    (8, 1): (22, 46, 10),
+    (8, 2): (13, 26, 6),
+    (4, 1): (16, 33, 7),
+    (4, 2): (8, 15, 3),
+}
+_WORKING = 16  # KB
+_COMPILE = 16  # KB: a module compiled from source needs its parse tree for a moment
 # Free heap the gateway needs at its gate (the record log is up by then), measured by
 # benchmarks/gateway.py (docs/gateway.md, "Memory"): the lowest free heap there with which the
 # whole node runs with the gateway -- every meter read, MQTT up, no MemoryError -- bisected
@@ -181,7 +194,7 @@ class Node:
             gc.collect()
             free = gc.mem_free() if hasattr(gc, "mem_free") else 1 << 30
             u = None
-            need = _UPLINK_MIN_FREE + (_COMMANDS_FREE if self.config.get("cmd_key") else 0)
+            need = uplink_need(self.config)
             if free < need:
                 # A failed import would still leave its interned names behind: decide first.
                 log("store-and-forward off: %d bytes free, it needs %d (raise the heap)" % (free, need))
@@ -444,9 +457,7 @@ def _gateway_need(config):
             protos.append(m.get("protocol"))
     if g.get("slave"):
         protos.append("slave")
-    f = globals().get("__file__", "")
-    compiled = f.endswith(".mpy") or f.startswith("meternode/")
-    one, meter, proto = _GATEWAY_NEED[(64 if sys.maxsize > 0x7FFFFFFF else 32, compiled)]
+    one, meter, proto = _GATEWAY_NEED[(64 if sys.maxsize > 0x7FFFFFFF else 32, _loaded() > 0)]
     return one + proto * (len(protos) - 1 if protos else 0) + meter * (len(meters) - 1 if meters else 0)
 
 
@@ -500,6 +511,24 @@ def write_state(path, d):
     with open(path + ".tmp", "w") as f:
         f.write(json.dumps(d))
     os.rename(path + ".tmp", path)
+
+
+def _loaded():
+    # How this module was loaded: 0 compiled from source, 1 a .mpy file read into the heap,
+    # 2 run in place (a ROMFS image at /rom, or frozen: __file__ is then "meternode/...").
+    f = globals().get("__file__", "")
+    if f.startswith("/rom/") or f.startswith("meternode/"):
+        return 2
+    return 0 if f.endswith(".py") else 1
+
+
+def uplink_need(config):
+    # Bytes of free heap store-and-forward needs on this port, loaded as this module is (_UPLINK_COST).
+    load = _loaded()
+    words = 8 if sys.maxsize >> 32 else 4
+    cost = _UPLINK_COST[(words, load or 1)]
+    kb = cost[1 if config.get("mqtt") else 0] + (cost[2] if config.get("cmd_key") else 0) + _WORKING
+    return (kb + (_COMPILE if load == 0 else 0)) * 1024
 
 
 def _checkpointer(meter, c, pulses=None):

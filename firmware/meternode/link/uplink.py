@@ -9,6 +9,7 @@
 # added while the link is up is subscribed by `subscribe_extra()` (or at the next connect).
 import time
 
+from meternode import forget
 from meternode.aio import sleep_ms as _sleep_ms
 from meternode.config import ConfigError, need
 from meternode.link.backoff import Backoff
@@ -125,7 +126,10 @@ class MqttLink:
         if self.m.get("discovery", True) and self.describe is not None:
             from meternode.link import discovery
 
-            for t, p in discovery.configs(self.prefix, self.node_id, self.describe()):
+            docs = discovery.configs(self.prefix, self.node_id, self.describe())
+            del discovery
+            forget("meternode.link.discovery")  # needed at a connect only (docs/memory.md)
+            for t, p in docs:
                 await c.publish(t, p, qos=1, retain=True)
 
     async def run(self):

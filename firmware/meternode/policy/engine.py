@@ -39,8 +39,6 @@
 # whatever the power flow: an exporter that sheds a load exports more.
 from micropython import const
 
-from meternode.policy.schema import check_compact
-
 # Event codes passed to the sink.
 EV_TARIFF = const(1)  # rule -1, value = new tariff index
 EV_LIMIT = const(2)  # rule = limit index, value = limit kind
@@ -147,6 +145,8 @@ def _no_sink(code, rule, value, t):
 
 class Engine:
     def __init__(self, policy, set_tariff=None, relay=None, sink=None, seed=1):
+        from meternode.policy.schema import check_compact  # needed only here (docs/memory.md)
+
         c = check_compact(policy)
         self.policy = c
         self._set_tariff = set_tariff or _no_tariff

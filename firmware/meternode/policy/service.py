@@ -25,6 +25,7 @@ import json
 import sys
 import time
 
+from meternode import forget
 from meternode.aio import ticks_diff, ticks_ms
 from meternode.hal.relay import relay_control
 from meternode.policy import engine as _eng
@@ -130,12 +131,7 @@ class PolicyService:
             self.agent.slots.resume()
             if self.agent.image is not None:
                 self.agent.image.after_boot()
-        if cfg.get("cmd_key"):
-            from binascii import unhexlify
-
-            from meternode.policy.small import SmallCommands
-
-            self.small = SmallCommands(node.id, unhexlify(cfg["cmd_key"]), root + "/policy.lora.ctr")
+        self._small_ctr = root + "/policy.lora.ctr"  # small frames: made at the first one (_small)
         pol = self.agent.policy() if self.agent else None
         if pol is None and cfg.get("policy"):
             pol = cfg["policy"]
@@ -156,6 +152,8 @@ class PolicyService:
         # A new policy (validated by Engine through check_compact) replaces the running one.
         m = self.node.meter
         self.engine = Engine(compact, m.set_tariff, self.relay, self.ring.push, _crc_seed(self.node.id))
+        if "meternode.policy.agent" not in sys.modules and "meternode.policy.apply" not in sys.modules:
+            forget("meternode.policy.schema")  # the check runs again at the next load (docs/memory.md)
         if self._ctl is not None:  # a new engine starts with the load connected: so does its wish
             self._ctl.engine(True, "policy %s loaded" % compact["n"])
         self._restore(compact)
@@ -305,6 +303,12 @@ class PolicyService:
     def small_frame(self, frame):
         # A LoRa-sized policy frame (small.py), from MQTT `policy/small` or a LoRaWAN downlink;
         # -> the result dict (the LoRa link may send it back compactly or just log it).
+        if self.small is None and self.engine is not None and self.node.config.get("cmd_key"):
+            from binascii import unhexlify
+
+            from meternode.policy.small import SmallCommands  # loaded when the first frame comes
+
+            self.small = SmallCommands(self.node.id, unhexlify(self.node.config["cmd_key"]), self._small_ctr)
         if self.small is None or self.engine is None:
             return {"ok": False, "status": "rejected", "why": "unsupported: no cmd_key or no policy on this node"}
         return self.small.apply(frame, self.engine, int(self.clock.time()))
