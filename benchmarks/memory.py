@@ -66,9 +66,11 @@ SUBSYSTEMS = (
 )  # fmt: skip
 
 LOADS = ("source", "mpy", "romfs")
-CONFIGS = ("plain", "+store", "+cmd_key", "+policy")
+CONFIGS = ("plain", "+store", "+cmd_key", "+policy", "+fleet")
 MARGIN = 32 * 1024  # the budget: a node runs in a heap this much larger than what it holds
 KEY = "5a" * 16
+# signed bundles and firmware OTA (+fleet): a fleet identity with one (fixed, test-only) key
+FLEET = {"name": "mem", "groups": [], "keys": {}}
 MEMORY_ERROR = re.compile(r"MemoryError|memory allocation failed")
 
 # Every script starts here: take the baseline, and for a ROMFS run map the image (read into
@@ -225,10 +227,12 @@ def node_config(node_id: str, kind: str, host: str, port: int, policy: dict, rea
     c = {"node_id": node_id, "telemetry_s": 2.0, "profile_s": 60, "sim": {"realtime": realtime, "seed": 1}}
     if kind != "plain":
         c["mqtt"] = {"host": host, "port": port, "prefix": "umeter", "keepalive": 30}
-    if kind in ("+cmd_key", "+policy"):
+    if kind in ("+cmd_key", "+policy", "+fleet"):
         c["cmd_key"] = KEY
-    if kind == "+policy":
+    if kind in ("+policy", "+fleet"):
         c["policy"] = policy
+    if kind == "+fleet":
+        c["fleet"] = FLEET
     return c
 
 
@@ -331,6 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     from umeter.policy import load_any
 
     policy = load_any(Path(unixport.__file__).parent / "examples" / "demo_policy.toml")
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from umeter.signing import fleet_identity
+
+    FLEET.update(fleet_identity(Ed25519PrivateKey.from_private_bytes(bytes(32)), "mem"))
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="umeter-mem-") as d, Mosquitto() as broker:
         work = Path(d)

@@ -14,6 +14,8 @@ import asyncio
 import sys
 import time
 
+from micropython import const
+
 from meternode import VERSION, hal, ticks
 from meternode.config import check_board, check_config, load_json
 from meternode.hal import watchdog
@@ -29,15 +31,12 @@ _STALL_MS = 60000  # what a task may take beyond its own period before it counts
 # allocates and frees again (reports, publishes, a reconnect). Objects are machine words, so a
 # 64-bit port needs more than a 32-bit board; code run in place (ROMFS, frozen) needs less
 # than .mpy loaded into the heap; source needs its compiler's peak on top (_COMPILE).
-# (bytes per word, load) -> (record log only, + MQTT link and outbox, + commands), KB
-_UPLINK_COST = {
-    (8, 1): (22, 46, 10),
-    (8, 2): (13, 26, 6),
-    (4, 1): (16, 33, 7),
-    (4, 2): (8, 15, 3),
-}
-_WORKING = 16  # KB
-_COMPILE = 16  # KB: a module compiled from source needs its parse tree for a moment
+# KB, three per port and load: record log only, + MQTT link and outbox, + commands; in the order
+# 64-bit .mpy, 64-bit in place, 32-bit .mpy, 32-bit in place (one bytes constant, not a dict of
+# tuples: a dozen heap objects fewer)
+_UPLINK_COST = b"\x16\x2e\x0a\x0d\x1a\x06\x10\x21\x07\x08\x0f\x03"
+_WORKING = const(16)  # KB
+_COMPILE = const(16)  # KB: a module compiled from source needs its parse tree for a moment
 # Free heap the gateway needs at its gate (the record log is up by then), measured by
 # benchmarks/gateway.py (docs/gateway.md, "Memory"): the lowest free heap there with which the
 # whole node runs with the gateway -- every meter read, MQTT up, no MemoryError -- bisected
@@ -525,9 +524,9 @@ def _loaded():
 def uplink_need(config):
     # Bytes of free heap store-and-forward needs on this port, loaded as this module is (_UPLINK_COST).
     load = _loaded()
-    words = 8 if sys.maxsize >> 32 else 4
-    cost = _UPLINK_COST[(words, load or 1)]
-    kb = cost[1 if config.get("mqtt") else 0] + (cost[2] if config.get("cmd_key") else 0) + _WORKING
+    i = (0 if sys.maxsize >> 32 else 6) + (3 if load == 2 else 0)
+    c = _UPLINK_COST
+    kb = c[i + 1 if config.get("mqtt") else i] + (c[i + 2] if config.get("cmd_key") else 0) + _WORKING
     return (kb + (_COMPILE if load == 0 else 0)) * 1024
 
 

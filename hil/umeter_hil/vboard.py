@@ -21,6 +21,11 @@ that is the unix port's stdin/stdout, and closes the gaps between the unix port 
   N more bytes from the host, power on again;
 - UARTs wired to host devices (`uarts={1: pty}`, e.g. a simulated meter bus of
   umeter_hil.bussim): machine.UART(1) on the board reads and writes that device.
+- optionally a ROMFS partition (`romfs=` bytes, or the board definition's "romfs"):
+  ``board_shim/vbvfs.py`` gives `vfs.rom_ioctl()` over ``state/romfs.bin`` and mounts a valid
+  image at /rom at boot, so stock ``mpremote romfs query/deploy`` and `umeter provision` work
+  against it; the interpreter gets the partition's size on top of the board's heap (a board
+  maps it from flash).
 
 Optionally a loopback TCP listener speaks for the same board. Any local user can reach a
 loopback port, and the raw REPL reads every secret on the board, so the listener wants a
@@ -116,11 +121,22 @@ class VirtualBoard:
         heap: str | int | None = None,
         insecure: bool = False,
         uarts: dict[int, str] | None = None,
+        romfs: str | int | None = None,
+        romfs_style: str | None = None,
     ) -> None:
         self.path = Path(path).resolve()
         self.board_name = board
         self.board = load_board(board)
         self.heap = unixport.parse_heap(heap or self.board.get("heap", unixport.DEFAULT_HEAP))
+        r = romfs if romfs is not None else self.board.get("romfs", 0)
+        self.romfs = unixport.parse_heap(r) if r else 0  # bytes of the ROMFS partition, 0: none
+        if self.romfs % 4096:
+            raise ConfigError(f"ROMFS partition of {self.romfs} bytes", hint="a multiple of 4k")
+        # how rom_ioctl(2) gives the partition: a memoryview (unix, qemu) or a block device
+        # (esp32.Partition, rp2.Flash) -- the board's MCU decides unless told
+        self.romfs_style = romfs_style or ("memory" if self.board.get("mcu", "unix") == "unix" else "block")
+        if self.romfs_style not in ("memory", "block"):
+            raise ConfigError(f"ROMFS style {self.romfs_style!r}", hint="memory or block")
         self.flash = self.path / "flash"
         self.state = self.path / "state"
         self.uid = uid or uid_for(self.path)
@@ -186,6 +202,9 @@ class VirtualBoard:
         self._console_f = open(self.console_path, "ab")  # noqa: SIM115 - closed in stop()
         # the UARTs' wires ({} = none: machine.UART still works, on a line with nothing on it)
         (self.state / "uart.json").write_text(json.dumps({str(k): str(v) for k, v in self.uarts.items()}))
+        rom = self.state / "romfs.bin"
+        if self.romfs and (not rom.exists() or rom.stat().st_size != self.romfs):
+            rom.write_bytes(b"\xff" * self.romfs)  # erased flash (a new size is a new partition)
         self._hm, self._hs = os.openpty()
         tty.setraw(self._hs)
         os.set_blocking(self._hm, False)
@@ -287,11 +306,14 @@ class VirtualBoard:
             UMETER_VB_RESET=reset,
             UMETER_VB_BOARD=self.board_name,
             UMETER_VB_UID=self.uid.hex(),
+            UMETER_VB_ROMFS=str(self.romfs),
+            UMETER_VB_ROMFS_STYLE=self.romfs_style,
         )
         env.pop("MICROPYPATH", None)
         with contextlib.suppress(FileNotFoundError):
             (self.state / "ctl").unlink()
-        argv = [unixport.micropython_path(), "-X", f"heapsize={self.heap}", "-i", str(SHIM_DIR / "vboot.py")]
+        heap = self.heap + (self.romfs + 4096 if self.romfs else 0)  # the partition is flash on a board
+        argv = [unixport.micropython_path(), "-X", f"heapsize={heap}", "-i", str(SHIM_DIR / "vboot.py")]
         self._proc = subprocess.Popen(
             argv, stdin=bs, stdout=bs, stderr=bs, env=env, cwd=str(self.state), start_new_session=True, umask=0o077
         )
@@ -698,7 +720,13 @@ def _private(root: Path) -> None:
 
 
 def start_many(
-    base: str | os.PathLike[str], board: str = "sim", count: int = 1, *, tcp: bool = False, insecure: bool = False
+    base: str | os.PathLike[str],
+    board: str = "sim",
+    count: int = 1,
+    *,
+    tcp: bool = False,
+    insecure: bool = False,
+    romfs: str | None = None,
 ) -> list[VirtualBoard]:
     """Start `count` boards in `base/<board>-<k>/`; each waits for its boot to finish."""
     if count < 1:
@@ -706,7 +734,7 @@ def start_many(
     vbs = []
     try:
         for k in range(count):
-            vbs.append(VirtualBoard(Path(base) / f"{board}-{k}", board, tcp=tcp, insecure=insecure).start())
+            vbs.append(VirtualBoard(Path(base) / f"{board}-{k}", board, tcp=tcp, insecure=insecure, romfs=romfs).start())
         for vb in vbs:
             vb.wait_booted()
     except BaseException:
@@ -727,9 +755,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--board", default="sim")
     ap.add_argument("--tcp", action="store_true")
     ap.add_argument("--insecure", action="store_true", help="no token on the TCP listener")
+    ap.add_argument("--romfs", default=None, help="a ROMFS partition of this size (e.g. 256k)")
     a = ap.parse_args(argv)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    vb = VirtualBoard(a.dir, a.board, tcp=a.tcp, insecure=a.insecure).start()
+    vb = VirtualBoard(a.dir, a.board, tcp=a.tcp, insecure=a.insecure, romfs=a.romfs).start()
     print(vb.port, flush=True)
     if vb.tcp_port:
         print(vb.url, flush=True)

@@ -13,6 +13,11 @@ Per device:
     -> stale files removed -> everything re-hashed and compared -> manifest.json last -> marker
     removed. An interrupted run leaves old or new files, never a truncated one, and the next run
     resumes where it stopped (unchanged files are skipped by hash);
+    where the board reports a ROMFS partition (`vfs.rom_ioctl`) big enough for the build's
+    romfs.img, the package goes there instead of lib/ (its code then runs from flash, see
+    docs/memory.md): the image is written after the marker, header last, hash-checked, skipped
+    when the partition already holds it, and /lib/meternode is removed (it would come first on
+    sys.path); a board without one gets the files;
  6. record the result in the fleet database; optionally reset the board so the node starts.
 """
 
@@ -55,13 +60,15 @@ class Report:
     seconds: float = 0.0
     verified: bool = False
     error: str = ""
+    romfs: str = ""  # what happened with the board's ROMFS partition ("" = it has none)
 
     def line(self) -> str:
         if self.status != "ok":
             return f"{self.node}: FAILED — {self.error}"
+        rom = f" ROMFS: {self.romfs}." if self.romfs else ""
         return (
             f"Wrote {self.written} files ({self.bytes / 1024:.1f} KiB) to {self.node}, skipped {self.skipped} "
-            f"unchanged, in {self.seconds:.1f} s; {'verified' if self.verified else 'NOT verified'}."
+            f"unchanged, in {self.seconds:.1f} s; {'verified' if self.verified else 'NOT verified'}.{rom}"
         )
 
     def as_dict(self) -> dict:
@@ -189,8 +196,13 @@ def _provision_open(b: Board, dev: Device, info: dict, man: dict, board_def: dic
     cfg_bytes = dumps_config(node_config(dev, board_def, secrets))
     files = image_files(build_dir)
     files["/config.json"] = cfg_bytes
+    image = _romfs_plan(b, man, build_dir, rep)
+    if image is not None:  # the package runs from the ROMFS partition: no lib/ files
+        files = {p: d for p, d in files.items() if not p.startswith("/lib/")}
     entries = {p[1:]: {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d)} for p, d in files.items()}
     device_man = dict(man, node_id=dev.name, files=entries)
+    if image is None:
+        device_man.pop("romfs", None)
     man_bytes = (json.dumps(device_man, indent=1, sort_keys=True) + "\n").encode()
     paths = sorted(files)
     have = b.hashes([*paths, "/manifest.json", MARKER])
@@ -198,8 +210,19 @@ def _provision_open(b: Board, dev: Device, info: dict, man: dict, board_def: dic
     man_ok = have["/manifest.json"] == hashlib.sha256(man_bytes).hexdigest()
     rep.skipped = len(paths) - len(changed)
     total = sum(len(files[p]) for p in changed)
-    if changed or not man_ok or have[MARKER] is not None:
+    rom_stale = image is not None and b.romfs_hash(len(image)) != man["romfs"]["sha256"]
+    if changed or not man_ok or have[MARKER] is not None or rom_stale:
         b.write_file(MARKER, f"{man['version']}\n".encode())
+        if rom_stale:
+            sent = 0
+
+            def rtick(n: int) -> None:
+                nonlocal sent
+                sent += n
+                step(dev.name, "romfs", sent, len(image))
+
+            b.write_romfs(image, progress=rtick)
+            rep.romfs = f"image written ({len(image) / 1024:.1f} KiB), verified"
         done = 0
         for p in changed:
 
@@ -217,6 +240,10 @@ def _provision_open(b: Board, dev: Device, info: dict, man: dict, board_def: dic
             if (p.startswith("/lib/meternode/") and p not in want) or p.endswith(".tmp"):
                 b.remove(p)
                 rep.removed += 1
+        if image is not None:
+            # an empty /lib/meternode left behind would still be imported (a namespace package
+            # before /rom/lib on sys.path), shadowing the image
+            b.remove_dirs("/lib/meternode")
         step(dev.name, "verify", total, total)
         got = b.hashes(paths)
         bad = [p for p in paths if got[p] != entries[p[1:]]["sha256"]]
@@ -236,11 +263,30 @@ def _provision_open(b: Board, dev: Device, info: dict, man: dict, board_def: dic
     )
 
 
+def _romfs_plan(b: Board, man: dict, build_dir: Path, rep: Report) -> bytes | None:
+    """The build's ROMFS image when the board has a partition it fits in, else None (files)."""
+    part = b.romfs_partition()
+    if part is None:
+        return None
+    rom = man.get("romfs")
+    if not rom:
+        rep.romfs = "partition not used: the build has no romfs.img (umeter build --romfs)"
+        return None
+    if rom["size"] > part["size"]:
+        rep.romfs = f"partition too small ({part['size'] // 1024} KiB for a {rom['size'] / 1024:.1f} KiB image): files"
+        return None
+    image = (build_dir / rom["file"]).read_bytes()
+    if hashlib.sha256(image).hexdigest() != rom["sha256"]:
+        raise ConfigError(f"{build_dir / rom['file']} does not match its manifest", hint="build again")
+    rep.romfs = "image unchanged"
+    return image
+
+
 def build_for(boards: set[str], build_root: Path) -> dict[str, Path]:
-    """Build the firmware once per board type (build_root/<board>)."""
+    """Build the firmware once per board type (build_root/<board>), ROMFS image included."""
     out = {}
     for name in sorted(boards):
-        res = buildmod.build(name, build_root / name)
+        res = buildmod.build(name, build_root / name, romfs=True)
         out[name] = res.out
     return out
 

@@ -128,6 +128,53 @@ def _captured(buf: io.StringIO):
                 _proxy = None
 
 
+# ROMFS partition 0 (MicroPython's vfs.rom_ioctl, docs/memory.md): rom_ioctl(2, 0) gives a
+# block device (esp32.Partition, rp2.Flash: ioctl 4/5/6, writeblocks with an offset, and the
+# buffer protocol) or a memoryview (rom_ioctl 3/4/5 prepare, write, finish).
+_ROMFS_HELPERS = """\
+import vfs
+def _um_rinfo():
+    if not hasattr(vfs, 'rom_ioctl') or vfs.rom_ioctl(1) < 1:
+        return None
+    d = vfs.rom_ioctl(2, 0)
+    if isinstance(d, int):
+        return None
+    if hasattr(d, 'ioctl'):
+        return [d.ioctl(4, 0) * d.ioctl(5, 0), d.ioctl(5, 0), 'block']
+    return [len(d), vfs.rom_ioctl(6, 0), 'memory']
+def _um_rh(n):
+    m = memoryview(vfs.rom_ioctl(2, 0))
+    h = hashlib.sha256()
+    for i in range(0, n, 512):
+        h.update(m[i:min(n, i + 512)])
+    return binascii.hexlify(h.digest()).decode()
+def _um_rprep(n):
+    try:
+        vfs.umount('/rom')
+    except OSError:
+        pass
+    d = vfs.rom_ioctl(2, 0)
+    if hasattr(d, 'ioctl'):
+        bs = d.ioctl(5, 0)
+        for b in range((n + bs - 1) // bs):
+            d.ioctl(6, b)
+        return 4
+    return vfs.rom_ioctl(3, 0, n)
+def _um_rw(off, b64):
+    buf = binascii.a2b_base64(b64)
+    d = vfs.rom_ioctl(2, 0)
+    if hasattr(d, 'ioctl'):
+        bs = d.ioctl(5, 0)
+        d.writeblocks(off // bs, buf, off % bs)
+    else:
+        vfs.rom_ioctl(4, 0, off, buf)
+def _um_rfin():
+    d = vfs.rom_ioctl(2, 0)
+    if not hasattr(d, 'ioctl'):
+        vfs.rom_ioctl(5, 0)
+"""
+
+
 def resolve_port(port: str | None = None, serial_number: str | None = None) -> str:
     """A device string for a port path/URL or a USB serial number; TransportError if absent."""
     if port:
@@ -347,6 +394,17 @@ class Board:
         self._need_helpers()
         return self.eval(f"_um_walk({top!r}, [])")
 
+    def remove_dirs(self, top: str) -> None:
+        """Remove `top` and the directories under it that are empty (deepest first); a
+        directory that still holds files stays."""
+        self.exec(
+            "def _um_rd(d):\n"
+            " try:\n  it = list(os.ilistdir(d))\n except OSError:\n  return\n"
+            " for e in it:\n  if e[1] == 0x4000:\n   _um_rd(d + '/' + e[0])\n"
+            " try:\n  os.rmdir(d)\n except OSError:\n  pass\n"
+            f"_um_rd({top.rstrip('/')!r})"
+        )
+
     def remove(self, path: str) -> None:
         self.exec(f"try:\n os.remove({path!r})\nexcept OSError:\n pass")
 
@@ -378,6 +436,42 @@ class Board:
         if got != "ok":
             raise DeviceError(
                 f"{self.port}: {path} arrived corrupted (sha256 {got} != {want})", hint="run again; check the cable"
+            )
+
+    # ------------------------------------------------------------------ ROMFS
+    def romfs_partition(self) -> dict | None:
+        """ROMFS partition 0 as {"size", "block", "style"}, or None when the board has none
+        (no `vfs.rom_ioctl`, or no partition)."""
+        self._need_helpers()
+        self.exec(_ROMFS_HELPERS)
+        v = self.eval("_um_rinfo()")
+        return None if v is None else {"size": v[0], "block": v[1], "style": v[2]}
+
+    def romfs_hash(self, n: int) -> str:
+        """sha256 hex of the partition's first `n` bytes."""
+        return self.eval(f"_um_rh({n})")
+
+    def write_romfs(self, image: bytes, *, progress: Callable[[int], None] | None = None) -> None:
+        """Write a ROMFS image to partition 0 (romfs_partition() first): /rom unmounted, the
+        blocks it needs erased, then written in chunks with the first one -- the header --
+        last, so a cut leaves an erased header and the board mounts no half-written image;
+        then the partition's hash is checked. The board needs a reset to mount the new image."""
+        want = hashlib.sha256(image).hexdigest()
+        unit = int(self.eval(f"_um_rprep({len(image)})") or 1)
+        step = (CHUNK + unit - 1) // unit * unit
+        offsets = list(range(0, len(image), step))
+        for off in offsets[1:] + offsets[:1]:
+            part = image[off : off + step]
+            if len(part) % unit:
+                part += b"\xff" * (unit - len(part) % unit)
+            self.exec(f"_um_rw({off}, {base64.b64encode(part).decode()!r})")
+            if progress:
+                progress(min(step, len(image) - off))
+        self.exec("_um_rfin()")
+        got = self.romfs_hash(len(image))
+        if got != want:
+            raise DeviceError(
+                f"{self.port}: the ROMFS image arrived corrupted (sha256 {got} != {want})", hint="run again"
             )
 
     def read_file(self, path: str) -> bytes:

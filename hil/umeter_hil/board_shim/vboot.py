@@ -8,7 +8,8 @@
 #   4. prints the end-of-boot marker the relay waits for (after boot.py, before main.py), and
 #      returns to the REPL (-i).
 # The relay passes everything in the environment: UMETER_VB_ROOT, UMETER_VB_STATE,
-# UMETER_VB_MODE (friendly|raw), UMETER_VB_RESET (power|hard|soft|watchdog), UMETER_VB_UID (hex).
+# UMETER_VB_MODE (friendly|raw), UMETER_VB_RESET (power|hard|soft|watchdog), UMETER_VB_UID (hex),
+# UMETER_VB_ROMFS (bytes of a ROMFS partition, none if 0) and UMETER_VB_ROMFS_STYLE.
 import os
 import sys
 
@@ -16,6 +17,12 @@ import vbstate
 import vfs
 
 vbstate.init()
+if vbstate.ROMFS:
+    # the partition first, while the heap is empty: one allocation the size of the flash area
+    import vbvfs
+
+    vbvfs.init(vbstate.ROMFS, vbstate.ROMFS_STYLE)
+    sys.modules["vfs"] = vbvfs
 
 import esp32  # noqa: E402  (stand-ins load from the host directory, before the remount)
 import network  # noqa: E402
@@ -28,6 +35,8 @@ esp32.boot(vbstate.RESET)
 vfs.mount(vfs.VfsPosix(vbstate.ROOT), "/")
 os.chdir("/")
 sys.path[:] = ["", ".frozen", "/lib"]
+if vbstate.ROMFS:
+    vbvfs.mount()  # a valid image at /rom, and /rom, /rom/lib on sys.path, as a board does
 
 
 def _run(name):
@@ -52,4 +61,6 @@ _ok = _run("boot.py")
 sys.stdout.write(vbstate.MARKER)  # the relay's "booted": from here on main.py and the REPL
 if not _ok or (vbstate.MODE == "friendly" and not _run("main.py")):
     vbstate.soft_reset()
+if vbstate.ROMFS:
+    del vbvfs
 del _ok, _run, os, vfs, esp32, network, vbmachine, vbos, vbstate

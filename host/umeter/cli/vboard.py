@@ -30,6 +30,7 @@ def command() -> None:
     "--tcp", is_flag=True, help="Also listen on socket://127.0.0.1:PORT per board (wants the token printed)."
 )
 @click.option("--insecure", is_flag=True, help="No token on the TCP listener (any local user gets the REPL).")
+@click.option("--romfs", metavar="SIZE", help="Give each board a ROMFS partition of SIZE (e.g. 256k).")
 @click.option("--provision", "do_provision", is_flag=True, help="Provision each board so its node runs (see below).")
 @click.option(
     "--inventory",
@@ -46,6 +47,7 @@ def start(
     base: str | None,
     tcp: bool,
     insecure: bool,
+    romfs: str | None,
     do_provision: bool,
     inventory: str | None,
     broker: str | None,
@@ -61,6 +63,8 @@ def start(
         raise ConfigError("--inventory and --broker go with --provision", hint="add --provision")
     if insecure and (not tcp or do_provision):
         raise ConfigError("--insecure goes with --tcp, without --provision", hint="drop --insecure")
+    if romfs and do_provision:
+        raise ConfigError("--romfs goes without --provision", hint="start the boards, then umeter provision them")
     if do_provision:
         _start_nodes(board, count, base, tcp, inventory, broker, as_json)
         return
@@ -72,7 +76,7 @@ def start(
         base = tmp.name
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
-        vbs = start_many(Path(base), board, count, tcp=tcp, insecure=insecure)
+        vbs = start_many(Path(base), board, count, tcp=tcp, insecure=insecure, romfs=romfs)
     except BaseException:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         if tmp:
