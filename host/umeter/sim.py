@@ -102,12 +102,6 @@ def parse_scenarios(text: str) -> list[str]:
 # demand-response rule sheds the relay and the fleet restores after its randomised delays.
 POLICY_DIP: tuple[float, float, float] = (8.0, 11.0, 49.6)  # from, until, Hz
 
-# Loaded from source, the policy service with the compact-form check needs ~36 KB, with signed
-# bundles (`fleet`) ~72 KB more than a plain node (docs/policy.md); the uplink wants 64 KB free
-# after that. Measured on the sim board (docs/sim.md): below these heaps a node runs without
-# store-and-forward or without its policy.
-POLICY_HEAP = "384k"
-FLEET_HEAP = "512k"
 
 # With `bus` every node loads the gateway, which node.py starts only with its measured need
 # free at its gate (_GATEWAY_NEED, fitted to benchmarks/gateway.py's bisections): for the 5
@@ -115,12 +109,12 @@ FLEET_HEAP = "512k"
 # from source (`benchmarks/gateway.py --need sim` measured 168 672 B for them). What a sim
 # node uses before that gate, measured (its console's "gateway off/on: N bytes free"):
 # 223 968 B (at 288k 70 944 B were free), 254 208 B with the demo policy. So 400k leaves
-# ~14 KB above the gate, 432k ~17 KB with a policy. With --fleet, 512k (FLEET_HEAP) already
+# ~14 KB above the gate, 432k ~17 KB with a policy. With --fleet, 512k already
 # leaves 261 KB free at the gate and 169 KB once the gateway runs: measured, a signed bundle
 # pushed to such a node was applied while it read its five meters.
 BUS_HEAP = "400k"
 BUS_POLICY_HEAP = "432k"
-BUS_FLEET_HEAP = FLEET_HEAP
+BUS_FLEET_HEAP = "512k"
 # Any other configuration (a real board's definition, fewer or other modules loaded) is sized
 # by the node itself: when it logs "gateway off: F bytes free, it needs N" and --heap was not
 # given, the nodes get the difference (in 16 KiB steps, one step to spare) and that node is
@@ -133,6 +127,7 @@ _HEAP_STEP = 16 * 1024
 # allocation failed, allocating 1280 bytes"), at 384 KiB it runs with store-and-forward.
 VIRTUAL_BOARD_HEAP = "384k"
 
+_WHAT = {"+store": "store-and-forward", "+policy": "a policy", "+fleet": "a policy and signed bundles"}
 PROFILE_S = 60  # the demo's load-profile period: one record per node per minute (the minimum)
 
 
@@ -269,6 +264,7 @@ class SimRun:
             raise ConfigError("a fleet identity without a policy", hint="give --policy too")
         self._broker = None
         self._client = None
+        self.firmware: Path | None = None  # the .mpy build the nodes run (start())
         self._lock = threading.Lock()
         self._own_dir = False
         self.consumer = None
@@ -304,6 +300,11 @@ class SimRun:
             self.workdir = Path(tempfile.mkdtemp(prefix="umeter-sim-"))
             self._own_dir = True
         self._board, self._node_heap = board, heap
+        # the nodes run the .mpy build, as provisioned boards do (compiling from source would
+        # need the compiler's peak on top of the budget), for this unix port's architecture
+        from .build import build
+
+        self.firmware = build(self.board, self.workdir / "firmware", arch=unixport.native_arch()).out
         for n, node_id in enumerate(ids):
             sc = self._scenarios[n % len(self._scenarios)]
             view = NodeView(node_id, sc)
@@ -332,24 +333,31 @@ class SimRun:
         )
         return dict(board, hal="sim", heap=VIRTUAL_BOARD_HEAP)
 
-    def _heap(self, board: dict) -> str:
-        """The board's heap, or what the policy service and the gateway need loaded from source
-        if that is more."""
-        have = board.get("heap", unixport.DEFAULT_HEAP)
-        if self.policy is None and not self.bus:
-            return have
+    def _heap(self, board: dict) -> int | str:
+        """The budgeted heap of this run's node configuration on this unix port (umeter.budget,
+        docs/memory.md): what such a node holds, run from the .mpy build, + 32 KB. The gateway
+        (`bus`) is not in the budget: its nodes get the heaps measured for it (BUS_HEAP…),
+        and more if a node's gate says so."""
+        from . import budget
+
         if self.bus:
+            have = board.get("heap", unixport.DEFAULT_HEAP)
             need = BUS_FLEET_HEAP if self.fleet else BUS_POLICY_HEAP if self.policy is not None else BUS_HEAP
             why = "gateway" + (" + policy + signed bundles" if self.fleet else " + policy" if self.policy else "")
-        else:
-            need, why = (FLEET_HEAP, "policy + signed bundles") if self.fleet else (POLICY_HEAP, "policy")
-        if unixport.parse_heap(have) >= unixport.parse_heap(need):
-            return have
+            if unixport.parse_heap(have) >= unixport.parse_heap(need):
+                return have
+            self.notes.append(
+                f"Nodes run with a {need} heap instead of the {self.board} board's {have}: the {why} service "
+                "(the gateway is not in the budget: docs/memory.md)."
+            )
+            return need
+        k = "+fleet" if self.fleet else "+policy" if self.policy else "+store"
+        heap = budget.heap_for(k, words=unixport.word_bytes())
         self.notes.append(
-            f"Nodes run with a {need} heap instead of the {self.board} board's {have}: the {why} service "
-            "loads from source on the unix port (frozen into a board's firmware it would not need it)."
+            f"Nodes run the .mpy build in a {heap // 1024} KB heap each: what a node with "
+            f"{_WHAT[k]} holds + {budget.MARGIN_KB} KB (docs/memory.md)."
         )
-        return need
+        return heap
 
     def _open_db(self, host: str, port: int, ids: list[str]) -> None:
         from .consumer import Consumer
@@ -433,7 +441,7 @@ class SimRun:
                 config["fleet"] = self.fleet
         return config
 
-    def _start_node(self, node_id: str, sc: Scenario, board: dict, n: int, heap: str) -> VirtualNode:
+    def _start_node(self, node_id: str, sc: Scenario, board: dict, n: int, heap: str | int) -> VirtualNode:
         root = self.workdir / node_id
         root.mkdir(parents=True, exist_ok=True)
         (root / "board.json").write_text(json.dumps(board))
@@ -449,10 +457,11 @@ class SimRun:
 
     def _power_on(self, vn: VirtualNode) -> None:
         """Start (or start again) a node's firmware: main.py on the unix port in its flash dir."""
-        main = unixport.firmware_root() / "main.py"
+        main = self.firmware / "main.py"  # the .mpy build (start())
         with open(vn.log_path, "ab") as log:  # the child keeps its own descriptor
             argv = unixport.command(main, heap=self._node_heap)
-            vn.proc = unixport.spawn(argv, cwd=vn.root, env={"MICROPYPATH": unixport.micropypath()}, log=log)
+            path = f"{self.firmware / 'lib'}:.frozen"
+            vn.proc = unixport.spawn(argv, cwd=vn.root, env={"MICROPYPATH": path}, log=log)
         vn.heap = unixport.parse_heap(self._node_heap)
         vn.started_at = time.monotonic()
         vn.restart_at = None

@@ -124,8 +124,9 @@ def test_bad_scenarios_are_one_line_errors():
 
 
 def test_node_config_carries_the_policy_the_fleet_and_the_scripted_dip():
+    from umeter import budget, unixport
     from umeter.policy import compile_file
-    from umeter.sim import FLEET_HEAP, POLICY_DIP, POLICY_HEAP, SimRun, board_definition
+    from umeter.sim import POLICY_DIP, SimRun, board_definition
 
     compact = compile_file(EXAMPLE)
     fleet = {"name": "acme", "groups": [], "keys": {"00" * 8: "11" * 32}}
@@ -136,10 +137,17 @@ def test_node_config_carries_the_policy_the_fleet_and_the_scripted_dip():
     assert {"at": POLICY_DIP[0], "freq": POLICY_DIP[2]} in c["sim"]["events"]
     assert c["sim"]["currents"][0]["rms"] == 24.0, "the shop scenario"
     board = board_definition("sim")
-    assert run._heap(board) == FLEET_HEAP and f"instead of the sim board's {board['heap']}" in run.notes[0]
-    assert SimRun(nodes=1, policy=compact)._heap(board) == POLICY_HEAP
+    w = unixport.word_bytes()  # the nodes get their configuration's budget (docs/memory.md)
+    assert run._heap(board) == budget.heap_for("+fleet", words=w)
+    assert "a policy and signed bundles holds + 32 KB" in run.notes[0]
+    assert SimRun(nodes=1, policy=compact)._heap(board) == budget.heap_for("+policy", words=w)
     plain = SimRun(nodes=1)
-    assert plain._heap(board) == board["heap"] and not plain.notes
+    heap = plain._heap(board)
+    assert heap == budget.heap_for("+store", words=w)
+    assert plain.notes == [
+        f"Nodes run the .mpy build in a {heap // 1024} KB heap each: what a node with store-and-forward holds"
+        " + 32 KB (docs/memory.md)."
+    ]
     plain.host, plain.port = "127.0.0.1", 1883
     c = plain.node_config("node-01", plain._scenarios[0], 0)
     assert "policy" not in c and "fleet" not in c and "events" not in c["sim"]
