@@ -6,7 +6,7 @@ import json
 import sys
 
 from meternode.node import Node
-from mptest import eq, heap, scratch_dir
+from mptest import eq, heap, host_value, needs, scratch_dir, timeout
 
 _MQTT = ("meternode.link.mqttpkt", "meternode.link.mqtt", "meternode.link.uplink", "meternode.link.outbox")
 
@@ -59,3 +59,145 @@ def test_a_node_with_mqtt_loads_and_wires_the_link_and_outbox():
     eq((u.link is not None, u.outbox is not None), (True, True), "MQTT link and outbox made")
     eq([m for m in _MQTT if m not in sys.modules], [], "MQTT modules loaded")
     eq(u.link.outbox is u.outbox, True, "the link drains the outbox")
+
+
+# -- what a node loads when (docs/memory.md): OTA code at boot only with a slot to select,
+# Home Assistant discovery only while it is published, the policy check only while a policy
+# loads, LoRa-sized policy frames only from the first one
+
+
+def _forgotten(prefix):
+    return [m for m in sys.modules if m == prefix or m.startswith(prefix + ".")]
+
+
+def test_boot_without_an_ota_slot_loads_no_ota_code_and_forgets_the_package():
+    import os
+
+    d = scratch_dir() + "/boot1"
+    os.mkdir(d)
+    here = os.getcwd()
+    os.chdir(d)
+    try:
+        from meternode import start
+
+        start.ota()  # no fw/boot.json: the factory firmware
+        eq(_forgotten("meternode"), [], "no meternode module left for main.py's import")
+        os.mkdir("fw")
+        with open("fw/boot.json", "w") as f:
+            f.write('{"active": null, "pending": null, "tries": 0, "boots": 3, "versions": {}, "last": ""}')
+        from meternode import start
+
+        start.ota()  # an OTA state without a slot (all rolled back): nothing to select
+        eq(_forgotten("meternode"), [], "nothing loaded")
+        with open("fw/boot.json") as f:
+            eq('"boots": 3' in f.read(), True, "the pointer was not even rewritten")
+    finally:
+        os.chdir(here)
+
+
+@heap("512k")  # the OTA code compiled from source (a board loads it as .mpy)
+def test_boot_with_a_pending_slot_runs_the_ota_selection():
+    import json
+    import os
+
+    d = scratch_dir() + "/boot2"
+    os.mkdir(d)
+    os.mkdir(d + "/fw")
+    os.mkdir(d + "/fw/a")
+    with open(d + "/fw/boot.json", "w") as f:
+        f.write(json.dumps({"active": None, "pending": "a", "tries": 0, "boots": 0, "versions": {"a": 2}, "last": ""}))
+    here = os.getcwd()
+    path = list(sys.path)
+    os.chdir(d)
+    try:
+        from meternode import start
+
+        start.ota()
+        with open("fw/boot.json") as f:
+            st = json.load(f)
+        eq((st["pending"], st["tries"], st["boots"]), ("a", 1, 1), "a trial boot of slot a counted")
+        eq(sys.path[:2], ["./fw/a", "./fw/a/lib"], "the slot comes first on sys.path")
+        eq(_forgotten("meternode"), [], "the OTA code and the factory package forgotten")
+    finally:
+        os.chdir(here)
+        sys.path[:] = path
+
+
+@heap("512k")
+def test_policy_check_is_forgotten_once_the_policy_is_loaded_and_loads_again_for_the_next():
+    from meternode.policy.engine import Engine
+    from policy_fixture import compact
+
+    import meternode
+
+    pol = compact()
+    e = Engine(pol)
+    meternode.forget("meternode.policy.schema")  # as PolicyService.load() does
+    eq("meternode.policy.schema" in sys.modules, False, "forgotten")
+    e2 = Engine(pol)  # the next policy is checked again: the check loads again
+    eq(e2.policy["n"], e.policy["n"], "second engine")
+    bad = dict(pol)
+    bad["t"] = "not a list"
+    try:
+        Engine(bad)
+        raise AssertionError("a bad policy passed the check")
+    except ValueError:
+        pass
+
+
+@heap("512k")
+def test_policy_service_forgets_its_check_and_makes_small_frames_only_when_one_comes():
+    from policy_fixture import compact
+
+    c = _config(scratch_dir() + "/ps", True)
+    c["policy"] = compact()
+    c["cmd_key"] = "5a" * 16
+    n = Node(_board(), c)
+    from meternode.policy.service import PolicyService
+
+    s = PolicyService(n)
+    eq(s.engine is not None, True, "policy loaded")
+    eq("meternode.policy.schema" in sys.modules, False, "the policy check is not kept")
+    eq(("meternode.policy.small" in sys.modules, s.small), (False, None), "no small-frame handler yet")
+    r = s.small_frame(b"\x00garbage")
+    eq(r["ok"], False, "a bad frame is rejected: %r" % (r,))
+    eq(s.small is not None and "meternode.policy.small" in sys.modules, True, "made at the first frame")
+
+
+@needs("host:mosquitto")
+@heap("256k")
+@timeout(30)
+async def test_discovery_is_published_at_each_connect_and_forgotten_in_between():
+    import asyncio
+
+    from meternode.link.mqtt import MQTTClient
+    from meternode.link.uplink import MqttLink
+
+    h, p = host_value("mosquitto_host"), int(host_value("mosquitto_port"))
+    m = {"host": h, "port": p, "prefix": "memt"}
+    link = MqttLink("memnode", m, describe=lambda: {"version": "t", "model": "m", "sensors": None})
+    t = asyncio.create_task(link.run())
+    for _ in range(200):
+        if link.up:
+            break
+        await asyncio.sleep_ms(20)
+    eq(link.up, True, "link up")
+    eq("meternode.link.discovery" in sys.modules, False, "discovery forgotten once published")
+    got = []
+    c = MQTTClient("memt-watch", h, p)
+    c.on_message = lambda tp, msg, r: got.append(tp)
+    await c.connect()
+    await c.subscribe("homeassistant/sensor/memnode/+/config", 1)
+    for _ in range(100):
+        if len(got) >= 5:
+            break
+        await asyncio.sleep_ms(20)
+    eq(len(got) >= 5, True, "the retained discovery configs are on the broker: %r" % (got,))
+    await c.disconnect()
+    await link.client.abort("test: drop the link")  # the next connect publishes them again
+    for _ in range(300):
+        if link.ups == 2 and link.up:
+            break
+        await asyncio.sleep_ms(20)
+    eq((link.ups, "meternode.link.discovery" in sys.modules), (2, False), "reconnected, forgotten again")
+    t.cancel()

@@ -1,0 +1,96 @@
+"""The RAM budget is held (docs/memory.md): on this unix port, a node from the .mpy build and one
+run in place from a ROMFS image hold no more than umeter.budget says, start store-and-forward
+in their budgeted heap (what they hold + 32 KB) without a MemoryError, and the node's own
+free-heap gate (node.py _UPLINK_COST) is the uplink's measured cost for this port, not a guess.
+The measurement is benchmarks/memory.py's own (booted through main.py, held after the run)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from umeter import budget, unixport
+from umeter.broker import Mosquitto
+from umeter.build import build
+
+ROOT = Path(__file__).resolve().parents[2]
+TOLERANCE_KB = 3  # a table entry may sit this far above the measurement (it is rounded up)
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("memory_benchmark", ROOT / "benchmarks" / "memory.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    work = tmp_path_factory.mktemp("budget")
+    res = build("sim", work / "build", romfs=True)
+    with Mosquitto() as broker:
+        yield _benchmark(), work, res, broker
+
+
+def _run(setup, load: str, kind: str, heap: int | str, settle: int = 3, run_s: int = 5) -> dict:
+    bm, work, res, broker = setup
+    path, image = (str(res.out / "lib") + ":.frozen", "-") if load == "mpy" else (".frozen", str(res.out / "romfs.img"))
+    tag = f"{load}{kind}-{heap}"
+    cfg = bm.node_config(f"budget-{tag.replace('+', '')}", kind, broker.host, broker.port, {})  # one MQTT id each
+    if isinstance(heap, int) and image != "-":
+        heap += (res.out / "romfs.img").stat().st_size + 1024  # the image: flash on a board
+    return bm.run_node(work, tag, cfg, res.out / "main.py", path, image, heap, settle, run_s)
+
+
+@pytest.mark.parametrize("load,kind", [("mpy", "+cmd_key"), ("romfs", "+store")])
+def test_a_node_holds_its_budget_and_runs_in_it(setup, load, kind):
+    words = unixport.word_bytes()
+    table = budget.held_kb(kind, words=words, load=load)
+    heap = budget.heap_for(kind, words=words, load=load)
+    with ThreadPoolExecutor(2) as ex:
+        big, tight = ex.map(lambda h: _run(setup, load, kind, h), ["1m", heap])
+    assert "error" not in big, big
+    held_kb = big["run_held"] / 1024
+    assert held_kb <= table, f"{kind} from {load} holds {held_kb:.1f} KB, its budget says {table}: re-measure"
+    assert held_kb > table - TOLERANCE_KB - 2, f"{kind} from {load} holds {held_kb:.1f} KB, the table {table}"
+    # in its budgeted heap: store-and-forward starts, the link is up, nothing runs out of memory
+    assert "error" not in tight and not tight.get("uplink_refused"), tight
+    assert tight["uplink"] is True and tight["memory_errors"] == 0, tight
+    assert tight["low_free"] > 16 * 1024, tight
+
+
+def _gate(setup, load: str, kind: str) -> int:
+    # node.uplink_need() for this config, asked of the node's own code on this port and load
+    bm, work, res, broker = setup
+    cfg = bm.node_config("gate", kind, broker.host, broker.port, {})
+    script = work / "gate.py"
+    script.write_text(
+        bm.PROLOGUE
+        + "import sys\n"
+        + ("_mount(sys.argv[1])\n" if load == "romfs" else "")
+        + "from meternode import node\n"
+        + f"print('GATE', node.uplink_need({cfg!r}))\n"
+    )
+    path, args = (str(res.out / "lib") + ":.frozen", []) if load == "mpy" else (".frozen", [str(res.out / "romfs.img")])
+    env = dict(os.environ, MICROPYPATH=path)
+    out = subprocess.run(unixport.command(script, *args, heap="1m"), capture_output=True, text=True, env=env,
+                         timeout=30).stdout  # fmt: skip
+    return int(out.split("GATE")[1].split()[0])
+
+
+@pytest.mark.parametrize("load", ["mpy", "romfs"])
+def test_the_uplink_gate_is_the_measured_cost_on_this_port(setup, load):
+    working = 16 * 1024  # node.py _WORKING
+    for kind in ("+store", "+cmd_key"):
+        r = _run(setup, load, kind, "1m", settle=2, run_s=1)
+        cost = r["uplink_cost"]  # free heap before - after the node started its uplink
+        gate = _gate(setup, load, kind) - working
+        assert cost <= gate <= cost + TOLERANCE_KB * 1024, (
+            f"{kind} from {load}: the uplink takes {cost} bytes here, node.py's table says {gate}: "
+            "update _UPLINK_COST from benchmarks/memory.py"
+        )
