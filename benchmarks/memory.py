@@ -18,16 +18,19 @@ UMETER_MICROPYTHON=...; the .mpy build then targets that binary's architecture):
   +policy (the demo policy in compact form). A ROMFS image is read into the heap first (a
   board maps it from flash) and its bytes are not counted;
 - day (the budgeted heap: held after the run + 32 KB, + the image for ROMFS): the same node
-  runs one simulated day with its sampler producing blocks as fast as the meter takes them
-  (a precomputed block; the sim clock, checkpoints, load profile, freezes and the policy's
-  measured seconds follow it), MQTT and telemetry in real time; lowest free heap (gc.mem_free()
-  after a collection, once a second) and every MemoryError the node printed.
+  runs one simulated day of its sim clock, its sampler producing blocks as fast as the meter
+  takes them (a precomputed block) and the clock advancing `--stride` times as fast as the
+  samples (10: the meter meters 2.4 h of samples, everything that runs by the clock --
+  checkpoints, the load profile and its records going out over MQTT, the daily freeze, the
+  policy's calendar and day counters -- sees 24 h), MQTT and telemetry in real time; lowest
+  free heap (gc.mem_free() after a collection, once a second) and every MemoryError the node
+  printed.
 
 The last line is one JSON object; "budget" holds the figures the RAM budget is held to
 (docs/memory.md): full_mpy_kb, full_romfs_kb, store_cmd_mpy_kb (held after the run), and per
 configuration its target heap, lowest free heap and MemoryErrors over the day.
 
-    python benchmarks/memory.py [--settle 3] [--run 30] [--day 86400] [--jobs 2]
+    python benchmarks/memory.py [--settle 3] [--run 30] [--day 86400] [--stride 10] [--jobs 2]
     UMETER_MICROPYTHON=/path/to/micropython32 python benchmarks/memory.py   # a 32-bit port
 """
 
@@ -124,7 +127,8 @@ print("RESULT " + " ".join(str(x) for x in out))
 # node's main() replaced by a measured run as soon as main.py has imported it: real time
 # (settle, run) or a fast simulated day.
 NODE_SCRIPT = r"""
-root, image, settle, run_s, day_s = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+root, image = sys.argv[1], sys.argv[2]
+settle, run_s, day_s, stride = [int(x) for x in sys.argv[3:7]]
 if image != "-":
     _mount(image)
 os.chdir(root)
@@ -136,10 +140,12 @@ def sample(tag, n):
     up = 1 if (u is not None and u.link is not None and u.link.up) else 0
     print("RESULT %s %d %d %d %d" % (tag, h, gc.mem_free(), img_bytes, up))
 
-def _fast(s):
+def _fast(s, stride):
     # The sampler makes its first block, then returns a copy of it for every block after
     # (160 sets = two whole mains cycles: the waveform stays continuous), advancing its
-    # sample count and the sim clock as its own fill() does.
+    # sample count as its own fill() does and the sim clock `stride` times as far: the meter
+    # meters every sample, while what runs by the clock (checkpoints, load profile, freezes,
+    # the policy's calendar) sees a whole day.
     import array
     tpl = array.array("H", s._bufs[0])
     s.fill(tpl)
@@ -148,7 +154,7 @@ def _fast(s):
     def fill(buf):
         buf[:] = tpl
         s.sets += bs
-        clock.ms = (s.sets * 1000) // s.rate
+        clock.ms = (s.sets * 1000 * stride) // s.rate
     s.fill = fill
     return clock
 
@@ -156,6 +162,7 @@ async def _measure(n):
     t = asyncio.create_task(n.run())
     if day_s:
         clock = n.hal.clock
+        gc.collect()
         lo = gc.mem_free()
         t0 = time.ticks_ms()
         while clock.ticks_ms() < day_s * 1000 and not t.done():
@@ -184,7 +191,7 @@ def _main(root="."):
     cfg = load_json(root + "/config.json")
     n = sys.modules["meternode.node"].Node(load_json(root + "/board.json"), cfg)
     if day_s:
-        _fast(n.hal.sampler)
+        _fast(n.hal.sampler, stride)
     asyncio.run(_measure(n))
 
 _import = builtins.__import__
@@ -237,7 +244,7 @@ def node_config(node_id: str, kind: str, host: str, port: int, policy: dict, rea
 
 
 def run_node(work: Path, tag: str, config: dict, main_py: Path, path: str, image: str, heap: str | int,
-             settle: int, run_s: int, day_s: int = 0) -> dict:  # fmt: skip
+             settle: int, run_s: int, day_s: int = 0, stride: int = 1) -> dict:  # fmt: skip
     root = work / tag
     root.mkdir(parents=True, exist_ok=True)
     (root / "board.json").write_text((unixport.boards_dir() / "sim.json").read_text())
@@ -246,7 +253,7 @@ def run_node(work: Path, tag: str, config: dict, main_py: Path, path: str, image
     script = work / "node.py"
     if not script.exists():
         script.write_text(PROLOGUE + NODE_SCRIPT)
-    args = [str(root), image, str(settle), str(run_s), str(day_s)]
+    args = [str(root), image, str(settle), str(run_s), str(day_s), str(stride)]
     r: dict = {"uplink": None, "heap": unixport.parse_heap(heap)}
     operator = None
     if config.get("cmd_key") and not day_s:
@@ -330,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settle", type=int, default=3, help="seconds from start to the start-up reading")
     ap.add_argument("--run", type=int, default=30, help="seconds running after that")
     ap.add_argument("--day", type=int, default=86400, help="simulated seconds of the budgeted-heap run (0: none)")
+    ap.add_argument("--stride", type=int, default=10, help="sim clock seconds per second of samples metered in the day")
     ap.add_argument("--jobs", type=int, default=2, help="budgeted-heap runs at once (they use a CPU each)")
     a = ap.parse_args(argv)
     from umeter.policy import load_any
@@ -378,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     heap = _heap_for(n["run_held"], n.get("image", 0))
                     cfg = node_config(f"day-{load}-{kind.strip('+')}", kind, broker.host, broker.port, policy, False)
-                    jobs.append(((load, kind), (work, f"day-{load}{kind}", cfg, main_py, p, img, heap, 0, 0, a.day)))
+                    args = (work, f"day-{load}{kind}", cfg, main_py, p, img, heap, 0, 0, a.day, a.stride)
+                    jobs.append(((load, kind), args))
             with ThreadPoolExecutor(max(1, a.jobs)) as ex:
                 outs = list(ex.map(lambda j: run_node(*j[1]), jobs))
             for (load, kind), out in zip((j[0] for j in jobs), outs, strict=True):
