@@ -415,8 +415,8 @@ def budget(res: dict) -> dict:
     }
     for load, by_kind in res.get("day", {}).items():
         for kind, r in by_kind.items():
-            b["configs"][f"{load}{kind}"] = {
-                "heap_kb": _kb(r["heap"]),
+            b["configs"][f"{load}:{kind.lstrip('+')}"] = {
+                "heap_kb": _kb(r["heap"] - r.get("image", 0)),  # the budget (the image is flash)
                 "held_kb": _kb(nodes[load][kind].get("run_held")),
                 "lowest_free_kb": _kb(r.get("low_free")),
                 "memory_errors": r.get("memory_errors"),
@@ -460,7 +460,8 @@ def _print(res: dict) -> None:
         for load, by_kind in res["day"].items():
             for kind, r in by_kind.items():
                 print(
-                    f"{kind:<10} {load:<6} {_f(r['heap']):>7} {_f(r.get('low_free')):>7} {r.get('memory_errors')!s:>3}"
+                    f"{kind:<10} {load:<6} {_f(r['heap'] - r.get('image', 0)):>7} {_f(r.get('low_free')):>7}"
+                    f" {r.get('memory_errors')!s:>3}"
                     f" {r.get('sim_s', '-')!s:>6} {(r.get('wall_ms') or 0) / 1000:>6.0f}"
                     + ("  uplink refused" if r.get("uplink_refused") else "")
                     + (f"  {r['error']}" if "error" in r else "")
