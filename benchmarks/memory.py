@@ -339,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--day", type=int, default=86400, help="simulated seconds of the budgeted-heap run (0: none)")
     ap.add_argument("--stride", type=int, default=10, help="sim clock seconds per second of samples metered in the day")
     ap.add_argument("--jobs", type=int, default=2, help="budgeted-heap runs at once (they use a CPU each)")
+    ap.add_argument("--firmware", help="measure this firmware/ directory instead (e.g. an older checkout)")
     a = ap.parse_args(argv)
     from umeter.policy import load_any
 
@@ -351,10 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="umeter-mem-") as d, Mosquitto() as broker:
         work = Path(d)
-        res_build = build("sim", work / "build", romfs=True)
+        fw = Path(a.firmware) if a.firmware else unixport.firmware_root()
+        res_build = build("sim", work / "build", src=fw, romfs=True)
         image = str(work / "build" / "romfs.img")
         paths = {
-            "source": (unixport.micropypath(), "-", unixport.firmware_root() / "main.py"),
+            "source": (f"{fw}:.frozen", "-", fw / "main.py"),
             "mpy": (str(work / "build" / "lib") + ":.frozen", "-", work / "build" / "main.py"),
             "romfs": (".frozen", image, work / "build" / "main.py"),
         }
