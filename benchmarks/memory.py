@@ -140,36 +140,41 @@ def sample(tag, n):
     up = 1 if (u is not None and u.link is not None and u.link.up) else 0
     print("RESULT %s %d %d %d %d" % (tag, h, gc.mem_free(), img_bytes, up))
 
-def _fast(s, stride):
-    # The sampler makes its first block, then returns a copy of it for every block after
-    # (160 sets = two whole mains cycles: the waveform stays continuous), advancing its
-    # sample count as its own fill() does and the sim clock `stride` times as far: the meter
-    # meters every sample, while what runs by the clock (checkpoints, load profile, freezes,
-    # the policy's calendar) sees a whole day.
+def _fast(s, meter, stride):
+    # The sampler makes its first block, then hands a copy of it for every block after (160
+    # sets = two whole mains cycles: the waveform stays continuous), advancing its sets, clock
+    # and stamps as its own fill() does (_advance); after each second of blocks it coasts
+    # stride - 1 seconds (SimSampler.coast: clock and counters run on, the meter registers the
+    # interval at its last measured power), so the meter meters every block it gets while
+    # everything that runs by the clock sees `stride` times as much time.
     import array
     tpl = array.array("H", s._bufs[0])
     s.fill(tpl)
-    clock = s._clock
     bs = s.block_sets
+    per = max(1, s.rate // bs)
+    k = [0]
     def fill(buf):
         buf[:] = tpl
-        s.sets += bs
-        clock.ms = (s.sets * 1000 * stride) // s.rate
+        us = s._advance(bs)
+        k[0] += 1
+        if stride > 1 and k[0] % per == 0:
+            s.coast(meter, stride - 1)
+        return us
     s.fill = fill
-    return clock
 
 async def _measure(n):
     t = asyncio.create_task(n.run())
     if day_s:
         clock = n.hal.clock
+        e0 = clock.time()  # integer epoch seconds (the sim's ticks wrap like a board's)
         gc.collect()
         lo = gc.mem_free()
         t0 = time.ticks_ms()
-        while clock.ticks_ms() < day_s * 1000 and not t.done():
+        while clock.time() - e0 < day_s and not t.done():
             await asyncio.sleep_ms(1000)
             gc.collect()
             lo = min(lo, gc.mem_free())
-        print("RESULT day %d %d %d" % (clock.ticks_ms() // 1000, time.ticks_diff(time.ticks_ms(), t0), lo))
+        print("RESULT day %d %d %d" % (clock.time() - e0, time.ticks_diff(time.ticks_ms(), t0), lo))
         sample("run", n)
     else:
         await asyncio.sleep_ms(settle * 1000)
@@ -191,7 +196,7 @@ def _main(root="."):
     cfg = load_json(root + "/config.json")
     n = sys.modules["meternode.node"].Node(load_json(root + "/board.json"), cfg)
     if day_s:
-        _fast(n.hal.sampler, stride)
+        _fast(n.hal.sampler, n.meter, stride)
     asyncio.run(_measure(n))
 
 _import = builtins.__import__
