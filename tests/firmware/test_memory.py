@@ -125,10 +125,10 @@ def test_boot_with_a_pending_slot_runs_the_ota_selection():
 
 @heap("512k")
 def test_policy_check_is_forgotten_once_the_policy_is_loaded_and_loads_again_for_the_next():
-    from meternode.policy.engine import Engine
     from policy_fixture import compact
 
     import meternode
+    from meternode.policy.engine import Engine
 
     pol = compact()
     e = Engine(pol)

@@ -37,7 +37,7 @@ def setup(tmp_path_factory):
         yield _benchmark(), work, res, broker
 
 
-def _run(setup, load: str, kind: str, heap: int | str, settle: int = 3, run_s: int = 5) -> dict:
+def _run(setup, load: str, kind: str, heap: int | str, settle: int = 3, run_s: int = 12) -> dict:
     bm, work, res, broker = setup
     path, image = (str(res.out / "lib") + ":.frozen", "-") if load == "mpy" else (".frozen", str(res.out / "romfs.img"))
     tag = f"{load}{kind}-{heap}"
