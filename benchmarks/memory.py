@@ -291,7 +291,7 @@ def run_node(work: Path, tag: str, config: dict, main_py: Path, path: str, image
             r["sim_s"], r["wall_ms"], r["low_free"] = int(f[1]), int(f[2]), int(f[3])
         elif f[0] == "dead":
             r["error"] = "a node task ended"
-    r["memory_errors"] = len(MEMORY_ERROR.findall(out))
+    r["memory_errors"] = sum(1 for ln in out.splitlines() if MEMORY_ERROR.search(ln))  # lines, not matches
     m = re.search(r"n_qstr=(\d+)", out)
     if m:
         r["qstrs"] = int(m.group(1))
