@@ -308,6 +308,7 @@ class Node:
         now = self.hal.clock.time()
         pulses = self.pulses.readings() if self.pulses is not None else None
         r = getattr(self.hal, "relay", None)  # the board's relay, when it has one
+        self.last = None  # the last payload's block is free for this one (a long-run heap has few that size)
         payload = telemetry.encode(
             self.id, self.seq, now, snap, self.hal.sampler.overruns, self.mains, pulses, r.on if r is not None else None
         )
