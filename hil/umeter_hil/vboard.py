@@ -734,7 +734,8 @@ def start_many(
     vbs = []
     try:
         for k in range(count):
-            vbs.append(VirtualBoard(Path(base) / f"{board}-{k}", board, tcp=tcp, insecure=insecure, romfs=romfs).start())
+            vb = VirtualBoard(Path(base) / f"{board}-{k}", board, tcp=tcp, insecure=insecure, romfs=romfs)
+            vbs.append(vb.start())
         for vb in vbs:
             vb.wait_booted()
     except BaseException:
