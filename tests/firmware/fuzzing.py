@@ -569,7 +569,7 @@ class SmallFrames(Target):
 
     def gen(self, rng):
         s = self.small
-        acked = self.svc.small._ctr.acked
+        acked = self.svc.smalls()._ctr.acked  # the handler is made at the first frame
         ctr = (acked + rng.pick((1, 1, 2, 0, 65536, 65537, 0xFFFFFFFF))) & 0xFFFFFFFF
         k = rng.below(3)
         if k == 0:

@@ -131,7 +131,7 @@ class PolicyService:
             self.agent.slots.resume()
             if self.agent.image is not None:
                 self.agent.image.after_boot()
-        self._small_ctr = root + "/policy.lora.ctr"  # small frames: made at the first one (_small)
+        self._small_ctr = root + "/policy.lora.ctr"  # small frames: made at the first one (smalls)
         pol = self.agent.policy() if self.agent else None
         if pol is None and cfg.get("policy"):
             pol = cfg["policy"]
@@ -278,6 +278,17 @@ class PolicyService:
         if len(out) > OUT_MAX:
             self._trim()
 
+    def smalls(self):
+        # The small-frame handler (policy/small.py), made when the first frame comes (RAM: a node
+        # that never gets one never loads it); None without a cmd_key or a policy.
+        if self.small is None and self.engine is not None and self.node.config.get("cmd_key"):
+            from binascii import unhexlify
+
+            from meternode.policy.small import SmallCommands
+
+            self.small = SmallCommands(self.node.id, unhexlify(self.node.config["cmd_key"]), self._small_ctr)
+        return self.small
+
     def _leaf(self, leaf, payload):
         if leaf == "policy/small":
             r = self.small_frame(payload)
@@ -303,13 +314,7 @@ class PolicyService:
     def small_frame(self, frame):
         # A LoRa-sized policy frame (small.py), from MQTT `policy/small` or a LoRaWAN downlink;
         # -> the result dict (the LoRa link may send it back compactly or just log it).
-        if self.small is None and self.engine is not None and self.node.config.get("cmd_key"):
-            from binascii import unhexlify
-
-            from meternode.policy.small import SmallCommands  # loaded when the first frame comes
-
-            self.small = SmallCommands(self.node.id, unhexlify(self.node.config["cmd_key"]), self._small_ctr)
-        if self.small is None or self.engine is None:
+        if self.smalls() is None or self.engine is None:
             return {"ok": False, "status": "rejected", "why": "unsupported: no cmd_key or no policy on this node"}
         return self.small.apply(frame, self.engine, int(self.clock.time()))
 
