@@ -127,12 +127,12 @@ def test_boot_with_a_pending_slot_runs_the_ota_selection():
 def test_policy_check_is_forgotten_once_the_policy_is_loaded_and_loads_again_for_the_next():
     from policy_fixture import compact
 
-    import meternode
+    from meternode.lazy import forget
     from meternode.policy.engine import Engine
 
     pol = compact()
     e = Engine(pol)
-    meternode.forget("meternode.policy.schema")  # as PolicyService.load() does
+    forget("meternode.policy.schema")  # as PolicyService.load() does
     eq("meternode.policy.schema" in sys.modules, False, "forgotten")
     e2 = Engine(pol)  # the next policy is checked again: the check loads again
     eq(e2.policy["n"], e.policy["n"], "second engine")

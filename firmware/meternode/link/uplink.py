@@ -9,9 +9,9 @@
 # added while the link is up is subscribed by `subscribe_extra()` (or at the next connect).
 import time
 
-from meternode import forget
 from meternode.aio import sleep_ms as _sleep_ms
 from meternode.config import ConfigError, need
+from meternode.lazy import forget
 from meternode.link.backoff import Backoff
 from meternode.link.mqtt import MQTTClient
 

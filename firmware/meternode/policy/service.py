@@ -25,9 +25,9 @@ import json
 import sys
 import time
 
-from meternode import forget
 from meternode.aio import ticks_diff, ticks_ms
 from meternode.hal.relay import relay_control
+from meternode.lazy import forget
 from meternode.policy import engine as _eng
 from meternode.policy.engine import EVENT_NAMES, Engine, EventRing
 

@@ -1,0 +1,17 @@
+# Modules that are needed only now and then (discovery at a connect, the policy check when a
+# policy loads) are dropped again after use: forget() takes them out of sys.modules and out of
+# their package, so their code is collected once the caller lets go of it; the next import
+# loads them again.  Only for modules whose functions and classes nothing keeps
+# (docs/memory.md).  A module of its own, not the package's __init__: what imports only the
+# package (every module of the firmware) does not pay for it.
+import sys
+
+
+def forget(*names):
+    for name in names:
+        m = sys.modules.pop(name, None)
+        if m is not None:
+            k = name.rfind(".")
+            p = sys.modules.get(name[:k]) if k > 0 else None
+            if p is not None and getattr(p, name[k + 1 :], None) is m:
+                delattr(p, name[k + 1 :])
