@@ -46,6 +46,7 @@ _COMPILE = const(16)  # KB: a module compiled from source needs its parse tree f
 # 1 meter as measured plus one bisection step (runs pass and fail within a step of each
 # other), a meter = (8 DL/T 645 - 1) / 7 (on the 32-bit .mpy run that came out below what a
 # meter holds, 516 B, which is used), a protocol = the rest of the 8-meter need / 3.
+_TELEMETRY_BUF = const(1024)  # bytes; the sim board's payload is ~700 (it grows for a larger board's)
 _GATEWAY_NEED = {
     (64, False): (117984 + 2048, 1316, 15351),
     (64, True): (119488 + 2048, 1097, 11243),
@@ -110,7 +111,9 @@ class Node:
         self.brownout = hal.make_brownout(board)  # board brown-out pin: checkpoint at once
         self.seq = 0
         self._plain = None  # the fallback link's connected client (no store-and-forward)
-        self.last = None  # last telemetry dict published
+        self.last = None  # the last telemetry payload (a memoryview of _tbuf, until the next)
+        # the telemetry payload's buffer, made once (telemetry.encode_into; docs/memory.md)
+        self._tbuf = bytearray(_TELEMETRY_BUF)
         self.ckpt_errors = 0  # checkpoint writes that failed (flash full)
         self._ckpt_hold = None  # after a failed write: ticks_ms before which none is tried
         self.supervisor = None
@@ -308,10 +311,20 @@ class Node:
         now = self.hal.clock.time()
         pulses = self.pulses.readings() if self.pulses is not None else None
         r = getattr(self.hal, "relay", None)  # the board's relay, when it has one
-        self.last = None  # the last payload's block is free for this one (a long-run heap has few that size)
-        payload = telemetry.encode(
-            self.id, self.seq, now, snap, self.hal.sampler.overruns, self.mains, pulses, r.on if r is not None else None
-        )
+        self.last = None  # (while the buffer is rewritten)
+        b = self._tbuf
+        while True:
+            try:
+                size = telemetry.encode_into(
+                    b, self.id, self.seq, now, snap, self.hal.sampler.overruns, self.mains, pulses,
+                    r.on if r is not None else None,
+                )  # fmt: skip
+                break
+            except IndexError:  # a larger board's payload: a larger buffer, kept from now on
+                k = len(b) * 2
+                b = self._tbuf = None
+                b = self._tbuf = bytearray(k)
+        payload = memoryview(b)[:size]
         self.last = payload
         u = self.uplink()
         g = self.meter.gaps

@@ -201,3 +201,66 @@ async def test_discovery_is_published_at_each_connect_and_forgotten_in_between()
         await asyncio.sleep_ms(20)
     eq((link.ups, "meternode.link.discovery" in sys.modules), (2, False), "reconnected, forgotten again")
     t.cancel()
+
+
+# -- the telemetry payload is written into a buffer the node keeps (node._tbuf): a report
+# needs no free run of the payload's size, which a heap that has run for a day may not have
+
+
+def _fragment(blocks):
+    # Fills the heap with tuples of `blocks` GC blocks (16 bytes) each -- one allocation each --
+    # and frees every other one: lots of free heap, in runs of at least `blocks` blocks and
+    # fewer than 2 * `blocks` (a run left over before is shorter than a tuple, or holds one
+    # more).  -> what is kept (hold it).
+    word = 8 if sys.maxsize >> 32 else 4
+    k = (blocks * 16 - 2 * word) // word  # a tuple: type, length, then its items
+    gc.collect()
+    hold = [None] * (gc.mem_free() // (blocks * 16))  # made first: a growing list leaves its old arrays free
+    try:
+        for i in range(len(hold)):
+            hold[i] = (None,) * k
+    except MemoryError:
+        pass
+    for i in range(0, len(hold), 2):
+        hold[i] = None
+    gc.collect()
+    return hold
+
+
+@heap("256k")
+async def test_a_report_needs_no_free_run_the_size_of_its_payload():
+    n = Node(_board(), _config(scratch_dir(), False))
+    n._uplink = None  # live telemetry only: the report is the payload
+    n.hal.sampler.run(n.meter, 2.0)
+    await n._report()  # the first report sizes the node's buffer
+    size = len(n.last)
+    eq(size > 600, True, "a payload of %d bytes" % size)
+    buf = n._tbuf
+    n.hal.sampler.run(n.meter, 2.0)  # the second report's data (the meter's own allocations done)
+    first = n.last  # kept: no run left of a payload's length, not even the one before's
+    hold = _fragment(20)  # free runs of 320 to 624 bytes: a payload's dicts fit, the payload not
+    # what the collector could not free yet (a stale pointer on the C stack keeps an object
+    # alive for a collection or two) may leave a longer run: fill every one of 640 bytes
+    plugs = [None] * 64
+    try:
+        for i in range(len(plugs)):
+            plugs[i] = bytearray(640)
+        raise AssertionError("64 free runs of 640 bytes: the heap is not fragmented")
+    except MemoryError:
+        pass
+    try:
+        await n._report()  # building the text anew every period: MemoryError here
+        eq(n._tbuf is buf, True, "the same buffer")
+        d = json.loads(n.last)
+        eq((d["seq"], len(n.last) > 600), (2, True), "the second report in that heap: %d bytes" % len(n.last))
+    finally:
+        hold = plugs = first = None
+    # the text is the one telemetry.encode() gives
+    from meternode.link import telemetry
+
+    n.hal.sampler.run(n.meter, 2.0)
+    snap = n.meter.snapshot()
+    t = telemetry.encode("m1", 3, 1800000000, snap, 0, n.mains, None, True)
+    k = telemetry.encode_into(n._tbuf, "m1", 3, 1800000000, snap, 0, n.mains, None, True)
+    eq(str(n._tbuf[:k], "utf-8"), t, "encode_into and encode agree")
+    eq(json.loads(t)["relay"], True, "valid JSON")

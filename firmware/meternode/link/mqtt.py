@@ -40,7 +40,7 @@ from meternode.link.mqttpkt import (
     _str,
     check_topic,
     connect_packet,
-    publish_packet,
+    publish_head,
 )
 
 _READ = 1024  # the receive buffer (bytes), made once per client
@@ -159,21 +159,24 @@ class MQTTClient:
         except TypeError:  # older MicroPython asyncio without server_hostname
             return await asyncio.open_connection(self.host, self.port, ssl=self.ssl)
 
-    async def _send(self, pkt):
+    async def _send(self, pkt, payload=None):
+        # pkt, then payload (a PUBLISH's, written as it is: publish_head) under the write lock
         if self._w is None:
             raise OSError("not connected")
         try:
-            await self._wait(self._locked_send(pkt))
+            await self._wait(self._locked_send(pkt, payload))
         except asyncio.TimeoutError:
             await self._close()
             raise OSError("send to broker timed out")
 
-    async def _locked_send(self, pkt):
+    async def _locked_send(self, pkt, payload=None):
         async with self._wlock:
             w = self._w
             if w is None:
                 raise OSError("not connected")
             w.write(pkt)
+            if payload:
+                w.write(payload)  # the stream copies what the socket does not take at once
             await w.drain()
 
     async def _read_packet(self):
@@ -307,15 +310,19 @@ class MQTTClient:
         check_topic(topic)
         if qos and pid is None:
             pid = self.next_pid()
-        await self._send(publish_packet(topic, payload, qos, retain, pid or 0, dup))
+        if isinstance(payload, str):
+            payload = payload.encode()
+        await self._send(publish_head(topic, len(payload), qos, retain, pid or 0, dup), payload)
         self.sent += 1
         return pid or 0
 
     async def publish(self, topic, payload, qos=0, retain=False, dup=False, pid=None):
         # QoS 1 returns when the PUBACK arrived; raises OSError when it did not in time.
         check_topic(topic)
+        if isinstance(payload, str):
+            payload = payload.encode()
         if qos == 0:
-            await self._send(publish_packet(topic, payload, 0, retain))
+            await self._send(publish_head(topic, len(payload), 0, retain), payload)
             self.sent += 1
             return 0
         if pid is None:
@@ -323,7 +330,7 @@ class MQTTClient:
         ev = asyncio.Event()
         self._acks[pid] = ev
         try:
-            await self._send(publish_packet(topic, payload, 1, retain, pid, dup))
+            await self._send(publish_head(topic, len(payload), 1, retain, pid, dup), payload)
             self.sent += 1
             await self._wait(ev.wait())
         except asyncio.TimeoutError:

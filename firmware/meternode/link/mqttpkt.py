@@ -80,11 +80,17 @@ def connect_packet(client_id, keepalive, clean, user=None, password=None, will=N
 def publish_packet(topic, payload, qos=0, retain=False, pid=0, dup=False):
     if isinstance(payload, str):
         payload = payload.encode()
+    return publish_head(topic, len(payload), qos, retain, pid, dup) + payload
+
+
+def publish_head(topic, size, qos=0, retain=False, pid=0, dup=False):
+    # A PUBLISH packet up to its payload of `size` bytes: the client sends the payload after
+    # it as it is (a telemetry payload is the node's own buffer), not copied into one packet.
     if qos not in (0, 1):
         raise MQTTError("QoS %r is not supported (0 or 1)" % (qos,))
     head = _PUBLISH | (qos << 1) | (1 if retain else 0) | (0x08 if dup and qos else 0)
     var = _str(topic) + (struct.pack("!H", pid) if qos else b"")
-    n = len(var) + len(payload)
+    n = len(var) + size
     if n + 5 > MAX_PACKET:
         raise MQTTError("publish to %s is %d bytes, over the %d-byte limit" % (topic, n, MAX_PACKET))
-    return bytes((head,)) + _remaining(n) + var + payload
+    return bytes((head,)) + _remaining(n) + var

@@ -3,8 +3,15 @@
 #
 # Energies are written from the registers' integers (milli-units, the snapshot's e_*_mwh
 # keys) as exact decimals: a single-precision float (every board) steps by 1 Wh at 10 MWh,
-# and json.dumps would print that.  Each goes into the dict as a marker string (a NUL and
-# its index: no JSON text has one raw) and into the text as "<units>.<3 digits>" after dumps.
+# and json.dumps would print that.  Each goes into the dict as an _Mwh and into the text as
+# "<units>.<3 digits>".
+#
+# The node writes each payload into one buffer it keeps (encode_into): a payload is several
+# hundred bytes, and a heap that has run for a day has few free runs that long left between
+# its long-lived objects -- building the text anew every period (json.dumps growing its
+# string, then a copy per energy value) failed now and then with 20 KB free in small pieces
+# (docs/memory.md).  Every piece written is a small string; the text is json.dumps's own
+# (its separators, and its form of every key, string and number).
 import json
 
 
@@ -16,27 +23,32 @@ def _r(x, nd):
     return None if x is None else round(x, nd)
 
 
-def _wh(e, key, subs):
+class _Mwh:
+    # an energy register's integer milli-units, written as "<units>.<3 digits>"
+    def __init__(self, x):
+        self.x = x
+
+
+def _wh(e, key):
     # e[key] in Wh (varh, VAh): the exact integer e[key with "m" units] where there is one
     x = e.get(key.replace("_wh", "_mwh").replace("_varh", "_mvarh").replace("_vah", "_mvah"))
     if x is None:
         x = e[key]
         return [_r(v, 3) for v in x] if isinstance(x, list) else _r(x, 3)
     if isinstance(x, list):
-        return [_wh({"x_mwh": v}, "x_wh", subs) for v in x]
-    subs.append(x)
-    return "\x00%d" % (len(subs) - 1)
+        return [_Mwh(v) for v in x]
+    return _Mwh(x)
 
 
-def _element(e, subs):
+def _element(e):
     d = {
         "name": e["name"],
         "i": _r(e["i"], 3),
         "p": _r(e["p"], 2),
         "p_min": _r(e["p_min"], 2),
         "p_max": _r(e["p_max"], 2),
-        "e_imp_wh": _wh(e, "e_imp_wh", subs),
-        "e_exp_wh": _wh(e, "e_exp_wh", subs),
+        "e_imp_wh": _wh(e, "e_imp_wh"),
+        "e_exp_wh": _wh(e, "e_exp_wh"),
     }
     # the full meter (metrology.report) adds reactive, apparent, PF and quadrant registers
     for key, nd in (("q", 2), ("s", 2), ("pf", 4)):
@@ -44,14 +56,28 @@ def _element(e, subs):
             d[key] = _r(e[key], nd)
     for key in ("e_s_vah", "e_q_varh"):
         if key in e:
-            d[key] = _wh(e, key, subs)
+            d[key] = _wh(e, key)
     if "quadrant" in e:
         d["quadrant"] = e["quadrant"]
     return d
 
 
 def encode(node_id, seq, ts, snap, overruns=0, mains=None, pulses=None, relay=None):
-    # snap is Meter.snapshot().  The totals count only the elements on the grid connection
+    # The payload as a str (a buffer of its own; the node keeps one: encode_into).
+    size = 1024
+    while True:
+        buf = bytearray(size)
+        try:
+            n = encode_into(buf, node_id, seq, ts, snap, overruns, mains, pulses, relay)
+            return str(buf[:n], "utf-8")
+        except IndexError:
+            size *= 2
+
+
+def encode_into(buf, node_id, seq, ts, snap, overruns=0, mains=None, pulses=None, relay=None):
+    # Writes the payload into the bytearray buf -> its length; IndexError when it does not
+    # fit (buf holds part of it then).  snap is Meter.snapshot().  The totals count only the
+    # elements on the grid connection
     # (board role "main", named in `mains`; None: every element), so a sub-circuit CT is
     # reported but not counted twice: p is their vector sum, e_imp_wh / e_exp_wh the meter's
     # total registers (netted as metrology.netting says) where the snapshot has them.
@@ -59,7 +85,6 @@ def encode(node_id, seq, ts, snap, overruns=0, mains=None, pulses=None, relay=No
     # `relay` is the board relay's state (True = load connected), None without a relay.
     # The measured timebase, where the meter gives it: sample_rate (sets/s), gaps and
     # lost_sets (sets the sampler lost).
-    subs = []
     els = []
     p_tot = 0.0
     imp = 0.0
@@ -69,7 +94,7 @@ def encode(node_id, seq, ts, snap, overruns=0, mains=None, pulses=None, relay=No
             p_tot += e["p"]
             imp += e["e_imp_wh"]
             exp += e["e_exp_wh"]
-        els.append(_element(e, subs))
+        els.append(_element(e))
     d = {
         "node": node_id,
         "seq": seq,
@@ -77,8 +102,8 @@ def encode(node_id, seq, ts, snap, overruns=0, mains=None, pulses=None, relay=No
         "v": _r(snap["v"], 3),
         "f": _r(snap["f"], 3),
         "p": _r(p_tot, 2),
-        "e_imp_wh": _wh(snap, "e_imp_wh", subs) if "e_imp_wh" in snap else _r(imp, 3),
-        "e_exp_wh": _wh(snap, "e_exp_wh", subs) if "e_exp_wh" in snap else _r(exp, 3),
+        "e_imp_wh": _wh(snap, "e_imp_wh") if "e_imp_wh" in snap else _r(imp, 3),
+        "e_exp_wh": _wh(snap, "e_exp_wh") if "e_exp_wh" in snap else _r(exp, 3),
         "cycles": snap["cycles"],
         "overruns": overruns,
         "elements": els,
@@ -98,13 +123,42 @@ def encode(node_id, seq, ts, snap, overruns=0, mains=None, pulses=None, relay=No
         d["pulses"] = pulses
     if relay is not None:
         d["relay"] = relay
-    text = json.dumps(d)
-    for k, x in enumerate(subs):
-        m = '"\\u0000%d"' % k
-        if text.count(m) != 1:  # a string of the node's own that looks like a marker
-            raise ValueError("telemetry: energy marker %d found %d times" % (k, text.count(m)))
-        text = text.replace(m, "%d.%03d" % (x // 1000, x % 1000))
-    return text
+    return _w(buf, 0, d)
+
+
+def _put(buf, n, s):
+    b = s.encode() if isinstance(s, str) else s
+    m = n + len(b)
+    if m > len(buf):
+        raise IndexError("telemetry: %d bytes do not fit a %d-byte buffer" % (m, len(buf)))
+    buf[n:m] = b
+    return m
+
+
+def _w(buf, n, v):
+    # v as JSON at buf[n:] -> the end
+    if isinstance(v, dict):
+        n = _put(buf, n, "{")
+        sep = ""
+        for k in v:
+            n = _put(buf, n, sep)
+            sep = ", "
+            n = _put(buf, n, json.dumps(k))
+            n = _put(buf, n, ": ")
+            n = _w(buf, n, v[k])
+        return _put(buf, n, "}")
+    if isinstance(v, (list, tuple)):
+        n = _put(buf, n, "[")
+        sep = ""
+        for x in v:
+            n = _put(buf, n, sep)
+            sep = ", "
+            n = _w(buf, n, x)
+        return _put(buf, n, "]")
+    if isinstance(v, _Mwh):
+        x = v.x
+        return _put(buf, n, "%d.%03d" % (x // 1000, x % 1000))
+    return _put(buf, n, json.dumps(v))
 
 
 def decode(payload):
