@@ -254,7 +254,7 @@ async def test_a_report_needs_no_free_run_the_size_of_its_payload():
         d = json.loads(n.last)
         eq((d["seq"], len(n.last) > 600), (2, True), "the second report in that heap: %d bytes" % len(n.last))
     finally:
-        hold = plugs = first = None
+        del hold, plugs, first  # the heap back for what follows
     # the text is the one telemetry.encode() gives
     from meternode.link import telemetry
 
