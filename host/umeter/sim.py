@@ -271,6 +271,7 @@ class SimRun:
         self._base: dict[str, int] = {}  # records per node in the database before this run
         self._counters0: dict[str, int] = {}
         self._board: dict = {}
+        self._virtual = False  # a real board's definition behind the sim front end (_as_virtual)
         self._node_heap = ""
         self._stopping = threading.Event()
         self._keeper: threading.Thread | None = None
@@ -326,6 +327,7 @@ class SimRun:
         memory starting its link; docs/sim.md)."""
         if board.get("hal") == "sim":
             return board
+        self._virtual = True
         self.notes.append(
             f"The {self.board} board's channels and calibration run with the sim front end (its ADC needs the "
             f"hardware) and a {VIRTUAL_BOARD_HEAP} heap instead of its {board.get('heap', unixport.DEFAULT_HEAP)}: "
@@ -337,7 +339,9 @@ class SimRun:
         """The budgeted heap of this run's node configuration on this unix port (umeter.budget,
         docs/memory.md): what such a node holds, run from the .mpy build, + 32 KB. The gateway
         (`bus`) is not in the budget: its nodes get the heaps measured for it (BUS_HEAP…),
-        and more if a node's gate says so."""
+        and more if a node's gate says so. The budget is measured on the sim board: a real
+        board's definition (more channels, power quality, pulse inputs) keeps the heap
+        _as_virtual gave it where that is more."""
         from . import budget
 
         if self.bus:
@@ -353,6 +357,8 @@ class SimRun:
             return need
         k = "+fleet" if self.fleet else "+policy" if self.policy else "+store"
         heap = budget.heap_for(k, words=unixport.word_bytes())
+        if self._virtual:
+            return max(heap, unixport.parse_heap(board["heap"]))
         self.notes.append(
             f"Nodes run the .mpy build in a {heap // 1024} KB heap each: what a node with "
             f"{_WHAT[k]} holds + {budget.MARGIN_KB} KB (docs/memory.md)."
