@@ -17,11 +17,13 @@ import vbstate
 import vfs
 
 vbstate.init()
-if vbstate.ROMFS:
+# the ROMFS partition, here rather than in vbstate (tests load vbstate into small heaps)
+_romfs = int(os.getenv("UMETER_VB_ROMFS") or "0")
+if _romfs:
     # the partition first, while the heap is empty: one allocation the size of the flash area
     import vbvfs
 
-    vbvfs.init(vbstate.ROMFS, vbstate.ROMFS_STYLE)
+    vbvfs.init(_romfs, os.getenv("UMETER_VB_ROMFS_STYLE") or "memory")
     sys.modules["vfs"] = vbvfs
 
 import esp32  # noqa: E402  (stand-ins load from the host directory, before the remount)
@@ -35,7 +37,7 @@ esp32.boot(vbstate.RESET)
 vfs.mount(vfs.VfsPosix(vbstate.ROOT), "/")
 os.chdir("/")
 sys.path[:] = ["", ".frozen", "/lib"]
-if vbstate.ROMFS:
+if _romfs:
     vbvfs.mount()  # a valid image at /rom, and /rom, /rom/lib on sys.path, as a board does
 
 
@@ -61,6 +63,6 @@ _ok = _run("boot.py")
 sys.stdout.write(vbstate.MARKER)  # the relay's "booted": from here on main.py and the REPL
 if not _ok or (vbstate.MODE == "friendly" and not _run("main.py")):
     vbstate.soft_reset()
-if vbstate.ROMFS:
+if _romfs:
     del vbvfs
-del _ok, _run, os, vfs, esp32, network, vbmachine, vbos, vbstate
+del _ok, _run, _romfs, os, vfs, esp32, network, vbmachine, vbos, vbstate

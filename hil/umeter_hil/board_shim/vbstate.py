@@ -13,14 +13,12 @@ MODE = "friendly"
 RESET = "power"
 UID = b"\x00\x00\x00\x00\x00\x00"
 BOARD = "sim"
-ROMFS = 0  # bytes of the ROMFS partition (0: the board has none)
-ROMFS_STYLE = "memory"
 _ctl = None
 files = {}
 
 
 def init():
-    global ROOT, STATE, MODE, RESET, UID, BOARD, ROMFS, ROMFS_STYLE, _ctl
+    global ROOT, STATE, MODE, RESET, UID, BOARD, _ctl
     ROOT = os.getenv("UMETER_VB_ROOT")
     STATE = os.getenv("UMETER_VB_STATE")
     if not ROOT or not STATE:
@@ -28,8 +26,6 @@ def init():
     MODE = os.getenv("UMETER_VB_MODE") or "friendly"
     RESET = os.getenv("UMETER_VB_RESET") or "power"
     BOARD = os.getenv("UMETER_VB_BOARD") or "sim"
-    ROMFS = int(os.getenv("UMETER_VB_ROMFS") or "0")
-    ROMFS_STYLE = os.getenv("UMETER_VB_ROMFS_STYLE") or "memory"
     u = os.getenv("UMETER_VB_UID") or "000000000000"
     UID = bytes(int(u[i : i + 2], 16) for i in range(0, len(u), 2))
     _ctl = open(STATE + "/ctl", "w")
