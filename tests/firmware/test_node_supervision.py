@@ -178,7 +178,7 @@ async def _dies(w):
     raise ValueError("poison record")
 
 
-@heap("256k")
+@heap("288k")  # from source the uplink compiles beside the supervision code: at 256k it did not start
 @timeout(60)
 def test_a_crash_loop_is_counted_on_flash_and_reboots_with_the_registers_checkpointed():
     d = scratch_dir()
