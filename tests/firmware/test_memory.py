@@ -70,6 +70,7 @@ def _forgotten(prefix):
     return [m for m in sys.modules if m == prefix or m.startswith(prefix + ".")]
 
 
+@heap("256k")  # the module imports the node (from source: with its supervision, more than 128k)
 def test_boot_without_an_ota_slot_loads_no_ota_code_and_forgets_the_package():
     import os
 
