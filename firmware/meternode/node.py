@@ -211,6 +211,14 @@ class Node:
                     for name in extra + _UPLINK_MODULES:
                         __import__(name)
                         gc.collect()
+                    m = self.config.get("mqtt")
+                    if m and m.get("discovery", True):
+                        # Discovery for the first connect, loaded now while the heap is emptiest
+                        # (the link forgets it once published, link/uplink.py): its names may
+                        # start a new qstr pool, one block of several KB, which the heap may not
+                        # have in one piece once every task runs (docs/memory.md)
+                        __import__("meternode.link.discovery")
+                        gc.collect()
                     from meternode.link.service import UplinkService
 
                     u = UplinkService(self, self.reset_cause)
