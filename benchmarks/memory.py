@@ -291,7 +291,10 @@ def run_node(work: Path, tag: str, config: dict, main_py: Path, path: str, image
             r["sim_s"], r["wall_ms"], r["low_free"] = int(f[1]), int(f[2]), int(f[3])
         elif f[0] == "dead":
             r["error"] = "a node task ended"
-    r["memory_errors"] = sum(1 for ln in out.splitlines() if MEMORY_ERROR.search(ln))  # lines, not matches
+    errs = [ln for ln in out.splitlines() if MEMORY_ERROR.search(ln)]
+    r["memory_errors"] = len(errs)  # lines, not matches
+    if errs:
+        r["memory_error_lines"] = errs[:3]  # what failed, for the report
     m = re.search(r"n_qstr=(\d+)", out)
     if m:
         r["qstrs"] = int(m.group(1))
@@ -435,6 +438,7 @@ def budget(res: dict) -> dict:
                 "memory_errors": r.get("memory_errors"),
                 "sim_s": r.get("sim_s"),
                 "uplink_refused": bool(r.get("uplink_refused")),
+                **({"memory_error_lines": r["memory_error_lines"]} if "memory_error_lines" in r else {}),
                 **({"error": r["error"]} if "error" in r else {}),
             }
     return b
@@ -478,6 +482,7 @@ def _print(res: dict) -> None:
                     f" {r.get('sim_s', '-')!s:>6} {(r.get('wall_ms') or 0) / 1000:>6.0f}"
                     + ("  uplink refused" if r.get("uplink_refused") else "")
                     + (f"  {r['error']}" if "error" in r else "")
+                    + (f"  first: {r['memory_error_lines'][0][:100]}" if r.get("memory_error_lines") else "")
                 )
     b = res["budget"]
     print()
