@@ -204,6 +204,43 @@ async def test_discovery_is_published_at_each_connect_and_forgotten_in_between()
     t.cancel()
 
 
+@needs("host:mosquitto")
+@heap("256k")
+@timeout(30)
+async def test_a_link_comes_up_when_discovery_finds_no_heap():
+    # A reconnect in a heap cut up by a long run may have no room for the discovery configs:
+    # the link comes up without them (the next connect tries again) instead of staying down.
+    import asyncio
+
+    import meternode.link as pkg
+    from meternode.link.uplink import MqttLink
+
+    class _NoHeap:
+        def configs(self, *args):
+            raise MemoryError("memory allocation failed, allocating 536 bytes")
+
+    fake = _NoHeap()
+    sys.modules["meternode.link.discovery"] = fake
+    pkg.discovery = fake
+    said = []
+    h, p = host_value("mosquitto_host"), int(host_value("mosquitto_port"))
+    m = {"host": h, "port": p, "prefix": "memt"}
+    link = MqttLink("memnode2", m, describe=lambda: {"version": "t", "model": "m", "sensors": None}, log=said.append)
+    t = asyncio.create_task(link.run())
+    try:
+        for _ in range(250):
+            if link.up:
+                break
+            await asyncio.sleep_ms(20)
+        eq(link.up, True, "link up without discovery: %r" % (said,))
+        eq([x for x in said if x.startswith("discovery not published")] != [], True, "said why: %r" % (said,))
+        eq("meternode.link.discovery" in sys.modules, False, "forgotten: the next connect loads it again")
+    finally:
+        t.cancel()
+        if link.client is not None:
+            await link.client.abort("test: done")
+
+
 # -- the telemetry payload is written into a buffer the node keeps (node._tbuf): a report
 # needs no free run of the payload's size, which a heap that has run for a day may not have
 

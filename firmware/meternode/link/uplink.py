@@ -124,10 +124,16 @@ class MqttLink:
         for leaf in list(self.extra_topics):
             await c.subscribe(self.topic(leaf), 1)
         if self.m.get("discovery", True) and self.describe is not None:
-            from meternode.link import discovery
+            try:
+                from meternode.link import discovery
 
-            docs = discovery.configs(self.prefix, self.node_id, self.describe())
-            del discovery
+                docs = discovery.configs(self.prefix, self.node_id, self.describe())
+            except MemoryError as e:
+                # Best effort: a heap with no room for them now (a reconnect in a heap cut up
+                # by a long run) does not keep the link down; the next connect tries again.
+                docs = ()
+                self.log("discovery not published: %s" % e)
+            discovery = None
             forget("meternode.link.discovery")  # needed at a connect only (docs/memory.md)
             for t, p in docs:
                 await c.publish(t, p, qos=1, retain=True)
