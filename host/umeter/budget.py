@@ -13,15 +13,16 @@ from __future__ import annotations
 
 MARGIN_KB = 32
 
-# configuration -> KB held (benchmarks/memory.py "nodes", run_held, rounded up + 1 KB for run-to-run noise)
+# configuration -> KB held (benchmarks/memory.py "nodes", run_held, rounded up + 2 KB: run-to-run noise and
+# tests/host/test_memory_budget.py's shorter run, other node ids, a command nearer the end)
 HELD_KB: dict[int, dict[str, dict[str, int]]] = {
     8: {
-        "mpy": {"plain": 140, "+store": 170, "+cmd_key": 179, "+policy": 220, "+fleet": 260},
-        "romfs": {"plain": 93, "+store": 112, "+cmd_key": 117, "+policy": 148, "+fleet": 171},
+        "mpy": {"plain": 165, "+store": 199, "+cmd_key": 225, "+policy": 255, "+fleet": 297},
+        "romfs": {"plain": 108, "+store": 130, "+cmd_key": 151, "+policy": 170, "+fleet": 193},
     },
     4: {
-        "mpy": {"plain": 98, "+store": 118, "+cmd_key": 125, "+policy": 152, "+fleet": 182},
-        "romfs": {"plain": 55, "+store": 65, "+cmd_key": 68, "+policy": 86, "+fleet": 101},
+        "mpy": {"plain": 116, "+store": 148, "+cmd_key": 158, "+policy": 178, "+fleet": 210},
+        "romfs": {"plain": 64, "+store": 85, "+cmd_key": 89, "+policy": 99, "+fleet": 114},
     },
 }
 CONFIGS = ("plain", "+store", "+cmd_key", "+policy", "+fleet")
