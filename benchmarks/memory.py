@@ -59,6 +59,7 @@ SUBSYSTEMS = (
                "meternode.store.profile", "meternode.store.checkpoint")),
     ("uplink", ("meternode.link.mqttpkt", "meternode.link.mqtt", "meternode.link.backoff",
                 "meternode.link.uplink", "meternode.link.outbox", "meternode.link.service")),
+    ("supervision", ("meternode.hal.watchdog", "meternode.supervisor", "meternode.tasks")),
     ("commands", ("meternode.link.commands", "meternode.link.actions")),
     ("policy", ("meternode.policy.service", "meternode.policy.engine")),
     ("policy_check", ("meternode.policy.schema",)),
