@@ -157,6 +157,8 @@ class Agent:
         try:
             msg = json.loads(payload)
             op = msg.get("op") if isinstance(msg, dict) else None
+        except MemoryError:
+            raise  # no room to parse it: "failed" (handle()), not the sender's "malformed"
         except Exception:
             op = None
         cur = self.slots.version()
