@@ -29,27 +29,13 @@ from meternode.store.profile import ProfileRecorder
 
 RESULTS_MAX = 8
 
-_CAUSES = (
-    ("PWRON_RESET", "power_on"),
-    ("HARD_RESET", "hard"),
-    ("WDT_RESET", "watchdog"),
-    ("DEEPSLEEP_RESET", "deepsleep"),
-    ("SOFT_RESET", "soft"),
-)
-
 
 def boot_reason():
-    # machine.reset_cause() as a word, by the port's own constants ("start" on the unix port).
-    try:
-        import machine
+    # Why this boot, as a word (hal.watchdog.reset_cause; "start" on the unix port): for an
+    # uplink service made without the node's reason.
+    from meternode.hal.watchdog import reset_cause
 
-        cause = machine.reset_cause()
-    except (ImportError, AttributeError):
-        return "start"
-    for const_name, word in _CAUSES:
-        if getattr(machine, const_name, None) == cause:
-            return word
-    return "cause %d" % cause
+    return reset_cause()
 
 
 def check_store(c):
