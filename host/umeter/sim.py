@@ -663,9 +663,12 @@ class SimRun:
         if self._keeper is not None:
             self._keeper.join(5)
             self._keeper = None
+        # Ctrl-C, then wait: each node saves its registers on the way out (a checkpoint),
+        # which on a loaded machine took longer than unixport.stop's default 3 s (the next
+        # run's registers started from 0).
         for n in self.vnodes:
             if n.proc is not None:
-                unixport.stop(n.proc)
+                unixport.stop(n.proc, 15.0)
         if self.vnodes:
             self.poll_nodes()  # the consoles' last lines ("stopped", a final error)
         for nb in self.buses.values():
