@@ -155,7 +155,8 @@ def source_name(rel: str) -> str:
 
 
 def compile_one(py: Path, rel: str, out: Path, arch: str, opt: int | None = None) -> None:
-    """mpy-cross one file; BuildError with the compiler's message on failure."""
+    """mpy-cross one file; BuildError with the compiler's message on failure. `py` may be the
+    constant-folded copy of the source `rel` (constfold.py: the same lines)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     bits = SMALL_INT_BITS.get(arch, 31)
     argv = [mpy_cross_path(), f"-march={arch}", f"-msmall-int-bits={bits}", "-s", source_name(rel), "-o", str(out)]
@@ -183,12 +184,15 @@ def build(
     arch: str | None = None,
     romfs: bool = False,
     freeze: bool = False,
+    fold: bool = True,
 ) -> BuildResult:
     """Compile the firmware in `src` (default: the repository's firmware/) for `board` into
     `out` (default build/<board>/), replacing what was there. Returns the file list with hashes.
     All compile errors are collected; the first is raised as BuildError with the count.
     `arch` overrides the board's (default for the sim board: the local unix port's);
-    `romfs` also writes romfs.img, `freeze` manifest.py + frozen/ (see the module doc)."""
+    `romfs` also writes romfs.img, `freeze` manifest.py + frozen/ (see the module doc);
+    `fold` (default) compiles the package with its cross-module constants folded
+    (constfold.py)."""
     t0 = time.monotonic()
     bdef = load_board(board)
     if arch is None:
@@ -206,10 +210,11 @@ def build(
     if outdir.exists():
         shutil.rmtree(outdir)
     outdir.mkdir(parents=True)
+    folded = _fold(srcdir, sources, outdir / ".fold") if fold else {}
     jobs = []
     for py in sources:
         rel = py.relative_to(srcdir).as_posix()
-        jobs.append((py, rel, outdir / "lib" / Path(rel).with_suffix(".mpy")))
+        jobs.append((folded.get(rel, py), rel, outdir / "lib" / Path(rel).with_suffix(".mpy")))
     errors: list[BuildError] = []
     done = 0
 
@@ -226,6 +231,8 @@ def build(
             done += 1
             if progress:
                 progress(done, len(jobs), j[1])
+    if folded:
+        shutil.rmtree(outdir / ".fold")
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise BuildError(errors[0].message + more, hint=errors[0].hint)
@@ -244,6 +251,27 @@ def build(
     (outdir / MANIFEST).write_text(json.dumps(res.manifest(), indent=1, sort_keys=True) + "\n")
     res.seconds = time.monotonic() - t0
     return res
+
+
+def _fold(srcdir: Path, sources: list[Path], work: Path) -> dict[str, Path]:
+    # the package's cross-module constants folded (constfold.py): {rel: folded copy} for the
+    # files that change
+    from umeter.constfold import fold
+
+    rels = {source_name(py.relative_to(srcdir).as_posix()): py for py in sources}
+    pkgs = {m for m, py in rels.items() if py.name == "__init__.py"}
+    try:
+        out = fold({m: py.read_text() for m, py in rels.items()}, pkgs)
+    except SyntaxError:
+        return {}  # mpy-cross names the file and line (compile_one)
+    done = {}
+    for m, text in out.items():
+        rel = rels[m].relative_to(srcdir).as_posix()
+        dst = work / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_text(text)
+        done[rel] = dst
+    return done
 
 
 def write_romfs(outdir: Path) -> dict:
