@@ -36,7 +36,7 @@ REPS = 2000
 
 _MP = r"""
 import array, gc, math, time, json, micropython
-from meternode.metrology import kernels
+from meternode.metrology import kernels, refkernels
 from meternode.metrology.meter import Meter
 
 H = kernels.HIST
@@ -56,7 +56,7 @@ def viper_once():
     kernels.block_sums(0, 0, 0, buf, H, H + SETS, 2, 20, lay, mids, acc)
 
 def viper_plain():
-    kernels.pair_sums(buf, H, H + SETS, 2, 0, 1, 2048, 2048, 20, acc2, 0)
+    refkernels.pair_sums(buf, H, H + SETS, 2, 0, 1, 2048, 2048, 20, acc2, 0)
 
 def plain(buf, start, end, mv, mi, d, out):
     sv = 0; qv = 0; si = 0; qi = 0

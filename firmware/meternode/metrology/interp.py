@@ -1,4 +1,4 @@
-# Four-tap fractional-delay weights for the meter's P and Q sums (kernels.pair_sums).
+# Four-tap fractional-delay weights for the meter's P and Q sums (kernels.block_sums; refkernels.pair_sums).
 #
 # The kernels give, per voltage/current pair, sum v[n-2+m] * i[n-2] for m = -1..2 (P) and
 # the same a quarter cycle (d sets) earlier (Q).  The voltage "at" the current sample's
