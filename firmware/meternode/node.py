@@ -17,14 +17,13 @@ import time
 from micropython import const
 
 from meternode import VERSION, hal, ticks
-from meternode.config import check_board, check_config, load_json
-from meternode.hal import watchdog
+from meternode.config import load_json
+from meternode.lazy import forget
 from meternode.link import telemetry
-from meternode.metrology.meter import Meter
 
-_BACKOFF_MIN_MS = 500
-_BACKOFF_MAX_MS = 30000
-_STALL_MS = 60000  # what a task may take beyond its own period before it counts as stalled
+_BACKOFF_MIN_MS = const(500)
+_BACKOFF_MAX_MS = const(30000)
+_STALL_MS = const(60000)  # what a task may take beyond its own period before it counts as stalled
 # Free heap store-and-forward needs before it loads: what its modules and its state hold once
 # loaded, as benchmarks/memory.py measures it ("uplink_cost", the node's "store-and-forward on"
 # line) on each kind of port, rounded up to the KB (+ up to 1 KB of run-to-run noise), plus
@@ -46,7 +45,6 @@ _COMPILE = const(16)  # KB: a module compiled from source needs its parse tree f
 # 1 meter as measured plus one bisection step (runs pass and fail within a step of each
 # other), a meter = (8 DL/T 645 - 1) / 7 (on the 32-bit .mpy run that came out below what a
 # meter holds, 516 B, which is used), a protocol = the rest of the 8-meter need / 3.
-_TELEMETRY_BUF = const(1024)  # bytes; the sim board's payload is ~700 (it grows for a larger board's)
 _GATEWAY_NEED = {
     (64, False): (117984 + 2048, 1316, 15351),
     (64, True): (119488 + 2048, 1097, 11243),
@@ -67,7 +65,6 @@ _MQTT_MODULES = (  # only with config.mqtt: ~16 KB a metering-only or LoRa-only 
     "meternode.link.uplink",
     "meternode.link.outbox",
 )
-_SAFE_DROP = ("policy", "fleet", "ota", "cmd_key", "lora")  # not in the safe configuration
 
 
 def _nop():
@@ -76,50 +73,13 @@ def _nop():
 
 class Node:
     def __init__(self, board, config):
-        self.board = check_board(board)
-        check_config(config)
-        sc = _check_supervisor(config)
-        # crash-loop state (persisted, tasks.py) and why we booted: a watchdog reset is a loop
-        self.state_path = sc.get("state", "supervisor.json")
-        self.boot = read_state(self.state_path)
-        self.reset_cause = watchdog.reset_cause(self.state_path + ".wdt")
-        if self.reset_cause == "watchdog":
-            self.crashed("watchdog reset")
-        self.safe = self.boot["loops"] >= sc.get("safe_after", 3)
-        if self.safe:
-            config = dict(config)
-            for k in _SAFE_DROP:
-                config.pop(k, None)
-        self.config = config
-        self.id = config["node_id"]
-        self.hal = hal.make(board, config)
-        if board.get("relay"):  # the load relay: entry checked, a GPIO relay on boards, and
-            from meternode.hal.relay import attach, relay_control
+        # The checks and wiring run once (nodeinit.py): loaded for it and forgotten after
+        from meternode import nodeinit
 
-            attach(self.hal, board)
-            relay_control(self)  # an operator's remote disconnect held across the reboot
-        self.meter = Meter(board, config.get("calibration"), config.get("metrology"))
-        self.meter.energy.clock = self.hal.clock
-        _timebase(self.meter, self.hal.sampler)
-        self._gaps_seen = 0  # meter gaps already recorded as events
-        self.pulses = None  # water/gas/S0 pulse meters (pulses.py), when the board has inputs
-        if board.get("pulses"):
-            from meternode.pulses import PulseService
-
-            self.pulses = PulseService(board, config, self.hal.clock)
-        self.checkpoint = _checkpointer(self.meter, config.get("checkpoint", {}), self.pulses)
-        self.brownout = hal.make_brownout(board)  # board brown-out pin: checkpoint at once
-        self.seq = 0
-        self._plain = None  # the fallback link's connected client (no store-and-forward)
-        self.last = None  # the last telemetry payload (a memoryview of _tbuf, until the next)
-        # the telemetry payload's buffer, made once (telemetry.encode_into; docs/memory.md)
-        self._tbuf = bytearray(_TELEMETRY_BUF)
-        self.ckpt_errors = 0  # checkpoint writes that failed (flash full)
-        self._ckpt_hold = None  # after a failed write: ticks_ms before which none is tried
-        self.supervisor = None
-        self._reset = watchdog.reset  # how a planned reboot resets (tests replace it)
-        # elements on the grid connection: telemetry totals add these only
-        self.mains = [c["name"] for c in board["channels"][1:] if c.get("role", "main") == "main"]
+        try:
+            nodeinit.setup(self, board, config)
+        finally:
+            forget("meternode.nodeinit")
 
     async def sampling(self, w=None):
         beat = w.beat if w is not None else _nop  # bound once: called per block
@@ -455,18 +415,6 @@ class Node:
             return None
 
 
-def _timebase(meter, s):
-    # The rate the sampler really produces: the meter starts from it, and a board whose
-    # timer cannot make board.adc.rate exactly is corrected here, with the reason logged.
-    ra = getattr(s, "rate_actual", s.rate)
-    if ra != s.rate:
-        log(
-            "sampler: board.adc.rate %d S/s runs at %.3f S/s (the timer cannot divide it exactly, "
-            "%+.0f ppm): metering uses %.3f and measures it from then on" % (s.rate, ra, (ra / s.rate - 1) * 1e6, ra)
-        )
-    meter.use_rate(ra)
-
-
 def _gateway_need(config):
     # Free heap the gateway of `config` needs at the gate (_GATEWAY_NEED): a node that loads
     # its modules compiled (.mpy files, or frozen: __file__ "meternode/...") needs less than
@@ -481,32 +429,6 @@ def _gateway_need(config):
         protos.append("slave")
     one, meter, proto = _GATEWAY_NEED[(64 if sys.maxsize > 0x7FFFFFFF else 32, _loaded() > 0)]
     return one + proto * (len(protos) - 1 if protos else 0) + meter * (len(meters) - 1 if meters else 0)
-
-
-_SUPERVISOR = (  # config.supervisor: int keys and their ranges (tasks.py says what they do)
-    ("watchdog_ms", 0, 3600000),
-    ("loop_fails", 2, 1000),
-    ("safe_after", 1, 1000),
-    ("stable_s", 1, 30 * 86400),
-    ("safe_hold_s", 0, 365 * 86400),
-    ("backoff_min_ms", 1, 3600000),
-    ("backoff_max_ms", 1, 3600000),
-)
-
-
-def _check_supervisor(c):
-    from meternode.config import ConfigError, need
-
-    w = "config.supervisor"
-    s = need(c, "supervisor", dict, "config", default={})
-    need(s, "state", str, w, default="")
-    for k, lo, hi in _SUPERVISOR:
-        need(s, k, int, w, default=lo, lo=lo, hi=hi)
-    if 0 < s.get("watchdog_ms", 0) < 1000:
-        raise ConfigError("config.supervisor.watchdog_ms must be 0 (none) or at least 1000")
-    if s.get("backoff_max_ms", 60000) < s.get("backoff_min_ms", 1):
-        raise ConfigError("config.supervisor.backoff_max_ms is below backoff_min_ms")
-    return s
 
 
 def read_state(path):
@@ -551,33 +473,6 @@ def uplink_need(config):
     c = _UPLINK_COST
     kb = c[i + 1 if config.get("mqtt") else i] + (c[i + 2] if config.get("cmd_key") else 0) + _WORKING
     return (kb + (_COMPILE if load == 0 else 0)) * 1024
-
-
-def _checkpointer(meter, c, pulses=None):
-    # Power-fail-safe registers (store/checkpoint.py): restore the newest good checkpoint,
-    # then save on energy delta / period.  config.checkpoint: dir, delta_mwh, period_s,
-    # min_interval_s; {"dir": ""} turns it off.
-    d = c.get("dir", "ckpt")
-    if not d:
-        return None
-    from meternode.store.checkpoint import Checkpointer, CheckpointStore
-
-    ck = Checkpointer(
-        CheckpointStore(d),
-        meter,
-        c.get("delta_mwh", 50000),
-        c.get("period_s", 3600),
-        c.get("min_interval_s", 60),
-        pulses.state if pulses is not None else None,
-    )
-    p = ck.restore()
-    if p is not None:
-        if pulses is not None:
-            pulses.restore(p.get("extra"))
-        log("registers restored from checkpoint %d" % ck.store.seq)
-    elif ck.rejected:
-        log(ck.rejected)
-    return ck
 
 
 def log(msg):

@@ -16,11 +16,13 @@
 # watchdog reset and a caught fatal error count too (node.py).
 import time
 
+from micropython import const
+
 from meternode.hal import watchdog
 from meternode.store import records
 from meternode.supervisor import Supervisor
 
-_STALL_MS = 60000  # what a task may take beyond its own period before it counts as stalled
+_STALL_MS = const(60000)  # what a task may take beyond its own period before it counts as stalled
 
 
 def wire(node):

@@ -1,0 +1,126 @@
+# What Node() does once: check the board and the configuration, read the crash-loop state,
+# make the HAL, the meter, the pulse meters and the checkpointer.  Loaded by Node.__init__
+# and forgotten after (lazy.forget, docs/memory.md): a running node does not hold this code.
+from micropython import const
+
+from meternode import hal
+from meternode.config import check_board, check_config
+from meternode.hal import watchdog
+from meternode.metrology.meter import Meter
+from meternode.node import log, read_state
+
+_TELEMETRY_BUF = const(1024)  # bytes; the sim board's payload is ~700 (it grows for a larger board's)
+
+_SAFE_DROP = ("policy", "fleet", "ota", "cmd_key", "lora")  # not in the safe configuration
+
+
+def setup(node, board, config):
+    node.board = check_board(board)
+    check_config(config)
+    sc = _check_supervisor(config)
+    # crash-loop state (persisted, tasks.py) and why we booted: a watchdog reset is a loop
+    node.state_path = sc.get("state", "supervisor.json")
+    node.boot = read_state(node.state_path)
+    node.reset_cause = watchdog.reset_cause(node.state_path + ".wdt")
+    if node.reset_cause == "watchdog":
+        node.crashed("watchdog reset")
+    node.safe = node.boot["loops"] >= sc.get("safe_after", 3)
+    if node.safe:
+        config = dict(config)
+        for k in _SAFE_DROP:
+            config.pop(k, None)
+    node.config = config
+    node.id = config["node_id"]
+    node.hal = hal.make(board, config)
+    if board.get("relay"):  # the load relay: entry checked, a GPIO relay on boards, and
+        from meternode.hal.relay import attach, relay_control
+
+        attach(node.hal, board)
+        relay_control(node)  # an operator's remote disconnect held across the reboot
+    node.meter = Meter(board, config.get("calibration"), config.get("metrology"))
+    node.meter.energy.clock = node.hal.clock
+    _timebase(node.meter, node.hal.sampler)
+    node._gaps_seen = 0  # meter gaps already recorded as events
+    node.pulses = None  # water/gas/S0 pulse meters (pulses.py), when the board has inputs
+    if board.get("pulses"):
+        from meternode.pulses import PulseService
+
+        node.pulses = PulseService(board, config, node.hal.clock)
+    node.checkpoint = _checkpointer(node.meter, config.get("checkpoint", {}), node.pulses)
+    node.brownout = hal.make_brownout(board)  # board brown-out pin: checkpoint at once
+    node.seq = 0
+    node._plain = None  # the fallback link's connected client (no store-and-forward)
+    node.last = None  # the last telemetry payload (a memoryview of _tbuf, until the next)
+    # the telemetry payload's buffer, made once (telemetry.encode_into; docs/memory.md)
+    node._tbuf = bytearray(_TELEMETRY_BUF)
+    node.ckpt_errors = 0  # checkpoint writes that failed (flash full)
+    node._ckpt_hold = None  # after a failed write: ticks_ms before which none is tried
+    node.supervisor = None
+    node._reset = watchdog.reset  # how a planned reboot resets (tests replace it)
+    # elements on the grid connection: telemetry totals add these only
+    node.mains = [c["name"] for c in board["channels"][1:] if c.get("role", "main") == "main"]
+
+
+def _timebase(meter, s):
+    # The rate the sampler really produces: the meter starts from it, and a board whose
+    # timer cannot make board.adc.rate exactly is corrected here, with the reason logged.
+    ra = getattr(s, "rate_actual", s.rate)
+    if ra != s.rate:
+        log(
+            "sampler: board.adc.rate %d S/s runs at %.3f S/s (the timer cannot divide it exactly, "
+            "%+.0f ppm): metering uses %.3f and measures it from then on" % (s.rate, ra, (ra / s.rate - 1) * 1e6, ra)
+        )
+    meter.use_rate(ra)
+
+
+_SUPERVISOR = (  # config.supervisor: int keys and their ranges (tasks.py says what they do)
+    ("watchdog_ms", 0, 3600000),
+    ("loop_fails", 2, 1000),
+    ("safe_after", 1, 1000),
+    ("stable_s", 1, 30 * 86400),
+    ("safe_hold_s", 0, 365 * 86400),
+    ("backoff_min_ms", 1, 3600000),
+    ("backoff_max_ms", 1, 3600000),
+)
+
+
+def _check_supervisor(c):
+    from meternode.config import ConfigError, need
+
+    w = "config.supervisor"
+    s = need(c, "supervisor", dict, "config", default={})
+    need(s, "state", str, w, default="")
+    for k, lo, hi in _SUPERVISOR:
+        need(s, k, int, w, default=lo, lo=lo, hi=hi)
+    if 0 < s.get("watchdog_ms", 0) < 1000:
+        raise ConfigError("config.supervisor.watchdog_ms must be 0 (none) or at least 1000")
+    if s.get("backoff_max_ms", 60000) < s.get("backoff_min_ms", 1):
+        raise ConfigError("config.supervisor.backoff_max_ms is below backoff_min_ms")
+    return s
+
+
+def _checkpointer(meter, c, pulses=None):
+    # Power-fail-safe registers (store/checkpoint.py): restore the newest good checkpoint,
+    # then save on energy delta / period.  config.checkpoint: dir, delta_mwh, period_s,
+    # min_interval_s; {"dir": ""} turns it off.
+    d = c.get("dir", "ckpt")
+    if not d:
+        return None
+    from meternode.store.checkpoint import Checkpointer, CheckpointStore
+
+    ck = Checkpointer(
+        CheckpointStore(d),
+        meter,
+        c.get("delta_mwh", 50000),
+        c.get("period_s", 3600),
+        c.get("min_interval_s", 60),
+        pulses.state if pulses is not None else None,
+    )
+    p = ck.restore()
+    if p is not None:
+        if pulses is not None:
+            pulses.restore(p.get("extra"))
+        log("registers restored from checkpoint %d" % ck.store.seq)
+    elif ck.rejected:
+        log(ck.rejected)
+    return ck
