@@ -28,191 +28,30 @@
 # is measured (timebase.py) from the sampler's (lost, stamp_us), given to feed(): energy
 # and frequency use the measured rate.  Sets the sampler lost are a gap: counted, the open
 # cycle discarded, the lost time registered at the last measured power up to gap_fill_s.
-import array
+import gc
 
 from micropython import const
 
 from meternode.config import ConfigError
-from meternode.metrology import calibration, interp, kernels
+from meternode.lazy import forget
+from meternode.metrology import kernels
 from meternode.metrology.convert import convert
-from meternode.metrology.energy import Energy
-from meternode.metrology.registers import NETTINGS, Registers
-from meternode.metrology.report import Window
-from meternode.metrology.seconds import Seconds
-from meternode.metrology.timebase import Timebase
 
 _H = kernels.HIST
 _MASK = const(0x3FFFFFFF)  # counters wrap below 2**30: small ints on a 32-bit board
 
 
-def _opt(d, key, default, lo, hi):
-    v = d.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo or v > hi:
-        raise ConfigError("metrology.%s must be a number in %r .. %r, not %r" % (key, lo, hi, v))
-    return v
-
-
 class Meter:
     def __init__(self, board, cal=None, options=None):
-        adc = board["adc"]
-        chans = board["channels"]
-        opts = dict(board.get("metrology", {}))
-        opts.update(options or {})
-        self.nch = nch = len(chans)
-        self.rate_nominal = rate = adc["rate"]  # board.adc.rate, sets/s (int)
-        tb = opts.get("timebase", "measured")
-        if tb not in ("measured", "fixed"):
-            raise ConfigError("metrology.timebase must be measured or fixed, not %r" % (tb,))
-        self.timebase = Timebase(rate, tb == "measured")
-        self.rate = self.timebase.rate  # sets/s, measured (float)
-        bits = adc["bits"]
-        if bits > kernels.MAX_BITS:
-            raise ConfigError("board.adc.bits = %d: the kernels take at most %d bits" % (bits, kernels.MAX_BITS))
-        self.f_nom = float(_opt(opts, "mains_hz", 50.0, 40.0, 70.0))
-        if rate / (4 * 45.0) + 4 > _H:
-            raise ConfigError("board.adc.rate = %d is above %d sets/s (quarter-cycle history)" % (rate, 11000))
-        self._mid0 = 1 << (bits - 1)
-        self._hyst = max(2, 1 << (bits - 6))  # ~3 % of full scale
-        self.cal = calibration.resolve(board, cal)
-        self.names = [ch["name"] for ch in chans]
-        skew = adc.get("skew_us", 0.0) * 1e-6
-        self._t_slot = [skew * k for k in range(nch)]  # conversion instant within a set
-        volts = [k for k in range(nch) if chans[k]["kind"] == "voltage"]
-        self._a0 = volts[0]
-        self.v_channel = volts[0]  # the channel whose crossings define the cycles
-        self.pairs = []  # (voltage channel, current channel) per element
-        for k in range(nch):
-            ch = chans[k]
-            if ch["kind"] != "current":
-                continue
-            vname = ch.get("voltage", self.names[volts[0]])
-            if vname not in self.names or chans[self.names.index(vname)]["kind"] != "voltage":
-                raise ConfigError("board.channels.%s.voltage = %r is not a voltage channel" % (ch["name"], vname))
-            self.pairs.append((self.names.index(vname), k))
-        self.elements = len(self.pairs)
-        self.element_names = [self.names[b] for _, b in self.pairs]
-        netting = opts.get("netting", "vector")
-        if netting not in NETTINGS:
-            raise ConfigError("metrology.netting must be one of %s, not %r" % ("/".join(NETTINGS), netting))
-        # board role "main" (default): the element is on the grid connection and counts in the
-        # total; "circuit": a sub-circuit CT, measured and registered on its own only
-        main = [chans[b].get("role", "main") == "main" for _, b in self.pairs]
-        self.registers = Registers(self.elements, int(_opt(opts, "tariffs", 4, 1, 16)), netting, main)
-        # starting threshold per element, in W (and var): start_fraction of In at Un
-        frac = _opt(opts, "start_fraction", 0.001, 0.0, 0.1)
-        thr = []
-        for a, b in self.pairs:
-            ch = chans[b]
-            i_start = ch.get("start_current", frac * ch.get("nominal", 5.0))
-            thr.append(0.5 * i_start * chans[a].get("nominal", 230.0))
-        # sign band for batching (kernels.signs): 0.5 % of the element's nominal power, or
-        # its starting threshold if larger -- well above one cycle's noise in Q at PF 1
-        self._band = [
-            max(thr[e], 0.005 * chans[a].get("nominal", 230.0) * chans[b].get("nominal", 5.0))
-            for e, (a, b) in enumerate(self.pairs)
-        ]
-        self.energy = Energy(
-            self.registers,
-            thr,
-            self.rate,
-            int(_opt(opts, "creep_s", 1.0, 0.0, 60.0) * rate),
-            int(_opt(opts, "demand_s", 900.0, 1.0, 86400.0) * rate),
-        )
-        # a gap up to this many sets is registered at the last measured power
-        self._fill_max = int(_opt(opts, "gap_fill_s", 1.0, 0.0, 60.0) * rate)
-        # buffers, made once
-        self._cap = adc["block"]
-        if self._cap < _H:
-            raise ConfigError("board.adc.block = %d is below %d sets" % (self._cap, _H))
-        self._work = array.array("H", bytes(2 * nch * (_H + self._cap)))
-        for k in range(_H * nch):
-            self._work[k] = self._mid0
-        self._layout()
-        self._acc = array.array("i", bytes(4 * (self._n_at + 1)))  # the open cycle
-        self._bat = array.array("i", bytes(4 * (self._n_at + 1)))  # the batch of whole cycles
-        self._bn = 0  # sets in the batch
-        self._bc = 0  # cycles in the batch
-        self._bf0 = 0.0  # fraction of a set at the crossing that opened the batch
-        self._bf1 = 0.0  # ... and at the one that closed its last cycle
-        # cycles converted together (see _cross); 1 = per cycle
-        self._batch = int(_opt(opts, "batch_cycles", 5, 1, 64))
-        # frequency smoothing: 1/8 per cycle, (7/8)**c for a batch of c cycles
-        self._keep = [0.875**c for c in range(self._batch + 1)]
-        self._state = array.array("i", [0])
-        self._mid = array.array("i", [self._mid0] * nch)
-        self._d = self._delay(self.f_nom)
-        self._means = [0.0] * nch
-        self._wt = [0.0] * (11 * self.elements)  # per element: 4 P taps, 4 Q taps, f, Q sum, P sum
-        self._m = interp.scratch()
-        self._fs = 0.0  # smoothed frequency for the weights
-        self._wph = [0.0] * self.elements
-        self._wd = [0] * self.elements
-        self._pf = None  # fraction of a set at the previous crossing (None: no cycle open)
-        # counters (all wrap below 2**30; compare them by difference & 0x3FFFFFFF)
-        self.sets = 0  # sample sets fed
-        self.measured_sets = 0  # sets inside closed, measured cycles
-        self.cycles = 0
-        self.unmeasured = 0  # runs closed without a mains cycle
-        self.gaps = 0  # times the sampler reported lost sets
-        self.lost_sets = 0  # sets it lost
-        self.filled_sets = 0  # sets of gaps registered at the last measured power
-        self._lost_seen = None  # the sampler's `lost` at the last block
-        self.freq = 0.0
-        e = self.elements
-        self.vrms = [0.0] * nch  # per channel (voltage channels meaningful)
-        self.irms = [0.0] * e
-        self.p = [0.0] * e
-        self.q = [0.0] * e
-        self.s = [0.0] * e
-        self.window = Window(nch, self.elements)
-        self.seconds = Seconds(rate)  # one summary per measured second (policy engine)
-        self._e_import = self.registers.low_import  # bound once: called per closed second
-        self._lim = array.array("i", bytes(4 * self.elements))
-        self._bm = 0  # the batch's signs (kernels.signs)
-        self._nsg = min(self.elements, 8)  # signs has 8 bits per kind: elements 9.. batch freely
-        self._cal_cache()
-        # power quality (quality.py), opt-in: metrology.quality = true
-        self.quality = None
-        self._cap_on = False
-        if opts.get("quality", False):
-            from meternode.metrology.quality import Quality
+        # The checks and buffers are made once (meterinit.py): loaded for it, forgotten after
+        # (collected first: compiled from source, it needs its parse tree in one piece)
+        gc.collect()
+        from meternode.metrology import meterinit
 
-            self._vidx = volts
-            self._vq = [0.0] * len(volts)
-            self.quality = Quality(
-                [self.names[v] for v in volts],
-                [chans[v].get("nominal", 230.0) for v in volts],
-                self.f_nom,
-                opts.get("pq", {}),
-                rate,
-            )
-            self._cap_sets = rate // 40  # one cycle down to 40 Hz
-            self._capbuf = array.array("H", bytes(2 * nch * self._cap_sets))
-            self._cap_n = 0
-
-    def _layout(self):
-        # accumulator: 12 words per pair (kernels.block_sums), then 2 per voltage channel
-        # that no pair covers; _sx[c] is where channel c's sum x (then sum x*x) is.
-        self._sx = [-1] * self.nch
-        for e, (a, b) in enumerate(self.pairs):
-            if self._sx[a] < 0:
-                self._sx[a] = 12 * e
-            self._sx[b] = 12 * e + 2
-        self._lone = []
-        k = 12 * self.elements
-        for c in range(self.nch):
-            if self._sx[c] < 0:
-                self._sx[c] = k
-                self._lone.append(c)
-                k += 2
-        self._n_at = k
-        lay = [len(self.pairs), len(self._lone)]
-        for a, b in self.pairs:
-            lay += [a, b]
-        for c in self._lone:
-            lay += [c, self._sx[c]]
-        self._lay = array.array("i", lay)
-        self._sxa = array.array("i", self._sx)
+        try:
+            meterinit.setup(self, board, cal, options)
+        finally:
+            forget("meternode.metrology.meterinit")
 
     # -- configuration at run time ----------------------------------------------------------
     def set_tariff(self, i):

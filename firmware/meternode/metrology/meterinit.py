@@ -1,0 +1,185 @@
+# What Meter() does once: check the board's front end and the metrology options, resolve
+# the calibration, lay out the accumulators and make every buffer (meter.py says what they
+# hold).  Loaded by Meter.__init__ and forgotten after (lazy.forget, docs/memory.md): a
+# running meter does not hold this code.
+import array
+
+from meternode.config import ConfigError
+from meternode.metrology import calibration, interp, kernels
+from meternode.metrology.energy import Energy
+from meternode.metrology.registers import NETTINGS, Registers
+from meternode.metrology.report import Window
+from meternode.metrology.seconds import Seconds
+from meternode.metrology.timebase import Timebase
+
+_H = kernels.HIST
+
+
+def _opt(d, key, default, lo, hi):
+    v = d.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo or v > hi:
+        raise ConfigError("metrology.%s must be a number in %r .. %r, not %r" % (key, lo, hi, v))
+    return v
+
+
+def setup(m, board, cal, options):
+    adc = board["adc"]
+    chans = board["channels"]
+    opts = dict(board.get("metrology", {}))
+    opts.update(options or {})
+    m.nch = nch = len(chans)
+    m.rate_nominal = rate = adc["rate"]  # board.adc.rate, sets/s (int)
+    tb = opts.get("timebase", "measured")
+    if tb not in ("measured", "fixed"):
+        raise ConfigError("metrology.timebase must be measured or fixed, not %r" % (tb,))
+    m.timebase = Timebase(rate, tb == "measured")
+    m.rate = m.timebase.rate  # sets/s, measured (float)
+    bits = adc["bits"]
+    if bits > kernels.MAX_BITS:
+        raise ConfigError("board.adc.bits = %d: the kernels take at most %d bits" % (bits, kernels.MAX_BITS))
+    m.f_nom = float(_opt(opts, "mains_hz", 50.0, 40.0, 70.0))
+    if rate / (4 * 45.0) + 4 > _H:
+        raise ConfigError("board.adc.rate = %d is above %d sets/s (quarter-cycle history)" % (rate, 11000))
+    m._mid0 = 1 << (bits - 1)
+    m._hyst = max(2, 1 << (bits - 6))  # ~3 % of full scale
+    m.cal = calibration.resolve(board, cal)
+    m.names = [ch["name"] for ch in chans]
+    skew = adc.get("skew_us", 0.0) * 1e-6
+    m._t_slot = [skew * k for k in range(nch)]  # conversion instant within a set
+    volts = [k for k in range(nch) if chans[k]["kind"] == "voltage"]
+    m._a0 = volts[0]
+    m.v_channel = volts[0]  # the channel whose crossings define the cycles
+    m.pairs = []  # (voltage channel, current channel) per element
+    for k in range(nch):
+        ch = chans[k]
+        if ch["kind"] != "current":
+            continue
+        vname = ch.get("voltage", m.names[volts[0]])
+        if vname not in m.names or chans[m.names.index(vname)]["kind"] != "voltage":
+            raise ConfigError("board.channels.%s.voltage = %r is not a voltage channel" % (ch["name"], vname))
+        m.pairs.append((m.names.index(vname), k))
+    m.elements = len(m.pairs)
+    m.element_names = [m.names[b] for _, b in m.pairs]
+    netting = opts.get("netting", "vector")
+    if netting not in NETTINGS:
+        raise ConfigError("metrology.netting must be one of %s, not %r" % ("/".join(NETTINGS), netting))
+    # board role "main" (default): the element is on the grid connection and counts in the
+    # total; "circuit": a sub-circuit CT, measured and registered on its own only
+    main = [chans[b].get("role", "main") == "main" for _, b in m.pairs]
+    m.registers = Registers(m.elements, int(_opt(opts, "tariffs", 4, 1, 16)), netting, main)
+    # starting threshold per element, in W (and var): start_fraction of In at Un
+    frac = _opt(opts, "start_fraction", 0.001, 0.0, 0.1)
+    thr = []
+    for a, b in m.pairs:
+        ch = chans[b]
+        i_start = ch.get("start_current", frac * ch.get("nominal", 5.0))
+        thr.append(0.5 * i_start * chans[a].get("nominal", 230.0))
+    # sign band for batching (kernels.signs): 0.5 % of the element's nominal power, or
+    # its starting threshold if larger -- well above one cycle's noise in Q at PF 1
+    m._band = [
+        max(thr[e], 0.005 * chans[a].get("nominal", 230.0) * chans[b].get("nominal", 5.0))
+        for e, (a, b) in enumerate(m.pairs)
+    ]
+    m.energy = Energy(
+        m.registers,
+        thr,
+        m.rate,
+        int(_opt(opts, "creep_s", 1.0, 0.0, 60.0) * rate),
+        int(_opt(opts, "demand_s", 900.0, 1.0, 86400.0) * rate),
+    )
+    # a gap up to this many sets is registered at the last measured power
+    m._fill_max = int(_opt(opts, "gap_fill_s", 1.0, 0.0, 60.0) * rate)
+    # buffers, made once
+    m._cap = adc["block"]
+    if m._cap < _H:
+        raise ConfigError("board.adc.block = %d is below %d sets" % (m._cap, _H))
+    m._work = array.array("H", bytes(2 * nch * (_H + m._cap)))
+    for k in range(_H * nch):
+        m._work[k] = m._mid0
+    _layout(m)
+    m._acc = array.array("i", bytes(4 * (m._n_at + 1)))  # the open cycle
+    m._bat = array.array("i", bytes(4 * (m._n_at + 1)))  # the batch of whole cycles
+    m._bn = 0  # sets in the batch
+    m._bc = 0  # cycles in the batch
+    m._bf0 = 0.0  # fraction of a set at the crossing that opened the batch
+    m._bf1 = 0.0  # ... and at the one that closed its last cycle
+    # cycles converted together (see _cross); 1 = per cycle
+    m._batch = int(_opt(opts, "batch_cycles", 5, 1, 64))
+    # frequency smoothing: 1/8 per cycle, (7/8)**c for a batch of c cycles
+    m._keep = [0.875**c for c in range(m._batch + 1)]
+    m._state = array.array("i", [0])
+    m._mid = array.array("i", [m._mid0] * nch)
+    m._d = m._delay(m.f_nom)
+    m._means = [0.0] * nch
+    m._wt = [0.0] * (11 * m.elements)  # per element: 4 P taps, 4 Q taps, f, Q sum, P sum
+    m._m = interp.scratch()
+    m._fs = 0.0  # smoothed frequency for the weights
+    m._wph = [0.0] * m.elements
+    m._wd = [0] * m.elements
+    m._pf = None  # fraction of a set at the previous crossing (None: no cycle open)
+    # counters (all wrap below 2**30; compare them by difference & 0x3FFFFFFF)
+    m.sets = 0  # sample sets fed
+    m.measured_sets = 0  # sets inside closed, measured cycles
+    m.cycles = 0
+    m.unmeasured = 0  # runs closed without a mains cycle
+    m.gaps = 0  # times the sampler reported lost sets
+    m.lost_sets = 0  # sets it lost
+    m.filled_sets = 0  # sets of gaps registered at the last measured power
+    m._lost_seen = None  # the sampler's `lost` at the last block
+    m.freq = 0.0
+    e = m.elements
+    m.vrms = [0.0] * nch  # per channel (voltage channels meaningful)
+    m.irms = [0.0] * e
+    m.p = [0.0] * e
+    m.q = [0.0] * e
+    m.s = [0.0] * e
+    m.window = Window(nch, m.elements)
+    m.seconds = Seconds(rate)  # one summary per measured second (policy engine)
+    m._e_import = m.registers.low_import  # bound once: called per closed second
+    m._lim = array.array("i", bytes(4 * m.elements))
+    m._bm = 0  # the batch's signs (kernels.signs)
+    m._nsg = min(m.elements, 8)  # signs has 8 bits per kind: elements 9.. batch freely
+    m._cal_cache()
+    # power quality (quality.py), opt-in: metrology.quality = true
+    m.quality = None
+    m._cap_on = False
+    if opts.get("quality", False):
+        from meternode.metrology.quality import Quality
+
+        m._vidx = volts
+        m._vq = [0.0] * len(volts)
+        m.quality = Quality(
+            [m.names[v] for v in volts],
+            [chans[v].get("nominal", 230.0) for v in volts],
+            m.f_nom,
+            opts.get("pq", {}),
+            rate,
+        )
+        m._cap_sets = rate // 40  # one cycle down to 40 Hz
+        m._capbuf = array.array("H", bytes(2 * nch * m._cap_sets))
+        m._cap_n = 0
+
+
+def _layout(m):
+    # accumulator: 12 words per pair (kernels.block_sums), then 2 per voltage channel
+    # that no pair covers; _sx[c] is where channel c's sum x (then sum x*x) is.
+    m._sx = [-1] * m.nch
+    for e, (a, b) in enumerate(m.pairs):
+        if m._sx[a] < 0:
+            m._sx[a] = 12 * e
+        m._sx[b] = 12 * e + 2
+    m._lone = []
+    k = 12 * m.elements
+    for c in range(m.nch):
+        if m._sx[c] < 0:
+            m._sx[c] = k
+            m._lone.append(c)
+            k += 2
+    m._n_at = k
+    lay = [len(m.pairs), len(m._lone)]
+    for a, b in m.pairs:
+        lay += [a, b]
+    for c in m._lone:
+        lay += [c, m._sx[c]]
+    m._lay = array.array("i", lay)
+    m._sxa = array.array("i", m._sx)
