@@ -74,6 +74,10 @@ def _nop():
 class Node:
     def __init__(self, board, config):
         # The checks and wiring run once (nodeinit.py): loaded for it and forgotten after
+        # (collected first: compiled from source, it needs its parse tree in one piece)
+        import gc
+
+        gc.collect()
         from meternode import nodeinit
 
         try:

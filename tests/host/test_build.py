@@ -113,12 +113,12 @@ def test_repository_firmware_x64_build_runs_its_viper_kernels(tmp_path):
     out = tmp_path / "sim"
     build("sim", out)
     code = (
-        "import array\nfrom meternode.metrology import kernels as k\nprint(k.__file__)\n"
+        "import array\nfrom meternode.metrology import refkernels as k\nprint(k.__file__)\n"
         "b = array.array('H', [2048 + 10, 2048 - 10] * 8)\no = array.array('i', [0] * 4)\n"
         "k.chan_sums(b, 0, 8, 2, 0, 2048, o, 0)\nprint(o[0], o[1])"
     )
     lines = run_mp(code, out / "lib").split()
-    assert lines[0].endswith("kernels.mpy")
+    assert lines[0].endswith("refkernels.mpy")
     assert (int(lines[1]), int(lines[2])) == (80, 800)
 
 
