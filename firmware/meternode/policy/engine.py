@@ -11,7 +11,7 @@
 # that came and went while the policy task was starved is still seen; f = 0 and v = 0 mean
 # "no mains measured in that second" and trigger neither a frequency nor a voltage rule.
 #
-# `relay` is any object with set(on) (True = load connected); `sink(code, rule, value, t)`
+# `relay` is any object with set(on) (True = load connected) or None; `sink(code, rule, value, t)`
 # receives ints.  Time comes only from the caller, so tests drive a week in a loop.
 #
 # Engine seconds: epoch seconds minus EPOCH0 (2024-01-01T00:00Z), so a tick's time and
@@ -130,17 +130,36 @@ def civil(days):
     return (yoe + era * 400 + (1 if m <= 2 else 0)) * 10000 + m * 100 + d
 
 
-class _Null:
-    def set(self, on):
-        pass
-
-
-def _no_tariff(i):
+def _nop(*a):
     pass
 
 
-def _no_sink(code, rule, value, t):
-    pass
+# Each limit and each DR rule is one list: its compact row's settings (the level as a float)
+# followed by its state, all read and written in place by the tick.  Indexes into a limit:
+_L_KIND = const(0)
+_L_LEV = const(1)  # float; max_energy_day: in mWh
+_L_HOLD = const(2)
+_L_ACT = const(3)
+_L_SHED = const(4)
+_L_RETRY = const(5)
+_L_SINCE = const(6)  # time the condition became true ...
+_L_ON = const(7)  # ... when this is 1
+_L_FIRED = const(8)  # 1 while an event-only limit stays true (fire once)
+_L_TRIPS = const(9)  # trips today
+_L_UNTIL = const(10)  # relay held open until (0 = not holding)
+# ... and into a DR rule:
+_D_TRIG = const(0)
+_D_A = const(1)  # float
+_D_B = const(2)  # float
+_D_FOR = const(3)
+_D_SHED = const(4)
+_D_RND = const(5)
+_D_SINCE = const(6)
+_D_ON = const(7)  # 1: since holds when the trigger became true
+_D_STATE = const(8)  # 0 idle, 1 shedding, 2 waiting the random restore delay, 3 kept
+_D_UNTIL = const(9)  # end of the minimum shed / of the random delay
+_D_EV_START = const(10)  # pushed DR event window (trigger "event")
+_D_EV_END = const(11)
 
 
 class Engine:
@@ -149,45 +168,17 @@ class Engine:
 
         c = check_compact(policy)
         self.policy = c
-        self._set_tariff = set_tariff or _no_tariff
-        self._relay = relay or _Null()
-        self._sink = sink or _no_sink
+        self._set_tariff = set_tariff or _nop
+        self._relay = relay  # None: no relay
+        self._sink = sink or _nop
         self._tz = c["tz"] * 60
-        self._hol = list(c["h"])
-        self._seasons = c["s"]
         self._prices = [float(x) for x in c["p"]]
-        self._rt_max = c["rt"]
-        lim = c["l"]
-        dr = c["d"]
-        nl = len(lim)
-        nd = len(dr)
-        self.nl = nl
-        self.nd = nd
-        self._lk = [x[0] for x in lim]
-        self._llev = [float(x[1]) for x in lim]
-        self._lemwh = [float(x[1]) * 1000.0 for x in lim]  # max_energy_day level in mWh
-        self._lhold = [x[2] for x in lim]
-        self._lact = [x[3] for x in lim]
-        self._lshed = [x[4] for x in lim]
-        self._lretry = [x[5] for x in lim]
-        self._lsince = [0] * nl  # time the condition became true ...
-        self._lon = [0] * nl  # ... when this is 1
-        self._lfired = [0] * nl  # 1 while an event-only limit stays true (fire once)
-        self._ltrips = [0] * nl  # trips today
-        self._luntil = [0] * nl  # relay held open until (0 = not holding)
-        self._dk = [x[0] for x in dr]
-        self._da = [float(x[1]) for x in dr]
-        self._db = [float(x[2]) for x in dr]
-        self._dfor = [x[3] for x in dr]
-        self._dshed = [x[4] for x in dr]
-        self._drnd = [x[5] for x in dr]
-        self._dsince = [0] * nd
-        self._don = [0] * nd  # 1: _dsince holds when the trigger became true
-        self._dstate = [0] * nd  # 0 idle, 1 shedding, 2 waiting the random restore delay, 3 kept
+        self._lims = [
+            [x[0], float(x[1]) * 1000.0 if x[0] == _MAX_E else float(x[1]), x[2], x[3], x[4], x[5], 0, 0, 0, 0, 0]
+            for x in c["l"]
+        ]
+        self._drs = [[x[0], float(x[1]), float(x[2]), x[3], x[4], x[5], 0, 0, 0, 0, 0, 0] for x in c["d"]]
         self._site = c.get("rl", 0) == 0  # the relay disconnects the site, generation included
-        self._duntil = [0] * nd  # end of the minimum shed / of the random delay
-        self._ev_start = [0] * nd  # pushed DR event window (trigger "event")
-        self._ev_end = [0] * nd
         self.reporting = c.get("r")  # [telemetry_s, profile_min, quantities] or None
         self.tariff = -1
         self.day_type = -1
@@ -197,7 +188,7 @@ class Engine:
         self._rt_until = 0
         self._day = -1  # local day number (days since 1970) of the running day
         self._midnight = 0  # engine seconds of the next local midnight
-        self._period = self._seasons[0][1]
+        self._period = c["s"][0][1]
         self._e_day0 = -1
         self._rng = (seed & _MASK) or 1
         self._last_release = 0
@@ -208,16 +199,16 @@ class Engine:
         # [start, start+duration).  start = 0 clears.
         n = 0
         t0 = seconds(start) if start else 0
-        for k in range(self.nd):
-            if self._dk[k] == _TRIG_EVENT and (rule < 0 or rule == k):
-                self._ev_start[k] = t0
-                self._ev_end[k] = t0 + int(duration) if start else 0
+        for k, r in enumerate(self._drs):
+            if r[_D_TRIG] == _TRIG_EVENT and (rule < 0 or rule == k):
+                r[_D_EV_START] = t0
+                r[_D_EV_END] = t0 + int(duration) if start else 0
                 n += 1
         return n
 
     def push_price(self, price, valid_s, now):
         # now: epoch seconds
-        valid = min(int(valid_s), self._rt_max)
+        valid = min(int(valid_s), self.policy["rt"])
         t = seconds(now)
         self._rt_price = float(price)
         self._rt_until = t + valid
@@ -231,7 +222,7 @@ class Engine:
     def save(self):
         # The day's counters for a checkpoint (allocates; the service writes it now and then):
         # a reboot must not reset the daily energy budget, trips or lockouts.
-        return [self._day, self._e_day0, list(self._ltrips), list(self._luntil)]
+        return [self._day, self._e_day0, [r[_L_TRIPS] for r in self._lims], [r[_L_UNTIL] for r in self._lims]]
 
     def restore(self, st, now):
         # Takes a save() of the same local day back (now: epoch seconds); anything else is
@@ -239,19 +230,16 @@ class Engine:
         t = seconds(now)
         if not isinstance(st, list) or len(st) != 4 or st[0] != (t + self._tz) // _DAY_S + _DAY0:
             return False
-        if len(st[2]) != self.nl or len(st[3]) != self.nl:
+        lims = self._lims
+        if len(st[2]) != len(lims) or len(st[3]) != len(lims):
             return False
         self._new_day(t, t + self._tz)
         self._e_day0 = st[1] & _MASK if st[1] >= 0 else -1
-        for k in range(self.nl):
+        for k, r in enumerate(lims):
             u = st[3][k]
-            self._ltrips[k] = st[2][k]
-            self._luntil[k] = u - EPOCH0 if u >= EPOCH0 else u
+            r[_L_TRIPS] = st[2][k]
+            r[_L_UNTIL] = u - EPOCH0 if u >= EPOCH0 else u
         return True
-
-    def reset_lockouts(self):
-        for k in range(self.nl):
-            self._ltrips[k] = 0
 
     # -- the tick (allocates nothing) -------------------------------------------------------
     def _rand(self, n):
@@ -273,18 +261,19 @@ class Engine:
         ymd = civil(day)
         md = ymd % 10000
         dt = 1 if (day + 3) % 7 >= 5 else 0  # 1970-01-01 was a Thursday; Monday = 0
-        for h in self._hol:
+        c = self.policy
+        for h in c["h"]:
             if h == md or h == ymd:
                 dt = 2
-        ss = self._seasons
+        ss = c["s"]
         season = ss[len(ss) - 1]  # before the first start: the last season (wraps the year)
         for s in ss:
             if s[0] <= md:
                 season = s
         self._period = season[1 + dt]
         self.day_type = dt
-        for k in range(self.nl):
-            self._ltrips[k] = 0
+        for r in self._lims:
+            r[_L_TRIPS] = 0
         self._sink(EV_DAY, -1, dt, t)
 
     def tick(self, t, v, i, f, p, e_mwh):
@@ -317,114 +306,106 @@ class Engine:
         if not self._rt_until:
             self.price = self._prices[tar]
         hold = False
-        for k in range(self.nl):
+        for k in range(len(self._lims)):
             if self._limit(k, t, v, i, p, e_mwh):
                 hold = True
-        for k in range(self.nd):
+        for k in range(len(self._drs)):
             if self._dr(k, t, v, f, p):
                 hold = True
         if hold == self.relay_on:
             self.relay_on = not hold
-            self._relay.set(self.relay_on)
+            if self._relay is not None:
+                self._relay.set(self.relay_on)
             self._sink(EV_RESTORE if self.relay_on else EV_SHED, self._last_release, 0, t)
 
     def _limit(self, k, t, v, i, p, e_mwh):
         # Returns True while limit k holds the relay open.
-        kind = self._lk[k]
-        if self._luntil[k]:
-            if t < self._luntil[k]:
+        r = self._lims[k]
+        kind = r[_L_KIND]
+        if r[_L_UNTIL]:
+            if t < r[_L_UNTIL]:
                 return True
-            self._luntil[k] = 0  # retry window over: reconnect and watch again
-            self._lon[k] = 0
+            r[_L_UNTIL] = 0  # retry window over: reconnect and watch again
+            r[_L_ON] = 0
             self._last_release = k
-        lev = self._llev[k]
+        lev = r[_L_LEV]
         if kind == _OVER_V:
             cond = v > lev
         elif kind == _UNDER_V:
-            cond = 0.0 < v < lev  # v = 0: a second without mains measured, not a sag
+            cond = 0 < v < lev  # v = 0: a second without mains measured, not a sag
         elif kind == _OVER_I:
             cond = i > lev
         elif kind == _MAX_P:
             cond = p > lev
         else:
-            cond = (e_mwh - self._e_day0) & _MASK >= self._lemwh[k]
+            cond = (e_mwh - self._e_day0) & _MASK >= lev
         if not cond:
-            self._lon[k] = 0
-            self._lfired[k] = 0
+            r[_L_ON] = 0
+            r[_L_FIRED] = 0
             return False
-        if not self._lon[k]:
-            self._lon[k] = 1
-            self._lsince[k] = t
-        if t - self._lsince[k] < self._lhold[k] or self._lfired[k]:
+        if not r[_L_ON]:
+            r[_L_ON] = 1
+            r[_L_SINCE] = t
+        if t - r[_L_SINCE] < r[_L_HOLD] or r[_L_FIRED]:
             return False
         self._sink(EV_LIMIT, k, kind, t)
-        if self._lact[k] == 0:  # event only: once per excursion
-            self._lfired[k] = 1
+        if r[_L_ACT] == 0:  # event only: once per excursion
+            r[_L_FIRED] = 1
             return False
-        self._ltrips[k] += 1
+        r[_L_TRIPS] += 1
         self._last_release = k
-        if kind == _MAX_E or (self._lretry[k] and self._ltrips[k] > self._lretry[k]):
+        if kind == _MAX_E or (r[_L_RETRY] and r[_L_TRIPS] > r[_L_RETRY]):
             if kind != _MAX_E:
-                self._sink(EV_LOCKOUT, k, self._ltrips[k], t)
-            self._luntil[k] = self._midnight
+                self._sink(EV_LOCKOUT, k, r[_L_TRIPS], t)
+            r[_L_UNTIL] = self._midnight
         else:
-            self._luntil[k] = t + self._lshed[k]
+            r[_L_UNTIL] = t + r[_L_SHED]
         return True
 
     def _dr(self, k, t, v, f, p):
         # Returns True while DR rule k holds the relay open.
-        trig = self._dk[k]
+        r = self._drs[k]
+        trig = r[_D_TRIG]
         if trig == _TRIG_EVENT:
-            cond = self._ev_start[k] <= t < self._ev_end[k]
+            cond = r[_D_EV_START] <= t < r[_D_EV_END]
         elif trig == _TRIG_PRICE:
-            cond = self.price > self._da[k]
+            cond = self.price > r[_D_A]
         elif trig == _TRIG_FREQ:
-            cond = 0.0 < f < self._da[k]  # f = 0: no mains measured, not a dip
+            cond = 0 < f < r[_D_A]  # f = 0: no mains measured, not a dip
         else:
-            cond = 0.0 < v < self._da[k] or v > self._db[k]
-        st = self._dstate[k]
+            cond = 0 < v < r[_D_A] or v > r[_D_B]
+        st = r[_D_STATE]
         if st == 0 or st == 3:
             if not cond:
-                self._don[k] = 0
-                self._dstate[k] = 0
+                r[_D_ON] = 0
+                r[_D_STATE] = 0
                 return False
-            if not self._don[k]:
-                self._don[k] = 1
-                self._dsince[k] = t
-            if t - self._dsince[k] < self._dfor[k]:
+            if not r[_D_ON]:
+                r[_D_ON] = 1
+                r[_D_SINCE] = t
+            if t - r[_D_SINCE] < r[_D_FOR]:
                 return False
-            if self._site and p < 0.0 and not (trig == _TRIG_VOLT and v > self._db[k]):
+            if self._site and p < 0 and not (trig == _TRIG_VOLT and v > r[_D_B]):
                 # a net exporter on a site relay: shedding would take generation off the grid
                 if st == 0:
-                    self._dstate[k] = 3
+                    r[_D_STATE] = 3
                     self._sink(EV_DR_KEPT, DR_RULE_BASE + k, -int(p), t)
                 return False
-            self._dstate[k] = 1
-            self._duntil[k] = self._ev_end[k] if trig == _TRIG_EVENT else t + self._dshed[k]
+            r[_D_STATE] = 1
+            r[_D_UNTIL] = r[_D_EV_END] if trig == _TRIG_EVENT else t + r[_D_SHED]
             self._sink(EV_DR, DR_RULE_BASE + k, trig, t)
             self._last_release = DR_RULE_BASE + k
             return True
         if st == 1:
-            if cond or t < self._duntil[k]:
+            if cond or t < r[_D_UNTIL]:
                 return True
-            delay = self._rand(self._drnd[k])
-            self._dstate[k] = 2
-            self._duntil[k] = t + delay
+            delay = self._rand(r[_D_RND])
+            r[_D_STATE] = 2
+            r[_D_UNTIL] = t + delay
             self._sink(EV_DR_END, DR_RULE_BASE + k, delay, t)
-        if t < self._duntil[k]:
+        if t < r[_D_UNTIL]:
             return True
-        self._dstate[k] = 0
-        self._don[k] = 0
+        r[_D_STATE] = 0
+        r[_D_ON] = 0
         self._last_release = DR_RULE_BASE + k
         return False
-
-    def status(self):
-        # A summary for telemetry (allocates).
-        return {
-            "tariff": self.tariff,
-            "tariff_name": self.policy["t"][self.tariff] if self.tariff >= 0 else None,
-            "price": self.price,
-            "relay": self.relay_on,
-            "day_type": self.day_type,
-            "policy": self.policy["n"],
-        }
