@@ -25,6 +25,8 @@ import json
 import sys
 import time
 
+from micropython import const
+
 from meternode.aio import ticks_diff, ticks_ms
 from meternode.hal.relay import relay_control
 from meternode.lazy import forget
@@ -33,48 +35,15 @@ from meternode.policy.engine import EVENT_NAMES, Engine, EventRing
 
 _LEAVES = ("policy/bundle", "ota", "policy/small")
 
-_STATE_EVERY = 10  # ticks between policy/state messages
-_CKPT_EVERY = 300  # ticks between checkpoints of the engine's day counters (and after events)
-_IDLE_TICKS = 3  # calls without a measured second before the engine ticks unmeasured
+_STATE_EVERY = const(10)  # ticks between policy/state messages
+_CKPT_EVERY = const(300)  # ticks between checkpoints of the engine's day counters (and after events)
+_IDLE_TICKS = const(3)  # calls without a measured second before the engine ticks unmeasured
 OUT_MAX = 64  # messages waiting for the link
 REFUSALS_MAX = 8  # of which refused frames/bundles (what an outsider can make)
 
 
-class SoftRelay:
-    # A relay for boards without one: keeps the state the engine wants (policy/state shows it).
-    def __init__(self):
-        self.on = True
-
-    def set(self, on):
-        self.on = on
-
-
-class _EngineRelay:
-    # What the engine drives on a board with a relay: the node's RelayControl, with the
-    # running policy and the action as the reason recorded for the switch.
-    def __init__(self, svc, ctl):
-        self._svc = svc
-        self._ctl = ctl
-
-    @property
-    def on(self):
-        return self._ctl.on
-
-    def set(self, on):
-        e = self._svc.engine
-        why = "policy %s %s" % (e.policy["n"] if e else "?", "restore" if on else "shed")
-        self._ctl.engine(on, why)
-
-
 def _nop():
     pass
-
-
-def _crc_seed(s):
-    h = 5381
-    for ch in s:
-        h = ((h * 33) ^ ord(ch)) & 0x7FFFFFFF
-    return h or 1
 
 
 def _reset():
@@ -96,7 +65,7 @@ class PolicyService:
         self.log = log or _log
         self.clock = node.hal.clock
         self._ctl = relay_control(node)  # None: the board has no relay
-        self.relay = _EngineRelay(self, self._ctl) if self._ctl is not None else SoftRelay()
+        self.on = True  # the state the engine wants, on a board without a relay (set())
         self.ring = EventRing(32)
         self._mark = 0
         self._sec_mark = node.meter.seconds.closed  # measured seconds seen (metrology/seconds.py)
@@ -111,7 +80,6 @@ class PolicyService:
         self.dropped = 0
         self._registered = None  # the uplink service our topics and LoRa port are registered with
         self._need_sub = False
-        self._handlers = [(leaf, self._handler(leaf)) for leaf in _LEAVES]
         self.beat = _nop  # the supervisor's progress report (supervisor.py), once per loop
         root = cfg.get("policy_dir", ".")
         self._ckpt = root + "/policy.day.json"
@@ -148,10 +116,23 @@ class PolicyService:
         room = log.max_bytes - log.bytes_used()
         return (room if room > 0 else 0) + log.segment_bytes
 
+    def set(self, on):
+        # The engine's relay: the node's RelayControl, with the running policy and the action
+        # as the reason recorded for the switch; on a board without one, just the state the
+        # engine wants (policy/state shows it).
+        c = self._ctl
+        if c is None:
+            self.on = on
+            return
+        e = self.engine
+        c.engine(on, "policy %s %s" % (e.policy["n"] if e else "?", "restore" if on else "shed"))
+
     def load(self, compact):
         # A new policy (validated by Engine through check_compact) replaces the running one.
-        m = self.node.meter
-        self.engine = Engine(compact, m.set_tariff, self.relay, self.ring.push, _crc_seed(self.node.id))
+        seed = 5381  # the node's id hashed: the engine's per-node random restore delays
+        for ch in self.node.id:
+            seed = ((seed * 33) ^ ord(ch)) & 0x7FFFFFFF
+        self.engine = Engine(compact, self.node.meter.set_tariff, self, self.ring.push, seed or 1)
         if "meternode.policy.agent" not in sys.modules and "meternode.policy.apply" not in sys.modules:
             forget("meternode.policy.schema")  # the check runs again at the next load (docs/memory.md)
         if self._ctl is not None:  # a new engine starts with the load connected: so does its wish
@@ -235,8 +216,8 @@ class PolicyService:
         self._registered = u
         link = getattr(u, "link", None)
         if link is not None:
-            for leaf, cb in self._handlers:
-                link.extra_topics[leaf] = cb
+            for leaf in _LEAVES:
+                link.extra_topics[leaf] = self._handler(leaf)
             self._need_sub = link.up
         ports = getattr(u, "lora_ports", None)
         if ports is not None:
@@ -391,7 +372,7 @@ class PolicyService:
             "policy": e.policy["n"] if e else None,
             "version": self.agent.policy_version() if self.agent else 0,
             "tariff": e.tariff if e else -1,
-            "relay": self.relay.on if hasattr(self.relay, "on") else None,
+            "relay": self.on if c is None else c.on,
             # an operator's relay command holding the relay against the policy: "latched"
             # (remote off) or the override's end (epoch s); None when the policy drives it
             "relay_hold": None if c is None or not (c.latched or c.until) else "latched" if c.latched else c.until,
