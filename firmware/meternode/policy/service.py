@@ -20,6 +20,8 @@
 # REFUSALS_MAX of them; when full, old state snapshots go first (the newest is kept), then
 # the oldest events, then the oldest results; a pending reboot is never dropped.  Drops are
 # counted in `dropped`.
+# Setting up, loading a policy and the fleet agent's events run seldom: their code is in
+# policy/rare.py, loaded for each call and forgotten after it (docs/memory.md).
 import asyncio
 import json
 import sys
@@ -31,7 +33,6 @@ from meternode.aio import ticks_diff, ticks_ms
 from meternode.hal.relay import relay_control
 from meternode.lazy import forget
 from meternode.policy import engine as _eng
-from meternode.policy.engine import EVENT_NAMES, Engine, EventRing
 
 _LEAVES = ("policy/bundle", "ota", "policy/small")
 
@@ -44,6 +45,15 @@ REFUSALS_MAX = 8  # of which refused frames/bundles (what an outsider can make)
 
 def _nop():
     pass
+
+
+def _rare():
+    # The service's rarely run code (policy/rare.py): loaded for one call and forgotten at
+    # once; the caller's reference keeps it until the call returns (docs/memory.md).
+    from meternode.policy import rare
+
+    forget("meternode.policy.rare")
+    return rare
 
 
 def _reset():
@@ -66,7 +76,7 @@ class PolicyService:
         self.clock = node.hal.clock
         self._ctl = relay_control(node)  # None: the board has no relay
         self.on = True  # the state the engine wants, on a board without a relay (set())
-        self.ring = EventRing(32)
+        self.ring = _eng.EventRing(32)
         self._mark = 0
         self._sec_mark = node.meter.seconds.closed  # measured seconds seen (metrology/seconds.py)
         self._sec = [0.0, 0.0, 0.0, 0.0, 0, 0]  # one second's values, reused
@@ -83,38 +93,9 @@ class PolicyService:
         self.beat = _nop  # the supervisor's progress report (supervisor.py), once per loop
         root = cfg.get("policy_dir", ".")
         self._ckpt = root + "/policy.day.json"
-        if cfg.get("fleet"):
-            from meternode.policy.agent import Agent
-
-            part = getattr(node.hal, "partition", None)  # esp32.Partition on OTA layouts
-            self.agent = Agent(
-                node.id, cfg["fleet"], root, self.clock, self._event, self.load, self._reboot, None, part
-            )
-            o = cfg.get("ota", {})
-            self.agent.slots.max_tries = o.get("max_tries", 1)
-            from meternode.config import need
-
-            self.agent.slots.reserve = need(o, "reserve_bytes", int, "config.ota", default=16384, lo=0)
-            self.agent.slots.reserve_fn = self._log_room
-            self.agent.slots.resume()
-            if self.agent.image is not None:
-                self.agent.image.after_boot()
         self._small_ctr = root + "/policy.lora.ctr"  # small frames: made at the first one (smalls)
-        pol = self.agent.policy() if self.agent else None
-        if pol is None and cfg.get("policy"):
-            pol = cfg["policy"]
-        if pol is not None:
-            self.load(pol)
+        _rare().start(self, cfg, root)  # the fleet agent, the policy to run
         self._register()
-
-    def _log_room(self):
-        # What the record log may still grow to: kept free when a firmware build is staged.
-        u = getattr(self.node, "uplink_service", None)
-        log = u.log if u else None
-        if log is None:
-            return 0
-        room = log.max_bytes - log.bytes_used()
-        return (room if room > 0 else 0) + log.segment_bytes
 
     def set(self, on):
         # The engine's relay: the node's RelayControl, with the running policy and the action
@@ -129,36 +110,9 @@ class PolicyService:
 
     def load(self, compact):
         # A new policy (validated by Engine through check_compact) replaces the running one.
-        seed = 5381  # the node's id hashed: the engine's per-node random restore delays
-        for ch in self.node.id:
-            seed = ((seed * 33) ^ ord(ch)) & 0x7FFFFFFF
-        self.engine = Engine(compact, self.node.meter.set_tariff, self, self.ring.push, seed or 1)
-        if "meternode.policy.agent" not in sys.modules and "meternode.policy.apply" not in sys.modules:
-            forget("meternode.policy.schema")  # the check runs again at the next load (docs/memory.md)
-        if self._ctl is not None:  # a new engine starts with the load connected: so does its wish
-            self._ctl.engine(True, "policy %s loaded" % compact["n"])
-        self._restore(compact)
-        rep = self.engine.reporting
-        if rep:  # the policy's reporting settings, when it has them
-            self.node.config["telemetry_s"] = float(rep[0])  # the reporting task re-reads it every period
-            u = getattr(self.node, "uplink_service", None)
-            if u and hasattr(u, "set_config"):
-                try:
-                    u.set_config("profile_s", rep[1] * 60)
-                except Exception as e:
-                    self.log("policy profile period not applied: %s" % e)
-        self.log("policy %s in force" % compact["n"])
+        _rare().load(self, compact)
 
-    # -- the engine's day counters across reboots -------------------------------------------------
-    def _restore(self, compact):
-        try:
-            with open(self._ckpt) as f:
-                d = json.load(f)
-            if d.get("policy") == compact["n"] and self.engine.restore(d.get("state"), int(self.clock.time())):
-                self.log("policy day counters restored")
-        except (OSError, ValueError):
-            pass
-
+    # -- the engine's day counters across reboots (restored in rare.load) ------------------------
     def _checkpoint(self):
         e = self.engine
         if e is None or not e.day_started:
@@ -173,24 +127,13 @@ class PolicyService:
         except OSError as ex:
             self.log("policy checkpoint not written: %s" % ex)
 
+    def _log_room(self):
+        # The fleet agent's reserve_fn (rare.log_room).
+        return _rare().log_room(self)
+
     def _event(self, kind, text):
-        # The agent's events into the record log; refusals (what an outsider can cause)
-        # through a Limiter, each carrying how many were held back before it.
-        self.log("%s: %s" % (kind, text))
-        u = getattr(self.node, "uplink_service", None)
-        if u:
-            from meternode.store import records
-
-            held = 0
-            if text.startswith("rejected"):
-                if self._limiter is None:
-                    from meternode.link.limiter import Limiter
-
-                    self._limiter = Limiter()
-                held = self._limiter.take(self.clock.time())
-                if held < 0:
-                    return
-            u.event(records.EV_POLICY, held, "%s %s" % (kind, text))  # records.event cuts it
+        # The agent's events into the record log (rare.event).
+        _rare().event(self, kind, text)
 
     def _reboot(self, why="policy"):
         # A planned reboot through the node (registers checkpointed first) when it has one.
@@ -234,10 +177,7 @@ class PolicyService:
 
     def _incoming(self, t, payload):
         # A message on a full topic: True when it is one of our leaves for this node.
-        pre = "%s/%s/" % (self.node.config["mqtt"].get("prefix", "umeter"), self.node.id)
-        if not t.startswith(pre):
-            return False
-        return self._leaf(t[len(pre) :], payload)
+        return _rare().incoming(self, t, payload)
 
     def _put(self, leaf, payload, refused=False):
         # Queues one message for the link; the queue stays within OUT_MAX (see the top).
@@ -358,7 +298,7 @@ class PolicyService:
         self._mark = self.ring.head
         out = []
         for code, rule, value, t in evs:
-            name = EVENT_NAMES.get(code, "?")
+            name = _eng.EVENT_NAMES.get(code, "?")
             self.log("policy event %s rule=%d value=%d" % (name, rule, value))
             out.append({"event": name, "rule": rule, "value": value, "t": _eng.epoch(t)})
         return out
