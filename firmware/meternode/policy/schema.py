@@ -98,7 +98,7 @@ def _choice(v, names, where):
     return names.index(v)
 
 
-def _cday(v, nt, where):
+def _cday(v, n, where):
     _list(v, where, 2 * MAX_PERIODS)
     if len(v) < 2 or len(v) % 2 or v[0] != 0:
         raise PolicyError("%s must be [0, tariff, minute, tariff, ...]" % where)
@@ -108,7 +108,12 @@ def _cday(v, nt, where):
         if m <= last:
             raise PolicyError("%s[%d] = %d is not after %d" % (where, k, m, last))
         last = m
-        _int(v[k + 1], "%s[%d]" % (where, k + 1), 0, nt - 1)
+        _int(v[k + 1], "%s[%d]" % (where, k + 1), 0, n - 1)
+
+
+def _key(key):
+    # "policy.<key>", a policy key's name in errors: made here, not one interned literal per key
+    return "policy." + key
 
 
 def check_compact(c):
@@ -118,15 +123,15 @@ def check_compact(c):
     _no_extra(c, ("f", "n", "tz", "t", "h", "s", "p", "rt", "l", "d", "r", "rl"), w)
     if _get(c, "f", w) != FORMAT:
         raise PolicyError("policy.f = %r: this node understands format %d" % (c.get("f"), FORMAT))
-    _str(_get(c, "n", w), "policy.n")
-    _int(_get(c, "tz", w), "policy.tz", -720, 840)
-    t = _list(_get(c, "t", w), "policy.t", MAX_TARIFFS)
+    _str(_get(c, "n", w), _key("n"))
+    _int(_get(c, "tz", w), _key("tz"), -720, 840)
+    t = _list(_get(c, "t", w), _key("t"), MAX_TARIFFS)
     nt = len(t)
     if nt == 0:
         raise PolicyError("policy.t is empty")
-    for n, d in enumerate(_list(_get(c, "h", w), "policy.h", MAX_HOLIDAYS)):
+    for n, d in enumerate(_list(_get(c, "h", w), _key("h"), MAX_HOLIDAYS)):
         _int(d, "policy.h[%d]" % n, 101, 21991231)
-    ss = _list(_get(c, "s", w), "policy.s", MAX_SEASONS)
+    ss = _list(_get(c, "s", w), _key("s"), MAX_SEASONS)
     if not ss:
         raise PolicyError("policy.s is empty")
     last = 0
@@ -134,19 +139,19 @@ def check_compact(c):
         sw = "policy.s[%d]" % n
         if not isinstance(s, list) or len(s) != 4:
             raise PolicyError("%s must be [start, weekday, weekend, holiday]" % sw)
-        st = _int(s[0], sw + "[0]", 101, 1231)
+        st = _int(s[0], "%s[%d]" % (sw, 0), 101, 1231)
         if st <= last:
             raise PolicyError("%s[0] = %d: seasons must be sorted by start" % (sw, st))
         last = st
         for k in range(3):
             _cday(s[k + 1], nt, "%s[%d]" % (sw, k + 1))
-    p = _list(_get(c, "p", w), "policy.p", MAX_TARIFFS)
+    p = _list(_get(c, "p", w), _key("p"), MAX_TARIFFS)
     if len(p) != nt:
         raise PolicyError("policy.p has %d prices for %d tariffs" % (len(p), nt))
     for n, v in enumerate(p):
         _num(v, "policy.p[%d]" % n, -1.0)
-    _int(_get(c, "rt", w), "policy.rt", 1, 7 * 86400)
-    for n, lm in enumerate(_list(_get(c, "l", w), "policy.l", MAX_LIMITS)):
+    _int(_get(c, "rt", w), _key("rt"), 1, 7 * 86400)
+    for n, lm in enumerate(_list(_get(c, "l", w), _key("l"), MAX_LIMITS)):
         lw = "policy.l[%d]" % n
         if not isinstance(lm, list) or len(lm) != 6:
             raise PolicyError("%s must be [kind, level, hold_s, action, shed_s, retries]" % lw)
@@ -156,20 +161,20 @@ def check_compact(c):
         _int(lm[3], lw + "[3] (action)", 0, len(ACTIONS) - 1)
         _int(lm[4], lw + "[4] (shed_s)", 1, 86400)
         _int(lm[5], lw + "[5] (retries)", 0, 100)
-    for n, r in enumerate(_list(_get(c, "d", w), "policy.d", MAX_DR)):
+    for n, r in enumerate(_list(_get(c, "d", w), _key("d"), MAX_DR)):
         dw = "policy.d[%d]" % n
         if not isinstance(r, list) or len(r) != 6:
             raise PolicyError("%s must be [trigger, a, b, for_s, shed_s, restore_random_s]" % dw)
         _int(r[0], dw + "[0] (trigger)", 0, len(DR_TRIGGERS) - 1)
-        _num(r[1], dw + "[1]", 0.0)
-        _num(r[2], dw + "[2]", 0.0)
+        _num(r[1], "%s[%d]" % (dw, 1), 0.0)
+        _num(r[2], "%s[%d]" % (dw, 2), 0.0)
         _int(r[3], dw + "[3] (for_s)", 0, 3600)
         _int(r[4], dw + "[4] (shed_s)", 1, 86400)
         _int(r[5], dw + "[5] (restore_random_s)", 0, 86400)
     if "rl" in c:
         _int(c["rl"], "policy.rl (relay)", 0, len(RELAY_KINDS) - 1)
     if "r" in c:  # optional reporting settings
-        rep = _list(c["r"], "policy.r", 3)
+        rep = _list(c["r"], _key("r"), 3)
         if len(rep) != 3:
             raise PolicyError("policy.r must be [telemetry_s, profile_min, quantities]")
         _int(rep[0], "policy.r[0] (telemetry_s)", 1, 86400)
