@@ -116,10 +116,10 @@ class EventRing:
         return out
 
 
-def civil(days):
+def civil(day):
     # Days since 1970-01-01 -> year * 10000 + month * 100 + day, by integer arithmetic only
     # (proleptic Gregorian; returns an int so the engine's day change allocates nothing).
-    z = days + 719468
+    z = day + 719468
     era = z // 146097
     doe = z - era * 146097
     yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
@@ -233,7 +233,7 @@ class Engine:
         lims = self._lims
         if len(st[2]) != len(lims) or len(st[3]) != len(lims):
             return False
-        self._new_day(t, t + self._tz)
+        self._new_day(t)
         self._e_day0 = st[1] & _MASK if st[1] >= 0 else -1
         for k, r in enumerate(lims):
             u = st[3][k]
@@ -253,8 +253,8 @@ class Engine:
         self._rng = x
         return x % (n + 1) if n > 0 else 0
 
-    def _new_day(self, t, local):
-        d = local // _DAY_S  # days since EPOCH0
+    def _new_day(self, t):
+        d = (t + self._tz) // _DAY_S  # local days since EPOCH0
         day = d + _DAY0
         self._day = day
         self._midnight = (d + 1) * _DAY_S - self._tz
@@ -280,7 +280,7 @@ class Engine:
         # t: engine seconds; allocates nothing
         local = t + self._tz
         if self._day < 0 or t >= self._midnight or local // _DAY_S + _DAY0 != self._day:
-            self._new_day(t, local)
+            self._new_day(t)
             self._e_day0 = e_mwh
         if self._e_day0 < 0:
             self._e_day0 = e_mwh

@@ -32,7 +32,7 @@ from micropython import const
 from meternode.aio import ticks_diff, ticks_ms
 from meternode.hal.relay import relay_control
 from meternode.lazy import forget
-from meternode.policy import engine as _eng
+from meternode.policy import engine
 
 _LEAVES = ("policy/bundle", "ota", "policy/small")
 
@@ -76,7 +76,7 @@ class PolicyService:
         self.clock = node.hal.clock
         self._ctl = relay_control(node)  # None: the board has no relay
         self.on = True  # the state the engine wants, on a board without a relay (set())
-        self.ring = _eng.EventRing(32)
+        self.ring = engine.EventRing(32)
         self._mark = 0
         self._sec_mark = node.meter.seconds.closed  # measured seconds seen (metrology/seconds.py)
         self._sec = [0.0, 0.0, 0.0, 0.0, 0, 0]  # one second's values, reused
@@ -108,9 +108,10 @@ class PolicyService:
         e = self.engine
         c.engine(on, "policy %s %s" % (e.policy["n"] if e else "?", "restore" if on else "shed"))
 
-    def load(self, compact):
-        # A new policy (validated by Engine through check_compact) replaces the running one.
-        _rare().load(self, compact)
+    def load(self, policy):
+        # A new policy (compact form, validated by Engine through check_compact) replaces the
+        # running one (rare.load).
+        _rare().load(self, policy)
 
     # -- the engine's day counters across reboots (restored in rare.load) ------------------------
     def _checkpoint(self):
@@ -127,7 +128,7 @@ class PolicyService:
         except OSError as ex:
             self.log("policy checkpoint not written: %s" % ex)
 
-    def _log_room(self):
+    def log_room(self):
         # The fleet agent's reserve_fn (rare.log_room).
         return _rare().log_room(self)
 
@@ -179,10 +180,10 @@ class PolicyService:
         # A message on a full topic: True when it is one of our leaves for this node.
         return _rare().incoming(self, t, payload)
 
-    def _put(self, leaf, payload, refused=False):
+    def _put(self, leaf, payload, rejected=False):
         # Queues one message for the link; the queue stays within OUT_MAX (see the top).
         out = self._out
-        if refused:
+        if rejected:
             n = 0
             for x in out:
                 if len(x) > 2:
@@ -276,7 +277,7 @@ class PolicyService:
         self._sec_mark = sec.closed
         if e is None:
             return
-        now = _eng.seconds(self.clock.time())  # engine seconds: small ints from here on
+        now = engine.seconds(self.clock.time())  # engine seconds: small ints from here on
         if n:
             self._idle = 0
             t = now - n + 1  # the newest second ended about now
@@ -298,9 +299,9 @@ class PolicyService:
         self._mark = self.ring.head
         out = []
         for code, rule, value, t in evs:
-            name = _eng.EVENT_NAMES.get(code, "?")
+            name = engine.EVENT_NAMES.get(code, "?")
             self.log("policy event %s rule=%d value=%d" % (name, rule, value))
-            out.append({"event": name, "rule": rule, "value": value, "t": _eng.epoch(t)})
+            out.append({"event": name, "rule": rule, "value": value, "t": engine.epoch(t)})
         return out
 
     def state(self):
