@@ -20,17 +20,20 @@
 import hashlib
 import json
 
+from micropython import const
+
 from meternode.link.limiter import Limiter
 from meternode.store import records
 from meternode.store.cursor import Cursor
 
-MAX_EXPIRY_S = 86400  # an expiry further ahead than this is refused (limits replay windows)
-MAX_BODY = 1024
-MAX_CTR = (1 << 53) - 1  # counters are exact JSON integers everywhere (a JavaScript host too)
-MAX_CTR_STEP = 1 << 32  # one command cannot use up the counter space
-MIN_EPOCH = 1577836800  # 2020-01-01: `time` refuses anything before ...
-MAX_EPOCH = 4102444800  # ... and from 2100-01-01 on (records hold u32 seconds)
-TIME_MAX_STEP_S = 86400  # default bound of a `time` step once the clock is set (config time_max_step_s)
+# Limits are `_NAME = const(...)`: the compiler puts the value in place, no global, no qstr.
+_MAX_EXPIRY_S = const(86400)  # an expiry further ahead than this is refused (limits replay windows)
+_MAX_BODY = const(1024)
+_MAX_CTR = const((1 << 53) - 1)  # counters are exact JSON integers everywhere (a JavaScript host too)
+_MAX_CTR_STEP = const(1 << 32)  # one command cannot use up the counter space
+_MIN_EPOCH = const(1577836800)  # 2020-01-01: `time` refuses anything before ...
+_MAX_EPOCH = const(4102444800)  # ... and from 2100-01-01 on (records hold u32 seconds)
+_TIME_MAX_STEP_S = const(86400)  # default bound of a `time` step once the clock is set (config time_max_step_s)
 
 # Settable configuration keys: (type, low, high, the value when config.json leaves it out).
 # Validated before anything changes; a rollback restores a value that checks too.
@@ -41,8 +44,8 @@ SETTABLE = {
     "mqtt.keepalive": (int, 5, 3600, 30),
 }
 
-OPS = ("read_now", "set", "rollback", "relay", "time", "reboot", "valve")
-LATER = "later"  # an action's result that follows on its own (the valve: after the bus transaction)
+_OPS = const(("read_now", "set", "rollback", "relay", "time", "reboot", "valve"))
+_LATER = const("later")  # an action's result that follows on its own (the valve: after the bus transaction)
 
 
 class Hmac:
@@ -114,13 +117,12 @@ class Commands:
     # relay(on) -> bool (False: no relay), set_time(epoch), reboot(), valve_refusal(meter,
     # close) -> why not or None, valve(meter, close, msg id) (its result comes later).
     # `clock.time()` is the wall clock; `event(code, arg, text)` appends an event record.
-    def __init__(self, node_id, key, ctr_path, clock, actions, event, time_max_step_s=TIME_MAX_STEP_S):
+    def __init__(self, node_id, key, ctr_path, clock, actions, event, time_max_step_s=_TIME_MAX_STEP_S):
         if isinstance(key, str):
             key = _unhex(key)
         if len(key) < 16:
             raise ValueError("config.cmd_key must be at least 16 bytes (32 hex digits)")
         self.node_id = node_id
-        self._key = key
         self._mac = Hmac(key)
         self._ctr = Cursor(ctr_path, every=1)
         self.clock = clock
@@ -156,13 +158,13 @@ class Commands:
             self.event(records.EV_CMD_FAILED, 0, "%s %s" % (self._msg_id, why))
             return {"id": self._msg_id, "ok": False, "status": "failed", "why": why}
         self.accepted += 1
-        if result == LATER:
+        if result == _LATER:
             return None
         return {"id": msg_id, "ok": True, "status": "done", "result": result}
 
     def _authenticate(self, payload):
-        if len(payload) > MAX_BODY + 128:
-            raise Rejected("malformed: %d bytes is over the %d-byte limit" % (len(payload), MAX_BODY + 128))
+        if len(payload) > _MAX_BODY + 128:
+            raise Rejected("malformed: %d bytes is over the %d-byte limit" % (len(payload), _MAX_BODY + 128))
         try:
             env = json.loads(payload)
             body_s = env["body"]
@@ -188,16 +190,16 @@ class Commands:
         now = int(self.clock.time())
         if body["exp"] < now:
             raise Rejected("expired: %d s ago" % (now - body["exp"]))
-        if body["exp"] > now + MAX_EXPIRY_S:
-            raise Rejected("invalid: expiry more than %d s ahead" % MAX_EXPIRY_S)
+        if body["exp"] > now + _MAX_EXPIRY_S:
+            raise Rejected("invalid: expiry more than %d s ahead" % _MAX_EXPIRY_S)
         ctr = body["ctr"]
-        if not 0 < ctr <= MAX_CTR:
-            raise Rejected("invalid: counter %d is outside 1..%d" % (ctr, MAX_CTR))
+        if not 0 < ctr <= _MAX_CTR:
+            raise Rejected("invalid: counter %d is outside 1..%d" % (ctr, _MAX_CTR))
         if ctr <= self._ctr.acked:
             raise Rejected("replayed: counter %d is not above %d" % (ctr, self._ctr.acked))
-        if ctr - self._ctr.acked > MAX_CTR_STEP:
-            raise Rejected("invalid: counter %d is more than %d above %d" % (ctr, MAX_CTR_STEP, self._ctr.acked))
-        if body["op"] not in OPS:
+        if ctr - self._ctr.acked > _MAX_CTR_STEP:
+            raise Rejected("invalid: counter %d is more than %d above %d" % (ctr, _MAX_CTR_STEP, self._ctr.acked))
+        if body["op"] not in _OPS:
             raise Rejected("invalid: unknown op %r" % body["op"])
         args = body.get("args", {})
         if not isinstance(args, dict):
@@ -225,10 +227,10 @@ class Commands:
                 raise Rejected("invalid: relay needs on: true/false")
         elif op == "time":
             e = a.get("epoch")
-            if not isinstance(e, int) or isinstance(e, bool) or not MIN_EPOCH <= e < MAX_EPOCH:
+            if not isinstance(e, int) or isinstance(e, bool) or not _MIN_EPOCH <= e < _MAX_EPOCH:
                 raise Rejected("invalid: time needs epoch, UNIX seconds in 2020..2099 (not ms)")
             now = int(self.clock.time())
-            if now >= MIN_EPOCH and (e - now > self.time_max_step_s or now - e > self.time_max_step_s):
+            if now >= _MIN_EPOCH and (e - now > self.time_max_step_s or now - e > self.time_max_step_s):
                 raise Rejected("invalid: a time step of %d s is over the %d-s limit" % (e - now, self.time_max_step_s))
         elif op == "valve":
             if not isinstance(a.get("meter"), str) or a.get("valve") not in ("open", "close"):
@@ -269,7 +271,7 @@ class Commands:
             return {"delta_s": a["epoch"] - before}
         if op == "valve":
             self.actions.valve(a["meter"], a["valve"] == "close", body["id"])
-            return LATER
+            return _LATER
         if op == "reboot":
             self.reboot_pending = True
             self.event(records.EV_REBOOT, 1, "cmd " + body["id"])

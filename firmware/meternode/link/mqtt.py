@@ -21,19 +21,13 @@
 import asyncio
 import struct
 
+from micropython import const
+
 from meternode.aio import sleep_ms as _sleep_ms
 from meternode.aio import ticks_diff as _diff
 from meternode.aio import ticks_ms as _now
 from meternode.aio import wait_for_ms as _wait_for_ms
 from meternode.link.mqttpkt import (
-    _CONNACK,
-    _DISCONNECT,
-    _PINGREQ,
-    _PUBACK,
-    _PUBLISH,
-    _SUBACK,
-    _SUBSCRIBE,
-    CONNACK_TEXT,
     MAX_PACKET,
     MQTTError,
     _remaining,
@@ -43,7 +37,28 @@ from meternode.link.mqttpkt import (
     publish_head,
 )
 
-_READ = 1024  # the receive buffer (bytes), made once per client
+# Packet types (MQTT 3.1.1 section 2.2.1) as compile-time constants: no global, no qstr.
+_CONNACK = const(0x20)
+_PUBLISH = const(0x30)
+_PUBACK = const(0x40)
+_SUBSCRIBE = const(0x82)
+_SUBACK = const(0x90)
+_PINGREQ = const(0xC0)
+_DISCONNECT = const(0xE0)
+
+_READ = const(1024)  # the receive buffer (bytes), made once per client
+
+# CONNACK return codes 0..5 (a tuple of constants: its strings are not interned)
+_CONNACK_TEXT = const(
+    (
+        "accepted",
+        "unacceptable protocol version",
+        "client identifier rejected",
+        "server unavailable",
+        "bad user name or password",
+        "not authorised",
+    )
+)
 
 
 class MQTTClient:
@@ -142,9 +157,16 @@ class MQTTClient:
         rc = body[1]
         if rc:
             await self._close()
-            why = CONNACK_TEXT[rc] if rc < len(CONNACK_TEXT) else "code %d" % rc
+            why = _CONNACK_TEXT[rc] if rc < len(_CONNACK_TEXT) else "code %d" % rc
             raise MQTTError("broker refused the connection: " + why)
-        _nodelay(self._w)
+        # TCP_NODELAY (6, 1 on Linux and lwIP): without it Nagle holds each small PUBLISH until
+        # the previous one is acknowledged, and a window of QoS 1 messages in flight is wasted.
+        w = self._w
+        s = getattr(w, "s", None) or getattr(w, "get_extra_info", lambda k: None)("socket")
+        try:
+            s.setsockopt(6, 1, 1)
+        except Exception:
+            pass
         self.session_present = bool(body[0] & 1)
         self.connected = True
         self.error = None
@@ -400,13 +422,3 @@ class MQTTClient:
                 await _wait_for_ms(w.wait_closed(), 1000)
             except Exception:
                 pass
-
-
-def _nodelay(w):
-    # TCP_NODELAY (6, 1 on Linux and lwIP): without it Nagle holds each small PUBLISH until
-    # the previous one is acknowledged, and a window of QoS 1 messages in flight is wasted.
-    s = getattr(w, "s", None) or getattr(w, "get_extra_info", lambda k: None)("socket")
-    try:
-        s.setsockopt(6, 1, 1)
-    except Exception:
-        pass

@@ -1,31 +1,16 @@
 # MQTT 3.1.1 packet encoding shared by the client (mqtt.py): fixed headers, strings,
 # remaining lengths, CONNECT and PUBLISH, topic checks and size limits.
-# Packet type constants are plain module names (not const()): mqtt.py imports them.
 import struct
 
 from micropython import const
 
-_CONNECT = 0x10
-_CONNACK = 0x20
-_PUBLISH = 0x30
-_PUBACK = 0x40
-_SUBSCRIBE = 0x82
-_SUBACK = 0x90
-_PINGREQ = 0xC0
-_PINGRESP = 0xD0
-_DISCONNECT = 0xE0
+# Packet types (MQTT 3.1.1 section 2.2.1): `_NAME = const(...)` costs no global and no qstr,
+# so mqtt.py, which reads packets, has its own for the ones it needs.
+_CONNECT = const(0x10)
+_PUBLISH = const(0x30)
 
 MAX_PACKET = const(16384)  # largest packet we send or accept (bytes); more is a protocol error
-MAX_TOPIC = const(256)  # longest topic we publish or subscribe to (bytes)
-
-CONNACK_TEXT = (
-    "accepted",
-    "unacceptable protocol version",
-    "client identifier rejected",
-    "server unavailable",
-    "bad user name or password",
-    "not authorised",
-)
+_MAX_TOPIC = const(256)  # longest topic we publish or subscribe to (bytes)
 
 
 class MQTTError(Exception):
@@ -50,10 +35,10 @@ def _remaining(n):
 
 
 def check_topic(topic, wild=False):
-    # Publish topics carry no wildcards; both are 1..MAX_TOPIC bytes of UTF-8 without NUL.
+    # Publish topics carry no wildcards; both are 1.._MAX_TOPIC bytes of UTF-8 without NUL.
     n = len(topic)
-    if not 0 < n <= MAX_TOPIC:
-        raise MQTTError("topic %r is %d bytes; allowed 1..%d" % (topic, n, MAX_TOPIC))
+    if not 0 < n <= _MAX_TOPIC:
+        raise MQTTError("topic %r is %d bytes; allowed 1..%d" % (topic, n, _MAX_TOPIC))
     if "\x00" in topic or (not wild and ("+" in topic or "#" in topic)):
         raise MQTTError("topic %r holds a character not allowed here" % topic)
 
