@@ -27,12 +27,14 @@ import json
 import os
 import struct
 
+from micropython import const
+
 from meternode.ticks import MASK, diff
 
-_MAGIC = b"UMCK"
-_VERSION = 1
-_HDR = "<4sBBHII"
-_HDR_LEN = 16
+_MAGIC = const(b"UMCK")
+_VERSION = const(1)
+_HDR = const("<4sBBHII")
+_HDR_LEN = const(16)
 
 
 class CheckpointError(ValueError):

@@ -31,10 +31,10 @@ from meternode.store import records
 
 _MAGIC = const(0xA5)
 HEADER = const(12)
-TRAILER = const(4)
+_TRAILER = const(4)
 MAX_PAYLOAD = const(496)  # a record is at most 512 bytes on disk
-_HDR = "<BBHII"
-_META = "meta"
+_HDR = const("<BBHII")
+_META = const("meta")
 _HW_AHEAD = const(7)  # mark_sent() reserves up to this many more records (one meta write per window)
 HW_MARGIN = const(256)  # seqs skipped when the meta (and so the high-water mark) is unreadable
 
@@ -70,7 +70,7 @@ class RecordLog:
         self.max_bytes = max_bytes
         self._hdr = bytearray(HEADER)
         self._hdrv = memoryview(self._hdr)
-        self._tail = bytearray(TRAILER)
+        self._tail = bytearray(_TRAILER)
         self._buf = bytearray(MAX_PAYLOAD)
         self._bufv = memoryview(self._buf)
         self.segs = []  # [num, first_seq, last_seq, count, size], oldest first
@@ -167,18 +167,18 @@ class RecordLog:
     def _read_at(self, f, pos, size):
         # Tries the record at `pos`: returns (kind, seq, ts, length) or None when it does not
         # check.  Leaves the payload in self._buf.
-        if size - pos < HEADER + TRAILER:
+        if size - pos < HEADER + _TRAILER:
             return None
         f.seek(pos)
         if f.readinto(self._hdr) != HEADER or self._hdr[0] != _MAGIC:
             return None
         magic, kind, n, seq, ts = struct.unpack(_HDR, self._hdr)
-        if n > MAX_PAYLOAD or pos + HEADER + n + TRAILER > size:
+        if n > MAX_PAYLOAD or pos + HEADER + n + _TRAILER > size:
             return None
         pv = self._bufv[:n]
         if n and f.readinto(pv) != n:
             return None
-        if f.readinto(self._tail) != TRAILER:
+        if f.readinto(self._tail) != _TRAILER:
             return None
         crc = binascii.crc32(pv, binascii.crc32(self._hdrv[1:]))
         if struct.unpack("<I", self._tail)[0] != crc:
@@ -210,7 +210,7 @@ class RecordLog:
                 if seq >= self.last_seq:
                     self.last_ts = ts
                 count += 1
-                pos += HEADER + n + TRAILER
+                pos += HEADER + n + _TRAILER
                 end = pos
         return first, last, count, size, end, bad
 
@@ -247,7 +247,7 @@ class RecordLog:
             raise LogError("record payload of %d bytes is over the %d-byte limit" % (n, MAX_PAYLOAD))
         if not 0 < kind < 256:
             raise LogError("record kind %d is outside 1..255" % kind)
-        need = HEADER + n + TRAILER
+        need = HEADER + n + _TRAILER
         seq = self.last_seq + 1
         struct.pack_into(_HDR, self._hdr, 0, _MAGIC, kind, n, seq, int(ts) & 0xFFFFFFFF)
         crc = binascii.crc32(payload, binascii.crc32(self._hdrv[1:]))
@@ -441,7 +441,7 @@ class LogReader:
                 self._pos = 0
                 continue
             kind, seq, ts, n = r
-            self._pos += HEADER + n + TRAILER
+            self._pos += HEADER + n + _TRAILER
             if seq < self._want:
                 continue
             self.kind = kind

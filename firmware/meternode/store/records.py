@@ -13,7 +13,11 @@ MONTHLY = const(3)  # monthly freeze of the registers
 EVENT = const(4)  # something happened (see EV_*)
 READING = const(5)  # a downstream meter's reading: gateway/reading.py packs and reads it
 
-KIND_NAMES = {PROFILE: "profile", DAILY: "daily", MONTHLY: "monthly", EVENT: "event", READING: "reading"}
+# Name tables are made from constant tuples: the strings of a tuple of constants are not
+# interned (in a dict display each would be a qstr, held for ever).
+KIND_NAMES = dict(
+    ((PROFILE, "profile"), (DAILY, "daily"), (MONTHLY, "monthly"), (EVENT, "event"), (READING, "reading"))
+)
 
 # Event codes (EVENT payload byte 0).
 EV_POWER_DOWN = const(1)
@@ -39,42 +43,44 @@ EV_VALVE = const(20)  # a meter's valve by command: opened (arg 0), closed (1), 
 EV_TASK = const(21)  # a supervised task failed or stalled: arg = failures in a row, text = task and why
 EV_SAFE_MODE = const(22)  # booted into the safe configuration: arg = crash loops, text = the last
 
-EVENT_NAMES = {
-    EV_POWER_DOWN: "power_down",
-    EV_POWER_UP: "power_up",
-    EV_SAG: "sag",
-    EV_SWELL: "swell",
-    EV_TAMPER: "tamper",
-    EV_LEAK: "leak",
-    EV_RELAY: "relay",
-    EV_CONFIG: "config",
-    EV_POLICY: "policy",
-    EV_REBOOT: "reboot",
-    EV_CMD_REJECTED: "cmd_rejected",
-    EV_LOG_DROPPED: "log_dropped",
-    EV_LOG_CORRUPT: "log_corrupt",
-    EV_TIME_SET: "time_set",
-    EV_WIFI: "wifi",
-    EV_METER: "meter",
-    EV_SAMPLING_GAP: "sampling_gap",
-    EV_CMD_FAILED: "cmd_failed",
-    EV_LOG_FULL: "log_full",
-    EV_VALVE: "valve",
-    EV_TASK: "task",
-    EV_SAFE_MODE: "safe_mode",
-}
+EVENT_NAMES = dict(
+    (
+        (EV_POWER_DOWN, "power_down"),
+        (EV_POWER_UP, "power_up"),
+        (EV_SAG, "sag"),
+        (EV_SWELL, "swell"),
+        (EV_TAMPER, "tamper"),
+        (EV_LEAK, "leak"),
+        (EV_RELAY, "relay"),
+        (EV_CONFIG, "config"),
+        (EV_POLICY, "policy"),
+        (EV_REBOOT, "reboot"),
+        (EV_CMD_REJECTED, "cmd_rejected"),
+        (EV_LOG_DROPPED, "log_dropped"),
+        (EV_LOG_CORRUPT, "log_corrupt"),
+        (EV_TIME_SET, "time_set"),
+        (EV_WIFI, "wifi"),
+        (EV_METER, "meter"),
+        (EV_SAMPLING_GAP, "sampling_gap"),
+        (EV_CMD_FAILED, "cmd_failed"),
+        (EV_LOG_FULL, "log_full"),
+        (EV_VALVE, "valve"),
+        (EV_TASK, "task"),
+        (EV_SAFE_MODE, "safe_mode"),
+    )
+)
 
 # PROFILE: period s, import/export mWh (registers at the end of the interval),
 # voltage avg/min/max (0.1 V), current avg/min/max (mA), power avg/min/max (0.1 W, signed).
-_PROFILE = "<HQQHHHIIIiii"
-PROFILE_SIZE = struct.calcsize(_PROFILE)  # 48
+_PROFILE = const("<HQQHHHIIIiii")
+_PROFILE_SIZE = const(48)  # struct.calcsize(_PROFILE)
 # DAILY / MONTHLY: import/export mWh, water and gas volume in litres.
-_FREEZE = "<QQII"
-FREEZE_SIZE = struct.calcsize(_FREEZE)  # 24
+_FREEZE = const("<QQII")
+_FREEZE_SIZE = const(24)  # struct.calcsize(_FREEZE)
 # EVENT: code, signed argument, then up to EVENT_TEXT bytes of UTF-8 detail, cut at a
 # character boundary (cut() below: the one place a text field is shortened).
-_EVENT = "<Bi"
-EVENT_HEAD = struct.calcsize(_EVENT)  # 5
+_EVENT = const("<Bi")
+_EVENT_HEAD = const(5)  # struct.calcsize(_EVENT)
 EVENT_TEXT = const(40)
 
 _PROFILE_KEYS = (
@@ -148,22 +154,22 @@ def fields(kind, payload):
     # Payload bytes -> dict of named fields.  Raises ValueError naming what is wrong.
     n = len(payload)
     if kind == PROFILE:
-        if n != PROFILE_SIZE:
-            raise ValueError("profile payload is %d bytes, expected %d" % (n, PROFILE_SIZE))
+        if n != _PROFILE_SIZE:
+            raise ValueError("profile payload is %d bytes, expected %d" % (n, _PROFILE_SIZE))
         return dict(zip(_PROFILE_KEYS, struct.unpack(_PROFILE, payload)))
     if kind in (DAILY, MONTHLY):
-        if n != FREEZE_SIZE:
-            raise ValueError("freeze payload is %d bytes, expected %d" % (n, FREEZE_SIZE))
+        if n != _FREEZE_SIZE:
+            raise ValueError("freeze payload is %d bytes, expected %d" % (n, _FREEZE_SIZE))
         return dict(zip(_FREEZE_KEYS, struct.unpack(_FREEZE, payload)))
     if kind == EVENT:
-        if n < EVENT_HEAD or n > EVENT_HEAD + EVENT_TEXT:
-            raise ValueError("event payload is %d bytes, expected %d..%d" % (n, EVENT_HEAD, EVENT_HEAD + EVENT_TEXT))
-        code, arg = struct.unpack(_EVENT, payload[:EVENT_HEAD])
+        if n < _EVENT_HEAD or n > _EVENT_HEAD + EVENT_TEXT:
+            raise ValueError("event payload is %d bytes, expected %d..%d" % (n, _EVENT_HEAD, _EVENT_HEAD + EVENT_TEXT))
+        code, arg = struct.unpack(_EVENT, payload[:_EVENT_HEAD])
         return {
             "code": code,
             "event": EVENT_NAMES.get(code, "unknown"),
             "arg": arg,
-            "text": decode_text(payload[EVENT_HEAD:]),
+            "text": decode_text(payload[_EVENT_HEAD:]),
         }
     if kind == READING:
         from meternode.gateway import reading  # only nodes that read meters store READINGs
