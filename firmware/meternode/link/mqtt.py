@@ -26,7 +26,7 @@ from micropython import const
 from meternode.aio import sleep_ms as _sleep_ms
 from meternode.aio import ticks_diff as _diff
 from meternode.aio import ticks_ms as _now
-from meternode.aio import wait_for_ms as _wait_for_ms
+from meternode.aio import wait_for_ms
 from meternode.link.mqttpkt import (
     MAX_PACKET,
     MQTTError,
@@ -120,7 +120,7 @@ class MQTTClient:
         await self._close()
 
     async def _wait(self, aw):
-        return await _wait_for_ms(aw, self.timeout_ms)
+        return await wait_for_ms(aw, self.timeout_ms)
 
     async def connect(self):
         where = "%s:%d" % (self.host, self.port)
@@ -419,6 +419,6 @@ class MQTTClient:
         if w is not None:
             try:
                 w.close()
-                await _wait_for_ms(w.wait_closed(), 1000)
+                await wait_for_ms(w.wait_closed(), 1000)
             except Exception:
                 pass

@@ -25,7 +25,7 @@ from micropython import const
 
 from meternode.aio import ticks_diff as _diff
 from meternode.aio import ticks_ms as _now
-from meternode.aio import wait_for_ms as _wait_for_ms
+from meternode.aio import wait_for_ms
 from meternode.store import records
 
 
@@ -264,7 +264,7 @@ class Outbox:
                 await c.abort(OSError("no PUBACK for record %d in %d ms" % (p[0][0], self.ack_timeout_ms)))
                 break
             try:
-                await _wait_for_ms(self._kick.wait(), self._wait_ms())
+                await wait_for_ms(self._kick.wait(), self._wait_ms())
             except asyncio.TimeoutError:
                 pass
         self._persist()

@@ -30,14 +30,6 @@ from meternode.store.profile import ProfileRecorder
 RESULTS_MAX = 8
 
 
-def boot_reason():
-    # Why this boot, as a word (hal.watchdog.reset_cause; "start" on the unix port): for an
-    # uplink service made without the node's reason.
-    from meternode.hal.watchdog import reset_cause
-
-    return reset_cause()
-
-
 def check_store(c):
     s = need(c, "store", dict, "config", default={})
     need(s, "path", str, "config.store", default="store")
@@ -122,7 +114,11 @@ class UplinkService:
         if st["corrupt"] or st["torn"]:
             self.event(records.EV_LOG_CORRUPT, st["corrupt"], "torn %d" % st["torn"])
         if reason is None:
-            reason = boot_reason()
+            # a service made without the node's reason: why this boot, as a word
+            # (hal.watchdog.reset_cause; "start" on the unix port)
+            from meternode.hal.watchdog import reset_cause
+
+            reason = reset_cause()
         if reason == "power_on" and self.log.last_ts:
             # The outage began after the newest record we hold (an estimate no later than it
             # by more than one record period) and ends now.

@@ -19,8 +19,8 @@ def topic(prefix, node_id, leaf):
     return "%s/%s/%s" % (prefix, node_id, leaf)
 
 
-def _r(x, nd):
-    return None if x is None else round(x, nd)
+def _r(x, n):
+    return None if x is None else round(x, n)
 
 
 class _Mwh:
@@ -30,8 +30,10 @@ class _Mwh:
 
 
 def _wh(e, key):
-    # e[key] in Wh (varh, VAh): the exact integer e[key with "m" units] where there is one
-    x = e.get(key.replace("_wh", "_mwh").replace("_varh", "_mvarh").replace("_vah", "_mvah"))
+    # e[key] in Wh (varh, VAh): the exact integer under the key of the unit's milli-unit
+    # (e_imp_wh -> e_imp_mwh, e_q_varh -> e_q_mvarh) where there is one
+    i = key.rindex("_") + 1
+    x = e.get(key[:i] + "m" + key[i:])
     if x is None:
         x = e[key]
         return [_r(v, 3) for v in x] if isinstance(x, list) else _r(x, 3)

@@ -43,10 +43,6 @@ def check_mqtt(m, where="config.mqtt"):
     return m
 
 
-def topic(prefix, node_id, leaf):
-    return "%s/%s/%s" % (prefix, node_id, leaf)
-
-
 class MqttLink:
     def __init__(self, node_id, m, outbox=None, on_command=None, describe=None, log=None):
         check_mqtt(m)
@@ -79,7 +75,7 @@ class MqttLink:
             self._ssl = _tls.context(ca)
 
     def topic(self, leaf):
-        return topic(self.prefix, self.node_id, leaf)
+        return "%s/%s/%s" % (self.prefix, self.node_id, leaf)
 
     def _client(self):
         m = self.m
