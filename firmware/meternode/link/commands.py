@@ -117,14 +117,14 @@ class Commands:
     # relay(on) -> bool (False: no relay), set_time(epoch), reboot(), valve_refusal(meter,
     # close) -> why not or None, valve(meter, close, msg id) (its result comes later).
     # `clock.time()` is the wall clock; `event(code, arg, text)` appends an event record.
-    def __init__(self, node_id, key, ctr_path, clock, actions, event, time_max_step_s=_TIME_MAX_STEP_S):
+    def __init__(self, node_id, key, path, clock, actions, event, time_max_step_s=_TIME_MAX_STEP_S):
         if isinstance(key, str):
             key = _unhex(key)
         if len(key) < 16:
             raise ValueError("config.cmd_key must be at least 16 bytes (32 hex digits)")
         self.node_id = node_id
         self._mac = Hmac(key)
-        self._ctr = Cursor(ctr_path, every=1)
+        self._ctr = Cursor(path, every=1)  # the counter file
         self.clock = clock
         self.actions = actions
         self.event = event
@@ -237,7 +237,7 @@ class Commands:
                 raise Rejected('invalid: valve needs meter (its id) and valve: "open" or "close"')
             why = self.actions.valve_refusal(a["meter"], a["valve"] == "close")
             if why:
-                raise Rejected("invalid: " + why)
+                raise Rejected("invalid: %s" % why)
 
     def _execute(self, body):
         op = body["op"]

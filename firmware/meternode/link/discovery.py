@@ -3,17 +3,21 @@
 # Assistant user sees the node without configuration.  Energy is kWh `total_increasing`.
 import json
 
+from micropython import const
+
 # object id, name, telemetry JSON key, unit, device_class, state_class, scale to the unit
-_SENSORS = (
-    ("energy_import", "Energy import", "e_imp_wh", "kWh", "energy", "total_increasing", 0.001),
-    ("energy_export", "Energy export", "e_exp_wh", "kWh", "energy", "total_increasing", 0.001),
-    ("power", "Power", "p", "W", "power", "measurement", 1),
-    ("voltage", "Voltage", "v", "V", "voltage", "measurement", 1),
-    ("current", "Current", "i", "A", "current", "measurement", 1),
-    ("power_factor", "Power factor", "pf", None, "power_factor", "measurement", 1),
-    ("frequency", "Frequency", "f", "Hz", "frequency", "measurement", 1),
-    ("water", "Water", "water_l", "L", "water", "total_increasing", 1),
-    ("gas", "Gas", "gas_m3", "m³", "gas", "total_increasing", 1),
+_SENSORS = const(
+    (
+        ("energy_import", "Energy import", "e_imp_wh", "kWh", "energy", "total_increasing", 0.001),
+        ("energy_export", "Energy export", "e_exp_wh", "kWh", "energy", "total_increasing", 0.001),
+        ("power", "Power", "p", "W", "power", "measurement", 1),
+        ("voltage", "Voltage", "v", "V", "voltage", "measurement", 1),
+        ("current", "Current", "i", "A", "current", "measurement", 1),
+        ("power_factor", "Power factor", "pf", None, "power_factor", "measurement", 1),
+        ("frequency", "Frequency", "f", "Hz", "frequency", "measurement", 1),
+        ("water", "Water", "water_l", "L", "water", "total_increasing", 1),
+        ("gas", "Gas", "gas_m3", "m³", "gas", "total_increasing", 1),
+    )
 )
 
 

@@ -43,14 +43,6 @@ class LogError(ValueError):
     pass
 
 
-def _exists(p):
-    try:
-        os.stat(p)
-        return True
-    except OSError:
-        return False
-
-
 def _seg_name(path, num):
     return "%s/%08d.seg" % (path, num)
 
@@ -87,7 +79,9 @@ class RecordLog:
         self._hw = 0  # high-water mark: no seq up to it is ever issued again (persisted)
         self._f = None
         self._broken = False  # the segment being written holds a failed write past its end
-        if not _exists(path):
+        try:
+            os.stat(path)
+        except OSError:
             os.mkdir(path)
         self._load_meta()
         self._scan_all()

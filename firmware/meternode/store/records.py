@@ -13,11 +13,7 @@ MONTHLY = const(3)  # monthly freeze of the registers
 EVENT = const(4)  # something happened (see EV_*)
 READING = const(5)  # a downstream meter's reading: gateway/reading.py packs and reads it
 
-# Name tables are made from constant tuples: the strings of a tuple of constants are not
-# interned (in a dict display each would be a qstr, held for ever).
-KIND_NAMES = dict(
-    ((PROFILE, "profile"), (DAILY, "daily"), (MONTHLY, "monthly"), (EVENT, "event"), (READING, "reading"))
-)
+KIND_NAMES = {PROFILE: "profile", DAILY: "daily", MONTHLY: "monthly", EVENT: "event", READING: "reading"}
 
 # Event codes (EVENT payload byte 0).
 EV_POWER_DOWN = const(1)
@@ -43,32 +39,30 @@ EV_VALVE = const(20)  # a meter's valve by command: opened (arg 0), closed (1), 
 EV_TASK = const(21)  # a supervised task failed or stalled: arg = failures in a row, text = task and why
 EV_SAFE_MODE = const(22)  # booted into the safe configuration: arg = crash loops, text = the last
 
-EVENT_NAMES = dict(
-    (
-        (EV_POWER_DOWN, "power_down"),
-        (EV_POWER_UP, "power_up"),
-        (EV_SAG, "sag"),
-        (EV_SWELL, "swell"),
-        (EV_TAMPER, "tamper"),
-        (EV_LEAK, "leak"),
-        (EV_RELAY, "relay"),
-        (EV_CONFIG, "config"),
-        (EV_POLICY, "policy"),
-        (EV_REBOOT, "reboot"),
-        (EV_CMD_REJECTED, "cmd_rejected"),
-        (EV_LOG_DROPPED, "log_dropped"),
-        (EV_LOG_CORRUPT, "log_corrupt"),
-        (EV_TIME_SET, "time_set"),
-        (EV_WIFI, "wifi"),
-        (EV_METER, "meter"),
-        (EV_SAMPLING_GAP, "sampling_gap"),
-        (EV_CMD_FAILED, "cmd_failed"),
-        (EV_LOG_FULL, "log_full"),
-        (EV_VALVE, "valve"),
-        (EV_TASK, "task"),
-        (EV_SAFE_MODE, "safe_mode"),
-    )
-)
+EVENT_NAMES = {
+    EV_POWER_DOWN: "power_down",
+    EV_POWER_UP: "power_up",
+    EV_SAG: "sag",
+    EV_SWELL: "swell",
+    EV_TAMPER: "tamper",
+    EV_LEAK: "leak",
+    EV_RELAY: "relay",
+    EV_CONFIG: "config",
+    EV_POLICY: "policy",
+    EV_REBOOT: "reboot",
+    EV_CMD_REJECTED: "cmd_rejected",
+    EV_LOG_DROPPED: "log_dropped",
+    EV_LOG_CORRUPT: "log_corrupt",
+    EV_TIME_SET: "time_set",
+    EV_WIFI: "wifi",
+    EV_METER: "meter",
+    EV_SAMPLING_GAP: "sampling_gap",
+    EV_CMD_FAILED: "cmd_failed",
+    EV_LOG_FULL: "log_full",
+    EV_VALVE: "valve",
+    EV_TASK: "task",
+    EV_SAFE_MODE: "safe_mode",
+}
 
 # PROFILE: period s, import/export mWh (registers at the end of the interval),
 # voltage avg/min/max (0.1 V), current avg/min/max (mA), power avg/min/max (0.1 W, signed).
@@ -100,11 +94,9 @@ _PROFILE_KEYS = (
 _FREEZE_KEYS = ("e_imp_mwh", "e_exp_mwh", "water_l", "gas_l")
 
 
-def profile(period_s, e_imp_mwh, e_exp_mwh, v3, i3, p3):
-    # v3/i3/p3 are (avg, min, max) in 0.1 V, mA and 0.1 W.
-    return struct.pack(
-        _PROFILE, period_s, e_imp_mwh, e_exp_mwh, v3[0], v3[1], v3[2], i3[0], i3[1], i3[2], p3[0], p3[1], p3[2]
-    )
+def profile(period_s, e_imp_mwh, e_exp_mwh, v, i, p):
+    # v/i/p are (avg, min, max) in 0.1 V, mA and 0.1 W.
+    return struct.pack(_PROFILE, period_s, e_imp_mwh, e_exp_mwh, v[0], v[1], v[2], i[0], i[1], i[2], p[0], p[1], p[2])
 
 
 def freeze(e_imp_mwh, e_exp_mwh, water_l=0, gas_l=0):
