@@ -5,8 +5,8 @@
 # nothing is re-serialised before checking) with the node's own key.  The body holds
 #   id   message id (1..32 chars), echoed in the result
 #   node the node id the command is for
-#   ctr  counter 1..MAX_CTR, strictly above every counter this node accepted before and at
-#        most MAX_CTR_STEP above the last one (persisted in full width before acting)
+#   ctr  counter 1.._MAX_CTR, strictly above every counter this node accepted before and at
+#        most _MAX_CTR_STEP above the last one (persisted in full width before acting)
 #   exp  expiry, UNIX seconds; a command past it is refused
 #   op   read_now | set | rollback | relay | time | reboot | valve
 #   args op arguments (object): set {key, value}; rollback {key}; relay {on}; time {epoch};
