@@ -14,9 +14,10 @@
 # seconds before a wrap, so every test and virtual node crosses one).
 import time
 
-PERIOD = 1 << 30
-MASK = PERIOD - 1
-HALF = 1 << 29
+from micropython import const
+
+MASK = const(0x3FFFFFFF)  # the ticks wrap at 2**30 (a period of MASK + 1)
+_HALF = const(0x20000000)
 
 try:
     _native = time.ticks_add(0, -1) == MASK
@@ -40,7 +41,7 @@ else:
     def diff(a, b):
         # a - b for 30-bit ticks: -2**29 .. 2**29 - 1
         d = (a - b) & MASK
-        return d - PERIOD if d >= HALF else d
+        return d - MASK - 1 if d >= _HALF else d  # (not - 2**30: a heap int on a board)
 
     def add(t, d):
         return (t + d) & MASK

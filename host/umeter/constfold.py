@@ -61,7 +61,10 @@ class _Module:
         # every binding of a name anywhere in the module, by kind
         self.import_binds: dict[str, set[tuple[str, str | None]]] = {}  # name -> {(module, attr)}
         self.other_binds: set[str] = set()
+        self.star = False  # the module has a star import: any bare name may be anyone's
         for n in ast.walk(self.tree):
+            if isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names):
+                self.star = True
             if isinstance(n, ast.Import):
                 for a in n.names:
                     if a.asname:
@@ -133,8 +136,9 @@ def fold(sources: dict[str, str], packages: set[str] | None = None) -> dict[str,
                 b = M.bound_to(n.id)
                 if b is not None and b[1] is not None and b[0] in consts and b[1] in consts[b[0]]:
                     M.edit(n, str(consts[b[0]][b[1]]))
-                elif n.id not in M.consts:
-                    keep(n.id)  # a name bound some other way: leave every definition alone
+                elif M.star:
+                    keep(n.id)  # maybe from a star import: leave every definition alone
+                # else the module's own name (bound here some other way), not the constant
         for n in ast.walk(M.tree):
             # imported constants: out of the import list (their uses are folded above)
             if not isinstance(n, ast.ImportFrom):
@@ -145,6 +149,8 @@ def fold(sources: dict[str, str], packages: set[str] | None = None) -> dict[str,
                 if src in consts and a.name in consts[src] and M.bound_to(a.asname or a.name)
                 and (M.name, a.asname or a.name) not in reads
             }  # fmt: skip
+            # a constant imported by name and not taken out of the import: its global must stay
+            kept.update((src, a.name) for a in n.names if a.name in consts.get(src, ()) and a.name not in gone)
             if gone:
                 left = [a for a in n.names if a.name not in gone]
                 kept_names = ", ".join(a.name + (f" as {a.asname}" if a.asname else "") for a in left)

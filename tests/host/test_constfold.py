@@ -54,11 +54,18 @@ from meternode.a import W
 def h(W=3):  # W is also an argument here: not folded, W keeps its global
     return W
 """
+E = """\
+X = "own"  # this module's own X: not a.X
+
+
+def k():
+    return X
+"""
 MAIN = """\
 import sys
-from meternode import a, b, c, d
+from meternode import a, b, c, d, e
 print("f", b.f())
-print("g", c.g(), d.h(), d.h(4))
+print("g", c.g(), d.h(), d.h(4), e.k())
 print("globals", sorted(k for k in ("X", "Y", "Z", "W", "_P") if hasattr(a, k)))
 try:
     b.boom()
@@ -71,7 +78,7 @@ def _tree(root: Path) -> Path:
     pkg = root / "meternode"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
-    for name, text in (("a", A), ("b", B), ("c", C), ("d", D)):
+    for name, text in (("a", A), ("b", B), ("c", C), ("d", D), ("e", E)):
         (pkg / f"{name}.py").write_text(text)
     return root
 
@@ -86,7 +93,8 @@ def _run(path: Path, tmp: Path) -> str:
 
 
 def test_fold_rewrites_reads_and_keeps_lines() -> None:
-    out = fold({"meternode": "", "meternode.a": A, "meternode.b": B, "meternode.c": C, "meternode.d": D}, {"meternode"})
+    mods = {"meternode": "", "meternode.a": A, "meternode.b": B, "meternode.c": C, "meternode.d": D, "meternode.e": E}
+    out = fold(mods, {"meternode"})
     b = out["meternode.b"]
     assert "return 5 * 100 + 7, total()" in b  # both forms of read folded
     assert "from meternode.a import total" in b  # the constant left the import list
@@ -97,7 +105,7 @@ def test_fold_rewrites_reads_and_keeps_lines() -> None:
     assert "_X = const(5)" in a and "_Y = const(7)" in a
     assert "\nZ = const(9)" in a and "\nW = const(11)" in a
     assert "return _X + _Y + Z + W" in a
-    assert "meternode.c" not in out  # nothing to fold there
+    assert "meternode.c" not in out and "meternode.e" not in out  # nothing to fold there
     assert "return W" in out.get("meternode.d", D)
 
 
@@ -109,7 +117,7 @@ def test_built_package_behaves_as_source_on_micropython(tmp_path) -> None:
     unfolded = build("sim", tmp_path / "plain", src=src, fold=False)
     assert _run(unfolded.out / "lib", tmp_path).splitlines()[:2] == from_source.splitlines()[:2]
     # the same results, the same traceback line, fewer globals
-    assert from_source.splitlines()[:2] == from_build.splitlines()[:2] == ["f (507, 32)", "g 9 3 4"]
+    assert from_source.splitlines()[:2] == from_build.splitlines()[:2] == ["f (507, 32)", "g 9 3 4 own"]
     assert "globals ['W', 'X', 'Y', 'Z']" in from_source
     assert "globals ['W', 'Z']" in from_build
     line = "line 13, in boom"

@@ -20,6 +20,8 @@
 # configured (a module's compile peak matters on a source-loaded heap).
 import json
 
+from micropython import const
+
 from meternode import VERSION
 from meternode.config import ConfigError, need
 from meternode.store import records
@@ -27,7 +29,7 @@ from meternode.store.cursor import Cursor
 from meternode.store.log import LogError, RecordLog
 from meternode.store.profile import ProfileRecorder
 
-RESULTS_MAX = 8
+RESULTS_MAX = const(8)
 
 
 def check_store(c):

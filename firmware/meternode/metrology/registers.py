@@ -29,15 +29,17 @@
 # on every addition).  get() / total_import() / state() give whole values (they allocate,
 # for reports and checkpoints); low_import() / low() give the 30-bit low word for the
 # per-second and per-block paths, which compare differences modulo 2**30.
-IMP = 0
-EXP = 1
-Q1 = 2
-S_IMP = 6
-S_EXP = 7
-_FIELDS = 8
-_UJ_PER_MILLI_H = 3600000  # 1 mWh = 3.6 J = 3.6e6 uJ
-_LO_BITS = 30
-_LO_MASK = (1 << _LO_BITS) - 1
+from micropython import const
+
+IMP = const(0)
+EXP = const(1)
+Q1 = const(2)
+S_IMP = const(6)
+S_EXP = const(7)
+_FIELDS = const(8)
+_UJ_PER_MILLI_H = const(3600000)  # 1 mWh = 3.6 J = 3.6e6 uJ
+_LO_BITS = const(30)
+_LO_MASK = const(0x3FFFFFFF)  # (1 << _LO_BITS) - 1
 NETTINGS = ("vector", "phase")
 
 

@@ -21,13 +21,15 @@
 #    "d": [[trigger, a, b, for_s, shed_s, restore_random_s], ...],
 #    "r": [telemetry_s, profile_min, [quantities]],   (optional)
 #    "rl": 1}   (optional: the relay switches a load; absent or 0: the whole site)
-FORMAT = 1
-MAX_TARIFFS = 8
-MAX_PERIODS = 24  # per day type
-MAX_SEASONS = 8
-MAX_HOLIDAYS = 64
-MAX_LIMITS = 8
-MAX_DR = 8
+from micropython import const
+
+FORMAT = const(1)
+MAX_TARIFFS = const(8)
+MAX_PERIODS = const(24)  # per day type
+MAX_SEASONS = const(8)
+MAX_HOLIDAYS = const(64)
+MAX_LIMITS = const(8)
+MAX_DR = const(8)
 
 # Limit kinds and actions, DR triggers: codes used by the compact form and the engine.
 LIMIT_KINDS = ("over_voltage", "under_voltage", "over_current", "max_power", "max_energy_day")

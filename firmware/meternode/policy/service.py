@@ -39,8 +39,8 @@ _LEAVES = ("policy/bundle", "ota", "policy/small")
 _STATE_EVERY = const(10)  # ticks between policy/state messages
 _CKPT_EVERY = const(300)  # ticks between checkpoints of the engine's day counters (and after events)
 _IDLE_TICKS = const(3)  # calls without a measured second before the engine ticks unmeasured
-OUT_MAX = 64  # messages waiting for the link
-REFUSALS_MAX = 8  # of which refused frames/bundles (what an outsider can make)
+OUT_MAX = const(64)  # messages waiting for the link
+REFUSALS_MAX = const(8)  # of which refused frames/bundles (what an outsider can make)
 
 
 def _nop():

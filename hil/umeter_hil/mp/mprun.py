@@ -31,7 +31,7 @@ def _near_a_wrap():
         from meternode import ticks
     except ImportError:
         return  # not the umeter firmware
-    ticks.rebase(ticks.PERIOD - 4000, ticks.PERIOD - 2000000)
+    ticks.rebase(ticks.MASK + 1 - 4000, ticks.MASK + 1 - 2000000)  # 4 s and 2 s before the wraps
 
 
 def main():
