@@ -100,6 +100,11 @@ def test_home_assistant_discovery_announces_energy_as_total_increasing_kwh():
     eq(sorted(k.split("/")[3] for k in cfgs), sorted(discovery.DEFAULT), "default sensors")
     more = dict(discovery.configs("umeter", "n1", {"sensors": ["water", "gas"]}))
     eq(json.loads(more["homeassistant/sensor/n1/gas/config"])["device_class"], "gas", "gas when the node has it")
+    # the config is JSON written as text: a value with a quote stays one JSON string, a sensor
+    # without a unit has no unit key
+    odd = dict(discovery.configs("umeter", "n1", {"version": '1"2', "sensors": ["power_factor"]}))
+    pf = json.loads(odd["homeassistant/sensor/n1/power_factor/config"])
+    eq((pf["device"]["sw_version"], "unit_of_measurement" in pf), ('1"2', False), "escaped, no unit")
 
 
 class _Chunks:

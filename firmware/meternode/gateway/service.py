@@ -268,7 +268,7 @@ class GatewayService:
         for mid in list(self._states):
             payload = self._states.pop(mid)
             if discovery and mid not in self._announced:
-                from meternode.link import discovery as ha
+                from meternode.gateway import discovery as ha
 
                 for t, p in ha.meter_configs(prefix, self.node.id, mid, self._quantities(mid)):
                     await c.publish(t, p, qos=1, retain=True)

@@ -26,74 +26,36 @@ _SENSORS = const(
 DEFAULT = ("energy_import", "energy_export", "power", "voltage", "frequency")
 
 
+# One sensor's config, JSON written as text: a dict display would intern each of its short
+# keys for ever in every node that announces itself (docs/memory.md); the fields a user can
+# set (node id, model, version) go in through json.dumps.
+_CONFIG = const(
+    '{"name": "%s", "unique_id": "umeter_%s_%s", "object_id": "umeter_%s_%s", "state_topic": %s,'
+    ' "value_template": "%s", "availability_topic": %s, "payload_available": "online",'
+    ' "payload_not_available": "offline", "device_class": "%s", "state_class": "%s"%s, "device": %s}'
+)
+
+
 def configs(prefix, node_id, info=None, ha_prefix="homeassistant"):
-    # Returns [(topic, payload bytes)] to publish retained.  `info` may carry "version" and
+    # Returns [(topic, payload str)] to publish retained.  `info` may carry "version" and
     # "model"; "sensors" (a list of object ids) chooses what is announced.
     info = info or {}
     only = info.get("sensors") or DEFAULT
-    state = "%s/%s/telemetry" % (prefix, node_id)
-    avail = "%s/%s/state" % (prefix, node_id)
-    dev = {
-        "identifiers": ["umeter_" + node_id],
-        "name": "umeter " + node_id,
-        "manufacturer": "umeter",
-        "model": info.get("model", "meter node"),
-        "sw_version": info.get("version", ""),
-    }
+    state = json.dumps("%s/%s/telemetry" % (prefix, node_id))
+    avail = json.dumps("%s/%s/state" % (prefix, node_id))
+    dev = '{"identifiers": [%s], "name": %s, "manufacturer": "umeter", "model": %s, "sw_version": %s}' % (
+        json.dumps("umeter_" + node_id),
+        json.dumps("umeter " + node_id),
+        json.dumps(info.get("model", "meter node")),
+        json.dumps(info.get("version", "")),
+    )
+    nid = json.dumps(node_id)[1:-1]  # as it goes inside a JSON string
     out = []
     for oid, name, key, unit, dclass, sclass, scale in _SENSORS:
         if oid not in only:
             continue
         tpl = "{{ value_json.%s }}" % key if scale == 1 else "{{ (value_json.%s * %s) | round(3) }}" % (key, scale)
-        c = {
-            "name": name,
-            "unique_id": "umeter_%s_%s" % (node_id, oid),
-            "object_id": "umeter_%s_%s" % (node_id, oid),
-            "state_topic": state,
-            "value_template": tpl,
-            "availability_topic": avail,
-            "payload_available": "online",
-            "payload_not_available": "offline",
-            "device_class": dclass,
-            "state_class": sclass,
-            "device": dev,
-        }
-        if unit is not None:
-            c["unit_of_measurement"] = unit
-        out.append(("%s/sensor/%s/%s/config" % (ha_prefix, node_id, oid), json.dumps(c)))
-    return out
-
-
-def meter_configs(prefix, node_id, meter_id, quantities, ha_prefix="homeassistant"):
-    # One retained config per quantity of a downstream meter (gateway/), as its own Home
-    # Assistant device behind the node: state on <prefix>/<node>/meter/<meter-id>, keyed by
-    # quantity name.  quantities: [(name, unit, device_class, state_class)].
-    state = "%s/%s/meter/%s" % (prefix, node_id, meter_id)
-    obj = "%s_%s" % (node_id, meter_id)
-    dev = {
-        "identifiers": ["umeter_" + obj],
-        "name": "%s via %s" % (meter_id, node_id),
-        "manufacturer": "umeter gateway",
-        "model": meter_id.split("-")[0],
-        "via_device": "umeter_" + node_id,
-    }
-    out = []
-    for name, unit, dclass, sclass in quantities:
-        c = {
-            "name": name.replace("_", " "),
-            "unique_id": "umeter_%s_%s" % (obj, name),
-            "object_id": "umeter_%s_%s" % (obj, name),
-            "state_topic": state,
-            "value_template": "{{ value_json.%s }}" % name,
-            "availability_topic": "%s/%s/state" % (prefix, node_id),
-            "payload_available": "online",
-            "payload_not_available": "offline",
-            "state_class": sclass,
-            "device": dev,
-        }
-        if dclass:
-            c["device_class"] = dclass
-        if unit:
-            c["unit_of_measurement"] = unit
-        out.append(("%s/sensor/%s/%s/config" % (ha_prefix, obj, name), json.dumps(c)))
+        u = "" if unit is None else ', "unit_of_measurement": %s' % json.dumps(unit)
+        c = _CONFIG % (name, nid, oid, nid, oid, state, tpl, avail, dclass, sclass, u, dev)
+        out.append(("%s/sensor/%s/%s/config" % (ha_prefix, node_id, oid), c))
     return out
