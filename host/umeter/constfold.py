@@ -155,15 +155,18 @@ def fold(sources: dict[str, str], packages: set[str] | None = None) -> dict[str,
                 left = [a for a in n.names if a.name not in gone]
                 kept_names = ", ".join(a.name + (f" as {a.asname}" if a.asname else "") for a in left)
                 M.edit(n, f"from {'.' * n.level}{n.module or ''} import {kept_names}" if left else "pass")
-    # the defining modules: a constant nobody reads unfolded becomes private
+    # the defining modules: a constant nobody reads unfolded becomes private (a free name)
     for m, cs in consts.items():
         M = mods[m]
+        taken = set(M.consts) | M.other_binds | set(M.import_binds)
         for name in cs:
-            if (m, name) in kept or ("_" + name) in M.consts or ("_" + name) in M.other_binds:
+            if (m, name) in kept:
                 continue
+            new = next(c for c in ("_" + name, "_" + name + "_", "__" + name + "_") if c not in taken)
+            taken.add(new)
             for n in ast.walk(M.tree):
                 if isinstance(n, ast.Name) and n.id == name:
-                    M.edit(n, "_" + name)
+                    M.edit(n, new)
     return {m: _apply(M.text, M.edits) for m, M in mods.items() if M.edits}
 
 

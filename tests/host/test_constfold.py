@@ -20,10 +20,11 @@ Y = const(7)
 Z = const(9)
 W = const(11)
 _P = const(1)
+_Y = const(3)  # a private name taken: Y becomes another one
 
 
 def total():
-    return X + Y + Z + W
+    return X + Y + Z + W + _Y
 """
 B = """\
 from meternode import a
@@ -102,9 +103,9 @@ def test_fold_rewrites_reads_and_keeps_lines() -> None:
     a = out["meternode.a"]
     # nobody reads X or Y unfolded: private now (the compiler erases them); Z and W are
     # read in ways the folder leaves alone (a package attribute chain, a shadowing argument)
-    assert "_X = const(5)" in a and "_Y = const(7)" in a
+    assert "_X = const(5)" in a and "_Y_ = const(7)" in a and "_Y = const(3)" in a
     assert "\nZ = const(9)" in a and "\nW = const(11)" in a
-    assert "return _X + _Y + Z + W" in a
+    assert "return _X + _Y_ + Z + W + _Y" in a
     assert "meternode.c" not in out and "meternode.e" not in out  # nothing to fold there
     assert "return W" in out.get("meternode.d", D)
 
@@ -117,7 +118,7 @@ def test_built_package_behaves_as_source_on_micropython(tmp_path) -> None:
     unfolded = build("sim", tmp_path / "plain", src=src, fold=False)
     assert _run(unfolded.out / "lib", tmp_path).splitlines()[:2] == from_source.splitlines()[:2]
     # the same results, the same traceback line, fewer globals
-    assert from_source.splitlines()[:2] == from_build.splitlines()[:2] == ["f (507, 32)", "g 9 3 4 own"]
+    assert from_source.splitlines()[:2] == from_build.splitlines()[:2] == ["f (507, 35)", "g 9 3 4 own"]
     assert "globals ['W', 'X', 'Y', 'Z']" in from_source
     assert "globals ['W', 'Z']" in from_build
     line = "line 13, in boom"
