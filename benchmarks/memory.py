@@ -435,6 +435,7 @@ def budget(res: dict) -> dict:
             b["configs"][f"{load}:{kind.lstrip('+')}"] = {
                 "heap_kb": _kb(r["heap"] - r.get("image", 0)),  # the budget (the image is flash)
                 "held_kb": _kb(nodes[load][kind].get("run_held")),
+                "qstrs": nodes[load][kind].get("qstrs"),  # interned names (this script's ~66 among them)
                 "lowest_free_kb": _kb(r.get("low_free")),
                 "memory_errors": r.get("memory_errors"),
                 "sim_s": r.get("sim_s"),
