@@ -4,7 +4,8 @@
 from metrology_rig import board, rig, settle
 
 from meternode.config import ConfigError
-from meternode.hal.relay import PinRelay, RelayControl, attach, check_relay
+from meternode.hal.hw import PinRelay
+from meternode.hal.relay import RelayControl, attach, check_relay
 from meternode.hal.sim import SimHal
 from mptest import approx, eq, heap, raises
 

@@ -43,44 +43,18 @@
 # RelayControl that arbitrates between the operator's commands and the policy engine.
 # Watchdog and resets (the supervisor's) are in watchdog.py: make_watchdog(board, config),
 # reset() (a planned reboot), reset_cause(mark).
-
-_BACKENDS = ("sim", "rp2", "esp32", "mcp3208")
+# The makers below are the node's entry points; what only a board backend, pulse inputs,
+# Wi-Fi or a brown-out pin needs is in hw.py, loaded only then: a module's names are
+# interned for ever once it loads, so the sim node's usual path does not load it.
 
 
 def make_pulse_inputs(board, config, clock=None):
-    # One pulse input per board "pulses" entry: sim trains from config["sim"]["pulses"]
-    # on the sim HAL (on `clock`'s ticks), else a pin IRQ ring, or machine.Counter when
-    # the entry says "backend": "counter" (ESP32, electronic S0 outputs).
-    specs = board.get("pulses", [])
-    if not specs:
+    # One pulse input per board "pulses" entry (hw.py): [] without any.
+    if not board.get("pulses"):
         return []
-    if board["hal"] == "sim":
-        from meternode.hal.sim_pulses import SimPulseTrain
+    from meternode.hal import hw
 
-        trains = config.get("sim", {}).get("pulses", [])
-        t0 = clock.ticks_ms() if clock is not None else 0
-        return [
-            SimPulseTrain(trains[k] if k < len(trains) else {}, "sim.pulses[%d]" % k, t0) for k in range(len(specs))
-        ]
-    from meternode.hal import pulsein
-
-    return [pulsein.make(s, s.get("backend", "irq"), k) for k, s in enumerate(specs)]
-
-
-class Brownout:
-    # The board's brown-out warning input (board "brownout": {"pin", "edge"}): an IRQ sets
-    # a flag; the node saves its checkpoint at once when it is set.
-    def __init__(self, spec):
-        import machine
-
-        self.tripped = False
-        self._isr = self._irq
-        pin = machine.Pin(spec["pin"], machine.Pin.IN)
-        edge = machine.Pin.IRQ_FALLING if spec.get("edge", "falling") == "falling" else machine.Pin.IRQ_RISING
-        pin.irq(self._isr, edge)
-
-    def _irq(self, pin):
-        self.tripped = True
+    return hw.make_pulse_inputs(board, config, clock)
 
 
 def make_wlan(board, config):
@@ -88,38 +62,25 @@ def make_wlan(board, config):
     # a network; None on the unix port (host networking) or where there is no `network`.
     if not config.get("wifi") or board["hal"] == "sim" and not board.get("wifi"):
         return None
-    try:
-        import network
-    except ImportError:
-        return None
-    if "country" in config["wifi"]:  # the regulatory domain, before the radio starts
-        __import__("meternode.hal.netstat").hal.netstat.set_country(network, config["wifi"]["country"])
-    return network.WLAN(network.STA_IF)
+    from meternode.hal import hw
+
+    return hw.make_wlan(board, config)
 
 
 def make_brownout(board):
-    spec = board.get("brownout")
-    if not spec or board["hal"] == "sim":
+    # The board's brown-out warning input (hw.Brownout), or None.
+    if not board.get("brownout") or board["hal"] == "sim":
         return None
-    return Brownout(spec)
+    from meternode.hal import hw
+
+    return hw.make_brownout(board)
 
 
 def make(board, config):
-    kind = board["hal"]
-    if kind == "sim":
+    if board["hal"] == "sim":
         from meternode.hal import sim
 
         return sim.SimHal(board, config.get("sim", {}))
-    if kind == "rp2":
-        from meternode.hal import rp2040
+    from meternode.hal import hw  # a board backend (or an error naming the ones there are)
 
-        return rp2040.RP2Hal(board, config)
-    if kind == "esp32":
-        from meternode.hal import esp32
-
-        return esp32.ESP32Hal(board, config)
-    if kind == "mcp3208":
-        from meternode.hal import mcp3208
-
-        return mcp3208.MCP3208Hal(board, config)
-    raise ValueError("board.hal %r has no backend in this build (have: %s)" % (kind, ", ".join(_BACKENDS)))
+    return hw.make(board, config)

@@ -1,7 +1,8 @@
-# The board's load relay: the entry check, the GPIO backend (RP2040 and ESP32 alike) and
-# RelayControl, the one relay as the node's functions see it (the operator's `relay`
-# command and the policy engine both drive it through here; docs/policy.md, "One relay").
-# The sim HAL's relay (hal/sim.py SimHal.set) cuts the simulated load instead of a pin.
+# The board's load relay: the entry check and RelayControl, the one relay as the node's
+# functions see it (the operator's `relay` command and the policy engine both drive it
+# through here; docs/policy.md, "One relay").  The GPIO backend (RP2040 and ESP32 alike) is
+# hw.PinRelay, loaded on boards only; the sim HAL's relay (hal/sim.py SimHal.set) cuts the
+# simulated load instead of a pin.
 from meternode.config import ConfigError, need
 
 
@@ -14,39 +15,6 @@ def check_relay(spec, where="board.relay"):
     need(spec, "active_low", bool, where, default=False)
     need(spec, "default", bool, where, default=True)
     return spec
-
-
-class PinRelay:
-    # A relay (or contactor driver) on a GPIO output, RP2040 and ESP32 alike.  `pin` may be
-    # given (tests); otherwise machine.Pin(spec["pin"], OUT) is made on the first set(), with
-    # that first level -- so the pin goes from its reset state (an input) straight to the
-    # state the relay must have.  With defer=False the board's default is set at once;
-    # attach() defers, and RelayControl sets the state a persisted remote disconnect asks
-    # for: the load is never closed for a moment at boot.  (Between reset and that first
-    # set the pin is an input: the driver's own pull resistor must hold the relay in its
-    # safe state -- docs/boards.md.)
-    def __init__(self, spec, pin=None, defer=False):
-        check_relay(spec)
-        self._low = spec.get("active_low", False)
-        self._n = spec["pin"]
-        self.default = spec.get("default", True)
-        self._pin = pin
-        self.on = None  # not driven yet
-        if not defer:
-            self.set(self.default)
-
-    def _level(self, on):
-        return 0 if on == self._low else 1
-
-    def set(self, on):
-        on = bool(on)
-        if self._pin is None:
-            import machine
-
-            self._pin = machine.Pin(self._n, machine.Pin.OUT, value=self._level(on))
-        else:
-            self._pin.value(self._level(on))
-        self.on = on
 
 
 class RelayControl:
@@ -153,13 +121,15 @@ class RelayControl:
 
 def attach(h, board):
     # After hal.make(): checks the board's relay entry and gives a board backend its
-    # PinRelay (the sim HAL has made its own); h.relay is None without a relay entry.  The
+    # hw.PinRelay (the sim HAL has made its own); h.relay is None without a relay entry.  The
     # pin is not driven here: relay_control() drives it once, to the persisted state.
     spec = board.get("relay")
     if spec:
         check_relay(spec)
         if getattr(h, "relay", None) is None:
-            h.relay = PinRelay(spec, defer=True)
+            from meternode.hal import hw
+
+            h.relay = hw.PinRelay(spec, None, True)  # deferred
     elif not hasattr(h, "relay"):
         h.relay = None
 
