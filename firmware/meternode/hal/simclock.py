@@ -2,29 +2,31 @@
 # sim.py so that each compiles on a small heap.
 import time
 
+from micropython import const
+
 from meternode import ticks
 
-_PERIOD = 1 << 30
-_MASK = _PERIOD - 1
-_DAY = 86400
+_PERIOD = const(1 << 30)
+_MASK = const(_PERIOD - 1)
+_DAY = const(86400)
 # Where the ticks start by default: a few seconds before they wrap, so every test and
 # virtual node crosses a wrap of both (a test can ask for another start).
-MS0 = _PERIOD - 4000  # ticks_ms wraps 4 s after start
-US0 = _PERIOD - 2000000  # ticks_us wraps 2 s after start
+_MS0 = const(_PERIOD - 4000)  # ticks_ms wraps 4 s after start
+_US0 = const(_PERIOD - 2000000)  # ticks_us wraps 2 s after start
 
 
 class SimClock:
     # The sim board's clock.  Time advances with the samples produced (sample-accurate, at
     # the sampler's true rate); with `realtime` the sampler paces itself to the wall clock
     # so a virtual node runs like a real one.  Like a board's: ticks_ms / ticks_us are
-    # 30-bit and wrap (starting at MS0 / US0 unless told otherwise), time() is integer
+    # 30-bit and wrap (starting at _MS0 / _US0 unless told otherwise), time() is integer
     # epoch seconds (kept as day + second of day, so advancing allocates nothing).
     ticks_diff = staticmethod(ticks.diff)
     ticks_add = staticmethod(ticks.add)
 
     def __init__(self, epoch=None, ms=None, us=None):
-        self.ms = MS0 if ms is None else ms & _MASK  # ticks_ms now
-        self.us = US0 if us is None else us & _MASK  # ticks_us now
+        self.ms = _MS0 if ms is None else ms & _MASK  # ticks_ms now
+        self.us = _US0 if us is None else us & _MASK  # ticks_us now
         self._usm = 0  # us into the current ms
         self._sub = 0  # us into the current second
         self.set_time(time.time() if epoch is None else epoch)

@@ -7,7 +7,9 @@
 # and stops when a Ctrl-C stops the node.
 import time
 
-_STEP_MS = 100
+from micropython import const
+
+_STEP_MS = const(100)
 
 
 class SimWatchdog:

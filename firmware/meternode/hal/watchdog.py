@@ -7,7 +7,9 @@
 # Kept out of __init__.py: every sim test compiles that on a small heap.
 import sys
 
-_SIM_WATCHDOG_MS = 30000  # the sim board's default: a loaded host must not trip it
+from micropython import const
+
+_SIM_WATCHDOG_MS = const(30000)  # the sim board's default: a loaded host must not trip it
 
 
 def make_watchdog(board, config):
@@ -35,15 +37,6 @@ def make_watchdog(board, config):
     return None
 
 
-_CAUSES = (
-    ("PWRON_RESET", "power_on"),
-    ("HARD_RESET", "hard"),
-    ("WDT_RESET", "watchdog"),
-    ("DEEPSLEEP_RESET", "deepsleep"),
-    ("SOFT_RESET", "soft"),
-)
-
-
 def reset_cause(mark=None):
     # Why this boot: machine.reset_cause() by the port's own constants; on the unix port the
     # sim watchdog's mark file (read once, then removed) or "start".
@@ -54,7 +47,13 @@ def reset_cause(mark=None):
     except (ImportError, AttributeError):
         cause = None
     if cause is not None:
-        for const_name, word in _CAUSES:
+        for const_name, word in (  # a constant of this function: no module global
+            ("PWRON_RESET", "power_on"),
+            ("HARD_RESET", "hard"),
+            ("WDT_RESET", "watchdog"),
+            ("DEEPSLEEP_RESET", "deepsleep"),
+            ("SOFT_RESET", "soft"),
+        ):
             if getattr(machine, const_name, None) == cause:
                 return word
         return "cause %d" % cause
