@@ -21,8 +21,6 @@ from meternode.config import load_json
 from meternode.lazy import forget
 from meternode.link import telemetry
 
-_BACKOFF_MIN_MS = const(500)
-_BACKOFF_MAX_MS = const(30000)
 _STALL_MS = const(60000)  # what a task may take beyond its own period before it counts as stalled
 # Free heap store-and-forward needs before it loads: what its modules and its state hold once
 # loaded, as benchmarks/memory.py measures it ("uplink_cost", the node's "store-and-forward on"
@@ -37,34 +35,6 @@ _STALL_MS = const(60000)  # what a task may take beyond its own period before it
 _UPLINK_COST = b"\x1a\x3c\x0c\x0f\x21\x07\x14\x2b\x12\x09\x13\x0d"
 _WORKING = const(16)  # KB
 _COMPILE = const(16)  # KB: a module compiled from source needs its parse tree for a moment
-# Free heap the gateway needs at its gate (the record log is up by then), measured by
-# benchmarks/gateway.py (docs/gateway.md, "Memory"): the lowest free heap there with which the
-# whole node runs with the gateway -- every meter read, MQTT up, no MemoryError -- bisected
-# (2 KB steps) for 1 DL/T 645 meter, 8 of them, and 8 meters of 4 protocols.  By word size and
-# loading (.mpy or frozen, source): (1 meter, each more meter, each more protocol) in bytes:
-# 1 meter as measured plus one bisection step (runs pass and fail within a step of each
-# other), a meter = (8 DL/T 645 - 1) / 7 (on the 32-bit .mpy run that came out below what a
-# meter holds, 516 B, which is used), a protocol = the rest of the 8-meter need / 3.
-_GATEWAY_NEED = {
-    (64, False): (117984 + 2048, 1316, 15351),
-    (64, True): (119488 + 2048, 1097, 11243),
-    (32, False): (82080 + 2048, 875, 9212),
-    (32, True): (83632 + 2048, 516, 9020),
-}
-_UPLINK_MODULES = (
-    "meternode.store.records",
-    "meternode.store.log",
-    "meternode.store.cursor",
-    "meternode.store.profile",
-    "meternode.link.service",
-)
-_MQTT_MODULES = (  # only with config.mqtt: ~16 KB a metering-only or LoRa-only node saves
-    "meternode.link.mqttpkt",
-    "meternode.link.mqtt",
-    "meternode.link.backoff",
-    "meternode.link.uplink",
-    "meternode.link.outbox",
-)
 
 
 def _nop():
@@ -120,9 +90,6 @@ class Node:
                 log("checkpoint not saved (%d): %s" % (self.ckpt_errors, e))
             return False
 
-    def _topic(self, leaf):
-        return telemetry.topic(self.config["mqtt"].get("prefix", "umeter"), self.id, leaf)
-
     def _wifi(self):
         # Wi-Fi supervision on boards (config "wifi": {"ssid", "password"}): up/down/fail/reset
         # become log lines and WIFI events in the record log; bounded, jittered retries.
@@ -170,9 +137,21 @@ class Node:
                     # one module at a time with a collection between: on a source-loaded heap
                     # each compile then finds room (importing service.py alone pulls them all)
                     extra = ("meternode.link.commands", "meternode.link.actions") if self.config.get("cmd_key") else ()
-                    if self.config.get("mqtt"):
-                        extra += _MQTT_MODULES
-                    for name in extra + _UPLINK_MODULES:
+                    if self.config.get("mqtt"):  # ~16 KB a metering-only or LoRa-only node saves
+                        extra += (
+                            "meternode.link.mqttpkt",
+                            "meternode.link.mqtt",
+                            "meternode.link.backoff",
+                            "meternode.link.uplink",
+                            "meternode.link.outbox",
+                        )
+                    for name in extra + (
+                        "meternode.store.records",
+                        "meternode.store.log",
+                        "meternode.store.cursor",
+                        "meternode.store.profile",
+                        "meternode.link.service",
+                    ):
                         __import__(name)
                         gc.collect()
                     m = self.config.get("mqtt")
@@ -210,52 +189,12 @@ class Node:
     async def link(self, w=None):
         beat = w.beat if w is not None else _nop
         u = self.uplink()
-        if u is None or u.link is None:
-            await self._plain_link(beat)  # no record log (e.g. no RAM for it): live telemetry only
+        if u is None or u.link is None:  # no record log (e.g. no RAM for it): live telemetry only
+            from meternode import plainlink
+
+            await plainlink.run(self, beat)
         u.link.beat = u.outbox.beat = beat
         await u.run()
-
-    async def _plain_link(self, beat=_nop):
-        # Fallback link without store-and-forward: the retained state and QoS 0 telemetry.
-        from meternode.link.backoff import Backoff
-        from meternode.link.mqtt import MQTTClient
-
-        m = self.config["mqtt"]
-        backoff = Backoff(_BACKOFF_MIN_MS, _BACKOFF_MAX_MS)
-        c = None
-        try:
-            while True:
-                beat()
-                c = None
-                try:
-                    c = MQTTClient(
-                        self.id,
-                        m["host"],
-                        m.get("port", 1883),
-                        keepalive=m.get("keepalive", 30),
-                        user=m.get("user"),
-                        password=m.get("password"),
-                        will=(self._topic("state"), b"offline", 1, True),
-                    )
-                    await c.connect()
-                    await c.publish(self._topic("state"), b"online", qos=1, retain=True)
-                    self._plain = c
-                    backoff.reset()
-                    log("link up (no store): %s:%d" % (m["host"], m.get("port", 1883)))
-                    while c.connected:
-                        beat()
-                        await asyncio.sleep_ms(200)
-                    log("link down: %s" % c.error)
-                except Exception as e:  # MemoryError too: this connection fails, the link goes on
-                    log("link error: %s" % e)
-                self._plain = None
-                if c is not None:
-                    await c.disconnect()
-                await asyncio.sleep_ms(backoff.next_ms())
-        finally:  # cancelled (a supervisor restart, the node stopping): the connection goes too
-            self._plain = None
-            if c is not None:
-                c.drop()
 
     # -- reporting -------------------------------------------------------------------------------
     async def reporting(self, w=None):
@@ -316,7 +255,8 @@ class Node:
                 log("report failed: %s" % e)
         elif self.mqtt is not None and self.mqtt.connected:
             try:
-                await self.mqtt.publish(self._topic("telemetry"), payload, qos=0)
+                t = telemetry.topic(self.config["mqtt"].get("prefix", "umeter"), self.id, "telemetry")
+                await self.mqtt.publish(t, payload, qos=0)
             except Exception as e:
                 log("telemetry not sent: %s" % e)
 
@@ -396,43 +336,14 @@ class Node:
 
     def _gateway(self):
         # Downstream meter buses (gateway/, docs/gateway.md): loaded only when config has
-        # "gateway" (RAM); a bad gateway configuration is logged and never stops metering.
-        self.uplink()  # the record log first: readings are stored records
-        import gc
+        # "gateway" (RAM); nodegw.py decides and starts it, loaded for that and forgotten
+        # after (a node without a gateway never interns its names).
+        from meternode import nodegw
 
-        gc.collect()
-        free = gc.mem_free() if hasattr(gc, "mem_free") else 1 << 30
-        need = _gateway_need(self.config)
-        if free < need:
-            # decided before any import: a failed one would leave its interned names behind
-            log("gateway off: %d bytes free, it needs %d (raise the heap, or ship .mpy / frozen)" % (free, need))
-            return None
         try:
-            from meternode.gateway.service import GatewayService
-
-            self.gateway = GatewayService(self, log)
-            gc.collect()
-            log("gateway on: %d bytes free before, %d after" % (free, gc.mem_free()))
-            return self.gateway
-        except Exception as e:
-            log("gateway not started: %r" % (e,))
-            return None
-
-
-def _gateway_need(config):
-    # Free heap the gateway of `config` needs at the gate (_GATEWAY_NEED): a node that loads
-    # its modules compiled (.mpy files, or frozen: __file__ "meternode/...") needs less than
-    # one compiling source; the slave counts as one more protocol.
-    g = config.get("gateway") or {}
-    meters = [m for m in g.get("meters") or () if isinstance(m, dict)]
-    protos = []
-    for m in meters:
-        if m.get("protocol") not in protos:
-            protos.append(m.get("protocol"))
-    if g.get("slave"):
-        protos.append("slave")
-    one, meter, proto = _GATEWAY_NEED[(64 if sys.maxsize > 0x7FFFFFFF else 32, _loaded() > 0)]
-    return one + proto * (len(protos) - 1 if protos else 0) + meter * (len(meters) - 1 if meters else 0)
+            return nodegw.start(self)
+        finally:
+            forget("meternode.nodegw")
 
 
 def read_state(path):

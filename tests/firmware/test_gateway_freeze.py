@@ -214,15 +214,18 @@ async def test_the_gateway_gate_refuses_below_the_measured_need_and_metering_goe
     import gc
 
     from meternode import node as N
+    from meternode import nodegw
+    from meternode.lazy import forget
 
     line = Line()
     n, u, g = _node(line)
     n.config["gateway"]["meters"] = n.config["gateway"]["meters"][:1]
-    need = N._gateway_need(n.config)
-    eq(N._gateway_need({"gateway": {"meters": [{"protocol": "dlt645"}, {"protocol": "mbus"}]}}) > need, True,
+    need = nodegw.need(n.config)
+    eq(nodegw.need({"gateway": {"meters": [{"protocol": "dlt645"}, {"protocol": "mbus"}]}}) > need, True,
        "a second protocol and meter need more")
     logs = []
     N.log = logs.append
+    forget("meternode.nodegw")  # Node._gateway() loads it afresh, logging with this log
     for short, want in ((4096, False), (-2048, True)):
         ballast = []
         gc.collect()

@@ -59,6 +59,8 @@ def test_a_node_with_mqtt_loads_and_wires_the_link_and_outbox():
     eq((u.link is not None, u.outbox is not None), (True, True), "MQTT link and outbox made")
     eq([m for m in _MQTT if m not in sys.modules], [], "MQTT modules loaded")
     eq(u.link.outbox is u.outbox, True, "the link drains the outbox")
+    rare = ("meternode.plainlink", "meternode.nodegw", "meternode.hal.hw")
+    eq([m for m in rare if m in sys.modules], [], "no fallback link, gateway gate or board HAL code")
 
 
 # -- what a node loads when (docs/memory.md): OTA code at boot only with a slot to select,
@@ -302,3 +304,47 @@ async def test_a_report_needs_no_free_run_the_size_of_its_payload():
     k = telemetry.encode_into(n._tbuf, "m1", 3, 1800000000, snap, 0, n.mains, None, True)
     eq(str(n._tbuf[:k], "utf-8"), t, "encode_into and encode agree")
     eq(json.loads(t)["relay"], True, "valid JSON")
+
+
+@needs("host:mosquitto")
+@heap("256k")
+@timeout(30)
+async def test_without_store_and_forward_the_plain_link_publishes_state_and_telemetry():
+    # The fallback link (plainlink.py) when the uplink service could not start: loaded only
+    # then (a node whose uplink runs never loads it), it publishes the retained "online" state
+    # and each report's telemetry at QoS 0, and drops its connection when cancelled.
+    import asyncio
+
+    from meternode.link.mqtt import MQTTClient
+
+    h, p = host_value("mosquitto_host"), int(host_value("mosquitto_port"))
+    d = scratch_dir()
+    c = _config(d, True)
+    c["mqtt"] = {"host": h, "port": p, "prefix": "memp"}
+    n = Node(_board(), c)
+    n._uplink = None  # store-and-forward did not start (as when the heap has no room for it)
+    eq("meternode.plainlink" in sys.modules, False, "not loaded before it is needed")
+    got = []
+    w = MQTTClient("memp-watch", h, p)
+    w.on_message = lambda tp, msg, r: got.append((tp, bytes(msg)))
+    await w.connect()
+    await w.subscribe("memp/m1/#", 0)
+    t = asyncio.create_task(n.link())
+    for _ in range(200):
+        if n.link_up:
+            break
+        await asyncio.sleep_ms(20)
+    eq((n.link_up, "meternode.plainlink" in sys.modules), (True, True), "the plain link is up")
+    n.hal.sampler.run(n.meter, 2.0)
+    await n._report()
+    for _ in range(100):
+        if len(got) >= 2:
+            break
+        await asyncio.sleep_ms(20)
+    tops = [tp for tp, _ in got]
+    eq(("memp/m1/state", b"online") in got and "memp/m1/telemetry" in tops, True, "state and telemetry: %r" % tops)
+    client = n.mqtt
+    t.cancel()
+    await asyncio.sleep_ms(50)
+    eq((n.mqtt, client.connected), (None, False), "cancelled: the connection goes too")
+    await w.disconnect()
