@@ -282,17 +282,34 @@ class MqttTransport:
 
 INLINE_MAX = 12 * 1024  # a node's MQTT client accepts packets up to 16 KiB
 CHUNK = 6 * 1024  # raw bytes per streamed chunk (8 KiB in base64)
+# a node's MQTT client refuses a packet over 16 KiB (link/mqttpkt.py MAX_PACKET); the topic and
+# the packet's header come on top of the message
+BEGIN_MAX = 16384 - 256
 
 
 def ota_messages(bundle: bytes, inline_max: int = INLINE_MAX, chunk: int = CHUNK) -> list[bytes]:
     """The messages that carry a firmware bundle to a node's `ota` topic: one `begin` with the
-    files inline when small, else `begin` (manifest only), `file` chunks and `end`."""
+    files inline when small, else `begin` (manifest only), `file` chunks and `end`.
+
+    `begin` carries the envelope as text (what every firmware takes); when that would not fit
+    a node's MQTT packet (a build of ~110 files: its manifest escaped twice), as an object (the
+    manifest escaped once; firmware from this version on). PolicyError when even that does
+    not fit: the node would drop the packet and the campaign only time out."""
     if len(bundle) <= inline_max:
         return [json.dumps({"op": "begin", "bundle": bundle.decode()}).encode()]
     env = json.loads(bundle)
     files = env.get("f", {})
-    head = json.dumps({"m": env["m"], "s": env["s"], "f": {}}, separators=(",", ":"))
-    out = [json.dumps({"op": "begin", "bundle": head}).encode()]
+    head = {"m": env["m"], "s": env["s"], "f": {}}
+    begin = json.dumps({"op": "begin", "bundle": json.dumps(head, separators=(",", ":"))}).encode()
+    if len(begin) > BEGIN_MAX:
+        begin = json.dumps({"op": "begin", "bundle": head}, separators=(",", ":")).encode()
+    if len(begin) > BEGIN_MAX:
+        raise PolicyError(
+            f"the firmware manifest ({len(files)} files) makes a {len(begin)}-byte begin message; a node's MQTT"
+            f" client takes at most {BEGIN_MAX}",
+            hint="ship fewer files (a ROMFS image is one file: umeter build --romfs)",
+        )
+    out = [begin]
     for name, b64 in files.items():
         data = base64.b64decode(b64)
         for off in range(0, max(1, len(data)), chunk):

@@ -134,6 +134,36 @@ def test_a_large_firmware_bundle_is_streamed_in_chunks(mosquitto, tmp_path: Path
         assert (d / "meternode/m1.py").read_bytes() == files["meternode/m1.py"]
 
 
+def test_a_firmware_of_many_files_begins_with_its_envelope_as_an_object(mosquitto, tmp_path: Path) -> None:
+    import json
+
+    from umeter.campaign import BEGIN_MAX, ota_messages
+    from umeter.errors import PolicyError
+
+    # 110 files: the manifest escaped twice (envelope text in the begin message) is over a
+    # node's 16-KiB packet, escaped once (the envelope as an object) it is not
+    files = {f"lib/meternode/pkg{k // 20}/module_{k:03d}.mpy": bytes([k]) * 700 for k in range(110)}
+    man = make_manifest("firmware", "acme", 9, files, make_target(all_nodes=True), key=KEY, campaign="many")
+    env = sign_bundle(KEY, man, files)
+    head = {k: v for k, v in json.loads(env).items() if k != "f"} | {"f": {}}
+    assert len(json.dumps({"op": "begin", "bundle": json.dumps(head)})) > BEGIN_MAX
+    msgs = ota_messages(env)
+    assert isinstance(json.loads(msgs[0])["bundle"], dict) and all(len(m) <= BEGIN_MAX for m in msgs)
+    with FleetSim(2, mosquitto.url, FLEET, tmp_path / "fleet") as sim:
+        db = CampaignDB(tmp_path / "fleet.db")
+        db.create(CampaignSpec("firmware", sim.node_ids, canary_pct=50, batch=1, id="many"), env)
+        with MqttTransport(mosquitto.url) as t:
+            rep = run(db, "many", t)
+        assert (rep.state, rep.ok) == ("done", 2)
+        d = Path(sim.node("sim-00001").agent.slots.slot_dir("a"))
+        assert (d / "lib/meternode/pkg5/module_109.mpy").read_bytes() == files["lib/meternode/pkg5/module_109.mpy"]
+    # more than fits even so: refused on the host with the reason, not dropped by every node
+    files = {f"lib/meternode/a_long_package_name/a_long_module_name_{k:03d}.mpy": b"x" for k in range(250)}
+    man = make_manifest("firmware", "acme", 9, files, make_target(all_nodes=True), key=KEY)
+    with pytest.raises(PolicyError, match="begin message"):
+        ota_messages(sign_bundle(KEY, man, files))
+
+
 def test_simulated_nodes_can_check_signatures_with_the_firmware_ed25519(mosquitto, tmp_path: Path) -> None:
     other = Ed25519PrivateKey.generate()
     with FleetSim(12, mosquitto.url, FLEET, tmp_path / "fleet", pure=True) as sim:

@@ -4,7 +4,7 @@
 #
 # Topics (under <prefix>/<node>/), all JSON:
 #   policy/bundle  <- a signed policy bundle envelope (bundle.py); result on policy/result
-#   ota            <- {"op": "begin", "bundle": <envelope text>}  (files inline, or streamed:)
+#   ota            <- {"op": "begin", "bundle": <envelope text, or the envelope object>}  (files inline, or streamed:)
 #                     {"op": "file", "name": n, "off": offset, "data": base64}
 #                     {"op": "end"}
 #                  result on ota/result: accepted / staged / confirmed / rolled_back / rejected
@@ -200,9 +200,13 @@ class Agent:
                 pass
 
     def _ota_begin(self, envelope, cur):
-        if not isinstance(envelope, str):
-            raise Rejected("malformed: begin needs the bundle envelope text")
-        env = envelope.encode()
+        # the envelope as text, or as an object (a large manifest: escaped once, not twice)
+        if isinstance(envelope, str):
+            env = envelope.encode()
+        elif isinstance(envelope, dict):
+            env = envelope
+        else:
+            raise Rejected("malformed: begin needs the bundle envelope, as text or as an object")
         inline = bool(parse(env)[2])
         man, mtext, files = self.verifier.verify(env, "firmware", cur, int(self.clock.time()), check_files=inline)
         build = man.get("build")

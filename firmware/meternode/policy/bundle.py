@@ -62,9 +62,11 @@ def _safe_name(n):
 
 
 def parse(envelope):
-    # Bytes -> (manifest text, signature bytes, {name: base64 text}).  Raises Rejected.
+    # Bytes (or the envelope already parsed: an OTA begin may carry it as an object, so its
+    # manifest is not escaped twice) -> (manifest text, signature bytes, {name: base64 text}).
+    # Raises Rejected.
     try:
-        env = json.loads(envelope)
+        env = envelope if isinstance(envelope, dict) else json.loads(envelope)
         m = env["m"]
         s = env.get("s")
         f = env.get("f", {})
