@@ -124,14 +124,19 @@ def test_a_large_firmware_bundle_is_streamed_in_chunks(mosquitto, tmp_path: Path
     env = sign_bundle(KEY, man, files)
     msgs = ota_messages(env)
     assert len(msgs) == 1 + 3 * 3 + 1 and all(len(m) < 16 * 1024 for m in msgs)
-    with FleetSim(3, mosquitto.url, FLEET, tmp_path / "fleet") as sim:
+    rep, d = _firmware_campaign(mosquitto, tmp_path, 3, env, "big", canary_pct=34, batch=2)
+    assert (rep.state, rep.ok) == ("done", 3)
+    assert (d / "meternode/m1.py").read_bytes() == files["meternode/m1.py"]
+
+
+def _firmware_campaign(mosquitto, tmp_path: Path, n: int, env: bytes, cid: str, **spec):
+    # a firmware campaign to n simulated nodes: its report and the second node's slot a
+    with FleetSim(n, mosquitto.url, FLEET, tmp_path / "fleet") as sim:
         db = CampaignDB(tmp_path / "fleet.db")
-        db.create(CampaignSpec("firmware", sim.node_ids, canary_pct=34, batch=2, id="big"), env)
+        db.create(CampaignSpec("firmware", sim.node_ids, id=cid, **spec), env)
         with MqttTransport(mosquitto.url) as t:
-            rep = run(db, "big", t)
-        assert (rep.state, rep.ok) == ("done", 3)
-        d = Path(sim.node("sim-00002").agent.slots.slot_dir("a"))
-        assert (d / "meternode/m1.py").read_bytes() == files["meternode/m1.py"]
+            rep = run(db, cid, t)
+        return rep, Path(sim.node(sim.node_ids[1]).agent.slots.slot_dir("a"))
 
 
 def test_a_firmware_of_many_files_begins_with_its_envelope_as_an_object(mosquitto, tmp_path: Path) -> None:
@@ -149,14 +154,9 @@ def test_a_firmware_of_many_files_begins_with_its_envelope_as_an_object(mosquitt
     assert len(json.dumps({"op": "begin", "bundle": json.dumps(head)})) > BEGIN_MAX
     msgs = ota_messages(env)
     assert isinstance(json.loads(msgs[0])["bundle"], dict) and all(len(m) <= BEGIN_MAX for m in msgs)
-    with FleetSim(2, mosquitto.url, FLEET, tmp_path / "fleet") as sim:
-        db = CampaignDB(tmp_path / "fleet.db")
-        db.create(CampaignSpec("firmware", sim.node_ids, canary_pct=50, batch=1, id="many"), env)
-        with MqttTransport(mosquitto.url) as t:
-            rep = run(db, "many", t)
-        assert (rep.state, rep.ok) == ("done", 2)
-        d = Path(sim.node("sim-00001").agent.slots.slot_dir("a"))
-        assert (d / "lib/meternode/pkg5/module_109.mpy").read_bytes() == files["lib/meternode/pkg5/module_109.mpy"]
+    rep, d = _firmware_campaign(mosquitto, tmp_path, 2, env, "many", canary_pct=50, batch=1)
+    assert (rep.state, rep.ok) == ("done", 2)
+    assert (d / "lib/meternode/pkg5/module_109.mpy").read_bytes() == files["lib/meternode/pkg5/module_109.mpy"]
     # more than fits even so: refused on the host with the reason, not dropped by every node
     files = {f"lib/meternode/a_long_package_name/a_long_module_name_{k:03d}.mpy": b"x" for k in range(250)}
     man = make_manifest("firmware", "acme", 9, files, make_target(all_nodes=True), key=KEY)
