@@ -211,3 +211,24 @@ async def test_sim_watchdog_resets_when_the_event_loop_is_stuck():
     wdt.stop()
     eq(reset_cause(mark), "watchdog", "the next boot knows why")
     eq(reset_cause(mark), "start", "once")
+
+
+def test_a_ctrl_c_the_sim_watchdog_thread_catches_stops_the_node_through_the_supervisor():
+    # The unix port raises a SIGINT in whichever thread the kernel picks; when that is the
+    # stand-in's, the Ctrl-C must still end the node's event loop as a KeyboardInterrupt out
+    # of asyncio.run (node.main() then saves the registers), and only once.
+    wdt = SimWatchdog(5000, None)
+    s = Supervisor(_quiet, wdt, check_ms=20)
+    s.add("good", _healthy, 1000)
+    wdt.interrupt()  # what its thread does on a KeyboardInterrupt
+    eq(wdt.on, False, "it stops watching")
+    try:
+        asyncio.run(asyncio.wait_for_ms(s.run(), 2000))
+        got = "returned"
+    except KeyboardInterrupt:
+        got = "KeyboardInterrupt"
+    except asyncio.TimeoutError:
+        got = "still running"
+    eq(got, "KeyboardInterrupt", "the supervisor's next feed raises it in the main thread")
+    wdt.feed()  # once: a later feed is a feed
+    eq(wdt.interrupted, False, "handed on once")

@@ -4,7 +4,7 @@
 # (the next boot reads its reset cause from it: hal.reset_cause), a line is printed and the
 # process is killed at once (SIGKILL: no cleanup, like a real reset); whoever runs the node
 # starts it again.  Unlike a board's, this one can be stopped (tests, a node.run() that ends),
-# and stops when a Ctrl-C stops the node.
+# and stops when a Ctrl-C stops the node (a Ctrl-C it catches goes to the main thread).
 import time
 
 from micropython import const
@@ -22,10 +22,14 @@ class SimWatchdog:
         self.feeds = 0
         self.on = True
         self.fired = False
+        self.interrupted = False  # a Ctrl-C this thread caught, for the main thread
         self.kill = True  # tests set False: only `fired` and the mark, no reset
         _thread.start_new_thread(self._watch, ())
 
     def feed(self):
+        if self.interrupted:
+            self.interrupted = False
+            raise KeyboardInterrupt  # the Ctrl-C the watchdog's thread caught (interrupt())
         self.fed = time.ticks_ms()
         self.feeds += 1
 
@@ -40,13 +44,16 @@ class SimWatchdog:
                     self._reset()
                     return
         except KeyboardInterrupt:
-            # The unix port raises a Ctrl-C (SIGINT) in whichever thread the kernel hands it
-            # to: it is the node's, not ours.  Stop watching and hand it on (with this thread
-            # gone, the main thread gets it), so the node stops and saves its registers.
-            self.on = False
-            import os
+            self.interrupt()
 
-            os.system("kill -INT $PPID")
+    def interrupt(self):
+        # The unix port raises a Ctrl-C (SIGINT) in whichever thread the kernel hands it to:
+        # it is the node's, not ours.  Stop watching and hand it to the main thread at its next
+        # feed(), so the node stops and saves its registers.  (Sending the process a second
+        # SIGINT could land in this thread again, uncaught: the node then ran on until the host
+        # killed it, its registers unsaved -- seen under load, test_sim_db.)
+        self.on = False
+        self.interrupted = True
 
     def _reset(self):
         self.fired = True
