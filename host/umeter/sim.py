@@ -207,6 +207,11 @@ class NodeView:
         return None if r is None else bool(r)
 
 
+# the file a node's sim watchdog takes as a request to stop (firmware hal/simwdt.py, state
+# path "supervisor.json" + ".stop")
+STOP_FILE = "supervisor.json.stop"
+
+
 @dataclass
 class VirtualNode:
     node_id: str
@@ -663,12 +668,19 @@ class SimRun:
         if self._keeper is not None:
             self._keeper.join(5)
             self._keeper = None
-        # Ctrl-C, then wait: each node saves its registers on the way out (a checkpoint),
-        # which on a loaded machine took longer than unixport.stop's default 3 s (the next
-        # run's registers started from 0).
-        for n in self.vnodes:
-            if n.proc is not None:
-                unixport.stop(n.proc, 15.0)
+        # Ask every node to stop (the sim watchdog's stop file: the node stops as on a Ctrl-C,
+        # between bytecodes, and saves its registers on the way out), wait for them all, then
+        # Ctrl-C and kill what is left. A SIGINT first could land inside a node's collector and
+        # hang it (the next run's registers started from 0).
+        running = [n for n in self.vnodes if n.proc is not None and n.proc.poll() is None]
+        for n in running:
+            (n.root / STOP_FILE).write_text("stop\n")
+        deadline = time.monotonic() + 15.0
+        while running and time.monotonic() < deadline:
+            running = [n for n in running if n.proc.poll() is None]
+            time.sleep(0.05)
+        for n in running:
+            unixport.stop(n.proc, 5.0)
         if self.vnodes:
             self.poll_nodes()  # the consoles' last lines ("stopped", a final error)
         for nb in self.buses.values():

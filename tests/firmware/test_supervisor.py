@@ -3,6 +3,7 @@
 # the watchdog is fed only while every task progresses; a task that keeps dying is a crash
 # loop; the sim board's watchdog stand-in resets whatever the event loop is doing.
 import asyncio
+import os
 import time
 
 from meternode import ticks
@@ -232,3 +233,30 @@ def test_a_ctrl_c_the_sim_watchdog_thread_catches_stops_the_node_through_the_sup
     eq(got, "KeyboardInterrupt", "the supervisor's next feed raises it in the main thread")
     wdt.feed()  # once: a later feed is a feed
     eq(wdt.interrupted, False, "handed on once")
+
+
+def test_the_hosts_stop_file_stops_the_node_as_a_ctrl_c_between_bytecodes():
+    # `umeter sim` asks a node to stop with a file, not a SIGINT (which the unix port raises
+    # wherever it lands, inside the collector too): the stand-in's thread takes the file and
+    # the supervisor's next feed raises the KeyboardInterrupt node.main() saves on.
+    d = scratch_dir()
+    stop = d + "/sup.json.stop"
+    wdt = SimWatchdog(5000, None, stop)
+    s = Supervisor(_quiet, wdt, check_ms=20)
+    s.add("good", _healthy, 1000)
+    with open(stop, "w") as f:
+        f.write("stop\n")
+    try:
+        asyncio.run(asyncio.wait_for_ms(s.run(), 3000))
+        got = "returned"
+    except KeyboardInterrupt:
+        got = "KeyboardInterrupt"
+    except asyncio.TimeoutError:
+        got = "still running"
+    eq(got, "KeyboardInterrupt", "stopped through the supervisor's feed")
+    try:
+        os.stat(stop)
+        gone = False
+    except OSError:
+        gone = True
+    eq((gone, wdt.on), (True, False), "the request is taken once and the watch ends")

@@ -33,7 +33,8 @@ def make_watchdog(board, config):
     if board["hal"] == "sim":
         from meternode.hal.simwdt import SimWatchdog
 
-        return SimWatchdog(ms, sc.get("state", "supervisor.json") + ".wdt")
+        state = sc.get("state", "supervisor.json")
+        return SimWatchdog(ms, state + ".wdt", state + ".stop")
     return None
 
 
