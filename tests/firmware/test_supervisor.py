@@ -219,18 +219,9 @@ def test_a_ctrl_c_the_sim_watchdog_thread_catches_stops_the_node_through_the_sup
     # stand-in's, the Ctrl-C must still end the node's event loop as a KeyboardInterrupt out
     # of asyncio.run (node.main() then saves the registers), and only once.
     wdt = SimWatchdog(5000, None)
-    s = Supervisor(_quiet, wdt, check_ms=20)
-    s.add("good", _healthy, 1000)
     wdt.interrupt()  # what its thread does on a KeyboardInterrupt
     eq(wdt.on, False, "it stops watching")
-    try:
-        asyncio.run(asyncio.wait_for_ms(s.run(), 2000))
-        got = "returned"
-    except KeyboardInterrupt:
-        got = "KeyboardInterrupt"
-    except asyncio.TimeoutError:
-        got = "still running"
-    eq(got, "KeyboardInterrupt", "the supervisor's next feed raises it in the main thread")
+    eq(_run_until_interrupted(wdt), "KeyboardInterrupt", "the supervisor's next feed raises it in the main thread")
     wdt.feed()  # once: a later feed is a feed
     eq(wdt.interrupted, False, "handed on once")
 
@@ -242,21 +233,26 @@ def test_the_hosts_stop_file_stops_the_node_as_a_ctrl_c_between_bytecodes():
     d = scratch_dir()
     stop = d + "/sup.json.stop"
     wdt = SimWatchdog(5000, None, stop)
-    s = Supervisor(_quiet, wdt, check_ms=20)
-    s.add("good", _healthy, 1000)
     with open(stop, "w") as f:
         f.write("stop\n")
-    try:
-        asyncio.run(asyncio.wait_for_ms(s.run(), 3000))
-        got = "returned"
-    except KeyboardInterrupt:
-        got = "KeyboardInterrupt"
-    except asyncio.TimeoutError:
-        got = "still running"
-    eq(got, "KeyboardInterrupt", "stopped through the supervisor's feed")
+    eq(_run_until_interrupted(wdt), "KeyboardInterrupt", "stopped through the supervisor's feed")
     try:
         os.stat(stop)
         gone = False
     except OSError:
         gone = True
     eq((gone, wdt.on), (True, False), "the request is taken once and the watch ends")
+
+
+def _run_until_interrupted(wdt):
+    # a supervisor with one healthy task, run as node.main() runs it, for at most 3 s:
+    # how it ended
+    s = Supervisor(_quiet, wdt, check_ms=20)
+    s.add("good", _healthy, 1000)
+    try:
+        asyncio.run(asyncio.wait_for_ms(s.run(), 3000))
+        return "returned"
+    except KeyboardInterrupt:
+        return "KeyboardInterrupt"
+    except asyncio.TimeoutError:
+        return "still running"
