@@ -72,9 +72,9 @@ class _Module:
                     else:
                         self.other_binds.add(a.name.split(".")[0])  # binds the top package
             elif isinstance(n, ast.ImportFrom):
-                src = _resolve(name if not is_pkg else name + ".x", n)
+                src = self.source(n)
                 for a in n.names:
-                    self.import_binds.setdefault(a.asname or a.name, set()).add((src or "", a.name))
+                    self.import_binds.setdefault(a.asname or a.name, set()).add((src, a.name))
             elif isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del)):
                 self.other_binds.add(n.id)
             elif isinstance(n, ast.arg):
@@ -87,6 +87,15 @@ class _Module:
 
     def edit(self, n: ast.AST, text: str) -> None:
         self.edits.append((n.lineno, n.col_offset, n.end_lineno, n.end_col_offset, text))  # type: ignore[attr-defined]
+
+    def source(self, n: ast.ImportFrom) -> str:
+        # the absolute module an ImportFrom of this module names
+        return _resolve(self.name + ".x" if self.is_pkg else self.name, n) or ""
+
+    def module_of(self, name: str) -> str | None:
+        # the module `name` is bound to by import here (`from a import b`: "a.b"), if it is
+        b = self.bound_to(name)
+        return None if b is None else b[0] if b[1] is None else f"{b[0]}.{b[1]}"
 
     def bound_to(self, name: str) -> tuple[str, str | None] | None:
         # (module, attr) when `name` is bound only by imports, all of the same thing
@@ -102,7 +111,6 @@ def fold(sources: dict[str, str], packages: set[str] | None = None) -> dict[str,
     packages = packages or set()
     mods = {m: _Module(m, t, m in packages) for m, t in sources.items()}
     consts = {m: M.consts for m, M in mods.items() if M.consts}
-    # reads of NAME (by defining module) we could not fold: those keep their global
     names = {name for cs in consts.values() for name in cs}
     # what each module reads from another module of the package, by name: a constant a
     # module imports is not taken out of its globals when another module reads it from there
@@ -110,12 +118,11 @@ def fold(sources: dict[str, str], packages: set[str] | None = None) -> dict[str,
     for M in mods.values():
         for n in ast.walk(M.tree):
             if isinstance(n, ast.ImportFrom):
-                src = _resolve(M.name if not M.is_pkg else M.name + ".x", n) or ""
-                reads.update((src, a.name) for a in n.names)
+                reads.update((M.source(n), a.name) for a in n.names)
             elif isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name):
-                b = M.bound_to(n.value.id)
-                if b is not None:
-                    reads.add((b[0] if b[1] is None else f"{b[0]}.{b[1]}", n.attr))
+                target = M.module_of(n.value.id)
+                if target is not None:
+                    reads.add((target, n.attr))
     # reads of a constant's name we could not fold: its global stays in its module
     kept: set[tuple[str, str]] = set()
 
@@ -125,8 +132,7 @@ def fold(sources: dict[str, str], packages: set[str] | None = None) -> dict[str,
     for M in mods.values():
         for n in ast.walk(M.tree):
             if isinstance(n, ast.Attribute) and n.attr in names:
-                b = M.bound_to(n.value.id) if isinstance(n.value, ast.Name) else None
-                target = None if b is None else b[0] if b[1] is None else f"{b[0]}.{b[1]}"
+                target = M.module_of(n.value.id) if isinstance(n.value, ast.Name) else None
                 ok = target in consts and n.attr in consts[target] and n.lineno == n.end_lineno
                 if ok and isinstance(n.ctx, ast.Load):
                     M.edit(n, str(consts[target][n.attr]))
@@ -143,7 +149,7 @@ def fold(sources: dict[str, str], packages: set[str] | None = None) -> dict[str,
             # imported constants: out of the import list (their uses are folded above)
             if not isinstance(n, ast.ImportFrom):
                 continue
-            src = _resolve(M.name if not M.is_pkg else M.name + ".x", n) or ""
+            src = M.source(n)
             gone = {
                 a.name for a in n.names
                 if src in consts and a.name in consts[src] and M.bound_to(a.asname or a.name)
