@@ -269,6 +269,20 @@ class VirtualBoard:
         """Block until the board finished boot.py/main.py start-up (the boot marker was seen)."""
         self._wait(lambda: not self._booting, timeout)
 
+    def wait_console(self, text: str, timeout: float = 10.0) -> str:
+        """Block until the board printed `text` (see console()); return the console then.
+        Raises DeviceError naming the text and the console's last lines when it does not come."""
+        deadline = time.monotonic() + timeout
+        while text not in (out := self.console()):
+            if time.monotonic() > deadline:
+                tail = "\n".join(out.splitlines()[-5:])
+                raise DeviceError(
+                    f"virtual board {self.path.name} did not print {text!r} within {timeout:g} s",
+                    hint=f"its console ends:\n{tail}",
+                )
+            time.sleep(0.01)
+        return out
+
     def pins_out(self) -> dict[int, int]:
         """Output pin levels the firmware drove (machine.Pin(n, OUT).value(v))."""
         p = self.state / "pins.out"

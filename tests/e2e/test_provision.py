@@ -128,10 +128,7 @@ def test_power_cut_mid_write_leaves_no_truncated_file_and_the_next_run_resumes(t
         vb.power_on()
         vb.wait_booted()
         # the main.py of an earlier install refuses to start the node on a half-provisioned board
-        deadline = time.monotonic() + 5
-        while "provisioning incomplete" not in vb.console() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert "provisioning incomplete; node not started" in vb.console()
+        vb.wait_console("provisioning incomplete; node not started", timeout=5)
         rep = provision(inv, build_dirs={"sim": image}, reset=False)[0]
         assert rep.status == "ok", rep.error
         assert rep.skipped > 0  # resumed: what had arrived was not sent again
@@ -235,7 +232,6 @@ def test_bad_calibration_override_names_the_channel(tmp_path, home, image):
 
 def test_provisioned_node_publishes_with_its_credentials_under_its_own_topic(tmp_path, home, image):
     import queue
-    import time
 
     import paho.mqtt.client as mqtt
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -99,10 +98,7 @@ def test_provision_puts_the_package_in_the_romfs_partition_and_the_node_runs_fro
         # reset: main.py runs the node, its modules come from /rom
         rep = provision(inv, build_dirs={"sim": image}, reset=True)[0]
         assert rep.status == "ok", rep.error
-        deadline = time.monotonic() + 10
-        while "umeter node n0" not in vb.console() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert "umeter node n0" in vb.console()
+        vb.wait_console("umeter node n0")
         out = mpremote(vb, "exec", "import meternode.node as n; print(n.__file__)")
         assert out.strip() == "/rom/lib/meternode/node.mpy"
 
@@ -130,10 +126,7 @@ def test_a_power_cut_mid_image_leaves_no_mountable_half_image_and_the_next_run_c
         assert part[2048:] != b"\xff" * (len(part) - 2048)  # and later chunks had arrived
         vb.power_on()
         vb.wait_booted()
-        deadline = time.monotonic() + 5
-        while "provisioning incomplete" not in vb.console() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert "provisioning incomplete; node not started" in vb.console()
+        vb.wait_console("provisioning incomplete; node not started", timeout=5)
         rom = "import os\ntry:\n os.stat('/rom/lib')\n print(True)\nexcept OSError:\n print(False)"
         assert mpremote(vb, "exec", rom).strip() == "False"  # nothing mounted
         rep = provision(inv, build_dirs={"sim": image}, reset=False)[0]

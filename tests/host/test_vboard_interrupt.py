@@ -61,10 +61,7 @@ def test_a_board_that_dies_of_the_ctrl_c_comes_back_to_the_repl_mpremote_asked_f
         pid = vb._proc.pid
         with serial.Serial(vb.port, 115200, timeout=0.2) as s:
             s.write(b"\r\x03")  # what mpremote's enter_raw_repl sends: Ctrl-C ...
-            deadline = time.monotonic() + 5
-            while "caught" not in vb.console():
-                assert time.monotonic() < deadline, vb.console()
-                time.sleep(0.01)
+            vb.wait_console("caught", timeout=5)
             s.write(b"\r\x01")  # ... then Ctrl-A, which the dying process never reads
             (vb.flash / "deaf").unlink()
             time.sleep(0.05)
