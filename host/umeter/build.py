@@ -16,7 +16,8 @@ and, when asked for:
                             from flash; `umeter provision` deploys it there instead of lib/
     manifest.py, frozen/    (--manifest) a MicroPython manifest that freezes the package into
                             a firmware image the user builds (frozen/meternode/**.py: the
-                            sources; the port's own mpy-cross compiles them)
+                            sources as the .mpy files were compiled from them, constants
+                            folded; the port's own mpy-cross compiles them)
 
 The sim board runs on the local unix port, so its build targets that binary's architecture
 (x64, or x86 for a 32-bit build selected with UMETER_MICROPYTHON) unless `arch` says otherwise.
@@ -231,6 +232,8 @@ def build(
             done += 1
             if progress:
                 progress(done, len(jobs), j[1])
+    # the texts a freeze manifest freezes: what the .mpy files were compiled from (folded)
+    frozen_src = {j[1]: j[0].read_bytes() for j in jobs} if freeze and not errors else {}
     if folded:
         shutil.rmtree(outdir / ".fold")
     if errors:
@@ -247,7 +250,7 @@ def build(
     if romfs:
         res.romfs = write_romfs(outdir)
     if freeze:
-        res.freeze_manifest = write_freeze_manifest(outdir, srcdir, bdef, version)
+        res.freeze_manifest = write_freeze_manifest(outdir, frozen_src, bdef, version)
     (outdir / MANIFEST).write_text(json.dumps(res.manifest(), indent=1, sort_keys=True) + "\n")
     res.seconds = time.monotonic() - t0
     return res
@@ -286,15 +289,17 @@ def write_romfs(outdir: Path) -> dict:
     return {"file": ROMFS_IMAGE, "sha256": romfs.digest(img), "size": len(img)}
 
 
-def write_freeze_manifest(outdir: Path, srcdir: Path, board: dict, version: str) -> Path:
+def write_freeze_manifest(outdir: Path, sources: dict[str, bytes], board: dict, version: str) -> Path:
     """manifest.py + frozen/meternode/**.py: freezes the package into a firmware image built
     by the user (`make BOARD=... FROZEN_MANIFEST=<this file>`), the stock board's own frozen
-    modules included."""
+    modules included. `sources` ({"meternode/...py": text}) are the texts the .mpy files were
+    compiled from: with the package's cross-module constants folded (constfold.py), every edit
+    on its line, so the frozen package's globals and tracebacks match the .mpy build's."""
     frozen = outdir / "frozen"
-    for py in _sources(srcdir):
-        dst = frozen / py.relative_to(srcdir)
+    for rel, text in sorted(sources.items()):
+        dst = frozen / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(py, dst)
+        dst.write_bytes(text)
     port, stock, base = _FREEZE_BASE.get(board.get("mcu", ""), (None, None, None))
     lines = [
         f"# MicroPython manifest: umeter firmware {version} frozen for board {board['name']!r}.",
@@ -309,7 +314,11 @@ def write_freeze_manifest(outdir: Path, srcdir: Path, board: dict, version: str)
             f'include("{base}")',
         ]
     else:
-        lines += [f"# board {board['name']!r} has no stock MicroPython firmware: include your port's manifest."]
+        lines += [
+            f"# board {board['name']!r} has no stock MicroPython firmware: include your port's manifest.",
+            f"# The viper kernels are machine code: build with MPY_CROSS_FLAGS=-march={board.get('arch')} if the",
+            "# port does not set its own architecture (the unix port does not).",
+        ]
     lines += ['package("meternode", base_path="frozen")', ""]
     path = outdir / FREEZE_MANIFEST
     path.write_text("\n".join(lines))

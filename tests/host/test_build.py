@@ -126,3 +126,27 @@ def test_repository_firmware_x64_build_runs_its_viper_kernels(tmp_path):
 def test_repository_firmware_builds_for_the_mcu_boards(tmp_path, board):
     res = build(board, tmp_path / board)
     assert (res.out / "lib" / "meternode" / "metrology" / "kernels.mpy").exists()
+
+
+def test_freeze_manifest_freezes_the_texts_the_mpy_files_were_compiled_from(tmp_path):
+    # --manifest: frozen/meternode/**.py are the constant-folded texts (constfold.py), not the
+    # plain sources, so a frozen package's module globals are the .mpy build's; each one
+    # compiles to the very .mpy the build ships, and frozen/ is not part of the provisioned files
+    from umeter.build import compile_one
+
+    res = build("pico_w", tmp_path / "pico", freeze=True)
+    frozen = res.out / "frozen"
+    rels = sorted(p.relative_to(frozen).as_posix() for p in frozen.rglob("*.py"))
+    assert rels == sorted(p.relative_to(res.out / "lib").with_suffix(".py").as_posix()
+                          for p in (res.out / "lib").rglob("*.mpy"))  # fmt: skip
+    src = Path(unixport.firmware_root())
+    changed = [r for r in rels if (frozen / r).read_bytes() != (src / r).read_bytes()]
+    assert "meternode/node.py" in changed, "node.py reads records.EV_* constants the build folds"
+    for rel in rels:
+        out = tmp_path / "again" / rel
+        compile_one(frozen / rel, rel, out.with_suffix(".mpy"), res.arch)
+        built = res.out / "lib" / Path(rel).with_suffix(".mpy")
+        assert out.with_suffix(".mpy").read_bytes() == built.read_bytes(), f"frozen/{rel} is not {built}'s source"
+    assert not any(f.startswith("frozen/") or f == "manifest.py" for f in read_manifest(res.out)["files"])
+    text = res.freeze_manifest.read_text()
+    assert 'package("meternode", base_path="frozen")' in text and "make -C ports/rp2 BOARD=RPI_PICO_W" in text
