@@ -94,3 +94,32 @@ def test_the_uplink_gate_is_the_measured_cost_on_this_port(setup, load):
             f"{kind} from {load}: the uplink takes {cost} bytes here, node.py's table says {gate}: "
             "update _UPLINK_COST from benchmarks/memory.py"
         )
+
+
+def _loaded_as(cwd: Path, path: str) -> tuple[str, int]:
+    # node._loaded() and the module's __file__, the package imported from `path` with cwd `cwd`
+    code = "from meternode import node\nprint('LOADED', node.__file__, node._loaded())\n"
+    env = dict(os.environ, MICROPYPATH=path)
+    r = subprocess.run([unixport.micropython_path(), "-c", code], capture_output=True, text=True, env=env, cwd=cwd,
+                       timeout=30)  # fmt: skip
+    if "LOADED" not in r.stdout:
+        return "", -1  # not importable from there
+    f = r.stdout.split("LOADED")[1].split()
+    return f[0], int(f[1])
+
+
+def test_the_gate_tells_source_in_the_working_directory_from_frozen_code(tmp_path):
+    # Frozen modules have a __file__ relative to '.frozen' ("meternode/node.py"); a source
+    # package in the working directory ('' comes first on sys.path: a board with the .py files
+    # copied to its root) has the same string, and must get the source costs (.mpy class plus
+    # the compiler's peak), not the in-place ones.
+    assert _loaded_as(unixport.firmware_root(), ".frozen") == ("meternode/node.py", 0)
+    res = build("sim", tmp_path / "build")
+    assert _loaded_as(res.out / "lib", ".frozen") == ("meternode/node.mpy", 1)
+
+
+def test_frozen_code_gets_the_in_place_costs(tmp_path):
+    f, load = _loaded_as(tmp_path, ".frozen")  # nothing in the working directory
+    if not f:
+        pytest.skip("this interpreter has no frozen meternode (a local build of the unix port: docs/memory.md)")
+    assert (f, load) == ("meternode/node.py", 2), "frozen code runs in place: the ROMFS costs"
