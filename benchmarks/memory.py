@@ -31,8 +31,18 @@ The last line is one JSON object; "budget" holds the figures the RAM budget is h
 (docs/memory.md): full_mpy_kb, full_romfs_kb, store_cmd_mpy_kb (held after the run), and per
 configuration its target heap, lowest free heap and MemoryErrors over the day.
 
+The third way onto a board, the package frozen into the firmware, needs an interpreter built
+with it (a unix port made with FROZEN_MANIFEST including `umeter build --manifest`'s manifest.py:
+a local build, nothing CI makes). `--frozen` measures that interpreter's frozen package instead
+of the three loads above: the same imports, nodes and day, every module imported from '.frozen'
+(no /lib, no image; main.py boots it as a board's does). Its "budget" holds full_frozen_kb and
+store_cmd_frozen_kb and the "frozen:..." configurations. It stops with an error naming the
+binary when that has no frozen meternode; a normal run stops when the interpreter has one (its
+ROMFS run, with '.frozen' first on the path as on a board, would measure the frozen package).
+
     python benchmarks/memory.py [--settle 3] [--run 30] [--day 86400] [--stride 10] [--jobs 2]
     UMETER_MICROPYTHON=/path/to/micropython32 python benchmarks/memory.py   # a 32-bit port
+    UMETER_MICROPYTHON=/path/to/micropython-with-meternode-frozen python benchmarks/memory.py --frozen
 """
 
 from __future__ import annotations
@@ -71,6 +81,7 @@ SUBSYSTEMS = (
 )  # fmt: skip
 
 LOADS = ("source", "mpy", "romfs")
+FROZEN = "frozen"  # the load --frozen measures
 CONFIGS = ("plain", "+store", "+cmd_key", "+policy", "+fleet")
 MARGIN = 32 * 1024  # the budget: a node runs in a heap this much larger than what it holds
 KEY = "5a" * 16
@@ -221,6 +232,28 @@ exec(src, {"__name__": "__main__"})
 """
 
 
+# Is there a meternode package frozen into the interpreter? Prints its __file__ (frozen code
+# has a path relative to '.frozen', "meternode/__init__.py") or the import's error.
+PROBE_SCRIPT = r"""
+import sys
+sys.path[:] = [".frozen"]
+try:
+    import meternode, meternode.node
+    print("RESULT", meternode.node.__file__)
+except ImportError as e:
+    print("RESULT -", repr(e))
+"""
+
+
+def frozen_package(work: Path) -> str | None:
+    """The frozen meternode's node module file name in the interpreter in use, None if it has none."""
+    script = work / "probe.py"
+    script.write_text(PROBE_SCRIPT)
+    lines, _ = _mp(script, [], ".frozen", "1m", 30)
+    f = lines[0].split()
+    return f[0] if f[0] != "-" else None
+
+
 def _mp(script: Path, args: list[str], path: str, heap: str | int, timeout: float) -> tuple[list[str], str]:
     env = dict(os.environ, MICROPYPATH=path)
     argv = unixport.command(script, *args, heap=heap)
@@ -355,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stride", type=int, default=10, help="sim clock seconds per second of samples metered in the day")
     ap.add_argument("--jobs", type=int, default=2, help="budgeted-heap runs at once (they use a CPU each)")
     ap.add_argument("--firmware", help="measure this firmware/ directory instead (e.g. an older checkout)")
+    ap.add_argument(
+        "--frozen", action="store_true", help="measure the meternode frozen into the interpreter (UMETER_MICROPYTHON)"
+    )
     a = ap.parse_args(argv)
     from umeter.policy import load_any
 
@@ -368,17 +404,34 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="umeter-mem-") as d, Mosquitto() as broker:
         work = Path(d)
         fw = Path(a.firmware) if a.firmware else unixport.firmware_root()
-        res_build = build("sim", work / "build", src=fw, romfs=True)
+        frozen = frozen_package(work)
+        binary = unixport.micropython_path()
+        if a.frozen and frozen is None:
+            raise SystemExit(
+                f"memory.py --frozen: {binary} has no frozen meternode package (import from '.frozen' failed)"
+                " -- build the unix port with FROZEN_MANIFEST including `umeter build --board sim --manifest`'s"
+                " manifest.py and point UMETER_MICROPYTHON at it"
+            )
+        if not a.frozen and frozen is not None:
+            raise SystemExit(
+                f"memory.py: {binary} has meternode frozen in ({frozen}): '.frozen' comes first on the ROMFS"
+                " run's path, as on a board, so it would measure the frozen package -- measure it with"
+                " --frozen, and .mpy and ROMFS with an interpreter without it"
+            )
+        res_build = build("sim", work / "build", src=fw, romfs=not a.frozen)
         image = str(work / "build" / "romfs.img")
-        paths = {
-            "source": (f"{fw}:.frozen", "-", fw / "main.py"),
-            "mpy": (str(work / "build" / "lib") + ":.frozen", "-", work / "build" / "main.py"),
-            "romfs": (".frozen", image, work / "build" / "main.py"),
-        }
-        port = {"arch": res_build.arch, "word_bytes": unixport.word_bytes(), "binary": unixport.micropython_path()}
+        if a.frozen:  # main.py boots it; every module of the package comes from '.frozen'
+            paths = {FROZEN: (".frozen", "-", work / "build" / "main.py")}
+        else:
+            paths = {
+                "source": (f"{fw}:.frozen", "-", fw / "main.py"),
+                "mpy": (str(work / "build" / "lib") + ":.frozen", "-", work / "build" / "main.py"),
+                "romfs": (".frozen", image, work / "build" / "main.py"),
+            }
+        port = {"arch": res_build.arch, "word_bytes": unixport.word_bytes(), "binary": binary}
         res: dict = {
             "port": port,
-            "image_bytes": res_build.romfs["size"],
+            "image_bytes": res_build.romfs["size"] if res_build.romfs else 0,
             "imports": {k: imports(work, p, img) for k, (p, img, _) in paths.items()},
             "nodes": {},
             "day": {},
@@ -393,9 +446,11 @@ def main(argv: list[str] | None = None) -> int:
             outs = list(ex.map(lambda j: run_node(*j[1]), jobs))
         for (load, kind), out in zip((j[0] for j in jobs), outs, strict=True):
             res["nodes"].setdefault(load, {})[kind] = out
+        if a.frozen:
+            res["frozen"] = frozen
         if a.day:
             jobs = []
-            for load in ("mpy", "romfs"):
+            for load in (FROZEN,) if a.frozen else ("mpy", "romfs"):
                 p, img, main_py = paths[load]
                 for kind in CONFIGS:
                     n = res["nodes"][load][kind]
@@ -423,13 +478,15 @@ def _kb(x) -> float | None:
 def budget(res: dict) -> dict:
     """The figures the RAM budget is held to (docs/memory.md)."""
     nodes = res["nodes"]
-    b: dict = {
-        "word_bytes": res["port"]["word_bytes"],
-        "full_mpy_kb": _kb(nodes["mpy"]["+policy"].get("run_held")),
-        "full_romfs_kb": _kb(nodes["romfs"]["+policy"].get("run_held")),
-        "store_cmd_mpy_kb": _kb(nodes["mpy"]["+cmd_key"].get("run_held")),
-        "configs": {},
-    }
+    b: dict = {"word_bytes": res["port"]["word_bytes"]}
+    if FROZEN in nodes:
+        b["full_frozen_kb"] = _kb(nodes[FROZEN]["+policy"].get("run_held"))
+        b["store_cmd_frozen_kb"] = _kb(nodes[FROZEN]["+cmd_key"].get("run_held"))
+    else:
+        b["full_mpy_kb"] = _kb(nodes["mpy"]["+policy"].get("run_held"))
+        b["full_romfs_kb"] = _kb(nodes["romfs"]["+policy"].get("run_held"))
+        b["store_cmd_mpy_kb"] = _kb(nodes["mpy"]["+cmd_key"].get("run_held"))
+    b["configs"] = {}
     for load, by_kind in res.get("day", {}).items():
         for kind, r in by_kind.items():
             b["configs"][f"{load}:{kind.lstrip('+')}"] = {
@@ -452,17 +509,19 @@ def _f(x) -> str:
 
 def _print(res: dict) -> None:
     p = res["port"]
-    print(f"unix port {p['binary']} ({p['arch']}, {p['word_bytes'] * 8}-bit); ROMFS image {_f(res['image_bytes'])} KB")
     im = res["imports"]
+    loads = [load for load in (*LOADS, FROZEN) if load in im]
+    what = f"meternode frozen in ({res['frozen']})" if FROZEN in im else f"ROMFS image {_f(res['image_bytes'])} KB"
+    print(f"unix port {p['binary']} ({p['arch']}, {p['word_bytes'] * 8}-bit); {what}")
     print("imports (KB held after gc.collect): alone / marginal")
-    print(f"{'subsystem':<13}" + "".join(f"{load:>16}" for load in LOADS))
+    print(f"{'subsystem':<13}" + "".join(f"{load:>16}" for load in loads))
     for name, _ in SUBSYSTEMS:
-        cells = [f"{_f(im[load][name]['alone'])} / {_f(im[load][name]['marginal'])}" for load in LOADS]
+        cells = [f"{_f(im[load][name]['alone'])} / {_f(im[load][name]['marginal'])}" for load in loads]
         print(f"{name:<13}" + "".join(f"{c:>16}" for c in cells))
     print()
     print("nodes booted by main.py, 1 MB heap (KB held: after start-up, after the run; uplink up; qstrs)")
     for kind in CONFIGS:
-        for load in LOADS:
+        for load in loads:
             r = res["nodes"][load][kind]
             if "start_held" not in r:
                 print(f"{kind:<10} {load:<6} {r.get('error')}")
@@ -488,6 +547,12 @@ def _print(res: dict) -> None:
                 )
     b = res["budget"]
     print()
+    if FROZEN in im:
+        print(
+            f"budget: full frozen {b['full_frozen_kb']} KB, store+commands frozen {b['store_cmd_frozen_kb']} KB"
+            f" ({b['word_bytes'] * 8}-bit)"
+        )
+        return
     print(
         f"budget: full .mpy {b['full_mpy_kb']} KB, full ROMFS {b['full_romfs_kb']} KB, "
         f"store+commands .mpy {b['store_cmd_mpy_kb']} KB ({b['word_bytes'] * 8}-bit)"
