@@ -303,7 +303,8 @@ def write_freeze_manifest(outdir: Path, sources: dict[str, bytes], board: dict, 
     port, stock, base = _FREEZE_BASE.get(board.get("mcu", ""), (None, None, None))
     lines = [
         f"# MicroPython manifest: umeter firmware {version} frozen for board {board['name']!r}.",
-        "# Frozen modules run from flash: bytecode, constants and interned names cost no heap.",
+        "# Frozen modules run from flash: their bytecode, constants and names cost no heap (their",
+        "# function objects, classes and module dicts still do; docs/memory.md measures it).",
     ]
     if port:
         lines += [
