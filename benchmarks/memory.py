@@ -245,11 +245,12 @@ except ImportError as e:
 """
 
 
-def frozen_package(work: Path) -> str | None:
+def frozen_package() -> str | None:
     """The frozen meternode's node module file name in the interpreter in use, None if it has none."""
-    script = work / "probe.py"
-    script.write_text(PROBE_SCRIPT)
-    lines, _ = _mp(script, [], ".frozen", "1m", 30)
+    with tempfile.TemporaryDirectory(prefix="umeter-mem-") as d:
+        script = Path(d) / "probe.py"
+        script.write_text(PROBE_SCRIPT)
+        lines, _ = _mp(script, [], ".frozen", "1m", 30)
     f = lines[0].split()
     return f[0] if f[0] != "-" else None
 
@@ -400,24 +401,24 @@ def main(argv: list[str] | None = None) -> int:
     from umeter.signing import fleet_identity
 
     FLEET.update(fleet_identity(Ed25519PrivateKey.from_private_bytes(bytes(32)), "mem"))
+    frozen = frozen_package()
+    binary = unixport.micropython_path()
+    if a.frozen and frozen is None:
+        raise SystemExit(
+            f"memory.py --frozen: {binary} has no frozen meternode package (import from '.frozen' failed)"
+            " -- build the unix port with FROZEN_MANIFEST including `umeter build --board sim --manifest`'s"
+            " manifest.py and point UMETER_MICROPYTHON at it"
+        )
+    if not a.frozen and frozen is not None:
+        raise SystemExit(
+            f"memory.py: {binary} has meternode frozen in ({frozen}): '.frozen' comes first on the ROMFS"
+            " run's path, as on a board, so it would measure the frozen package -- measure it with"
+            " --frozen, and .mpy and ROMFS with an interpreter without it"
+        )
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="umeter-mem-") as d, Mosquitto() as broker:
         work = Path(d)
         fw = Path(a.firmware) if a.firmware else unixport.firmware_root()
-        frozen = frozen_package(work)
-        binary = unixport.micropython_path()
-        if a.frozen and frozen is None:
-            raise SystemExit(
-                f"memory.py --frozen: {binary} has no frozen meternode package (import from '.frozen' failed)"
-                " -- build the unix port with FROZEN_MANIFEST including `umeter build --board sim --manifest`'s"
-                " manifest.py and point UMETER_MICROPYTHON at it"
-            )
-        if not a.frozen and frozen is not None:
-            raise SystemExit(
-                f"memory.py: {binary} has meternode frozen in ({frozen}): '.frozen' comes first on the ROMFS"
-                " run's path, as on a board, so it would measure the frozen package -- measure it with"
-                " --frozen, and .mpy and ROMFS with an interpreter without it"
-            )
         res_build = build("sim", work / "build", src=fw, romfs=not a.frozen)
         image = str(work / "build" / "romfs.img")
         if a.frozen:  # main.py boots it; every module of the package comes from '.frozen'

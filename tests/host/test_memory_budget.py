@@ -123,3 +123,16 @@ def test_frozen_code_gets_the_in_place_costs(tmp_path):
     if not f:
         pytest.skip("this interpreter has no frozen meternode (a local build of the unix port: docs/memory.md)")
     assert (f, load) == ("meternode/node.py", 2), "frozen code runs in place: the ROMFS costs"
+
+
+def test_the_benchmark_refuses_to_measure_a_load_the_interpreter_cannot_give():
+    # --frozen on an interpreter without a frozen meternode names it and what is missing; a
+    # normal run on one with it (its ROMFS run would import the frozen package) says so
+    bm = _benchmark()
+    binary = unixport.micropython_path()
+    has = bm.frozen_package() is not None
+    with pytest.raises(SystemExit) as e:
+        bm.main([] if has else ["--frozen"])
+    msg = str(e.value)
+    assert binary in msg
+    assert ("has meternode frozen in" in msg) if has else ("has no frozen meternode package" in msg), msg
