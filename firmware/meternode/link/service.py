@@ -16,8 +16,8 @@
 # Command results wait for the link in a queue of at most RESULTS_MAX: when it is full the
 # oldest refusal goes first (a flood of forged commands cannot push out the answer to a real
 # one), else the oldest result; drops are counted (stats()["results_dropped"]).
-# Command actions live in actions.py and LoRa wiring in loraservice.py, loaded only when
-# configured (a module's compile peak matters on a source-loaded heap).
+# What commands do (actions.py) is loaded per authentic command, LoRa wiring (loraservice.py)
+# only when configured (a module's compile peak matters on a source-loaded heap).
 import json
 
 from micropython import const
@@ -83,21 +83,26 @@ class UplinkService:
             self.outbox.on_unreadable = self._unreadable
         self.profile = ProfileRecorder(self.log, cfg.get("profile_s", 900), getattr(node, "mains", None), self._wake)
         self.commands = None
-        self.actions = None
         if cfg.get("cmd_key"):
-            from meternode.link.actions import Actions  # only nodes with a key pay for these
+            # The node keeps the commands' state and checks (commands.py); what carries out an
+            # authentic one (actions.py) is loaded for it and forgotten after.  Loaded once now
+            # too, while the heap is emptiest: its names are interned for good then, not later
+            # in a fragmented heap (docs/memory.md).
+            from meternode.lazy import forget
             from meternode.link.commands import Commands
 
-            self.actions = Actions(self)
+            __import__("meternode.link.actions")
+            forget("meternode.link.actions")
             self.commands = Commands(
                 node.id,
                 cfg["cmd_key"],
                 path + ".ctr",
                 self.clock,
-                self.actions,
+                None,  # the actions: made per command (actions.py) for this service
                 self.event,
                 cfg.get("time_max_step_s", 86400),
             )
+            self.commands.service = self
         if m:
             self.link = MqttLink(
                 node.id,
@@ -205,6 +210,18 @@ class UplinkService:
     # -- MQTT ------------------------------------------------------------------------------
     def _describe(self):
         return {"version": VERSION, "model": self.node.board.get("name", "meter node"), "sensors": None}
+
+    @property
+    def actions(self):
+        # What commands do on this node (actions.py, loaded for the caller and forgotten
+        # with it); None without a command key.
+        if self.commands is None:
+            return None
+        from meternode.lazy import forget
+        from meternode.link.actions import Actions
+
+        forget("meternode.link.actions")
+        return Actions(self)
 
     def _on_command(self, payload):
         r = self.commands.handle(payload)
