@@ -294,7 +294,7 @@ def meter_line(v: NodeView, m: simbus.MeterView, now: float | None = None) -> st
     type=click.FloatRange(min=0, min_open=True),
     default=None,
     metavar="S",
-    help="Stop after S seconds; exit 1 if a node sent no telemetry, else 0 (for scripts and CI).",
+    help="Stop S seconds after the nodes started; exit 1 if a node sent no telemetry, else 0 (for scripts and CI).",
 )
 @click.option(
     "--interval",
@@ -403,6 +403,10 @@ def command(
     started = time.monotonic()
     try:
         run.start()
+        # --duration is the nodes' time: counted from when they were started, not from before
+        # start() built the .mpy firmware and the broker (~1 s on a free machine, over 4 s on a
+        # loaded one, which left a `--duration 4` node no time to send its first telemetry)
+        started = time.monotonic()
         where = broker or f"embedded broker mqtt://{run.host}:{run.port}"
         ui.info(f"Started {ui.plural(nodes, 'virtual node')} ({board} board) on {where}; Ctrl-C stops them.")
         for note in run.notes:
