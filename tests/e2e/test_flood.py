@@ -229,15 +229,20 @@ def test_a_flood_of_forged_messages_leaves_metering_heap_and_link_intact(tmp_pat
     # where it was once the flood is over: nothing was kept (garbage between collections is
     # no measure, MicroPython collects when the heap is full; leaks over many more messages
     # are benchmarks/fuzz.py's heap figures)
+    # The before and after figures are readings taken while no telemetry report was in flight
+    # (flood_node_main.py: a report holds ~4 KB while its publish is awaited, and which side of
+    # it a reading fell on was up to the scheduler: 4 KB of swing on a loaded machine).
     low = min(m["free"] for m in flood)
-    assert low > before[-1]["free"] - 24 * 1024, (before[-1]["free"], low)
-    assert flood[-1]["free"] > before[-1]["free"] - 2 * 1024, (before[-1]["free"], flood[-1]["free"])
+    held0 = [m for m in before if m["quiet"]][-1]["free"]
+    held1 = [m for m in flood if m["quiet"]][-1]["free"]
+    assert low > held0 - 24 * 1024, (held0, low)
+    assert held1 > held0 - 2 * 1024, f"heap before {held0}, after {held1}; it allows 2 KB"
     # the flood's refusals: counted, a handful of events, a bounded number of results
     events = [x for x in seen if x[1].endswith("/event") and b"cmd_rejected" in x[2]]
     assert len(events) <= 32, len(events)
     print(
         f"flood of {leaf}: {n} in {t_end - t_flood:.1f} s; a real one ({k} sent) answered "
         f"{t_ok - t_end:.1f} s after; free heap after gc: lowest {low} B, "
-        f"before {before[-1]['free']} B, after {flood[-1]['free']} B; {secs} measured s in {span:.1f} s; "
+        f"before {held0} B, after {held1} B; {secs} measured s in {span:.1f} s; "
         f"{len(events)} cmd_rejected events"
     )
