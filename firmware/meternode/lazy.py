@@ -15,3 +15,18 @@ def forget(*names):
             p = sys.modules.get(name[:k]) if k > 0 else None
             if p is not None and getattr(p, name[k + 1 :], None) is m:
                 delattr(p, name[k + 1 :])
+
+
+def run(module, attr, *args):
+    # Runs function `attr` of `module` (code run once, at start), loaded for the call and
+    # forgotten when it returns (a nested run() of the same module finds it loaded).  The heap
+    # is collected first: a module compiled from source needs its parse tree in one piece.
+    if module not in sys.modules:
+        import gc
+
+        gc.collect()
+    __import__(module)
+    try:
+        return getattr(sys.modules[module], attr)(*args)
+    finally:
+        forget(module)

@@ -6,7 +6,7 @@
 #   store: {path: "store", segment_bytes: 16384, max_bytes: 262144}
 #   profile_s: 900            load-profile period
 #   cmd_key: "<hex>"          node key for command HMACs (commands are off without it)
-#   mqtt: see uplink.check_mqtt
+#   mqtt: see storeinit.check_mqtt
 #   lora: {port, deveui, appeui, appkey, region: EU868, dr: 0, fport: 2, confirmed: true,
 #          daily_budget_ms: 30000, mode: "fallback" | "always", policy_fport: 10}
 #         (see loraservice.check); downlinks go to `lora_ports[fport]` (the policy service
@@ -23,44 +23,24 @@ import json
 from micropython import const
 
 from meternode import VERSION
-from meternode.config import ConfigError, need
+from meternode.config import ConfigError
+from meternode.lazy import run
 from meternode.store import records
-from meternode.store.cursor import Cursor
-from meternode.store.log import LogError, RecordLog
+from meternode.store.log import LogError
 from meternode.store.profile import ProfileRecorder
 
 RESULTS_MAX = const(8)
-
-
-def check_store(c):
-    s = need(c, "store", dict, "config", default={})
-    need(s, "path", str, "config.store", default="store")
-    need(s, "segment_bytes", int, "config.store", default=16384, lo=1024, hi=1 << 20)
-    need(s, "max_bytes", int, "config.store", default=262144, lo=2048, hi=1 << 30)
-    need(c, "profile_s", int, "config", default=900, lo=60, hi=86400)
-    # the largest step a `time` command may make once the clock is set (commands.py)
-    need(c, "time_max_step_s", int, "config", default=86400, lo=1, hi=10 * 366 * 86400)
-    if "cmd_key" in c:
-        k = need(c, "cmd_key", str, "config")
-        if len(k) < 32 or len(k) % 2:
-            raise ConfigError("config.cmd_key must be at least 32 hex digits, an even number")
-    return s
+_INIT = const("meternode.store.storeinit")
 
 
 class UplinkService:
     def __init__(self, node, reason=None):
         self.node = node
         cfg = node.config
-        s = check_store(cfg)
-        path = s.get("path", "store")
-        self.cursor = Cursor(path + ".cursor")
-        try:
-            self.log = RecordLog(path, s.get("segment_bytes", 16384), s.get("max_bytes", 262144), self.cursor.acked)
-        except ValueError as e:
-            raise ConfigError(str(e))
-        self.log.on_drop = self._dropped
-        self.log.delivered = self._delivered  # flash full: only delivered segments make room
         self.clock = node.hal.clock
+        # config.store checked, self.cursor and self.log opened (store/storeinit.py: start-up
+        # code, loaded for the call and forgotten after)
+        path = run(_INIT, "open_store", self, cfg)
         m = cfg.get("mqtt") or {}
         self.outbox = None
         self.link = None
@@ -117,22 +97,7 @@ class UplinkService:
             from meternode.link import loraservice  # only LoRa nodes pay for it
 
             self.lora = loraservice.make(self, cfg["lora"], path)
-        st = self.log.stats()
-        if st["corrupt"] or st["torn"]:
-            self.event(records.EV_LOG_CORRUPT, st["corrupt"], "torn %d" % st["torn"])
-        if reason is None:
-            # a service made without the node's reason: why this boot, as a word
-            # (hal.watchdog.reset_cause; "start" on the unix port)
-            from meternode.hal.watchdog import reset_cause
-
-            reason = reset_cause()
-        if reason == "power_on" and self.log.last_ts:
-            # The outage began after the newest record we hold (an estimate no later than it
-            # by more than one record period) and ends now.
-            now = int(self.clock.time())
-            self.log.append(records.EVENT, self.log.last_ts, records.event(records.EV_POWER_DOWN, 0, "estimated"))
-            self.event(records.EV_POWER_UP, now - self.log.last_ts if now > self.log.last_ts else 0, "")
-        self.event(records.EV_REBOOT, 0, reason)
+        run(_INIT, "started", self, reason)  # the opening's and the boot's events (storeinit.py)
         self._unwritten_said = 0  # log.unwritten already reported by a log_full event
         self._results = []  # [accepted?, JSON text], oldest first, at most RESULTS_MAX
         self.results_dropped = 0

@@ -10,8 +10,7 @@
 import time
 
 from meternode.aio import sleep_ms as _sleep_ms
-from meternode.config import ConfigError, need
-from meternode.lazy import forget
+from meternode.lazy import forget, run
 from meternode.link.backoff import Backoff
 from meternode.link.mqtt import MQTTClient
 
@@ -20,32 +19,11 @@ def _nop():
     pass
 
 
-def check_mqtt(m, where="config.mqtt"):
-    # Validates the uplink keys of config["mqtt"] (the basic ones are checked by config.py).
-    need(m, "host", str, where)
-    need(m, "port", int, where, default=1883, lo=1, hi=65535)
-    need(m, "prefix", str, where, default="umeter")
-    need(m, "keepalive", int, where, default=30, lo=5, hi=3600)
-    need(m, "clean", bool, where, default=False)
-    need(m, "backlog_rate", float, where, default=20.0, lo=0.01, hi=10000.0)
-    need(m, "window", int, where, default=8, lo=1, hi=64)
-    need(m, "ack_timeout_ms", int, where, default=10000, lo=100, hi=600000)
-    need(m, "backoff_min_ms", int, where, default=500, lo=10, hi=600000)
-    need(m, "backoff_max_ms", int, where, default=30000, lo=10, hi=3600000)
-    need(m, "discovery", bool, where, default=True)
-    if "user" in m:
-        need(m, "user", str, where)
-        need(m, "password", str, where, default="")
-    tls = need(m, "tls", dict, where, default={})
-    if tls:
-        need(tls, "ca", str, where + ".tls")
-        need(tls, "server_hostname", str, where + ".tls", default=m["host"])
-    return m
-
-
 class MqttLink:
     def __init__(self, node_id, m, outbox=None, on_command=None, describe=None, log=None):
-        check_mqtt(m)
+        # config.mqtt checked and the TLS context made (store/storeinit.py: start-up code,
+        # loaded for the call and forgotten after)
+        self._ssl = run("meternode.store.storeinit", "check_mqtt", m)
         self.node_id = node_id
         self.m = m
         self.prefix = m.get("prefix", "umeter")
@@ -62,17 +40,6 @@ class MqttLink:
         self.downs = 0
         self.last_error = None
         self.backoff = Backoff(m.get("backoff_min_ms", 500), m.get("backoff_max_ms", 30000))
-        self._ssl = None
-        tls = m.get("tls")
-        if tls:
-            try:
-                with open(tls["ca"], "rb") as f:
-                    ca = f.read()
-            except OSError:
-                raise ConfigError("config.mqtt.tls.ca: %s cannot be read" % tls["ca"])
-            from meternode.link import tls as _tls
-
-            self._ssl = _tls.context(ca)
 
     def topic(self, leaf):
         return "%s/%s/%s" % (self.prefix, self.node_id, leaf)

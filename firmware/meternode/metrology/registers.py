@@ -31,6 +31,8 @@
 # per-second and per-block paths, which compare differences modulo 2**30.
 from micropython import const
 
+from meternode.lazy import run
+
 IMP = const(0)
 EXP = const(1)
 Q1 = const(2)
@@ -252,25 +254,6 @@ class Registers:
         }
 
     def restore(self, st):
-        size = self.size
-        if st.get("n") != self.n or st.get("tariffs") != self.tariffs:
-            raise ValueError(
-                "register state is for %r elements / %r tariffs, not %d / %d"
-                % (st.get("n"), st.get("tariffs"), self.n, self.tariffs)
-            )
-        for key in ("r", "rem"):
-            v = st.get(key)
-            if not isinstance(v, list) or len(v) != size:
-                raise ValueError("register state %s has %d values, expected %d" % (key, len(v or ()), size))
-            for x in v:
-                if not isinstance(x, int) or x < 0:
-                    raise ValueError("register state %s holds %r, not a count" % (key, x))
-        for x in st["rem"]:
-            if x >= _UJ_PER_MILLI_H:
-                raise ValueError("register state rem holds %r, not below one mWh" % x)
-        md = st.get("md", [0, 0])
-        self.lo = [x & _LO_MASK for x in st["r"]]
-        self.hi = [x >> _LO_BITS for x in st["r"]]
-        self.rem = list(st["rem"])
-        self.md_mw, self.md_at = int(md[0]), md[1]
-        self.tariff = int(st.get("tariff", 0))
+        # The registers exactly as state() saved them, checked first (run at start only:
+        # store/storeinit.py, loaded for the call and forgotten after).
+        run("meternode.store.storeinit", "registers", self, st)

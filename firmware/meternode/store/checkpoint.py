@@ -6,7 +6,7 @@
 # The CRC covers version..payload; the payload is JSON (the meter's register state plus
 # whatever the caller adds: pulse registers, the tariff).  A write always goes to the slot
 # that does NOT hold the newest good checkpoint, so a power cut during a write can only
-# spoil that slot: restore() reads both and takes the valid one with the higher sequence.
+# spoil that slot: restore() (store/storeinit.py) reads both and takes the valid one with the higher sequence.
 #
 # When to write (Checkpointer.due):
 #   - energy moved by at least `delta_mwh` since the last checkpoint (default 50 Wh: the
@@ -29,37 +29,20 @@ import struct
 
 from micropython import const
 
+from meternode.lazy import run
 from meternode.ticks import MASK, diff
 
 _MAGIC = const(b"UMCK")
 _VERSION = const(1)
 _HDR = const("<4sBBHII")
 _HDR_LEN = const(16)
+# reading the slots back and restoring them run at start only: store/storeinit.py, loaded for
+# the call and forgotten after (docs/memory.md)
+_INIT = const("meternode.store.storeinit")
 
 
 class CheckpointError(ValueError):
     pass
-
-
-def _read(path):
-    # -> (seq, payload dict) or None when the slot is missing, torn or corrupt.
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    if len(data) < _HDR_LEN + 4:
-        return None
-    magic, ver, _, _, seq, n = struct.unpack_from(_HDR, data, 0)
-    if magic != _MAGIC or ver != _VERSION or len(data) != _HDR_LEN + n + 4:
-        return None
-    crc = struct.unpack_from("<I", data, _HDR_LEN + n)[0]
-    if binascii.crc32(memoryview(data)[4 : _HDR_LEN + n]) & 0xFFFFFFFF != crc:
-        return None
-    try:
-        return seq, json.loads(data[_HDR_LEN : _HDR_LEN + n])
-    except ValueError:
-        return None
 
 
 class CheckpointStore:
@@ -73,21 +56,13 @@ class CheckpointStore:
         self.seq = 0
         self._slot = 0  # slot of the newest good checkpoint
         self.writes = 0
-        best = self._newest()
+        best = run(_INIT, "_newest", self)
         if best is not None:
             self.seq, self._slot, _ = best
 
-    def _newest(self):
-        best = None
-        for k in (0, 1):
-            r = _read(self._paths[k])
-            if r is not None and (best is None or r[0] > best[0]):
-                best = (r[0], k, r[1])
-        return best
-
     def restore(self):
         # The newest good checkpoint's payload, or None when there is none.
-        best = self._newest()
+        best = run(_INIT, "_newest", self)
         return None if best is None else best[2]
 
     def write(self, payload):
@@ -140,16 +115,7 @@ class Checkpointer:
         # Puts the newest good checkpoint back into the meter; returns its payload or None.
         # A checkpoint for another register layout (the board changed) is set aside, not
         # restored: `rejected` says why, and the next save writes a fresh one.
-        p = self.store.restore()
-        if p is None:
-            return None
-        try:
-            self.meter.registers.restore(p["registers"])
-        except (KeyError, TypeError, ValueError) as e:
-            self.rejected = "checkpoint %d not restored: %s" % (self.store.seq, e)
-            return None
-        self._mark()
-        return p
+        return run(_INIT, "restore", self)
 
     def due(self, now_ms):
         if self._last_ms is None:

@@ -12,7 +12,7 @@
 # there are none the append raises LogError, the record is counted in `unwritten` and the
 # service says so with an EV_LOG_FULL event once it can write again.
 #
-# On open every segment is scanned: a torn last record (power cut mid-append) is skipped and
+# On open (store/storeinit.py) every segment is scanned: a torn last record (power cut mid-append) is skipped and
 # appends continue in a fresh segment (no truncate on MicroPython); a corrupt record is
 # skipped by resynchronising on the next magic byte whose CRC checks, so nothing after it
 # is lost.  Sequence numbers continue from the highest of: the newest record seen, `floor`
@@ -27,6 +27,7 @@ import struct
 
 from micropython import const
 
+from meternode.lazy import run
 from meternode.store import records
 
 _MAGIC = const(0xA5)
@@ -49,114 +50,19 @@ def _seg_name(path, num):
 
 class RecordLog:
     def __init__(self, path, segment_bytes=16384, max_bytes=262144, floor=0):
-        if not 0 <= floor <= 0xFFFFFFFF:
-            raise LogError("the upload cursor %d is not a record seq (u32)" % floor)
-        if segment_bytes < 1024:
-            raise LogError("store.segment_bytes = %d is below 1024" % segment_bytes)
-        if max_bytes < 2 * segment_bytes:
-            raise LogError(
-                "store.max_bytes = %d must be at least 2 * segment_bytes (%d)" % (max_bytes, 2 * segment_bytes)
-            )
-        self.path = path
-        self.segment_bytes = segment_bytes
-        self.max_bytes = max_bytes
-        self._hdr = bytearray(HEADER)
-        self._hdrv = memoryview(self._hdr)
-        self._tail = bytearray(_TRAILER)
-        self._buf = bytearray(MAX_PAYLOAD)
-        self._bufv = memoryview(self._buf)
-        self.segs = []  # [num, first_seq, last_seq, count, size], oldest first
-        self.dropped = 0  # records deleted by retention, all time (persisted)
-        self._through = 0  # newest seq retention has dropped (persisted with `dropped`)
-        self.corrupt = 0  # corrupt records skipped on the last open
-        self.torn = 0  # torn tails skipped on the last open
-        self.last_seq = 0
-        self.last_ts = 0  # timestamp of the newest record (0: none)
-        self.on_drop = None  # callback(n_records, first_seq, last_seq) after a segment is dropped
-        self.delivered = None  # callable -> seq every publisher has delivered (None: no publisher)
-        self.unwritten = 0  # appends refused for want of space, all time
-        self.meta_bad = False  # the meta was there but unreadable on open
-        self._hw = 0  # high-water mark: no seq up to it is ever issued again (persisted)
-        self._f = None
-        self._broken = False  # the segment being written holds a failed write past its end
-        try:
-            os.stat(path)
-        except OSError:
-            os.mkdir(path)
-        self._load_meta()
-        self._scan_all()
-        if self.last_seq < floor:
-            self.last_seq = floor
-        if self.last_seq < self._hw:
-            self.last_seq = self._hw
-        if self.meta_bad:
-            self.last_seq += HW_MARGIN
-            self._hw = self.last_seq
-            try:
-                self._save_meta()  # good again: the next open adds no second margin
-            except OSError:
-                pass
-
-    # -- opening -------------------------------------------------------------------------
-    def _load_meta(self):
-        # meta: dropped u32 | through u32 | hw u32 | crc32 of what precedes it (older metas
-        # of 12 bytes without `hw` and 8 bytes without `through` are read too).  `through` is
-        # the newest seq retention has dropped: it is written *before* the segment is removed,
-        # so a power cut between the two leaves a segment that the next open removes (the drop
-        # completes, counted once).  `hw` is the high-water mark (see the top).
-        try:
-            with open(self.path + "/" + _META, "rb") as f:
-                b = f.read(16)
-        except OSError:
-            return  # no meta yet
-        ok = False
-        if len(b) in (8, 12, 16):
-            v = struct.unpack("<%dI" % (len(b) // 4), b)
-            if binascii.crc32(b[: len(b) - 4]) == v[-1]:
-                ok = True
-                self.dropped = v[0]
-                if len(b) > 8:
-                    self._through = v[1]
-                if len(b) > 12:
-                    self._hw = v[2]
-        self.meta_bad = not ok
+        # Opening runs once (store/storeinit.py, loaded for it and forgotten after): the
+        # checks, the state (attributes listed there), the meta, the scan of every segment
+        # and the recovery after a power cut, the next seq.
+        run("meternode.store.storeinit", "open_log", self, path, segment_bytes, max_bytes, floor)
 
     def _save_meta(self):
+        # meta: dropped u32 | through u32 | hw u32 | crc32 of what precedes it (read at open:
+        # storeinit._load_meta says what each field is for)
         b = struct.pack("<III", self.dropped, self._through, self._hw)
         tmp = self.path + "/" + _META + ".tmp"
         with open(tmp, "wb") as f:
             f.write(b + struct.pack("<I", binascii.crc32(b)))
         os.rename(tmp, self.path + "/" + _META)
-
-    def _scan_all(self):
-        nums = []
-        for name in os.listdir(self.path):
-            if name.endswith(".seg") and len(name) == 12:
-                try:
-                    nums.append(int(name[:8]))
-                except ValueError:
-                    pass
-        nums.sort()
-        torn_tail = False
-        for k, num in enumerate(nums):
-            first, last, count, size, end, bad = self._scan_seg(num)
-            if count and last <= self._through and k < len(nums) - 1:
-                # a drop the power cut interrupted after the meta was saved: complete it
-                try:
-                    os.remove(_seg_name(self.path, num))
-                    continue
-                except OSError:
-                    pass
-            self.segs.append([num, first, last, count, size])
-            if count:
-                self.last_seq = max(self.last_seq, last)
-            torn_tail = k == len(nums) - 1 and end != size
-        if torn_tail:
-            self.torn += 1
-        if not self.segs or torn_tail:
-            self._new_segment()
-        else:
-            self._f = open(_seg_name(self.path, self.segs[-1][0]), "ab")
 
     def _read_at(self, f, pos, size):
         # Tries the record at `pos`: returns (kind, seq, ts, length) or None when it does not
@@ -178,35 +84,6 @@ class RecordLog:
         if struct.unpack("<I", self._tail)[0] != crc:
             return None
         return kind, seq, ts, n
-
-    def _scan_seg(self, num):
-        # Returns (first, last, count, size, good_end, bad) for one segment file.
-        name = _seg_name(self.path, num)
-        size = os.stat(name)[6]
-        first = last = count = 0
-        pos = end = 0
-        bad = False
-        with open(name, "rb") as f:
-            while pos < size:
-                r = self._read_at(f, pos, size)
-                if r is None:
-                    nxt = self._resync(f, pos + 1, size)
-                    if nxt < 0:
-                        break  # nothing valid after pos: a torn tail (or garbage to the end)
-                    self.corrupt += 1
-                    bad = True
-                    pos = nxt
-                    continue
-                kind, seq, ts, n = r
-                if not count:
-                    first = seq
-                last = seq
-                if seq >= self.last_seq:
-                    self.last_ts = ts
-                count += 1
-                pos += HEADER + n + _TRAILER
-                end = pos
-        return first, last, count, size, end, bad
 
     def _resync(self, f, pos, size):
         # Next offset >= pos holding a record that checks, or -1.

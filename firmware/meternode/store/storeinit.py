@@ -1,0 +1,334 @@
+# What store-and-forward does once, at start: open the record log (checks, meta, the scan of
+# every segment and the recovery after a power cut: log.py says what it guarantees), read the
+# newest good register checkpoint (checkpoint.py), check config.store and config.mqtt and
+# open the uplink service's store (link/service.py, link/uplink.py).  Loaded for the call and
+# forgotten when it returns (lazy.run, docs/memory.md): a running node does not hold this
+# code.  Each function is a method kept out of its class, `self` the resident object it
+# fills (a RecordLog, CheckpointStore, Checkpointer, Registers, UplinkService); the classes
+# keep the methods a running node uses.
+import binascii
+import json
+import os
+import struct
+
+from micropython import const
+
+# (log.py is imported inside the functions that need it: restoring a checkpoint, at Node(),
+# does not load the record log before the uplink does)
+_TRAILER = const(4)  # log.py's record layout
+_META = const("meta")
+_CK_MAGIC = const(b"UMCK")  # checkpoint.py's slot layout
+_CK_VERSION = const(1)
+_CK_HDR = const("<4sBBHII")
+_CK_HDR_LEN = const(16)
+_UJ_PER_MILLI_H = const(3600000)  # registers.py: 1 mWh in uJ
+_LO_BITS = const(30)
+_LO_MASK = const(0x3FFFFFFF)
+
+
+# -- the record log ----------------------------------------------------------------------------
+def open_log(self, path, segment_bytes, max_bytes, floor):
+    # RecordLog.__init__: checks, state, meta, scan; the next seq (see self.py's top).
+    from meternode.store.log import HEADER, HW_MARGIN, MAX_PAYLOAD, LogError
+
+    if not 0 <= floor <= 0xFFFFFFFF:
+        raise LogError("the upload cursor %d is not a record seq (u32)" % floor)
+    if segment_bytes < 1024:
+        raise LogError("store.segment_bytes = %d is below 1024" % segment_bytes)
+    if max_bytes < 2 * segment_bytes:
+        raise LogError("store.max_bytes = %d must be at least 2 * segment_bytes (%d)" % (max_bytes, 2 * segment_bytes))
+    self.path = path
+    self.segment_bytes = segment_bytes
+    self.max_bytes = max_bytes
+    self._hdr = bytearray(HEADER)
+    self._hdrv = memoryview(self._hdr)
+    self._tail = bytearray(_TRAILER)
+    self._buf = bytearray(MAX_PAYLOAD)
+    self._bufv = memoryview(self._buf)
+    self.segs = []  # [num, first_seq, last_seq, count, size], oldest first
+    self.dropped = 0  # records deleted by retention, all time (persisted)
+    self._through = 0  # newest seq retention has dropped (persisted with `dropped`)
+    self.corrupt = 0  # corrupt records skipped on the last open
+    self.torn = 0  # torn tails skipped on the last open
+    self.last_seq = 0
+    self.last_ts = 0  # timestamp of the newest record (0: none)
+    self.on_drop = None  # callback(n_records, first_seq, last_seq) after a segment is dropped
+    self.delivered = None  # callable -> seq every publisher has delivered (None: no publisher)
+    self.unwritten = 0  # appends refused for want of space, all time
+    self.meta_bad = False  # the meta was there but unreadable on open
+    self._hw = 0  # high-water mark: no seq up to it is ever issued again (persisted)
+    self._f = None
+    self._broken = False  # the segment being written holds a failed write past its end
+    try:
+        os.stat(path)
+    except OSError:
+        os.mkdir(path)
+    _load_meta(self)
+    _scan_all(self)
+    if self.last_seq < floor:
+        self.last_seq = floor
+    if self.last_seq < self._hw:
+        self.last_seq = self._hw
+    if self.meta_bad:
+        self.last_seq += HW_MARGIN
+        self._hw = self.last_seq
+        try:
+            self._save_meta()  # good again: the next open adds no second margin
+        except OSError:
+            pass
+
+
+def _load_meta(self):
+    # meta: dropped u32 | through u32 | hw u32 | crc32 of what precedes it (older metas of 12
+    # bytes without `hw` and 8 bytes without `through` are read too).  `through` is the
+    # newest seq retention has dropped: it is written *before* the segment is removed, so a
+    # power cut between the two leaves a segment that the next open removes (the drop
+    # completes, counted once).  `hw` is the high-water mark (self.py's top).
+    try:
+        with open(self.path + "/" + _META, "rb") as f:
+            b = f.read(16)
+    except OSError:
+        return  # no meta yet
+    ok = False
+    if len(b) in (8, 12, 16):
+        v = struct.unpack("<%dI" % (len(b) // 4), b)
+        if binascii.crc32(b[: len(b) - 4]) == v[-1]:
+            ok = True
+            self.dropped = v[0]
+            if len(b) > 8:
+                self._through = v[1]
+            if len(b) > 12:
+                self._hw = v[2]
+    self.meta_bad = not ok
+
+
+def _scan_all(self):
+    from meternode.store.log import _seg_name
+
+    nums = []
+    for name in os.listdir(self.path):
+        if name.endswith(".seg") and len(name) == 12:
+            try:
+                nums.append(int(name[:8]))
+            except ValueError:
+                pass
+    nums.sort()
+    torn_tail = False
+    for k, num in enumerate(nums):
+        first, last, count, size, end = _scan_seg(self, num)
+        if count and last <= self._through and k < len(nums) - 1:
+            # a drop the power cut interrupted after the meta was saved: complete it
+            try:
+                os.remove(_seg_name(self.path, num))
+                continue
+            except OSError:
+                pass
+        self.segs.append([num, first, last, count, size])
+        if count:
+            self.last_seq = max(self.last_seq, last)
+        torn_tail = k == len(nums) - 1 and end != size
+    if torn_tail:
+        self.torn += 1
+    if not self.segs or torn_tail:
+        self._new_segment()
+    else:
+        self._f = open(_seg_name(self.path, self.segs[-1][0]), "ab")
+
+
+def _scan_seg(self, num):
+    # Returns (first, last, count, size, good_end) for one segment file.
+    from meternode.store.log import HEADER, _seg_name
+
+    name = _seg_name(self.path, num)
+    size = os.stat(name)[6]
+    first = last = count = 0
+    pos = end = 0
+    with open(name, "rb") as f:
+        while pos < size:
+            r = self._read_at(f, pos, size)
+            if r is None:
+                nxt = self._resync(f, pos + 1, size)
+                if nxt < 0:
+                    break  # nothing valid after pos: a torn tail (or garbage to the end)
+                self.corrupt += 1
+                pos = nxt
+                continue
+            kind, seq, ts, n = r
+            if not count:
+                first = seq
+            last = seq
+            if seq >= self.last_seq:
+                self.last_ts = ts
+            count += 1
+            pos += HEADER + n + _TRAILER
+            end = pos
+    return first, last, count, size, end
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+def _read(path):
+    # -> (seq, payload dict) or None when the slot is missing, torn or corrupt.
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    if len(data) < _CK_HDR_LEN + 4:
+        return None
+    magic, ver, _, _, seq, n = struct.unpack_from(_CK_HDR, data, 0)
+    if magic != _CK_MAGIC or ver != _CK_VERSION or len(data) != _CK_HDR_LEN + n + 4:
+        return None
+    crc = struct.unpack_from("<I", data, _CK_HDR_LEN + n)[0]
+    if binascii.crc32(memoryview(data)[4 : _CK_HDR_LEN + n]) & 0xFFFFFFFF != crc:
+        return None
+    try:
+        return seq, json.loads(data[_CK_HDR_LEN : _CK_HDR_LEN + n])
+    except ValueError:
+        return None
+
+
+def _newest(self):
+    # CheckpointStore: (seq, slot, payload) of the newest good slot, or None.
+    best = None
+    for k in (0, 1):
+        r = _read(self._paths[k])
+        if r is not None and (best is None or r[0] > best[0]):
+            best = (r[0], k, r[1])
+    return best
+
+
+def restore(self):
+    # Checkpointer.restore: the newest good checkpoint back into the meter; its payload or
+    # None.  A checkpoint for another register layout (the board changed) is set aside, not
+    # restored: `rejected` says why, and the next save writes a fresh one.
+    best = _newest(self.store)
+    if best is None:
+        return None
+    p = best[2]
+    try:
+        registers(self.meter.registers, p["registers"])
+    except (KeyError, TypeError, ValueError) as e:
+        self.rejected = "checkpoint %d not restored: %s" % (self.store.seq, e)
+        return None
+    self._mark()
+    return p
+
+
+def registers(self, st):
+    # Registers.restore: the registers exactly as Registers.state() saved them, checked first.
+    size = self.size
+    if st.get("n") != self.n or st.get("tariffs") != self.tariffs:
+        raise ValueError(
+            "register state is for %r elements / %r tariffs, not %d / %d"
+            % (st.get("n"), st.get("tariffs"), self.n, self.tariffs)
+        )
+    for key in ("r", "rem"):
+        v = st.get(key)
+        if not isinstance(v, list) or len(v) != size:
+            raise ValueError("register state %s has %d values, expected %d" % (key, len(v or ()), size))
+        for x in v:
+            if not isinstance(x, int) or x < 0:
+                raise ValueError("register state %s holds %r, not a count" % (key, x))
+    for x in st["rem"]:
+        if x >= _UJ_PER_MILLI_H:
+            raise ValueError("register state rem holds %r, not below one mWh" % x)
+    md = st.get("md", [0, 0])
+    self.lo = [x & _LO_MASK for x in st["r"]]
+    self.hi = [x >> _LO_BITS for x in st["r"]]
+    self.rem = list(st["rem"])
+    self.md_mw, self.md_at = int(md[0]), md[1]
+    self.tariff = int(st.get("tariff", 0))
+
+
+# -- the uplink service (link/service.py, link/uplink.py) ---------------------------------------
+def check_store(c):
+    from meternode.config import ConfigError, need
+
+    s = need(c, "store", dict, "config", default={})
+    need(s, "path", str, "config.store", default="store")
+    need(s, "segment_bytes", int, "config.store", default=16384, lo=1024, hi=1 << 20)
+    need(s, "max_bytes", int, "config.store", default=262144, lo=2048, hi=1 << 30)
+    need(c, "profile_s", int, "config", default=900, lo=60, hi=86400)
+    # the largest step a `time` command may make once the clock is set (commands.py)
+    need(c, "time_max_step_s", int, "config", default=86400, lo=1, hi=10 * 366 * 86400)
+    if "cmd_key" in c:
+        k = need(c, "cmd_key", str, "config")
+        if len(k) < 32 or len(k) % 2:
+            raise ConfigError("config.cmd_key must be at least 32 hex digits, an even number")
+    return s
+
+
+def open_store(self, cfg):
+    # UplinkService.__init__, first: config.store checked, the upload cursor and the record
+    # log opened (a bad store config is a ConfigError), the log's hooks; -> the store's path.
+    from meternode.config import ConfigError
+    from meternode.store.cursor import Cursor
+    from meternode.store.log import RecordLog
+
+    s = check_store(cfg)
+    path = s.get("path", "store")
+    self.cursor = Cursor(path + ".cursor")
+    try:
+        self.log = RecordLog(path, s.get("segment_bytes", 16384), s.get("max_bytes", 262144), self.cursor.acked)
+    except ValueError as e:
+        raise ConfigError(str(e))
+    self.log.on_drop = self._dropped
+    self.log.delivered = self._delivered  # flash full: only delivered segments make room
+    return path
+
+
+def started(self, reason):
+    # UplinkService.__init__, last: what the log's opening found and why this boot, as events.
+    from meternode.store import records
+
+    log = self.log
+    if log.corrupt or log.torn:
+        self.event(records.EV_LOG_CORRUPT, log.corrupt, "torn %d" % log.torn)
+    if reason is None:
+        # a service made without the node's reason: why this boot, as a word
+        # (hal.watchdog.reset_cause; "start" on the unix port)
+        from meternode.hal.watchdog import reset_cause
+
+        reason = reset_cause()
+    if reason == "power_on" and log.last_ts:
+        # The outage began after the newest record we hold (an estimate no later than it
+        # by more than one record period) and ends now.
+        now = int(self.clock.time())
+        log.append(records.EVENT, log.last_ts, records.event(records.EV_POWER_DOWN, 0, "estimated"))
+        self.event(records.EV_POWER_UP, now - log.last_ts if now > log.last_ts else 0, "")
+    self.event(records.EV_REBOOT, 0, reason)
+
+
+def check_mqtt(m):
+    # MqttLink.__init__: the uplink keys of config["mqtt"] (config.py checks the basic ones);
+    # -> the TLS context for config.mqtt.tls, else None.
+    from meternode.config import ConfigError, need
+
+    where = "config.mqtt"
+    need(m, "host", str, where)
+    need(m, "port", int, where, default=1883, lo=1, hi=65535)
+    need(m, "prefix", str, where, default="umeter")
+    need(m, "keepalive", int, where, default=30, lo=5, hi=3600)
+    need(m, "clean", bool, where, default=False)
+    need(m, "backlog_rate", float, where, default=20.0, lo=0.01, hi=10000.0)
+    need(m, "window", int, where, default=8, lo=1, hi=64)
+    need(m, "ack_timeout_ms", int, where, default=10000, lo=100, hi=600000)
+    need(m, "backoff_min_ms", int, where, default=500, lo=10, hi=600000)
+    need(m, "backoff_max_ms", int, where, default=30000, lo=10, hi=3600000)
+    need(m, "discovery", bool, where, default=True)
+    if "user" in m:
+        need(m, "user", str, where)
+        need(m, "password", str, where, default="")
+    tls = need(m, "tls", dict, where, default={})
+    if not tls:
+        return None
+    need(tls, "ca", str, where + ".tls")
+    need(tls, "server_hostname", str, where + ".tls", default=m["host"])
+    try:
+        with open(tls["ca"], "rb") as f:
+            ca = f.read()
+    except OSError:
+        raise ConfigError("config.mqtt.tls.ca: %s cannot be read" % tls["ca"])
+    from meternode.link import tls as _tls
+
+    return _tls.context(ca)
