@@ -18,7 +18,7 @@ from micropython import const
 
 from meternode import VERSION, hal, ticks
 from meternode.config import load_json
-from meternode.lazy import forget
+from meternode.lazy import forget, run
 from meternode.link import telemetry
 
 _STALL_MS = const(60000)  # what a task may take beyond its own period before it counts as stalled
@@ -91,25 +91,14 @@ class Node:
             return False
 
     def _wifi(self):
-        # Wi-Fi supervision on boards (config "wifi": {"ssid", "password"}): up/down/fail/reset
-        # become log lines and WIFI events in the record log; bounded, jittered retries.
+        # Wi-Fi supervision on boards (config "wifi"), wired by link/wifi.py: loaded only where
+        # the board has a radio.
         wlan = hal.make_wlan(self.board, self.config)
         if wlan is None:
             return None
-        from meternode.link.wifi import WifiSupervisor
+        from meternode.link.wifi import supervise
 
-        c = self.config["wifi"]
-        codes = {"up": 1, "down": 2, "fail": 3, "reset": 4}
-
-        def on_event(kind, detail):
-            log("wifi %s %s" % (kind, detail))
-            u = self.uplink_service
-            if u is not None:
-                from meternode.store import records
-
-                u.event(records.EV_WIFI, codes.get(kind, 0), ("%s %s" % (kind, detail))[: records.EVENT_TEXT])
-
-        self.wifi = WifiSupervisor(wlan, c.get("ssid", ""), c.get("password", ""), on_event)
+        self.wifi = supervise(self, wlan)
         return self.wifi
 
     @property
@@ -120,56 +109,11 @@ class Node:
 
     def uplink(self):
         # The uplink service (record log, profile, outbox, MQTT link, commands), made on
-        # first use; None when it cannot start (the node keeps measuring, the reason is logged).
+        # first use (nodeinit.uplink: the free-heap gate, its modules one at a time); None
+        # when it cannot start (the node keeps measuring, the reason is logged).
         u = getattr(self, "_uplink", False)
         if u is False:
-            import gc
-
-            gc.collect()
-            free = gc.mem_free() if hasattr(gc, "mem_free") else 1 << 30
-            u = None
-            need = uplink_need(self.config)
-            if free < need:
-                # A failed import would still leave its interned names behind: decide first.
-                log("store-and-forward off: %d bytes free, it needs %d (raise the heap)" % (free, need))
-            else:
-                try:
-                    # one module at a time with a collection between: on a source-loaded heap
-                    # each compile then finds room (importing service.py alone pulls them all)
-                    extra = ("meternode.link.commands", "meternode.link.actions") if self.config.get("cmd_key") else ()
-                    if self.config.get("mqtt"):  # ~16 KB a metering-only or LoRa-only node saves
-                        extra += (
-                            "meternode.link.mqttpkt",
-                            "meternode.link.mqtt",
-                            "meternode.link.backoff",
-                            "meternode.link.uplink",
-                            "meternode.link.outbox",
-                        )
-                    for name in extra + (
-                        "meternode.store.records",
-                        "meternode.store.log",
-                        "meternode.store.cursor",
-                        "meternode.store.profile",
-                        "meternode.link.service",
-                    ):
-                        __import__(name)
-                        gc.collect()
-                    m = self.config.get("mqtt")
-                    if m and m.get("discovery", True):
-                        # Discovery for the first connect, loaded now while the heap is emptiest
-                        # (the link forgets it once published, link/uplink.py): its names may
-                        # start a new qstr pool, one block of several KB, which the heap may not
-                        # have in one piece once every task runs (docs/memory.md)
-                        __import__("meternode.link.discovery")
-                        gc.collect()
-                    from meternode.link.service import UplinkService
-
-                    u = UplinkService(self, self.reset_cause)
-                    gc.collect()
-                    log("store-and-forward on: %d bytes free before, %d after" % (free, gc.mem_free()))
-                except Exception as e:
-                    log("uplink not started: %s" % e)
-            self._uplink = u
+            u = self._uplink = run("meternode.nodeinit", "uplink", self)
         return u
 
     # -- the link ------------------------------------------------------------------------------

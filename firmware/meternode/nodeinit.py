@@ -1,13 +1,14 @@
 # What Node() does once: check the board and the configuration, read the crash-loop state,
-# make the HAL, the meter, the pulse meters and the checkpointer.  Loaded by Node.__init__
-# and forgotten after (lazy.forget, docs/memory.md): a running node does not hold this code.
+# make the HAL, the meter, the pulse meters and the checkpointer; and what Node.uplink()'s
+# first call does (uplink()).  Loaded by Node.__init__ and by that call, forgotten after
+# each (lazy.forget, lazy.run, docs/memory.md): a running node does not hold this code.
 from micropython import const
 
 from meternode import hal
 from meternode.config import check_board, check_config
 from meternode.hal import watchdog
 from meternode.metrology.meter import Meter
-from meternode.node import log, read_state
+from meternode.node import log, read_state, uplink_need
 
 _TELEMETRY_BUF = const(1024)  # bytes; the sim board's payload is ~700 (it grows for a larger board's)
 
@@ -124,3 +125,55 @@ def _checkpointer(meter, c, pulses=None):
     elif ck.rejected:
         log(ck.rejected)
     return ck
+
+
+def uplink(node):
+    # Node.uplink()'s first call: decide from the free heap whether store-and-forward fits,
+    # load its modules one at a time, make the service; -> it, or None (the reason logged).
+    import gc
+
+    gc.collect()
+    free = gc.mem_free() if hasattr(gc, "mem_free") else 1 << 30
+    u = None
+    need = uplink_need(node.config)
+    if free < need:
+        # A failed import would still leave its interned names behind: decide first.
+        log("store-and-forward off: %d bytes free, it needs %d (raise the heap)" % (free, need))
+    else:
+        try:
+            # one module at a time with a collection between: on a source-loaded heap
+            # each compile then finds room (importing service.py alone pulls them all)
+            extra = ("meternode.link.commands", "meternode.link.actions") if node.config.get("cmd_key") else ()
+            if node.config.get("mqtt"):  # ~16 KB a metering-only or LoRa-only node saves
+                extra += (
+                    "meternode.link.mqttpkt",
+                    "meternode.link.mqtt",
+                    "meternode.link.backoff",
+                    "meternode.link.uplink",
+                    "meternode.link.outbox",
+                )
+            for name in extra + (
+                "meternode.store.records",
+                "meternode.store.log",
+                "meternode.store.cursor",
+                "meternode.store.profile",
+                "meternode.link.service",
+            ):
+                __import__(name)
+                gc.collect()
+            m = node.config.get("mqtt")
+            if m and m.get("discovery", True):
+                # Discovery for the first connect, loaded now while the heap is emptiest
+                # (the link forgets it once published, link/uplink.py): its names may
+                # start a new qstr pool, one block of several KB, which the heap may not
+                # have in one piece once every task runs (docs/memory.md)
+                __import__("meternode.link.discovery")
+                gc.collect()
+            from meternode.link.service import UplinkService
+
+            u = UplinkService(node, node.reset_cause)
+            gc.collect()
+            log("store-and-forward on: %d bytes free before, %d after" % (free, gc.mem_free()))
+        except Exception as e:
+            log("uplink not started: %s" % e)
+    return u

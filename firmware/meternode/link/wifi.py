@@ -151,3 +151,22 @@ class WifiSupervisor:
                 await _sleep_ms(self.backoff.max_ms)  # retrying sooner cannot help
             else:
                 await _sleep_ms(self.backoff.next_ms())
+
+
+def supervise(node, wlan):
+    # The node's Wi-Fi (Node._wifi; config "wifi": {"ssid", "password"}): up/down/fail/reset
+    # become log lines and WIFI events in the record log; bounded, jittered retries.
+    from meternode.node import log
+
+    c = node.config["wifi"]
+    codes = {"up": 1, "down": 2, "fail": 3, "reset": 4}
+
+    def on_event(kind, detail):
+        log("wifi %s %s" % (kind, detail))
+        u = node.uplink_service
+        if u is not None:
+            from meternode.store import records
+
+            u.event(records.EV_WIFI, codes.get(kind, 0), ("%s %s" % (kind, detail))[: records.EVENT_TEXT])
+
+    return WifiSupervisor(wlan, c.get("ssid", ""), c.get("password", ""), on_event)

@@ -1,0 +1,51 @@
+# The start-up checks of the board definition and the node's configuration (config.py's
+# check_board and check_config, which load this module for the call and forget it after:
+# lazy.run, docs/memory.md).  A bad value raises ConfigError naming the key.  Plain Python
+# (no micropython module): the host checks an inventory's configs with it too.
+from meternode.config import ConfigError, need
+
+
+def check_board(b):
+    w = "board"
+    need(b, "name", str, w)
+    need(b, "hal", str, w)
+    adc = need(b, "adc", dict, w)
+    need(adc, "bits", int, w + ".adc", lo=8, hi=16)
+    need(adc, "rate", int, w + ".adc", lo=400, hi=100000)
+    need(adc, "block", int, w + ".adc", lo=16, hi=1024)
+    chans = need(b, "channels", list, w)
+    if not chans:
+        raise ConfigError("board.channels is empty")
+    for n, ch in enumerate(chans):
+        cw = "board.channels[%d]" % n
+        need(ch, "name", str, cw)
+        kind = need(ch, "kind", str, cw)
+        if kind not in ("voltage", "current"):
+            raise ConfigError("%s.kind must be one of voltage/current, not %r" % (cw, kind))
+        need(ch, "scale", float, cw, lo=0.0)
+        role = ch.get("role", "main")
+        if role not in ("main", "circuit"):
+            raise ConfigError("%s.role must be main or circuit, not %r" % (cw, role))
+    if chans[0]["kind"] != "voltage":
+        raise ConfigError("board.channels[0] must be the voltage channel")
+    if b.get("mcu") in ("esp32", "rp2040"):  # pins the chip cannot use so (hal/pins.py)
+        __import__("meternode.hal.pins").hal.pins.check_board_pins(b)
+    return b
+
+
+def check_config(c):
+    w = "config"
+    need(c, "node_id", str, w)
+    need(c, "telemetry_s", float, w, default=10.0, lo=0.1, hi=86400.0)
+    wifi = need(c, "wifi", dict, w, default={})
+    if wifi:
+        if not need(wifi, "ssid", str, w + ".wifi"):
+            raise ConfigError("config.wifi.ssid is empty")
+        need(wifi, "password", str, w + ".wifi", default="")
+    m = need(c, "mqtt", dict, w, default={})
+    if m:
+        need(m, "host", str, w + ".mqtt")
+        need(m, "port", int, w + ".mqtt", default=1883, lo=1, hi=65535)
+        need(m, "prefix", str, w + ".mqtt", default="umeter")
+        need(m, "keepalive", int, w + ".mqtt", default=30, lo=5, hi=3600)
+    return c
