@@ -106,11 +106,6 @@ class Checkpointer:
         self._last_imp = r.low_import()
         self._last_exp = r.low_export()
 
-    def _moved(self):
-        # active energy moved either way since the mark (mWh), from the wrapping low words
-        r = self.meter.registers
-        return ((r.low_import() - self._last_imp) & MASK) + ((r.low_export() - self._last_exp) & MASK)
-
     def restore(self):
         # Puts the newest good checkpoint back into the meter; returns its payload or None.
         # A checkpoint for another register layout (the board changed) is set aside, not
@@ -126,7 +121,9 @@ class Checkpointer:
             age = self.period_ms
         if age < self.min_ms:
             return False
-        moved = self._moved()
+        # active energy moved either way since the mark (mWh), from the wrapping low words
+        r = self.meter.registers
+        moved = ((r.low_import() - self._last_imp) & MASK) + ((r.low_export() - self._last_exp) & MASK)
         return moved >= self.delta or (age >= self.period_ms and moved > 0)
 
     def save(self, now_ms, force=False):

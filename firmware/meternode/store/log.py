@@ -158,7 +158,9 @@ class RecordLog:
         seg = self.segs[-1]
         if self._broken or self._f is None or (seg[4] and seg[4] + need > self.segment_bytes):
             self._new_segment()
-            self._retain()
+            # retention: the oldest segments go until the log fits max_bytes (never this one)
+            while len(self.segs) > 1 and self.bytes_used() > self.max_bytes - self.segment_bytes:
+                self._drop_oldest()
         return self.segs[-1]
 
     def _drop_delivered(self):
@@ -190,11 +192,6 @@ class RecordLog:
         for s in self.segs:
             t += s[4]
         return t
-
-    def _retain(self):
-        # Drops the oldest segments until the log fits max_bytes (never the one being written).
-        while len(self.segs) > 1 and self.bytes_used() > self.max_bytes - self.segment_bytes:
-            self._drop_oldest()
 
     def _drop_oldest(self):
         if len(self.segs) < 2:
@@ -297,7 +294,11 @@ class LogReader:
                     if self._f is None and self._num == segs[-1][0]:
                         return 0
                     continue
-            size = self._size()
+            size = 0  # bytes of this segment known to hold whole records (the log's own count)
+            for g in segs:
+                if g[0] == self._num:
+                    size = g[4]
+                    break
             r = log._read_at(self._f, self._pos, size) if self._pos < size else None
             if r is None and self._pos < size:
                 nxt = log._resync(self._f, self._pos + 1, size)
@@ -308,7 +309,10 @@ class LogReader:
                 self._close()  # reopened next time: LittleFS handles may not see later appends
                 if self._num >= segs[-1][0]:
                     return 0
-                self._num = self._next_num()
+                for g in segs:  # the next segment the log holds
+                    if g[0] > self._num:
+                        self._num = g[0]
+                        break
                 self._pos = 0
                 continue
             kind, seq, ts, n = r
@@ -321,19 +325,6 @@ class LogReader:
             self.n = n
             self._want = seq + 1
             return kind
-
-    def _size(self):
-        # Bytes of the current segment known to hold whole records (the log's own count).
-        for s in self.log.segs:
-            if s[0] == self._num:
-                return s[4]
-        return 0
-
-    def _next_num(self):
-        for s in self.log.segs:
-            if s[0] > self._num:
-                return s[0]
-        return self._num
 
     def record(self):
         # The current record as a JSON-ready dict (allocates; for the publisher and tests).

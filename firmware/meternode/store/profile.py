@@ -90,22 +90,16 @@ class ProfileRecorder:
         if not self.n:
             return 0
         n = self.n
-
-        def trio(acc, scale, lo, hi):
+        # mean, min and max of V (0.1 V), I (mA) and P (0.1 W), rounded and clamped to their fields
+        t = []
+        fields = ((self.v, 10, 0, 65535), (self.i, 1000, 0, 0xFFFFFFFF), (self.p, 10, -0x7FFFFFFF, 0x7FFFFFFF))
+        for acc, scale, lo, hi in fields:
             out = []
             for x in (acc[0] / n, acc[1], acc[2]):
                 x = int(x * scale + (0.5 if x >= 0 else -0.5))
                 out.append(lo if x < lo else hi if x > hi else x)
-            return out
-
-        payload = records.profile(
-            self.period_s,
-            self.e_imp_mwh,
-            self.e_exp_mwh,
-            trio(self.v, 10, 0, 65535),
-            trio(self.i, 1000, 0, 0xFFFFFFFF),
-            trio(self.p, 10, -0x7FFFFFFF, 0x7FFFFFFF),
-        )
+            t.append(out)
+        payload = records.profile(self.period_s, self.e_imp_mwh, self.e_exp_mwh, t[0], t[1], t[2])
         self._reset()
         return self._append(records.PROFILE, ts_end, payload)
 

@@ -28,7 +28,7 @@ _LO_MASK = const(0x3FFFFFFF)
 
 # -- the record log ----------------------------------------------------------------------------
 def open_log(self, path, segment_bytes, max_bytes, floor):
-    # RecordLog.__init__: checks, state, meta, scan; the next seq (see self.py's top).
+    # RecordLog.__init__: checks, state, meta, scan; the next seq (see log.py's top).
     from meternode.store.log import HEADER, HW_MARGIN, MAX_PAYLOAD, LogError
 
     if not 0 <= floor <= 0xFFFFFFFF:
@@ -63,7 +63,27 @@ def open_log(self, path, segment_bytes, max_bytes, floor):
         os.stat(path)
     except OSError:
         os.mkdir(path)
-    _load_meta(self)
+    # meta: dropped u32 | through u32 | hw u32 | crc32 of what precedes it (older metas of 12
+    # bytes without `hw` and 8 bytes without `through` are read too).  `through` is the
+    # newest seq retention has dropped: it is written *before* the segment is removed, so a
+    # power cut between the two leaves a segment that the scan removes (the drop completes,
+    # counted once).  `hw` is the high-water mark (log.py's top).
+    try:
+        with open(path + "/" + _META, "rb") as f:
+            b = f.read(16)
+    except OSError:
+        b = None  # no meta yet
+    if b is not None:
+        self.meta_bad = True
+        if len(b) in (8, 12, 16):
+            v = struct.unpack("<%dI" % (len(b) // 4), b)
+            if binascii.crc32(b[: len(b) - 4]) == v[-1]:
+                self.meta_bad = False
+                self.dropped = v[0]
+                if len(b) > 8:
+                    self._through = v[1]
+                if len(b) > 12:
+                    self._hw = v[2]
     _scan_all(self)
     if self.last_seq < floor:
         self.last_seq = floor
@@ -78,32 +98,10 @@ def open_log(self, path, segment_bytes, max_bytes, floor):
             pass
 
 
-def _load_meta(self):
-    # meta: dropped u32 | through u32 | hw u32 | crc32 of what precedes it (older metas of 12
-    # bytes without `hw` and 8 bytes without `through` are read too).  `through` is the
-    # newest seq retention has dropped: it is written *before* the segment is removed, so a
-    # power cut between the two leaves a segment that the next open removes (the drop
-    # completes, counted once).  `hw` is the high-water mark (self.py's top).
-    try:
-        with open(self.path + "/" + _META, "rb") as f:
-            b = f.read(16)
-    except OSError:
-        return  # no meta yet
-    ok = False
-    if len(b) in (8, 12, 16):
-        v = struct.unpack("<%dI" % (len(b) // 4), b)
-        if binascii.crc32(b[: len(b) - 4]) == v[-1]:
-            ok = True
-            self.dropped = v[0]
-            if len(b) > 8:
-                self._through = v[1]
-            if len(b) > 12:
-                self._hw = v[2]
-    self.meta_bad = not ok
-
-
 def _scan_all(self):
-    from meternode.store.log import _seg_name
+    # Every segment, oldest first: its records (a corrupt one skipped by resynchronising on
+    # the next magic byte whose CRC checks), the newest seq and timestamp, a torn tail.
+    from meternode.store.log import HEADER, _seg_name
 
     nums = []
     for name in os.listdir(self.path):
@@ -115,11 +113,33 @@ def _scan_all(self):
     nums.sort()
     torn_tail = False
     for k, num in enumerate(nums):
-        first, last, count, size, end = _scan_seg(self, num)
+        name = _seg_name(self.path, num)
+        size = os.stat(name)[6]
+        first = last = count = 0
+        pos = end = 0  # end: where the last good record ends
+        with open(name, "rb") as f:
+            while pos < size:
+                r = self._read_at(f, pos, size)
+                if r is None:
+                    nxt = self._resync(f, pos + 1, size)
+                    if nxt < 0:
+                        break  # nothing valid after pos: a torn tail (or garbage to the end)
+                    self.corrupt += 1
+                    pos = nxt
+                    continue
+                kind, seq, ts, n = r
+                if not count:
+                    first = seq
+                last = seq
+                if seq >= self.last_seq:
+                    self.last_ts = ts
+                count += 1
+                pos += HEADER + n + _TRAILER
+                end = pos
         if count and last <= self._through and k < len(nums) - 1:
             # a drop the power cut interrupted after the meta was saved: complete it
             try:
-                os.remove(_seg_name(self.path, num))
+                os.remove(name)
                 continue
             except OSError:
                 pass
@@ -135,65 +155,31 @@ def _scan_all(self):
         self._f = open(_seg_name(self.path, self.segs[-1][0]), "ab")
 
 
-def _scan_seg(self, num):
-    # Returns (first, last, count, size, good_end) for one segment file.
-    from meternode.store.log import HEADER, _seg_name
-
-    name = _seg_name(self.path, num)
-    size = os.stat(name)[6]
-    first = last = count = 0
-    pos = end = 0
-    with open(name, "rb") as f:
-        while pos < size:
-            r = self._read_at(f, pos, size)
-            if r is None:
-                nxt = self._resync(f, pos + 1, size)
-                if nxt < 0:
-                    break  # nothing valid after pos: a torn tail (or garbage to the end)
-                self.corrupt += 1
-                pos = nxt
-                continue
-            kind, seq, ts, n = r
-            if not count:
-                first = seq
-            last = seq
-            if seq >= self.last_seq:
-                self.last_ts = ts
-            count += 1
-            pos += HEADER + n + _TRAILER
-            end = pos
-    return first, last, count, size, end
-
-
 # -- checkpoints -------------------------------------------------------------------------------
-def _read(path):
-    # -> (seq, payload dict) or None when the slot is missing, torn or corrupt.
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    if len(data) < _CK_HDR_LEN + 4:
-        return None
-    magic, ver, _, _, seq, n = struct.unpack_from(_CK_HDR, data, 0)
-    if magic != _CK_MAGIC or ver != _CK_VERSION or len(data) != _CK_HDR_LEN + n + 4:
-        return None
-    crc = struct.unpack_from("<I", data, _CK_HDR_LEN + n)[0]
-    if binascii.crc32(memoryview(data)[4 : _CK_HDR_LEN + n]) & 0xFFFFFFFF != crc:
-        return None
-    try:
-        return seq, json.loads(data[_CK_HDR_LEN : _CK_HDR_LEN + n])
-    except ValueError:
-        return None
-
-
 def _newest(self):
-    # CheckpointStore: (seq, slot, payload) of the newest good slot, or None.
+    # CheckpointStore: (seq, slot, payload) of the newest good slot, or None; a slot that is
+    # missing, torn or corrupt does not count.
     best = None
     for k in (0, 1):
-        r = _read(self._paths[k])
-        if r is not None and (best is None or r[0] > best[0]):
-            best = (r[0], k, r[1])
+        try:
+            with open(self._paths[k], "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        if len(data) < _CK_HDR_LEN + 4:
+            continue
+        magic, ver, _, _, seq, n = struct.unpack_from(_CK_HDR, data, 0)
+        if magic != _CK_MAGIC or ver != _CK_VERSION or len(data) != _CK_HDR_LEN + n + 4:
+            continue
+        crc = struct.unpack_from("<I", data, _CK_HDR_LEN + n)[0]
+        if binascii.crc32(memoryview(data)[4 : _CK_HDR_LEN + n]) & 0xFFFFFFFF != crc:
+            continue
+        try:
+            p = json.loads(data[_CK_HDR_LEN : _CK_HDR_LEN + n])
+        except ValueError:
+            continue
+        if best is None or seq > best[0]:
+            best = (seq, k, p)
     return best
 
 
@@ -241,31 +227,24 @@ def registers(self, st):
 
 
 # -- the uplink service (link/service.py, link/uplink.py) ---------------------------------------
-def check_store(c):
-    from meternode.config import ConfigError, need
-
-    s = need(c, "store", dict, "config", default={})
-    need(s, "path", str, "config.store", default="store")
-    need(s, "segment_bytes", int, "config.store", default=16384, lo=1024, hi=1 << 20)
-    need(s, "max_bytes", int, "config.store", default=262144, lo=2048, hi=1 << 30)
-    need(c, "profile_s", int, "config", default=900, lo=60, hi=86400)
-    # the largest step a `time` command may make once the clock is set (commands.py)
-    need(c, "time_max_step_s", int, "config", default=86400, lo=1, hi=10 * 366 * 86400)
-    if "cmd_key" in c:
-        k = need(c, "cmd_key", str, "config")
-        if len(k) < 32 or len(k) % 2:
-            raise ConfigError("config.cmd_key must be at least 32 hex digits, an even number")
-    return s
-
-
 def open_store(self, cfg):
     # UplinkService.__init__, first: config.store checked, the upload cursor and the record
     # log opened (a bad store config is a ConfigError), the log's hooks; -> the store's path.
-    from meternode.config import ConfigError
+    from meternode.config import ConfigError, need
     from meternode.store.cursor import Cursor
     from meternode.store.log import RecordLog
 
-    s = check_store(cfg)
+    s = need(cfg, "store", dict, "config", default={})
+    need(s, "path", str, "config.store", default="store")
+    need(s, "segment_bytes", int, "config.store", default=16384, lo=1024, hi=1 << 20)
+    need(s, "max_bytes", int, "config.store", default=262144, lo=2048, hi=1 << 30)
+    need(cfg, "profile_s", int, "config", default=900, lo=60, hi=86400)
+    # the largest step a `time` command may make once the clock is set (commands.py)
+    need(cfg, "time_max_step_s", int, "config", default=86400, lo=1, hi=10 * 366 * 86400)
+    if "cmd_key" in cfg:
+        k = need(cfg, "cmd_key", str, "config")
+        if len(k) < 32 or len(k) % 2:
+            raise ConfigError("config.cmd_key must be at least 32 hex digits, an even number")
     path = s.get("path", "store")
     self.cursor = Cursor(path + ".cursor")
     try:
