@@ -163,6 +163,9 @@ def test_cursor_keeps_values_above_2_32_and_reads_the_older_8_byte_file():
     c.advance((1 << 40) + 7)
     eq(Cursor(p).acked, (1 << 40) + 7, "stored in full width")
     raises(ValueError, c.advance, 1 << 64)
+    raises(ValueError, c.advance, -1)
+    c.advance((1 << 64) - 1)
+    eq(Cursor(p).acked, (1 << 64) - 1, "the largest u64")
 
 
 def _snap(v, i, p, imp_wh):

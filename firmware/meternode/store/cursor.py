@@ -10,8 +10,6 @@ import binascii
 import os
 import struct
 
-MAX = (1 << 64) - 1
-
 
 class Cursor:
     def __init__(self, path, every=16):
@@ -39,7 +37,7 @@ class Cursor:
 
     def advance(self, seq):
         # Called when the upstream acknowledged every record up to and including `seq`.
-        if not 0 <= seq <= MAX:
+        if seq < 0 or seq >> 64:  # not a u64
             raise ValueError("cursor value %r is outside 0..2**64-1" % (seq,))
         if seq <= self.acked:
             return
