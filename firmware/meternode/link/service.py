@@ -6,7 +6,7 @@
 #   store: {path: "store", segment_bytes: 16384, max_bytes: 262144}
 #   profile_s: 900            load-profile period
 #   cmd_key: "<hex>"          node key for command HMACs (commands are off without it)
-#   mqtt: see storeinit.check_mqtt
+#   mqtt: see store/storeinit.py check_mqtt
 #   lora: {port, deveui, appeui, appkey, region: EU868, dr: 0, fport: 2, confirmed: true,
 #          daily_budget_ms: 30000, mode: "fallback" | "always", policy_fport: 10}
 #         (see loraservice.check); downlinks go to `lora_ports[fport]` (the policy service

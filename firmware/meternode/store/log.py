@@ -57,7 +57,7 @@ class RecordLog:
 
     def _save_meta(self):
         # meta: dropped u32 | through u32 | hw u32 | crc32 of what precedes it (read at open:
-        # storeinit._load_meta says what each field is for)
+        # storeinit.open_log says what each field is for)
         b = struct.pack("<III", self.dropped, self._through, self._hw)
         tmp = self.path + "/" + _META + ".tmp"
         with open(tmp, "wb") as f:
