@@ -58,8 +58,6 @@ def convert(self, at_cross):
         if isv[c]:
             vrms[c] = rms(sc[c], off[c], acc[k], acc[k + 1], inv)
     wt = self._wt
-    wph = self._wph
-    wd = self._wd
     phc = self._phc
     d = self._d
     pp = self.p
@@ -74,10 +72,10 @@ def convert(self, at_cross):
         ph = phc[e]
         if ph is None:  # phase versus current table
             ph = self.cal[b].phase_at(irms) - self.cal[a].phase
-        j = 11 * e
+        j = 13 * e
         df = fs - wt[j + 8]
-        dp = ph - wph[e]
-        if df > _F_TOL or df < -_F_TOL or dp > _PH_TOL or dp < -_PH_TOL or d != wd[e]:
+        dp = ph - wt[j + 11]
+        if df > _F_TOL or df < -_F_TOL or dp > _PH_TOL or dp < -_PH_TOL or d != wt[j + 12]:
             _weights(self, e, fs, ph, a, b)
         mvi = means[a] * means[b] * n
         g = sc[a] * sc[b] * inv
@@ -121,8 +119,8 @@ def _weights(self, e, f, ph, a, b):
     w = _TWO_PI * f
     dt = self._t_slot[b] - self._t_slot[a] + math.radians(ph) / w
     wt = self._wt
-    j = 11 * e
+    j = 13 * e
     interp.weights(wt, j, f, self.rate, dt, self._d, self._m)
     wt[j + 10] = wt[j] + wt[j + 1] + wt[j + 2] + wt[j + 3]
-    self._wph[e] = ph
-    self._wd[e] = self._d
+    wt[j + 11] = ph
+    wt[j + 12] = self._d

@@ -19,6 +19,7 @@
 #
 # `rate` is the meter's measured sample rate (metrology/timebase.py): a cycle of n sets
 # lasts n / rate seconds.  The windows themselves are counted in sets (integers).
+from meternode.metrology.interp import floats
 from meternode.metrology.registers import split
 
 
@@ -32,10 +33,11 @@ class Energy:
         self._win_sets = window_sets
         self._dem_sets = demand_sets
         self.on = [False] * e  # registration gate per element
-        self._pend = [0.0] * (8 * e)  # per element, register fields (J) while the gate is shut
-        self._wsum = [0.0] * (3 * e)  # per element, creep window: P J, Q J, seconds
+        # (float arrays, not lists: interp.floats)
+        self._pend = floats(8 * e)  # per element, register fields (J) while the gate is shut
+        self._wsum = floats(3 * e)  # per element, creep window: P J, Q J, seconds
         self._win_n = 0
-        self._fine = [0.0] * (8 * (e + 1))  # this window's registered energy, split (J)
+        self._fine = floats(8 * (e + 1))  # this window's registered energy, split (J)
         self._tar_imp = 0.0
         self._tar_exp = 0.0
         self._dem_e = 0.0

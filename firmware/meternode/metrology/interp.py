@@ -9,13 +9,22 @@
 # t* = dt (P, shift 0) or dt - T/4 (Q, shift -d).  They are exact for the fundamental and
 # the 5th harmonic; at 2 kS/s the 7th is within 0.8 % (two taps: 8 %), at 4 kS/s 0.1 %
 # (two taps: 3.3 %), and the noise gain stays below 1.
+import array
 import math
 
 _HALF_PI = math.pi / 2.0
 
 
+def floats(n):
+    # n zeros in an array of the port's float precision (single on a board), for the meter's
+    # per-channel and per-element values: a list's floats are a heap object each once
+    # written (docs/memory.md)
+    tc = "d" if 1.0 + 1e-9 > 1.0 else "f"
+    return array.array(tc, bytes((8 if tc == "d" else 4) * n))
+
+
 def scratch():
-    return [[0.0] * 5 for _ in range(4)]
+    return [floats(5), floats(5), floats(5), floats(5)]
 
 
 def solve(A, ths, shift, target, out, j):

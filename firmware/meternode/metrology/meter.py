@@ -73,18 +73,25 @@ class Meter:
 
     def _cal_cache(self):
         # Flat per-channel values for the per-cycle maths (properties cost a call each).
+        # (loops, not comprehensions: each of those is a function held with the module)
         cal = self.cal
-        self._sc = [c.scale for c in cal]
-        self._off = [c.offset for c in cal]
-        self._isv = [c.kind == "voltage" for c in cal]
-        self._phc = [None if cal[b].table else cal[b].phase - cal[a].phase for a, b in self.pairs]
-        # the sign band per element in raw product units per set (kernels.signs)
+        sc = self._sc = []
+        off = self._off = []
+        isv = self._isv = []
+        for c in cal:
+            sc.append(c.scale)
+            off.append(c.offset)
+            isv.append(c.kind == "voltage")
+        phc = self._phc = []
+        # and the sign band per element in raw product units per set (kernels.signs)
         lim = self._lim
-        for e in range(self.elements):
-            a, b = self.pairs[e]
-            g = abs(self._sc[a] * self._sc[b])
-            x = self._band[e] / g if g > 0.0 else 0.0
-            lim[e] = int(min(x, 4000000.0))
+        e = 0
+        for a, b in self.pairs:
+            phc.append(None if cal[b].table else cal[b].phase - cal[a].phase)
+            g = abs(sc[a] * sc[b])
+            x = self._band[e] / g if g > 0 else 0
+            lim[e] = int(min(x, 4000000))
+            e += 1
 
     def calibration(self):
         return {c.name: c.as_dict() for c in self.cal}
@@ -100,7 +107,7 @@ class Meter:
         self.energy.rate = r
 
     def _delay(self, f):
-        d = int(self.rate / (4.0 * f) + 0.5)  # nearest: steady at 20 for 50 Hz at 4 kS/s
+        d = int(self.rate / (4 * f) + 0.5)  # nearest: steady at 20 for 50 Hz at 4 kS/s
         return 1 if d < 1 else (_H - 4 if d > _H - 4 else d)
 
     # -- sampling path ----------------------------------------------------------------------

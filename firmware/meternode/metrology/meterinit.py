@@ -45,7 +45,12 @@ def setup(m, board, cal, options):
     m.cal = calibration.resolve(board, cal)
     m.names = [ch["name"] for ch in chans]
     skew = adc.get("skew_us", 0.0) * 1e-6
-    m._t_slot = [skew * k for k in range(nch)]  # conversion instant within a set
+    # per-channel and per-element floats live in arrays (interp.floats), not lists of boxed
+    # floats: a heap object each (docs/memory.md)
+    floats = interp.floats
+    m._t_slot = floats(nch)  # conversion instant within a set
+    for k in range(nch):
+        m._t_slot[k] = skew * k
     volts = [k for k in range(nch) if chans[k]["kind"] == "voltage"]
     m._a0 = volts[0]
     m.v_channel = volts[0]  # the channel whose crossings define the cycles
@@ -76,10 +81,9 @@ def setup(m, board, cal, options):
         thr.append(0.5 * i_start * chans[a].get("nominal", 230.0))
     # sign band for batching (kernels.signs): 0.5 % of the element's nominal power, or
     # its starting threshold if larger -- well above one cycle's noise in Q at PF 1
-    m._band = [
-        max(thr[e], 0.005 * chans[a].get("nominal", 230.0) * chans[b].get("nominal", 5.0))
-        for e, (a, b) in enumerate(m.pairs)
-    ]
+    m._band = floats(len(thr))
+    for e, (a, b) in enumerate(m.pairs):
+        m._band[e] = max(thr[e], 0.005 * chans[a].get("nominal", 230.0) * chans[b].get("nominal", 5.0))
     m.energy = Energy(
         m.registers,
         thr,
@@ -106,16 +110,18 @@ def setup(m, board, cal, options):
     # cycles converted together (see _cross); 1 = per cycle
     m._batch = int(_opt(opts, "batch_cycles", 5, 1, 64))
     # frequency smoothing: 1/8 per cycle, (7/8)**c for a batch of c cycles
-    m._keep = [0.875**c for c in range(m._batch + 1)]
+    m._keep = floats(m._batch + 1)
+    for c in range(m._batch + 1):
+        m._keep[c] = 0.875**c
     m._state = array.array("i", [0])
     m._mid = array.array("i", [m._mid0] * nch)
     m._d = m._delay(m.f_nom)
-    m._means = [0.0] * nch
-    m._wt = [0.0] * (11 * m.elements)  # per element: 4 P taps, 4 Q taps, f, Q sum, P sum
+    m._means = floats(nch)
+    # per element: 4 P taps, 4 Q taps, f, Q sum, P sum, then the net phase and the
+    # quarter-cycle delay they were solved for (convert._weights)
+    m._wt = floats(13 * m.elements)
     m._m = interp.scratch()
     m._fs = 0.0  # smoothed frequency for the weights
-    m._wph = [0.0] * m.elements
-    m._wd = [0] * m.elements
     m._pf = None  # fraction of a set at the previous crossing (None: no cycle open)
     # counters (all wrap below 2**30; compare them by difference & 0x3FFFFFFF)
     m.sets = 0  # sample sets fed
@@ -128,11 +134,11 @@ def setup(m, board, cal, options):
     m._lost_seen = None  # the sampler's `lost` at the last block
     m.freq = 0.0
     e = m.elements
-    m.vrms = [0.0] * nch  # per channel (voltage channels meaningful)
-    m.irms = [0.0] * e
-    m.p = [0.0] * e
-    m.q = [0.0] * e
-    m.s = [0.0] * e
+    m.vrms = floats(nch)  # per channel (voltage channels meaningful)
+    m.irms = floats(e)
+    m.p = floats(e)
+    m.q = floats(e)
+    m.s = floats(e)
     m.window = Window(nch, m.elements)
     m.seconds = Seconds(rate)  # one summary per measured second (policy engine)
     m._e_import = m.registers.low_import  # bound once: called per closed second

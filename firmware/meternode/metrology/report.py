@@ -8,45 +8,49 @@
 # sets/s), gaps and lost_sets (the sampler's lost sets, counted by the meter).
 import math
 
+from meternode.metrology.interp import floats
+
 
 class Window:
     def __init__(self, nch, elements):
         self.nch = nch
         self.elements = elements
+        # the window's sums in one float array made once (interp.floats): per element
+        # I^2, P, Q (weighted by cycles), P min, P max (5 words), then V^2 per channel
+        self.w = floats(5 * elements + nch)
         self.reset()
 
     def reset(self):
-        e = self.elements
+        w = self.w
+        for k in range(len(w)):
+            w[k] = 0
         self.w_n = 0
-        self.w_v2 = [0.0] * self.nch
         self.w_f = 0.0
-        self.w_i2 = [0.0] * e
-        self.w_p = [0.0] * e
-        self.w_q = [0.0] * e
-        self.w_pmin = [0.0] * e
-        self.w_pmax = [0.0] * e
 
     def cycle(self, m, nc, f):
         # One converted batch of nc measured cycles of meter m (its means, f its mean
         # frequency), weighted by nc;
         # p_min / p_max are over batches (one cycle each with metrology.batch_cycles = 1).
-        w = self.w_n
-        v2 = self.w_v2
+        first = self.w_n == 0
+        w = self.w
+        k = 5 * self.elements
         for c in range(self.nch):
             x = m.vrms[c]
-            v2[c] += x * x * nc
+            w[k + c] += x * x * nc
+        k = 0
         for e in range(self.elements):
             p = m.p[e]
             x = m.irms[e]
-            self.w_i2[e] += x * x * nc
-            self.w_p[e] += p * nc
-            self.w_q[e] += m.q[e] * nc
-            if w == 0 or p < self.w_pmin[e]:
-                self.w_pmin[e] = p
-            if w == 0 or p > self.w_pmax[e]:
-                self.w_pmax[e] = p
+            w[k] += x * x * nc
+            w[k + 1] += p * nc
+            w[k + 2] += m.q[e] * nc
+            if first or p < w[k + 3]:
+                w[k + 3] = p
+            if first or p > w[k + 4]:
+                w[k + 4] = p
+            k += 5
         self.w_f += f * nc
-        self.w_n = w + nc
+        self.w_n += nc
 
     def snapshot(self, m):
         # Averages over the cycles since the last snapshot (RMS values as RMS of RMS).
@@ -54,13 +58,16 @@ class Window:
         if n == 0:
             return None
         r = m.registers
-        vrms = [math.sqrt(self.w_v2[a] / n) for a in range(self.nch)]
+        w = self.w
+        k = 5 * self.elements
+        vrms = [math.sqrt(w[k + a] / n) for a in range(self.nch)]
         els = []
         for e in range(self.elements):
             a = m.pairs[e][0]
-            irms = math.sqrt(self.w_i2[e] / n)
-            p = self.w_p[e] / n
-            q = self.w_q[e] / n
+            k = 5 * e
+            irms = math.sqrt(w[k] / n)
+            p = w[k + 1] / n
+            q = w[k + 2] / n
             s = vrms[a] * irms
             pf = p / s if s > 0.0 else 0.0
             els.append(
@@ -73,8 +80,8 @@ class Window:
                     "s": s,
                     "pf": max(-1.0, min(1.0, pf)),
                     "quadrant": quadrant(p, q),
-                    "p_min": self.w_pmin[e],
-                    "p_max": self.w_pmax[e],
+                    "p_min": w[k + 3],
+                    "p_max": w[k + 4],
                     "e_imp_wh": r.get(e, 0) / 1000.0,
                     "e_exp_wh": r.get(e, 1) / 1000.0,
                     "e_q_varh": [x / 1000.0 for x in r.quadrants(e)],
