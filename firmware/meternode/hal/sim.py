@@ -52,14 +52,13 @@
 # `fast` also runs the node's periodic waits in simulated time (simfast.py).
 # The board's "relay" entry gives the sim HAL a relay (SimHal.set): open, the load currents
 # are zero.
-import array
 import math
 import random
 import time
 
 from meternode import ticks
-from meternode.config import ConfigError, need
 from meternode.hal.simclock import SimClock
+from meternode.lazy import forget
 
 _TWO_PI = 2.0 * math.pi
 _RAD = math.pi / 180.0
@@ -69,18 +68,11 @@ _MASK = (1 << 30) - 1
 
 
 class _Wave:
-    def __init__(self, rms, angle_deg, harmonics, scale, lead, where):
-        if scale <= 0:
-            raise ConfigError("%s: scale must be positive" % where)
+    # One channel's waveform: the fundamental and its harmonics as (order, peak counts,
+    # phase rad) terms.  Made by siminit.setup, which checks the scenario's values.
+    def __init__(self, rms, angle_deg, harm, scale, lead):
         self.scale = scale
-        self.where = where
-        self.harm = []
-        for n, h in enumerate(harmonics):
-            if not isinstance(h, list) or len(h) != 3:
-                raise ConfigError("%s.harmonics[%d] must be [order, relative amplitude, phase deg]" % (where, n))
-            if not isinstance(h[0], int) or not 1 < h[0] < 64:
-                raise ConfigError("%s.harmonics[%d] order must be an integer 2..63, not %r" % (where, n, h[0]))
-            self.harm.append((h[0], float(h[1]), float(h[2])))
+        self.harm = harm  # (order, relative amplitude, phase deg)
         self.lead = lead
         self.set(rms, angle_deg)
 
@@ -102,110 +94,14 @@ class _Wave:
 
 class SimSampler:
     def __init__(self, board, scen, clock):
-        adc = board["adc"]
-        self.bits = adc["bits"]
-        self.rate = adc["rate"]
-        self.block_sets = adc["block"]
-        chans = board["channels"]
-        self.nch = len(chans)
-        self.overruns = 0
-        self._clock = clock
-        # timebase: what the timer can produce, and what the crystal really gives
-        self.rate_actual = float(self.rate)
-        if need(scen, "timer_us", bool, "sim", default=False):
-            self.rate_actual = 1000000.0 / (1000000 // self.rate)  # machine.Timer(freq=): period truncated
-        ppm = need(scen, "rate_error_ppm", float, "sim", default=0.0, lo=-50000.0, hi=50000.0)
-        self.rate_true = self.rate_actual * (1.0 + ppm * 1e-6)
-        self._us_per_set = 1000000.0 / self.rate_true
-        self._us_frac = 0.0
-        self.stamp_us = clock.us  # ticks_us when the last block's last set was converted
-        self.lost = 0  # sets lost since start (wraps below 2**30)
-        self._el_s = 0  # simulated time since start: whole seconds ...
-        self._el_us = 0  # ... and microseconds into the next one
-        self.freq = self.f0 = need(scen, "freq", float, "sim", default=50.0, lo=10.0, hi=500.0)
-        self.realtime = scen.get("realtime", False)
-        volt = need(scen, "voltage", dict, "sim", default={"rms": 230.0})
-        volts = need(scen, "voltages", list, "sim", default=[])
-        curs = need(scen, "currents", list, "sim", default=[])
-        self._waves = []
-        self._is_v = []
-        self._dcs = []
-        base_dc = need(scen, "dc", float, "sim", default=0.0, lo=-1000.0, hi=1000.0)
-        nv = 0
-        ni = 0
-        for k, ch in enumerate(chans):
-            if ch["kind"] == "voltage":
-                w = "sim.voltages[%d]" % nv
-                if nv < len(volts):
-                    c = volts[nv]
-                else:
-                    c = dict(volt)
-                    c.setdefault("angle", 120.0 * nv)
-                if not isinstance(c, dict):
-                    raise ConfigError("%s must be an object" % w)
-                nv += 1
-            else:
-                w = "sim.currents[%d]" % ni
-                c = curs[ni] if ni < len(curs) else {"rms": 0.0}
-                if not isinstance(c, dict):
-                    raise ConfigError("%s must be an object" % w)
-                ni += 1
-            self._is_v.append(ch["kind"] == "voltage")
-            self._dcs.append(base_dc + need(c, "dc", float, w, default=0.0, lo=-1000.0, hi=1000.0))
-            self._waves.append(
-                _Wave(
-                    need(c, "rms", float, w, lo=0.0),
-                    need(c, "angle", float, w, default=0.0),
-                    need(c, "harmonics", list, w, default=[]),
-                    ch["scale"],
-                    need(c, "lead", float, w, default=0.0, lo=-30.0, hi=30.0),
-                    w,
-                )
-            )
-        # current waves take the angle of the voltage they are paired with (3-phase)
-        names = [ch["name"] for ch in chans]
-        self._vref = []
-        for k, ch in enumerate(chans):
-            if ch["kind"] == "current" and ch.get("voltage") in names:
-                self._vref.append(names.index(ch["voltage"]))
-            else:
-                self._vref.append(k if ch["kind"] == "voltage" else self._is_v.index(True))
-        self._skew = [adc.get("skew_us", 0.0) * 1e-6 * k for k in range(self.nch)]
-        self._mid = 1 << (self.bits - 1)
-        self._top = (1 << self.bits) - 1
-        enob = need(scen, "enob", float, "sim", default=float(self.bits), lo=4.0, hi=float(self.bits))
-        # Total noise of an ideal converter with `enob` bits, minus the quantisation it adds itself.
-        q_rms = 2.0 ** (self.bits - enob) / math.sqrt(12.0) if enob < self.bits else 0.0
-        extra = q_rms * q_rms - 1.0 / 12.0
-        self._noise = math.sqrt(extra) if extra > 0 else 0.0
-        random.seed(need(scen, "seed", int, "sim", default=1))
-        drift = need(scen, "drift", dict, "sim", default={})
-        self._drift_hz = need(drift, "hz", float, "sim.drift", default=0.0, lo=0.0, hi=10.0)
-        self._dper = int(need(drift, "period_s", float, "sim.drift", default=60.0, lo=0.1) * 1000000)  # us
-        self._events = sorted(need(scen, "events", list, "sim", default=[]), key=_at)
-        for n, ev in enumerate(self._events):
-            if not isinstance(ev, dict) or not ("freq" in ev or "current" in ev or "voltage" in ev or "lose" in ev):
-                raise ConfigError("sim.events[%d] must set freq, current, voltage or lose: %r" % (n, ev))
-        self._ev = 0
-        self.load_on = True  # False while the board's relay is open: no load current
-        self.vfactor = 1.0
-        self._v_until = -1.0
-        # the waveform's phase (see the header): _ph / _den turns; _sub = 2**k with
-        # rate_true * _sub < 2**29, so _ph + a step (< _den) stays a small int on a board
-        sub = 1
-        while self.rate_true * sub * 2 < 1 << 29:
-            sub *= 2
-        self._sub = sub
-        self._den = int(self.rate_true * sub + 0.5)
-        self._ph = 0
-        n = self.nch * self.block_sets
-        self._bufs = (array.array("H", bytes(2 * n)), array.array("H", bytes(2 * n)))
-        self._which = 0
-        self.sets = 0  # sample sets produced since start (wraps below 2**30)
-        self._dus = 0  # drift phase, us into the drift period
-        self._wall_next = None  # realtime: wall ticks_ms when the next block is due
-        self._pace_us = 0
-        self.running = False
+        # The scenario's checks and the buffers are made once (siminit.py): loaded for it,
+        # forgotten after (docs/memory.md); the waves are objects of this module's _Wave.
+        from meternode.hal import siminit
+
+        try:
+            siminit.setup(self, board, scen, clock)
+        finally:
+            forget("meternode.hal.siminit")
 
     # -- scenario control (also used by tests) -------------------------------------------------
     def set_freq(self, f):
@@ -299,7 +195,7 @@ class SimSampler:
         skew = self._skew
         is_v = self._is_v
         vref = self._vref
-        mids = [self._mid + d for d in self._dcs]
+        mids = self._mids
         vf = self.vfactor
         load = self.load_on
         ph = self._ph
@@ -310,7 +206,9 @@ class SimSampler:
             f += self._drift_hz * math.sin(_TWO_PI * self._dus / self._dper)
         step = int(f * self._sub + 0.5)  # 1/den turn per set (< den: f below rate_true)
         w = _TWO_PI * f
-        offs = [skew[c] * w - (0.0 if is_v[c] else waves[vref[c]].angle * _RAD) for c in range(nch)]
+        offs = self._offs  # per channel: its skew, and a current's voltage angle
+        for c in range(nch):
+            offs[c] = skew[c] * w - (0.0 if is_v[c] else waves[vref[c]].angle * _RAD)
         i = 0
         for _ in range(self.block_sets):
             th = ph * rad
