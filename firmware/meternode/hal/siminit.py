@@ -9,23 +9,6 @@ from meternode.config import ConfigError, need
 from meternode.hal.sim import _at, _Wave
 
 
-def _scale(scale, where):
-    if scale <= 0:
-        raise ConfigError("%s: scale must be positive" % where)
-    return scale
-
-
-def _harmonics(harmonics, where):
-    harm = []
-    for n, h in enumerate(harmonics):
-        if not isinstance(h, list) or len(h) != 3:
-            raise ConfigError("%s.harmonics[%d] must be [order, relative amplitude, phase deg]" % (where, n))
-        if not isinstance(h[0], int) or not 1 < h[0] < 64:
-            raise ConfigError("%s.harmonics[%d] order must be an integer 2..63, not %r" % (where, n, h[0]))
-        harm.append((h[0], float(h[1]), float(h[2])))
-    return harm
-
-
 def setup(s, board, scen, clock):
     adc = board["adc"]
     s.bits = adc["bits"]
@@ -78,15 +61,20 @@ def setup(s, board, scen, clock):
             ni += 1
         s._is_v.append(ch["kind"] == "voltage")
         s._mids.append(mid + (base_dc + need(c, "dc", float, w, default=0.0, lo=-1000.0, hi=1000.0)))
-        s._waves.append(
-            _Wave(
-                need(c, "rms", float, w, lo=0.0),
-                need(c, "angle", float, w, default=0.0),
-                _harmonics(need(c, "harmonics", list, w, default=[]), w),
-                _scale(ch["scale"], w),
-                need(c, "lead", float, w, default=0.0, lo=-30.0, hi=30.0),
-            )
-        )
+        rms = need(c, "rms", float, w, lo=0.0)
+        angle = need(c, "angle", float, w, default=0.0)
+        hs = need(c, "harmonics", list, w, default=[])
+        lead = need(c, "lead", float, w, default=0.0, lo=-30.0, hi=30.0)
+        if ch["scale"] <= 0:
+            raise ConfigError("%s: scale must be positive" % w)
+        harm = []
+        for n, h in enumerate(hs):
+            if not isinstance(h, list) or len(h) != 3:
+                raise ConfigError("%s.harmonics[%d] must be [order, relative amplitude, phase deg]" % (w, n))
+            if not isinstance(h[0], int) or not 1 < h[0] < 64:
+                raise ConfigError("%s.harmonics[%d] order must be an integer 2..63, not %r" % (w, n, h[0]))
+            harm.append((h[0], float(h[1]), float(h[2])))
+        s._waves.append(_Wave(rms, angle, harm, ch["scale"], lead))
     # current waves take the angle of the voltage they are paired with (3-phase)
     names = [ch["name"] for ch in chans]
     s._vref = []
