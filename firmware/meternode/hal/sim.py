@@ -181,17 +181,13 @@ class SimSampler:
     def stop(self):
         self.running = False
 
-    def _gauss(self):
-        # Sum of 4 uniforms: variance 4/12, so scale by sqrt(3) for unit variance.
-        r = random.random
-        return (r() + r() + r() + r() - 2.0) * 1.7320508
-
     def fill(self, buf):
         self._apply_events()
         nch = self.nch
         top = self._top
         waves = self._waves
         noise = self._noise
+        r = random.random
         skew = self._skew
         is_v = self._is_v
         vref = self._vref
@@ -219,8 +215,8 @@ class SimSampler:
                 elif not load:
                     x = 0.0  # the relay is open
                 x += mids[c]
-                if noise:
-                    x += noise * self._gauss()
+                if noise:  # Gaussian-ish: 4 uniforms have variance 4/12, times sqrt(3) is 1
+                    x += noise * ((r() + r() + r() + r() - 2.0) * 1.7320508)
                 v = int(x + 0.5) if x >= 0 else 0
                 buf[i] = top if v > top else v
                 i += 1

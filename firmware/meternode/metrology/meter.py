@@ -189,7 +189,13 @@ class Meter:
                 lim = stop
             k = kernels.find_rise(work, i, lim, nch, a0, self._mid[a0], self._hyst, self._state)
             end = lim if k < 0 else k
-            self._accumulate(i, end)
+            if end > i:  # the run's sets into the open cycle (and the capture, with quality)
+                kernels.block_sums(0, 0, 0, work, i, end, nch, self._d, self._lay, self._mid, acc)
+                acc[self._n_at] += end - i
+                if self._cap_on:
+                    m = min(end - i, self._cap_sets - self._cap_n)
+                    kernels.copy16(work, i * nch, self._capbuf, self._cap_n * nch, m * nch)
+                    self._cap_n += m
             if k >= 0:
                 vp = work[(k - 1) * nch + a0]
                 vk = work[k * nch + a0]
@@ -201,16 +207,6 @@ class Meter:
                 if acc[self._n_at] >= kernels.MAX_SETS:
                     self._cross(None)  # no crossing for MAX_SETS sets: no mains
                 i = lim
-
-    def _accumulate(self, i, end):
-        if end > i:
-            kernels.block_sums(0, 0, 0, self._work, i, end, self.nch, self._d, self._lay, self._mid, self._acc)
-            self._acc[self._n_at] += end - i
-            if self._cap_on:
-                m = min(end - i, self._cap_sets - self._cap_n)
-                nch = self.nch
-                kernels.copy16(self._work, i * nch, self._capbuf, self._cap_n * nch, m * nch)
-                self._cap_n += m
 
     # -- per cycle --------------------------------------------------------------------------
     def _cross(self, frac):

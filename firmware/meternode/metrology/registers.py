@@ -160,18 +160,6 @@ class Registers:
             lo &= _LO_MASK
         self.lo[idx] = lo
 
-    def _block(self, b, p, q, s):
-        # p, q, s in joules (var-seconds, VA-seconds) for one cycle of one block
-        base = b * _FIELDS
-        if p >= 0.0:
-            self._add(base + IMP, p)
-            self._add(base + S_IMP, s)
-            self._add(base + (Q1 if q >= 0.0 else Q1 + 3), abs(q))
-        else:
-            self._add(base + EXP, -p)
-            self._add(base + S_EXP, s)
-            self._add(base + (Q1 + 1 if q >= 0.0 else Q1 + 2), abs(q))
-
     def add_fields(self, e, f, k):
         # Energy collected per register field (f[k:k+8], joules, by split()) for element
         # e, registered late (an element that started during a creep window).  The total
@@ -224,11 +212,19 @@ class Registers:
         # Vector netting of late-registered energy: signed P and Q joules into the total.
         if self.netting != "vector":
             return
-        self._block(self.n, p, q, (p * p + q * q) ** 0.5)
+        # the total's fields by sign and quadrant, as split() counts them
+        base = self.n * _FIELDS
+        s = (p * p + q * q) ** 0.5
         tar = self._tar + 2 * self.tariff
         if p >= 0.0:
+            self._add(base + IMP, p)
+            self._add(base + S_IMP, s)
+            self._add(base + (Q1 if q >= 0.0 else Q1 + 3), abs(q))
             self._add(tar, p)
         else:
+            self._add(base + EXP, -p)
+            self._add(base + S_EXP, s)
+            self._add(base + (Q1 + 1 if q >= 0.0 else Q1 + 2), abs(q))
             self._add(tar + 1, -p)
 
     def demand(self, watts, at):
@@ -236,10 +232,6 @@ class Registers:
         if mw > self.md_mw:
             self.md_mw = mw
             self.md_at = at
-
-    def reset_demand(self):
-        self.md_mw = 0
-        self.md_at = 0
 
     # -- persistence -----------------------------------------------------------------------
     def state(self):

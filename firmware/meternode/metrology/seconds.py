@@ -19,6 +19,8 @@ import array
 
 from micropython import const
 
+from meternode.metrology.interp import floats
+
 _N = const(16)  # seconds held: a consumer starved longer loses the oldest (counted)
 _WRAP = const(0x3FFFFFFF)
 
@@ -27,12 +29,10 @@ class Seconds:
     def __init__(self, rate):
         self.rate = rate
         self._left = rate  # sets until the current second closes
-        # the open second
+        # the open second: cycles, and (weighted by cycles) f and v sums, the largest i, the
+        # p sum, in a float array (interp.floats) made once
         self._nc = 0
-        self._f = 0.0
-        self._v = 0.0
-        self._i = 0.0
-        self._p = 0.0
+        self._acc = floats(4)
         # the ring of closed seconds
         self._rf = array.array("f", bytes(4 * 4 * _N))  # f, v, i, p per second
         self._rc = array.array("i", bytes(4 * _N))  # cycles measured
@@ -44,11 +44,12 @@ class Seconds:
         # One converted batch of nc cycles: its mean frequency, voltage, largest current and
         # total power.  Floats on small quantities only.
         self._nc += nc
-        self._f += f * nc
-        self._v += v * nc
-        self._p += p * nc
-        if imax > self._i:
-            self._i = imax
+        a = self._acc
+        a[0] += f * nc
+        a[1] += v * nc
+        a[3] += p * nc
+        if imax > a[2]:
+            a[2] = imax
 
     def sets(self, n, e_mwh_fn):
         # n more sample sets were fed; closes every second they complete.  e_mwh_fn() gives
@@ -71,24 +72,15 @@ class Seconds:
         j = 4 * k
         nc = self._nc
         rf = self._rf
-        if nc:
-            rf[j] = self._f / nc
-            rf[j + 1] = self._v / nc
-            rf[j + 2] = self._i
-            rf[j + 3] = self._p / nc
-        else:  # no mains cycle measured in this second
-            rf[j] = 0.0
-            rf[j + 1] = 0.0
-            rf[j + 2] = 0.0
-            rf[j + 3] = 0.0
+        a = self._acc
+        for x in range(4):
+            # no mains cycle measured in this second: zeros
+            rf[j + x] = (a[x] if x == 2 else a[x] / nc) if nc else 0
+            a[x] = 0
         self._rc[k] = nc
         self._re[k] = e_mwh
         self.closed = (self.closed + 1) & _WRAP
         self._nc = 0
-        self._f = 0.0
-        self._v = 0.0
-        self._i = 0.0
-        self._p = 0.0
 
     def get(self, idx, out):
         # Copies closed second number idx (mod 2**30) into out = [f, v, i, p, e_mwh, cycles].
