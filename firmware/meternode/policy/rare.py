@@ -1,12 +1,14 @@
 # The policy service's rarely run code: setting the service up (the fleet agent, the policy
 # to run), loading a policy, the fleet agent's events and the room it may stage a firmware
-# build in.  service.py loads this module for one call and forgets it at once (lazy.forget,
+# build in, the first small frame's handler, trimming a full queue and the reset.
+# service.py loads this module for one call and forgets it at once (lazy.forget,
 # docs/memory.md): its code is held only while it runs.  Each function is a PolicyService
 # method kept out of the class: `self` is the service.
 import json
 import sys
 
 from meternode.lazy import forget
+from meternode.policy import service
 from meternode.policy.engine import Engine
 
 
@@ -101,3 +103,55 @@ def incoming(self, t, payload):
     if not t.startswith(pre):
         return False
     return self._leaf(t[len(pre) :], payload)
+
+
+def smalls(self):
+    # PolicyService.smalls: the small-frame handler (policy/small.py), made when the first frame
+    # comes (RAM: a node that never gets one never loads it); not without a cmd_key or a policy.
+    if self.engine is not None and self.node.config.get("cmd_key"):
+        from binascii import unhexlify
+
+        from meternode.policy.small import SmallCommands
+
+        ctr = self.node.config.get("policy_dir", ".") + "/policy.lora.ctr"  # made at the first frame
+        self.small = SmallCommands(self.node.id, unhexlify(self.node.config["cmd_key"]), ctr)
+
+
+def trim(self):
+    # PolicyService._trim, from _put: over OUT_MAX, drop state snapshots but the newest,
+    # then the oldest events, then the oldest results; a pending reboot is kept.  In place
+    # (the list is shared).
+    out = self._out
+    n0 = len(out)
+    last_state = -1
+    for k in range(len(out)):
+        if out[k][0] == "policy/state":
+            last_state = k
+    k = 0
+    while k < len(out) and len(out) > service.OUT_MAX:
+        if out[k][0] == "policy/state" and k != last_state:
+            del out[k]
+            last_state -= 1
+        else:
+            k += 1
+    for leaf in ("policy/event", None):
+        k = 0
+        while k < len(out) and len(out) > service.OUT_MAX:
+            if (out[k][0] == leaf) if leaf else out[k][0] != "reboot":
+                del out[k]
+            else:
+                k += 1
+    self.dropped += n0 - len(out)
+
+
+def reset():
+    # PolicyService._reboot's last step: the board's reset.
+    try:
+        import machine
+
+        r = getattr(machine, "reset", None)  # the unix port's machine has no reset
+    except ImportError:
+        r = None
+    if r is not None:
+        r()
+    sys.exit(3)  # unix port: whoever runs the virtual board starts it again

@@ -20,11 +20,11 @@
 # REFUSALS_MAX of them; when full, old state snapshots go first (the newest is kept), then
 # the oldest events, then the oldest results; a pending reboot is never dropped.  Drops are
 # counted in `dropped`.
-# Setting up, loading a policy and the fleet agent's events run seldom: their code is in
-# policy/rare.py, loaded for each call and forgotten after it (docs/memory.md).
+# Setting up, loading a policy, the fleet agent's events, the first small frame, trimming a
+# full queue and the reset run seldom: their code is in policy/rare.py, loaded for each call
+# and forgotten after it (docs/memory.md).
 import asyncio
 import json
-import sys
 import time
 
 from micropython import const
@@ -56,18 +56,6 @@ def _rare():
     return rare
 
 
-def _reset():
-    try:
-        import machine
-
-        r = getattr(machine, "reset", None)  # the unix port's machine has no reset
-    except ImportError:
-        r = None
-    if r is not None:
-        r()
-    sys.exit(3)  # unix port: whoever runs the virtual board starts it again
-
-
 class PolicyService:
     def __init__(self, node, log=None):
         self.node = node
@@ -93,7 +81,6 @@ class PolicyService:
         self.beat = _nop  # the supervisor's progress report (supervisor.py), once per loop
         root = cfg.get("policy_dir", ".")
         self._ckpt = root + "/policy.day.json"
-        self._small_ctr = root + "/policy.lora.ctr"  # small frames: made at the first one (smalls)
         _rare().start(self, cfg, root)  # the fleet agent, the policy to run
         self._register()
 
@@ -141,15 +128,9 @@ class PolicyService:
         r = getattr(self.node, "reboot", None)
         if r is not None:
             r(why)
-        _reset()
+        _rare().reset()
 
     # -- link ----------------------------------------------------------------------------------
-    def _handler(self, leaf):
-        def on_message(payload, retained):
-            self._leaf(leaf, payload)
-
-        return on_message
-
     def _register(self):
         # Once per uplink service: our leaves into its MQTT link's extra_topics (the link
         # subscribes them on every reconnect and routes them to us) and the policy port into
@@ -161,7 +142,11 @@ class PolicyService:
         link = getattr(u, "link", None)
         if link is not None:
             for leaf in _LEAVES:
-                link.extra_topics[leaf] = self._handler(leaf)
+
+                def on_message(payload, retained, leaf=leaf):
+                    self._leaf(leaf, payload)
+
+                link.extra_topics[leaf] = on_message
             self._need_sub = link.up
         ports = getattr(u, "lora_ports", None)
         if ports is not None:
@@ -201,14 +186,10 @@ class PolicyService:
             self._trim()
 
     def smalls(self):
-        # The small-frame handler (policy/small.py), made when the first frame comes (RAM: a node
-        # that never gets one never loads it); None without a cmd_key or a policy.
-        if self.small is None and self.engine is not None and self.node.config.get("cmd_key"):
-            from binascii import unhexlify
-
-            from meternode.policy.small import SmallCommands
-
-            self.small = SmallCommands(self.node.id, unhexlify(self.node.config["cmd_key"]), self._small_ctr)
+        # The small-frame handler (policy/small.py), made when the first frame comes (rare.smalls);
+        # None without a cmd_key or a policy.
+        if self.small is None:
+            _rare().smalls(self)
         return self.small
 
     def _leaf(self, leaf, payload):
@@ -375,29 +356,8 @@ class PolicyService:
                 self.log("policy results not sent: %s" % ex)
 
     def _trim(self):
-        # Over OUT_MAX: drop state snapshots but the newest, then the oldest events, then the
-        # oldest results; a pending reboot is kept.  In place (the list is shared).
-        out = self._out
-        n0 = len(out)
-        last_state = -1
-        for k in range(len(out)):
-            if out[k][0] == "policy/state":
-                last_state = k
-        k = 0
-        while k < len(out) and len(out) > OUT_MAX:
-            if out[k][0] == "policy/state" and k != last_state:
-                del out[k]
-                last_state -= 1
-            else:
-                k += 1
-        for leaf in ("policy/event", None):
-            k = 0
-            while k < len(out) and len(out) > OUT_MAX:
-                if (out[k][0] == leaf) if leaf else out[k][0] != "reboot":
-                    del out[k]
-                else:
-                    k += 1
-        self.dropped += n0 - len(out)
+        # Over OUT_MAX (rare.trim): state snapshots, then events, then results go.
+        _rare().trim(self)
 
 
 def _log(msg):
