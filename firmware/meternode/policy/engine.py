@@ -160,6 +160,13 @@ _D_STATE = const(8)  # 0 idle, 1 shedding, 2 waiting the random restore delay, 3
 _D_UNTIL = const(9)  # end of the minimum shed / of the random delay
 _D_EV_START = const(10)  # pushed DR event window (trigger "event")
 _D_EV_END = const(11)
+# The engine's own scalars are one list too (a name each would be interned for ever):
+_S_TZ = const(0)  # the policy's time zone, seconds east of UTC
+_S_RT_PRICE = const(1)  # a pushed real-time price (float) ...
+_S_RT_UNTIL = const(2)  # ... valid until (engine seconds; 0 = none)
+_S_MIDNIGHT = const(3)  # engine seconds of the next local midnight
+_S_RNG = const(4)  # xorshift state (_rand)
+_S_RELEASE = const(5)  # the rule that released the relay last (the restore event's rule)
 
 
 class Engine:
@@ -171,7 +178,8 @@ class Engine:
         self._set_tariff = set_tariff or _nop
         self._relay = relay  # None: no relay
         self._sink = sink or _nop
-        self._tz = c["tz"] * 60
+        # [_S_TZ, _S_RT_PRICE, _S_RT_UNTIL, _S_MIDNIGHT, _S_RNG, _S_RELEASE]
+        self._st = [c["tz"] * 60, 0.0, 0, 0, (seed & _MASK) or 1, 0]
         self._prices = [float(x) for x in c["p"]]
         self._lims = [
             [x[0], float(x[1]) * 1000.0 if x[0] == _MAX_E else float(x[1]), x[2], x[3], x[4], x[5], 0, 0, 0, 0, 0]
@@ -184,14 +192,9 @@ class Engine:
         self.day_type = -1
         self.relay_on = True
         self.price = self._prices[0]
-        self._rt_price = 0.0
-        self._rt_until = 0
         self._day = -1  # local day number (days since 1970) of the running day
-        self._midnight = 0  # engine seconds of the next local midnight
         self._period = c["s"][0][1]
         self._e_day0 = -1
-        self._rng = (seed & _MASK) or 1
-        self._last_release = 0
 
     # -- commands (from the link; may allocate) ---------------------------------------------
     def push_event(self, start, duration, rule=-1):
@@ -210,8 +213,8 @@ class Engine:
         # now: epoch seconds
         valid = min(int(valid_s), self.policy["rt"])
         t = seconds(now)
-        self._rt_price = float(price)
-        self._rt_until = t + valid
+        self._st[_S_RT_PRICE] = float(price)
+        self._st[_S_RT_UNTIL] = t + valid
         self._sink(EV_PRICE, -1, valid, t)
 
     @property
@@ -228,7 +231,7 @@ class Engine:
         # Takes a save() of the same local day back (now: epoch seconds); anything else is
         # ignored (False).  A hold saved as an epoch (before engine seconds) is converted.
         t = seconds(now)
-        if not isinstance(st, list) or len(st) != 4 or st[0] != (t + self._tz) // _DAY_S + _DAY0:
+        if not isinstance(st, list) or len(st) != 4 or st[0] != (t + self._st[_S_TZ]) // _DAY_S + _DAY0:
             return False
         lims = self._lims
         if len(st[2]) != len(lims) or len(st[3]) != len(lims):
@@ -246,18 +249,19 @@ class Engine:
         # xorshift on 30 bits (shifts 7, 3, 2: full period 2**30 - 1, checked by exhaustion),
         # masked before each left shift so that nothing reaches 2**30 (a 32-bit xorshift's
         # words and its 0xFFFFFFFF mask are heap ints on a board); uniform-ish in 0..n
-        x = self._rng
+        x = self._st[_S_RNG]
         x ^= (x & 0x7FFFFF) << 7
         x ^= x >> 3
         x ^= (x & 0xFFFFFFF) << 2
-        self._rng = x
+        self._st[_S_RNG] = x
         return x % (n + 1) if n > 0 else 0
 
     def _new_day(self, t):
-        d = (t + self._tz) // _DAY_S  # local days since EPOCH0
+        st = self._st
+        d = (t + st[_S_TZ]) // _DAY_S  # local days since EPOCH0
         day = d + _DAY0
         self._day = day
-        self._midnight = (d + 1) * _DAY_S - self._tz
+        st[_S_MIDNIGHT] = (d + 1) * _DAY_S - st[_S_TZ]
         ymd = civil(day)
         md = ymd % 10000
         dt = 1 if (day + 3) % 7 >= 5 else 0  # 1970-01-01 was a Thursday; Monday = 0
@@ -278,8 +282,9 @@ class Engine:
 
     def tick(self, t, v, i, f, p, e_mwh):
         # t: engine seconds; allocates nothing
-        local = t + self._tz
-        if self._day < 0 or t >= self._midnight or local // _DAY_S + _DAY0 != self._day:
+        st = self._st
+        local = t + st[_S_TZ]
+        if self._day < 0 or t >= st[_S_MIDNIGHT] or local // _DAY_S + _DAY0 != self._day:
             self._new_day(t)
             self._e_day0 = e_mwh
         if self._e_day0 < 0:
@@ -297,13 +302,13 @@ class Engine:
             self._set_tariff(tar)
             self._sink(EV_TARIFF, -1, tar, t)
         # price: a pushed real-time price while valid, else the tariff's
-        if self._rt_until:
-            if t < self._rt_until:
-                self.price = self._rt_price
+        if st[_S_RT_UNTIL]:
+            if t < st[_S_RT_UNTIL]:
+                self.price = st[_S_RT_PRICE]
             else:
-                self._rt_until = 0
+                st[_S_RT_UNTIL] = 0
                 self._sink(EV_PRICE, -1, 0, t)
-        if not self._rt_until:
+        if not st[_S_RT_UNTIL]:
             self.price = self._prices[tar]
         hold = False
         for k in range(len(self._lims)):
@@ -316,7 +321,7 @@ class Engine:
             self.relay_on = not hold
             if self._relay is not None:
                 self._relay.set(self.relay_on)
-            self._sink(EV_RESTORE if self.relay_on else EV_SHED, self._last_release, 0, t)
+            self._sink(EV_RESTORE if self.relay_on else EV_SHED, st[_S_RELEASE], 0, t)
 
     def _limit(self, k, t, v, i, p, e_mwh):
         # Returns True while limit k holds the relay open.
@@ -327,7 +332,7 @@ class Engine:
                 return True
             r[_L_UNTIL] = 0  # retry window over: reconnect and watch again
             r[_L_ON] = 0
-            self._last_release = k
+            self._st[_S_RELEASE] = k
         lev = r[_L_LEV]
         if kind == _OVER_V:
             cond = v > lev
@@ -353,11 +358,11 @@ class Engine:
             r[_L_FIRED] = 1
             return False
         r[_L_TRIPS] += 1
-        self._last_release = k
+        self._st[_S_RELEASE] = k
         if kind == _MAX_E or (r[_L_RETRY] and r[_L_TRIPS] > r[_L_RETRY]):
             if kind != _MAX_E:
                 self._sink(EV_LOCKOUT, k, r[_L_TRIPS], t)
-            r[_L_UNTIL] = self._midnight
+            r[_L_UNTIL] = self._st[_S_MIDNIGHT]
         else:
             r[_L_UNTIL] = t + r[_L_SHED]
         return True
@@ -394,7 +399,7 @@ class Engine:
             r[_D_STATE] = 1
             r[_D_UNTIL] = r[_D_EV_END] if trig == _TRIG_EVENT else t + r[_D_SHED]
             self._sink(EV_DR, DR_RULE_BASE + k, trig, t)
-            self._last_release = DR_RULE_BASE + k
+            self._st[_S_RELEASE] = DR_RULE_BASE + k
             return True
         if st == 1:
             if cond or t < r[_D_UNTIL]:
@@ -407,5 +412,5 @@ class Engine:
             return True
         r[_D_STATE] = 0
         r[_D_ON] = 0
-        self._last_release = DR_RULE_BASE + k
+        self._st[_S_RELEASE] = DR_RULE_BASE + k
         return False
