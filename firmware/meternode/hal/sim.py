@@ -166,7 +166,11 @@ class SimSampler:
             if "freq" in ev:
                 self.set_freq(float(ev["freq"]))
             if "current" in ev:
-                k = [i for i in range(self.nch) if not self._is_v[i]][int(ev["current"])]
+                cur = []  # the current channels (a loop: a comprehension is a function held)
+                for i in range(self.nch):
+                    if not self._is_v[i]:
+                        cur.append(i)
+                k = cur[int(ev["current"])]
                 self.set_current(k, float(ev.get("rms", self._waves[k].rms)), ev.get("angle"))
             if "voltage" in ev:
                 self.set_voltage(float(ev["voltage"]), float(ev.get("for", -1.0)))

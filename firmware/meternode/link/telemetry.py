@@ -34,12 +34,15 @@ def _wh(e, key):
     # (e_imp_wh -> e_imp_mwh, e_q_varh -> e_q_mvarh) where there is one
     i = key.rindex("_") + 1
     x = e.get(key[:i] + "m" + key[i:])
-    if x is None:
+    exact = x is not None
+    if not exact:
         x = e[key]
-        return [_r(v, 3) for v in x] if isinstance(x, list) else _r(x, 3)
-    if isinstance(x, list):
-        return [_Mwh(v) for v in x]
-    return _Mwh(x)
+    if not isinstance(x, list):
+        return _Mwh(x) if exact else _r(x, 3)
+    out = []  # (a loop: a comprehension is a function held with the module)
+    for v in x:
+        out.append(_Mwh(v) if exact else _r(v, 3))
+    return out
 
 
 def _element(e):
@@ -118,7 +121,9 @@ def encode_into(buf, node_id, seq, ts, snap, overruns=0, mains=None, pulses=None
         if key in snap:
             d[key] = _r(snap[key], 1) if key != "tariff" else snap[key]
     if "voltages" in snap and len(snap["voltages"]) > 1:
-        d["voltages"] = {k: _r(v, 3) for k, v in snap["voltages"].items()}
+        vs = d["voltages"] = {}  # (a loop: a comprehension is a function held with the module)
+        for k, v in snap["voltages"].items():
+            vs[k] = _r(v, 3)
     if "pq" in snap:
         d["pq"] = snap["pq"]
     if pulses:

@@ -102,7 +102,9 @@ class ChannelCal:
     def as_dict(self):
         d = {"gain": self.gain, "offset": self.offset, "phase": self.phase}
         if self.table:
-            d["phase_table"] = [[a, p] for a, p in self.table]
+            t = d["phase_table"] = []
+            for a, p in self.table:
+                t.append([a, p])
         return d
 
 
@@ -111,8 +113,14 @@ def resolve(board, cal):
     cal = cal or {}
     if not isinstance(cal, dict):
         raise ConfigError("calibration must be an object keyed by channel name, not %r" % (cal,))
-    names = [ch["name"] for ch in board["channels"]]
+    # (loops, not comprehensions: each of those is a function held with the module)
+    names = []
+    for ch in board["channels"]:
+        names.append(ch["name"])
     for key in cal:
         if key not in names:
             raise ConfigError("calibration.%s names no channel of board %s" % (key, board.get("name", "?")))
-    return [ChannelCal(ch, cal.get(ch["name"])) for ch in board["channels"]]
+    out = []
+    for ch in board["channels"]:
+        out.append(ChannelCal(ch, cal.get(ch["name"])))
+    return out

@@ -94,7 +94,10 @@ class Meter:
             e += 1
 
     def calibration(self):
-        return {c.name: c.as_dict() for c in self.cal}
+        d = {}
+        for c in self.cal:
+            d[c.name] = c.as_dict()
+        return d
 
     def use_rate(self, rate_actual):
         # The rate the sampler's timer really produces (hal: sampler.rate_actual), before

@@ -83,10 +83,18 @@ class Registers:
         h = self.hi[idx]
         return (h << _LO_BITS) + self.lo[idx] if h else self.lo[idx]
 
+    def _wholes(self, idx, step, n):
+        # n registers' whole values from idx on, `step` apart (a new list; a loop, not a
+        # comprehension: that is a function held with the module)
+        out = []
+        for k in range(n):
+            out.append(self._whole(idx + k * step))
+        return out
+
     @property
     def r(self):
         # every register's whole value, mWh (a new list)
-        return [self._whole(k) for k in range(self.size)]
+        return self._wholes(0, 1, self.size)
 
     def get(self, block, field):
         # block: element index 0..n-1, or n for the total
@@ -98,11 +106,11 @@ class Registers:
 
     @property
     def imp(self):
-        return [self._whole(e * _FIELDS + IMP) for e in range(self.n)]
+        return self._wholes(IMP, _FIELDS, self.n)
 
     @property
     def exp(self):
-        return [self._whole(e * _FIELDS + EXP) for e in range(self.n)]
+        return self._wholes(EXP, _FIELDS, self.n)
 
     def total_import(self):
         return self._whole(self.n * _FIELDS + IMP)
@@ -122,8 +130,7 @@ class Registers:
         return self._whole(idx) * 3.6 + self.rem[idx] / 1000000.0
 
     def quadrants(self, block):
-        b = block * _FIELDS + Q1
-        return [self._whole(b + k) for k in range(4)]
+        return self._wholes(block * _FIELDS + Q1, 1, 4)
 
     def tariff_registers(self, t):
         return self._whole(self._tar + 2 * t), self._whole(self._tar + 2 * t + 1)

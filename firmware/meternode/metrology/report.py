@@ -60,7 +60,12 @@ class Window:
         r = m.registers
         w = self.w
         k = 5 * self.elements
-        vrms = [math.sqrt(w[k + a] / n) for a in range(self.nch)]
+        vrms = []  # (loops, not comprehensions: each of those is a function held with the module)
+        volts = {}
+        for a in range(self.nch):
+            vrms.append(math.sqrt(w[k + a] / n))
+            if m.cal[a].kind == "voltage":
+                volts[m.names[a]] = vrms[a]
         els = []
         for e in range(self.elements):
             a = m.pairs[e][0]
@@ -70,6 +75,10 @@ class Window:
             q = w[k + 2] / n
             s = vrms[a] * irms
             pf = p / s if s > 0.0 else 0.0
+            qm = r.quadrants(e)  # mvarh
+            qv = []
+            for x in qm:
+                qv.append(x / 1000.0)
             els.append(
                 {
                     "name": m.element_names[e],
@@ -84,18 +93,18 @@ class Window:
                     "p_max": w[k + 4],
                     "e_imp_wh": r.get(e, 0) / 1000.0,
                     "e_exp_wh": r.get(e, 1) / 1000.0,
-                    "e_q_varh": [x / 1000.0 for x in r.quadrants(e)],
+                    "e_q_varh": qv,
                     "e_s_vah": (r.get(e, 6) + r.get(e, 7)) / 1000.0,
                     "e_imp_mwh": r.get(e, 0),
                     "e_exp_mwh": r.get(e, 1),
-                    "e_q_mvarh": r.quadrants(e),
+                    "e_q_mvarh": qm,
                     "e_s_mvah": r.get(e, 6) + r.get(e, 7),
                 }
             )
         snap = {
             "cycles": n,
             "v": vrms[m.v_channel],
-            "voltages": {m.names[a]: vrms[a] for a in range(self.nch) if m.cal[a].kind == "voltage"},
+            "voltages": volts,
             "f": self.w_f / n,
             "elements": els,
             "tariff": r.tariff,

@@ -180,12 +180,17 @@ class Engine:
         self._sink = sink or _nop
         # [_S_TZ, _S_RT_PRICE, _S_RT_UNTIL, _S_MIDNIGHT, _S_RNG, _S_RELEASE]
         self._st = [c["tz"] * 60, 0.0, 0, 0, (seed & _MASK) or 1, 0]
-        self._prices = [float(x) for x in c["p"]]
-        self._lims = [
-            [x[0], float(x[1]) * 1000.0 if x[0] == _MAX_E else float(x[1]), x[2], x[3], x[4], x[5], 0, 0, 0, 0, 0]
-            for x in c["l"]
-        ]
-        self._drs = [[x[0], float(x[1]), float(x[2]), x[3], x[4], x[5], 0, 0, 0, 0, 0, 0] for x in c["d"]]
+        # (loops, not comprehensions: each of those is a function held with the module)
+        p = self._prices = []
+        for x in c["p"]:
+            p.append(float(x))
+        p = self._lims = []
+        for x in c["l"]:
+            lev = float(x[1]) * 1000.0 if x[0] == _MAX_E else float(x[1])
+            p.append([x[0], lev, x[2], x[3], x[4], x[5], 0, 0, 0, 0, 0])
+        p = self._drs = []
+        for x in c["d"]:
+            p.append([x[0], float(x[1]), float(x[2]), x[3], x[4], x[5], 0, 0, 0, 0, 0, 0])
         self._site = c.get("rl", 0) == 0  # the relay disconnects the site, generation included
         self.reporting = c.get("r")  # [telemetry_s, profile_min, quantities] or None
         self.tariff = -1
@@ -225,7 +230,12 @@ class Engine:
     def save(self):
         # The day's counters for a checkpoint (allocates; the service writes it now and then):
         # a reboot must not reset the daily energy budget, trips or lockouts.
-        return [self._day, self._e_day0, [r[_L_TRIPS] for r in self._lims], [r[_L_UNTIL] for r in self._lims]]
+        trips = []
+        until = []
+        for r in self._lims:
+            trips.append(r[_L_TRIPS])
+            until.append(r[_L_UNTIL])
+        return [self._day, self._e_day0, trips, until]
 
     def restore(self, st, now):
         # Takes a save() of the same local day back (now: epoch seconds); anything else is

@@ -289,7 +289,9 @@ class PolicyService:
         e = self.engine
         c = self._ctl
         r = self.node.meter.registers
-        n = len(e.policy["t"]) if e else 0
+        wh = []  # (a loop: a comprehension is a function held with the module)
+        for t in range(len(e.policy["t"]) if e else 0):
+            wh.append(r.tariff_registers(t)[0] / 1000.0)
         return {
             "policy": e.policy["n"] if e else None,
             "version": self.agent.policy_version() if self.agent else 0,
@@ -299,7 +301,7 @@ class PolicyService:
             # (remote off) or the override's end (epoch s); None when the policy drives it
             "relay_hold": None if c is None or not (c.latched or c.until) else "latched" if c.latched else c.until,
             "price": e.price if e else None,
-            "tariff_wh": [r.tariff_registers(t)[0] / 1000.0 for t in range(n)],
+            "tariff_wh": wh,
             "t": int(self.clock.time()),
         }
 
