@@ -41,17 +41,20 @@ _H = kernels.HIST
 _MASK = const(0x3FFFFFFF)  # counters wrap below 2**30: small ints on a 32-bit board
 
 
+def _init():
+    # meterinit.py (the checks and buffers, made once; the calibration's changes), loaded for
+    # one call and forgotten at once: the caller's reference keeps it until the call returns
+    # (collected first: compiled from source, it needs its parse tree in one piece)
+    gc.collect()
+    from meternode.metrology import meterinit
+
+    forget("meternode.metrology.meterinit")
+    return meterinit
+
+
 class Meter:
     def __init__(self, board, cal=None, options=None):
-        # The checks and buffers are made once (meterinit.py): loaded for it, forgotten after
-        # (collected first: compiled from source, it needs its parse tree in one piece)
-        gc.collect()
-        from meternode.metrology import meterinit
-
-        try:
-            meterinit.setup(self, board, cal, options)
-        finally:
-            forget("meternode.metrology.meterinit")
+        _init().setup(self, board, cal, options)
 
     # -- configuration at run time ----------------------------------------------------------
     def set_tariff(self, i):
@@ -69,29 +72,7 @@ class Meter:
             raise ConfigError("calibration.%s names no channel" % name)
         self._convert_open()  # the cycles so far with the calibration they were taken with
         self.cal[self.names.index(name)].update(values, "calibration.%s" % name)
-        self._cal_cache()
-
-    def _cal_cache(self):
-        # Flat per-channel values for the per-cycle maths (properties cost a call each).
-        # (loops, not comprehensions: each of those is a function held with the module)
-        cal = self.cal
-        sc = self._sc = []
-        off = self._off = []
-        isv = self._isv = []
-        for c in cal:
-            sc.append(c.scale)
-            off.append(c.offset)
-            isv.append(c.kind == "voltage")
-        phc = self._phc = []
-        # and the sign band per element in raw product units per set (kernels.signs)
-        lim = self._lim
-        e = 0
-        for a, b in self.pairs:
-            phc.append(None if cal[b].table else cal[b].phase - cal[a].phase)
-            g = abs(sc[a] * sc[b])
-            x = self._band[e] / g if g > 0 else 0
-            lim[e] = int(min(x, 4000000))
-            e += 1
+        _init().cal_cache(self)
 
     def calibration(self):
         d = {}

@@ -1,7 +1,8 @@
 # What Meter() does once: check the board's front end and the metrology options, resolve
 # the calibration, lay out the accumulators and make every buffer (meter.py says what they
-# hold).  Loaded by Meter.__init__ and forgotten after (lazy.forget, docs/memory.md): a
-# running meter does not hold this code.
+# hold), and the per-channel values derived from the calibration (cal_cache: again after
+# Meter.set_calibration).  Loaded for the call and forgotten after (lazy.forget,
+# docs/memory.md): a running meter does not hold this code.
 import array
 
 from meternode.config import ConfigError
@@ -145,7 +146,7 @@ def setup(m, board, cal, options):
     m._lim = array.array("i", bytes(4 * m.elements))
     m._bm = 0  # the batch's signs (kernels.signs)
     m._nsg = min(m.elements, 8)  # signs has 8 bits per kind: elements 9.. batch freely
-    m._cal_cache()
+    cal_cache(m)
     # power quality (quality.py), opt-in: metrology.quality = true
     m.quality = None
     m._cap_on = False
@@ -189,3 +190,27 @@ def _layout(m):
         lay += [c, m._sx[c]]
     m._lay = array.array("i", lay)
     m._sxa = array.array("i", m._sx)
+
+
+def cal_cache(m):
+    # Flat per-channel values for the per-cycle maths (properties cost a call each), at
+    # setup and after Meter.set_calibration.
+    # (loops, not comprehensions: each of those is a function held with the module)
+    cal = m.cal
+    sc = m._sc = []
+    off = m._off = []
+    isv = m._isv = []
+    for c in cal:
+        sc.append(c.scale)
+        off.append(c.offset)
+        isv.append(c.kind == "voltage")
+    phc = m._phc = []
+    # and the sign band per element in raw product units per set (kernels.signs)
+    lim = m._lim
+    e = 0
+    for a, b in m.pairs:
+        phc.append(None if cal[b].table else cal[b].phase - cal[a].phase)
+        g = abs(sc[a] * sc[b])
+        x = m._band[e] / g if g > 0 else 0
+        lim[e] = int(min(x, 4000000))
+        e += 1
