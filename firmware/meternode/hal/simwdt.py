@@ -38,30 +38,28 @@ class SimWatchdog:
         self.on = False
 
     def _watch(self):
+        import os
+
         try:
             while self.on:
                 time.sleep_ms(_STEP_MS)
-                if self.stop_path is not None and self._stop_asked():
-                    self.interrupt()  # as a Ctrl-C: the node saves its registers and exits
-                    return
+                if self.stop_path is not None:
+                    # The host's stop request: a file, not a SIGINT. The unix port raises a
+                    # SIGINT as a KeyboardInterrupt wherever the thread it lands in is, inside
+                    # the collector too, whose lock it then leaves held: the node hung until
+                    # the host killed it, its registers unsaved (test_sim_db under load). This
+                    # one arrives between bytecodes, at a feed.
+                    try:
+                        os.remove(self.stop_path)
+                        self.interrupt()  # as a Ctrl-C: the node saves its registers and exits
+                        return
+                    except OSError:
+                        pass
                 if self.on and time.ticks_diff(time.ticks_ms(), self.fed) > self.timeout:
                     self._reset()
                     return
         except KeyboardInterrupt:
             self.interrupt()
-
-    def _stop_asked(self):
-        # The host's stop request: a file, not a SIGINT. The unix port raises a SIGINT as a
-        # KeyboardInterrupt wherever the thread it lands in is, inside the collector too, whose
-        # lock it then leaves held: the node hung until the host killed it, its registers
-        # unsaved (test_sim_db under load). This one arrives between bytecodes, at a feed.
-        import os
-
-        try:
-            os.remove(self.stop_path)
-            return True
-        except OSError:
-            return False
 
     def interrupt(self):
         # The unix port raises a Ctrl-C (SIGINT) in whichever thread the kernel hands it to:
