@@ -17,13 +17,9 @@ except ImportError:  # CPython
 
 # Ticks for the link layer: the board's wall ticks (ticks.py), 30-bit and wrapping on every
 # port (the sim HAL starts them a few seconds before a wrap), with the board's arithmetic.
-def ticks_ms():
-    return _t.ms()
-
-
-def ticks_us():
-    return _t.us()
-
-
+# The ticks module's own functions, not wrappers (a function object each): they read its
+# offsets at every call, so ticks.rebase() still applies.
+ticks_ms = _t.ms
+ticks_us = _t.us
 ticks_diff = _t.diff
 ticks_add = _t.add
