@@ -130,37 +130,34 @@ class Supervisor:
                     why = "%s: %s" % (type(e).__name__, e)
                 except MemoryError:
                     why = "MemoryError"
+            # one failure counted and reported, then the backoff before the restart
             w.waiting = True
-            await _sleep_ms(self._failed(w, why))
-
-    def _failed(self, w, why):
-        # Counts and reports one failure; returns the backoff before the restart (ms).
-        now = _now()
-        if _diff(now, w.started) >= self.stable_ms:
-            w.fails = 0  # it ran long enough: this is a new failure, not a loop
-        w.fails += 1
-        w.restarts += 1
-        self.restarts += 1
-        w.error = why
-        k = w.fails - 1 if w.fails < 16 else 15
-        wait = self.backoff_min_ms << k
-        if wait > self.backoff_max_ms:
-            wait = self.backoff_max_ms
-        w.due = _add(now, wait)
-        try:
-            self.log("task %s failed (%d in a row): %s; restart in %d ms" % (w.name, w.fails, why, wait))
-        except MemoryError:
-            pass
-        for cb in (self.on_fail, self.on_loop if w.fails >= self.loop_fails else None):
-            if cb is not None:
-                try:
-                    cb(w, why)
-                except Exception as e:  # a full flash must not stop the supervision
+            now = _now()
+            if _diff(now, w.started) >= self.stable_ms:
+                w.fails = 0  # it ran long enough: this is a new failure, not a loop
+            w.fails += 1
+            w.restarts += 1
+            self.restarts += 1
+            w.error = why
+            k = w.fails - 1 if w.fails < 16 else 15
+            wait = self.backoff_min_ms << k
+            if wait > self.backoff_max_ms:
+                wait = self.backoff_max_ms
+            w.due = _add(now, wait)
+            try:
+                self.log("task %s failed (%d in a row): %s; restart in %d ms" % (w.name, w.fails, why, wait))
+            except MemoryError:
+                pass
+            for cb in (self.on_fail, self.on_loop if w.fails >= self.loop_fails else None):
+                if cb is not None:
                     try:
-                        self.log("task %s: failure not recorded: %r" % (w.name, e))
-                    except MemoryError:
-                        pass
-        return wait
+                        cb(w, why)
+                    except Exception as e:  # a full flash must not stop the supervision
+                        try:
+                            self.log("task %s: failure not recorded: %r" % (w.name, e))
+                        except MemoryError:
+                            pass
+            await _sleep_ms(wait)
 
     def check(self):
         # One supervision pass: cancel what stalled (it restarts after its backoff), clear
