@@ -14,11 +14,10 @@
 # A crash loop counts one more in the persisted state, checkpoints the registers and reboots
 # (Node.reboot), in the safe configuration too (it stays safe: the count only grows); a
 # watchdog reset and a caught fatal error count too (node.py).
-import time
-
 from micropython import const
 
 from meternode.hal import watchdog
+from meternode.node import log
 from meternode.store import records
 from meternode.supervisor import Supervisor
 
@@ -28,7 +27,6 @@ _STALL_MS = const(60000)  # what a task may take beyond its own period before it
 def wire(node):
     # The node's supervisor with its tasks registered (run() starts them).
     sc = node.config.get("supervisor", {})
-    log = _log
 
     def failed(w, why):
         if w.fails <= 8 or not w.fails % 16:  # a task dying for good: one event per 16 restarts
@@ -42,6 +40,7 @@ def wire(node):
         node.reboot("crash loop in %s" % w.name)
 
     stable = sc.get("stable_s", 3600)
+    hold = sc.get("safe_hold_s", 86400)
     sup = node.supervisor = Supervisor(
         log,
         watchdog.make_watchdog(node.board, node.config),
@@ -56,7 +55,15 @@ def wire(node):
     sup.add("sampling", node.sampling, 10000)
     sup.add("reporting", node.reporting, int(c.get("telemetry_s", 10.0) * 1000) + _STALL_MS)
     if node.pulses is not None:
-        sup.add("pulses", _pulses(node), 30000)
+
+        async def pulses(w):
+            p = node.pulses
+            while True:
+                await node.hal.clock.sleep_ms(p.poll_ms)
+                p.poll()
+                w.beat()
+
+        sup.add("pulses", pulses, 30000)
     if node._wifi() is not None:
         sup.add("wifi", _beating(node.wifi, node.wifi.run), 180000)
     m = c.get("mqtt")
@@ -67,7 +74,9 @@ def wire(node):
         # the modem's line reader first (the lora task's commands wait for its replies); it
         # waits for the module's bytes without a deadline: stall_ms 0 (supervisor.py)
         sup.add("lora reader", _beating(u.lora.modem, u.lora.modem.read_loop), 0)
-        sup.add("lora", _lora(u), 300000)
+        # the LoRaWAN task (configure the modem, then LoRaLink.run); the reader is untouched
+        # when this one restarts
+        sup.add("lora", _beating(u.lora, u.run_lora), 300000)
     if c.get("fleet") or c.get("policy"):
         try:  # only nodes with policies load the policy package; a bad one never stops metering
             from meternode.policy.service import PolicyService
@@ -81,48 +90,10 @@ def wire(node):
         if g is not None:
             for name, start, stall in g.starts():
                 sup.add(name, start, stall)
-    sup.add("uptime", _uptime(node, stable, sc.get("safe_hold_s", 86400)), 30000)
-    if node.safe:
-        b = node.boot
-        log("safe configuration: %d crash loops in a row (%s)" % (b["loops"], b["why"]))
-        node.event(records.EV_SAFE_MODE, b["loops"], b["why"])
-    return sup
 
-
-def _beating(obj, run):
-    # A module's run() loop as a task: its `beat` attribute reports progress.
-    async def task(w):
-        obj.beat = w.beat
-        await run()
-
-    return task
-
-
-def _lora(u):
-    # The LoRaWAN task (configure the modem, then LoRaLink.run); the modem's reader is a
-    # task of its own ("lora reader"), untouched when this one restarts.
-    async def task(w):
-        u.lora.beat = w.beat
-        await u.run_lora()
-
-    return task
-
-
-def _pulses(node):
-    async def task(w):
-        p = node.pulses
-        while True:
-            await node.hal.clock.sleep_ms(p.poll_ms)
-            p.poll()
-            w.beat()
-
-    return task
-
-
-def _uptime(node, stable, hold):
-    # Crash-loop bookkeeping: after stable_s of running the loop count is cleared; in the safe
-    # configuration, after safe_hold_s a planned reboot returns to the full one.
-    async def task(w):
+    async def uptime(w):
+        # Crash-loop bookkeeping: after stable_s of running the loop count is cleared; in the
+        # safe configuration, after safe_hold_s a planned reboot returns to the full one.
         import asyncio
 
         up = 0  # seconds since boot, counted (nothing here grows past a small int)
@@ -137,12 +108,22 @@ def _uptime(node, stable, hold):
                     node.save_state()
                     node.reboot("safe configuration held %d s" % hold)
             elif b["loops"] and up >= stable:
-                _log("stable for %d s: crash-loop count %d cleared" % (stable, b["loops"]))
+                log("stable for %d s: crash-loop count %d cleared" % (stable, b["loops"]))
                 b["loops"] = 0
                 node.save_state()
 
+    sup.add("uptime", uptime, 30000)
+    if node.safe:
+        b = node.boot
+        log("safe configuration: %d crash loops in a row (%s)" % (b["loops"], b["why"]))
+        node.event(records.EV_SAFE_MODE, b["loops"], b["why"])
+    return sup
+
+
+def _beating(obj, run):
+    # A module's run() loop as a task: its `beat` attribute reports progress.
+    async def task(w):
+        obj.beat = w.beat
+        await run()
+
     return task
-
-
-def _log(msg):
-    print("[%d] %s" % (time.ticks_ms(), msg))
