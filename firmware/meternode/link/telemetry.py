@@ -45,28 +45,6 @@ def _wh(e, key):
     return out
 
 
-def _element(e):
-    d = {
-        "name": e["name"],
-        "i": _r(e["i"], 3),
-        "p": _r(e["p"], 2),
-        "p_min": _r(e["p_min"], 2),
-        "p_max": _r(e["p_max"], 2),
-        "e_imp_wh": _wh(e, "e_imp_wh"),
-        "e_exp_wh": _wh(e, "e_exp_wh"),
-    }
-    # the full meter (metrology.report) adds reactive, apparent, PF and quadrant registers
-    for key, nd in (("q", 2), ("s", 2), ("pf", 4)):
-        if key in e:
-            d[key] = _r(e[key], nd)
-    for key in ("e_s_vah", "e_q_varh"):
-        if key in e:
-            d[key] = _wh(e, key)
-    if "quadrant" in e:
-        d["quadrant"] = e["quadrant"]
-    return d
-
-
 def encode(node_id, seq, ts, snap, overruns=0, mains=None, pulses=None, relay=None):
     # The payload as a str (a buffer of its own; the node keeps one: encode_into).
     size = 1024
@@ -99,7 +77,25 @@ def encode_into(buf, node_id, seq, ts, snap, overruns=0, mains=None, pulses=None
             p_tot += e["p"]
             imp += e["e_imp_wh"]
             exp += e["e_exp_wh"]
-        els.append(_element(e))
+        d = {
+            "name": e["name"],
+            "i": _r(e["i"], 3),
+            "p": _r(e["p"], 2),
+            "p_min": _r(e["p_min"], 2),
+            "p_max": _r(e["p_max"], 2),
+            "e_imp_wh": _wh(e, "e_imp_wh"),
+            "e_exp_wh": _wh(e, "e_exp_wh"),
+        }
+        # the full meter (metrology.report) adds reactive, apparent, PF and quadrant registers
+        for key, nd in (("q", 2), ("s", 2), ("pf", 4)):
+            if key in e:
+                d[key] = _r(e[key], nd)
+        for key in ("e_s_vah", "e_q_varh"):
+            if key in e:
+                d[key] = _wh(e, key)
+        if "quadrant" in e:
+            d["quadrant"] = e["quadrant"]
+        els.append(d)
     d = {
         "node": node_id,
         "seq": seq,
