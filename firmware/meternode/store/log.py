@@ -134,7 +134,13 @@ class RecordLog:
             # only from segments every publisher has delivered, never from unsent records.
             self._broken = True
             try:
-                if not self._drop_delivered():
+                # the oldest segments whose records were all delivered go; none: no room
+                d = self.delivered() if self.delivered is not None else self.last_seq
+                k = 0
+                while len(self.segs) > 1 and self.segs[0][2] <= d:
+                    self._drop_oldest()
+                    k += 1
+                if not k:
                     raise e
                 seg = self._room(need)
                 self._f.write(rec)
@@ -162,15 +168,6 @@ class RecordLog:
             while len(self.segs) > 1 and self.bytes_used() > self.max_bytes - self.segment_bytes:
                 self._drop_oldest()
         return self.segs[-1]
-
-    def _drop_delivered(self):
-        # Deletes the oldest segments whose records were all delivered; True if any went.
-        d = self.delivered() if self.delivered is not None else self.last_seq
-        k = 0
-        while len(self.segs) > 1 and self.segs[0][2] <= d:
-            self._drop_oldest()
-            k += 1
-        return k > 0
 
     def mark_sent(self, seq):
         # A publisher is about to send `seq`: raise the high-water mark first (persisted in
@@ -219,16 +216,13 @@ class RecordLog:
                 return s[1]
         return self.last_seq + 1
 
-    def count(self):
-        t = 0
-        for s in self.segs:
-            t += s[3]
-        return t
-
     def stats(self):
+        n = 0
+        for s in self.segs:
+            n += s[3]
         return {
             "segments": len(self.segs),
-            "records": self.count(),
+            "records": n,
             "bytes": self.bytes_used(),
             "first_seq": self.first_seq(),
             "last_seq": self.last_seq,
