@@ -27,7 +27,6 @@ from meternode.config import ConfigError
 from meternode.lazy import run
 from meternode.store import records
 from meternode.store.log import LogError
-from meternode.store.profile import ProfileRecorder
 
 RESULTS_MAX = const(8)
 _INIT = const("meternode.store.storeinit")
@@ -38,30 +37,13 @@ class UplinkService:
         self.node = node
         cfg = node.config
         self.clock = node.hal.clock
-        # config.store checked, self.cursor and self.log opened (store/storeinit.py: start-up
-        # code, loaded for the call and forgotten after)
+        self._unwritten_said = 0  # log.unwritten already reported by a log_full event
+        self._results = []  # [accepted?, JSON text], oldest first, at most RESULTS_MAX
+        self.results_dropped = 0
+        # The wiring runs once (store/storeinit.py: start-up code, loaded for each call and
+        # forgotten after): config.store checked, self.cursor, self.log, self.outbox (None
+        # without MQTT) and self.profile made; -> the store's path
         path = run(_INIT, "open_store", self, cfg)
-        m = cfg.get("mqtt") or {}
-        self.outbox = None
-        self.link = None
-        if m:
-            # only nodes with MQTT load the outbox and the MQTT link (with its client): a
-            # metering-only or LoRa-only node saves ~16 KB of heap (docs/memory.md)
-            from meternode.link.outbox import Outbox
-            from meternode.link.uplink import MqttLink
-
-            self.outbox = Outbox(
-                self.log,
-                self.cursor,
-                node.id,
-                m.get("prefix", "umeter"),
-                m.get("backlog_rate", 20.0),
-                m.get("window", 8),
-                m.get("ack_timeout_ms", 10000),
-            )
-        if self.outbox is not None:
-            self.outbox.on_unreadable = self._unreadable
-        self.profile = ProfileRecorder(self.log, cfg.get("profile_s", 900), getattr(node, "mains", None), self._wake)
         self.commands = None
         if cfg.get("cmd_key"):
             # The node keeps the commands' state and checks (commands.py); what carries out an
@@ -83,29 +65,9 @@ class UplinkService:
                 cfg.get("time_max_step_s", 86400),
             )
             self.commands.service = self
-        if m:
-            self.link = MqttLink(
-                node.id,
-                m,
-                self.outbox,
-                self._on_command if self.commands else None,
-                self._describe,
-            )
-        self.lora = None
-        self.lora_ports = {}  # fport -> callback(bytes): LoRaWAN downlinks (policy frames)
-        if cfg.get("lora"):
-            from meternode.link import loraservice  # only LoRa nodes pay for it
-
-            self.lora = loraservice.make(self, cfg["lora"], path)
-        run(_INIT, "started", self, reason)  # the opening's and the boot's events (storeinit.py)
-        self._unwritten_said = 0  # log.unwritten already reported by a log_full event
-        self._results = []  # [accepted?, JSON text], oldest first, at most RESULTS_MAX
-        self.results_dropped = 0
-        if getattr(node.hal, "relay", None) is not None:
-            from meternode.hal.relay import relay_control  # only nodes with a relay load it
-
-            # every switch the policy (or an override's end) makes is a relay event
-            relay_control(node).on_change = self._relay_changed
+        # self.link (None without MQTT), self.lora (None without LoRaWAN), self.lora_ports,
+        # the relay's events; then the opening's and the boot's events
+        run(_INIT, "started", self, cfg, path, reason)
 
     def _relay_changed(self, on, why):
         self.event(records.EV_RELAY, 1 if on else 0, why)

@@ -24,7 +24,6 @@
 # per-block check allocates nothing however large the registers grow.
 import binascii
 import json
-import os
 import struct
 
 from micropython import const
@@ -47,18 +46,9 @@ class CheckpointError(ValueError):
 
 class CheckpointStore:
     def __init__(self, directory):
-        self.dir = directory
-        try:
-            os.mkdir(directory)
-        except OSError:
-            pass  # exists
-        self._paths = (directory + "/ckpt0", directory + "/ckpt1")
-        self.seq = 0
-        self._slot = 0  # slot of the newest good checkpoint
-        self.writes = 0
-        best = run(_INIT, "_newest", self)
-        if best is not None:
-            self.seq, self._slot, _ = best
+        # The directory made, the newest good checkpoint's seq and slot read (storeinit.py:
+        # self.dir, seq, writes and the slots' paths)
+        run(_INIT, "open_ckpt", self, directory)
 
     def restore(self):
         # The newest good checkpoint's payload, or None when there is none.
@@ -85,21 +75,9 @@ class CheckpointStore:
 class Checkpointer:
     # Decides when the meter's registers go to the store, and restores them at start.
     def __init__(self, store, meter, delta_mwh=50000, period_s=3600, min_interval_s=60, extra=None):
-        if delta_mwh < 1:
-            raise CheckpointError("checkpoint.delta_mwh must be at least 1, not %r" % (delta_mwh,))
-        if min_interval_s < 0 or period_s < min_interval_s:
-            raise CheckpointError("checkpoint.period_s must be >= min_interval_s >= 0")
-        self.store = store
-        self.meter = meter
-        self.delta = delta_mwh
-        self.period_ms = int(period_s * 1000)
-        self.min_ms = int(min_interval_s * 1000)
-        self.extra = extra  # optional callable -> dict saved beside the registers
-        self._last_ms = None
-        self._last_imp = 0
-        self._last_exp = 0
-        self._mark()
-        self.rejected = None
+        # The limits checked (CheckpointError) and the state set (storeinit.py: self.store,
+        # meter, delta, period_ms, min_ms, extra, rejected and the mark)
+        run(_INIT, "checkpointer", self, store, meter, delta_mwh, period_s, min_interval_s, extra)
 
     def _mark(self):
         r = self.meter.registers

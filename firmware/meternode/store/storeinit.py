@@ -156,6 +156,41 @@ def _scan_all(self):
 
 
 # -- checkpoints -------------------------------------------------------------------------------
+def open_ckpt(self, directory):
+    # CheckpointStore.__init__
+    self.dir = directory
+    try:
+        os.mkdir(directory)
+    except OSError:
+        pass  # exists
+    self._paths = (directory + "/ckpt0", directory + "/ckpt1")
+    self.seq = 0
+    self._slot = 0  # slot of the newest good checkpoint
+    self.writes = 0
+    best = _newest(self)
+    if best is not None:
+        self.seq, self._slot, _ = best
+
+
+def checkpointer(self, store, meter, delta_mwh, period_s, min_interval_s, extra):
+    # Checkpointer.__init__
+    from meternode.store.checkpoint import CheckpointError
+
+    if delta_mwh < 1:
+        raise CheckpointError("checkpoint.delta_mwh must be at least 1, not %r" % (delta_mwh,))
+    if min_interval_s < 0 or period_s < min_interval_s:
+        raise CheckpointError("checkpoint.period_s must be >= min_interval_s >= 0")
+    self.store = store
+    self.meter = meter
+    self.delta = delta_mwh
+    self.period_ms = int(period_s * 1000)
+    self.min_ms = int(min_interval_s * 1000)
+    self.extra = extra  # optional callable -> dict saved beside the registers
+    self._last_ms = None
+    self._mark()
+    self.rejected = None
+
+
 def _newest(self):
     # CheckpointStore: (seq, slot, payload) of the newest good slot, or None; a slot that is
     # missing, torn or corrupt does not count.
@@ -253,13 +288,47 @@ def open_store(self, cfg):
         raise ConfigError(str(e))
     self.log.on_drop = self._dropped
     self.log.delivered = self._delivered  # flash full: only delivered segments make room
+    m = cfg.get("mqtt") or {}
+    self.outbox = None
+    if m:
+        # only nodes with MQTT load the outbox and the MQTT link (with its client): a
+        # metering-only or LoRa-only node saves ~16 KB of heap (docs/memory.md)
+        from meternode.link.outbox import Outbox
+
+        self.outbox = Outbox(
+            self.log,
+            self.cursor,
+            self.node.id,
+            m.get("prefix", "umeter"),
+            m.get("backlog_rate", 20.0),
+            m.get("window", 8),
+            m.get("ack_timeout_ms", 10000),
+        )
+        self.outbox.on_unreadable = self._unreadable
+    from meternode.store.profile import ProfileRecorder
+
+    self.profile = ProfileRecorder(self.log, cfg.get("profile_s", 900), getattr(self.node, "mains", None), self._wake)
     return path
 
 
-def started(self, reason):
-    # UplinkService.__init__, last: what the log's opening found and why this boot, as events.
+def started(self, cfg, path, reason):
+    # UplinkService.__init__, last (after the commands): the MQTT link, LoRaWAN (loraservice.py,
+    # only LoRa nodes load it), the relay's events; then what the log's opening found and why
+    # this boot, as events.
     from meternode.store import records
 
+    m = cfg.get("mqtt")
+    self.link = None
+    if m:
+        from meternode.link.uplink import MqttLink
+
+        self.link = MqttLink(self.node.id, m, self.outbox, self._on_command if self.commands else None, self._describe)
+    self.lora = None
+    self.lora_ports = {}  # fport -> callback(bytes): LoRaWAN downlinks (policy frames)
+    if cfg.get("lora"):
+        from meternode.link import loraservice
+
+        self.lora = loraservice.make(self, cfg["lora"], path)
     log = self.log
     if log.corrupt or log.torn:
         self.event(records.EV_LOG_CORRUPT, log.corrupt, "torn %d" % log.torn)
@@ -276,6 +345,11 @@ def started(self, reason):
         log.append(records.EVENT, log.last_ts, records.event(records.EV_POWER_DOWN, 0, "estimated"))
         self.event(records.EV_POWER_UP, now - log.last_ts if now > log.last_ts else 0, "")
     self.event(records.EV_REBOOT, 0, reason)
+    if getattr(self.node.hal, "relay", None) is not None:
+        from meternode.hal.relay import relay_control  # only nodes with a relay load it
+
+        # every switch the policy (or an override's end) makes is a relay event
+        relay_control(self.node).on_change = self._relay_changed
 
 
 def check_mqtt(m):
