@@ -18,7 +18,7 @@ from micropython import const
 
 from meternode import VERSION, hal, ticks
 from meternode.config import load_json
-from meternode.lazy import forget, run
+from meternode.lazy import run
 from meternode.link import telemetry
 
 _STALL_MS = const(60000)  # what a task may take beyond its own period before it counts as stalled
@@ -44,16 +44,8 @@ def _nop():
 class Node:
     def __init__(self, board, config):
         # The checks and wiring run once (nodeinit.py): loaded for it and forgotten after
-        # (collected first: compiled from source, it needs its parse tree in one piece)
-        import gc
-
-        gc.collect()
-        from meternode import nodeinit
-
-        try:
-            nodeinit.setup(self, board, config)
-        finally:
-            forget("meternode.nodeinit")
+        # (lazy.run collects first: compiled from source, it needs its parse tree in one piece)
+        run("meternode.nodeinit", "setup", self, board, config)
 
     async def sampling(self, w=None):
         beat = w.beat if w is not None else _nop  # bound once: called per block
@@ -282,12 +274,7 @@ class Node:
         # Downstream meter buses (gateway/, docs/gateway.md): loaded only when config has
         # "gateway" (RAM); nodegw.py decides and starts it, loaded for that and forgotten
         # after (a node without a gateway never interns its names).
-        from meternode import nodegw
-
-        try:
-            return nodegw.start(self)
-        finally:
-            forget("meternode.nodegw")
+        return run("meternode.nodegw", "start", self)
 
 
 def read_state(path):
