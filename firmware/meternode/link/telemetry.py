@@ -3,8 +3,8 @@
 #
 # Energies are written from the registers' integers (milli-units, the snapshot's e_*_mwh
 # keys) as exact decimals: a single-precision float (every board) steps by 1 Wh at 10 MWh,
-# and json.dumps would print that.  Each goes into the dict as an _Mwh and into the text as
-# "<units>.<3 digits>".
+# and json.dumps would print that.  Each goes into the dict as the bytes of its JSON number,
+# "<units>.<3 digits>", and into the text as they are (no class of its own to hold).
 #
 # The node writes each payload into one buffer it keeps (encode_into): a payload is several
 # hundred bytes, and a heap that has run for a day has few free runs that long left between
@@ -23,12 +23,6 @@ def _r(x, n):
     return None if x is None else round(x, n)
 
 
-class _Mwh:
-    # an energy register's integer milli-units, written as "<units>.<3 digits>"
-    def __init__(self, x):
-        self.x = x
-
-
 def _wh(e, key):
     # e[key] in Wh (varh, VAh): the exact integer under the key of the unit's milli-unit
     # (e_imp_wh -> e_imp_mwh, e_q_varh -> e_q_mvarh) where there is one
@@ -38,10 +32,10 @@ def _wh(e, key):
     if not exact:
         x = e[key]
     if not isinstance(x, list):
-        return _Mwh(x) if exact else _r(x, 3)
+        return b"%d.%03d" % (x // 1000, x % 1000) if exact else _r(x, 3)
     out = []  # (a loop: a comprehension is a function held with the module)
     for v in x:
-        out.append(_Mwh(v) if exact else _r(v, 3))
+        out.append(b"%d.%03d" % (v // 1000, v % 1000) if exact else _r(v, 3))
     return out
 
 
@@ -158,9 +152,8 @@ def _w(buf, n, v):
             sep = ", "
             n = _w(buf, n, x)
         return _put(buf, n, "]")
-    if isinstance(v, _Mwh):
-        x = v.x
-        return _put(buf, n, "%d.%03d" % (x // 1000, x % 1000))
+    if isinstance(v, bytes):  # an exact energy (_wh)
+        return _put(buf, n, v)
     return _put(buf, n, json.dumps(v))
 
 
