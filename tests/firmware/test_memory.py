@@ -348,3 +348,51 @@ async def test_without_store_and_forward_the_plain_link_publishes_state_and_tele
     await asyncio.sleep_ms(50)
     eq((n.mqtt, client.connected), (None, False), "cancelled: the connection goes too")
     await w.disconnect()
+
+
+@needs("host:mosquitto")
+@heap("256k")
+@timeout(30)
+async def test_a_reconnect_in_a_fragmented_heap_loads_the_connect_path_again_and_forgets_it():
+    # The connect path (link/mqttconn.py) is loaded per connection and forgotten after; the
+    # link loads it once at start, so its names are interned then.  A reconnect after a long
+    # run, in a heap cut up into free runs of 2-4 KB (no room for a new qstr pool: 9 KB on
+    # 32-bit, 14 on 64), loads it again and comes up.  Runs of 2 KB, not 1: the tests load
+    # the firmware from source, and compiling the module needs a 2-KB run (from .mpy a heap
+    # cut into runs of 1.1-2.2 KB reconnects too, both ports, checked by hand).
+    import asyncio
+
+    from meternode.link.uplink import MqttLink
+
+    h, p = host_value("mosquitto_host"), int(host_value("mosquitto_port"))
+    m = {"host": h, "port": p, "prefix": "memt", "backoff_min_ms": 10, "backoff_max_ms": 20}
+    said = []
+    link = MqttLink("memnode3", m, log=said.append)
+    eq("meternode.link.mqttconn" in sys.modules, False, "loaded at start and forgotten")
+    t = asyncio.create_task(link.run())
+    hold = plugs = None
+    try:
+        for _ in range(250):
+            if link.up:
+                break
+            await asyncio.sleep_ms(20)
+        eq((link.up, "meternode.link.mqttconn" in sys.modules), (True, False), "up, connect path forgotten")
+        hold = _fragment(140)  # free runs of 2240 to 4464 bytes
+        plugs = [None] * 16
+        try:
+            for i in range(len(plugs)):
+                plugs[i] = bytearray(8192)
+            raise AssertionError("16 free runs of 8 KB: the heap is not fragmented")
+        except MemoryError:
+            pass
+        await link.client.abort("test: the broker went away")
+        for _ in range(250):
+            if link.ups == 2 and link.up:
+                break
+            await asyncio.sleep_ms(20)
+        up = (link.ups, link.up, "meternode.link.mqttconn" in sys.modules)
+    finally:
+        del hold, plugs
+        t.cancel()
+        await asyncio.sleep_ms(5)
+    eq(up, (2, True, False), "reconnected in the fragmented heap, forgotten again: %r" % (said,))

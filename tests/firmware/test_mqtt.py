@@ -3,7 +3,8 @@ import asyncio
 
 from meternode.link.backoff import Backoff
 from meternode.link.mqtt import MQTTClient
-from meternode.link.mqttpkt import MAX_PACKET, MQTTError, check_topic, connect_packet, publish_packet
+from meternode.link.mqttconn import connect_packet
+from meternode.link.mqttpkt import MAX_PACKET, MQTTError, check_topic, publish_packet
 from meternode.link.tls import ca_der
 from mptest import eq, host_value, needs, raises, timeout
 

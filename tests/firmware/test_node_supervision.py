@@ -257,21 +257,23 @@ def test_planned_reboot_and_fatal_error_checkpoint_the_registers():
 @heap("256k")
 @timeout(30)
 async def test_a_memory_error_making_the_mqtt_client_does_not_end_the_link():
+    from meternode.link import mqtt
     from meternode.link.uplink import MqttLink
 
     logged = []
     m = {"host": "127.0.0.1", "port": 9, "backoff_min_ms": 10, "backoff_max_ms": 20}
     link = MqttLink("m1", m, log=logged.append)
-    real = link._client
+    real = mqtt.MQTTClient
     made = [0]
 
-    def client():
+    def client(*a, **kw):
         made[0] += 1
         if made[0] <= 2:
             raise MemoryError("memory allocation failed, allocating 1024 bytes")
-        return real()  # port 9: refused, an ordinary link error
+        return real(*a, **kw)  # port 9: refused, an ordinary link error
 
-    link._client = client
+    # the link makes its client in link/mqttconn.py, loaded per connection: it takes this one
+    mqtt.MQTTClient = client
     beats = [0]
 
     def beat():
@@ -279,10 +281,13 @@ async def test_a_memory_error_making_the_mqtt_client_does_not_end_the_link():
 
     link.beat = beat
     t = asyncio.create_task(link.run())
-    ok = await _until(lambda: made[0] >= 4, 3000)
-    done = t.done()
-    t.cancel()
-    await asyncio.sleep_ms(5)
+    try:
+        ok = await _until(lambda: made[0] >= 4, 3000)
+        done = t.done()
+        t.cancel()
+        await asyncio.sleep_ms(5)
+    finally:
+        mqtt.MQTTClient = real
     eq(done, False, "the link task is still running")
     eq(ok, True, "it retried after the MemoryErrors (%d attempts)" % made[0])
     eq(sum(1 for m in logged if "memory allocation failed" in m), 2, "each logged: %r" % logged)

@@ -27,18 +27,17 @@ from meternode.aio import sleep_ms as _sleep_ms
 from meternode.aio import ticks_diff as _diff
 from meternode.aio import ticks_ms as _now
 from meternode.aio import wait_for_ms
+from meternode.lazy import run
 from meternode.link.mqttpkt import (
     MAX_PACKET,
     MQTTError,
     _remaining,
     _str,
     check_topic,
-    connect_packet,
     publish_head,
 )
 
 # Packet types (MQTT 3.1.1 section 2.2.1) as compile-time constants: no global, no qstr.
-_CONNACK = const(0x20)
 _PUBLISH = const(0x30)
 _PUBACK = const(0x40)
 _SUBSCRIBE = const(0x82)
@@ -47,18 +46,6 @@ _PINGREQ = const(0xC0)
 _DISCONNECT = const(0xE0)
 
 _READ = const(1024)  # the receive buffer (bytes), made once per client
-
-# CONNACK return codes 0..5 (a tuple of constants: its strings are not interned)
-_CONNACK_TEXT = const(
-    (
-        "accepted",
-        "unacceptable protocol version",
-        "client identifier rejected",
-        "server unavailable",
-        "bad user name or password",
-        "not authorised",
-    )
-)
 
 
 class MQTTClient:
@@ -122,64 +109,10 @@ class MQTTClient:
     async def _wait(self, aw):
         return await wait_for_ms(aw, self.timeout_ms)
 
-    async def connect(self):
-        where = "%s:%d" % (self.host, self.port)
-        try:
-            if self.ssl is None:
-                self._r, self._w = await self._wait(asyncio.open_connection(self.host, self.port))
-            else:
-                self._r, self._w = await self._wait(self._open_tls())
-        except asyncio.TimeoutError:
-            raise OSError("connect to %s timed out" % where)
-        except ValueError as e:  # MicroPython reports TLS failures as ValueError
-            await self._close()
-            raise MQTTError("TLS handshake with %s failed: %s" % (where, str(e).strip()))
-        try:
-            await self._send(
-                connect_packet(self.client_id, self.keepalive, self.clean, self.user, self.password, self.will)
-            )
-            head, body = await self._wait(self._read_packet())
-        except asyncio.TimeoutError:
-            await self._close()
-            raise OSError("no CONNACK from %s" % where)
-        except (ValueError, OSError, EOFError) as e:
-            await self._close()
-            if self.ssl is not None:
-                from meternode.link.tls import explain
-
-                why = explain(e)
-                if why:
-                    raise MQTTError("TLS handshake with %s failed: %s" % (where, why))
-            raise OSError("connection to %s closed before CONNACK (%s)" % (where, e))
-        if head != _CONNACK or len(body) != 2:
-            await self._close()
-            raise MQTTError("expected CONNACK, got packet type 0x%02x" % head)
-        rc = body[1]
-        if rc:
-            await self._close()
-            why = _CONNACK_TEXT[rc] if rc < len(_CONNACK_TEXT) else "code %d" % rc
-            raise MQTTError("broker refused the connection: " + why)
-        # TCP_NODELAY (6, 1 on Linux and lwIP): without it Nagle holds each small PUBLISH until
-        # the previous one is acknowledged, and a window of QoS 1 messages in flight is wasted.
-        w = self._w
-        s = getattr(w, "s", None) or getattr(w, "get_extra_info", lambda k: None)("socket")
-        try:
-            s.setsockopt(6, 1, 1)
-        except Exception:
-            pass
-        self.session_present = bool(body[0] & 1)
-        self.connected = True
-        self.error = None
-        self._last_rx = _now()
-        self._reader_task = asyncio.create_task(self._reader())
-        self._ping_task = asyncio.create_task(self._pinger())
-
-    async def _open_tls(self):
-        host = self.server_hostname or self.host
-        try:
-            return await asyncio.open_connection(self.host, self.port, ssl=self.ssl, server_hostname=host)
-        except TypeError:  # older MicroPython asyncio without server_hostname
-            return await asyncio.open_connection(self.host, self.port, ssl=self.ssl)
+    def connect(self):
+        # -> an awaitable: the connection, CONNECT and CONNACK (link/mqttconn.py, code run once
+        # per connection: loaded for it and forgotten after); raises MQTTError or OSError
+        return run("meternode.link.mqttconn", "connect", self)
 
     async def _send(self, pkt, payload=None):
         # pkt, then payload (a PUBLISH's, written as it is: publish_head) under the write lock

@@ -1,12 +1,12 @@
 # MQTT 3.1.1 packet encoding shared by the client (mqtt.py): fixed headers, strings,
-# remaining lengths, CONNECT and PUBLISH, topic checks and size limits.
+# remaining lengths, PUBLISH, topic checks and size limits (CONNECT: mqttconn.py, loaded per
+# connection).
 import struct
 
 from micropython import const
 
 # Packet types (MQTT 3.1.1 section 2.2.1): `_NAME = const(...)` costs no global and no qstr,
-# so mqtt.py, which reads packets, has its own for the ones it needs.
-_CONNECT = const(0x10)
+# so mqtt.py and mqttconn.py have their own for the ones they need.
 _PUBLISH = const(0x30)
 
 MAX_PACKET = const(16384)  # largest packet we send or accept (bytes); more is a protocol error
@@ -41,25 +41,6 @@ def check_topic(topic, wild=False):
         raise MQTTError("topic %r is %d bytes; allowed 1..%d" % (topic, n, _MAX_TOPIC))
     if "\x00" in topic or (not wild and ("+" in topic or "#" in topic)):
         raise MQTTError("topic %r holds a character not allowed here" % topic)
-
-
-def connect_packet(client_id, keepalive, clean, user=None, password=None, will=None):
-    # will = (topic, payload, qos, retain)
-    flags = 0x02 if clean else 0
-    payload = _str(client_id)
-    if will:
-        topic, msg, wq, wr = will
-        flags |= 0x04 | (wq << 3) | (0x20 if wr else 0)
-        payload += _str(topic) + _str(msg)
-    if user is not None:
-        flags |= 0x80
-        payload += _str(user)
-        if password is not None:
-            flags |= 0x40
-            payload += _str(password)
-    var = _str("MQTT") + bytes((4, flags)) + struct.pack("!H", keepalive)
-    body = var + payload
-    return bytes((_CONNECT,)) + _remaining(len(body)) + body
 
 
 def publish_packet(topic, payload, qos=0, retain=False, pid=0, dup=False):

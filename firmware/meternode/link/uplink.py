@@ -12,7 +12,6 @@ import time
 from meternode.aio import sleep_ms as _sleep_ms
 from meternode.lazy import forget, run
 from meternode.link.backoff import Backoff
-from meternode.link.mqtt import MQTTClient
 
 
 def _nop():
@@ -24,6 +23,11 @@ class MqttLink:
         # config.mqtt checked and the TLS context made (store/storeinit.py: start-up code,
         # loaded for the call and forgotten after)
         self._ssl = run("meternode.store.storeinit", "check_mqtt", m)
+        # The connect path (link/mqttconn.py) is loaded per connection; once now too, while
+        # the heap is emptiest: its names are interned for good then, not at a reconnect in a
+        # heap cut up by a long run, where they may need a new qstr pool (docs/memory.md).
+        __import__("meternode.link.mqttconn")
+        forget("meternode.link.mqttconn")
         self.node_id = node_id
         self.m = m
         self.prefix = m.get("prefix", "umeter")
@@ -44,22 +48,6 @@ class MqttLink:
     def topic(self, leaf):
         return "%s/%s/%s" % (self.prefix, self.node_id, leaf)
 
-    def _client(self):
-        m = self.m
-        tls = m.get("tls") or {}
-        return MQTTClient(
-            self.node_id,
-            m["host"],
-            m.get("port", 1883),
-            keepalive=m.get("keepalive", 30),
-            clean=m.get("clean", False),
-            user=m.get("user"),
-            password=m.get("password"),
-            will=(self.topic("state"), b"offline", 1, True),
-            ssl=self._ssl,
-            server_hostname=tls.get("server_hostname"),
-        )
-
     def _on_message(self, t, payload, retained):
         pre = "%s/%s/" % (self.prefix, self.node_id)
         if t.startswith(pre) and self.extra_topics:
@@ -77,29 +65,6 @@ class MqttLink:
                 self.outbox.resend_from(int(payload))
             except ValueError:
                 self.log("ignored resend request %r" % payload)
-
-    async def _announce(self, c):
-        await c.publish(self.topic("state"), b"online", qos=1, retain=True)
-        if self.on_command is not None:
-            await c.subscribe(self.topic("cmd"), 1)
-        if self.outbox is not None:
-            await c.subscribe(self.topic("resend"), 1)
-        for leaf in list(self.extra_topics):
-            await c.subscribe(self.topic(leaf), 1)
-        if self.m.get("discovery", True) and self.describe is not None:
-            try:
-                from meternode.link import discovery
-
-                docs = discovery.configs(self.prefix, self.node_id, self.describe())
-            except MemoryError as e:
-                # Best effort: a heap with no room for them now (a reconnect in a heap cut up
-                # by a long run) does not keep the link down; the next connect tries again.
-                docs = ()
-                self.log("discovery not published: %s" % e)
-            discovery = None
-            forget("meternode.link.discovery")  # needed at a connect only (docs/memory.md)
-            for t, p in docs:
-                await c.publish(t, p, qos=1, retain=True)
 
     async def run(self):
         # Reconnects forever.  Whatever fails in one connection attempt (a refused connect, a
@@ -123,13 +88,12 @@ class MqttLink:
         where = "%s:%d" % (m["host"], m.get("port", 1883))
         while True:
             self.beat()
-            c = self._c = None
+            self._c = None
             try:
-                c = self._c = self._client()
-                c.on_message = self._on_message
-                await c.connect()
-                await self._announce(c)
-                self.client = c
+                # the client made, connected and the node announced (link/mqttconn.py: loaded
+                # per connection, forgotten after); self._c is the client from its making on
+                await run("meternode.link.mqttconn", "up", self)
+                c = self.client = self._c
                 self.up = True
                 self.ups += 1
                 self.backoff.reset()
@@ -148,6 +112,7 @@ class MqttLink:
                 self.downs += 1
             self.client = None
             self.up = False
+            c = self._c
             if c is not None:
                 try:
                     await c.disconnect()
