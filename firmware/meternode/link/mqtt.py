@@ -204,7 +204,25 @@ class MQTTClient:
         # reader then drops the connection and the link supervisor reconnects).
         kind = head & 0xF0
         if kind == _PUBLISH:
-            await self._on_publish(head, body)
+            qos = (head >> 1) & 3
+            if len(body) < 2:
+                raise MQTTError("malformed PUBLISH: %d bytes" % len(body))
+            tl = struct.unpack("!H", body[:2])[0]
+            pos = 2 + tl
+            if pos + (2 if qos else 0) > len(body):
+                raise MQTTError("malformed PUBLISH topic length")
+            try:
+                topic = body[2:pos].decode()
+            except UnicodeError:
+                raise MQTTError("malformed PUBLISH: topic is not UTF-8")
+            if qos == 3:
+                raise MQTTError("malformed PUBLISH: QoS 3")
+            if qos:
+                pid = struct.unpack("!H", body[pos : pos + 2])[0]
+                pos += 2
+                await self._send(struct.pack("!BBH", _PUBACK, 2, pid))
+            if self.on_message:
+                self.on_message(topic, body[pos:], bool(head & 1))
         elif kind in (_PUBACK, _SUBACK):
             if len(body) < 2:
                 raise MQTTError("short acknowledgement packet")
@@ -216,27 +234,6 @@ class MQTTClient:
                 ev.set()
             elif kind == _PUBACK and self.on_ack is not None:
                 self.on_ack(pid)
-
-    async def _on_publish(self, head, body):
-        qos = (head >> 1) & 3
-        if len(body) < 2:
-            raise MQTTError("malformed PUBLISH: %d bytes" % len(body))
-        tl = struct.unpack("!H", body[:2])[0]
-        pos = 2 + tl
-        if pos + (2 if qos else 0) > len(body):
-            raise MQTTError("malformed PUBLISH topic length")
-        try:
-            topic = body[2:pos].decode()
-        except UnicodeError:
-            raise MQTTError("malformed PUBLISH: topic is not UTF-8")
-        if qos == 3:
-            raise MQTTError("malformed PUBLISH: QoS 3")
-        if qos:
-            pid = struct.unpack("!H", body[pos : pos + 2])[0]
-            pos += 2
-            await self._send(struct.pack("!BBH", _PUBACK, 2, pid))
-        if self.on_message:
-            self.on_message(topic, body[pos:], bool(head & 1))
 
     async def _pinger(self):
         ka = self.keepalive * 1000

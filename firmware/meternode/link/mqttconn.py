@@ -105,7 +105,7 @@ async def connect(c):
     c._ping_task = asyncio.create_task(c._pinger())
 
 
-async def up(link):
+async def open(link):
     # MqttLink's connection attempt: the client (link._c from here on, connected or not, so
     # the link can close it whatever fails), connected, then the node announced: the retained
     # `online` state (the will says `offline`), its subscriptions, Home Assistant discovery.

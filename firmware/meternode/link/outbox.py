@@ -163,16 +163,6 @@ class Outbox:
         d["held"] = self.log.first_seq()  # oldest seq still held: lower ones cannot be resent
         return json.dumps(d)
 
-    async def _resume(self, c):
-        # After a (re)connect: what was in flight goes out again first.
-        old = {}
-        if c.session_present:
-            for e in self._pending:
-                old[e[0]] = e[1]
-        self._pending = []
-        self._seek(self.cursor.acked + 1)
-        return old
-
     def _seek(self, seq):
         self._reader.seek(seq)
         self._want = seq
@@ -210,7 +200,13 @@ class Outbox:
         # Publishes over one connected client until it drops.  Returns (never raises for
         # connection errors: the link supervisor handles those).
         c.on_ack = self.on_ack
-        old = await self._resume(c)
+        # After a (re)connect: what was in flight goes out again first (seq -> pid).
+        old = {}
+        if c.session_present:
+            for e in self._pending:
+                old[e[0]] = e[1]
+        self._pending = []
+        self._seek(self.cursor.acked + 1)
         r = self._reader
         p = self._pending
         while c.connected:
@@ -263,14 +259,14 @@ class Outbox:
                 self.timeouts += 1
                 await c.abort(OSError("no PUBACK for record %d in %d ms" % (p[0][0], self.ack_timeout_ms)))
                 break
+            # Wait for an ACK, a new record or the next token, at most _IDLE_MS.
+            wait = _IDLE_MS
+            if self._tokens < 1.0:
+                wait = int((1.0 - self._tokens) * 1000 / self.rate) + 1
+                if wait > _IDLE_MS:
+                    wait = _IDLE_MS
             try:
-                await wait_for_ms(self._kick.wait(), self._wait_ms())
+                await wait_for_ms(self._kick.wait(), wait)
             except asyncio.TimeoutError:
                 pass
         self._persist()
-
-    def _wait_ms(self):
-        if self._tokens < 1.0:
-            need = int((1.0 - self._tokens) * 1000 / self.rate) + 1
-            return need if need < _IDLE_MS else _IDLE_MS
-        return _IDLE_MS

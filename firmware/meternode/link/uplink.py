@@ -92,7 +92,7 @@ class MqttLink:
             try:
                 # the client made, connected and the node announced (link/mqttconn.py: loaded
                 # per connection, forgotten after); self._c is the client from its making on
-                await run("meternode.link.mqttconn", "up", self)
+                await run("meternode.link.mqttconn", "open", self)
                 c = self.client = self._c
                 self.up = True
                 self.ups += 1
