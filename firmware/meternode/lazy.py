@@ -18,9 +18,11 @@ def forget(*names):
 
 
 def run(module, attr, *args):
-    # Runs function `attr` of `module` (code run once, at start), loaded for the call and
-    # forgotten when it returns (a nested run() of the same module finds it loaded).  The heap
-    # is collected first: a module compiled from source needs its parse tree in one piece.
+    # Runs function `attr` of `module` (code run at start, or now and then: a connect, a
+    # command), loaded for the call and forgotten when it returns (a nested run() of the same
+    # module finds it loaded).  For an async function the call returns its coroutine, which
+    # keeps the module's code alive until it ends.  The heap is collected first: a module
+    # compiled from source needs its parse tree in one piece.
     if module not in sys.modules:
         import gc
 
