@@ -17,12 +17,12 @@ MARGIN_KB = 32
 # tests/host/test_memory_budget.py's shorter run, other node ids, a command nearer the end)
 HELD_KB: dict[int, dict[str, dict[str, int]]] = {
     8: {
-        "mpy": {"plain": 149, "+store": 182, "+cmd_key": 195, "+policy": 218, "+fleet": 273},
-        "romfs": {"plain": 102, "+store": 123, "+cmd_key": 130, "+policy": 145, "+fleet": 182},
+        "mpy": {"plain": 132, "+store": 162, "+cmd_key": 168, "+policy": 189, "+fleet": 245},
+        "romfs": {"plain": 93, "+store": 114, "+cmd_key": 117, "+policy": 131, "+fleet": 169},
     },
     4: {
-        "mpy": {"plain": 105, "+store": 127, "+cmd_key": 136, "+policy": 152, "+fleet": 192},
-        "romfs": {"plain": 60, "+store": 72, "+cmd_key": 76, "+policy": 84, "+fleet": 108},
+        "mpy": {"plain": 92, "+store": 112, "+cmd_key": 117, "+policy": 131, "+fleet": 171},
+        "romfs": {"plain": 56, "+store": 67, "+cmd_key": 70, "+policy": 77, "+fleet": 101},
     },
 }
 CONFIGS = ("plain", "+store", "+cmd_key", "+policy", "+fleet")
