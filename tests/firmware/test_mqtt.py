@@ -129,6 +129,48 @@ class _Chunks:
         return b
 
 
+async def test_a_connection_lost_while_waiting_for_an_ack_says_why():
+    # A broker that accepts the connection, reads a little and closes: the publish (and a
+    # subscribe) waiting for its acknowledgement fails naming what the reader saw, not only
+    # that the connection went.
+    async def broker(r, w):
+        await r.read(2)  # CONNECT's first bytes: the client waits for the CONNACK
+        w.write(b"\x20\x02\x00\x00")
+        await w.drain()
+        await asyncio.sleep_ms(50)  # the rest of CONNECT, then the PUBLISH or SUBSCRIBE
+        w.close()
+        await w.wait_closed()
+
+    import time
+
+    # a free port: MicroPython's Server does not say which port 0 bound, so try a few
+    port = 20000 + time.ticks_us() % 30000
+    for _ in range(50):
+        try:
+            srv = await asyncio.start_server(broker, "127.0.0.1", port)
+            break
+        except OSError:
+            port += 1
+    try:
+        for what in ("publish", "subscribe"):
+            c = MQTTClient("t-lost", "127.0.0.1", port, timeout_ms=3000)
+            await c.connect()
+            try:
+                if what == "publish":
+                    await c.publish("t/lost", b"x", qos=1)
+                else:
+                    await c.subscribe("t/lost", 1)
+                raise AssertionError("%s succeeded on a closed connection" % what)
+            except OSError as e:
+                msg = str(e)
+            eq(msg.startswith("connection lost before"), True, msg)
+            why = msg.split(": ", 1)[1] if ": " in msg else ""
+            eq(why not in ("", "None"), True, "the reason is named: " + msg)  # a reset, or closed by the broker
+            eq(c.connected, False, "not connected after")
+    finally:
+        srv.close()
+
+
 async def test_packets_split_anywhere_and_longer_than_the_buffer_are_read_whole():
     from meternode.link import mqtt as M
     from meternode.link.mqttpkt import publish_packet

@@ -289,8 +289,8 @@ class MQTTClient:
             raise OSError("no PUBACK for packet %d" % pid)
         finally:
             self._acks.pop(pid, None)
-        if not self.connected:
-            raise OSError("connection lost before PUBACK %d" % pid)
+        if not self.connected:  # the reader's error says why (the broker closed, a bad packet)
+            raise OSError("connection lost before PUBACK %d: %s" % (pid, self.error))
         return pid
 
     async def subscribe(self, topic, qos=1):
@@ -308,7 +308,7 @@ class MQTTClient:
         finally:
             self._acks.pop(pid, None)
         if not self.connected:
-            raise OSError("connection lost before SUBACK for %s" % topic)
+            raise OSError("connection lost before SUBACK for %s: %s" % (topic, self.error))
         if ev.failed:
             raise MQTTError("broker refused the subscription to %s" % topic)
 
