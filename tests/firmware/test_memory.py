@@ -247,6 +247,19 @@ async def test_a_link_comes_up_when_discovery_finds_no_heap():
 # needs no free run of the payload's size, which a heap that has run for a day may not have
 
 
+def _plug(count, size):
+    # Fills free runs of `size` bytes until none is left, and fails if `count` of them fit: the
+    # heap must be cut up finer than that. Returns the plugs (keep them for as long as it must be).
+    plugs = [None] * count
+    try:
+        for i in range(count):
+            plugs[i] = bytearray(size)
+        raise AssertionError("%d free runs of %d bytes: the heap is not fragmented" % (count, size))
+    except MemoryError:
+        pass
+    return plugs
+
+
 def _fragment(blocks):
     # Fills the heap with tuples of `blocks` GC blocks (16 bytes) each -- one allocation each --
     # and frees every other one: lots of free heap, in runs of at least `blocks` blocks and
@@ -281,13 +294,7 @@ async def test_a_report_needs_no_free_run_the_size_of_its_payload():
     hold = _fragment(20)  # free runs of 320 to 624 bytes: a payload's dicts fit, the payload not
     # what the collector could not free yet (a stale pointer on the C stack keeps an object
     # alive for a collection or two) may leave a longer run: fill every one of 640 bytes
-    plugs = [None] * 64
-    try:
-        for i in range(len(plugs)):
-            plugs[i] = bytearray(640)
-        raise AssertionError("64 free runs of 640 bytes: the heap is not fragmented")
-    except MemoryError:
-        pass
+    plugs = _plug(64, 640)
     try:
         await n._report()  # building the text anew every period: MemoryError here
         eq(n._tbuf is buf, True, "the same buffer")
@@ -378,13 +385,7 @@ async def test_a_reconnect_in_a_fragmented_heap_loads_the_connect_path_again_and
             await asyncio.sleep_ms(20)
         eq((link.up, "meternode.link.mqttconn" in sys.modules), (True, False), "up, connect path forgotten")
         hold = _fragment(140)  # free runs of 2240 to 4464 bytes
-        plugs = [None] * 16
-        try:
-            for i in range(len(plugs)):
-                plugs[i] = bytearray(8192)
-            raise AssertionError("16 free runs of 8 KB: the heap is not fragmented")
-        except MemoryError:
-            pass
+        plugs = _plug(16, 8192)
         await link.client.abort("test: the broker went away")
         for _ in range(250):
             if link.ups == 2 and link.up:
