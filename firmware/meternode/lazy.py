@@ -6,8 +6,15 @@
 # package (every module of the firmware) does not pay for it.
 import sys
 
+# CPython (the host tools share the pure modules) has RAM to spare and threads: a module one
+# thread forgets while another is importing it makes that import fail ("cannot import name"),
+# seen with four boards provisioned in parallel.  There nothing is forgotten.
+_KEEP = sys.implementation.name == "cpython"
+
 
 def forget(*names):
+    if _KEEP:
+        return
     for name in names:
         m = sys.modules.pop(name, None)
         if m is not None:
