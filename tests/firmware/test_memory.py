@@ -218,7 +218,7 @@ async def test_a_link_comes_up_when_discovery_finds_no_heap():
     from meternode.link.uplink import MqttLink
 
     class _NoHeap:
-        def configs(self, *args):
+        def announce(self, *args):
             raise MemoryError("memory allocation failed, allocating 536 bytes")
 
     fake = _NoHeap()

@@ -36,8 +36,16 @@ _CONFIG = const(
 )
 
 
+async def announce(link, c):
+    # MqttLink's announcement at each connect: the configs published retained, one at a
+    # time, so the heap holds one config's text at once (a MemoryError goes to the link,
+    # which comes up without them: the next connect tries again).
+    for t, p in configs(link.prefix, link.node_id, link.describe()):
+        await c.publish(t, p, qos=1, retain=True)
+
+
 def configs(prefix, node_id, info=None, ha_prefix="homeassistant"):
-    # Returns [(topic, payload str)] to publish retained.  `info` may carry "version" and
+    # Yields (topic, payload str) to publish retained.  `info` may carry "version" and
     # "model"; "sensors" (a list of object ids) chooses what is announced.
     info = info or {}
     only = info.get("sensors") or DEFAULT
@@ -50,12 +58,10 @@ def configs(prefix, node_id, info=None, ha_prefix="homeassistant"):
         json.dumps(info.get("version", "")),
     )
     nid = json.dumps(node_id)[1:-1]  # as it goes inside a JSON string
-    out = []
     for oid, name, key, unit, dclass, sclass, scale in _SENSORS:
         if oid not in only:
             continue
         tpl = "{{ value_json.%s }}" % key if scale == 1 else "{{ (value_json.%s * %s) | round(3) }}" % (key, scale)
         u = "" if unit is None else ', "unit_of_measurement": %s' % json.dumps(unit)
         c = _CONFIG % (name, nid, oid, nid, oid, state, tpl, avail, dclass, sclass, u, dev)
-        out.append(("%s/sensor/%s/%s/config" % (ha_prefix, node_id, oid), c))
-    return out
+        yield "%s/sensor/%s/%s/config" % (ha_prefix, node_id, oid), c

@@ -1,16 +1,16 @@
 # The MQTT connect path, run once per connection: the CONNECT packet, the TCP or TLS
 # connection and CONNACK (MQTTClient.connect), and the link's session set-up (MqttLink: the
-# client made from config.mqtt, the retained `online` state, the subscriptions, Home Assistant
-# discovery).  Loaded for a connect and forgotten after (meternode.lazy): a running connection
-# needs none of it.  MqttLink loads it once at start too, so its names are interned while the
-# heap is emptiest, not at a reconnect in a heap cut up by a long run (docs/memory.md).
+# client made from config.mqtt, the retained `online` state, the subscriptions; discovery
+# follows once this module is forgotten, link/uplink.py).  Loaded for a connect and forgotten
+# after (meternode.lazy): a running connection needs none of it.  MqttLink loads it once at
+# start too, so its names are interned while the heap is emptiest, not at a reconnect in a
+# heap cut up by a long run (docs/memory.md).
 import asyncio
 import struct
 
 from micropython import const
 
 from meternode.aio import ticks_ms as _now
-from meternode.lazy import forget
 from meternode.link.mqtt import MQTTClient
 from meternode.link.mqttpkt import MQTTError, _remaining, _str
 
@@ -108,7 +108,7 @@ async def connect(c):
 async def open(link):
     # MqttLink's connection attempt: the client (link._c from here on, connected or not, so
     # the link can close it whatever fails), connected, then the node announced: the retained
-    # `online` state (the will says `offline`), its subscriptions, Home Assistant discovery.
+    # `online` state (the will says `offline`) and its subscriptions.
     m = link.m
     c = link._c = MQTTClient(
         link.node_id,
@@ -131,17 +131,3 @@ async def open(link):
         await c.subscribe(link.topic("resend"), 1)
     for leaf in list(link.extra_topics):
         await c.subscribe(link.topic(leaf), 1)
-    if m.get("discovery", True) and link.describe is not None:
-        try:
-            from meternode.link import discovery
-
-            docs = discovery.configs(link.prefix, link.node_id, link.describe())
-        except MemoryError as e:
-            # Best effort: a heap with no room for them now (a reconnect in a heap cut up by a
-            # long run) does not keep the link down; the next connect tries again.
-            docs = ()
-            link.log("discovery not published: %s" % e)
-        discovery = None
-        forget("meternode.link.discovery")  # needed at a connect only (docs/memory.md)
-        for t, p in docs:
-            await c.publish(t, p, qos=1, retain=True)

@@ -94,6 +94,14 @@ class MqttLink:
                 # per connection, forgotten after); self._c is the client from its making on
                 await run("meternode.link.mqttconn", "open", self)
                 c = self.client = self._c
+                if self.describe is not None and self.m.get("discovery", True):
+                    # Home Assistant discovery (link/discovery.py, loaded for it once the
+                    # connect path is forgotten: the heap never holds both).  Best effort: a
+                    # heap with no room for it now does not keep the link down.
+                    try:
+                        await run("meternode.link.discovery", "announce", self, c)
+                    except MemoryError as e:
+                        self.log("discovery not published: %s" % e)
                 self.up = True
                 self.ups += 1
                 self.backoff.reset()
