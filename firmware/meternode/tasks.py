@@ -81,7 +81,7 @@ def wire(node):
         try:  # only nodes with policies load the policy package; a bad one never stops metering
             from meternode.policy.service import PolicyService
 
-            node.policy = PolicyService(node)
+            node.policy = PolicyService(node, log)
             sup.add("policy", _beating(node.policy, node.policy.run), 60000)
         except Exception as e:
             log("policy service not started: %s" % e)

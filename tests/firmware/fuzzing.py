@@ -542,7 +542,7 @@ class SmallFrames(Target):
         from policy_fixture import compact
 
         from meternode.link import loraservice
-        from meternode.policy import small
+        from meternode.policy import rare, small
         from meternode.policy.service import PolicyService
 
         self.small = small
@@ -550,6 +550,7 @@ class SmallFrames(Target):
         node = _Node(scratch, {"cmd_key": hexlify(KEY).decode(), "policy": compact()})
         self.node = node
         self.svc = PolicyService(node, log=lambda m: None)
+        rare.smalls(self.svc)  # the small-frame handler, as the first frame makes it
 
         class _Up:
             link = None
@@ -569,7 +570,7 @@ class SmallFrames(Target):
 
     def gen(self, rng):
         s = self.small
-        acked = self.svc.smalls()._ctr.acked  # the handler is made at the first frame
+        acked = self.svc.small._ctr.acked
         ctr = (acked + rng.pick((1, 1, 2, 0, 65536, 65537, 0xFFFFFFFF))) & 0xFFFFFFFF
         k = rng.below(3)
         if k == 0:

@@ -78,16 +78,18 @@ class _Node:
 
 @heap("256k")
 def test_engine_ticks_from_the_meter_and_bundles_replace_the_policy():
+    from meternode.policy import rare  # (the service loads and forgets it per call)
+
     node = _Node(scratch_dir())
     s = PolicyService(node, log=lambda m: None)
     eq(s.engine.policy["n"], "tou-test", "config policy until a signed one arrives")
     node.meter.second()
     s.tick()
     eq(node.meter.tariffs, [2], "peak at 18:00 local on a weekday")
-    eq(s.health(), None, "healthy: cycles and link")
-    eq(s._incoming("umeter/n1/policy/bundle", F.POLICY_V2), True, "our topic")
-    eq(s._incoming("umeter/n1/cmd", b"{}"), False, "the uplink's topic passes through")
-    eq(s._incoming("umeter/n2/policy/bundle", F.POLICY_V2), False, "another node's topic")
+    eq(rare.health(s), None, "healthy: cycles and link")
+    eq(rare.incoming(s, "umeter/n1/policy/bundle", F.POLICY_V2), True, "our topic")
+    eq(rare.incoming(s, "umeter/n1/cmd", b"{}"), False, "the uplink's topic passes through")
+    eq(rare.incoming(s, "umeter/n2/policy/bundle", F.POLICY_V2), False, "another node's topic")
     leaf, payload = s._out[0]
     r = json.loads(payload)
     eq((leaf, r["status"], r["version"]), ("policy/result", "applied", 2), "result queued")
@@ -98,6 +100,8 @@ def test_engine_ticks_from_the_meter_and_bundles_replace_the_policy():
 
 @heap("256k")
 def test_offline_queue_keeps_results_and_the_newest_state():
+    from meternode.policy import rare  # (the service loads and forgets it per call)
+
     node = _Node(scratch_dir())
     s = PolicyService(node, log=lambda m: None)
     s._out.append(("policy/result", "r1"))
@@ -105,7 +109,7 @@ def test_offline_queue_keeps_results_and_the_newest_state():
         s._out.append(("policy/state", "s%d" % k))
         s._out.append(("policy/event", "e%d" % k))
     s._out.append(("ota/result", "r2"))
-    s._trim()
+    rare.trim(s)
     eq(len(s._out), 64, "capped")
     kept = [x[1] for x in s._out]
     eq(("r1" in kept, "r2" in kept, "s99" in kept, "s98" in kept), (True, True, True, False), "kept")
@@ -146,7 +150,9 @@ def test_lora_sized_frames_reach_the_engine_through_the_service():
     node.meter.second()
     s.tick()
     eq(s.engine.price, 0.5, "engine runs on the pushed price")
-    s._incoming("umeter/n1/policy/small", small.encode_price(key, "n1", 3, 0.9, 5))
+    from meternode.policy import rare  # (the service loads and forgets it per call)
+
+    rare.incoming(s, "umeter/n1/policy/small", small.encode_price(key, "n1", 3, 0.9, 5))
     eq(json.loads(s._out[-1][1])["why"].split(":")[0], "replayed", "same counter over MQTT")
 
 
@@ -195,15 +201,15 @@ def test_a_stalled_sampler_still_ticks_the_tariff_calendar_with_nothing_measured
 @heap("256k")
 def test_a_flood_of_forged_small_frames_keeps_the_queue_bounded_and_the_real_results():
     # Issue 10 rows 2 and 13: every refused frame's result was queued until the link took it.
-    from meternode.policy import service, small
+    from meternode.policy import rare, service, small
 
     key = bytes(range(32))
     node = _Node(scratch_dir())
     node.config["cmd_key"] = "".join("%02x" % b for b in key)
     s = PolicyService(node, log=lambda m: None)
-    s._incoming("umeter/n1/policy/small", small.encode_price(key, "n1", 1, 0.5, 5))
+    rare.incoming(s, "umeter/n1/policy/small", small.encode_price(key, "n1", 1, 0.5, 5))
     for k in range(3000):
-        s._incoming("umeter/n1/policy/small", small.encode_price(b"z" * 32, "n1", k + 2, 0.9, 5))
+        rare.incoming(s, "umeter/n1/policy/small", small.encode_price(b"z" * 32, "n1", k + 2, 0.9, 5))
     s._put("policy/state", "{}")
     eq(len(s._out) <= service.OUT_MAX, True, "bounded: %d" % len(s._out))
     refused = [x for x in s._out if len(x) > 2]

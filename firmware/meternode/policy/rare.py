@@ -7,6 +7,7 @@
 import json
 import sys
 
+from meternode.aio import ticks_diff, ticks_ms
 from meternode.lazy import forget
 from meternode.policy import service
 from meternode.policy.engine import Engine
@@ -97,8 +98,37 @@ def event(self, kind, text):
         u.event(records.EV_POLICY, held, "%s %s" % (kind, text))  # records.event cuts it
 
 
+def health(self):
+    # None when healthy: supervisor up (we run in it), metrology producing cycles, link up.
+    n = self.node
+    if n.meter.cycles < 50:
+        return "metrology: %d cycles" % n.meter.cycles
+    if n.config.get("mqtt") and not n.link_up:
+        return "link not connected"
+    return None
+
+
+def confirm(self, started):
+    # PolicyService.run with the fleet agent, once a second until it passes: a healthy node
+    # confirms the build it runs; a trial still unhealthy ota.health_deadline_s after the
+    # service started (ticks_ms `started`) resets to roll back.  True once confirmed.
+    why = health(self)
+    slots = self.agent.slots
+    image = self.agent.image
+    if why is None:
+        if image is not None:
+            image.healthy()  # mark_app_valid_cancel_rollback()
+        self.log("health check passed: %s" % slots.healthy())
+        return True
+    deadline = self.node.config.get("ota", {}).get("health_deadline_s", 120) * 1000
+    if (slots.trial or (image and image.trial)) and ticks_diff(ticks_ms(), started) > deadline:
+        self.log("health check failed (%s): resetting to roll back" % why)
+        self._reboot("health check failed")
+    return False
+
+
 def incoming(self, t, payload):
-    # A message on a full topic: True when it is one of our leaves for this node.
+    # A message on a full topic: True when it is one of our leaves for this node (tests).
     pre = "%s/%s/" % (self.node.config["mqtt"].get("prefix", "umeter"), self.node.id)
     if not t.startswith(pre):
         return False
@@ -106,7 +136,7 @@ def incoming(self, t, payload):
 
 
 def smalls(self):
-    # PolicyService.smalls: the small-frame handler (policy/small.py), made when the first frame
+    # PolicyService.small_frame: the small-frame handler (policy/small.py), made when the first frame
     # comes (RAM: a node that never gets one never loads it); not without a cmd_key or a policy.
     if self.engine is not None and self.node.config.get("cmd_key"):
         from binascii import unhexlify
@@ -118,7 +148,7 @@ def smalls(self):
 
 
 def trim(self):
-    # PolicyService._trim, from _put: over OUT_MAX, drop state snapshots but the newest,
+    # From PolicyService._put: over OUT_MAX, drop state snapshots but the newest,
     # then the oldest events, then the oldest results; a pending reboot is kept.  In place
     # (the list is shared).
     out = self._out

@@ -1,7 +1,7 @@
 # The node's policy service: runs the engine every second from the meter's latest readings
 # (offline too), receives signed policy and firmware bundles and LoRa-sized frames from the
 # link, publishes results and policy events, and confirms a trial firmware build once the
-# node is healthy.  node.py starts it with one task: `PolicyService(node).run()`.
+# node is healthy.  tasks.py starts it with one task: `PolicyService(node, log).run()`.
 #
 # config keys (all optional):
 #   fleet:  {"name", "groups", "keys"}   bundle identity (agent.check_identity); no bundles without it
@@ -25,11 +25,10 @@
 # and forgotten after it (docs/memory.md).
 import asyncio
 import json
-import time
 
 from micropython import const
 
-from meternode.aio import ticks_diff, ticks_ms
+from meternode.aio import ticks_ms
 from meternode.hal.relay import relay_control
 from meternode.lazy import forget
 from meternode.policy import engine
@@ -43,10 +42,6 @@ OUT_MAX = const(64)  # messages waiting for the link
 REFUSALS_MAX = const(8)  # of which refused frames/bundles (what an outsider can make)
 
 
-def _nop():
-    pass
-
-
 def _rare():
     # The service's rarely run code (policy/rare.py): loaded for one call and forgotten at
     # once; the caller's reference keeps it until the call returns (docs/memory.md).
@@ -57,10 +52,10 @@ def _rare():
 
 
 class PolicyService:
-    def __init__(self, node, log=None):
+    def __init__(self, node, log=print):  # log: the node's (tasks.py)
         self.node = node
         cfg = node.config
-        self.log = log or _log
+        self.log = log
         self.clock = node.hal.clock
         self._ctl = relay_control(node)  # None: the board has no relay
         self.on = True  # the state the engine wants, on a board without a relay (set())
@@ -78,7 +73,7 @@ class PolicyService:
         self.dropped = 0
         self._registered = None  # the uplink service our topics and LoRa port are registered with
         self._need_sub = False
-        self.beat = _nop  # the supervisor's progress report (supervisor.py), once per loop
+        self.beat = engine._nop  # the supervisor's progress report (supervisor.py), once per loop
         root = cfg.get("policy_dir", ".")
         self._ckpt = root + "/policy.day.json"
         _rare().start(self, cfg, root)  # the fleet agent, the policy to run
@@ -152,19 +147,6 @@ class PolicyService:
         if ports is not None:
             ports[self.node.config.get("lora", {}).get("policy_fport", 10)] = self._lora_frame
 
-    def _link(self):
-        u = self._registered
-        return u.link if u else None
-
-    def _client(self):
-        # The uplink's MQTT client while the link is up, else None.
-        link = self._link()
-        return link.client if link is not None and link.up else None
-
-    def _incoming(self, t, payload):
-        # A message on a full topic: True when it is one of our leaves for this node.
-        return _rare().incoming(self, t, payload)
-
     def _put(self, leaf, payload, rejected=False):
         # Queues one message for the link; the queue stays within OUT_MAX (see the top).
         out = self._out
@@ -183,14 +165,7 @@ class PolicyService:
         else:
             out.append((leaf, payload))
         if len(out) > OUT_MAX:
-            self._trim()
-
-    def smalls(self):
-        # The small-frame handler (policy/small.py), made when the first frame comes (rare.smalls);
-        # None without a cmd_key or a policy.
-        if self.small is None:
-            _rare().smalls(self)
-        return self.small
+            _rare().trim(self)  # state snapshots, then events, then results go
 
     def _leaf(self, leaf, payload):
         if leaf == "policy/small":
@@ -211,13 +186,18 @@ class PolicyService:
         # queued for MQTT when the node has it (a LoRa-only node keeps no result queue).
         r = self.small_frame(data)
         self.log("lora policy frame: %s" % ("ok" if r.get("ok") else r.get("why")))
-        if self._link() is not None:
+        u = self._registered
+        if u and u.link is not None:
             self._put("policy/result", json.dumps(r), r.get("status") == "rejected")
 
     def small_frame(self, frame):
         # A LoRa-sized policy frame (small.py), from MQTT `policy/small` or a LoRaWAN downlink;
-        # -> the result dict (the LoRa link may send it back compactly or just log it).
-        if self.smalls() is None or self.engine is None:
+        # -> the result dict (the LoRa link may send it back compactly or just log it).  The
+        # handler is made when the first frame comes (rare.smalls): none without a cmd_key or
+        # a policy.
+        if self.small is None:
+            _rare().smalls(self)
+        if self.small is None or self.engine is None:
             return {"ok": False, "status": "rejected", "why": "unsupported: no cmd_key or no policy on this node"}
         return self.small.apply(frame, self.engine, int(self.clock.time()))
 
@@ -234,15 +214,6 @@ class PolicyService:
             self.beat()
 
     # -- the loop ------------------------------------------------------------------------------
-    def health(self):
-        # None when healthy: supervisor up (we run in it), metrology producing cycles, link up.
-        n = self.node
-        if n.meter.cycles < 50:
-            return "metrology: %d cycles" % n.meter.cycles
-        if n.config.get("mqtt") and not n.link_up:
-            return "link not connected"
-        return None
-
     def tick(self):
         # Ticks the engine once for every second the meter measured since the last call
         # (metrology/seconds.py), in order, each with its own values: a dip that came and
@@ -306,10 +277,8 @@ class PolicyService:
         }
 
     async def run(self):
-        slots = self.agent.slots if self.agent else None
-        deadline = self.node.config.get("ota", {}).get("health_deadline_s", 120) * 1000
         started = ticks_ms()
-        confirmed = slots is None
+        confirmed = self.agent is None  # with the fleet agent: a build is confirmed healthy
         reported = False
         n = 0
         while True:
@@ -320,22 +289,15 @@ class PolicyService:
             except Exception as ex:  # a policy must never stop the node
                 self.log("policy tick failed: %s" % ex)
             if not confirmed:
-                why = self.health()
-                image = self.agent.image
-                if why is None:
-                    if image is not None:
-                        image.healthy()  # mark_app_valid_cancel_rollback()
-                    self.log("health check passed: %s" % slots.healthy())
-                    confirmed = True
-                elif (slots.trial or (image and image.trial)) and ticks_diff(ticks_ms(), started) > deadline:
-                    self.log("health check failed (%s): resetting to roll back" % why)
-                    self._reboot("health check failed")
+                confirmed = _rare().confirm(self, started)  # or a reset when the trial stays unhealthy
             self._register()
-            c = self._client()
+            u = self._registered
+            link = u.link if u else None
+            c = link.client if link is not None and link.up else None  # the MQTT client while up
             if c is not None and self._need_sub:
                 self._need_sub = False
                 try:
-                    await self._link().subscribe_extra(_LEAVES)
+                    await link.subscribe_extra(_LEAVES)
                 except Exception as ex:
                     self._need_sub = True
                     self.log("policy topics not subscribed: %s" % ex)
@@ -356,11 +318,3 @@ class PolicyService:
                 await self._flush(c)
             except Exception as ex:
                 self.log("policy results not sent: %s" % ex)
-
-    def _trim(self):
-        # Over OUT_MAX (rare.trim): state snapshots, then events, then results go.
-        _rare().trim(self)
-
-
-def _log(msg):
-    print("[%d] %s" % (time.ticks_ms() if hasattr(time, "ticks_ms") else 0, msg))
