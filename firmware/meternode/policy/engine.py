@@ -37,6 +37,8 @@
 # which export causes and disconnecting relieves.  Limits are protection and shed regardless.
 # With relay = "load" (the relay switches a load, generation stays connected) DR sheds
 # whatever the power flow: an exporter that sheds a load exports more.
+from array import array
+
 from micropython import const
 
 # Event codes passed to the sink.
@@ -61,7 +63,7 @@ EVENT_NAMES = {
     8: "day",
     9: "price",
     10: "dr_kept",
-}
+}  # (a tuple would hold its names as str objects from .mpy: larger than these interned names)
 
 DR_RULE_BASE = const(100)
 
@@ -92,9 +94,10 @@ def epoch(t):
 
 class EventRing:
     # Preallocated ring of the last `n` events (code, rule, value, t); push allocates nothing.
+    # 32-bit ints: every field is an engine small int (half a list's slots on a 64-bit port).
     def __init__(self, n=64):
         self.n = n
-        self.buf = [0] * (4 * n)
+        self.buf = array("i", bytes(16 * n))
         self.head = 0  # total events pushed (index = head % n)
 
     def push(self, code, rule, value, t):
@@ -222,14 +225,10 @@ class Engine:
         self._st[_S_RT_UNTIL] = t + valid
         self._sink(EV_PRICE, -1, valid, t)
 
-    @property
-    def day_started(self):
-        # True once the engine has ticked: its day counters mean something (checkpoints).
-        return self._day >= 0
-
     def save(self):
         # The day's counters for a checkpoint (allocates; the service writes it now and then):
-        # a reboot must not reset the daily energy budget, trips or lockouts.
+        # a reboot must not reset the daily energy budget, trips or lockouts.  Its day is -1
+        # until the engine has ticked (nothing to keep yet).
         trips = []
         until = []
         for r in self._lims:
@@ -255,17 +254,6 @@ class Engine:
         return True
 
     # -- the tick (allocates nothing) -------------------------------------------------------
-    def _rand(self, n):
-        # xorshift on 30 bits (shifts 7, 3, 2: full period 2**30 - 1, checked by exhaustion),
-        # masked before each left shift so that nothing reaches 2**30 (a 32-bit xorshift's
-        # words and its 0xFFFFFFFF mask are heap ints on a board); uniform-ish in 0..n
-        x = self._st[_S_RNG]
-        x ^= (x & 0x7FFFFF) << 7
-        x ^= x >> 3
-        x ^= (x & 0xFFFFFFF) << 2
-        self._st[_S_RNG] = x
-        return x % (n + 1) if n > 0 else 0
-
     def _new_day(self, t):
         st = self._st
         d = (t + st[_S_TZ]) // _DAY_S  # local days since EPOCH0
@@ -320,107 +308,115 @@ class Engine:
                 self._sink(EV_PRICE, -1, 0, t)
         if not st[_S_RT_UNTIL]:
             self.price = self._prices[tar]
-        hold = False
-        for k in range(len(self._lims)):
-            if self._limit(k, t, v, i, p, e_mwh):
+        hold = False  # a rule holds the relay open
+        # The limits (protection): each holds the relay open until its own release time.
+        lims = self._lims
+        for k in range(len(lims)):
+            r = lims[k]
+            kind = r[_L_KIND]
+            if r[_L_UNTIL]:
+                if t < r[_L_UNTIL]:
+                    hold = True
+                    continue
+                r[_L_UNTIL] = 0  # retry window over: reconnect and watch again
+                r[_L_ON] = 0
+                st[_S_RELEASE] = k
+            lev = r[_L_LEV]
+            if kind == _OVER_V:
+                cond = v > lev
+            elif kind == _UNDER_V:
+                cond = 0 < v < lev  # v = 0: a second without mains measured, not a sag
+            elif kind == _OVER_I:
+                cond = i > lev
+            elif kind == _MAX_P:
+                cond = p > lev
+            else:
+                cond = (e_mwh - self._e_day0) & _MASK >= lev
+            if not cond:
+                r[_L_ON] = 0
+                r[_L_FIRED] = 0
+                continue
+            if not r[_L_ON]:
+                r[_L_ON] = 1
+                r[_L_SINCE] = t
+            if t - r[_L_SINCE] < r[_L_HOLD] or r[_L_FIRED]:
+                continue
+            self._sink(EV_LIMIT, k, kind, t)
+            if r[_L_ACT] == 0:  # event only: once per excursion
+                r[_L_FIRED] = 1
+                continue
+            r[_L_TRIPS] += 1
+            st[_S_RELEASE] = k
+            if kind == _MAX_E or (r[_L_RETRY] and r[_L_TRIPS] > r[_L_RETRY]):
+                if kind != _MAX_E:
+                    self._sink(EV_LOCKOUT, k, r[_L_TRIPS], t)
+                r[_L_UNTIL] = st[_S_MIDNIGHT]
+            else:
+                r[_L_UNTIL] = t + r[_L_SHED]
+            hold = True
+        # The demand-response rules: idle (0) or kept (3) -> shedding (1) -> the random
+        # restore delay (2) -> idle.
+        drs = self._drs
+        for k in range(len(drs)):
+            r = drs[k]
+            trig = r[_D_TRIG]
+            if trig == _TRIG_EVENT:
+                cond = r[_D_EV_START] <= t < r[_D_EV_END]
+            elif trig == _TRIG_PRICE:
+                cond = self.price > r[_D_A]
+            elif trig == _TRIG_FREQ:
+                cond = 0 < f < r[_D_A]  # f = 0: no mains measured, not a dip
+            else:
+                cond = 0 < v < r[_D_A] or v > r[_D_B]
+            s = r[_D_STATE]
+            if s == 0 or s == 3:
+                if not cond:
+                    r[_D_ON] = 0
+                    r[_D_STATE] = 0
+                    continue
+                if not r[_D_ON]:
+                    r[_D_ON] = 1
+                    r[_D_SINCE] = t
+                if t - r[_D_SINCE] < r[_D_FOR]:
+                    continue
+                if self._site and p < 0 and not (trig == _TRIG_VOLT and v > r[_D_B]):
+                    # a net exporter on a site relay: shedding would take generation off the grid
+                    if s == 0:
+                        r[_D_STATE] = 3
+                        self._sink(EV_DR_KEPT, DR_RULE_BASE + k, -int(p), t)
+                    continue
+                r[_D_STATE] = 1
+                r[_D_UNTIL] = r[_D_EV_END] if trig == _TRIG_EVENT else t + r[_D_SHED]
+                self._sink(EV_DR, DR_RULE_BASE + k, trig, t)
+                st[_S_RELEASE] = DR_RULE_BASE + k
                 hold = True
-        for k in range(len(self._drs)):
-            if self._dr(k, t, v, f, p):
+                continue
+            if s == 1:
+                if cond or t < r[_D_UNTIL]:
+                    hold = True
+                    continue
+                # the random restore delay, 0..restore_random_s: xorshift on 30 bits (shifts
+                # 7, 3, 2: full period 2**30 - 1, checked by exhaustion), masked before each
+                # left shift so that nothing reaches 2**30 (a 32-bit xorshift's words and its
+                # 0xFFFFFFFF mask are heap ints on a board); uniform-ish
+                x = st[_S_RNG]
+                x ^= (x & 0x7FFFFF) << 7
+                x ^= x >> 3
+                x ^= (x & 0xFFFFFFF) << 2
+                st[_S_RNG] = x
+                n = r[_D_RND]
+                delay = x % (n + 1) if n > 0 else 0
+                r[_D_STATE] = 2
+                r[_D_UNTIL] = t + delay
+                self._sink(EV_DR_END, DR_RULE_BASE + k, delay, t)
+            if t < r[_D_UNTIL]:
                 hold = True
+                continue
+            r[_D_STATE] = 0
+            r[_D_ON] = 0
+            st[_S_RELEASE] = DR_RULE_BASE + k
         if hold == self.relay_on:
             self.relay_on = not hold
             if self._relay is not None:
                 self._relay.set(self.relay_on)
             self._sink(EV_RESTORE if self.relay_on else EV_SHED, st[_S_RELEASE], 0, t)
-
-    def _limit(self, k, t, v, i, p, e_mwh):
-        # Returns True while limit k holds the relay open.
-        r = self._lims[k]
-        kind = r[_L_KIND]
-        if r[_L_UNTIL]:
-            if t < r[_L_UNTIL]:
-                return True
-            r[_L_UNTIL] = 0  # retry window over: reconnect and watch again
-            r[_L_ON] = 0
-            self._st[_S_RELEASE] = k
-        lev = r[_L_LEV]
-        if kind == _OVER_V:
-            cond = v > lev
-        elif kind == _UNDER_V:
-            cond = 0 < v < lev  # v = 0: a second without mains measured, not a sag
-        elif kind == _OVER_I:
-            cond = i > lev
-        elif kind == _MAX_P:
-            cond = p > lev
-        else:
-            cond = (e_mwh - self._e_day0) & _MASK >= lev
-        if not cond:
-            r[_L_ON] = 0
-            r[_L_FIRED] = 0
-            return False
-        if not r[_L_ON]:
-            r[_L_ON] = 1
-            r[_L_SINCE] = t
-        if t - r[_L_SINCE] < r[_L_HOLD] or r[_L_FIRED]:
-            return False
-        self._sink(EV_LIMIT, k, kind, t)
-        if r[_L_ACT] == 0:  # event only: once per excursion
-            r[_L_FIRED] = 1
-            return False
-        r[_L_TRIPS] += 1
-        self._st[_S_RELEASE] = k
-        if kind == _MAX_E or (r[_L_RETRY] and r[_L_TRIPS] > r[_L_RETRY]):
-            if kind != _MAX_E:
-                self._sink(EV_LOCKOUT, k, r[_L_TRIPS], t)
-            r[_L_UNTIL] = self._st[_S_MIDNIGHT]
-        else:
-            r[_L_UNTIL] = t + r[_L_SHED]
-        return True
-
-    def _dr(self, k, t, v, f, p):
-        # Returns True while DR rule k holds the relay open.
-        r = self._drs[k]
-        trig = r[_D_TRIG]
-        if trig == _TRIG_EVENT:
-            cond = r[_D_EV_START] <= t < r[_D_EV_END]
-        elif trig == _TRIG_PRICE:
-            cond = self.price > r[_D_A]
-        elif trig == _TRIG_FREQ:
-            cond = 0 < f < r[_D_A]  # f = 0: no mains measured, not a dip
-        else:
-            cond = 0 < v < r[_D_A] or v > r[_D_B]
-        st = r[_D_STATE]
-        if st == 0 or st == 3:
-            if not cond:
-                r[_D_ON] = 0
-                r[_D_STATE] = 0
-                return False
-            if not r[_D_ON]:
-                r[_D_ON] = 1
-                r[_D_SINCE] = t
-            if t - r[_D_SINCE] < r[_D_FOR]:
-                return False
-            if self._site and p < 0 and not (trig == _TRIG_VOLT and v > r[_D_B]):
-                # a net exporter on a site relay: shedding would take generation off the grid
-                if st == 0:
-                    r[_D_STATE] = 3
-                    self._sink(EV_DR_KEPT, DR_RULE_BASE + k, -int(p), t)
-                return False
-            r[_D_STATE] = 1
-            r[_D_UNTIL] = r[_D_EV_END] if trig == _TRIG_EVENT else t + r[_D_SHED]
-            self._sink(EV_DR, DR_RULE_BASE + k, trig, t)
-            self._st[_S_RELEASE] = DR_RULE_BASE + k
-            return True
-        if st == 1:
-            if cond or t < r[_D_UNTIL]:
-                return True
-            delay = self._rand(r[_D_RND])
-            r[_D_STATE] = 2
-            r[_D_UNTIL] = t + delay
-            self._sink(EV_DR_END, DR_RULE_BASE + k, delay, t)
-        if t < r[_D_UNTIL]:
-            return True
-        r[_D_STATE] = 0
-        r[_D_ON] = 0
-        self._st[_S_RELEASE] = DR_RULE_BASE + k
-        return False

@@ -98,12 +98,13 @@ class PolicyService:
     # -- the engine's day counters across reboots (restored in rare.load) ------------------------
     def _checkpoint(self):
         e = self.engine
-        if e is None or not e.day_started:
+        st = e.save() if e else None
+        if st is None or st[0] < 0:  # no engine, or it has not ticked: nothing to keep yet
             return
         tmp = self._ckpt + ".tmp"
         try:
             with open(tmp, "w") as f:
-                f.write(json.dumps({"policy": e.policy["n"], "state": e.save()}))
+                f.write(json.dumps({"policy": e.policy["n"], "state": st}))
             import os
 
             os.rename(tmp, self._ckpt)
