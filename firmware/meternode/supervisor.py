@@ -51,13 +51,14 @@ class Watch:
         self.t = _now()  # last progress (ticks_ms)
         self.started = self.t
         self.task = None  # the asyncio task that runs it, and again after each failure
-        self.waiting = False  # waiting out the backoff before a restart
+        # 0 running, 1 stalled (cancelled, not yet unwound), 2 waiting out the backoff before
+        # a restart (one attribute: twelve fit the instance's smallest map that holds them)
+        self.state = 0
         self.due = 0  # ticks_ms of that restart
         self.fails = 0  # failures in a row, each run shorter than stable_ms
         self.restarts = 0  # restarts since boot
         self.stalls = 0  # of which for lack of progress
         self.error = ""  # why it failed last
-        self._stalled = False
 
     def beat(self):
         self.t = _now()
@@ -99,7 +100,7 @@ class Supervisor:
         w = Watch(name, start, stall_ms)
         self.watches.append(w)
         if self.running:
-            self._start(w)
+            w.task = asyncio.create_task(self._guard(w))
         return w
 
     def watch(self, name):
@@ -108,21 +109,17 @@ class Supervisor:
                 return w
         return None
 
-    def _start(self, w):
-        w.task = asyncio.create_task(self._guard(w))
-
     async def _guard(self, w):
         # Runs the task, and again after each failure and its backoff, for ever; whatever
         # ends one run is the supervisor's business.
         while True:
             w.t = w.started = _now()
-            w._stalled = False
-            w.waiting = False
+            w.state = 0
             try:
                 await w.start(w)
                 why = "ended"
             except asyncio.CancelledError:
-                if not w._stalled:
+                if w.state != 1:
                     raise  # the supervisor itself is being stopped
                 why = "stalled: no progress in %d ms" % w.stall_ms
             except Exception as e:  # MemoryError included: contained to this task
@@ -131,7 +128,7 @@ class Supervisor:
                 except MemoryError:
                     why = "MemoryError"
             # one failure counted and reported, then the backoff before the restart
-            w.waiting = True
+            w.state = 2
             now = _now()
             if _diff(now, w.started) >= self.stable_ms:
                 w.fails = 0  # it ran long enough: this is a new failure, not a loop
@@ -166,14 +163,14 @@ class Supervisor:
         now = _now()
         healthy = True
         for w in self.watches:
-            if w.task is None or w.waiting:
+            if w.task is None or w.state == 2:
                 continue
-            if w._stalled:
-                healthy = False  # cancelled, not yet unwound
+            if w.state:
+                healthy = False  # stalled: cancelled, not yet unwound
                 continue
             if w.stall_ms and _diff(now, w.t) > w.stall_ms:
                 healthy = False
-                w._stalled = True
+                w.state = 1
                 w.stalls += 1
                 w.task.cancel()
                 continue
@@ -191,7 +188,7 @@ class Supervisor:
         self.running = True
         for w in self.watches:
             if w.task is None:
-                self._start(w)
+                w.task = asyncio.create_task(self._guard(w))
         if self.wdt is not None:
             self.wdt.feed()
         try:
