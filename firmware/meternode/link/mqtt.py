@@ -106,9 +106,6 @@ class MQTTClient:
             self.error = why if isinstance(why, Exception) else OSError(why)
         await self._close()
 
-    async def _wait(self, aw):
-        return await wait_for_ms(aw, self.timeout_ms)
-
     def connect(self):
         # -> an awaitable: the connection, CONNECT and CONNACK (link/mqttconn.py, code run once
         # per connection: loaded for it and forgotten after); raises MQTTError or OSError
@@ -119,7 +116,7 @@ class MQTTClient:
         if self._w is None:
             raise OSError("not connected")
         try:
-            await self._wait(self._locked_send(pkt, payload))
+            await wait_for_ms(self._locked_send(pkt, payload), self.timeout_ms)
         except asyncio.TimeoutError:
             await self._close()
             raise OSError("send to broker timed out")
@@ -270,21 +267,16 @@ class MQTTClient:
 
     async def publish(self, topic, payload, qos=0, retain=False, dup=False, pid=None):
         # QoS 1 returns when the PUBACK arrived; raises OSError when it did not in time.
-        check_topic(topic)
-        if isinstance(payload, str):
-            payload = payload.encode()
         if qos == 0:
-            await self._send(publish_head(topic, len(payload), 0, retain), payload)
-            self.sent += 1
-            return 0
+            return await self.send_publish(topic, payload, 0, retain)
+        check_topic(topic)  # before a packet id is taken
         if pid is None:
             pid = self.next_pid()
         ev = asyncio.Event()
         self._acks[pid] = ev
         try:
-            await self._send(publish_head(topic, len(payload), 1, retain, pid, dup), payload)
-            self.sent += 1
-            await self._wait(ev.wait())
+            await self.send_publish(topic, payload, 1, retain, pid, dup)
+            await wait_for_ms(ev.wait(), self.timeout_ms)
         except asyncio.TimeoutError:
             raise OSError("no PUBACK for packet %d" % pid)
         finally:
@@ -302,7 +294,7 @@ class MQTTClient:
         body = struct.pack("!H", pid) + _str(topic) + bytes((qos,))
         try:
             await self._send(bytes((_SUBSCRIBE,)) + _remaining(len(body)) + body)
-            await self._wait(ev.wait())
+            await wait_for_ms(ev.wait(), self.timeout_ms)
         except asyncio.TimeoutError:
             raise OSError("no SUBACK for %s" % topic)
         finally:
@@ -323,15 +315,7 @@ class MQTTClient:
     def drop(self):
         # Ends the connection at once, without DISCONNECT (the broker publishes the will) and
         # without awaiting: for a link task being cancelled (a supervisor restart), so that
-        # its reader and pinger never outlive it.
-        w = self._stop()
-        if w is not None:
-            try:
-                w.close()
-            except Exception:
-                pass
-
-    def _stop(self):
+        # its reader and pinger never outlive it.  -> the closed stream (None: there was none)
         self.connected = False
         cur = asyncio.current_task()
         for t in (self._reader_task, self._ping_task):
@@ -342,13 +326,17 @@ class MQTTClient:
             ev.set()  # waiters see `connected` False and raise
         w = self._w
         self._w = self._r = None
-        return w
-
-    async def _close(self):
-        w = self._stop()
         if w is not None:
             try:
                 w.close()
+            except Exception:
+                pass
+        return w
+
+    async def _close(self):
+        w = self.drop()
+        if w is not None:
+            try:
                 await wait_for_ms(w.wait_closed(), 1000)
             except Exception:
                 pass

@@ -11,6 +11,7 @@ import struct
 from micropython import const
 
 from meternode.aio import ticks_ms as _now
+from meternode.aio import wait_for_ms
 from meternode.link.mqtt import MQTTClient
 from meternode.link.mqttpkt import MQTTError, _remaining, _str
 
@@ -54,13 +55,13 @@ async def connect(c):
     where = "%s:%d" % (c.host, c.port)
     try:
         if c.ssl is None:
-            c._r, c._w = await c._wait(asyncio.open_connection(c.host, c.port))
+            c._r, c._w = await wait_for_ms(asyncio.open_connection(c.host, c.port), c.timeout_ms)
         else:
             try:
                 aw = asyncio.open_connection(c.host, c.port, ssl=c.ssl, server_hostname=c.server_hostname or c.host)
             except TypeError:  # older MicroPython asyncio without server_hostname
                 aw = asyncio.open_connection(c.host, c.port, ssl=c.ssl)
-            c._r, c._w = await c._wait(aw)
+            c._r, c._w = await wait_for_ms(aw, c.timeout_ms)
     except asyncio.TimeoutError:
         raise OSError("connect to %s timed out" % where)
     except ValueError as e:  # MicroPython reports TLS failures as ValueError
@@ -68,7 +69,7 @@ async def connect(c):
         raise MQTTError("TLS handshake with %s failed: %s" % (where, str(e).strip()))
     try:
         await c._send(connect_packet(c.client_id, c.keepalive, c.clean, c.user, c.password, c.will))
-        head, body = await c._wait(c._read_packet())
+        head, body = await wait_for_ms(c._read_packet(), c.timeout_ms)
     except asyncio.TimeoutError:
         await c._close()
         raise OSError("no CONNACK from %s" % where)
