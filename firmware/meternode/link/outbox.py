@@ -26,12 +26,8 @@ from micropython import const
 from meternode.aio import ticks_diff as _diff
 from meternode.aio import ticks_ms as _now
 from meternode.aio import wait_for_ms
+from meternode.node import _nop
 from meternode.store import records
-
-
-def _nop():
-    pass
-
 
 _PID_MAX = const(0x7FFF)  # outbox packet ids are 1..0x7FFF (the client uses the upper half)
 _IDLE_MS = const(200)
@@ -104,10 +100,6 @@ class Outbox:
             "missing": self.missing,
             "rewinds": self.rewinds,
         }
-
-    def _next_pid(self):
-        self._pid = self._pid % _PID_MAX + 1
-        return self._pid
 
     def on_ack(self, pid):
         # PUBACK from the client's reader task: mark, then advance the cursor contiguously.
@@ -240,7 +232,7 @@ class Outbox:
                 pid = old.pop(seq, None)
                 dup = pid is not None
                 if not dup:
-                    pid = self._next_pid()
+                    pid = self._pid = self._pid % _PID_MAX + 1
                 else:
                     self.dups += 1
                 p.append([seq, pid, False, _now()])

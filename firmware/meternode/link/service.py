@@ -132,7 +132,14 @@ class UplinkService:
                 self.lora.telemetry(loracodec.encode_telemetry(self.node.seq, ts, json.loads(payload)))
             except ValueError:
                 pass
-        await self._flush_results()
+        # the command results waiting for the link, oldest first
+        q = self._results
+        while q and self.link is not None and self.link.up:
+            if not await self.link.publish_live("cmd/result", q[0][1], 1):
+                break
+            q.pop(0)
+        if self.commands is not None and self.commands.reboot_pending and not q:
+            self.actions.reboot()
 
     # -- MQTT ------------------------------------------------------------------------------
     def _describe(self):
@@ -168,14 +175,6 @@ class UplinkService:
             q.pop(k)
             self.results_dropped += 1
         q.append((r.get("status") != "rejected", json.dumps(r)))
-
-    async def _flush_results(self):
-        while self._results and self.link is not None and self.link.up:
-            if not await self.link.publish_result(self._results[0][1]):
-                return
-            self._results.pop(0)
-        if self.commands is not None and self.commands.reboot_pending and not self._results:
-            self.actions.reboot()
 
     async def run(self):
         if self.link is None:

@@ -7,15 +7,11 @@
 # leaf -> callback(payload, retained): the link subscribes to <prefix>/<node>/<leaf> (QoS 1)
 # on every connect and reconnect and routes each message on it to the callback.  A leaf
 # added while the link is up is subscribed by `subscribe_extra()` (or at the next connect).
-import time
-
 from meternode.aio import sleep_ms as _sleep_ms
 from meternode.lazy import forget, run
 from meternode.link.backoff import Backoff
-
-
-def _nop():
-    pass
+from meternode.node import _nop
+from meternode.node import log as _log
 
 
 class MqttLink:
@@ -72,8 +68,51 @@ class MqttLink:
         # after the backoff: it never ends the link task.  Cancelled (the supervisor restarts
         # a stalled link, or the node stops), the connection in hand goes with it: its reader
         # and pinger tasks never outlive the link task.
+        m = self.m
+        where = "%s:%d" % (m["host"], m.get("port", 1883))
         try:
-            await self._run()
+            while True:
+                self.beat()
+                self._c = None
+                try:
+                    # the client made, connected and the node announced (link/mqttconn.py: loaded
+                    # per connection, forgotten after); self._c is the client from its making on
+                    await run("meternode.link.mqttconn", "open", self)
+                    c = self.client = self._c
+                    if self.describe is not None and self.m.get("discovery", True):
+                        # Home Assistant discovery (link/discovery.py, loaded for it once the
+                        # connect path is forgotten: the heap never holds both).  Best effort: a
+                        # heap with no room for it now does not keep the link down.
+                        try:
+                            await run("meternode.link.discovery", "announce", self, c)
+                        except MemoryError as e:
+                            self.log("discovery not published: %s" % e)
+                    self.up = True
+                    self.ups += 1
+                    self.backoff.reset()
+                    self.log("link up: %s%s" % (where, " (session kept)" if c.session_present else ""))
+                    if self.outbox is not None:
+                        await self.outbox.run_connection(c)
+                    while c.connected:
+                        self.beat()
+                        await _sleep_ms(100)
+                    self.last_error = c.error
+                    self.log("link down: %s" % c.error)
+                except Exception as e:
+                    self.last_error = e
+                    self._failed(e)
+                if self.up:
+                    self.downs += 1
+                self.client = None
+                self.up = False
+                c = self._c
+                if c is not None:
+                    try:
+                        await c.disconnect()
+                    except Exception as e:
+                        self._failed(e)
+                self._c = None
+                await _sleep_ms(self.backoff.next_ms())
         finally:
             c = self._c
             if c is not None:
@@ -82,52 +121,6 @@ class MqttLink:
             if self.up:
                 self.downs += 1
             self.up = False
-
-    async def _run(self):
-        m = self.m
-        where = "%s:%d" % (m["host"], m.get("port", 1883))
-        while True:
-            self.beat()
-            self._c = None
-            try:
-                # the client made, connected and the node announced (link/mqttconn.py: loaded
-                # per connection, forgotten after); self._c is the client from its making on
-                await run("meternode.link.mqttconn", "open", self)
-                c = self.client = self._c
-                if self.describe is not None and self.m.get("discovery", True):
-                    # Home Assistant discovery (link/discovery.py, loaded for it once the
-                    # connect path is forgotten: the heap never holds both).  Best effort: a
-                    # heap with no room for it now does not keep the link down.
-                    try:
-                        await run("meternode.link.discovery", "announce", self, c)
-                    except MemoryError as e:
-                        self.log("discovery not published: %s" % e)
-                self.up = True
-                self.ups += 1
-                self.backoff.reset()
-                self.log("link up: %s%s" % (where, " (session kept)" if c.session_present else ""))
-                if self.outbox is not None:
-                    await self.outbox.run_connection(c)
-                while c.connected:
-                    self.beat()
-                    await _sleep_ms(100)
-                self.last_error = c.error
-                self.log("link down: %s" % c.error)
-            except Exception as e:
-                self.last_error = e
-                self._failed(e)
-            if self.up:
-                self.downs += 1
-            self.client = None
-            self.up = False
-            c = self._c
-            if c is not None:
-                try:
-                    await c.disconnect()
-                except Exception as e:
-                    self._failed(e)
-            self._c = None
-            await _sleep_ms(self.backoff.next_ms())
 
     def _failed(self, e):
         if isinstance(e, MemoryError):
@@ -149,32 +142,18 @@ class MqttLink:
             await c.subscribe(self.topic(leaf), 1)
         return True
 
-    async def publish_live(self, leaf, payload):
-        # QoS 0 live data (telemetry): sent when the link is up, dropped otherwise.
+    async def publish_live(self, leaf, payload, qos=0):
+        # Sent when the link is up, dropped otherwise (QoS 0 live data: telemetry); QoS 1 waits
+        # for the PUBACK (command results).  -> whether it went.
         c = self.client
         if c is None or not c.connected:
             return False
         try:
-            await c.publish(self.topic(leaf), payload, qos=0)
+            await c.publish(self.topic(leaf), payload, qos=qos)
             return True
         except Exception as e:
             self.log("%s not sent: %s" % (leaf, e))
             return False
 
-    async def publish_result(self, payload):
-        c = self.client
-        if c is None or not c.connected:
-            return False
-        try:
-            await c.publish(self.topic("cmd/result"), payload, qos=1)
-            return True
-        except Exception as e:
-            self.log("cmd/result not sent: %s" % e)
-            return False
-
     def stats(self):
         return {"up": self.up, "ups": self.ups, "downs": self.downs, "error": str(self.last_error or "")}
-
-
-def _log(msg):
-    print("[%d] %s" % (time.ticks_ms() if hasattr(time, "ticks_ms") else 0, msg))
