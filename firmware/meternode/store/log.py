@@ -259,7 +259,9 @@ class LogReader:
 
     def seek(self, seq):
         # Positions on the first record with sequence number >= seq.
-        self._close()
+        if self._f is not None:
+            self._f.close()
+            self._f = None
         self._want = seq
         segs = self.log.segs
         k = 0
@@ -267,11 +269,6 @@ class LogReader:
             k += 1
         self._num = segs[k][0]
         self._pos = 0
-
-    def _close(self):
-        if self._f is not None:
-            self._f.close()
-            self._f = None
 
     def next(self):
         # Reads the next record: returns its kind (fields in self.*) or 0 when none is there yet.
@@ -300,7 +297,8 @@ class LogReader:
                     self._pos = nxt
                     continue
             if r is None:
-                self._close()  # reopened next time: LittleFS handles may not see later appends
+                self._f.close()  # reopened next time: LittleFS handles may not see later appends
+                self._f = None
                 if self._num >= segs[-1][0]:
                     return 0
                 for g in segs:  # the next segment the log holds

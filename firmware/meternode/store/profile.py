@@ -13,13 +13,6 @@ def _month(ts):
     return t[0] * 12 + t[1] - 1
 
 
-def _mwh(e, kind):
-    # an element's register in mWh: the exact integer where the snapshot has it (the
-    # meter's), else from float Wh (older snapshot producers)
-    x = e.get("e_%s_mwh" % kind)
-    return x if x is not None else int(e["e_%s_wh" % kind] * 1000 + 0.5)
-
-
 class ProfileRecorder:
     def __init__(self, log, period_s=900, mains=None, on_record=None):
         if not 60 <= period_s <= 86400 or 86400 % period_s:
@@ -31,17 +24,14 @@ class ProfileRecorder:
         self._slot = None
         self._day = None
         self._month = None
-        self._reset()
+        self.n = 0  # snapshots in this interval
+        self.v = [0.0, 1e30, -1e30]  # sum, min, max
+        self.i = [0.0, 1e30, -1e30]
+        self.p = [0.0, 1e30, -1e30]
         self.e_imp_mwh = 0
         self.e_exp_mwh = 0
         self.water_l = 0
         self.gas_l = 0
-
-    def _reset(self):
-        self.n = 0
-        self.v = [0.0, 1e30, -1e30]  # sum, min, max
-        self.i = [0.0, 1e30, -1e30]
-        self.p = [0.0, 1e30, -1e30]
 
     def add(self, ts, snap):
         # One snapshot (Meter.snapshot()) taken at wall-clock time ts.
@@ -59,8 +49,12 @@ class ProfileRecorder:
             if self.mains is None or e["name"] in self.mains:
                 i += e["i"]
                 p += e["p"]
-                imp += _mwh(e, "imp")
-                exp += _mwh(e, "exp")
+                # the registers in mWh: the exact integers where the snapshot has them (the
+                # meter's), else from float Wh (older snapshot producers)
+                x = e.get("e_imp_mwh")
+                imp += x if x is not None else int(e["e_imp_wh"] * 1000 + 0.5)
+                x = e.get("e_exp_mwh")
+                exp += x if x is not None else int(e["e_exp_wh"] * 1000 + 0.5)
         self.e_imp_mwh = imp
         self.e_exp_mwh = exp
         for acc, x in ((self.v, snap["v"]), (self.i, i), (self.p, p)):
@@ -99,8 +93,11 @@ class ProfileRecorder:
                 x = int(x * scale + (0.5 if x >= 0 else -0.5))
                 out.append(lo if x < lo else hi if x > hi else x)
             t.append(out)
+            acc[0] = 0.0  # the next interval starts empty
+            acc[1] = 1e30
+            acc[2] = -1e30
         payload = records.profile(self.period_s, self.e_imp_mwh, self.e_exp_mwh, t[0], t[1], t[2])
-        self._reset()
+        self.n = 0
         return self._append(records.PROFILE, ts_end, payload)
 
     def _append(self, kind, ts, payload):

@@ -77,21 +77,25 @@ _EVENT = const("<Bi")
 _EVENT_HEAD = const(5)  # struct.calcsize(_EVENT)
 EVENT_TEXT = const(40)
 
-_PROFILE_KEYS = (
-    "period_s",
-    "e_imp_mwh",
-    "e_exp_mwh",
-    "v_avg_dv",
-    "v_min_dv",
-    "v_max_dv",
-    "i_avg_ma",
-    "i_min_ma",
-    "i_max_ma",
-    "p_avg_dw",
-    "p_min_dw",
-    "p_max_dw",
+# (tuples of constants, `_NAME = const(...)`: no global, no interned name, and their strings are
+# not interned either)
+_PROFILE_KEYS = const(
+    (
+        "period_s",
+        "e_imp_mwh",
+        "e_exp_mwh",
+        "v_avg_dv",
+        "v_min_dv",
+        "v_max_dv",
+        "i_avg_ma",
+        "i_min_ma",
+        "i_max_ma",
+        "p_avg_dw",
+        "p_min_dw",
+        "p_max_dw",
+    )
 )
-_FREEZE_KEYS = ("e_imp_mwh", "e_exp_mwh", "water_l", "gas_l")
+_FREEZE_KEYS = const(("e_imp_mwh", "e_exp_mwh", "water_l", "gas_l"))
 
 
 def profile(period_s, e_imp_mwh, e_exp_mwh, v, i, p):
