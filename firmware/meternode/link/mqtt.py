@@ -217,7 +217,7 @@ class MQTTClient:
             if qos:
                 pid = struct.unpack("!H", body[pos : pos + 2])[0]
                 pos += 2
-                await self._send(struct.pack("!BBH", _PUBACK, 2, pid))
+                await self._send(bytes((_PUBACK, 2, pid >> 8, pid & 0xFF)))
             if self.on_message:
                 self.on_message(topic, body[pos:], bool(head & 1))
         elif kind in (_PUBACK, _SUBACK):

@@ -56,8 +56,8 @@ class Outbox:
         self._pid = 0
         self._kick = asyncio.Event()
         self.beat = _nop  # the supervisor's progress report (supervisor.py), once per loop
-        self._tokens = float(window)
-        self._t_tok = _now()  # ticks_ms of the last refill (fractional tokens carry over)
+        self.tokens = float(window)  # the bucket (the names are link/limiter.py's)
+        self._t = _now()  # ticks_ms of the last refill (fractional tokens carry over)
         self._topics = {}
         for k in records.KIND_NAMES:
             self._topics[k] = "%s/%s/%s" % (prefix, node_id, records.topic_leaf(k))
@@ -115,26 +115,18 @@ class Outbox:
                 self.persist_errors += 1
         self._kick.set()
 
-    def _persist(self):
-        # The cursor to flash, best effort: a full flash must not drop the connection (the
-        # next flush tries again; after a reboot the consumer drops what is sent twice).
-        try:
-            self.cursor.flush()
-        except OSError:
-            self.persist_errors += 1
-
     def _take_token(self):
         now = _now()
-        d = _diff(now, self._t_tok)
-        self._t_tok = now
+        d = _diff(now, self._t)
+        self._t = now
         if d < 0:  # over 6.2 days since the last refill: the bucket is full
-            self._tokens = float(self.window)
+            self.tokens = float(self.window)
         else:
-            self._tokens += d * self.rate / 1000.0
-        if self._tokens > self.window:
-            self._tokens = float(self.window)
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+            self.tokens += d * self.rate / 1000.0
+        if self.tokens > self.window:
+            self.tokens = float(self.window)
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
             return True
         return False
 
@@ -218,9 +210,12 @@ class Outbox:
                 kind = self._next()
                 if not kind:
                     if not old:
-                        self._tokens += 1.0  # nothing to send: give the token back
-                    if not p:
-                        self._persist()  # caught up: persist now (no-op when unchanged)
+                        self.tokens += 1.0  # nothing to send: give the token back
+                    if not p:  # caught up: the cursor to flash now (no-op when unchanged)
+                        try:
+                            self.cursor.flush()
+                        except OSError:  # flash full: best effort, see the end
+                            self.persist_errors += 1
                     break
                 if kind < 0:
                     seq, doc = self._missing()
@@ -253,12 +248,17 @@ class Outbox:
                 break
             # Wait for an ACK, a new record or the next token, at most _IDLE_MS.
             wait = _IDLE_MS
-            if self._tokens < 1.0:
-                wait = int((1.0 - self._tokens) * 1000 / self.rate) + 1
+            if self.tokens < 1.0:
+                wait = int((1.0 - self.tokens) * 1000 / self.rate) + 1
                 if wait > _IDLE_MS:
                     wait = _IDLE_MS
             try:
                 await wait_for_ms(self._kick.wait(), wait)
             except asyncio.TimeoutError:
                 pass
-        self._persist()
+        # The cursor to flash, best effort: a full flash must not drop the connection (the
+        # next flush tries again; after a reboot the consumer drops what is sent twice).
+        try:
+            self.cursor.flush()
+        except OSError:
+            self.persist_errors += 1
