@@ -91,8 +91,7 @@ class MQTTClient:
         self.connected = False
         self.session_present = False
         self.error = None  # why the connection ended, for the link supervisor
-        self.sent = 0  # PUBLISH packets sent on this connection
-        self.pings = 0
+        # (28 attributes: an instance's dict holds up to 29 in one size; a 30th makes it 37)
 
     def next_pid(self):
         # Client packet ids live in 0x8000..0xFFFF; 1..0x7FFF belong to the outbox, which
@@ -245,7 +244,6 @@ class MQTTClient:
                     await self._close()
                     return
                 await self._send(bytes((_PINGREQ, 0)))
-                self.pings += 1
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -262,7 +260,6 @@ class MQTTClient:
         if isinstance(payload, str):
             payload = payload.encode()
         await self._send(publish_head(topic, len(payload), qos, retain, pid or 0, dup), payload)
-        self.sent += 1
         return pid or 0
 
     async def publish(self, topic, payload, qos=0, retain=False, dup=False, pid=None):
