@@ -173,7 +173,7 @@ async def test_a_connection_lost_while_waiting_for_an_ack_says_why():
 
 async def test_packets_split_anywhere_and_longer_than_the_buffer_are_read_whole():
     from meternode.link import mqtt as M
-    from meternode.link.mqttpkt import publish_packet
+    from meternode.link.mqttpkt import _remaining, publish_packet
 
     pkts = [
         publish_packet("a/b", b"x" * 10),
@@ -188,7 +188,7 @@ async def test_packets_split_anywhere_and_longer_than_the_buffer_are_read_whole(
         got = []
         for _ in pkts:
             got.append(await c._read_packet())
-        eq([bytes((h,)) + M._remaining(len(b)) + b for h, b in got], pkts, "chunks of %d" % k)
+        eq([bytes((h,)) + _remaining(len(b)) + b for h, b in got], pkts, "chunks of %d" % k)
         try:
             await c._read_packet()
             raise AssertionError("no EOFError at the end of the stream")

@@ -28,19 +28,11 @@ from meternode.aio import ticks_diff as _diff
 from meternode.aio import ticks_ms as _now
 from meternode.aio import wait_for_ms
 from meternode.lazy import run
-from meternode.link.mqttpkt import (
-    MAX_PACKET,
-    MQTTError,
-    _remaining,
-    _str,
-    check_topic,
-    publish_head,
-)
+from meternode.link.mqttpkt import MAX_PACKET, MQTTError, check_topic, publish_head
 
 # Packet types (MQTT 3.1.1 section 2.2.1) as compile-time constants: no global, no qstr.
 _PUBLISH = const(0x30)
 _PUBACK = const(0x40)
-_SUBSCRIBE = const(0x82)
 _SUBACK = const(0x90)
 _PINGREQ = const(0xC0)
 _DISCONNECT = const(0xE0)
@@ -282,24 +274,11 @@ class MQTTClient:
             raise OSError("connection lost before PUBACK %d: %s" % (pid, self.error))
         return pid
 
-    async def subscribe(self, topic, qos=1):
-        check_topic(topic, wild=True)
-        pid = self.next_pid()
-        ev = asyncio.Event()
-        ev.failed = False
-        self._acks[pid] = ev
-        body = struct.pack("!H", pid) + _str(topic) + bytes((qos,))
-        try:
-            await self._send(bytes((_SUBSCRIBE,)) + _remaining(len(body)) + body)
-            await wait_for_ms(ev.wait(), self.timeout_ms)
-        except asyncio.TimeoutError:
-            raise OSError("no SUBACK for %s" % topic)
-        finally:
-            self._acks.pop(pid, None)
-        if not self.connected:
-            raise OSError("connection lost before SUBACK for %s: %s" % (topic, self.error))
-        if ev.failed:
-            raise MQTTError("broker refused the subscription to %s" % topic)
+    def subscribe(self, topic, qos=1):
+        # -> an awaitable: SUBSCRIBE and its SUBACK (link/mqttconn.py, the connect path, which
+        # subscribes the link's topics at each connect; a later subscription loads it for
+        # itself and forgets it after); raises OSError, or MQTTError when the broker refuses.
+        return run("meternode.link.mqttconn", "subscribe", self, topic, qos)
 
     async def disconnect(self):
         if self.connected:

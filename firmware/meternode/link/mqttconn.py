@@ -1,10 +1,11 @@
 # The MQTT connect path, run once per connection: the CONNECT packet, the TCP or TLS
-# connection and CONNACK (MQTTClient.connect), and the link's session set-up (MqttLink: the
-# client made from config.mqtt, the retained `online` state, the subscriptions; discovery
-# follows once this module is forgotten, link/uplink.py).  Loaded for a connect and forgotten
-# after (meternode.lazy): a running connection needs none of it.  MqttLink loads it once at
-# start too, so its names are interned while the heap is emptiest, not at a reconnect in a
-# heap cut up by a long run (docs/memory.md).
+# connection and CONNACK (MQTTClient.connect), SUBSCRIBE and its SUBACK (MQTTClient.subscribe:
+# the link's topics at each connect, a service's later one), and the link's session set-up
+# (MqttLink: the client made from config.mqtt, the retained `online` state, the
+# subscriptions; discovery follows once this module is forgotten, link/uplink.py).  Loaded
+# for a connect and forgotten after (meternode.lazy): a running connection needs none of it.
+# MqttLink loads it once at start too, so its names are interned while the heap is emptiest,
+# not at a reconnect in a heap cut up by a long run (docs/memory.md).
 import asyncio
 import struct
 
@@ -13,10 +14,11 @@ from micropython import const
 from meternode.aio import ticks_ms as _now
 from meternode.aio import wait_for_ms
 from meternode.link.mqtt import MQTTClient
-from meternode.link.mqttpkt import MQTTError, _remaining, _str
+from meternode.link.mqttpkt import MQTTError, _remaining, _str, check_topic
 
 _CONNECT = const(0x10)
 _CONNACK = const(0x20)
+_SUBSCRIBE = const(0x82)
 
 # CONNACK return codes 0..5 (a tuple of constants: its strings are not interned)
 _CONNACK_TEXT = const(
@@ -106,6 +108,27 @@ async def connect(c):
     c._ping_task = asyncio.create_task(c._pinger())
 
 
+async def subscribe(c, topic, qos=1):
+    # MQTTClient.subscribe(): SUBSCRIBE, then its SUBACK within the client's timeout.
+    check_topic(topic, wild=True)
+    pid = c.next_pid()
+    ev = asyncio.Event()
+    ev.failed = False
+    c._acks[pid] = ev
+    body = struct.pack("!H", pid) + _str(topic) + bytes((qos,))
+    try:
+        await c._send(bytes((_SUBSCRIBE,)) + _remaining(len(body)) + body)
+        await wait_for_ms(ev.wait(), c.timeout_ms)
+    except asyncio.TimeoutError:
+        raise OSError("no SUBACK for %s" % topic)
+    finally:
+        c._acks.pop(pid, None)
+    if not c.connected:
+        raise OSError("connection lost before SUBACK for %s: %s" % (topic, c.error))
+    if ev.failed:
+        raise MQTTError("broker refused the subscription to %s" % topic)
+
+
 async def open(link):
     # MqttLink's connection attempt: the client (link._c from here on, connected or not, so
     # the link can close it whatever fails), connected, then the node announced: the retained
@@ -127,8 +150,8 @@ async def open(link):
     await connect(c)
     await c.publish(link.topic("state"), b"online", qos=1, retain=True)
     if link.on_command is not None:
-        await c.subscribe(link.topic("cmd"), 1)
+        await subscribe(c, link.topic("cmd"), 1)
     if link.outbox is not None:
-        await c.subscribe(link.topic("resend"), 1)
+        await subscribe(c, link.topic("resend"), 1)
     for leaf in list(link.extra_topics):
-        await c.subscribe(link.topic(leaf), 1)
+        await subscribe(c, link.topic(leaf), 1)
