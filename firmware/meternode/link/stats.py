@@ -1,0 +1,48 @@
+# The uplink's and the record log's counters as dicts (UplinkService.stats(), RecordLog.stats(),
+# Outbox.stats()): for tests and diagnostics.  Nothing on a running node asks
+# for them, so each stats() loads this module for its call and forgets it after (meternode.lazy):
+# a node holds neither this code nor its key names (docs/memory.md).
+
+
+def log(g):
+    n = 0
+    for s in g.segs:
+        n += s[3]
+    return {
+        "segments": len(g.segs),
+        "records": n,
+        "bytes": g.bytes_used(),
+        "first_seq": g.first_seq(),
+        "last_seq": g.last_seq,
+        "dropped": g.dropped,
+        "corrupt": g.corrupt,
+        "torn": g.torn,
+        "unwritten": g.unwritten,
+        "hw": g._hw,
+    }
+
+
+def outbox(ob):
+    return {
+        "acked": ob.cursor.acked,
+        "backlog": ob.backlog(),
+        "in_flight": len(ob._pending),
+        "published": ob.published,
+        "dup": ob.dups,
+        "ack_timeouts": ob.timeouts,
+        "unreadable": ob.skipped,
+        "missing": ob.missing,
+        "rewinds": ob.rewinds,
+    }
+
+
+def service(svc):
+    d = {"log": log(svc.log), "cursor": svc.cursor.acked, "results_dropped": svc.results_dropped}
+    c = svc.commands
+    if c is not None:
+        d["commands"] = {"accepted": c.accepted, "rejected": c.rejected, "failed": c.failed, "held": c.limiter.held}
+    if svc.outbox is not None:
+        d["outbox"] = outbox(svc.outbox)
+    if svc.link is not None:
+        d["link"] = svc.link.stats()
+    return d
