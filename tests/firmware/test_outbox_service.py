@@ -80,7 +80,9 @@ async def test_service_logs_reboot_profiles_and_reports_dropped_segments():
 def test_service_actions_validate_config_and_time():
     d = scratch_dir()
     node = FakeNode({"node_id": "svc1", "store": {"path": d + "/st"}, "cmd_key": "00" * 16})
-    u = UplinkService(node).actions
+    from meternode.link.actions import Actions
+
+    u = Actions(UplinkService(node))  # what commands do on this node
     u.set_config("telemetry_s", 2.0)
     eq(node.config["telemetry_s"], 2.0, "set")
     e = raises(ValueError, u.set_config, "profile_s", 7 * 60 + 1)
@@ -160,4 +162,43 @@ def test_rollback_of_a_key_config_json_left_out_restores_its_default():
     u._on_command(make_command(bytes(16), "svc1", "rollback", {"key": "profile_s"}, 2, now + 60, "r"))
     r = json.loads(u._results[-1][1])
     eq((r["status"], node.config["profile_s"], u.profile.period_s), ("done", 900, 900), "back to the default")
+    u.log.close()
+
+
+class _Link:
+    # stands in for MqttLink: up, every publish goes through (or none, when `ok` is False)
+    def __init__(self):
+        self.up = True
+        self.ok = True
+        self.sent = []
+
+    async def publish_live(self, leaf, payload, qos=0):
+        if self.ok:
+            self.sent.append((leaf, json.loads(payload)["id"] if leaf == "cmd/result" else None, qos))
+        return self.ok
+
+
+@heap("256k")
+async def test_results_go_out_in_order_with_qos_1_and_a_reboot_waits_for_them():
+    # report() publishes the queued command results on …/cmd/result (QoS 1), oldest first,
+    # and carries out an accepted reboot only once every result before it went out.
+    from meternode.link.commands import make_command
+
+    d = scratch_dir()
+    node = FakeNode({"node_id": "svc1", "store": {"path": d + "/st"}, "cmd_key": "00" * 16})
+    boots = []
+    node.reboot = boots.append  # the node's planned reboot (actions.reboot calls it)
+    u = UplinkService(node)
+    link = u.link = _Link()
+    now = int(node.hal.clock.time())
+    u._on_command(make_command(bytes(16), "svc1", "read_now", None, 1, now + 60, "a"))
+    u._on_command(make_command(bytes(16), "svc1", "reboot", None, 2, now + 60, "b"))
+    link.ok = False  # the link drops every publish: nothing leaves, no reboot
+    await u.report(now, _snap(230.0), '{"v": 230.0}')
+    eq((len(u._results), boots), (2, []), "results kept, reboot held back")
+    link.ok = True
+    await u.report(now + 2, _snap(230.0), '{"v": 230.0}')
+    eq(link.sent[0], ("telemetry", None, 0), "live telemetry first, QoS 0")
+    eq(link.sent[1:], [("cmd/result", "a", 1), ("cmd/result", "b", 1)], "results in order, QoS 1")
+    eq((u._results, boots), ([], ["command"]), "then the reboot, once")
     u.log.close()

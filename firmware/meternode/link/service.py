@@ -139,23 +139,16 @@ class UplinkService:
                 break
             q.pop(0)
         if self.commands is not None and self.commands.reboot_pending and not q:
-            self.actions.reboot()
+            # what commands do on this node (actions.py: loaded for the reboot)
+            from meternode.lazy import forget
+            from meternode.link.actions import Actions
+
+            forget("meternode.link.actions")
+            Actions(self).reboot()
 
     # -- MQTT ------------------------------------------------------------------------------
     def _describe(self):
         return {"version": VERSION, "model": self.node.board.get("name", "meter node"), "sensors": None}
-
-    @property
-    def actions(self):
-        # What commands do on this node (actions.py, loaded for the caller and forgotten
-        # with it); None without a command key.
-        if self.commands is None:
-            return None
-        from meternode.lazy import forget
-        from meternode.link.actions import Actions
-
-        forget("meternode.link.actions")
-        return Actions(self)
 
     def _on_command(self, payload):
         r = self.commands.handle(payload)
