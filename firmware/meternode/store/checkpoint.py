@@ -79,11 +79,6 @@ class Checkpointer:
         # meter, delta, period_ms, min_ms, extra, rejected and the mark)
         run(_INIT, "checkpointer", self, store, meter, delta_mwh, period_s, min_interval_s, extra)
 
-    def _mark(self):
-        r = self.meter.registers
-        self._last_imp = r.low_import()
-        self._last_exp = r.low_export()
-
     def restore(self):
         # Puts the newest good checkpoint back into the meter; returns its payload or None.
         # A checkpoint for another register layout (the board changed) is set aside, not
@@ -114,5 +109,7 @@ class Checkpointer:
             payload["extra"] = self.extra()
         self.store.write(payload)
         self._last_ms = now_ms
-        self._mark()
+        r = self.meter.registers  # the mark due() measures energy moved from
+        self._last_imp = r.low_import()
+        self._last_exp = r.low_export()
         return True

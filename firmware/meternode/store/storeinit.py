@@ -187,8 +187,16 @@ def checkpointer(self, store, meter, delta_mwh, period_s, min_interval_s, extra)
     self.min_ms = int(min_interval_s * 1000)
     self.extra = extra  # optional callable -> dict saved beside the registers
     self._last_ms = None
-    self._mark()
+    _mark(self)
     self.rejected = None
+
+
+def _mark(self):
+    # Checkpointer: the registers' low words now, the mark due() measures energy moved from
+    # (checkpoint.py's save() sets it after each write)
+    r = self.meter.registers
+    self._last_imp = r.low_import()
+    self._last_exp = r.low_export()
 
 
 def _newest(self):
@@ -231,7 +239,7 @@ def restore(self):
     except (KeyError, TypeError, ValueError) as e:
         self.rejected = "checkpoint %d not restored: %s" % (self.store.seq, e)
         return None
-    self._mark()
+    _mark(self)
     return p
 
 
