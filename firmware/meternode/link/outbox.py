@@ -59,9 +59,13 @@ class Outbox:
         self.beat = _nop  # the supervisor's progress report (supervisor.py), once per loop
         self.tokens = float(window)  # the bucket (the names are link/limiter.py's)
         self._t = _now()  # ticks_ms of the last refill (fractional tokens carry over)
-        self._topics = {}
+        self._topics = {}  # record kind -> topic; the kinds of one topic share its string
         for k in records.KIND_NAMES:
-            self._topics[k] = "%s/%s/%s" % (prefix, node_id, records.topic_leaf(k))
+            t = "%s/%s/%s" % (prefix, node_id, records.topic_leaf(k))
+            for v in self._topics.values():
+                if v == t:
+                    t = v
+            self._topics[k] = t
         # counters, for stats() and tests
         self.published = 0
         self.dups = 0
