@@ -108,9 +108,9 @@ def timed(fn, reps, rounds=5):
     return best
 
 # check the four agree before timing them (and hand the sums to the C check)
-kernels.clear(acc, 12); viper_once()
+kernels.move_add(acc, acc, 12); viper_once()
 a = list(acc)
-kernels.clear(acc2, 12); viper_plain()
+kernels.move_add(acc2, acc2, 12); viper_plain()
 a2 = list(acc2)
 b = [0] * 12; plain(buf, H, H + SETS, 2048, 2048, 20, b)
 c = [0] * 12; native(buf, H, H + SETS, 2048, 2048, 20, c)

@@ -104,7 +104,7 @@ def convert(self, at_cross):
     if at_cross:
         self._track_mid(acc, n)
         self._d = self._delay(fs)
-    kernels.clear(acc, len(acc))
+    kernels.move_add(acc, acc, len(acc))  # clears
     self._bn = 0
     self._bc = 0
     self._bm = 0

@@ -320,15 +320,10 @@ def signs(acc, lim, nel: int, n: int) -> int:
 @micropython.viper
 def move_add(src, dst, n: int):
     # dst[k] += src[k]; src[k] = 0 for k < n (a closed cycle's sums join the batch).
+    # move_add(a, a, n) clears a (the sum is stored, then the zero over it): the meter's
+    # clear, without a kernel of its own (machine code is heap on a board: docs/memory.md).
     s = ptr32(src)
     t = ptr32(dst)
     for k in range(n):
         t[k] = t[k] + s[k]
         s[k] = 0
-
-
-@micropython.viper
-def clear(acc, n: int):
-    o = ptr32(acc)
-    for k in range(n):
-        o[k] = 0

@@ -154,7 +154,7 @@ class Meter:
         self._pf = None
         self._cap_on = False
         self._track_mid(acc, mid_n)
-        kernels.clear(acc, len(acc))
+        kernels.move_add(acc, acc, len(acc))  # clears
         if self.quality is not None:
             self.quality.skip(n + lost)
         if fill and self.cycles and self.freq > 0.0:
@@ -225,7 +225,7 @@ class Meter:
                 self._fs = 0.0
             self._cap_on = False
             self._track_mid(acc, mid_n)
-            kernels.clear(acc, len(acc))
+            kernels.move_add(acc, acc, len(acc))  # clears
             return
         length = n + frac - pf  # sets in this cycle
         self.freq = self.rate / length  # this cycle's
