@@ -67,35 +67,26 @@ _RAD = math.pi / 180.0
 _MASK = (1 << 30) - 1
 
 
-class _Wave:
-    # One channel's waveform: the fundamental and its harmonics as (order, peak counts,
-    # phase rad) terms.  Made by siminit.setup, which checks the scenario's values.
-    def __init__(self, rms, angle_deg, harm, scale, lead):
-        self.scale = scale
-        self.harm = harm  # (order, relative amplitude, phase deg)
-        self.lead = lead
-        self.set(rms, angle_deg)
-
-    def set(self, rms, angle_deg):
-        self.rms = rms
-        self.angle = angle_deg
-        peak = rms * math.sqrt(2.0) / self.scale  # counts
-        ph = (self.lead - angle_deg) * _RAD
-        self.terms = [(1, peak, ph)]
-        for order, rel, hph in self.harm:
-            self.terms.append((order, peak * rel, ph * order + hph * _RAD))
-
-    def at(self, theta):
-        s = 0.0
-        for order, amp, ph in self.terms:
-            s += amp * math.sin(order * theta + ph)
-        return s
+def _wave(w, rms, angle_deg):
+    # One channel's waveform, a float array made by siminit.setup (which checks the
+    # scenario's values; an array, not an object with a list of tuples: docs/memory.md):
+    #   w[0] rms, w[1] angle (degrees its current lags), w[2] scale, w[3] lead (degrees),
+    #   then per term (the fundamental first: 1, 1, 0; then each harmonic) five values:
+    #   order, relative amplitude, phase (degrees), and the two set here: peak counts and
+    #   phase (rad).  The sample is sum peak * sin(order * theta + phase) (fill()).
+    w[0] = rms
+    w[1] = angle_deg
+    peak = rms * math.sqrt(2.0) / w[2]  # counts
+    ph = (w[3] - angle_deg) * _RAD
+    for k in range(4, len(w), 5):
+        w[k + 3] = peak * w[k + 1]
+        w[k + 4] = ph * w[k] + w[k + 2] * _RAD
 
 
 class SimSampler:
     def __init__(self, board, scen, clock):
         # The scenario's checks and the buffers are made once (siminit.py): loaded for it,
-        # forgotten after (docs/memory.md); the waves are objects of this module's _Wave.
+        # forgotten after (docs/memory.md); the waves are float arrays (_wave).
         from meternode.hal import siminit
 
         try:
@@ -111,7 +102,7 @@ class SimSampler:
         # Load step on current channel k (1-based channel index, as in the board's map);
         # harmonics keep their relative size.
         w = self._waves[k]
-        w.set(rms, w.angle if angle is None else angle)
+        _wave(w, rms, w[1] if angle is None else angle)
 
     def set_voltage(self, factor, seconds=-1.0):
         # Sag (< 1), swell (> 1) or interruption (0) for `seconds` (-1: until changed).
@@ -171,7 +162,7 @@ class SimSampler:
                     if not self._is_v[i]:
                         cur.append(i)
                 k = cur[int(ev["current"])]
-                self.set_current(k, float(ev.get("rms", self._waves[k].rms)), ev.get("angle"))
+                self.set_current(k, float(ev.get("rms", self._waves[k][0])), ev.get("angle"))
             if "voltage" in ev:
                 self.set_voltage(float(ev["voltage"]), float(ev.get("for", -1.0)))
             if "lose" in ev:
@@ -208,12 +199,18 @@ class SimSampler:
         w = _TWO_PI * f
         offs = self._offs  # per channel: its skew, and a current's voltage angle
         for c in range(nch):
-            offs[c] = skew[c] * w - (0.0 if is_v[c] else waves[vref[c]].angle * _RAD)
+            offs[c] = skew[c] * w - (0.0 if is_v[c] else waves[vref[c]][1] * _RAD)
         i = 0
         for _ in range(self.block_sets):
             th = ph * rad
             for c in range(nch):
-                x = waves[c].at(th + offs[c])
+                t = th + offs[c]
+                wv = waves[c]
+                x = 0.0
+                k = 4  # the wave's terms (_wave)
+                while k < len(wv):
+                    x += wv[k + 3] * math.sin(wv[k] * t + wv[k + 4])
+                    k += 5
                 if is_v[c]:
                     x *= vf
                 elif not load:

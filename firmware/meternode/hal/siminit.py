@@ -6,7 +6,8 @@ import math
 import random
 
 from meternode.config import ConfigError, need
-from meternode.hal.sim import _at, _Wave
+from meternode.hal.sim import _at, _wave
+from meternode.metrology.interp import floats
 
 
 def setup(s, board, scen, clock):
@@ -67,14 +68,23 @@ def setup(s, board, scen, clock):
         lead = need(c, "lead", float, w, default=0.0, lo=-30.0, hi=30.0)
         if ch["scale"] <= 0:
             raise ConfigError("%s: scale must be positive" % w)
-        harm = []
+        wave = floats(9 + 5 * len(hs))  # (sim._wave says what it holds)
+        wave[2] = ch["scale"]
+        wave[3] = lead
+        wave[4] = 1.0  # the fundamental: order 1, relative amplitude 1, phase 0
+        wave[5] = 1.0
+        j = 9
         for n, h in enumerate(hs):
             if not isinstance(h, list) or len(h) != 3:
                 raise ConfigError("%s.harmonics[%d] must be [order, relative amplitude, phase deg]" % (w, n))
             if not isinstance(h[0], int) or not 1 < h[0] < 64:
                 raise ConfigError("%s.harmonics[%d] order must be an integer 2..63, not %r" % (w, n, h[0]))
-            harm.append((h[0], float(h[1]), float(h[2])))
-        s._waves.append(_Wave(rms, angle, harm, ch["scale"], lead))
+            wave[j] = h[0]
+            wave[j + 1] = float(h[1])
+            wave[j + 2] = float(h[2])
+            j += 5
+        _wave(wave, rms, angle)
+        s._waves.append(wave)
     # current waves take the angle of the voltage they are paired with (3-phase)
     names = [ch["name"] for ch in chans]
     s._vref = []
