@@ -13,7 +13,6 @@ import math
 
 from meternode.metrology import interp, kernels
 
-_TWO_PI = 2.0 * math.pi
 _F_TOL = 0.01  # Hz: interpolation weights are recomputed beyond this change
 _PH_TOL = 0.002  # degrees
 
@@ -76,7 +75,7 @@ def convert(self, at_cross):
         df = fs - wt[j + 8]
         dp = ph - wt[j + 11]
         if df > _F_TOL or df < -_F_TOL or dp > _PH_TOL or dp < -_PH_TOL or d != wt[j + 12]:
-            _weights(self, e, fs, ph, a, b)
+            interp.weights(self, e, fs, ph, a, b)
         mvi = means[a] * means[b] * n
         g = sc[a] * sc[b] * inv
         pp[e] = g * (
@@ -111,16 +110,3 @@ def convert(self, at_cross):
     self.energy.cycle(pp, qq, self.s, n)
     self.window.cycle(self, nc, f)
     self.seconds.batch(nc, f, vrms[self.v_channel], imax, ptot)
-
-
-def _weights(self, e, f, ph, a, b):
-    # Interpolation weights for element e (interp.py), cached: recomputed when f moves
-    # by _F_TOL, the net phase by _PH_TOL or the quarter-cycle delay d changes.
-    w = _TWO_PI * f
-    dt = self._t_slot[b] - self._t_slot[a] + math.radians(ph) / w
-    wt = self._wt
-    j = 13 * e
-    interp.weights(wt, j, f, self.rate, dt, self._d, self._m)
-    wt[j + 10] = wt[j] + wt[j + 1] + wt[j + 2] + wt[j + 3]
-    wt[j + 11] = ph
-    wt[j + 12] = self._d

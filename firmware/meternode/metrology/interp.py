@@ -23,10 +23,6 @@ def floats(n):
     return array.array(tc, bytes((8 if tc == "d" else 4) * n))
 
 
-def scratch():
-    return [floats(5), floats(5), floats(5), floats(5)]
-
-
 def solve(A, ths, shift, target, out, j):
     # out[j..j+3] = the four weights (see the header); A is a 4x5 scratch matrix.
     r = 0
@@ -55,11 +51,22 @@ def solve(A, ths, shift, target, out, j):
         out[j + c] = x / A[c][c]
 
 
-def weights(wt, j, f, rate, dt, d, A):
-    # wt[j..j+3] P taps, wt[j+4..j+7] Q taps, wt[j+8] = f, wt[j+9] = sum of the Q taps.
+def weights(m, e, f, ph, a, b):
+    # Meter m's interpolation weights for element e (voltage channel a, current b) at
+    # frequency f and net phase ph (degrees), into its cache m._wt[j..j+12], j = 13 e:
+    # j..j+3 P taps, j+4..j+7 Q taps, then f, the sum of the Q taps, the sum of the P taps,
+    # ph and the quarter-cycle delay d they were solved for (convert.py re-solves them
+    # when f, ph or d moves).
     w = 2.0 * math.pi * f
-    ths = w / rate
-    solve(A, ths, 0, w * dt, wt, j)
-    solve(A, ths, -d, w * dt - _HALF_PI, wt, j + 4)
+    dt = m._t_slot[b] - m._t_slot[a] + math.radians(ph) / w  # conversion skew + phase lead
+    ths = w / m.rate
+    wt = m._wt
+    j = 13 * e
+    d = m._d
+    solve(m._m, ths, 0, w * dt, wt, j)
+    solve(m._m, ths, -d, w * dt - _HALF_PI, wt, j + 4)
     wt[j + 8] = f
     wt[j + 9] = wt[j + 4] + wt[j + 5] + wt[j + 6] + wt[j + 7]
+    wt[j + 10] = wt[j] + wt[j + 1] + wt[j + 2] + wt[j + 3]
+    wt[j + 11] = ph
+    wt[j + 12] = d

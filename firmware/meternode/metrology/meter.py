@@ -84,11 +84,7 @@ class Meter:
         # The rate the sampler's timer really produces (hal: sampler.rate_actual), before
         # the first block: the measurement starts from it.
         self.timebase.use(rate_actual)
-        self._set_rate(self.timebase.rate)
-
-    def _set_rate(self, r):
-        self.rate = r
-        self.energy.rate = r
+        self.rate = self.energy.rate = self.timebase.rate
 
     def _delay(self, f):
         d = int(self.rate / (4 * f) + 0.5)  # nearest: steady at 20 for 50 Hz at 4 kS/s
@@ -104,8 +100,10 @@ class Meter:
             self._lost_seen = lost
             if seen is not None:
                 dl = (lost - seen) & _MASK
-                if dl:
-                    self._gap(dl)
+                if dl:  # a gap: the signal is discontinuous
+                    self.gaps = (self.gaps + 1) & _MASK
+                    self.lost_sets = (self.lost_sets + dl) & _MASK
+                    self._break(dl, dl <= self._fill_max)
         nch = self.nch
         work = self._work
         off = 0
@@ -123,13 +121,7 @@ class Meter:
             tb = self.timebase
             tb.block(nsets + dl, stamp_us)
             if tb.rate != self.rate:
-                self._set_rate(tb.rate)
-
-    def _gap(self, n):
-        # The sampler lost n sets before this block: the signal is discontinuous.
-        self.gaps = (self.gaps + 1) & _MASK
-        self.lost_sets = (self.lost_sets + n) & _MASK
-        self._break(n, n <= self._fill_max)
+                self.rate = self.energy.rate = tb.rate
 
     def coast(self, n):
         # n sets of steady signal that were not sampled (the sim's fast-forward, see

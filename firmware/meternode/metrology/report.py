@@ -17,13 +17,7 @@ class Window:
         self.elements = elements
         # the window's sums in one float array made once (interp.floats): per element
         # I^2, P, Q (weighted by cycles), P min, P max (5 words), then V^2 per channel
-        self.w = floats(5 * elements + nch)
-        self.reset()
-
-    def reset(self):
-        w = self.w
-        for k in range(len(w)):
-            w[k] = 0
+        self.w = floats(5 * elements + nch)  # (zeros; snapshot() zeroes it again)
         self.w_n = 0
         self.w_f = 0.0
 
@@ -88,7 +82,9 @@ class Window:
                     "q": q,
                     "s": s,
                     "pf": max(-1.0, min(1.0, pf)),
-                    "quadrant": quadrant(p, q),
+                    # by the signs of P and Q: 1 = +P +Q (import, inductive), 2 = -P +Q,
+                    # 3 = -P -Q, 4 = +P -Q (import, capacitive)
+                    "quadrant": (1 if q >= 0.0 else 4) if p >= 0.0 else (2 if q >= 0.0 else 3),
                     "p_min": w[k + 3],
                     "p_max": w[k + 4],
                     "e_imp_wh": r.get(e, 0) / 1000.0,
@@ -120,13 +116,8 @@ class Window:
         }
         if m.quality is not None:
             snap["pq"] = m.quality.report()
-        self.reset()
+        for k in range(len(w)):  # the next window
+            w[k] = 0
+        self.w_n = 0
+        self.w_f = 0.0
         return snap
-
-
-def quadrant(p, q):
-    # Quadrants by the signs of P and Q: 1 = +P +Q (import, inductive), 2 = -P +Q,
-    # 3 = -P -Q, 4 = +P -Q (import, capacitive).
-    if p >= 0.0:
-        return 1 if q >= 0.0 else 4
-    return 2 if q >= 0.0 else 3

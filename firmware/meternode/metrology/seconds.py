@@ -63,24 +63,22 @@ class Seconds:
                 self.closed = (self.closed + k) & _WRAP
                 left += k * self.rate
                 continue
-            self._close(e_mwh_fn())
+            # the second closes into the ring
+            k = self.closed % _N
+            j = 4 * k
+            nc = self._nc
+            rf = self._rf
+            a = self._acc
+            for x in range(4):
+                # no mains cycle measured in this second: zeros
+                rf[j + x] = (a[x] if x == 2 else a[x] / nc) if nc else 0
+                a[x] = 0
+            self._rc[k] = nc
+            self._re[k] = e_mwh_fn()
+            self.closed = (self.closed + 1) & _WRAP
+            self._nc = 0
             left += self.rate
         self._left = left
-
-    def _close(self, e_mwh):
-        k = self.closed % _N
-        j = 4 * k
-        nc = self._nc
-        rf = self._rf
-        a = self._acc
-        for x in range(4):
-            # no mains cycle measured in this second: zeros
-            rf[j + x] = (a[x] if x == 2 else a[x] / nc) if nc else 0
-            a[x] = 0
-        self._rc[k] = nc
-        self._re[k] = e_mwh
-        self.closed = (self.closed + 1) & _WRAP
-        self._nc = 0
 
     def get(self, idx, out):
         # Copies closed second number idx (mod 2**30) into out = [f, v, i, p, e_mwh, cycles].

@@ -93,10 +93,9 @@ class Timebase:
         elif o < self._o2:
             self._o2 = o
             self._n2 = n
-        if us >= self._wlen:
-            self._close()
-
-    def _close(self):
+        if us < self._wlen:
+            return
+        # the window closes: its rate from the early envelope, and the next window
         dn = self._n2 - self._n1
         if self._o1 != _NONE and self._o2 != _NONE and dn > 0:
             # 1/R = 1/R_ref + (o2 - o1) / (dn * 1e6): the slope of the early envelope
