@@ -19,8 +19,19 @@
 #
 # `rate` is the meter's measured sample rate (metrology/timebase.py): a cycle of n sets
 # lasts n / rate seconds.  The windows themselves are counted in sets (integers).
+from micropython import const
+
 from meternode.metrology.interp import floats
 from meternode.metrology.registers import split
+
+# the windows' counters, one list (an attribute and a name each would cost more:
+# docs/memory.md): sets in the creep window and its length, sets in the demand period and
+# its length, demand periods completed
+_WN = const(0)
+_WSETS = const(1)
+_DN = const(2)
+_DSETS = const(3)
+_DPER = const(4)
 
 
 class Energy:
@@ -30,19 +41,15 @@ class Energy:
         self.n = e
         self._thr = thresholds  # W (and var) per element
         self.rate = rate  # sets per second, measured (the meter updates it)
-        self._win_sets = window_sets
-        self._dem_sets = demand_sets
+        self._c = [0, window_sets, 0, demand_sets, 0]
         self.on = [False] * e  # registration gate per element
         # (float arrays, not lists: interp.floats)
         self._pend = floats(8 * e)  # per element, register fields (J) while the gate is shut
         self._wsum = floats(3 * e)  # per element, creep window: P J, Q J, seconds
-        self._win_n = 0
         self._fine = floats(8 * (e + 1))  # this window's registered energy, split (J)
-        self._tar_imp = 0.0
-        self._tar_exp = 0.0
-        self._dem_e = 0.0
-        self._dem_n = 0
-        self._dem_periods = 0
+        # this window's total import and export for the tariff registers, and the demand
+        # period's net import energy (J)
+        self._t = floats(3)
         self.demand_w = 0.0  # last completed demand period, W
         self.clock = None  # optional: object with time() for demand timestamps
 
@@ -87,41 +94,44 @@ class Energy:
                     f[k + 3] += q
                 else:
                     f[k + 4] -= q
+        t = self._t
         if tp or tq:
             split(fine, 8 * self.n, tp, tq, (tp * tp + tq * tq) ** 0.5)
             if tp >= 0.0:
-                self._tar_imp += tp
+                t[0] += tp
             else:
-                self._tar_exp -= tp
-        self._dem_e += tp
-        self._win_n += n
-        self._dem_n += n
-        if self._win_n >= self._win_sets:
+                t[1] -= tp
+        t[2] += tp
+        c = self._c
+        c[_WN] += n
+        c[_DN] += n
+        if c[_WN] >= c[_WSETS]:
             self.flush()
-        if self._dem_n >= self._dem_sets:
+        if c[_DN] >= c[_DSETS]:
             self.flush()
-            self.demand_w = max(0.0, self._dem_e * self.rate / self._dem_n)
-            self._dem_periods += 1
+            self.demand_w = max(0.0, t[2] * self.rate / c[_DN])
+            c[_DPER] += 1
             # the period's end: the node's clock, else seconds of sample clock (the periods
             # so far; allocates past 2**30 s only, once a period)
-            at = self.clock.time() if self.clock else self._dem_periods * self._dem_sets // int(self.rate + 0.5)
+            at = self.clock.time() if self.clock else c[_DPER] * c[_DSETS] // int(self.rate + 0.5)
             self.registers.demand(self.demand_w, int(at))
-            self._dem_e = 0.0
-            self._dem_n = 0
+            t[2] = 0.0
+            c[_DN] = 0
 
     def commit(self):
         # Float window sums -> integer registers (also before a tariff change).
         fine = self._fine
-        self.registers.commit(fine, self._tar_imp, self._tar_exp)
+        t = self._t
+        self.registers.commit(fine, t[0], t[1])
         for k in range(len(fine)):
             fine[k] = 0.0
-        self._tar_imp = 0.0
-        self._tar_exp = 0.0
+        t[0] = 0.0
+        t[1] = 0.0
 
     def flush(self):
         # End the creep window now: open or shut each gate, register or discard.
         self.commit()
-        if not self._win_n:
+        if not self._c[_WN]:
             return
         w = self._wsum
         pend = self._pend
@@ -148,5 +158,5 @@ class Energy:
             w[3 * e + 2] = 0.0
         if late:
             self.registers.add_net(net_p, net_q)
-            self._dem_e += net_p
-        self._win_n = 0
+            self._t[2] += net_p
+        self._c[_WN] = 0

@@ -252,7 +252,7 @@ class Meter:
     def _track_mid(self, acc, n):
         if n:
             sw = kernels.MID_SWING
-            kernels.track_mids(acc, self._sxa, self._mid, self.nch, n, self._mid0 - sw, self._mid0 + sw)
+            kernels.track_mids(acc, self._sx, self._mid, self.nch, n, self._mid0 - sw, self._mid0 + sw)
 
     def flush(self):
         # End the creep window now (before a checkpoint, a test reading or shutdown); the

@@ -169,27 +169,28 @@ def setup(m, board, cal, options):
 
 def _layout(m):
     # accumulator: 12 words per pair (kernels.block_sums), then 2 per voltage channel
-    # that no pair covers; _sx[c] is where channel c's sum x (then sum x*x) is.
-    m._sx = [-1] * m.nch
+    # that no pair covers; _sx[c] is where channel c's sum x (then sum x*x) is (an array:
+    # track_mids reads it, and it is the meter's only copy).
+    sx = [-1] * m.nch
     for e, (a, b) in enumerate(m.pairs):
-        if m._sx[a] < 0:
-            m._sx[a] = 12 * e
-        m._sx[b] = 12 * e + 2
-    m._lone = []
+        if sx[a] < 0:
+            sx[a] = 12 * e
+        sx[b] = 12 * e + 2
+    lone = []
     k = 12 * m.elements
     for c in range(m.nch):
-        if m._sx[c] < 0:
-            m._sx[c] = k
-            m._lone.append(c)
+        if sx[c] < 0:
+            sx[c] = k
+            lone.append(c)
             k += 2
     m._n_at = k
-    lay = [len(m.pairs), len(m._lone)]
+    lay = [len(m.pairs), len(lone)]
     for a, b in m.pairs:
         lay += [a, b]
-    for c in m._lone:
-        lay += [c, m._sx[c]]
+    for c in lone:
+        lay += [c, sx[c]]
     m._lay = array.array("i", lay)
-    m._sxa = array.array("i", m._sx)
+    m._sx = array.array("i", sx)
 
 
 def cal_cache(m):

@@ -26,6 +26,16 @@ _W0 = const(1 << 20)  # us, first window
 _WMAX = const(1 << 28)  # us, longest window
 _STALL = const(1 << 27)  # us between two stamps beyond which the window restarts
 _NONE = const(1 << 29)  # no offset seen yet (offsets stay far below)
+# the window's integers, in one list (an attribute and a name each would cost more:
+# docs/memory.md); _start() zeroes all but the length
+_N = const(0)  # sets since the window started
+_US = const(1)  # us since the window started (sum of stamp differences)
+_PRED = const(2)  # us predicted for _N sets at the current rate (its fraction: _pf)
+_O1 = const(3)  # lowest offset (us) in the first half, and the sets there
+_N1 = const(4)
+_O2 = const(5)  # ... in the second half
+_N2 = const(6)
+_WLEN = const(7)  # the window's length, us
 
 
 class Timebase:
@@ -36,7 +46,8 @@ class Timebase:
         self.windows = 0  # windows completed (rate measured)
         self.resets = 0  # windows restarted (implausible stamps)
         self._st = None  # previous stamp
-        self._wlen = _W0
+        self._w = [0] * 8
+        self._w[_WLEN] = _W0
         self._start()
 
     def use(self, rate_actual):
@@ -52,16 +63,13 @@ class Timebase:
         self._start()
 
     def _start(self):
-        self._n = 0  # sets since the window started
-        self._us = 0  # us since the window started (sum of stamp differences)
-        self._pred = 0  # us predicted for _n sets at the current rate
-        self._pf = 0.0  # its fraction
+        w = self._w
+        for k in range(_WLEN):
+            w[k] = 0
+        w[_O1] = _NONE
+        w[_O2] = _NONE
+        self._pf = 0.0  # the fraction of w[_PRED]
         self._per = 1000000.0 / self.rate
-        self._half = self._wlen >> 1
-        self._o1 = _NONE  # lowest offset (us) in the first half, and the sets there
-        self._n1 = 0
-        self._o2 = _NONE  # ... in the second half
-        self._n2 = 0
 
     def block(self, n, stamp):
         # n sets (delivered + lost) whose last one was converted at ticks_us `stamp`.
@@ -76,36 +84,37 @@ class Timebase:
             self.resets += 1
             self._start()
             return
-        us = self._us + d
-        self._us = us
+        w = self._w
+        us = w[_US] + d
+        w[_US] = us
         x = self._pf + n * self._per
         k = int(x)
         self._pf = x - k
-        k += self._pred
-        self._pred = k
+        k += w[_PRED]
+        w[_PRED] = k
         o = us - k  # the stamp's offset from the prediction
-        n += self._n
-        self._n = n
-        if us < self._half:
-            if o < self._o1:
-                self._o1 = o
-                self._n1 = n
-        elif o < self._o2:
-            self._o2 = o
-            self._n2 = n
-        if us < self._wlen:
+        n += w[_N]
+        w[_N] = n
+        if us < w[_WLEN] >> 1:
+            if o < w[_O1]:
+                w[_O1] = o
+                w[_N1] = n
+        elif o < w[_O2]:
+            w[_O2] = o
+            w[_N2] = n
+        if us < w[_WLEN]:
             return
         # the window closes: its rate from the early envelope, and the next window
-        dn = self._n2 - self._n1
-        if self._o1 != _NONE and self._o2 != _NONE and dn > 0:
+        dn = w[_N2] - w[_N1]
+        if w[_O1] != _NONE and w[_O2] != _NONE and dn > 0:
             # 1/R = 1/R_ref + (o2 - o1) / (dn * 1e6): the slope of the early envelope
-            c = self.rate * (self._o2 - self._o1) / (dn * 1000000.0)
+            c = self.rate * (w[_O2] - w[_O1]) / (dn * 1000000.0)
             r = self.rate / (1.0 + c)
             if abs(r - self.rate0) > 0.05 * self.rate0:
                 self.resets += 1
             else:
                 self.rate = r
                 self.windows += 1
-                if self._wlen < _WMAX:
-                    self._wlen <<= 1
+                if w[_WLEN] < _WMAX:
+                    w[_WLEN] <<= 1
         self._start()
