@@ -104,16 +104,6 @@ class SimSampler:
         w = self._waves[k]
         _wave(w, rms, w[1] if angle is None else angle)
 
-    def set_voltage(self, factor, seconds=-1.0):
-        # Sag (< 1), swell (> 1) or interruption (0) for `seconds` (-1: until changed).
-        self.vfactor = factor
-        self._v_until = self.t + seconds if seconds >= 0 else -1.0
-
-    @property
-    def t(self):
-        # simulated seconds since start (float: events and sags, block resolution)
-        return self._el_s + self._el_us * 1e-6
-
     def _advance(self, nsets):
         # nsets more sets of true time: the clock, the elapsed time, the stamp
         x = self._us_frac + nsets * self._us_per_set
@@ -141,13 +131,10 @@ class SimSampler:
         self._ph = (self._ph + (nsets % den) * int(f * self._sub + 0.5)) % den
         self._advance(nsets)
 
-    def lose(self, nsets):
-        # A gap: nsets sets are never delivered, and counted in `lost`.
-        self._skip(nsets)
-        self.lost = (self.lost + nsets) & _MASK
-
     def _apply_events(self):
-        t = self.t
+        # the scenario's events due by now: simulated seconds since start (a float: events
+        # and sags have block resolution)
+        t = self._el_s + self._el_us * 1e-6
         if self._v_until >= 0 and t >= self._v_until:
             self.vfactor = 1.0
             self._v_until = -1.0
@@ -163,10 +150,14 @@ class SimSampler:
                         cur.append(i)
                 k = cur[int(ev["current"])]
                 self.set_current(k, float(ev.get("rms", self._waves[k][0])), ev.get("angle"))
-            if "voltage" in ev:
-                self.set_voltage(float(ev["voltage"]), float(ev.get("for", -1.0)))
-            if "lose" in ev:
-                self.lose(int(ev["lose"]))
+            if "voltage" in ev:  # a sag (< 1), swell (> 1) or interruption (0) for `for` s
+                self.vfactor = float(ev["voltage"])
+                s = float(ev.get("for", -1.0))  # (-1: until the next voltage event)
+                self._v_until = self._el_s + self._el_us * 1e-6 + s if s >= 0 else -1.0
+            if "lose" in ev:  # a gap: the sets are never delivered, and counted in `lost`
+                n = int(ev["lose"])
+                self._skip(n)
+                self.lost = (self.lost + n) & _MASK
 
     def start(self):
         self.running = True
