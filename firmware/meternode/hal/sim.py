@@ -235,8 +235,7 @@ class SimSampler:
                 await asyncio.sleep_ms(0)
         else:
             await asyncio.sleep_ms(0)
-        self._which ^= 1
-        buf = self._bufs[self._which]
+        buf = self._bufs[0]  # (one: a block is valid until the following call, hal/__init__.py)
         us = self.fill(buf)
         if self.realtime:  # the next block is due one block of true time later
             x = self._pace_us + us

@@ -122,8 +122,9 @@ def setup(s, board, scen, clock):
     s._den = int(s.rate_true * sub + 0.5)
     s._ph = 0
     n = s.nch * s.block_sets
-    s._bufs = (array.array("H", bytes(2 * n)), array.array("H", bytes(2 * n)))
-    s._which = 0
+    # the block's buffer: one, refilled by each next_block() (a block is valid until the
+    # following call: hal/__init__.py), in a tuple as tests and benchmarks read it
+    s._bufs = (array.array("H", bytes(2 * n)),)
     s.sets = 0  # sample sets produced since start (wraps below 2**30)
     s._dus = 0  # drift phase, us into the drift period
     s._wall_next = None  # realtime: wall ticks_ms when the next block is due
