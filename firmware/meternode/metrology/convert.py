@@ -46,10 +46,8 @@ def convert(self, at_cross):
     self._fs = fs
     sx = self._sx
     means = self._means
-    sc = self._sc
-    off = self._off
+    sc, off, isv, phc = self._cc  # (meterinit.cal_cache)
     vrms = self.vrms
-    isv = self._isv
     inv = 1.0 / n
     for c in range(self.nch):
         k = sx[c]
@@ -57,7 +55,6 @@ def convert(self, at_cross):
         if isv[c]:
             vrms[c] = rms(sc[c], off[c], acc[k], acc[k + 1], inv)
     wt = self._wt
-    phc = self._phc
     d = self._d
     pp = self.p
     qq = self.q

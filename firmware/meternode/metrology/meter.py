@@ -157,7 +157,7 @@ class Meter:
         work = self._work
         acc = self._acc
         nch = self.nch
-        a0 = self._a0
+        a0 = self.v_channel
         i = _H
         while i < stop:
             lim = i + kernels.MAX_SETS - acc[self._n_at]
@@ -227,7 +227,8 @@ class Meter:
         # 0.5 % of its nominal power) starts a new batch, so import / export and the
         # quadrants are netted cycle by cycle as if the cycles were converted one by one;
         # only cycles inside the band may be netted with the others of their batch.
-        sg = kernels.signs(acc, self._lim, self._nsg, n)
+        # (signs has 8 bits per kind: elements 9.. batch freely)
+        sg = kernels.signs(acc, self._lim, min(self.elements, 8), n)
         bm = self._bm
         if self._bc and (self._bn + n > kernels.MAX_SETS or (sg & (bm >> 8) | (sg >> 8) & bm) & 0xFF00FF):
             convert(self, False)  # this cycle was summed with the batch's mids and delay: keep them

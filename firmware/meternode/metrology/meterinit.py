@@ -38,7 +38,7 @@ def setup(m, board, cal, options):
     bits = adc["bits"]
     if bits > kernels.MAX_BITS:
         raise ConfigError("board.adc.bits = %d: the kernels take at most %d bits" % (bits, kernels.MAX_BITS))
-    m.f_nom = float(_opt(opts, "mains_hz", 50.0, 40.0, 70.0))
+    f_nom = float(_opt(opts, "mains_hz", 50.0, 40.0, 70.0))
     if rate / (4 * 45.0) + 4 > _H:
         raise ConfigError("board.adc.rate = %d is above %d sets/s (quarter-cycle history)" % (rate, 11000))
     m._mid0 = 1 << (bits - 1)
@@ -53,7 +53,6 @@ def setup(m, board, cal, options):
     for k in range(nch):
         m._t_slot[k] = skew * k
     volts = [k for k in range(nch) if chans[k]["kind"] == "voltage"]
-    m._a0 = volts[0]
     m.v_channel = volts[0]  # the channel whose crossings define the cycles
     m.pairs = []  # (voltage channel, current channel) per element
     for k in range(nch):
@@ -65,7 +64,6 @@ def setup(m, board, cal, options):
             raise ConfigError("board.channels.%s.voltage = %r is not a voltage channel" % (ch["name"], vname))
         m.pairs.append((m.names.index(vname), k))
     m.elements = len(m.pairs)
-    m.element_names = [m.names[b] for _, b in m.pairs]
     netting = opts.get("netting", "vector")
     if netting not in NETTINGS:
         raise ConfigError("metrology.netting must be one of %s, not %r" % ("/".join(NETTINGS), netting))
@@ -116,7 +114,7 @@ def setup(m, board, cal, options):
         m._keep[c] = 0.875**c
     m._state = array.array("i", [0])
     m._mid = array.array("i", [m._mid0] * nch)
-    m._d = m._delay(m.f_nom)
+    m._d = m._delay(f_nom)
     m._means = floats(nch)
     # per element: 4 P taps, 4 Q taps, f, Q sum, P sum, then the net phase and the
     # quarter-cycle delay they were solved for (interp.weights)
@@ -145,7 +143,6 @@ def setup(m, board, cal, options):
     m._e_import = m.registers.low_import  # bound once: called per closed second
     m._lim = array.array("i", bytes(4 * m.elements))
     m._bm = 0  # the batch's signs (kernels.signs)
-    m._nsg = min(m.elements, 8)  # signs has 8 bits per kind: elements 9.. batch freely
     cal_cache(m)
     # power quality (quality.py), opt-in: metrology.quality = true
     m.quality = None
@@ -158,7 +155,7 @@ def setup(m, board, cal, options):
         m.quality = Quality(
             [m.names[v] for v in volts],
             [chans[v].get("nominal", 230.0) for v in volts],
-            m.f_nom,
+            f_nom,
             opts.get("pq", {}),
             rate,
         )
@@ -197,15 +194,18 @@ def cal_cache(m):
     # Flat per-channel values for the per-cycle maths (properties cost a call each), at
     # setup and after Meter.set_calibration.
     # (loops, not comprehensions: each of those is a function held with the module)
+    # m._cc = (scale, offset, is-voltage per channel, net phase per element or None: from
+    # the phase table at the current), one attribute for the four (convert.py)
     cal = m.cal
-    sc = m._sc = []
-    off = m._off = []
-    isv = m._isv = []
+    sc = []
+    off = []
+    isv = []
+    phc = []
+    m._cc = (sc, off, isv, phc)
     for c in cal:
         sc.append(c.scale)
         off.append(c.offset)
         isv.append(c.kind == "voltage")
-    phc = m._phc = []
     # and the sign band per element in raw product units per set (kernels.signs)
     lim = m._lim
     e = 0

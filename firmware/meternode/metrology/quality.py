@@ -113,7 +113,7 @@ class Quality:
         inv = 1.0 / n
         for k in range(len(vq)):
             c = m._vidx[k]
-            vq[k] = rms(m._sc[c], m._off[c], acc[sx[c]], acc[sx[c] + 1], inv)
+            vq[k] = rms(m._cc[0][c], m._cc[1][c], acc[sx[c]], acc[sx[c] + 1], inv)  # scale, offset
         if self.cycle(vq, n, m.rate):
             m._cap_on = True
             m._cap_n = 0

@@ -75,7 +75,7 @@ class Window:
                 qv.append(x / 1000.0)
             els.append(
                 {
-                    "name": m.element_names[e],
+                    "name": m.names[m.pairs[e][1]],  # the element's current channel
                     "v": vrms[a],
                     "i": irms,
                     "p": p,
