@@ -56,6 +56,8 @@ import math
 import random
 import time
 
+from micropython import const
+
 from meternode import ticks
 from meternode.hal.simclock import SimClock
 from meternode.lazy import forget
@@ -64,10 +66,10 @@ _TWO_PI = 2.0 * math.pi
 _RAD = math.pi / 180.0
 
 
-_MASK = (1 << 30) - 1
+_MASK = const(0x3FFFFFFF)  # counters wrap below 2**30
 
 
-def _wave(w, rms, angle_deg):
+def _wave(w, rms, angle):
     # One channel's waveform, a float array made by siminit.setup (which checks the
     # scenario's values; an array, not an object with a list of tuples: docs/memory.md):
     #   w[0] rms, w[1] angle (degrees its current lags), w[2] scale, w[3] lead (degrees),
@@ -75,9 +77,9 @@ def _wave(w, rms, angle_deg):
     #   order, relative amplitude, phase (degrees), and the two set here: peak counts and
     #   phase (rad).  The sample is sum peak * sin(order * theta + phase) (fill()).
     w[0] = rms
-    w[1] = angle_deg
+    w[1] = angle  # degrees
     peak = rms * math.sqrt(2.0) / w[2]  # counts
-    ph = (w[3] - angle_deg) * _RAD
+    ph = (w[3] - angle) * _RAD
     for k in range(4, len(w), 5):
         w[k + 3] = peak * w[k + 1]
         w[k + 4] = ph * w[k] + w[k + 2] * _RAD
@@ -262,8 +264,8 @@ class SimSampler:
         meter.coast(n)
 
 
-def _at(ev):
-    return float(ev.get("at", 0.0)) if isinstance(ev, dict) else 0.0
+def _at(e):  # an event's time
+    return float(e.get("at", 0.0)) if isinstance(e, dict) else 0.0
 
 
 class SimHal:

@@ -13,9 +13,6 @@ import math
 
 from meternode.metrology import interp, kernels
 
-_F_TOL = 0.01  # Hz: interpolation weights are recomputed beyond this change
-_PH_TOL = 0.002  # degrees
-
 
 def rms(sc, o, s, q, inv):
     # RMS of one channel from its sums s = sum x, q = sum x*x over 1 / inv sets: the mean
@@ -71,7 +68,8 @@ def convert(self, at_cross):
         j = 13 * e
         df = fs - wt[j + 8]
         dp = ph - wt[j + 11]
-        if df > _F_TOL or df < -_F_TOL or dp > _PH_TOL or dp < -_PH_TOL or d != wt[j + 12]:
+        # re-solved when f moves by 0.01 Hz, the phase by 0.002 degrees or d changes
+        if df > 0.01 or df < -0.01 or dp > 0.002 or dp < -0.002 or d != wt[j + 12]:
             interp.weights(self, e, fs, ph, a, b)
         mvi = means[a] * means[b] * n
         g = sc[a] * sc[b] * inv

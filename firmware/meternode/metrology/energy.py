@@ -53,10 +53,10 @@ class Energy:
         self.demand_w = 0.0  # last completed demand period, W
         self.clock = None  # optional: object with time() for demand timestamps
 
-    def cycle(self, ps, qs, ss, n):
-        # A batch of n sets: mean P, Q, S per element.  It is split by sign and quadrant
-        # here (netted on its own); the integer registers take the window's float sums at
-        # flush(), once per creep window.
+    def cycle(self, p, q, s, n):
+        # A batch of n sets: mean P, Q, S per element (the meter's arrays p, q, s).  It is
+        # split by sign and quadrant here (netted on its own); the integer registers take
+        # the window's float sums at flush(), once per creep window.
         dt = n / self.rate
         on = self.on
         main = self.registers.main
@@ -66,34 +66,34 @@ class Energy:
         tq = 0.0
         pend = self._pend
         for e in range(self.n):
-            p = ps[e] * dt
-            q = qs[e] * dt
+            pj = p[e] * dt  # this element's energies in the batch, J (var-s)
+            qj = q[e] * dt
             k = 3 * e
-            w[k] += p
-            w[k + 1] += q
+            w[k] += pj
+            w[k + 1] += qj
             w[k + 2] += dt
             if on[e]:
                 f = fine
                 if main[e]:  # only the grid connection counts in the total
-                    tp += p
-                    tq += q
+                    tp += pj
+                    tq += qj
             else:
                 f = pend
             k = 8 * e  # split by sign and quadrant, as registers.split() (inlined: per cycle)
-            if p >= 0.0:
-                f[k] += p
-                f[k + 6] += ss[e] * dt
-                if q >= 0.0:
-                    f[k + 2] += q
+            if pj >= 0.0:
+                f[k] += pj
+                f[k + 6] += s[e] * dt
+                if qj >= 0.0:
+                    f[k + 2] += qj
                 else:
-                    f[k + 5] -= q
+                    f[k + 5] -= qj
             else:
-                f[k + 1] -= p
-                f[k + 7] += ss[e] * dt
-                if q >= 0.0:
-                    f[k + 3] += q
+                f[k + 1] -= pj
+                f[k + 7] += s[e] * dt
+                if qj >= 0.0:
+                    f[k + 3] += qj
                 else:
-                    f[k + 4] -= q
+                    f[k + 4] -= qj
         t = self._t
         if tp or tq:
             split(fine, 8 * self.n, tp, tq, (tp * tp + tq * tq) ** 0.5)

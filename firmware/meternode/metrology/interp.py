@@ -12,8 +12,6 @@
 import array
 import math
 
-_HALF_PI = math.pi / 2.0
-
 
 def floats(n):
     # n zeros in an array of the port's float precision (single on a board), for the meter's
@@ -64,7 +62,7 @@ def weights(m, e, f, ph, a, b):
     j = 13 * e
     d = m._d
     solve(m._m, ths, 0, w * dt, wt, j)
-    solve(m._m, ths, -d, w * dt - _HALF_PI, wt, j + 4)
+    solve(m._m, ths, -d, w * dt - math.pi / 2.0, wt, j + 4)  # a quarter cycle earlier
     wt[j + 8] = f
     wt[j + 9] = wt[j + 4] + wt[j + 5] + wt[j + 6] + wt[j + 7]
     wt[j + 10] = wt[j] + wt[j + 1] + wt[j + 2] + wt[j + 3]

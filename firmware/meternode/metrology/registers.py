@@ -69,8 +69,7 @@ class Registers:
         self.tariffs = tariffs
         self.netting = netting
         self.tariff = 0
-        self._tar = (elements + 1) * _FIELDS
-        size = self._tar + 2 * tariffs
+        size = (elements + 1) * _FIELDS + 2 * tariffs  # the tariffs' registers follow the total
         self.size = size
         self.lo = [0] * size  # mWh, low 30 bits
         self.hi = [0] * size  # units of 2**30 mWh
@@ -133,7 +132,7 @@ class Registers:
         return self._wholes(block * _FIELDS + Q1, 1, 4)
 
     def tariff_registers(self, t):
-        return self._whole(self._tar + 2 * t), self._whole(self._tar + 2 * t + 1)
+        return self._whole((self.n + 1) * _FIELDS + 2 * t), self._whole((self.n + 1) * _FIELDS + 2 * t + 1)
 
     def set_tariff(self, t):
         if not isinstance(t, int) or not 0 <= t < self.tariffs:
@@ -179,7 +178,7 @@ class Registers:
                 if self.netting == "phase" and self.main[e]:
                     self._add(self.n * _FIELDS + j, x)
         if self.netting == "phase" and self.main[e]:
-            tar = self._tar + 2 * self.tariff
+            tar = (self.n + 1) * _FIELDS + 2 * self.tariff
             self._add(tar, f[k + IMP])
             self._add(tar + 1, f[k + EXP])
 
@@ -204,7 +203,7 @@ class Registers:
                 t = fine[tb + j]
             if t > 0.0:
                 self._add(tb + j, t)
-        tar = self._tar + 2 * self.tariff
+        tar = (self.n + 1) * _FIELDS + 2 * self.tariff
         if phase:
             tar_imp = 0.0
             tar_exp = 0.0
@@ -222,7 +221,7 @@ class Registers:
         # the total's fields by sign and quadrant, as split() counts them
         base = self.n * _FIELDS
         s = (p * p + q * q) ** 0.5
-        tar = self._tar + 2 * self.tariff
+        tar = (self.n + 1) * _FIELDS + 2 * self.tariff
         if p >= 0.0:
             self._add(base + IMP, p)
             self._add(base + S_IMP, s)

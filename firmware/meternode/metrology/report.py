@@ -16,10 +16,10 @@ class Window:
         self.nch = nch
         self.elements = elements
         # the window's sums in one float array made once (interp.floats): per element
-        # I^2, P, Q (weighted by cycles), P min, P max (5 words), then V^2 per channel
-        self.w = floats(5 * elements + nch)  # (zeros; snapshot() zeroes it again)
-        self.w_n = 0
-        self.w_f = 0.0
+        # I^2, P, Q (weighted by cycles), P min, P max (5 words), then V^2 per channel, then
+        # the frequency (weighted by cycles) (zeros; snapshot() zeroes it again)
+        self.w = floats(5 * elements + nch + 1)
+        self.w_n = 0  # cycles in the window
 
     def cycle(self, m, nc, f):
         # One converted batch of nc measured cycles of meter m (its means, f its mean
@@ -43,7 +43,7 @@ class Window:
             if first or p > w[k + 4]:
                 w[k + 4] = p
             k += 5
-        self.w_f += f * nc
+        w[-1] += f * nc
         self.w_n += nc
 
     def snapshot(self, m):
@@ -101,7 +101,7 @@ class Window:
             "cycles": n,
             "v": vrms[m.v_channel],
             "voltages": volts,
-            "f": self.w_f / n,
+            "f": w[-1] / n,
             "elements": els,
             "tariff": r.tariff,
             "e_imp_wh": r.total_import() / 1000.0,
@@ -119,5 +119,4 @@ class Window:
         for k in range(len(w)):  # the next window
             w[k] = 0
         self.w_n = 0
-        self.w_f = 0.0
         return snap
