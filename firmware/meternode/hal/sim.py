@@ -86,6 +86,9 @@ def _wave(w, rms, angle):
 
 
 class SimSampler:
+    # (the instance holds 37 attributes: its dict's next size starts at 38)
+    overruns = 0  # blocks the consumer was too late for: none, each block is made when asked
+
     def __init__(self, board, scen, clock):
         # The scenario's checks and the buffers are made once (siminit.py): loaded for it,
         # forgotten after (docs/memory.md); the waves are float arrays (_wave).
@@ -98,7 +101,7 @@ class SimSampler:
 
     # -- scenario control (also used by tests) -------------------------------------------------
     def set_freq(self, f):
-        self.freq = self.f0 = f
+        self.freq = f
 
     def set_current(self, k, rms, angle=None):
         # Load step on current channel k (1-based channel index, as in the board's map);
@@ -162,17 +165,16 @@ class SimSampler:
                 self.lost = (self.lost + n) & _MASK
 
     def start(self):
-        self.running = True
         self._wall_next = time.ticks_ms()
         self._pace_us = 0
 
     def stop(self):
-        self.running = False
+        pass  # nothing runs between blocks: each is made when next_block() asks
 
     def fill(self, buf):
         self._apply_events()
         nch = self.nch
-        top = self._top
+        top = (1 << self.bits) - 1
         waves = self._waves
         noise = self._noise
         r = random.random

@@ -17,7 +17,6 @@ def setup(s, board, scen, clock):
     s.block_sets = adc["block"]
     chans = board["channels"]
     s.nch = len(chans)
-    s.overruns = 0
     s._clock = clock
     # timebase: what the timer can produce, and what the crystal really gives
     s.rate_actual = float(s.rate)
@@ -31,7 +30,7 @@ def setup(s, board, scen, clock):
     s.lost = 0  # sets lost since start (wraps below 2**30)
     s._el_s = 0  # simulated time since start: whole seconds ...
     s._el_us = 0  # ... and microseconds into the next one
-    s.freq = s.f0 = need(scen, "freq", float, "sim", default=50.0, lo=10.0, hi=500.0)
+    s.freq = need(scen, "freq", float, "sim", default=50.0, lo=10.0, hi=500.0)
     s.realtime = scen.get("realtime", False)
     volt = need(scen, "voltage", dict, "sim", default={"rms": 230.0})
     volts = need(scen, "voltages", list, "sim", default=[])
@@ -95,7 +94,6 @@ def setup(s, board, scen, clock):
             s._vref.append(k if ch["kind"] == "voltage" else s._is_v.index(True))
     s._skew = [adc.get("skew_us", 0.0) * 1e-6 * k for k in range(s.nch)]
     s._offs = [0.0] * s.nch  # fill()'s per-block channel offsets, reused
-    s._top = (1 << s.bits) - 1
     enob = need(scen, "enob", float, "sim", default=float(s.bits), lo=4.0, hi=float(s.bits))
     # Total noise of an ideal converter with `enob` bits, minus the quantisation it adds itself.
     q_rms = 2.0 ** (s.bits - enob) / math.sqrt(12.0) if enob < s.bits else 0.0
@@ -129,4 +127,3 @@ def setup(s, board, scen, clock):
     s._dus = 0  # drift phase, us into the drift period
     s._wall_next = None  # realtime: wall ticks_ms when the next block is due
     s._pace_us = 0
-    s.running = False
