@@ -49,7 +49,8 @@ class Energy:
         self._fine = floats(8 * (e + 1))  # this window's registered energy, split (J)
         # this window's total import and export for the tariff registers, and the demand
         # period's net import energy (J)
-        self._t = floats(3)
+        # (a list: its floats are read without a new box, per batch)
+        self._t = [0.0, 0.0, 0.0]
         self.demand_w = 0.0  # last completed demand period, W
         self.clock = None  # optional: object with time() for demand timestamps
 

@@ -294,11 +294,13 @@ def signs(acc, lim, nel: int, n: int) -> int:
     # the same-set product sum v[n]*i[n] (word 5) and the quarter-cycle one (word 9):
     # bit e set when P is above +lim[e] * n, bit e + 8 when below -lim[e] * n; bits 16 +
     # e and 24 + e the same for Q.  Inside the band: neither bit (no sign to keep apart).
-    # At most 8 elements (the meter passes min(elements, 8)).
+    # The first 8 elements only (8 bits per kind): elements 9.. batch freely.
     a = ptr32(acc)
     L = ptr32(lim)
     h = 1
     h <<= 31  # sign-extend ptr32 loads on 64-bit builds (see track_mids)
+    if nel > 8:
+        nel = 8
     m = 0
     e = 0
     while e < nel:

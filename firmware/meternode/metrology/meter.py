@@ -227,8 +227,7 @@ class Meter:
         # 0.5 % of its nominal power) starts a new batch, so import / export and the
         # quadrants are netted cycle by cycle as if the cycles were converted one by one;
         # only cycles inside the band may be netted with the others of their batch.
-        # (signs has 8 bits per kind: elements 9.. batch freely)
-        sg = kernels.signs(acc, self._lim, min(self.elements, 8), n)
+        sg = kernels.signs(acc, self._lim, self.elements, n)
         bm = self._bm
         if self._bc and (self._bn + n > kernels.MAX_SETS or (sg & (bm >> 8) | (sg >> 8) & bm) & 0xFF00FF):
             convert(self, False)  # this cycle was summed with the batch's mids and delay: keep them
