@@ -17,12 +17,12 @@ MARGIN_KB = 32
 # tests/host/test_memory_budget.py's shorter run, other node ids, a command nearer the end)
 HELD_KB: dict[int, dict[str, dict[str, int]]] = {
     8: {
-        "mpy": {"plain": 132, "+store": 162, "+cmd_key": 168, "+policy": 189, "+fleet": 245},
-        "romfs": {"plain": 93, "+store": 114, "+cmd_key": 117, "+policy": 131, "+fleet": 169},
+        "mpy": {"plain": 128, "+store": 155, "+cmd_key": 162, "+policy": 181, "+fleet": 237},
+        "romfs": {"plain": 90, "+store": 108, "+cmd_key": 113, "+policy": 125, "+fleet": 162},
     },
     4: {
-        "mpy": {"plain": 92, "+store": 112, "+cmd_key": 117, "+policy": 131, "+fleet": 171},
-        "romfs": {"plain": 56, "+store": 67, "+cmd_key": 70, "+policy": 77, "+fleet": 101},
+        "mpy": {"plain": 89, "+store": 107, "+cmd_key": 112, "+policy": 125, "+fleet": 166},
+        "romfs": {"plain": 54, "+store": 64, "+cmd_key": 67, "+policy": 74, "+fleet": 97},
     },
 }
 CONFIGS = ("plain", "+store", "+cmd_key", "+policy", "+fleet")
