@@ -1,6 +1,7 @@
 # The node's policy service on MicroPython with a stand-in node: the engine ticks from the
 # meter's readings, bundles arriving on its topics are verified and applied, results queue
 # for the link, and a long offline spell never drops a result.
+import gc
 import json
 
 import bundle_fixture as F
@@ -125,6 +126,8 @@ def test_day_counters_are_checkpointed_and_restored_by_a_new_boot():
     s.tick()  # first tick of the day: the import register (123456 mWh) is the day's start
     node.meter.registers.total_import = lambda: 999999
     s._checkpoint()
+    node = s = None  # powered off: only the flash (root) carries over
+    gc.collect()
     node2 = _Node(root)
     node2.hal.clock.t += 600  # rebooted ten minutes later
     s2 = PolicyService(node2, log=lambda m: None)
