@@ -6,6 +6,8 @@ from meternode.policy import ed25519
 from meternode.policy.sha512 import sha512
 from mptest import eq
 
+_L = (1 << 252) + 27742317777372353535851937790883648493  # the group order (RFC 8032 5.1)
+
 # (public key, message, signature) from RFC 8032 7.1: TEST 1, 2, 3 and TEST SHA(abc).
 _VECTORS = (
     (
@@ -65,7 +67,7 @@ def test_malformed_inputs_are_rejected_without_raising():
     eq(ed25519.verify(pk, msg, sig[:63]), False, "63-byte signature")
     eq(ed25519.verify(pk, msg, b""), False, "empty signature")
     # S >= L (S + L) must be rejected even though it is the same scalar mod L.
-    s = int.from_bytes(sig[32:], "little") + ed25519._L
+    s = int.from_bytes(sig[32:], "little") + _L
     eq(ed25519.verify(pk, msg, sig[:32] + s.to_bytes(32, "little")), False, "S + L")
     # y >= p is not a canonical point encoding.
     eq(ed25519.verify(b"\xff" * 31 + b"\x7f", msg, sig), False, "non-canonical key")
@@ -75,7 +77,9 @@ def test_malformed_inputs_are_rejected_without_raising():
 def test_point_encoding_round_trips():
     pk = _vec(3)[0]
     eq(ed25519.encode_point(ed25519.decode_point(pk)), pk, "decode/encode")
-    eq(ed25519.encode_point(ed25519._B), u("5866666666666666666666666666666666666666666666666666666666666666"), "base")
+    base = u("5866666666666666666666666666666666666666666666666666666666666666")
+    eq(ed25519.encode_point(ed25519._B), base, "base")
+    eq(ed25519.decode_point(base), ed25519._B, "the base point decodes to B (x recovered, its T)")
 
 
 def test_small_order_keys_are_refused_on_micropython():

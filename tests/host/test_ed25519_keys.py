@@ -81,3 +81,17 @@ def test_real_keys_still_verify_on_both_sides():
         assert ed25519.verify(pub, b"m", sig) and crypto_verify(pub, b"m", sig)
         assert not ed25519.verify(pub, b"n", sig) and not crypto_verify(pub, b"n", sig)
         check_identity({"name": "f", "keys": {bundle.key_id(pub): pub.hex()}})
+
+
+def test_the_curve_constants_written_out_are_their_definitions() -> None:
+    # ed25519.py writes its constants as literals (`_NAME = const()`: no global on the node);
+    # CPython keeps them as globals, so each is checked against how RFC 8032 defines it.
+    d = (-121665 * pow(121666, P - 2, P)) % P
+    assert ed25519._P == P
+    assert ed25519._L == (1 << 252) + 27742317777372353535851937790883648493
+    assert (d, 2 * d % P) == (ed25519._D, ed25519._D2)
+    assert pow(2, (P - 1) // 4, P) == ed25519._SQRT_M1
+    by = 4 * pow(5, P - 2, P) % P
+    x = ed25519._BX
+    assert by == ed25519._BY and x % 2 == 0 and (-x * x + by * by - 1 - d * x * x * by * by) % P == 0
+    assert (x, by, 1, x * by % P) == ed25519._B
