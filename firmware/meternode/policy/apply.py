@@ -15,9 +15,11 @@
 import json
 import os
 
+from micropython import const
+
 from meternode.policy.schema import PolicyError, check_compact
 
-_CHUNK = 256
+_CHUNK = const(256)
 
 
 def _exists(path):
@@ -83,60 +85,62 @@ class PolicyStore:
     def __init__(self, path, pause=None):
         self.dir = path
         self.pause = pause or _no_pause  # test hook: called between every step
-        mkdirs(path)
-        self._active = path + "/active.json"
-        self._prev = path + "/previous.json"
-        self._staged = path + "/staged.tmp"
-        self._prev_tmp = path + "/previous.tmp"
+        mkdirs(path)  # its files' paths are made where they are used (no attribute each: RAM)
         self.recovered = None  # what load() had to repair, for an event
 
     def load(self):
         # -> the active record ({"version", "m", "s", "policy"}) or None (no policy yet).
         self.recovered = None
-        rec = _read(self._active)
-        if rec is None and _exists(self._active):
+        d = self.dir
+        active = d + "/active.json"
+        staged = d + "/staged.tmp"
+        rec = _read(active)
+        if rec is None and _exists(active):
             self.recovered = "active.json unreadable"
         if rec is None:
-            st = _read(self._staged)
+            st = _read(staged)
             if st is not None:
-                os.rename(self._staged, self._active)
+                os.rename(staged, active)
                 self.recovered = "finished an interrupted apply"
                 rec = st
         if rec is None:
-            rec = _read(self._prev)
+            rec = _read(d + "/previous.json")
             if rec is not None:
                 self.recovered = (self.recovered or "active.json missing") + ", using previous.json"
-        _remove(self._staged)
-        _remove(self._prev_tmp)
+        _remove(staged)
+        _remove(d + "/previous.tmp")
         return rec
 
     def version(self):
-        rec = _read(self._active)
+        rec = _read(self.dir + "/active.json")
         return rec["version"] if rec else 0
 
     def previous(self):
-        return _read(self._prev)
+        return _read(self.dir + "/previous.json")
 
     def apply(self, version, mtext, sig_hex, policy):
         check_compact(policy)
         data = json.dumps({"version": version, "m": mtext, "s": sig_hex, "policy": policy}).encode()
         pause = self.pause
-        _write(self._staged, data, pause)
+        d = self.dir
+        active = d + "/active.json"
+        staged = d + "/staged.tmp"
+        _write(staged, data, pause)
         pause("staged")
-        if _exists(self._active):
-            with open(self._active, "rb") as f:
+        if _exists(active):
+            with open(active, "rb") as f:
                 old = f.read()
-            _write(self._prev_tmp, old, pause)
+            _write(d + "/previous.tmp", old, pause)
             pause("previous written")
-            os.rename(self._prev_tmp, self._prev)
+            os.rename(d + "/previous.tmp", d + "/previous.json")
             pause("previous renamed")
         try:
-            os.rename(self._staged, self._active)
+            os.rename(staged, active)
         except OSError:
             # FAT cannot rename over a file: remove, then rename (load() finishes the job
             # from staged.tmp if the power goes in between).
-            _remove(self._active)
+            _remove(active)
             pause("active removed")
-            os.rename(self._staged, self._active)
+            os.rename(staged, active)
         pause("renamed")
         _sync()

@@ -18,21 +18,20 @@
 #   build    (firmware) the manifest of `umeter build`: {"version": "...", ...}
 # verify() returns the manifest dict or raises Rejected("<category>: <detail>") with the
 # category one of: malformed, unsigned, unknown key, bad signature, wrong kind, wrong fleet,
-# not targeted, not newer, expired, clock not set, bad file.
+# not targeted, not newer, expired, clock not set, bad file (ota.py adds busy, no space,
+# unsupported).  Rejected lives in ota.py and key_id in ed25519.py: a node loads
+# those when it starts, this module only while it checks a bundle (receive.py).
 import hashlib
 import json
 from binascii import a2b_base64, hexlify, unhexlify
 
-from meternode.policy import ed25519
+from meternode.policy.ed25519 import key_id, verify
+from meternode.policy.ota import Rejected
 
 DOMAIN = b"umeter-bundle-v1\n"
 KINDS = ("policy", "firmware")
 MAX_FILES = 256
 MIN_EPOCH = 1577836800  # 2020-01-01: a clock below this was never set
-
-
-class Rejected(Exception):
-    pass
 
 
 def signed_digest(mtext):
@@ -42,10 +41,6 @@ def signed_digest(mtext):
     h = hashlib.sha256(DOMAIN)
     h.update(mtext)
     return h.digest()
-
-
-def key_id(public_key):
-    return hexlify(hashlib.sha256(public_key).digest()).decode()[:16]
 
 
 def _safe_name(n):
@@ -130,7 +125,7 @@ class Verifier:
     def __init__(self, keys, node, fleet, groups=(), sigcheck=None):
         # sigcheck(public, message, signature) -> bool; default: the pure-Python Ed25519.
         # (The host's fleet simulator passes the `cryptography` one to model 10,000 nodes.)
-        self._sigcheck = sigcheck or ed25519.verify
+        self._sigcheck = sigcheck or verify
         if isinstance(keys, (bytes, bytearray)):
             keys = {key_id(bytes(keys)): bytes(keys)}
         if not keys:
@@ -185,19 +180,3 @@ class Verifier:
                 if name not in man["files"]:
                     raise Rejected("bad file: %s is not in the manifest" % name)
         return man, mtext, files
-
-
-def sha256_file(path, buf=None):
-    # Hex SHA-256 of a file, read in 512-byte pieces (the OTA check after writing a slot).
-    h = hashlib.sha256()
-    buf = buf or bytearray(512)
-    mv = memoryview(buf)
-    n = 0
-    with open(path, "rb") as f:
-        while True:
-            k = f.readinto(buf)
-            if not k:
-                break
-            h.update(mv[:k])
-            n += k
-    return hexlify(h.digest()).decode(), n

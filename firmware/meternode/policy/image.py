@@ -3,7 +3,7 @@
 # by block, is read back and hashed, then set_boot(); after the reset the health check calls
 # mark_app_valid_cancel_rollback(), and the bootloader rolls back an image never marked valid.
 # The partition class comes from the HAL (only hal/ imports esp32).
-from meternode.policy.bundle import Rejected
+from meternode.policy.ota import Rejected
 
 
 class ImageUpdate:

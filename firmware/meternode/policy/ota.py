@@ -23,10 +23,13 @@
 import json
 import os
 
-from meternode.policy.apply import mkdirs as _mkdirs
-from meternode.policy.bundle import Rejected, sha256_file
+from meternode.policy.apply import mkdirs
 
-_SLOTS = ("a", "b")
+
+class Rejected(Exception):
+    # A bundle or an OTA message refused: "<category>: <detail>" (bundle.py lists them).
+    # Here, not in bundle.py, which a running node loads only while a bundle is checked.
+    pass
 
 
 def _rmtree(path):
@@ -49,8 +52,7 @@ class Slots:
         self.dir = root + "/fw"
         self.max_tries = max_tries
         self.boot_limit = boot_limit
-        _mkdirs(self.dir)
-        self._ptr = self.dir + "/boot.json"
+        mkdirs(self.dir)
         self.running = None  # slot this boot runs ("a"/"b"/None = factory)
         self.trial = False  # running a pending slot that is not confirmed yet
         self.rolled_back = None  # reason, if select() rolled back
@@ -60,7 +62,7 @@ class Slots:
 
     def state(self):
         try:
-            with open(self._ptr) as f:
+            with open(self.dir + "/boot.json") as f:
                 st = json.load(f)
             if isinstance(st, dict) and "versions" in st:
                 return st
@@ -72,7 +74,7 @@ class Slots:
         tmp = self.dir + "/boot.tmp"
         with open(tmp, "w") as f:
             f.write(json.dumps(st))
-        os.rename(tmp, self._ptr)
+        os.rename(tmp, self.dir + "/boot.json")
 
     def slot_dir(self, slot):
         return self.dir + "/" + slot
@@ -131,7 +133,7 @@ class Slots:
         # space belongs to the record log.  -> slots removed.
         st = st or self.state()
         gone = []
-        for slot in _SLOTS:
+        for slot in ("a", "b"):
             if slot not in st["versions"] and slot not in (st["active"], st["pending"], self.running):
                 d = self.slot_dir(slot)
                 try:
@@ -168,16 +170,30 @@ class Slots:
             self._save(st)
         d = self.slot_dir(slot)
         _rmtree(d)
-        free, bs = _free(self.dir)
+        try:
+            f = os.statvfs(self.dir)
+            free, bs = f[0] * f[4], f[0]  # bytes free and block size of the filesystem
+        except (OSError, AttributeError):
+            free = None  # unknown: not checked
         if free is not None:
-            need = _need(man["files"], bs)
+            # What the build takes on a block filesystem: whole blocks per file, two per
+            # directory (a LittleFS metadata pair), and the manifest.
+            need = 3 * bs
+            dirs = {}
+            for name, fi in man["files"].items():
+                need += (fi["size"] + bs - 1) // bs * bs + bs
+                k = name.rfind("/")
+                while k > 0:
+                    dirs[name[:k]] = 1
+                    k = name.rfind("/", 0, k)
+            need += 2 * bs * len(dirs)
             keep = self.reserve + (self.reserve_fn() if self.reserve_fn is not None else 0)
             if need + keep > free:
                 raise Rejected(
                     "no space: the build needs %d bytes and %d more stay free for the record log, %d are free"
                     % (need, keep, free)
                 )
-        _mkdirs(d)
+        mkdirs(d)
         self._staging = (slot, man)
         return slot
 
@@ -206,7 +222,7 @@ class Slots:
             if have != offset:
                 raise Rejected("bad file: %s chunk at %d, have %d bytes" % (name, offset, have))
         try:
-            _mkdirs(path[:k])
+            mkdirs(path[:k])
             with open(path, "ab" if offset else "wb") as f:
                 f.write(data)
         except OSError as e:
@@ -219,14 +235,25 @@ class Slots:
             raise Rejected("malformed: no firmware staging in progress")
         slot, man = self._staging
         d = self.slot_dir(slot)
+        import hashlib
+        from binascii import hexlify
+
         buf = bytearray(512)
+        mv = memoryview(buf)
         for name, fi in man["files"].items():
+            h = hashlib.sha256()
+            n = 0
             try:
-                h, n = sha256_file(d + "/" + name, buf)
+                with open(d + "/" + name, "rb") as f:  # read in 512-byte pieces
+                    k = f.readinto(buf)
+                    while k:
+                        h.update(mv[:k])
+                        n += k
+                        k = f.readinto(buf)
             except OSError:
                 self.abort()
                 raise Rejected("bad file: %s was not received" % name)
-            if n != fi["size"] or h != fi["sha256"]:
+            if n != fi["size"] or hexlify(h.digest()).decode() != fi["sha256"]:
                 self.abort()
                 raise Rejected("bad file: %s does not match its hash" % name)
         try:
@@ -245,29 +272,6 @@ class Slots:
         st["last"] = "version %d staged in slot %s" % (man["version"], slot)
         self._save(st)
         return slot
-
-
-def _free(path):
-    # -> (bytes free, block size) of the filesystem holding `path`, (None, 4096) if unknown.
-    try:
-        s = os.statvfs(path)
-        return s[0] * s[4], s[0]
-    except (OSError, AttributeError):
-        return None, 4096
-
-
-def _need(files, bs):
-    # Bytes a set of files takes on a block filesystem: whole blocks per file, two per
-    # directory (a LittleFS metadata pair), and the manifest.
-    n = 2 * bs
-    dirs = {}
-    for name, fi in files.items():
-        n += (fi["size"] + bs - 1) // bs * bs + bs
-        k = name.rfind("/")
-        while k > 0:
-            dirs[name[:k]] = 1
-            k = name.rfind("/", 0, k)
-    return n + 2 * bs * len(dirs) + bs
 
 
 def boot_path(root="."):
