@@ -3,13 +3,18 @@
 # Words are Python ints masked to 64 bits.  On a 64-bit unix port most of them are small
 # ints; on 32-bit boards they are bigints, which allocate, so this is meant for short
 # inputs (a bundle manifest, a few hundred bytes) and not for hot paths.  The API follows
-# hashlib: sha512(data).update(more).digest() / hexdigest().
-import struct
+# hashlib: sha512(data).update(more).digest() / hexdigest().  Constants are `_NAME = const()`
+# (erased: no global, no interned name) and the words are read and written with int.from_bytes /
+# to_bytes, whose names every port has: the module interns few names of its own when a bundle
+# arrives (docs/memory.md).
+from binascii import hexlify
 
-_M = 0xFFFFFFFFFFFFFFFF
+from micropython import const
+
+_M = const(0xFFFFFFFFFFFFFFFF)
 
 # First 64 bits of the fractional parts of the cube roots of the first 80 primes.
-_K = (
+_K = const((
     0x428A2F98D728AE22, 0x7137449123EF65CD, 0xB5C0FBCFEC4D3B2F, 0xE9B5DBA58189DBBC,
     0x3956C25BF348B538, 0x59F111F1B605D019, 0x923F82A4AF194F9B, 0xAB1C5ED5DA6D8118,
     0xD807AA98A3030242, 0x12835B0145706FBE, 0x243185BE4EE4B28C, 0x550C7DC3D5FFB4E2,
@@ -30,61 +35,22 @@ _K = (
     0x06F067AA72176FBA, 0x0A637DC5A2C898A6, 0x113F9804BEF90DAE, 0x1B710B35131C471B,
     0x28DB77F523047D84, 0x32CAAB7B40C72493, 0x3C9EBE0A15C9BEBC, 0x431D67C49C100D4C,
     0x4CC5D4BECB3E42B6, 0x597F299CFC657E2A, 0x5FCB6FAB3AD6FAEC, 0x6C44198C4A475817,
-)  # fmt: skip
+))  # fmt: skip
 
-_H0 = (
+_H0 = const((
     0x6A09E667F3BCC908, 0xBB67AE8584CAA73B, 0x3C6EF372FE94F82B, 0xA54FF53A5F1D36F1,
     0x510E527FADE682D1, 0x9B05688C2B3E6C1F, 0x1F83D9ABFB41BD6B, 0x5BE0CD19137E2179,
-)  # fmt: skip
-
-
-def _compress(h, block, w):
-    # One 128-byte block into the state list h; w is a reused 80-word scratch list.
-    m = _M
-    words = struct.unpack(">16Q", block)
-    for t in range(16):
-        w[t] = words[t]
-    for t in range(16, 80):
-        x = w[t - 15]
-        y = w[t - 2]
-        s0 = ((x >> 1) | (x << 63)) ^ ((x >> 8) | (x << 56)) ^ (x >> 7)
-        s1 = ((y >> 19) | (y << 45)) ^ ((y >> 61) | (y << 3)) ^ (y >> 6)
-        w[t] = (w[t - 16] + s0 + w[t - 7] + s1) & m
-    a, b, c, d, e, f, g, hh = h
-    k = _K
-    for t in range(80):
-        s1 = ((e >> 14) | (e << 50)) ^ ((e >> 18) | (e << 46)) ^ ((e >> 41) | (e << 23))
-        t1 = hh + (s1 & m) + ((e & f) ^ (~e & g)) + k[t] + w[t]
-        s0 = ((a >> 28) | (a << 36)) ^ ((a >> 34) | (a << 30)) ^ ((a >> 39) | (a << 25))
-        t2 = (s0 & m) + ((a & b) ^ (a & c) ^ (b & c))
-        hh = g
-        g = f
-        f = e
-        e = (d + t1) & m
-        d = c
-        c = b
-        b = a
-        a = (t1 + t2) & m
-    h[0] = (h[0] + a) & m
-    h[1] = (h[1] + b) & m
-    h[2] = (h[2] + c) & m
-    h[3] = (h[3] + d) & m
-    h[4] = (h[4] + e) & m
-    h[5] = (h[5] + f) & m
-    h[6] = (h[6] + g) & m
-    h[7] = (h[7] + hh) & m
+))  # fmt: skip
 
 
 class sha512:
-    digest_size = 64
-    block_size = 128
     name = "sha512"
 
     def __init__(self, data=b""):
-        self._h = list(_H0)
-        self._w = [0] * 80
+        self._st = list(_H0)  # the state: 8 words
+        self._w = [0] * 80  # the message schedule, reused for every block
         self._buf = b""
-        self._n = 0  # bytes hashed so far
+        self._num = 0  # bytes hashed so far
         if data:
             self.update(data)
 
@@ -92,31 +58,66 @@ class sha512:
         if isinstance(data, str):
             raise TypeError("sha512 takes bytes, not str")
         data = bytes(data)
-        self._n += len(data)
+        self._num += len(data)
         buf = self._buf + data
         i = 0
         end = len(buf) - 127
-        mv = memoryview(buf)
+        h = self._st
+        w = self._w
+        m = _M
+        k = _K
         while i < end:
-            _compress(self._h, mv[i : i + 128], self._w)
+            # one 128-byte block into the state h
+            for t in range(16):
+                w[t] = int.from_bytes(buf[i + 8 * t : i + 8 * t + 8], "big")
+            for t in range(16, 80):
+                x = w[t - 15]
+                y = w[t - 2]
+                s0 = ((x >> 1) | (x << 63)) ^ ((x >> 8) | (x << 56)) ^ (x >> 7)
+                s1 = ((y >> 19) | (y << 45)) ^ ((y >> 61) | (y << 3)) ^ (y >> 6)
+                w[t] = (w[t - 16] + s0 + w[t - 7] + s1) & m
+            a, b, c, d, e, f, g, hh = h
+            for t in range(80):
+                s1 = ((e >> 14) | (e << 50)) ^ ((e >> 18) | (e << 46)) ^ ((e >> 41) | (e << 23))
+                t1 = hh + (s1 & m) + ((e & f) ^ (~e & g)) + k[t] + w[t]
+                s0 = ((a >> 28) | (a << 36)) ^ ((a >> 34) | (a << 30)) ^ ((a >> 39) | (a << 25))
+                t2 = (s0 & m) + ((a & b) ^ (a & c) ^ (b & c))
+                hh = g
+                g = f
+                f = e
+                e = (d + t1) & m
+                d = c
+                c = b
+                b = a
+                a = (t1 + t2) & m
+            h[0] = (h[0] + a) & m
+            h[1] = (h[1] + b) & m
+            h[2] = (h[2] + c) & m
+            h[3] = (h[3] + d) & m
+            h[4] = (h[4] + e) & m
+            h[5] = (h[5] + f) & m
+            h[6] = (h[6] + g) & m
+            h[7] = (h[7] + hh) & m
             i += 128
-        self._buf = bytes(mv[i:])
+        self._buf = buf[i:]
         return self
 
     def copy(self):
         c = sha512()
-        c._h = list(self._h)
+        c._st = list(self._st)
         c._buf = self._buf
-        c._n = self._n
+        c._num = self._num
         return c
 
     def digest(self):
         c = self.copy()
-        n = c._n
-        pad = (111 - n) % 128  # bytes of zeros between 0x80 and the 16-byte length
-        c.update(b"\x80" + bytes(pad) + struct.pack(">QQ", (n >> 61) & _M, (n << 3) & _M))
-        return struct.pack(">8Q", *c._h)
+        n = c._num
+        pad = (111 - n) % 128  # bytes of zeros between 0x80 and the 16-byte length in bits
+        c.update(b"\x80" + bytes(pad) + (n << 3).to_bytes(16, "big"))
+        out = b""
+        for x in c._st:
+            out += x.to_bytes(8, "big")
+        return out
 
     def hexdigest(self):
-        d = self.digest()
-        return "".join("%02x" % x for x in d)
+        return hexlify(self.digest()).decode()
