@@ -34,15 +34,15 @@ _BY = const(0x6666666666666666666666666666666666666666666666666666666666666658)
 _B = (_BX, _BY, 1, _BX * _BY % _P)
 
 
-def key_id(public_key):
+def key_id(key):
     # The id bundles name a fleet key by (bundle.py, agent.check_identity): the first 16 hex
     # digits of the key's SHA-256.
-    return hexlify(hashlib.sha256(public_key).digest()).decode()[:16]
+    return hexlify(hashlib.sha256(key).digest()).decode()[:16]
 
 
-def _add(p, q, t_out=True):
+def _add(p, q, t=True):
     # Extended-coordinates addition (a = -1) of points p and q.  T of the result is only
-    # needed when the next operation is an addition; `t_out=False` skips that multiplication.
+    # needed when the next operation is an addition; `t=False` skips that multiplication.
     x1, y1, z1, t1 = p
     x2, y2, z2, t2 = q
     m = _P
@@ -54,11 +54,11 @@ def _add(p, q, t_out=True):
     f = d - c
     g = d + c
     h = b + a
-    return (e * f % m, g * h % m, f * g % m, e * h % m if t_out else 0)
+    return (e * f % m, g * h % m, f * g % m, e * h % m if t else 0)
 
 
-def _double(p, t_out=True):
-    # Doubling never reads T of its input; `t_out=False` skips computing T of the output.
+def _double(p, t=True):
+    # Doubling never reads T of its input; `t=False` skips computing T of the output.
     x1, y1, z1, _ = p
     m = _P
     a = x1 * x1 % m
@@ -69,7 +69,7 @@ def _double(p, t_out=True):
     e = h - s * s % m
     g = a - b
     f = c + g
-    return (e * f % m, g * h % m, f * g % m, e * h % m if t_out else 0)
+    return (e * f % m, g * h % m, f * g % m, e * h % m if t else 0)
 
 
 def decode_point(s):
@@ -106,11 +106,11 @@ def small_order(p):
     return q[0] % _P == 0
 
 
-def check_public(public_key):
-    # None if `public_key` is a key verify() accepts signatures under, else why not.
-    if len(public_key) != 32:
-        return "%d bytes, not 32" % len(public_key)
-    a = decode_point(bytes(public_key))
+def check_public(key):
+    # None if `key` is a key verify() accepts signatures under, else why not.
+    if len(key) != 32:
+        return "%d bytes, not 32" % len(key)
+    a = decode_point(bytes(key))
     if a is None:
         return "not the canonical encoding of a curve point"
     if small_order(a):
@@ -146,12 +146,12 @@ def _double_mul(s, k, a):
     return q
 
 
-def verify(public_key, message, signature):
+def verify(key, message, signature):
     # True if `signature` (64 bytes) is a valid Ed25519 signature of `message` by
-    # `public_key` (32 bytes).  Never raises for bad input of the right types.
-    if len(public_key) != 32 or len(signature) != 64:
+    # `key` (32 bytes).  Never raises for bad input of the right types.
+    if len(key) != 32 or len(signature) != 64:
         return False
-    a = decode_point(bytes(public_key))
+    a = decode_point(bytes(key))
     if a is None or small_order(a):
         return False
     r = bytes(signature[:32])
@@ -161,7 +161,7 @@ def verify(public_key, message, signature):
     from meternode.policy.sha512 import sha512  # here: checking a key at start needs no SHA-512
 
     h = sha512(r)
-    h.update(public_key)
+    h.update(key)
     h.update(message)
     k = int.from_bytes(h.digest(), "little") % _L
     # [S]B - [k]A computed as [S]B + [k](-A); -(x, y) = (-x, y).
