@@ -370,7 +370,7 @@ def test_staging_into_the_slot_of_the_previous_build_forgets_that_build_first():
 async def test_a_message_the_node_has_no_heap_to_parse_fails_and_is_not_called_malformed():
     # A node with its heap cut up cannot parse a large OTA message: that is the node's
     # failure ("failed", retry later), not a malformed message from the sender.  The message
-    # is parsed by policy/receive.py, loaded for it: its `import json` finds this stand-in.
+    # is parsed by policy/bundle.py, loaded for it: its `import json` finds this stand-in.
     class NoRoom:
         @staticmethod
         def loads(text):

@@ -15,13 +15,13 @@
 # Identity (config["fleet"]): {"name": fleet, "groups": [...], "keys": {key id: hex}}.
 #
 # What runs when a bundle or an OTA message arrives (verification, applying a policy, staging
-# a build) is receive.py, loaded for each message and forgotten (meternode.lazy.run,
-# docs/memory.md): a fleet node that gets no bundle never interns its names, nor those of
-# bundle.py and sha512.py.  What stays here runs at start (the identity check, the policy
+# a build) is in bundle.py, loaded for each message and forgotten with sha512.py
+# (meternode.lazy.run, docs/memory.md): a fleet node that gets no bundle never interns their
+# names.  What stays here runs at start (the identity check, the policy
 # store's recovery, the OTA slots) or every boot (the switch report).
 from binascii import unhexlify
 
-from meternode.lazy import run
+from meternode.lazy import forget, run
 from meternode.policy import ed25519
 from meternode.policy.apply import PolicyStore
 from meternode.policy.engine import _nop
@@ -64,8 +64,9 @@ class Agent:
     ):
         name, groups, keys = check_identity(fleet)
         self.node_id = node_id
-        # what a bundle is verified against (receive.py makes the bundle.Verifier per bundle)
-        self.trust = (keys, name, groups, sigcheck)
+        # what a bundle is verified against: bundle.Verifier's arguments (the Verifier is made
+        # per bundle)
+        self.trust = (keys, node_id, name, groups, sigcheck)
         self.clock = clock
         self.event = event or _nop  # event(kind, text)
         self.on_policy = on_policy or _nop  # on_policy(compact) after an apply
@@ -117,12 +118,19 @@ class Agent:
             return res, self._result(False, "failed", self.policy_version(), None, "error: %r" % e)
         return None
 
-    # -- bundles and firmware (receive.py, loaded for the message) ------------------------------
+    # -- bundles and firmware (bundle.py, loaded for the message) -------------------------------
+    # SHA-512, imported by ed25519.verify() when a signature is checked, goes with it.
     def handle_policy(self, payload):
-        return run("meternode.policy.receive", "handle_policy", self, payload)
+        try:
+            return run("meternode.policy.bundle", "handle_policy", self, payload)
+        finally:
+            forget("meternode.policy.sha512")
 
     def handle_ota(self, payload):
-        return run("meternode.policy.receive", "handle_ota", self, payload)
+        try:
+            return run("meternode.policy.bundle", "handle_ota", self, payload)
+        finally:
+            forget("meternode.policy.sha512")
 
     def _abort_ota(self):
         # A transfer given up: its partial slot goes at once (the record log needs the room).

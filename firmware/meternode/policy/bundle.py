@@ -19,49 +19,53 @@
 # verify() returns the manifest dict or raises Rejected("<category>: <detail>") with the
 # category one of: malformed, unsigned, unknown key, bad signature, wrong kind, wrong fleet,
 # not targeted, not newer, expired, clock not set, bad file (ota.py adds busy, no space,
-# unsupported).  Rejected lives in ota.py and key_id in ed25519.py: a node loads
-# those when it starts, this module only while it checks a bundle (receive.py).
+# unsupported).  Rejected lives in ota.py and key_id in ed25519.py: a node loads those when it
+# starts.
+#
+# handle_policy / handle_ota (the end of this file) are what the fleet agent (agent.py) runs
+# when a message arrives on policy/bundle or ota: the bundle verified, a policy applied, a
+# firmware build staged, and the result.  Each is an Agent method kept out of the class
+# (`self` is the agent); Agent.handle_policy / handle_ota load this module for the one message
+# and forget it when it returns (meternode.lazy.run, docs/memory.md), SHA-512 with it: a node
+# that receives no bundle never holds this code nor interns its names.  A streamed build's
+# state between its messages is the agent's (`_ota`: the manifest and the target, ota.Slots or
+# image.ImageUpdate, both classes of modules the node keeps), so nothing made here outlives
+# the call.  The names of this module and sha512.py are interned at the first message, in a
+# heap that has run for days (a new qstr pool there may not find its block), so they are few:
+# constants erased, single-use helpers folded, argument names the node already has, file
+# names checked byte by byte, one module rather than two.
 import hashlib
 import json
 from binascii import a2b_base64, hexlify, unhexlify
 
+from micropython import const
+
 from meternode.policy.ed25519 import key_id, verify
 from meternode.policy.ota import Rejected
+from meternode.policy.schema import PolicyError, check_compact
 
-DOMAIN = b"umeter-bundle-v1\n"
+_DOMAIN = const(b"umeter-bundle-v1\n")
 KINDS = ("policy", "firmware")
-MAX_FILES = 256
-MIN_EPOCH = 1577836800  # 2020-01-01: a clock below this was never set
+_MAX_FILES = const(256)
+_MIN_EPOCH = const(1577836800)  # 2020-01-01: a clock below this was never set
+_POLICY_FILE = const("policy.json")
 
 
 def signed_digest(mtext):
     # What the fleet key signs: SHA-256 over the domain tag and the manifest text.
     if isinstance(mtext, str):
         mtext = mtext.encode()
-    h = hashlib.sha256(DOMAIN)
+    h = hashlib.sha256(_DOMAIN)
     h.update(mtext)
     return h.digest()
 
 
-def _safe_name(n):
-    # Relative path of letters, digits, '_', '-', '.', '/' without '..' or empty parts.
-    if not isinstance(n, str) or not 0 < len(n) <= 96 or n[0] == "/":
-        return False
-    for part in n.split("/"):
-        if not part or part == "." or part == "..":
-            return False
-    for ch in n:
-        if not (ch.isalpha() or ch.isdigit() or ch in "_-./"):
-            return False
-    return True
-
-
-def parse(envelope):
+def parse(payload):
     # Bytes (or the envelope already parsed: an OTA begin may carry it as an object, so its
     # manifest is not escaped twice) -> (manifest text, signature bytes, {name: base64 text}).
     # Raises Rejected.
     try:
-        env = envelope if isinstance(envelope, dict) else json.loads(envelope)
+        env = payload if isinstance(payload, dict) else json.loads(payload)
         m = env["m"]
         s = env.get("s")
         f = env.get("f", {})
@@ -95,10 +99,21 @@ def check_manifest(man):
     if man["version"] < 1:
         raise Rejected("malformed: manifest.version must be >= 1")
     files = man.get("files")
-    if not isinstance(files, dict) or len(files) > MAX_FILES:
-        raise Rejected("malformed: manifest.files must be an object of at most %d files" % MAX_FILES)
+    if not isinstance(files, dict) or len(files) > _MAX_FILES:
+        raise Rejected("malformed: manifest.files must be an object of at most %d files" % _MAX_FILES)
     for name, fi in files.items():
-        if not _safe_name(name):
+        # a relative path of ASCII letters, digits, '_', '-', '.', '/' without empty, '.' or
+        # '..' parts.  Its bytes are checked, not its characters: iterating a str makes each
+        # character an interned name, for ever (MicroPython).
+        ok = isinstance(name, str) and 0 < len(name) <= 96 and not name.startswith("/")
+        if ok:
+            for part in name.split("/"):
+                if len(part) < 3 and not part.strip("."):
+                    ok = False
+            for c in name.encode():
+                if not (c in b"_-./" or 48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122):
+                    ok = False
+        if not ok:
             raise Rejected("malformed: file name %r" % name)
         if not isinstance(fi, dict) or not isinstance(fi.get("sha256"), str) or len(fi["sha256"]) != 64:
             raise Rejected("malformed: manifest.files[%r].sha256" % name)
@@ -106,26 +121,12 @@ def check_manifest(man):
             raise Rejected("malformed: manifest.files[%r].size" % name)
 
 
-def targeted(target, node, groups):
-    if target.get("all") is True:
-        return True
-    nodes = target.get("nodes", [])
-    if isinstance(nodes, list) and node in nodes:
-        return True
-    tg = target.get("groups", [])
-    if isinstance(tg, list):
-        for g in groups:
-            if g in tg:
-                return True
-    return False
-
-
 class Verifier:
     # keys: {key id: 32-byte public key} (the fleet key, plus the next one while rotating).
     def __init__(self, keys, node, fleet, groups=(), sigcheck=None):
         # sigcheck(public, message, signature) -> bool; default: the pure-Python Ed25519.
         # (The host's fleet simulator passes the `cryptography` one to model 10,000 nodes.)
-        self._sigcheck = sigcheck or verify
+        self.sigcheck = sigcheck or verify
         if isinstance(keys, (bytes, bytearray)):
             keys = {key_id(bytes(keys)): bytes(keys)}
         if not keys:
@@ -135,9 +136,11 @@ class Verifier:
         self.fleet = fleet
         self.groups = list(groups)
 
-    def verify(self, envelope, kind, current_version, now, check_files=True):
+    def verify(self, payload, kind, cur, now, check=True):
+        # payload: the envelope (bytes, or parsed: see parse()); cur: the version the node runs;
+        # check: the files are inline and checked (False: a firmware build streamed later).
         # -> (manifest dict, manifest text, {name: bytes} of the inline files).
-        mtext, sig, inline = parse(envelope)
+        mtext, sig, inline = parse(payload)
         try:
             man = json.loads(mtext)
             kid = man.get("key") if isinstance(man, dict) else None
@@ -148,23 +151,34 @@ class Verifier:
             if len(self.keys) != 1 or kid is not None:
                 raise Rejected("unknown key: %r is not a key of this fleet" % kid)
             pub = list(self.keys.values())[0]
-        if not self._sigcheck(pub, signed_digest(mtext), sig):
+        if not self.sigcheck(pub, signed_digest(mtext), sig):
             raise Rejected("bad signature: not signed by the fleet key")
         check_manifest(man)
         if man["kind"] != kind:
             raise Rejected("wrong kind: a %s bundle, expected %s" % (man["kind"], kind))
         if man["fleet"] != self.fleet:
             raise Rejected("wrong fleet: for %s, this node is in %s" % (man["fleet"], self.fleet))
-        if not targeted(man["target"], self.node, self.groups):
+        # targeted: all nodes, or this node or one of its groups named (any match is enough)
+        target = man["target"]
+        hit = target.get("all") is True
+        nodes = target.get("nodes", [])
+        if isinstance(nodes, list) and self.node in nodes:
+            hit = True
+        nodes = target.get("groups", [])
+        if isinstance(nodes, list):
+            for g in self.groups:
+                if g in nodes:
+                    hit = True
+        if not hit:
             raise Rejected("not targeted: %s is not in the bundle's nodes or groups" % self.node)
-        if man["version"] <= current_version:
-            raise Rejected("not newer: version %d is not above %d" % (man["version"], current_version))
-        if now < MIN_EPOCH:
+        if man["version"] <= cur:
+            raise Rejected("not newer: version %d is not above %d" % (man["version"], cur))
+        if now < _MIN_EPOCH:
             raise Rejected("clock not set: cannot check the expiry")
         if man["expires"] <= now:
             raise Rejected("expired: %d s ago" % (now - man["expires"]))
         files = {}
-        if check_files:
+        if check:
             for name, fi in man["files"].items():
                 b64 = inline.get(name)
                 if b64 is None:
@@ -180,3 +194,101 @@ class Verifier:
                 if name not in man["files"]:
                     raise Rejected("bad file: %s is not in the manifest" % name)
         return man, mtext, files
+
+
+# -- policy bundles --------------------------------------------------------------------------
+def handle_policy(self, payload):
+    # The Verifier is made from the agent's fleet identity (agent.trust) per message.
+    cur = self.policy_version()
+    camp = None
+    try:
+        man, mtext, files = Verifier(*self.trust).verify(payload, "policy", cur, int(self.clock.time()))
+        camp = man.get("campaign")
+        data = files.get(_POLICY_FILE)
+        if data is None:
+            raise Rejected("bad file: %s missing" % _POLICY_FILE)
+        try:
+            compact = check_compact(json.loads(data))
+        except (ValueError, PolicyError) as e:
+            raise Rejected("bad policy: %s" % e)
+        sig = parse(payload)[1]
+        self.store.apply(man["version"], mtext, hexlify(sig).decode(), compact)
+    except Rejected as e:
+        why = str(e)
+        self.event("policy", "rejected: %s" % why)
+        if not camp:
+            # best effort: the campaign id in the manifest, for results of rejected bundles too
+            try:
+                camp = json.loads(parse(payload)[0]).get("campaign")
+                if not isinstance(camp, str):
+                    camp = None
+            except Exception:
+                camp = None
+        return self._result(False, "rejected", cur, camp, why)
+    self.record = {"version": man["version"], "m": mtext, "policy": compact}
+    self.event("policy", "applied v%d %s" % (man["version"], compact["n"]))
+    self.on_policy(compact)
+    return self._result(True, "applied", man["version"], camp)
+
+
+# -- firmware ---------------------------------------------------------------------------------
+def handle_ota(self, payload):
+    try:
+        msg = json.loads(payload)
+        op = msg.get("op") if isinstance(msg, dict) else None
+    except MemoryError:
+        raise  # no room to parse it: "failed" (handle()), not the sender's "malformed"
+    except Exception:
+        op = None
+    cur = self.slots.version()
+    camp = self._ota[2] if self._ota else None
+    try:
+        if op == "begin":
+            # the envelope as text, or as an object (a large manifest: escaped once, not twice)
+            env = msg.get("bundle")
+            if isinstance(env, str):
+                env = env.encode()
+            elif not isinstance(env, dict):
+                raise Rejected("malformed: begin needs the bundle envelope, as text or as an object")
+            inline = bool(parse(env)[2])
+            man, mtext, files = Verifier(*self.trust).verify(env, "firmware", cur, int(self.clock.time()), inline)
+            build = man.get("build")
+            target = self.slots
+            if isinstance(build, dict) and build.get("image") == "app":
+                if self.image is None:
+                    raise Rejected("unsupported: an app image, and this node has no OTA app partitions")
+                target = self.image
+            target.begin(man)
+            self._ota = (man, mtext, man.get("campaign"), target)
+            if not inline:
+                self.event("ota", "receiving v%d" % man["version"])
+                return self._result(True, "accepted", cur, self._ota[2])
+            for name in files:
+                target.write(name, files[name], 0)
+            # files inline: staged now, as at an "end"
+        elif op == "file":
+            if self._ota is None:
+                # the rest of a transfer whose begin was refused (already answered), or
+                # of one that failed: no result per chunk
+                return None
+            try:
+                data = a2b_base64(msg["data"])
+                off = int(msg.get("off", 0))
+            except Exception:
+                raise Rejected("malformed: file chunk needs name, off, base64 data")
+            self._ota[3].write(msg.get("name"), data, off)
+            return None  # no result per chunk
+        elif op != "end":
+            raise Rejected("malformed: op must be begin, file or end")
+        elif self._ota is None:
+            raise Rejected("malformed: no firmware transfer in progress")
+        man, mtext, camp, target = self._ota
+        slot = target.finish(mtext)  # on Rejected the handler below aborts (removes the slot)
+        self._ota = None
+        self.event("ota", "staged v%d in %s" % (man["version"], slot))
+        return self._result(True, "staged", man["version"], camp)
+    except Rejected as e:
+        self._abort_ota()
+        why = str(e)
+        self.event("ota", "rejected: %s" % why)
+        return self._result(False, "rejected", cur, camp, why)
