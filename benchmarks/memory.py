@@ -213,6 +213,13 @@ def _main(root="."):
     from meternode.config import load_json
     cfg = load_json(root + "/config.json")
     n = sys.modules["meternode.node"].Node(load_json(root + "/board.json"), cfg)
+    reboot = n.reboot
+    def _reboot(why):
+        # a planned reboot (into a staged build): what the node held and its names just before
+        sample("reboot", n)
+        micropython.qstr_info()
+        reboot(why)
+    n.reboot = _reboot
     if day_s:
         _fast(n.hal.sampler, n.meter, stride)
     asyncio.run(_measure(n))
@@ -317,7 +324,7 @@ def run_node(work: Path, tag: str, config: dict, main_py: Path, path: str, image
             r["command"] = operator.close()
     for ln in lines:
         f = ln.split()
-        if f[0] in ("start", "run"):
+        if f[0] in ("start", "run", "reboot"):
             r[f[0] + "_held"], r[f[0] + "_free"], r["image"] = int(f[1]), int(f[2]), int(f[3])
             r["uplink"] = bool(int(f[4])) if "mqtt" in config else None
         elif f[0] == "low":
