@@ -111,3 +111,22 @@ def test_verifier_refuses_an_unset_clock():
     eq(str(e).split(":")[0], "clock not set", "1970 clock")
     man, mtext, files = v.verify(F.POLICY_V2, "policy", 0, F.NOW)
     eq(json.loads(files["policy.json"])["n"], "v2", "files come back verified")
+
+
+@heap("192k")
+def test_manifest_file_names_are_relative_ascii_paths_without_dot_parts():
+    # bundle.check_manifest's file-name rule, checked byte by byte (a str iterated would
+    # intern every character): letters, digits, '_', '-', '.', '/'; no leading '/', no empty,
+    # '.' or '..' part; at most 96 bytes.
+    from meternode.policy.bundle import check_manifest
+
+    def man(name):
+        fi = {"sha256": "0" * 64, "size": 1}
+        return {"kind": "policy", "fleet": "f", "target": {}, "version": 1, "expires": 1, "files": {name: fi}}
+
+    for ok in ("policy.json", "lib/meternode/a_b-c.1.mpy", "a/.../b", ".hidden", "x" * 96, "Z9/z0"):
+        eq(check_manifest(man(ok)), None, ok)
+    bad = ("", "/abs", "a//b", "a/", "./a", "a/./b", "../a", "a/../b", "a/..", "sp ace", "é.py", "a\\b", "x" * 97)
+    for name in bad:
+        e = raises(Rejected, check_manifest, man(name))
+        eq(str(e).startswith("malformed: file name"), True, (name, str(e)))
