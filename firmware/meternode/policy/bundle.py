@@ -110,9 +110,12 @@ def check_manifest(man):
             for part in name.split("/"):
                 if len(part) < 3 and not part.strip("."):
                     ok = False
-            for c in name.encode():
-                if not (c in b"_-./" or 48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122):
-                    ok = False
+            try:
+                for c in name.encode():
+                    if not (c in b"_-./" or 48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122):
+                        ok = False
+            except UnicodeError:  # CPython (the host's check): a lone surrogate, an undecodable name
+                ok = False
         if not ok:
             raise Rejected("malformed: file name %r" % name)
         if not isinstance(fi, dict) or not isinstance(fi.get("sha256"), str) or len(fi["sha256"]) != 64:
