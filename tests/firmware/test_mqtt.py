@@ -6,7 +6,7 @@ from meternode.link.mqtt import MQTTClient
 from meternode.link.mqttconn import connect_packet
 from meternode.link.mqttpkt import MAX_PACKET, MQTTError, check_topic, publish_packet
 from meternode.link.tls import ca_der
-from mptest import eq, host_value, needs, raises, timeout
+from mptest import eq, heap, host_value, needs, raises, timeout
 
 
 def test_connect_packet_carries_will_credentials_and_clean_flag():
@@ -121,12 +121,17 @@ class _Chunks:
         mv[: len(b)] = b
         return len(b)
 
-    async def readexactly(self, n):
-        if self.i + n > len(self.d):
-            raise EOFError
-        b = self.d[self.i : self.i + n]
-        self.i += n
-        return b
+
+class _Sink:
+    # A stream writer that keeps what is written.
+    def __init__(self):
+        self.out = b""
+
+    def write(self, b):
+        self.out += bytes(b)
+
+    async def drain(self):
+        pass
 
 
 async def test_a_connection_lost_while_waiting_for_an_ack_says_why():
@@ -194,3 +199,71 @@ async def test_packets_split_anywhere_and_longer_than_the_buffer_are_read_whole(
             raise AssertionError("no EOFError at the end of the stream")
         except EOFError:
             pass
+
+
+def _cut_heap(run):
+    # Fills the heap with blocks of `run` bytes and frees every other one: much free heap, in
+    # no piece much longer than `run`.  -> what is kept (hold it).
+    import gc
+
+    gc.collect()
+    hold = [None] * (gc.mem_free() // run + 8)
+    try:
+        for i in range(len(hold)):
+            hold[i] = bytearray(run)
+    except MemoryError:
+        pass
+    for i in range(0, len(hold), 2):
+        hold[i] = None
+    gc.collect()
+    return hold
+
+
+@heap("256k")
+async def test_a_message_longer_than_any_free_block_is_acknowledged_dropped_and_handed_on_as_none():
+    # A 12-KB PUBLISH to a node whose heap has no block that long (runs of ~2 KB): before, the
+    # reader failed with MemoryError, the link went down, and the broker sent the message
+    # again at every reconnect: the link never stayed up.  Now it is read through the buffer,
+    # acknowledged, and handed on as None (its receiver answers why); the next one arrives.
+    from meternode.link import mqtt as M
+    from meternode.link.mqttpkt import publish_packet
+
+    data = bytes(publish_packet("t/big", b"z" * 12000, 1, False, 9)) + bytes(
+        publish_packet("t/next", b"y" * 300, 1, False, 10)
+    )
+    for cut in (False, True):
+        c = M.MQTTClient("t", "x")
+        c._r = _Chunks(data, 700)
+        c._w = _Sink()
+        got = []
+        c.on_message = lambda tp, msg, r: got.append((tp, None if msg is None else len(msg)))
+        hold = _cut_heap(2048) if cut else None
+        try:
+            for _ in range(2):
+                h, b = await c._read_packet()
+                await c._dispatch(h, b)
+        finally:
+            del hold
+        eq(got, [("t/big", None if cut else 12000), ("t/next", 300)], "cut heap: %r" % cut)
+        eq(c._w.out, b"\x40\x02\x00\x09\x40\x02\x00\x0a", "both acknowledged (cut heap: %r)" % cut)
+
+
+def test_the_link_names_a_dropped_message_and_hands_it_to_its_service_only():
+    # payload None: the client had no block for the message (above).  A service's leaf gets
+    # it (the fleet agent answers "failed: no memory"); a command or resend request is not run.
+    from meternode.link.uplink import MqttLink
+
+    said, cmds, leaf = [], [], []
+    link = MqttLink("n9", {"host": "127.0.0.1", "port": 1, "prefix": "p"}, log=said.append)
+    link.on_command = cmds.append
+    link.extra_topics["ota"] = lambda payload, retained: leaf.append(payload)
+    for t in ("p/n9/ota", "p/n9/cmd", "p/n9/resend"):
+        link._on_message(t, None, False)
+    eq((leaf, cmds), ([None], []), "only the service's leaf is handed the drop")
+    eq(
+        said,
+        ["%s: message dropped: no memory for it" % t for t in ("p/n9/ota", "p/n9/cmd", "p/n9/resend")],
+        "each named",
+    )
+    link._on_message("p/n9/cmd", b"{}", False)
+    eq(cmds, [b"{}"], "a command that arrives whole is run")

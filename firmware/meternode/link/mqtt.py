@@ -12,8 +12,12 @@
 # Incoming bytes are read into one buffer of _READ bytes made with the client (readinto: no
 # allocation per read) and split into packets there: one pass through the event loop per
 # buffer, not three per packet (a flood of small messages then costs the node its parsing,
-# not a scheduler round trip per byte).  A packet longer than the buffer holds is finished
-# with readexactly.
+# not a scheduler round trip per byte).  A packet that straddles the buffer's end is moved to
+# its front and finished there; one longer than the buffer is read into one block of its
+# size.  When the heap has no block that large (a node that has run a while, docs/memory.md)
+# the packet is read through the buffer and dropped: a PUBLISH is acknowledged, else the
+# broker would send it again at every reconnect and the link would never stay up, and handed
+# on with payload None so that its receiver can say why.
 #
 # TLS: pass `ssl=tls.context(ca)` with the provisioned CA (PEM or DER); the server
 # certificate must chain to it, else connect() raises MQTTError naming the TLS failure.
@@ -66,7 +70,7 @@ class MQTTClient:
         self.ssl = ssl
         self.server_hostname = server_hostname
         self.timeout_ms = timeout_ms
-        self.on_message = None  # callback(topic: str, payload: bytes, retained: bool)
+        self.on_message = None  # callback(topic: str, payload: bytes or None (dropped), retained: bool)
         self.on_ack = None  # callback(pid) for PUBACKs of send_publish()
         self._r = None
         self._w = None
@@ -147,31 +151,57 @@ class MQTTClient:
                     if n > MAX_PACKET:
                         raise MQTTError("incoming packet of %d bytes is over the %d-byte limit" % (n, MAX_PACKET))
                     head = buf[lo]
-                    if hi - i >= n:
+                    k = hi - i  # body bytes in hand
+                    if k >= n:
                         self._lo = i + n
                         return head, bytes(self._mv[i : i + n])
-                    part = bytes(self._mv[i:hi])  # the body runs on past the buffer
-                    self._lo = self._hi = 0
-                    return head, part + await self._r.readexactly(n - len(part))
-            if lo:  # keep the unparsed start of a header (at most 4 bytes) at the front
+                    if i - lo + n > _READ:
+                        # longer than the buffer: once a PUBLISH's topic and id are in hand
+                        t = 4 + (buf[i] << 8 | buf[i + 1]) if k >= 2 else 4
+                        if k >= t or hi - lo == _READ:
+                            return await self._long(head, i, n, t)
+            if lo:  # keep the unparsed start of a packet at the front
                 k = hi - lo
                 buf[0:k] = bytes(self._mv[lo:hi])
                 self._lo = 0
                 self._hi = hi = k
-            r = self._r
-            if r is None:
-                raise OSError("not connected")
-            if hasattr(r, "readinto"):  # MicroPython: into the buffer
-                got = await r.readinto(self._mv[hi:])
-            else:  # CPython's StreamReader
-                chunk = await r.read(_READ - hi)
-                got = len(chunk)
-                buf[hi : hi + got] = chunk
-            if got is None:
-                continue  # woken without data
-            if not got:
-                raise EOFError("connection closed by the broker")
-            self._hi = hi + got
+            got = await self._into(self._mv[hi:])
+            if got is not None:
+                self._hi = hi + got
+
+    async def _into(self, mv):
+        # Reads what the connection has (at most len(mv) bytes) into mv: the count, or None
+        # when woken without data; EOFError when the broker closed.
+        r = self._r
+        if r is None:
+            raise OSError("not connected")
+        if hasattr(r, "readinto"):  # MicroPython: into the buffer
+            got = await r.readinto(mv)
+        else:  # CPython's StreamReader
+            chunk = await r.read(len(mv))
+            got = len(chunk)
+            mv[:got] = chunk
+        if got == 0:
+            raise EOFError("connection closed by the broker")
+        return got
+
+    async def _long(self, head, i, n, t):
+        # A packet longer than the buffer, its first bytes at _buf[i:_hi] (see the top).
+        got = self._hi - i
+        mv = self._mv
+        try:
+            body = bytearray(n)
+            body[:got] = mv[i : self._hi]
+        except MemoryError:
+            body = None
+            head |= 0x100  # dropped: _dispatch acknowledges it and hands on None
+            keep = bytes(mv[i : i + min(t, got)])  # the topic and packet id
+        self._lo = self._hi = 0
+        while got < n:
+            m = await self._into(memoryview(body)[got:] if body else mv[: min(n - got, _READ)])
+            if m:
+                got += m
+        return head, body or keep
 
     async def _reader(self):
         try:
@@ -210,7 +240,7 @@ class MQTTClient:
                 pos += 2
                 await self._send(bytes((_PUBACK, 2, pid >> 8, pid & 0xFF)))
             if self.on_message:
-                self.on_message(topic, body[pos:], bool(head & 1))
+                self.on_message(topic, None if head & 0x100 else body[pos:], bool(head & 1))
         elif kind in (_PUBACK, _SUBACK):
             if len(body) < 2:
                 raise MQTTError("short acknowledgement packet")

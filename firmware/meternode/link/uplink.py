@@ -46,6 +46,8 @@ class MqttLink:
 
     def _on_message(self, t, payload, retained):
         pre = "%s/%s/" % (self.prefix, self.node_id)
+        if payload is None:  # longer than any free block: dropped by the client (mqtt.py)
+            self.log("%s: message dropped: no memory for it" % t)
         if t.startswith(pre) and self.extra_topics:
             cb = self.extra_topics.get(t[len(pre) :])
             if cb is not None:
@@ -54,6 +56,8 @@ class MqttLink:
                 except Exception as e:  # a service's bug must not take the link down
                     self.log("%s: handler failed: %r" % (t, e))
                 return
+        if payload is None:
+            return  # a command's sender hears nothing: it is retried or expires
         if t == self.topic("cmd") and self.on_command is not None:
             self.on_command(payload)
         elif t == self.topic("resend") and self.outbox is not None and payload:
