@@ -388,3 +388,62 @@ async def test_a_message_the_node_has_no_heap_to_parse_fails_and_is_not_called_m
             sys.modules["json"] = real
     eq((leaf, res["ok"], res["status"]), ("ota/result", False, "failed"), "failed")
     eq("MemoryError" in res["why"], True, res["why"])
+
+
+@heap("256k")
+def test_chunks_are_written_without_loading_the_bundle_code_and_each_refusal_says_why():
+    # A build comes in hundreds of chunks (each small enough for the MQTT client's buffer):
+    # the agent writes them itself; bundle.py (verification, 5 KB of code) is loaded only for
+    # begin, end and a chunk it could not write.
+    root = scratch_dir()
+    a = _agent(root)
+    name = "meternode/extra/hello.py"
+    data = unhexlify(F.FW_FILES_HEX[name])
+
+    def chunk(off, part, k=name):
+        return json.dumps({"op": "file", "name": k, "off": off, "data": b2a_base64(part).decode()}).encode()
+
+    from meternode.policy import agent as A
+
+    loads = []
+
+    def run(module, attr, *args):
+        loads.append(module)
+        return keep(module, attr, *args)
+
+    keep = A.run
+    A.run = run
+    try:
+        eq(a.handle_ota(_begin(F.FIRMWARE_V5_STREAMED))["status"], "accepted", "manifest accepted")
+        eq(loads, ["meternode.policy.bundle"], "bundle.py loaded for the begin")
+        for off in range(0, len(data), 100):
+            eq(a.handle_ota(chunk(off, data[off : off + 100])), None, "no result per chunk")
+        eq(loads, ["meternode.policy.bundle"], "the chunks were written without bundle.py")
+    finally:
+        A.run = keep
+    init = unhexlify(F.FW_FILES_HEX["meternode/__init__.py"])
+    a.handle_ota(chunk(0, init, "meternode/__init__.py"))
+    r = a.handle_ota(b'{"op": "end"}')
+    eq((r["ok"], r["status"]), (True, "staged"), "staged from the chunks: %r" % r)
+    slot = Slots(root).state()["pending"]
+    # what a chunk the agent cannot write gets: the reason, and the partial build removed
+    for bad, why in (
+        (chunk(0, b"x" * (len(data) + 1)), "bad file: %s is longer than its %d bytes" % (name, len(data))),
+        (chunk(200, data[200:300]), "bad file: %s chunk at 200, have 0 bytes" % name),
+        (
+            b'{"op": "file", "name": "%s", "off": 0}' % name.encode(),
+            "malformed: file chunk needs name, off, base64 data",
+        ),
+        (chunk(0, b"x", "meternode/other.py"), "bad file: meternode/other.py is not in the manifest"),
+    ):
+        a2 = _agent(root + "/r%d" % len(why))
+        eq(a2.handle_ota(_begin(F.FIRMWARE_V5_STREAMED))["status"], "accepted", "begin")
+        r = a2.handle_ota(bad)
+        eq((r and r["status"], r and r["why"]), ("rejected", why), "refused chunk %r" % bad[:60])
+        eq(a2._ota, None, "the transfer is given up")
+    # a message the MQTT client had no block for (payload None): failed, naming it
+    a3 = _agent(root + "/none")
+    a3.handle_ota(_begin(F.FIRMWARE_V5_STREAMED))
+    leaf, r = a3.handle("ota", None)
+    eq((leaf, r["status"], "no memory" in r["why"], a3._ota), ("ota/result", "failed", True, None), repr(r))
+    eq(slot is not None, True, "the first agent's build is pending")

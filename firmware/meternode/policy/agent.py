@@ -19,7 +19,8 @@
 # (meternode.lazy.run, docs/memory.md): a fleet node that gets no bundle never interns their
 # names.  What stays here runs at start (the identity check, the policy
 # store's recovery, the OTA slots) or every boot (the switch report).
-from binascii import unhexlify
+import json
+from binascii import a2b_base64, unhexlify
 
 from meternode.lazy import forget, run
 from meternode.policy import ed25519
@@ -107,6 +108,8 @@ class Agent:
         # -> (result leaf, result dict or None) or None for an unknown leaf.  An unexpected
         # error (flash full, a bug) answers "failed" instead of killing the link task.
         try:
+            if payload is None:  # the MQTT client had no block for it (link/mqtt.py)
+                raise MemoryError("no memory for the message: send smaller ones")
             if leaf == "policy/bundle":
                 return "policy/result", self.handle_policy(payload)
             if leaf == "ota":
@@ -127,8 +130,23 @@ class Agent:
             forget("meternode.policy.sha512")
 
     def handle_ota(self, payload):
+        # A chunk of the build being received is written here, not through bundle.py: a build
+        # comes in hundreds of them, each small enough for the MQTT client's buffer
+        # (umeter.campaign).  Whatever this cannot write goes to bundle.py with the error.
+        t = self._ota
+        e = None
+        if t is not None:
+            try:
+                msg = json.loads(payload)
+                if msg["op"] == "file":
+                    t[3].write(msg["name"], a2b_base64(msg["data"]), int(msg.get("off", 0)))
+                    return None
+            except MemoryError:
+                raise
+            except Exception as x:
+                e = x
         try:
-            return run("meternode.policy.bundle", "handle_ota", self, payload)
+            return run("meternode.policy.bundle", "handle_ota", self, payload, e)
         finally:
             forget("meternode.policy.sha512")
 

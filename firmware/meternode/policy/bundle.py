@@ -235,7 +235,8 @@ def handle_policy(self, payload):
 
 
 # -- firmware ---------------------------------------------------------------------------------
-def handle_ota(self, payload):
+def handle_ota(self, payload, err=None):
+    # `err`: why the agent could not write this message as a chunk of the build in progress
     try:
         msg = json.loads(payload)
         op = msg.get("op") if isinstance(msg, dict) else None
@@ -274,13 +275,10 @@ def handle_ota(self, payload):
                 # the rest of a transfer whose begin was refused (already answered), or
                 # of one that failed: no result per chunk
                 return None
-            try:
-                data = a2b_base64(msg["data"])
-                off = int(msg.get("off", 0))
-            except Exception:
-                raise Rejected("malformed: file chunk needs name, off, base64 data")
-            self._ota[3].write(msg.get("name"), data, off)
-            return None  # no result per chunk
+            # the agent writes the chunks (Agent.handle_ota); this one it could not
+            if isinstance(err, Rejected):
+                raise err
+            raise Rejected("malformed: file chunk needs name, off, base64 data")
         elif op != "end":
             raise Rejected("malformed: op must be begin, file or end")
         elif self._ota is None:
