@@ -51,7 +51,7 @@ def held_kb(config_kind: str, *, words: int, load: str = "mpy") -> int:
 # bundle path loaded for it).  Bisected with tests/host/test_memory_budget.py's bundle test,
 # 4-KB steps, .mpy (2026-12-06): 64-bit fails at +12 and passes at +16, 32-bit fails at +4 and
 # passes at +8; one step more here (runs pass and fail within a step of each other).
-# A streamed build (8-KB chunks) needs more than this: docs/memory.md.
+# A streamed build comes in chunks that fit the node's 1-KB MQTT buffer (umeter.campaign).
 BUNDLE_KB = {8: 20, 4: 12}
 
 

@@ -270,7 +270,7 @@ class MqttTransport:
             self._client.publish(f"{self.prefix}/{node}/policy/bundle", bundle, qos=1)
             return
         topic = f"{self.prefix}/{node}/ota"
-        for payload in ota_messages(bundle):
+        for payload in ota_messages(bundle, topic=len(topic.encode())):
             self._client.publish(topic, payload, qos=1)  # one topic, QoS 1: delivered in order
 
     def __exit__(self, *exc) -> None:
@@ -280,23 +280,50 @@ class MqttTransport:
             self._client = None
 
 
-INLINE_MAX = 12 * 1024  # a node's MQTT client accepts packets up to 16 KiB
-CHUNK = 6 * 1024  # raw bytes per streamed chunk (8 KiB in base64)
+# A node reads MQTT packets into one 1-KiB buffer (firmware link/mqtt.py _READ); a longer one
+# needs a free block of its size, which a node that has run a while in its budgeted heap may
+# not have (docs/memory.md): it then drops the message and answers "failed: ... no memory".
+# So a bundle goes inline only when its `begin` fits that buffer, and a build is streamed in
+# `file` chunks that each do.
+NODE_BUFFER = 1024
+INLINE_MAX = NODE_BUFFER
 # a node's MQTT client refuses a packet over 16 KiB (link/mqttpkt.py MAX_PACKET); the topic and
 # the packet's header come on top of the message
 BEGIN_MAX = 16384 - 256
+TOPIC_BYTES = 128  # room for the topic `<prefix>/<node>/ota` when the caller does not say
 
 
-def ota_messages(bundle: bytes, inline_max: int = INLINE_MAX, chunk: int = CHUNK) -> list[bytes]:
-    """The messages that carry a firmware bundle to a node's `ota` topic: one `begin` with the
-    files inline when small, else `begin` (manifest only), `file` chunks and `end`.
+def _packet(payload: int, topic: int) -> int:
+    # bytes of a QoS 1 PUBLISH: fixed header (1 + remaining length), topic, packet id, payload
+    body = 2 + topic + 2 + payload
+    return 1 + (1 if body < 128 else 2 if body < 16384 else 3) + body
+
+
+def chunk_size(name: str, size: int, topic: int = TOPIC_BYTES, fit: int = NODE_BUFFER) -> int:
+    """Raw bytes per `file` chunk of `name` (`size` bytes) so that each chunk's packet fits
+    `fit` bytes: base64 takes 4 characters per 3 bytes."""
+    head = len(json.dumps({"op": "file", "name": name, "off": size, "data": ""}).encode())
+    room = fit - _packet(head, topic)
+    if room < 4:
+        raise PolicyError(f"{name}: the file name leaves no room in a {fit}-byte message", hint="shorter paths")
+    return room // 4 * 3
+
+
+def ota_messages(
+    bundle: bytes, inline_max: int = INLINE_MAX, chunk: int | None = None, topic: int = TOPIC_BYTES
+) -> list[bytes]:
+    """The messages that carry a firmware bundle to a node's `ota` topic (`topic` bytes long):
+    one `begin` with the files inline when it is small, else `begin` (manifest only), `file`
+    chunks and `end`.  Chunks are `chunk` raw bytes, or as many as keep each packet within a
+    node's receive buffer (NODE_BUFFER).
 
     `begin` carries the envelope as text (what every firmware takes); when that would not fit
     a node's MQTT packet (a build of ~110 files: its manifest escaped twice), as an object (the
     manifest escaped once; firmware from this version on). PolicyError when even that does
     not fit: the node would drop the packet and the campaign only time out."""
-    if len(bundle) <= inline_max:
-        return [json.dumps({"op": "begin", "bundle": bundle.decode()}).encode()]
+    inline = json.dumps({"op": "begin", "bundle": bundle.decode()}).encode()
+    if _packet(len(inline), topic) <= inline_max:
+        return [inline]
     env = json.loads(bundle)
     files = env.get("f", {})
     head = {"m": env["m"], "s": env["s"], "f": {}}
@@ -312,8 +339,9 @@ def ota_messages(bundle: bytes, inline_max: int = INLINE_MAX, chunk: int = CHUNK
     out = [begin]
     for name, b64 in files.items():
         data = base64.b64decode(b64)
-        for off in range(0, max(1, len(data)), chunk):
-            part = base64.b64encode(data[off : off + chunk]).decode()
+        step = chunk or chunk_size(name, len(data), topic)
+        for off in range(0, max(1, len(data)), step):
+            part = base64.b64encode(data[off : off + step]).decode()
             out.append(json.dumps({"op": "file", "name": name, "off": off, "data": part}).encode())
     out.append(b'{"op": "end"}')
     return out

@@ -117,13 +117,22 @@ def test_a_bundle_for_another_group_halts_after_the_canary(mosquitto, tmp_path: 
 
 
 def test_a_large_firmware_bundle_is_streamed_in_chunks(mosquitto, tmp_path: Path) -> None:
-    from umeter.campaign import ota_messages
+    import base64
+    import json
+
+    from umeter.campaign import NODE_BUFFER, TOPIC_BYTES, _packet, ota_messages
 
     files = {f"meternode/m{k}.py": (f"# module {k}\n" + "x = 1\n" * 3000).encode() for k in range(3)}
     man = make_manifest("firmware", "acme", 9, files, make_target(all_nodes=True), key=KEY, campaign="big")
     env = sign_bundle(KEY, man, files)
     msgs = ota_messages(env)
-    assert len(msgs) == 1 + 3 * 3 + 1 and all(len(m) < 16 * 1024 for m in msgs)
+    # every message a node's MQTT client reads into its 1-KiB buffer, no block of its own
+    assert all(_packet(len(m), TOPIC_BYTES) <= NODE_BUFFER for m in msgs)
+    chunks = [json.loads(m) for m in msgs[1:-1]]
+    assert {c["op"] for c in chunks} == {"file"} and len(chunks) > 3 * 18000 // 768
+    part = [c for c in chunks if c["name"] == "meternode/m1.py"]
+    assert [c["off"] for c in part] == sorted(c["off"] for c in part)
+    assert b"".join(base64.b64decode(c["data"]) for c in part) == files["meternode/m1.py"]
     rep, d = _firmware_campaign(mosquitto, tmp_path, 3, env, "big", canary_pct=34, batch=2)
     assert (rep.state, rep.ok) == ("done", 3)
     assert (d / "meternode/m1.py").read_bytes() == files["meternode/m1.py"]

@@ -247,3 +247,43 @@ def test_a_fleet_node_takes_a_signed_bundle_and_a_build_in_its_budgeted_heap_und
     assert r["qstrs"] < 1250, f"{r['qstrs']} names interned after a policy bundle and a firmware build: {r}"
     left = (r["reboot_held"] - r["start_held"]) / 1024
     assert left < 8, f"the bundles left {left:.1f} KB held (bundle.py or SHA-512 kept?): {r}"
+
+
+def test_a_fleet_node_takes_a_streamed_build_in_its_budgeted_heap(setup):
+    # A build too large to go inline comes as `begin`, `file` chunks and `end`.  On main at
+    # 63ec4cb its 8-KB chunks needed 6.3-6.6 KB in one piece (the packet, its copy, the text,
+    # the decoded bytes) in a heap that had run a while, found none, and the link went down at
+    # each redelivery: the build was never staged.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from umeter.campaign import ota_messages
+    from umeter.cli.ota import read_build
+    from umeter.policy import load_any
+    from umeter.signing import fleet_identity, make_manifest, make_target, sign_bundle
+
+    bm, work, res, broker = setup
+    key = Ed25519PrivateKey.from_private_bytes(bytes(32))
+    bm.FLEET.update(fleet_identity(key, "mem"))
+    policy = load_any(Path(unixport.__file__).parent / "examples" / "demo_policy.toml")
+    every = read_build(res.out)[0]
+    files, size = {}, 0
+    for name in sorted(every, key=lambda n: -len(every[n])):  # the largest files first
+        files[name] = every[name]
+        size += len(every[name])
+        if size > 40 * 1024:
+            break
+    build_v2 = make_manifest("firmware", "mem", 2, files, make_target(all_nodes=True), key=key, campaign="fw2")
+    msgs = ota_messages(sign_bundle(key, build_v2, files))
+    assert len(msgs) > 3, "the build went inline: this test is for a streamed one"
+    heap = budget.heap_for("+fleet", words=unixport.word_bytes(), load="mpy")
+    cfg = bm.node_config("budget-stream", "+fleet", broker.host, broker.port, policy)
+    sender = _Sender(cfg, [(5, "ota", msgs)])
+    try:
+        r = bm.run_node(work, "mpy-fleet-stream", cfg, res.out / "main.py", str(res.out / "lib") + ":.frozen", "-",
+                        heap, 2, 25)  # fmt: skip
+    finally:
+        results = sender.close()
+    done = [(leaf, m["status"], m.get("why")) for leaf, m in results if m["status"] != "accepted"]
+    assert done == [("ota/result", "staged", None)], (done, r)
+    assert r["memory_errors"] == 0 and r["uplink"] is True, r
+    assert "reboot_held" in r, f"the node did not reboot into the staged build: {r}"
