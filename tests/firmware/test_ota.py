@@ -11,7 +11,7 @@ import bundle_fixture as F
 from meternode.policy import ota
 from meternode.policy.agent import Agent
 from meternode.policy.image import PartitionUpdate
-from meternode.policy.ota import Slots, health_check
+from meternode.policy.ota import Slots
 from mptest import eq, heap, scratch_dir
 
 
@@ -28,16 +28,41 @@ def _begin(env):
     return json.dumps({"op": "begin", "bundle": env.decode()}).encode()
 
 
-async def _no_sleep(ms):
-    pass
+class _Node:
+    # What the health check reads of a node: cycles measured, the link, the deadline (0: a
+    # trial unhealthy now is past it).
+    def __init__(self, up):
+        self.meter = type("M", (), {"cycles": 100})()
+        self.config = {"mqtt": {"host": "broker"}, "ota": {"health_deadline_s": 0}}
+        self.link_up = up
 
 
-async def _health(slots, ok, deadline_ms=1000):
-    resets = []
-    out = await health_check(
-        slots, lambda: None if ok else "link not connected", deadline_ms, lambda: resets.append(1), _no_sleep
-    )
-    return out, len(resets)
+class _Service:
+    # The policy service as policy/rare.confirm() uses it: its agent, node, log and reboot.
+    def __init__(self, agent, up):
+        self.agent = agent
+        self.node = _Node(up)
+        self.said = []
+        self.reboots = []
+
+    def log(self, text):
+        self.said.append(text)
+
+    def _reboot(self, why):
+        self.reboots.append(why)
+
+
+def _health(root, up):
+    # The node's health check (PolicyService.run -> rare.confirm) once, on an agent made after
+    # the boot's select(), as the node's is.  -> (what it logged, reboots asked for)
+    from meternode.aio import ticks_add, ticks_ms
+    from meternode.policy import rare
+
+    a = _agent(root)
+    a.slots.resume()
+    svc = _Service(a, up)
+    rare.confirm(svc, ticks_add(ticks_ms(), -1))
+    return svc.said, svc.reboots
 
 
 @heap("256k")
@@ -53,8 +78,8 @@ async def test_new_build_is_staged_tried_and_confirmed():
     s = Slots(root)
     eq(s.select(), slot_dir, "boot selects the new slot")
     eq(s.trial, True, "trial boot")
-    out, resets = await _health(s, True)
-    eq((out, resets), ("version 5 confirmed", 0), "health check confirms")
+    said, reboots = _health(root, True)
+    eq((said, reboots), (["health check passed: version 5 confirmed"], []), "health check confirms")
     s2 = Slots(root)
     eq((s2.select(), s2.trial), (slot_dir, False), "confirmed slot on the next boot")
     b = _agent(root)
@@ -70,8 +95,9 @@ async def test_failed_health_check_rolls_back_on_the_next_boot():
     _agent(root).handle_ota(_begin(F.FIRMWARE_V5))
     s = Slots(root)
     eq(s.select(), root + "/fw/a", "trial boot")
-    out, resets = await _health(s, False)
-    eq((out, resets), ("unhealthy: link not connected", 1), "deadline passed: reset requested")
+    said, reboots = _health(root, False)
+    eq(said, ["health check failed (link not connected): resetting to roll back"], "deadline passed")
+    eq(reboots, ["health check failed"], "reset requested")
     s = Slots(root)
     eq(s.select(), None, "next boot: back on the factory modules")
     if "rolled back" not in s.rolled_back:

@@ -289,30 +289,3 @@ def boot_path(root="."):
             if name == "meternode" or name.startswith("meternode."):
                 del sys.modules[name]
     return slots
-
-
-async def health_check(slots, check, deadline_ms, reset, sleep_ms, log=None):
-    # Polls check() -> None (healthy) or a reason; confirms the running build as soon as it is
-    # healthy.  A trial build that is not healthy by the deadline calls reset(): the next boot
-    # rolls back.  Returns the outcome text.
-    waited = 0
-    why = "not checked"
-    while True:
-        why = check()
-        if why is None:
-            out = slots.healthy()
-            if log:
-                log("health check passed: %s" % out)
-            return out
-        if waited >= deadline_ms:
-            break
-        await sleep_ms(200)
-        waited += 200
-    if slots.trial:
-        st = slots.state()
-        st["last"] = "health check failed: %s" % why
-        slots._save(st)
-        if log:
-            log("health check failed (%s): resetting to roll back" % why)
-        reset()
-    return "unhealthy: %s" % why
