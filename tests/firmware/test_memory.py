@@ -5,6 +5,9 @@ import gc
 import json
 import sys
 
+from heapcut import fragment as _fragment
+from heapcut import plug as _plug
+
 from meternode.node import Node
 from mptest import eq, heap, host_value, needs, scratch_dir, timeout
 
@@ -245,39 +248,6 @@ async def test_a_link_comes_up_when_discovery_finds_no_heap():
 
 # -- the telemetry payload is written into a buffer the node keeps (node._tbuf): a report
 # needs no free run of the payload's size, which a heap that has run for a day may not have
-
-
-def _plug(count, size):
-    # Fills free runs of `size` bytes until none is left, and fails if `count` of them fit: the
-    # heap must be cut up finer than that. Returns the plugs (keep them for as long as it must be).
-    plugs = [None] * count
-    try:
-        for i in range(count):
-            plugs[i] = bytearray(size)
-        raise AssertionError("%d free runs of %d bytes: the heap is not fragmented" % (count, size))
-    except MemoryError:
-        pass
-    return plugs
-
-
-def _fragment(blocks):
-    # Fills the heap with tuples of `blocks` GC blocks (16 bytes) each -- one allocation each --
-    # and frees every other one: lots of free heap, in runs of at least `blocks` blocks and
-    # fewer than 2 * `blocks` (a run left over before is shorter than a tuple, or holds one
-    # more).  -> what is kept (hold it).
-    word = 8 if sys.maxsize >> 32 else 4
-    k = (blocks * 16 - 2 * word) // word  # a tuple: type, length, then its items
-    gc.collect()
-    hold = [None] * (gc.mem_free() // (blocks * 16))  # made first: a growing list leaves its old arrays free
-    try:
-        for i in range(len(hold)):
-            hold[i] = (None,) * k
-    except MemoryError:
-        pass
-    for i in range(0, len(hold), 2):
-        hold[i] = None
-    gc.collect()
-    return hold
 
 
 @heap("256k")

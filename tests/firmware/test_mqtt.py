@@ -1,6 +1,8 @@
 # MQTT packet encoding, limits, backoff and the client against a real Mosquitto.
 import asyncio
 
+from heapcut import fragment, plug
+
 from meternode.link.backoff import Backoff
 from meternode.link.mqtt import MQTTClient
 from meternode.link.mqttconn import connect_packet
@@ -201,24 +203,6 @@ async def test_packets_split_anywhere_and_longer_than_the_buffer_are_read_whole(
             pass
 
 
-def _cut_heap(run):
-    # Fills the heap with blocks of `run` bytes and frees every other one: much free heap, in
-    # no piece much longer than `run`.  -> what is kept (hold it).
-    import gc
-
-    gc.collect()
-    hold = [None] * (gc.mem_free() // run + 8)
-    try:
-        for i in range(len(hold)):
-            hold[i] = bytearray(run)
-    except MemoryError:
-        pass
-    for i in range(0, len(hold), 2):
-        hold[i] = None
-    gc.collect()
-    return hold
-
-
 @heap("256k")
 async def test_a_message_longer_than_any_free_block_is_acknowledged_dropped_and_handed_on_as_none():
     # A 12-KB PUBLISH to a node whose heap has no block that long (runs of ~2 KB): before, the
@@ -237,7 +221,7 @@ async def test_a_message_longer_than_any_free_block_is_acknowledged_dropped_and_
         c._w = _Sink()
         got = []
         c.on_message = lambda tp, msg, r: got.append((tp, None if msg is None else len(msg)))
-        hold = _cut_heap(2048) if cut else None
+        hold = (fragment(128), plug(4, 8192)) if cut else None  # free runs of 2-4 KB
         try:
             for _ in range(2):
                 h, b = await c._read_packet()

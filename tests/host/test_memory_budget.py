@@ -200,6 +200,21 @@ class _Sender:
         return self.results
 
 
+def _fleet_node(setup, tag: str, policy: dict, plan: list, run_s: int) -> tuple[list, dict]:
+    # A +fleet node from .mpy in its budgeted heap while `plan` is sent to it (_Sender) ->
+    # (its results other than "accepted": (leaf, status, why)), what run_node measured)
+    bm, work, res, broker = setup
+    heap = budget.heap_for("+fleet", words=unixport.word_bytes(), load="mpy")
+    cfg = bm.node_config(f"budget-{tag}", "+fleet", broker.host, broker.port, policy)
+    sender = _Sender(cfg, plan)
+    try:
+        r = bm.run_node(work, f"mpy-fleet-{tag}", cfg, res.out / "main.py", str(res.out / "lib") + ":.frozen", "-",
+                        heap, 2, run_s)  # fmt: skip
+    finally:
+        results = sender.close()
+    return [(leaf, m["status"], m.get("why")) for leaf, m in results if m["status"] != "accepted"], r
+
+
 def test_a_fleet_node_takes_a_signed_bundle_and_a_build_in_its_budgeted_heap_under_the_seventh_qstr_pool(setup):
     # +fleet from .mpy in its budgeted heap gets a signed policy bundle (applied) and then a
     # firmware bundle (staged: the node reboots into it; the benchmark's node script reports
@@ -217,30 +232,19 @@ def test_a_fleet_node_takes_a_signed_bundle_and_a_build_in_its_budgeted_heap_und
     from umeter.policy import load_any, policy_bundle
     from umeter.signing import fleet_identity, make_manifest, make_target, sign_bundle
 
-    bm, work, res, broker = setup
+    bm, res = setup[0], setup[2]
     key = Ed25519PrivateKey.from_private_bytes(bytes(32))
     bm.FLEET.update(fleet_identity(key, "mem"))
     policy = load_any(Path(unixport.__file__).parent / "examples" / "demo_policy.toml")
-    # a build small enough to go inline in its begin message (main.py alone): the path a
-    # build's names take is the same whatever its size.  A streamed build does not get through
-    # this heap (what the node holds + 32 KB) on main at 957aa96 either: its 8-KB chunks (and a
-    # whole build's 15.7-KB begin) find no free block that large by then and the link goes
-    # down at each one (reported; the e2e OTA tests run in larger heaps).
+    # a build of one file (main.py): the path a build's names take is the same whatever its
+    # size (a larger one: the test below)
     files = {"main.py": read_build(res.out)[0]["main.py"]}
     build_v2 = make_manifest("firmware", "mem", 2, files, make_target(all_nodes=True), key=key, campaign="fw2")
     plan = [
         (3, "policy/bundle", [policy_bundle(key, "mem", 1, policy, make_target(all_nodes=True), campaign="p1")]),
         (5, "ota", ota_messages(sign_bundle(key, build_v2, files))),
     ]
-    heap = budget.heap_for("+fleet", words=unixport.word_bytes(), load="mpy")
-    cfg = bm.node_config("budget-bundle", "+fleet", broker.host, broker.port, policy)
-    sender = _Sender(cfg, plan)
-    try:
-        r = bm.run_node(work, "mpy-fleet-bundle", cfg, res.out / "main.py", str(res.out / "lib") + ":.frozen", "-",
-                        heap, 2, 20)  # fmt: skip
-    finally:
-        results = sender.close()
-    done = [(leaf, m["status"], m.get("why")) for leaf, m in results if m["status"] != "accepted"]
+    done, r = _fleet_node(setup, "bundle", policy, plan, 20)
     assert done == [("policy/result", "applied", None), ("ota/result", "staged", None)], (done, r)
     assert r["memory_errors"] == 0 and r["uplink"] is True, r
     assert "reboot_held" in r, f"the node did not reboot into the staged build: {r}"
@@ -261,7 +265,7 @@ def test_a_fleet_node_takes_a_streamed_build_in_its_budgeted_heap(setup):
     from umeter.policy import load_any
     from umeter.signing import fleet_identity, make_manifest, make_target, sign_bundle
 
-    bm, work, res, broker = setup
+    bm, res = setup[0], setup[2]
     key = Ed25519PrivateKey.from_private_bytes(bytes(32))
     bm.FLEET.update(fleet_identity(key, "mem"))
     policy = load_any(Path(unixport.__file__).parent / "examples" / "demo_policy.toml")
@@ -275,15 +279,7 @@ def test_a_fleet_node_takes_a_streamed_build_in_its_budgeted_heap(setup):
     build_v2 = make_manifest("firmware", "mem", 2, files, make_target(all_nodes=True), key=key, campaign="fw2")
     msgs = ota_messages(sign_bundle(key, build_v2, files))
     assert len(msgs) > 3, "the build went inline: this test is for a streamed one"
-    heap = budget.heap_for("+fleet", words=unixport.word_bytes(), load="mpy")
-    cfg = bm.node_config("budget-stream", "+fleet", broker.host, broker.port, policy)
-    sender = _Sender(cfg, [(5, "ota", msgs)])
-    try:
-        r = bm.run_node(work, "mpy-fleet-stream", cfg, res.out / "main.py", str(res.out / "lib") + ":.frozen", "-",
-                        heap, 2, 25)  # fmt: skip
-    finally:
-        results = sender.close()
-    done = [(leaf, m["status"], m.get("why")) for leaf, m in results if m["status"] != "accepted"]
+    done, r = _fleet_node(setup, "stream", policy, [(5, "ota", msgs)], 25)
     assert done == [("ota/result", "staged", None)], (done, r)
     assert r["memory_errors"] == 0 and r["uplink"] is True, r
     assert "reboot_held" in r, f"the node did not reboot into the staged build: {r}"
