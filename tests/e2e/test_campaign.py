@@ -127,6 +127,12 @@ def test_a_large_firmware_bundle_is_streamed_in_chunks(mosquitto, tmp_path: Path
     env = sign_bundle(KEY, man, files)
     msgs = ota_messages(env)
     # every message a node's MQTT client reads into its 1-KiB buffer, no block of its own
+    import re
+
+    from umeter import unixport
+
+    fw = (unixport.firmware_root() / "meternode" / "link" / "mqtt.py").read_text()
+    assert re.search(r"^_READ = const\((\d+)\)", fw, re.M).group(1) == str(NODE_BUFFER), "the node's buffer"
     assert all(_packet(len(m), TOPIC_BYTES) <= NODE_BUFFER for m in msgs)
     chunks = [json.loads(m) for m in msgs[1:-1]]
     assert {c["op"] for c in chunks} == {"file"} and len(chunks) > 3 * 18000 // 768
