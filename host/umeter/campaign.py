@@ -334,7 +334,7 @@ def ota_messages(
         raise PolicyError(
             f"the firmware manifest ({len(files)} files) makes a {len(begin)}-byte begin message; a node's MQTT"
             f" client takes at most {BEGIN_MAX}",
-            hint="ship fewer files (a ROMFS image is one file: umeter build --romfs)",
+            hint="ship fewer files, or an ESP32 app image with the package frozen in (one file: docs/policy.md)",
         )
     out = [begin]
     for name, b64 in files.items():

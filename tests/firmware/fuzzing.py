@@ -243,14 +243,6 @@ class _Reader:
         mv[: len(b)] = b
         return len(b)
 
-    async def readexactly(self, n):
-        if self.i + n > len(self.d):
-            self.i = len(self.d)
-            raise EOFError("connection closed")
-        b = self.d[self.i : self.i + n]
-        self.i += n
-        return b
-
 
 class _Writer:
     def __init__(self):
@@ -309,6 +301,8 @@ class MqttPackets(Target):
             b"\xd0\x00",
             b"\x30\x82\x01" + _pub("umeter/fz/cmd", b"y" * 120)[3:],
             _pub("umeter/fz/cmd", b"a") + b"\x40\x02\x00\x02" + _pub("umeter/fz/resend", b"99999999999999999999", 1),
+            # longer than the 1-KB receive buffer, and one that straddles its end
+            _pub("umeter/fz/policy/small", b"z" * 3000, 1, 11) + _pub("umeter/fz/cmd", b"b" * 900, 1, 12),
         ]
 
     async def run(self, data):
