@@ -65,8 +65,8 @@ from umeter.build import build
 SUBSYSTEMS = (
     ("metrology", ("meternode.config", "meternode.hal", "meternode.hal.sim", "meternode.metrology.meter")),
     ("node", ("meternode.node",)),
-    ("store", ("meternode.store.records", "meternode.store.log", "meternode.store.cursor",
-               "meternode.store.profile", "meternode.store.checkpoint")),
+    ("store", ("meternode.store.records", "meternode.store.log", "meternode.store.profile",
+               "meternode.store.checkpoint")),
     ("uplink", ("meternode.link.mqttpkt", "meternode.link.mqtt", "meternode.link.backoff",
                 "meternode.link.uplink", "meternode.link.outbox", "meternode.link.service")),
     ("supervision", ("meternode.hal.watchdog", "meternode.supervisor", "meternode.tasks")),

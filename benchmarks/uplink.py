@@ -41,7 +41,7 @@ from meternode.link.mqtt import MQTTClient
 from meternode.link.outbox import Outbox
 from meternode.link.uplink import MqttLink
 from meternode.store import records
-from meternode.store.cursor import Cursor
+from meternode.store.log import Cursor
 from meternode.store.log import RecordLog
 
 host, port, n, window, d = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]

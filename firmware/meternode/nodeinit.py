@@ -164,7 +164,6 @@ def uplink(node):
             for name in extra + (
                 "meternode.store.records",
                 "meternode.store.log",
-                "meternode.store.cursor",
                 "meternode.store.profile",
                 "meternode.link.service",
             ):

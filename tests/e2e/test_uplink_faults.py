@@ -27,7 +27,7 @@ import asyncio, json, os, sys
 from meternode.link.outbox import Outbox
 from meternode.link.uplink import MqttLink
 from meternode.store import records
-from meternode.store.cursor import Cursor
+from meternode.store.log import Cursor
 from meternode.store.log import RecordLog
 
 cfg = json.loads(open(sys.argv[1]).read())

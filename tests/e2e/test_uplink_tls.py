@@ -86,7 +86,7 @@ import asyncio, json, sys
 from meternode.link.outbox import Outbox
 from meternode.link.uplink import MqttLink
 from meternode.store import records
-from meternode.store.cursor import Cursor
+from meternode.store.log import Cursor
 from meternode.store.log import RecordLog
 
 cfg = json.loads(sys.argv[1])

@@ -277,8 +277,7 @@ class MqttPackets(Target):
         from meternode.link.mqttpkt import MQTTError
         from meternode.link.outbox import Outbox
         from meternode.link.uplink import MqttLink
-        from meternode.store.cursor import Cursor
-        from meternode.store.log import RecordLog
+        from meternode.store.log import Cursor, RecordLog
 
         self.expected = (MQTTError, EOFError)
         log = RecordLog(scratch + "/log")
@@ -632,8 +631,7 @@ class StoredRecords(Target):
     def __init__(self, scratch):
         from meternode.link import loracodec
         from meternode.store import records as R
-        from meternode.store.cursor import Cursor
-        from meternode.store.log import LogError, RecordLog
+        from meternode.store.log import Cursor, LogError, RecordLog
 
         self.R = R
         self.Log = RecordLog

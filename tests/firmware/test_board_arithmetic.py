@@ -141,8 +141,7 @@ def _diff(a, b):
 @heap("192k")
 def test_a_600_s_outage_leaves_the_outbox_token_bucket_full_not_blocked():
     from meternode.link import outbox
-    from meternode.store.cursor import Cursor
-    from meternode.store.log import RecordLog
+    from meternode.store.log import Cursor, RecordLog
 
     d = scratch_dir()
     clk = _BoardTicks(_PERIOD - 3000, _PERIOD - 3000000)

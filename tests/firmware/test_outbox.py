@@ -6,8 +6,7 @@ from meternode.link.mqtt import MQTTClient
 from meternode.link.outbox import Outbox
 from meternode.link.uplink import MqttLink
 from meternode.store import records
-from meternode.store.cursor import Cursor
-from meternode.store.log import RecordLog
+from meternode.store.log import Cursor, RecordLog
 from mptest import eq, heap, host_value, needs, scratch_dir, timeout
 
 

@@ -6,8 +6,7 @@ from meternode.link import loracodec
 from meternode.link.commands import Commands, make_command
 from meternode.link.loralink import LoRaLink
 from meternode.store import records
-from meternode.store.cursor import Cursor
-from meternode.store.log import RecordLog
+from meternode.store.log import Cursor, RecordLog
 from mptest import eq, heap, raises, scratch_dir
 
 KEY = b"0123456789abcdef0123456789abcdef"

@@ -2,8 +2,7 @@
 import os
 
 from meternode.store import records
-from meternode.store.cursor import Cursor
-from meternode.store.log import HEADER, LogError, RecordLog
+from meternode.store.log import HEADER, Cursor, LogError, RecordLog
 from mptest import eq, heap, raises, scratch_dir
 
 

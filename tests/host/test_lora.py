@@ -239,7 +239,7 @@ from meternode.link.airtime import Governor
 from meternode.link.loralink import LoRaLink
 from meternode.link.lorawan import LoRaModem, ModemError
 from meternode.store import records
-from meternode.store.cursor import Cursor
+from meternode.store.log import Cursor
 from meternode.store.log import RecordLog
 
 port, d = sys.argv[1], sys.argv[2]

@@ -8,8 +8,7 @@ import json
 
 from meternode.link.outbox import Outbox
 from meternode.store import records
-from meternode.store.cursor import Cursor
-from meternode.store.log import RecordLog
+from meternode.store.log import Cursor, RecordLog
 from umeter import validate
 
 

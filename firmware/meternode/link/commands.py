@@ -33,7 +33,7 @@ from micropython import const
 from meternode.lazy import forget
 from meternode.link.limiter import Limiter
 from meternode.store import records
-from meternode.store.cursor import Cursor
+from meternode.store.log import Cursor
 
 # Limits are `_NAME = const(...)`: the compiler puts the value in place, no global, no qstr.
 _MAX_EXPIRY_S = const(86400)  # an expiry further ahead than this is refused (limits replay windows)

@@ -5,7 +5,7 @@ import asyncio
 
 from meternode.aio import sleep_ms as _sleep_ms
 from meternode.config import ConfigError, need
-from meternode.store.cursor import Cursor
+from meternode.store.log import Cursor
 
 
 def check(c):

@@ -16,7 +16,7 @@
 import struct
 
 from meternode.link.commands import Hmac, hmac_sha256
-from meternode.store.cursor import Cursor
+from meternode.store.log import Cursor
 
 DOMAIN = b"umeter-lora-v1"
 OP_PRICE = 1

@@ -1,2 +1,2 @@
-# Persistence: the append-only record log (log.py), its upload cursor (cursor.py), record
+# Persistence: the append-only record log and its upload cursor (log.py), record
 # payload formats (records.py) and power-fail-safe register checkpoints (checkpoint.py).

@@ -274,8 +274,7 @@ def open_store(self, cfg):
     # UplinkService.__init__, first: config.store checked, the upload cursor and the record
     # log opened (a bad store config is a ConfigError), the log's hooks; -> the store's path.
     from meternode.config import ConfigError, need
-    from meternode.store.cursor import Cursor
-    from meternode.store.log import RecordLog
+    from meternode.store.log import Cursor, RecordLog
 
     s = need(cfg, "store", dict, "config", default={})
     need(s, "path", str, "config.store", default="store")
