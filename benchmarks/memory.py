@@ -67,7 +67,7 @@ SUBSYSTEMS = (
     ("node", ("meternode.node",)),
     ("store", ("meternode.store.records", "meternode.store.log", "meternode.store.profile",
                "meternode.store.checkpoint")),
-    ("uplink", ("meternode.link.mqttpkt", "meternode.link.mqtt", "meternode.link.backoff",
+    ("uplink", ("meternode.link.mqtt", "meternode.link.backoff",
                 "meternode.link.uplink", "meternode.link.outbox", "meternode.link.service")),
     ("supervision", ("meternode.hal.watchdog", "meternode.supervisor", "meternode.tasks")),
     ("commands", ("meternode.link.commands", "meternode.link.actions")),

@@ -155,7 +155,6 @@ def uplink(node):
             extra = ("meternode.link.commands", "meternode.link.actions") if node.config.get("cmd_key") else ()
             if node.config.get("mqtt"):  # ~16 KB a metering-only or LoRa-only node saves
                 extra += (
-                    "meternode.link.mqttpkt",
                     "meternode.link.mqtt",
                     "meternode.link.backoff",
                     "meternode.link.uplink",

@@ -287,7 +287,7 @@ class MqttTransport:
 # `file` chunks that each do.
 NODE_BUFFER = 1024
 INLINE_MAX = NODE_BUFFER
-# a node's MQTT client refuses a packet over 16 KiB (link/mqttpkt.py MAX_PACKET); the topic and
+# a node's MQTT client refuses a packet over 16 KiB (link/mqtt.py MAX_PACKET); the topic and
 # the packet's header come on top of the message
 BEGIN_MAX = 16384 - 256
 TOPIC_BYTES = 128  # room for the topic `<prefix>/<node>/ota` when the caller does not say

@@ -262,7 +262,7 @@ class _Writer:
 
 
 def _pub(topic, payload, qos=0, pid=7, retain=False):
-    from meternode.link.mqttpkt import publish_packet
+    from meternode.link.mqtt import publish_packet
 
     return publish_packet(topic, payload, qos, retain, pid)
 
@@ -273,8 +273,7 @@ class MqttPackets(Target):
     is_async = True
 
     def __init__(self, scratch):
-        from meternode.link.mqtt import MQTTClient
-        from meternode.link.mqttpkt import MQTTError
+        from meternode.link.mqtt import MQTTClient, MQTTError
         from meternode.link.outbox import Outbox
         from meternode.link.uplink import MqttLink
         from meternode.store.log import Cursor, RecordLog

@@ -11,7 +11,7 @@ from heapcut import plug as _plug
 from meternode.node import Node
 from mptest import eq, heap, host_value, needs, scratch_dir, timeout
 
-_MQTT = ("meternode.link.mqttpkt", "meternode.link.mqtt", "meternode.link.uplink", "meternode.link.outbox")
+_MQTT = ("meternode.link.mqtt", "meternode.link.uplink", "meternode.link.outbox")
 
 
 def _board():

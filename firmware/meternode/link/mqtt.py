@@ -21,7 +21,9 @@
 #
 # TLS: pass `ssl=tls.context(ca)` with the provisioned CA (PEM or DER); the server
 # certificate must chain to it, else connect() raises MQTTError naming the TLS failure.
-# Reconnect pacing lives in backoff.py.
+# Packet encoding (fixed headers, strings, remaining lengths, PUBLISH, topic checks, size
+# limits) is here too; CONNECT and SUBSCRIBE are in mqttconn.py.  Reconnect pacing lives in
+# backoff.py.
 import asyncio
 import struct
 
@@ -32,7 +34,6 @@ from meternode.aio import ticks_diff as _diff
 from meternode.aio import ticks_ms as _now
 from meternode.aio import wait_for_ms
 from meternode.lazy import run
-from meternode.link.mqttpkt import MAX_PACKET, MQTTError, check_topic, publish_head
 
 # Packet types (MQTT 3.1.1 section 2.2.1) as compile-time constants: no global, no qstr.
 _PUBLISH = const(0x30)
@@ -42,6 +43,57 @@ _PINGREQ = const(0xC0)
 _DISCONNECT = const(0xE0)
 
 _READ = const(1024)  # the receive buffer (bytes), made once per client
+MAX_PACKET = const(16384)  # largest packet we send or accept (bytes); more is a protocol error
+_MAX_TOPIC = const(256)  # longest topic we publish or subscribe to (bytes)
+
+
+class MQTTError(Exception):
+    pass
+
+
+def _str(s):
+    b = s.encode() if isinstance(s, str) else bytes(s)
+    if len(b) > 65535:
+        raise MQTTError("string of %d bytes does not fit an MQTT field" % len(b))
+    return struct.pack("!H", len(b)) + b
+
+
+def _remaining(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | 0x80 if n else b)
+        if not n:
+            return bytes(out)
+
+
+def check_topic(topic, wild=False):
+    # Publish topics carry no wildcards; both are 1.._MAX_TOPIC bytes of UTF-8 without NUL.
+    n = len(topic)
+    if not 0 < n <= _MAX_TOPIC:
+        raise MQTTError("topic %r is %d bytes; allowed 1..%d" % (topic, n, _MAX_TOPIC))
+    if "\x00" in topic or (not wild and ("+" in topic or "#" in topic)):
+        raise MQTTError("topic %r holds a character not allowed here" % topic)
+
+
+def publish_packet(topic, payload, qos=0, retain=False, pid=0, dup=False):
+    if isinstance(payload, str):
+        payload = payload.encode()
+    return publish_head(topic, len(payload), qos, retain, pid, dup) + payload
+
+
+def publish_head(topic, size, qos=0, retain=False, pid=0, dup=False):
+    # A PUBLISH packet up to its payload of `size` bytes: the client sends the payload after
+    # it as it is (a telemetry payload is the node's own buffer), not copied into one packet.
+    if qos not in (0, 1):
+        raise MQTTError("QoS %r is not supported (0 or 1)" % (qos,))
+    head = _PUBLISH | (qos << 1) | (1 if retain else 0) | (0x08 if dup and qos else 0)
+    var = _str(topic) + (struct.pack("!H", pid) if qos else b"")
+    n = len(var) + size
+    if n + 5 > MAX_PACKET:
+        raise MQTTError("publish to %s is %d bytes, over the %d-byte limit" % (topic, n, MAX_PACKET))
+    return bytes((head,)) + _remaining(n) + var
 
 
 class MQTTClient:

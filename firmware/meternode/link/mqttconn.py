@@ -13,8 +13,7 @@ from micropython import const
 
 from meternode.aio import ticks_ms as _now
 from meternode.aio import wait_for_ms
-from meternode.link.mqtt import MQTTClient
-from meternode.link.mqttpkt import MQTTError, _remaining, _str, check_topic
+from meternode.link.mqtt import MQTTClient, MQTTError, _remaining, _str, check_topic
 
 _CONNECT = const(0x10)
 _CONNACK = const(0x20)
