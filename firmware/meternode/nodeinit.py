@@ -156,7 +156,6 @@ def uplink(node):
             if node.config.get("mqtt"):  # ~16 KB a metering-only or LoRa-only node saves
                 extra += (
                     "meternode.link.mqtt",
-                    "meternode.link.backoff",
                     "meternode.link.uplink",
                     "meternode.link.outbox",
                 )

@@ -6,8 +6,7 @@ import asyncio
 from micropython import const
 
 from meternode.link import telemetry
-from meternode.link.backoff import Backoff
-from meternode.link.mqtt import MQTTClient
+from meternode.link.mqtt import Backoff, MQTTClient
 from meternode.node import log
 
 _BACKOFF_MIN_MS = const(500)

@@ -3,8 +3,7 @@ import asyncio
 
 from heapcut import fragment, plug
 
-from meternode.link.backoff import Backoff
-from meternode.link.mqtt import MAX_PACKET, MQTTClient, MQTTError, check_topic, publish_packet
+from meternode.link.mqtt import MAX_PACKET, Backoff, MQTTClient, MQTTError, check_topic, publish_packet
 from meternode.link.mqttconn import connect_packet
 from meternode.link.tls import ca_der
 from mptest import eq, heap, host_value, needs, raises, timeout

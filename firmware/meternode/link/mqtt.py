@@ -22,8 +22,10 @@
 # TLS: pass `ssl=tls.context(ca)` with the provisioned CA (PEM or DER); the server
 # certificate must chain to it, else connect() raises MQTTError naming the TLS failure.
 # Packet encoding (fixed headers, strings, remaining lengths, PUBLISH, topic checks, size
-# limits) is here too; CONNECT and SUBSCRIBE are in mqttconn.py.  Reconnect pacing lives in
-# backoff.py.
+# limits) is here too (CONNECT and SUBSCRIBE: mqttconn.py), and the reconnect pacing
+# (`Backoff`) of the link supervisors of the MQTT uplink (uplink.py, plainlink.py) and of the
+# Wi-Fi it runs over (wifi.py): a module of its own would cost every node with MQTT ~0.2 KB
+# more (docs/memory.md).
 import asyncio
 import struct
 
@@ -34,6 +36,14 @@ from meternode.aio import ticks_diff as _diff
 from meternode.aio import ticks_ms as _now
 from meternode.aio import wait_for_ms
 from meternode.lazy import run
+
+try:
+    from random import getrandbits as _rand
+except ImportError:  # pragma: no cover
+
+    def _rand(n):
+        return 0
+
 
 # Packet types (MQTT 3.1.1 section 2.2.1) as compile-time constants: no global, no qstr.
 _PUBLISH = const(0x30)
@@ -94,6 +104,27 @@ def publish_head(topic, size, qos=0, retain=False, pid=0, dup=False):
     if n + 5 > MAX_PACKET:
         raise MQTTError("publish to %s is %d bytes, over the %d-byte limit" % (topic, n, MAX_PACKET))
     return bytes((head,)) + _remaining(n) + var
+
+
+class Backoff:
+    # Exponential backoff with +-25 % jitter, bounded: min_ms, 2*min_ms, ... max_ms, so a
+    # fleet that lost its broker does not come back in lockstep.
+    def __init__(self, min_ms=500, max_ms=30000):
+        self.min_ms = min_ms
+        self.max_ms = max_ms
+        self.cur = min_ms
+        self.attempts = 0
+
+    def reset(self):
+        self.cur = self.min_ms
+        self.attempts = 0
+
+    def next_ms(self):
+        d = self.cur
+        self.cur = min(self.max_ms, self.cur * 2)
+        self.attempts += 1
+        j = d // 4
+        return d - j + (_rand(16) % (2 * j + 1) if j else 0)
 
 
 class MQTTClient:

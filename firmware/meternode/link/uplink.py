@@ -9,7 +9,7 @@
 # added while the link is up is subscribed by `subscribe_extra()` (or at the next connect).
 from meternode.aio import sleep_ms as _sleep_ms
 from meternode.lazy import forget, run
-from meternode.link.backoff import Backoff
+from meternode.link.mqtt import Backoff
 from meternode.node import _nop
 from meternode.node import log as _log
 

@@ -21,7 +21,7 @@ from meternode.aio import sleep_ms as _sleep_ms
 from meternode.aio import ticks_diff as _diff
 from meternode.aio import ticks_ms as _now
 from meternode.hal.netstat import FINAL as _FINAL
-from meternode.link.backoff import Backoff
+from meternode.link.mqtt import Backoff
 
 
 def _nop():
