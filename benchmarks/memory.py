@@ -356,7 +356,7 @@ class Operator:
     def __init__(self, config: dict, at: float) -> None:
         import threading
 
-        from meternode.link.commands import make_command
+        from meternode.link.actions import make_command
         from umeter.mqttc import connect, make_client
 
         m = config["mqtt"]

@@ -24,7 +24,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from meternode.link.commands import make_command
+from meternode.link.actions import make_command
 from meternode.policy import small
 from umeter import unixport
 from umeter.broker import mosquitto_path
@@ -89,8 +89,7 @@ def _flood(host: str, port: int, topic: str, make, seconds: float) -> int:
     # as ready-made PUBLISH packets on a plain socket: a paho client signing and sending one
     # message at a time could not keep the rate on a loaded machine (the attacker's CPU is
     # not what this test measures). PUBACKs are read and dropped by a thread.
-    from meternode.link.mqtt import publish_packet
-    from meternode.link.mqttconn import connect_packet
+    from meternode.link.mqttconn import connect_packet, publish_packet
 
     pkts = [publish_packet(topic, make(k), k & 1, False, (k % 65000) + 1) for k in range(int(RATE * seconds))]
     s = socket.create_connection((host, port))

@@ -223,7 +223,7 @@ def test_an_authenticated_valve_command_opens_and_closes_the_meters_valve(tmp_pa
     # the next reading carries the valve's state, and refused commands move nothing.
     import paho.mqtt.client as mqtt
 
-    from meternode.link.commands import make_command
+    from meternode.link.actions import make_command
     from umeter_hil.bussim import CJT188Meter, DLT645Meter
 
     water = CJT188Meter(0x10, "00000000001234")

@@ -117,7 +117,7 @@ def test_relay_command_and_policy_topics_survive_a_broker_restart(mosquitto, tmp
     # The policy service's topics ride on MqttLink.extra_topics: after Mosquitto restarts
     # (no persistence: every subscription is gone) the node subscribes them again by itself.
     # On the way, an operator's relay command opens the sim relay and the power drops to ~0.
-    from meternode.link.commands import make_command
+    from meternode.link.actions import make_command
 
     cfg = _config("vn2", mosquitto, policy=_policy(), cmd_key=CMD_KEY.hex())
     cfg["mqtt"].update({"backoff_min_ms": 100, "backoff_max_ms": 500})

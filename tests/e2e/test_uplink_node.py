@@ -14,7 +14,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from meternode.link.commands import make_command
+from meternode.link.actions import make_command
 from umeter import unixport
 from umeter.broker import mosquitto_path
 from umeter.consumer import Consumer

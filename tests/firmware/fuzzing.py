@@ -262,7 +262,7 @@ class _Writer:
 
 
 def _pub(topic, payload, qos=0, pid=7, retain=False):
-    from meternode.link.mqtt import publish_packet
+    from meternode.link.mqttconn import publish_packet
 
     return publish_packet(topic, payload, qos, retain, pid)
 
@@ -326,7 +326,7 @@ class CommandEnvelopes(Target):
     structured = 2
 
     def __init__(self, scratch):
-        from meternode.link.commands import make_command
+        from meternode.link.actions import make_command
         from meternode.link.service import UplinkService
 
         self.make = make_command
@@ -366,7 +366,8 @@ class CommandEnvelopes(Target):
         if not rng.chance(8):
             body["args"] = args if not rng.chance(8) else rng.pick(([], "a", None, 5))
         text = json.dumps(body)
-        from meternode.link.commands import _hex, hmac_sha256
+        from meternode.link.actions import _hex
+        from meternode.link.commands import hmac_sha256
 
         return json.dumps({"body": text, "hmac": _hex(hmac_sha256(KEY, text.encode()))}).encode()
 

@@ -1,8 +1,8 @@
 # Authenticated commands, on the MicroPython unix port.
 import hashlib
 
-from meternode.link import commands
-from meternode.link.commands import Commands, hmac_sha256, make_command
+from meternode.link.actions import _hex, make_command
+from meternode.link.commands import Commands, hmac_sha256
 from meternode.store import records
 from mptest import eq, raises, scratch_dir
 
@@ -59,10 +59,10 @@ def _cmd(op, args=None, ctr=1, exp=NOW + 60, node="n1", key=KEY, mid="m1"):
 
 def test_hmac_sha256_matches_rfc4231_case_2():
     mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?")
-    eq(commands._hex(mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843", "RFC 4231 #2")
+    eq(_hex(mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843", "RFC 4231 #2")
     long_key = bytes([0xAA] * 131)
     mac = hmac_sha256(long_key, b"Test Using Larger Than Block-Size Key - Hash Key First")
-    eq(commands._hex(mac), "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54", "RFC 4231 #6")
+    eq(_hex(mac), "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54", "RFC 4231 #6")
     eq(len(hashlib.sha256(b"").digest()), 32, "sha256 available")
 
 

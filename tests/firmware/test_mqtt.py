@@ -3,8 +3,8 @@ import asyncio
 
 from heapcut import fragment, plug
 
-from meternode.link.mqtt import MAX_PACKET, Backoff, MQTTClient, MQTTError, check_topic, publish_packet
-from meternode.link.mqttconn import connect_packet
+from meternode.link.mqtt import MAX_PACKET, Backoff, MQTTClient, MQTTError, check_topic
+from meternode.link.mqttconn import connect_packet, publish_packet
 from meternode.link.tls import ca_der
 from mptest import eq, heap, host_value, needs, raises, timeout
 
@@ -178,7 +178,8 @@ async def test_a_connection_lost_while_waiting_for_an_ack_says_why():
 
 async def test_packets_split_anywhere_and_longer_than_the_buffer_are_read_whole():
     from meternode.link import mqtt as M
-    from meternode.link.mqtt import _remaining, publish_packet
+    from meternode.link.mqtt import _remaining
+    from meternode.link.mqttconn import publish_packet
 
     pkts = [
         publish_packet("a/b", b"x" * 10),
@@ -208,7 +209,7 @@ async def test_a_message_longer_than_any_free_block_is_acknowledged_dropped_and_
     # again at every reconnect: the link never stayed up.  Now it is read through the buffer,
     # acknowledged, and handed on as None (its receiver answers why); the next one arrives.
     from meternode.link import mqtt as M
-    from meternode.link.mqtt import publish_packet
+    from meternode.link.mqttconn import publish_packet
 
     data = bytes(publish_packet("t/big", b"z" * 12000, 1, False, 9)) + bytes(
         publish_packet("t/next", b"y" * 300, 1, False, 10)

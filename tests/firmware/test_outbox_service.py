@@ -128,7 +128,7 @@ def test_power_on_boot_records_the_outage_from_the_newest_record_to_now():
 def test_a_flood_of_forged_commands_keeps_results_and_events_bounded_and_the_real_answer():
     # Issue 10 row 2: results were queued without limit until the next telemetry period.
     from meternode.link import service
-    from meternode.link.commands import make_command
+    from meternode.link.actions import make_command
 
     d = scratch_dir()
     node = FakeNode({"node_id": "svc1", "store": {"path": d + "/st"}, "cmd_key": "00" * 16})
@@ -151,7 +151,7 @@ def test_a_flood_of_forged_commands_keeps_results_and_events_bounded_and_the_rea
 def test_rollback_of_a_key_config_json_left_out_restores_its_default():
     # Found by the fuzzer (CPython): set profile_s on a config without it kept None as the
     # old value, and the rollback then failed with TypeError.
-    from meternode.link.commands import make_command
+    from meternode.link.actions import make_command
 
     d = scratch_dir()
     node = FakeNode({"node_id": "svc1", "store": {"path": d + "/st"}, "cmd_key": "00" * 16})
@@ -182,7 +182,7 @@ class _Link:
 async def test_results_go_out_in_order_with_qos_1_and_a_reboot_waits_for_them():
     # report() publishes the queued command results on …/cmd/result (QoS 1), oldest first,
     # and carries out an accepted reboot only once every result before it went out.
-    from meternode.link.commands import make_command
+    from meternode.link.actions import make_command
 
     d = scratch_dir()
     node = FakeNode({"node_id": "svc1", "store": {"path": d + "/st"}, "cmd_key": "00" * 16})

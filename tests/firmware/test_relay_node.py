@@ -5,7 +5,7 @@
 import json
 from binascii import unhexlify
 
-from meternode.link.commands import make_command
+from meternode.link.actions import make_command
 from meternode.node import Node
 from meternode.policy.compile import compile_policy
 from meternode.store import records

@@ -71,17 +71,6 @@ def hmac_sha256(key, msg):
     return Hmac(key).digest(msg)
 
 
-def _hex(b):
-    return "".join("%02x" % x for x in b)
-
-
-def make_command(key, node_id, op, args=None, ctr=1, exp=0, msg_id="1"):
-    # Builds the wire bytes of a command (host tools and tests use this too).
-    body = json.dumps({"id": msg_id, "node": node_id, "ctr": ctr, "exp": exp, "op": op, "args": args or {}})
-    mac = _hex(hmac_sha256(key, body.encode()))
-    return json.dumps({"body": body, "hmac": mac}).encode()
-
-
 class Rejected(Exception):
     pass
 

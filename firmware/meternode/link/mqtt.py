@@ -87,12 +87,6 @@ def check_topic(topic, wild=False):
         raise MQTTError("topic %r holds a character not allowed here" % topic)
 
 
-def publish_packet(topic, payload, qos=0, retain=False, pid=0, dup=False):
-    if isinstance(payload, str):
-        payload = payload.encode()
-    return publish_head(topic, len(payload), qos, retain, pid, dup) + payload
-
-
 def publish_head(topic, size, qos=0, retain=False, pid=0, dup=False):
     # A PUBLISH packet up to its payload of `size` bytes: the client sends the payload after
     # it as it is (a telemetry payload is the node's own buffer), not copied into one packet.

@@ -13,7 +13,7 @@ from micropython import const
 
 from meternode.aio import ticks_ms as _now
 from meternode.aio import wait_for_ms
-from meternode.link.mqtt import MQTTClient, MQTTError, _remaining, _str, check_topic
+from meternode.link.mqtt import MQTTClient, MQTTError, _remaining, _str, check_topic, publish_head
 
 _CONNECT = const(0x10)
 _CONNACK = const(0x20)
@@ -49,6 +49,14 @@ def connect_packet(client_id, keepalive, clean, user=None, password=None, will=N
     var = _str("MQTT") + bytes((4, flags)) + struct.pack("!H", keepalive)
     body = var + payload
     return bytes((_CONNECT,)) + _remaining(len(body)) + body
+
+
+def publish_packet(topic, payload, qos=0, retain=False, pid=0, dup=False):
+    # A whole PUBLISH packet, for tests and host tools: the client sends a head and then the
+    # payload as it is (mqtt.publish_head), so a running node needs none of this.
+    if isinstance(payload, str):
+        payload = payload.encode()
+    return publish_head(topic, len(payload), qos, retain, pid, dup) + payload
 
 
 async def connect(c):
