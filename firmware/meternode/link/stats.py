@@ -1,5 +1,5 @@
-# The uplink's and the record log's counters as dicts (UplinkService.stats(), RecordLog.stats(),
-# Outbox.stats()): for tests and diagnostics.  Nothing on a running node asks
+# The uplink's and the record log's counters as dicts (UplinkService.stats() with the MQTT
+# link's, RecordLog.stats(), Outbox.stats()): for tests and diagnostics.  Nothing on a running node asks
 # for them, so each stats() loads this module for its call and forgets it after (meternode.lazy):
 # a node holds neither this code nor its key names (docs/memory.md).
 
@@ -43,6 +43,7 @@ def service(svc):
         d["commands"] = {"accepted": c.accepted, "rejected": c.rejected, "failed": c.failed, "held": c.limiter.held}
     if svc.outbox is not None:
         d["outbox"] = outbox(svc.outbox)
-    if svc.link is not None:
-        d["link"] = svc.link.stats()
+    k = svc.link
+    if k is not None:
+        d["link"] = {"up": k.up, "ups": k.ups, "downs": k.downs, "error": str(k.last_error or "")}
     return d

@@ -158,6 +158,3 @@ class MqttLink:
         except Exception as e:
             self.log("%s not sent: %s" % (leaf, e))
             return False
-
-    def stats(self):
-        return {"up": self.up, "ups": self.ups, "downs": self.downs, "error": str(self.last_error or "")}
