@@ -131,8 +131,7 @@ sys.modules["os"] = _Os()
 
 from meternode import node as _node  # noqa: E402
 from meternode.config import load_json  # noqa: E402
-from meternode.hal.sim import SimSampler  # noqa: E402
-from meternode.hal.simclock import SimClock  # noqa: E402
+from meternode.hal.sim import SimClock, SimSampler  # noqa: E402
 
 
 class _Brownout:

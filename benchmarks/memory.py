@@ -69,7 +69,7 @@ SUBSYSTEMS = (
                "meternode.store.checkpoint")),
     ("uplink", ("meternode.link.mqtt", "meternode.link.uplink", "meternode.link.outbox",
                 "meternode.link.service")),
-    ("supervision", ("meternode.hal.watchdog", "meternode.supervisor", "meternode.tasks")),
+    ("supervision", ("meternode.supervisor", "meternode.tasks")),
     ("commands", ("meternode.link.commands", "meternode.link.actions")),
     ("policy", ("meternode.policy.service", "meternode.policy.engine")),
     ("policy_check", ("meternode.policy.schema",)),

@@ -6,7 +6,6 @@ from micropython import const
 
 from meternode import hal
 from meternode.config import check_board, check_config
-from meternode.hal import watchdog
 from meternode.metrology.meter import Meter
 from meternode.node import log, read_state, uplink_need
 
@@ -31,7 +30,7 @@ def setup(node, board, config):
     # crash-loop state (persisted, tasks.py) and why we booted: a watchdog reset is a loop
     node.state_path = sc.get("state", "supervisor.json")
     node.boot = read_state(node.state_path)
-    node.reset_cause = watchdog.reset_cause(node.state_path + ".wdt")
+    node.reset_cause = hal.reset_cause(node.state_path + ".wdt")
     if node.reset_cause == "watchdog":
         node.crashed("watchdog reset")
     node.safe = node.boot["loops"] >= sc.get("safe_after", 3)
@@ -66,7 +65,7 @@ def setup(node, board, config):
     node.ckpt_errors = 0  # checkpoint writes that failed (flash full)
     node._ckpt_hold = None  # after a failed write: ticks_ms before which none is tried
     node.supervisor = None
-    node._reset = watchdog.reset  # how a planned reboot resets (tests replace it)
+    node._reset = hal.reset  # how a planned reboot resets (tests replace it)
     # elements on the grid connection: telemetry totals add these only
     node.mains = [c["name"] for c in board["channels"][1:] if c.get("role", "main") == "main"]
 

@@ -208,7 +208,7 @@ class NodeView:
         return None if r is None else bool(r)
 
 
-# the file a node's sim watchdog takes as a request to stop (firmware hal/simwdt.py, state
+# the file a node's sim watchdog takes as a request to stop (firmware hal/sim.py SimWatchdog, state
 # path "supervisor.json" + ".stop")
 STOP_FILE = "supervisor.json.stop"
 

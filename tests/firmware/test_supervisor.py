@@ -7,8 +7,8 @@ import os
 import time
 
 from meternode import ticks
-from meternode.hal.simwdt import SimWatchdog
-from meternode.hal.watchdog import reset_cause
+from meternode.hal import reset_cause
+from meternode.hal.sim import SimWatchdog
 from meternode.supervisor import Supervisor
 from mptest import eq, heap, scratch_dir, timeout
 

@@ -143,7 +143,7 @@ async def test_lost_sets_are_gaps_counted_in_telemetry_recorded_as_events_and_sh
         N.log = log0
 
 
-@heap("224k")  # a Node from source, node.py and hal/watchdog.py included (204k failed here, 208k passed)
+@heap("224k")  # a Node from source, node.py and hal/__init__.py's watchdog included (204k failed here, 208k passed)
 def test_the_node_logs_why_it_corrects_the_rate_of_a_timer_that_cannot_make_it():
     import meternode.node as N
 

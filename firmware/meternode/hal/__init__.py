@@ -41,11 +41,18 @@
 #             relay.PinRelay.  Kept out of make(): every sim test compiles this module.
 # The node's functions never drive .relay directly: relay.relay_control() gives the one
 # RelayControl that arbitrates between the operator's commands and the policy engine.
-# Watchdog and resets (the supervisor's) are in watchdog.py: make_watchdog(board, config),
-# reset() (a planned reboot), reset_cause(mark).
+# Watchdog and resets (the supervisor's and the node's), at the end of this module:
+#   make_watchdog(board, config) -> an object with feed(), or None (config
+#                 supervisor.watchdog_ms = 0): machine.WDT on boards, the stand-in
+#                 sim.SimWatchdog on the sim board;
+#   reset()       a planned reboot (machine.reset(); status 3 on the unix port);
+#   reset_cause(mark) -> "power_on", "hard", "watchdog", "deepsleep", "soft" or "start".
+# Here, not a module of their own: every node uses them (a module costs its object, globals
+# and names, docs/memory.md).
 # The makers below are the node's entry points; what only a board backend, pulse inputs,
 # Wi-Fi or a brown-out pin needs is in hw.py, loaded only then: a module's names are
 # interned for ever once it loads, so the sim node's usual path does not load it.
+from micropython import const
 
 
 def make_pulse_inputs(board, config, clock=None):
@@ -84,3 +91,83 @@ def make(board, config):
     from meternode.hal import hw  # a board backend (or an error naming the ones there are)
 
     return hw.make(board, config)
+
+
+_SIM_WATCHDOG_MS = const(30000)  # the sim board's default: a loaded host must not trip it
+
+
+def make_watchdog(board, config):
+    # The hardware watchdog the supervisor feeds (config supervisor.watchdog_ms; 0 = none):
+    # machine.WDT where `machine` has one (boards, and the virtual board's stand-in), else on
+    # the sim board the stand-in sim.SimWatchdog.  Once started, a board's WDT cannot stop.
+    sc = config.get("supervisor", {})
+    ms = sc.get("watchdog_ms", _SIM_WATCHDOG_MS if board["hal"] == "sim" else 8000)
+    if not ms:
+        return None
+    try:
+        import machine
+
+        wdt = getattr(machine, "WDT", None)
+    except ImportError:
+        wdt = None
+    if wdt is not None:
+        if board.get("mcu", "").startswith("rp2") and ms > 8388:
+            ms = 8388  # the RP2040's longest
+        return wdt(timeout=ms)
+    if board["hal"] == "sim":
+        from meternode.hal.sim import SimWatchdog
+
+        state = sc.get("state", "supervisor.json")
+        return SimWatchdog(ms, state + ".wdt", state + ".stop")
+    return None
+
+
+def reset_cause(mark=None):
+    # Why this boot: machine.reset_cause() by the port's own constants; on the unix port the
+    # sim watchdog's mark file (read once, then removed) or "start".
+    try:
+        import machine
+
+        cause = machine.reset_cause()
+    except (ImportError, AttributeError):
+        cause = None
+    if cause is not None:
+        for const_name, word in (  # a constant of this function: no module global
+            ("PWRON_RESET", "power_on"),
+            ("HARD_RESET", "hard"),
+            ("WDT_RESET", "watchdog"),
+            ("DEEPSLEEP_RESET", "deepsleep"),
+            ("SOFT_RESET", "soft"),
+        ):
+            if getattr(machine, const_name, None) == cause:
+                return word
+        return "cause %d" % cause
+    if mark:
+        import os
+
+        try:
+            os.stat(mark)
+        except OSError:
+            return "start"
+        try:
+            os.remove(mark)
+        except OSError:
+            pass
+        return "watchdog"
+    return "start"
+
+
+def reset():
+    # A planned reboot: machine.reset() on boards; on the unix port the process ends with
+    # status 3 and whoever runs the node (umeter sim, the soak, a virtual board) starts it again.
+    try:
+        import machine
+
+        r = getattr(machine, "reset", None)
+    except ImportError:
+        r = None
+    if r is not None:
+        r()
+    import sys
+
+    sys.exit(3)

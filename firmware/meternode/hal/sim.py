@@ -59,7 +59,6 @@ import time
 from micropython import const
 
 from meternode import ticks
-from meternode.hal.simclock import SimClock
 from meternode.lazy import forget
 
 _TWO_PI = 2.0 * math.pi
@@ -67,6 +66,67 @@ _RAD = math.pi / 180.0
 
 
 _MASK = const(0x3FFFFFFF)  # counters wrap below 2**30
+
+
+# -- the sim board's clock (hal/__init__.py, "the one clock of the node") ---------------------
+_PERIOD = const(1 << 30)
+_DAY = const(86400)
+# Where the ticks start by default: a few seconds before they wrap, so every test and
+# virtual node crosses a wrap of both (a test can ask for another start).
+_MS0 = const(_PERIOD - 4000)  # ticks_ms wraps 4 s after start
+_US0 = const(_PERIOD - 2000000)  # ticks_us wraps 2 s after start
+
+
+class SimClock:
+    # The sim board's clock.  Time advances with the samples produced (sample-accurate, at
+    # the sampler's true rate); with `realtime` the sampler paces itself to the wall clock
+    # so a virtual node runs like a real one.  Like a board's: ticks_ms / ticks_us are
+    # 30-bit and wrap (starting at _MS0 / _US0 unless told otherwise), time() is integer
+    # epoch seconds (kept as day + second of day, so advancing allocates nothing).
+    ticks_diff = staticmethod(ticks.diff)
+    ticks_add = staticmethod(ticks.add)
+
+    def __init__(self, epoch=None, ms=None, us=None):
+        self.ms = _MS0 if ms is None else ms & _MASK  # ticks_ms now
+        self.us = _US0 if us is None else us & _MASK  # ticks_us now
+        self._usm = 0  # us into the current ms
+        self._sub = 0  # us into the current second
+        self.set_time(time.time() if epoch is None else epoch)
+
+    def ticks_ms(self):
+        return self.ms
+
+    def ticks_us(self):
+        return self.us
+
+    def time(self):
+        return self._day * _DAY + self._sod
+
+    def set_time(self, epoch):
+        e = int(epoch)
+        self._day = e // _DAY
+        self._sod = e - self._day * _DAY
+
+    def advance(self, us):
+        # us >= 0 more microseconds (a block: tens of ms; a coast: up to an hour)
+        self.us = (self.us + us) & _MASK
+        x = self._usm + us
+        self._usm = x % 1000
+        self.ms = (self.ms + x // 1000) & _MASK
+        x = self._sub + us
+        if x >= 1000000:
+            s = self._sod + x // 1000000
+            x %= 1000000
+            if s >= _DAY:
+                self._day += s // _DAY
+                s %= _DAY
+            self._sod = s
+        self._sub = x
+
+    async def sleep_ms(self, ms):
+        import asyncio  # here: the fast-mode tests never load it
+
+        await asyncio.sleep_ms(ms)
 
 
 def _wave(w, rms, angle):
@@ -290,3 +350,87 @@ class SimHal:
         # noise and the measured power drops to zero.  Kept this small: every sim test
         # compiles this module on a 128k heap.
         self.on = self.sampler.load_on = bool(on)
+
+
+# -- the sim board's watchdog (hal.make_watchdog) ----------------------------------------------
+# The sim board's stand-in for machine.WDT: a thread that resets the node when nobody fed it
+# for `timeout` ms of wall time, whatever the main thread is doing (spinning, blocked in a
+# call), as a hardware watchdog does.  "Reset" on the unix port: the mark file is written
+# (the next boot reads its reset cause from it: hal.reset_cause), a line is printed and the
+# process is killed at once (SIGKILL: no cleanup, like a real reset); whoever runs the node
+# starts it again.  Unlike a board's, this one can be stopped (tests, a node.run() that ends),
+# and stops when a Ctrl-C stops the node (a Ctrl-C it catches goes to the main thread).
+_STEP_MS = const(100)
+
+
+class SimWatchdog:
+    def __init__(self, timeout, mark=None, stop=None):
+        import _thread
+
+        self.timeout = timeout
+        self.mark = mark
+        self.stop_path = stop  # a file the host writes to stop the node (`umeter sim`)
+        self.fed = time.ticks_ms()
+        self.feeds = 0
+        self.on = True
+        self.fired = False
+        self.interrupted = False  # a Ctrl-C this thread caught, for the main thread
+        self.kill = True  # tests set False: only `fired` and the mark, no reset
+        _thread.start_new_thread(self._watch, ())
+
+    def feed(self):
+        if self.interrupted:
+            self.interrupted = False
+            raise KeyboardInterrupt  # the Ctrl-C the watchdog's thread caught (interrupt())
+        self.fed = time.ticks_ms()
+        self.feeds += 1
+
+    def stop(self):
+        self.on = False
+
+    def _watch(self):
+        import os
+
+        try:
+            while self.on:
+                time.sleep_ms(_STEP_MS)
+                if self.stop_path is not None:
+                    # The host's stop request: a file, not a SIGINT. The unix port raises a
+                    # SIGINT as a KeyboardInterrupt wherever the thread it lands in is, inside
+                    # the collector too, whose lock it then leaves held: the node hung until
+                    # the host killed it, its registers unsaved (test_sim_db under load). This
+                    # one arrives between bytecodes, at a feed.
+                    try:
+                        os.remove(self.stop_path)
+                        self.interrupt()  # as a Ctrl-C: the node saves its registers and exits
+                        return
+                    except OSError:
+                        pass
+                if self.on and time.ticks_diff(time.ticks_ms(), self.fed) > self.timeout:
+                    self._reset()
+                    return
+        except KeyboardInterrupt:
+            self.interrupt()
+
+    def interrupt(self):
+        # The unix port raises a Ctrl-C (SIGINT) in whichever thread the kernel hands it to:
+        # it is the node's, not ours.  Stop watching and hand it to the main thread at its next
+        # feed(), so the node stops and saves its registers.  (Sending the process a second
+        # SIGINT could land in this thread again, uncaught: the node then ran on until the host
+        # killed it, its registers unsaved -- seen under load, test_sim_db.)
+        self.on = False
+        self.interrupted = True
+
+    def _reset(self):
+        self.fired = True
+        if self.mark:
+            try:
+                with open(self.mark, "w") as f:
+                    f.write("watchdog")
+            except OSError:
+                pass
+        print("[%d] watchdog: not fed for %d ms, resetting" % (time.ticks_ms(), self.timeout))
+        if self.kill:
+            import os
+
+            os.system("kill -KILL $PPID")  # the shell's parent is this process

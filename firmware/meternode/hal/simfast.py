@@ -7,7 +7,7 @@
 import asyncio
 
 from meternode import ticks
-from meternode.hal.simclock import SimClock
+from meternode.hal.sim import SimClock
 
 
 class FastClock(SimClock):

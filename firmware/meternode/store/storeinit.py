@@ -341,8 +341,8 @@ def started(self, cfg, path, reason):
         self.event(records.EV_LOG_CORRUPT, log.corrupt, "torn %d" % log.torn)
     if reason is None:
         # a service made without the node's reason: why this boot, as a word
-        # (hal.watchdog.reset_cause; "start" on the unix port)
-        from meternode.hal.watchdog import reset_cause
+        # (hal.reset_cause; "start" on the unix port)
+        from meternode.hal import reset_cause
 
         reason = reset_cause()
     if reason == "power_on" and log.last_ts:
