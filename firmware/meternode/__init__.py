@@ -1,4 +1,48 @@
 # meternode: the umeter firmware package.  Pure modules (config, codecs, records, policy)
 # also import on CPython so the host reuses them; hal/ is the only layer that touches
 # machine, rp2, esp32 or network.
+#
+# Load and forget (docs/memory.md): modules that are needed only now and then (discovery at a
+# connect, the policy check when a policy loads) are dropped again after use: forget() takes
+# them out of sys.modules and out of their package, so their code is collected once the
+# caller lets go of it; the next import loads them again.  Only for modules whose functions
+# and classes nothing keeps.  run() loads a module for one call.  Here in the package, not a
+# module of their own: every node uses them, and a module costs its object, globals and
+# names beyond its code.
+import sys
+
 VERSION = "0.1.0"
+
+# CPython (the host tools share the pure modules) has RAM to spare and threads: a module one
+# thread forgets while another is importing it makes that import fail ("cannot import name"),
+# seen with four boards provisioned in parallel.  There nothing is forgotten.
+_KEEP = sys.implementation.name == "cpython"
+
+
+def forget(*names):
+    if _KEEP:
+        return
+    for name in names:
+        m = sys.modules.pop(name, None)
+        if m is not None:
+            k = name.rfind(".")
+            p = sys.modules.get(name[:k]) if k > 0 else None
+            if p is not None and getattr(p, name[k + 1 :], None) is m:
+                delattr(p, name[k + 1 :])
+
+
+def run(module, attr, *args):
+    # Runs function `attr` of `module` (code run at start, or now and then: a connect, a
+    # command), loaded for the call and forgotten when it returns (a nested run() of the same
+    # module finds it loaded).  For an async function the call returns its coroutine, which
+    # keeps the module's code alive until it ends.  The heap is collected first: a module
+    # compiled from source needs its parse tree in one piece.
+    if module not in sys.modules:
+        import gc
+
+        gc.collect()
+    __import__(module)
+    try:
+        return getattr(sys.modules[module], attr)(*args)
+    finally:
+        forget(module)

@@ -2,7 +2,7 @@
 # load time.  A bad value raises ConfigError naming the key, never a KeyError deep inside.
 import json
 
-from meternode.lazy import run
+from meternode import run
 
 
 class ConfigError(ValueError):

@@ -16,9 +16,8 @@ import time
 
 from micropython import const
 
-from meternode import VERSION, hal, ticks
+from meternode import VERSION, hal, run, ticks
 from meternode.config import load_json
-from meternode.lazy import run
 from meternode.link import telemetry
 
 _STALL_MS = const(60000)  # what a task may take beyond its own period before it counts as stalled
@@ -44,7 +43,7 @@ def _nop():
 class Node:
     def __init__(self, board, config):
         # The checks and wiring run once (nodeinit.py): loaded for it and forgotten after
-        # (lazy.run collects first: compiled from source, it needs its parse tree in one piece)
+        # (meternode.run collects first: compiled from source, it needs its parse tree in one piece)
         run("meternode.nodeinit", "setup", self, board, config)
 
     async def sampling(self, w=None):

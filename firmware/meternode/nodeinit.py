@@ -1,7 +1,7 @@
 # What Node() does once: check the board and the configuration, read the crash-loop state,
 # make the HAL, the meter, the pulse meters and the checkpointer; and what Node.uplink()'s
 # first call does (uplink()).  Loaded by Node.__init__ and by that call, forgotten after
-# each (lazy.forget, lazy.run, docs/memory.md): a running node does not hold this code.
+# each (meternode.forget, meternode.run, docs/memory.md): a running node does not hold this code.
 from micropython import const
 
 from meternode import hal

@@ -36,10 +36,10 @@
 # their stall limits and what a crash loop does are in tasks.py.
 import asyncio
 
-from meternode.aio import sleep_ms as _sleep_ms
-from meternode.aio import ticks_add as _add
-from meternode.aio import ticks_diff as _diff
-from meternode.aio import ticks_ms as _now
+from meternode.ticks import add as _add
+from meternode.ticks import diff as _diff
+from meternode.ticks import ms as _now
+from meternode.ticks import sleep_ms as _sleep_ms
 
 
 class Watch:

@@ -7,11 +7,17 @@
 # ESP32 and RP2040 builds (and a 32-bit unix port) wrap at 2**30 already: diff/add are
 # then the C functions time.ticks_diff / time.ticks_add.  The 64-bit unix port wraps at
 # 2**62 and CPython not at all, so there the same arithmetic is done here, and ms()/us()
-# (the wall ticks the link layer uses, see aio.py) are masked to 30 bits: code tested on
-# the unix port meets the wrap it will meet on a board.
+# (the wall ticks the link layer uses: 30-bit and wrapping on every port) are masked to 30
+# bits: code tested on the unix port meets the wrap it will meet on a board.
 #
 # rebase(ms, us): the wall ticks read `ms` / `us` now (the sim HAL starts them a few
 # seconds before a wrap, so every test and virtual node crosses one).
+#
+# sleep_ms(ms), wait_for_ms(aw, ms): asyncio's waits in milliseconds, the same names on
+# MicroPython and CPython, so the pure link modules (MQTT, LoRaWAN, outbox) also run on the
+# host (fleet simulator, tests).  Here, not a module of their own: every node uses both
+# halves (a module costs its object, globals and names, docs/memory.md).
+import asyncio
 import time
 
 from micropython import const
@@ -64,3 +70,14 @@ def rebase(at_ms, at_us):
     global _off_ms, _off_us
     _off_ms = diff(at_ms & MASK, _raw_ms() & MASK)
     _off_us = diff(at_us & MASK, _raw_us() & MASK)
+
+
+try:
+    from asyncio import sleep_ms, wait_for_ms
+except ImportError:  # CPython
+
+    def wait_for_ms(aw, ms):
+        return asyncio.wait_for(aw, ms / 1000)
+
+    def sleep_ms(ms):
+        return asyncio.sleep(ms / 1000)

@@ -378,15 +378,15 @@ def test_a_steady_signal_measures_the_same_power_in_every_batch_for_a_minute_and
 
 def test_the_link_layers_ticks_start_a_few_seconds_before_they_wrap():
     # every firmware test (mprun) and virtual node (the sim HAL) starts the wall ticks the
-    # link layer reads (aio -> meternode.ticks) near a wrap, as on a board they could be
-    from meternode import aio
+    # link layer reads (meternode.ticks.ms) near a wrap, as on a board they could be
+    from meternode import ticks
 
-    since_ms = aio.ticks_diff(aio.ticks_ms(), _PERIOD - 4000)
+    since_ms = ticks.diff(ticks.ms(), _PERIOD - 4000)
     eq(0 <= since_ms < 60000, True, "ticks_ms %d ms after the start point" % since_ms)
-    eq(aio.ticks_ms() < _PERIOD, True, "30-bit")
-    t = aio.ticks_ms()
-    eq(aio.ticks_diff(aio.ticks_add(t, 5000), t), 5000, "ticks_add / ticks_diff across the wrap")
-    eq(aio.ticks_add(_PERIOD - 1, 2), 1, "wraps at 2**30")
+    eq(ticks.ms() < _PERIOD, True, "30-bit")
+    t = ticks.ms()
+    eq(ticks.diff(ticks.add(t, 5000), t), 5000, "ticks_add / ticks_diff across the wrap")
+    eq(ticks.add(_PERIOD - 1, 2), 1, "wraps at 2**30")
 
 
 def test_an_hour_coasted_at_once_closes_the_measured_seconds_as_block_by_block_would():

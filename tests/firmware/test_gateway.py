@@ -166,7 +166,8 @@ async def test_silent_meter_backs_off_keeps_its_last_reading_and_comes_back():
     eq(sink.got[-1], ("silent", m.id, 500), "silent after 2 failed polls, last reading kept")
     eq(bus.sent, 1 + 4, "each failed poll tried twice (retries=1)")
     waits = []
-    from meternode.aio import ticks_diff, ticks_ms
+    from meternode.ticks import diff as ticks_diff
+    from meternode.ticks import ms as ticks_ms
 
     for _ in range(4):
         await p.poll(m)

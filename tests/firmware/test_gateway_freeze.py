@@ -213,9 +213,8 @@ async def test_the_gateway_gate_refuses_below_the_measured_need_and_metering_goe
     # more than the need free, it starts and reads the meter.
     import gc
 
+    from meternode import forget, nodegw
     from meternode import node as N
-    from meternode import nodegw
-    from meternode.lazy import forget
 
     line = Line()
     n, u, g = _node(line)

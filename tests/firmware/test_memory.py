@@ -133,7 +133,7 @@ def test_boot_with_a_pending_slot_runs_the_ota_selection():
 def test_policy_check_is_forgotten_once_the_policy_is_loaded_and_loads_again_for_the_next():
     from policy_fixture import compact
 
-    from meternode.lazy import forget
+    from meternode import forget
     from meternode.policy.engine import Engine
 
     pol = compact()

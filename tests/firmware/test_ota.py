@@ -55,8 +55,9 @@ class _Service:
 def _health(root, up):
     # The node's health check (PolicyService.run -> rare.confirm) once, on an agent made after
     # the boot's select(), as the node's is.  -> (what it logged, reboots asked for)
-    from meternode.aio import ticks_add, ticks_ms
     from meternode.policy import rare
+    from meternode.ticks import add as ticks_add
+    from meternode.ticks import ms as ticks_ms
 
     a = _agent(root)
     a.slots.resume()

@@ -29,7 +29,7 @@ def test_cut_never_splits_a_character():
 
 
 def test_forged_command_with_an_accented_id_leaves_a_decodable_event():
-    from meternode.lazy import run
+    from meternode import run
 
     mid = "a" + "é" * 31  # 32 characters, 63 bytes: the rejection text is cut inside it
     # link/actions.py loaded for the call and forgotten, as a node loads it (per command)

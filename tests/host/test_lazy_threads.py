@@ -1,4 +1,4 @@
-"""The firmware's load-and-forget (meternode.lazy) shared with the host tools under CPython.
+"""The firmware's load-and-forget (meternode.forget / run) shared with the host tools under CPython.
 
 The host resolves calibration with the firmware's own code, from several threads when it
 provisions boards in parallel.  A module forgotten by one thread while another imports it made
@@ -8,14 +8,14 @@ that import fail ("cannot import name 'calcheck'"), so under CPython nothing is 
 import sys
 import threading
 
-from meternode import lazy
+import meternode
 from meternode.metrology import calibration
 
 
 def test_forget_keeps_modules_under_cpython():
     from meternode.metrology import calcheck  # noqa: F401
 
-    lazy.forget("meternode.metrology.calcheck")
+    meternode.forget("meternode.metrology.calcheck")
     assert "meternode.metrology.calcheck" in sys.modules
 
 

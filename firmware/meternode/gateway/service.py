@@ -14,12 +14,12 @@
 import asyncio
 import gc
 
-from meternode.aio import sleep_ms as _sleep_ms
 from meternode.config import ConfigError, need
 from meternode.gateway import drivers, poller
 from meternode.gateway import reading as R
 from meternode.hal import bus as hbus
 from meternode.store import records
+from meternode.ticks import sleep_ms as _sleep_ms
 
 _MAX_OPS = 4  # valve commands waiting per bus
 _CLOCK_SET = 1577836800  # 2020-01-01: a wall clock before it was never set (no freezes then)

@@ -12,11 +12,11 @@
 #
 # Reads never block: bytes are taken when the port has them, and the wait between looks
 # is an asyncio sleep, so metering runs while a slow meter thinks.
-from meternode.aio import sleep_ms as _sleep_ms
-from meternode.aio import ticks_diff as _diff
-from meternode.aio import ticks_ms as _ms
-from meternode.aio import ticks_us as _us
 from meternode.config import ConfigError, need
+from meternode.ticks import diff as _diff
+from meternode.ticks import ms as _ms
+from meternode.ticks import sleep_ms as _sleep_ms
+from meternode.ticks import us as _us
 
 _PARITY = ("none", "even", "odd")
 PROFILES = {"mbus": {"baud": 2400, "parity": "even", "bits": 8, "stop": 1, "turnaround_ms": 50}}

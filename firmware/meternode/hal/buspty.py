@@ -1,7 +1,7 @@
 # The sim board's meter bus: a pty (umeter_hil.bussim puts virtual meters behind it), apart
 # from hal/bus.py so that a board, whose buses are UARTs, never loads it.
-from meternode.aio import sleep_ms as _sleep_ms
 from meternode.config import ConfigError
+from meternode.ticks import sleep_ms as _sleep_ms
 
 
 class PtyPort:

@@ -58,8 +58,7 @@ import time
 
 from micropython import const
 
-from meternode import ticks
-from meternode.lazy import forget
+from meternode import forget, ticks
 
 _TWO_PI = 2.0 * math.pi
 _RAD = math.pi / 180.0

@@ -1,6 +1,6 @@
 # What SimSampler() does once: check the scenario (config["sim"], sim.py's header says what
 # it holds), make the waves and the buffers.  Loaded by SimSampler.__init__ and forgotten
-# after (lazy.forget, docs/memory.md): a running sim board does not hold this code.
+# after (meternode.forget, docs/memory.md): a running sim board does not hold this code.
 import array
 import math
 import random

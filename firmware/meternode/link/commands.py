@@ -30,7 +30,7 @@ from binascii import unhexlify
 
 from micropython import const
 
-from meternode.lazy import forget
+from meternode import forget
 from meternode.link.limiter import Limiter
 from meternode.store import records
 from meternode.store.log import Cursor

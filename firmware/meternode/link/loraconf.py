@@ -5,10 +5,10 @@
 # every set, even to the mode it is in (service/mode/cli/atcmd_p2p.c).  So each value is read
 # with AT+<key>=? first and written only when it differs, and AT+NWM only when the module is
 # not in LoRaWAN mode, after which the module is given time to come back.
-from meternode.aio import sleep_ms as _sleep_ms
-from meternode.aio import ticks_diff as _diff
-from meternode.aio import ticks_ms as _now
 from meternode.link.lorawan import BANDS, ModemError
+from meternode.ticks import diff as _diff
+from meternode.ticks import ms as _now
+from meternode.ticks import sleep_ms as _sleep_ms
 
 
 async def wait_ready(m, timeout_ms=None):

@@ -3,9 +3,9 @@
 # downlinks by fport to the services registered in UplinkService.lora_ports.
 import asyncio
 
-from meternode.aio import sleep_ms as _sleep_ms
 from meternode.config import ConfigError, need
 from meternode.store.log import Cursor
+from meternode.ticks import sleep_ms as _sleep_ms
 
 
 def check(c):

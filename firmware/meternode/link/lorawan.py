@@ -33,10 +33,10 @@
 # error handling one line is counted in `errors` -- one noise byte never stops uplinks.
 import asyncio
 
-from meternode.aio import sleep_ms as _sleep_ms
-from meternode.aio import ticks_diff as _diff
-from meternode.aio import ticks_ms as _now
-from meternode.aio import wait_for_ms as _wait_for_ms
+from meternode.ticks import diff as _diff
+from meternode.ticks import ms as _now
+from meternode.ticks import sleep_ms as _sleep_ms
+from meternode.ticks import wait_for_ms as _wait_for_ms
 
 _KEEP_DOWNLINKS = 8  # recent downlinks kept for diagnostics (each is also handed to on_downlink)
 _KEEP_EVENTS = 8  # unclaimed events kept (a node runs for years: the oldest are dropped)

@@ -31,11 +31,11 @@ import struct
 
 from micropython import const
 
-from meternode.aio import sleep_ms as _sleep_ms
-from meternode.aio import ticks_diff as _diff
-from meternode.aio import ticks_ms as _now
-from meternode.aio import wait_for_ms
-from meternode.lazy import run
+from meternode import run
+from meternode.ticks import diff as _diff
+from meternode.ticks import ms as _now
+from meternode.ticks import sleep_ms as _sleep_ms
+from meternode.ticks import wait_for_ms
 
 try:
     from random import getrandbits as _rand

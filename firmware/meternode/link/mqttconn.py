@@ -3,7 +3,7 @@
 # the link's topics at each connect, a service's later one), and the link's session set-up
 # (MqttLink: the client made from config.mqtt, the retained `online` state, the
 # subscriptions; discovery follows once this module is forgotten, link/uplink.py).  Loaded
-# for a connect and forgotten after (meternode.lazy): a running connection needs none of it.
+# for a connect and forgotten after (meternode.forget): a running connection needs none of it.
 # MqttLink loads it once at start too, so its names are interned while the heap is emptiest,
 # not at a reconnect in a heap cut up by a long run (docs/memory.md).
 import asyncio
@@ -11,9 +11,9 @@ import struct
 
 from micropython import const
 
-from meternode.aio import ticks_ms as _now
-from meternode.aio import wait_for_ms
 from meternode.link.mqtt import MQTTClient, MQTTError, _remaining, _str, check_topic, publish_head
+from meternode.ticks import ms as _now
+from meternode.ticks import wait_for_ms
 
 _CONNECT = const(0x10)
 _CONNACK = const(0x20)

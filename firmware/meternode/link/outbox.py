@@ -23,12 +23,12 @@ import json
 
 from micropython import const
 
-from meternode.aio import ticks_diff as _diff
-from meternode.aio import ticks_ms as _now
-from meternode.aio import wait_for_ms
-from meternode.lazy import run
+from meternode import run
 from meternode.node import _nop
 from meternode.store import records
+from meternode.ticks import diff as _diff
+from meternode.ticks import ms as _now
+from meternode.ticks import wait_for_ms
 
 _PID_MAX = const(0x7FFF)  # outbox packet ids are 1..0x7FFF (the client uses the upper half)
 _IDLE_MS = const(200)

@@ -22,9 +22,8 @@ import json
 
 from micropython import const
 
-from meternode import VERSION
+from meternode import VERSION, run
 from meternode.config import ConfigError
-from meternode.lazy import run
 from meternode.store import records
 from meternode.store.log import LogError
 
@@ -50,7 +49,7 @@ class UplinkService:
             # authentic one (actions.py) is loaded for it and forgotten after.  Loaded once now
             # too, while the heap is emptiest: its names are interned for good then, not later
             # in a fragmented heap (docs/memory.md).
-            from meternode.lazy import forget
+            from meternode import forget
             from meternode.link.commands import Commands
 
             __import__("meternode.link.actions")
@@ -140,7 +139,7 @@ class UplinkService:
             q.pop(0)
         if self.commands is not None and self.commands.reboot_pending and not q:
             # what commands do on this node (actions.py: loaded for the reboot)
-            from meternode.lazy import forget
+            from meternode import forget
             from meternode.link.actions import Actions
 
             forget("meternode.link.actions")

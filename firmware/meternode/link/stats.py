@@ -1,6 +1,6 @@
 # The uplink's and the record log's counters as dicts (UplinkService.stats() with the MQTT
 # link's, RecordLog.stats(), Outbox.stats()): for tests and diagnostics.  Nothing on a running node asks
-# for them, so each stats() loads this module for its call and forgets it after (meternode.lazy):
+# for them, so each stats() loads this module for its call and forgets it after (meternode.forget):
 # a node holds neither this code nor its key names (docs/memory.md).
 
 

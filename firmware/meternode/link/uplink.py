@@ -7,11 +7,11 @@
 # leaf -> callback(payload, retained): the link subscribes to <prefix>/<node>/<leaf> (QoS 1)
 # on every connect and reconnect and routes each message on it to the callback.  A leaf
 # added while the link is up is subscribed by `subscribe_extra()` (or at the next connect).
-from meternode.aio import sleep_ms as _sleep_ms
-from meternode.lazy import forget, run
+from meternode import forget, run
 from meternode.link.mqtt import Backoff
 from meternode.node import _nop
 from meternode.node import log as _log
+from meternode.ticks import sleep_ms as _sleep_ms
 
 
 class MqttLink:

@@ -17,11 +17,11 @@
 # and never power-cycles the radio; connect() is not called while the driver still says
 # it is connecting.
 
-from meternode.aio import sleep_ms as _sleep_ms
-from meternode.aio import ticks_diff as _diff
-from meternode.aio import ticks_ms as _now
 from meternode.hal.netstat import FINAL as _FINAL
 from meternode.link.mqtt import Backoff
+from meternode.ticks import diff as _diff
+from meternode.ticks import ms as _now
+from meternode.ticks import sleep_ms as _sleep_ms
 
 
 def _nop():

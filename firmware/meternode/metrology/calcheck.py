@@ -1,5 +1,5 @@
 # The check of a channel's calibration values (calibration.py's header says what they mean),
-# loaded by calibration.check for the call and forgotten after (lazy.forget,
+# loaded by calibration.check for the call and forgotten after (meternode.forget,
 # docs/memory.md): at setup and when a calibration changes.
 from meternode.config import ConfigError
 

@@ -12,8 +12,8 @@
 #                CTs have; linear between points, flat beyond the ends; when present it
 #                replaces `phase` for current channels
 # The board's legacy per-channel "phase" key is read as the default phase.
+from meternode import forget
 from meternode.config import ConfigError
-from meternode.lazy import forget
 
 
 def check(d, where):

@@ -32,8 +32,8 @@ import gc
 
 from micropython import const
 
+from meternode import forget
 from meternode.config import ConfigError
-from meternode.lazy import forget
 from meternode.metrology import kernels
 from meternode.metrology.convert import convert
 

@@ -1,7 +1,7 @@
 # What Meter() does once: check the board's front end and the metrology options, resolve
 # the calibration, lay out the accumulators and make every buffer (meter.py says what they
 # hold), and the per-channel values derived from the calibration (cal_cache: again after
-# Meter.set_calibration).  Loaded for the call and forgotten after (lazy.forget,
+# Meter.set_calibration).  Loaded for the call and forgotten after (meternode.forget,
 # docs/memory.md): a running meter does not hold this code.
 import array
 

@@ -31,7 +31,7 @@
 # per-second and per-block paths, which compare differences modulo 2**30.
 from micropython import const
 
-from meternode.lazy import run
+from meternode import run
 
 IMP = const(0)
 EXP = const(1)

@@ -16,13 +16,13 @@
 #
 # What runs when a bundle or an OTA message arrives (verification, applying a policy, staging
 # a build) is in bundle.py, loaded for each message and forgotten with sha512.py
-# (meternode.lazy.run, docs/memory.md): a fleet node that gets no bundle never interns their
+# (meternode.run, docs/memory.md): a fleet node that gets no bundle never interns their
 # names.  What stays here runs at start (the identity check, the policy
 # store's recovery, the OTA slots) or every boot (the switch report).
 import json
 from binascii import a2b_base64, unhexlify
 
-from meternode.lazy import forget, run
+from meternode import forget, run
 from meternode.policy import ed25519
 from meternode.policy.apply import PolicyStore
 from meternode.policy.engine import _nop

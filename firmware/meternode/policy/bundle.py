@@ -26,7 +26,7 @@
 # when a message arrives on policy/bundle or ota: the bundle verified, a policy applied, a
 # firmware build staged, and the result.  Each is an Agent method kept out of the class
 # (`self` is the agent); Agent.handle_policy / handle_ota load this module for the one message
-# and forget it when it returns (meternode.lazy.run, docs/memory.md), SHA-512 with it: a node
+# and forget it when it returns (meternode.run, docs/memory.md), SHA-512 with it: a node
 # that receives no bundle never holds this code nor interns its names.  A streamed build's
 # state between its messages is the agent's (`_ota`: the manifest and the target, ota.Slots or
 # image.ImageUpdate, both classes of modules the node keeps), so nothing made here outlives

@@ -1,16 +1,17 @@
 # The policy service's rarely run code: setting the service up (the fleet agent, the policy
 # to run), loading a policy, the fleet agent's events and the room it may stage a firmware
 # build in, the first small frame's handler, trimming a full queue and the reset.
-# service.py loads this module for one call and forgets it at once (lazy.forget,
+# service.py loads this module for one call and forgets it at once (meternode.forget,
 # docs/memory.md): its code is held only while it runs.  Each function is a PolicyService
 # method kept out of the class: `self` is the service.
 import json
 import sys
 
-from meternode.aio import ticks_diff, ticks_ms
-from meternode.lazy import forget
+from meternode import forget
 from meternode.policy import service
 from meternode.policy.engine import Engine
+from meternode.ticks import diff as ticks_diff
+from meternode.ticks import ms as ticks_ms
 
 
 def start(self, cfg, root):

@@ -28,10 +28,10 @@ import json
 
 from micropython import const
 
-from meternode.aio import ticks_ms
+from meternode import forget
 from meternode.hal.relay import relay_control
-from meternode.lazy import forget
 from meternode.policy import engine
+from meternode.ticks import ms as ticks_ms
 
 _LEAVES = ("policy/bundle", "ota", "policy/small")
 

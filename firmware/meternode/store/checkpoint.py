@@ -28,7 +28,7 @@ import struct
 
 from micropython import const
 
-from meternode.lazy import run
+from meternode import run
 from meternode.ticks import MASK, diff
 
 _MAGIC = const(b"UMCK")

@@ -27,7 +27,7 @@ import struct
 
 from micropython import const
 
-from meternode.lazy import run
+from meternode import run
 from meternode.store import records
 
 _MAGIC = const(0xA5)

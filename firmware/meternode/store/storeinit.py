@@ -2,7 +2,7 @@
 # every segment and the recovery after a power cut: log.py says what it guarantees), read the
 # newest good register checkpoint (checkpoint.py), check config.store and config.mqtt and
 # open the uplink service's store (link/service.py, link/uplink.py).  Loaded for the call and
-# forgotten when it returns (lazy.run, docs/memory.md): a running node does not hold this
+# forgotten when it returns (meternode.run, docs/memory.md): a running node does not hold this
 # code.  Each function is a method kept out of its class, `self` the resident object it
 # fills (a RecordLog, CheckpointStore, Checkpointer, Registers, UplinkService); the classes
 # keep the methods a running node uses.
