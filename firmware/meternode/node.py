@@ -16,7 +16,7 @@ import time
 
 from micropython import const
 
-from meternode import VERSION, hal, run, ticks
+from meternode import VERSION, run, ticks
 from meternode.config import load_json
 from meternode.link import telemetry
 
@@ -84,7 +84,7 @@ class Node:
     def _wifi(self):
         # Wi-Fi supervision on boards (config "wifi"), wired by link/wifi.py: loaded only where
         # the board has a radio.
-        wlan = hal.make_wlan(self.board, self.config)
+        wlan = run("meternode.hal.halinit", "make_wlan", self.board, self.config)
         if wlan is None:
             return None
         from meternode.link.wifi import supervise

@@ -4,7 +4,7 @@
 # each (meternode.forget, meternode.run, docs/memory.md): a running node does not hold this code.
 from micropython import const
 
-from meternode import hal
+from meternode import forget
 from meternode.config import check_board, check_config
 from meternode.metrology.meter import Meter
 from meternode.node import log, read_state, uplink_need
@@ -24,13 +24,15 @@ def setup(node, board, config):
 
     if hasattr(gc, "threshold"):  # not on CircuitPython
         gc.threshold((gc.mem_free() + gc.mem_alloc()) >> 3)
+    from meternode.hal import halinit  # the makers: forgotten at the end
+
     node.board = check_board(board)
     check_config(config)
     sc = _check_supervisor(config)
     # crash-loop state (persisted, tasks.py) and why we booted: a watchdog reset is a loop
     node.state_path = sc.get("state", "supervisor.json")
     node.boot = read_state(node.state_path)
-    node.reset_cause = hal.reset_cause(node.state_path + ".wdt")
+    node.reset_cause = halinit.reset_cause(node.state_path + ".wdt")
     if node.reset_cause == "watchdog":
         node.crashed("watchdog reset")
     node.safe = node.boot["loops"] >= sc.get("safe_after", 3)
@@ -40,7 +42,7 @@ def setup(node, board, config):
             config.pop(k, None)
     node.config = config
     node.id = config["node_id"]
-    node.hal = hal.make(board, config)
+    node.hal = halinit.make(board, config)
     if board.get("relay"):  # the load relay: entry checked, a GPIO relay on boards, and
         from meternode.hal.relay import attach, relay_control
 
@@ -56,7 +58,7 @@ def setup(node, board, config):
 
         node.pulses = PulseService(board, config, node.hal.clock)
     node.checkpoint = _checkpointer(node.meter, config.get("checkpoint", {}), node.pulses)
-    node.brownout = hal.make_brownout(board)  # board brown-out pin: checkpoint at once
+    node.brownout = halinit.make_brownout(board)  # board brown-out pin: checkpoint at once
     node.seq = 0
     node._plain = None  # the fallback link's connected client (no store-and-forward)
     node.last = None  # the last telemetry payload (a memoryview of _tbuf, until the next)
@@ -65,9 +67,12 @@ def setup(node, board, config):
     node.ckpt_errors = 0  # checkpoint writes that failed (flash full)
     node._ckpt_hold = None  # after a failed write: ticks_ms before which none is tried
     node.supervisor = None
-    node._reset = hal.reset  # how a planned reboot resets (tests replace it)
+    from meternode.hal import reset
+
+    node._reset = reset  # how a planned reboot resets (tests replace it)
     # elements on the grid connection: telemetry totals add these only
     node.mains = [c["name"] for c in board["channels"][1:] if c.get("role", "main") == "main"]
+    forget("meternode.hal.halinit")
 
 
 def _timebase(meter, s):

@@ -1,6 +1,6 @@
 # The supervisor: owns every long-running task of the node, like a device nobody visits.
 #
-#   sup = Supervisor(log, wdt=hal.make_watchdog(board, config))
+#   sup = Supervisor(log, wdt=halinit.make_watchdog(board, config))
 #   w = sup.add("sampling", start, stall_ms=5000)   # start(watch) -> a fresh coroutine
 #   await sup.run()                                  # never returns
 #
@@ -18,7 +18,7 @@
 #   stall_ms = 0: an input-driven task (the LoRa modem's line reader) that may rightly wait
 #   for outside bytes for ever; it has no progress deadline and is restarted only when it
 #   ends or raises (whoever waits for its input has a timeout of its own).
-# - The watchdog (hal.make_watchdog: machine.WDT on boards, a stand-in on the sim board) is
+# - The watchdog (hal.halinit.make_watchdog: machine.WDT on boards, a stand-in on the sim board) is
 #   fed every check_ms only while every task is running and made progress within its
 #   stall_ms, or is waiting out its restart backoff (the supervisor holds it).  If the
 #   event loop itself is stuck (a task spinning without awaiting, a call blocked in C),

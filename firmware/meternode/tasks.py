@@ -16,7 +16,7 @@
 # watchdog reset and a caught fatal error count too (node.py).
 from micropython import const
 
-from meternode.hal import make_watchdog
+from meternode import run
 from meternode.node import log
 from meternode.store import records
 from meternode.supervisor import Supervisor
@@ -43,7 +43,7 @@ def wire(node):
     hold = sc.get("safe_hold_s", 86400)
     sup = node.supervisor = Supervisor(
         log,
-        make_watchdog(node.board, node.config),
+        run("meternode.hal.halinit", "make_watchdog", node.board, node.config),
         failed,
         crash_loop,
         backoff_min_ms=sc.get("backoff_min_ms", 500),

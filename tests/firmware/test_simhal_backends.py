@@ -22,7 +22,7 @@ def test_backends_import_cleanly_without_machine():
 
 
 def test_hal_make_names_unknown_backends():
-    from meternode import hal
+    from meternode.hal import halinit
 
-    e = raises(ValueError, hal.make, {"hal": "stm32"}, {})
+    e = raises(ValueError, halinit.make, {"hal": "stm32"}, {})
     eq("stm32" in str(e) and "mcp3208" in str(e), True, str(e))

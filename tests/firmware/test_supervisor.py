@@ -7,7 +7,7 @@ import os
 import time
 
 from meternode import ticks
-from meternode.hal import reset_cause
+from meternode.hal.halinit import reset_cause
 from meternode.hal.sim import SimWatchdog
 from meternode.supervisor import Supervisor
 from mptest import eq, heap, scratch_dir, timeout

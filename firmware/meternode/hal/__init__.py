@@ -1,5 +1,5 @@
 # Hardware abstraction.  Only modules in this package import machine, rp2, esp32 or network.
-# make(board, config) returns the backend named by board["hal"]: an object with
+# halinit.make(board, config) returns the backend named by board["hal"]: an object with
 #   .clock    the one clock of the node (boards: hal/clock.py; sim: SimClock):
 #             ticks_ms(), ticks_us()   30-bit ticks that wrap at 2**30, like a board's
 #             ticks_diff(a, b), ticks_add(t, d)   the only arithmetic allowed on ticks
@@ -41,18 +41,19 @@
 #             relay.PinRelay.  Kept out of make(): every sim test compiles this module.
 # The node's functions never drive .relay directly: relay.relay_control() gives the one
 # RelayControl that arbitrates between the operator's commands and the policy engine.
-# Watchdog and resets (the supervisor's and the node's), at the end of this module:
+# The makers and the watchdog (the node's set-up and the supervisor's wiring, each called
+# once) are in halinit.py, loaded for the call and forgotten after (meternode.run,
+# docs/memory.md): a running node does not hold their code.
+#   make(board, config)        the backend named by board["hal"] (above)
+#   make_wlan(board, config), make_brownout(board)   see there
 #   make_watchdog(board, config) -> an object with feed(), or None (config
 #                 supervisor.watchdog_ms = 0): machine.WDT on boards, the stand-in
 #                 sim.SimWatchdog on the sim board;
-#   reset()       a planned reboot (machine.reset(); status 3 on the unix port);
 #   reset_cause(mark) -> "power_on", "hard", "watchdog", "deepsleep", "soft" or "start".
-# Here, not a module of their own: every node uses them (a module costs its object, globals
-# and names, docs/memory.md).
-# The makers below are the node's entry points; what only a board backend, pulse inputs,
-# Wi-Fi or a brown-out pin needs is in hw.py, loaded only then: a module's names are
-# interned for ever once it loads, so the sim node's usual path does not load it.
-from micropython import const
+# Here: reset() (a planned reboot; kept loaded: it must work when the heap is exhausted) and
+# make_pulse_inputs() (pulses.py's).  What only a board backend, pulse inputs, Wi-Fi or a
+# brown-out pin needs is in hw.py, loaded only then: a module's names are interned for ever
+# once it loads, so the sim node's usual path does not load it.
 
 
 def make_pulse_inputs(board, config, clock=None):
@@ -62,99 +63,6 @@ def make_pulse_inputs(board, config, clock=None):
     from meternode.hal import hw
 
     return hw.make_pulse_inputs(board, config, clock)
-
-
-def make_wlan(board, config):
-    # The station interface the node keeps connected (link/wifi.py) when config["wifi"] names
-    # a network; None on the unix port (host networking) or where there is no `network`.
-    if not config.get("wifi") or board["hal"] == "sim" and not board.get("wifi"):
-        return None
-    from meternode.hal import hw
-
-    return hw.make_wlan(board, config)
-
-
-def make_brownout(board):
-    # The board's brown-out warning input (hw.Brownout), or None.
-    if not board.get("brownout") or board["hal"] == "sim":
-        return None
-    from meternode.hal import hw
-
-    return hw.make_brownout(board)
-
-
-def make(board, config):
-    if board["hal"] == "sim":
-        from meternode.hal import sim
-
-        return sim.SimHal(board, config.get("sim", {}))
-    from meternode.hal import hw  # a board backend (or an error naming the ones there are)
-
-    return hw.make(board, config)
-
-
-_SIM_WATCHDOG_MS = const(30000)  # the sim board's default: a loaded host must not trip it
-
-
-def make_watchdog(board, config):
-    # The hardware watchdog the supervisor feeds (config supervisor.watchdog_ms; 0 = none):
-    # machine.WDT where `machine` has one (boards, and the virtual board's stand-in), else on
-    # the sim board the stand-in sim.SimWatchdog.  Once started, a board's WDT cannot stop.
-    sc = config.get("supervisor", {})
-    ms = sc.get("watchdog_ms", _SIM_WATCHDOG_MS if board["hal"] == "sim" else 8000)
-    if not ms:
-        return None
-    try:
-        import machine
-
-        wdt = getattr(machine, "WDT", None)
-    except ImportError:
-        wdt = None
-    if wdt is not None:
-        if board.get("mcu", "").startswith("rp2") and ms > 8388:
-            ms = 8388  # the RP2040's longest
-        return wdt(timeout=ms)
-    if board["hal"] == "sim":
-        from meternode.hal.sim import SimWatchdog
-
-        state = sc.get("state", "supervisor.json")
-        return SimWatchdog(ms, state + ".wdt", state + ".stop")
-    return None
-
-
-def reset_cause(mark=None):
-    # Why this boot: machine.reset_cause() by the port's own constants; on the unix port the
-    # sim watchdog's mark file (read once, then removed) or "start".
-    try:
-        import machine
-
-        cause = machine.reset_cause()
-    except (ImportError, AttributeError):
-        cause = None
-    if cause is not None:
-        for const_name, word in (  # a constant of this function: no module global
-            ("PWRON_RESET", "power_on"),
-            ("HARD_RESET", "hard"),
-            ("WDT_RESET", "watchdog"),
-            ("DEEPSLEEP_RESET", "deepsleep"),
-            ("SOFT_RESET", "soft"),
-        ):
-            if getattr(machine, const_name, None) == cause:
-                return word
-        return "cause %d" % cause
-    if mark:
-        import os
-
-        try:
-            os.stat(mark)
-        except OSError:
-            return "start"
-        try:
-            os.remove(mark)
-        except OSError:
-            pass
-        return "watchdog"
-    return "start"
 
 
 def reset():

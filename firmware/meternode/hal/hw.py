@@ -7,7 +7,7 @@ _BACKENDS = ("sim", "rp2", "esp32", "mcp3208")
 
 
 def make(board, config):
-    # The board's backend (board["hal"]); the sim HAL is made by hal.make itself.
+    # The board's backend (board["hal"]); the sim HAL is made by halinit.make itself.
     kind = board["hal"]
     if kind == "rp2":
         from meternode.hal import rp2040
@@ -43,7 +43,7 @@ def make_pulse_inputs(board, config, clock=None):
 
 
 def make_wlan(board, config):
-    # network.WLAN(STA_IF) for config["wifi"] (hal.make_wlan has checked there is one), with
+    # network.WLAN(STA_IF) for config["wifi"] (halinit.make_wlan has checked there is one), with
     # the regulatory domain set first; None where there is no `network` module.
     try:
         import network

@@ -120,7 +120,7 @@ class RelayControl:
 
 
 def attach(h, board):
-    # After hal.make(): checks the board's relay entry and gives a board backend its
+    # After halinit.make(): checks the board's relay entry and gives a board backend its
     # hw.PinRelay (the sim HAL has made its own); h.relay is None without a relay entry.  The
     # pin is not driven here: relay_control() drives it once, to the persisted state.
     spec = board.get("relay")

@@ -344,18 +344,18 @@ class SimHal:
             self.relay = self
 
     def set(self, on):
-        # The relay (board "relay": {"pin", "default"}, checked by hal.make): open (False), it
+        # The relay (board "relay": {"pin", "default"}, checked by hal.halinit.make): open (False), it
         # disconnects the load, so the current channels carry only the converter's offset and
         # noise and the measured power drops to zero.  Kept this small: every sim test
         # compiles this module on a 128k heap.
         self.on = self.sampler.load_on = bool(on)
 
 
-# -- the sim board's watchdog (hal.make_watchdog) ----------------------------------------------
+# -- the sim board's watchdog (halinit.make_watchdog) -----------------------------------------
 # The sim board's stand-in for machine.WDT: a thread that resets the node when nobody fed it
 # for `timeout` ms of wall time, whatever the main thread is doing (spinning, blocked in a
 # call), as a hardware watchdog does.  "Reset" on the unix port: the mark file is written
-# (the next boot reads its reset cause from it: hal.reset_cause), a line is printed and the
+# (the next boot reads its reset cause from it: halinit.reset_cause), a line is printed and the
 # process is killed at once (SIGKILL: no cleanup, like a real reset); whoever runs the node
 # starts it again.  Unlike a board's, this one can be stopped (tests, a node.run() that ends),
 # and stops when a Ctrl-C stops the node (a Ctrl-C it catches goes to the main thread).

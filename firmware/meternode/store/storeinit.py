@@ -341,10 +341,10 @@ def started(self, cfg, path, reason):
         self.event(records.EV_LOG_CORRUPT, log.corrupt, "torn %d" % log.torn)
     if reason is None:
         # a service made without the node's reason: why this boot, as a word
-        # (hal.reset_cause; "start" on the unix port)
-        from meternode.hal import reset_cause
+        # (hal.halinit.reset_cause; "start" on the unix port)
+        from meternode import run
 
-        reason = reset_cause()
+        reason = run("meternode.hal.halinit", "reset_cause")
     if reason == "power_on" and log.last_ts:
         # The outage began after the newest record we hold (an estimate no later than it
         # by more than one record period) and ends now.
