@@ -195,7 +195,53 @@ class Node:
             except Exception as e:
                 log("telemetry not sent: %s" % e)
 
-    # -- supervision (tasks.py wires the tasks) -------------------------------------------------
+    # -- supervision (tasks.py wires the tasks, loaded for that and forgotten: what runs in them
+    # and what the supervisor calls back is here) -------------------------------------------------
+    def task_failed(self, w, why):
+        # The supervisor's on_fail: a task ended, raised or stalled (it is restarted)
+        if w.fails <= 8 or not w.fails % 16:  # a task dying for good: one event per 16 restarts
+            from meternode.store import records
+
+            self.event(records.EV_TASK, w.fails, "%s %s" % (w.name, why))
+
+    def crash_loop(self, w, why):
+        # The supervisor's on_loop.  Also in the safe configuration: a task that keeps dying
+        # there (metering itself, say) is better served by a reboot than by restarts at the
+        # longest backoff.
+        self.crashed("%s %s" % (w.name, why))
+        log("crash loop %d in task %s: rebooting" % (self.boot["loops"], w.name))
+        self.reboot("crash loop in %s" % w.name)
+
+    async def pulsing(self, w):
+        # The pulse meters' task: polls the inputs every poll_ms of the HAL clock
+        p = self.pulses
+        while True:
+            await self.hal.clock.sleep_ms(p.poll_ms)
+            p.poll()
+            w.beat()
+
+    async def uptime(self, w):
+        # Crash-loop bookkeeping: after stable_s of running the loop count is cleared; in the
+        # safe configuration, after safe_hold_s a planned reboot returns to the full one.
+        sc = self.config.get("supervisor", {})
+        stable = sc.get("stable_s", 3600)
+        hold = sc.get("safe_hold_s", 86400)
+        up = 0  # seconds since boot, counted (nothing here grows past a small int)
+        while True:
+            await asyncio.sleep_ms(1000)
+            w.beat()
+            up += 1
+            b = self.boot
+            if self.safe:
+                if hold and up >= hold:
+                    b["loops"] = 0
+                    self.save_state()
+                    self.reboot("safe configuration held %d s" % hold)
+            elif b["loops"] and up >= stable:
+                log("stable for %d s: crash-loop count %d cleared" % (stable, b["loops"]))
+                b["loops"] = 0
+                self.save_state()
+
     def event(self, code, arg=0, text=""):
         # An event in the record log when the uplink service runs (else only the log line).
         u = self.uplink_service
@@ -259,9 +305,7 @@ class Node:
         # and its modules load one by one while the heap is emptiest; the supervision
         # modules after it.
         self.uplink()
-        from meternode import tasks
-
-        sup = tasks.wire(self)
+        sup = run("meternode.tasks", "wire", self)
         try:
             await sup.run()
         finally:
@@ -274,6 +318,15 @@ class Node:
         # "gateway" (RAM); nodegw.py decides and starts it, loaded for that and forgotten
         # after (a node without a gateway never interns its names).
         return run("meternode.nodegw", "start", self)
+
+
+def beating(obj, loop):
+    # A module's run() loop as a task (tasks.py): its `beat` attribute reports progress.
+    async def task(w):
+        obj.beat = w.beat
+        await loop()
+
+    return task
 
 
 def read_state(path):
