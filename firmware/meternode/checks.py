@@ -1,7 +1,7 @@
-# The start-up checks of the board definition and the node's configuration (config.py's
-# check_board and check_config, which load this module for the call and forget it after:
-# meternode.run, docs/memory.md).  A bad value raises ConfigError naming the key.  Plain Python
-# (no micropython module): the host checks an inventory's configs with it too.
+# The start-up checks of the board definition and the node's configuration (nodeinit.setup
+# loads this module for them and forgets it after: meternode.forget, docs/memory.md).  A bad
+# value raises ConfigError naming the key.  Plain Python (no micropython module): the host
+# checks an inventory's configs with it too.
 from meternode.config import ConfigError, need
 
 

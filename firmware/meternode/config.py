@@ -1,8 +1,8 @@
 # Configuration and board definitions: JSON files on the node's filesystem, validated at
 # load time.  A bad value raises ConfigError naming the key, never a KeyError deep inside.
+# The checks of a board definition and of the node's configuration are in checks.py
+# (check_board, check_config): loaded at start and forgotten after (docs/memory.md).
 import json
-
-from meternode import run
 
 
 class ConfigError(ValueError):
@@ -35,15 +35,3 @@ def need(d, key, kind, where, default=None, lo=None, hi=None):
     if hi is not None and v > hi:
         raise ConfigError("%s.%s = %r is above %r" % (where, key, v, hi))
     return v
-
-
-def check_board(b):
-    # A board definition (boards/*.json): ADC front end, channel map, scaling, pins.  Checked
-    # once, at start: checks.py, loaded for the call and forgotten (docs/memory.md).
-    return run("meternode.checks", "check_board", b)
-
-
-def check_config(c):
-    # The node's own configuration (config.json), written by `umeter provision` or `umeter
-    # sim`: checks.py, as check_board.
-    return run("meternode.checks", "check_config", c)

@@ -329,24 +329,8 @@ def beating(obj, loop):
     return task
 
 
-def read_state(path):
-    # The crash-loop state file: {"loops": in a row, "total": ever, "why": the last one}; a
-    # missing, torn or foreign file is a clean state.
-    import json
-
-    d = {"loops": 0, "total": 0, "why": ""}
-    try:
-        with open(path) as f:
-            got = json.load(f)
-        for k in d:
-            if isinstance(got.get(k), type(d[k])):
-                d[k] = got[k]
-    except (OSError, ValueError, AttributeError):
-        pass
-    return d
-
-
 def write_state(path, d):
+    # The crash-loop state file, read at start by nodeinit.read_state
     import json
     import os
 

@@ -5,9 +5,8 @@
 from micropython import const
 
 from meternode import forget
-from meternode.config import check_board, check_config
 from meternode.metrology.meter import Meter
-from meternode.node import log, read_state, uplink_need
+from meternode.node import log, uplink_need
 
 _TELEMETRY_BUF = const(1024)  # bytes; the sim board's payload is ~700 (it grows for a larger board's)
 
@@ -24,10 +23,17 @@ def setup(node, board, config):
 
     if hasattr(gc, "threshold"):  # not on CircuitPython
         gc.threshold((gc.mem_free() + gc.mem_alloc()) >> 3)
+    # the board's and the config's checks, loaded for them and forgotten after (collected
+    # first: compiled from source, a module needs its parse tree in one piece)
+    gc.collect()
+    from meternode import checks
+
+    node.board = checks.check_board(board)
+    checks.check_config(config)
+    checks = None
+    forget("meternode.checks")
     from meternode.hal import halinit  # the makers: forgotten at the end
 
-    node.board = check_board(board)
-    check_config(config)
     sc = _check_supervisor(config)
     # crash-loop state (persisted, tasks.py) and why we booted: a watchdog reset is a loop
     node.state_path = sc.get("state", "supervisor.json")
@@ -73,6 +79,23 @@ def setup(node, board, config):
     # elements on the grid connection: telemetry totals add these only
     node.mains = [c["name"] for c in board["channels"][1:] if c.get("role", "main") == "main"]
     forget("meternode.hal.halinit")
+
+
+def read_state(path):
+    # The crash-loop state file (node.write_state): {"loops": in a row, "total": ever, "why":
+    # the last one}; a missing, torn or foreign file is a clean state.
+    import json
+
+    d = {"loops": 0, "total": 0, "why": ""}
+    try:
+        with open(path) as f:
+            got = json.load(f)
+        for k in d:
+            if isinstance(got.get(k), type(d[k])):
+                d[k] = got[k]
+    except (OSError, ValueError, AttributeError):
+        pass
+    return d
 
 
 def _timebase(meter, s):

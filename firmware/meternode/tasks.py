@@ -4,9 +4,9 @@
 # forgotten after (meternode.run, docs/memory.md): the tasks' own loops and the supervisor's
 # callbacks are the Node's methods (node.py), so a running node does not hold this code.
 #
-# config "supervisor" (all optional, checked by config.check_config):
+# config "supervisor" (all optional, checked at start by nodeinit._check_supervisor):
 #   watchdog_ms     hardware watchdog timeout; 0 = none (8000 on boards, 30000 on the sim board)
-#   state           crash-loop state file (default "supervisor.json"; node.read_state)
+#   state           crash-loop state file (default "supervisor.json"; nodeinit.read_state)
 #   loop_fails      failures in a row, each run shorter than stable_s, that make a crash loop (5)
 #   safe_after      crash loops in a row before the safe configuration (3)
 #   stable_s        a task (or the node) running this long clears its count (3600)

@@ -125,8 +125,8 @@ def node_config(dev: Device, board: dict, secrets: dict[str, str]) -> dict:
         if k == "sim" and isinstance(v, dict) and "sim" in cfg:
             v = {**cfg["sim"], **v}  # the inventory's scenario, still in real time unless it says not
         cfg[k] = v
+    from meternode.checks import check_config
     from meternode.config import ConfigError as FwConfigError
-    from meternode.config import check_config
 
     try:
         check_config(json.loads(json.dumps(cfg)))

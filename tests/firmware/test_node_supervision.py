@@ -8,7 +8,8 @@ import asyncio
 import json
 
 from meternode.metrology.meter import Meter
-from meternode.node import Node, read_state, write_state
+from meternode.node import Node, write_state
+from meternode.nodeinit import read_state
 from meternode.store import records
 from meternode.store.checkpoint import CheckpointStore
 from mptest import eq, heap, host_value, needs, scratch_dir, timeout

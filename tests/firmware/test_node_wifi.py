@@ -92,7 +92,8 @@ def test_no_wifi_config_or_no_radio_means_no_supervisor():
 
 
 def test_bad_wifi_config_names_the_key():
-    from meternode.config import ConfigError, check_config
+    from meternode.checks import check_config
+    from meternode.config import ConfigError
 
     e = raises(ConfigError, check_config, {"node_id": "n", "wifi": {"ssid": ""}})
     eq(str(e), "config.wifi.ssid is empty", "message")

@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from meternode.config import ConfigError, check_board
+from meternode.checks import check_board
+from meternode.config import ConfigError
 from meternode.hal.pins import board_pins, check_pin
 from umeter import unixport
 

@@ -1,4 +1,4 @@
-# Pin checks per MCU, run at start (config.check_board on the node, umeter build on the host):
+# Pin checks per MCU, run at start (checks.check_board on the node, umeter build on the host):
 # a pin the chip cannot use for what the board says is refused with an error naming the
 # board key, before anything drives it.  Pure data: no `machine`, imports on CPython.
 #
