@@ -81,17 +81,6 @@ class Node:
                 log("checkpoint not saved (%d): %s" % (self.ckpt_errors, e))
             return False
 
-    def _wifi(self):
-        # Wi-Fi supervision on boards (config "wifi"), wired by link/wifi.py: loaded only where
-        # the board has a radio.
-        wlan = run("meternode.hal.halinit", "make_wlan", self.board, self.config)
-        if wlan is None:
-            return None
-        from meternode.link.wifi import supervise
-
-        self.wifi = supervise(self, wlan)
-        return self.wifi
-
     @property
     def uplink_service(self):
         # The uplink service if it has started (None before, or when it could not start);

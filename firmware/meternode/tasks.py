@@ -45,7 +45,7 @@ def wire(node):
     sup.add("reporting", node.reporting, int(c.get("telemetry_s", 10.0) * 1000) + _STALL_MS)
     if node.pulses is not None:
         sup.add("pulses", node.pulsing, 30000)
-    if node._wifi() is not None:
+    if wifi(node) is not None:
         sup.add("wifi", beating(node.wifi, node.wifi.run), 180000)
     m = c.get("mqtt")
     if m:
@@ -77,3 +77,15 @@ def wire(node):
         log("safe configuration: %d crash loops in a row (%s)" % (b["loops"], b["why"]))
         node.event(records.EV_SAFE_MODE, b["loops"], b["why"])
     return sup
+
+
+def wifi(node):
+    # Wi-Fi supervision on boards (config "wifi"), wired by link/wifi.py: loaded only where
+    # the board has a radio.  -> node.wifi, or None.
+    wlan = run("meternode.hal.halinit", "make_wlan", node.board, node.config)
+    if wlan is None:
+        return None
+    from meternode.link.wifi import supervise
+
+    node.wifi = supervise(node, wlan)
+    return node.wifi

@@ -54,8 +54,10 @@ def _node(wifi, board_wifi=True):
 def test_a_board_with_wifi_gets_a_supervisor_that_connects_and_reports():
     sys.modules["network"] = _network
     try:
+        from meternode.tasks import wifi
+
         n = _node({"ssid": "meters", "password": "pw"})
-        w = n._wifi()
+        w = wifi(n)
         eq(w.ssid, "meters", "ssid")
         eq(w.wlan.iface, _network.STA_IF, "station interface")
         seen = []
@@ -85,8 +87,10 @@ def test_a_board_with_wifi_gets_a_supervisor_that_connects_and_reports():
 def test_no_wifi_config_or_no_radio_means_no_supervisor():
     sys.modules["network"] = _network
     try:
-        eq(_node(None)._wifi(), None, "no config.wifi")
-        eq(_node({"ssid": "x"}, board_wifi=False)._wifi(), None, "sim board without a radio")
+        from meternode.tasks import wifi
+
+        eq(wifi(_node(None)), None, "no config.wifi")
+        eq(wifi(_node({"ssid": "x"}, board_wifi=False)), None, "sim board without a radio")
     finally:
         del sys.modules["network"]
 

@@ -1,5 +1,5 @@
 # The HAL's makers and the watchdog (hal/__init__.py says what each gives), each called once:
-# by the node's set-up (nodeinit.py) and the supervisor's wiring (tasks.py, Node._wifi).
+# by the node's set-up (nodeinit.py) and the supervisor's wiring (tasks.py).
 # Loaded for the call and forgotten after (meternode.run, docs/memory.md): a running node
 # does not hold this code.
 from micropython import const

@@ -154,7 +154,7 @@ class WifiSupervisor:
 
 
 def supervise(node, wlan):
-    # The node's Wi-Fi (Node._wifi; config "wifi": {"ssid", "password"}): up/down/fail/reset
+    # The node's Wi-Fi (tasks.wifi; config "wifi": {"ssid", "password"}): up/down/fail/reset
     # become log lines and WIFI events in the record log; bounded, jittered retries.
     from meternode.node import log
 
