@@ -16,8 +16,10 @@
 # sleep_ms(ms), wait_for_ms(aw, ms): asyncio's waits in milliseconds, the same names on
 # MicroPython and CPython, so the pure link modules (MQTT, LoRaWAN, outbox) also run on the
 # host (fleet simulator, tests).  Here, not a module of their own: every node uses both
-# halves (a module costs its object, globals and names, docs/memory.md).
-import asyncio
+# halves (a module costs its object, globals and names, docs/memory.md).  asyncio is looked
+# up when a module imports one of them (__getattr__ below), not when this module loads: what
+# reads only the tick arithmetic (pulses, checkpoints, the firmware tests' harness) does not
+# load asyncio.
 import time
 
 from micropython import const
@@ -72,12 +74,16 @@ def rebase(at_ms, at_us):
     _off_us = diff(at_us & MASK, _raw_us() & MASK)
 
 
-try:
-    from asyncio import sleep_ms, wait_for_ms
-except ImportError:  # CPython
+def __getattr__(name):
+    # sleep_ms / wait_for_ms (see the top): asyncio's own on MicroPython, seconds-based on CPython
+    import asyncio
 
-    def wait_for_ms(aw, ms):
-        return asyncio.wait_for(aw, ms / 1000)
-
-    def sleep_ms(ms):
-        return asyncio.sleep(ms / 1000)
+    if name == "sleep_ms":
+        if hasattr(asyncio, "sleep_ms"):
+            return asyncio.sleep_ms
+        return lambda ms: asyncio.sleep(ms / 1000)
+    if name == "wait_for_ms":
+        if hasattr(asyncio, "wait_for_ms"):
+            return asyncio.wait_for_ms
+        return lambda aw, ms: asyncio.wait_for(aw, ms / 1000)
+    raise AttributeError(name)
