@@ -7,7 +7,7 @@ import random
 
 from meternode.config import ConfigError, need
 from meternode.hal.sim import _at, _wave
-from meternode.metrology.interp import floats
+from meternode.metrology import floats
 
 
 def setup(s, board, scen, clock):

@@ -21,7 +21,7 @@
 # lasts n / rate seconds.  The windows themselves are counted in sets (integers).
 from micropython import const
 
-from meternode.metrology.interp import floats
+from meternode.metrology import floats
 from meternode.metrology.registers import split
 
 # the windows' counters, one list (an attribute and a name each would cost more:
@@ -43,7 +43,7 @@ class Energy:
         self.rate = rate  # sets per second, measured (the meter updates it)
         self._c = [0, window_sets, 0, demand_sets, 0]
         self.on = [False] * e  # registration gate per element
-        # (float arrays, not lists: interp.floats)
+        # (float arrays, not lists: metrology.floats)
         self._pend = floats(8 * e)  # per element, register fields (J) while the gate is shut
         self._wsum = floats(3 * e)  # per element, creep window: P J, Q J, seconds
         self._fine = floats(8 * (e + 1))  # this window's registered energy, split (J)

@@ -10,7 +10,7 @@
 #   - DC offset is removed from the sums exactly (EmonLibCM's end-of-period method, over
 #     the batch's whole cycles), and each channel's mid follows its DC level so the integer
 #     sums stay small;
-#   - P and Q come from four-tap interpolation weights (interp.py) computed from the
+#   - P and Q come from four-tap interpolation weights (convert.py) computed from the
 #     smoothed frequency, the channels' conversion skew and their calibrated phase;
 #   - Vrms, Irms, S = Vrms*Irms, PF = P/S with quadrant (means over the batch), frequency
 #     from the interpolated crossing instants (the batch's mean);

@@ -6,7 +6,7 @@
 import array
 
 from meternode.config import ConfigError
-from meternode.metrology import calibration, interp, kernels
+from meternode.metrology import calibration, floats, kernels
 from meternode.metrology.energy import Energy
 from meternode.metrology.registers import NETTINGS, Registers
 from meternode.metrology.report import Window
@@ -49,9 +49,8 @@ def setup(m, board, cal, options):
     m.cal = calibration.resolve(board, cal)
     m.names = [ch["name"] for ch in chans]
     skew = adc.get("skew_us", 0.0) * 1e-6
-    # per-channel and per-element floats live in arrays (interp.floats), not lists of boxed
+    # per-channel and per-element floats live in arrays (metrology.floats), not lists of boxed
     # floats: a heap object each (docs/memory.md)
-    floats = interp.floats
     m._t_slot = floats(nch)  # conversion instant within a set
     for k in range(nch):
         m._t_slot[k] = skew * k
@@ -120,9 +119,9 @@ def setup(m, board, cal, options):
     m._d = m._delay(f_nom)
     m._means = floats(nch)
     # per element: 4 P taps, 4 Q taps, f, Q sum, P sum, then the net phase and the
-    # quarter-cycle delay they were solved for (interp.weights)
+    # quarter-cycle delay they were solved for (convert.weights)
     m._wt = floats(13 * m.elements)
-    m._m = [floats(5), floats(5), floats(5), floats(5)]  # interp.solve's 4x5 matrix
+    m._m = [floats(5), floats(5), floats(5), floats(5)]  # convert.solve's 4x5 matrix
     m._fs = 0.0  # smoothed frequency for the weights
     m._pf = None  # fraction of a set at the previous crossing (None: no cycle open)
     # counters (all wrap below 2**30; compare them by difference & 0x3FFFFFFF)

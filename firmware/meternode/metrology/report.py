@@ -8,14 +8,14 @@
 # sets/s), gaps and lost_sets (the sampler's lost sets, counted by the meter).
 import math
 
-from meternode.metrology.interp import floats
+from meternode.metrology import floats
 
 
 class Window:
     def __init__(self, nch, elements):
         self.nch = nch
         self.elements = elements
-        # the window's sums in one float array made once (interp.floats): per element
+        # the window's sums in one float array made once (metrology.floats): per element
         # I^2, P, Q (weighted by cycles), P min, P max (5 words), then V^2 per channel, then
         # the frequency (weighted by cycles) (zeros; snapshot() zeroes it again)
         self.w = floats(5 * elements + nch + 1)

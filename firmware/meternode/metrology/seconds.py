@@ -19,7 +19,7 @@ import array
 
 from micropython import const
 
-from meternode.metrology.interp import floats
+from meternode.metrology import floats
 
 _N = const(16)  # seconds held: a consumer starved longer loses the oldest (counted)
 _WRAP = const(0x3FFFFFFF)
@@ -30,7 +30,7 @@ class Seconds:
         self.rate = rate
         self._left = rate  # sets until the current second closes
         # the open second: cycles, and (weighted by cycles) f and v sums, the largest i, the
-        # p sum, in a float array (interp.floats) made once
+        # p sum, in a float array (metrology.floats) made once
         self._nc = 0
         self._acc = floats(4)
         # the ring of closed seconds
