@@ -10,8 +10,7 @@ from meternode.metrology import calibration, floats, kernels
 from meternode.metrology.energy import Energy
 from meternode.metrology.registers import NETTINGS, Registers
 from meternode.metrology.report import Window
-from meternode.metrology.seconds import Seconds
-from meternode.metrology.timebase import Timebase
+from meternode.metrology.timebase import Seconds, Timebase
 
 _H = kernels.HIST
 
