@@ -6,7 +6,7 @@
 #     calibration offset removed in quadrature (rms());
 #   - P and Q from the four-tap interpolation weights (weights(), below), cached per
 #     element and re-solved when the smoothed frequency, the net phase or the delay d moves;
-#   - S = Vrms * Irms; then the energy gate (energy.py) and the reporting window.
+#   - S = Vrms * Irms; then the energy gate (registers.Energy) and the reporting window.
 # Kept apart from meter.py so that each compiles on a small heap (the 128k test heap loads
 # both from source).
 #

@@ -7,8 +7,7 @@ import array
 
 from meternode.config import ConfigError
 from meternode.metrology import calibration, floats, kernels
-from meternode.metrology.energy import Energy
-from meternode.metrology.registers import NETTINGS, Registers
+from meternode.metrology.registers import NETTINGS, Energy, Registers
 from meternode.metrology.report import Window
 from meternode.metrology.timebase import Seconds, Timebase
 
