@@ -263,7 +263,7 @@ class Meter:
     # -- reporting --------------------------------------------------------------------------
 
     def snapshot(self):
-        # Averages over the cycles since the last snapshot (see report.py); None before the
+        # Averages over the cycles since the last snapshot (see convert.Window); None before the
         # first measured cycle.  An open batch is measured first.
         self._convert_open()
         return self.window.snapshot(self)

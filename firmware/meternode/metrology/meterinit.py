@@ -7,8 +7,8 @@ import array
 
 from meternode.config import ConfigError
 from meternode.metrology import calibration, floats, kernels
+from meternode.metrology.convert import Window
 from meternode.metrology.registers import NETTINGS, Energy, Registers
-from meternode.metrology.report import Window
 from meternode.metrology.timebase import Seconds, Timebase
 
 _H = kernels.HIST
