@@ -8,8 +8,8 @@ import array
 from meternode.config import ConfigError
 from meternode.metrology import calibration, floats, kernels
 from meternode.metrology.convert import Window
+from meternode.metrology.meter import Seconds, Timebase
 from meternode.metrology.registers import NETTINGS, Energy, Registers
-from meternode.metrology.timebase import Seconds, Timebase
 
 _H = kernels.HIST
 
