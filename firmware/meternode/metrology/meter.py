@@ -30,6 +30,7 @@
 # cycle discarded, the lost time registered at the last measured power up to gap_fill_s.
 import array
 import gc
+import math
 
 from micropython import const
 
@@ -264,10 +265,89 @@ class Meter:
     # -- reporting --------------------------------------------------------------------------
 
     def snapshot(self):
-        # Averages over the cycles since the last snapshot (see convert.Window); None before the
-        # first measured cycle.  An open batch is measured first.
+        # Averages over the cycles since the last snapshot (RMS values as RMS of RMS), from
+        # the reporting window's sums (convert() adds each batch); None before the first
+        # measured cycle.  An open batch is measured first.  The dict node.py and the
+        # telemetry encoder read: keys cycles, v, f, elements with name, i, p, p_min, p_max,
+        # e_imp_wh, e_exp_wh; plus q, s, pf, quadrant, reactive and apparent energy,
+        # voltages, tariff, totals, demand and power quality when enabled.  Energies are
+        # there twice: as float Wh (e_imp_wh ...: convenient, but a single-precision float
+        # steps by 1 Wh at 10 MWh) and as the registers' exact integers (e_imp_mwh ...),
+        # which the freeze records and the telemetry encoder use.  The timebase:
+        # sample_rate (measured sets/s), gaps and lost_sets (the sampler's lost sets).
         self._convert_open()
-        return self.window.snapshot(self)
+        n = self._wn
+        if n == 0:
+            return None
+        r = self.registers
+        w = self._ww
+        k = 5 * self.elements
+        vrms = []  # (loops, not comprehensions: each of those is a function held with the module)
+        volts = {}
+        for a in range(self.nch):
+            vrms.append(math.sqrt(w[k + a] / n))
+            if self.cal[a].kind == "voltage":
+                volts[self.names[a]] = vrms[a]
+        els = []
+        for e in range(self.elements):
+            a = self.pairs[e][0]
+            k = 5 * e
+            irms = math.sqrt(w[k] / n)
+            p = w[k + 1] / n
+            q = w[k + 2] / n
+            s = vrms[a] * irms
+            pf = p / s if s > 0.0 else 0.0
+            qm = r.quadrants(e)  # mvarh
+            qv = []
+            for x in qm:
+                qv.append(x / 1000.0)
+            els.append(
+                {
+                    "name": self.names[self.pairs[e][1]],  # the element's current channel
+                    "v": vrms[a],
+                    "i": irms,
+                    "p": p,
+                    "q": q,
+                    "s": s,
+                    "pf": max(-1.0, min(1.0, pf)),
+                    # by the signs of P and Q: 1 = +P +Q (import, inductive), 2 = -P +Q,
+                    # 3 = -P -Q, 4 = +P -Q (import, capacitive)
+                    "quadrant": (1 if q >= 0.0 else 4) if p >= 0.0 else (2 if q >= 0.0 else 3),
+                    "p_min": w[k + 3],
+                    "p_max": w[k + 4],
+                    "e_imp_wh": r.get(e, 0) / 1000.0,
+                    "e_exp_wh": r.get(e, 1) / 1000.0,
+                    "e_q_varh": qv,
+                    "e_s_vah": (r.get(e, 6) + r.get(e, 7)) / 1000.0,
+                    "e_imp_mwh": r.get(e, 0),
+                    "e_exp_mwh": r.get(e, 1),
+                    "e_q_mvarh": qm,
+                    "e_s_mvah": r.get(e, 6) + r.get(e, 7),
+                }
+            )
+        snap = {
+            "cycles": n,
+            "v": vrms[self.v_channel],
+            "voltages": volts,
+            "f": w[-1] / n,
+            "elements": els,
+            "tariff": r.tariff,
+            "e_imp_wh": r.total_import() / 1000.0,
+            "e_exp_wh": r.total_export() / 1000.0,
+            "e_imp_mwh": r.total_import(),
+            "e_exp_mwh": r.total_export(),
+            "demand_w": self.energy.demand_w,
+            "md_w": r.md_mw / 1000.0,
+            "sample_rate": self.rate,
+            "gaps": self.gaps,
+            "lost_sets": self.lost_sets,
+        }
+        if self.quality is not None:
+            snap["pq"] = self.quality.report()
+        for k in range(len(w)):  # the next window
+            w[k] = 0
+        self._wn = 0
+        return snap
 
 
 # The measured timebase: the real sample rate, from the sampler's (sets, stamp_us) pairs

@@ -7,7 +7,6 @@ import array
 
 from meternode.config import ConfigError
 from meternode.metrology import calibration, floats, kernels
-from meternode.metrology.convert import Window
 from meternode.metrology.meter import Seconds, Timebase
 from meternode.metrology.registers import NETTINGS, Energy, Registers
 
@@ -36,10 +35,10 @@ def setup(m, board, cal, options):
     bits = adc["bits"]
     if bits > kernels.MAX_BITS:
         raise ConfigError("board.adc.bits = %d: the kernels take at most %d bits" % (bits, kernels.MAX_BITS))
-    # the nominal mains frequency, Hz (kept: with it the instance dict holds 60 entries in a
-    # table of 73; at 59 its 59 slots are full, every attribute lookup probes further and the
-    # whole meter ran 1-2 % slower, benchmarks/metrology.py)
-    m.f_nom = f_nom = float(_opt(opts, "mains_hz", 50.0, 40.0, 70.0))
+    # the nominal mains frequency, Hz (not kept: the instance dict holds 60 entries in a table
+    # of 73 with the reporting window's two; at 59 its 59 slots would be full, every attribute
+    # lookup would probe further and the whole meter ran 1-2 % slower, benchmarks/metrology.py)
+    f_nom = float(_opt(opts, "mains_hz", 50.0, 40.0, 70.0))
     if rate / (4 * 45.0) + 4 > _H:
         raise ConfigError("board.adc.rate = %d is above %d sets/s (quarter-cycle history)" % (rate, 11000))
     m._mid0 = 1 << (bits - 1)
@@ -138,7 +137,11 @@ def setup(m, board, cal, options):
     m.p = floats(e)
     m.q = floats(e)
     m.s = floats(e)
-    m.window = Window(nch, m.elements)
+    # the reporting window (convert() adds each batch, snapshot() reads and zeroes it): per
+    # element I^2, P, Q (weighted by cycles), P min, P max (5 words), then V^2 per channel,
+    # then the frequency (weighted by cycles); and the cycles in it
+    m._ww = floats(5 * m.elements + nch + 1)
+    m._wn = 0
     m.seconds = Seconds(rate)  # one summary per measured second (policy engine)
     m._e_import = m.registers.low_import  # bound once: called per closed second
     m._lim = array.array("i", bytes(4 * m.elements))
