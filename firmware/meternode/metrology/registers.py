@@ -170,22 +170,6 @@ class Registers:
             lo &= _LO_MASK
         self.lo[idx] = lo
 
-    def add_fields(self, e, f, k):
-        # Energy collected per register field (f[k:k+8], joules, by split()) for element
-        # e, registered late (an element that started during a creep window).  The total
-        # takes it as its netting says: "phase" field by field, "vector" netted over the
-        # elements that start together (see Meter._settle, which calls add_net).
-        for j in range(_FIELDS):
-            x = f[k + j]
-            if x > 0.0:
-                self._add(e * _FIELDS + j, x)
-                if self.netting == "phase" and self.main[e]:
-                    self._add(self.n * _FIELDS + j, x)
-        if self.netting == "phase" and self.main[e]:
-            tar = (self.n + 1) * _FIELDS + 2 * self.tariff
-            self._add(tar, f[k + IMP])
-            self._add(tar + 1, f[k + EXP])
-
     def commit(self, fine, tar_imp, tar_exp):
         # Moves a window of per-cycle energies, already split by sign and quadrant in
         # floats (fine[8e + field] per element; fine[8n + field] the vector-netted total),
@@ -217,25 +201,6 @@ class Registers:
                     tar_exp += fine[e * _FIELDS + EXP]
         self._add(tar, tar_imp)
         self._add(tar + 1, tar_exp)
-
-    def add_net(self, p, q):
-        # Vector netting of late-registered energy: signed P and Q joules into the total.
-        if self.netting != "vector":
-            return
-        # the total's fields by sign and quadrant, as split() counts them
-        base = self.n * _FIELDS
-        s = (p * p + q * q) ** 0.5
-        tar = (self.n + 1) * _FIELDS + 2 * self.tariff
-        if p >= 0.0:
-            self._add(base + IMP, p)
-            self._add(base + S_IMP, s)
-            self._add(base + (Q1 if q >= 0.0 else Q1 + 3), abs(q))
-            self._add(tar, p)
-        else:
-            self._add(base + EXP, -p)
-            self._add(base + S_EXP, s)
-            self._add(base + (Q1 + 1 if q >= 0.0 else Q1 + 2), abs(q))
-            self._add(tar + 1, -p)
 
     def demand(self, watts, at):
         mw = int(watts * 1000.0 + 0.5)
@@ -394,18 +359,34 @@ class Energy:
             return
         w = self._wsum
         pend = self._pend
+        r = self.registers
+        n = self.n
+        # an element that starts registers its pending energy (pend[8e:8e+8], joules, split
+        # by sign and quadrant) late; the total takes it as its netting says: "phase" field
+        # by field, "vector" netted over the elements that start together (below)
+        phase = r.netting == "phase"
+        tar = (n + 1) * _FIELDS + 2 * r.tariff
         net_p = 0.0
         net_q = 0.0
         late = False
-        for e in range(self.n):
+        for e in range(n):
             t = w[3 * e + 2]
             if t > 0.0:
                 thr = self._thr[e] * t
                 start = abs(w[3 * e]) >= thr or abs(w[3 * e + 1]) >= thr
                 if start and not self.on[e]:
                     k = 8 * e
-                    self.registers.add_fields(e, pend, k)
-                    if self.registers.main[e]:
+                    tot = phase and r.main[e]
+                    for j in range(_FIELDS):
+                        x = pend[k + j]
+                        if x > 0.0:
+                            r._add(k + j, x)
+                            if tot:
+                                r._add(n * _FIELDS + j, x)
+                    if tot:
+                        r._add(tar, pend[k + IMP])
+                        r._add(tar + 1, pend[k + EXP])
+                    if r.main[e]:
                         net_p += pend[k] - pend[k + 1]
                         net_q += pend[k + 2] + pend[k + 3] - pend[k + 4] - pend[k + 5]
                         late = True
@@ -416,6 +397,21 @@ class Energy:
             w[3 * e + 1] = 0.0
             w[3 * e + 2] = 0.0
         if late:
-            self.registers.add_net(net_p, net_q)
+            if not phase:
+                # vector netting: the net P and Q into the total's fields by sign and
+                # quadrant, as split() counts them
+                b = n * _FIELDS
+                s = (net_p * net_p + net_q * net_q) ** 0.5
+                q = abs(net_q)
+                if net_p >= 0.0:
+                    r._add(b + IMP, net_p)
+                    r._add(b + S_IMP, s)
+                    r._add(b + (Q1 if net_q >= 0.0 else Q1 + 3), q)
+                    r._add(tar, net_p)
+                else:
+                    r._add(b + EXP, -net_p)
+                    r._add(b + S_EXP, s)
+                    r._add(b + (Q1 + 1 if net_q >= 0.0 else Q1 + 2), q)
+                    r._add(tar + 1, -net_p)
             self._t[2] += net_p
         self._c[_WN] = 0
