@@ -48,10 +48,6 @@ class ChannelCal:
         if "phase_table" in c:
             self.table = c["phase_table"]
 
-    @property
-    def scale(self):
-        return self.base_scale * self.gain
-
     def phase_at(self, amps):
         # Degrees of lead at this current.
         t = self.table

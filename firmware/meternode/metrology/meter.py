@@ -85,8 +85,11 @@ class Meter:
     def use_rate(self, rate_actual):
         # The rate the sampler's timer really produces (hal: sampler.rate_actual), before
         # the first block: the measurement starts from it.
-        self.timebase.use(rate_actual)
-        self.rate = self.energy.rate = self.timebase.rate
+        tb = self.timebase
+        tb.rate0 = float(rate_actual)
+        tb.rate = tb.rate0
+        tb._start()
+        self.rate = self.energy.rate = tb.rate
 
     def _delay(self, f):
         d = int(self.rate / (4 * f) + 0.5)  # nearest: steady at 20 for 50 Hz at 4 kS/s
@@ -132,7 +135,11 @@ class Meter:
         self._break(n, True)
         self.sets = (self.sets + n) & _MASK
         self.seconds.sets(n, self._e_import)
-        self.timebase.restart()  # no stamps in between: measure afresh from the next block
+        # no stamps in between: the timebase forgets the previous one and starts a new window
+        # with the next block (the rate measured so far stays)
+        tb = self.timebase
+        tb._st = None
+        tb._start()
 
     def _break(self, lost, fill):
         # A discontinuity: the batch's whole cycles are measured, the open cycle is
@@ -399,18 +406,6 @@ class Timebase:
         self._st = None  # previous stamp
         self._w = [0] * 8
         self._w[_WLEN] = _W0
-        self._start()
-
-    def use(self, rate_actual):
-        # The sampler's rate_actual, at start (before any block).
-        self.rate0 = float(rate_actual)
-        self.rate = self.rate0
-        self._start()
-
-    def restart(self):
-        # Forget the previous stamp (the sampler restarted, the sim coasted): the rate
-        # measured so far stays, a new window starts with the next block.
-        self._st = None
         self._start()
 
     def _start(self):

@@ -206,7 +206,7 @@ def cal_cache(m):
     phc = []
     m._cc = (sc, off, isv, phc)
     for c in cal:
-        sc.append(c.scale)
+        sc.append(c.base_scale * c.gain)  # units per count
         off.append(c.offset)
         isv.append(c.kind == "voltage")
     # and the sign band per element in raw product units per set (kernels.signs)
