@@ -48,18 +48,18 @@ class ChannelCal:
         if "phase_table" in c:
             self.table = c["phase_table"]
 
-    def phase_at(self, amps):
-        # Degrees of lead at this current.
+    def phase_at(self, i):
+        # Degrees of lead at the current i (A).
         t = self.table
         if not t:
             return self.phase
-        if amps <= t[0][0]:
+        if i <= t[0][0]:
             return t[0][1]
         for k in range(1, len(t)):
             a1, p1 = t[k]
-            if amps <= a1:
+            if i <= a1:
                 a0, p0 = t[k - 1]
-                return p0 + (p1 - p0) * (amps - a0) / (a1 - a0)
+                return p0 + (p1 - p0) * (i - a0) / (a1 - a0)
         return t[-1][1]
 
     def as_dict(self):

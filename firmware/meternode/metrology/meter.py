@@ -194,10 +194,10 @@ class Meter:
                 i = lim
 
     # -- per cycle --------------------------------------------------------------------------
-    def _cross(self, frac):
-        # A run ends: at a crossing, `frac` of a set after the run's last set, or after
-        # MAX_SETS sets without one (frac = None).  The cycle's length in sets is its whole
-        # sets n (the run) plus frac minus the previous crossing's fraction: a small float
+    def _cross(self, f):
+        # A run ends: at a crossing, a fraction `f` of a set after the run's last set, or
+        # after MAX_SETS sets without one (f = None).  The cycle's length in sets is its whole
+        # sets n (the run) plus f minus the previous crossing's fraction: a small float
         # whatever the uptime.  A whole cycle's integer sums move into the
         # batch (kernels.move_add); the batch is converted to quantities (convert.py) when it
         # holds batch_cycles cycles or the next cycle could take it past MAX_SETS sets (the
@@ -208,19 +208,19 @@ class Meter:
         acc = self._acc
         n = acc[self._n_at]
         pf = self._pf
-        self._pf = frac
-        if frac is None or pf is None or n == 0:
+        self._pf = f
+        if f is None or pf is None or n == 0:
             if self._bc:
                 convert(self, True)  # the batch holds whole cycles: measure them first
                 mid_n = 0  # its sums moved the mids already; this run's would move them again
             else:
                 mid_n = n
             if self.quality is not None:
-                if frac is None:
+                if f is None:
                     self.quality.no_mains(n)
                 else:
                     self.quality.skip(n)
-            if frac is None:
+            if f is None:
                 self.freq = 0.0
                 self.unmeasured = (self.unmeasured + 1) & _MASK
                 self._fs = 0.0
@@ -228,7 +228,7 @@ class Meter:
             self._track_mid(acc, mid_n)
             kernels.move_add(acc, acc, len(acc))  # clears
             return
-        length = n + frac - pf  # sets in this cycle
+        length = n + f - pf  # sets in this cycle
         self.freq = self.rate / length  # this cycle's
         if self.quality is not None:
             self.quality.meter_cycle(self, n, length)
@@ -247,7 +247,7 @@ class Meter:
         kernels.move_add(acc, self._bat, len(acc))
         self._bn += n
         self._bc += 1
-        self._bf1 = frac
+        self._bf1 = f
         self.cycles = (self.cycles + 1) & _MASK
         self.measured_sets = (self.measured_sets + n) & _MASK
         if self._bc >= self._batch or self._bn + n > kernels.MAX_SETS:
@@ -501,19 +501,19 @@ class Seconds:
         self.closed = 0  # seconds closed, wraps below 2**30
         self.lost = 0  # seconds dropped because the consumer fell more than _S behind
 
-    def batch(self, nc, f, v, imax, p):
-        # One converted batch of nc cycles: its mean frequency, voltage, largest current and
-        # total power.  Floats on small quantities only.
-        self._nc += nc
+    def batch(self, n, f, v, i, p):
+        # One converted batch of n cycles: its mean frequency f, voltage v, largest current i
+        # and total power p.  Floats on small quantities only.
+        self._nc += n
         a = self._acc
-        a[0] += f * nc
-        a[1] += v * nc
-        a[3] += p * nc
-        if imax > a[2]:
-            a[2] = imax
+        a[0] += f * n
+        a[1] += v * n
+        a[3] += p * n
+        if i > a[2]:
+            a[2] = i
 
-    def sets(self, n, e_mwh_fn):
-        # n more sample sets were fed; closes every second they complete.  e_mwh_fn() gives
+    def sets(self, n, get):
+        # n more sample sets were fed; closes every second they complete.  get() gives
         # the import register (called once per closed second, not per block).
         left = self._left - n
         while left <= 0:
@@ -535,7 +535,7 @@ class Seconds:
                 rf[j + x] = (a[x] if x == 2 else a[x] / nc) if nc else 0
                 a[x] = 0
             self._rc[k] = nc
-            self._re[k] = e_mwh_fn()
+            self._re[k] = get()
             self.closed = (self.closed + 1) & _MASK
             self._nc = 0
             left += self.rate

@@ -144,13 +144,13 @@ class Registers:
         self.tariff = t
 
     # -- counting --------------------------------------------------------------------------
-    def _add(self, idx, joules):
-        # joules >= 0: whole mWh first, then the rest in uJ, so every int stays small (a
+    def _add(self, idx, x):
+        # x joules >= 0: whole mWh first, then the rest in uJ, so every int stays small (a
         # window's energy in uJ would not: 10 kW for 1 s is 1e10 uJ)
-        if joules <= 0.0:
+        if x <= 0.0:
             return
-        w = int(joules / 3.6)
-        uj = int((joules - w * 3.6) * 1000000.0 + 0.5)
+        w = int(x / 3.6)
+        uj = int((x - w * 3.6) * 1000000.0 + 0.5)
         self.add_int(idx, w, uj)
 
     def add_int(self, idx, mwh, uj):
@@ -202,8 +202,9 @@ class Registers:
         self._add(tar, tar_imp)
         self._add(tar + 1, tar_exp)
 
-    def demand(self, watts, at):
-        mw = int(watts * 1000.0 + 0.5)
+    def demand(self, w, at):
+        # a demand period's mean net import w (W), ended at `at`
+        mw = int(w * 1000.0 + 0.5)
         if mw > self.md_mw:
             self.md_mw = mw
             self.md_at = at
@@ -258,13 +259,15 @@ _DPER = const(4)
 
 
 class Energy:
-    def __init__(self, registers, thresholds, rate, window_sets, demand_sets):
+    def __init__(self, registers, thr, rate, wn, dn):
+        # thr: the starting threshold per element (W, var); wn, dn: sets in a creep window
+        # and in a demand period
         self.registers = registers
         e = registers.n
         self.n = e
-        self._thr = thresholds  # W (and var) per element
+        self._thr = thr  # W (and var) per element
         self.rate = rate  # sets per second, measured (the meter updates it)
-        self._c = [0, window_sets, 0, demand_sets, 0]
+        self._c = [0, wn, 0, dn, 0]
         self.on = [False] * e  # registration gate per element
         # (float arrays, not lists: metrology.floats)
         self._pend = floats(8 * e)  # per element, register fields (J) while the gate is shut
