@@ -17,7 +17,7 @@ are held to the class limit of their base point (a stricter reading than the sta
 "variation" limits).
 
 `rate_error_ppm` makes the simulated sampler run that much off its nominal rate (a crystal's
-error the firmware is not told about): the meter's measured timebase (Timebase in metrology/meter.py)
+error the firmware is not told about): the meter's measured timebase (metrology/timebase.py)
 takes the real rate from the sampler's timestamps, so the points still pass;
 `timebase="fixed"` makes the meter take the nominal rate on trust instead, to show what the
 error would do.  Time is the simulation's true time either way.

@@ -396,7 +396,7 @@ class _Regs:
 
 class _Meter:
     def __init__(self):
-        from meternode.metrology.meter import Seconds
+        from meternode.metrology.timebase import Seconds
 
         self.p = [1500.0]
         self.irms = [6.5]

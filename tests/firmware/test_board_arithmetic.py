@@ -392,7 +392,7 @@ def test_the_link_layers_ticks_start_a_few_seconds_before_they_wrap():
 def test_an_hour_coasted_at_once_closes_the_measured_seconds_as_block_by_block_would():
     # Seconds (the policy engine's measured seconds) jumps over what its 16-slot ring would
     # overwrite unread: a coasted hour costs 17 closes, not 3600, with the same result
-    from meternode.metrology.meter import Seconds
+    from meternode.metrology.timebase import Seconds
 
     a = Seconds(4000)
     b = Seconds(4000)

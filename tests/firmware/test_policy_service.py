@@ -7,7 +7,7 @@ import json
 import bundle_fixture as F
 from policy_fixture import compact
 
-from meternode.metrology.meter import Seconds
+from meternode.metrology.timebase import Seconds
 from meternode.policy.service import PolicyService
 from mptest import eq, heap, scratch_dir
 

@@ -67,7 +67,7 @@ def test_late_stamps_and_a_stall_do_not_move_the_measured_rate():
     # masked) are fitted by their early envelope: the rate stays within a few ppm.
     import random
 
-    from meternode.metrology.meter import Timebase
+    from meternode.metrology.timebase import Timebase
 
     random.seed(7)
     true = 4000.0 * (1 + 80e-6)

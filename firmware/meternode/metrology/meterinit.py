@@ -7,8 +7,8 @@ import array
 
 from meternode.config import ConfigError
 from meternode.metrology import calibration, floats, kernels
-from meternode.metrology.meter import Seconds, Timebase
 from meternode.metrology.registers import NETTINGS, Energy, Registers
+from meternode.metrology.timebase import Seconds, Timebase
 
 _H = kernels.HIST
 
@@ -35,9 +35,10 @@ def setup(m, board, cal, options):
     bits = adc["bits"]
     if bits > kernels.MAX_BITS:
         raise ConfigError("board.adc.bits = %d: the kernels take at most %d bits" % (bits, kernels.MAX_BITS))
-    # the nominal mains frequency, Hz (not kept: the instance dict holds 60 entries in a table
-    # of 73 with the reporting window's two; at 59 its 59 slots would be full, every attribute
-    # lookup would probe further and the whole meter ran 1-2 % slower, benchmarks/metrology.py)
+    # the nominal mains frequency, Hz (not an attribute: with the reporting window's two the
+    # instance dict holds 60 entries in a table of 73; at 59 its 59 slots would be full, every
+    # attribute lookup would probe further and the whole meter ran 1-2 % slower,
+    # benchmarks/metrology.py)
     f_nom = float(_opt(opts, "mains_hz", 50.0, 40.0, 70.0))
     if rate / (4 * 45.0) + 4 > _H:
         raise ConfigError("board.adc.rate = %d is above %d sets/s (quarter-cycle history)" % (rate, 11000))

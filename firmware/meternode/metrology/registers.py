@@ -246,7 +246,7 @@ class Registers:
 # zero) over fixed periods of the sample clock (demand_s, default 900 s); the largest goes
 # to the registers with the period's end time.
 #
-# `rate` is the meter's measured sample rate (Timebase in meter.py): a cycle of n sets
+# `rate` is the meter's measured sample rate (metrology/timebase.py): a cycle of n sets
 # lasts n / rate seconds.  The windows themselves are counted in sets (integers).
 # the windows' counters, one list (an attribute and a name each would cost more:
 # docs/memory.md): sets in the creep window and its length, sets in the demand period and

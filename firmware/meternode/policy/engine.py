@@ -7,7 +7,7 @@
 #   eng.tick(t, v, i, f, p, e_mwh)   # t: engine seconds (below); v V, i A, f Hz, p W;
 #                                    # e_mwh: the import register's low 30 bits (mWh)
 #
-# The service ticks it once per *measured* second (metrology/meter.py), so a condition
+# The service ticks it once per *measured* second (metrology/timebase.py), so a condition
 # that came and went while the policy task was starved is still seen; f = 0 and v = 0 mean
 # "no mains measured in that second" and trigger neither a frequency nor a voltage rule.
 #

@@ -61,7 +61,7 @@ class PolicyService:
         self.on = True  # the state the engine wants, on a board without a relay (set())
         self.ring = engine.EventRing(32)
         self._mark = 0
-        self._sec_mark = node.meter.seconds.closed  # measured seconds seen (metrology/meter.py)
+        self._sec_mark = node.meter.seconds.closed  # measured seconds seen (metrology/timebase.py)
         self._sec = [0.0, 0.0, 0.0, 0.0, 0, 0]  # one second's values, reused
         self._t_last = -(1 << 29)  # engine seconds of the last tick (before any real one)
         self._idle = 0
@@ -217,7 +217,7 @@ class PolicyService:
     # -- the loop ------------------------------------------------------------------------------
     def tick(self):
         # Ticks the engine once for every second the meter measured since the last call
-        # (metrology/meter.py), in order, each with its own values: a dip that came and
+        # (metrology/timebase.py), in order, each with its own values: a dip that came and
         # went while this task was starved is still seen.  Engine time never runs backwards.
         # With no measured second for _IDLE_TICKS calls (sampler stalled), one tick with no
         # measurement keeps the tariff calendar going.
