@@ -225,10 +225,32 @@ class CampaignDB:
         return [dict(zip(("node", "stage", "state", "status", "why", "version"), r, strict=True)) for r in rows]
 
 
-class MqttTransport:
-    """Publishes bundles and collects node results over MQTT (paho), one connection."""
+# A streamed build is hundreds of messages; a broker holds about 1000 for a client and drops the
+# rest (Mosquitto's max_queued_messages), so a node that takes them slower than they are sent
+# loses chunks. The node answers every PROGRESS_EVERY-th chunk with "accepted" and "got" (its
+# count, firmware policy/agent.py), and the sender keeps WINDOW messages at most ahead of it.
+# A node that reports nothing for STALL_S seconds (firmware older than the reports) gets the
+# next window anyway.
+PROGRESS_EVERY = 64
+WINDOW = 256
+STALL_S = 10.0
 
-    def __init__(self, url: str, prefix: str = "umeter", client_id: str | None = None) -> None:
+
+@dataclass
+class _Stream:
+    topic: str
+    msgs: list[bytes]
+    sent: int = 0  # messages published
+    done: int = 0  # messages the node has taken: begin + its last "got"
+    at: float = field(default_factory=time.monotonic)  # the last send or report
+
+
+class MqttTransport:
+    """Publishes bundles and collects node results over MQTT (paho), one connection. A
+    firmware bundle streamed in chunks is sent WINDOW messages ahead of the node's progress
+    reports at most (see PROGRESS_EVERY)."""
+
+    def __init__(self, url: str, prefix: str = "umeter", client_id: str | None = None, window: int = WINDOW) -> None:
         u = urlparse(url if "://" in url else f"mqtt://{url}")
         if u.scheme not in ("mqtt", "tcp") or not u.hostname:
             raise ConfigError(f"bad broker URL {url!r}", hint="e.g. mqtt://127.0.0.1:1883")
@@ -238,6 +260,10 @@ class MqttTransport:
         self._cid = client_id or "umeter-campaign-" + uuid.uuid4().hex[:8]
         self._client = None
         self._connected = threading.Event()
+        self._streams: dict[str, _Stream] = {}
+        self.window = window
+        self._lock = threading.Lock()  # the streams; held while publishing, so chunks go in order
+        self._stop = threading.Event()
 
     def __enter__(self) -> MqttTransport:
 
@@ -250,6 +276,8 @@ class MqttTransport:
         if not self._connected.wait(10):
             self.__exit__()
             raise TransportError(f"no CONNACK from {self.host}:{self.port} in 10 s", hint="check the broker")
+        self._stop.clear()
+        threading.Thread(target=self._watch, name="umeter-ota-window", daemon=True).start()
         return self
 
     def _on_connect(self, client, userdata, flags, reason, properties=None) -> None:
@@ -263,6 +291,13 @@ class MqttTransport:
         except ValueError:
             return
         if len(parts) >= 4 and isinstance(res, dict):
+            if parts[-2] == "ota":
+                got = res.get("got")
+                if res.get("status") == "accepted":
+                    self._send(parts[-3], 1 + got if isinstance(got, int) and got >= 0 else 1)
+                else:  # staged, rejected, failed: the rest of the stream is of no use
+                    with self._lock:
+                        self._streams.pop(parts[-3], None)
             self.results.put((parts[-3], parts[-2], res))
 
     def push(self, kind: str, node: str, bundle: bytes) -> None:
@@ -270,10 +305,40 @@ class MqttTransport:
             self._client.publish(f"{self.prefix}/{node}/policy/bundle", bundle, qos=1)
             return
         topic = f"{self.prefix}/{node}/ota"
-        for payload in ota_messages(bundle, topic=len(topic.encode())):
-            self._client.publish(topic, payload, qos=1)  # one topic, QoS 1: delivered in order
+        with self._lock:
+            self._streams[node] = _Stream(topic, ota_messages(bundle, topic=len(topic.encode())))
+        self._send(node, 0)
+
+    def streaming(self) -> int:
+        """Nodes with messages of a firmware bundle still to send."""
+        with self._lock:
+            return len(self._streams)
+
+    def _send(self, node: str, done: int) -> None:
+        # The node has taken `done` messages of its stream: publish up to WINDOW ahead of that.
+        with self._lock:
+            s = self._streams.get(node)
+            if s is None:
+                return
+            s.done = max(s.done, done)
+            s.at = time.monotonic()
+            end = min(len(s.msgs), s.done + self.window)
+            while s.sent < end:
+                self._client.publish(s.topic, s.msgs[s.sent], qos=1)  # one topic, QoS 1: in order
+                s.sent += 1
+            if s.sent == len(s.msgs):
+                del self._streams[node]
+
+    def _watch(self) -> None:
+        # A node that reports no progress for STALL_S seconds gets the next window.
+        while not self._stop.wait(1.0):
+            with self._lock:
+                stalled = [(n, s.sent) for n, s in self._streams.items() if time.monotonic() - s.at > STALL_S]
+            for node, sent in stalled:
+                self._send(node, sent)
 
     def __exit__(self, *exc) -> None:
+        self._stop.set()
         if self._client is not None:
             self._client.disconnect()  # before loop_stop: wakes the network thread at once
             self._client.loop_stop()

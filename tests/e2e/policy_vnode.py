@@ -89,6 +89,7 @@ class Listener:
         self.c.connect(url_host, port)
         self.c.subscribe(f"{prefix}/{node}/#", 1)
         self.c.loop_start()
+        self.host, self.port, self.t = url_host, port, None
 
     def _on(self, client, ud, msg) -> None:
         leaf = msg.topic.split("/", 2)[2]
@@ -99,6 +100,15 @@ class Listener:
 
     def publish(self, leaf: str, payload: bytes) -> None:
         self.c.publish(f"{self.prefix}/{self.node}/{leaf}", payload, qos=1)
+
+    def push_ota(self, bundle: bytes) -> None:
+        """A firmware bundle to the node as a campaign sends it: streamed in chunks, a window of
+        them ahead of the node's progress reports (umeter.campaign.MqttTransport)."""
+        from umeter.campaign import MqttTransport
+
+        if self.t is None:
+            self.t = MqttTransport(f"mqtt://{self.host}:{self.port}", self.prefix).__enter__()
+        self.t.push("firmware", self.node, bundle)
 
     def wait(self, pred, timeout: float, what: str, vnode: VNode | None = None):
         deadline = time.monotonic() + timeout
@@ -115,6 +125,8 @@ class Listener:
         raise AssertionError(f"{what}: not seen in {timeout} s; got {[s[0] for s in seen][-20:]}\n{tail}")
 
     def close(self) -> None:
+        if self.t is not None:
+            self.t.__exit__()
         self.c.disconnect()
         self.c.loop_stop()
 

@@ -196,3 +196,30 @@ def test_simulated_nodes_can_check_signatures_with_the_firmware_ed25519(mosquitt
             rep = run(db, "forged", t)
         assert (rep.state, rep.failed, rep.reasons) == ("halted", 6, {"unknown key": 6})
         assert sim.policy_versions() == {4: 12}
+
+
+@pytest.mark.parametrize("window", [100, 10**6])
+def test_a_streamed_build_is_sent_a_window_ahead_of_the_nodes_progress(tmp_path: Path, window: int) -> None:
+    # A broker holds a bounded queue per client and drops the rest (Mosquitto's
+    # max_queued_messages, 1000 by default: a source build is 1200+ chunks).  Here it holds
+    # 150: sent all at once (window 10**6, as before the progress reports) chunks are lost and
+    # the build never gets through; 100 ahead of the node's "got" reports, every chunk arrives.
+    from umeter.broker import Mosquitto
+    from umeter.campaign import ota_messages
+
+    files = {f"meternode/big{k}.py": bytes((k * 7 + j) % 251 for j in range(60000)) for k in range(4)}
+    man = make_manifest("firmware", "acme", 9, files, make_target(all_nodes=True), key=KEY, campaign="win")
+    env = sign_bundle(KEY, man, files)
+    assert len(ota_messages(env)) > 300
+    with Mosquitto(extra_conf="max_queued_messages 150\n") as b, FleetSim(1, b.url, FLEET, tmp_path / "f") as sim:
+        db = CampaignDB(tmp_path / "fleet.db")
+        db.create(CampaignSpec("firmware", sim.node_ids, id="win", stage_timeout_s=20), env)
+        with MqttTransport(b.url, window=window) as t:
+            rep = run(db, "win", t)
+        got = db.results("win")[0]
+    if window == 100:
+        assert (rep.state, rep.ok) == ("done", 1) and got["status"] in ("staged", "confirmed"), got
+    else:
+        # chunks lost: refused at the first gap ("chunk at N, have M bytes"), or the end lost too
+        assert rep.ok == 0 and (got["state"], got["status"]) in (("failed", "rejected"), ("timeout", None)), got
+        assert got["status"] is None or "chunk at" in got["why"], got

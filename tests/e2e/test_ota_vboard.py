@@ -15,7 +15,6 @@ from policy_vnode import BOOT, Listener, board, firmware_files
 
 from umeter import unixport
 from umeter.build import build
-from umeter.campaign import ota_messages
 from umeter.signing import fleet_identity, make_manifest, make_target, sign_bundle
 from umeter_hil.vboard import VirtualBoard
 
@@ -57,8 +56,7 @@ def test_virtual_board_rolls_back_a_build_that_fails_its_health_check(mosquitto,
             resets0 = vb.resets
             files = firmware_files("2.0.0-broken", broken=True)
             man = make_manifest("firmware", "acme", 2, files, make_target(all_nodes=True), key=KEY, campaign="vbfw")
-            for msg in ota_messages(sign_bundle(KEY, man, files)):
-                lis.publish("ota", msg)
+            lis.push_ota(sign_bundle(KEY, man, files))
             ota = lambda leaf, m: leaf == "ota/result" and m["status"] != "accepted"  # noqa: E731
             r, _ = lis.wait(ota, 60, "staged", _Console(vb))
             assert (r["status"], r["version"]) == ("staged", 2), r

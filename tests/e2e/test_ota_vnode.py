@@ -12,7 +12,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from policy_vnode import Listener, VNode, firmware_files
 
 from umeter import unixport
-from umeter.campaign import ota_messages
 from umeter.signing import fleet_identity, make_manifest, make_target, sign_bundle
 
 KEY = Ed25519PrivateKey.generate()
@@ -56,8 +55,7 @@ def test_bad_build_rolls_back_and_good_build_is_confirmed(mosquitto, tmp_path: P
     try:
         with VNode(tmp_path / "vn2", config) as vn:
             lis.wait(lambda leaf, m: leaf == "policy/state", 40, "policy service up", vn)
-            for msg in ota_messages(_bundle(2, firmware_files("2.0.0-broken", broken=True))):
-                lis.publish("ota", msg)
+            lis.push_ota(_bundle(2, firmware_files("2.0.0-broken", broken=True)))
             ota = lambda leaf, m: leaf == "ota/result" and m["status"] != "accepted"  # noqa: E731
             r, _ = lis.wait(ota, 60, "staged", vn)
             assert (r["ok"], r["status"], r["version"], r["campaign"]) == (True, "staged", 2, "fw2"), r
@@ -71,8 +69,7 @@ def test_bad_build_rolls_back_and_good_build_is_confirmed(mosquitto, tmp_path: P
             st = json.loads((tmp_path / "vn2" / "fw" / "boot.json").read_text())
             assert (st["active"], st["pending"]) == (None, None), "back on the factory modules"
             # a good build, compiled by `umeter build` (.mpy under lib/): confirmed, and it is what runs
-            for msg in ota_messages(_bundle(3, _compiled_build(tmp_path, "3.0.0"))):
-                lis.publish("ota", msg)
+            lis.push_ota(_bundle(3, _compiled_build(tmp_path, "3.0.0")))
             r, _ = lis.wait(ota, 60, "staged v3", vn)
             assert (r["status"], r["version"]) == ("staged", 3), r
             r, _ = lis.wait(ota, 90, "confirmed v3", vn)
@@ -81,8 +78,7 @@ def test_bad_build_rolls_back_and_good_build_is_confirmed(mosquitto, tmp_path: P
             st = json.loads((tmp_path / "vn2" / "fw" / "boot.json").read_text())
             assert (st["active"], st["pending"], st["versions"]) == ("a", None, {"a": 3}), "the failed slot was reused"
             # the failed version cannot be pushed again
-            for msg in ota_messages(_bundle(2, firmware_files("2.0.1", broken=False))):
-                lis.publish("ota", msg)
+            lis.push_ota(_bundle(2, firmware_files("2.0.1", broken=False)))
             r, _ = lis.wait(ota, 60, "replay of v2", vn)
             assert (r["ok"], r["why"].split(":")[0]) == (False, "not newer"), r
     finally:

@@ -10,7 +10,6 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from policy_vnode import Listener, firmware_files
 
-from umeter.campaign import ota_messages
 from umeter.signing import fleet_identity, make_manifest, make_target, sign_bundle
 from umeter.sim import SimRun
 
@@ -51,8 +50,7 @@ def test_a_node_rebooting_into_new_firmware_comes_back_and_the_sim_goes_on(mosqu
                 "firmware", "acme", 2, (files := firmware_files("2.0.0", broken=False)), make_target(nodes=["node-01"]),
                 key=KEY, campaign="fw2",
             )  # fmt: skip
-            for msg in ota_messages(sign_bundle(KEY, man, files)):
-                lis.publish("ota", msg)
+            lis.push_ota(sign_bundle(KEY, man, files))
             ota = lambda leaf, m: leaf == "ota/result" and m["status"] != "accepted"  # noqa: E731
             r, _ = lis.wait(ota, 90, "staged", None)
             assert (r["status"], r["version"]) == ("staged", 2), r

@@ -468,6 +468,15 @@ def test_chunks_are_written_without_loading_the_bundle_code_and_each_refusal_say
         r = a2.handle_ota(bad)
         eq((r and r["status"], r and r["why"]), ("rejected", why), "refused chunk %r" % bad[:60])
         eq(a2._ota, None, "the transfer is given up")
+    # every 64th chunk is answered with the count, so that the sender keeps a window in flight
+    a4 = _agent(root + "/progress")
+    a4.handle_ota(_begin(F.FIRMWARE_V5_STREAMED))
+    said = []
+    for off in range(0, len(data), 10):
+        r = a4.handle_ota(chunk(off, data[off : off + 10]))
+        if r is not None:
+            said.append((off // 10 + 1, r["status"], r["got"], r["campaign"]))
+    eq(said, [(64, "accepted", 64, "fw1"), (128, "accepted", 128, "fw1")], "progress reports")
     # a message the MQTT client had no block for (payload None): failed, naming it
     a3 = _agent(root + "/none")
     a3.handle_ota(_begin(F.FIRMWARE_V5_STREAMED))

@@ -80,7 +80,7 @@ def encode_into(buf, node_id, seq, ts, snap, overruns=0, mains=None, pulses=None
             "e_imp_wh": _wh(e, "e_imp_wh"),
             "e_exp_wh": _wh(e, "e_exp_wh"),
         }
-        # the full meter (metrology.report) adds reactive, apparent, PF and quadrant registers
+        # the full meter (Meter.snapshot, metrology/meter.py) adds reactive, apparent, PF and quadrant registers
         for key, nd in (("q", 2), ("s", 2), ("pf", 4)):
             if key in e:
                 d[key] = _r(e[key], nd)

@@ -7,7 +7,8 @@
 #   ota            <- {"op": "begin", "bundle": <envelope text, or the envelope object>}  (files inline, or streamed:)
 #                     {"op": "file", "name": n, "off": offset, "data": base64}
 #                     {"op": "end"}
-#                  result on ota/result: accepted / staged / confirmed / rolled_back / rejected
+#                  result on ota/result: accepted / staged / confirmed / rolled_back / rejected;
+#                  while chunks stream in, "accepted" with "got": <chunks written> every 64th
 #   policy/small   <- a LoRa-sized HMAC frame (small.py), raw bytes; result on policy/result
 # Results: {"ok": bool, "status": ..., "why": ..., "version": <node's version now>,
 #           "campaign": <from the manifest>, "node": id}
@@ -84,6 +85,7 @@ class Agent:
         if self.store.recovered:
             self.event("policy", "recovered: %s" % self.store.recovered)
         self._ota = None  # (manifest, text, campaign, target) while a build streams in
+        self.got = 0  # its chunks written so far
         self.accepted = 0
         self.rejected = 0
 
@@ -133,6 +135,9 @@ class Agent:
         # A chunk of the build being received is written here, not through bundle.py: a build
         # comes in hundreds of them, each small enough for the MQTT client's buffer
         # (umeter.campaign).  Whatever this cannot write goes to bundle.py with the error.
+        # Every 64th chunk is answered "accepted" with the count ("got"): the sender keeps a
+        # window of messages in flight ahead of it, not the whole build (a broker holds about
+        # 1000 messages for a client and drops the rest: Mosquitto's max_queued_messages).
         t = self._ota
         e = None
         if t is not None:
@@ -140,7 +145,12 @@ class Agent:
                 msg = json.loads(payload)
                 if msg["op"] == "file":
                     t[3].write(msg["name"], a2b_base64(msg["data"]), int(msg.get("off", 0)))
-                    return None
+                    self.got += 1
+                    if self.got & 63:
+                        return None
+                    r = self._result(True, "accepted", self.slots.version(), t[2])
+                    r["got"] = self.got
+                    return r
             except MemoryError:
                 raise
             except Exception as x:

@@ -264,6 +264,7 @@ def handle_ota(self, payload, err=None):
                 target = self.image
             target.begin(man)
             self._ota = (man, mtext, man.get("campaign"), target)
+            self.got = 0
             if not inline:
                 self.event("ota", "receiving v%d" % man["version"])
                 return self._result(True, "accepted", cur, self._ota[2])
