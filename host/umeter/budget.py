@@ -17,12 +17,12 @@ MARGIN_KB = 32
 # tests/host/test_memory_budget.py's shorter run, other node ids, a command nearer the end)
 HELD_KB: dict[int, dict[str, dict[str, int]]] = {
     8: {
-        "mpy": {"plain": 128, "+store": 155, "+cmd_key": 162, "+policy": 181, "+fleet": 208},
-        "romfs": {"plain": 90, "+store": 108, "+cmd_key": 113, "+policy": 125, "+fleet": 139},
+        "mpy": {"plain": 120, "+store": 148, "+cmd_key": 154, "+policy": 173, "+fleet": 199},
+        "romfs": {"plain": 84, "+store": 103, "+cmd_key": 107, "+policy": 119, "+fleet": 133},
     },
     4: {
-        "mpy": {"plain": 89, "+store": 107, "+cmd_key": 112, "+policy": 125, "+fleet": 144},
-        "romfs": {"plain": 54, "+store": 64, "+cmd_key": 67, "+policy": 74, "+fleet": 82},
+        "mpy": {"plain": 83, "+store": 102, "+cmd_key": 106, "+policy": 120, "+fleet": 139},
+        "romfs": {"plain": 51, "+store": 61, "+cmd_key": 63, "+policy": 70, "+fleet": 78},
     },
 }
 CONFIGS = ("plain", "+store", "+cmd_key", "+policy", "+fleet")
