@@ -12,8 +12,6 @@ from ..errors import ConfigError, PolicyError
 from ..signing import Keystore, make_manifest, make_target, sha256_hex, sign_bundle
 from .policy import parse_duration, push_bundle, push_options, sign_options, target_options
 
-MAX_INLINE = 48 * 1024  # above this the bundle should be streamed (docs/policy.md)
-
 
 def read_build(build_dir: Path) -> tuple[dict[str, bytes], dict]:
     """Files of a build directory and its build info. With a `manifest.json` (the output of
@@ -99,8 +97,6 @@ def sign_cmd(build_dir, fleet, version, expires, campaign, keystore, nodes, grou
         f"({size / 1024:.1f} KiB) -> {output}.",
         markup=False,
     )
-    if size > MAX_INLINE:
-        ui.info(f"note: {size} bytes inline; boards with little RAM need the streamed transfer (docs/policy.md)")
 
 
 @command.command("push")
