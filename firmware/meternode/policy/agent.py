@@ -7,6 +7,8 @@
 #   ota            <- {"op": "begin", "bundle": <envelope text, or the envelope object>}  (files inline, or streamed:)
 #                     {"op": "file", "name": n, "off": offset, "data": base64}
 #                     {"op": "end"}
+#                     a manifest too large for one message streams too: the begin's bundle is
+#                     {"m": <its size>, "s": <signature>}, its chunks are "file" without a name
 #                  result on ota/result: accepted / staged / confirmed / rolled_back / rejected;
 #                  while chunks stream in, "accepted" with "got": <chunks written> every 64th
 #   policy/small   <- a LoRa-sized HMAC frame (small.py), raw bytes; result on policy/result
@@ -84,7 +86,8 @@ class Agent:
         self.record = self.store.load()
         if self.store.recovered:
             self.event("policy", "recovered: %s" % self.store.recovered)
-        self._ota = None  # (manifest, text, campaign, target) while a build streams in
+        self._ota = None  # (manifest, text, campaign, target) while a build streams in; while its
+        # manifest does: (None, signature, None, slots)
         self.got = 0  # its chunks written so far
         self.accepted = 0
         self.rejected = 0
@@ -144,13 +147,16 @@ class Agent:
             try:
                 msg = json.loads(payload)
                 if msg["op"] == "file":
-                    t[3].write(msg["name"], a2b_base64(msg["data"]), int(msg.get("off", 0)))
+                    # (no name: a piece of the manifest, which streams in first when large)
+                    done = t[3].write(msg.get("name"), a2b_base64(msg["data"]), int(msg.get("off", 0)))
                     self.got += 1
-                    if self.got & 63:
-                        return None
-                    r = self._result(True, "accepted", self.slots.version(), t[2])
-                    r["got"] = self.got
-                    return r
+                    if not done:
+                        if self.got & 63:
+                            return None
+                        r = self._result(True, "accepted", self.slots.version(), t[2])
+                        r["got"] = self.got
+                        return r
+                    # the manifest is whole: bundle.py checks it
             except MemoryError:
                 raise
             except Exception as x:

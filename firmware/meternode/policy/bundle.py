@@ -47,6 +47,7 @@ from meternode.policy.schema import PolicyError, check_compact
 _DOMAIN = const(b"umeter-bundle-v1\n")
 KINDS = ("policy", "firmware")
 _MAX_FILES = const(256)
+_MAX_MANIFEST = const(65536)  # bytes of a streamed manifest (256 files of long names: ~50 KB)
 _MIN_EPOCH = const(1577836800)  # 2020-01-01: a clock below this was never set
 _POLICY_FILE = const("policy.json")
 
@@ -98,10 +99,12 @@ def check_manifest(man):
         raise Rejected("malformed: manifest.kind %r is not one of %s" % (man["kind"], "/".join(KINDS)))
     if man["version"] < 1:
         raise Rejected("malformed: manifest.version must be >= 1")
-    files = man.get("files")
-    if not isinstance(files, dict) or len(files) > _MAX_FILES:
-        raise Rejected("malformed: manifest.files must be an object of at most %d files" % _MAX_FILES)
-    for name, fi in files.items():
+    files = man.get("files")  # a dict, or a manifest.Staged (read from flash entry by entry)
+    n = 0 if hasattr(files, "items") else _MAX_FILES + 1
+    for name, fi in files.items() if n == 0 else ():
+        n += 1
+        if n > _MAX_FILES:
+            break
         # a relative path of ASCII letters, digits, '_', '-', '.', '/' without empty, '.' or
         # '..' parts.  Its bytes are checked, not its characters: iterating a str makes each
         # character an interned name, for ever (MicroPython).
@@ -122,6 +125,8 @@ def check_manifest(man):
             raise Rejected("malformed: manifest.files[%r].sha256" % name)
         if not isinstance(fi.get("size"), int) or fi["size"] < 0:
             raise Rejected("malformed: manifest.files[%r].size" % name)
+    if n > _MAX_FILES:
+        raise Rejected("malformed: manifest.files must be an object of at most %d files" % _MAX_FILES)
 
 
 class Verifier:
@@ -139,22 +144,38 @@ class Verifier:
         self.fleet = fleet
         self.groups = list(groups)
 
-    def verify(self, payload, kind, cur, now, check=True):
+    def verify(self, payload, kind, cur, now, check=True, path=None):
         # payload: the envelope (bytes, or parsed: see parse()); cur: the version the node runs;
         # check: the files are inline and checked (False: a firmware build streamed later).
-        # -> (manifest dict, manifest text, {name: bytes} of the inline files).
-        mtext, sig, inline = parse(payload)
-        try:
-            man = json.loads(mtext)
-            kid = man.get("key") if isinstance(man, dict) else None
-        except Exception:
-            raise Rejected("malformed: manifest is not JSON")
+        # path: a manifest streamed to flash (payload: its signature), read from there.
+        # -> (manifest dict, manifest text (None: streamed), {name: bytes} of the inline files).
+        if path:
+            from meternode.policy.manifest import Staged
+
+            mtext, sig, inline = None, payload, {}
+            man = Staged(path).head
+            h = hashlib.sha256(_DOMAIN)  # what signed_digest() hashes, read back in pieces
+            buf = bytearray(128)
+            with open(path, "rb") as f:
+                n = f.readinto(buf)
+                while n:
+                    h.update(memoryview(buf)[:n])
+                    n = f.readinto(buf)
+            digest = h.digest()
+        else:
+            mtext, sig, inline = parse(payload)
+            try:
+                man = json.loads(mtext)
+            except Exception:
+                raise Rejected("malformed: manifest is not JSON")
+            digest = signed_digest(mtext)
+        kid = man.get("key") if isinstance(man, dict) else None
         pub = self.keys.get(kid) if kid is not None else None
         if pub is None:
             if len(self.keys) != 1 or kid is not None:
                 raise Rejected("unknown key: %r is not a key of this fleet" % kid)
             pub = list(self.keys.values())[0]
-        if not self.sigcheck(pub, signed_digest(mtext), sig):
+        if not self.sigcheck(pub, digest, sig):
             raise Rejected("bad signature: not signed by the fleet key")
         check_manifest(man)
         if man["kind"] != kind:
@@ -245,45 +266,74 @@ def handle_ota(self, payload, err=None):
     except Exception:
         op = None
     cur = self.slots.version()
-    camp = self._ota[2] if self._ota else None
+    t = self._ota
+    camp = t[2] if t else None
+    now = int(self.clock.time())
     try:
+        inline = False
         if op == "begin":
+            self._abort_ota()
             # the envelope as text, or as an object (a large manifest: escaped once, not twice)
             env = msg.get("bundle")
             if isinstance(env, str):
                 env = env.encode()
             elif not isinstance(env, dict):
                 raise Rejected("malformed: begin needs the bundle envelope, as text or as an object")
+            elif isinstance(env.get("m"), int):
+                # a manifest too large for one message: its size and signature here, its text
+                # in chunks (to the slot: Slots.write), checked when whole (below)
+                t = parse({"m": "", "s": env.get("s")})[1]
+                if not 0 < env["m"] <= _MAX_MANIFEST:
+                    raise Rejected("malformed: a manifest of %d bytes (at most %d)" % (env["m"], _MAX_MANIFEST))
+                self.slots.begin(env["m"])
+                self._ota = (None, t, None, self.slots)
+                self.got = 0
+                return self._result(True, "accepted", cur, None)
             inline = bool(parse(env)[2])
-            man, mtext, files = Verifier(*self.trust).verify(env, "firmware", cur, int(self.clock.time()), inline)
-            build = man.get("build")
-            target = self.slots
-            if isinstance(build, dict) and build.get("image") == "app":
-                if self.image is None:
-                    raise Rejected("unsupported: an app image, and this node has no OTA app partitions")
-                target = self.image
-            target.begin(man)
-            self._ota = (man, mtext, man.get("campaign"), target)
-            self.got = 0
-            if not inline:
-                self.event("ota", "receiving v%d" % man["version"])
-                return self._result(True, "accepted", cur, self._ota[2])
-            for name in files:
-                target.write(name, files[name], 0)
-            # files inline: staged now, as at an "end"
+            man, mtext, files = Verifier(*self.trust).verify(env, "firmware", cur, now, inline)
         elif op == "file":
-            if self._ota is None:
+            if t is None:
                 # the rest of a transfer whose begin was refused (already answered), or
                 # of one that failed: no result per chunk
                 return None
             # the agent writes the chunks (Agent.handle_ota); this one it could not
             if isinstance(err, Rejected):
                 raise err
-            raise Rejected("malformed: file chunk needs name, off, base64 data")
+            if err is not None or t[0] is not None:
+                raise Rejected("malformed: file chunk needs name, off, base64 data")
+            # ... or it was the last of a streamed manifest: checked now, read back from flash
+            s = self.slots
+            man, mtext, files = Verifier(*self.trust).verify(
+                t[1], "firmware", cur, now, False, s.slot_dir(s._staging[0]) + "/manifest~"
+            )
         elif op != "end":
             raise Rejected("malformed: op must be begin, file or end")
-        elif self._ota is None:
+        elif t is None:
             raise Rejected("malformed: no firmware transfer in progress")
+        elif t[0] is None:
+            raise Rejected("bad file: the manifest ended before its %d bytes" % self.slots._staging[1])
+        if op != "end":
+            build = man.get("build")
+            target = self.slots
+            if isinstance(build, dict) and build.get("image") == "app":
+                if self.image is None:
+                    raise Rejected("unsupported: an app image, and this node has no OTA app partitions")
+                target = self.image
+                if mtext is None:  # streamed: the image's one file (ImageUpdate.begin counts)
+                    man["files"] = dict(man["files"].items())
+                    self.slots.abort()
+            target.begin(man)
+            self._ota = (man, mtext, man.get("campaign"), target)
+            camp = self._ota[2]
+            if not inline:
+                self.event("ota", "receiving v%d" % man["version"])
+                r = self._result(True, "accepted", cur, camp)
+                if op == "file":
+                    r["got"] = self.got
+                return r
+            for name in files:
+                target.write(name, files[name], 0)
+            # files inline: staged now, as at an "end"
         man, mtext, camp, target = self._ota
         slot = target.finish(mtext)  # on Rejected the handler below aborts (removes the slot)
         self._ota = None

@@ -159,23 +159,28 @@ class Slots:
 
     # -- staging a new build ------------------------------------------------------------------
     def begin(self, man):
-        # `man` is a verified firmware manifest.  Stages into the slot not in use.
+        # `man` is a verified firmware manifest.  Stages into the slot not in use.  An int:
+        # the size of a manifest that streams in first (write() without a name, to
+        # <slot>/manifest~), checked, then begin(manifest) keeps its slot.
         st = self.state()
-        busy = (st["active"], st["pending"], self.running)
-        slot = "b" if "a" in busy and "b" not in busy else "a"
-        if slot in busy:
-            raise Rejected("busy: both slots in use (a trial boot is pending)")
-        if slot in st["versions"]:
-            del st["versions"][slot]  # its build is about to go: never fall back into it
-            self._save(st)
+        if self._staging and isinstance(self._staging[1], int):
+            slot = self._staging[0]
+        else:
+            busy = (st["active"], st["pending"], self.running)
+            slot = "b" if "a" in busy and "b" not in busy else "a"
+            if slot in busy:
+                raise Rejected("busy: both slots in use (a trial boot is pending)")
+            if slot in st["versions"]:
+                del st["versions"][slot]  # its build is about to go: never fall back into it
+                self._save(st)
+            _rmtree(self.slot_dir(slot))
         d = self.slot_dir(slot)
-        _rmtree(d)
         try:
             f = os.statvfs(self.dir)
             free, bs = f[0] * f[4], f[0]  # bytes free and block size of the filesystem
         except (OSError, AttributeError):
             free = None  # unknown: not checked
-        if free is not None:
+        if free is not None and not isinstance(man, int):
             # What the build takes on a block filesystem: whole blocks per file, two per
             # directory (a LittleFS metadata pair), and the manifest.
             need = 3 * bs
@@ -204,15 +209,27 @@ class Slots:
             self._staging = None
 
     def write(self, name, data, offset=0):
+        # -> True when it completes a streamed manifest (begin(size))
         if self._staging is None:
             raise Rejected("malformed: no firmware staging in progress")
         slot, man = self._staging
-        fi = man["files"].get(name)
-        if fi is None:
-            raise Rejected("bad file: %s is not in the manifest" % name)
-        if offset + len(data) > fi["size"]:
-            raise Rejected("bad file: %s is longer than its %d bytes" % (name, fi["size"]))
-        path = self.slot_dir(slot) + "/" + name
+        path = self.slot_dir(slot) + "/"
+        if isinstance(man, int):  # the manifest streams in: its chunks come without a name
+            if name is not None:
+                raise Rejected("malformed: %s before the whole manifest" % name)
+            name = "manifest"
+            size = man
+            path += "manifest~"
+        else:
+            if name is None:
+                raise KeyError  # (the agent: malformed chunk)
+            fi = man["files"].get(name)
+            if fi is None:
+                raise Rejected("bad file: %s is not in the manifest" % name)
+            size = fi["size"]
+            path += name
+        if offset + len(data) > size:
+            raise Rejected("bad file: %s is longer than its %d bytes" % (name, size))
         k = path.rfind("/")
         if offset:
             try:
@@ -228,6 +245,7 @@ class Slots:
         except OSError as e:
             self.abort()
             raise Rejected("no space: writing %s failed (%s); the partial build was removed" % (name, e))
+        return isinstance(man, int) and offset + len(data) == size
 
     def finish(self, mtext):
         # Checks every file on disk against the manifest, then points the next boot at the slot.
@@ -257,8 +275,11 @@ class Slots:
                 self.abort()
                 raise Rejected("bad file: %s does not match its hash" % name)
         try:
-            with open(d + "/manifest.json", "w") as f:
-                f.write(mtext)
+            if mtext is None:  # streamed: on flash already
+                os.rename(d + "/manifest~", d + "/manifest.json")
+            else:
+                with open(d + "/manifest.json", "w") as f:
+                    f.write(mtext)
         except OSError as e:
             self.abort()
             raise Rejected("no space: the manifest could not be written (%s)" % e)
