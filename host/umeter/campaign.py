@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from meternode.policy import bundle as fw_bundle
+
 from .errors import ConfigError, PolicyError, TransportError
 from .mqttc import connect, make_client
 from .signing import read_envelope
@@ -348,13 +350,13 @@ class MqttTransport:
 # A node reads MQTT packets into one 1-KiB buffer (firmware link/mqtt.py _READ); a longer one
 # needs a free block of its size, which a node that has run a while in its budgeted heap may
 # not have (docs/memory.md): it then drops the message and answers "failed: ... no memory".
-# So a bundle goes inline only when its `begin` fits that buffer, and a build is streamed in
-# `file` chunks that each do.
+# So a bundle goes inline only when its `begin` fits that buffer, a build is streamed in
+# `file` chunks that each do, and a manifest too large for a `begin` of that size streams
+# first in chunks of its own.
 NODE_BUFFER = 1024
 INLINE_MAX = NODE_BUFFER
-# a node's MQTT client refuses a packet over 16 KiB (link/mqtt.py MAX_PACKET); the topic and
-# the packet's header come on top of the message
-BEGIN_MAX = 16384 - 256
+# the largest streamed manifest a node takes (firmware policy/bundle.py)
+MANIFEST_MAX = fw_bundle._MAX_MANIFEST
 TOPIC_BYTES = 128  # room for the topic `<prefix>/<node>/ota` when the caller does not say
 
 
@@ -364,28 +366,41 @@ def _packet(payload: int, topic: int) -> int:
     return 1 + (1 if body < 128 else 2 if body < 16384 else 3) + body
 
 
-def chunk_size(name: str, size: int, topic: int = TOPIC_BYTES, fit: int = NODE_BUFFER) -> int:
-    """Raw bytes per `file` chunk of `name` (`size` bytes) so that each chunk's packet fits
-    `fit` bytes: base64 takes 4 characters per 3 bytes."""
-    head = len(json.dumps({"op": "file", "name": name, "off": size, "data": ""}).encode())
-    room = fit - _packet(head, topic)
+def chunk_size(name: str | None, size: int, topic: int = TOPIC_BYTES, fit: int = NODE_BUFFER) -> int:
+    """Raw bytes per `file` chunk of `name` (`size` bytes; None: the manifest) so that each
+    chunk's packet fits `fit` bytes: base64 takes 4 characters per 3 bytes."""
+    head = {"op": "file", "off": size, "data": ""} if name is None else {"op": "file", "name": name, "off": size,
+                                                                          "data": ""}  # fmt: skip
+    room = fit - _packet(len(json.dumps(head).encode()), topic)
     if room < 4:
         raise PolicyError(f"{name}: the file name leaves no room in a {fit}-byte message", hint="shorter paths")
     return room // 4 * 3
 
 
+def _chunks(name: str | None, data: bytes, step: int) -> list[bytes]:
+    head = {"op": "file"} if name is None else {"op": "file", "name": name}
+    return [
+        json.dumps({**head, "off": off, "data": base64.b64encode(data[off : off + step]).decode()}).encode()
+        for off in range(0, max(1, len(data)), step)
+    ]
+
+
 def ota_messages(
     bundle: bytes, inline_max: int = INLINE_MAX, chunk: int | None = None, topic: int = TOPIC_BYTES
 ) -> list[bytes]:
-    """The messages that carry a firmware bundle to a node's `ota` topic (`topic` bytes long):
-    one `begin` with the files inline when it is small, else `begin` (manifest only), `file`
-    chunks and `end`.  Chunks are `chunk` raw bytes, or as many as keep each packet within a
-    node's receive buffer (NODE_BUFFER).
+    """The messages that carry a firmware bundle to a node's `ota` topic (`topic` bytes long),
+    each of whose packets fits `inline_max` bytes (a node's receive buffer, NODE_BUFFER):
 
-    `begin` carries the envelope as text (what every firmware takes); when that would not fit
-    a node's MQTT packet (a build of ~110 files: its manifest escaped twice), as an object (the
-    manifest escaped once; firmware from this version on). PolicyError when even that does
-    not fit: the node would drop the packet and the campaign only time out."""
+    - one `begin` with the files inline when it is small;
+    - else `begin` with the manifest, `file` chunks and `end`, when that `begin` fits (what
+      every firmware takes);
+    - else (a build of more than a few files) a `begin` with the manifest's size and signature
+      (`{"m": <bytes>, "s": <hex>}`), the manifest in `file` chunks without a name, the files'
+      chunks in the manifest's order, and `end` (firmware from this version on; an older one
+      answers "malformed").
+
+    Chunks are `chunk` raw bytes, or as many as fit. PolicyError for a manifest over
+    MANIFEST_MAX bytes, which no node takes."""
     inline = json.dumps({"op": "begin", "bundle": bundle.decode()}).encode()
     if _packet(len(inline), topic) <= inline_max:
         return [inline]
@@ -393,21 +408,22 @@ def ota_messages(
     files = env.get("f", {})
     head = {"m": env["m"], "s": env["s"], "f": {}}
     begin = json.dumps({"op": "begin", "bundle": json.dumps(head, separators=(",", ":"))}).encode()
-    if len(begin) > BEGIN_MAX:
-        begin = json.dumps({"op": "begin", "bundle": head}, separators=(",", ":")).encode()
-    if len(begin) > BEGIN_MAX:
-        raise PolicyError(
-            f"the firmware manifest ({len(files)} files) makes a {len(begin)}-byte begin message; a node's MQTT"
-            f" client takes at most {BEGIN_MAX}",
-            hint="ship fewer files, or an ESP32 app image with the package frozen in (one file: docs/policy.md)",
-        )
     out = [begin]
-    for name, b64 in files.items():
-        data = base64.b64decode(b64)
-        step = chunk or chunk_size(name, len(data), topic)
-        for off in range(0, max(1, len(data)), step):
-            part = base64.b64encode(data[off : off + step]).decode()
-            out.append(json.dumps({"op": "file", "name": name, "off": off, "data": part}).encode())
+    names = list(files)
+    if _packet(len(begin), topic) > inline_max:
+        mtext = env["m"].encode()
+        if len(mtext) > MANIFEST_MAX:
+            raise PolicyError(
+                f"the firmware manifest is {len(mtext)} bytes; a node takes at most {MANIFEST_MAX}",
+                hint="target groups rather than a long list of nodes, or ship fewer files",
+            )
+        out = [json.dumps({"op": "begin", "bundle": {"m": len(mtext), "s": env["s"]}}).encode()]
+        out += _chunks(None, mtext, chunk or chunk_size(None, len(mtext), topic, inline_max))
+        listed = json.loads(mtext).get("files", {})  # the node looks files up in this order
+        names = [n for n in listed if n in files] + [n for n in files if n not in listed]
+    for name in names:
+        data = base64.b64decode(files[name])
+        out += _chunks(name, data, chunk or chunk_size(name, len(data), topic, inline_max))
     out.append(b'{"op": "end"}')
     return out
 
