@@ -89,10 +89,12 @@ class Staged:
                             continue
                     elif c == 125 or c == 93:
                         depth -= 1
-                        if skip and depth == 1:
-                            skip = 0
-                            continue
-                        if depth < base:
+                        if depth < base or skip and depth == 1:
+                            if c != 125:
+                                raise Rejected("malformed: manifest is not JSON")
+                            if skip:
+                                skip = 0
+                                continue
                             c = 44  # the object's end ends its last member too
                     if c == 44 and depth <= base and not s:
                         if tok:  # a member ends: its text is a one-member object
