@@ -18,6 +18,15 @@ KEY = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"umeter test fleet ke
 OTHER = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"someone else").digest())
 FAR = 4102444800 - NOW  # valid until 2100
 BIG_SIZE = 24576
+MANY_N = 48
+
+
+def many_name(k: int) -> str:
+    return "lib/meternode/pkg%d/module_%03d.mpy" % (k % 5, k)
+
+
+def many_file(k: int) -> bytes:
+    return bytes((k * 7 + i * 13) & 255 for i in range(60 + 11 * k))
 
 
 def _policy(name: str, peak: float) -> bytes:
@@ -120,6 +129,22 @@ def render() -> str:
         build={"version": "9.2.0"},
     )
     out["FIRMWARE_V7_BIG_STREAMED"] = sign_bundle(KEY, man, {})
+    # a build of MANY_N files whose manifest (~6 KB) streams in chunks before them; the tests
+    # make each file's bytes from many_file() instead of carrying them
+    many = {many_name(k): many_file(k) for k in range(MANY_N)}
+    man = make_manifest(
+        "firmware",
+        "test",
+        8,
+        many,
+        make_target(all_nodes=True),
+        key=KEY,
+        expires_s=FAR,
+        now=NOW,
+        campaign="many8",
+        build={"version": "9.3.0", "files": {"not": "the manifest's files"}},
+    )
+    out["FIRMWARE_V8_MANY_STREAMED"] = sign_bundle(KEY, man, {})
     fw_files = {k: v.hex() for k, v in fw.items()}
     fw_files["app.bin"] = image.hex()
     lines = [
@@ -128,6 +153,7 @@ def render() -> str:
         "FLEET = %r" % fleet_identity(KEY, "test", ["north"]),
         "FW_FILES_HEX = %r" % fw_files,
         "BIG_SIZE = %d  # FIRMWARE_V7_BIG_STREAMED's meternode/big.bin: byte i = (i * 31 + 7) & 255" % BIG_SIZE,
+        "MANY_N = %d  # FIRMWARE_V8_MANY_STREAMED's files: many_name(k) -> many_file(k), k < MANY_N" % MANY_N,
     ]
     for k, v in out.items():
         lines.append("%s = %r" % (k, v))

@@ -483,3 +483,185 @@ def test_chunks_are_written_without_loading_the_bundle_code_and_each_refusal_say
     leaf, r = a3.handle("ota", None)
     eq((leaf, r["status"], "no memory" in r["why"], a3._ota), ("ota/result", "failed", True, None), repr(r))
     eq(slot is not None, True, "the first agent's build is pending")
+
+
+# -- a manifest too large for one message, streamed before the files ------------------------
+def _many(k):
+    # FIRMWARE_V8_MANY_STREAMED's files (make_bundle_fixture.many_name / many_file)
+    name = "lib/meternode/pkg%d/module_%03d.mpy" % (k % 5, k)
+    return name, bytes((k * 7 + i * 13) & 255 for i in range(60 + 11 * k))
+
+
+def _streamed(env=None, step=700, mtext=None, files=True):
+    # The messages umeter.campaign.ota_messages sends for a build whose manifest does not fit
+    # a begin: begin {"m": size, "s": signature}, the manifest in chunks without a name, then
+    # the files' chunks.  -> (begin, [manifest chunks], [file chunks], manifest text)
+    e = json.loads(env or F.FIRMWARE_V8_MANY_STREAMED)
+    m = (mtext or e["m"]).encode()
+    begin = json.dumps({"op": "begin", "bundle": {"m": len(m), "s": e["s"]}}).encode()
+    mc = [
+        json.dumps({"op": "file", "off": off, "data": b2a_base64(m[off : off + step]).decode()}).encode()
+        for off in range(0, len(m), step)
+    ]
+    fc = []
+    for k in range(F.MANY_N if files else 0):
+        name, data = _many(k)
+        for off in range(0, len(data), 200):
+            part = b2a_base64(data[off : off + 200]).decode()
+            fc.append(json.dumps({"op": "file", "name": name, "off": off, "data": part}).encode())
+    return begin, mc, fc, m
+
+
+def _send(a, msgs):
+    # -> the results other than progress reports
+    out = []
+    for m in msgs:
+        leaf, r = a.handle("ota", m) or (None, None)
+        if r is not None and "got" not in r:
+            out.append((r["status"], r.get("why")))
+    return out
+
+
+def _nothing_staged(root, a, what):
+    eq(a._ota, None, what + ": the transfer is given up")
+    eq([n for n in os.listdir(root + "/fw") if n in ("a", "b")], [], what + ": no slot left")
+    eq(Slots(root).state()["pending"], None, what + ": boot pointer unchanged")
+
+
+@heap("512k")
+def test_a_streamed_manifest_is_staged_in_a_heap_cut_into_runs_of_one_to_two_kb():
+    # The whole sim build's manifest (~100 files, 14 KB) made a begin no node in its budgeted
+    # heap had a block for.  Here every message and every step of the transfer must fit a heap
+    # whose free runs are 1-2 KB: the manifest goes to flash as it comes, its signature is
+    # checked over it read back in pieces, and each file is looked up in it entry by entry.
+    # The verification code is loaded first (a module compiled from source needs more).
+    import gc
+
+    from heapcut import fragment, plug
+
+    import meternode
+    from meternode.policy import bundle, ed25519, manifest, sha512  # noqa: F401
+
+    root = scratch_dir()
+    a = _agent(root)
+    begin, mc, fc, m = _streamed()
+    eq(len(m) > 5000 and len(mc) > 7, True, "a manifest of %d bytes in %d chunks" % (len(m), len(mc)))
+    msgs = [begin] + mc + fc + [b'{"op": "end"}']
+    keep = meternode._KEEP
+    meternode._KEEP = True
+    gc.collect()
+    hold = fragment(64)  # free runs of 1024 to 2032 bytes
+    plugs = plug(32, 2048)
+    try:
+        got = _send(a, msgs)
+        progress = a.got
+    finally:
+        del hold, plugs
+        meternode._KEEP = keep
+        gc.collect()
+    eq(got, [("accepted", None), ("staged", None)], "staged in the cut-up heap")
+    eq(progress, len(mc) + len(fc), "the manifest's chunks counted with the files'")
+    d = root + "/fw/a/"
+    for k in (0, 17, F.MANY_N - 1):
+        name, data = _many(k)
+        with open(d + name, "rb") as f:
+            eq(f.read(), data, name)
+    with open(d + "manifest.json", "rb") as f:
+        eq(f.read(), m, "the manifest kept as it was signed")
+    eq("manifest~" in os.listdir(d), False, "the staged text renamed")
+    st = Slots(root).state()
+    eq((st["pending"], st["versions"], st["campaign"]), ("a", {"a": 8}, "many8"), "the next boot tries it")
+
+
+@heap("512k")
+def test_a_streamed_manifest_is_checked_and_each_refusal_says_why():
+    begin, mc, fc, m = _streamed()
+    end = b'{"op": "end"}'
+    k = m.index(b'"version":8') + 10
+    forged = _streamed(mtext=(m[:k] + b"9" + m[k + 1 :]).decode(), files=False)  # version 9, the signature of 8
+    bad = _streamed(mtext=m.decode()[:-1] + "]", files=False)
+    name, data = _many(F.MANY_N - 1)
+    off = (len(data) - 1) // 200 * 200
+    stray = json.dumps({"op": "file", "name": "lib/x.mpy", "off": 0, "data": "QUFB"}).encode()
+    huge = json.dumps({"op": "begin", "bundle": {"m": 70000, "s": "0" * 128}}).encode()
+    longer = mc[-1].replace(b'"data": "', b'"data": "QUFB')
+    cases = [
+        ("out of order", [begin, mc[0], mc[2]], "bad file: manifest chunk at 1400, have 700 bytes"),
+        ("repeated", [begin, mc[0], mc[1], mc[1]], "bad file: manifest chunk at 700, have 1400 bytes"),
+        ("longer", [begin] + mc[:-1] + [longer], "bad file: manifest is longer than its %d bytes" % len(m)),
+        ("truncated", [begin] + mc[:-1] + [end], "bad file: the manifest ended before its %d bytes" % len(m)),
+        ("a file first", [begin, mc[0], fc[0]], "malformed: %s before the whole manifest" % _many(0)[0]),
+        ("forged", [forged[0]] + forged[1], "bad signature: not signed by the fleet key"),
+        ("not JSON", [bad[0]] + bad[1], "malformed: manifest is not JSON"),
+        ("bad hex", [begin.replace(b'"s": "', b'"s": "00')] + mc, "bad signature: 130 hex digits, expected 128"),
+        ("too large", [huge], "malformed: a manifest of 70000 bytes (at most 65536)"),
+        (
+            "a file never sent",
+            [begin] + mc + [c for c in fc if name.encode() not in c] + [end],
+            "bad file: %s was not received" % name,
+        ),
+        ("a file cut short", [begin] + mc + fc[:-1] + [end], "bad file: %s does not match its hash" % name),
+        ("a file not in it", [begin] + mc + [stray], "bad file: lib/x.mpy is not in the manifest"),
+        (
+            "a chunk repeated",
+            [begin] + mc + fc + [fc[-1]],
+            "bad file: %s chunk at %d, have %d bytes" % (name, off, len(data)),
+        ),
+    ]
+    for what, msgs, why in cases:
+        root = scratch_dir() + "/" + what.replace(" ", "_")
+        a = _agent(root)
+        got = _send(a, msgs)
+        eq(got[-1], ("rejected", why), what)
+        _nothing_staged(root, a, what)
+    # a redelivered first chunk starts the manifest over, as a file's does: then it goes on
+    root = scratch_dir() + "/again"
+    a = _agent(root)
+    eq(_send(a, [begin, mc[0], mc[0]] + mc[1:] + fc + [end])[-1], ("staged", None), "first chunk twice")
+    # the files in another order than the manifest's: looked up from the manifest's start
+    root = scratch_dir() + "/reversed"
+    a = _agent(root)
+    files = {}
+    for c in fc:
+        files.setdefault(json.loads(c)["name"], []).append(c)
+    back = [c for n in reversed(sorted(files)) for c in files[n]]
+    eq(_send(a, [begin] + mc + back + [end]), [("accepted", None), ("staged", None)], "files in reverse order")
+
+
+@heap("256k")
+def test_a_staged_manifest_reads_as_json_does_whatever_its_layout():
+    # manifest.Staged reads members one at a time: what it gives is what json.loads gives
+    # for the whole text (spaces, escapes, brackets in strings, a "files" key deeper down),
+    # and text that is not one JSON object is refused
+    from meternode.policy.manifest import Staged
+    from meternode.policy.ota import Rejected
+
+    d = scratch_dir()
+    good = (
+        ' \n{ "build" : {"files": {"x": [1, {"y": "}"}]}, "q": "a\\\\\\"b,c"}, "target":{"nodes":["n,1", "n]2"]},\n'
+        '  "files" : { "a/b.py" : { "size" : 3, "sha256" : "ab" } ,"c.mpy":{"sha256":"\\u0063d","size":0}},'
+        ' "version": 7, "e": [], "o": {} }\n'
+    )
+    for text in (good, json.dumps(json.loads(good))):
+        with open(d + "/m", "w") as f:
+            f.write(text)
+        want = json.loads(text)
+        s = Staged(d + "/m")
+        got = dict(s.head)
+        eq(got.pop("files") is s, True, "files read from flash")
+        files = want.pop("files")
+        eq(got, want, "the members but files")
+        eq(list(s.items()), list(files.items()), "the files")
+        eq((s.get("c.mpy"), s.get("a/b.py"), s.get("zz")), (files["c.mpy"], files["a/b.py"], None), "lookups")
+    # (within a member MicroPython's json.loads is lenient, as for a manifest in one message:
+    # it takes {"a" 1}, {"a": 1 2} and {"a": {]})
+    for bad in ('{"a": 1', '{"a": 1]', '{"a": 1} {', "[1]", '{"files": {"a": {}]}', "", '{"a": 1}}', '{"a": "}'):
+        with open(d + "/m", "w") as f:
+            f.write(bad)
+        try:
+            s = Staged(d + "/m")
+            list(s.items()) if s.at else None
+            why = None
+        except Rejected as e:
+            why = str(e)
+        eq(why, "malformed: manifest is not JSON", "refused: %r" % bad)
