@@ -145,6 +145,8 @@ class CampaignDB:
         man, _, _ = read_envelope(bundle)
         if man.get("kind") != spec.kind:
             raise PolicyError(f"the bundle is a {man.get('kind')} bundle, not {spec.kind}", hint="sign the right kind")
+        if spec.kind == "firmware":
+            ota_messages(bundle)  # PolicyError now for a bundle no node takes, not at each node
         stages = plan_stages(len(spec.nodes), spec.canary_pct, spec.batch)
         with self.db:
             try:

@@ -186,8 +186,11 @@ def test_a_firmware_of_many_files_streams_its_manifest_before_the_files(mosquitt
     files = {"app.py": b"x"}
     many = make_target(nodes=[f"node-{k:06d}" for k in range(MANIFEST_MAX // 12)])
     man = make_manifest("firmware", "acme", 9, files, many, key=KEY)
+    env = sign_bundle(KEY, man, files)
     with pytest.raises(PolicyError, match="a node takes at most"):
-        ota_messages(sign_bundle(KEY, man, files))
+        ota_messages(env)
+    with pytest.raises(PolicyError, match="a node takes at most"):  # before a campaign starts
+        CampaignDB(tmp_path / "refused.db").create(CampaignSpec("firmware", ["n1"], id="huge"), env)
 
 
 def test_simulated_nodes_can_check_signatures_with_the_firmware_ed25519(mosquitto, tmp_path: Path) -> None:

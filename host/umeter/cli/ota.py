@@ -90,6 +90,14 @@ def sign_cmd(build_dir, fleet, version, expires, campaign, keystore, nodes, grou
         build=build,
     )
     env = sign_bundle(key, man, files)
+    from ..campaign import MANIFEST_MAX
+
+    mtext = json.loads(env)["m"].encode()
+    if len(mtext) > MANIFEST_MAX:
+        raise PolicyError(
+            f"the manifest is {len(mtext)} bytes; a node takes at most {MANIFEST_MAX}",
+            hint="target groups rather than a long list of nodes (--group), or ship fewer files",
+        )
     output.write_bytes(env)
     size = sum(len(d) for d in files.values())
     ui.out.print(
@@ -105,6 +113,10 @@ def sign_cmd(build_dir, fleet, version, expires, campaign, keystore, nodes, grou
 def push_cmd(
     bundle, nodes, nodes_file, sites, fleet_nodes, broker, prefix, canary, batch, halt, timeout, cid, db, as_json
 ):
-    """Push a signed firmware bundle in stages; a node that fails its health check rolls back."""
+    """Push a signed firmware bundle in stages; a node that fails its health check rolls back.
+
+    Every message fits a node's 1-KB receive buffer: a bundle goes inline when it is small,
+    else its files (and, for a build of more than a few files, its manifest first) go in
+    chunks, each node kept at most 256 messages ahead of its progress reports."""
     push_bundle("firmware", bundle, nodes, nodes_file, broker, prefix, canary, batch, halt, timeout, cid, db, as_json,
                 sites, fleet_nodes)  # fmt: skip
