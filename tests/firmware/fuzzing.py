@@ -487,8 +487,14 @@ class OtaMessages(Target):
         self.a = Agent("n1", F.FLEET, self.root, Clock(), sigcheck=_trust)
         self.begin = json.dumps({"op": "begin", "bundle": F.FIRMWARE_V5_STREAMED.decode()}).encode()
         chunk = b"def hello():\n    return 'new build'\n" * 4
+        # a manifest that streams in (its size, then chunks without a name): 40 bytes, so that
+        # random chunks complete it and the reader of a staged manifest gets random text
+        sig = json.loads(F.FIRMWARE_V5_STREAMED)["s"]
+        self.mbegin = json.dumps({"op": "begin", "bundle": {"m": 40, "s": sig}}).encode()
         self.seeds = [
             self.begin,
+            self.mbegin,
+            self._file(None, 0, b'{"files": {"a": {"size": 1}}, "x": [1, "'),
             json.dumps({"op": "begin", "bundle": F.FIRMWARE_V5.decode()}).encode(),
             self._file("meternode/extra/hello.py", 0, chunk),
             self._file("meternode/__init__.py", 0, b'VERSION = "9.0.0"\n'),
@@ -504,7 +510,7 @@ class OtaMessages(Target):
         offs = (0, 0, 144, -1, 1 << 40, "0", 1.5, None)
         k = rng.below(4)
         if k == 0:
-            return self.begin
+            return self.begin if rng.chance(2) else self.mbegin
         if k == 1:
             return b'{"op": "end"}'
         d = rng.bytes(rng.below(300))
