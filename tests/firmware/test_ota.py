@@ -665,3 +665,22 @@ def test_a_staged_manifest_reads_as_json_does_whatever_its_layout():
         except Rejected as e:
             why = str(e)
         eq(why, "malformed: manifest is not JSON", "refused: %r" % bad)
+
+
+@heap("320k")
+def test_an_app_image_whose_manifest_streams_goes_through_the_ota_partitions():
+    # The host streams only manifests too large for a begin (an app image's is not); a node
+    # given one anyway stages the image as from a manifest in one message, and leaves no slot
+    root = scratch_dir()
+    esp32 = _vb_esp32(root)
+    a = Agent("n1", F.FLEET, root, Clock(), partition=esp32.Partition)
+    begin, mc = _streamed(F.IMAGE_V6, step=100, files=False)[:2]
+    image = unhexlify(F.FW_FILES_HEX["app.bin"])
+    fc = [
+        json.dumps({"op": "file", "name": "app.bin", "off": off, "data": b2a_base64(image[off : off + 600]).decode()})
+        for off in range(0, len(image), 600)
+    ]
+    got = _send(a, [begin] + mc + [c.encode() for c in fc] + [b'{"op": "end"}'])
+    eq(got, [("accepted", None), ("staged", None)], "staged")
+    eq(esp32.ota_state()["state"][1], "new", "set_boot on ota_1")
+    eq([n for n in os.listdir(root + "/fw") if n in ("a", "b")], [], "no slot: the image is in its partition")
