@@ -618,6 +618,8 @@ def test_a_streamed_manifest_is_checked_and_each_refusal_says_why():
     root = scratch_dir() + "/again"
     a = _agent(root)
     eq(_send(a, [begin, mc[0], mc[0]] + mc[1:] + fc + [end])[-1], ("staged", None), "first chunk twice")
+    gone = [m for m in ("bundle", "manifest", "sha512") if "meternode.policy." + m in sys.modules]
+    eq(gone, [], "the code that checked it is forgotten")
     # the files in another order than the manifest's: looked up from the manifest's start
     root = scratch_dir() + "/reversed"
     a = _agent(root)

@@ -30,10 +30,11 @@
 # that receives no bundle never holds this code nor interns its names.  A streamed build's
 # state between its messages is the agent's (`_ota`: the manifest and the target, ota.Slots or
 # image.ImageUpdate, both classes of modules the node keeps), so nothing made here outlives
-# the call.  The names of this module and sha512.py are interned at the first message, in a
-# heap that has run for days (a new qstr pool there may not find its block), so they are few:
-# constants erased, single-use helpers folded, argument names the node already has, file
-# names checked byte by byte, one module rather than two.
+# the call but a streamed manifest's manifest.Staged, which keeps manifest.py's code for as
+# long as its build streams in.  The names of this module and sha512.py are interned at the
+# first message, in a heap that has run for days (a new qstr pool there may not find its
+# block), so they are few: constants erased, single-use helpers folded, argument names the
+# node already has, file names checked byte by byte, one module rather than two.
 import hashlib
 import json
 from binascii import a2b_base64, hexlify, unhexlify
@@ -150,8 +151,10 @@ class Verifier:
         # path: a manifest streamed to flash (payload: its signature), read from there.
         # -> (manifest dict, manifest text (None: streamed), {name: bytes} of the inline files).
         if path:
+            from meternode import forget
             from meternode.policy.manifest import Staged
 
+            forget("meternode.policy.manifest")  # the transfer's Staged keeps its code while it lasts
             mtext, sig, inline = None, payload, {}
             man = Staged(path).head
             h = hashlib.sha256(_DOMAIN)  # what signed_digest() hashes, read back in pieces
