@@ -39,31 +39,35 @@ def rms(sc, o, s, q, inv):
 
 
 def solve(A, ths, shift, target, out, j):
-    # out[j..j+3] = the four weights (see the header); A is a 4x5 scratch matrix.
+    # out[j..j+3] = the four weights (see the header); A is a 4x5 scratch matrix, row by row
+    # in one float array (row r, column m at A[5 * r + m]: one array, not a list of four).
     r = 0
     for h in (1, 5):
         for part in (0, 1):
-            row = A[r]
             for m in range(4):
                 x = h * ths * (m - 1 + shift)
-                row[m] = math.cos(x) if part == 0 else math.sin(x)
-            row[4] = math.cos(h * target) if part == 0 else math.sin(h * target)
-            r += 1
+                A[r + m] = math.cos(x) if part == 0 else math.sin(x)
+            A[r + 4] = math.cos(h * target) if part == 0 else math.sin(h * target)
+            r += 5
     for c in range(4):  # Gaussian elimination with partial pivoting
-        piv = c
-        for r in range(c + 1, 4):
-            if abs(A[r][c]) > abs(A[piv][c]):
+        rc = 5 * c
+        piv = rc
+        for r in range(rc + 5, 20, 5):
+            if abs(A[r + c]) > abs(A[piv + c]):
                 piv = r
-        A[c], A[piv] = A[piv], A[c]
-        for r in range(c + 1, 4):
-            fct = A[r][c] / A[c][c]
+        if piv != rc:  # the rows swap
+            for m in range(5):
+                A[rc + m], A[piv + m] = A[piv + m], A[rc + m]
+        for r in range(rc + 5, 20, 5):
+            fct = A[r + c] / A[rc + c]
             for m in range(c, 5):
-                A[r][m] -= fct * A[c][m]
+                A[r + m] -= fct * A[rc + m]
     for c in range(3, -1, -1):
-        x = A[c][4]
+        rc = 5 * c
+        x = A[rc + 4]
         for m in range(c + 1, 4):
-            x -= A[c][m] * out[j + m]
-        out[j + c] = x / A[c][c]
+            x -= A[rc + m] * out[j + m]
+        out[j + c] = x / A[rc + c]
 
 
 def weights(m, e, f, ph, a, b):

@@ -119,7 +119,7 @@ def setup(m, board, cal, options):
     # per element: 4 P taps, 4 Q taps, f, Q sum, P sum, then the net phase and the
     # quarter-cycle delay they were solved for (convert.weights)
     m._wt = floats(13 * m.elements)
-    m._m = [floats(5), floats(5), floats(5), floats(5)]  # convert.solve's 4x5 matrix
+    m._m = floats(20)  # convert.solve's 4x5 matrix, row by row
     m._fs = 0.0  # smoothed frequency for the weights
     m._pf = None  # fraction of a set at the previous crossing (None: no cycle open)
     # counters (all wrap below 2**30; compare them by difference & 0x3FFFFFFF)
