@@ -145,7 +145,7 @@ def _wave(w, rms, angle):
 
 
 class SimSampler:
-    # (the instance holds 37 attributes: its dict's next size starts at 38)
+    # (the instance holds 36 attributes: its dict's next size starts at 38)
     overruns = 0  # blocks the consumer was too late for: none, each block is made when asked
 
     def __init__(self, board, scen, clock):
@@ -251,9 +251,9 @@ class SimSampler:
             f += self._drift_hz * math.sin(_TWO_PI * self._dus / self._dper)
         step = int(f * self._sub + 0.5)  # 1/den turn per set (< den: f below rate_true)
         w = _TWO_PI * f
-        offs = self._offs  # per channel: its skew, and a current's voltage angle
+        offs = []  # per channel: its skew, and a current's voltage angle (this block's)
         for c in range(nch):
-            offs[c] = skew[c] * w - (0.0 if is_v[c] else waves[vref[c]][1] * _RAD)
+            offs.append(skew * c * w - (0.0 if is_v[c] else waves[vref[c]][1] * _RAD))
         i = 0
         for _ in range(self.block_sets):
             th = ph * rad

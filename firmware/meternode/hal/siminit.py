@@ -92,8 +92,7 @@ def setup(s, board, scen, clock):
             s._vref.append(names.index(ch["voltage"]))
         else:
             s._vref.append(k if ch["kind"] == "voltage" else s._is_v.index(True))
-    s._skew = [adc.get("skew_us", 0.0) * 1e-6 * k for k in range(s.nch)]
-    s._offs = [0.0] * s.nch  # fill()'s per-block channel offsets, reused
+    s._skew = adc.get("skew_us", 0.0) * 1e-6  # s: channel k is converted k x this into its set
     enob = need(scen, "enob", float, "sim", default=float(s.bits), lo=4.0, hi=float(s.bits))
     # Total noise of an ideal converter with `enob` bits, minus the quantisation it adds itself.
     q_rms = 2.0 ** (s.bits - enob) / math.sqrt(12.0) if enob < s.bits else 0.0
