@@ -122,10 +122,12 @@ class SimClock:
             self._sod = s
         self._sub = x
 
-    async def sleep_ms(self, ms):
+    def sleep_ms(self, ms):
+        # asyncio's own awaitable, for the caller to await: a coroutine of ours would be one
+        # more generator made per call and held, frame and all, by every sleeping task
         import asyncio  # here: the fast-mode tests never load it
 
-        await asyncio.sleep_ms(ms)
+        return asyncio.sleep_ms(ms)
 
 
 def _wave(w, rms, angle):
