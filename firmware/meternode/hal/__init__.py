@@ -4,7 +4,8 @@
 #             ticks_ms(), ticks_us()   30-bit ticks that wrap at 2**30, like a board's
 #             ticks_diff(a, b), ticks_add(t, d)   the only arithmetic allowed on ticks
 #             time()                   UTC epoch seconds, an int
-#             set_time(epoch), async sleep_ms(ms)
+#             set_time(epoch), sleep_ms(ms) -> an awaitable (the sim's: asyncio's own,
+#             no coroutine of its own held by each sleeping task)
 #   .sampler  see "Sampler contract" below.
 #
 # Sampler contract (every backend; the meter relies on it, docs/metrology.md):
