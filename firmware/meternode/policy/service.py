@@ -277,7 +277,11 @@ class PolicyService:
             "t": int(self.clock.time()),
         }
 
-    async def run(self):
+    async def run(self, w=None):
+        # The service's task; w: the supervisor's watch (supervisor.py) when it starts this
+        # directly, whose beat() reports progress (no wrapper coroutine held around this one)
+        if w is not None:
+            self.beat = w.beat
         started = ticks_ms()
         confirmed = self.agent is None  # with the fleet agent: a build is confirmed healthy
         reported = False
