@@ -195,7 +195,7 @@ def test_tick_allocates_nothing_across_midnight_trips_and_dr():
     kinds = set(e[0] for e in ring.since(0))
     for code in (E.EV_DAY, E.EV_SHED, E.EV_RESTORE, E.EV_DR, E.EV_DR_END, E.EV_LIMIT):
         if code not in kinds:
-            raise AssertionError("event %s never happened under heap_lock" % E.EVENT_NAMES[code])
+            raise AssertionError("event %s never happened under heap_lock" % E.event_name(code))
 
 
 def test_daily_energy_limit_sheds_until_midnight_and_other_limits_fire():
@@ -241,7 +241,6 @@ def test_day_counters_survive_a_reboot_on_the_same_day_only():
     eng3, ring3, relay3, tar3 = _engine(limits=lims, dr=[])
     eq(eng3.restore(saved, E.epoch(T0 + 86400 + 60)), False, "a save from yesterday is ignored")
     eq(eng3.restore([1, 2], E.epoch(t)), False, "garbage is ignored")
-
 
 
 def test_under_frequency_keeps_a_net_exporter_connected_on_a_site_relay():

@@ -52,18 +52,6 @@ EV_DR_END = const(7)  # DR condition over, value = random delay chosen (s)
 EV_DAY = const(8)  # new day, value = day type (0 weekday, 1 weekend, 2 holiday)
 EV_PRICE = const(9)  # real-time price pushed (value = validity s) or expired (value 0)
 EV_DR_KEPT = const(10)  # DR trigger held, but the site exports: not shed (value = W exported)
-EVENT_NAMES = {
-    1: "tariff",
-    2: "limit",
-    3: "shed",
-    4: "restore",
-    5: "lockout",
-    6: "dr",
-    7: "dr_end",
-    8: "day",
-    9: "price",
-    10: "dr_kept",
-}  # (a tuple would hold its names as str objects from .mpy: larger than these interned names)
 
 DR_RULE_BASE = const(100)
 
@@ -135,6 +123,14 @@ def civil(day):
 
 def _nop(*a):
     pass
+
+
+def event_name(code):
+    # The name of event code `code` (EV_*: policy/event messages), "?" for another.  One
+    # string split per call: events are few, and a dict of the ten names was held for ever
+    # (~0.2 KB on the 32-bit port, twice that on 64-bit)
+    names = "tariff limit shed restore lockout dr dr_end day price dr_kept".split()
+    return names[code - 1] if 0 < code <= len(names) else "?"
 
 
 # Each limit and each DR rule is one list: its compact row's settings (the level as a float)

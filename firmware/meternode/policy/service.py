@@ -252,7 +252,7 @@ class PolicyService:
         self._mark = self.ring.head
         out = []
         for code, rule, value, t in evs:
-            name = engine.EVENT_NAMES.get(code, "?")
+            name = engine.event_name(code)
             self.log("policy event %s rule=%d value=%d" % (name, rule, value))
             out.append({"event": name, "rule": rule, "value": value, "t": engine.epoch(t)})
         return out
