@@ -25,7 +25,9 @@ class BoardClock:
         t = time.gmtime(int(epoch))
         machine.RTC().datetime((t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0))
 
-    async def sleep_ms(self, ms):
+    def sleep_ms(self, ms):
+        # asyncio's own awaitable (the hal/__init__.py clock contract): no coroutine of ours
+        # held by every task asleep in it
         import asyncio
 
-        await asyncio.sleep_ms(ms)
+        return asyncio.sleep_ms(ms)
