@@ -110,15 +110,17 @@ class Node:
         c = self.mqtt
         return c is not None and c.connected
 
-    async def link(self, w=None):
+    def link(self, w=None):
+        # -> the link task's coroutine: the link's own loop, not a frame of ours awaiting it
+        # (each frame a task keeps waiting in is held for as long as the task runs)
         beat = w.beat if w is not None else _nop
         u = self.uplink()
         if u is None or u.link is None:  # no record log (e.g. no RAM for it): live telemetry only
             from meternode import plainlink
 
-            await plainlink.run(self, beat)
+            return plainlink.run(self, beat)
         u.link.beat = u.outbox.beat = beat
-        await u.run()
+        return u.link.run()
 
     # -- reporting -------------------------------------------------------------------------------
     async def reporting(self, w=None):
@@ -310,10 +312,11 @@ class Node:
 
 
 def beating(obj, loop):
-    # A module's run() loop as a task (tasks.py): its `beat` attribute reports progress.
-    async def task(w):
+    # A module's run() loop as a task (tasks.py): its `beat` attribute reports progress.  The
+    # start function returns the loop's coroutine (no frame of its own that only awaits it).
+    def task(w):
         obj.beat = w.beat
-        await loop()
+        return loop()
 
     return task
 

@@ -64,17 +64,18 @@ class UplinkService:
                 cfg.get("time_max_step_s", 86400),
             )
             self.commands.service = self
-        # self.link (None without MQTT), self.lora (None without LoRaWAN), self.lora_ports,
+        # self.link (None without MQTT), self.lora and self.lora_ports (None without LoRaWAN),
         # the relay's events; then the opening's and the boot's events
         run(_INIT, "started", self, cfg, path, reason)
 
     def _relay_changed(self, on, why):
         self.event(records.EV_RELAY, 1 if on else 0, why)
 
-    async def run_lora(self):
+    def run_lora(self):
+        # -> the LoRaWAN task's coroutine (loraservice.run itself: no frame here awaiting it)
         from meternode.link import loraservice
 
-        await loraservice.run(self)
+        return loraservice.run(self)
 
     # -- records ---------------------------------------------------------------------------
     def _wake(self, seq=0):
