@@ -331,8 +331,11 @@ def started(self, cfg, path, reason):
 
         self.link = MqttLink(self.node.id, m, self.outbox, self._on_command if self.commands else None, self._describe)
     self.lora = None
-    self.lora_ports = {}  # fport -> callback(bytes): LoRaWAN downlinks (policy frames)
+    # fport -> callback(bytes): LoRaWAN downlinks (policy frames); None without LoRaWAN (no
+    # dict, and no handler the policy service would register in it, held for nothing)
+    self.lora_ports = None
     if cfg.get("lora"):
+        self.lora_ports = {}
         from meternode.link import loraservice
 
         self.lora = loraservice.make(self, cfg["lora"], path)
