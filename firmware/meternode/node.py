@@ -365,9 +365,9 @@ def log(msg):
 
 
 def main(root="."):
-    board = load_json(root + "/board.json")
     config = load_json(root + "/config.json")
-    node = Node(board, config)
+    # the board's dict is not kept here: the node holds what it reads of it (nodeinit.setup)
+    node = Node(load_json(root + "/board.json"), config)
     try:
         asyncio.run(node.run())
     except KeyboardInterrupt:

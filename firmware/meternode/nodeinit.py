@@ -28,7 +28,12 @@ def setup(node, board, config):
     gc.collect()
     from meternode import checks
 
-    node.board = checks.check_board(board)
+    board = checks.check_board(board)
+    # board.json keys no firmware code reads (the board's documentation, the host's sizing):
+    # node.board does not hold them for the node's life (measured on the sim board, 32-bit
+    # ROMFS: 0.6 KB of strings and dict slots)
+    unread = ("description", "heap_note", "capabilities", "heap", "arch")
+    node.board = board = {k: v for k, v in board.items() if k not in unread}
     checks.check_config(config)
     checks = None
     forget("meternode.checks")
