@@ -28,12 +28,7 @@ def setup(node, board, config):
     gc.collect()
     from meternode import checks
 
-    board = checks.check_board(board)
-    # board.json keys no firmware code reads (the board's documentation, the host's sizing):
-    # node.board does not hold them for the node's life (measured on the sim board, 32-bit
-    # ROMFS: 0.6 KB of strings and dict slots)
-    unread = ("description", "heap_note", "capabilities", "heap", "arch")
-    node.board = board = {k: v for k, v in board.items() if k not in unread}
+    node.board = checks.check_board(board)
     checks.check_config(config)
     checks = None
     forget("meternode.checks")
@@ -83,6 +78,13 @@ def setup(node, board, config):
     node._reset = reset  # how a planned reboot resets (tests replace it)
     # elements on the grid connection: telemetry totals add these only
     node.mains = [c["name"] for c in board["channels"][1:] if c.get("role", "main") == "main"]
+    # node.board without what no code reads once the node is made: the board's documentation
+    # and the host's sizing, and the buses unless the gateway or the LoRa modem's UART check
+    # will read them (measured on the sim board, 32-bit ROMFS: 1.3 KB of strings and dicts)
+    unread = ("description", "heap_note", "capabilities", "heap", "arch")
+    if not (config.get("gateway") or config.get("lora")):
+        unread += ("buses",)
+    node.board = {k: v for k, v in board.items() if k not in unread}
     forget("meternode.hal.halinit")
 
 
