@@ -79,9 +79,12 @@ def setup(node, board, config):
     # elements on the grid connection: telemetry totals add these only
     node.mains = [c["name"] for c in board["channels"][1:] if c.get("role", "main") == "main"]
     # node.board without what no code reads once the node is made: the board's documentation
-    # and the host's sizing, and the buses unless the gateway or the LoRa modem's UART check
-    # will read them (measured on the sim board, 32-bit ROMFS: 1.3 KB of strings and dicts)
-    unread = ("description", "heap_note", "capabilities", "heap", "arch")
+    # and the host's sizing, what the HAL, the meter, the pulse meters and the brown-out pin
+    # were made from above, and the buses unless the gateway or the LoRa modem's UART check
+    # will read them (measured on the sim board, 32-bit ROMFS: 2.2 KB of strings, floats and
+    # dicts held for the node's life)
+    unread = ("description", "heap_note", "capabilities", "heap", "arch")  # documentation, sizing
+    unread += ("adc", "channels", "metrology", "pulses", "brownout")  # what the objects above came from
     if not (config.get("gateway") or config.get("lora")):
         unread += ("buses",)
     node.board = {k: v for k, v in board.items() if k not in unread}
