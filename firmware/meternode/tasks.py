@@ -63,7 +63,7 @@ def wire(node):
             from meternode.policy.service import PolicyService
 
             node.policy = PolicyService(node, log)
-            sup.add("policy", beating(node.policy, node.policy.run), 60000)
+            sup.add("policy", node.policy.run, 60000)  # run(w) points its beat at the watch itself
         except Exception as e:
             log("policy service not started: %s" % e)
     if c.get("gateway"):  # downstream meter buses (gateway/): loaded only when configured
