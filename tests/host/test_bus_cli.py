@@ -87,6 +87,27 @@ def _flash_node(vb: VirtualBoard, config: dict, buses: dict | None = None) -> No
     (vb.flash / "config.json").write_text(json.dumps(config))
 
 
+def test_bus_scan_repeats_an_unanswered_mbus_request_once():
+    # A meter that acknowledged SND_NKE is there: when its answer to REQ_UD2 does not come in
+    # time (lost on the bus, a slow meter, a loaded host), the scan repeats the request once
+    # (same FCB) instead of listing it as "mbus-p5" without its ident.  Twice unanswered: it
+    # is listed by its primary address.
+    import asyncio
+
+    from meternode.gateway import scan
+
+    board = json.loads((unixport.boards_dir() / "sim.json").read_text())
+    rs485, mb = demo_meters()
+    mb[0].faults += ["ok", "silent"]  # its ACK, then the first REQ_UD2 unanswered
+    mb[1].faults += ["ok", "silent", "silent"]  # both REQ_UD2 unanswered
+    with SimBus(rs485) as b1, SimBus(mb) as b2:
+        cfg = {"gateway": demo_config(b1.port, b2.port)}
+        res = asyncio.run(scan.discover(board, cfg, ("mbus",), (), (), (5, 6), 100, ["mbus"]))
+    got = {(f["meter"], f["address"]) for f in res["found"] if isinstance(f["address"], int)}
+    assert got == {("mbus-12345678", 5), ("mbus-p6", 6)}, res
+    assert [f.get("secondary") for f in res["found"] if f["address"] == 5] == ["12345678"], res
+
+
 def test_bus_scan_on_a_board_runs_discovery_there_through_the_raw_repl(tmp_path, capfd):
     # The node runs on the virtual board and polls the meters on its two UARTs; the scan stops
     # it (soft reset into the raw REPL) and the board itself scans its buses: the host opens no

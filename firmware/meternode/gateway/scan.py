@@ -89,15 +89,20 @@ class Scanner:
             n = mbus.snd_nke(self.tx, a)
             if await self._ask(n, sc) > 0 and sc.kind == 1:
                 f = {"protocol": "mbus", "address": a, "meter": "mbus-p%d" % a}
-                n = mbus.req_ud2(self.tx, a, True)
-                if await self._ask(n, sc) > 0 and sc.kind == 3:
-                    try:
-                        ident = mbus.header(sc.buf, sc.start)[1]
-                    except ValueError:
-                        ident = ""  # not a variable data answer: present, ident unknown
-                    if ident:
-                        f["secondary"] = ident
-                        f["meter"] = mbus.meter_id(ident)
+                # it acknowledged, so it is there: a REQ_UD2 that goes unanswered in time (a
+                # slow meter, a frame lost on the bus) is repeated once, with the same FCB (a
+                # repetition, EN 13757-2), before the meter is listed without its ident
+                for _ in range(2):
+                    n = mbus.req_ud2(self.tx, a, True)
+                    if await self._ask(n, sc) > 0 and sc.kind == 3:
+                        try:
+                            ident = mbus.header(sc.buf, sc.start)[1]
+                        except ValueError:
+                            ident = ""  # not a variable data answer: present, ident unknown
+                        if ident:
+                            f["secondary"] = ident
+                            f["meter"] = mbus.meter_id(ident)
+                        break
                 out.append(f)
         return out
 
