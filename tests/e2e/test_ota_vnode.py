@@ -48,15 +48,20 @@ def _bundle(version: int, files: dict[str, bytes]) -> bytes:
     return sign_bundle(KEY, man, files)
 
 
-def test_bad_build_rolls_back_and_good_build_is_confirmed(mosquitto, tmp_path: Path) -> None:
-    config = {
-        "node_id": "vn2",
+def _config(node_id: str, mosquitto, key) -> dict:
+    # a virtual node on the test broker that takes the fleet's signed builds
+    return {
+        "node_id": node_id,
         "telemetry_s": 1.0,
         "mqtt": {"host": mosquitto.host, "port": mosquitto.port, "keepalive": 30, "discovery": False},
         "sim": {"realtime": True, "voltage": {"rms": 230.0}, "currents": [{"rms": 5.0}]},
-        "fleet": fleet_identity(KEY, "acme"),
+        "fleet": fleet_identity(key, "acme"),
         "ota": {"health_deadline_s": 5},
     }
+
+
+def test_bad_build_rolls_back_and_good_build_is_confirmed(mosquitto, tmp_path: Path) -> None:
+    config = _config("vn2", mosquitto, KEY)
     lis = Listener(mosquitto.host, mosquitto.port, "vn2")
     try:
         with VNode(tmp_path / "vn2", config) as vn:
@@ -106,14 +111,7 @@ def test_a_whole_build_signed_and_pushed_with_umeter_ota_streams_its_manifest_an
     env = dict(os.environ, UMETER_KEYSTORE=str(tmp_path / "keys"), UMETER_FLEET_DB=str(tmp_path / "fleet.db"))
     key = Keystore(tmp_path / "keys").create("acme")
     out = _build_dir(tmp_path, "4.0.0")
-    config = {
-        "node_id": "vn3",
-        "telemetry_s": 1.0,
-        "mqtt": {"host": mosquitto.host, "port": mosquitto.port, "keepalive": 30, "discovery": False},
-        "sim": {"realtime": True, "voltage": {"rms": 230.0}, "currents": [{"rms": 5.0}]},
-        "fleet": fleet_identity(key, "acme"),
-        "ota": {"health_deadline_s": 5},
-    }
+    config = _config("vn3", mosquitto, key)
 
     def umeter(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "umeter", *args], capture_output=True, text=True, timeout=240,
