@@ -17,12 +17,12 @@ MARGIN_KB = 32
 # tests/host/test_memory_budget.py's shorter run, other node ids, a command nearer the end)
 HELD_KB: dict[int, dict[str, dict[str, int]]] = {
     8: {
-        "mpy": {"plain": 120, "+store": 148, "+cmd_key": 154, "+policy": 173, "+fleet": 199},
-        "romfs": {"plain": 84, "+store": 103, "+cmd_key": 107, "+policy": 119, "+fleet": 133},
+        "mpy": {"plain": 115, "+store": 143, "+cmd_key": 149, "+policy": 168, "+fleet": 194},
+        "romfs": {"plain": 79, "+store": 98, "+cmd_key": 102, "+policy": 114, "+fleet": 128},
     },
     4: {
-        "mpy": {"plain": 83, "+store": 102, "+cmd_key": 106, "+policy": 120, "+fleet": 139},
-        "romfs": {"plain": 51, "+store": 61, "+cmd_key": 63, "+policy": 70, "+fleet": 78},
+        "mpy": {"plain": 81, "+store": 100, "+cmd_key": 104, "+policy": 117, "+fleet": 136},
+        "romfs": {"plain": 48, "+store": 58, "+cmd_key": 61, "+policy": 68, "+fleet": 75},
     },
 }
 CONFIGS = ("plain", "+store", "+cmd_key", "+policy", "+fleet")
