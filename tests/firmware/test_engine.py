@@ -267,13 +267,13 @@ def test_a_load_relay_sheds_an_exporter_and_over_voltage_sheds_it_on_a_site_rela
         {"trigger": "voltage_outside", "low": 200, "high": 250, "for_s": 2, "shed_s": 20, "restore_random_s": 0},
     ]
     eng, ring, relay, tar = _engine(dr=src_dr, relay="load")
-    eq(eng.policy["rl"], 1, "compact form says: the relay switches a load")
+    eq(compact(dr=src_dr, relay="load")["rl"], 1, "compact form says: the relay switches a load")
     t = T0 + 3 * 3600
     for k in range(0, 4):
         eng.tick(t + k, 236.0, 9.0, 49.6, -2100.0, 0)
     eq(relay.on, False, "shedding a load makes an exporter export more: allowed")
     eng, ring, relay, tar = _engine(dr=src_dr)
-    eq("rl" in eng.policy, False, "site is the default and stays out of the compact form")
+    eq("rl" in compact(dr=src_dr), False, "site is the default and stays out of the compact form")
     for k in range(0, 4):
         eng.tick(t + k, 256.0, 9.0, 50.0, -4000.0, 0)
     eq(relay.on, False, "over-voltage from export: disconnecting relieves it")

@@ -83,7 +83,8 @@ def test_engine_ticks_from_the_meter_and_bundles_replace_the_policy():
 
     node = _Node(scratch_dir())
     s = PolicyService(node, log=lambda m: None)
-    eq(s.engine.policy["n"], "tou-test", "config policy until a signed one arrives")
+    eq(s.engine.name, "tou-test", "config policy until a signed one arrives")
+    eq("policy" in node.config, False, "the config's document is not kept once the engine has it (RAM)")
     node.meter.second()
     s.tick()
     eq(node.meter.tariffs, [2], "peak at 18:00 local on a weekday")
@@ -94,7 +95,7 @@ def test_engine_ticks_from_the_meter_and_bundles_replace_the_policy():
     leaf, payload = s._out[0]
     r = json.loads(payload)
     eq((leaf, r["status"], r["version"]), ("policy/result", "applied", 2), "result queued")
-    eq(s.engine.policy["n"], "v2", "the signed policy runs now")
+    eq(s.engine.name, "v2", "the signed policy runs now")
     st = s.state()
     eq((st["policy"], st["version"], st["relay"]), ("v2", 2, True), "state")
 
@@ -142,10 +143,12 @@ def test_lora_sized_frames_reach_the_engine_through_the_service():
     from meternode.policy import small
 
     key = bytes(range(32))
-    node = _Node(scratch_dir())
+    root = scratch_dir()
+    node = _Node(root)
     s = PolicyService(node, log=lambda m: None)
     r = s.small_frame(b"\x11" + bytes(18))
     eq((r["ok"], r["why"].split(":")[0]), (False, "unsupported"), "no cmd_key configured")
+    node = _Node(root)  # a node with a cmd_key (the service took the config's policy: a new node)
     node.config["cmd_key"] = "".join("%02x" % b for b in key)
     s = PolicyService(node, log=lambda m: None)
     r = s.small_frame(small.encode_price(key, "n1", 3, 0.5, 5))

@@ -166,6 +166,7 @@ _S_RT_UNTIL = const(2)  # ... valid until (engine seconds; 0 = none)
 _S_MIDNIGHT = const(3)  # engine seconds of the next local midnight
 _S_RNG = const(4)  # xorshift state (_rand)
 _S_RELEASE = const(5)  # the rule that released the relay last (the restore event's rule)
+_S_RT_MAX = const(6)  # the policy's longest real-time price validity (s)
 
 
 class Engine:
@@ -173,12 +174,15 @@ class Engine:
         from meternode.policy.schema import check_compact  # needed only here (docs/memory.md)
 
         c = check_compact(policy)
-        self.policy = c
+        # The compact document itself is not kept (~60 objects): only what the running
+        # engine reads from it.  Its name names it in events, checkpoints and policy/state.
+        self.name = c["n"]
+        self._cal = (c["h"], c["s"])  # holidays, seasons (read at each day change)
         self._set_tariff = set_tariff or _nop
         self._relay = relay  # None: no relay
         self._sink = sink or _nop
-        # [_S_TZ, _S_RT_PRICE, _S_RT_UNTIL, _S_MIDNIGHT, _S_RNG, _S_RELEASE]
-        self._st = [c["tz"] * 60, 0.0, 0, 0, (seed & _MASK) or 1, 0]
+        # [_S_TZ, _S_RT_PRICE, _S_RT_UNTIL, _S_MIDNIGHT, _S_RNG, _S_RELEASE, _S_RT_MAX]
+        self._st = [c["tz"] * 60, 0.0, 0, 0, (seed & _MASK) or 1, 0, c["rt"]]
         # (loops, not comprehensions: each of those is a function held with the module)
         p = self._prices = []
         for x in c["p"]:
@@ -191,7 +195,6 @@ class Engine:
         for x in c["d"]:
             p.append([x[0], float(x[1]), float(x[2]), x[3], x[4], x[5], 0, 0, 0, 0, 0, 0])
         self._site = c.get("rl", 0) == 0  # the relay disconnects the site, generation included
-        self.reporting = c.get("r")  # [telemetry_s, profile_min, quantities] or None
         self.tariff = -1
         self.day_type = -1
         self.relay_on = True
@@ -215,7 +218,7 @@ class Engine:
 
     def push_price(self, price, valid_s, now):
         # now: epoch seconds
-        valid = min(int(valid_s), self.policy["rt"])
+        valid = min(int(valid_s), self._st[_S_RT_MAX])
         t = seconds(now)
         self._st[_S_RT_PRICE] = float(price)
         self._st[_S_RT_UNTIL] = t + valid
@@ -259,11 +262,10 @@ class Engine:
         ymd = civil(day)
         md = ymd % 10000
         dt = 1 if (day + 3) % 7 >= 5 else 0  # 1970-01-01 was a Thursday; Monday = 0
-        c = self.policy
-        for h in c["h"]:
+        hol, ss = self._cal
+        for h in hol:
             if h == md or h == ymd:
                 dt = 2
-        ss = c["s"]
         season = ss[len(ss) - 1]  # before the first start: the last season (wraps the year)
         for s in ss:
             if s[0] <= md:

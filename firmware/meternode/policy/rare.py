@@ -32,8 +32,11 @@ def start(self, cfg, root):
         if a.image is not None:
             a.image.after_boot()
     pol = self.agent.policy() if self.agent else None
-    if pol is None and cfg.get("policy"):
-        pol = cfg["policy"]
+    # The config's policy is dropped from node.config once read: the engine keeps what it
+    # runs, and nothing reads the document again (a restart reads the config file anew).
+    cp = cfg.pop("policy", None)
+    if pol is None and cp:
+        pol = cp
     if pol is not None:
         load(self, pol)
 
@@ -67,7 +70,7 @@ def load(self, policy):
             self.log("policy day counters restored")
     except (OSError, ValueError):
         pass
-    rep = e.reporting
+    rep = policy.get("r")  # [telemetry_s, profile_min, quantities], optional
     if rep:  # the policy's reporting settings, when it has them
         self.node.config["telemetry_s"] = float(rep[0])  # the reporting task re-reads it every period
         u = getattr(self.node, "uplink_service", None)

@@ -6,6 +6,7 @@
 # config keys (all optional):
 #   fleet:  {"name", "groups", "keys"}   bundle identity (agent.check_identity); no bundles without it
 #   policy: <compact policy>             a policy to run until a signed one arrives
+#                                        (taken out of node.config once the engine has it)
 #   policy_dir: "."                      where policy/, fw/ and policy.day.json live (the board's root)
 #   ota: {"health_deadline_s": 120, "max_tries": 1}
 #   cmd_key: "<hex>"                     the node's HMAC key (also for LoRa-sized policy frames)
@@ -88,7 +89,7 @@ class PolicyService:
             self.on = on
             return
         e = self.engine
-        c.engine(on, "policy %s %s" % (e.policy["n"] if e else "?", "restore" if on else "shed"))
+        c.engine(on, "policy %s %s" % (e.name if e else "?", "restore" if on else "shed"))
 
     def load(self, policy):
         # A new policy (compact form, validated by Engine through check_compact) replaces the
@@ -104,7 +105,7 @@ class PolicyService:
         tmp = self._ckpt + ".tmp"
         try:
             with open(tmp, "w") as f:
-                f.write(json.dumps({"policy": e.policy["n"], "state": st}))
+                f.write(json.dumps({"policy": e.name, "state": st}))
             import os
 
             os.rename(tmp, self._ckpt)
@@ -262,10 +263,10 @@ class PolicyService:
         c = self._ctl
         r = self.node.meter.registers
         wh = []  # (a loop: a comprehension is a function held with the module)
-        for t in range(len(e.policy["t"]) if e else 0):
+        for t in range(len(e._prices) if e else 0):  # one price per tariff
             wh.append(r.tariff_registers(t)[0] / 1000.0)
         return {
-            "policy": e.policy["n"] if e else None,
+            "policy": e.name if e else None,
             "version": self.agent.policy_version() if self.agent else 0,
             "tariff": e.tariff if e else -1,
             "relay": self.on if c is None else c.on,
