@@ -82,28 +82,30 @@ def epoch(t):
 
 class EventRing:
     # Preallocated ring of the last `n` events (code, rule, value, t); push allocates nothing.
-    # 32-bit ints: every field is an engine small int (half a list's slots on a 64-bit port).
+    # Three 32-bit ints an event: code and rule share one (code 1..15 in the low 4 bits,
+    # rule + 1 above: rules are -1..DR_RULE_BASE + 7), then value and t, all engine small ints
+    # (a quarter less than a word each, half a list's slots on a 64-bit port).
     def __init__(self, n=64):
         self.n = n
-        self.buf = array("i", bytes(16 * n))
+        self.buf = array("i", bytes(12 * n))
         self.head = 0  # total events pushed (index = head % n)
 
     def push(self, code, rule, value, t):
-        k = 4 * (self.head % self.n)
+        k = 3 * (self.head % self.n)
         b = self.buf
-        b[k] = code
-        b[k + 1] = rule
-        b[k + 2] = value
-        b[k + 3] = t
+        b[k] = code | (rule + 1) << 4
+        b[k + 1] = value
+        b[k + 2] = t
         self.head += 1
 
     def since(self, mark):
         # Events pushed after `mark` (a previous head) as tuples; allocates, not for ticks.
         out = []
         start = max(mark, self.head - self.n)
+        b = self.buf
         for h in range(start, self.head):
-            k = 4 * (h % self.n)
-            out.append((self.buf[k], self.buf[k + 1], self.buf[k + 2], self.buf[k + 3]))
+            k = 3 * (h % self.n)
+            out.append((b[k] & 15, (b[k] >> 4) - 1, b[k + 1], b[k + 2]))
         return out
 
 
