@@ -139,9 +139,10 @@ class PolicyService:
         link = getattr(u, "link", None)
         if link is not None:
             for leaf in _LEAVES:
-
-                def on_message(payload, retained, leaf=leaf):
-                    self._leaf(leaf, payload)
+                # the leaf and the service as defaults, not a closure: no closure object
+                # and cell held with each callback (RAM)
+                def on_message(payload, retained, leaf=leaf, s=self):
+                    s._leaf(leaf, payload)
 
                 link.extra_topics[leaf] = on_message
             self._need_sub = link.up
