@@ -27,6 +27,10 @@ def check(d, where):
 
 
 class ChannelCal:
+    # no phase table, unless the board or the device gives one: a class default, set on the
+    # instance only then (its dict one size smaller: 6 attributes, not 7)
+    table = None
+
     def __init__(self, ch, dev):
         self.name = ch["name"]
         self.kind = ch["kind"]
@@ -36,7 +40,8 @@ class ChannelCal:
         self.gain = base["gain"]
         self.offset = base["offset"]
         self.phase = base["phase"]
-        self.table = base["phase_table"]
+        if base["phase_table"]:
+            self.table = base["phase_table"]
         if dev:
             self.update(dev, "calibration.%s" % self.name)
 
