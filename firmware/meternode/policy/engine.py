@@ -179,7 +179,12 @@ class Engine:
         # The compact document itself is not kept (~60 objects): only what the running
         # engine reads from it.  Its name names it in events, checkpoints and policy/state.
         self.name = c["n"]
-        self._cal = (c["h"], c["s"])  # holidays, seasons (read at each day change)
+        # holidays, seasons (read at each day change) in tuples: a list built by the JSON
+        # parser keeps up to twice its items' room, a tuple holds just its items
+        ss = []
+        for x in c["s"]:
+            ss.append((x[0], tuple(x[1]), tuple(x[2]), tuple(x[3])))
+        self._cal = (tuple(c["h"]), tuple(ss))
         self._set_tariff = set_tariff or _nop
         self._relay = relay  # None: no relay
         self._sink = sink or _nop
