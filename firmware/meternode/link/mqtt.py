@@ -57,8 +57,18 @@ MAX_PACKET = const(16384)  # largest packet we send or accept (bytes); more is a
 _MAX_TOPIC = const(256)  # longest topic we publish or subscribe to (bytes)
 
 
+_CLOSED = const("connection closed by the broker")
+
+
 class MQTTError(Exception):
     pass
+
+
+async def _read(r, mv):
+    # MQTTClient._into on CPython: its StreamReader reads into a new bytes object
+    chunk = await r.read(len(mv))
+    mv[: len(chunk)] = chunk
+    return len(chunk)
 
 
 def _str(s):
@@ -136,23 +146,18 @@ class MQTTClient:
         timeout_ms=10000,
         server_hostname=None,
     ):
-        self.client_id = client_id
-        self.host = host
-        self.port = port
+        # What only the connect path reads (link/mqttconn.py), in one tuple: an instance's
+        # attributes live in a hash table that grows in steps (17 fit the 160-byte one on a
+        # 32-bit port, 18..23 the 208-byte one, 24..29 the 256-byte one)
+        self._opts = (client_id, host, port, clean, user, password, will, ssl, server_hostname)
         self.keepalive = keepalive
-        self.clean = clean
-        self.user = user
-        self.password = password
-        self.will = will
-        self.ssl = ssl
-        self.server_hostname = server_hostname
         self.timeout_ms = timeout_ms
         self.on_message = None  # callback(topic: str, payload: bytes or None (dropped), retained: bool)
         self.on_ack = None  # callback(pid) for PUBACKs of send_publish()
         self._r = None
         self._w = None
-        self._buf = bytearray(_READ)  # received bytes; _buf[_lo:_hi] are not parsed yet
-        self._mv = memoryview(self._buf)
+        # received bytes (a memoryview of one buffer made here); _mv[_lo:_hi] are not parsed yet
+        self._mv = memoryview(bytearray(_READ))
         self._lo = 0
         self._hi = 0
         self._wlock = asyncio.Lock()  # one writer at a time: interleaved drains corrupt the stream
@@ -164,7 +169,7 @@ class MQTTClient:
         self.connected = False
         self.session_present = False
         self.error = None  # why the connection ended, for the link supervisor
-        # (28 attributes: an instance's dict holds up to 29 in one size; a 30th makes it 37)
+        # (20 attributes: keep them under 24, see above)
 
     def next_pid(self):
         # Client packet ids live in 0x8000..0xFFFF; 1..0x7FFF belong to the outbox, which
@@ -206,7 +211,7 @@ class MQTTClient:
     async def _read_packet(self):
         # -> (first byte, body) of the next packet; EOFError when the broker closed.
         while True:
-            buf = self._buf
+            buf = self._mv
             lo = self._lo
             hi = self._hi
             if hi - lo >= 2:
@@ -231,7 +236,7 @@ class MQTTClient:
                     k = hi - i  # body bytes in hand
                     if k >= n:
                         self._lo = i + n
-                        return head, bytes(self._mv[i : i + n])
+                        return head, bytes(buf[i : i + n])
                     if i - lo + n > _READ:
                         # longer than the buffer: once a PUBLISH's topic and id are in hand
                         t = 4 + (buf[i] << 8 | buf[i + 1]) if k >= 2 else 4
@@ -239,31 +244,29 @@ class MQTTClient:
                             return await self._long(head, i, n, t)
             if lo:  # keep the unparsed start of a packet at the front
                 k = hi - lo
-                buf[0:k] = bytes(self._mv[lo:hi])
+                buf[0:k] = bytes(buf[lo:hi])
                 self._lo = 0
                 self._hi = hi = k
-            got = await self._into(self._mv[hi:])
+            got = await self._into(buf[hi:])
+            if got == 0:
+                raise EOFError(_CLOSED)
             if got is not None:
                 self._hi = hi + got
 
-    async def _into(self, mv):
-        # Reads what the connection has (at most len(mv) bytes) into mv: the count, or None
-        # when woken without data; EOFError when the broker closed.
+    def _into(self, mv):
+        # -> an awaitable of the count read into mv (at most len(mv) bytes), None when woken
+        # without data, 0 when the broker closed.  MicroPython's stream reads into the buffer
+        # itself: its coroutine is returned as it is, no frame of ours kept while the reader
+        # waits (an idle link waits there).
         r = self._r
         if r is None:
             raise OSError("not connected")
-        if hasattr(r, "readinto"):  # MicroPython: into the buffer
-            got = await r.readinto(mv)
-        else:  # CPython's StreamReader
-            chunk = await r.read(len(mv))
-            got = len(chunk)
-            mv[:got] = chunk
-        if got == 0:
-            raise EOFError("connection closed by the broker")
-        return got
+        if hasattr(r, "readinto"):
+            return r.readinto(mv)
+        return _read(r, mv)
 
     async def _long(self, head, i, n, t):
-        # A packet longer than the buffer, its first bytes at _buf[i:_hi] (see the top).
+        # A packet longer than the buffer, its first bytes at _mv[i:_hi] (see the top).
         got = self._hi - i
         mv = self._mv
         try:
@@ -276,6 +279,8 @@ class MQTTClient:
         self._lo = self._hi = 0
         while got < n:
             m = await self._into(memoryview(body)[got:] if body else mv[: min(n - got, _READ)])
+            if m == 0:
+                raise EOFError(_CLOSED)
             if m:
                 got += m
         return head, body or keep
@@ -290,7 +295,7 @@ class MQTTClient:
             raise
         except Exception as e:  # connection lost or protocol error: the link supervisor reconnects
             if self.error is None:
-                self.error = e if str(e) else OSError("connection closed by the broker")
+                self.error = e if str(e) else OSError(_CLOSED)
         self._reader_task = None
         await self._close()
 

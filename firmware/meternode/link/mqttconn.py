@@ -61,15 +61,16 @@ def publish_packet(topic, payload, qos=0, retain=False, pid=0, dup=False):
 
 async def connect(c):
     # MQTTClient.connect(): the connection, CONNECT and CONNACK; then the reader and pinger.
-    where = "%s:%d" % (c.host, c.port)
+    client_id, host, port, clean, user, password, will, ssl, server_hostname = c._opts
+    where = "%s:%d" % (host, port)
     try:
-        if c.ssl is None:
-            c._r, c._w = await wait_for_ms(asyncio.open_connection(c.host, c.port), c.timeout_ms)
+        if ssl is None:
+            c._r, c._w = await wait_for_ms(asyncio.open_connection(host, port), c.timeout_ms)
         else:
             try:
-                aw = asyncio.open_connection(c.host, c.port, ssl=c.ssl, server_hostname=c.server_hostname or c.host)
+                aw = asyncio.open_connection(host, port, ssl=ssl, server_hostname=server_hostname or host)
             except TypeError:  # older MicroPython asyncio without server_hostname
-                aw = asyncio.open_connection(c.host, c.port, ssl=c.ssl)
+                aw = asyncio.open_connection(host, port, ssl=ssl)
             c._r, c._w = await wait_for_ms(aw, c.timeout_ms)
     except asyncio.TimeoutError:
         raise OSError("connect to %s timed out" % where)
@@ -77,14 +78,14 @@ async def connect(c):
         await c._close()
         raise MQTTError("TLS handshake with %s failed: %s" % (where, str(e).strip()))
     try:
-        await c._send(connect_packet(c.client_id, c.keepalive, c.clean, c.user, c.password, c.will))
+        await c._send(connect_packet(client_id, c.keepalive, clean, user, password, will))
         head, body = await wait_for_ms(c._read_packet(), c.timeout_ms)
     except asyncio.TimeoutError:
         await c._close()
         raise OSError("no CONNACK from %s" % where)
     except (ValueError, OSError, EOFError) as e:
         await c._close()
-        if c.ssl is not None:
+        if ssl is not None:
             from meternode.link.tls import explain
 
             why = explain(e)
