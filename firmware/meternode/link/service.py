@@ -23,7 +23,6 @@ import json
 from micropython import const
 
 from meternode import VERSION, run
-from meternode.config import ConfigError
 from meternode.store import records
 from meternode.store.log import LogError
 
@@ -168,11 +167,6 @@ class UplinkService:
             q.pop(k)
             self.results_dropped += 1
         q.append((r.get("status") != "rejected", json.dumps(r)))
-
-    async def run(self):
-        if self.link is None:
-            raise ConfigError("config.mqtt is missing: no uplink configured")
-        await self.link.run()
 
     def stats(self):
         # -> the counters as a dict (link/stats.py: loaded for the call, forgotten after)
