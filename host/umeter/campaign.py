@@ -371,16 +371,20 @@ def _packet(payload: int, topic: int) -> int:
 def chunk_size(name: str | None, size: int, topic: int = TOPIC_BYTES, fit: int = NODE_BUFFER) -> int:
     """Raw bytes per `file` chunk of `name` (`size` bytes; None: the manifest) so that each
     chunk's packet fits `fit` bytes: base64 takes 4 characters per 3 bytes."""
-    head = {"op": "file", "off": size, "data": ""} if name is None else {"op": "file", "name": name, "off": size,
-                                                                          "data": ""}  # fmt: skip
+    head = {**_file_head(name), "off": size, "data": ""}
     room = fit - _packet(len(json.dumps(head).encode()), topic)
     if room < 4:
         raise PolicyError(f"{name}: the file name leaves no room in a {fit}-byte message", hint="shorter paths")
     return room // 4 * 3
 
 
+def _file_head(name: str | None) -> dict:
+    # a `file` message's leading keys: a piece of the manifest has no name
+    return {"op": "file"} if name is None else {"op": "file", "name": name}
+
+
 def _chunks(name: str | None, data: bytes, step: int) -> list[bytes]:
-    head = {"op": "file"} if name is None else {"op": "file", "name": name}
+    head = _file_head(name)
     return [
         json.dumps({**head, "off": off, "data": base64.b64encode(data[off : off + step]).decode()}).encode()
         for off in range(0, max(1, len(data)), step)
