@@ -193,17 +193,9 @@ class Clock:
 
 
 def _rmtree(p):
-    try:
-        names = os.listdir(p)
-    except OSError:
-        return
-    for n in names:
-        q = p + "/" + n
-        if os.stat(q)[0] & 0x4000:
-            _rmtree(q)
-        else:
-            os.remove(q)
-    os.rmdir(p)
+    from meternode.policy.ota import _rmtree as rm  # the firmware's own (slots are removed with it)
+
+    rm(p)
 
 
 class Target:
