@@ -55,6 +55,22 @@ def _pol(version, name, target=None, key=KEY, fleet="test", expires=FAR, files=N
     return sign_bundle(key, man, files)
 
 
+def _fw(version, files, campaign, build):
+    # a firmware manifest for every node of the test fleet
+    return make_manifest(
+        "firmware",
+        "test",
+        version,
+        files,
+        make_target(all_nodes=True),
+        key=KEY,
+        expires_s=FAR,
+        now=NOW,
+        campaign=campaign,
+        build=build,
+    )
+
+
 def render() -> str:
     """The fixture module's text (deterministic: Ed25519 signatures and the clock are fixed)."""
     out: dict[str, bytes] = {}
@@ -85,65 +101,21 @@ def render() -> str:
         "meternode/__init__.py": b'VERSION = "9.0.0"\n',
         "meternode/extra/hello.py": b"def hello():\n    return 'new build'\n" * 40,
     }
-    man = make_manifest(
-        "firmware",
-        "test",
-        5,
-        fw,
-        make_target(all_nodes=True),
-        key=KEY,
-        expires_s=FAR,
-        now=NOW,
-        campaign="fw1",
-        build={"version": "9.0.0"},
-    )
+    man = _fw(5, fw, "fw1", {"version": "9.0.0"})
     out["FIRMWARE_V5"] = sign_bundle(KEY, man, fw)
     out["FIRMWARE_V5_STREAMED"] = sign_bundle(KEY, man, {})
     image = bytes((i * 131 + (i >> 8)) & 255 for i in range(9000))  # a 9 kB "app image"
-    man = make_manifest(
-        "firmware",
-        "test",
-        6,
-        {"app.bin": image},
-        make_target(all_nodes=True),
-        key=KEY,
-        expires_s=FAR,
-        now=NOW,
-        campaign="img6",
-        build={"version": "9.1.0", "image": "app"},
-    )
+    man = _fw(6, {"app.bin": image}, "img6", {"version": "9.1.0", "image": "app"})
     out["IMAGE_V6"] = sign_bundle(KEY, man, {"app.bin": image})
     # a streamed build bigger than a small flash can hold beside its record log; the tests
     # make its bytes from the formula instead of carrying them
     big = bytes((i * 31 + 7) & 255 for i in range(BIG_SIZE))
-    man = make_manifest(
-        "firmware",
-        "test",
-        7,
-        {"meternode/big.bin": big},
-        make_target(all_nodes=True),
-        key=KEY,
-        expires_s=FAR,
-        now=NOW,
-        campaign="big7",
-        build={"version": "9.2.0"},
-    )
+    man = _fw(7, {"meternode/big.bin": big}, "big7", {"version": "9.2.0"})
     out["FIRMWARE_V7_BIG_STREAMED"] = sign_bundle(KEY, man, {})
     # a build of MANY_N files whose manifest (~6 KB) streams in chunks before them; the tests
     # make each file's bytes from many_file() instead of carrying them
     many = {many_name(k): many_file(k) for k in range(MANY_N)}
-    man = make_manifest(
-        "firmware",
-        "test",
-        8,
-        many,
-        make_target(all_nodes=True),
-        key=KEY,
-        expires_s=FAR,
-        now=NOW,
-        campaign="many8",
-        build={"version": "9.3.0", "files": {"not": "the manifest's files"}},
-    )
+    man = _fw(8, many, "many8", {"version": "9.3.0", "files": {"not": "the manifest's files"}})
     out["FIRMWARE_V8_MANY_STREAMED"] = sign_bundle(KEY, man, {})
     fw_files = {k: v.hex() for k, v in fw.items()}
     fw_files["app.bin"] = image.hex()
