@@ -5,7 +5,12 @@
    CPython — ms per verification (best of 5 rounds: a shared machine only adds time) and the
    ratios; plus a whole policy-bundle check on the unix port (parse, SHA-256 of the manifest,
    Ed25519, targeting, SHA-256 of the file) and SHA-512 per KiB.
-2. A policy campaign to N simulated nodes (default 10,000) through a real Mosquitto: the
+2. A whole firmware build's manifest (`umeter build --board sim`, ~100 files), as a node reads
+   a streamed one (policy/manifest.py `Staged`: from flash, one member at a time; the transfer
+   looks each file up in order as its chunks come, then the check walks every entry) against
+   the obvious alternative (the text read whole and json.loads'd): ms on the unix port and the
+   heap each holds while in use, side by side.
+3. A policy campaign to N simulated nodes (default 10,000) through a real Mosquitto: the
    fleet simulator runs the firmware's agent per node (verify, apply atomically to its own
    directory, answer); canary 1 %, then batches. Wall time and messages per second.
 
@@ -74,6 +79,73 @@ ed25519.verify(pk, msg, sig)
 print(json.dumps({"verify_us": verify_us, "sha512_kib_us": sha_us, "bundle_us": bundle_us,
                   "bundle_bytes": len(env)}))
 """
+
+
+_MP_MANIFEST = r"""
+import time, gc, json
+from meternode.policy.manifest import Staged
+path = %(path)r
+def best(fn, rounds=5):
+    b = None
+    for _ in range(rounds):
+        gc.collect()
+        t = time.ticks_us()
+        fn()
+        d = time.ticks_diff(time.ticks_us(), t)
+        b = d if b is None or d < b else b
+    return b
+def staged():
+    m = Staged(path)
+    names = [k for k, v in m.items()]  # the check's walk
+    for k in names:  # the transfer: every file's entry, in the manifest's order
+        m.get(k)
+def whole():
+    with open(path, "rb") as f:
+        d = json.loads(f.read())
+    for k in d["files"]:
+        d["files"][k]
+def held(make):
+    gc.collect()
+    a = gc.mem_alloc()
+    keep = make()
+    gc.collect()
+    return gc.mem_alloc() - a
+def whole_obj():
+    with open(path, "rb") as f:
+        return json.loads(f.read())
+def staged_obj():
+    m = Staged(path)
+    g = m.items()
+    k = next(g)[0]
+    g.close()
+    m.get(k)  # holding one entry, as during a transfer
+    return m
+print(json.dumps({"staged_us": best(staged), "whole_us": best(whole), "staged_held": held(staged_obj),
+                  "whole_held": held(whole_obj)}))
+"""
+
+
+def bench_manifest() -> dict:
+    from umeter.build import build
+    from umeter.signing import make_manifest, make_target, sign_bundle
+
+    key = Ed25519PrivateKey.generate()
+    with tempfile.TemporaryDirectory(prefix="umeter-bench-") as tmp:
+        res = build("sim", Path(tmp) / "build")
+        files = {n: (res.out / n).read_bytes() for n in res.files}
+        man = make_manifest("firmware", "bench", 2, files, make_target(all_nodes=True), key=key, build={})
+        text = json.loads(sign_bundle(key, man))["m"]
+        mpath = Path(tmp) / "manifest~"
+        mpath.write_text(text)
+        script = Path(tmp) / "man.py"
+        script.write_text(_MP_MANIFEST % {"path": str(mpath)})
+        env_ = dict(os.environ, MICROPYPATH=unixport.micropypath())
+        out = subprocess.run(unixport.command(script, heap="256k"), capture_output=True, text=True, env=env_,
+                             timeout=600)  # fmt: skip
+        if out.returncode != 0:
+            raise SystemExit(f"micropython failed:\n{out.stdout}\n{out.stderr}")
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+    return {**r, "files": len(files), "manifest_bytes": len(text.encode()), "build_files": len(res.files)}
 
 
 def _bundle() -> tuple[bytes, bytes, int]:
@@ -183,6 +255,17 @@ def main() -> None:
     print(f"  cryptography (OpenSSL) on CPython         {c_ms:8.3f} ms   (unix port / OpenSSL {mp_ms / c_ms:.0f}x)")
     print(f"  whole policy bundle check on the unix port {mp['bundle_us'] / 1000:7.2f} ms ({mp['bundle_bytes']} bytes)")
     print(f"  SHA-512 of 1 KiB on the unix port         {mp['sha512_kib_us'] / 1000:8.2f} ms")
+    m = bench_manifest()
+    print(f"A build's manifest ({m['files']} files, {m['manifest_bytes']} bytes) on the unix port, best of 5:")
+    print(
+        f"  streamed (Staged: walk + every file looked up in order) {m['staged_us'] / 1000:7.2f} ms, "
+        f"holds {m['staged_held'] / 1024:5.1f} KB"
+    )
+    print(
+        f"  read whole + json.loads                                  {m['whole_us'] / 1000:7.2f} ms, "
+        f"holds {m['whole_held'] / 1024:5.1f} KB   (streamed / whole: "
+        f"{m['staged_us'] / m['whole_us']:.1f}x the time, {m['staged_held'] / m['whole_held']:.2f}x the heap)"
+    )
     c = bench_campaign(a.nodes)
     print(
         f"Policy campaign to {c['nodes']} simulated nodes through Mosquitto: {c['ok']} ok, {c['failed']} failed, "
@@ -198,6 +281,11 @@ def main() -> None:
                 "ratio_micropython_to_cpython": round(mp_ms / c_ms, 1),
                 "bundle_check_ms_micropython": round(mp["bundle_us"] / 1000, 3),
                 "sha512_kib_ms_micropython": round(mp["sha512_kib_us"] / 1000, 3),
+                "manifest_files": m["files"],
+                "manifest_staged_ms": round(m["staged_us"] / 1000, 2),
+                "manifest_whole_ms": round(m["whole_us"] / 1000, 2),
+                "manifest_staged_held": m["staged_held"],
+                "manifest_whole_held": m["whole_held"],
                 "campaign_nodes": c["nodes"],
                 "campaign_ok": c["ok"],
                 "campaign_s": round(c["wall_s"], 2),
