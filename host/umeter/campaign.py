@@ -243,16 +243,23 @@ STALL_S = 10.0
 @dataclass
 class _Stream:
     topic: str
-    msgs: list[bytes]
+    msgs: list[bytes] | None  # None once all are published
+    bundle: bytes
+    streamed: bool  # do they begin with a streamed manifest (its "m" a size)?
     sent: int = 0  # messages published
     done: int = 0  # messages the node has taken: begin + its last "got"
     at: float = field(default_factory=time.monotonic)  # the last send or report
+    legacy: bool = False  # sent again in the form firmware before the streamed manifest takes
+    stale: int = 0  # answers still to come to the streamed form's `end` (NO_TRANSFER)
 
 
 class MqttTransport:
     """Publishes bundles and collects node results over MQTT (paho), one connection. A
     firmware bundle streamed in chunks is sent WINDOW messages ahead of the node's progress
-    reports at most (see PROGRESS_EVERY)."""
+    reports at most (see PROGRESS_EVERY). A node whose firmware predates the streamed
+    manifest refuses that form (LEGACY_REFUSAL): it gets the bundle again, once, in the form it
+    takes (ota_messages(stream=False)), and only its answer to that is a result; `legacy`
+    counts those nodes."""
 
     def __init__(self, url: str, prefix: str = "umeter", client_id: str | None = None, window: int = WINDOW) -> None:
         u = urlparse(url if "://" in url else f"mqtt://{url}")
@@ -268,6 +275,7 @@ class MqttTransport:
         self.window = window
         self._lock = threading.Lock()  # the streams; held while publishing, so chunks go in order
         self._stop = threading.Event()
+        self.legacy = 0
 
     def __enter__(self) -> MqttTransport:
 
@@ -299,10 +307,37 @@ class MqttTransport:
                 got = res.get("got")
                 if res.get("status") == "accepted":
                     self._send(parts[-3], 1 + got if isinstance(got, int) and got >= 0 else 1)
-                else:  # staged, rejected, failed: the rest of the stream is of no use
-                    with self._lock:
-                        self._streams.pop(parts[-3], None)
+                elif not self._final(parts[-3], res):
+                    return  # an older firmware's refusal of a form it gets again in its own
             self.results.put((parts[-3], parts[-2], res))
+
+    def _final(self, node: str, res: dict) -> bool:
+        # A node's staged / rejected / failed: the rest of its stream is of no use, and the
+        # answer is its result -- but for an older firmware's refusal of the streamed manifest
+        # (False: the bundle goes again in the form it takes, once) and its answer to that
+        # form's `end`, if that went out too.
+        why = str(res.get("why") or "")
+        resend = None
+        with self._lock:
+            s = self._streams.get(node)
+            if s is not None and s.stale and why == NO_TRANSFER:
+                s.stale -= 1
+                return False
+            if s is not None and not s.legacy and why.startswith(LEGACY_REFUSAL) and s.streamed:
+                try:
+                    resend = ota_messages(s.bundle, topic=len(s.topic.encode()), stream=False)
+                except PolicyError:
+                    resend = None  # a manifest that firmware cannot take: its refusal stands
+                if resend is not None:
+                    s.stale = 1 if s.msgs is None else 0  # its `end` went out
+                    s.msgs, s.sent, s.done, s.legacy, s.streamed = resend, 0, 0, True, False
+                    self.legacy += 1
+            if resend is None:
+                self._streams.pop(node, None)
+        if resend is None:
+            return True
+        self._send(node, 0)
+        return False
 
     def push(self, kind: str, node: str, bundle: bytes) -> None:
         if kind == "policy":
@@ -310,19 +345,21 @@ class MqttTransport:
             return
         topic = f"{self.prefix}/{node}/ota"
         with self._lock:
-            self._streams[node] = _Stream(topic, ota_messages(bundle, topic=len(topic.encode())))
+            msgs = ota_messages(bundle, topic=len(topic.encode()))
+            b = json.loads(msgs[0]).get("bundle")
+            self._streams[node] = _Stream(topic, msgs, bundle, isinstance(b, dict) and isinstance(b.get("m"), int))
         self._send(node, 0)
 
     def streaming(self) -> int:
         """Nodes with messages of a firmware bundle still to send."""
         with self._lock:
-            return len(self._streams)
+            return sum(1 for s in self._streams.values() if s.msgs is not None)
 
     def _send(self, node: str, done: int) -> None:
         # The node has taken `done` messages of its stream: publish up to WINDOW ahead of that.
         with self._lock:
             s = self._streams.get(node)
-            if s is None:
+            if s is None or s.msgs is None:
                 return
             s.done = max(s.done, done)
             s.at = time.monotonic()
@@ -331,13 +368,17 @@ class MqttTransport:
                 self._client.publish(s.topic, s.msgs[s.sent], qos=1)  # one topic, QoS 1: in order
                 s.sent += 1
             if s.sent == len(s.msgs):
-                del self._streams[node]
+                s.msgs = None  # the record stays until the node's final answer (_final)
 
     def _watch(self) -> None:
         # A node that reports no progress for STALL_S seconds gets the next window.
         while not self._stop.wait(1.0):
             with self._lock:
-                stalled = [(n, s.sent) for n, s in self._streams.items() if time.monotonic() - s.at > STALL_S]
+                stalled = [
+                    (n, s.sent)
+                    for n, s in self._streams.items()
+                    if s.msgs is not None and time.monotonic() - s.at > STALL_S
+                ]
             for node, sent in stalled:
                 self._send(node, sent)
 
@@ -360,6 +401,14 @@ INLINE_MAX = NODE_BUFFER
 # the largest streamed manifest a node takes (firmware policy/bundle.py)
 MANIFEST_MAX = fw_bundle._MAX_MANIFEST
 TOPIC_BYTES = 128  # room for the topic `<prefix>/<node>/ota` when the caller does not say
+# Firmware from before the streamed manifest (main up to 3e57599) takes a manifest only in its
+# `begin`, in a packet of at most 16 KiB (link/mqtt.py MAX_PACKET; topic and header on top),
+# and answers a streamed `begin` (its "m" a size, not the text) with its envelope parser's
+# refusal, which starts with this:
+LEGACY_BEGIN_MAX = 16384 - 256
+LEGACY_REFUSAL = 'malformed: expected {"m": <manifest text>'
+# ... then, when the streamed form's `end` had gone out too, with this for that `end`:
+NO_TRANSFER = "malformed: no firmware transfer in progress"
 
 
 def _packet(payload: int, topic: int) -> int:
@@ -392,7 +441,11 @@ def _chunks(name: str | None, data: bytes, step: int) -> list[bytes]:
 
 
 def ota_messages(
-    bundle: bytes, inline_max: int = INLINE_MAX, chunk: int | None = None, topic: int = TOPIC_BYTES
+    bundle: bytes,
+    inline_max: int = INLINE_MAX,
+    chunk: int | None = None,
+    topic: int = TOPIC_BYTES,
+    stream: bool = True,
 ) -> list[bytes]:
     """The messages that carry a firmware bundle to a node's `ota` topic (`topic` bytes long),
     each of whose packets fits `inline_max` bytes (a node's receive buffer, NODE_BUFFER):
@@ -403,7 +456,12 @@ def ota_messages(
     - else (a build of more than a few files) a `begin` with the manifest's size and signature
       (`{"m": <bytes>, "s": <hex>}`), the manifest in `file` chunks without a name, the files'
       chunks in the manifest's order, and `end` (firmware from this version on; an older one
-      answers "malformed").
+      answers LEGACY_REFUSAL, and MqttTransport sends that node the form below instead).
+
+    `stream=False` (for firmware before the streamed manifest): the manifest always goes in
+    the `begin`, as text, or as an object when that is shorter than LEGACY_BEGIN_MAX and
+    the text is not; a node takes it only if it has a free block that large. PolicyError when
+    even that does not fit.
 
     Chunks are `chunk` raw bytes, or as many as fit. PolicyError for a manifest over
     MANIFEST_MAX bytes, which no node takes."""
@@ -416,7 +474,16 @@ def ota_messages(
     begin = json.dumps({"op": "begin", "bundle": json.dumps(head, separators=(",", ":"))}).encode()
     out = [begin]
     names = list(files)
-    if _packet(len(begin), topic) > inline_max:
+    if not stream:
+        if len(begin) > LEGACY_BEGIN_MAX:  # the manifest escaped once, not twice
+            out = [json.dumps({"op": "begin", "bundle": head}, separators=(",", ":")).encode()]
+        if len(out[0]) > LEGACY_BEGIN_MAX:
+            raise PolicyError(
+                f"the firmware manifest ({len(files)} files) makes a {len(out[0])}-byte begin; firmware before the"
+                f" streamed manifest takes at most {LEGACY_BEGIN_MAX}",
+                hint="update those nodes with a build of fewer files first",
+            )
+    elif _packet(len(begin), topic) > inline_max:
         mtext = env["m"].encode()
         if len(mtext) > MANIFEST_MAX:
             raise PolicyError(
@@ -545,7 +612,11 @@ def run(
         c = db.counts(cid)
         done = c["ok"] + c["failed"] + c["timeout"]
         bad = c["failed"] + c["timeout"]
-        say(f"{name}: {len(todo)} nodes, {len(todo) - len(waiting)} answered; total {c['ok']} ok, {bad} failed")
+        older = getattr(transport, "legacy", 0)  # nodes on firmware before the streamed manifest
+        say(
+            f"{name}: {len(todo)} nodes, {len(todo) - len(waiting)} answered; total {c['ok']} ok, {bad} failed"
+            + (f"; {older} on older firmware sent the build in its form" if older else "")
+        )
         if not force and bad >= spec.min_failures and bad * 100.0 > spec.halt_pct * done:
             rep = _report(db, cid, "halted", time.monotonic() - t0, messages)
             db.set_state(cid, "halted", asdict(rep))

@@ -237,3 +237,88 @@ def test_a_streamed_build_is_sent_a_window_ahead_of_the_nodes_progress(tmp_path:
         # chunks lost: refused at the first gap ("chunk at N, have M bytes"), or the end lost too
         assert rep.ok == 0 and (got["state"], got["status"]) in (("failed", "rejected"), ("timeout", None)), got
         assert got["status"] is None or "chunk at" in got["why"], got
+
+
+class _OlderFirmware:
+    """Wraps a simulated node so that it answers as firmware from before the streamed manifest
+    (main up to 3e57599): its OTA `begin` took the envelope only with the manifest's text,
+    and its envelope parser refused anything else with the message below; everything else it
+    did as the firmware does now (a `file` chunk with no transfer in progress is dropped
+    without an answer, an `end` with none is refused). Records the begins it gets."""
+
+    WHY = 'malformed: expected {"m": <manifest text>, "s": <signature hex>, "f": {...}}'
+
+    def __init__(self, node) -> None:
+        self.node, self.handle_now, self.begins = node, node.handle, []
+        node.handle = self.handle
+
+    def handle(self, leaf: str, payload: bytes):
+        import json
+
+        msg = json.loads(payload) if leaf == "ota" else {}
+        if msg.get("op") == "begin":
+            b = msg["bundle"]
+            self.begins.append("streamed" if isinstance(b, dict) and isinstance(b.get("m"), int) else "manifest")
+            if self.begins[-1] == "streamed":
+                a = self.node.agent
+                a._abort_ota()
+                return [("ota/result", a._result(False, "rejected", a.slots.version(), None, self.WHY))]
+        return self.handle_now(leaf, payload)
+
+
+@pytest.mark.parametrize("end_sent", [True, False])  # the streamed form's `end` out before the refusal, or not
+def test_a_node_on_older_firmware_gets_the_build_in_the_form_it_takes(mosquitto, tmp_path: Path, end_sent) -> None:
+    import json
+
+    from umeter.campaign import LEGACY_REFUSAL, ota_messages
+
+    files = {f"lib/meternode/pkg{k // 20}/module_{k:03d}.mpy": bytes([k]) * 500 for k in range(60)}
+    man = make_manifest("firmware", "acme", 9, files, make_target(all_nodes=True), key=KEY, campaign="mixed")
+    env = sign_bundle(KEY, man, files)
+    assert _OlderFirmware.WHY.startswith(LEGACY_REFUSAL)
+    msgs = ota_messages(env)
+    assert isinstance(json.loads(msgs[0])["bundle"]["m"], int), "a streamed manifest"
+    # the transport's window: all of them, or all but the last two (more than a node's 64
+    # chunks between progress reports, so the rest follows its report)
+    window = 256 if end_sent else len(msgs) - 2
+    assert len(msgs) < 256 and window > 64
+    old = json.loads(ota_messages(env, stream=False)[0])
+    assert isinstance(old["bundle"], str) and json.loads(old["bundle"])["m"] == json.loads(env)["m"]
+    with FleetSim(3, mosquitto.url, FLEET, tmp_path / "fleet") as sim:
+        older = _OlderFirmware(sim.node(sim.node_ids[1]))
+        db = CampaignDB(tmp_path / "fleet.db")
+        db.create(CampaignSpec("firmware", sim.node_ids, id="mixed", canary_pct=34, batch=2), env)
+        lines: list[str] = []
+        with MqttTransport(mosquitto.url, window=window) as t:
+            rep = run(db, "mixed", t, progress=lines.append)
+            assert t.legacy == 1
+        assert (rep.state, rep.ok, rep.failed, rep.timeout) == ("done", 3, 0, 0), (rep, db.results("mixed"))
+        assert older.begins == ["streamed", "manifest"]
+        assert "1 on older firmware" in lines[-1], lines
+        for n in sim.node_ids:
+            d = Path(sim.node(n).agent.slots.slot_dir("a"))
+            assert (d / "lib/meternode/pkg2/module_059.mpy").read_bytes() == files["lib/meternode/pkg2/module_059.mpy"]
+
+
+def test_an_older_firmware_refusal_stands_when_its_form_cannot_carry_the_build(mosquitto, tmp_path: Path) -> None:
+    import json
+
+    from umeter.campaign import LEGACY_BEGIN_MAX, ota_messages
+
+    # a manifest of ~200 files: its begin is over what firmware before the streamed manifest takes
+    files = {f"lib/meternode/pkg{k // 20}/a_long_module_name_{k:04d}.mpy": bytes([k]) * 10 for k in range(200)}
+    man = make_manifest("firmware", "acme", 9, files, make_target(all_nodes=True), key=KEY, campaign="huge")
+    env = sign_bundle(KEY, man, files)
+    assert len(json.loads(env)["m"]) > LEGACY_BEGIN_MAX
+    with pytest.raises(PolicyError, match="firmware before the streamed manifest takes at most"):
+        ota_messages(env, stream=False)
+    with FleetSim(1, mosquitto.url, FLEET, tmp_path / "fleet") as sim:
+        older = _OlderFirmware(sim.node(sim.node_ids[0]))
+        db = CampaignDB(tmp_path / "fleet.db")
+        db.create(CampaignSpec("firmware", sim.node_ids, id="huge", canary_pct=100, batch=1, stage_timeout_s=20), env)
+        with MqttTransport(mosquitto.url) as t:
+            rep = run(db, "huge", t)
+            assert t.legacy == 0
+        assert (rep.ok, rep.failed) == (0, 1)
+        assert db.results("huge")[0]["why"] == _OlderFirmware.WHY
+        assert older.begins == ["streamed"]
