@@ -12,6 +12,8 @@ collection, the module's own cost, over an empty module's), divided by N:
   `loop` is the same work written as a for loop (no hidden function);
 - float: a float literal (a heap object each: a board's floats are boxed);
 - name: one more distinct attribute name (an interned qstr: its string and pool entry);
+- string: one more distinct string literal of 25 characters, as the firmware's messages are
+  (over 10 characters the compiler does not intern it: a str object in the module's constants);
 - module: one more module, beyond its code: N modules of one function each (compiled with
   their dotted names as our build does) against the same N functions in one module.
 
@@ -49,6 +51,9 @@ CASES = {
     ),
     "float": lambda n: "def f(x):\n" + "".join(f"    x = x * {i}.5\n" for i in range(n)) + "    return x\n",
     "name": lambda n: "def f(o):\n" + "".join(f"    o.attr_{i:04d} = 0\n" for i in range(n)) + "    return o\n",
+    "string": lambda n: (
+        "def f(o):\n" + "".join(f"    o.attr = 'the event {i:04d} went wrong'\n" for i in range(n)) + "    return o\n"
+    ),
     "base": lambda n: "def f(o):\n" + "".join("    o.attr = 0\n" for i in range(n)) + "    return o\n",
 }
 
@@ -137,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit(f"{name} ({load}) failed:\n{p.stdout}{p.stderr}")
                 res[load][name] = int(line[0].split()[1])
     per = {load: {k: round(v / a.n, 1) for k, v in res[load].items()} for load in ("mpy", "romfs")}
-    for load in per:  # a distinct name over the same code with one name
+    for load in per:  # a distinct name (a string) over the same code with one name (a small int)
         per[load]["name"] = round((res[load]["name"] - res[load]["base"]) / a.n, 1)
+        per[load]["string"] = round((res[load]["string"] - res[load]["base"]) / a.n, 1)
         del per[load]["base"]
         per[load]["module"] = round((res[load]["pkg"] - res[load]["function"]) / a.n, 1)
         del per[load]["pkg"]

@@ -186,6 +186,7 @@ def build(
     romfs: bool = False,
     freeze: bool = False,
     fold: bool = True,
+    msgs: bool = True,
 ) -> BuildResult:
     """Compile the firmware in `src` (default: the repository's firmware/) for `board` into
     `out` (default build/<board>/), replacing what was there. Returns the file list with hashes.
@@ -193,7 +194,7 @@ def build(
     `arch` overrides the board's (default for the sim board: the local unix port's);
     `romfs` also writes romfs.img, `freeze` manifest.py + frozen/ (see the module doc);
     `fold` (default) compiles the package with its cross-module constants folded
-    (constfold.py)."""
+    (constfold.py), `msgs` (default) with each module's messages in one string (msgfold.py)."""
     t0 = time.monotonic()
     bdef = load_board(board)
     if arch is None:
@@ -211,7 +212,7 @@ def build(
     if outdir.exists():
         shutil.rmtree(outdir)
     outdir.mkdir(parents=True)
-    folded = _fold(srcdir, sources, outdir / ".fold") if fold else {}
+    folded = _fold(srcdir, sources, outdir / ".fold", fold, msgs) if fold or msgs else {}
     jobs = []
     for py in sources:
         rel = py.relative_to(srcdir).as_posix()
@@ -256,15 +257,23 @@ def build(
     return res
 
 
-def _fold(srcdir: Path, sources: list[Path], work: Path) -> dict[str, Path]:
-    # the package's cross-module constants folded (constfold.py): {rel: folded copy} for the
-    # files that change
+def _fold(srcdir: Path, sources: list[Path], work: Path, consts: bool = True, msgs: bool = True) -> dict[str, Path]:
+    # the texts compiled instead of the sources, {rel: copy} for the files that change: the
+    # package's cross-module constants folded (constfold.py), each module's messages in one
+    # string (msgfold.py); every edit on its line
     from umeter.constfold import fold
+    from umeter.msgfold import fold_messages
 
     rels = {source_name(py.relative_to(srcdir).as_posix()): py for py in sources}
     pkgs = {m for m, py in rels.items() if py.name == "__init__.py"}
+    texts = {m: py.read_text() for m, py in rels.items()}
     try:
-        out = fold({m: py.read_text() for m, py in rels.items()}, pkgs)
+        out = fold(texts, pkgs) if consts else {}
+        if msgs:
+            for m in texts:
+                t = fold_messages(out.get(m, texts[m]))
+                if t is not None:
+                    out[m] = t
     except SyntaxError:
         return {}  # mpy-cross names the file and line (compile_one)
     done = {}

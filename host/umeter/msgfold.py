@@ -1,0 +1,95 @@
+"""Gather a module's error and log messages into one string at build time.
+
+From a `.mpy` file MicroPython makes every string constant longer than 10 characters a str
+object of its own when the module loads (shorter ones are interned names), and keeps it as
+long as the module: 74 bytes held for a 25-character message on the 64-bit unix port, 53 on
+32-bit, 40 and 20 run in place from ROMFS (`python benchmarks/costs.py`, "string"). A running
+node's modules carry ~150 such messages, nearly all of them for errors and log lines that
+come seldom or never.
+
+`fold_messages(text)` returns the text `umeter build` compiles instead, in which the messages
+of a module's functions -- string literals over 10 characters in a `raise` statement or in
+the arguments of a call to `log`, `_log`, `print`, `event` or `_event` -- are slices of one
+module string `_MSGS`, bound on the module's first comment or blank line before its code (at
+the end when it has none): `raise ValueError("tariffs must be
+1..16, not %r" % t)` becomes `raise ValueError(_MSGS[120:148] % t)`. The message is made (a new
+str) only when it is used, on a path that is about to allocate for it anyway (the exception,
+the formatted line). Every edit stays on its line, so a traceback points at the source line.
+
+Left alone: literals at module level (they run at import, before `_MSGS` is bound), f-string
+parts, bytes, literals spanning lines, and modules with fewer than two messages (one string
+object then costs what it saves). Sources, tests and host code keep the literals.
+"""
+
+from __future__ import annotations
+
+import ast
+
+NAME = "_MSGS"
+LOGGERS = frozenset({"log", "_log", "print", "event", "_event"})
+MIN_LEN = 11  # MicroPython interns shorter literals (MICROPY_ALLOC_PARSE_INTERN_STRING_LEN 10)
+
+
+def _callee(call: ast.Call) -> str | None:
+    f = call.func
+    return f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+
+
+def messages(tree: ast.Module) -> list[ast.Constant]:
+    """The literals fold_messages() moves, in source order."""
+    found: list[ast.Constant] = []
+
+    def walk(node: ast.AST, in_fn: bool, in_msg: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.JoinedStr):
+                continue  # an f-string's parts are not literals of their own
+            fn = in_fn or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            msg = in_msg or (
+                fn and (isinstance(child, ast.Raise) or (isinstance(child, ast.Call) and _callee(child) in LOGGERS))
+            )
+            if (
+                msg
+                and isinstance(child, ast.Constant)
+                and type(child.value) is str
+                and len(child.value) >= MIN_LEN
+                and child.lineno == child.end_lineno
+            ):
+                found.append(child)
+            walk(child, fn, msg)
+
+    walk(tree, False, False)
+    return found
+
+
+def fold_messages(text: str) -> str | None:
+    """The module's text with its messages in `_MSGS`, or None when it has fewer than two or
+    already binds the name."""
+    tree = ast.parse(text)
+    if any(isinstance(n, ast.Name) and n.id == NAME for n in ast.walk(tree)):
+        return None
+    lits = messages(tree)
+    if len({c.value for c in lits}) < 2:
+        return None
+    at: dict[str, tuple[int, int]] = {}
+    parts: list[str] = []
+    n = 0
+    for c in lits:
+        if c.value not in at:
+            at[c.value] = (n, n + len(c.value))
+            parts.append(c.value)
+            n += len(c.value)
+    lines = text.splitlines(keepends=True)
+    blines = [ln.encode() for ln in lines]  # ast columns are UTF-8 byte offsets
+    for c in sorted(lits, key=lambda c: (c.lineno, c.col_offset), reverse=True):
+        a, b = at[c.value]
+        line = blines[c.lineno - 1]
+        blines[c.lineno - 1] = line[: c.col_offset] + f"{NAME}[{a}:{b}]".encode() + line[c.end_col_offset :]
+    bind = f"{NAME} = {''.join(parts)!r}"
+    first = tree.body[0].lineno if tree.body else len(blines) + 1
+    for i in range(first - 1):
+        ln = blines[i].strip()
+        if not ln or ln.startswith(b"#"):  # before any code: bound before a function can run
+            blines[i] = bind.encode() + (b"  " + ln if ln else b"") + b"\n"
+            return b"".join(blines).decode()
+    out = b"".join(blines).decode()
+    return out + ("" if out.endswith("\n") else "\n") + bind + "\n"
