@@ -14,9 +14,10 @@
 # seconds before a wrap, so every test and virtual node crosses one).
 #
 # sleep_ms(ms), wait_for_ms(aw, ms): asyncio's waits in milliseconds, the same names on
-# MicroPython and CPython, so the pure link modules (MQTT, LoRaWAN, outbox) also run on the
-# host (fleet simulator, tests).  Here, not a module of their own: every node uses both
-# halves (a module costs its object, globals and names, docs/memory.md).  asyncio is looked
+# MicroPython and CPython, so the pure link modules (LoRaWAN, the outbox) also run on the
+# host (tests).  wait_for_ms loads asyncio's funcs module: only LoRaWAN uses it (the MQTT
+# uplink does without, link/mqtt.py).  Here, not a module of their own: every node uses
+# sleep_ms (a module costs its object, globals and names, docs/memory.md).  asyncio is looked
 # up when a module imports one of them (__getattr__ below), not when this module loads: what
 # reads only the tick arithmetic (pulses, checkpoints, the firmware tests' harness) does not
 # load asyncio.

@@ -200,7 +200,7 @@ async def test_discovery_is_published_at_each_connect_and_forgotten_in_between()
         await asyncio.sleep_ms(20)
     eq(len(got) >= 5, True, "the retained discovery configs are on the broker: %r" % (got,))
     await c.disconnect()
-    await link.client.abort("test: drop the link")  # the next connect publishes them again
+    link.client.drop("test: drop the link")  # the next connect publishes them again
     for _ in range(300):
         if link.ups == 2 and link.up:
             break
@@ -243,7 +243,7 @@ async def test_a_link_comes_up_when_discovery_finds_no_heap():
     finally:
         t.cancel()
         if link.client is not None:
-            await link.client.abort("test: done")
+            link.client.drop("test: done")
 
 
 # -- the telemetry payload is written into a buffer the node keeps (node._tbuf): a report
@@ -356,7 +356,7 @@ async def test_a_reconnect_in_a_fragmented_heap_loads_the_connect_path_again_and
         eq((link.up, "meternode.link.mqttconn" in sys.modules), (True, False), "up, connect path forgotten")
         hold = _fragment(140)  # free runs of 2240 to 4464 bytes
         plugs = _plug(16, 8192)
-        await link.client.abort("test: the broker went away")
+        link.client.drop("test: the broker went away")
         for _ in range(250):
             if link.ups == 2 and link.up:
                 break

@@ -123,15 +123,13 @@ class _Chunks:
 
 
 class _Sink:
-    # A stream writer that keeps what is written.
+    # A socket that takes and keeps whatever is written.
     def __init__(self):
         self.out = b""
 
     def write(self, b):
         self.out += bytes(b)
-
-    async def drain(self):
-        pass
+        return len(b)
 
 
 async def test_a_connection_lost_while_waiting_for_an_ack_says_why():

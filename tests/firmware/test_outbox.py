@@ -128,7 +128,7 @@ async def test_last_will_marks_node_offline_when_link_dies():
     t = asyncio.create_task(link.run())
     await _until(lambda: link.up, 5000)
     t.cancel()
-    await link.client.abort("test")  # socket closed without DISCONNECT: the broker publishes the will
+    link.client.drop("test")  # socket closed without DISCONNECT: the broker publishes the will
     await _until(lambda: len(sink.got) >= 2, 5000)
     eq([x for tp, x, r in sink.got], [b"online", b"offline"], "online then the will")
     await sink.c.disconnect()
@@ -150,7 +150,7 @@ class FakeClient:
         self.kinds.append(d["kind"])
         return pid
 
-    async def abort(self, why):
+    def drop(self, why=None):
         self.error = why
         self.connected = False
 

@@ -1,4 +1,4 @@
-# An asyncio MQTT 3.1.1 client for MicroPython (and CPython: it only uses asyncio streams).
+# An asyncio MQTT 3.1.1 client for MicroPython.
 #
 # One connection; a reader task dispatches packets and a pinger keeps the session alive
 # (PINGREQ every keepalive/2, connection dropped after 1.5 * keepalive of silence, so the
@@ -8,6 +8,14 @@
 # and the same packet id after a reconnect with a kept session (MQTT 3.1.1 §4.4); the outbox
 # owns them.  Every wait has a timeout; errors surface as MQTTError / OSError so the link
 # supervisor reconnects with `Backoff` (exponential, jittered, bounded).
+#
+# Only asyncio's core and its stream (the reader's wait for data) are used: no Lock, Event or
+# wait_for (each an asyncio module a node would hold, and wait_for a task and two coroutines
+# made per call, docs/memory.md).  Packets are written straight to the non-blocking socket:
+# what it takes at once goes without yielding, so no other writer can come between; when it
+# is full the writer looks again every _POLL_MS and holds the one write slot meanwhile (_send).
+# Acknowledgements (CONNACK, PUBACK, SUBACK) are filled in by the reader task and their
+# waiters look every _POLL_MS (_ack), until a deadline or the connection's end.
 #
 # Incoming bytes are read into one buffer of _READ bytes made with the client (readinto: no
 # allocation per read) and split into packets there: one pass through the event loop per
@@ -35,7 +43,6 @@ from meternode import run
 from meternode.ticks import diff as _diff
 from meternode.ticks import ms as _now
 from meternode.ticks import sleep_ms as _sleep_ms
-from meternode.ticks import wait_for_ms
 
 try:
     from random import getrandbits as _rand
@@ -46,6 +53,7 @@ except ImportError:  # pragma: no cover
 
 
 # Packet types (MQTT 3.1.1 section 2.2.1) as compile-time constants: no global, no qstr.
+_CONNACK = const(0x20)
 _PUBLISH = const(0x30)
 _PUBACK = const(0x40)
 _SUBACK = const(0x90)
@@ -55,6 +63,7 @@ _DISCONNECT = const(0xE0)
 _READ = const(1024)  # the receive buffer (bytes), made once per client
 MAX_PACKET = const(16384)  # largest packet we send or accept (bytes); more is a protocol error
 _MAX_TOPIC = const(256)  # longest topic we publish or subscribe to (bytes)
+_POLL_MS = const(10)  # how often a waiter looks again: room in the socket, an acknowledgement
 
 
 _CLOSED = const("connection closed by the broker")
@@ -62,13 +71,6 @@ _CLOSED = const("connection closed by the broker")
 
 class MQTTError(Exception):
     pass
-
-
-async def _read(r, mv):
-    # MQTTClient._into on CPython: its StreamReader reads into a new bytes object
-    chunk = await r.read(len(mv))
-    mv[: len(chunk)] = chunk
-    return len(chunk)
 
 
 def _str(s):
@@ -154,22 +156,22 @@ class MQTTClient:
         self.timeout_ms = timeout_ms
         self.on_message = None  # callback(topic: str, payload: bytes or None (dropped), retained: bool)
         self.on_ack = None  # callback(pid) for PUBACKs of send_publish()
-        self._r = None
-        self._w = None
+        self._r = None  # asyncio's stream over the socket: the reader task's wait for data
+        self._w = None  # the socket (non-blocking), written by _send
         # received bytes (a memoryview of one buffer made here); _mv[_lo:_hi] are not parsed yet
         self._mv = memoryview(bytearray(_READ))
         self._lo = 0
         self._hi = 0
-        self._wlock = asyncio.Lock()  # one writer at a time: interleaved drains corrupt the stream
+        self._busy = False  # a writer waits for room in the socket: the others wait after it
         self._pid = 0
-        self._acks = {}  # pid -> asyncio.Event for publish() / subscribe() waiters
+        self._acks = {}  # pid (-1: the CONNACK) -> None while awaited, then the packet's body
         self._reader_task = None
         self._ping_task = None
         self._last_rx = 0
         self.connected = False
         self.session_present = False
         self.error = None  # why the connection ended, for the link supervisor
-        # (20 attributes: keep them under 24, see above)
+        # (19 attributes: keep them under 24, see above)
 
     def next_pid(self):
         # Client packet ids live in 0x8000..0xFFFF; 1..0x7FFF belong to the outbox, which
@@ -177,36 +179,63 @@ class MQTTClient:
         self._pid = self._pid + 1 if 0x8000 <= self._pid < 0xFFFF else 0x8000
         return self._pid
 
-    async def abort(self, why):
-        # Drops the connection (the supervisor reconnects); `why` becomes self.error.
-        if self.error is None:
-            self.error = why if isinstance(why, Exception) else OSError(why)
-        await self._close()
-
     def connect(self):
         # -> an awaitable: the connection, CONNECT and CONNACK (link/mqttconn.py, code run once
         # per connection: loaded for it and forgotten after); raises MQTTError or OSError
         return run("meternode.link.mqttconn", "connect", self)
 
     async def _send(self, pkt, payload=None):
-        # pkt, then payload (a PUBLISH's, written as it is: publish_head) under the write lock
-        if self._w is None:
-            raise OSError("not connected")
+        # pkt, then payload (a PUBLISH's, written as it is: publish_head), one writer at a time
+        # (see the top).  Past timeout_ms the connection is dropped, and so is one whose
+        # packet was cut short (cancelled half-way: the broker would misread what follows).
+        t = _now()
+        while self._busy:
+            await self._poll(t)
+        self._busy = True
+        n = 0  # bytes of this packet written
         try:
-            await wait_for_ms(self._locked_send(pkt, payload), self.timeout_ms)
-        except asyncio.TimeoutError:
-            await self._close()
-            raise OSError("send to broker timed out")
+            for b in (pkt, payload):
+                i = 0
+                while b and i < len(b):
+                    s = self._w
+                    if s is None:
+                        raise OSError("not connected")
+                    k = s.write(memoryview(b)[i:] if i else b)
+                    if k:
+                        i += k
+                        n += k
+                    else:  # None: the socket's buffer is full
+                        await self._poll(t)
+        except BaseException:
+            if n:
+                self.drop("packet cut short")
+            raise
+        finally:
+            self._busy = False
+        await _sleep_ms(0)  # once, as asyncio's drain: a writer in a loop lets the others run
 
-    async def _locked_send(self, pkt, payload=None):
-        async with self._wlock:
-            w = self._w
-            if w is None:
-                raise OSError("not connected")
-            w.write(pkt)
-            if payload:
-                w.write(payload)  # the stream copies what the socket does not take at once
-            await w.drain()
+    async def _poll(self, t):
+        # A writer's wait, from ticks t: another look after _POLL_MS, or the connection dropped
+        if _diff(_now(), t) > self.timeout_ms:
+            self.drop("send to broker timed out")
+            raise OSError("send to broker timed out")
+        await _sleep_ms(_POLL_MS)
+
+    async def _ack(self, key, what, arg):
+        # -> the body of the acknowledgement awaited as _acks[key] (set to None by the caller
+        # before its packet went; the reader task fills it in).  OSError naming `what % arg`
+        # when the connection ends first or timeout_ms passes.
+        a = self._acks
+        t = _now()
+        d = 1  # looked at after 1, 2, 4, 8 ms, then every _POLL_MS
+        while a.get(key) is None:
+            if self._w is None:  # the reader's error says why (the broker closed, a bad packet)
+                raise OSError("connection lost before %s: %s" % (what % arg, self.error))
+            if _diff(_now(), t) > self.timeout_ms:
+                raise OSError("no " + what % arg)
+            await _sleep_ms(d)
+            d = min(2 * d, _POLL_MS)
+        return a[key]
 
     async def _read_packet(self):
         # -> (first byte, body) of the next packet; EOFError when the broker closed.
@@ -261,9 +290,7 @@ class MQTTClient:
         r = self._r
         if r is None:
             raise OSError("not connected")
-        if hasattr(r, "readinto"):
-            return r.readinto(mv)
-        return _read(r, mv)
+        return r.readinto(mv)
 
     async def _long(self, head, i, n, t):
         # A packet longer than the buffer, its first bytes at _mv[i:_hi] (see the top).
@@ -291,13 +318,9 @@ class MQTTClient:
                 head, body = await self._read_packet()
                 self._last_rx = _now()
                 await self._dispatch(head, body)
-        except asyncio.CancelledError:
-            raise
         except Exception as e:  # connection lost or protocol error: the link supervisor reconnects
-            if self.error is None:
-                self.error = e if str(e) else OSError(_CLOSED)
-        self._reader_task = None
-        await self._close()
+            self._reader_task = None
+            self.drop(e if str(e) else _CLOSED)
 
     async def _dispatch(self, head, body):
         # One packet from the broker.  A malformed one raises MQTTError naming the flaw (the
@@ -323,15 +346,12 @@ class MQTTClient:
                 await self._send(bytes((_PUBACK, 2, pid >> 8, pid & 0xFF)))
             if self.on_message:
                 self.on_message(topic, None if head & 0x100 else body[pos:], bool(head & 1))
-        elif kind in (_PUBACK, _SUBACK):
+        elif kind in (_PUBACK, _SUBACK, _CONNACK):
             if len(body) < 2:
                 raise MQTTError("short acknowledgement packet")
-            pid = struct.unpack("!H", body[:2])[0]
-            ev = self._acks.pop(pid, None)
-            if ev is not None:
-                if kind == _SUBACK and len(body) > 2 and body[2] == 0x80:
-                    ev.failed = True
-                ev.set()
+            pid = -1 if kind == _CONNACK else body[0] << 8 | body[1]
+            if pid in self._acks:  # awaited (_ack): its body for the waiter
+                self._acks[pid] = body
             elif kind == _PUBACK and self.on_ack is not None:
                 self.on_ack(pid)
 
@@ -343,18 +363,13 @@ class MQTTClient:
                 if not self.connected:
                     return
                 if _diff(_now(), self._last_rx) > ka + ka // 2:
-                    self.error = OSError("broker silent for %d s" % (ka * 3 // 2000))
                     self._ping_task = None
-                    await self._close()
+                    self.drop("broker silent for %d s" % (ka * 3 // 2000))
                     return
                 await self._send(bytes((_PINGREQ, 0)))
-        except asyncio.CancelledError:
-            raise
         except Exception as e:
-            if self.error is None:
-                self.error = e
             self._ping_task = None
-            await self._close()
+            self.drop(e)
 
     async def send_publish(self, topic, payload, qos=1, retain=False, pid=None, dup=False):
         # Sends without waiting for the PUBACK (reported through on_ack); returns the pid.
@@ -373,17 +388,12 @@ class MQTTClient:
         check_topic(topic)  # before a packet id is taken
         if pid is None:
             pid = self.next_pid()
-        ev = asyncio.Event()
-        self._acks[pid] = ev
+        self._acks[pid] = None
         try:
             await self.send_publish(topic, payload, 1, retain, pid, dup)
-            await wait_for_ms(ev.wait(), self.timeout_ms)
-        except asyncio.TimeoutError:
-            raise OSError("no PUBACK for packet %d" % pid)
+            await self._ack(pid, "PUBACK %d", pid)
         finally:
             self._acks.pop(pid, None)
-        if not self.connected:  # the reader's error says why (the broker closed, a bad packet)
-            raise OSError("connection lost before PUBACK %d: %s" % (pid, self.error))
         return pid
 
     def subscribe(self, topic, qos=1):
@@ -398,33 +408,25 @@ class MQTTClient:
                 await self._send(bytes((_DISCONNECT, 0)))
             except Exception:
                 pass
-        await self._close()
+        self.drop()
 
-    def drop(self):
+    def drop(self, why=None):
         # Ends the connection at once, without DISCONNECT (the broker publishes the will) and
-        # without awaiting: for a link task being cancelled (a supervisor restart), so that
-        # its reader and pinger never outlive it.  -> the closed stream (None: there was none)
+        # without awaiting (also for a link task being cancelled: a supervisor restart); `why`
+        # (an exception or a text) becomes self.error unless one is set.  Its reader and
+        # pinger tasks never outlive it; writers and acknowledgement waiters see it gone.
+        if why is not None and self.error is None:
+            self.error = why if isinstance(why, Exception) else OSError(why)
         self.connected = False
         cur = asyncio.current_task()
         for t in (self._reader_task, self._ping_task):
             if t is not None and t is not cur:
                 t.cancel()
         self._reader_task = self._ping_task = None
-        for ev in self._acks.values():
-            ev.set()  # waiters see `connected` False and raise
         w = self._w
         self._w = self._r = None
         if w is not None:
             try:
                 w.close()
-            except Exception:
-                pass
-        return w
-
-    async def _close(self):
-        w = self.drop()
-        if w is not None:
-            try:
-                await wait_for_ms(w.wait_closed(), 1000)
             except Exception:
                 pass

@@ -1,5 +1,7 @@
 # The MQTT connect path, run once per connection: the CONNECT packet, the TCP or TLS
-# connection and CONNACK (MQTTClient.connect), SUBSCRIBE and its SUBACK (MQTTClient.subscribe:
+# connection (a non-blocking socket, its connect looked at every _POLL_MS until the client's
+# timeout; asyncio's stream only for the reader's wait for data) and CONNACK
+# (MQTTClient.connect), SUBSCRIBE and its SUBACK (MQTTClient.subscribe:
 # the link's topics at each connect, a service's later one), and the link's session set-up
 # (MqttLink: the client made from config.mqtt, the retained `online` state, the
 # subscriptions; discovery follows once this module is forgotten, link/uplink.py).  Loaded
@@ -7,17 +9,21 @@
 # MqttLink loads it once at start too, so its names are interned while the heap is emptiest,
 # not at a reconnect in a heap cut up by a long run (docs/memory.md).
 import asyncio
+import select
+import socket
 import struct
+from errno import EINPROGRESS
 
 from micropython import const
 
 from meternode.link.mqtt import MQTTClient, MQTTError, _remaining, _str, check_topic, publish_head
+from meternode.ticks import diff as _diff
 from meternode.ticks import ms as _now
-from meternode.ticks import wait_for_ms
+from meternode.ticks import sleep_ms as _sleep_ms
 
 _CONNECT = const(0x10)
-_CONNACK = const(0x20)
 _SUBSCRIBE = const(0x82)
+_POLL_MS = const(20)  # how often the connect looks whether the socket is connected
 
 # CONNACK return codes 0..5 (a tuple of constants: its strings are not interned)
 _CONNACK_TEXT = const(
@@ -61,58 +67,65 @@ def publish_packet(topic, payload, qos=0, retain=False, pid=0, dup=False):
 
 async def connect(c):
     # MQTTClient.connect(): the connection, CONNECT and CONNACK; then the reader and pinger.
+    # Whatever fails drops what was opened (c.drop).
     client_id, host, port, clean, user, password, will, ssl, server_hostname = c._opts
     where = "%s:%d" % (host, port)
     try:
-        if ssl is None:
-            c._r, c._w = await wait_for_ms(asyncio.open_connection(host, port), c.timeout_ms)
-        else:
-            try:
-                aw = asyncio.open_connection(host, port, ssl=ssl, server_hostname=server_hostname or host)
-            except TypeError:  # older MicroPython asyncio without server_hostname
-                aw = asyncio.open_connection(host, port, ssl=ssl)
-            c._r, c._w = await wait_for_ms(aw, c.timeout_ms)
-    except asyncio.TimeoutError:
-        raise OSError("connect to %s timed out" % where)
-    except ValueError as e:  # MicroPython reports TLS failures as ValueError
-        await c._close()
-        raise MQTTError("TLS handshake with %s failed: %s" % (where, str(e).strip()))
-    try:
-        await c._send(connect_packet(client_id, c.keepalive, clean, user, password, will))
-        head, body = await wait_for_ms(c._read_packet(), c.timeout_ms)
-    except asyncio.TimeoutError:
-        await c._close()
-        raise OSError("no CONNACK from %s" % where)
-    except (ValueError, OSError, EOFError) as e:
-        await c._close()
-        if ssl is not None:
-            from meternode.link.tls import explain
+        ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]  # blocks, as asyncio's does
+        s = c._w = socket.socket(ai[0], ai[1], ai[2])
+        s.setblocking(False)
+        try:
+            s.connect(ai[-1])
+        except OSError as e:
+            if e.errno != EINPROGRESS:
+                raise
+        p = select.poll()
+        p.register(s, select.POLLOUT)  # writable once connected (or refused: the write says so)
+        t = _now()
+        while not p.poll(0):
+            if _diff(_now(), t) > c.timeout_ms:
+                raise OSError("connect to %s timed out" % where)
+            await _sleep_ms(_POLL_MS)
+        # TCP_NODELAY (6, 1 on Linux and lwIP): without it Nagle holds each small PUBLISH
+        # until the previous one is acknowledged, and a window of QoS 1 messages in flight is
+        # wasted.
+        try:
+            s.setsockopt(6, 1, 1)
+        except Exception:
+            pass
+        if ssl is not None:  # the handshake runs in the first writes (CONNECT)
+            s = c._w = ssl.wrap_socket(s, server_hostname=server_hostname or host, do_handshake_on_connect=False)
+            s.setblocking(False)
+        c._r = asyncio.StreamReader(s)
+        c._acks[-1] = None  # awaited: the reader hands over the CONNACK (MQTTClient._dispatch)
+        try:
+            await c._send(connect_packet(client_id, c.keepalive, clean, user, password, will))
+        except (ValueError, OSError) as e:  # MicroPython reports TLS failures as ValueError
+            why = None
+            if ssl is not None:
+                from meternode.link.tls import explain
 
-            why = explain(e)
+                why = explain(e)
             if why:
                 raise MQTTError("TLS handshake with %s failed: %s" % (where, why))
-        raise OSError("connection to %s closed before CONNACK (%s)" % (where, e))
-    if head != _CONNACK or len(body) != 2:
-        await c._close()
-        raise MQTTError("expected CONNACK, got packet type 0x%02x" % head)
-    rc = body[1]
-    if rc:
-        await c._close()
-        why = _CONNACK_TEXT[rc] if rc < len(_CONNACK_TEXT) else "code %d" % rc
-        raise MQTTError("broker refused the connection: " + why)
-    # TCP_NODELAY (6, 1 on Linux and lwIP): without it Nagle holds each small PUBLISH until
-    # the previous one is acknowledged, and a window of QoS 1 messages in flight is wasted.
-    w = c._w
-    s = getattr(w, "s", None) or getattr(w, "get_extra_info", lambda k: None)("socket")
-    try:
-        s.setsockopt(6, 1, 1)
-    except Exception:
-        pass
+            raise OSError("connection to %s closed before CONNACK (%s)" % (where, e))
+        c._reader_task = asyncio.create_task(c._reader())
+        body = await c._ack(-1, "CONNACK from %s", where)
+        if len(body) != 2:
+            raise MQTTError("malformed CONNACK: %d bytes" % len(body))
+        rc = body[1]
+        if rc:
+            why = _CONNACK_TEXT[rc] if rc < len(_CONNACK_TEXT) else "code %d" % rc
+            raise MQTTError("broker refused the connection: " + why)
+    except BaseException:
+        c.drop()
+        raise
+    finally:
+        c._acks.pop(-1, None)
     c.session_present = bool(body[0] & 1)
     c.connected = True
     c.error = None
     c._last_rx = _now()
-    c._reader_task = asyncio.create_task(c._reader())
     c._ping_task = asyncio.create_task(c._pinger())
 
 
@@ -120,20 +133,14 @@ async def subscribe(c, topic, qos=1):
     # MQTTClient.subscribe(): SUBSCRIBE, then its SUBACK within the client's timeout.
     check_topic(topic, wild=True)
     pid = c.next_pid()
-    ev = asyncio.Event()
-    ev.failed = False
-    c._acks[pid] = ev
     body = struct.pack("!H", pid) + _str(topic) + bytes((qos,))
+    c._acks[pid] = None
     try:
         await c._send(bytes((_SUBSCRIBE,)) + _remaining(len(body)) + body)
-        await wait_for_ms(ev.wait(), c.timeout_ms)
-    except asyncio.TimeoutError:
-        raise OSError("no SUBACK for %s" % topic)
+        body = await c._ack(pid, "SUBACK for %s", topic)
     finally:
         c._acks.pop(pid, None)
-    if not c.connected:
-        raise OSError("connection lost before SUBACK for %s: %s" % (topic, c.error))
-    if ev.failed:
+    if len(body) > 2 and body[2] == 0x80:
         raise MQTTError("broker refused the subscription to %s" % topic)
 
 

@@ -28,10 +28,10 @@ from meternode.node import _nop
 from meternode.store import records
 from meternode.ticks import diff as _diff
 from meternode.ticks import ms as _now
-from meternode.ticks import wait_for_ms
+from meternode.ticks import sleep_ms as _sleep_ms
 
 _PID_MAX = const(0x7FFF)  # outbox packet ids are 1..0x7FFF (the client uses the upper half)
-_IDLE_MS = const(200)
+_IDLE_MS = const(200)  # the longest wait for the kick (_tick)
 
 
 class Outbox:
@@ -55,7 +55,7 @@ class Outbox:
         self._gap = 0  # next seq of a gap to send as `missing` (0: none)
         self._gap_end = 0
         self._pid = 0
-        self._kick = asyncio.Event()
+        self._kick = asyncio.Event()  # an ACK, a new record, a resend request, the ticker
         self.beat = _nop  # the supervisor's progress report (supervisor.py), once per loop
         self.tokens = float(window)  # the bucket (the names are link/limiter.py's)
         self._t = _now()  # ticks_ms of the last refill (fractional tokens carry over)
@@ -176,10 +176,22 @@ class Outbox:
         self._want = s + 1
         return s, json.dumps(d)
 
+    async def _tick(self, c):
+        # Kicks the publisher every _IDLE_MS while it waits for the kick (run_connection),
+        # and once more after the connection is gone: its wait's timeout, one task per
+        # connection instead of asyncio's wait_for (a task and two coroutines per wait, and a
+        # module a node would hold for it).
+        while True:
+            await _sleep_ms(_IDLE_MS)
+            self._kick.set()
+            if not c.connected:
+                return
+
     async def run_connection(self, c):
         # Publishes over one connected client until it drops.  Returns (never raises for
         # connection errors: the link supervisor handles those).
         c.on_ack = self.on_ack
+        asyncio.create_task(self._tick(c))  # ends after the connection (the link drops it)
         # After a (re)connect: what was in flight goes out again first (seq -> pid).
         old = {}
         if c.session_present:
@@ -233,25 +245,23 @@ class Outbox:
                 try:
                     await c.send_publish(topic, doc or self._payload(), 1, False, pid, dup)
                 except Exception as e:
-                    await c.abort(e)
+                    c.drop(e)
                     break
                 self.published += 1
             if not c.connected:
                 break
             if p and _diff(_now(), p[0][3]) > self.ack_timeout_ms:
                 self.timeouts += 1
-                await c.abort(OSError("no PUBACK for record %d in %d ms" % (p[0][0], self.ack_timeout_ms)))
+                c.drop(OSError("no PUBACK for record %d in %d ms" % (p[0][0], self.ack_timeout_ms)))
                 break
-            # Wait for an ACK, a new record or the next token, at most _IDLE_MS.
-            wait = _IDLE_MS
-            if self.tokens < 1.0:
+            # Wait for the next token when nothing goes before it (what a kept session had in
+            # flight goes without one), else for the kick: an ACK, a new record, a resend
+            # request, at most _IDLE_MS (_tick).
+            if self.tokens < 1.0 and not old:
                 wait = int((1.0 - self.tokens) * 1000 / self.rate) + 1
-                if wait > _IDLE_MS:
-                    wait = _IDLE_MS
-            try:
-                await wait_for_ms(self._kick.wait(), wait)
-            except asyncio.TimeoutError:
-                pass
+                await _sleep_ms(wait if wait < _IDLE_MS else _IDLE_MS)
+            else:
+                await self._kick.wait()
         # The cursor to flash, best effort: a full flash must not drop the connection (the
         # next flush tries again; after a reboot the consumer drops what is sent twice).
         try:
