@@ -119,16 +119,13 @@ class Backoff:
         self.min_ms = min_ms
         self.max_ms = max_ms
         self.cur = min_ms
-        self.attempts = 0
 
     def reset(self):
         self.cur = self.min_ms
-        self.attempts = 0
 
     def next_ms(self):
         d = self.cur
         self.cur = min(self.max_ms, self.cur * 2)
-        self.attempts += 1
         j = d // 4
         return d - j + (_rand(16) % (2 * j + 1) if j else 0)
 
@@ -330,8 +327,7 @@ class MQTTClient:
             qos = (head >> 1) & 3
             if len(body) < 2:
                 raise MQTTError("malformed PUBLISH: %d bytes" % len(body))
-            tl = struct.unpack("!H", body[:2])[0]
-            pos = 2 + tl
+            pos = 2 + (body[0] << 8 | body[1])  # after the topic
             if pos + (2 if qos else 0) > len(body):
                 raise MQTTError("malformed PUBLISH topic length")
             try:
@@ -341,7 +337,7 @@ class MQTTClient:
             if qos == 3:
                 raise MQTTError("malformed PUBLISH: QoS 3")
             if qos:
-                pid = struct.unpack("!H", body[pos : pos + 2])[0]
+                pid = body[pos] << 8 | body[pos + 1]
                 pos += 2
                 await self._send(bytes((_PUBACK, 2, pid >> 8, pid & 0xFF)))
             if self.on_message:
