@@ -24,58 +24,21 @@ import json
 from micropython import const
 
 from meternode import run
-from meternode.node import _nop
 from meternode.store import records
 from meternode.ticks import diff as _diff
 from meternode.ticks import ms as _now
 from meternode.ticks import sleep_ms as _sleep_ms
 
+_INIT = const("meternode.link.linkinit")
 _PID_MAX = const(0x7FFF)  # outbox packet ids are 1..0x7FFF (the client uses the upper half)
 _IDLE_MS = const(200)  # the longest wait for the kick (_tick)
 
 
 class Outbox:
     def __init__(self, log, cursor, node_id, prefix="umeter", rate=20.0, window=8, ack_timeout_ms=10000):
-        if rate <= 0:
-            raise ValueError("mqtt.backlog_rate = %r must be above 0" % (rate,))
-        if not 1 <= window <= 64:
-            raise ValueError("mqtt.window = %r must be 1..64" % (window,))
-        self.log = log
-        self.cursor = cursor
-        self.node_id = node_id
-        self.prefix = prefix
-        self.rate = rate
-        self.window = window
-        self.ack_timeout_ms = ack_timeout_ms
-        self._reader = log.reader()
-        self._pending = []  # [seq, pid, acked, sent_ms] in send order
-        self._sent_hi = cursor.acked  # highest seq sent so far
-        self._rewind = 0  # seq to go back to, asked by the consumer (…/resend)
-        self._want = 0  # seq the reader should return next (a higher one leaves a gap)
-        self._gap = 0  # next seq of a gap to send as `missing` (0: none)
-        self._gap_end = 0
-        self._pid = 0
-        self._kick = asyncio.Event()  # an ACK, a new record, a resend request, the ticker
-        self.beat = _nop  # the supervisor's progress report (supervisor.py), once per loop
-        self.tokens = float(window)  # the bucket (the names are link/limiter.py's)
-        self._t = _now()  # ticks_ms of the last refill (fractional tokens carry over)
-        self._topics = {}  # record kind -> topic; the kinds of one topic share its string
-        for k in records.KIND_NAMES:
-            t = "%s/%s/%s" % (prefix, node_id, records.topic_leaf(k))
-            for v in self._topics.values():
-                if v == t:
-                    t = v
-            self._topics[k] = t
-        # counters, for stats() and tests
-        self.published = 0
-        self.dups = 0
-        self.timeouts = 0
-        self.skipped = 0
-        self.missing = 0
-        self.rewinds = 0
-        self.on_unreadable = None  # callable(seq, why): an event, once per record (the service's)
-        self._unreadable_hi = 0
-        self.persist_errors = 0  # cursor writes that failed (flash full)
+        # Made once (link/linkinit.py, loaded for it and forgotten after): the checks and
+        # the state, attributes listed there.
+        run(_INIT, "outbox", self, log, cursor, node_id, prefix, rate, window, ack_timeout_ms)
 
     def notify(self):
         # A record was appended: wake the publisher.

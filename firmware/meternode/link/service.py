@@ -6,7 +6,7 @@
 #   store: {path: "store", segment_bytes: 16384, max_bytes: 262144}
 #   profile_s: 900            load-profile period
 #   cmd_key: "<hex>"          node key for command HMACs (commands are off without it)
-#   mqtt: see store/storeinit.py check_mqtt
+#   mqtt: see link/linkinit.py check_mqtt
 #   lora: {port, deveui, appeui, appkey, region: EU868, dr: 0, fport: 2, confirmed: true,
 #          daily_budget_ms: 30000, mode: "fallback" | "always", policy_fport: 10}
 #         (see loraservice.check); downlinks go to `lora_ports[fport]` (the policy service
@@ -32,40 +32,11 @@ _INIT = const("meternode.store.storeinit")
 
 class UplinkService:
     def __init__(self, node, reason=None):
-        self.node = node
-        cfg = node.config
-        self.clock = node.hal.clock
-        self._unwritten_said = 0  # log.unwritten already reported by a log_full event
-        self._results = []  # [accepted?, JSON text], oldest first, at most RESULTS_MAX
-        self.results_dropped = 0
-        # The wiring runs once (store/storeinit.py: start-up code, loaded for each call and
-        # forgotten after): config.store checked, self.cursor, self.log, self.outbox (None
-        # without MQTT) and self.profile made; -> the store's path
-        path = run(_INIT, "open_store", self, cfg)
-        self.commands = None
-        if cfg.get("cmd_key"):
-            # The node keeps the commands' state and checks (commands.py); what carries out an
-            # authentic one (actions.py) is loaded for it and forgotten after.  Loaded once now
-            # too, while the heap is emptiest: its names are interned for good then, not later
-            # in a fragmented heap (docs/memory.md).
-            from meternode import forget
-            from meternode.link.commands import Commands
-
-            __import__("meternode.link.actions")
-            forget("meternode.link.actions")
-            self.commands = Commands(
-                node.id,
-                cfg["cmd_key"],
-                path + ".ctr",
-                self.clock,
-                None,  # the actions: made per command (actions.py) for this service
-                self.event,
-                cfg.get("time_max_step_s", 86400),
-            )
-            self.commands.service = self
-        # self.link (None without MQTT), self.lora and self.lora_ports (None without LoRaWAN),
-        # the relay's events; then the opening's and the boot's events
-        run(_INIT, "started", self, cfg, path, reason)
+        # The wiring runs once (store/storeinit.py: start-up code, loaded for it and forgotten
+        # after): config.store checked, the cursor, the record log, the outbox and MQTT link
+        # (None without MQTT), the profile recorder, the commands (None without cmd_key),
+        # LoRaWAN, the relay's events; then the opening's and the boot's events.
+        run(_INIT, "service", self, node, reason)
 
     def _relay_changed(self, on, why):
         self.event(records.EV_RELAY, 1 if on else 0, why)

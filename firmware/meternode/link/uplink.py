@@ -7,39 +7,19 @@
 # leaf -> callback(payload, retained): the link subscribes to <prefix>/<node>/<leaf> (QoS 1)
 # on every connect and reconnect and routes each message on it to the callback.  A leaf
 # added while the link is up is subscribed by `subscribe_extra()` (or at the next connect).
-from meternode import forget, run
-from meternode.link.mqtt import Backoff
-from meternode.node import _nop
-from meternode.node import log as _log
+from micropython import const
+
+from meternode import run
 from meternode.ticks import sleep_ms as _sleep_ms
+
+_INIT = const("meternode.link.linkinit")
 
 
 class MqttLink:
     def __init__(self, node_id, m, outbox=None, on_command=None, describe=None, log=None):
-        # config.mqtt checked and the TLS context made (store/storeinit.py: start-up code,
-        # loaded for the call and forgotten after)
-        self._ssl = run("meternode.store.storeinit", "check_mqtt", m)
-        # The connect path (link/mqttconn.py) is loaded per connection; once now too, while
-        # the heap is emptiest: its names are interned for good then, not at a reconnect in a
-        # heap cut up by a long run, where they may need a new qstr pool (docs/memory.md).
-        __import__("meternode.link.mqttconn")
-        forget("meternode.link.mqttconn")
-        self.node_id = node_id
-        self.m = m
-        self.prefix = m.get("prefix", "umeter")
-        self.outbox = outbox
-        self.on_command = on_command  # callback(payload bytes) for …/cmd
-        self.describe = describe  # callable -> dict for discovery (channels, firmware)
-        self.log = log or _log
-        self.extra_topics = {}  # leaf -> callback(payload, retained), see above
-        self.client = None  # the connected client (None while down)
-        self._c = None  # the client of the attempt in hand, connected or not
-        self.beat = _nop  # the supervisor's progress report (supervisor.py), once per loop
-        self.up = False
-        self.ups = 0
-        self.downs = 0
-        self.last_error = None
-        self.backoff = Backoff(m.get("backoff_min_ms", 500), m.get("backoff_max_ms", 30000))
+        # Made once (link/linkinit.py, loaded for it and forgotten after): config.mqtt
+        # checked, the TLS context, the state (attributes listed there).
+        run(_INIT, "link", self, node_id, m, outbox, on_command, describe, log)
 
     def topic(self, leaf):
         return "%s/%s/%s" % (self.prefix, self.node_id, leaf)

@@ -1,11 +1,12 @@
 # What store-and-forward does once, at start: open the record log (checks, meta, the scan of
 # every segment and the recovery after a power cut: log.py says what it guarantees), read the
-# newest good register checkpoint (checkpoint.py), check config.store and config.mqtt and
-# open the uplink service's store (link/service.py, link/uplink.py).  Loaded for the call and
-# forgotten when it returns (meternode.run, docs/memory.md): a running node does not hold this
-# code.  Each function is a method kept out of its class, `self` the resident object it
-# fills (a RecordLog, CheckpointStore, Checkpointer, Registers, UplinkService); the classes
-# keep the methods a running node uses.
+# newest good register checkpoint (checkpoint.py) and restore the registers, check
+# config.store and open the uplink service's store and wiring (link/service.py; the MQTT
+# link's and outbox's own state and the config.mqtt checks: link/linkinit.py).  Loaded for
+# the call and forgotten when it returns (meternode.run, docs/memory.md): a running node does
+# not hold this code.  Each function is a method kept out of its class, `self` the resident
+# object it fills (a RecordLog, CheckpointStore, Checkpointer, Registers, UplinkService); the
+# classes keep the methods a running node uses.
 import binascii
 import json
 import os
@@ -269,7 +270,40 @@ def registers(self, st):
     self.tariff = int(st.get("tariff", 0))
 
 
-# -- the uplink service (link/service.py, link/uplink.py) ---------------------------------------
+# -- the uplink service (link/service.py; the MQTT link's and outbox's state: link/linkinit.py)
+def service(self, node, reason):
+    # UplinkService.__init__
+    self.node = node
+    cfg = node.config
+    self.clock = node.hal.clock
+    self._unwritten_said = 0  # log.unwritten already reported by a log_full event
+    self._results = []  # [accepted?, JSON text], oldest first, at most RESULTS_MAX
+    self.results_dropped = 0
+    path = open_store(self, cfg)
+    self.commands = None
+    if cfg.get("cmd_key"):
+        # The node keeps the commands' state and checks (commands.py); what carries out an
+        # authentic one (actions.py) is loaded for it and forgotten after.  Loaded once now
+        # too, while the heap is emptiest: its names are interned for good then, not later
+        # in a fragmented heap (docs/memory.md).
+        from meternode import forget
+        from meternode.link.commands import Commands
+
+        __import__("meternode.link.actions")
+        forget("meternode.link.actions")
+        self.commands = Commands(
+            node.id,
+            cfg["cmd_key"],
+            path + ".ctr",
+            self.clock,
+            None,  # the actions: made per command (actions.py) for this service
+            self.event,
+            cfg.get("time_max_step_s", 86400),
+        )
+        self.commands.service = self
+    started(self, cfg, path, reason)
+
+
 def open_store(self, cfg):
     # UplinkService.__init__, first: config.store checked, the upload cursor and the record
     # log opened (a bad store config is a ConfigError), the log's hooks; -> the store's path.
@@ -360,38 +394,3 @@ def started(self, cfg, path, reason):
 
         # every switch the policy (or an override's end) makes is a relay event
         relay_control(self.node).on_change = self._relay_changed
-
-
-def check_mqtt(m):
-    # MqttLink.__init__: the uplink keys of config["mqtt"] (config.py checks the basic ones);
-    # -> the TLS context for config.mqtt.tls, else None.
-    from meternode.config import ConfigError, need
-
-    where = "config.mqtt"
-    need(m, "host", str, where)
-    need(m, "port", int, where, default=1883, lo=1, hi=65535)
-    need(m, "prefix", str, where, default="umeter")
-    need(m, "keepalive", int, where, default=30, lo=5, hi=3600)
-    need(m, "clean", bool, where, default=False)
-    need(m, "backlog_rate", float, where, default=20.0, lo=0.01, hi=10000.0)
-    need(m, "window", int, where, default=8, lo=1, hi=64)
-    need(m, "ack_timeout_ms", int, where, default=10000, lo=100, hi=600000)
-    need(m, "backoff_min_ms", int, where, default=500, lo=10, hi=600000)
-    need(m, "backoff_max_ms", int, where, default=30000, lo=10, hi=3600000)
-    need(m, "discovery", bool, where, default=True)
-    if "user" in m:
-        need(m, "user", str, where)
-        need(m, "password", str, where, default="")
-    tls = need(m, "tls", dict, where, default={})
-    if not tls:
-        return None
-    need(tls, "ca", str, where + ".tls")
-    need(tls, "server_hostname", str, where + ".tls", default=m["host"])
-    try:
-        with open(tls["ca"], "rb") as f:
-            ca = f.read()
-    except OSError:
-        raise ConfigError("config.mqtt.tls.ca: %s cannot be read" % tls["ca"])
-    from meternode.link import tls as _tls
-
-    return _tls.context(ca)
