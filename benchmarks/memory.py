@@ -301,6 +301,7 @@ def run_node(work: Path, tag: str, config: dict, main_py: Path, path: str, image
              settle: int, run_s: int, day_s: int = 0, stride: int = 1) -> dict:  # fmt: skip
     root = work / tag
     root.mkdir(parents=True, exist_ok=True)
+    path = _board_path(root, path)
     (root / "board.json").write_text((unixport.boards_dir() / "sim.json").read_text())
     (root / "config.json").write_text(json.dumps(config))
     (root / "main.py").write_text(main_py.read_text())
@@ -347,6 +348,21 @@ def run_node(work: Path, tag: str, config: dict, main_py: Path, path: str, image
     if "store-and-forward off" in out:
         r["uplink_refused"] = True
     return r
+
+
+def _board_path(root: Path, path: str) -> str:
+    # The package's directory as a board names it: the node runs in `root`, so a module's
+    # __file__ -- an interned name, never freed -- is "lib/meternode/node.mpy" as on a board's
+    # "/lib", not the host's temporary path (~25 characters more for each of ~40 modules)
+    out = []
+    for i, d in enumerate(path.split(":")):
+        if os.path.isabs(d) and os.path.isdir(d):
+            link = root / ("lib" if i == 0 else f"lib{i}")
+            if not link.exists():
+                link.symlink_to(d, target_is_directory=True)
+            d = link.name
+        out.append(d)
+    return ":".join(out)
 
 
 class Operator:

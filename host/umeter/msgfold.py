@@ -9,7 +9,8 @@ come seldom or never.
 
 `fold_messages(text)` returns the text `umeter build` compiles instead, in which the messages
 of a module's functions -- string literals over 10 characters in a `raise` statement or in
-the arguments of a call to `log`, `_log`, `print`, `event` or `_event` -- are slices of one
+the arguments of a call to `log`, `_log`, `print`, `event` or `_event`, and the module names
+given to `run` and `forget` -- are slices of one
 module string `_MSGS`, bound on the module's first comment or blank line before its code (at
 the end when it has none): `raise ValueError("tariffs must be
 1..16, not %r" % t)` becomes `raise ValueError(_MSGS[120:148] % t)`. The message is made (a new
@@ -26,7 +27,10 @@ from __future__ import annotations
 import ast
 
 NAME = "_MSGS"
-LOGGERS = frozenset({"log", "_log", "print", "event", "_event"})
+# calls whose long string arguments are seldom made: log lines, events, and the module names
+# handed to meternode.run()/forget() (a module loaded for one call: a start-up, a command, a
+# stats request; each name a str object in every module that names it)
+LOGGERS = frozenset({"log", "_log", "print", "event", "_event", "run", "forget"})
 MIN_LEN = 11  # MicroPython interns shorter literals (MICROPY_ALLOC_PARSE_INTERN_STRING_LEN 10)
 
 
