@@ -8,6 +8,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from builtrun import run_on_build
+
 from umeter import unixport
 from umeter.build import build
 from umeter.constfold import fold
@@ -139,10 +141,7 @@ def test_firmware_folds_and_interns_fewer_names(tmp_path) -> None:
     )
 
     def qstrs(out: Path) -> int:
-        env = dict(os.environ, MICROPYPATH=str(out / "lib") + ":.frozen")  # .frozen: asyncio
-        p = subprocess.run(unixport.command(script, heap="1m"), capture_output=True, text=True, env=env, timeout=60)
-        assert p.returncode == 0, p.stdout + p.stderr
-        return int(p.stdout.split("n_qstr=")[1].split(",")[0])
+        return int(run_on_build(out, script).split("n_qstr=")[1].split(",")[0])
 
     nf, np_ = qstrs(folded.out), qstrs(plain.out)
     assert nf < np_ - 20, (nf, np_)

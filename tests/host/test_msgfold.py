@@ -10,6 +10,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from builtrun import run_on_build
+
 from umeter import unixport
 from umeter.build import build
 from umeter.msgfold import NAME, fold_messages, messages
@@ -157,10 +159,7 @@ def test_firmware_built_with_messages_folded_holds_less(tmp_path) -> None:
     )
 
     def held(out: Path) -> int:
-        env = dict(os.environ, MICROPYPATH=str(out / "lib") + ":.frozen")  # .frozen: asyncio
-        p = subprocess.run(unixport.command(script, heap="1m"), capture_output=True, text=True, env=env, timeout=60)
-        assert p.returncode == 0, p.stdout + p.stderr
-        return int(p.stdout.split("held ")[1])
+        return int(run_on_build(out, script).split("held ")[1])
 
     hf, hp = held(folded.out), held(plain.out)
     assert hf < hp - 512, (hf, hp)

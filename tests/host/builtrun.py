@@ -1,0 +1,17 @@
+"""Runs a script on the MicroPython unix port against a build's lib/ (asyncio from .frozen)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from umeter import unixport
+
+
+def run_on_build(out: Path, script: Path, heap: str = "1m") -> str:
+    """The script's stdout, the package imported from `out`/lib; fails the test on an error."""
+    env = dict(os.environ, MICROPYPATH=str(out / "lib") + ":.frozen")  # .frozen: asyncio
+    p = subprocess.run(unixport.command(script, heap=heap), capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p.stdout
