@@ -196,7 +196,7 @@ class MQTTClient:
                 while b and i < len(b):
                     s = self._w
                     if s is None:
-                        raise OSError("not connected")
+                        raise self._gone()
                     k = s.write(memoryview(b)[i:] if i else b)
                     if k:
                         i += k
@@ -286,8 +286,12 @@ class MQTTClient:
         # waits (an idle link waits there).
         r = self._r
         if r is None:
-            raise OSError("not connected")
+            raise self._gone()
         return r.readinto(mv)
+
+    def _gone(self):
+        # The error for a write or read after the connection ended: why it ended, when known
+        return OSError("not connected" if self.error is None else "connection lost: %s" % self.error)
 
     async def _long(self, head, i, n, t):
         # A packet longer than the buffer, its first bytes at _mv[i:_hi] (see the top).
