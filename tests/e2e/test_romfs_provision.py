@@ -41,7 +41,12 @@ def inventory(path: Path, vb: VirtualBoard) -> Path:
 
 
 def mpremote(vb: VirtualBoard, *args: str) -> str:
-    r = subprocess.run([MPREMOTE, "connect", vb.port, *args], capture_output=True, text=True, timeout=60)
+    try:
+        r = subprocess.run([MPREMOTE, "connect", vb.port, *args], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:  # say what the board was doing (CI saw this once, under load)
+        tail = "\n".join(vb.console().splitlines()[-15:])
+        why = f"mpremote {args} timed out; board faults {vb.faults.log}; console ends:\n{tail}"
+        raise AssertionError(why) from None
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
 
@@ -99,6 +104,9 @@ def test_provision_puts_the_package_in_the_romfs_partition_and_the_node_runs_fro
         rep = provision(inv, build_dirs={"sim": image}, reset=True)[0]
         assert rep.status == "ok", rep.error
         vb.wait_console("umeter node n0")
+        # running: its uplink has tried the broker (port 1: refused), so the host's Ctrl-C
+        # comes to a node in its loop, not in its start-up
+        vb.wait_console("link error")
         out = mpremote(vb, "exec", "import meternode.node as n; print(n.__file__)")
         assert out.strip() == "/rom/lib/meternode/node.mpy"
 
