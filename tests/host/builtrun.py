@@ -15,3 +15,23 @@ def run_on_build(out: Path, script: Path, heap: str = "1m") -> str:
     p = subprocess.run(unixport.command(script, heap=heap), capture_output=True, text=True, env=env, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
     return p.stdout
+
+
+def package(root: Path, modules: dict[str, str]) -> Path:
+    """A `meternode` package of {module name: text} under `root` (returned)."""
+    pkg = root / "meternode"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    for name, text in modules.items():
+        (pkg / f"{name}.py").write_text(text)
+    return root
+
+
+def run_main(path: Path, main: str, tmp: Path) -> str:
+    """stdout + stderr of the script `main`, the package imported from `path`."""
+    script = tmp / "main_script.py"
+    script.write_text(main)
+    env = dict(os.environ, MICROPYPATH=str(path))
+    p = subprocess.run(unixport.command(script), capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p.stdout + p.stderr

@@ -4,13 +4,10 @@ names read in ways the folder cannot see keep their globals."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
-from builtrun import run_on_build
+from builtrun import package, run_main, run_on_build
 
-from umeter import unixport
 from umeter.build import build
 from umeter.constfold import fold
 
@@ -78,21 +75,11 @@ except ValueError as e:
 
 
 def _tree(root: Path) -> Path:
-    pkg = root / "meternode"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    for name, text in (("a", A), ("b", B), ("c", C), ("d", D), ("e", E)):
-        (pkg / f"{name}.py").write_text(text)
-    return root
+    return package(root, {"a": A, "b": B, "c": C, "d": D, "e": E})
 
 
 def _run(path: Path, tmp: Path) -> str:
-    script = tmp / "main_script.py"
-    script.write_text(MAIN)
-    env = dict(os.environ, MICROPYPATH=str(path))
-    p = subprocess.run(unixport.command(script), capture_output=True, text=True, env=env, timeout=60)
-    assert p.returncode == 0, p.stdout + p.stderr
-    return p.stdout + p.stderr
+    return run_main(path, MAIN, tmp)
 
 
 def test_fold_rewrites_reads_and_keeps_lines() -> None:

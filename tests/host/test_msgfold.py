@@ -6,11 +6,9 @@ on MicroPython as the source while holding less heap."""
 from __future__ import annotations
 
 import ast
-import os
-import subprocess
 from pathlib import Path
 
-from builtrun import run_on_build
+from builtrun import package, run_main, run_on_build
 
 from umeter import unixport
 from umeter.build import build
@@ -116,20 +114,11 @@ def test_every_firmware_message_reads_back_as_its_literal() -> None:
 
 
 def _tree(root: Path) -> Path:
-    pkg = root / "meternode"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "m.py").write_text(MOD)
-    return root
+    return package(root, {"m": MOD})
 
 
 def _run(path: Path, tmp: Path) -> str:
-    script = tmp / "main_script.py"
-    script.write_text(MAIN)
-    env = dict(os.environ, MICROPYPATH=str(path))
-    p = subprocess.run(unixport.command(script), capture_output=True, text=True, env=env, timeout=60)
-    assert p.returncode == 0, p.stdout + p.stderr
-    return p.stdout + p.stderr
+    return run_main(path, MAIN, tmp)
 
 
 def test_built_package_says_what_the_source_says_on_micropython(tmp_path) -> None:
