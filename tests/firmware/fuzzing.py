@@ -219,26 +219,27 @@ class Target:
         return mutate(rng, rng.pick(self.seeds), self.seeds)
 
 
-class _Reader:
-    # An asyncio stream reader over fixed bytes: EOFError at the end, like a closed socket.
+class _Sock:
+    # A non-blocking socket over fixed bytes: nothing there (None) before every other piece,
+    # 0 at the end, like a closed socket; whatever is written is counted.
     def __init__(self, data):
         self.d = data
         self.i = 0
+        self.n = 0
+        self.looks = 0
 
-    async def readinto(self, mv):
-        # like a socket: whatever is there, up to len(mv) (here in pieces of 1..n, so that
-        # packets arrive split at every possible place); 0 at the end
+    def readinto(self, mv):
+        # whatever is there, up to len(mv) (here in pieces of 1..n, so that packets arrive
+        # split at every possible place)
+        self.looks += 1
+        if self.looks % 3 == 0:
+            return None
         n = len(mv)
         k = 1 + (self.i * 7 + 3) % n if n > 1 else 1
         b = self.d[self.i : self.i + k]
         self.i += len(b)
         mv[: len(b)] = b
         return len(b)
-
-
-class _Writer:
-    def __init__(self):
-        self.n = 0
 
     def write(self, b):
         self.n += len(b)
@@ -292,9 +293,8 @@ class MqttPackets(Target):
 
     async def run(self, data):
         c = self.c
-        c._r = _Reader(data)
+        c._w = _Sock(data)
         c._lo = c._hi = 0
-        c._w = _Writer()
         c.connected = True
         del self.cmds[:]
         try:

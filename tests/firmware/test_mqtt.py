@@ -109,23 +109,23 @@ def test_home_assistant_discovery_announces_energy_as_total_increasing_kwh():
 
 
 class _Chunks:
-    # A stream that hands out `data` in pieces of `k` bytes at most (readinto, like a socket).
+    # A non-blocking socket that hands out `data` in pieces of `k` bytes at most, with nothing
+    # there (None) before each piece, and keeps whatever is written to it.
     def __init__(self, data, k):
         self.d = data
         self.i = 0
         self.k = k
+        self.out = b""
+        self.waits = 0
 
-    async def readinto(self, mv):
+    def readinto(self, mv):
+        self.waits += 1
+        if self.waits & 1:
+            return None
         b = self.d[self.i : self.i + min(self.k, len(mv))]
         self.i += len(b)
         mv[: len(b)] = b
         return len(b)
-
-
-class _Sink:
-    # A socket that takes and keeps whatever is written.
-    def __init__(self):
-        self.out = b""
 
     def write(self, b):
         self.out += bytes(b)
@@ -188,7 +188,7 @@ async def test_packets_split_anywhere_and_longer_than_the_buffer_are_read_whole(
     ]
     for k in (1, 2, 3, 7, 100, 1024, 9999):
         c = M.MQTTClient("t", "x")
-        c._r = _Chunks(b"".join(pkts), k)
+        c._w = _Chunks(b"".join(pkts), k)
         got = []
         for _ in pkts:
             got.append(await c._read_packet())
@@ -214,8 +214,7 @@ async def test_a_message_longer_than_any_free_block_is_acknowledged_dropped_and_
     )
     for cut in (False, True):
         c = M.MQTTClient("t", "x")
-        c._r = _Chunks(data, 700)
-        c._w = _Sink()
+        c._w = _Chunks(data, 700)
         got = []
         c.on_message = lambda tp, msg, r: got.append((tp, None if msg is None else len(msg)))
         hold = (fragment(128), plug(4, 8192)) if cut else None  # free runs of 2-4 KB

@@ -96,7 +96,6 @@ async def connect(c):
         if ssl is not None:  # the handshake runs in the first writes (CONNECT)
             s = c._w = ssl.wrap_socket(s, server_hostname=server_hostname or host, do_handshake_on_connect=False)
             s.setblocking(False)
-        c._r = asyncio.StreamReader(s)
         c._acks[-1] = None  # awaited: the reader hands over the CONNACK (MQTTClient._dispatch)
         try:
             await c._send(connect_packet(client_id, c.keepalive, clean, user, password, will))
