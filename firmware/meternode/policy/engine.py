@@ -173,42 +173,11 @@ _S_RT_MAX = const(6)  # the policy's longest real-time price validity (s)
 
 class Engine:
     def __init__(self, policy, set_tariff=None, relay=None, sink=None, seed=1):
-        from meternode.policy.schema import check_compact  # needed only here (docs/memory.md)
+        # The policy checked and what the running engine reads of it: policy/schema.py build(),
+        # loaded only while a policy loads (docs/memory.md)
+        from meternode.policy.schema import build
 
-        c = check_compact(policy)
-        # The compact document itself is not kept (~60 objects): only what the running
-        # engine reads from it.  Its name names it in events, checkpoints and policy/state.
-        self.name = c["n"]
-        # holidays, seasons (read at each day change) in tuples: a list built by the JSON
-        # parser keeps up to twice its items' room, a tuple holds just its items
-        ss = []
-        for x in c["s"]:
-            ss.append((x[0], tuple(x[1]), tuple(x[2]), tuple(x[3])))
-        self._cal = (tuple(c["h"]), tuple(ss))
-        self._set_tariff = set_tariff or _nop
-        self._relay = relay  # None: no relay
-        self._sink = sink or _nop
-        # [_S_TZ, _S_RT_PRICE, _S_RT_UNTIL, _S_MIDNIGHT, _S_RNG, _S_RELEASE, _S_RT_MAX]
-        self._st = [c["tz"] * 60, 0.0, 0, 0, (seed & _MASK) or 1, 0, c["rt"]]
-        # (loops, not comprehensions: each of those is a function held with the module)
-        p = self._prices = []
-        for x in c["p"]:
-            p.append(float(x))
-        p = self._lims = []
-        for x in c["l"]:
-            lev = float(x[1]) * 1000.0 if x[0] == _MAX_E else float(x[1])
-            p.append([x[0], lev, x[2], x[3], x[4], x[5], 0, 0, 0, 0, 0])
-        p = self._drs = []
-        for x in c["d"]:
-            p.append([x[0], float(x[1]), float(x[2]), x[3], x[4], x[5], 0, 0, 0, 0, 0, 0])
-        self._site = c.get("rl", 0) == 0  # the relay disconnects the site, generation included
-        self.tariff = -1
-        self.day_type = -1
-        self.relay_on = True
-        self.price = self._prices[0]
-        self._day = -1  # local day number (days since 1970) of the running day
-        self._period = c["s"][0][1]
-        self._e_day0 = -1
+        build(self, policy, set_tariff or _nop, relay, sink or _nop, seed)
 
     # -- commands (from the link; may allocate) ---------------------------------------------
     def push_event(self, start, duration, rule=-1):

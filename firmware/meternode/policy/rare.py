@@ -8,15 +8,39 @@ import json
 import sys
 
 from meternode import forget
+from meternode.hal.relay import relay_control
 from meternode.policy import service
-from meternode.policy.engine import Engine
+from meternode.policy.engine import Engine, EventRing, _nop
 from meternode.ticks import diff as ticks_diff
 from meternode.ticks import ms as ticks_ms
 
 
-def start(self, cfg, root):
-    # From PolicyService.__init__: the fleet agent (with `fleet`), then the policy to run: the
-    # agent's signed one, else the config's until a signed one arrives.
+def start(self, node, log):
+    # PolicyService.__init__: the service's state, the fleet agent (with `fleet`), then the
+    # policy to run: the agent's signed one, else the config's until a signed one arrives.
+    self.node = node
+    cfg = node.config
+    self.log = log
+    self.clock = node.hal.clock
+    self._ctl = relay_control(node)  # None: the board has no relay
+    self.on = True  # the state the engine wants, on a board without a relay (set())
+    self.ring = EventRing(32)
+    self._mark = 0
+    self._sec_mark = node.meter.seconds.closed  # measured seconds seen (metrology/timebase.py)
+    self._sec = [0.0, 0.0, 0.0, 0.0, 0, 0]  # one second's values, reused
+    self._t_last = -(1 << 29)  # engine seconds of the last tick (before any real one)
+    self._idle = 0
+    self.engine = None
+    self.agent = None
+    self.small = None
+    self._limiter = None  # refusal events (made on the first refusal)
+    self._out = []  # (leaf, payload[, refused]) waiting for the link, see OUT_MAX
+    self.dropped = 0
+    self._registered = None  # the uplink service our topics and LoRa port are registered with
+    self._need_sub = False
+    self.beat = _nop  # the supervisor's progress report (supervisor.py), once per loop
+    root = cfg.get("policy_dir", ".")
+    self._ckpt = root + "/policy.day.json"
     if cfg.get("fleet"):
         from meternode.config import need
         from meternode.policy.agent import Agent

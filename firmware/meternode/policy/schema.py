@@ -118,6 +118,45 @@ def _key(key):
     return "policy." + key
 
 
+def build(self, policy, set_tariff, relay, sink, seed):
+    # Engine.__init__ (engine.py), here where the check is loaded anyway: the engine's module
+    # does not hold this code while the node runs.
+    c = check_compact(policy)
+    # The compact document itself is not kept (~60 objects): only what the running
+    # engine reads from it.  Its name names it in events, checkpoints and policy/state.
+    self.name = c["n"]
+    # holidays, seasons (read at each day change) in tuples: a list built by the JSON
+    # parser keeps up to twice its items' room, a tuple holds just its items
+    ss = []
+    for x in c["s"]:
+        ss.append((x[0], tuple(x[1]), tuple(x[2]), tuple(x[3])))
+    self._cal = (tuple(c["h"]), tuple(ss))
+    self._set_tariff = set_tariff
+    self._relay = relay  # None: no relay
+    self._sink = sink
+    # [_S_TZ, _S_RT_PRICE, _S_RT_UNTIL, _S_MIDNIGHT, _S_RNG, _S_RELEASE, _S_RT_MAX]
+    self._st = [c["tz"] * 60, 0.0, 0, 0, (seed & 0x3FFFFFFF) or 1, 0, c["rt"]]
+    # (loops, not comprehensions: each of those is a function held with the module)
+    p = self._prices = []
+    for x in c["p"]:
+        p.append(float(x))
+    p = self._lims = []
+    for x in c["l"]:
+        lev = float(x[1]) * 1000.0 if x[0] == 4 else float(x[1])  # 4: max_energy_day, in kWh
+        p.append([x[0], lev, x[2], x[3], x[4], x[5], 0, 0, 0, 0, 0])
+    p = self._drs = []
+    for x in c["d"]:
+        p.append([x[0], float(x[1]), float(x[2]), x[3], x[4], x[5], 0, 0, 0, 0, 0, 0])
+    self._site = c.get("rl", 0) == 0  # the relay disconnects the site, generation included
+    self.tariff = -1
+    self.day_type = -1
+    self.relay_on = True
+    self.price = self._prices[0]
+    self._day = -1  # local day number (days since 1970) of the running day
+    self._period = c["s"][0][1]
+    self._e_day0 = -1
+
+
 def check_compact(c):
     # Validates a compact policy (as stored on the node); returns it unchanged.
     w = "policy"

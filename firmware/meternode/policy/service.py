@@ -30,7 +30,6 @@ import json
 from micropython import const
 
 from meternode import forget
-from meternode.hal.relay import relay_control
 from meternode.policy import engine
 from meternode.ticks import ms as ticks_ms
 
@@ -45,7 +44,11 @@ REFUSALS_MAX = const(8)  # of which refused frames/bundles (what an outsider can
 
 def _rare():
     # The service's rarely run code (policy/rare.py): loaded for one call and forgotten at
-    # once; the caller's reference keeps it until the call returns (docs/memory.md).
+    # once; the caller's reference keeps it until the call returns (docs/memory.md).  The heap
+    # is collected first, as by meternode.run().
+    import gc
+
+    gc.collect()
     from meternode.policy import rare
 
     forget("meternode.policy.rare")
@@ -54,30 +57,7 @@ def _rare():
 
 class PolicyService:
     def __init__(self, node, log=print):  # log: the node's (tasks.py)
-        self.node = node
-        cfg = node.config
-        self.log = log
-        self.clock = node.hal.clock
-        self._ctl = relay_control(node)  # None: the board has no relay
-        self.on = True  # the state the engine wants, on a board without a relay (set())
-        self.ring = engine.EventRing(32)
-        self._mark = 0
-        self._sec_mark = node.meter.seconds.closed  # measured seconds seen (metrology/timebase.py)
-        self._sec = [0.0, 0.0, 0.0, 0.0, 0, 0]  # one second's values, reused
-        self._t_last = -(1 << 29)  # engine seconds of the last tick (before any real one)
-        self._idle = 0
-        self.engine = None
-        self.agent = None
-        self.small = None
-        self._limiter = None  # refusal events (made on the first refusal)
-        self._out = []  # (leaf, payload[, refused]) waiting for the link, see OUT_MAX
-        self.dropped = 0
-        self._registered = None  # the uplink service our topics and LoRa port are registered with
-        self._need_sub = False
-        self.beat = engine._nop  # the supervisor's progress report (supervisor.py), once per loop
-        root = cfg.get("policy_dir", ".")
-        self._ckpt = root + "/policy.day.json"
-        _rare().start(self, cfg, root)  # the fleet agent, the policy to run
+        _rare().start(self, node, log)  # the service's state, the fleet agent, the policy to run
         self._register()
 
     def set(self, on):
