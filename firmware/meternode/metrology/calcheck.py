@@ -1,7 +1,9 @@
 # The check of a channel's calibration values (calibration.py's header says what they mean),
 # loaded by calibration.check for the call and forgotten after (meternode.forget,
-# docs/memory.md): at setup and when a calibration changes.
+# docs/memory.md): at setup and when a calibration changes.  Also what makes the channels'
+# calibrations at setup (resolve).
 from meternode.config import ConfigError
+from meternode.metrology.calibration import ChannelCal
 
 _KEYS = ("gain", "offset", "phase", "phase_table")
 
@@ -45,4 +47,41 @@ def check(d, where):
             rows.append((a, _num(row[1], "%s[%d] degrees" % (w, n), -30.0, 30.0)))
             last = a
         out["phase_table"] = rows
+    return out
+
+
+def _channel(self, ch, dev):
+    # a ChannelCal's values: the board's defaults, then the device's
+    self.name = ch["name"]
+    self.kind = ch["kind"]
+    self.base_scale = ch["scale"]
+    base = {"gain": 1.0, "offset": 0.0, "phase": float(ch.get("phase", 0.0)), "phase_table": None}
+    base.update(check(ch.get("cal", {}), "board.channels.%s.cal" % self.name))
+    self.gain = base["gain"]
+    self.offset = base["offset"]
+    self.phase = base["phase"]
+    if base["phase_table"]:
+        self.table = base["phase_table"]
+    if dev:
+        self.update(dev, "calibration.%s" % self.name)
+
+
+def resolve(board, cal):
+    # One ChannelCal per board channel; per-device values override the board's (by Meter():
+    # metrology/meterinit.py).
+    cal = cal or {}
+    if not isinstance(cal, dict):
+        raise ConfigError("calibration must be an object keyed by channel name, not %r" % (cal,))
+    # (loops, not comprehensions: each of those is a function held with the module)
+    names = []
+    for ch in board["channels"]:
+        names.append(ch["name"])
+    for key in cal:
+        if key not in names:
+            raise ConfigError("calibration.%s names no channel of board %s" % (key, board.get("name", "?")))
+    out = []
+    for ch in board["channels"]:
+        c = ChannelCal()
+        _channel(c, ch, cal.get(ch["name"]))
+        out.append(c)
     return out

@@ -13,7 +13,6 @@
 #                replaces `phase` for current channels
 # The board's legacy per-channel "phase" key is read as the default phase.
 from meternode import forget
-from meternode.config import ConfigError
 
 
 def check(d, where):
@@ -27,23 +26,10 @@ def check(d, where):
 
 
 class ChannelCal:
-    # no phase table, unless the board or the device gives one: a class default, set on the
-    # instance only then (its dict one size smaller: 6 attributes, not 7)
+    # Made by calcheck.resolve() (one per board channel, at setup; no __init__ held with the
+    # class).  No phase table, unless the board or the device gives one: a class default, set
+    # on the instance only then (its dict one size smaller: 6 attributes, not 7)
     table = None
-
-    def __init__(self, ch, dev):
-        self.name = ch["name"]
-        self.kind = ch["kind"]
-        self.base_scale = ch["scale"]
-        base = {"gain": 1.0, "offset": 0.0, "phase": float(ch.get("phase", 0.0)), "phase_table": None}
-        base.update(check(ch.get("cal", {}), "board.channels.%s.cal" % self.name))
-        self.gain = base["gain"]
-        self.offset = base["offset"]
-        self.phase = base["phase"]
-        if base["phase_table"]:
-            self.table = base["phase_table"]
-        if dev:
-            self.update(dev, "calibration.%s" % self.name)
 
     def update(self, d, where):
         c = check(d, where)
@@ -74,21 +60,3 @@ class ChannelCal:
             for a, p in self.table:
                 t.append([a, p])
         return d
-
-
-def resolve(board, cal):
-    # One ChannelCal per board channel; per-device values override the board's.
-    cal = cal or {}
-    if not isinstance(cal, dict):
-        raise ConfigError("calibration must be an object keyed by channel name, not %r" % (cal,))
-    # (loops, not comprehensions: each of those is a function held with the module)
-    names = []
-    for ch in board["channels"]:
-        names.append(ch["name"])
-    for key in cal:
-        if key not in names:
-            raise ConfigError("calibration.%s names no channel of board %s" % (key, board.get("name", "?")))
-    out = []
-    for ch in board["channels"]:
-        out.append(ChannelCal(ch, cal.get(ch["name"])))
-    return out

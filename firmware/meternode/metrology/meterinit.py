@@ -5,9 +5,10 @@
 # docs/memory.md): a running meter does not hold this code.
 import array
 
+from meternode import run
 from meternode.config import ConfigError
-from meternode.metrology import calibration, floats, kernels
-from meternode.metrology.registers import NETTINGS, Energy, Registers
+from meternode.metrology import floats, kernels
+from meternode.metrology.registers import FIELDS, NETTINGS, Energy, Registers
 from meternode.metrology.timebase import Seconds, Timebase
 
 _H = kernels.HIST
@@ -18,6 +19,49 @@ def _opt(d, key, default, lo, hi):
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo or v > hi:
         raise ConfigError("metrology.%s must be a number in %r .. %r, not %r" % (key, lo, hi, v))
     return v
+
+
+def registers(self, elements, tariffs, netting, main):
+    # Registers.__init__ (registers.py)
+    if netting not in NETTINGS:
+        raise ValueError("netting must be one of %s, not %r" % ("/".join(NETTINGS), netting))
+    if not 1 <= tariffs <= 16:
+        raise ValueError("tariffs must be 1..16, not %r" % tariffs)
+    self.n = elements
+    self.main = list(main) if main is not None else [True] * elements  # counts in the total
+    self.tariffs = tariffs
+    self.netting = netting
+    self.tariff = 0
+    size = (elements + 1) * FIELDS + 2 * tariffs  # the tariffs' registers follow the total
+    self.size = size
+    self.lo = [0] * size  # mWh, low 30 bits
+    self.hi = [0] * size  # units of 2**30 mWh
+    self.rem = [0] * size  # uJ below one mWh
+    self.md_mw = 0  # maximum demand, milliwatts
+    self.md_at = 0  # end of that demand period (meter time, seconds)
+
+
+def energy(self, registers, thr, rate, wn, dn):
+    # An Energy's state (registers.py; the class keeps no __init__)
+    # thr: the starting threshold per element (W, var); wn, dn: sets in a creep window
+    # and in a demand period
+    self.registers = registers
+    e = registers.n
+    self.n = e
+    self._thr = thr  # W (and var) per element
+    self.rate = rate  # sets per second, measured (the meter updates it)
+    self._c = [0, wn, 0, dn, 0]
+    self.on = [False] * e  # registration gate per element
+    # (float arrays, not lists: metrology.floats)
+    self._pend = floats(8 * e)  # per element, register fields (J) while the gate is shut
+    self._wsum = floats(3 * e)  # per element, creep window: P J, Q J, seconds
+    self._fine = floats(8 * (e + 1))  # this window's registered energy, split (J)
+    # this window's total import and export for the tariff registers, and the demand
+    # period's net import energy (J)
+    # (a list: its floats are read without a new box, per batch)
+    self._t = [0.0, 0.0, 0.0]
+    self.demand_w = 0.0  # last completed demand period, W
+    self.clock = None  # optional: object with time() for demand timestamps
 
 
 def setup(m, board, cal, options):
@@ -44,7 +88,7 @@ def setup(m, board, cal, options):
         raise ConfigError("board.adc.rate = %d is above %d sets/s (quarter-cycle history)" % (rate, 11000))
     m._mid0 = 1 << (bits - 1)
     m._hyst = max(2, 1 << (bits - 6))  # ~3 % of full scale
-    m.cal = calibration.resolve(board, cal)
+    m.cal = run("meternode.metrology.calcheck", "resolve", board, cal)  # a ChannelCal per channel
     m.names = [ch["name"] for ch in chans]
     skew = adc.get("skew_us", 0.0) * 1e-6
     # per-channel and per-element floats live in arrays (metrology.floats), not lists of boxed
@@ -83,7 +127,9 @@ def setup(m, board, cal, options):
     m._band = floats(len(thr))
     for e, (a, b) in enumerate(m.pairs):
         m._band[e] = max(thr[e], 0.005 * chans[a].get("nominal", 230.0) * chans[b].get("nominal", 5.0))
-    m.energy = Energy(
+    m.energy = e = Energy()
+    energy(
+        e,
         m.registers,
         thr,
         m.rate,

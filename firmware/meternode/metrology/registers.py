@@ -8,7 +8,7 @@
 # backwards while solar exports.
 #
 # Layout (one flat list `r`, same index in `rem` for the remainder), E elements:
-#   block b = 0 .. E-1 per element, block E = total; each block has _FIELDS words:
+#   block b = 0 .. E-1 per element, block E = total; each block has FIELDS words:
 #     IMP  EXP  Q1 Q2 Q3 Q4  S_IMP S_EXP
 #   (reactive quadrants: Q1 = +P +Q (import, inductive), Q2 = -P +Q, Q3 = -P -Q, Q4 = +P -Q;
 #    apparent energy is split by the sign of P)
@@ -35,14 +35,13 @@
 from micropython import const
 
 from meternode import run
-from meternode.metrology import floats
 
 IMP = const(0)
 EXP = const(1)
 Q1 = const(2)
 S_IMP = const(6)
 S_EXP = const(7)
-_FIELDS = const(8)
+FIELDS = const(8)
 _UJ_PER_MILLI_H = const(3600000)  # 1 mWh = 3.6 J = 3.6e6 uJ
 _LO_BITS = const(30)
 _LO_MASK = const(0x3FFFFFFF)  # (1 << _LO_BITS) - 1
@@ -64,22 +63,8 @@ def split(f, k, p, q, s):
 
 class Registers:
     def __init__(self, elements, tariffs=4, netting="vector", main=None):
-        if netting not in NETTINGS:
-            raise ValueError("netting must be one of %s, not %r" % ("/".join(NETTINGS), netting))
-        if not 1 <= tariffs <= 16:
-            raise ValueError("tariffs must be 1..16, not %r" % tariffs)
-        self.n = elements
-        self.main = list(main) if main is not None else [True] * elements  # counts in the total
-        self.tariffs = tariffs
-        self.netting = netting
-        self.tariff = 0
-        size = (elements + 1) * _FIELDS + 2 * tariffs  # the tariffs' registers follow the total
-        self.size = size
-        self.lo = [0] * size  # mWh, low 30 bits
-        self.hi = [0] * size  # units of 2**30 mWh
-        self.rem = [0] * size  # uJ below one mWh
-        self.md_mw = 0  # maximum demand, milliwatts
-        self.md_at = 0  # end of that demand period (meter time, seconds)
+        # the checks and the registers' lists: meterinit.registers(), loaded for the call
+        run("meternode.metrology.meterinit", "registers", self, elements, tariffs, netting, main)
 
     # -- reading ---------------------------------------------------------------------------
     def _whole(self, idx):
@@ -101,42 +86,42 @@ class Registers:
 
     def get(self, block, field):
         # block: element index 0..n-1, or n for the total
-        return self._whole(block * _FIELDS + field)
+        return self._whole(block * FIELDS + field)
 
     def low(self, block, field):
         # the register's low 30 bits: differences modulo 2**30 without allocating
-        return self.lo[block * _FIELDS + field]
+        return self.lo[block * FIELDS + field]
 
     @property
     def imp(self):
-        return self._wholes(IMP, _FIELDS, self.n)
+        return self._wholes(IMP, FIELDS, self.n)
 
     @property
     def exp(self):
-        return self._wholes(EXP, _FIELDS, self.n)
+        return self._wholes(EXP, FIELDS, self.n)
 
     def total_import(self):
-        return self._whole(self.n * _FIELDS + IMP)
+        return self._whole(self.n * FIELDS + IMP)
 
     def total_export(self):
-        return self._whole(self.n * _FIELDS + EXP)
+        return self._whole(self.n * FIELDS + EXP)
 
     def low_import(self):
-        return self.lo[self.n * _FIELDS + IMP]
+        return self.lo[self.n * FIELDS + IMP]
 
     def low_export(self):
-        return self.lo[self.n * _FIELDS + EXP]
+        return self.lo[self.n * FIELDS + EXP]
 
     def energy_j(self, block, field):
         # Register content in joules (var-s, VA-s), remainder included.
-        idx = block * _FIELDS + field
+        idx = block * FIELDS + field
         return self._whole(idx) * 3.6 + self.rem[idx] / 1000000.0
 
     def quadrants(self, block):
-        return self._wholes(block * _FIELDS + Q1, 1, 4)
+        return self._wholes(block * FIELDS + Q1, 1, 4)
 
     def tariff_registers(self, t):
-        return self._whole((self.n + 1) * _FIELDS + 2 * t), self._whole((self.n + 1) * _FIELDS + 2 * t + 1)
+        return self._whole((self.n + 1) * FIELDS + 2 * t), self._whole((self.n + 1) * FIELDS + 2 * t + 1)
 
     def set_tariff(self, t):
         if not isinstance(t, int) or not 0 <= t < self.tariffs:
@@ -177,28 +162,28 @@ class Registers:
         # elements' fields; tar_imp/tar_exp is the vector total's import/export for the
         # current tariff.
         n = self.n
-        tb = n * _FIELDS
+        tb = n * FIELDS
         phase = self.netting == "phase"
-        for j in range(_FIELDS):
+        for j in range(FIELDS):
             t = 0.0
             for e in range(n):
-                x = fine[e * _FIELDS + j]
+                x = fine[e * FIELDS + j]
                 if x > 0.0:
-                    self._add(e * _FIELDS + j, x)
+                    self._add(e * FIELDS + j, x)
                     if self.main[e]:
                         t += x
             if not phase:
                 t = fine[tb + j]
             if t > 0.0:
                 self._add(tb + j, t)
-        tar = (self.n + 1) * _FIELDS + 2 * self.tariff
+        tar = (self.n + 1) * FIELDS + 2 * self.tariff
         if phase:
             tar_imp = 0.0
             tar_exp = 0.0
             for e in range(n):
                 if self.main[e]:
-                    tar_imp += fine[e * _FIELDS + IMP]
-                    tar_exp += fine[e * _FIELDS + EXP]
+                    tar_imp += fine[e * FIELDS + IMP]
+                    tar_exp += fine[e * FIELDS + EXP]
         self._add(tar, tar_imp)
         self._add(tar + 1, tar_exp)
 
@@ -259,27 +244,7 @@ _DPER = const(4)
 
 
 class Energy:
-    def __init__(self, registers, thr, rate, wn, dn):
-        # thr: the starting threshold per element (W, var); wn, dn: sets in a creep window
-        # and in a demand period
-        self.registers = registers
-        e = registers.n
-        self.n = e
-        self._thr = thr  # W (and var) per element
-        self.rate = rate  # sets per second, measured (the meter updates it)
-        self._c = [0, wn, 0, dn, 0]
-        self.on = [False] * e  # registration gate per element
-        # (float arrays, not lists: metrology.floats)
-        self._pend = floats(8 * e)  # per element, register fields (J) while the gate is shut
-        self._wsum = floats(3 * e)  # per element, creep window: P J, Q J, seconds
-        self._fine = floats(8 * (e + 1))  # this window's registered energy, split (J)
-        # this window's total import and export for the tariff registers, and the demand
-        # period's net import energy (J)
-        # (a list: its floats are read without a new box, per batch)
-        self._t = [0.0, 0.0, 0.0]
-        self.demand_w = 0.0  # last completed demand period, W
-        self.clock = None  # optional: object with time() for demand timestamps
-
+    # Made by Meter() (meterinit.energy: its state; no __init__ held with the class)
     def cycle(self, p, q, s, n):
         # A batch of n sets: mean P, Q, S per element (the meter's arrays p, q, s).  It is
         # split by sign and quadrant here (netted on its own); the integer registers take
@@ -368,7 +333,7 @@ class Energy:
         # by sign and quadrant) late; the total takes it as its netting says: "phase" field
         # by field, "vector" netted over the elements that start together (below)
         phase = r.netting == "phase"
-        tar = (n + 1) * _FIELDS + 2 * r.tariff
+        tar = (n + 1) * FIELDS + 2 * r.tariff
         net_p = 0.0
         net_q = 0.0
         late = False
@@ -380,12 +345,12 @@ class Energy:
                 if start and not self.on[e]:
                     k = 8 * e
                     tot = phase and r.main[e]
-                    for j in range(_FIELDS):
+                    for j in range(FIELDS):
                         x = pend[k + j]
                         if x > 0.0:
                             r._add(k + j, x)
                             if tot:
-                                r._add(n * _FIELDS + j, x)
+                                r._add(n * FIELDS + j, x)
                     if tot:
                         r._add(tar, pend[k + IMP])
                         r._add(tar + 1, pend[k + EXP])
@@ -403,7 +368,7 @@ class Energy:
             if not phase:
                 # vector netting: the net P and Q into the total's fields by sign and
                 # quadrant, as split() counts them
-                b = n * _FIELDS
+                b = n * FIELDS
                 s = (net_p * net_p + net_q * net_q) ** 0.5
                 q = abs(net_q)
                 if net_p >= 0.0:
