@@ -5,6 +5,7 @@
 # rebuilt from float Wh: a single-precision float is exact only below 16.8 kWh.
 import time
 
+from meternode import run
 from meternode.store import records
 
 
@@ -15,23 +16,8 @@ def _month(ts):
 
 class ProfileRecorder:
     def __init__(self, log, period_s=900, mains=None, on_record=None):
-        if not 60 <= period_s <= 86400 or 86400 % period_s:
-            raise ValueError("config.profile_s = %r must divide a day and be 60..86400" % (period_s,))
-        self.log = log
-        self.period_s = period_s
-        self.mains = mains  # element names counted in the totals (None: all)
-        self.on_record = on_record  # callback(seq) after each append (wakes the outbox)
-        self._slot = None
-        self._day = None
-        self._month = None
-        self.n = 0  # snapshots in this interval
-        self.v = [0.0, 1e30, -1e30]  # sum, min, max
-        self.i = [0.0, 1e30, -1e30]
-        self.p = [0.0, 1e30, -1e30]
-        self.e_imp_mwh = 0
-        self.e_exp_mwh = 0
-        self.water_l = 0
-        self.gas_l = 0
+        # the check and the state: store/storeinit.py profile(), loaded for the call
+        run("meternode.store.storeinit", "profile", self, log, period_s, mains, on_record)
 
     def add(self, ts, snap):
         # One snapshot (Meter.snapshot()) taken at wall-clock time ts.

@@ -304,6 +304,27 @@ def service(self, node, reason):
     started(self, cfg, path, reason)
 
 
+def profile(self, log, period_s, mains, on_record):
+    # ProfileRecorder.__init__ (profile.py)
+    if not 60 <= period_s <= 86400 or 86400 % period_s:
+        raise ValueError("config.profile_s = %r must divide a day and be 60..86400" % (period_s,))
+    self.log = log
+    self.period_s = period_s
+    self.mains = mains  # element names counted in the totals (None: all)
+    self.on_record = on_record  # callback(seq) after each append (wakes the outbox)
+    self._slot = None
+    self._day = None
+    self._month = None
+    self.n = 0  # snapshots in this interval
+    self.v = [0.0, 1e30, -1e30]  # sum, min, max
+    self.i = [0.0, 1e30, -1e30]
+    self.p = [0.0, 1e30, -1e30]
+    self.e_imp_mwh = 0
+    self.e_exp_mwh = 0
+    self.water_l = 0
+    self.gas_l = 0
+
+
 def open_store(self, cfg):
     # UplinkService.__init__, first: config.store checked, the upload cursor and the record
     # log opened (a bad store config is a ConfigError), the log's hooks; -> the store's path.
