@@ -50,9 +50,9 @@ def setup(node, board, config):
     node.id = config["node_id"]
     node.hal = halinit.make(board, config)
     if board.get("relay"):  # the load relay: entry checked, a GPIO relay on boards, and
-        from meternode.hal.relay import attach, relay_control
+        from meternode.hal.relay import relay_control
 
-        attach(node.hal, board)
+        halinit.attach(node.hal, board)
         relay_control(node)  # an operator's remote disconnect held across the reboot
     node.meter = Meter(board, config.get("calibration"), config.get("metrology"))
     node.meter.energy.clock = node.hal.clock

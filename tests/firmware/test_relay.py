@@ -4,8 +4,9 @@
 from metrology_rig import board, rig, settle
 
 from meternode.config import ConfigError
+from meternode.hal.halinit import attach, check_relay
 from meternode.hal.hw import PinRelay
-from meternode.hal.relay import RelayControl, attach, check_relay
+from meternode.hal.relay import RelayControl
 from meternode.hal.sim import SimHal
 from mptest import approx, eq, heap, raises
 

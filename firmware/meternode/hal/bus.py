@@ -58,8 +58,15 @@ class UartPort:
 
         par = {"none": None, "even": 0, "odd": 1}[s.get("parity", "even")]
         self.uart = machine.UART(
-            s["uart"], baudrate=s["baud"], bits=s.get("bits", 8), parity=par, stop=s.get("stop", 1),
-            tx=machine.Pin(s["tx"]), rx=machine.Pin(s["rx"]), timeout=0, rxbuf=512,
+            s["uart"],
+            baudrate=s["baud"],
+            bits=s.get("bits", 8),
+            parity=par,
+            stop=s.get("stop", 1),
+            tx=machine.Pin(s["tx"]),
+            rx=machine.Pin(s["rx"]),
+            timeout=0,
+            rxbuf=512,
         )
         self.de = None
         if "de" in s:

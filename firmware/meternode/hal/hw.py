@@ -86,7 +86,7 @@ class PinRelay:
     # set the pin is an input: the driver's own pull resistor must hold the relay in its
     # safe state -- docs/boards.md.)
     def __init__(self, spec, pin=None, defer=False):
-        from meternode.hal.relay import check_relay
+        from meternode.hal.halinit import check_relay
 
         check_relay(spec)
         self._low = spec.get("active_low", False)

@@ -1,20 +1,10 @@
-# The board's load relay: the entry check and RelayControl, the one relay as the node's
+# The board's load relay: RelayControl, the one relay as the node's
 # functions see it (the operator's `relay` command and the policy engine both drive it
 # through here; docs/policy.md, "One relay").  The GPIO backend (RP2040 and ESP32 alike) is
 # hw.PinRelay, loaded on boards only; the sim HAL's relay (hal/sim.py SimHal.set) cuts the
-# simulated load instead of a pin.
-from meternode.config import ConfigError, need
-
-
-def check_relay(spec, where="board.relay"):
-    # The board's relay entry: {"pin": n, "active_low": false, "default": true}; ConfigError
-    # naming the key.  `default` is the state at boot (True = load connected).
-    if not isinstance(spec, dict):
-        raise ConfigError("%s must be an object with pin, active_low, default" % where)
-    need(spec, "pin", int, where, lo=0, hi=255)
-    need(spec, "active_low", bool, where, default=False)
-    need(spec, "default", bool, where, default=True)
-    return spec
+# simulated load instead of a pin.  The entry check, attach() and making the RelayControl are
+# set-up, in hal/halinit.py.
+from meternode import run
 
 
 class RelayControl:
@@ -32,30 +22,9 @@ class RelayControl:
     # The operator's latch and override persist in `path` (written on each command, atomically),
     # so a remote disconnect holds across a reboot or a power cut.
     def __init__(self, relay, clock, override_s=3600, path=None):
-        self.relay = relay
-        self.clock = clock
-        self.override_s = override_s
-        self.path = path
-        self.engine_on = True  # what the policy engine wants
-        self.latched = False  # the operator opened the relay
-        self.until = 0  # the operator's override (closed) holds until this epoch second
-        self.on_change = None
-        self.switches = 0
-        self.held_off = 0  # engine requests an operator latch/override kept from the relay
-        if path:
-            try:
-                with open(path) as f:
-                    w = f.read().split()
-                self.latched = w[0] == "1"
-                self.until = int(w[1])
-            except (OSError, ValueError, IndexError):
-                pass  # none yet (or torn: the write is atomic, so only a foreign file)
-        if relay.on is None:  # not driven yet (a deferred PinRelay): its first level is the right one
-            relay.set(False if self.latched else True if self.until else getattr(relay, "default", True))
-        elif self.latched and relay.on:
-            relay.set(False)  # the remote disconnect from before the reboot
-        elif self.until and not relay.on:
-            relay.set(True)
+        # the state, the persisted hold read back and the relay driven to it:
+        # hal/halinit.py relay(), loaded for the call
+        run("meternode.hal.halinit", "relay", self, relay, clock, override_s, path)
 
     def _save(self):
         if not self.path:
@@ -119,31 +88,11 @@ class RelayControl:
         return True
 
 
-def attach(h, board):
-    # After halinit.make(): checks the board's relay entry and gives a board backend its
-    # hw.PinRelay (the sim HAL has made its own); h.relay is None without a relay entry.  The
-    # pin is not driven here: relay_control() drives it once, to the persisted state.
-    spec = board.get("relay")
-    if spec:
-        check_relay(spec)
-        if getattr(h, "relay", None) is None:
-            from meternode.hal import hw
-
-            h.relay = hw.PinRelay(spec, None, True)  # deferred
-    elif not hasattr(h, "relay"):
-        h.relay = None
-
-
 def relay_control(node):
-    # The node's RelayControl (made on first use, kept on the HAL), or None without a relay.
-    # node.config["relay"]: {"override_s": 3600} (how long an operator's on beats policy
-    # sheds); the operator's hold persists beside the record log (<store.path>.relay).
+    # The node's RelayControl (made on first use by halinit.relay_control, kept on the HAL), or
+    # None without a relay.
     h = node.hal
     ctl = getattr(h, "relay_ctl", None)
     if ctl is None and getattr(h, "relay", None) is not None:
-        c = need(node.config, "relay", dict, "config", default={})
-        o = need(c, "override_s", int, "config.relay", default=3600, lo=0, hi=604800)
-        path = node.config.get("store", {}).get("path", "store") + ".relay"
-        ctl = RelayControl(h.relay, h.clock, o, path)
-        h.relay_ctl = ctl
+        ctl = run("meternode.hal.halinit", "relay_control", node)
     return ctl
