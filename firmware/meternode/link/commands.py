@@ -30,10 +30,8 @@ from binascii import unhexlify
 
 from micropython import const
 
-from meternode import forget
-from meternode.link.limiter import Limiter
+from meternode import forget, run
 from meternode.store import records
-from meternode.store.log import Cursor
 
 # Limits are `_NAME = const(...)`: the compiler puts the value in place, no global, no qstr.
 _MAX_EXPIRY_S = const(86400)  # an expiry further ahead than this is refused (limits replay windows)
@@ -82,26 +80,8 @@ class Commands:
     # the node's, made per command from `service` (actions.Actions) when one comes.
     # `clock.time()` is the wall clock; `event(code, arg, text)` appends an event record.
     def __init__(self, node_id, key, path, clock, actions, event, time_max_step_s=_TIME_MAX_STEP_S):
-        if isinstance(key, str):
-            try:
-                key = unhexlify(key)
-            except Exception:
-                raise ValueError("not hex")
-        if len(key) < 16:
-            raise ValueError("config.cmd_key must be at least 16 bytes (32 hex digits)")
-        self.node_id = node_id
-        self._mac = Hmac(key)
-        self._ctr = Cursor(path, every=1)  # the counter file
-        self.clock = clock
-        self.actions = actions
-        self.event = event
-        self.rollback = {}  # key -> value before the last accepted `set`
-        self.accepted = 0
-        self.rejected = 0
-        self.failed = 0
-        self.reboot_pending = False
-        self.time_max_step_s = time_max_step_s
-        self.limiter = Limiter()  # rejection events (see above)
+        # the key's check and the state: store/storeinit.py commands(), loaded for the call
+        run("meternode.store.storeinit", "commands", self, node_id, key, path, clock, actions, event, time_max_step_s)
 
     def handle(self, payload):
         # Returns the result dict (to publish on …/cmd/result), or None when the action's

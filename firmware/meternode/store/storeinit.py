@@ -325,6 +325,59 @@ def profile(self, log, period_s, mains, on_record):
     self.gas_l = 0
 
 
+def cursor(self, path, every):
+    # Cursor.__init__ (log.py)
+    self.path = path
+    self.every = every  # persist after this many advances (and always on flush())
+    self.acked = 0
+    self.saved = 0
+    self.writes = 0
+    self._pending = 0
+    try:
+        with open(path, "rb") as f:
+            b = f.read(12)
+    except OSError:
+        return  # no cursor yet: from the start
+    if len(b) == 12:
+        lo, hi, crc = struct.unpack("<III", b)
+        seq = lo | (hi << 32)
+    elif len(b) == 8:
+        lo, crc = struct.unpack("<II", b)
+        seq = lo
+    else:
+        return  # torn or foreign: from the start (resend, never lose)
+    if binascii.crc32(b[: len(b) - 4]) == crc:
+        self.acked = self.saved = seq
+
+
+def commands(self, node_id, key, path, clock, actions, event, time_max_step_s):
+    # Commands.__init__ (link/commands.py)
+    from meternode.link.commands import Hmac
+    from meternode.link.limiter import Limiter
+    from meternode.store.log import Cursor
+
+    if isinstance(key, str):
+        try:
+            key = binascii.unhexlify(key)
+        except Exception:
+            raise ValueError("not hex")
+    if len(key) < 16:
+        raise ValueError("config.cmd_key must be at least 16 bytes (32 hex digits)")
+    self.node_id = node_id
+    self._mac = Hmac(key)
+    self._ctr = Cursor(path, every=1)  # the counter file
+    self.clock = clock
+    self.actions = actions
+    self.event = event
+    self.rollback = {}  # key -> value before the last accepted `set`
+    self.accepted = 0
+    self.rejected = 0
+    self.failed = 0
+    self.reboot_pending = False
+    self.time_max_step_s = time_max_step_s
+    self.limiter = Limiter()  # rejection events (link/commands.py)
+
+
 def open_store(self, cfg):
     # UplinkService.__init__, first: config.store checked, the upload cursor and the record
     # log opened (a bad store config is a ConfigError), the log's hooks; -> the store's path.
