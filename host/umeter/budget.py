@@ -17,12 +17,12 @@ MARGIN_KB = 32
 # tests/host/test_memory_budget.py's shorter run, other node ids, a command nearer the end)
 HELD_KB: dict[int, dict[str, dict[str, int]]] = {
     8: {
-        "mpy": {"plain": 112, "+store": 136, "+cmd_key": 141, "+policy": 158, "+fleet": 183},
-        "romfs": {"plain": 78, "+store": 96, "+cmd_key": 100, "+policy": 110, "+fleet": 122},
+        "mpy": {"plain": 110, "+store": 132, "+cmd_key": 137, "+policy": 153, "+fleet": 178},
+        "romfs": {"plain": 77, "+store": 94, "+cmd_key": 97, "+policy": 107, "+fleet": 120},
     },
     4: {
-        "mpy": {"plain": 79, "+store": 95, "+cmd_key": 100, "+policy": 112, "+fleet": 130},
-        "romfs": {"plain": 47, "+store": 57, "+cmd_key": 59, "+policy": 64, "+fleet": 71},
+        "mpy": {"plain": 77, "+store": 93, "+cmd_key": 96, "+policy": 108, "+fleet": 127},
+        "romfs": {"plain": 47, "+store": 56, "+cmd_key": 58, "+policy": 63, "+fleet": 70},
     },
 }
 CONFIGS = ("plain", "+store", "+cmd_key", "+policy", "+fleet")
