@@ -174,6 +174,41 @@ async def test_a_connection_lost_while_waiting_for_an_ack_says_why():
         srv.close()
 
 
+async def test_a_broker_that_closes_right_after_its_connack_is_named_as_the_reason():
+    # Seen with the sim's embedded broker at a node's first connect: the CONNACK, then the
+    # connection closed at once.  The reader saw the close before connect() returned, and
+    # connect() then cleared the reason: the node logged "link error: not connected".
+    async def broker(r, w):
+        w.write(b"\x20\x02\x00\x00")  # CONNACK and the close, both there when the reader starts
+        await w.drain()
+        w.close()
+        await w.wait_closed()
+
+    import time
+
+    port = 20000 + time.ticks_us() % 30000
+    for _ in range(50):
+        try:
+            srv = await asyncio.start_server(broker, "127.0.0.1", port)
+            break
+        except OSError:
+            port += 1
+    try:
+        for _ in range(5):
+            c = MQTTClient("t-closed", "127.0.0.1", port, timeout_ms=3000)
+            try:
+                await c.connect()
+                await c.publish("t/closed", b"x", qos=1)
+                raise AssertionError("publish succeeded on a closed connection")
+            except OSError as e:
+                msg = str(e)
+            eq("not connected" in msg, False, msg)
+            eq("closed by the broker" in msg or "reset" in msg or "lost" in msg, True, msg)
+            eq(c.connected, False, "not connected after: " + msg)
+    finally:
+        srv.close()
+
+
 async def test_packets_split_anywhere_and_longer_than_the_buffer_are_read_whole():
     from meternode.link import mqtt as M
     from meternode.link.mqtt import _remaining

@@ -121,6 +121,8 @@ async def connect(c):
         raise
     finally:
         c._acks.pop(-1, None)
+    if c._w is None:  # closed right after the CONNACK: the reader saw it and says why
+        raise OSError("connection to %s lost after CONNACK: %s" % (where, c.error))
     c.session_present = bool(body[0] & 1)
     c.connected = True
     c.error = None
