@@ -322,8 +322,27 @@ class LogReader:
 # File: value u64 | crc32 of the value (12 bytes); an older 8-byte file (u32 | crc32) is read.
 class Cursor:
     def __init__(self, path, every=16):
-        # the value read back: store/storeinit.py cursor(), loaded for the call
-        run("meternode.store.storeinit", "cursor", self, path, every)
+        self.path = path
+        self.every = every  # persist after this many advances (and always on flush())
+        self.acked = 0
+        self.saved = 0
+        self.writes = 0
+        self._pending = 0
+        try:
+            with open(path, "rb") as f:
+                b = f.read(12)
+        except OSError:
+            return  # no cursor yet: from the start
+        if len(b) == 12:
+            lo, hi, crc = struct.unpack("<III", b)
+            seq = lo | (hi << 32)
+        elif len(b) == 8:
+            lo, crc = struct.unpack("<II", b)
+            seq = lo
+        else:
+            return  # torn or foreign: from the start (resend, never lose)
+        if binascii.crc32(b[: len(b) - 4]) == crc:
+            self.acked = self.saved = seq
 
     def advance(self, seq):
         # Called when the upstream acknowledged every record up to and including `seq`.

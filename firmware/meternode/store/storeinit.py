@@ -325,31 +325,6 @@ def profile(self, log, period_s, mains, on_record):
     self.gas_l = 0
 
 
-def cursor(self, path, every):
-    # Cursor.__init__ (log.py)
-    self.path = path
-    self.every = every  # persist after this many advances (and always on flush())
-    self.acked = 0
-    self.saved = 0
-    self.writes = 0
-    self._pending = 0
-    try:
-        with open(path, "rb") as f:
-            b = f.read(12)
-    except OSError:
-        return  # no cursor yet: from the start
-    if len(b) == 12:
-        lo, hi, crc = struct.unpack("<III", b)
-        seq = lo | (hi << 32)
-    elif len(b) == 8:
-        lo, crc = struct.unpack("<II", b)
-        seq = lo
-    else:
-        return  # torn or foreign: from the start (resend, never lose)
-    if binascii.crc32(b[: len(b) - 4]) == crc:
-        self.acked = self.saved = seq
-
-
 def commands(self, node_id, key, path, clock, actions, event, time_max_step_s):
     # Commands.__init__ (link/commands.py)
     from meternode.link.commands import Hmac
