@@ -85,10 +85,10 @@ def _a(word: str) -> str:
 def calibration_for(board: dict, overrides: dict) -> dict:
     """Board defaults merged with per-unit overrides, validated by the firmware's own code."""
     from meternode.config import ConfigError as FwConfigError
-    from meternode.metrology import calibration
+    from meternode.metrology import calcheck
 
     try:
-        cals = calibration.resolve(board, overrides)
+        cals = calcheck.resolve(board, overrides)
     except FwConfigError as e:
         raise ConfigError(f"calibration: {e}", hint="keys per channel: gain, offset, phase, phase_table") from None
     out = {}
