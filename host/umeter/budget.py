@@ -21,7 +21,7 @@ HELD_KB: dict[int, dict[str, dict[str, int]]] = {
         "romfs": {"plain": 77, "+store": 94, "+cmd_key": 97, "+policy": 107, "+fleet": 120},
     },
     4: {
-        "mpy": {"plain": 77, "+store": 93, "+cmd_key": 96, "+policy": 108, "+fleet": 127},
+        "mpy": {"plain": 77, "+store": 93, "+cmd_key": 97, "+policy": 108, "+fleet": 127},
         "romfs": {"plain": 47, "+store": 56, "+cmd_key": 58, "+policy": 63, "+fleet": 70},
     },
 }
