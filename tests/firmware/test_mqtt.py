@@ -203,7 +203,8 @@ async def test_a_broker_that_closes_right_after_its_connack_is_named_as_the_reas
             except OSError as e:
                 msg = str(e)
             eq("not connected" in msg, False, msg)
-            eq("closed by the broker" in msg or "reset" in msg or "lost" in msg, True, msg)
+            low = msg.lower()  # why: closed by the broker, or a reset (ECONNRESET under load)
+            eq("closed by the broker" in low or "reset" in low or "lost" in low, True, msg)
             eq(c.connected, False, "not connected after: " + msg)
     finally:
         srv.close()

@@ -57,7 +57,10 @@ def test_a_node_holds_its_budget_and_runs_in_it(setup, load, kind):
     assert "error" not in big, big
     held_kb = big["run_held"] / 1024
     assert held_kb <= table, f"{kind} from {load} holds {held_kb:.1f} KB, its budget says {table}: re-measure"
-    assert held_kb > table - TOLERANCE_KB - 2, f"{kind} from {load} holds {held_kb:.1f} KB, the table {table}"
+    # a table far above the measurement is stale (re-measure); how far: the fresh-clone CI under
+    # full load once measured +store from ROMFS 2.9 KB under this machine's quiet runs (88.7
+    # against 91.6 in three runs here), so the floor leaves room for that
+    assert held_kb > table - TOLERANCE_KB - 5, f"{kind} from {load} holds {held_kb:.1f} KB, the table {table}: {big}"
     # in its budgeted heap: store-and-forward starts, the link is up, nothing runs out of memory
     assert "error" not in tight and not tight.get("uplink_refused"), tight
     assert tight["uplink"] is True and tight["memory_errors"] == 0, tight
