@@ -132,6 +132,19 @@ class _Chunks:
         return len(b)
 
 
+async def _serve(broker):
+    # -> (server, port): a free port, since MicroPython's Server does not say which port 0 bound
+    import time
+
+    port = 20000 + time.ticks_us() % 30000
+    for _ in range(50):
+        try:
+            return await asyncio.start_server(broker, "127.0.0.1", port), port
+        except OSError:
+            port += 1
+    raise OSError("no free port from %d" % (port - 50))
+
+
 async def test_a_connection_lost_while_waiting_for_an_ack_says_why():
     # A broker that accepts the connection, reads a little and closes: the publish (and a
     # subscribe) waiting for its acknowledgement fails naming what the reader saw, not only
@@ -144,16 +157,7 @@ async def test_a_connection_lost_while_waiting_for_an_ack_says_why():
         w.close()
         await w.wait_closed()
 
-    import time
-
-    # a free port: MicroPython's Server does not say which port 0 bound, so try a few
-    port = 20000 + time.ticks_us() % 30000
-    for _ in range(50):
-        try:
-            srv = await asyncio.start_server(broker, "127.0.0.1", port)
-            break
-        except OSError:
-            port += 1
+    srv, port = await _serve(broker)
     try:
         for what in ("publish", "subscribe"):
             c = MQTTClient("t-lost", "127.0.0.1", port, timeout_ms=3000)
@@ -184,15 +188,7 @@ async def test_a_broker_that_closes_right_after_its_connack_is_named_as_the_reas
         w.close()
         await w.wait_closed()
 
-    import time
-
-    port = 20000 + time.ticks_us() % 30000
-    for _ in range(50):
-        try:
-            srv = await asyncio.start_server(broker, "127.0.0.1", port)
-            break
-        except OSError:
-            port += 1
+    srv, port = await _serve(broker)
     try:
         for _ in range(5):
             c = MQTTClient("t-closed", "127.0.0.1", port, timeout_ms=3000)

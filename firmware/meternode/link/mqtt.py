@@ -186,7 +186,8 @@ class MQTTClient:
     async def _send(self, pkt, payload=None):
         # pkt, then payload (a PUBLISH's, written as it is: publish_head), one writer at a time
         # (see the top).  Past timeout_ms the connection is dropped, and so is one whose
-        # packet was cut short (cancelled half-way: the broker would misread what follows).
+        # packet was cut short (cancelled half-way: the broker would misread what follows) or
+        # whose socket failed the write.
         t = _now()
         while self._busy:
             await self._poll(t)
@@ -199,7 +200,11 @@ class MQTTClient:
                     s = self._w
                     if s is None:
                         raise self._gone()
-                    k = s.write(memoryview(b)[i:] if i else b)
+                    try:
+                        k = s.write(memoryview(b)[i:] if i else b)
+                    except OSError as e:  # a reset: the connection ends here, naming why
+                        self.drop(e)
+                        raise
                     if k:
                         i += k
                         n += k
