@@ -57,9 +57,10 @@ def test_a_node_holds_its_budget_and_runs_in_it(setup, load, kind):
     assert "error" not in big, big
     held_kb = big["run_held"] / 1024
     assert held_kb <= table, f"{kind} from {load} holds {held_kb:.1f} KB, its budget says {table}: re-measure"
-    # a table far above the measurement is stale (re-measure); how far: the fresh-clone CI under
-    # full load once measured +store from ROMFS 2.9 KB under this machine's quiet runs (88.7
-    # against 91.6 in three runs here), so the floor leaves room for that
+    # a table far above the measurement is stale (re-measure); how far: +store from ROMFS holds
+    # 91.6 KB in every serial run here, but now and then 88.7 (start and end alike, the same
+    # modules loaded, the link up) when this file runs under `pytest -n 2` or the fresh-clone
+    # CI; the cause is not found yet (docs/memory.md, Limits), so the floor leaves room for it
     assert held_kb > table - TOLERANCE_KB - 5, f"{kind} from {load} holds {held_kb:.1f} KB, the table {table}: {big}"
     # in its budgeted heap: store-and-forward starts, the link is up, nothing runs out of memory
     assert "error" not in tight and not tight.get("uplink_refused"), tight
