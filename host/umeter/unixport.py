@@ -38,9 +38,6 @@ def micropython_path() -> str:
     )
 
 
-# mpy native architecture codes (sys.implementation._mpy >> 10), py/persistentcode.h
-_ARCH_NAMES = {1: "x86", 2: "x64", 3: "armv6", 4: "armv6m", 5: "armv7m", 6: "armv7em", 7: "armv7emsp",
-               8: "armv7emdp", 9: "xtensa", 10: "xtensawin"}  # fmt: skip
 _native: dict[str, str | None] = {}
 
 
@@ -55,7 +52,9 @@ def native_arch() -> str | None:
             r = subprocess.run(
                 [path, "-c", "import sys; print(sys.implementation._mpy)"], capture_output=True, text=True, timeout=10
             )
-            _native[path] = _ARCH_NAMES.get((int(r.stdout.strip()) >> 10) & 0xF)
+            from .mpyfile import ARCH_NAME
+
+            _native[path] = ARCH_NAME.get((int(r.stdout.strip()) >> 10) & 0xF)
         except (OSError, ValueError, subprocess.TimeoutExpired):
             _native[path] = None
     return _native[path]
