@@ -29,7 +29,11 @@ UMETER_MICROPYTHON=...; the .mpy build then targets that binary's architecture):
 
 The last line is one JSON object; "budget" holds the figures the RAM budget is held to
 (docs/memory.md): full_mpy_kb, full_romfs_kb, store_cmd_mpy_kb (held after the run), and per
-configuration its target heap, lowest free heap and MemoryErrors over the day.
+configuration its target heap, lowest free heap and MemoryErrors over the day. Its native_kb
+is, per board architecture (boards/*.json), the machine code of the viper kernels the full
+node's modules load, read from that board's build (umeter.mpyfile): the unix port keeps it
+outside the gc heap, so no held figure here counts it; an rp2 board keeps it in the gc heap
+(gc_heap_kb: add it to the 32-bit figures), an esp32 in IRAM.
 
 The third way onto a board, the package frozen into the firmware, needs an interpreter built
 with it (a unix port made with FROZEN_MANIFEST including `umeter build --manifest`'s manifest.py:
@@ -58,7 +62,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from umeter import unixport
+from umeter import mpyfile, unixport
 from umeter.broker import Mosquitto
 from umeter.build import build
 
@@ -207,6 +211,9 @@ async def _measure(n):
     if t.done():
         print("RESULT dead")
     micropython.qstr_info()
+    # the package's modules the node holds, for the machine code they load on a board (after
+    # every reading: the line is made here)
+    print("RESULT mods " + " ".join(k for k in sys.modules if k.startswith("meternode")))
 
 def _main(root="."):
     builtins.__import__ = _import
@@ -335,6 +342,8 @@ def run_node(work: Path, tag: str, config: dict, main_py: Path, path: str, image
             r["sim_s"], r["wall_ms"], r["low_free"] = int(f[1]), int(f[2]), int(f[3])
         elif f[0] == "dead":
             r["error"] = "a node task ended"
+        elif f[0] == "mods":
+            r["modules"] = f[1:]
     errs = [ln for ln in out.splitlines() if MEMORY_ERROR.search(ln)]
     r["memory_errors"] = len(errs)  # lines, not matches
     if errs:
@@ -471,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
             outs = list(ex.map(lambda j: run_node(*j[1]), jobs))
         for (load, kind), out in zip((j[0] for j in jobs), outs, strict=True):
             res["nodes"].setdefault(load, {})[kind] = out
+        if not a.frozen:  # frozen machine code stays in flash
+            res["native"] = native_code(work, fw, res["nodes"]["mpy"])
         if a.frozen:
             res["frozen"] = frozen
         if a.day:
@@ -496,6 +507,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def native_code(work: Path, fw: Path, nodes: dict) -> dict:
+    """The machine code (viper kernels) the modules each configuration held load on each board
+    (the board's own build): the unix port maps it outside the gc heap, so `held` does not
+    count it; rp2 keeps it in the gc heap, esp32 in IRAM (umeter.mpyfile)."""
+    out = {}
+    for bf in sorted(unixport.boards_dir().glob("*.json")):
+        bdef = json.loads(bf.read_text())
+        arch = bdef.get("arch")
+        if bdef.get("hal") == "sim" or arch in {b["arch"] for b in out.values()}:
+            continue  # one board per architecture
+        lib = work / "native" / bf.stem
+        build(bf.stem, lib, src=fw)
+        per = {}
+        for kind, r in nodes.items():
+            mods = r.get("modules") or []
+            files = [lib / "lib" / (m.replace(".", "/") + ".mpy") for m in mods]
+            files += [lib / "lib" / m.replace(".", "/") / "__init__.mpy" for m in mods]
+            infos = [mpyfile.read(f) for f in files if f.exists()]
+            per[kind] = {"bytes": sum(i.machine_code() for i in infos),
+                         "gc_heap": sum(i.gc_heap_bytes() for i in infos)}  # fmt: skip
+        out[bf.stem] = {"arch": arch, "in_gc_heap": arch in mpyfile.IN_GC_HEAP, "configs": per}
+    return out
+
+
 def _kb(x) -> float | None:
     return None if x is None else round(x / 1024, 1)
 
@@ -511,6 +546,16 @@ def budget(res: dict) -> dict:
         b["full_mpy_kb"] = _kb(nodes["mpy"]["+policy"].get("run_held"))
         b["full_romfs_kb"] = _kb(nodes["romfs"]["+policy"].get("run_held"))
         b["store_cmd_mpy_kb"] = _kb(nodes["mpy"]["+cmd_key"].get("run_held"))
+    # per board architecture: the machine code a full node loads, and what of it is in the gc
+    # heap (add it to the 32-bit figures for that board)
+    b["native_kb"] = {}
+    for name, n in res.get("native", {}).items():
+        full = n["configs"].get("+policy", {})
+        b["native_kb"][name] = {
+            "arch": n["arch"],
+            "code_kb": _kb(full.get("bytes")),
+            "gc_heap_kb": _kb(full.get("gc_heap")),
+        }
     b["configs"] = {}
     for load, by_kind in res.get("day", {}).items():
         for kind, r in by_kind.items():
@@ -572,6 +617,10 @@ def _print(res: dict) -> None:
                 )
     b = res["budget"]
     print()
+    print("machine code (viper kernels) a full node loads on a board, not in this port's held figures:")
+    for name, n in b.get("native_kb", {}).items():
+        where = "in the gc heap: add it to the 32-bit figures" if n["gc_heap_kb"] else "outside the gc heap"
+        print(f"  {name} ({n['arch']}): {n['code_kb']} KB, {n['gc_heap_kb']} KB {where}")
     if FROZEN in im:
         print(
             f"budget: full frozen {b['full_frozen_kb']} KB, store+commands frozen {b['store_cmd_frozen_kb']} KB"
