@@ -57,6 +57,26 @@ def held_kb(config_kind: str, *, words: int, load: str = "mpy") -> int:
 BUNDLE_KB = {8: 16, 4: 8}
 
 
+# KB of machine code a node keeps in the gc heap on a board whose port puts the machine code it
+# loads there (umeter.mpyfile.IN_GC_HEAP: the rp2 port, armv6m): the viper kernels of
+# metrology/kernels.py, the only machine code a node loads. benchmarks/memory.py's
+# budget.native_kb (gc_heap_kb) on the board's own build, rounded up (2026-12-06: 5.7 KB).
+# HELD_KB leaves it out: the unix ports map machine code outside their gc heap, and esp32
+# commits it to IRAM. tests/host/test_mpyfile.py holds this to the build.
+NATIVE_KB = {"armv6m": 6}
+
+
+def words_for(arch: str | None) -> int:
+    """Bytes per machine word on a board of this mpy arch (x64: the 64-bit unix port)."""
+    return 8 if arch in ("x64", "rv64imc") else 4
+
+
+def board_need(config_kind: str, *, arch: str | None, load: str = "mpy") -> int:
+    """Bytes of free heap a node of this configuration needs on a board of `arch`: heap_for()
+    at its word size, and the machine code its port keeps in the gc heap."""
+    return heap_for(config_kind, words=words_for(arch), load=load) + NATIVE_KB.get(arch or "", 0) * 1024
+
+
 def heap_for(config_kind: str, *, words: int, load: str = "mpy") -> int:
     """Bytes of heap for a node of this configuration: what it holds + MARGIN_KB (+ BUNDLE_KB
     for a fleet node, which must also take in a signed bundle)."""

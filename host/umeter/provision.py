@@ -32,17 +32,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import budget
 from . import build as buildmod
 from .errors import ConfigError, DeviceError, UmeterError
 from .inventory import Device, Fleet, dumps_config, load_inventory
 from .keystore import Keystore
+from .mpyfile import ARCH_CODE, ARCH_NAME
 from .transport import Board, resolve_port
 
 MARKER = "/.provisioning"
-# mpy native arch codes (sys.implementation._mpy >> 10), py/persistentcode.h
-ARCH_CODE = {"x86": 1, "x64": 2, "armv6": 3, "armv6m": 4, "armv7m": 5, "armv7em": 6, "armv7emsp": 7,
-             "armv7emdp": 8, "xtensa": 9, "xtensawin": 10}  # fmt: skip
-ARCH_NAME = {v: k for k, v in ARCH_CODE.items()}
 
 Progress = Callable[[str, str, int, int], None]  # (node, stage, done_bytes, total_bytes)
 
@@ -61,14 +59,17 @@ class Report:
     verified: bool = False
     error: str = ""
     romfs: str = ""  # what happened with the board's ROMFS partition ("" = it has none)
+    heap: str = ""  # the board's free heap against what the node's configuration needs
+    heap_short: bool = False  # less than that: the node will run short of memory
 
     def line(self) -> str:
         if self.status != "ok":
             return f"{self.node}: FAILED — {self.error}"
         rom = f" ROMFS: {self.romfs}." if self.romfs else ""
+        heap = f" {'WARNING: heap' if self.heap_short else 'Heap'}: {self.heap}." if self.heap else ""
         return (
             f"Wrote {self.written} files ({self.bytes / 1024:.1f} KiB) to {self.node}, skipped {self.skipped} "
-            f"unchanged, in {self.seconds:.1f} s; {'verified' if self.verified else 'NOT verified'}.{rom}"
+            f"unchanged, in {self.seconds:.1f} s; {'verified' if self.verified else 'NOT verified'}.{rom}{heap}"
         )
 
     def as_dict(self) -> dict:
@@ -193,10 +194,12 @@ def _provision_open(b: Board, dev: Device, info: dict, man: dict, board_def: dic
         )
     fleet.bind(info["uid"], dev.name, dev.board, dev.site, port, dev.serial)
     secrets = keystore.secrets_for(dev.name)
-    cfg_bytes = dumps_config(node_config(dev, board_def, secrets))
+    cfg = node_config(dev, board_def, secrets)
+    cfg_bytes = dumps_config(cfg)
     files = image_files(build_dir)
     files["/config.json"] = cfg_bytes
     image = _romfs_plan(b, man, build_dir, rep)
+    _heap_check(b, man["arch"], cfg, "romfs" if image is not None else "mpy", rep)
     if image is not None:  # the package runs from the ROMFS partition: no lib/ files
         files = {p: d for p, d in files.items() if not p.startswith("/lib/")}
     entries = {p[1:]: {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d)} for p, d in files.items()}
@@ -261,6 +264,29 @@ def _provision_open(b: Board, dev: Device, info: dict, man: dict, board_def: dic
         manifest_sha256=hashlib.sha256(man_bytes).hexdigest(),
         files=len(paths),
     )
+
+
+def _heap_check(b: Board, arch: str, cfg: dict, load: str, rep: Report) -> None:
+    """The board's free heap against the budget of the node's configuration (umeter.budget,
+    docs/memory.md: what it holds once running + 32 KB, + the machine code an rp2 keeps in its
+    heap). Short is a warning in the report, not a failure: the node starts, and refuses
+    store-and-forward (or meets MemoryErrors) when its heap runs out."""
+    kind = budget.kind(cfg)
+    need = budget.board_need(kind, arch=arch, load=load)
+    gc_free, idf = b.heap()
+    have = gc_free + idf
+    held = budget.held_kb(kind, words=budget.words_for(arch), load=load)
+    native = budget.NATIVE_KB.get(arch, 0)
+    what = f"{_a(kind.lstrip('+') or kind)} node from {'ROMFS' if load == 'romfs' else '.mpy files'}"
+    parts = f"{held} held + {budget.MARGIN_KB} margin" + (f" + {native} machine code" if native else "")
+    free = f"{gc_free // 1024} KiB free" + (f" + {idf // 1024} KiB of IDF heap it can grow into" if idf else "")
+    rep.heap = f"{free}; {what} needs {need // 1024} KiB ({parts})"
+    if have < need:
+        rep.heap_short = True
+        rep.heap += (
+            ": the node will run short of memory (store-and-forward refused, MemoryErrors); a ROMFS image, "
+            "fewer features or a board with more RAM (docs/memory.md)"
+        )
 
 
 def _romfs_plan(b: Board, man: dict, build_dir: Path, rep: Report) -> bytes | None:

@@ -379,6 +379,17 @@ class Board:
         )
         return {"uid": v[0], "mpy_arch": (v[1] >> 10) & 0xF, "mpy_ver": v[1] & 0xFF, "machine": v[2], "mem_free": v[3]}
 
+    def heap(self) -> tuple[int, int]:
+        """(gc heap free after a collection, free IDF data heap on an esp32 else 0): what a node
+        would start in. An esp32's gc heap grows into the IDF heap when it is full
+        (MICROPY_GC_SPLIT_HEAP_AUTO), which Wi-Fi and TLS take from too."""
+        self.exec(
+            "import gc\ngc.collect()\n_um_i = 0\ntry:\n import esp32\n"
+            " _um_i = sum(h[1] for h in esp32.idf_heap_info(esp32.HEAP_DATA))\nexcept Exception:\n pass"
+        )
+        v = self.eval("(gc.mem_free(), _um_i)")
+        return int(v[0]), int(v[1])
+
     # ------------------------------------------------------------------ files
     def hashes(self, paths: list[str]) -> dict[str, str | None]:
         """sha256 hex of each file on the board (None if absent), in one exec per 40 files."""

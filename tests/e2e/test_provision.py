@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from umeter import budget, unixport
 from umeter.build import build
 from umeter.errors import ConfigError
 from umeter.inventory import Device, Fleet, load_inventory
@@ -152,6 +153,29 @@ def test_wrong_board_type_is_a_one_line_error_with_a_hint(tmp_path, home, image)
         assert "is an x64 board" in rep.error and "n1 is an esp32_devkitc" in rep.error and " — " in rep.error
         assert "\n" not in rep.error
         assert not (vb.flash / "config.json").exists()
+
+
+def test_a_board_with_less_heap_than_its_configurations_budget_is_warned_in_the_report(tmp_path, home, image):
+    # every provisioned node has a command key; with MQTT it is a +cmd_key node (umeter.budget)
+    words = unixport.word_bytes()
+    need = budget.heap_for("+cmd_key", words=words)
+    held = budget.held_kb("+cmd_key", words=words)
+    small = VirtualBoard(tmp_path / "small", "sim", heap=need - 16 * 1024).start()
+    roomy = VirtualBoard(tmp_path / "roomy", "sim").start()
+    try:
+        inv = write_inventory(tmp_path / "fleet.toml", [small, roomy])
+        short, ok = provision(inv, build_dirs={"sim": image}, reset=False, jobs=2)
+        assert short.status == ok.status == "ok", (short.error, ok.error)
+        want = f"a cmd_key node from .mpy files needs {need // 1024} KiB ({held} held + 32 margin)"
+        assert short.heap_short and want in short.heap and "run short of memory" in short.heap
+        free = int(short.heap.split(" KiB free")[0])
+        assert free < need // 1024 - 16  # the board's own heap, less what its REPL holds
+        assert "WARNING: heap: " in short.line()
+        assert not ok.heap_short and want in ok.heap and "WARNING" not in ok.line()
+        assert int(ok.heap.split(" KiB free")[0]) > need // 1024
+    finally:
+        small.stop()
+        roomy.stop()
 
 
 def test_missing_port_fails_that_device_only_with_a_hint(tmp_path, home, image):

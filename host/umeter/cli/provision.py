@@ -73,6 +73,8 @@ def command(
         for r in reports:
             if r.status != "ok":
                 click.echo(f"{r.node}: {r.error}", err=True)
+            elif r.heap_short:  # provisioned, but its configuration will not fit the board's heap
+                click.echo(f"{r.node}: WARNING: heap: {r.heap}", err=True)
         ok = sum(r.status == "ok" for r in reports)
         written = sum(r.written for r in reports if r.status == "ok")
         verified = "all written files verified" if ok else "nothing verified"
