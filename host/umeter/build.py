@@ -26,6 +26,11 @@ Viper and native functions are compiled to machine code for the board (`-march`:
 for ESP32, armv6m for RP2040, x64 for the virtual board), and small ints get the target's width
 (`-msmall-int-bits`: 31 on the 32-bit MCUs, 63 on the 64-bit unix port), so mpy-cross rejects
 exactly what the board's own compiler would reject (e.g. a viper literal of 2**31 on an MCU).
+
+A module that compiles to no constant objects is compiled again with one (`len(b"")`
+appended): MicroPython points such a module's object table one past its qstr table, at the
+next heap block when that table fills its blocks exactly, and the collector keeps that block
+and what it refers to alive (_with_a_constant; docs/memory.md).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import unixport
+from . import mpyfile, unixport
 from .errors import ConfigError, UmeterError
 
 ARCHES = ("x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp", "xtensa", "xtensawin")
@@ -174,6 +179,27 @@ def compile_one(py: Path, rel: str, out: Path, arch: str, opt: int | None = None
         )
 
 
+def _with_a_constant(job: tuple[Path, str, Path], arch: str, opt: int | None) -> bytes:
+    """Compile the module again with one constant object (an empty bytes: no heap).
+    MicroPython gives a loaded module one allocation for its qstr table and its table of
+    constant objects (py/bc.h mp_module_context_alloc_tables), and points the object table at
+    the end of the qstr table; with no objects that is one past the end, and when the qstr
+    table fills its heap blocks exactly it is the address of the next block, which the
+    conservative collector then keeps -- with all it refers to -- for as long as the module is
+    loaded. A set-up module loaded and forgotten right after a package's __init__ stayed in the
+    heap that way (`meternode.hal`, 15 names: 0.8 KB on 32-bit, 3 KB on 64-bit, depending on
+    the node id's length; docs/memory.md). The line is appended: no other line moves."""
+    py, rel, out = job
+    padded = out.with_suffix(".const.py")
+    try:
+        text = py.read_bytes().rstrip(b"\n") + b'\nlen(b"")  # umeter build: a constant object (build.py)\n'
+        padded.write_bytes(text)
+        compile_one(padded, rel, out, arch, opt)
+        return text
+    finally:
+        padded.unlink(missing_ok=True)
+
+
 def build(
     board: str,
     out: str | os.PathLike[str] | None = None,
@@ -219,9 +245,12 @@ def build(
         jobs.append((folded.get(rel, py), rel, outdir / "lib" / Path(rel).with_suffix(".mpy")))
     errors: list[BuildError] = []
     done = 0
+    padded: dict[str, bytes] = {}  # rel -> the text compiled instead (_with_a_constant)
 
     def one(job: tuple[Path, str, Path]) -> None:
         compile_one(job[0], job[1], job[2], arch, opt)
+        if mpyfile.read(job[2]).n_obj == 0:
+            padded[job[1]] = _with_a_constant(job, arch, opt)
 
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as ex:
         futs = [(j, ex.submit(one, j)) for j in jobs]
@@ -234,7 +263,7 @@ def build(
             if progress:
                 progress(done, len(jobs), j[1])
     # the texts a freeze manifest freezes: what the .mpy files were compiled from (folded)
-    frozen_src = {j[1]: j[0].read_bytes() for j in jobs} if freeze and not errors else {}
+    frozen_src = {j[1]: padded.get(j[1]) or j[0].read_bytes() for j in jobs} if freeze and not errors else {}
     if folded:
         shutil.rmtree(outdir / ".fold")
     if errors:

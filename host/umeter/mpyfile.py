@@ -51,6 +51,7 @@ class Mpy:
     arch: str | None  # None: bytecode only
     small_int_bits: int
     qstrs: list[str | None] = field(default_factory=list)  # None: a static (firmware) qstr
+    n_obj: int = 0  # constant objects (str, bytes, float, big int, tuple, ...) in its table
     codes: list[Code] = field(default_factory=list)
 
     def machine_code(self) -> int:
@@ -111,7 +112,7 @@ def read(path: str | Path, data: bytes | None = None) -> Mpy:
     if head[2] & 0x40:  # arch flags (RISC-V extensions)
         r.uint()
     m = Mpy(str(path), ARCH_NAME.get(code), head[3])
-    n_qstr, n_obj = r.uint(), r.uint()
+    n_qstr, m.n_obj = r.uint(), r.uint()
     for _ in range(n_qstr):
         v = r.uint()
         if v & 1:
@@ -119,7 +120,7 @@ def read(path: str | Path, data: bytes | None = None) -> Mpy:
         else:
             m.qstrs.append(r.skip(v >> 1).decode("utf-8", "replace"))
             r.skip(1)
-    for _ in range(n_obj):
+    for _ in range(m.n_obj):
         _obj(r)
     _raw_code(r, m)
     if r.i != len(r.b):

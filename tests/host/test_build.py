@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from umeter import unixport
-from umeter.build import BuildError, build, read_manifest
+from umeter import mpyfile, unixport
+from umeter.build import BuildError, build, compile_one, read_manifest
 from umeter.errors import ConfigError
 
 # mpy header byte 2 = (native arch << 2) | sub-version (py/persistentcode.h MP_NATIVE_ARCH_*)
@@ -150,3 +150,27 @@ def test_freeze_manifest_freezes_the_texts_the_mpy_files_were_compiled_from(tmp_
     assert not any(f.startswith("frozen/") or f == "manifest.py" for f in read_manifest(res.out)["files"])
     text = res.freeze_manifest.read_text()
     assert 'package("meternode", base_path="frozen")' in text and "make -C ports/rp2 BOARD=RPI_PICO_W" in text
+
+
+def test_every_module_gets_a_constant_object_so_its_tables_keep_no_neighbour_alive(fw, tmp_path):
+    # A module without constant objects has its object table pointed one past the end of its
+    # qstr table (py/bc.h); when that table fills its heap blocks exactly, the collector keeps
+    # the next block alive with all it refers to (umeter.build._with_a_constant). The build
+    # gives such a module an empty bytes constant, appended: lines and tracebacks unchanged.
+    (fw / "meternode" / "plain.py").write_text("def f(x):\n    return x + 1\n\n\ndef g():\n    raise ValueError(x)\n")
+    out = tmp_path / "out"
+    build("sim", out, src=fw)
+    for f in (out / "lib").rglob("*.mpy"):
+        assert mpyfile.read(f).n_obj >= 1, f
+    assert not list(out.rglob("*.const.py"))  # the padded source is not shipped
+    # mpy-cross alone gives it none (what the build mends)
+    bare = tmp_path / "bare.mpy"
+    compile_one(fw / "meternode" / "plain.py", "meternode/plain.py", bare, "x64")
+    assert mpyfile.read(bare).n_obj == 0
+    got = run_mp(
+        "from meternode import plain\nprint(plain.f(1))\ntry:\n    plain.g()\nexcept NameError as e:\n"
+        "    import sys\n    sys.print_exception(e)\n",
+        out / "lib",
+    )
+    assert got.splitlines()[0] == "2"
+    assert 'File "meternode.plain", line 6, in g' in got
