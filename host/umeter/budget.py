@@ -18,11 +18,11 @@ MARGIN_KB = 32
 HELD_KB: dict[int, dict[str, dict[str, int]]] = {
     8: {
         "mpy": {"plain": 110, "+store": 132, "+cmd_key": 137, "+policy": 153, "+fleet": 178},
-        "romfs": {"plain": 77, "+store": 94, "+cmd_key": 97, "+policy": 107, "+fleet": 120},
+        "romfs": {"plain": 77, "+store": 91, "+cmd_key": 94, "+policy": 104, "+fleet": 117},
     },
     4: {
         "mpy": {"plain": 77, "+store": 93, "+cmd_key": 97, "+policy": 108, "+fleet": 127},
-        "romfs": {"plain": 47, "+store": 56, "+cmd_key": 58, "+policy": 63, "+fleet": 70},
+        "romfs": {"plain": 47, "+store": 55, "+cmd_key": 57, "+policy": 62, "+fleet": 69},
     },
 }
 CONFIGS = ("plain", "+store", "+cmd_key", "+policy", "+fleet")

@@ -57,11 +57,11 @@ def test_a_node_holds_its_budget_and_runs_in_it(setup, load, kind):
     assert "error" not in big, big
     held_kb = big["run_held"] / 1024
     assert held_kb <= table, f"{kind} from {load} holds {held_kb:.1f} KB, its budget says {table}: re-measure"
-    # a table far above the measurement is stale (re-measure); how far: +store from ROMFS holds
-    # 91.6 KB in every serial run here, but now and then 88.7 (start and end alike, the same
-    # modules loaded, the link up) when this file runs under `pytest -n 2` or the fresh-clone
-    # CI; the cause is not found yet (docs/memory.md, Limits), so the floor leaves room for it
-    assert held_kb > table - TOLERANCE_KB - 5, f"{kind} from {load} holds {held_kb:.1f} KB, the table {table}: {big}"
+    # a table far above the measurement is stale (re-measure). (Until session 11 +store from
+    # ROMFS held 91.6 or 88.7 KB by the node id's length: a package's constants table pointed at
+    # the next heap block and kept a forgotten module alive; umeter.build gives every module a
+    # constant object now, docs/memory.md)
+    assert held_kb > table - TOLERANCE_KB - 2, f"{kind} from {load} holds {held_kb:.1f} KB, the table {table}: {big}"
     # in its budgeted heap: store-and-forward starts, the link is up, nothing runs out of memory
     assert "error" not in tight and not tight.get("uplink_refused"), tight
     assert tight["uplink"] is True and tight["memory_errors"] == 0, tight
