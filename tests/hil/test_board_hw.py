@@ -4,6 +4,8 @@ the virtual board or another board type.  Each provisions the firmware, runs a s
 the board through the raw REPL and asserts on the JSON its last line prints.
 
 What they prove that the unix-port stand-ins cannot:
+  - where the viper kernels' machine code lands: in the gc heap on rp2 (as much as the
+    budget adds for it, umeter.budget.NATIVE_KB), in IRAM on an esp32.
   - RP2040 ADC + DMA ring (pico_w) and MCP3208 on PIO + DMA (pico_w_mcp3208): sampling for
     UMETER_HIL_SOAK_S seconds (600 by default) under forced LittleFS erases -- no crash, the
     canaries around every block intact, each input's DC level in its own column for the
@@ -321,6 +323,47 @@ def test_rak3172_configure_join_uplinks_duty_cycle_and_reset(provisioned, hil_ta
     assert r["rejoin"] is True and r["after"] is True and r["reader_alive"], r
 
 
+# -- the machine code's heap -------------------------------------------------------------------
+# What importing the viper kernels costs the gc heap on the board, and an esp32's IRAM: the
+# budget (umeter.budget.NATIVE_KB, docs/memory.md) says an rp2 keeps their machine code in its
+# gc heap and an esp32 copies it into IRAM, which no unix-port figure can show.
+NATIVE = r"""
+import gc, json, sys
+try:
+    import esp32
+    def iram():
+        return sum(h[1] for h in esp32.idf_heap_info(esp32.HEAP_EXEC))
+except (ImportError, AttributeError):
+    def iram():
+        return 0
+name = 'meternode.metrology.kernels'
+sys.modules.pop(name, None)  # a node main.py started before the interrupt may have loaded it
+gc.collect()
+a, x = gc.mem_free(), iram()
+__import__(name)
+gc.collect()
+print('RESULT ' + json.dumps({'gc_heap': a - gc.mem_free(), 'iram': x - iram()}))
+"""
+
+
+@pytest.mark.hardware
+def test_the_kernels_machine_code_lands_where_the_budget_says(provisioned, hil_target, tmp_path):  # pragma: no cover
+    from umeter import budget, mpyfile
+
+    arch = provisioned["arch"]
+    kernels = build(hil_target.board_type, tmp_path / "b").out / "lib" / "meternode" / "metrology" / "kernels.mpy"
+    m = mpyfile.read(kernels)
+    r = run_on_board(hil_target.port, NATIVE, timeout=60)
+    module = 2560  # the module's own object, globals, function objects and names (1.7 KB on the 32-bit unix port)
+    if arch in mpyfile.IN_GC_HEAP:
+        assert m.gc_heap_bytes() <= r["gc_heap"] <= m.gc_heap_bytes() + module, r
+        assert r["gc_heap"] <= budget.NATIVE_KB[arch] * 1024 + module, r
+    else:
+        assert r["gc_heap"] <= module, f"{arch}: the machine code should not stay in the gc heap: {r}"
+        if arch.startswith("xtensa"):
+            assert r["iram"] >= m.machine_code(), f"the esp32 commits machine code to IRAM: {r}"
+
+
 # -- the relay ------------------------------------------------------------------------------------
 @pytest.mark.hardware
 @pytest.mark.rig
@@ -362,6 +405,7 @@ def test_the_on_board_scripts_compile_on_micropython(tmp_path):
         "soak": SOAK % {"kind": "rp2", "seconds": 1},
         "esp32": ESP32_STRESS % {"tls": ""},
         "lora": LORA % {"keys": ["0" * 16, "0" * 16, "0" * 32, "EU868"]},
+        "native": NATIVE,
     }
     for name, code in scripts.items():
         (tmp_path / f"{name}.py").write_text(code)
