@@ -66,15 +66,30 @@ BUNDLE_KB = {8: 16, 4: 8}
 NATIVE_KB = {"armv6m": 6}
 
 
+# KB a board's own HAL holds beyond the sim board's (HELD_KB was measured on the sim board), by
+# word size: `halinit.make(board, config)` under the chip stand-ins of hil/umeter_hil/board_shim,
+# `.mpy` for the port's architecture, rounded up (tests/host/test_board_hal.py measures it;
+# 2026-12-06). A Pico W's is its 8-block ADC DMA ring and board modules. Upper bounds where the
+# stand-ins keep Python objects for what a board has in C (the MCP3208's PIO, the ESP32's
+# timers); the code part is in flash from ROMFS, so for ROMFS they err on the safe side too.
+HAL_KB = {
+    8: {"pico_w": 21, "pico_w_mcp3208": 39, "esp32_devkitc": 22},
+    4: {"pico_w": 16, "pico_w_mcp3208": 30, "esp32_devkitc": 15},
+}
+
+
 def words_for(arch: str | None) -> int:
     """Bytes per machine word on a board of this mpy arch (x64: the 64-bit unix port)."""
     return 8 if arch in ("x64", "rv64imc") else 4
 
 
-def board_need(config_kind: str, *, arch: str | None, load: str = "mpy") -> int:
-    """Bytes of free heap a node of this configuration needs on a board of `arch`: heap_for()
-    at its word size, and the machine code its port keeps in the gc heap."""
-    return heap_for(config_kind, words=words_for(arch), load=load) + NATIVE_KB.get(arch or "", 0) * 1024
+def board_need(config_kind: str, *, arch: str | None, load: str = "mpy", board: str | None = None) -> int:
+    """Bytes of free heap a node of this configuration needs on a board of `arch` (of type
+    `board`, boards/NAME.json): heap_for() at its word size, the machine code its port keeps in
+    the gc heap, and what its HAL holds beyond the sim board's."""
+    words = words_for(arch)
+    extra = NATIVE_KB.get(arch or "", 0) + HAL_KB[words].get(board or "", 0)
+    return heap_for(config_kind, words=words, load=load) + extra * 1024
 
 
 def heap_for(config_kind: str, *, words: int, load: str = "mpy") -> int:

@@ -199,7 +199,7 @@ def _provision_open(b: Board, dev: Device, info: dict, man: dict, board_def: dic
     files = image_files(build_dir)
     files["/config.json"] = cfg_bytes
     image = _romfs_plan(b, man, build_dir, rep)
-    _heap_check(b, man["arch"], cfg, "romfs" if image is not None else "mpy", rep)
+    _heap_check(b, man["arch"], dev.board, cfg, "romfs" if image is not None else "mpy", rep)
     if image is not None:  # the package runs from the ROMFS partition: no lib/ files
         files = {p: d for p, d in files.items() if not p.startswith("/lib/")}
     entries = {p[1:]: {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d)} for p, d in files.items()}
@@ -266,19 +266,23 @@ def _provision_open(b: Board, dev: Device, info: dict, man: dict, board_def: dic
     )
 
 
-def _heap_check(b: Board, arch: str, cfg: dict, load: str, rep: Report) -> None:
+def _heap_check(b: Board, arch: str, board: str, cfg: dict, load: str, rep: Report) -> None:
     """The board's free heap against the budget of the node's configuration (umeter.budget,
     docs/memory.md: what it holds once running + 32 KB, + the machine code an rp2 keeps in its
-    heap). Short is a warning in the report, not a failure: the node starts, and refuses
-    store-and-forward (or meets MemoryErrors) when its heap runs out."""
+    heap, + what the board's HAL holds beyond the sim board's). Short is a warning in the
+    report, not a failure: the node starts, and refuses store-and-forward (or meets
+    MemoryErrors) when its heap runs out."""
     kind = budget.kind(cfg)
-    need = budget.board_need(kind, arch=arch, load=load)
+    need = budget.board_need(kind, arch=arch, load=load, board=board)
     gc_free, idf = b.heap()
     have = gc_free + idf
-    held = budget.held_kb(kind, words=budget.words_for(arch), load=load)
+    words = budget.words_for(arch)
+    held = budget.held_kb(kind, words=words, load=load)
     native = budget.NATIVE_KB.get(arch, 0)
+    hal = budget.HAL_KB[words].get(board, 0)
     what = f"{_a(kind.lstrip('+') or kind)} node from {'ROMFS' if load == 'romfs' else '.mpy files'}"
     parts = f"{held} held + {budget.MARGIN_KB} margin" + (f" + {native} machine code" if native else "")
+    parts += f" + {hal} {board} HAL" if hal else ""
     free = f"{gc_free // 1024} KiB free" + (f" + {idf // 1024} KiB of IDF heap it can grow into" if idf else "")
     rep.heap = f"{free}; {what} needs {need // 1024} KiB ({parts})"
     if have < need:

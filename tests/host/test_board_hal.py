@@ -1,0 +1,67 @@
+"""What each board type's own HAL holds beyond the sim board's, on this unix port: made by the
+firmware's `halinit.make(board, config)` under the chip stand-ins the board-backend tests use
+(hil/umeter_hil/board_shim), from a `.mpy` build of that board for the port's architecture.
+umeter.budget.HAL_KB must cover it (provisioning adds it to a board's need) and not be stale."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from umeter import budget, unixport
+from umeter.build import build
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SCRIPT = r"""
+import sys, gc
+which, lib, root = sys.argv[1], sys.argv[2], sys.argv[3]
+sys.path[:0] = [lib, root + "/hil/umeter_hil/board_shim", root + "/tests/firmware"]
+from board_standins import board, build
+import meternode
+b = board(which)
+hw = None
+if b["hal"] in ("rp2", "mcp3208"):
+    import rp2hw
+    hw = rp2hw.RP2040()
+elif b["hal"] == "esp32":
+    import softirq
+    hw = softirq.World(port="esp32")
+gc.collect()
+a = gc.mem_alloc()
+def make():
+    return meternode.run("meternode.hal.halinit", "make", b, {"node_id": "x"})
+h = build(hw, make) if hw else make()
+gc.collect()
+print("HELD", gc.mem_alloc() - a, type(h.sampler).__name__)
+"""
+
+
+def _hal_held(tmp_path: Path, name: str) -> tuple[int, str]:
+    out = build(name, tmp_path / name, arch=unixport.native_arch()).out
+    script = tmp_path / "hal.py"
+    script.write_text(SCRIPT)
+    r = subprocess.run(unixport.command(script, name, str(out / "lib"), str(ROOT), heap="1m"),
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("HELD ")]
+    assert line, r.stdout + r.stderr
+    return int(line[0].split()[1]), line[0].split()[2]
+
+
+def test_a_boards_hal_holds_what_the_budget_adds_for_it(tmp_path):
+    words = unixport.word_bytes()
+    sim, kind = _hal_held(tmp_path, "sim")
+    assert kind == "SimSampler"
+    for name, table in budget.HAL_KB[words].items():
+        held, sampler = _hal_held(tmp_path, name)
+        extra = (held - sim) / 1024
+        assert sampler != "SimSampler", name
+        assert table - 2 < extra <= table, (
+            f"{name}'s HAL holds {extra:.1f} KB more than the sim board's, budget.HAL_KB says {table}: re-measure"
+        )
+    # provisioning adds it (and the rp2's machine code) to what a node of that board needs
+    need = budget.board_need("+cmd_key", arch="armv6m", board="pico_w")
+    extra = budget.NATIVE_KB["armv6m"] + budget.HAL_KB[4]["pico_w"]
+    assert need == budget.heap_for("+cmd_key", words=4) + extra * 1024
+    # the sim board is what HELD_KB was measured on: nothing to add
+    assert budget.board_need("+store", arch="x64", board="sim") == budget.heap_for("+store", words=8)
