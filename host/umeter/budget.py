@@ -83,13 +83,24 @@ def words_for(arch: str | None) -> int:
     return 8 if arch in ("x64", "rv64imc") else 4
 
 
-def board_need(config_kind: str, *, arch: str | None, load: str = "mpy", board: str | None = None) -> int:
-    """Bytes of free heap a node of this configuration needs on a board of `arch` (of type
-    `board`, boards/NAME.json): heap_for() at its word size, the machine code its port keeps in
-    the gc heap, and what its HAL holds beyond the sim board's."""
+def need_parts(config_kind: str, *, arch: str | None, load: str = "mpy", board: str | None = None) -> list:
+    """What a node of this configuration needs on a board of `arch` (of type `board`,
+    boards/NAME.json), KB by part: held at its word size, the margin, a fleet node's bundle room,
+    the machine code its port keeps in the gc heap, what its HAL holds beyond the sim board's."""
     words = words_for(arch)
-    extra = NATIVE_KB.get(arch or "", 0) + HAL_KB[words].get(board or "", 0)
-    return heap_for(config_kind, words=words, load=load) + extra * 1024
+    parts = [("held", held_kb(config_kind, words=words, load=load)), ("margin", MARGIN_KB)]
+    if config_kind == "+fleet":
+        parts.append(("bundle", BUNDLE_KB[words]))
+    if NATIVE_KB.get(arch or ""):
+        parts.append(("machine code", NATIVE_KB[arch or ""]))
+    if HAL_KB[words].get(board or ""):
+        parts.append((f"{board} HAL", HAL_KB[words][board or ""]))
+    return parts
+
+
+def board_need(config_kind: str, *, arch: str | None, load: str = "mpy", board: str | None = None) -> int:
+    """Bytes of free heap a node of this configuration needs on such a board (need_parts)."""
+    return sum(kb for _, kb in need_parts(config_kind, arch=arch, load=load, board=board)) * 1024
 
 
 def heap_for(config_kind: str, *, words: int, load: str = "mpy") -> int:

@@ -273,18 +273,14 @@ def _heap_check(b: Board, arch: str, board: str, cfg: dict, load: str, rep: Repo
     report, not a failure: the node starts, and refuses store-and-forward (or meets
     MemoryErrors) when its heap runs out."""
     kind = budget.kind(cfg)
-    need = budget.board_need(kind, arch=arch, load=load, board=board)
+    parts = budget.need_parts(kind, arch=arch, load=load, board=board)
+    need = sum(kb for _, kb in parts) * 1024
     gc_free, idf = b.heap()
     have = gc_free + idf
-    words = budget.words_for(arch)
-    held = budget.held_kb(kind, words=words, load=load)
-    native = budget.NATIVE_KB.get(arch, 0)
-    hal = budget.HAL_KB[words].get(board, 0)
     what = f"{_a(kind.lstrip('+') or kind)} node from {'ROMFS' if load == 'romfs' else '.mpy files'}"
-    parts = f"{held} held + {budget.MARGIN_KB} margin" + (f" + {native} machine code" if native else "")
-    parts += f" + {hal} {board} HAL" if hal else ""
+    shown = " + ".join(f"{kb} {name}" for name, kb in parts)
     free = f"{gc_free // 1024} KiB free" + (f" + {idf // 1024} KiB of IDF heap it can grow into" if idf else "")
-    rep.heap = f"{free}; {what} needs {need // 1024} KiB ({parts})"
+    rep.heap = f"{free}; {what} needs {need // 1024} KiB ({shown})"
     if have < need:
         rep.heap_short = True
         rep.heap += (

@@ -63,5 +63,10 @@ def test_a_boards_hal_holds_what_the_budget_adds_for_it(tmp_path):
     need = budget.board_need("+cmd_key", arch="armv6m", board="pico_w")
     extra = budget.NATIVE_KB["armv6m"] + budget.HAL_KB[4]["pico_w"]
     assert need == budget.heap_for("+cmd_key", words=4) + extra * 1024
-    # the sim board is what HELD_KB was measured on: nothing to add
-    assert budget.board_need("+store", arch="x64", board="sim") == budget.heap_for("+store", words=8)
+    # the sim board is what HELD_KB was measured on: nothing to add; the parts provisioning
+    # shows add up to the need, a fleet node's bundle room included
+    for kind in budget.CONFIGS:
+        assert budget.board_need(kind, arch="x64", board="sim") == budget.heap_for(kind, words=8)
+    fleet = dict(budget.need_parts("+fleet", arch="armv6m", load="romfs", board="pico_w"))
+    assert fleet == {"held": budget.HELD_KB[4]["romfs"]["+fleet"], "margin": 32, "bundle": budget.BUNDLE_KB[4],
+                     "machine code": 6, "pico_w HAL": budget.HAL_KB[4]["pico_w"]}  # fmt: skip
