@@ -241,8 +241,10 @@ def _hook(name, g=None, l=None, fromlist=(), level=0):
         sys.modules["meternode.node"].main = _main
     return m
 builtins.__import__ = _hook
+# compiled from a temporary string, as a board's main.py is from its file: nothing holds the
+# text while the node runs (the string exec() is given stays on the stack until it returns)
 with open("main.py") as f:
-    src = f.read()
+    src = compile(f.read(), "main.py", "exec")
 exec(src, {"__name__": "__main__"})
 """
 
