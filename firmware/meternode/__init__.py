@@ -46,3 +46,25 @@ def run(module, attr, *args):
         return getattr(sys.modules[module], attr)(*args)
     finally:
         forget(module)
+
+
+def msg(a, b):
+    # Bytes a..b of msgs.txt beside this file: `umeter build` moves the error and log messages
+    # of the package's modules there (a message in a .mpy is a string held with its module)
+    # and writes `msg(a, b)` where each was (host/umeter/msgfold.py).  Read when one is used,
+    # on a path about to allocate for it anyway.  An unreadable file gives a str that names
+    # the message and takes any % arguments, so the error it was for is still reported.
+    try:
+        with open(__file__[: __file__.rfind("/") + 1] + "msgs.txt", "rb") as f:
+            f.seek(a)
+            t = f.read(b - a)
+        if len(t) == b - a:
+            return str(t, "utf-8")
+    except (OSError, ValueError):
+        pass
+
+    class Lost(str):
+        def __mod__(self, x):
+            return str(self) + " %r" % (x,)
+
+    return Lost("message %d..%d (msgs.txt unreadable)" % (a, b))

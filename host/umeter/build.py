@@ -5,6 +5,8 @@ The output directory is an image of the board's filesystem:
     board.json              the board definition (boards/<name>.json)
     boot.py, main.py        entry points stay source (a board only runs .py files at boot)
     lib/meternode/**.mpy    the firmware package, compiled for the board's architecture
+    lib/meternode/msgs.txt  its modules' error and log messages, read when one is used
+                            (msgfold.py: a message in a .mpy is RAM held with its module)
     manifest.json           {"format": 1, "version", "board", "arch", "mpy", "files":
                              {path: {"sha256", "size"}}[, "romfs": {"file", "sha256",
                              "size"}]} -- written last by provisioning
@@ -12,12 +14,14 @@ The output directory is an image of the board's filesystem:
 and, when asked for:
 
     romfs.img               (--romfs) the compiled package as a ROMFS image (romfs.py), for a
-                            board with a ROMFS partition: lib/meternode/**.mpy, run in place
-                            from flash; `umeter provision` deploys it there instead of lib/
+                            board with a ROMFS partition: lib/meternode/**.mpy and msgs.txt,
+                            run in place from flash; `umeter provision` deploys it there
+                            instead of lib/
     manifest.py, frozen/    (--manifest) a MicroPython manifest that freezes the package into
                             a firmware image the user builds (frozen/meternode/**.py: the
                             sources as the .mpy files were compiled from them, constants
-                            folded; the port's own mpy-cross compiles them)
+                            folded, each module's messages in a string of its own; the port's
+                            own mpy-cross compiles them)
 
 The sim board runs on the local unix port, so its build targets that binary's architecture
 (x64, or x86 for a 32-bit build selected with UMETER_MICROPYTHON) unless `arch` says otherwise.
@@ -35,6 +39,7 @@ and what it refers to alive (_with_a_constant; docs/memory.md).
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -48,6 +53,7 @@ from pathlib import Path
 
 from . import mpyfile, unixport
 from .errors import ConfigError, UmeterError
+from .msgfold import BOOK_FILE, Book
 
 ARCHES = ("x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp", "xtensa", "xtensawin")
 SMALL_INT_BITS = {"x64": 63}  # every other target is a 32-bit MCU: 31
@@ -238,7 +244,9 @@ def build(
     if outdir.exists():
         shutil.rmtree(outdir)
     outdir.mkdir(parents=True)
-    folded = _fold(srcdir, sources, outdir / ".fold", fold, msgs) if fold or msgs else {}
+    folded, book, frozen_texts = (
+        _fold(srcdir, sources, outdir / ".fold", fold, msgs) if fold or msgs else ({}, None, {})
+    )
     jobs = []
     for py in sources:
         rel = py.relative_to(srcdir).as_posix()
@@ -262,13 +270,20 @@ def build(
             done += 1
             if progress:
                 progress(done, len(jobs), j[1])
-    # the texts a freeze manifest freezes: what the .mpy files were compiled from (folded)
-    frozen_src = {j[1]: padded.get(j[1]) or j[0].read_bytes() for j in jobs} if freeze and not errors else {}
+    # the texts a freeze manifest freezes: what the .mpy files were compiled from (folded), but
+    # a module with messages keeps them in a string of its own (frozen strings stay in flash)
+    frozen_src = (
+        {j[1]: frozen_texts.get(j[1]) or padded.get(j[1]) or j[0].read_bytes() for j in jobs}
+        if freeze and not errors
+        else {}
+    )
     if folded:
         shutil.rmtree(outdir / ".fold")
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise BuildError(errors[0].message + more, hint=errors[0].hint)
+    if book is not None:
+        (outdir / "lib" / "meternode" / BOOK_FILE).write_bytes(bytes(book.data))
     for name in ("main.py", "boot.py"):
         if (srcdir / name).exists():
             shutil.copyfile(srcdir / name, outdir / name)
@@ -286,25 +301,38 @@ def build(
     return res
 
 
-def _fold(srcdir: Path, sources: list[Path], work: Path, consts: bool = True, msgs: bool = True) -> dict[str, Path]:
+def _fold(
+    srcdir: Path, sources: list[Path], work: Path, consts: bool = True, msgs: bool = True
+) -> tuple[dict[str, Path], Book | None, dict[str, bytes]]:
     # the texts compiled instead of the sources, {rel: copy} for the files that change: the
-    # package's cross-module constants folded (constfold.py), each module's messages in one
-    # string (msgfold.py); every edit on its line
+    # package's cross-module constants folded (constfold.py), the messages of the package's
+    # modules in the book (msgs.txt, msgfold.py); every edit on its line. Also the book, and
+    # for a freeze manifest {rel: text} with each module's messages in a string of its own.
     from umeter.constfold import fold
     from umeter.msgfold import fold_messages
 
     rels = {source_name(py.relative_to(srcdir).as_posix()): py for py in sources}
     pkgs = {m for m, py in rels.items() if py.name == "__init__.py"}
     texts = {m: py.read_text() for m, py in rels.items()}
+    # the book when the package can read it (another tree's package may have no msg())
+    init = ast.parse(texts["meternode"]) if msgs and "meternode" in pkgs else None
+    has_msg = init is not None and any(isinstance(n, ast.FunctionDef) and n.name == "msg" for n in init.body)
+    book = Book() if has_msg else None
+    frozen: dict[str, bytes] = {}
     try:
         out = fold(texts, pkgs) if consts else {}
         if msgs:
-            for m in texts:
-                t = fold_messages(out.get(m, texts[m]))
+            for m in sorted(texts):
+                pre = out.get(m, texts[m])
+                own = fold_messages(pre)
+                # meternode/__init__.py defines msg(): its own messages stay in a string
+                t = fold_messages(pre, book) if book is not None and m != "meternode" else own
+                if t is not None and t is not own:  # frozen: no msgs.txt, the module's string
+                    frozen[rels[m].relative_to(srcdir).as_posix()] = (own or pre).encode()
                 if t is not None:
                     out[m] = t
     except SyntaxError:
-        return {}  # mpy-cross names the file and line (compile_one)
+        return {}, None, {}  # mpy-cross names the file and line (compile_one)
     done = {}
     for m, text in out.items():
         rel = rels[m].relative_to(srcdir).as_posix()
@@ -312,7 +340,7 @@ def _fold(srcdir: Path, sources: list[Path], work: Path, consts: bool = True, ms
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.write_text(text)
         done[rel] = dst
-    return done
+    return done, book, frozen
 
 
 def write_romfs(outdir: Path) -> dict:
@@ -321,7 +349,11 @@ def write_romfs(outdir: Path) -> dict:
     from . import romfs
 
     lib = outdir / "lib"
-    files = {p.relative_to(outdir).as_posix(): p.read_bytes() for p in sorted(lib.rglob("*.mpy"))}
+    files = {
+        p.relative_to(outdir).as_posix(): p.read_bytes()
+        for p in sorted(lib.rglob("*"))
+        if p.suffix == ".mpy" or p.name == BOOK_FILE
+    }
     img = romfs.build_image(files)
     (outdir / ROMFS_IMAGE).write_bytes(img)
     return {"file": ROMFS_IMAGE, "sha256": romfs.digest(img), "size": len(img)}

@@ -9,8 +9,9 @@ come seldom or never.
 
 `fold_messages(text)` returns the text `umeter build` compiles instead, in which the messages
 of a module's functions -- string literals over 10 characters in a `raise` statement or in
-the arguments of a call to `log`, `_log`, `print`, `event` or `_event`, and the module names
-given to `run` and `forget` -- are slices of one
+the arguments of a call to `log`, `_log`, `print`, `event`, `_event`, `drop`, `reboot`,
+`_reboot`, `_apply` or an exception (a callee named ...Error), and the module names given to
+`run` and `forget` -- are slices of one
 module string `_MSGS`, bound on the module's first comment or blank line before its code (at
 the end when it has none): `raise ValueError("tariffs must be
 1..16, not %r" % t)` becomes `raise ValueError(_MSGS[120:148] % t)`. The message is made (a new
@@ -20,6 +21,18 @@ the formatted line). Every edit stays on its line, so a traceback points at the 
 Left alone: literals at module level (they run at import, before `_MSGS` is bound), f-string
 parts, bytes, literals spanning lines, and modules with fewer than two messages (one string
 object then costs what it saves). Sources, tests and host code keep the literals.
+
+With a `Book` (what `umeter build` gives for `.mpy` files), the messages leave the module
+altogether: the package's messages are one UTF-8 file, `msgs.txt` beside the package's
+`__init__`, each text once, and `_MSGS` is the package's `msg` function, which reads a
+message from the file when it is used: `raise ValueError(_MSGS(120, 148) % t)`. From `.mpy`
+files a module's message string is held as long as the module, ~4 KB in a running node on
+either port (docs/memory.md); the file costs a read of flash on a path that is about to
+allocate anyway. When the file cannot be read, `msg` returns a str that names the message
+(its offsets, which `Book.text` turns back into the message on the host) and takes any `%`
+arguments, so an error is still reported, not replaced by another. Frozen modules keep the
+string (their strings run from flash already) and `meternode/__init__.py` keeps its own
+messages (it defines `msg`).
 """
 
 from __future__ import annotations
@@ -27,11 +40,34 @@ from __future__ import annotations
 import ast
 
 NAME = "_MSGS"
-# calls whose long string arguments are seldom made: log lines, events, and the module names
+# calls whose long string arguments are seldom made: log lines, events, the module names
 # handed to meternode.run()/forget() (a module loaded for one call: a start-up, a command, a
-# stats request; each name a str object in every module that names it)
-LOGGERS = frozenset({"log", "_log", "print", "event", "_event", "run", "forget"})
+# stats request; each name a str object in every module that names it), the reasons given
+# for dropping a connection, for a reboot and for a relay's change, and exceptions made
+# (a callee named ...Error)
+LOGGERS = frozenset({"log", "_log", "print", "event", "_event", "run", "forget", "drop", "reboot", "_reboot", "_apply"})
 MIN_LEN = 11  # MicroPython interns shorter literals (MICROPY_ALLOC_PARSE_INTERN_STRING_LEN 10)
+BOOK_FILE = "msgs.txt"  # beside the package's __init__ (lib/meternode/msgs.txt)
+
+
+class Book:
+    """The messages of a package's modules as one file: `add(text)` gives the text's byte
+    offsets (a text added twice is stored once), `data` is the file."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self._at: dict[str, tuple[int, int]] = {}
+
+    def add(self, text: str) -> tuple[int, int]:
+        if text not in self._at:
+            raw = text.encode()
+            self._at[text] = (len(self.data), len(self.data) + len(raw))
+            self.data += raw
+        return self._at[text]
+
+    def text(self, a: int, b: int) -> str:
+        """The message at offsets a..b (what a node says when its file was unreadable)."""
+        return bytes(self.data[a:b]).decode()
 
 
 def _callee(call: ast.Call) -> str | None:
@@ -49,7 +85,14 @@ def messages(tree: ast.Module) -> list[ast.Constant]:
                 continue  # an f-string's parts are not literals of their own
             fn = in_fn or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
             msg = in_msg or (
-                fn and (isinstance(child, ast.Raise) or (isinstance(child, ast.Call) and _callee(child) in LOGGERS))
+                fn
+                and (
+                    isinstance(child, ast.Raise)
+                    or (
+                        isinstance(child, ast.Call)
+                        and ((_callee(child) or "").endswith("Error") or _callee(child) in LOGGERS)
+                    )
+                )
             )
             if (
                 msg
@@ -65,30 +108,35 @@ def messages(tree: ast.Module) -> list[ast.Constant]:
     return found
 
 
-def fold_messages(text: str) -> str | None:
-    """The module's text with its messages in `_MSGS`, or None when it has fewer than two or
-    already binds the name."""
+def fold_messages(text: str, book: Book | None = None) -> str | None:
+    """The module's text with its messages in `_MSGS` (a string of the module, or with `book`
+    a function that reads them from the book's file), or None when there is nothing to move
+    (without a book: fewer than two messages) or the module already binds the name."""
     tree = ast.parse(text)
     if any(isinstance(n, ast.Name) and n.id == NAME for n in ast.walk(tree)):
         return None
     lits = messages(tree)
-    if len({c.value for c in lits}) < 2:
+    if len({c.value for c in lits}) < (1 if book is not None else 2):
         return None
     at: dict[str, tuple[int, int]] = {}
     parts: list[str] = []
     n = 0
     for c in lits:
         if c.value not in at:
+            if book is not None:
+                at[c.value] = book.add(c.value)
+                continue
             at[c.value] = (n, n + len(c.value))
             parts.append(c.value)
             n += len(c.value)
     lines = text.splitlines(keepends=True)
     blines = [ln.encode() for ln in lines]  # ast columns are UTF-8 byte offsets
+    use = "{0}({1}, {2})" if book is not None else "{0}[{1}:{2}]"
     for c in sorted(lits, key=lambda c: (c.lineno, c.col_offset), reverse=True):
         a, b = at[c.value]
         line = blines[c.lineno - 1]
-        blines[c.lineno - 1] = line[: c.col_offset] + f"{NAME}[{a}:{b}]".encode() + line[c.end_col_offset :]
-    bind = f"{NAME} = {''.join(parts)!r}"
+        blines[c.lineno - 1] = line[: c.col_offset] + use.format(NAME, a, b).encode() + line[c.end_col_offset :]
+    bind = f"from meternode import msg as {NAME}" if book is not None else f"{NAME} = {''.join(parts)!r}"
     first = tree.body[0].lineno if tree.body else len(blines) + 1
     for i in range(first - 1):
         ln = blines[i].strip()

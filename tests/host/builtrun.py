@@ -18,10 +18,11 @@ def run_on_build(out: Path, script: Path, heap: str = "1m") -> str:
 
 
 def package(root: Path, modules: dict[str, str]) -> Path:
-    """A `meternode` package of {module name: text} under `root` (returned)."""
+    """A `meternode` package of {module name: text} under `root` (returned), with the
+    firmware's own package module (run(), forget(), msg())."""
     pkg = root / "meternode"
     pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text((unixport.firmware_root() / "meternode" / "__init__.py").read_text())
     for name, text in modules.items():
         (pkg / f"{name}.py").write_text(text)
     return root

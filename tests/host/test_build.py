@@ -3,6 +3,7 @@ per file, and an x64 build that the unix port imports and runs."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -131,8 +132,11 @@ def test_repository_firmware_builds_for_the_mcu_boards(tmp_path, board):
 def test_freeze_manifest_freezes_the_texts_the_mpy_files_were_compiled_from(tmp_path):
     # --manifest: frozen/meternode/**.py are the constant-folded texts (constfold.py), not the
     # plain sources, so a frozen package's module globals are the .mpy build's; each one
-    # compiles to the very .mpy the build ships, and frozen/ is not part of the provisioned files
+    # compiles to the very .mpy the build ships, but for its messages: a frozen module keeps
+    # them in a string of its own (in flash) where the .mpy reads them from msgs.txt
+    # (msgfold.py); frozen/ is not part of the provisioned files
     from umeter.build import compile_one
+    from umeter.msgfold import NAME, messages
 
     res = build("pico_w", tmp_path / "pico", freeze=True)
     frozen = res.out / "frozen"
@@ -142,11 +146,20 @@ def test_freeze_manifest_freezes_the_texts_the_mpy_files_were_compiled_from(tmp_
     src = Path(unixport.firmware_root())
     changed = [r for r in rels if (frozen / r).read_bytes() != (src / r).read_bytes()]
     assert "meternode/node.py" in changed, "node.py reads records.EV_* constants the build folds"
+    with_msgs = 0
     for rel in rels:
         out = tmp_path / "again" / rel
         compile_one(frozen / rel, rel, out.with_suffix(".mpy"), res.arch)
         built = res.out / "lib" / Path(rel).with_suffix(".mpy")
-        assert out.with_suffix(".mpy").read_bytes() == built.read_bytes(), f"frozen/{rel} is not {built}'s source"
+        text = (frozen / rel).read_text()
+        assert f"{NAME}(" not in text, f"frozen/{rel} reads msgs.txt"
+        # a module with messages (in a string of its own, or one message left in place)
+        if rel != "meternode/__init__.py" and (f"{NAME} = " in text or messages(ast.parse(text))):
+            with_msgs += 1
+            assert out.with_suffix(".mpy").read_bytes() != built.read_bytes()
+        else:
+            assert out.with_suffix(".mpy").read_bytes() == built.read_bytes(), f"frozen/{rel} is not {built}'s source"
+    assert with_msgs > 40, with_msgs
     assert not any(f.startswith("frozen/") or f == "manifest.py" for f in read_manifest(res.out)["files"])
     text = res.freeze_manifest.read_text()
     assert 'package("meternode", base_path="frozen")' in text and "make -C ports/rp2 BOARD=RPI_PICO_W" in text

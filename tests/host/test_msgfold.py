@@ -1,7 +1,9 @@
-"""Messages gathered into one string per module at build time (host/umeter/msgfold.py): every
-moved literal reads back the same text, lines stay where they were, what runs at import or
-is not a message is left alone, and the built package prints the same errors and log lines
-on MicroPython as the source while holding less heap."""
+"""Messages moved out of the modules at build time (host/umeter/msgfold.py): into one string per
+module (frozen modules) or the package's msgs.txt, read when used (`.mpy` files, the build's
+default). Every moved literal reads back the same text, lines stay where they were, what runs
+at import or is not a message is left alone, the built package prints the same errors and log
+lines on MicroPython as the source (from files, from a ROMFS image, frozen texts) while
+holding less heap, and a node whose msgs.txt is gone still reports each error."""
 
 from __future__ import annotations
 
@@ -10,9 +12,9 @@ from pathlib import Path
 
 from builtrun import package, run_main, run_on_build
 
-from umeter import unixport
+from umeter import romfs, unixport
 from umeter.build import build
-from umeter.msgfold import NAME, fold_messages, messages
+from umeter.msgfold import BOOK_FILE, NAME, Book, fold_messages, messages
 
 MOD = """\
 # a module with messages
@@ -96,21 +98,50 @@ def test_fold_messages_moves_only_function_messages_and_keeps_lines() -> None:
     assert fold_messages(f'{NAME} = 1\ndef f():\n    raise ValueError("a message here" + "and another one")\n') is None
 
 
+def _calls(text: str, book: Book) -> list[tuple[int, str]]:
+    # (line, text) of each _MSGS(a, b) in a module folded with a book
+    out = []
+    for n in ast.walk(ast.parse(text)):
+        if isinstance(n, ast.Call) and getattr(n.func, "id", "") == NAME:
+            out.append((n.lineno, n.col_offset, book.text(n.args[0].value, n.args[1].value)))
+    return [(ln, s) for ln, _, s in sorted(out)]
+
+
+def test_with_a_book_messages_leave_the_module_for_one_file() -> None:
+    book = Book()
+    out = fold_messages(MOD, book)
+    assert out.count("\n") == MOD.count("\n")
+    assert out.splitlines()[0] == f"from meternode import msg as {NAME}  # a module with messages"
+    assert _calls(out, book) == [(c.lineno, c.value) for c in messages(ast.parse(MOD))]
+    assert "x must be 0 or more" not in out and '"a/long/topic/name"' in out and 'f"x is' in out
+    # a text in two modules is in the file once; a module with one message is folded too
+    one = fold_messages('def f():\n    raise ValueError("x must be 0 or more, not %r" % 1)\n', book)
+    assert one.startswith(f"def f():\n    raise ValueError({NAME}(") and book.data.count(b"x must be 0") == 1
+    assert fold_messages("def f():\n    return 1\n", book) is None
+
+
 def test_every_firmware_message_reads_back_as_its_literal() -> None:
     root = unixport.firmware_root()
     moved = modules = 0
+    book = Book()
     for py in sorted((root / "meternode").rglob("*.py")):
         text = py.read_text()
+        want = [(c.lineno, c.value) for c in messages(ast.parse(text))]
+        into_book = fold_messages(text, book)
+        if into_book is not None:
+            assert into_book.count("\n") == text.count("\n"), py
+            assert _calls(into_book, book) == want, py
+            compile(into_book, str(py), "exec")
         out = fold_messages(text)
         if out is None:
             continue
         modules += 1
         assert out.count("\n") == text.count("\n"), py
-        want = [(c.lineno, c.value) for c in messages(ast.parse(text))]
         assert _slices(out) == want, py
         moved += len(want)
         compile(out, str(py), "exec")
     assert modules > 40 and moved > 250, (modules, moved)
+    assert 10_000 < len(book.data) < moved * 60, len(book.data)  # each text once
 
 
 def _tree(root: Path) -> Path:
@@ -133,6 +164,44 @@ def test_built_package_says_what_the_source_says_on_micropython(tmp_path) -> Non
     assert "ValueError x must be 0 or more, not -1" in from_build
     assert "KeyError x must be 0 or more, not 7" in from_build
     assert "checked 3 again" in from_build and "line 11, in check" in from_build
+
+
+def test_without_its_messages_file_a_built_package_still_reports_each_error(tmp_path) -> None:
+    # msgs.txt lost or unreadable: each message names its place in the file (which the build's
+    # copy turns back into the text) and takes its arguments; no error becomes another
+    built = build("sim", tmp_path / "out", src=_tree(tmp_path / "fw"))
+    book = Book()
+    book.data += (built.out / "lib" / "meternode" / BOOK_FILE).read_bytes()
+    (built.out / "lib" / "meternode" / BOOK_FILE).unlink()
+    out = _run(built.out / "lib", tmp_path)
+    line = next(ln for ln in out.splitlines() if ln.startswith("ValueError message "))
+    assert line.endswith(" (msgs.txt unreadable) -1"), out
+    a, b = (int(x) for x in line.split()[2].split(".."))
+    assert book.text(a, b) == "x must be 0 or more, not %r"
+    assert "(msgs.txt unreadable) 3" in out and "line 11, in check" in out  # a log line, the traceback
+
+
+def test_frozen_texts_and_a_romfs_image_say_what_the_source_says(tmp_path) -> None:
+    src = _tree(tmp_path / "fw")
+    from_source = _run(src, tmp_path)
+    built = build("sim", tmp_path / "out", src=src, romfs=True, freeze=True)
+    # frozen: every module's messages in its own string (no msgs.txt in a firmware image)
+    frozen = _run(built.out / "frozen", tmp_path)
+    assert [ln.split(",", 1)[-1] for ln in frozen.splitlines()] == [
+        ln.split(",", 1)[-1] for ln in from_source.splitlines()
+    ]
+    # ROMFS: msgs.txt is in the image, read in place like the code
+    mount = (  # on MAIN's first line, so the script's line numbers stay
+        f"import sys, vfs; buf = open({str(built.out / 'romfs.img')!r}, 'rb').read(); "
+        "vfs.mount(vfs.VfsRom(buf), '/rom'); sys.path.insert(0, '/rom/lib')"
+    )
+    assert MAIN.startswith("import sys\n")
+    rom = run_main(tmp_path / "nothing", mount + MAIN[len("import sys") :], tmp_path)
+    assert [ln.split(",", 1)[-1] for ln in rom.splitlines()] == [
+        ln.split(",", 1)[-1] for ln in from_source.splitlines()
+    ], rom
+    assert "unreadable" not in rom and "x must be 0 or more, not -1" in rom  # MICROPYPATH: nothing
+    assert f"lib/meternode/{BOOK_FILE}" in romfs.read_image((built.out / "romfs.img").read_bytes())
 
 
 def test_firmware_built_with_messages_folded_holds_less(tmp_path) -> None:
