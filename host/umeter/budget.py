@@ -17,12 +17,12 @@ MARGIN_KB = 32
 # tests/host/test_memory_budget.py's shorter run, other node ids, a command nearer the end)
 HELD_KB: dict[int, dict[str, dict[str, int]]] = {
     8: {
-        "mpy": {"plain": 110, "+store": 132, "+cmd_key": 137, "+policy": 153, "+fleet": 178},
-        "romfs": {"plain": 77, "+store": 91, "+cmd_key": 94, "+policy": 104, "+fleet": 117},
+        "mpy": {"plain": 108, "+store": 128, "+cmd_key": 133, "+policy": 149, "+fleet": 172},
+        "romfs": {"plain": 76, "+store": 90, "+cmd_key": 93, "+policy": 103, "+fleet": 115},
     },
     4: {
-        "mpy": {"plain": 77, "+store": 93, "+cmd_key": 97, "+policy": 108, "+fleet": 127},
-        "romfs": {"plain": 47, "+store": 55, "+cmd_key": 57, "+policy": 62, "+fleet": 69},
+        "mpy": {"plain": 75, "+store": 90, "+cmd_key": 93, "+policy": 104, "+fleet": 121},
+        "romfs": {"plain": 46, "+store": 53, "+cmd_key": 56, "+policy": 61, "+fleet": 68},
     },
 }
 CONFIGS = ("plain", "+store", "+cmd_key", "+policy", "+fleet")
