@@ -48,18 +48,27 @@ def run(module, attr, *args):
         forget(module)
 
 
+_mk = -1  # the last message read (its offset) and its text: a flood of one rejection, e.g.
+_mt = ""  # forged commands, reads the file once
+
+
 def msg(a, b):
     # Bytes a..b of msgs.txt beside this file: `umeter build` moves the error and log messages
     # of the package's modules there (a message in a .mpy is a string held with its module)
     # and writes `msg(a, b)` where each was (host/umeter/msgfold.py).  Read when one is used,
     # on a path about to allocate for it anyway.  An unreadable file gives a str that names
     # the message and takes any % arguments, so the error it was for is still reported.
+    global _mk, _mt
+    if a == _mk:
+        return _mt
     try:
         with open(__file__[: __file__.rfind("/") + 1] + "msgs.txt", "rb") as f:
             f.seek(a)
             t = f.read(b - a)
         if len(t) == b - a:
-            return str(t, "utf-8")
+            _mt = str(t, "utf-8")
+            _mk = a
+            return _mt
     except (OSError, ValueError):
         pass
 

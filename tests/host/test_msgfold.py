@@ -181,6 +181,28 @@ def test_without_its_messages_file_a_built_package_still_reports_each_error(tmp_
     assert "(msgs.txt unreadable) 3" in out and "line 11, in check" in out  # a log line, the traceback
 
 
+def test_a_repeated_message_is_read_from_the_file_once(tmp_path) -> None:
+    # a flood of one rejection (forged commands) must not read flash for each: the last
+    # message read is kept; another message is read again
+    built = build("sim", tmp_path / "out", src=_tree(tmp_path / "fw"))
+    data = (built.out / "lib" / "meternode" / BOOK_FILE).read_bytes()
+    one, two = (
+        (data.index(t.encode()), data.index(t.encode()) + len(t))
+        for t in ("x must be 0 or more, not %r", "checked %d, under the limit")
+    )
+    script = tmp_path / "q.py"
+    script.write_text(
+        "import os, meternode\n"
+        f"print(meternode.msg{one} % 1)\n"
+        f"os.remove(meternode.__file__.rsplit('/', 1)[0] + '/{BOOK_FILE}')\n"
+        f"print(meternode.msg{one} % 2)\n"
+        f"print(meternode.msg{two} % 3)\n"
+    )
+    out = run_on_build(built.out, script).splitlines()
+    assert out[:2] == ["x must be 0 or more, not 1", "x must be 0 or more, not 2"], out
+    assert out[2] == f"message {two[0]}..{two[1]} (msgs.txt unreadable) 3", out
+
+
 def test_frozen_texts_and_a_romfs_image_say_what_the_source_says(tmp_path) -> None:
     src = _tree(tmp_path / "fw")
     from_source = _run(src, tmp_path)
