@@ -48,8 +48,10 @@ def run(module, attr, *args):
         forget(module)
 
 
-_mk = -1  # the last message read (its offset) and its text: a flood of one rejection, e.g.
-_mt = ""  # forged commands, reads the file once
+# the last message read, (offset, text), one object so that a thread (the sim's watchdog)
+# never pairs one message's offset with another's text: a flood of one rejection (forged
+# commands) reads the file once
+_last = (-1, "")
 
 
 def msg(a, b):
@@ -58,17 +60,18 @@ def msg(a, b):
     # and writes `msg(a, b)` where each was (host/umeter/msgfold.py).  Read when one is used,
     # on a path about to allocate for it anyway.  An unreadable file gives a str that names
     # the message and takes any % arguments, so the error it was for is still reported.
-    global _mk, _mt
-    if a == _mk:
-        return _mt
+    global _last
+    m = _last
+    if m[0] == a:
+        return m[1]
     try:
         with open(__file__[: __file__.rfind("/") + 1] + "msgs.txt", "rb") as f:
             f.seek(a)
             t = f.read(b - a)
         if len(t) == b - a:
-            _mt = str(t, "utf-8")
-            _mk = a
-            return _mt
+            t = str(t, "utf-8")
+            _last = (a, t)
+            return t
     except (OSError, ValueError):
         pass
 
