@@ -364,6 +364,48 @@ def test_the_kernels_machine_code_lands_where_the_budget_says(provisioned, hil_t
             assert r["iram"] >= m.machine_code(), f"the esp32 commits machine code to IRAM: {r}"
 
 
+# -- the messages file ----------------------------------------------------------------------------
+# `umeter build` moves the package's messages to lib/meternode/msgs.txt (docs/memory.md); the
+# board's package finds it beside its own __init__ (/lib, an OTA slot's lib/ or /rom/lib) and
+# keeps the last one read. What a first read costs on the board's filesystem, and a repeat.
+MSGS = r"""
+import json, time, meternode
+out = []
+for a, b in %(ranges)r:
+    t0 = time.ticks_us()
+    first = meternode.msg(a, b)
+    t1 = time.ticks_us()
+    again = meternode.msg(a, b)
+    t2 = time.ticks_us()
+    out.append([str(first), again is first, time.ticks_diff(t1, t0), time.ticks_diff(t2, t1)])
+print('RESULT ' + json.dumps({'file': meternode.__file__, 'reads': out}))
+"""
+
+
+def _msg_ranges(data: bytes) -> list[tuple[int, int]]:
+    # three ranges of the file on ASCII boundaries: its start, its middle, its end
+    def ascii_at(i: int) -> int:
+        while data[i] >= 0x80:
+            i += 1
+        return i
+
+    n = len(data)
+    return [(0, ascii_at(24)), (ascii_at(n // 2), ascii_at(n // 2 + 30)), (ascii_at(n - 40), n)]
+
+
+@pytest.mark.hardware
+def test_messages_are_read_from_the_boards_file(provisioned, hil_target, tmp_path):  # pragma: no cover
+    from umeter.msgfold import BOOK_FILE
+
+    data = (build(hil_target.board_type, tmp_path / "b").out / "lib" / "meternode" / BOOK_FILE).read_bytes()
+    ranges = _msg_ranges(data)
+    r = run_on_board(hil_target.port, MSGS % {"ranges": ranges}, timeout=30)
+    print("msgs.txt on the board:", r)  # the first read's and the repeat's µs, for docs/memory.md
+    for (a, b), (text, same, _first_us, _again_us) in zip(ranges, r["reads"], strict=True):
+        assert text == data[a:b].decode(), (a, b, r)
+        assert same, "a repeated message comes from the memo, not the file"
+
+
 # -- the relay ------------------------------------------------------------------------------------
 @pytest.mark.hardware
 @pytest.mark.rig
@@ -406,6 +448,7 @@ def test_the_on_board_scripts_compile_on_micropython(tmp_path):
         "esp32": ESP32_STRESS % {"tls": ""},
         "lora": LORA % {"keys": ["0" * 16, "0" * 16, "0" * 32, "EU868"]},
         "native": NATIVE,
+        "msgs": MSGS % {"ranges": [(0, 24)]},
     }
     for name, code in scripts.items():
         (tmp_path / f"{name}.py").write_text(code)
