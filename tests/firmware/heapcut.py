@@ -3,10 +3,13 @@ import gc
 import sys
 
 
-def plug(count, size):
+def plug(count, size, plugs=None):
     # Fills free runs of `size` bytes until none is left, and fails if `count` of them fit: the
     # heap must be cut up finer than that. Returns the plugs (keep them for as long as it must be).
-    plugs = [None] * count
+    # `plugs`: a list of `count` made before the heap was cut (64 entries are a 512-byte run of
+    # their own on 64-bit words, which a heap cut into runs of 320-624 bytes may not have left)
+    if plugs is None:
+        plugs = [None] * count
     try:
         for i in range(count):
             plugs[i] = bytearray(size)

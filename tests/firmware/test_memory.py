@@ -261,10 +261,11 @@ async def test_a_report_needs_no_free_run_the_size_of_its_payload():
     buf = n._tbuf
     n.hal.sampler.run(n.meter, 2.0)  # the second report's data (the meter's own allocations done)
     first = n.last  # kept: no run left of a payload's length, not even the one before's
+    plugs = [None] * 64  # made before the cut (_plug)
     hold = _fragment(20)  # free runs of 320 to 624 bytes: a payload's dicts fit, the payload not
     # what the collector could not free yet (a stale pointer on the C stack keeps an object
     # alive for a collection or two) may leave a longer run: fill every one of 640 bytes
-    plugs = _plug(64, 640)
+    plugs = _plug(64, 640, plugs)
     try:
         await n._report()  # building the text anew every period: MemoryError here
         eq(n._tbuf is buf, True, "the same buffer")
