@@ -88,9 +88,7 @@ def need_parts(config_kind: str, *, arch: str | None, load: str = "mpy", board: 
     boards/NAME.json), KB by part: held at its word size, the margin, a fleet node's bundle room,
     the machine code its port keeps in the gc heap, what its HAL holds beyond the sim board's."""
     words = words_for(arch)
-    parts = [("held", held_kb(config_kind, words=words, load=load)), ("margin", MARGIN_KB)]
-    if config_kind == "+fleet":
-        parts.append(("bundle", BUNDLE_KB[words]))
+    parts = _node_parts(config_kind, words, load)
     if NATIVE_KB.get(arch or ""):
         parts.append(("machine code", NATIVE_KB[arch or ""]))
     if HAL_KB[words].get(board or ""):
@@ -103,8 +101,15 @@ def board_need(config_kind: str, *, arch: str | None, load: str = "mpy", board: 
     return sum(kb for _, kb in need_parts(config_kind, arch=arch, load=load, board=board)) * 1024
 
 
+def _node_parts(config_kind: str, words: int, load: str) -> list:
+    # what any node of the configuration needs, KB by part: what it holds + MARGIN_KB (+
+    # BUNDLE_KB for a fleet node, which must also take in a signed bundle)
+    parts = [("held", held_kb(config_kind, words=words, load=load)), ("margin", MARGIN_KB)]
+    if config_kind == "+fleet":
+        parts.append(("bundle", BUNDLE_KB[words]))
+    return parts
+
+
 def heap_for(config_kind: str, *, words: int, load: str = "mpy") -> int:
-    """Bytes of heap for a node of this configuration: what it holds + MARGIN_KB (+ BUNDLE_KB
-    for a fleet node, which must also take in a signed bundle)."""
-    extra = BUNDLE_KB[words] if config_kind == "+fleet" else 0
-    return (held_kb(config_kind, words=words, load=load) + MARGIN_KB + extra) * 1024
+    """Bytes of heap for a node of this configuration on the sim board (_node_parts)."""
+    return sum(kb for _, kb in _node_parts(config_kind, words, load)) * 1024

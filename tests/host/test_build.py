@@ -135,7 +135,6 @@ def test_freeze_manifest_freezes_the_texts_the_mpy_files_were_compiled_from(tmp_
     # compiles to the very .mpy the build ships, but for its messages: a frozen module keeps
     # them in a string of its own (in flash) where the .mpy reads them from msgs.txt
     # (msgfold.py); frozen/ is not part of the provisioned files
-    from umeter.build import compile_one
     from umeter.msgfold import NAME, messages
 
     res = build("pico_w", tmp_path / "pico", freeze=True)
