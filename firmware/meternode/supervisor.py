@@ -115,50 +115,62 @@ class Supervisor:
 
     async def _guard(self, w):
         # Runs the task, and again after each failure and its backoff, for ever; whatever
-        # ends one run is the supervisor's business.
+        # ends one run is the supervisor's business.  This frame lives as long as its task:
+        # it keeps no exception past its handler and no nested handler, and
+        # what a failure does is in _failed, a plain call whose frame goes when it returns.
         while True:
             w.t = w.started = _now()
             w.state = 0
             try:
                 await w.start(w)
-                why = "ended"
-            except asyncio.CancelledError:
+                wait = self._failed(w, None)
+            except asyncio.CancelledError as e:
                 if w.state != 1:
                     raise  # the supervisor itself is being stopped
-                why = "stalled: no progress in %d ms" % w.stall_ms
+                wait = self._failed(w, e)
             except Exception as e:  # MemoryError included: contained to this task
-                try:
-                    why = "%s: %s" % (type(e).__name__, e)
-                except MemoryError:
-                    why = "MemoryError"
-            # one failure counted and reported, then the backoff before the restart
-            w.state = 2
-            now = _now()
-            if _diff(now, w.started) >= self.stable_ms:
-                w.fails = 0  # it ran long enough: this is a new failure, not a loop
-            w.fails += 1
-            w.restarts += 1
-            self.restarts += 1
-            w.error = why
-            k = w.fails - 1 if w.fails < 16 else 15
-            wait = self.backoff_min_ms << k
-            if wait > self.backoff_max_ms:
-                wait = self.backoff_max_ms
-            w.due = _add(now, wait)
-            try:
-                self.log("task %s failed (%d in a row): %s; restart in %d ms" % (w.name, w.fails, why, wait))
-            except MemoryError:
-                pass
-            for cb in (self.on_fail, self.on_loop if w.fails >= self.loop_fails else None):
-                if cb is not None:
-                    try:
-                        cb(w, why)
-                    except Exception as e:  # a full flash must not stop the supervision
-                        try:
-                            self.log("task %s: failure not recorded: %r" % (w.name, e))
-                        except MemoryError:
-                            pass
+                wait = self._failed(w, e)
             await _sleep_ms(wait)
+
+    def _failed(self, w, e):
+        # One failure counted and reported; returns the backoff before the restart.  e: what
+        # ended the run (None: it returned; state 1: the supervisor cancelled it, stalled).
+        if e is None:
+            why = "ended"
+        elif w.state == 1:
+            why = "stalled: no progress in %d ms" % w.stall_ms
+        else:
+            try:
+                why = "%s: %s" % (type(e).__name__, e)
+            except MemoryError:
+                why = "MemoryError"
+        w.state = 2
+        now = _now()
+        if _diff(now, w.started) >= self.stable_ms:
+            w.fails = 0  # it ran long enough: this is a new failure, not a loop
+        w.fails += 1
+        w.restarts += 1
+        self.restarts += 1
+        w.error = why
+        k = w.fails - 1 if w.fails < 16 else 15
+        wait = self.backoff_min_ms << k
+        if wait > self.backoff_max_ms:
+            wait = self.backoff_max_ms
+        w.due = _add(now, wait)
+        try:
+            self.log("task %s failed (%d in a row): %s; restart in %d ms" % (w.name, w.fails, why, wait))
+        except MemoryError:
+            pass
+        for cb in (self.on_fail, self.on_loop if w.fails >= self.loop_fails else None):
+            if cb is not None:
+                try:
+                    cb(w, why)
+                except Exception as x:  # a full flash must not stop the supervision
+                    try:
+                        self.log("task %s: failure not recorded: %r" % (w.name, x))
+                    except MemoryError:
+                        pass
+        return wait
 
     def check(self):
         # One supervision pass: cancel what stalled (it restarts after its backoff), clear
