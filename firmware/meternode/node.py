@@ -21,19 +21,6 @@ from meternode.config import load_json
 from meternode.link import telemetry
 
 _STALL_MS = const(60000)  # what a task may take beyond its own period before it counts as stalled
-# Free heap store-and-forward needs before it loads: what its modules and its state hold once
-# loaded, as benchmarks/memory.py measures it ("uplink_cost", the node's "store-and-forward on"
-# line) on each kind of port, rounded up to the KB (+ up to 1 KB of run-to-run noise), plus
-# _WORKING for what the running node allocates and frees again (reports, publishes, a
-# reconnect). Objects are machine words, so a 64-bit port needs more than a 32-bit board;
-# code run in place (ROMFS, frozen) needs less than .mpy loaded into the heap; source needs
-# its compiler's peak on top (_COMPILE).
-# KB, three per port and load: record log only, + MQTT link and outbox, + commands; in the order
-# 64-bit .mpy, 64-bit in place, 32-bit .mpy, 32-bit in place (one bytes constant, not a dict of
-# tuples: a dozen heap objects fewer)
-_UPLINK_COST = b"\x12\x29\x05\x0b\x18\x03\x0d\x1d\x04\x07\x0e\x02"
-_WORKING = const(16)  # KB
-_COMPILE = const(16)  # KB: a module compiled from source needs its parse tree for a moment
 
 
 def _nop():
@@ -329,35 +316,6 @@ def write_state(path, d):
     with open(path + ".tmp", "w") as f:
         f.write(json.dumps(d))
     os.rename(path + ".tmp", path)
-
-
-def _loaded():
-    # How this module was loaded: 0 compiled from source, 1 a .mpy file read into the heap,
-    # 2 run in place: from a ROMFS image at /rom, or frozen into the firmware (its __file__ is
-    # relative to ".frozen", "meternode/node.py", and names no file; the same path that names
-    # a file was imported from the working directory, "" being before ".frozen" on sys.path).
-    # Frozen code takes the ROMFS costs: it holds less (no qstr pools for its names,
-    # docs/memory.md), so the gate errs on the side of room.
-    f = globals().get("__file__", "")
-    if f.startswith("/rom/"):
-        return 2
-    if f and f[0] != "/":
-        import os
-
-        try:
-            os.stat(f)
-        except OSError:
-            return 2
-    return 0 if f.endswith(".py") else 1
-
-
-def uplink_need(config):
-    # Bytes of free heap store-and-forward needs on this port, loaded as this module is (_UPLINK_COST).
-    load = _loaded()
-    i = (0 if sys.maxsize >> 32 else 6) + (3 if load == 2 else 0)
-    c = _UPLINK_COST
-    kb = c[i + 1 if config.get("mqtt") else i] + (c[i + 2] if config.get("cmd_key") else 0) + _WORKING
-    return (kb + (_COMPILE if load == 0 else 0)) * 1024
 
 
 def log(msg):

@@ -3,7 +3,8 @@
 # without a gateway never interns these names, one with it does not keep this code.
 import sys
 
-from meternode.node import _loaded, log
+from meternode import run
+from meternode.node import log
 
 # Free heap the gateway needs at its gate (the record log is up by then), measured by
 # benchmarks/gateway.py (docs/gateway.md, "Memory"): the lowest free heap there with which the
@@ -58,5 +59,6 @@ def need(config):
             protos.append(m.get("protocol"))
     if g.get("slave"):
         protos.append("slave")
-    one, meter, proto = _GATEWAY_NEED[(64 if sys.maxsize > 0x7FFFFFFF else 32, _loaded() > 0)]
+    compiled = run("meternode.nodeinit", "_loaded") > 0  # nodeinit is loaded as this module is
+    one, meter, proto = _GATEWAY_NEED[(64 if sys.maxsize > 0x7FFFFFFF else 32, compiled)]
     return one + proto * (len(protos) - 1 if protos else 0) + meter * (len(meters) - 1 if meters else 0)

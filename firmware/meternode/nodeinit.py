@@ -2,12 +2,27 @@
 # make the HAL, the meter, the pulse meters and the checkpointer; and what Node.uplink()'s
 # first call does (uplink()).  Loaded by Node.__init__ and by that call, forgotten after
 # each (meternode.forget, meternode.run, docs/memory.md): a running node does not hold this code.
+import sys
+
 from micropython import const
 
 from meternode import forget
 from meternode.metrology.meter import Meter
-from meternode.node import log, uplink_need
+from meternode.node import log
 
+# Free heap store-and-forward needs before it loads (uplink_need, at the first uplink()): what
+# its modules and its state hold once loaded, as benchmarks/memory.py measures it
+# ("uplink_cost", the node's "store-and-forward on" line) on each kind of port, rounded up to
+# the KB (+ up to 1 KB of run-to-run noise), plus _WORKING for what the running node allocates
+# and frees again (reports, publishes, a reconnect). Objects are machine words, so a 64-bit
+# port needs more than a 32-bit board; code run in place (ROMFS, frozen) needs less than .mpy
+# loaded into the heap; source needs its compiler's peak on top (_COMPILE).
+# KB, three per port and load: record log only, + MQTT link and outbox, + commands; in the order
+# 64-bit .mpy, 64-bit in place, 32-bit .mpy, 32-bit in place (one bytes constant, not a dict of
+# tuples: a dozen heap objects fewer)
+_UPLINK_COST = b"\x12\x29\x05\x0b\x18\x03\x0d\x1d\x04\x07\x0e\x02"
+_WORKING = const(16)  # KB
+_COMPILE = const(16)  # KB: a module compiled from source needs its parse tree for a moment
 _TELEMETRY_BUF = const(1024)  # bytes; the sim board's payload is ~700 (it grows for a larger board's)
 
 _SAFE_DROP = ("policy", "fleet", "ota", "cmd_key", "lora")  # not in the safe configuration
@@ -171,6 +186,35 @@ def _checkpointer(meter, c, pulses=None):
     elif ck.rejected:
         log(ck.rejected)
     return ck
+
+
+def _loaded():
+    # How this module was loaded: 0 compiled from source, 1 a .mpy file read into the heap,
+    # 2 run in place: from a ROMFS image at /rom, or frozen into the firmware (its __file__ is
+    # relative to ".frozen", "meternode/nodeinit.py", and names no file; the same path that names
+    # a file was imported from the working directory, "" being before ".frozen" on sys.path).
+    # Frozen code takes the ROMFS costs: it holds less (no qstr pools for its names,
+    # docs/memory.md), so the gate errs on the side of room.
+    f = globals().get("__file__", "")
+    if f.startswith("/rom/"):
+        return 2
+    if f and f[0] != "/":
+        import os
+
+        try:
+            os.stat(f)
+        except OSError:
+            return 2
+    return 0 if f.endswith(".py") else 1
+
+
+def uplink_need(config):
+    # Bytes of free heap store-and-forward needs on this port, loaded as this module is (_UPLINK_COST).
+    load = _loaded()
+    i = (0 if sys.maxsize >> 32 else 6) + (3 if load == 2 else 0)
+    c = _UPLINK_COST
+    kb = c[i + 1 if config.get("mqtt") else i] + (c[i + 2] if config.get("cmd_key") else 0) + _WORKING
+    return (kb + (_COMPILE if load == 0 else 0)) * 1024
 
 
 def uplink(node):

@@ -1,7 +1,7 @@
 """The RAM budget is held (docs/memory.md): on this unix port, a node from the .mpy build and one
 run in place from a ROMFS image hold no more than umeter.budget says, start store-and-forward
 in their budgeted heap (what they hold + 32 KB) without a MemoryError, and the node's own
-free-heap gate (node.py _UPLINK_COST) is the uplink's measured cost for this port, not a guess.
+free-heap gate (nodeinit.py _UPLINK_COST) is the uplink's measured cost for this port, not a guess.
 The measurement is benchmarks/memory.py's own (booted through main.py, held after the run)."""
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def test_a_node_holds_its_budget_and_runs_in_it(setup, load, kind):
 
 
 def _gate(setup, load: str, kind: str) -> int:
-    # node.uplink_need() for this config, asked of the node's own code on this port and load
+    # nodeinit.uplink_need() for this config, asked of the node's own code on this port and load
     bm, work, res, broker = setup
     cfg = bm.node_config("gate", kind, broker.host, broker.port, {})
     script = work / "gate.py"
@@ -77,8 +77,8 @@ def _gate(setup, load: str, kind: str) -> int:
         bm.PROLOGUE
         + "import sys\n"
         + ("_mount(sys.argv[1])\n" if load == "romfs" else "")
-        + "from meternode import node\n"
-        + f"print('GATE', node.uplink_need({cfg!r}))\n"
+        + "from meternode import nodeinit\n"
+        + f"print('GATE', nodeinit.uplink_need({cfg!r}))\n"
     )
     path, args = (str(res.out / "lib") + ":.frozen", []) if load == "mpy" else (".frozen", [str(res.out / "romfs.img")])
     env = dict(os.environ, MICROPYPATH=path)
@@ -89,20 +89,20 @@ def _gate(setup, load: str, kind: str) -> int:
 
 @pytest.mark.parametrize("load", ["mpy", "romfs"])
 def test_the_uplink_gate_is_the_measured_cost_on_this_port(setup, load):
-    working = 16 * 1024  # node.py _WORKING
+    working = 16 * 1024  # nodeinit.py _WORKING
     for kind in ("+store", "+cmd_key"):
         r = _run(setup, load, kind, "1m", settle=2, run_s=1)
         cost = r["uplink_cost"]  # free heap before - after the node started its uplink
         gate = _gate(setup, load, kind) - working
         assert cost <= gate <= cost + TOLERANCE_KB * 1024, (
-            f"{kind} from {load}: the uplink takes {cost} bytes here, node.py's table says {gate}: "
+            f"{kind} from {load}: the uplink takes {cost} bytes here, nodeinit.py's table says {gate}: "
             "update _UPLINK_COST from benchmarks/memory.py"
         )
 
 
 def _loaded_as(cwd: Path, path: str) -> tuple[str, int]:
-    # node._loaded() and the module's __file__, the package imported from `path` with cwd `cwd`
-    code = "from meternode import node\nprint('LOADED', node.__file__, node._loaded())\n"
+    # nodeinit._loaded() and the module's __file__, the package imported from `path` with cwd `cwd`
+    code = "from meternode import nodeinit\nprint('LOADED', nodeinit.__file__, nodeinit._loaded())\n"
     env = dict(os.environ, MICROPYPATH=path)
     r = subprocess.run([unixport.micropython_path(), "-c", code], capture_output=True, text=True, env=env, cwd=cwd,
                        timeout=30)  # fmt: skip
@@ -113,20 +113,20 @@ def _loaded_as(cwd: Path, path: str) -> tuple[str, int]:
 
 
 def test_the_gate_tells_source_in_the_working_directory_from_frozen_code(tmp_path):
-    # Frozen modules have a __file__ relative to '.frozen' ("meternode/node.py"); a source
+    # Frozen modules have a __file__ relative to '.frozen' ("meternode/nodeinit.py"); a source
     # package in the working directory ('' comes first on sys.path: a board with the .py files
     # copied to its root) has the same string, and must get the source costs (.mpy class plus
     # the compiler's peak), not the in-place ones.
-    assert _loaded_as(unixport.firmware_root(), ".frozen") == ("meternode/node.py", 0)
+    assert _loaded_as(unixport.firmware_root(), ".frozen") == ("meternode/nodeinit.py", 0)
     res = build("sim", tmp_path / "build")
-    assert _loaded_as(res.out / "lib", ".frozen") == ("meternode/node.mpy", 1)
+    assert _loaded_as(res.out / "lib", ".frozen") == ("meternode/nodeinit.mpy", 1)
 
 
 def test_frozen_code_gets_the_in_place_costs(tmp_path):
     f, load = _loaded_as(tmp_path, ".frozen")  # nothing in the working directory
     if not f:
         pytest.skip("this interpreter has no frozen meternode (a local build of the unix port: docs/memory.md)")
-    assert (f, load) == ("meternode/node.py", 2), "frozen code runs in place: the ROMFS costs"
+    assert (f, load) == ("meternode/nodeinit.py", 2), "frozen code runs in place: the ROMFS costs"
 
 
 def test_the_benchmark_refuses_to_measure_a_load_the_interpreter_cannot_give():
