@@ -69,9 +69,6 @@ _POLL_MS = const(10)  # how often a waiter looks again: room in the socket, an a
 _IDLE_MS = const(20)  # the reader's longest wait between two looks at a socket with no data
 
 
-_CLOSED = const("connection closed by the broker")
-
-
 class MQTTError(Exception):
     pass
 
@@ -295,7 +292,7 @@ class MQTTClient:
                 raise self._gone()
             n = w.readinto(mv)
             if n == 0:
-                raise EOFError(_CLOSED)
+                raise EOFError("connection closed by the broker")
             if n is not None:
                 return n
             await _sleep_ms(d)
@@ -330,7 +327,7 @@ class MQTTClient:
                 await self._dispatch(head, body)
         except Exception as e:  # connection lost or protocol error: the link supervisor reconnects
             self._reader_task = None
-            self.drop(e if str(e) else _CLOSED)
+            self.drop(e if str(e) else "connection closed by the broker")
 
     async def _dispatch(self, head, body):
         # One packet from the broker.  A malformed one raises MQTTError naming the flaw (the

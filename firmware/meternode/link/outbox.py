@@ -29,7 +29,6 @@ from meternode.ticks import diff as _diff
 from meternode.ticks import ms as _now
 from meternode.ticks import sleep_ms as _sleep_ms
 
-_INIT = const("meternode.link.linkinit")
 _PID_MAX = const(0x7FFF)  # outbox packet ids are 1..0x7FFF (the client uses the upper half)
 _IDLE_MS = const(200)  # the longest wait for the kick (_tick)
 
@@ -38,7 +37,7 @@ class Outbox:
     def __init__(self, log, cursor, node_id, prefix="umeter", rate=20.0, window=8, ack_timeout_ms=10000):
         # Made once (link/linkinit.py, loaded for it and forgotten after): the checks and
         # the state, attributes listed there.
-        run(_INIT, "outbox", self, log, cursor, node_id, prefix, rate, window, ack_timeout_ms)
+        run("meternode.link.linkinit", "outbox", self, log, cursor, node_id, prefix, rate, window, ack_timeout_ms)
 
     def notify(self):
         # A record was appended: wake the publisher.

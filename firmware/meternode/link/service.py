@@ -27,7 +27,6 @@ from meternode.store import records
 from meternode.store.log import LogError
 
 RESULTS_MAX = const(8)
-_INIT = const("meternode.store.storeinit")
 
 
 class UplinkService:
@@ -36,7 +35,7 @@ class UplinkService:
         # after): config.store checked, the cursor, the record log, the outbox and MQTT link
         # (None without MQTT), the profile recorder, the commands (None without cmd_key),
         # LoRaWAN, the relay's events; then the opening's and the boot's events.
-        run(_INIT, "service", self, node, reason)
+        run("meternode.store.storeinit", "service", self, node, reason)
 
     def _relay_changed(self, on, why):
         self.event(records.EV_RELAY, 1 if on else 0, why)

@@ -7,19 +7,16 @@
 # leaf -> callback(payload, retained): the link subscribes to <prefix>/<node>/<leaf> (QoS 1)
 # on every connect and reconnect and routes each message on it to the callback.  A leaf
 # added while the link is up is subscribed by `subscribe_extra()` (or at the next connect).
-from micropython import const
 
 from meternode import run
 from meternode.ticks import sleep_ms as _sleep_ms
-
-_INIT = const("meternode.link.linkinit")
 
 
 class MqttLink:
     def __init__(self, node_id, m, outbox=None, on_command=None, describe=None, log=None):
         # Made once (link/linkinit.py, loaded for it and forgotten after): config.mqtt
         # checked, the TLS context, the state (attributes listed there).
-        run(_INIT, "link", self, node_id, m, outbox, on_command, describe, log)
+        run("meternode.link.linkinit", "link", self, node_id, m, outbox, on_command, describe, log)
 
     def topic(self, leaf):
         return "%s/%s/%s" % (self.prefix, self.node_id, leaf)

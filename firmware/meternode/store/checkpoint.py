@@ -37,7 +37,6 @@ _HDR = const("<4sBBHII")
 _HDR_LEN = const(16)
 # reading the slots back and restoring them run at start only: store/storeinit.py, loaded for
 # the call and forgotten after (docs/memory.md)
-_INIT = const("meternode.store.storeinit")
 
 
 class CheckpointError(ValueError):
@@ -48,11 +47,11 @@ class CheckpointStore:
     def __init__(self, directory):
         # The directory made, the newest good checkpoint's seq and slot read (storeinit.py:
         # self.dir, seq, writes and the slots' paths)
-        run(_INIT, "open_ckpt", self, directory)
+        run("meternode.store.storeinit", "open_ckpt", self, directory)
 
     def restore(self):
         # The newest good checkpoint's payload, or None when there is none.
-        best = run(_INIT, "_newest", self)
+        best = run("meternode.store.storeinit", "_newest", self)
         return None if best is None else best[2]
 
     def write(self, payload):
@@ -77,13 +76,13 @@ class Checkpointer:
     def __init__(self, store, meter, delta_mwh=50000, period_s=3600, min_interval_s=60, extra=None):
         # The limits checked (CheckpointError) and the state set (storeinit.py: self.store,
         # meter, delta, period_ms, min_ms, extra, rejected and the mark)
-        run(_INIT, "checkpointer", self, store, meter, delta_mwh, period_s, min_interval_s, extra)
+        run("meternode.store.storeinit", "checkpointer", self, store, meter, delta_mwh, period_s, min_interval_s, extra)
 
     def restore(self):
         # Puts the newest good checkpoint back into the meter; returns its payload or None.
         # A checkpoint for another register layout (the board changed) is set aside, not
         # restored: `rejected` says why, and the next save writes a fresh one.
-        return run(_INIT, "restore", self)
+        return run("meternode.store.storeinit", "restore", self)
 
     def due(self, now_ms):
         if self._last_ms is None:
