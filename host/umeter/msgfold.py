@@ -10,8 +10,9 @@ come seldom or never.
 `fold_messages(text)` returns the text `umeter build` compiles instead, in which the messages
 of a module's functions -- string literals over 10 characters in a `raise` statement or in
 the arguments of a call to `log`, `_log`, `print`, `event`, `_event`, `drop`, `reboot`,
-`_reboot`, `_apply` or an exception (a callee named ...Error), and the module names given to
-`run` and `forget` -- are slices of one
+`_reboot`, `_apply` or an exception (a callee named ...Error), the module names given to
+`run` and `forget`, and the reasons a function hands back (the value of a `"why"` or
+`"error"` key in a dict display or a subscript assignment, or of a variable of that name) -- are slices of one
 module string `_MSGS`, bound on the module's first comment or blank line before its code (at
 the end when it has none): `raise ValueError("tariffs must be
 1..16, not %r" % t)` becomes `raise ValueError(_MSGS[120:148] % t)`. The message is made (a new
@@ -46,6 +47,10 @@ NAME = "_MSGS"
 # for dropping a connection, for a reboot and for a relay's change, and exceptions made
 # (a callee named ...Error)
 LOGGERS = frozenset({"log", "_log", "print", "event", "_event", "run", "forget", "drop", "reboot", "_reboot", "_apply"})
+# a reason handed back in an answer or a stats entry: the value of a dict's "why" or "error"
+# key, in a display ({"ok": False, "why": "..."}) or set by subscript (d["error"] = "..."),
+# or of a variable of that name (why = "...")
+REASONS = frozenset({"why", "error"})
 MIN_LEN = 11  # MicroPython interns shorter literals (MICROPY_ALLOC_PARSE_INTERN_STRING_LEN 10)
 BOOK_FILE = "msgs.txt"  # beside the package's __init__ (lib/meternode/msgs.txt)
 
@@ -75,9 +80,22 @@ def _callee(call: ast.Call) -> str | None:
     return f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
 
 
+def _is_reason(key: ast.AST | None) -> bool:
+    return isinstance(key, ast.Constant) and key.value in REASONS
+
+
 def messages(tree: ast.Module) -> list[ast.Constant]:
     """The literals fold_messages() moves, in source order."""
     found: list[ast.Constant] = []
+    reasons: set[int] = set()  # the ids of the nodes that are a reason (REASONS)
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Dict):
+            reasons.update(id(v) for k, v in zip(n.keys, n.values, strict=True) if _is_reason(k))
+        elif isinstance(n, ast.Assign) and any(
+            _is_reason(t.slice) if isinstance(t, ast.Subscript) else isinstance(t, ast.Name) and t.id in REASONS
+            for t in n.targets
+        ):
+            reasons.add(id(n.value))
 
     def walk(node: ast.AST, in_fn: bool, in_msg: bool) -> None:
         for child in ast.iter_child_nodes(node):
@@ -88,6 +106,7 @@ def messages(tree: ast.Module) -> list[ast.Constant]:
                 fn
                 and (
                     isinstance(child, ast.Raise)
+                    or id(child) in reasons
                     or (
                         isinstance(child, ast.Call)
                         and ((_callee(child) or "").endswith("Error") or _callee(child) in LOGGERS)

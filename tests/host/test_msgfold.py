@@ -43,13 +43,20 @@ def check(x, log=print):
     if x == 9:
         raise ValueError("one literal "
                          "over two lines: kept")
+    if x == 10:
+        return {"ok": False, "why": "refused: a reason handed back", "status": "rejected here"}
+    if x == 11:
+        d["error"] = "gone: a reason set by key"
+        d["state"] = "a long state value kept"
+        why = "stalled: a reason in a variable %d" % x
+        d["why"] = why
     return d, b"some long bytes here"
 """
 
 MAIN = """\
 import sys
 from meternode import m
-for x in (3, -1, 7, 8, 9, 101):
+for x in (3, -1, 7, 8, 9, 10, 11, 101):
     try:
         print(m.check(x))
     except Exception as e:
@@ -87,11 +94,15 @@ def test_fold_messages_moves_only_function_messages_and_keeps_lines() -> None:
         "checked %d again",
         "x must be 0 or more, not %r",
         "a message on its own line of a multi-line raise",
+        "refused: a reason handed back",
+        "gone: a reason set by key",
+        "stalled: a reason in a variable %d",
     ]
     bound = ast.parse(out).body[0].value.value
     assert bound.count("x must be 0 or more") == 1, "a repeated message is stored once"
     for kept in ('"a/long/topic/name"', '"module-level message kept"', 'f"x is {x}, over the limit"', '"short one"',
-                 '"a_long_dict_key"', '"over two lines: kept"', 'b"some long bytes here"'):  # fmt: skip
+                 '"a_long_dict_key"', '"over two lines: kept"', 'b"some long bytes here"', '"rejected here"',
+                 '"a long state value kept"'):  # fmt: skip
         assert kept in out, kept
     # fewer than two messages, or the name taken: nothing to gain, left as it is
     assert fold_messages('def f():\n    raise ValueError("only one message here")\n') is None
