@@ -155,6 +155,17 @@ def _sources(src: Path) -> list[Path]:
     return sorted(p for p in pkg.rglob("*.py") if "__pycache__" not in p.parts)
 
 
+def empty_init(py: Path) -> bool:
+    """A package's `__init__.py` that only describes it (comments, a docstring): the build
+    leaves it out. MicroPython (and CPython) import a directory without one as a package; the
+    file would cost a running node a module's code, its constant and its file name (32-bit
+    full node: 0.3 KB, docs/memory.md)."""
+    if py.name != "__init__.py":
+        return False
+    body = ast.parse(py.read_text()).body
+    return all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body)
+
+
 def source_name(rel: str) -> str:
     """The name a module's tracebacks give as its file: its dotted module name
     ("meternode/link/mqtt.py" -> "meternode.link.mqtt"). The module's __name__ is the same
@@ -250,6 +261,8 @@ def build(
     jobs = []
     for py in sources:
         rel = py.relative_to(srcdir).as_posix()
+        if empty_init(py):
+            continue  # a directory is a package without one (docs/memory.md, "What the build does")
         jobs.append((folded.get(rel, py), rel, outdir / "lib" / Path(rel).with_suffix(".mpy")))
     errors: list[BuildError] = []
     done = 0

@@ -89,6 +89,22 @@ def test_manifest_lists_every_file_with_its_sha256_and_the_version(fw, tmp_path)
     assert json.loads((out / "board.json").read_text())["name"] == "sim"
 
 
+def test_a_package_whose_init_only_describes_it_ships_without_one_and_imports(fw, tmp_path):
+    # a comment-only __init__.py costs a running node a module (docs/memory.md); MicroPython
+    # imports the directory as a package without it. One with code is compiled.
+    (fw / "meternode" / "sub").mkdir()
+    (fw / "meternode" / "sub" / "__init__.py").write_text('# what the package is\n"""and its docstring"""\n')
+    (fw / "meternode" / "sub" / "leaf.py").write_text("X = 41\n")
+    (fw / "meternode" / "code").mkdir()
+    (fw / "meternode" / "code" / "__init__.py").write_text("# with code\nY = 1\n")
+    out = tmp_path / "out"
+    res = build("sim", out, src=fw)
+    assert "lib/meternode/sub/leaf.mpy" in res.files and "lib/meternode/code/__init__.mpy" in res.files
+    assert not (out / "lib" / "meternode" / "sub" / "__init__.mpy").exists()
+    got = run_mp("from meternode.sub import leaf\nimport meternode.code\nprint(leaf.X + meternode.code.Y)", out / "lib")
+    assert got.split() == ["42"]
+
+
 def test_a_source_error_names_the_file_and_line(fw, tmp_path):
     (fw / "meternode" / "bad.py").write_text("x = 1\ndef f(:\n")
     with pytest.raises(BuildError, match=r"meternode/bad.py does not compile for x64.*line 2"):
