@@ -114,7 +114,7 @@ class Node:
         while True:
             # re-read every period: a `set telemetry_s` command applies at once; the period
             # is the HAL clock's (the sim board's fast mode runs it in simulated time)
-            ms = int(self.config.get("telemetry_s", 10.0) * 1000)
+            ms = int(self.config.get("telemetry_s", 10) * 1000)
             if w is not None:
                 w.stall_ms = ms + _STALL_MS
                 w.beat()

@@ -60,8 +60,8 @@ from micropython import const
 
 from meternode import forget, ticks
 
-_TWO_PI = 2.0 * math.pi
-_RAD = math.pi / 180.0
+_TWO_PI = 2 * math.pi
+_RAD = math.pi / 180
 
 
 _MASK = const(0x3FFFFFFF)  # counters wrap below 2**30
@@ -139,7 +139,7 @@ def _wave(w, rms, angle):
     #   phase (rad).  The sample is sum peak * sin(order * theta + phase) (fill()).
     w[0] = rms
     w[1] = angle  # degrees
-    peak = rms * math.sqrt(2.0) / w[2]  # counts
+    peak = rms * math.sqrt(2) / w[2]  # counts
     ph = (w[3] - angle) * _RAD
     for k in range(4, len(w), 5):
         w[k + 3] = peak * w[k + 1]
@@ -202,8 +202,8 @@ class SimSampler:
         # and sags have block resolution)
         t = self._el_s + self._el_us * 1e-6
         if self._v_until >= 0 and t >= self._v_until:
-            self.vfactor = 1.0
-            self._v_until = -1.0
+            self.vfactor = 1
+            self._v_until = -1
         while self._ev < len(self._events) and _at(self._events[self._ev]) <= t:
             ev = self._events[self._ev]
             self._ev += 1
@@ -218,8 +218,8 @@ class SimSampler:
                 self.set_current(k, float(ev.get("rms", self._waves[k][0])), ev.get("angle"))
             if "voltage" in ev:  # a sag (< 1), swell (> 1) or interruption (0) for `for` s
                 self.vfactor = float(ev["voltage"])
-                s = float(ev.get("for", -1.0))  # (-1: until the next voltage event)
-                self._v_until = self._el_s + self._el_us * 1e-6 + s if s >= 0 else -1.0
+                s = float(ev.get("for", -1))  # (-1: until the next voltage event)
+                self._v_until = self._el_s + self._el_us * 1e-6 + s if s >= 0 else -1
             if "lose" in ev:  # a gap: the sets are never delivered, and counted in `lost`
                 n = int(ev["lose"])
                 self._skip(n)
@@ -255,14 +255,14 @@ class SimSampler:
         w = _TWO_PI * f
         offs = []  # per channel: its skew, and a current's voltage angle (this block's)
         for c in range(nch):
-            offs.append(skew * c * w - (0.0 if is_v[c] else waves[vref[c]][1] * _RAD))
+            offs.append(skew * c * w - (0 if is_v[c] else waves[vref[c]][1] * _RAD))
         i = 0
         for _ in range(self.block_sets):
             th = ph * rad
             for c in range(nch):
                 t = th + offs[c]
                 wv = waves[c]
-                x = 0.0
+                x = 0  # a float once a term is added
                 k = 4  # the wave's terms (_wave)
                 while k < len(wv):
                     x += wv[k + 3] * math.sin(wv[k] * t + wv[k + 4])
@@ -270,10 +270,10 @@ class SimSampler:
                 if is_v[c]:
                     x *= vf
                 elif not load:
-                    x = 0.0  # the relay is open
+                    x = 0  # the relay is open
                 x += mids[c]
                 if noise:  # Gaussian-ish: 4 uniforms have variance 4/12, times sqrt(3) is 1
-                    x += noise * ((r() + r() + r() + r() - 2.0) * 1.7320508)
+                    x += noise * ((r() + r() + r() + r() - 2) * 1.7320508)
                 v = int(x + 0.5) if x >= 0 else 0
                 buf[i] = top if v > top else v
                 i += 1
@@ -328,7 +328,7 @@ class SimSampler:
 
 
 def _at(e):  # an event's time
-    return float(e.get("at", 0.0)) if isinstance(e, dict) else 0.0
+    return float(e.get("at", 0)) if isinstance(e, dict) else 0
 
 
 class SimHal:

@@ -34,7 +34,7 @@ _IDLE_MS = const(200)  # the longest wait for the kick (_tick)
 
 
 class Outbox:
-    def __init__(self, log, cursor, node_id, prefix="umeter", rate=20.0, window=8, ack_timeout_ms=10000):
+    def __init__(self, log, cursor, node_id, prefix="umeter", rate=20, window=8, ack_timeout_ms=10000):
         # Made once (link/linkinit.py, loaded for it and forgotten after): the checks and
         # the state, attributes listed there.
         run("meternode.link.linkinit", "outbox", self, log, cursor, node_id, prefix, rate, window, ack_timeout_ms)
@@ -80,11 +80,11 @@ class Outbox:
         if d < 0:  # over 6.2 days since the last refill: the bucket is full
             self.tokens = float(self.window)
         else:
-            self.tokens += d * self.rate / 1000.0
+            self.tokens += d / 1000 * self.rate  # a float first: d * rate may pass 2**30
         if self.tokens > self.window:
             self.tokens = float(self.window)
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if self.tokens >= 1:
+            self.tokens -= 1
             return True
         return False
 
@@ -180,7 +180,7 @@ class Outbox:
                 kind = self._next()
                 if not kind:
                     if not old:
-                        self.tokens += 1.0  # nothing to send: give the token back
+                        self.tokens += 1  # nothing to send: give the token back
                     if not p:  # caught up: the cursor to flash now (no-op when unchanged)
                         try:
                             self.cursor.flush()
@@ -219,8 +219,8 @@ class Outbox:
             # Wait for the next token when nothing goes before it (what a kept session had in
             # flight goes without one), else for the kick: an ACK, a new record, a resend
             # request, at most _IDLE_MS (_tick).
-            if self.tokens < 1.0 and not old:
-                wait = int((1.0 - self.tokens) * 1000 / self.rate) + 1
+            if self.tokens < 1 and not old:
+                wait = int((1 - self.tokens) * 1000 / self.rate) + 1
                 await _sleep_ms(wait if wait < _IDLE_MS else _IDLE_MS)
             else:
                 await self._kick.wait()

@@ -76,14 +76,14 @@ def weights(m, e, f, ph, a, b):
     # j..j+3 P taps, j+4..j+7 Q taps, then f, the sum of the Q taps, the sum of the P taps,
     # ph and the quarter-cycle delay d they were solved for (convert() re-solves them
     # when f, ph or d moves).
-    w = 2.0 * math.pi * f
+    w = 2 * math.pi * f
     dt = m._t_slot[b] - m._t_slot[a] + math.radians(ph) / w  # conversion skew + phase lead
     ths = w / m.rate
     wt = m._wt
     j = 13 * e
     d = m._d
     solve(m._m, ths, 0, w * dt, wt, j)
-    solve(m._m, ths, -d, w * dt - math.pi / 2.0, wt, j + 4)  # a quarter cycle earlier
+    solve(m._m, ths, -d, w * dt - math.pi / 2, wt, j + 4)  # a quarter cycle earlier
     wt[j + 8] = f
     wt[j + 9] = wt[j + 4] + wt[j + 5] + wt[j + 6] + wt[j + 7]
     wt[j + 10] = wt[j] + wt[j + 1] + wt[j + 2] + wt[j + 3]
@@ -104,13 +104,13 @@ def convert(self, at_cross):
     # the weights follow a smoothed frequency (1/8 per cycle): crossing noise alone
     # (~0.01 Hz per cycle with an 8.7-bit ADC) then does not re-solve them every cycle
     fs = self._fs
-    fs = f if fs == 0.0 or abs(f - fs) > 1.0 else f + (fs - f) * self._keep[nc]
+    fs = f if fs == 0.0 or abs(f - fs) > 1 else f + (fs - f) * self._keep[nc]
     self._fs = fs
     sx = self._sx
     means = self._means
     sc, off, isv, phc = self._cc  # (meterinit.cal_cache)
     vrms = self.vrms
-    inv = 1.0 / n
+    inv = 1 / n
     # the reporting window (meterinit says what it holds): p_min / p_max are over batches
     # (one cycle each with metrology.batch_cycles = 1); a channel that is not a voltage
     # keeps its V^2 sum at 0

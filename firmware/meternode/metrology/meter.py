@@ -299,7 +299,7 @@ class Meter:
             qm = r.quadrants(e)  # mvarh
             qv = []
             for x in qm:
-                qv.append(x / 1000.0)
+                qv.append(x / 1000)
             els.append(
                 {
                     "name": self.names[self.pairs[e][1]],  # the element's current channel
@@ -314,10 +314,10 @@ class Meter:
                     "quadrant": (1 if q >= 0.0 else 4) if p >= 0.0 else (2 if q >= 0.0 else 3),
                     "p_min": w[k + 3],
                     "p_max": w[k + 4],
-                    "e_imp_wh": r.get(e, 0) / 1000.0,
-                    "e_exp_wh": r.get(e, 1) / 1000.0,
+                    "e_imp_wh": r.get(e, 0) / 1000,
+                    "e_exp_wh": r.get(e, 1) / 1000,
                     "e_q_varh": qv,
-                    "e_s_vah": (r.get(e, 6) + r.get(e, 7)) / 1000.0,
+                    "e_s_vah": (r.get(e, 6) + r.get(e, 7)) / 1000,
                     "e_imp_mwh": r.get(e, 0),
                     "e_exp_mwh": r.get(e, 1),
                     "e_q_mvarh": qm,
@@ -331,12 +331,12 @@ class Meter:
             "f": w[-1] / n,
             "elements": els,
             "tariff": r.tariff,
-            "e_imp_wh": r.total_import() / 1000.0,
-            "e_exp_wh": r.total_export() / 1000.0,
+            "e_imp_wh": r.total_import() / 1000,
+            "e_exp_wh": r.total_export() / 1000,
             "e_imp_mwh": r.total_import(),
             "e_exp_mwh": r.total_export(),
             "demand_w": self.energy.demand_w,
-            "md_w": r.md_mw / 1000.0,
+            "md_w": r.md_mw / 1000,
             "sample_rate": self.rate,
             "gaps": self.gaps,
             "lost_sets": self.lost_sets,

@@ -115,7 +115,7 @@ class Registers:
     def energy_j(self, block, field):
         # Register content in joules (var-s, VA-s), remainder included.
         idx = block * FIELDS + field
-        return self._whole(idx) * 3.6 + self.rem[idx] / 1000000.0
+        return self._whole(idx) * 3.6 + self.rem[idx] / 1000000
 
     def quadrants(self, block):
         return self._wholes(block * FIELDS + Q1, 1, 4)
@@ -135,7 +135,7 @@ class Registers:
         if x <= 0.0:
             return
         w = int(x / 3.6)
-        uj = int((x - w * 3.6) * 1000000.0 + 0.5)
+        uj = int((x - w * 3.6) * 1000000 + 0.5)
         self.add_int(idx, w, uj)
 
     def add_int(self, idx, mwh, uj):
@@ -189,7 +189,7 @@ class Registers:
 
     def demand(self, w, at):
         # a demand period's mean net import w (W), ended at `at`
-        mw = int(w * 1000.0 + 0.5)
+        mw = int(w * 1000 + 0.5)
         if mw > self.md_mw:
             self.md_mw = mw
             self.md_at = at

@@ -117,7 +117,7 @@ class Timebase:
         if w[_O1] != _NONE and w[_O2] != _NONE and dn > 0:
             # 1/R = 1/R_ref + (o2 - o1) / (dn * 1e6): the slope of the early envelope
             c = self.rate * (w[_O2] - w[_O1]) / (dn * 1000000.0)
-            r = self.rate / (1.0 + c)
+            r = self.rate / (1 + c)
             if abs(r - self.rate0) > 0.05 * self.rate0:
                 self.resets += 1
             else:

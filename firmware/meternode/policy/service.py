@@ -226,7 +226,7 @@ class PolicyService:
             return
         self._idle += 1
         if self._idle >= _IDLE_TICKS and now > self._t_last:
-            e.tick(now, 0.0, 0.0, 0.0, 0.0, m.registers.low_import())
+            e.tick(now, 0, 0, 0, 0, m.registers.low_import())
             self._t_last = now
 
     def _drain(self):
@@ -245,7 +245,7 @@ class PolicyService:
         r = self.node.meter.registers
         wh = []  # (a loop: a comprehension is a function held with the module)
         for t in range(len(e._prices) if e else 0):  # one price per tariff
-            wh.append(r.tariff_registers(t)[0] / 1000.0)
+            wh.append(r.tariff_registers(t)[0] / 1000)
         return {
             "policy": e.name if e else None,
             "version": self.agent.policy_version() if self.agent else 0,
