@@ -220,6 +220,7 @@ def _main(root="."):
     from meternode.config import load_json
     cfg = load_json(root + "/config.json")
     n = sys.modules["meternode.node"].Node(load_json(root + "/board.json"), cfg)
+    load_json = None  # as node.main(): the running node holds nothing of config.py
     def reboot(why, h=n.reboot):
         # a planned reboot (into a staged build): what the node held and its names just before.
         # Only names the script or the node already has (it is compiled from source: every

@@ -19,6 +19,13 @@ VERSION = "0.1.0"
 _KEEP = sys.implementation.name == "cpython"
 
 
+class ConfigError(ValueError):
+    # A bad configuration or board value (config.py re-exports it).  Here, not in config.py:
+    # a running node raises it (a calibration command) but keeps none of config.py's checks,
+    # which node.py forgets once the node has started (Node.run).
+    pass
+
+
 def forget(*names):
     if _KEEP:
         return

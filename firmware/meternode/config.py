@@ -1,12 +1,11 @@
 # Configuration and board definitions: JSON files on the node's filesystem, validated at
 # load time.  A bad value raises ConfigError naming the key, never a KeyError deep inside.
 # The checks of a board definition and of the node's configuration are in checks.py
-# (check_board, check_config): loaded at start and forgotten after (docs/memory.md).
+# (check_board, check_config): loaded at start and forgotten after (docs/memory.md).  This
+# module too is forgotten once the node has started (Node.run): its checks run at start-up.
 import json
 
-
-class ConfigError(ValueError):
-    pass
+from meternode import ConfigError  # noqa: F401 (defined in the package, which a node keeps: one class)
 
 
 def load_json(path):

@@ -16,8 +16,7 @@ import time
 
 from micropython import const
 
-from meternode import VERSION, run, ticks
-from meternode.config import load_json
+from meternode import VERSION, forget, run, ticks
 from meternode.link import telemetry
 
 _STALL_MS = const(60000)  # what a task may take beyond its own period before it counts as stalled
@@ -284,6 +283,9 @@ class Node:
         # modules after it.
         self.uplink()
         sup = run("meternode.tasks", "wire", self)
+        # start-up is over: config.py (its checks, the JSON reader) goes; a module that
+        # imported its names keeps them, a later import loads it again
+        forget("meternode.config")
         try:
             await sup.run()
         finally:
@@ -323,9 +325,12 @@ def log(msg):
 
 
 def main(root="."):
+    from meternode.config import load_json
+
     config = load_json(root + "/config.json")
     # the board's dict is not kept here: the node holds what it reads of it (nodeinit.setup)
     node = Node(load_json(root + "/board.json"), config)
+    load_json = None  # while the node runs, nothing of config.py is held (Node.run forgets it)
     try:
         asyncio.run(node.run())
     except KeyboardInterrupt:

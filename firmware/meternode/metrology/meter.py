@@ -33,8 +33,7 @@ import math
 
 from micropython import const
 
-from meternode import forget
-from meternode.config import ConfigError
+from meternode import ConfigError, forget
 from meternode.metrology import kernels
 from meternode.metrology.convert import convert
 
