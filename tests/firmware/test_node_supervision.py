@@ -119,6 +119,34 @@ async def test_a_dead_sampling_task_is_recorded_and_restarted_and_metering_goes_
     n.uplink_service.log.close()
 
 
+@heap("256k")
+@timeout(60)
+async def test_a_started_node_keeps_nothing_of_config_py_and_one_config_error():
+    # config.py's checks run at start-up: once the node runs, the module is forgotten (RAM,
+    # docs/memory.md), and ConfigError, which a running node still raises, is one class
+    import sys
+
+    import meternode
+
+    n = Node(_board(), _config(scratch_dir()))
+    t = asyncio.create_task(n.run())
+    ok = await _until(lambda: n.supervisor is not None)
+    await asyncio.sleep_ms(50)
+    eq((ok, "meternode.config" in sys.modules), (True, False), "forgotten once the node runs")
+    try:
+        n.meter.set_calibration("no such channel", {"gain": 1.0})
+        raised = None
+    except meternode.ConfigError as e:
+        raised = str(e)
+    eq(raised, "calibration.no such channel names no channel", "the package's ConfigError")
+    from meternode import config
+
+    eq(config.ConfigError is meternode.ConfigError, True, "config.py loaded again re-exports the one class")
+    t.cancel()
+    await asyncio.sleep_ms(5)
+    n.uplink_service.log.close()
+
+
 _LORA = {"deveui": "70B3D57ED0000001", "appeui": "0000000000000000", "appkey": "00112233445566778899AABBCCDDEEFF"}
 
 
