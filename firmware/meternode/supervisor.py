@@ -135,15 +135,15 @@ class Supervisor:
     def _failed(self, w, e):
         # One failure counted and reported; returns the backoff before the restart.  e: what
         # ended the run (None: it returned; state 1: the supervisor cancelled it, stalled).
-        if e is None:
-            why = "ended"
-        elif w.state == 1:
-            why = "stalled: no progress in %d ms" % w.stall_ms
-        else:
-            try:
+        try:  # the reason is made (the stall's read from msgs.txt): none is left on a full heap
+            if e is None:
+                why = "ended"
+            elif w.state == 1:
+                why = "stalled: no progress in %d ms" % w.stall_ms
+            else:
                 why = "%s: %s" % (type(e).__name__, e)
-            except MemoryError:
-                why = "MemoryError"
+        except MemoryError:
+            why = "MemoryError"
         w.state = 2
         now = _now()
         if _diff(now, w.started) >= self.stable_ms:

@@ -20,7 +20,8 @@ str) only when it is used, on a path that is about to allocate for it anyway (th
 the formatted line). Every edit stays on its line, so a traceback points at the source line.
 
 Left alone: literals at module level (they run at import, before `_MSGS` is bound), f-string
-parts, bytes, literals spanning lines, and modules with fewer than two messages (one string
+parts, bytes, literals spanning lines, what an `except MemoryError` handler says (reading the
+file would allocate where the heap has run out), and modules with fewer than two messages (one string
 object then costs what it saves). Sources, tests and host code keep the literals.
 
 With a `Book` (what `umeter build` gives for `.mpy` files), the messages leave the module
@@ -84,23 +85,46 @@ def _is_reason(key: ast.AST | None) -> bool:
     return isinstance(key, ast.Constant) and key.value in REASONS
 
 
+def _told(v: ast.AST) -> list[ast.AST]:
+    # the literals a reason is made of: itself, a %-format's text, either branch of an `a if c
+    # else b` (not a dict key or an argument read on the way: those are not what is told)
+    if isinstance(v, ast.BinOp) and isinstance(v.op, ast.Mod):
+        return _told(v.left)
+    if isinstance(v, ast.IfExp):
+        return _told(v.body) + _told(v.orelse)
+    return [v] if isinstance(v, ast.Constant) else []
+
+
+def _on_memory_error(h: ast.AST) -> bool:
+    # an `except MemoryError` handler (or one naming it in a tuple): the heap has run out, and
+    # reading a message from the file would allocate more than the literal
+    if not isinstance(h, ast.ExceptHandler) or h.type is None:
+        return False
+    names = h.type.elts if isinstance(h.type, ast.Tuple) else [h.type]
+    return any(isinstance(n, ast.Name) and n.id == "MemoryError" for n in names)
+
+
 def messages(tree: ast.Module) -> list[ast.Constant]:
     """The literals fold_messages() moves, in source order."""
     found: list[ast.Constant] = []
-    reasons: set[int] = set()  # the ids of the nodes that are a reason (REASONS)
+    reasons: set[int] = set()  # the ids of the literals a reason is made of (REASONS)
     for n in ast.walk(tree):
         if isinstance(n, ast.Dict):
-            reasons.update(id(v) for k, v in zip(n.keys, n.values, strict=True) if _is_reason(k))
+            for k, v in zip(n.keys, n.values, strict=True):
+                if _is_reason(k):
+                    reasons.update(id(c) for c in _told(v))
         elif isinstance(n, ast.Assign) and any(
             _is_reason(t.slice) if isinstance(t, ast.Subscript) else isinstance(t, ast.Name) and t.id in REASONS
             for t in n.targets
         ):
-            reasons.add(id(n.value))
+            reasons.update(id(c) for c in _told(n.value))
 
     def walk(node: ast.AST, in_fn: bool, in_msg: bool) -> None:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.JoinedStr):
                 continue  # an f-string's parts are not literals of their own
+            if _on_memory_error(child):
+                continue  # what a MemoryError handler says stays in RAM
             fn = in_fn or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
             msg = in_msg or (
                 fn

@@ -50,13 +50,19 @@ def check(x, log=print):
         d["state"] = "a long state value kept"
         why = "stalled: a reason in a variable %d" % x
         d["why"] = why
+    if x == 12:
+        try:
+            d["buf"] = bytearray(x)
+        except MemoryError:  # the heap has run out: what the handler says stays in RAM
+            log("no room for the buffer: kept in RAM")
+        d["why"] = d.get("a_key_read_on_the_way") or "unknown"  # a key read on the way: kept
     return d, b"some long bytes here"
 """
 
 MAIN = """\
 import sys
 from meternode import m
-for x in (3, -1, 7, 8, 9, 10, 11, 101):
+for x in (3, -1, 7, 8, 9, 10, 11, 12, 101):
     try:
         print(m.check(x))
     except Exception as e:
@@ -102,7 +108,8 @@ def test_fold_messages_moves_only_function_messages_and_keeps_lines() -> None:
     assert bound.count("x must be 0 or more") == 1, "a repeated message is stored once"
     for kept in ('"a/long/topic/name"', '"module-level message kept"', 'f"x is {x}, over the limit"', '"short one"',
                  '"a_long_dict_key"', '"over two lines: kept"', 'b"some long bytes here"', '"rejected here"',
-                 '"a long state value kept"'):  # fmt: skip
+                 '"a long state value kept"', '"no room for the buffer: kept in RAM"',
+                 '"a_key_read_on_the_way"'):  # fmt: skip
         assert kept in out, kept
     # fewer than two messages, or the name taken: nothing to gain, left as it is
     assert fold_messages('def f():\n    raise ValueError("only one message here")\n') is None
