@@ -28,9 +28,15 @@ def start(node):
     node.uplink()  # the record log first: readings are stored records
     import gc
 
+    try:
+        # need() loads nodeinit for a moment (how the package was loaded): called before the
+        # collection and the free-heap reading below, so that module is not counted as used
+        want = need(node.config)
+    except Exception as e:  # e.g. MemoryError compiling it from source: metering goes on
+        log("gateway not started: %r" % (e,))
+        return None
     gc.collect()
     free = gc.mem_free() if hasattr(gc, "mem_free") else 1 << 30
-    want = need(node.config)
     if free < want:
         # decided before any import: a failed one would leave its interned names behind
         log("gateway off: %d bytes free, it needs %d (raise the heap, or ship .mpy / frozen)" % (free, want))
