@@ -118,26 +118,27 @@ def test_a_point_measures_the_same_whichever_other_points_run():
 
 
 def test_creep_allows_less_than_one_pulse_of_the_register_in_the_iec_test_time(monkeypatch):
-    # noise seed 15 opens pico_w's creep gate for one 1-s window at 115 % Un (what failed
-    # `--quick` on some seeds): under a pulse of the finest register (1 mWh) in a test longer
-    # than IEC 62053-22's dt, which is what the standard asks
-    monkeypatch.setattr(accuracy, "point_seed", lambda seed, pid: 15)
-    r = accuracy.run(load_board("pico_w"), only=["CREEP"]).results[0]
+    # noise seed 2 with an ENOB of 7.2 opens pico_w's creep gate now and then at 115 % Un (at
+    # 8.7 it did on some seeds: what failed `--quick`), registering 2 J: under a pulse of the
+    # finest register (1 mWh) in a test longer than IEC 62053-22's dt, which is what the
+    # standard asks (the sim's noise is the same on every port)
+    monkeypatch.setattr(accuracy, "point_seed", lambda seed, pid: 2)
+    r = accuracy.run(load_board("pico_w"), enob=7.2, only=["CREEP"]).results[0]
     assert r.passed, r.note
     assert 0.0 < abs(r.measured) * r.seconds < accuracy.CREEP_PULSE_J
-    assert re.fullmatch(r"0\.\d\d J registered, less than one pulse \(1 mWh = 3\.6 J\)", r.note), r.note
+    assert re.fullmatch(r"[1-3]\.\d\d J registered, less than one pulse \(1 mWh = 3\.6 J\)", r.note), r.note
     assert accuracy.creep_minutes(230.0, 96.0) * 60 < r.seconds  # 2.4 s needed, 20 s run
     bad = accuracy._judge(r.point, {"p": 1.0, "t": 20.0, "moved_p_j": 3.6, "moved_q_j": 0.0, "counts": 1}, 80.0)
     assert not bad.passed and "not less than one pulse" in bad.note
 
 
 def test_json_is_self_contained_and_the_table_gives_limits_in_percent(tmp_path):
-    r = _umeter("accuracy", "--point", "P2-PF1", "--point", "Q10-S1C", "--enob", "4", "--json")
+    r = _umeter("accuracy", "--point", "P2-PF1", "--point", "Q100-S1C", "--enob", "4", "--json")
     assert r.returncode == 1
     d = json.loads(r.stdout)
     assert d["conditions"]["In_A"] == 80.0 and d["conditions"]["Imax_A"] == 96.0 and d["conditions"]["enob"] == 4
     assert [f["id"] for f in d["failures"]] == ["P2-PF1"] and d["failures"][0]["limit_pct"] == 0.4
-    assert {p["id"]: p["limit_unit"] for p in d["points"]} == {"P2-PF1": "%", "Q10-S1C": "%"}
+    assert {p["id"]: p["limit_unit"] for p in d["points"]} == {"P2-PF1": "%", "Q100-S1C": "%"}
     assert "the FAIL rows above" not in r.stderr and 'see the "failures" list of the JSON' in r.stderr
     r = _umeter("accuracy", "--point", "P1-PF1", "--point", "Q10-S1C")
     rows = {ln.split()[0]: ln.split() for ln in r.stdout.splitlines()}

@@ -238,7 +238,7 @@ class SimSampler:
         top = (1 << self.bits) - 1
         waves = self._waves
         noise = self._noise
-        r = random.random
+        g = random.getrandbits  # not random(): a board's draws one word, a 64-bit build two
         skew = self._skew
         is_v = self._is_v
         vref = self._vref
@@ -272,8 +272,10 @@ class SimSampler:
                 elif not load:
                     x = 0  # the relay is open
                 x += mids[c]
-                if noise:  # Gaussian-ish: 4 uniforms have variance 4/12, times sqrt(3) is 1
-                    x += noise * ((r() + r() + r() + r() - 2) * 1.7320508)
+                if noise:  # Gaussian-ish: 4 uniforms have variance 4/12, times sqrt(3) is 1;
+                    # 22-bit integers, so every port draws the same noise (their sum is exact
+                    # in single precision)
+                    x += noise * (((g(22) + g(22) + g(22) + g(22)) / 4194304 - 2) * 1.7320508)
                 v = int(x + 0.5) if x >= 0 else 0
                 buf[i] = top if v > top else v
                 i += 1
