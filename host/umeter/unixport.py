@@ -60,6 +60,23 @@ def native_arch() -> str | None:
     return _native[path]
 
 
+def has_module(name: str) -> bool:
+    """Whether the unix port can import `name` (a build may leave out ssl, btree, ...)."""
+    import subprocess
+
+    key = f"{micropython_path()}:{name}"
+    if key not in _modules:
+        try:
+            r = subprocess.run([micropython_path(), "-c", f"import {name}"], capture_output=True, timeout=10)
+            _modules[key] = r.returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            _modules[key] = False
+    return _modules[key]
+
+
+_modules: dict[str, bool] = {}
+
+
 def word_bytes() -> int:
     """4 on a 32-bit unix port (like the boards), 8 on the 64-bit one."""
     return 4 if native_arch() in ("x86", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp") else 8

@@ -18,6 +18,7 @@ from decimal import Decimal
 import pytest
 from rich.console import Console
 
+from umeter import unixport
 from umeter.cli.sim import json_line, render_table
 from umeter.consumer import Consumer
 from umeter.sim import SimRun
@@ -138,8 +139,9 @@ def test_a_meter_that_stops_answering_shows_as_failing_and_as_answering_again(tm
 
 
 # A board heap in which a --bus node boots but its gateway's gate finds too little free: the
-# sim board's own 288k until the fifth RAM round, after which the gateway fitted there.
-_SHORT = "256k"
+# sim board's own 288k until the fifth RAM round, after which the gateway fitted there (on a
+# 32-bit build of the unix port the node holds ~70 % as much).
+_SHORT = "256k" if unixport.word_bytes() == 8 else "176k"
 
 
 def test_a_node_whose_gateway_lacks_heap_is_started_again_with_what_it_needs(tmp_path, monkeypatch):

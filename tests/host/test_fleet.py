@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from umeter import unixport
 from umeter.errors import ConfigError
 from umeter.inventory import Fleet
 
@@ -45,7 +46,7 @@ def test_cli_fleet_ls_show_and_unknown_node(tmp_path):
 def test_cli_build_reports_one_line_and_a_bad_board(tmp_path):
     r = subprocess.run([UMETER, "build", "--board", "sim", "-o", str(tmp_path / "b")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("Built ") and "for sim (x64)" in r.stdout
+    assert r.stdout.startswith("Built ") and f"for sim ({unixport.native_arch()})" in r.stdout
     bad = subprocess.run([UMETER, "build", "--board", "nope"], capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.startswith("umeter: error: unknown board 'nope' — known boards:")
 

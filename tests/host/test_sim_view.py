@@ -15,6 +15,7 @@ import time
 import pytest
 from rich.console import Console
 
+from umeter import unixport
 from umeter.cli.sim import compact, json_line, render_line, render_table
 from umeter.console import ConsoleTail, is_error
 from umeter.sim import NodeView, SimRun, scenario
@@ -198,10 +199,11 @@ def test_a_node_that_cannot_publish_shows_its_link_error_while_the_others_report
 
 
 def test_cli_exits_1_when_a_node_sent_nothing_and_names_its_error():
-    # a heap too small to import the firmware: the node crashes at boot, is started again, and
-    # crashes again; the run says so and fails
+    # a heap too small to import the firmware (96 KB on the 64-bit port, 48 on a 32-bit
+    # build): the node crashes at boot, is started again, and crashes again; the run says so
+    # and fails
     r = subprocess.run(
-        [*UMETER, "sim", "-n", "1", "--heap", "96k", "--duration", "4", "--json"],
+        [*UMETER, "sim", "-n", "1", "--heap", f"{12 * unixport.word_bytes()}k", "--duration", "4", "--json"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert r.returncode == 1, r.stderr
