@@ -43,12 +43,13 @@ class ProfileRecorder:
                 exp += x if x is not None else int(e["e_exp_wh"] * 1000 + 0.5)
         self.e_imp_mwh = imp
         self.e_exp_mwh = exp
-        for acc, x in ((self.v, snap["v"]), (self.i, i), (self.p, p)):
-            acc[0] += x
-            if x < acc[1]:
-                acc[1] = x
-            if x > acc[2]:
-                acc[2] = x
+        a = self.acc  # V, I, P: sum, min, max each (storeinit.profile)
+        for k, x in ((0, snap["v"]), (3, i), (6, p)):
+            a[k] += x
+            if x < a[k + 1]:
+                a[k + 1] = x
+            if x > a[k + 2]:
+                a[k + 2] = x
         self.n += 1
         day = int(ts) // 86400
         if day != self._day:
@@ -72,16 +73,17 @@ class ProfileRecorder:
         n = self.n
         # mean, min and max of V (0.1 V), I (mA) and P (0.1 W), rounded and clamped to their fields
         t = []
-        fields = ((self.v, 10, 0, 65535), (self.i, 1000, 0, 0xFFFFFFFF), (self.p, 10, -0x7FFFFFFF, 0x7FFFFFFF))
-        for acc, scale, lo, hi in fields:
+        a = self.acc
+        fields = ((0, 10, 0, 65535), (3, 1000, 0, 0xFFFFFFFF), (6, 10, -0x7FFFFFFF, 0x7FFFFFFF))
+        for k, scale, lo, hi in fields:
             out = []
-            for x in (acc[0] / n, acc[1], acc[2]):
+            for x in (a[k] / n, a[k + 1], a[k + 2]):
                 x = int(x * scale + (0.5 if x >= 0 else -0.5))
                 out.append(lo if x < lo else hi if x > hi else x)
             t.append(out)
-            acc[0] = 0.0  # the next interval starts empty
-            acc[1] = 1e30
-            acc[2] = -1e30
+            a[k] = 0  # the next interval starts empty
+            a[k + 1] = 1e30
+            a[k + 2] = -1e30
         payload = records.profile(self.period_s, self.e_imp_mwh, self.e_exp_mwh, t[0], t[1], t[2])
         self.n = 0
         return self._append(records.PROFILE, ts_end, payload)

@@ -316,9 +316,14 @@ def profile(self, log, period_s, mains, on_record):
     self._day = None
     self._month = None
     self.n = 0  # snapshots in this interval
-    self.v = [0.0, 1e30, -1e30]  # sum, min, max
-    self.i = [0.0, 1e30, -1e30]
-    self.p = [0.0, 1e30, -1e30]
+    # V, I and P of the interval: sum, min and max each, in one array of the port's floats
+    # (three lists held nine boxed floats)
+    from meternode.metrology import floats
+
+    self.acc = a = floats(9)
+    for k in (1, 4, 7):
+        a[k] = 1e30
+        a[k + 1] = -1e30
     self.e_imp_mwh = 0
     self.e_exp_mwh = 0
     self.water_l = 0
