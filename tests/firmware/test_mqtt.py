@@ -206,6 +206,115 @@ async def test_a_broker_that_closes_right_after_its_connack_is_named_as_the_reas
         srv.close()
 
 
+async def test_a_broker_that_falls_silent_is_pinged_and_then_dropped_naming_the_silence():
+    # A half-open connection (a NAT that forgot it, a broker frozen): the CONNACK, then
+    # nothing, whatever the client sends.  The client pings every keepalive/2 and drops the
+    # connection after 1.5 * keepalive without a packet, so that the link reconnects and the
+    # broker's copy of the session publishes the will (MQTT 3.1.1 section 3.1.2.10).
+    import time
+
+    seen = bytearray()
+
+    async def broker(r, w):
+        w.write(b"\x20\x02\x00\x00")
+        await w.drain()
+        while True:
+            b = await r.read(64)
+            if not b:
+                break
+            seen.extend(b)
+
+    srv, port = await _serve(broker)
+    try:
+        c = MQTTClient("t-silent", "127.0.0.1", port, keepalive=1, timeout_ms=3000)
+        await c.connect()
+        t0 = time.ticks_ms()
+        while c.connected and time.ticks_diff(time.ticks_ms(), t0) < 4000:
+            await asyncio.sleep_ms(20)
+        took = time.ticks_diff(time.ticks_ms(), t0)
+        eq(c.connected, False, "dropped after 1.5 * keepalive of silence")
+        eq(1400 <= took <= 2600, True, "dropped after %d ms (keepalive 1 s)" % took)
+        eq("silent" in str(c.error), True, "why: %r" % c.error)
+        eq(seen.count(b"\xc0\x00") >= 2, True, "PINGREQs sent meanwhile: %r" % bytes(seen[-8:]))
+    finally:
+        srv.close()
+
+
+@needs("host:mosquitto")
+@timeout(30)
+async def test_an_idle_connection_outlives_mosquittos_keepalive_on_pings_alone():
+    # Mosquitto closes a client that sends nothing for 1.5 * keepalive (3 s here); an idle
+    # client stays connected on its PINGREQs, and the PINGRESPs keep it from dropping the
+    # broker in turn.
+    h, p = host_value("mosquitto_host"), int(host_value("mosquitto_port"))
+    c = MQTTClient("t-idle", h, p, keepalive=2, timeout_ms=3000)
+    await c.connect()
+    await asyncio.sleep_ms(4500)
+    eq((c.connected, c.error), (True, None), "still connected after 4.5 s idle")
+    pid = await c.publish("t/idle", b"x", qos=1)
+    eq(pid >= 0x8000, True, "a QoS 1 publish is acknowledged on the same connection")
+    await c.disconnect()
+
+
+class _Flood:
+    # A non-blocking socket that is never empty: every read fills the buffer with small QoS 0
+    # PUBLISHes (a broker, or someone on it, sending faster than the node parses).
+    def __init__(self):
+        self.out = b""
+        self.reads = 0
+
+    def readinto(self, mv):
+        self.reads += 1
+        n = len(mv) // 5 * 5
+        mv[:n] = b"\x30\x03\x00\x01f" * (n // 5)
+        return n
+
+    def write(self, b):
+        self.out += bytes(b)
+        return len(b)
+
+    def close(self):
+        pass
+
+
+@timeout(20)
+async def test_a_socket_that_never_runs_dry_neither_starves_the_node_nor_holds_back_the_pings():
+    # The reader yields once per buffer it reads, so the node's other tasks (metering, the
+    # supervisor that feeds the watchdog) go on under a flood; and the keepalive is looked at
+    # before each read, so the client still pings and the broker does not drop it.
+    from meternode.link import mqtt as M
+    from meternode.ticks import ms
+
+    c = M.MQTTClient("t", "x", keepalive=1)
+    c._w = s = _Flood()
+    c.connected = True
+    c._last_rx = c._ping = ms()  # as connect() does
+    got = [0]  # (a count: a list of them would outgrow the test's heap)
+
+    def on_message(t, m, r):
+        got[0] += 1
+
+    c.on_message = on_message
+    others = [0]
+
+    async def other():
+        while True:
+            others[0] += 1
+            await asyncio.sleep_ms(0)
+
+    o = asyncio.create_task(other())
+    r = asyncio.create_task(c._reader())
+    await asyncio.sleep_ms(700)
+    c.drop()
+    o.cancel()
+    await asyncio.sleep_ms(0)
+    eq(got[0] > 1000, True, "the flood was read: %d messages" % got[0])
+    eq(others[0] >= s.reads // 2, True, "another task ran %d times in %d reads" % (others[0], s.reads))
+    eq(s.out.count(b"\xc0\x00") >= 1, True, "a PINGREQ went out in 0.7 s (keepalive 1 s): %r" % s.out)
+    eq((r.done(), c.connected), (True, False), "the reader ended with the connection")
+
+
+@heap("256k")  # parsing, not the heap: its 5-KB packets, read and joined seven times over
 async def test_packets_split_anywhere_and_longer_than_the_buffer_are_read_whole():
     from meternode.link import mqtt as M
     from meternode.link.mqtt import _remaining

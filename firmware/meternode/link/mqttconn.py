@@ -1,6 +1,6 @@
 # The MQTT connect path, run once per connection: the CONNECT packet, the TCP or TLS
 # connection (a non-blocking socket, its connect looked at every _POLL_MS until the client's
-# timeout; asyncio's stream only for the reader's wait for data) and CONNACK
+# timeout) and CONNACK
 # (MQTTClient.connect), SUBSCRIBE and its SUBACK (MQTTClient.subscribe:
 # the link's topics at each connect, a service's later one), and the link's session set-up
 # (MqttLink: the client made from config.mqtt, the retained `online` state, the
@@ -66,7 +66,7 @@ def publish_packet(topic, payload, qos=0, retain=False, pid=0, dup=False):
 
 
 async def connect(c):
-    # MQTTClient.connect(): the connection, CONNECT and CONNACK; then the reader and pinger.
+    # MQTTClient.connect(): the connection, CONNECT and CONNACK, and the reader task.
     # Whatever fails drops what was opened (c.drop).
     client_id, host, port, clean, user, password, will, ssl, server_hostname = c._opts
     where = "%s:%d" % (host, port)
@@ -126,8 +126,7 @@ async def connect(c):
     c.session_present = bool(body[0] & 1)
     c.connected = True
     c.error = None
-    c._last_rx = _now()
-    c._ping_task = asyncio.create_task(c._pinger())
+    c._last_rx = c._ping = _now()  # the keepalive counts from here (MQTTClient._into)
 
 
 async def subscribe(c, topic, qos=1):

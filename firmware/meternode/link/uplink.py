@@ -48,7 +48,7 @@ class MqttLink:
         # timeout, a MemoryError making the client or its buffers) is logged and retried
         # after the backoff: it never ends the link task.  Cancelled (the supervisor restarts
         # a stalled link, or the node stops), the connection in hand goes with it: its reader
-        # and pinger tasks never outlive the link task.
+        # task never outlives the link task.
         m = self.m
         where = "%s:%d" % (m["host"], m.get("port", 1883))
         try:
