@@ -197,24 +197,23 @@ class Node:
             p.poll()
             w.beat()
 
-    async def uptime(self, w):
-        # Crash-loop bookkeeping: after stable_s of running the loop count is cleared; in the
-        # safe configuration, after safe_hold_s a planned reboot returns to the full one.
-        sc = self.config.get("supervisor", {})
-        stable = sc.get("stable_s", 3600)
-        hold = sc.get("safe_hold_s", 86400)
-        up = 0  # seconds since boot, counted (nothing here grows past a small int)
-        while True:
-            await asyncio.sleep_ms(1000)
-            w.beat()
-            up += 1
-            b = self.boot
-            if self.safe:
-                if hold and up >= hold:
-                    b["loops"] = 0
-                    self.save_state()
-                    self.reboot("safe configuration held %d s" % hold)
-            elif b["loops"] and up >= stable:
+    def uptime(self, up):
+        # The supervisor's on_up (up: the seconds it has run), crash-loop bookkeeping: after
+        # stable_s of running the loop count is cleared; in the safe configuration, after
+        # safe_hold_s a planned reboot returns to the full one.
+        b = self.boot
+        if not (self.safe or b["loops"]):
+            return  # nothing to clear or to end: a healthy node, every second
+        sc = self.config.get("supervisor")
+        if self.safe:
+            hold = sc.get("safe_hold_s", 86400) if sc else 86400
+            if hold and up >= hold:
+                b["loops"] = 0
+                self.save_state()
+                self.reboot("safe configuration held %d s" % hold)
+        else:
+            stable = sc.get("stable_s", 3600) if sc else 3600
+            if up >= stable:
                 log("stable for %d s: crash-loop count %d cleared" % (stable, b["loops"]))
                 b["loops"] = 0
                 self.save_state()

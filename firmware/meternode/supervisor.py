@@ -28,7 +28,9 @@
 #   persisted crash-loop state, checkpoints its registers and reboots; after `safe_after`
 #   such reboots in a row it boots into the safe configuration, see tasks.py).  With no
 #   on_loop, the task keeps being restarted at the longest backoff.  A run of stable_ms
-#   clears a task's failure count.
+#   clears a task's failure count.  on_up(s) is called from the supervision loop about once
+#   a second with the seconds run() has run (the node clears its persisted crash-loop count
+#   after stable_s there, and ends a safe configuration after safe_hold_s).
 #
 # Modules whose loops run inside a task (MqttLink, Outbox, LoRaLink, WifiSupervisor,
 # PolicyService) have a `beat` attribute, a no-op by default, that the node points at the
@@ -80,11 +82,16 @@ class Supervisor:
         backoff_max_ms=60000,
         loop_fails=5,
         stable_ms=600000,
+        on_up=None,
     ):
         self.log = log
         self.wdt = wdt  # feed(); None: no watchdog
         self.on_fail = on_fail  # on_fail(watch, why): every failure (the node records an event)
         self.on_loop = on_loop  # on_loop(watch, why): a task keeps dying
+        # on_up(s): about once a second, the whole seconds run() has run (the node's
+        # crash-loop bookkeeping: a plain call from the supervision loop, not a task of its own)
+        self.on_up = on_up
+        self.up_s = 0
         self.check_ms = check_ms
         self.backoff_min_ms = backoff_min_ms
         self.backoff_max_ms = backoff_max_ms
@@ -207,10 +214,23 @@ class Supervisor:
                 w.task = asyncio.create_task(self._guard(w))
         if self.wdt is not None:
             self.wdt.feed()
+        t = _now()  # up_s is counted in whole seconds from here (ticks: nothing grows)
         try:
             while True:
                 await _sleep_ms(self.check_ms)
                 self.check()
+                k = _diff(_now(), t) // 1000
+                if k > 0:
+                    t = _add(t, k * 1000)
+                    self.up_s += k
+                    if self.on_up is not None:
+                        try:
+                            self.on_up(self.up_s)
+                        except Exception as e:  # (a planned reboot, SystemExit, passes)
+                            try:
+                                self.log("uptime bookkeeping failed: %r" % (e,))
+                            except MemoryError:
+                                pass
         finally:
             self.running = False
             for w in self.watches:

@@ -39,6 +39,7 @@ def wire(node):
         loop_fails=sc.get("loop_fails", 5),
         # a task's run, measured in ticks: at most a day
         stable_ms=min(sc.get("stable_s", 3600), 86400) * 1000,
+        on_up=node.uptime,  # crash-loop bookkeeping (Node.uptime)
     )
     c = node.config
     sup.add("sampling", node.sampling, 10000)
@@ -71,7 +72,6 @@ def wire(node):
         if g is not None:
             for name, start, stall in g.starts():
                 sup.add(name, start, stall)
-    sup.add("uptime", node.uptime, 30000)  # crash-loop bookkeeping (Node.uptime)
     if node.safe:
         b = node.boot
         log("safe configuration: %d crash loops in a row (%s)" % (b["loops"], b["why"]))

@@ -263,6 +263,56 @@ def test_after_safe_after_crash_loops_the_node_boots_safe_and_a_crash_loop_there
 
 
 @heap("256k")
+@timeout(60)
+async def test_a_node_that_runs_stable_s_clears_the_crash_loop_count_it_booted_with():
+    # One crash loop before this boot (safe_after 2: the full configuration).  A node that
+    # then runs stable_s without one starts counting from nothing again, on flash: the next
+    # crash loop, days later, is not the one that sends it into the safe configuration.
+    d = scratch_dir()
+    write_state(d + "/sup.json", {"loops": 1, "total": 4, "why": "reporting ValueError: poison record"})
+    c = _config(d)
+    c["supervisor"]["stable_s"] = 1
+    n = Node(_board(), c)
+    eq(n.safe, False, "full configuration")
+    t = asyncio.create_task(n.run())
+    try:
+        ok = await _until(lambda: read_state(d + "/sup.json")["loops"] == 0, 8000)
+        eq(ok, True, "count cleared after stable_s: %r" % read_state(d + "/sup.json"))
+        eq(read_state(d + "/sup.json")["total"], 4, "the total is kept")
+        eq(t.done(), False, "and the node runs on")
+    finally:
+        t.cancel()
+
+
+@heap("256k")
+@timeout(60)
+def test_the_safe_configuration_ends_after_safe_hold_s_in_a_planned_reboot_into_the_full_one():
+    # A node that crash-looped into the safe configuration must not stay there for ever when
+    # nobody visits: after safe_hold_s of running safe, it clears the count and reboots
+    # (registers checkpointed), and the next boot is the full configuration.
+    d = scratch_dir()
+    write_state(d + "/sup.json", {"loops": 2, "total": 2, "why": "reporting ValueError: poison record"})
+    c = _config(d, cmd_key=KEY, policy=_policy(), policy_dir=d)
+    c["supervisor"]["safe_hold_s"] = 1
+    n = Node(_board(), c)
+    eq(n.safe, True, "safe configuration")
+    n._reset = _raise_reset
+    e = None
+    try:
+        asyncio.run(n.run())
+    except _Reset as x:
+        e = x
+    eq(e is not None, True, "a planned reboot")
+    eq(n.supervisor.restarts, 0, "no task failed on the way")
+    eq(read_state(d + "/sup.json")["loops"], 0, "count cleared")
+    m = Meter(_board())
+    m.registers.restore(CheckpointStore(d + "/ck").restore()["registers"])
+    eq(m.registers.energy_j(0, 0), n.meter.registers.energy_j(0, 0), "registers checkpointed at the reboot")
+    again = Node(_board(), _config(d, cmd_key=KEY, policy=_policy(), policy_dir=d))
+    eq((again.safe, "cmd_key" in again.config), (False, True), "the next boot is the full configuration")
+
+
+@heap("256k")
 def test_planned_reboot_and_fatal_error_checkpoint_the_registers():
     d = scratch_dir()
     n = Node(_board(), _config(d))

@@ -195,6 +195,29 @@ async def test_an_input_driven_task_waits_for_ever_without_stalling_and_is_resta
 
 
 @timeout(20)
+async def test_on_up_counts_whole_seconds_and_its_failure_does_not_stop_the_supervision():
+    got = []
+    logged = []
+
+    def on_up(s):
+        got.append(s)
+        if len(got) == 1:
+            raise ValueError("flash gone")
+
+    wdt = _Wdt()
+    s = Supervisor(logged.append, wdt, check_ms=5, on_up=on_up)
+    s.add("good", _healthy, 1000)
+    t = asyncio.create_task(s.run())
+    await _until(lambda: len(got) >= 2, 5000)
+    feeds = wdt.feeds
+    await asyncio.sleep_ms(50)
+    t.cancel()
+    eq(got[:2], [1, 2], "once a second, the seconds run() has run")
+    eq(s.up_s, got[-1], "up_s")
+    eq(len([m for m in logged if "uptime bookkeeping failed" in m and "flash gone" in m]), 1, "logged: %r" % logged)
+    eq(wdt.feeds > feeds, True, "the watchdog is still fed after it failed")
+
+
 async def test_sim_watchdog_resets_when_the_event_loop_is_stuck():
     d = scratch_dir()
     mark = d + "/sup.json.wdt"
