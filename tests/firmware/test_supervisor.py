@@ -105,6 +105,34 @@ async def test_memory_error_in_one_task_is_contained_to_it():
     eq(good.n > 0, True, "and running")
 
 
+async def test_a_failure_that_cannot_be_recorded_is_logged_and_the_task_still_restarts():
+    # The node records each failure in the record log and a crash loop on flash: with the
+    # flash full both raise.  The supervision goes on: the task restarts, the crash loop is
+    # still seen, and the log says what was not recorded.
+    logged = []
+    loops = []
+
+    def on_fail(w, why):
+        raise OSError(28)  # ENOSPC
+
+    def on_loop(w, why):
+        loops.append(w.fails)
+        raise OSError(28)
+
+    s = Supervisor(logged.append, on_fail=on_fail, on_loop=on_loop, check_ms=5, backoff_min_ms=5, backoff_max_ms=5, loop_fails=2)
+    w = s.add("bad", _raises, 60000)
+    good = s.add("good", _healthy, 60000)
+    t = asyncio.create_task(s.run())
+    await _until(lambda: w.restarts >= 3)
+    t.cancel()
+    await asyncio.sleep_ms(5)
+    eq(w.restarts >= 3, True, "restarted %d times" % w.restarts)
+    eq(loops[:2], [2, 3], "each crash loop still reported")
+    lost = [m for m in logged if m.startswith("task bad: failure not recorded")]
+    eq(len(lost) >= 2 * 3 - 1, True, "both refusals logged: %r" % logged[-3:])
+    eq(good.restarts, 0, "the other task untouched")
+
+
 async def test_a_task_that_ends_is_restarted():
     runs = []
 
