@@ -313,6 +313,46 @@ def test_the_safe_configuration_ends_after_safe_hold_s_in_a_planned_reboot_into_
 
 
 @heap("256k")
+@timeout(120)
+async def test_a_checkpoint_the_flash_refuses_is_tried_again_a_minute_later_and_metering_goes_on():
+    # The flash refuses the checkpoint (full, or failing): the sampling task must neither
+    # stop nor try again at every block (a write per block wears a failing flash and fills
+    # the console); it measures on and tries once a minute of board time until a write
+    # succeeds, then goes back to the checkpointer's own schedule.
+    from meternode import ticks
+
+    b = _board()
+    b["adc"]["rate"] = 1000  # one-second blocks: minutes of board time in a few seconds
+    b["adc"]["block"] = 1000
+    n = Node(b, _config(scratch_dir()))
+    tries = []
+    broken = [True]
+
+    def save(now, force):
+        tries.append(now)
+        if broken[0]:
+            raise OSError(28)  # ENOSPC
+
+    n.checkpoint.save = save
+    t = asyncio.create_task(n.sampling())
+    try:
+        ok = await _until(lambda: len(tries) >= 3, 60000)
+        eq(ok, True, "tried 3 times: %r" % tries)
+        e = n.meter.registers.energy_j(0, 0)
+        broken[0] = False
+        ok = await _until(lambda: len(tries) >= 6, 60000)
+        eq(ok, True, "tried again after the flash came back: %r" % tries)
+    finally:
+        t.cancel()
+    gaps = [ticks.diff(tries[k + 1], tries[k]) for k in range(4)]
+    for g in gaps[:3]:
+        eq(60000 <= g < 61000, True, "a minute of board time between tries while it fails: %r" % gaps)
+    eq(gaps[3] <= 1000, True, "after a write succeeded, the next block tries again: %r" % gaps)
+    eq(n.ckpt_errors, 3, "the refusals counted")
+    eq(n.meter.registers.energy_j(0, 0) > e > 0, True, "metering went on throughout")
+
+
+@heap("256k")
 def test_planned_reboot_and_fatal_error_checkpoint_the_registers():
     d = scratch_dir()
     n = Node(_board(), _config(d))
