@@ -121,3 +121,88 @@ def test_policy_frames_arrive_as_lorawan_downlinks_on_their_fport(tmp_path):
         assert "lora downlink on port 3 ignored (2 bytes)" in text, text
         assert "policy event price" in text, text
         assert "Traceback" not in text, text
+
+
+def test_lora_fallback_is_quiet_while_mqtt_is_up_and_carries_only_what_mqtt_has_not_delivered(tmp_path):
+    # lora.mode "fallback" (the default) beside MQTT: while the broker is up LoRaWAN stays
+    # silent (no join, no frame; at boot MQTT connects within lora.fallback_s); when it has
+    # been gone for fallback_s, LoRa joins and sends the records MQTT has not delivered, from
+    # the first one on; when it is back MQTT carries the records again and LoRa falls silent.
+    # Every record reaches the head end over one link or the other.
+    import paho.mqtt.client as mqtt
+
+    from umeter.broker import Mosquitto, mosquitto_path
+
+    if mosquitto_path() is None:
+        import pytest
+
+        pytest.skip("Mosquitto is not installed (apt-get install mosquitto); CI installs it")
+    root = _flash(tmp_path)
+    state = tmp_path / "mosq"
+    state.mkdir()
+    # persistence: the subscriber's session and its queued records outlive the broker's restart
+    broker = Mosquitto(extra_conf=f"persistence true\npersistence_location {state}/\n")
+    seqs: dict[int, str] = {}  # seq -> kind, records received over MQTT
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="t-lora3-sub", clean_session=False)
+    sub.on_connect = lambda c, u, f, rc, p: c.subscribe("umeter/lora3/+", qos=1)
+
+    def on_message(c, u, m):
+        if m.topic.rsplit("/", 1)[1] in ("event", "profile", "reading"):
+            d = json.loads(m.payload)
+            seqs[d["seq"]] = d["kind"]
+
+    sub.on_message = on_message
+    sub.reconnect_delay_set(0.1, 0.5)
+    with broker, SimModem() as modem:
+        sub.connect(broker.host, broker.port)
+        sub.loop_start()
+        cfg = {
+            "node_id": "lora3",
+            "telemetry_s": 0.5,
+            "mqtt": {"host": broker.host, "port": broker.port, "keepalive": 5, "discovery": False,
+                     "backoff_min_ms": 300, "backoff_max_ms": 1000},
+            "lora": dict(_lora(modem, "70B3D57ED0000003"), fallback_s=3),
+            # a record every 2 s: a sampling-gap event per lost stretch
+            "sim": {"realtime": True, "currents": [{"rms": 5.0}],
+                    "events": [{"at": float(t), "lose": 400} for t in range(3, 120, 2)]},
+        }  # fmt: skip
+
+        def lora_records():
+            fr = [loracodec.decode(data) for _, data, confirmed in modem.uplinks]
+            return [f["seq"] for f in fr if f["kind"] != "telemetry"]
+
+        def wait(cond, s, what):
+            deadline = time.monotonic() + s
+            while not cond():
+                assert p.poll() is None, (root / "console.log").read_text()
+                assert time.monotonic() < deadline, "%s; console:\n%s" % (what, (root / "console.log").read_text())
+                time.sleep(0.05)
+
+        with open(root / "console.log", "w") as log:
+            p = _start(root, cfg, "512k", log)
+            try:
+                wait(lambda: len(seqs) >= 3, 30, "3 records over MQTT")
+                n = len(seqs)
+                wait(lambda: len(seqs) > n, 10, "one more record over MQTT")
+                time.sleep(0.5)  # its PUBACK is in; the next record is ~1.5 s away
+                before = set(seqs)
+                assert (modem.joins, modem.uplinks) == (0, []), "LoRa spoke while MQTT was up"
+                broker.stop()
+                t_down = time.monotonic()
+                wait(lambda: modem.joins > 0, 20, "a join once MQTT was down for fallback_s")
+                assert time.monotonic() - t_down >= 2.5, "joined %.1f s after MQTT went" % (time.monotonic() - t_down)
+                wait(lambda: len(lora_records()) >= 2, 40, "2 records over LoRa while the broker is down")
+                over_lora = lora_records()
+                assert min(over_lora) > max(before), (sorted(before), over_lora)
+                broker.start()
+                wait(lambda: max(seqs) > max(lora_records()), 40, "a newer record over MQTT once it is back")
+                k = len(lora_records())
+                time.sleep(5)
+                assert len(lora_records()) <= k + 1, "LoRa went on after MQTT came back: %r" % lora_records()
+            finally:
+                p.kill()
+                p.wait()
+                sub.loop_stop()
+        got = set(seqs) | set(lora_records())
+        assert got == set(range(1, max(got) + 1)), "lost: %r" % sorted(set(range(1, max(got) + 1)) - got)
+        assert modem.joins >= 1 and not set(lora_records()) & before, (sorted(before), lora_records())

@@ -27,6 +27,11 @@ class LoRaLink:
         self._telemetry = None  # newest live frame waiting (older ones are merged away)
         self.floor = None  # callable -> seq another link already delivered (fallback mode)
         self.active = None  # callable -> False while another link carries the records
+        # fallback mode: how long the other link must have been down before this one joins
+        # and speaks (a broker restart or a Wi-Fi blip is not worth a join and its airtime);
+        # counted in the waits below, so no tick difference that wraps
+        self.grace_ms = 0
+        self._down_ms = 0
         self.sent = 0
         self.nacks = 0
         self.merged = 0
@@ -64,9 +69,15 @@ class LoRaLink:
         while True:
             self.beat()
             try:
-                if self.active is not None and not self.active():
-                    await _sleep_ms(500)
-                    continue
+                if self.active is not None:
+                    if not self.active():
+                        self._down_ms = 0
+                        await _sleep_ms(500)
+                        continue
+                    if self._down_ms < self.grace_ms:  # down, but not yet for long
+                        self._down_ms += 500
+                        await _sleep_ms(500)
+                        continue
                 if not self.modem.joined:
                     await self.modem.join()
                 start = self.cursor.acked

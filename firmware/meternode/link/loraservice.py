@@ -27,6 +27,7 @@ def check(c):
             raise ConfigError("config.lora.policy_fport must differ from config.lora.fport (%d)" % pf)
         if need(lo, "mode", str, w, default="fallback") not in ("fallback", "always"):
             raise ConfigError("config.lora.mode must be fallback or always, not %r" % lo["mode"])
+        need(lo, "fallback_s", int, w, default=60, lo=0, hi=86400)
     return lo
 
 
@@ -55,7 +56,8 @@ def make(svc, lo, path):
     ll.event = svc.event  # records skipped as unreadable are events
     if lo.get("mode", "fallback") == "fallback" and svc.link is not None:
         ll.floor = lambda: svc.cursor.acked  # skip what MQTT delivered
-        ll.active = lambda: not svc.link.up  # and only speak while MQTT is down
+        ll.active = lambda: not svc.link.up  # and only speak while MQTT is down,
+        ll.grace_ms = lo.get("fallback_s", 60) * 1000  # and has been for fallback_s
     return ll
 
 
