@@ -175,7 +175,7 @@ def test_lora_fallback_is_quiet_while_mqtt_is_up_and_carries_only_what_mqtt_has_
             deadline = time.monotonic() + s
             while not cond():
                 assert p.poll() is None, (root / "console.log").read_text()
-                assert time.monotonic() < deadline, "%s; console:\n%s" % (what, (root / "console.log").read_text())
+                assert time.monotonic() < deadline, f"{what}; console:\n{(root / 'console.log').read_text()}"
                 time.sleep(0.05)
 
         with open(root / "console.log", "w") as log:
@@ -198,11 +198,11 @@ def test_lora_fallback_is_quiet_while_mqtt_is_up_and_carries_only_what_mqtt_has_
                 wait(lambda: max(seqs) > max(lora_records()), 40, "a newer record over MQTT once it is back")
                 k = len(lora_records())
                 time.sleep(5)
-                assert len(lora_records()) <= k + 1, "LoRa went on after MQTT came back: %r" % lora_records()
+                assert len(lora_records()) <= k + 1, f"LoRa went on after MQTT came back: {lora_records()}"
             finally:
                 p.kill()
                 p.wait()
                 sub.loop_stop()
         got = set(seqs) | set(lora_records())
-        assert got == set(range(1, max(got) + 1)), "lost: %r" % sorted(set(range(1, max(got) + 1)) - got)
+        assert got == set(range(1, max(got) + 1)), f"lost: {sorted(set(range(1, max(got) + 1)) - got)}"
         assert modem.joins >= 1 and not set(lora_records()) & before, (sorted(before), lora_records())

@@ -256,6 +256,56 @@ async def test_an_idle_connection_outlives_mosquittos_keepalive_on_pings_alone()
     await c.disconnect()
 
 
+class _Full:
+    # A non-blocking socket whose send buffer fills after `room` bytes and never drains (a
+    # broker that stopped reading: a black hole on the path, a frozen process).
+    def __init__(self, room):
+        self.room = room
+        self.out = b""
+
+    def write(self, b):
+        k = min(self.room, len(b))
+        if not k:
+            return None
+        self.room -= k
+        self.out += bytes(b[:k])
+        return k
+
+    def readinto(self, mv):
+        return None
+
+    def close(self):
+        pass
+
+
+@timeout(20)
+async def test_a_broker_that_stops_reading_times_the_send_out_and_drops_the_connection():
+    # Nothing comes back and the socket takes no more: the writer gives up after the
+    # client's timeout, the connection is dropped naming it, and a second writer queued
+    # behind the first fails too instead of waiting for ever.
+    import time
+
+    from meternode.link import mqtt as M
+
+    for room in (0, 7):  # nothing of the packet went, or part of it
+        c = M.MQTTClient("t", "x", timeout_ms=300)
+        c._w = _Full(room)
+        c.connected = True
+        t0 = time.ticks_ms()
+        other = asyncio.create_task(c.publish("t/b", b"y", qos=0))
+        try:
+            await c.publish("t/a", b"x" * 100, qos=0)
+            raise AssertionError("publish went into a full socket")
+        except OSError as e:
+            msg = str(e)
+        took = time.ticks_diff(time.ticks_ms(), t0)
+        eq("timed out" in msg, True, msg)
+        eq(250 <= took <= 1500, True, "after the timeout: %d ms" % took)
+        eq((c.connected, "timed out" in str(c.error)), (False, True), "dropped, naming it: %r" % c.error)
+        await asyncio.sleep_ms(20)
+        eq(other.done(), True, "the writer behind it is not left waiting")
+
+
 class _Flood:
     # A non-blocking socket that is never empty: every read fills the buffer with small QoS 0
     # PUBLISHes (a broker, or someone on it, sending faster than the node parses).

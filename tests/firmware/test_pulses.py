@@ -151,3 +151,35 @@ def test_pulse_service_feeds_board_meters_from_sim_trains_and_round_trips_state(
     svc2 = PulseService(b, cfg, clock)
     svc2.restore(st)
     eq(svc2.state(), {"water": 10, "gas": 2}, "restored")
+
+
+def test_hardware_counted_pulses_give_the_counts_flow_and_leak_that_edges_give():
+    # The ESP32's pulse counter (machine.Counter, hal/pulsein.CounterPulseInput) hands over
+    # counts per poll instead of edges: PulseMeter.add_count.  The same water use seen both
+    # ways: a drip every 5 s for 100 s, 200 s without, then a drip every 5 s again (and, in
+    # the counter's case, two pulses in one poll now and then).
+    spec = {"name": "w", "per_unit": 1000, "debounce_ms": 5, "leak_s": 60.0, "flow_timeout_s": 20.0}
+    pulses = [5000 * k for k in range(1, 21)] + [300000 + 5000 * k for k in range(30)]
+    pulses += [452000, 452050]  # two within one 100-ms poll
+    edges, counted = PulseMeter(spec), PulseMeter(spec)
+    seen = []
+    i = 0
+    for t in range(0, 460000, 100):  # the node polls every 100 ms
+        n = 0
+        while i < len(pulses) and pulses[i] <= t:
+            edges.edge(pulses[i], 0)  # falling: the contact closes
+            edges.edge(pulses[i] + 40, 1)
+            n += 1
+            i += 1
+        edges.poll(t)
+        counted.add_count(n, t)
+        counted.poll(t)
+        if t in (59000, 70000, 200000, 330000, 370000, 400000):
+            seen.append((t, edges.count, counted.count, edges.leak(t), counted.leak(t), edges.flow(t), counted.flow(t)))
+    for t, ce, cc, le, lc, fe, fc in seen:
+        eq(cc, ce, "count at %d ms" % t)
+        eq(lc, le, "leak at %d ms: %r" % (t, seen))
+        eq(abs(fc - fe) <= fe // 50 + 1, True, "flow at %d ms: edges %d, counter %d l/h" % (t, fe, fc))
+    eq([x[3] for x in seen], [False, True, False, False, True, True], "leak after 60 s of flow, not after the pause")
+    eq(counted.count, len(pulses), "every pulse counted")
+    eq(counted.value, len(pulses), "litres at 1000 pulses per m3")

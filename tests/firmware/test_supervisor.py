@@ -119,7 +119,9 @@ async def test_a_failure_that_cannot_be_recorded_is_logged_and_the_task_still_re
         loops.append(w.fails)
         raise OSError(28)
 
-    s = Supervisor(logged.append, on_fail=on_fail, on_loop=on_loop, check_ms=5, backoff_min_ms=5, backoff_max_ms=5, loop_fails=2)
+    s = Supervisor(
+        logged.append, on_fail=on_fail, on_loop=on_loop, check_ms=5, backoff_min_ms=5, backoff_max_ms=5, loop_fails=2
+    )
     w = s.add("bad", _raises, 60000)
     good = s.add("good", _healthy, 60000)
     t = asyncio.create_task(s.run())
