@@ -80,6 +80,23 @@ def _raise_reset():
     raise _Reset()
 
 
+def _run_to_reset(n):
+    # Runs the node until it reboots (hal.reset, which unwinds to here): -> True when it did.
+    n._reset = _raise_reset
+    try:
+        asyncio.run(n.run())
+    except _Reset:
+        return True
+    return False
+
+
+def _checkpointed(d):
+    # The energy register the node's last checkpoint in d holds (J, element 0, import).
+    m = Meter(_board())
+    m.registers.restore(CheckpointStore(d + "/ck").restore()["registers"])
+    return m.registers.energy_j(0, 0)
+
+
 async def _until(cond, ms=5000):
     for _ in range(ms // 5):
         if cond():
@@ -214,20 +231,12 @@ def test_a_crash_loop_is_counted_on_flash_and_reboots_with_the_registers_checkpo
     write_state(d + "/sup.json", {"loops": 1, "total": 0, "why": ""})  # the previous boot looped too
     n = Node(_board(), _config(d, cmd_key=KEY, policy=_policy(), policy_dir=d))
     eq(n.safe, False, "one crash loop: still the full configuration (safe_after 2)")
-    n._reset = _raise_reset
     n.reporting = _dies  # a task that keeps dying
-    e = None
-    try:
-        asyncio.run(n.run())
-    except _Reset as x:
-        e = x
-    eq(e is not None, True, "the node rebooted")
+    eq(_run_to_reset(n), True, "the node rebooted")
     b = read_state(d + "/sup.json")
     eq(b, {"loops": 2, "total": 1, "why": "reporting ValueError: poison record"}, "the crash loop persisted")
     # the registers went to the checkpoint before the reboot, exactly
-    m = Meter(_board())
-    m.registers.restore(CheckpointStore(d + "/ck").restore()["registers"])
-    eq(m.registers.energy_j(0, 0), n.meter.registers.energy_j(0, 0), "registers checkpointed at the reboot")
+    eq(_checkpointed(d), n.meter.registers.energy_j(0, 0), "registers checkpointed at the reboot")
     eq(n.meter.registers.energy_j(0, 0) > 0, True, "energy was measured")
     ev = [x[1] for x in _events(n) if x[0] == "task"]
     eq(ev, ["reporting ValueError: poison record"] * 3, "each failure recorded")
@@ -245,13 +254,7 @@ def test_after_safe_after_crash_loops_the_node_boots_safe_and_a_crash_loop_there
     for k in ("cmd_key", "policy"):
         eq(k in n.config, False, "safe configuration without %s" % k)
     n.reporting = _dies
-    n._reset = _raise_reset
-    e = None
-    try:
-        asyncio.run(n.run())
-    except _Reset as x:
-        e = x
-    eq(e is not None, True, "a crash loop in the safe configuration reboots too")
+    eq(_run_to_reset(n), True, "a crash loop in the safe configuration reboots too")
     eq(n.supervisor.watch("policy"), None, "no policy task")
     eq(n.uplink_service.commands, None, "no authenticated commands")
     eq(n.supervisor.watch("sampling").restarts, 0, "metering ran")
@@ -296,18 +299,10 @@ def test_the_safe_configuration_ends_after_safe_hold_s_in_a_planned_reboot_into_
     c["supervisor"]["safe_hold_s"] = 1
     n = Node(_board(), c)
     eq(n.safe, True, "safe configuration")
-    n._reset = _raise_reset
-    e = None
-    try:
-        asyncio.run(n.run())
-    except _Reset as x:
-        e = x
-    eq(e is not None, True, "a planned reboot")
+    eq(_run_to_reset(n), True, "a planned reboot")
     eq(n.supervisor.restarts, 0, "no task failed on the way")
     eq(read_state(d + "/sup.json")["loops"], 0, "count cleared")
-    m = Meter(_board())
-    m.registers.restore(CheckpointStore(d + "/ck").restore()["registers"])
-    eq(m.registers.energy_j(0, 0), n.meter.registers.energy_j(0, 0), "registers checkpointed at the reboot")
+    eq(_checkpointed(d), n.meter.registers.energy_j(0, 0), "registers checkpointed at the reboot")
     again = Node(_board(), _config(d, cmd_key=KEY, policy=_policy(), policy_dir=d))
     eq((again.safe, "cmd_key" in again.config), (False, True), "the next boot is the full configuration")
 
