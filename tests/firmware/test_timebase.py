@@ -88,6 +88,54 @@ def test_late_stamps_and_a_stall_do_not_move_the_measured_rate():
     eq(tb.resets, 0, "no window restarted")
 
 
+def _blocks(tb, true, seconds, t_us, frac=0.0):
+    # Feeds tb 160-set blocks stamped at the true rate for `seconds`: -> (t_us, frac) after.
+    step = 160 * 1e6 / true
+    for _ in range(int(seconds * true / 160)):
+        frac += step
+        d = int(frac)
+        frac -= d
+        t_us = (t_us + d) & 0x3FFFFFFF
+        tb.block(160, t_us)
+    return t_us, frac
+
+
+def test_a_sampler_that_stops_for_minutes_restarts_the_window_and_keeps_its_rate():
+    # The sampler stops for 3 minutes (a halted timer, a long flash job with its IRQ off):
+    # the difference between two stamps is beyond what a window fits, so the window starts
+    # again instead of taking the pause for sets; the rate measured before stays, and the
+    # next windows measure on.
+    from meternode.metrology.timebase import Timebase
+
+    true = 4000.0 * (1 + 80e-6)
+    tb = Timebase(4000.0)
+    t, f = _blocks(tb, true, 40.0, (1 << 30) - 5000000)
+    approx(tb.rate, true, rel=5e-6, what="measured before")
+    w = tb.windows
+    t = (t + 180000000) & 0x3FFFFFFF
+    tb.block(160, t)
+    eq(tb.resets, 1, "the window restarted at the pause")
+    approx(tb.rate, true, rel=5e-6, what="the rate kept across it")
+    _blocks(tb, true, 40.0, t, f)
+    eq(tb.windows > w, True, "windows measured after it: %d -> %d" % (w, tb.windows))
+    approx(tb.rate, true, rel=5e-6, what="and still the true rate")
+
+
+def test_a_rate_more_than_5_percent_off_the_nominal_is_refused_not_used():
+    # Stamps that say 8 % more sets than the timer was set up for are a broken clock or a
+    # wrong board file, not a crystal: the meter keeps the nominal rate (its energy is then
+    # 8 % off, where the measured one could be anything) and counts each refused window.
+    from meternode.metrology.timebase import Timebase
+
+    tb = Timebase(4000.0)
+    _blocks(tb, 4000.0 * 1.08, 60.0, 12345)
+    eq(tb.rate, 4000.0, "the nominal rate kept")
+    eq((tb.windows, tb.resets >= 3), (0, True), "no window taken, each refused: %d" % tb.resets)
+    tb = Timebase(4000.0)
+    _blocks(tb, 4000.0 * 1.04, 60.0, 12345)
+    approx(tb.rate, 4160.0, rel=1e-5, what="4 % is a clock the meter measures")
+
+
 @heap("256k")
 async def test_lost_sets_are_gaps_counted_in_telemetry_recorded_as_events_and_short_ones_filled():
     import meternode.node as N
