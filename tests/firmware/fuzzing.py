@@ -292,10 +292,13 @@ class MqttPackets(Target):
         ]
 
     async def run(self, data):
+        from meternode import ticks
+
         c = self.c
         c._w = _Sock(data)
         c._lo = c._hi = 0
         c.connected = True
+        c._last_rx = c._ping = ticks.ms()  # as connect() leaves them: the keepalive counts from here
         del self.cmds[:]
         try:
             while True:
