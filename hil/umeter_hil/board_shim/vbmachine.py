@@ -137,9 +137,13 @@ class WDT:
 
         self.timeout = timeout
         self._fed = time.ticks_ms()
+        self._intr = False  # a host Ctrl-C this thread caught, for the code that feeds
         _thread.start_new_thread(self._watch, ())
 
     def feed(self):
+        if self._intr or _ctrl_c[0]:
+            self._intr = _ctrl_c[0] = False
+            raise KeyboardInterrupt  # the host's Ctrl-C that landed in a stand-in's thread
         self._fed = time.ticks_ms()
 
     def _watch(self):
@@ -148,11 +152,11 @@ class WDT:
                 time.sleep_ms(50)
         except KeyboardInterrupt:
             # A Ctrl-C from the host landed in this thread (the unix port raises it in any
-            # thread): it is meant for the code running, so hand it on and stop watching (a
-            # board's WDT would bite later unless fed; the stand-in lets a host take the REPL).
-            import os
-
-            os.system("kill -INT $PPID")
+            # thread): it is meant for the code running, which gets it at its next feed();
+            # stop watching (a board's WDT would bite later unless fed; the stand-in lets a
+            # host take the REPL).  Not a new SIGINT to ourselves: os.system() ignores SIGINT
+            # while it waits, so that one was lost, and the code ran on.
+            self._intr = True
             return
         vbstate.watchdog()
 
@@ -257,6 +261,7 @@ def UART(id, *args, **kw):
 
 _irqs = []  # [pin, handler, trigger, last level]
 _irq_thread = [False]
+_ctrl_c = [False]  # a host Ctrl-C the IRQ thread caught: handed on at the next WDT.feed()
 
 
 def _start_irq_thread():
@@ -271,13 +276,18 @@ def _start_irq_thread():
 def _irq_loop():
     k = 0
     while True:
-        time.sleep_ms(1)
-        if not k:
-            _inputs()  # refresh the schedule every 20 ms
-        k = (k + 1) % 20
-        for e in _irqs:
-            v = e[0]._level()
-            if v != e[3]:
-                e[3] = v
-                if e[2] & (Pin.IRQ_RISING if v else Pin.IRQ_FALLING):
-                    e[1](e[0])
+        try:
+            time.sleep_ms(1)
+            if not k:
+                _inputs()  # refresh the schedule every 20 ms
+            k = (k + 1) % 20
+            for e in _irqs:
+                v = e[0]._level()
+                if v != e[3]:
+                    e[3] = v
+                    if e[2] & (Pin.IRQ_RISING if v else Pin.IRQ_FALLING):
+                        e[1](e[0])
+        except KeyboardInterrupt:
+            # a host Ctrl-C landed in this thread (see WDT._watch): the edges go on, and the
+            # node gets the Ctrl-C at its next watchdog feed
+            _ctrl_c[0] = True
