@@ -7,8 +7,6 @@ import os
 import time
 
 from meternode import ticks
-from meternode.hal.halinit import reset_cause
-from meternode.hal.sim import SimWatchdog
 from meternode.supervisor import Supervisor
 from mptest import eq, heap, scratch_dir, timeout
 
@@ -248,7 +246,18 @@ async def test_on_up_counts_whole_seconds_and_its_failure_does_not_stop_the_supe
     eq(wdt.feeds > feeds, True, "the watchdog is still fed after it failed")
 
 
+def _sim_watchdog():
+    # The sim board's stand-in, imported by the tests that use it: compiling hal/sim.py and
+    # hal/halinit.py from source in each test's 128-KB heap left the MemoryError test, whose
+    # task must fail to allocate while this module's imports did not, too little room.
+    from meternode.hal.halinit import reset_cause
+    from meternode.hal.sim import SimWatchdog
+
+    return SimWatchdog, reset_cause
+
+
 async def test_sim_watchdog_resets_when_the_event_loop_is_stuck():
+    SimWatchdog, reset_cause = _sim_watchdog()
     d = scratch_dir()
     mark = d + "/sup.json.wdt"
     wdt = SimWatchdog(300, mark)
@@ -271,6 +280,7 @@ def test_a_ctrl_c_the_sim_watchdog_thread_catches_stops_the_node_through_the_sup
     # The unix port raises a SIGINT in whichever thread the kernel picks; when that is the
     # stand-in's, the Ctrl-C must still end the node's event loop as a KeyboardInterrupt out
     # of asyncio.run (node.main() then saves the registers), and only once.
+    SimWatchdog = _sim_watchdog()[0]
     wdt = SimWatchdog(5000, None)
     wdt.interrupt()  # what its thread does on a KeyboardInterrupt
     eq(wdt.on, False, "it stops watching")
@@ -283,6 +293,7 @@ def test_the_hosts_stop_file_stops_the_node_as_a_ctrl_c_between_bytecodes():
     # `umeter sim` asks a node to stop with a file, not a SIGINT (which the unix port raises
     # wherever it lands, inside the collector too): the stand-in's thread takes the file and
     # the supervisor's next feed raises the KeyboardInterrupt node.main() saves on.
+    SimWatchdog = _sim_watchdog()[0]
     d = scratch_dir()
     stop = d + "/sup.json.stop"
     wdt = SimWatchdog(5000, None, stop)
