@@ -261,6 +261,7 @@ class MqttPackets(Target):
     is_async = True
 
     def __init__(self, scratch):
+        from meternode import ticks
         from meternode.link.mqtt import MQTTClient, MQTTError
         from meternode.link.outbox import Outbox
         from meternode.link.uplink import MqttLink
@@ -275,6 +276,7 @@ class MqttPackets(Target):
         self.c = MQTTClient("fz", "x")
         self.c.on_message = self.link._on_message
         self.c.on_ack = ob.on_ack
+        self.now = ticks.ms
         self.seeds = [
             b"\x20\x02\x00\x00",
             b"\x20\x02\x01\x05",
@@ -292,13 +294,11 @@ class MqttPackets(Target):
         ]
 
     async def run(self, data):
-        from meternode import ticks
-
         c = self.c
         c._w = _Sock(data)
         c._lo = c._hi = 0
         c.connected = True
-        c._last_rx = c._ping = ticks.ms()  # as connect() leaves them: the keepalive counts from here
+        c._last_rx = c._ping = self.now()  # as connect() leaves them: the keepalive counts from here
         del self.cmds[:]
         try:
             while True:
