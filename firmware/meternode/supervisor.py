@@ -102,6 +102,7 @@ class Supervisor:
         self.feeds = 0
         self.starved = 0  # checks that did not feed the watchdog
         self.running = False
+        self._cb = self._done  # one bound method: the completion callback of every task
 
     def add(self, name, start, stall_ms=60000):
         # Registers a task; started by run() (or at once when run() is already running).
@@ -111,7 +112,7 @@ class Supervisor:
         w = Watch(name, start, stall_ms)
         self.watches.append(w)
         if self.running:
-            w.task = asyncio.create_task(self._guard(w))
+            self._spawn(w)
         return w
 
     def watch(self, name):
@@ -120,24 +121,31 @@ class Supervisor:
                 return w
         return None
 
-    async def _guard(self, w):
-        # Runs the task, and again after each failure and its backoff, for ever; whatever
-        # ends one run is the supervisor's business.  This frame lives as long as its task:
-        # it keeps no exception past its handler and no nested handler, and
-        # what a failure does is in _failed, a plain call whose frame goes when it returns.
-        while True:
-            w.t = w.started = _now()
-            w.state = 0
-            try:
-                await w.start(w)
-                wait = self._failed(w, None)
-            except asyncio.CancelledError as e:
-                if w.state != 1:
-                    raise  # the supervisor itself is being stopped
-                wait = self._failed(w, e)
-            except Exception as e:  # MemoryError included: contained to this task
-                wait = self._failed(w, e)
-            await _sleep_ms(wait)
+    def _spawn(self, w):
+        # Starts (or restarts) a task.  No frame of ours lives with it: asyncio calls _done
+        # when it ends (a task's completion callback, the hook asyncio's own gather() uses),
+        # and check() starts it again once its backoff is over.
+        w.t = w.started = _now()
+        w.state = 0
+        try:
+            t = asyncio.create_task(w.start(w))
+        except Exception as e:  # its start function raised (MemoryError included)
+            self._failed(w, e)
+            return
+        t.state = self._cb
+        w.task = t
+
+    def _done(self, t, e):
+        # A supervised task ended: e is StopIteration (it returned), CancelledError or what it
+        # raised.  This runs inside asyncio's scheduler, where anything raised would end the
+        # event loop: _failed contains whatever the report raises but a reboot.
+        for w in self.watches:
+            if w.task is t and w.state != 2:
+                if isinstance(e, StopIteration):
+                    self._failed(w, None)
+                elif w.state == 1 or not isinstance(e, asyncio.CancelledError):
+                    self._failed(w, e)  # stalled (the supervisor cancelled it), or it raised
+                return  # (a task cancelled by run() stopping has no watch any more)
 
     def _failed(self, w, e):
         # One failure counted and reported; returns the backoff before the restart.  e: what
@@ -186,7 +194,11 @@ class Supervisor:
         now = _now()
         healthy = True
         for w in self.watches:
-            if w.task is None or w.state == 2:
+            if w.state == 2:
+                if _diff(now, w.due) >= 0:
+                    self._spawn(w)  # its backoff is over
+                continue
+            if w.task is None:
                 continue
             if w.state:
                 healthy = False  # stalled: cancelled, not yet unwound
@@ -211,13 +223,20 @@ class Supervisor:
         self.running = True
         for w in self.watches:
             if w.task is None:
-                w.task = asyncio.create_task(self._guard(w))
+                self._spawn(w)
         if self.wdt is not None:
             self.wdt.feed()
         t = _now()  # up_s is counted in whole seconds from here (ticks: nothing grows)
         try:
             while True:
-                await _sleep_ms(self.check_ms)
+                # the next check: in check_ms, or sooner when a restart falls due before
+                d = self.check_ms
+                now = _now()
+                for w in self.watches:
+                    r = _diff(w.due, now)
+                    if w.state == 2 and r < d:
+                        d = r if r > 0 else 0
+                await _sleep_ms(d)
                 self.check()
                 k = _diff(_now(), t) // 1000
                 if k > 0:
@@ -234,9 +253,9 @@ class Supervisor:
         finally:
             self.running = False
             for w in self.watches:
-                if w.task is not None:
-                    w.task.cancel()
-                    w.task = None
+                t, w.task = w.task, None
+                if t is not None:
+                    t.cancel()
 
     def stats(self):
         return {
