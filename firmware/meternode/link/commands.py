@@ -21,7 +21,8 @@
 # Commands are rare, so a node keeps only this module: a command's state between commands
 # (counters, the rejection limiter, rollback values, the counter file, the key's HMAC pads)
 # and the cheap refusals: size, envelope, id, HMAC, node, expiry, counter.  Neither a flood of
-# forged commands nor one of a captured command replayed loads anything; a command that is
+# forged commands nor one of a captured command replayed loads anything after the first
+# refusal (which loads the limiter, kept from then on); a command that is
 # authentic and new loads the rest (op and argument checks, the action: link/actions.py) for
 # itself and forgets it after (docs/memory.md).
 import hashlib
@@ -140,6 +141,10 @@ class Commands:
         except Rejected as e:
             why = str(e)
             self.rejected += 1
+            if self.limiter is None:
+                from meternode.link.limiter import Limiter
+
+                self.limiter = Limiter()
             held = self.limiter.take(self.clock.time())
             if held >= 0:
                 self.event(records.EV_CMD_REJECTED, held, "%s %s" % (msg_id or "-", why))

@@ -40,7 +40,8 @@ def service(svc):
     d = {"log": log(svc.log), "cursor": svc.cursor.acked, "results_dropped": svc.results_dropped}
     c = svc.commands
     if c is not None:
-        d["commands"] = {"accepted": c.accepted, "rejected": c.rejected, "failed": c.failed, "held": c.limiter.held}
+        h = c.limiter.held if c.limiter else 0  # (made at the first refusal)
+        d["commands"] = {"accepted": c.accepted, "rejected": c.rejected, "failed": c.failed, "held": h}
     if svc.outbox is not None:
         d["outbox"] = outbox(svc.outbox)
     k = svc.link

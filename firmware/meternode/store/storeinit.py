@@ -333,7 +333,6 @@ def profile(self, log, period_s, mains, on_record):
 def commands(self, node_id, key, path, clock, actions, event, time_max_step_s):
     # Commands.__init__ (link/commands.py)
     from meternode.link.commands import Hmac
-    from meternode.link.limiter import Limiter
     from meternode.store.log import Cursor
 
     if isinstance(key, str):
@@ -355,7 +354,9 @@ def commands(self, node_id, key, path, clock, actions, event, time_max_step_s):
     self.failed = 0
     self.reboot_pending = False
     self.time_max_step_s = time_max_step_s
-    self.limiter = Limiter()  # rejection events (link/commands.py)
+    # rejection events (link/commands.py): the Limiter is made at the first refusal, so a node
+    # that is sent only authentic commands never loads link/limiter.py
+    self.limiter = None
 
 
 def open_store(self, cfg):
