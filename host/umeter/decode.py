@@ -94,7 +94,7 @@ def js_decoder() -> str:
             off += size
         extra = ""
         if name == "event":
-            names = ", ".join(f'{c}: "{n}"' for c, n in sorted(loracodec.records.EVENT_NAMES.items()))
+            names = ", ".join(f'{c}: "{n}"' for c, n in sorted(loracodec.records.event_names().items()))
             extra = (
                 f'      d.event = ({{{names}}})[d.code] || "unknown";\n'
                 f"      d.text = String.fromCharCode.apply(null, b.slice({off}));\n"

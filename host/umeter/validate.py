@@ -45,9 +45,9 @@ KINDS = {
 }
 # Integer fields each kind carries (the firmware's own key lists), and its text fields.
 _INT_FIELDS = {
-    "profile": fw_records._PROFILE_KEYS,
-    "daily": fw_records._FREEZE_KEYS,
-    "monthly": fw_records._FREEZE_KEYS,
+    "profile": tuple(fw_records.fields(fw_records.PROFILE, bytes(48))),
+    "daily": tuple(fw_records.fields(fw_records.DAILY, bytes(24))),
+    "monthly": tuple(fw_records.fields(fw_records.MONTHLY, bytes(24))),
     "event": ("code", "arg"),
     "reading": (),
     "unknown": (),

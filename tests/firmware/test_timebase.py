@@ -186,7 +186,7 @@ async def test_lost_sets_are_gaps_counted_in_telemetry_recorded_as_events_and_sh
             if f.get("event") == "sampling_gap":
                 evs.append((f["arg"], f["text"]))
         eq(evs, [(3, "16400 sets lost in all")], "one gap event for the period")
-        eq(records.EVENT_NAMES[records.EV_SAMPLING_GAP], "sampling_gap", "event name")
+        eq(records.event_name(records.EV_SAMPLING_GAP), "sampling_gap", "event name")
     finally:
         N.log = log0
 

@@ -84,12 +84,12 @@ def test_generated_javascript_decodes_like_python(tmp_path):
 
 
 def test_event_codes_are_distinct_and_all_named():
-    # Branches add event codes; two taking the same number would silently merge in EVENT_NAMES
+    # Branches add event codes; two taking the same number would silently share a name
     # (the last name wins) and every decoder would misname one of them.
     codes = {k: getattr(records, k) for k in dir(records) if k.startswith("EV_")}
     assert len(set(codes.values())) == len(codes), codes
-    assert sorted(codes.values()) == sorted(records.EVENT_NAMES)
-    names = {records.EVENT_NAMES[c] for c in codes.values()}
+    assert sorted(codes.values()) == sorted(records.event_names())
+    names = {records.event_name(c) for c in codes.values()}
     assert {"valve", "task", "safe_mode"} <= names
     assert len(names) == len(codes)
 

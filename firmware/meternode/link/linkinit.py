@@ -68,7 +68,7 @@ def outbox(self, log, cursor, node_id, prefix, rate, window, ack_timeout_ms):
     self.tokens = float(window)  # the bucket (the names are link/limiter.py's)
     self._t = ms()  # ticks_ms of the last refill (fractional tokens carry over)
     self._topics = {}  # record kind -> topic; the kinds of one topic share its string
-    for k in records.KIND_NAMES:
+    for k in (records.PROFILE, records.DAILY, records.MONTHLY, records.EVENT, records.READING):
         t = "%s/%s/%s" % (prefix, node_id, records.topic_leaf(k))
         for v in self._topics.values():
             if v == t:

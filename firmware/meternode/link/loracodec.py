@@ -158,7 +158,7 @@ def decode(frame):
     for (key, _), v in zip(lay, struct.unpack(fmt, frame[9 : 9 + n])):
         d[key] = v
     if kind == records.EVENT:
-        d["event"] = records.EVENT_NAMES.get(d["code"], "unknown")
+        d["event"] = records.event_name(d["code"])
         try:
             d["text"] = records.decode_text(frame[9 + n :])
         except ValueError as e:

@@ -80,13 +80,19 @@ def encode_into(buf, node_id, seq, ts, snap, overruns=0, mains=None, pulses=None
             "e_imp_wh": _wh(e, "e_imp_wh"),
             "e_exp_wh": _wh(e, "e_exp_wh"),
         }
-        # the full meter (Meter.snapshot, metrology/meter.py) adds reactive, apparent, PF and quadrant registers
-        for key, nd in (("q", 2), ("s", 2), ("pf", 4)):
-            if key in e:
-                d[key] = _r(e[key], nd)
-        for key in ("e_s_vah", "e_q_varh"):
-            if key in e:
-                d[key] = _wh(e, key)
+        # the full meter (Meter.snapshot, metrology/meter.py) adds reactive, apparent, PF and
+        # quadrant registers.  Each key is written out: a short literal is an interned name,
+        # a tuple of them an object per key held with the module (docs/memory.md)
+        if "q" in e:
+            d["q"] = _r(e["q"], 2)
+        if "s" in e:
+            d["s"] = _r(e["s"], 2)
+        if "pf" in e:
+            d["pf"] = _r(e["pf"], 4)
+        if "e_s_vah" in e:
+            d["e_s_vah"] = _wh(e, "e_s_vah")
+        if "e_q_varh" in e:
+            d["e_q_varh"] = _wh(e, "e_q_varh")
         if "quadrant" in e:
             d["quadrant"] = e["quadrant"]
         els.append(d)
@@ -103,13 +109,17 @@ def encode_into(buf, node_id, seq, ts, snap, overruns=0, mains=None, pulses=None
         "overruns": overruns,
         "elements": els,
     }
-    if "sample_rate" in snap:
-        d["sample_rate"] = _r(snap["sample_rate"], 3)
+    k = "sample_rate"  # (a literal over 10 characters is an object at each place it is written)
+    if k in snap:
+        d[k] = _r(snap[k], 3)
         d["gaps"] = snap["gaps"]
         d["lost_sets"] = snap["lost_sets"]
-    for key in ("tariff", "demand_w", "md_w"):
-        if key in snap:
-            d[key] = _r(snap[key], 1) if key != "tariff" else snap[key]
+    if "tariff" in snap:
+        d["tariff"] = snap["tariff"]
+    if "demand_w" in snap:
+        d["demand_w"] = _r(snap["demand_w"], 1)
+    if "md_w" in snap:
+        d["md_w"] = _r(snap["md_w"], 1)
     if "voltages" in snap and len(snap["voltages"]) > 1:
         vs = d["voltages"] = {}  # (a loop: a comprehension is a function held with the module)
         for k, v in snap["voltages"].items():
@@ -160,7 +170,7 @@ def _w(buf, n, v):
 def decode(payload):
     # Host side (and tests): bytes -> dict, with the fields checked.
     d = json.loads(payload)
-    for key in ("node", "seq", "ts", "v", "p", "e_imp_wh", "e_exp_wh", "elements"):
+    for key in "node seq ts v p e_imp_wh e_exp_wh elements".split():
         if key not in d:
             raise ValueError("telemetry payload lacks %r" % key)
     return d

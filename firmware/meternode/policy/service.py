@@ -151,11 +151,12 @@ class PolicyService:
             _rare().trim(self)  # state snapshots, then events, then results go
 
     def _leaf(self, leaf, payload):
-        if leaf == "policy/small":
+        # (the leaves read from _LEAVES: a literal over 10 characters is an object each time)
+        if leaf == _LEAVES[2]:
             r = self.small_frame(payload)
             self._put("policy/result", json.dumps(r), r.get("status") == "rejected")
             return True
-        if self.agent is None or leaf not in ("policy/bundle", "ota"):
+        if self.agent is None or (leaf != _LEAVES[0] and leaf != "ota"):
             return False
         r = self.agent.handle(leaf, payload)
         if r and r[1] is not None:

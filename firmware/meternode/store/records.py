@@ -13,7 +13,22 @@ MONTHLY = const(3)  # monthly freeze of the registers
 EVENT = const(4)  # something happened (see EV_*)
 READING = const(5)  # a downstream meter's reading: gateway/reading.py packs and reads it
 
-KIND_NAMES = {PROFILE: "profile", DAILY: "daily", MONTHLY: "monthly", EVENT: "event", READING: "reading"}
+# Names (of kinds, events, fields) are written out in the code that uses them: a short literal
+# is an interned name, while a table of them (a dict, a tuple of strings) is an object per
+# entry held with the module (~60 bytes a string from a .mpy on 64-bit words, docs/memory.md).
+
+
+def kind_name(kind):
+    if kind == PROFILE:
+        return "profile"
+    if kind == DAILY:
+        return "daily"
+    if kind == MONTHLY:
+        return "monthly"
+    if kind == EVENT:
+        return "event"
+    return "reading" if kind == READING else "unknown"
+
 
 # Event codes (EVENT payload byte 0).
 EV_POWER_DOWN = const(1)
@@ -39,30 +54,33 @@ EV_VALVE = const(20)  # a meter's valve by command: opened (arg 0), closed (1), 
 EV_TASK = const(21)  # a supervised task failed or stalled: arg = failures in a row, text = task and why
 EV_SAFE_MODE = const(22)  # booted into the safe configuration: arg = crash loops, text = the last
 
-EVENT_NAMES = {
-    EV_POWER_DOWN: "power_down",
-    EV_POWER_UP: "power_up",
-    EV_SAG: "sag",
-    EV_SWELL: "swell",
-    EV_TAMPER: "tamper",
-    EV_LEAK: "leak",
-    EV_RELAY: "relay",
-    EV_CONFIG: "config",
-    EV_POLICY: "policy",
-    EV_REBOOT: "reboot",
-    EV_CMD_REJECTED: "cmd_rejected",
-    EV_LOG_DROPPED: "log_dropped",
-    EV_LOG_CORRUPT: "log_corrupt",
-    EV_TIME_SET: "time_set",
-    EV_WIFI: "wifi",
-    EV_METER: "meter",
-    EV_SAMPLING_GAP: "sampling_gap",
-    EV_CMD_FAILED: "cmd_failed",
-    EV_LOG_FULL: "log_full",
-    EV_VALVE: "valve",
-    EV_TASK: "task",
-    EV_SAFE_MODE: "safe_mode",
-}
+# The event names in code order (event_name); a code that is not here is "unknown".
+_EVENT_NAMES = const(
+    " power_down power_up sag swell tamper leak relay config policy reboot cmd_rejected log_dropped"
+    " log_corrupt time_set wifi meter sampling_gap cmd_failed log_full valve task safe_mode "
+)
+
+
+def event_name(code):
+    # EV_* -> its name: word `code` of _EVENT_NAMES, found without splitting the string
+    s = _EVENT_NAMES
+    i = 0 if code > 0 else -1
+    for _ in range(code - 1):
+        i = s.find(" ", i + 1)
+        if i < 0:
+            break
+    j = s.find(" ", i + 1) if i >= 0 else -1
+    return s[i + 1 : j] if j > 0 else "unknown"
+
+
+def event_names():
+    # {code: name} of every event code (the host's decoders and checks)
+    d = {}
+    c = 1
+    while event_name(c) != "unknown":
+        d[c] = event_name(c)
+        c += 1
+    return d
 
 # PROFILE: period s, import/export mWh (registers at the end of the interval),
 # voltage avg/min/max (0.1 V), current avg/min/max (mA), power avg/min/max (0.1 W, signed).
@@ -77,25 +95,6 @@ _EVENT = const("<Bi")
 _EVENT_HEAD = const(5)  # struct.calcsize(_EVENT)
 EVENT_TEXT = const(40)
 
-# (tuples of constants, `_NAME = const(...)`: no global, no interned name, and their strings are
-# not interned either)
-_PROFILE_KEYS = const(
-    (
-        "period_s",
-        "e_imp_mwh",
-        "e_exp_mwh",
-        "v_avg_dv",
-        "v_min_dv",
-        "v_max_dv",
-        "i_avg_ma",
-        "i_min_ma",
-        "i_max_ma",
-        "p_avg_dw",
-        "p_min_dw",
-        "p_max_dw",
-    )
-)
-_FREEZE_KEYS = const(("e_imp_mwh", "e_exp_mwh", "water_l", "gas_l"))
 
 
 def profile(period_s, e_imp_mwh, e_exp_mwh, v, i, p):
@@ -152,18 +151,33 @@ def fields(kind, payload):
     if kind == PROFILE:
         if n != _PROFILE_SIZE:
             raise ValueError("profile payload is %d bytes, expected %d" % (n, _PROFILE_SIZE))
-        return dict(zip(_PROFILE_KEYS, struct.unpack(_PROFILE, payload)))
-    if kind in (DAILY, MONTHLY):
+        v = struct.unpack(_PROFILE, payload)
+        return {
+            "period_s": v[0],
+            "e_imp_mwh": v[1],
+            "e_exp_mwh": v[2],
+            "v_avg_dv": v[3],
+            "v_min_dv": v[4],
+            "v_max_dv": v[5],
+            "i_avg_ma": v[6],
+            "i_min_ma": v[7],
+            "i_max_ma": v[8],
+            "p_avg_dw": v[9],
+            "p_min_dw": v[10],
+            "p_max_dw": v[11],
+        }
+    if kind == DAILY or kind == MONTHLY:
         if n != _FREEZE_SIZE:
             raise ValueError("freeze payload is %d bytes, expected %d" % (n, _FREEZE_SIZE))
-        return dict(zip(_FREEZE_KEYS, struct.unpack(_FREEZE, payload)))
+        v = struct.unpack(_FREEZE, payload)
+        return {"e_imp_mwh": v[0], "e_exp_mwh": v[1], "water_l": v[2], "gas_l": v[3]}
     if kind == EVENT:
         if n < _EVENT_HEAD or n > _EVENT_HEAD + EVENT_TEXT:
             raise ValueError("event payload is %d bytes, expected %d..%d" % (n, _EVENT_HEAD, _EVENT_HEAD + EVENT_TEXT))
         code, arg = struct.unpack(_EVENT, payload[:_EVENT_HEAD])
         return {
             "code": code,
-            "event": EVENT_NAMES.get(code, "unknown"),
+            "event": event_name(code),
             "arg": arg,
             "text": decode_text(payload[_EVENT_HEAD:]),
         }
@@ -178,7 +192,7 @@ def to_json_dict(node_id, kind, seq, ts, payload):
     # The document published on umeter/<node>/<kind-topic>: every field plus seq for dedup.
     d = fields(kind, payload)
     d["node"] = node_id
-    d["kind"] = KIND_NAMES[kind]
+    d["kind"] = kind_name(kind)
     d["seq"] = seq
     d["ts"] = ts
     return d
