@@ -152,6 +152,31 @@ def test_policy_check_is_forgotten_once_the_policy_is_loaded_and_loads_again_for
 
 
 @heap("512k")
+def test_the_fleet_agents_policy_store_checks_each_policy_and_keeps_none_of_the_schema():
+    # The fleet agent keeps policy/apply.py; its check of a stored or a new policy loads the
+    # schema for the call (its tables are several KB) and forgets it.
+    from policy_fixture import compact
+
+    from meternode.policy.apply import PolicyStore
+
+    st = PolicyStore(scratch_dir() + "/pstore")
+    pol = compact()
+    st.apply(3, "m", "s", pol)
+    eq("meternode.policy.schema" in sys.modules, False, "not kept after an apply")
+    eq((st.load() or {}).get("version"), 3, "the checked policy stored and read back")
+    eq("meternode.policy.schema" in sys.modules, False, "nor after a load")
+    bad = dict(pol)
+    bad["t"] = "not a list"
+    try:
+        st.apply(4, "m", "s", bad)
+        raise AssertionError("a bad policy was stored")
+    except ValueError as e:
+        eq(str(e), "policy.t must be a list, not 'not a list'", "the error names what is wrong")
+    eq((st.load() or {}).get("version"), 3, "the good one stays active")
+    eq("meternode.policy.schema" in sys.modules, False, "and nothing kept after a refusal")
+
+
+@heap("512k")
 def test_policy_service_forgets_its_check_and_makes_small_frames_only_when_one_comes():
     from policy_fixture import compact
 

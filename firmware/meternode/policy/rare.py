@@ -82,8 +82,7 @@ def load(self, policy):
     for ch in self.node.id:
         seed = ((seed * 33) ^ ord(ch)) & 0x7FFFFFFF
     self.engine = e = Engine(policy, self.node.meter.set_tariff, self, self.ring.push, seed or 1)
-    if "meternode.policy.agent" not in sys.modules and "meternode.policy.apply" not in sys.modules:
-        forget("meternode.policy.schema")  # the check runs again at the next load (docs/memory.md)
+    forget("meternode.policy.schema")  # the check runs again at the next load (docs/memory.md)
     if self._ctl is not None:  # a new engine starts with the load connected: so does its wish
         self._ctl.engine(True, "policy %s loaded" % policy["n"])
     # the engine's day counters across reboots (PolicyService._checkpoint writes them)
