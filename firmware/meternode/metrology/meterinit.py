@@ -8,8 +8,10 @@ import array
 from meternode import run
 from meternode.config import ConfigError
 from meternode.metrology import floats, kernels
-from meternode.metrology.registers import FIELDS, NETTINGS, Energy, Registers
+from meternode.metrology.registers import FIELDS, Energy, Registers
 from meternode.metrology.timebase import Seconds, Timebase
+
+NETTINGS = ("vector", "phase")  # registers.py's (here, where the config is checked: RAM)
 
 _H = kernels.HIST
 

@@ -45,7 +45,6 @@ FIELDS = const(8)
 _UJ_PER_MILLI_H = const(3600000)  # 1 mWh = 3.6 J = 3.6e6 uJ
 _LO_BITS = const(30)
 _LO_MASK = const(0x3FFFFFFF)  # (1 << _LO_BITS) - 1
-NETTINGS = ("vector", "phase")
 
 
 def split(f, k, p, q, s):
