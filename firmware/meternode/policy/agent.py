@@ -127,12 +127,13 @@ class Agent:
         return None
 
     # -- bundles and firmware (bundle.py, loaded for the message) -------------------------------
-    # SHA-512, imported by ed25519.verify() when a signature is checked, goes with it.
+    # SHA-512, imported by ed25519.verify() when a signature is checked, goes with it, and so
+    # does the policy schema bundle.py imports.
     def handle_policy(self, payload):
         try:
             return run("meternode.policy.bundle", "handle_policy", self, payload)
         finally:
-            forget("meternode.policy.sha512")
+            forget("meternode.policy.sha512", "meternode.policy.schema")
 
     def handle_ota(self, payload):
         # A chunk of the build being received is written here, not through bundle.py: a build
@@ -164,7 +165,7 @@ class Agent:
         try:
             return run("meternode.policy.bundle", "handle_ota", self, payload, e)
         finally:
-            forget("meternode.policy.sha512")
+            forget("meternode.policy.sha512", "meternode.policy.schema")
 
     def _abort_ota(self):
         # A transfer given up: its partial slot goes at once (the record log needs the room).
