@@ -20,7 +20,7 @@ from meternode.node import log
 # KB, three per port and load: record log only, + MQTT link and outbox, + commands; in the order
 # 64-bit .mpy, 64-bit in place, 32-bit .mpy, 32-bit in place (one bytes constant, not a dict of
 # tuples: a dozen heap objects fewer)
-_UPLINK_COST = b"\x12\x27\x05\x0b\x18\x03\x0d\x1c\x04\x07\x0e\x02"
+_UPLINK_COST = b"\x11\x26\x04\x0a\x16\x03\x0c\x1b\x03\x07\x0d\x01"
 _WORKING = const(16)  # KB
 _COMPILE = const(16)  # KB: a module compiled from source needs its parse tree for a moment
 _TELEMETRY_BUF = const(1024)  # bytes; the sim board's payload is ~700 (it grows for a larger board's)
