@@ -26,6 +26,12 @@ class ConfigError(ValueError):
     pass
 
 
+def _nop(*a):
+    # The default of every callback and progress report (one function for the package: each
+    # `def` is a function object and its code held with its module)
+    pass
+
+
 def forget(*names):
     if _KEEP:
         return

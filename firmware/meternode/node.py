@@ -16,14 +16,10 @@ import time
 
 from micropython import const
 
-from meternode import VERSION, forget, run, ticks
+from meternode import VERSION, _nop, forget, run, ticks
 from meternode.link import telemetry
 
 _STALL_MS = const(60000)  # what a task may take beyond its own period before it counts as stalled
-
-
-def _nop():
-    pass
 
 
 class Node:

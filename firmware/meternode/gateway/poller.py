@@ -11,16 +11,13 @@
 # The sink (gateway/service.py) receives: reading(meter, readings) (before meter.last
 # takes the new readings), silent(meter, why),
 # back(meter), note(meter, text), valve_done(meter, close, tag, why) ("" = confirmed).
+from meternode import _nop
 from meternode.gateway import drivers
 from meternode.gateway import reading as R
 from meternode.ticks import add as _add
 from meternode.ticks import diff as _diff
 from meternode.ticks import ms as _ms
 from meternode.ticks import sleep_ms as _sleep_ms
-
-
-def _nop():
-    pass
 
 
 class Meter:

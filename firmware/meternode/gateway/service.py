@@ -14,6 +14,7 @@
 import asyncio
 import gc
 
+from meternode import _nop
 from meternode.config import ConfigError, need
 from meternode.gateway import drivers, poller
 from meternode.gateway import reading as R
@@ -329,10 +330,6 @@ class GatewayService:
 async def run(svc):
     # All of the gateway's tasks, for callers that want one coroutine.
     await asyncio.gather(*svc.tasks())
-
-
-def _nop():
-    pass
 
 
 def _starter(obj, run):

@@ -8,6 +8,7 @@
 # node's last telemetry (what it last measured and published).
 import json
 
+from meternode import _nop
 from meternode.gateway import dlt645, modbus
 from meternode.gateway import reading as R
 from meternode.gateway.scanner import address_bytes
@@ -38,10 +39,6 @@ class _Raw:
 
     def next(self):
         return 0
-
-
-def _nop():
-    pass
 
 
 class Slave:

@@ -8,9 +8,8 @@
 
 def link(self, node_id, m, outbox, on_command, describe, log):
     # MqttLink.__init__
-    from meternode import forget
+    from meternode import _nop, forget
     from meternode.link.mqtt import Backoff
-    from meternode.node import _nop
     from meternode.node import log as _log
 
     self._ssl = check_mqtt(m)  # config.mqtt checked, the TLS context made
@@ -41,7 +40,7 @@ def outbox(self, log, cursor, node_id, prefix, rate, window, ack_timeout_ms):
     # Outbox.__init__
     import asyncio
 
-    from meternode.node import _nop
+    from meternode import _nop
     from meternode.store import records
     from meternode.ticks import ms
 

@@ -3,14 +3,11 @@
 # advances only on the network's ACK.  Live telemetry is merged (only the newest waits) and
 # goes out unconfirmed when the governor and the backlog allow.
 
+from meternode import _nop
 from meternode.link import loracodec
 from meternode.link.lorawan import ModemError
 from meternode.ticks import ms as _ticks
 from meternode.ticks import sleep_ms as _sleep_ms
-
-
-def _nop():
-    pass
 
 
 class LoRaLink:

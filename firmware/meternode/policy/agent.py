@@ -25,10 +25,9 @@
 import json
 from binascii import a2b_base64, unhexlify
 
-from meternode import forget, run
+from meternode import _nop, forget, run
 from meternode.policy import ed25519
 from meternode.policy.apply import PolicyStore
-from meternode.policy.engine import _nop
 from meternode.policy.ota import Slots
 
 

@@ -41,6 +41,8 @@ from array import array
 
 from micropython import const
 
+from meternode import _nop
+
 # Event codes passed to the sink.
 EV_TARIFF = const(1)  # rule -1, value = new tariff index
 EV_LIMIT = const(2)  # rule = limit index, value = limit kind
@@ -121,10 +123,6 @@ def civil(day):
     d = doy - (153 * mp + 2) // 5 + 1
     m = mp + 3 if mp < 10 else mp - 9
     return (yoe + era * 400 + (1 if m <= 2 else 0)) * 10000 + m * 100 + d
-
-
-def _nop(*a):
-    pass
 
 
 def event_name(code):

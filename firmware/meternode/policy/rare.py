@@ -7,10 +7,10 @@
 import json
 import sys
 
-from meternode import forget
+from meternode import _nop, forget
 from meternode.hal.relay import relay_control
 from meternode.policy import service
-from meternode.policy.engine import Engine, EventRing, _nop
+from meternode.policy.engine import Engine, EventRing
 from meternode.ticks import diff as ticks_diff
 from meternode.ticks import ms as ticks_ms
 
