@@ -307,3 +307,20 @@ def test_mark_sent_persists_a_few_records_ahead_but_never_past_the_newest():
     eq((log.stats()["hw"], w[0]), (30, 3), "hw at the newest record, one write per 8")
     log.close()
     eq(RecordLog(p, 4096, 16384).last_seq, 30, "no gap after a clean restart")
+
+
+def test_every_event_code_has_its_name_and_any_other_code_reads_unknown():
+    # The names live in one string (records.event_name): each code its own word, in order,
+    # and a code from a newer firmware or a corrupt byte is "unknown", never another's name.
+    names = records.event_names()
+    codes = [getattr(records, k) for k in dir(records) if k.startswith("EV_")]
+    eq(sorted(names), sorted(codes), "every EV_ code named, and nothing else")
+    eq(len(set(names.values())), len(names), "no two codes share a name")
+    eq((names[records.EV_POWER_DOWN], names[records.EV_SAMPLING_GAP], names[records.EV_SAFE_MODE]),
+       ("power_down", "sampling_gap", "safe_mode"), "first, middle and last")  # fmt: skip
+    for c in (0, -1, max(codes) + 1, 200, 255):
+        eq(records.event_name(c), "unknown", "code %d" % c)
+    f = records.fields(records.EVENT, records.event(255, 7, "from a newer firmware"))
+    eq((f["code"], f["event"], f["arg"], f["text"]), (255, "unknown", 7, "from a newer firmware"), "decoded")
+    kinds = [records.kind_name(k) for k in (1, 2, 3, 4, 5, 9)]
+    eq(kinds, ["profile", "daily", "monthly", "event", "reading", "unknown"], "kind names")
