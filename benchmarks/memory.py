@@ -426,6 +426,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="budgeted-heap runs at once (they use a CPU each)")
     ap.add_argument("--firmware", help="measure this firmware/ directory instead (e.g. an older checkout)")
     ap.add_argument(
+        "-O",
+        dest="opt",
+        type=int,
+        choices=range(4),
+        default=None,
+        help="mpy-cross optimisation level of the build (3: no line numbers in tracebacks)",
+    )
+    ap.add_argument(
         "--frozen", action="store_true", help="measure the meternode frozen into the interpreter (UMETER_MICROPYTHON)"
     )
     a = ap.parse_args(argv)
@@ -455,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="umeter-mem-") as d, Mosquitto() as broker:
         work = Path(d)
         fw = Path(a.firmware) if a.firmware else unixport.firmware_root()
-        res_build = build("sim", work / "build", src=fw, romfs=not a.frozen)
+        res_build = build("sim", work / "build", src=fw, romfs=not a.frozen, opt=a.opt)
         image = str(work / "build" / "romfs.img")
         if a.frozen:  # main.py boots it; every module of the package comes from '.frozen'
             paths = {FROZEN: (".frozen", "-", work / "build" / "main.py")}
@@ -466,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
                 "romfs": (".frozen", image, work / "build" / "main.py"),
             }
         port = {"arch": res_build.arch, "word_bytes": unixport.word_bytes(), "binary": binary}
+        # the build's mpy-cross -O level (None: the default, with line numbers: what the budget is)
+        port["opt"] = a.opt
         res: dict = {
             "port": port,
             "image_bytes": res_build.romfs["size"] if res_build.romfs else 0,
@@ -585,7 +595,8 @@ def _print(res: dict) -> None:
     im = res["imports"]
     loads = [load for load in (*LOADS, FROZEN) if load in im]
     what = f"meternode frozen in ({res['frozen']})" if FROZEN in im else f"ROMFS image {_f(res['image_bytes'])} KB"
-    print(f"unix port {p['binary']} ({p['arch']}, {p['word_bytes'] * 8}-bit); {what}")
+    opt = f"; build -O{p['opt']}" if p.get("opt") is not None else ""
+    print(f"unix port {p['binary']} ({p['arch']}, {p['word_bytes'] * 8}-bit); {what}{opt}")
     print("imports (KB held after gc.collect): alone / marginal")
     print(f"{'subsystem':<13}" + "".join(f"{load:>16}" for load in loads))
     for name, _ in SUBSYSTEMS:
