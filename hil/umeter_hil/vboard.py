@@ -327,7 +327,8 @@ class VirtualBoard:
         with contextlib.suppress(FileNotFoundError):
             (self.state / "ctl").unlink()
         heap = self.heap + (self.romfs + 4096 if self.romfs else 0)  # the partition is flash on a board
-        argv = [unixport.micropython_path(), "-X", f"heapsize={heap}", "-i", str(SHIM_DIR / "vboot.py")]
+        boot = unixport.checked_arg("the virtual board's boot script path", str(SHIM_DIR / "vboot.py"))
+        argv = [unixport.micropython_path(), "-X", f"heapsize={heap}", "-i", boot]
         self._proc = subprocess.Popen(
             argv, stdin=bs, stdout=bs, stderr=bs, env=env, cwd=str(self.state), start_new_session=True, umask=0o077
         )

@@ -96,9 +96,28 @@ def boards_dir() -> Path:
     return Path(boards.__path__[0]).resolve()
 
 
+# The unix port interns each command-line argument and each MICROPYPATH entry as a name, and a
+# name is at most 255 bytes: a longer one aborts it with "FATAL: uncaught NLR" and no word of
+# why (MicroPython v1.29 preview, the pip build and a build of its master alike), e.g. every
+# firmware test of a checkout whose path is that deep.
+ARG_MAX_BYTES = 255
+
+
+def checked_arg(what: str, value: str) -> str:
+    """`value`, or ConfigError naming `what` when the port would abort on it (ARG_MAX_BYTES)."""
+    n = len(os.fsencode(value))
+    if n > ARG_MAX_BYTES:
+        raise ConfigError(
+            f"{what} is {n} bytes long, and the MicroPython unix port aborts ('FATAL: uncaught NLR') on a"
+            f" command-line argument or MICROPYPATH entry longer than {ARG_MAX_BYTES}: {value[:60]}...",
+            hint="move the checkout (or the temporary directory, TMPDIR) to a shorter path",
+        )
+    return value
+
+
 def micropypath(*extra: str | os.PathLike[str]) -> str:
     """A MICROPYPATH value: extra dirs, the firmware root, then the frozen modules."""
-    parts = [str(p) for p in extra] + [str(firmware_root()), ".frozen"]
+    parts = [checked_arg("a MICROPYPATH entry", str(p)) for p in (*extra, firmware_root())] + [".frozen"]
     return ":".join(parts)
 
 
@@ -122,8 +141,11 @@ def parse_heap(size: str | int) -> int:
 
 
 def command(script: str | os.PathLike[str], *args: str, heap: str | int = DEFAULT_HEAP) -> list[str]:
-    """The argv that runs `script` on the unix port with a board-like heap."""
-    return [micropython_path(), "-X", f"heapsize={parse_heap(heap)}", str(script), *args]
+    """The argv that runs `script` on the unix port with a board-like heap; ConfigError when an
+    argument is longer than the port takes (ARG_MAX_BYTES)."""
+    path = checked_arg("the script's path", str(script))
+    argv = [checked_arg(f"argument {i + 1}", a) for i, a in enumerate(args)]
+    return [micropython_path(), "-X", f"heapsize={parse_heap(heap)}", path, *argv]
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
