@@ -17,6 +17,17 @@ from meternode.link import loracodec
 from .errors import ConfigError
 
 
+def event_names() -> dict[int, str]:
+    """{code: name} of every event code the firmware names (records.event_name; a code past
+    the last reads "unknown")."""
+    names = {}
+    code = 1
+    while (name := loracodec.records.event_name(code)) != "unknown":
+        names[code] = name
+        code += 1
+    return names
+
+
 def _bytes(frame: bytes | str) -> bytes:
     if isinstance(frame, bytes | bytearray):
         return bytes(frame)
@@ -94,7 +105,7 @@ def js_decoder() -> str:
             off += size
         extra = ""
         if name == "event":
-            names = ", ".join(f'{c}: "{n}"' for c, n in sorted(loracodec.records.event_names().items()))
+            names = ", ".join(f'{c}: "{n}"' for c, n in sorted(event_names().items()))
             extra = (
                 f'      d.event = ({{{names}}})[d.code] || "unknown";\n'
                 f"      d.text = String.fromCharCode.apply(null, b.slice({off}));\n"

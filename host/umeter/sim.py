@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from . import simbus, unixport
+from . import simbus, unixport, validate
 from .console import ConsoleTail, LastError
 from .console import register as register_consoles
 from .errors import ConfigError, TransportError
@@ -634,9 +634,7 @@ class SimRun:
                 view.state = msg.payload.decode(errors="replace")
             elif leaf == "telemetry":
                 try:
-                    from meternode.link import telemetry
-
-                    view.telemetry = telemetry.decode(msg.payload)
+                    view.telemetry = validate.telemetry_doc(msg.payload)
                 except ValueError:
                     return  # not ours to crash on; the count shows it
                 view.received = time.monotonic()

@@ -25,7 +25,6 @@ import math
 import re
 from dataclasses import dataclass
 
-from meternode.link import telemetry as fw_telemetry
 from meternode.store import records as fw_records
 
 MAX_PAYLOAD = 64 * 1024  # bytes; a node's MQTT packets are at most 16 KB
@@ -54,6 +53,20 @@ _INT_FIELDS = {
 }
 _TEXT_FIELDS = {"event": ("event", "text"), "reading": ("raw", "meter"), "unknown": ("error",)}
 _TELEMETRY_NUM = ("v", "p", "e_imp_wh", "e_exp_wh")
+# what every telemetry payload carries (link/telemetry.py encode_into writes them all)
+TELEMETRY_KEYS = ("node", "seq", "ts", "v", "p", "e_imp_wh", "e_exp_wh", "elements")
+
+
+def telemetry_doc(payload: str | bytes) -> dict:
+    """A node's telemetry payload -> its dict; ValueError when it is not JSON or lacks a key
+    every payload has (naming it)."""
+    d = json.loads(payload)
+    if not isinstance(d, dict):
+        raise ValueError(f"telemetry payload is a {type(d).__name__}, not an object")
+    for key in TELEMETRY_KEYS:
+        if key not in d:
+            raise ValueError(f"telemetry payload lacks {key!r}")
+    return d
 
 
 @dataclass(frozen=True)
@@ -240,10 +253,9 @@ class _Keyed(Invalid):
 
 
 def _telemetry(node: str, text: str, doc: dict) -> Telemetry:
-    try:
-        fw_telemetry.decode(text)  # the firmware's own check of the required keys
-    except ValueError as e:
-        raise Invalid(str(e)) from None
+    missing = [k for k in TELEMETRY_KEYS if k not in doc]
+    if missing:
+        raise Invalid(f"telemetry payload lacks {missing[0]!r}")
     seq = _int(doc, "seq", 0, INT_MAX)
     ts = _int(doc, "ts", 0, U32)
     for k in _TELEMETRY_NUM:

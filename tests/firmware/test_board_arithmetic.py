@@ -194,7 +194,8 @@ def test_freeze_records_and_telemetry_energy_are_the_registers_exact_integers():
         if r.kind == records.DAILY:
             got = records.fields(r.kind, r.payload[: r.n])
     eq((got["e_imp_mwh"], got["e_exp_mwh"]), (imp, 10**10 + 1), "daily freeze, exact mWh")
-    text = telemetry.encode("n", 1, day, snap, 0, ["I1"])
+    buf = bytearray(2048)
+    text = str(buf[: telemetry.encode_into(buf, "n", 1, day, snap, 0, ["I1"])], "utf-8")
     want = '"e_imp_wh": %d.%03d' % (imp // 1000, imp % 1000)
     eq(want in text, True, "element energy as an exact decimal: %s in %s" % (want, text[:200]))
     eq('"e_exp_wh": 10000000.001' in text, True, "10 MWh and 1 mWh to the mWh")

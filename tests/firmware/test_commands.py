@@ -4,7 +4,7 @@ import hashlib
 from meternode.link.actions import _hex, make_command
 from meternode.link.commands import Commands, hmac_sha256
 from meternode.store import records
-from mptest import eq, raises, scratch_dir
+from mptest import eq, heap, needs, raises, scratch_dir
 
 KEY = b"0123456789abcdef0123456789abcdef"
 NOW = 1800000000
@@ -217,3 +217,37 @@ def test_a_flood_of_forged_commands_is_counted_but_writes_few_events():
     eq(ev[-1][2], 2984, "the event's arg: how many were held back before it")
     eq((len(ev), ev[-1][0], c.limiter.held), (17, records.EV_CMD_REJECTED, 2984), "held back, all counted")
     eq(act.relay_on, None, "and nothing acted")
+
+
+@heap("200k")  # meter + sim HAL compiled from source
+@needs("viper")
+def test_read_now_sends_the_meter_as_telemetry_says_it_whatever_its_length():
+    # Actions.read_now writes the payload into a buffer of its own (the node's is the reporting
+    # task's), doubled until it fits: a node id long enough to push the payload past 1 KB
+    # takes the second size.
+    import json
+
+    from metrology_rig import board, rig
+
+    from meternode.link import actions
+
+    s, m = rig(board(), {"seed": 3, "voltage": {"rms": 230.0}, "currents": [{"rms": 10.0}, {"rms": 0.0}]})
+
+    class Node:
+        hal = None
+        mains = None
+        last = None
+        meter = m
+
+    class Service:
+        node = Node()
+        clock = Clock()
+
+    a = actions.Actions(Service())
+    for nid in ("m1", "m" * 600):
+        s.run(m, 1.0)  # a new reporting window for the snapshot read_now takes
+        Node.id = nid
+        got = a.read_now()
+        eq((got["node"], got["ts"], round(got["v"])), (nid, NOW, 230), nid[:8])
+        eq(got["e_imp_wh"], m.registers.total_import() / 1000, "the register, exact")
+    eq(len(json.dumps(got)) > 1024, True, "the long id's payload is past the first buffer")

@@ -144,17 +144,25 @@ class Actions:
         if snap is None:
             return json.loads(self.node.last) if self.node.last else {}
         r = getattr(self.node.hal, "relay", None)
-        return json.loads(
-            telemetry.encode(
-                self.node.id,
-                0,
-                self.s.clock.time(),
-                snap,
-                0,
-                getattr(self.node, "mains", None),
-                relay=r.on if r is not None else None,
-            )
-        )
+        # a buffer of its own (the node's is the reporting task's, which may be sending from
+        # it), doubled until the payload fits
+        size = 1024
+        while True:
+            buf = bytearray(size)
+            try:
+                n = telemetry.encode_into(
+                    buf,
+                    self.node.id,
+                    0,
+                    self.s.clock.time(),
+                    snap,
+                    0,
+                    getattr(self.node, "mains", None),
+                    relay=r.on if r is not None else None,
+                )
+                return json.loads(buf[:n])
+            except IndexError:
+                size *= 2
 
     def _where(self, key):
         d = self.node.config

@@ -112,7 +112,7 @@ def encode_record(kind, seq, ts, payload):
 
 
 def encode_telemetry(seq, ts, t):
-    # Live telemetry (the dict of telemetry.encode) -> frame.
+    # Live telemetry (the dict of a telemetry payload, telemetry.encode_into) -> frame.
     return _pack(
         TELEMETRY,
         seq,

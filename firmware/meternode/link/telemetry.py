@@ -39,18 +39,6 @@ def _wh(e, key):
     return out
 
 
-def encode(node_id, seq, ts, snap, overruns=0, mains=None, pulses=None, relay=None):
-    # The payload as a str (a buffer of its own; the node keeps one: encode_into).
-    size = 1024
-    while True:
-        buf = bytearray(size)
-        try:
-            n = encode_into(buf, node_id, seq, ts, snap, overruns, mains, pulses, relay)
-            return str(buf[:n], "utf-8")
-        except IndexError:
-            size *= 2
-
-
 def encode_into(buf, node_id, seq, ts, snap, overruns=0, mains=None, pulses=None, relay=None):
     # Writes the payload into the bytearray buf -> its length; IndexError when it does not
     # fit (buf holds part of it then).  snap is Meter.snapshot().  The totals count only the
@@ -165,12 +153,3 @@ def _w(buf, n, v):
     if isinstance(v, bytes):  # an exact energy (_wh)
         return _put(buf, n, v)
     return _put(buf, n, json.dumps(v))
-
-
-def decode(payload):
-    # Host side (and tests): bytes -> dict, with the fields checked.
-    d = json.loads(payload)
-    for key in "node seq ts v p e_imp_wh e_exp_wh elements".split():
-        if key not in d:
-            raise ValueError("telemetry payload lacks %r" % key)
-    return d

@@ -73,15 +73,6 @@ def event_name(code):
     return s[i + 1 : j] if j > 0 else "unknown"
 
 
-def event_names():
-    # {code: name} of every event code (the host's decoders and checks)
-    d = {}
-    c = 1
-    while event_name(c) != "unknown":
-        d[c] = event_name(c)
-        c += 1
-    return d
-
 # PROFILE: period s, import/export mWh (registers at the end of the interval),
 # voltage avg/min/max (0.1 V), current avg/min/max (mA), power avg/min/max (0.1 W, signed).
 _PROFILE = const("<HQQHHHIIIiii")
@@ -94,7 +85,6 @@ _FREEZE_SIZE = const(24)  # struct.calcsize(_FREEZE)
 _EVENT = const("<Bi")
 _EVENT_HEAD = const(5)  # struct.calcsize(_EVENT)
 EVENT_TEXT = const(40)
-
 
 
 def profile(period_s, e_imp_mwh, e_exp_mwh, v, i, p):
