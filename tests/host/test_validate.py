@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from umeter.backlog import record_payload
 from umeter.store import open_store
-from umeter.validate import HEAD_BYTES, Record, Reject, Result, State, Telemetry, classify
+from umeter.validate import HEAD_BYTES, Record, Reject, Result, State, Telemetry, classify, telemetry_doc
 
 TELEMETRY = {"node": "n1", "seq": 4, "ts": 5, "v": 230.1, "p": 1.0, "e_imp_wh": 1.0, "e_exp_wh": 0.0, "elements": []}
 
@@ -156,3 +156,25 @@ def test_what_validation_accepts_every_store_holds(shared_store, leaf, payload):
     if r is not None:
         out = shared_store.ingest([r])
         assert len(out.results) == 1
+
+
+def test_telemetry_doc_takes_what_a_node_sends_and_names_what_is_missing():
+    # The sim's view reads telemetry through it: a payload the firmware wrote (encode_into,
+    # run on the host) passes whole; anything else is a ValueError that says why.
+    from meternode.link import telemetry
+
+    element = {"name": "I1", "i": 4.35, "p": 1000.25, "p_min": 990.0, "p_max": 1010.0, "e_imp_wh": 1.5, "e_exp_wh": 0.0}
+    snap = {"v": 230.04, "f": 50.001, "cycles": 50, "elements": [element], "e_imp_mwh": 1500, "e_exp_mwh": 0}
+    buf = bytearray(2048)
+    n = telemetry.encode_into(buf, "n1", 4, 5, snap)
+    d = telemetry_doc(bytes(buf[:n]))
+    assert (d["node"], d["seq"], d["ts"], d["e_imp_wh"], d["elements"][0]["name"]) == ("n1", 4, 5, 1.5, "I1")
+    assert telemetry_doc(json.dumps(TELEMETRY)) == TELEMETRY
+    for payload, why in (
+        (json.dumps({k: v for k, v in TELEMETRY.items() if k != "elements"}), "lacks 'elements'"),
+        ("[1, 2]", "is a list, not an object"),
+        ("{", None),  # json's own message
+        (b"\xff\xfe", None),  # not UTF-8
+    ):
+        with pytest.raises(ValueError, match=why):
+            telemetry_doc(payload)
