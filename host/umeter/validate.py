@@ -63,10 +63,16 @@ def telemetry_doc(payload: str | bytes) -> dict:
     d = json.loads(payload)
     if not isinstance(d, dict):
         raise ValueError(f"telemetry payload is a {type(d).__name__}, not an object")
-    for key in TELEMETRY_KEYS:
-        if key not in d:
-            raise ValueError(f"telemetry payload lacks {key!r}")
+    why = _telemetry_lacks(d)
+    if why:
+        raise ValueError(why)
     return d
+
+
+def _telemetry_lacks(d: dict) -> str:
+    """Why a telemetry dict is not one ("" when it has every key a payload carries)."""
+    key = next((k for k in TELEMETRY_KEYS if k not in d), None)
+    return "" if key is None else f"telemetry payload lacks {key!r}"
 
 
 @dataclass(frozen=True)
@@ -253,9 +259,9 @@ class _Keyed(Invalid):
 
 
 def _telemetry(node: str, text: str, doc: dict) -> Telemetry:
-    missing = [k for k in TELEMETRY_KEYS if k not in doc]
-    if missing:
-        raise Invalid(f"telemetry payload lacks {missing[0]!r}")
+    why = _telemetry_lacks(doc)
+    if why:
+        raise Invalid(why)
     seq = _int(doc, "seq", 0, INT_MAX)
     ts = _int(doc, "ts", 0, U32)
     for k in _TELEMETRY_NUM:
