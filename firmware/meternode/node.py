@@ -11,6 +11,7 @@
 # lasts supervisor.safe_hold_s of clean running (then a planned reboot into the full
 # configuration) or until the crash-loop state file is removed.
 import asyncio
+import gc
 import sys
 import time
 
@@ -118,9 +119,13 @@ class Node:
                 await self._report()
             except Exception as e:  # e.g. MemoryError: skip this report, keep measuring
                 log("report skipped: %r" % (e,))
-                import gc
-
-                gc.collect()
+            # a collection at every report: what is free after it, at its lowest since boot,
+            # is the heap's low-water mark (the `status` command reports it); and garbage
+            # does not wait for the allocation that would fail for want of one piece
+            gc.collect()
+            f = gc.mem_free()
+            if f < self.heap_low:
+                self.heap_low = f
 
     async def _report(self):
         snap = self.meter.snapshot()
@@ -332,8 +337,7 @@ def main(root="."):
         # Stopped by the host (Ctrl-C from a tool taking the REPL, `umeter sim` ending): keep
         # the registers, so the next start continues them instead of losing what moved since
         # the last periodic checkpoint.
-        import gc
-
+        #
         # The unix port raises KeyboardInterrupt straight from its SIGINT handler
         # (MICROPY_ASYNC_KBD_INTR), possibly inside the garbage collector, which then stays
         # marked as collecting: every allocation fails with "heap is locked" (measured: 3 of

@@ -86,6 +86,7 @@ def setup(node, board, config):
     # the telemetry payload's buffer, made once (telemetry.encode_into; docs/memory.md)
     node._tbuf = bytearray(_TELEMETRY_BUF)
     node.ckpt_errors = 0  # checkpoint writes that failed (flash full)
+    node.heap_low = 0x3FFFFFFF  # the least free heap after a report's collection (Node.reporting)
     node._ckpt_hold = None  # after a failed write: ticks_ms before which none is tried
     node.supervisor = None
     from meternode.hal import reset

@@ -138,6 +138,69 @@ async def test_a_dead_sampling_task_is_recorded_and_restarted_and_metering_goes_
 
 @heap("256k")
 @timeout(60)
+async def test_the_status_command_reports_the_heap_the_tasks_and_the_uplink_as_they_are():
+    # What an operator of a node nobody visits asks first: the `status` command answers with
+    # the heap (free after a collection, the low-water mark of the reports' collections), the
+    # supervisor's restarts (a sampling task that died once), the meter's gaps and the record
+    # log's counters; the module that builds it is forgotten after the command.
+    import gc
+    import sys
+    from binascii import unhexlify
+
+    from meternode.link.actions import make_command
+
+    n = Node(_board(), _config(scratch_dir(), cmd_key=KEY))
+    s = n.hal.sampler
+    real = s.next_block
+    calls = [0]
+
+    async def flaky():
+        calls[0] += 1
+        if calls[0] == 20:
+            raise OSError("DMA stalled")
+        return await real()
+
+    s.next_block = flaky
+    t = asyncio.create_task(n.run())
+    ok = await _until(lambda: n.supervisor is not None and n.supervisor.restarts >= 1 and n.seq >= 3)
+    eq(ok, True, "a restart and three reports")
+    epoch = int(n.hal.clock.time())
+    cmd = make_command(unhexlify(KEY), "s1", "status", None, 1, epoch + 60, "st1")
+    r = n.uplink_service.commands.handle(cmd)
+    gc.collect()
+    total = gc.mem_free() + gc.mem_alloc()
+    # 24 KB more held by someone: the next reports' collections find that much less free
+    ballast = bytearray(24 * 1024)
+    seq = n.seq
+    ok = await _until(lambda: n.seq >= seq + 2)
+    r2 = n.uplink_service.commands.handle(make_command(unhexlify(KEY), "s1", "status", None, 2, epoch + 60, "st2"))
+    t.cancel()
+    await asyncio.sleep_ms(5)
+    eq((ok, r["ok"], r["id"], r["status"]), (True, True, "st1", "done"), "answered: %r" % r)
+    d = r["result"]
+    import meternode
+
+    eq((d["version"], d["safe"], d["reset"]), (meternode.VERSION, False, n.reset_cause), "who and how it started")
+    h, h2 = d["heap"], r2["result"]["heap"]
+    eq(h["free"] + h["alloc"], total, "free + alloc is the whole heap: %r" % h)
+    eq(0 < h["low"] < total, True, "a low-water mark from the reports: %r" % h)
+    eq(h2["low"] <= h["low"] - 24 * 1024 < h2["low"] + 8192, True, "the mark follows the heap: %r -> %r" % (h, h2))
+    eq(h2["free"] <= h["free"] - 24 * 1024 + 2048, True, "so does free: %r -> %r" % (h, h2))
+    eq(len(ballast), 24 * 1024, "(held until here)")
+    eq((d["restarts"], d["tasks"]["sampling"]), (1, [1, 0, "OSError: DMA stalled"]), "the restart, by task")
+    eq(d["tasks"]["reporting"][:2], [0, 0], "the others untouched")
+    eq(d["up_s"] >= 0 and d["starved"] >= 0, True, "the supervisor's counters")
+    eq(sorted(d["meter"]), ["gaps", "lost_sets", "overruns"], "the meter's")
+    lg = d["uplink"]["log"]
+    eq(lg["records"] > 0 and lg["last_seq"] >= lg["first_seq"], True, "the record log's: %r" % lg)
+    eq(d["uplink"]["commands"]["accepted"], 0, "counted once the action returns: this one is not in it")
+    eq("meternode.link.stats" in sys.modules, False, "stats.py forgotten after the command")
+    eq(json.loads(json.dumps(d)) == d, True, "the result is JSON")
+    n.uplink_service.log.close()
+
+
+@heap("256k")
+@timeout(60)
 async def test_a_started_node_keeps_nothing_of_config_py_and_one_config_error():
     # config.py's checks run at start-up: once the node runs, the module is forgotten (RAM,
     # docs/memory.md), and ConfigError, which a running node still raises, is one class

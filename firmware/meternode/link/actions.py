@@ -7,6 +7,7 @@ import sys
 
 from micropython import const
 
+from meternode import run
 from meternode.link import telemetry
 from meternode.link.commands import Rejected, hmac_sha256
 from meternode.store import records
@@ -23,7 +24,7 @@ SETTABLE = {
     "mqtt.keepalive": (int, 5, 3600, 30),
 }
 
-_OPS = const(("read_now", "set", "rollback", "relay", "time", "reboot", "valve"))
+_OPS = const(("read_now", "status", "set", "rollback", "relay", "time", "reboot", "valve"))
 
 
 def _hex(b):
@@ -54,6 +55,8 @@ def accept(c, body):
     mid = body["id"]
     if op == "read_now":
         r = act.read_now()
+    elif op == "status":
+        r = act.status()
     elif op == "set":
         key = a["key"]
         old = act.get_config(key)
@@ -163,6 +166,10 @@ class Actions:
                 return json.loads(buf[:n])
             except IndexError:
                 size *= 2
+
+    def status(self):
+        # The node's health (link/stats.py node(): loaded for the call, forgotten after)
+        return run("meternode.link.stats", "node", self.node)
 
     def _where(self, key):
         d = self.node.config

@@ -1,7 +1,8 @@
 # The uplink's and the record log's counters as dicts (UplinkService.stats() with the MQTT
-# link's, RecordLog.stats(), Outbox.stats()): for tests and diagnostics.  Nothing on a running node asks
-# for them, so each stats() loads this module for its call and forgets it after (meternode.forget):
-# a node holds neither this code nor its key names (docs/memory.md).
+# link's, RecordLog.stats(), Outbox.stats()) and the node's health (node(): the `status`
+# command).  A running node asks for them only when an operator does, so each stats() loads
+# this module for its call and forgets it after (meternode.forget): a node holds neither this
+# code nor its key names (docs/memory.md).
 
 
 def log(g):
@@ -47,4 +48,36 @@ def service(svc):
     k = svc.link
     if k is not None:
         d["link"] = {"up": k.up, "ups": k.ups, "downs": k.downs, "error": str(k.last_error or "")}
+    return d
+
+
+def node(n):
+    # The node's health for the `status` command (docs/uplink.md, "Commands"): what an operator
+    # of a node nobody visits asks before anything else -- is its heap holding (free after a
+    # collection now, the lowest seen at a report since boot), have its tasks been restarted,
+    # does it keep up with the ADC, is its flash taking the checkpoints, is the uplink
+    # delivering.
+    import gc
+
+    from meternode import VERSION
+
+    gc.collect()
+    m = n.meter
+    d = {
+        "version": VERSION,
+        "reset": n.reset_cause,
+        "safe": n.safe,
+        "heap": {"free": gc.mem_free(), "alloc": gc.mem_alloc(), "low": n.heap_low},
+        "meter": {"gaps": m.gaps, "lost_sets": m.lost_sets, "overruns": n.hal.sampler.overruns},
+        "ckpt_errors": n.ckpt_errors,
+    }
+    sup = n.supervisor
+    if sup is not None:
+        d["up_s"] = sup.up_s
+        d["restarts"] = sup.restarts
+        d["starved"] = sup.starved
+        d["tasks"] = {w.name: [w.restarts, w.stalls, w.error] for w in sup.watches}
+    svc = n.uplink_service
+    if svc is not None:
+        d["uplink"] = service(svc)
     return d
