@@ -12,6 +12,7 @@ import os
 import secrets
 import stat
 import threading
+import time
 from pathlib import Path
 
 from .errors import ConfigError
@@ -98,9 +99,30 @@ class Keystore:
             return sorted(self._load())
 
     def rotate(self, node_id: str) -> dict[str, str]:
-        """New secrets for a node (provision it again to deliver them)."""
+        """New secrets for a node (provision it again to deliver them). Its command counter
+        stays: the node keeps the highest it accepted across a new key."""
         with _Locked(self.path):
             data = self._load()
+            old = data.get(node_id) or {}
             data[node_id] = {"cmd_key": secrets.token_hex(32), "mqtt_password": secrets.token_urlsafe(24)}
+            if "cmd_ctr" in old:
+                data[node_id]["cmd_ctr"] = old["cmd_ctr"]
             self._save(data)
             return dict(data[node_id])
+
+    def next_counter(self, node_id: str, now: float | None = None) -> int:
+        """The counter of the next command to `node_id`: one above the last this keystore gave
+        it, and at least the UNIX time in seconds, so a keystore restored from an older backup
+        (or another host's) still gives one the node has not accepted, while a node that has
+        seen none takes it (the first may be at most 2**32). Kept, under the keystore's lock: in
+        the node's entry, or for a node whose key is not here (given on the command line) in an
+        entry `cmd:<node>` of its own."""
+        with _Locked(self.path):
+            data = self._load()
+            s = data.get(node_id)
+            if s is None:
+                s = data.setdefault("cmd:" + node_id, {})
+            ctr = max(int(time.time() if now is None else now), int(s.get("cmd_ctr", 0)) + 1)
+            s["cmd_ctr"] = ctr
+            self._save(data)
+            return ctr

@@ -127,7 +127,12 @@ _HEAP_STEP = 16 * 1024
 # allocation failed, allocating 1280 bytes"), at 384 KiB it runs with store-and-forward.
 VIRTUAL_BOARD_HEAP = "384k"
 
-_WHAT = {"+store": "store-and-forward", "+policy": "a policy", "+fleet": "a policy and signed bundles"}
+_WHAT = {
+    "+store": "store-and-forward",
+    "+cmd_key": "store-and-forward and commands",
+    "+policy": "a policy",
+    "+fleet": "a policy and signed bundles",
+}
 # The budget is a running node's; a fleet node must also take in a signed bundle at once.
 # Measured with tests/e2e/test_sim_ota.py's bundle on the 64-bit port when it came inline (one
 # 13.7-KB MQTT message): at 393k the message found no free block of its length, at 425k the
@@ -253,6 +258,9 @@ class SimRun:
     bus: list[str] | None = None  # meter-bus protocols (umeter.simbus.PROTOCOLS) for every node
     bus_interval_s: float = simbus.INTERVAL_S  # each simulated meter is read this often
     on_console: Callable[[str, str], None] | None = None  # (node, line) for every console line
+    # authenticated commands: every node gets its cmd_key from the keystore ($UMETER_HOME), so
+    # `umeter command NODE ...` reaches it as it would a provisioned board
+    commands: bool = False
     views: dict[str, NodeView] = field(default_factory=dict)
     vnodes: list[VirtualNode] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -366,7 +374,7 @@ class SimRun:
                 "(the gateway is not in the budget: docs/memory.md)."
             )
             return need
-        k = "+fleet" if self.fleet else "+policy" if self.policy else "+store"
+        k = "+fleet" if self.fleet else "+policy" if self.policy else "+cmd_key" if self.commands else "+store"
         heap = budget.heap_for(k, words=unixport.word_bytes())
         if self._virtual:
             return max(heap, unixport.parse_heap(board["heap"]))
@@ -458,6 +466,10 @@ class SimRun:
         }
         if node_id in self.buses:
             config["gateway"] = self.buses[node_id].gateway_config()
+        if self.commands:
+            from .keystore import Keystore
+
+            config["cmd_key"] = Keystore().secrets_for(node_id)["cmd_key"]
         if self.policy is not None:
             t0, t1, hz = POLICY_DIP
             sim["events"] = [*sim.get("events", []), {"at": t0, "freq": hz}, {"at": t1, "freq": sim.get("freq", 50.0)}]

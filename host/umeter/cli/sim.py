@@ -345,6 +345,11 @@ def meter_line(v: NodeView, m: simbus.MeterView, now: float | None = None) -> st
     help="Simulated meters on each node's buses, read by its gateway: dlt645 (an electricity meter), cjt188 "
     "(water and gas), mbus (heat), modbus (PZEM-004T); --bus alone: all four.",
 )
+@click.option(
+    "--commands",
+    is_flag=True,
+    help="Give every node a command key from the keystore, so `umeter command NODE status` reaches it.",
+)
 @click.option("--logs", is_flag=True, help="Show the nodes' consoles too (stderr, or a pane under the table).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per node per interval, and a JSON summary.")
 def command(
@@ -360,6 +365,7 @@ def command(
     db: str | None,
     heap: str | None,
     bus: str | None,
+    commands: bool,
     logs: bool,
     as_json: bool,
 ) -> None:
@@ -398,6 +404,7 @@ def command(
         heap=heap,
         bus=protocols,
         on_console=console_line if logs else None,
+        commands=commands,
     )
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     started = time.monotonic()
@@ -421,6 +428,12 @@ def command(
             ui.info(
                 f"Meter buses on every node: {what}; each meter read every {simbus.INTERVAL_S:g} s "
                 "by the node's gateway."
+            )
+        if commands:
+            url = broker or f"mqtt://{run.host}:{run.port}"
+            ui.info(
+                f"Commands: `umeter command node-01 status --broker {url}` (in another terminal; "
+                "the nodes' keys are in the keystore)."
             )
         if keep or db is not None:
             ui.info(f"Node flash directories: {run.workdir}")

@@ -1,0 +1,101 @@
+"""`umeter command`: one authenticated command to one node, and its answer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .. import ui
+from ..command import OPS, parse_args, send
+
+
+def _human(op: str, node: str, r: dict) -> str:
+    if op == "status":
+        h = r.get("heap", {})
+        kb = "free {:.1f} KB (lowest at a report {:.1f} KB) of {:.1f} KB".format(
+            h.get("free", 0) / 1024, h.get("low", 0) / 1024, (h.get("free", 0) + h.get("alloc", 0)) / 1024
+        )
+        lines = [
+            f"node {node}: v{r.get('version')}, up {r.get('up_s', 0)} s, last reset: {r.get('reset')}"
+            + (" (safe configuration)" if r.get("safe") else ""),
+            f"heap: {kb}",
+            "tasks: "
+            + (
+                ", ".join(
+                    f"{name} {rs} restart(s)" + (f" ({err})" if err else "")
+                    for name, (rs, _stalls, err) in sorted(r.get("tasks", {}).items())
+                )
+                or "-"
+            ),
+            "meter: {gaps} gaps, {lost_sets} sets lost, {overruns} overruns".format(**r.get("meter", {})),
+        ]
+        u = r.get("uplink")
+        if u:
+            lg, ob = u.get("log", {}), u.get("outbox") or {}
+            lines.append(
+                f"uplink: log {lg.get('records')} records (seq {lg.get('first_seq')}..{lg.get('last_seq')}), "
+                f"backlog {ob.get('backlog', '-')}, link {'up' if (u.get('link') or {}).get('up') else 'down'}"
+            )
+        return "\n".join(lines)
+    return f"node {node}: {op} done: {json.dumps(r, sort_keys=True)}"
+
+
+@click.command("command", context_settings={"ignore_unknown_options": False})
+@click.argument("node")
+@click.argument("op", type=click.Choice(list(OPS)))
+@click.argument("args", nargs=-1)
+@click.option("--broker", default="127.0.0.1:1883", show_default=True, help="Broker URL or host:port.")
+@click.option("--prefix", default="umeter", show_default=True, help="Topic prefix of the nodes.")
+@click.option("--key", "key_hex", help="The node's cmd_key (hex); default: the keystore's.")
+@click.option(
+    "--keystore", type=click.Path(dir_okay=False, path_type=Path), help="Keystore file (default: $UMETER_HOME's)."
+)
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for the answer.")
+@click.option("--expires", "expires_s", type=int, default=3600, show_default=True, help="Seconds the command is valid.")
+@click.option("--ca", type=click.Path(exists=True, dir_okay=False), help="CA file for a TLS broker.")
+@click.option("--user", help="Broker user (password: $UMETER_MQTT_PASSWORD or the keystore's host:<user>).")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer's result as JSON.")
+def command(node, op, args, broker, prefix, key_hex, keystore, timeout, expires_s, ca, user, as_json) -> None:
+    """Send NODE one authenticated command OP and print its answer.
+
+    \b
+    OP and its arguments:
+      status                 the node's health: heap, task restarts, meter gaps, uplink
+      read_now               the meter now, as telemetry
+      set KEY VALUE          telemetry_s, profile_s, mqtt.backlog_rate, mqtt.keepalive
+      rollback KEY           the value before the last set
+      relay on|off           the node's relay (off latches against the policy)
+      time EPOCH|now         set the node's clock (UNIX seconds)
+      reboot                 a planned reboot (registers checkpointed)
+      valve METER open|close a gateway meter's valve (CJ/T 188)
+
+    The command is signed with the node's key from the keystore it was provisioned from and
+    takes the next counter kept there; a refusal or a failed action exits 1 with the node's why.
+    """
+    from ..command import node_key
+    from ..keystore import Keystore
+    from .monitor import _password
+
+    a = parse_args(op, list(args))
+    ks = Keystore(keystore)
+    key = node_key(node, key_hex, ks)
+    r = send(
+        broker,
+        node,
+        op,
+        a,
+        prefix=prefix,
+        key=key,
+        keystore=ks,
+        expires_s=expires_s,
+        timeout=timeout,
+        user=user,
+        password=_password(user),
+        tls_ca=ca,
+    )
+    if as_json:
+        click.echo(json.dumps(r))
+    else:
+        ui.out.print(_human(op, node, r), markup=False)

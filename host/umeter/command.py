@@ -1,0 +1,206 @@
+"""Authenticated commands to one node from the host (`umeter command`).
+
+    from umeter.command import send
+    result = send("mqtt://127.0.0.1:1883", "n7", "status")            # the node's answer, a dict
+
+A command is the firmware's own wire format (`meternode.link.actions.make_command`: the body
+JSON and its HMAC-SHA256 under the node's `cmd_key`), published QoS 1 on `<prefix>/<node>/cmd`;
+the node answers on `<prefix>/<node>/cmd/result` with the command's id. The key comes from
+the keystore the node was provisioned from (or is given), and so does the counter: each
+command takes the next one, at least the UNIX time in seconds, kept in the keystore, so two
+commands in the same second or a keystore restored from a backup still give a counter the
+node has not seen (docs/uplink.md, "Commands").
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from urllib.parse import urlparse
+
+from .errors import ConfigError, TransportError, UmeterError
+
+# what each op takes, in the order the command line gives them (docs/uplink.md, "Commands")
+OPS = {
+    "read_now": (),
+    "status": (),
+    "set": ("key", "value"),
+    "rollback": ("key",),
+    "relay": ("on",),
+    "time": ("epoch",),
+    "reboot": (),
+    "valve": ("meter", "valve"),
+}
+
+
+class CommandFailed(UmeterError):
+    """The node answered, and not ok: refused (`rejected`) or the action failed (`failed`)."""
+
+    def __init__(self, node: str, answer: dict) -> None:
+        self.answer = answer
+        status = answer.get("status", "failed")
+        hint = {
+            "rejected": "replayed or expired: check the host's clock; unauthenticated: provision the node's key again",
+        }.get(status, "see the node's log (`umeter logs`)")
+        super().__init__(f"node {node} {status} the command: {answer.get('why', '?')}", hint=hint)
+
+
+def parse_args(op: str, words: list[str] | tuple[str, ...]) -> dict:
+    """The command line's words after the op -> the op's args (ConfigError naming what is wrong)."""
+    if op not in OPS:
+        raise ConfigError(f"unknown command {op!r}", hint="one of: " + ", ".join(OPS))
+    names = OPS[op]
+    if len(words) != len(names):
+        want = " ".join(n.upper() for n in names) or "no arguments"
+        raise ConfigError(f"{op} takes {want}, got {len(words)} word(s)", hint=f"e.g. `umeter command NODE {_eg(op)}`")
+    a: dict = {}
+    for name, w in zip(names, words, strict=True):
+        if name == "value":
+            try:
+                a[name] = json.loads(w)  # 30 -> int, 0.5 -> float
+            except ValueError:
+                raise ConfigError(f"set value {w!r} is not a number", hint="e.g. `set telemetry_s 30`") from None
+        elif name == "on":
+            if w not in ("on", "off"):
+                raise ConfigError(f"relay takes on or off, not {w!r}", hint="e.g. `relay off`")
+            a[name] = w == "on"
+        elif name == "epoch":
+            if w == "now":
+                a[name] = int(time.time())
+            else:
+                try:
+                    a[name] = int(w)
+                except ValueError:
+                    raise ConfigError(f"time takes UNIX seconds or `now`, not {w!r}", hint="e.g. `time now`") from None
+        elif name == "valve":
+            if w not in ("open", "close"):
+                raise ConfigError(f"valve takes open or close, not {w!r}", hint="e.g. `valve METER close`")
+            a[name] = w
+        else:
+            a[name] = w
+    return a
+
+
+def _eg(op: str) -> str:
+    return {
+        "set": "set telemetry_s 30",
+        "rollback": "rollback telemetry_s",
+        "relay": "relay off",
+        "time": "time now",
+        "valve": "valve cjt188-10-00000000001234 close",
+    }.get(op, op)
+
+
+def broker_address(url: str) -> tuple[str, int]:
+    u = urlparse(url if "://" in url else f"mqtt://{url}")
+    if u.scheme not in ("mqtt", "mqtts", "tcp") or not u.hostname:
+        raise ConfigError(f"bad broker URL {url!r}", hint="e.g. mqtt://127.0.0.1:1883")
+    try:
+        port = u.port or (8883 if u.scheme == "mqtts" else 1883)
+    except ValueError:
+        raise ConfigError(
+            f"bad broker URL {url!r}: the port is not a number", hint="e.g. mqtt://127.0.0.1:1883"
+        ) from None
+    return u.hostname, port
+
+
+def node_key(node: str, key_hex: str | None = None, keystore=None) -> bytes:
+    """The node's command key: `key_hex`, else its `cmd_key` in the keystore."""
+    if key_hex is None:
+        from .keystore import Keystore
+
+        ks = keystore or Keystore()
+        s = ks.get(node)
+        if not s or not s.get("cmd_key"):
+            raise ConfigError(
+                f"no command key for node {node!r} in the keystore {ks.path}",
+                hint="provision the node from this keystore (`umeter provision`), or give --key",
+            )
+        key_hex = s["cmd_key"]
+    try:
+        key = bytes.fromhex(key_hex)
+    except ValueError:
+        raise ConfigError("the command key is not hex", hint="--key takes the node's cmd_key, 64 hex digits") from None
+    if len(key) < 16:
+        raise ConfigError(f"the command key is {len(key)} bytes, under 16", hint="the node refuses keys that short")
+    return key
+
+
+def send(
+    broker: str,
+    node: str,
+    op: str,
+    args: dict | None = None,
+    *,
+    prefix: str = "umeter",
+    key: bytes | None = None,
+    keystore=None,
+    counter: int | None = None,
+    expires_s: int = 3600,
+    timeout: float = 30.0,
+    user: str | None = None,
+    password: str | None = None,
+    tls_ca: str | None = None,
+) -> dict:
+    """Sends `op` to `node` and waits for its answer: -> the answer's `result` when ok;
+    CommandFailed when the node refused it or its action failed; TransportError when no answer
+    came within `timeout` seconds (a node offline: the command stays queued at the broker for a
+    persistent session and expires after `expires_s`)."""
+    from meternode.link.actions import make_command
+
+    from .keystore import Keystore
+    from .mqttc import connect, make_client
+
+    if op not in OPS:
+        raise ConfigError(f"unknown command {op!r}", hint="one of: " + ", ".join(OPS))
+    host, port = broker_address(broker)
+    ks = keystore or Keystore()
+    k = key if key is not None else node_key(node, keystore=ks)
+    ctr = counter if counter is not None else ks.next_counter(node)
+    mid = uuid.uuid4().hex[:12]
+    body = make_command(k, node, op, args, ctr, int(time.time()) + expires_s, mid)
+    topic = f"{prefix}/{node}/cmd"
+    answer: dict = {}
+    got = threading.Event()
+    subscribed = threading.Event()
+
+    def on_subscribe(client, userdata, mid_, reasons, properties=None) -> None:
+        subscribed.set()
+
+    def on_message(client, userdata, msg) -> None:
+        try:
+            d = json.loads(msg.payload)
+        except ValueError:
+            return
+        if isinstance(d, dict) and d.get("id") == mid:
+            answer.update(d)
+            got.set()
+
+    c = make_client("umeter-cmd", tls_ca=tls_ca)
+    if user:
+        c.username_pw_set(user, password)
+    c.on_subscribe = on_subscribe
+    c.on_message = on_message
+    connect(c, host, port)
+    c.loop_start()
+    try:
+        c.subscribe(topic + "/result", 1)
+        if not subscribed.wait(10):
+            raise TransportError(
+                f"the broker at {host}:{port} did not confirm the subscription to {topic}/result in 10 s",
+                hint="check the broker's ACL for this user (`umeter broker-config --host-user`)",
+            )
+        c.publish(topic, body, qos=1).wait_for_publish(10)
+        if not got.wait(timeout):
+            raise TransportError(
+                f"no answer from node {node} in {timeout:g} s (command {mid} on {topic})",
+                hint=f"is it online? (`umeter monitor`); the command expires in {expires_s} s",
+            )
+    finally:
+        c.loop_stop()
+        c.disconnect()
+    if not answer.get("ok"):
+        raise CommandFailed(node, answer)
+    return answer.get("result", {})
