@@ -6,6 +6,9 @@ the board through the raw REPL and asserts on the JSON its last line prints.
 What they prove that the unix-port stand-ins cannot:
   - where the viper kernels' machine code lands: in the gc heap on rp2 (as much as the
     budget adds for it, umeter.budget.NATIVE_KB), in IRAM on an esp32.
+  - the provisioned node, run for a minute on the board, holds at most what the budget says
+    it needs there (umeter.budget.board_need: the sim board's figure + margin + machine code +
+    the board's own HAL), by its own low-water mark (what `umeter command NODE status` reports).
   - RP2040 ADC + DMA ring (pico_w) and MCP3208 on PIO + DMA (pico_w_mcp3208): sampling for
     UMETER_HIL_SOAK_S seconds (600 by default) under forced LittleFS erases -- no crash, the
     canaries around every block intact, each input's DC level in its own column for the
@@ -60,11 +63,12 @@ def provisioned(hil_target, tmp_path_factory):
     return load_board(hil_target.board_type)
 
 
-def run_on_board(port: str, code: str, timeout: float) -> dict:
-    """Run `code` on the board (raw REPL, up to `timeout` s); the JSON of its RESULT line."""
+def run_on_board(port: str, code: str, timeout: float, soft_reset: bool = False) -> dict:
+    """Run `code` on the board (raw REPL, up to `timeout` s; after a soft reset: a fresh heap,
+    main.py not run); the JSON of its RESULT line."""
     from umeter.transport import Board
 
-    with Board(port, timeout=timeout) as b:
+    with Board(port, timeout=timeout).open(soft_reset=soft_reset) as b:
         out = b.exec(code).decode(errors="replace")
     lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
     assert lines, out[-2000:]
@@ -364,6 +368,49 @@ def test_the_kernels_machine_code_lands_where_the_budget_says(provisioned, hil_t
             assert r["iram"] >= m.machine_code(), f"the esp32 commits machine code to IRAM: {r}"
 
 
+# -- the running node's heap, against the budget ----------------------------------------------------
+# The budget (umeter.budget: what the sim board's node holds + the margin + the machine code
+# an rp2 keeps in its gc heap + what the board's own HAL holds beyond the sim board's) is
+# measured on the unix ports; here the provisioned node runs on the board as main.py would run
+# it, and its own low-water mark (the least free heap after a report's collection: what
+# `umeter command NODE status` reports) says what it really held.
+HELD = r"""
+import asyncio, gc, json
+gc.collect()
+base = gc.mem_alloc()  # (a soft reset before: a fresh heap, no name of the package interned)
+from meternode.config import load_json
+from meternode.node import Node
+n = Node(load_json('/board.json'), load_json('/config.json'))
+load_json = None
+async def run():
+    t = asyncio.create_task(n.run())
+    await asyncio.sleep(%(seconds)d)
+    t.cancel()
+    await asyncio.sleep_ms(100)
+asyncio.run(run())
+gc.collect()
+print('RESULT ' + json.dumps({'base': base, 'low': n.heap_low, 'total': gc.mem_free() + gc.mem_alloc(), 'seq': n.seq}))
+"""
+
+
+@pytest.mark.hardware
+def test_the_provisioned_node_runs_within_its_budget_on_the_board(provisioned, hil_target):  # pragma: no cover
+    from umeter import budget
+    from umeter.transport import Board
+
+    with Board(hil_target.port, timeout=30) as b:
+        config = json.loads(b.exec("print(open('/config.json').read())").decode())
+    k = budget.kind(config)
+    need = budget.board_need(k, arch=provisioned["arch"], board=hil_target.board_type)
+    r = run_on_board(hil_target.port, HELD % {"seconds": 60}, timeout=120, soft_reset=True)
+    held = r["total"] - r["low"] - r["base"]  # the most it held at a report, transients included
+    print(f"{hil_target.board_type} {k}: held {held / 1024:.1f} KB at most, lowest free {r['low'] / 1024:.1f} KB,"
+          f" budget's need {need / 1024:.0f} KB of a {r['total'] / 1024:.0f}-KB heap")  # fmt: skip
+    assert r["seq"] >= 3, f"the node reported {r['seq']} times in 60 s: {r}"
+    assert held <= need, f"the node held {held} B, over the budget's {need} B for {k} on this board: {r}"
+    assert r["low"] >= 8 * 1024, f"under 8 KB free at a report: {r}"
+
+
 # -- the messages file ----------------------------------------------------------------------------
 # `umeter build` moves the package's messages to lib/meternode/msgs.txt (docs/memory.md); the
 # board's package finds it beside its own __init__ (/lib, an OTA slot's lib/ or /rom/lib) and
@@ -449,6 +496,7 @@ def test_the_on_board_scripts_compile_on_micropython(tmp_path):
         "lora": LORA % {"keys": ["0" * 16, "0" * 16, "0" * 32, "EU868"]},
         "native": NATIVE,
         "msgs": MSGS % {"ranges": [(0, 24)]},
+        "held": HELD % {"seconds": 60},
     }
     for name, code in scripts.items():
         (tmp_path / f"{name}.py").write_text(code)
