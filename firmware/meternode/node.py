@@ -119,13 +119,18 @@ class Node:
                 await self._report()
             except Exception as e:  # e.g. MemoryError: skip this report, keep measuring
                 log("report skipped: %r" % (e,))
-            # a collection at every report: what is free after it, at its lowest since boot,
-            # is the heap's low-water mark (the `status` command reports it); and garbage
-            # does not wait for the allocation that would fail for want of one piece
-            gc.collect()
-            f = gc.mem_free()
-            if f < self.heap_low:
-                self.heap_low = f
+                self._heap_at = None  # and collect now
+            # the heap's low-water mark (the `status` command): what is free after a collection
+            # at a report, at its lowest since boot. At most one every supervisor.heap_check_s
+            # (30; 0: every report): a collection stops everything else for its time (an
+            # ESP32's timer-paced sampler counts the sets it lost meanwhile)
+            now = self.hal.clock.ticks_ms()
+            if self._heap_at is None or ticks.diff(now, self._heap_at) >= self._heap_ms:
+                self._heap_at = now
+                gc.collect()
+                f = gc.mem_free()
+                if f < self.heap_low:
+                    self.heap_low = f
 
     async def _report(self):
         snap = self.meter.snapshot()

@@ -57,6 +57,7 @@ def setup(node, board, config):
     if node.reset_cause == "watchdog":
         node.crashed("watchdog reset")
     node.safe = node.boot["loops"] >= sc.get("safe_after", 3)
+    node._heap_ms = sc.get("heap_check_s", 30) * 1000  # the low-water mark's collections (Node.reporting)
     if node.safe:
         config = dict(config)
         for k in _SAFE_DROP:
@@ -87,6 +88,7 @@ def setup(node, board, config):
     node._tbuf = bytearray(_TELEMETRY_BUF)
     node.ckpt_errors = 0  # checkpoint writes that failed (flash full)
     node.heap_low = 0x3FFFFFFF  # the least free heap after a report's collection (Node.reporting)
+    node._heap_at = None  # ticks_ms of that collection (None: the next report makes one)
     node._ckpt_hold = None  # after a failed write: ticks_ms before which none is tried
     node.supervisor = None
     from meternode.hal import reset
@@ -144,6 +146,7 @@ _SUPERVISOR = (  # config.supervisor: int keys and their ranges (tasks.py says w
     ("safe_hold_s", 0, 365 * 86400),
     ("backoff_min_ms", 1, 3600000),
     ("backoff_max_ms", 1, 3600000),
+    ("heap_check_s", 0, 86400),
 )
 
 

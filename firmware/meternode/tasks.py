@@ -13,6 +13,8 @@
 #   safe_hold_s     the safe configuration lasts this long, then a planned reboot into the
 #                   full one (86400; 0 = until the state file is removed)
 #   backoff_min_ms, backoff_max_ms   restart backoff (500, 60000)
+#   heap_check_s    the reporting task collects after a report at most this often and keeps
+#                   the least free heap it saw, for the `status` command (30; 0 = every report)
 # A crash loop counts one more in the persisted state, checkpoints the registers and reboots
 # (Node.reboot), in the safe configuration too (it stays safe: the count only grows); a
 # watchdog reset and a caught fatal error count too (node.py).

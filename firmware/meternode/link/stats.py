@@ -62,12 +62,14 @@ def node(n):
     from meternode import VERSION
 
     gc.collect()
+    free = gc.mem_free()
     m = n.meter
     d = {
         "version": VERSION,
         "reset": n.reset_cause,
         "safe": n.safe,
-        "heap": {"free": gc.mem_free(), "alloc": gc.mem_alloc(), "low": n.heap_low},
+        # (this collection is one more reading: before the first report it is the only one)
+        "heap": {"free": free, "alloc": gc.mem_alloc(), "low": min(free, n.heap_low)},
         "meter": {"gaps": m.gaps, "lost_sets": m.lost_sets, "overruns": n.hal.sampler.overruns},
         "ckpt_errors": n.ckpt_errors,
     }
