@@ -128,6 +128,109 @@ def node_key(node: str, key_hex: str | None = None, keystore=None) -> bytes:
     return key
 
 
+class Commander:
+    """One broker connection that sends commands to nodes and collects their answers by id
+    (`umeter command` sends one, `umeter fleet health` one per node):
+
+        with Commander("mqtt://broker:1883", user="ops", password=pw) as c:
+            ids = {c.send(node, "status"): node for node in nodes}
+            answers = c.wait(ids, timeout=30)      # id -> the node's answer (those that came)
+    """
+
+    def __init__(
+        self,
+        broker: str,
+        *,
+        prefix: str = "umeter",
+        keystore=None,
+        user: str | None = None,
+        password: str | None = None,
+        tls_ca: str | None = None,
+    ) -> None:
+        from .keystore import Keystore
+
+        self.host, self.port = broker_address(broker)
+        self.prefix = prefix
+        self.keystore = keystore or Keystore()
+        self._auth = (user, password)
+        self._tls_ca = tls_ca
+        self._answers: dict[str, dict] = {}
+        self._cv = threading.Condition()
+        self._client = None
+
+    def __enter__(self) -> Commander:
+        from .mqttc import connect, make_client
+
+        subscribed = threading.Event()
+        c = make_client("umeter-cmd", tls_ca=self._tls_ca, bulk=True)
+        if self._auth[0]:
+            c.username_pw_set(*self._auth)
+        c.on_subscribe = lambda *a, **k: subscribed.set()
+        c.on_message = self._on_message
+        connect(c, self.host, self.port)
+        c.loop_start()
+        self._client = c
+        topic = f"{self.prefix}/+/cmd/result"
+        c.subscribe(topic, 1)
+        if not subscribed.wait(10):
+            self.__exit__()
+            raise TransportError(
+                f"the broker at {self.host}:{self.port} did not confirm the subscription to {topic} in 10 s",
+                hint="check the broker's ACL for this user (`umeter broker-config --host-user`)",
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._client is not None:
+            self._client.loop_stop()
+            self._client.disconnect()
+            self._client = None
+
+    def _on_message(self, client, userdata, msg) -> None:
+        try:
+            d = json.loads(msg.payload)
+        except ValueError:
+            return
+        if isinstance(d, dict) and isinstance(d.get("id"), str):
+            with self._cv:
+                self._answers[d["id"]] = d
+                self._cv.notify_all()
+
+    def send(
+        self,
+        node: str,
+        op: str,
+        args: dict | None = None,
+        *,
+        key: bytes | None = None,
+        counter: int | None = None,
+        expires_s: int = 3600,
+    ) -> str:
+        """Publishes `op` to `node` (signed with its key, the keystore's next counter): -> the
+        command's id, which its answer carries."""
+        from meternode.link.actions import make_command
+
+        if op not in OPS:
+            raise ConfigError(f"unknown command {op!r}", hint="one of: " + ", ".join(OPS))
+        k = key if key is not None else node_key(node, keystore=self.keystore)
+        ctr = counter if counter is not None else self.keystore.next_counter(node)
+        mid = uuid.uuid4().hex[:12]
+        body = make_command(k, node, op, args, ctr, int(time.time()) + expires_s, mid)
+        self._client.publish(f"{self.prefix}/{node}/cmd", body, qos=1).wait_for_publish(10)
+        return mid
+
+    def wait(self, ids, timeout: float) -> dict[str, dict]:
+        """The answers to the commands `ids` that came within `timeout` seconds, by id."""
+        end = time.monotonic() + timeout
+        with self._cv:
+            while True:
+                got = {i: self._answers[i] for i in ids if i in self._answers}
+                left = end - time.monotonic()
+                if len(got) == len(ids) or left <= 0:
+                    return got
+                self._cv.wait(left)
+
+
 def send(
     broker: str,
     node: str,
@@ -148,59 +251,16 @@ def send(
     CommandFailed when the node refused it or its action failed; TransportError when no answer
     came within `timeout` seconds (a node offline: the command stays queued at the broker for a
     persistent session and expires after `expires_s`)."""
-    from meternode.link.actions import make_command
-
-    from .keystore import Keystore
-    from .mqttc import connect, make_client
-
     if op not in OPS:
         raise ConfigError(f"unknown command {op!r}", hint="one of: " + ", ".join(OPS))
-    host, port = broker_address(broker)
-    ks = keystore or Keystore()
-    k = key if key is not None else node_key(node, keystore=ks)
-    ctr = counter if counter is not None else ks.next_counter(node)
-    mid = uuid.uuid4().hex[:12]
-    body = make_command(k, node, op, args, ctr, int(time.time()) + expires_s, mid)
-    topic = f"{prefix}/{node}/cmd"
-    answer: dict = {}
-    got = threading.Event()
-    subscribed = threading.Event()
-
-    def on_subscribe(client, userdata, mid_, reasons, properties=None) -> None:
-        subscribed.set()
-
-    def on_message(client, userdata, msg) -> None:
-        try:
-            d = json.loads(msg.payload)
-        except ValueError:
-            return
-        if isinstance(d, dict) and d.get("id") == mid:
-            answer.update(d)
-            got.set()
-
-    c = make_client("umeter-cmd", tls_ca=tls_ca)
-    if user:
-        c.username_pw_set(user, password)
-    c.on_subscribe = on_subscribe
-    c.on_message = on_message
-    connect(c, host, port)
-    c.loop_start()
-    try:
-        c.subscribe(topic + "/result", 1)
-        if not subscribed.wait(10):
-            raise TransportError(
-                f"the broker at {host}:{port} did not confirm the subscription to {topic}/result in 10 s",
-                hint="check the broker's ACL for this user (`umeter broker-config --host-user`)",
-            )
-        c.publish(topic, body, qos=1).wait_for_publish(10)
-        if not got.wait(timeout):
-            raise TransportError(
-                f"no answer from node {node} in {timeout:g} s (command {mid} on {topic})",
-                hint=f"is it online? (`umeter monitor`); the command expires in {expires_s} s",
-            )
-    finally:
-        c.loop_stop()
-        c.disconnect()
+    with Commander(broker, prefix=prefix, keystore=keystore, user=user, password=password, tls_ca=tls_ca) as c:
+        mid = c.send(node, op, args, key=key, counter=counter, expires_s=expires_s)
+        answer = c.wait([mid], timeout).get(mid)
+    if answer is None:
+        raise TransportError(
+            f"no answer from node {node} in {timeout:g} s (command {mid} on {prefix}/{node}/cmd)",
+            hint=f"is it online? (`umeter monitor`); the command expires in {expires_s} s",
+        )
     if not answer.get("ok"):
         raise CommandFailed(node, answer)
     return answer.get("result", {})

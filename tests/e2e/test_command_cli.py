@@ -117,6 +117,29 @@ def test_umeter_command_reaches_a_node_with_its_keystore_key_and_counter(tmp_pat
         r = _umeter(home, "command", NODE, "read_now", b, "--json")
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["node"] == NODE
+
+        # the fleet's health at once: the inventory's nodes asked for their status over one
+        # connection; a node that is not there, and one without a key, are named
+        from umeter.inventory import Fleet
+
+        fl = Fleet(home / "fleet.sqlite")
+        fl.bind("e66038b7134f5a2d", NODE, "sim", "lab", None, None)
+        fl.bind("e66038b7134f5a2e", "ghost", "sim", "lab", None, None)
+        fl.bind("e66038b7134f5a2f", "keyless", "sim", "roof", None, None)
+        ks.secrets_for("ghost")
+        r = _umeter(home, "fleet", "health", b, "--timeout", "5", "--json")
+        assert r.returncode == 1, r.stdout
+        doc = json.loads(r.stdout)
+        assert doc["problems"] == ["ghost", "keyless"], doc
+        assert doc["nodes"]["ghost"]["problem"] == "no answer in 5 s"
+        assert doc["nodes"]["keyless"]["problem"] == "no command key in the keystore"
+        assert doc["nodes"][NODE]["status"]["heap"]["low"] > 0 and "problem" not in doc["nodes"][NODE]
+        assert "2 of 3 node(s) need a look: ghost, keyless" in r.stderr, r.stderr
+        r = _umeter(home, "fleet", "health", b, "--site", "lab", "--node", NODE)
+        assert r.returncode == 0, r.stderr
+        assert NODE in r.stdout and "lowest" in r.stdout and "1 node(s) answered" in r.stderr, r.stdout + r.stderr
+        r = _umeter(home, "fleet", "health", b, "--node", NODE, "--low-kb", "100000", "--json")
+        assert r.returncode == 1 and "under 100000 KB" in json.loads(r.stdout)["nodes"][NODE]["problem"], r.stdout
     finally:
         node.terminate()
         node.wait(10)

@@ -1,4 +1,5 @@
-"""`umeter fleet ls|show|ports|forget`: the fleet database (never shows secrets)."""
+"""`umeter fleet ls|show|ports|forget|health`: the fleet database (never shows secrets), and the
+nodes' health asked over MQTT."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import click
 from rich.table import Table
 
 from .. import ui
-from ..errors import ConfigError
+from ..errors import ConfigError, DeviceError
 from ..fleet import ports
 from ..inventory import Fleet
 from ..keystore import Keystore
@@ -102,3 +103,83 @@ def _table_console():
     from rich.console import Console
 
     return ui.out if ui.is_tty() else Console(file=sys.stdout, width=240, no_color=True, highlight=False)
+
+
+@command.command("health")
+@click.option("--broker", default="127.0.0.1:1883", show_default=True, help="Broker URL or host:port.")
+@click.option("--prefix", default="umeter", show_default=True, help="Topic prefix of the nodes.")
+@click.option("--site", "sites", multiple=True, help="Only the inventory's nodes at this site (repeatable).")
+@click.option("--node", "only", multiple=True, help="Only this node (repeatable).")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for the answers.")
+@click.option(
+    "--low-kb", type=float, default=8.0, show_default=True, help="A heap low-water mark under this is a problem."
+)
+@click.option("--ca", type=click.Path(exists=True, dir_okay=False), help="CA file for a TLS broker.")
+@click.option("--user", help="Broker user (password: $UMETER_MQTT_PASSWORD or the keystore's host:<user>).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: each node's answer or problem.")
+def health(broker, prefix, sites, only, timeout, low_kb, ca, user, as_json) -> None:
+    """Ask every node of the fleet (or --site, --node) for its `status` at once: heap and its
+    low-water mark, task restarts, uplink. Exits 1 naming the nodes that did not answer, refused,
+    or whose heap fell under --low-kb."""
+    from ..command import Commander
+    from .monitor import _password
+
+    nodes = [n for n in Fleet().nodes() if (not sites or n["site"] in sites) and (not only or n["node_id"] in only)]
+    if not nodes:
+        raise ConfigError(
+            "no node in the fleet inventory matches" if Fleet().nodes() else "the fleet inventory is empty",
+            hint="see `umeter fleet ls`; nodes join it when `umeter provision` provisions them",
+        )
+    ks = Keystore()
+    out: dict[str, dict] = {}
+    with Commander(broker, prefix=prefix, keystore=ks, user=user, password=_password(user), tls_ca=ca) as c:
+        ids = {}
+        for n in nodes:
+            nid = n["node_id"]
+            if not (ks.get(nid) or {}).get("cmd_key"):
+                out[nid] = {"problem": "no command key in the keystore"}
+                continue
+            ids[c.send(nid, "status", expires_s=max(60, int(timeout) * 2))] = nid
+        answers = c.wait(ids, timeout)
+    for mid, nid in ids.items():
+        a = answers.get(mid)
+        if a is None:
+            out[nid] = {"problem": f"no answer in {timeout:g} s"}
+        elif not a.get("ok"):
+            out[nid] = {"problem": f"{a.get('status', 'failed')}: {a.get('why', '?')}"}
+        else:
+            r = a.get("result", {})
+            low = r.get("heap", {}).get("low", 0)
+            out[nid] = {"status": r}
+            if low < low_kb * 1024:
+                out[nid]["problem"] = f"heap low-water mark {low / 1024:.1f} KB, under {low_kb:g} KB"
+    bad = sorted(n for n, d in out.items() if "problem" in d)
+    if as_json:
+        click.echo(json.dumps({"nodes": out, "problems": bad}))
+    else:
+        t = Table(show_edge=False)
+        for col in ("node", "site", "version", "up", "heap free", "lowest", "restarts", "link", "backlog", "problem"):
+            t.add_column(col, no_wrap=True)
+        site = {n["node_id"]: n["site"] for n in nodes}
+        for nid in sorted(out):
+            d = out[nid]
+            r = d.get("status") or {}
+            h = r.get("heap", {})
+            u = r.get("uplink") or {}
+            t.add_row(
+                nid,
+                site.get(nid, "-"),
+                str(r.get("version", "-")),
+                f"{r['up_s']} s" if "up_s" in r else "-",
+                f"{h['free'] / 1024:.1f} KB" if h else "-",
+                f"{h['low'] / 1024:.1f} KB" if h else "-",
+                str(r.get("restarts", "-")),
+                ("up" if (u.get("link") or {}).get("up") else "down") if u else "-",
+                str((u.get("outbox") or {}).get("backlog", "-")) if u else "-",
+                d.get("problem", ""),
+            )
+        _table_console().print(t)
+    if bad:
+        raise DeviceError(f"{len(bad)} of {len(out)} node(s) need a look: {', '.join(bad)}", hint="see the table")
+    if not as_json:
+        ui.info(f"{len(out)} node(s) answered, none under {low_kb:g} KB")
