@@ -380,8 +380,10 @@ gc.collect()
 base = gc.mem_alloc()  # (a soft reset before: a fresh heap, no name of the package interned)
 from meternode.config import load_json
 from meternode.node import Node
-n = Node(load_json('/board.json'), load_json('/config.json'))
-load_json = None
+cfg = load_json('/config.json')
+cfg.setdefault('supervisor', {})['heap_check_s'] = 0  # a reading at every report of the run
+n = Node(load_json('/board.json'), cfg)
+load_json = cfg = None
 async def run():
     t = asyncio.create_task(n.run())
     await asyncio.sleep(%(seconds)d)
