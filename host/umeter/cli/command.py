@@ -14,7 +14,7 @@ from ..command import OPS, parse_args, send
 def _human(op: str, node: str, r: dict) -> str:
     if op == "status":
         h = r.get("heap", {})
-        kb = "free {:.1f} KB (lowest at a report {:.1f} KB) of {:.1f} KB".format(
+        kb = "free {:.1f} KB (lowest since boot {:.1f} KB) of {:.1f} KB".format(
             h.get("free", 0) / 1024, h.get("low", 0) / 1024, (h.get("free", 0) + h.get("alloc", 0)) / 1024
         )
         lines = [
