@@ -159,23 +159,44 @@ class Commander:
         self._client = None
 
     def __enter__(self) -> Commander:
-        from .mqttc import connect, make_client
+        from .mqttc import connect, make_client, refusal
 
+        topic = f"{self.prefix}/+/cmd/result"
+        connack = threading.Event()
         subscribed = threading.Event()
+        refused: list[str] = []
+
+        def on_connect(client, userdata, flags, rc, props=None) -> None:
+            if rc.is_failure:
+                refused.append(refusal(rc))
+            else:
+                client.subscribe(topic, 1)
+            connack.set()
+
         c = make_client("umeter-cmd", tls_ca=self._tls_ca, bulk=True)
         if self._auth[0]:
             c.username_pw_set(*self._auth)
+        c.on_connect = on_connect
         c.on_subscribe = lambda *a, **k: subscribed.set()
         c.on_message = self._on_message
         connect(c, self.host, self.port)
         c.loop_start()
         self._client = c
-        topic = f"{self.prefix}/+/cmd/result"
-        c.subscribe(topic, 1)
+        where = f"mqtt://{self.host}:{self.port}"
+        if not connack.wait(10):
+            self.__exit__()
+            raise TransportError(f"no CONNACK from {where} in 10 s", hint="check the broker")
+        if refused:
+            self.__exit__()
+            raise TransportError(
+                f"the broker at {where} refused the connection: {refused[0]}",
+                hint="give --user NAME of a host user made by `umeter broker-config --host-user NAME` "
+                "(its password comes from the keystore or $UMETER_MQTT_PASSWORD)",
+            )
         if not subscribed.wait(10):
             self.__exit__()
             raise TransportError(
-                f"the broker at {self.host}:{self.port} did not confirm the subscription to {topic} in 10 s",
+                f"the broker at {where} did not confirm the subscription to {topic} in 10 s",
                 hint="check the broker's ACL for this user (`umeter broker-config --host-user`)",
             )
         return self

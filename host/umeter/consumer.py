@@ -49,7 +49,7 @@ from typing import Any
 
 from . import validate
 from .errors import TransportError
-from .mqttc import connect, make_client
+from .mqttc import connect, make_client, refusal
 from .store import (
     Outcome,
     StoreRefused,
@@ -80,16 +80,6 @@ class _Inbound:
     payload: bytes
     item: Any = None  # its validate.classify result, computed once
     classified: bool = False
-
-
-def _refusal(rc: Any) -> str:
-    """CONNACK reason -> words (MQTT 3.1.1 codes 4 and 5 are what Mosquitto's ACL gives)."""
-    v = getattr(rc, "value", rc)
-    if v in (5, 135):
-        return "not authorised"
-    if v in (4, 134):
-        return "bad user name or password"
-    return str(rc).lower()
 
 
 class Consumer:
@@ -459,7 +449,7 @@ class Consumer:
     def _on_connect(self, client, userdata, flags, rc, props=None) -> None:
         try:
             if rc.is_failure:
-                self._refused = _refusal(rc)
+                self._refused = refusal(rc)
                 self.connected.clear()
                 self._connack.set()
                 return

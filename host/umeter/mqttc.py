@@ -53,3 +53,13 @@ def connect(client, host: str, port: int, *, keepalive: int = 30, hint: str = "i
         raise TransportError(
             f"cannot reach the broker at mqtt://{host}:{port} ({e.strerror or e})", hint=hint
         ) from None
+
+
+def refusal(rc) -> str:
+    """CONNACK reason -> words (MQTT 3.1.1 codes 4 and 5 are what Mosquitto's ACL gives)."""
+    v = getattr(rc, "value", rc)
+    if v in (5, 135):
+        return "not authorised"
+    if v in (4, 134):
+        return "bad user name or password"
+    return str(rc).lower()

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(mosquitto_path() is None, reason="needs Mosquitt
 NODE = "cli1"
 
 
-def _start_node(root: Path, port: int, key: str) -> subprocess.Popen:
+def _start_node(root: Path, port: int, key: str, mqtt: dict | None = None) -> subprocess.Popen:
     root.mkdir()
     shutil.copy(unixport.boards_dir() / "sim.json", root / "board.json")
     shutil.copy(unixport.firmware_root() / "main.py", root / "main.py")
@@ -34,7 +34,7 @@ def _start_node(root: Path, port: int, key: str) -> subprocess.Popen:
         "node_id": NODE,
         "telemetry_s": 0.5,
         "cmd_key": key,
-        "mqtt": {"host": "127.0.0.1", "port": port, "keepalive": 10},
+        "mqtt": mqtt or {"host": "127.0.0.1", "port": port, "keepalive": 10},
         "sim": {"realtime": True, "currents": [{"rms": 5.0}]},
     }
     (root / "config.json").write_text(json.dumps(cfg))
@@ -46,9 +46,11 @@ def _start_node(root: Path, port: int, key: str) -> subprocess.Popen:
     )
 
 
-def _online(host: str, port: int, timeout: float = 30) -> bool:
+def _online(host: str, port: int, timeout: float = 30, auth: tuple[str, str] | None = None) -> bool:
     seen = threading.Event()
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    if auth:
+        c.username_pw_set(*auth)
     c.on_message = lambda cl, u, m: seen.set() if m.payload == b"online" else None
     c.connect(host, port)
     c.subscribe(f"umeter/{NODE}/state", 1)
@@ -190,3 +192,34 @@ def test_umeter_sim_commands_gives_its_nodes_keys_that_umeter_command_uses(tmp_p
     finally:
         sim.terminate()
         sim.wait(60)
+
+
+def test_umeter_command_through_broker_config_credentials_and_acl(tmp_path):
+    # The production path: Mosquitto with `umeter broker-config`'s password file and ACL, the
+    # node logging in as itself, the operator as a host user whose password is in the keystore.
+    from umeter.broker import Mosquitto
+    from umeter.fleet import BrokerUser, write_broker_config
+
+    home = tmp_path / "home"
+    ks = Keystore(home / "keystore.json")
+    files = write_broker_config([BrokerUser(NODE), BrokerUser("ops", host=True)], tmp_path / "broker", keystore=ks)
+    secrets = ks.get(NODE)
+    user = "user root\n" if os.geteuid() == 0 else ""  # root Mosquitto drops privileges: 0600 files
+    conf = f"{user}use_username_as_clientid true\npassword_file {files['passwd']}\nacl_file {files['acl']}\n"
+    with Mosquitto(extra_conf=conf, allow_anonymous=False) as broker:
+        m = {"host": "127.0.0.1", "port": broker.port, "keepalive": 10}
+        m.update(user=NODE, password=secrets["mqtt_password"])
+        node = _start_node(tmp_path / "node", broker.port, secrets["cmd_key"], mqtt=m)
+        b = f"--broker={broker.host}:{broker.port}"
+        try:
+            ops = ("ops", ks.get("host:ops")["mqtt_password"])
+            assert _online(broker.host, broker.port, auth=ops), "node online"
+            r = _umeter(home, "command", NODE, "status", b, "--user", "ops", "--json")
+            assert r.returncode == 0, r.stderr
+            assert json.loads(r.stdout)["uplink"]["link"]["up"] is True
+            r = _umeter(home, "command", NODE, "status", b)  # anonymous: refused, and says so
+            assert r.returncode == 1
+            assert "refused the connection: not authorised" in r.stderr and "--host-user" in r.stderr, r.stderr
+        finally:
+            node.terminate()
+            node.wait(10)
