@@ -47,10 +47,14 @@ class CommandFailed(UmeterError):
         super().__init__(f"node {node} {status} the command: {answer.get('why', '?')}", hint=hint)
 
 
-def parse_args(op: str, words: list[str] | tuple[str, ...]) -> dict:
-    """The command line's words after the op -> the op's args (ConfigError naming what is wrong)."""
+def _known(op: str) -> None:
     if op not in OPS:
         raise ConfigError(f"unknown command {op!r}", hint="one of: " + ", ".join(OPS))
+
+
+def parse_args(op: str, words: list[str] | tuple[str, ...]) -> dict:
+    """The command line's words after the op -> the op's args (ConfigError naming what is wrong)."""
+    _known(op)
     names = OPS[op]
     if len(words) != len(names):
         want = " ".join(n.upper() for n in names) or "no arguments"
@@ -231,8 +235,7 @@ class Commander:
         command's id, which its answer carries."""
         from meternode.link.actions import make_command
 
-        if op not in OPS:
-            raise ConfigError(f"unknown command {op!r}", hint="one of: " + ", ".join(OPS))
+        _known(op)
         k = key if key is not None else node_key(node, keystore=self.keystore)
         ctr = counter if counter is not None else self.keystore.next_counter(node)
         mid = uuid.uuid4().hex[:12]
@@ -272,8 +275,7 @@ def send(
     CommandFailed when the node refused it or its action failed; TransportError when no answer
     came within `timeout` seconds (a node offline: the command stays queued at the broker for a
     persistent session and expires after `expires_s`)."""
-    if op not in OPS:
-        raise ConfigError(f"unknown command {op!r}", hint="one of: " + ", ".join(OPS))
+    _known(op)
     with Commander(broker, prefix=prefix, keystore=keystore, user=user, password=password, tls_ca=tls_ca) as c:
         mid = c.send(node, op, args, key=key, counter=counter, expires_s=expires_s)
         answer = c.wait([mid], timeout).get(mid)
