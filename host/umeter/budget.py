@@ -4,7 +4,8 @@ A node is given the heap it holds once running plus MARGIN_KB: the budget every 
 is held to (it runs a simulated day in that heap without a MemoryError, fragmentation
 included). HELD_KB is what each configuration held after its run, booted by main.py on the sim
 board, by the port's word size (8: the 64-bit unix port; 4: 32-bit boards and the board-like
-32-bit build) and by how the package is loaded (.mpy files, or run in place from ROMFS).
+32-bit build) and by how the package is loaded (.mpy files, run in place from ROMFS, or frozen
+into the firmware).
 Re-measure after a change that moves these figures and update the table: tests/host/
 test_memory_budget.py holds a running node to it.
 """
@@ -19,12 +20,17 @@ HELD_KB: dict[int, dict[str, dict[str, int]]] = {
     8: {
         "mpy": {"plain": 103, "+store": 123, "+cmd_key": 127, "+policy": 141, "+fleet": 158},
         "romfs": {"plain": 72, "+store": 85, "+cmd_key": 87, "+policy": 96, "+fleet": 106},
+        "frozen": {"plain": 52, "+store": 63, "+cmd_key": 65, "+policy": 73, "+fleet": 79},
     },
     4: {
         "mpy": {"plain": 73, "+store": 87, "+cmd_key": 89, "+policy": 100, "+fleet": 113},
         "romfs": {"plain": 43, "+store": 51, "+cmd_key": 53, "+policy": 58, "+fleet": 63},
+        "frozen": {"plain": 30, "+store": 36, "+cmd_key": 38, "+policy": 41, "+fleet": 44},
     },
 }
+# "frozen": `benchmarks/memory.py --frozen` on local builds of the unix port with the package
+# frozen in (docs/memory.md, "Frozen, measured"; 2026-12-07, session 19). CI has no such port:
+# tests/host/test_memory_budget.py holds a node to these where the interpreter has one.
 CONFIGS = ("plain", "+store", "+cmd_key", "+policy", "+fleet")
 
 
@@ -94,7 +100,7 @@ def need_parts(config_kind: str, *, arch: str | None, load: str = "mpy", board: 
     the machine code its port keeps in the gc heap, what its HAL holds beyond the sim board's."""
     words = words_for(arch)
     parts = _node_parts(config_kind, words, load)
-    if NATIVE_KB.get(arch or ""):
+    if NATIVE_KB.get(arch or "") and load != "frozen":  # frozen machine code stays in flash
         parts.append(("machine code", NATIVE_KB[arch or ""]))
     if HAL_KB[words].get(board or ""):
         parts.append((f"{board} HAL", HAL_KB[words][board or ""]))

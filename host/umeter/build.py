@@ -379,6 +379,9 @@ def write_freeze_manifest(outdir: Path, sources: dict[str, bytes], board: dict, 
     compiled from: with the package's cross-module constants folded (constfold.py), every edit
     on its line, so the frozen package's globals and tracebacks match the .mpy build's."""
     frozen = outdir / "frozen"
+    init = "meternode/__init__.py"
+    if init in sources:  # `umeter provision` reads it off the board to tell which build is frozen in
+        sources = {**sources, init: stamp_version(sources[init], version)}
     for rel, text in sorted(sources.items()):
         dst = frozen / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -393,8 +396,10 @@ def write_freeze_manifest(outdir: Path, sources: dict[str, bytes], board: dict, 
         lines += [
             "# Build (from a MicroPython checkout, v1.25 or later):",
             f"#   make -C ports/{port} BOARD={stock} FROZEN_MANIFEST={(outdir / FREEZE_MANIFEST).resolve()}",
-            "# then flash it and run `umeter provision` as usual: '.frozen' comes before /lib on",
-            "# sys.path, so the frozen package is the one imported (an OTA slot still goes first).",
+            "# then flash it and run `umeter provision` with this build (the same commit, or --build",
+            "# of this directory): it finds the package in the firmware ('.frozen' comes first on",
+            "# sys.path) and writes the configuration only; a build of another version it refuses,",
+            "# as files in /lib would never run (an OTA slot still goes before the frozen package).",
             f'include("{base}")',
         ]
     else:
@@ -407,6 +412,17 @@ def write_freeze_manifest(outdir: Path, sources: dict[str, bytes], board: dict, 
     path = outdir / FREEZE_MANIFEST
     path.write_text("\n".join(lines))
     return path
+
+
+def stamp_version(init: bytes, version: str) -> bytes:
+    """The package's `__init__.py` with VERSION set to the build's version (its commit
+    included), on the same line, so the firmware it is frozen into says which build it holds."""
+    lines = init.split(b"\n")
+    for i, line in enumerate(lines):
+        if line.startswith(b"VERSION = "):
+            lines[i] = b"VERSION = " + json.dumps(version).encode()
+            return b"\n".join(lines)
+    raise BuildError("meternode/__init__.py has no VERSION line", hint="the firmware package defines VERSION")
 
 
 def read_manifest(outdir: str | os.PathLike[str]) -> dict:

@@ -17,7 +17,9 @@ Per device:
     romfs.img, the package goes there instead of lib/ (its code then runs from flash, see
     docs/memory.md): the image is written after the marker, header last, hash-checked, skipped
     when the partition already holds it, and /lib/meternode is removed (it would come first on
-    sys.path); a board without one gets the files;
+    sys.path); a board without one gets the files; a board whose firmware has the package
+    frozen in (`umeter build --manifest`) gets no package at all, and a build of another
+    version than the frozen one is refused (files would never run: '.frozen' comes first);
  6. record the result in the fleet database; optionally reset the board so the node starts.
 """
 
@@ -59,6 +61,7 @@ class Report:
     verified: bool = False
     error: str = ""
     romfs: str = ""  # what happened with the board's ROMFS partition ("" = it has none)
+    frozen: str = ""  # the version of the package frozen into the board's firmware ("" = none)
     heap: str = ""  # the board's free heap against what the node's configuration needs
     heap_short: bool = False  # less than that: the node will run short of memory
 
@@ -66,6 +69,8 @@ class Report:
         if self.status != "ok":
             return f"{self.node}: FAILED — {self.error}"
         rom = f" ROMFS: {self.romfs}." if self.romfs else ""
+        if self.frozen:
+            rom += f" Package: umeter {self.frozen}, frozen into the firmware (no package files written)."
         heap = f" {'WARNING: heap' if self.heap_short else 'Heap'}: {self.heap}." if self.heap else ""
         return (
             f"Wrote {self.written} files ({self.bytes / 1024:.1f} KiB) to {self.node}, skipped {self.skipped} "
@@ -192,20 +197,39 @@ def _provision_open(b: Board, dev: Device, info: dict, man: dict, board_def: dic
             f"{port} holds board {info['uid']}, but the inventory binds {dev.name} to {dev.uid}",
             hint="wrong board on this port? fix uid= or the port in the inventory",
         )
+    frozen = b.frozen_package()
+    if frozen is not None and frozen != man["version"]:
+        raise DeviceError(
+            f"{port}'s firmware has umeter {frozen} frozen in, which the board imports before any file: "
+            f"build {man['version']} would be written and never run",
+            hint="provision a build of the frozen version (umeter build at its commit, then --build), "
+            "or flash firmware with this build frozen in (umeter build --manifest) or without the package",
+        )
     fleet.bind(info["uid"], dev.name, dev.board, dev.site, port, dev.serial)
     secrets = keystore.secrets_for(dev.name)
     cfg = node_config(dev, board_def, secrets)
     cfg_bytes = dumps_config(cfg)
     files = image_files(build_dir)
     files["/config.json"] = cfg_bytes
-    image = _romfs_plan(b, man, build_dir, rep)
-    _heap_check(b, man["arch"], dev.board, cfg, "romfs" if image is not None else "mpy", rep)
+    if frozen is not None:
+        # the package is in the firmware ('.frozen' comes before /rom/lib and /lib): the board
+        # gets its configuration and entry points, and package files an earlier provisioning
+        # left go (they would never run)
+        files = {p: d for p, d in files.items() if not p.startswith("/lib/")}
+        image, load = None, "frozen"
+        rep.frozen = frozen
+    else:
+        image = _romfs_plan(b, man, build_dir, rep)
+        load = "romfs" if image is not None else "mpy"
+    _heap_check(b, man["arch"], dev.board, cfg, load, rep)
     if image is not None:  # the package runs from the ROMFS partition: no lib/ files
         files = {p: d for p, d in files.items() if not p.startswith("/lib/")}
     entries = {p[1:]: {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d)} for p, d in files.items()}
     device_man = dict(man, node_id=dev.name, files=entries)
     if image is None:
         device_man.pop("romfs", None)
+    if frozen is not None:
+        device_man["frozen"] = True
     man_bytes = (json.dumps(device_man, indent=1, sort_keys=True) + "\n").encode()
     paths = sorted(files)
     have = b.hashes([*paths, "/manifest.json", MARKER])
@@ -243,9 +267,10 @@ def _provision_open(b: Board, dev: Device, info: dict, man: dict, board_def: dic
             if (p.startswith("/lib/meternode/") and p not in want) or p.endswith(".tmp"):
                 b.remove(p)
                 rep.removed += 1
-        if image is not None:
+        if image is not None or frozen is not None:
             # an empty /lib/meternode left behind would still be imported (a namespace package
-            # before /rom/lib on sys.path), shadowing the image
+            # before /rom/lib on sys.path), shadowing the image; under a frozen package it is
+            # only flash spent
             b.remove_dirs("/lib/meternode")
         step(dev.name, "verify", total, total)
         got = b.hashes(paths)
@@ -266,6 +291,9 @@ def _provision_open(b: Board, dev: Device, info: dict, man: dict, board_def: dic
     )
 
 
+_LOADED_FROM = {"mpy": ".mpy files", "romfs": "ROMFS", "frozen": "frozen firmware"}
+
+
 def _heap_check(b: Board, arch: str, board: str, cfg: dict, load: str, rep: Report) -> None:
     """The board's free heap against the budget of the node's configuration (umeter.budget,
     docs/memory.md: what it holds once running + 32 KB, + the machine code an rp2 keeps in its
@@ -277,7 +305,7 @@ def _heap_check(b: Board, arch: str, board: str, cfg: dict, load: str, rep: Repo
     need = sum(kb for _, kb in parts) * 1024
     gc_free, idf = b.heap()
     have = gc_free + idf
-    what = f"{_a(kind.lstrip('+') or kind)} node from {'ROMFS' if load == 'romfs' else '.mpy files'}"
+    what = f"{_a(kind.lstrip('+') or kind)} node from {_LOADED_FROM[load]}"
     shown = " + ".join(f"{kb} {name}" for name, kb in parts)
     free = f"{gc_free // 1024} KiB free" + (f" + {idf // 1024} KiB of IDF heap it can grow into" if idf else "")
     rep.heap = f"{free}; {what} needs {need // 1024} KiB ({shown})"

@@ -128,6 +128,24 @@ def _captured(buf: io.StringIO):
                 _proxy = None
 
 
+# Imports meternode from the firmware's frozen modules only (a package already imported from
+# files is forgotten first, and again after), and reads its VERSION.
+_FROZEN_PROBE = """import sys
+for _um_k in [k for k in sys.modules if k == 'meternode' or k.startswith('meternode.')]:
+    del sys.modules[_um_k]
+_um_p = sys.path[:]
+sys.path[:] = ['.frozen']
+try:
+    import meternode as _um_m
+    _um_fv = getattr(_um_m, 'VERSION', '?')
+except ImportError:
+    _um_fv = None
+sys.path[:] = _um_p
+for _um_k in [k for k in sys.modules if k == 'meternode' or k.startswith('meternode.')]:
+    del sys.modules[_um_k]
+_um_m = _um_p = None
+"""
+
 # ROMFS partition 0 (MicroPython's vfs.rom_ioctl, docs/memory.md): rom_ioctl(2, 0) gives a
 # block device (esp32.Partition, rp2.Flash: ioctl 4/5/6, writeblocks with an offset, and the
 # buffer protocol) or a memoryview (rom_ioctl 3/4/5 prepare, write, finish).
@@ -448,6 +466,14 @@ class Board:
             raise DeviceError(
                 f"{self.port}: {path} arrived corrupted (sha256 {got} != {want})", hint="run again; check the cable"
             )
+
+    def frozen_package(self) -> str | None:
+        """The VERSION of a meternode package frozen into the board's firmware, or None when
+        there is none. '.frozen' comes before /rom/lib and /lib on a board's sys.path, so such a
+        package is the one the node runs, whatever files the board holds."""
+        self.exec(_FROZEN_PROBE)
+        v = self.eval("_um_fv")
+        return None if v is None else str(v)
 
     # ------------------------------------------------------------------ ROMFS
     def romfs_partition(self) -> dict | None:

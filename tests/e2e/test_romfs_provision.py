@@ -90,6 +90,7 @@ def test_provision_puts_the_package_in_the_romfs_partition_and_the_node_runs_fro
         inv = inventory(tmp_path / "fleet.toml", vb)
         rep = provision(inv, build_dirs={"sim": image}, reset=False)[0]
         assert rep.status == "ok", rep.error
+        assert rep.frozen == ""  # the board's firmware has no package of its own (the probe ran)
         assert rep.romfs == f"image written ({(image / 'romfs.img').stat().st_size / 1024:.1f} KiB), verified"
         on_flash = sorted(p.relative_to(vb.flash).as_posix() for p in vb.flash.rglob("*") if p.is_file())
         assert on_flash == ["board.json", "boot.py", "config.json", "main.py", "manifest.json"]

@@ -70,3 +70,7 @@ def test_a_boards_hal_holds_what_the_budget_adds_for_it(tmp_path):
     fleet = dict(budget.need_parts("+fleet", arch="armv6m", load="romfs", board="pico_w"))
     assert fleet == {"held": budget.HELD_KB[4]["romfs"]["+fleet"], "margin": 32, "bundle": budget.BUNDLE_KB[4],
                      "machine code": 6, "pico_w HAL": budget.HAL_KB[4]["pico_w"]}  # fmt: skip
+    # frozen into the firmware, the machine code stays in flash with the rest of the package
+    frozen = dict(budget.need_parts("+fleet", arch="armv6m", load="frozen", board="pico_w"))
+    assert frozen == {"held": budget.HELD_KB[4]["frozen"]["+fleet"], "margin": 32, "bundle": budget.BUNDLE_KB[4],
+                      "pico_w HAL": budget.HAL_KB[4]["pico_w"]}  # fmt: skip

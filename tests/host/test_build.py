@@ -167,10 +167,19 @@ def test_freeze_manifest_freezes_the_texts_the_mpy_files_were_compiled_from(tmp_
     src = Path(unixport.firmware_root())
     changed = [r for r in rels if (frozen / r).read_bytes() != (src / r).read_bytes()]
     assert "meternode/node.py" in changed, "node.py reads records.EV_* constants the build folds"
+    # the package's VERSION is the build's, commit included: `umeter provision` reads it off a
+    # board to tell which build its firmware holds; the line stays where it was
+    init = (frozen / "meternode/__init__.py").read_text().splitlines()
+    plain = (src / "meternode/__init__.py").read_text().splitlines()
+    at = [i for i, ln in enumerate(plain) if ln.startswith("VERSION = ")]
+    assert "+" in res.version and [init[i] for i in at] == [f'VERSION = "{res.version}"'], res.version
+    (tmp_path / "unstamped").mkdir()
+    (tmp_path / "unstamped" / "__init__.py").write_text("\n".join([*init[: at[0]], plain[at[0]], *init[at[0] + 1 :]]))
     with_msgs = 0
     for rel in rels:
         out = tmp_path / "again" / rel
-        compile_one(frozen / rel, rel, out.with_suffix(".mpy"), res.arch)
+        compile_one(tmp_path / "unstamped" / "__init__.py" if rel == "meternode/__init__.py" else frozen / rel, rel,
+                    out.with_suffix(".mpy"), res.arch)  # fmt: skip
         built = res.out / "lib" / Path(rel).with_suffix(".mpy")
         text = (frozen / rel).read_text()
         assert f"{NAME}(" not in text, f"frozen/{rel} reads msgs.txt"

@@ -39,7 +39,11 @@ def setup(tmp_path_factory):
 
 def _run(setup, load: str, kind: str, heap: int | str, settle: int = 3, run_s: int = 12) -> dict:
     bm, work, res, broker = setup
-    path, image = (str(res.out / "lib") + ":.frozen", "-") if load == "mpy" else (".frozen", str(res.out / "romfs.img"))
+    path, image = {
+        "mpy": (str(res.out / "lib") + ":.frozen", "-"),
+        "romfs": (".frozen", str(res.out / "romfs.img")),
+        "frozen": (".frozen", "-"),  # the interpreter's own package (a local build of the port)
+    }[load]
     tag = f"{load}{kind}-{heap}"
     cfg = bm.node_config(f"budget-{tag.replace('+', '')}", kind, broker.host, broker.port, {})  # one MQTT id each
     if isinstance(heap, int) and image != "-":
@@ -47,8 +51,11 @@ def _run(setup, load: str, kind: str, heap: int | str, settle: int = 3, run_s: i
     return bm.run_node(work, tag, cfg, res.out / "main.py", path, image, heap, settle, run_s)
 
 
-@pytest.mark.parametrize("load,kind", [("mpy", "+cmd_key"), ("romfs", "+store")])
+@pytest.mark.parametrize("load,kind", [("mpy", "+cmd_key"), ("romfs", "+store"), ("frozen", "+cmd_key")])
 def test_a_node_holds_its_budget_and_runs_in_it(setup, load, kind):
+    frozen = setup[0].frozen_package() is not None  # '.frozen' comes first on a board-like path
+    if (load == "frozen") != frozen:
+        pytest.skip(f"{load} on an interpreter {'with' if frozen else 'without'} a frozen meternode (docs/memory.md)")
     words = unixport.word_bytes()
     table = budget.held_kb(kind, words=words, load=load)
     heap = budget.heap_for(kind, words=words, load=load)
