@@ -71,6 +71,10 @@ def test_a_board_with_the_package_frozen_in_gets_its_configuration_only(tmp_path
     assert not any(f.startswith("lib/") for f in man["files"])
     again = provision(inv, build_dirs={"sim": res.out}, reset=False)[0]
     assert (again.status, again.written, again.frozen) == ("ok", 0, version)
+    cli = subprocess.run([str(Path(sys.executable).parent / "umeter"), "provision", str(inv), "--build", str(res.out),
+                          "--no-reset"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert f"n0: package frozen into the firmware (umeter {version}); configuration written" in cli.stderr, cli.stderr
     # reset: main.py runs the frozen node with the configuration it was given
     rep = provision(inv, build_dirs={"sim": res.out}, reset=True)[0]
     assert rep.status == "ok", rep.error

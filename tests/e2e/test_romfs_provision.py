@@ -101,6 +101,10 @@ def test_provision_puts_the_package_in_the_romfs_partition_and_the_node_runs_fro
         assert romfs.read_image(part) == romfs.read_image((image / "romfs.img").read_bytes())
         again = provision(inv, build_dirs={"sim": image}, reset=False)[0]
         assert (again.status, again.written, again.romfs) == ("ok", 0, "image unchanged")
+        # the command line says where the package went (the table counts files only)
+        cli = subprocess.run([str(Path(sys.executable).parent / "umeter"), "provision", str(inv), "--build", str(image),
+                              "--no-reset"], capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert cli.returncode == 0 and "n0: ROMFS: image unchanged" in cli.stderr, cli.stdout + cli.stderr
         # reset: main.py runs the node, its modules come from /rom
         rep = provision(inv, build_dirs={"sim": image}, reset=True)[0]
         assert rep.status == "ok", rep.error

@@ -75,6 +75,10 @@ def command(
                 click.echo(f"{r.node}: {r.error}", err=True)
             elif r.heap_short:  # provisioned, but its configuration will not fit the board's heap
                 click.echo(f"{r.node}: WARNING: heap: {r.heap}", err=True)
+            if r.status == "ok" and r.frozen:  # where the package is: not in the files counted above
+                ui.info(f"{r.node}: package frozen into the firmware (umeter {r.frozen}); configuration written")
+            elif r.status == "ok" and r.romfs:
+                ui.info(f"{r.node}: ROMFS: {r.romfs}")
         ok = sum(r.status == "ok" for r in reports)
         written = sum(r.written for r in reports if r.status == "ok")
         verified = "all written files verified" if ok else "nothing verified"
