@@ -45,6 +45,14 @@ def kind(config: dict) -> str:
     return "+cmd_key" if config.get("cmd_key") else "+store"
 
 
+def installed_load(device_manifest: dict) -> str:
+    """How a provisioned board holds the package, read from the manifest.json `umeter provision`
+    wrote there: frozen into its firmware, a ROMFS image, or .mpy files (a HELD_KB load)."""
+    if device_manifest.get("frozen"):
+        return "frozen"
+    return "romfs" if device_manifest.get("romfs") else "mpy"
+
+
 def held_kb(config_kind: str, *, words: int, load: str = "mpy") -> int:
     try:
         return HELD_KB[words][load][config_kind]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from umeter import budget
 from umeter.build import build
 from umeter.provision import provision
 from umeter.transport import Board
@@ -68,6 +69,7 @@ def test_a_board_with_the_package_frozen_in_gets_its_configuration_only(tmp_path
     assert not (vb.flash / "lib" / "meternode").exists()
     man = json.loads((vb.flash / "manifest.json").read_text())
     assert man["frozen"] is True and man["version"] == version and "romfs" not in man
+    assert budget.installed_load(man) == "frozen"
     assert not any(f.startswith("lib/") for f in man["files"])
     again = provision(inv, build_dirs={"sim": res.out}, reset=False)[0]
     assert (again.status, again.written, again.frozen) == ("ok", 0, version)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from umeter import romfs
+from umeter import budget, romfs
 from umeter.build import build
 from umeter.provision import provision
 from umeter_hil.vboard import VirtualBoard
@@ -97,6 +97,7 @@ def test_provision_puts_the_package_in_the_romfs_partition_and_the_node_runs_fro
         assert not (vb.flash / "lib" / "meternode").exists()  # not even an empty directory
         man = json.loads((vb.flash / "manifest.json").read_text())
         assert man["romfs"]["sha256"] == romfs.digest((image / "romfs.img").read_bytes())
+        assert budget.installed_load(man) == "romfs"  # what the on-board budget check reads
         part = (vb.state / "romfs.bin").read_bytes()
         assert romfs.read_image(part) == romfs.read_image((image / "romfs.img").read_bytes())
         again = provision(inv, build_dirs={"sim": image}, reset=False)[0]
@@ -123,7 +124,8 @@ def test_provision_falls_back_to_files_when_the_partition_is_too_small(tmp_path,
         assert rep.status == "ok", rep.error
         assert rep.romfs.startswith("partition too small (64 KiB for a ")
         assert (vb.flash / "lib" / "meternode" / "node.mpy").exists()
-        assert "romfs" not in json.loads((vb.flash / "manifest.json").read_text())
+        man = json.loads((vb.flash / "manifest.json").read_text())
+        assert "romfs" not in man and budget.installed_load(man) == "mpy"
 
 
 def test_a_power_cut_mid_image_leaves_no_mountable_half_image_and_the_next_run_completes(tmp_path, home, image):

@@ -402,14 +402,16 @@ def test_the_provisioned_node_runs_within_its_budget_on_the_board(provisioned, h
 
     with Board(hil_target.port, timeout=30) as b:
         config = json.loads(b.exec("print(open('/config.json').read())").decode())
+        load = budget.installed_load(json.loads(b.exec("print(open('/manifest.json').read())").decode()))
     k = budget.kind(config)
-    need = budget.board_need(k, arch=provisioned["arch"], board=hil_target.board_type)
+    need = budget.board_need(k, arch=provisioned["arch"], load=load, board=hil_target.board_type)
     r = run_on_board(hil_target.port, HELD % {"seconds": 60}, timeout=120, soft_reset=True)
     held = r["total"] - r["low"] - r["base"]  # the most it held at a report, transients included
-    print(f"{hil_target.board_type} {k}: held {held / 1024:.1f} KB at most, lowest free {r['low'] / 1024:.1f} KB,"
-          f" budget's need {need / 1024:.0f} KB of a {r['total'] / 1024:.0f}-KB heap")  # fmt: skip
+    print(f"{hil_target.board_type} {k} ({load}): held {held / 1024:.1f} KB at most, lowest free"
+          f" {r['low'] / 1024:.1f} KB, budget's need {need / 1024:.0f} KB"
+          f" of a {r['total'] / 1024:.0f}-KB heap")  # fmt: skip
     assert r["seq"] >= 3, f"the node reported {r['seq']} times in 60 s: {r}"
-    assert held <= need, f"the node held {held} B, over the budget's {need} B for {k} on this board: {r}"
+    assert held <= need, f"the node held {held} B, over the budget's {need} B for {k} from {load} on this board: {r}"
     assert r["low"] >= 8 * 1024, f"under 8 KB free at a report: {r}"
 
 
