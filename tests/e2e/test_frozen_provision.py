@@ -5,9 +5,9 @@ board its configuration and entry points only, takes away package files an earli
 left, and refuses a build of another version, whose files would never run.
 
 A virtual board runs the interpreter the tests run (UMETER_MICROPYTHON): these tests need one
-built with the package frozen in (docs/memory.md, "Frozen, measured"), which CI has not; on
-any other interpreter, every provisioning test checks that the board reports no frozen
-package (`Report.frozen`)."""
+built with the package frozen in (docs/memory.md, "Frozen, measured"), which CI has not. On
+any other interpreter the probe still runs in every provisioning test, and the ROMFS one
+checks that it finds no package (`Report.frozen`)."""
 
 from __future__ import annotations
 
