@@ -211,18 +211,15 @@ def _provision_open(b: Board, dev: Device, info: dict, man: dict, board_def: dic
     cfg_bytes = dumps_config(cfg)
     files = image_files(build_dir)
     files["/config.json"] = cfg_bytes
-    if frozen is not None:
-        # the package is in the firmware ('.frozen' comes before /rom/lib and /lib): the board
-        # gets its configuration and entry points, and package files an earlier provisioning
-        # left go (they would never run)
-        files = {p: d for p, d in files.items() if not p.startswith("/lib/")}
+    if frozen is not None:  # the package is in the firmware ('.frozen' comes before /rom/lib and /lib)
         image, load = None, "frozen"
         rep.frozen = frozen
     else:
         image = _romfs_plan(b, man, build_dir, rep)
         load = "romfs" if image is not None else "mpy"
     _heap_check(b, man["arch"], dev.board, cfg, load, rep)
-    if image is not None:  # the package runs from the ROMFS partition: no lib/ files
+    if load != "mpy":  # the package runs from the ROMFS partition or the firmware: no lib/ files
+        # (and those an earlier provisioning left go below: they would never run)
         files = {p: d for p, d in files.items() if not p.startswith("/lib/")}
     entries = {p[1:]: {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d)} for p, d in files.items()}
     device_man = dict(man, node_id=dev.name, files=entries)
@@ -267,7 +264,7 @@ def _provision_open(b: Board, dev: Device, info: dict, man: dict, board_def: dic
             if (p.startswith("/lib/meternode/") and p not in want) or p.endswith(".tmp"):
                 b.remove(p)
                 rep.removed += 1
-        if image is not None or frozen is not None:
+        if load != "mpy":
             # an empty /lib/meternode left behind would still be imported (a namespace package
             # before /rom/lib on sys.path), shadowing the image; under a frozen package it is
             # only flash spent
