@@ -196,10 +196,130 @@ def test_profile_recorder_closes_intervals_on_the_clock_and_freezes_days_and_mon
     )
     first = got[0][2]
     eq((first["v_avg_dv"], first["v_min_dv"], first["v_max_dv"]), (2310, 2300, 2320), "V avg/min/max over 3 snaps")
-    eq(first["e_imp_mwh"], 102000, "register at the end of the interval")
+    eq(first["e_imp_mwh"], 103000, "register at the end of the interval: the snapshot taken on it")
     eq(first["period_s"], 900, "period")
     eq(got[2][2]["e_imp_mwh"], 106000, "daily freeze holds the register")
     raises(ValueError, ProfileRecorder, log, 7)
+
+
+def _esnap(imp_mwh, exp_mwh=0, i=5.0):
+    e = {"name": "I1", "i": i, "p": 230.0 * i, "e_imp_mwh": imp_mwh, "e_exp_mwh": exp_mwh}
+    return {"v": 230.0, "elements": [e]}
+
+
+def _profile_records(log):
+    r = log.reader()
+    r.seek(1)
+    out = []
+    while r.next():
+        d = r.record()
+        out.append((records.kind_name(r.kind), r.ts, d.get("e_imp_mwh"), d.get("e_exp_mwh"), d.get("period_s")))
+    return out
+
+
+def test_profile_and_freezes_hold_the_registers_at_their_boundary_not_at_the_nearest_snapshot():
+    # Snapshots every 300 s, 100 s off the quarter hours (the reporting task keeps its own
+    # pace), a steady 3.6 kW: the import register grows 1000 mWh a second, so its value at any
+    # boundary is known exactly. The record ending at midnight and that midnight's daily and
+    # monthly freezes are one reading of the registers: the same values.
+    from meternode.store.profile import ProfileRecorder
+
+    log = RecordLog(scratch_dir() + "/log", 4096, 65536)
+    rec = ProfileRecorder(log, 900)
+    mid = 1706745600  # 2024-02-01 00:00 UTC: a day and a month end
+    t0 = mid - 1800 + 100
+    e0 = (1 << 40) + 12345  # mWh, a register far above 2**30 (a board's small-int range)
+    for k in range(13):
+        t = t0 + 300 * k
+        rec.add(t, _esnap(e0 + 1000 * (t - t0), 7 + k))
+    got = _profile_records(log)
+
+    def at(b):
+        return e0 + 1000 * (b - t0)
+
+    want = [
+        ("profile", mid - 900, at(mid - 900), None, 900),
+        ("profile", mid, at(mid), None, 900),
+        ("daily", mid, at(mid), None, None),
+        ("monthly", mid, at(mid), None, None),
+        ("profile", mid + 900, at(mid + 900), None, 900),
+        ("profile", mid + 1800, at(mid + 1800), None, 900),
+    ]
+    eq([g[:3] + (None,) + g[4:] for g in got], want, "each record holds the register at its own boundary")
+    # export moved by 1 mWh a snapshot: at midnight it is between the two snapshots around it
+    exp = [g[3] for g in got if g[1] == mid]
+    eq(len(set(exp)), 1, "one export value at midnight in all three records: %r" % (exp,))
+    eq(exp[0] in (7 + 5, 7 + 6), True, "export at midnight between its neighbours: %r" % (exp,))
+
+
+def test_a_snapshot_on_the_boundary_is_the_boundarys_reading():
+    from meternode.store.profile import ProfileRecorder
+
+    log = RecordLog(scratch_dir() + "/log", 4096, 65536)
+    rec = ProfileRecorder(log, 900)
+    mid = 1706745600
+    rec.add(mid - 450, _esnap(100))
+    rec.add(mid, _esnap(5000))  # on the boundary itself
+    rec.add(mid + 450, _esnap(9000))
+    eq(_profile_records(log), [("profile", mid, 5000, 0, 900), ("daily", mid, 5000, 0, None),
+                               ("monthly", mid, 5000, 0, None)], "the reading at 00:00:00 itself")  # fmt: skip
+
+
+def test_a_clock_stepped_back_across_midnight_freezes_nothing_twice():
+    # An NTP correction of a few seconds, just after midnight: the node's clock was fast,
+    # passed midnight, froze the day, and is set back to 23:59:57. Nothing is frozen or
+    # closed again when midnight comes round a second time, and no record is dated in the
+    # future of the clock that made it.
+    from meternode.store.profile import ProfileRecorder
+
+    log = RecordLog(scratch_dir() + "/log", 4096, 65536)
+    rec = ProfileRecorder(log, 900)
+    mid = 1706745600
+    for t, e in ((mid - 20, 100), (mid + 2, 200), (mid - 3, 300), (mid + 7, 400), (mid + 300, 500),
+                 (mid + 600, 600), (mid + 901, 700)):  # fmt: skip
+        rec.add(t, _esnap(e))
+        for kind, ts, *_ in _profile_records(log):
+            eq(ts <= max(t, mid + 2), True, "%s record at %d made at %d" % (kind, ts, t))
+    got = [(k, ts) for k, ts, *_ in _profile_records(log)]
+    eq(got, [("profile", mid), ("daily", mid), ("monthly", mid), ("profile", mid + 900)], "each boundary once")
+
+
+def test_a_clock_set_back_by_more_than_a_period_starts_afresh():
+    # The clock was a year ahead and is corrected: the interval in progress cannot end, so
+    # it is dropped (the registers carry its energy on) and the recorder starts again, as
+    # after a boot; the days under the right clock are frozen as they come.
+    from meternode.store.profile import ProfileRecorder
+
+    log = RecordLog(scratch_dir() + "/log", 4096, 65536)
+    rec = ProfileRecorder(log, 900)
+    mid = 1706745600
+    year = 366 * 86400
+    rec.add(mid + year - 100, _esnap(100))
+    rec.add(mid + year + 100, _esnap(200))  # a profile, a daily (2025-02-01: a month end too)
+    rec.add(mid + year + 400, _esnap(300))
+    rec.add(mid - 200, _esnap(400))  # corrected: 2024-01-31 23:56:40
+    rec.add(mid + 100, _esnap(500))
+    got = [(k, ts) for k, ts, *_ in _profile_records(log)]
+    eq(got[:3], [("profile", mid + year), ("daily", mid + year), ("monthly", mid + year)], "under the wrong clock")
+    eq(got[3:], [("profile", mid), ("daily", mid), ("monthly", mid)], "under the right one")
+
+
+def test_a_new_profile_period_applies_from_the_end_of_the_interval_in_progress():
+    # `set profile_s 300` (link/actions.py sets period_s) in the middle of a quarter hour:
+    # that interval keeps its length and end, the next ones are 5 minutes long.
+    from meternode.store.profile import ProfileRecorder
+
+    log = RecordLog(scratch_dir() + "/log", 4096, 65536)
+    rec = ProfileRecorder(log, 900)
+    q = 1706745600 + 3600
+    for k in range(5):  # q-600 .. q+600 every 300 s, a steady 1000 mWh a second
+        if k == 1:
+            rec.period_s = 300
+        t = q - 600 + 300 * k
+        rec.add(t, _esnap(1000 * t))
+    got = [(k, ts, e, per) for k, ts, e, _, per in _profile_records(log)]
+    want = [("profile", q, 1000 * q, 900)] + [("profile", q + x, 1000 * (q + x), 300) for x in (300, 600)]
+    eq(got, want, "900 s, then 300 s")
 
 
 @heap("256k")

@@ -3,6 +3,15 @@
 # midnight and MONTHLY freezes at each first of the month, all appended to the record log.
 # Energies come from the snapshot's exact register integers (e_imp_mwh, e_exp_mwh), never
 # rebuilt from float Wh: a single-precision float is exact only below 16.8 kWh.
+#
+# A record holds the registers AT its boundary: snapshots come every telemetry_s, not on the
+# boundary, so the value there is interpolated (integers) between the last snapshot before
+# and the first at or after it -- exact when one falls on it or the power is steady. So the
+# PROFILE record ending at midnight and that midnight's DAILY and MONTHLY freezes hold the
+# same registers. Boundaries only move forward: a clock stepped back by less than a period
+# (an NTP correction across midnight) stays in the interval and freezes nothing twice; one
+# stepped back further starts afresh, as after a boot. A new period_s (a `set` command)
+# applies from the end of the interval in progress, which keeps its own length.
 import time
 
 from meternode import run
@@ -14,6 +23,15 @@ def _month(ts):
     return t[0] * 12 + t[1] - 1
 
 
+def _at(b, t0, v0, t1, v1):
+    # The register at time b, from (t0, v0) before it and (t1, v1) at or after it.
+    if b >= t1 or t1 <= t0:
+        return v1
+    if b <= t0:
+        return v0
+    return v0 + (v1 - v0) * (b - t0) // (t1 - t0)
+
+
 class ProfileRecorder:
     def __init__(self, log, period_s=900, mains=None, on_record=None):
         # the check and the state: store/storeinit.py profile(), loaded for the call
@@ -21,14 +39,7 @@ class ProfileRecorder:
 
     def add(self, ts, snap):
         # One snapshot (Meter.snapshot()) taken at wall-clock time ts.
-        slot = int(ts) // self.period_s
-        if self._slot is None:
-            self._slot = slot
-            self._day = int(ts) // 86400
-            self._month = _month(ts)
-        elif slot != self._slot:
-            self.close(self._slot * self.period_s + self.period_s)
-            self._slot = slot
+        ts = int(ts)
         i = p = 0.0
         imp = exp = 0
         for e in snap["elements"]:
@@ -41,6 +52,29 @@ class ProfileRecorder:
                 imp += x if x is not None else int(e["e_imp_wh"] * 1000 + 0.5)
                 x = e.get("e_exp_mwh")
                 exp += x if x is not None else int(e["e_exp_wh"] * 1000 + 0.5)
+        end = self._end
+        t0 = self._ts
+        if end is None or ts < t0 - self._per:  # the first, or the clock set back a period or more
+            self.close(None, 0, 0)  # what an interval had is dropped: no end of it is known
+            self._open(ts)
+            self._day = ts // 86400
+            self._month = _month(ts)
+        elif ts >= end:  # the interval's end has passed: its record, the registers at its end
+            i0 = self.e_imp_mwh
+            x0 = self.e_exp_mwh
+            self.close(end, _at(end, t0, i0, ts, imp), _at(end, t0, x0, ts, exp))
+            day = ts // 86400
+            if day > self._day:  # midnight: the registers then, and the meters' last readings
+                m = day * 86400
+                f = records.freeze(_at(m, t0, i0, ts, imp), _at(m, t0, x0, ts, exp), self.water_l, self.gas_l)
+                self._append(records.DAILY, m, f)
+                self._day = day
+                x = _month(ts)
+                if x != self._month:
+                    self._append(records.MONTHLY, m, f)
+                    self._month = x
+            self._open(ts)
+        self._ts = ts
         self.e_imp_mwh = imp
         self.e_exp_mwh = exp
         a = self.acc  # V, I, P: sum, min, max each (storeinit.profile)
@@ -51,26 +85,18 @@ class ProfileRecorder:
             if x > a[k + 2]:
                 a[k + 2] = x
         self.n += 1
-        day = int(ts) // 86400
-        if day != self._day:
-            self._append(
-                records.DAILY, day * 86400, records.freeze(self.e_imp_mwh, self.e_exp_mwh, self.water_l, self.gas_l)
-            )
-            self._day = day
-            m = _month(ts)
-            if m != self._month:
-                self._append(
-                    records.MONTHLY,
-                    day * 86400,
-                    records.freeze(self.e_imp_mwh, self.e_exp_mwh, self.water_l, self.gas_l),
-                )
-                self._month = m
 
-    def close(self, ts_end):
-        # Appends the PROFILE record of the interval ending at ts_end (if it saw anything).
-        if not self.n:
-            return 0
+    def _open(self, ts):
+        # The interval that holds ts, of the period in force now.
+        self._per = n = self.period_s
+        self._end = (ts // n + 1) * n
+
+    def close(self, ts_end, imp, exp):
+        # Appends the PROFILE record of the interval ending at ts_end (if it saw anything),
+        # with the registers imp, exp (mWh) there (ts_end None: drops it); the next starts empty.
         n = self.n
+        if not n:
+            return 0
         # mean, min and max of V (0.1 V), I (mA) and P (0.1 W), rounded and clamped to their fields
         t = []
         a = self.acc
@@ -81,12 +107,13 @@ class ProfileRecorder:
                 x = int(x * scale + (0.5 if x >= 0 else -0.5))
                 out.append(lo if x < lo else hi if x > hi else x)
             t.append(out)
-            a[k] = 0  # the next interval starts empty
+            a[k] = 0
             a[k + 1] = 1e30
             a[k + 2] = -1e30
-        payload = records.profile(self.period_s, self.e_imp_mwh, self.e_exp_mwh, t[0], t[1], t[2])
         self.n = 0
-        return self._append(records.PROFILE, ts_end, payload)
+        if ts_end is None:
+            return 0
+        return self._append(records.PROFILE, ts_end, records.profile(self._per, imp, exp, t[0], t[1], t[2]))
 
     def _append(self, kind, ts, payload):
         seq = self.log.append(kind, ts, payload)

@@ -312,7 +312,9 @@ def profile(self, log, period_s, mains, on_record):
     self.period_s = period_s
     self.mains = mains  # element names counted in the totals (None: all)
     self.on_record = on_record  # callback(seq) after each append (wakes the outbox)
-    self._slot = None
+    self._end = None  # epoch s: the end of the interval in progress (None: no snapshot yet)
+    self._per = period_s  # its period (a new period_s applies from the next interval)
+    self._ts = None  # the last snapshot's time, its registers in e_imp_mwh, e_exp_mwh
     self._day = None
     self._month = None
     self.n = 0  # snapshots in this interval
