@@ -24,10 +24,15 @@ Invariants, printed as the last line (JSON) and checked (exit status 1 if one fa
 simulated_days >= days, energy_error_ppm <= 10 (the registers against the exact integral of
 the samples the ADC delivered; `analytic_bias_ppm` says how far that integral is from the
 continuous scenario's: the 12-bit quantisation of a noise-free sim), freq_error_mhz <= 1 (at
-the end), records_lost = 0, records_duplicated = 0, memory_errors = 0, heap_growth_bytes <=
+the end), records_lost = 0 (every seq reached the database once, and every load-profile
+interval, midnight and first of a month the node was up for has its record),
+records_duplicated = 0, freeze_mismatches = 0 (the profile record ending at a midnight and
+that midnight's daily and monthly freezes hold the same registers), register_regressions = 0
+(no record's registers below an earlier record's), memory_errors = 0, heap_growth_bytes <=
 2048 (the longest boot, first against last day boundary), and that the run exercised what it
 is for: sample-set counters past 2**30, an epoch past 2**31 s, ticks_ms wraps (>= 2 in 30
-days) and ticks_us wraps (>= 100), where the sim clock has them.
+days) and ticks_us wraps (>= 100), where the sim clock has them. `freezes` counts the daily
+and monthly freezes stored.
 
     python benchmarks/endurance.py [--days 30] [--seed 1] [--heap 256k] [--keep DIR] [-v]
 
@@ -455,12 +460,26 @@ class Soak:
         missing = [s for s in range(1, last_seq + 1) if s not in seqs]
         dup = 0
         seen: dict[tuple[str, int], int] = {}
+        regs: dict[tuple[str, int], tuple[int, int]] = {}
         for rec in consumer.records(NODE_ID):
             if rec.get("kind") in ("profile", "daily", "monthly"):
                 key = (rec["kind"], rec["ts"])
                 if key in seen:
                     dup += 1
                 seen[key] = rec["seq"]
+                regs[key] = (rec["e_imp_mwh"], rec["e_exp_mwh"])
+        # billing: the interval ending at midnight and that midnight's daily and monthly freezes
+        # are one reading of the registers; and no record's registers are below an earlier one's
+        mismatched = 0
+        for (kind, ts), r in regs.items():
+            if kind != "profile" and regs.get(("profile", ts), r) != r:
+                mismatched += 1
+        regressions = 0
+        top = (0, 0)
+        for _, r in sorted(regs.items(), key=lambda kv: kv[0][1]):
+            if r[0] < top[0] or r[1] < top[1]:
+                regressions += 1
+            top = (max(top[0], r[0]), max(top[1], r[1]))
         # and every load-profile interval and daily freeze the node was up for was recorded
         # (a record that could not be written is lost as surely as one never delivered)
         unrecorded = 0
@@ -472,7 +491,10 @@ class Soak:
                 if ("profile", (slot + 1) * PROFILE_S) not in seen:
                     unrecorded += 1
             for day in range(first // 86400, last // 86400):
-                if ("daily", (day + 1) * 86400) not in seen:
+                m = (day + 1) * 86400
+                if ("daily", m) not in seen:
+                    unrecorded += 1
+                if time.gmtime(m).tm_mday == 1 and ("monthly", m) not in seen:
                     unrecorded += 1
         lost = len(missing) + c["lost"] + unrecorded
         # heap: the longest boot, held after a collection every 6 simulated hours; the lowest of
@@ -495,6 +517,9 @@ class Soak:
                 "records_lost": lost,
                 "lost_detail": {"seq_gaps": len(missing), "dropped_unsent": c["lost"], "never_recorded": unrecorded},
                 "records_duplicated": dup,
+                "freezes": {k: sum(1 for kind, _ in seen if kind == k) for k in ("daily", "monthly")},
+                "freeze_mismatches": mismatched,
+                "register_regressions": regressions,
                 "memory_errors": self.lines_mem_errors,
                 "task_restarts": restarts,
                 "heap_growth_bytes": growth,
@@ -515,7 +540,7 @@ class Soak:
             failed.append("energy_error_ppm")
         if res["freq_error_mhz"] is None or res["freq_error_mhz"] > 1:
             failed.append("freq_error_mhz")
-        for k in ("records_lost", "records_duplicated", "memory_errors"):
+        for k in ("records_lost", "records_duplicated", "memory_errors", "freeze_mismatches", "register_regressions"):
             if res[k] != 0:
                 failed.append(k)
         if growth is None or growth > 2048:

@@ -38,6 +38,10 @@ def test_three_simulated_days_with_power_cuts_outages_and_a_full_flash_keep_ever
     assert res["energy_error_ppm"] <= 10
     assert res["freq_error_mhz"] <= 1
     assert res["records_lost"] == 0 and res["records_duplicated"] == 0
+    # billing: each midnight frozen once, the profile record ending then holding the same
+    # registers as the freeze, and no record's registers below an earlier one's
+    assert res["freezes"]["daily"] >= 2 and res["freeze_mismatches"] == 0
+    assert res["register_regressions"] == 0
     assert res["records"] > 250  # 288 profile intervals in 3 days, less the outages, plus events
     assert res["memory_errors"] == 0
     assert res["heap_growth_bytes"] is not None and res["heap_growth_bytes"] <= 2048
