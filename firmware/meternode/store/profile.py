@@ -56,9 +56,9 @@ class ProfileRecorder:
         t0 = self._ts
         if end is None or ts < t0 - self._per:  # the first, or the clock set back a period or more
             self.close(None, 0, 0)  # what an interval had is dropped: no end of it is known
-            self._open(ts)
             self._day = ts // 86400
             self._month = _month(ts)
+            end = None
         elif ts >= end:  # the interval's end has passed: its record, the registers at its end
             i0 = self.e_imp_mwh
             x0 = self.e_exp_mwh
@@ -73,7 +73,10 @@ class ProfileRecorder:
                 if x != self._month:
                     self._append(records.MONTHLY, m, f)
                     self._month = x
-            self._open(ts)
+            end = None
+        if end is None:  # the interval that holds ts, of the period in force now
+            x = self._per = self.period_s
+            self._end = (ts // x + 1) * x
         self._ts = ts
         self.e_imp_mwh = imp
         self.e_exp_mwh = exp
@@ -85,11 +88,6 @@ class ProfileRecorder:
             if x > a[k + 2]:
                 a[k + 2] = x
         self.n += 1
-
-    def _open(self, ts):
-        # The interval that holds ts, of the period in force now.
-        self._per = n = self.period_s
-        self._end = (ts // n + 1) * n
 
     def close(self, ts_end, imp, exp):
         # Appends the PROFILE record of the interval ending at ts_end (if it saw anything),
