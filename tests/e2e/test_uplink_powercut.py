@@ -84,6 +84,29 @@ def test_sigkill_mid_append_loses_nothing_that_was_acknowledged(tmp_path):
     assert st["bytes"] <= 1 << 20, "retention kept the log within max_bytes"
 
 
+def test_a_log_of_hundreds_of_segments_opens_in_a_small_heap(tmp_path):
+    # A full 1-MB log of 4-KB segments (~260 files), opened by MicroPython in 128 KB with the
+    # modules compiled from source, as the writer above: the segment table is made in one
+    # piece before its entries (grown an append at a time it needed 4 KB in one piece of a
+    # heap its entries had cut up, and the open failed with MemoryError).
+    path = tmp_path / "log"
+    log = RecordLog(str(path), 4096, 1 << 20)
+    s = 0
+    while log.dropped == 0:
+        s += 1
+        log.append(records.READING, s, _payload(s))
+    log.close()
+    nseg = len(list(path.glob("*.seg")))
+    assert nseg > 200
+    script = tmp_path / "open.py"
+    script.write_text(WRITER.split("while True")[0])
+    env = dict(os.environ, MICROPYPATH=unixport.micropypath())
+    r = subprocess.run(unixport.command(script, str(path), heap="128k"), capture_output=True, text=True, env=env,
+                       timeout=60)  # fmt: skip
+    assert r.stdout.startswith("OPEN "), r.stdout + r.stderr
+    assert int(r.stdout.split()[1]) == s, "every record found"
+
+
 def test_a_retention_drop_cut_by_a_power_failure_completes_on_open_and_counts_once(tmp_path):
     # The meta (dropped count, newest dropped seq) is saved before the segment is removed;
     # a cut between the two leaves the segment, which the next open removes.

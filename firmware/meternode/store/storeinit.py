@@ -112,6 +112,11 @@ def _scan_all(self):
             except ValueError:
                 pass
     nums.sort()
+    # the table in one allocation, before the segments' own entries: grown an append at a
+    # time it needed ever larger free runs in a heap those entries cut up (a log of 260
+    # segments did not open in 256 KB on the 64-bit port, for want of 4 KB in one piece)
+    segs = self.segs = [None] * len(nums)
+    j = 0
     torn_tail = False
     for k, num in enumerate(nums):
         name = _seg_name(self.path, num)
@@ -144,10 +149,12 @@ def _scan_all(self):
                 continue
             except OSError:
                 pass
-        self.segs.append([num, first, last, count, size])
+        segs[j] = [num, first, last, count, size]
+        j += 1
         if count:
             self.last_seq = max(self.last_seq, last)
         torn_tail = k == len(nums) - 1 and end != size
+    del segs[j:]
     if torn_tail:
         self.torn += 1
     if not self.segs or torn_tail:
