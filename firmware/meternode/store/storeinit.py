@@ -114,7 +114,7 @@ def _scan_all(self):
     nums.sort()
     # the table in one allocation, before the segments' own entries: grown an append at a
     # time it needed ever larger free runs in a heap those entries cut up (a log of 260
-    # segments did not open in 256 KB on the 64-bit port, for want of 4 KB in one piece)
+    # segments did not open in 128 KB on the 64-bit port, for want of 4 KB in one piece)
     segs = self.segs = [None] * len(nums)
     j = 0
     torn_tail = False
