@@ -13,6 +13,9 @@
 # rebase(ms, us): the wall ticks read `ms` / `us` now (the sim HAL starts them a few
 # seconds before a wrap, so every test and virtual node crosses one).
 #
+# month(ts): the UTC month of epoch seconds, for the billing months of the maximum demand
+# (metrology/registers.py) and the MONTHLY freeze (store/profile.py).
+#
 # sleep_ms(ms), wait_for_ms(aw, ms): asyncio's waits in milliseconds, the same names on
 # MicroPython and CPython, so the pure link modules (LoRaWAN, the outbox) also run on the
 # host (tests).  wait_for_ms loads asyncio's funcs module: only LoRaWAN uses it (the MQTT
@@ -73,6 +76,12 @@ def rebase(at_ms, at_us):
     global _off_ms, _off_us
     _off_ms = diff(at_ms & MASK, _raw_ms() & MASK)
     _off_us = diff(at_us & MASK, _raw_us() & MASK)
+
+
+def month(ts):
+    # year * 12 + month - 1
+    t = time.gmtime(int(ts))
+    return t[0] * 12 + t[1] - 1
 
 
 def __getattr__(name):

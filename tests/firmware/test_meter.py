@@ -202,8 +202,35 @@ def test_maximum_demand_over_the_configured_period():
     scen = _scen(rms=5.0, events=[{"at": 4.0, "current": 0, "rms": 10.0}, {"at": 6.0, "current": 0, "rms": 2.0}])
     s, m = rig(board(), scen, None, {"demand_s": 2.0})
     settle(s, m, 10.0)
-    approx(m.registers.md_mw / 1000.0, 2300.0, rel=0.02, what="maximum demand W")
-    eq(4 <= m.registers.md_at <= 7, True, "demand period end %r" % m.registers.md_at)
+    md = m.registers.md
+    approx(md[0] / 1000.0, 2300.0, rel=0.02, what="maximum demand W")
+    eq(md[1], 6, "its period's end, sample-clock seconds (no wall clock)")
+
+
+@heap("160k")  # meter + sim HAL compiled from source
+@needs("viper")
+def test_demand_periods_end_on_the_wall_clock_and_a_part_period_is_no_maximum():
+    # The node starts 1 s past a 4-s boundary (2026-01-01 00:00:01 UTC) with 20 A for 2.5 s: a
+    # part period, higher than any whole one, which a utility's block demand does not bill.
+    # The whole periods are [7, 11) at 10 A and [11, 15) at 5 A of the run; periods of the
+    # sample clock from the start would have made the first, 14.4 A, the maximum.
+    t0 = 1767225601
+    ev = [{"at": at, "current": 0, "rms": a} for at, a in ((2.5, 5.0), (7.0, 10.0), (11.0, 5.0))]
+    s, m = rig(board(), _scen(rms=20.0, epoch=t0, events=ev), None, {"demand_s": 4})
+    m.energy.clock = s._clock
+    seen = []
+    r = m.registers
+    demand = r.demand
+    r.demand = lambda w, at, whole: (seen.append((round(w), at - t0, whole)), demand(w, at, whole))
+    settle(s, m, 16.0)
+    # the first period runs 4 s from the start, then a part period to the grid, then whole ones
+    eq([(at, whole) for _, at, whole in seen], [(4, False), (7, False), (11, True), (15, True)], "period ends, whole")
+    for w, at, _ in seen[2:]:
+        approx(w, 2300.0 if at == 11 else 1150.0, rel=0.02, what="demand of the period ending at +%d s" % at)
+    approx(r.md[0] / 1000.0, 2300.0, rel=0.02, what="maximum demand W")
+    eq((r.md[1] - t0, r.md[1] % 4), (11, 0), "its end, on the clock's 4-s grid")
+    raises(ConfigError, rig, board(), _scen(), None, {"demand_s": 7})
+    raises(ConfigError, rig, board(), _scen(), None, {"demand_s": 2.5})
 
 
 @heap("160k")  # meter + sim HAL compiled from source

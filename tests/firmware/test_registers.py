@@ -59,12 +59,12 @@ def test_tariff_index_and_bad_inputs():
 def test_state_restores_exactly_and_rejects_other_layouts_and_bad_values():
     r = Registers(2)
     r.commit(_fine(2, [(5000.0, 1.0, 5000.0), (-20.0, -1.0, 20.0)], (4980.0, 0.0, 4980.0)), 4980.0, 0.0)
-    r.demand(1234.5, 900)
+    r.demand(1234.5, 900, True)
     st = r.state()
     r2 = Registers(2)
     r2.restore(st)
     eq(r2.state(), st, "same state")
-    eq((r2.md_mw, r2.md_at), (1234500, 900), "maximum demand")
+    eq(r2.md[:2], [1234500, 900], "maximum demand")
     e = raises(ValueError, Registers(3).restore, st)
     eq("2 elements" in str(e), True, str(e))
     bad = dict(st, r=st["r"][:-1])
@@ -73,3 +73,35 @@ def test_state_restores_exactly_and_rejects_other_layouts_and_bad_values():
     e = raises(ValueError, Registers(2).restore, bad)
     eq("rem" in str(e), True, str(e))
     eq(Registers(2).get(0, EXP), 0, "fresh registers")
+
+
+def test_maximum_demand_is_per_billing_month_and_the_last_months_waits_for_its_freeze():
+    # Whole periods' demands at their ends (UTC epoch s); a period ending at 00:00 on the 1st
+    # is the month before's. Part periods are never a maximum.
+    feb = 1706745600  # 2024-02-01 00:00 UTC
+    jan, mar = 2024 * 12, 2024 * 12 + 2
+    r = Registers(1)
+    r.demand(9000.0, feb - 3600, False)  # a part period, higher than any whole one
+    r.demand(2000.0, feb - 7200, True)
+    r.demand(3000.0, feb, True)  # ends at midnight: January's
+    r.demand(1000.0, feb - 900, True)
+    eq(r.md, [3000000, feb, jan, 0, 0, 0], "January's maximum, part periods left out")
+    r.demand(500.0, feb + 900, True)  # February's first, before the MONTHLY freeze asks
+    eq(r.md[:3], [500000, feb + 900, jan + 1], "February starts afresh")
+    eq(r.bill(jan + 1), (3000000, feb), "the freeze at Feb 1 takes January's")
+    eq(r.bill(jan + 1), (3000000, feb), "asked again: the same")
+    r2 = Registers(1)
+    r2.demand(1500.0, feb - 60, True)
+    eq(r2.bill(jan + 1), (1500000, feb - 60), "no period of February yet: the month ends at the freeze")
+    eq(r2.md[:3], [0, 0, jan + 1], "February from nothing")
+    eq(r2.bill(mar), (0, 0), "no whole period in February (a node off all month): none")
+    # a checkpoint of each and of a firmware before billing months ([mW, end]) restores
+    st = r.state()
+    r3 = Registers(1)
+    r3.restore(st)
+    eq(r3.md, r.md, "restored")
+    r3.restore(dict(st, md=[4200, feb - 900]))
+    eq(r3.md, [4200, feb - 900, jan, 0, 0, 0], "an older checkpoint: its maximum is January's")
+    for bad in ([1, 2, 3], [1, -2], "x", [1, 2, 3, 4, 5, 6.0]):
+        e = raises(ValueError, r3.restore, dict(st, md=bad))
+        eq("md" in str(e), True, str(e))

@@ -265,6 +265,45 @@ def test_a_snapshot_on_the_boundary_is_the_boundarys_reading():
                                ("monthly", mid, 5000, 0, None)], "the reading at 00:00:00 itself")  # fmt: skip
 
 
+@heap("192k")  # the registers module compiled from source, beside the store's
+def test_the_monthly_freeze_holds_the_months_maximum_demand_and_the_daily_none():
+    # The meter's registers (Registers.demand, as its Energy calls it per demand period): the
+    # MONTHLY freeze at Feb 1 holds January's maximum and its period's end, although a
+    # February period ended before the first snapshot after midnight; the next month's
+    # freeze holds February's alone.
+    from meternode.metrology.registers import Registers
+    from meternode.store.profile import ProfileRecorder
+
+    log = RecordLog(scratch_dir() + "/log", 4096, 65536)
+    regs = Registers(1)
+    rec = ProfileRecorder(log, 900, None, None, regs)
+    feb = 1706745600
+    mar = feb + 29 * 86400  # 2024 is a leap year
+    regs.demand(2500.0, feb - 86400, True)
+    rec.add(feb - 450, _esnap(100))
+    regs.demand(4100.5, feb, True)
+    regs.demand(5000.0, feb + 300, True)  # February's (a 5-min demand period)
+    rec.add(feb + 450, _esnap(200))
+    rec.add(mar - 450, _esnap(300))
+    rec.add(mar + 10, _esnap(400))
+    r = log.reader()
+    r.seek(1)
+    got = {}
+    while r.next():
+        got.setdefault(records.kind_name(r.kind), []).append((r.ts, r.record()))
+    eq([(ts, d["md_mw"], d["md_at"]) for ts, d in got["monthly"]], [(feb, 4100500, feb), (mar, 5000000, feb + 300)],
+       "each month's maximum demand and when it ended")  # fmt: skip
+    eq(["md_mw" in d for _, d in got["daily"]], [False] * 3, "a daily freeze has none (Feb 1, 29, Mar 1)")
+    # a MONTHLY of a firmware before billing months (24 bytes) still reads, without it
+    old = records.freeze(1, 2, 3, 4)
+    want = {"e_imp_mwh": 1, "e_exp_mwh": 2, "water_l": 3, "gas_l": 4}
+    eq(records.fields(records.MONTHLY, old), want, "24-byte monthly")
+    e = raises(ValueError, records.fields, records.DAILY, old + bytes(8))
+    eq("daily payload is 32 bytes, expected 24" in str(e), True, str(e))
+    e = raises(ValueError, records.fields, records.MONTHLY, old + bytes(4))
+    eq("monthly payload is 28 bytes, expected 32" in str(e), True, str(e))
+
+
 def test_a_clock_stepped_back_across_midnight_freezes_nothing_twice():
     # An NTP correction of a few seconds, just after midnight: the node's clock was fast,
     # passed midnight, froze the day, and is set back to 23:59:57. Nothing is frozen or

@@ -335,7 +335,7 @@ class Meter:
             "e_imp_mwh": r.total_import(),
             "e_exp_mwh": r.total_export(),
             "demand_w": self.energy.demand_w,
-            "md_w": r.md_mw / 1000,
+            "md_w": r.md[0] / 1000,
             "sample_rate": self.rate,
             "gaps": self.gaps,
             "lost_sets": self.lost_sets,

@@ -39,20 +39,20 @@ def registers(self, elements, tariffs, netting, main):
     self.lo = [0] * size  # mWh, low 30 bits
     self.hi = [0] * size  # units of 2**30 mWh
     self.rem = [0] * size  # uJ below one mWh
-    self.md_mw = 0  # maximum demand, milliwatts
-    self.md_at = 0  # end of that demand period (meter time, seconds)
+    # maximum demand: this billing month's (mW, end, month) and the last month's
+    self.md = [0, 0, 0, 0, 0, 0]
 
 
-def energy(self, registers, thr, rate, wn, dn):
+def energy(self, registers, thr, rate, wn, ds):
     # An Energy's state (registers.py; the class keeps no __init__)
-    # thr: the starting threshold per element (W, var); wn, dn: sets in a creep window
-    # and in a demand period
+    # thr: the starting threshold per element (W, var); wn: sets in a creep window; ds:
+    # demand_s, whole seconds
     self.registers = registers
     e = registers.n
     self.n = e
     self._thr = thr  # W (and var) per element
     self.rate = rate  # sets per second, measured (the meter updates it)
-    self._c = [0, wn, 0, dn, 0]
+    self._c = [0, wn, 0, int(ds * rate), 0, 0, ds]  # registers.py _WN .. _DS
     self.on = [False] * e  # registration gate per element
     # (float arrays, not lists: metrology.floats)
     self._pend = floats(8 * e)  # per element, register fields (J) while the gate is shut
@@ -129,15 +129,11 @@ def setup(m, board, cal, options):
     m._band = floats(len(thr))
     for e, (a, b) in enumerate(m.pairs):
         m._band[e] = max(thr[e], 0.005 * chans[a].get("nominal", 230.0) * chans[b].get("nominal", 5.0))
+    ds = _opt(opts, "demand_s", 900, 1, 86400)
+    if ds != int(ds) or 86400 % ds:  # periods end on the clock's multiples of it (registers.py)
+        raise ConfigError("metrology.demand_s must be whole seconds that divide a day, not %r" % (ds,))
     m.energy = e = Energy()
-    energy(
-        e,
-        m.registers,
-        thr,
-        m.rate,
-        int(_opt(opts, "creep_s", 1.0, 0.0, 60.0) * rate),
-        int(_opt(opts, "demand_s", 900.0, 1.0, 86400.0) * rate),
-    )
+    energy(e, m.registers, thr, m.rate, int(_opt(opts, "creep_s", 1.0, 0.0, 60.0) * rate), int(ds))
     # a gap up to this many sets is registered at the last measured power
     m._fill_max = int(_opt(opts, "gap_fill_s", 1.0, 0.0, 60.0) * rate)
     # buffers, made once

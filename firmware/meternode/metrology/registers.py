@@ -23,8 +23,11 @@
 #                       registers; the same house registers both import and export.
 # Only elements whose board role is "main" (the grid connection; the default) count in the
 # total: a sub-circuit CT ("role": "circuit") keeps its own registers but is not counted twice.
-# Maximum demand: the total import energy over each demand period, divided by its length,
-# the largest one kept with its end time (md_mw, md_at).
+# Maximum demand: the total net import energy over each whole demand period, divided by its
+# length; the largest of the billing month (UTC; a period ending at 00:00 on the 1st belongs
+# to the month before) is kept with its end time, and when a month ends the maximum moves to
+# `md`'s last-month half, where the MONTHLY freeze takes it (bill(), store/profile.py).
+# md = [mW, end, month, last month's mW, its end, that month] (month: year * 12 + month - 1).
 #
 # Small ints only: a register is kept as two words, lo (0 .. 2**30 - 1 mWh) and hi (units
 # of 2**30 mWh = 1.07 MWh), so registering a window allocates nothing on a 32-bit board
@@ -35,6 +38,7 @@
 from micropython import const
 
 from meternode import run
+from meternode.ticks import month
 
 IMP = const(0)
 EXP = const(1)
@@ -186,12 +190,29 @@ class Registers:
         self._add(tar, tar_imp)
         self._add(tar + 1, tar_exp)
 
-    def demand(self, w, at):
-        # a demand period's mean net import w (W), ended at `at`
+    def demand(self, w, at, whole):
+        # a demand period's mean net import w (W), ended at `at` (epoch s); only a whole
+        # period (demand_s from one boundary to the next) can be a maximum
+        if not whole:
+            return
+        md = self.md
+        self.bill(month(at - 1))
         mw = int(w * 1000 + 0.5)
-        if mw > self.md_mw:
-            self.md_mw = mw
-            self.md_at = at
+        if mw > md[0]:
+            md[0] = mw
+            md[1] = at
+
+    def bill(self, mo):
+        # Billing month mo begins (if it has not): the month in progress's maximum becomes
+        # last month's. Returns that (mW, end), or (0, 0) if it is not month mo - 1's.
+        md = self.md
+        if md[2] != mo:
+            md[3] = md[0]
+            md[4] = md[1]
+            md[5] = md[2]
+            md[0] = md[1] = 0
+            md[2] = mo
+        return (md[3], md[4]) if md[5] == mo - 1 else (0, 0)
 
     # -- persistence -----------------------------------------------------------------------
     def state(self):
@@ -201,7 +222,7 @@ class Registers:
             "tariffs": self.tariffs,
             "r": self.r,
             "rem": list(self.rem),
-            "md": [self.md_mw, self.md_at],
+            "md": list(self.md),
             "tariff": self.tariff,
         }
 
@@ -227,8 +248,14 @@ class Registers:
 # 12-bit ADC of 8.7 effective bits (see docs/metrology.md).
 #
 # Maximum demand: the net import power (registered energy, import minus export, floored at
-# zero) over fixed periods of the sample clock (demand_s, default 900 s); the largest goes
-# to the registers with the period's end time.
+# zero) over demand periods of demand_s (default 900 s), the block demand a utility bills:
+# with the wall clock set (after 2020) a period ends on a multiple of demand_s of UTC (00:00,
+# 00:15, ...; the sample clock counts it, and each end sets the next one's length from the
+# clock, so the sample clock's drift never accumulates); without one, periods are demand_s of
+# the sample clock, ended at sample-clock seconds. A batch that runs past the end gives its
+# sets past it, and their share of its energy, to the next period. Only a whole period, from
+# one boundary to the next, can be the maximum: the first after a start and one across a
+# clock step are reported (demand_w) but not kept.
 #
 # `rate` is the meter's measured sample rate (metrology/timebase.py): a cycle of n sets
 # lasts n / rate seconds.  The windows themselves are counted in sets (integers).
@@ -240,6 +267,9 @@ _WSETS = const(1)
 _DN = const(2)
 _DSETS = const(3)
 _DPER = const(4)
+_DEND = const(5)  # the wall-clock boundary the period in progress ends on: > 0 whole, < 0 part, 0 none
+_DS = const(6)  # demand_s
+_CLOCK_SET = const(1577836800)  # 2020-01-01: a wall clock before it was never set
 
 
 class Energy:
@@ -299,15 +329,40 @@ class Energy:
         if c[_WN] >= c[_WSETS]:
             self.flush()
         if c[_DN] >= c[_DSETS]:
-            self.flush()
-            self.demand_w = max(0.0, t[2] * self.rate / c[_DN])
-            c[_DPER] += 1
-            # the period's end: the node's clock, else seconds of sample clock (the periods
-            # so far; allocates past 2**30 s only, once a period)
-            at = self.clock.time() if self.clock else c[_DPER] * c[_DSETS] // int(self.rate + 0.5)
-            self.registers.demand(self.demand_w, int(at))
-            t[2] = 0.0
-            c[_DN] = 0
+            self._demand(tp, n)
+
+    def _demand(self, tp, n):
+        # The demand period ended inside this batch of n sets (tp J net): the period's mean,
+        # and the next period (its length in sets from the wall clock, if set). Once a period.
+        self.flush()
+        c = self._c
+        t = self._t
+        rate = self.rate
+        over = c[_DN] - c[_DSETS]  # sets past the end, and their energy: the next period's
+        x = tp * over / n
+        self.demand_w = max(0.0, (t[2] - x) * rate / c[_DSETS])
+        t[2] = x
+        c[_DN] = over
+        c[_DPER] += 1
+        ds = c[_DS]
+        now = self.clock.time() if self.clock else 0
+        if now < _CLOCK_SET:  # no wall clock: periods of the sample clock, ended at its seconds
+            c[_DSETS] = int(ds * rate)
+            c[_DEND] = 0
+            self.registers.demand(self.demand_w, c[_DPER] * ds, True)
+            return
+        now -= int(over / rate)  # when the period ended
+        b = c[_DEND]  # where it was to end: > 0 a whole period's, < 0 a part period's
+        e = abs(b)
+        if e and -1 <= now - e <= 1:  # it did (within the clock's second)
+            self.registers.demand(self.demand_w, e, b > 0)
+            e += ds
+            c[_DEND] = e  # the next, whole
+        else:  # it did not (the first after a start, a clock step): a part period to the next boundary
+            self.registers.demand(self.demand_w, now, False)
+            e = (now // ds + 1) * ds
+            c[_DEND] = -e
+        c[_DSETS] = int(max(e - now, 1) * rate)
 
     def commit(self):
         # Float window sums -> integer registers (also before a tariff change).

@@ -12,15 +12,12 @@
 # (an NTP correction across midnight) stays in the interval and freezes nothing twice; one
 # stepped back further starts afresh, as after a boot. A new period_s (a `set` command)
 # applies from the end of the interval in progress, which keeps its own length.
-import time
-
+# A MONTHLY freeze also holds the month's maximum demand and when its period ended, which the
+# freeze takes from the registers (Registers.bill: the billing month ends; `regs` None, as in
+# tests of the store alone, freezes none).
 from meternode import run
 from meternode.store import records
-
-
-def _month(ts):
-    t = time.gmtime(int(ts))
-    return t[0] * 12 + t[1] - 1
+from meternode.ticks import month
 
 
 def _at(b, t0, v0, t1, v1):
@@ -33,9 +30,9 @@ def _at(b, t0, v0, t1, v1):
 
 
 class ProfileRecorder:
-    def __init__(self, log, period_s=900, mains=None, on_record=None):
+    def __init__(self, log, period_s=900, mains=None, on_record=None, regs=None):
         # the check and the state: store/storeinit.py profile(), loaded for the call
-        run("meternode.store.storeinit", "profile", self, log, period_s, mains, on_record)
+        run("meternode.store.storeinit", "profile", self, log, period_s, mains, on_record, regs)
 
     def add(self, ts, snap):
         # One snapshot (Meter.snapshot()) taken at wall-clock time ts.
@@ -57,7 +54,7 @@ class ProfileRecorder:
         if end is None or ts < t0 - self._per:  # the first, or the clock set back a period or more
             self.close(None, 0, 0)  # what an interval had is dropped: no end of it is known
             self._day = ts // 86400
-            self._month = _month(ts)
+            self._month = month(ts)
             end = None
         elif ts >= end:  # the interval's end has passed: its record, the registers at its end
             i0 = self.e_imp_mwh
@@ -66,12 +63,14 @@ class ProfileRecorder:
             day = ts // 86400
             if day > self._day:  # midnight: the registers then, and the meters' last readings
                 m = day * 86400
-                f = records.freeze(_at(m, t0, i0, ts, imp), _at(m, t0, x0, ts, exp), self.water_l, self.gas_l)
-                self._append(records.DAILY, m, f)
+                i0 = _at(m, t0, i0, ts, imp)
+                x0 = _at(m, t0, x0, ts, exp)
+                self._append(records.DAILY, m, records.freeze(i0, x0, self.water_l, self.gas_l))
                 self._day = day
-                x = _month(ts)
+                x = month(ts)
                 if x != self._month:
-                    self._append(records.MONTHLY, m, f)
+                    md = self.regs.bill(month(m)) if self.regs else (0, 0)
+                    self._append(records.MONTHLY, m, records.freeze(i0, x0, self.water_l, self.gas_l, md))
                     self._month = x
             end = None
         if end is None:  # the interval that holds ts, of the period in force now

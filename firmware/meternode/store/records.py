@@ -77,9 +77,13 @@ def event_name(code):
 # voltage avg/min/max (0.1 V), current avg/min/max (mA), power avg/min/max (0.1 W, signed).
 _PROFILE = const("<HQQHHHIIIiii")
 _PROFILE_SIZE = const(48)  # struct.calcsize(_PROFILE)
-# DAILY / MONTHLY: import/export mWh, water and gas volume in litres.
+# DAILY / MONTHLY: import/export mWh, water and gas volume in litres; MONTHLY then the
+# month's maximum demand, mW, and the end of its period, epoch s (a MONTHLY of 24 bytes is
+# from a firmware before billing months: no maximum demand).
 _FREEZE = const("<QQII")
 _FREEZE_SIZE = const(24)  # struct.calcsize(_FREEZE)
+_MD = const("<II")
+_MONTHLY_SIZE = const(32)  # _FREEZE_SIZE + struct.calcsize(_MD)
 # EVENT: code, signed argument, then up to EVENT_TEXT bytes of UTF-8 detail, cut at a
 # character boundary (cut() below: the one place a text field is shortened).
 _EVENT = const("<Bi")
@@ -92,8 +96,10 @@ def profile(period_s, e_imp_mwh, e_exp_mwh, v, i, p):
     return struct.pack(_PROFILE, period_s, e_imp_mwh, e_exp_mwh, v[0], v[1], v[2], i[0], i[1], i[2], p[0], p[1], p[2])
 
 
-def freeze(e_imp_mwh, e_exp_mwh, water_l=0, gas_l=0):
-    return struct.pack(_FREEZE, e_imp_mwh, e_exp_mwh, water_l, gas_l)
+def freeze(e_imp_mwh, e_exp_mwh, water_l=0, gas_l=0, md=None):
+    # md: a MONTHLY's (maximum demand mW, its end), from Registers.bill()
+    f = struct.pack(_FREEZE, e_imp_mwh, e_exp_mwh, water_l, gas_l)
+    return f if md is None else f + struct.pack(_MD, md[0], md[1])
 
 
 def cut(text, n):
@@ -157,10 +163,14 @@ def fields(kind, payload):
             "p_max_dw": v[11],
         }
     if kind == DAILY or kind == MONTHLY:
-        if n != _FREEZE_SIZE:
-            raise ValueError("freeze payload is %d bytes, expected %d" % (n, _FREEZE_SIZE))
-        v = struct.unpack(_FREEZE, payload)
-        return {"e_imp_mwh": v[0], "e_exp_mwh": v[1], "water_l": v[2], "gas_l": v[3]}
+        if n != _FREEZE_SIZE and (kind == DAILY or n != _MONTHLY_SIZE):
+            x = _FREEZE_SIZE if kind == DAILY else _MONTHLY_SIZE
+            raise ValueError("%s payload is %d bytes, expected %d" % (kind_name(kind), n, x))
+        v = struct.unpack(_FREEZE, payload[:_FREEZE_SIZE])
+        d = {"e_imp_mwh": v[0], "e_exp_mwh": v[1], "water_l": v[2], "gas_l": v[3]}
+        if n == _MONTHLY_SIZE:
+            d["md_mw"], d["md_at"] = struct.unpack(_MD, payload[_FREEZE_SIZE:])
+        return d
     if kind == EVENT:
         if n < _EVENT_HEAD or n > _EVENT_HEAD + EVENT_TEXT:
             raise ValueError("event payload is %d bytes, expected %d..%d" % (n, _EVENT_HEAD, _EVENT_HEAD + EVENT_TEXT))

@@ -269,11 +269,22 @@ def registers(self, st):
     for x in st["rem"]:
         if x >= _UJ_PER_MILLI_H:
             raise ValueError("register state rem holds %r, not below one mWh" % x)
+    # maximum demand: [mW, end, month, last month's three] (registers.py); a checkpoint
+    # of a firmware before billing months holds [mW, end]
     md = st.get("md", [0, 0])
+    if not isinstance(md, list) or len(md) not in (2, 6):
+        raise ValueError("register state md is %r, not 2 or 6 counts" % (md,))
+    for x in md:
+        if not isinstance(x, int) or x < 0:
+            raise ValueError("register state md holds %r, not a count" % (x,))
+    if len(md) == 2:
+        from meternode.ticks import month
+
+        md = md + [month(md[1] - 1) if md[1] else 0, 0, 0, 0]
     self.lo = [x & _LO_MASK for x in st["r"]]
     self.hi = [x >> _LO_BITS for x in st["r"]]
     self.rem = list(st["rem"])
-    self.md_mw, self.md_at = int(md[0]), md[1]
+    self.md = list(md)
     self.tariff = int(st.get("tariff", 0))
 
 
@@ -311,11 +322,12 @@ def service(self, node, reason):
     started(self, cfg, path, reason)
 
 
-def profile(self, log, period_s, mains, on_record):
+def profile(self, log, period_s, mains, on_record, regs):
     # ProfileRecorder.__init__ (profile.py)
     if not 60 <= period_s <= 86400 or 86400 % period_s:
         raise ValueError("config.profile_s = %r must divide a day and be 60..86400" % (period_s,))
     self.log = log
+    self.regs = regs  # the meter's Registers: the MONTHLY freeze's maximum demand (None: none)
     self.period_s = period_s
     self.mains = mains  # element names counted in the totals (None: all)
     self.on_record = on_record  # callback(seq) after each append (wakes the outbox)
@@ -412,7 +424,9 @@ def open_store(self, cfg):
         self.outbox.on_unreadable = self._unreadable
     from meternode.store.profile import ProfileRecorder
 
-    self.profile = ProfileRecorder(self.log, cfg.get("profile_s", 900), getattr(self.node, "mains", None), self._wake)
+    node = self.node
+    regs = getattr(getattr(node, "meter", None), "registers", None)  # the monthly maximum demand
+    self.profile = ProfileRecorder(self.log, cfg.get("profile_s", 900), getattr(node, "mains", None), self._wake, regs)
     return path
 
 
