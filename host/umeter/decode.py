@@ -99,10 +99,17 @@ def js_decoder() -> str:
     for kind, (name, fields) in sorted(loracodec.LAYOUTS.items()):
         off = 9
         reads = []
-        for key, code in fields:
+        short = loracodec.SHORT.get(kind)  # an older firmware's frame ends after these fields
+        need = None
+        for i, (key, code) in enumerate(fields):
             fn, size = _JS_READ[code]
-            reads.append(f"      d.{key} = v.{fn}({off}, true);")
+            if i == short:
+                need = off
+                reads.append(f"      if (b.length > {off}) {{")
+            reads.append(f"      {'  ' if need else ''}d.{key} = v.{fn}({off}, true);")
             off += size
+        if need:
+            reads.append("      }")
         extra = ""
         if name == "event":
             names = ", ".join(f'{c}: "{n}"' for c, n in sorted(event_names().items()))
@@ -110,9 +117,10 @@ def js_decoder() -> str:
                 f'      d.event = ({{{names}}})[d.code] || "unknown";\n'
                 f"      d.text = String.fromCharCode.apply(null, b.slice({off}));\n"
             )
+        check = f"b.length < {off}" if need is None else f"b.length !== {need} && b.length < {off}"
         kinds.append(
             f"    case {kind}:\n"
-            f"      if (b.length < {off})\n"
+            f"      if ({check})\n"
             f'        return {{errors: ["{name} frame is " + b.length + " bytes, expected {off}"]}};\n'
             f'      d.kind = "{name}";\n' + "\n".join(reads) + "\n" + extra + "      break;"
         )

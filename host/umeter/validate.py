@@ -51,6 +51,11 @@ _INT_FIELDS = {
     "reading": (),
     "unknown": (),
 }
+# Integer fields a kind carries from newer firmware only (a monthly's maximum demand, mW and
+# the end of its period: a node before billing months sends a monthly without them).
+_OPT_INT_FIELDS = {
+    "monthly": tuple(k for k in fw_records.fields(fw_records.MONTHLY, bytes(32)) if k not in _INT_FIELDS["monthly"])
+}
 _TEXT_FIELDS = {"event": ("event", "text"), "reading": ("raw", "meter"), "unknown": ("error",)}
 _TELEMETRY_NUM = ("v", "p", "e_imp_wh", "e_exp_wh")
 # what every telemetry payload carries (link/telemetry.py encode_into writes them all)
@@ -242,6 +247,8 @@ def _record(node: str, leaf: str, text: str, doc: dict) -> Record:
             raise Invalid(f"node = {_short(doc['node'])} is not the topic's node")
         for k in _INT_FIELDS[kind]:
             _int(doc, k, -INT_MAX - 1, INT_MAX)
+        for k in _OPT_INT_FIELDS.get(kind, ()):
+            _int(doc, k, 0, U32, required=False)
         for k in _TEXT_FIELDS.get(kind, ()):
             if k in doc and not isinstance(doc[k], str):
                 raise Invalid(f"{k} = {_short(doc[k])} is not text")

@@ -42,10 +42,33 @@ def test_every_record_kind_fits_51_bytes_and_round_trips():
         -20,
     )
     assert decode_lora(frames["daily"])["e_imp_wh"] == 10**6
+
     e = decode_lora(frames["event"])
     assert (e["event"], e["arg"], len(e["text"])) == ("relay", -3, loracodec.EVENT_TEXT_MAX)
     t = decode_lora(frames["telemetry"])
     assert (t["v_dv"], t["f_chz"], t["p_dw"], t["e_imp_wh"]) == (2301, 5001, -12345, 99)
+
+
+MONTHLY = records.freeze(10**9, 5, 1234, 56, (4100500, 1706745600))  # a month's maximum demand, 4.1 kW
+
+
+def test_the_monthly_frame_carries_the_maximum_demand_and_an_older_firmwares_still_decodes():
+    f = loracodec.encode_record(records.MONTHLY, 8, 1706745600, MONTHLY)
+    d = decode_lora(f)
+    assert (len(f), d["kind"], d["e_imp_wh"], d["gas_l"], d["md_w"], d["md_at"]) == (
+        33,
+        "monthly",
+        10**6,
+        56,
+        4101,
+        1706745600,
+    )
+    old = decode_lora(f[:25])  # a firmware before billing months: no maximum demand
+    assert (old["e_imp_wh"], "md_w" in old) == (10**6, False)
+    with pytest.raises(ConfigError, match="monthly frame is 29 bytes, expected 33"):
+        decode_lora(f[:29])
+    # a 24-byte MONTHLY record (stored by older firmware, sent by this one) goes out without one
+    assert decode_lora(loracodec.encode_record(records.MONTHLY, 9, 1, records.freeze(1000, 0)))["md_w"] == 0
 
 
 @pytest.mark.parametrize(
@@ -71,6 +94,8 @@ def test_generated_javascript_decodes_like_python(tmp_path):
         loracodec.encode_record(records.EVENT, 11, 1, records.event(records.EV_TASK, 3, "lora reader OSError")),
         loracodec.encode_record(records.EVENT, 12, 1, records.event(records.EV_SAFE_MODE, 2, "crash loop")),
         loracodec.encode_telemetry(10, 2, {"v": 230.1, "f": 50.0, "p": 100.0, "e_imp_wh": 5, "e_exp_wh": 0}),
+        loracodec.encode_record(records.MONTHLY, 13, 1706745600, MONTHLY),
+        loracodec.encode_record(records.MONTHLY, 13, 1706745600, MONTHLY)[:25],  # an older firmware's
     ]
     js = js_decoder() + "\nconst f = JSON.parse(process.argv[2]);\n"
     js += "console.log(JSON.stringify(f.map(h => decodeUplink({bytes: Buffer.from(h, 'hex'), fPort: 2}).data)));\n"
@@ -80,7 +105,8 @@ def test_generated_javascript_decodes_like_python(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == [loracodec.decode(f) for f in frames]
-    assert [d.get("event") for d in json.loads(out.stdout)] == [None, "leak", "task", "safe_mode", None]
+    assert [d.get("event") for d in json.loads(out.stdout)] == [None, "leak", "task", "safe_mode", None, None, None]
+    assert [d.get("md_w") for d in json.loads(out.stdout)[-2:]] == [4101, None]
 
 
 def test_event_codes_are_distinct_and_all_named():

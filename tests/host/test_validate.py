@@ -178,3 +178,22 @@ def test_telemetry_doc_takes_what_a_node_sends_and_names_what_is_missing():
     ):
         with pytest.raises(ValueError, match=why):
             telemetry_doc(payload)
+
+
+def test_a_monthly_freeze_with_and_without_the_maximum_demand_is_accepted_and_a_bad_one_is_not():
+    from meternode.store import records
+
+    def monthly(payload, **change):
+        d = records.to_json_dict("n1", records.MONTHLY, 5, 1706745600, payload)
+        d.update(change)
+        return json.dumps(d).encode()
+
+    new = records.freeze(10**9, 5, 1, 2, (4100500, 1706745600))
+    m = classify("umeter", "umeter/n1/profile", monthly(new))
+    assert isinstance(m, Record) and (m.kind, m.doc["md_mw"], m.doc["md_at"]) == ("monthly", 4100500, 1706745600)
+    old = classify("umeter", "umeter/n1/profile", monthly(records.freeze(10**9, 5, 1, 2)))
+    assert isinstance(old, Record) and "md_mw" not in old.doc, "a firmware before billing months"
+    r = classify("umeter", "umeter/n1/profile", monthly(new, md_mw=-1))
+    assert isinstance(r, Reject) and "md_mw = -1 is outside 0..4294967295" in r.reason, r
+    r = classify("umeter", "umeter/n1/profile", monthly(new, md_at="x"))
+    assert isinstance(r, Reject) and "md_at = 'x' is not an integer" in r.reason, r

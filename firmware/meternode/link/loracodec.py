@@ -41,9 +41,15 @@ LAYOUTS = {
         ),
     ),
     records.DAILY: ("daily", (("e_imp_wh", "I"), ("e_exp_wh", "I"), ("water_l", "I"), ("gas_l", "I"))),
-    records.MONTHLY: ("monthly", (("e_imp_wh", "I"), ("e_exp_wh", "I"), ("water_l", "I"), ("gas_l", "I"))),
+    records.MONTHLY: (
+        "monthly",
+        (("e_imp_wh", "I"), ("e_exp_wh", "I"), ("water_l", "I"), ("gas_l", "I"), ("md_w", "I"), ("md_at", "I")),
+    ),
     records.EVENT: ("event", (("code", "B"), ("arg", "i"))),
 }
+# A frame of a firmware before billing months ends after its first fields: kind -> how many
+# (a monthly without the maximum demand)
+SHORT = {records.MONTHLY: 4}
 EVENT_TEXT_MAX = MAX_FRAME - 9 - 5  # UTF-8 detail after an event's fields (cut by records.cut)
 
 
@@ -104,7 +110,10 @@ def encode_record(kind, seq, ts, payload):
         )
         return _pack(kind, seq, ts, vals)
     if kind in (records.DAILY, records.MONTHLY):
-        return _pack(kind, seq, ts, (f["e_imp_mwh"] // 1000, f["e_exp_mwh"] // 1000, f["water_l"], f["gas_l"]))
+        v = (f["e_imp_mwh"] // 1000, f["e_exp_mwh"] // 1000, f["water_l"], f["gas_l"])
+        if kind == records.MONTHLY:  # W, rounded; a record without it (older firmware) sends 0
+            v += ((f.get("md_mw", 0) + 500) // 1000, f.get("md_at", 0))
+        return _pack(kind, seq, ts, v)
     if kind == records.EVENT:
         t = records.cut(f["text"], EVENT_TEXT_MAX)
         return _pack(kind, seq, ts, (f["code"], f["arg"]), t)
@@ -152,6 +161,11 @@ def decode(frame):
     name, lay = LAYOUTS[kind]
     fmt = _fmt(kind)
     n = struct.calcsize(fmt)
+    k = SHORT.get(kind)
+    if k and len(frame) == 9 + struct.calcsize(fmt[: k + 1]):
+        lay = lay[:k]
+        fmt = fmt[: k + 1]
+        n = len(frame) - 9
     if len(frame) < 9 + n or (kind != records.EVENT and len(frame) != 9 + n):
         raise CodecError("%s frame is %d bytes, expected %d" % (name, len(frame), 9 + n))
     d = {"kind": name, "seq": seq, "ts": ts}
