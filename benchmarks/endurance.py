@@ -27,7 +27,10 @@ continuous scenario's: the 12-bit quantisation of a noise-free sim), freq_error_
 the end), records_lost = 0 (every seq reached the database once, and every load-profile
 interval, midnight and first of a month the node was up for has its record),
 records_duplicated = 0, freeze_mismatches = 0 (the profile record ending at a midnight and
-that midnight's daily and monthly freezes hold the same registers), register_regressions = 0
+that midnight's daily and monthly freezes hold the same registers), demand_errors = 0 (each
+monthly freeze after a day of its month holds the evening peak's power, as the ADC delivered
+it, within 0.2 %, over a whole demand period ending on the 15-minute grid inside its month:
+the billing month's maximum demand), register_regressions = 0
 (no record's registers below an earlier record's), memory_errors = 0, heap_growth_bytes <=
 2048 (the longest boot, first against last day boundary), and that the run exercised what it
 is for: sample-set counters past 2**30, an epoch past 2**31 s, ticks_ms wraps (>= 2 in 30
@@ -42,6 +45,7 @@ UMETER_MICROPYTHON selects the unix port (e.g. a 32-bit, single-precision build)
 from __future__ import annotations
 
 import argparse
+import calendar
 import json
 import os
 import queue
@@ -68,6 +72,7 @@ I_SCALE = Fraction(1, 20)  # 0.05 A a count
 V_RMS = 230.0
 TELEMETRY_S = 300
 PROFILE_S = 900
+DEMAND_S = 900  # metrology.demand_s's default
 BOARD = {
     "name": "soak",
     "description": "Soak variant of the sim board: V1 and one CT at 1 kS/s (20 sets a mains cycle).",
@@ -461,6 +466,7 @@ class Soak:
         dup = 0
         seen: dict[tuple[str, int], int] = {}
         regs: dict[tuple[str, int], tuple[int, int]] = {}
+        demands: dict[int, tuple[int, int]] = {}  # monthly freeze ts -> (md_mw, md_at)
         for rec in consumer.records(NODE_ID):
             if rec.get("kind") in ("profile", "daily", "monthly"):
                 key = (rec["kind"], rec["ts"])
@@ -468,6 +474,20 @@ class Soak:
                     dup += 1
                 seen[key] = rec["seq"]
                 regs[key] = (rec["e_imp_mwh"], rec["e_exp_mwh"])
+                if rec["kind"] == "monthly":
+                    demands[rec["ts"]] = (rec.get("md_mw", -1), rec.get("md_at", -1))
+        # maximum demand: each month's is the evening peak's power as the ADC delivered it, over
+        # a whole period on the demand grid inside that month (every day has hours of it)
+        peak = float(max((Fraction(svi) - Fraction(sv * si, n)) / n for n, sv, si, svi in self.levels.values()))
+        peak *= float(V_SCALE * I_SCALE)
+        demand_errors = []
+        for ts, (mw, at) in sorted(demands.items()):
+            t = time.gmtime(ts - 1)
+            month0 = calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0))
+            ran_a_day = ts - max(month0, self.epoch0) >= 86400
+            ok = abs(mw / 1000 - peak) <= 0.002 * peak and at % DEMAND_S == 0 and month0 < at <= ts
+            if ran_a_day and not ok:
+                demand_errors.append({"ts": ts, "md_mw": mw, "md_at": at, "peak_mw": round(peak * 1000)})
         # billing: the interval ending at midnight and that midnight's daily and monthly freezes
         # are one reading of the registers; and no record's registers are below an earlier one's
         mismatched = 0
@@ -519,6 +539,8 @@ class Soak:
                 "records_duplicated": dup,
                 "freezes": {k: sum(1 for kind, _ in seen if kind == k) for k in ("daily", "monthly")},
                 "freeze_mismatches": mismatched,
+                "demand_errors": len(demand_errors),
+                "monthly_demand_w": [round(mw / 1000, 1) for mw, _ in (demands[ts] for ts in sorted(demands))],
                 "register_regressions": regressions,
                 "memory_errors": self.lines_mem_errors,
                 "task_restarts": restarts,
@@ -533,6 +555,8 @@ class Soak:
         )
         if missing:
             res["missing_seqs"] = missing[:20]
+        if demand_errors:
+            res["demand_detail"] = demand_errors[:5]
         failed = []
         if res["simulated_days"] < self.days:
             failed.append("simulated_days")
@@ -540,7 +564,14 @@ class Soak:
             failed.append("energy_error_ppm")
         if res["freq_error_mhz"] is None or res["freq_error_mhz"] > 1:
             failed.append("freq_error_mhz")
-        for k in ("records_lost", "records_duplicated", "memory_errors", "freeze_mismatches", "register_regressions"):
+        for k in (
+            "records_lost",
+            "records_duplicated",
+            "memory_errors",
+            "freeze_mismatches",
+            "demand_errors",
+            "register_regressions",
+        ):
             if res[k] != 0:
                 failed.append(k)
         if growth is None or growth > 2048:
