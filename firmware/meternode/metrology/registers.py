@@ -328,41 +328,34 @@ class Energy:
         c[_DN] += n
         if c[_WN] >= c[_WSETS]:
             self.flush()
-        if c[_DN] >= c[_DSETS]:
-            self._demand(tp, n)
-
-    def _demand(self, tp, n):
-        # The demand period ended inside this batch of n sets (tp J net): the period's mean,
-        # and the next period (its length in sets from the wall clock, if set). Once a period.
-        self.flush()
-        c = self._c
-        t = self._t
-        rate = self.rate
-        over = c[_DN] - c[_DSETS]  # sets past the end, and their energy: the next period's
-        x = tp * over / n
-        self.demand_w = max(0.0, (t[2] - x) * rate / c[_DSETS])
-        t[2] = x
-        c[_DN] = over
-        c[_DPER] += 1
-        ds = c[_DS]
-        now = self.clock.time() if self.clock else 0
-        if now < _CLOCK_SET:  # no wall clock: periods of the sample clock, ended at its seconds
-            c[_DSETS] = int(ds * rate)
-            c[_DEND] = 0
-            self.registers.demand(self.demand_w, c[_DPER] * ds, True)
-            return
-        now -= int(over / rate)  # when the period ended
-        b = c[_DEND]  # where it was to end: > 0 a whole period's, < 0 a part period's
-        e = abs(b)
-        if e and -1 <= now - e <= 1:  # it did (within the clock's second)
-            self.registers.demand(self.demand_w, e, b > 0)
-            e += ds
-            c[_DEND] = e  # the next, whole
-        else:  # it did not (the first after a start, a clock step): a part period to the next boundary
-            self.registers.demand(self.demand_w, now, False)
-            e = (now // ds + 1) * ds
-            c[_DEND] = -e
-        c[_DSETS] = int(max(e - now, 1) * rate)
+        if c[_DN] >= c[_DSETS]:  # the demand period ended in this batch (once a period)
+            self.flush()
+            rate = self.rate
+            x = c[_DN] - c[_DSETS]  # sets past its end: they and their share of tp are the next one's
+            tp = tp * x / n
+            w = self.demand_w = max(0.0, (t[2] - tp) * rate / c[_DSETS])
+            t[2] = tp
+            c[_DN] = x
+            c[_DPER] += 1
+            ds = c[_DS]
+            now = (self.clock.time() if self.clock else 0) - int(x / rate)  # when it ended
+            b = c[_DEND]  # where it was to end: > 0 a whole period's, < 0 a part period's
+            e = abs(b)
+            if now < _CLOCK_SET:  # no wall clock: periods of the sample clock, ended at its seconds
+                e = c[_DPER] * ds
+                b = 1
+                x = ds
+            elif e and -1 <= now - e <= 1:  # it ended there (within the clock's second)
+                x = e + ds - now
+                c[_DEND] = e + ds  # the next, whole
+            else:  # it did not (the first after a start, a clock step): a part period to the grid
+                e = now
+                b = 0
+                x = (now // ds + 1) * ds
+                c[_DEND] = -x
+                x -= now
+            self.registers.demand(w, e, b > 0)
+            c[_DSETS] = int(max(x, 1) * rate)  # the next period's sets
 
     def commit(self):
         # Float window sums -> integer registers (also before a tariff change).
