@@ -147,8 +147,12 @@ def test_repository_firmware_x64_build_runs_its_viper_kernels(tmp_path):
 
 @pytest.mark.parametrize("board", ["esp32_devkitc", "pico_w"])
 def test_repository_firmware_builds_for_the_mcu_boards(tmp_path, board):
-    res = build(board, tmp_path / board)
+    res = build(board, tmp_path / board, romfs=True)
     assert (res.out / "lib" / "meternode" / "metrology" / "kernels.mpy").exists()
+    # the flash budget: the whole package as a ROMFS image fits a 256-KiB partition (2026-12-07:
+    # pico_w 248.0 KiB, esp32_devkitc 249.5; the 64-bit unix port's sim image, 256.9)
+    size = (res.out / "romfs.img").stat().st_size
+    assert size <= 256 * 1024, f"{board}'s ROMFS image is {size / 1024:.1f} KiB, over a 256-KiB partition"
 
 
 def test_freeze_manifest_freezes_the_texts_the_mpy_files_were_compiled_from(tmp_path):
