@@ -254,8 +254,9 @@ class Registers:
 # clock, so the sample clock's drift never accumulates); without one, periods are demand_s of
 # the sample clock, ended at sample-clock seconds. A batch that runs past the end gives its
 # sets past it, and their share of its energy, to the next period. Only a whole period, from
-# one boundary to the next, can be the maximum: the first after a start and one across a
-# clock step are reported (demand_w) but not kept.
+# one boundary to the next, can be the maximum: the two after a start (demand_s from it, then
+# one to the grid) and one across a clock step are reported (demand_w) but not kept; nor is a
+# maximum from before the clock was set (its month is 1970's).
 #
 # `rate` is the meter's measured sample rate (metrology/timebase.py): a cycle of n sets
 # lasts n / rate seconds.  The windows themselves are counted in sets (integers).
