@@ -606,6 +606,8 @@ class LoraFrames(Target):
         self.seeds = [
             loracodec.encode_record(R.PROFILE, 7, NOW, p),
             loracodec.encode_record(R.DAILY, 8, NOW, R.freeze(1, 2, 3, 4)),
+            loracodec.encode_record(R.MONTHLY, 8, NOW, R.freeze(1, 2, 3, 4, (4100500, NOW))),
+            loracodec.encode_record(R.MONTHLY, 8, NOW, R.freeze(1, 2, 3, 4, (4100500, NOW)))[:25],  # older firmware
             loracodec.encode_record(R.EVENT, 9, NOW, R.event(R.EV_TAMPER, 1, "tamper é")),
             loracodec.encode_telemetry(3, NOW, {"v": 230.1, "f": 50.0, "p": 1200.0, "e_imp_wh": 5, "e_exp_wh": 0}),
             loracodec.encode_record(R.READING, 10, NOW, _reading()),
@@ -639,6 +641,8 @@ class StoredRecords(Target):
         log = RecordLog(self.dir, 4096, 16384)
         log.append(R.PROFILE, NOW, R.profile(900, 1, 2, (1, 2, 3), (4, 5, 6), (7, 8, -9)))
         log.append(R.DAILY, NOW, R.freeze(1, 2, 3, 4))
+        log.append(R.MONTHLY, NOW, R.freeze(1, 2, 3, 4, (4100500, NOW)))
+        log.append(R.MONTHLY, NOW, R.freeze(1, 2, 3, 4))  # stored by a firmware before billing months
         log.append(R.EVENT, NOW, R.event(R.EV_CMD_REJECTED, 3, "a" + "é" * 30))
         log.append(R.READING, NOW, _reading())
         log.append(R.READING, NOW, b'{"obis": "1.8.0", "v": 1}')  # not a READING payload
@@ -793,6 +797,7 @@ class ConsumerPayloads(Target):
             ("event", R.to_json_dict("n7", R.EVENT, 2, NOW, R.event(R.EV_TAMPER, 1, "é tamper"))),
             ("event", {"node": "n7", "kind": "unknown", "seq": 3, "ts": 0, "held": 1, "error": "missing: gone"}),
             ("profile", R.to_json_dict("n7", R.DAILY, 4, NOW, R.freeze(1, 2, 3, 4))),
+            ("profile", R.to_json_dict("n7", R.MONTHLY, 5, NOW, R.freeze(1, 2, 3, 4, (4100500, NOW)))),
             ("telemetry", {"node": "n7", "seq": 9, "ts": NOW, "v": 230.1, "p": 1.5, "e_imp_wh": 3, "e_exp_wh": 0}),
             ("cmd/result", {"id": "m1", "ok": False, "status": "rejected", "why": "unauthenticated"}),
         ]
