@@ -90,6 +90,15 @@ def test_maximum_demand_is_per_billing_month_and_the_last_months_waits_for_its_f
     eq(r.md[:3], [500000, feb + 900, jan + 1], "February starts afresh")
     eq(r.bill(jan + 1), (3000000, feb), "the freeze at Feb 1 takes January's")
     eq(r.bill(jan + 1), (3000000, feb), "asked again: the same")
+    # the freeze came first (a snapshot between midnight and the block that ends the period
+    # at midnight): January's period still goes to January, February is not set back
+    r4 = Registers(1)
+    r4.demand(1000.0, feb - 900, True)
+    eq(r4.bill(jan + 1), (1000000, feb - 900), "the freeze's")
+    r4.demand(2000.0, feb, True)
+    eq(r4.md, [0, 0, jan + 1, 2000000, feb, jan], "January's maximum grows; February stays")
+    r4.demand(700.0, feb - 1800, True)
+    eq(r4.md[3], 2000000, "a smaller one changes nothing")
     r2 = Registers(1)
     r2.demand(1500.0, feb - 60, True)
     eq(r2.bill(jan + 1), (1500000, feb - 60), "no period of February yet: the month ends at the freeze")

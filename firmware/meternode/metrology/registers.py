@@ -196,8 +196,14 @@ class Registers:
         if not whole:
             return
         md = self.md
-        self.bill(month(at - 1))
         mw = int(w * 1000 + 0.5)
+        x = month(at - 1)
+        if x < md[2]:  # a month that has ended (its period's end reached us after its freeze)
+            if x == md[5] and mw > md[3]:
+                md[3] = mw
+                md[4] = at
+            return
+        self.bill(x)
         if mw > md[0]:
             md[0] = mw
             md[1] = at
