@@ -273,7 +273,7 @@ class MqttTransport:
         self._connected = threading.Event()
         self._streams: dict[str, _Stream] = {}
         self.window = window
-        self._lock = threading.Lock()  # the streams; held while publishing, so chunks go in order
+        self._lock = threading.RLock()  # the streams; held while publishing, so chunks go in order
         self._stop = threading.Event()
         self.legacy = 0
 
@@ -305,8 +305,12 @@ class MqttTransport:
         if len(parts) >= 4 and isinstance(res, dict):
             if parts[-2] == "ota":
                 got = res.get("got")
-                if res.get("status") == "accepted":
+                status = res.get("status")
+                if status == "accepted":
                     self._send(parts[-3], 1 + got if isinstance(got, int) and got >= 0 else 1)
+                elif status in ("confirmed", "rolled_back"):
+                    pass  # a report from the boot after a build was staged, not the answer to a
+                    # stream: arriving after the next bundle was pushed, it must not end that one
                 elif not self._final(parts[-3], res):
                     return  # an older firmware's refusal of a form it gets again in its own
             self.results.put((parts[-3], parts[-2], res))
@@ -344,11 +348,11 @@ class MqttTransport:
             self._client.publish(f"{self.prefix}/{node}/policy/bundle", bundle, qos=1)
             return
         topic = f"{self.prefix}/{node}/ota"
-        with self._lock:
+        with self._lock:  # the stream and its first window at once: no answer comes in between
             msgs = ota_messages(bundle, topic=len(topic.encode()))
             b = json.loads(msgs[0]).get("bundle")
             self._streams[node] = _Stream(topic, msgs, bundle, isinstance(b, dict) and isinstance(b.get("m"), int))
-        self._send(node, 0)
+            self._send(node, 0)
 
     def streaming(self) -> int:
         """Nodes with messages of a firmware bundle still to send."""
