@@ -3,12 +3,16 @@ and OTA code: canary then batches, per-node results, halt on failures, resume fr
 
 from __future__ import annotations
 
+import json
+import queue
+import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from umeter.campaign import CampaignDB, CampaignSpec, MqttTransport, plan_stages, run
+from umeter.campaign import CampaignDB, CampaignSpec, MqttTransport, ota_messages, plan_stages, run
 from umeter.errors import PolicyError
 from umeter.fleetsim import FleetSim
 from umeter.policy import compile_source, policy_bundle
@@ -329,14 +333,6 @@ def test_a_late_confirmation_of_the_last_build_does_not_stop_the_next_ones_strea
     # report reaches the transport after the next bundle was pushed to the node, it is not that
     # bundle's answer: its stream must go on with the node's progress (a flaky CI run of
     # tests/e2e/test_ota_vnode.py lost the next push so: nothing after its first window).
-    import json
-    import queue
-    import time
-
-    import paho.mqtt.client as mqtt
-
-    from umeter.campaign import ota_messages
-
     files = {f"meternode/f{k}.py": bytes((k * 5 + j) % 251 for j in range(20000)) for k in range(3)}
     env = sign_bundle(KEY, make_manifest("firmware", "acme", 7, files, make_target(all_nodes=True), key=KEY), files)
     total = len(ota_messages(env))

@@ -348,20 +348,21 @@ class Energy:
             now = (self.clock.time() if self.clock else 0) - int(x / rate)  # when it ended
             b = c[_DEND]  # where it was to end: > 0 a whole period's, < 0 a part period's
             e = abs(b)
+            whole = b > 0  # where it ended, whether it was whole, and x: the next one's seconds
             if now < _CLOCK_SET:  # no wall clock: periods of the sample clock, ended at its seconds
                 e = c[_DPER] * ds
-                b = 1
+                whole = True
                 x = ds
             elif e and -1 <= now - e <= 1:  # it ended there (within the clock's second)
                 x = e + ds - now
                 c[_DEND] = e + ds  # the next, whole
             else:  # it did not (the first after a start, a clock step): a part period to the grid
                 e = now
-                b = 0
+                whole = False
                 x = (now // ds + 1) * ds
                 c[_DEND] = -x
                 x -= now
-            self.registers.demand(w, e, b > 0)
+            self.registers.demand(w, e, whole)
             c[_DSETS] = int(max(x, 1) * rate)  # the next period's sets
 
     def commit(self):
