@@ -251,6 +251,7 @@ class _Stream:
     at: float = field(default_factory=time.monotonic)  # the last send or report
     legacy: bool = False  # sent again in the form firmware before the streamed manifest takes
     stale: int = 0  # answers still to come to the streamed form's `end` (NO_TRANSFER)
+    owed: int = 0  # final answers still to come for bundles pushed to the node before this one
 
 
 class MqttTransport:
@@ -307,7 +308,8 @@ class MqttTransport:
                 got = res.get("got")
                 status = res.get("status")
                 if status == "accepted":
-                    self._send(parts[-3], 1 + got if isinstance(got, int) and got >= 0 else 1)
+                    if not self._owed(parts[-3]):
+                        self._send(parts[-3], 1 + got if isinstance(got, int) and got >= 0 else 1)
                 elif status in ("confirmed", "rolled_back"):
                     pass  # a report from the boot after a build was staged, not the answer to a
                     # stream: arriving after the next bundle was pushed, it must not end that one
@@ -324,6 +326,9 @@ class MqttTransport:
         resend = None
         with self._lock:
             s = self._streams.get(node)
+            if s is not None and s.owed:
+                s.owed -= 1  # the answer to an earlier bundle, whose messages all went first
+                return True
             if s is not None and s.stale and why == NO_TRANSFER:
                 s.stale -= 1
                 return False
@@ -351,8 +356,21 @@ class MqttTransport:
         with self._lock:  # the stream and its first window at once: no answer comes in between
             msgs = ota_messages(bundle, topic=len(topic.encode()))
             b = json.loads(msgs[0]).get("bundle")
-            self._streams[node] = _Stream(topic, msgs, bundle, isinstance(b, dict) and isinstance(b.get("m"), int))
+            s = _Stream(topic, msgs, bundle, isinstance(b, dict) and isinstance(b.get("m"), int))
+            old = self._streams.get(node)
+            if old is not None:
+                # The node takes its messages in order, and a `begin` ends a transfer in progress
+                # without an answer: the bundle before this one still answers if all of its
+                # messages went out (and an older firmware's stale refusals with it). Those
+                # answers come first and are not this stream's.
+                s.owed = old.owed + old.stale + (old.msgs is None)
+            self._streams[node] = s
             self._send(node, 0)
+
+    def _owed(self, node: str) -> bool:
+        with self._lock:
+            s = self._streams.get(node)
+            return s is not None and s.owed > 0
 
     def streaming(self) -> int:
         """Nodes with messages of a firmware bundle still to send."""

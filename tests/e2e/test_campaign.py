@@ -358,3 +358,50 @@ def test_a_late_confirmation_of_the_last_build_does_not_stop_the_next_ones_strea
     finally:
         sub.loop_stop()
         sub.disconnect()
+
+
+def test_a_late_answer_to_the_bundle_before_does_not_end_the_next_ones_stream(mosquitto) -> None:
+    # A small bundle goes out whole; before the node's "staged" reaches the transport, the next
+    # (large) bundle is pushed to the same node. The node answers in the order it got the
+    # messages: the first bundle's answer comes first and is not the second's. Taking it for the
+    # second's final answer dropped that stream after its first window (docs/policy.md).
+    small = _firmware(7, "first")
+    files = {f"meternode/f{k}.py": bytes((k * 7 + j) % 251 for j in range(20000)) for k in range(3)}
+    large = sign_bundle(KEY, make_manifest("firmware", "second", 8, files, make_target(all_nodes=True), key=KEY), files)
+    assert len(ota_messages(small)) == 1 and len(ota_messages(large)) > 4
+    got: queue.Queue[bytes] = queue.Queue()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sub.on_message = lambda c, u, m: got.put(m.payload)
+    sub.connect(mosquitto.host, mosquitto.port)
+    sub.subscribe("umeter/n1/ota", qos=1)
+    sub.loop_start()
+
+    def answer(res: dict) -> None:
+        sub.publish("umeter/n1/ota/result", json.dumps(res), qos=1)
+
+    try:
+        time.sleep(0.3)
+        with MqttTransport(mosquitto.url, window=2) as t:
+            t.push("firmware", "n1", small)
+            assert json.loads(got.get(timeout=5))["op"] == "begin"
+            t.push("firmware", "n1", large)
+            first = [got.get(timeout=5) for _ in range(2)]
+            # the first bundle's progress and answer, late; then the second's progress
+            answer({"ok": True, "status": "accepted", "version": 6, "campaign": "first", "got": 40})
+            answer({"ok": True, "status": "staged", "version": 7, "campaign": "first"})
+            assert t.results.get(timeout=5)[2]["campaign"] == "first"
+            assert t.results.get(timeout=5)[2]["status"] == "staged"
+            time.sleep(0.3)
+            assert got.empty()  # the first bundle's progress moved nothing of the second's window
+            assert t.streaming() == 1
+            answer({"ok": True, "status": "accepted", "version": 7, "campaign": None})
+            more = [got.get(timeout=5) for _ in range(1)]  # the window, one further on
+            assert more[0] not in first and json.loads(more[0]).get("op") != "begin"
+            # the second bundle's own final answer ends its stream
+            answer({"ok": False, "status": "rejected", "version": 7, "campaign": "second", "why": "bad file: x"})
+            assert t.results.get(timeout=5)[2]["status"] == "accepted"
+            assert t.results.get(timeout=5)[2]["campaign"] == "second"
+            assert t.streaming() == 0
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
