@@ -35,9 +35,10 @@ the billing month's maximum demand), register_regressions = 0
 2048 (the longest boot, first against last day boundary), and that the run exercised what it
 is for: sample-set counters past 2**30, an epoch past 2**31 s, ticks_ms wraps (>= 2 in 30
 days) and ticks_us wraps (>= 100), where the sim clock has them. `freezes` counts the daily
-and monthly freezes stored.
+and monthly freezes stored. With --utc-offset-min the node bills in that local time
+(config.utc_offset_min): midnights, firsts of the month and billing months are checked there.
 
-    python benchmarks/endurance.py [--days 30] [--seed 1] [--heap 256k] [--keep DIR] [-v]
+    python benchmarks/endurance.py [--days 30] [--seed 1] [--heap 256k] [--utc-offset-min 330] [--keep DIR] [-v]
 
 UMETER_MICROPYTHON selects the unix port (e.g. a 32-bit, single-precision build).
 """
@@ -105,8 +106,12 @@ SCHEDULE = [
 
 
 class Soak:
-    def __init__(self, days: float, seed: int, heap: str, work: Path, verbose: bool, coast: float = 0.0) -> None:
+    def __init__(
+        self, days: float, seed: int, heap: str, work: Path, verbose: bool, coast: float = 0.0, utc_offset_min: int = 0
+    ) -> None:
         self.days = days
+        self.utc_offset_min = utc_offset_min
+        self.off = utc_offset_min * 60  # the node's billing time: midnight and months local
         self.coast = coast
         self.total_s = int(days * 86400)
         self.rnd = random.Random(seed)
@@ -179,6 +184,7 @@ class Soak:
             "node_id": NODE_ID,
             "telemetry_s": float(TELEMETRY_S),
             "profile_s": PROFILE_S,
+            "utc_offset_min": self.utc_offset_min,
             "mqtt": {
                 "host": self.broker.host,
                 "port": self.broker.port,
@@ -482,8 +488,8 @@ class Soak:
         peak *= float(V_SCALE * I_SCALE)
         demand_errors = []
         for ts, (mw, at) in sorted(demands.items()):
-            t = time.gmtime(ts - 1)
-            month0 = calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0))
+            t = time.gmtime(ts - 1 + self.off)
+            month0 = calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0)) - self.off
             ran_a_day = ts - max(month0, self.epoch0) >= 86400
             ok = abs(mw / 1000 - peak) <= 0.002 * peak and at % DEMAND_S == 0 and month0 < at <= ts
             if ran_a_day and not ok:
@@ -510,11 +516,11 @@ class Soak:
             for slot in range(first // PROFILE_S, last // PROFILE_S):
                 if ("profile", (slot + 1) * PROFILE_S) not in seen:
                     unrecorded += 1
-            for day in range(first // 86400, last // 86400):
-                m = (day + 1) * 86400
+            for day in range((first + self.off) // 86400, (last + self.off) // 86400):
+                m = (day + 1) * 86400 - self.off  # local midnight
                 if ("daily", m) not in seen:
                     unrecorded += 1
-                if time.gmtime(m).tm_mday == 1 and ("monthly", m) not in seen:
+                if time.gmtime(m + self.off).tm_mday == 1 and ("monthly", m) not in seen:
                     unrecorded += 1
         lost = len(missing) + c["lost"] + unrecorded
         # heap: the longest boot, held after a collection every 6 simulated hours; the lowest of
@@ -527,6 +533,7 @@ class Soak:
         res.update(
             {
                 "simulated_days": round(simulated / 86400, 3),
+                "utc_offset_min": self.utc_offset_min,
                 "ms_wraps": ms_wraps,
                 "us_wraps": us_wraps if us_seen else None,
                 "max_sample_sets": max_sets,
@@ -625,6 +632,12 @@ def main(argv: list[str] | None = None) -> int:
         help="fraction of every 5 simulated minutes the sim HAL fast-forwards (SimSampler.coast) "
         "instead of sampling set by set; 0 samples every set",
     )
+    ap.add_argument(
+        "--utc-offset-min",
+        type=int,
+        default=0,
+        help="the node's config.utc_offset_min: its freezes at local midnight, checked so",
+    )
     ap.add_argument("--keep", type=Path, help="keep the node's files and the database here")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
@@ -635,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         if not 0.0 <= a.coast <= 0.95:
             ap.error("--coast must be 0 .. 0.95")
-        s = Soak(a.days, a.seed, a.heap, work, a.verbose, a.coast)
+        s = Soak(a.days, a.seed, a.heap, work, a.verbose, a.coast, a.utc_offset_min)
         res = s.run()
     res["micropython"] = os.path.basename(unixport.micropython_path())
     if res["failed"]:

@@ -47,6 +47,10 @@ def setup(node, board, config):
     checks.check_config(config)
     checks = None
     forget("meternode.checks")
+    # midnight, the month and the profile's and demand's periods in local standard time
+    from meternode.ticks import set_local
+
+    set_local(config.get("utc_offset_min", 0))
     from meternode.hal import halinit  # the makers: forgotten at the end
 
     sc = _check_supervisor(config)

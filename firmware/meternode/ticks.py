@@ -13,8 +13,13 @@
 # rebase(ms, us): the wall ticks read `ms` / `us` now (the sim HAL starts them a few
 # seconds before a wrap, so every test and virtual node crosses one).
 #
-# month(ts): the UTC month of epoch seconds, for the billing months of the maximum demand
-# (metrology/registers.py) and the MONTHLY freeze (store/profile.py).
+# Billing time: the node's local standard time, set_local(minutes east of UTC) from
+# config.utc_offset_min at start (nodeinit.py; 0, UTC, until then). floor(ts, x): the last
+# boundary of x seconds of local time at or before epoch second ts (x divides a day: the
+# load profile's periods, the demand periods, local midnight); month(ts): the local month of
+# ts, year * 12 + month - 1. The billing quantities use these (metrology/registers.py,
+# store/profile.py, gateway/service.py); timestamps stay UTC. No DST rules: a utility's
+# billing clock is standard time.
 #
 # sleep_ms(ms), wait_for_ms(aw, ms): asyncio's waits in milliseconds, the same names on
 # MicroPython and CPython, so the pure link modules (LoRaWAN, the outbox) also run on the
@@ -78,9 +83,20 @@ def rebase(at_ms, at_us):
     _off_us = diff(at_us & MASK, _raw_us() & MASK)
 
 
+_local = 0  # seconds east of UTC
+
+
+def set_local(minutes):
+    global _local
+    _local = minutes * 60
+
+
+def floor(ts, x):
+    return ts - (ts + _local) % x
+
+
 def month(ts):
-    # year * 12 + month - 1
-    t = time.gmtime(int(ts))
+    t = time.gmtime(int(ts) + _local)
     return t[0] * 12 + t[1] - 1
 
 

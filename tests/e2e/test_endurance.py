@@ -20,7 +20,7 @@ def test_three_simulated_days_with_power_cuts_outages_and_a_full_flash_keep_ever
     if mosquitto_path() is None:
         pytest.skip("Mosquitto is not installed (apt-get install mosquitto); CI installs it")
     p = subprocess.run(
-        [sys.executable, str(SOAK), "--days", "3", "--seed", "1", "--keep", str(tmp_path)],
+        [sys.executable, str(SOAK), "--days", "3", "--seed", "1", "--utc-offset-min", "330", "--keep", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=880,
@@ -39,7 +39,10 @@ def test_three_simulated_days_with_power_cuts_outages_and_a_full_flash_keep_ever
     assert res["freq_error_mhz"] <= 1
     assert res["records_lost"] == 0 and res["records_duplicated"] == 0
     # billing: each midnight frozen once, the profile record ending then holding the same
-    # registers as the freeze, and no record's registers below an earlier one's
+    # registers as the freeze, and no record's registers below an earlier one's. The node bills
+    # in India's time (+5:30): a daily freeze at a UTC midnight instead of a local one counts
+    # as a lost record above
+    assert res["utc_offset_min"] == 330
     assert res["freezes"]["daily"] >= 2 and res["freeze_mismatches"] == 0
     assert res["register_regressions"] == 0
     assert res["records"] > 250  # 288 profile intervals in 3 days, less the outages, plus events

@@ -72,7 +72,7 @@ class Line:
                 self.n = cjt188.encode(self.out, b[s + 1], a, 0x81, pay)
 
 
-def _node(line):
+def _node(line, off_min=0):
     with open(__file__.rsplit("/", 3)[0] + "/boards/sim.json") as f:
         board = json.load(f)
     meters = [
@@ -84,7 +84,8 @@ def _node(line):
         "node_id": "fz1",
         "store": {"path": scratch_dir() + "/st"},
         "checkpoint": {"dir": ""},
-        "sim": {"seed": 3, "epoch": JAN31 + 86400 - 150, "currents": [{"rms": 4.0}]},  # Jan 31 23:57:30
+        "sim": {"seed": 3, "epoch": JAN31 + 86400 - 150, "currents": [{"rms": 4.0}]},  # Jan 31 23:57:30 UTC
+        "utc_offset_min": off_min,
         "gateway": {
             "buses": {"rs485": {"port": line, "baud": 115200, "turnaround_ms": 0}},
             "meters": meters, "timeout_ms": 50, "retries": 0, "silent_after": 1,
@@ -244,3 +245,33 @@ async def test_the_gateway_gate_refuses_below_the_measured_need_and_metering_goe
     await n.gateway.pollers[0].poll(n.gateway.pollers[0].meters[0])
     eq(n.gateway.pollers[0].meters[0].good, 1, "the meter read")
     u.log.close()
+
+
+@heap("1m")
+async def test_a_node_in_new_york_freezes_at_its_local_midnight():
+    # config.utc_offset_min -300 (EST): the gateway's freezes and the node's own are at
+    # 05:00 UTC, Feb 1 00:00 local, and a month's end there; none at the UTC midnight before.
+    from meternode import ticks
+
+    line = Line()
+    n, u, g = _node(line, -300)
+    try:
+        loc = FEB1 + 5 * 3600
+        _advance(n, 10)
+        await _round(n, g, line, 100000, 100000, 50000)  # 18:57:40 local
+        _advance(n, 160)
+        await _round(n, g, line, 100100, 100500, 50250)  # 00:00:10 UTC, 19:00:10 local
+        eq(_frozen(u), {}, "no freeze at the UTC midnight")
+        n.hal.clock.set_time(loc - 40)
+        await _round(n, g, line, 100200, 101000, 51000)  # the last readings of January, local
+        _advance(n, 50)
+        await _round(n, g, line, 100300, 101500, 51500)
+        fz = _frozen(u)
+        eq(sorted(fz), [(loc, "cjt188-10-00000000001234"), (loc, "cjt188-30-00000000005678"),
+                        (loc, "dlt645-000000123456")], "each meter frozen at local midnight")  # fmt: skip
+        eq(fz[(loc, "dlt645-000000123456")], (["frozen_day", "frozen_month"], {"energy_import": "1002.00"}), "Jan")
+        own = [(k, ts) for k, ts, d in _records(u, (records.DAILY, records.MONTHLY))]
+        eq(own, [(records.DAILY, loc), (records.MONTHLY, loc)], "the node's own freezes, the same moment")
+    finally:
+        ticks.set_local(0)
+        u.log.close()

@@ -20,6 +20,8 @@ from meternode.gateway import drivers, poller
 from meternode.gateway import reading as R
 from meternode.hal import bus as hbus
 from meternode.store import records
+from meternode.ticks import floor
+from meternode.ticks import month as _month
 from meternode.ticks import sleep_ms as _sleep_ms
 
 _MAX_OPS = 4  # valve commands waiting per bus
@@ -195,7 +197,7 @@ class GatewayService:
         if prof is None:
             return
         pday = getattr(prof, "_day", None)
-        if pday is not None and ts // 86400 > pday:
+        if pday is not None and floor(ts, 86400) > pday:
             return
         water = gas = 0
         for m in self.meters():
@@ -217,15 +219,16 @@ class GatewayService:
         prof.gas_l = gas
 
     def _freeze(self, ts):
-        # At each UTC midnight every meter's last reading before it is frozen (FROZEN_DAY,
+        # At each midnight (billing time, ticks.floor: the node's local standard time) every
+        # meter's last reading before it is frozen (FROZEN_DAY,
         # and FROZEN_MONTH on the first of a month), STALE too when the meter is silent.
         # Never from a clock that was not set, and never a day twice (a clock set back
         # waits for the newest day it has seen to pass).
         if ts < _CLOCK_SET:
             self._day = None
             return
-        day = ts // 86400
-        month = R.civil(ts)[:2]
+        day = floor(ts, 86400)
+        month = _month(ts)
         if self._day is None:
             self._day, self._month = day, month
             return
@@ -235,7 +238,7 @@ class GatewayService:
         self._day, self._month = day, month
         for m in self.meters():
             if m.have:
-                self._append(records.READING, day * 86400, R.pack(m.id, m.last, flags | (R.STALE if m.silent else 0)))
+                self._append(records.READING, day, R.pack(m.id, m.last, flags | (R.STALE if m.silent else 0)))
 
     # -- MQTT ---------------------------------------------------------------------------------
     async def publisher(self):

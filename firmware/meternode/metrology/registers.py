@@ -24,9 +24,10 @@
 # Only elements whose board role is "main" (the grid connection; the default) count in the
 # total: a sub-circuit CT ("role": "circuit") keeps its own registers but is not counted twice.
 # Maximum demand: the total net import energy over each whole demand period, divided by its
-# length; the largest of the billing month (UTC; a period ending at 00:00 on the 1st belongs
-# to the month before) is kept with its end time, and when a month ends the maximum moves to
-# `md`'s last-month half, where the MONTHLY freeze takes it (bill(), store/profile.py).
+# length; the largest of the billing month (billing time, ticks.month: UTC +
+# config.utc_offset_min; a period ending at 00:00 on the 1st belongs to the month before) is
+# kept with its end time, and when a month ends the maximum moves to `md`'s last-month half,
+# where the MONTHLY freeze takes it (bill(), store/profile.py).
 # md = [mW, end, month, last month's mW, its end, that month] (month: year * 12 + month - 1).
 #
 # Small ints only: a register is kept as two words, lo (0 .. 2**30 - 1 mWh) and hi (units
@@ -38,7 +39,7 @@
 from micropython import const
 
 from meternode import run
-from meternode.ticks import month
+from meternode.ticks import floor, month
 
 IMP = const(0)
 EXP = const(1)
@@ -255,8 +256,8 @@ class Registers:
 #
 # Maximum demand: the net import power (registered energy, import minus export, floored at
 # zero) over demand periods of demand_s (default 900 s), the block demand a utility bills:
-# with the wall clock set (after 2020) a period ends on a multiple of demand_s of UTC (00:00,
-# 00:15, ...; the sample clock counts it, and each end sets the next one's length from the
+# with the wall clock set (after 2020) a period ends on a multiple of demand_s of billing time
+# (00:00, 00:15, ... local: ticks.floor; the sample clock counts it, and each end sets the next one's length from the
 # clock, so the sample clock's drift never accumulates); without one, periods are demand_s of
 # the sample clock, ended at sample-clock seconds. A batch that runs past the end gives its
 # sets past it, and their share of its energy, to the next period. Only a whole period, from
@@ -359,7 +360,7 @@ class Energy:
             else:  # it did not (the first after a start, a clock step): a part period to the grid
                 e = now
                 whole = False
-                x = (now // ds + 1) * ds
+                x = floor(now, ds) + ds
                 c[_DEND] = -x
                 x -= now
             self.registers.demand(w, e, whole)

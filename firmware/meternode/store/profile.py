@@ -1,6 +1,8 @@
 # Load profile and freezes: turns the periodic meter snapshots into PROFILE records (one per
-# `period_s`, aligned to the wall clock: 00:00, 00:15, ...), DAILY freezes at each UTC
-# midnight and MONTHLY freezes at each first of the month, all appended to the record log.
+# `period_s`, aligned to the wall clock: 00:00, 00:15, ...), DAILY freezes at each midnight
+# and MONTHLY freezes at each first of the month, all appended to the record log. Midnight,
+# the month and the periods' boundaries are the node's billing time (ticks.floor/month: UTC +
+# config.utc_offset_min); the records' timestamps are UTC.
 # Energies come from the snapshot's exact register integers (e_imp_mwh, e_exp_mwh), never
 # rebuilt from float Wh: a single-precision float is exact only below 16.8 kWh.
 #
@@ -17,7 +19,7 @@
 # tests of the store alone, freezes none).
 from meternode import run
 from meternode.store import records
-from meternode.ticks import month
+from meternode.ticks import floor, month
 
 
 def _at(b, t0, v0, t1, v1):
@@ -53,20 +55,19 @@ class ProfileRecorder:
         t0 = self._ts
         if end is None or ts < t0 - self._per:  # the first, or the clock set back a period or more
             self.close(None, 0, 0)  # what an interval had is dropped: no end of it is known
-            self._day = ts // 86400
+            self._day = floor(ts, 86400)  # the local midnight at or before ts
             self._month = month(ts)
             end = None
         elif ts >= end:  # the interval's end has passed: its record, the registers at its end
             i0 = self.e_imp_mwh
             x0 = self.e_exp_mwh
             self.close(end, _at(end, t0, i0, ts, imp), _at(end, t0, x0, ts, exp))
-            day = ts // 86400
-            if day > self._day:  # midnight: the registers then, and the meters' last readings
-                m = day * 86400
+            m = floor(ts, 86400)
+            if m > self._day:  # midnight: the registers then, and the meters' last readings
                 i0 = _at(m, t0, i0, ts, imp)
                 x0 = _at(m, t0, x0, ts, exp)
                 self._append(records.DAILY, m, records.freeze(i0, x0, self.water_l, self.gas_l))
-                self._day = day
+                self._day = m
                 x = month(ts)
                 if x != self._month:
                     md = self.regs.bill(month(m)) if self.regs else (0, 0)
@@ -75,7 +76,7 @@ class ProfileRecorder:
             end = None
         if end is None:  # the interval that holds ts, of the period in force now
             x = self._per = self.period_s
-            self._end = (ts // x + 1) * x
+            self._end = floor(ts, x) + x
         self._ts = ts
         self.e_imp_mwh = imp
         self.e_exp_mwh = exp
