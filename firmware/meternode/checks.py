@@ -48,7 +48,7 @@ def check_config(c):
         need(m, "port", int, w + ".mqtt", default=1883, lo=1, hi=65535)
         need(m, "prefix", str, w + ".mqtt", default="umeter")
         need(m, "keepalive", int, w + ".mqtt", default=30, lo=5, hi=3600)
-    # billing time (ticks.set_local): local standard time, minutes east of UTC
+    # billing time (ticks.LOCAL_S): local standard time, minutes east of UTC
     tz = need(c, "utc_offset_min", int, w, default=0, lo=-720, hi=840)
     if tz % 15:
         raise ConfigError("config.utc_offset_min = %d is not a whole quarter of an hour east of UTC" % tz)

@@ -48,9 +48,9 @@ def setup(node, board, config):
     checks = None
     forget("meternode.checks")
     # midnight, the month and the profile's and demand's periods in local standard time
-    from meternode.ticks import set_local
+    from meternode import ticks
 
-    set_local(config.get("utc_offset_min", 0))
+    ticks.LOCAL_S = config.get("utc_offset_min", 0) * 60
     from meternode.hal import halinit  # the makers: forgotten at the end
 
     sc = _check_supervisor(config)

@@ -13,7 +13,7 @@
 # rebase(ms, us): the wall ticks read `ms` / `us` now (the sim HAL starts them a few
 # seconds before a wrap, so every test and virtual node crosses one).
 #
-# Billing time: the node's local standard time, set_local(minutes east of UTC) from
+# Billing time: the node's local standard time, LOCAL_S seconds east of UTC, set from
 # config.utc_offset_min at start (nodeinit.py; 0, UTC, until then). floor(ts, x): the last
 # boundary of x seconds of local time at or before epoch second ts (x divides a day: the
 # load profile's periods, the demand periods, local midnight); month(ts): the local month of
@@ -83,20 +83,15 @@ def rebase(at_ms, at_us):
     _off_us = diff(at_us & MASK, _raw_us() & MASK)
 
 
-_local = 0  # seconds east of UTC
-
-
-def set_local(minutes):
-    global _local
-    _local = minutes * 60
+LOCAL_S = 0  # seconds east of UTC (a module global: no setter function to keep loaded)
 
 
 def floor(ts, x):
-    return ts - (ts + _local) % x
+    return ts - (ts + LOCAL_S) % x
 
 
 def month(ts):
-    t = time.gmtime(int(ts) + _local)
+    t = time.gmtime(int(ts) + LOCAL_S)
     return t[0] * 12 + t[1] - 1
 
 

@@ -50,11 +50,11 @@ from meternode.metrology.meter import Meter
 
 def energies(m):
     r = m.registers
-    p = r.energy_j(0, 0) - r.energy_j(0, 1)
-    q = r.energy_j(0, 2) + r.energy_j(0, 3) - r.energy_j(0, 4) - r.energy_j(0, 5)
-    moved_p = r.energy_j(0, 0) + r.energy_j(0, 1)
-    moved_q = r.energy_j(0, 2) + r.energy_j(0, 3) + r.energy_j(0, 4) + r.energy_j(0, 5)
-    return p, q, sum(r.r) + sum(r.rem), moved_p, moved_q
+    # element 0's registers (import, export, Q1..Q4: fields 0..5) in joules, remainders included
+    j = [r.get(0, k) * 3.6 + r.rem[k] / 1000000 for k in range(6)]
+    p = j[0] - j[1]
+    q = j[2] + j[3] - j[4] - j[5]
+    return p, q, sum(r.r) + sum(r.rem), j[0] + j[1], j[2] + j[3] + j[4] + j[5]
 
 job = json.load(open(sys.argv[1]))
 board = job["board"]

@@ -29,6 +29,11 @@ def rig(b, scen, cal=None, options=None):
     return hal.sampler, Meter(b, cal, options)
 
 
+def energy_j(r, block, field):
+    # a register's content in joules (var-s, VA-s), its remainder included (registers.FIELDS: 8)
+    return r.get(block, field) * 3.6 + r.rem[block * 8 + field] / 1000000
+
+
 def settle(s, m, seconds):
     s.run(m, seconds)
     m.flush()

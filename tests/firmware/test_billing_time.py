@@ -1,4 +1,4 @@
-# Billing time: the node's local standard time (config.utc_offset_min, ticks.set_local) for
+# Billing time: the node's local standard time (config.utc_offset_min, ticks.LOCAL_S) for
 # midnight, the month and the load profile's periods; the records' timestamps stay UTC.
 from meternode.store import records
 from meternode.store.log import RecordLog
@@ -19,7 +19,7 @@ def _profile_records(log):
 
 
 def test_freezes_periods_and_the_billing_month_follow_the_nodes_local_time():
-    # config.utc_offset_min (ticks.set_local): a node in Brisbane (UTC+10) freezes its day at
+    # config.utc_offset_min (ticks.LOCAL_S): a node in Brisbane (UTC+10) freezes its day at
     # local midnight, 14:00 UTC the day before, and nothing at UTC midnight; a February demand
     # period that ends in the first hour of Feb 1 local time is February's although UTC still
     # says January 31. In India (+5:30) hourly profile periods end at half past the UTC hours.
@@ -29,7 +29,7 @@ def test_freezes_periods_and_the_billing_month_follow_the_nodes_local_time():
 
     feb = 1706745600  # 2024-02-01 00:00 UTC
     try:
-        ticks.set_local(600)
+        ticks.LOCAL_S = 600 * 60
         loc = feb - 36000  # 2024-02-01 00:00 in UTC+10
         eq((ticks.floor(loc + 5, 86400), ticks.floor(loc - 5, 86400)), (loc, loc - 86400), "local midnights")
         eq((ticks.month(loc - 1), ticks.month(loc)), (2024 * 12 + 0, 2024 * 12 + 1), "local months")
@@ -52,7 +52,7 @@ def test_freezes_periods_and_the_billing_month_follow_the_nodes_local_time():
                 eq((d["md_mw"], d["md_at"]), (3000000, loc - 900), "January's maximum, local")
         eq(regs.md[:3], [4000000, loc + 900, 2024 * 12 + 1], "February's in progress")
 
-        ticks.set_local(330)
+        ticks.LOCAL_S = 330 * 60
         log = RecordLog(scratch_dir() + "/log2", 4096, 65536)
         rec = ProfileRecorder(log, 3600)
         t = 1706745600 + 4 * 3600 + 60  # 04:01 UTC = 09:31 local
@@ -61,7 +61,7 @@ def test_freezes_periods_and_the_billing_month_follow_the_nodes_local_time():
         ends = [(ts - feb) % 3600 for k, ts, *_ in _profile_records(log) if k == "profile"]
         eq(ends, [1800], "an hourly period ends at 10:00 local, half past the UTC hour")
     finally:
-        ticks.set_local(0)
+        ticks.LOCAL_S = 0
 
 
 def test_the_local_offset_is_checked_in_the_config():

@@ -273,5 +273,5 @@ async def test_a_node_in_new_york_freezes_at_its_local_midnight():
         own = [(k, ts) for k, ts, d in _records(u, (records.DAILY, records.MONTHLY))]
         eq(own, [(records.DAILY, loc), (records.MONTHLY, loc)], "the node's own freezes, the same moment")
     finally:
-        ticks.set_local(0)
+        ticks.LOCAL_S = 0
         u.log.close()

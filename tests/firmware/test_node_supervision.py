@@ -7,6 +7,8 @@
 import asyncio
 import json
 
+from metrology_rig import energy_j
+
 from meternode.metrology.meter import Meter
 from meternode.node import Node, write_state
 from meternode.nodeinit import read_state
@@ -94,7 +96,7 @@ def _checkpointed(d):
     # The energy register the node's last checkpoint in d holds (J, element 0, import).
     m = Meter(_board())
     m.registers.restore(CheckpointStore(d + "/ck").restore()["registers"])
-    return m.registers.energy_j(0, 0)
+    return energy_j(m.registers, 0, 0)
 
 
 def _fail_block(n, k):
@@ -128,8 +130,8 @@ async def test_a_dead_sampling_task_is_recorded_and_restarted_and_metering_goes_
     t = asyncio.create_task(n.run())
     ok = await _until(lambda: n.supervisor is not None and n.supervisor.restarts >= 1)
     eq(ok, True, "the failure was seen")
-    e0 = n.meter.registers.energy_j(0, 0)
-    ok = await _until(lambda: n.meter.registers.energy_j(0, 0) > e0 + 100)
+    e0 = energy_j(n.meter.registers, 0, 0)
+    ok = await _until(lambda: energy_j(n.meter.registers, 0, 0) > e0 + 100)
     t.cancel()
     await asyncio.sleep_ms(5)
     eq(ok, True, "energy registered after the restart")
@@ -318,8 +320,8 @@ def test_a_crash_loop_is_counted_on_flash_and_reboots_with_the_registers_checkpo
     b = read_state(d + "/sup.json")
     eq(b, {"loops": 2, "total": 1, "why": "reporting ValueError: poison record"}, "the crash loop persisted")
     # the registers went to the checkpoint before the reboot, exactly
-    eq(_checkpointed(d), n.meter.registers.energy_j(0, 0), "registers checkpointed at the reboot")
-    eq(n.meter.registers.energy_j(0, 0) > 0, True, "energy was measured")
+    eq(_checkpointed(d), energy_j(n.meter.registers, 0, 0), "registers checkpointed at the reboot")
+    eq(energy_j(n.meter.registers, 0, 0) > 0, True, "energy was measured")
     ev = [x[1] for x in _events(n) if x[0] == "task"]
     eq(ev, ["reporting ValueError: poison record"] * 3, "each failure recorded")
     eq(n.supervisor.watch("sampling").restarts, 0, "metering was not touched")
@@ -384,7 +386,7 @@ def test_the_safe_configuration_ends_after_safe_hold_s_in_a_planned_reboot_into_
     eq(_run_to_reset(n), True, "a planned reboot")
     eq(n.supervisor.restarts, 0, "no task failed on the way")
     eq(read_state(d + "/sup.json")["loops"], 0, "count cleared")
-    eq(_checkpointed(d), n.meter.registers.energy_j(0, 0), "registers checkpointed at the reboot")
+    eq(_checkpointed(d), energy_j(n.meter.registers, 0, 0), "registers checkpointed at the reboot")
     again = Node(_board(), _config(d, cmd_key=KEY, policy=_policy(), policy_dir=d))
     eq((again.safe, "cmd_key" in again.config), (False, True), "the next boot is the full configuration")
 
@@ -415,7 +417,7 @@ async def test_a_checkpoint_the_flash_refuses_is_tried_again_a_minute_later_and_
     try:
         ok = await _until(lambda: len(tries) >= 3, 60000)
         eq(ok, True, "tried 3 times: %r" % tries)
-        e = n.meter.registers.energy_j(0, 0)
+        e = energy_j(n.meter.registers, 0, 0)
         broken[0] = False
         ok = await _until(lambda: len(tries) >= 6, 60000)
         eq(ok, True, "tried again after the flash came back: %r" % tries)
@@ -426,7 +428,7 @@ async def test_a_checkpoint_the_flash_refuses_is_tried_again_a_minute_later_and_
         eq(60000 <= g < 61000, True, "a minute of board time between tries while it fails: %r" % gaps)
     eq(gaps[3] <= 1000, True, "after a write succeeded, the next block tries again: %r" % gaps)
     eq(n.ckpt_errors, 3, "the refusals counted")
-    eq(n.meter.registers.energy_j(0, 0) > e > 0, True, "metering went on throughout")
+    eq(energy_j(n.meter.registers, 0, 0) > e > 0, True, "metering went on throughout")
 
 
 @heap("256k")
@@ -441,12 +443,12 @@ def test_planned_reboot_and_fatal_error_checkpoint_the_registers():
     eq(st.seq, seq + 1, "a checkpoint at the planned reboot")
     m = Meter(_board())
     m.registers.restore(st.restore()["registers"])
-    eq(m.registers.energy_j(0, 0), n.meter.registers.energy_j(0, 0), "with the registers as they were")
+    eq(energy_j(m.registers, 0, 0), energy_j(n.meter.registers, 0, 0), "with the registers as they were")
     n.hal.sampler.run(n.meter, 2.0)
     n.fatal(MemoryError())
     eq(st.seq, seq + 2, "and one on a caught fatal error")
     m.registers.restore(st.restore()["registers"])
-    eq(m.registers.energy_j(0, 0), n.meter.registers.energy_j(0, 0), "the newest registers")
+    eq(energy_j(m.registers, 0, 0), energy_j(n.meter.registers, 0, 0), "the newest registers")
     eq(read_state(d + "/sup.json")["loops"], 1, "a fatal error counts as a crash loop")
 
 

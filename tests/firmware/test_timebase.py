@@ -3,7 +3,7 @@
 # for energy and frequency; lost sets are gaps, counted, reported, filled when short.
 import json
 
-from metrology_rig import board, rig, settle
+from metrology_rig import board, energy_j, rig, settle
 
 from mptest import approx, eq, heap, needs, scratch_dir
 
@@ -11,7 +11,7 @@ P = 230.0 * 10.0  # W: the scenarios' load
 
 
 def _energy_j(m):
-    return m.registers.energy_j(0, 0)
+    return energy_j(m.registers, 0, 0)
 
 
 def _measure(scen, options=None, seconds=12.0, b=None):

@@ -96,14 +96,6 @@ class Registers:
         # the register's low 30 bits: differences modulo 2**30 without allocating
         return self.lo[block * FIELDS + field]
 
-    @property
-    def imp(self):
-        return self._wholes(IMP, FIELDS, self.n)
-
-    @property
-    def exp(self):
-        return self._wholes(EXP, FIELDS, self.n)
-
     def total_import(self):
         return self._whole(self.n * FIELDS + IMP)
 
@@ -115,11 +107,6 @@ class Registers:
 
     def low_export(self):
         return self.lo[self.n * FIELDS + EXP]
-
-    def energy_j(self, block, field):
-        # Register content in joules (var-s, VA-s), remainder included.
-        idx = block * FIELDS + field
-        return self._whole(idx) * 3.6 + self.rem[idx] / 1000000
 
     def quadrants(self, block):
         return self._wholes(block * FIELDS + Q1, 1, 4)
