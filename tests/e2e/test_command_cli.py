@@ -136,12 +136,23 @@ def test_umeter_command_reaches_a_node_with_its_keystore_key_and_counter(tmp_pat
         assert doc["nodes"]["ghost"]["problem"] == "no answer in 5 s"
         assert doc["nodes"]["keyless"]["problem"] == "no command key in the keystore"
         assert doc["nodes"][NODE]["status"]["heap"]["low"] > 0 and "problem" not in doc["nodes"][NODE]
+        assert doc["nodes"][NODE]["clock_skew_s"] == 0, doc["nodes"][NODE]
         assert "2 of 3 node(s) need a look: ghost, keyless" in r.stderr, r.stderr
         r = _umeter(home, "fleet", "health", b, "--site", "lab", "--node", NODE)
         assert r.returncode == 0, r.stderr
         assert NODE in r.stdout and "lowest" in r.stdout and "1 node(s) answered" in r.stderr, r.stdout + r.stderr
         r = _umeter(home, "fleet", "health", b, "--node", NODE, "--low-kb", "100000", "--json")
         assert r.returncode == 1 and "under 100000 KB" in json.loads(r.stdout)["nodes"][NODE]["problem"], r.stdout
+        # a node clock an hour slow: its midnights and demand periods are an hour off, named
+        r = _umeter(home, "command", NODE, "time", str(int(time.time()) - 3600), b)
+        assert r.returncode == 0, r.stderr
+        r = _umeter(home, "fleet", "health", b, "--node", NODE, "--json")
+        assert r.returncode == 1, r.stdout
+        d = json.loads(r.stdout)["nodes"][NODE]
+        assert -3605 <= d["clock_skew_s"] <= -3595 and "clock off by -3" in d["problem"], d
+        assert d["status"]["clock"]["utc_offset_min"] == 0, d
+        r = _umeter(home, "fleet", "health", b, "--node", NODE)
+        assert r.returncode == 1 and "s UTC" in r.stdout, r.stdout
     finally:
         node.terminate()
         node.wait(10)

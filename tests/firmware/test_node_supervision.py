@@ -158,6 +158,7 @@ async def test_the_status_command_reports_the_heap_the_tasks_and_the_uplink_as_t
 
     c = _config(scratch_dir(), cmd_key=KEY)
     c["supervisor"]["heap_check_s"] = 0  # a collection at every report (0.1 s)
+    c["utc_offset_min"] = -300  # billing in New York's standard time
     n = Node(_board(), c)
     _fail_block(n, 20)
     t = asyncio.create_task(n.run())
@@ -189,6 +190,7 @@ async def test_the_status_command_reports_the_heap_the_tasks_and_the_uplink_as_t
     eq(d["tasks"]["reporting"][:2], [0, 0], "the others untouched")
     eq(d["up_s"] >= 0 and d["starved"] >= 0, True, "the supervisor's counters")
     eq(sorted(d["meter"]), ["gaps", "lost_sets", "overruns"], "the meter's")
+    eq((d["clock"]["utc_offset_min"], 0 <= epoch + 60 - d["clock"]["epoch"] <= 60), (-300, True), "%r" % d["clock"])
     lg = d["uplink"]["log"]
     eq(lg["records"] > 0 and lg["last_seq"] >= lg["first_seq"], True, "the record log's: %r" % lg)
     eq(d["uplink"]["commands"]["accepted"], 0, "counted once the action returns: this one is not in it")

@@ -59,7 +59,7 @@ def node(n):
     # delivering.
     import gc
 
-    from meternode import VERSION
+    from meternode import VERSION, ticks
 
     gc.collect()
     free = gc.mem_free()
@@ -72,6 +72,8 @@ def node(n):
         "heap": {"free": free, "alloc": gc.mem_alloc(), "low": min(free, n.heap_low)},
         "meter": {"gaps": m.gaps, "lost_sets": m.lost_sets, "overruns": n.hal.sampler.overruns},
         "ckpt_errors": n.ckpt_errors,
+        # the wall clock and the billing time its freezes and periods follow
+        "clock": {"epoch": int(n.hal.clock.time()), "utc_offset_min": ticks.LOCAL_S // 60},
     }
     sup = n.supervisor
     if sup is not None:

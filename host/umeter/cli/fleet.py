@@ -114,13 +114,20 @@ def _table_console():
 @click.option(
     "--low-kb", type=float, default=8.0, show_default=True, help="A heap low-water mark under this is a problem."
 )
+@click.option(
+    "--max-skew-s",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="A node clock further than this from the host's is a problem (its freezes and demand periods).",
+)
 @click.option("--ca", type=click.Path(exists=True, dir_okay=False), help="CA file for a TLS broker.")
 @click.option("--user", help="Broker user (password: $UMETER_MQTT_PASSWORD or the keystore's host:<user>).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: each node's answer or problem.")
-def health(broker, prefix, sites, only, timeout, low_kb, ca, user, as_json) -> None:
+def health(broker, prefix, sites, only, timeout, low_kb, max_skew_s, ca, user, as_json) -> None:
     """Ask every node of the fleet (or --site, --node) for its `status` at once: heap and its
-    low-water mark, task restarts, uplink. Exits 1 naming the nodes that did not answer, refused,
-    or whose heap fell under --low-kb."""
+    low-water mark, task restarts, uplink, clock. Exits 1 naming the nodes that did not answer,
+    refused, whose heap fell under --low-kb or whose clock is off by more than --max-skew-s."""
     from ..command import Commander
     from .monitor import _password
 
@@ -133,6 +140,7 @@ def health(broker, prefix, sites, only, timeout, low_kb, ca, user, as_json) -> N
     ks = Keystore()
     out: dict[str, dict] = {}
     with Commander(broker, prefix=prefix, keystore=ks, user=user, password=_password(user), tls_ca=ca) as c:
+        sent = time.time()
         ids = {}
         for n in nodes:
             nid = n["node_id"]
@@ -141,6 +149,7 @@ def health(broker, prefix, sites, only, timeout, low_kb, ca, user, as_json) -> N
                 continue
             ids[c.send(nid, "status", expires_s=max(60, int(timeout) * 2))] = nid
         answers = c.wait(ids, timeout)
+        got = time.time()
     for mid, nid in ids.items():
         a = answers.get(mid)
         if a is None:
@@ -151,14 +160,26 @@ def health(broker, prefix, sites, only, timeout, low_kb, ca, user, as_json) -> N
             r = a.get("result", {})
             low = r.get("heap", {}).get("low", 0)
             out[nid] = {"status": r}
+            why = []
             if low < low_kb * 1024:
-                out[nid]["problem"] = f"heap low-water mark {low / 1024:.1f} KB, under {low_kb:g} KB"
+                why.append(f"heap low-water mark {low / 1024:.1f} KB, under {low_kb:g} KB")
+            # the node read its clock between the send and the last answer (firmware before
+            # December 2026 does not say)
+            ep = (r.get("clock") or {}).get("epoch")
+            skew = _skew(ep, sent, got)
+            if skew is not None:
+                out[nid]["clock_skew_s"] = skew
+                if abs(skew) > max_skew_s:
+                    why.append(f"clock off by {skew:+.0f} s, more than {max_skew_s:g} s")
+            if why:
+                out[nid]["problem"] = "; ".join(why)
     bad = sorted(n for n, d in out.items() if "problem" in d)
     if as_json:
         click.echo(json.dumps({"nodes": out, "problems": bad}))
     else:
         t = Table(show_edge=False)
-        for col in ("node", "site", "version", "up", "heap free", "lowest", "restarts", "link", "backlog", "problem"):
+        cols = ("node", "site", "version", "up", "heap free", "lowest", "restarts", "link", "backlog", "clock")
+        for col in (*cols, "problem"):
             t.add_column(col, no_wrap=True)
         site = {n["node_id"]: n["site"] for n in nodes}
         for nid in sorted(out):
@@ -176,10 +197,32 @@ def health(broker, prefix, sites, only, timeout, low_kb, ca, user, as_json) -> N
                 str(r.get("restarts", "-")),
                 ("up" if (u.get("link") or {}).get("up") else "down") if u else "-",
                 str((u.get("outbox") or {}).get("backlog", "-")) if u else "-",
+                _clock(r.get("clock"), d.get("clock_skew_s")),
                 d.get("problem", ""),
             )
         _table_console().print(t)
     if bad:
         raise DeviceError(f"{len(bad)} of {len(out)} node(s) need a look: {', '.join(bad)}", hint="see the table")
     if not as_json:
-        ui.info(f"{len(out)} node(s) answered, none under {low_kb:g} KB")
+        ui.info(f"{len(out)} node(s) answered, none under {low_kb:g} KB, every clock within {max_skew_s:g} s")
+
+
+def _skew(epoch, sent: float, got: float) -> float | None:
+    """How far a node's clock, read while it answered, is outside the host's send..answer
+    window: 0 inside it (None: no clock in the answer)."""
+    if not isinstance(epoch, int | float) or isinstance(epoch, bool):
+        return None
+    if epoch < sent - 1:
+        return round(epoch - sent)
+    if epoch > got + 1:
+        return round(epoch - got)
+    return 0
+
+
+def _clock(c: dict | None, skew: float | None) -> str:
+    """The clock column: its skew and its billing time (UTC+hh:mm)."""
+    if not c or skew is None:
+        return "-"
+    off = c.get("utc_offset_min", 0)
+    tz = "UTC" if not off else f"UTC{'+' if off > 0 else '-'}{abs(off) // 60:02d}:{abs(off) % 60:02d}"
+    return f"{skew:+.0f} s {tz}"
