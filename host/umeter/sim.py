@@ -474,6 +474,8 @@ class SimRun:
             t0, t1, hz = POLICY_DIP
             sim["events"] = [*sim.get("events", []), {"at": t0, "freq": hz}, {"at": t1, "freq": sim.get("freq", 50.0)}]
             config["policy"] = self.policy
+            # the nodes bill in the policy's local time, as its tariff calendar runs
+            config["utc_offset_min"] = self.policy.get("tz", 0)
             if self.fleet is not None:
                 config["fleet"] = self.fleet
         return config

@@ -137,6 +137,11 @@ def test_node_config_carries_the_policy_the_fleet_and_the_scripted_dip():
     run.host, run.port = "127.0.0.1", 1883
     c = run.node_config("node-01", run._scenarios[0], 0)
     assert c["policy"] == compact and c["fleet"] == fleet
+    # the nodes bill in the policy's local time
+    assert c["utc_offset_min"] == compact["tz"] == 0
+    east = SimRun(nodes=1, policy=dict(compact, tz=330))
+    east.host, east.port = "127.0.0.1", 1883
+    assert east.node_config("node-01", east._scenarios[0], 0)["utc_offset_min"] == 330
     assert {"at": POLICY_DIP[0], "freq": POLICY_DIP[2]} in c["sim"]["events"]
     assert c["sim"]["currents"][0]["rms"] == 24.0, "the shop scenario"
     board = board_definition("sim")
@@ -154,7 +159,7 @@ def test_node_config_carries_the_policy_the_fleet_and_the_scripted_dip():
     ]
     plain.host, plain.port = "127.0.0.1", 1883
     c = plain.node_config("node-01", plain._scenarios[0], 0)
-    assert "policy" not in c and "fleet" not in c and "events" not in c["sim"]
+    assert "policy" not in c and "fleet" not in c and "events" not in c["sim"] and "utc_offset_min" not in c
 
 
 def test_lines_show_pf_q_tariff_and_relay_and_leave_out_what_telemetry_lacks():
