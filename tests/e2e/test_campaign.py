@@ -328,6 +328,17 @@ def test_an_older_firmware_refusal_stands_when_its_form_cannot_carry_the_build(m
         assert older.begins == ["streamed"]
 
 
+def _node_n1(mosquitto) -> tuple[mqtt.Client, queue.Queue[bytes]]:
+    # node n1's side, played by the test: what the transport sends it, in order
+    got: queue.Queue[bytes] = queue.Queue()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sub.on_message = lambda c, u, m: got.put(m.payload)
+    sub.connect(mosquitto.host, mosquitto.port)
+    sub.subscribe("umeter/n1/ota", qos=1)
+    sub.loop_start()
+    return sub, got
+
+
 def test_a_late_confirmation_of_the_last_build_does_not_stop_the_next_ones_stream(mosquitto) -> None:
     # A node reports "confirmed" (or "rolled_back") after it rebooted into a build; if that
     # report reaches the transport after the next bundle was pushed to the node, it is not that
@@ -337,12 +348,7 @@ def test_a_late_confirmation_of_the_last_build_does_not_stop_the_next_ones_strea
     env = sign_bundle(KEY, make_manifest("firmware", "acme", 7, files, make_target(all_nodes=True), key=KEY), files)
     total = len(ota_messages(env))
     assert total > 4
-    got: queue.Queue[bytes] = queue.Queue()
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    sub.on_message = lambda c, u, m: got.put(m.payload)
-    sub.connect(mosquitto.host, mosquitto.port)
-    sub.subscribe("umeter/n1/ota", qos=1)
-    sub.loop_start()
+    sub, got = _node_n1(mosquitto)
     try:
         time.sleep(0.3)
         with MqttTransport(mosquitto.url, window=2) as t:
@@ -369,12 +375,7 @@ def test_a_late_answer_to_the_bundle_before_does_not_end_the_next_ones_stream(mo
     files = {f"meternode/f{k}.py": bytes((k * 7 + j) % 251 for j in range(20000)) for k in range(3)}
     large = sign_bundle(KEY, make_manifest("firmware", "second", 8, files, make_target(all_nodes=True), key=KEY), files)
     assert len(ota_messages(small)) == 1 and len(ota_messages(large)) > 4
-    got: queue.Queue[bytes] = queue.Queue()
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    sub.on_message = lambda c, u, m: got.put(m.payload)
-    sub.connect(mosquitto.host, mosquitto.port)
-    sub.subscribe("umeter/n1/ota", qos=1)
-    sub.loop_start()
+    sub, got = _node_n1(mosquitto)
 
     def answer(res: dict) -> None:
         sub.publish("umeter/n1/ota/result", json.dumps(res), qos=1)
