@@ -131,6 +131,17 @@ def node_config(dev: Device, board: dict, secrets: dict[str, str]) -> dict:
         if k == "sim" and isinstance(v, dict) and "sim" in cfg:
             v = {**cfg["sim"], **v}  # the inventory's scenario, still in real time unless it says not
         cfg[k] = v
+    pol = cfg.get("policy")
+    if isinstance(pol, dict) and isinstance(pol.get("tz"), int):
+        # the node's billing time (its freezes, docs/metrology.md) and its tariff calendar
+        if "utc_offset_min" not in cfg:
+            cfg["utc_offset_min"] = pol["tz"]
+        elif cfg["utc_offset_min"] != pol["tz"]:
+            raise ConfigError(
+                f"inventory device {dev.name!r}: config.utc_offset_min = {cfg['utc_offset_min']!r}, "
+                f"but its policy's utc_offset_min is {pol['tz']}",
+                hint="the node's billing time and its tariff calendar: give both the same offset",
+            )
     from meternode.checks import check_config
     from meternode.config import ConfigError as FwConfigError
 

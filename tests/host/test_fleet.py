@@ -68,3 +68,24 @@ def test_serial_number_resolves_to_its_port_and_an_unknown_one_is_a_clear_error(
                         "description": "Board in FS mode"}]  # fmt: skip
     with pytest.raises(TransportError, match="no port with USB serial number NOPE"):
         resolve_port(None, "NOPE")
+
+
+def test_a_provisioned_node_bills_in_its_policys_local_time_and_a_mismatch_is_refused():
+    from umeter.inventory import Device
+    from umeter.policy import compile_source
+    from umeter.provision import node_config
+
+    board = json.loads((unixport.boards_dir() / "sim.json").read_text())
+    pol = compile_source(
+        {"name": "p", "utc_offset_min": 600, "tariffs": ["std"],
+         "seasons": [{"start": "01-01", "weekday": [["00:00", "std"]]}]}
+    )  # fmt: skip
+    secrets = {"cmd_key": "00" * 32, "mqtt_password": "x"}
+    dev = Device("n1", "sim", "lab", config={"policy": pol})
+    assert node_config(dev, board, secrets)["utc_offset_min"] == 600
+    dev = Device("n1", "sim", "lab", config={"policy": pol, "utc_offset_min": 60})
+    with pytest.raises(ConfigError, match="utc_offset_min = 60, but its policy's utc_offset_min is 600"):
+        node_config(dev, board, secrets)
+    dev = Device("n1", "sim", "lab", config={"utc_offset_min": 7})
+    with pytest.raises(ConfigError, match=r"config\.utc_offset_min = 7 is not a whole quarter of an hour"):
+        node_config(dev, board, secrets)
