@@ -136,7 +136,8 @@ def test_umeter_command_reaches_a_node_with_its_keystore_key_and_counter(tmp_pat
         assert doc["nodes"]["ghost"]["problem"] == "no answer in 5 s"
         assert doc["nodes"]["keyless"]["problem"] == "no command key in the keystore"
         assert doc["nodes"][NODE]["status"]["heap"]["low"] > 0 and "problem" not in doc["nodes"][NODE]
-        assert doc["nodes"][NODE]["clock_skew_s"] == 0, doc["nodes"][NODE]
+        # (a virtual node's clock follows its samples: on a loaded host it lags a few seconds)
+        assert abs(doc["nodes"][NODE]["clock_skew_s"]) <= 10, doc["nodes"][NODE]
         assert "2 of 3 node(s) need a look: ghost, keyless" in r.stderr, r.stderr
         r = _umeter(home, "fleet", "health", b, "--site", "lab", "--node", NODE)
         assert r.returncode == 0, r.stderr
@@ -149,7 +150,7 @@ def test_umeter_command_reaches_a_node_with_its_keystore_key_and_counter(tmp_pat
         r = _umeter(home, "fleet", "health", b, "--node", NODE, "--json")
         assert r.returncode == 1, r.stdout
         d = json.loads(r.stdout)["nodes"][NODE]
-        assert -3605 <= d["clock_skew_s"] <= -3595 and "clock off by -3" in d["problem"], d
+        assert -3615 <= d["clock_skew_s"] <= -3585 and "clock off by -3" in d["problem"], d
         assert d["status"]["clock"]["utc_offset_min"] == 0, d
         r = _umeter(home, "fleet", "health", b, "--node", NODE)
         assert r.returncode == 1 and "s UTC" in r.stdout, r.stdout
