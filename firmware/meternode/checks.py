@@ -42,6 +42,13 @@ def check_config(c):
         if not need(wifi, "ssid", str, w + ".wifi"):
             raise ConfigError("config.wifi.ssid is empty")
         need(wifi, "password", str, w + ".wifi", default="")
+    ntp = c.get("ntp", {})  # the clock over Wi-Fi (link/wifi.py clock_sync), or false
+    if ntp is not False:
+        if not isinstance(ntp, dict):
+            raise ConfigError("config.ntp must be an object (host, port, interval_s) or false, not %r" % (ntp,))
+        need(ntp, "host", str, w + ".ntp", default="pool.ntp.org")
+        need(ntp, "port", int, w + ".ntp", default=123, lo=1, hi=65535)
+        need(ntp, "interval_s", int, w + ".ntp", default=3600, lo=60, hi=86400)
     m = need(c, "mqtt", dict, w, default={})
     if m:
         need(m, "host", str, w + ".mqtt")

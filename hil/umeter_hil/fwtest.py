@@ -12,6 +12,9 @@ Decorators from `mptest` are read here from the source, before the run:
     @needs("viper", "ssl")      capabilities probed on the device; missing -> skipped with reason
     @needs("host:mosquitto")    a Mosquitto broker on loopback; its port reaches the test as
                                 mptest.host_value("mosquitto_port")
+    @needs("host:ntp")          NTP servers on loopback, one per behaviour (ntpsim.py: good,
+                                ahead, spoof, kod, unsync, silent), as
+                                mptest.host_value("ntp_ports"): "good:PORT,ahead:PORT,..."
 
 Which directories hold firmware tests is the ini option `firmware_testpaths`.
 """
@@ -104,6 +107,8 @@ class FirmwareItem(pytest.Item):
                 broker = _mosquitto(self.config)
                 env["MPTEST_MOSQUITTO_PORT"] = str(broker.port)
                 env["MPTEST_MOSQUITTO_HOST"] = broker.host
+            elif what == "ntp":
+                env["MPTEST_NTP_PORTS"] = _ntp_servers(self.config).env()
             else:
                 raise pytest.UsageError(f"{self.path}: unknown host capability {cap!r}")
 
@@ -182,6 +187,21 @@ def _mosquitto(config: pytest.Config):
         config.stash[_MOSQ_KEY] = broker
         config.add_cleanup(lambda: broker.__exit__(None, None, None))
     return broker
+
+
+_NTP_KEY = pytest.StashKey[object]()
+
+
+def _ntp_servers(config: pytest.Config):
+    """One set of scripted NTP servers per pytest process, started on first use."""
+    servers = config.stash.get(_NTP_KEY, None)
+    if servers is None:
+        from .ntpsim import NtpServers
+
+        servers = NtpServers().__enter__()
+        config.stash[_NTP_KEY] = servers
+        config.add_cleanup(lambda: servers.__exit__(None, None, None))
+    return servers
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -3,7 +3,7 @@ import asyncio
 import time
 
 from meternode.link.wifi import WifiSupervisor
-from mptest import eq, raises
+from mptest import eq, host_value, needs, raises
 
 
 class FakeWlan:
@@ -158,3 +158,67 @@ async def test_no_connect_while_the_driver_is_still_connecting():
     w.connected = True
     eq(await _until(lambda: s.up, 1000), True, "up")
     t.cancel()
+
+
+class _Clock:
+    def __init__(self, t):
+        self.t = t
+
+    def time(self):
+        return self.t
+
+    def set_time(self, t):
+        self.t = t
+
+
+class _Uplink:
+    def __init__(self):
+        self.events = []
+
+    def event(self, code, arg, text):
+        self.events.append((code, arg, text))
+
+
+class _Node:
+    # what clock_sync reads of a node: its config, its HAL's clock and its uplink service
+    def __init__(self, ntp):
+        self.config = {"wifi": {"ssid": "home"}, "ntp": ntp}
+        self.hal = type("H", (), {})()
+        self.hal.clock = _Clock(946684800)  # an RTC after a power cut
+        self.uplink_service = _Uplink()
+
+
+@needs("host:ntp")
+async def test_once_wifi_is_up_the_clock_comes_from_ntp_and_a_silent_server_is_tried_again():
+    from meternode.link.wifi import supervise
+    from meternode.store import records
+
+    ports = {k: int(v) for k, v in (x.split(":") for x in host_value("ntp_ports").split(","))}
+    n = _Node({"host": "127.0.0.1", "port": ports["good"], "interval_s": 60})
+    s = supervise(n, FakeWlan())
+    s.check_ms = 20
+    t = asyncio.create_task(s.run())
+    eq(await _until(lambda: n.hal.clock.t > 1700000000, 3000), True, "the clock set once Wi-Fi is up")
+    eq(abs(n.hal.clock.t - int(time.time())) <= 2, True, "to the server's time")
+    ev = [e for e in n.uplink_service.events if e[0] == records.EV_TIME_SET]
+    eq((len(ev), ev[0][2]), (1, "ntp 127.0.0.1"), "one TIME_SET event: %r" % ev)
+    eq(ev[0][1] > 700000000, True, "its step")
+    t.cancel()
+    # a server that never answers: logged, and not asked again before its 60-s retry
+    import meternode.node as mn
+
+    logs = []
+    log, mn.log = mn.log, logs.append
+    try:
+        n = _Node({"host": "127.0.0.1", "port": ports["silent"]})
+        s = supervise(n, FakeWlan())
+        s.check_ms = 20
+        t = asyncio.create_task(s.run())
+        await _until(lambda: False, 4500)
+        t.cancel()
+    finally:
+        mn.log = log
+    eq((n.hal.clock.t, s.ups), (946684800, 1), "the clock untouched, Wi-Fi up")
+    want = "ntp 127.0.0.1: no answer from 127.0.0.1:%d in 3000 ms" % ports["silent"]
+    eq([x for x in logs if x.startswith("ntp")], [want], "one attempt in 4.5 s: %r" % logs)
+    eq(supervise(_Node(False), FakeWlan()).when_up, None, "ntp false: no sync")

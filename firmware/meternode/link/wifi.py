@@ -19,6 +19,7 @@
 
 from meternode.hal.netstat import FINAL as _FINAL
 from meternode.link.mqtt import Backoff
+from meternode.ticks import add as _add
 from meternode.ticks import diff as _diff
 from meternode.ticks import ms as _now
 from meternode.ticks import sleep_ms as _sleep_ms
@@ -70,6 +71,7 @@ class WifiSupervisor:
         self.last_status = None  # the name of the last status() that ended an attempt
         self._own = False  # driver auto-reconnect turned off
         self.beat = _nop  # the supervisor's progress report (supervisor.py), once per loop
+        self.when_up = None  # an async callable, awaited every check while connected (the clock's sync)
 
     def _event(self, kind, detail=""):
         if self.on_event is not None:
@@ -136,6 +138,11 @@ class WifiSupervisor:
                     except Exception:
                         pass
                     self._event("up", ip)
+                if self.when_up is not None:
+                    try:
+                        await self.when_up()
+                    except Exception as e:  # its own failure: never the Wi-Fi supervisor's
+                        self._event("fail", "%r" % e)
                 await _sleep_ms(self.check_ms)
                 continue
             if self.up:
@@ -169,4 +176,43 @@ def supervise(node, wlan):
 
             u.event(records.EV_WIFI, codes.get(kind, 0), ("%s %s" % (kind, detail))[: records.EVENT_TEXT])
 
-    return WifiSupervisor(wlan, c.get("ssid", ""), c.get("password", ""), on_event)
+    w = WifiSupervisor(wlan, c.get("ssid", ""), c.get("password", ""), on_event)
+    n = node.config.get("ntp", {})
+    if n is not False:
+        w.when_up = clock_sync(node, n.get("host", "pool.ntp.org"), n.get("port", 123), n.get("interval_s", 3600))
+    return w
+
+
+def clock_sync(node, host, port, interval_s):
+    # The wall clock from an NTP server while Wi-Fi is up (config "ntp": {"host", "port",
+    # "interval_s"}, default pool.ntp.org:123 hourly; false: none): at once after start, then
+    # every interval_s; a failure is logged and tried again after 60 s, doubling up to
+    # interval_s.  A step is a TIME_SET event ("ntp" and the server); a refused answer is
+    # logged with why (link/sntp.py).  -> the async callable for WifiSupervisor.when_up.
+    st = [None, 60]  # when the next sync is due (ticks ms; None: now), the retry pause (s)
+
+    async def due():
+        if st[0] is not None and _diff(_now(), st[0]) < 0:
+            return
+        from meternode import run
+        from meternode.node import log
+
+        try:
+            limit = node.config.get("time_max_step_s", 86400)  # as a `time` command's
+            step = await run("meternode.link.sntp", "sync", node.hal.clock, host, port, 3000, limit)
+        except Exception as e:
+            log("ntp %s: %s" % (host, e))
+            st[0] = _add(_now(), st[1] * 1000)
+            st[1] = min(st[1] * 2, interval_s)
+            return
+        st[0] = _add(_now(), interval_s * 1000)
+        st[1] = 60
+        if step:
+            log("ntp %s: clock stepped %+d s" % (host, step))
+            u = node.uplink_service
+            if u is not None:
+                from meternode.store import records
+
+                u.event(records.EV_TIME_SET, step, ("ntp %s" % host)[: records.EVENT_TEXT])
+
+    return due
