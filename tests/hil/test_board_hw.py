@@ -489,6 +489,39 @@ def test_relay_latched_off_stays_off_through_a_reboot(provisioned, board, rig, h
     assert seen and not any(seen), f"the relay line went high {sum(seen)} times of {len(seen)} samples"
 
 
+# -- the clock from NTP -------------------------------------------------------------------------
+NTP = r"""
+import asyncio, json, network, time
+from meternode.hal.clock import BoardClock
+from meternode.link import sntp
+w = network.WLAN(network.STA_IF)
+w.active(True)
+if not w.isconnected():
+    w.connect(%(ssid)r, %(password)r)
+    t0 = time.ticks_ms()
+    while not w.isconnected() and time.ticks_diff(time.ticks_ms(), t0) < 20000:
+        time.sleep_ms(200)
+c = BoardClock()
+before = c.time()
+step = asyncio.run(sntp.sync(c, %(host)r, 123, 5000, 10 * 366 * 86400))
+print("RESULT " + json.dumps({"before": before, "after": c.time(), "step": step}))
+"""
+
+
+@pytest.mark.hardware
+def test_the_boards_rtc_is_set_from_ntp_over_wifi(provisioned, hil_target):  # pragma: no cover - HIL only
+    # The board's own RTC (hal/clock.py BoardClock: machine.RTC) set by link/sntp.py over its
+    # Wi-Fi: UMETER_HIL_WIFI_SSID / _PASSWORD, UMETER_HIL_NTP (default pool.ntp.org).
+    ssid = os.environ.get("UMETER_HIL_WIFI_SSID")
+    if not ssid or "wifi" not in provisioned.get("capabilities", ()):
+        pytest.skip("needs UMETER_HIL_WIFI_SSID (and _PASSWORD) for the board's Wi-Fi")
+    code = NTP % {"ssid": ssid, "password": os.environ.get("UMETER_HIL_WIFI_PASSWORD", ""),
+                  "host": os.environ.get("UMETER_HIL_NTP", "pool.ntp.org")}  # fmt: skip
+    r = run_on_board(hil_target.port, code, timeout=60, soft_reset=True)
+    print("the board's clock from NTP:", r)
+    assert abs(r["after"] - time.time()) <= 3, r
+
+
 @pytest.mark.virtual_only
 def test_the_on_board_scripts_compile_on_micropython(tmp_path):
     # They run only with a board attached; here at least MicroPython parses them.
@@ -503,6 +536,7 @@ def test_the_on_board_scripts_compile_on_micropython(tmp_path):
         "native": NATIVE,
         "msgs": MSGS % {"ranges": [(0, 24)]},
         "held": HELD % {"seconds": 60},
+        "ntp": NTP % {"ssid": "s", "password": "p", "host": "pool.ntp.org"},
     }
     for name, code in scripts.items():
         (tmp_path / f"{name}.py").write_text(code)
