@@ -203,6 +203,7 @@ async def test_once_wifi_is_up_the_clock_comes_from_ntp_and_a_silent_server_is_t
     ev = [e for e in n.uplink_service.events if e[0] == records.EV_TIME_SET]
     eq((len(ev), ev[0][2]), (1, "ntp 127.0.0.1"), "one TIME_SET event: %r" % ev)
     eq(ev[0][1] > 700000000, True, "its step")
+    eq((abs(n.ntp[0] - n.hal.clock.t) <= 1, n.ntp[1]), (True, None), "status's clock.ntp: %r" % n.ntp)
     t.cancel()
     # a server that never answers: logged, and not asked again before its 60-s retry
     import meternode.node as mn
@@ -221,4 +222,5 @@ async def test_once_wifi_is_up_the_clock_comes_from_ntp_and_a_silent_server_is_t
     eq((n.hal.clock.t, s.ups), (946684800, 1), "the clock untouched, Wi-Fi up")
     want = "ntp 127.0.0.1: no answer from 127.0.0.1:%d in 3000 ms" % ports["silent"]
     eq([x for x in logs if x.startswith("ntp")], [want], "one attempt in 4.5 s: %r" % logs)
+    eq(n.ntp, [None, want[len("ntp 127.0.0.1: ") :]], "status's clock.ntp")
     eq(supervise(_Node(False), FakeWlan()).when_up, None, "ntp false: no sync")

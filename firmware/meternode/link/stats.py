@@ -75,6 +75,9 @@ def node(n):
         # the wall clock and the billing time its freezes and periods follow
         "clock": {"epoch": int(n.hal.clock.time()), "utc_offset_min": ticks.LOCAL_S // 60},
     }
+    ntp = getattr(n, "ntp", None)  # Wi-Fi boards (link/wifi.py clock_sync)
+    if ntp is not None:
+        d["clock"]["ntp"] = {"at": ntp[0], "error": ntp[1]}
     sup = n.supervisor
     if sup is not None:
         d["up_s"] = sup.up_s

@@ -189,7 +189,10 @@ def clock_sync(node, host, port, interval_s):
     # every interval_s; a failure is logged and tried again after 60 s, doubling up to
     # interval_s.  A step is a TIME_SET event ("ntp" and the server); a refused answer is
     # logged with why (link/sntp.py).  -> the async callable for WifiSupervisor.when_up.
+    # node.ntp = [the clock after the last good sync (epoch s) or None, the last failure's
+    # text or None]: the `status` command's clock.ntp.
     st = [None, 60]  # when the next sync is due (ticks ms; None: now), the retry pause (s)
+    node.ntp = [None, None]
 
     async def due():
         if st[0] is not None and _diff(_now(), st[0]) < 0:
@@ -201,12 +204,15 @@ def clock_sync(node, host, port, interval_s):
             limit = node.config.get("time_max_step_s", 86400)  # as a `time` command's
             step = await run("meternode.link.sntp", "sync", node.hal.clock, host, port, 3000, limit)
         except Exception as e:
+            node.ntp[1] = "%s" % e
             log("ntp %s: %s" % (host, e))
             st[0] = _add(_now(), st[1] * 1000)
             st[1] = min(st[1] * 2, interval_s)
             return
         st[0] = _add(_now(), interval_s * 1000)
         st[1] = 60
+        node.ntp[0] = int(node.hal.clock.time())
+        node.ntp[1] = None
         if step:
             log("ntp %s: clock stepped %+d s" % (host, step))
             u = node.uplink_service
