@@ -89,3 +89,21 @@ def test_a_provisioned_node_bills_in_its_policys_local_time_and_a_mismatch_is_re
     dev = Device("n1", "sim", "lab", config={"utc_offset_min": 7})
     with pytest.raises(ConfigError, match=r"config\.utc_offset_min = 7 is not a whole quarter of an hour"):
         node_config(dev, board, secrets)
+
+
+def test_fleet_health_judges_the_heap_and_the_clock_and_says_why_ntp_failed():
+    from umeter.cli.fleet import judge
+
+    heap = {"free": 40000, "alloc": 90000, "low": 30000}
+    ok = judge({"heap": heap, "clock": {"epoch": 1000, "utc_offset_min": 0}}, 8, 60, 999.5, 1001.0)
+    assert ok == {"status": ok["status"], "clock_skew_s": 0}
+    old = judge({"heap": heap}, 8, 60, 999.5, 1001.0)  # firmware before the clock in status
+    assert "clock_skew_s" not in old and "problem" not in old
+    ntp = {"at": None, "error": "no answer from 10.0.0.1:123 in 3000 ms"}
+    bad = judge({"heap": dict(heap, low=4096), "clock": {"epoch": 100, "ntp": ntp}}, 8, 60, 999.5, 1001.0)
+    assert bad["clock_skew_s"] == -900
+    assert bad["problem"] == (
+        "heap low-water mark 4.0 KB, under 8 KB; "
+        "clock off by -900 s, more than 60 s (ntp: no answer from 10.0.0.1:123 in 3000 ms)"
+    )
+    assert judge({"heap": heap, "clock": {"epoch": 1100}}, 8, 60, 999.5, 1001.0)["clock_skew_s"] == 99

@@ -157,22 +157,7 @@ def health(broker, prefix, sites, only, timeout, low_kb, max_skew_s, ca, user, a
         elif not a.get("ok"):
             out[nid] = {"problem": f"{a.get('status', 'failed')}: {a.get('why', '?')}"}
         else:
-            r = a.get("result", {})
-            low = r.get("heap", {}).get("low", 0)
-            out[nid] = {"status": r}
-            why = []
-            if low < low_kb * 1024:
-                why.append(f"heap low-water mark {low / 1024:.1f} KB, under {low_kb:g} KB")
-            # the node read its clock between the send and the last answer (firmware before
-            # December 2026 does not say)
-            ep = (r.get("clock") or {}).get("epoch")
-            skew = _skew(ep, sent, got)
-            if skew is not None:
-                out[nid]["clock_skew_s"] = skew
-                if abs(skew) > max_skew_s:
-                    why.append(f"clock off by {skew:+.0f} s, more than {max_skew_s:g} s")
-            if why:
-                out[nid]["problem"] = "; ".join(why)
+            out[nid] = judge(a.get("result", {}), low_kb, max_skew_s, sent, got)
     bad = sorted(n for n, d in out.items() if "problem" in d)
     if as_json:
         click.echo(json.dumps({"nodes": out, "problems": bad}))
@@ -205,6 +190,28 @@ def health(broker, prefix, sites, only, timeout, low_kb, max_skew_s, ca, user, a
         raise DeviceError(f"{len(bad)} of {len(out)} node(s) need a look: {', '.join(bad)}", hint="see the table")
     if not as_json:
         ui.info(f"{len(out)} node(s) answered, none under {low_kb:g} KB, every clock within {max_skew_s:g} s")
+
+
+def judge(r: dict, low_kb: float, max_skew_s: float, sent: float, got: float) -> dict:
+    """One node's `status` answer -> {"status", "clock_skew_s" (when it says its clock),
+    "problem" (when it has one)}; `sent`..`got` the host's time around the exchange."""
+    out: dict = {"status": r}
+    why = []
+    low = r.get("heap", {}).get("low", 0)
+    if low < low_kb * 1024:
+        why.append(f"heap low-water mark {low / 1024:.1f} KB, under {low_kb:g} KB")
+    # the node read its clock between the send and the last answer (firmware before
+    # December 2026 does not say)
+    clock = r.get("clock") or {}
+    skew = _skew(clock.get("epoch"), sent, got)
+    if skew is not None:
+        out["clock_skew_s"] = skew
+        if abs(skew) > max_skew_s:
+            err = (clock.get("ntp") or {}).get("error")
+            why.append(f"clock off by {skew:+.0f} s, more than {max_skew_s:g} s" + (f" (ntp: {err})" if err else ""))
+    if why:
+        out["problem"] = "; ".join(why)
+    return out
 
 
 def _skew(epoch, sent: float, got: float) -> float | None:
