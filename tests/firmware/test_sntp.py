@@ -32,8 +32,11 @@ async def test_a_clock_never_set_takes_the_servers_time_and_a_set_one_only_a_bou
     c = _Clock(946684800)  # 2000-01-01: an ESP32's RTC after a power cut
     step = await sntp.sync(c, "127.0.0.1", p["good"])
     eq(abs(c.t - host_now) <= 2 and step == c.t - 946684800, True, "set to %d, host %d" % (c.t, host_now))
-    eq(await sntp.sync(c, "127.0.0.1", p["good"]), 0, "within 2 s: no step")
+    cache = [None]
+    eq(await sntp.sync(c, "127.0.0.1", p["good"], 3000, 86400, cache), 0, "within 2 s: no step")
     eq(len(c.sets), 1, "one set")
+    # the address looked up once: the next sync does not resolve the name again
+    eq((cache[0] is not None, await sntp.sync(c, "no-such-host.invalid", 1, 3000, 86400, cache)), (True, 0), "cached")
     c.t -= 30  # thirty seconds of drift
     eq(await sntp.sync(c, "127.0.0.1", p["good"]) in (29, 30, 31), True, "stepped back on time")
     # a server two hours ahead of a clock that is set: over a 1-hour limit, refused, named

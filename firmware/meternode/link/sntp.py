@@ -58,10 +58,16 @@ def answer(b, req):
     return s, (f * 1000) >> 32
 
 
-async def sync(clock, host, port=123, timeout_ms=3000, max_step_s=86400):
+async def sync(clock, host, port=123, timeout_ms=3000, max_step_s=86400, cache=None):
     # One exchange with host:port; -> the step made (s; 0: within 2 s, not made).  OSError when
     # no answer comes in timeout_ms, ValueError for an answer that cannot set the clock.
-    addr = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0][-1]
+    # `cache`: a one-item list holding the server's address, resolved when it holds None (the
+    # lookup blocks the event loop: a board's sampler counts the sets it loses then)
+    addr = cache[0] if cache else None
+    if addr is None:
+        addr = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0][-1]
+        if cache is not None:
+            cache[0] = addr
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         s.setblocking(False)

@@ -192,6 +192,7 @@ def clock_sync(node, host, port, interval_s):
     # node.ntp = [the clock after the last good sync (epoch s) or None, the last failure's
     # text or None]: the `status` command's clock.ntp.
     st = [None, 60]  # when the next sync is due (ticks ms; None: now), the retry pause (s)
+    addr = [None]  # the server's address, looked up again after a failure
     node.ntp = [None, None]
 
     async def due():
@@ -202,8 +203,9 @@ def clock_sync(node, host, port, interval_s):
 
         try:
             limit = node.config.get("time_max_step_s", 86400)  # as a `time` command's
-            step = await run("meternode.link.sntp", "sync", node.hal.clock, host, port, 3000, limit)
+            step = await run("meternode.link.sntp", "sync", node.hal.clock, host, port, 3000, limit, addr)
         except Exception as e:
+            addr[0] = None
             node.ntp[1] = "%s" % e
             log("ntp %s: %s" % (host, e))
             st[0] = _add(_now(), st[1] * 1000)
