@@ -175,33 +175,30 @@ class FirmwareItem(pytest.Item):
 
 
 _MOSQ_KEY = pytest.StashKey[object]()
-
-
-def _mosquitto(config: pytest.Config):
-    """One Mosquitto per pytest process (each xdist worker has its own), started on first use."""
-    broker = config.stash.get(_MOSQ_KEY, None)
-    if broker is None:
-        from umeter.broker import Mosquitto
-
-        broker = Mosquitto().__enter__()
-        config.stash[_MOSQ_KEY] = broker
-        config.add_cleanup(lambda: broker.__exit__(None, None, None))
-    return broker
-
-
 _NTP_KEY = pytest.StashKey[object]()
 
 
-def _ntp_servers(config: pytest.Config):
-    """One set of scripted NTP servers per pytest process, started on first use."""
-    servers = config.stash.get(_NTP_KEY, None)
-    if servers is None:
-        from .ntpsim import NtpServers
+def _shared(config: pytest.Config, key, make):
+    """One `make()` context per pytest process (each xdist worker has its own), entered on
+    first use and left when the session ends."""
+    obj = config.stash.get(key, None)
+    if obj is None:
+        obj = make().__enter__()
+        config.stash[key] = obj
+        config.add_cleanup(lambda: obj.__exit__(None, None, None))
+    return obj
 
-        servers = NtpServers().__enter__()
-        config.stash[_NTP_KEY] = servers
-        config.add_cleanup(lambda: servers.__exit__(None, None, None))
-    return servers
+
+def _mosquitto(config: pytest.Config):
+    from umeter.broker import Mosquitto
+
+    return _shared(config, _MOSQ_KEY, Mosquitto)
+
+
+def _ntp_servers(config: pytest.Config):
+    from .ntpsim import NtpServers
+
+    return _shared(config, _NTP_KEY, NtpServers)
 
 
 def pytest_configure(config: pytest.Config) -> None:
