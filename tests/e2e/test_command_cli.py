@@ -100,6 +100,7 @@ def test_umeter_command_reaches_a_node_with_its_keystore_key_and_counter(tmp_pat
         r = _umeter(home, "command", NODE, "status", b)  # the human form
         assert r.returncode == 0, r.stderr
         assert f"node {NODE}: v" in r.stdout and "heap: free " in r.stdout and "link up" in r.stdout, r.stdout
+        assert "clock: 20" in r.stdout and "from this host), billing time UTC" in r.stdout, r.stdout
 
         # a forged key: the node refuses it and says why, one line, exit 1
         r = _umeter(home, "command", NODE, "read_now", b, "--key", "ab" * 32)

@@ -107,3 +107,14 @@ def test_fleet_health_judges_the_heap_and_the_clock_and_says_why_ntp_failed():
         "clock off by -900 s, more than 60 s (ntp: no answer from 10.0.0.1:123 in 3000 ms)"
     )
     assert judge({"heap": heap, "clock": {"epoch": 1100}}, 8, 60, 999.5, 1001.0)["clock_skew_s"] == 99
+
+
+def test_the_status_line_of_the_clock_says_its_billing_time_and_its_last_ntp_sync():
+    from umeter.cli.command import _clock_line
+
+    line = _clock_line({"epoch": 1700000000, "utc_offset_min": 330, "ntp": {"at": 1699999400, "error": None}})
+    assert line.startswith("clock: 2023-11-14 22:13:20 UTC (") and line.endswith(
+        "billing time UTC+05:30, ntp: last sync 600 s ago"
+    ), line
+    line = _clock_line({"epoch": 946684900, "utc_offset_min": -210, "ntp": {"at": None, "error": "no answer"}})
+    assert line.endswith("billing time UTC-03:30, ntp: never synced (last try: no answer)"), line

@@ -31,6 +31,9 @@ def _human(op: str, node: str, r: dict) -> str:
             ),
             "meter: {gaps} gaps, {lost_sets} sets lost, {overruns} overruns".format(**r.get("meter", {})),
         ]
+        c = r.get("clock")
+        if c:
+            lines.append(_clock_line(c))
         u = r.get("uplink")
         if u:
             lg, ob = u.get("log", {}), u.get("outbox") or {}
@@ -40,6 +43,25 @@ def _human(op: str, node: str, r: dict) -> str:
             )
         return "\n".join(lines)
     return f"node {node}: {op} done: {json.dumps(r, sort_keys=True)}"
+
+
+def _clock_line(c: dict) -> str:
+    """status's clock: the node's time (UTC), its offset from the host's now, its billing time
+    and, on a Wi-Fi node, its last NTP sync or why that failed."""
+    import time
+
+    ep = c.get("epoch", 0)
+    off = c.get("utc_offset_min", 0)
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ep))
+    tz = "UTC" if not off else f"UTC{'+' if off > 0 else '-'}{abs(off) // 60:02d}:{abs(off) % 60:02d}"
+    line = f"clock: {when} ({ep - time.time():+.0f} s from this host), billing time {tz}"
+    ntp = c.get("ntp")
+    if ntp:
+        at = ntp.get("at")
+        line += f", ntp: last sync {ep - at} s ago" if at else ", ntp: never synced"
+        if ntp.get("error"):
+            line += f" (last try: {ntp['error']})"
+    return line
 
 
 @click.command("command", context_settings={"ignore_unknown_options": False})
