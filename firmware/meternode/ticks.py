@@ -83,6 +83,7 @@ def rebase(at_ms, at_us):
     _off_us = diff(at_us & MASK, _raw_us() & MASK)
 
 
+CLOCK_SET = const(1577836800)  # 2020-01-01: a wall clock before it was never set (an RTC after a power cut)
 LOCAL_S = 0  # seconds east of UTC (a module global: no setter function to keep loaded)
 
 

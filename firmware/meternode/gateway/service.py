@@ -20,12 +20,11 @@ from meternode.gateway import drivers, poller
 from meternode.gateway import reading as R
 from meternode.hal import bus as hbus
 from meternode.store import records
-from meternode.ticks import floor
+from meternode.ticks import CLOCK_SET, floor
 from meternode.ticks import month as _month
 from meternode.ticks import sleep_ms as _sleep_ms
 
 _MAX_OPS = 4  # valve commands waiting per bus
-_CLOCK_SET = 1577836800  # 2020-01-01: a wall clock before it was never set (no freezes then)
 
 def check(c):
     w = "config.gateway"
@@ -224,7 +223,7 @@ class GatewayService:
         # and FROZEN_MONTH on the first of a month), STALE too when the meter is silent.
         # Never from a clock that was not set, and never a day twice (a clock set back
         # waits for the newest day it has seen to pass).
-        if ts < _CLOCK_SET:
+        if ts < CLOCK_SET:
             self._day = None
             return
         day = floor(ts, 86400)

@@ -11,9 +11,9 @@ from meternode import run
 from meternode.link import telemetry
 from meternode.link.commands import Rejected, hmac_sha256
 from meternode.store import records
+from meternode.ticks import CLOCK_SET
 
-_MIN_EPOCH = const(1577836800)  # 2020-01-01: `time` refuses anything before ...
-_MAX_EPOCH = const(4102444800)  # ... and from 2100-01-01 on (records hold u32 seconds)
+_MAX_EPOCH = const(4102444800)  # `time` refuses from 2100-01-01 on (records hold u32 seconds), and before CLOCK_SET
 
 # Settable configuration keys: (type, low, high, the value when config.json leaves it out).
 # Validated before anything changes; a rollback restores a value that checks too.
@@ -124,10 +124,10 @@ def check_args(c, op, a, act):
             raise Rejected("invalid: relay needs on: true/false")
     elif op == "time":
         e = a.get("epoch")
-        if not isinstance(e, int) or isinstance(e, bool) or not _MIN_EPOCH <= e < _MAX_EPOCH:
+        if not isinstance(e, int) or isinstance(e, bool) or not CLOCK_SET <= e < _MAX_EPOCH:
             raise Rejected("invalid: time needs epoch, UNIX seconds in 2020..2099 (not ms)")
         now = int(c.clock.time())
-        if now >= _MIN_EPOCH and (e - now > c.time_max_step_s or now - e > c.time_max_step_s):
+        if now >= CLOCK_SET and (e - now > c.time_max_step_s or now - e > c.time_max_step_s):
             raise Rejected("invalid: a time step of %d s is over the %d-s limit" % (e - now, c.time_max_step_s))
     elif op == "valve":
         if not isinstance(a.get("meter"), str) or a.get("valve") not in ("open", "close"):

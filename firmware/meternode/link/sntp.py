@@ -17,10 +17,9 @@ import socket
 
 from micropython import const
 
-from meternode.ticks import diff, ms, sleep_ms
+from meternode.ticks import CLOCK_SET, diff, ms, sleep_ms
 
 _NTP_UNIX = const(2208988800)  # seconds from 1900-01-01 to 1970-01-01
-_CLOCK_SET = const(1577836800)  # 2020-01-01: a clock before it was never set
 
 
 def request(now_s, nonce):
@@ -87,7 +86,7 @@ async def sync(clock, host, port=123, timeout_ms=3000, max_step_s=86400, cache=N
         now = sec + (msec + rtt // 2) // 1000
         cur = int(clock.time())
         step = now - cur
-        if cur >= _CLOCK_SET and (step > max_step_s or -step > max_step_s):
+        if cur >= CLOCK_SET and (step > max_step_s or -step > max_step_s):
             raise ValueError("a step of %+d s is over the %d-s limit" % (step, max_step_s))
         if -2 < step < 2:
             return 0

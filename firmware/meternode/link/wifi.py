@@ -71,7 +71,7 @@ class WifiSupervisor:
         self.last_status = None  # the name of the last status() that ended an attempt
         self._own = False  # driver auto-reconnect turned off
         self.beat = _nop  # the supervisor's progress report (supervisor.py), once per loop
-        self.when_up = None  # an async callable, awaited every check while connected (the clock's sync)
+        self.when_up = None  # an async callable that never raises, awaited every check while connected
 
     def _event(self, kind, detail=""):
         if self.on_event is not None:
@@ -139,10 +139,7 @@ class WifiSupervisor:
                         pass
                     self._event("up", ip)
                 if self.when_up is not None:
-                    try:
-                        await self.when_up()
-                    except Exception as e:  # its own failure: never the Wi-Fi supervisor's
-                        self._event("fail", "%r" % e)
+                    await self.when_up()  # handles its own failures (clock_sync)
                 await _sleep_ms(self.check_ms)
                 continue
             if self.up:

@@ -39,7 +39,7 @@
 from micropython import const
 
 from meternode import run
-from meternode.ticks import floor, month
+from meternode.ticks import CLOCK_SET, floor, month
 
 IMP = const(0)
 EXP = const(1)
@@ -264,7 +264,6 @@ _DSETS = const(3)
 _DPER = const(4)
 _DEND = const(5)  # the wall-clock boundary the period in progress ends on: > 0 whole, < 0 part, 0 none
 _DS = const(6)  # demand_s
-_CLOCK_SET = const(1577836800)  # 2020-01-01: a wall clock before it was never set
 
 
 class Energy:
@@ -337,7 +336,7 @@ class Energy:
             b = c[_DEND]  # where it was to end: > 0 a whole period's, < 0 a part period's
             e = abs(b)
             whole = b > 0  # where it ended, whether it was whole, and x: the next one's seconds
-            if now < _CLOCK_SET:  # no wall clock: periods of the sample clock, ended at its seconds
+            if now < CLOCK_SET:  # no wall clock: periods of the sample clock, ended at its seconds
                 e = c[_DPER] * ds
                 whole = True
                 x = ds

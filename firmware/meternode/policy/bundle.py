@@ -44,12 +44,12 @@ from micropython import const
 from meternode.policy.ed25519 import key_id, verify
 from meternode.policy.ota import Rejected
 from meternode.policy.schema import PolicyError, check_compact
+from meternode.ticks import CLOCK_SET
 
 _DOMAIN = const(b"umeter-bundle-v1\n")
 KINDS = ("policy", "firmware")
 _MAX_FILES = const(256)
 _MAX_MANIFEST = const(65536)  # bytes of a streamed manifest (256 files of long names: ~50 KB)
-_MIN_EPOCH = const(1577836800)  # 2020-01-01: a clock below this was never set
 _POLICY_FILE = const("policy.json")
 
 
@@ -200,7 +200,7 @@ class Verifier:
             raise Rejected("not targeted: %s is not in the bundle's nodes or groups" % self.node)
         if man["version"] <= cur:
             raise Rejected("not newer: version %d is not above %d" % (man["version"], cur))
-        if now < _MIN_EPOCH:
+        if now < CLOCK_SET:
             raise Rejected("clock not set: cannot check the expiry")
         if man["expires"] <= now:
             raise Rejected("expired: %d s ago" % (now - man["expires"]))
