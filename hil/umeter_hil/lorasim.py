@@ -21,6 +21,13 @@ service/nvm) and its AT command manual:
     duty cycle restricted       -> "Restricted_Wait_<ms>_ms" then AT_BUSY_ERROR (SEND, JOIN)
     a queued downlink arrives after the next uplink as
                                    +EVT:RX_1:<rssi>:<snr>:UNICAST:<port>:<hex>
+    AT+TIMEREQ=1                -> OK (a DeviceTimeReq rides on the next uplink) |
+                                   AT_NO_NETWORK_JOINED; after that uplink's event comes
+                                   +EVT:TIMEREQ_OK (the network's answer set the module's
+                                   clock) or +EVT:TIMEREQ_FAILED, and the request is disarmed
+    AT+LTIME=?                  -> AT+LTIME=<hh>h<mm>m<ss>s on <MM>/<DD>/<YYYY> then OK: the
+                                   module's clock, UTC (its GPS time less 18 leap seconds);
+                                   from 1970 at power-up until the network answers
     a reboot (AT+NWM, reset(), power_cycle()) -> deaf for `boot_s`, a few noise bytes, then
                                    the banner ("RAK3172-E Version:...", "Current Work Mode:
                                    LoRaWAN."); the session is lost, the NVM settings stay
@@ -29,7 +36,9 @@ Faults on demand: `fail_joins` (the next N join attempts fail), `busy_sends` (th
 sends answer AT_BUSY_ERROR), `fail_confirms` (the next N confirmed uplinks get no ACK),
 `max_payload` (longer payloads answer AT_PARAM_ERROR, like DR0's 51 bytes), `restrict(ms)`
 (the duty-cycle limiter refuses for ms), `join_delay` (a JOINED later than the driver
-waits), `noise(b)` (raw bytes on the line), `power_cycle()`.
+waits), `noise(b)` (raw bytes on the line), `power_cycle()`, `network_time` (the network
+server's clock, UNIX seconds: a callable, by default the host's; None: it never answers
+DeviceTimeReq).
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ import select
 import threading
 import time
 import tty
+from collections.abc import Callable
 
 BANNER = ("RAKwireless RAK3172-E Example", "RAK3172-E Version:RUI_4.2.3_RAK3172-E", "Current Work Mode: LoRaWAN.")
 
@@ -79,6 +89,10 @@ class SimModem:
         self.uplinks: list[tuple[int, bytes, bool]] = []  # (port, payload, confirmed) accepted
         self.downlinks: list[tuple[int, bytes]] = []  # queued for after the next uplink
         self.commands: list[str] = []
+        self.network_time: Callable[[], float] | None = time.time
+        self.time_requests = 0  # DeviceTimeReqs sent on an uplink
+        self._timereq = False  # armed by AT+TIMEREQ=1
+        self._sys_off = -time.monotonic()  # the module's clock (GPS seconds on the UNIX epoch) - monotonic()
         self._restricted_until = 0.0
         self._deaf_until = 0.0
         self._gen = 0  # bumped by each reboot: pending events of the old session are dropped
@@ -143,6 +157,8 @@ class SimModem:
         self.reboots += 1
         self._gen += 1
         self.joined = False
+        self._timereq = False
+        self._sys_off = -time.monotonic()  # the clock starts again at 1970
         self._deaf_until = time.monotonic() + self.boot_s
         gen = self._gen
 
@@ -187,11 +203,25 @@ class SimModem:
         if val == "?":
             if key == "NJS":
                 return self._write(f"AT+NJS={1 if self.joined else 0}") or self._write("OK")
+            if key == "TIMEREQ":
+                return self._write(f"AT+TIMEREQ={int(self._timereq)}") or self._write("OK")
+            if key == "LTIME":
+                # service_lora_get_local_time: SysTimeGet() - 18, "%02dh%02dm%02ds on %02d/%02d/%04d"
+                t = time.gmtime(int(time.monotonic() + self._sys_off) - 18)
+                v = f"{t.tm_hour:02d}h{t.tm_min:02d}m{t.tm_sec:02d}s on {t.tm_mon:02d}/{t.tm_mday:02d}/{t.tm_year:04d}"
+                return self._write(f"AT+LTIME={v}") or self._write("OK")
             return self._write(f"AT+{key}={self.settings.get(key, '')}") or self._write("OK")
         if key == "JOIN":
             return self._join(val)
         if key == "SEND":
             return self._send(val)
+        if key == "TIMEREQ":  # At_Timereq: not stored in NVM; refused before a join
+            if val not in ("0", "1"):
+                return self._write("AT_PARAM_ERROR")
+            if not self.joined:
+                return self._write("AT_NO_NETWORK_JOINED")
+            self._timereq = val == "1"
+            return self._write("OK")
         if key == "NWM":
             if val not in ("0", "1", "2"):
                 return self._write("AT_PARAM_ERROR")
@@ -276,5 +306,14 @@ class SimModem:
                 if self.downlinks:
                     dport, dl = self.downlinks.pop(0)
                     lines.append(f"+EVT:RX_1:-72:9:UNICAST:{dport}:{dl.hex().upper()}")
+        if self._timereq:  # MLME_DEVICE_TIME's confirm follows the uplink's (service_lora.c)
+            self._timereq = False
+            self.time_requests += 1
+            nt = self.network_time
+            if nt is None or lines[0].startswith("+EVT:SEND_CONFIRMED_FAILED"):
+                lines.append("+EVT:TIMEREQ_FAILED")
+            else:  # DeviceTimeAns: GPS time, which runs 18 s ahead of UTC
+                self._sys_off = nt() + 18 - time.monotonic()
+                lines.append("+EVT:TIMEREQ_OK")
         self._later(self.tx_delay, *lines)
         return None

@@ -206,3 +206,41 @@ def test_lora_fallback_is_quiet_while_mqtt_is_up_and_carries_only_what_mqtt_has_
         got = set(seqs) | set(lora_records())
         assert got == set(range(1, max(got) + 1)), f"lost: {sorted(set(range(1, max(got) + 1)) - got)}"
         assert modem.joins >= 1 and not set(lora_records()) & before, (sorted(before), lora_records())
+
+
+def test_a_lora_node_whose_clock_was_never_set_takes_the_networks_time(tmp_path):
+    # A node with LoRa as its only network and its RTC back at 2000 (a board after a power
+    # cut): its first uplink carries a DeviceTimeReq, the simulated network answers with the
+    # host's time, the node's clock is stepped, and the step goes out as a time_set event
+    # ("lorawan"); the records after it carry the time of day.
+    root = _flash(tmp_path)
+    with SimModem() as modem:
+        cfg = {
+            "node_id": "lora4",
+            "telemetry_s": 0.5,
+            "lora": _lora(modem, "70B3D57ED0000004"),
+            "sim": {"realtime": True, "epoch": 946684800, "currents": [{"rms": 5.0}]},
+        }
+        with open(root / "console.log", "w") as log:
+            p = _start(root, cfg, json.loads((root / "board.json").read_text())["heap"], log)
+            try:
+                deadline = time.monotonic() + 40
+                while time.monotonic() < deadline:
+                    assert p.poll() is None, (root / "console.log").read_text()
+                    frames = [loracodec.decode(data) for _, data, _ in modem.uplinks]
+                    if any(f["kind"] == "event" and f["event"] == "time_set" for f in frames):
+                        break
+                    time.sleep(0.1)
+            finally:
+                p.kill()
+                p.wait()
+        text = (root / "console.log").read_text()
+        frames = [loracodec.decode(data) for _, data, _ in modem.uplinks]
+        ts = [f for f in frames if f["kind"] == "event" and f["event"] == "time_set"]
+        assert ts, text
+        now = time.time()
+        assert ts[0]["text"] == "lorawan" and abs(ts[0]["arg"] - (now - 946684800)) < 60, ts[0]
+        assert abs(ts[0]["ts"] - now) < 60, "stamped with the time it was set to"
+        assert frames[0]["ts"] < 946684800 + 3600, "the records before it carry the unset clock's time"
+        assert modem.time_requests == 1 and "AT+LTIME=?" in modem.commands
+        assert "lorawan time: clock stepped +" in text, text

@@ -191,6 +191,7 @@ async def test_the_status_command_reports_the_heap_the_tasks_and_the_uplink_as_t
     eq(d["up_s"] >= 0 and d["starved"] >= 0, True, "the supervisor's counters")
     eq(sorted(d["meter"]), ["gaps", "lost_sets", "overruns"], "the meter's")
     eq((d["clock"]["utc_offset_min"], 0 <= epoch + 60 - d["clock"]["epoch"] <= 60), (-300, True), "%r" % d["clock"])
+    eq(sorted(d["clock"]), ["epoch", "utc_offset_min"], "no network sets this one's clock: no ntp, no lorawan")
     lg = d["uplink"]["log"]
     eq(lg["records"] > 0 and lg["last_seq"] >= lg["first_seq"], True, "the record log's: %r" % lg)
     eq(d["uplink"]["commands"]["accepted"], 0, "counted once the action returns: this one is not in it")

@@ -266,6 +266,8 @@ LORA = r"""
 import asyncio, json, time
 board = json.load(open('/board.json'))
 from meternode.hal import modem
+from meternode.hal.clock import BoardClock
+from meternode.link import nettime
 from meternode.link.lorawan import LoRaModem, ModemError
 port = modem.ModemPort(board['lora'])
 u = port.uart()
@@ -289,6 +291,14 @@ async def main():
     await step('join', m.join(attempts=5, timeout_ms=30000, backoff_ms=5000))
     await step('confirmed', m.send(2, b'\x01\x02', confirmed=True))
     await step('unconfirmed', m.send(2, b'\x03', confirmed=False))
+    class L:  # what nettime.lorawan reads of a LoRaLink
+        pass
+    ll = L()
+    ll.modem, ll.port, ll.clock, ll.event = m, 2, BoardClock(), None
+    ll.nettime = [None, None, None, 600, 86400, 10 * 366 * 86400]
+    await step('timereq', nettime.lorawan(ll, b'\x06', False))  # the network's DeviceTimeAns
+    res['nettime'] = ll.nettime[:2]
+    res['clock'] = ll.clock.time()
     t0 = time.ticks_ms()
     for k in range(6):  # back to back at DR0: the module's duty-cycle limiter refuses
         await step('burst%%d' %% k, m.send(2, bytes(40), confirmed=False))
@@ -321,6 +331,9 @@ def test_rak3172_configure_join_uplinks_duty_cycle_and_reset(provisioned, hil_ta
     assert r["configure1"] is None and r["configure2"] is None, r
     assert r["sets2"] == 0 and r["reboots_after_configure"] <= 1, "no reboot loop, nothing rewritten"
     assert r["join"] is True and r["confirmed"] is True and r["unconfirmed"] is True, r
+    # the board's RTC from the network's DeviceTimeAns (link/nettime.py), when the network
+    # answers DeviceTimeReq (TTN and ChirpStack do)
+    assert r["timereq"] is True and r["nettime"][1] is None and abs(r["clock"] - time.time()) <= 3, r
     assert all(r[f"burst{k}"] is True for k in range(6)), "duty-cycle refusals are waited out"
     assert r["busy"] >= 1, "the burst did meet the duty-cycle limiter"
     assert r["reboots"] >= 1 and r["joined_after_reset"] is False, "the reset was seen by the reader"

@@ -107,6 +107,10 @@ def test_fleet_health_judges_the_heap_and_the_clock_and_says_why_ntp_failed():
         "clock off by -900 s, more than 60 s (ntp: no answer from 10.0.0.1:123 in 3000 ms)"
     )
     assert judge({"heap": heap, "clock": {"epoch": 1100}}, 8, 60, 999.5, 1001.0)["clock_skew_s"] == 99
+    # a LoRaWAN node's clock comes from its network's DeviceTimeAns: why that failed is named too
+    lw = {"at": None, "error": "the network did not answer DeviceTimeReq"}
+    bad = judge({"heap": heap, "clock": {"epoch": 100, "lorawan": lw}}, 8, 60, 999.5, 1001.0)
+    assert bad["problem"] == "clock off by -900 s, more than 60 s (lorawan: the network did not answer DeviceTimeReq)"
 
 
 def test_the_status_line_of_the_clock_says_its_billing_time_and_its_last_ntp_sync():
@@ -118,3 +122,5 @@ def test_the_status_line_of_the_clock_says_its_billing_time_and_its_last_ntp_syn
     ), line
     line = _clock_line({"epoch": 946684900, "utc_offset_min": -210, "ntp": {"at": None, "error": "no answer"}})
     assert line.endswith("billing time UTC-03:30, ntp: never synced (last try: no answer)"), line
+    line = _clock_line({"epoch": 1700000000, "lorawan": {"at": 1699913600, "error": "no time: 0 is not in 2020..2099"}})
+    assert line.endswith("billing time UTC, lorawan: last sync 86400 s ago (last try: no time: 0 is not in 2020..2099)")

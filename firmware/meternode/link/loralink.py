@@ -6,6 +6,7 @@
 from meternode import _nop
 from meternode.link import loracodec
 from meternode.link.lorawan import ModemError
+from meternode.ticks import diff as _diff
 from meternode.ticks import ms as _ticks
 from meternode.ticks import sleep_ms as _sleep_ms
 
@@ -38,6 +39,10 @@ class LoRaLink:
         self.event = None  # callable(code, arg, text): the uplink service's event()
         self.last_error = None
         self.beat = _nop  # the supervisor's progress report (supervisor.py), once per loop
+        # the network's time (link/nettime.py; None: not asked): [the clock after the last good
+        # sync or None, the last failure's text or None, ticks ms when due (None: at the next
+        # uplink), the retry pause s, time_s, time_max_step_s]
+        self.nettime = None
 
     def telemetry(self, frame):
         if self._telemetry is not None:
@@ -60,6 +65,15 @@ class LoRaLink:
             if w == 0:
                 return
             await _sleep_ms(60000 if w < 0 else min(w, 60000))
+
+    async def _send(self, frame, confirmed):
+        # One uplink; the network's time rides on it when due (a DeviceTimeReq, link/nettime.py)
+        t = self.nettime
+        if t is not None and (t[2] is None or _diff(_ticks(), t[2]) >= 0):
+            from meternode import run
+
+            return await run("meternode.link.nettime", "lorawan", self, frame, confirmed)
+        return await self.modem.send(self.port, frame, confirmed)
 
     async def run(self):
         r = self._reader
@@ -97,7 +111,7 @@ class LoRaLink:
                     await self._airtime(len(frame))
                     self.gov.sent_now(len(frame), _ticks())
                     self.log.mark_sent(r.seq)  # this seq is never issued again (store/log.py)
-                    if await self.modem.send(self.port, frame, self.confirmed):
+                    if await self._send(frame, self.confirmed):
                         self.cursor.advance(r.seq)
                         self.cursor.flush()
                         self.sent += 1
@@ -108,7 +122,7 @@ class LoRaLink:
                     frame, self._telemetry = self._telemetry, None
                     await self._airtime(len(frame))
                     self.gov.sent_now(len(frame), _ticks())
-                    await self.modem.send(self.port, frame, False)
+                    await self._send(frame, False)
                     self.sent += 1
                 else:
                     await _sleep_ms(100)

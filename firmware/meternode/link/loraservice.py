@@ -28,6 +28,11 @@ def check(c):
         if need(lo, "mode", str, w, default="fallback") not in ("fallback", "always"):
             raise ConfigError("config.lora.mode must be fallback or always, not %r" % lo["mode"])
         need(lo, "fallback_s", int, w, default=60, lo=0, hi=86400)
+        # the network's time (DeviceTimeReq, link/nettime.py): each request costs a downlink; a
+        # deadline in ticks holds up to 6.2 days
+        t = need(lo, "time_s", int, w, default=86400, lo=0, hi=518400)
+        if 0 < t < 3600:
+            raise ConfigError("config.lora.time_s must be 0 (never) or 3600..518400, not %d (a downlink each)" % t)
     return lo
 
 
@@ -54,6 +59,9 @@ def make(svc, lo, path):
     modem.on_downlink = lambda port, data: downlink(svc, port, data)
     ll = LoRaLink(modem, svc.log, Cursor(path + ".lora"), gov, svc.clock, lo.get("fport", 2), lo.get("confirmed", True))
     ll.event = svc.event  # records skipped as unreadable are events
+    ts = lo.get("time_s", 86400)
+    if ts:  # the network's time on an uplink now and every time_s (link/nettime.py)
+        ll.nettime = [None, None, None, 600, ts, svc.node.config.get("time_max_step_s", 86400)]
     if lo.get("mode", "fallback") == "fallback" and svc.link is not None:
         ll.floor = lambda: svc.cursor.acked  # skip what MQTT delivered
         ll.active = lambda: not svc.link.up  # and only speak while MQTT is down,

@@ -9,15 +9,16 @@
 # more, a server's (mode 4), version 3 or 4, synchronised (leap indicator not 3, stratum
 # 1..15; stratum 0 is a kiss-o'-death, its code named), the originate timestamp equal to
 # this request's transmit timestamp (its seconds and 20 random bits: an answer to another
-# request, or a forged one, does not match), a transmit time.  Once the clock is set (after
-# 2020) a step over max_step_s is refused, as a `time` command's is; a step under 2 s is not
-# made (the clock is read in whole seconds).
+# request, or a forged one, does not match), a transmit time; and what link/nettime.py's
+# step() asks of any network time (after 2020; once the clock is set, a step of at most
+# max_step_s, as a `time` command's; a step under 2 s is not made).
 import os
 import socket
 
 from micropython import const
 
-from meternode.ticks import CLOCK_SET, diff, ms, sleep_ms
+from meternode import run
+from meternode.ticks import diff, ms, sleep_ms
 
 _NTP_UNIX = const(2208988800)  # seconds from 1900-01-01 to 1970-01-01
 
@@ -83,14 +84,7 @@ async def sync(clock, host, port=123, timeout_ms=3000, max_step_s=86400, cache=N
                 await sleep_ms(20)
         rtt = diff(ms(), t0)
         sec, msec = answer(b, req)
-        now = sec + (msec + rtt // 2) // 1000
-        cur = int(clock.time())
-        step = now - cur
-        if cur >= CLOCK_SET and (step > max_step_s or -step > max_step_s):
-            raise ValueError("a step of %+d s is over the %d-s limit" % (step, max_step_s))
-        if -2 < step < 2:
-            return 0
-        clock.set_time(now)
-        return step
+        # the step every network source shares (link/nettime.py: its bounds)
+        return run("meternode.link.nettime", "step", clock, sec + (msec + rtt // 2) // 1000, max_step_s)
     finally:
         s.close()

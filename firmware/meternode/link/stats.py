@@ -78,13 +78,16 @@ def node(n):
     ntp = getattr(n, "ntp", None)  # Wi-Fi boards (link/wifi.py clock_sync)
     if ntp is not None:
         d["clock"]["ntp"] = {"at": ntp[0], "error": ntp[1]}
+    svc = n.uplink_service
+    lt = svc is not None and svc.lora is not None and svc.lora.nettime  # LoRaWAN DeviceTimeReq (link/nettime.py)
+    if lt:
+        d["clock"]["lorawan"] = {"at": lt[0], "error": lt[1]}
     sup = n.supervisor
     if sup is not None:
         d["up_s"] = sup.up_s
         d["restarts"] = sup.restarts
         d["starved"] = sup.starved
         d["tasks"] = {w.name: [w.restarts, w.stalls, w.error] for w in sup.watches}
-    svc = n.uplink_service
     if svc is not None:
         d["uplink"] = service(svc)
     return d

@@ -47,7 +47,8 @@ def _human(op: str, node: str, r: dict) -> str:
 
 def _clock_line(c: dict) -> str:
     """status's clock: the node's time (UTC), its offset from the host's now, its billing time
-    and, on a Wi-Fi node, its last NTP sync or why that failed."""
+    and its last sync from the network (NTP on a Wi-Fi node, DeviceTimeReq on a LoRaWAN one) or
+    why that failed."""
     import time
 
     ep = c.get("epoch", 0)
@@ -55,12 +56,13 @@ def _clock_line(c: dict) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ep))
     tz = "UTC" if not off else f"UTC{'+' if off > 0 else '-'}{abs(off) // 60:02d}:{abs(off) % 60:02d}"
     line = f"clock: {when} ({ep - time.time():+.0f} s from this host), billing time {tz}"
-    ntp = c.get("ntp")
-    if ntp:
-        at = ntp.get("at")
-        line += f", ntp: last sync {ep - at} s ago" if at else ", ntp: never synced"
-        if ntp.get("error"):
-            line += f" (last try: {ntp['error']})"
+    for src in ("ntp", "lorawan"):  # the network sources that set it (firmware link/nettime.py)
+        sync = c.get(src)
+        if sync:
+            at = sync.get("at")
+            line += f", {src}: last sync {ep - at} s ago" if at else f", {src}: never synced"
+            if sync.get("error"):
+                line += f" (last try: {sync['error']})"
     return line
 
 

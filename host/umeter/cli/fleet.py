@@ -207,8 +207,10 @@ def judge(r: dict, low_kb: float, max_skew_s: float, sent: float, got: float) ->
     if skew is not None:
         out["clock_skew_s"] = skew
         if abs(skew) > max_skew_s:
-            err = (clock.get("ntp") or {}).get("error")
-            why.append(f"clock off by {skew:+.0f} s, more than {max_skew_s:g} s" + (f" (ntp: {err})" if err else ""))
+            # why the network's time did not set it (firmware link/nettime.py: NTP, LoRaWAN)
+            errs = [f"{src}: {e}" for src in ("ntp", "lorawan") if (e := (clock.get(src) or {}).get("error"))]
+            said = f" ({'; '.join(errs)})" if errs else ""
+            why.append(f"clock off by {skew:+.0f} s, more than {max_skew_s:g} s{said}")
     if why:
         out["problem"] = "; ".join(why)
     return out

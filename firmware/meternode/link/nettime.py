@@ -1,0 +1,108 @@
+# The node's wall clock from its network.  Two sources, one step:
+#   - SNTP over Wi-Fi (link/sntp.py, which calls step() here);
+#   - LoRaWAN's DeviceTimeReq, through the modem (lorawan() below, for a node whose only
+#     network is LoRa: without it its clock was set by nothing but a `time` command).
+# Loaded for a sync and forgotten after (meternode.run), like sntp.py.
+#
+# step(): a time before 2020 or from 2100 on is no time (a module or server that has none:
+# RUI3 reads 1970 until the network has answered); once the clock is set (after 2020) a step
+# over max_step_s is refused, as a `time` command's is; a step under 2 s is not made (the
+# clock is read in whole seconds).
+#
+# LoRaWAN through RUI3 (RAKWireless/RAK-STM32-RUI: service/mode/cli/atcmd_nwk_management.c
+# At_Timereq, atcmd_class_b_mode.c At_LocalTime, service/lora/service_lora.c): AT+TIMEREQ=1
+# arms a DeviceTimeReq MAC command on the next uplink (AT_NO_NETWORK_JOINED before a join);
+# after that uplink's receive windows the module prints +EVT:TIMEREQ_OK (the network's
+# DeviceTimeAns set its clock) or +EVT:TIMEREQ_FAILED, and disarms; AT+LTIME=? then reads
+# "AT+LTIME=15h08m55s on 08/17/2026" (month/day/year, UTC: the module takes GPS time's 18 leap
+# seconds off), whole seconds.  No uplink of its own: the request rides on a record's.
+from micropython import const
+
+from meternode.ticks import CLOCK_SET
+
+_MAX_EPOCH = const(4102444800)  # 2100-01-01 (records hold u32 seconds; a `time` command's bound too)
+_ANSWER_MS = const(6000)  # the TIMEREQ event after the uplink's own (class A windows end within ~3 s)
+_RETRY_S = const(600)  # a failed request is asked again after 10 min, doubling up to time_s
+
+
+def step(clock, now, max_step_s):
+    # Sets `clock` to `now` (UNIX s); -> the step made (0: within 2 s, not made).  ValueError
+    # naming why it cannot.
+    if not CLOCK_SET <= now < _MAX_EPOCH:
+        raise ValueError("no time: %d is not in 2020..2099" % now)
+    cur = int(clock.time())
+    d = now - cur
+    if cur >= CLOCK_SET and (d > max_step_s or -d > max_step_s):
+        raise ValueError("a step of %+d s is over the %d-s limit" % (d, max_step_s))
+    if -2 < d < 2:
+        return 0
+    clock.set_time(now)
+    return d
+
+
+def days(y, m, d):
+    # Days from 1970-01-01 to y-m-d (the Gregorian calendar): years counted from March, so
+    # that the leap day ends a year; 153 days for every 5 months from March.
+    if m < 3:
+        y -= 1
+        m += 12
+    return 365 * y + y // 4 - y // 100 + y // 400 + (153 * (m - 3) + 2) // 5 + d - 719469
+
+
+def ltime(text):
+    # RUI3's AT+LTIME value, "15h08m55s on 08/17/2026" -> UNIX seconds; ValueError naming it
+    try:
+        hms, on, mdy = text.split(" ")
+        if on != "on" or len(hms) != 9 or hms[2] != "h" or hms[5] != "m" or hms[8] != "s":
+            raise ValueError
+        h, mi, s = int(hms[0:2]), int(hms[3:5]), int(hms[6:8])
+        mo, d, y = (int(x) for x in mdy.split("/"))
+    except (ValueError, AttributeError):
+        raise ValueError("the modem's time %r is not hhhmmmsss on MM/DD/YYYY" % (text,))
+    if not (0 <= h < 24 and 0 <= mi < 60 and 0 <= s < 60 and 1 <= mo <= 12 and 1 <= d <= 31 and y >= 1970):
+        raise ValueError("the modem's time %r is out of range" % (text,))
+    return days(y, mo, d) * 86400 + h * 3600 + mi * 60 + s
+
+
+async def lorawan(ll, frame, confirmed):
+    # One uplink of LoRaLink `ll` with a DeviceTimeReq on it, and the node's clock stepped to
+    # the network's time.  -> what modem.send returns; the send's errors are raised as without
+    # the request (which is then asked again at the next uplink).  A time that cannot be had
+    # or set is logged and kept for `status` (ll.nettime, loraservice.make), asked again
+    # after 10 min, doubling up to time_s; a step is a TIME_SET event ("lorawan").
+    from meternode.link.lorawan import ModemError
+    from meternode.ticks import add, ms
+
+    m = ll.modem
+    t = ll.nettime  # [last good sync (epoch s), last failure, ticks due, retry s, time_s, max step s]
+    m._events = [ev for ev in m._events if not ev.startswith("TIMEREQ")]  # an earlier request's
+    why = None
+    try:
+        await m.cmd("AT+TIMEREQ=1")
+    except ModemError as e:
+        why = e
+    ok = await m.send(ll.port, frame, confirmed)
+    if why is None:
+        try:
+            if await m.wait_event(("TIMEREQ_OK", "TIMEREQ_FAILED"), _ANSWER_MS) != "TIMEREQ_OK":
+                raise ValueError("the network did not answer DeviceTimeReq")
+            s = step(ll.clock, ltime(await m.get("LTIME")), t[5])
+        except (ModemError, ValueError) as e:
+            why = e
+    if why is not None:
+        t[1] = "%s" % why
+        t[2] = add(ms(), t[3] * 1000)
+        t[3] = min(t[3] * 2, t[4])
+        print("lorawan time: %s" % why)
+        return ok
+    t[0] = int(ll.clock.time())
+    t[1] = None
+    t[2] = add(ms(), t[4] * 1000)
+    t[3] = _RETRY_S
+    if s:
+        print("lorawan time: clock stepped %+d s" % s)
+        if ll.event is not None:
+            from meternode.store import records
+
+            ll.event(records.EV_TIME_SET, s, "lorawan")
+    return ok

@@ -1,0 +1,186 @@
+"""The node's clock from a LoRaWAN network (firmware/meternode/link/nettime.py): a DeviceTimeReq
+riding on a record's uplink through the AT driver, on the MicroPython unix port, against the
+simulated RAK3172 over a pty; and RUI3's AT+LTIME text read into UNIX seconds, checked against
+CPython's own calendar."""
+
+from __future__ import annotations
+
+import calendar
+import json
+import os
+import random
+import subprocess
+import time
+
+import pytest
+
+from umeter import unixport
+from umeter_hil.lorasim import SimModem
+
+DRIVER = r"""
+import asyncio, json, sys
+from meternode import ticks
+from meternode.link.airtime import Governor
+from meternode.link.loralink import LoRaLink
+from meternode.link.lorawan import LoRaModem
+from meternode.store import records
+from meternode.store.log import Cursor, RecordLog
+
+port, d, epoch, max_step = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+
+class Clock:  # a board's RTC: whole seconds; what set_time was given
+    def __init__(self, t):
+        self.t = t
+        self.sets = []
+    def time(self):
+        return self.t
+    def set_time(self, t):
+        self.sets.append(t)
+        self.t = t
+
+f = open(port, "r+b")
+m = LoRaModem(asyncio.StreamReader(f), asyncio.StreamWriter(f, {}), timeout_ms=8000)
+log = RecordLog(d + "/log", 4096, 65536)
+for i in range(3):
+    log.append(records.PROFILE, 1700000000 + 900 * i,
+               records.profile(900, 1000 * i, 0, (2300, 2290, 2310), (1000, 900, 1100), (2300, 2000, 2500)))
+cur = Cursor(d + "/lora.cursor")
+clock = Clock(epoch)
+link = LoRaLink(m, log, cur, Governor("CN470", dr=5, daily_budget_ms=10**9), clock, port=2, retry_ms=50)
+link.nettime = [None, None, None, 600, 86400, max_step]  # as loraservice.make: daily
+events = []
+link.event = lambda code, arg, text: events.append([code, arg, text])
+
+async def main():
+    m.start()
+    t = asyncio.create_task(link.run())
+    for _ in range(1500):
+        if cur.acked == 3:
+            break
+        await asyncio.sleep_ms(20)
+    t.cancel()
+    nt = link.nettime
+    print("RESULT " + json.dumps({"acked": cur.acked, "clock": clock.t, "sets": clock.sets, "events": events,
+                                  "at": nt[0], "error": nt[1], "due_in_s": ticks.diff(nt[2], ticks.ms()) // 1000,
+                                  "pause": nt[3]}))
+
+asyncio.run(main())
+"""
+
+
+def _run(tmp_path, modem, epoch, max_step=86400):
+    (tmp_path / "drv.py").write_text(DRIVER)
+    modem.joined = True  # a session the module already has (joining is test_lora.py's)
+    env = dict(os.environ, MICROPYPATH=unixport.micropypath())
+    p = subprocess.run(
+        unixport.command(tmp_path / "drv.py", modem.port, str(tmp_path), str(epoch), str(max_step), heap="256k"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, p.stdout + p.stderr
+    return json.loads(lines[-1][7:]), p.stdout
+
+
+def test_a_clock_never_set_takes_the_networks_time_on_the_first_uplink_and_asks_again_a_day_later(tmp_path):
+    with SimModem() as modem:
+        r, out = _run(tmp_path, modem, 946684800)  # 2000-01-01: an ESP32's RTC after a power cut
+    now = time.time()
+    assert r["acked"] == 3, out
+    assert abs(r["clock"] - now) <= 3, f"set to {r['clock']}, the network's (host's) time is {now:.0f}"
+    assert r["sets"] == [r["clock"]], "one set"
+    assert r["events"] == [[14, r["clock"] - 946684800, "lorawan"]], "a TIME_SET event with the step"
+    assert (r["error"], abs(r["at"] - r["clock"]) <= 3) == (None, True)
+    assert modem.time_requests == 1, "one request, on the first uplink; the next is due in a day"
+    assert 86300 <= r["due_in_s"] <= 86400 and r["pause"] == 600
+    assert [c for c in modem.commands if "TIMEREQ" in c or "LTIME" in c] == ["AT+TIMEREQ=1", "AT+LTIME=?"]
+    assert len(modem.uplinks) == 3, "no uplink of its own: the request rode on a record's"
+
+
+def test_a_network_that_does_not_answer_leaves_the_clock_and_the_records_alone_and_is_asked_again_later(tmp_path):
+    with SimModem() as modem:
+        modem.network_time = None
+        r, out = _run(tmp_path, modem, 1700000000)
+    assert r["acked"] == 3, "every record delivered all the same"
+    assert (r["clock"], r["sets"], r["events"], r["at"]) == (1700000000, [], [], None)
+    assert r["error"] == "the network did not answer DeviceTimeReq", out
+    assert "lorawan time: the network did not answer DeviceTimeReq" in out
+    assert 590 <= r["due_in_s"] <= 600 and r["pause"] == 1200, "again in 10 min, then 20"
+    assert modem.time_requests == 1
+
+
+def test_a_network_time_over_the_step_limit_is_refused_naming_it(tmp_path):
+    with SimModem() as modem:
+        modem.network_time = lambda: time.time() + 2 * 86400  # a network server two days ahead
+        set_at = int(time.time())
+        r, _ = _run(tmp_path, modem, set_at, 86400)
+    assert (r["clock"], r["sets"], r["events"]) == (set_at, [], []), "a set clock is not stepped two days"
+    assert r["error"].startswith("a step of +17") and r["error"].endswith("s is over the 86400-s limit"), r
+    assert r["acked"] == 3
+
+
+def test_a_modem_whose_clock_was_never_set_is_no_time(tmp_path):
+    # The module's own clock before any DeviceTimeAns reads 1970 (the network answered nothing
+    # since its power-up): TIMEREQ_OK then an LTIME from a module that rebooted in between is
+    # the case; here the network's answer itself is 1970.
+    with SimModem() as modem:
+        modem.network_time = lambda: 0.0
+        r, _ = _run(tmp_path, modem, 946684800)
+    assert (r["clock"], r["sets"]) == (946684800, [])
+    assert r["error"] == "no time: 0 is not in 2020..2099", r
+
+
+LTIME = r"""
+import sys
+from meternode.link import nettime
+for line in open(sys.argv[1]):
+    line = line.rstrip("\n")
+    try:
+        print(nettime.ltime(line))
+    except ValueError as e:
+        print("ValueError: %s" % e)
+"""
+
+
+def test_the_modems_time_text_reads_as_cpythons_calendar_does(tmp_path):
+    # RUI3 prints its clock as "%02dh%02dm%02ds on %02d/%02d/%04d" (hour, minute, second, month,
+    # day, year: service_lora_get_local_time); 3000 instants from 1970 to 2099, leap days and
+    # the turns of years among them, read on MicroPython and by calendar.timegm.
+    rng = random.Random(7)
+    instants = [rng.randrange(0, 4102444800) for _ in range(3000)]
+    edges = ((2, 28, 23), (2, 29, 0), (3, 1, 0), (12, 31, 23), (1, 1, 0))
+    for y in (1970, 2000, 2024, 2099):
+        instants += [calendar.timegm((y, m, d, h, 59, 59)) for m, d, h in edges if (m, d) != (2, 29) or y % 4 == 0]
+    texts = [time.strftime("%Hh%Mm%Ss on %m/%d/%Y", time.gmtime(t)) for t in instants]
+    bad = ["", "15h08m55s", "15h08m55s at 08/17/2026", "15:08:55 on 08/17/2026", "15h08m55s on 2026-08-17"]
+    bad += ["25h08m55s on 08/17/2026", "15h08m55s on 13/17/2026", "15h08m55s on 08/17/1969", "LTIME:15h08m55s on 1/2/3"]
+    (tmp_path / "in.txt").write_text("\n".join(texts + bad) + "\n")
+    (tmp_path / "lt.py").write_text(LTIME)
+    env = dict(os.environ, MICROPYPATH=unixport.micropypath())
+    p = subprocess.run(unixport.command(tmp_path / "lt.py", str(tmp_path / "in.txt")), capture_output=True,
+                       text=True, timeout=60, env=env)  # fmt: skip
+    got = p.stdout.splitlines()
+    assert len(got) == len(texts) + len(bad), p.stdout[-2000:] + p.stderr
+    assert [int(g) for g in got[: len(texts)]] == instants
+    for text, g in zip(bad, got[len(texts) :], strict=True):
+        assert g.startswith("ValueError: the modem's time ") and repr(text) in g, (text, g)
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (60, "config.lora.time_s must be 0 (never) or 3600..518400, not 60 (a downlink each)"),
+        (86400 * 7, "config.lora.time_s"),
+    ],
+)
+def test_a_request_interval_that_would_flood_the_downlink_or_outrun_the_ticks_is_refused(value, why):
+    from meternode import ConfigError
+    from meternode.link import loraservice
+
+    lora = {"deveui": "0" * 16, "appeui": "0" * 16, "appkey": "0" * 32, "time_s": value}
+    with pytest.raises(ConfigError, match=why.replace("(", r"\(").replace(")", r"\)")):
+        loraservice.check({"lora": lora})
+    lora["time_s"] = 0
+    assert loraservice.check({"lora": lora})["time_s"] == 0
