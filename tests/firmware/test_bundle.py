@@ -73,6 +73,24 @@ def test_every_bad_bundle_is_rejected_with_its_reason_and_no_effect():
 
 
 @heap("192k")
+def test_a_policy_in_another_time_than_the_nodes_billing_time_is_rejected():
+    # The fixtures' policies have their tariff hours in UTC (utc_offset_min 0); a node billing
+    # in Central European time (config utc_offset_min 60) would switch tariffs an hour off its
+    # own midnight and freezes: refused, naming both, nothing applied.
+    from meternode import ticks
+
+    a = _agent()
+    ticks.LOCAL_S = 3600
+    try:
+        r = a.handle_policy(F.POLICY_V2)
+    finally:
+        ticks.LOCAL_S = 0
+    eq((r["ok"], r["status"], r["why"]), (False, "rejected", "bad policy: utc_offset_min 0, the node bills in 60"), "")
+    eq(a.policy_version(), 0, "nothing applied")
+    eq(a.handle_policy(F.POLICY_V2)["status"], "applied", "the same bundle on a node billing in UTC")
+
+
+@heap("192k")
 def test_group_target_and_replay_of_the_same_bundle():
     a = _agent()
     eq(a.handle_policy(F.POLICY_V3_GROUP)["status"], "applied", "group north")

@@ -238,6 +238,12 @@ def handle_policy(self, payload):
             compact = check_compact(json.loads(data))
         except (ValueError, PolicyError) as e:
             raise Rejected("bad policy: %s" % e)
+        # its tariff hours in a time other than the one the node bills in (config
+        # utc_offset_min, set at provisioning): the day's tariffs and its freezes would disagree
+        from meternode import ticks
+
+        if compact["tz"] * 60 != ticks.LOCAL_S:
+            raise Rejected("bad policy: utc_offset_min %d, the node bills in %d" % (compact["tz"], ticks.LOCAL_S // 60))
         sig = parse(payload)[1]
         self.store.apply(man["version"], mtext, hexlify(sig).decode(), compact)
     except Rejected as e:
