@@ -163,6 +163,15 @@ def test_signed_policy_bundle_is_accepted_by_the_firmware_agent(tmp_path: Path) 
             return time.time()
 
     agent = Agent("n7", fleet_identity(key, "acme", ["north"]), str(tmp_path / "node"), Clock())
-    r = agent.handle_policy(env)
+    from meternode import ticks
+
+    # a node billing in the policy's time (config utc_offset_min, nodeinit.setup): one in
+    # another time refuses it (bundle.py)
+    assert agent.handle_policy(env)["why"] == "bad policy: utc_offset_min 60, the node bills in 0"
+    ticks.LOCAL_S = c["tz"] * 60
+    try:
+        r = agent.handle_policy(env)
+    finally:
+        ticks.LOCAL_S = 0
     assert (r["ok"], r["status"], r["version"], r["campaign"]) == (True, "applied", 3, "c9")
     assert agent.policy() == c
