@@ -29,6 +29,11 @@ def start(node):
     import gc
 
     try:
+        uart_free(node.board, node.config)
+    except Exception as e:
+        log("gateway not started: %s" % e)
+        return None
+    try:
         # need() loads nodeinit for a moment (how the package was loaded): called before the
         # collection and the free-heap reading below, so that module is not counted as used
         want = need(node.config)
@@ -51,6 +56,26 @@ def start(node):
     except Exception as e:
         log("gateway not started: %r" % (e,))
         return None
+
+
+def uart_free(board, config):
+    # A board may offer its LoRa modem and a meter bus on the same UART (a Pico W has two):
+    # they are alternatives, refused together with the reason (the gateway does not start;
+    # LoRa, started with the uplink before it, keeps the UART).  Here, not in the LoRa code:
+    # only a node with both meets it, and a LoRa node without a gateway interns none of this.
+    n = (board.get("lora") or {}).get("uart")
+    if n is None or not config.get("lora"):
+        return
+    g = config.get("gateway") or {}
+    used = [m.get("bus") for m in g.get("meters", []) if isinstance(m, dict)]
+    used.append((g.get("slave") or {}).get("bus"))
+    for name, b in (board.get("buses") or {}).items():
+        if name in used and isinstance(b, dict) and b.get("uart") == n:
+            from meternode import ConfigError
+
+            raise ConfigError(
+                "config.lora and config.gateway bus %r both need UART%d of board %s: use one" % (name, n, board["name"])
+            )
 
 
 def need(config):

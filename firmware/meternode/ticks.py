@@ -21,14 +21,14 @@
 # store/profile.py, gateway/service.py); timestamps stay UTC. No DST rules: a utility's
 # billing clock is standard time.
 #
-# sleep_ms(ms), wait_for_ms(aw, ms): asyncio's waits in milliseconds, the same names on
-# MicroPython and CPython, so the pure link modules (LoRaWAN, the outbox) also run on the
-# host (tests).  wait_for_ms loads asyncio's funcs module: only LoRaWAN uses it (the MQTT
-# uplink does without, link/mqtt.py).  Here, not a module of their own: every node uses
-# sleep_ms (a module costs its object, globals and names, docs/memory.md).  asyncio is looked
-# up when a module imports one of them (__getattr__ below), not when this module loads: what
-# reads only the tick arithmetic (pulses, checkpoints, the firmware tests' harness) does not
-# load asyncio.
+# sleep_ms(ms): asyncio's wait in milliseconds, the same name on MicroPython and CPython, so
+# the pure link modules (LoRaWAN, the outbox) also run on the host (tests).  Nothing waits
+# with a timeout through asyncio's wait_for (its funcs module): the MQTT reader and the
+# LoRaWAN driver poll instead (link/mqtt.py, link/lorawan.py).  Here, not a module of its own:
+# every node uses sleep_ms (a module costs its object, globals and names, docs/memory.md).
+# asyncio is looked up when a module imports it (__getattr__ below), not when this module
+# loads: what reads only the tick arithmetic (pulses, checkpoints, the firmware tests'
+# harness) does not load asyncio.
 import time
 
 from micropython import const
@@ -97,15 +97,11 @@ def month(ts):
 
 
 def __getattr__(name):
-    # sleep_ms / wait_for_ms (see the top): asyncio's own on MicroPython, seconds-based on CPython
+    # sleep_ms (see the top): asyncio's own on MicroPython, seconds-based on CPython
     import asyncio
 
     if name == "sleep_ms":
         if hasattr(asyncio, "sleep_ms"):
             return asyncio.sleep_ms
         return lambda ms: asyncio.sleep(ms / 1000)
-    if name == "wait_for_ms":
-        if hasattr(asyncio, "wait_for_ms"):
-            return asyncio.wait_for_ms
-        return lambda aw, ms: asyncio.wait_for(aw, ms / 1000)
     raise AttributeError(name)

@@ -1,7 +1,7 @@
 """Decoding uplink payloads on the host, with the firmware's own codec (one definition).
 
-- `decode_lora(frame)`: a LoRaWAN frame (bytes or hex) -> dict, as `meternode.link.loracodec`
-  encodes it (kind, seq, ts and the fields).
+- `decode_lora(frame)`: a LoRaWAN frame (bytes or hex) -> dict, as `meternode.link.loradecode`
+  reads what `meternode.link.loracodec` encodes (kind, seq, ts and the fields).
 - `decode_mqtt(topic, payload)`: a node's MQTT message -> dict (records, telemetry, state).
 - `js_decoder()`: the same format as a ChirpStack v4 / TTN v3 payload codec (JavaScript
   `decodeUplink(input)`), generated from the firmware's layout table.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import struct
 
-from meternode.link import loracodec
+from meternode.link import loracodec, loradecode
 
 from .errors import ConfigError
 
@@ -48,7 +48,7 @@ def _bytes(frame: bytes | str) -> bytes:
 def decode_lora(frame: bytes | str) -> dict:
     """A LoRa uplink frame -> its fields. Raises ConfigError naming what is wrong."""
     try:
-        return loracodec.decode(_bytes(frame))
+        return loradecode.decode(_bytes(frame))
     except ValueError as e:
         raise ConfigError(f"cannot decode LoRa frame: {e}", hint="is it a umeter frame (version 1)?") from None
 
@@ -94,12 +94,13 @@ _JS_READ = {"B": ("getUint8", 1), "H": ("getUint16", 2), "I": ("getUint32", 4), 
 
 
 def js_decoder() -> str:
-    """JavaScript payload codec for ChirpStack v4 / TTN v3, built from the firmware's LAYOUTS."""
+    """JavaScript payload codec for ChirpStack v4 / TTN v3, built from the firmware's layouts
+    (loracodec.FORMATS, named by loradecode.LAYOUTS)."""
     kinds = []
-    for kind, (name, fields) in sorted(loracodec.LAYOUTS.items()):
+    for kind, (name, fields) in sorted(loradecode.LAYOUTS.items()):
         off = 9
         reads = []
-        short = loracodec.SHORT.get(kind)  # an older firmware's frame ends after these fields
+        short = loradecode.SHORT.get(kind)  # an older firmware's frame ends after these fields
         need = None
         for i, (key, code) in enumerate(fields):
             fn, size = _JS_READ[code]
@@ -237,4 +238,4 @@ function readingBody(b, d) {{
 
 def frame_size(kind: int) -> int:
     """Bytes of a frame of `kind` without event text (for docs and budgets)."""
-    return 9 + struct.calcsize(loracodec._fmt(kind))
+    return 9 + struct.calcsize(loracodec.FORMATS[kind])

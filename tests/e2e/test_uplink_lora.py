@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import time
 
-from meternode.link import loracodec
+from meternode.link import loradecode
 from umeter import unixport
 from umeter_hil.lorasim import SimModem
 
@@ -61,7 +61,7 @@ def test_node_sends_records_then_telemetry_over_lorawan(tmp_path):
             finally:
                 p.kill()
                 p.wait()
-        frames = [(port, loracodec.decode(data), confirmed) for port, data, confirmed in modem.uplinks]
+        frames = [(port, loradecode.decode(data), confirmed) for port, data, confirmed in modem.uplinks]
         assert len(frames) >= 3, (root / "console.log").read_text()
         port, first, confirmed = frames[0]
         assert (port, first["kind"], first["seq"], first["event"], first["text"], confirmed) == (
@@ -168,7 +168,7 @@ def test_lora_fallback_is_quiet_while_mqtt_is_up_and_carries_only_what_mqtt_has_
         }  # fmt: skip
 
         def lora_records():
-            fr = [loracodec.decode(data) for _, data, confirmed in modem.uplinks]
+            fr = [loradecode.decode(data) for _, data, confirmed in modem.uplinks]
             return [f["seq"] for f in fr if f["kind"] != "telemetry"]
 
         def wait(cond, s, what):
@@ -227,7 +227,7 @@ def test_a_lora_node_whose_clock_was_never_set_takes_the_networks_time(tmp_path)
                 deadline = time.monotonic() + 40
                 while time.monotonic() < deadline:
                     assert p.poll() is None, (root / "console.log").read_text()
-                    frames = [loracodec.decode(data) for _, data, _ in modem.uplinks]
+                    frames = [loradecode.decode(data) for _, data, _ in modem.uplinks]
                     if any(f["kind"] == "event" and f["event"] == "time_set" for f in frames):
                         break
                     time.sleep(0.1)
@@ -235,7 +235,7 @@ def test_a_lora_node_whose_clock_was_never_set_takes_the_networks_time(tmp_path)
                 p.kill()
                 p.wait()
         text = (root / "console.log").read_text()
-        frames = [loracodec.decode(data) for _, data, _ in modem.uplinks]
+        frames = [loradecode.decode(data) for _, data, _ in modem.uplinks]
         ts = [f for f in frames if f["kind"] == "event" and f["event"] == "time_set"]
         assert ts, text
         now = time.time()

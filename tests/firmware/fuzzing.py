@@ -597,10 +597,10 @@ def _reading():
 class LoraFrames(Target):
     # LoRa uplink frames as the host decodes them (`umeter decode lora`, the JS codec's twin).
     def __init__(self, scratch):
-        from meternode.link import loracodec
+        from meternode.link import loracodec, loradecode
         from meternode.store import records as R
 
-        self.codec = loracodec
+        self.decode = loradecode.decode
         self.expected = (loracodec.CodecError,)
         p = R.profile(900, 123456789, 5500, (2300, 2290, 2310), (1500, 10, 3000), (3450, -20, 6900))
         self.seeds = [
@@ -615,8 +615,8 @@ class LoraFrames(Target):
 
     def run(self, data):
         try:
-            d = self.codec.decode(data)
-        except self.codec.CodecError:
+            d = self.decode(data)
+        except self.expected:
             self.saw("refused")
             raise
         self.saw(d["kind"])

@@ -1,5 +1,5 @@
 # LoRa codec and airtime on MicroPython (the host runs the same code on CPython).
-from meternode.link import loracodec
+from meternode.link import loracodec, loradecode
 from meternode.link.airtime import Governor, time_on_air_us
 from meternode.store import records
 from mptest import eq, raises
@@ -9,12 +9,12 @@ def test_frames_round_trip_on_micropython_within_51_bytes():
     p = records.profile(900, 123456789, 5500, (2300, 2290, 2310), (1500, 10, 3000), (3450, -20, 6900))
     f = loracodec.encode_record(records.PROFILE, 7, 1700000000, p)
     eq(len(f), 42, "profile frame size")
-    d = loracodec.decode(f)
+    d = loradecode.decode(f)
     eq((d["seq"], d["e_imp_wh"], d["p_min_dw"], d["i_max_cA"]), (7, 123456, -20, 300), "fields")
     e = loracodec.encode_record(records.EVENT, 8, 1, records.event(records.EV_TAMPER, 1, "t" * 40))
     eq(len(e), 51, "event text cut to fit 51 bytes")
-    eq(loracodec.decode(e)["event"], "tamper", "event name")
-    raises(loracodec.CodecError, loracodec.decode, b"\x21" + bytes(5))
+    eq(loradecode.decode(e)["event"], "tamper", "event name")
+    raises(loracodec.CodecError, loradecode.decode, b"\x21" + bytes(5))
     raises(loracodec.CodecError, loracodec.encode_record, records.READING, 1, 1, b"{}")  # not a reading payload
 
 
@@ -28,7 +28,9 @@ def test_airtime_and_duty_cycle_on_micropython():
 
 def test_modem_keeps_only_the_newest_downlinks_and_hands_each_to_the_callback():
     # A node runs for years: the diagnostic list of downlinks must not grow without bound.
-    from meternode.link.lorawan import _KEEP_DOWNLINKS, LoRaModem
+    from meternode.link.lorawan import LoRaModem
+
+    _KEEP_DOWNLINKS = 8  # lorawan.py's (a const: not a name of the module)
 
     m = LoRaModem(None, None)
     got = []
@@ -42,7 +44,9 @@ def test_modem_keeps_only_the_newest_downlinks_and_hands_each_to_the_callback():
 
 def test_modem_reader_survives_noise_and_overlong_lines_and_keeps_a_bounded_event_list():
     # Issue 10 row 4 / 14 item 5: one \xff from the UART ended the reader (raw.decode()).
-    from meternode.link.lorawan import _KEEP_EVENTS, LoRaModem
+    from meternode.link.lorawan import LoRaModem
+
+    _KEEP_EVENTS = 8  # lorawan.py's
 
     m = LoRaModem(None, None)
     got = []
@@ -66,11 +70,15 @@ def test_modem_reader_survives_noise_and_overlong_lines_and_keeps_a_bounded_even
 
 
 def test_the_modem_and_a_meter_bus_on_one_uart_are_refused_together():
+    # checked where the gateway starts (nodegw.py), after LoRa has the UART: the gateway is refused
     from meternode.config import ConfigError
-    from meternode.link.loraservice import _uart_free
+    from meternode.nodegw import uart_free
 
     board = {"name": "pico_w", "lora": {"uart": 0, "tx": 12, "rx": 13},
              "buses": {"rs485": {"uart": 1}, "mbus": {"uart": 0}}}  # fmt: skip
-    _uart_free(board, {"gateway": {"meters": [{"bus": "rs485"}]}})  # UART1 for the bus, UART0 for LoRa
-    e = raises(ConfigError, _uart_free, board, {"gateway": {"meters": [{"bus": "mbus"}]}})
+    lora = {"deveui": "0" * 16}
+    uart_free(board, {"lora": lora, "gateway": {"meters": [{"bus": "rs485"}]}})  # UART1 for the bus, 0 for LoRa
+    e = raises(ConfigError, uart_free, board, {"lora": lora, "gateway": {"meters": [{"bus": "mbus"}]}})
     eq("config.lora and config.gateway bus 'mbus' both need UART0 of board pico_w" in str(e), True, str(e))
+    uart_free(board, {"gateway": {"meters": [{"bus": "mbus"}]}})  # no LoRa: the bus has UART0
+    uart_free({"name": "sim", "buses": {"mbus": {}}}, {"lora": lora, "gateway": {"meters": [{"bus": "mbus"}]}})

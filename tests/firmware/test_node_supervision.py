@@ -295,7 +295,7 @@ async def test_a_dying_lora_modem_reader_is_recorded_and_restarted_and_a_lora_ta
     eq(m.downlinks, [(3, b"\x01\x02", -80, 7), (4, b"\x03", -81, 6)], "every line after the failure handled once")
     r = sup.watch("lora reader")
     eq((r.restarts, r.stalls, r.error), (1, 0, "ValueError: reader bug"), "the reader: one restart, never stalled")
-    eq(m._task, None, "no reader outside the supervisor")
+    eq(m.task, None, "no reader outside the supervisor")
     eq(sup.watch("lora").stalls >= 1, True, "the lora task stalled and was restarted")
     ev = [x[1] for x in _events(n) if x[0] == "task"]
     eq(ev[0], "lora reader ValueError: reader bug", "recorded in the record log: %r" % ev)

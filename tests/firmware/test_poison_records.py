@@ -2,7 +2,7 @@
 # publisher (issue 10, row 1), on the MicroPython unix port.
 import asyncio
 
-from meternode.link import loracodec
+from meternode.link import loracodec, loradecode
 from meternode.link.commands import Commands
 from meternode.link.loralink import LoRaLink
 from meternode.store import records
@@ -50,7 +50,7 @@ def test_forged_command_with_an_accented_id_leaves_a_decodable_event():
     eq(d["event"], "cmd_rejected", "the rejection event")
     eq(len(d["text"].encode()) <= records.EVENT_TEXT, True, "within the event text size")
     eq(d["text"].startswith("aé"), True, d["text"])
-    f = loracodec.decode(loracodec.encode_record(records.EVENT, rd.seq, rd.ts, rd.payload[: rd.n]))
+    f = loradecode.decode(loracodec.encode_record(records.EVENT, rd.seq, rd.ts, rd.payload[: rd.n]))
     eq(d["text"].startswith(f["text"]) and len(f["text"]) > 10, True, "and its LoRa frame decodes: %r" % f["text"])
 
 
@@ -67,7 +67,7 @@ def test_an_event_cut_mid_character_by_older_firmware_still_decodes():
     eq(records.fields(records.EVENT, old)["text"], "- a" + "é" * 18, "the partial character is dropped")
     raises(ValueError, records.fields, records.EVENT, b"\x0b\x00\x00\x00\x00ab\xffcd")
     raises(ValueError, records.fields, records.READING, b'{"a": "\xff"}')
-    raises(loracodec.CodecError, loracodec.decode, loracodec.encode_record(records.EVENT, 1, 1, old)[:-1] + b"\xff")
+    raises(loracodec.CodecError, loradecode.decode, loracodec.encode_record(records.EVENT, 1, 1, old)[:-1] + b"\xff")
 
 
 class Gov:  # no airtime limit: this test is about the records
@@ -91,6 +91,7 @@ class Modem:
         return True
 
 
+@heap("192k")  # compiled from source: storeinit (RecordLog()) after the LoRa modules
 def test_lora_link_skips_a_record_that_does_not_decode_with_an_event_and_goes_on():
     d = scratch_dir()
     log = RecordLog(d + "/log")
@@ -118,7 +119,7 @@ def test_lora_link_skips_a_record_that_does_not_decode_with_an_event_and_goes_on
         return done
 
     eq(asyncio.run(main()), False, "the LoRa task is still running")
-    got = [loracodec.decode(f) for f in m.frames]
+    got = [loradecode.decode(f) for f in m.frames]
     eq([(x["seq"], x["text"]) for x in got[:2]], [(1, "before"), (3, "after")], "the bad record is skipped")
     eq((ll.unreadable, ll.cursor.acked >= 3), (1, True), "counted, cursor past it")
     eq((events[0][0], events[0][1]), (records.EV_LOG_CORRUPT, 2), "an event names the seq")

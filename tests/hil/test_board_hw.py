@@ -288,7 +288,7 @@ async def main():
     await step('configure2', m.configure(*KEYS))
     res['sets2'] = m.sets - res['sets1']
     res['reboots_after_configure'] = m.reboots
-    await step('join', m.join(attempts=5, timeout_ms=30000, backoff_ms=5000))
+    await step('join', m.join(5, 30000, 5000))
     await step('confirmed', m.send(2, b'\x01\x02', confirmed=True))
     await step('unconfirmed', m.send(2, b'\x03', confirmed=False))
     class L:  # what nettime.lorawan reads of a LoRaLink
@@ -308,10 +308,10 @@ async def main():
     await asyncio.sleep_ms(3000)
     res['reboots'] = m.reboots
     res['joined_after_reset'] = m.joined
-    await step('rejoin', m.join(attempts=5, timeout_ms=30000, backoff_ms=5000))
+    await step('rejoin', m.join(5, 30000, 5000))
     await step('after', m.send(2, b'\x04', confirmed=True))
     res['noise'] = m.noise
-    res['reader_alive'] = not m._task.done()
+    res['reader_alive'] = not m.task.done()
 
 asyncio.run(main())
 print('RESULT ' + json.dumps(res))

@@ -480,7 +480,7 @@ def test_decimal_text_is_exact():
 
 
 def test_lora_reading_form_fits_51_bytes_and_flags_what_it_leaves_out():
-    from meternode.link import loracodec
+    from meternode.link import loracodec, loradecode
     from meternode.store import records
 
     r = R.Readings()
@@ -489,7 +489,7 @@ def test_lora_reading_form_fits_51_bytes_and_flags_what_it_leaves_out():
     payload = R.pack("cjt188-10-00000000001234", r)
     f = loracodec.encode_record(records.READING, 42, 1773500000, payload)
     assert len(f) <= loracodec.MAX_FRAME
-    d = loracodec.decode(f)
+    d = loradecode.decode(f)
     assert d["kind"] == "reading" and d["seq"] == 42 and d["meter"] == "cjt188-10-00000000001234"
     assert "truncated" in d["status"] and 0 < len(d["readings"]) < 20
     assert [x["v"] for x in d["readings"]] == [10**9 + q for q in range(len(d["readings"]))]

@@ -50,33 +50,33 @@ async def main():
         await step("configure", m.configure(*keys))
         mark("noise")
         await asyncio.sleep_ms(400)  # the host writes noise now
-        await step("join", m.join(attempts=2, timeout_ms=3000))
+        await step("join", m.join(2, 3000))
         await step("send", m.send(2, b"\x01\x02", confirmed=True))
     elif scenario == "restricted":
-        await step("join", m.join(attempts=2, timeout_ms=3000))
+        await step("join", m.join(2, 3000))
         mark("restrict")
         await asyncio.sleep_ms(200)
         t0 = time.ticks_ms()
         await step("send", m.send(2, b"\x01", confirmed=False))
         out["waited_ms"] = time.ticks_diff(time.ticks_ms(), t0)
     elif scenario == "late_join":
-        await step("join", m.join(attempts=3, timeout_ms=400, backoff_ms=900))
+        await step("join", m.join(3, 400, 900))
     elif scenario == "power_cycle":
-        await step("join", m.join(attempts=2, timeout_ms=3000))
+        await step("join", m.join(2, 3000))
         await step("send1", m.send(2, b"\x01", confirmed=True))
         mark("cycle")
         await asyncio.sleep_ms(1200)  # the module reboots under the running reader
         out["joined_after"] = m.joined
-        await step("join2", m.join(attempts=2, timeout_ms=3000))
+        await step("join2", m.join(2, 3000))
         await step("send2", m.send(2, b"\x02", confirmed=True))
     elif scenario == "cfm":
-        await step("join", m.join(attempts=2, timeout_ms=3000))
+        await step("join", m.join(2, 3000))
         for k in range(3):
             await step("c" + str(k), m.send(2, bytes([k]), confirmed=True))
         await step("u", m.send(2, b"\x09", confirmed=False))
     for k in ("noise", "errors", "reboots", "busy", "joined", "restarts"):
         out[k] = getattr(m, k, None)
-    out["reader_alive"] = not m._task.done()
+    out["reader_alive"] = not m.task.done()
     print("RESULT " + json.dumps(out))
 
 asyncio.run(main())

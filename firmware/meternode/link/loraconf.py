@@ -5,7 +5,7 @@
 # every set, even to the mode it is in (service/mode/cli/atcmd_p2p.c).  So each value is read
 # with AT+<key>=? first and written only when it differs, and AT+NWM only when the module is
 # not in LoRaWAN mode, after which the module is given time to come back.
-from meternode.link.lorawan import BANDS, ModemError
+from meternode.link.lorawan import ModemError
 from meternode.ticks import diff as _diff
 from meternode.ticks import ms as _now
 from meternode.ticks import sleep_ms as _sleep_ms
@@ -26,31 +26,27 @@ async def wait_ready(m, timeout_ms=None):
         await _sleep_ms(250)
 
 
-async def ensure(m, key, value):
-    # Sets AT+<key>=<value> only if the module has something else (each set is an NVM write).
-    have = await m.get(key)
-    if have is not None and have.upper() == value.upper():
-        return False
-    await m.cmd("AT+%s=%s" % (key, value))
-    m.sets += 1
-    return True
-
-
 async def configure(m, deveui, appeui, appkey, band="EU868", dr=0):
-    if band not in BANDS:
-        raise ModemError("lora.band = %r must be one of %s" % (band, ", ".join(sorted(BANDS))), "config")
+    bands = {"EU868": 4, "CN470": 1}  # RUI3's AT+BAND numbers
+    if band not in bands:
+        raise ModemError("lora.band = %r must be one of %s" % (band, ", ".join(sorted(bands))), "config")
     await wait_ready(m)
     if await m.get("NWM") != "1":
         # "OK" without CR/LF, then a reboot: no ordinary reply to wait for
-        async with m._lock:
-            await m._send_line("AT+NWM=1")
+        while m.lock:  # a command in progress (LoRaModem.cmd)
+            await _sleep_ms(5)
+        m.lock = True
+        try:
+            await m.write("AT+NWM=1")
+        finally:
+            m.lock = False
         m.sets += 1
         await _sleep_ms(300)
         await wait_ready(m)
         if await m.get("NWM") != "1":
             raise ModemError("modem stays out of LoRaWAN mode (AT+NWM)", "config")
     for key, value in (
-        ("BAND", "%d" % BANDS[band]),
+        ("BAND", "%d" % bands[band]),
         ("NJM", "1"),
         ("CLASS", "A"),
         ("DEVEUI", deveui),
@@ -59,4 +55,8 @@ async def configure(m, deveui, appeui, appkey, band="EU868", dr=0):
         ("ADR", "0"),
         ("DR", "%d" % dr),
     ):
-        await ensure(m, key, value)
+        # set only if the module has something else (each set is an NVM write)
+        have = await m.get(key)
+        if have is None or have.upper() != value.upper():
+            await m.cmd("AT+%s=%s" % (key, value))
+            m.sets += 1

@@ -7,16 +7,16 @@ from meternode import _nop
 from meternode.link import loracodec
 from meternode.link.lorawan import ModemError
 from meternode.ticks import diff as _diff
-from meternode.ticks import ms as _ticks
+from meternode.ticks import ms as _now
 from meternode.ticks import sleep_ms as _sleep_ms
 
 
 class LoRaLink:
-    def __init__(self, modem, log, cursor, governor, clock, port=2, confirmed=True, retry_ms=1000):
+    def __init__(self, modem, log, cursor, gov, clock, port=2, confirmed=True, retry_ms=1000):
         self.modem = modem
         self.log = log
         self.cursor = cursor
-        self.gov = governor
+        self.gov = gov  # the airtime governor (airtime.py)
         self.clock = clock
         self.port = port
         self.confirmed = confirmed
@@ -58,10 +58,11 @@ class LoRaLink:
 
             self.event(records.EV_LOG_CORRUPT, seq, "lora skipped %d: %s" % (seq, why))
 
-    async def _airtime(self, n):
+    async def wait(self, n):
+        # until the airtime governor lets an uplink of n bytes go
         while True:
             self.beat()
-            w = self.gov.wait_ms(n, _ticks(), self.clock.time())
+            w = self.gov.wait_ms(n, _now(), self.clock.time())
             if w == 0:
                 return
             await _sleep_ms(60000 if w < 0 else min(w, 60000))
@@ -69,7 +70,7 @@ class LoRaLink:
     async def _send(self, frame, confirmed):
         # One uplink; the network's time rides on it when due (a DeviceTimeReq, link/nettime.py)
         t = self.nettime
-        if t is not None and (t[2] is None or _diff(_ticks(), t[2]) >= 0):
+        if t is not None and (t[2] is None or _diff(_now(), t[2]) >= 0):
             from meternode import run
 
             return await run("meternode.link.nettime", "lorawan", self, frame, confirmed)
@@ -108,8 +109,8 @@ class LoRaLink:
                         # this task (it would stop every later uplink); skipped and said so
                         self._unreadable(r.seq, e)
                         continue
-                    await self._airtime(len(frame))
-                    self.gov.sent_now(len(frame), _ticks())
+                    await self.wait(len(frame))
+                    self.gov.sent_now(len(frame), _now())
                     self.log.mark_sent(r.seq)  # this seq is never issued again (store/log.py)
                     if await self._send(frame, self.confirmed):
                         self.cursor.advance(r.seq)
@@ -120,8 +121,8 @@ class LoRaLink:
                         await _sleep_ms(self.retry_ms)
                 elif self._telemetry is not None:
                     frame, self._telemetry = self._telemetry, None
-                    await self._airtime(len(frame))
-                    self.gov.sent_now(len(frame), _ticks())
+                    await self.wait(len(frame))
+                    self.gov.sent_now(len(frame), _now())
                     await self._send(frame, False)
                     self.sent += 1
                 else:

@@ -36,17 +36,17 @@ def check(c):
     return lo
 
 
-def make(svc, lo, path):
-    # A LoRaLink for the uplink service `svc` (its log, clock, MQTT link for fallback mode).
+def make(s, lo, path):
+    # A LoRaLink for the uplink service `s` (its log, clock, MQTT link for fallback mode).
+    # (`s`, not `svc`: a parameter's name is interned, and `s` is one MicroPython has)
     check({"lora": lo})
     from meternode.link.airtime import Governor
     from meternode.link.loralink import LoRaLink
     from meternode.link.lorawan import LoRaModem
 
-    uart = getattr(svc.node.hal, "lora_uart", None)
-    if uart is not None:  # boards: the HAL's UART as a stream
-        _uart_free(svc.node.board, svc.node.config)
-        f = uart(lo)
+    uart = getattr(s.node.hal, "lora_uart", None)
+    if uart is not None:  # boards: the HAL's UART as a stream (a meter bus on the same UART:
+        f = uart(lo)  # the gateway is refused, nodegw.uart_free)
     elif lo.get("port"):  # unix port: a pty or tty device
         f = open(lo["port"], "r+b")
     else:
@@ -56,37 +56,23 @@ def make(svc, lo, path):
         gov = Governor(lo.get("region", "EU868"), lo.get("dr", 0), lo.get("daily_budget_ms", 30000))
     except ValueError as e:
         raise ConfigError(str(e))
-    modem.on_downlink = lambda port, data: downlink(svc, port, data)
-    ll = LoRaLink(modem, svc.log, Cursor(path + ".lora"), gov, svc.clock, lo.get("fport", 2), lo.get("confirmed", True))
-    ll.event = svc.event  # records skipped as unreadable are events
+    modem.on_downlink = lambda port, data: downlink(s, port, data)
+    ll = LoRaLink(modem, s.log, Cursor(path + ".lora"), gov, s.clock, lo.get("fport", 2), lo.get("confirmed", True))
+    ll.event = s.event  # records skipped as unreadable are events
     ts = lo.get("time_s", 86400)
     if ts:  # the network's time on an uplink now and every time_s (link/nettime.py)
-        ll.nettime = [None, None, None, 600, ts, svc.node.config.get("time_max_step_s", 86400)]
-    if lo.get("mode", "fallback") == "fallback" and svc.link is not None:
-        ll.floor = lambda: svc.cursor.acked  # skip what MQTT delivered
-        ll.active = lambda: not svc.link.up  # and only speak while MQTT is down,
+        ll.nettime = [None, None, None, 600, ts, s.node.config.get("time_max_step_s", 86400)]
+    if lo.get("mode", "fallback") == "fallback" and s.link is not None:
+        ll.floor = lambda: s.cursor.acked  # skip what MQTT delivered
+        ll.active = lambda: not s.link.up  # and only speak while MQTT is down,
         ll.grace_ms = lo.get("fallback_s", 60) * 1000  # and has been for fallback_s
     return ll
 
 
-def _uart_free(board, config):
-    # A board may offer its modem and a meter bus on the same UART (a Pico W has two UARTs):
-    # they are alternatives, refused together with the reason.
-    n = (board.get("lora") or {}).get("uart")
-    g = config.get("gateway") or {}
-    used = [m.get("bus") for m in g.get("meters", []) if isinstance(m, dict)]
-    used.append((g.get("slave") or {}).get("bus"))
-    for name, b in (board.get("buses") or {}).items():
-        if name in used and isinstance(b, dict) and b.get("uart") == n:
-            raise ConfigError(
-                "config.lora and config.gateway bus %r both need UART%d of board %s: use one" % (name, n, board["name"])
-            )
-
-
-def downlink(svc, port, data):
-    # A downlink from the network: to the service registered for its fport (svc.lora_ports),
+def downlink(s, port, data):
+    # A downlink from the network: to the service registered for its fport (s.lora_ports),
     # e.g. the policy service's small frames; others are logged and dropped.
-    cb = svc.lora_ports.get(port)
+    cb = s.lora_ports.get(port)
     if cb is None:
         print("lora downlink on port %d ignored (%d bytes)" % (port, len(data)))
         return
@@ -96,16 +82,16 @@ def downlink(svc, port, data):
         print("lora downlink on port %d failed: %r" % (port, e))
 
 
-async def run(svc):
+async def run(s):
     # The LoRaWAN task: configure the modem (idempotent: nothing is written to the module's
     # NVM when it already holds the settings, and AT+NWM only when the mode differs, since
     # RUI3 reboots on it), then drain records (LoRaLink retries forever).  A module that
     # keeps failing gets its reset line pulsed (board "lora": {"reset": pin}) every third try.
     # The modem's line reader is a task of the node's supervisor of its own ("lora reader",
     # tasks.py): restarting this task never starts a second reader, nor stops the one running.
-    lo = svc.node.config["lora"]
-    m = svc.lora.modem
-    reset = getattr(svc.node.hal, "modem_reset", None)
+    lo = s.node.config["lora"]
+    m = s.lora.modem
+    reset = getattr(s.node.hal, "modem_reset", None)
     fails = 0
     while True:
         try:
@@ -123,4 +109,4 @@ async def run(svc):
     import sys
 
     sys.modules.pop("meternode.link.loraconf", None)  # configured: its code is not needed again
-    await svc.lora.run()
+    await s.lora.run()

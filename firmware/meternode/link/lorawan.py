@@ -33,19 +33,19 @@
 # error handling one line is counted in `errors` -- one noise byte never stops uplinks.
 import asyncio
 
+from micropython import const
+
 from meternode.ticks import diff as _diff
 from meternode.ticks import ms as _now
 from meternode.ticks import sleep_ms as _sleep_ms
-from meternode.ticks import wait_for_ms as _wait_for_ms
 
-_KEEP_DOWNLINKS = 8  # recent downlinks kept for diagnostics (each is also handed to on_downlink)
-_KEEP_EVENTS = 8  # unclaimed events kept (a node runs for years: the oldest are dropped)
-_LINE_MAX = 600  # longest line the module prints: +EVT:RX with 242 bytes of hex is ~520
-_BOOT_MARK = "Current Work Mode"  # the banner's last line, after every reset
-_RESTRICTED = "Restricted_Wait_"
-_WAIT_MAX_MS = 60000  # a duty-cycle wait longer than this is left to the caller
+_KEEP_DOWNLINKS = const(8)  # recent downlinks kept for diagnostics (each is also handed to on_downlink)
+_KEEP_EVENTS = const(8)  # unclaimed events kept (a node runs for years: the oldest are dropped)
+_LINE_MAX = const(600)  # longest line the module prints: +EVT:RX with 242 bytes of hex is ~520
+_BOOT_MARK = const("Current Work Mode")  # the banner's last line, after every reset
+_RESTRICTED = const("Restricted_Wait_")
+_WAIT_MAX_MS = const(60000)  # a duty-cycle wait longer than this is left to the caller
 
-BANDS = {"EU868": 4, "CN470": 1}
 
 
 class ModemError(Exception):
@@ -59,35 +59,27 @@ def _nop():
     pass
 
 
-def _hex(b):
-    return "".join("%02X" % x for x in b)
-
-
-def _unhex(s):
-    return bytes(int(s[i : i + 2], 16) for i in range(0, len(s), 2))
-
-
 class LoRaModem:
-    def __init__(self, reader, writer, timeout_ms=3000, busy_retries=5, boot_ms=10000):
+    def __init__(self, reader, w, timeout_ms=3000, busy_retries=5, boot_ms=10000):
         self.r = reader
-        self.w = writer
+        self.w = w  # the writer (a parameter's name is interned: `w` is one the node has)
         self.timeout_ms = timeout_ms
         self.busy_retries = busy_retries
         self.boot_ms = boot_ms  # how long a module may take to come back after a reboot
         self._lines = None  # reply lines of the command in progress
-        self._done = asyncio.Event()
+        self._done = False  # its reply has ended (OK or an error)
         self._events = []
-        self._evflag = asyncio.Event()
-        self._lock = asyncio.Lock()
-        self._task = None
+        # (lock, task, n, line(), write(): names MicroPython has already -- an attribute's name
+        # is interned for good, and a LoRa node runs near a qstr pool's end, docs/memory.md)
+        self.lock = False  # a command in progress: one at a time
+        self.task = None  # the reader, standalone (start())
         # read(n) waits for all n bytes on a blocking file (the unix port's pty): bytes one at
         # a time there; a UART (any()) or CPython's StreamReader hands over what is waiting.
         st = getattr(reader, "s", None)
         self._chunk = 64 if st is None or hasattr(st, "any") else 1
         self._buf = bytearray(_LINE_MAX)
-        self._n = 0
-        self._overlong = False
-        self._cfm = None  # AT+CFM as the module has it (None: unknown)
+        self.n = 0  # bytes of the line being read
+        self.mode = None  # AT+CFM as the module has it (confirmed uplinks 1/0; None: unknown)
         self._restricted = (0, 0)  # (ticks_ms when told, ms to wait): the duty-cycle limiter
         self.downlinks = []
         self.on_downlink = None
@@ -97,28 +89,19 @@ class LoRaModem:
         self.noise = 0  # bytes dropped as UART noise
         self.dropped = 0  # events dropped (nobody waited for them)
         self.reboots = 0  # module banners seen (reset, power-cycle, AT+NWM)
-        self.restarts = 0  # reader tasks restarted by ensure_reader() (standalone use)
+        self.restarts = 0  # reader tasks restarted by cmd() (standalone use)
         self.beat = _nop  # the supervisor's progress report (supervisor.py), per chunk read
         self.sets = 0  # configuration values written to the module (NVM writes)
 
     # -- reader ---------------------------------------------------------------------------------
     def start(self):
         # Standalone: the reader as a task of its own (a node's supervisor runs read_loop()).
-        self._task = asyncio.create_task(self.read_loop())
+        self.task = asyncio.create_task(self.read_loop())
 
     def stop(self):
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
-
-    def ensure_reader(self):
-        # The reader should never end; if it did, start it again (counted).
-        t = self._task
-        if t is None or t.done():
-            self.restarts += 1
-            self.start()
-            return False
-        return True
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
 
     async def read_loop(self):
         # Never ends on its own; waits for the module's bytes without a deadline (a silent
@@ -142,23 +125,22 @@ class LoRaModem:
         buf = self._buf
         for b in raw:
             if b == 10 or b == 13:
-                if self._n and not self._overlong:
+                if self.n > 0:
                     try:
-                        self._line(bytes(buf[: self._n]).decode())
+                        self.line(bytes(buf[: self.n]).decode())
                     except Exception:
                         self.errors += 1
-                self._n = 0
-                self._overlong = False
+                self.n = 0  # bytes of the line being read (-1: over-long, dropped at its end)
             elif 32 <= b < 127:
-                if self._n < _LINE_MAX:
-                    buf[self._n] = b
-                    self._n += 1
+                if 0 <= self.n < _LINE_MAX:
+                    buf[self.n] = b
+                    self.n += 1
                 else:
-                    self._overlong = True  # dropped whole at its end of line
+                    self.n = -1  # dropped whole at its end of line
             else:
                 self.noise += 1
 
-    def _line(self, line):
+    def line(self, line):
         line = line.strip()
         if not line:
             return
@@ -166,8 +148,10 @@ class LoRaModem:
         if i >= 0:  # (power-up garbage may precede it on the same line)
             self._event(line[i + 5 :])
             return
-        if _BOOT_MARK in line:
-            self._rebooted()
+        if _BOOT_MARK in line:  # the module rebooted
+            self.reboots += 1
+            self.joined = False  # the session is gone; settings stay in the module's NVM
+            self.mode = None
             return
         if line.startswith(_RESTRICTED):
             try:
@@ -179,21 +163,16 @@ class LoRaModem:
         if self._lines is not None:
             self._lines.append(line)
             if line == "OK" or line.startswith("AT_"):
-                self._done.set()
+                self._done = True
 
-    def _rebooted(self):
-        self.reboots += 1
-        self.joined = False  # the session is gone; settings stay in the module's NVM
-        self._cfm = None
-
-    def _event(self, ev):
-        if ev.startswith("RX_"):
+    def _event(self, e):
+        if e.startswith("RX_"):
             # RX_1:<rssi>:<snr>:UNICAST:<port>:<hex>
-            parts = ev.split(":")
+            parts = e.split(":")
             if len(parts) >= 6:
                 try:
                     port = int(parts[4])
-                    data = _unhex(parts[5]) if len(parts[5]) % 2 == 0 else b""
+                    data = bytes.fromhex(parts[5]) if len(parts[5]) % 2 == 0 else b""
                     d = (port, data, int(parts[1]), int(parts[2]))
                 except ValueError:
                     self.errors += 1
@@ -204,13 +183,12 @@ class LoRaModem:
                 if self.on_downlink is not None:
                     self.on_downlink(port, data)
             return
-        if ev == "JOINED":
+        if e == "JOINED":
             self.joined = True  # whenever it comes: a late JOINED still counts
         if len(self._events) >= _KEEP_EVENTS:
             self._events.pop(0)
             self.dropped += 1
-        self._events.append(ev)
-        self._evflag.set()
+        self._events.append(e)
 
     # -- commands ---------------------------------------------------------------------------------
     def restricted_ms(self):
@@ -224,7 +202,7 @@ class LoRaModem:
             return 0
         return left
 
-    async def _send_line(self, text):
+    async def write(self, text):
         self.w.write((text + "\r\n").encode())
         await self.w.drain()
 
@@ -234,19 +212,28 @@ class LoRaModem:
         # or when no reply comes in time.
         delay = 100
         name = text.split("=")[0]
-        if self._task is not None:
-            self.ensure_reader()
+        if self.task is not None and self.task.done():  # standalone: the reader should never
+            self.restarts += 1  # end; if it did, it is started again (counted)
+            self.start()
         for attempt in range(self.busy_retries + 1):
-            async with self._lock:
+            # the reader ends the reply (_done); waited for by polling, as the events are:
+            # neither asyncio's Lock nor its wait_for is loaded for LoRa (RAM, names)
+            while self.lock:
+                await _sleep_ms(5)
+            self.lock = True
+            try:
                 self._lines = []
-                self._done.clear()
-                await self._send_line(text)
-                try:
-                    await _wait_for_ms(self._done.wait(), timeout_ms or self.timeout_ms)
-                except asyncio.TimeoutError:
-                    self._lines = None
-                    raise ModemError("modem did not answer %s" % name, "timeout")
+                self._done = False
+                await self.write(text)
+                t0 = _now()
+                while not self._done:
+                    if _diff(_now(), t0) >= (timeout_ms or self.timeout_ms):
+                        self._lines = None
+                        raise ModemError("modem did not answer %s" % name, "timeout")
+                    await _sleep_ms(5)
                 lines, self._lines = self._lines, None
+            finally:
+                self.lock = False
             last = lines[-1]
             if last == "OK":
                 return [ln for ln in lines[:-1] if not ln.startswith(_RESTRICTED)]
@@ -284,35 +271,30 @@ class LoRaModem:
 
         await loraconf.configure(self, deveui, appeui, appkey, band, dr)
 
-    async def wait_event(self, prefixes, timeout_ms):
-        # The first event starting with one of `prefixes`, or ModemError after timeout_ms.
+    async def wait_event(self, p, timeout_ms):
+        # The first event starting with one of the prefixes `p`, or ModemError after timeout_ms.
         t0 = _now()
         while True:
             for k, ev in enumerate(self._events):
-                for p in prefixes:
-                    if ev.startswith(p):
+                for x in p:
+                    if ev.startswith(x):
                         self._events.pop(k)
                         return ev
-            left = timeout_ms - _diff(_now(), t0)
-            if left <= 0:
-                raise ModemError("no %s event within %d ms" % ("/".join(prefixes), timeout_ms), "timeout")
-            self._evflag.clear()
-            try:
-                await _wait_for_ms(self._evflag.wait(), min(left, 200))
-            except asyncio.TimeoutError:
-                pass
+            if _diff(_now(), t0) >= timeout_ms:
+                raise ModemError("no %s event within %d ms" % ("/".join(p), timeout_ms), "timeout")
+            await _sleep_ms(20)
 
-    async def join(self, attempts=3, timeout_ms=20000, backoff_ms=500):
-        # OTAA join, one module attempt at a time, `attempts` times with a doubling pause.
+    async def join(self, n=3, timeout_ms=20000, wait=500):
+        # OTAA join, one module attempt at a time, n times with a pause from `wait` ms doubling.
         why = ""
-        for _ in range(attempts):
+        for _ in range(n):
             if self.joined or await self.get("NJS") == "1":
                 self.joined = True
                 return True
             self._events = [ev for ev in self._events if not ev.startswith("JOIN")]
-            wait = self.restricted_ms()
-            if wait:
-                await _sleep_ms(min(wait, _WAIT_MAX_MS))
+            r = self.restricted_ms()
+            if r:
+                await _sleep_ms(min(r, _WAIT_MAX_MS))
             try:
                 await self.cmd("AT+JOIN=1:0:10:0")  # join now, no auto-join, no module retries
                 ev = await self.wait_event(("JOINED", "JOIN_FAILED"), timeout_ms)
@@ -322,10 +304,10 @@ class LoRaModem:
                 self.joined = True
                 return True
             why = ev
-            await _sleep_ms(backoff_ms)
-            backoff_ms *= 2
+            await _sleep_ms(wait)
+            wait *= 2
         self.joined = False
-        raise ModemError("join failed %d times (%s)" % (attempts, why), "join")
+        raise ModemError("join failed %d times (%s)" % (n, why), "join")
 
     async def send(self, port, data, confirmed=False, timeout_ms=15000):
         # One uplink.  True when sent (unconfirmed) or acknowledged (confirmed); False when a
@@ -334,15 +316,15 @@ class LoRaModem:
         if wait:
             await _sleep_ms(min(wait, _WAIT_MAX_MS))
         want = 1 if confirmed else 0
-        if self._cfm != want:
+        if self.mode != want:
             have = await self.get("CFM")
             if have != "%d" % want:
                 await self.cmd("AT+CFM=%d" % want)
                 self.sets += 1
-            self._cfm = want
+            self.mode = want
         self._events = [ev for ev in self._events if not (ev.startswith("TX_DONE") or ev.startswith("SEND_CONF"))]
         try:
-            await self.cmd("AT+SEND=%d:%s" % (port, _hex(data)))
+            await self.cmd("AT+SEND=%d:%s" % (port, data.hex().upper()))
         except ModemError as e:
             if e.code == "AT_NO_NETWORK_JOINED":
                 self.joined = False
