@@ -86,7 +86,9 @@ SUBSYSTEMS = (
 
 LOADS = ("source", "mpy", "romfs")
 FROZEN = "frozen"  # the load --frozen measures
-CONFIGS = ("plain", "+store", "+cmd_key", "+policy", "+fleet")
+CONFIGS = ("plain", "+store", "+cmd_key", "+policy", "+fleet", "+lora", "+policy+lora", "+fleet+lora")
+# "+lora": metering, record log and LoRaWAN, no MQTT; "+policy+lora", "+fleet+lora": those nodes
+# with LoRaWAN as MQTT's fallback. The modem is a simulated RAK3172 (umeter_hil.lorasim) on a pty.
 MARGIN = 32 * 1024  # the budget: a node runs in a heap this much larger than what it holds
 KEY = "5a" * 16
 # signed bundles and firmware OTA (+fleet): a fleet identity with one (fixed, test-only) key
@@ -294,8 +296,18 @@ def imports(work: Path, path: str, image: str) -> dict:
     return {name: {"alone": a, "marginal": m} for (name, _), a, m in zip(SUBSYSTEMS, alone, marginal, strict=True)}
 
 
+def _slug(kind: str) -> str:
+    """A configuration's name as part of a node id ("+policy+lora" -> "policy-lora")."""
+    return kind.strip("+").replace("+", "-")
+
+
 def node_config(node_id: str, kind: str, host: str, port: int, policy: dict, realtime: bool = True) -> dict:
     c = {"node_id": node_id, "telemetry_s": 2.0, "profile_s": 60, "sim": {"realtime": realtime, "seed": 1}}
+    if kind.endswith("+lora"):  # run_node gives it a simulated modem ("port")
+        c["lora"] = {"deveui": "70B3D57ED00000%02X" % (sum(node_id.encode()) & 0xFF), "appeui": "0" * 16,
+                     "appkey": "00112233445566778899AABBCCDDEEFF", "region": "CN470", "dr": 5,
+                     "daily_budget_ms": 600000}  # fmt: skip
+        kind = kind[: -len("+lora")] or "plain"
     if kind != "plain":
         c["mqtt"] = {"host": host, "port": port, "prefix": "umeter", "keepalive": 30}
     if kind in ("+cmd_key", "+policy", "+fleet"):
@@ -320,6 +332,13 @@ def run_node(work: Path, tag: str, config: dict, main_py: Path, path: str, image
         script.write_text(PROLOGUE + NODE_SCRIPT)
     args = [str(root), image, str(settle), str(run_s), str(day_s), str(stride)]
     r: dict = {"uplink": None, "heap": unixport.parse_heap(heap)}
+    modem = None
+    if config.get("lora") and not config["lora"].get("port"):
+        from umeter_hil.lorasim import SimModem
+
+        modem = SimModem().start()
+        config = dict(config, lora=dict(config["lora"], port=modem.port))
+        (root / "config.json").write_text(json.dumps(config))
     operator = None
     if config.get("cmd_key") and not day_s:
         # one command during the run, as an operator's would arrive: the heap read after the
@@ -334,6 +353,9 @@ def run_node(work: Path, tag: str, config: dict, main_py: Path, path: str, image
     finally:
         if operator is not None:
             r["command"] = operator.close()
+        if modem is not None:
+            r["lora_uplinks"] = len(modem.uplinks)  # frames the network took
+            modem.stop()
     for ln in lines:
         f = ln.split()
         if f[0] in ("start", "run", "reboot"):
@@ -486,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = []
         for load, (p, img, main_py) in paths.items():
             for kind in CONFIGS:
-                cfg = node_config(f"mem-{load}-{kind.strip('+')}", kind, broker.host, broker.port, policy)
+                cfg = node_config(f"mem-{load}-{_slug(kind)}", kind, broker.host, broker.port, policy)
                 jobs.append(((load, kind), (work, f"{load}{kind}", cfg, main_py, p, img, "1m", a.settle, a.run)))
         # the nodes mostly sleep (real-time sim); a few at once keep the run short on 2 cores
         with ThreadPoolExecutor(4) as ex:
@@ -506,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
                     if "run_held" not in n:
                         continue
                     heap = _heap_for(n["run_held"], n.get("image", 0))
-                    cfg = node_config(f"day-{load}-{kind.strip('+')}", kind, broker.host, broker.port, policy, False)
+                    cfg = node_config(f"day-{load}-{_slug(kind)}", kind, broker.host, broker.port, policy, False)
                     args = (work, f"day-{load}{kind}", cfg, main_py, p, img, heap, 0, 0, a.day, a.stride)
                     jobs.append(((load, kind), args))
             with ThreadPoolExecutor(max(1, a.jobs)) as ex:
@@ -608,10 +630,10 @@ def _print(res: dict) -> None:
         for load in loads:
             r = res["nodes"][load][kind]
             if "start_held" not in r:
-                print(f"{kind:<10} {load:<6} {r.get('error')}")
+                print(f"{kind:<13} {load:<6} {r.get('error')}")
                 continue
             print(
-                f"{kind:<10} {load:<6} {_f(r['start_held']):>8} {_f(r['run_held']):>8} {r['uplink']!s:<5}"
+                f"{kind:<13} {load:<6} {_f(r['start_held']):>8} {_f(r['run_held']):>8} {r['uplink']!s:<5}"
                 f" {r.get('qstrs', '-'):>5}"
                 + (f"  command: {r['command']}" if "command" in r else "")
                 + (f"  {r['error']}" if "error" in r else "")
@@ -622,7 +644,7 @@ def _print(res: dict) -> None:
         for load, by_kind in res["day"].items():
             for kind, r in by_kind.items():
                 print(
-                    f"{kind:<10} {load:<6} {_f(r['heap'] - r.get('image', 0)):>7} {_f(r.get('low_free')):>7}"
+                    f"{kind:<13} {load:<6} {_f(r['heap'] - r.get('image', 0)):>7} {_f(r.get('low_free')):>7}"
                     f" {r.get('memory_errors')!s:>3}"
                     f" {r.get('sim_s', '-')!s:>6} {(r.get('wall_ms') or 0) / 1000:>6.0f}"
                     + ("  uplink refused" if r.get("uplink_refused") else "")

@@ -17,10 +17,11 @@ from meternode.node import log
 # and frees again (reports, publishes, a reconnect). Objects are machine words, so a 64-bit
 # port needs more than a 32-bit board; code run in place (ROMFS, frozen) needs less than .mpy
 # loaded into the heap; source needs its compiler's peak on top (_COMPILE).
-# KB, three per port and load: record log only, + MQTT link and outbox, + commands; in the order
-# 64-bit .mpy, 64-bit in place, 32-bit .mpy, 32-bit in place (one bytes constant, not a dict of
-# tuples: a dozen heap objects fewer)
-_UPLINK_COST = b"\x11\x26\x04\x0a\x16\x03\x0c\x1b\x03\x07\x0d\x01"
+# KB, four per port and load: record log only, + MQTT link and outbox, + commands, + LoRaWAN
+# (its modules, the modem driver and link: measured as a LoRa-only node's cost less a
+# metering-only one's); in the order 64-bit .mpy, 64-bit in place, 32-bit .mpy, 32-bit in place
+# (one bytes constant, not a dict of tuples: a dozen heap objects fewer)
+_UPLINK_COST = b"\x11\x26\x04\x15\x0a\x16\x03\x0d\x0c\x1b\x03\x0f\x07\x0d\x01\x08"
 _WORKING = const(16)  # KB
 _COMPILE = const(16)  # KB: a module compiled from source needs its parse tree for a moment
 _TELEMETRY_BUF = const(1024)  # bytes; the sim board's payload is ~700 (it grows for a larger board's)
@@ -219,9 +220,11 @@ def _loaded():
 def uplink_need(config):
     # Bytes of free heap store-and-forward needs on this port, loaded as this module is (_UPLINK_COST).
     load = _loaded()
-    i = (0 if sys.maxsize >> 32 else 6) + (3 if load == 2 else 0)
+    i = (0 if sys.maxsize >> 32 else 8) + (4 if load == 2 else 0)
     c = _UPLINK_COST
     kb = c[i + 1 if config.get("mqtt") else i] + (c[i + 2] if config.get("cmd_key") else 0) + _WORKING
+    if config.get("lora"):
+        kb += c[i + 3]
     return (kb + (_COMPILE if load == 0 else 0)) * 1024
 
 

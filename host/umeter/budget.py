@@ -18,31 +18,46 @@ MARGIN_KB = 32
 # tests/host/test_memory_budget.py's shorter run, other node ids, a command nearer the end)
 HELD_KB: dict[int, dict[str, dict[str, int]]] = {
     8: {
-        "mpy": {"plain": 104, "+store": 124, "+cmd_key": 128, "+policy": 142, "+fleet": 160},
-        "romfs": {"plain": 72, "+store": 85, "+cmd_key": 88, "+policy": 97, "+fleet": 106},
+        "mpy": {"plain": 104, "+store": 124, "+cmd_key": 128, "+policy": 142, "+fleet": 160,
+                "+lora": 131, "+policy+lora": 169, "+fleet+lora": 200},
+        "romfs": {"plain": 72, "+store": 85, "+cmd_key": 88, "+policy": 97, "+fleet": 106,
+                  "+lora": 91, "+policy+lora": 115, "+fleet+lora": 138},
         "frozen": {"plain": 52, "+store": 63, "+cmd_key": 65, "+policy": 73, "+fleet": 79},
     },
     4: {
-        "mpy": {"plain": 73, "+store": 88, "+cmd_key": 90, "+policy": 102, "+fleet": 114},
-        "romfs": {"plain": 44, "+store": 51, "+cmd_key": 53, "+policy": 58, "+fleet": 63},
+        "mpy": {"plain": 73, "+store": 88, "+cmd_key": 90, "+policy": 102, "+fleet": 114,
+                "+lora": 92, "+policy+lora": 119, "+fleet+lora": 141},
+        "romfs": {"plain": 44, "+store": 51, "+cmd_key": 53, "+policy": 58, "+fleet": 63,
+                  "+lora": 54, "+policy+lora": 68, "+fleet+lora": 83},
         "frozen": {"plain": 30, "+store": 36, "+cmd_key": 38, "+policy": 41, "+fleet": 44},
     },
 }
+# "+lora", "+policy+lora", "+fleet+lora": 2026-12-07, session 23 (LoRaWAN through the simulated
+# RAK3172; none frozen: provisioning names a frozen LoRa node's budget as not measured).
 # "frozen": `benchmarks/memory.py --frozen` on local builds of the unix port with the package
 # frozen in (docs/memory.md, "Frozen, measured"; 2026-12-07, session 19). CI has no such port:
 # tests/host/test_memory_budget.py holds a node to these where the interpreter has one.
-CONFIGS = ("plain", "+store", "+cmd_key", "+policy", "+fleet")
+CONFIGS = ("plain", "+store", "+cmd_key", "+policy", "+fleet", "+lora", "+policy+lora", "+fleet+lora")
+# LoRaWAN beside MQTT in a configuration not measured with it ("+store+lora", "+cmd_key+lora"):
+# what LoRaWAN adds to the +policy node (held("+policy+lora") - held("+policy")), the largest
+# node measured under the seventh qstr pool with it
+_LORA_ON = "+policy"
 
 
 def kind(config: dict) -> str:
-    """The budget configuration a node's config.json falls under (the largest it reaches)."""
+    """The budget configuration a node's config.json falls under (the largest it reaches), with
+    "+lora" when it has LoRaWAN ("+lora" alone: LoRaWAN without MQTT)."""
     if config.get("fleet"):
-        return "+fleet"
-    if config.get("policy"):
-        return "+policy"
-    if not config.get("mqtt"):
-        return "plain"
-    return "+cmd_key" if config.get("cmd_key") else "+store"
+        k = "+fleet"
+    elif config.get("policy"):
+        k = "+policy"
+    elif not config.get("mqtt"):
+        k = "plain"
+    else:
+        k = "+cmd_key" if config.get("cmd_key") else "+store"
+    if config.get("lora"):
+        return "+lora" if k == "plain" else k + "+lora"
+    return k
 
 
 def installed_load(device_manifest: dict) -> str:
@@ -55,7 +70,10 @@ def installed_load(device_manifest: dict) -> str:
 
 def held_kb(config_kind: str, *, words: int, load: str = "mpy") -> int:
     try:
-        return HELD_KB[words][load][config_kind]
+        t = HELD_KB[words][load]
+        if config_kind not in t and config_kind.endswith("+lora"):  # measured on the +policy node
+            return t[config_kind[: -len("+lora")]] + t[_LORA_ON + "+lora"] - t[_LORA_ON]
+        return t[config_kind]
     except KeyError:
         raise ValueError(f"no budget for {config_kind!r} loaded as {load} on a {words * 8}-bit port") from None
 
@@ -124,7 +142,7 @@ def _node_parts(config_kind: str, words: int, load: str) -> list:
     # what any node of the configuration needs, KB by part: what it holds + MARGIN_KB (+
     # BUNDLE_KB for a fleet node, which must also take in a signed bundle)
     parts = [("held", held_kb(config_kind, words=words, load=load)), ("margin", MARGIN_KB)]
-    if config_kind == "+fleet":
+    if config_kind.startswith("+fleet"):
         parts.append(("bundle", BUNDLE_KB[words]))
     return parts
 
