@@ -162,6 +162,7 @@ def test_lora_fallback_is_quiet_while_mqtt_is_up_and_carries_only_what_mqtt_has_
             "mqtt": {"host": broker.host, "port": broker.port, "keepalive": 5, "discovery": False,
                      "backoff_min_ms": 300, "backoff_max_ms": 1000},
             "lora": dict(_lora(modem, "70B3D57ED0000003"), fallback_s=3),
+            "cmd_key": "33" * 32,
             # a record every 2 s: a sampling-gap event per lost stretch
             "sim": {"realtime": True, "currents": [{"rms": 5.0}],
                     "events": [{"at": float(t), "lose": 400} for t in range(3, 120, 2)]},
@@ -199,6 +200,15 @@ def test_lora_fallback_is_quiet_while_mqtt_is_up_and_carries_only_what_mqtt_has_
                 k = len(lora_records())
                 time.sleep(5)
                 assert len(lora_records()) <= k + 1, f"LoRa went on after MQTT came back: {lora_records()}"
+                # the operator's view over MQTT: LoRaWAN's session, what the network took
+                from umeter.cli.command import _lora_line
+                from umeter.command import send
+
+                st = send(f"mqtt://{broker.host}:{broker.port}", "lora3", "status", key=bytes([0x33]) * 32)
+                lo = st["uplink"]["lora"]
+                assert lo["joined"] is True and lo["acked"] >= max(over_lora) and lo["sent"] >= len(over_lora), lo
+                assert lo["budget_ms"] == 600000 and 0 < lo["airtime_ms"] < 600000 and lo["error"] == "", lo
+                assert _lora_line(lo).startswith(f"lora: joined, acked to seq {lo['acked']}, "), _lora_line(lo)
             finally:
                 p.kill()
                 p.wait()

@@ -124,3 +124,16 @@ def test_the_status_line_of_the_clock_says_its_billing_time_and_its_last_ntp_syn
     assert line.endswith("billing time UTC-03:30, ntp: never synced (last try: no answer)"), line
     line = _clock_line({"epoch": 1700000000, "lorawan": {"at": 1699913600, "error": "no time: 0 is not in 2020..2099"}})
     assert line.endswith("billing time UTC, lorawan: last sync 86400 s ago (last try: no time: 0 is not in 2020..2099)")
+
+
+def test_the_status_line_of_lorawan_says_its_session_its_acked_seq_its_airtime_and_what_failed():
+    from umeter.cli.command import _lora_line
+
+    lo = {"joined": True, "acked": 41, "sent": 44, "nacks": 3, "failures": 0, "merged": 5, "unreadable": 0}
+    lo.update(airtime_ms=1234, budget_ms=30000, busy=2, noise=0, errors=0, reboots=1, error="")
+    assert _lora_line(lo) == (
+        "lora: joined, acked to seq 41, 44 sent, 3 unacknowledged, airtime 1234 of 30000 ms today (busy 2, reboots 1)"
+    )
+    why = "join failed 3 times (no JOINED/JOIN_FAILED event within 20000 ms)"
+    lo.update(joined=False, error=why)
+    assert _lora_line(lo).startswith("lora: not joined,") and _lora_line(lo).endswith("last error: " + why)

@@ -48,7 +48,31 @@ def service(svc):
     k = svc.link
     if k is not None:
         d["link"] = {"up": k.up, "ups": k.ups, "downs": k.downs, "error": str(k.last_error or "")}
+    if svc.lora is not None:
+        d["lora"] = lora(svc.lora)
     return d
+
+
+def lora(ll):
+    # LoRaWAN's health: the session, what went out and what the network took (the cursor
+    # advances on its ACK), today's airtime against the budget, the modem's line.
+    m = ll.modem
+    return {
+        "joined": m.joined,
+        "acked": ll.cursor.acked,
+        "sent": ll.sent,
+        "nacks": ll.nacks,
+        "failures": ll.failures,
+        "merged": ll.merged,
+        "unreadable": ll.unreadable,
+        "airtime_ms": ll.gov.used_ms,
+        "budget_ms": ll.gov.daily_budget_ms,
+        "busy": m.busy,
+        "noise": m.noise,
+        "errors": m.errors,
+        "reboots": m.reboots,
+        "error": str(ll.last_error or ""),
+    }
 
 
 def node(n):

@@ -41,8 +41,27 @@ def _human(op: str, node: str, r: dict) -> str:
                 f"uplink: log {lg.get('records')} records (seq {lg.get('first_seq')}..{lg.get('last_seq')}), "
                 f"backlog {ob.get('backlog', '-')}, link {'up' if (u.get('link') or {}).get('up') else 'down'}"
             )
+            lo = u.get("lora")
+            if lo:
+                lines.append(_lora_line(lo))
         return "\n".join(lines)
     return f"node {node}: {op} done: {json.dumps(r, sort_keys=True)}"
+
+
+def _lora_line(lo: dict) -> str:
+    """status's LoRaWAN: the session, the frames the network took, today's airtime against its
+    budget, what went wrong."""
+    line = (
+        f"lora: {'joined' if lo.get('joined') else 'not joined'}, acked to seq {lo.get('acked')}, "
+        f"{lo.get('sent', 0)} sent, {lo.get('nacks', 0)} unacknowledged, "
+        f"airtime {lo.get('airtime_ms', 0)} of {lo.get('budget_ms', 0)} ms today"
+    )
+    bad = {k: lo.get(k, 0) for k in ("failures", "busy", "noise", "reboots", "unreadable") if lo.get(k)}
+    if bad:
+        line += " (" + ", ".join(f"{k} {v}" for k, v in bad.items()) + ")"
+    if lo.get("error"):
+        line += f", last error: {lo['error']}"
+    return line
 
 
 def _clock_line(c: dict) -> str:
