@@ -22,18 +22,20 @@ HELD_KB: dict[int, dict[str, dict[str, int]]] = {
                 "+lora": 131, "+policy+lora": 169, "+fleet+lora": 200},
         "romfs": {"plain": 72, "+store": 85, "+cmd_key": 88, "+policy": 97, "+fleet": 106,
                   "+lora": 91, "+policy+lora": 115, "+fleet+lora": 138},
-        "frozen": {"plain": 52, "+store": 63, "+cmd_key": 65, "+policy": 73, "+fleet": 79},
+        "frozen": {"plain": 52, "+store": 63, "+cmd_key": 65, "+policy": 73, "+fleet": 79,
+                   "+lora": 65, "+policy+lora": 86, "+fleet+lora": 92},
     },
     4: {
         "mpy": {"plain": 73, "+store": 88, "+cmd_key": 90, "+policy": 102, "+fleet": 114,
                 "+lora": 92, "+policy+lora": 119, "+fleet+lora": 141},
         "romfs": {"plain": 44, "+store": 51, "+cmd_key": 53, "+policy": 58, "+fleet": 63,
                   "+lora": 54, "+policy+lora": 68, "+fleet+lora": 83},
-        "frozen": {"plain": 30, "+store": 36, "+cmd_key": 38, "+policy": 41, "+fleet": 44},
+        "frozen": {"plain": 30, "+store": 36, "+cmd_key": 38, "+policy": 41, "+fleet": 44,
+                   "+lora": 37, "+policy+lora": 49, "+fleet+lora": 52},
     },
 }
 # "+lora", "+policy+lora", "+fleet+lora": 2026-12-07, session 23 (LoRaWAN through the simulated
-# RAK3172; none frozen: provisioning names a frozen LoRa node's budget as not measured).
+# RAK3172), frozen too (the local builds below, rebuilt in session 23).
 # "frozen": `benchmarks/memory.py --frozen` on local builds of the unix port with the package
 # frozen in (docs/memory.md, "Frozen, measured"; 2026-12-07, session 19). CI has no such port:
 # tests/host/test_memory_budget.py holds a node to these where the interpreter has one.

@@ -311,7 +311,7 @@ def _heap_check(b: Board, arch: str, board: str, cfg: dict, load: str, rep: Repo
     kind = budget.kind(cfg)
     try:
         parts = budget.need_parts(kind, arch=arch, load=load, board=board)
-    except ValueError as e:  # a configuration never measured loaded this way (LoRaWAN frozen in)
+    except ValueError as e:  # a configuration or load the budget has no figure for
         rep.heap = f"not checked: {e} (docs/memory.md)"
         return
     need = sum(kb for _, kb in parts) * 1024

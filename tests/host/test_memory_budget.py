@@ -314,5 +314,5 @@ def test_a_node_with_lorawan_is_budgeted_with_it():
         # measured with the policy node; beside a smaller MQTT node, what LoRaWAN added there
         assert budget.held_kb("+store+lora", words=words) == t["+store"] + t["+policy+lora"] - t["+policy"]
         assert budget.heap_for("+fleet+lora", words=words) == (t["+fleet+lora"] + 32 + budget.BUNDLE_KB[words]) * 1024
-    with pytest.raises(ValueError, match="no budget for '\\+lora' loaded as frozen"):
-        budget.held_kb("+lora", words=8, load="frozen")
+    with pytest.raises(ValueError, match="no budget for '\\+lora' loaded as flash"):
+        budget.held_kb("+lora", words=8, load="flash")
