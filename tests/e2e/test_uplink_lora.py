@@ -209,6 +209,9 @@ def test_lora_fallback_is_quiet_while_mqtt_is_up_and_carries_only_what_mqtt_has_
                 assert lo["joined"] is True and lo["acked"] >= max(over_lora) and lo["sent"] >= len(over_lora), lo
                 assert lo["budget_ms"] == 600000 and 0 < lo["airtime_ms"] < 600000 and lo["error"] == "", lo
                 assert _lora_line(lo).startswith(f"lora: joined, acked to seq {lo['acked']}, "), _lora_line(lo)
+                # the network's time rode on LoRa's first uplink (the sim's is the host's: no step)
+                lt = st["clock"]["lorawan"]
+                assert lt["error"] is None and abs(lt["at"] - time.time()) < 120, lt
             finally:
                 p.kill()
                 p.wait()

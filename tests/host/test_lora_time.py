@@ -27,6 +27,7 @@ from meternode.store import records
 from meternode.store.log import Cursor, RecordLog
 
 port, d, epoch, max_step = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+due_in_s = int(sys.argv[5]) if len(sys.argv) > 5 else None  # the next request's deadline from now
 
 class Clock:  # a board's RTC: whole seconds; what set_time was given
     def __init__(self, t):
@@ -48,6 +49,8 @@ cur = Cursor(d + "/lora.cursor")
 clock = Clock(epoch)
 link = LoRaLink(m, log, cur, Governor("CN470", dr=5, daily_budget_ms=10**9), clock, port=2, retry_ms=50)
 link.nettime = [None, None, None, 600, 86400, max_step]  # as loraservice.make: daily
+if due_in_s is not None:  # (ticks ms: 30 bits that wrap, as on a board)
+    link.nettime[2] = ticks.add(ticks.ms(), due_in_s * 1000)
 events = []
 link.event = lambda code, arg, text: events.append([code, arg, text])
 
@@ -68,12 +71,14 @@ asyncio.run(main())
 """
 
 
-def _run(tmp_path, modem, epoch, max_step=86400):
+def _run(tmp_path, modem, epoch, max_step=86400, *due_in_s):
     (tmp_path / "drv.py").write_text(DRIVER)
     modem.joined = True  # a session the module already has (joining is test_lora.py's)
     env = dict(os.environ, MICROPYPATH=unixport.micropypath())
     p = subprocess.run(
-        unixport.command(tmp_path / "drv.py", modem.port, str(tmp_path), str(epoch), str(max_step), heap="256k"),
+        unixport.command(
+            tmp_path / "drv.py", modem.port, str(tmp_path), str(epoch), str(max_step), *map(str, due_in_s), heap="256k"
+        ),
         capture_output=True,
         text=True,
         timeout=60,
@@ -121,6 +126,18 @@ def test_a_network_time_over_the_step_limit_is_refused_naming_it(tmp_path):
     assert r["acked"] == 3
 
 
+def test_a_request_is_due_at_its_deadline_even_when_the_ticks_went_past_it_and_wrapped(tmp_path):
+    # The deadline is in ticks (ms, 30 bits): a node without an uplink for 7 days finds it
+    # "in the future" by the difference alone (it wrapped at 6.2 days); a deadline is never
+    # more than time_s ahead, so such a difference is one gone past
+    for due_in_s, asked in ((3600, 0), (-60, 1), (-7 * 86400, 1)):
+        d = tmp_path / f"due{due_in_s}"  # a record log and cursor of its own
+        d.mkdir()
+        with SimModem() as modem:
+            r, out = _run(d, modem, 1700000000, 86400, due_in_s)
+        assert (r["acked"], modem.time_requests) == (3, asked), (due_in_s, r, out)
+
+
 def test_a_modem_whose_clock_was_never_set_is_no_time(tmp_path):
     # The module's own clock before any DeviceTimeAns reads 1970 (the network answered nothing
     # since its power-up): TIMEREQ_OK then an LTIME from a module that rebooted in between is
@@ -155,7 +172,10 @@ def test_the_modems_time_text_reads_as_cpythons_calendar_does(tmp_path):
         instants += [calendar.timegm((y, m, d, h, 59, 59)) for m, d, h in edges if (m, d) != (2, 29) or y % 4 == 0]
     texts = [time.strftime("%Hh%Mm%Ss on %m/%d/%Y", time.gmtime(t)) for t in instants]
     bad = ["", "15h08m55s", "15h08m55s at 08/17/2026", "15:08:55 on 08/17/2026", "15h08m55s on 2026-08-17"]
-    bad += ["25h08m55s on 08/17/2026", "15h08m55s on 13/17/2026", "15h08m55s on 08/17/1969", "LTIME:15h08m55s on 1/2/3"]
+    bad += ["25h08m55s on 08/17/2026", "15h08m55s on 13/17/2026", "15h08m55s on 08/17/1969", "15h08m55s on 1/2/3"]
+    # a firmware that prints its own prefix (seen in the field: "+LTIME: 04h36m00s on 11/27/2023")
+    texts.append("+LTIME: 04h36m00s on 11/27/2023")
+    instants.append(calendar.timegm((2023, 11, 27, 4, 36, 0)))
     (tmp_path / "in.txt").write_text("\n".join(texts + bad) + "\n")
     (tmp_path / "lt.py").write_text(LTIME)
     env = dict(os.environ, MICROPYPATH=unixport.micropypath())

@@ -70,7 +70,9 @@ class LoRaLink:
     async def _send(self, frame, confirmed):
         # One uplink; the network's time rides on it when due (a DeviceTimeReq, link/nettime.py)
         t = self.nettime
-        if t is not None and (t[2] is None or _diff(_now(), t[2]) >= 0):
+        # due: at t[2] or after -- a deadline is at most time_s (6 days) ahead, so a difference
+        # below -time_s is one that went past it and wrapped (no uplink for 6.2 days)
+        if t is not None and (t[2] is None or not -t[4] * 1000 <= _diff(_now(), t[2]) < 0):
             from meternode import run
 
             return await run("meternode.link.nettime", "lorawan", self, frame, confirmed)

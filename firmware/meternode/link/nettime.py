@@ -50,9 +50,10 @@ def days(y, m, d):
 
 
 def ltime(text):
-    # RUI3's AT+LTIME value, "15h08m55s on 08/17/2026" -> UNIX seconds; ValueError naming it
+    # RUI3's AT+LTIME value, "15h08m55s on 08/17/2026" -> UNIX seconds; ValueError naming it.
+    # The time is its last three words (a firmware that prints "+LTIME: 15h08m55s on ..." too)
     try:
-        hms, on, mdy = text.split(" ")
+        hms, on, mdy = text.split()[-3:]
         if on != "on" or len(hms) != 9 or hms[2] != "h" or hms[5] != "m" or hms[8] != "s":
             raise ValueError
         h, mi, s = int(hms[0:2]), int(hms[3:5]), int(hms[6:8])
