@@ -47,7 +47,6 @@ _RESTRICTED = const("Restricted_Wait_")
 _WAIT_MAX_MS = const(60000)  # a duty-cycle wait longer than this is left to the caller
 
 
-
 class ModemError(Exception):
     def __init__(self, msg, code=None, wait_ms=0):
         super().__init__(msg)
