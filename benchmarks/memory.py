@@ -320,7 +320,8 @@ def node_config(node_id: str, kind: str, host: str, port: int, policy: dict, rea
 
 
 def run_node(work: Path, tag: str, config: dict, main_py: Path, path: str, image: str, heap: str | int,
-             settle: int, run_s: int, day_s: int = 0, stride: int = 1) -> dict:  # fmt: skip
+             settle: int, run_s: int, day_s: int = 0, stride: int = 1, downlinks=()) -> dict:  # fmt: skip
+    # downlinks: (fport, bytes) the simulated network queues for a LoRa node's uplinks
     root = work / tag
     root.mkdir(parents=True, exist_ok=True)
     path = _board_path(root, path)
@@ -337,6 +338,8 @@ def run_node(work: Path, tag: str, config: dict, main_py: Path, path: str, image
         from umeter_hil.lorasim import SimModem
 
         modem = SimModem().start()
+        for port, data in downlinks:
+            modem.queue_downlink(port, data)
         config = dict(config, lora=dict(config["lora"], port=modem.port))
         (root / "config.json").write_text(json.dumps(config))
     operator = None
@@ -369,6 +372,7 @@ def run_node(work: Path, tag: str, config: dict, main_py: Path, path: str, image
             r["error"] = "a node task ended"
         elif f[0] == "mods":
             r["modules"] = f[1:]
+    r["lora_policy_frames"] = out.count("lora policy frame: ok")
     errs = [ln for ln in out.splitlines() if MEMORY_ERROR.search(ln)]
     r["memory_errors"] = len(errs)  # lines, not matches
     if errs:

@@ -66,7 +66,7 @@ def test_modem_reader_survives_noise_and_overlong_lines_and_keeps_a_bounded_even
     m.feed(b"+EVT:JOINED\r\n")
     eq(m.joined, True, "JOINED counts whenever it comes")
     m.feed(b"Restricted_Wait_1500_ms\r\n")
-    eq(1000 < m.restricted_ms() <= 1500, True, "the duty-cycle wait is kept: %d" % m.restricted_ms())
+    eq(1000 < m.wait_ms() <= 1500, True, "the duty-cycle wait is kept: %d" % m.wait_ms())
 
 
 def test_the_modem_and_a_meter_bus_on_one_uart_are_refused_together():

@@ -41,8 +41,7 @@ class Governor:
         self.dr = dr
         self.duty_x, self.overhead = REGIONS[region]
         self.daily_budget_ms = daily_budget_ms
-        self._sent_at = 0  # ticks (ms) of the last uplink
-        self._rest = 0  # ms the sub-band rests after it (0: it may transmit)
+        self.last = None  # (ticks ms of the last uplink, ms the sub-band rests after it); None: free
         self.day = None
         self.used_ms = 0  # airtime spent today
         self.sent = 0
@@ -60,20 +59,20 @@ class Governor:
         sf, bw, _ = RATES[self.dr]
         if self.used_ms + (time_on_air_us(payload, sf, bw, self.overhead) + 999) // 1000 > self.daily_budget_ms:
             return -1
-        if self._rest:
+        if self.last is not None:
             # the rest since the last uplink, bounded by it: a silence longer than the
             # ticks' half period (6.2 days) reads negative and cannot become a long wait
-            gone = diff(now_ms, self._sent_at)
-            if 0 <= gone < self._rest:
-                return self._rest - gone
-            self._rest = 0  # passed: forget it before the ticks come round again
+            at, rest = self.last
+            gone = diff(now_ms, at)
+            if 0 <= gone < rest:
+                return rest - gone
+            self.last = None  # passed: forget it before the ticks come round again
         return 0
 
     def sent_now(self, payload, now_ms):
         sf, bw, _ = RATES[self.dr]
         t = (time_on_air_us(payload, sf, bw, self.overhead) + 999) // 1000  # ms on air
         self.used_ms += t
-        self._rest = t * self.duty_x  # T on air + T * (x - 1) off
-        self._sent_at = now_ms
+        self.last = (now_ms, t * self.duty_x)  # T on air + T * (x - 1) off
         self.sent += 1
         return t

@@ -11,7 +11,7 @@ from meternode.ticks import ms as _now
 from meternode.ticks import sleep_ms as _sleep_ms
 
 
-async def wait_ready(m, timeout_ms=None):
+async def wait(m, timeout_ms=None):
     # AT probes until the module answers OK (after a reset, power-up or AT+NWM).
     t0 = _now()
     left = timeout_ms or m.boot_ms
@@ -30,7 +30,7 @@ async def configure(m, deveui, appeui, appkey, band="EU868", dr=0):
     bands = {"EU868": 4, "CN470": 1}  # RUI3's AT+BAND numbers
     if band not in bands:
         raise ModemError("lora.band = %r must be one of %s" % (band, ", ".join(sorted(bands))), "config")
-    await wait_ready(m)
+    await wait(m)
     if await m.get("NWM") != "1":
         # "OK" without CR/LF, then a reboot: no ordinary reply to wait for
         while m.lock:  # a command in progress (LoRaModem.cmd)
@@ -42,7 +42,7 @@ async def configure(m, deveui, appeui, appkey, band="EU868", dr=0):
             m.lock = False
         m.sets += 1
         await _sleep_ms(300)
-        await wait_ready(m)
+        await wait(m)
         if await m.get("NWM") != "1":
             raise ModemError("modem stays out of LoRaWAN mode (AT+NWM)", "config")
     for key, value in (

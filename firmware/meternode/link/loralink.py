@@ -22,7 +22,7 @@ class LoRaLink:
         self.confirmed = confirmed
         self.retry_ms = retry_ms
         self._reader = log.reader()
-        self._telemetry = None  # newest live frame waiting (older ones are merged away)
+        self.frame = None  # the newest live telemetry frame waiting (older ones are merged away)
         self.floor = None  # callable -> seq another link already delivered (fallback mode)
         self.active = None  # callable -> False while another link carries the records
         # fallback mode: how long the other link must have been down before this one joins
@@ -45,9 +45,9 @@ class LoRaLink:
         self.nettime = None
 
     def telemetry(self, frame):
-        if self._telemetry is not None:
+        if self.frame is not None:
             self.merged += 1
-        self._telemetry = frame
+        self.frame = frame
 
     def _unreadable(self, seq, why):
         self.unreadable += 1
@@ -121,8 +121,8 @@ class LoRaLink:
                     else:
                         self.nacks += 1
                         await _sleep_ms(self.retry_ms)
-                elif self._telemetry is not None:
-                    frame, self._telemetry = self._telemetry, None
+                elif self.frame is not None:
+                    frame, self.frame = self.frame, None
                     await self.wait(len(frame))
                     self.gov.sent_now(len(frame), _now())
                     await self._send(frame, False)

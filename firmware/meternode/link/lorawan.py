@@ -79,7 +79,7 @@ class LoRaModem:
         self._buf = bytearray(_LINE_MAX)
         self.n = 0  # bytes of the line being read
         self.mode = None  # AT+CFM as the module has it (confirmed uplinks 1/0; None: unknown)
-        self._restricted = (0, 0)  # (ticks_ms when told, ms to wait): the duty-cycle limiter
+        self.last = (0, 0)  # the duty-cycle limiter's last word: (ticks_ms when told, ms to wait)
         self.downlinks = []
         self.on_downlink = None
         self.joined = False
@@ -158,7 +158,7 @@ class LoRaModem:
             except ValueError:
                 ms = 0
             if ms > 0:
-                self._restricted = (_now(), ms)
+                self.last = (_now(), ms)
         if self._lines is not None:
             self._lines.append(line)
             if line == "OK" or line.startswith("AT_"):
@@ -190,14 +190,14 @@ class LoRaModem:
         self._events.append(e)
 
     # -- commands ---------------------------------------------------------------------------------
-    def restricted_ms(self):
+    def wait_ms(self):
         # How long the module's duty-cycle limiter still refuses sends (0: not at all).
-        at, ms = self._restricted
+        at, ms = self.last
         if not ms:
             return 0
         left = ms - _diff(_now(), at)
         if left <= 0:
-            self._restricted = (0, 0)
+            self.last = (0, 0)
             return 0
         return left
 
@@ -238,15 +238,15 @@ class LoRaModem:
                 return [ln for ln in lines[:-1] if not ln.startswith(_RESTRICTED)]
             if last == "AT_BUSY_ERROR":
                 self.busy += 1
-                wait = self.restricted_ms()
+                wait = self.wait_ms()
                 if wait > _WAIT_MAX_MS:
-                    raise ModemError("modem refused %s: duty cycle, wait %d ms" % (name, wait), "restricted", wait)
+                    raise ModemError("modem refused %s: duty cycle, wait %d ms" % (name, wait), last, wait)
                 if attempt < self.busy_retries:
                     await _sleep_ms(max(delay, wait + 50))
                     delay = min(delay * 2, 2000)
                     continue
                 if wait:
-                    raise ModemError("modem refused %s: duty cycle, wait %d ms" % (name, wait), "restricted", wait)
+                    raise ModemError("modem refused %s: duty cycle, wait %d ms" % (name, wait), last, wait)
             self.errors += 1
             raise ModemError("modem refused %s: %s" % (name, last), last)
 
@@ -291,7 +291,7 @@ class LoRaModem:
                 self.joined = True
                 return True
             self._events = [ev for ev in self._events if not ev.startswith("JOIN")]
-            r = self.restricted_ms()
+            r = self.wait_ms()
             if r:
                 await _sleep_ms(min(r, _WAIT_MAX_MS))
             try:
@@ -311,7 +311,7 @@ class LoRaModem:
     async def send(self, port, data, confirmed=False, timeout_ms=15000):
         # One uplink.  True when sent (unconfirmed) or acknowledged (confirmed); False when a
         # confirmed uplink got no ACK.  ModemError for refusals (not joined, bad length, ...).
-        wait = self.restricted_ms()
+        wait = self.wait_ms()
         if wait:
             await _sleep_ms(min(wait, _WAIT_MAX_MS))
         want = 1 if confirmed else 0

@@ -40,15 +40,6 @@ def step(clock, now, max_step_s):
     return d
 
 
-def days(y, m, d):
-    # Days from 1970-01-01 to y-m-d (the Gregorian calendar): years counted from March, so
-    # that the leap day ends a year; 153 days for every 5 months from March.
-    if m < 3:
-        y -= 1
-        m += 12
-    return 365 * y + y // 4 - y // 100 + y // 400 + (153 * (m - 3) + 2) // 5 + d - 719469
-
-
 def ltime(text):
     # RUI3's AT+LTIME value, "15h08m55s on 08/17/2026" -> UNIX seconds; ValueError naming it.
     # The time is its last three words (a firmware that prints "+LTIME: 15h08m55s on ..." too)
@@ -62,32 +53,38 @@ def ltime(text):
         raise ValueError("the modem's time %r is not hhhmmmsss on MM/DD/YYYY" % (text,))
     if not (0 <= h < 24 and 0 <= mi < 60 and 0 <= s < 60 and 1 <= mo <= 12 and 1 <= d <= 31 and y >= 1970):
         raise ValueError("the modem's time %r is out of range" % (text,))
-    return days(y, mo, d) * 86400 + h * 3600 + mi * 60 + s
+    # days from 1970-01-01 (the Gregorian calendar): years counted from March, so that the leap
+    # day ends a year; 153 days for every 5 months from March
+    if mo < 3:
+        y -= 1
+        mo += 12
+    d += 365 * y + y // 4 - y // 100 + y // 400 + (153 * (mo - 3) + 2) // 5 - 719469
+    return d * 86400 + h * 3600 + mi * 60 + s
 
 
-async def lorawan(ll, frame, confirmed):
-    # One uplink of LoRaLink `ll` with a DeviceTimeReq on it, and the node's clock stepped to
+async def lorawan(k, frame, confirmed):
+    # One uplink of LoRaLink `k` with a DeviceTimeReq on it, and the node's clock stepped to
     # the network's time.  -> what modem.send returns; the send's errors are raised as without
     # the request (which is then asked again at the next uplink).  A time that cannot be had
-    # or set is logged and kept for `status` (ll.nettime, loraservice.make), asked again
+    # or set is logged and kept for `status` (k.nettime, loraservice.make), asked again
     # after 10 min, doubling up to time_s; a step is a TIME_SET event ("lorawan").
     from meternode.link.lorawan import ModemError
     from meternode.ticks import add, ms
 
-    m = ll.modem
-    t = ll.nettime  # [last good sync (epoch s), last failure, ticks due, retry s, time_s, max step s]
-    m._events = [ev for ev in m._events if not ev.startswith("TIMEREQ")]  # an earlier request's
+    m = k.modem
+    t = k.nettime  # [last good sync (epoch s), last failure, ticks due, retry s, time_s, max step s]
+    m._events = [e for e in m._events if not e.startswith("TIMEREQ")]  # an earlier request's
     why = None
     try:
         await m.cmd("AT+TIMEREQ=1")
     except ModemError as e:
         why = e
-    ok = await m.send(ll.port, frame, confirmed)
+    ok = await m.send(k.port, frame, confirmed)
     if why is None:
         try:
-            if await m.wait_event(("TIMEREQ_OK", "TIMEREQ_FAILED"), _ANSWER_MS) != "TIMEREQ_OK":
+            if await m.wait_event(("TIMEREQ",), _ANSWER_MS) != "TIMEREQ_OK":  # or _FAILED
                 raise ValueError("the network did not answer DeviceTimeReq")
-            s = step(ll.clock, ltime(await m.get("LTIME")), t[5])
+            s = step(k.clock, ltime(await m.get("LTIME")), t[5])
         except (ModemError, ValueError) as e:
             why = e
     if why is not None:
@@ -96,14 +93,14 @@ async def lorawan(ll, frame, confirmed):
         t[3] = min(t[3] * 2, t[4])
         print("lorawan time: %s" % why)
         return ok
-    t[0] = int(ll.clock.time())
+    t[0] = int(k.clock.time())
     t[1] = None
     t[2] = add(ms(), t[4] * 1000)
     t[3] = _RETRY_S
     if s:
         print("lorawan time: clock stepped %+d s" % s)
-        if ll.event is not None:
+        if k.event is not None:
             from meternode.store import records
 
-            ll.event(records.EV_TIME_SET, s, "lorawan")
+            k.event(records.EV_TIME_SET, s, "lorawan")
     return ok
