@@ -256,4 +256,4 @@ def test_a_lora_node_whose_clock_was_never_set_takes_the_networks_time(tmp_path)
         assert abs(ts[0]["ts"] - now) < 60, "stamped with the time it was set to"
         assert frames[0]["ts"] < 946684800 + 3600, "the records before it carry the unset clock's time"
         assert modem.time_requests == 1 and "AT+LTIME=?" in modem.commands
-        assert "lorawan time: clock stepped +" in text, text
+        assert "lorawan: clock stepped +" in text, text

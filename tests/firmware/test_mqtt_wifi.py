@@ -222,5 +222,25 @@ async def test_once_wifi_is_up_the_clock_comes_from_ntp_and_a_silent_server_is_t
     eq((n.hal.clock.t, s.ups), (946684800, 1), "the clock untouched, Wi-Fi up")
     want = "ntp 127.0.0.1: no answer from 127.0.0.1:%d in 3000 ms" % ports["silent"]
     eq([x for x in logs if x.startswith("ntp")], [want], "one attempt in 4.5 s: %r" % logs)
-    eq(n.ntp, [None, want[len("ntp 127.0.0.1: ") :]], "status's clock.ntp")
+    eq(n.ntp[:2], [None, want[len("ntp 127.0.0.1: ") :]], "status's clock.ntp")
     eq(supervise(_Node(False), FakeWlan()).when_up, None, "ntp false: no sync")
+
+
+@needs("host:ntp")
+async def test_a_sync_whose_deadline_the_ticks_went_past_and_wrapped_is_due():
+    # The next sync's deadline is in ticks (ms, 30 bits): Wi-Fi down for 7 days finds it "ahead"
+    # by the difference alone (it wrapped at 6.2 days); a deadline is never more than interval_s
+    # ahead, so such a difference is one gone past (link/wifi.py, as loralink.py's)
+    from meternode import ticks
+    from meternode.link.wifi import supervise
+
+    ports = {k: int(v) for k, v in (x.split(":") for x in host_value("ntp_ports").split(","))}
+    n = _Node({"host": "127.0.0.1", "port": ports["good"], "interval_s": 3600})
+    s = supervise(n, FakeWlan())
+    n.ntp[2] = ticks.add(ticks.ms(), 600 * 1000)  # due in 10 min
+    await s.when_up()
+    eq(n.hal.clock.t, 946684800, "not due: not asked")
+    n.ntp[2] = ticks.add(ticks.ms(), -7 * 86400 * 1000)  # due a week ago
+    await s.when_up()
+    eq(abs(n.hal.clock.t - int(time.time())) <= 2, True, "due: the clock set (%d)" % n.hal.clock.t)
+    eq(ticks.diff(n.ntp[2], ticks.ms()) // 1000 in (3599, 3600), True, "the next in an hour")

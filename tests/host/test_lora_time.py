@@ -111,7 +111,7 @@ def test_a_network_that_does_not_answer_leaves_the_clock_and_the_records_alone_a
     assert r["acked"] == 3, "every record delivered all the same"
     assert (r["clock"], r["sets"], r["events"], r["at"]) == (1700000000, [], [], None)
     assert r["error"] == "the network did not answer DeviceTimeReq", out
-    assert "lorawan time: the network did not answer DeviceTimeReq" in out
+    assert "lorawan: the network did not answer DeviceTimeReq" in out
     assert 590 <= r["due_in_s"] <= 600 and r["pause"] == 1200, "again in 10 min, then 20"
     assert modem.time_requests == 1
 

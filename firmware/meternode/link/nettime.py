@@ -65,14 +65,13 @@ def ltime(text):
 async def lorawan(k, frame, confirmed):
     # One uplink of LoRaLink `k` with a DeviceTimeReq on it, and the node's clock stepped to
     # the network's time.  -> what modem.send returns; the send's errors are raised as without
-    # the request (which is then asked again at the next uplink).  A time that cannot be had
-    # or set is logged and kept for `status` (k.nettime, loraservice.make), asked again
-    # after 10 min, doubling up to time_s; a step is a TIME_SET event ("lorawan").
+    # the request (which is then asked again at the next uplink).  The outcome goes to done()
+    # (k.nettime, made by loraservice.make): a failure is asked again after 10 min, doubling
+    # up to time_s; a step is a TIME_SET event ("lorawan").
     from meternode.link.lorawan import ModemError
-    from meternode.ticks import add, ms
 
     m = k.modem
-    t = k.nettime  # [last good sync (epoch s), last failure, ticks due, retry s, time_s, max step s]
+    t = k.nettime
     m._events = [e for e in m._events if not e.startswith("TIMEREQ")]  # an earlier request's
     why = None
     try:
@@ -87,20 +86,33 @@ async def lorawan(k, frame, confirmed):
             s = step(k.clock, ltime(await m.get("LTIME")), t[5])
         except (ModemError, ValueError) as e:
             why = e
-    if why is not None:
-        t[1] = "%s" % why
+    done(t, s if why is None else why, _RETRY_S, k.clock, "lorawan", k.event, print)
+    return ok
+
+
+def done(t, got, first_s, clock, via, event, log):
+    # After one sync from a network source (SNTP: link/wifi.py; LoRaWAN: lorawan() above).
+    # t: its state, the `status` command's clock.ntp / clock.lorawan -- [the clock after the
+    # last good sync (epoch s) or None, the last failure's text or None, ticks ms when the next
+    # is due (None: now), the retry pause s, the interval s, time_max_step_s]; got: the step
+    # made (s) or the exception that stopped it.  A failure is logged and tried again after
+    # the pause, doubling up to the interval (first_s again after a good one); a step is
+    # logged and a TIME_SET event (`via`: "ntp <server>", "lorawan").
+    from meternode.ticks import add, ms
+
+    if isinstance(got, Exception):
+        t[1] = "%s" % got
         t[2] = add(ms(), t[3] * 1000)
         t[3] = min(t[3] * 2, t[4])
-        print("lorawan time: %s" % why)
-        return ok
-    t[0] = int(k.clock.time())
+        log("%s: %s" % (via, got))
+        return
+    t[0] = int(clock.time())
     t[1] = None
     t[2] = add(ms(), t[4] * 1000)
-    t[3] = _RETRY_S
-    if s:
-        print("lorawan time: clock stepped %+d s" % s)
-        if k.event is not None:
+    t[3] = first_s
+    if got:
+        log("%s: clock stepped %+d s" % (via, got))
+        if event is not None:
             from meternode.store import records
 
-            k.event(records.EV_TIME_SET, s, "lorawan")
-    return ok
+            event(records.EV_TIME_SET, got, via[: records.EVENT_TEXT])

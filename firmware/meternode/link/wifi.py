@@ -19,7 +19,6 @@
 
 from meternode.hal.netstat import FINAL as _FINAL
 from meternode.link.mqtt import Backoff
-from meternode.ticks import add as _add
 from meternode.ticks import diff as _diff
 from meternode.ticks import ms as _now
 from meternode.ticks import sleep_ms as _sleep_ms
@@ -183,41 +182,28 @@ def supervise(node, wlan):
 def clock_sync(node, host, port, interval_s):
     # The wall clock from an NTP server while Wi-Fi is up (config "ntp": {"host", "port",
     # "interval_s"}, default pool.ntp.org:123 hourly; false: none): at once after start, then
-    # every interval_s; a failure is logged and tried again after 60 s, doubling up to
-    # interval_s.  A step is a TIME_SET event ("ntp" and the server); a refused answer is
-    # logged with why (link/sntp.py).  -> the async callable for WifiSupervisor.when_up.
-    # node.ntp = [the clock after the last good sync (epoch s) or None, the last failure's
-    # text or None]: the `status` command's clock.ntp.
-    st = [None, 60]  # when the next sync is due (ticks ms; None: now), the retry pause (s)
+    # every interval_s; a failure is tried again after 60 s, doubling up to interval_s (the
+    # bookkeeping, logs and TIME_SET event are link/nettime.py's done(), shared with LoRaWAN's
+    # network time).  -> the async callable for WifiSupervisor.when_up.  node.ntp: done()'s
+    # state, the `status` command's clock.ntp.
     addr = [None]  # the server's address, looked up again after a failure
-    node.ntp = [None, None]
+    node.ntp = [None, None, None, 60, interval_s, node.config.get("time_max_step_s", 86400)]
 
     async def due():
-        if st[0] is not None and _diff(_now(), st[0]) < 0:
+        t = node.ntp
+        # due: at t[2] or after -- a deadline is at most interval_s ahead, so a difference below
+        # -interval_s is one gone past and wrapped (Wi-Fi down for 6.2 days; loralink.py's too)
+        if t[2] is not None and -t[4] * 1000 <= _diff(_now(), t[2]) < 0:
             return
         from meternode import run
         from meternode.node import log
 
         try:
-            limit = node.config.get("time_max_step_s", 86400)  # as a `time` command's
-            step = await run("meternode.link.sntp", "sync", node.hal.clock, host, port, 3000, limit, addr)
+            got = await run("meternode.link.sntp", "sync", node.hal.clock, host, port, 3000, t[5], addr)
         except Exception as e:
             addr[0] = None
-            node.ntp[1] = "%s" % e
-            log("ntp %s: %s" % (host, e))
-            st[0] = _add(_now(), st[1] * 1000)
-            st[1] = min(st[1] * 2, interval_s)
-            return
-        st[0] = _add(_now(), interval_s * 1000)
-        st[1] = 60
-        node.ntp[0] = int(node.hal.clock.time())
-        node.ntp[1] = None
-        if step:
-            log("ntp %s: clock stepped %+d s" % (host, step))
-            u = node.uplink_service
-            if u is not None:
-                from meternode.store import records
-
-                u.event(records.EV_TIME_SET, step, ("ntp %s" % host)[: records.EVENT_TEXT])
+            got = e
+        u = node.uplink_service
+        run("meternode.link.nettime", "done", t, got, 60, node.hal.clock, "ntp " + host, u and u.event, log)
 
     return due
