@@ -49,8 +49,13 @@ cur = Cursor(d + "/lora.cursor")
 clock = Clock(epoch)
 link = LoRaLink(m, log, cur, Governor("CN470", dr=5, daily_budget_ms=10**9), clock, port=2, retry_ms=50)
 link.nettime = [None, None, None, 600, 86400, max_step]  # as loraservice.make: daily
-if due_in_s is not None:  # (ticks ms: 30 bits that wrap, as on a board)
-    link.nettime[2] = ticks.add(ticks.ms(), due_in_s * 1000)
+if due_in_s is not None:  # (ticks ms: 30 bits that wrap, as on a board; a board's ticks_add
+    t = ticks.ms()           # takes at most half the period, 6.2 days, so in steps of a day)
+    while due_in_s:
+        x = max(-86400, min(86400, due_in_s))
+        t = ticks.add(t, x * 1000)
+        due_in_s -= x
+    link.nettime[2] = t
 events = []
 link.event = lambda code, arg, text: events.append([code, arg, text])
 
