@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 _TAG = "@@MPTEST-RESULT "
-_MP_DIR = Path(__file__).resolve().parent / "mp"
+MP_DIR = Path(__file__).resolve().parent / "mp"
 _DEFAULT_TIMEOUT = 60.0
 
 
@@ -121,10 +121,10 @@ class FirmwareItem(pytest.Item):
             if mosquitto_path() is None:
                 pytest.skip("needs a Mosquitto broker: mosquitto is not installed (apt-get install mosquitto)")
         heap = self.config.getoption("--mp-heap") or self.heap or unixport.DEFAULT_HEAP
-        runner = _MP_DIR / "mprun.py"
+        runner = MP_DIR / "mprun.py"
         with tempfile.TemporaryDirectory(prefix="umeter-fw-") as scratch:
             env = dict(os.environ)
-            env["MICROPYPATH"] = unixport.micropypath(_MP_DIR)
+            env["MICROPYPATH"] = unixport.micropypath(MP_DIR)
             env["MPTEST_SCRATCH"] = scratch
             self._host_env(env)
             argv = unixport.command(

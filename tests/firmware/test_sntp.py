@@ -4,32 +4,18 @@
 import time
 
 from meternode.link import sntp
-from mptest import eq, host_value, needs, raises
+from mptest import RTC, eq, host_value, needs, raises
 
 
 def _ports():
     return {k: int(v) for k, v in (x.split(":") for x in host_value("ntp_ports").split(","))}
 
 
-class _Clock:
-    # a board's RTC: whole seconds; what set_time was given
-    def __init__(self, t):
-        self.t = t
-        self.sets = []
-
-    def time(self):
-        return self.t
-
-    def set_time(self, t):
-        self.sets.append(t)
-        self.t = t
-
-
 @needs("host:ntp")
 async def test_a_clock_never_set_takes_the_servers_time_and_a_set_one_only_a_bounded_step():
     p = _ports()
     host_now = int(time.time())  # the unix port's clock is the host's: the servers' time
-    c = _Clock(946684800)  # 2000-01-01: an ESP32's RTC after a power cut
+    c = RTC(946684800)  # 2000-01-01: an ESP32's RTC after a power cut
     step = await sntp.sync(c, "127.0.0.1", p["good"])
     eq(abs(c.t - host_now) <= 2 and step == c.t - 946684800, True, "set to %d, host %d" % (c.t, host_now))
     cache = [None]
@@ -48,7 +34,7 @@ async def test_a_clock_never_set_takes_the_servers_time_and_a_set_one_only_a_bou
 @needs("host:ntp")
 async def test_an_answer_that_cannot_set_the_clock_is_refused_naming_why():
     p = _ports()
-    c = _Clock(1700000000)
+    c = RTC(1700000000)
     for name, why in (("spoof", "an answer to another request"), ("kod", "kiss-o'-death RATE"),
                       ("unsync", "the server is not synchronised")):  # fmt: skip
         e = await _refused(ValueError, sntp.sync(c, "127.0.0.1", p[name]))

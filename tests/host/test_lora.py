@@ -10,6 +10,7 @@ import shutil
 import subprocess
 
 import pytest
+from lorarun import run_driver
 
 from meternode.link import airtime, loracodec, loradecode
 from meternode.link.airtime import Governor, time_on_air_us
@@ -261,30 +262,14 @@ def test_mqtt_payload_decoder():
 
 DRIVER = r"""
 import asyncio, json, sys
+from lorarig import RTC, rig
 from meternode.link.airtime import Governor
 from meternode.link.loralink import LoRaLink
-from meternode.link.lorawan import LoRaModem, ModemError
-from meternode.store import records
-from meternode.store.log import Cursor
-from meternode.store.log import RecordLog
+from meternode.link.lorawan import ModemError
 
-port, d = sys.argv[1], sys.argv[2]
-
-class Clock:
-    def time(self):
-        return 1700000000
-
-f = open(port, "r+b")
-# the simulated module is a thread of the test process: on a loaded machine it may take
-# seconds to answer, which a RAK3172 never does; the timeouts here are not what is tested
-m = LoRaModem(asyncio.StreamReader(f), asyncio.StreamWriter(f, {}), timeout_ms=8000)
-log = RecordLog(d + "/log", 4096, 65536)
-for i in range(5):
-    log.append(records.PROFILE, 1700000000 + 900 * i,
-               records.profile(900, 1000 * i, 0, (2300, 2290, 2310), (1000, 900, 1100), (2300, 2000, 2500)))
-cur = Cursor(d + "/lora.cursor")
+m, log, cur = rig(sys.argv[1], sys.argv[2], 5)
 gov = Governor("CN470", dr=5, daily_budget_ms=10**9)  # DR5: ~80 ms on air per frame
-link = LoRaLink(m, log, cur, gov, Clock(), port=2, retry_ms=50)
+link = LoRaLink(m, log, cur, gov, RTC(1700000000), port=2, retry_ms=50)
 out = {}
 
 async def main():
@@ -314,18 +299,7 @@ def test_at_driver_joins_retries_and_delivers_each_record_once(tmp_path):
         modem.busy_sends = 2
         modem.fail_confirms = 1
         modem.queue_downlink(3, b"\x01\x02")
-        (tmp_path / "drv.py").write_text(DRIVER)
-        env = dict(os.environ, MICROPYPATH=unixport.micropypath())
-        p = subprocess.run(
-            unixport.command(tmp_path / "drv.py", modem.port, str(tmp_path), heap="256k"),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-        )
-        lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
-        assert lines, p.stdout + p.stderr
-        r = json.loads(lines[-1][7:])
+        r, _ = run_driver(tmp_path, modem, DRIVER)
         assert r["bad_key"] == "modem refused AT+APPKEY: AT_PARAM_ERROR"
         assert r["acked"] == 5 and r["nacks"] == 1 and r["busy"] == 2, json.dumps(r)
         assert modem.joins == 3, "two failed joins, then joined"

@@ -6,47 +6,29 @@ CPython's own calendar."""
 from __future__ import annotations
 
 import calendar
-import json
 import os
 import random
 import subprocess
 import time
 
 import pytest
+from lorarun import run_driver
 
 from umeter import unixport
 from umeter_hil.lorasim import SimModem
 
 DRIVER = r"""
 import asyncio, json, sys
+from lorarig import RTC, rig
 from meternode import ticks
 from meternode.link.airtime import Governor
 from meternode.link.loralink import LoRaLink
-from meternode.link.lorawan import LoRaModem
-from meternode.store import records
-from meternode.store.log import Cursor, RecordLog
 
-port, d, epoch, max_step = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+d, epoch, max_step = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 due_in_s = int(sys.argv[5]) if len(sys.argv) > 5 else None  # the next request's deadline from now
 
-class Clock:  # a board's RTC: whole seconds; what set_time was given
-    def __init__(self, t):
-        self.t = t
-        self.sets = []
-    def time(self):
-        return self.t
-    def set_time(self, t):
-        self.sets.append(t)
-        self.t = t
-
-f = open(port, "r+b")
-m = LoRaModem(asyncio.StreamReader(f), asyncio.StreamWriter(f, {}), timeout_ms=8000)
-log = RecordLog(d + "/log", 4096, 65536)
-for i in range(3):
-    log.append(records.PROFILE, 1700000000 + 900 * i,
-               records.profile(900, 1000 * i, 0, (2300, 2290, 2310), (1000, 900, 1100), (2300, 2000, 2500)))
-cur = Cursor(d + "/lora.cursor")
-clock = Clock(epoch)
+m, log, cur = rig(sys.argv[1], d, 3)
+clock = RTC(epoch)
 link = LoRaLink(m, log, cur, Governor("CN470", dr=5, daily_budget_ms=10**9), clock, port=2, retry_ms=50)
 link.nettime = [None, None, None, 600, 86400, max_step]  # as loraservice.make: daily
 if due_in_s is not None:  # (ticks ms: 30 bits that wrap, as on a board; a board's ticks_add
@@ -77,21 +59,8 @@ asyncio.run(main())
 
 
 def _run(tmp_path, modem, epoch, max_step=86400, *due_in_s):
-    (tmp_path / "drv.py").write_text(DRIVER)
     modem.joined = True  # a session the module already has (joining is test_lora.py's)
-    env = dict(os.environ, MICROPYPATH=unixport.micropypath())
-    p = subprocess.run(
-        unixport.command(
-            tmp_path / "drv.py", modem.port, str(tmp_path), str(epoch), str(max_step), *map(str, due_in_s), heap="256k"
-        ),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert lines, p.stdout + p.stderr
-    return json.loads(lines[-1][7:]), p.stdout
+    return run_driver(tmp_path, modem, DRIVER, epoch, max_step, *due_in_s)
 
 
 def test_a_clock_never_set_takes_the_networks_time_on_the_first_uplink_and_asks_again_a_day_later(tmp_path):

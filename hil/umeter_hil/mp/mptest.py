@@ -42,6 +42,20 @@ def scratch_dir():
     return host_value("scratch")
 
 
+class RTC:
+    # A board's RTC for a test: whole seconds; what set_time was given.
+    def __init__(self, t):
+        self.t = t
+        self.sets = []
+
+    def time(self):
+        return self.t
+
+    def set_time(self, t):
+        self.sets.append(t)
+        self.t = t
+
+
 def _call(fn, a):
     # Fixed-arity calls: fn(*a) would itself allocate (MicroPython builds the argument
     # array on the heap for star calls), so expand by hand.
