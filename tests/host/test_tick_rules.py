@@ -1,0 +1,157 @@
+"""The firmware keeps the tick rule (ARCHITECTURE.md: ticks only through ticks_diff / ticks_add),
+checked by reading its code (tests/host/ticklint.py), so a `-` on two ticks in a module no
+test runs across a wrap is found too. The faults below are the ones a board's wrap caused
+before the rule (issue 9: a checkpoint never saved for 12.4 days, LoRa silent until reboot,
+pulses dropped as bounce, publishing blocked after an outage), each in the shape it had."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from ticklint import WAIVER, lint
+
+from umeter import unixport
+
+HERE = Path(__file__).parent
+
+
+def test_the_firmware_does_no_arithmetic_on_ticks_but_through_ticks_diff_and_ticks_add():
+    found = lint(unixport.firmware_root())
+    assert not found, "tick arithmetic a wrap breaks:\n" + "\n".join(map(str, found))
+
+
+def test_todays_checkpointer_with_its_old_subtraction_back_is_found(tmp_path):
+    # the real package, one line changed: the call chain from the node's report to the
+    # checkpoint's age is followed through today's modules
+    import shutil
+
+    root = tmp_path / "fw"
+    shutil.copytree(unixport.firmware_root(), root, ignore=shutil.ignore_patterns("__pycache__"))
+    cp = root / "meternode" / "store" / "checkpoint.py"
+    text = cp.read_text()
+    assert "age = diff(now_ms, self._last_ms)" in text
+    cp.write_text(text.replace("age = diff(now_ms, self._last_ms)", "age = now_ms - self._last_ms"))
+    line = text.splitlines().index("        age = diff(now_ms, self._last_ms)") + 1
+    assert [(f.path, f.line) for f in lint(root)] == [("meternode/store/checkpoint.py", line)]
+
+
+def _lines(sources):
+    return {(f.path, f.line) for f in lint(Path("."), sources)}
+
+
+def test_a_checkpoint_age_by_subtraction_is_found_through_the_call_that_passes_the_tick():
+    # store/checkpoint.py before the rule: now_ms came in as a parameter
+    node = """
+import time
+class Node:
+    def report(self):
+        self.checkpoint.save(self.hal.clock.ticks_ms(), True)
+"""
+    checkpoint = """
+class Checkpointer:
+    def __init__(self):
+        self._last_ms = 0
+    def save(self, now_ms, force=False):
+        age = now_ms - self._last_ms
+        self._last_ms = now_ms
+        return age
+"""
+    assert _lines({"node.py": node, "checkpoint.py": checkpoint}) == {("checkpoint.py", 6)}
+
+
+def test_a_duty_cycle_deadline_by_addition_and_its_wait_by_subtraction_are_found():
+    # link/airtime.py before the rule: ticks imported under another name, then passed on
+    link = """
+from meternode.aio import ticks_ms as _ticks
+class LoRaLink:
+    def send(self, n):
+        w = self.gov.wait_ms(n, _ticks(), 0)
+        self.gov.sent_now(n, _ticks())
+"""
+    airtime = """
+class Governor:
+    def wait_ms(self, payload, now_ms, now_s):
+        if self.free_at is not None and self.free_at - now_ms > 0:
+            return 1
+        return 0
+    def sent_now(self, payload, now_ms):
+        self.free_at = now_ms + 100
+"""
+    assert _lines({"loralink.py": link, "airtime.py": airtime}) == {("airtime.py", 4), ("airtime.py", 8)}
+
+
+def test_pulse_debounce_flow_and_leak_differences_of_stored_ticks_are_found():
+    # pulses.py before the rule: a stored edge tick, compared and subtracted
+    pulses = """
+from meternode import ticks
+class PulseMeter:
+    def edge(self, t, level):
+        if t - self._cand_t >= self.debounce:
+            self.last_t = t
+    def poll(self):
+        now = ticks.ms()
+        if now > self.last_t + 300000:
+            return 0
+        self._flow_since -= 1
+        self.last_t += 5
+class Input:
+    def irq(self, pm):
+        pm.edge(ticks.ms(), 1)
+"""
+    assert _lines({"pulses.py": pulses}) == {("pulses.py", n) for n in (5, 9, 12)}
+    # self._flow_since is no tick: only what a tick was assigned to is followed
+
+
+def test_a_token_bucket_behind_its_own_difference_function_is_found_in_that_function():
+    # the outbox's token bucket before the rule: a difference function that did not wrap
+    aio = """
+def diff(a, b):
+    return a - b
+"""
+    outbox = """
+import time
+from aio import diff as _diff
+class Outbox:
+    def take(self):
+        now = time.ticks_us()
+        self._tokens += _diff(now, self._t_tok) * self.rate
+"""
+    assert _lines({"aio.py": aio, "outbox.py": outbox}) == {("aio.py", 3)}
+
+
+def test_what_keeps_the_rule_is_not_found():
+    kept = f"""
+import time
+from meternode.ticks import add, diff, ms
+class Link:
+    def wait(self, n):
+        t = ms()
+        due = add(t, 1000)
+        if diff(due, ms()) < 0:
+            due = t
+        self.due = time.ticks_add(time.ticks_ms(), 5)
+        left = time.ticks_diff(self.due, time.ticks_ms()) - 10   # a difference is no tick
+        n = n + 1
+        self.reading(n, 2)
+        return left < 0
+    def other(self, m):
+        return self.due >= m  {WAIVER}: a deadline compared to one of its own copies
+def reading(m, r):
+    return m + r  # another function called `reading`: two parameters, given one tick
+def caller():
+    reading(ms())
+"""
+    assert _lines({"link.py": kept}) == set()
+
+
+def test_the_lint_runs_on_a_directory_from_the_command_line(tmp_path):
+    pkg = tmp_path / "mine"
+    pkg.mkdir()
+    (pkg / "hal.py").write_text("import time\ndef late(t0):\n    return time.ticks_ms() - t0 > 1000\n")
+    p = subprocess.run([sys.executable, str(HERE / "ticklint.py"), str(tmp_path)], capture_output=True, text=True)
+    assert p.returncode == 1 and "mine/hal.py:3: time.ticks_ms() - t0" in p.stdout, p.stdout + p.stderr
+    (pkg / "hal.py").write_text("import time\ndef late(t0):\n    return time.ticks_diff(time.ticks_ms(), t0) > 1000\n")
+    p = subprocess.run([sys.executable, str(HERE / "ticklint.py"), str(tmp_path)], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout == "", p.stdout + p.stderr
