@@ -184,8 +184,8 @@ def test_the_fullest_node_starts_in_its_budgeted_heap_without_a_memory_error(set
 
 class _Sender:
     """Publishes `plan` ([(seconds from now, leaf under the node's topic, [payloads])]) to a
-    node over the broker from a thread, and keeps the results it answers on policy/result and
-    ota/result."""
+    node over the broker from a thread, and keeps the results it answers on policy/result,
+    ota/result and cmd/result."""
 
     def __init__(self, config: dict, plan: list) -> None:
         import json
@@ -199,7 +199,7 @@ class _Sender:
         self.c = make_client(f"send-{config['node_id']}")
         self.c.on_message = lambda c, u, msg: self.results.append((msg.topic[len(pre) + 1 :], json.loads(msg.payload)))
         connect(self.c, m["host"], m["port"])
-        self.c.subscribe([(f"{pre}/policy/result", 1), (f"{pre}/ota/result", 1)])
+        self.c.subscribe([(f"{pre}/policy/result", 1), (f"{pre}/ota/result", 1), (f"{pre}/cmd/result", 1)])
         self.c.loop_start()
 
         def send() -> None:
@@ -219,7 +219,7 @@ class _Sender:
 
 def _fleet_node(setup, tag: str, policy: dict, plan: list, run_s: int) -> tuple[list, dict]:
     # A +fleet node from .mpy in its budgeted heap while `plan` is sent to it (_Sender) ->
-    # (its results other than "accepted": (leaf, status, why)), what run_node measured)
+    # (its results other than "accepted": (leaf, result)), what run_node measured)
     bm, work, res, broker = setup
     heap = budget.heap_for("+fleet", words=unixport.word_bytes(), load="mpy")
     cfg = bm.node_config(f"budget-{tag}", "+fleet", broker.host, broker.port, policy)
@@ -229,21 +229,28 @@ def _fleet_node(setup, tag: str, policy: dict, plan: list, run_s: int) -> tuple[
                         heap, 2, run_s)  # fmt: skip
     finally:
         results = sender.close()
-    return [(leaf, m["status"], m.get("why")) for leaf, m in results if m["status"] != "accepted"], r
+    return [(leaf, m) for leaf, m in results if m["status"] != "accepted"], r
 
 
-def test_a_fleet_node_takes_a_signed_bundle_and_a_build_in_its_budgeted_heap_under_the_seventh_qstr_pool(setup):
-    # +fleet from .mpy in its budgeted heap gets a signed policy bundle (applied) and then a
+def test_a_fleet_node_takes_every_command_a_signed_bundle_and_a_build_in_its_budgeted_heap_under_the_seventh_qstr_pool(
+    setup,
+):
+    # +fleet from .mpy in its budgeted heap gets the operator's commands (status, set, relay,
+    # time, rollback, read_now, one forged), a signed policy bundle (applied) and then a
     # firmware bundle (staged: the node reboots into it; the benchmark's node script reports
-    # what it holds and its names just before).  The names a bundle's path interns stay for
+    # what it holds and its names just before). Each command loads what it needs and keeps
+    # its names: the status command's alone are ~30.  The names a bundle's path interns stay for
     # ever: on main at 957aa96 they took the node from 1210 to 1255 (64-bit) / 1231 to 1277
     # (32-bit) for the policy bundle and to 1262 / 1284 for the build, past the 1260th name,
     # at which the unix ports (and boards, docs/memory.md) allocate a seventh qstr pool of
     # 1280 entries in one block (14 / 9 KB) in a heap that has run for days and holds the
     # message; bundle.py and SHA-512 stayed loaded after it, 14 KB more held.  1250: the
     # boundary less a margin for names a policy's events or a later message may add.
+    import time
+
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from meternode.link.actions import make_command
     from umeter.campaign import ota_messages
     from umeter.cli.ota import read_build
     from umeter.policy import load_any, policy_bundle
@@ -257,12 +264,23 @@ def test_a_fleet_node_takes_a_signed_bundle_and_a_build_in_its_budgeted_heap_und
     # size (a larger one: the test below)
     files = {"main.py": read_build(res.out)[0]["main.py"]}
     build_v2 = make_manifest("firmware", "mem", 2, files, make_target(all_nodes=True), key=key, campaign="fw2")
+    cmd_key = bytes.fromhex(bm.KEY)
+    ops = [("status", None), ("set", {"key": "telemetry_s", "value": 3.0}), ("relay", {"on": True}),
+           ("time", {"epoch": int(time.time())}), ("rollback", {"key": "telemetry_s"}), ("read_now", None)]  # fmt: skip
+    cmds = [make_command(cmd_key, "budget-bundle", op, a, ctr=i + 1, exp=int(time.time()) + 3600, msg_id=op)
+            for i, (op, a) in enumerate(ops)]  # fmt: skip
+    forged = make_command(bytes(16), "budget-bundle", "status", ctr=100, exp=int(time.time()) + 3600, msg_id="forged")
     plan = [
-        (3, "policy/bundle", [policy_bundle(key, "mem", 1, policy, make_target(all_nodes=True), campaign="p1")]),
-        (5, "ota", ota_messages(sign_bundle(key, build_v2, files))),
+        (1, "cmd", [*cmds, forged]),
+        (4, "policy/bundle", [policy_bundle(key, "mem", 1, policy, make_target(all_nodes=True), campaign="p1")]),
+        (6, "ota", ota_messages(sign_bundle(key, build_v2, files))),
     ]
     done, r = _fleet_node(setup, "bundle", policy, plan, 20)
-    assert done == [("policy/result", "applied", None), ("ota/result", "staged", None)], (done, r)
+    got = {m.get("id"): m for leaf, m in done if leaf == "cmd/result"}
+    assert [op for op, _ in ops if got.get(op, {}).get("ok")] == [op for op, _ in ops], (got, r)
+    assert not got["forged"]["ok"] and "unauthenticated" in got["forged"]["why"], got["forged"]
+    bundles = [(leaf, m["status"], m.get("why")) for leaf, m in done if leaf != "cmd/result"]
+    assert bundles == [("policy/result", "applied", None), ("ota/result", "staged", None)], (done, r)
     assert r["memory_errors"] == 0 and r["uplink"] is True, r
     assert "reboot_held" in r, f"the node did not reboot into the staged build: {r}"
     assert r["qstrs"] < 1250, f"{r['qstrs']} names interned after a policy bundle and a firmware build: {r}"
@@ -294,7 +312,7 @@ def test_a_fleet_node_takes_a_streamed_build_in_its_budgeted_heap(setup):
                              build=build)  # fmt: skip
     msgs = ota_messages(sign_bundle(key, build_v2, files))
     done, r = _fleet_node(setup, "stream", policy, [(5, "ota", msgs)], 40)
-    assert done == [("ota/result", "staged", None)], (done, r)
+    assert [(leaf, m["status"]) for leaf, m in done if leaf != "cmd/result"] == [("ota/result", "staged")], (done, r)
     assert r["memory_errors"] == 0 and r["uplink"] is True, r
     assert "reboot_held" in r, f"the node did not reboot into the staged build: {r}"
     assert r["qstrs"] < 1250, f"{r['qstrs']} names interned after a streamed build: {r}"
