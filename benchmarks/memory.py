@@ -15,7 +15,8 @@ UMETER_MICROPYTHON=...; the .mpy build then targets that binary's architecture):
   one-second readings); `held` is gc.mem_alloc() above the interpreter's own baseline after
   gc.collect(), i.e. everything the node keeps.
   Configurations: plain (metering, record log, no MQTT), +store (store-and-forward to a local
-  Mosquitto), +cmd_key (authenticated commands; one command is sent during the run),
+  Mosquitto), +cmd_key (authenticated commands; during the run each command an operator
+  uses and a forged one are sent, and to +fleet a signed policy bundle),
   +policy (the demo policy in compact form). A ROMFS image is read into the heap first (a
   board maps it from flash) and its bytes are not counted;
 - day (the budgeted heap: held after the run + 32 KB, + the image for ROMFS): the same node
@@ -320,8 +321,10 @@ def node_config(node_id: str, kind: str, host: str, port: int, policy: dict, rea
 
 
 def run_node(work: Path, tag: str, config: dict, main_py: Path, path: str, image: str, heap: str | int,
-             settle: int, run_s: int, day_s: int = 0, stride: int = 1, downlinks=()) -> dict:  # fmt: skip
-    # downlinks: (fport, bytes) the simulated network queues for a LoRa node's uplinks
+             settle: int, run_s: int, day_s: int = 0, stride: int = 1, downlinks=(),
+             operate: bool = True) -> dict:  # fmt: skip
+    # downlinks: (fport, bytes) the simulated network queues for a LoRa node's uplinks;
+    # operate: a node with a command key is operated during the run (Operator)
     root = work / tag
     root.mkdir(parents=True, exist_ok=True)
     path = _board_path(root, path)
@@ -343,9 +346,9 @@ def run_node(work: Path, tag: str, config: dict, main_py: Path, path: str, image
         config = dict(config, lora=dict(config["lora"], port=modem.port))
         (root / "config.json").write_text(json.dumps(config))
     operator = None
-    if config.get("cmd_key") and not day_s:
-        # one command during the run, as an operator's would arrive: the heap read after the
-        # run includes whatever handling it left behind
+    if config.get("cmd_key") and operate and not day_s:
+        # the operator's commands (and a +fleet node's policy bundle) during the run: the heap
+        # read after the run includes whatever handling them left behind
         operator = Operator(config, at=settle + run_s / 3)
     try:
         lines, out = _mp(script, args, path, heap, settle + run_s + 60 + (day_s // 10 if day_s else 0))
@@ -404,8 +407,12 @@ def _board_path(root: Path, path: str) -> str:
 
 
 class Operator:
-    """Sends the node one authenticated `read_now` command over the broker `at` seconds from
-    now and records whether its result came back ok."""
+    """Operates the node over the broker as an operator does, from `at` seconds from now, half
+    a second apart: every command a node takes but `reboot` and `valve` (status, set, rollback,
+    relay, time, read_now; authenticated) and one forged, and a +fleet node a signed policy
+    bundle. Each loads what it needs and keeps its names, so the heap read after the run is
+    that of a node in service. `close()`: "ok" when every command was done and the forged one
+    refused, else what was not."""
 
     def __init__(self, config: dict, at: float) -> None:
         import threading
@@ -414,28 +421,61 @@ class Operator:
         from umeter.mqttc import connect, make_client
 
         m = config["mqtt"]
-        self.result: str = "no result"
         pre = f"{m.get('prefix', 'umeter')}/{config['node_id']}"
-        body = make_command(bytes.fromhex(config["cmd_key"]), config["node_id"], "read_now", ctr=int(time.time()),
-                            exp=int(time.time()) + 3600, msg_id="mem")  # fmt: skip
+        key, node, now = bytes.fromhex(config["cmd_key"]), config["node_id"], int(time.time())
+        self.ops = [("status", None), ("set", {"key": "telemetry_s", "value": config["telemetry_s"]}),
+                    ("rollback", {"key": "telemetry_s"}), ("relay", {"on": True}), ("time", {"epoch": now}),
+                    ("read_now", None)]  # fmt: skip
+        sends = [(f"{pre}/cmd", make_command(key, node, op, a, ctr=now + i, exp=now + 3600, msg_id=op))
+                 for i, (op, a) in enumerate(self.ops)]  # fmt: skip
+        forged = make_command(bytes(16), node, "status", ctr=now + 99, exp=now + 3600, msg_id="forged")
+        sends.append((f"{pre}/cmd", forged))
+        if config.get("fleet"):
+            from umeter.policy import load_any, policy_bundle
+            from umeter.signing import make_target
+
+            policy = load_any(Path(unixport.__file__).parent / "examples" / "demo_policy.toml")
+            bundle = policy_bundle(fleet_key(), FLEET["name"], 2, policy, make_target(all_nodes=True), campaign="mem")
+            sends.append((f"{pre}/policy/bundle", bundle))
+        self.results: dict[str, dict] = {}
         self.c = make_client("umeter-mem-op")
 
         def on_message(client, userdata, msg) -> None:
             doc = json.loads(msg.payload)
-            self.result = "ok" if doc.get("ok") else f"failed: {doc.get('why')}"
+            name = doc.get("id") or ("policy" if msg.topic.endswith("policy/result") else "?")
+            if doc.get("status") != "accepted":
+                self.results[name] = doc
+
+        def send() -> None:
+            for topic, body in sends:
+                self.c.publish(topic, body, qos=1)
+                time.sleep(0.5)
 
         self.c.on_message = on_message
         connect(self.c, m["host"], m["port"])
-        self.c.subscribe(f"{pre}/cmd/result", 1)
+        self.c.subscribe([(f"{pre}/cmd/result", 1), (f"{pre}/policy/result", 1)])
         self.c.loop_start()
-        self.timer = threading.Timer(at, lambda: self.c.publish(f"{pre}/cmd", body, qos=1))
+        self.want = [op for op, _ in self.ops] + (["policy"] if config.get("fleet") else [])
+        self.timer = threading.Timer(at, send)
         self.timer.start()
 
     def close(self) -> str:
         self.timer.cancel()
         self.c.loop_stop()
         self.c.disconnect()
-        return self.result
+        bad = [f"{w}: {self.results[w].get('why') if w in self.results else 'no result'}"
+               for w in self.want if not self.results.get(w, {}).get("ok")]  # fmt: skip
+        forged = self.results.get("forged")
+        if forged is None or forged.get("ok"):
+            bad.append(f"forged: {'no refusal' if forged is None else 'done'}")
+        return "ok" if not bad else "failed: " + "; ".join(bad)
+
+
+def fleet_key():
+    """The fleet's signing key for +fleet nodes (fixed, test-only: FLEET is its identity)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.from_private_bytes(bytes(32))
 
 
 def _heap_for(held: int, image: int) -> int:
@@ -466,11 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     from umeter.policy import load_any
 
     policy = load_any(Path(unixport.__file__).parent / "examples" / "demo_policy.toml")
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     from umeter.signing import fleet_identity
 
-    FLEET.update(fleet_identity(Ed25519PrivateKey.from_private_bytes(bytes(32)), "mem"))
+    FLEET.update(fleet_identity(fleet_key(), "mem"))
     frozen = frozen_package()
     binary = unixport.micropython_path()
     if a.frozen and frozen is None:

@@ -64,6 +64,8 @@ def test_a_node_holds_its_budget_and_runs_in_it(setup, load, kind):
     with ThreadPoolExecutor(2) as ex:
         big, tight = ex.map(lambda h: _run(setup, load, kind, h), ["1m", heap])
     assert "error" not in big, big
+    if kind == "+cmd_key":  # operated during the run: every command done, the forged one refused
+        assert big["command"] == tight["command"] == "ok", (big, tight)
     held_kb = big["run_held"] / 1024
     assert held_kb <= table, f"{kind} from {load} holds {held_kb:.1f} KB, its budget says {table}: re-measure"
     # a table far above the measurement is stale (re-measure). (Until session 11 +store from
@@ -226,7 +228,7 @@ def _fleet_node(setup, tag: str, policy: dict, plan: list, run_s: int) -> tuple[
     sender = _Sender(cfg, plan)
     try:
         r = bm.run_node(work, f"mpy-fleet-{tag}", cfg, res.out / "main.py", str(res.out / "lib") + ":.frozen", "-",
-                        heap, 2, run_s)  # fmt: skip
+                        heap, 2, run_s, operate=False)  # fmt: skip
     finally:
         results = sender.close()
     return [(leaf, m) for leaf, m in results if m["status"] != "accepted"], r
