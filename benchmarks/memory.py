@@ -16,7 +16,7 @@ UMETER_MICROPYTHON=...; the .mpy build then targets that binary's architecture):
   gc.collect(), i.e. everything the node keeps.
   Configurations: plain (metering, record log, no MQTT), +store (store-and-forward to a local
   Mosquitto), +cmd_key (authenticated commands; during the run each command an operator
-  uses and a forged one are sent, and to +fleet a signed policy bundle),
+  uses is sent, and to +fleet a signed policy bundle),
   +policy (the demo policy in compact form). A ROMFS image is read into the heap first (a
   board maps it from flash) and its bytes are not counted;
 - day (the budgeted heap: held after the run + 32 KB, + the image for ROMFS): the same node
@@ -409,10 +409,12 @@ def _board_path(root: Path, path: str) -> str:
 class Operator:
     """Operates the node over the broker as an operator does, from `at` seconds from now, half
     a second apart: every command a node takes but `reboot` and `valve` (status, set, rollback,
-    relay, time, read_now; authenticated) and one forged, and a +fleet node a signed policy
-    bundle. Each loads what it needs and keeps its names, so the heap read after the run is
-    that of a node in service. `close()`: "ok" when every command was done and the forged one
-    refused, else what was not."""
+    relay, time, read_now; authenticated), and a +fleet node a signed policy bundle. Each loads
+    what it needs and keeps its names, so the heap read after the run is that of a node in
+    service (`status` alone adds ~27 names). Not sent: a forged command, hostile input, not
+    service; its first refusal keeps the rejection limiter (~0.8 KB on 64-bit, 2 names, flat
+    under a flood: tests/e2e/test_flood.py), which the margin covers. `close()`: "ok" when
+    every one was done, else what was not."""
 
     def __init__(self, config: dict, at: float) -> None:
         import threading
@@ -428,8 +430,6 @@ class Operator:
                     ("read_now", None)]  # fmt: skip
         sends = [(f"{pre}/cmd", make_command(key, node, op, a, ctr=now + i, exp=now + 3600, msg_id=op))
                  for i, (op, a) in enumerate(self.ops)]  # fmt: skip
-        forged = make_command(bytes(16), node, "status", ctr=now + 99, exp=now + 3600, msg_id="forged")
-        sends.append((f"{pre}/cmd", forged))
         if config.get("fleet"):
             from umeter.policy import load_any, policy_bundle
             from umeter.signing import make_target
@@ -465,9 +465,6 @@ class Operator:
         self.c.disconnect()
         bad = [f"{w}: {self.results[w].get('why') if w in self.results else 'no result'}"
                for w in self.want if not self.results.get(w, {}).get("ok")]  # fmt: skip
-        forged = self.results.get("forged")
-        if forged is None or forged.get("ok"):
-            bad.append(f"forged: {'no refusal' if forged is None else 'done'}")
         return "ok" if not bad else "failed: " + "; ".join(bad)
 
 

@@ -64,7 +64,7 @@ def test_a_node_holds_its_budget_and_runs_in_it(setup, load, kind):
     with ThreadPoolExecutor(2) as ex:
         big, tight = ex.map(lambda h: _run(setup, load, kind, h), ["1m", heap])
     assert "error" not in big, big
-    if kind == "+cmd_key":  # operated during the run: every command done, the forged one refused
+    if kind == "+cmd_key":  # operated during the run: every command done
         assert big["command"] == tight["command"] == "ok", (big, tight)
     held_kb = big["run_held"] / 1024
     assert held_kb <= table, f"{kind} from {load} holds {held_kb:.1f} KB, its budget says {table}: re-measure"

@@ -1,8 +1,11 @@
 # The uplink's and the record log's counters as dicts (UplinkService.stats() with the MQTT
 # link's, RecordLog.stats(), Outbox.stats()) and the node's health (node(): the `status`
 # command).  A running node asks for them only when an operator does, so each stats() loads
-# this module for its call and forgets it after (meternode.forget): a node holds neither this
-# code nor its key names (docs/memory.md).
+# this module for its call and forgets it after (meternode.forget): a node holds none of its
+# code. Its names (keys, parameters, the attributes it reads) are interned when it loads and
+# kept for ever, as every module's are (docs/memory.md): the status command leaves ~25, so what
+# only a LoRaWAN node has is in link/lorastats.py.
+from meternode import run
 
 
 def log(g):
@@ -23,56 +26,34 @@ def log(g):
     }
 
 
-def outbox(ob):
+def outbox(o):
     return {
-        "acked": ob.cursor.acked,
-        "backlog": ob.backlog(),
-        "in_flight": len(ob._pending),
-        "published": ob.published,
-        "dup": ob.dups,
-        "ack_timeouts": ob.timeouts,
-        "unreadable": ob.skipped,
-        "missing": ob.missing,
-        "rewinds": ob.rewinds,
+        "acked": o.cursor.acked,
+        "backlog": o.backlog(),
+        "in_flight": len(o._pending),
+        "published": o.published,
+        "dup": o.dups,
+        "ack_timeouts": o.timeouts,
+        "unreadable": o.skipped,
+        "missing": o.missing,
+        "rewinds": o.rewinds,
     }
 
 
-def service(svc):
-    d = {"log": log(svc.log), "cursor": svc.cursor.acked, "results_dropped": svc.results_dropped}
-    c = svc.commands
+def service(s):
+    d = {"log": log(s.log), "cursor": s.cursor.acked, "results_dropped": s.results_dropped}
+    c = s.commands
     if c is not None:
         h = c.limiter.held if c.limiter else 0  # (made at the first refusal)
         d["commands"] = {"accepted": c.accepted, "rejected": c.rejected, "failed": c.failed, "held": h}
-    if svc.outbox is not None:
-        d["outbox"] = outbox(svc.outbox)
-    k = svc.link
+    if s.outbox is not None:
+        d["outbox"] = outbox(s.outbox)
+    k = s.link
     if k is not None:
         d["link"] = {"up": k.up, "ups": k.ups, "downs": k.downs, "error": str(k.last_error or "")}
-    if svc.lora is not None:
-        d["lora"] = lora(svc.lora)
+    if s.lora is not None:  # (link/lorastats.py: its names only where LoRaWAN is)
+        d["lora"] = run("meternode.link.lorastats", "lora", s.lora)
     return d
-
-
-def lora(ll):
-    # LoRaWAN's health: the session, what went out and what the network took (the cursor
-    # advances on its ACK), today's airtime against the budget, the modem's line.
-    m = ll.modem
-    return {
-        "joined": m.joined,
-        "acked": ll.cursor.acked,
-        "sent": ll.sent,
-        "nacks": ll.nacks,
-        "failures": ll.failures,
-        "merged": ll.merged,
-        "unreadable": ll.unreadable,
-        "airtime_ms": ll.gov.used_ms,
-        "budget_ms": ll.gov.daily_budget_ms,
-        "busy": m.busy,
-        "noise": m.noise,
-        "errors": m.errors,
-        "reboots": m.reboots,
-        "error": str(ll.last_error or ""),
-    }
 
 
 def node(n):
@@ -102,16 +83,15 @@ def node(n):
     ntp = getattr(n, "ntp", None)  # Wi-Fi boards (link/wifi.py clock_sync)
     if ntp is not None:
         d["clock"]["ntp"] = {"at": ntp[0], "error": ntp[1]}
-    svc = n.uplink_service
-    lt = svc is not None and svc.lora is not None and svc.lora.nettime  # LoRaWAN DeviceTimeReq (link/nettime.py)
-    if lt:
-        d["clock"]["lorawan"] = {"at": lt[0], "error": lt[1]}
+    s = n.uplink_service
+    if s is not None and s.lora is not None:
+        run("meternode.link.lorastats", "clock", d["clock"], s.lora)
     sup = n.supervisor
     if sup is not None:
         d["up_s"] = sup.up_s
         d["restarts"] = sup.restarts
         d["starved"] = sup.starved
         d["tasks"] = {w.name: [w.restarts, w.stalls, w.error] for w in sup.watches}
-    if svc is not None:
-        d["uplink"] = service(svc)
+    if s is not None:
+        d["uplink"] = service(s)
     return d
