@@ -25,7 +25,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from meternode.link.actions import make_command
-from meternode.policy import small
+from meternode.policy import smallenc
 from umeter import unixport
 from umeter.broker import mosquitto_path
 from umeter.policy import compile_source
@@ -156,7 +156,7 @@ def test_a_flood_of_forged_messages_leaves_metering_heap_and_link_intact(tmp_pat
         if leaf != "cmd":
             # the node makes its small-frame handler when the first frame comes (docs/memory.md):
             # one forged frame first, so that the heap measured before is the node's with it
-            obs.publish(f"umeter/{NODE}/policy/small", small.encode_price(b"g" * 32, NODE, 1, 9.99, 60), qos=1)
+            obs.publish(f"umeter/{NODE}/policy/small", smallenc.encode_price(b"g" * 32, NODE, 1, 9.99, 60), qos=1)
             wait(lambda m: m[1].endswith("/policy/result"), 10, "the first frame's result")
         time.sleep(2.0)
         before = _mon(console)
@@ -167,7 +167,7 @@ def test_a_flood_of_forged_messages_leaves_metering_heap_and_link_intact(tmp_pat
             return make_command(b"f" * 32, NODE, "relay", {"on": False}, k + 1, now + 600, f"f{k}")
 
         def forged_frame(k: int) -> bytes:
-            return small.encode_price(b"g" * 32, NODE, k + 1, 9.99, 60)
+            return smallenc.encode_price(b"g" * 32, NODE, k + 1, 9.99, 60)
 
         t_flood = time.monotonic()
         make = forged_cmd if leaf == "cmd" else forged_frame
@@ -192,7 +192,7 @@ def test_a_flood_of_forged_messages_leaves_metering_heap_and_link_intact(tmp_pat
                 obs.publish(f"umeter/{NODE}/cmd", real, qos=1)
                 want = lambda m: m[1].endswith("/cmd/result") and b'"real-' in m[2]  # noqa: E731
             else:
-                obs.publish(f"umeter/{NODE}/policy/small", small.encode_price(KEY, NODE, k, 0.2, 5), qos=1)
+                obs.publish(f"umeter/{NODE}/policy/small", smallenc.encode_price(KEY, NODE, k, 0.2, 5), qos=1)
                 want = lambda m: m[1].endswith("/policy/result") and b'"done"' in m[2]  # noqa: E731
             try:
                 r = wait(want, min(2.0, max(0.1, deadline - time.monotonic())), "the real result")

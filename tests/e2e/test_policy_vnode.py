@@ -10,7 +10,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from policy_vnode import Listener, VNode
 
-from meternode.policy import small
+from meternode.policy import smallenc
 from umeter.policy import compile_source, policy_bundle
 from umeter.signing import fleet_identity, make_target
 
@@ -100,7 +100,7 @@ def test_tariffs_and_frequency_dip_on_a_virtual_node_then_signed_bundles(mosquit
             r, _ = lis.wait(lambda leaf, m: leaf == "policy/result", 20, "replay result", vn)
             assert (r["ok"], r["why"].split(":")[0], r["version"]) == (False, "not newer", 1)
             # a LoRa-sized price frame (HMAC + counter) over MQTT; a replay of it does nothing
-            frame = small.encode_price(CMD_KEY, "vn1", 1, 0.77, 10)
+            frame = smallenc.encode_price(CMD_KEY, "vn1", 1, 0.77, 10)
             lis.publish("policy/small", frame)
             r, _ = lis.wait(lambda leaf, m: leaf == "policy/result", 20, "price result", vn)
             assert (r["ok"], r["price"], r["valid_s"]) == (True, 0.77, 600), r

@@ -82,7 +82,7 @@ def test_policy_frames_arrive_as_lorawan_downlinks_on_their_fport(tmp_path):
     # A price frame (HMAC + counter) queued at the network server reaches the node after its
     # next uplink, on the policy port (config lora.policy_fport, default 10): the policy
     # service applies it.  A replay of it is refused; a downlink on another port is ignored.
-    from meternode.policy import small
+    from meternode.policy import smallenc
     from umeter.policy import compile_source
 
     key = bytes(range(32))
@@ -90,7 +90,7 @@ def test_policy_frames_arrive_as_lorawan_downlinks_on_their_fport(tmp_path):
     day = [["00:00", "flat"]]
     pol = compile_source({"name": "lora-dr", "tariffs": ["flat"], "seasons": [{"start": "01-01", "weekday": day}]})
     with SimModem() as modem:
-        frame = small.encode_price(key, "lora2", 7, 0.42, 10)
+        frame = smallenc.encode_price(key, "lora2", 7, 0.42, 10)
         modem.queue_downlink(10, frame)
         modem.queue_downlink(10, frame)
         modem.queue_downlink(3, b"\x01\x02")

@@ -531,10 +531,10 @@ class SmallFrames(Target):
         from policy_fixture import compact
 
         from meternode.link import loraservice
-        from meternode.policy import rare, small
+        from meternode.policy import rare, smallenc
         from meternode.policy.service import PolicyService
 
-        self.small = small
+        self.smallenc = smallenc
         self.loraservice = loraservice
         node = _Node(scratch, {"cmd_key": hexlify(KEY).decode(), "policy": compact()})
         self.node = node
@@ -550,15 +550,15 @@ class SmallFrames(Target):
         node._uplink = self.up
         self.svc._register()
         self.seeds = [
-            small.encode_price(KEY, "fz", 1, 0.25, 5),
-            small.encode_event(KEY, "fz", 2, NOW + 60, 600, 1),
-            small.encode_event(KEY, "fz", 3, NOW, 60),
-            small.encode_cancel(KEY, "fz", 4),
+            smallenc.encode_price(KEY, "fz", 1, 0.25, 5),
+            smallenc.encode_event(KEY, "fz", 2, NOW + 60, 600, 1),
+            smallenc.encode_event(KEY, "fz", 3, NOW, 60),
+            smallenc.encode_cancel(KEY, "fz", 4),
             b"\x11" + bytes(18),
         ]
 
     def gen(self, rng):
-        s = self.small
+        s = self.smallenc
         acked = self.svc.small._ctr.acked
         ctr = (acked + rng.pick((1, 1, 2, 0, 65536, 65537, 0xFFFFFFFF))) & 0xFFFFFFFF
         k = rng.below(3)

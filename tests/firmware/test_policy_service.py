@@ -140,7 +140,7 @@ def test_day_counters_are_checkpointed_and_restored_by_a_new_boot():
 
 @heap("256k")
 def test_lora_sized_frames_reach_the_engine_through_the_service():
-    from meternode.policy import small
+    from meternode.policy import smallenc
 
     key = bytes(range(32))
     root = scratch_dir()
@@ -151,14 +151,14 @@ def test_lora_sized_frames_reach_the_engine_through_the_service():
     node = _Node(root)  # a node with a cmd_key (the service took the config's policy: a new node)
     node.config["cmd_key"] = "".join("%02x" % b for b in key)
     s = PolicyService(node, log=lambda m: None)
-    r = s.small_frame(small.encode_price(key, "n1", 3, 0.5, 5))
+    r = s.small_frame(smallenc.encode_price(key, "n1", 3, 0.5, 5))
     eq((r["ok"], r["price"]), (True, 0.5), "price frame accepted")
     node.meter.second()
     s.tick()
     eq(s.engine.price, 0.5, "engine runs on the pushed price")
     from meternode.policy import rare  # (the service loads and forgets it per call)
 
-    rare.incoming(s, "umeter/n1/policy/small", small.encode_price(key, "n1", 3, 0.9, 5))
+    rare.incoming(s, "umeter/n1/policy/small", smallenc.encode_price(key, "n1", 3, 0.9, 5))
     eq(json.loads(s._out[-1][1])["why"].split(":")[0], "replayed", "same counter over MQTT")
 
 
@@ -207,15 +207,15 @@ def test_a_stalled_sampler_still_ticks_the_tariff_calendar_with_nothing_measured
 @heap("256k")
 def test_a_flood_of_forged_small_frames_keeps_the_queue_bounded_and_the_real_results():
     # Issue 10 rows 2 and 13: every refused frame's result was queued until the link took it.
-    from meternode.policy import rare, service, small
+    from meternode.policy import rare, service, smallenc
 
     key = bytes(range(32))
     node = _Node(scratch_dir())
     node.config["cmd_key"] = "".join("%02x" % b for b in key)
     s = PolicyService(node, log=lambda m: None)
-    rare.incoming(s, "umeter/n1/policy/small", small.encode_price(key, "n1", 1, 0.5, 5))
+    rare.incoming(s, "umeter/n1/policy/small", smallenc.encode_price(key, "n1", 1, 0.5, 5))
     for k in range(3000):
-        rare.incoming(s, "umeter/n1/policy/small", small.encode_price(b"z" * 32, "n1", k + 2, 0.9, 5))
+        rare.incoming(s, "umeter/n1/policy/small", smallenc.encode_price(b"z" * 32, "n1", k + 2, 0.9, 5))
     s._put("policy/state", "{}")
     eq(len(s._out) <= service.OUT_MAX, True, "bounded: %d" % len(s._out))
     refused = [x for x in s._out if len(x) > 2]

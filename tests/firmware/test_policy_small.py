@@ -2,7 +2,7 @@
 # counter, on the MicroPython unix port.
 from policy_fixture import MON_2026_11_23, Relay, compact
 
-from meternode.policy import small
+from meternode.policy import small, smallenc
 from meternode.policy.engine import Engine, seconds
 from mptest import eq, heap, scratch_dir
 
@@ -22,19 +22,19 @@ def _node():
 # module imports at all was down to the heap's layout.  192k, as test_engine and test_bundle.
 @heap("192k")
 def test_frames_fit_a_dr0_downlink():
-    eq(len(small.encode_price(KEY, "n1", 1, 0.31, 30)), 19, "price frame bytes")
-    eq(len(small.encode_event(KEY, "n1", 2, MON_2026_11_23, 600)), 20, "event frame bytes")
+    eq(len(smallenc.encode_price(KEY, "n1", 1, 0.31, 30)), 19, "price frame bytes")
+    eq(len(smallenc.encode_event(KEY, "n1", 2, MON_2026_11_23, 600)), 20, "event frame bytes")
 
 
 @heap("192k")
 def test_price_and_event_frames_act_on_the_engine():
     eng, relay, sc = _node()
     t = MON_2026_11_23 + 3600
-    r = sc.apply(small.encode_price(KEY, "n1", 1, 0.31, 5), eng, t)
+    r = sc.apply(smallenc.encode_price(KEY, "n1", 1, 0.31, 5), eng, t)
     eq((r["ok"], r["price"], r["valid_s"]), (True, 0.31, 300), "price accepted")
     eng.tick(seconds(t), 230.0, 1.0, 50.0, 10.0, 0)
     eq(eng.price, 0.31, "engine uses the pushed price")
-    r = sc.apply(small.encode_event(KEY, "n1", 2, t + 10, 60), eng, t)
+    r = sc.apply(smallenc.encode_event(KEY, "n1", 2, t + 10, 60), eng, t)
     eq(
         (r["ok"], r["rules"]),
         (
@@ -51,15 +51,15 @@ def test_price_and_event_frames_act_on_the_engine():
 def test_forged_replayed_and_foreign_frames_have_no_effect():
     eng, relay, sc = _node()
     t = MON_2026_11_23 + 3600
-    good = small.encode_event(KEY, "n1", 5, t, 60)
+    good = smallenc.encode_event(KEY, "n1", 5, t, 60)
     bad = bytearray(good)
     bad[7] ^= 1  # start time changed, tag kept
     cases = (
         (bytes(bad), "unauthenticated"),
-        (small.encode_event(b"x" * 32, "n1", 6, t, 60), "unauthenticated"),
-        (small.encode_event(KEY, "n2", 7, t, 60), "unauthenticated"),  # another node's frame
+        (smallenc.encode_event(b"x" * 32, "n1", 6, t, 60), "unauthenticated"),
+        (smallenc.encode_event(KEY, "n2", 7, t, 60), "unauthenticated"),  # another node's frame
         (good[:-1], "malformed"),
-        (small.encode_event(KEY, "n1", 8, t + 2 * 86400, 60), "expired"),
+        (smallenc.encode_event(KEY, "n1", 8, t + 2 * 86400, 60), "expired"),
     )
     for frame, why in cases:
         r = sc.apply(frame, eng, t)
@@ -79,8 +79,8 @@ def test_one_frame_cannot_use_up_the_counter_space():
     # Issue 10 row 13: after a frame with counter 0xFFFFFFFF no frame was ever accepted again.
     eng, relay, sc = _node()
     t = MON_2026_11_23 + 3600
-    r = sc.apply(small.encode_price(KEY, "n1", 0xFFFFFFFF, 0.3, 5), eng, t)
+    r = sc.apply(smallenc.encode_price(KEY, "n1", 0xFFFFFFFF, 0.3, 5), eng, t)
     eq((r["ok"], r["why"]), (False, "invalid: counter 4294967295 is more than 65536 above 0"), "refused")
-    eq(sc.apply(small.encode_price(KEY, "n1", 65536, 0.3, 5), eng, t)["ok"], True, "a step of 65536 is allowed")
-    eq(sc.apply(small.encode_price(KEY, "n1", 65537, 0.3, 5), eng, t)["ok"], True, "and frames go on")
+    eq(sc.apply(smallenc.encode_price(KEY, "n1", 65536, 0.3, 5), eng, t)["ok"], True, "a step of 65536 is allowed")
+    eq(sc.apply(smallenc.encode_price(KEY, "n1", 65537, 0.3, 5), eng, t)["ok"], True, "and frames go on")
     eq(small.SmallCommands("n1", KEY, sc._ctr.path)._ctr.acked, 65537, "persisted")

@@ -343,14 +343,14 @@ def test_a_policy_node_with_lora_stays_under_the_seventh_qstr_pool_after_a_small
     # uplink's DeviceTimeReq (link/nettime.py) and its first LoRa-sized policy frame
     # (policy/small.py) bring, in a heap that has run a while: the 1261st name would allocate
     # the seventh qstr pool at once (1280 entries, ~14 / ~9 KB; docs/memory.md)
-    from meternode.policy import small
+    from meternode.policy import smallenc
     from umeter.policy import load_any
 
     bm, work, res, broker = setup
     policy = load_any(Path(unixport.__file__).parent / "examples" / "demo_policy.toml")
     cfg = bm.node_config("pool-lora", "+policy+lora", broker.host, broker.port, policy)
     cfg["lora"]["mode"] = "always"
-    frame = small.encode_price(bytes.fromhex(bm.KEY), "pool-lora", 7, 0.42, 10)
+    frame = smallenc.encode_price(bytes.fromhex(bm.KEY), "pool-lora", 7, 0.42, 10)
     r = bm.run_node(work, "pool-lora", cfg, res.out / "main.py", str(res.out / "lib") + ":.frozen", "-", "1m", 3, 12,
                     downlinks=[(10, frame)])  # fmt: skip
     assert "error" not in r and r["lora_uplinks"] > 0 and r["lora_policy_frames"] == 1, r
