@@ -3,8 +3,8 @@
 # command).  A running node asks for them only when an operator does, so each stats() loads
 # this module for its call and forgets it after (meternode.forget): a node holds none of its
 # code. Its names (keys, parameters, the attributes it reads) are interned when it loads and
-# kept for ever, as every module's are (docs/memory.md): the status command leaves ~25, so what
-# only a LoRaWAN node has is in link/lorastats.py.
+# kept for ever, as every module's are (docs/memory.md): what only a LoRaWAN node has is in
+# link/lorastats.py, so `status` leaves 8 on a node without LoRa (it left 27).
 from meternode import run
 
 
