@@ -178,6 +178,38 @@ def test_pushed_event_and_price_and_voltage_band():
     eq(relay.on, False, "under the voltage band for 5 s")
 
 
+def test_a_cancel_ends_an_event_that_is_shedding_and_a_new_one_moves_its_end():
+    eng, ring, relay, tar = _engine()
+    t = T0 + 12 * 3600
+    eng.push_event(E.epoch(t), 600)
+    for k in range(0, 20):
+        eng.tick(t + k, 230.0, 1.0, 50.0, 100.0, 0)
+    eq(relay.on, False, "shedding in the event's window")
+    mark = ring.head
+    eq(eng.push_event(0, 0), 1, "cancel: the event rule")
+    eng.tick(t + 20, 230.0, 1.0, 50.0, 100.0, 0)
+    eq([e[1] for e in _codes(ring, mark, E.EV_DR_END)], [E.DR_RULE_BASE + 1], "the event ends at the next tick")
+    eq(relay.on, True, "restored (no random delay), not 580 s later")
+    # an event while one sheds: its end is the newer window's, earlier or later
+    eng.push_event(E.epoch(t + 100), 600)
+    for k in range(100, 110):
+        eng.tick(t + k, 230.0, 1.0, 50.0, 100.0, 0)
+    eng.push_event(E.epoch(t + 100), 20)
+    states = []
+    for k in range(110, 130):
+        eng.tick(t + k, 230.0, 1.0, 50.0, 100.0, 0)
+        states.append(relay.on)
+    eq(states.index(True) + 110, 120, "the shortened event ends at its new end")
+    eng.push_event(E.epoch(t + 200), 10)
+    eng.tick(t + 200, 230.0, 1.0, 50.0, 100.0, 0)
+    eng.push_event(E.epoch(t + 200), 50)
+    states = []
+    for k in range(201, 260):
+        eng.tick(t + k, 230.0, 1.0, 50.0, 100.0, 0)
+        states.append(relay.on)
+    eq(states.index(True) + 201, 250, "the extended event sheds to its new end")
+
+
 @heap("160k")
 def test_tick_allocates_nothing_across_midnight_trips_and_dr():
     eng, ring, relay, tar = _engine(seed=99)

@@ -180,13 +180,16 @@ class Engine:
     # -- commands (from the link; may allocate) ---------------------------------------------
     def push_event(self, start, duration, rule=-1):
         # A pushed DR event (epoch start): every "event" rule (or just `rule`) sheds in
-        # [start, start+duration).  start = 0 clears.
+        # [start, start+duration).  start = 0 clears.  A rule shedding now sheds until the
+        # new window's end: a cancel ends it at the next tick, a later event moves its end.
         n = 0
         t0 = seconds(start) if start else 0
         for k, r in enumerate(self._drs):
             if r[_D_TRIG] == _TRIG_EVENT and (rule < 0 or rule == k):
                 r[_D_EV_START] = t0
                 r[_D_EV_END] = t0 + int(duration) if start else 0
+                if r[_D_STATE] == 1:
+                    r[_D_UNTIL] = r[_D_EV_END]
                 n += 1
         return n
 
