@@ -141,6 +141,8 @@ class Commander:
             answers = c.wait(ids, timeout=30)      # id -> the node's answer (those that came)
     """
 
+    LEAF = "cmd/result"  # what the answers come on, under <prefix>/<node>/
+
     def __init__(
         self,
         broker: str,
@@ -165,7 +167,7 @@ class Commander:
     def __enter__(self) -> Commander:
         from .mqttc import connect, make_client, refusal
 
-        topic = f"{self.prefix}/+/cmd/result"
+        topic = f"{self.prefix}/+/{self.LEAF}"
         connack = threading.Event()
         subscribed = threading.Event()
         refused: list[str] = []

@@ -99,14 +99,15 @@ class Keystore:
             return sorted(self._load())
 
     def rotate(self, node_id: str) -> dict[str, str]:
-        """New secrets for a node (provision it again to deliver them). Its command counter
-        stays: the node keeps the highest it accepted across a new key."""
+        """New secrets for a node (provision it again to deliver them). Its command and frame
+        counters stay: the node keeps the highest it accepted across a new key."""
         with _Locked(self.path):
             data = self._load()
             old = data.get(node_id) or {}
             data[node_id] = {"cmd_key": secrets.token_hex(32), "mqtt_password": secrets.token_urlsafe(24)}
-            if "cmd_ctr" in old:
-                data[node_id]["cmd_ctr"] = old["cmd_ctr"]
+            for k in ("cmd_ctr", "lora_ctr"):  # the node keeps both across a new key
+                if k in old:
+                    data[node_id][k] = old[k]
             self._save(data)
             return dict(data[node_id])
 
@@ -126,3 +127,33 @@ class Keystore:
             s["cmd_ctr"] = ctr
             self._save(data)
             return ctr
+
+    def next_frame_counter(self, node_id: str) -> int:
+        """The counter of the next LoRa-sized policy frame to `node_id` (`umeter.dr`): one above
+        the last this keystore gave it. Not the time: the node takes at most 65536 above the
+        last counter it accepted. Kept like `next_counter`'s, as `lora_ctr`."""
+        with _Locked(self.path):
+            data = self._load()
+            s = data.get(node_id)
+            if s is None:
+                s = data.setdefault("cmd:" + node_id, {})
+            ctr = int(s.get("lora_ctr", 0)) + 1
+            if ctr > 0xFFFFFFFF:
+                raise ConfigError(
+                    f"node {node_id}'s frame counter space (u32) is used up",
+                    hint="send it signed bundles (`umeter policy push`) instead",
+                )
+            s["lora_ctr"] = ctr
+            self._save(data)
+            return ctr
+
+    def set_frame_counter(self, node_id: str, last: int) -> None:
+        """Takes the node's own last accepted frame counter (from its refusal): the next frame
+        gets `last + 1`."""
+        with _Locked(self.path):
+            data = self._load()
+            s = data.get(node_id)
+            if s is None:
+                s = data.setdefault("cmd:" + node_id, {})
+            s["lora_ctr"] = int(last)
+            self._save(data)

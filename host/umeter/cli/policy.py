@@ -316,3 +316,102 @@ def simulate_cmd(broker, n, fleet, groups, keystore, faulty, list_file) -> None:
                 ui.info(f"received {sim.received}, answered {sim.sent}: {dict(sim.statuses)}")
         except KeyboardInterrupt:
             pass
+
+
+def frame_options(f):
+    """`umeter policy price | event | cancel`: the nodes, and MQTT or a LoRaWAN downlink queue."""
+    f = click.option("--json", "as_json", is_flag=True, help="Print the answers (or downlinks) as JSON.")(f)
+    f = click.option("--fport", type=int, default=10, show_default=True, help="LoRaWAN port (lora.policy_fport).")(f)
+    f = click.option(
+        "--lora", is_flag=True, help="Print the frames for a LoRaWAN network server's downlink queue; send nothing."
+    )(f)
+    f = click.option("--user", help="Broker user (password: $UMETER_MQTT_PASSWORD or the keystore's host:<user>).")(f)
+    f = click.option("--ca", type=click.Path(exists=True, dir_okay=False), help="CA file for a TLS broker.")(f)
+    f = click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for answers.")(f)
+    f = click.option(
+        "--keystore", type=click.Path(dir_okay=False, path_type=Path), help="Keystore file (default: $UMETER_HOME's)."
+    )(f)
+    f = click.option("--key", "key_hex", help="The node's cmd_key (hex); default: the keystore's.")(f)
+    f = click.option("--prefix", default="umeter", show_default=True, help="MQTT topic prefix.")(f)
+    f = click.option("--broker", default="127.0.0.1:1883", show_default=True, help="Broker URL or host:port.")(f)
+    f = click.option("--fleet-nodes", is_flag=True, help="Every node in the fleet inventory.")(f)
+    f = click.option("--site", "sites", multiple=True, help="The inventory's nodes at this site (repeatable).")(f)
+    f = click.option("--nodes-file", type=click.Path(exists=True, path_type=Path), help="Node ids, one per line.")(f)
+    f = click.option("--node", "nodes", multiple=True, help="Node id (repeatable).")(f)
+    return f
+
+
+def _frames(change, nodes, nodes_file, sites, fleet_nodes, broker, prefix, key_hex, keystore, timeout, ca, user,
+            lora, fport, as_json) -> None:  # fmt: skip
+    from .. import dr
+    from ..keystore import Keystore as NodeKeys
+    from .monitor import _password
+
+    targets = _nodes(nodes, nodes_file, sites, fleet_nodes)
+    if key_hex and len(targets) > 1:
+        raise ConfigError("--key is one node's key, and there are several nodes", hint="leave it to the keystore")
+    ks = NodeKeys(keystore)
+    if lora:
+        out = dr.downlinks(targets, change, keystore=ks, key_hex=key_hex, fport=fport)
+        if as_json:
+            keys = ("node", "fport", "counter", "hex", "base64")
+            click.echo(json.dumps([{k: getattr(d, k) for k in keys} for d in out]))
+        else:
+            ui.info(f"{change.describe()}: queue these as downlinks on port {fport}")
+            for d in out:
+                ui.out.print(f"{d.node} counter {d.counter}: {d.hex} (base64 {d.base64})", markup=False)
+        return
+    ui.info(f"{change.describe()} to {ui.plural(len(targets), 'node')}")
+    answers = dr.send(
+        broker, targets, change, prefix=prefix, keystore=ks, key_hex=key_hex, timeout=timeout,
+        user=user, password=_password(user), tls_ca=ca, progress=ui.info,
+    )  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(answers))
+    else:
+        for n, a in answers.items():
+            if a and a.get("ok"):
+                ui.out.print(f"{n}: {dr.took(a, change)}", markup=False)
+    dr.check(answers, change, timeout)
+
+
+@command.command("price")
+@click.argument("price", type=float)
+@click.option("--valid", default="1h", show_default=True, help="How long it is in force, whole minutes: 30m, 2h.")
+@frame_options
+def price_cmd(price, valid, **kw) -> None:
+    """Push a real-time PRICE (currency per kWh) to nodes in a LoRa-sized frame.
+
+    \b
+    The node's policy uses it instead of its tariff's price while it is valid (capped at the
+    policy's realtime_max_s); a `price_above` DR rule sheds on it. Over MQTT each node answers;
+    with --lora the frames are printed for the network server's downlink queue.
+    """
+    from .. import dr
+
+    _frames(dr.price(price, parse_duration(valid)), **kw)
+
+
+@command.command("event")
+@click.option("--start", default="now", show_default=True, help="now, +15m, UNIX seconds or an ISO time.")
+@click.option("--duration", required=True, help="How long it sheds, up to 18h: 30m, 2h.")
+@click.option("--rule", type=int, help="Only the policy's dr rule at this index (default: every `event` rule).")
+@frame_options
+def event_cmd(start, duration, rule, **kw) -> None:
+    """Push a demand-response event to nodes in a LoRa-sized frame.
+
+    The policy's DR rules with trigger `event` shed from --start for --duration. A node takes
+    an event that starts at most a day ahead and ended at most an hour ago.
+    """
+    from .. import dr
+
+    _frames(dr.event(dr.parse_when(start), parse_duration(duration), rule), **kw)
+
+
+@command.command("cancel")
+@frame_options
+def cancel_cmd(**kw) -> None:
+    """End every pushed demand-response event on nodes now."""
+    from .. import dr
+
+    _frames(dr.cancel(), **kw)
