@@ -2,7 +2,8 @@
 checked by reading its code (tests/host/ticklint.py), so a `-` on two ticks in a module no
 test runs across a wrap is found too. The faults below are the ones a board's wrap caused
 before the rule (issue 9: a checkpoint never saved for 12.4 days, LoRa silent until reboot,
-pulses dropped as bounce, publishing blocked after an outage), each in the shape it had."""
+pulses dropped as bounce, publishing blocked after an outage), each in the shape it had, and
+ticks kept in containers: an IRQ ring, a state list, tuples."""
 
 from __future__ import annotations
 
@@ -35,6 +36,24 @@ def test_todays_checkpointer_with_its_old_subtraction_back_is_found(tmp_path):
     cp.write_text(text.replace("age = diff(now_ms, self._last_ms)", "age = now_ms - self._last_ms"))
     line = text.splitlines().index("        age = diff(now_ms, self._last_ms)") + 1
     assert [(f.path, f.line) for f in lint(root)] == [("meternode/store/checkpoint.py", line)]
+
+
+def test_todays_network_time_deadline_is_followed_through_its_state_list(tmp_path):
+    # link/nettime.py's done() fills slot 2 of the state list with a tick deadline; the list is
+    # LoRaLink.nettime (reached as `k.nettime` in nettime.py) and Wi-Fi's node.ntp (handed to
+    # done() through meternode.run by name): a `+` on that slot in either caller is found
+    import shutil
+
+    root = tmp_path / "fw"
+    shutil.copytree(unixport.firmware_root(), root, ignore=shutil.ignore_patterns("__pycache__"))
+    want = set()
+    for rel in ("meternode/link/loralink.py", "meternode/link/wifi.py"):
+        f = root / rel
+        text = f.read_text()
+        assert text.count("_diff(_now(), t[2])") == 1, rel
+        f.write_text(text.replace("_diff(_now(), t[2])", "_diff(_now(), t[2] + 5)"))
+        want.add((rel, next(n for n, ln in enumerate(text.splitlines(), 1) if "_diff(_now(), t[2])" in ln)))
+    assert {(f.path, f.line) for f in lint(root)} == want
 
 
 def _lines(sources):
@@ -102,6 +121,70 @@ class Input:
 """
     assert _lines({"pulses.py": pulses}) == {("pulses.py", n) for n in (5, 9, 12)}
     # self._flow_since is no tick: only what a tick was assigned to is followed
+
+
+def test_an_edge_tick_through_the_pulse_inputs_irq_ring_is_found():
+    # hal/pulsein.py + pulses.py before the rule: the IRQ stored a masked ticks_ms (a function
+    # kept in an attribute) in a ring slot; the drain handed the slot to edge(), which subtracted
+    pulsein = """
+import array, time
+_MASK = 0x3FFFFFFF
+class PulseInput:
+    def __init__(self, ring):
+        self._t = array.array("i", bytes(4 * ring))
+        self._ticks = time.ticks_ms
+    def _irq(self, pin):
+        k = self._w & (self._n - 1)
+        self._t[k] = self._ticks() & _MASK
+        self._w = self._w + 1
+    def drain(self, pm):
+        for k in range(self._n):
+            pm.edge(self._t[k], 1)
+"""
+    pulses = """
+class PulseMeter:
+    def edge(self, t, level):
+        if t - self._cand_t >= self.debounce:
+            self._cand_t = t
+"""
+    assert _lines({"pulsein.py": pulsein, "pulses.py": pulses}) == {("pulses.py", 4)}
+
+
+def test_ticks_are_followed_through_tuples_lists_and_slots_and_the_other_items_are_not():
+    code = """
+import time
+from meternode import run
+_T = 0
+_N = 1
+class Link:
+    def __init__(self):
+        self.last = (time.ticks_ms(), 0)
+        self.q = []
+        self.st = [0, 0]
+    def sent(self, n):
+        t, count = self.last
+        a = t - 1
+        b = count + 1
+        c = self.last[0] > n
+        d = self.last[1] + 1
+        self.q.append((time.ticks_us(), n))
+        for when, what in self.q:
+            e = when + 5
+            f = what + 5
+        g = self.q.pop(0)[0] < 3
+        self.st[_T] = time.ticks_ms()
+        self.st[_N] += 1
+        h = self.st[_T] - 1
+        i = self.st[_N] - 1
+        run("state", "fill", self.st)
+        j = self.st[2] - 1
+"""
+    state = """
+import time
+def fill(st):
+    st[2] = time.ticks_ms()
+"""
+    assert _lines({"link.py": code, "state.py": state}) == {("link.py", n) for n in (13, 15, 19, 21, 24, 27)}
 
 
 def test_a_token_bucket_behind_its_own_difference_function_is_found_in_that_function():

@@ -9,7 +9,13 @@ A tick value is what a ticks call returns (`ticks_ms()`, `ticks_us()`, `ticks_cp
 one to. A call is matched to functions by name and arity (a plain or `self.` call to the
 module's own function of that name first): a method `save` given a tick marks every `save`'s
 parameter that takes it, an over-approximation that `# ticks: not a tick` on the flagged line
-answers. Values that reach code through containers (a list's slot, a tuple) are not followed.
+answers. A value is followed through containers too: a tuple or list made with a tick in it
+and unpacked or indexed, a slot assigned one (a constant or const()-style NAME index is that
+slot; any other index, any slot), a list appended one and iterated, indexed or popped; a
+container is one object in a caller and a callee, through `t = x` and through another
+object's attribute of that name (`k.nettime` in one module, `self.nettime` in its class);
+`ticks_ms` itself kept in an attribute and called later; a value masked with `&`; and calls
+through `meternode.run("module", "function", ...)`. Not followed: what a function returns.
 
 `ticks.py` itself is left out: it is the arithmetic on the ports that do not wrap.
 
@@ -71,11 +77,37 @@ class _Module:
         return p
 
 
+_ANY = "[*]"
+_DEPTH = 3  # containers nested deeper than this are not followed
+_ATTR = "attr"  # the key of an attribute of another object than self: (_ATTR, its name)
+
+
+def _index(node: ast.AST) -> str:
+    """A subscript's slot as a path step: a constant or a const()-style NAME is that slot, any
+    other index may be any slot."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, int):
+        return f"[{node.value}]"
+    if isinstance(node, ast.Name) and node.id.lstrip("_").isupper():
+        return f"[{node.id}]"
+    return _ANY
+
+
+def _step(path: str) -> tuple[str, str]:
+    """'[0][*]' -> ('[0]', '[*]')."""
+    k = path.index("]") + 1
+    return path[:k], path[k:]
+
+
 class _Lint:
+    """A value's shape is the set of paths under which it holds a tick: "" is a tick itself,
+    "[0]" the first item of a tuple that is one, "[*][0]" the first item of any element of a
+    list of such tuples; `[NAME]` a slot indexed by a const() name."""
+
     def __init__(self, modules: list[_Module]):
         self.modules = modules
-        self.ticky: set[tuple] = set()  # (scope node id, name) / (class node id, "self.x")
+        self.shapes: dict[tuple, set[str]] = {}  # (scope node id, name) / (class node id, "self.x")
         self.defs: dict[str, list[tuple[_Module, ast.FunctionDef | ast.AsyncFunctionDef]]] = {}
+        self.by_name = {m.rel.removesuffix(".py").replace("/", "."): m for m in modules}
         for m in modules:
             for node in ast.walk(m.tree):
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -88,7 +120,17 @@ class _Lint:
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
             c = m.enclosing(node, (ast.ClassDef,))
             return (id(c) if c is not None else id(m.tree), "self." + node.attr)
+        if isinstance(node, ast.Attribute):
+            return _ATTR, node.attr
         return None
+
+    def _shape(self, k: tuple) -> set[str]:
+        # a container is one object wherever it is reached from: `self.nettime` in its class
+        # holds the slots that another module filled through `k.nettime`
+        out = set(self.shapes.get(k, ()))
+        if k[1].startswith("self."):
+            out |= self.shapes.get((_ATTR, k[1][5:]), set())
+        return out
 
     def is_source(self, m: _Module, node: ast.AST) -> bool:
         if not isinstance(node, ast.Call):
@@ -102,25 +144,107 @@ class _Lint:
             return isinstance(f.value, ast.Name) and f.value.id in m.tick_modules and f.attr in _TICKS_FUNCS
         return False
 
-    def is_tick(self, m: _Module, node: ast.AST) -> bool:
-        if self.is_source(m, node):
-            return True
-        if isinstance(node, ast.IfExp):
-            return self.is_tick(m, node.body) or self.is_tick(m, node.orelse)
-        k = self.key(m, node)
-        return k is not None and k in self.ticky
+    def is_tick_function(self, m: _Module, node: ast.AST) -> bool:
+        """`time.ticks_ms` itself, not called (kept to be called later)."""
+        if isinstance(node, ast.Name):
+            return node.id in m.tick_names
+        return isinstance(node, ast.Attribute) and node.attr in _TICK_METHODS
 
-    def _mark(self, k: tuple | None) -> bool:
-        if k is None or k in self.ticky:
+    def paths(self, m: _Module, node: ast.AST) -> set[str]:
+        """Where `node`'s value holds ticks ("()": it is a ticks function)."""
+        if self.is_source(m, node):
+            return {""}
+        if self.is_tick_function(m, node):
+            return {"()"}
+        if isinstance(node, ast.IfExp):
+            return self.paths(m, node.body) | self.paths(m, node.orelse)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitAnd):  # masked: still a tick
+            return {s for s in self.paths(m, node.left) | self.paths(m, node.right) if s == ""}
+        if isinstance(node, (ast.Tuple, ast.List)):
+            return {f"[{i}]" + s for i, e in enumerate(node.elts) for s in self.paths(m, e)}
+        if isinstance(node, ast.Subscript):
+            step = _index(node.slice)
+            out = set()
+            for s in self.paths(m, node.value):
+                if s.startswith("["):
+                    first, rest = _step(s)
+                    if first == step or _ANY in (first, step):
+                        out.add(rest)
+            return out
+        if isinstance(node, ast.Call):
+            f = node.func
+            if isinstance(f, ast.Attribute) and f.attr == "pop":  # list.pop(): an element
+                return {_step(s)[1] for s in self.paths(m, f.value) if s.startswith("[")}
+            fk = self.key(m, f)
+            return {""} if fk is not None and "()" in self.shapes.get(fk, ()) else set()
+        k = self.key(m, node)
+        return self._shape(k) if k is not None else set()
+
+    def is_tick(self, m: _Module, node: ast.AST) -> bool:
+        return "" in self.paths(m, node)
+
+    def _add(self, k: tuple, paths: set[str]) -> bool:
+        have = self.shapes.setdefault(k, set())
+        if paths <= have:
             return False
-        self.ticky.add(k)
+        have |= paths
         return True
+
+    def _mark(self, k: tuple | None, paths: set[str]) -> bool:
+        paths = {s for s in paths if s.count("[") <= _DEPTH}  # (x = [x]: no end otherwise)
+        if k is not None and k[0] == _ATTR:
+            # another object's attribute, known by its name alone, keeps only slots: `x.t =
+            # ms()` would make every `.t` of the package a tick
+            paths = {s for s in paths if s.startswith("[")}
+        if k is None or not paths:
+            return False
+        return self._add(k, paths)
+
+    def _store(self, m: _Module, target: ast.AST, paths: set[str]) -> bool:
+        """Assigning a value of shape `paths` to `target` (a name, self.x, a slot, an unpacking)."""
+        if not paths:
+            return False
+        if isinstance(target, (ast.Tuple, ast.List)):
+            changed = False
+            for i, t in enumerate(target.elts):
+                sub = set()
+                for s in paths:
+                    if s.startswith("["):
+                        first, rest = _step(s)
+                        if first in (f"[{i}]", _ANY):
+                            sub.add(rest)
+                changed |= self._store(m, t, sub)
+            return changed
+        if isinstance(target, ast.Subscript):
+            step = _index(target.slice)
+            return self._mark(self.key(m, target.value), {step + s for s in paths})
+        return self._mark(self.key(m, target), paths)
 
     def _params(self, fn: ast.FunctionDef | ast.AsyncFunctionDef, method_call: bool) -> list[ast.arg]:
         ps = [*fn.args.posonlyargs, *fn.args.args]
         if method_call and ps and ps[0].arg in ("self", "cls"):
             ps = ps[1:]
         return ps
+
+    def _callees(self, m: _Module, call: ast.Call) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+        """The package's functions a call may be to: by name and arity (a plain or `self.` call
+        to the module's own function of that name first)."""
+        f = call.func
+        name = (
+            m.aliases.get(f.id, f.id) if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+        )
+        if name is None or name not in self.defs or self.is_source(m, call):
+            return []
+        defs = self.defs[name]
+        local = isinstance(f, ast.Name) or (isinstance(f.value, ast.Name) and f.value.id == "self")
+        here = [d for d in defs if d[0] is m] if local else []
+        out = []
+        for _dm, fn in here or defs:
+            ps = self._params(fn, isinstance(f, ast.Attribute))
+            required = len(ps) - len(fn.args.defaults)
+            if fn.args.vararg or required <= len(call.args) <= len(ps):
+                out.append(fn)
+        return out
 
     def propagate(self) -> None:
         changed = True
@@ -129,39 +253,49 @@ class _Lint:
             for m in self.modules:
                 for node in ast.walk(m.tree):
                     if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
-                        if self.is_tick(m, node.value):
-                            for t in node.targets if isinstance(node, ast.Assign) else [node.target]:
-                                changed |= self._mark(self.key(m, t))
+                        p = self.paths(m, node.value)
+                        src = self.key(m, node.value)
+                        for t in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                            changed |= self._store(m, t, p)
+                            # `t = x`: one object, so the slots filled through t are x's
+                            tk = self.key(m, t)
+                            if src is not None and tk is not None:
+                                changed |= self._mark(src, {s for s in self._shape(tk) if s.startswith("[")})
+                    elif isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)):
+                        it = {_step(s)[1] for s in self.paths(m, node.iter) if s.startswith("[")}
+                        changed |= self._store(m, node.target, it)
                     elif isinstance(node, ast.Call):
                         changed |= self._call(m, node)
 
     def _call(self, m: _Module, call: ast.Call) -> bool:
         f = call.func
-        name = (
-            m.aliases.get(f.id, f.id) if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
-        )
-        if name is None or name not in self.defs or self.is_source(m, call):
-            return False
-        pos = [i for i, a in enumerate(call.args) if self.is_tick(m, a)]
-        kws = {k.arg for k in call.keywords if k.arg and self.is_tick(m, k.value)}
-        if not pos and not kws:
-            return False
+        if isinstance(f, ast.Attribute) and f.attr in ("append", "insert") and call.args:
+            p = self.paths(m, call.args[-1])  # an element of the list
+            return self._mark(self.key(m, f.value), {_ANY + s for s in p})
+        fns, args, method = self._callees(m, call), call.args, isinstance(f, ast.Attribute)
+        a = call.args
+        if (isinstance(f, ast.Name) and m.aliases.get(f.id, f.id) == "run" and len(a) >= 2
+                and all(isinstance(x, ast.Constant) and isinstance(x.value, str) for x in a[:2])):  # fmt: skip
+            # meternode.run("meternode.link.nettime", "done", t, ...): that module's function
+            mod = self.by_name.get(a[0].value)
+            fns = [n for n in mod.tree.body if getattr(n, "name", None) == a[1].value] if mod else []
+            args, method = a[2:], False
+        pos = dict(enumerate(args))
+        kws = {k.arg: k.value for k in call.keywords if k.arg}
         changed = False
-        defs = self.defs[name]
-        # a plain or self. call of a function this module has is to that one
-        local = isinstance(f, ast.Name) or (isinstance(f.value, ast.Name) and f.value.id == "self")
-        here = [d for d in defs if d[0] is m] if local else []
-        for _dm, fn in here or defs:
-            ps = self._params(fn, isinstance(f, ast.Attribute))
-            required = len(ps) - len(fn.args.defaults)
-            if not fn.args.vararg and not required <= len(call.args) <= len(ps):
-                continue  # another function of that name
-            for i in pos:
-                if i < len(ps):
-                    changed |= self._mark((id(fn), ps[i].arg))
-            for p in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]:
-                if p.arg in kws:
-                    changed |= self._mark((id(fn), p.arg))
+        for fn in fns:
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            ps = self._params(fn, method)
+            pairs = [(pos[i], ps[i].arg) for i in pos if i < len(ps)]
+            pairs += [(kws[a.arg], a.arg) for a in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]
+                      if a.arg in kws]  # fmt: skip
+            for arg, name in pairs:
+                changed |= self._mark((id(fn), name), self.paths(m, arg))
+                # a container is one object in the caller and the callee: slots the callee
+                # fills with ticks hold them in the caller's too
+                filled = {s for s in self.shapes.get((id(fn), name), ()) if s.startswith("[")}
+                changed |= self._mark(self.key(m, arg), filled)
         return changed
 
     def findings(self) -> list[Finding]:
