@@ -261,20 +261,35 @@ def send(
     return out
 
 
+def verdict(a: dict | None, change: Change, timeout: float) -> str | None:
+    """Why a node's answer (None: none came) is not the change taking effect, or None when it is."""
+    if a is None:
+        return f"no answer in {timeout:g} s"
+    if not a.get("ok"):
+        return str(a.get("why", a.get("status", "?")))
+    if change.op == "event" and not a.get("rules"):
+        return "its policy has no DR rule with trigger event" + _rule(change)
+    return None
+
+
+_HINTS = (
+    ("no answer", "is the node online (`umeter monitor`)?"),
+    ("unauthenticated", "the node's key is not the keystore's: provision it again (`umeter provision`)"),
+    ("unsupported", "the node needs a cmd_key and a policy"),
+    ("no DR rule", 'its policy needs a [[dr]] with trigger = "event" (docs/policy.md)'),
+    ("expired", "check this host's clock and the node's (`umeter command NODE status`)"),
+)
+
+
 def check(answers: dict[str, dict | None], change: Change, timeout: float) -> None:
     """Refused naming every node that refused the change, or answered without effect, or not at all."""
-    bad = []
-    for n, a in answers.items():
-        if a is None:
-            bad.append(f"{n}: no answer in {timeout:g} s")
-        elif not a.get("ok"):
-            bad.append(f"{n}: {a.get('why', a.get('status', '?'))}")
-        elif change.op == "event" and not a.get("rules"):
-            bad.append(f"{n}: its policy has no DR rule with trigger event" + _rule(change))
+    bad = [(n, why) for n, a in answers.items() if (why := verdict(a, change, timeout))]
     if bad:
+        hints = [h for key, h in _HINTS if any(key in why for _, why in bad)]
         raise Refused(
-            f"{len(bad)} of {len(answers)} node(s) did not take the {change.op}: " + "; ".join(bad),
-            hint="no answer: is the node online (`umeter monitor`)? unsupported: it needs a cmd_key and a policy",
+            f"{len(bad)} of {len(answers)} node(s) did not take the {change.op}: "
+            + "; ".join(f"{n}: {why}" for n, why in bad),
+            hint="; ".join(hints) or "see the node's log (`umeter logs NODE`)",
         )
 
 

@@ -119,15 +119,18 @@ def test_prices_and_dr_events_from_the_command_line_reach_a_node(mosquitto, tmp_
             assert r.returncode == 1
             assert "1 of 1 node(s) did not take the price" in r.stderr
             assert "unauthenticated: HMAC does not match the node key" in r.stderr
+            assert "provision it again" in r.stderr
             # an event for the price rule (not an event rule): the node changes nothing
             r = _umeter(home, mosquitto, "event", "--node", NODE, "--duration", "1m", "--rule", "1")
             assert r.returncode == 1
             assert "its policy has no DR rule with trigger event at index 1" in r.stderr
+            assert 'needs a [[dr]] with trigger = "event"' in r.stderr and "event set" not in r.stdout
             # two nodes, one of them not running: the other takes it, the command says which failed
             r = _umeter(home, mosquitto, "cancel", "--node", NODE, "--node", "ghost", "--timeout=3")
             assert r.returncode == 1
             assert f"{NODE}: DR events cancelled" in r.stdout
             assert "1 of 2 node(s) did not take the cancel: ghost: no answer in 3 s" in r.stderr
+            assert "is the node online" in r.stderr
             assert "Traceback" not in vn.log()
     finally:
         lis.close()

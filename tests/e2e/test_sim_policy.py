@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 UMETER = [sys.executable, "-m", "umeter"]
 TARIFFS = ["t0", "t1", "t2"]
@@ -70,3 +71,30 @@ def test_the_dip_keeps_an_exporting_site_connected_and_sheds_an_importing_one(tm
     # the shed: its event, or a later line with the relay open (on a loaded machine the sampled
     # time lags the wall clock and the run may end between the two)
     assert any("relay=OFF" in ln or "event=shed" in ln for ln in house), "\n".join(house)
+
+
+def test_the_price_command_the_demo_prints_reaches_its_node(tmp_path):
+    # `umeter sim --policy --commands` prints how to push a real-time price; that line, run as
+    # printed (the embedded broker, the keystore the demo filled), gets the node's answer
+    import os
+
+    env = dict(os.environ, UMETER_HOME=str(tmp_path / "home"), NO_COLOR="1")
+    demo = [*UMETER, "sim", "--nodes", "1", "--policy", "host/umeter/examples/demo_policy.toml", "--commands"]
+    sim = subprocess.Popen([*demo, "--duration", "40"], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                           env=env, cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    try:
+        hint = None
+        for line in sim.stderr:
+            if m := re.search(r"`(umeter policy price [^`]+)`", line):
+                hint = m.group(1)
+                break
+        assert hint, "the demo printed no price command"
+        for line in sim.stdout:  # the node's first telemetry: it is connected and subscribed
+            if line.startswith("node-01") and "V=" in line:
+                break
+        r = subprocess.run([*UMETER, *hint.split()[1:]], capture_output=True, text=True, env=env, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == "node-01: price 0.5 in force for 1 h"
+    finally:
+        sim.terminate()
+        sim.communicate(timeout=30)

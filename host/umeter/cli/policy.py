@@ -370,7 +370,7 @@ def _frames(change, nodes, nodes_file, sites, fleet_nodes, broker, prefix, key_h
         click.echo(json.dumps(answers))
     else:
         for n, a in answers.items():
-            if a and a.get("ok"):
+            if a is not None and dr.verdict(a, change, timeout) is None:
                 ui.out.print(f"{n}: {dr.took(a, change)}", markup=False)
     dr.check(answers, change, timeout)
 

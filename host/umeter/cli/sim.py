@@ -435,6 +435,8 @@ def command(
                 f"Commands: `umeter command node-01 status --broker {url}` (in another terminal; "
                 "the nodes' keys are in the keystore)."
             )
+            if compact is not None:
+                ui.info(f"A real-time price to the nodes: `umeter policy price 0.5 --node node-01 --broker {url}`.")
         if keep or db is not None:
             ui.info(f"Node flash directories: {run.workdir}")
         if tty and not logs:
