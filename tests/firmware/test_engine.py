@@ -191,23 +191,20 @@ def test_a_cancel_ends_an_event_that_is_shedding_and_a_new_one_moves_its_end():
     eq([e[1] for e in _codes(ring, mark, E.EV_DR_END)], [E.DR_RULE_BASE + 1], "the event ends at the next tick")
     eq(relay.on, True, "restored (no random delay), not 580 s later")
     # an event while one sheds: its end is the newer window's, earlier or later
-    eng.push_event(E.epoch(t + 100), 600)
-    for k in range(100, 110):
-        eng.tick(t + k, 230.0, 1.0, 50.0, 100.0, 0)
-    eng.push_event(E.epoch(t + 100), 20)
-    states = []
-    for k in range(110, 130):
-        eng.tick(t + k, 230.0, 1.0, 50.0, 100.0, 0)
-        states.append(relay.on)
-    eq(states.index(True) + 110, 120, "the shortened event ends at its new end")
-    eng.push_event(E.epoch(t + 200), 10)
-    eng.tick(t + 200, 230.0, 1.0, 50.0, 100.0, 0)
-    eng.push_event(E.epoch(t + 200), 50)
-    states = []
-    for k in range(201, 260):
-        eng.tick(t + k, 230.0, 1.0, 50.0, 100.0, 0)
-        states.append(relay.on)
-    eq(states.index(True) + 201, 250, "the extended event sheds to its new end")
+
+    def restored_at(start, first, then, until):
+        # shed by an event of `first` s from `start`, replaced by one of `then` s a tick later
+        eng.push_event(E.epoch(t + start), first)
+        eng.tick(t + start, 230.0, 1.0, 50.0, 100.0, 0)
+        eng.push_event(E.epoch(t + start), then)
+        for k in range(start + 1, until):
+            eng.tick(t + k, 230.0, 1.0, 50.0, 100.0, 0)
+            if relay.on:
+                return k - start
+        return None
+
+    eq(restored_at(100, 600, 20, 200), 20, "the shortened event ends at its new end")
+    eq(restored_at(200, 10, 50, 300), 50, "the extended event sheds to its new end")
 
 
 @heap("160k")
