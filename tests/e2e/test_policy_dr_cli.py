@@ -107,10 +107,10 @@ def test_prices_and_dr_events_from_the_command_line_reach_a_node(mosquitto, tmp_
             raw = json.loads(ks.path.read_text())
             raw[NODE]["lora_ctr"] = 0
             ks._save(raw)
-            r = _umeter(home, mosquitto, "price", "0.1", "--node", NODE)
+            r = _umeter(home, mosquitto, "price", "0.1", "--valid", "3h", "--node", NODE)
             assert r.returncode == 0, r.stderr
             assert "counter 1 did not suit the node's 3; sending again" in r.stderr
-            assert f"{NODE}: price 0.1 in force for 1 h" in r.stdout
+            assert f"{NODE}: price 0.1 in force for 1 h" in r.stdout, "3 h asked, the policy's realtime_max_s"
             assert ks.get(NODE)["lora_ctr"] == 4
             lis.wait(lambda leaf, m: leaf == "policy/state" and m["price"] == 0.1, 20, "the new price", vn)
 

@@ -164,7 +164,7 @@ def test_pushed_event_and_price_and_voltage_band():
     eq(states[10:].index(True) + 10, 40, "restored at the event end (no random delay)")
     # a pushed real-time price above 0.5 sheds (rule d[2]); it expires after realtime_max_s
     mark = ring.head
-    eng.push_price(0.9, 100000, E.epoch(t + 100))
+    eq(eng.push_price(0.9, 100000, E.epoch(t + 100)), 600, "in force for realtime_max_s")
     eng.tick(t + 100, 230.0, 1.0, 50.0, 100.0, 0)
     eq((eng.price, relay.on), (0.9, False), "price above level sheds")
     for k in range(101, 701):

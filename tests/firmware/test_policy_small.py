@@ -34,7 +34,9 @@ def test_price_and_event_frames_act_on_the_engine():
     eq((r["ok"], r["price"], r["valid_s"]), (True, 0.31, 300), "price accepted")
     eng.tick(seconds(t), 230.0, 1.0, 50.0, 10.0, 0)
     eq(eng.price, 0.31, "engine uses the pushed price")
-    r = sc.apply(smallenc.encode_event(KEY, "n1", 2, t + 10, 60), eng, t)
+    r = sc.apply(smallenc.encode_price(KEY, "n1", 3, 0.32, 120), eng, t)
+    eq(r["valid_s"], 600, "the answer says what is in force: 2 h asked, the policy's realtime_max_s 600")
+    r = sc.apply(smallenc.encode_event(KEY, "n1", 4, t + 10, 60), eng, t)
     eq(
         (r["ok"], r["rules"]),
         (

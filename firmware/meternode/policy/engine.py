@@ -194,12 +194,13 @@ class Engine:
         return n
 
     def push_price(self, price, valid_s, now):
-        # now: epoch seconds
+        # now: epoch seconds; -> the validity in force (s): the policy's realtime_max_s caps it
         valid = min(int(valid_s), self._st[_S_RT_MAX])
         t = seconds(now)
         self._st[_S_RT_PRICE] = float(price)
         self._st[_S_RT_UNTIL] = t + valid
         self._sink(EV_PRICE, -1, valid, t)
+        return valid
 
     def save(self):
         # The day's counters for a checkpoint (allocates; the service writes it now and then):

@@ -85,9 +85,9 @@ class SmallCommands:
             op, vals = self.decode(frame, now)
         except Rejected as e:
             return {"ok": False, "status": "rejected", "why": str(e)}
-        if op == _OP_PRICE:
-            engine.push_price(vals[0], vals[1], now)
-            return {"ok": True, "status": "done", "op": "price", "price": vals[0], "valid_s": vals[1]}
+        if op == _OP_PRICE:  # (valid_s: what is in force, the policy's cap applied)
+            v = engine.push_price(vals[0], vals[1], now)
+            return {"ok": True, "status": "done", "op": "price", "price": vals[0], "valid_s": v}
         if op == _OP_EVENT:
             n = engine.push_event(vals[0], vals[1], vals[2])
             return {"ok": True, "status": "done", "op": "event", "rules": n}
