@@ -377,17 +377,28 @@ class Store:
         raise NotImplementedError
 
     # -- queries (same SQL on both) --------------------------------------------------------------
-    def records(self, node: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
-        """Stored records (decoded JSON), by node and seq."""
+    def records(
+        self, node: str | None = None, kind: str | None = None, since: int | None = None, until: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Stored records (decoded JSON), by node and seq; `since` <= ts < `until` when given."""
         cond, args = [], []
-        if node is not None:
-            cond.append("node = ?")
-            args.append(node)
-        if kind is not None:
-            cond.append("kind = ?")
-            args.append(kind)
+        for sql, v in (("node = ?", node), ("kind = ?", kind), ("ts >= ?", since), ("ts < ?", until)):
+            if v is not None:
+                cond.append(sql)
+                args.append(v)
         where = " WHERE " + " AND ".join(cond) if cond else ""
         return [_doc(r[0]) for r in self.q(f"SELECT body FROM records{where} ORDER BY node, stream, seq", args)]
+
+    def record_before(self, node: str, kind: str, ts: int) -> dict[str, Any] | None:
+        """The node's last record of `kind` before `ts` (by seq), or None."""
+        sql = "SELECT body FROM records WHERE node = ? AND kind = ? AND ts < ? ORDER BY seq DESC LIMIT 1"
+        r = self.q(sql, (node, kind, ts))
+        return _doc(r[0][0]) if r else None
+
+    def record_nodes(self, kind: str | None = None) -> list[str]:
+        """The nodes with stored records (of `kind`)."""
+        where, args = (" WHERE kind = ?", (kind,)) if kind is not None else ("", ())
+        return [r[0] for r in self.q(f"SELECT DISTINCT node FROM records{where} ORDER BY node", args)]
 
     def seqs(self, node: str, stream: str = "log") -> list[int]:
         """Sequence numbers of a node's stored records, ascending."""

@@ -1,0 +1,203 @@
+"""What the nodes recorded, out of the store for billing and analysis (`umeter export`).
+
+    from umeter.export import export
+    from umeter.store import open_store
+    table = export(open_store("meter.sqlite"), "profile", since=t0, until=t1)
+    table.header, table.rows, table.warnings
+
+Kinds, one row per record (docs/uplink.md, "Payloads"; times in UTC, ISO 8601):
+
+- `profile`: each load-profile interval — its start and end, the energy imported and exported
+  in it (the difference of the registers at its end and at the previous record's end, in
+  exact kWh) and the registers, voltage, current and power avg/min/max. An interval that does
+  not begin where the previous record ended (a reboot dropped the interval in progress, a
+  record is missing, the first one exported) has no interval energy: its `status` says why,
+  and its registers still hold everything.
+- `daily` / `monthly`: the freezes at the node's local midnight / first of the month — the
+  billing day or month that ended (local), the energy in it (against the previous freeze, when
+  that is the day or month before), the registers, the water and gas meters' readings and the
+  month's maximum demand. The node's billing offset from UTC is read from the freezes' own
+  timestamps (each is a local midnight) unless given.
+- `events`: time, seq, code, name, argument and text.
+
+The store may lack records (lost by the node, or not yet resent): `warnings` names every
+missing seq range of the nodes exported within the time range, so a bill is never made from a
+silently incomplete series.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+KINDS = ("profile", "daily", "monthly", "events")
+_KIND = {"events": "event"}  # the records' own kind names
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    incomplete: int = 0  # rows without interval energy (a gap, a reset, the first)
+
+
+def _iso(ts: int | None) -> str:
+    return "" if not ts else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _kwh(mwh: int | None) -> str:
+    """Exact mWh as kWh text (no float rounding)."""
+    if mwh is None:
+        return ""
+    sign = "-" if mwh < 0 else ""
+    return f"{sign}{abs(mwh) // 1_000_000}.{abs(mwh) % 1_000_000:06d}"
+
+
+def _scaled(v: int, div: int, places: int) -> str:
+    return f"{v / div:.{places}f}"
+
+
+def utc_offset_min(ts: int) -> int | None:
+    """The offset from UTC of a node whose local midnight is `ts`: -599..+840 min (a midnight
+    at 10:00 UTC reads as UTC+14, not UTC-10); None when `ts` is not on a whole minute."""
+    if ts % 60:
+        return None
+    m = (-ts) % 86400 // 60
+    return m - 1440 if m > 840 else m
+
+
+def _local(ts: int, offset_min: int) -> time.struct_time:
+    return time.gmtime(ts + offset_min * 60)
+
+
+def export(
+    store,
+    kind: str,
+    nodes: list[str] | None = None,
+    since: int | None = None,
+    until: int | None = None,
+    offset_min: int | None = None,
+) -> Table:
+    """The rows of `kind` (KINDS) for `nodes` (default: every node with such records), records
+    with since <= ts < until."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown kind {kind!r}", hint="one of: " + ", ".join(KINDS))
+    if since is not None and until is not None and until <= since:
+        raise ConfigError(f"--to ({_iso(until)}) is not after --from ({_iso(since)})")
+    rk = _KIND.get(kind, kind)
+    table = Table(_HEADERS[kind])
+    for node in nodes or store.record_nodes(rk):
+        docs = store.records(node, rk, since, until)
+        prev = store.record_before(node, rk, since) if since is not None and kind != "events" else None
+        _ROWS[kind](table, node, docs, prev, offset_min)
+        if docs:
+            lo, hi = docs[0]["seq"], docs[-1]["seq"]
+            for a, b in store.gaps(node):
+                if a <= hi and b >= lo:
+                    n = b - a + 1
+                    table.warnings.append(
+                        f"{node}: {'record' if n == 1 else 'records'} {a}{'' if n == 1 else f'..{b}'} missing "
+                        "(lost by the node or not yet resent): the series has a hole"
+                    )
+    return table
+
+
+_HEADERS = {
+    "profile": [
+        "node", "start", "end", "period_s", "import_kwh", "export_kwh", "import_register_kwh",
+        "export_register_kwh", "v_avg", "v_min", "v_max", "i_avg_a", "i_min_a", "i_max_a", "p_avg_w", "p_min_w",
+        "p_max_w", "status", "seq",
+    ],
+    "daily": [
+        "node", "day", "frozen_at", "import_kwh", "export_kwh", "import_register_kwh", "export_register_kwh",
+        "water_l", "gas_l", "status", "seq",
+    ],
+    "monthly": [
+        "node", "month", "frozen_at", "import_kwh", "export_kwh", "import_register_kwh", "export_register_kwh",
+        "water_l", "gas_l", "max_demand_kw", "max_demand_end", "status", "seq",
+    ],
+    "events": ["node", "time", "seq", "code", "event", "arg", "text"],
+}  # fmt: skip
+
+
+def _energy(table: Table, d: dict, prev: dict | None, continuous: bool, why: str) -> tuple[str, str, str]:
+    """(import, export, status) of a record against the one before it."""
+    if prev is None or not continuous:
+        table.incomplete += 1
+        return "", "", why
+    di, de = d["e_imp_mwh"] - prev["e_imp_mwh"], d["e_exp_mwh"] - prev["e_exp_mwh"]
+    if di < 0 or de < 0:
+        table.incomplete += 1
+        return "", "", "registers went back (a new node under this id?)"
+    return _kwh(di), _kwh(de), "ok"
+
+
+def _profile(table: Table, node: str, docs: list[dict], prev: dict | None, _off) -> None:
+    for d in docs:
+        start = d["ts"] - d["period_s"]
+        why = "first exported" if prev is None else f"gap: the previous record ends at {_iso(prev['ts'])}"
+        imp, exp, status = _energy(table, d, prev, prev is not None and prev["ts"] == start, why)
+        table.rows.append([
+            node, _iso(start), _iso(d["ts"]), d["period_s"], imp, exp, _kwh(d["e_imp_mwh"]), _kwh(d["e_exp_mwh"]),
+            _scaled(d["v_avg_dv"], 10, 1), _scaled(d["v_min_dv"], 10, 1), _scaled(d["v_max_dv"], 10, 1),
+            _scaled(d["i_avg_ma"], 1000, 3), _scaled(d["i_min_ma"], 1000, 3), _scaled(d["i_max_ma"], 1000, 3),
+            _scaled(d["p_avg_dw"], 10, 1), _scaled(d["p_min_dw"], 10, 1), _scaled(d["p_max_dw"], 10, 1),
+            status, d["seq"],
+        ])  # fmt: skip
+        prev = d
+
+
+def _offset(table: Table, node: str, docs: list[dict], prev: dict | None, given: int | None) -> int:
+    if given is not None:
+        return given
+    seen = {utc_offset_min(d["ts"]) for d in [*([prev] if prev else []), *docs]}
+    if len(seen) == 1 and None not in seen:
+        return seen.pop()
+    table.warnings.append(
+        f"{node}: its freezes are not all at one local midnight ({len(seen)} offsets): dates in UTC; "
+        "give --utc-offset-min"
+    )
+    return 0
+
+
+def _freezes(monthly: bool):
+    def rows(table: Table, node: str, docs: list[dict], prev: dict | None, given: int | None) -> None:
+        off = _offset(table, node, docs, prev, given)
+        for d in docs:
+            end = _local(d["ts"] - 1, off)  # the day (month) that ended at this freeze
+            if monthly:
+                label = f"{end.tm_year:04d}-{end.tm_mon:02d}"
+                before = _local(prev["ts"] - 1, off) if prev else None
+                follows = before is not None and (before.tm_year * 12 + before.tm_mon + 1) == (
+                    end.tm_year * 12 + end.tm_mon
+                )
+            else:
+                label = time.strftime("%Y-%m-%d", end)
+                follows = prev is not None and d["ts"] - prev["ts"] == 86400
+            why = "first exported" if prev is None else f"the previous freeze is at {_iso(prev['ts'])}"
+            imp, exp, status = _energy(table, d, prev, follows, why)
+            row = [node, label, _iso(d["ts"]), imp, exp, _kwh(d["e_imp_mwh"]), _kwh(d["e_exp_mwh"]),
+                   d.get("water_l", 0), d.get("gas_l", 0)]  # fmt: skip
+            if monthly:
+                md = d.get("md_mw")
+                row += [_scaled(md, 1_000_000, 3) if md else "", _iso(d.get("md_at"))]
+            table.rows.append([*row, status, d["seq"]])
+            prev = d
+
+    return rows
+
+
+def _events(table: Table, node: str, docs: list[dict], _prev, _off) -> None:
+    from .decode import event_names
+
+    names = event_names()
+    for d in docs:
+        code = d.get("code", 0)
+        table.rows.append([node, _iso(d["ts"]), d["seq"], code, names.get(code, "unknown"), d.get("arg", 0),
+                           d.get("text", "")])  # fmt: skip
+
+
+_ROWS = {"profile": _profile, "daily": _freezes(False), "monthly": _freezes(True), "events": _events}
