@@ -48,3 +48,43 @@ def test_three_simulated_days_with_power_cuts_outages_and_a_full_flash_keep_ever
     assert res["records"] > 250  # 288 profile intervals in 3 days, less the outages, plus events
     assert res["memory_errors"] == 0
     assert res["heap_growth_bytes"] is not None and res["heap_growth_bytes"] <= 2048
+    _billing_export(tmp_path / "records.sqlite")
+
+
+def _billing_export(db: Path) -> None:
+    # what the soak stored, out through `umeter export` as a billing system reads it: the days
+    # in India's time, read from the freezes; each day's kWh the registers' difference; every
+    # profile interval's kWh its registers' difference, and no interval that follows its
+    # predecessor left without energy (only the first and those after the power cuts)
+    import csv
+    import io
+    import itertools
+
+    def run(*argv: str) -> list[dict]:
+        r = subprocess.run([sys.executable, "-m", "umeter", "export", *argv, "--db", str(db)], capture_output=True,
+                           text=True, timeout=120)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert "warning" not in r.stderr, r.stderr
+        return list(csv.DictReader(io.StringIO(r.stdout)))
+
+    def mwh(kwh: str) -> int:
+        whole, frac = kwh.split(".")
+        return int(whole) * 1_000_000 + int(frac)
+
+    days = run("daily")
+    assert len(days) >= 2
+    assert all(d["frozen_at"].endswith("T18:30:00Z") for d in days), "local midnights at UTC+5:30"
+    for a, b in itertools.pairwise(days):
+        assert b["status"] == "ok" and mwh(b["import_kwh"]) == mwh(b["import_register_kwh"]) - mwh(
+            a["import_register_kwh"]
+        )
+    prof = run("profile")
+    assert len(prof) > 200
+    for a, b in itertools.pairwise(prof):
+        if b["start"] == a["end"]:
+            assert b["status"] == "ok"
+            assert mwh(b["import_kwh"]) == mwh(b["import_register_kwh"]) - mwh(a["import_register_kwh"])
+        else:
+            assert b["status"].startswith("gap:") and b["import_kwh"] == ""
+    gaps = [r for r in prof if r["status"].startswith("gap:")]
+    assert 1 <= len(gaps) <= 8, [g["start"] for g in gaps]  # the power cuts' and outages' intervals
