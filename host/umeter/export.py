@@ -91,6 +91,8 @@ def export(
     table = Table(_HEADERS[kind])
     for node in nodes or store.record_nodes(rk):
         docs = store.records(node, rk, since, until)
+        if not docs and nodes:
+            table.warnings.append(f"{node}: no {rk} records" + (" in the range" if since or until else ""))
         prev = store.record_before(node, rk, since) if since is not None and kind != "events" else None
         _ROWS[kind](table, node, docs, prev, offset_min)
         if docs:
@@ -151,8 +153,8 @@ def _profile(table: Table, node: str, docs: list[dict], prev: dict | None, _off)
 
 
 def _offset(table: Table, node: str, docs: list[dict], prev: dict | None, given: int | None) -> int:
-    if given is not None:
-        return given
+    if given is not None or not docs:
+        return given or 0
     seen = {utc_offset_min(d["ts"]) for d in [*([prev] if prev else []), *docs]}
     if len(seen) == 1 and None not in seen:
         return seen.pop()

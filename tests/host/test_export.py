@@ -74,6 +74,8 @@ def test_profile_intervals_with_exact_energy_a_gap_and_the_missing_record_named(
     t = export(s, "profile", since=T0 + 900 * 3, until=T0 + 900 * 5)
     assert [(r[-1], r[4], r[-2]) for r in t.rows] == [(3, "0.250000", "ok"), (4, "0.250000", "ok")]
     assert t.warnings == [], "no hole inside 3..4"
+    t = export(s, "daily", ["n1", "n9"], since=T0 + 10 * 86400)
+    assert (t.rows, t.warnings) == ([], ["n1: no daily records in the range", "n9: no daily records in the range"])
     s.close()
 
 
