@@ -79,20 +79,30 @@ def test_node_sends_records_then_telemetry_over_lorawan(tmp_path):
 
 
 def test_policy_frames_arrive_as_lorawan_downlinks_on_their_fport(tmp_path):
-    # A price frame (HMAC + counter) queued at the network server reaches the node after its
-    # next uplink, on the policy port (config lora.policy_fport, default 10): the policy
-    # service applies it.  A replay of it is refused; a downlink on another port is ignored.
-    from meternode.policy import smallenc
+    # A price frame (HMAC + counter) as `umeter policy price --lora` prints it for the network
+    # server, queued there, reaches the node after its next uplink on the policy port (config
+    # lora.policy_fport, default 10): the policy service applies it.  A replay of it is
+    # refused; a downlink on another port is ignored.
+    import json
+    import os
+    import subprocess
+    import sys
+
     from umeter.policy import compile_source
 
     key = bytes(range(32))
     root = _flash(tmp_path)
     day = [["00:00", "flat"]]
     pol = compile_source({"name": "lora-dr", "tariffs": ["flat"], "seasons": [{"start": "01-01", "weekday": day}]})
+    cli = [sys.executable, "-m", "umeter", "policy", "price", "0.42", "--valid", "10m", "--node", "lora2", "--lora"]
+    r = subprocess.run([*cli, "--key", key.hex(), "--json"], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, UMETER_HOME=str(tmp_path / "home")))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    (down,) = json.loads(r.stdout)
     with SimModem() as modem:
-        frame = smallenc.encode_price(key, "lora2", 7, 0.42, 10)
-        modem.queue_downlink(10, frame)
-        modem.queue_downlink(10, frame)
+        frame = bytes.fromhex(down["hex"])
+        modem.queue_downlink(down["fport"], frame)
+        modem.queue_downlink(down["fport"], frame)
         modem.queue_downlink(3, b"\x01\x02")
         cfg = {
             "node_id": "lora2",
