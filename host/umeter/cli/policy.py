@@ -155,7 +155,7 @@ def _run(db: CampaignDB, cid: str, broker: str, prefix: str, as_json: bool, forc
 
 @click.group("policy")
 def command() -> None:
-    """Policies: validate, diff, sign and push them to nodes in staged campaigns."""
+    """Policies: validate, diff, sign and push them in staged campaigns; real-time prices and DR events."""
 
 
 @command.command("validate")
