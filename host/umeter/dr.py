@@ -28,7 +28,6 @@ import json
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime
 
 from meternode.policy import smallenc
 
@@ -120,27 +119,6 @@ def event(start: int, duration_s: int, rule: int | None = None, *, now: float | 
 def cancel() -> Change:
     """Ends every pushed DR event on the node now."""
     return Change("cancel")
-
-
-def parse_when(s: str, now: float | None = None) -> int:
-    """`now`, `+90s` / `+15m` / `+2h`, UNIX seconds, or an ISO 8601 time (without an offset it is
-    this host's local time) -> UNIX seconds."""
-    from .cli.policy import parse_duration
-
-    now = time.time() if now is None else now
-    s = s.strip()
-    if s == "now":
-        return int(now)
-    if s.startswith("+"):
-        return int(now) + parse_duration(s[1:])
-    if s.isdigit():
-        return int(s)
-    try:
-        return int(datetime.fromisoformat(s).astimezone().timestamp())
-    except ValueError:
-        raise ConfigError(
-            f"bad time {s!r}", hint="now, +15m, UNIX seconds or an ISO time such as 2026-12-08T17:00+01:00"
-        ) from None
 
 
 @dataclass(frozen=True)

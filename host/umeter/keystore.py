@@ -47,6 +47,13 @@ def home() -> Path:
     return p
 
 
+def _counters(data: dict, node_id: str) -> dict:
+    """Where a node's counters are kept: its entry, or for a node whose key is not here (given
+    on the command line) an entry `cmd:<node>` of its own."""
+    s = data.get(node_id)
+    return s if s is not None else data.setdefault("cmd:" + node_id, {})
+
+
 class Keystore:
     """Secrets per node id. Writes are atomic (temp file 0600 + rename)."""
 
@@ -115,14 +122,11 @@ class Keystore:
         """The counter of the next command to `node_id`: one above the last this keystore gave
         it, and at least the UNIX time in seconds, so a keystore restored from an older backup
         (or another host's) still gives one the node has not accepted, while a node that has
-        seen none takes it (the first may be at most 2**32). Kept, under the keystore's lock: in
-        the node's entry, or for a node whose key is not here (given on the command line) in an
-        entry `cmd:<node>` of its own."""
+        seen none takes it (the first may be at most 2**32). Kept under the keystore's lock
+        (`_counters`)."""
         with _Locked(self.path):
             data = self._load()
-            s = data.get(node_id)
-            if s is None:
-                s = data.setdefault("cmd:" + node_id, {})
+            s = _counters(data, node_id)
             ctr = max(int(time.time() if now is None else now), int(s.get("cmd_ctr", 0)) + 1)
             s["cmd_ctr"] = ctr
             self._save(data)
@@ -134,9 +138,7 @@ class Keystore:
         last counter it accepted. Kept like `next_counter`'s, as `lora_ctr`."""
         with _Locked(self.path):
             data = self._load()
-            s = data.get(node_id)
-            if s is None:
-                s = data.setdefault("cmd:" + node_id, {})
+            s = _counters(data, node_id)
             ctr = int(s.get("lora_ctr", 0)) + 1
             if ctr > 0xFFFFFFFF:
                 raise ConfigError(
@@ -152,8 +154,6 @@ class Keystore:
         gets `last + 1`."""
         with _Locked(self.path):
             data = self._load()
-            s = data.get(node_id)
-            if s is None:
-                s = data.setdefault("cmd:" + node_id, {})
+            s = _counters(data, node_id)
             s["lora_ctr"] = int(last)
             self._save(data)

@@ -19,6 +19,7 @@ from umeter import dr, ui
 from umeter.cli import main
 from umeter.errors import ConfigError
 from umeter.keystore import Keystore
+from umeter.when import parse_when
 
 KEY = bytes(range(32))
 NOW = 1796000000
@@ -94,20 +95,20 @@ def test_the_edges_the_node_takes_are_taken() -> None:
 
 
 def test_times(monkeypatch) -> None:
-    assert dr.parse_when("now", NOW) == NOW
-    assert dr.parse_when("+15m", NOW) == NOW + 900
-    assert dr.parse_when(str(NOW + 5), NOW) == NOW + 5
+    assert parse_when("now", NOW) == NOW
+    assert parse_when("+15m", NOW) == NOW + 900
+    assert parse_when(str(NOW + 5), NOW) == NOW + 5
     utc16 = calendar.timegm((2026, 12, 8, 16, 0, 0))
-    assert dr.parse_when("2026-12-08T17:00+01:00", NOW) == utc16
+    assert parse_when("2026-12-08T17:00+01:00", NOW) == utc16
     monkeypatch.setenv("TZ", "UTC-2")  # POSIX: two hours east of UTC
     time.tzset()
     try:
-        assert dr.parse_when("2026-12-08T18:00", NOW) == utc16, "no offset: this host's local time"
+        assert parse_when("2026-12-08T18:00", NOW) == utc16, "no offset: this host's local time"
     finally:
         monkeypatch.undo()
         time.tzset()
     with pytest.raises(ConfigError, match="bad time 'tomorrow'"):
-        dr.parse_when("tomorrow", NOW)
+        parse_when("tomorrow", NOW)
 
 
 def test_lora_downlinks_from_the_command_line(tmp_path, monkeypatch, capsys) -> None:

@@ -39,8 +39,8 @@ def command(kind, db, nodes, since, until, utc_offset_min, output, as_json, stri
     before (a reboot, a missing record, the first exported) has no interval energy and says
     why; a missing record is also named on stderr.
     """
-    from ..dr import parse_when
     from ..store import is_url, open_store
+    from ..when import parse_when
 
     if not is_url(db) and not Path(db).is_file():
         raise ConfigError(f"no store at {db}", hint="the file `umeter monitor --db` or `umeter sim --db` wrote")

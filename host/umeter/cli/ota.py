@@ -10,7 +10,8 @@ import click
 from .. import ui
 from ..errors import ConfigError, PolicyError
 from ..signing import Keystore, make_manifest, make_target, sha256_hex, sign_bundle
-from .policy import parse_duration, push_bundle, push_options, sign_options, target_options
+from ..when import parse_duration
+from .policy import push_bundle, push_options, sign_options, target_options
 
 
 def read_build(build_dir: Path) -> tuple[dict[str, bytes], dict]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import signal
 import sys
 import tempfile
@@ -17,14 +16,7 @@ from ..campaign import CampaignDB, CampaignSpec, MqttTransport, Report, parse_pc
 from ..errors import ConfigError, PolicyError
 from ..policy import compact_bytes, diff, load_any, policy_bundle
 from ..signing import Keystore, fleet_identity, make_target, read_envelope
-
-
-def parse_duration(s: str) -> int:
-    """'90s' / '15m' / '12h' / '7d' / '3600' -> seconds."""
-    m = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", s)
-    if not m:
-        raise ConfigError(f"bad duration {s!r}", hint="e.g. 90s, 15m, 12h or 7d")
-    return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+from ..when import parse_duration, parse_when
 
 
 def target_options(f):
@@ -405,7 +397,7 @@ def event_cmd(start, duration, rule, **kw) -> None:
     """
     from .. import dr
 
-    _frames(dr.event(dr.parse_when(start), parse_duration(duration), rule), **kw)
+    _frames(dr.event(parse_when(start), parse_duration(duration), rule), **kw)
 
 
 @command.command("cancel")
