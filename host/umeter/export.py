@@ -17,7 +17,10 @@ Kinds, one row per record (docs/uplink.md, "Payloads"; times in UTC, ISO 8601):
   billing day or month that ended (local), the energy in it (against the previous freeze, when
   that is the day or month before), the registers, the water and gas meters' readings and the
   month's maximum demand. The node's billing offset from UTC is read from the freezes' own
-  timestamps (each is a local midnight) unless given.
+  timestamps (each is a local midnight) unless given. A midnight between 10:00 and 12:00 UTC
+  fits two offsets (UTC+14 and UTC-10 alike): the one the fleet database knows for the node
+  (`known`: provisioned with it, or said in its `status`) tells them apart; without it the
+  eastern one is taken and a warning says so.
 - `events`: time, seq, code, name, argument and text.
 
 The store may lack records (lost by the node, or not yet resent): `warnings` names every
@@ -31,6 +34,7 @@ import time
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
+from .when import tz_name
 
 KINDS = ("profile", "daily", "monthly", "events")
 _KIND = {"events": "event"}  # the records' own kind names
@@ -60,13 +64,23 @@ def _scaled(v: int, div: int, places: int) -> str:
     return f"{v / div:.{places}f}"
 
 
-def utc_offset_min(ts: int) -> int | None:
-    """The offset from UTC of a node whose local midnight is `ts`: -599..+840 min (a midnight
-    at 10:00 UTC reads as UTC+14, not UTC-10); None when `ts` is not on a whole minute."""
+_TZ_LO, _TZ_HI = -720, 840  # the offsets a node's config takes (firmware checks.py)
+
+
+def utc_offsets(ts: int) -> list[int]:
+    """The offsets from UTC (minutes, eastern first) at which `ts` is a local midnight: one, or
+    two when it is between 10:00 and 12:00 UTC (UTC+14 or UTC-10); none when `ts` is not on a
+    whole minute."""
     if ts % 60:
-        return None
+        return []
     m = (-ts) % 86400 // 60
-    return m - 1440 if m > 840 else m
+    return [o for o in (m, m - 1440) if _TZ_LO <= o <= _TZ_HI]
+
+
+def utc_offset_min(ts: int) -> int | None:
+    """The eastern reading of utc_offsets(ts), None when there is none."""
+    o = utc_offsets(ts)
+    return o[0] if o else None
 
 
 def _local(ts: int, offset_min: int) -> time.struct_time:
@@ -80,9 +94,12 @@ def export(
     since: int | None = None,
     until: int | None = None,
     offset_min: int | None = None,
+    known: dict[str, int] | None = None,
 ) -> Table:
     """The rows of `kind` (KINDS) for `nodes` (default: every node with such records), records
-    with since <= ts < until."""
+    with since <= ts < until. `offset_min` dates every node's freezes; else each node's are dated
+    by their own midnights, `known` (node -> offset, the fleet database's) choosing where
+    those fit two offsets."""
     if kind not in KINDS:
         raise ConfigError(f"unknown kind {kind!r}", hint="one of: " + ", ".join(KINDS))
     if since is not None and until is not None and until <= since:
@@ -94,7 +111,7 @@ def export(
         if not docs and nodes:
             table.warnings.append(f"{node}: no {rk} records" + (" in the range" if since or until else ""))
         prev = store.record_before(node, rk, since) if since is not None and kind != "events" else None
-        _ROWS[kind](table, node, docs, prev, offset_min)
+        _ROWS[kind](table, node, docs, prev, (offset_min, (known or {}).get(node)))
         if docs:
             lo, hi = docs[0]["seq"], docs[-1]["seq"]
             for a, b in store.gaps(node):
@@ -152,22 +169,46 @@ def _profile(table: Table, node: str, docs: list[dict], prev: dict | None, _off)
         prev = d
 
 
-def _offset(table: Table, node: str, docs: list[dict], prev: dict | None, given: int | None) -> int:
-    if given is not None or not docs:
+def _offset(table: Table, node: str, docs: list[dict], prev: dict | None, offs: tuple) -> int:
+    """The offset `node`'s freezes are dated by: the one given, else their own midnights'
+    (the fleet database's `known` choosing between two), each doubt a warning."""
+    given, known = offs
+    if not docs:
         return given or 0
-    seen = {utc_offset_min(d["ts"]) for d in [*([prev] if prev else []), *docs]}
-    if len(seen) == 1 and None not in seen:
-        return seen.pop()
-    table.warnings.append(
-        f"{node}: its freezes are not all at one local midnight ({len(seen)} offsets): dates in UTC; "
-        "give --utc-offset-min"
-    )
-    return 0
+    seen = {tuple(utc_offsets(d["ts"])) for d in [*([prev] if prev else []), *docs]}
+    fits = next(iter(seen)) if len(seen) == 1 else ()
+    said = " or ".join(tz_name(o) for o in fits)
+    if given is not None:
+        if fits and given not in fits:
+            table.warnings.append(
+                f"{node}: its freezes are at local midnight in {said}, not in the {tz_name(given)} given: "
+                "dated as given"
+            )
+        return given
+    if not fits:
+        table.warnings.append(
+            f"{node}: its freezes are not all at one local midnight ({len(seen)} offsets): dates in UTC; "
+            "give --utc-offset-min"
+        )
+        return 0
+    if known in fits:
+        return known
+    if known is not None:
+        table.warnings.append(
+            f"{node}: the fleet database has {tz_name(known)}, but its freezes are at local midnight in {said} "
+            f"(provisioned again with another offset?): dated by its freezes in {tz_name(fits[0])}"
+        )
+    elif len(fits) > 1:
+        table.warnings.append(
+            f"{node}: its freezes are at local midnight in {said}: dated in {tz_name(fits[0])}; give "
+            "--utc-offset-min, or let `umeter fleet health` ask the node its own"
+        )
+    return fits[0]
 
 
 def _freezes(monthly: bool):
-    def rows(table: Table, node: str, docs: list[dict], prev: dict | None, given: int | None) -> None:
-        off = _offset(table, node, docs, prev, given)
+    def rows(table: Table, node: str, docs: list[dict], prev: dict | None, offs: tuple) -> None:
+        off = _offset(table, node, docs, prev, offs)
         for d in docs:
             end = _local(d["ts"] - 1, off)  # the day (month) that ended at this freeze
             if monthly:

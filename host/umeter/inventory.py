@@ -133,9 +133,12 @@ CREATE TABLE IF NOT EXISTS nodes (
     files INTEGER,
     status TEXT NOT NULL,
     first_seen REAL NOT NULL,
-    provisioned_at REAL
+    provisioned_at REAL,
+    utc_offset_min INTEGER
 );
 """
+# columns added since the first schema: a fleet database made before them gets them on opening
+_ADDED = {"utc_offset_min": "INTEGER"}
 
 
 class Fleet:
@@ -148,6 +151,10 @@ class Fleet:
         self._lock = threading.Lock()
         with self._db() as db:
             db.executescript(_SCHEMA)
+            have = {r["name"] for r in db.execute("PRAGMA table_info(nodes)")}
+            for col, kind in _ADDED.items():
+                if col not in have:
+                    db.execute(f"ALTER TABLE nodes ADD COLUMN {col} {kind}")
 
     def _db(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30)
@@ -184,14 +191,29 @@ class Fleet:
         version: str | None = None,
         manifest_sha256: str | None = None,
         files: int | None = None,
+        utc_offset_min: int | None = None,
     ) -> None:
+        """A provisioning's outcome; `utc_offset_min` the billing time its config gave the node."""
         with self._lock, self._db() as db:
             db.execute(
                 "UPDATE nodes SET status = ?, version = COALESCE(?, version), "
                 "manifest_sha256 = COALESCE(?, manifest_sha256), files = COALESCE(?, files), "
+                "utc_offset_min = COALESCE(?, utc_offset_min), "
                 "provisioned_at = CASE WHEN ? = 'ok' THEN ? ELSE provisioned_at END WHERE uid = ?",
-                (status, version, manifest_sha256, files, status, time.time(), uid),
+                (status, version, manifest_sha256, files, utc_offset_min, status, time.time(), uid),
             )
+
+    def set_offset(self, node_id: str, utc_offset_min: int) -> None:
+        """The billing time a node said it keeps (its `status` answer): what `umeter export`
+        dates its freezes by where their timestamps alone fit two offsets."""
+        with self._lock, self._db() as db:
+            db.execute("UPDATE nodes SET utc_offset_min = ? WHERE node_id = ?", (utc_offset_min, node_id))
+
+    def offsets(self) -> dict[str, int]:
+        """node id -> its billing offset from UTC (minutes), for the nodes it is known of."""
+        with self._lock, self._db() as db:
+            rows = db.execute("SELECT node_id, utc_offset_min FROM nodes WHERE utc_offset_min IS NOT NULL")
+            return {r["node_id"]: r["utc_offset_min"] for r in rows}
 
     def nodes(self) -> list[dict]:
         with self._lock, self._db() as db:

@@ -296,6 +296,7 @@ def _provision_open(b: Board, dev: Device, info: dict, man: dict, board_def: dic
         version=man["version"],
         manifest_sha256=hashlib.sha256(man_bytes).hexdigest(),
         files=len(paths),
+        utc_offset_min=cfg.get("utc_offset_min", 0),
     )
 
 

@@ -35,3 +35,11 @@ def parse_when(s: str, now: float | None = None) -> int:
         raise ConfigError(
             f"bad time {s!r}", hint="now, +15m, UNIX seconds or an ISO time such as 2026-12-08T17:00+01:00"
         ) from None
+
+
+def tz_name(offset_min: int) -> str:
+    """A fixed offset from UTC as people read it: 'UTC', 'UTC+05:30', 'UTC-10:00'."""
+    if not offset_min:
+        return "UTC"
+    a = abs(offset_min)
+    return f"UTC{'+' if offset_min > 0 else '-'}{a // 60:02d}:{a % 60:02d}"

@@ -36,6 +36,7 @@ def _start_node(root: Path, port: int, key: str, mqtt: dict | None = None) -> su
         "cmd_key": key,
         "mqtt": mqtt or {"host": "127.0.0.1", "port": port, "keepalive": 10},
         "sim": {"realtime": True, "currents": [{"rms": 5.0}]},
+        "utc_offset_min": -600,  # Hawaii: its midnights at 10:00 UTC are UTC+14's too (umeter export)
     }
     (root / "config.json").write_text(json.dumps(cfg))
     heap = json.loads((unixport.boards_dir() / "sim.json").read_text())["heap"]
@@ -100,7 +101,7 @@ def test_umeter_command_reaches_a_node_with_its_keystore_key_and_counter(tmp_pat
         r = _umeter(home, "command", NODE, "status", b)  # the human form
         assert r.returncode == 0, r.stderr
         assert f"node {NODE}: v" in r.stdout and "heap: free " in r.stdout and "link up" in r.stdout, r.stdout
-        assert "clock: 20" in r.stdout and "from this host), billing time UTC" in r.stdout, r.stdout
+        assert "clock: 20" in r.stdout and "from this host), billing time UTC-10:00" in r.stdout, r.stdout
 
         # a forged key: the node refuses it and says why, one line, exit 1
         r = _umeter(home, "command", NODE, "read_now", b, "--key", "ab" * 32)
@@ -140,6 +141,8 @@ def test_umeter_command_reaches_a_node_with_its_keystore_key_and_counter(tmp_pat
         # (a virtual node's clock follows its samples: on a loaded host it lags a few seconds)
         assert abs(doc["nodes"][NODE]["clock_skew_s"]) <= 10, doc["nodes"][NODE]
         assert "2 of 3 node(s) need a look: ghost, keyless" in r.stderr, r.stderr
+        # what the node said of its billing time is kept, for `umeter export` to date its freezes
+        assert fl.offsets() == {NODE: -600}
         r = _umeter(home, "fleet", "health", b, "--site", "lab", "--node", NODE)
         assert r.returncode == 0, r.stderr
         assert NODE in r.stdout and "lowest" in r.stdout and "1 node(s) answered" in r.stderr, r.stdout + r.stderr
@@ -152,9 +155,11 @@ def test_umeter_command_reaches_a_node_with_its_keystore_key_and_counter(tmp_pat
         assert r.returncode == 1, r.stdout
         d = json.loads(r.stdout)["nodes"][NODE]
         assert -3615 <= d["clock_skew_s"] <= -3585 and "clock off by -3" in d["problem"], d
-        assert d["status"]["clock"]["utc_offset_min"] == 0, d
+        assert d["status"]["clock"]["utc_offset_min"] == -600, d
         r = _umeter(home, "fleet", "health", b, "--node", NODE)
-        assert r.returncode == 1 and "s UTC" in r.stdout, r.stdout
+        assert r.returncode == 1 and "s UTC-10:00" in r.stdout, r.stdout
+        r = _umeter(home, "fleet", "ls")
+        assert r.returncode == 0 and "UTC-10:00" in r.stdout, r.stdout
     finally:
         node.terminate()
         node.wait(10)

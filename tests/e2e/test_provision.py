@@ -77,6 +77,8 @@ def test_four_boards_in_parallel_get_identity_keys_calibration_and_a_verified_im
             assert cfg["mqtt"]["user"] == f"node-{k}" and cfg["mqtt"]["password"] == sec["mqtt_password"]
             row = fleet.get(f"node-{k}")
             assert row["uid"] == vb.uid.hex() and row["status"] == "ok"
+        # the billing time each was given, for `umeter export` to date its freezes by
+        assert fleet.offsets() == {f"node-{k}": 0 for k in range(4)}
         gains = [json.loads((vb.flash / "config.json").read_text())["calibration"]["I1"]["gain"] for vb in vbs]
         assert gains[0] == 1.02 and gains[1:] == [1.0, 1.0, 1.0]
         assert len({ks.get(f"node-{k}")["cmd_key"] for k in range(4)}) == 4

@@ -15,7 +15,8 @@ from meternode.store import records as fw
 from umeter import ui
 from umeter.cli import main
 from umeter.consumer import Consumer
-from umeter.export import export, utc_offset_min
+from umeter.export import export, utc_offset_min, utc_offsets
+from umeter.inventory import Fleet
 from umeter.store import open_store
 
 T0 = calendar.timegm((2026, 12, 1, 0, 0, 0))
@@ -104,6 +105,75 @@ def test_the_offset_is_read_from_a_local_midnight():
     assert utc_offset_min(T0 + 5 * 3600) == -300
     assert utc_offset_min(T0 - 14 * 3600) == 840
     assert utc_offset_min(T0 + 7) is None
+    # between 10:00 and 12:00 UTC a midnight is one east and one west of the date line
+    assert utc_offsets(T0 - 14 * 3600) == [840, -600]
+    assert utc_offsets(T0 + 12 * 3600) == [720, -720]
+    assert utc_offsets(T0 - 11 * 3600 - 45 * 60) == [705]  # UTC-12:15 is no node's
+    assert utc_offsets(T0 + 9 * 3600 + 45 * 60) == [-585]
+    assert utc_offsets(T0 + 7) == []
+
+
+HAWAII = -600
+
+
+def _fill_hawaii(db, node="hw"):
+    """Two days frozen at Honolulu's midnight (10:00 UTC): UTC+14's midnight as well."""
+    c = _Quiet(db, gap_wait=0.0)
+    midnight = T0 - HAWAII * 60  # 1 Dec 00:00 in UTC-10
+    _put(c, 1, fw.DAILY, midnight, fw.freeze(E0, 0, 0, 0), node)
+    _put(c, 2, fw.DAILY, midnight + 86400, fw.freeze(E0 + 12_000_000, 0, 0, 0), node)
+    c.close()
+
+
+def test_a_midnight_that_fits_two_offsets_is_dated_by_the_fleets_and_warned_without_it(tmp_path):
+    db = str(tmp_path / "m.sqlite")
+    _fill_hawaii(db)
+    s = open_store(db)
+    # nothing known: the eastern reading, a day off for Honolulu, and a warning naming both
+    t = export(s, "daily")
+    assert [r[1] for r in t.rows] == ["2026-12-01", "2026-12-02"]
+    assert t.warnings == [
+        "hw: its freezes are at local midnight in UTC+14:00 or UTC-10:00: dated in UTC+14:00; "
+        "give --utc-offset-min, or let `umeter fleet health` ask the node its own"
+    ]
+    # the fleet database knows it: its own days, no doubt
+    t = export(s, "daily", known={"hw": HAWAII})
+    assert [r[1] for r in t.rows] == ["2026-11-30", "2026-12-01"] and t.warnings == []
+    assert dict(zip(t.header, t.rows[1], strict=True))["import_kwh"] == "12.000000"
+    # the fleet database says what the freezes cannot be: they win, and it is named
+    t = export(s, "daily", known={"hw": 60})
+    assert [r[1] for r in t.rows] == ["2026-12-01", "2026-12-02"]
+    assert t.warnings == [
+        "hw: the fleet database has UTC+01:00, but its freezes are at local midnight in UTC+14:00 or "
+        "UTC-10:00 (provisioned again with another offset?): dated by its freezes in UTC+14:00"
+    ]
+    # an offset given that the freezes do not fit: as given, and named
+    t = export(s, "daily", offset_min=0)
+    assert [r[1] for r in t.rows] == ["2026-12-01", "2026-12-02"]  # (UTC's days, as asked)
+    assert t.warnings == [
+        "hw: its freezes are at local midnight in UTC+14:00 or UTC-10:00, not in the UTC given: dated as given"
+    ]
+    s.close()
+
+
+def test_the_command_dates_freezes_by_the_fleet_database(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(ui.err, "file", sys.stderr)
+    monkeypatch.setenv("UMETER_HOME", str(tmp_path / "home"))
+    db = str(tmp_path / "m.sqlite")
+    _fill_hawaii(db)
+    assert main(["export", "daily", "--db", db, "--json"]) == 0
+    out = capsys.readouterr()
+    assert [json.loads(ln)["day"] for ln in out.out.splitlines()] == ["2026-12-01", "2026-12-02"]
+    assert "UTC+14:00 or UTC-10:00" in out.err
+    assert not (tmp_path / "home" / "fleet.sqlite").exists(), "export makes no fleet database"
+    # provisioned from this host (umeter provision records the offset its config gave)
+    fl = Fleet(tmp_path / "home" / "fleet.sqlite")
+    fl.bind("e66038b7134f5a30", "hw", "sim", "oahu", None, None)
+    fl.record("e66038b7134f5a30", status="ok", utc_offset_min=HAWAII)
+    assert main(["export", "daily", "--db", db, "--json"]) == 0
+    out = capsys.readouterr()
+    assert [json.loads(ln)["day"] for ln in out.out.splitlines()] == ["2026-11-30", "2026-12-01"]
+    assert "warning" not in out.err
 
 
 def test_the_command_writes_csv_and_strict_fails_on_a_hole(tmp_path, monkeypatch, capsys):

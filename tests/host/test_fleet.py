@@ -31,6 +31,26 @@ def test_bind_refuses_a_second_name_for_a_board_and_a_second_board_for_a_name(tm
     assert f.forget("n1") and f.get("n1") is None
 
 
+def test_a_fleet_database_from_before_the_billing_offset_gets_its_column(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:  # the schema before the column (December 2026)
+        db.execute(
+            "CREATE TABLE nodes (uid TEXT PRIMARY KEY, node_id TEXT UNIQUE NOT NULL, board TEXT NOT NULL, "
+            "site TEXT NOT NULL, port TEXT, serial TEXT, version TEXT, manifest_sha256 TEXT, files INTEGER, "
+            "status TEXT NOT NULL, first_seen REAL NOT NULL, provisioned_at REAL)"
+        )
+        db.execute("INSERT INTO nodes VALUES ('aa01', 'n1', 'sim', 'lab', NULL, NULL, '1.0', NULL, 3, 'ok', 0, 0)")
+    f = Fleet(path)
+    assert f.get("n1")["utc_offset_min"] is None and f.offsets() == {}
+    f.record("aa01", status="ok", utc_offset_min=330)
+    f.record("aa01", status="failed")  # a later failure keeps what the node was given
+    assert f.offsets() == {"n1": 330}
+    f.set_offset("n1", -600)  # what the node itself said (umeter fleet health)
+    assert Fleet(path).offsets() == {"n1": -600}
+
+
 def test_cli_fleet_ls_show_and_unknown_node(tmp_path):
     env = dict(os.environ, UMETER_HOME=str(tmp_path), NO_COLOR="1")
     Fleet(tmp_path / "fleet.sqlite").bind("cc03", "meter-7", "sim", "roof", "/dev/x", "SER1")

@@ -70,11 +70,12 @@ def _clock_line(c: dict) -> str:
     why that failed."""
     import time
 
+    from ..when import tz_name
+
     ep = c.get("epoch", 0)
     off = c.get("utc_offset_min", 0)
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ep))
-    tz = "UTC" if not off else f"UTC{'+' if off > 0 else '-'}{abs(off) // 60:02d}:{abs(off) % 60:02d}"
-    line = f"clock: {when} ({ep - time.time():+.0f} s from this host), billing time {tz}"
+    line = f"clock: {when} ({ep - time.time():+.0f} s from this host), billing time {tz_name(off)}"
     for src in ("ntp", "lorawan"):  # the network sources that set it (firmware link/nettime.py)
         sync = c.get(src)
         if sync:

@@ -15,13 +15,28 @@ from ..errors import ConfigError
 from ..export import KINDS, export
 
 
+def _known_offsets() -> dict[str, int]:
+    """The billing offsets the fleet database knows (provisioned, or said by `umeter fleet
+    health`); none when this host has no fleet database."""
+    from ..inventory import Fleet
+    from ..keystore import home
+
+    path = home() / "fleet.sqlite"
+    return Fleet(path).offsets() if path.is_file() else {}
+
+
 @click.command("export")
 @click.argument("kind", type=click.Choice(KINDS))
 @click.option("--db", required=True, help="The store: an SQLite file or postgresql://USER@HOST/DB.")
 @click.option("--node", "nodes", multiple=True, help="Only this node (repeatable; default: every node).")
 @click.option("--from", "since", help="Records at or after: a date, an ISO time (local unless it says), UNIX s.")
 @click.option("--to", "until", help="Records before: as --from.")
-@click.option("--utc-offset-min", type=int, help="The nodes' billing offset (default: read from the freezes).")
+@click.option(
+    "--utc-offset-min",
+    type=int,
+    help="The nodes' billing offset (default: read from the freezes, told apart by the fleet database where a "
+    "midnight fits two, e.g. UTC+14 and UTC-10).",
+)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here (default stdout).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of CSV.")
 @click.option("--strict", is_flag=True, help="Exit 1 if a record is missing or a row has no interval energy.")
@@ -48,7 +63,7 @@ def command(kind, db, nodes, since, until, utc_offset_min, output, as_json, stri
     t1 = parse_when(until) if until else None
     store = open_store(db, consumer="export")
     try:
-        table = export(store, kind, list(nodes) or None, t0, t1, utc_offset_min)
+        table = export(store, kind, list(nodes) or None, t0, t1, utc_offset_min, _known_offsets())
     finally:
         store.close()
     f = output.open("w", newline="") if output else sys.stdout

@@ -34,12 +34,16 @@ def ls(as_json: bool) -> None:
         click.echo(json.dumps(nodes, indent=1))
         return
     t = Table(show_edge=False)
-    for col in ("node", "site", "board", "unique id", "version", "status", "provisioned"):
+    from ..when import tz_name
+
+    for col in ("node", "site", "board", "unique id", "version", "status", "provisioned", "billing time"):
         t.add_column(col, no_wrap=True)
     for n in nodes:
+        off = n.get("utc_offset_min")
         t.add_row(
-            n["node_id"], n["site"], n["board"], n["uid"], n["version"] or "-", n["status"], _when(n["provisioned_at"])
-        )
+            n["node_id"], n["site"], n["board"], n["uid"], n["version"] or "-", n["status"], _when(n["provisioned_at"]),
+            "-" if off is None else tz_name(off),
+        )  # fmt: skip
     _table_console().print(t)
     ui.info(f"{len(nodes)} node(s) in {Fleet().path}")
 
@@ -131,10 +135,11 @@ def health(broker, prefix, sites, only, timeout, low_kb, max_skew_s, ca, user, a
     from ..command import Commander
     from .monitor import _password
 
-    nodes = [n for n in Fleet().nodes() if (not sites or n["site"] in sites) and (not only or n["node_id"] in only)]
+    fleet = Fleet()
+    nodes = [n for n in fleet.nodes() if (not sites or n["site"] in sites) and (not only or n["node_id"] in only)]
     if not nodes:
         raise ConfigError(
-            "no node in the fleet inventory matches" if Fleet().nodes() else "the fleet inventory is empty",
+            "no node in the fleet inventory matches" if fleet.nodes() else "the fleet inventory is empty",
             hint="see `umeter fleet ls`; nodes join it when `umeter provision` provisions them",
         )
     ks = Keystore()
@@ -158,6 +163,9 @@ def health(broker, prefix, sites, only, timeout, low_kb, max_skew_s, ca, user, a
             out[nid] = {"problem": f"{a.get('status', 'failed')}: {a.get('why', '?')}"}
         else:
             out[nid] = judge(a.get("result", {}), low_kb, max_skew_s, sent, got)
+            off = (a.get("result", {}).get("clock") or {}).get("utc_offset_min")
+            if isinstance(off, int) and not isinstance(off, bool):
+                fleet.set_offset(nid, off)  # the node's own word, for `umeter export`
     bad = sorted(n for n, d in out.items() if "problem" in d)
     if as_json:
         click.echo(json.dumps({"nodes": out, "problems": bad}))
@@ -232,6 +240,6 @@ def _clock(c: dict | None, skew: float | None) -> str:
     """The clock column: its skew and its billing time (UTC+hh:mm)."""
     if not c or skew is None:
         return "-"
-    off = c.get("utc_offset_min", 0)
-    tz = "UTC" if not off else f"UTC{'+' if off > 0 else '-'}{abs(off) // 60:02d}:{abs(off) % 60:02d}"
-    return f"{skew:+.0f} s {tz}"
+    from ..when import tz_name
+
+    return f"{skew:+.0f} s {tz_name(c.get('utc_offset_min', 0))}"
