@@ -187,6 +187,68 @@ def fill(st):
     assert _lines({"link.py": code, "state.py": state}) == {("link.py", n) for n in (13, 15, 19, 21, 24, 27)}
 
 
+def test_todays_rp2040_block_stamp_is_followed_through_what_reference_returns(tmp_path):
+    # hal/rp2dma.py: the DMA IRQ keeps the last completion's ticks_us in a slot; reference()
+    # copies it into a list and returns that; take() stamps the block from slot 1. With a `-`
+    # in place of ticks_add the stamp breaks at every 17.9-min wrap of ticks_us
+    import shutil
+
+    root = tmp_path / "fw"
+    shutil.copytree(unixport.firmware_root(), root, ignore=shutil.ignore_patterns("__pycache__"))
+    f = root / "meternode" / "hal" / "rp2dma.py"
+    text = f.read_text()
+    good = "self.stamp_us = self._add(t, -((c - 1 - taken) & _MASK) * self.block_us)"
+    assert text.count(good) == 1
+    f.write_text(text.replace(good, "self.stamp_us = t - ((c - 1 - taken) & _MASK) * self.block_us"))
+    line = next(n for n, ln in enumerate(text.splitlines(), 1) if good in ln)
+    assert [(x.path, x.line) for x in lint(root)] == [("meternode/hal/rp2dma.py", line)]
+
+
+def test_what_a_function_returns_is_followed_where_the_call_is_known_and_not_by_name_alone():
+    clock = """
+from meternode.ticks import add, ms
+def deadline(s):
+    return add(ms(), s * 1000)
+def pair():
+    return ms(), 5
+def length(x):
+    return len(x)
+async def stamp():
+    return ms()
+class Sched:
+    def __init__(self):
+        self.due = ms()
+    def next_due(self):
+        return self.due
+    def late(self, n):
+        return self.next_due() < n
+"""
+    user = """
+import clock as ck
+from clock import deadline, length, pair
+from meternode import run
+class Other:
+    def deadline(self, n):
+        return n
+def f(n, other):
+    a = deadline(5) - 1
+    t, k = pair()
+    b = t + 1
+    c = k + 1
+    d = length("ab") + 1
+    e = ck.deadline(2) > n
+    g = run("clock", "deadline", 3) + 1
+    h = other.deadline(3) + 1
+async def w():
+    x = await ck.stamp()
+    return x - 1
+"""
+    assert _lines({"clock.py": clock, "user.py": user}) == {
+        ("clock.py", 17),
+        *(("user.py", n) for n in (9, 11, 14, 15, 19)),
+    }
+
+
 def test_a_token_bucket_behind_its_own_difference_function_is_found_in_that_function():
     # the outbox's token bucket before the rule: a difference function that did not wrap
     aio = """

@@ -14,8 +14,11 @@ and unpacked or indexed, a slot assigned one (a constant or const()-style NAME i
 slot; any other index, any slot), a list appended one and iterated, indexed or popped; a
 container is one object in a caller and a callee, through `t = x` and through another
 object's attribute of that name (`k.nettime` in one module, `self.nettime` in its class);
-`ticks_ms` itself kept in an attribute and called later; a value masked with `&`; and calls
-through `meternode.run("module", "function", ...)`. Not followed: what a function returns.
+`ticks_ms` itself kept in an attribute and called later; a value masked with `&`; calls
+through `meternode.run("module", "function", ...)`; and what a function returns, where the
+call is known to be to it (the module's own function or one imported by name, `mod.f()` of
+a module imported, `self.f()` in its class, `meternode.run`) — not a method on another object
+matched by name alone, which would spread every `get()`'s return to every other `get()`.
 
 `ticks.py` itself is left out: it is the arithmetic on the ports that do not wrap.
 
@@ -58,6 +61,7 @@ class _Module:
         self.tick_names = set(_TICK_METHODS)
         self.tick_modules = {"ticks"}
         self.aliases: dict[str, str] = {}  # a function imported under another name: its own
+        self.imported: dict[str, str] = {}  # a name imported: what it is ("meternode.x.f")
         for node in ast.walk(self.tree):
             if isinstance(node, ast.ImportFrom):
                 for a in node.names:
@@ -65,10 +69,15 @@ class _Module:
                         self.aliases[a.asname] = a.name
                     if a.name in _TICK_METHODS or (node.module == _TICKS_MODULE and a.name in _TICKS_FUNCS):
                         self.tick_names.add(a.asname or a.name)
-            elif isinstance(node, ast.ImportFrom) and node.module == "meternode":
-                for a in node.names:
-                    if a.name == "ticks":
+                    if node.module == "meternode" and a.name == "ticks":
                         self.tick_modules.add(a.asname or "ticks")
+                    if node.module and not node.level:
+                        self.imported[a.asname or a.name] = f"{node.module}.{a.name}"
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.asname:
+                        self.imported[a.asname] = a.name
+        self.top = {n.name: n for n in self.tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
 
     def enclosing(self, node: ast.AST, kinds: tuple[type, ...]) -> ast.AST | None:
         p = self.parent.get(node)
@@ -80,6 +89,7 @@ class _Module:
 _ANY = "[*]"
 _DEPTH = 3  # containers nested deeper than this are not followed
 _ATTR = "attr"  # the key of an attribute of another object than self: (_ATTR, its name)
+_RETURN = "return"  # a function's key for what it returns: (its node id, _RETURN)
 
 
 def _index(node: ast.AST) -> str:
@@ -171,12 +181,17 @@ class _Lint:
                     if first == step or _ANY in (first, step):
                         out.add(rest)
             return out
+        if isinstance(node, ast.Await):
+            return self.paths(m, node.value)
         if isinstance(node, ast.Call):
             f = node.func
             if isinstance(f, ast.Attribute) and f.attr == "pop":  # list.pop(): an element
                 return {_step(s)[1] for s in self.paths(m, f.value) if s.startswith("[")}
+            out = set()
+            for fn in self._exact(m, node)[0]:  # what the function called returns
+                out |= self.shapes.get((id(fn), _RETURN), set())
             fk = self.key(m, f)
-            return {""} if fk is not None and "()" in self.shapes.get(fk, ()) else set()
+            return out | ({""} if fk is not None and "()" in self.shapes.get(fk, ()) else set())
         k = self.key(m, node)
         return self._shape(k) if k is not None else set()
 
@@ -246,6 +261,31 @@ class _Lint:
                 out.append(fn)
         return out
 
+    def _exact(self, m: _Module, call: ast.Call) -> tuple[list, list[ast.AST], bool]:
+        """(the functions `call` is to, the arguments they get, whether the first parameter is
+        bound) where that is known, not guessed by name: the module's own function or one
+        imported by name, a function of a module imported (`mod.f()`), a method of the class
+        the call is in (`self.f()`), and `meternode.run("module", "function", ...)`."""
+        f, a = call.func, call.args
+        if isinstance(f, ast.Name):
+            if (m.aliases.get(f.id, f.id) == "run" and len(a) >= 2
+                    and all(isinstance(x, ast.Constant) and isinstance(x.value, str) for x in a[:2])):  # fmt: skip
+                mod = self.by_name.get(a[0].value)
+                return ([mod.top[a[1].value]] if mod and a[1].value in mod.top else []), a[2:], False
+            if f.id in m.top:
+                return [m.top[f.id]], a, False
+            mod, _, name = m.imported.get(f.id, "").rpartition(".")
+            there = self.by_name.get(mod)
+            return ([there.top[name]] if there and name in there.top else []), a, False
+        if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name):
+            if f.value.id == "self":
+                c = m.enclosing(f, (ast.ClassDef,))
+                fns = [n for n in c.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))] if c else []
+                return [n for n in fns if n.name == f.attr], a, True
+            there = self.by_name.get(m.imported.get(f.value.id, ""))
+            return ([there.top[f.attr]] if there and f.attr in there.top else []), a, False
+        return [], a, False
+
     def propagate(self) -> None:
         changed = True
         while changed:
@@ -266,6 +306,10 @@ class _Lint:
                         changed |= self._store(m, node.target, it)
                     elif isinstance(node, ast.Call):
                         changed |= self._call(m, node)
+                    elif isinstance(node, ast.Return) and node.value is not None:
+                        fn = m.enclosing(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+                        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                            changed |= self._mark((id(fn), _RETURN), self.paths(m, node.value))
 
     def _call(self, m: _Module, call: ast.Call) -> bool:
         f = call.func
@@ -273,13 +317,9 @@ class _Lint:
             p = self.paths(m, call.args[-1])  # an element of the list
             return self._mark(self.key(m, f.value), {_ANY + s for s in p})
         fns, args, method = self._callees(m, call), call.args, isinstance(f, ast.Attribute)
-        a = call.args
-        if (isinstance(f, ast.Name) and m.aliases.get(f.id, f.id) == "run" and len(a) >= 2
-                and all(isinstance(x, ast.Constant) and isinstance(x.value, str) for x in a[:2])):  # fmt: skip
-            # meternode.run("meternode.link.nettime", "done", t, ...): that module's function
-            mod = self.by_name.get(a[0].value)
-            fns = [n for n in mod.tree.body if getattr(n, "name", None) == a[1].value] if mod else []
-            args, method = a[2:], False
+        exact = self._exact(m, call)
+        if exact[0] and exact[1] is not call.args:  # meternode.run("module", "function", t, ...)
+            fns, args, method = exact
         pos = dict(enumerate(args))
         kws = {k.arg: k.value for k in call.keywords if k.arg}
         changed = False
