@@ -72,3 +72,66 @@ def test_the_local_offset_is_checked_in_the_config():
     for bad, why in ((100, "not a whole quarter of an hour"), (900, "is above 840"), (5.5, "must be int")):
         e = raises(ConfigError, check_config, {"node_id": "n", "utc_offset_min": bad})
         eq("utc_offset_min" in str(e) and why in str(e), True, str(e))
+
+
+def _freezes_across_a_move(before_min, after_min, move_at, start, end):
+    # A profile recorder fed every 450 s from `start` to `end` (UTC), the billing time moved
+    # from `before_min` to `after_min` at `move_at`: its freezes, (kind, ts).
+    from meternode import ticks
+    from meternode.store.profile import ProfileRecorder
+
+    log = RecordLog(scratch_dir() + "/log", 4096, 65536)
+    rec = ProfileRecorder(log, 900)
+    ticks.LOCAL_S = before_min * 60
+    try:
+        t = start
+        while t < end:
+            if t >= move_at:
+                ticks.LOCAL_S = after_min * 60
+            rec.add(t, _esnap((t - start) // 45))
+            t += 450
+    finally:
+        ticks.LOCAL_S = 0
+    r = log.reader()
+    r.seek(1)
+    out = []
+    while r.next():
+        if r.kind != records.PROFILE:
+            out.append((records.kind_name(r.kind), r.ts))
+    return out
+
+
+def test_billing_time_moved_west_makes_that_day_longer_and_freezes_nothing_twice():
+    # Almaty moved from UTC+6 to UTC+5 on 1 March 2024. Moved at noon on 29 February (local):
+    # the 28th ended at 00:00 +6 (18:00 UTC), the 29th at 00:00 +5 (19:00 UTC the next day,
+    # 25 h), March's first day 24 h later. The midnight under the new offset is an hour after
+    # the one frozen: before, that hour was a day of its own, frozen the moment it moved.
+    h = 3600
+    feb28 = 1709078400  # 2024-02-28 00:00 UTC
+    got = _freezes_across_a_move(360, 300, feb28 + 30 * h, feb28 - 8 * h, feb28 + 3 * 24 * h)
+    want = [("daily", feb28 - 6 * h), ("daily", feb28 + 18 * h), ("daily", feb28 + 43 * h),
+            ("monthly", feb28 + 43 * h), ("daily", feb28 + 67 * h)]  # fmt: skip
+    eq(got, want, "one freeze per local date, the 29th 25 h long")
+
+
+def test_billing_time_moved_east_makes_that_day_shorter():
+    # UTC+5 to UTC+6 at noon on the 29th (local): it ends at 00:00 +6, 23 h after the 28th did.
+    h = 3600
+    feb28 = 1709078400
+    got = _freezes_across_a_move(300, 360, feb28 + 31 * h, feb28 - 8 * h, feb28 + 3 * 24 * h)
+    want = [("daily", feb28 - 5 * h), ("daily", feb28 + 19 * h), ("daily", feb28 + 42 * h),
+            ("monthly", feb28 + 42 * h), ("daily", feb28 + 66 * h)]  # fmt: skip
+    eq(got, want, "one freeze per local date, the 29th 23 h long")
+
+
+def test_billing_time_moved_across_the_date_line_ends_that_day_where_it_moved():
+    # Samoa moved from UTC-11 to UTC+13 in December 2011. Moved at noon on the 29th (-11,
+    # 23:00 UTC), it is noon on the 30th (+13): the 29th ends there, frozen at that interval
+    # boundary with its registers (not stamped at the 30th's midnight, 12 h gone), the 30th at
+    # its own midnight, and December at the first of January's (+13).
+    h = 3600
+    dec29 = 1325116800  # 2011-12-29 00:00 UTC
+    got = _freezes_across_a_move(-660, 780, dec29 + 23 * h, dec29, dec29 + 3 * 24 * h)
+    want = [("daily", dec29 + 11 * h), ("daily", dec29 + 23 * h), ("daily", dec29 + 35 * h),
+            ("daily", dec29 + 59 * h), ("monthly", dec29 + 59 * h)]  # fmt: skip
+    eq(got, want, "")

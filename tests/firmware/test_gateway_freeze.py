@@ -275,3 +275,38 @@ async def test_a_node_in_new_york_freezes_at_its_local_midnight():
     finally:
         ticks.LOCAL_S = 0
         u.log.close()
+
+
+@heap("1m")
+async def test_billing_time_moved_west_freezes_no_day_twice():
+    # The billing time moved from UTC+6 to UTC+5 at noon (a signed policy, docs/policy.md):
+    # its new midnight behind it is an hour after the one frozen, a day that did not end;
+    # the gateway and the node freeze the 2nd once, at 00:00 on the 3rd in UTC+5.
+    from meternode import ticks
+
+    line = Line()
+    n, u, g = _node(line, 360)
+    h = 3600
+    try:
+        _advance(n, 10)
+        await _round(n, g, line, 100000, 100000, 50000)
+        n.hal.clock.set_time(FEB2 - 6 * h - 40)
+        await _round(n, g, line, 100000, 100000, 50000)
+        _advance(n, 50)
+        await _round(n, g, line, 100100, 100500, 50250)  # Feb 2 00:00:10 in UTC+6
+        n.hal.clock.set_time(FEB2 + 6 * h)  # noon
+        ticks.LOCAL_S = 300 * 60
+        await _round(n, g, line, 100200, 101000, 51000)
+        _advance(n, 50)
+        await _round(n, g, line, 100300, 101500, 51500)
+        eq(sorted({ts for ts, _m in _frozen(u)}), [FEB2 - 6 * h], "no freeze at the new offset's past midnight")
+        n.hal.clock.set_time(FEB2 + 19 * h - 40)
+        await _round(n, g, line, 100400, 102000, 52000)
+        _advance(n, 50)
+        await _round(n, g, line, 100500, 102500, 52500)  # Feb 3 00:00:10 in UTC+5
+        eq(sorted({ts for ts, _m in _frozen(u)}), [FEB2 - 6 * h, FEB2 + 19 * h], "the 2nd frozen once, 25 h long")
+        own = [(k, ts) for k, ts, d in _records(u, (records.DAILY,))]
+        eq(own, [(records.DAILY, FEB2 - 6 * h), (records.DAILY, FEB2 + 19 * h)], "the node's own, the same")
+    finally:
+        ticks.LOCAL_S = 0
+        u.log.close()

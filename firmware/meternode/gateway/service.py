@@ -14,7 +14,7 @@
 import asyncio
 import gc
 
-from meternode import _nop
+from meternode import _nop, ticks
 from meternode.config import ConfigError, need
 from meternode.gateway import drivers, poller
 from meternode.gateway import reading as R
@@ -196,7 +196,7 @@ class GatewayService:
         if prof is None:
             return
         pday = getattr(prof, "_day", None)
-        if pday is not None and floor(ts, 86400) > pday:
+        if pday is not None and (ts + ticks.LOCAL_S) // 86400 > pday:
             return
         water = gas = 0
         for m in self.meters():
@@ -226,7 +226,7 @@ class GatewayService:
         if ts < CLOCK_SET:
             self._day = None
             return
-        day = floor(ts, 86400)
+        day = (ts + ticks.LOCAL_S) // 86400  # the local date: moved billing time freezes no day twice
         month = _month(ts)
         if self._day is None:
             self._day, self._month = day, month
@@ -235,6 +235,7 @@ class GatewayService:
             return
         flags = R.FROZEN_DAY | (R.FROZEN_MONTH if month != self._month else 0)
         self._day, self._month = day, month
+        day = floor(ts, 86400)  # the freeze's time: that local midnight, UTC
         for m in self.meters():
             if m.have:
                 self._append(records.READING, day, R.pack(m.id, m.last, flags | (R.STALE if m.silent else 0)))

@@ -2,7 +2,11 @@
 # `period_s`, aligned to the wall clock: 00:00, 00:15, ...), DAILY freezes at each midnight
 # and MONTHLY freezes at each first of the month, all appended to the record log. Midnight,
 # the month and the periods' boundaries are the node's billing time (ticks.floor/month: UTC +
-# config.utc_offset_min); the records' timestamps are UTC.
+# ticks.LOCAL_S, config.utc_offset_min or a signed policy's); the records' timestamps are UTC.
+# A day is frozen when the local date moves on, not the midnight's timestamp: billing time
+# moved west (a policy, docs/policy.md) makes that day longer, moved east shorter (across a
+# midnight, the day ends at the interval boundary where the move came), and never freezes a
+# day twice or a day that did not end.
 # Energies come from the snapshot's exact register integers (e_imp_mwh, e_exp_mwh), never
 # rebuilt from float Wh: a single-precision float is exact only below 16.8 kWh.
 #
@@ -17,9 +21,8 @@
 # A MONTHLY freeze also holds the month's maximum demand and when its period ended, which the
 # freeze takes from the registers (Registers.bill: the billing month ends; `regs` None, as in
 # tests of the store alone, freezes none).
-from meternode import run
+from meternode import run, ticks
 from meternode.store import records
-from meternode.ticks import floor, month
 
 
 def _at(b, t0, v0, t1, v1):
@@ -55,28 +58,31 @@ class ProfileRecorder:
         t0 = self._ts
         if end is None or ts < t0 - self._per:  # the first, or the clock set back a period or more
             self.close(None, 0, 0)  # what an interval had is dropped: no end of it is known
-            self._day = floor(ts, 86400)  # the local midnight at or before ts
-            self._month = month(ts)
+            self._day = (ts + ticks.LOCAL_S) // 86400  # the local date of ts (days since 1970)
+            self._month = ticks.month(ts)
             end = None
         elif ts >= end:  # the interval's end has passed: its record, the registers at its end
             i0 = self.e_imp_mwh
             x0 = self.e_exp_mwh
             self.close(end, _at(end, t0, i0, ts, imp), _at(end, t0, x0, ts, exp))
-            m = floor(ts, 86400)
-            if m > self._day:  # midnight: the registers then, and the meters' last readings
+            x = (ts + ticks.LOCAL_S) // 86400
+            if x > self._day:  # midnight: the registers then, and the meters' last readings
+                self._day = x
+                m = ticks.floor(ts, 86400)
+                if m < end:  # moved east past a midnight: the day ended where the move came
+                    m = end
                 i0 = _at(m, t0, i0, ts, imp)
                 x0 = _at(m, t0, x0, ts, exp)
                 self._append(records.DAILY, m, records.freeze(i0, x0, self.water_l, self.gas_l))
-                self._day = m
-                x = month(ts)
+                x = ticks.month(ts)
                 if x != self._month:
-                    md = self.regs.bill(month(m)) if self.regs else (0, 0)
+                    md = self.regs.bill(ticks.month(m)) if self.regs else (0, 0)
                     self._append(records.MONTHLY, m, records.freeze(i0, x0, self.water_l, self.gas_l, md))
                     self._month = x
             end = None
         if end is None:  # the interval that holds ts, of the period in force now
             x = self._per = self.period_s
-            self._end = floor(ts, x) + x
+            self._end = ticks.floor(ts, x) + x
         self._ts = ts
         self.e_imp_mwh = imp
         self.e_exp_mwh = exp
