@@ -130,6 +130,7 @@ def make_manifest(
     now: float | None = None,
     campaign: str | None = None,
     build: dict | None = None,
+    billing_tz: int | None = None,
 ) -> dict:
     """A manifest dict; the node re-checks every field (meternode.policy.bundle.check_manifest)."""
     if kind not in fw_bundle.KINDS:
@@ -152,6 +153,8 @@ def make_manifest(
         man["campaign"] = campaign
     if build:
         man["build"] = build
+    if billing_tz is not None:  # a policy that moves the nodes' billing time to its own (bundle.py)
+        man["billing_tz"] = billing_tz
     try:
         fw_bundle.check_manifest(man)
     except fw_bundle.Rejected as e:

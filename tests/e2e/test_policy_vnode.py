@@ -151,3 +151,71 @@ def test_relay_command_and_policy_topics_survive_a_broker_restart(mosquitto, tmp
             assert "Traceback" not in vn.log()
     finally:
         lis.close()
+
+
+def test_a_bundle_signed_to_move_the_billing_time_moves_it_for_good(mosquitto, tmp_path: Path) -> None:
+    # Almaty's nodes were provisioned in UTC+6 (config and policy); the country moved to UTC+5.
+    # The new policy signed without --move-billing-time is refused, naming both times; signed
+    # with it (manifest billing_tz), it is applied, the move is an event, the node's status
+    # says UTC+5, and so it does after a reboot, though its config still says UTC+6.
+    from meternode.link.actions import make_command
+
+    def pol(tz: int) -> dict:
+        day = [["00:00", "std"]]
+        return compile_source(
+            {
+                "name": f"kz{tz}",
+                "utc_offset_min": tz,
+                "tariffs": ["std"],
+                "seasons": [{"start": "01-01", "weekday": day}],
+            }
+        )
+
+    cfg = _config("vn3", mosquitto, policy=pol(360), cmd_key=CMD_KEY.hex(), utc_offset_min=360)
+    cfg["sim"]["events"] = []
+    lis = Listener(mosquitto.host, mosquitto.port, "vn3")
+    n = 0
+
+    def billing_time(vn) -> int:
+        nonlocal n
+        n += 1
+        lis.publish("cmd", make_command(CMD_KEY, "vn3", "status", {}, n, START + 86400, f"st{n}"))
+        r, _ = lis.wait(lambda leaf, m: leaf == "cmd/result" and m.get("id") == f"st{n}", 30, "status", vn)
+        return r["result"]["clock"]["utc_offset_min"]
+
+    try:
+        with VNode(tmp_path / "vn3", cfg) as vn:
+            lis.wait(lambda leaf, m: leaf == "state" and m == b"online", 30, "online", vn)
+            assert billing_time(vn) == 360
+            target = make_target(groups=["north"])
+            lis.publish("policy/bundle", policy_bundle(KEY, "acme", 1, pol(300), target))
+            r, _ = lis.wait(lambda leaf, m: leaf == "policy/result", 20, "policy result", vn)
+            assert (r["ok"], r["why"]) == (
+                False,
+                "bad policy: utc_offset_min 300, the node bills in 360 "
+                "(to move it there: sign with --move-billing-time)",
+            ), r
+            lis.publish("policy/bundle", policy_bundle(KEY, "acme", 1, pol(300), target, billing_tz=300))
+            moved = []  # (the move's event record is published before the result)
+
+            def result(leaf, m):
+                if leaf == "event" and "billing time" in m.get("text", ""):
+                    moved.append(m["text"])
+                return leaf == "policy/result"
+
+            r, _ = lis.wait(result, 20, "policy result", vn)
+            assert (r["ok"], r["status"], r["version"]) == (True, "applied", 1), r
+            if not moved:
+                lis.wait(lambda leaf, m: result(leaf, m) or bool(moved), 30, "the move's event", vn)
+            assert moved == ["policy billing time 300 min, was 360"], moved
+            assert billing_time(vn) == 300
+            boots = vn.boots
+            n += 1
+            lis.publish("cmd", make_command(CMD_KEY, "vn3", "reboot", {}, n, START + 86400, "rb"))
+            lis.wait(lambda leaf, m: leaf == "cmd/result" and m.get("id") == "rb", 30, "reboot result", vn)
+            lis.wait(lambda leaf, m: leaf == "state" and m == b"online", 60, "online again", vn)
+            assert vn.boots > boots
+            assert billing_time(vn) == 300, "the signed policy's time at the next start"
+            assert "Traceback" not in vn.log()
+    finally:
+        lis.close()

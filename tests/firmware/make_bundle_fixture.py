@@ -39,7 +39,7 @@ def _policy(name: str, peak: float) -> bytes:
     return compact_bytes(compile_source(src))
 
 
-def _pol(version, name, target=None, key=KEY, fleet="test", expires=FAR, files=None, campaign="c1"):
+def _pol(version, name, target=None, key=KEY, fleet="test", expires=FAR, files=None, campaign="c1", billing_tz=None):
     files = files or {"policy.json": _policy(name, 0.3 + version / 100)}
     man = make_manifest(
         "policy",
@@ -51,6 +51,7 @@ def _pol(version, name, target=None, key=KEY, fleet="test", expires=FAR, files=N
         expires_s=expires,
         now=NOW - 60,
         campaign=campaign,
+        billing_tz=billing_tz,
     )
     return sign_bundle(key, man, files)
 
@@ -75,6 +76,7 @@ def render() -> str:
     """The fixture module's text (deterministic: Ed25519 signatures and the clock are fixed)."""
     out: dict[str, bytes] = {}
     out["POLICY_V2"] = _pol(2, "v2")
+    out["POLICY_V2_MOVES_BILLING"] = _pol(2, "v2", billing_tz=0)  # the nodes bill in UTC from then on
     out["POLICY_V3_GROUP"] = _pol(3, "v3", make_target(groups=["north"]))
     out["POLICY_V1_OLD"] = _pol(1, "v1")
     out["POLICY_OTHER_NODE"] = _pol(4, "v4", make_target(nodes=["n2"]))

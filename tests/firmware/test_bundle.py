@@ -73,21 +73,33 @@ def test_every_bad_bundle_is_rejected_with_its_reason_and_no_effect():
 
 
 @heap("192k")
-def test_a_policy_in_another_time_than_the_nodes_billing_time_is_rejected():
+def test_a_policy_in_another_time_than_the_nodes_billing_time_is_rejected_unless_it_moves_it():
     # The fixtures' policies have their tariff hours in UTC (utc_offset_min 0); a node billing
     # in Central European time (config utc_offset_min 60) would switch tariffs an hour off its
-    # own midnight and freezes: refused, naming both, nothing applied.
+    # own midnight and freezes: refused, naming both and how to move it, nothing applied. The
+    # same policy signed to move the billing time (manifest billing_tz 0) is applied, and the
+    # move is an event (the service then bills in it: test_policy_service.py).
     from meternode import ticks
 
-    a = _agent()
+    ev = []
+    applied = []
+    a = _agent(events=ev)
+    a.on_policy = applied.append
     ticks.LOCAL_S = 3600
     try:
         r = a.handle_policy(F.POLICY_V2)
+        why = "bad policy: utc_offset_min 0, the node bills in 60 (to move it there: sign with --move-billing-time)"
+        eq((r["ok"], r["status"], r["why"]), (False, "rejected", why), "")
+        eq((a.policy_version(), applied), (0, []), "nothing applied")
+        r = a.handle_policy(F.POLICY_V2_MOVES_BILLING)
+        eq((r["ok"], r["status"], a.policy_version()), (True, "applied", 2), "signed to move it: applied")
+        eq(ev[-2:], [("policy", "billing time 0 min, was 60"), ("policy", "applied v2 v2")], "")
+        eq([p["tz"] for p in applied], [0], "handed to the service with its time")
     finally:
         ticks.LOCAL_S = 0
-    eq((r["ok"], r["status"], r["why"]), (False, "rejected", "bad policy: utc_offset_min 0, the node bills in 60"), "")
-    eq(a.policy_version(), 0, "nothing applied")
-    eq(a.handle_policy(F.POLICY_V2)["status"], "applied", "the same bundle on a node billing in UTC")
+    b = _agent(scratch_dir() + "/b")
+    eq(b.handle_policy(F.POLICY_V2)["status"], "applied", "the unmoving bundle on a node billing in UTC")
+    eq(b.handle_policy(F.POLICY_V2_MOVES_BILLING)["why"][:11], "not newer: ", "(the same version)")
 
 
 @heap("192k")

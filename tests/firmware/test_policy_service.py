@@ -89,15 +89,29 @@ def test_engine_ticks_from_the_meter_and_bundles_replace_the_policy():
     s.tick()
     eq(node.meter.tariffs, [2], "peak at 18:00 local on a weekday")
     eq(rare.health(s), None, "healthy: cycles and link")
-    eq(rare.incoming(s, "umeter/n1/policy/bundle", F.POLICY_V2), True, "our topic")
-    eq(rare.incoming(s, "umeter/n1/cmd", b"{}"), False, "the uplink's topic passes through")
-    eq(rare.incoming(s, "umeter/n2/policy/bundle", F.POLICY_V2), False, "another node's topic")
-    leaf, payload = s._out[0]
-    r = json.loads(payload)
-    eq((leaf, r["status"], r["version"]), ("policy/result", "applied", 2), "result queued")
-    eq(s.engine.name, "v2", "the signed policy runs now")
-    st = s.state()
-    eq((st["policy"], st["version"], st["relay"]), ("v2", 2, True), "state")
+    from meternode import ticks
+
+    try:
+        # the config's policy is in UTC+1, and the node bills in its time
+        eq(ticks.LOCAL_S, 3600, "billing time: the policy's")
+        eq(rare.incoming(s, "umeter/n1/policy/bundle", F.POLICY_V2), True, "our topic")
+        eq(json.loads(s._out[0][1])["why"][:51], "bad policy: utc_offset_min 0, the node bills in 60 ", "")
+        eq(rare.incoming(s, "umeter/n1/cmd", b"{}"), False, "the uplink's topic passes through")
+        eq(rare.incoming(s, "umeter/n2/policy/bundle", F.POLICY_V2), False, "another node's topic")
+        eq(rare.incoming(s, "umeter/n1/policy/bundle", F.POLICY_V2_MOVES_BILLING), True, "signed to move it")
+        leaf, payload = s._out[-1]
+        r = json.loads(payload)
+        eq((leaf, r["status"], r["version"]), ("policy/result", "applied", 2), "result queued")
+        eq(s.engine.name, "v2", "the signed policy runs now")
+        eq(ticks.LOCAL_S, 0, "and the node bills in its time (UTC)")
+        st = s.state()
+        eq((st["policy"], st["version"], st["relay"]), ("v2", 2, True), "state")
+        # a new boot: the config still says UTC+1, the signed policy on flash says UTC
+        ticks.LOCAL_S = 3600  # (nodeinit: the config's)
+        s2 = PolicyService(_Node(s.node.config["policy_dir"]), log=lambda m: None)
+        eq((s2.engine.name, ticks.LOCAL_S), ("v2", 0), "the moved billing time at every start")
+    finally:
+        ticks.LOCAL_S = 0
 
 
 @heap("256k")

@@ -167,7 +167,9 @@ def test_signed_policy_bundle_is_accepted_by_the_firmware_agent(tmp_path: Path) 
 
     # a node billing in the policy's time (config utc_offset_min, nodeinit.setup): one in
     # another time refuses it (bundle.py)
-    assert agent.handle_policy(env)["why"] == "bad policy: utc_offset_min 60, the node bills in 0"
+    assert agent.handle_policy(env)["why"] == (
+        "bad policy: utc_offset_min 60, the node bills in 0 (to move it there: sign with --move-billing-time)"
+    )
     ticks.LOCAL_S = c["tz"] * 60
     try:
         r = agent.handle_policy(env)

@@ -88,6 +88,48 @@ def test_diff_keygen_sign_and_bad_usage(tmp_path: Path, monkeypatch) -> None:
     assert main(["policy", "sign", str(b), "--fleet", "acme", "--all", "-o", str(out)]) == 2  # --version missing
 
 
+def test_a_policy_signed_to_move_the_billing_time_is_applied_by_a_node_in_another(tmp_path: Path, monkeypatch) -> None:
+    # Almaty's nodes billed in UTC+6 until the country moved to UTC+5: the new policy, signed
+    # with --move-billing-time, carries its time in the manifest; the firmware's agent on a
+    # node billing in UTC+6 refuses it signed without, applies it signed with, and says so.
+    from meternode import ticks
+    from meternode.policy.agent import Agent
+
+    monkeypatch.setenv("UMETER_KEYSTORE", str(tmp_path / "keys"))
+    monkeypatch.setenv("NO_COLOR", "1")
+    src = _write(tmp_path, "kz.toml", "utc_offset_min = 300\n" + SRC)
+    assert main(["policy", "keygen", "acme"]) == 0
+    ident = json.loads(_Out().readouterr().out)
+    plain, moving = tmp_path / "plain.bundle", tmp_path / "moving.bundle"
+    assert main(["policy", "sign", str(src), "--fleet", "acme", "--version", "2", "--all", "-o", str(plain)]) == 0
+    assert "bill in" not in _Out().readouterr().err
+    argv = ["policy", "sign", str(src), "--fleet", "acme", "--version", "2", "--all", "-o", str(moving)]
+    assert main([*argv, "--move-billing-time"]) == 0
+    assert "nodes that apply it bill in UTC+05:00 from then on" in _Out().readouterr().err
+    man = json.loads(json.loads(moving.read_bytes())["m"])
+    assert man["billing_tz"] == 300 and "billing_tz" not in json.loads(json.loads(plain.read_bytes())["m"])
+
+    class Clock:
+        def time(self):
+            import time
+
+            return time.time()
+
+    events: list = []
+    agent = Agent("kz1", ident, str(tmp_path / "node"), Clock(), event=lambda k, t: events.append(t))
+    ticks.LOCAL_S = 360 * 60
+    try:
+        r = agent.handle_policy(plain.read_bytes())
+        assert r["why"] == (
+            "bad policy: utc_offset_min 300, the node bills in 360 (to move it there: sign with --move-billing-time)"
+        )
+        r = agent.handle_policy(moving.read_bytes())
+    finally:
+        ticks.LOCAL_S = 0
+    assert (r["ok"], r["status"], r["version"]) == (True, "applied", 2)
+    assert "billing time 300 min, was 360" in events
+
+
 def test_ota_sign_checks_the_build_manifest(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("UMETER_KEYSTORE", str(tmp_path / "keys"))
     monkeypatch.setenv("NO_COLOR", "1")

@@ -239,13 +239,23 @@ def handle_policy(self, payload):
         except (ValueError, PolicyError) as e:
             raise Rejected("bad policy: %s" % e)
         # its tariff hours in a time other than the one the node bills in (config
-        # utc_offset_min, set at provisioning): the day's tariffs and its freezes would disagree
+        # utc_offset_min, or the last policy's): the day's tariffs and its freezes would
+        # disagree, unless the manifest says to move the billing time there (billing_tz:
+        # `umeter policy sign --move-billing-time`); then the node bills in it from now on
+        # (rare.load; the freezes follow the local date: store/profile.py)
         from meternode import ticks
 
-        if compact["tz"] * 60 != ticks.LOCAL_S:
-            raise Rejected("bad policy: utc_offset_min %d, the node bills in %d" % (compact["tz"], ticks.LOCAL_S // 60))
+        tz = compact["tz"]
+        was = ticks.LOCAL_S // 60
+        if tz != was and man.get("billing_tz") != tz:
+            raise Rejected(
+                "bad policy: utc_offset_min %d, the node bills in %d (to move it there: sign with --move-billing-time)"
+                % (tz, was)
+            )
         sig = parse(payload)[1]
         self.store.apply(man["version"], mtext, hexlify(sig).decode(), compact)
+        if tz != was:
+            self.event("policy", "billing time %d min, was %d" % (tz, was))  # (an event keeps 40 characters)
     except Rejected as e:
         why = str(e)
         self.event("policy", "rejected: %s" % why)

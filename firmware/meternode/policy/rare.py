@@ -77,7 +77,11 @@ def log_room(self):
 
 def load(self, policy):
     # A new policy (compact form, validated by Engine through check_compact) replaces the
-    # running one.
+    # running one, and the node bills in its time: the same as config.utc_offset_min, or the
+    # one a signed bundle moved it to (bundle.py), at every start from then on.
+    from meternode import ticks
+
+    ticks.LOCAL_S = policy["tz"] * 60
     seed = 5381  # the node's id hashed: the engine's per-node random restore delays
     for ch in self.node.id:
         seed = ((seed * 33) ^ ord(ch)) & 0x7FFFFFFF

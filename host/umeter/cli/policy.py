@@ -215,8 +215,21 @@ def identity_cmd(fleet: str, keystore: Path | None, groups: tuple[str, ...]) -> 
 @sign_options
 @target_options
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Bundle file to write.")
-def sign_cmd(source, fleet, version, expires, campaign, keystore, nodes, groups, all_nodes, output) -> None:
-    """Compile and sign a policy for nodes, groups or the whole fleet."""
+@click.option(
+    "--move-billing-time",
+    "move",
+    is_flag=True,
+    help="Nodes billing in another time move to the policy's utc_offset_min (their freezes and demand "
+    "periods with it); without it they refuse the policy.",
+)
+def sign_cmd(source, fleet, version, expires, campaign, keystore, nodes, groups, all_nodes, output, move) -> None:
+    """Compile and sign a policy for nodes, groups or the whole fleet.
+
+    A node refuses a policy whose utc_offset_min is not the time it bills in (its tariff hours
+    and its freezes would disagree). --move-billing-time signs one that moves them there: each
+    node bills in the policy's time from when it applies it (the day in progress ends at the
+    new midnight: longer moved west, shorter moved east) and at every start after.
+    """
     c = load_any(source)
     key = Keystore(keystore).load(fleet)
     env = policy_bundle(
@@ -227,9 +240,14 @@ def sign_cmd(source, fleet, version, expires, campaign, keystore, nodes, groups,
         make_target(list(nodes), list(groups), all_nodes),
         expires_s=parse_duration(expires),
         campaign=campaign,
+        billing_tz=c["tz"] if move else None,
     )
     output.write_bytes(env)
     ui.out.print(f"Signed policy {c['n']!r} v{version} for fleet {fleet} -> {output} ({len(env)} bytes).", markup=False)
+    if move:
+        from ..when import tz_name
+
+        ui.info(f"nodes that apply it bill in {tz_name(c['tz'])} from then on (--move-billing-time)")
 
 
 @command.command("push")
