@@ -30,6 +30,7 @@ silently incomplete series.
 
 from __future__ import annotations
 
+import calendar
 import time
 from dataclasses import dataclass, field
 
@@ -45,6 +46,7 @@ class Table:
     header: list[str]
     rows: list[list] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth knowing, not wrong (a moved billing time)
     incomplete: int = 0  # rows without interval energy (a gap, a reset, the first)
 
 
@@ -169,57 +171,76 @@ def _profile(table: Table, node: str, docs: list[dict], prev: dict | None, _off)
         prev = d
 
 
-def _offset(table: Table, node: str, docs: list[dict], prev: dict | None, offs: tuple) -> int:
-    """The offset `node`'s freezes are dated by: the one given, else their own midnights'
-    (the fleet database's `known` choosing between two), each doubt a warning."""
+def _offsets(table: Table, node: str, docs: list[dict], prev: dict | None, offs: tuple) -> list[int]:
+    """The offset each freeze of `node` (`prev` first, when given) is dated by: the one given,
+    else its own midnight's — the one before it, then the fleet database's `known`, choosing
+    where a midnight fits two; a freeze at no midnight (a move across one) keeps the one
+    before. A move of the billing time between two freezes is a note; each doubt a warning."""
     given, known = offs
-    if not docs:
-        return given or 0
-    seen = {tuple(utc_offsets(d["ts"])) for d in [*([prev] if prev else []), *docs]}
-    fits = next(iter(seen)) if len(seen) == 1 else ()
-    said = " or ".join(tz_name(o) for o in fits)
+    seq = [*([prev] if prev else []), *docs]
     if given is not None:
-        if fits and given not in fits:
+        bad = [d for d in seq if given not in utc_offsets(d["ts"])]
+        if bad:
+            said = " or ".join(tz_name(o) for o in utc_offsets(bad[0]["ts"])) or "no offset"
             table.warnings.append(
-                f"{node}: its freezes are at local midnight in {said}, not in the {tz_name(given)} given: "
-                "dated as given"
+                f"{node}: {len(bad)} of its freezes are not at local midnight in the {tz_name(given)} given "
+                f"(the first, seq {bad[0]['seq']}, is in {said}): dated as given"
             )
-        return given
-    if not fits:
+        return [given] * len(seq)
+    out: list[int] = []
+    doubt = False
+    for d in seq:
+        fits = utc_offsets(d["ts"])
+        last = out[-1] if out else None
+        if last in fits or (not fits and last is not None):
+            o = last
+        elif known in fits:
+            o = known
+        elif fits:
+            o = fits[0]
+            doubt = doubt or len(fits) > 1
+        else:
+            o = known if known is not None else 0
+            table.warnings.append(
+                f"{node}: the freeze at {_iso(d['ts'])} (seq {d['seq']}) is at no local midnight: dated in {tz_name(o)}"
+            )
+        if last is not None and o != last:
+            table.notes.append(
+                f"{node}: billing time moved from {tz_name(last)} to {tz_name(o)} before the freeze at "
+                f"{_iso(d['ts'])} (seq {d['seq']})"
+            )
+        out.append(o)
+    newest = utc_offsets(seq[-1]["ts"]) if seq else []
+    if doubt and known is None:
+        said = " or ".join(tz_name(o) for o in newest)
         table.warnings.append(
-            f"{node}: its freezes are not all at one local midnight ({len(seen)} offsets): dates in UTC; "
-            "give --utc-offset-min"
-        )
-        return 0
-    if known in fits:
-        return known
-    if known is not None:
-        table.warnings.append(
-            f"{node}: the fleet database has {tz_name(known)}, but its freezes are at local midnight in {said} "
-            f"(provisioned again with another offset?): dated by its freezes in {tz_name(fits[0])}"
-        )
-    elif len(fits) > 1:
-        table.warnings.append(
-            f"{node}: its freezes are at local midnight in {said}: dated in {tz_name(fits[0])}; give "
+            f"{node}: its freezes are at local midnight in {said}: dated in {tz_name(out[-1])}; give "
             "--utc-offset-min, or let `umeter fleet health` ask the node its own"
         )
-    return fits[0]
+    elif known is not None and newest and known not in newest:
+        said = " or ".join(tz_name(o) for o in newest)
+        table.warnings.append(
+            f"{node}: the fleet database has {tz_name(known)}, but its newest freeze is at local midnight in "
+            f"{said} (provisioned again with another offset?): dated by its freezes in {tz_name(out[-1])}"
+        )
+    return out
 
 
 def _freezes(monthly: bool):
     def rows(table: Table, node: str, docs: list[dict], prev: dict | None, offs: tuple) -> None:
-        off = _offset(table, node, docs, prev, offs)
+        tz = iter(_offsets(table, node, docs, prev, offs))
+        before = _local(prev["ts"] - 1, next(tz)) if prev else None
         for d in docs:
-            end = _local(d["ts"] - 1, off)  # the day (month) that ended at this freeze
+            end = _local(d["ts"] - 1, next(tz))  # the day (month) that ended at this freeze, local
             if monthly:
                 label = f"{end.tm_year:04d}-{end.tm_mon:02d}"
-                before = _local(prev["ts"] - 1, off) if prev else None
-                follows = before is not None and (before.tm_year * 12 + before.tm_mon + 1) == (
-                    end.tm_year * 12 + end.tm_mon
+                follows = (
+                    before is not None and before.tm_year * 12 + before.tm_mon + 1 == end.tm_year * 12 + end.tm_mon
                 )
             else:
                 label = time.strftime("%Y-%m-%d", end)
-                follows = prev is not None and d["ts"] - prev["ts"] == 86400
+                # the day after the one before it: 24 h, or 23 or 25 where the billing time moved
+                follows = before is not None and calendar.timegm(end) // 86400 == calendar.timegm(before) // 86400 + 1
             why = "first exported" if prev is None else f"the previous freeze is at {_iso(prev['ts'])}"
             imp, exp, status = _energy(table, d, prev, follows, why)
             row = [node, label, _iso(d["ts"]), imp, exp, _kwh(d["e_imp_mwh"]), _kwh(d["e_exp_mwh"]),
@@ -228,7 +249,7 @@ def _freezes(monthly: bool):
                 md = d.get("md_mw")
                 row += [_scaled(md, 1_000_000, 3) if md else "", _iso(d.get("md_at"))]
             table.rows.append([*row, status, d["seq"]])
-            prev = d
+            prev, before = d, end
 
     return rows
 

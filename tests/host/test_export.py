@@ -144,14 +144,38 @@ def test_a_midnight_that_fits_two_offsets_is_dated_by_the_fleets_and_warned_with
     t = export(s, "daily", known={"hw": 60})
     assert [r[1] for r in t.rows] == ["2026-12-01", "2026-12-02"]
     assert t.warnings == [
-        "hw: the fleet database has UTC+01:00, but its freezes are at local midnight in UTC+14:00 or "
+        "hw: the fleet database has UTC+01:00, but its newest freeze is at local midnight in UTC+14:00 or "
         "UTC-10:00 (provisioned again with another offset?): dated by its freezes in UTC+14:00"
     ]
     # an offset given that the freezes do not fit: as given, and named
     t = export(s, "daily", offset_min=0)
     assert [r[1] for r in t.rows] == ["2026-12-01", "2026-12-02"]  # (UTC's days, as asked)
     assert t.warnings == [
-        "hw: its freezes are at local midnight in UTC+14:00 or UTC-10:00, not in the UTC given: dated as given"
+        "hw: 2 of its freezes are not at local midnight in the UTC given (the first, seq 1, is in UTC+14:00 or "
+        "UTC-10:00): dated as given"
+    ]
+    s.close()
+
+
+def test_a_billing_time_moved_between_freezes_dates_each_by_its_own_and_the_longer_day_has_its_energy(tmp_path):
+    # Almaty's node moved from UTC+6 to UTC+5 on 29 February 2024 (a signed policy): its
+    # freezes at 18:00 UTC, then 19:00 UTC; the 29th was 25 h long and has its energy
+    db = str(tmp_path / "m.sqlite")
+    c = _Quiet(db, gap_wait=0.0)
+    feb28 = calendar.timegm((2024, 2, 28, 0, 0, 0))
+    h = 3600
+    for seq, ts, e in ((1, feb28 - 6 * h, 0), (2, feb28 + 18 * h, 24_000), (3, feb28 + 43 * h, 49_000),
+                       (4, feb28 + 67 * h, 73_000)):  # fmt: skip
+        _put(c, seq, fw.DAILY, ts, fw.freeze(E0 + e * 1000, 0, 0, 0), "kz")
+    c.close()
+    s = open_store(db)
+    t = export(s, "daily")
+    got = [(r[1], r[3], r[-2]) for r in t.rows]
+    assert got == [("2024-02-27", "", "first exported"), ("2024-02-28", "24.000000", "ok"),
+                   ("2024-02-29", "25.000000", "ok"), ("2024-03-01", "24.000000", "ok")]  # fmt: skip
+    assert t.warnings == []
+    assert t.notes == [
+        "kz: billing time moved from UTC+06:00 to UTC+05:00 before the freeze at 2024-02-29T19:00:00Z (seq 3)"
     ]
     s.close()
 
