@@ -59,4 +59,11 @@ def check_config(c):
     tz = need(c, "utc_offset_min", int, w, default=0, lo=-720, hi=840)
     if tz % 15:
         raise ConfigError("config.utc_offset_min = %d is not a whole quarter of an hour east of UTC" % tz)
+    # a policy's time is the node's billing time from when it loads (policy/rare.py): the
+    # config may leave utc_offset_min out, but not give another
+    p = c.get("policy")
+    if "utc_offset_min" in c and isinstance(p, dict) and isinstance(p.get("tz"), int) and p["tz"] != tz:
+        raise ConfigError(
+            "config.utc_offset_min = %d, but config.policy's utc_offset_min is %d: give both the same" % (tz, p["tz"])
+        )
     return c

@@ -72,6 +72,11 @@ def test_the_local_offset_is_checked_in_the_config():
     for bad, why in ((100, "not a whole quarter of an hour"), (900, "is above 840"), (5.5, "must be int")):
         e = raises(ConfigError, check_config, {"node_id": "n", "utc_offset_min": bad})
         eq("utc_offset_min" in str(e) and why in str(e), True, str(e))
+    # a policy in the config bills in its own time (policy/rare.py): another offset is refused
+    e = raises(ConfigError, check_config, {"node_id": "n", "utc_offset_min": 60, "policy": {"tz": 0}})
+    eq(str(e), "config.utc_offset_min = 60, but config.policy's utc_offset_min is 0: give both the same", "")
+    eq(check_config({"node_id": "n", "utc_offset_min": 60, "policy": {"tz": 60}})["utc_offset_min"], 60, "same")
+    eq(check_config({"node_id": "n", "policy": {"tz": 60}})["policy"]["tz"], 60, "left out: the policy's")
 
 
 def _freezes_across_a_move(before_min, after_min, move_at, start, end):
