@@ -36,7 +36,9 @@ the billing month's maximum demand), register_regressions = 0
 is for: sample-set counters past 2**30, an epoch past 2**31 s, ticks_ms wraps (>= 2 in 30
 days) and ticks_us wraps (>= 100), where the sim clock has them. `freezes` counts the daily
 and monthly freezes stored. With --utc-offset-min the node bills in that local time
-(config.utc_offset_min): midnights, firsts of the month and billing months are checked there.
+(config.utc_offset_min): midnights, firsts of the month and billing months are checked there;
+with --move HOURS:MIN its billing time moves to MIN after HOURS hours, as a signed policy
+moves it, and each is checked in the time in force then.
 
     python benchmarks/endurance.py [--days 30] [--seed 1] [--heap 256k] [--utc-offset-min 330] [--keep DIR] [-v]
 
@@ -107,11 +109,20 @@ SCHEDULE = [
 
 class Soak:
     def __init__(
-        self, days: float, seed: int, heap: str, work: Path, verbose: bool, coast: float = 0.0, utc_offset_min: int = 0
+        self,
+        days: float,
+        seed: int,
+        heap: str,
+        work: Path,
+        verbose: bool,
+        coast: float = 0.0,
+        utc_offset_min: int = 0,
+        move: tuple[int, int] | None = None,
     ) -> None:
         self.days = days
         self.utc_offset_min = utc_offset_min
         self.off = utc_offset_min * 60  # the node's billing time: midnight and months local
+        self.move = move  # (run second, minutes): the billing time moved there then (a signed policy)
         self.coast = coast
         self.total_s = int(days * 86400)
         self.rnd = random.Random(seed)
@@ -165,6 +176,12 @@ class Soak:
             full.append([a, b, int(r.uniform(200, 1000))])  # bytes left free
         return boots, outs, full
 
+    def off_at(self, ts: int) -> int:
+        """The node's billing offset (s) at epoch second `ts`: the moved one from the move on."""
+        if self.move and ts >= self.epoch0 + self.move[0]:
+            return self.move[1] * 60
+        return self.off
+
     # -- broker ---------------------------------------------------------------------------------
     def broker_down(self, wall_s: float) -> None:
         self.broker.stop()
@@ -217,6 +234,7 @@ class Soak:
             "heap_s": 21600,
             "coast": self.coast,
             "full": full,
+            "move": list(self.move) if self.move else None,
         }
         (self.root / "soak.json").write_text(json.dumps(soak))
 
@@ -488,8 +506,9 @@ class Soak:
         peak *= float(V_SCALE * I_SCALE)
         demand_errors = []
         for ts, (mw, at) in sorted(demands.items()):
-            t = time.gmtime(ts - 1 + self.off)
-            month0 = calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0)) - self.off
+            off = self.off_at(ts - 1)
+            t = time.gmtime(ts - 1 + off)
+            month0 = calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0)) - off
             ran_a_day = ts - max(month0, self.epoch0) >= 86400
             ok = abs(mw / 1000 - peak) <= 0.002 * peak and at % DEMAND_S == 0 and month0 < at <= ts
             if ran_a_day and not ok:
@@ -516,12 +535,15 @@ class Soak:
             for slot in range(first // PROFILE_S, last // PROFILE_S):
                 if ("profile", (slot + 1) * PROFILE_S) not in seen:
                     unrecorded += 1
-            for day in range((first + self.off) // 86400, (last + self.off) // 86400):
-                m = (day + 1) * 86400 - self.off  # local midnight
-                if ("daily", m) not in seen:
-                    unrecorded += 1
-                if time.gmtime(m + self.off).tm_mday == 1 and ("monthly", m) not in seen:
-                    unrecorded += 1
+            for off in {self.off, self.off_at(last)}:  # (two where the billing time moved)
+                for day in range((first + off) // 86400, (last + off) // 86400):
+                    m = (day + 1) * 86400 - off  # a local midnight, of the time in force then
+                    if self.off_at(m) != off:
+                        continue
+                    if ("daily", m) not in seen:
+                        unrecorded += 1
+                    if time.gmtime(m + off).tm_mday == 1 and ("monthly", m) not in seen:
+                        unrecorded += 1
         lost = len(missing) + c["lost"] + unrecorded
         # heap: the longest boot, held after a collection every 6 simulated hours; the lowest of
         # the last three readings against the lowest of the three after the first
@@ -534,6 +556,7 @@ class Soak:
             {
                 "simulated_days": round(simulated / 86400, 3),
                 "utc_offset_min": self.utc_offset_min,
+                "moved_utc_offset_min": list(self.move) if self.move else None,
                 "ms_wraps": ms_wraps,
                 "us_wraps": us_wraps if us_seen else None,
                 "max_sample_sets": max_sets,
@@ -638,6 +661,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="the node's config.utc_offset_min: its freezes at local midnight, checked so",
     )
+    ap.add_argument(
+        "--move",
+        metavar="HOURS:MIN",
+        help="move the node's billing time to MIN minutes east of UTC after HOURS (whole) hours of the run, "
+        "as a policy signed with --move-billing-time does; the freezes are checked in each time",
+    )
     ap.add_argument("--keep", type=Path, help="keep the node's files and the database here")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
@@ -648,7 +677,14 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         if not 0.0 <= a.coast <= 0.95:
             ap.error("--coast must be 0 .. 0.95")
-        s = Soak(a.days, a.seed, a.heap, work, a.verbose, a.coast, a.utc_offset_min)
+        move = None
+        if a.move:
+            try:
+                h, m = (int(x) for x in a.move.split(":"))
+            except ValueError:
+                ap.error(f"--move {a.move!r}: HOURS:MIN, e.g. 36:390")
+            move = (h * 3600, m)
+        s = Soak(a.days, a.seed, a.heap, work, a.verbose, a.coast, a.utc_offset_min, move)
         res = s.run()
     res["micropython"] = os.path.basename(unixport.micropython_path())
     if res["failed"]:

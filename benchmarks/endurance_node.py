@@ -140,6 +140,19 @@ class _Brownout:
 
 n = _node.Node(load_json("board.json"), load_json("config.json"))
 n.brownout = _Brownout()
+_move = soak.get("move")  # [run second, minutes east of UTC]: the billing time moved then
+
+
+def _moved(r):
+    # What a policy signed with --move-billing-time does when it is applied (policy/rare.py),
+    # at run second `r` of the soak, and at every start after it (the policy on flash).
+    if _move and r >= _move[0]:
+        from meternode import ticks
+
+        ticks.LOCAL_S = _move[1] * 60
+
+
+_moved(soak["t0_s"])
 s = n.hal.sampler
 n_meter = n.meter
 clock = n.hal.clock
@@ -320,6 +333,7 @@ async def _reporter():
             nxt = end_s
         await clock.sleep_ms((nxt - t) * 1000)
         t = nxt
+        _moved(t0_s + t)
         if (t0_s + t) % step == 0:
             _status("STATUS", heap=(t0_s + t) % soak.get("heap_s", 21600) == 0)
 

@@ -20,7 +20,21 @@ def test_three_simulated_days_with_power_cuts_outages_and_a_full_flash_keep_ever
     if mosquitto_path() is None:
         pytest.skip("Mosquitto is not installed (apt-get install mosquitto); CI installs it")
     p = subprocess.run(
-        [sys.executable, str(SOAK), "--days", "3", "--seed", "1", "--utc-offset-min", "330", "--keep", str(tmp_path)],
+        # India's time, moved to UTC+4:30 after 36 h as a signed policy moves it (a day of 25 h)
+        [
+            sys.executable,
+            str(SOAK),
+            "--days",
+            "3",
+            "--seed",
+            "1",
+            "--utc-offset-min",
+            "330",
+            "--move",
+            "36:270",
+            "--keep",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=880,
@@ -42,7 +56,7 @@ def test_three_simulated_days_with_power_cuts_outages_and_a_full_flash_keep_ever
     # registers as the freeze, and no record's registers below an earlier one's. The node bills
     # in India's time (+5:30): a daily freeze at a UTC midnight instead of a local one counts
     # as a lost record above
-    assert res["utc_offset_min"] == 330
+    assert res["utc_offset_min"] == 330 and res["moved_utc_offset_min"] == [36 * 3600, 270]
     assert res["freezes"]["daily"] >= 2 and res["freeze_mismatches"] == 0
     assert res["register_regressions"] == 0
     assert res["records"] > 250  # 288 profile intervals in 3 days, less the outages, plus events
@@ -60,11 +74,14 @@ def _billing_export(db: Path) -> None:
     import io
     import itertools
 
+    notes = []
+
     def run(*argv: str) -> list[dict]:
         r = subprocess.run([sys.executable, "-m", "umeter", "export", *argv, "--db", str(db)], capture_output=True,
                            text=True, timeout=120)  # fmt: skip
         assert r.returncode == 0, r.stderr
         assert "warning" not in r.stderr, r.stderr
+        notes.extend(ln for ln in r.stderr.splitlines() if ln.startswith("note:"))
         return list(csv.DictReader(io.StringIO(r.stdout)))
 
     def mwh(kwh: str) -> int:
@@ -73,7 +90,11 @@ def _billing_export(db: Path) -> None:
 
     days = run("daily")
     assert len(days) >= 2
-    assert all(d["frozen_at"].endswith("T18:30:00Z") for d in days), "local midnights at UTC+5:30"
+    # local midnights at UTC+5:30, then at UTC+4:30 from the day the billing time moved
+    at = [d["frozen_at"][10:] for d in days]
+    k = at.index("T19:30:00Z")
+    assert k >= 1 and at == ["T18:30:00Z"] * k + ["T19:30:00Z"] * (len(at) - k), at
+    assert len(notes) == 1 and "moved from UTC+05:30 to UTC+04:30" in notes[0], notes
     for a, b in itertools.pairwise(days):
         assert b["status"] == "ok" and mwh(b["import_kwh"]) == mwh(b["import_register_kwh"]) - mwh(
             a["import_register_kwh"]

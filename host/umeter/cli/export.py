@@ -80,6 +80,8 @@ def command(kind, db, nodes, since, until, utc_offset_min, output, as_json, stri
             f.close()
         else:
             f.flush()
+    for note in table.notes:
+        ui.info(f"note: {note}")
     for warning in table.warnings:
         ui.info(f"warning: {warning}")
     where = f" to {output}" if output else ""
