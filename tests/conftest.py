@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from umeter.broker import EmbeddedBroker, Mosquitto, mosquitto_path
+
+
+@pytest.fixture(autouse=True)
+def _billing_time_in_utc():
+    """`meternode.ticks.LOCAL_S` is a board's global, the node's billing time: firmware run in
+    this process sets it (the CPython fuzz targets' policy service loads a policy in UTC+1,
+    policy/rare.py), so each test ends by putting it back to UTC, as a new board starts."""
+    yield
+    t = sys.modules.get("meternode.ticks")
+    if t is not None:
+        t.LOCAL_S = 0
 
 
 @pytest.fixture
