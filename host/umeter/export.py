@@ -79,12 +79,6 @@ def utc_offsets(ts: int) -> list[int]:
     return [o for o in (m, m - 1440) if _TZ_LO <= o <= _TZ_HI]
 
 
-def utc_offset_min(ts: int) -> int | None:
-    """The eastern reading of utc_offsets(ts), None when there is none."""
-    o = utc_offsets(ts)
-    return o[0] if o else None
-
-
 def _local(ts: int, offset_min: int) -> time.struct_time:
     return time.gmtime(ts + offset_min * 60)
 

@@ -132,16 +132,10 @@ def node_config(dev: Device, board: dict, secrets: dict[str, str]) -> dict:
             v = {**cfg["sim"], **v}  # the inventory's scenario, still in real time unless it says not
         cfg[k] = v
     pol = cfg.get("policy")
-    if isinstance(pol, dict) and isinstance(pol.get("tz"), int):
-        # the node's billing time (its freezes, docs/metrology.md) and its tariff calendar
-        if "utc_offset_min" not in cfg:
-            cfg["utc_offset_min"] = pol["tz"]
-        elif cfg["utc_offset_min"] != pol["tz"]:
-            raise ConfigError(
-                f"inventory device {dev.name!r}: config.utc_offset_min = {cfg['utc_offset_min']!r}, "
-                f"but its policy's utc_offset_min is {pol['tz']}",
-                hint="the node's billing time and its tariff calendar: give both the same offset",
-            )
+    if isinstance(pol, dict) and isinstance(pol.get("tz"), int) and "utc_offset_min" not in cfg:
+        # the node's billing time (its freezes, docs/metrology.md) is its tariff calendar's; one
+        # the inventory gives that is not is refused by the firmware's check_config below
+        cfg["utc_offset_min"] = pol["tz"]
     from meternode.checks import check_config
     from meternode.config import ConfigError as FwConfigError
 

@@ -15,7 +15,7 @@ from meternode.store import records as fw
 from umeter import ui
 from umeter.cli import main
 from umeter.consumer import Consumer
-from umeter.export import export, utc_offset_min, utc_offsets
+from umeter.export import export, utc_offsets
 from umeter.inventory import Fleet
 from umeter.store import open_store
 
@@ -100,11 +100,9 @@ def test_freezes_are_dated_in_the_nodes_billing_time(db_url):
 
 
 def test_the_offset_is_read_from_a_local_midnight():
-    assert utc_offset_min(T0) == 0
-    assert utc_offset_min(T0 - 3600) == 60
-    assert utc_offset_min(T0 + 5 * 3600) == -300
-    assert utc_offset_min(T0 - 14 * 3600) == 840
-    assert utc_offset_min(T0 + 7) is None
+    assert utc_offsets(T0) == [0]
+    assert utc_offsets(T0 - 3600) == [60]
+    assert utc_offsets(T0 + 5 * 3600) == [-300]
     # between 10:00 and 12:00 UTC a midnight is one east and one west of the date line
     assert utc_offsets(T0 - 14 * 3600) == [840, -600]
     assert utc_offsets(T0 + 12 * 3600) == [720, -720]

@@ -104,7 +104,8 @@ def test_a_provisioned_node_bills_in_its_policys_local_time_and_a_mismatch_is_re
     dev = Device("n1", "sim", "lab", config={"policy": pol})
     assert node_config(dev, board, secrets)["utc_offset_min"] == 600
     dev = Device("n1", "sim", "lab", config={"policy": pol, "utc_offset_min": 60})
-    with pytest.raises(ConfigError, match="utc_offset_min = 60, but its policy's utc_offset_min is 600"):
+    why = r"inventory device 'n1': config\.utc_offset_min = 60, but config\.policy's utc_offset_min is 600"
+    with pytest.raises(ConfigError, match=why):
         node_config(dev, board, secrets)
     dev = Device("n1", "sim", "lab", config={"utc_offset_min": 7})
     with pytest.raises(ConfigError, match=r"config\.utc_offset_min = 7 is not a whole quarter of an hour"):
