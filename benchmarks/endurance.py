@@ -27,7 +27,8 @@ continuous scenario's: the 12-bit quantisation of a noise-free sim), freq_error_
 the end), records_lost = 0 (every seq reached the database once, and every load-profile
 interval, midnight and first of a month the node was up for has its record),
 records_duplicated = 0, freeze_mismatches = 0 (the profile record ending at a midnight and
-that midnight's daily and monthly freezes hold the same registers), demand_errors = 0 (each
+that midnight's daily and monthly freezes hold the same registers), misplaced_freezes = 0
+(every freeze at a local midnight of the billing time in force then), demand_errors = 0 (each
 monthly freeze after a day of its month holds the evening peak's power, as the ADC delivered
 it, within 0.2 %, over a whole demand period ending on the 15-minute grid inside its month:
 the billing month's maximum demand), register_regressions = 0
@@ -519,6 +520,8 @@ class Soak:
         for (kind, ts), r in regs.items():
             if kind != "profile" and regs.get(("profile", ts), r) != r:
                 mismatched += 1
+        # each freeze at a local midnight of the time in force then (a day frozen once, on its date)
+        misplaced = sum(1 for kind, ts in regs if kind != "profile" and (ts + self.off_at(ts)) % 86400)
         regressions = 0
         top = (0, 0)
         for _, r in sorted(regs.items(), key=lambda kv: kv[0][1]):
@@ -569,6 +572,7 @@ class Soak:
                 "records_duplicated": dup,
                 "freezes": {k: sum(1 for kind, _ in seen if kind == k) for k in ("daily", "monthly")},
                 "freeze_mismatches": mismatched,
+                "misplaced_freezes": misplaced,
                 "demand_errors": len(demand_errors),
                 "monthly_demand_w": [round(mw / 1000, 1) for mw, _ in (demands[ts] for ts in sorted(demands))],
                 "register_regressions": regressions,
@@ -599,6 +603,7 @@ class Soak:
             "records_duplicated",
             "memory_errors",
             "freeze_mismatches",
+            "misplaced_freezes",
             "demand_errors",
             "register_regressions",
         ):
