@@ -12,6 +12,17 @@ profile (import, PV export, reactive loads), with scripted faults:
 - a nearly full flash (for a few hours only 200-1000 bytes are free: a write that does not fit
   fails with ENOSPC, deleting frees space; and the record log runs at its retention bound).
 
+The node's files live on a real LittleFS (MicroPython's VfsLfs2, with the settings the board's
+MicroPython mounts it with) on the board's NOR flash (`--flash pico_w`, the default; `esp32`,
+`pico`; `host` for the host's file system), emulated by hil/umeter_hil/board_shim/norflash.py
+in an image file: 4-KiB erase blocks, programs only onto erased bytes, every program and
+erase written through, so a power cut lands wherever LittleFS is. The board's build is on it
+(static data, as provisioning leaves it). Every erase is counted per block: `flash` in the
+JSON gives the erases and bytes programmed a day, the files written a day by name, the
+hottest block, and the flash's life at 100,000 cycles a block, levelled over the blocks not
+holding static data (`years_levelled`, the invariant: at least 20 years, a meter's service
+life) and at the hottest block's rate (`years_hottest`, no levelling at all).
+
 The board is a soak variant of the sim board: one voltage and one current channel at 1 kS/s
 (50 Hz: 20 sets a cycle), so that one uninterrupted stretch of 13 days takes the sample-set
 counters past 2**30. The epoch starts `days/3` days before 2**31 s. Sampled set by set
@@ -41,7 +52,8 @@ and monthly freezes stored. With --utc-offset-min the node bills in that local t
 with --move HOURS:MIN its billing time moves to MIN after HOURS hours, as a signed policy
 moves it, and each is checked in the time in force then.
 
-    python benchmarks/endurance.py [--days 30] [--seed 1] [--heap 256k] [--utc-offset-min 330] [--keep DIR] [-v]
+    python benchmarks/endurance.py [--days 30] [--seed 1] [--heap 256k] [--utc-offset-min 330]
+                                   [--flash pico_w|pico|esp32|host] [--keep DIR] [-v]
 
 UMETER_MICROPYTHON selects the unix port (e.g. a 32-bit, single-precision build).
 """
@@ -55,6 +67,7 @@ import os
 import queue
 import random
 import signal
+import struct
 import sys
 import tempfile
 import threading
@@ -68,6 +81,11 @@ from umeter.consumer import Consumer
 
 HERE = Path(__file__).resolve().parent
 NODE_SCRIPT = HERE / "endurance_node.py"
+SHIM = HERE.parent / "hil" / "umeter_hil" / "board_shim"  # norflash.py: a board's NOR flash
+FLASH_BUILD = {"pico_w": "pico_w", "pico": "pico_w", "esp32": "esp32_devkitc"}  # whose build it holds
+FLASH_BLOCK = 4096
+NOR_CYCLES = 100_000  # erase cycles a sector of the boards' serial NOR flash is rated for (minimum)
+FLASH_YEARS = 20  # a meter's service life: its flash must outlast it at the soak's rate of wear
 NODE_ID = "soak-1"
 RATE = 1000
 BLOCK = 1000
@@ -119,8 +137,10 @@ class Soak:
         coast: float = 0.0,
         utc_offset_min: int = 0,
         move: tuple[int, int] | None = None,
+        flash: str | None = "pico_w",
     ) -> None:
         self.days = days
+        self.flash = flash  # the board whose flash and LittleFS the node's files live on (None: the host's)
         self.utc_offset_min = utc_offset_min
         self.off = utc_offset_min * 60  # the node's billing time: midnight and months local
         self.move = move  # (run second, minutes): the billing time moved there then (a signed policy)
@@ -142,6 +162,7 @@ class Soak:
         self.broker: Mosquitto | None = None
         self.consumer: Consumer | None = None
         self.t_broker_back: float | None = None
+        self.flash_faults = 0
         self.exact = True  # False once a boot ended where the energy delivered is not known exactly
 
     # -- the script -----------------------------------------------------------------------------
@@ -224,6 +245,11 @@ class Soak:
             },
             "supervisor": {"watchdog_ms": 30000},
         }
+        if self.flash:
+            # the sim watchdog's thread polls its stop file: on the host's side, out of the
+            # LittleFS the node's thread is using (a board's watchdog is no thread; the crash-loop
+            # state beside it is written at a crash only)
+            cfg["supervisor"]["state"] = str(self.root / "supervisor.json")
         (self.root / "config.json").write_text(json.dumps(cfg))
         soak = {
             "t0_s": t0,
@@ -237,6 +263,8 @@ class Soak:
             "full": full,
             "move": list(self.move) if self.move else None,
         }
+        if self.flash:
+            soak["flash"] = {"board": self.flash, "shim": str(SHIM), "build": str(self.work / "build")}
         (self.root / "soak.json").write_text(json.dumps(soak))
 
     def run_boot(self, t0: int, cut: int | None, outs: list[float], full: list[list[int]]) -> dict:
@@ -341,6 +369,9 @@ class Soak:
 
     def _line(self, ln: str) -> None:
         self.console.write(ln + "\n")
+        if ln.startswith("FLASH"):  # the flash's rules broken (norflash.py)
+            self.flash_faults += 1
+            self.events.append(ln)
         if "MemoryError" in ln or "memory allocation failed" in ln:
             self.lines_mem_errors += 1
         if self.verbose and not ln.startswith(("STATUS", "LEVEL")):
@@ -361,6 +392,10 @@ class Soak:
                 self._kill(self.proc)
 
     def _run(self, boots, outs, full, t_wall) -> dict:
+        if self.flash:  # what provisioning puts on the board's flash, before the node's data
+            from umeter import build
+
+            build.build(FLASH_BUILD[self.flash], self.work / "build")
         with Mosquitto() as broker:
             self.broker = broker
             with Consumer(self.work / "records.sqlite", broker.host, broker.port) as consumer:
@@ -587,6 +622,8 @@ class Soak:
                 "consumer": c,
             }
         )
+        if self.flash:
+            res["flash"] = self.wear(simulated / 86400)
         if missing:
             res["missing_seqs"] = missing[:20]
         if demand_errors:
@@ -611,6 +648,10 @@ class Soak:
                 failed.append(k)
         if growth is None or growth > 2048:
             failed.append("heap_growth_bytes")
+        if self.flash_faults:
+            failed.append("flash_faults")
+        if self.flash and (res["flash"]["years_levelled"] or 0) < FLASH_YEARS:
+            failed.append("flash_years")  # the flash would wear out within a meter's service life
         # coverage: the run exercised what it is for
         if self.days >= 13.5 and max_sets < 2**30 and set_wraps < 1:
             failed.append("set_counter_wraps")  # the sample-set counters never got past 2**30
@@ -627,6 +668,40 @@ class Soak:
         res["events"] = [e for e in self.events if not e.startswith("broker down")]
         res["failed"] = failed
         return res
+
+    def wear(self, days: float) -> dict:
+        """What the run wore on the board's flash (norflash.py's counts, from the first boot on)."""
+        raw = (self.root / "flash.img.wear").read_bytes()
+        n = len(raw) // 8
+        erases = [struct.unpack_from("<I", raw, 8 * k)[0] for k in range(n)]
+        prog = sum(struct.unpack_from("<I", raw, 8 * k + 4)[0] for k in range(n))
+        # blocks in use at the first boot: the build's files, the config and the node's new
+        # files; LittleFS levels wear over the others (it never moves static data)
+        fs = next((s["fs"] for b in self.boots for s in b["status"] if "fs" in s), [n, n])
+        static = fs[0] - fs[1]
+        pool = n - static
+        per_day = sum(erases) / days if days else 0.0
+        writes: dict[str, int] = {}  # files opened to write, each boot's to its last status
+        for b in self.boots:
+            last = next((s for s in reversed(b["status"]) if "writes" in s), None)
+            for k, v in (last or {}).get("writes", {}).items():
+                writes[k] = writes.get(k, 0) + v
+        hottest = max(erases)
+        return {
+            "board": self.flash,
+            "blocks": n,
+            "static_blocks": static,
+            "erases": sum(erases),
+            "erases_per_day": round(per_day, 1),
+            "programmed_kib_per_day": round(prog / 1024 / days, 1) if days else None,
+            "blocks_erased": sum(1 for e in erases if e),
+            "writes_per_day": {k: round(v / days, 1) for k, v in sorted(writes.items())} if days else None,
+            "hottest_block_erases": hottest,
+            # the pool's life at this rate, levelled over it as LittleFS does
+            "years_levelled": round(NOR_CYCLES * pool / per_day / 365.25, 1) if per_day else None,
+            # the hottest block's, were it to keep its rate (no levelling at all)
+            "years_hottest": round(NOR_CYCLES * days / hottest / 365.25, 1) if hottest else None,
+        }
 
 
 def _level(t: int) -> int:
@@ -672,6 +747,13 @@ def main(argv: list[str] | None = None) -> int:
         help="move the node's billing time to MIN minutes east of UTC after HOURS (whole) hours of the run, "
         "as a policy signed with --move-billing-time does; the freezes are checked in each time",
     )
+    ap.add_argument(
+        "--flash",
+        default="pico_w",
+        choices=[*FLASH_BUILD, "host"],
+        help="the board whose NOR flash and LittleFS the node's files live on, its build on it "
+        "(wear counted: the JSON's `flash`); host: the host's file system, nothing counted",
+    )
     ap.add_argument("--keep", type=Path, help="keep the node's files and the database here")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
@@ -689,7 +771,8 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError:
                 ap.error(f"--move {a.move!r}: HOURS:MIN, e.g. 36:390")
             move = (h * 3600, m)
-        s = Soak(a.days, a.seed, a.heap, work, a.verbose, a.coast, a.utc_offset_min, move)
+        flash = None if a.flash == "host" else a.flash
+        s = Soak(a.days, a.seed, a.heap, work, a.verbose, a.coast, a.utc_offset_min, move, flash)
         res = s.run()
     res["micropython"] = os.path.basename(unixport.micropython_path())
     if res["failed"]:

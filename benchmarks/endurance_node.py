@@ -16,7 +16,13 @@
 #   (what was free when the window opened, a few KB: other data took the rest); a write
 #   that does not fit fails with ENOSPC, removing or truncating a file gives space back
 #   (`open` and `os` stand-ins);
-# - STATUS lines every `status_s` of simulated time: clocks, counters, registers, heap.
+# - the flash: with `flash`, the node's files live on a real LittleFS on the board's NOR
+#   flash (umeter_hil/board_shim/norflash.py: its geometry, LittleFS's settings as the board's
+#   MicroPython mounts it, every erase counted) in the image file flash.img here, so a power
+#   cut leaves it as it leaves a board's; formatted at the first boot with the board's build
+#   on it (static data, as provisioning leaves it), this boot's config copied on at each;
+# - STATUS lines every `status_s` of simulated time: clocks, counters, registers, heap (and
+#   the file system's free blocks, the files opened to write by name).
 #
 # Run by the host as: micropython -X heapsize=N endurance_node.py <root>; reads <root>/soak.json.
 import asyncio
@@ -28,8 +34,43 @@ import sys
 
 root = sys.argv[1]
 os.chdir(root)
+root = os.getcwd()
 with open("soak.json") as f:
     soak = json.load(f)
+
+
+def _copy(src, dst):
+    # a file, or a directory and everything under it, from the host's side to the flash
+    if os.stat(src)[0] & 0x4000:
+        try:
+            os.mkdir(dst)
+        except OSError:
+            pass
+        for e in os.ilistdir(src):
+            _copy(src + "/" + e[0], dst + "/" + e[0])
+        return
+    with open(src, "rb") as a, open(dst, "wb") as b:
+        while True:
+            chunk = a.read(2048)
+            if not chunk:
+                break
+            b.write(chunk)
+
+
+_fl = soak.get("flash")  # the board's flash (see above), or the host's file system
+if _fl:
+    sys.path.insert(0, _fl["shim"])
+    import norflash
+
+    sys.path.pop(0)
+    _dev, _made = norflash.mount(root + "/flash.img", _fl["board"])
+    if _made:
+        _copy(_fl["build"], "/flash")
+    for _n in ("board.json", "config.json"):
+        _copy(root + "/" + _n, "/flash/" + _n)
+    if _made:
+        _dev.reset_wear()  # the wear of the node's own writes, from its first boot
+    os.chdir("/flash")
 
 _open = builtins.open
 _os = os
@@ -100,11 +141,18 @@ class _File:
         return iter(self._f)
 
 
+_writes = {}  # files opened to write, by name without its digits (ckpt0/1: "ckpt"): the wear's sources
+
+
 def _soak_open(path, mode="r", *a):
     if "w" in mode:
         _flash["used"] -= _size(path)  # truncated
     f = _open(path, mode, *a)
-    return f if mode in ("r", "rb") else _File(f)
+    if mode in ("r", "rb"):
+        return f
+    k = "".join(c for c in path.rsplit("/", 1)[-1] if not c.isdigit())
+    _writes[k] = _writes.get(k, 0) + 1
+    return _File(f)
 
 
 class _Os:
@@ -314,7 +362,11 @@ def _status(kind, heap=False):
         "flash_used": _flash["used"],
         "link": n.link_up,
         "counts": _counts,
+        "writes": _writes,
     }
+    if _fl:
+        v = os.statvfs("/flash")
+        d["fs"] = [v[2], v[3]]  # blocks, free blocks
     if heap:
         gc.collect()
         d["heap"] = gc.mem_alloc()
