@@ -117,6 +117,18 @@ HAL_KB = {
     4: {"pico_w": 16, "pico_w_mcp3208": 30, "esp32_devkitc": 15},
 }
 
+# KB the files a node keeps open hold on a board's LittleFS beyond the unix port's file objects
+# (HELD_KB was measured on the host's file system), by word size: the record log's segment
+# open to append and the one the outbox reads, each with LittleFS's file cache (1024 bytes at
+# the RP2040's progsize 256, 128 at the ESP32's 32: MicroPython's own settings for their file
+# systems), rounded up (tests/host/test_board_hal.py measures it on a real LittleFS on the
+# boards' flash geometry, hil/umeter_hil/board_shim/norflash.py; 2026-12-08). The file
+# system's own buffers are made at boot, before the node: the free heap it starts with.
+FS_KB = {
+    8: {"pico_w": 3, "pico_w_mcp3208": 3, "esp32_devkitc": 1},
+    4: {"pico_w": 3, "pico_w_mcp3208": 3, "esp32_devkitc": 1},
+}
+
 
 def words_for(arch: str | None) -> int:
     """Bytes per machine word on a board of this mpy arch (x64: the 64-bit unix port)."""
@@ -126,13 +138,16 @@ def words_for(arch: str | None) -> int:
 def need_parts(config_kind: str, *, arch: str | None, load: str = "mpy", board: str | None = None) -> list:
     """What a node of this configuration needs on a board of `arch` (of type `board`,
     boards/NAME.json), KB by part: held at its word size, the margin, a fleet node's bundle room,
-    the machine code its port keeps in the gc heap, what its HAL holds beyond the sim board's."""
+    the machine code its port keeps in the gc heap, what its HAL holds beyond the sim board's,
+    what its open files hold on the board's LittleFS."""
     words = words_for(arch)
     parts = _node_parts(config_kind, words, load)
     if NATIVE_KB.get(arch or "") and load != "frozen":  # frozen machine code stays in flash
         parts.append(("machine code", NATIVE_KB[arch or ""]))
     if HAL_KB[words].get(board or ""):
         parts.append((f"{board} HAL", HAL_KB[words][board or ""]))
+    if FS_KB[words].get(board or ""):
+        parts.append(("file system", FS_KB[words][board or ""]))
     return parts
 
 

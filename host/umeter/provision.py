@@ -300,7 +300,8 @@ _LOADED_FROM = {"mpy": ".mpy files", "romfs": "ROMFS", "frozen": "frozen firmwar
 def _heap_check(b: Board, arch: str, board: str, cfg: dict, load: str, rep: Report) -> None:
     """The board's free heap against the budget of the node's configuration (umeter.budget,
     docs/memory.md: what it holds once running + 32 KB, + the machine code an rp2 keeps in its
-    heap, + what the board's HAL holds beyond the sim board's). Short is a warning in the
+    heap, + what the board's HAL holds beyond the sim board's, + what its open files hold on the
+    board's LittleFS). Short is a warning in the
     report, not a failure: the node starts, and refuses store-and-forward (or meets
     MemoryErrors) when its heap runs out."""
     kind = budget.kind(cfg)
