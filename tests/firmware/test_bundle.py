@@ -160,3 +160,37 @@ def test_manifest_file_names_are_relative_ascii_paths_without_dot_parts():
     for name in bad:
         e = raises(Rejected, check_manifest, man(name))
         eq(str(e).startswith("malformed: file name"), True, (name, str(e)))
+
+
+@heap("288k")  # + the 48-KB flash in RAM
+def test_a_bundle_that_meets_a_full_flash_fails_saying_so_and_the_next_one_applies():
+    # A policy arriving while the flash is full (the record log at its bound, an OTA staged):
+    # the agent cannot store it; it answers "failed" naming the full flash, keeps the policy in
+    # force and records the same as an event. Sent again once there is room, it applies.
+    import ramflash
+
+    ramflash.mount("/full", 48)
+    events = []
+    a = Agent("n1", F.FLEET, "/full", Clock(F.NOW), event=lambda k, t: events.append((k, t)))
+    ramflash.fill("/full/filler")
+    small = 0  # and the room left in the directory's metadata, where small files live
+    while True:
+        try:
+            with open("/full/f%d" % small, "wb") as f:
+                f.write(b"x" * 64)
+        except OSError:
+            break
+        small += 1
+    r = a.handle("policy/bundle", F.POLICY_V2)
+    eq(r[0], "policy/result", "answered on the policy result topic")
+    eq((r[1]["ok"], r[1]["status"], r[1]["version"]), (False, "failed", 0), "failed, nothing in force")
+    eq(r[1]["why"].startswith("flash full: the bundle could not be stored"), True, r[1]["why"])
+    eq(events[-1][1].startswith("flash full"), True, "the event says so too")
+    os.remove("/full/filler")
+    for k in range(small + 1):
+        try:
+            os.remove("/full/f%d" % k)
+        except OSError:
+            pass
+    r = a.handle("policy/bundle", F.POLICY_V2)
+    eq((r[1]["ok"], r[1]["status"], a.policy_version()), (True, "applied", 2), "applied once there is room")

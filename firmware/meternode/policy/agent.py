@@ -120,9 +120,12 @@ class Agent:
                 return "ota/result", self.handle_ota(payload)
         except Exception as e:
             self._abort_ota()
-            self.event("policy", "error: %s" % e)
+            why = "error: %r" % e
+            if isinstance(e, OSError) and e.args and e.args[0] == 28:  # ENOSPC
+                why = "flash full: the bundle could not be stored (send it again when there is room)"
+            self.event("policy", why)
             res = "policy/result" if leaf == "policy/bundle" else "ota/result"
-            return res, self._result(False, "failed", self.policy_version(), None, "error: %r" % e)
+            return res, self._result(False, "failed", self.policy_version(), None, why)
         return None
 
     # -- bundles and firmware (bundle.py, loaded for the message) -------------------------------
