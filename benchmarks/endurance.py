@@ -49,11 +49,22 @@ is for: sample-set counters past 2**30, an epoch past 2**31 s, ticks_ms wraps (>
 days) and ticks_us wraps (>= 100), where the sim clock has them. `freezes` counts the daily
 and monthly freezes stored. With --utc-offset-min the node bills in that local time
 (config.utc_offset_min): midnights, firsts of the month and billing months are checked there;
-with --move HOURS:MIN its billing time moves to MIN after HOURS hours, as a signed policy
-moves it, and each is checked in the time in force then.
+with --move HOURS:MIN its billing time moves to MIN after HOURS hours and each freeze is
+checked in the time in force then: the soak's operator signs the demo policy in that time with
+--move-billing-time and publishes it to the node from that hour of the run (again after a
+refusal, a failure such as a full flash, or two hours without an answer), and the node's own
+event says when its fleet agent applied it (`moved_at_s`; `billing_move` fails when it never
+did). With `--node store` (metering and store-and-forward, no fleet agent) the script moves
+the node's billing time itself, as the policy does, at that hour.
+
+The node is the full one by default (`--node fleet`): authenticated commands, the demo policy
+in the node's billing time (its tariff calendar switching four times a day, its limits and
+demand response watching every measured second) and signed bundles, run from the sim board's
+`.mpy` build.
 
     python benchmarks/endurance.py [--days 30] [--seed 1] [--heap 256k] [--utc-offset-min 330]
-                                   [--flash pico_w|pico|esp32|host] [--keep DIR] [-v]
+                                   [--flash pico_w|pico|esp32|host] [--node fleet|store]
+                                   [--move HOURS:MIN] [--keep DIR] [-v]
 
 UMETER_MICROPYTHON selects the unix port (e.g. a 32-bit, single-precision build).
 """
@@ -84,6 +95,8 @@ NODE_SCRIPT = HERE / "endurance_node.py"
 SHIM = HERE.parent / "hil" / "umeter_hil" / "board_shim"  # norflash.py: a board's NOR flash
 FLASH_BUILD = {"pico_w": "pico_w", "pico": "pico_w", "esp32": "esp32_devkitc"}  # whose build it holds
 FLASH_BLOCK = 4096
+CMD_KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"  # test-only
+FLEET_NAME = "soak"
 NOR_CYCLES = 100_000  # erase cycles a sector of the boards' serial NOR flash is rated for (minimum)
 FLASH_YEARS = 20  # a meter's service life: its flash must outlast it at the soak's rate of wear
 NODE_ID = "soak-1"
@@ -126,6 +139,13 @@ SCHEDULE = [
 ]
 
 
+def fleet_key():
+    """The soak fleet's signing key (fixed, test-only)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+
+
 class Soak:
     def __init__(
         self,
@@ -138,8 +158,13 @@ class Soak:
         utc_offset_min: int = 0,
         move: tuple[int, int] | None = None,
         flash: str | None = "pico_w",
+        node: str = "fleet",
     ) -> None:
         self.days = days
+        self.node = node  # "fleet": commands, the demo policy, signed bundles; "store": metering and MQTT only
+        self.move_at: int | None = None  # epoch second the billing time moved (the node's event, or the plan)
+        self.move_state: str | None = None  # None: to send; "sent" (at run second move_sent); "done"
+        self.move_sent = 0
         self.flash = flash  # the board whose flash and LittleFS the node's files live on (None: the host's)
         self.utc_offset_min = utc_offset_min
         self.off = utc_offset_min * 60  # the node's billing time: midnight and months local
@@ -200,9 +225,75 @@ class Soak:
 
     def off_at(self, ts: int) -> int:
         """The node's billing offset (s) at epoch second `ts`: the moved one from the move on."""
-        if self.move and ts >= self.epoch0 + self.move[0]:
+        if self.move_at is not None and ts >= self.move_at:
             return self.move[1] * 60
         return self.off
+
+    # -- the operator ---------------------------------------------------------------------------
+    def policy(self, tz_min: int) -> dict:
+        """The demo policy (its compact form, as `umeter policy sign` makes it) in the node's
+        billing time: its tariff calendar switches four times a day, its limits and demand
+        response watch every measured second. (The soak's load never reaches its 7-kW limit: a
+        coasted stretch has no measured seconds, which ends an excursion, so a limit the load
+        held would fire again after every coasted stretch, as it would after a mains outage.)"""
+        from umeter.policy import load_any
+
+        p = load_any(Path(unixport.__file__).parent / "examples" / "demo_policy.toml")
+        p["tz"] = tz_min
+        return p
+
+    def operator(self) -> None:
+        """The operator's MQTT client, for a run that moves a fleet node's billing time: it
+        publishes the signed policy and reads the node's answer. A refusal or a failure (a full
+        flash), or no answer in two hours of the run (the broker went down before the node had
+        it: its queue went with it), sends it again at the next hour of the run."""
+        from umeter.mqttc import connect, make_client
+
+        self.op = make_client("umeter-soak-operator")
+
+        def on_connect(client, userdata, flags, rc, *_) -> None:  # (again after a broker outage)
+            client.subscribe(f"umeter/{NODE_ID}/policy/result", qos=1)
+
+        def on_message(client, userdata, msg) -> None:
+            doc = json.loads(msg.payload)
+            if doc.get("status") in ("accepted", None):
+                return
+            self.events.append(f"policy result: {doc.get('status')} {doc.get('why') or ''}".rstrip())
+            if doc.get("ok") or (doc.get("why") or "").startswith("not newer"):  # (a resend after it applied)
+                self.move_state = "done"
+            else:
+                self.move_state = None
+
+        self.op.on_message = on_message
+        self.op.on_connect = on_connect
+        connect(self.op, self.broker.host, self.broker.port)
+        self.op.loop_start()
+
+    def operate(self, status: dict) -> None:
+        """At each status line of a fleet node's run: the billing time's move, from its hour on
+        until the node has answered it."""
+        t = status["t"]
+        if not self.move or self.node != "fleet" or t < self.move[0] or self.move_state == "done":
+            return
+        if (self.move_state is None or t - self.move_sent >= 7200) and self.send_move(status["epoch"]):
+            self.move_state, self.move_sent = "sent", t
+
+    def send_move(self, now: int) -> bool:
+        """The billing time moved as an operator moves it: a policy in the new time, signed with
+        --move-billing-time at the node's time `now` (epoch seconds), published to the node's
+        bundle topic (it takes it when it is next connected: its session is kept). -> False
+        while the broker is down (tried again at the next status)."""
+        if self.t_broker_back is not None or not self.op.is_connected():
+            return False
+        from umeter.policy import policy_bundle
+        from umeter.signing import make_target
+
+        tz = self.move[1]
+        bundle = policy_bundle(fleet_key(), FLEET_NAME, 2, self.policy(tz), make_target(all_nodes=True),
+                               campaign="soak-move", billing_tz=tz, now=now)  # fmt: skip
+        self.op.publish(f"umeter/{NODE_ID}/policy/bundle", bundle, qos=1)
+        self.events.append(f"policy to move the billing time to {tz} min sent")
+        return True
 
     # -- broker ---------------------------------------------------------------------------------
     def broker_down(self, wall_s: float) -> None:
@@ -250,6 +341,12 @@ class Soak:
             # LittleFS the node's thread is using (a board's watchdog is no thread; the crash-loop
             # state beside it is written at a crash only)
             cfg["supervisor"]["state"] = str(self.root / "supervisor.json")
+        if self.node == "fleet":
+            from umeter.signing import fleet_identity
+
+            cfg["cmd_key"] = CMD_KEY
+            cfg["policy"] = self.policy(self.utc_offset_min)
+            cfg["fleet"] = fleet_identity(fleet_key(), FLEET_NAME)
         (self.root / "config.json").write_text(json.dumps(cfg))
         soak = {
             "t0_s": t0,
@@ -261,7 +358,8 @@ class Soak:
             "heap_s": 21600,
             "coast": self.coast,
             "full": full,
-            "move": list(self.move) if self.move else None,
+            # without a fleet agent the node's billing time is moved by hand, as the policy would
+            "move": list(self.move) if self.move and self.node != "fleet" else None,
         }
         if self.flash:
             soak["flash"] = {"board": self.flash, "shim": str(SHIM), "build": str(self.work / "build")}
@@ -269,7 +367,7 @@ class Soak:
 
     def run_boot(self, t0: int, cut: int | None, outs: list[float], full: list[list[int]]) -> dict:
         self.write_files(t0, cut, self.total_s, full)
-        env = {"MICROPYPATH": unixport.micropypath()}
+        env = {"MICROPYPATH": f"{self.lib}:.frozen"}
         argv = unixport.command(NODE_SCRIPT, str(self.root), heap=self.heap)
         import subprocess
 
@@ -326,6 +424,7 @@ class Soak:
                 if kind == "REBOOT":
                     boot["how"] = "reboot"
                     boot["reboot"] = d
+                self.operate(d)
                 while outs and d["t"] >= outs[0]:
                     outs.pop(0)
                     if self.t_broker_back is None:
@@ -392,14 +491,20 @@ class Soak:
                 self._kill(self.proc)
 
     def _run(self, boots, outs, full, t_wall) -> dict:
-        if self.flash:  # what provisioning puts on the board's flash, before the node's data
-            from umeter import build
+        from umeter import build
 
+        # the node runs from the sim board's build, .mpy files for this port, as a board runs
+        # its build (compiling the source at each import would need heap a board never needs)
+        self.lib = build.build("sim", self.work / "run").out / "lib"
+        if self.flash:  # what provisioning puts on the board's flash, before the node's data
             build.build(FLASH_BUILD[self.flash], self.work / "build")
         with Mosquitto() as broker:
             self.broker = broker
             with Consumer(self.work / "records.sqlite", broker.host, broker.port) as consumer:
                 self.consumer = consumer
+                self.op = None
+                if self.move and self.node == "fleet":
+                    self.operator()
                 cuts = [(c, down) for _, c, down in boots if c is not None]
                 t = 0
                 while t < self.total_s:
@@ -437,6 +542,9 @@ class Soak:
                 except Exception as e:
                     self.events.append(str(e))
                 res = self.results(consumer, last_seq)
+        if self.op is not None:
+            self.op.loop_stop()
+            self.op.disconnect()
         res["wall_s"] = round(time.monotonic() - t_wall, 1)
         import resource
 
@@ -447,6 +555,12 @@ class Soak:
         return res
 
     def results(self, consumer: Consumer, last_seq: int) -> dict:
+        # where the billing time moved: a fleet node says so in its event (the bundle applied)
+        if self.move and self.node == "fleet":
+            moved = [r["ts"] for r in consumer.records(NODE_ID, "event") if "billing time" in (r.get("text") or "")]
+            self.move_at = moved[0] if moved else None
+        elif self.move:
+            self.move_at = self.epoch0 + self.move[0]
         # energy: the registers at the end against the samples the ADC delivered
         delivered: dict[int, int] = {}
         for b in self.boots:
@@ -584,9 +698,16 @@ class Soak:
                         unrecorded += 1
         lost = len(missing) + c["lost"] + unrecorded
         # heap: the longest boot, held after a collection every 6 simulated hours; the lowest of
-        # the last three readings against the lowest of the three after the first
+        # the last three readings against the lowest of the three after the first. A policy
+        # applied in that boot keeps what it loaded (a node in service holds it): the readings
+        # from a quarter day after it then, when there are four of them, else those before it
         longest = max(self.boots, key=lambda b: len(b["status"]))
         heaps = [s["heap"] for s in longest["status"] if s["kind"] == "STATUS" and "heap" in s]
+        if self.move_at is not None and self.node == "fleet":
+            moved = self.move_at - self.epoch0
+            timed = [(s["t"], s["heap"]) for s in longest["status"] if s["kind"] == "STATUS" and "heap" in s]
+            after = [h for t, h in timed if t >= moved + 21600]
+            heaps = [h for t, h in timed if t < moved] if len(after) < 4 else [heaps[0], *after]
         growth = min(heaps[-3:]) - min(heaps[1:4]) if len(heaps) >= 4 else None
         res["heap_days"] = len(heaps)
         restarts = sum((b["status"][-1]["restarts"] if b["status"] else 0) for b in self.boots)
@@ -594,7 +715,9 @@ class Soak:
             {
                 "simulated_days": round(simulated / 86400, 3),
                 "utc_offset_min": self.utc_offset_min,
+                "node": self.node,
                 "moved_utc_offset_min": list(self.move) if self.move else None,
+                "moved_at_s": None if self.move_at is None else self.move_at - self.epoch0,
                 "ms_wraps": ms_wraps,
                 "us_wraps": us_wraps if us_seen else None,
                 "max_sample_sets": max_sets,
@@ -650,6 +773,8 @@ class Soak:
             failed.append("heap_growth_bytes")
         if self.flash_faults:
             failed.append("flash_faults")
+        if self.move and self.move_at is None:
+            failed.append("billing_move")  # the signed policy never reached the node, or was refused
         if self.flash and (res["flash"]["years_levelled"] or 0) < FLASH_YEARS:
             failed.append("flash_years")  # the flash would wear out within a meter's service life
         # coverage: the run exercised what it is for
@@ -754,6 +879,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the board whose NOR flash and LittleFS the node's files live on, its build on it "
         "(wear counted: the JSON's `flash`); host: the host's file system, nothing counted",
     )
+    ap.add_argument(
+        "--node",
+        default="fleet",
+        choices=["fleet", "store"],
+        help="fleet: the full node (authenticated commands, the demo policy, signed bundles; --move "
+        "sends it a signed policy); store: metering and store-and-forward only",
+    )
     ap.add_argument("--keep", type=Path, help="keep the node's files and the database here")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
@@ -772,7 +904,7 @@ def main(argv: list[str] | None = None) -> int:
                 ap.error(f"--move {a.move!r}: HOURS:MIN, e.g. 36:390")
             move = (h * 3600, m)
         flash = None if a.flash == "host" else a.flash
-        s = Soak(a.days, a.seed, a.heap, work, a.verbose, a.coast, a.utc_offset_min, move, flash)
+        s = Soak(a.days, a.seed, a.heap, work, a.verbose, a.coast, a.utc_offset_min, move, flash, a.node)
         res = s.run()
     res["micropython"] = os.path.basename(unixport.micropython_path())
     if res["failed"]:

@@ -58,6 +58,11 @@ def test_three_simulated_days_with_power_cuts_outages_and_a_full_flash_keep_ever
     # in India's time (+5:30): a daily freeze at a UTC midnight instead of a local one counts
     # as a lost record above
     assert res["utc_offset_min"] == 330 and res["moved_utc_offset_min"] == [36 * 3600, 270]
+    # the full node (commands, the demo policy, signed bundles) moved by a policy signed with
+    # --move-billing-time, sent by the soak's operator over the broker from hour 36 (again after
+    # a refusal, a failure or no answer), applied by the node's fleet agent: its event dates it
+    assert res["node"] == "fleet" and res["moved_at_s"] >= 36 * 3600
+    assert "policy result: applied" in res["events"]
     assert res["freezes"]["daily"] >= 2 and res["freeze_mismatches"] == 0 and res["misplaced_freezes"] == 0
     assert res["register_regressions"] == 0
     assert res["records"] > 250  # 288 profile intervals in 3 days, less the outages, plus events
