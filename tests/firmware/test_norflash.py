@@ -8,7 +8,7 @@ import sys
 import vfs
 
 from meternode.store.checkpoint import CheckpointStore
-from mptest import eq, heap, raises, scratch_dir
+from mptest import eq, heap, raises, scratch_dir, timeout
 
 _SHIM = __file__.rsplit("/", 3)[0] + "/hil/umeter_hil/board_shim"
 if _SHIM not in sys.path:
@@ -121,3 +121,72 @@ def test_each_flushed_append_costs_an_erase():
         eq(190 <= e <= 230, True, "an erase an append")
         eq(_programmed(dev) > 200 * 1024, True, "each a block's worth programmed, not 80 bytes")
         vfs.umount(at)
+
+
+_CHILD = """
+import sys
+sys.path[:0] = [%r, %r]
+import norflash
+from meternode.store import records
+from meternode.store.checkpoint import CheckpointStore
+from meternode.store.log import RecordLog
+norflash.mount(%r, "pico_w", "/f")
+st = CheckpointStore("/f/ck")
+log = RecordLog("/f/log", 4096, 16384)
+n = st.seq
+while True:
+    n += 1
+    log.append(records.EVENT, 1000 + n, records.event(records.EV_RELAY, n, "r%%d" %% n))
+    st.write({"registers": {"imp": n * 1000}, "pad": "p" * 300})
+    print("acked", n)
+"""
+
+
+@timeout(180)
+@heap("256k")
+def test_power_cuts_inside_littlefs_lose_nothing_acknowledged():
+    # A child unix port appends records and writes checkpoints on a Pico W's LittleFS as fast
+    # as it can; SIGKILL hits it at random moments, between any two of LittleFS's programs and
+    # erases (each is written through to the image). After each cut the file system mounts,
+    # the checkpoint holds at least the last acknowledged value, the log every acknowledged
+    # record in order, and the child carries on from there.
+    import random
+
+    from meternode.store.checkpoint import CheckpointStore
+    from meternode.store.log import RecordLog
+
+    img = scratch_dir() + "/cut.img"
+    script = scratch_dir() + "/child.py"
+    fw = [p for p in sys.path if p.endswith("firmware")]
+    with open(script, "w") as f:
+        f.write(_CHILD % (fw[0] if fw else ".", _SHIM, img))
+    out = scratch_dir() + "/child.out"
+    random.seed(7)
+    last = 0
+    for k in range(8):
+        delay = "%.3f" % (0.05 + random.random() * 0.4)
+        cmd = "%s %s > %s 2>&1 & P=$!; n=0; until grep -q acked %s || [ $n -ge 500 ]; do sleep 0.01; n=$((n+1)); done; "
+        cmd += "sleep %s; kill -9 $P; wait $P 2>/dev/null"
+        os.system(cmd % (sys.executable, script, out, out, delay))
+        acked = 0
+        with open(out) as f:
+            for line in f:
+                if line.startswith("acked ") and line.endswith("\n"):
+                    acked = int(line[6:])
+        eq(acked > last // 1000, True, "cut %d: the child made progress (%d)" % (k, acked))
+        at = "/cut%d" % k
+        norflash.mount(img, "pico_w", at)  # raises if LittleFS found no file system
+        imp = CheckpointStore(at + "/ck").restore()["registers"]["imp"]
+        eq(acked * 1000 <= imp <= (acked + 1) * 1000, True, "cut %d: checkpoint %d, acknowledged %d" % (k, imp, acked))
+        log = RecordLog(at + "/log", 4096, 16384)
+        r = log.reader()
+        r.seek(log.first_seq())
+        seqs = []
+        while r.next():
+            seqs.append(r.seq)
+        eq(seqs[-1] >= acked, True, "cut %d: every acknowledged record (last %d of %d)" % (k, seqs[-1], acked))
+        eq(seqs, list(range(seqs[0], seqs[-1] + 1)), "cut %d: the records in order, none missing" % k)
+        log.close()
+        vfs.umount(at)
+        last = imp
+    print("8 cuts, %d records and checkpoints acknowledged" % (last // 1000))
