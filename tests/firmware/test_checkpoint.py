@@ -2,6 +2,7 @@
 import os
 import sys
 
+import powercut
 from metrology_rig import board, rig, settle
 
 from meternode.store.checkpoint import Checkpointer, CheckpointError, CheckpointStore
@@ -114,16 +115,7 @@ def test_power_cut_during_checkpoint_writes_loses_nothing_acknowledged():
     last = 0
     for k, delay in enumerate(("0.05", "0.11", "0.17", "0.23", "0.29", "0.31")):
         # start the child, wait for its first acknowledged write, then cut after `delay`
-        cmd = "%s %s > %s 2>&1 & P=$!; n=0; until grep -q acked %s || [ $n -ge 500 ]; do sleep 0.01; n=$((n+1)); done; "
-        cmd += "sleep %s; kill -9 $P; wait $P 2>/dev/null"
-        os.system(cmd % (sys.executable, script, out, out, delay))
-        acked = 0
-        with open(out) as f:
-            for line in f:
-                # a whole line only: print() writes "acked", " ", the number and the newline
-                # one by one, and the kill may land between them
-                if line.startswith("acked ") and line.endswith("\n"):
-                    acked = int(line[6:])
+        acked = powercut.cut(script, out, delay)
         got = CheckpointStore(d).restore()
         eq(got is not None, True, "cut %d: a good checkpoint" % k)
         imp = got["registers"]["imp"]
