@@ -21,6 +21,8 @@ What they prove that the unix-port stand-ins cannot:
     the device).
   - the relay: latched off, it stays off through a reboot -- no glitch on the pin (the rig
     samples the relay line during the reboot).
+  - the file system: the block size and at least the blocks of the flash the soak wears
+    (norflash.GEOMETRY), and an open file's LittleFS cache within the budget's FS_KB.
 Environment: UMETER_HIL_ADC_DC="l0,l1,..." the DC counts the jig puts on each channel (else
 the columns are only checked for staying put); UMETER_HIL_TLS_HOST for the TLS reconnect.
 """
@@ -430,6 +432,42 @@ def test_the_provisioned_node_runs_within_its_budget_on_the_board(provisioned, h
     assert r["low"] >= 8 * 1024, f"under 8 KB free at a report: {r}"
 
 
+# -- the file system -------------------------------------------------------------------------------
+# The soak measures the flash's wear on an emulation of each board's file system
+# (umeter_hil/board_shim/norflash.py, docs/metrology.md "Wear budget") and the budget adds
+# what the node's open files hold in LittleFS (umeter.budget.FS_KB): the board's own.
+FS = r"""
+import gc, json, os
+v = os.statvfs('/')
+gc.collect()
+a = gc.mem_alloc()
+f = open('/hil-fs.tmp', 'wb')
+f.write(b'x' * 100)
+f.flush()
+gc.collect()
+b = gc.mem_alloc()
+f.close()
+os.remove('/hil-fs.tmp')
+print('RESULT ' + json.dumps({'bsize': v[0], 'blocks': v[2], 'free': v[3], 'open_file': b - a}))
+"""
+FS_GEOMETRY = {"pico_w": "pico_w", "pico_w_mcp3208": "pico_w", "esp32_devkitc": "esp32"}
+
+
+@pytest.mark.hardware
+def test_the_boards_file_system_is_the_one_the_soak_wears(provisioned, hil_target):  # pragma: no cover
+    from umeter import budget
+    from umeter_hil.board_shim import norflash
+
+    size, _ = norflash.GEOMETRY[FS_GEOMETRY[hil_target.board_type]]
+    r = run_on_board(hil_target.port, FS, timeout=30)
+    print(f"{hil_target.board_type}: {r['blocks']} blocks of {r['bsize']} B, {r['blocks'] - r['free']} used"
+          f" after provisioning, an open file holds {r['open_file']} B")  # fmt: skip
+    assert r["bsize"] == norflash.BLOCK, r
+    # as many blocks as the soak's flash or more: its wear figure is then a floor for the board's
+    assert r["blocks"] >= size // norflash.BLOCK, r
+    assert r["open_file"] <= budget.FS_KB[4][hil_target.board_type] * 1024 // 2, r
+
+
 # -- the messages file ----------------------------------------------------------------------------
 # `umeter build` moves the package's messages to lib/meternode/msgs.txt (docs/memory.md); the
 # board's package finds it beside its own __init__ (/lib, an OTA slot's lib/ or /rom/lib) and
@@ -550,6 +588,7 @@ def test_the_on_board_scripts_compile_on_micropython(tmp_path):
         "msgs": MSGS % {"ranges": [(0, 24)]},
         "held": HELD % {"seconds": 60},
         "ntp": NTP % {"ssid": "s", "password": "p", "host": "pool.ntp.org"},
+        "fs": FS,
     }
     for name, code in scripts.items():
         (tmp_path / f"{name}.py").write_text(code)

@@ -22,8 +22,6 @@
 # little-endian), also written through, so it counts across boots and power cuts.
 import struct
 
-import vfs
-
 BLOCK = 4096
 GEOMETRY = {
     # name: (bytes, progsize)
@@ -120,6 +118,8 @@ class NorFlash:
 def mount(image, board, at="/flash"):
     # The board's file system on the flash image at `image` (formatted where it holds none),
     # mounted at `at`; -> (the device, True when it was formatted now).
+    import vfs  # (MicroPython's: the geometry above is read by the host too)
+
     size, prog = GEOMETRY[board]
     dev = NorFlash(image, size)
     made = False
