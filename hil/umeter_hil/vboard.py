@@ -26,6 +26,11 @@ that is the unix port's stdin/stdout, and closes the gaps between the unix port 
   image at /rom at boot, so stock ``mpremote romfs query/deploy`` and `umeter provision` work
   against it; the interpreter gets the partition's size on top of the board's heap (a board
   maps it from flash).
+- optionally a board's flash (`flash="pico_w"`, `"pico"` or `"esp32"`): instead of the host
+  directory, a real LittleFS on an emulation of that board's NOR flash is mounted at /
+  (``board_shim/norflash.py``, in ``state/flash.img``, with that board's MicroPython's
+  settings), so what a board's file system does (its size, its blocks, a power cut inside a
+  write) happens here too.
 
 Optionally a loopback TCP listener speaks for the same board. Any local user can reach a
 loopback port, and the raw REPL reads every secret on the board, so the listener wants a
@@ -89,6 +94,12 @@ def load_board(name: str) -> dict:
         raise ConfigError(f"{path}: not valid JSON ({e})", hint="fix the board definition") from None
 
 
+def _flash_geometries() -> dict:
+    from umeter_hil.board_shim import norflash
+
+    return norflash.GEOMETRY
+
+
 def uid_for(path: Path) -> bytes:
     """A stable 6-byte unique id (MAC-like, locally administered) derived from the board dir."""
     h = bytearray(hashlib.sha256(str(path.resolve()).encode()).digest()[:6])
@@ -123,8 +134,14 @@ class VirtualBoard:
         uarts: dict[int, str] | None = None,
         romfs: str | int | None = None,
         romfs_style: str | None = None,
+        flash: str | None = None,
     ) -> None:
         self.path = Path(path).resolve()
+        # a board's flash (norflash.GEOMETRY) with LittleFS at /, in state/flash.img, instead
+        # of the host directory flash/
+        if flash is not None and flash not in _flash_geometries():
+            raise ConfigError(f"flash {flash!r}", hint=f"one of {', '.join(_flash_geometries())}")
+        self.flash_geometry = flash
         self.board_name = board
         self.board = load_board(board)
         self.heap = unixport.parse_heap(heap or self.board.get("heap", unixport.DEFAULT_HEAP))
@@ -308,6 +325,14 @@ class VirtualBoard:
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
 
+    def _has_main(self) -> bool:
+        if self.flash_geometry is None:
+            return (self.flash / "main.py").exists()
+        try:  # vboot.py looked inside the LittleFS image
+            return (self.state / "main.flag").read_text() == "1"
+        except OSError:
+            return False
+
     # ----------------------------------------------------------------- child process
     def _spawn(self, reset: str, mode: str) -> None:
         bm, bs = os.openpty()
@@ -322,6 +347,7 @@ class VirtualBoard:
             UMETER_VB_UID=self.uid.hex(),
             UMETER_VB_ROMFS=str(self.romfs),
             UMETER_VB_ROMFS_STYLE=self.romfs_style,
+            UMETER_VB_FLASH=self.flash_geometry or "",
         )
         env.pop("MICROPYPATH", None)
         with contextlib.suppress(FileNotFoundError):
@@ -469,7 +495,7 @@ class VirtualBoard:
             self._swallow = self._boot_raw  # raw mode: hide the friendly banner, then Ctrl-A
             if self._intr_pending:
                 self._intr_pending = False
-                if not self._boot_raw and (self.flash / "main.py").exists():
+                if not self._boot_raw and self._has_main():
                     self._sigint()  # main.py is starting: interrupt it (the shim catches it)
                 else:
                     self._write_board(b"\x03")
@@ -742,6 +768,7 @@ def start_many(
     tcp: bool = False,
     insecure: bool = False,
     romfs: str | None = None,
+    flash: str | None = None,
 ) -> list[VirtualBoard]:
     """Start `count` boards in `base/<board>-<k>/`; each waits for its boot to finish."""
     if count < 1:
@@ -749,7 +776,7 @@ def start_many(
     vbs = []
     try:
         for k in range(count):
-            vb = VirtualBoard(Path(base) / f"{board}-{k}", board, tcp=tcp, insecure=insecure, romfs=romfs)
+            vb = VirtualBoard(Path(base) / f"{board}-{k}", board, tcp=tcp, insecure=insecure, romfs=romfs, flash=flash)
             vbs.append(vb.start())
         for vb in vbs:
             vb.wait_booted()

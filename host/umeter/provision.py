@@ -64,6 +64,8 @@ class Report:
     frozen: str = ""  # the version of the package frozen into the board's firmware ("" = none)
     heap: str = ""  # the board's free heap against what the node's configuration needs
     heap_short: bool = False  # less than that: the node will run short of memory
+    flash: str = ""  # the board's free flash after the install against what the node will write
+    flash_short: bool = False  # less than that: firmware updates refused, or the record log cut short
 
     def line(self) -> str:
         if self.status != "ok":
@@ -72,6 +74,7 @@ class Report:
         if self.frozen:
             rom += f" Package: umeter {self.frozen}, frozen into the firmware (no package files written)."
         heap = f" {'WARNING: heap' if self.heap_short else 'Heap'}: {self.heap}." if self.heap else ""
+        heap += f" {'WARNING: flash' if self.flash_short else 'Flash'}: {self.flash}." if self.flash else ""
         return (
             f"Wrote {self.written} files ({self.bytes / 1024:.1f} KiB) to {self.node}, skipped {self.skipped} "
             f"unchanged, in {self.seconds:.1f} s; {'verified' if self.verified else 'NOT verified'}.{rom}{heap}"
@@ -284,6 +287,7 @@ def _provision_open(b: Board, dev: Device, info: dict, man: dict, board_def: dic
     else:
         step(dev.name, "verify", total, total)
     rep.verified = True
+    _flash_check(b, cfg, {n: e for n, e in entries.items() if n != "config.json"}, load, rep)
     fleet.record(
         info["uid"],
         status="ok",
@@ -295,6 +299,50 @@ def _provision_open(b: Board, dev: Device, info: dict, man: dict, board_def: dic
 
 
 _LOADED_FROM = {"mpy": ".mpy files", "romfs": "ROMFS", "frozen": "frozen firmware"}
+# the record log's bound and segment when config.store does not say (store/storeinit.py)
+_LOG_MAX_BYTES = 262144
+_LOG_SEGMENT_BYTES = 16384
+_OTA_RESERVE_BYTES = 16384  # config ota.reserve_bytes's default (policy/ota.py)
+
+
+def _kib(n: int) -> str:
+    return f"{n // 1024} KiB"
+
+
+def _flash_check(b: Board, cfg: dict, build: dict, load: str, rep: Report) -> None:
+    """The board's free flash after the install against what the node will write there: its
+    record log up to its bound (store.max_bytes, one segment more) and, for a node that takes
+    firmware updates (`fleet` in its config, the package from .mpy files), a second copy of
+    the build staged beside it, counted as the firmware counts it before it stages one
+    (meternode.policy.ota.build_bytes, + ota.reserve_bytes). Short is a warning in the report:
+    the log stops at the flash's bound (delivered records make room first), and an update is
+    refused with "no space" before a byte is written."""
+    from meternode.policy.ota import build_bytes
+
+    try:
+        bs, blocks, free_blocks = b.fs()
+    except Exception as e:  # a board without os.statvfs: nothing to say
+        rep.flash = f"not checked: {e}"
+        return
+    free = bs * free_blocks
+    st = cfg.get("store") or {}
+    log = st.get("max_bytes", _LOG_MAX_BYTES) + st.get("segment_bytes", _LOG_SEGMENT_BYTES)
+    rep.flash = f"{_kib(free)} free of {_kib(bs * blocks)} after the install; the record log grows to {_kib(log)}"
+    short = []
+    if log > free:
+        short.append("the record log will stop at the flash's bound, making room by dropping delivered records")
+    if cfg.get("fleet") and load == "mpy":
+        update = build_bytes(build, bs) + (cfg.get("ota") or {}).get("reserve_bytes", _OTA_RESERVE_BYTES)
+        rep.flash += f", a firmware update needs {_kib(update)} beside it"
+        if update + log > free:
+            smaller = ", a smaller store.max_bytes" if update <= free else ""  # (else no log is small enough)
+            short.append(
+                f"firmware updates will be refused on this board (no space) — a board with more flash{smaller}"
+                " or the package frozen into the firmware (umeter build --manifest)"
+            )
+    if short:
+        rep.flash_short = True
+        rep.flash += ": " + "; ".join(short)
 
 
 def _heap_check(b: Board, arch: str, board: str, cfg: dict, load: str, rep: Report) -> None:

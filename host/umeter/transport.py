@@ -408,6 +408,11 @@ class Board:
         v = self.eval("(gc.mem_free(), _um_i)")
         return int(v[0]), int(v[1])
 
+    def fs(self) -> tuple[int, int, int]:
+        """(block size, blocks, free blocks) of the board's file system at / (os.statvfs)."""
+        v = self.eval("__import__('os').statvfs('/')")
+        return int(v[0]), int(v[2]), int(v[3])
+
     # ------------------------------------------------------------------ files
     def hashes(self, paths: list[str]) -> dict[str, str | None]:
         """sha256 hex of each file on the board (None if absent), in one exec per 40 files."""

@@ -328,3 +328,37 @@ def test_cli_provision_where_every_board_failed_does_not_claim_verified_files(tm
     assert r.returncode == 1
     assert "Provisioned 0 of 1 board; 0 files written, 0.0 KiB; nothing verified." in r.stderr, r.stderr
     assert "all written files verified" not in r.stderr
+
+
+def test_a_board_whose_flash_cannot_take_a_second_build_is_told_so(tmp_path, home, image):
+    # On a Pico W's file system (848 KiB, here a real LittleFS on an emulation of its flash)
+    # the build and the record log fit, a second build staged beside them does not: every
+    # firmware update to that node would be refused ("no space", counted as the firmware
+    # counts it). Provisioning says so when it installs a node that takes updates; on an
+    # ESP32's 2 MiB it reports the room there is.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from umeter.signing import fleet_identity
+
+    ident = fleet_identity(Ed25519PrivateKey.generate(), "acme")
+    reps = {}
+    for geo in ("pico_w", "esp32"):
+        with VirtualBoard(tmp_path / geo, "sim", flash=geo) as vb:
+            dev = Device(name=f"n-{geo}", board="sim", site="lab", port=vb.port, config={"fleet": ident})
+            rep = provision([dev], build_dirs={"sim": image}, keystore=Keystore(), fleet=Fleet(), reset=False)[0]
+            assert rep.status == "ok" and rep.verified, rep.error
+            from umeter.transport import Board
+
+            with Board(vb.port, timeout=10) as b:  # the files are on the board's LittleFS
+                bs, blocks, free = b.fs()
+                assert 0 < free < blocks
+                assert (bs, blocks) == ((4096, 212) if geo == "pico_w" else (4096, 512))
+                assert json.loads(b.exec("print(open('/config.json').read())").decode())["fleet"] == ident
+        assert not (vb.flash / "config.json").exists(), "nothing written to the host's directory"
+        reps[geo] = rep
+    p, e = reps["pico_w"], reps["esp32"]
+    assert p.flash_short and "firmware updates will be refused on this board (no space)" in p.flash, p.flash
+    assert "the record log will stop at the flash's bound" in p.flash, p.flash
+    assert "WARNING: flash" in p.line()
+    assert not e.flash_short and "a firmware update needs" in e.flash and "Flash: " in e.line(), e.flash
+    assert json.loads(json.dumps(p.as_dict()))["flash_short"] is True

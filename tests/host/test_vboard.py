@@ -497,3 +497,32 @@ def test_a_ctrl_c_that_lands_in_the_watchdog_stand_ins_thread_reaches_the_code_a
         "    print('handed on')\n"
     )
     assert mp(vb, "exec", code).strip().splitlines()[-1] == "handed on"
+
+
+def test_a_board_with_a_pico_w_flash_has_its_littlefs_for_stock_mpremote(tmp_path):
+    # `flash="pico_w"`: the board's / is a real LittleFS of a Pico W's 848 KiB (its 4-KiB
+    # blocks, its MicroPython's settings) in state/flash.img, not a host directory. Stock
+    # mpremote copies to it and reads it back; a power cut in the middle of a copy leaves the
+    # file system mountable with the file as LittleFS committed it (nothing of an unclosed
+    # file), and the files before it whole.
+    src = tmp_path / "big.bin"
+    src.write_bytes(bytes(range(256)) * 80)
+    with VirtualBoard(tmp_path / "vb", "sim", flash="pico_w") as vb:
+        vb.wait_booted()
+        out = mp(vb, "exec", "import os; print(os.statvfs('/')[:4])")
+        assert out.strip() == "(4096, 4096, 212, 210)", out  # an empty Pico W: two blocks of metadata
+        mp(vb, "fs", "cp", str(src), ":kept.bin")
+        assert not (vb.flash / "kept.bin").exists() and (vb.state / "flash.img").stat().st_size == 848 * 1024
+        vb.cut_power_after(3000)
+        cp = [MPREMOTE, "connect", vb.port, "fs", "cp", str(src), ":cut.bin"]
+        p = subprocess.Popen(cp, stdout=subprocess.DEVNULL)
+        wait_for(lambda: not vb.powered)
+        p.kill()
+        p.wait()
+        vb.power_on()
+        vb.wait_booted()
+        code = "import os, hashlib; print(sorted(os.listdir('/')), os.stat('/cut.bin')[6], " \
+               "hashlib.sha256(open('/kept.bin', 'rb').read()).digest().hex())"  # fmt: skip
+        names, cut, digest = mp(vb, "exec", code).strip().rsplit(" ", 2)
+        assert names == "['cut.bin', 'kept.bin']" and cut == "0"
+        assert digest == hashlib.sha256(src.read_bytes()).hexdigest()

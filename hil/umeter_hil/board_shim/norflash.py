@@ -32,30 +32,35 @@ GEOMETRY = {
 _EIO = 5
 
 
-def _open(path, size):
-    # the file at `path`, `size` bytes; made (filled by `fill`) where it is not there
+def _open(path):
+    # the file at `path` to read and write, made empty where it is not there
     try:
-        f = open(path, "r+b")
+        return open(path, "r+b")
     except OSError:
-        f = open(path, "wb")
-        f.close()
-        f = open(path, "r+b")
+        open(path, "wb").close()
+        return open(path, "r+b")
+
+
+def _end(f):
     f.seek(0, 2)
-    have = f.tell()
-    return f, have
+    return f.tell()
 
 
 class NorFlash:
-    def __init__(self, path, size):
+    def __init__(self, path, size, files=None):
+        # The image at `path` and its wear beside it (`<path>.wear`), or the two `files`
+        # already open to read and write (a virtual board opens them before its flash is
+        # mounted at /, where host paths end).
         if size % BLOCK:
             raise ValueError("flash size %d is not a whole number of %d-byte blocks" % (size, BLOCK))
         self.n = size // BLOCK
-        self.f, have = _open(path, size)
+        self.f, self.w = files or (_open(path), _open(path + ".wear"))
+        have = _end(self.f)
         ff = b"\xff" * BLOCK
         while have < size:  # a new flash is erased
             self.f.write(ff)
             have += BLOCK
-        self.w, have = _open(path + ".wear", 8 * self.n)
+        have = _end(self.w)
         if have < 8 * self.n:
             self.w.write(bytes(8 * self.n - have))
         self.w.seek(0)

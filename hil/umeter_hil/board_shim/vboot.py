@@ -9,7 +9,10 @@
 #      returns to the REPL (-i).
 # The relay passes everything in the environment: UMETER_VB_ROOT, UMETER_VB_STATE,
 # UMETER_VB_MODE (friendly|raw), UMETER_VB_RESET (power|hard|soft|watchdog), UMETER_VB_UID (hex),
-# UMETER_VB_ROMFS (bytes of a ROMFS partition, none if 0) and UMETER_VB_ROMFS_STYLE.
+# UMETER_VB_ROMFS (bytes of a ROMFS partition, none if 0) and UMETER_VB_ROMFS_STYLE, and
+# UMETER_VB_FLASH: a board's flash (norflash.GEOMETRY: pico_w, pico, esp32) whose LittleFS is
+# mounted at / instead of the host directory UMETER_VB_ROOT, as that board's MicroPython does
+# (in state/flash.img, formatted at the first boot).
 import os
 import sys
 
@@ -34,7 +37,28 @@ import vbos  # noqa: E402
 sys.modules["machine"] = vbmachine
 sys.modules["os"] = vbos
 esp32.boot(vbstate.RESET)
-vfs.mount(vfs.VfsPosix(vbstate.ROOT), "/")
+_flash = os.getenv("UMETER_VB_FLASH")
+if _flash:
+    import norflash
+
+    _size, _prog = norflash.GEOMETRY[_flash]
+    _dev = norflash.NorFlash(None, _size, (vbstate.open_state("flash.img"), vbstate.open_state("flash.img.wear")))
+    try:
+        _fs = vfs.VfsLfs2(_dev, progsize=_prog)
+    except OSError:  # an erased flash: what the board's _boot.py does
+        vfs.VfsLfs2.mkfs(_dev, progsize=_prog)
+        _fs = vfs.VfsLfs2(_dev, progsize=_prog)
+    _main = vbstate.open_state("main.flag", "w")  # (a host path: before the mount)
+    vfs.mount(_fs, "/")
+    try:  # whether the flash holds a main.py, for the relay (it cannot look inside the image)
+        os.stat("/main.py")
+        _main.write("1")
+    except OSError:
+        _main.write("0")
+    _main.flush()
+    del norflash, _size, _prog, _dev, _fs, _main
+else:
+    vfs.mount(vfs.VfsPosix(vbstate.ROOT), "/")
 os.chdir("/")
 sys.path[:] = ["", ".frozen", "/lib"]
 if _romfs:
@@ -65,4 +89,4 @@ if not _ok or (vbstate.MODE == "friendly" and not _run("main.py")):
     vbstate.soft_reset()
 if _romfs:
     del vbvfs
-del _ok, _run, _romfs, os, vfs, esp32, network, vbmachine, vbos, vbstate
+del _ok, _run, _romfs, _flash, os, vfs, esp32, network, vbmachine, vbos, vbstate

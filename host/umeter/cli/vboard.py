@@ -31,6 +31,12 @@ def command() -> None:
 )
 @click.option("--insecure", is_flag=True, help="No token on the TCP listener (any local user gets the REPL).")
 @click.option("--romfs", metavar="SIZE", help="Give each board a ROMFS partition of SIZE (e.g. 256k).")
+@click.option(
+    "--flash",
+    type=click.Choice(["pico_w", "pico", "esp32"]),
+    help="Give each board that board's flash: a real LittleFS of its size and settings at / (in its "
+    "state/flash.img) instead of a host directory.",
+)
 @click.option("--provision", "do_provision", is_flag=True, help="Provision each board so its node runs (see below).")
 @click.option(
     "--inventory",
@@ -48,6 +54,7 @@ def start(
     tcp: bool,
     insecure: bool,
     romfs: str | None,
+    flash: str | None,
     do_provision: bool,
     inventory: str | None,
     broker: str | None,
@@ -63,8 +70,9 @@ def start(
         raise ConfigError("--inventory and --broker go with --provision", hint="add --provision")
     if insecure and (not tcp or do_provision):
         raise ConfigError("--insecure goes with --tcp, without --provision", hint="drop --insecure")
-    if romfs and do_provision:
-        raise ConfigError("--romfs goes without --provision", hint="start the boards, then umeter provision them")
+    for opt, val in (("--romfs", romfs), ("--flash", flash)):
+        if val and do_provision:
+            raise ConfigError(f"{opt} goes without --provision", hint="start the boards, then umeter provision them")
     if do_provision:
         _start_nodes(board, count, base, tcp, inventory, broker, as_json)
         return
@@ -76,7 +84,7 @@ def start(
         base = tmp.name
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
-        vbs = start_many(Path(base), board, count, tcp=tcp, insecure=insecure, romfs=romfs)
+        vbs = start_many(Path(base), board, count, tcp=tcp, insecure=insecure, romfs=romfs, flash=flash)
     except BaseException:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         if tmp:
@@ -85,7 +93,8 @@ def start(
     try:
         for vb in vbs:
             if as_json:
-                info = {"port": vb.port, "url": vb.url, "uid": vb.uid.hex(), "flash": str(vb.flash), "board": board}
+                where = str(vb.state / "flash.img") if flash else str(vb.flash)
+                info = {"port": vb.port, "url": vb.url, "uid": vb.uid.hex(), "flash": where, "board": board}
                 click.echo(json.dumps(info))
             else:
                 click.echo(vb.port + (f" {vb.url}" if vb.tcp_port else ""))
