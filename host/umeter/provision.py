@@ -314,10 +314,10 @@ def _flash_check(b: Board, cfg: dict, build: dict, load: str, rep: Report) -> No
     record log up to its bound (store.max_bytes, one segment more) and, for a node that takes
     firmware updates (`fleet` in its config, the package from .mpy files), a second copy of
     the build staged beside it, counted as the firmware counts it before it stages one
-    (meternode.policy.ota.build_bytes, + ota.reserve_bytes). Short is a warning in the report:
+    (meternode.policy.otaspace.build_bytes, + ota.reserve_bytes). Short is a warning in the report:
     the log stops at the flash's bound (delivered records make room first), and an update is
     refused with "no space" before a byte is written."""
-    from meternode.policy.ota import build_bytes
+    from meternode.policy.otaspace import build_bytes
 
     try:
         bs, blocks, free_blocks = b.fs()

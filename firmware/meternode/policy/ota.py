@@ -23,22 +23,8 @@
 import json
 import os
 
+from meternode import run
 from meternode.policy.apply import mkdirs
-
-
-def build_bytes(files, bs):
-    # What a build ({name: {"size": n}}) takes staged on a filesystem of `bs`-byte blocks:
-    # whole blocks per file and one more, two per directory (a LittleFS metadata pair), and
-    # the manifest.  (`umeter provision` tells by it whether a board has room for an update.)
-    need = 3 * bs
-    dirs = {}
-    for name, fi in files.items():
-        need += (fi["size"] + bs - 1) // bs * bs + bs
-        k = name.rfind("/")
-        while k > 0:
-            dirs[name[:k]] = 1
-            k = name.rfind("/", 0, k)
-    return need + 2 * bs * len(dirs)
 
 
 class Rejected(Exception):
@@ -196,7 +182,7 @@ class Slots:
         except (OSError, AttributeError):
             free = None  # unknown: not checked
         if free is not None and not isinstance(man, int):
-            need = build_bytes(man["files"], bs)
+            need = run("meternode.policy.otaspace", "build_bytes", man["files"], bs)
             keep = self.reserve + (self.reserve_fn() if self.reserve_fn is not None else 0)
             if need + keep > free:
                 raise Rejected(
