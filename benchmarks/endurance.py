@@ -159,8 +159,11 @@ class Soak:
         move: tuple[int, int] | None = None,
         flash: str | None = "pico_w",
         node: str = "fleet",
+        profile_s: int = PROFILE_S,
     ) -> None:
         self.days = days
+        self.profile_s = profile_s  # the load profile's interval: a record each (the log's main writer)
+        self.telemetry_s = min(TELEMETRY_S, profile_s // 2)  # a snapshot in every interval (config check)
         self.node = node  # "fleet": commands, the demo policy, signed bundles; "store": metering and MQTT only
         self.move_at: int | None = None  # epoch second the billing time moved (the node's event, or the plan)
         self.move_state: str | None = None  # None: to send; "sent" (at run second move_sent); "done"
@@ -312,8 +315,8 @@ class Soak:
         (self.root / "board.json").write_text(json.dumps(BOARD))
         cfg = {
             "node_id": NODE_ID,
-            "telemetry_s": float(TELEMETRY_S),
-            "profile_s": PROFILE_S,
+            "telemetry_s": float(self.telemetry_s),
+            "profile_s": self.profile_s,
             "utc_offset_min": self.utc_offset_min,
             "mqtt": {
                 "host": self.broker.host,
@@ -681,11 +684,11 @@ class Soak:
         # (a record that could not be written is lost as surely as one never delivered)
         unrecorded = 0
         for b in self.boots:
-            first = self.epoch0 + b["t0"] + TELEMETRY_S  # the boot's first report
+            first = self.epoch0 + b["t0"] + self.telemetry_s  # the boot's first report
             end = self.epoch0 + (b["status"][-1]["t"] if b["status"] else b["t0"])
-            last = first + (end - first) // TELEMETRY_S * TELEMETRY_S  # and its last
-            for slot in range(first // PROFILE_S, last // PROFILE_S):
-                if ("profile", (slot + 1) * PROFILE_S) not in seen:
+            last = first + (end - first) // self.telemetry_s * self.telemetry_s  # and its last
+            for slot in range(first // self.profile_s, last // self.profile_s):
+                if ("profile", (slot + 1) * self.profile_s) not in seen:
                     unrecorded += 1
             for off in {self.off, self.off_at(last)}:  # (two where the billing time moved)
                 for day in range((first + off) // 86400, (last + off) // 86400):
@@ -886,6 +889,14 @@ def main(argv: list[str] | None = None) -> int:
         help="fleet: the full node (authenticated commands, the demo policy, signed bundles; --move "
         "sends it a signed policy); store: metering and store-and-forward only",
     )
+    ap.add_argument(
+        "--profile-s",
+        type=int,
+        default=PROFILE_S,
+        choices=[60, 300, 900, 1800, 3600],
+        help="the node's config.profile_s: a load-profile record every so many seconds, each an append "
+        "to the record log (what wears the flash most); telemetry every 300 s, or half of it",
+    )
     ap.add_argument("--keep", type=Path, help="keep the node's files and the database here")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
@@ -904,7 +915,7 @@ def main(argv: list[str] | None = None) -> int:
                 ap.error(f"--move {a.move!r}: HOURS:MIN, e.g. 36:390")
             move = (h * 3600, m)
         flash = None if a.flash == "host" else a.flash
-        s = Soak(a.days, a.seed, a.heap, work, a.verbose, a.coast, a.utc_offset_min, move, flash, a.node)
+        s = Soak(a.days, a.seed, a.heap, work, a.verbose, a.coast, a.utc_offset_min, move, flash, a.node, a.profile_s)
         res = s.run()
     res["micropython"] = os.path.basename(unixport.micropython_path())
     if res["failed"]:

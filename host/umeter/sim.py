@@ -268,8 +268,12 @@ class SimRun:
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.nodes > 64:
             raise ConfigError(f"--nodes {self.nodes} is out of range", hint="run 1 to 64 virtual nodes")
-        if not 0.1 <= self.telemetry_s <= 3600:
-            raise ConfigError(f"telemetry interval {self.telemetry_s} s is out of range", hint="0.1 to 3600 s")
+        if not 0.1 <= self.telemetry_s <= PROFILE_S / 2:
+            # the nodes' load profile (a record a minute) needs a snapshot in every interval
+            raise ConfigError(
+                f"telemetry interval {self.telemetry_s} s is out of range",
+                hint=f"0.1 to {PROFILE_S // 2} s: half the nodes' {PROFILE_S}-s load-profile period at most",
+            )
         names = self.scenarios or [s.name for s in SCENARIOS]
         if self.scenarios and len(names) > self.nodes:
             raise ConfigError(

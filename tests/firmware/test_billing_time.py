@@ -79,6 +79,23 @@ def test_the_local_offset_is_checked_in_the_config():
     eq(check_config({"node_id": "n", "policy": {"tz": 60}})["policy"]["tz"], 60, "left out: the policy's")
 
 
+def test_telemetry_slower_than_half_the_profile_is_refused_in_the_config():
+    # The load profile records an interval at the first snapshot after its end; an interval
+    # with no snapshot in it (telemetry every 300 s, profile every 60) is never recorded, so
+    # four intervals in five went missing without a word (benchmarks/endurance.py
+    # --profile-s 60). Such a config is refused, naming both and the most telemetry_s can be.
+    from meternode.checks import check_config
+    from meternode.config import ConfigError
+
+    e = raises(ConfigError, check_config, {"node_id": "n", "telemetry_s": 300.0, "profile_s": 60})
+    eq(str(e), "config.telemetry_s = 300 is more than half of profile_s = 60: the load profile would miss "
+               "intervals with no snapshot in them (at most 30)", "")  # fmt: skip
+    e = raises(ConfigError, check_config, {"node_id": "n", "telemetry_s": 900.0})  # profile_s 900 by default
+    eq("at most 450" in str(e), True, str(e))
+    eq(check_config({"node_id": "n", "telemetry_s": 450.0})["telemetry_s"], 450.0, "half of the default")
+    eq(check_config({"node_id": "n", "telemetry_s": 30.0, "profile_s": 60})["profile_s"], 60, "half")
+
+
 def _freezes_across_a_move(before_min, after_min, move_at, start, end):
     # A profile recorder fed every 450 s from `start` to `end` (UTC), the billing time moved
     # from `before_min` to `after_min` at `move_at`: its freezes, (kind, ts).

@@ -87,6 +87,15 @@ def test_service_actions_validate_config_and_time():
     eq(node.config["telemetry_s"], 2.0, "set")
     e = raises(ValueError, u.set_config, "profile_s", 7 * 60 + 1)
     eq("does not divide a day" in str(e), True, str(e))
+    # the load profile needs a snapshot in every interval: telemetry at most half of it, from
+    # either side (the default profile_s is 900)
+    e = raises(ValueError, u.set_config, "telemetry_s", 600.0)
+    eq(str(e), "telemetry_s = 600 is more than half of profile_s = 900: the load profile would miss intervals", "")
+    u.set_config("telemetry_s", 30.0)
+    u.set_config("profile_s", 60)  # 30 s is half of it
+    e = raises(ValueError, u.set_config, "telemetry_s", 31.0)
+    eq("profile_s = 60" in str(e), True, str(e))
+    eq((node.config["telemetry_s"], node.config["profile_s"]), (30.0, 60), "unchanged by the refusal")
     u.set_time(1900000000)
     eq(node.hal.clock.time(), 1900000000, "time set")
     eq(u.relay(True), False, "no relay on this HAL")

@@ -43,6 +43,9 @@ def test_bad_options_are_usage_errors():
     assert _run("sim", "--nodes", "0").returncode == 2
     r = _run("sim", "--broker", "tcp://x:1", "--duration", "1")
     assert r.returncode == 1 and "bad broker URL 'tcp://x:1'" in r.stderr
+    # telemetry slower than half the nodes' 60-s load profile would leave intervals unrecorded
+    r = _run("sim", "--interval", "31", "--duration", "1")
+    assert r.returncode == 1 and "telemetry interval 31.0 s is out of range" in r.stderr and "0.1 to 30 s" in r.stderr
 
 
 def _node_pids(workdir: Path) -> list[int]:
