@@ -21,7 +21,10 @@ erase written through, so a power cut lands wherever LittleFS is. The board's bu
 JSON gives the erases and bytes programmed a day, the files written a day by name, the
 hottest block, and the flash's life at 100,000 cycles a block, levelled over the blocks not
 holding static data (`years_levelled`, the invariant: at least 20 years, a meter's service
-life) and at the hottest block's rate (`years_hottest`, no levelling at all).
+life) and at the hottest block's rate (`years_hottest`, no levelling at all). Coasting writes
+fewer checkpoints than sampling set by set (they follow the energy moved, which a coasted
+stretch registers at once): take the wear from a `--coast 0` run (docs/metrology.md, "Wear
+budget"); `--profile-s` sets the load profile's period, the log's main writer.
 
 The board is a soak variant of the sim board: one voltage and one current channel at 1 kS/s
 (50 Hz: 20 sets a cycle), so that one uninterrupted stretch of 13 days takes the sample-set
