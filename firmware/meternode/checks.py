@@ -33,18 +33,24 @@ def check_board(b):
     return b
 
 
+def profile_pace(t, p):
+    # telemetry_s `t` against profile_s `p`, at start and for a `set` command (link/actions.py):
+    # the load profile closes an interval at the first snapshot after it, and one with none
+    # in it is never recorded (store/profile.py)
+    if t * 2 > p:
+        raise ConfigError(
+            "telemetry_s = %g is more than half of profile_s = %d: the load profile would miss intervals "
+            "with no snapshot in them (at most %g)" % (t, p, p / 2)
+        )
+
+
 def check_config(c):
     w = "config"
     need(c, "node_id", str, w)
     t = need(c, "telemetry_s", float, w, default=10.0, lo=0.1, hi=86400.0)
     p = c.get("profile_s", 900)  # (its own check: store/storeinit.py)
-    if isinstance(p, int) and t * 2 > p:
-        # the load profile closes an interval at the first snapshot after it: one with none
-        # in it is never recorded (store/profile.py)
-        raise ConfigError(
-            "config.telemetry_s = %g is more than half of profile_s = %d: the load profile would miss "
-            "intervals with no snapshot in them (at most %g)" % (t, p, p / 2)
-        )
+    if isinstance(p, int):
+        profile_pace(t, p)
     wifi = need(c, "wifi", dict, w, default={})
     if wifi:
         if not need(wifi, "ssid", str, w + ".wifi"):

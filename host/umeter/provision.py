@@ -299,10 +299,7 @@ def _provision_open(b: Board, dev: Device, info: dict, man: dict, board_def: dic
 
 
 _LOADED_FROM = {"mpy": ".mpy files", "romfs": "ROMFS", "frozen": "frozen firmware"}
-# the record log's bound and segment when config.store does not say (store/storeinit.py)
-_LOG_MAX_BYTES = 262144
-_LOG_SEGMENT_BYTES = 16384
-_OTA_RESERVE_BYTES = 16384  # config ota.reserve_bytes's default (policy/ota.py)
+_OTA_RESERVE_BYTES = 16384  # config ota.reserve_bytes's default (policy/ota.py and rare.py keep it)
 
 
 def _kib(n: int) -> str:
@@ -318,6 +315,7 @@ def _flash_check(b: Board, cfg: dict, build: dict, load: str, rep: Report) -> No
     the log stops at the flash's bound (delivered records make room first), and an update is
     refused with "no space" before a byte is written."""
     from meternode.policy.otaspace import build_bytes
+    from meternode.store.storeinit import _MAX_BYTES, _SEGMENT_BYTES  # the node's defaults
 
     try:
         bs, blocks, free_blocks = b.fs()
@@ -326,7 +324,7 @@ def _flash_check(b: Board, cfg: dict, build: dict, load: str, rep: Report) -> No
         return
     free = bs * free_blocks
     st = cfg.get("store") or {}
-    log = st.get("max_bytes", _LOG_MAX_BYTES) + st.get("segment_bytes", _LOG_SEGMENT_BYTES)
+    log = st.get("max_bytes", _MAX_BYTES) + st.get("segment_bytes", _SEGMENT_BYTES)
     rep.flash = f"{_kib(free)} free of {_kib(bs * blocks)} after the install; the record log grows to {_kib(log)}"
     short = []
     if log > free:

@@ -88,7 +88,7 @@ def test_telemetry_slower_than_half_the_profile_is_refused_in_the_config():
     from meternode.config import ConfigError
 
     e = raises(ConfigError, check_config, {"node_id": "n", "telemetry_s": 300.0, "profile_s": 60})
-    eq(str(e), "config.telemetry_s = 300 is more than half of profile_s = 60: the load profile would miss "
+    eq(str(e), "telemetry_s = 300 is more than half of profile_s = 60: the load profile would miss "
                "intervals with no snapshot in them (at most 30)", "")  # fmt: skip
     e = raises(ConfigError, check_config, {"node_id": "n", "telemetry_s": 900.0})  # profile_s 900 by default
     eq("at most 450" in str(e), True, str(e))

@@ -90,7 +90,8 @@ def test_service_actions_validate_config_and_time():
     # the load profile needs a snapshot in every interval: telemetry at most half of it, from
     # either side (the default profile_s is 900)
     e = raises(ValueError, u.set_config, "telemetry_s", 600.0)
-    eq(str(e), "telemetry_s = 600 is more than half of profile_s = 900: the load profile would miss intervals", "")
+    eq(str(e), "telemetry_s = 600 is more than half of profile_s = 900: the load profile would miss intervals "
+               "with no snapshot in them (at most 450)", "")  # fmt: skip
     u.set_config("telemetry_s", 30.0)
     u.set_config("profile_s", 60)  # 30 s is half of it
     e = raises(ValueError, u.set_config, "telemetry_s", 31.0)

@@ -186,12 +186,10 @@ class Actions:
     def set_config(self, key, value):
         if key == "profile_s" and 86400 % value:
             raise ValueError("profile_s = %d does not divide a day" % value)
-        if key in ("telemetry_s", "profile_s"):  # a snapshot in every profile interval (checks.py)
+        if key in ("telemetry_s", "profile_s"):  # a snapshot in every profile interval
             t = value if key == "telemetry_s" else self.get_config("telemetry_s")
             p = value if key == "profile_s" else self.get_config("profile_s")
-            if t * 2 > p:
-                why = "telemetry_s = %g is more than half of profile_s = %d: the load profile would miss intervals"
-                raise ValueError(why % (t, p))
+            run("meternode.checks", "profile_pace", t, p)
         d, k = self._where(key)
         d[k] = value
         if key == "mqtt.backlog_rate" and self.s.outbox is not None:

@@ -380,6 +380,12 @@ def commands(self, node_id, key, path, clock, actions, event, time_max_step_s):
     self.limiter = None
 
 
+# config.store's defaults (`umeter provision` sets a board's free flash against them; private
+# consts: folded into the code, no name kept on a node)
+_SEGMENT_BYTES = const(16384)
+_MAX_BYTES = const(262144)
+
+
 def open_store(self, cfg):
     # UplinkService.__init__, first: config.store checked, the upload cursor and the record
     # log opened (a bad store config is a ConfigError), the log's hooks; -> the store's path.
@@ -388,8 +394,8 @@ def open_store(self, cfg):
 
     s = need(cfg, "store", dict, "config", default={})
     need(s, "path", str, "config.store", default="store")
-    need(s, "segment_bytes", int, "config.store", default=16384, lo=1024, hi=1 << 20)
-    need(s, "max_bytes", int, "config.store", default=262144, lo=2048, hi=1 << 30)
+    need(s, "segment_bytes", int, "config.store", default=_SEGMENT_BYTES, lo=1024, hi=1 << 20)
+    need(s, "max_bytes", int, "config.store", default=_MAX_BYTES, lo=2048, hi=1 << 30)
     need(cfg, "profile_s", int, "config", default=900, lo=60, hi=86400)
     # the largest step a `time` command may make once the clock is set (commands.py)
     need(cfg, "time_max_step_s", int, "config", default=86400, lo=1, hi=10 * 366 * 86400)
@@ -400,7 +406,8 @@ def open_store(self, cfg):
     path = s.get("path", "store")
     self.cursor = Cursor(path + ".cursor")
     try:
-        self.log = RecordLog(path, s.get("segment_bytes", 16384), s.get("max_bytes", 262144), self.cursor.acked)
+        seg, top = s.get("segment_bytes", _SEGMENT_BYTES), s.get("max_bytes", _MAX_BYTES)
+        self.log = RecordLog(path, seg, top, self.cursor.acked)
     except ValueError as e:
         raise ConfigError(str(e))
     self.log.on_drop = self._dropped
