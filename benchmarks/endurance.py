@@ -81,7 +81,6 @@ import os
 import queue
 import random
 import signal
-import struct
 import sys
 import tempfile
 import threading
@@ -97,7 +96,6 @@ HERE = Path(__file__).resolve().parent
 NODE_SCRIPT = HERE / "endurance_node.py"
 SHIM = HERE.parent / "hil" / "umeter_hil" / "board_shim"  # norflash.py: a board's NOR flash
 FLASH_BUILD = {"pico_w": "pico_w", "pico": "pico_w", "esp32": "esp32_devkitc"}  # whose build it holds
-FLASH_BLOCK = 4096
 CMD_KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"  # test-only
 FLEET_NAME = "soak"
 NOR_CYCLES = 100_000  # erase cycles a sector of the boards' serial NOR flash is rated for (minimum)
@@ -802,10 +800,11 @@ class Soak:
 
     def wear(self, days: float) -> dict:
         """What the run wore on the board's flash (norflash.py's counts, from the first boot on)."""
-        raw = (self.root / "flash.img.wear").read_bytes()
-        n = len(raw) // 8
-        erases = [struct.unpack_from("<I", raw, 8 * k)[0] for k in range(n)]
-        prog = sum(struct.unpack_from("<I", raw, 8 * k + 4)[0] for k in range(n))
+        from umeter_hil.board_shim import norflash
+
+        erases, programmed = norflash.wear((self.root / "flash.img.wear").read_bytes())
+        n = len(erases)
+        prog = sum(programmed)
         # blocks in use at the first boot: the build's files, the config and the node's new
         # files; LittleFS levels wear over the others (it never moves static data)
         fs = next((s["fs"] for b in self.boots for s in b["status"] if "fs" in s), [n, n])

@@ -120,6 +120,15 @@ class NorFlash:
         self.w.write(self.wear)
 
 
+def wear(b):
+    # The wear record (NorFlash.wear, or the bytes of `<image>.wear`; CPython too) ->
+    # ([erases], [bytes programmed]), a number per block
+    n = len(b) // 8
+    return [struct.unpack_from("<I", b, 8 * k)[0] for k in range(n)], [
+        struct.unpack_from("<I", b, 8 * k + 4)[0] for k in range(n)
+    ]
+
+
 def mount(image, board, at="/flash"):
     # The board's file system on the flash image at `image` (formatted where it holds none),
     # mounted at `at`; -> (the device, True when it was formatted now).
