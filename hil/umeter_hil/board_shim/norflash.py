@@ -129,13 +129,14 @@ def wear(b):
     ]
 
 
-def mount(image, board, at="/flash"):
-    # The board's file system on the flash image at `image` (formatted where it holds none),
+def mount(image, board, at="/flash", files=None):
+    # The board's file system on the flash image at `image` (or in the two open `files`, as
+    # NorFlash takes them), formatted where it holds none, as the board's _boot.py does,
     # mounted at `at`; -> (the device, True when it was formatted now).
     import vfs  # (MicroPython's: the geometry above is read by the host too)
 
     size, prog = GEOMETRY[board]
-    dev = NorFlash(image, size)
+    dev = NorFlash(image, size, files)
     made = False
     try:
         fs = vfs.VfsLfs2(dev, progsize=prog)

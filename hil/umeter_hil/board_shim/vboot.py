@@ -41,22 +41,15 @@ _flash = os.getenv("UMETER_VB_FLASH")
 if _flash:
     import norflash
 
-    _size, _prog = norflash.GEOMETRY[_flash]
-    _dev = norflash.NorFlash(None, _size, (vbstate.open_state("flash.img"), vbstate.open_state("flash.img.wear")))
-    try:
-        _fs = vfs.VfsLfs2(_dev, progsize=_prog)
-    except OSError:  # an erased flash: what the board's _boot.py does
-        vfs.VfsLfs2.mkfs(_dev, progsize=_prog)
-        _fs = vfs.VfsLfs2(_dev, progsize=_prog)
-    _main = vbstate.open_state("main.flag", "w")  # (a host path: before the mount)
-    vfs.mount(_fs, "/")
+    _main = vbstate.open_state("main.flag", "w")  # (host paths: before the mount)
+    norflash.mount(None, _flash, "/", (vbstate.open_state("flash.img"), vbstate.open_state("flash.img.wear")))
     try:  # whether the flash holds a main.py, for the relay (it cannot look inside the image)
         os.stat("/main.py")
         _main.write("1")
     except OSError:
         _main.write("0")
     _main.flush()
-    del norflash, _size, _prog, _dev, _fs, _main
+    del norflash, _main
 else:
     vfs.mount(vfs.VfsPosix(vbstate.ROOT), "/")
 os.chdir("/")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from umeter_hil.board_shim.norflash import GEOMETRY
+
 from .. import ui
 from ..errors import ConfigError
 
@@ -33,7 +35,7 @@ def command() -> None:
 @click.option("--romfs", metavar="SIZE", help="Give each board a ROMFS partition of SIZE (e.g. 256k).")
 @click.option(
     "--flash",
-    type=click.Choice(["pico_w", "pico", "esp32"]),
+    type=click.Choice(list(GEOMETRY)),
     help="Give each board that board's flash: a real LittleFS of its size and settings at / (in its "
     "state/flash.img) instead of a host directory.",
 )
