@@ -359,6 +359,7 @@ def test_a_board_whose_flash_cannot_take_a_second_build_is_told_so(tmp_path, hom
     p, e = reps["pico_w"], reps["esp32"]
     assert p.flash_short and "firmware updates will be refused on this board (no space)" in p.flash, p.flash
     assert "the record log will stop at the flash's bound" in p.flash, p.flash
+    assert "the record log grows to 272 KiB" in p.flash, p.flash  # config.store's defaults, the node's own
     assert "WARNING: flash" in p.line()
     assert not e.flash_short and "a firmware update needs" in e.flash and "Flash: " in e.line(), e.flash
     assert json.loads(json.dumps(p.as_dict()))["flash_short"] is True
